@@ -1,0 +1,66 @@
+"""The mesh's own processes in a local cluster: the plug point for each part.
+
+`shoal local up` runs every component here as a hostNetwork Pod in the
+`shoal-system` namespace, pinned to its node, so the local kubelet supervises
+it like any other pod (restarts with backoff, logs under `shoal local logs`).
+A component is a function from (layout, node, settings) to a Pod manifest, or
+None where it does not run on that node.
+
+Each later part appends its component to COMPONENTS, in start order.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from shoal.local.layout import Layout, node_ip, node_name
+
+SYSTEM_NAMESPACE = "shoal-system"
+
+
+@dataclass(frozen=True)
+class Settings:
+    nodes: int
+    redirect: str  # iptables, ebpf or auto
+
+
+def shoal_argv(*args: str) -> list[str]:
+    """How a component runs the shoal CLI from the same interpreter as `up`."""
+    return [sys.executable, "-m", "shoal", "--log-format", "json", *args]
+
+
+def system_pod(layout: Layout, node: int, name: str, argv: list[str], *,
+               ready_port: int | None = None, ready_path: str = "/healthz/ready") -> dict:
+    container = {"name": name, "command": argv}
+    if ready_port:
+        container["readinessProbe"] = {"httpGet": {"port": ready_port, "path": ready_path}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-{node_name(node)}",
+            "namespace": SYSTEM_NAMESPACE,
+            "labels": {"app": name, "shoal.io/component": name},
+        },
+        "spec": {"nodeName": node_name(node), "hostNetwork": True, "containers": [container]},
+    }
+
+
+Component = Callable[[Layout, int, Settings], "dict | None"]
+
+COMPONENTS: list[Component] = []
+
+
+def system_pods(layout: Layout, settings: Settings) -> list[dict]:
+    pods = []
+    for component in COMPONENTS:
+        for node in range(1, settings.nodes + 1):
+            pod = component(layout, node, settings)
+            if pod is not None:
+                pods.append(pod)
+    return pods
+
+
+__all__ = ["COMPONENTS", "Settings", "SYSTEM_NAMESPACE", "shoal_argv", "system_pod", "system_pods", "node_ip"]

@@ -1,0 +1,103 @@
+"""Names, addresses and paths of one local cluster, defined once.
+
+Addresses stay inside 198.18.0.0/15, which is never wired to the host:
+- node i (1-based) has 198.18.0.<i> on the underlay bridge;
+- pods of node i get 198.19.<i>.2 to .254 (/32, routed by the node);
+- Service VIPs come from 198.18.16.0/20.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal import store
+
+CGROUP_ROOT = Path(os.environ.get("SHOAL_CGROUP_ROOT", "/sys/fs/cgroup/unified"))
+NODE_NETWORK = ipaddress.ip_network("198.18.0.0/24")
+SERVICE_NETWORK = ipaddress.ip_network("198.18.16.0/20")
+POD_GATEWAY = "169.254.1.1"  # every node-side pod veth carries it, as Calico does
+MAX_NODES = 200
+
+
+def pod_cidr(node: int) -> ipaddress.IPv4Network:
+    return ipaddress.ip_network(f"198.19.{node}.0/24")
+
+
+def node_ip(node: int) -> str:
+    return str(NODE_NETWORK.network_address + node)
+
+
+def node_name(node: int) -> str:
+    return f"node{node}"
+
+
+def node_index(name: str) -> int:
+    if not name.startswith("node") or not name[4:].isdigit():
+        raise ValueError(f"{name!r} is not a local-cluster node name (node1, node2, ...)")
+    return int(name[4:])
+
+
+@dataclass(frozen=True)
+class Layout:
+    cluster: str = "default"
+
+    @property
+    def prefix(self) -> str:
+        return f"shoal-{self.cluster}-"
+
+    @property
+    def run_dir(self) -> Path:
+        return store.RUN_ROOT / self.cluster
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def cgroup_dir(self) -> Path:
+        return CGROUP_ROOT / "shoal" / self.cluster
+
+    @property
+    def underlay_netns(self) -> str:
+        return f"{self.prefix}underlay"
+
+    @property
+    def etc_netns_dir(self) -> Path:
+        return Path("/etc/netns")
+
+    @property
+    def daemon_pidfile(self) -> Path:
+        return self.run_dir / "daemon.pid"
+
+    def node_netns(self, node: int) -> str:
+        return f"{self.prefix}node{node}"
+
+    def node_dir(self, node: int) -> Path:
+        """Per-node files: the agent's hand-off socket, the bootstrap token."""
+        return self.run_dir / node_name(node)
+
+    def ztunnel_socket(self, node: int) -> Path:
+        return self.node_dir(node) / "ztunnel.sock"
+
+    def pod_netns(self, namespace: str, name: str) -> str:
+        return f"{self.prefix}pod-{_short(namespace, name)}"
+
+    def pod_veth(self, namespace: str, name: str) -> str:
+        return "vp" + _short(namespace, name)[:12]  # IFNAMSIZ is 16
+
+    def pod_cgroup(self, namespace: str, name: str) -> Path:
+        return self.cgroup_dir / "pods" / f"{namespace}_{name}"
+
+    def pod_log(self, namespace: str, name: str, container: str) -> Path:
+        return self.logs_dir / f"{namespace}_{name}_{container}.log"
+
+    def store(self) -> store.Store:
+        return store.Store(self.cluster)
+
+
+def _short(namespace: str, name: str) -> str:
+    return hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()[:12]

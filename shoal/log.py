@@ -1,0 +1,51 @@
+"""One structlog set-up for every shoal process.
+
+Human-readable lines on a console by default; one JSON object per line with
+`--log-format json`. Standard-library logging (grpc, kubernetes, pyroute2) is
+routed through the same renderer so that a process writes one format only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+FORMATS = ("console", "json")
+
+
+def setup(fmt: str = "console", level: str = "info", stream=None) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    stream = stream or sys.stderr
+    renderer = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def get(name: str):
+    return structlog.get_logger(name)

@@ -1,0 +1,144 @@
+"""Network-namespace helpers on pyroute2: create, enter, run inside, remove.
+
+Named namespaces live as bind mounts under /run/netns (as `ip netns` keeps
+them). Entering a namespace is per thread (setns(2) changes only the calling
+thread), so `run_in` and `socket_in` do their work in a short-lived thread
+and leave the caller's thread where it was. A socket keeps the namespace it
+was created in, which is how the ztunnel holds listeners inside pods.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as _netns
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+
+
+class NetnsError(Exception):
+    pass
+
+
+def path(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+def exists(name: str) -> bool:
+    return path(name).exists()
+
+
+def names(prefix: str = "") -> list[str]:
+    return sorted(n for n in _netns.listnetns() if n.startswith(prefix))
+
+
+def create(name: str) -> bool:
+    """Creates the named namespace with loopback up; False if it already existed."""
+    if exists(name):
+        return False
+    try:
+        _netns.create(name)
+    except PermissionError as e:
+        raise NetnsError(f"cannot create network namespace {name}: {e}; shoal local needs root") from e
+    with IPRoute(netns=name) as ip:
+        ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+    return True
+
+
+def remove(name: str) -> bool:
+    if not exists(name):
+        return False
+    _netns.remove(name)
+    return True
+
+
+def open_fd(name_or_path: str | os.PathLike) -> int:
+    """An O_RDONLY fd of a namespace, by name or by path (e.g. /proc/PID/ns/net)."""
+    p = Path(name_or_path)
+    if not p.is_absolute():
+        p = path(str(name_or_path))
+    try:
+        return os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsError(f"network namespace {name_or_path} does not exist") from None
+
+
+def setns(fd: int) -> None:
+    """Moves the calling thread into the namespace behind `fd`."""
+    os.setns(fd, CLONE_NEWNET)
+
+
+@contextmanager
+def entered(name_or_fd: str | int):
+    """Runs the body with the calling thread inside the namespace, then returns."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    fd = name_or_fd if isinstance(name_or_fd, int) else open_fd(name_or_fd)
+    try:
+        setns(fd)
+        yield
+    finally:
+        setns(home)
+        os.close(home)
+        if not isinstance(name_or_fd, int):
+            os.close(fd)
+
+
+def run_in(name_or_fd: str | int, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Calls `fn(*args, **kwargs)` in a fresh thread inside the namespace; returns its result."""
+    result: dict[str, Any] = {}
+
+    def target():
+        try:
+            with entered(name_or_fd):
+                result["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    t = threading.Thread(target=target, name="netns-run")
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def socket_in(name_or_fd: str | int, family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0) -> socket.socket:
+    """A socket created inside the namespace (it stays there for its whole life)."""
+    return run_in(name_or_fd, socket.socket, family, type, proto)
+
+
+def ip(name: str | None = None) -> IPRoute:
+    """A pyroute2 IPRoute bound to the namespace (or the caller's, for None)."""
+    return IPRoute(netns=name) if name else IPRoute()
+
+
+def popen(name: str, argv: Sequence[str], *, cgroup: str | None = None, **kwargs) -> subprocess.Popen:
+    """Starts a process inside the namespace (and, optionally, a cgroup v2 directory).
+
+    The child joins the cgroup before it execs, so nothing it forks escapes.
+    /etc/netns/<name>/ files (hosts, resolv.conf) are bind-mounted over /etc
+    the way `ip netns exec` does it, which is what it runs under the hood.
+    """
+    def preexec():
+        os.setsid()
+        if cgroup:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    full = ["ip", "netns", "exec", name, *argv]
+    return subprocess.Popen(full, preexec_fn=preexec, **kwargs)
+
+
+def run(name: str, argv: Sequence[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Runs a command inside the namespace to completion."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return subprocess.run(["ip", "netns", "exec", name, *argv], check=check, **kwargs)

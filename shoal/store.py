@@ -1,0 +1,386 @@
+"""The local cluster's object store: its "API server", kept in files.
+
+Layout under `/run/shoal/<cluster>/store/`:
+- `objects/<Kind>/<namespace>/<name>.json`: the current object (cluster-scoped
+  kinds use the namespace `_`).
+- `journal.jsonl`: one watch event per line, `{"type", "object"}`, in
+  resourceVersion order. It is the source of truth for watchers.
+- `lock`: writers hold an exclusive flock while they change anything.
+
+Invariants:
+- Every change bumps the cluster-wide resourceVersion by one and appends
+  exactly one event. The object file is written before the event.
+- `list()` returns objects together with the resourceVersion they are
+  consistent with, so `watch(since=rv)` continues exactly after it.
+- The journal is compacted when it grows past `JOURNAL_MAX` events. A watcher
+  asking for a version older than what the journal still holds gets
+  `Expired` (the analogue of 410 Gone) and must list again.
+
+Events have the shape Kubernetes watches produce: type ADDED, MODIFIED,
+DELETED or BOOKMARK, and the whole object with `metadata.resourceVersion`.
+The Kubernetes adapters produce the same `Event`, so consumers are written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import fcntl
+import json
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Iterator
+
+RUN_ROOT = Path(os.environ.get("SHOAL_RUN_ROOT", "/run/shoal"))
+CLUSTER_SCOPED = frozenset({"Namespace", "Node", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"})
+CLUSTER_NAMESPACE = "_"
+JOURNAL_MAX = 20_000
+JOURNAL_KEEP = 10_000
+POLL_SECONDS = 0.02
+BOOKMARK_SECONDS = 5.0
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """An update named a resourceVersion that is no longer current."""
+
+
+class Expired(StoreError):
+    """The requested resourceVersion is older than the journal holds: list again (410 Gone)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: dict
+
+    @property
+    def resource_version(self) -> int:
+        return int(self.object["metadata"]["resourceVersion"])
+
+    @property
+    def kind(self) -> str:
+        return self.object.get("kind", "")
+
+
+def key_of(obj: dict) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a manifest-shaped object."""
+    kind = obj["kind"]
+    meta = obj.get("metadata") or {}
+    namespace = CLUSTER_NAMESPACE if kind in CLUSTER_SCOPED else meta.get("namespace") or "default"
+    return kind, namespace, meta["name"]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Store:
+    """File-backed list/watch store shared by every process of one local cluster."""
+
+    def __init__(self, cluster: str = "default", root: Path | None = None) -> None:
+        self.cluster = cluster
+        self.dir = (root or RUN_ROOT) / cluster / "store"
+        self.objects_dir = self.dir / "objects"
+        self.journal_path = self.dir / "journal.jsonl"
+        self.lock_path = self.dir / "lock"
+
+    # -- set-up -------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.journal_path.exists()
+
+    def init(self) -> None:
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_path.touch(exist_ok=True)
+        self.journal_path.touch(exist_ok=True)
+
+    @contextmanager
+    def _locked(self):
+        if not self.lock_path.exists():
+            raise StoreError(f"cluster {self.cluster!r} has no store at {self.dir}; run `shoal local up` first")
+        with open(self.lock_path, "r+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # -- reads ----------------------------------------------------------------
+
+    def resource_version(self) -> int:
+        meta = self.dir / "rv"
+        try:
+            return int(meta.read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _path(self, kind: str, namespace: str, name: str) -> Path:
+        return self.objects_dir / kind / namespace / f"{name}.json"
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        namespace = CLUSTER_NAMESPACE if kind in CLUSTER_SCOPED else namespace or "default"
+        try:
+            return json.loads(self._path(kind, namespace, name).read_text())
+        except FileNotFoundError:
+            return None
+
+    def list(self, kind: str, namespace: str | None = None) -> tuple[list[dict], int]:
+        """All objects of `kind` (in `namespace`, if given) and the version they match."""
+        with self._locked():
+            rv = self.resource_version()
+            base = self.objects_dir / kind
+            dirs = [base / namespace] if namespace and kind not in CLUSTER_SCOPED else sorted(base.glob("*"))
+            items = []
+            for d in dirs:
+                for f in sorted(d.glob("*.json")):
+                    items.append(json.loads(f.read_text()))
+        return items, rv
+
+    def kinds(self) -> list[str]:
+        return sorted(p.name for p in self.objects_dir.glob("*") if p.is_dir())
+
+    # -- writes ---------------------------------------------------------------
+
+    def apply(self, obj: dict) -> dict:
+        return self.apply_many([obj])[0]
+
+    def apply_many(self, objs: Iterable[dict]) -> list[dict]:
+        """Creates or replaces each object's spec and metadata, atomically as one batch.
+
+        Status is owned by the controllers: an apply keeps the stored status.
+        """
+        objs = list(objs)
+        stored = []
+        with self._locked():
+            rv = self.resource_version()
+            events = []
+            for obj in objs:
+                kind, namespace, name = key_of(obj)
+                old = self.get(kind, namespace, name)
+                new = copy.deepcopy(obj)
+                meta = new.setdefault("metadata", {})
+                if kind not in CLUSTER_SCOPED:
+                    meta["namespace"] = namespace
+                if old is not None and _same_desired(old, new):
+                    stored.append(old)
+                    continue
+                rv += 1
+                old_meta = (old or {}).get("metadata", {})
+                meta["uid"] = old_meta.get("uid") or str(uuid.uuid4())
+                meta["creationTimestamp"] = old_meta.get("creationTimestamp") or now_rfc3339()
+                meta["generation"] = int(old_meta.get("generation", 0)) + 1
+                meta["resourceVersion"] = str(rv)
+                if old is not None and "status" in old and "status" not in obj:
+                    new["status"] = old["status"]
+                self._write(kind, namespace, name, new)
+                events.append(Event("MODIFIED" if old else "ADDED", new))
+                stored.append(new)
+            self._append(events, rv)
+        return stored
+
+    def update_status(self, kind: str, namespace: str | None, name: str, status: dict) -> dict:
+        """Replaces an object's status, the way the kubelet writes pod status."""
+        with self._locked():
+            obj = self.get(kind, namespace, name)
+            if obj is None:
+                raise NotFound(f"{kind} {namespace}/{name} not found")
+            if obj.get("status") == status:
+                return obj
+            rv = self.resource_version() + 1
+            obj["status"] = status
+            obj["metadata"]["resourceVersion"] = str(rv)
+            self._write(*key_of(obj), obj)
+            self._append([Event("MODIFIED", obj)], rv)
+            return obj
+
+    def patch_metadata(self, kind: str, namespace: str | None, name: str, *, labels=None, annotations=None) -> dict:
+        """Merges labels and annotations (a value of None removes the key)."""
+        with self._locked():
+            obj = self.get(kind, namespace, name)
+            if obj is None:
+                raise NotFound(f"{kind} {namespace}/{name} not found")
+            before = copy.deepcopy(obj)
+            meta = obj["metadata"]
+            for field, changes in (("labels", labels), ("annotations", annotations)):
+                for k, v in (changes or {}).items():
+                    current = meta.setdefault(field, {})
+                    if v is None:
+                        current.pop(k, None)
+                    else:
+                        current[k] = v
+            if obj == before:
+                return obj
+            rv = self.resource_version() + 1
+            meta["resourceVersion"] = str(rv)
+            self._write(*key_of(obj), obj)
+            self._append([Event("MODIFIED", obj)], rv)
+            return obj
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        return self.delete_many([(kind, namespace, name)])[0]
+
+    def delete_many(self, keys: Iterable[tuple[str, str | None, str]]) -> list[dict | None]:
+        out = []
+        with self._locked():
+            rv = self.resource_version()
+            events = []
+            for kind, namespace, name in keys:
+                namespace = CLUSTER_NAMESPACE if kind in CLUSTER_SCOPED else namespace or "default"
+                obj = self.get(kind, namespace, name)
+                if obj is None:
+                    out.append(None)
+                    continue
+                rv += 1
+                obj["metadata"]["resourceVersion"] = str(rv)
+                self._path(kind, namespace, name).unlink()
+                events.append(Event("DELETED", obj))
+                out.append(obj)
+            self._append(events, rv)
+        return out
+
+    def _write(self, kind: str, namespace: str, name: str, obj: dict) -> None:
+        path = self._path(kind, namespace, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(obj, sort_keys=True))
+        os.replace(tmp, path)
+
+    def _append(self, events: list[Event], rv: int) -> None:
+        if not events:
+            return
+        lines = "".join(json.dumps({"type": e.type, "object": e.object}) + "\n" for e in events)
+        with open(self.journal_path, "a") as journal:
+            journal.write(lines)
+        tmp = self.dir / "rv.tmp"
+        tmp.write_text(str(rv))
+        os.replace(tmp, self.dir / "rv")
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self.journal_path.stat().st_size < JOURNAL_MAX * 200:
+            return
+        lines = self.journal_path.read_text().splitlines(keepends=True)
+        if len(lines) <= JOURNAL_MAX:
+            return
+        tmp = self.journal_path.with_suffix(".tmp")
+        tmp.write_text("".join(lines[-JOURNAL_KEEP:]))
+        os.replace(tmp, self.journal_path)
+
+    # -- watch ----------------------------------------------------------------
+
+    def watch(self, since: int, kinds: Iterable[str] | None = None, *, stop=None,
+              bookmarks: bool = True) -> Iterator[Event]:
+        """Blocking iterator of events after resourceVersion `since`.
+
+        Raises `Expired` if the journal no longer holds `since + 1`. Yields a
+        BOOKMARK (an object with only kind and metadata.resourceVersion) every
+        few quiet seconds, so a consumer can resume from a recent version.
+        `stop` is an optional callable; the iterator ends once it returns true.
+        """
+        reader = _JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None)
+        last_bookmark = time.monotonic()
+        while not (stop and stop()):
+            events = reader.poll()
+            if events:
+                yield from events
+                last_bookmark = time.monotonic()
+                continue
+            if bookmarks and time.monotonic() - last_bookmark > BOOKMARK_SECONDS:
+                yield _bookmark(reader.last)
+                last_bookmark = time.monotonic()
+            time.sleep(POLL_SECONDS)
+
+    async def awatch(self, since: int, kinds: Iterable[str] | None = None,
+                     bookmarks: bool = True) -> AsyncIterator[Event]:
+        """The asyncio form of `watch`."""
+        reader = _JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None)
+        last_bookmark = time.monotonic()
+        while True:
+            events = reader.poll()
+            if events:
+                for event in events:
+                    yield event
+                last_bookmark = time.monotonic()
+                continue
+            if bookmarks and time.monotonic() - last_bookmark > BOOKMARK_SECONDS:
+                yield _bookmark(reader.last)
+                last_bookmark = time.monotonic()
+            await asyncio.sleep(POLL_SECONDS)
+
+
+def _bookmark(rv: int) -> Event:
+    return Event("BOOKMARK", {"kind": "", "metadata": {"resourceVersion": str(rv)}})
+
+
+def _same_desired(old: dict, new: dict) -> bool:
+    """True when an apply would change nothing but server-set fields."""
+    def desired(obj):
+        o = {k: v for k, v in obj.items() if k != "status"}
+        meta = dict(o.get("metadata") or {})
+        for k in ("uid", "creationTimestamp", "generation", "resourceVersion"):
+            meta.pop(k, None)
+        o["metadata"] = meta
+        return o
+    return desired(old) == desired(new)
+
+
+class _JournalReader:
+    """Tails the journal from a resourceVersion, surviving compaction."""
+
+    def __init__(self, path: Path, since: int, kinds: frozenset[str] | None) -> None:
+        self.path = path
+        self.last = since
+        self.kinds = kinds
+        self.file = None
+        self.inode = None
+        self.buffer = b""
+        self._open()
+
+    def _open(self) -> None:
+        if self.file:
+            self.file.close()
+        self.file = open(self.path, "rb")
+        self.inode = os.fstat(self.file.fileno()).st_ino
+        self.buffer = b""
+        first = self.file.readline()
+        if first.endswith(b"\n"):
+            first_rv = int(json.loads(first)["object"]["metadata"]["resourceVersion"])
+            if first_rv > self.last + 1:
+                raise Expired(f"resourceVersion {self.last} is too old; the journal starts at {first_rv}")
+        self.file.seek(0)
+
+    def poll(self) -> list[Event]:
+        try:
+            if os.stat(self.path).st_ino != self.inode:
+                self._open()
+        except FileNotFoundError:
+            raise StoreError(f"journal {self.path} is gone: the cluster was taken down") from None
+        chunk = self.file.read()
+        if not chunk:
+            return []
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        events = []
+        for line in lines:
+            raw = json.loads(line)
+            event = Event(raw["type"], raw["object"])
+            rv = event.resource_version
+            if rv <= self.last:
+                continue
+            self.last = rv
+            if self.kinds is None or event.kind in self.kinds:
+                events.append(event)
+        return events
