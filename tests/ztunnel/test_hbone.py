@@ -1,0 +1,232 @@
+"""The sans-IO HBONE core, in memory: two connections passing bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from shoal import hbone
+from shoal.hbone import (
+    ConnectAccepted, ConnectRefused, ConnectRequested, DataReceived, HboneClient, HboneServer,
+    StreamEnded, StreamReset, WindowOpened,
+)
+
+
+class Pair:
+    """A client and a server joined by in-memory pipes; events are collected per side."""
+
+    def __init__(self, client_settings=hbone.Settings(), server_settings=hbone.Settings(), lean=True):
+        self.client = HboneClient(client_settings, lean=lean)
+        self.server = HboneServer(server_settings, lean=lean)
+        self.client_events: list = []
+        self.server_events: list = []
+        self.client.initiate()
+        self.server.initiate()
+        self.pump()
+
+    def pump(self, chunk: int | None = None) -> None:
+        while True:
+            moved = False
+            for src, dst, sink in ((self.client, self.server, self.server_events),
+                                   (self.server, self.client, self.client_events)):
+                data = src.data_to_send()
+                if data:
+                    moved = True
+                    step = chunk or len(data)
+                    for i in range(0, len(data), step):
+                        sink.extend(dst.receive_data(data[i:i + step]))
+            if not moved:
+                return
+
+    def take_client(self, kind):
+        found = [e for e in self.client_events if isinstance(e, kind)]
+        self.client_events = [e for e in self.client_events if not isinstance(e, kind)]
+        return found
+
+    def take_server(self, kind):
+        found = [e for e in self.server_events if isinstance(e, kind)]
+        self.server_events = [e for e in self.server_events if not isinstance(e, kind)]
+        return found
+
+    def connect(self, authority="198.19.2.5:8080") -> int:
+        sid = self.client.open(authority)
+        self.pump()
+        requested = self.take_server(ConnectRequested)
+        assert [r.stream_id for r in requested] == [sid]
+        self.server.accept(sid)
+        self.pump()
+        assert self.take_client(ConnectAccepted) == [ConnectAccepted(sid)]
+        return sid
+
+
+def received(events, sid) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, DataReceived) and e.stream_id == sid)
+
+
+def test_connect_carries_authority_and_headers():
+    p = Pair()
+    sid = p.client.open("198.19.2.5:8080", headers=(("baggage", "k8s.namespace.name=a"),))
+    p.pump()
+    [req] = p.take_server(ConnectRequested)
+    assert req == ConnectRequested(sid, "198.19.2.5:8080", (("baggage", "k8s.namespace.name=a"),))
+    p.server.accept(sid)
+    p.pump()
+    assert p.take_client(ConnectAccepted) == [ConnectAccepted(sid)]
+
+
+def test_refusal_reaches_client_with_status_and_reason():
+    p = Pair()
+    sid = p.client.open("198.19.2.5:8080")
+    p.pump()
+    p.server.refuse(sid, 403, "denied by policy ns1/deny-all")
+    p.pump()
+    assert p.take_client(ConnectRefused) == [ConnectRefused(sid, 403, "denied by policy ns1/deny-all")]
+    assert not p.take_client(ConnectAccepted)
+
+
+def test_data_both_ways():
+    p = Pair()
+    sid = p.connect()
+    assert p.client.send(sid, b"ping" * 1000) == 4000
+    p.pump()
+    assert received(p.server_events, sid) == b"ping" * 1000
+    assert p.server.send(sid, b"pong") == 4
+    p.pump()
+    assert received(p.client_events, sid) == b"pong"
+
+
+def test_half_close_each_way_keeps_the_other_direction_open():
+    p = Pair()
+    sid = p.connect()
+    p.client.send(sid, b"request")
+    p.client.end(sid)
+    p.pump()
+    assert received(p.server_events, sid) == b"request"
+    assert p.take_server(StreamEnded) == [StreamEnded(sid)]
+    with pytest.raises(hbone.StreamNotOpen):
+        p.client.send(sid, b"more")
+    # The server still writes after the client's half-close.
+    p.server.send(sid, b"response")
+    p.server.end(sid)
+    p.pump()
+    assert received(p.client_events, sid) == b"response"
+    assert p.take_client(StreamEnded) == [StreamEnded(sid)]
+
+
+def test_reset_travels_to_the_peer():
+    p = Pair()
+    sid = p.connect()
+    p.client.reset(sid)
+    p.pump()
+    [reset] = p.take_server(StreamReset)
+    assert reset.stream_id == sid and reset.error_code == 0xA  # CONNECT_ERROR
+    with pytest.raises(hbone.StreamNotOpen):
+        p.server.send(sid, b"x")
+    # Resetting an already closed stream does nothing.
+    p.client.reset(sid)
+
+
+def test_flow_control_stops_sender_until_the_reader_consumes():
+    small = hbone.Settings(stream_window=65535, connection_window=1 << 20, max_frame_size=16384)
+    p = Pair(client_settings=small, server_settings=small)
+    sid = p.connect()
+    payload = b"x" * 200_000
+    taken = p.client.send(sid, payload)
+    assert taken == 65535  # exactly one stream window, then it stops
+    assert p.client.send(sid, payload[taken:]) == 0
+    p.pump()
+    data = [e for e in p.server_events if isinstance(e, DataReceived)]
+    assert sum(len(e.data) for e in data) == 65535
+    # Nothing was consumed yet: no window update, the sender stays blocked.
+    assert p.client.sendable(sid) == 0
+    p.server_events.clear()
+    for e in data:
+        p.server.consumed(sid, e.flow_controlled_length)
+    p.pump()
+    assert any(isinstance(e, WindowOpened) and e.stream_id == sid for e in p.client_events)
+    # h2 batches window updates; most of the consumed window comes back at once.
+    reopened = p.client.sendable(sid)
+    assert 65535 // 2 <= reopened <= 65535
+    assert p.client.send(sid, payload[taken:]) == reopened
+
+
+def test_hundred_concurrent_streams_on_one_connection_then_limit():
+    p = Pair(server_settings=hbone.Settings(max_concurrent_streams=100))
+    sids = [p.client.open(f"198.19.2.{i % 200 + 2}:{8000 + i}") for i in range(100)]
+    with pytest.raises(hbone.StreamLimitReached):
+        p.client.open("198.19.2.9:9")
+    p.pump()
+    requested = p.take_server(ConnectRequested)
+    assert sorted(r.stream_id for r in requested) == sorted(sids)
+    for sid in sids:
+        p.server.accept(sid)
+    p.pump()
+    assert len(p.take_client(ConnectAccepted)) == 100
+    for i, sid in enumerate(sids):
+        p.client.send(sid, f"stream-{i}".encode())
+        p.server.send(sid, f"reply-{i}".encode())
+    p.pump()
+    for i, sid in enumerate(sids):
+        assert received(p.server_events, sid) == f"stream-{i}".encode()
+        assert received(p.client_events, sid) == f"reply-{i}".encode()
+    # Closing one in both directions frees a slot.
+    p.client.end(sids[0])
+    p.server.end(sids[0])
+    p.pump()
+    p.client.open("198.19.2.9:9")
+
+
+def test_server_refuses_non_ip_authority_and_client_rejects_it_early():
+    p = Pair()
+    with pytest.raises(hbone.BadAuthority):
+        p.client.open("example.com:80")
+    with pytest.raises(hbone.BadAuthority):
+        p.client.open("198.19.2.5")
+    assert hbone.parse_authority("[fd00::1]:15008") == ("fd00::1", 15008)
+
+
+def test_garbage_is_a_protocol_violation():
+    server = HboneServer()
+    server.initiate()
+    with pytest.raises(hbone.ProtocolViolation) as info:
+        server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert info.value.error_code == 1
+    assert server.closed
+
+
+def test_lean_and_plain_paths_agree_on_flow_control_state():
+    lean, plain = Pair(lean=True), Pair(lean=False)
+    for p in (lean, plain):
+        sid = p.connect()
+        p.client.send(sid, b"y" * 3_000_000)
+        p.pump()
+    for p in (lean, plain):
+        assert p.server._h2.inbound_flow_control_window == lean.server._h2.inbound_flow_control_window
+        assert p.server._h2._get_stream_by_id(1).inbound_flow_control_window == \
+            lean.server._h2._get_stream_by_id(1).inbound_flow_control_window
+        assert received(p.server_events, 1) == b"y" * 3_000_000
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="max_frame_size"):
+        hbone.Settings(max_frame_size=1 << 25)
+    with pytest.raises(ValueError, match="stream_window"):
+        hbone.Settings(stream_window=10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(chunk=st.integers(min_value=1, max_value=4096),
+       messages=st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=6))
+def test_any_chunking_of_the_byte_stream_gives_the_same_result(chunk, messages):
+    p = Pair()
+    sid = p.client.open("198.19.2.5:8080")
+    p.pump(chunk)
+    p.server.accept(p.take_server(ConnectRequested)[0].stream_id)
+    p.pump(chunk)
+    for m in messages:
+        assert p.client.send(sid, m) == len(m)
+        p.pump(chunk)
+    p.client.end(sid)
+    p.pump(chunk)
+    assert received(p.server_events, sid) == b"".join(messages)
+    assert p.take_server(StreamEnded) == [StreamEnded(sid)]
