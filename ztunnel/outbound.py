@@ -1,0 +1,203 @@
+"""Outbound, the decision half: where does a captured connection go, and as whom?
+
+`decide(state, source, ip, port, balancer)` is pure apart from the balancer
+it is handed (which keeps round-robin positions and failure counts). It
+returns a frozen `Plan`, or raises an `OutboundError` saying what to check.
+The I/O half (`ztunnel.proxy`) carries the plan out.
+
+Order of the decision, as in Istio ambient:
+1. a Service VIP: through the service's waypoint if it has one (unless the
+   source *is* that waypoint); else an endpoint picked by the balancer:
+   HBONE to `podIP:15008` for a meshed endpoint, plain TCP otherwise;
+2. a workload IP: through its waypoint if it has one for workload traffic;
+   HBONE if it is meshed; plain TCP otherwise;
+3. anything else: passthrough, untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from shoal import hbone
+from shoal.model import Endpoint, Protocol, Service, Workload, WaypointRef
+
+from ztunnel.state import ProxyState
+
+
+class Kind(enum.StrEnum):
+    PASSTHROUGH = "passthrough"     # plain TCP to the original destination
+    DIRECT = "direct"               # plain TCP to a chosen endpoint of a service (not meshed)
+    HBONE = "hbone"                 # mTLS tunnel to the destination's ztunnel
+    WAYPOINT = "waypoint"           # mTLS tunnel to the waypoint
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: Kind
+    connect: tuple[str, int]                  # where the TCP (or TLS) connection goes
+    authority: str = ""                       # CONNECT target (HBONE/WAYPOINT)
+    source_identity: str = ""                 # SPIFFE ID presented (HBONE/WAYPOINT)
+    expected_identity: str = ""               # SPIFFE ID the server must have
+    service: str = ""                         # hostname when a Service was addressed
+    destination_workload: str = ""            # uid, when known
+    endpoint: tuple[str, int] | None = None   # the endpoint chosen (for the balancer's bookkeeping)
+
+    @property
+    def uses_hbone(self) -> bool:
+        return self.kind in (Kind.HBONE, Kind.WAYPOINT)
+
+
+class OutboundError(Exception):
+    """The connection cannot be sent anywhere; the message says what to check."""
+
+    response_flag = "UF"
+
+
+class NoEndpoints(OutboundError):
+    response_flag = "UH"
+
+
+class NoHealthyEndpoints(OutboundError):
+    response_flag = "UH"
+
+
+class UnknownServicePort(OutboundError):
+    response_flag = "NR"
+
+
+class WaypointMissing(OutboundError):
+    response_flag = "NR"
+
+
+class Balancer:
+    """Endpoint choice for services: round robin or least connections, skipping failing endpoints.
+
+    An endpoint that failed `max_failures` times in a row is skipped for
+    `eject_seconds`; if every endpoint is ejected, they are all tried again.
+    """
+
+    def __init__(self, mode: str = "round_robin", max_failures: int = 3, eject_seconds: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if mode not in ("round_robin", "least_connections"):
+            raise ValueError(f"unknown balancing mode {mode!r}; choose round_robin or least_connections")
+        self.mode = mode
+        self.max_failures = max_failures
+        self.eject_seconds = eject_seconds
+        self.clock = clock
+        self._next: dict[str, int] = {}
+        self.active: dict[tuple[str, int], int] = {}
+        self._failures: dict[tuple[str, int], int] = {}
+        self._ejected_until: dict[tuple[str, int], float] = {}
+
+    def pick(self, key: str, candidates: list[tuple[str, int]]) -> tuple[str, int]:
+        now = self.clock()
+        healthy = [c for c in candidates if self._ejected_until.get(c, 0.0) <= now]
+        pool = healthy or candidates
+        if self.mode == "least_connections":
+            return min(pool, key=lambda c: (self.active.get(c, 0), candidates.index(c)))
+        index = self._next.get(key, 0)
+        self._next[key] = index + 1
+        return pool[index % len(pool)]
+
+    def opened(self, endpoint: tuple[str, int]) -> None:
+        self.active[endpoint] = self.active.get(endpoint, 0) + 1
+
+    def closed(self, endpoint: tuple[str, int]) -> None:
+        left = self.active.get(endpoint, 0) - 1
+        if left > 0:
+            self.active[endpoint] = left
+        else:
+            self.active.pop(endpoint, None)
+
+    def succeeded(self, endpoint: tuple[str, int]) -> None:
+        self._failures.pop(endpoint, None)
+        self._ejected_until.pop(endpoint, None)
+
+    def failed(self, endpoint: tuple[str, int]) -> None:
+        count = self._failures.get(endpoint, 0) + 1
+        self._failures[endpoint] = count
+        if count >= self.max_failures:
+            self._ejected_until[endpoint] = self.clock() + self.eject_seconds
+
+    def ejected(self, endpoint: tuple[str, int]) -> bool:
+        return self._ejected_until.get(endpoint, 0.0) > self.clock()
+
+
+def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Balancer) -> Plan:
+    td = state.trust_domain
+    source_identity = source.identity(td)
+    service = state.service_by_vip(ip)
+    if service is not None:
+        return _to_service(state, source, source_identity, service, ip, port, balancer)
+    workload = state.workload_by_ip(ip)
+    if workload is not None:
+        ref = workload.waypoint
+        if ref is not None and not _is_waypoint(source, ref):
+            waypoint = state.waypoint_for(ref)
+            if waypoint is not None and waypoint.traffic_type in ("workload", "all"):
+                return _via_waypoint(state, source_identity, ref, f"{ip}:{port}", "", workload.uid, balancer)
+        if workload.protocol is Protocol.HBONE:
+            return Plan(Kind.HBONE, (ip, hbone.PORT), f"{ip}:{port}", source_identity,
+                        workload.identity(td), "", workload.uid, (ip, port))
+        return Plan(Kind.PASSTHROUGH, (ip, port), destination_workload=workload.uid)
+    return Plan(Kind.PASSTHROUGH, (ip, port))
+
+
+def _is_waypoint(source: Workload, ref: WaypointRef) -> bool:
+    # Waypoint pods are named after their Gateway (name-<hash>) in its namespace.
+    return source.namespace == ref.namespace and (source.canonical_service == ref.name
+                                                  or source.name.startswith(ref.name + "-"))
+
+
+def _to_service(state, source, source_identity, service: Service, vip, port, balancer) -> Plan:
+    if service.port(port) is None:
+        ports = ", ".join(str(p.port) for p in service.ports) or "none"
+        raise UnknownServicePort(f"service {service.hostname} has no port {port} (its ports: {ports}); "
+                                 "check the Service's spec.ports")
+    ref = service.waypoint
+    if ref is not None and not _is_waypoint(source, ref):
+        waypoint = state.waypoint_for(ref)
+        if waypoint is None or waypoint.traffic_type in ("service", "all"):
+            return _via_waypoint(state, source_identity, ref, f"{vip}:{port}", service.hostname, "", balancer)
+    candidates: list[tuple[str, int]] = []
+    by_target: dict[tuple[str, int], tuple[Workload, Endpoint]] = {}
+    for endpoint in service.endpoints_for(port):
+        workload = state.workloads.get(endpoint.workload_uid)
+        if workload is None or not workload.ips:
+            continue
+        target = (workload.ips[0], endpoint.target_port)
+        candidates.append(target)
+        by_target[target] = (workload, endpoint)
+    if not candidates:
+        raise NoEndpoints(f"service {service.hostname} port {port} has no ready endpoints; "
+                          "check that its selector matches running pods")
+    chosen = balancer.pick(f"{service.hostname}:{port}", candidates)
+    workload, _ = by_target[chosen]
+    ip, target_port = chosen
+    if workload.protocol is Protocol.HBONE:
+        return Plan(Kind.HBONE, (ip, hbone.PORT), f"{ip}:{target_port}", source_identity,
+                    workload.identity(state.trust_domain), service.hostname, workload.uid, chosen)
+    return Plan(Kind.DIRECT, chosen, service=service.hostname, destination_workload=workload.uid, endpoint=chosen)
+
+
+def _via_waypoint(state, source_identity, ref: WaypointRef, authority, hostname, uid, balancer) -> Plan:
+    waypoint = state.waypoint_for(ref)
+    waypoint_service = state.service_by_host(ref.hostname)
+    if waypoint is None or waypoint_service is None:
+        raise WaypointMissing(f"waypoint {ref.namespace}/{ref.name} is not known or has no Service; "
+                              "check the Gateway (gatewayClassName shoal-waypoint) and its pods")
+    candidates = []
+    for endpoint in waypoint_service.endpoints:
+        workload = state.workloads.get(endpoint.workload_uid)
+        if workload is not None and workload.ips:
+            candidates.append((workload.ips[0], hbone.PORT))
+    candidates = sorted(set(candidates))
+    if not candidates:
+        raise NoHealthyEndpoints(f"waypoint {ref.namespace}/{ref.name} has no running pods; "
+                                 "check its Deployment in namespace " + ref.namespace)
+    chosen = balancer.pick(f"waypoint:{ref.namespace}/{ref.name}", candidates)
+    return Plan(Kind.WAYPOINT, chosen, authority, source_identity, waypoint.identity(state.trust_domain),
+                hostname, uid, chosen)
