@@ -1,0 +1,237 @@
+"""Workload identity: SPIFFE IDs, keys and CSRs, and mesh mTLS contexts.
+
+Shared by the control plane (which signs), the ztunnel and the waypoint (which
+request certificates and speak HBONE). Everything here is plain functions over
+`cryptography` objects and PEM bytes; nothing does network I/O.
+
+- `SpiffeId` (the model's) is `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`
+  as `str()`; `parse_spiffe_id` refuses anything else.
+- `new_key()` and `make_csr(key, spiffe_id)` produce what `Certificates.Sign`
+  takes: an ECDSA P-256 key and a CSR whose only SAN is the identity's URI.
+- `spiffe_id_of(cert)` reads the identity out of a certificate (a peer's, say).
+- `server_context(...)` and `client_context(...)` build `ssl.SSLContext`s for
+  mesh mTLS: TLS 1.3 only, ALPN `h2`, the peer's chain verified up to the mesh
+  trust bundle. Host names are not checked (mesh certificates carry no DNS
+  names); call `check_peer(ssl_object, expected)` after the handshake to check
+  the peer's SPIFFE ID instead.
+- `Credential` bundles a key, its chain and the trust bundle, and says when it
+  is due for renewal (at half life, as DESIGN.md asks).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
+
+from shoal.model.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
+
+__all__ = ["DEFAULT_TRUST_DOMAIN", "SpiffeId", "parse_spiffe_id", "format_spiffe_id", "new_key", "key_pem",
+           "load_key", "make_csr", "spiffe_id_of", "peer_spiffe_id", "check_peer", "Credential",
+           "server_context", "client_context", "IdentityError", "InvalidSpiffeId", "InvalidCertificate",
+           "PeerMismatch"]
+
+ALPN = "h2"
+
+# DNS-label-ish: what Kubernetes allows for namespaces and service accounts.
+_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+_TRUST_DOMAIN = r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?"
+_SPIFFE = re.compile(rf"^spiffe://(?P<td>{_TRUST_DOMAIN})/ns/(?P<ns>{_NAME})/sa/(?P<sa>{_NAME})$")
+
+
+class IdentityError(Exception):
+    """Base of identity errors: malformed IDs, CSRs or certificates, peer mismatches."""
+
+
+class InvalidSpiffeId(IdentityError, ValueError):
+    pass
+
+
+class InvalidCertificate(IdentityError):
+    pass
+
+
+class PeerMismatch(IdentityError):
+    """The peer's certificate names another identity than the one expected."""
+
+
+def parse_spiffe_id(uri: str) -> SpiffeId:
+    """`spiffe://<td>/ns/<ns>/sa/<sa>` -> SpiffeId; InvalidSpiffeId (a ValueError) otherwise.
+
+    Stricter than `shoal.model.parse_spiffe_id`: the parts must be lower-case
+    DNS names, as Kubernetes namespaces and service accounts are.
+    """
+    m = _SPIFFE.match(uri or "")
+    if not m:
+        raise InvalidSpiffeId(
+            f"{uri!r} is not a mesh identity; expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")
+    return SpiffeId(m["td"], m["ns"], m["sa"])
+
+
+def format_spiffe_id(trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
+    """A validated SpiffeId (str() of it is the URI)."""
+    return parse_spiffe_id(str(SpiffeId(trust_domain, namespace, service_account)))
+
+
+# -- keys and CSRs --------------------------------------------------------------
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidCertificate("the private key is not an ECDSA key; mesh keys are ECDSA P-256")
+    return key
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, identity: SpiffeId) -> bytes:
+    """A PEM CSR for `identity`: empty subject, the SPIFFE URI as its only SAN."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+# -- certificates ---------------------------------------------------------------
+
+def load_certificates(pem: bytes) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise InvalidCertificate(f"not a PEM certificate list: {e}") from None
+    return certs
+
+
+def certificates_pem(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def uri_sans(cert: x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def spiffe_id_of(cert: x509.Certificate | bytes) -> SpiffeId:
+    """The SPIFFE ID of a certificate (a `cryptography` object, or DER bytes as
+    `SSLObject.getpeercert(binary_form=True)` returns them)."""
+    if isinstance(cert, (bytes, bytearray)):
+        try:
+            cert = x509.load_der_x509_certificate(bytes(cert))
+        except ValueError as e:
+            raise InvalidCertificate(f"peer certificate is not DER X.509: {e}") from None
+    uris = [u for u in uri_sans(cert) if u.startswith("spiffe://")]
+    if len(uris) != 1:
+        raise InvalidCertificate(f"certificate has {len(uris)} SPIFFE URI SANs; a mesh certificate has exactly one")
+    return parse_spiffe_id(uris[0])
+
+
+def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId:
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise PeerMismatch("the peer presented no certificate")
+    return spiffe_id_of(der)
+
+
+def check_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, expected: SpiffeId | set[SpiffeId]) -> SpiffeId:
+    """Checks the peer's SPIFFE ID after the handshake; returns it, raises PeerMismatch."""
+    got = peer_spiffe_id(ssl_object)
+    allowed = expected if isinstance(expected, (set, frozenset)) else {expected}
+    if got not in allowed:
+        want = ", ".join(sorted(str(x) for x in allowed))
+        raise PeerMismatch(f"peer is {got}, expected {want}: check the destination's service account "
+                           "and that both sides trust the same mesh root")
+    return got
+
+
+# -- credentials and TLS contexts -------------------------------------------------
+
+@dataclass(frozen=True)
+class Credential:
+    """A workload's key, its certificate chain (leaf first) and the trust bundle, all PEM."""
+
+    identity: SpiffeId
+    key_pem: bytes
+    chain_pem: bytes
+    bundle_pem: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    @classmethod
+    def from_pem(cls, key_pem_bytes: bytes, chain_pem: bytes, bundle_pem: bytes) -> "Credential":
+        chain = load_certificates(chain_pem)
+        if not chain:
+            raise InvalidCertificate("empty certificate chain")
+        leaf = chain[0]
+        load_certificates(bundle_pem)
+        return cls(spiffe_id_of(leaf), key_pem_bytes, chain_pem, bundle_pem,
+                   leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+
+    def renew_at(self) -> dt.datetime:
+        return self.not_before + (self.not_after - self.not_before) / 2
+
+    def needs_renewal(self, now: dt.datetime | None = None) -> bool:
+        return (now or dt.datetime.now(dt.timezone.utc)) >= self.renew_at()
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        return (now or dt.datetime.now(dt.timezone.utc)) >= self.not_after
+
+
+def _base_context(purpose: ssl.Purpose, bundle_pem: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # mesh certificates carry SPIFFE URIs, checked by check_peer
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=bundle_pem.decode())
+    ctx.set_alpn_protocols([ALPN])
+    return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem_bytes: bytes) -> None:
+    # ssl only loads key material from files; keep them in a private temp dir for the call.
+    with tempfile.TemporaryDirectory(prefix="shoal-tls-") as d:
+        cert_file, key_file = Path(d) / "chain.pem", Path(d) / "key.pem"
+        cert_file.write_bytes(chain_pem)
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(key_pem_bytes)
+        ctx.load_cert_chain(cert_file, key_file)
+
+
+def server_context(credential: Credential) -> ssl.SSLContext:
+    """TLS 1.3, ALPN h2, requires a client certificate that chains to the bundle."""
+    ctx = _base_context(ssl.Purpose.CLIENT_AUTH, credential.bundle_pem)
+    _load_chain(ctx, credential.chain_pem, credential.key_pem)
+    return ctx
+
+
+def client_context(credential: Credential | None, bundle_pem: bytes | None = None) -> ssl.SSLContext:
+    """TLS 1.3, ALPN h2, verifies the server's chain to the bundle; presents
+    `credential` as the client certificate when given."""
+    bundle = credential.bundle_pem if credential else bundle_pem
+    if bundle is None:
+        raise IdentityError("client_context needs a credential or a trust bundle")
+    ctx = _base_context(ssl.Purpose.SERVER_AUTH, bundle)
+    if credential is not None:
+        _load_chain(ctx, credential.chain_pem, credential.key_pem)
+    return ctx
