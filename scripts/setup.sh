@@ -8,7 +8,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 PACKAGES=(
   iproute2 iptables python3-bpfcc python3-venv python3-dev libbpf1 bpftool
-  linux-headers-amd64 curl iperf3 haproxy redis-server redis-tools tcpdump openssl
+  linux-headers-amd64 curl iputils-ping iperf3 haproxy redis-server redis-tools tcpdump openssl
 )
 
 missing=()

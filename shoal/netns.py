@@ -9,6 +9,7 @@ was created in, which is how the ztunnel holds listeners inside pods.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import subprocess
@@ -44,12 +45,13 @@ def create(name: str) -> bool:
     """Creates the named namespace with loopback up; False if it already existed."""
     if exists(name):
         return False
-    try:
-        _netns.create(name)
-    except PermissionError as e:
-        raise NetnsError(f"cannot create network namespace {name}: {e}; shoal local needs root") from e
-    with IPRoute(netns=name) as ip:
-        ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+    # `ip netns add` rather than pyroute2's create, which forks a Python child (see `ip`).
+    result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if result.returncode != 0 and not exists(name):
+        raise NetnsError(f"cannot create network namespace {name}: {result.stderr.strip()}"
+                         " (creating namespaces needs root)")
+    with ip(name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
     return True
 
 
@@ -71,9 +73,14 @@ def open_fd(name_or_path: str | os.PathLike) -> int:
         raise NetnsError(f"network namespace {name_or_path} does not exist") from None
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def setns(fd: int) -> None:
-    """Moves the calling thread into the namespace behind `fd`."""
-    os.setns(fd, CLONE_NEWNET)
+    """Moves the calling thread into the namespace behind `fd` (os.setns is 3.12+)."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(f"setns failed: {os.strerror(err)}; entering a network namespace needs CAP_SYS_ADMIN")
 
 
 @contextmanager
@@ -116,8 +123,16 @@ def socket_in(name_or_fd: str | int, family=socket.AF_INET, type=socket.SOCK_STR
 
 
 def ip(name: str | None = None) -> IPRoute:
-    """A pyroute2 IPRoute bound to the namespace (or the caller's, for None)."""
-    return IPRoute(netns=name) if name else IPRoute()
+    """A pyroute2 IPRoute bound to the namespace (or the caller's, for None).
+
+    The netlink socket is opened in a thread that has entered the namespace,
+    rather than with pyroute2's own `netns=`, which forks a helper process: a
+    forked child shares the parent's signal wake-up fd, so its exit can look
+    like a SIGTERM to an asyncio daemon.
+    """
+    if not name:
+        return IPRoute()
+    return IPRoute(use_socket=socket_in(name, socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
 
 
 def popen(name: str, argv: Sequence[str], *, cgroup: str | None = None, **kwargs) -> subprocess.Popen:

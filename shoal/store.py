@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import fcntl
+import ipaddress
 import json
 import os
 import time
@@ -43,6 +44,7 @@ JOURNAL_MAX = 20_000
 JOURNAL_KEEP = 10_000
 POLL_SECONDS = 0.02
 BOOKMARK_SECONDS = 5.0
+SERVICE_NETWORK = "198.18.16.0/20"  # the local cluster's Service VIP range
 
 
 class StoreError(Exception):
@@ -174,6 +176,7 @@ class Store:
                 meta = new.setdefault("metadata", {})
                 if kind not in CLUSTER_SCOPED:
                     meta["namespace"] = namespace
+                self._server_defaults(kind, old, new)
                 if old is not None and _same_desired(old, new):
                     stored.append(old)
                     continue
@@ -191,28 +194,51 @@ class Store:
             self._append(events, rv)
         return stored
 
-    def update_status(self, kind: str, namespace: str | None, name: str, status: dict) -> dict:
-        """Replaces an object's status, the way the kubelet writes pod status."""
-        with self._locked():
-            obj = self.get(kind, namespace, name)
-            if obj is None:
-                raise NotFound(f"{kind} {namespace}/{name} not found")
-            if obj.get("status") == status:
-                return obj
-            rv = self.resource_version() + 1
-            obj["status"] = status
-            obj["metadata"]["resourceVersion"] = str(rv)
-            self._write(*key_of(obj), obj)
-            self._append([Event("MODIFIED", obj)], rv)
-            return obj
+    def mutate(self, kind: str, namespace: str | None, name: str, change) -> dict:
+        """Applies `change(obj)` in place under the lock; one event if anything changed.
 
-    def patch_metadata(self, kind: str, namespace: str | None, name: str, *, labels=None, annotations=None) -> dict:
-        """Merges labels and annotations (a value of None removes the key)."""
+        This is how controllers write fields they own (status, a binding, labels)
+        without replacing the user's object.
+        """
         with self._locked():
             obj = self.get(kind, namespace, name)
             if obj is None:
                 raise NotFound(f"{kind} {namespace}/{name} not found")
             before = copy.deepcopy(obj)
+            change(obj)
+            if obj == before:
+                return obj
+            rv = self.resource_version() + 1
+            obj["metadata"]["resourceVersion"] = str(rv)
+            self._write(*key_of(obj), obj)
+            self._append([Event("MODIFIED", obj)], rv)
+            return obj
+
+    def _server_defaults(self, kind: str, old: dict | None, new: dict) -> None:
+        """Fields the API server owns or keeps across a re-apply: a Service's VIP, a Pod's binding."""
+        spec = new.setdefault("spec", {}) if kind in ("Service", "Pod") else None
+        old_spec = (old or {}).get("spec", {})
+        if kind == "Pod" and not spec.get("nodeName") and old_spec.get("nodeName"):
+            spec["nodeName"] = old_spec["nodeName"]
+        if kind == "Service" and not spec.get("clusterIP"):
+            spec["clusterIP"] = old_spec.get("clusterIP") or self._allocate_vip()
+
+    def _allocate_vip(self) -> str:
+        used = {json.loads(f.read_text()).get("spec", {}).get("clusterIP")
+                for f in (self.objects_dir / "Service").glob("*/*.json")}
+        network = ipaddress.ip_network(SERVICE_NETWORK)
+        for host in list(network.hosts())[9:]:
+            if str(host) not in used:
+                return str(host)
+        raise StoreError(f"the Service range {SERVICE_NETWORK} is exhausted")
+
+    def update_status(self, kind: str, namespace: str | None, name: str, status: dict) -> dict:
+        """Replaces an object's status, the way the kubelet writes pod status."""
+        return self.mutate(kind, namespace, name, lambda obj: obj.__setitem__("status", status))
+
+    def patch_metadata(self, kind: str, namespace: str | None, name: str, *, labels=None, annotations=None) -> dict:
+        """Merges labels and annotations (a value of None removes the key)."""
+        def change(obj):
             meta = obj["metadata"]
             for field, changes in (("labels", labels), ("annotations", annotations)):
                 for k, v in (changes or {}).items():
@@ -221,13 +247,7 @@ class Store:
                         current.pop(k, None)
                     else:
                         current[k] = v
-            if obj == before:
-                return obj
-            rv = self.resource_version() + 1
-            meta["resourceVersion"] = str(rv)
-            self._write(*key_of(obj), obj)
-            self._append([Event("MODIFIED", obj)], rv)
-            return obj
+        return self.mutate(kind, namespace, name, change)
 
     def delete(self, kind: str, namespace: str | None, name: str) -> dict | None:
         return self.delete_many([(kind, namespace, name)])[0]

@@ -36,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is a command to run (as in `shoal local exec POD -- CMD`),
+    # so options may stand anywhere before it.
+    trailing: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, trailing = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    args.trailing = trailing
     log.setup(args.log_format, args.log_level)
     try:
         return int(args.func(args) or 0)

@@ -52,6 +52,11 @@ Component = Callable[[Layout, int, Settings], "dict | None"]
 
 COMPONENTS: list[Component] = []
 
+# What a part must remove at `shoal local down` beyond what goes with the
+# cluster's netns, cgroups and run directory (pinned BPF objects, say).
+# Each is called with the Layout after the daemon and the pods have stopped.
+CLEANUPS: list[Callable[[Layout], None]] = []
+
 
 def system_pods(layout: Layout, settings: Settings) -> list[dict]:
     pods = []
@@ -63,4 +68,4 @@ def system_pods(layout: Layout, settings: Settings) -> list[dict]:
     return pods
 
 
-__all__ = ["COMPONENTS", "Settings", "SYSTEM_NAMESPACE", "shoal_argv", "system_pod", "system_pods", "node_ip"]
+__all__ = ["CLEANUPS", "COMPONENTS", "Settings", "SYSTEM_NAMESPACE", "shoal_argv", "system_pod", "system_pods", "node_ip"]

@@ -1,0 +1,243 @@
+"""Bringing a local cluster up and taking it down.
+
+`up` is idempotent: the network, the store, the daemon and the system pods
+are each checked before they are made. `down` finds what to remove by name
+(netns prefix, cgroup tree, /etc/netns entries, the run directory) rather
+than from any record, so it also cleans up after a crash or a half-made `up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from shoal import log, netns
+from shoal.local import components, network
+from shoal.local.kubelet import cgroup_pids, remove_cgroup, remove_etc_netns
+from shoal.local.layout import MAX_NODES, Layout, node_ip, node_name, pod_cidr
+from shoal.local.services import pod_ready
+
+logger = log.get("shoal.local")
+
+Progress = Callable[[str], None]
+READY_TIMEOUT = 180.0
+REQUIRED_TOOLS = ("ip", "iptables-legacy", "iptables-legacy-restore")
+
+
+class ClusterError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    nodes: int
+    redirect: str
+
+    @classmethod
+    def read(cls, layout: Layout) -> "ClusterConfig | None":
+        path = layout.run_dir / "cluster.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    def write(self, layout: Layout) -> None:
+        (layout.run_dir / "cluster.json").write_text(json.dumps({"nodes": self.nodes, "redirect": self.redirect}))
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise ClusterError("shoal local needs root: it creates network namespaces, veths and cgroups (try sudo)")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise ClusterError(f"missing tools: {', '.join(missing)}; run `make setup` (apt install iproute2 iptables)")
+    from shoal.local.layout import CGROUP_ROOT
+
+    if not (CGROUP_ROOT / "cgroup.procs").exists():
+        raise ClusterError(f"no cgroup v2 hierarchy at {CGROUP_ROOT}; mount one there or set SHOAL_CGROUP_ROOT")
+
+
+def daemon_pid(layout: Layout) -> int | None:
+    try:
+        pid = int(layout.daemon_pidfile.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return None
+    return pid if b"shoal.local.daemon" in cmdline else None
+
+
+def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) -> list[str]:
+    """Brings the cluster to its running state; returns what it had to start (empty when nothing)."""
+    check_prerequisites()
+    if not 1 <= nodes <= MAX_NODES:
+        raise ClusterError(f"--nodes must be between 1 and {MAX_NODES}")
+    current = ClusterConfig.read(layout)
+    if current and current.nodes != nodes:
+        raise ClusterError(f"cluster {layout.cluster!r} is up with {current.nodes} nodes; "
+                           f"run `shoal local down --cluster {layout.cluster}` first to change that")
+    if current and current.redirect != redirect:
+        raise ClusterError(f"cluster {layout.cluster!r} is up with --redirect {current.redirect}; "
+                           f"run `shoal local down --cluster {layout.cluster}` first to change that")
+    started: list[str] = []
+    store = layout.store()
+    layout.logs_dir.mkdir(parents=True, exist_ok=True)
+    store.init()
+    ClusterConfig(nodes, redirect).write(layout)
+
+    if not netns.exists(layout.underlay_netns):
+        started.append("underlay network")
+    network.ensure_underlay(layout)
+    for node in range(1, nodes + 1):
+        if not netns.exists(layout.node_netns(node)):
+            progress(f"creating {node_name(node)} ({node_ip(node)}, pods {pod_cidr(node)})")
+            started.append(node_name(node))
+        network.ensure_node(layout, node, nodes)
+        layout.node_dir(node).mkdir(parents=True, exist_ok=True)
+
+    _write_tokens(layout, nodes)
+    base = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        for name in ("default", components.SYSTEM_NAMESPACE)
+    ] + [
+        {"apiVersion": "v1", "kind": "Node",
+         "metadata": {"name": node_name(i), "labels": {"kubernetes.io/hostname": node_name(i)}},
+         "spec": {"podCIDR": str(pod_cidr(i))},
+         "status": {"addresses": [{"type": "InternalIP", "address": node_ip(i)},
+                                  {"type": "Hostname", "address": node_name(i)}]}}
+        for i in range(1, nodes + 1)
+    ]
+    for obj in base:
+        if store.get(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) is None:
+            store.apply(obj)
+
+    if daemon_pid(layout) is None:
+        progress("starting the local cluster daemon (scheduler, kubelets, kube-proxy)")
+        _start_daemon(layout)
+        started.append("daemon")
+
+    system = components.system_pods(layout, components.Settings(nodes=nodes, redirect=redirect))
+    for pod in system:
+        if store.get("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]) is None:
+            started.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")
+    if system:
+        store.apply_many(system)
+        wait_ready(layout, [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in system], progress)
+    return started
+
+
+def _write_tokens(layout: Layout, nodes: int) -> None:
+    """A bootstrap token per node: the ztunnel's credential to the control plane here."""
+    tokens_path = layout.run_dir / "bootstrap-tokens.json"
+    tokens = json.loads(tokens_path.read_text()) if tokens_path.exists() else {}
+    by_node = {v: k for k, v in tokens.items()}
+    for node in range(1, nodes + 1):
+        token_file = layout.node_dir(node) / "token"
+        token = by_node.get(node_name(node))
+        if token is None:
+            token = secrets.token_hex(24)
+            tokens[token] = node_name(node)
+        if not token_file.exists():
+            token_file.write_text(token)
+            token_file.chmod(0o600)
+    tokens_path.write_text(json.dumps(tokens))
+    tokens_path.chmod(0o600)
+
+
+def _start_daemon(layout: Layout) -> None:
+    cgroup = layout.cgroup_dir / "daemon"
+    cgroup.mkdir(parents=True, exist_ok=True)
+    log_file = open(layout.logs_dir / "daemon.log", "ab")
+    procs = str(cgroup / "cgroup.procs")
+
+    def preexec():
+        os.setsid()
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    subprocess.Popen(
+        [sys.executable, "-m", "shoal.local.daemon", "--cluster", layout.cluster],
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, preexec_fn=preexec, close_fds=True,
+    )
+    log_file.close()
+    deadline = time.monotonic() + 15
+    while daemon_pid(layout) is None:
+        if time.monotonic() > deadline:
+            tail = (layout.logs_dir / "daemon.log").read_text()[-2000:]
+            raise ClusterError(f"the local cluster daemon did not start; its log ends:\n{tail}")
+        time.sleep(0.05)
+
+
+def wait_ready(layout: Layout, pods: list[tuple[str, str]], progress: Progress = print,
+               timeout: float = READY_TIMEOUT) -> None:
+    store = layout.store()
+    deadline = time.monotonic() + timeout
+    pending = set(pods)
+    reported: set = set()
+    while pending:
+        for key in sorted(pending):
+            pod = store.get("Pod", *key)
+            if pod is not None and pod_ready(pod):
+                pending.discard(key)
+                progress(f"  ready: {key[0]}/{key[1]}")
+            elif pod is not None and key not in reported and (pod.get("status") or {}).get("phase") == "Running":
+                reported.add(key)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            names = ", ".join(f"{ns}/{n}" for ns, n in sorted(pending))
+            raise ClusterError(f"not ready after {timeout:.0f}s: {names}; see `shoal local logs -n NS NAME`"
+                               f" --cluster {layout.cluster}")
+        time.sleep(0.1)
+
+
+def down(layout: Layout, progress: Progress = print) -> list[str]:
+    """Removes everything the cluster made; returns what it removed."""
+    check_prerequisites()
+    removed: list[str] = []
+    pid = daemon_pid(layout)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while daemon_pid(layout) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        removed.append("daemon")
+    for cleanup in components.CLEANUPS:
+        try:
+            cleanup(layout)
+        except Exception as e:  # one part's cleanup must not stop the rest
+            progress(f"warning: cleanup {cleanup.__name__} failed: {e}")
+    if layout.cgroup_dir.exists():
+        pids = sum(len(cgroup_pids(p)) for p in [layout.cgroup_dir, *layout.cgroup_dir.rglob("*")] if p.is_dir())
+        remove_cgroup(layout.cgroup_dir)
+        removed.append(f"cgroups ({pids} processes)")
+    try:
+        layout.cgroup_dir.parent.rmdir()  # the shared shoal/ level, once no cluster is left in it
+    except OSError:
+        pass
+    names = netns.names(layout.prefix)
+    for name in names:
+        netns.remove(name)
+        remove_etc_netns(name)
+    for stale in Path("/etc/netns").glob(f"{layout.prefix}*") if Path("/etc/netns").exists() else []:
+        remove_etc_netns(stale.name)
+    try:
+        Path("/etc/netns").rmdir()  # only when empty: it may hold other tools' entries
+    except OSError:
+        pass
+    if names:
+        removed.append(f"{len(names)} network namespaces")
+    if layout.run_dir.exists():
+        shutil.rmtree(layout.run_dir)
+        removed.append(str(layout.run_dir))
+    return removed

@@ -1,0 +1,435 @@
+"""The local kubelet: pod sandboxes, container processes, restarts, status.
+
+For each pod bound to a node of the cluster it:
+- builds the sandbox: a netns wired to the node (or the node's own netns for
+  hostNetwork pods), a cgroup v2 directory, and /etc/netns/<netns>/{hosts,resolv.conf};
+- runs each container's command inside the netns and the cgroup, with stdout
+  and stderr appended to a log file;
+- restarts a container that exits, per restartPolicy, with exponential backoff
+  (CrashLoopBackOff), and counts restarts;
+- probes readiness (httpGet or tcpSocket), and writes status back to the store
+  the way the kubelet does: phase, podIP, hostIP, conditions, containerStatuses,
+  plus `status.shoal.{netns,cgroup}` for the node agent.
+
+Stopping a pod sends SIGTERM to every process of its cgroup, waits the grace
+period, then kills what is left with cgroup.kill, so nothing escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal import log, netns
+from shoal.local import network, services
+from shoal.local.layout import Layout, node_index, node_ip, pod_cidr
+from shoal.store import Store, now_rfc3339
+
+logger = log.get("shoal.local.kubelet")
+
+BACKOFF_START = 0.2
+BACKOFF_MAX = 10.0
+BACKOFF_RESET_AFTER = 10.0  # a container that ran this long starts its backoff over
+GRACE_MAX = 10.0
+PROBE_PERIOD = 0.5
+
+
+class KubeletError(Exception):
+    pass
+
+
+# -- cgroups ------------------------------------------------------------------
+
+def cgroup_pids(path: Path) -> list[int]:
+    try:
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def cgroup_kill(path: Path) -> None:
+    """Kills every process in the cgroup (cgroup.kill where the kernel has it, else one by one)."""
+    kill_file = path / "cgroup.kill"
+    if kill_file.exists():
+        kill_file.write_text("1")
+        return
+    for pid in cgroup_pids(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def cgroup_signal(path: Path, sig: int) -> None:
+    for pid in cgroup_pids(path):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def remove_cgroup(path: Path, timeout: float = 5.0) -> None:
+    """Kills what is left in a cgroup (and its children) and removes the directories."""
+    if not path.exists():
+        return
+    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        remove_cgroup(child, timeout)
+    cgroup_kill(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise KubeletError(f"cgroup {path} still has processes after kill: {cgroup_pids(path)}")
+            time.sleep(0.02)
+
+
+# -- the runtime of one pod ----------------------------------------------------
+
+@dataclass
+class ContainerState:
+    name: str
+    argv: list[str]
+    probe: dict | None
+    restart_count: int = 0
+    running: bool = False
+    ready: bool = False
+    started_at: str | None = None
+    last_exit: int | None = None
+    last_finished_at: str | None = None
+    waiting_reason: str | None = None
+    done: bool = False  # will not run again (restartPolicy)
+    process: asyncio.subprocess.Process | None = None
+
+    def status(self) -> dict:
+        if self.running:
+            state = {"running": {"startedAt": self.started_at}}
+        elif self.done:
+            state = {"terminated": {"exitCode": self.last_exit, "finishedAt": self.last_finished_at,
+                                    "reason": "Completed" if self.last_exit == 0 else "Error"}}
+        else:
+            state = {"waiting": {"reason": self.waiting_reason or "ContainerCreating"}}
+        out = {"name": self.name, "ready": self.ready, "restartCount": self.restart_count, "state": state}
+        if self.last_exit is not None and not self.done:
+            out["lastState"] = {"terminated": {"exitCode": self.last_exit, "finishedAt": self.last_finished_at}}
+        return out
+
+
+@dataclass
+class PodRuntime:
+    namespace: str
+    name: str
+    uid: str
+    node: int
+    host_network: bool
+    netns: str
+    node_netns: str
+    cgroup: Path
+    ip: str
+    restart_policy: str
+    grace: float
+    containers: list[ContainerState] = field(default_factory=list)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    started_at: str = field(default_factory=now_rfc3339)
+    stopping: bool = False
+
+    def phase(self) -> str:
+        if not self.containers:
+            return "Running"  # an empty sandbox, to exec into
+        if any(c.running or not c.done for c in self.containers):
+            return "Running" if any(c.running or c.restart_count or c.last_exit is not None
+                                    for c in self.containers) else "Pending"
+        return "Succeeded" if all(c.last_exit == 0 for c in self.containers) else "Failed"
+
+    def status(self) -> dict:
+        ready = all(c.ready for c in self.containers) and not self.stopping
+        return {
+            "phase": self.phase(),
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "hostIP": node_ip(self.node),
+            "startTime": self.started_at,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "containerStatuses": [c.status() for c in self.containers],
+            "shoal": {"netns": str(netns.path(self.netns)), "cgroup": str(self.cgroup)},
+        }
+
+
+class Kubelet:
+    """Runs the pods bound to the nodes of one local cluster."""
+
+    def __init__(self, layout: Layout, store: Store) -> None:
+        self.layout = layout
+        self.store = store
+        self.pods: dict[tuple[str, str], PodRuntime] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._status_event = asyncio.Event()
+
+    # -- reconcile ---------------------------------------------------------------
+
+    async def sync(self, pods: list[dict], services_list: list[dict]) -> None:
+        """Makes the running pods match `pods` (the store's Pod objects)."""
+        wanted = {}
+        for pod in pods:
+            node_name = pod.get("spec", {}).get("nodeName")
+            if node_name:
+                wanted[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
+        for key, runtime in list(self.pods.items()):
+            pod = wanted.get(key)
+            if pod is None or pod["metadata"]["uid"] != runtime.uid:
+                await self.stop(runtime)
+        for key, pod in wanted.items():
+            if key not in self.pods:
+                try:
+                    await self.start(pod, services_list)
+                except Exception as e:  # one bad pod must not stop the others
+                    logger.error("pod sandbox failed", pod=f"{key[0]}/{key[1]}", error=str(e))
+                    self._write_failed(pod, str(e))
+        for runtime in self.pods.values():
+            if not runtime.host_network:
+                self._write_dns(runtime, services_list)
+
+    def _allocate_ip(self, node: int, pod: dict) -> str:
+        wanted = (pod.get("status") or {}).get("podIP")
+        in_use = {r.ip for r in self.pods.values() if r.node == node}
+        if wanted and wanted not in in_use and network_contains(node, wanted):
+            return wanted
+        for host in list(pod_cidr(node).hosts())[1:]:
+            if str(host) not in in_use:
+                return str(host)
+        raise KubeletError(f"node{node} has no pod address left in {pod_cidr(node)}")
+
+    async def start(self, pod: dict, services_list: list[dict]) -> None:
+        meta, spec = pod["metadata"], pod.get("spec", {})
+        namespace, name = meta["namespace"], meta["name"]
+        node = node_index(spec["nodeName"])
+        host_network = bool(spec.get("hostNetwork"))
+        if host_network:
+            ns, ip = self.layout.node_netns(node), node_ip(node)
+        else:
+            ip = self._allocate_ip(node, pod)
+            ns = await asyncio.to_thread(network.ensure_pod_sandbox, self.layout, node, namespace, name, ip)
+        cgroup = self.layout.pod_cgroup(namespace, name)
+        if cgroup_pids(cgroup):
+            logger.info("killing processes left from an earlier kubelet", pod=f"{namespace}/{name}")
+            await asyncio.to_thread(remove_cgroup, cgroup)
+        cgroup.mkdir(parents=True, exist_ok=True)
+        runtime = PodRuntime(
+            namespace=namespace, name=name, uid=meta["uid"], node=node, host_network=host_network,
+            netns=ns, node_netns=self.layout.node_netns(node), cgroup=cgroup, ip=ip, restart_policy=spec.get("restartPolicy", "Always"),
+            grace=min(float(spec.get("terminationGracePeriodSeconds", 5)), GRACE_MAX),
+        )
+        for container in spec.get("containers", []):
+            argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+            if argv:
+                runtime.containers.append(ContainerState(container["name"], argv, container.get("readinessProbe")))
+        self.pods[(namespace, name)] = runtime
+        if not host_network:
+            self._write_dns(runtime, services_list)
+        env = self._env(pod, runtime)
+        for container in runtime.containers:
+            runtime.tasks.append(asyncio.create_task(self._run_container(runtime, container, env)))
+        logger.info("pod started", pod=f"{namespace}/{name}", node=f"node{node}", ip=ip,
+                    containers=[c.name for c in runtime.containers])
+        self._mark(runtime)
+
+    async def stop(self, runtime: PodRuntime) -> None:
+        runtime.stopping = True
+        for task in runtime.tasks:
+            task.cancel()
+        await asyncio.to_thread(self._terminate, runtime)
+        for task in runtime.tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if not runtime.host_network:
+            await asyncio.to_thread(network.remove_pod_sandbox, self.layout, runtime.namespace, runtime.name)
+            remove_etc_netns(runtime.netns)
+        self.pods.pop((runtime.namespace, runtime.name), None)
+        logger.info("pod stopped", pod=f"{runtime.namespace}/{runtime.name}")
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(r) for r in list(self.pods.values())))
+
+    @staticmethod
+    def _terminate(runtime: PodRuntime) -> None:
+        cgroup_signal(runtime.cgroup, signal.SIGTERM)
+        deadline = time.monotonic() + runtime.grace
+        while cgroup_pids(runtime.cgroup) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remove_cgroup(runtime.cgroup)
+
+    # -- containers ----------------------------------------------------------------
+
+    def _env(self, pod: dict, runtime: PodRuntime) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": "/root",
+            "HOSTNAME": runtime.name,
+            "POD_NAME": runtime.name,
+            "POD_NAMESPACE": runtime.namespace,
+            "POD_IP": runtime.ip,
+            "NODE_NAME": f"node{runtime.node}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "PYTHONPATH", "VIRTUAL_ENV"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        return env
+
+    async def _run_container(self, runtime: PodRuntime, c: ContainerState, base_env: dict) -> None:
+        spec_env = {}
+        for container in self.store.get("Pod", runtime.namespace, runtime.name).get("spec", {}).get("containers", []):
+            if container["name"] == c.name:
+                spec_env = {e["name"]: str(e.get("value", "")) for e in container.get("env", []) or []}
+        env = {**base_env, **spec_env}
+        log_path = self.layout.pod_log(runtime.namespace, runtime.name, c.name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        work_dir = self.layout.run_dir / "pods" / f"{runtime.namespace}_{runtime.name}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        backoff = BACKOFF_START
+        probe_task = None
+        while not runtime.stopping:
+            with open(log_path, "ab", buffering=0) as log_file:
+                try:
+                    c.process = await asyncio.create_subprocess_exec(
+                        "ip", "netns", "exec", runtime.netns, *c.argv,
+                        stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                        cwd=work_dir, env=env, preexec_fn=_enter_cgroup(runtime.cgroup),
+                        start_new_session=True,
+                    )
+                except OSError as e:
+                    c.waiting_reason = f"StartError: {e}"
+                    c.process = None
+            if c.process is not None:
+                c.running, c.waiting_reason, c.started_at = True, None, now_rfc3339()
+                started = time.monotonic()
+                probe_task = asyncio.create_task(self._probe(runtime, c))
+                self._mark(runtime)
+                code = await c.process.wait()
+                probe_task.cancel()
+                c.running, c.ready = False, False
+                c.last_exit, c.last_finished_at = code, now_rfc3339()
+                if time.monotonic() - started > BACKOFF_RESET_AFTER:
+                    backoff = BACKOFF_START
+                if runtime.stopping:
+                    return
+                logger.info("container exited", pod=f"{runtime.namespace}/{runtime.name}",
+                            container=c.name, exit_code=code)
+            if runtime.restart_policy == "Never" or (runtime.restart_policy == "OnFailure" and c.last_exit == 0):
+                c.done = True
+                self._mark(runtime)
+                return
+            c.restart_count += 1 if c.process is not None else 0
+            c.waiting_reason = c.waiting_reason or "CrashLoopBackOff"
+            self._mark(runtime)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _probe(self, runtime: PodRuntime, c: ContainerState) -> None:
+        if not c.probe:
+            c.ready = True
+            self._mark(runtime)
+            return
+        while c.running:
+            ok = await asyncio.to_thread(_probe_once, runtime, c.probe)
+            if ok != c.ready:
+                c.ready = ok
+                self._mark(runtime)
+            await asyncio.sleep(PROBE_PERIOD)
+
+    # -- status and DNS ---------------------------------------------------------------
+
+    def _mark(self, runtime: PodRuntime) -> None:
+        self._dirty.add((runtime.namespace, runtime.name))
+        self._status_event.set()
+
+    async def status_writer(self) -> None:
+        """Writes pod status back to the store, coalescing bursts of changes."""
+        while True:
+            await self._status_event.wait()
+            self._status_event.clear()
+            await asyncio.sleep(0.01)
+            dirty, self._dirty = self._dirty, set()
+            for key in dirty:
+                runtime = self.pods.get(key)
+                if runtime is None or runtime.stopping:
+                    continue
+                try:
+                    self.store.update_status("Pod", key[0], key[1], runtime.status())
+                except Exception as e:  # the pod was deleted meanwhile
+                    logger.debug("status not written", pod=f"{key[0]}/{key[1]}", error=str(e))
+
+    def _write_failed(self, pod: dict, reason: str) -> None:
+        meta = pod["metadata"]
+        try:
+            self.store.update_status("Pod", meta["namespace"], meta["name"],
+                                     {"phase": "Failed", "reason": "SandboxError", "message": reason})
+        except Exception:
+            pass
+
+    def _write_dns(self, runtime: PodRuntime, services_list: list[dict]) -> None:
+        directory = Path("/etc/netns") / runtime.netns
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, content in (("hosts", services.hosts_file(runtime.namespace, services_list)),
+                              ("resolv.conf", services.resolv_conf(runtime.namespace))):
+            path = directory / name
+            # Rewritten in place, never replaced: running pods see it through a bind mount.
+            if not path.exists() or path.read_text() != content:
+                with open(path, "w") as f:
+                    f.write(content)
+
+
+def network_contains(node: int, ip: str) -> bool:
+    return ipaddress.ip_address(ip) in pod_cidr(node)
+
+
+def remove_etc_netns(name: str) -> None:
+    directory = Path("/etc/netns") / name
+    if directory.exists():
+        for f in directory.iterdir():
+            f.unlink()
+        directory.rmdir()
+
+
+def _enter_cgroup(cgroup: Path):
+    procs = str(cgroup / "cgroup.procs")
+
+    def preexec():
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return preexec
+
+
+def _probe_once(runtime: PodRuntime, probe: dict) -> bool:
+    target = probe.get("httpGet") or probe.get("tcpSocket") or {}
+    port = int(target.get("port", 0))
+    host = target.get("host") or ("127.0.0.1" if runtime.host_network else runtime.ip)
+
+    def attempt() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                if "httpGet" not in probe:
+                    return True
+                path = target.get("path", "/")
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+                head = s.recv(64).decode("latin-1")
+                parts = head.split(" ")
+                return len(parts) > 1 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
+        except OSError:
+            return False
+
+    # The kubelet probes from the node, as a real kubelet does.
+    return netns.run_in(runtime.node_netns, attempt)
