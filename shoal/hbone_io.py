@@ -1,0 +1,528 @@
+"""HBONE over asyncio: the thin driver around `shoal.hbone`, and the two-way relay.
+
+Everything here is asyncio *protocols* (callbacks), not streams: a relay
+moves each received chunk straight to the other side's transport, with no
+per-byte Python work and no copies beyond the kernel's. Backpressure is the
+transports' own: when one side's write buffer passes its high-water mark,
+the other side stops reading (`pause_writing` -> `pause_reading`); for an
+HBONE stream, "stops reading" means it stops returning flow-control credit
+to the peer, so the sender runs out of window.
+
+A relay side (`Side`) offers write / write_eof / abort / pause_reading /
+resume_reading to its peer. `TcpSide` is one TCP connection; `TunnelStream`
+is one HBONE CONNECT stream of an `HboneSession` (one TLS connection).
+Half-close travels as write_eof <-> END_STREAM; an abort travels as
+RST (SO_LINGER 0) <-> RST_STREAM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from typing import Awaitable, Callable
+
+from shoal import hbone, log
+
+logger = log.get("shoal.hbone")
+
+WRITE_HIGH_WATER = 1 << 20   # bytes buffered in a transport before its source pauses
+WRITE_LOW_WATER = 256 << 10
+
+
+class RelayError(Exception):
+    """A tunnel could not be opened or broke; the message says what to check."""
+
+    response_flag = "UF"
+
+
+class TunnelRefused(RelayError):
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"the destination's ztunnel refused the tunnel with {status}"
+                         + (f": {reason}" if reason else ""))
+        self.status = status
+        self.reason = reason
+        self.response_flag = "UAEX" if status in (401, 403) else "UF"
+
+
+class TunnelBroken(RelayError):
+    pass
+
+
+class Side:
+    """The interface one relay side offers the other."""
+
+    peer: "Side | None" = None
+    bytes_received = 0   # read from this side (and passed to the peer)
+    bytes_sent = 0       # written to this side
+
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+def _rst(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
+
+class TcpSide(asyncio.Protocol, Side):
+    """One TCP connection. Reads are held (buffered, reading paused) until attach()."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._held: list[bytes] = []
+        self._held_eof = False
+        self._read_done = False
+        self._write_done = False
+        self._paused_by_peer = False
+        self.reset = False           # ended by an RST (ours or theirs)
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if self.peer is None:
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if self.peer is None:
+            self._held.append(data)
+            self.transport.pause_reading()
+        else:
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        self._read_done = True
+        if self.peer is None:
+            self._held_eof = True
+        else:
+            self.peer.write_eof()
+        if self._write_done:
+            return False  # both directions done: let asyncio close
+        return True  # keep the write half open (half-close)
+
+    def connection_lost(self, exc) -> None:
+        clean = exc is None and self._read_done
+        if not clean:
+            self.reset = True
+            if self.peer is not None:
+                self.peer.abort()
+        elif self.peer is not None and not self._write_done:
+            # We closed after both halves were done, or the peer closed first
+            self.peer.write_eof()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume_reading()
+
+    # Side, for the peer ---------------------------------------------------------------
+
+    def attach(self, peer: Side) -> None:
+        self.peer = peer
+        for data in self._held:
+            peer.write(data)
+        self._held.clear()
+        if self._held_eof:
+            peer.write_eof()
+        elif self.transport is not None and not self._paused_by_peer and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.bytes_sent += len(data)
+        self.transport.write(data)
+
+    def write_eof(self) -> None:
+        if self._write_done or self.transport is None or self.transport.is_closing():
+            return
+        self._write_done = True
+        if self._read_done:
+            self.transport.close()
+        elif self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.reset = True
+        if self.transport is not None and not self.transport.is_closing():
+            _rst(self.transport)
+
+    def pause_reading(self) -> None:
+        self._paused_by_peer = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._paused_by_peer = False
+        if self.transport is not None and not self.transport.is_closing() and self.peer is not None:
+            self.transport.resume_reading()
+
+
+class TunnelStream(Side):
+    """One CONNECT stream of an HboneSession, as a relay side."""
+
+    def __init__(self, session: "HboneSession", stream_id: int, authority: str) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.authority = authority
+        self.peer = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._out: bytearray = bytearray()    # accepted from the peer, waiting for window
+        self._eof_pending = False
+        self._held: list[tuple[bytes, int]] = []  # received before attach (not yet credited)
+        self._held_eof = False
+        self._unacked = 0
+        self._paused = False
+        self._window_blocked = False
+        self.remote_ended = False
+        self.local_ended = False
+        self.reset = False
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # from the session ---------------------------------------------------------------
+
+    def _on_data(self, data: bytes, credit: int) -> None:
+        self.bytes_received += len(data)
+        if self.peer is None:
+            self._held.append((data, credit))
+            return
+        self.peer.write(data)
+        if self._paused:
+            self._unacked += credit
+        else:
+            self.session.conn.consumed(self.stream_id, credit)
+
+    def _on_end(self) -> None:
+        self.remote_ended = True
+        if self.peer is None:
+            self._held_eof = True
+        else:
+            self.peer.write_eof()
+        self._maybe_done()
+
+    def _on_reset(self) -> None:
+        self.reset = True
+        if self.peer is not None:
+            self.peer.abort()
+        self._finish()
+
+    def _on_window(self) -> None:
+        if self._out:
+            taken = self._send(bytes(self._out))
+            del self._out[:taken]
+        if not self._out:
+            if self._eof_pending:
+                self._eof_pending = False
+                self._end_now()
+            if self._window_blocked:
+                self._window_blocked = False
+                if self.peer is not None and not self.session.writing_paused:
+                    self.peer.resume_reading()
+
+    def _send(self, data) -> int:
+        try:
+            return self.session.conn.send(self.stream_id, data)
+        except hbone.StreamNotOpen:
+            return len(data)  # the stream is gone; drop (a reset is on its way)
+
+    def _end_now(self) -> None:
+        try:
+            self.session.conn.end(self.stream_id)
+        except hbone.StreamNotOpen:
+            pass
+        self.local_ended = True
+        self.session.flush()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.local_ended and self.remote_ended:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.session.streams.pop(self.stream_id, None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.session._stream_finished()
+
+    # Side -------------------------------------------------------------------------------
+
+    def attach(self, peer: Side) -> None:
+        self.peer = peer
+        for data, credit in self._held:
+            peer.write(data)
+            self.session.conn.consumed(self.stream_id, credit)
+        self._held.clear()
+        if self._held_eof:
+            peer.write_eof()
+        self.session.flush()
+
+    def write(self, data: bytes) -> None:
+        if self.reset or self.local_ended:
+            return
+        self.bytes_sent += len(data)
+        if self._out:
+            self._out += data
+        else:
+            taken = self._send(data)
+            if taken < len(data):
+                self._out += memoryview(data)[taken:]
+        if self._out and not self._window_blocked:
+            self._window_blocked = True
+            if self.peer is not None:
+                self.peer.pause_reading()
+        self.session.flush()
+
+    def write_eof(self) -> None:
+        if self.local_ended or self.reset:
+            return
+        if self._out:
+            self._eof_pending = True
+        else:
+            self._end_now()
+
+    def abort(self) -> None:
+        if self.reset:
+            return
+        self.reset = True
+        self.session.conn.reset(self.stream_id)
+        self.session.flush()
+        self._finish()
+
+    def pause_reading(self) -> None:
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        if self._unacked:
+            self.session.conn.consumed(self.stream_id, self._unacked)
+            self._unacked = 0
+            self.session.flush()
+
+
+RequestHandler = Callable[["HboneSession", TunnelStream], Awaitable[None]]
+
+
+class HboneSession(asyncio.Protocol):
+    """One HBONE connection (TLS underneath, handled by asyncio), client or server side."""
+
+    def __init__(self, client: bool, settings: hbone.Settings = hbone.Settings(), *,
+                 on_request: RequestHandler | None = None, name: str = "") -> None:
+        self.conn = hbone.HboneClient(settings) if client else hbone.HboneServer(settings)
+        self.client = client
+        self.on_request = on_request
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, TunnelStream] = {}
+        self._waiting: dict[int, asyncio.Future] = {}
+        self.writing_paused = False
+        self.closing = False     # GOAWAY seen or sent: no new streams
+        self.lost = asyncio.get_running_loop().create_future()
+        self.last_active = time.monotonic()
+        self._tasks: set[asyncio.Task] = set()
+        self.peer_address: tuple | None = None
+        self.ssl_object = None
+
+    # asyncio -------------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(4 * WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self.peer_address = transport.get_extra_info("peername")
+        self.ssl_object = transport.get_extra_info("ssl_object")
+        self.conn.initiate()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except hbone.ProtocolViolation as e:
+            logger.warning("hbone peer broke the protocol", peer=self.peer_address, error=str(e))
+            self.flush()
+            self._teardown(TunnelBroken(f"peer broke HTTP/2: {e}"))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for ev in events:
+            cls = ev.__class__
+            if cls is hbone.DataReceived:
+                stream = self.streams.get(ev.stream_id)
+                if stream is not None:
+                    stream._on_data(ev.data, ev.flow_controlled_length)
+                else:
+                    self.conn.consumed(ev.stream_id, ev.flow_controlled_length)
+            elif cls is hbone.WindowOpened:
+                if ev.stream_id:
+                    stream = self.streams.get(ev.stream_id)
+                    if stream is not None:
+                        stream._on_window()
+                else:
+                    for stream in list(self.streams.values()):
+                        stream._on_window()
+            elif cls is hbone.StreamEnded:
+                stream = self.streams.get(ev.stream_id)
+                if stream is not None:
+                    stream._on_end()
+            elif cls is hbone.StreamReset:
+                self._resolve(ev.stream_id, TunnelBroken(f"tunnel reset by the peer (HTTP/2 error {ev.error_code})"))
+                stream = self.streams.get(ev.stream_id)
+                if stream is not None:
+                    stream._on_reset()
+            elif cls is hbone.ConnectRequested:
+                self._on_connect_requested(ev)
+            elif cls is hbone.ConnectAccepted:
+                self._resolve(ev.stream_id, None)
+            elif cls is hbone.ConnectRefused:
+                self._resolve(ev.stream_id, TunnelRefused(ev.status, ev.reason))
+                self.streams.pop(ev.stream_id, None)
+            elif cls is hbone.ConnectionClosed:
+                self.closing = True
+                for sid in [s for s in self.streams if s > ev.last_stream_id and self.client]:
+                    self.streams[sid]._on_reset()
+        self.last_active = time.monotonic()
+        self.flush()
+
+    def connection_lost(self, exc) -> None:
+        self._teardown(TunnelBroken(f"HBONE connection lost: {exc or 'closed by peer'}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        for stream in self.streams.values():
+            if stream.peer is not None:
+                stream.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        for stream in self.streams.values():
+            if stream.peer is not None and not stream._window_blocked:
+                stream.peer.resume_reading()
+
+    # the driver ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _resolve(self, stream_id: int, error: Exception | None) -> None:
+        waiter = self._waiting.pop(stream_id, None)
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    def _teardown(self, error: Exception) -> None:
+        self.closing = True
+        for sid in list(self._waiting):
+            self._resolve(sid, error)
+        for stream in list(self.streams.values()):
+            stream._on_reset()
+
+    def _stream_finished(self) -> None:
+        self.last_active = time.monotonic()
+
+    def _on_connect_requested(self, ev: hbone.ConnectRequested) -> None:
+        stream = TunnelStream(self, ev.stream_id, ev.authority)
+        self.streams[ev.stream_id] = stream
+        if self.on_request is None:
+            self.conn.refuse(ev.stream_id, 503, "this endpoint accepts no tunnels")
+            self.streams.pop(ev.stream_id, None)
+            return
+        task = asyncio.get_running_loop().create_task(self.on_request(self, stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # commands for handlers and clients -------------------------------------------------
+
+    def accept(self, stream: TunnelStream) -> None:
+        self.conn.accept(stream.stream_id)
+        self.flush()
+
+    def refuse(self, stream: TunnelStream, status: int, reason: str) -> None:
+        self.conn.refuse(stream.stream_id, status, reason)
+        self.streams.pop(stream.stream_id, None)
+        if not stream.closed.done():
+            stream.closed.set_result(None)
+        self.flush()
+
+    @property
+    def available(self) -> bool:
+        """Can another stream be opened on this connection now?"""
+        return (not self.closing and self.transport is not None and not self.transport.is_closing()
+                and self.conn.open_streams < self.conn.peer_max_concurrent_streams)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.streams)
+
+    async def open(self, authority: str, timeout: float = 10.0) -> TunnelStream:
+        """Opens a CONNECT stream and waits for the 200; raises RelayError subclasses."""
+        if not self.available:
+            raise hbone.StreamLimitReached("no stream available on this HBONE connection")
+        sid = self.conn.open(authority)
+        stream = TunnelStream(self, sid, authority)
+        self.streams[sid] = stream
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[sid] = waiter
+        self.flush()
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            self._waiting.pop(sid, None)
+            stream.abort()
+            raise RelayError(f"no answer to CONNECT {authority} within {timeout:.0f}s; "
+                             "check that the destination's ztunnel is running") from None
+        except RelayError:
+            self.streams.pop(sid, None)
+            raise
+        return stream
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.conn.close()
+            self.flush()
+            self.transport.close()
+
+
+async def relay(a: Side, b: Side) -> None:
+    """Joins two sides and waits until both are closed."""
+    a.peer, b.peer = b, a
+    # attach() flushes what each side held before it had a peer.
+    for side, peer in ((a, b), (b, a)):
+        attach = getattr(side, "attach", None)
+        if attach is not None:
+            attach(peer)
+    await asyncio.gather(a.closed, b.closed)

@@ -1,0 +1,224 @@
+"""The asyncio HBONE driver and relay, over real TLS on loopback with a test CA."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from shoal import hbone_io, identity
+from shoal.hbone_io import HboneSession, TcpSide, TunnelRefused, relay
+
+from zt_testca import TestCA
+
+CLIENT_ID = "spiffe://cluster.local/ns/app/sa/client"
+SERVER_ID = "spiffe://cluster.local/ns/app/sa/server"
+
+
+class Rig:
+    """app client -> forwarder (plain) -> HBONE/TLS -> HBONE server -> app server, all on 127.0.0.1."""
+
+    def __init__(self, app_handler, refuse: str | None = None, client_uri=CLIENT_ID):
+        self.app_handler = app_handler
+        self.refuse = refuse
+        self.ca = TestCA()
+        self.client_cred = self.ca.credential(client_uri)
+        self.server_cred = self.ca.credential(SERVER_ID)
+        self.sides: list = []
+
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        self.app = await asyncio.start_server(self.app_handler, "127.0.0.1", 0)
+        self.app_port = self.app.sockets[0].getsockname()[1]
+        server_ctx = identity.server_context(self.server_cred)
+        self.hbone = await loop.create_server(lambda: HboneSession(False, on_request=self.on_request),
+                                              "127.0.0.1", 0, ssl=server_ctx)
+        self.hbone_port = self.hbone.sockets[0].getsockname()[1]
+        client_ctx = identity.client_context(self.client_cred)
+        _, self.session = await loop.create_connection(lambda: HboneSession(True), "127.0.0.1", self.hbone_port,
+                                                       ssl=client_ctx, server_hostname="")
+        identity.check_peer(self.session.ssl_object, identity.parse_spiffe_id(SERVER_ID))
+        self.front = await loop.create_server(self.on_front, "127.0.0.1", 0)
+        self.front_port = self.front.sockets[0].getsockname()[1]
+
+    def on_front(self):
+        side = TcpSide()
+        asyncio.get_running_loop().create_task(self._front(side))
+        return side
+
+    async def _front(self, side):
+        try:
+            stream = await self.session.open(f"127.0.0.1:{self.app_port}")
+        except hbone_io.RelayError as e:
+            self.error = e
+            side.abort()
+            return
+        self.sides.append((side, stream))
+        await relay(side, stream)
+
+    async def on_request(self, session, stream):
+        if self.refuse:
+            session.refuse(stream, 403, self.refuse)
+            return
+        host, port = stream.authority.rsplit(":", 1)
+        loop = asyncio.get_running_loop()
+        _, upstream = await loop.create_connection(TcpSide, host, int(port))
+        session.accept(stream)
+        await relay(stream, upstream)
+
+    async def stop(self):
+        self.session.close()
+        for server in (self.front, self.hbone, self.app):
+            server.close()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def echo_after_eof(reader, writer):
+    data = await reader.read(-1)  # until the client half-closes
+    writer.write(data[::-1])
+    await writer.drain()
+    writer.close()
+
+
+def test_half_close_carries_through_and_reply_comes_after():
+    async def main():
+        rig = Rig(echo_after_eof)
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        payload = bytes(range(256)) * 4000
+        writer.write(payload)
+        writer.write_eof()
+        reply = await reader.read(-1)
+        assert reply == payload[::-1]
+        writer.close()
+        await asyncio.sleep(0.05)
+        side, stream = rig.sides[0]
+        assert side.bytes_received == len(payload) and stream.bytes_received == len(payload)
+        await rig.stop()
+    run(main())
+
+
+def test_many_parallel_connections_share_one_tls_connection():
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def one(rig, i):
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        message = f"hello {i} ".encode() * 100
+        writer.write(message)
+        got = await reader.readexactly(len(message))
+        writer.close()
+        return got == message
+
+    async def main():
+        rig = Rig(echo)
+        await rig.start()
+        assert all(await asyncio.gather(*(one(rig, i) for i in range(50))))
+        assert len(rig.hbone.sockets) == 1
+        await rig.stop()
+    run(main())
+
+
+def test_app_reset_becomes_client_reset():
+    async def resetter(reader, writer):
+        await reader.read(1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()
+
+    async def main():
+        rig = Rig(resetter)
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        writer.write(b"x")
+        with pytest.raises(ConnectionResetError):
+            await reader.read(100)
+            await reader.read(100)
+        await rig.stop()
+    run(main())
+
+
+def test_refusal_resets_the_app_connection_and_keeps_the_reason():
+    async def main():
+        rig = Rig(echo_after_eof, refuse="denied by policy app/deny-all")
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        with pytest.raises(ConnectionResetError):
+            await reader.read(100)
+            await reader.read(100)
+        assert isinstance(rig.error, TunnelRefused) and rig.error.status == 403
+        assert "app/deny-all" in str(rig.error)
+        await rig.stop()
+    run(main())
+
+
+def test_slow_reader_gets_backpressure_not_unbounded_buffers():
+    got_all = asyncio.Event
+
+    async def main():
+        release = asyncio.Event()
+        sink: dict = {}
+
+        async def slow(reader, writer):
+            await release.wait()
+            sink["data"] = await reader.read(-1)
+            writer.close()
+
+        rig = Rig(slow)
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        writer.transport.set_write_buffer_limits(1 << 16)
+        chunk = b"z" * (1 << 20)
+        sent = 0
+        # Push up to 256 MiB; the pipe must stall long before (window + socket buffers).
+        for _ in range(256):
+            writer.write(chunk)
+            try:
+                await asyncio.wait_for(writer.drain(), 0.5)
+            except asyncio.TimeoutError:
+                break
+            sent += len(chunk)
+        print("accepted before stall:", sent)
+        assert sent < 64 << 20, f"{sent} bytes accepted by a pipe whose reader never reads"
+        side, stream = rig.sides[0]
+        assert len(stream._out) <= 2 * hbone_io.WRITE_HIGH_WATER + (8 << 20)
+        release.set()
+        writer.write_eof()
+        await writer.drain()
+        await reader.read(-1)
+        await asyncio.sleep(0.1)
+        assert len(sink["data"]) == side.bytes_received
+        await rig.stop()
+    run(main())
+
+
+def test_client_without_mesh_certificate_cannot_handshake():
+    async def main():
+        rig = Rig(echo_after_eof)
+        await rig.start()
+        ctx = identity.client_context(None, rig.ca.bundle_pem)
+        with pytest.raises((ConnectionResetError, OSError, asyncio.IncompleteReadError)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", rig.hbone_port, ssl=ctx, server_hostname="")
+            writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            await writer.drain()
+            assert await reader.read(100) == b""
+            raise ConnectionResetError("closed without a certificate")
+        await rig.stop()
+    run(main())
+
+
+def test_client_checks_server_identity():
+    async def main():
+        rig = Rig(echo_after_eof)
+        await rig.start()
+        with pytest.raises(identity.PeerMismatch, match="expected"):
+            identity.check_peer(rig.session.ssl_object, identity.parse_spiffe_id("spiffe://cluster.local/ns/app/sa/other"))
+        await rig.stop()
+    run(main())
