@@ -1,0 +1,82 @@
+"""Return path for source-IP preservation on inbound, inside one pod's netns.
+
+The ztunnel connects to the app with IP_TRANSPARENT, bound to the client's
+IP, so the app sees the real peer. The app's replies to that foreign address
+must come back to the ztunnel's socket instead of leaving the pod:
+
+- mangle OUTPUT: a packet of ours (mark 0x539) whose source is not a local
+  address opens a transparent connection: CONNMARK it 0x111;
+- mangle OUTPUT: a packet of such a connection without our mark (the app's
+  reply) gets mark 0x111, which makes the kernel route it again;
+- `ip rule fwmark 0x111 lookup 133`, and table 133 has `local 0.0.0.0/0 dev lo`,
+  so the reply is delivered locally, to the transparent socket.
+
+All of it lives in a chain and a table of its own (chain SHOAL_ZTUNNEL,
+table 133, rule priority 32000) and `remove()` takes it away again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from pyroute2 import IPRoute
+
+from shoal import netns
+
+CHAIN = "SHOAL_ZTUNNEL"
+CONNMARK = 0x111
+TABLE = 133
+PRIORITY = 32000
+OUR_MARK = 0x539
+
+
+class TransparentError(Exception):
+    pass
+
+
+def _iptables(netns_fd: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    argv = ["nsenter", f"--net=/proc/self/fd/{netns_fd}", "iptables-legacy", "-w", "-t", "mangle", *args]
+    result = subprocess.run(argv, pass_fds=(netns_fd,), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise TransparentError(f"iptables {' '.join(args)} failed in the pod's netns: {result.stderr.strip()}; "
+                               "the ztunnel needs CAP_NET_ADMIN and iptables-legacy")
+    return result
+
+
+def install(netns_fd: int) -> None:
+    """Idempotent: flushes and refills the chain; adds the rule and route if missing."""
+    if _iptables(netns_fd, "-n", "-L", CHAIN, check=False).returncode != 0:
+        _iptables(netns_fd, "-N", CHAIN)
+    _iptables(netns_fd, "-F", CHAIN)
+    _iptables(netns_fd, "-A", CHAIN, "-m", "mark", "--mark", hex(OUR_MARK), "-m", "addrtype", "!",
+              "--src-type", "LOCAL", "-j", "CONNMARK", "--set-mark", hex(CONNMARK))
+    _iptables(netns_fd, "-A", CHAIN, "-m", "connmark", "--mark", hex(CONNMARK), "-m", "mark", "!",
+              "--mark", hex(OUR_MARK), "-j", "MARK", "--set-mark", hex(CONNMARK))
+    if _iptables(netns_fd, "-C", "OUTPUT", "-j", CHAIN, check=False).returncode != 0:
+        _iptables(netns_fd, "-I", "OUTPUT", "1", "-j", CHAIN)
+    netns.run_in(netns_fd, _install_routing)
+
+
+def _install_routing() -> None:
+    with IPRoute() as ip:
+        lo = ip.link_lookup(ifname="lo")[0]
+        if not [r for r in ip.get_rules(family=2) if r.get("priority") == PRIORITY]:
+            ip.rule("add", fwmark=CONNMARK, table=TABLE, priority=PRIORITY)
+        ip.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=TABLE)
+
+
+def remove(netns_fd: int) -> None:
+    _iptables(netns_fd, "-D", "OUTPUT", "-j", CHAIN, check=False)
+    _iptables(netns_fd, "-F", CHAIN, check=False)
+    _iptables(netns_fd, "-X", CHAIN, check=False)
+
+    def routing():
+        with IPRoute() as ip:
+            for rule in ip.get_rules(family=2):
+                if rule.get("priority") == PRIORITY:
+                    ip.rule("del", fwmark=CONNMARK, table=TABLE, priority=PRIORITY)
+            try:
+                ip.route("del", dst="0.0.0.0/0", type="local", table=TABLE)
+            except Exception:
+                pass
+    netns.run_in(netns_fd, routing)
