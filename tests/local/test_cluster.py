@@ -233,3 +233,29 @@ def test_scaling_a_deployment_updates_endpoints(cluster, app):
     while len([n for n in cluster.pods("web") if n.startswith("echo-")]) != 2:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_no_route_leads_outside_the_cluster_range(cluster, app):
+    """Every route in every node and pod namespace stays in 198.18.0.0/15 (or is the pod's link to its node)."""
+    import ipaddress
+
+    cluster_range = ipaddress.ip_network("198.18.0.0/15")
+    layout = Layout(cluster.name)
+    names = [layout.node_netns(1), layout.node_netns(2), layout.underlay_netns,
+             *(Path(p["status"]["shoal"]["netns"]).name for p in app.values())]
+    for name in names:
+        routes = subprocess.run(["ip", "netns", "exec", name, "ip", "-j", "route", "show", "table", "all"],
+                                capture_output=True, text=True, check=True).stdout
+        for route in json.loads(routes):
+            dst, gateway = route.get("dst"), route.get("gateway")
+            if route.get("type") in ("local", "broadcast", "multicast") or route.get("table") == "local":
+                continue
+            if dst == "default":
+                # Only pods have one, and it points at their node over the veth.
+                assert "-pod-" in name and gateway == "169.254.1.1", (name, route)
+                continue
+            net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+            if net.version == 6:
+                assert net.is_link_local or net.is_multicast, (name, route)
+                continue
+            assert net.subnet_of(cluster_range) or str(net) == "169.254.1.1/32", (name, route)
