@@ -1,0 +1,279 @@
+"""Namespaces, Pods and Services become Workloads and Services.
+
+Enrollment: a pod is meshed (protocol HBONE) when its Namespace carries
+`shoal.io/dataplane-mode: ambient` (label or annotation) or Istio's
+`istio.io/dataplane-mode: ambient` label, or the pod itself opts in the same
+way, and the pod does not opt out with `shoal.io/dataplane-mode: none` or
+`istio.io/dataplane-mode: none`. hostNetwork pods are never meshed (they share
+the node's address): they are published as plain-TCP workloads and are
+Service endpoints only when the Service says so with the annotation
+`shoal.io/select-host-network: "true"`.
+
+Waypoints: `shoal.io/use-waypoint` / `istio.io/use-waypoint` (with the
+optional `*/use-waypoint-namespace`) on a Pod, a Service or their Namespace;
+the object's own setting wins over its Namespace's, and the value `none`
+turns a namespace waypoint off. A reference is kept only when it names a
+known waypoint that serves that kind of traffic (`service`, `workload`,
+`all`): traffic is never sent to a waypoint that does not exist.
+
+Canonical service and revision follow Istio's label order:
+`service.istio.io/canonical-name`, `app.kubernetes.io/name`, `app`, then the
+workload (Deployment) name; `service.istio.io/canonical-revision`,
+`app.kubernetes.io/version`, `version`, then `latest`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from shoal.model import (
+    Endpoint,
+    Protocol,
+    Service,
+    ServicePort,
+    Waypoint,
+    WaypointRef,
+    Workload,
+    freeze_labels,
+    selector_matches,
+    service_hostname,
+)
+
+DATAPLANE_MODE_KEYS = ("shoal.io/dataplane-mode", "istio.io/dataplane-mode")
+USE_WAYPOINT_KEYS = ("shoal.io/use-waypoint", "istio.io/use-waypoint")
+USE_WAYPOINT_NAMESPACE_KEYS = ("shoal.io/use-waypoint-namespace", "istio.io/use-waypoint-namespace")
+SELECT_HOST_NETWORK = "shoal.io/select-host-network"
+AMBIENT = "ambient"
+NONE = "none"
+
+_APP_PROTOCOLS = {"http", "http2", "https", "grpc", "grpc-web", "tcp", "tls", "h2c", "mongo", "redis", "mysql"}
+
+
+def _meta(obj: dict | None) -> dict:
+    return (obj or {}).get("metadata") or {}
+
+
+def _setting(meta: dict, keys: Iterable[str]) -> str | None:
+    """The first of `keys` found in labels, then annotations."""
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    for key in keys:
+        for source in (labels, annotations):
+            if key in source and source[key] is not None:
+                return str(source[key]).strip()
+    return None
+
+
+@dataclass(frozen=True)
+class WaypointSetting:
+    """What an object says about waypoints: nothing (None), off, or a reference."""
+    ref: WaypointRef | None
+    off: bool = False
+
+
+def waypoint_setting(meta: dict, default_namespace: str) -> WaypointSetting | None:
+    name = _setting(meta, USE_WAYPOINT_KEYS)
+    if name is None or name == "":
+        return None
+    if name == NONE:
+        return WaypointSetting(None, off=True)
+    namespace = _setting(meta, USE_WAYPOINT_NAMESPACE_KEYS) or default_namespace
+    return WaypointSetting(WaypointRef(namespace, name))
+
+
+def _resolve_waypoint(own: WaypointSetting | None, inherited: WaypointSetting | None,
+                      waypoints: Mapping[str, Waypoint], traffic: str) -> WaypointRef | None:
+    setting = own or inherited
+    if setting is None or setting.off or setting.ref is None:
+        return None
+    waypoint = waypoints.get(f"{setting.ref.namespace}/{setting.ref.name}")
+    if waypoint is None or waypoint.traffic_type not in (traffic, "all"):
+        return None
+    return setting.ref
+
+
+def namespace_ambient(namespace_obj: dict | None) -> bool:
+    return _setting(_meta(namespace_obj), DATAPLANE_MODE_KEYS) == AMBIENT
+
+
+def is_host_network(pod: dict) -> bool:
+    return bool((pod.get("spec") or {}).get("hostNetwork"))
+
+
+def pod_enrolled(pod: dict, namespace_obj: dict | None) -> bool:
+    if is_host_network(pod):
+        return False
+    own = _setting(_meta(pod), DATAPLANE_MODE_KEYS)
+    if own == NONE:
+        return False
+    return own == AMBIENT or namespace_ambient(namespace_obj)
+
+
+def pod_ips(pod: dict) -> tuple[str, ...]:
+    status = pod.get("status") or {}
+    ips = [p.get("ip") for p in status.get("podIPs") or [] if isinstance(p, dict) and p.get("ip")]
+    if not ips and status.get("podIP"):
+        ips = [status["podIP"]]
+    return tuple(dict.fromkeys(str(ip) for ip in ips))
+
+
+def pod_live(pod: dict) -> bool:
+    """Has an address and has not finished: it is a workload."""
+    phase = (pod.get("status") or {}).get("phase")
+    return bool(pod_ips(pod)) and phase not in ("Succeeded", "Failed")
+
+
+def pod_serving(pod: dict) -> bool:
+    """Running, addressed and not terminating: it can be a Service endpoint."""
+    return (pod_live(pod) and (pod.get("status") or {}).get("phase") == "Running"
+            and not _meta(pod).get("deletionTimestamp"))
+
+
+def pod_uid(pod: dict) -> str:
+    meta = _meta(pod)
+    return str(meta.get("uid") or f"Pod/{meta.get('namespace', '')}/{meta.get('name', '')}")
+
+
+_REPLICASET_HASH = re.compile(r"-[a-z0-9]{5,10}$")
+
+
+def workload_name(pod: dict) -> str:
+    """The controller's name: a Deployment's for ReplicaSet pods, else the owner's or the pod's."""
+    meta = _meta(pod)
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("controller", True) and owner.get("name"):
+            name = str(owner["name"])
+            if owner.get("kind") == "ReplicaSet":
+                return _REPLICASET_HASH.sub("", name)
+            return name
+    return str(meta.get("name", ""))
+
+
+def canonical_names(pod: dict) -> tuple[str, str]:
+    labels = _meta(pod).get("labels") or {}
+    service = (labels.get("service.istio.io/canonical-name") or labels.get("app.kubernetes.io/name")
+               or labels.get("app") or workload_name(pod))
+    revision = (labels.get("service.istio.io/canonical-revision") or labels.get("app.kubernetes.io/version")
+                or labels.get("version") or "latest")
+    return str(service), str(revision)
+
+
+def waypoint_serves_pod(pod: dict, waypoints: Mapping[str, Waypoint]) -> bool:
+    """A waypoint's own pods speak HBONE natively (Gateway API's gateway-name label)."""
+    meta = _meta(pod)
+    gateway = (meta.get("labels") or {}).get("gateway.networking.k8s.io/gateway-name")
+    return bool(gateway) and f"{meta.get('namespace', '')}/{gateway}" in waypoints
+
+
+def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, Waypoint]) -> Workload | None:
+    """The Workload for a pod, or None when it has no address yet or has finished."""
+    if not pod_live(pod):
+        return None
+    meta, spec = _meta(pod), pod.get("spec") or {}
+    namespace = str(meta.get("namespace") or "default")
+    service, revision = canonical_names(pod)
+    enrolled = pod_enrolled(pod, namespace_obj) or waypoint_serves_pod(pod, waypoints)
+    waypoint = None
+    if enrolled:
+        waypoint = _resolve_waypoint(waypoint_setting(meta, namespace),
+                                     waypoint_setting(_meta(namespace_obj), namespace), waypoints, "workload")
+    return Workload(
+        uid=pod_uid(pod),
+        name=str(meta.get("name", "")),
+        namespace=namespace,
+        service_account=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
+        node=str(spec.get("nodeName") or ""),
+        ips=pod_ips(pod),
+        labels=freeze_labels(meta.get("labels")),
+        canonical_service=service,
+        canonical_revision=revision,
+        waypoint=waypoint,
+        protocol=Protocol.HBONE if enrolled else Protocol.TCP,
+    )
+
+
+def app_protocol(port: dict) -> str:
+    given = port.get("appProtocol")
+    if given:
+        given = str(given).lower()
+        return "h2c" if given == "kubernetes.io/h2c" else given
+    prefix = str(port.get("name") or "").lower().split("-")[0]
+    if prefix == "grpc" and str(port.get("name", "")).lower().startswith("grpc-web"):
+        return "grpc-web"
+    return prefix if prefix in _APP_PROTOCOLS else ""
+
+
+def service_ports(svc: dict) -> tuple[ServicePort, ...]:
+    out = []
+    for port in (svc.get("spec") or {}).get("ports") or []:
+        if not isinstance(port, dict) or not isinstance(port.get("port"), int):
+            continue
+        out.append(ServicePort(port=port["port"], name=str(port.get("name") or ""),
+                               protocol=str(port.get("protocol") or "TCP"), app_protocol=app_protocol(port)))
+    return tuple(out)
+
+
+def service_vips(svc: dict) -> tuple[str, ...]:
+    spec = svc.get("spec") or {}
+    ips = list(spec.get("clusterIPs") or []) or [spec.get("clusterIP")]
+    return tuple(dict.fromkeys(str(ip) for ip in ips if ip and ip != "None"))
+
+
+def target_port(pod: dict, port: dict) -> int | None:
+    """The pod port a service port leads to: a number, or a named container port."""
+    target = port.get("targetPort", port.get("port"))
+    if isinstance(target, int):
+        return target
+    if isinstance(target, str) and target.isdigit():
+        return int(target)
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for container_port in container.get("ports") or []:
+            if container_port.get("name") == target and isinstance(container_port.get("containerPort"), int):
+                return container_port["containerPort"]
+    return None
+
+
+def selects(svc: dict, pod: dict) -> bool:
+    """The Service's selector picks this pod (same namespace, non-empty selector)."""
+    spec = svc.get("spec") or {}
+    selector = spec.get("selector")
+    if not selector or _meta(svc).get("namespace") != _meta(pod).get("namespace"):
+        return False
+    if is_host_network(pod) and str((_meta(svc).get("annotations") or {}).get(SELECT_HOST_NETWORK)).lower() != "true":
+        return False
+    return selector_matches(freeze_labels(selector), freeze_labels(_meta(pod).get("labels")))
+
+
+def service_of(svc: dict, namespace_obj: dict | None, pods: Iterable[dict],
+               waypoints: Mapping[str, Waypoint], cluster_domain: str = "cluster.local") -> Service | None:
+    """The Service with its endpoints among `pods` (pass the pods of its namespace)."""
+    meta, spec = _meta(svc), svc.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        return None
+    name, namespace = str(meta.get("name", "")), str(meta.get("namespace") or "default")
+    endpoints = []
+    raw_ports = [p for p in spec.get("ports") or [] if isinstance(p, dict) and isinstance(p.get("port"), int)]
+    for pod in pods:
+        if not pod_serving(pod) or not selects(svc, pod):
+            continue
+        for port in raw_ports:
+            target = target_port(pod, port)
+            if target is not None:
+                endpoints.append(Endpoint(pod_uid(pod), port["port"], target))
+    waypoint = _resolve_waypoint(waypoint_setting(meta, namespace),
+                                 waypoint_setting(_meta(namespace_obj), namespace), waypoints, "service")
+    return Service(
+        name=name,
+        namespace=namespace,
+        hostname=service_hostname(name, namespace, cluster_domain),
+        vips=service_vips(svc),
+        ports=service_ports(svc),
+        endpoints=tuple(sorted(endpoints, key=lambda e: (e.service_port, e.workload_uid))),
+        waypoint=waypoint,
+        labels=freeze_labels(meta.get("labels")),
+    )
+
+
+def uses_waypoint_settings(obj: dict) -> bool:
+    return _setting(_meta(obj), USE_WAYPOINT_KEYS) is not None

@@ -1,0 +1,122 @@
+"""Which kinds and API versions shoal reads, and one `parse` for every mesh object.
+
+`parse(obj)` checks the envelope (apiVersion, kind, metadata) and runs the
+dialect's parser. It returns the dialect's value and the Findings; the
+translator and `validate` both use it, so what `shoal local apply` refuses is
+exactly what the translator would skip.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from control_plane.translate import core, gateway_api, istio_routing, istio_security, smi
+from control_plane.translate.common import Checker, Findings
+
+# kind -> (group, served versions, parser); the order of versions is the preference, newest first.
+MESH_KINDS: dict[str, tuple[str, tuple[str, ...], Callable[[dict, Checker], Any]]] = {
+    "HTTPRoute": (gateway_api.GROUP, gateway_api.HTTPROUTE_VERSIONS, gateway_api.http_route),
+    "Gateway": (gateway_api.GROUP, gateway_api.GATEWAY_VERSIONS, gateway_api.gateway),
+    "VirtualService": (istio_routing.GROUP, ("v1", "v1beta1", "v1alpha3"), istio_routing.virtual_service),
+    "DestinationRule": (istio_routing.GROUP, ("v1", "v1beta1", "v1alpha3"), istio_routing.destination_rule),
+    "AuthorizationPolicy": (istio_security.GROUP, ("v1", "v1beta1"), istio_security.authorization_policy),
+    "PeerAuthentication": (istio_security.GROUP, ("v1", "v1beta1"), istio_security.peer_authentication),
+    "TrafficSplit": (smi.GROUP, ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), smi.traffic_split),
+}
+CORE_KINDS = ("Namespace", "Pod", "Service", "ServiceAccount")
+ALL_KINDS = CORE_KINDS + tuple(MESH_KINDS)
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
+def is_mesh_object(obj: dict) -> bool:
+    """A mesh-config object shoal translates (an Istio `Gateway` or an Ingress is not)."""
+    kind = obj.get("kind")
+    if kind not in MESH_KINDS:
+        return False
+    return str(obj.get("apiVersion", "")).split("/")[0] == MESH_KINDS[kind][0]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    value: Any
+    findings: Findings
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings.errors
+
+
+def _envelope(obj: dict, c: Checker) -> None:
+    for key in obj:
+        if key not in _TOP_LEVEL:
+            c.error(key, "unknown top-level field; the fields of metadata and spec must be indented under them")
+    meta = c.mapping(obj.get("metadata"), "metadata", required=True)
+    name = c.string(meta.get("name"), "metadata.name", required=True)
+    if name is not None and (len(name) > 253 or not _DNS_SUBDOMAIN.match(name)):
+        c.error("metadata.name", f"{name!r} is not a valid name (lower-case letters, digits, '-' and '.')")
+    namespace = c.string(meta.get("namespace"), "metadata.namespace")
+    if namespace is not None and (len(namespace) > 63 or not _DNS_LABEL.match(namespace)):
+        c.error("metadata.namespace", f"{namespace!r} is not a valid namespace name")
+
+
+def _core_settings(obj: dict, c: Checker) -> None:
+    """Shoal's own labels and annotations on Namespaces, Pods and Services."""
+    meta = obj.get("metadata") or {}
+    for field in ("labels", "annotations"):
+        values = meta.get(field) or {}
+        if not isinstance(values, dict):
+            continue
+        for key in core.DATAPLANE_MODE_KEYS:
+            if key in values and values[key] not in (core.AMBIENT, core.NONE):
+                c.error(f"metadata.{field}.{key}", f"must be {core.AMBIENT!r} or {core.NONE!r}, not {values[key]!r}")
+        for key in core.USE_WAYPOINT_KEYS:
+            value = values.get(key)
+            if value is not None and value != core.NONE and (not isinstance(value, str) or not _DNS_LABEL.match(value)):
+                c.error(f"metadata.{field}.{key}", f"must name a waypoint Gateway (or be 'none'), not {value!r}")
+
+
+def parse(obj: dict) -> Parsed:
+    """Check and translate one mesh object (see MESH_KINDS); core kinds get their settings checked."""
+    if not isinstance(obj, dict):
+        return Parsed(None, Findings((f"<object>: must be a mapping, not {type(obj).__name__}",)))
+    c = Checker.for_object(obj)
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        c.error("kind", "is required")
+        return Parsed(None, c.findings())
+    api_version = obj.get("apiVersion")
+    if not isinstance(api_version, str) or not api_version:
+        c.error("apiVersion", "is required")
+    _envelope(obj, c)
+    if kind in CORE_KINDS:
+        _core_settings(obj, c)
+        return Parsed(None, c.findings())
+    if kind not in MESH_KINDS:
+        return Parsed(None, c.findings())
+    group, versions, parser = MESH_KINDS[kind]
+    if isinstance(api_version, str) and "/" in api_version:
+        api_group, version = api_version.split("/", 1)
+        if api_group != group:
+            return Parsed(None, c.findings())  # the same kind in another API group (an Istio Gateway): not ours
+        if version not in versions:
+            c.error("apiVersion", f"{kind} is served as {', '.join(f'{group}/{v}' for v in versions)}, not {api_version}")
+            return Parsed(None, c.findings())
+    elif api_version:
+        c.error("apiVersion", f"{api_version!r} is not a {kind} API version; use {group}/{versions[0]}")
+        return Parsed(None, c.findings())
+    value = parser(obj, c)
+    return Parsed(value, c.findings())
+
+
+def validate(obj: dict) -> list[str]:
+    """The errors of one object, each `Kind ns/name: field.path: reason`; [] when it is fine.
+
+    `shoal local apply` refuses a whole manifest when any object has errors.
+    Warnings (valid features shoal does not act on) are in `parse(obj).findings.warnings`.
+    """
+    return list(parse(obj).findings.errors)

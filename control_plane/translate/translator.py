@@ -1,0 +1,342 @@
+"""The Translator: Kubernetes-shaped objects in, incremental model changes out.
+
+Use:
+    translator = Translator()
+    for event in source:                   # shoal.store.Event, from any source
+        translator.apply_event(event)
+        if <no more events queued>:
+            update = translator.flush()    # Update(delta, findings)
+            push(update.delta)             # only what changed, per ResourceType
+            report(update.findings)        # objects whose errors/warnings changed
+
+`apply_event` only records the object and marks what it may affect;
+`flush` recomputes what is marked and returns the difference. Batching many
+events into one flush is cheaper and gives one consistent push.
+`snapshot()` is everything, for a new subscriber.
+
+Invariants:
+- `_objects` holds the last version of every object read, by (kind, namespace, name).
+- `_out[type]` holds exactly what the last flush published; a flush compares
+  the recomputed value of every marked key with it, so the Delta never lies.
+- A bad object contributes nothing (the previous good version is NOT kept:
+  the object as it is now is what the user asked for); its Findings say why.
+
+Dependencies that mark work:
+- Pod: its Workload, and the Services of its namespace that select it (before or after).
+- Namespace: every Pod and Service of it (enrollment, waypoint).
+- Service: itself; route tables when its ports or waypoint change.
+- Gateway (waypoint): every Workload and Service (waypoint bindings), and route tables.
+- HTTPRoute, VirtualService, TrafficSplit, DestinationRule: route tables.
+- AuthorizationPolicy, PeerAuthentication: themselves.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from shoal.model import ResourceType, Service, Snapshot, Waypoint
+from shoal.model.snapshot import Delta
+
+from control_plane.translate import core
+from control_plane.translate.candidates import RouteCandidate
+from control_plane.translate.common import CLUSTER_DOMAIN, Findings, ObjectKey, created_of, key_of, ref_of
+from control_plane.translate.dispatch import CORE_KINDS, is_mesh_object, parse
+from control_plane.translate.precedence import SubsetSource, build
+
+_ROUTING_KINDS = ("HTTPRoute", "VirtualService", "TrafficSplit")
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one flush changed: model resources, and objects whose findings changed (empty = now clean)."""
+    delta: Delta
+    findings: dict[ObjectKey, Findings] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.delta) or bool(self.findings)
+
+
+class Translator:
+    def __init__(self, cluster_domain: str = CLUSTER_DOMAIN) -> None:
+        self.cluster_domain = cluster_domain
+        self._objects: dict[ObjectKey, dict] = {}
+        self._pods: dict[str, dict[str, dict]] = defaultdict(dict)        # ns -> name -> pod
+        self._services: dict[str, dict[str, dict]] = defaultdict(dict)    # ns -> name -> service
+        self._parsed: dict[ObjectKey, Any] = {}                           # mesh objects that parsed cleanly
+        self._parse_findings: dict[ObjectKey, Findings] = {}
+        self._route_warnings: dict[ObjectKey, tuple[str, ...]] = {}
+        self._reported: dict[ObjectKey, Findings] = {}
+        self._waypoints: dict[str, Waypoint] = {}
+        self._out: dict[ResourceType, dict[str, Any]] = {t: {} for t in ResourceType}
+        self._pod_output: dict[tuple[str, str], str] = {}                 # (ns, name) -> workload key
+        self._service_output: dict[tuple[str, str], str] = {}             # (ns, name) -> service key
+        self._policy_output: dict[ObjectKey, tuple[ResourceType, str]] = {}
+        self._dirty_pods: set[tuple[str, str]] = set()
+        self._dirty_services: set[tuple[str, str]] = set()
+        self._dirty_policies: set[ObjectKey] = set()
+        self._dirty_findings: set[ObjectKey] = set()
+        self._routes_dirty = False
+        self._everything_dirty = False
+        self.resource_version = ""
+
+    # -- input ----------------------------------------------------------------
+
+    def apply_event(self, event) -> None:
+        """Record one watch event (shoal.store.Event or anything with .type and .object)."""
+        obj = event.object
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if rv:
+            self.resource_version = rv
+        if event.type == "BOOKMARK":
+            return
+        if event.type == "DELETED":
+            self._remove(obj)
+        elif event.type in ("ADDED", "MODIFIED"):
+            self._upsert(obj)
+
+    def apply_objects(self, objects: Iterable[dict]) -> None:
+        for obj in objects:
+            self._upsert(obj)
+
+    def _key(self, obj: dict) -> ObjectKey:
+        kind, namespace, name = key_of(obj)
+        if kind == "Namespace":
+            return (kind, "", name)
+        return (kind, namespace or "default", name)
+
+    def _tracked(self, obj: dict) -> bool:
+        return obj.get("kind") in CORE_KINDS or is_mesh_object(obj)
+
+    def _upsert(self, obj: dict) -> None:
+        if not self._tracked(obj):
+            return
+        key = self._key(obj)
+        old = self._objects.get(key)
+        self._objects[key] = obj
+        self._touch(key, old, obj)
+
+    def _remove(self, obj: dict) -> None:
+        if not self._tracked(obj):
+            return
+        key = self._key(obj)
+        old = self._objects.pop(key, None)
+        self._touch(key, old, None)
+
+    def _touch(self, key: ObjectKey, old: dict | None, new: dict | None) -> None:
+        kind, namespace, name = key
+        if kind == "Namespace":
+            self._dirty_pods.update((name, pod) for pod in self._pods.get(name, {}))
+            self._dirty_services.update((name, svc) for svc in self._services.get(name, {}))
+            self._check(key, new)
+            return
+        if kind == "Pod":
+            self._index(self._pods, namespace, name, new)
+            self._dirty_pods.add((namespace, name))
+            for svc_name, svc in self._services.get(namespace, {}).items():
+                if (old is not None and core.selects(svc, old)) or (new is not None and core.selects(svc, new)):
+                    self._dirty_services.add((namespace, svc_name))
+            self._check(key, new)
+            return
+        if kind == "Service":
+            self._index(self._services, namespace, name, new)
+            self._dirty_services.add((namespace, name))
+            self._check(key, new)
+            return
+        if kind == "ServiceAccount":
+            return
+        # a mesh object
+        parsed = parse(new) if new is not None else None
+        self._parse_findings[key] = parsed.findings if parsed else Findings()
+        self._dirty_findings.add(key)
+        if parsed is not None and parsed.ok and parsed.value is not None:
+            self._parsed[key] = parsed.value
+        else:
+            self._parsed.pop(key, None)
+        if kind == "Gateway":
+            self._everything_dirty = True
+        elif kind in ("AuthorizationPolicy", "PeerAuthentication"):
+            self._dirty_policies.add(key)
+        else:
+            self._routes_dirty = True
+
+    def _check(self, key: ObjectKey, obj: dict | None) -> None:
+        """Shoal's settings on core objects (a misspelt dataplane-mode) are findings too."""
+        self._parse_findings[key] = parse(obj).findings if obj is not None else Findings()
+        self._dirty_findings.add(key)
+
+    @staticmethod
+    def _index(index: dict, namespace: str, name: str, obj: dict | None) -> None:
+        if obj is None:
+            index[namespace].pop(name, None)
+            if not index[namespace]:
+                index.pop(namespace, None)
+        else:
+            index[namespace][name] = obj
+
+    # -- output ---------------------------------------------------------------
+
+    def flush(self) -> Update:
+        """Recompute what the recorded events touched; return what changed since the last flush."""
+        upserted: dict[ResourceType, dict[str, Any]] = {t: {} for t in ResourceType}
+        removed: dict[ResourceType, set[str]] = {t: set() for t in ResourceType}
+
+        def publish(rtype: ResourceType, key: str, value: Any | None) -> None:
+            current = self._out[rtype].get(key)
+            if value is None:
+                if current is not None:
+                    del self._out[rtype][key]
+                    removed[rtype].add(key)
+                    upserted[rtype].pop(key, None)
+                return
+            if current != value:
+                self._out[rtype][key] = value
+                upserted[rtype][key] = value
+                removed[rtype].discard(key)
+
+        if self._everything_dirty:
+            self._refresh_waypoints(publish)
+            self._dirty_pods.update((ns, name) for ns, pods in self._pods.items() for name in pods)
+            self._dirty_pods.update(self._pod_output)
+            self._dirty_services.update((ns, name) for ns, svcs in self._services.items() for name in svcs)
+            self._dirty_services.update(self._service_output)
+            self._routes_dirty = True
+        self._flush_workloads(publish)
+        self._flush_services(publish)
+        self._flush_policies(publish)
+        if self._routes_dirty:
+            self._flush_routes(publish)
+        self._everything_dirty = self._routes_dirty = False
+
+        findings = {}
+        for key in self._dirty_findings:
+            now = self.findings_of(key)
+            if now != self._reported.get(key, Findings()):
+                findings[key] = now
+            if now:
+                self._reported[key] = now
+            else:
+                self._reported.pop(key, None)
+        self._dirty_findings.clear()
+        delta = Delta({t: dict(v) for t, v in upserted.items()}, {t: frozenset(v) for t, v in removed.items()})
+        return Update(delta, findings)
+
+    def _refresh_waypoints(self, publish) -> None:
+        waypoints = {}
+        for (kind, _, _), value in self._parsed.items():
+            if kind == "Gateway" and isinstance(value, Waypoint):
+                waypoints[value.key] = value
+        for key in set(self._waypoints) - set(waypoints):
+            publish(ResourceType.WAYPOINT, key, None)
+        for key, waypoint in waypoints.items():
+            publish(ResourceType.WAYPOINT, key, waypoint)
+        self._waypoints = waypoints
+
+    def _flush_workloads(self, publish) -> None:
+        for namespace, name in self._dirty_pods:
+            pod = self._pods.get(namespace, {}).get(name)
+            workload = None
+            if pod is not None:
+                workload = core.workload_of(pod, self._objects.get(("Namespace", "", namespace)), self._waypoints)
+            previous = self._pod_output.pop((namespace, name), None)
+            if previous is not None and (workload is None or workload.key != previous):
+                publish(ResourceType.WORKLOAD, previous, None)
+            if workload is not None:
+                self._pod_output[(namespace, name)] = workload.key
+                publish(ResourceType.WORKLOAD, workload.key, workload)
+        self._dirty_pods.clear()
+
+    def _flush_services(self, publish) -> None:
+        for namespace, name in self._dirty_services:
+            svc = self._services.get(namespace, {}).get(name)
+            service = None
+            if svc is not None:
+                service = core.service_of(svc, self._objects.get(("Namespace", "", namespace)),
+                                          self._pods.get(namespace, {}).values(), self._waypoints,
+                                          self.cluster_domain)
+            previous_key = self._service_output.pop((namespace, name), None)
+            previous = self._out[ResourceType.SERVICE].get(previous_key) if previous_key else None
+            if _routing_shape(previous) != _routing_shape(service):
+                self._routes_dirty = True
+            if previous_key is not None and (service is None or service.key != previous_key):
+                publish(ResourceType.SERVICE, previous_key, None)
+            if service is not None:
+                self._service_output[(namespace, name)] = service.key
+                publish(ResourceType.SERVICE, service.key, service)
+        self._dirty_services.clear()
+
+    def _flush_policies(self, publish) -> None:
+        for key in self._dirty_policies:
+            value = self._parsed.get(key)
+            previous = self._policy_output.pop(key, None)
+            if previous is not None and (value is None or (_type_of(value), value.key) != previous):
+                publish(*previous, None)
+            if value is not None:
+                self._policy_output[key] = (_type_of(value), value.key)
+                publish(_type_of(value), value.key, value)
+        self._dirty_policies.clear()
+
+    def _flush_routes(self, publish) -> None:
+        candidates: list[RouteCandidate] = []
+        rules: dict[str, list[SubsetSource]] = defaultdict(list)
+        by_origin: dict[str, ObjectKey] = {}
+        for key, value in self._parsed.items():
+            kind = key[0]
+            if kind in _ROUTING_KINDS:
+                candidates.extend(value)
+                by_origin[ref_of(self._objects[key])] = key
+            elif kind == "DestinationRule":
+                host, subsets = value
+                if host:
+                    obj = self._objects[key]
+                    rules[host].append(SubsetSource(host, subsets, key[1], created_of(obj), ref_of(obj)))
+        warnings: dict[ObjectKey, list[str]] = defaultdict(list)
+
+        def warn(candidate: RouteCandidate, message: str) -> None:
+            key = by_origin.get(candidate.origin)
+            if key is not None and f"{candidate.origin}: {message}" not in warnings[key]:
+                warnings[key].append(f"{candidate.origin}: {message}")
+
+        tables = build(candidates, self._out[ResourceType.SERVICE], set(self._waypoints), rules, warn)
+        for key in set(self._out[ResourceType.ROUTE_TABLE]) - set(tables):
+            publish(ResourceType.ROUTE_TABLE, key, None)
+        for key, table in tables.items():
+            publish(ResourceType.ROUTE_TABLE, key, table)
+        for key in set(self._route_warnings) | set(warnings):
+            new = tuple(warnings.get(key, ()))
+            if self._route_warnings.get(key, ()) != new:
+                self._dirty_findings.add(key)
+            if new:
+                self._route_warnings[key] = new
+            else:
+                self._route_warnings.pop(key, None)
+
+    # -- queries ----------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Everything published by the last flush."""
+        return Snapshot.of(v for m in self._out.values() for v in m.values())
+
+    def findings_of(self, key: ObjectKey) -> Findings:
+        base = self._parse_findings.get(key, Findings()) if key in self._objects else Findings()
+        route = self._route_warnings.get(key, ()) if key in self._objects else ()
+        return base + Findings((), route)
+
+    def problems(self) -> dict[ObjectKey, Findings]:
+        """Every object that currently has errors or warnings."""
+        return {k: f for k in self._objects if (f := self.findings_of(k))}
+
+    def objects(self) -> dict[ObjectKey, dict]:
+        return dict(self._objects)
+
+
+def _type_of(value: Any) -> ResourceType:
+    return ResourceType(type(value).__name__)
+
+
+def _routing_shape(service: Service | None):
+    """What of a Service route tables depend on (not its endpoints)."""
+    if service is None:
+        return None
+    return (service.hostname, service.ports, service.waypoint)
