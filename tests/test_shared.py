@@ -62,3 +62,31 @@ def test_netns_helpers_create_enter_and_remove():
     assert not netns.exists(name)
     with pytest.raises(netns.NetnsError):
         netns.open_fd(name)
+
+
+def test_a_daemon_drains_on_sigterm_and_exits_cleanly(tmp_path):
+    """lifecycle.run turns SIGTERM into the `stopping` event; the daemon finishes its work and exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "drained"
+    script = f"""
+import asyncio
+from shoal import lifecycle
+
+async def main(shutdown):
+    print("ready", flush=True)
+    await shutdown.wait()
+    await asyncio.sleep(0.1)  # the drain
+    open({str(marker)!r}, "w").write(shutdown.signal_name)
+    return 0
+
+raise SystemExit(lifecycle.run(main))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert marker.read_text() == "SIGTERM"
