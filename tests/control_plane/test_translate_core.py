@@ -3,7 +3,7 @@
 import pytest
 
 from shoal.model import Endpoint, Protocol, ResourceType, WaypointRef
-from tests.control_plane.translate_objects import added, deleted, from_yaml, namespace, pod, service, translate
+from translate_objects import added, deleted, from_yaml, namespace, pod, service, translate
 
 W, S = ResourceType.WORKLOAD, ResourceType.SERVICE
 

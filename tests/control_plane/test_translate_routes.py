@@ -16,7 +16,7 @@ from shoal.model import (
     RouteMatch,
     StringMatch,
 )
-from tests.control_plane.translate_objects import added, bookinfo_reviews, created, deleted, from_yaml, service, translate
+from translate_objects import added, bookinfo_reviews, created, deleted, from_yaml, service, translate
 
 RT = ResourceType.ROUTE_TABLE
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -376,7 +376,7 @@ def test_port_specific_object_wins_only_its_port():
 def test_a_new_service_port_gets_the_any_port_routes_and_endpoint_churn_does_not_recompute_routes():
     objs = bookinfo_reviews()
     t, _ = translate(*objs, vs("  - route: [{destination: {host: reviews, subset: v1}}]"))
-    from tests.control_plane.translate_objects import pod
+    from translate_objects import pod
     t.apply_event(added(pod("reviews-v1-b", labels={"app": "reviews", "version": "v1"})))
     update = t.flush()
     assert update.delta.upserted[RT] == {} and update.delta.upserted[ResourceType.SERVICE]
