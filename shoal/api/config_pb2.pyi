@@ -86,17 +86,19 @@ class Resource(_message.Message):
     def __init__(self, key: _Optional[str] = ..., version: _Optional[str] = ..., workload: _Optional[_Union[_resources_pb2.Workload, _Mapping]] = ..., service: _Optional[_Union[_resources_pb2.Service, _Mapping]] = ..., waypoint: _Optional[_Union[_resources_pb2.Waypoint, _Mapping]] = ..., authorization: _Optional[_Union[_resources_pb2.Authorization, _Mapping]] = ..., peer_authentication: _Optional[_Union[_resources_pb2.PeerAuthentication, _Mapping]] = ..., route_table: _Optional[_Union[_resources_pb2.RouteTable, _Mapping]] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("type", "version", "nonce", "resources", "removed", "initial")
+    __slots__ = ("type", "version", "nonce", "resources", "removed", "initial", "replace")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     INITIAL_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     type: str
     version: str
     nonce: str
     resources: _containers.RepeatedCompositeFieldContainer[Resource]
     removed: _containers.RepeatedScalarFieldContainer[str]
     initial: bool
-    def __init__(self, type: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., removed: _Optional[_Iterable[str]] = ..., initial: _Optional[bool] = ...) -> None: ...
+    replace: bool
+    def __init__(self, type: _Optional[str] = ..., version: _Optional[str] = ..., nonce: _Optional[str] = ..., resources: _Optional[_Iterable[_Union[Resource, _Mapping]]] = ..., removed: _Optional[_Iterable[str]] = ..., initial: _Optional[bool] = ..., replace: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,146 @@
+"""The control plane's servers: gRPC on 15012 (Config.Watch, Certificates.Sign)
+over TLS, and HTTP on 15014. Everything it needs is passed in, so tests build
+one on ephemeral loopback ports with a test CA and a state they drive.
+
+gRPC TLS: the server presents a certificate from the mesh CA with the SPIFFE
+ID `spiffe://<td>/ns/shoal-system/sa/shoal-control-plane` and the DNS name
+`shoal-control-plane.shoal-system.svc`; clients verify it against the trust
+bundle and set that name as the TLS target (`shoal.config_client`). The
+certificate is reissued at half life without a restart (dynamic credentials).
+Callers authenticate with bearer tokens (`control_plane.authn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+
+from control_plane.authn import Authenticator
+from control_plane.ca import CONTROL_PLANE_DNS, CertificateAuthority
+from control_plane.http import HttpServer
+from control_plane.metrics import Metrics
+from control_plane.signer import SignService
+from control_plane.state import ConfigState
+from control_plane.watch import WatchService
+from shoal import identity, log
+from shoal.api import ca_pb2_grpc
+
+logger = log.get("shoal.control_plane")
+
+CONTROL_PLANE_NAMESPACE = "shoal-system"
+CONTROL_PLANE_SERVICE_ACCOUNT = "shoal-control-plane"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 15012
+    http_host: str = "0.0.0.0"
+    http_port: int = 15014
+
+
+def split_address(value: str, default_port: int) -> tuple[str, int]:
+    """'0.0.0.0:15012' -> ('0.0.0.0', 15012); ':15012' and '15012' listen on all addresses."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = ("0.0.0.0", value) if value.isdigit() else (value, str(default_port))
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad listen address {value!r}: expected HOST:PORT, e.g. 0.0.0.0:{default_port}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ConfigServer:
+    def __init__(self, *, state: ConfigState, authority: CertificateAuthority, authenticator: Authenticator,
+                 metrics: Metrics | None = None, endpoints: Endpoints = Endpoints(),
+                 root_namespace: str = "istio-system") -> None:
+        self.state = state
+        self.authority = authority
+        self.metrics = metrics or Metrics()
+        self.endpoints = endpoints
+        self.synced = asyncio.Event()
+        self.watch = WatchService(state, authenticator, self.metrics, self.synced, root_namespace)
+        self.signer = SignService(authority, state, authenticator, self.metrics, self.synced)
+        self.http = HttpServer(ready=self.not_ready_reason, registry=self.metrics.registry, status=self.status)
+        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._credential: identity.Credential | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.grpc_server = grpc.aio.server(options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ])
+        self.grpc_server.add_generic_rpc_handlers((self.watch.handler(),))
+        ca_pb2_grpc.add_CertificatesServicer_to_server(self.signer, self.grpc_server)
+        credentials = grpc.dynamic_ssl_server_credentials(self._certificate_configuration(),
+                                                          self._fetch_certificate_configuration)
+        address = f"{self.endpoints.grpc_host}:{self.endpoints.grpc_port}"
+        try:
+            self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
+        except RuntimeError as e:
+            raise OSError(f"cannot listen for gRPC on {address}: {e}; is another control plane running?") from None
+        await self.grpc_server.start()
+        try:
+            self.http_port = await self.http.start(self.endpoints.http_host, self.endpoints.http_port)
+        except OSError as e:
+            await self.grpc_server.stop(None)
+            raise OSError(f"cannot listen for HTTP on {self.endpoints.http_host}:{self.endpoints.http_port}: "
+                          f"{e.strerror}") from None
+        logger.info("serving", grpc=f"{self.endpoints.grpc_host}:{self.grpc_port}",
+                    http=f"{self.endpoints.http_host}:{self.http_port}")
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.http.stop()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+
+    def mark_synced(self) -> None:
+        """The config source has delivered its first full state: proxies may now be served."""
+        self.state.synced = True
+        self.synced.set()
+
+    # -- TLS -------------------------------------------------------------------------
+
+    def _server_credential(self) -> identity.Credential:
+        who = identity.format_spiffe_id(self.authority.trust_domain, CONTROL_PLANE_NAMESPACE,
+                                        CONTROL_PLANE_SERVICE_ACCOUNT)
+        return self.authority.issue_server(who, [CONTROL_PLANE_DNS])
+
+    def _certificate_configuration(self):
+        self._credential = self._server_credential()
+        return grpc.ssl_server_certificate_configuration(
+            [(self._credential.key_pem, self._credential.chain_pem)])
+
+    def _fetch_certificate_configuration(self):
+        # Called by gRPC on each handshake; None keeps the current certificate.
+        if self._credential is not None and not self._credential.needs_renewal():
+            return None
+        logger.info("reissuing the control plane's serving certificate")
+        return self._certificate_configuration()
+
+    # -- status -------------------------------------------------------------------------
+
+    def not_ready_reason(self) -> str | None:
+        if self.grpc_server is None:
+            return "gRPC is not serving yet"
+        if not self.synced.is_set():
+            return "waiting for the config source's first full list"
+        return None
+
+    def status(self) -> dict:
+        return {
+            "ready": self.not_ready_reason() or "ready",
+            "trust_domain": self.authority.trust_domain,
+            "roots": [c.subject.rfc4514_string() for c in self.authority.trusted],
+            "resources": {str(t): {"count": j.live, "version": self.state.version(t)}
+                          for t, j in self.state.journals.items()},
+            "proxies": [{"scope": s.scope.describe(), "peer": s.peer, "in_sync": s.subscription.in_sync(),
+                         "nacks": s.nacks} for s in sorted(self.watch.streams, key=lambda s: s.opened)],
+        }

@@ -1,0 +1,264 @@
+"""The proxies' client of the control plane: Config.Watch and Certificates.Sign.
+
+Used by the ztunnel and the waypoint; it imports no component.
+
+    settings = ClientSettings(target="198.18.0.1:15012", bundle_pem=..., token=lambda: read_token(path),
+                              node="node1")
+    client = ConfigClient(settings, on_update=state.apply_update)
+    task = asyncio.create_task(client.run())
+    await client.synced.wait()          # every type of the scope received once
+
+`on_update(update)` gets an `Update` of model dataclasses (never protobuf).
+If it raises, the response is NACKed with the exception's message and the
+client's cache keeps the previous version of that type; otherwise the update
+is applied to the cache and ACKed.
+
+On a lost stream the client reconnects with exponential backoff (with
+jitter) and resumes: its Subscribe carries, per type, the version and the
+per-resource versions it holds, so the server sends only what differs. While
+the server is away the client keeps its last config (`resources()`).
+
+`request_certificate(settings, key, identity)` signs a CSR for `identity`
+and returns a `shoal.identity.Credential`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import grpc
+
+from shoal import identity, log, tokens
+from shoal.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc, convert
+from shoal.model import ResourceType
+
+logger = log.get("shoal.config_client")
+
+CONTROL_PLANE_NAME = "shoal-control-plane.shoal-system.svc"
+
+# What each kind of subscriber receives (the server scopes by the same tuples).
+NODE_TYPES = (ResourceType.SERVICE, ResourceType.WORKLOAD, ResourceType.WAYPOINT,
+              ResourceType.AUTHORIZATION, ResourceType.PEER_AUTHENTICATION)
+WAYPOINT_TYPES = (ResourceType.SERVICE, ResourceType.WORKLOAD, ResourceType.WAYPOINT,
+                  ResourceType.AUTHORIZATION, ResourceType.ROUTE_TABLE)
+
+
+class ConfigClientError(Exception):
+    """A control-plane call failed; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    target: str                              # host:port of the control plane's gRPC
+    bundle_pem: bytes                        # the mesh trust bundle, to verify the control plane
+    token: str | Callable[[], str]           # bearer token, or a function that reads it (files rotate)
+    node: str = ""                           # a ztunnel: its node
+    waypoint_namespace: str = ""             # a waypoint: its namespace and name
+    waypoint_name: str = ""
+    server_name: str = CONTROL_PLANE_NAME
+    backoff_initial: float = 0.2
+    backoff_max: float = 15.0
+    call_timeout: float = 10.0
+
+    def current_token(self) -> str:
+        return self.token() if callable(self.token) else self.token
+
+
+def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(root_certificates=settings.bundle_pem)
+    return grpc.aio.secure_channel(settings.target, credentials, options=[
+        ("grpc.ssl_target_name_override", settings.server_name),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ])
+
+
+@dataclass(frozen=True)
+class Update:
+    """One accepted response, as model objects."""
+    type: ResourceType
+    version: str
+    upserted: Mapping[str, Any]        # key -> resource added or changed
+    removed: frozenset[str]            # keys gone
+    replace: bool = False              # upserted is the whole set of the type
+    initial: bool = False              # the first response of this type on this stream
+
+
+@dataclass
+class _Held:
+    version: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+class ConfigClient:
+    def __init__(self, settings: ClientSettings, on_update: Callable[[Update], None] | None = None) -> None:
+        if bool(settings.node) == bool(settings.waypoint_namespace):
+            raise ConfigClientError("ClientSettings needs exactly one of node (ztunnel) or waypoint_namespace")
+        self.settings = settings
+        self.on_update = on_update or (lambda update: None)
+        self._held: dict[ResourceType, _Held] = {}
+        self.synced = asyncio.Event()       # set once every type of the scope arrived; stays set
+        self.connected = asyncio.Event()    # set while a stream is open
+        self.acks = 0
+        self.nacks = 0
+        self.reconnects = 0
+        self._stopping = asyncio.Event()
+
+    # -- what the proxy reads ----------------------------------------------------------
+
+    def resources(self, rtype: ResourceType) -> Mapping[str, Any]:
+        return MappingProxyType(self._held.get(rtype, _Held()).resources)
+
+    def version(self, rtype: ResourceType) -> str:
+        return self._held.get(rtype, _Held()).version
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        backoff = self.settings.backoff_initial
+        while not self._stopping.is_set():
+            received = False
+            try:
+                received = await self._session()
+            except grpc.aio.AioRpcError as e:
+                level = logger.error if e.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                                     grpc.StatusCode.PERMISSION_DENIED) else logger.warning
+                level("config stream lost; keeping the last config", target=self.settings.target,
+                      code=e.code().name, details=e.details())
+            except ConfigClientError as e:
+                logger.warning("config stream lost; keeping the last config", error=str(e))
+            finally:
+                self.connected.clear()
+            if self._stopping.is_set():
+                return
+            if received:
+                backoff = self.settings.backoff_initial
+            delay = backoff * random.uniform(0.5, 1.0)
+            backoff = min(backoff * 2, self.settings.backoff_max)
+            self.reconnects += 1
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def _subscribe(self) -> config_pb2.WatchRequest:
+        s = self.settings
+        sub = config_pb2.Subscribe()
+        if s.node:
+            sub.node = s.node
+        else:
+            sub.waypoint.namespace, sub.waypoint.name = s.waypoint_namespace, s.waypoint_name
+        for rtype, held in self._held.items():
+            entry = sub.held[str(rtype)]
+            entry.version = held.version
+            entry.resources.update(held.versions)
+        return config_pb2.WatchRequest(subscribe=sub)
+
+    async def _session(self) -> bool:
+        """One stream, until it ends; True if anything was received."""
+        outgoing: asyncio.Queue = asyncio.Queue()
+        outgoing.put_nowait(self._subscribe())
+
+        async def requests():
+            while True:
+                item = await outgoing.get()
+                if item is None:
+                    return
+                yield item
+
+        received = False
+        async with open_channel(self.settings) as channel:
+            call = config_pb2_grpc.ConfigStub(channel).Watch(
+                requests(), metadata=tokens.metadata(self.settings.current_token()))
+            stop_waiter = asyncio.ensure_future(self._stopping.wait())
+            try:
+                reader = call.__aiter__()
+                while True:
+                    nxt = asyncio.ensure_future(reader.__anext__())
+                    done, _ = await asyncio.wait({nxt, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    if nxt not in done:
+                        nxt.cancel()
+                        call.cancel()
+                        return received
+                    try:
+                        response = nxt.result()
+                    except StopAsyncIteration:
+                        raise ConfigClientError("the control plane closed the stream") from None
+                    if not received:
+                        self.connected.set()
+                        logger.info("config stream open", target=self.settings.target)
+                    received = True
+                    outgoing.put_nowait(config_pb2.WatchRequest(ack=self._handle(response)))
+            finally:
+                stop_waiter.cancel()
+                outgoing.put_nowait(None)
+
+    # -- one response -------------------------------------------------------------------
+
+    def _handle(self, response: config_pb2.WatchResponse) -> config_pb2.Ack:
+        ack = config_pb2.Ack(type=response.type, nonce=response.nonce)
+        try:
+            rtype = ResourceType(response.type)
+            upserted: dict[str, Any] = {}
+            versions: dict[str, str] = {}
+            for envelope in response.resources:
+                got_type, resource = convert.from_resource(envelope)
+                if got_type is not rtype:
+                    raise convert.ConversionError(f"a {got_type} in a {rtype} response")
+                upserted[envelope.key] = resource
+                versions[envelope.key] = envelope.version
+            update = Update(rtype, response.version, MappingProxyType(upserted), frozenset(response.removed),
+                            response.replace, response.initial)
+            self.on_update(update)
+        except Exception as e:  # noqa: BLE001 - any refusal by the proxy becomes a NACK
+            ack.error = f"{type(e).__name__}: {e}" or "refused"
+            self.nacks += 1
+            logger.warning("refused a config update (NACK); keeping the previous version", type=response.type,
+                           version=response.version, error=ack.error)
+            return ack
+        self._apply(update, versions)
+        self.acks += 1
+        return ack
+
+    def _apply(self, update: Update, versions: dict[str, str]) -> None:
+        held = self._held.setdefault(update.type, _Held())
+        if update.replace:
+            held.resources, held.versions = {}, {}
+        for key in update.removed:
+            held.resources.pop(key, None)
+            held.versions.pop(key, None)
+        held.resources.update(update.upserted)
+        held.versions.update(versions)
+        held.version = update.version
+        if not self.synced.is_set() and self._scope_types() <= set(self._held):
+            self.synced.set()
+
+    def _scope_types(self) -> set[ResourceType]:
+        return set(NODE_TYPES if self.settings.node else WAYPOINT_TYPES)
+
+
+# -- certificates ------------------------------------------------------------------------
+
+async def request_certificate(settings: ClientSettings, key, who: identity.SpiffeId,
+                              ttl: dt.timedelta | None = None) -> identity.Credential:
+    """Signs a CSR for `who` with `key` (shoal.identity.new_key()); raises ConfigClientError."""
+    request = ca_pb2.SignRequest(csr=identity.make_csr(key, who).decode(), identity=str(who),
+                                 ttl_seconds=int(ttl.total_seconds()) if ttl else 0)
+    async with open_channel(settings) as channel:
+        try:
+            response = await ca_pb2_grpc.CertificatesStub(channel).Sign(
+                request, metadata=tokens.metadata(settings.current_token()), timeout=settings.call_timeout)
+        except grpc.aio.AioRpcError as e:
+            raise ConfigClientError(f"certificate for {who} refused by {settings.target}: "
+                                    f"{e.code().name}: {e.details()}") from None
+    return identity.Credential.from_pem(identity.key_pem(key), response.chain.encode(), response.bundle.encode())
