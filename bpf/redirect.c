@@ -1,0 +1,155 @@
+// shoal's eBPF redirection, compiled and loaded by the node agent with bcc
+// (node_agent/ebpf.py). One copy is loaded per agent, pinned, and attached
+// per pod; nothing is compiled when a pod enrolls.
+//
+// Outbound, on each enrolled pod's cgroup:
+//   shoal_connect4   rewrites a TCP connect() to 127.0.0.1:15001 (the ztunnel's
+//                    outbound listener in the pod's netns) and records the
+//                    original destination in the socket's local storage.
+//   shoal_sockops    (TCP_CONNECT_CB, the local port is known by then) files the
+//                    record under (netns cookie, local port) for the ztunnel.
+//   shoal_getpeer4   keeps the app's view: getpeername() shows the original peer.
+// On the ztunnel's cgroup:
+//   shoal_sockops    (PASSIVE_ESTABLISHED_CB on 15001) moves the record from
+//                    (netns cookie, peer port) into the accepted socket's storage.
+//   shoal_getsockopt answers getsockopt(SOL_IP, SO_ORIGINAL_DST) from it.
+// Socket storage dies with its socket; the port-keyed entry lives only between
+// the client's SYN and the ztunnel's accept of it (an LRU bounds stragglers).
+//
+// Inbound, on each enrolled pod's netns:
+//   shoal_sk_lookup  hands TCP that arrived from outside the pod to the
+//                    ztunnel's 15006 listener for that pod (found by the pod IP
+//                    in the agent's sockhash). Loopback (the ztunnel talking to
+//                    the app), 15008 (HBONE) and kubelet probes (SNATed to the
+//                    probe address) pass untouched. No listener yet: dropped.
+//
+// Placeholders filled in by the agent: SOCKHASH_FD, OUTBOUND_PORT,
+// INBOUND_PORT, HBONE_PORT, MARK, PROBE_IP (host order).
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+#include <linux/socket.h>
+
+#ifndef SOCK_STREAM
+#define SOCK_STREAM 1
+#endif
+#ifndef SOL_IP
+#define SOL_IP 0
+#endif
+
+#define SO_ORIGINAL_DST 80
+#define TCP_CLOSE_STATE 7
+
+struct orig_dst {
+    u32 ip;     // network order
+    u32 port;   // network order, in the low 16 bits
+};
+
+struct port_key {
+    u64 netns;
+    u32 port;   // host order
+    u32 pad;
+};
+
+BPF_SK_STORAGE(orig_by_sock, struct orig_dst);
+BPF_TABLE("lru_hash", struct port_key, struct orig_dst, orig_by_port, 65536);
+
+int shoal_connect4(struct bpf_sock_addr *ctx) {
+    if (ctx->type != SOCK_STREAM || ctx->family != AF_INET)
+        return 1;
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    if (sk->mark == MARK)
+        return 1;
+    u32 dst = bpf_ntohl(ctx->user_ip4);
+    if ((dst >> 24) == 127 || dst == 0)
+        return 1;
+    struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!rec)
+        return 1;
+    rec->ip = ctx->user_ip4;
+    rec->port = ctx->user_port;
+    ctx->user_ip4 = bpf_htonl(0x7f000001);
+    ctx->user_port = bpf_htons(OUTBOUND_PORT);
+    return 1;
+}
+
+int shoal_getpeer4(struct bpf_sock_addr *ctx) {
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, 0);
+    if (!rec)
+        return 1;
+    ctx->user_ip4 = rec->ip;
+    ctx->user_port = rec->port;
+    return 1;
+}
+
+int shoal_sockops(struct bpf_sock_ops *skops) {
+    struct bpf_sock *sk = skops->sk;
+    if (!sk || skops->family != AF_INET)
+        return 1;
+    if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+        struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, 0);
+        if (!rec)
+            return 1;
+        struct port_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
+        struct orig_dst copy = *rec;
+        orig_by_port.update(&key, &copy);
+    } else if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && skops->local_port == OUTBOUND_PORT) {
+        struct port_key key = {.netns = bpf_get_netns_cookie(skops),
+                               .port = bpf_ntohl(skops->remote_port)};
+        struct orig_dst *found = orig_by_port.lookup(&key);
+        if (!found)
+            return 1;
+        struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (rec) {
+            rec->ip = found->ip;
+            rec->port = found->port;
+        }
+        orig_by_port.delete(&key);
+    }
+    return 1;
+}
+
+int shoal_getsockopt(struct bpf_sockopt *ctx) {
+    if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST)
+        return 1;
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, 0);
+    if (!rec)
+        return 1;
+    struct sockaddr_in *sin = ctx->optval;
+    if ((void *)(sin + 1) > ctx->optval_end)
+        return 1;
+    sin->sin_family = AF_INET;
+    sin->sin_port = rec->port;
+    sin->sin_addr.s_addr = rec->ip;
+    // volatile: clang would merge the two adjacent 32-bit stores into one
+    // 64-bit store, which the verifier refuses for the sockopt context.
+    *(volatile int *)&ctx->retval = 0;
+    *(volatile int *)&ctx->optlen = sizeof(*sin);
+    return 1;
+}
+
+int shoal_sk_lookup(struct bpf_sk_lookup *ctx) {
+    if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
+        return SK_PASS;
+    if (ctx->ingress_ifindex == 1)  // loopback is ifindex 1 in every netns
+        return SK_PASS;
+    if (ctx->local_port == HBONE_PORT)
+        return SK_PASS;
+    if (bpf_ntohl(ctx->remote_ip4) == PROBE_IP)
+        return SK_PASS;
+    u32 key = ctx->local_ip4;
+    struct bpf_sock *sk = bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, SOCKHASH_FD), &key);
+    if (!sk)
+        return SK_DROP;
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    return err ? SK_DROP : SK_PASS;
+}

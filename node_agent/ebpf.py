@@ -1,0 +1,316 @@
+"""The eBPF redirect mode: bpf/redirect.c, compiled once by bcc, pinned, attached per pod.
+
+Loading: the programs are compiled and loaded once per agent and pinned under
+`<bpffs>/shoal/<agent>/<source hash>/` together with the sockhash of inbound
+listeners. A restarted agent (even after kill -9) opens the pins instead of
+compiling, so it finds the very programs that are attached and never attaches
+a second copy. Changed C source gets a new hash directory.
+
+Per pod:
+- its cgroup gets shoal_connect4, shoal_getpeer4 and shoal_sockops
+  (BPF_PROG_ATTACH with ALLOW_MULTI; cgroup attachments outlive the agent);
+- its netns gets shoal_sk_lookup through a bpf link, pinned as
+  `<agent dir>/links/<uid>` so it outlives the agent too;
+- the sockhash maps the pod's IP to the ztunnel's 15006 listener for that pod
+  (the ztunnel hands the listener over with its Ack of AddWorkload).
+The ztunnel's own cgroup (found from the hand-off peer) gets shoal_sockops and
+shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001 sockets.
+
+Whether a program is attached is asked of the kernel (BPF_PROG_QUERY), never
+assumed. Removing a pod detaches its cgroup programs and unpins its link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+from shoal import log
+
+from node_agent import libbpf
+from node_agent.errors import BpfError, PrerequisiteMissing, RedirectError
+from node_agent.model import HBONE_PORT, INBOUND_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE, PodTarget
+
+logger = log.get("node_agent.ebpf")
+
+SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
+BPFFS = Path("/sys/fs/bpf")
+BPFFS_MAGIC = 0xCAFE4A11
+
+PROG_TYPE = {"sock_addr": 18, "sock_ops": 13, "sockopt": 25, "sk_lookup": 30}
+ATTACH_CONNECT4, ATTACH_GETPEERNAME4, ATTACH_SOCK_OPS, ATTACH_GETSOCKOPT, ATTACH_SK_LOOKUP = 10, 29, 3, 21, 36
+
+# program name -> (program type, attach type)
+PROGRAMS = {
+    "shoal_connect4": (PROG_TYPE["sock_addr"], ATTACH_CONNECT4),
+    "shoal_getpeer4": (PROG_TYPE["sock_addr"], ATTACH_GETPEERNAME4),
+    "shoal_sockops": (PROG_TYPE["sock_ops"], ATTACH_SOCK_OPS),
+    "shoal_getsockopt": (PROG_TYPE["sockopt"], ATTACH_GETSOCKOPT),
+    "shoal_sk_lookup": (PROG_TYPE["sk_lookup"], ATTACH_SK_LOOKUP),
+}
+POD_CGROUP_PROGRAMS = ("shoal_connect4", "shoal_getpeer4", "shoal_sockops")
+ZTUNNEL_CGROUP_PROGRAMS = ("shoal_sockops", "shoal_getsockopt")
+SOCKHASH_ENTRIES = 4096
+
+
+def source_text(sockhash_fd: int) -> str:
+    probe = struct.unpack("!I", socket.inet_aton(PROBE_SOURCE))[0]
+    defines = {"SOCKHASH_FD": sockhash_fd, "OUTBOUND_PORT": OUTBOUND_PORT, "INBOUND_PORT": INBOUND_PORT,
+               "HBONE_PORT": HBONE_PORT, "MARK": MARK, "PROBE_IP": f"{probe}u"}
+    head = "".join(f"#define {k} {v}\n" for k, v in defines.items())
+    return head + SOURCE.read_text()
+
+
+def source_hash() -> str:
+    return hashlib.sha256(source_text(0).encode()).hexdigest()[:12]
+
+
+def bpffs_mounted(path: Path = BPFFS) -> bool:
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts)
+
+
+def ensure_bpffs(path: Path = BPFFS) -> None:
+    """bpffs at /sys/fs/bpf, as systemd and every eBPF CNI expect it; mounted if absent."""
+    if bpffs_mounted(path):
+        return
+    logger.info("mounting bpffs (it was not mounted)", path=str(path))
+    result = subprocess.run(["mount", "-t", "bpf", "bpf", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PrerequisiteMissing("bpffs", f"{path} is not a bpf filesystem and mounting it failed "
+                                  f"({result.stderr.strip()})",
+                                  f"mount it (mount -t bpf bpf {path}) or mount the host's {path} into the agent")
+
+
+def _cgroup_fd(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise RedirectError(f"cgroup {path} does not exist; is the pod running, and is cgroup v2 "
+                            f"mounted where the kubelet put it?") from None
+
+
+def cgroup_of_pid(pid: int, root: Path = Path("/sys/fs/cgroup/unified")) -> Path:
+    """The cgroup v2 directory of a process (from /proc/PID/cgroup's `0::` line)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return root / line[3:].lstrip("/")
+    raise RedirectError(f"process {pid} is in no cgroup v2 (no 0:: line in /proc/{pid}/cgroup)")
+
+
+class EbpfRedirector:
+    mode = "ebpf"
+
+    def __init__(self, agent_id: str, bpffs: Path = BPFFS) -> None:
+        self.agent_dir = bpffs / "shoal" / agent_id
+        self.bpffs = bpffs
+        self.prog_dir = self.agent_dir / source_hash()
+        self.links_dir = self.agent_dir / "links"
+        self.prog_fds: dict[str, int] = {}
+        self.prog_ids: dict[str, int] = {}
+        self.sockhash_fd: int | None = None
+        self.ztunnel_cgroups: set[str] = set()
+
+    # -- loading ----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Opens the pinned programs, or compiles, loads and pins them the first time."""
+        if self.prog_fds:
+            return
+        ensure_bpffs(self.bpffs)
+        self.links_dir.mkdir(parents=True, exist_ok=True)
+        if all((self.prog_dir / name).exists() for name in [*PROGRAMS, "sockhash"]):
+            for name in PROGRAMS:
+                self.prog_fds[name] = libbpf.get_pinned(str(self.prog_dir / name))
+            self.sockhash_fd = libbpf.get_pinned(str(self.prog_dir / "sockhash"))
+            logger.info("reusing pinned eBPF programs", dir=str(self.prog_dir))
+        else:
+            self._compile_and_pin()
+        for name, fd in self.prog_fds.items():
+            self.prog_ids[name] = libbpf.prog_info(fd)[0]
+
+    def _compile_and_pin(self) -> None:
+        bcc = import_bcc()
+        if self.prog_dir.exists():
+            shutil.rmtree(self.prog_dir)  # a half-pinned set from a crash during load
+        self.prog_dir.mkdir(parents=True)
+        sockhash = libbpf.sockhash_create("shoal_inbound", SOCKHASH_ENTRIES)
+        try:
+            module = bcc.BPF(text=source_text(sockhash).encode())
+        except Exception as e:
+            os.close(sockhash)
+            raise PrerequisiteMissing("a compilable eBPF build", f"bcc could not compile {SOURCE}: {e}",
+                                      "check the kernel headers (/lib/modules/$(uname -r)/build) or use --redirect iptables") from None
+        try:
+            for name, (prog_type, attach_type) in PROGRAMS.items():
+                fn = module.load_func(name.encode(), prog_type, attach_type=attach_type)
+                fd = os.dup(fn.fd)
+                libbpf.pin(fd, str(self.prog_dir / name))
+                self.prog_fds[name] = fd
+            libbpf.pin(sockhash, str(self.prog_dir / "sockhash"))
+            for table in ("orig_by_port", "orig_by_sock"):
+                libbpf.pin(bcc.libbcc.lib.bpf_table_fd(module.module, table.encode()), str(self.prog_dir / table))
+        except Exception as e:
+            for fd in self.prog_fds.values():
+                os.close(fd)
+            self.prog_fds = {}
+            os.close(sockhash)
+            shutil.rmtree(self.prog_dir, ignore_errors=True)
+            if isinstance(e, BpfError):
+                raise
+            raise RedirectError(f"the kernel refused shoal's eBPF programs: {e}") from None
+        finally:
+            module.cleanup()  # bcc's own fds; the pins and our dups keep everything alive
+        self.sockhash_fd = sockhash
+        logger.info("compiled and pinned eBPF programs", dir=str(self.prog_dir))
+
+    # -- per pod ----------------------------------------------------------------
+
+    def install(self, pod: PodTarget) -> None:
+        self.load()
+        if not pod.cgroup:
+            raise RedirectError(f"pod {pod.key} has no cgroup path; the eBPF mode attaches to the pod's cgroup")
+        cgroup = _cgroup_fd(pod.cgroup)
+        try:
+            for name in POD_CGROUP_PROGRAMS:
+                self._attach_once(name, cgroup, pod.cgroup)
+        finally:
+            os.close(cgroup)
+        self._link_netns(pod)
+
+    def _attach_once(self, name: str, target_fd: int, where: str) -> None:
+        attach_type = PROGRAMS[name][1]
+        if self.prog_ids[name] in libbpf.prog_query(target_fd, attach_type):
+            return
+        libbpf.prog_attach(self.prog_fds[name], target_fd, attach_type)
+        logger.debug("attached", program=name, to=where)
+
+    def _link_netns(self, pod: PodTarget) -> None:
+        pin = self.links_dir / _safe(pod.uid)
+        netns_ino = os.stat(pod.netns).st_ino
+        if pin.exists():
+            fd = libbpf.get_pinned(str(pin))
+            try:
+                _, prog_id, ino = libbpf.link_info(fd)
+            finally:
+                os.close(fd)
+            if ino == netns_ino and prog_id == self.prog_ids["shoal_sk_lookup"]:
+                return
+            pin.unlink()  # a link to an old netns or an old program
+        netns_fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            link = libbpf.link_create(self.prog_fds["shoal_sk_lookup"], netns_fd, ATTACH_SK_LOOKUP)
+        finally:
+            os.close(netns_fd)
+        try:
+            libbpf.pin(link, str(pin))
+        finally:
+            os.close(link)
+
+    def remove(self, pod: PodTarget) -> None:
+        self.load()
+        if pod.cgroup and os.path.isdir(pod.cgroup):
+            cgroup = _cgroup_fd(pod.cgroup)
+            try:
+                for name in POD_CGROUP_PROGRAMS:
+                    while self.prog_ids[name] in libbpf.prog_query(cgroup, PROGRAMS[name][1]):
+                        libbpf.prog_detach(self.prog_fds[name], cgroup, PROGRAMS[name][1])
+            finally:
+                os.close(cgroup)
+        pin = self.links_dir / _safe(pod.uid)
+        if pin.exists():
+            pin.unlink()
+        libbpf.map_delete(self.sockhash_fd, socket.inet_aton(pod.ip))
+
+    def installed(self, pod: PodTarget) -> bool:
+        self.load()
+        if not pod.cgroup or not os.path.isdir(pod.cgroup):
+            return False
+        cgroup = _cgroup_fd(pod.cgroup)
+        try:
+            for name in POD_CGROUP_PROGRAMS:
+                if self.prog_ids[name] not in libbpf.prog_query(cgroup, PROGRAMS[name][1]):
+                    return False
+        finally:
+            os.close(cgroup)
+        pin = self.links_dir / _safe(pod.uid)
+        if not pin.exists():
+            return False
+        fd = libbpf.get_pinned(str(pin))
+        try:
+            return libbpf.link_info(fd)[2] == os.stat(pod.netns).st_ino
+        finally:
+            os.close(fd)
+
+    def set_inbound_listener(self, pod: PodTarget, listener_fd: int) -> None:
+        """Steers the pod's inbound traffic to this (ztunnel's 15006) listening socket."""
+        self.load()
+        libbpf.map_update(self.sockhash_fd, socket.inet_aton(pod.ip), struct.pack("Q", listener_fd))
+
+    def has_inbound_listener(self, pod: PodTarget) -> bool:
+        self.load()
+        return socket.inet_aton(pod.ip) in libbpf.map_keys(self.sockhash_fd, 4)
+
+    # -- the ztunnel ------------------------------------------------------------
+
+    def attach_ztunnel(self, cgroup: str | os.PathLike) -> None:
+        """Lets the ztunnel in this cgroup read SO_ORIGINAL_DST on its 15001 sockets."""
+        self.load()
+        cgroup = str(cgroup)
+        fd = _cgroup_fd(cgroup)
+        try:
+            for name in ZTUNNEL_CGROUP_PROGRAMS:
+                self._attach_once(name, fd, cgroup)
+        finally:
+            os.close(fd)
+        self.ztunnel_cgroups.add(cgroup)
+
+    def detach_ztunnel(self, cgroup: str | os.PathLike) -> None:
+        self.load()
+        cgroup = str(cgroup)
+        if os.path.isdir(cgroup):
+            fd = _cgroup_fd(cgroup)
+            try:
+                for name in ZTUNNEL_CGROUP_PROGRAMS:
+                    while self.prog_ids[name] in libbpf.prog_query(fd, PROGRAMS[name][1]):
+                        libbpf.prog_detach(self.prog_fds[name], fd, PROGRAMS[name][1])
+            finally:
+                os.close(fd)
+        self.ztunnel_cgroups.discard(cgroup)
+
+    def unload(self) -> None:
+        """Unpins everything of this agent (after every pod was removed)."""
+        for cgroup in list(self.ztunnel_cgroups):
+            self.detach_ztunnel(cgroup)
+        self.close()
+        if self.agent_dir.exists():
+            shutil.rmtree(self.agent_dir)
+        parent = self.agent_dir.parent
+        if parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+
+    def close(self) -> None:
+        for fd in self.prog_fds.values():
+            os.close(fd)
+        if self.sockhash_fd is not None:
+            os.close(self.sockhash_fd)
+        self.prog_fds, self.prog_ids, self.sockhash_fd = {}, {}, None
+
+
+def _safe(uid: str) -> str:
+    return uid.replace("/", "_").replace(".", "_")
+
+
+def import_bcc():
+    try:
+        import bcc
+    except ImportError as e:
+        raise PrerequisiteMissing("bcc", f"the Python module does not import ({e})",
+                                  "install it: apt install python3-bpfcc, and build the venv with "
+                                  "--system-site-packages") from None
+    return bcc

@@ -1,0 +1,150 @@
+"""python-iptables inside a chosen network namespace, and the shoal-owned chains.
+
+libiptc keeps one handle per table per process (python-iptables caches Table
+objects), and a handle belongs to the netns it was opened in. So every use
+goes through `in_netns`: one lock, enter the netns, open fresh handles, make
+every change of a table in one commit (atomic for the kernel), close them.
+
+A shoal chain is owned whole: `ensure_chain` empties and refills it and makes
+the built-in chain jump to it exactly once, which is what makes installing
+idempotent; `drop_chain` removes the jumps and the chain.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterable
+
+from shoal import netns
+
+from node_agent.errors import PrerequisiteMissing, RedirectError
+
+_LOCK = threading.Lock()
+
+
+def import_iptc():
+    try:
+        import iptc
+    except Exception as e:  # python-iptables raises XTablesError/OSError when libxtables is missing
+        raise PrerequisiteMissing("python-iptables", f"it does not import ({e})",
+                                  "install iptables (apt install iptables) and the shoal package's dependencies") from None
+    return iptc
+
+
+def check_legacy() -> None:
+    """python-iptables writes the legacy tables; iptables-legacy must be installed to inspect them."""
+    if not shutil.which("iptables-legacy-save"):
+        raise PrerequisiteMissing("iptables-legacy", "iptables-legacy-save is not on PATH",
+                                  "install it: apt install iptables (it ships the legacy tools)")
+
+
+@contextmanager
+def _tables(names: Iterable[str]):
+    iptc = import_iptc()
+    tables = {}
+    try:
+        for name in names:
+            table = iptc.Table(name, autocommit=False)
+            table.refresh()
+            tables[name] = table
+        yield iptc, tables
+        for table in tables.values():
+            table.commit()
+    finally:
+        for table in tables.values():
+            table.close()
+
+
+def in_netns(ns: str | int | None, table_names: Iterable[str], fn: Callable) -> object:
+    """Runs fn(iptc, tables) with fresh handles of those tables inside `ns` (None: this netns), then commits."""
+    def body():
+        with _LOCK, _tables(table_names) as (iptc, tables):
+            return fn(iptc, tables)
+    try:
+        if ns is None:
+            return body()
+        return netns.run_in(ns, body)
+    except netns.NetnsError as e:
+        raise RedirectError(str(e)) from None
+    except Exception as e:
+        if type(e).__name__ == "IPTCError":
+            raise RedirectError(f"iptables: {e}") from None
+        raise
+
+
+def rule(iptc, *, protocol=None, src=None, dst=None, in_interface=None, out_interface=None,
+         matches: Iterable[tuple[str, dict]] = (), target: str, target_args: dict | None = None):
+    r = iptc.Rule()
+    if protocol:
+        r.protocol = protocol
+    if src:
+        r.src = src
+    if dst:
+        r.dst = dst
+    if in_interface:
+        r.in_interface = in_interface
+    if out_interface:
+        r.out_interface = out_interface
+    for name, args in matches:
+        m = r.create_match(name)
+        for key, value in args.items():
+            setattr(m, key, value)
+    t = r.create_target(target)
+    for key, value in (target_args or {}).items():
+        setattr(t, key, value)
+    return r
+
+
+def ensure_chain(iptc, table, chain_name: str, builtin: str, rules: list) -> None:
+    if table.is_chain(chain_name):
+        table.flush_entries(chain_name)
+        chain = iptc.Chain(table, chain_name)
+    else:
+        chain = table.create_chain(chain_name)
+    for r in rules:
+        chain.append_rule(r)
+    parent = iptc.Chain(table, builtin)
+    jumps = [r for r in parent.rules if r.target.name == chain_name]
+    for r in jumps[1:]:
+        parent.delete_rule(r)
+    if not jumps:
+        parent.insert_rule(rule(iptc, target=chain_name))
+
+
+def drop_chain(iptc, table, chain_name: str, builtin: str) -> bool:
+    if not table.is_chain(chain_name):
+        return False
+    parent = iptc.Chain(table, builtin)
+    for r in [r for r in parent.rules if r.target.name == chain_name]:
+        parent.delete_rule(r)
+    table.flush_entries(chain_name)
+    table.delete_chain(chain_name)
+    return True
+
+
+def chain_rules(iptc, table, chain_name: str) -> int | None:
+    """How many rules the chain holds (None when it does not exist)."""
+    if not table.is_chain(chain_name):
+        return None
+    return len(iptc.Chain(table, chain_name).rules)
+
+
+def jumps(iptc, table, chain_name: str, builtin: str) -> int:
+    return sum(1 for r in iptc.Chain(table, builtin).rules if r.target.name == chain_name)
+
+
+def save(ns: str | None = None) -> str:
+    """`iptables-legacy-save` output in a netns (for logs and tests)."""
+    argv = ["iptables-legacy-save"]
+    if ns is None:
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    fd = netns.open_fd(ns) if not str(ns).startswith("/") else netns.open_fd(ns)
+    try:
+        return subprocess.run(["nsenter", f"--net=/proc/self/fd/{fd}", *argv], capture_output=True, text=True,
+                              check=True, pass_fds=(fd,)).stdout
+    finally:
+        import os
+        os.close(fd)

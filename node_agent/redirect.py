@@ -1,0 +1,174 @@
+"""Redirection of one pod, whichever the mode: the one interface the agent uses.
+
+`Redirection.install(pod)` puts in place, idempotently:
+- the capture of the chosen mode (iptables.py or ebpf.py) in the pod;
+- the probe SNAT for the pod's IP in the node's netns (probes.py).
+`remove(pod)` takes all of it away, `installed(pod)` asks the kernel.
+
+The ledger (one JSON file per pod under the agent's state dir) records what
+was installed where, written before an install and deleted after a removal,
+so a restarted agent, or `shoal node-agent --cleanup`, can remove redirection
+from pods it no longer hears about (deleted, opted out, or anything else).
+
+Choosing the mode: `choose("auto")` takes eBPF when bcc imports, kernel headers
+are where bcc looks, cgroup v2 is mounted, the agent holds the BPF privilege
+and the programs load; otherwise iptables. It logs which and why. Each missing
+prerequisite raises (or, for auto, logs) one message naming it and the remedy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from shoal import log
+
+from node_agent import probes
+from node_agent.errors import NodeAgentError, PrerequisiteMissing
+from node_agent.iptables import IptablesRedirector
+from node_agent.model import PodTarget
+
+logger = log.get("node_agent.redirect")
+
+MODES = ("iptables", "ebpf", "auto")
+CAP_SYS_ADMIN, CAP_BPF = 21, 39
+
+
+class Ledger:
+    """What this agent installed, per pod uid, on disk."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+
+    def _path(self, uid: str) -> Path:
+        return self.dir / f"{uid.replace('/', '_')}.json"
+
+    def record(self, pod: PodTarget, mode: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(pod.uid).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"mode": mode, "pod": pod.to_json()}))
+        os.replace(tmp, self._path(pod.uid))
+
+    def forget(self, uid: str) -> None:
+        try:
+            self._path(uid).unlink()
+        except FileNotFoundError:
+            pass
+
+    def pods(self) -> dict[str, PodTarget]:
+        out = {}
+        for f in sorted(self.dir.glob("*.json")) if self.dir.exists() else []:
+            try:
+                pod = PodTarget.from_json(json.loads(f.read_text())["pod"])
+            except (ValueError, KeyError):
+                logger.warning("unreadable ledger entry; removing it", file=str(f))
+                f.unlink()
+                continue
+            out[pod.uid] = pod
+        return out
+
+
+class Redirection:
+    def __init__(self, capture, state_dir: Path, node_netns: str | None = None) -> None:
+        self.capture = capture
+        self.mode = capture.mode
+        self.ledger = Ledger(Path(state_dir) / "pods")
+        self.node_netns = node_netns
+
+    def install(self, pod: PodTarget) -> None:
+        self.ledger.record(pod, self.mode)
+        self.capture.install(pod)
+        self._sync_probes()
+
+    def remove(self, pod: PodTarget) -> None:
+        self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
+        self.ledger.forget(pod.uid)
+        self._sync_probes()
+
+    def installed(self, pod: PodTarget) -> bool:
+        if not os.path.exists(pod.netns):
+            return False
+        return (pod.uid in self.ledger.pods() and self.capture.installed(pod)
+                and pod.ip in probes.covered(self.node_netns))
+
+    def recorded(self) -> dict[str, PodTarget]:
+        return self.ledger.pods()
+
+    def set_inbound_listener(self, pod: PodTarget, fd: int) -> None:
+        self.capture.set_inbound_listener(pod, fd)
+
+    def attach_ztunnel(self, cgroup) -> None:
+        self.capture.attach_ztunnel(cgroup)
+
+    def cleanup(self) -> list[str]:
+        """Removes redirection from every pod in the ledger, and the agent's own state; returns their keys."""
+        removed = []
+        for pod in self.recorded().values():
+            try:
+                self.remove(pod)
+            except NodeAgentError as e:
+                logger.warning("could not remove redirection; dropping it from the ledger", pod=pod.key, error=str(e))
+                self.ledger.forget(pod.uid)
+            removed.append(pod.key)
+        probes.sync([], self.node_netns)
+        self.capture.unload()
+        return removed
+
+    def _sync_probes(self) -> None:
+        probes.sync([p.ip for p in self.ledger.pods().values()], self.node_netns)
+
+    def close(self) -> None:
+        self.capture.close()
+
+
+# -- prerequisites and the choice of mode ---------------------------------------
+
+
+def _capabilities() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_ebpf(cgroup_root: Path = Path("/sys/fs/cgroup/unified")) -> None:
+    """Raises PrerequisiteMissing for the first thing the eBPF mode lacks."""
+    from node_agent.ebpf import import_bcc
+    import_bcc()
+    build = Path(f"/lib/modules/{platform.release()}/build")
+    if not build.exists():
+        raise PrerequisiteMissing("kernel headers", f"{build} does not exist",
+                                  "install linux-headers for this kernel (on Debian: apt install linux-headers-amd64 "
+                                  "and link them, see scripts/setup.sh); in a DaemonSet, mount /lib/modules and /usr/src")
+    caps = _capabilities()
+    if not (caps >> CAP_SYS_ADMIN) & 1 and not (caps >> CAP_BPF) & 1:
+        raise PrerequisiteMissing("BPF privilege", "the agent holds neither CAP_BPF nor CAP_SYS_ADMIN",
+                                  "run the node agent as root or privileged")
+    if not (cgroup_root / "cgroup.controllers").exists():
+        raise PrerequisiteMissing("cgroup v2", f"no cgroup2 filesystem at {cgroup_root}",
+                                  "mount cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup/unified) or use --redirect iptables")
+
+
+def choose(mode: str, agent_id: str, *, bpffs: Path | None = None,
+           cgroup_root: Path = Path("/sys/fs/cgroup/unified")):
+    """The capture backend for `mode`, loaded; for auto, eBPF if it works here, else iptables."""
+    if mode not in MODES:
+        raise NodeAgentError(f"unknown redirect mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode in ("ebpf", "auto"):
+        try:
+            check_ebpf(cgroup_root)
+            from node_agent.ebpf import BPFFS, EbpfRedirector
+            capture = EbpfRedirector(agent_id, bpffs or BPFFS)
+            capture.load()
+            if mode == "auto":
+                logger.info("redirect mode chosen", mode="ebpf", why="bcc, kernel headers, cgroup v2 and BPF privilege present; programs loaded")
+            return capture
+        except NodeAgentError as e:
+            if mode == "ebpf":
+                raise
+            logger.warning("redirect mode chosen", mode="iptables", why=f"eBPF unavailable: {e}")
+    capture = IptablesRedirector()
+    capture.load()
+    return capture

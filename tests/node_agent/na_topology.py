@@ -1,0 +1,139 @@
+"""A tiny node for the node agent's tests: one node netns, two pods on veths, a cgroup each.
+
+    node netns  (169.254.1.1 on each pod veth, forwarding on)
+      |-- pod "a": eth0 198.19.250.2/32, default via 169.254.1.1, cgroup .../a
+      `-- pod "b": eth0 198.19.250.3/32, default via 169.254.1.1, cgroup .../b
+    cgroup .../ztunnel: where the test process sits while it plays the ztunnel
+
+Everything is named after the test process's pid and removed by `destroy()`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal import netns
+
+from node_agent.model import PodTarget
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+POD_IPS = {"a": "198.19.250.2", "b": "198.19.250.3"}
+GATEWAY = "169.254.1.1"
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Topology:
+    tag: str = field(default_factory=lambda: f"natest{os.getpid()}")
+    pods: dict[str, PodTarget] = field(default_factory=dict)
+    home_cgroup: Path | None = None
+
+    @property
+    def node(self) -> str:
+        return f"shoal-{self.tag}-node"
+
+    @property
+    def cgroup_dir(self) -> Path:
+        return CGROUP_ROOT / f"shoal-test-{os.getpid()}"
+
+    @property
+    def ztunnel_cgroup(self) -> Path:
+        return self.cgroup_dir / "ztunnel"
+
+    def pod_netns(self, pod: str) -> str:
+        return f"shoal-{self.tag}-pod{pod}"
+
+    def create(self) -> "Topology":
+        netns.create(self.node)
+        sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.cgroup_dir.mkdir(exist_ok=True)
+        self.ztunnel_cgroup.mkdir(exist_ok=True)
+        for pod, ip in POD_IPS.items():
+            name = self.pod_netns(pod)
+            netns.create(name)
+            veth = f"v{self.tag[-6:]}{pod}"
+            sh("ip", "-n", self.node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+            sh("ip", "-n", self.node, "addr", "add", f"{GATEWAY}/32", "dev", veth)
+            sh("ip", "-n", self.node, "link", "set", veth, "up")
+            sh("ip", "-n", self.node, "route", "add", f"{ip}/32", "dev", veth)
+            sh("ip", "-n", name, "addr", "add", f"{ip}/32", "dev", "eth0")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+            sh("ip", "-n", name, "route", "add", GATEWAY, "dev", "eth0", "scope", "link")
+            sh("ip", "-n", name, "route", "add", "default", "via", GATEWAY, "dev", "eth0")
+            cgroup = self.cgroup_dir / pod
+            cgroup.mkdir(exist_ok=True)
+            self.pods[pod] = PodTarget(uid=str(uuid.uuid4()), namespace="demo", name=f"pod-{pod}", ip=ip,
+                                       netns=str(netns.path(name)), cgroup=str(cgroup))
+        return self
+
+    def enter_ztunnel_cgroup(self) -> None:
+        """Moves this (test) process into the ztunnel cgroup, where it plays the ztunnel."""
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                self.home_cgroup = CGROUP_ROOT / line[3:].lstrip("/")
+        (self.ztunnel_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
+    def destroy(self) -> None:
+        if self.home_cgroup is not None:
+            (self.home_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            self.home_cgroup = None
+        for pod in POD_IPS:
+            if netns.exists(self.pod_netns(pod)):
+                netns.remove(self.pod_netns(pod))
+        if netns.exists(self.node):
+            netns.remove(self.node)
+        if self.cgroup_dir.exists():
+            for child in self.cgroup_dir.iterdir():
+                if child.is_dir():
+                    _kill_cgroup(child)
+                    child.rmdir()
+            self.cgroup_dir.rmdir()
+
+    def run_in_pod(self, pod: str, code: str, *, timeout: float = 10.0, cgroup: bool = True) -> subprocess.CompletedProcess:
+        """Runs a Python snippet as a process of the pod: its netns and (by default) its cgroup."""
+        proc = netns.popen(self.pod_netns(pod), [sys.executable, "-I", "-S", "-c", code],
+                           cgroup=self.pods[pod].cgroup if cgroup else None,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def start_in_pod(self, pod: str, code: str) -> subprocess.Popen:
+        return netns.popen(self.pod_netns(pod), [sys.executable, "-I", "-S", "-c", code],
+                           cgroup=self.pods[pod].cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_cgroup(cgroup: Path) -> None:
+    procs = cgroup / "cgroup.procs"
+    if procs.exists():
+        for pid in procs.read_text().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+
+
+def client_code(ip: str, port: int, *, mark: int | None = None, payload: bytes = b"hello") -> str:
+    """A client that connects, sends, prints what getpeername says and what came back."""
+    return f"""
+import socket
+s = socket.socket()
+s.settimeout(5)
+{f"s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, {mark})" if mark is not None else ""}
+s.connect(({ip!r}, {port}))
+s.sendall({payload!r})
+peer = s.getpeername()
+data = s.recv(100)
+print(f"{{peer[0]}}:{{peer[1]}} {{data.decode()}}")
+"""

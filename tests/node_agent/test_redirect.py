@@ -1,0 +1,260 @@
+"""Redirection in a real pod netns, in both modes (the `redirection` fixture is parametrized).
+
+The test process plays the ztunnel: it holds listeners inside pod a's netns
+(and sits in its own cgroup, where the eBPF mode attaches its SO_ORIGINAL_DST
+answer). Apps are real processes in the pods' netns and cgroups.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import subprocess
+import threading
+
+import pytest
+
+from shoal import netns
+
+from na_topology import POD_IPS, client_code
+from node_agent import netfilter, probes
+from node_agent.model import MARK, PROBE_SOURCE
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, iptables, eBPF")
+
+SO_ORIGINAL_DST = 80
+
+
+def listen_in(ns: str, port: int, address: str = "0.0.0.0") -> socket.socket:
+    sock = netns.socket_in(ns)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(16)
+    sock.settimeout(5)
+    return sock
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """How the ztunnel reads it: SO_ORIGINAL_DST, or the socket's own address after sk_lookup."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port, packed = struct.unpack("!2xH4s8x", raw)
+        return socket.inet_ntoa(packed), port
+    except OSError:
+        return sock.getsockname()[:2]
+
+
+class Server(threading.Thread):
+    """Accepts one connection, records it, answers `reply`."""
+
+    def __init__(self, listener: socket.socket, reply: bytes = b"ok"):
+        super().__init__(daemon=True)
+        self.listener, self.reply = listener, reply
+        self.conn = self.peer = self.data = self.error = None
+        self.start()
+
+    def run(self):
+        try:
+            self.conn, self.peer = self.listener.accept()
+            self.conn.settimeout(5)
+            self.data = self.conn.recv(100)
+            self.conn.sendall(self.reply)
+        except OSError as e:
+            self.error = e
+
+    def result(self):
+        self.join(6)
+        return self
+
+
+@pytest.fixture
+def enrolled(redirection, topo):
+    pod = topo.pods["a"]
+    redirection.install(pod)
+    yield pod
+    redirection.remove(pod)
+
+
+@pytest.fixture
+def ztunnel_listeners(topo, redirection, enrolled):
+    """15001 and 15006 in pod a, as the ztunnel holds them (15006 handed to the eBPF sockhash)."""
+    ns = topo.pod_netns("a")
+    outbound, inbound = listen_in(ns, 15001), listen_in(ns, 15006)
+    redirection.set_inbound_listener(enrolled, inbound.fileno())
+    yield outbound, inbound
+    outbound.close()
+    inbound.close()
+
+
+def test_outbound_connect_lands_on_15001_with_the_original_destination(topo, ztunnel_listeners):
+    outbound, _ = ztunnel_listeners
+    server = Server(outbound, b"from-ztunnel")
+    result = topo.run_in_pod("a", client_code(POD_IPS["b"], 8080))
+    server.result()
+    assert result.returncode == 0, result.stderr
+    assert server.data == b"hello"
+    assert original_dst(server.conn) == (POD_IPS["b"], 8080)
+    # The app's own view is untouched: its peer is the address it dialled.
+    assert result.stdout.strip() == f"{POD_IPS['b']}:8080 from-ztunnel"
+    server.conn.close()
+
+
+def test_inbound_from_another_pod_lands_on_15006_with_the_original_destination(topo, ztunnel_listeners):
+    _, inbound = ztunnel_listeners
+    server = Server(inbound, b"inbound-ok")
+    result = topo.run_in_pod("b", client_code(POD_IPS["a"], 8080))
+    server.result()
+    assert result.returncode == 0, result.stderr
+    assert server.data == b"hello"
+    assert server.peer[0] == POD_IPS["b"]
+    assert original_dst(server.conn) == (POD_IPS["a"], 8080)
+    server.conn.close()
+
+
+def test_hbone_port_is_not_captured(topo, ztunnel_listeners):
+    hbone = listen_in(topo.pod_netns("a"), 15008)
+    try:
+        server = Server(hbone, b"hbone")
+        result = topo.run_in_pod("b", client_code(POD_IPS["a"], 15008))
+        assert server.result().data == b"hello"
+        assert result.stdout.strip().endswith("hbone")
+    finally:
+        hbone.close()
+
+
+def test_marked_sockets_are_not_captured(topo, ztunnel_listeners):
+    target = listen_in(topo.pod_netns("b"), 9090)
+    try:
+        server = Server(target, b"direct")
+        result = topo.run_in_pod("a", client_code(POD_IPS["b"], 9090, mark=MARK))
+        assert result.returncode == 0, result.stderr
+        assert server.result().data == b"hello"
+        assert result.stdout.strip() == f"{POD_IPS['b']}:9090 direct"
+    finally:
+        target.close()
+
+
+def test_loopback_is_not_captured(topo, ztunnel_listeners):
+    local = listen_in(topo.pod_netns("a"), 7070, "127.0.0.1")
+    try:
+        server = Server(local, b"loop")
+        result = topo.run_in_pod("a", client_code("127.0.0.1", 7070))
+        assert result.returncode == 0, result.stderr
+        assert server.result().data == b"hello"
+    finally:
+        local.close()
+
+
+def test_kubelet_probes_reach_the_app_not_the_ztunnel(topo, redirection, ztunnel_listeners):
+    """Host-originated TCP is SNATed to the probe address, which the pod's capture lets through."""
+    assert POD_IPS["a"] in probes.covered(topo.node)
+    app = listen_in(topo.pod_netns("a"), 8080)
+    try:
+        server = Server(app, b"healthy")
+        probe = netns.socket_in(topo.node)
+        probe.settimeout(5)
+        probe.connect((POD_IPS["a"], 8080))
+        probe.sendall(b"GET /healthz")
+        assert probe.recv(100) == b"healthy"
+        probe.close()
+        assert server.result().peer[0] == PROBE_SOURCE
+    finally:
+        app.close()
+
+
+def test_pods_outside_the_mesh_are_untouched(topo, redirection, ztunnel_listeners):
+    node_listener = listen_in(topo.node, 6060)
+    try:
+        server = Server(node_listener, b"node")
+        result = topo.run_in_pod("b", client_code("169.254.1.1", 6060))
+        assert result.returncode == 0, result.stderr
+        assert server.result().data == b"hello"
+    finally:
+        node_listener.close()
+    assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+    assert bpftool_cgroup(topo.pods["b"].cgroup) == []
+
+
+def bpftool_cgroup(path: str) -> list[str]:
+    out = subprocess.run(["bpftool", "cgroup", "show", path], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines()[1:] if line.strip()]
+
+
+def bpftool_links() -> str:
+    return subprocess.run(["bpftool", "link", "show"], capture_output=True, text=True, check=True).stdout
+
+
+def netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def test_install_is_idempotent_and_removal_leaves_nothing(topo, redirection):
+    pod = topo.pods["a"]
+    for _ in range(3):
+        redirection.install(pod)
+    assert redirection.installed(pod)
+    saved = netfilter.save(topo.pod_netns("a"))
+    node_saved = netfilter.save(topo.node)
+    if redirection.mode == "iptables":
+        assert saved.count("-A OUTPUT -j SHOAL_OUTPUT") == 1
+        assert saved.count("-A PREROUTING -j SHOAL_PREROUTING") == 1
+        assert saved.count("--to-ports 15001") == 1 and saved.count("--to-ports 15006") == 1
+    else:
+        names = [line.split()[-1] for line in bpftool_cgroup(pod.cgroup)]
+        assert sorted(names) == ["shoal_connect4", "shoal_getpeer4", "shoal_sockops"], names
+        assert len(re.findall(rf"netns_ino {netns_inode(pod.netns)}\b", bpftool_links())) == 1
+    assert node_saved.count(f"-d {POD_IPS['a']}/32") == 1
+
+    redirection.remove(pod)
+    assert not redirection.installed(pod)
+    assert "SHOAL" not in netfilter.save(topo.pod_netns("a"))
+    assert "SHOAL" not in netfilter.save(topo.node)
+    assert bpftool_cgroup(pod.cgroup) == []
+    assert f"netns_ino {netns_inode(pod.netns)}" not in bpftool_links()
+    redirection.remove(pod)  # removing twice is fine
+
+    # And traffic flows as if the mesh had never been there.
+    app = listen_in(topo.pod_netns("b"), 8081)
+    try:
+        server = Server(app, b"plain")
+        result = topo.run_in_pod("a", client_code(POD_IPS["b"], 8081))
+        assert result.returncode == 0, result.stderr
+        assert server.result().data == b"hello"
+    finally:
+        app.close()
+
+
+def test_a_fresh_agent_finds_what_is_installed_and_adds_no_duplicate(topo, redirection, test_bpffs, tmp_path):
+    """A restarted agent (new process state, same pins and ledger) sees the pod as installed."""
+    from node_agent.redirect import Redirection, choose
+    pod = topo.pods["a"]
+    redirection.install(pod)
+    try:
+        again = Redirection(choose(redirection.mode, f"test-{os.getpid()}", bpffs=test_bpffs),
+                            redirection.ledger.dir.parent, node_netns=topo.node)
+        assert set(again.recorded()) == {pod.uid}
+        assert again.installed(pod)
+        again.install(pod)
+        if redirection.mode == "ebpf":
+            assert len(bpftool_cgroup(pod.cgroup)) == 3
+            assert again.capture.prog_ids == redirection.capture.prog_ids  # the very same programs
+        else:
+            assert netfilter.save(topo.pod_netns("a")).count("--to-ports 15001") == 1
+        again.close()
+    finally:
+        redirection.remove(pod)
+
+
+def test_inbound_without_a_ztunnel_listener_does_not_reach_the_app(topo, redirection, enrolled):
+    """Fail closed: while no ztunnel serves the pod, inbound traffic is not let through to the app."""
+    app = listen_in(topo.pod_netns("a"), 8082)
+    try:
+        result = topo.run_in_pod("b", client_code(POD_IPS["a"], 8082).replace("settimeout(5)", "settimeout(1)"))
+        assert result.returncode != 0
+        app.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            app.accept()
+    finally:
+        app.close()
