@@ -59,6 +59,9 @@ class Scope:
                 else f"node {self.node}")
 
     def admits(self, rtype: ResourceType, resource: Any) -> bool:
+        """Whether the subscriber gets `resource`. Invariant: the answer depends only on
+        what a resource's key fixes (its namespace), so a resource never moves in or
+        out of a scope by changing; only adding and deleting it matter."""
         if not self.is_waypoint:
             return rtype in NODE_TYPES
         if rtype is ResourceType.ROUTE_TABLE:
@@ -181,7 +184,7 @@ class Subscription:
         for entry in journal.since(since):
             if entry.resource is not None and self.scope.admits(rtype, entry.resource):
                 wires.append(entry.wire)
-            elif entry.resource is not None or self.scope.admits(rtype, entry.last):
+            elif entry.resource is None and self.scope.admits(rtype, entry.last):
                 removed.append(entry.key)
         wires.reverse()  # oldest change first
         return wires, removed
