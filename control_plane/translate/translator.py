@@ -109,9 +109,18 @@ class Translator:
     def _tracked(self, obj: dict) -> bool:
         return obj.get("kind") in CORE_KINDS or is_mesh_object(obj)
 
+    @staticmethod
+    def _normalized(obj: dict) -> dict:
+        """Manifests may omit metadata.namespace (the API server fills in "default"): so do we."""
+        meta = obj.get("metadata")
+        if obj.get("kind") == "Namespace" or not isinstance(meta, dict) or meta.get("namespace"):
+            return obj
+        return {**obj, "metadata": {**meta, "namespace": "default"}}
+
     def _upsert(self, obj: dict) -> None:
         if not self._tracked(obj):
             return
+        obj = self._normalized(obj)
         key = self._key(obj)
         old = self._objects.get(key)
         self._objects[key] = obj
@@ -120,6 +129,7 @@ class Translator:
     def _remove(self, obj: dict) -> None:
         if not self._tracked(obj):
             return
+        obj = self._normalized(obj)
         key = self._key(obj)
         old = self._objects.pop(key, None)
         self._touch(key, old, None)
