@@ -62,7 +62,7 @@ def _install_routing() -> None:
         lo = ip.link_lookup(ifname="lo")[0]
         if not [r for r in ip.get_rules(family=2) if r.get("priority") == PRIORITY]:
             ip.rule("add", fwmark=CONNMARK, table=TABLE, priority=PRIORITY)
-        ip.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=TABLE)
+        ip.route("replace", dst="0.0.0.0/0", type="local", scope="host", oif=lo, table=TABLE)
 
 
 def remove(netns_fd: int) -> None:
@@ -76,7 +76,7 @@ def remove(netns_fd: int) -> None:
                 if rule.get("priority") == PRIORITY:
                     ip.rule("del", fwmark=CONNMARK, table=TABLE, priority=PRIORITY)
             try:
-                ip.route("del", dst="0.0.0.0/0", type="local", table=TABLE)
+                ip.route("del", dst="0.0.0.0/0", type="local", scope="host", oif=ip.link_lookup(ifname="lo")[0], table=TABLE)
             except Exception:
                 pass
     netns.run_in(netns_fd, routing)

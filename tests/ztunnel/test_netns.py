@@ -1,0 +1,306 @@
+"""The ztunnel in real network namespaces (root): pods on a bridge, iptables capture, real TLS.
+
+The node agent's part is played by the rig (it installs REDIRECT rules the
+way the agent's iptables mode does, and hands each pod's netns fd to the
+ztunnel); the control plane's part by a ProxyState filled in directly and a
+test CA. Everything else is the ztunnel as it runs: listeners inside the
+pods, HBONE/mTLS between them, source-IP preservation, policy, metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and iptables rules")
+
+from shoal import handoff, log, netns  # noqa: E402
+from shoal.model import (  # noqa: E402
+    Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, Rule, Service,
+    ServicePort, Source, Workload,
+)
+from ztunnel.certs import CertManager  # noqa: E402
+from ztunnel.config import Config  # noqa: E402
+from ztunnel.proxy import Ztunnel  # noqa: E402
+from ztunnel.state import ProxyState  # noqa: E402
+
+from zt_testca import TestCA  # noqa: E402
+
+APPS = str(Path(__file__).with_name("zt_apps.py"))
+PREFIX = f"shoal-zt{os.getpid() % 100000}-"
+ROUTER = PREFIX + "router"
+PODS = {"a": "198.19.1.2", "b": "198.19.2.2", "c": "198.19.3.2"}
+WEB_VIP, ECHO_VIP = "198.18.16.10", "198.18.16.11"
+A_PRINCIPAL = "cluster.local/ns/app/sa/a"
+
+
+def sh(*argv, check=True):
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def pod_ns(name):
+    return PREFIX + name
+
+
+def in_pod(name, *argv, timeout=20, check=False):
+    return subprocess.run(["ip", "netns", "exec", pod_ns(name), *argv], capture_output=True, text=True,
+                          timeout=timeout, check=check)
+
+
+def build_network():
+    netns.create(ROUTER)
+    sh("ip", "-n", ROUTER, "link", "add", "br0", "type", "bridge")
+    sh("ip", "-n", ROUTER, "addr", "add", "198.19.0.1/16", "dev", "br0")
+    sh("ip", "-n", ROUTER, "link", "set", "br0", "up")
+    for name, ip in PODS.items():
+        netns.create(pod_ns(name))
+        sh("ip", "-n", ROUTER, "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", pod_ns(name))
+        sh("ip", "-n", ROUTER, "link", "set", f"v{name}", "master", "br0", "up")
+        sh("ip", "-n", pod_ns(name), "addr", "add", f"{ip}/16", "dev", "eth0")
+        sh("ip", "-n", pod_ns(name), "link", "set", "eth0", "up")
+        sh("ip", "-n", pod_ns(name), "route", "add", "default", "via", "198.19.0.1")
+
+
+def capture_rules(name):
+    """What the node agent's iptables mode installs: outbound to 15001, inbound (not 15008) to 15006."""
+    ns = pod_ns(name)
+    for rule in (
+        ["-t", "nat", "-N", "ZT_OUT"], ["-t", "nat", "-A", "ZT_OUT", "-m", "mark", "--mark", "0x539", "-j", "RETURN"],
+        ["-t", "nat", "-A", "ZT_OUT", "-o", "lo", "-j", "RETURN"],
+        ["-t", "nat", "-A", "ZT_OUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001"],
+        ["-t", "nat", "-A", "OUTPUT", "-j", "ZT_OUT"],
+        ["-t", "nat", "-N", "ZT_IN"], ["-t", "nat", "-A", "ZT_IN", "-p", "tcp", "--dport", "15008", "-j", "RETURN"],
+        ["-t", "nat", "-A", "ZT_IN", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15006"],
+        ["-t", "nat", "-A", "PREROUTING", "-i", "eth0", "-j", "ZT_IN"],
+    ):
+        sh("ip", "netns", "exec", ns, "iptables-legacy", "-w", *rule)
+
+
+def workloads():
+    a = Workload("uid-a", "a", "app", "a", "node1", (PODS["a"],), protocol=Protocol.HBONE)
+    b = Workload("uid-b", "b", "app", "b", "node1", (PODS["b"],), protocol=Protocol.HBONE)
+    c = Workload("uid-c", "c", "legacy", "default", "node1", (PODS["c"],), protocol=Protocol.TCP)
+    web = Service("web", "app", "web.app.svc.cluster.local", (WEB_VIP,), (ServicePort(80),), (Endpoint("uid-b", 80, 8080),))
+    echo = Service("echo", "app", "echo.app.svc.cluster.local", (ECHO_VIP,), (ServicePort(9000),),
+                   (Endpoint("uid-b", 9000, 9000),))
+    return a, b, c, web, echo
+
+
+class Rig:
+    def __init__(self):
+        self.ca = TestCA()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.procs = []
+        self.log = io.StringIO()
+
+    def call(self, coro, timeout=20):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self):
+        build_network()
+        for name in ("a", "b"):
+            capture_rules(name)
+        for mode, port in (("http", 8080), ("echo", 9000)):
+            proc = netns.popen(pod_ns("b"), [sys.executable, APPS, mode, str(port)], stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline().strip() == "ready"
+            self.procs.append(proc)
+        log.setup("json", "info", stream=self.log)
+        self.thread.start()
+
+        async def boot():
+            async def signer(csr, uri):
+                return self.ca.sign_csr(csr), self.ca.bundle_pem
+            self.state = ProxyState()
+            for r in workloads():
+                self.state.upsert(r)
+            self.ztunnel = Ztunnel(Config(connect_timeout=3), self.state, CertManager(signer))
+            for uid, name, sa in (("uid-a", "a", "a"), ("uid-b", "b", "b")):
+                await self.ztunnel.add_workload(handoff.Workload(uid, name, "app", sa), netns.open_fd(pod_ns(name)))
+        self.call(boot())
+
+    def stop(self):
+        try:
+            self.call(self.ztunnel.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            for proc in self.procs:
+                proc.kill()
+                proc.wait()
+            for name in [ROUTER] + [pod_ns(p) for p in PODS]:
+                netns.remove(name)
+
+    def set(self, *resources, remove=()):
+        async def apply():
+            for kind, key in remove:
+                self.state.remove(kind, key)
+            for r in resources:
+                self.state.upsert(r)
+        self.call(apply())
+
+    def access_lines(self):
+        return [json.loads(line) for line in self.log.getvalue().splitlines()
+                if line.startswith("{") and '"connection complete"' in line]
+
+    def metric(self, name, **labels):
+        total = 0.0
+        for line in self.ztunnel.metrics.render().decode().splitlines():
+            if not line.startswith(name + "{"):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture(scope="module")
+def rig():
+    r = Rig()
+    try:
+        r.start()
+        yield r
+    finally:
+        r.stop()
+
+
+def curl(pod, url, timeout=8):
+    return in_pod(pod, "curl", "-sS", "--max-time", str(timeout), url)
+
+
+def test_service_through_hbone_keeps_client_ip(rig):
+    result = curl("a", f"http://{WEB_VIP}/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"peer={PODS['a']}\n"
+    # Outbound and inbound records, both mTLS, both naming the service.
+    time.sleep(0.2)
+    lines = [l for l in rig.access_lines() if l.get("dst_service") == "web.app.svc.cluster.local"]
+    directions = sorted(l["direction"] for l in lines)
+    assert directions[:2] == ["inbound", "outbound"], lines
+    assert all(l["mtls"] for l in lines)
+    inbound = next(l for l in lines if l["direction"] == "inbound")
+    assert inbound["src_identity"] == "spiffe://cluster.local/ns/app/sa/a"
+
+
+def test_bytes_match_metrics_and_one_log_line_per_connection(rig):
+    before_rx = rig.metric("istio_tcp_received_bytes_total", reporter="source", destination_service="echo.app.svc.cluster.local")
+    before_tx = rig.metric("istio_tcp_sent_bytes_total", reporter="destination", destination_service="echo.app.svc.cluster.local")
+    before_lines = len(rig.access_lines())
+    size = 3_000_000
+    result = in_pod("a", sys.executable, APPS, "send", ECHO_VIP, "9000", str(size))
+    assert result.stdout.strip() == str(size), result.stderr
+    time.sleep(0.3)
+    assert rig.metric("istio_tcp_received_bytes_total", reporter="source",
+                      destination_service="echo.app.svc.cluster.local") - before_rx == size
+    assert rig.metric("istio_tcp_sent_bytes_total", reporter="destination",
+                      destination_service="echo.app.svc.cluster.local") - before_tx == size
+    new = rig.access_lines()[before_lines:]
+    assert sorted(l["direction"] for l in new) == ["inbound", "outbound"]
+    assert all(l["bytes_received"] == size and l["bytes_sent"] == size for l in new)
+
+
+def test_capture_between_pods_is_only_tls_to_15008(rig, tmp_path):
+    pcap = tmp_path / "cap.txt"
+    dump = subprocess.Popen(["ip", "netns", "exec", ROUTER, "tcpdump", "-i", "br0", "-l", "-nn", "-A", "tcp"],
+                            stdout=open(pcap, "w"), stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        result = curl("a", f"http://{WEB_VIP}/")
+        assert result.returncode == 0
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait()
+    text = pcap.read_text(errors="replace")
+    headers = [l for l in text.splitlines() if " IP " in l and " > " in l]
+    assert headers, "tcpdump saw nothing"
+    assert all(".15008 " in l or ".15008:" in l for l in headers), headers[:5]
+    assert "peer=" not in text and "GET / HTTP" not in text
+
+
+def test_plaintext_permissive_then_strict(rig):
+    # C is not in the mesh: its plaintext to B is captured on 15006.
+    result = curl("c", f"http://{PODS['b']}:8080/")
+    assert result.returncode == 0 and result.stdout == f"peer={PODS['c']}\n", result.stderr
+    strict = PeerAuthentication("strict", "app", PolicyScope.NAMESPACE, PeerAuthMode.STRICT)
+    rig.set(strict)
+    try:
+        result = curl("c", f"http://{PODS['b']}:8080/")
+        assert result.returncode != 0
+        line = rig.access_lines()[-1]
+        assert line["direction"] == "inbound_plaintext" and "STRICT" in line["error"]
+        # Meshed A still gets through.
+        assert curl("a", f"http://{PODS['b']}:8080/").stdout == f"peer={PODS['a']}\n"
+    finally:
+        rig.set(remove=[(__import__("shoal.model", fromlist=["ResourceType"]).ResourceType.PEER_AUTHENTICATION,
+                         strict.key)])
+
+
+def test_client_without_mesh_certificate_cannot_use_15008(rig):
+    result = in_pod("c", "curl", "-sS", "-k", "--max-time", "5", "--http2-prior-knowledge",
+                    f"https://{PODS['b']}:15008/")
+    assert result.returncode != 0
+    time.sleep(0.2)
+    line = rig.access_lines()[-1]
+    assert line["direction"] == "inbound" and "TLS handshake failed" in line["error"]
+
+
+def test_deny_blocks_and_allow_admits_only_its_principal(rig):
+    from shoal.model import ResourceType
+    deny = Authorization("deny-a", "app", PolicyScope.NAMESPACE, Action.DENY,
+                         (Rule(sources=(Source(principals=(A_PRINCIPAL,)),)),))
+    rig.set(deny)
+    try:
+        result = curl("a", f"http://{WEB_VIP}/")
+        assert result.returncode != 0
+        time.sleep(0.2)
+        denied = [l for l in rig.access_lines() if l["direction"] == "inbound"][-1]
+        assert "deny-a" in denied["error"] and denied["response_flags"] == "UAEX"
+        outbound = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+        assert "policy denied" in outbound["error"]
+    finally:
+        rig.set(remove=[(ResourceType.AUTHORIZATION, deny.key)])
+    allow_other = Authorization("allow-other", "app", PolicyScope.NAMESPACE, Action.ALLOW,
+                                (Rule(sources=(Source(principals=("cluster.local/ns/app/sa/other",)),)),))
+    rig.set(allow_other)
+    try:
+        assert curl("a", f"http://{WEB_VIP}/").returncode != 0
+        allow_a = Authorization("allow-a", "app", PolicyScope.NAMESPACE, Action.ALLOW,
+                                (Rule(sources=(Source(principals=(A_PRINCIPAL,)),)),))
+        rig.set(allow_a)
+        assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"
+    finally:
+        rig.set(remove=[(ResourceType.AUTHORIZATION, "app/allow-other"), (ResourceType.AUTHORIZATION, "app/allow-a")])
+
+
+def test_passthrough_outside_the_mesh_and_refused_port_is_classed(rig):
+    # C is not meshed: A reaches it with plain TCP (nothing listens: refused, and said so).
+    result = curl("a", f"http://{PODS['c']}:7777/", timeout=4)
+    assert result.returncode != 0
+    time.sleep(0.2)
+    line = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+    assert line["plan"] == "passthrough" and line["error"].startswith("refused")
+
+
+def test_del_workload_closes_listeners_and_rules(rig):
+    fd = netns.open_fd(pod_ns("c"))
+    sock = rig.call(rig.ztunnel.add_workload(handoff.Workload("uid-c", "c", "legacy", "default"), fd))
+    assert sock is not None
+    rules = in_pod("c", "iptables-legacy-save", "-t", "mangle").stdout
+    assert "SHOAL_ZTUNNEL" in rules
+    listening = in_pod("c", "ss", "-ltnH").stdout
+    assert ":15001" in listening and ":15006" in listening and ":15008" in listening
+    rig.call(rig.ztunnel.del_workload("uid-c"))
+    time.sleep(0.1)
+    listening = in_pod("c", "ss", "-ltnH").stdout
+    assert ":15001" not in listening and ":15008" not in listening
+    assert "SHOAL_ZTUNNEL" not in in_pod("c", "iptables-legacy-save", "-t", "mangle").stdout
+    assert "lookup 133" not in in_pod("c", "ip", "rule").stdout

@@ -1,0 +1,35 @@
+"""The ztunnel's settings: one frozen object, defaults named once, built from flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: str = "default"
+    node: str = "node1"
+    control_plane: str = "198.18.0.1:15012"
+    socket_path: Path = Path("/var/run/shoal/ztunnel.sock")
+    token_file: Path | None = None
+    control_plane_ca: Path | None = None     # PEM root for TLS to the control plane; None: plaintext gRPC
+    trust_domain: str = "cluster.local"
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 15000
+    metrics_port: int = 15020
+    readiness_port: int = 15021
+    connect_timeout: float = 5.0
+    drain_seconds: float = 10.0
+    balancing: str = "round_robin"
+    pool_max_streams: int = 100
+    pool_idle_seconds: float = 60.0
+    preserve_source_ip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.balancing not in ("round_robin", "least_connections"):
+            raise ValueError(f"--balancing {self.balancing!r}: choose round_robin or least_connections")
+        if ":" not in self.control_plane:
+            raise ValueError(f"--control-plane {self.control_plane!r} must be host:port")
+        if self.connect_timeout <= 0 or self.drain_seconds < 0:
+            raise ValueError("--connect-timeout must be positive and --drain-seconds not negative")

@@ -1,0 +1,297 @@
+"""The ztunnel's I/O: enrolled pods, their listeners, and the outbound half.
+
+For every pod the node agent hands over (with its netns fd), the ztunnel
+opens three listeners *inside the pod's netns*: 15001 (captured outbound),
+15006 (captured inbound plaintext) and 15008 (HBONE). Connections accepted
+there are carried out here (outbound) and in `ztunnel.inbound`.
+
+Outbound, per connection: read the original destination, `outbound.decide`
+a Plan (pure), then do it: plain TCP from the pod's netns, or a stream on a
+pooled HBONE connection that presents the pod's certificate and checks the
+server's SPIFFE ID. Errors are classed (refused, timed out, TLS identity
+mismatch, policy denied) and end up in the access log and response flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+from shoal import handoff, hbone, identity, log
+from shoal.hbone_io import HboneSession, RelayError, TcpSide, TunnelRefused, relay
+from shoal.model import Protocol, Workload
+
+from ztunnel import sockets, transparent
+from ztunnel.certs import CertificateUnavailable, CertManager
+from ztunnel.config import Config
+from ztunnel.inbound import Inbound
+from ztunnel.outbound import Balancer, Kind, OutboundError, decide
+from ztunnel.pool import Key, Pool
+from ztunnel.state import ProxyState
+from ztunnel.telemetry import ConnectionRecord, Metrics
+
+logger = log.get("ztunnel.proxy")
+
+
+class ProxyError(Exception):
+    """A pod could not be served; the message says what to check."""
+
+
+@dataclass
+class Pod:
+    info: handoff.Workload
+    netns_fd: int
+    identity: str
+    listeners: dict[int, socket.socket] = field(default_factory=dict)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    connections: set[asyncio.Task] = field(default_factory=set)
+    transparent: bool = False
+
+
+def classify(error: BaseException) -> tuple[str, str]:
+    """(response flag, message saying what to check) for a failed connection."""
+    if isinstance(error, sockets.ConnectFailed):
+        flag = {"refused": "UF", "timed_out": "UF", "unreachable": "UF"}[error.kind]
+        return flag, f"{error.kind}: {error}"
+    if isinstance(error, identity.PeerMismatch):
+        return "UPE", f"TLS identity mismatch: {error}"
+    if isinstance(error, ssl.SSLError):
+        return "UPE", (f"TLS handshake failed: {error.reason or error}; check that both sides trust the same "
+                       "mesh root and that the certificate is valid")
+    if isinstance(error, TunnelRefused):
+        what = "policy denied" if error.status in (401, 403) else "refused"
+        return error.response_flag, f"{what}: {error}"
+    if isinstance(error, (OutboundError, CertificateUnavailable, RelayError)):
+        return getattr(error, "response_flag", "UF"), str(error)
+    if isinstance(error, asyncio.TimeoutError):
+        return "UF", "timed out; check that the destination's ztunnel is reachable on 15008"
+    return "UF", f"{type(error).__name__}: {error}"
+
+
+class Ztunnel:
+    """The whole proxy of one node: state, certificates, pool, pods."""
+
+    def __init__(self, config: Config, state: ProxyState, certs: CertManager, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.state = state
+        self.certs = certs
+        self.metrics = metrics or Metrics()
+        self.balancer = Balancer(config.balancing)
+        self.pool = Pool(self._connect_hbone, max_streams=config.pool_max_streams, idle_timeout=config.pool_idle_seconds)
+        self.pods: dict[str, Pod] = {}
+        self.active: set[ConnectionRecord] = set()
+        self.accepting = True
+        self.inbound = Inbound(self)
+
+    # --- the node agent's hand-off (shoal.handoff.WorkloadHandler) ---------------------
+
+    async def add_workload(self, workload: handoff.Workload, netns_fd: int) -> socket.socket | None:
+        held = self.pods.get(workload.uid)
+        if held is not None:
+            os.close(netns_fd)
+            return held.listeners.get(sockets.INBOUND_PLAINTEXT_PORT)
+        uri = str(identity.format_spiffe_id(self.config.trust_domain, workload.namespace, workload.service_account))
+        pod = Pod(workload, netns_fd, uri)
+        try:
+            for port in (sockets.OUTBOUND_PORT, sockets.INBOUND_PLAINTEXT_PORT, hbone.PORT):
+                pod.listeners[port] = sockets.listener(netns_fd, port)
+        except sockets.SocketError:
+            for sock in pod.listeners.values():
+                sock.close()
+            os.close(netns_fd)
+            raise
+        if self.config.preserve_source_ip:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, transparent.install, netns_fd)
+                pod.transparent = True
+            except Exception as e:
+                logger.warning("source IP will not be preserved for this pod", pod=f"{workload.namespace}/{workload.name}",
+                               error=str(e))
+        self.pods[workload.uid] = pod
+        self.certs.want(uri)
+        handlers = {sockets.OUTBOUND_PORT: self._outbound, sockets.INBOUND_PLAINTEXT_PORT: self.inbound.plaintext,
+                    hbone.PORT: self.inbound.hbone_connection}
+        loop = asyncio.get_running_loop()
+        for port, sock in pod.listeners.items():
+            pod.tasks.append(loop.create_task(self._accept_loop(pod, sock, handlers[port])))
+        logger.info("pod enrolled", pod=f"{workload.namespace}/{workload.name}", uid=workload.uid, identity=uri,
+                    source_ip_preserved=pod.transparent)
+        return pod.listeners[sockets.INBOUND_PLAINTEXT_PORT]
+
+    async def del_workload(self, uid: str) -> None:
+        pod = self.pods.pop(uid, None)
+        if pod is None:
+            return
+        for task in pod.tasks + list(pod.connections):
+            task.cancel()
+        for sock in pod.listeners.values():
+            sock.close()
+        self.pool.drop_pod(uid)
+        if pod.transparent:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, transparent.remove, pod.netns_fd)
+            except Exception as e:
+                logger.warning("could not remove source-IP rules", uid=uid, error=str(e))
+        os.close(pod.netns_fd)
+        if not any(p.identity == pod.identity for p in self.pods.values()):
+            self.certs.forget(pod.identity)
+        logger.info("pod removed", pod=f"{pod.info.namespace}/{pod.info.name}", uid=uid)
+
+    async def close(self) -> None:
+        for uid in list(self.pods):
+            await self.del_workload(uid)
+        self.pool.close()
+
+    def stop_accepting(self) -> None:
+        """Drain: close every listener (a new ztunnel with SO_REUSEPORT takes new connections)."""
+        self.accepting = False
+        for pod in self.pods.values():
+            for task in pod.tasks:
+                task.cancel()
+            for sock in pod.listeners.values():
+                sock.close()
+
+    # --- accepting -------------------------------------------------------------------
+
+    async def _accept_loop(self, pod: Pod, sock: socket.socket, handler) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except (OSError, asyncio.CancelledError):
+                return
+            task = loop.create_task(handler(pod, conn, address))
+            pod.connections.add(task)
+            task.add_done_callback(pod.connections.discard)
+
+    def workload_of(self, pod: Pod) -> Workload:
+        known = self.state.workloads.get(pod.info.uid)
+        if known is not None:
+            return known
+        # The control plane has not told us about it yet; the hand-off is enough to act for it.
+        return Workload(uid=pod.info.uid, name=pod.info.name, namespace=pod.info.namespace,
+                        service_account=pod.info.service_account, node=self.config.node, ips=(),
+                        protocol=Protocol.HBONE)
+
+    def begin(self, record: ConnectionRecord) -> None:
+        self.active.add(record)
+        record.open(self.metrics)
+
+    def end(self, record: ConnectionRecord) -> None:
+        self.active.discard(record)
+        record.close(self.metrics)
+
+    # --- outbound ----------------------------------------------------------------------
+
+    async def _outbound(self, pod: Pod, conn: socket.socket, address) -> None:
+        source = self.workload_of(pod)
+        try:
+            destination = sockets.original_destination(conn)
+        except OSError as e:
+            conn.close()
+            logger.warning("no original destination on an outbound connection", error=str(e))
+            return
+        record = ConnectionRecord("outbound", address[:2], destination, source_workload=source,
+                                  source_principal=pod.identity)
+        self.begin(record)
+        loop = asyncio.get_running_loop()
+        app: TcpSide | None = None
+        endpoint = None
+        try:
+            if destination[1] == sockets.OUTBOUND_PORT and destination[0] in ("127.0.0.1", conn.getsockname()[0]):
+                raise OutboundError("connection to the outbound capture port itself; refusing to loop")
+            plan = decide(self.state, source, destination[0], destination[1], self.balancer)
+            record.plan, record.service = plan.kind.value, plan.service
+            record.destination_workload = self.state.workloads.get(plan.destination_workload)
+            record.upstream = f"{plan.connect[0]}:{plan.connect[1]}"
+            endpoint = plan.endpoint
+            if endpoint is not None:
+                self.balancer.opened(endpoint)
+            _, app = await loop.connect_accepted_socket(TcpSide, conn)
+            if plan.uses_hbone:
+                record.mtls = True
+                record.destination_principal = plan.expected_identity
+                key = Key(pod.info.uid, plan.source_identity, plan.connect, plan.expected_identity)
+                session = await self.pool.checkout(key)
+                try:
+                    upstream = await session.open(plan.authority, timeout=self.config.connect_timeout)
+                except hbone.StreamLimitReached:
+                    session = await self.pool.checkout(key)
+                    upstream = await session.open(plan.authority, timeout=self.config.connect_timeout)
+            else:
+                sock = await sockets.connect(pod.netns_fd, plan.connect, timeout=self.config.connect_timeout)
+                _, upstream = await loop.create_connection(TcpSide, sock=sock)
+            if endpoint is not None:
+                self.balancer.succeeded(endpoint)
+            await relay(app, upstream)
+            record.bytes_received, record.bytes_sent = app.bytes_received, app.bytes_sent
+            if app.reset or getattr(upstream, "reset", False):
+                record.response_flags = "UC" if not app.reset else "DC"
+        except asyncio.CancelledError:
+            record.fail("DC", "connection closed: pod removed or ztunnel draining")
+            if app is not None:
+                app.abort()
+            raise
+        except Exception as e:  # every failure is reported on the connection, never fatal to the proxy
+            flag, message = classify(e)
+            if endpoint is not None and isinstance(e, (sockets.ConnectFailed, ssl.SSLError, asyncio.TimeoutError,
+                                                       RelayError)) and not isinstance(e, TunnelRefused):
+                self.balancer.failed(endpoint)
+            record.fail(flag, message)
+            if app is not None:
+                record.bytes_received = app.bytes_received
+                app.abort()
+            else:
+                _reset_socket(conn)
+            logger.info("outbound connection failed", src=f"{address[0]}:{address[1]}",
+                        dst=f"{destination[0]}:{destination[1]}", error=message)
+        finally:
+            if endpoint is not None:
+                self.balancer.closed(endpoint)
+            self.end(record)
+
+    async def _connect_hbone(self, key: Key) -> HboneSession:
+        pod = self.pods.get(key.source_pod)
+        if pod is None:
+            raise RelayError("the source pod was removed from the mesh")
+        ctx = await self.certs.client_context(key.source_identity)
+        sock = await sockets.connect(pod.netns_fd, key.destination, timeout=self.config.connect_timeout)
+        loop = asyncio.get_running_loop()
+        try:
+            _, session = await loop.create_connection(
+                lambda: HboneSession(True, name=f"{key.destination[0]}:{key.destination[1]}"), sock=sock, ssl=ctx,
+                server_hostname="", ssl_handshake_timeout=self.config.connect_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            identity.check_peer(session.ssl_object, identity.parse_spiffe_id(key.expected_identity))
+        except identity.IdentityError:
+            session.close()
+            raise
+        return session
+
+    # --- the admin dump ----------------------------------------------------------------
+
+    def dump(self) -> dict:
+        out = self.state.dump()
+        out["certificates"] = self.certs.dump()
+        out["pods"] = [{"uid": p.info.uid, "name": p.info.name, "namespace": p.info.namespace,
+                        "identity": p.identity, "source_ip_preserved": p.transparent,
+                        "connections": len(p.connections)} for p in self.pods.values()]
+        out["pool"] = [{"source_pod": k.source_pod, "destination": f"{k.destination[0]}:{k.destination[1]}",
+                        "identity": k.expected_identity, "connections": len(v),
+                        "streams": sum(c.open_streams for c in v)} for k, v in self.pool.connections.items()]
+        out["active_connections"] = len(self.active)
+        return out
+
+
+def _reset_socket(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    sock.close()

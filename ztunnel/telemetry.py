@@ -1,0 +1,139 @@
+"""TCP telemetry: Istio's metric names and labels, and one access-log line per connection.
+
+Each proxied connection has one `ConnectionRecord`. The proxy fills it in as
+it learns things (plan, identities, bytes) and calls `open()` once and
+`close()` once; `close()` updates the counters and writes the access-log
+line. Byte directions follow Istio: *received* is what came from the
+connection's client (the request direction), *sent* is what went back to it.
+The outbound side reports as `source`, the inbound side as `destination`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from shoal import log
+from shoal.model import Workload
+
+LABELS = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app",
+    "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+    "destination_service", "destination_service_name", "destination_service_namespace",
+    "request_protocol", "response_flags", "connection_security_policy",
+)
+
+access_log = log.get("ztunnel.access")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        # prometheus_client adds the _total suffix to counters.
+        self.opened = Counter("istio_tcp_connections_opened", "TCP connections opened", LABELS, registry=self.registry)
+        self.closed = Counter("istio_tcp_connections_closed", "TCP connections closed", LABELS, registry=self.registry)
+        self.sent = Counter("istio_tcp_sent_bytes", "Bytes sent back to the client of a TCP connection",
+                            LABELS, registry=self.registry)
+        self.received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP connection",
+                                LABELS, registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _workload_labels(prefix: str, w: Workload | None) -> dict[str, str]:
+    if w is None:
+        return {f"{prefix}_workload": "unknown", f"{prefix}_workload_namespace": "unknown", f"{prefix}_app": "unknown"}
+    return {f"{prefix}_workload": w.canonical_service or w.name, f"{prefix}_workload_namespace": w.namespace,
+            f"{prefix}_app": w.canonical_service or w.name}
+
+
+@dataclass(eq=False)  # identity, so records can sit in a set of active connections
+class ConnectionRecord:
+    direction: str                      # outbound, inbound (HBONE) or inbound_plaintext
+    source: tuple[str, int]
+    destination: tuple[str, int]
+    source_workload: Workload | None = None
+    destination_workload: Workload | None = None
+    source_principal: str = ""
+    destination_principal: str = ""
+    service: str = ""                   # destination service hostname
+    mtls: bool = False
+    plan: str = ""                      # the outbound plan kind
+    upstream: str = ""                  # where we connected (ip:port)
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    response_flags: str = "-"
+    error: str = ""
+    started: float = field(default_factory=time.monotonic)
+    _opened: bool = False
+    _closed: bool = False
+
+    @property
+    def reporter(self) -> str:
+        return "source" if self.direction == "outbound" else "destination"
+
+    def labels(self) -> dict[str, str]:
+        name, _, rest = self.service.partition(".")
+        service_namespace = rest.split(".")[0] if rest else "unknown"
+        out = {
+            "reporter": self.reporter,
+            "source_principal": self.source_principal or "unknown",
+            "destination_principal": self.destination_principal or "unknown",
+            "destination_service": self.service or "unknown",
+            "destination_service_name": name or "unknown",
+            "destination_service_namespace": service_namespace,
+            "request_protocol": "tcp",
+            "response_flags": self.response_flags,
+            "connection_security_policy": "mutual_tls" if self.mtls else "none",
+        }
+        out.update(_workload_labels("source", self.source_workload))
+        out.update(_workload_labels("destination", self.destination_workload))
+        return out
+
+    def fail(self, flag: str, error: str) -> None:
+        self.response_flags = flag
+        self.error = error
+
+    def open(self, metrics: Metrics) -> None:
+        if not self._opened:
+            self._opened = True
+            metrics.opened.labels(**self.labels()).inc()
+
+    def close(self, metrics: Metrics) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        labels = self.labels()
+        if not self._opened:
+            self._opened = True
+            metrics.opened.labels(**labels).inc()
+        metrics.closed.labels(**labels).inc()
+        if self.bytes_received:
+            metrics.received.labels(**labels).inc(self.bytes_received)
+        if self.bytes_sent:
+            metrics.sent.labels(**labels).inc(self.bytes_sent)
+        w_src, w_dst = self.source_workload, self.destination_workload
+        access_log.info(
+            "connection complete",
+            direction=self.direction,
+            src_addr=f"{self.source[0]}:{self.source[1]}",
+            dst_addr=f"{self.destination[0]}:{self.destination[1]}",
+            src_workload=w_src.name if w_src else None,
+            src_namespace=w_src.namespace if w_src else None,
+            dst_workload=w_dst.name if w_dst else None,
+            dst_namespace=w_dst.namespace if w_dst else None,
+            src_identity=self.source_principal or None,
+            dst_identity=self.destination_principal or None,
+            dst_service=self.service or None,
+            plan=self.plan or None,
+            upstream=self.upstream or None,
+            mtls=self.mtls,
+            bytes_received=self.bytes_received,
+            bytes_sent=self.bytes_sent,
+            duration_ms=round((time.monotonic() - self.started) * 1000, 3),
+            response_flags=self.response_flags,
+            error=self.error or None,
+        )
