@@ -146,10 +146,11 @@ class PodRuntime:
     def phase(self) -> str:
         if not self.containers:
             return "Running"  # an empty sandbox, to exec into
-        if any(c.running or not c.done for c in self.containers):
-            return "Running" if any(c.running or c.restart_count or c.last_exit is not None
-                                    for c in self.containers) else "Pending"
-        return "Succeeded" if all(c.last_exit == 0 for c in self.containers) else "Failed"
+        if all(c.done for c in self.containers):
+            return "Succeeded" if all(c.last_exit == 0 for c in self.containers) else "Failed"
+        if any(c.running or c.last_exit is not None for c in self.containers):
+            return "Running"
+        return "Pending"
 
     def status(self) -> dict:
         ready = all(c.ready for c in self.containers) and not self.stopping
@@ -331,8 +332,9 @@ class Kubelet:
                 c.done = True
                 self._mark(runtime)
                 return
-            c.restart_count += 1 if c.process is not None else 0
-            c.waiting_reason = c.waiting_reason or "CrashLoopBackOff"
+            if c.process is not None:
+                c.restart_count += 1
+                c.waiting_reason = "CrashLoopBackOff"
             self._mark(runtime)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
