@@ -29,6 +29,9 @@ KIND_ALIASES = {
     "HTTPRoute": ("httproutes", "httproute"),
     "Gateway": ("gateways", "gateway", "gtw"),
     "TrafficSplit": ("trafficsplits", "trafficsplit", "ts"),
+    "ConfigMap": ("configmaps", "configmap", "cm"),
+    "Secret": ("secrets", "secret"),
+    "Ingress": ("ingresses", "ingress", "ing"),
 }
 
 

@@ -20,6 +20,10 @@ CORE_KINDS = {
     "Service": ("v1",),
     "ServiceAccount": ("v1",),
     "Deployment": ("apps/v1",),
+    # Kept in the store, as a cluster without a controller for them keeps them (no ingress controller here).
+    "ConfigMap": ("v1",),
+    "Secret": ("v1",),
+    "Ingress": ("networking.k8s.io/v1",),
 }
 MESH_KINDS = {
     "VirtualService": ("networking.istio.io/v1alpha3", "networking.istio.io/v1beta1", "networking.istio.io/v1"),
@@ -264,4 +268,7 @@ _CORE_CHECKS = {
     "Service": _check_service,
     "Namespace": _check_nothing,
     "ServiceAccount": _check_nothing,
+    "ConfigMap": _check_nothing,
+    "Secret": _check_nothing,
+    "Ingress": _check_nothing,
 }
