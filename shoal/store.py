@@ -106,6 +106,7 @@ class Store:
 
     def init(self) -> None:
         self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # it holds Secrets and bootstrap tokens
         self.lock_path.touch(exist_ok=True)
         self.journal_path.touch(exist_ok=True)
 
