@@ -200,22 +200,29 @@ class CertManager:
         return out
 
 
-def grpc_signer(target: str, token: str, *, root_pem: bytes | None = None, ttl_seconds: int = 0) -> Signer:
-    """A signer that calls the control plane's Certificates.Sign with the node's bootstrap token."""
+def grpc_signer(settings) -> Signer:
+    """A signer that calls the control plane's Certificates.Sign (TLS, bearer node token), on one channel.
+
+    `settings` is a `shoal.config_client.ClientSettings`.
+    """
     import grpc
 
+    from shoal import tokens
     from shoal.api import ca_pb2, ca_pb2_grpc
+    from shoal.config_client import open_channel
 
-    channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root_pem))
-               if root_pem else grpc.aio.insecure_channel(target))
-    stub = ca_pb2_grpc.CertificatesStub(channel)
+    state: dict = {}
 
     async def sign(csr_pem: bytes, uri: str) -> tuple[bytes, bytes]:
+        if "stub" not in state:
+            state["stub"] = ca_pb2_grpc.CertificatesStub(open_channel(settings))
         try:
-            reply = await stub.Sign(ca_pb2.SignRequest(csr=csr_pem.decode(), identity=uri, ttl_seconds=ttl_seconds),
-                                    metadata=(("authorization", f"Bearer {token}"),))
+            reply = await state["stub"].Sign(ca_pb2.SignRequest(csr=csr_pem.decode(), identity=uri),
+                                             metadata=tokens.metadata(settings.current_token()),
+                                             timeout=settings.call_timeout)
         except grpc.aio.AioRpcError as e:
-            raise CertificateUnavailable(f"control plane {target} refused to sign: {e.code().name}: {e.details()}") from None
+            raise CertificateUnavailable(f"control plane {settings.target} did not sign: "
+                                         f"{e.code().name}: {e.details()}") from None
         return reply.chain.encode(), reply.bundle.encode()
 
     return sign

@@ -88,6 +88,18 @@ class ProxyState:
         for resource in upserted:
             self.upsert(resource)
 
+    def apply_update(self, update) -> None:
+        """One accepted Config.Watch response (`shoal.config_client.Update`) of one type."""
+        rtype = ResourceType(update.type)
+        if update.replace:
+            held = {ResourceType.WORKLOAD: self.workloads, ResourceType.SERVICE: self.services,
+                    ResourceType.WAYPOINT: self.waypoints, ResourceType.AUTHORIZATION: self.authorizations,
+                    ResourceType.PEER_AUTHENTICATION: self.peer_authentications}.get(rtype, {})
+            removed = [key for key in held if key not in update.upserted]
+        else:
+            removed = list(update.removed)
+        self.apply(update.upserted.values(), [(rtype, key) for key in removed])
+
     def replace(self, snapshot: Snapshot) -> None:
         """A full state: whatever is not in `snapshot` is dropped."""
         keep = {(ResourceType(type(r).__name__), r.key) for r in snapshot.all()}

@@ -1,0 +1,151 @@
+"""The whole ztunnel process wiring, in-process: the real control plane (gRPC, TLS, tokens),
+the real node-agent hand-off server, and `ztunnel.main.run`, all inside a test netns so
+the fixed ports (15000/15020/15021) collide with nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs the ztunnel in its own network namespace")
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "control_plane"))
+
+from shoal import handoff, netns  # noqa: E402
+from shoal.lifecycle import Shutdown  # noqa: E402
+from ztunnel.config import Config  # noqa: E402
+from ztunnel.main import run  # noqa: E402
+
+NODE_NS = f"shoal-ztp{os.getpid() % 100000}-node"
+POD_NS = f"shoal-ztp{os.getpid() % 100000}-pod"
+
+
+async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    data = await reader.read(-1)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def until(predicate, timeout=15.0, what="condition"):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def run_in_node_netns(coro_fn):
+    """Runs an asyncio main in a thread inside the node netns; returns its result or raises."""
+    result = {}
+
+    def target():
+        try:
+            with netns.entered(NODE_NS):
+                result["value"] = asyncio.run(coro_fn())
+        except BaseException as e:
+            result["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(120)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@pytest.fixture
+def namespaces():
+    netns.create(NODE_NS)
+    netns.create(POD_NS)
+    try:
+        yield
+    finally:
+        netns.remove(POD_NS)
+        netns.remove(NODE_NS)
+
+
+def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(namespaces, tmp_path):
+    from cp_harness import NODE_TOKENS, start_plane, workload
+
+    async def main():
+        plane = await start_plane(tmp_path / "cp")
+        pod = workload(1, node="node1", namespace="shop", sa="default")
+        plane.state.apply([pod])
+        token_file = tmp_path / "token"
+        token_file.write_text(NODE_TOKENS["node1"])
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_bytes(plane.authority.bundle_pem)
+        sock_path = tmp_path / "ztunnel.sock"
+
+        config = Config(node="node1", control_plane=plane.target, socket_path=sock_path, token_file=token_file,
+                        drain_seconds=1.0, preserve_source_ip=False)
+        shutdown = Shutdown()
+        zt = asyncio.create_task(run(config, bundle, shutdown))
+
+        async def readiness():
+            try:
+                return await http_get(15021, "/healthz/ready")
+            except OSError:
+                return None
+        status, body = await until(readiness, what="readiness endpoint")
+        assert status == 503 and b"node agent" in body
+
+        # The agent comes up and hands over the pod.
+        agent = handoff.HandoffServer(sock_path, lambda: [(handoff.Workload(pod.uid, pod.name, "shop", "default"),
+                                                          netns.open_fd(POD_NS))], lambda e, s: None)
+        await agent.start()
+
+        async def ready():
+            status, _ = await http_get(15021, "/healthz/ready")
+            return status == 200
+        await until(ready, what="ready")
+
+        async def cert_issued():
+            _, body = await http_get(15000, "/config_dump")
+            dump = json.loads(body)
+            certs = {c["identity"]: c for c in dump["certificates"]}
+            return dump if certs.get("spiffe://cluster.local/ns/shop/sa/default", {}).get("state") == "valid" else None
+        dump = await until(cert_issued, what="the pod's certificate")
+        assert [w["uid"] for w in dump["workloads"]] == ["uid-1"]
+        assert dump["pods"][0]["identity"] == "spiffe://cluster.local/ns/shop/sa/default"
+
+        status, metrics = await http_get(15020, "/metrics")
+        assert status == 200 and b"# TYPE istio_tcp_connections_opened_total counter" in metrics
+
+        # Listeners are inside the pod's netns.
+        probe = netns.socket_in(POD_NS)
+        probe.settimeout(2)
+        probe.connect(("127.0.0.1", 15008))
+        probe.close()
+
+        # The control plane goes away: still ready, still the same config.
+        await plane.server.stop(grace=0)
+        await asyncio.sleep(0.5)
+        assert (await http_get(15021, "/healthz/ready"))[0] == 200
+        assert json.loads((await http_get(15000, "/workloads"))[1])[0]["uid"] == "uid-1"
+
+        shutdown.stopping.set()
+        code = await asyncio.wait_for(zt, 10)
+        await agent.close()
+        with pytest.raises(OSError):
+            await http_get(15021, "/healthz/ready")
+        probe = netns.socket_in(POD_NS)
+        probe.settimeout(2)
+        with pytest.raises(OSError):
+            probe.connect(("127.0.0.1", 15008))
+        probe.close()
+        return code
+
+    assert run_in_node_netns(main) == 0

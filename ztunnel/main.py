@@ -1,0 +1,120 @@
+"""The ztunnel process: wires the hand-off, the config stream, certificates, the proxy and its HTTP ports.
+
+Readiness (15021 `/healthz/ready`) is true once the node agent's hand-off is
+connected and the control plane's config has been received once; after that,
+a control plane going away does not make the ztunnel unready (it keeps
+serving with the last config). SIGTERM drains: listeners close at once (a new
+ztunnel with SO_REUSEPORT takes new connections), open connections get until
+`drain_seconds`, then are cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from shoal import handoff, log, tokens
+from shoal.config_client import ClientSettings, ConfigClient
+from shoal.lifecycle import Shutdown
+
+from ztunnel import admin
+from ztunnel.certs import CertManager, grpc_signer
+from ztunnel.config import Config
+from ztunnel.proxy import Ztunnel
+from ztunnel.state import ProxyState
+
+logger = log.get("ztunnel")
+
+
+class StartupError(Exception):
+    pass
+
+
+async def _read_bundle(path: Path, shutdown: Shutdown, wait_seconds: float = 60.0) -> bytes:
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            data = path.read_bytes()
+            if data.strip():
+                return data
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline or shutdown.stopping.is_set():
+            raise StartupError(f"no mesh trust bundle at {path}; start the control plane first "
+                               "or pass --ca-bundle")
+        await asyncio.sleep(0.5)
+
+
+def routes(z: Ztunnel, ready) -> tuple[dict, dict, dict]:
+    dump = admin.json_route(z.dump)
+    admin_routes = {
+        "/config_dump": dump,
+        "/workloads": admin.json_route(lambda: z.dump()["workloads"]),
+        "/services": admin.json_route(lambda: z.dump()["services"]),
+        "/policies": admin.json_route(lambda: {k: z.dump()[k] for k in ("policies", "peer_authentications")}),
+        "/certs": admin.json_route(z.certs.dump),
+    }
+    metrics_routes = {"/metrics": lambda: (200, "text/plain; version=0.0.4", z.metrics.render()),
+                      "/stats/prometheus": lambda: (200, "text/plain; version=0.0.4", z.metrics.render())}
+
+    def readiness():
+        ok, why = ready()
+        return (200 if ok else 503), "text/plain", (why + "\n").encode()
+    return admin_routes, metrics_routes, {"/healthz/ready": readiness}
+
+
+async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
+    if config.token_file is None:
+        raise StartupError("--token-file is required: the node's credential for the control plane")
+    token_file = config.token_file
+    tokens.read_token(token_file)  # fail now, clearly, rather than at the first call
+    bundle = await _read_bundle(bundle_path, shutdown)
+    settings = ClientSettings(target=config.control_plane, bundle_pem=bundle,
+                              token=lambda: tokens.read_token(token_file), node=config.node)
+    state = ProxyState(config.trust_domain)
+    certs = CertManager(grpc_signer(settings))
+    z = Ztunnel(config, state, certs)
+    watch = ConfigClient(settings, on_update=state.apply_update)
+    agent = handoff.HandoffClient(config.socket_path, z)
+
+    def ready():
+        if not agent.connected.is_set():
+            return False, f"not connected to the node agent at {config.socket_path}"
+        if not watch.synced.is_set():
+            return False, f"no config from the control plane at {config.control_plane} yet"
+        return True, "ready"
+
+    admin_routes, metrics_routes, ready_routes = routes(z, ready)
+    servers = [
+        await admin.serve(config.admin_address, config.admin_port, admin_routes),
+        await admin.serve("0.0.0.0", config.metrics_port, metrics_routes),
+        await admin.serve("0.0.0.0", config.readiness_port, ready_routes),
+    ]
+    tasks = [asyncio.create_task(coro) for coro in (watch.run(), agent.run(), certs.run(), z.pool.run_sweeper())]
+    logger.info("ztunnel started", node=config.node, control_plane=config.control_plane,
+                socket=str(config.socket_path))
+    stop = asyncio.create_task(shutdown.stopping.wait())
+    done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not stop and task.exception() is not None:
+            logger.error("ztunnel task failed", error=repr(task.exception()))
+
+    # Drain.
+    z.stop_accepting()
+    agent.stop()
+    deadline = time.monotonic() + config.drain_seconds
+    logger.info("draining", connections=len(z.active), deadline_seconds=config.drain_seconds)
+    while z.active and time.monotonic() < deadline and not shutdown.urgent.is_set():
+        await asyncio.sleep(0.1)
+    if z.active:
+        logger.warning("drain deadline reached; closing connections", connections=len(z.active))
+    watch.stop()
+    for task in tasks + [stop]:
+        task.cancel()
+    await z.close()
+    for server in servers:
+        server.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    logger.info("ztunnel stopped")
+    return 0
