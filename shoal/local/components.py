@@ -52,6 +52,18 @@ Component = Callable[[Layout, int, Settings], "dict | None"]
 
 COMPONENTS: list[Component] = []
 
+
+def control_plane(layout: Layout, node: int, settings: Settings) -> dict | None:
+    """The CA and config server, on node 1; other nodes reach it at 198.18.0.1:15012."""
+    if node != 1:
+        return None
+    return system_pod(layout, node, "control-plane",
+                      shoal_argv("control-plane", "--source", "local", "--cluster", layout.cluster),
+                      ready_port=15014)
+
+
+COMPONENTS.append(control_plane)
+
 # What a part must remove at `shoal local down` beyond what goes with the
 # cluster's netns, cgroups and run directory (pinned BPF objects, say).
 # Each is called with the Layout after the daemon and the pods have stopped.

@@ -1,0 +1,210 @@
+"""The `shoal control-plane` process: settings, wiring, and a clean shutdown.
+
+    source (local store | Kubernetes) -> Feed(Translator) -> ConfigState -> ConfigServer (gRPC 15012, HTTP 15014)
+                                                                             CertificateAuthority (roots from a RootStore)
+
+Local cluster (`--source local --cluster C`), everything under /run/shoal/C/:
+the CA in `ca/` (generated on first start), the bundle in `ca/bundle.pem`
+for the proxies, the service-account token key in `ca/token.key`, node
+bootstrap tokens read from `bootstrap-tokens.json`.
+
+Kubernetes (`--source kube`): in-cluster credentials (or ~/.kube/config),
+the CA in Secret shoal-system/shoal-ca (created if absent), the bundle
+published in ConfigMap shoal-system/shoal-ca-root-cert, callers checked with
+TokenReview, refused objects reported as Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from control_plane import ca_store
+from control_plane.authn import Authenticator, KubeAuthenticator, LocalAuthenticator
+from control_plane.ca import CaError, CertificateAuthority
+from control_plane.feed import Feed, Reporter
+from control_plane.metrics import Metrics
+from control_plane.server import ConfigServer, Endpoints, split_address
+from control_plane.state import ConfigState
+from control_plane.translate import Translator
+from shoal import identity, log, store, tokens
+from shoal.lifecycle import Shutdown
+
+logger = log.get("shoal.control_plane")
+
+SOURCES = ("local", "kube")
+DRAIN_SECONDS = 2.0
+
+
+class SettingsError(ValueError):
+    """A flag's value is unusable; the message names the flag."""
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str, flag: str = "--cert-ttl") -> dt.timedelta:
+    m = _DURATION.match(text.strip()) if text else None
+    if not m or not any(m.groups()):
+        raise SettingsError(f"{flag} {text!r}: expected a duration such as 24h, 90m, 1h30m or 3600s")
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    value = dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if value < dt.timedelta(minutes=1):
+        raise SettingsError(f"{flag} {text!r}: must be at least 1m")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str = "local"
+    cluster: str = "default"
+    listen: str = "0.0.0.0:15012"
+    http: str = "0.0.0.0:15014"
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    cert_ttl: dt.timedelta = dt.timedelta(hours=24)
+    trust_domain: str = identity.DEFAULT_TRUST_DOMAIN
+    root_namespace: str = "istio-system"
+    run_root: Path = field(default_factory=lambda: store.RUN_ROOT)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise SettingsError(f"--source {self.source!r}: choose one of {', '.join(SOURCES)}")
+        if (self.ca_cert is None) != (self.ca_key is None):
+            raise SettingsError("--ca-cert and --ca-key go together: give both or neither")
+        try:
+            identity.format_spiffe_id(self.trust_domain, "ns", "sa")
+        except identity.InvalidSpiffeId:
+            raise SettingsError(f"--trust-domain {self.trust_domain!r}: must be a lower-case DNS name") from None
+        for flag, value, port in (("--listen", self.listen, 15012), ("--http", self.http, 15014)):
+            try:
+                split_address(value, port)
+            except ValueError as e:
+                raise SettingsError(f"{flag}: {e}") from None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run_root / self.cluster
+
+    @property
+    def endpoints(self) -> Endpoints:
+        grpc_host, grpc_port = split_address(self.listen, 15012)
+        http_host, http_port = split_address(self.http, 15014)
+        return Endpoints(grpc_host, grpc_port, http_host, http_port)
+
+
+# -- wiring ------------------------------------------------------------------------------
+
+@dataclass
+class Wiring:
+    """What differs between the local cluster and Kubernetes."""
+    roots: ca_store.RootStore
+    authenticator: Authenticator
+    events: object            # an async iterator of shoal.store.Event
+    report: Reporter | None
+
+
+def local_wiring(settings: Settings) -> Wiring:
+    from control_plane.sources.local import LocalSource, report_invalid
+
+    cluster_store = store.Store(settings.cluster, root=settings.run_root)
+    if not cluster_store.exists():
+        raise SettingsError(f"no local cluster {settings.cluster!r} under {settings.run_root}; "
+                            f"run `shoal local up --cluster {settings.cluster}` first")
+    roots = (ca_store.GivenFilesRootStore(settings.ca_cert, settings.ca_key) if settings.ca_cert
+             else ca_store.FileRootStore(settings.run_dir / "ca"))
+    key = tokens.token_key(settings.run_dir, create=True)
+    authenticator = LocalAuthenticator(settings.run_dir / "bootstrap-tokens.json", key)
+    return Wiring(roots, authenticator, LocalSource(cluster_store).events(),
+                  lambda obj, errors: report_invalid(cluster_store, obj, errors))
+
+
+def kube_wiring(settings: Settings) -> Wiring:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except Exception as e:  # noqa: BLE001 - the kubernetes client raises several kinds
+            raise SettingsError(f"--source kube: no in-cluster credentials and no usable kubeconfig ({e})") from None
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    try:
+        from control_plane.sources import kube as kube_source
+    except ImportError:
+        raise SettingsError("--source kube: the Kubernetes source (control_plane/sources/kube.py) is not "
+                            "available in this build") from None
+    roots = (ca_store.GivenFilesRootStore(settings.ca_cert, settings.ca_key) if settings.ca_cert
+             else ca_store.KubeSecretRootStore(core))
+    authenticator = KubeAuthenticator(client.AuthenticationV1Api(api), core)
+    source = kube_source.KubeSource(api)
+
+    def report(obj: dict, errors) -> None:
+        from control_plane.sources.local import invalid_config_event
+        body = invalid_config_event(obj, errors)
+        core.create_namespaced_event(body["metadata"]["namespace"], body)
+
+    return Wiring(roots, authenticator, source.events(), report)
+
+
+def build_authority(settings: Settings, roots: ca_store.RootStore) -> CertificateAuthority:
+    signer, trusted = ca_store.load_or_create(roots, settings.trust_domain)
+    authority = CertificateAuthority(signer, trusted, trust_domain=settings.trust_domain, leaf_ttl=settings.cert_ttl)
+    logger.info("CA ready", signer=signer.cert.subject.rfc4514_string(), roots=len(authority.trusted),
+                fingerprint=signer.fingerprint[:16])
+    return authority
+
+
+def publish_bundle(path: Path, bundle_pem: bytes) -> None:
+    """Where the local cluster's proxies read the trust bundle (public, like Istio's root-cert ConfigMap)."""
+    if path.exists() and path.read_bytes() == bundle_pem:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(bundle_pem)
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
+# -- the process ---------------------------------------------------------------------------
+
+async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = None) -> int:
+    try:
+        wiring = wiring or (local_wiring(settings) if settings.source == "local" else kube_wiring(settings))
+        authority = build_authority(settings, wiring.roots)
+    except (SettingsError, CaError, tokens.TokenError, OSError) as e:
+        logger.error("cannot start the control plane", error=str(e))
+        return 2
+    if settings.source == "local":
+        publish_bundle(settings.run_dir / "ca" / "bundle.pem", authority.bundle_pem)
+    state = ConfigState()
+    metrics = Metrics()
+    server = ConfigServer(state=state, authority=authority, authenticator=wiring.authenticator, metrics=metrics,
+                          endpoints=settings.endpoints, root_namespace=settings.root_namespace)
+    try:
+        await server.start()
+    except OSError as e:
+        logger.error("cannot start the control plane", error=str(e))
+        return 2
+    feed = Feed(Translator(), state, metrics, server.mark_synced, wiring.report)
+    feeding = asyncio.ensure_future(feed.run(wiring.events))
+    stopping = asyncio.ensure_future(shutdown.wait())
+    code = 0
+    try:
+        await asyncio.wait({feeding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if feeding.done():
+            error = feeding.exception()
+            logger.error("the config source failed; exiting so that the supervisor restarts us",
+                         error=f"{type(error).__name__}: {error}")
+            code = 1
+    finally:
+        feeding.cancel()
+        stopping.cancel()
+        await server.stop(0 if shutdown.urgent.is_set() else DRAIN_SECONDS)
+        logger.info("control plane stopped")
+    return code

@@ -1,0 +1,40 @@
+"""`shoal control-plane`: the CA and the config server (gRPC 15012, HTTP 15014)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("control-plane", help="run the mesh control plane: CA and config server",
+                       description="Serve certificates (Certificates.Sign) and config (Config.Watch) over gRPC, "
+                                   "with readiness and Prometheus metrics over HTTP.")
+    p.add_argument("--source", choices=("local", "kube"), default="local",
+                   help="where config comes from: a local cluster's store, or the Kubernetes API")
+    p.add_argument("--cluster", default="default", help="local cluster name (with --source local)")
+    p.add_argument("--listen", default="0.0.0.0:15012", help="gRPC address (default 0.0.0.0:15012)")
+    p.add_argument("--http", default="0.0.0.0:15014", help="HTTP address for readiness and metrics")
+    p.add_argument("--ca-cert", type=Path, help="PEM root certificate to sign with (with --ca-key)")
+    p.add_argument("--ca-key", type=Path, help="PEM private key of --ca-cert")
+    p.add_argument("--cert-ttl", default="24h", help="workload certificate lifetime (default 24h)")
+    p.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
+    p.add_argument("--root-namespace", default="istio-system",
+                   help="namespace whose policies apply mesh-wide (default istio-system)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    import sys
+
+    from control_plane import app
+    from shoal import lifecycle
+
+    try:
+        settings = app.Settings(source=args.source, cluster=args.cluster, listen=args.listen, http=args.http,
+                                ca_cert=args.ca_cert, ca_key=args.ca_key,
+                                cert_ttl=app.parse_duration(args.cert_ttl), trust_domain=args.trust_domain,
+                                root_namespace=args.root_namespace)
+    except app.SettingsError as e:
+        print(f"shoal control-plane: {e}", file=sys.stderr)
+        return 2
+    return lifecycle.run(lambda shutdown: app.run(settings, shutdown))

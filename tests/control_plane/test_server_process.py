@@ -1,0 +1,180 @@
+"""The real `shoal control-plane --source local` process against a local store made here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from shoal import identity
+from shoal.config_client import ClientSettings, ConfigClient, ConfigClientError, request_certificate
+from shoal.identity import SpiffeId
+from shoal.model import ResourceType
+from shoal.store import Store
+
+CLUSTER = "cptest"
+TOKENS = {"node1": "n1-" + "c" * 30, "node2": "n2-" + "d" * 30}
+W = ResourceType.WORKLOAD
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pod(name: str, node: str, sa: str, ip: str, labels: dict | None = None) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "uid": f"uid-{name}", "labels": labels or {"app": name}},
+            "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "c"}]}}
+
+
+def put_pod(store: Store, obj: dict, ip: str) -> None:
+    store.apply(obj)
+    store.update_status("Pod", "shop", obj["metadata"]["name"], {"phase": "Running", "podIP": ip})
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    store = Store(CLUSTER, root=tmp_path)
+    store.init()
+    run_dir = tmp_path / CLUSTER
+    (run_dir / "bootstrap-tokens.json").write_text(json.dumps({t: n for n, t in TOKENS.items()}))
+    store.apply({"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "shop", "labels": {"shoal.io/dataplane-mode": "ambient"}}})
+    put_pod(store, pod("reviews-1", "node1", "reviews", "198.19.1.5"), "198.19.1.5")
+    put_pod(store, pod("ratings-1", "node2", "ratings", "198.19.2.5"), "198.19.2.5")
+    return tmp_path, store
+
+
+class Process:
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.grpc_port, self.http_port = free_port(), free_port()
+        argv = [sys.executable, "-m", "shoal", "--log-format", "json", "control-plane", "--source", "local",
+                "--cluster", CLUSTER, "--listen", f"127.0.0.1:{self.grpc_port}",
+                "--http", f"127.0.0.1:{self.http_port}", *extra]
+        self.log = open(root / f"cp-{self.grpc_port}.log", "w+")
+        self.proc = subprocess.Popen(argv, env={**os.environ, "SHOAL_RUN_ROOT": str(root)},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while self.get("/healthz/ready")[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.log.seek(0)
+                raise AssertionError(f"control plane not ready; log:\n{self.log.read()}")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()
+
+    def logs(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return Path(self.log.name).read_text()
+
+
+def settings(root: Path, port: int, node: str) -> ClientSettings:
+    bundle = (root / CLUSTER / "ca" / "bundle.pem").read_bytes()
+    return ClientSettings(target=f"127.0.0.1:{port}", bundle_pem=bundle, token=TOKENS[node], node=node,
+                          backoff_initial=0.05, backoff_max=0.5)
+
+
+async def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_process_serves_config_and_certificates_then_stops_cleanly(cluster):
+    root, store = cluster
+    cp = Process(root)
+    try:
+        cp.wait_ready()
+
+        async def main():
+            updates = []
+            client = ConfigClient(settings(root, cp.grpc_port, "node1"), updates.append)
+            task = asyncio.create_task(client.run())
+            try:
+                await asyncio.wait_for(client.synced.wait(), 10)
+                assert {w.name for w in client.resources(W).values()} == {"reviews-1", "ratings-1"}
+                n = len(updates)
+                store.patch_metadata("Pod", "shop", "reviews-1", labels={"app": "reviews-1", "version": "v2"})
+                await wait_for(lambda: any(u.type is W for u in updates[n:]))
+                change = next(u for u in updates[n:] if u.type is W)
+                assert [w.name for w in change.upserted.values()] == ["reviews-1"] and not change.removed
+                assert dict(next(iter(change.upserted.values())).labels)["version"] == "v2"
+
+                s1 = settings(root, cp.grpc_port, "node1")
+                cred = await request_certificate(s1, identity.new_key(), SpiffeId("cluster.local", "shop", "reviews"))
+                assert cred.identity.service_account == "reviews"
+                with pytest.raises(ConfigClientError, match="PERMISSION_DENIED"):
+                    await request_certificate(s1, identity.new_key(), SpiffeId("cluster.local", "shop", "ratings"))
+            finally:
+                client.stop()
+                await task
+        asyncio.run(asyncio.wait_for(main(), 30))
+
+        # A bad object is refused with its reason: log, metric and an Event; the rest keeps working.
+        store.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                     "metadata": {"name": "broken", "namespace": "shop"}, "spec": {"action": "MAYBE"}})
+        deadline = time.monotonic() + 10
+        while 'shoal_config_rejected_total{kind="AuthorizationPolicy"} 1.0' not in cp.get("/metrics")[1]:
+            assert time.monotonic() < deadline, cp.logs()
+            time.sleep(0.05)
+        events, _ = store.list("Event", "shop")
+        assert any(e["involvedObject"]["name"] == "broken" and "action" in e["message"] for e in events)
+        assert cp.get("/healthz/ready")[0] == 200
+        status, page = cp.get("/")
+        assert status == 200 and "Connected proxies" in page
+    finally:
+        code = cp.stop()
+    assert code == 0, cp.logs()
+    assert '"control plane stopped"' in cp.logs()
+    assert TOKENS["node1"] not in cp.logs() and TOKENS["node2"] not in cp.logs()
+
+
+def test_root_persists_across_restarts_and_bad_flags_fail_clearly(cluster):
+    root, _ = cluster
+    first = Process(root)
+    first.wait_ready()
+    assert first.stop() == 0
+    bundle = (root / CLUSTER / "ca" / "bundle.pem").read_bytes()
+    assert ((root / CLUSTER / "ca" / "ca.key").stat().st_mode & 0o077) == 0
+    second = Process(root)
+    second.wait_ready()
+    assert second.stop() == 0
+    assert (root / CLUSTER / "ca" / "bundle.pem").read_bytes() == bundle
+
+    bad = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--ca-cert", str(root / "x.crt")],
+                         capture_output=True, text=True, env={**os.environ, "SHOAL_RUN_ROOT": str(root)})
+    assert bad.returncode == 2 and "--ca-cert and --ca-key go together" in bad.stderr
