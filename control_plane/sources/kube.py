@@ -255,7 +255,8 @@ class KubeSource:
     # -- the merged stream --------------------------------------------------------
 
     async def events(self) -> AsyncIterator[Event]:
-        """Every resource's events; one extra BOOKMARK once every resource has been listed."""
+        """Every resource's events. The first BOOKMARK (with no kind) comes once every resource
+        has been listed; later BOOKMARKs carry one resource's kind and version."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         pending = {r.kind for r in self.resources}
@@ -274,14 +275,18 @@ class KubeSource:
         try:
             while True:
                 kind, event = await queue.get()
-                if kind in pending and (event is None or event.type == "BOOKMARK"):
+                if event is None or event.type == "BOOKMARK":
+                    # Until every resource is listed, per-resource BOOKMARKs are held back, so the
+                    # first BOOKMARK a consumer sees means "complete view" (as with LocalSource).
+                    synced_before = not pending
                     pending.discard(kind)
-                    if not pending:
-                        yield Event("BOOKMARK", {"kind": "", "metadata": {"resourceVersion": ""}})
+                    if not synced_before:
+                        if not pending:
+                            yield Event("BOOKMARK", {"kind": "", "metadata": {"resourceVersion": ""}})
+                        continue
                     if event is None:
                         continue
-                if event is not None:
-                    yield event
+                yield event
         finally:
             self.stop()
 

@@ -109,7 +109,8 @@ async def test_initial_list_then_synced(double):
     double.add(vs("reviews"))
     async with Run(double) as run:
         await run.until(synced)
-        listed = [e for e in run.events[:run.synced_at()] if e.type != "BOOKMARK"]
+        assert [e.type for e in run.events].index("BOOKMARK") == run.synced_at()  # the first BOOKMARK: synced
+        listed = run.events[:run.synced_at()]
         assert sorted(named(listed)) == [("ADDED", "Namespace", "default"), ("ADDED", "Pod", "a"),
                                          ("ADDED", "VirtualService", "reviews")]
         (virtual_service,) = [e.object for e in listed if e.object["kind"] == "VirtualService"]
