@@ -59,7 +59,7 @@ class Ledger:
 
     def pods(self) -> dict[str, PodTarget]:
         out = {}
-        for f in sorted(self.dir.glob("*.json")) if self.dir.exists() else []:
+        for f in (sorted(self.dir.glob("*.json")) if self.dir.exists() else []):
             try:
                 pod = PodTarget.from_json(json.loads(f.read_text())["pod"])
             except (ValueError, KeyError):
@@ -74,11 +74,14 @@ class Redirection:
     def __init__(self, capture, state_dir: Path, node_netns: str | None = None) -> None:
         self.capture = capture
         self.mode = capture.mode
-        self.ledger = Ledger(Path(state_dir) / "pods")
+        self.state_dir = Path(state_dir)
+        self.ledger = Ledger(self.state_dir / "pods")
         self.node_netns = node_netns
+        self._recorded = self.ledger.pods()
 
     def install(self, pod: PodTarget) -> None:
         self.ledger.record(pod, self.mode)
+        self._recorded[pod.uid] = pod
         self.capture.install(pod)
         self._sync_probes()
 
@@ -90,16 +93,33 @@ class Redirection:
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):
             return False
-        return (pod.uid in self.ledger.pods() and self.capture.installed(pod)
+        return (pod.uid in self._recorded and self.capture.installed(pod)
                 and pod.ip in probes.covered(self.node_netns))
 
     def recorded(self) -> dict[str, PodTarget]:
-        return self.ledger.pods()
+        return dict(self._recorded)
 
     def set_inbound_listener(self, pod: PodTarget, fd: int) -> None:
         self.capture.set_inbound_listener(pod, fd)
 
+    @property
+    def _ztunnel_file(self) -> Path:
+        return self.state_dir / "ztunnel-cgroups"
+
+    def ztunnel_cgroups(self) -> list[str]:
+        try:
+            return [line for line in self._ztunnel_file.read_text().splitlines() if line]
+        except FileNotFoundError:
+            return []
+
     def attach_ztunnel(self, cgroup) -> None:
+        """eBPF: the ztunnel's cgroup gets the SO_ORIGINAL_DST programs (recorded for cleanup)."""
+        if self.mode != "ebpf":
+            return
+        known = self.ztunnel_cgroups()
+        if str(cgroup) not in known:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._ztunnel_file.write_text("".join(f"{c}\n" for c in [*known, str(cgroup)]))
         self.capture.attach_ztunnel(cgroup)
 
     def cleanup(self) -> list[str]:
@@ -111,9 +131,18 @@ class Redirection:
             except NodeAgentError as e:
                 logger.warning("could not remove redirection; dropping it from the ledger", pod=pod.key, error=str(e))
                 self.ledger.forget(pod.uid)
+                self._recorded.pop(pod.uid, None)
             removed.append(pod.key)
         probes.sync([], self.node_netns)
+        for cgroup in self.ztunnel_cgroups():
+            self.capture.detach_ztunnel(cgroup)
+        self._ztunnel_file.unlink(missing_ok=True)
         self.capture.unload()
+        for directory in (self.ledger.dir, self.state_dir):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
         return removed
 
     def _sync_probes(self) -> None:

@@ -11,7 +11,10 @@ Everything is named after the test process's pid and removed by `destroy()`.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
+import threading
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -137,3 +140,63 @@ peer = s.getpeername()
 data = s.recv(100)
 print(f"{{peer[0]}}:{{peer[1]}} {{data.decode()}}")
 """
+
+
+SO_ORIGINAL_DST = 80
+
+
+def listen_in(ns: str | int, port: int, address: str = "0.0.0.0") -> socket.socket:
+    sock = netns.socket_in(ns)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(16)
+    sock.settimeout(5)
+    return sock
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """How the ztunnel reads it: SO_ORIGINAL_DST, or the socket's own address after sk_lookup."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port, packed = struct.unpack("!2xH4s8x", raw)
+        return socket.inet_ntoa(packed), port
+    except OSError:
+        return sock.getsockname()[:2]
+
+
+class Server(threading.Thread):
+    """Accepts one connection, records it, answers `reply`."""
+
+    def __init__(self, listener: socket.socket, reply: bytes = b"ok"):
+        super().__init__(daemon=True)
+        self.listener, self.reply = listener, reply
+        self.conn = self.peer = self.data = self.error = None
+        self.start()
+
+    def run(self):
+        try:
+            self.conn, self.peer = self.listener.accept()
+            self.conn.settimeout(5)
+            self.data = self.conn.recv(100)
+            self.conn.sendall(self.reply)
+        except OSError as e:
+            self.error = e
+
+    def result(self):
+        self.join(6)
+        return self
+
+
+def bpftool_cgroup(path: str) -> list[str]:
+    out = subprocess.run(["bpftool", "cgroup", "show", path], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines()[1:] if line.strip()]
+
+
+def bpftool_links() -> str:
+    return subprocess.run(["bpftool", "link", "show"], capture_output=True, text=True, check=True).stdout
+
+
+def netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+

@@ -10,64 +10,17 @@ from __future__ import annotations
 import os
 import re
 import socket
-import struct
-import subprocess
-import threading
 
 import pytest
 
 from shoal import netns
 
-from na_topology import POD_IPS, client_code
+from na_topology import (POD_IPS, Server, bpftool_cgroup, bpftool_links, client_code, listen_in, netns_inode,
+                         original_dst)
 from node_agent import netfilter, probes
 from node_agent.model import MARK, PROBE_SOURCE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, iptables, eBPF")
-
-SO_ORIGINAL_DST = 80
-
-
-def listen_in(ns: str, port: int, address: str = "0.0.0.0") -> socket.socket:
-    sock = netns.socket_in(ns)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address, port))
-    sock.listen(16)
-    sock.settimeout(5)
-    return sock
-
-
-def original_dst(sock: socket.socket) -> tuple[str, int]:
-    """How the ztunnel reads it: SO_ORIGINAL_DST, or the socket's own address after sk_lookup."""
-    try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-        port, packed = struct.unpack("!2xH4s8x", raw)
-        return socket.inet_ntoa(packed), port
-    except OSError:
-        return sock.getsockname()[:2]
-
-
-class Server(threading.Thread):
-    """Accepts one connection, records it, answers `reply`."""
-
-    def __init__(self, listener: socket.socket, reply: bytes = b"ok"):
-        super().__init__(daemon=True)
-        self.listener, self.reply = listener, reply
-        self.conn = self.peer = self.data = self.error = None
-        self.start()
-
-    def run(self):
-        try:
-            self.conn, self.peer = self.listener.accept()
-            self.conn.settimeout(5)
-            self.data = self.conn.recv(100)
-            self.conn.sendall(self.reply)
-        except OSError as e:
-            self.error = e
-
-    def result(self):
-        self.join(6)
-        return self
-
 
 @pytest.fixture
 def enrolled(redirection, topo):
@@ -175,19 +128,6 @@ def test_pods_outside_the_mesh_are_untouched(topo, redirection, ztunnel_listener
         node_listener.close()
     assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
     assert bpftool_cgroup(topo.pods["b"].cgroup) == []
-
-
-def bpftool_cgroup(path: str) -> list[str]:
-    out = subprocess.run(["bpftool", "cgroup", "show", path], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines()[1:] if line.strip()]
-
-
-def bpftool_links() -> str:
-    return subprocess.run(["bpftool", "link", "show"], capture_output=True, text=True, check=True).stdout
-
-
-def netns_inode(path: str) -> int:
-    return os.stat(path).st_ino
 
 
 def test_install_is_idempotent_and_removal_leaves_nothing(topo, redirection):

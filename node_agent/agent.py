@@ -1,0 +1,262 @@
+"""The node agent: watch the node's pods, hand them to the ztunnel, redirect their traffic.
+
+State (one store, this class; invariants):
+- `want`: uid -> PodTarget of every pod of the node that should be meshed,
+  recomputed from the source's objects on every change.
+- `acked`: uids the connected ztunnel acked an AddWorkload for; `in_flight`:
+  uids sent and not yet acked. Both are emptied when the ztunnel leaves, and
+  `in_flight` is refilled with the whole set when it says Hello (the replay).
+- what is redirected lives in the Redirection's ledger (on disk), so that it
+  survives a restart; the kernel is asked, not trusted, at start.
+- `netns_fds`: one open fd per wanted pod, for AddWorkload.
+A pod is enrolled when it is in want, acked and redirected.
+
+Nothing is decided before the source's first full list: an empty `want` at
+start would otherwise remove every redirection. On SIGTERM the agent stops
+without touching redirection (traffic must not escape the mesh while it
+restarts); `cleanup()` (`shoal node-agent --cleanup`) removes it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal import log
+from shoal.handoff import Acked, HandoffServer, Workload, ZtunnelGreeted
+
+from node_agent import reconcile
+from node_agent.errors import NodeAgentError
+from node_agent.metrics import Metrics, serve
+from node_agent.model import METRICS_PORT, PodTarget
+from node_agent.redirect import Redirection
+
+logger = log.get("node_agent")
+
+RESYNC_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    socket: Path
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT
+    resync_seconds: float = RESYNC_SECONDS
+
+
+class NodeAgent:
+    def __init__(self, config: AgentConfig, redirection: Redirection, source, clock=time.monotonic) -> None:
+        self.config = config
+        self.redirection = redirection
+        self.source = source
+        self.clock = clock
+        self.metrics = Metrics(redirection.mode)
+        self.want: dict[str, PodTarget] = {}
+        self.acked: set[str] = set()
+        self.in_flight: set[str] = set()
+        self.netns_fds: dict[str, int] = {}
+        self.seen_at: dict[str, float] = {}
+        self.synced = False
+        self.server = HandoffServer(config.socket, self._snapshot, self._on_handoff)
+        self.changed = asyncio.Event()
+
+    # -- running ------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self.server.start()
+        http = await serve(self.metrics, self.config.metrics_host, self.config.metrics_port) \
+            if self.config.metrics_port else None
+        tasks = [asyncio.create_task(self.source.run(self._on_source), name="source"),
+                 asyncio.create_task(self._resync(), name="resync")]
+        stop = asyncio.create_task(stopping.wait())
+        try:
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop and task.exception():
+                    raise task.exception()
+        finally:
+            for task in [stop, *tasks]:
+                task.cancel()
+            await asyncio.gather(stop, *tasks, return_exceptions=True)
+            await self.server.close()
+            if http:
+                http.close()
+                await http.wait_closed()
+            for fd in self.netns_fds.values():
+                os.close(fd)
+            self.netns_fds.clear()
+            logger.info("stopped; redirection left in place", pods=len(self.redirection.recorded()))
+
+    async def _on_source(self, pods: dict[str, dict], namespaces: dict[str, dict]) -> None:
+        enrolled_ns = {name for name, ns in namespaces.items() if reconcile.namespace_enrolled(ns)}
+        infos = [reconcile.pod_info(p) for p in pods.values()]
+        want = reconcile.desired(infos, enrolled_ns, self.config.node)
+        now = self.clock()
+        for uid in want:
+            self.seen_at.setdefault(uid, now)
+        for uid in set(self.seen_at) - set(want):
+            del self.seen_at[uid]
+        self.want = want
+        if not self.synced:
+            self.synced = True
+            self._repair_at_start()
+            self.metrics.ready = True
+            logger.info("first list reconciled", wanted=len(want), redirected=len(self.redirection.recorded()))
+        self.reconcile()
+
+    def _repair_at_start(self) -> None:
+        """Pods redirected before a restart and still wanted: make sure the kernel has all of it."""
+        for uid, pod in self.redirection.recorded().items():
+            if uid in self.want and self.want[uid] == pod:
+                self.seen_at.pop(uid, None)  # enrolled before; not a new enrollment to time
+                try:
+                    if not self.redirection.installed(pod):
+                        logger.info("redirection incomplete after restart; installing again", pod=pod.key)
+                        self.redirection.install(pod)
+                except (NodeAgentError, OSError) as e:
+                    self._error("repair", pod, e)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            if self.synced:
+                self.reconcile()
+
+    # -- deciding and doing ---------------------------------------------------------
+
+    def reconcile(self) -> None:
+        if not self.synced:
+            return
+        plan = reconcile.plan(self.want, self.redirection.recorded(), self.acked, self.in_flight,
+                              self.server.connected)
+        for pod in plan.remove:
+            try:
+                self.redirection.remove(pod)
+                logger.info("pod left the mesh", pod=pod.key)
+            except (NodeAgentError, OSError) as e:
+                self._error("remove", pod, e)
+        for uid in plan.untell_ztunnel:
+            self.server.delete(uid)
+            self.acked.discard(uid)
+        for uid in set(self.netns_fds) - set(self.want):
+            os.close(self.netns_fds.pop(uid))
+        for pod in plan.tell_ztunnel:
+            fd = self._netns_fd(pod)
+            if fd is None:
+                continue
+            if self.server.add(_workload(pod), fd):
+                self.in_flight.add(pod.uid)
+        for pod in plan.install:
+            self._install(pod)
+        self._update_gauges()
+
+    def _install(self, pod: PodTarget) -> None:
+        try:
+            self.redirection.install(pod)
+        except (NodeAgentError, OSError) as e:
+            self._error("install", pod, e)
+            return
+        seen = self.seen_at.pop(pod.uid, None)
+        if seen is not None:
+            self.metrics.enroll_seconds.observe(self.clock() - seen)
+        logger.info("pod enrolled", pod=pod.key, mode=self.redirection.mode)
+
+    def _netns_fd(self, pod: PodTarget) -> int | None:
+        fd = self.netns_fds.get(pod.uid)
+        if fd is not None and os.fstat(fd).st_ino != _inode(pod.netns):
+            os.close(fd)  # a new sandbox
+            fd = None
+        if fd is None:
+            try:
+                fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                self._error("open-netns", pod, e)
+                return None
+            self.netns_fds[pod.uid] = fd
+        return fd
+
+    def _error(self, step: str, pod: PodTarget, error: Exception) -> None:
+        self.metrics.reconcile_errors.labels(step=step).inc()
+        logger.warning("reconcile step failed; will retry", step=step, pod=pod.key, error=str(error))
+
+    def _update_gauges(self) -> None:
+        recorded = self.redirection.recorded()
+        enrolled = [uid for uid in self.want if uid in self.acked and uid in recorded]
+        self.metrics.enrolled.set(len(enrolled))
+        self.metrics.pending.set(len(self.want) - len(enrolled))
+        self.metrics.ztunnel_connected.set(1 if self.server.connected else 0)
+
+    def enrolled(self) -> set[str]:
+        recorded = self.redirection.recorded()
+        return {uid for uid in self.want if uid in self.acked and uid in recorded}
+
+    # -- the hand-off -------------------------------------------------------------
+
+    def _snapshot(self):
+        """The replay at a ztunnel's Hello: every wanted pod (Keep when its netns cannot be opened)."""
+        self.acked.clear()
+        self.in_flight.clear()
+        if not self.synced:
+            return []
+        items = []
+        for uid, pod in sorted(self.want.items()):
+            fd = self._netns_fd(pod)
+            items.append((_workload(pod), fd))
+            if fd is not None:
+                self.in_flight.add(uid)
+        return items
+
+    async def _on_handoff(self, event, server: HandoffServer) -> None:
+        if event is None:
+            logger.info("ztunnel gone; redirection stays, new pods wait for it")
+            self.acked.clear()
+            self.in_flight.clear()
+        elif isinstance(event, ZtunnelGreeted):
+            if server.peer_pid:
+                self._attach_ztunnel(server.peer_pid)
+        elif isinstance(event, Acked) and event.kind == "add":
+            self.in_flight.discard(event.uid)
+            pod = self.want.get(event.uid)
+            try:
+                if event.error:
+                    self.metrics.reconcile_errors.labels(step="ztunnel-add").inc()
+                    logger.warning("ztunnel refused a workload; will retry", uid=event.uid, error=event.error)
+                elif pod is not None:
+                    self.acked.add(event.uid)
+                    for fd in event.fds:
+                        try:
+                            self.redirection.set_inbound_listener(pod, fd)
+                        except (NodeAgentError, OSError) as e:
+                            self._error("inbound-listener", pod, e)
+            finally:
+                for fd in event.fds:
+                    os.close(fd)
+        self.reconcile()
+
+    def _attach_ztunnel(self, pid: int) -> None:
+        if self.redirection.mode != "ebpf":
+            return
+        from node_agent.ebpf import cgroup_of_pid
+        try:
+            cgroup = cgroup_of_pid(pid)
+            self.redirection.attach_ztunnel(cgroup)
+            logger.info("ztunnel cgroup gets the SO_ORIGINAL_DST programs", cgroup=str(cgroup))
+        except (NodeAgentError, OSError) as e:
+            self.metrics.reconcile_errors.labels(step="ztunnel-cgroup").inc()
+            logger.warning("cannot attach to the ztunnel's cgroup; outbound original destinations "
+                           "will be unknown to it", pid=pid, error=str(e))
+
+
+def _workload(pod: PodTarget) -> Workload:
+    return Workload(pod.uid, pod.name, pod.namespace, pod.service_account)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None

@@ -1,0 +1,65 @@
+"""Seeing the host's /sys when started through `ip netns exec`.
+
+`ip netns exec` gives its command a private mount namespace with a fresh
+sysfs for the network namespace, which hides the host's sub-mounts of /sys:
+the cgroup v2 tree (pods' cgroups, where the eBPF mode attaches) and bpffs.
+The local cluster starts its components that way. The agent then rejoins the
+mount namespace of the nearest ancestor process that sees them (the kubelet
+that started it, typically; it keeps its network namespace), before it starts
+any thread, because setns(CLONE_NEWNS) refuses multithreaded callers. In a
+DaemonSet, /sys/fs/cgroup and /sys/fs/bpf are mounted in and nothing happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from shoal import log
+
+logger = log.get("node_agent.hostmounts")
+
+CLONE_NEWNS = 0x00020000
+
+
+def _ancestors():
+    pid = os.getppid()
+    while pid > 1:
+        yield pid
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    yield 1
+
+
+def rejoin_host_mounts(needed: Path) -> bool:
+    """Joins an ancestor's mount namespace if `needed` is hidden here; True if it did."""
+    if needed.exists():
+        return False
+    own = os.stat("/proc/self/ns/mnt").st_ino
+    fd = None
+    for pid in _ancestors():
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == own:
+                continue
+            if not Path(f"/proc/{pid}/root{needed}").exists():
+                continue
+            fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            break
+        except OSError:
+            continue
+    if fd is None:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNS) != 0:
+            logger.warning("cannot join the host's mount namespace", error=os.strerror(ctypes.get_errno()))
+            return False
+    finally:
+        os.close(fd)
+    os.chdir("/")
+    logger.info("joined the host's mount namespace to see its cgroups and bpffs", needed=str(needed))
+    return True

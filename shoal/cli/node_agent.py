@@ -1,0 +1,103 @@
+"""`shoal node-agent`: enroll this node's pods in the mesh and redirect their traffic."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/var/run/shoal/node-agent")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("node-agent", help="run the node agent: enrollment, traffic redirection, hand-off to the ztunnel",
+                       description="Watch the pods of one node, hand the meshed ones to the ztunnel over the "
+                                   "hand-off socket, and redirect their traffic with iptables or eBPF. SIGTERM "
+                                   "leaves redirection in place; --cleanup removes it.")
+    p.add_argument("--source", choices=("local", "kube"), default="local",
+                   help="where pods come from: a local cluster's store, or the Kubernetes API")
+    p.add_argument("--cluster", default="default", help="local cluster name (with --source local)")
+    p.add_argument("--node", default=os.environ.get("NODE_NAME"),
+                   help="this node's name (node1, ... in a local cluster; default $NODE_NAME)")
+    p.add_argument("--redirect", choices=("iptables", "ebpf", "auto"), default="auto",
+                   help="how traffic is redirected (default auto: eBPF where it works, else iptables)")
+    p.add_argument("--socket", type=Path, help="the hand-off socket (default /var/run/shoal/ztunnel.sock, "
+                                               "or the local cluster node's)")
+    p.add_argument("--state-dir", type=Path, help=f"where the agent records what it installed "
+                                                  f"(default {DEFAULT_STATE_DIR}, or under the local node's dir)")
+    p.add_argument("--bpffs", type=Path, default=Path("/sys/fs/bpf"), help="bpffs to pin eBPF objects in")
+    p.add_argument("--metrics-port", type=int, default=15022,
+                   help="metrics (/metrics) and readiness (/healthz/ready) port; 0 disables (default 15022)")
+    p.add_argument("--cleanup", action="store_true",
+                   help="remove every redirection and eBPF object this agent installed, then exit")
+    p.set_defaults(func=main)
+
+
+def _paths(args) -> tuple[str, Path, Path]:
+    """(agent id, socket, state dir) for the chosen source."""
+    if args.source == "local":
+        from shoal.local.layout import Layout, node_index
+        layout = Layout(args.cluster)
+        index = node_index(args.node)
+        return (f"{args.cluster}-{args.node}", args.socket or layout.ztunnel_socket(index),
+                args.state_dir or layout.node_dir(index) / "node-agent")
+    from shoal.handoff import DEFAULT_SOCKET
+    return args.node, args.socket or DEFAULT_SOCKET, args.state_dir or DEFAULT_STATE_DIR
+
+
+def main(args) -> int:
+    from node_agent.errors import NodeAgentError
+    from shoal import lifecycle, log
+
+    logger = log.get("node_agent")
+    if not args.node:
+        print("shoal node-agent: --node is required (or set NODE_NAME, e.g. from the downward API)", file=sys.stderr)
+        return 2
+    try:
+        agent_id, socket_path, state_dir = _paths(args)
+    except ValueError as e:
+        print(f"shoal node-agent: {e}", file=sys.stderr)
+        return 2
+    from node_agent.agent import AgentConfig, NodeAgent
+    from node_agent.hostmounts import rejoin_host_mounts
+    from node_agent.redirect import Redirection, choose
+
+    rejoin_host_mounts(Path("/sys/fs/cgroup/unified/cgroup.controllers"))
+
+    try:
+        capture = choose(args.redirect, agent_id, bpffs=args.bpffs)
+    except NodeAgentError as e:
+        print(f"shoal node-agent: {e}", file=sys.stderr)
+        return 1
+    redirection = Redirection(capture, state_dir)
+    if args.cleanup:
+        try:
+            removed = redirection.cleanup()
+        except NodeAgentError as e:
+            print(f"shoal node-agent: cleanup failed: {e}", file=sys.stderr)
+            return 1
+        logger.info("cleaned up", pods=removed, mode=capture.mode)
+        return 0
+
+    if args.source == "local":
+        from node_agent.sources import LocalSource
+        source = LocalSource(args.cluster, args.node)
+    else:
+        from node_agent.sources import KubeSource
+        source = KubeSource(args.node)
+    config = AgentConfig(node=args.node, socket=socket_path, metrics_port=args.metrics_port)
+    logger.info("node agent starting", node=args.node, mode=capture.mode, socket=str(socket_path),
+                state_dir=str(state_dir))
+
+    async def run(shutdown) -> int:
+        agent = NodeAgent(config, redirection, source)
+        try:
+            await agent.run(shutdown.stopping)
+        except NodeAgentError as e:
+            logger.error("node agent failed", error=str(e))
+            return 1
+        finally:
+            redirection.close()
+        return 0
+
+    return lifecycle.run(run)

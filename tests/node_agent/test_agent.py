@@ -1,0 +1,257 @@
+"""The `shoal node-agent` process end to end, in both modes, against a local store.
+
+The agent runs as a real process in the test node's netns and watches a
+store in a temporary run root; the test plays the ztunnel with the real
+HandoffClient (listeners 15001/15006 in the pod's netns) and drives pods and
+namespaces through the store, the way `shoal local apply` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from shoal import netns, store
+from shoal.handoff import HandoffClient
+
+from na_topology import POD_IPS, Server, bpftool_cgroup, client_code, listen_in, original_dst
+from node_agent import netfilter
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, iptables, eBPF")
+
+CLUSTER = "natest"
+
+
+class PlayedZtunnel:
+    """A ztunnel stand-in: the real HandoffClient in a thread, listeners in each pod's netns."""
+
+    def __init__(self, socket_path):
+        self.listeners: dict[str, tuple[socket.socket, socket.socket]] = {}
+        self.adds: list[str] = []
+        self.deletes: list[str] = []
+        self.inodes: dict[str, int] = {}
+        self.loop = asyncio.new_event_loop()
+        self.client = None
+        self.path = socket_path
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.client = HandoffClient(self.path, self, retry_seconds=0.05, max_retry_seconds=0.2)
+        self.loop.run_until_complete(self.client.run())
+
+    async def add_workload(self, workload, netns_fd):
+        try:
+            self.adds.append(workload.uid)
+            self.inodes[workload.uid] = os.fstat(netns_fd).st_ino
+            if workload.uid not in self.listeners:
+                self.listeners[workload.uid] = (listen_in(netns_fd, 15001), listen_in(netns_fd, 15006))
+            return self.listeners[workload.uid][1]
+        finally:
+            os.close(netns_fd)
+
+    async def del_workload(self, uid):
+        self.deletes.append(uid)
+        for sock in self.listeners.pop(uid, ()):
+            sock.close()
+
+    def stop(self):
+        if self.client:
+            self.loop.call_soon_threadsafe(self.client.stop)
+        self.thread.join(5)
+        for pair in self.listeners.values():
+            for sock in pair:
+                sock.close()
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def cluster_store(tmp_path, topo):
+    s = store.Store(CLUSTER, root=tmp_path / "run")
+    s.init()
+    s.apply({"kind": "Namespace", "metadata": {"name": "demo"}})
+    for key, pod in topo.pods.items():
+        s.apply({"kind": "Pod", "metadata": {"name": pod.name, "namespace": "demo"},
+                 "spec": {"nodeName": "node1", "serviceAccountName": f"sa-{key}", "containers": []}})
+        stored = s.get("Pod", "demo", pod.name)
+        topo.pods[key] = type(pod)(stored["metadata"]["uid"], "demo", pod.name, pod.ip, pod.netns, pod.cgroup,
+                                   f"sa-{key}")
+        s.update_status("Pod", "demo", pod.name, {
+            "phase": "Running", "podIP": pod.ip, "hostIP": "198.18.0.1",
+            "shoal": {"netns": pod.netns, "cgroup": pod.cgroup}})
+    return s
+
+
+class AgentProcess:
+    def __init__(self, topo, mode, tmp_path, bpffs):
+        self.topo, self.mode, self.tmp = topo, mode, tmp_path
+        self.socket = tmp_path / "ztunnel.sock"
+        self.state = tmp_path / "state"
+        self.argv = [sys.executable, "-m", "shoal", "--log-format", "json", "node-agent", "--source", "local",
+                     "--cluster", CLUSTER, "--node", "node1", "--redirect", mode, "--socket", str(self.socket),
+                     "--state-dir", str(self.state), "--bpffs", str(bpffs), "--metrics-port", "15022"]
+        self.env = {**os.environ, "SHOAL_RUN_ROOT": str(tmp_path / "run")}
+        self.proc = None
+        self.log = open(tmp_path / "agent.log", "a")
+
+    def start(self):
+        self.proc = netns.popen(self.topo.node, self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.http("/healthz/ready").startswith("HTTP/1.1 200"), 20, "agent readiness")
+
+    def http(self, path):
+        try:
+            sock = netns.socket_in(self.topo.node)
+            sock.settimeout(2)
+            sock.connect(("127.0.0.1", 15022))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            sock.close()
+            return data.decode()
+        except OSError:
+            return ""
+
+    def metric(self, name):
+        for line in self.http("/metrics").splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            assert self.proc.wait(10) == 0
+
+    def cleanup(self):
+        result = netns.run(self.topo.node, [a for a in self.argv if a] + ["--cleanup"], check=False, env=self.env)
+        assert result.returncode == 0, result.stderr
+
+
+def outbound_works(topo, ztunnel, uid, port=8080) -> None:
+    outbound = ztunnel.listeners[uid][0]
+    server = Server(outbound, b"via-ztunnel")
+    result = topo.run_in_pod("a", client_code(POD_IPS["b"], port))
+    server.result()
+    assert result.returncode == 0, result.stderr
+    assert server.data == b"hello"
+    assert original_dst(server.conn) == (POD_IPS["b"], port)
+    server.conn.close()
+
+
+def counts(topo, pod) -> tuple[int, int]:
+    """(SHOAL jump rules in the pod's nat table, shoal programs on the pod's cgroup)."""
+    saved = netfilter.save(topo.pod_netns("a"))
+    return saved.count("-j SHOAL_"), len(bpftool_cgroup(pod.cgroup))
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_agent_enrolls_survives_kill9_and_unenrolls(mode, topo, cluster_store, tmp_path, test_bpffs):
+    agent = AgentProcess(topo, mode, tmp_path, test_bpffs)
+    ztunnel = None
+    try:
+        agent.start()
+        ztunnel = PlayedZtunnel(agent.socket)
+        pod_a, pod_b = topo.pods["a"], topo.pods["b"]
+        assert agent.metric("shoal_node_agent_enrolled_pods") == 0
+
+        # Annotating the namespace enrolls its running pods; pod b opts out.
+        cluster_store.patch_metadata("Pod", "demo", pod_b.name, labels={"istio.io/dataplane-mode": "none"})
+        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="pod a enrolled")
+        assert ztunnel.adds == [pod_a.uid]
+        assert ztunnel.inodes[pod_a.uid] == os.stat(pod_a.netns).st_ino  # the fd received is the pod's netns
+        assert agent.metric("shoal_node_agent_enroll_seconds_count") == 1
+        outbound_works(topo, ztunnel, pod_a.uid)
+        assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+        before = counts(topo, pod_a)
+
+        # kill -9: redirection stays, capture goes on while the agent is away.
+        agent.kill9()
+        outbound_works(topo, ztunnel, pod_a.uid)
+        agent.start()
+        wait_until(lambda: ztunnel.adds.count(pod_a.uid) == 2, what="replay to the reconnected ztunnel")
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="enrolled after restart")
+        assert counts(topo, pod_a) == before  # nothing installed twice
+        assert agent.metric("shoal_node_agent_enroll_seconds_count") == 0  # not a new enrollment
+        outbound_works(topo, ztunnel, pod_a.uid, port=8081)
+
+        # SIGTERM: clean exit, redirection left in place.
+        agent.stop()
+        assert counts(topo, pod_a) == before
+        agent.start()
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="enrolled after SIGTERM")
+
+        # The pod opts out: redirection removed, the ztunnel told.
+        cluster_store.patch_metadata("Pod", "demo", pod_a.name, annotations={"shoal.io/dataplane-mode": "none"})
+        wait_until(lambda: pod_a.uid in ztunnel.deletes, what="DelWorkload")
+        wait_until(lambda: counts(topo, pod_a) == (0, 0), what="redirection removed")
+        assert agent.metric("shoal_node_agent_enrolled_pods") == 0
+
+        # Back in, then the namespace annotation goes: out again.
+        cluster_store.patch_metadata("Pod", "demo", pod_a.name, annotations={"shoal.io/dataplane-mode": None})
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="re-enrolled")
+        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": None})
+        wait_until(lambda: counts(topo, pod_a) == (0, 0), what="removed with the namespace annotation")
+
+        # Enrolled again, then the agent is told to clean up: nothing of it is left.
+        cluster_store.patch_metadata("Namespace", None, "demo", labels={"istio.io/dataplane-mode": "ambient"})
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="enrolled by Istio's label")
+        agent.stop()
+        agent.cleanup()
+        assert counts(topo, pod_a) == (0, 0)
+        assert "SHOAL" not in netfilter.save(topo.node)
+        assert not (test_bpffs / "shoal").exists() or not any((test_bpffs / "shoal").iterdir())
+        assert bpftool_cgroup(str(topo.ztunnel_cgroup)) == []
+    finally:
+        if ztunnel:
+            ztunnel.stop()
+        if agent.proc and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        agent.cleanup()
+        agent.log.close()
+
+
+def test_deleting_a_pod_unenrolls_it(topo, cluster_store, tmp_path, test_bpffs):
+    agent = AgentProcess(topo, "iptables", tmp_path, test_bpffs)
+    ztunnel = None
+    try:
+        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+        agent.start()
+        ztunnel = PlayedZtunnel(agent.socket)
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 2, what="both pods enrolled")
+        pod_b = topo.pods["b"]
+        cluster_store.delete("Pod", "demo", pod_b.name)
+        wait_until(lambda: pod_b.uid in ztunnel.deletes, what="DelWorkload for the deleted pod")
+        wait_until(lambda: "SHOAL" not in netfilter.save(topo.pod_netns("b")), what="rules removed")
+        assert agent.metric("shoal_node_agent_enrolled_pods") == 1
+    finally:
+        if ztunnel:
+            ztunnel.stop()
+        if agent.proc and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        agent.cleanup()
+        agent.log.close()

@@ -1,0 +1,111 @@
+"""The sans-IO enrollment decisions: table-driven, no sockets, no kernel."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from node_agent.model import PodTarget
+from node_agent.reconcile import Plan, desired, namespace_enrolled, plan, pod_info
+
+
+def ns(name, labels=None, annotations=None):
+    return {"kind": "Namespace", "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}}}
+
+
+def pod(name, namespace="demo", node="node1", uid=None, labels=None, annotations=None, host_network=False,
+        phase="Running", ip="198.19.1.5", netns="/run/netns/x", deleting=False):
+    meta = {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}", "labels": labels or {},
+            "annotations": annotations or {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"kind": "Pod", "metadata": meta,
+            "spec": {"nodeName": node, "hostNetwork": host_network, "serviceAccountName": "sa"},
+            "status": {"phase": phase, "podIP": ip, "shoal": {"netns": netns, "cgroup": "/sys/fs/cgroup/x"}}}
+
+
+@pytest.mark.parametrize("namespace, enrolled", [
+    (ns("a", annotations={"shoal.io/dataplane-mode": "ambient"}), True),
+    (ns("a", labels={"shoal.io/dataplane-mode": "ambient"}), True),
+    (ns("a", labels={"istio.io/dataplane-mode": "ambient"}), True),
+    (ns("a", annotations={"istio.io/dataplane-mode": "ambient"}), False),  # Istio's is a label
+    (ns("a", labels={"shoal.io/dataplane-mode": "none"}), False),
+    (ns("a"), False),
+])
+def test_namespace_enrollment(namespace, enrolled):
+    assert namespace_enrolled(namespace) is enrolled
+
+
+@pytest.mark.parametrize("raw, wanted", [
+    (pod("plain"), True),
+    (pod("optout", annotations={"shoal.io/dataplane-mode": "none"}), False),
+    (pod("optout-label", labels={"shoal.io/dataplane-mode": "none"}), False),
+    (pod("istio-optout", labels={"istio.io/dataplane-mode": "none"}), False),
+    (pod("host", host_network=True), False),
+    (pod("pending", phase="Pending"), False),
+    (pod("no-ip", ip=None), False),
+    (pod("no-netns", netns=None), False),
+    (pod("elsewhere", node="node2"), False),
+    (pod("going", deleting=True), False),
+    (pod("other-ns", namespace="plain"), False),
+    (pod("pod-opt-in", namespace="plain", labels={"istio.io/dataplane-mode": "ambient"}), True),
+])
+def test_which_pods_are_wanted(raw, wanted):
+    want = desired([pod_info(raw)], {"demo"}, "node1")
+    assert (raw["metadata"]["uid"] in want) is wanted
+
+
+def t(uid, ip="198.19.1.5", netns="/run/netns/x"):
+    return PodTarget(uid, "demo", uid, ip, netns, "/sys/fs/cgroup/x")
+
+
+def test_plan_tells_the_ztunnel_first_and_installs_after_the_ack():
+    want = {"a": t("a")}
+    first = plan(want, installed={}, acked=[], in_flight=[], ztunnel_connected=True)
+    assert first == Plan(tell_ztunnel=(t("a"),))
+    waiting = plan(want, installed={}, acked=[], in_flight=["a"], ztunnel_connected=True)
+    assert waiting == Plan()
+    acked = plan(want, installed={}, acked=["a"], in_flight=[], ztunnel_connected=True)
+    assert acked == Plan(install=(t("a"),))
+    done = plan(want, installed={"a": t("a")}, acked=["a"], in_flight=[], ztunnel_connected=True)
+    assert not done
+
+
+def test_without_a_ztunnel_nothing_new_is_redirected_and_nothing_in_place_is_removed():
+    assert plan({"a": t("a")}, installed={}, acked=[], in_flight=[], ztunnel_connected=False) == Plan()
+    # A pod redirected before an agent restart stays redirected while the ztunnel is away.
+    assert plan({"a": t("a")}, installed={"a": t("a")}, acked=[], in_flight=[], ztunnel_connected=False) == Plan()
+
+
+def test_leaving_removes_redirection_and_tells_the_ztunnel():
+    p = plan({}, installed={"a": t("a")}, acked=["a"], in_flight=[], ztunnel_connected=True)
+    assert p == Plan(remove=(t("a"),), untell_ztunnel=("a",))
+    # Even with no ztunnel connected, the redirection goes (the next replay omits the pod).
+    assert plan({}, installed={"a": t("a")}, acked=[], in_flight=[], ztunnel_connected=False) == Plan(remove=(t("a"),))
+
+
+def test_a_new_sandbox_is_installed_again():
+    p = plan({"a": t("a", netns="/run/netns/new")}, installed={"a": t("a")}, acked=["a"], in_flight=[],
+             ztunnel_connected=True)
+    assert p.install == (t("a", netns="/run/netns/new"),)
+
+
+uids = st.sets(st.sampled_from("abcdef"))
+
+
+@given(want=uids, installed=uids, acked=uids, in_flight=uids, connected=st.booleans())
+def test_plan_invariants(want, installed, acked, in_flight, connected):
+    want_t = {u: t(u) for u in want}
+    p = plan(want_t, {u: t(u) for u in installed}, acked, in_flight, connected)
+    told = {x.uid for x in p.tell_ztunnel}
+    assert told <= want and not told & (acked | in_flight)
+    assert {x.uid for x in p.install} <= want & acked
+    assert {x.uid for x in p.remove} == installed - want
+    assert not set(p.untell_ztunnel) & want
+    if not connected:
+        assert not p.tell_ztunnel and not p.untell_ztunnel
+    # Carrying the plan out and acking everything in flight converges: the next plan is empty.
+    now_acked = (acked | told | in_flight) - set(p.untell_ztunnel)
+    after = plan(want_t, {u: t(u) for u in want & now_acked}, now_acked, set(), connected)
+    if connected:
+        assert not after.tell_ztunnel and not after.remove and not after.install
