@@ -57,16 +57,31 @@ class Ledger:
         except FileNotFoundError:
             pass
 
-    def pods(self) -> dict[str, PodTarget]:
+    def modes(self) -> set[str]:
+        return {raw.get("mode", "") for raw in self._entries().values()}
+
+    def _entries(self) -> dict[Path, dict]:
         out = {}
         for f in (sorted(self.dir.glob("*.json")) if self.dir.exists() else []):
             try:
-                pod = PodTarget.from_json(json.loads(f.read_text())["pod"])
+                out[f] = json.loads(f.read_text())
+            except ValueError:
+                continue
+        return out
+
+    def pods(self, mode: str | None = None) -> dict[str, PodTarget]:
+        """The recorded pods (installed with `mode`, if given)."""
+        out = {}
+        for f in (sorted(self.dir.glob("*.json")) if self.dir.exists() else []):
+            try:
+                raw = json.loads(f.read_text())
+                pod = PodTarget.from_json(raw["pod"])
             except (ValueError, KeyError):
                 logger.warning("unreadable ledger entry; removing it", file=str(f))
                 f.unlink()
                 continue
-            out[pod.uid] = pod
+            if mode is None or raw.get("mode") == mode:
+                out[pod.uid] = pod
         return out
 
 
@@ -125,7 +140,7 @@ class Redirection:
     def cleanup(self) -> list[str]:
         """Removes redirection from every pod in the ledger, and the agent's own state; returns their keys."""
         removed = []
-        for pod in self.recorded().values():
+        for pod in self.ledger.pods(self.mode).values():
             try:
                 self.remove(pod)
             except NodeAgentError as e:

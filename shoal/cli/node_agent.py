@@ -64,20 +64,14 @@ def main(args) -> int:
 
     rejoin_host_mounts(Path("/sys/fs/cgroup/unified/cgroup.controllers"))
 
+    if args.cleanup:
+        return cleanup(args, agent_id, state_dir)
     try:
         capture = choose(args.redirect, agent_id, bpffs=args.bpffs)
     except NodeAgentError as e:
         print(f"shoal node-agent: {e}", file=sys.stderr)
         return 1
     redirection = Redirection(capture, state_dir)
-    if args.cleanup:
-        try:
-            removed = redirection.cleanup()
-        except NodeAgentError as e:
-            print(f"shoal node-agent: cleanup failed: {e}", file=sys.stderr)
-            return 1
-        logger.info("cleaned up", pods=removed, mode=capture.mode)
-        return 0
 
     if args.source == "local":
         from node_agent.sources import LocalSource
@@ -101,3 +95,26 @@ def main(args) -> int:
         return 0
 
     return lifecycle.run(run)
+
+
+def cleanup(args, agent_id: str, state_dir: Path) -> int:
+    """Removes what this agent installed, in whichever modes its ledger and pins show."""
+    from node_agent.errors import NodeAgentError
+    from node_agent.redirect import Ledger, Redirection, choose
+    from shoal import log
+
+    logger = log.get("node_agent")
+    modes = Ledger(state_dir / "pods").modes() & {"iptables", "ebpf"}
+    if (args.bpffs / "shoal" / agent_id).exists():
+        modes.add("ebpf")
+    modes = modes or {"iptables"}
+    for mode in sorted(modes):
+        try:
+            redirection = Redirection(choose(mode, agent_id, bpffs=args.bpffs), state_dir)
+            removed = redirection.cleanup()
+            redirection.close()
+        except NodeAgentError as e:
+            print(f"shoal node-agent: cleanup ({mode}) failed: {e}", file=sys.stderr)
+            return 1
+        logger.info("cleaned up", mode=mode, pods=removed)
+    return 0

@@ -70,6 +70,43 @@ COMPONENTS.append(control_plane)
 CLEANUPS: list[Callable[[Layout], None]] = []
 
 
+NODE_AGENT_METRICS_PORT = 15022
+
+
+def node_agent(layout: Layout, node: int, settings: Settings) -> dict | None:
+    """The node agent, one per node: enrollment, redirection, the hand-off socket to the ztunnel."""
+    return system_pod(layout, node, "node-agent",
+                      shoal_argv("node-agent", "--source", "local", "--cluster", layout.cluster,
+                                 "--node", node_name(node), "--redirect", settings.redirect,
+                                 "--socket", str(layout.ztunnel_socket(node))),
+                      ready_port=NODE_AGENT_METRICS_PORT)
+
+
+def node_agent_cleanup(layout: Layout) -> None:
+    """Removes what each node's agent installed (pinned eBPF objects, rules, probe SNAT)."""
+    import subprocess
+    from pathlib import Path
+
+    from shoal import netns
+
+    nodes = {p.parent.name for p in layout.run_dir.glob("node*/node-agent")}
+    pins = Path("/sys/fs/bpf/shoal")
+    if pins.exists():
+        nodes |= {p.name[len(layout.cluster) + 1:] for p in pins.glob(f"{layout.cluster}-node*")}
+    for node in sorted(nodes):
+        argv = shoal_argv("node-agent", "--cleanup", "--source", "local", "--cluster", layout.cluster, "--node", node)
+        ns = layout.node_netns(int(node[4:])) if node[4:].isdigit() else None
+        if ns and netns.exists(ns):
+            argv = ["ip", "netns", "exec", ns, *argv]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"node agent cleanup on {node}: {result.stderr.strip()}")
+
+
+COMPONENTS.append(node_agent)
+CLEANUPS.append(node_agent_cleanup)
+
+
 def system_pods(layout: Layout, settings: Settings) -> list[dict]:
     pods = []
     for component in COMPONENTS:
