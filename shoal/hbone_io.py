@@ -431,9 +431,9 @@ class HboneSession(asyncio.Protocol):
     # the driver ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        chunks = self.conn.chunks_to_send()
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(chunks)
 
     def _resolve(self, stream_id: int, error: Exception | None) -> None:
         waiter = self._waiting.pop(stream_id, None)

@@ -15,9 +15,10 @@ from shoal.hbone import (
 class Pair:
     """A client and a server joined by in-memory pipes; events are collected per side."""
 
-    def __init__(self, client_settings=hbone.Settings(), server_settings=hbone.Settings(), lean=True):
-        self.client = HboneClient(client_settings, lean=lean)
-        self.server = HboneServer(server_settings, lean=lean)
+    def __init__(self, client_settings=hbone.Settings(), server_settings=hbone.Settings(), lean=True,
+                 client_lean=None, server_lean=None):
+        self.client = HboneClient(client_settings, lean=lean if client_lean is None else client_lean)
+        self.server = HboneServer(server_settings, lean=lean if server_lean is None else server_lean)
         self.client_events: list = []
         self.server_events: list = []
         self.client.initiate()
@@ -214,11 +215,30 @@ def test_settings_are_validated():
         hbone.Settings(stream_window=10)
 
 
-@settings(max_examples=40, deadline=None)
-@given(chunk=st.integers(min_value=1, max_value=4096),
-       messages=st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=6))
-def test_any_chunking_of_the_byte_stream_gives_the_same_result(chunk, messages):
+def test_padded_data_from_a_plain_h2_peer_reaches_a_lean_server():
+    p = Pair(client_lean=False, server_lean=True)
+    sid = p.connect()
+    p.client._h2.send_data(sid, b"padded payload", pad_length=17)
+    p.client._h2.send_data(sid, b"plain payload", end_stream=True)
+    p.pump()
+    assert received(p.server_events, sid) == b"padded payload" + b"plain payload"
+    assert p.take_server(StreamEnded) == [StreamEnded(sid)]
+
+
+def test_data_for_an_unknown_stream_is_a_protocol_violation_on_the_lean_path():
     p = Pair()
+    sid = p.connect()
+    frame = hbone._DATA_HEADER.pack(0, 3, 0, 0, sid + 40) + b"abc"  # stream never opened
+    with pytest.raises(hbone.ProtocolViolation):
+        p.server.receive_data(frame)
+
+
+@settings(max_examples=60, deadline=None)
+@given(chunk=st.integers(min_value=1, max_value=4096),
+       messages=st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=6),
+       leans=st.sampled_from([(True, True), (True, False), (False, True), (False, False)]))
+def test_any_chunking_of_the_byte_stream_gives_the_same_result(chunk, messages, leans):
+    p = Pair(client_lean=leans[0], server_lean=leans[1])
     sid = p.client.open("198.19.2.5:8080")
     p.pump(chunk)
     p.server.accept(p.take_server(ConnectRequested)[0].stream_id)
@@ -230,3 +250,9 @@ def test_any_chunking_of_the_byte_stream_gives_the_same_result(chunk, messages):
     p.pump(chunk)
     assert received(p.server_events, sid) == b"".join(messages)
     assert p.take_server(StreamEnded) == [StreamEnded(sid)]
+    for m in reversed(messages):
+        assert p.server.send(sid, m) == len(m)
+    p.server.end(sid)
+    p.pump(chunk)
+    assert received(p.client_events, sid) == b"".join(reversed(messages))
+    assert p.take_client(StreamEnded) == [StreamEnded(sid)]

@@ -1,0 +1,286 @@
+"""The HBONE data path on loopback: latency and throughput, direct against through a forwarder pair.
+
+    .venv/bin/python -m bench.hbone_latency [--round-trips 5000] [--seconds 3] [--repeats 3]
+
+Set-ups (each end in its own process, as two ztunnels on two nodes would be):
+- `direct`: client to app;
+- `hbone`: client -> forwarder A -> TLS 1.3 + HTTP/2 CONNECT -> forwarder B -> app, with
+  `shoal.hbone_io` (the ztunnel's own relay and HBONE driver) and mesh certificates;
+- `hbone-plain-h2`: the same, with shoal.hbone's lean DATA path turned off (h2 as shipped).
+
+Latency: sequential 1 KiB ping-pongs (p50/p90/p99 in ms) from a blocking client.
+Throughput: iperf3, 1 and 4 streams. This isolates the HBONE path; the full
+baseline-vs-ambient comparison through the local cluster is `bench.latency`.
+Prints a table and writes bench/results/<timestamp>-hbone/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
+CLIENT_ID = "spiffe://cluster.local/ns/bench/sa/client"
+
+
+# --- certificates (a throwaway CA for the run) ----------------------------------------
+
+def make_credentials(directory: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from shoal import identity
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench root")])
+    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    (directory / "bundle.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    for role, uri in (("server", SERVER_ID), ("client", CLIENT_ID)):
+        key = identity.new_key()
+        leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(hours=1))
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+                .sign(ca_key, hashes.SHA256()))
+        (directory / f"{role}.key").write_bytes(identity.key_pem(key))
+        (directory / f"{role}.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+
+
+def load_credential(directory: Path, role: str):
+    from shoal import identity
+    return identity.Credential.from_pem((directory / f"{role}.key").read_bytes(),
+                                        (directory / f"{role}.pem").read_bytes(),
+                                        (directory / "bundle.pem").read_bytes())
+
+
+# --- the roles, each run as its own process ----------------------------------------------
+
+async def forwarder_server(directory: Path, port: int, lean: bool) -> None:
+    from shoal import hbone, identity
+    from shoal.hbone_io import HboneSession, TcpSide, relay
+
+    loop = asyncio.get_running_loop()
+    ctx = identity.server_context(load_credential(directory, "server"))
+
+    async def on_request(session, stream):
+        host, target = hbone.parse_authority(stream.authority)
+        _, app = await loop.create_connection(TcpSide, host, target)
+        session.accept(stream)
+        await relay(stream, app)
+
+    def factory():
+        session = HboneSession(False, on_request=on_request)
+        if not lean:
+            session.conn = hbone.HboneServer(lean=False)
+        return session
+
+    server = await loop.create_server(factory, "127.0.0.1", port, ssl=ctx)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
+async def forwarder_client(directory: Path, port: int, upstream: int, target: int, lean: bool) -> None:
+    from shoal import hbone, identity
+    from shoal.hbone_io import HboneSession, TcpSide, relay
+
+    loop = asyncio.get_running_loop()
+    ctx = identity.client_context(load_credential(directory, "client"))
+
+    def session_factory():
+        session = HboneSession(True)
+        if not lean:
+            session.conn = hbone.HboneClient(lean=False)
+        return session
+
+    _, session = await loop.create_connection(session_factory, "127.0.0.1", upstream, ssl=ctx, server_hostname="")
+    identity.check_peer(session.ssl_object, identity.parse_spiffe_id(SERVER_ID))
+
+    async def carry(side):
+        stream = await session.open(f"127.0.0.1:{target}")
+        await relay(side, stream)
+
+    def accept():
+        side = TcpSide()
+        loop.create_task(carry(side))
+        return side
+
+    server = await loop.create_server(accept, "127.0.0.1", port)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
+def echo_server(port: int) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(16)
+    print("ready", flush=True)
+    while True:
+        conn, _ = sock.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(65536):
+            conn.sendall(data)
+        conn.close()
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.hbone_latency", *args], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise SystemExit(f"{' '.join(args)} did not start")
+    return proc
+
+
+def ping_pong(port: int, count: int, size: int = 1024) -> list[float]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    message = b"p" * size
+    times = []
+    for i in range(count + 200):
+        start = time.perf_counter()
+        sock.sendall(message)
+        got = 0
+        while got < size:
+            got += len(sock.recv(size - got))
+        if i >= 200:  # warm-up
+            times.append((time.perf_counter() - start) * 1000)
+    sock.close()
+    return times
+
+
+def iperf(port: int, streams: int, seconds: float) -> float:
+    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-P", str(streams), "-t", str(seconds),
+                          "-J"], capture_output=True, text=True, timeout=seconds + 30)
+    if out.returncode != 0:
+        raise SystemExit(f"iperf3 failed: {out.stderr or out.stdout[-500:]}")
+    return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(setup: str, directory: Path, args) -> list[dict]:
+    procs = []
+    echo_port, iperf_port = free_port(), free_port()
+    procs.append(spawn("--role", "echo", "--port", str(echo_port)))
+    procs.append(subprocess.Popen(["iperf3", "-s", "-p", str(iperf_port)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL))
+    time.sleep(0.3)
+    try:
+        if setup == "direct":
+            echo_entry, iperf_entry = echo_port, iperf_port
+        else:
+            lean = ["--lean"] if setup == "hbone" else []
+            hbone_port = free_port()
+            procs.append(spawn("--role", "server", "--dir", str(directory), "--port", str(hbone_port), *lean))
+            echo_entry, iperf_entry = free_port(), free_port()
+            procs.append(spawn("--role", "client", "--dir", str(directory), "--port", str(echo_entry),
+                               "--upstream", str(hbone_port), "--target", str(echo_port), *lean))
+            procs.append(spawn("--role", "client", "--dir", str(directory), "--port", str(iperf_entry),
+                               "--upstream", str(hbone_port), "--target", str(iperf_port), *lean))
+        rows = []
+        lat = [ping_pong(echo_entry, args.round_trips) for _ in range(args.repeats)]
+        row = {"setup": setup, "case": "ping-pong-1KiB", "round_trips": args.round_trips, "repeats": args.repeats}
+        for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
+            values = [percentile(v, q) for v in lat]
+            row[name], row[name + "_min"], row[name + "_max"] = statistics.median(values), min(values), max(values)
+        rows.append(row)
+        for streams in (1, 4):
+            values = [iperf(iperf_entry, streams, args.seconds) for _ in range(args.repeats)]
+            rows.append({"setup": setup, "case": "throughput", "streams": streams, "gbps": statistics.median(values),
+                         "gbps_min": min(values), "gbps_max": max(values), "repeats": args.repeats})
+        return rows
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", choices=("bench", "server", "client", "echo"), default="bench")
+    parser.add_argument("--dir", type=Path)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--upstream", type=int)
+    parser.add_argument("--target", type=int)
+    parser.add_argument("--lean", action="store_true")
+    parser.add_argument("--round-trips", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--setups", default="direct,hbone,hbone-plain-h2")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.role != "bench":
+        from shoal import lifecycle
+        lifecycle.install_uvloop()
+        if args.role == "echo":
+            echo_server(args.port)
+        elif args.role == "server":
+            asyncio.run(forwarder_server(args.dir, args.port, args.lean))
+        else:
+            asyncio.run(forwarder_client(args.dir, args.port, args.upstream, args.target, args.lean))
+        return 0
+
+    started = dt.datetime.now(dt.timezone.utc)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
+        directory = Path(tmp)
+        make_credentials(directory)
+        for setup in args.setups.split(","):
+            results += measure(setup, directory, args)
+    base = {r["case"] + str(r.get("streams", "")): r for r in results if r["setup"] == "direct"}
+    print(f"{'setup':<16} {'case':<16} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'Gbit/s':>8} {'vs direct':>9}")
+    for r in results:
+        ref = base.get(r["case"] + str(r.get("streams", "")))
+        if "gbps" in r:
+            ratio = f"{r['gbps'] / ref['gbps']:.2f}x" if ref else ""
+            print(f"{r['setup']:<16} {'tcp ' + str(r['streams']) + ' stream(s)':<16} {'':>8} {'':>8} {'':>8} "
+                  f"{r['gbps']:>8.2f} {ratio:>9}")
+        else:
+            if ref:
+                r["added_p50_ms"], r["added_p99_ms"] = r["p50_ms"] - ref["p50_ms"], r["p99_ms"] - ref["p99_ms"]
+            print(f"{r['setup']:<16} {r['case']:<16} {r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f} {r['p99_ms']:>8.3f}")
+    out = args.out / (started.strftime("%Y%m%dT%H%M%SZ") + "-hbone")
+    out.mkdir(parents=True, exist_ok=True)
+    import h2
+    (out / "results.json").write_text(json.dumps({
+        "started": started.isoformat(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "versions": {"python": platform.python_version(), "h2": h2.__version__},
+        "settings": {"round_trips": args.round_trips, "seconds": args.seconds, "repeats": args.repeats},
+        "results": results}, indent=2))
+    print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
