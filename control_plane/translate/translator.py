@@ -64,6 +64,9 @@ class Translator:
         self._objects: dict[ObjectKey, dict] = {}
         self._pods: dict[str, dict[str, dict]] = defaultdict(dict)        # ns -> name -> pod
         self._services: dict[str, dict[str, dict]] = defaultdict(dict)    # ns -> name -> service
+        # label indexes, so a pod change finds its services and a service its pods without a scan:
+        self._pods_by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)      # (ns, k, v) -> pods
+        self._services_by_anchor: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # (ns, k, v) -> services
         self._parsed: dict[ObjectKey, Any] = {}                           # mesh objects that parsed cleanly
         self._parse_findings: dict[ObjectKey, Findings] = {}
         self._route_warnings: dict[ObjectKey, tuple[str, ...]] = {}
@@ -143,14 +146,24 @@ class Translator:
             return
         if kind == "Pod":
             self._index(self._pods, namespace, name, new)
+            for labels, index in ((_labels(old), discard), (_labels(new), add)):
+                for k, v in labels.items():
+                    index(self._pods_by_label, (namespace, k, v), name)
             self._dirty_pods.add((namespace, name))
-            for svc_name, svc in self._services.get(namespace, {}).items():
-                if (old is not None and core.selects(svc, old)) or (new is not None and core.selects(svc, new)):
-                    self._dirty_services.add((namespace, svc_name))
+            services = self._services.get(namespace, {})
+            for pod in (old, new):
+                for k, v in _labels(pod).items():
+                    for svc_name in self._services_by_anchor.get((namespace, k, v), ()):
+                        if core.selects(services[svc_name], pod):
+                            self._dirty_services.add((namespace, svc_name))
             self._check(key, new)
             return
         if kind == "Service":
             self._index(self._services, namespace, name, new)
+            if (anchor := _anchor(old)) is not None:
+                discard(self._services_by_anchor, (namespace, *anchor), name)
+            if (anchor := _anchor(new)) is not None:
+                add(self._services_by_anchor, (namespace, *anchor), name)
             self._dirty_services.add((namespace, name))
             self._check(key, new)
             return
@@ -263,7 +276,7 @@ class Translator:
             service = None
             if svc is not None:
                 service = core.service_of(svc, self._objects.get(("Namespace", "", namespace)),
-                                          self._pods.get(namespace, {}).values(), self._waypoints,
+                                          self._selectable_pods(namespace, svc), self._waypoints,
                                           self.cluster_domain)
             previous_key = self._service_output.pop((namespace, name), None)
             previous = self._out[ResourceType.SERVICE].get(previous_key) if previous_key else None
@@ -322,6 +335,15 @@ class Translator:
             else:
                 self._route_warnings.pop(key, None)
 
+    def _selectable_pods(self, namespace: str, svc: dict) -> list[dict]:
+        """The pods that may match the Service's selector: those with its rarest label pair."""
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        if not selector:
+            return []
+        sets = [self._pods_by_label.get((namespace, k, str(v)), set()) for k, v in selector.items()]
+        pods = self._pods.get(namespace, {})
+        return [pods[name] for name in sorted(min(sets, key=len)) if name in pods]
+
     # -- queries ----------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
@@ -339,6 +361,32 @@ class Translator:
 
     def objects(self) -> dict[ObjectKey, dict]:
         return dict(self._objects)
+
+
+def _labels(obj: dict | None) -> dict:
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def _anchor(svc: dict | None) -> tuple[str, str] | None:
+    """One (key, value) of a Service's selector: every pod it selects carries that pair."""
+    selector = ((svc or {}).get("spec") or {}).get("selector") or {}
+    if not isinstance(selector, dict) or not selector:
+        return None
+    k = min(selector)
+    return (str(k), str(selector[k]))
+
+
+def add(index: dict, key, value) -> None:
+    index[key].add(value)
+
+
+def discard(index: dict, key, value) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(value)
+        if not members:
+            del index[key]
 
 
 def _type_of(value: Any) -> ResourceType:

@@ -189,3 +189,21 @@ spec: {selector: {app: cart}, clusterIP: 198.18.16.20, ports: [{name: http, port
     t, _ = translate(*objs, pod("cart-1", "shop", labels={"app": "cart"}))
     snap = t.snapshot()
     assert set(snap[S]) == {"cart.shop.svc.cluster.local"} and len(snap) == 2
+
+
+def test_relabelled_pod_moves_between_services_with_multi_label_selectors():
+    a = service("a", selector={"app": "web", "track": "stable"})
+    b = service("b", selector={"app": "web", "track": "canary"}, vip="198.18.16.11")
+    t, _ = translate(a, b, pod("p", labels={"app": "web", "track": "stable"}), pod("q", labels={"app": "web"}))
+    snap = t.snapshot()[S]
+    assert [e.workload_uid for e in snap["a.default.svc.cluster.local"].endpoints] == ["uid-p-default"]
+    assert snap["b.default.svc.cluster.local"].endpoints == ()
+    t.apply_event(added(pod("p", labels={"app": "web", "track": "canary"})))
+    update = t.flush()
+    assert set(update.delta.upserted[S]) == {"a.default.svc.cluster.local", "b.default.svc.cluster.local"}
+    assert update.delta.upserted[S]["a.default.svc.cluster.local"].endpoints == ()
+    assert [e.workload_uid for e in update.delta.upserted[S]["b.default.svc.cluster.local"].endpoints] == ["uid-p-default"]
+    t.apply_event(added(service("b", selector={"app": "web"}, vip="198.18.16.11")))
+    update = t.flush()
+    assert {e.workload_uid for e in update.delta.upserted[S]["b.default.svc.cluster.local"].endpoints} == {
+        "uid-p-default", "uid-q-default"}
