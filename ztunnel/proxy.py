@@ -121,7 +121,9 @@ class Ztunnel:
                     source_ip_preserved=pod.transparent)
         return pod.listeners[sockets.INBOUND_PLAINTEXT_PORT]
 
-    async def del_workload(self, uid: str) -> None:
+    async def del_workload(self, uid: str, *, leaving_mesh: bool = True) -> None:
+        """Stops serving the pod. `leaving_mesh` False (ztunnel shutdown) keeps the pod's
+        source-IP rules: the next ztunnel (SO_REUSEPORT takeover) relies on them."""
         pod = self.pods.pop(uid, None)
         if pod is None:
             return
@@ -130,7 +132,7 @@ class Ztunnel:
         for sock in pod.listeners.values():
             sock.close()
         self.pool.drop_pod(uid)
-        if pod.transparent:
+        if pod.transparent and leaving_mesh:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, transparent.remove, pod.netns_fd)
             except Exception as e:
@@ -142,7 +144,7 @@ class Ztunnel:
 
     async def close(self) -> None:
         for uid in list(self.pods):
-            await self.del_workload(uid)
+            await self.del_workload(uid, leaving_mesh=False)
         self.pool.close()
 
     def stop_accepting(self) -> None:

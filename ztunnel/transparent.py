@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import subprocess
 
-from pyroute2 import IPRoute
-
-from shoal import netns
-
 CHAIN = "SHOAL_ZTUNNEL"
 CONNMARK = 0x111
 TABLE = 133
@@ -34,13 +30,22 @@ class TransparentError(Exception):
     pass
 
 
-def _iptables(netns_fd: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    argv = ["nsenter", f"--net=/proc/self/fd/{netns_fd}", "iptables-legacy", "-w", "-t", "mangle", *args]
-    result = subprocess.run(argv, pass_fds=(netns_fd,), capture_output=True, text=True)
+def _in_netns(netns_fd: int, argv: list[str], check: bool) -> subprocess.CompletedProcess:
+    # A short-lived nsenter: pyroute2 cannot run under the ztunnel's uvloop (no AF_NETLINK endpoints).
+    result = subprocess.run(["nsenter", f"--net=/proc/self/fd/{netns_fd}", *argv], pass_fds=(netns_fd,),
+                            capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise TransparentError(f"iptables {' '.join(args)} failed in the pod's netns: {result.stderr.strip()}; "
-                               "the ztunnel needs CAP_NET_ADMIN and iptables-legacy")
+        raise TransparentError(f"`{' '.join(argv)}` failed in the pod's netns: {result.stderr.strip()}; "
+                               "the ztunnel needs CAP_NET_ADMIN, iptables-legacy and iproute2")
     return result
+
+
+def _iptables(netns_fd: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _in_netns(netns_fd, ["iptables-legacy", "-w", "-t", "mangle", *args], check)
+
+
+def _ip(netns_fd: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _in_netns(netns_fd, ["ip", *args], check)
 
 
 def install(netns_fd: int) -> None:
@@ -54,15 +59,9 @@ def install(netns_fd: int) -> None:
               "--mark", hex(OUR_MARK), "-j", "MARK", "--set-mark", hex(CONNMARK))
     if _iptables(netns_fd, "-C", "OUTPUT", "-j", CHAIN, check=False).returncode != 0:
         _iptables(netns_fd, "-I", "OUTPUT", "1", "-j", CHAIN)
-    netns.run_in(netns_fd, _install_routing)
-
-
-def _install_routing() -> None:
-    with IPRoute() as ip:
-        lo = ip.link_lookup(ifname="lo")[0]
-        if not [r for r in ip.get_rules(family=2) if r.get("priority") == PRIORITY]:
-            ip.rule("add", fwmark=CONNMARK, table=TABLE, priority=PRIORITY)
-        ip.route("replace", dst="0.0.0.0/0", type="local", scope="host", oif=lo, table=TABLE)
+    if f"{PRIORITY}:" not in _ip(netns_fd, "-4", "rule", "show").stdout:
+        _ip(netns_fd, "-4", "rule", "add", "fwmark", hex(CONNMARK), "lookup", str(TABLE), "priority", str(PRIORITY))
+    _ip(netns_fd, "-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(TABLE))
 
 
 def remove(netns_fd: int) -> None:
@@ -70,13 +69,7 @@ def remove(netns_fd: int) -> None:
     _iptables(netns_fd, "-F", CHAIN, check=False)
     _iptables(netns_fd, "-X", CHAIN, check=False)
 
-    def routing():
-        with IPRoute() as ip:
-            for rule in ip.get_rules(family=2):
-                if rule.get("priority") == PRIORITY:
-                    ip.rule("del", fwmark=CONNMARK, table=TABLE, priority=PRIORITY)
-            try:
-                ip.route("del", dst="0.0.0.0/0", type="local", scope="host", oif=ip.link_lookup(ifname="lo")[0], table=TABLE)
-            except Exception:
-                pass
-    netns.run_in(netns_fd, routing)
+    while f"{PRIORITY}:" in _ip(netns_fd, "-4", "rule", "show", check=False).stdout:
+        if _ip(netns_fd, "-4", "rule", "del", "priority", str(PRIORITY), check=False).returncode != 0:
+            break
+    _ip(netns_fd, "-4", "route", "flush", "table", str(TABLE), check=False)

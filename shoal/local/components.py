@@ -107,6 +107,23 @@ COMPONENTS.append(node_agent)
 CLEANUPS.append(node_agent_cleanup)
 
 
+ZTUNNEL_READINESS_PORT = 15021
+
+
+def ztunnel(layout: Layout, node: int, settings: Settings) -> dict | None:
+    """The ztunnel, one per node: HBONE/mTLS, L4 policy, TCP telemetry (admin 15000, metrics 15020)."""
+    return system_pod(layout, node, "ztunnel",
+                      shoal_argv("ztunnel", "--cluster", layout.cluster, "--node", node_name(node),
+                                 "--control-plane", f"{node_ip(1)}:15012",
+                                 "--socket", str(layout.ztunnel_socket(node)),
+                                 "--token-file", str(layout.node_dir(node) / "token"),
+                                 "--ca-bundle", str(layout.run_dir / "ca" / "bundle.pem")),
+                      ready_port=ZTUNNEL_READINESS_PORT)
+
+
+COMPONENTS.append(ztunnel)
+
+
 def system_pods(layout: Layout, settings: Settings) -> list[dict]:
     pods = []
     for component in COMPONENTS:

@@ -98,7 +98,8 @@ def workloads():
 class Rig:
     def __init__(self):
         self.ca = TestCA()
-        self.loop = asyncio.new_event_loop()
+        import uvloop  # as the ztunnel runs: some libraries (pyroute2) do not work under it
+        self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.procs = []
         self.log = io.StringIO()
