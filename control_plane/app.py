@@ -123,33 +123,20 @@ def local_wiring(settings: Settings) -> Wiring:
 
 
 def kube_wiring(settings: Settings) -> Wiring:
-    from kubernetes import client, config
+    from kubernetes import client
+
+    from control_plane.sources import kube as kube_source
 
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except Exception as e:  # noqa: BLE001 - the kubernetes client raises several kinds
-            raise SettingsError(f"--source kube: no in-cluster credentials and no usable kubeconfig ({e})") from None
-    api = client.ApiClient()
+        api = kube_source.make_api_client()
+    except Exception as e:  # noqa: BLE001 - the kubernetes client raises several kinds
+        raise SettingsError(f"--source kube: no in-cluster credentials and no usable kubeconfig ({e})") from None
     core = client.CoreV1Api(api)
-    try:
-        from control_plane.sources import kube as kube_source
-    except ImportError:
-        raise SettingsError("--source kube: the Kubernetes source (control_plane/sources/kube.py) is not "
-                            "available in this build") from None
     roots = (ca_store.GivenFilesRootStore(settings.ca_cert, settings.ca_key) if settings.ca_cert
              else ca_store.KubeSecretRootStore(core))
     authenticator = KubeAuthenticator(client.AuthenticationV1Api(api), core)
-    source = kube_source.KubeSource(api)
-
-    def report(obj: dict, errors) -> None:
-        from control_plane.sources.local import invalid_config_event
-        body = invalid_config_event(obj, errors)
-        core.create_namespaced_event(body["metadata"]["namespace"], body)
-
-    return Wiring(roots, authenticator, source.events(), report)
+    return Wiring(roots, authenticator, kube_source.KubeSource(api).events(),
+                  lambda obj, errors: kube_source.report_invalid(api, obj, errors))
 
 
 def build_authority(settings: Settings, roots: ca_store.RootStore) -> CertificateAuthority:

@@ -95,7 +95,7 @@ class KubeAuthenticator:
     CACHE_SECONDS = 30.0
 
     def __init__(self, authentication_v1, core_v1, *, node_service_accounts: frozenset[tuple[str, str]] =
-                 frozenset({("shoal-system", "shoal-ztunnel")}), audiences: list[str] | None = None,
+                 frozenset({("shoal-system", "shoal-node")}), audiences: list[str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.auth_api, self.core_api = authentication_v1, core_v1
         self.node_service_accounts = node_service_accounts
