@@ -1,0 +1,113 @@
+"""End to end through a local cluster: manifests -> store -> LocalSource -> Translator -> control plane -> ztunnel.
+
+Root only (it builds network namespaces). One 1-node cluster for the module, removed at the end.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the local cluster builds network namespaces"),
+              pytest.mark.timeout(180)]
+
+SEEDS = Path(__file__).parent / "seeds"
+APP = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: bookinfo, labels: {shoal.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: bookinfo, labels: {app: reviews, version: v1}}
+spec: {containers: [{name: app, ports: [{name: http, containerPort: 9080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2, namespace: bookinfo, labels: {app: reviews, version: v2}}
+spec: {containers: [{name: app, ports: [{name: http, containerPort: 9080}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: bookinfo, labels: {app: outsider, shoal.io/dataplane-mode: none}}
+spec: {containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: bookinfo}
+spec: {selector: {app: reviews}, ports: [{name: http, port: 9080, targetPort: http}]}
+"""
+
+
+def shoal(*args, input=None, check=True):
+    result = subprocess.run([sys.executable, "-m", "shoal", *args], capture_output=True, text=True, input=input,
+                            timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"shoal {' '.join(args)}: {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    name = f"cpa{os.getpid() % 100000}"
+    shoal("local", "up", "--nodes", "1", "--cluster", name, "--redirect", "iptables")
+    try:
+        yield name
+    finally:
+        shoal("local", "down", "--cluster", name)
+
+
+def ztunnel_view(cluster, view, predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = shoal("config", view, "--cluster", cluster, "--node", "1", "-o", "json", check=False)
+        items = json.loads(result.stdout) if result.returncode == 0 and result.stdout.strip() else None
+        if items is not None and predicate(items):
+            return items
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ztunnel {view} never matched: {items} {result.stderr[-500:]}")
+        time.sleep(0.3)
+
+
+def test_enrolled_pods_and_service_reach_the_ztunnel_and_changes_follow(cluster):
+    shoal("local", "apply", "--cluster", cluster, "-f", "-", input=APP)
+    shoal("local", "apply", "--cluster", cluster, "-f", str(SEEDS / "003_virtualservice_mirror.yaml"))
+
+    def ours(items):
+        return {w["name"]: w for w in items if w["namespace"] == "bookinfo"}
+    workloads = ours(ztunnel_view(cluster, "workloads", lambda ws: len(ours(ws)) == 3))
+    assert {n: w["protocol"] for n, w in workloads.items()} == {
+        "reviews-v1": "HBONE", "reviews-v2": "HBONE", "outsider": "TCP"}
+    services = ztunnel_view(cluster, "services", lambda ss: any(
+        s["hostname"] == "reviews.bookinfo.svc.cluster.local" and len(s["endpoints"]) == 2 for s in ss))
+    (reviews,) = [s for s in services if s["hostname"] == "reviews.bookinfo.svc.cluster.local"]
+    assert {e["target_port"] for e in reviews["endpoints"]} == {9080}   # the named targetPort, resolved
+    assert {e["workload_uid"] for e in reviews["endpoints"]} == {workloads["reviews-v1"]["uid"],
+                                                                  workloads["reviews-v2"]["uid"]}
+    shoal("local", "delete", "--cluster", cluster, "-f", "-",
+          input="apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-v2, namespace: bookinfo}\n")
+    ztunnel_view(cluster, "services", lambda ss: any(
+        s["hostname"] == "reviews.bookinfo.svc.cluster.local" and
+        [e["workload_uid"] for e in s["endpoints"]] == [workloads["reviews-v1"]["uid"]] for s in ss))
+
+
+def test_apply_refuses_bad_mesh_config_naming_object_field_and_reason(cluster):
+    bad = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad, namespace: bookinfo}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews}, weight: -5}
+"""
+    result = shoal("local", "apply", "--cluster", cluster, "-f", "-", input=bad, check=False)
+    assert result.returncode != 0
+    assert "VirtualService bookinfo/bad: spec.http[0].route[0].weight: must be at least 0, not -5" in result.stderr
+    listed = json.loads(shoal("local", "get", "VirtualService", "--cluster", cluster, "-n", "bookinfo", "-o", "json").stdout)
+    assert [vs["metadata"]["name"] for vs in listed["items"]] == ["reviews"]   # the seed's, not "bad"
