@@ -9,7 +9,8 @@ Per resource:
 1. Pick the version: the CRDs are tried in each served version, newest first
    (for example VirtualService as networking.istio.io v1, then v1beta1, then
    v1alpha3). A version the server does not serve (404) is skipped with one
-   log line; a resource served in no version is skipped. The API server
+   log line; a resource served in no version is looked for again every
+   `rediscover_interval` (a CRD installed later is picked up). The API server
    converts between the versions of one CRD, so one served version shows
    every object.
 2. List: `GET <path>` gives the items and `metadata.resourceVersion`. Items
@@ -114,13 +115,15 @@ class KubeSource:
     """
 
     def __init__(self, api_client, resources: Iterable[Resource] = RESOURCES, *,
-                 watch_timeout: int = 300, read_timeout: float = 330.0, retry_delay: float = 1.0) -> None:
+                 watch_timeout: int = 300, read_timeout: float = 330.0, retry_delay: float = 1.0,
+                 rediscover_interval: float = 60.0) -> None:
         self.api = api_client
         self.resources = tuple(resources)
         self.cache = ObjectCache()
         self.watch_timeout = watch_timeout
         self.read_timeout = read_timeout
         self.retry_delay = retry_delay
+        self.rediscover_interval = rediscover_interval
         self.lists: dict[str, int] = {}          # kind -> number of lists done (1 + re-lists)
         self.served: dict[str, str | None] = {}  # kind -> version used (None: not served)
         self._stop = threading.Event()
@@ -181,7 +184,7 @@ class KubeSource:
 
     # -- one resource -------------------------------------------------------------
 
-    def _pick_version(self, resource: Resource) -> str | None:
+    def _pick_version(self, resource: Resource, quiet: bool = False) -> str | None:
         for version in resource.versions:
             try:
                 raw = self._get(resource.path(version), [("limit", "1")], stream=False)
@@ -189,8 +192,9 @@ class KubeSource:
                 raw.release_conn()
                 return version
             except NotServed:
-                _log.info("version not served; skipped", resource=resource.plural,
-                          api_version=resource.api_version(version))
+                if not quiet:
+                    _log.info("version not served; skipped", resource=resource.plural,
+                              api_version=resource.api_version(version))
         return None
 
     def _run(self, resource: Resource, emit) -> None:
@@ -198,13 +202,17 @@ class KubeSource:
         while not self._stop.is_set():
             try:
                 if version is None:
-                    version = self._pick_version(resource)
-                    self.served[resource.kind] = version
+                    version = self._pick_version(resource, quiet=resource.kind in self.served)
                     if version is None:
-                        _log.warning("resource served in no known version; not watched", resource=resource.plural,
-                                     versions=",".join(resource.versions))
-                        emit(None)   # counts as synced
-                        return
+                        if resource.kind not in self.served:
+                            _log.warning("resource served in no known version; looking again every "
+                                         f"{self.rediscover_interval:g} s", resource=resource.plural,
+                                         versions=",".join(resource.versions))
+                            self.served[resource.kind] = None
+                            emit(None)   # counts as listed: nothing to wait for
+                        self._stop.wait(self.rediscover_interval)
+                        continue
+                    self.served[resource.kind] = version
                 items, since = self._list(resource, version)
                 with self._lock:
                     events = self.cache.replace(resource.kind, items, since)

@@ -223,3 +223,19 @@ def test_report_invalid_creates_a_warning_event():
             assert event["message"] == errors[0]
             assert report_invalid(api, bad, errors) is None   # the same report again: already there
             assert len(double.events) == 1
+
+
+@in_loop
+async def test_a_crd_installed_later_is_picked_up():
+    with KubeDouble(served={"": {"v1"}}) as double:
+        async with Run(double, rediscover_interval=0.1) as run:
+            await run.until(synced)
+            assert run.source.served["TrafficSplit"] is None
+            double.served["split.smi-spec.io"] = {"v1alpha2"}
+            double.add({"apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+                        "metadata": {"name": "s", "namespace": "default"},
+                        "spec": {"service": "a", "backends": [{"service": "b", "weight": 1}]}})
+            await run.until(lambda ev: ("ADDED", "TrafficSplit", "s") in named(run.after_sync("ADDED")))
+            assert run.source.served["TrafficSplit"] == "v1alpha2"
+            (split,) = [e.object for e in run.after_sync("ADDED")]
+            assert split["apiVersion"] == "split.smi-spec.io/v1alpha2"
