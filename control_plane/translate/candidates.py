@@ -35,6 +35,8 @@ class RouteCandidate:
                                           # waypoint; with host None the routes apply to every Service
                                           # bound to that waypoint
 
+    section: str = ""                     # HTTPRoute parentRef sectionName: a Service port *name*
+
     @property
     def rank(self) -> tuple:
         return (int(self.dialect), self.created or "~", self.origin)

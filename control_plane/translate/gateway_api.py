@@ -2,7 +2,8 @@
 
 HTTPRoute (gateway.networking.k8s.io v1, v1beta1, v1alpha2):
 - A parentRef to a Service (`kind: Service`, group "") routes requests for
-  that Service (one port when the parentRef names `port`, else every port).
+  that Service: one port when the parentRef names a `port` or a port name
+  (`sectionName`), else every port.
 - A parentRef to a waypoint Gateway routes the `hostnames` it lists (service
   names), or, with no hostnames, every Service bound to that waypoint.
 - A parentRef to any other Gateway (an ingress) is not the mesh's: ignored with a warning.
@@ -304,8 +305,9 @@ def http_route(obj: dict, c: Checker) -> list[RouteCandidate]:
         common = dict(namespace=namespace, origin=ref_of(obj), dialect=Dialect.HTTPROUTE,
                       created=created_of(obj), path=path)
         if kind == "Service" and group in ("", "core"):
+            section = c.string(p.get("sectionName"), f"{path}.sectionName") or ""
             out.append(RouteCandidate(resolve_host(f"{name}.{parent_namespace}", namespace),
-                                      port or ANY_PORT, routes, **common))
+                                      port or ANY_PORT, routes, section=section, **common))
         elif kind == "Gateway" and group == GROUP:
             if hostnames:
                 out.extend(RouteCandidate(resolve_host(h, namespace), port or ANY_PORT, routes,

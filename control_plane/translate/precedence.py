@@ -61,6 +61,22 @@ def expand(candidates: Iterable[RouteCandidate], services: Mapping[str, Service]
                 attached.extend(replace(cand, host=s.hostname) for s in by_waypoint.get(cand.waypoint, ()))
                 continue
         attached.append(cand)
+    named = []
+    for cand in attached:
+        if cand.section:
+            service = services.get(cand.host)
+            port = next((p.port for p in service.ports if p.name == cand.section), None) if service else None
+            if port is None:
+                warn(cand, f"{cand.path}.sectionName: {cand.host} has no port named {cand.section!r}; "
+                           f"this parent is ignored until it has one")
+                continue
+            if cand.port not in (ANY_PORT, port):
+                warn(cand, f"{cand.path}: port {cand.port} is not the port named {cand.section!r} ({port}); "
+                           f"this parent is ignored")
+                continue
+            cand = replace(cand, port=port)
+        named.append(cand)
+    attached = named
     explicit = {(c.origin, c.host, c.port) for c in attached if c.port != ANY_PORT}
     out = []
     for cand in attached:

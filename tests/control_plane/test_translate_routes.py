@@ -383,3 +383,18 @@ def test_a_new_service_port_gets_the_any_port_routes_and_endpoint_churn_does_not
     t.apply_event(added(service("reviews", ports=((9080, 9080), (9443, 9443)))))
     update = t.flush()
     assert set(update.delta.upserted[RT]) == {f"{REVIEWS}:9443"}
+
+
+def test_httproute_section_name_picks_the_service_port_by_name():
+    objs = bookinfo_reviews()
+    objs[1] = service("reviews", ports=((9080, 9080), (9090, 9090)), port_names=("http", "admin"))
+    route = httproute("  - backendRefs: [{name: reviews, port: 9090}]",
+                      parent="{kind: Service, group: \"\", name: reviews, sectionName: admin}")
+    t, _ = translate(*objs, route)
+    assert set(t.snapshot()[RT]) == {f"{REVIEWS}:9090"}
+    missing = httproute("  - backendRefs: [{name: reviews, port: 9090}]",
+                        parent="{kind: Service, group: \"\", name: reviews, sectionName: metrics}")
+    t.apply_event(added(missing))
+    update = t.flush()
+    assert update.delta.removed[RT] == {f"{REVIEWS}:9090"}
+    assert "has no port named 'metrics'" in update.findings[("HTTPRoute", "default", "reviews")].warnings[0]
