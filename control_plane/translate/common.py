@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from shoal.model import ANY_PORT  # noqa: F401  (re-exported for dialect modules)
-
 CLUSTER_DOMAIN = "cluster.local"
 ROOT_NAMESPACES = ("shoal-system", "istio-system")
 

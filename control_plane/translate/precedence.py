@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
-from shoal.model import ANY_PORT, Destination, Route, RouteTable, Service, WaypointRef
+from shoal.model import ANY_PORT, Destination, RouteTable, Service, WaypointRef
 
 from control_plane.translate.candidates import RouteCandidate
 from control_plane.translate.common import ROOT_NAMESPACES, host_namespace
@@ -149,4 +149,4 @@ def build(candidates: Iterable[RouteCandidate], services: Mapping[str, Service],
     return tables
 
 
-__all__ = ["Route", "SubsetSource", "build", "choose", "expand", "route_table", "UNDEFINED_SUBSET_LABEL"]
+__all__ = ["SubsetSource", "build", "choose", "expand", "route_table", "UNDEFINED_SUBSET_LABEL"]
