@@ -398,3 +398,35 @@ def test_httproute_section_name_picks_the_service_port_by_name():
     update = t.flush()
     assert update.delta.removed[RT] == {f"{REVIEWS}:9090"}
     assert "has no port named 'metrics'" in update.findings[("HTTPRoute", "default", "reviews")].warnings[0]
+
+
+@pytest.mark.parametrize("version", ["v1alpha3", "v1beta1", "v1"])
+def test_every_istio_networking_version_translates_the_same(version):
+    route = vs("  - route: [{destination: {host: reviews, subset: v2}}]\n    timeout: 3s")
+    route["apiVersion"] = f"networking.istio.io/{version}"
+    objs = bookinfo_reviews()
+    objs[-1]["apiVersion"] = f"networking.istio.io/{version}"
+    rt, _ = table(objs + [route])
+    assert rt.routes[0].destinations[0].subset == V["v2"] and rt.routes[0].timeout == 3.0
+
+
+def test_destination_rule_lookup_prefers_the_route_namespace_then_the_host_namespace_then_root():
+    def rule(ns, label):
+        return from_yaml(f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: r-{ns}, namespace: {ns}}}
+spec: {{host: reviews.default.svc.cluster.local, subsets: [{{name: v1, labels: {{picked: {label}}}}}]}}
+""")[0]
+    client_route = from_yaml("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: from-shop, namespace: shop}
+spec: {hosts: [reviews.default], http: [{route: [{destination: {host: reviews.default, subset: v1}}]}]}
+""")[0]
+    objs = bookinfo_reviews()[:-1] + [client_route]
+    for rules, expected in [((rule("istio-system", "root"),), "root"),
+                            ((rule("istio-system", "root"), rule("default", "host")), "host"),
+                            ((rule("istio-system", "root"), rule("default", "host"), rule("shop", "client")), "client")]:
+        t, _ = translate(*objs, *rules)
+        assert t.snapshot()[RT][f"{REVIEWS}:9080"].routes[0].destinations[0].subset == (("picked", expected),)
