@@ -13,6 +13,6 @@ expired watch (410 Gone) a source lists again and yields only the
 difference.
 """
 
-from control_plane.sources.cache import Gone, ObjectCache, WatchError
+from control_plane.sources.cache import Gone, ObjectCache, SourceError, WatchError
 
-__all__ = ["Gone", "ObjectCache", "WatchError"]
+__all__ = ["Gone", "ObjectCache", "SourceError", "WatchError"]

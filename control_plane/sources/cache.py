@@ -20,11 +20,15 @@ from shoal.store import Event
 Key = tuple[str, str, str]
 
 
-class Gone(Exception):
+class SourceError(Exception):
+    """Base of the config sources' errors."""
+
+
+class Gone(SourceError):
     """The version asked for is too old (HTTP 410 / store.Expired): list again."""
 
 
-class WatchError(Exception):
+class WatchError(SourceError):
     """The watch stream carried an error other than 410."""
 
 

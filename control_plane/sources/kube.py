@@ -38,7 +38,7 @@ from typing import AsyncIterator, Iterable, Iterator
 from shoal import log
 from shoal.store import Event
 
-from control_plane.sources.cache import Gone, ObjectCache, WatchError
+from control_plane.sources.cache import Gone, ObjectCache, SourceError, WatchError
 from control_plane.sources.local import invalid_config_event
 
 _log = log.get("control_plane.sources.kube")
@@ -93,18 +93,21 @@ def make_api_client(configuration=None, *, pool_size: int = len(RESOURCES) + 8):
     return client.ApiClient(configuration)
 
 
-class NotServed(Exception):
-    pass
+class NotServed(SourceError):
+    """The API server does not serve this group/version/resource (404)."""
 
 
-class ApiError(Exception):
+class ApiError(SourceError):
+    """The API server answered with an error; the message is its Status, cut short."""
+
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
+        super().__init__(f"HTTP {status} from the API server: {message} (check the control plane's RBAC "
+                         f"if 401/403)")
         self.status = status
 
 
-class _Closed(Exception):
-    pass
+class _Closed(SourceError):
+    """The source was stopped while a request was open."""
 
 
 class KubeSource:
