@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
 
 from control_plane import ca_store
 from control_plane.authn import Authenticator, KubeAuthenticator, LocalAuthenticator
@@ -37,6 +40,7 @@ logger = log.get("shoal.control_plane")
 
 SOURCES = ("local", "kube")
 DRAIN_SECONDS = 2.0
+ROOTS_POLL_SECONDS = 5.0
 
 
 class SettingsError(ValueError):
@@ -68,6 +72,7 @@ class Settings:
     cert_ttl: dt.timedelta = dt.timedelta(hours=24)
     trust_domain: str = identity.DEFAULT_TRUST_DOMAIN
     root_namespace: str = "istio-system"
+    roots_poll_seconds: float = ROOTS_POLL_SECONDS   # env SHOAL_CA_RELOAD_SECONDS
     run_root: Path = field(default_factory=lambda: store.RUN_ROOT)
 
     def __post_init__(self) -> None:
@@ -114,8 +119,7 @@ def local_wiring(settings: Settings) -> Wiring:
     if not cluster_store.exists():
         raise SettingsError(f"no local cluster {settings.cluster!r} under {settings.run_root}; "
                             f"run `shoal local up --cluster {settings.cluster}` first")
-    roots = (ca_store.GivenFilesRootStore(settings.ca_cert, settings.ca_key) if settings.ca_cert
-             else ca_store.FileRootStore(settings.run_dir / "ca"))
+    roots = root_store(settings)
     key = tokens.token_key(settings.run_dir, create=True)
     authenticator = LocalAuthenticator(settings.run_dir / "bootstrap-tokens.json", key)
     return Wiring(roots, authenticator, LocalSource(cluster_store).events(),
@@ -158,6 +162,54 @@ def publish_bundle(path: Path, bundle_pem: bytes) -> None:
     tmp.replace(path)
 
 
+async def watch_roots(settings: Settings, roots: ca_store.RootStore, authority: CertificateAuthority) -> None:
+    """Adopts roots rotated or retired in the RootStore (`--rotate-ca`, `--retire-ca`) without a restart."""
+    while True:
+        await asyncio.sleep(settings.roots_poll_seconds)
+        try:
+            loaded = await asyncio.to_thread(roots.load)
+        except CaError as e:
+            logger.warning("cannot re-read the CA roots; keeping the current ones", error=str(e))
+            continue
+        if loaded is None or not authority.replace_roots(*loaded):
+            continue
+        logger.info("CA roots changed", signer=authority.signer.fingerprint[:16],
+                    trusted=[c.fingerprint(hashes.SHA256()).hex()[:16] for c in authority.trusted])
+        if settings.source == "local":
+            publish_bundle(settings.run_dir / "ca" / "bundle.pem", authority.bundle_pem)
+
+
+def root_store(settings: Settings) -> ca_store.RootStore:
+    if settings.ca_cert:
+        return ca_store.GivenFilesRootStore(settings.ca_cert, settings.ca_key)
+    if settings.source == "local":
+        return ca_store.FileRootStore(settings.run_dir / "ca")
+    from kubernetes import client
+
+    from control_plane.sources import kube as kube_source
+    return ca_store.KubeSecretRootStore(client.CoreV1Api(kube_source.make_api_client()))
+
+
+def rotate_roots(settings: Settings, retire: str | None) -> int:
+    """`--rotate-ca` / `--retire-ca FINGERPRINT`: one-shot changes to the stored roots."""
+    try:
+        store_ = root_store(settings)
+        if retire:
+            remaining = ca_store.retire(store_, retire)
+            print(f"retired root {retire}; trusted now: "
+                  + ", ".join(c.fingerprint(hashes.SHA256()).hex()[:16] for c in remaining))
+        else:
+            new, bundle = ca_store.rotate(store_, settings.trust_domain)
+            old = [c.fingerprint(hashes.SHA256()).hex()[:16] for c in bundle if c != new.cert]
+            print(f"new signing root {new.fingerprint[:16]}; still trusted: {', '.join(old)}.\n"
+                  f"Retire the old root(s) with --retire-ca FINGERPRINT once every workload certificate has "
+                  f"been renewed (after {settings.cert_ttl} at most).")
+    except (CaError, SettingsError) as e:
+        print(f"shoal control-plane: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- the process ---------------------------------------------------------------------------
 
 async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = None) -> int:
@@ -180,6 +232,7 @@ async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = No
         return 2
     feed = Feed(Translator(), state, metrics, server.mark_synced, wiring.report)
     feeding = asyncio.ensure_future(feed.run(wiring.events))
+    rooting = asyncio.ensure_future(watch_roots(settings, wiring.roots, authority))
     stopping = asyncio.ensure_future(shutdown.wait())
     code = 0
     try:
@@ -191,6 +244,7 @@ async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = No
             code = 1
     finally:
         feeding.cancel()
+        rooting.cancel()
         stopping.cancel()
         await server.stop(0 if shutdown.urgent.is_set() else DRAIN_SECONDS)
         logger.info("control plane stopped")

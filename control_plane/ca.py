@@ -159,6 +159,14 @@ class CertificateAuthority:
         self._trusted[new_root.fingerprint] = new_root.cert
         self.signer = new_root
 
+    def replace_roots(self, signer: Root, trusted: list[x509.Certificate]) -> bool:
+        """Adopts roots re-read from the RootStore (an operator rotated them); True if anything changed."""
+        new = {c.fingerprint(hashes.SHA256()).hex(): c for c in [signer.cert, *trusted]}
+        if signer.fingerprint == self.signer.fingerprint and new.keys() == self._trusted.keys():
+            return False
+        self.signer, self._trusted = signer, new
+        return True
+
     def retire(self, fingerprint: str) -> None:
         if fingerprint == self.signer.fingerprint:
             raise CaError("cannot retire the signing root; rotate to a new root first")

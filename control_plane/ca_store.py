@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from control_plane.ca import CaError, Root, RootInvalid, generate_root
 from shoal import identity, log
@@ -189,6 +190,39 @@ def load_or_create(store: RootStore, trust_domain: str) -> Loaded:
     if loaded is None:
         raise CaError("the CA root was created by another replica but cannot be read back")
     return loaded
+
+
+def rotate(store: RootStore, trust_domain: str) -> tuple[Root, list[x509.Certificate]]:
+    """Stores a new signing root; the old ones stay in the bundle until `retire`d.
+
+    A running control plane re-reads its RootStore and signs with the new root
+    from then on; leaves of the old root keep verifying during the overlap.
+    """
+    loaded = store.load()
+    if loaded is None:
+        raise CaError("there is no CA root to rotate yet; start the control plane once first")
+    old, trusted = loaded
+    new = generate_root(trust_domain)
+    bundle = [new.cert, *[c for c in [old.cert, *trusted] if c != new.cert]]
+    bundle = list({c.fingerprint(hashes.SHA256()): c for c in bundle}.values())
+    store.save(new, bundle)
+    return new, bundle
+
+
+def retire(store: RootStore, fingerprint: str) -> list[x509.Certificate]:
+    """Removes a root (given by the start of its SHA-256 fingerprint) from the bundle."""
+    loaded = store.load()
+    if loaded is None:
+        raise CaError("there is no CA root yet")
+    signer, trusted = loaded
+    matches = [c for c in trusted if c.fingerprint(hashes.SHA256()).hex().startswith(fingerprint.lower())]
+    if len(fingerprint) < 8 or len(matches) != 1:
+        raise CaError(f"fingerprint {fingerprint!r} must name exactly one trusted root (give at least 8 hex digits)")
+    if matches[0] == signer.cert:
+        raise CaError("that is the signing root; rotate to a new root first")
+    remaining = [c for c in trusted if c != matches[0]]
+    store.save(signer, remaining)
+    return remaining
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

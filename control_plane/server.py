@@ -120,6 +120,8 @@ class ConfigServer:
 
     def _fetch_certificate_configuration(self):
         # Called by gRPC on each handshake; None keeps the current certificate.
+        # Not reissued when the signing root rotates: proxies holding only the old bundle must
+        # still reach us. At half life the new certificate comes from the then-signing root.
         if self._credential is not None and not self._credential.needs_renewal():
             return None
         logger.info("reissuing the control plane's serving certificate")

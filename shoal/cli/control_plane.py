@@ -20,10 +20,17 @@ def register(sub) -> None:
     p.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
     p.add_argument("--root-namespace", default="istio-system",
                    help="namespace whose policies apply mesh-wide (default istio-system)")
+    rotation = p.add_mutually_exclusive_group()
+    rotation.add_argument("--rotate-ca", action="store_true",
+                          help="store a new signing root (the old stays trusted) and exit; "
+                               "the running control plane adopts it within seconds")
+    rotation.add_argument("--retire-ca", metavar="FINGERPRINT",
+                          help="remove a rotated-out root from the trust bundle and exit")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
+    import os
     import sys
 
     from control_plane import app
@@ -33,8 +40,12 @@ def main(args) -> int:
         settings = app.Settings(source=args.source, cluster=args.cluster, listen=args.listen, http=args.http,
                                 ca_cert=args.ca_cert, ca_key=args.ca_key,
                                 cert_ttl=app.parse_duration(args.cert_ttl), trust_domain=args.trust_domain,
-                                root_namespace=args.root_namespace)
-    except app.SettingsError as e:
+                                root_namespace=args.root_namespace,
+                                roots_poll_seconds=float(os.environ.get("SHOAL_CA_RELOAD_SECONDS",
+                                                                        app.ROOTS_POLL_SECONDS)))
+    except (app.SettingsError, ValueError) as e:
         print(f"shoal control-plane: {e}", file=sys.stderr)
         return 2
+    if args.rotate_ca or args.retire_ca:
+        return app.rotate_roots(settings, args.retire_ca)
     return lifecycle.run(lambda shutdown: app.run(settings, shutdown))

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from shoal import identity
 from shoal.config_client import ClientSettings, ConfigClient, ConfigClientError, request_certificate
@@ -64,7 +65,8 @@ class Process:
                 "--cluster", CLUSTER, "--listen", f"127.0.0.1:{self.grpc_port}",
                 "--http", f"127.0.0.1:{self.http_port}", *extra]
         self.log = open(root / f"cp-{self.grpc_port}.log", "w+")
-        self.proc = subprocess.Popen(argv, env={**os.environ, "SHOAL_RUN_ROOT": str(root)},
+        self.proc = subprocess.Popen(argv, env={**os.environ, "SHOAL_RUN_ROOT": str(root),
+                                                "SHOAL_CA_RELOAD_SECONDS": "0.2"},
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def get(self, path: str) -> tuple[int, str]:
@@ -178,3 +180,52 @@ def test_root_persists_across_restarts_and_bad_flags_fail_clearly(cluster):
     bad = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--ca-cert", str(root / "x.crt")],
                          capture_output=True, text=True, env={**os.environ, "SHOAL_RUN_ROOT": str(root)})
     assert bad.returncode == 2 and "--ca-cert and --ca-key go together" in bad.stderr
+
+
+def test_rotation_while_running(cluster, tmp_path):
+    root, _ = cluster
+    cp = Process(root)  # with SHOAL_CA_RELOAD_SECONDS=0.2
+    try:
+        cp.wait_ready()
+        ca_dir = root / CLUSTER / "ca"
+
+        async def sign(service_account: str = "reviews"):
+            return await request_certificate(settings(root, cp.grpc_port, "node1"), identity.new_key(),
+                                             SpiffeId("cluster.local", "shop", service_account))
+        old_leaf = asyncio.run(sign())
+        old_root = (ca_dir / "ca.crt").read_bytes()
+        env = {**os.environ, "SHOAL_RUN_ROOT": str(root)}
+        out = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--cluster", CLUSTER, "--rotate-ca"],
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and "new signing root" in out.stdout, out.stderr
+        deadline = time.monotonic() + 10
+        while len(identity.load_certificates((ca_dir / "bundle.pem").read_bytes())) != 2:
+            assert time.monotonic() < deadline, cp.logs()
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while True:  # the process adopts the new root within its reload period
+            new_leaf = asyncio.run(sign())
+            if len(identity.load_certificates(new_leaf.bundle_pem)) == 2:
+                break
+            assert time.monotonic() < deadline, cp.logs()
+            time.sleep(0.2)
+
+        def verify(ca: bytes, leaf: bytes) -> int:
+            (tmp_path / "ca.pem").write_bytes(ca)
+            (tmp_path / "leaf.pem").write_bytes(leaf)
+            return subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
+                                  capture_output=True).returncode
+        bundle = (ca_dir / "bundle.pem").read_bytes()
+        assert verify(bundle, old_leaf.chain_pem) == 0 and verify(bundle, new_leaf.chain_pem) == 0
+        assert verify(old_root, new_leaf.chain_pem) != 0 and verify((ca_dir / "ca.crt").read_bytes(),
+                                                                   new_leaf.chain_pem) == 0
+        old_fp = identity.load_certificates(old_root)[0].fingerprint(hashes.SHA256()).hex()
+        out = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--cluster", CLUSTER,
+                              "--retire-ca", old_fp[:16]], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert verify((ca_dir / "bundle.pem").read_bytes(), old_leaf.chain_pem) != 0
+        bad = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--cluster", CLUSTER,
+                              "--retire-ca", "0000"], capture_output=True, text=True, env=env)
+        assert bad.returncode == 1 and "at least 8 hex digits" in bad.stderr
+    finally:
+        assert cp.stop() == 0, cp.logs()
