@@ -53,10 +53,11 @@ class Checker:
     ref: str
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    root_namespaces: tuple[str, ...] = ROOT_NAMESPACES   # where a policy without selector is mesh-wide
 
     @classmethod
-    def for_object(cls, obj: dict) -> "Checker":
-        return cls(ref_of(obj))
+    def for_object(cls, obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> "Checker":
+        return cls(ref_of(obj), root_namespaces=tuple(root_namespaces))
 
     def error(self, path: str, reason: str) -> None:
         self.errors.append(f"{self.ref}: {path}: {reason}")

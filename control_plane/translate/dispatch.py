@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from control_plane.translate import core, gateway_api, istio_routing, istio_security, smi
-from control_plane.translate.common import Checker, Findings
+from control_plane.translate.common import ROOT_NAMESPACES, Checker, Findings
 
 # kind -> (group, served versions, parser); the order of versions is the preference, newest first.
 MESH_KINDS: dict[str, tuple[str, tuple[str, ...], Callable[[dict, Checker], Any]]] = {
@@ -80,11 +80,11 @@ def _core_settings(obj: dict, c: Checker) -> None:
                 c.error(f"metadata.{field}.{key}", f"must name a waypoint Gateway (or be 'none'), not {value!r}")
 
 
-def parse(obj: dict) -> Parsed:
+def parse(obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> Parsed:
     """Check and translate one mesh object (see MESH_KINDS); core kinds get their settings checked."""
     if not isinstance(obj, dict):
         return Parsed(None, Findings((f"<object>: must be a mapping, not {type(obj).__name__}",)))
-    c = Checker.for_object(obj)
+    c = Checker.for_object(obj, root_namespaces)
     kind = obj.get("kind")
     if not isinstance(kind, str) or not kind:
         c.error("kind", "is required")

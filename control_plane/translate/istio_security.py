@@ -1,6 +1,7 @@
 """Istio `AuthorizationPolicy` and `PeerAuthentication` (security.istio.io v1beta1, v1).
 
-Scope: in a root namespace (`shoal-system` or `istio-system`) with no
+Scope: in a root namespace (`shoal-system` or `istio-system` unless the
+Translator is given others) with no
 selector, a policy applies to the whole mesh; elsewhere with no selector, to
 its namespace; with `selector.matchLabels`, to those workloads of its
 namespace; with `targetRef(s)`, to the waypoint of those Services/Gateways.
@@ -28,7 +29,7 @@ from shoal.model import (
     freeze_labels,
 )
 
-from control_plane.translate.common import ROOT_NAMESPACES, Checker
+from control_plane.translate.common import Checker
 
 GROUP = "security.istio.io"
 VERSIONS = ("v1beta1", "v1")
@@ -153,7 +154,7 @@ def _scope(c: Checker, spec: dict, namespace: str, selector, targets) -> PolicyS
         return PolicyScope.TARGETS
     if selector:
         return PolicyScope.WORKLOAD
-    return PolicyScope.MESH if namespace in ROOT_NAMESPACES else PolicyScope.NAMESPACE
+    return PolicyScope.MESH if namespace in c.root_namespaces else PolicyScope.NAMESPACE
 
 
 def authorization_policy(obj: dict, c: Checker) -> Authorization | None:

@@ -107,19 +107,20 @@ def choose(candidates: Iterable[RouteCandidate], warn) -> dict[tuple[str, int], 
     return winners
 
 
-def _subset_sources(host: str, from_namespace: str, rules: Mapping[str, list[SubsetSource]]) -> list[SubsetSource]:
+def _subset_sources(host: str, from_namespace: str, rules: Mapping[str, list[SubsetSource]],
+                    roots: tuple[str, ...]) -> list[SubsetSource]:
     home = host_namespace(host)
     def order(rule: SubsetSource):
         place = 0 if rule.namespace == from_namespace else 1 if rule.namespace == home else \
-            2 if rule.namespace in ROOT_NAMESPACES else 3
+            2 if rule.namespace in roots else 3
         return (place, rule.created or "~", rule.origin)
     return sorted(rules.get(host, ()), key=order)
 
 
-def _resolve(dest: Destination, cand: RouteCandidate, rules, warn) -> Destination:
+def _resolve(dest: Destination, cand: RouteCandidate, rules, warn, roots) -> Destination:
     if not dest.subset_name:
         return dest
-    for rule in _subset_sources(dest.host, cand.namespace, rules):
+    for rule in _subset_sources(dest.host, cand.namespace, rules, roots):
         if dest.subset_name in rule.subsets:
             return replace(dest, subset=rule.subsets[dest.subset_name])
     warn(cand, f"{cand.path}: subset {dest.subset_name!r} of {dest.host} is defined by no DestinationRule; "
@@ -127,11 +128,13 @@ def _resolve(dest: Destination, cand: RouteCandidate, rules, warn) -> Destinatio
     return replace(dest, subset=((UNDEFINED_SUBSET_LABEL, dest.subset_name),))
 
 
-def route_table(cand: RouteCandidate, rules: Mapping[str, list[SubsetSource]], warn) -> RouteTable:
+def route_table(cand: RouteCandidate, rules: Mapping[str, list[SubsetSource]], warn,
+                roots: tuple[str, ...] = ROOT_NAMESPACES) -> RouteTable:
     routes = []
     for route in cand.routes:
-        destinations = tuple(_resolve(d, cand, rules, warn) for d in route.destinations)
-        mirrors = tuple(replace(m, destination=_resolve(m.destination, cand, rules, warn)) for m in route.mirrors)
+        destinations = tuple(_resolve(d, cand, rules, warn, roots) for d in route.destinations)
+        mirrors = tuple(replace(m, destination=_resolve(m.destination, cand, rules, warn, roots))
+                        for m in route.mirrors)
         routes.append(replace(route, destinations=destinations, mirrors=mirrors) if route.destinations or route.mirrors
                       else route)
     return RouteTable(hostname=cand.host, port=cand.port, namespace=host_namespace(cand.host) or cand.namespace,
@@ -139,12 +142,13 @@ def route_table(cand: RouteCandidate, rules: Mapping[str, list[SubsetSource]], w
 
 
 def build(candidates: Iterable[RouteCandidate], services: Mapping[str, Service], waypoints: set[str],
-          rules: Mapping[str, list[SubsetSource]], warn) -> dict[str, RouteTable]:
+          rules: Mapping[str, list[SubsetSource]], warn,
+          roots: tuple[str, ...] = ROOT_NAMESPACES) -> dict[str, RouteTable]:
     """All RouteTables by key. `warn(candidate, message)` receives every warning."""
     winners = choose(expand(candidates, services, waypoints, warn), warn)
     tables = {}
     for cand in winners.values():
-        table = route_table(cand, rules, warn)
+        table = route_table(cand, rules, warn, roots)
         tables[table.key] = table
     return tables
 

@@ -41,7 +41,15 @@ from shoal.model.snapshot import Delta
 
 from control_plane.translate import core
 from control_plane.translate.candidates import RouteCandidate
-from control_plane.translate.common import CLUSTER_DOMAIN, Findings, ObjectKey, created_of, key_of, ref_of
+from control_plane.translate.common import (
+    CLUSTER_DOMAIN,
+    ROOT_NAMESPACES,
+    Findings,
+    ObjectKey,
+    created_of,
+    key_of,
+    ref_of,
+)
 from control_plane.translate.dispatch import CORE_KINDS, is_mesh_object, parse
 from control_plane.translate.precedence import SubsetSource, build
 
@@ -59,8 +67,12 @@ class Update:
 
 
 class Translator:
-    def __init__(self, cluster_domain: str = CLUSTER_DOMAIN) -> None:
+    def __init__(self, cluster_domain: str = CLUSTER_DOMAIN,
+                 root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> None:
+        """`root_namespaces`: where a policy without a selector is mesh-wide, and where
+        DestinationRules apply to every namespace (Istio's root namespace; shoal-system too)."""
         self.cluster_domain = cluster_domain
+        self.root_namespaces = tuple(root_namespaces)
         self._objects: dict[ObjectKey, dict] = {}
         self._pods: dict[str, dict[str, dict]] = defaultdict(dict)        # ns -> name -> pod
         self._services: dict[str, dict[str, dict]] = defaultdict(dict)    # ns -> name -> service
@@ -170,7 +182,7 @@ class Translator:
         if kind == "ServiceAccount":
             return
         # a mesh object
-        parsed = parse(new) if new is not None else None
+        parsed = parse(new, self.root_namespaces) if new is not None else None
         self._parse_findings[key] = parsed.findings if parsed else Findings()
         self._dirty_findings.add(key)
         if parsed is not None and parsed.ok and parsed.value is not None:
@@ -186,7 +198,7 @@ class Translator:
 
     def _check(self, key: ObjectKey, obj: dict | None) -> None:
         """Shoal's settings on core objects (a misspelt dataplane-mode) are findings too."""
-        self._parse_findings[key] = parse(obj).findings if obj is not None else Findings()
+        self._parse_findings[key] = parse(obj, self.root_namespaces).findings if obj is not None else Findings()
         self._dirty_findings.add(key)
 
     @staticmethod
@@ -321,7 +333,8 @@ class Translator:
             if key is not None and f"{candidate.origin}: {message}" not in warnings[key]:
                 warnings[key].append(f"{candidate.origin}: {message}")
 
-        tables = build(candidates, self._out[ResourceType.SERVICE], set(self._waypoints), rules, warn)
+        tables = build(candidates, self._out[ResourceType.SERVICE], set(self._waypoints), rules, warn,
+                       self.root_namespaces)
         for key in set(self._out[ResourceType.ROUTE_TABLE]) - set(tables):
             publish(ResourceType.ROUTE_TABLE, key, None)
         for key, table in tables.items():

@@ -161,3 +161,13 @@ def test_bad_peer_authentication(spec, error):
     assert t.snapshot()[PEER] == {}
     (errors,) = [f.errors for f in update.findings.values()]
     assert any(e.startswith(f"PeerAuthentication default/pa: {error}") for e in errors), errors
+
+
+def test_root_namespaces_are_configurable():
+    from control_plane.translate import Translator
+    t = Translator(root_namespaces=("mesh-root",))
+    for ns in ("mesh-root", "istio-system"):
+        t.apply_event(added(policy("  rules: [{}]", ns=ns)))
+    t.flush()
+    scopes = {k: a.scope for k, a in t.snapshot()[AUTHZ].items()}
+    assert scopes == {"mesh-root/p": PolicyScope.MESH, "istio-system/p": PolicyScope.NAMESPACE}
