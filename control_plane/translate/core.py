@@ -14,7 +14,10 @@ optional `*/use-waypoint-namespace`) on a Pod, a Service or their Namespace;
 the object's own setting wins over its Namespace's, and the value `none`
 turns a namespace waypoint off. A reference is kept only when it names a
 known waypoint that serves that kind of traffic (`service`, `workload`,
-`all`): traffic is never sent to a waypoint that does not exist.
+`all`): traffic is never sent to a waypoint that does not exist. A
+waypoint's own pods and Service (label `gateway.networking.k8s.io/gateway-name`
+naming a known waypoint) never use a waypoint, so traffic cannot loop; its
+pods speak HBONE whether or not their namespace is enrolled.
 
 Canonical service and revision follow Istio's label order:
 `service.istio.io/canonical-name`, `app.kubernetes.io/name`, `app`, then the
@@ -159,11 +162,11 @@ def canonical_names(pod: dict) -> tuple[str, str]:
     return str(service), str(revision)
 
 
-def waypoint_serves_pod(pod: dict, waypoints: Mapping[str, Waypoint]) -> bool:
-    """A waypoint's own pods speak HBONE natively (Gateway API's gateway-name label)."""
-    meta = _meta(pod)
+def is_waypoint_part(obj: dict, waypoints: Mapping[str, Waypoint]) -> bool:
+    """A waypoint's own pod or Service (Gateway API's gateway-name label names a known waypoint)."""
+    meta = _meta(obj)
     gateway = (meta.get("labels") or {}).get("gateway.networking.k8s.io/gateway-name")
-    return bool(gateway) and f"{meta.get('namespace', '')}/{gateway}" in waypoints
+    return bool(gateway) and f"{meta.get('namespace') or 'default'}/{gateway}" in waypoints
 
 
 def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, Waypoint]) -> Workload | None:
@@ -173,9 +176,10 @@ def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, W
     meta, spec = _meta(pod), pod.get("spec") or {}
     namespace = str(meta.get("namespace") or "default")
     service, revision = canonical_names(pod)
-    enrolled = pod_enrolled(pod, namespace_obj) or waypoint_serves_pod(pod, waypoints)
+    waypoint_part = is_waypoint_part(pod, waypoints)
+    enrolled = pod_enrolled(pod, namespace_obj) or waypoint_part
     waypoint = None
-    if enrolled:
+    if enrolled and not waypoint_part:
         waypoint = _resolve_waypoint(waypoint_setting(meta, namespace),
                                      waypoint_setting(_meta(namespace_obj), namespace), waypoints, "workload")
     return Workload(
@@ -261,8 +265,10 @@ def service_of(svc: dict, namespace_obj: dict | None, pods: Iterable[dict],
             target = target_port(pod, port)
             if target is not None:
                 endpoints.append(Endpoint(pod_uid(pod), port["port"], target))
-    waypoint = _resolve_waypoint(waypoint_setting(meta, namespace),
-                                 waypoint_setting(_meta(namespace_obj), namespace), waypoints, "service")
+    waypoint = None
+    if not is_waypoint_part(svc, waypoints):
+        waypoint = _resolve_waypoint(waypoint_setting(meta, namespace),
+                                     waypoint_setting(_meta(namespace_obj), namespace), waypoints, "service")
     return Service(
         name=name,
         namespace=namespace,

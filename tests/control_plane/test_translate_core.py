@@ -207,3 +207,16 @@ def test_relabelled_pod_moves_between_services_with_multi_label_selectors():
     update = t.flush()
     assert {e.workload_uid for e in update.delta.upserted[S]["b.default.svc.cluster.local"].endpoints} == {
         "uid-p-default", "uid-q-default"}
+
+
+def test_a_waypoint_never_routes_through_itself():
+    ns = namespace("default", labels={"istio.io/use-waypoint": "waypoint"})
+    part = {"gateway.networking.k8s.io/gateway-name": "waypoint"}
+    waypoint_pod = pod("waypoint-abc", labels=part)
+    waypoint_svc = service("waypoint", selector=part, ports=((15008, 15008),), labels=part, vip="198.18.16.12")
+    t, _ = translate(ns, waypoint_gateway(traffic="all"), waypoint_pod, waypoint_svc, service("web"))
+    snap = t.snapshot()
+    assert snap[S]["waypoint.default.svc.cluster.local"].waypoint is None
+    assert snap[S]["web.default.svc.cluster.local"].waypoint == WaypointRef("default", "waypoint")
+    w = snap[W]["uid-waypoint-abc-default"]
+    assert (w.protocol, w.waypoint) == (Protocol.HBONE, None)   # speaks HBONE though the namespace is not enrolled
