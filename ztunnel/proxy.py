@@ -178,9 +178,11 @@ class Ztunnel:
                         service_account=pod.info.service_account, node=self.config.node, ips=(),
                         protocol=Protocol.HBONE)
 
-    def begin(self, record: ConnectionRecord) -> None:
+    def begin(self, record: ConnectionRecord, *, count_now: bool = True) -> None:
+        """Tracks the connection; counts it as opened now, or (outbound) once its labels are known."""
         self.active.add(record)
-        record.open(self.metrics)
+        if count_now:
+            record.open(self.metrics)
 
     def end(self, record: ConnectionRecord) -> None:
         self.active.discard(record)
@@ -198,7 +200,7 @@ class Ztunnel:
             return
         record = ConnectionRecord("outbound", address[:2], destination, source_workload=source,
                                   source_principal=pod.identity)
-        self.begin(record)
+        self.begin(record, count_now=False)
         loop = asyncio.get_running_loop()
         app: TcpSide | None = None
         endpoint = None
@@ -210,12 +212,14 @@ class Ztunnel:
             record.destination_workload = self.state.workloads.get(plan.destination_workload)
             record.upstream = f"{plan.connect[0]}:{plan.connect[1]}"
             endpoint = plan.endpoint
+            if plan.uses_hbone:
+                record.mtls = True
+                record.destination_principal = plan.expected_identity
+            record.open(self.metrics)
             if endpoint is not None:
                 self.balancer.opened(endpoint)
             _, app = await loop.connect_accepted_socket(TcpSide, conn)
             if plan.uses_hbone:
-                record.mtls = True
-                record.destination_principal = plan.expected_identity
                 key = Key(pod.info.uid, plan.source_identity, plan.connect, plan.expected_identity)
                 session = await self.pool.checkout(key)
                 try:
