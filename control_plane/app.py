@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from control_plane import ca_store
 from control_plane.authn import Authenticator, KubeAuthenticator, LocalAuthenticator
 from control_plane.ca import CaError, CertificateAuthority
+from control_plane.errors import ControlPlaneError
 from control_plane.feed import Feed, Reporter
 from control_plane.metrics import Metrics
 from control_plane.server import ConfigServer, Endpoints, split_address
@@ -43,7 +44,7 @@ DRAIN_SECONDS = 2.0
 ROOTS_POLL_SECONDS = 5.0
 
 
-class SettingsError(ValueError):
+class SettingsError(ControlPlaneError, ValueError):
     """A flag's value is unusable; the message names the flag."""
 
 

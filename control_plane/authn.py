@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from control_plane.errors import ControlPlaneError
 from shoal import tokens
 
 
-class AuthenticationFailed(Exception):
+class AuthenticationFailed(ControlPlaneError):
     """The token is missing, unknown or invalid; the message says which, never the token."""
 
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from control_plane.errors import ControlPlaneError
 from shoal import identity
 from shoal.identity import SpiffeId
 
@@ -45,7 +46,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class CaError(Exception):
+class CaError(ControlPlaneError):
     """Base of the CA's errors."""
 
 

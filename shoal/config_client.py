@@ -13,6 +13,9 @@ If it raises, the response is NACKed with the exception's message and the
 client's cache keeps the previous version of that type; otherwise the update
 is applied to the cache and ACKed.
 
+Token and bundle may be given as functions; they are called again on every
+(re)connection, so a rotated token file or trust bundle is picked up.
+
 On a lost stream the client reconnects with exponential backoff (with
 jitter) and resumes: its Subscribe carries, per type, the version and the
 per-resource versions it holds, so the server sends only what differs. While
@@ -55,7 +58,7 @@ class ConfigClientError(Exception):
 @dataclass(frozen=True)
 class ClientSettings:
     target: str                              # host:port of the control plane's gRPC
-    bundle_pem: bytes                        # the mesh trust bundle, to verify the control plane
+    bundle_pem: bytes | Callable[[], bytes]  # the mesh trust bundle (or a function that reads it: roots rotate)
     token: str | Callable[[], str]           # bearer token, or a function that reads it (files rotate)
     node: str = ""                           # a ztunnel: its node
     waypoint_namespace: str = ""             # a waypoint: its namespace and name
@@ -68,9 +71,12 @@ class ClientSettings:
     def current_token(self) -> str:
         return self.token() if callable(self.token) else self.token
 
+    def current_bundle(self) -> bytes:
+        return self.bundle_pem() if callable(self.bundle_pem) else self.bundle_pem
+
 
 def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
-    credentials = grpc.ssl_channel_credentials(root_certificates=settings.bundle_pem)
+    credentials = grpc.ssl_channel_credentials(root_certificates=settings.current_bundle())
     return grpc.aio.secure_channel(settings.target, credentials, options=[
         ("grpc.ssl_target_name_override", settings.server_name),
         ("grpc.keepalive_time_ms", 20_000),
