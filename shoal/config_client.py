@@ -143,6 +143,9 @@ class ConfigClient:
                       code=e.code().name, details=e.details())
             except ConfigClientError as e:
                 logger.warning("config stream lost; keeping the last config", error=str(e))
+            except Exception as e:  # noqa: BLE001 - a token file being rewritten, a bad bundle...: retry
+                logger.warning("cannot open the config stream; retrying", target=self.settings.target,
+                               error=f"{type(e).__name__}: {e}")
             finally:
                 self.connected.clear()
             if self._stopping.is_set():

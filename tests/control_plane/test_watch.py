@@ -219,3 +219,23 @@ def test_bad_credentials_and_wrong_scope_are_refused(tmp_path):
         finally:
             await plane.server.stop(0)
     run(main())
+
+
+def test_client_retries_while_its_token_file_is_missing(tmp_path):
+    async def main():
+        plane = await start_plane(tmp_path / "plane")
+        token_file = tmp_path / "token"
+        settings = dataclasses.replace(plane.settings("node1"), token=lambda: tokens.read_token(token_file),
+                                       bundle_pem=lambda: plane.authority.bundle_pem)
+        client = ConfigClient(settings)
+        task = asyncio.create_task(client.run())
+        try:
+            await eventually(lambda: client.reconnects >= 2, what="retries without a token")
+            assert not task.done()
+            token_file.write_text(NODE_TOKENS["node1"] + "\n")
+            await asyncio.wait_for(client.synced.wait(), 5)
+        finally:
+            client.stop()
+            await task
+            await plane.server.stop(0)
+    run(main())
