@@ -283,3 +283,82 @@ def service_of(svc: dict, namespace_obj: dict | None, pods: Iterable[dict],
 
 def uses_waypoint_settings(obj: dict) -> bool:
     return _setting(_meta(obj), USE_WAYPOINT_KEYS) is not None
+
+
+# -- the boundary: core objects as the translator reads them ---------------------
+
+def _scalar_map(c, value, path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        c.error(path, f"must be a mapping of strings, not {type(value).__name__}")
+        return {}
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+            out[str(k)] = str(v)
+        else:
+            c.error(f"{path}.{k}", f"must be a string, not {v!r}")
+    return out
+
+
+def _dicts(c, value, path: str) -> list[dict]:
+    items = c.sequence(value, path)
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            out.append(item)
+        else:
+            c.error(f"{path}[{i}]", f"must be a mapping, not {item!r}")
+    return out
+
+
+def _str(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def normalize(obj: dict, c) -> dict:
+    """A well-typed copy of a Namespace, Pod or Service holding only what translation reads.
+
+    Malformed fields are dropped and recorded on `c` (a Checker), so one odd
+    object can neither crash the translator nor harm the others.
+    """
+    meta = c.mapping(obj.get("metadata"), "metadata")
+    out_meta = {k: _str(meta.get(k)) for k in ("name", "namespace", "uid", "creationTimestamp",
+                                                "deletionTimestamp", "resourceVersion") if _str(meta.get(k))}
+    out_meta["labels"] = _scalar_map(c, meta.get("labels"), "metadata.labels")
+    out_meta["annotations"] = _scalar_map(c, meta.get("annotations"), "metadata.annotations")
+    owners = [{"kind": _str(o.get("kind")), "name": _str(o.get("name")), "controller": o.get("controller", True)}
+              for o in _dicts(c, meta.get("ownerReferences"), "metadata.ownerReferences")]
+    if owners:
+        out_meta["ownerReferences"] = owners
+    out = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": out_meta}
+    spec = c.mapping(obj.get("spec"), "spec")
+    status = c.mapping(obj.get("status"), "status")
+    if obj.get("kind") == "Pod":
+        containers = []
+        for i, container in enumerate(_dicts(c, spec.get("containers"), "spec.containers")):
+            ports = [{"name": _str(p.get("name")), "containerPort": p.get("containerPort")}
+                     for p in _dicts(c, container.get("ports"), f"spec.containers[{i}].ports")
+                     if isinstance(p.get("containerPort"), int) and not isinstance(p.get("containerPort"), bool)]
+            containers.append({"ports": ports})
+        out["spec"] = {"nodeName": _str(spec.get("nodeName")), "hostNetwork": spec.get("hostNetwork") is True,
+                       "serviceAccountName": _str(spec.get("serviceAccountName")),
+                       "serviceAccount": _str(spec.get("serviceAccount")), "containers": containers}
+        out["status"] = {"phase": _str(status.get("phase")), "podIP": _str(status.get("podIP")),
+                         "podIPs": [{"ip": _str(p.get("ip"))} for p in _dicts(c, status.get("podIPs"), "status.podIPs")]}
+    elif obj.get("kind") == "Service":
+        ports = []
+        for i, p in enumerate(_dicts(c, spec.get("ports"), "spec.ports")):
+            port = c.port(p.get("port"), f"spec.ports[{i}].port", required=True)
+            target = p.get("targetPort", port)
+            if isinstance(target, bool) or not isinstance(target, (int, str)):
+                c.error(f"spec.ports[{i}].targetPort", f"must be a port number or name, not {target!r}")
+                continue
+            if port is not None:
+                ports.append({"port": port, "targetPort": target, "name": _str(p.get("name")),
+                              "protocol": _str(p.get("protocol")) or "TCP", "appProtocol": _str(p.get("appProtocol"))})
+        cluster_ips = [ip for ip in c.sequence(spec.get("clusterIPs"), "spec.clusterIPs") if isinstance(ip, str)]
+        out["spec"] = {"type": _str(spec.get("type")), "selector": _scalar_map(c, spec.get("selector"), "spec.selector"),
+                       "ports": ports, "clusterIP": _str(spec.get("clusterIP")), "clusterIPs": cluster_ips}
+    return out

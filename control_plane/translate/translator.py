@@ -44,6 +44,7 @@ from control_plane.translate.candidates import RouteCandidate
 from control_plane.translate.common import (
     CLUSTER_DOMAIN,
     ROOT_NAMESPACES,
+    Checker,
     Findings,
     ObjectKey,
     created_of,
@@ -74,6 +75,8 @@ class Translator:
         self.cluster_domain = cluster_domain
         self.root_namespaces = tuple(root_namespaces)
         self._objects: dict[ObjectKey, dict] = {}
+        # Namespaces, Pods and Services as core.normalize() left them (well-typed views):
+        self._namespaces: dict[str, dict] = {}                            # name -> namespace
         self._pods: dict[str, dict[str, dict]] = defaultdict(dict)        # ns -> name -> pod
         self._services: dict[str, dict[str, dict]] = defaultdict(dict)    # ns -> name -> service
         # label indexes, so a pod change finds its services and a service its pods without a scan:
@@ -82,6 +85,7 @@ class Translator:
         self._parsed: dict[ObjectKey, Any] = {}                           # mesh objects that parsed cleanly
         self._parse_findings: dict[ObjectKey, Findings] = {}
         self._route_warnings: dict[ObjectKey, tuple[str, ...]] = {}
+        self._internal_errors: dict[ObjectKey, str] = {}
         self._reported: dict[ObjectKey, Findings] = {}
         self._waypoints: dict[str, Waypoint] = {}
         self._out: dict[ResourceType, dict[str, Any]] = {t: {} for t in ResourceType}
@@ -149,14 +153,31 @@ class Translator:
         old = self._objects.pop(key, None)
         self._touch(key, old, None)
 
+    def _core_view(self, key: ObjectKey, obj: dict | None) -> dict | None:
+        """The normalized view of a core object; its findings recorded."""
+        self._dirty_findings.add(key)
+        if obj is None:
+            self._parse_findings[key] = Findings()
+            return None
+        c = Checker.for_object(obj, self.root_namespaces)
+        view = core.normalize(obj, c)
+        self._parse_findings[key] = parse(obj, self.root_namespaces).findings + c.findings()
+        return view
+
     def _touch(self, key: ObjectKey, old: dict | None, new: dict | None) -> None:
         kind, namespace, name = key
         if kind == "Namespace":
+            view = self._core_view(key, new)
+            if view is None:
+                self._namespaces.pop(name, None)
+            else:
+                self._namespaces[name] = view
             self._dirty_pods.update((name, pod) for pod in self._pods.get(name, {}))
             self._dirty_services.update((name, svc) for svc in self._services.get(name, {}))
-            self._check(key, new)
             return
         if kind == "Pod":
+            old = self._pods.get(namespace, {}).get(name)
+            new = self._core_view(key, new)
             self._index(self._pods, namespace, name, new)
             for labels, index in ((_labels(old), discard), (_labels(new), add)):
                 for k, v in labels.items():
@@ -168,21 +189,21 @@ class Translator:
                     for svc_name in self._services_by_anchor.get((namespace, k, v), ()):
                         if core.selects(services[svc_name], pod):
                             self._dirty_services.add((namespace, svc_name))
-            self._check(key, new)
             return
         if kind == "Service":
+            old = self._services.get(namespace, {}).get(name)
+            new = self._core_view(key, new)
             self._index(self._services, namespace, name, new)
             if (anchor := _anchor(old)) is not None:
                 discard(self._services_by_anchor, (namespace, *anchor), name)
             if (anchor := _anchor(new)) is not None:
                 add(self._services_by_anchor, (namespace, *anchor), name)
             self._dirty_services.add((namespace, name))
-            self._check(key, new)
             return
         if kind == "ServiceAccount":
             return
         # a mesh object
-        parsed = parse(new, self.root_namespaces) if new is not None else None
+        parsed = self._guarded(key, parse, new, self.root_namespaces) if new is not None else None
         self._parse_findings[key] = parsed.findings if parsed else Findings()
         self._dirty_findings.add(key)
         if parsed is not None and parsed.ok and parsed.value is not None:
@@ -195,11 +216,6 @@ class Translator:
             self._dirty_policies.add(key)
         else:
             self._routes_dirty = True
-
-    def _check(self, key: ObjectKey, obj: dict | None) -> None:
-        """Shoal's settings on core objects (a misspelt dataplane-mode) are findings too."""
-        self._parse_findings[key] = parse(obj, self.root_namespaces).findings if obj is not None else Findings()
-        self._dirty_findings.add(key)
 
     @staticmethod
     def _index(index: dict, namespace: str, name: str, obj: dict | None) -> None:
@@ -273,7 +289,8 @@ class Translator:
             pod = self._pods.get(namespace, {}).get(name)
             workload = None
             if pod is not None:
-                workload = core.workload_of(pod, self._objects.get(("Namespace", "", namespace)), self._waypoints)
+                workload = self._guarded(("Pod", namespace, name), core.workload_of, pod,
+                                         self._namespaces.get(namespace), self._waypoints)
             previous = self._pod_output.pop((namespace, name), None)
             if previous is not None and (workload is None or workload.key != previous):
                 publish(ResourceType.WORKLOAD, previous, None)
@@ -287,9 +304,9 @@ class Translator:
             svc = self._services.get(namespace, {}).get(name)
             service = None
             if svc is not None:
-                service = core.service_of(svc, self._objects.get(("Namespace", "", namespace)),
-                                          self._selectable_pods(namespace, svc), self._waypoints,
-                                          self.cluster_domain)
+                service = self._guarded(("Service", namespace, name), core.service_of, svc,
+                                        self._namespaces.get(namespace), self._selectable_pods(namespace, svc),
+                                        self._waypoints, self.cluster_domain)
             previous_key = self._service_output.pop((namespace, name), None)
             previous = self._out[ResourceType.SERVICE].get(previous_key) if previous_key else None
             if _routing_shape(previous) != _routing_shape(service):
@@ -348,6 +365,22 @@ class Translator:
             else:
                 self._route_warnings.pop(key, None)
 
+    def _guarded(self, key: ObjectKey, compute, *args):
+        """compute(*args), or None with an error on the object if translation itself fails:
+        a bug must cost one object, never the whole config."""
+        try:
+            result = compute(*args)
+        except Exception as exc:  # noqa: BLE001 - the safety net at the object boundary
+            message = f"{key[0]} {key[1]}/{key[2]}: could not be translated ({type(exc).__name__}: {exc}); " \
+                      f"this is a shoal bug, please report it with the object"
+            if self._internal_errors.get(key) != message:
+                self._internal_errors[key] = message
+                self._dirty_findings.add(key)
+            return None
+        if self._internal_errors.pop(key, None) is not None:
+            self._dirty_findings.add(key)
+        return result
+
     def _selectable_pods(self, namespace: str, svc: dict) -> list[dict]:
         """The pods that may match the Service's selector: those with its rarest label pair."""
         selector = (svc.get("spec") or {}).get("selector") or {}
@@ -364,9 +397,11 @@ class Translator:
         return Snapshot.of(v for m in self._out.values() for v in m.values())
 
     def findings_of(self, key: ObjectKey) -> Findings:
-        base = self._parse_findings.get(key, Findings()) if key in self._objects else Findings()
-        route = self._route_warnings.get(key, ()) if key in self._objects else ()
-        return base + Findings((), route)
+        if key not in self._objects:
+            return Findings()
+        base = self._parse_findings.get(key, Findings())
+        internal = (self._internal_errors[key],) if key in self._internal_errors else ()
+        return base + Findings(internal, self._route_warnings.get(key, ()))
 
     def problems(self) -> dict[ObjectKey, Findings]:
         """Every object that currently has errors or warnings."""

@@ -290,3 +290,71 @@ def test_validate_never_raises_and_always_names_the_object(kind, spec):
         assert message.startswith(f"{kind} ns/x: ")
     t, _ = translate(obj)   # the translator survives whatever validate said
     t.snapshot()
+
+
+def test_malformed_core_objects_cost_only_themselves():
+    from translate_objects import pod, service
+    odd_pod = pod("odd", labels={"app": "web"})
+    odd_pod["spec"]["containers"] = "not a list"
+    odd_pod["metadata"]["labels"]["weird"] = {"nested": True}
+    odd_service = service("odd", vip="198.18.16.11")
+    odd_service["spec"]["ports"] = [{"port": "eighty"}, 7]
+    t, update = translate(odd_pod, odd_service, service("web"), pod("fine", labels={"app": "web"}))
+    snap = t.snapshot()
+    assert {w.name for w in snap[ResourceType.WORKLOAD].values()} == {"odd", "fine"}
+    assert snap[ResourceType.SERVICE]["odd.default.svc.cluster.local"].ports == ()
+    assert len(snap[ResourceType.SERVICE]["web.default.svc.cluster.local"].endpoints) == 2
+    pod_errors = update.findings[("Pod", "default", "odd")].errors
+    assert "Pod default/odd: spec.containers: must be a list, not a string" in pod_errors
+    assert "Pod default/odd: metadata.labels.weird: must be a string, not {'nested': True}" in pod_errors
+    service_errors = update.findings[("Service", "default", "odd")].errors
+    assert "Service default/odd: spec.ports[0].port: must be an integer, not 'eighty'" in service_errors
+    assert "Service default/odd: spec.ports[1]: must be a mapping, not 7" in service_errors
+
+
+def test_a_translation_bug_costs_one_object(monkeypatch):
+    from control_plane.translate import core
+    from translate_objects import pod
+    real = core.workload_of
+
+    def broken(p, *args):
+        if p["metadata"]["name"] == "cursed":
+            raise KeyError("boom")
+        return real(p, *args)
+    monkeypatch.setattr(core, "workload_of", broken)
+    t, update = translate(pod("cursed"), pod("fine"))
+    assert {w.name for w in t.snapshot()[ResourceType.WORKLOAD].values()} == {"fine"}
+    (error,) = update.findings[("Pod", "default", "cursed")].errors
+    assert error.startswith("Pod default/cursed: could not be translated (KeyError: 'boom')")
+
+
+core_leaf = st.none() | st.booleans() | st.integers(-2, 70000) | st.text(max_size=6) | st.sampled_from(
+    ["Running", "web", "http", "TCP", "None", "198.19.1.9", "ambient"])
+core_values = st.recursive(core_leaf, lambda children: st.lists(children, max_size=3) | st.dictionaries(
+    st.sampled_from(["spec", "status", "metadata", "labels", "annotations", "ports", "port", "targetPort", "name",
+                     "selector", "containers", "containerPort", "podIP", "podIPs", "ip", "phase", "hostNetwork",
+                     "nodeName", "serviceAccountName", "clusterIP", "clusterIPs", "appProtocol", "ownerReferences",
+                     "kind", "controller", "app", "shoal.io/dataplane-mode", "istio.io/use-waypoint", "type"]),
+    children, max_size=4), max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(objects=st.lists(st.tuples(st.sampled_from(["Pod", "Service", "Namespace"]), st.sampled_from(["a", "b"]),
+                                  core_values), max_size=6))
+def test_arbitrary_core_objects_never_break_the_translator(objects):
+    from control_plane.translate import Translator
+    from translate_objects import added, deleted
+    t = Translator()
+    for kind, name, body in objects:
+        obj = dict(body) if isinstance(body, dict) else {"spec": body}
+        meta = obj.get("metadata")
+        obj.update(kind=kind, apiVersion="v1", metadata={**(meta if isinstance(meta, dict) else {}), "name": name})
+        if kind != "Namespace":
+            obj["metadata"]["namespace"] = "default"
+        t.apply_event(added(obj))
+    t.flush()
+    for kind, name, _ in objects[:2]:
+        t.apply_event(deleted({"kind": kind, "apiVersion": "v1", "metadata": {"name": name, "namespace": "default"}}))
+    t.flush()
+    for findings in t.problems().values():
+        assert all("could not be translated" not in e for e in findings.errors)
