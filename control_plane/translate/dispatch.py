@@ -64,20 +64,25 @@ def _envelope(obj: dict, c: Checker) -> None:
         c.error("metadata.namespace", f"{namespace!r} is not a valid namespace name")
 
 
-def _core_settings(obj: dict, c: Checker) -> None:
-    """Shoal's own labels and annotations on Namespaces, Pods and Services."""
-    meta = obj.get("metadata") or {}
+_POD_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
+
+
+def _core_settings(obj: dict, c: Checker, meta: dict | None = None, path: str = "metadata") -> None:
+    """Shoal's own labels and annotations on Namespaces, Pods, Services (and pod templates)."""
+    meta = (obj.get("metadata") or {}) if meta is None else meta
+    if not isinstance(meta, dict):
+        return
     for field in ("labels", "annotations"):
         values = meta.get(field) or {}
         if not isinstance(values, dict):
             continue
         for key in core.DATAPLANE_MODE_KEYS:
             if key in values and values[key] not in (core.AMBIENT, core.NONE):
-                c.error(f"metadata.{field}.{key}", f"must be {core.AMBIENT!r} or {core.NONE!r}, not {values[key]!r}")
+                c.error(f"{path}.{field}.{key}", f"must be {core.AMBIENT!r} or {core.NONE!r}, not {values[key]!r}")
         for key in core.USE_WAYPOINT_KEYS:
             value = values.get(key)
             if value is not None and value != core.NONE and (not isinstance(value, str) or not _DNS_LABEL.match(value)):
-                c.error(f"metadata.{field}.{key}", f"must name a waypoint Gateway (or be 'none'), not {value!r}")
+                c.error(f"{path}.{field}.{key}", f"must name a waypoint Gateway (or be 'none'), not {value!r}")
 
 
 def parse(obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> Parsed:
@@ -95,6 +100,11 @@ def parse(obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> Pars
     _envelope(obj, c)
     if kind in CORE_KINDS:
         _core_settings(obj, c)
+        return Parsed(None, c.findings())
+    if kind in _POD_TEMPLATE_KINDS:
+        template = ((obj.get("spec") or {}) if isinstance(obj.get("spec"), dict) else {}).get("template")
+        if isinstance(template, dict):
+            _core_settings(obj, c, template.get("metadata") or {}, "spec.template.metadata")
         return Parsed(None, c.findings())
     if kind not in MESH_KINDS:
         return Parsed(None, c.findings())

@@ -358,3 +358,18 @@ def test_arbitrary_core_objects_never_break_the_translator(objects):
     t.flush()
     for findings in t.problems().values():
         assert all("could not be translated" not in e for e in findings.errors)
+
+
+def test_misspelt_shoal_labels_in_a_deployment_template_are_refused():
+    (obj,) = from_yaml("""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, shoal.io/dataplane-mode: off}}
+    spec: {containers: [{name: c}]}
+""")
+    assert validate(obj) == ["Deployment shop/web: spec.template.metadata.labels.shoal.io/dataplane-mode: "
+                             "must be 'ambient' or 'none', not False"]
