@@ -36,6 +36,8 @@ class RouteCandidate:
                                           # bound to that waypoint
 
     section: str = ""                     # HTTPRoute parentRef sectionName: a Service port *name*
+    order: tuple[tuple, ...] = ()         # HTTPRoute only: each route's Gateway API precedence key
+                                          # (specificity, rule index, match index); see gateway_api
 
     @property
     def rank(self) -> tuple:

@@ -7,6 +7,12 @@ HTTPRoute (gateway.networking.k8s.io v1, v1beta1, v1alpha2):
 - A parentRef to a waypoint Gateway routes the `hostnames` it lists (service
   names), or, with no hostnames, every Service bound to that waypoint.
 - A parentRef to any other Gateway (an ingress) is not the mesh's: ignored with a warning.
+- Rules are ordered as Gateway API orders matches, across every HTTPRoute
+  attached to the same Service and port: an Exact path first, then the
+  longest PathPrefix, then a RegularExpression path, then matches with a
+  method, with more headers, with more query parameters; then the oldest
+  HTTPRoute, then rule order. (A rule with several matches becomes one route
+  per match, so each can take its own place.)
 - Path `PathPrefix` keeps Gateway API's element-wise meaning (`/foo` matches
   `/foo` and `/foo/bar`, not `/foobar`): it becomes a regular expression
   unless it is `/`.
@@ -26,6 +32,7 @@ the traffic it serves: service (default), workload, all or none.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from shoal.model import (
     ANY_PORT,
@@ -142,19 +149,38 @@ def _name_matches(c: Checker, value, path: str, *, lower: bool) -> tuple[HeaderM
     return tuple(out)
 
 
-def _match(c: Checker, value, path: str) -> RouteMatch:
+DEFAULT_SPECIFICITY = (1, -1, 1, 0, 0)   # PathPrefix "/", no method, headers or query parameters
+
+
+def specificity(path_type: str, path_value: str, match: RouteMatch) -> tuple:
+    """Gateway API's match precedence as a sort key: lower sorts first."""
+    if path_type == "Exact":
+        path_key = (0, -len(path_value))
+    elif path_type == "RegularExpression":
+        path_key = (2, 0)
+    else:
+        path_key = (1, -len(path_value.rstrip("/") or "/"))
+    return (*path_key, 0 if match.method else 1, -len(match.headers), -len(match.query_params))
+
+
+def _match(c: Checker, value, path: str) -> tuple[RouteMatch, tuple]:
     m = c.mapping(value, path)
     c.fields(m, path, ("path", "headers", "queryParams", "method"))
     method = m.get("method")
     if method is not None and method not in _METHODS:
         c.error(f"{path}.method", f"unknown method {method!r}; use one of {', '.join(_METHODS)}")
         method = None
-    return RouteMatch(
-        path=_path_match(c, m.get("path") or {}, f"{path}.path"),
+    path_spec = m.get("path") or {}
+    match = RouteMatch(
+        path=_path_match(c, path_spec, f"{path}.path"),
         method=method,
         headers=_name_matches(c, m.get("headers"), f"{path}.headers", lower=True),
         query_params=_name_matches(c, m.get("queryParams"), f"{path}.queryParams", lower=False),
     )
+    path_spec = path_spec if isinstance(path_spec, dict) else {}
+    value_text = path_spec.get("value", "/")
+    return match, specificity(str(path_spec.get("type", "PathPrefix")), value_text if isinstance(value_text, str) else "/",
+                              match)
 
 
 def _backend(c: Checker, value, path: str, namespace: str, *, weighted: bool) -> Destination | None:
@@ -222,11 +248,14 @@ def _mirror(c: Checker, value, path: str, namespace: str) -> Mirror | None:
     return Mirror(Destination(dest.host, dest.port), pct)
 
 
-def _rule(c: Checker, rule: dict, path: str, namespace: str) -> Route:
+def _rule(c: Checker, rule: dict, path: str, namespace: str) -> tuple[Route, tuple[tuple, ...]]:
+    """The rule as one Route, and the precedence key of each of its matches."""
     c.fields(rule, path, ("name", "matches", "filters", "backendRefs", "timeouts", "retry"),
              ignored={"sessionPersistence": "session persistence is not supported by shoal"})
-    matches = tuple(_match(c, m, f"{path}.matches[{j}]")
-                    for j, m in enumerate(c.sequence(rule.get("matches"), f"{path}.matches")))
+    parsed = [_match(c, m, f"{path}.matches[{j}]")
+              for j, m in enumerate(c.sequence(rule.get("matches"), f"{path}.matches"))]
+    matches = tuple(m for m, _ in parsed)
+    keys = tuple(k for _, k in parsed)
     backends = [d for k, b in enumerate(c.sequence(rule.get("backendRefs"), f"{path}.backendRefs"))
                 if (d := _backend(c, b, f"{path}.backendRefs[{k}]", namespace, weighted=True)) is not None]
     if len(backends) > 1 and all(d.weight == 0 for d in backends):
@@ -272,7 +301,20 @@ def _rule(c: Checker, rule: dict, path: str, namespace: str) -> Route:
         timeout = min(t for t in (request_timeout, backend_timeout) if t)
     return Route(name=str(rule.get("name") or ""), matches=matches, destinations=tuple(backends),
                  timeout=timeout, retry=retry, mirrors=tuple(mirrors),
-                 request_headers=request_headers, response_headers=response_headers)
+                 request_headers=request_headers, response_headers=response_headers), keys
+
+
+def ordered_routes(rules: list[tuple[Route, tuple[tuple, ...]]]) -> tuple[tuple[Route, ...], tuple[tuple, ...]]:
+    """One route per match, in Gateway API precedence order; with each route's sort key."""
+    entries = []
+    for i, (route, keys) in enumerate(rules):
+        if not route.matches:
+            entries.append(((DEFAULT_SPECIFICITY, i, 0), route))
+            continue
+        for j, (match, key) in enumerate(zip(route.matches, keys)):
+            entries.append(((key, i, j), replace(route, matches=(match,))))
+    entries.sort(key=lambda e: e[0])
+    return tuple(r for _, r in entries), tuple(k for k, _ in entries)
 
 
 def http_route(obj: dict, c: Checker) -> list[RouteCandidate]:
@@ -283,10 +325,11 @@ def http_route(obj: dict, c: Checker) -> list[RouteCandidate]:
     c.fields(spec, "spec", ("parentRefs", "hostnames", "rules"))
     hostnames = c.strings(spec.get("hostnames"), "spec.hostnames")
     rules = c.sequence(spec.get("rules"), "spec.rules")
-    routes = tuple(_rule(c, c.mapping(r, f"spec.rules[{i}]"), f"spec.rules[{i}]", namespace)
-                   for i, r in enumerate(rules))
+    routes, order = ordered_routes([_rule(c, c.mapping(r, f"spec.rules[{i}]"), f"spec.rules[{i}]", namespace)
+                                    for i, r in enumerate(rules)])
     if not rules:
-        routes = (Route(matches=(RouteMatch(path=StringMatch(MatchKind.PREFIX, "/")),)),)
+        routes, order = (Route(matches=(RouteMatch(path=StringMatch(MatchKind.PREFIX, "/")),)),), \
+            ((DEFAULT_SPECIFICITY, 0, 0),)
         c.warn("spec.rules", "no rules: every request gets a 404")
     parents = c.sequence(spec.get("parentRefs"), "spec.parentRefs")
     if not parents:
@@ -303,7 +346,7 @@ def http_route(obj: dict, c: Checker) -> list[RouteCandidate]:
         if name is None:
             continue
         common = dict(namespace=namespace, origin=ref_of(obj), dialect=Dialect.HTTPROUTE,
-                      created=created_of(obj), path=path)
+                      created=created_of(obj), path=path, order=order)
         if kind == "Service" and group in ("", "core"):
             section = c.string(p.get("sectionName"), f"{path}.sectionName") or ""
             out.append(RouteCandidate(resolve_host(f"{name}.{parent_namespace}", namespace),

@@ -8,6 +8,9 @@ When several speak of the same host and port, the winner is, in order:
 2. within one dialect, the oldest object (metadata.creationTimestamp), as
    Istio resolves conflicting VirtualServices;
 3. then the lexical order of `Kind namespace/name`.
+The one exception is HTTPRoute's own rule: the HTTPRoutes attached to the
+same host and port are merged, their matches ordered by Gateway API's
+precedence (see `gateway_api`), as the Gateway API specification requires.
 A candidate for every port (no port named) counts for each of the Service's
 ports, so a higher-ranked object for one port wins that port only. Every
 loser gets a warning naming the winner.
@@ -27,7 +30,7 @@ from typing import Iterable, Mapping
 
 from shoal.model import ANY_PORT, Destination, RouteTable, Service, WaypointRef
 
-from control_plane.translate.candidates import RouteCandidate
+from control_plane.translate.candidates import Dialect, RouteCandidate
 from control_plane.translate.common import ROOT_NAMESPACES, host_namespace
 
 UNDEFINED_SUBSET_LABEL = "shoal.io/undefined-subset"
@@ -97,14 +100,35 @@ def choose(candidates: Iterable[RouteCandidate], warn) -> dict[tuple[str, int], 
     winners = {}
     for (host, port), group in groups.items():
         group.sort(key=lambda c: c.rank)
-        winners[(host, port)] = group[0]
+        winner = group[0]
+        if winner.dialect == Dialect.HTTPROUTE:
+            merged = [c for c in group if c.dialect == Dialect.HTTPROUTE]
+            group = [winner] + [c for c in group if c.dialect != Dialect.HTTPROUTE]
+            winner = _merge_httproutes(merged)
+        winners[(host, port)] = winner
         for loser in group[1:]:
-            if loser.origin == group[0].origin:
+            if loser.origin == winner.origin:
                 continue
             where = f"{host}:{port}" if port != ANY_PORT else host
-            warn(loser, f"{loser.path}: {where} is routed by {group[0].origin}, which takes precedence "
+            warn(loser, f"{loser.path}: {where} is routed by {winner.origin}, which takes precedence "
                         f"(HTTPRoute, then VirtualService, then TrafficSplit; the oldest first)")
     return winners
+
+
+def _merge_httproutes(candidates: list[RouteCandidate]) -> RouteCandidate:
+    """One candidate from every HTTPRoute on a host and port, routes in Gateway API precedence order."""
+    unique = list({c.origin: c for c in reversed(candidates)}.values())[::-1]   # first of each origin
+    if len(unique) == 1:
+        return unique[0]
+    entries = []
+    for cand in unique:
+        order = cand.order or tuple(((), i, 0) for i in range(len(cand.routes)))
+        for route, (key, i, j) in zip(cand.routes, order):
+            entries.append(((key, cand.created or "~", cand.origin, i, j), route))
+    entries.sort(key=lambda e: e[0])
+    first = unique[0]
+    return replace(first, routes=tuple(r for _, r in entries), origin=", ".join(c.origin for c in unique),
+                   order=tuple((k[0], 0, n) for n, (k, _) in enumerate(entries)))
 
 
 def _subset_sources(host: str, from_namespace: str, rules: Mapping[str, list[SubsetSource]],

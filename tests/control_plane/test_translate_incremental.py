@@ -30,6 +30,14 @@ spec: {{hosts: [{host}], http: [{{route: [{{destination: {{host: {host}, subset:
 """)[0]
 
 
+def httproute(name, path, parent):
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"parentRefs": [parent],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                                "backendRefs": [{"name": "web", "port": 80}]}]}}
+
+
 RULE = from_yaml("""
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -50,6 +58,9 @@ objects = st.one_of(
     st.builds(gateway, st.sampled_from(["service", "workload", "all"])),
     st.builds(route, st.sampled_from(["web", "a"]), st.sampled_from(["v1", "v2"])),
     st.just(RULE),
+    st.builds(httproute, st.sampled_from(["r1", "r2"]), st.sampled_from(["/", "/api"]),
+              st.sampled_from([{"kind": "Service", "group": "", "name": "web"},
+                               {"kind": "Service", "group": "", "name": "a", "port": 80}, {"name": "waypoint"}])),
 )
 steps = st.lists(st.tuples(st.sampled_from(["put", "put", "delete"]), objects, st.booleans()), max_size=25)
 

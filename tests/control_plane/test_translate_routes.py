@@ -430,3 +430,48 @@ spec: {hosts: [reviews.default], http: [{route: [{destination: {host: reviews.de
                             ((rule("istio-system", "root"), rule("default", "host"), rule("shop", "client")), "client")]:
         t, _ = translate(*objs, *rules)
         assert t.snapshot()[RT][f"{REVIEWS}:9080"].routes[0].destinations[0].subset == (("picked", expected),)
+
+
+def test_httproute_matches_are_ordered_by_gateway_api_precedence():
+    rules = """
+  - name: catch-all
+    backendRefs: [{name: reviews-v1, port: 9080}]
+  - name: api
+    matches: [{path: {type: PathPrefix, value: /api}}, {path: {type: Exact, value: /login}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - name: api-v2
+    matches: [{path: {type: PathPrefix, value: /api/v2}}]
+    backendRefs: [{name: reviews-v3, port: 9080}]
+  - name: api-post
+    matches: [{path: {type: PathPrefix, value: /api}, method: POST}]
+    backendRefs: [{name: reviews-v3, port: 9080}]
+  - name: api-canary
+    matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: "1"}]}]
+    backendRefs: [{name: reviews-v3, port: 9080}]
+"""
+    rt, _ = table(bookinfo_reviews() + [httproute(rules)])
+    order = [(r.name, r.matches[0].path.value if r.matches else None) for r in rt.routes]
+    assert [name for name, _ in order] == ["api", "api-v2", "api-post", "api-canary", "api", "catch-all"]
+    assert order[0] == ("api", "/login")                      # Exact first
+    assert rt.routes[-1].matches == ()                         # the rule without matches is PathPrefix "/"
+
+
+def test_httproutes_on_the_same_service_are_merged_oldest_first_on_ties():
+    older = created(httproute("""
+  - matches: [{path: {type: PathPrefix, value: /a}}]
+    backendRefs: [{name: reviews-v1, port: 9080}]
+""", name="older"), "2024-01-01T00:00:00Z")
+    newer = created(httproute("""
+  - matches: [{path: {type: PathPrefix, value: /a}}]
+    backendRefs: [{name: reviews-v2, port: 9080}]
+  - matches: [{path: {type: Exact, value: /a/b}}]
+    backendRefs: [{name: reviews-v3, port: 9080}]
+""", name="newer"), "2024-06-01T00:00:00Z")
+    split = from_yaml(SPLIT.format(version="v1alpha2", w1=1, w2=1))[0]
+    t, update = translate(*bookinfo_reviews(), newer, older, split)
+    rt = t.snapshot()[RT][f"{REVIEWS}:9080"]
+    assert rt.origin == "HTTPRoute default/older, HTTPRoute default/newer"
+    assert [r.destinations[0].host.split(".")[0] for r in rt.routes] == ["reviews-v3", "reviews-v1", "reviews-v2"]
+    assert not update.findings.get(("HTTPRoute", "default", "newer"))
+    assert "is routed by HTTPRoute default/older, HTTPRoute default/newer" in \
+        update.findings[("TrafficSplit", "default", "reviews-split")].warnings[0]
