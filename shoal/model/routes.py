@@ -19,7 +19,8 @@ ANY_PORT = 0
 
 class MatchKind(StrEnum):
     EXACT = "EXACT"
-    PREFIX = "PREFIX"      # for paths: Gateway API path-prefix semantics are kept by the translator as given
+    PREFIX = "PREFIX"      # a plain string prefix (Istio's meaning); Gateway API's element-wise
+                           # PathPrefix arrives as REGEX ("/foo" -> "/foo(/.*)?")
     REGEX = "REGEX"        # Python `re.fullmatch` (RE2-compatible patterns are accepted by validation)
     PRESENT = "PRESENT"    # headers only: the header exists, any value
 
