@@ -71,7 +71,8 @@ class NodeAgent:
         http = await serve(self.metrics, self.config.metrics_host, self.config.metrics_port) \
             if self.config.metrics_port else None
         tasks = [asyncio.create_task(self.source.run(self._on_source), name="source"),
-                 asyncio.create_task(self._resync(), name="resync")]
+                 asyncio.create_task(self._resync(), name="resync"),
+                 asyncio.create_task(self._reconciler(), name="reconciler")]
         stop = asyncio.create_task(stopping.wait())
         try:
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -104,9 +105,10 @@ class NodeAgent:
         if not self.synced:
             self.synced = True
             self._repair_at_start()
+            self.reconcile()
             self.metrics.ready = True
             logger.info("first list reconciled", wanted=len(want), redirected=len(self.redirection.recorded()))
-        self.reconcile()
+        self.changed.set()
 
     def _repair_at_start(self) -> None:
         """Pods redirected before a restart and still wanted: make sure the kernel has all of it."""
@@ -123,8 +125,15 @@ class NodeAgent:
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(self.config.resync_seconds)
-            if self.synced:
-                self.reconcile()
+            self.changed.set()
+
+    async def _reconciler(self) -> None:
+        """One reconcile per burst of changes: events that arrive meanwhile are batched."""
+        while True:
+            await self.changed.wait()
+            await asyncio.sleep(0)  # let the hand-off send what is queued, and more events arrive
+            self.changed.clear()
+            self.reconcile()
 
     # -- deciding and doing ---------------------------------------------------------
 
@@ -135,7 +144,7 @@ class NodeAgent:
                               self.server.connected)
         for pod in plan.remove:
             try:
-                self.redirection.remove(pod)
+                self.redirection.remove(pod, sync_probes=False)
                 logger.info("pod left the mesh", pod=pod.key)
             except (NodeAgentError, OSError) as e:
                 self._error("remove", pod, e)
@@ -150,20 +159,27 @@ class NodeAgent:
                 continue
             if self.server.add(_workload(pod), fd):
                 self.in_flight.add(pod.uid)
-        for pod in plan.install:
-            self._install(pod)
+        installed = [pod for pod in plan.install if self._install(pod)]
+        if plan.remove or plan.install:
+            try:
+                self.redirection.sync_probes()
+            except (NodeAgentError, OSError) as e:
+                self.metrics.reconcile_errors.labels(step="probe-snat").inc()
+                logger.warning("probe SNAT update failed; will retry", error=str(e))
+        for pod in installed:
+            seen = self.seen_at.pop(pod.uid, None)
+            if seen is not None:
+                self.metrics.enroll_seconds.observe(self.clock() - seen)
+            logger.info("pod enrolled", pod=pod.key, mode=self.redirection.mode)
         self._update_gauges()
 
-    def _install(self, pod: PodTarget) -> None:
+    def _install(self, pod: PodTarget) -> bool:
         try:
-            self.redirection.install(pod)
+            self.redirection.install(pod, sync_probes=False)
+            return True
         except (NodeAgentError, OSError) as e:
             self._error("install", pod, e)
-            return
-        seen = self.seen_at.pop(pod.uid, None)
-        if seen is not None:
-            self.metrics.enroll_seconds.observe(self.clock() - seen)
-        logger.info("pod enrolled", pod=pod.key, mode=self.redirection.mode)
+            return False
 
     def _netns_fd(self, pod: PodTarget) -> int | None:
         fd = self.netns_fds.get(pod.uid)
@@ -235,7 +251,7 @@ class NodeAgent:
             finally:
                 for fd in event.fds:
                     os.close(fd)
-        self.reconcile()
+        self.changed.set()
 
     def _attach_ztunnel(self, pid: int) -> None:
         if self.redirection.mode != "ebpf":

@@ -75,8 +75,16 @@ def bpffs_mounted(path: Path = BPFFS) -> bool:
         return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts)
 
 
+def _mount_marker(path: Path) -> Path:
+    return Path("/run/shoal") / f".bpffs-mounted-by-shoal{str(path).replace('/', '_')}"
+
+
 def ensure_bpffs(path: Path = BPFFS) -> None:
-    """bpffs at /sys/fs/bpf, as systemd and every eBPF CNI expect it; mounted if absent."""
+    """bpffs at /sys/fs/bpf, as systemd and every eBPF CNI expect it; mounted if absent.
+
+    When shoal mounts it, a marker under /run/shoal says so, and `release_bpffs`
+    unmounts it again once no shoal pin (nor anything else) is left in it.
+    """
     if bpffs_mounted(path):
         return
     logger.info("mounting bpffs (it was not mounted)", path=str(path))
@@ -85,6 +93,23 @@ def ensure_bpffs(path: Path = BPFFS) -> None:
         raise PrerequisiteMissing("bpffs", f"{path} is not a bpf filesystem and mounting it failed "
                                   f"({result.stderr.strip()})",
                                   f"mount it (mount -t bpf bpf {path}) or mount the host's {path} into the agent")
+    marker = _mount_marker(path)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+KERNEL_ENTRIES = {"maps.debug", "progs.debug"}  # bpf_preload's iterators, in every fresh bpffs
+
+
+def release_bpffs(path: Path = BPFFS) -> None:
+    marker = _mount_marker(path)
+    if not marker.exists() or not bpffs_mounted(path):
+        return
+    if {p.name for p in path.iterdir()} - KERNEL_ENTRIES:
+        return  # still in use
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+        marker.unlink()
+        logger.info("unmounted the bpffs shoal had mounted", path=str(path))
 
 
 def _cgroup_fd(path: str) -> int:
@@ -293,6 +318,7 @@ class EbpfRedirector:
         parent = self.agent_dir.parent
         if parent.exists() and not any(parent.iterdir()):
             parent.rmdir()
+        release_bpffs(self.bpffs)
 
     def close(self) -> None:
         for fd in self.prog_fds.values():

@@ -94,16 +94,20 @@ class Redirection:
         self.node_netns = node_netns
         self._recorded = self.ledger.pods()
 
-    def install(self, pod: PodTarget) -> None:
+    def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
+        """Idempotent. With sync_probes=False the caller calls `sync_probes()` after a batch."""
         self.ledger.record(pod, self.mode)
         self._recorded[pod.uid] = pod
         self.capture.install(pod)
-        self._sync_probes()
+        if sync_probes:
+            self.sync_probes()
 
-    def remove(self, pod: PodTarget) -> None:
+    def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
         self.ledger.forget(pod.uid)
-        self._sync_probes()
+        self._recorded.pop(pod.uid, None)
+        if sync_probes:
+            self.sync_probes()
 
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):
@@ -160,8 +164,9 @@ class Redirection:
                 pass
         return removed
 
-    def _sync_probes(self) -> None:
-        probes.sync([p.ip for p in self.ledger.pods().values()], self.node_netns)
+    def sync_probes(self) -> None:
+        """The node's probe SNAT covers exactly the recorded pods."""
+        probes.sync([p.ip for p in self._recorded.values()], self.node_netns)
 
     def close(self) -> None:
         self.capture.close()

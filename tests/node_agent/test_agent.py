@@ -212,12 +212,15 @@ def test_agent_enrolls_survives_kill9_and_unenrolls(mode, topo, cluster_store, t
         # Back in, then the namespace annotation goes: out again.
         cluster_store.patch_metadata("Pod", "demo", pod_a.name, annotations={"shoal.io/dataplane-mode": None})
         wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="re-enrolled")
+        assert counts(topo, pod_a) == before
+        outbound_works(topo, ztunnel, pod_a.uid, port=8082)
         cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": None})
         wait_until(lambda: counts(topo, pod_a) == (0, 0), what="removed with the namespace annotation")
 
         # Enrolled again, then the agent is told to clean up: nothing of it is left.
         cluster_store.patch_metadata("Namespace", None, "demo", labels={"istio.io/dataplane-mode": "ambient"})
         wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="enrolled by Istio's label")
+        assert counts(topo, pod_a) == before
         agent.stop()
         agent.cleanup()
         assert counts(topo, pod_a) == (0, 0)

@@ -1,0 +1,360 @@
+"""Enrollment: from annotating a namespace to capture active in every one of its running pods.
+
+    python -m bench.enroll [--pods 20] [--repeats 3] [--modes iptables,ebpf]
+
+Bed (made here, removed at the end, even on failure): one node netns and N
+pod netns on veths (198.19.251.0/24), a cgroup per pod with a running process
+in it, a store in a temporary run root with the pods Running, the real
+`shoal node-agent` process in the node's netns, and a stand-in ztunnel (the
+real HandoffClient) that opens 15001/15006 in each pod it is handed.
+
+Measure: each pod's process waits, then at t0 (the instant the namespace is
+annotated) starts connecting every 2 ms to the node (169.254.1.1:7777). The
+node's listener answers "N"; the ztunnel's 15001 listener answers "Z". The
+first "Z" is the moment capture is active in that pod; the pod reports its
+CLOCK_MONOTONIC time, the same clock as t0. Each repeat removes the
+annotation and waits for every pod to be out before the next one.
+
+Reported per mode: p50, p99 and max (all pods active) over the pods, each the
+median over the repeats with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.report import Run, percentile, summarize, table
+from shoal import log, netns, store
+from shoal.handoff import HandoffClient
+
+CLUSTER = "bench-enroll"
+NODE_PORT = 7777
+GATEWAY = "169.254.1.1"
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+PROBE_INTERVAL = 0.002
+PROBE_WINDOW = 20.0
+
+PROBER = f"""
+import socket, sys, time
+sys.stdin.readline()                       # wait for t0
+deadline = time.monotonic() + {PROBE_WINDOW}
+while time.monotonic() < deadline:
+    s = socket.socket()
+    s.settimeout(0.5)
+    try:
+        s.connect(("{GATEWAY}", {NODE_PORT}))
+        answer = s.recv(1)
+    except OSError:
+        answer = b""
+    finally:
+        s.close()
+    if answer == b"Z":
+        print(time.monotonic(), flush=True)
+        break
+    time.sleep({PROBE_INTERVAL})
+else:
+    print("timeout", flush=True)
+sys.stdin.readline()                       # stay a running pod until told to go
+"""
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+class Bed:
+    def __init__(self, pods: int, workdir: Path) -> None:
+        self.count = pods
+        self.dir = workdir
+        self.tag = f"benrl{os.getpid()}"
+        self.node = f"shoal-{self.tag}-node"
+        self.cgroup_dir = CGROUP_ROOT / f"shoal-bench-{os.getpid()}"
+        self.pods: list[dict] = []
+        self.store = store.Store(CLUSTER, root=workdir / "run")
+        self.bpffs = workdir / "bpffs"
+
+    def pod_netns(self, i: int) -> str:
+        return f"shoal-{self.tag}-p{i}"
+
+    def create(self) -> None:
+        netns.create(self.node)
+        sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.cgroup_dir.mkdir()
+        self.bpffs.mkdir()
+        sh("mount", "-t", "bpf", "bpf", str(self.bpffs))
+        self.store.init()
+        self.store.apply({"kind": "Namespace", "metadata": {"name": "bench"}})
+        for i in range(self.count):
+            ns, ip, veth = self.pod_netns(i), f"198.19.251.{i + 2}", f"vb{os.getpid() % 100000}x{i}"
+            netns.create(ns)
+            sh("ip", "-n", self.node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", self.node, "addr", "add", f"{GATEWAY}/32", "dev", veth)
+            sh("ip", "-n", self.node, "link", "set", veth, "up")
+            sh("ip", "-n", self.node, "route", "add", f"{ip}/32", "dev", veth)
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "route", "add", GATEWAY, "dev", "eth0", "scope", "link")
+            sh("ip", "-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0")
+            cgroup = self.cgroup_dir / f"p{i}"
+            cgroup.mkdir()
+            name = f"app-{i}"
+            self.store.apply({"kind": "Pod", "metadata": {"name": name, "namespace": "bench"},
+                              "spec": {"nodeName": "node1", "containers": [{"name": "app"}]}})
+            self.store.update_status("Pod", "bench", name, {
+                "phase": "Running", "podIP": ip, "hostIP": "198.18.0.1",
+                "shoal": {"netns": str(netns.path(ns)), "cgroup": str(cgroup)}})
+            self.pods.append({"name": name, "netns": ns, "ip": ip, "cgroup": str(cgroup)})
+
+    def destroy(self) -> None:
+        for pod in self.pods:
+            cgroup = Path(pod["cgroup"])
+            if cgroup.exists():
+                for pid in (cgroup / "cgroup.procs").read_text().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        for i in range(self.count):
+            if netns.exists(self.pod_netns(i)):
+                netns.remove(self.pod_netns(i))
+        if netns.exists(self.node):
+            netns.remove(self.node)
+        if self.cgroup_dir.exists():
+            for child in self.cgroup_dir.iterdir():
+                if child.is_dir():
+                    for _ in range(50):
+                        try:
+                            child.rmdir()
+                            break
+                        except OSError:
+                            time.sleep(0.02)
+            self.cgroup_dir.rmdir()
+        if self.bpffs.exists():
+            subprocess.run(["umount", str(self.bpffs)], capture_output=True)
+
+
+class StandInZtunnel:
+    """Serves the hand-off and answers "Z" on each pod's 15001 (and holds its 15006)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.listeners: dict[str, list[socket.socket]] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.client: HandoffClient | None = None
+        self.path = socket_path
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.client = HandoffClient(self.path, self, retry_seconds=0.02, max_retry_seconds=0.2)
+        self.loop.run_until_complete(self.client.run())
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
+
+    async def add_workload(self, workload, netns_fd):
+        try:
+            if workload.uid not in self.listeners:
+                socks = []
+                for port in (15001, 15006):
+                    sock = netns.socket_in(netns_fd)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind(("0.0.0.0", port))
+                    sock.listen(64)
+                    sock.setblocking(False)
+                    socks.append(sock)
+                self.listeners[workload.uid] = socks
+                self.tasks[workload.uid] = asyncio.get_running_loop().create_task(_answer(socks[0], b"Z"))
+            return self.listeners[workload.uid][1]
+        finally:
+            os.close(netns_fd)
+
+    async def del_workload(self, uid):
+        task = self.tasks.pop(uid, None)
+        if task:  # before closing: a pending sock_accept must drop its reader first
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for sock in self.listeners.pop(uid, []):
+            sock.close()
+
+    def stop(self) -> None:
+        if self.client:
+            self.loop.call_soon_threadsafe(self.client.stop)
+        self.thread.join(5)
+
+
+async def _answer(listener: socket.socket, byte: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            try:
+                conn.send(byte)
+            except OSError:
+                pass
+            conn.close()
+    except (OSError, asyncio.CancelledError):
+        return
+
+
+def node_listener(bed: Bed) -> tuple[socket.socket, threading.Thread]:
+    sock = netns.socket_in(bed.node)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", NODE_PORT))
+    sock.listen(256)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            try:
+                conn.send(b"N")
+            except OSError:
+                pass
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return sock, thread
+
+
+def agent_metric(bed: Bed, name: str) -> float | None:
+    try:
+        sock = netns.socket_in(bed.node)
+        sock.settimeout(2)
+        sock.connect(("127.0.0.1", 15022))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+    except OSError:
+        return None
+    for line in data.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def run_mode(bed: Bed, mode: str, repeats: int) -> dict:
+    agent_dir = bed.dir / mode
+    agent_dir.mkdir()
+    socket_path = agent_dir / "ztunnel.sock"
+    argv = [sys.executable, "-m", "shoal", "--log-format", "json", "node-agent", "--source", "local",
+            "--cluster", CLUSTER, "--node", "node1", "--redirect", mode, "--socket", str(socket_path),
+            "--state-dir", str(agent_dir / "state"), "--bpffs", str(bed.bpffs)]
+    env = {**os.environ, "SHOAL_RUN_ROOT": str(bed.dir / "run")}
+    agent_log = open(agent_dir / "agent.log", "w")
+    agent = netns.popen(bed.node, argv, env=env, stdout=agent_log, stderr=subprocess.STDOUT)
+    ztunnel = StandInZtunnel(socket_path)
+    per_repeat = []
+    try:
+        wait_for(lambda: agent_metric(bed, "shoal_node_agent_enrolled_pods") == 0, 30, "the node agent")
+        wait_for(lambda: ztunnel.client is not None and ztunnel.client.synced.is_set(), 10, "the hand-off")
+        for _ in range(repeats):
+            probers = [netns.popen(p["netns"], [sys.executable, "-I", "-S", "-c", PROBER], cgroup=p["cgroup"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for p in bed.pods]
+            time.sleep(0.5)  # every prober started and waiting
+            t0 = time.monotonic()
+            bed.store.patch_metadata("Namespace", None, "bench", annotations={"shoal.io/dataplane-mode": "ambient"})
+            for prober in probers:
+                prober.stdin.write("go\n")
+                prober.stdin.flush()
+            latencies = []
+            for prober in probers:
+                line = prober.stdout.readline().strip()
+                if line in ("", "timeout"):
+                    agent_log.flush()
+                    tail = "\n".join((agent_dir / "agent.log").read_text().splitlines()[-40:])
+                    raise RuntimeError(f"a pod never saw capture within {PROBE_WINDOW:.0f}s; the agent's log ends:\n{tail}")
+                latencies.append((float(line) - t0) * 1000)
+            for prober in probers:
+                prober.stdin.write("bye\n")
+                prober.stdin.close()
+                prober.wait(5)
+            latencies.sort()
+            per_repeat.append({"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+                               "max": latencies[-1]})
+            bed.store.patch_metadata("Namespace", None, "bench", annotations={"shoal.io/dataplane-mode": None})
+            wait_for(lambda: agent_metric(bed, "shoal_node_agent_enrolled_pods") == 0, 30, "every pod out again")
+            wait_for(lambda: not ztunnel.listeners, 10, "the ztunnel to drop every pod")
+    finally:
+        ztunnel.stop()
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        subprocess.run(["ip", "netns", "exec", bed.node, *argv, "--cleanup"], env=env, capture_output=True)
+        agent_log.close()
+    row = {"setup": f"node-agent-{mode}", "case": "enrollment", "redirect": mode, "pods": bed.count,
+           "repeats": repeats}
+    for key in ("p50", "p99", "max"):
+        row.update(summarize([r[key] for r in per_repeat], f"{key}_ms"))
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.enroll", description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default="iptables,ebpf")
+    args = parser.parse_args(argv)
+    log.setup("console", "warning")
+    if os.geteuid() != 0:
+        print("bench.enroll needs root (network namespaces, iptables, eBPF)", file=sys.stderr)
+        return 2
+    if not 1 <= args.pods <= 200 or not 1 <= args.repeats <= 20:
+        print("bench.enroll: --pods must be 1..200 and --repeats 1..20", file=sys.stderr)
+        return 2
+    modes = [m for m in args.modes.split(",") if m]
+    run = Run("enroll", {"pods": args.pods, "repeats": args.repeats, "modes": modes,
+                         "probe_interval_ms": PROBE_INTERVAL * 1000})
+    workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-enroll-"))
+    bed = Bed(args.pods, workdir)
+    try:
+        print(f"building {args.pods} running pods in network namespaces ...", flush=True)
+        bed.create()
+        listener, _ = node_listener(bed)
+        try:
+            for mode in modes:
+                print(f"measuring {mode} ({args.repeats} repeats) ...", flush=True)
+                run.add(**run_mode(bed, mode, args.repeats))
+        finally:
+            listener.close()
+    finally:
+        bed.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(table(run.results, ["redirect", "pods", "p50_ms", "p99_ms", "max_ms", "max_ms_min", "max_ms_max"],
+                title="time from annotating the namespace to capture active in each pod (ms)"))
+    print(f"results: {run.write()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
