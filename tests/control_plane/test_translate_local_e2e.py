@@ -114,7 +114,9 @@ spec:
 
 
 def test_every_seed_applies_as_written_and_its_service_reaches_the_ztunnel(cluster):
-    # Article 003 first runs `kubectl create namespace bookinfo`; the first test made it.
+    # Article 003 first runs `kubectl create namespace bookinfo`.
+    shoal("local", "apply", "--cluster", cluster, "-f", "-",
+          input="apiVersion: v1\nkind: Namespace\nmetadata: {name: bookinfo, labels: {shoal.io/dataplane-mode: ambient}}\n")
     for seed in sorted(SEEDS.glob("0*.yaml")):
         result = shoal("local", "apply", "--cluster", cluster, "-f", str(seed), check=False)
         if "as_printed" in seed.name:
