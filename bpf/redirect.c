@@ -17,11 +17,13 @@
 // the client's SYN and the ztunnel's accept of it (an LRU bounds stragglers).
 //
 // Inbound, on each enrolled pod's netns:
-//   shoal_sk_lookup  hands TCP that arrived from outside the pod to the
-//                    ztunnel's 15006 listener for that pod (found by the pod IP
-//                    in the agent's sockhash). Loopback (the ztunnel talking to
-//                    the app), 15008 (HBONE) and kubelet probes (SNATed to the
-//                    probe address) pass untouched. No listener yet: dropped.
+//   shoal_sk_lookup  hands inbound TCP to the ztunnel's 15006 listener for that
+//                    pod (found by the pod IP in the agent's sockhash). Passing
+//                    untouched: loopback, 15008 (HBONE), kubelet probes (SNATed
+//                    to the probe address), and flows that shoal_sockops saw
+//                    start uncaptured: the ztunnel delivering to the app over the
+//                    pod's own IP (that arrives with eth0's ifindex, not lo's, so
+//                    ingress_ifindex alone cannot tell). No listener yet: dropped.
 //
 // Placeholders filled in by the agent: SOCKHASH_FD, OUTBOUND_PORT,
 // INBOUND_PORT, HBONE_PORT, MARK, PROBE_IP (host order).
@@ -51,8 +53,24 @@ struct port_key {
     u32 pad;
 };
 
+struct flow_key {
+    u32 src_ip;   // network order
+    u32 dst_ip;   // network order
+    u32 src_port; // host order
+    u32 dst_port; // host order
+};
+
 BPF_SK_STORAGE(orig_by_sock, struct orig_dst);
 BPF_TABLE("lru_hash", struct port_key, struct orig_dst, orig_by_port, 65536);
+// Connections not captured by connect4 (the ztunnel's, marked ones), by 4-tuple,
+// from their SYN until they close: sk_lookup lets them through untouched.
+BPF_TABLE("lru_hash", struct flow_key, u8, uncaptured, 65536);
+
+static __always_inline struct flow_key flow_of(struct bpf_sock_ops *skops) {
+    struct flow_key key = {.src_ip = skops->local_ip4, .dst_ip = skops->remote_ip4,
+                           .src_port = skops->local_port, .dst_port = bpf_ntohl(skops->remote_port)};
+    return key;
+}
 
 int shoal_connect4(struct bpf_sock_addr *ctx) {
     if (ctx->type != SOCK_STREAM || ctx->family != AF_INET)
@@ -93,11 +111,22 @@ int shoal_sockops(struct bpf_sock_ops *skops) {
         return 1;
     if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
         struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, 0);
-        if (!rec)
+        if (!rec) {
+            // Not captured: remember the flow so that sk_lookup, which cannot
+            // see the socket's mark, does not steer it to the ztunnel (this is
+            // how the ztunnel delivers inbound traffic to the app).
+            struct flow_key flow = flow_of(skops);
+            u8 one = 1;
+            uncaptured.update(&flow, &one);
+            bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
             return 1;
+        }
         struct port_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
         struct orig_dst copy = *rec;
         orig_by_port.update(&key, &copy);
+    } else if (skops->op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == TCP_CLOSE_STATE) {
+        struct flow_key flow = flow_of(skops);
+        uncaptured.delete(&flow);
     } else if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && skops->local_port == OUTBOUND_PORT) {
         struct port_key key = {.netns = bpf_get_netns_cookie(skops),
                                .port = bpf_ntohl(skops->remote_port)};
@@ -144,6 +173,10 @@ int shoal_sk_lookup(struct bpf_sk_lookup *ctx) {
     if (ctx->local_port == HBONE_PORT)
         return SK_PASS;
     if (bpf_ntohl(ctx->remote_ip4) == PROBE_IP)
+        return SK_PASS;
+    struct flow_key flow = {.src_ip = ctx->remote_ip4, .dst_ip = ctx->local_ip4,
+                            .src_port = bpf_ntohs(ctx->remote_port), .dst_port = ctx->local_port};
+    if (uncaptured.lookup(&flow))
         return SK_PASS;
     u32 key = ctx->local_ip4;
     struct bpf_sock *sk = bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, SOCKHASH_FD), &key);

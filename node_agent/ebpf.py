@@ -149,7 +149,7 @@ class EbpfRedirector:
             return
         ensure_bpffs(self.bpffs)
         self.links_dir.mkdir(parents=True, exist_ok=True)
-        if all((self.prog_dir / name).exists() for name in [*PROGRAMS, "sockhash"]):
+        if all((self.prog_dir / name).exists() for name in [*PROGRAMS, "sockhash", "uncaptured"]):
             for name in PROGRAMS:
                 self.prog_fds[name] = libbpf.get_pinned(str(self.prog_dir / name))
             self.sockhash_fd = libbpf.get_pinned(str(self.prog_dir / "sockhash"))
@@ -178,7 +178,7 @@ class EbpfRedirector:
                 libbpf.pin(fd, str(self.prog_dir / name))
                 self.prog_fds[name] = fd
             libbpf.pin(sockhash, str(self.prog_dir / "sockhash"))
-            for table in ("orig_by_port", "orig_by_sock"):
+            for table in ("orig_by_port", "orig_by_sock", "uncaptured"):
                 libbpf.pin(bcc.libbcc.lib.bpf_table_fd(module.module, table.encode()), str(self.prog_dir / table))
         except Exception as e:
             for fd in self.prog_fds.values():
