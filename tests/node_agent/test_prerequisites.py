@@ -1,0 +1,112 @@
+"""Each missing prerequisite gets one message naming it and what to do; auto mode falls back and says why."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from node_agent import ebpf, netfilter, redirect
+from node_agent.errors import NodeAgentError, PrerequisiteMissing
+from node_agent.iptables import IptablesRedirector
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def no_bcc(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bcc", None)  # import bcc now raises ImportError
+
+
+def test_missing_bcc_is_named_with_its_package(no_bcc):
+    with pytest.raises(PrerequisiteMissing) as info:
+        redirect.check_ebpf()
+    assert info.value.what == "bcc"
+    assert "apt install python3-bpfcc" in str(info.value)
+
+
+def test_missing_kernel_headers_name_the_path(monkeypatch):
+    monkeypatch.setattr(redirect.platform, "release", lambda: "0.0.0-no-such-kernel")
+    with pytest.raises(PrerequisiteMissing) as info:
+        redirect.check_ebpf()
+    assert info.value.what == "kernel headers"
+    assert "/lib/modules/0.0.0-no-such-kernel/build" in str(info.value)
+    assert "/usr/src" in str(info.value)
+
+
+def test_missing_bpf_privilege(monkeypatch):
+    monkeypatch.setattr(redirect, "_capabilities", lambda: 0)
+    with pytest.raises(PrerequisiteMissing) as info:
+        redirect.check_ebpf()
+    assert info.value.what == "BPF privilege"
+    assert "CAP_BPF" in str(info.value) and "privileged" in str(info.value)
+
+
+def test_missing_cgroup_v2(tmp_path):
+    with pytest.raises(PrerequisiteMissing) as info:
+        redirect.check_ebpf(cgroup_root=tmp_path)
+    assert info.value.what == "cgroup v2"
+    assert str(tmp_path) in str(info.value)
+
+
+def test_missing_iptables_legacy(monkeypatch):
+    monkeypatch.setattr(netfilter.shutil, "which", lambda name: None)
+    with pytest.raises(PrerequisiteMissing) as info:
+        IptablesRedirector().load()
+    assert info.value.what == "iptables-legacy"
+    assert "apt install iptables" in str(info.value)
+
+
+def test_ebpf_mode_refuses_without_bcc(no_bcc):
+    with pytest.raises(PrerequisiteMissing, match="bcc"):
+        redirect.choose("ebpf", "test-prereq")
+
+
+def test_auto_falls_back_to_iptables_and_says_why(no_bcc):
+    with capture_logs() as logs:
+        capture = redirect.choose("auto", "test-prereq")
+    assert capture.mode == "iptables"
+    chosen = [entry for entry in logs if entry["event"] == "redirect mode chosen"]
+    assert len(chosen) == 1
+    assert chosen[0]["mode"] == "iptables" and "bcc" in chosen[0]["why"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load eBPF programs")
+def test_auto_takes_ebpf_where_it_works_and_says_why(test_bpffs):
+    with capture_logs() as logs:
+        capture = redirect.choose("auto", f"test-auto-{os.getpid()}", bpffs=test_bpffs)
+    try:
+        assert capture.mode == "ebpf"
+        chosen = [entry for entry in logs if entry["event"] == "redirect mode chosen"]
+        assert chosen[0]["mode"] == "ebpf" and "loaded" in chosen[0]["why"]
+    finally:
+        capture.unload()
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(NodeAgentError, match="unknown redirect mode 'nft'"):
+        redirect.choose("nft", "x")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shoal", "node-agent", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+def test_cli_names_a_bad_node_and_a_missing_node():
+    result = run_cli("--source", "local", "--node", "worker-a")
+    assert result.returncode == 2
+    assert "'worker-a' is not a local-cluster node name" in result.stderr
+    env_free = subprocess.run([sys.executable, "-m", "shoal", "node-agent", "--source", "kube"], capture_output=True,
+                              text=True, cwd=REPO, env={k: v for k, v in os.environ.items() if k != "NODE_NAME"})
+    assert env_free.returncode == 2 and "--node is required" in env_free.stderr
+
+
+def test_a_pod_target_with_a_bad_address_names_it():
+    from node_agent.model import PodTarget
+    with pytest.raises(ValueError, match="198.19.1.300"):
+        PodTarget("u", "ns", "p", "198.19.1.300", "/run/netns/x")
