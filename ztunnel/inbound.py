@@ -102,8 +102,7 @@ class Inbound:
                 session.refuse(stream, 403, verdict.reason)
                 return
             try:
-                sock = await sockets.connect(pod.netns_fd, (host, port), timeout=z.config.connect_timeout,
-                                             transparent_source=source_ip if pod.transparent else None)
+                sock = await _connect_app(pod, host, port, source_ip, z.config.connect_timeout)
             except sockets.ConnectFailed as e:
                 record.fail("UF", str(e))
                 session.refuse(stream, 503, str(e))
@@ -158,8 +157,7 @@ class Inbound:
                 return
             loop = asyncio.get_running_loop()
             _, client = await loop.connect_accepted_socket(TcpSide, conn)
-            sock = await sockets.connect(pod.netns_fd, destination, timeout=z.config.connect_timeout,
-                                         transparent_source=address[0] if pod.transparent else None)
+            sock = await _connect_app(pod, destination[0], destination[1], address[0], z.config.connect_timeout)
             _, app = await loop.create_connection(TcpSide, sock=sock)
             await relay(client, app)
             record.bytes_received, record.bytes_sent = client.bytes_received, client.bytes_sent
@@ -177,6 +175,19 @@ class Inbound:
                 _reset(conn)
         finally:
             z.end(record)
+
+
+async def _connect_app(pod: "Pod", host: str, port: int, client_ip: str, timeout: float):
+    """Connects to the app in its pod, from the client's IP when the pod allows it.
+
+    `pod.app_via_loopback` is set at enrollment when the pod's inbound capture
+    would steer the ztunnel's own connections to the pod IP back into 15006
+    (see ztunnel.proxy.probe_capture); then the app is reached on 127.0.0.1.
+    """
+    if pod.app_via_loopback:
+        return await sockets.connect(pod.netns_fd, ("127.0.0.1", port), timeout=timeout)
+    return await sockets.connect(pod.netns_fd, (host, port), timeout=timeout,
+                                 transparent_source=client_ip if pod.transparent else None)
 
 
 def _peer_identity(session: HboneSession):

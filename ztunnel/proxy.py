@@ -49,6 +49,7 @@ class Pod:
     tasks: list[asyncio.Task] = field(default_factory=list)
     connections: set[asyncio.Task] = field(default_factory=set)
     transparent: bool = False
+    app_via_loopback: bool = False
 
 
 def classify(error: BaseException) -> tuple[str, str]:
@@ -95,6 +96,12 @@ class Ztunnel:
             return held.listeners.get(sockets.INBOUND_PLAINTEXT_PORT)
         uri = str(identity.format_spiffe_id(self.config.trust_domain, workload.namespace, workload.service_account))
         pod = Pod(workload, netns_fd, uri)
+        if await probe_capture(self.state, pod):
+            pod.app_via_loopback = True
+            logger.warning("inbound capture in this pod catches the ztunnel's own connections to the pod IP "
+                           "(eBPF sk_lookup sees them as arriving on eth0); reaching the app over 127.0.0.1, "
+                           "so the app sees 127.0.0.1 instead of the client's IP",
+                           pod=f"{workload.namespace}/{workload.name}")
         try:
             for port in (sockets.OUTBOUND_PORT, sockets.INBOUND_PLAINTEXT_PORT, hbone.PORT):
                 pod.listeners[port] = sockets.listener(netns_fd, port)
@@ -103,7 +110,7 @@ class Ztunnel:
                 sock.close()
             os.close(netns_fd)
             raise
-        if self.config.preserve_source_ip:
+        if self.config.preserve_source_ip and not pod.app_via_loopback:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, transparent.install, netns_fd)
                 pod.transparent = True
@@ -118,7 +125,7 @@ class Ztunnel:
         for port, sock in pod.listeners.items():
             pod.tasks.append(loop.create_task(self._accept_loop(pod, sock, handlers[port])))
         logger.info("pod enrolled", pod=f"{workload.namespace}/{workload.name}", uid=workload.uid, identity=uri,
-                    source_ip_preserved=pod.transparent)
+                    source_ip_preserved=pod.transparent and not pod.app_via_loopback)
         return pod.listeners[sockets.INBOUND_PLAINTEXT_PORT]
 
     async def del_workload(self, uid: str, *, leaving_mesh: bool = True) -> None:
@@ -286,13 +293,66 @@ class Ztunnel:
         out = self.state.dump()
         out["certificates"] = self.certs.dump()
         out["pods"] = [{"uid": p.info.uid, "name": p.info.name, "namespace": p.info.namespace,
-                        "identity": p.identity, "source_ip_preserved": p.transparent,
+                        "identity": p.identity, "source_ip_preserved": p.transparent and not p.app_via_loopback,
                         "connections": len(p.connections)} for p in self.pods.values()]
         out["pool"] = [{"source_pod": k.source_pod, "destination": f"{k.destination[0]}:{k.destination[1]}",
                         "identity": k.expected_identity, "connections": len(v),
                         "streams": sum(c.open_streams for c in v)} for k, v in self.pool.connections.items()]
         out["active_connections"] = len(self.active)
         return out
+
+
+def pod_ip(state: ProxyState, pod: Pod) -> str | None:
+    known = state.workloads.get(pod.info.uid)
+    if known is not None and known.ips:
+        return known.ips[0]
+    # Not in the config yet: the source address the pod's default route would use (no packet is sent).
+    try:
+        probe = netns_socket(pod.netns_fd, socket.SOCK_DGRAM)
+        try:
+            probe.connect(("198.18.0.1", 9))
+            return probe.getsockname()[0]
+        finally:
+            probe.close()
+    except OSError:
+        return None
+
+
+def netns_socket(netns_fd: int, kind: int) -> socket.socket:
+    from shoal import netns
+    return netns.socket_in(netns_fd, socket.AF_INET, kind)
+
+
+async def probe_capture(state: ProxyState, pod: Pod, timeout: float = 0.3) -> bool:
+    """Does the pod's inbound capture catch a connection the ztunnel makes to the pod's own IP?
+
+    Linux reports such a connection to sk_lookup as arriving on the device
+    that holds the address (eth0), not on loopback, so an sk_lookup capture
+    that spares only loopback takes it. Probed once per pod, before its
+    listeners exist: a marked connection from inside the pod to a throwaway
+    listener on the pod IP either reaches that listener, or does not.
+    """
+    ip = pod_ip(state, pod)
+    if ip is None:
+        return False
+    listener = sockets.listener(pod.netns_fd, 0)
+    port = listener.getsockname()[1]
+    try:
+        upstream = await sockets.connect(pod.netns_fd, (ip, port), timeout=timeout)
+    except sockets.ConnectFailed:
+        listener.close()
+        return True  # dropped or refused on the way: captured
+    try:
+        loop = asyncio.get_running_loop()
+        try:
+            accepted, _ = await asyncio.wait_for(loop.sock_accept(listener), timeout)
+            accepted.close()
+            return False
+        except asyncio.TimeoutError:
+            return True  # the handshake completed somewhere else
+    finally:
+        upstream.close()
+        listener.close()
 
 
 def _reset_socket(sock: socket.socket) -> None:

@@ -6,8 +6,8 @@ must come back to the ztunnel's socket instead of leaving the pod:
 
 - mangle OUTPUT: a packet of ours (mark 0x539) whose source is not a local
   address opens a transparent connection: CONNMARK it 0x111;
-- mangle OUTPUT: a packet of such a connection without our mark (the app's
-  reply) gets mark 0x111, which makes the kernel route it again;
+- mangle OUTPUT: a packet in the reply direction of such a connection (the
+  app's answer) gets mark 0x111, which makes the kernel route it again;
 - `ip rule fwmark 0x111 lookup 133`, and table 133 has `local 0.0.0.0/0 dev lo`,
   so the reply is delivered locally, to the transparent socket.
 
@@ -55,8 +55,9 @@ def install(netns_fd: int) -> None:
     _iptables(netns_fd, "-F", CHAIN)
     _iptables(netns_fd, "-A", CHAIN, "-m", "mark", "--mark", hex(OUR_MARK), "-m", "addrtype", "!",
               "--src-type", "LOCAL", "-j", "CONNMARK", "--set-mark", hex(CONNMARK))
-    _iptables(netns_fd, "-A", CHAIN, "-m", "connmark", "--mark", hex(CONNMARK), "-m", "mark", "!",
-              "--mark", hex(OUR_MARK), "-j", "MARK", "--set-mark", hex(CONNMARK))
+    # The reply direction, not "packets without our mark": a SYN-ACK can carry the mark of the SYN it answers.
+    _iptables(netns_fd, "-A", CHAIN, "-m", "connmark", "--mark", hex(CONNMARK), "-m", "conntrack", "--ctdir",
+              "REPLY", "-j", "MARK", "--set-mark", hex(CONNMARK))
     if _iptables(netns_fd, "-C", "OUTPUT", "-j", CHAIN, check=False).returncode != 0:
         _iptables(netns_fd, "-I", "OUTPUT", "1", "-j", CHAIN)
     if f"{PRIORITY}:" not in _ip(netns_fd, "-4", "rule", "show").stdout:
