@@ -34,7 +34,9 @@ class SignService(ca_pb2_grpc.CertificatesServicer):
 
     async def Sign(self, request: ca_pb2.SignRequest, context: grpc.aio.ServicerContext) -> ca_pb2.SignResponse:
         try:
-            caller = self.authenticator.authenticate(tokens.bearer(context.invocation_metadata()))
+            # In a thread: TokenReview is a blocking HTTP call (cached afterwards).
+            caller = await asyncio.to_thread(self.authenticator.authenticate,
+                                             tokens.bearer(context.invocation_metadata()))
         except AuthenticationFailed as e:
             self.metrics.auth_failures.labels("Sign").inc()
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", str(e))

@@ -71,7 +71,9 @@ class WatchService:
 
     async def watch(self, requests, context: grpc.aio.ServicerContext):
         try:
-            caller = self.authenticator.authenticate(tokens.bearer(context.invocation_metadata()))
+            # In a thread: TokenReview is a blocking HTTP call (cached afterwards).
+            caller = await asyncio.to_thread(self.authenticator.authenticate,
+                                             tokens.bearer(context.invocation_metadata()))
         except AuthenticationFailed as e:
             self.metrics.auth_failures.labels("Watch").inc()
             logger.warning("watch refused", peer=context.peer(), reason=str(e))

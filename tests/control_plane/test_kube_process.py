@@ -1,0 +1,110 @@
+"""The control plane's run loop with its Kubernetes parts: config from the list/watch double
+(tests/kube_double.py) through the real KubeSource, the CA in a Secret and callers checked by
+TokenReview (the HTTP double of test_kube_ca_auth), served over real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from kubernetes import client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kube_double import KubeDouble  # noqa: E402
+
+from control_plane import app, ca_store  # noqa: E402
+from control_plane.authn import KubeAuthenticator  # noqa: E402
+from control_plane.sources.kube import KubeSource, make_api_client, report_invalid  # noqa: E402
+from shoal import identity  # noqa: E402
+from shoal.config_client import ClientSettings, ConfigClient, ConfigClientError, request_certificate  # noqa: E402
+from shoal.identity import SpiffeId  # noqa: E402
+from shoal.lifecycle import Shutdown  # noqa: E402
+from shoal.model import ResourceType  # noqa: E402
+from test_kube_ca_auth import CONFIGMAP, ApiDouble  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_kube_wiring_end_to_end():
+    kube = KubeDouble().start()
+    api_double = ApiDouble()
+    try:
+        kube.add({"apiVersion": "v1", "kind": "Namespace",
+                  "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}})
+        kube.add({"apiVersion": "v1", "kind": "Pod",
+                  "metadata": {"name": "reviews-1", "namespace": "shop", "labels": {"app": "reviews"}},
+                  "spec": {"nodeName": "worker-1", "serviceAccountName": "reviews", "containers": [{"name": "c"}]},
+                  "status": {"phase": "Running", "podIP": "198.19.1.20"}})
+        node_sa = "system:serviceaccount:shoal-system:shoal-node"
+        api_double.reviews["zt-1"] = {"username": node_sa,
+                                      "extra": {"authentication.kubernetes.io/node-name": ["worker-1"]}}
+        api_double.reviews["zt-2"] = {"username": node_sa,
+                                      "extra": {"authentication.kubernetes.io/node-name": ["worker-2"]}}
+        config = client.Configuration()
+        config.host = kube.url
+        kube_api = make_api_client(config)
+        side_api = api_double.api()
+        core = client.CoreV1Api(side_api)
+        wiring = app.Wiring(roots=ca_store.KubeSecretRootStore(core),
+                            authenticator=KubeAuthenticator(client.AuthenticationV1Api(side_api), core),
+                            events=KubeSource(kube_api, retry_delay=0.05).events(),
+                            report=lambda obj, errors: report_invalid(kube_api, obj, errors))
+        grpc_port, http_port = free_port(), free_port()
+        settings = app.Settings(source="kube", listen=f"127.0.0.1:{grpc_port}", http=f"127.0.0.1:{http_port}")
+
+        async def main():
+            shutdown = Shutdown()
+            running = asyncio.create_task(app.run(settings, shutdown, wiring))
+            loop = asyncio.get_running_loop()
+
+            def ready() -> bool:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz/ready", timeout=1) as r:
+                        return r.status == 200
+                except OSError:
+                    return False
+            deadline = time.monotonic() + 20
+            while not await loop.run_in_executor(None, ready):
+                assert not running.done() and time.monotonic() < deadline, "not ready"
+                await asyncio.sleep(0.05)
+            bundle = api_double.objects[CONFIGMAP]["data"]["root-cert.pem"].encode()
+
+            def settings_for(token: str, node: str) -> ClientSettings:
+                return ClientSettings(target=f"127.0.0.1:{grpc_port}", bundle_pem=bundle, token=token, node=node)
+            watcher = ConfigClient(settings_for("zt-2", "worker-2"))
+            watching = asyncio.create_task(watcher.run())
+            await asyncio.wait_for(watcher.synced.wait(), 10)
+            (workload,) = watcher.resources(ResourceType.WORKLOAD).values()
+            assert (workload.name, workload.node, str(workload.protocol)) == ("reviews-1", "worker-1", "HBONE")
+            reviews = SpiffeId("cluster.local", "shop", "reviews")
+            cred = await request_certificate(settings_for("zt-1", "worker-1"), identity.new_key(), reviews)
+            assert cred.identity == reviews
+            try:
+                await request_certificate(settings_for("zt-2", "worker-2"), identity.new_key(), reviews)
+                raise AssertionError("worker-2 got a certificate for a pod of worker-1")
+            except ConfigClientError as e:
+                assert "PERMISSION_DENIED" in str(e)
+            # A refused object becomes a Kubernetes Event next to it.
+            kube.add({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                      "metadata": {"name": "bad", "namespace": "shop"}, "spec": {"mtls": {"mode": "SOMETIMES"}}})
+            deadline = time.monotonic() + 10
+            while not any(e["involvedObject"]["name"] == "bad" for e in kube.events):
+                assert time.monotonic() < deadline, "no Event for the refused object"
+                await asyncio.sleep(0.05)
+            watcher.stop()
+            await watching
+            shutdown.stopping.set()
+            return await asyncio.wait_for(running, 10)
+
+        assert asyncio.run(main()) == 0
+    finally:
+        api_double.close()
+        kube.stop()
