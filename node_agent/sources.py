@@ -134,6 +134,12 @@ class KubeSource:
         try:
             while True:
                 kind, kind_of_event, payload = await queue.get()
+                if kind == "Pod":  # the selector asked the server for these only; hold to it anyway
+                    on_node = lambda o: (o.get("spec") or {}).get("nodeName") == self.node  # noqa: E731
+                    if kind_of_event == "LIST":
+                        payload = [o for o in payload if on_node(o)]
+                    elif not on_node(payload):
+                        kind_of_event = "DELETED"
                 target = pods if kind == "Pod" else namespaces
                 key_of = _pod_key if kind == "Pod" else (lambda o: o["metadata"]["name"])
                 if kind_of_event == "LIST":

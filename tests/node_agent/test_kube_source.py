@@ -1,0 +1,91 @@
+"""The node agent's Kubernetes source against the list/watch double (tests/kube_double.py), real client."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kube_double import KubeDouble  # noqa: E402
+
+from node_agent import reconcile  # noqa: E402
+from node_agent.sources import KubeSource  # noqa: E402
+
+
+def pod(name, node, uid=None):
+    return {"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": "demo", "uid": uid or f"uid-{name}"},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "198.19.1.9"}}
+
+
+def namespace(annotations=None):
+    return {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "demo", "annotations": annotations or {}}}
+
+
+class Recorder:
+    def __init__(self):
+        self.snapshots = []
+
+    async def __call__(self, pods, namespaces):
+        self.snapshots.append((pods, namespaces))
+
+    async def until(self, predicate, timeout=10.0):
+        for _ in range(int(timeout / 0.02)):
+            if self.snapshots and predicate(*self.snapshots[-1]):
+                return self.snapshots[-1]
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out; last snapshot: {self.snapshots[-1] if self.snapshots else None}")
+
+
+def enrolled(namespaces):
+    return {n for n, obj in namespaces.items() if reconcile.namespace_enrolled(obj)}
+
+
+@pytest.fixture
+def double():
+    with KubeDouble() as d:
+        yield d
+
+
+def test_lists_then_follows_pods_of_its_node_and_namespaces_and_relists_after_410(double):
+    async def main():
+        double.add(namespace())
+        double.add(pod("a", "node1"))
+        double.add(pod("elsewhere", "node2"))
+        config = client.Configuration()
+        config.host = double.url
+        api = client.ApiClient(config)
+        source = KubeSource("node1", api_client=api)
+        recorder = Recorder()
+        task = asyncio.create_task(source.run(recorder))
+        try:
+            pods, namespaces = await recorder.until(lambda p, n: "demo/a" in p and "demo" in n)
+            assert set(pods) == {"demo/a"}  # only this node's pods
+            assert double.list_requests("pods")[0]["fieldSelector"] == "spec.nodeName=node1"
+
+            double.modify(namespace({"shoal.io/dataplane-mode": "ambient"}))
+            await recorder.until(lambda p, n: enrolled(n) == {"demo"})
+            double.add(pod("b", "node1"))
+            await recorder.until(lambda p, n: set(p) == {"demo/a", "demo/b"})
+            double.delete("Pod", "demo", "a")
+            await recorder.until(lambda p, n: set(p) == {"demo/b"})
+
+            # History compacted and streams dropped: the next watch gets 410 and lists again.
+            lists_before = len(double.list_requests("pods"))
+            double.compact()
+            double.drop_watches()
+            double.add(pod("c", "node1"))
+            await recorder.until(lambda p, n: set(p) == {"demo/b", "demo/c"})
+            await asyncio.sleep(0)
+            assert len(double.list_requests("pods")) > lists_before
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            api.close()
+
+    asyncio.run(main())
