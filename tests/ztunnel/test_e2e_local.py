@@ -290,3 +290,18 @@ def test_known_workloads_keep_working_without_the_control_plane(cluster):
         if sender.poll() is None:
             sender.kill()
         shoal("local", "up", "--nodes", "2", "--redirect", cluster.mode, cluster=cluster.name, timeout=180)
+
+
+def test_shoal_config_reads_the_ztunnel_dump(cluster):
+    workloads = shoal("config", "workloads", "--node", "1", cluster=cluster.name)
+    rows = [line.split() for line in workloads.stdout.splitlines()]
+    assert rows[0][:2] == ["NAMESPACE", "NAME"]
+    assert ["shop", "client"] == next(r[:2] for r in rows if r[1] == "client")
+    certs = json.loads(shoal("config", "certs", "--node", "1", "-o", "json", cluster=cluster.name).stdout)
+    mine = {c["identity"]: c for c in certs}
+    assert mine["spiffe://cluster.local/ns/shop/sa/client"]["state"] == "valid"
+    assert mine["spiffe://cluster.local/ns/shop/sa/client"]["expires_in_seconds"] > 3600
+    services = shoal("config", "services", "--node", "2", cluster=cluster.name).stdout
+    assert SHOP_SERVICE in services
+    missing = shoal("config", "workloads", "--node", "9", cluster=cluster.name, check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
