@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from typing import Awaitable, Callable
 
@@ -71,10 +72,14 @@ class KubeSource:
     hands its events to the event loop.
     """
 
-    def __init__(self, node: str, api_client=None) -> None:
+    def __init__(self, node: str, api_client=None, discover=None) -> None:
         self.node = node
         self.api_client = api_client
         self._stop = threading.Event()
+        # A real kubelet does not report the pod's netns and cgroup: find them in /proc.
+        self.discover = discover or _discover
+        self._sandboxes: dict[str, dict] = {}
+
 
     def _client(self):
         if self.api_client is not None:
@@ -151,13 +156,31 @@ class KubeSource:
                 else:
                     target[key_of(payload)] = payload
                 if all(listed.values()):
-                    await on_change(dict(pods), dict(namespaces))
+                    await on_change({k: self._with_sandbox(p) for k, p in pods.items()}, dict(namespaces))
         finally:
             self._stop.set()
 
 
+    def _with_sandbox(self, pod: dict) -> dict:
+        """`discover`, remembered per uid once found (a scan of /proc is not free)."""
+        uid = (pod.get("metadata") or {}).get("uid", "")
+        known = self._sandboxes.get(uid)
+        if known is not None:
+            return {**pod, "status": {**(pod.get("status") or {}), "shoal": known}}
+        filled = self.discover(pod)
+        found = (filled.get("status") or {}).get("shoal")
+        if found and found.get("netns") and os.path.exists(found["netns"]):
+            self._sandboxes[uid] = found
+        return filled
+
+
 class _Gone(Exception):
     pass
+
+
+def _discover(pod: dict) -> dict:
+    from node_agent.discover import with_sandbox
+    return with_sandbox(pod)
 
 
 def _iter_lines(lister):
