@@ -22,8 +22,10 @@ gRPC clients in this one process (no model conversion), so a delivery time
 also includes this process's own queueing behind the other 99 - on 2 cores
 shared with the server, that is part of what is measured.
 
-Bounded: sizes, subscribers and changes are flags; the default run takes
-about a minute. Prints a table and writes bench/results/<timestamp>/results.json.
+Each size runs `--repeats` times (3), each with a fresh store and control
+plane; every figure is the median of the runs, with `_min` and `_max`.
+Bounded: sizes, subscribers, changes and repeats are flags; the default run
+takes under a minute. Prints a table and writes bench/results/<timestamp>/results.json.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.report import Run, percentile, table
+from bench.report import Run, percentile, summarize, table
 from shoal import tokens
 from shoal.api import config_pb2, config_pb2_grpc
 from shoal.config_client import ClientSettings, open_channel
@@ -228,26 +230,40 @@ def run_size(workloads: int, subscribers: int, changes: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+FIGURES = ("p50_ms", "p99_ms", "delivery_p50_ms", "delivery_p99_ms", "server_push_p50_ms_le",
+           "server_push_p99_ms_le", "initial_sync_s", "ready_s", "rss_mb", "store_fill_s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench config_push", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000", help="workload counts, comma-separated")
     parser.add_argument("--subscribers", type=int, default=100)
-    parser.add_argument("--changes", type=int, default=20, help="changes timed per size")
+    parser.add_argument("--changes", type=int, default=20, help="changes timed per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size (a fresh control plane each)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    if not 1 <= args.subscribers <= 250 or not 1 <= args.changes <= 200 or any(not 1 <= s <= 50_000 for s in sizes):
-        parser.error("keep it bounded: 1-250 subscribers, 1-200 changes, 1-50000 workloads")
+    if (not 1 <= args.subscribers <= 250 or not 1 <= args.changes <= 200 or not 1 <= args.repeats <= 10
+            or any(not 1 <= s <= 50_000 for s in sizes)):
+        parser.error("keep it bounded: 1-250 subscribers, 1-200 changes, 1-10 repeats, 1-50000 workloads")
     run = Run("config_push", {"sizes": sizes, "subscribers": args.subscribers, "changes": args.changes,
-                              "transport": "gRPC over TLS on loopback", "source": "local store"})
+                              "repeats": args.repeats, "transport": "gRPC over TLS on loopback",
+                              "source": "local store"})
     for size in sizes:
-        print(f"config_push: {size} workloads, {args.subscribers} subscribers, {args.changes} changes ...",
-              file=sys.stderr)
-        run.add(**run_size(size, args.subscribers, args.changes))
+        runs = []
+        for repeat in range(args.repeats):
+            print(f"config_push: {size} workloads, {args.subscribers} subscribers, {args.changes} changes "
+                  f"(run {repeat + 1}/{args.repeats}) ...", file=sys.stderr)
+            runs.append(run_size(size, args.subscribers, args.changes))
+        row = {k: runs[0][k] for k in ("setup", "case", "workloads", "subscribers", "changes")}
+        row["repeats"] = args.repeats
+        for figure in FIGURES:
+            values = [r[figure] for r in runs if r.get(figure) is not None]
+            row.update(summarize(values, figure))
+        run.add(**row)
     path = run.write()
-    print(table(run.results, ["workloads", "subscribers", "p50_ms", "p99_ms", "delivery_p50_ms",
-                              "delivery_p99_ms", "server_push_p50_ms_le", "server_push_p99_ms_le",
-                              "initial_sync_s", "ready_s", "rss_mb"],
-                title="Config push: a pod change to every subscriber (ms); control-plane RSS (MB)"))
+    print(table(run.results, ["workloads", "subscribers", *FIGURES[:-1]],
+                title="Config push: a pod change to every subscriber (ms, median of the runs); "
+                      "control-plane RSS (MB)"))
     print(f"\nwrote {path}")
     return 0
 
