@@ -156,6 +156,8 @@ class KubeSource:
                 else:
                     target[key_of(payload)] = payload
                 if all(listed.values()):
+                    current = {(p.get("metadata") or {}).get("uid") for p in pods.values()}
+                    self._sandboxes = {u: s for u, s in self._sandboxes.items() if u in current}
                     await on_change({k: self._with_sandbox(p) for k, p in pods.items()}, dict(namespaces))
         finally:
             self._stop.set()
