@@ -136,19 +136,18 @@ class WatchService:
 
     async def _write(self, stream: Stream, context, reader: asyncio.Future) -> None:
         sub = stream.subscription
-        while not reader.done():
-            waiter = asyncio.ensure_future(stream.wake.wait())
-            done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                waiter.cancel()
-                return  # the client closed its side
+        # One wake-up event serves both causes (a change or an ack, and the client closing),
+        # so a push costs no task or wait-set of its own.
+        reader.add_done_callback(lambda _: stream.wake.set())
+        while True:
+            await stream.wake.wait()
+            if reader.done():
+                break  # the client closed its side
             stream.wake.clear()
             while (out := sub.next_response()) is not None:
                 await context.write(out.payload)
                 self.metrics.pushes.labels(str(out.type)).inc()
                 if out.first_change_at is not None:
                     self.metrics.push_latency.labels(str(out.type)).observe(time.perf_counter() - out.first_change_at)
-                logger.debug("pushed", scope=stream.scope.describe(), type=str(out.type), version=out.version,
-                             upserts=out.upserts, removals=out.removals)
         if not reader.cancelled() and reader.exception() is not None:
             logger.info("watch stream ended", scope=stream.scope.describe(), error=str(reader.exception()))
