@@ -44,7 +44,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 
 from bench.report import Run, percentile, summarize, table
 from shoal import tokens
