@@ -44,7 +44,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from bench.report import Run, percentile, summarize, table
 from shoal import tokens
 from shoal.api import config_pb2, config_pb2_grpc
