@@ -185,8 +185,8 @@ async def _connect_app(pod: "Pod", host: str, port: int, client_ip: str, timeout
     (see ztunnel.proxy.probe_capture); then the app is reached on 127.0.0.1.
     """
     if pod.app_via_loopback:
-        return await sockets.connect(pod.netns_fd, ("127.0.0.1", port), timeout=timeout)
-    return await sockets.connect(pod.netns_fd, (host, port), timeout=timeout,
+        return await sockets.connect(pod.sockets, ("127.0.0.1", port), timeout=timeout)
+    return await sockets.connect(pod.sockets, (host, port), timeout=timeout,
                                  transparent_source=client_ip if pod.transparent else None)
 
 

@@ -50,6 +50,10 @@ class Pod:
     connections: set[asyncio.Task] = field(default_factory=set)
     transparent: bool = False
     app_via_loopback: bool = False
+    sockets: "sockets.SocketFactory | None" = None
+
+    def __post_init__(self) -> None:
+        self.sockets = sockets.SocketFactory(self.netns_fd)
 
 
 def classify(error: BaseException) -> tuple[str, str]:
@@ -108,6 +112,7 @@ class Ztunnel:
         except sockets.SocketError:
             for sock in pod.listeners.values():
                 sock.close()
+            pod.sockets.close()
             os.close(netns_fd)
             raise
         if self.config.preserve_source_ip and not pod.app_via_loopback:
@@ -138,6 +143,7 @@ class Ztunnel:
             task.cancel()
         for sock in pod.listeners.values():
             sock.close()
+        pod.sockets.close()
         self.pool.drop_pod(uid)
         if pod.transparent and leaving_mesh:
             try:
@@ -235,7 +241,7 @@ class Ztunnel:
                     session = await self.pool.checkout(key)
                     upstream = await session.open(plan.authority, timeout=self.config.connect_timeout)
             else:
-                sock = await sockets.connect(pod.netns_fd, plan.connect, timeout=self.config.connect_timeout)
+                sock = await sockets.connect(pod.sockets, plan.connect, timeout=self.config.connect_timeout)
                 _, upstream = await loop.create_connection(TcpSide, sock=sock)
             if endpoint is not None:
                 self.balancer.succeeded(endpoint)
@@ -271,7 +277,7 @@ class Ztunnel:
         if pod is None:
             raise RelayError("the source pod was removed from the mesh")
         ctx = await self.certs.client_context(key.source_identity)
-        sock = await sockets.connect(pod.netns_fd, key.destination, timeout=self.config.connect_timeout)
+        sock = await sockets.connect(pod.sockets, key.destination, timeout=self.config.connect_timeout)
         loop = asyncio.get_running_loop()
         try:
             _, session = await loop.create_connection(

@@ -38,6 +38,15 @@ class Metrics:
                             LABELS, registry=self.registry)
         self.received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP connection",
                                 LABELS, registry=self.registry)
+        self._children: dict[tuple, tuple] = {}
+
+    def children(self, labels: dict[str, str]):
+        """The four labelled counters for one label set, cached (labels() is not cheap)."""
+        key = tuple(labels[name] for name in LABELS)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = tuple(c.labels(*key) for c in (self.opened, self.closed, self.sent, self.received))
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -100,21 +109,21 @@ class ConnectionRecord:
     def open(self, metrics: Metrics) -> None:
         if not self._opened:
             self._opened = True
-            metrics.opened.labels(**self.labels()).inc()
+            metrics.children(self.labels())[0].inc()
 
     def close(self, metrics: Metrics) -> None:
         if self._closed:
             return
         self._closed = True
-        labels = self.labels()
+        opened, closed, sent, received = metrics.children(self.labels())
         if not self._opened:
             self._opened = True
-            metrics.opened.labels(**labels).inc()
-        metrics.closed.labels(**labels).inc()
+            opened.inc()
+        closed.inc()
         if self.bytes_received:
-            metrics.received.labels(**labels).inc(self.bytes_received)
+            received.inc(self.bytes_received)
         if self.bytes_sent:
-            metrics.sent.labels(**labels).inc(self.bytes_sent)
+            sent.inc(self.bytes_sent)
         w_src, w_dst = self.source_workload, self.destination_workload
         access_log.info(
             "connection complete",
