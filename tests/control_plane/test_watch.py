@@ -239,3 +239,34 @@ def test_client_retries_while_its_token_file_is_missing(tmp_path):
             await task
             await plane.server.stop(0)
     run(main())
+
+
+def test_a_waypoint_gets_its_namespace_route_tables_over_grpc(tmp_path):
+    from shoal.model import Destination, Route, RouteTable
+
+    def table(ns):
+        host = f"reviews.{ns}.svc.cluster.local"
+        return RouteTable(hostname=host, port=9080, namespace=ns, routes=(Route(destinations=(Destination(host),)),))
+
+    async def main():
+        plane = await start_plane(tmp_path)
+        plane.state.apply([table("shop"), table("bank"), workload(1)])
+        rec = Recorder()
+        client = plane.client(on_update=rec, waypoint_namespace="shop", waypoint_name="wp",
+                              token=plane.sa_token("shop", "wp"))
+        task = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(client.synced.wait(), 5)
+            assert set(client.resources(ResourceType.ROUTE_TABLE)) == {"reviews.shop.svc.cluster.local:9080"}
+            assert set(client.resources(W)) == {"uid-1"}
+            assert ResourceType.PEER_AUTHENTICATION not in {u.type for u in rec.updates}
+            plane.state.apply([dataclasses.replace(table("bank"), origin="x")])
+            plane.state.apply([dataclasses.replace(table("shop"), origin="changed")])
+            await eventually(lambda: client.resources(ResourceType.ROUTE_TABLE)[
+                "reviews.shop.svc.cluster.local:9080"].origin == "changed", what="the shop table change")
+            assert all("bank" not in key for u in rec.updates for key in u.upserted)
+        finally:
+            client.stop()
+            await task
+            await plane.server.stop(0)
+    run(main())
