@@ -299,3 +299,73 @@ def test_a_peer_breaking_the_protocol_loses_only_its_connection(tmp_path):
 
 def test_default_socket_path_is_the_designs():
     assert str(handoff.DEFAULT_SOCKET) == "/var/run/shoal/ztunnel.sock"
+
+
+def test_a_ztunnel_that_never_acks_is_dropped(tmp_path):
+    async def main():
+        events = []
+        r, w = os.pipe()
+        server = HandoffServer(tmp_path / "z.sock", lambda: [(A, r)], lambda e, s: events.append(e), ack_timeout=0.3)
+        await server.start()
+        try:
+            silent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            silent.connect(str(server.path))
+            silent.send(ZtunnelSide().hello().payload)
+            silent.settimeout(5)
+            data, ancdata, _, _ = await asyncio.to_thread(silent.recvmsg, 1000, socket.CMSG_SPACE(4))
+            assert pb.AgentMessage.FromString(data).add.uid == A.uid
+            for _, _, payload in ancdata:
+                os.close(int.from_bytes(payload[:4], "little"))
+            assert await asyncio.to_thread(silent.recv, 100) == b""  # dropped, no ack came
+            await wait_for(lambda: events and events[-1] is None)
+            silent.close()
+        finally:
+            await server.close()
+            os.close(r)
+            os.close(w)
+
+    asyncio.run(main())
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+uids = st.sampled_from(["u1", "u2", "u3", "u4"])
+steps = st.lists(st.tuples(st.sampled_from(["add", "keep", "del"]), uids), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(held=st.sets(uids), replay=steps, after=steps)
+def test_whatever_the_sequence_the_ztunnel_ends_with_what_the_agent_said(held, replay, after):
+    """Replay, SnapshotSent, live changes: the ztunnel holds exactly what was added or kept and not deleted."""
+    agent, ztunnel = AgentSide(), ZtunnelSide(known=held)
+    greet(agent, ztunnel)
+    r, w = os.pipe()
+    try:
+        expected = set()
+        for kind, uid in replay:
+            if kind == "add":
+                agent.add(Workload(uid, uid, "ns"), r)
+                expected.add(uid)
+            elif kind == "keep":
+                agent.keep(uid)
+                expected.add(uid)
+            else:
+                agent.delete(uid)
+                expected.discard(uid)
+        agent.snapshot_sent()
+        for kind, uid in after:
+            if kind == "keep":
+                continue  # only allowed before SnapshotSent
+            if kind == "add":
+                agent.add(Workload(uid, uid, "ns"), r)
+                expected.add(uid)
+            else:
+                agent.delete(uid)
+                expected.discard(uid)
+        seen, acks = shuttle(agent, ztunnel)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert ztunnel.known == expected
+    assert len(acks) == len(seen)  # one ack per message, in order
+    assert agent.in_flight is None and not agent.queue
