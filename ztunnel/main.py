@@ -103,12 +103,8 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
     # Drain.
     z.stop_accepting()
     agent.stop()
-    deadline = time.monotonic() + config.drain_seconds
     logger.info("draining", connections=len(z.active), deadline_seconds=config.drain_seconds)
-    while z.active and time.monotonic() < deadline and not shutdown.urgent.is_set():
-        await asyncio.sleep(0.1)
-    if z.active:
-        logger.warning("drain deadline reached; closing connections", connections=len(z.active))
+    await z.drain(config.drain_seconds, shutdown.urgent)
     watch.stop()
     for task in tasks + [stop]:
         task.cancel()

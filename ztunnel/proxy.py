@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -168,6 +169,22 @@ class Ztunnel:
                 task.cancel()
             for sock in pod.listeners.values():
                 sock.close()
+
+    async def drain(self, seconds: float, urgent: asyncio.Event | None = None) -> bool:
+        """After stop_accepting(): waits for open connections to finish, up to `seconds`
+        (or until `urgent` is set), then cuts the rest. True when nothing had to be cut."""
+        deadline = time.monotonic() + seconds
+        while self.active and time.monotonic() < deadline and not (urgent is not None and urgent.is_set()):
+            await asyncio.sleep(0.05)
+        clean = not self.active
+        if not clean:
+            logger.warning("drain deadline reached; closing connections", connections=len(self.active))
+            tasks = [t for pod in self.pods.values() for t in pod.connections]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=2)
+        return clean
 
     # --- accepting -------------------------------------------------------------------
 

@@ -305,3 +305,49 @@ def test_del_workload_closes_listeners_and_rules(rig):
     assert ":15001" not in listening and ":15008" not in listening
     assert "SHOAL_ZTUNNEL" not in in_pod("c", "iptables-legacy-save", "-t", "mangle").stdout
     assert "lookup 133" not in in_pod("c", "ip", "rule").stdout
+
+
+SLOW_SENDER = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 9000), timeout=20)
+for _ in range(10):
+    c.sendall(b"d" * 10000)
+    time.sleep(0.1)
+c.shutdown(socket.SHUT_WR)
+got = 0
+while chunk := c.recv(65536):
+    got += len(chunk)
+print(got, flush=True)
+"""
+
+IDLE_HOLDER = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 9000), timeout=20)
+c.sendall(b"x")
+c.recv(1)
+print("open", flush=True)
+try:
+    print("closed" if c.recv(1) == b"" else "data", flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+"""
+
+
+def test_drain_refuses_new_lets_open_finish_and_cuts_the_rest(rig):
+    """Runs last: it stops the rig's listeners."""
+    def start(code):
+        return subprocess.Popen(["ip", "netns", "exec", pod_ns("a"), sys.executable, "-c", code, ECHO_VIP],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    idle = start(IDLE_HOLDER)
+    assert idle.stdout.readline().strip() == "open"
+    slow = start(SLOW_SENDER)
+    time.sleep(0.3)
+    rig.loop.call_soon_threadsafe(rig.ztunnel.stop_accepting)
+    time.sleep(0.2)
+    assert curl("a", f"http://{WEB_VIP}/", timeout=3).returncode != 0  # no listener any more
+    started = time.monotonic()
+    clean = rig.call(rig.ztunnel.drain(2.5), timeout=15)
+    assert not clean and time.monotonic() - started >= 2.4
+    assert slow.communicate(timeout=10)[0].strip() == "100000"  # finished during the drain
+    assert idle.communicate(timeout=10)[0].strip() in ("reset", "closed")  # cut at the deadline
+    assert not rig.ztunnel.active
