@@ -109,6 +109,7 @@ class Inbound:
                 return
             _, app = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
             session.accept(stream)
+            record.meter = lambda: (stream.bytes_received, stream.bytes_sent)
             await relay(stream, app)
             record.bytes_received, record.bytes_sent = stream.bytes_received, stream.bytes_sent
             if stream.reset or app.reset:
@@ -159,6 +160,7 @@ class Inbound:
             _, client = await loop.connect_accepted_socket(TcpSide, conn)
             sock = await _connect_app(pod, destination[0], destination[1], address[0], z.config.connect_timeout)
             _, app = await loop.create_connection(TcpSide, sock=sock)
+            record.meter = lambda: (client.bytes_received, client.bytes_sent)
             await relay(client, app)
             record.bytes_received, record.bytes_sent = client.bytes_received, client.bytes_sent
         except asyncio.CancelledError:

@@ -91,7 +91,8 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
         await admin.serve("0.0.0.0", config.metrics_port, metrics_routes),
         await admin.serve("0.0.0.0", config.readiness_port, ready_routes),
     ]
-    tasks = [asyncio.create_task(coro) for coro in (watch.run(), agent.run(), certs.run(), z.pool.run_sweeper())]
+    tasks = [asyncio.create_task(coro) for coro in (watch.run(), agent.run(), certs.run(), z.pool.run_sweeper(),
+                                                            z.report_metrics())]
     logger.info("ztunnel started", node=config.node, control_plane=config.control_plane,
                 socket=str(config.socket_path))
     stop = asyncio.create_task(shutdown.stopping.wait())

@@ -218,6 +218,13 @@ class Ztunnel:
         self.active.discard(record)
         record.close(self.metrics)
 
+    async def report_metrics(self, every: float = 5.0) -> None:
+        """Counts the bytes of open connections periodically, as Istio's proxies do."""
+        while True:
+            await asyncio.sleep(every)
+            for record in list(self.active):
+                record.report(self.metrics)
+
     # --- outbound ----------------------------------------------------------------------
 
     async def _outbound(self, pod: Pod, conn: socket.socket, address) -> None:
@@ -262,6 +269,7 @@ class Ztunnel:
                 _, upstream = await loop.create_connection(TcpSide, sock=sock)
             if endpoint is not None:
                 self.balancer.succeeded(endpoint)
+            record.meter = lambda: (app.bytes_received, app.bytes_sent)
             await relay(app, upstream)
             record.bytes_received, record.bytes_sent = app.bytes_received, app.bytes_sent
             if app.reset or getattr(upstream, "reset", False):

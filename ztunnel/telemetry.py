@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
@@ -77,8 +78,11 @@ class ConnectionRecord:
     response_flags: str = "-"
     error: str = ""
     started: float = field(default_factory=time.monotonic)
+    # Reads (received, sent) from the live relay, so long connections show up before they close.
+    meter: Callable[[], tuple[int, int]] | None = None
     _opened: bool = False
     _closed: bool = False
+    _reported: tuple[int, int] = (0, 0)
 
     @property
     def reporter(self) -> str:
@@ -111,19 +115,32 @@ class ConnectionRecord:
             self._opened = True
             metrics.children(self.labels())[0].inc()
 
+    def _count_bytes(self, sent, received) -> None:
+        if self.meter is not None:
+            self.bytes_received, self.bytes_sent = self.meter()
+        rx, tx = self._reported
+        if self.bytes_received > rx:
+            received.inc(self.bytes_received - rx)
+        if self.bytes_sent > tx:
+            sent.inc(self.bytes_sent - tx)
+        self._reported = (max(rx, self.bytes_received), max(tx, self.bytes_sent))
+
+    def report(self, metrics: Metrics) -> None:
+        """Counts the bytes moved since the last report (for connections still open)."""
+        if self._opened and not self._closed:
+            _, _, sent, received = metrics.children(self.labels())
+            self._count_bytes(sent, received)
+
     def close(self, metrics: Metrics) -> None:
         if self._closed:
             return
-        self._closed = True
         opened, closed, sent, received = metrics.children(self.labels())
+        self._closed = True
         if not self._opened:
             self._opened = True
             opened.inc()
         closed.inc()
-        if self.bytes_received:
-            received.inc(self.bytes_received)
-        if self.bytes_sent:
-            sent.inc(self.bytes_sent)
+        self._count_bytes(sent, received)
         w_src, w_dst = self.source_workload, self.destination_workload
         access_log.info(
             "connection complete",

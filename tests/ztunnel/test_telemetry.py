@@ -1,0 +1,57 @@
+"""Metric labels and byte counting of connection records (no sockets)."""
+
+from __future__ import annotations
+
+from shoal.model import Protocol, Workload
+from ztunnel.telemetry import ConnectionRecord, Metrics
+
+
+def value(metrics: Metrics, name: str, **labels) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+SRC = Workload("u1", "client-7d9", "shop", "client", "node1", ("198.19.1.2",), canonical_service="client",
+               protocol=Protocol.HBONE)
+DST = Workload("u2", "server-5f2", "shop", "server", "node2", ("198.19.2.2",), protocol=Protocol.HBONE)
+
+
+def test_open_connection_is_counted_periodically_and_never_twice():
+    metrics = Metrics()
+    moved = [0, 0]
+    record = ConnectionRecord("outbound", ("198.19.1.2", 40000), ("198.18.16.10", 80), source_workload=SRC,
+                              destination_workload=DST, source_principal="spiffe://cluster.local/ns/shop/sa/client",
+                              destination_principal="spiffe://cluster.local/ns/shop/sa/server",
+                              service="server.shop.svc.cluster.local", mtls=True, meter=lambda: tuple(moved))
+    record.open(metrics)
+    labels = record.labels()
+    assert labels["reporter"] == "source" and labels["source_workload"] == "client"
+    assert labels["destination_workload"] == "server-5f2" and labels["destination_service_namespace"] == "shop"
+    assert labels["connection_security_policy"] == "mutual_tls"
+    moved[:] = [1000, 10]
+    record.report(metrics)
+    assert value(metrics, "istio_tcp_received_bytes_total", **labels) == 1000
+    moved[:] = [1500, 30]
+    record.report(metrics)
+    record.report(metrics)
+    assert value(metrics, "istio_tcp_received_bytes_total", **labels) == 1500
+    moved[:] = [2000, 40]
+    record.close(metrics)
+    record.close(metrics)
+    record.report(metrics)
+    assert value(metrics, "istio_tcp_received_bytes_total", **labels) == 2000
+    assert value(metrics, "istio_tcp_sent_bytes_total", **labels) == 40
+    assert value(metrics, "istio_tcp_connections_opened_total", **labels) == 1
+    assert value(metrics, "istio_tcp_connections_closed_total", **labels) == 1
+
+
+def test_failed_connection_carries_flags_and_counts_as_opened_and_closed():
+    metrics = Metrics()
+    record = ConnectionRecord("inbound_plaintext", ("198.19.3.2", 5000), ("198.19.2.2", 8080), destination_workload=DST)
+    record.fail("UAEX", "plaintext refused: PeerAuthentication is STRICT")
+    record.close(metrics)
+    labels = record.labels()
+    assert labels["reporter"] == "destination" and labels["response_flags"] == "UAEX"
+    assert labels["source_workload"] == "unknown" and labels["connection_security_policy"] == "none"
+    assert value(metrics, "istio_tcp_connections_opened_total", **labels) == 1
+    assert value(metrics, "istio_tcp_connections_closed_total", **labels) == 1
+    assert b"istio_tcp_connections_closed_total{" in metrics.render()
