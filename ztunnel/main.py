@@ -91,8 +91,8 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
         await admin.serve("0.0.0.0", config.metrics_port, metrics_routes),
         await admin.serve("0.0.0.0", config.readiness_port, ready_routes),
     ]
-    tasks = [asyncio.create_task(coro) for coro in (watch.run(), agent.run(), certs.run(), z.pool.run_sweeper(),
-                                                            z.report_metrics())]
+    loops = (watch.run(), agent.run(), certs.run(), z.pool.run_sweeper(), z.report_metrics())
+    tasks = [asyncio.create_task(coro) for coro in loops]
     logger.info("ztunnel started", node=config.node, control_plane=config.control_plane,
                 socket=str(config.socket_path))
     stop = asyncio.create_task(shutdown.stopping.wait())
