@@ -63,11 +63,11 @@ class NodeAgent:
         self.synced = False
         self.server = HandoffServer(config.socket, self._snapshot, self._on_handoff)
         self.changed = asyncio.Event()
+        self.first_sync = asyncio.Event()
 
     # -- running ------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await self.server.start()
         http = await serve(self.metrics, self.config.metrics_host, self.config.metrics_port) \
             if self.config.metrics_port else None
         tasks = [asyncio.create_task(self.source.run(self._on_source), name="source"),
@@ -75,7 +75,15 @@ class NodeAgent:
                  asyncio.create_task(self._reconciler(), name="reconciler")]
         stop = asyncio.create_task(stopping.wait())
         try:
-            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            # The hand-off opens only once the first list is reconciled: a ztunnel
+            # greeted before that would get an empty replay and drop every pod.
+            first = asyncio.create_task(self.first_sync.wait())
+            done, _ = await asyncio.wait([stop, first, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            first.cancel()
+            if first in done:
+                await self.server.start()
+                self.metrics.ready = True
+                done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stop and task.exception():
                     raise task.exception()
@@ -106,7 +114,7 @@ class NodeAgent:
             self.synced = True
             self._repair_at_start()
             self.reconcile()
-            self.metrics.ready = True
+            self.first_sync.set()
             logger.info("first list reconciled", wanted=len(want), redirected=len(self.redirection.recorded()))
         self.changed.set()
 
