@@ -1,11 +1,14 @@
 """The mesh certificate authority.
 
-One signing root and a trust bundle. The bundle holds the signing root plus any
-root being rotated out: during a rotation leaves are signed by the new root
+One signing root and a trust bundle. The signer is a self-signed root, or an
+intermediate given with its chain (`--ca-cert` holding the intermediate, its
+issuers and the root); leaves then carry the intermediates, and the bundle
+holds the root. The bundle holds the signing root plus any root being
+rotated out: during a rotation leaves are signed by the new root
 while leaves of the old one keep verifying, until the old root is removed.
 
 Invariants:
-- the signing root is always in the bundle;
+- the signing root (or the root its chain ends at) is always in the bundle;
 - a leaf is signed only for a CSR whose key is ECDSA P-256, whose signature is
   valid, and whose one and only SAN is the URI of the identity asked for, in
   this CA's trust domain (whether the caller may have that identity is decided
@@ -58,17 +61,39 @@ class RootInvalid(CaError):
     """A root certificate or key could not be used; the message says which and why."""
 
 
+def _self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject
+
+
 @dataclass(frozen=True)
 class Root:
+    """The signing CA: its certificate and key and, when it is an intermediate
+    (a plugged-in CA), the certificates above it up to a self-signed root."""
+
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey = field(repr=False)
+    issuers: tuple[x509.Certificate, ...] = ()
 
     @property
     def fingerprint(self) -> str:
         return self.cert.fingerprint(hashes.SHA256()).hex()
 
+    @property
+    def intermediates(self) -> list[x509.Certificate]:
+        """What a leaf's chain carries after the leaf: the signer and the issuers below the root."""
+        return [c for c in [self.cert, *self.issuers] if not _self_signed(c)]
+
+    @property
+    def anchors(self) -> list[x509.Certificate]:
+        """The self-signed root(s) this signer chains to: what goes in the trust bundle."""
+        return [c for c in [self.cert, *self.issuers] if _self_signed(c)]
+
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def chain_pem(self) -> bytes:
+        """The signer and its issuers, as stored in ca.crt (a plain root: just itself)."""
+        return identity.certificates_pem([self.cert, *self.issuers])
 
     def key_pem(self) -> bytes:
         return identity.key_pem(self.key)
@@ -91,7 +116,11 @@ class Root:
             bc = None
         if bc is None or not bc.ca:
             raise RootInvalid(f"{source}: the certificate is not a CA (basicConstraints CA:TRUE is missing)")
-        return cls(cert, key)
+        root = cls(cert, key, tuple(certs[1:]))
+        if not root.anchors:
+            raise RootInvalid(f"{source}: the CA certificate is an intermediate, but the file does not carry its "
+                              "chain up to a self-signed root; append the issuers and the root to --ca-cert")
+        return root
 
 
 def generate_root(trust_domain: str, now: dt.datetime | None = None, ttl: dt.timedelta = ROOT_TTL) -> Root:
@@ -142,7 +171,7 @@ class CertificateAuthority:
         self.clock = clock
         self.signer = signer
         self._trusted: dict[str, x509.Certificate] = {}
-        for cert in [signer.cert, *(trusted or [])]:
+        for cert in [*signer.anchors, *(trusted or [])]:
             self._trusted[cert.fingerprint(hashes.SHA256()).hex()] = cert
 
     # -- bundle and rotation ---------------------------------------------------------
@@ -157,19 +186,20 @@ class CertificateAuthority:
 
     def rotate(self, new_root: Root) -> None:
         """Signs with `new_root` from now on; the old roots stay trusted until `retire`d."""
-        self._trusted[new_root.fingerprint] = new_root.cert
+        for cert in new_root.anchors:
+            self._trusted[cert.fingerprint(hashes.SHA256()).hex()] = cert
         self.signer = new_root
 
     def replace_roots(self, signer: Root, trusted: list[x509.Certificate]) -> bool:
         """Adopts roots re-read from the RootStore (an operator rotated them); True if anything changed."""
-        new = {c.fingerprint(hashes.SHA256()).hex(): c for c in [signer.cert, *trusted]}
+        new = {c.fingerprint(hashes.SHA256()).hex(): c for c in [*signer.anchors, *trusted]}
         if signer.fingerprint == self.signer.fingerprint and new.keys() == self._trusted.keys():
             return False
         self.signer, self._trusted = signer, new
         return True
 
     def retire(self, fingerprint: str) -> None:
-        if fingerprint == self.signer.fingerprint:
+        if fingerprint in {c.fingerprint(hashes.SHA256()).hex() for c in self.signer.anchors}:
             raise CaError("cannot retire the signing root; rotate to a new root first")
         if self._trusted.pop(fingerprint, None) is None:
             raise CaError(f"no trusted root with fingerprint {fingerprint}")
@@ -181,7 +211,8 @@ class CertificateAuthority:
         ttl = min(ttl or self.leaf_ttl, self.leaf_ttl)
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(requested))])
         cert = self._issue(csr.public_key(), san, ttl)
-        return Issued(cert.public_bytes(serialization.Encoding.PEM), self.bundle_pem, cert.not_valid_after_utc)
+        chain = identity.certificates_pem([cert, *self.signer.intermediates])
+        return Issued(chain, self.bundle_pem, cert.not_valid_after_utc)
 
     def issue_server(self, requested: SpiffeId, dns_names: list[str], ttl: dt.timedelta | None = None
                      ) -> identity.Credential:
@@ -190,7 +221,8 @@ class CertificateAuthority:
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(requested)),
                                            *(x509.DNSName(n) for n in dns_names)])
         cert = self._issue(key.public_key(), san, ttl or self.leaf_ttl)
-        return identity.Credential.from_pem(identity.key_pem(key), cert.public_bytes(serialization.Encoding.PEM),
+        return identity.Credential.from_pem(identity.key_pem(key),
+                                            identity.certificates_pem([cert, *self.signer.intermediates]),
                                             self.bundle_pem)
 
     def _check_csr(self, csr_pem: bytes, requested: SpiffeId) -> x509.CertificateSigningRequest:
@@ -222,7 +254,11 @@ class CertificateAuthority:
     def _issue(self, public_key, san: x509.SubjectAlternativeName, ttl: dt.timedelta) -> x509.Certificate:
         now = self.clock()
         not_after = min(now + ttl, self.signer.cert.not_valid_after_utc)
-        signer_ski = self.signer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        try:
+            signer_ski = self.signer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer_ski)
+        except x509.ExtensionNotFound:  # a plugged-in CA without SKI
+            authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signer.cert.public_key())
         return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
@@ -239,7 +275,6 @@ class CertificateAuthority:
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(san, critical=True)  # the subject is empty (RFC 5280 4.2.1.6)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer_ski),
-                           critical=False)
+            .add_extension(authority_key_id, critical=False)
             .sign(self.signer.key, hashes.SHA256())
         )

@@ -74,7 +74,7 @@ class FileRootStore:
     def save(self, signer: Root, trusted: list[x509.Certificate]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.key_path, signer.key_pem(), 0o600)
-        _write_atomic(self.cert_path, signer.cert_pem(), 0o644)
+        _write_atomic(self.cert_path, signer.chain_pem(), 0o644)
         _write_atomic(self.bundle_path, identity.certificates_pem(trusted), 0o644)
 
     def create(self, signer: Root, trusted: list[x509.Certificate]) -> bool:
@@ -151,7 +151,7 @@ class KubeSecretRootStore:
         from kubernetes import client
 
         bundle = identity.certificates_pem(trusted)
-        data = {"ca.crt": signer.cert_pem(), "ca.key": signer.key_pem(), "bundle.pem": bundle}
+        data = {"ca.crt": signer.chain_pem(), "ca.key": signer.key_pem(), "bundle.pem": bundle}
         body = client.V1Secret(
             metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace,
                                          labels={"app.kubernetes.io/part-of": "shoal"}),
@@ -203,7 +203,7 @@ def rotate(store: RootStore, trust_domain: str) -> tuple[Root, list[x509.Certifi
         raise CaError("there is no CA root to rotate yet; start the control plane once first")
     old, trusted = loaded
     new = generate_root(trust_domain)
-    bundle = [new.cert, *[c for c in [old.cert, *trusted] if c != new.cert]]
+    bundle = [new.cert, *[c for c in [*old.anchors, *trusted] if c != new.cert]]
     bundle = list({c.fingerprint(hashes.SHA256()): c for c in bundle}.values())
     store.save(new, bundle)
     return new, bundle
@@ -218,7 +218,7 @@ def retire(store: RootStore, fingerprint: str) -> list[x509.Certificate]:
     matches = [c for c in trusted if c.fingerprint(hashes.SHA256()).hex().startswith(fingerprint.lower())]
     if len(fingerprint) < 8 or len(matches) != 1:
         raise CaError(f"fingerprint {fingerprint!r} must name exactly one trusted root (give at least 8 hex digits)")
-    if matches[0] == signer.cert:
+    if matches[0] in signer.anchors:
         raise CaError("that is the signing root; rotate to a new root first")
     remaining = [c for c in trusted if c != matches[0]]
     store.save(signer, remaining)

@@ -156,3 +156,44 @@ def test_a_leaf_is_not_accepted_as_root():
     leaf = authority.sign(identity.make_csr(key, ALICE), ALICE)
     with pytest.raises(RootInvalid, match="not a CA"):
         Root.from_pem(leaf.chain_pem, identity.key_pem(key))
+
+
+def _ca(name: str, issuer: Root | None, path_length: int) -> Root:
+    """An operator's own CA certificates (no SKI on purpose: not every CA has one)."""
+    from cryptography.x509.oid import NameOID
+    key = identity.new_key()
+    now = dt.datetime.now(dt.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(issuer.cert.subject if issuer else subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .sign(issuer.key if issuer else key, hashes.SHA256()))
+    return Root(cert, key)
+
+
+def test_a_plugged_in_intermediate_signs_and_chains_to_its_root(tmp_path):
+    operator_root = _ca("example corp root", None, 1)
+    inter = _ca("cluster-a intermediate", operator_root, 0)
+    (tmp_path / "ca.crt").write_bytes(inter.cert_pem() + operator_root.cert_pem())
+    (tmp_path / "ca.key").write_bytes(inter.key_pem())
+    signer, trusted = ca_store.GivenFilesRootStore(tmp_path / "ca.crt", tmp_path / "ca.key").load()
+    authority = CertificateAuthority(signer, trusted, trust_domain=TD)
+    assert [c.subject for c in authority.trusted] == [operator_root.cert.subject]
+    issued = authority.sign(identity.make_csr(identity.new_key(), ALICE), ALICE)
+    chain = identity.load_certificates(issued.chain_pem)
+    assert len(chain) == 2 and chain[1] == inter.cert
+    (tmp_path / "bundle.pem").write_bytes(issued.bundle_pem)
+    (tmp_path / "chain.pem").write_bytes(issued.chain_pem)
+    (tmp_path / "leaf.pem").write_bytes(identity.certificates_pem(chain[:1]))
+    ok = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "bundle.pem"), "-untrusted",
+                         str(tmp_path / "chain.pem"), str(tmp_path / "leaf.pem")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # Without its intermediate the leaf does not verify: the chain must carry it.
+    assert openssl_verify(tmp_path, issued.bundle_pem, identity.certificates_pem(chain[:1]), "bare").returncode != 0
+    # An intermediate given without its root is refused with what to do.
+    (tmp_path / "only.crt").write_bytes(inter.cert_pem())
+    with pytest.raises(RootInvalid, match="append the issuers and the root"):
+        ca_store.GivenFilesRootStore(tmp_path / "only.crt", tmp_path / "ca.key").load()

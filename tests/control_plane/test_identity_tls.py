@@ -119,3 +119,15 @@ def test_check_peer_names_both_identities():
     assert identity.check_peer(FakeSsl(), server_id) == server_id
     with pytest.raises(identity.PeerMismatch, match="spiffe://cluster.local/ns/shop/sa/server.*expected"):
         identity.check_peer(FakeSsl(), SpiffeId(TD, "shop", "other"))
+
+
+def test_mutual_tls_through_a_plugged_in_intermediate():
+    from test_ca import _ca
+    operator_root = _ca("example corp root", None, 1)
+    inter = _ca("cluster-a intermediate", operator_root, 0)
+    from control_plane.ca import Root
+    authority = CertificateAuthority(Root(inter.cert, inter.key, (operator_root.cert,)), trust_domain=TD)
+    server_id, client_id = SpiffeId(TD, "shop", "server"), SpiffeId(TD, "shop", "client")
+    r = _handshake(identity.server_context(credential(authority, server_id)),
+                   identity.client_context(credential(authority, client_id)))
+    assert r["server_peer"] == client_id and r["client_peer"] == server_id
