@@ -12,6 +12,7 @@ idempotent; `drop_chain` removes the jumps and the chain.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -141,10 +142,9 @@ def save(ns: str | None = None) -> str:
     argv = ["iptables-legacy-save"]
     if ns is None:
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    fd = netns.open_fd(ns) if not str(ns).startswith("/") else netns.open_fd(ns)
+    fd = netns.open_fd(ns)  # a name under /run/netns, or a path
     try:
         return subprocess.run(["nsenter", f"--net=/proc/self/fd/{fd}", *argv], capture_output=True, text=True,
                               check=True, pass_fds=(fd,)).stdout
     finally:
-        import os
         os.close(fd)
