@@ -64,6 +64,7 @@ class NodeAgent:
         self.server = HandoffServer(config.socket, self._snapshot, self._on_handoff)
         self.changed = asyncio.Event()
         self.first_sync = asyncio.Event()
+        self.reported: dict[str, str] = {}  # uid -> the problem already logged for it
 
     # -- running ------------------------------------------------------------------
 
@@ -104,6 +105,12 @@ class NodeAgent:
         enrolled_ns = {name for name, ns in namespaces.items() if reconcile.namespace_enrolled(ns)}
         infos = [reconcile.pod_info(p) for p in pods.values()]
         want = reconcile.desired(infos, enrolled_ns, self.config.node)
+        problems = reconcile.problems(infos, enrolled_ns, self.config.node)
+        for uid, why in problems.items():
+            if self.reported.get(uid) != why:
+                self.metrics.reconcile_errors.labels(step="invalid-pod").inc()
+                logger.warning("pod cannot be meshed", uid=uid, reason=why)
+        self.reported = problems
         now = self.clock()
         for uid in want:
             self.seen_at.setdefault(uid, now)

@@ -17,6 +17,7 @@ does not serve the pod. Leaving: redirection out first, then DelWorkload.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -90,7 +91,19 @@ def wants_mesh(pod: PodInfo, namespace_in_mesh: bool) -> bool:
 
 
 def ready(pod: PodInfo) -> bool:
-    return pod.phase == "Running" and bool(pod.ip and pod.netns and pod.uid)
+    return pod.phase == "Running" and bool(pod.ip and pod.netns and pod.uid) and problem(pod) is None
+
+
+def problem(pod: PodInfo) -> str | None:
+    """What makes a running pod impossible to mesh, in words; None when nothing does."""
+    if pod.ip:
+        try:
+            ipaddress.IPv4Address(pod.ip)
+        except ValueError:
+            return f"status.podIP {pod.ip!r} is not an IPv4 address; shoal meshes IPv4 pods only"
+    if pod.netns and not pod.netns.startswith("/"):
+        return f"status.shoal.netns {pod.netns!r} is not an absolute path"
+    return None
 
 
 def desired(pods: Iterable[PodInfo], enrolled_namespaces: set[str], node: str) -> dict[str, PodTarget]:
@@ -100,6 +113,13 @@ def desired(pods: Iterable[PodInfo], enrolled_namespaces: set[str], node: str) -
         if pod.node == node and ready(pod) and wants_mesh(pod, pod.namespace in enrolled_namespaces):
             out[pod.uid] = pod.target()
     return out
+
+
+def problems(pods: Iterable[PodInfo], enrolled_namespaces: set[str], node: str) -> dict[str, str]:
+    """uid -> why, for the pods that should be meshed but cannot be (the agent logs these)."""
+    return {pod.uid: why for pod in pods
+            if pod.node == node and pod.phase == "Running" and wants_mesh(pod, pod.namespace in enrolled_namespaces)
+            and (why := problem(pod)) is not None}
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,12 @@ def test_plan_invariants(want, installed, acked, in_flight, connected):
     after = plan(want_t, {u: t(u) for u in want & now_acked}, now_acked, set(), connected)
     if connected:
         assert not after.tell_ztunnel and not after.remove and not after.install
+
+
+def test_a_pod_with_a_bad_address_is_skipped_with_a_reason_and_harms_no_other():
+    bad = pod_info(pod("bad", ip="fd00::5"))
+    good = pod_info(pod("good"))
+    from node_agent.reconcile import problems
+    assert set(desired([bad, good], {"demo"}, "node1")) == {"uid-good"}
+    assert problems([bad, good], {"demo"}, "node1") == {
+        "uid-bad": "status.podIP 'fd00::5' is not an IPv4 address; shoal meshes IPv4 pods only"}
