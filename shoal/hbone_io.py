@@ -31,7 +31,7 @@ WRITE_HIGH_WATER = 1 << 20   # bytes buffered in a transport before its source p
 WRITE_LOW_WATER = 256 << 10
 
 
-class RelayError(Exception):
+class RelayError(hbone.HboneError):
     """A tunnel could not be opened or broke; the message says what to check."""
 
     response_flag = "UF"

@@ -22,6 +22,8 @@ from typing import Awaitable, Callable
 
 from shoal import identity, log
 
+from ztunnel.errors import ZtunnelError
+
 logger = log.get("ztunnel.certs")
 
 Signer = Callable[[bytes, str], Awaitable[tuple[bytes, bytes]]]  # (csr PEM, identity URI) -> (chain, bundle)
@@ -32,7 +34,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class CertificateUnavailable(Exception):
+class CertificateUnavailable(ZtunnelError):
     """No valid certificate for an identity; the message says why and what to check."""
 
     response_flag = "UAEX"

@@ -23,11 +23,12 @@ from ztunnel.certs import CertManager, grpc_signer
 from ztunnel.config import Config
 from ztunnel.proxy import Ztunnel
 from ztunnel.state import ProxyState
+from ztunnel.errors import ZtunnelError
 
 logger = log.get("ztunnel")
 
 
-class StartupError(Exception):
+class StartupError(ZtunnelError):
     pass
 
 

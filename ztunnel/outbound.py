@@ -25,6 +25,7 @@ from shoal import hbone
 from shoal.model import Endpoint, Protocol, Service, Workload, WaypointRef
 
 from ztunnel.state import ProxyState
+from ztunnel.errors import ZtunnelError
 
 
 class Kind(enum.StrEnum):
@@ -50,7 +51,7 @@ class Plan:
         return self.kind in (Kind.HBONE, Kind.WAYPOINT)
 
 
-class OutboundError(Exception):
+class OutboundError(ZtunnelError):
     """The connection cannot be sent anywhere; the message says what to check."""
 
     response_flag = "UF"

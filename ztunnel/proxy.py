@@ -37,10 +37,6 @@ from ztunnel.telemetry import ConnectionRecord, Metrics
 logger = log.get("ztunnel.proxy")
 
 
-class ProxyError(Exception):
-    """A pod could not be served; the message says what to check."""
-
-
 @dataclass
 class Pod:
     info: handoff.Workload
@@ -281,8 +277,7 @@ class Ztunnel:
             raise
         except Exception as e:  # every failure is reported on the connection, never fatal to the proxy
             flag, message = classify(e)
-            if endpoint is not None and isinstance(e, (sockets.ConnectFailed, ssl.SSLError, asyncio.TimeoutError,
-                                                       RelayError)) and not isinstance(e, TunnelRefused):
+            if endpoint is not None and _endpoint_failed(e):
                 self.balancer.failed(endpoint)
             record.fail(flag, message)
             if app is not None:
@@ -384,6 +379,14 @@ async def probe_capture(state: ProxyState, pod: Pod, timeout: float = 0.3) -> bo
     finally:
         upstream.close()
         listener.close()
+
+
+def _endpoint_failed(error: BaseException) -> bool:
+    """Failures that count against an endpoint (policy refusals do not: the endpoint is fine)."""
+    if isinstance(error, TunnelRefused):
+        return error.status not in (401, 403)
+    return isinstance(error, (sockets.ConnectFailed, ssl.SSLError, asyncio.TimeoutError, RelayError,
+                              identity.IdentityError))
 
 
 def _reset_socket(sock: socket.socket) -> None:

@@ -15,6 +15,8 @@ import struct
 
 from shoal import netns
 
+from ztunnel.errors import ZtunnelError
+
 MARK = 0x539
 SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
@@ -24,7 +26,7 @@ LISTEN_BACKLOG = 1024
 SOCKET_BUFFER = 4 << 20
 
 
-class SocketError(Exception):
+class SocketError(ZtunnelError):
     """A listener or upstream socket could not be made; the message says what to check."""
 
 

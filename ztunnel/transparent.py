@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import subprocess
 
+from ztunnel.errors import ZtunnelError
+
 CHAIN = "SHOAL_ZTUNNEL"
 CONNMARK = 0x111
 TABLE = 133
@@ -26,7 +28,7 @@ PRIORITY = 32000
 OUR_MARK = 0x539
 
 
-class TransparentError(Exception):
+class TransparentError(ZtunnelError):
     pass
 
 
