@@ -258,3 +258,36 @@ def test_deleting_a_pod_unenrolls_it(topo, cluster_store, tmp_path, test_bpffs):
             agent.proc.wait()
         agent.cleanup()
         agent.log.close()
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, topo, cluster_store, tmp_path,
+                                                                         test_bpffs):
+    agent = AgentProcess(topo, mode, tmp_path, test_bpffs)
+    ztunnel = None
+    try:
+        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+        agent.start()
+        ztunnel = PlayedZtunnel(agent.socket)
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 2, what="both pods enrolled")
+        pod_a, pod_b = topo.pods["a"], topo.pods["b"]
+        agent.kill9()
+        cluster_store.delete("Pod", "demo", pod_b.name)  # its netns and cgroup stay: only the ledger knows
+        agent.start()
+        wait_until(lambda: pod_b.uid in ztunnel.deletes, what="the replay to leave pod b out")
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="pod a enrolled again")
+        assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+        assert bpftool_cgroup(pod_b.cgroup) == []
+        if mode == "iptables":
+            assert netfilter.save(topo.pod_netns("a")).count("-j SHOAL_") == 2
+        else:
+            assert len(bpftool_cgroup(pod_a.cgroup)) == 3
+        outbound_works(topo, ztunnel, pod_a.uid)
+    finally:
+        if ztunnel:
+            ztunnel.stop()
+        if agent.proc and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        agent.cleanup()
+        agent.log.close()
