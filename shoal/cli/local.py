@@ -12,7 +12,7 @@ import yaml
 from shoal.local import cluster as local_cluster
 from shoal.local import manifest
 from shoal.local.layout import Layout
-from shoal.store import CLUSTER_SCOPED
+from shoal.store import CLUSTER_SCOPED, NotFound
 
 KIND_ALIASES = {
     "Pod": ("pods", "pod", "po"),
@@ -69,6 +69,14 @@ def register(sub) -> None:
     p.add_argument("-n", "--namespace")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+
+    for name, field in (("label", "labels"), ("annotate", "annotations")):
+        p = verb(name, cmd_metadata, f"set or remove {field} (key=value to set, key- to remove)")
+        p.add_argument("kind")
+        p.add_argument("name")
+        p.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-")
+        p.add_argument("-n", "--namespace", default="default")
+        p.set_defaults(field=field)
 
     p = verb("logs", cmd_logs, "print a pod's container log")
     p.add_argument("name")
@@ -225,6 +233,27 @@ def _row(kind: str, obj: dict, wide: bool, show_namespace: bool) -> dict:
         row["LABELS"] = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
     row["AGE"] = meta.get("creationTimestamp", "")
     return row
+
+
+def cmd_metadata(args) -> int:
+    """`shoal local label|annotate KIND NAME k=v k2-`, as kubectl does it (an existing key is overwritten)."""
+    store = _store(args)
+    kind = resolve_kind(args.kind)
+    changes: dict[str, str | None] = {}
+    for change in args.changes:
+        if change.endswith("-") and "=" not in change:
+            changes[change[:-1]] = None
+        elif "=" in change:
+            key, value = change.split("=", 1)
+            changes[key] = value
+        else:
+            return _fail(f"{change!r} is neither KEY=VALUE nor KEY-")
+    try:
+        store.patch_metadata(kind, args.namespace, args.name, **{args.field: changes})
+    except NotFound:
+        return _fail(f"{kind} {args.name!r} not found" + ("" if kind in CLUSTER_SCOPED else f" in {args.namespace}"))
+    print(f"{kind.lower()}/{args.name} {'labeled' if args.field == 'labels' else 'annotated'}")
+    return 0
 
 
 def _pod_or_exit(args) -> dict:

@@ -69,6 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {answers[-1]}")
     print(f"    {len(set(answers))} replicas answered {len(answers)} requests")
 
+    if not (store.list("Pod", "shoal-system")[0]):
+        print("    (this build has no mesh components yet; nothing to enroll)")
+    else:
+        step("enrolling namespace demo in the mesh: label shoal.io/dataplane-mode=ambient (no pod restarts)")
+        shoal("local", "label", "namespace", "demo", "shoal.io/dataplane-mode=ambient", *c)
+        line = _first_mesh_connection(args.cluster)
+        if line is None:
+            print("error: no mTLS connection showed up in ztunnel-node1's access log within 30s", file=sys.stderr)
+            return 1
+        print(f"    {line.get('body', '').strip()}")
+        print("    ztunnel-node1 access log: "
+              + ", ".join(f"{k}={line.get(k)}" for k in ("src_identity", "dst_service", "upstream", "mtls", "error")
+                          if k in line))
+        restarts = sum(cs.get("restartCount", 0) for p in store.list("Pod", "demo")[0]
+                       for cs in (p.get("status") or {}).get("containerStatuses", []))
+        print(f"    pods restarted to join the mesh: {restarts}")
+
     print(f"""
 Explore:
   .venv/bin/shoal local get pods -A --cluster {args.cluster}
@@ -76,10 +93,32 @@ Explore:
   .venv/bin/shoal local exec -n demo client --cluster {args.cluster} -- curl -s http://hello.demo.svc.cluster.local
   .venv/bin/shoal local logs -n demo client --cluster {args.cluster}
   .venv/bin/shoal local get nodes -o json --cluster {args.cluster}
+  .venv/bin/shoal local get pods -n shoal-system --cluster {args.cluster}      (control plane, node agents, ztunnels)
+  .venv/bin/shoal local logs -n shoal-system ztunnel-node1 --cluster {args.cluster}
+  .venv/bin/shoal config workloads --cluster {args.cluster}
 
 Tear down:
   make down CLUSTER={args.cluster}        (or: .venv/bin/shoal local down --cluster {args.cluster})""")
     return 0
+
+
+def _first_mesh_connection(cluster: str, timeout: float = 30) -> dict | None:
+    """Calls the Service until ztunnel-node1 logs an outbound mTLS connection; returns that log line."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = shoal("local", "logs", "-n", "shoal-system", "ztunnel-node1", "--cluster", cluster).stdout.count("\n")
+        result = shoal("local", "exec", "-n", "demo", "client", "--cluster", cluster, "--",
+                       "curl", "-sS", "-m", "5", "http://hello", check=False)
+        time.sleep(0.3)
+        for raw in shoal("local", "logs", "-n", "shoal-system", "ztunnel-node1", "--cluster", cluster
+                         ).stdout.splitlines()[seen:]:
+            if raw.startswith("{"):
+                line = json.loads(raw)
+                if line.get("direction") == "outbound" and line.get("mtls"):
+                    return {**line, "body": result.stdout}
+    return None
 
 
 def _wait_for_pods(store, namespace: str, count: int, timeout: float = 30) -> list[dict]:

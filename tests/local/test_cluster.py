@@ -259,3 +259,19 @@ def test_no_route_leads_outside_the_cluster_range(cluster, app):
                 assert net.is_link_local or net.is_multicast, (name, route)
                 continue
             assert net.subnet_of(cluster_range) or str(net) == "169.254.1.1/32", (name, route)
+
+
+def test_label_and_annotate_set_and_remove_keys(cluster, app):
+    cluster("label", "namespace", "web", "team=blue", "tier=back")
+    cluster("annotate", "pod", "client-1", "-n", "web", "note=hi")
+    ns = json.loads(cluster("get", "ns", "web", "-o", "json").stdout)
+    assert ns["metadata"]["labels"] == {"team": "blue", "tier": "back"}
+    pod = json.loads(cluster("get", "pods", "client-1", "-n", "web", "-o", "json").stdout)
+    assert pod["metadata"]["annotations"]["note"] == "hi"
+    cluster("label", "namespace", "web", "team-", "tier-")
+    ns = json.loads(cluster("get", "ns", "web", "-o", "json").stdout)
+    assert not ns["metadata"].get("labels")
+    missing = cluster("label", "namespace", "ghost", "a=b", check=False)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    bad = cluster("label", "namespace", "web", "oops", check=False)
+    assert bad.returncode == 1 and "neither KEY=VALUE nor KEY-" in bad.stderr
