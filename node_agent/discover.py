@@ -27,8 +27,11 @@ def _pod_markers(uid: str) -> tuple[str, str]:
     return f"pod{uid}", f"pod{uid.replace('-', '_')}"
 
 
-def find_sandbox(uid: str, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> Sandbox | None:
+def find_sandbox(uid: str, proc: Path = Path("/proc"), cgroup_root: Path | None = None) -> Sandbox | None:
     """The oldest process of the pod (its sandbox), or None when none runs on this node."""
+    if cgroup_root is None:
+        from node_agent.hostmounts import cgroup2_root
+        cgroup_root = cgroup2_root() or Path("/sys/fs/cgroup")
     markers = _pod_markers(uid)
     found: list[tuple[int, str]] = []
     for entry in proc.iterdir():
@@ -52,7 +55,7 @@ def find_sandbox(uid: str, proc: Path = Path("/proc"), cgroup_root: Path = Path(
     return Sandbox(pid, str(proc / str(pid) / "ns" / "net"), str(cgroup_root / pod_cgroup))
 
 
-def with_sandbox(pod: dict, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> dict:
+def with_sandbox(pod: dict, proc: Path = Path("/proc"), cgroup_root: Path | None = None) -> dict:
     """The pod with `status.shoal` filled in from /proc when the kubelet did not (a copy; unchanged if not found)."""
     status = pod.get("status") or {}
     if (status.get("shoal") or {}).get("netns"):

@@ -120,8 +120,12 @@ def _cgroup_fd(path: str) -> int:
                             f"mounted where the kubelet put it?") from None
 
 
-def cgroup_of_pid(pid: int, root: Path = Path("/sys/fs/cgroup/unified")) -> Path:
+def cgroup_of_pid(pid: int, root: Path | None = None) -> Path:
     """The cgroup v2 directory of a process (from /proc/PID/cgroup's `0::` line)."""
+    from node_agent.hostmounts import cgroup2_root
+    root = root or cgroup2_root()
+    if root is None:
+        raise RedirectError("cgroup v2 is not mounted here; cannot find the ztunnel's cgroup")
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         if line.startswith("0::"):
             return root / line[3:].lstrip("/")

@@ -23,6 +23,19 @@ logger = log.get("node_agent.hostmounts")
 CLONE_NEWNS = 0x00020000
 
 
+def cgroup2_root(mounts: str = "/proc/self/mounts") -> Path | None:
+    """Where cgroup v2 is mounted here (/sys/fs/cgroup on most nodes, /sys/fs/cgroup/unified on hybrid ones)."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    roots = [line.split()[1] for line in lines if len(line.split()) > 2 and line.split()[2] == "cgroup2"]
+    return Path(sorted(roots, key=len)[0]) if roots else None
+
+
+CGROUP2_CANDIDATES = (Path("/sys/fs/cgroup/cgroup.controllers"), Path("/sys/fs/cgroup/unified/cgroup.controllers"))
+
+
 def _ancestors():
     pid = os.getppid()
     while pid > 1:
@@ -35,9 +48,9 @@ def _ancestors():
     yield 1
 
 
-def rejoin_host_mounts(needed: Path) -> bool:
-    """Joins an ancestor's mount namespace if `needed` is hidden here; True if it did."""
-    if needed.exists():
+def rejoin_host_mounts(candidates=CGROUP2_CANDIDATES) -> bool:
+    """Joins an ancestor's mount namespace if no cgroup v2 is visible here but is there; True if it did."""
+    if cgroup2_root() is not None:
         return False
     own = os.stat("/proc/self/ns/mnt").st_ino
     fd = None
@@ -45,7 +58,7 @@ def rejoin_host_mounts(needed: Path) -> bool:
         try:
             if os.stat(f"/proc/{pid}/ns/mnt").st_ino == own:
                 continue
-            if not Path(f"/proc/{pid}/root{needed}").exists():
+            if not any(Path(f"/proc/{pid}/root{needed}").exists() for needed in candidates):
                 continue
             fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
             break
@@ -61,5 +74,5 @@ def rejoin_host_mounts(needed: Path) -> bool:
     finally:
         os.close(fd)
     os.chdir("/")
-    logger.info("joined the host's mount namespace to see its cgroups and bpffs", needed=str(needed))
+    logger.info("joined the host's mount namespace to see its cgroups and bpffs", cgroup2=str(cgroup2_root()))
     return True

@@ -26,6 +26,7 @@ from pathlib import Path
 from shoal import log
 
 from node_agent import probes
+from node_agent.hostmounts import cgroup2_root
 from node_agent.errors import NodeAgentError, PrerequisiteMissing
 from node_agent.iptables import IptablesRedirector
 from node_agent.model import PodTarget
@@ -182,7 +183,7 @@ def _capabilities() -> int:
     return 0
 
 
-def check_ebpf(cgroup_root: Path = Path("/sys/fs/cgroup/unified")) -> None:
+def check_ebpf(cgroup_root: Path | None = None) -> None:
     """Raises PrerequisiteMissing for the first thing the eBPF mode lacks."""
     from node_agent.ebpf import import_bcc
     import_bcc()
@@ -195,13 +196,15 @@ def check_ebpf(cgroup_root: Path = Path("/sys/fs/cgroup/unified")) -> None:
     if not (caps >> CAP_SYS_ADMIN) & 1 and not (caps >> CAP_BPF) & 1:
         raise PrerequisiteMissing("BPF privilege", "the agent holds neither CAP_BPF nor CAP_SYS_ADMIN",
                                   "run the node agent as root or privileged")
-    if not (cgroup_root / "cgroup.controllers").exists():
-        raise PrerequisiteMissing("cgroup v2", f"no cgroup2 filesystem at {cgroup_root}",
-                                  "mount cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup/unified) or use --redirect iptables")
+    cgroup_root = cgroup_root or cgroup2_root()
+    if cgroup_root is None or not (cgroup_root / "cgroup.controllers").exists():
+        where = f"at {cgroup_root}" if cgroup_root else "mounted (see /proc/self/mounts)"
+        raise PrerequisiteMissing("cgroup v2", f"no cgroup2 filesystem {where}",
+                                  "mount cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup), mount the host's "
+                                  "/sys/fs/cgroup into the agent, or use --redirect iptables")
 
 
-def choose(mode: str, agent_id: str, *, bpffs: Path | None = None,
-           cgroup_root: Path = Path("/sys/fs/cgroup/unified")):
+def choose(mode: str, agent_id: str, *, bpffs: Path | None = None, cgroup_root: Path | None = None):
     """The capture backend for `mode`, loaded; for auto, eBPF if it works here, else iptables."""
     if mode not in MODES:
         raise NodeAgentError(f"unknown redirect mode {mode!r}; choose one of {', '.join(MODES)}")

@@ -62,7 +62,7 @@ def main(args) -> int:
     from node_agent.hostmounts import rejoin_host_mounts
     from node_agent.redirect import Redirection, choose
 
-    rejoin_host_mounts(Path("/sys/fs/cgroup/unified/cgroup.controllers"))
+    rejoin_host_mounts()
 
     if args.cleanup:
         return cleanup(args, agent_id, state_dir)

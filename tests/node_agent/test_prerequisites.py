@@ -110,3 +110,17 @@ def test_a_pod_target_with_a_bad_address_names_it():
     from node_agent.model import PodTarget
     with pytest.raises(ValueError, match="198.19.1.300"):
         PodTarget("u", "ns", "p", "198.19.1.300", "/run/netns/x")
+
+
+def test_cgroup2_is_found_where_it_is_mounted(tmp_path):
+    from node_agent.hostmounts import cgroup2_root
+    hybrid = tmp_path / "hybrid"
+    hybrid.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"
+                      "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    unified = tmp_path / "unified"
+    unified.write_text("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n")
+    none = tmp_path / "none"
+    none.write_text("sysfs /sys sysfs rw 0 0\n")
+    assert cgroup2_root(str(hybrid)) == Path("/sys/fs/cgroup/unified")
+    assert cgroup2_root(str(unified)) == Path("/sys/fs/cgroup")
+    assert cgroup2_root(str(none)) is None
