@@ -307,6 +307,27 @@ def test_del_workload_closes_listeners_and_rules(rig):
     assert "lookup 133" not in in_pod("c", "ip", "rule").stdout
 
 
+def test_identity_mismatch_and_timeout_are_classed(rig):
+    import dataclasses
+    a, b, *_ = workloads()
+    # The config now says B runs as another service account than the certificate its ztunnel presents.
+    rig.set(dataclasses.replace(b, service_account="impostor"))
+    try:
+        assert curl("a", f"http://{WEB_VIP}/").returncode != 0
+        time.sleep(0.2)
+        line = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+        assert line["error"].startswith("TLS identity mismatch") and "impostor" in line["error"]
+        assert line["response_flags"] == "UPE"
+    finally:
+        rig.set(b)
+    assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"
+    # Nothing answers 198.18.99.1 (the router drops it): a passthrough that times out.
+    assert curl("a", "http://198.18.99.1/", timeout=6).returncode != 0
+    time.sleep(0.2)
+    line = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+    assert line["plan"] == "passthrough" and line["error"].startswith("timed_out")
+
+
 SLOW_SENDER = """
 import socket, sys, time
 c = socket.create_connection((sys.argv[1], 9000), timeout=20)
