@@ -6,8 +6,8 @@ Each set-up gets its own namespace with a client pod on node1 and a server
 pod on node2 behind a Service; `ambient-l4` is the same with the namespace
 enrolled. The client runs `bench.loadgen` (open loop, HTTP/1.1, 1 KiB
 responses, timed as BENCHMARKS.md says) and iperf3 (1 and 8 streams). The
-mesh's cost is the CPU time and resident memory of the shoal-system pods
-(read from their cgroups) over the latency run.
+mesh's cost is the CPU time and resident memory of the ztunnels (read from
+their cgroups) over the latency run, and the memory of every shoal-system pod.
 
 It prints a table and writes bench/results/<timestamp>-latency/results.json.
 The cluster it makes (`--cluster bench`) is removed at the end unless --keep.
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.report import Run, summarize, table
 from shoal.local import cluster as local_cluster
+from shoal.local import observe
 from shoal.local.layout import Layout
 
 SETUPS = {
@@ -60,10 +61,10 @@ def shoal(*args: str, input: str | None = None, timeout: float = 600) -> str:
     return result.stdout
 
 
-def mesh_usage(layout: Layout) -> tuple[float, float]:
-    """CPU seconds and resident MiB of every shoal-system pod, from their cgroups."""
+def mesh_usage(layout: Layout, component: str = "") -> tuple[float, float]:
+    """CPU seconds and resident MiB of the shoal-system pods (whose name starts with `component`)."""
     cpu, rss = 0.0, 0.0
-    for cgroup in (layout.cgroup_dir / "pods").glob("shoal-system_*"):
+    for cgroup in (layout.cgroup_dir / "pods").glob(f"shoal-system_{component}*"):
         for line in (cgroup / "cpu.stat").read_text().splitlines():
             if line.startswith("usage_usec"):
                 cpu += int(line.split()[1]) / 1e6
@@ -83,27 +84,36 @@ def run_setup(args, layout: Layout, run: Run, setup: str) -> list[dict]:
     local_cluster.wait_ready(layout, [(namespace, "server"), (namespace, "client")], progress=lambda m: None,
                              timeout=60)
     url = f"http://server.{namespace}:8080/"
-    # A short warm request also confirms the path works before anything is measured.
-    shoal("local", "exec", "-n", namespace, "client", *c, "--", "curl", "-sS", "-m", "5", "-o", "/dev/null", url)
+
+    def warm() -> str:  # also confirms the path works before anything is measured
+        return shoal("local", "exec", "-n", namespace, "client", *c, "--", "curl", "-sS", "-m", "5", "-o",
+                     "/dev/null", url)
+
+    if SETUPS[setup]:  # an enrolled set-up: wait for its first mTLS connection, not for a guess
+        if observe.wait_for_mtls(layout, 1, warm, source_namespace=namespace, timeout=60) is None:
+            raise SystemExit(f"{setup}: no mTLS connection from {namespace} in ztunnel-node1's log after 60s")
+    warm()
     rows = []
-    latency_runs, cpu_per_1000, rss = [], [], []
+    latency_runs, cpu_per_1000, rss, mesh_rss = [], [], [], []
     for _ in range(args.repeats):
-        cpu0, _ = mesh_usage(layout)
+        cpu0, _ = mesh_usage(layout, "ztunnel")
         out = shoal("local", "exec", "-n", namespace, "client", *c, "--", sys.executable, "-m", "bench.loadgen",
                     "client", "--url", url, "--rps", str(args.rps), "--connections", str(args.connections),
                     "--duration", str(args.duration), "--warmup", str(args.warmup))
-        cpu1, rss_now = mesh_usage(layout)
+        cpu1, rss_now = mesh_usage(layout, "ztunnel")
         result = json.loads(out)
         latency_runs.append(result)
         requests = result["rps_achieved"] * (args.duration + args.warmup)
         cpu_per_1000.append((cpu1 - cpu0) / max(requests, 1) * 1000)
         rss.append(rss_now)
+        mesh_rss.append(mesh_usage(layout)[1])
     row = {"setup": setup, "case": "http-latency", "placement": "cross-node", "rps_target": args.rps,
            "connections": args.connections, "repeats": args.repeats}
     for key in ("rps_achieved", "p50_ms", "p90_ms", "p99_ms", "p999_ms"):
         row.update(summarize([r[key] for r in latency_runs if key in r], key))
     row.update(summarize(cpu_per_1000, "cpu_per_1000rps"))
-    row.update(summarize(rss, "rss_mb"))
+    row.update(summarize(rss, "rss_mb"))  # the ztunnels, which carry the data path
+    row.update(summarize(mesh_rss, "mesh_rss_mb"))  # every shoal-system pod (control plane, agents too)
     rows.append(run.add(**row))
     for streams in (1, 8):
         gbps = []
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"added_{p}"] = row[p] - base[p]
     latency = [r for r in run.results if r["case"] == "http-latency"]
     print(table(latency, ["setup", "rps_achieved", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "added_p50_ms",
-                          "added_p99_ms", "cpu_per_1000rps", "rss_mb"], "HTTP/1.1 latency, cross-node (ms)"))
+                          "added_p99_ms", "cpu_per_1000rps", "rss_mb", "mesh_rss_mb"], "HTTP/1.1 latency, cross-node (ms)"))
     print()
     print(table([r for r in run.results if r["case"] == "throughput"], ["setup", "streams", "gbps", "gbps_min",
                                                                          "gbps_max"], "Throughput (Gbit/s)"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shoal import log
 from shoal.local import cluster as local_cluster
+from shoal.local import observe
 from shoal.local.layout import Layout
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello.yaml"
@@ -74,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         step("enrolling namespace demo in the mesh: label shoal.io/dataplane-mode=ambient (no pod restarts)")
         shoal("local", "label", "namespace", "demo", "shoal.io/dataplane-mode=ambient", *c)
-        line = _first_mesh_connection(args.cluster)
-        if line is None:
+        found = observe.wait_for_mtls(layout, 1, lambda: shoal("local", "exec", "-n", "demo", "client", *c, "--",
+                                                               "curl", "-sS", "-m", "5", "http://hello",
+                                                               check=False).stdout,
+                                      source_namespace="demo")
+        if found is None:
             print("error: no mTLS connection showed up in ztunnel-node1's access log within 30s", file=sys.stderr)
             return 1
-        print(f"    {line.get('body', '').strip()}")
+        line, body = found
+        print(f"    {body.strip()}")
         print("    ztunnel-node1 access log: "
               + ", ".join(f"{k}={line.get(k)}" for k in ("src_identity", "dst_service", "upstream", "mtls", "error")
                           if k in line))
@@ -100,25 +105,6 @@ Explore:
 Tear down:
   make down CLUSTER={args.cluster}        (or: .venv/bin/shoal local down --cluster {args.cluster})""")
     return 0
-
-
-def _first_mesh_connection(cluster: str, timeout: float = 30) -> dict | None:
-    """Calls the Service until ztunnel-node1 logs an outbound mTLS connection; returns that log line."""
-    import json
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = shoal("local", "logs", "-n", "shoal-system", "ztunnel-node1", "--cluster", cluster).stdout.count("\n")
-        result = shoal("local", "exec", "-n", "demo", "client", "--cluster", cluster, "--",
-                       "curl", "-sS", "-m", "5", "http://hello", check=False)
-        time.sleep(0.3)
-        for raw in shoal("local", "logs", "-n", "shoal-system", "ztunnel-node1", "--cluster", cluster
-                         ).stdout.splitlines()[seen:]:
-            if raw.startswith("{"):
-                line = json.loads(raw)
-                if line.get("direction") == "outbound" and line.get("mtls"):
-                    return {**line, "body": result.stdout}
-    return None
 
 
 def _wait_for_pods(store, namespace: str, count: int, timeout: float = 30) -> list[dict]:

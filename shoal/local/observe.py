@@ -1,0 +1,49 @@
+"""Reading what the mesh says about itself in a local cluster: the ztunnels' access logs.
+
+The demo and the benchmarks use it to know when a namespace's traffic has
+started to flow through the mesh (its first mTLS connection), without
+guessing with sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from shoal.local.components import SYSTEM_NAMESPACE
+from shoal.local.layout import Layout
+
+
+def access_log(layout: Layout, node: int) -> list[dict]:
+    """The connection records in ztunnel-node<N>'s log, oldest first."""
+    path = layout.pod_log(SYSTEM_NAMESPACE, f"ztunnel-node{node}", "ztunnel")
+    if not path.exists():
+        return []
+    records = []
+    for raw in path.read_text().splitlines():
+        if raw.startswith("{") and '"direction"' in raw:
+            try:
+                records.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue  # a line still being written
+    return records
+
+
+def wait_for_mtls(layout: Layout, node: int, call: Callable[[], object], *, source_namespace: str,
+                  timeout: float = 30.0) -> tuple[dict, object] | None:
+    """Runs `call()` until ztunnel-node<N> logs an outbound mTLS connection from the namespace.
+
+    Returns (that log record, what `call` returned), or None after `timeout`.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = len(access_log(layout, node))
+        result = call()
+        for _ in range(10):
+            for record in access_log(layout, node)[seen:]:
+                if (record.get("direction") == "outbound" and record.get("mtls")
+                        and f"/ns/{source_namespace}/" in str(record.get("src_identity", ""))):
+                    return record, result
+            time.sleep(0.05)
+    return None
