@@ -328,6 +328,32 @@ def test_identity_mismatch_and_timeout_are_classed(rig):
     assert line["plan"] == "passthrough" and line["error"].startswith("timed_out")
 
 
+def test_a_second_ztunnel_can_take_over_the_same_pods(rig):
+    """SO_REUSEPORT: a new ztunnel binds the same ports in the same pods while the old one still listens."""
+    async def second():
+        async def signer(csr, uri):
+            return rig.ca.sign_csr(csr), rig.ca.bundle_pem
+        z2 = Ztunnel(Config(connect_timeout=3), rig.state, CertManager(signer))
+        for uid, name, sa in (("uid-a", "a", "a"), ("uid-b", "b", "b")):
+            await z2.add_workload(handoff.Workload(uid, name, "app", sa), netns.open_fd(pod_ns(name)))
+        return z2
+    def opened(z):
+        return sum(s.value for m in z.metrics.opened.collect() for s in m.samples
+                   if s.name.endswith("_total") and s.labels["reporter"] == "source")
+    before = opened(rig.ztunnel)
+    z2 = rig.call(second())
+    try:
+        results = [curl("a", f"http://{WEB_VIP}/").stdout for _ in range(16)]
+        assert results == [f"peer={PODS['a']}\n"] * 16
+        # The kernel spreads new connections over both listeners (by 4-tuple hash).
+        by_second = opened(z2)
+        assert by_second > 0 and (opened(rig.ztunnel) - before) + by_second == 16
+    finally:
+        rig.call(z2.close())
+    # The first one still serves alone.
+    assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"
+
+
 SLOW_SENDER = """
 import socket, sys, time
 c = socket.create_connection((sys.argv[1], 9000), timeout=20)
