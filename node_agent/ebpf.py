@@ -162,6 +162,12 @@ class EbpfRedirector:
             self._compile_and_pin()
         for name, fd in self.prog_fds.items():
             self.prog_ids[name] = libbpf.prog_info(fd)[0]
+        for old in self.agent_dir.iterdir():
+            if old.is_dir() and old not in (self.prog_dir, self.links_dir):
+                # Pins of an older build: what is still attached keeps those programs
+                # alive until each pod is installed again (which detaches them).
+                shutil.rmtree(old)
+                logger.info("unpinned an older build of the eBPF programs", dir=str(old))
 
     def _compile_and_pin(self) -> None:
         bcc = import_bcc()
@@ -213,11 +219,47 @@ class EbpfRedirector:
         self._link_netns(pod)
 
     def _attach_once(self, name: str, target_fd: int, where: str) -> None:
+        """Attaches `name` unless it is; detaches other versions of it (an older agent's) after."""
         attach_type = PROGRAMS[name][1]
-        if self.prog_ids[name] in libbpf.prog_query(target_fd, attach_type):
+        if self.prog_ids[name] not in libbpf.prog_query(target_fd, attach_type):
+            libbpf.prog_attach(self.prog_fds[name], target_fd, attach_type)
+            logger.debug("attached", program=name, to=where)
+        for stale in self._shoal_programs(target_fd, attach_type, name) - {self.prog_ids[name]}:
+            self._detach_id(stale, target_fd, attach_type)
+            logger.info("detached an older version", program=name, id=stale, to=where)
+
+    def _shoal_programs(self, target_fd: int, attach_type: int, name: str | None = None) -> set[int]:
+        """Ids of shoal's programs (any version) attached there; only those called `name`, if given."""
+        found = set()
+        for prog_id in libbpf.prog_query(target_fd, attach_type):
+            try:
+                fd = libbpf.prog_fd_by_id(prog_id)
+            except BpfError:
+                continue  # gone meanwhile
+            try:
+                prog_name = libbpf.prog_info(fd)[1]
+            finally:
+                os.close(fd)
+            # The kernel keeps 15 characters of a program's name.
+            if prog_name.startswith("shoal_") and (name is None or name.startswith(prog_name)):
+                found.add(prog_id)
+        return found
+
+    def _detach_id(self, prog_id: int, target_fd: int, attach_type: int) -> None:
+        try:
+            fd = libbpf.prog_fd_by_id(prog_id)
+        except BpfError:
             return
-        libbpf.prog_attach(self.prog_fds[name], target_fd, attach_type)
-        logger.debug("attached", program=name, to=where)
+        try:
+            libbpf.prog_detach(fd, target_fd, attach_type)
+        finally:
+            os.close(fd)
+
+    def _detach_all(self, target_fd: int, names) -> None:
+        for name in names:
+            attach_type = PROGRAMS[name][1]
+            for prog_id in self._shoal_programs(target_fd, attach_type, name):
+                self._detach_id(prog_id, target_fd, attach_type)
 
     def _link_netns(self, pod: PodTarget) -> None:
         pin = self.links_dir / _safe(pod.uid)
@@ -246,9 +288,7 @@ class EbpfRedirector:
         if pod.cgroup and os.path.isdir(pod.cgroup):
             cgroup = _cgroup_fd(pod.cgroup)
             try:
-                for name in POD_CGROUP_PROGRAMS:
-                    while self.prog_ids[name] in libbpf.prog_query(cgroup, PROGRAMS[name][1]):
-                        libbpf.prog_detach(self.prog_fds[name], cgroup, PROGRAMS[name][1])
+                self._detach_all(cgroup, POD_CGROUP_PROGRAMS)
             finally:
                 os.close(cgroup)
         pin = self.links_dir / _safe(pod.uid)
@@ -263,8 +303,8 @@ class EbpfRedirector:
         cgroup = _cgroup_fd(pod.cgroup)
         try:
             for name in POD_CGROUP_PROGRAMS:
-                if self.prog_ids[name] not in libbpf.prog_query(cgroup, PROGRAMS[name][1]):
-                    return False
+                if self._shoal_programs(cgroup, PROGRAMS[name][1], name) != {self.prog_ids[name]}:
+                    return False  # missing, or an older version beside it
         finally:
             os.close(cgroup)
         pin = self.links_dir / _safe(pod.uid)
@@ -305,9 +345,7 @@ class EbpfRedirector:
         if os.path.isdir(cgroup):
             fd = _cgroup_fd(cgroup)
             try:
-                for name in ZTUNNEL_CGROUP_PROGRAMS:
-                    while self.prog_ids[name] in libbpf.prog_query(fd, PROGRAMS[name][1]):
-                        libbpf.prog_detach(self.prog_fds[name], fd, PROGRAMS[name][1])
+                self._detach_all(fd, ZTUNNEL_CGROUP_PROGRAMS)
             finally:
                 os.close(fd)
         self.ztunnel_cgroups.discard(cgroup)

@@ -262,3 +262,33 @@ print("done")
     assert bpftool_map_entries(prog_dir / "orig_by_port") == 0
     if redirection.mode == "ebpf":
         assert bpftool_map_entries(redirection.capture.prog_dir / "uncaptured") == 0
+
+
+def test_a_newer_build_replaces_an_older_ones_programs(topo, redirection, test_bpffs, tmp_path, monkeypatch):
+    """An agent upgraded to changed C source attaches its programs and detaches the old ones: no duplicates."""
+    if redirection.mode != "ebpf":
+        pytest.skip("the eBPF mode's programs")
+    from node_agent import ebpf
+    from node_agent.redirect import Redirection
+    pod = topo.pods["a"]
+    redirection.install(pod)
+    old_ids = set(redirection.capture.prog_ids.values())
+    source = ebpf.SOURCE.read_text() + "\n// a newer build\n"
+    newer_source = tmp_path / "redirect.c"
+    newer_source.write_text(source)
+    monkeypatch.setattr(ebpf, "SOURCE", newer_source)
+    newer = Redirection(ebpf.EbpfRedirector(f"test-{os.getpid()}", test_bpffs), redirection.ledger.dir.parent,
+                        node_netns=topo.node)
+    try:
+        assert not newer.installed(pod)  # the old build's programs are not this build's
+        newer.install(pod)
+        assert newer.installed(pod)
+        attached = bpftool_cgroup(pod.cgroup)
+        assert len(attached) == 3
+        ids = {int(line.split()[0]) for line in attached}
+        assert not ids & old_ids
+        assert not (redirection.capture.prog_dir).exists()  # the old build was unpinned
+    finally:
+        newer.remove(pod)
+        newer.close()
+    assert bpftool_cgroup(pod.cgroup) == []
