@@ -565,7 +565,10 @@ class HboneServer(HboneConnection):
     client_side = False
 
     def accept(self, stream_id: int) -> None:
-        self._h2.send_headers(stream_id, [(":status", "200")])
+        try:
+            self._h2.send_headers(stream_id, [(":status", "200")])
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError, h2.exceptions.ProtocolError) as e:
+            raise StreamNotOpen(f"stream {stream_id} cannot be accepted: {e}") from None
 
     def refuse(self, stream_id: int, status: int, reason: str) -> None:
         """Answers a CONNECT with an error status (401/403/503...) and ends the stream."""

@@ -149,7 +149,9 @@ class TcpSide(asyncio.Protocol, Side):
         for data in self._held:
             peer.write(data)
         self._held.clear()
-        if self._held_eof:
+        if self.reset:  # the connection was reset before it had a peer: pass that on
+            peer.abort()
+        elif self._held_eof:
             peer.write_eof()
         elif self.transport is not None and not self._paused_by_peer and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -282,7 +284,9 @@ class TunnelStream(Side):
             peer.write(data)
             self.session.conn.consumed(self.stream_id, credit)
         self._held.clear()
-        if self._held_eof:
+        if self.reset:  # reset by the peer before the relay started
+            peer.abort()
+        elif self._held_eof:
             peer.write_eof()
         self.session.flush()
 
@@ -467,7 +471,12 @@ class HboneSession(asyncio.Protocol):
     # commands for handlers and clients -------------------------------------------------
 
     def accept(self, stream: TunnelStream) -> None:
-        self.conn.accept(stream.stream_id)
+        if stream.reset:
+            raise TunnelBroken("the client reset the tunnel before it was accepted")
+        try:
+            self.conn.accept(stream.stream_id)
+        except hbone.HboneError as e:
+            raise TunnelBroken(f"cannot accept the tunnel: {e}") from None
         self.flush()
 
     def refuse(self, stream: TunnelStream, status: int, reason: str) -> None:

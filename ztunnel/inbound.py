@@ -88,6 +88,7 @@ class Inbound:
                                   source_principal=str(peer), destination_principal=pod.identity, mtls=True,
                                   service=_service_of(z, workload, port))
         z.begin(record)
+        app = None
         try:
             if workload.ips and host not in workload.ips:
                 reason = f"{host} is not this pod ({', '.join(workload.ips)}); check the client's outbound decision"
@@ -108,7 +109,7 @@ class Inbound:
                 session.refuse(stream, 503, str(e))
                 return
             _, app = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
-            session.accept(stream)
+            session.accept(stream)  # TunnelBroken if the client gave up meanwhile
             record.meter = lambda: (stream.bytes_received, stream.bytes_sent)
             await relay(stream, app)
             record.bytes_received, record.bytes_sent = stream.bytes_received, stream.bytes_sent
@@ -117,10 +118,14 @@ class Inbound:
         except asyncio.CancelledError:
             record.fail("DC", "connection closed: pod removed or ztunnel draining")
             stream.abort()
+            if app is not None:
+                app.abort()
             raise
         except Exception as e:
-            record.fail("UF", f"{type(e).__name__}: {e}")
+            record.fail("DC" if stream.reset else "UF", str(e) if stream.reset else f"{type(e).__name__}: {e}")
             stream.abort()
+            if app is not None:
+                app.abort()
         finally:
             z.end(record)
 

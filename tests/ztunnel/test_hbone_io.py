@@ -19,9 +19,10 @@ SERVER_ID = "spiffe://cluster.local/ns/app/sa/server"
 class Rig:
     """app client -> forwarder (plain) -> HBONE/TLS -> HBONE server -> app server, all on 127.0.0.1."""
 
-    def __init__(self, app_handler, refuse: str | None = None, client_uri=CLIENT_ID):
+    def __init__(self, app_handler, refuse: str | None = None, client_uri=CLIENT_ID, accept_delay: float = 0.0):
         self.app_handler = app_handler
         self.refuse = refuse
+        self.accept_delay = accept_delay
         self.ca = TestCA()
         self.client_cred = self.ca.credential(client_uri)
         self.server_cred = self.ca.credential(SERVER_ID)
@@ -64,6 +65,7 @@ class Rig:
         host, port = stream.authority.rsplit(":", 1)
         loop = asyncio.get_running_loop()
         _, upstream = await loop.create_connection(TcpSide, host, int(port))
+        await asyncio.sleep(self.accept_delay)
         session.accept(stream)
         await relay(stream, upstream)
 
@@ -220,5 +222,30 @@ def test_client_checks_server_identity():
         await rig.start()
         with pytest.raises(identity.PeerMismatch, match="expected"):
             identity.check_peer(rig.session.ssl_object, identity.parse_spiffe_id("spiffe://cluster.local/ns/app/sa/other"))
+        await rig.stop()
+    run(main())
+
+
+def test_client_reset_before_the_tunnel_opens_reaches_the_app():
+    async def main():
+        ended = asyncio.Event()
+
+        async def app(reader, writer):
+            try:
+                await reader.read(-1)
+            except ConnectionError:
+                pass
+            ended.set()
+            writer.close()
+
+        rig = Rig(app, accept_delay=0.3)
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()  # RST while the tunnel is still waiting for its 200
+        await asyncio.wait_for(ended.wait(), 3)  # the app's connection does not linger
+        await asyncio.sleep(0.1)
+        assert not rig.session.streams
         await rig.stop()
     run(main())
