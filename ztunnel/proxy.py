@@ -97,7 +97,13 @@ class Ztunnel:
             return held.listeners.get(sockets.INBOUND_PLAINTEXT_PORT)
         uri = str(identity.format_spiffe_id(self.config.trust_domain, workload.namespace, workload.service_account))
         pod = Pod(workload, netns_fd, uri)
-        if await probe_capture(self.state, pod):
+        try:
+            captured = await probe_capture(self.state, pod)
+        except (OSError, sockets.SocketError) as e:
+            logger.warning("could not probe the pod's inbound capture; assuming it spares the ztunnel",
+                           pod=f"{workload.namespace}/{workload.name}", error=str(e))
+            captured = False
+        if captured:
             pod.app_via_loopback = True
             logger.warning("inbound capture in this pod catches the ztunnel's own connections to the pod IP "
                            "(eBPF sk_lookup sees them as arriving on eth0); reaching the app over 127.0.0.1, "
