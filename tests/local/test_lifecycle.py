@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 from shoal.local.layout import Layout
 
@@ -28,14 +32,38 @@ def host_iptables() -> str:
     return "\n".join(l for l in out.splitlines() if not l.startswith("#"))
 
 
-def test_down_leaves_nothing_and_the_host_never_changes():
-    name = f"tl{os.getpid() % 100000}"
+def shoal_bpf_programs() -> list[str]:
+    out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True).stdout
+    return [p.get("name", "") for p in json.loads(out or "[]") if p.get("name", "").startswith("shoal_")]
+
+
+def redirection_active(layout: Layout, pod: dict, mode: str) -> bool:
+    netns_name = os.path.basename(pod["status"]["shoal"]["netns"])
+    if mode == "iptables":
+        rules = subprocess.run(["ip", "netns", "exec", netns_name, "iptables-legacy-save"],
+                               capture_output=True, text=True).stdout
+        return "SHOAL" in rules
+    out = subprocess.run(["bpftool", "cgroup", "show", pod["status"]["shoal"]["cgroup"]],
+                         capture_output=True, text=True).stdout
+    return "shoal_connect4" in out
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_down_leaves_nothing_and_the_host_never_changes(mode):
+    """With the whole mesh up and a pod enrolled: down removes every netns, cgroup, process,
+    rule, eBPF program and pin, and file; the host's links, routes and rules never change."""
+    name = f"tl{mode[0]}{os.getpid() % 10000}"
     cluster, layout = Cluster(name), Layout(name)
     before = host_network_state()
     rules_before = host_iptables()
+    programs_before = shoal_bpf_programs()
 
-    cluster("up", "--nodes", "2", "--redirect", "iptables")
+    cluster("up", "--nodes", "2", "--redirect", mode)
     cluster.apply("""
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {shoal.io/dataplane-mode: ambient}}
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: sleeper}
@@ -52,11 +80,18 @@ spec:
     pod = cluster.wait_pods_ready("default", 1)["sleeper"]
     pids = Path(pod["status"]["shoal"]["cgroup"], "cgroup.procs").read_text().split()
     assert pids
+    deadline = time.monotonic() + 30
+    while not redirection_active(layout, pod, mode):
+        assert time.monotonic() < deadline, f"the pod was never enrolled ({mode})"
+        time.sleep(0.2)
     assert host_network_state() == before, "the cluster changed the host's links or routes"
     assert host_iptables() == rules_before
 
     netns_names = [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
     assert len(netns_names) == 4  # underlay, two nodes, one pod
+    system_pids = [pid for cg in (layout.cgroup_dir / "pods").glob("shoal-system_*")
+                   for pid in (cg / "cgroup.procs").read_text().split()]
+    assert len(system_pids) >= 5  # control plane, and an agent and a ztunnel per node
     assert Path("/etc/netns", os.path.basename(pod["status"]["shoal"]["netns"]), "hosts").exists()
 
     out = cluster("down").stdout
@@ -66,8 +101,10 @@ spec:
     assert not layout.cgroup_dir.exists()
     assert not layout.run_dir.exists()
     assert not list(Path("/etc/netns").glob(f"{layout.prefix}*")) if Path("/etc/netns").exists() else True
-    for pid in pids:
-        assert not alive(pid), f"pod process {pid} survived down"
+    for pid in pids + system_pids:
+        assert not alive(pid), f"process {pid} survived down"
+    assert not list(Path("/sys/fs/bpf").glob(f"shoal/{name}-*")), "pinned eBPF objects survived down"
+    assert shoal_bpf_programs() == programs_before, "eBPF programs survived down"
     leftovers = subprocess.run(["pgrep", "-f", f"shoal.local.daemon --cluster {name}$"], capture_output=True)
     assert leftovers.returncode == 1, "the daemon survived down"
     assert host_network_state() == before
