@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from shoal import hbone, identity, log
 from shoal.hbone_io import HboneSession, TcpSide, TunnelStream, relay
-from shoal.model import PeerAuthMode
+from shoal.model import PeerAuthMode, PolicyScope
 
 from ztunnel import authz, sockets
 from ztunnel.telemetry import ConnectionRecord
@@ -95,7 +95,7 @@ class Inbound:
                 record.fail("NR", reason)
                 session.refuse(stream, 400, reason)
                 return
-            verdict = authz.authorize(z.state.policies_for(workload), authz.Connection(
+            verdict = authorize_inbound(z.state, workload, authz.Connection(
                 source_ip=source_ip, destination_port=port, source_principal=_principal(peer),
                 source_namespace=peer.namespace))
             if not verdict:
@@ -149,13 +149,13 @@ class Inbound:
         try:
             if destination[1] in (sockets.INBOUND_PLAINTEXT_PORT, hbone.PORT, sockets.OUTBOUND_PORT):
                 raise ConnectionRefusedError(f"plaintext to the ztunnel's own port {destination[1]}; refusing to loop")
-            mode = z.state.peer_auth_mode(workload, destination[1])
+            mode = peer_auth_inbound(z.state, workload, destination[1])
             if mode is PeerAuthMode.STRICT:
                 record.fail("UAEX", "plaintext refused: PeerAuthentication is STRICT for this workload; "
                             "the client must be in the mesh")
                 _reset(conn)
                 return
-            verdict = authz.authorize(z.state.policies_for(workload), authz.Connection(
+            verdict = authorize_inbound(z.state, workload, authz.Connection(
                 source_ip=address[0], destination_port=destination[1]))
             if not verdict:
                 record.fail("UAEX", f"policy denied: {verdict.reason}")
@@ -182,6 +182,32 @@ class Inbound:
                 _reset(conn)
         finally:
             z.end(record)
+
+
+def authorize_inbound(state, workload, conn: authz.Connection) -> authz.Verdict:
+    """L4 authorization for a connection to `workload`, failing closed while its labels are unknown.
+
+    A pod can be handed over by its node agent before the control plane's
+    Workload (with its labels) arrives. Policies that select by labels
+    cannot be evaluated for it yet; if any exist in its namespace, refuse
+    rather than skip them.
+    """
+    if workload.uid not in state.workloads and any(
+            p.scope is PolicyScope.WORKLOAD and p.namespace == workload.namespace
+            for p in state.authorizations.values()):
+        return authz.Verdict(False, "", "this workload's labels are not in the config yet and label-selected "
+                                        "policies exist in its namespace; retry in a moment")
+    return authz.authorize(state.policies_for(workload), conn)
+
+
+def peer_auth_inbound(state, workload, port: int) -> PeerAuthMode:
+    """PeerAuthentication mode; STRICT while the workload's labels are unknown and a
+    label-selected PeerAuthentication exists in its namespace (fail closed)."""
+    if workload.uid not in state.workloads and any(
+            p.scope is PolicyScope.WORKLOAD and p.namespace == workload.namespace
+            for p in state.peer_authentications.values()):
+        return PeerAuthMode.STRICT
+    return state.peer_auth_mode(workload, port)
 
 
 async def _connect_app(pod: "Pod", host: str, port: int, client_ip: str, timeout: float):

@@ -257,3 +257,26 @@ def test_state_replace_drops_what_is_missing():
     assert set(state.workloads) == {"client"} and set(state.services) == {WEB_HOST}
     dump = state.dump()
     assert dump["workloads"][0]["uid"] == "client" and dump["workloads"][0]["protocol"] == "HBONE"
+
+
+def test_inbound_fails_closed_while_a_workloads_labels_are_unknown():
+    from ztunnel.inbound import authorize_inbound, peer_auth_inbound
+
+    state = ProxyState()
+    unknown = wl("new-pod", "198.19.2.77", labels={})  # handed over by the agent, not yet in the config
+    known = wl("db", "198.19.2.78", labels={"app": "db"})
+    state.upsert(known)
+    conn = authz.Connection("198.19.1.2", 5432, FRONT, "front")
+    assert authorize_inbound(state, unknown, conn).allowed  # nothing label-selected: nothing to miss
+    state.upsert(policy("deny-db", Action.DENY, [Rule()], scope=PolicyScope.WORKLOAD, selector={"app": "db"}))
+    verdict = authorize_inbound(state, unknown, conn)
+    assert not verdict.allowed and "not in the config yet" in verdict.reason
+    assert not authorize_inbound(state, known, conn).allowed  # known: the policy itself decides
+    assert authorize_inbound(state, wl("web", "198.19.2.79", labels={"app": "web"}), conn).allowed is False
+    state.upsert(wl("web", "198.19.2.79", labels={"app": "web"}))
+    assert authorize_inbound(state, state.workloads["web"], conn).allowed
+    assert peer_auth_inbound(state, unknown, 80) is PeerAuthMode.PERMISSIVE
+    state.upsert(PeerAuthentication("db-strict", "app", PolicyScope.WORKLOAD, PeerAuthMode.STRICT,
+                                    selector=freeze_labels({"app": "db"})))
+    assert peer_auth_inbound(state, unknown, 80) is PeerAuthMode.STRICT
+    assert peer_auth_inbound(state, state.workloads["web"], 80) is PeerAuthMode.PERMISSIVE
