@@ -1,6 +1,14 @@
-"""Enrollment: from annotating a namespace to capture active in every one of its running pods.
+"""Enrollment: from annotating a namespace to capture active, and to the first mTLS connection.
 
-    python -m bench.enroll [--pods 20] [--repeats 3] [--modes iptables,ebpf]
+    python -m bench.enroll [--pods 20] [--repeats 3] [--modes iptables,ebpf] [--cases capture,mtls]
+
+Two cases, each for every redirect mode:
+- `capture` (below): annotation to capture active in each of N running pods,
+  on a bed of network namespaces made here, the agent alone.
+- `mtls` (BENCHMARKS.md's "Enrollment"): annotation to each pod's first mTLS
+  connection, through a whole `shoal local` cluster (control plane, agents,
+  ztunnels). The server's namespace is enrolled and STRICT, so a client pod's
+  request succeeds only once it goes through its ztunnel over mTLS.
 
 Bed (made here, removed at the end, even on failure): one node netns and N
 pod netns on veths (198.19.251.0/24), a cgroup per pod with a running process
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -312,11 +321,138 @@ def run_mode(bed: Bed, mode: str, repeats: int) -> dict:
                 agent.kill()
         subprocess.run(["ip", "netns", "exec", bed.node, *argv, "--cleanup"], env=env, capture_output=True)
         agent_log.close()
-    row = {"setup": f"node-agent-{mode}", "case": "enrollment", "redirect": mode, "pods": bed.count,
+    row = {"setup": f"node-agent-{mode}", "case": "enrollment-capture", "redirect": mode, "pods": bed.count,
            "repeats": repeats}
     for key in ("p50", "p99", "max"):
         row.update(summarize([r[key] for r in per_repeat], f"{key}_ms"))
     return row
+
+
+# -- the mtls case: through a local cluster -------------------------------------
+
+LOCAL_PROBER = """
+import os, socket, sys, time
+trigger, out, ip, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for r in range(repeats):
+    while not os.path.exists(f"{trigger}.{r}"):
+        time.sleep(0.005)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        s = socket.socket()
+        s.settimeout(1)
+        try:
+            s.connect((ip, 8080))
+            s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            data = s.recv(12)
+        except OSError:
+            data = b""
+        finally:
+            s.close()
+        if data.startswith(b"HTTP/"):
+            with open(f"{out}.{r}", "w") as f:
+                f.write(repr(time.monotonic()))
+            break
+        time.sleep(0.005)
+time.sleep(3600)
+"""
+
+SERVER_MANIFEST = """
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: srv
+  annotations: {shoal.io/dataplane-mode: ambient}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: srv}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: srv}
+spec:
+  nodeName: node2
+  containers:
+  - name: app
+    command: ["python3", "-m", "http.server", "8080"]
+"""
+
+
+def shoal_cli(*args: str, cluster: str, input: str | None = None, timeout: float = 180) -> str:
+    argv = [sys.executable, "-m", "shoal", *args[:2], "--cluster", cluster, *args[2:]]
+    result = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"shoal {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def run_local(mode: str, pods: int, repeats: int, workdir: Path) -> dict:
+    from shoal.local.layout import Layout
+    cluster = f"benroll{mode[:3]}{os.getpid() % 10000}"
+    layout = Layout(cluster)
+    files = workdir / f"mtls-{mode}"
+    files.mkdir()
+    agent_metric_node1 = lambda: _metric_in(layout.node_netns(1), "shoal_node_agent_enrolled_pods")  # noqa: E731
+    per_repeat = []
+    try:
+        shoal_cli("local", "up", "--nodes", "2", "--redirect", mode, cluster=cluster)
+        shoal_cli("local", "apply", "-f", "-", cluster=cluster, input=SERVER_MANIFEST)
+        wait_for(lambda: (layout.store().get("Pod", "srv", "server") or {}).get("status", {}).get("podIP"), 60,
+                 "the server pod")
+        server_ip = layout.store().get("Pod", "srv", "server")["status"]["podIP"]
+        clients = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}"]
+        for i in range(pods):
+            args = ", ".join(f'"{a}"' for a in ["python3", "-c", "PROBER", str(files / f"go"), str(files / f"p{i}"),
+                                                  server_ip, str(repeats)])
+            clients.append(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: client-{i}, namespace: bench}}\n"
+                           f"spec:\n  nodeName: node1\n  containers:\n  - name: app\n    command: [{args}]")
+        manifest = "\n---\n".join(clients).replace('"PROBER"', json.dumps(LOCAL_PROBER))
+        shoal_cli("local", "apply", "-f", "-", cluster=cluster, input=manifest)
+        wait_for(lambda: sum(1 for p in layout.store().list("Pod", "bench")[0]
+                             if (p.get("status") or {}).get("phase") == "Running") == pods, 120, "the client pods")
+        store_ = layout.store()
+        for r in range(repeats):
+            (files / f"go.{r}").touch()
+            time.sleep(0.3)  # every prober is refused (STRICT, not yet in the mesh)
+            if any((files / f"p{i}.{r}").exists() for i in range(pods)):
+                raise RuntimeError("a client reached the STRICT server before enrollment; is STRICT enforced?")
+            t0 = time.monotonic()
+            store_.patch_metadata("Namespace", None, "bench", annotations={"shoal.io/dataplane-mode": "ambient"})
+            wait_for(lambda: all((files / f"p{i}.{r}").exists() for i in range(pods)), 60,
+                     "every client's first mTLS connection")
+            latencies = sorted((float((files / f"p{i}.{r}").read_text()) - t0) * 1000 for i in range(pods))
+            per_repeat.append({"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
+                               "max": latencies[-1]})
+            store_.patch_metadata("Namespace", None, "bench", annotations={"shoal.io/dataplane-mode": None})
+            wait_for(lambda: agent_metric_node1() == 0, 60, "every client out of the mesh again")
+    finally:
+        try:
+            shoal_cli("local", "down", cluster=cluster)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"warning: {e}", file=sys.stderr)
+    row = {"setup": f"ambient-{mode}", "case": "enrollment-mtls", "redirect": mode, "pods": pods, "repeats": repeats}
+    for key in ("p50", "p99", "max"):
+        row.update(summarize([r[key] for r in per_repeat], f"{key}_ms"))
+    return row
+
+
+def _metric_in(ns: str, name: str) -> float | None:
+    try:
+        sock = netns.socket_in(ns)
+        sock.settimeout(2)
+        sock.connect(("127.0.0.1", 15022))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+    except OSError:
+        return None
+    for line in data.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default="iptables,ebpf")
+    parser.add_argument("--cases", default="capture,mtls")
     args = parser.parse_args(argv)
     log.setup("console", "warning")
     if os.geteuid() != 0:
@@ -333,25 +470,37 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.enroll: --pods must be 1..200 and --repeats 1..20", file=sys.stderr)
         return 2
     modes = [m for m in args.modes.split(",") if m]
-    run = Run("enroll", {"pods": args.pods, "repeats": args.repeats, "modes": modes,
+    cases = [c for c in args.cases.split(",") if c]
+    if set(cases) - {"capture", "mtls"} or set(modes) - {"iptables", "ebpf"}:
+        print("bench.enroll: --cases takes capture,mtls and --modes iptables,ebpf", file=sys.stderr)
+        return 2
+    run = Run("enroll", {"pods": args.pods, "repeats": args.repeats, "modes": modes, "cases": cases,
                          "probe_interval_ms": PROBE_INTERVAL * 1000})
     workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-enroll-"))
-    bed = Bed(args.pods, workdir)
     try:
-        print(f"building {args.pods} running pods in network namespaces ...", flush=True)
-        bed.create()
-        listener, _ = node_listener(bed)
-        try:
+        if "capture" in cases:
+            bed = Bed(args.pods, workdir)
+            try:
+                print(f"capture: building {args.pods} running pods in network namespaces ...", flush=True)
+                bed.create()
+                listener, _ = node_listener(bed)
+                try:
+                    for mode in modes:
+                        print(f"capture: measuring {mode} ({args.repeats} repeats) ...", flush=True)
+                        run.add(**run_mode(bed, mode, args.repeats))
+                finally:
+                    listener.close()
+            finally:
+                bed.destroy()
+        if "mtls" in cases:
             for mode in modes:
-                print(f"measuring {mode} ({args.repeats} repeats) ...", flush=True)
-                run.add(**run_mode(bed, mode, args.repeats))
-        finally:
-            listener.close()
+                print(f"mtls: a local cluster in {mode} mode, {args.pods} client pods ...", flush=True)
+                run.add(**run_local(mode, args.pods, args.repeats, workdir))
     finally:
-        bed.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(table(run.results, ["redirect", "pods", "p50_ms", "p99_ms", "max_ms", "max_ms_min", "max_ms_max"],
-                title="time from annotating the namespace to capture active in each pod (ms)"))
+    print(table(run.results, ["case", "redirect", "pods", "p50_ms", "p99_ms", "max_ms", "max_ms_min", "max_ms_max"],
+                title="time from annotating the namespace to capture active (capture) and to the first "
+                      "mTLS connection (mtls), per pod (ms)"))
     print(f"results: {run.write()}")
     return 0
 
