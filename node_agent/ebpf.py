@@ -75,15 +75,16 @@ def bpffs_mounted(path: Path = BPFFS) -> bool:
         return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts)
 
 
-def _mount_marker(path: Path) -> Path:
-    return Path("/run/shoal") / f".bpffs-mounted-by-shoal{str(path).replace('/', '_')}"
+MOUNT_MARKER = ".shoal-mounted"  # a directory in the bpffs itself: it lives exactly as long as the mount
 
 
 def ensure_bpffs(path: Path = BPFFS) -> None:
     """bpffs at /sys/fs/bpf, as systemd and every eBPF CNI expect it; mounted if absent.
 
-    When shoal mounts it, a marker under /run/shoal says so, and `release_bpffs`
-    unmounts it again once no shoal pin (nor anything else) is left in it.
+    When shoal mounts it, it leaves a marker directory in it, and
+    `release_bpffs` unmounts it again once nothing but the marker (and the
+    kernel's own entries) is left. A bpffs mounted by anyone else is never
+    unmounted.
     """
     if bpffs_mounted(path):
         return
@@ -93,23 +94,23 @@ def ensure_bpffs(path: Path = BPFFS) -> None:
         raise PrerequisiteMissing("bpffs", f"{path} is not a bpf filesystem and mounting it failed "
                                   f"({result.stderr.strip()})",
                                   f"mount it (mount -t bpf bpf {path}) or mount the host's {path} into the agent")
-    marker = _mount_marker(path)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
+    (path / MOUNT_MARKER).mkdir(exist_ok=True)
 
 
 KERNEL_ENTRIES = {"maps.debug", "progs.debug"}  # bpf_preload's iterators, in every fresh bpffs
 
 
 def release_bpffs(path: Path = BPFFS) -> None:
-    marker = _mount_marker(path)
-    if not marker.exists() or not bpffs_mounted(path):
+    marker = path / MOUNT_MARKER
+    if not bpffs_mounted(path) or not marker.is_dir():
         return
-    if {p.name for p in path.iterdir()} - KERNEL_ENTRIES:
+    if {p.name for p in path.iterdir()} - KERNEL_ENTRIES - {MOUNT_MARKER}:
         return  # still in use
+    marker.rmdir()
     if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
-        marker.unlink()
         logger.info("unmounted the bpffs shoal had mounted", path=str(path))
+    else:
+        marker.mkdir(exist_ok=True)
 
 
 def _cgroup_fd(path: str) -> int:

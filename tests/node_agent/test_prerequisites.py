@@ -124,3 +124,29 @@ def test_cgroup2_is_found_where_it_is_mounted(tmp_path):
     assert cgroup2_root(str(hybrid)) == Path("/sys/fs/cgroup/unified")
     assert cgroup2_root(str(unified)) == Path("/sys/fs/cgroup")
     assert cgroup2_root(str(none)) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount bpffs")
+def test_a_bpffs_shoal_mounted_is_unmounted_once_empty_and_only_then(tmp_path):
+    from node_agent.ebpf import bpffs_mounted, ensure_bpffs, release_bpffs
+    path = tmp_path / "bpf"
+    path.mkdir()
+    ensure_bpffs(path)
+    try:
+        assert bpffs_mounted(path)
+        (path / "shoal").mkdir()  # an agent's pins
+        release_bpffs(path)
+        assert bpffs_mounted(path)  # still in use
+        (path / "shoal").rmdir()
+        release_bpffs(path)
+        assert not bpffs_mounted(path)
+    finally:
+        if bpffs_mounted(path):
+            subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount bpffs")
+def test_a_bpffs_someone_else_mounted_is_left_alone(test_bpffs):
+    from node_agent.ebpf import bpffs_mounted, release_bpffs
+    release_bpffs(test_bpffs)
+    assert bpffs_mounted(test_bpffs)
