@@ -75,7 +75,7 @@ def bpffs_mounted(path: Path = BPFFS) -> bool:
         return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts)
 
 
-MOUNT_MARKER = ".shoal-mounted"  # a directory in the bpffs itself: it lives exactly as long as the mount
+MOUNT_MARKER = "shoal-mounted-it"  # a directory in the bpffs itself (no dots: bpffs refuses them)
 
 
 def ensure_bpffs(path: Path = BPFFS) -> None:
