@@ -84,11 +84,13 @@ def main(args) -> int:
                 state_dir=str(state_dir))
 
     async def run(shutdown) -> int:
+        from shoal.store import StoreError
         agent = NodeAgent(config, redirection, source)
         try:
             await agent.run(shutdown.stopping)
-        except NodeAgentError as e:
+        except (NodeAgentError, StoreError) as e:
             logger.error("node agent failed", error=str(e))
+            print(f"shoal node-agent: {e}", file=sys.stderr)
             return 1
         finally:
             redirection.close()

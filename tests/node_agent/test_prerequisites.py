@@ -150,3 +150,14 @@ def test_a_bpffs_someone_else_mounted_is_left_alone(test_bpffs):
     from node_agent.ebpf import bpffs_mounted, release_bpffs
     release_bpffs(test_bpffs)
     assert bpffs_mounted(test_bpffs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root for iptables")
+def test_cli_without_a_cluster_says_so_and_exits_1(tmp_path):
+    env = {**os.environ, "SHOAL_RUN_ROOT": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "shoal", "node-agent", "--cluster", "absent", "--node", "node1",
+                             "--redirect", "iptables", "--metrics-port", "0", "--socket", str(tmp_path / "z.sock"),
+                             "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=60)
+    assert result.returncode == 1
+    assert "cluster 'absent' has no store" in result.stderr and "shoal local up" in result.stderr
