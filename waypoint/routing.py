@@ -1,0 +1,320 @@
+"""The waypoint's decision, pure: (state, request head, random source) -> Plan or Refusal.
+
+Order, as Envoy's filter chain in an Istio waypoint runs it:
+1. the service: the CONNECT target is a Service VIP (service traffic) or a
+   workload IP (workload traffic); anything else is refused (404, NR);
+2. L7 authorization (DENY, then ALLOW) of the policies that target the
+   Service or this waypoint: 403 naming the policy;
+3. the route: the service's RouteTable for the port (or any port), first
+   route whose matches accept the request; no table means "to the service
+   itself"; a table whose routes all miss gives 404 (NR);
+4. the destination: a weighted pick among the route's destinations, then the
+   endpoints of that service port whose labels match the subset; none gives
+   503 (UH). The endpoint order in the plan is the order of tries: the first
+   pick, then the others, so a retry goes to another endpoint when there is one;
+5. fault (delay, abort) and mirrors, each rolled against its percentage.
+
+Every random choice draws from `rand()` (uniform in [0, 1)), in a fixed
+order (destination, fault delay, fault abort, each mirror's roll and
+endpoint, then the endpoint order), so tests pass a seeded or scripted
+source and compare plans whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+from urllib.parse import parse_qsl
+
+from shoal.model import (
+    Destination, HeaderChanges, HeaderMatch, MatchKind, Protocol, RetryPolicy, Route, RouteMatch,
+    Service, StringMatch, Workload, selector_matches,
+)
+
+from waypoint import authz
+from waypoint.state import WaypointState
+
+Random = Callable[[], float]
+HBONE_PORT = 15008
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    method: str
+    target: str                                  # the request-target: path and query
+    authority: str                               # Host header
+    headers: tuple[tuple[str, str], ...] = ()    # lower-case names, in order
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.split("?", 1)[1] if "?" in self.target else ""
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k == name]
+        if name == "host" and not values and self.authority:
+            return self.authority
+        return ",".join(values) if values else None
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent the request (from the HBONE connection) and where it was going."""
+    source_ip: str
+    source_principal: str | None       # "td/ns/NS/sa/SA", None when unknown
+    source_namespace: str | None
+    destination: tuple[str, int]       # the CONNECT target: VIP (or workload IP) and port
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One endpoint to send the request to."""
+    address: tuple[str, int]           # pod IP and target port
+    hbone: bool                        # meshed: HBONE to podIP:15008 with this authority
+    identity: str                      # its SPIFFE ID (expected of the HBONE server)
+    workload_uid: str
+    workload_name: str
+    workload_namespace: str
+
+    @property
+    def connect(self) -> tuple[str, int]:
+        return (self.address[0], HBONE_PORT) if self.hbone else self.address
+
+
+@dataclass(frozen=True)
+class MirrorPlan:
+    service: str                       # hostname of the shadow service
+    upstream: Upstream
+    authority: str                     # the Host to send: "<host>-shadow[:port]", as Istio does
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    delay: float | None = None
+    abort_status: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    service: str                       # the service addressed (hostname)
+    service_name: str
+    service_namespace: str
+    route: str                         # the route's name ("" when unnamed or the default)
+    destination_service: str           # the service the request goes to (after routing)
+    subset: str
+    upstreams: tuple[Upstream, ...]    # tries in order: the pick first, then the others
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+    mirrors: tuple[MirrorPlan, ...] = ()
+    fault: FaultPlan = FaultPlan()
+    request_headers: HeaderChanges = HeaderChanges()
+    response_headers: HeaderChanges = HeaderChanges()
+    policy: str = ""                   # the ALLOW policy that let it through, if any
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    flag: str                          # Envoy's response flag: NR, UH, RBAC
+    reason: str
+    service: str = ""
+    policy: str = ""
+
+
+def decide(state: WaypointState, peer: Peer, head: RequestHead, rand: Random) -> Plan | Refusal:
+    ip, port = peer.destination
+    service = state.service_by_vip(ip)
+    if service is None:
+        workload = state.workload_by_ip(ip)
+        if workload is None:
+            return Refusal(404, "NR", f"{ip}:{port} is neither a Service VIP nor a workload this waypoint knows; "
+                           "check that the service is in the waypoint's namespace and bound to it")
+        return _to_workload(state, peer, head, workload, port)
+    if service.port(port) is None:
+        return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
+
+    verdict = authz.authorize(state.policies_for(service), _facts(peer, head, port))
+    if not verdict:
+        return Refusal(403, "RBAC", verdict.reason, service.hostname, verdict.policy)
+
+    table = state.route_table(service.hostname, port)
+    if table is None:
+        route = Route(destinations=(Destination(service.hostname),))
+    else:
+        route = next((r for r in table.routes if route_matches(r, head)), None)
+        if route is None:
+            return Refusal(404, "NR", f"no route of {table.origin or table.key} matches {head.method} {head.path}",
+                           service.hostname)
+
+    if route.destinations:
+        destination = pick_weighted(route.destinations, rand())
+        if destination is None:
+            return Refusal(503, "UH", f"every destination of route {route.name or '(unnamed)'} has weight 0",
+                           service.hostname)
+    else:
+        destination = None
+    fault = _fault(route, rand)
+    mirrors = tuple(m for m in (_mirror(state, mirror, port, rand) for mirror in route.mirrors) if m is not None)
+    if destination is None:
+        if fault.abort_status is None:
+            return Refusal(503, "UH", f"route {route.name or '(unnamed)'} has no destination", service.hostname)
+        upstreams, target, subset = (), service.hostname, ""
+    else:
+        target, subset = destination.host, destination.subset_name
+        found = endpoints(state, destination, port)
+        if isinstance(found, Refusal):
+            if fault.abort_status is None:
+                return Refusal(found.status, found.flag, found.reason, service.hostname)
+            found = ()
+        upstreams = rotate(found, rand())
+    return Plan(service=service.hostname, service_name=service.name, service_namespace=service.namespace,
+                route=route.name, destination_service=target, subset=subset, upstreams=upstreams,
+                timeout=route.timeout, retry=route.retry, mirrors=mirrors, fault=fault,
+                request_headers=route.request_headers, response_headers=route.response_headers,
+                policy=verdict.policy)
+
+
+def _facts(peer: Peer, head: RequestHead, port: int) -> authz.RequestFacts:
+    return authz.RequestFacts(source_ip=peer.source_ip, source_principal=peer.source_principal,
+                              source_namespace=peer.source_namespace, port=port, method=head.method,
+                              path=head.path, host=head.authority)
+
+
+def _to_workload(state: WaypointState, peer: Peer, head: RequestHead, workload: Workload, port: int) -> Plan | Refusal:
+    verdict = authz.authorize(state.policies_for(None), _facts(peer, head, port))
+    if not verdict:
+        return Refusal(403, "RBAC", verdict.reason, policy=verdict.policy)
+    return Plan(service="", service_name="", service_namespace=workload.namespace, route="",
+                destination_service="", subset="", upstreams=(upstream_of(state, workload, port),),
+                policy=verdict.policy)
+
+
+# --- matching -----------------------------------------------------------------------
+
+def route_matches(route: Route, head: RequestHead) -> bool:
+    return not route.matches or any(match_accepts(m, head) for m in route.matches)
+
+
+def match_accepts(match: RouteMatch, head: RequestHead) -> bool:
+    if match.path is not None and not string_matches(match.path, head.path):
+        return False
+    if match.method is not None and match.method.upper() != head.method.upper():
+        return False
+    for header in match.headers:
+        if not _header_matches(header, head.header(header.name)):
+            return False
+    if match.query_params:
+        params = dict(parse_qsl(head.query, keep_blank_values=True))
+        for param in match.query_params:
+            if not _header_matches(param, params.get(param.name)):
+                return False
+    return True
+
+
+def _header_matches(header: HeaderMatch, value: str | None) -> bool:
+    found = value is not None and string_matches(header.match, value)
+    return found != header.invert
+
+
+def string_matches(match: StringMatch, value: str) -> bool:
+    kind = match.kind
+    if kind is MatchKind.EXACT:
+        return value == match.value
+    if kind is MatchKind.PREFIX:
+        return value.startswith(match.value)
+    if kind is MatchKind.REGEX:
+        return _regex(match.value).fullmatch(value) is not None
+    if kind is MatchKind.PRESENT:
+        return True
+    return False
+
+
+@lru_cache(maxsize=512)
+def _regex(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+# --- choices ---------------------------------------------------------------------------
+
+def pick_weighted(destinations: tuple[Destination, ...], r: float) -> Destination | None:
+    """The destination whose cumulative-weight slot holds r * total (r in [0, 1))."""
+    total = sum(max(d.weight, 0) for d in destinations)
+    if total <= 0:
+        return None
+    point = r * total
+    running = 0
+    for destination in destinations:
+        running += max(destination.weight, 0)
+        if point < running:
+            return destination
+    return next(d for d in reversed(destinations) if d.weight > 0)
+
+
+def rotate(items: tuple, r: float) -> tuple:
+    """All items, starting at a random one (r in [0, 1))."""
+    if not items:
+        return ()
+    start = min(int(r * len(items)), len(items) - 1)
+    return items[start:] + items[:start]
+
+
+def _roll(percentage: float, r: float) -> bool:
+    return r * 100.0 < percentage
+
+
+def _fault(route: Route, rand: Random) -> FaultPlan:
+    fault = route.fault
+    if fault is None:
+        return FaultPlan()
+    delay = fault.delay if fault.delay is not None and _roll(fault.delay_percentage, rand()) else None
+    abort = fault.abort_status if fault.abort_status is not None and _roll(fault.abort_percentage, rand()) else None
+    return FaultPlan(delay, abort)
+
+
+def _mirror(state: WaypointState, mirror, port: int, rand: Random) -> MirrorPlan | None:
+    if not _roll(mirror.percentage, rand()):
+        return None
+    found = endpoints(state, mirror.destination, port)
+    if isinstance(found, Refusal) or not found:
+        return None
+    upstream = rotate(found, rand())[0]
+    destination_port = mirror.destination.port or port
+    return MirrorPlan(mirror.destination.host, upstream, shadow_authority(mirror.destination.host, destination_port))
+
+
+def shadow_authority(host: str, port: int | None) -> str:
+    """Istio's mirror Host: the destination host with `-shadow` appended, before any port."""
+    return f"{host}-shadow:{port}" if port else f"{host}-shadow"
+
+
+def endpoints(state: WaypointState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:
+    service: Service | None = state.services.get(destination.host)
+    if service is None:
+        return Refusal(503, "UH", f"destination service {destination.host} is unknown to this waypoint; "
+                       "check the route's host and that the Service exists")
+    port = destination.port or request_port
+    found = []
+    for endpoint in service.endpoints_for(port):
+        workload = state.workloads.get(endpoint.workload_uid)
+        if workload is None or not workload.ips:
+            continue
+        if destination.subset and not selector_matches(destination.subset, workload.labels):
+            continue
+        found.append(upstream_of(state, workload, endpoint.target_port))
+    if not found:
+        what = f" subset {destination.subset_name or dict(destination.subset)}" if destination.subset else ""
+        return Refusal(503, "UH", f"no healthy endpoint for {destination.host}:{port}{what}; "
+                       "check that pods with those labels are running and selected by the Service")
+    return tuple(sorted(found, key=lambda u: u.address))
+
+
+def upstream_of(state: WaypointState, workload: Workload, port: int) -> Upstream:
+    return Upstream(address=(workload.ips[0], port), hbone=workload.protocol is Protocol.HBONE,
+                    identity=workload.identity(state.trust_domain), workload_uid=workload.uid,
+                    workload_name=workload.canonical_service or workload.name,
+                    workload_namespace=workload.namespace)
