@@ -17,10 +17,11 @@ in it, a store in a temporary run root with the pods Running, the real
 real HandoffClient) that opens 15001/15006 in each pod it is handed.
 
 Measure: each pod's process waits, then at t0 (the instant the namespace is
-annotated) starts connecting every 2 ms to the node (169.254.1.1:7777). The
-node's listener answers "N"; the ztunnel's 15001 listener answers "Z". The
-first "Z" is the moment capture is active in that pod; the pod reports its
-CLOCK_MONOTONIC time, the same clock as t0. Each repeat removes the
+annotated) starts connecting every 2 ms to the node (169.254.1.1:7777), where
+nothing listens: the node's kernel refuses, at no cost to the bench. Once
+capture is active the connection lands on the ztunnel's 15001 listener, which
+answers "Z". The first "Z" is the moment capture is active in that pod; the pod
+reports its CLOCK_MONOTONIC time, the same clock as t0. Each repeat removes the
 annotation and waits for every pod to be out before the next one.
 
 Reported per mode: p50, p99 and max (all pods active) over the pods, each the
@@ -218,29 +219,6 @@ async def _answer(listener: socket.socket, byte: bytes) -> None:
             conn.close()
     except (OSError, asyncio.CancelledError):
         return
-
-
-def node_listener(bed: Bed) -> tuple[socket.socket, threading.Thread]:
-    sock = netns.socket_in(bed.node)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", NODE_PORT))
-    sock.listen(256)
-
-    def serve():
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            try:
-                conn.send(b"N")
-            except OSError:
-                pass
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return sock, thread
 
 
 def agent_metric(bed: Bed, name: str) -> float | None:
@@ -483,13 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print(f"capture: building {args.pods} running pods in network namespaces ...", flush=True)
                 bed.create()
-                listener, _ = node_listener(bed)
-                try:
-                    for mode in modes:
-                        print(f"capture: measuring {mode} ({args.repeats} repeats) ...", flush=True)
-                        run.add(**run_mode(bed, mode, args.repeats))
-                finally:
-                    listener.close()
+                for mode in modes:
+                    print(f"capture: measuring {mode} ({args.repeats} repeats) ...", flush=True)
+                    run.add(**run_mode(bed, mode, args.repeats))
             finally:
                 bed.destroy()
         if "mtls" in cases:

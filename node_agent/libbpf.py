@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import os
 
 from node_agent.errors import BpfError, PrerequisiteMissing
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Protocol
 
 from shoal import log
-from shoal.handoff import (MAX_FDS, MAX_PACKET, Acked, AgentSide, ProtocolViolation, Send, SnapshotReceived,
+from shoal.handoff import (MAX_FDS, MAX_PACKET, AgentSide, ProtocolViolation, Send, SnapshotReceived,
                            Workload, WorkloadAdded, WorkloadDeleted, ZtunnelGreeted, ZtunnelSide, _close_all)
 
 logger = log.get("shoal.handoff")
