@@ -75,7 +75,8 @@ def load_credential(directory: Path, role: str):
 
 async def forwarder_server(directory: Path, port: int, lean: bool) -> None:
     from shoal import hbone, identity
-    from shoal.hbone_io import HboneSession, TcpSide, relay
+    from shoal.hbone_io import HboneSession
+    from shoal.hbone_relay import TcpSide, relay
 
     loop = asyncio.get_running_loop()
     ctx = identity.server_context(load_credential(directory, "server"))
@@ -99,7 +100,8 @@ async def forwarder_server(directory: Path, port: int, lean: bool) -> None:
 
 async def forwarder_client(directory: Path, port: int, upstream: int, target: int, lean: bool) -> None:
     from shoal import hbone, identity
-    from shoal.hbone_io import HboneSession, TcpSide, relay
+    from shoal.hbone_io import HboneSession
+    from shoal.hbone_relay import TcpSide, relay
 
     loop = asyncio.get_running_loop()
     ctx = identity.client_context(load_credential(directory, "client"))

@@ -22,19 +22,14 @@ after one stream window, instead of growing buffers. On the sending side,
 `send()` takes only what the windows allow and returns how much it took; the
 rest waits for `WindowOpened`.
 
-Throughput. h2 computes `repr(frame)` for a trace log on every received frame,
-even with logging off, and for DATA that hexlifies the payload. `_LeanH2`
-routes DATA frames on streams it already knows straight to h2's own
-`_receive_data_frame` (so connection and stream flow-control state stay
-exactly h2's), skipping only the repr. Measured in bench/hbone_throughput.py;
-see ztunnel/PERFORMANCE.md. This relies on two private h2 methods, which is
-why pyproject pins h2 below 5.
+Throughput: with `lean=True` (the default) DATA frames bypass h2's generic
+frame handling on both sides, keeping h2's flow-control state exact; see
+`shoal.hbone_lean`. `lean=False` is h2 as shipped (tests compare the two).
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -42,7 +37,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame
+
+from shoal.hbone_lean import DataSplitter, LeanH2
 
 ALPN = "h2"
 PORT = 15008
@@ -180,80 +176,6 @@ class ConnectionClosed(Event):
     reason: str = ""
 
 
-# --- the lean paths ---------------------------------------------------------
-
-_DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16+8), type 0, flags, stream id
-_END_STREAM, _PADDED, _DATA = 0x1, 0x8, 0x0
-
-
-class _InboundData:
-    """What h2's `_receive_data_frame` reads from a DATA frame, without parsing one."""
-
-    __slots__ = ("stream_id", "data", "flags", "flow_controlled_length")
-
-    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        self.stream_id = stream_id
-        self.data = data
-        self.flags = ("END_STREAM",) if end_stream else ()
-        self.flow_controlled_length = len(data)
-
-
-class _LeanH2(h2.connection.H2Connection):
-    """h2 with DATA frames kept out of its generic (copying, repr-ing) frame paths.
-
-    Outbound: a DATA frame becomes a 9-byte header plus the payload object
-    itself in a list of chunks (written with writelines), instead of being
-    serialized and concatenated into one buffer. Other frames keep h2's
-    serialization; order is kept by moving h2's buffer into the list first.
-    Inbound: see HboneConnection.receive_data; DATA that reaches h2 anyway
-    skips the trace repr().
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._chunks: list = []
-
-    def _prepare_for_sending(self, frames) -> None:
-        if not frames:
-            return
-        out = self._chunks
-        if self._data_to_send:
-            out.append(bytes(self._data_to_send))
-            self._data_to_send = bytearray()
-        for frame in frames:
-            if frame.__class__ is DataFrame and "PADDED" not in frame.flags:
-                data = frame.data
-                length = len(data)
-                out.append(_DATA_HEADER.pack(length >> 8, length & 0xFF, _DATA,
-                                             _END_STREAM if "END_STREAM" in frame.flags else 0, frame.stream_id))
-                if length:
-                    out.append(data)
-            else:
-                out.append(frame.serialize())
-
-    def chunks_to_send(self) -> list:
-        out = self._chunks
-        if self._data_to_send:
-            out.append(bytes(self._data_to_send))
-            self._data_to_send = bytearray()
-        self._chunks = []
-        return out
-
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        data = b"".join(self.chunks_to_send())
-        if amount is None or amount >= len(data):
-            return data
-        self._chunks = [data[amount:]]
-        return data[:amount]
-
-    def _receive_frame(self, frame):  # noqa: D401 - h2 hook
-        if frame.__class__ is DataFrame and frame.stream_id in self.streams:
-            frames, events = self._receive_data_frame(frame)
-            self._prepare_for_sending(frames)
-            return events
-        return super()._receive_frame(frame)
-
-
 def parse_authority(authority: str) -> tuple[str, int]:
     """`ip:port` (or `[v6]:port`) into (ip, port); BadAuthority otherwise."""
     import ipaddress
@@ -280,13 +202,9 @@ class HboneConnection:
     def __init__(self, settings: Settings = Settings(), *, lean: bool = True) -> None:
         self.settings = settings
         config = h2.config.H2Configuration(client_side=self.client_side, header_encoding="utf-8")
-        self._h2 = (_LeanH2 if lean else h2.connection.H2Connection)(config=config)
+        self._h2 = (LeanH2 if lean else h2.connection.H2Connection)(config=config)
         self.lean = lean
-        self._inbound = bytearray()   # a partial frame header, or a whole non-DATA frame being collected
-        self._frame_end = 0           # its full length, once its header is known
-        self._data_stream = 0         # the DATA frame being streamed through, and what is left of it
-        self._data_left = 0
-        self._data_end = False
+        self._splitter = DataSplitter(self._h2) if lean else None
         self.closed = False
         # Streams whose END_STREAM we sent / received, to refuse writes after a half-close early.
         self._local_ended: set[int] = set()
@@ -400,7 +318,7 @@ class HboneConnection:
 
     def receive_data(self, data: bytes) -> list[Event]:
         try:
-            raw = self._receive_lean(data) if self.lean else self._h2.receive_data(data)
+            raw = self._splitter.receive(data) if self._splitter is not None else self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             self.closed = True
             raise ProtocolViolation(f"peer broke HTTP/2: {e}", getattr(e, "error_code", 1)) from None
@@ -408,93 +326,6 @@ class HboneConnection:
         for ev in raw:
             self._translate(ev, events)
         return events
-
-    def _receive_lean(self, data: bytes) -> list:
-        """A frame splitter in front of h2 that streams DATA payloads through without buffering.
-
-        A DATA frame's header (on a stream h2 knows, unpadded, within the frame
-        size, outside a header block) is read here; its payload is then handed
-        on piece by piece as it arrives, each piece accounted by h2's own
-        `_receive_data_frame` (connection and stream windows, stream state,
-        END_STREAM on the last piece). A read that is all payload passes
-        through without a copy. Every other frame is collected whole and given
-        to h2 as it is, so h2's own buffer only ever holds whole frames.
-        """
-        conn = self._h2
-        events: list = []
-        view = memoryview(data)
-        size = len(data)
-        pos = 0
-        if conn.incoming_buffer._preamble_len:  # the client preface (server side), before any frame
-            take = min(conn.incoming_buffer._preamble_len, size)
-            events += conn.receive_data(data[:take])
-            pos = take
-        while pos < size:
-            if self._data_left:
-                take = min(self._data_left, size - pos)
-                piece = data if take == size else bytes(view[pos:pos + take])
-                self._data_left -= take
-                pos += take
-                self._data_piece(piece, self._data_end and not self._data_left, events)
-                continue
-            held = self._inbound
-            if held or size - pos < 9:
-                # A partial header or a non-DATA frame being collected.
-                need = 9 - len(held) if len(held) < 9 else self._frame_end - len(held)
-                take = min(need, size - pos)
-                held += view[pos:pos + take]
-                pos += take
-                if len(held) == 9 and not self._frame_end:
-                    self._frame_end = 9 + ((held[0] << 16) | (held[1] << 8) | held[2])
-                    if self._start_data(held):
-                        held.clear()
-                        self._frame_end = 0
-                        if not self._data_left:
-                            self._data_piece(b"", self._data_end, events)
-                        continue
-                if self._frame_end and len(held) == self._frame_end:
-                    events += conn.receive_data(bytes(held))
-                    held.clear()
-                    self._frame_end = 0
-                continue
-            header = view[pos:pos + 9]
-            if self._start_data(header):
-                pos += 9
-                if not self._data_left:  # an empty DATA frame (END_STREAM alone, say)
-                    self._data_piece(b"", self._data_end, events)
-                continue
-            length = (header[0] << 16) | (header[1] << 8) | header[2]
-            if size - pos >= 9 + length:
-                events += conn.receive_data(bytes(view[pos:pos + 9 + length]))
-                pos += 9 + length
-            else:
-                self._inbound += view[pos:pos + 9]
-                self._frame_end = 9 + length
-                pos += 9
-        return events
-
-    def _start_data(self, header) -> bool:
-        """If `header` opens a DATA frame this splitter can stream, remember it and say so."""
-        conn = self._h2
-        if header[3] != _DATA or header[4] & _PADDED:
-            return False
-        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
-        length = (header[0] << 16) | (header[1] << 8) | header[2]
-        if (stream_id not in conn.streams or length > conn.max_inbound_frame_size
-                or conn.incoming_buffer._headers_buffer):
-            return False
-        self._data_stream, self._data_left, self._data_end = stream_id, length, bool(header[4] & _END_STREAM)
-        return True
-
-    def _data_piece(self, piece: bytes, end_stream: bool, events: list) -> None:
-        conn = self._h2
-        try:
-            frames, more = conn._receive_data_frame(_InboundData(self._data_stream, piece, end_stream))
-        except h2.exceptions.ProtocolError as e:
-            conn._terminate_connection(e.error_code)
-            raise
-        conn._prepare_for_sending(frames)
-        events += more
 
     def _translate(self, ev, out: list[Event]) -> None:
         cls = ev.__class__

@@ -1,34 +1,24 @@
-"""HBONE over asyncio: the thin driver around `shoal.hbone`, and the two-way relay.
+"""HBONE over asyncio: the thin driver around `shoal.hbone`.
 
-Everything here is asyncio *protocols* (callbacks), not streams: a relay
-moves each received chunk straight to the other side's transport, with no
-per-byte Python work and no copies beyond the kernel's. Backpressure is the
-transports' own: when one side's write buffer passes its high-water mark,
-the other side stops reading (`pause_writing` -> `pause_reading`); for an
-HBONE stream, "stops reading" means it stops returning flow-control credit
-to the peer, so the sender runs out of window.
-
-A relay side (`Side`) offers write / write_eof / abort / pause_reading /
-resume_reading to its peer. `TcpSide` is one TCP connection; `TunnelStream`
-is one HBONE CONNECT stream of an `HboneSession` (one TLS connection).
-Half-close travels as write_eof <-> END_STREAM; an abort travels as
-RST (SO_LINGER 0) <-> RST_STREAM.
+`HboneSession` is one HBONE connection (TLS underneath, done by asyncio),
+client or server side; `TunnelStream` is one of its CONNECT streams as a
+relay side (`shoal.hbone_relay`), so `relay(TcpSide, TunnelStream)` carries
+an app's TCP connection through a tunnel. For a stream, "stop reading" means
+"stop returning flow-control credit to the peer": a slow reader runs the
+sender out of window instead of growing buffers. Half-close travels as
+write_eof <-> END_STREAM; an abort as RST (SO_LINGER 0) <-> RST_STREAM.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import time
 from typing import Awaitable, Callable
 
 from shoal import hbone, log
+from shoal.hbone_relay import WRITE_HIGH_WATER, WRITE_LOW_WATER, Side
 
 logger = log.get("shoal.hbone")
-
-WRITE_HIGH_WATER = 1 << 20   # bytes buffered in a transport before its source pauses
-WRITE_LOW_WATER = 256 << 10
 
 
 class RelayError(hbone.HboneError):
@@ -48,145 +38,6 @@ class TunnelRefused(RelayError):
 
 class TunnelBroken(RelayError):
     pass
-
-
-class Side:
-    """The interface one relay side offers the other."""
-
-    peer: "Side | None" = None
-    bytes_received = 0   # read from this side (and passed to the peer)
-    bytes_sent = 0       # written to this side
-
-    def write(self, data: bytes) -> None: ...
-    def write_eof(self) -> None: ...
-    def abort(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-def _rst(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-    transport.abort()
-
-
-class TcpSide(asyncio.Protocol, Side):
-    """One TCP connection. Reads are held (buffered, reading paused) until attach()."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.peer = None
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self._held: list[bytes] = []
-        self._held_eof = False
-        self._read_done = False
-        self._write_done = False
-        self._paused_by_peer = False
-        self.reset = False           # ended by an RST (ours or theirs)
-        self.closed = asyncio.get_running_loop().create_future()
-
-    # asyncio callbacks ------------------------------------------------------------
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        if self.peer is None:
-            transport.pause_reading()
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_received += len(data)
-        if self.peer is None:
-            self._held.append(data)
-            self.transport.pause_reading()
-        else:
-            self.peer.write(data)
-
-    def eof_received(self) -> bool:
-        self._read_done = True
-        if self.peer is None:
-            self._held_eof = True
-        else:
-            self.peer.write_eof()
-        if self._write_done:
-            return False  # both directions done: let asyncio close
-        return True  # keep the write half open (half-close)
-
-    def connection_lost(self, exc) -> None:
-        clean = exc is None and self._read_done
-        if not clean:
-            self.reset = True
-            if self.peer is not None:
-                self.peer.abort()
-        elif self.peer is not None and not self._write_done:
-            # We closed after both halves were done, or the peer closed first
-            self.peer.write_eof()
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def pause_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.resume_reading()
-
-    # Side, for the peer ---------------------------------------------------------------
-
-    def attach(self, peer: Side) -> None:
-        self.peer = peer
-        for data in self._held:
-            peer.write(data)
-        self._held.clear()
-        if self.reset:  # the connection was reset before it had a peer: pass that on
-            peer.abort()
-        elif self._held_eof:
-            peer.write_eof()
-        elif self.transport is not None and not self._paused_by_peer and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.bytes_sent += len(data)
-        self.transport.write(data)
-
-    def write_eof(self) -> None:
-        if self._write_done or self.transport is None or self.transport.is_closing():
-            return
-        self._write_done = True
-        if self._read_done:
-            self.transport.close()
-        elif self.transport.can_write_eof():
-            self.transport.write_eof()
-        else:
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.reset = True
-        if self.transport is not None and not self.transport.is_closing():
-            _rst(self.transport)
-
-    def pause_reading(self) -> None:
-        self._paused_by_peer = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._paused_by_peer = False
-        if self.transport is not None and not self.transport.is_closing() and self.peer is not None:
-            self.transport.resume_reading()
 
 
 class TunnelStream(Side):
@@ -524,14 +375,3 @@ class HboneSession(asyncio.Protocol):
             self.conn.close()
             self.flush()
             self.transport.close()
-
-
-async def relay(a: Side, b: Side) -> None:
-    """Joins two sides and waits until both are closed."""
-    a.peer, b.peer = b, a
-    # attach() flushes what each side held before it had a peer.
-    for side, peer in ((a, b), (b, a)):
-        attach = getattr(side, "attach", None)
-        if attach is not None:
-            attach(peer)
-    await asyncio.gather(a.closed, b.closed)

@@ -19,7 +19,8 @@ import ssl
 from typing import TYPE_CHECKING
 
 from shoal import hbone, identity, log
-from shoal.hbone_io import HboneSession, TcpSide, TunnelStream, relay
+from shoal.hbone_io import HboneSession, TunnelStream
+from shoal.hbone_relay import TcpSide, relay
 from shoal.model import PeerAuthMode, PolicyScope
 
 from ztunnel import authz, sockets

@@ -22,14 +22,15 @@ import ssl
 from dataclasses import dataclass, field
 
 from shoal import handoff, hbone, identity, log
-from shoal.hbone_io import HboneSession, RelayError, TcpSide, TunnelRefused, relay
+from shoal.hbone_io import HboneSession, RelayError, TunnelRefused
+from shoal.hbone_relay import TcpSide, relay
 from shoal.model import Protocol, Workload
 
 from ztunnel import sockets, transparent
 from ztunnel.certs import CertificateUnavailable, CertManager
 from ztunnel.config import Config
 from ztunnel.inbound import Inbound
-from ztunnel.outbound import Balancer, Kind, OutboundError, decide
+from ztunnel.outbound import Balancer, OutboundError, decide
 from ztunnel.pool import Key, Pool
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import ConnectionRecord, Metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shoal import hbone
+from shoal import hbone, hbone_lean
 from shoal.hbone import (
     ConnectAccepted, ConnectRefused, ConnectRequested, DataReceived, HboneClient, HboneServer,
     StreamEnded, StreamReset, WindowOpened,
@@ -228,7 +228,7 @@ def test_padded_data_from_a_plain_h2_peer_reaches_a_lean_server():
 def test_data_for_an_unknown_stream_is_a_protocol_violation_on_the_lean_path():
     p = Pair()
     sid = p.connect()
-    frame = hbone._DATA_HEADER.pack(0, 3, 0, 0, sid + 40) + b"abc"  # stream never opened
+    frame = hbone_lean._DATA_HEADER.pack(0, 3, 0, 0, sid + 40) + b"abc"  # stream never opened
     with pytest.raises(hbone.ProtocolViolation):
         p.server.receive_data(frame)
 

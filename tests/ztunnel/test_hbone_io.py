@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
-from shoal import hbone_io, identity
-from shoal.hbone_io import HboneSession, TcpSide, TunnelRefused, relay
+from shoal import hbone_io, hbone_relay, identity
+from shoal.hbone_io import HboneSession, TunnelRefused
+from shoal.hbone_relay import TcpSide, relay
 
 from zt_testca import TestCA
 
@@ -190,7 +191,7 @@ def test_slow_reader_gets_backpressure_not_unbounded_buffers():
         print("accepted before stall:", sent)
         assert sent < 64 << 20, f"{sent} bytes accepted by a pipe whose reader never reads"
         side, stream = rig.sides[0]
-        assert len(stream._out) <= 2 * hbone_io.WRITE_HIGH_WATER + (8 << 20)
+        assert len(stream._out) <= 2 * hbone_relay.WRITE_HIGH_WATER + (8 << 20)
         release.set()
         writer.write_eof()
         await writer.drain()

@@ -1,0 +1,197 @@
+"""The lean paths of `shoal.hbone`: h2 with DATA frames kept out of its generic frame handling.
+
+h2 is correct but costly per DATA frame: on receive it buffers and slices
+the bytes several times, builds a frame object and computes `repr(frame)`
+for a trace log even with logging off (hexlifying the payload); on send it
+serializes every frame and joins everything into one buffer. Here:
+
+- `LeanH2` (send): a DATA frame becomes a 9-byte header plus the payload
+  object itself, in a list of chunks written with `writelines`.
+- `DataSplitter` (receive): DATA payloads on known streams are streamed
+  through as they arrive, each piece accounted by h2's own
+  `_receive_data_frame`, so the connection and stream windows, the stream
+  state and END_STREAM stay exactly h2's. Every other frame goes to h2 as is.
+
+Both use h2 internals (`_prepare_for_sending`, `_data_to_send`,
+`_receive_data_frame`, `_terminate_connection`, the incoming buffer's
+preamble and header-block state), which is why pyproject keeps h2 below 5.
+Measured in bench/hbone_throughput.py; see ztunnel/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import h2.connection
+import h2.exceptions
+from hyperframe.frame import DataFrame
+
+
+_DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16+8), type 0, flags, stream id
+_END_STREAM, _PADDED, _DATA = 0x1, 0x8, 0x0
+
+
+class _InboundData:
+    """What h2's `_receive_data_frame` reads from a DATA frame, without parsing one."""
+
+    __slots__ = ("stream_id", "data", "flags", "flow_controlled_length")
+
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.flags = ("END_STREAM",) if end_stream else ()
+        self.flow_controlled_length = len(data)
+
+
+class LeanH2(h2.connection.H2Connection):
+    """h2 with DATA frames kept out of its generic (copying, repr-ing) frame paths.
+
+    Outbound: a DATA frame becomes a 9-byte header plus the payload object
+    itself in a list of chunks (written with writelines), instead of being
+    serialized and concatenated into one buffer. Other frames keep h2's
+    serialization; order is kept by moving h2's buffer into the list first.
+    Inbound: see DataSplitter; DATA that reaches h2 anyway skips the trace repr().
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._chunks: list = []
+
+    def _prepare_for_sending(self, frames) -> None:
+        if not frames:
+            return
+        out = self._chunks
+        if self._data_to_send:
+            out.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        for frame in frames:
+            if frame.__class__ is DataFrame and "PADDED" not in frame.flags:
+                data = frame.data
+                length = len(data)
+                out.append(_DATA_HEADER.pack(length >> 8, length & 0xFF, _DATA,
+                                             _END_STREAM if "END_STREAM" in frame.flags else 0, frame.stream_id))
+                if length:
+                    out.append(data)
+            else:
+                out.append(frame.serialize())
+
+    def chunks_to_send(self) -> list:
+        out = self._chunks
+        if self._data_to_send:
+            out.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        self._chunks = []
+        return out
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        data = b"".join(self.chunks_to_send())
+        if amount is None or amount >= len(data):
+            return data
+        self._chunks = [data[amount:]]
+        return data[:amount]
+
+    def _receive_frame(self, frame):  # noqa: D401 - h2 hook
+        if frame.__class__ is DataFrame and frame.stream_id in self.streams:
+            frames, events = self._receive_data_frame(frame)
+            self._prepare_for_sending(frames)
+            return events
+        return super()._receive_frame(frame)
+
+
+class DataSplitter:
+    """Splits received bytes into frames in front of an h2 connection."""
+
+    def __init__(self, conn: h2.connection.H2Connection) -> None:
+        self.conn = conn
+        self._inbound = bytearray()   # a partial frame header, or a whole non-DATA frame being collected
+        self._frame_end = 0           # its full length, once its header is known
+        self._data_stream = 0         # the DATA frame being streamed through, and what is left of it
+        self._data_left = 0
+        self._data_end = False
+
+    def receive(self, data: bytes) -> list:
+        """A frame splitter in front of h2 that streams DATA payloads through without buffering.
+
+        A DATA frame's header (on a stream h2 knows, unpadded, within the frame
+        size, outside a header block) is read here; its payload is then handed
+        on piece by piece as it arrives, each piece accounted by h2's own
+        `_receive_data_frame` (connection and stream windows, stream state,
+        END_STREAM on the last piece). A read that is all payload passes
+        through without a copy. Every other frame is collected whole and given
+        to h2 as it is, so h2's own buffer only ever holds whole frames.
+        """
+        conn = self.conn
+        events: list = []
+        view = memoryview(data)
+        size = len(data)
+        pos = 0
+        if conn.incoming_buffer._preamble_len:  # the client preface (server side), before any frame
+            take = min(conn.incoming_buffer._preamble_len, size)
+            events += conn.receive_data(data[:take])
+            pos = take
+        while pos < size:
+            if self._data_left:
+                take = min(self._data_left, size - pos)
+                piece = data if take == size else bytes(view[pos:pos + take])
+                self._data_left -= take
+                pos += take
+                self._data_piece(piece, self._data_end and not self._data_left, events)
+                continue
+            held = self._inbound
+            if held or size - pos < 9:
+                # A partial header or a non-DATA frame being collected.
+                need = 9 - len(held) if len(held) < 9 else self._frame_end - len(held)
+                take = min(need, size - pos)
+                held += view[pos:pos + take]
+                pos += take
+                if len(held) == 9 and not self._frame_end:
+                    self._frame_end = 9 + ((held[0] << 16) | (held[1] << 8) | held[2])
+                    if self._start_data(held):
+                        held.clear()
+                        self._frame_end = 0
+                        if not self._data_left:
+                            self._data_piece(b"", self._data_end, events)
+                        continue
+                if self._frame_end and len(held) == self._frame_end:
+                    events += conn.receive_data(bytes(held))
+                    held.clear()
+                    self._frame_end = 0
+                continue
+            header = view[pos:pos + 9]
+            if self._start_data(header):
+                pos += 9
+                if not self._data_left:  # an empty DATA frame (END_STREAM alone, say)
+                    self._data_piece(b"", self._data_end, events)
+                continue
+            length = (header[0] << 16) | (header[1] << 8) | header[2]
+            if size - pos >= 9 + length:
+                events += conn.receive_data(bytes(view[pos:pos + 9 + length]))
+                pos += 9 + length
+            else:
+                self._inbound += view[pos:pos + 9]
+                self._frame_end = 9 + length
+                pos += 9
+        return events
+
+    def _start_data(self, header) -> bool:
+        """If `header` opens a DATA frame this splitter can stream, remember it and say so."""
+        conn = self.conn
+        if header[3] != _DATA or header[4] & _PADDED:
+            return False
+        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        length = (header[0] << 16) | (header[1] << 8) | header[2]
+        if (stream_id not in conn.streams or length > conn.max_inbound_frame_size
+                or conn.incoming_buffer._headers_buffer):
+            return False
+        self._data_stream, self._data_left, self._data_end = stream_id, length, bool(header[4] & _END_STREAM)
+        return True
+
+    def _data_piece(self, piece: bytes, end_stream: bool, events: list) -> None:
+        conn = self.conn
+        try:
+            frames, more = conn._receive_data_frame(_InboundData(self._data_stream, piece, end_stream))
+        except h2.exceptions.ProtocolError as e:
+            conn._terminate_connection(e.error_code)
+            raise
+        conn._prepare_for_sending(frames)
+        events += more
