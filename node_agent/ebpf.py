@@ -94,7 +94,11 @@ def ensure_bpffs(path: Path = BPFFS) -> None:
         raise PrerequisiteMissing("bpffs", f"{path} is not a bpf filesystem and mounting it failed "
                                   f"({result.stderr.strip()})",
                                   f"mount it (mount -t bpf bpf {path}) or mount the host's {path} into the agent")
-    (path / MOUNT_MARKER).mkdir(exist_ok=True)
+    try:
+        (path / MOUNT_MARKER).mkdir(exist_ok=True)
+    except OSError:
+        subprocess.run(["umount", str(path)], capture_output=True)
+        raise
 
 
 KERNEL_ENTRIES = {"maps.debug", "progs.debug"}  # bpf_preload's iterators, in every fresh bpffs

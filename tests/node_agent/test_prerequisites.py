@@ -131,8 +131,8 @@ def test_a_bpffs_shoal_mounted_is_unmounted_once_empty_and_only_then(tmp_path):
     from node_agent.ebpf import bpffs_mounted, ensure_bpffs, release_bpffs
     path = tmp_path / "bpf"
     path.mkdir()
-    ensure_bpffs(path)
     try:
+        ensure_bpffs(path)
         assert bpffs_mounted(path)
         (path / "shoal").mkdir()  # an agent's pins
         release_bpffs(path)
