@@ -37,6 +37,8 @@ from ztunnel.telemetry import ConnectionRecord, Metrics
 
 logger = log.get("ztunnel.proxy")
 
+MAX_ENDPOINT_ATTEMPTS = 3  # per connection to a service: the first endpoint and two others
+
 
 @dataclass
 class Pod:
@@ -248,30 +250,28 @@ class Ztunnel:
             if destination[1] == sockets.OUTBOUND_PORT and destination[0] in ("127.0.0.1", conn.getsockname()[0]):
                 raise OutboundError("connection to the outbound capture port itself; refusing to loop")
             plan = decide(self.state, source, destination[0], destination[1], self.balancer)
-            record.plan, record.service = plan.kind.value, plan.service
-            record.destination_workload = self.state.workloads.get(plan.destination_workload)
-            record.upstream = f"{plan.connect[0]}:{plan.connect[1]}"
-            endpoint = plan.endpoint
-            if plan.uses_hbone:
-                record.mtls = True
-                record.destination_principal = plan.expected_identity
-            record.open(self.metrics)
-            if endpoint is not None:
-                self.balancer.opened(endpoint)
-            _, app = await loop.connect_accepted_socket(TcpSide, conn)
-            if plan.uses_hbone:
-                key = Key(pod.info.uid, plan.source_identity, plan.connect, plan.expected_identity)
-                session = await self.pool.checkout(key)
+            _, app = await loop.connect_accepted_socket(TcpSide, conn)  # holds the app's bytes until relayed
+            for attempt in range(1, MAX_ENDPOINT_ATTEMPTS + 1):
+                self._describe(record, plan)
                 try:
-                    upstream = await session.open(plan.authority, timeout=self.config.connect_timeout)
-                except hbone.StreamLimitReached:
-                    session = await self.pool.checkout(key)
-                    upstream = await session.open(plan.authority, timeout=self.config.connect_timeout)
-            else:
-                sock = await sockets.connect(pod.sockets, plan.connect, timeout=self.config.connect_timeout)
-                _, upstream = await loop.create_connection(TcpSide, sock=sock)
+                    upstream = await self._open_upstream(pod, plan)
+                    break
+                except Exception as e:
+                    if plan.endpoint is None or not _endpoint_failed(e):
+                        raise
+                    self.balancer.failed(plan.endpoint)
+                    # A service endpoint that cannot be reached: try another one, as a kube-proxy would not.
+                    retry = decide(self.state, source, destination[0], destination[1], self.balancer)
+                    if attempt == MAX_ENDPOINT_ATTEMPTS or retry.endpoint == plan.endpoint:
+                        raise
+                    logger.info("endpoint failed; trying another", service=plan.service,
+                                failed=f"{plan.endpoint[0]}:{plan.endpoint[1]}", error=classify(e)[1])
+                    plan = retry
+            record.open(self.metrics)
+            endpoint = plan.endpoint
             if endpoint is not None:
                 self.balancer.succeeded(endpoint)
+                self.balancer.opened(endpoint)
             record.meter = lambda: (app.bytes_received, app.bytes_sent)
             await relay(app, upstream)
             record.bytes_received, record.bytes_sent = app.bytes_received, app.bytes_sent
@@ -284,8 +284,6 @@ class Ztunnel:
             raise
         except Exception as e:  # every failure is reported on the connection, never fatal to the proxy
             flag, message = classify(e)
-            if endpoint is not None and _endpoint_failed(e):
-                self.balancer.failed(endpoint)
             record.fail(flag, message)
             if app is not None:
                 record.bytes_received = app.bytes_received
@@ -298,6 +296,27 @@ class Ztunnel:
             if endpoint is not None:
                 self.balancer.closed(endpoint)
             self.end(record)
+
+    def _describe(self, record: ConnectionRecord, plan) -> None:
+        record.plan, record.service = plan.kind.value, plan.service
+        record.destination_workload = self.state.workloads.get(plan.destination_workload)
+        record.upstream = f"{plan.connect[0]}:{plan.connect[1]}"
+        record.mtls = plan.uses_hbone
+        record.destination_principal = plan.expected_identity
+
+    async def _open_upstream(self, pod: Pod, plan):
+        """The upstream side of a plan: a stream on a pooled HBONE connection, or plain TCP."""
+        if plan.uses_hbone:
+            key = Key(pod.info.uid, plan.source_identity, plan.connect, plan.expected_identity)
+            session = await self.pool.checkout(key)
+            try:
+                return await session.open(plan.authority, timeout=self.config.connect_timeout)
+            except hbone.StreamLimitReached:  # the peer lowered its limit meanwhile: another connection
+                session = await self.pool.checkout(key)
+                return await session.open(plan.authority, timeout=self.config.connect_timeout)
+        sock = await sockets.connect(pod.sockets, plan.connect, timeout=self.config.connect_timeout)
+        _, upstream = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
+        return upstream
 
     async def _connect_hbone(self, key: Key) -> HboneSession:
         pod = self.pods.get(key.source_pod)

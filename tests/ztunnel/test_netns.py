@@ -307,6 +307,25 @@ def test_del_workload_closes_listeners_and_rules(rig):
     assert "lookup 133" not in in_pod("c", "ip", "rule").stdout
 
 
+def test_a_dead_endpoint_is_retried_on_another_and_then_skipped(rig):
+    from shoal.model import ResourceType
+    # Two endpoints: C (plain TCP, nothing listens on 8080: refused) and B (answers).
+    flaky = Service("flaky", "app", "flaky.app.svc.cluster.local", ("198.18.16.12",), (ServicePort(80),),
+                    (Endpoint("uid-c", 80, 8080), Endpoint("uid-b", 80, 8080)))
+    rig.set(flaky)
+    try:
+        for _ in range(4):
+            result = curl("a", "http://198.18.16.12/")
+            assert result.stdout == f"peer={PODS['a']}\n", result.stderr
+        assert rig.ztunnel.balancer.ejected(("198.19.3.2", 8080)) or \
+            rig.ztunnel.balancer._failures.get(("198.19.3.2", 8080), 0) >= 1
+        lines = [l for l in rig.access_lines() if l.get("dst_service") == "flaky.app.svc.cluster.local"
+                 and l["direction"] == "outbound"]
+        assert len(lines) == 4 and all(l["error"] is None and l["upstream"] == "198.19.2.2:15008" for l in lines)
+    finally:
+        rig.set(remove=[(ResourceType.SERVICE, flaky.hostname)])
+
+
 def test_identity_mismatch_and_timeout_are_classed(rig):
     import dataclasses
     a, b, *_ = workloads()
