@@ -327,8 +327,9 @@ for r in range(repeats):
         finally:
             s.close()
         if data.startswith(b"HTTP/"):
-            with open(f"{out}.{r}", "w") as f:
+            with open(f"{out}.{r}.tmp", "w") as f:
                 f.write(repr(time.monotonic()))
+            os.rename(f"{out}.{r}.tmp", f"{out}.{r}")  # whole, or not there
             break
         time.sleep(0.005)
 time.sleep(3600)
