@@ -94,6 +94,8 @@ def node_agent_cleanup(layout: Layout) -> None:
     if pins.exists():
         nodes |= {p.name[len(layout.cluster) + 1:] for p in pins.glob(f"{layout.cluster}-node*")}
     for node in sorted(nodes):
+        # An agent still alive (say, restarted and still loading) would pin again behind the cleanup.
+        _kill_cgroup(layout.pod_cgroup(SYSTEM_NAMESPACE, f"node-agent-{node}"))
         argv = shoal_argv("node-agent", "--cleanup", "--source", "local", "--cluster", layout.cluster, "--node", node)
         ns = layout.node_netns(int(node[4:])) if node[4:].isdigit() else None
         if ns and netns.exists(ns):
@@ -101,6 +103,16 @@ def node_agent_cleanup(layout: Layout) -> None:
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"node agent cleanup on {node}: {result.stderr.strip()}")
+
+
+def _kill_cgroup(cgroup) -> None:
+    import time
+    if not (cgroup / "cgroup.kill").exists():
+        return
+    (cgroup / "cgroup.kill").write_text("1")
+    deadline = time.monotonic() + 5
+    while (cgroup / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 COMPONENTS.append(node_agent)
