@@ -12,6 +12,7 @@ write_eof <-> END_STREAM; an abort as RST (SO_LINGER 0) <-> RST_STREAM.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Awaitable, Callable
 
@@ -212,6 +213,12 @@ class HboneSession(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(4 * WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:  # small request/response messages must not wait for Nagle
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         self.peer_address = transport.get_extra_info("peername")
         self.ssl_object = transport.get_extra_info("ssl_object")
         self.conn.initiate()

@@ -109,6 +109,7 @@ class Inbound:
                 record.fail("UF", str(e))
                 session.refuse(stream, 503, str(e))
                 return
+            record.upstream = "%s:%d" % sock.getpeername()[:2]
             _, app = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
             session.accept(stream)  # TunnelBroken if the client gave up meanwhile
             record.meter = lambda: (stream.bytes_received, stream.bytes_sent)
@@ -165,6 +166,7 @@ class Inbound:
             loop = asyncio.get_running_loop()
             _, client = await loop.connect_accepted_socket(TcpSide, conn)
             sock = await _connect_app(pod, destination[0], destination[1], address[0], z.config.connect_timeout)
+            record.upstream = "%s:%d" % sock.getpeername()[:2]
             _, app = await loop.create_connection(TcpSide, sock=sock)
             record.meter = lambda: (client.bytes_received, client.bytes_sent)
             await relay(client, app)
