@@ -1,0 +1,93 @@
+"""The sans-IO HTTP/1.1 reader and the serializers: bytes in, events out."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from waypoint import http1
+from waypoint.errors import BadRequest
+
+PIPELINE = (b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\n"
+            b"POST /p HTTP/1.1\r\nHost: y\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+            b"PUT /q HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi")
+
+
+def collapse(events):
+    """Bodies joined, so that events of differently split input compare equal."""
+    out = []
+    for e in events:
+        if isinstance(e, http1.Body) and out and isinstance(out[-1], http1.Body):
+            out[-1] = http1.Body(out[-1].data + e.data)
+        else:
+            out.append(e)
+    return out
+
+
+def test_requests_keep_alive_chunked_and_length():
+    events = collapse(http1.MessageReader().feed(PIPELINE))
+    heads = [e for e in events if isinstance(e, http1.Head)]
+    assert [(h.method, h.target, h.version) for h in heads] == [("GET", "/a?b=1", "1.1"), ("POST", "/p", "1.1"),
+                                                                 ("PUT", "/q", "1.0")]
+    assert heads[0].header("x-a") == "1,2" and heads[0].content_length == 0
+    assert heads[1].chunked and heads[1].content_length is None
+    assert [e.data for e in events if isinstance(e, http1.Body)] == [b"abcdefg", b"hi"]
+    assert sum(isinstance(e, http1.End) for e in events) == 3
+    assert heads[0].keep_alive and not heads[2].keep_alive
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(PIPELINE)), max_size=8))
+def test_any_split_of_the_input_gives_the_same_events(cuts):
+    reader = http1.MessageReader()
+    events, start = [], 0
+    for cut in sorted(cuts) + [len(PIPELINE)]:
+        events += reader.feed(PIPELINE[start:cut])
+        start = cut
+    assert collapse(events) == collapse(http1.MessageReader().feed(PIPELINE))
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"NOT HTTP\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 501),
+    (b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * (http1.MAX_HEAD + 10), 431),
+])
+def test_bad_requests_name_their_status(raw, status):
+    with pytest.raises(BadRequest) as info:
+        http1.MessageReader().feed(raw)
+    assert info.value.status == status and str(info.value)
+
+
+def test_eof_in_the_middle_of_a_request_is_an_error_but_between_requests_is_not():
+    reader = http1.MessageReader()
+    reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reader.feed_eof() == []
+    reader = http1.MessageReader()
+    reader.feed(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    with pytest.raises(BadRequest):
+        reader.feed_eof()
+
+
+def test_responses_close_delimited_head_and_204():
+    reader = http1.MessageReader(response=True)
+    events = reader.feed(b"HTTP/1.1 200 OK\r\nServer: s\r\n\r\nhel") + reader.feed(b"lo")
+    assert events[0].status == 200 and events[0].body_until_close
+    assert collapse(events[1:] + reader.feed_eof()) == [http1.Body(b"hello"), http1.End()]
+    head_reader = http1.MessageReader(response=True, head_request=True)
+    events = head_reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert isinstance(events[-1], http1.End) and head_reader.done
+    events = http1.MessageReader(response=True).feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert isinstance(events[-1], http1.End)
+
+
+def test_serializers_drop_hop_by_hop_and_frame_bodies():
+    headers = [("host", "a"), ("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("transfer-encoding", "chunked"),
+               ("x-keep", "2")]
+    assert http1.end_to_end(headers) == [("host", "a"), ("x-keep", "2")]
+    raw = http1.request_bytes("POST", "/x", [("host", "a")], b"body")
+    assert raw == b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbody"
+    head = http1.response_head_bytes(200, [("x", "1")], content_length=None, close=False)
+    assert head == b"HTTP/1.1 200 OK\r\nx: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+    assert http1.chunk(b"abc") == b"3\r\nabc\r\n" and http1.chunk(b"") == b""
+    reader = http1.MessageReader(response=True)
+    events = reader.feed(head + http1.chunk(b"abc") + http1.LAST_CHUNK)
+    assert collapse(events[1:]) == [http1.Body(b"abc"), http1.End()]

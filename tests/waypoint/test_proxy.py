@@ -1,0 +1,266 @@
+"""The waypoint in process on loopback: real HBONE (TLS 1.3, HTTP/2 CONNECT), real HTTP servers.
+
+The client is a meshed workload's HBONE session; endpoints are plain-TCP
+HTTP servers and one behind an HBONE terminator (what a destination ztunnel
+does). Routing config is given as model objects, as the control plane would.
+"""
+
+import asyncio
+import socket
+
+import pytest
+
+from shoal.model import (
+    Destination, Endpoint, Fault, HeaderChanges, HeaderMatch, MatchKind, Mirror, Protocol, RetryPolicy, Route,
+    RouteMatch, Service, ServicePort, StringMatch,
+)
+
+from waypoint.state import WaypointState
+from wp_harness import (
+    App, AppBehaviour, Client, HboneEndpoint, TestCA, Waypoint, body_of, get, read_all, status_of,
+)
+from wp_model import NS, REVIEWS, SHADOW, VIP, policy, subset, table, to, workload
+
+V1_IP, V1B_IP, V2_IP, SHADOW_IP, CLIENT_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.1"
+CLIENT_URI = f"spiffe://cluster.local/ns/{NS}/sa/client"
+
+
+def free_port(host: str) -> int:
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Mesh:
+    def __init__(self, *routing, v1=None, v1b=None, v2=None, shadow=None, rand=None):
+        self.ca = TestCA()
+        self.behaviours = {"v1": v1 or AppBehaviour("v1"), "v1b": v1b or AppBehaviour("v1b"),
+                           "v2": v2 or AppBehaviour("v2"), "shadow": shadow or AppBehaviour("shadow")}
+        ips = {"v1": V1_IP, "v1b": V1B_IP, "v2": V2_IP, "shadow": SHADOW_IP}
+        self.apps = {k: App(ips[k], b) for k, b in self.behaviours.items()}
+        self.hbone_port = free_port(V2_IP)
+        self.pods = {
+            "v1": workload("reviews-v1", V1_IP, "v1", protocol=Protocol.TCP),
+            "v1b": workload("reviews-v1b", V1B_IP, "v1", protocol=Protocol.TCP),
+            "v2": workload("reviews-v2", V2_IP, "v2", protocol=Protocol.HBONE),
+            "shadow": workload("reviews-shadow", SHADOW_IP, "v1", protocol=Protocol.TCP, app="shadow"),
+        }
+        self.client_pod = workload("client", CLIENT_IP, "v1", app="client")
+        state = WaypointState(NS, "waypoint")
+
+        def svc(name, vip, keys):
+            return Service(name=name, namespace=NS, hostname=f"{name}.{NS}.svc.cluster.local", vips=(vip,),
+                           ports=(ServicePort(9080, "http"),),
+                           endpoints=tuple(Endpoint(self.pods[k].uid, 9080, self.apps[k].port) for k in keys))
+        for item in (*self.pods.values(), self.client_pod, svc("reviews", VIP, ("v1", "v1b", "v2")),
+                     svc("reviews-shadow", "198.18.16.11", ("shadow",)), *routing):
+            state.upsert(item)
+        self.state = state
+        self.waypoint = Waypoint(self.ca, state, self.hbone_port, rand=rand)
+        self.endpoint = HboneEndpoint(self.ca, f"spiffe://cluster.local/ns/{NS}/sa/reviews", V2_IP)
+        self.client = Client(self.ca, CLIENT_URI)
+
+    async def __aenter__(self):
+        await self.waypoint.start()
+        await self.endpoint.start(self.hbone_port)
+        await self.client.open("127.0.0.1", self.waypoint.listener.port)
+        return self
+
+    async def __aexit__(self, *exc):
+        self.client.close()
+        self.endpoint.close()
+        await self.waypoint.close()
+        for app in self.apps.values():
+            app.close()
+
+    async def send(self, raw: bytes, port: int = 9080, vip: str = VIP, timeout: float = 5.0) -> bytes:
+        return await self.client.request(f"{vip}:{port}", raw, timeout)
+
+    def hits(self, key):
+        return self.behaviours[key].hits
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_subset_route_to_plain_tcp_endpoint_with_header_changes():
+    route = Route("to-v1", destinations=(Destination(REVIEWS, None, subset("v1"), "v1"),),
+                  request_headers=HeaderChanges(set=(("x-route", "v1"),), remove=("x-secret",)),
+                  response_headers=HeaderChanges(add=(("x-served-by", "waypoint"),), remove=("x-app",)))
+
+    async def main():
+        async with Mesh(table(route), rand=lambda: 0.0) as m:
+            response = await m.send(get("/hello", headers=(("x-secret", "s"),)))
+            assert status_of(response) == 200, response
+            assert body_of(response) == b"v1 GET /hello 0\n"
+            assert b"x-served-by: waypoint" in response and b"x-app" not in response
+            method, path, headers, _ = m.hits("v1")[0]
+            assert headers["x-route"] == "v1" and "x-secret" not in headers
+            assert headers["host"] == "reviews:9080" and headers.get("x-request-id")
+            assert m.waypoint.count(response_code="200", destination_service=REVIEWS,
+                                    source_workload="client", destination_workload="reviews",
+                                    reporter="waypoint", connection_security_policy="mutual_tls") == 1
+    run(main())
+
+
+def test_header_match_to_hbone_endpoint_with_waypoint_identity():
+    routes = table(Route("jason", matches=(RouteMatch(headers=(HeaderMatch("end-user", StringMatch(MatchKind.EXACT, "jason")),)),),
+                         destinations=(to("v2"),)),
+                   Route("rest", destinations=(to("v1"),)))
+
+    async def main():
+        async with Mesh(routes, rand=lambda: 0.0) as m:
+            r1 = await m.send(get("/r", headers=(("end-user", "jason"),)))
+            r2 = await m.send(get("/r"))
+            assert body_of(r1).startswith(b"v2 ") and body_of(r2).startswith(b"v1 ")
+            assert m.endpoint.tunnels == [f"{V2_IP}:{m.apps['v2'].port}"]
+            assert m.endpoint.peers == [f"spiffe://cluster.local/ns/{NS}/sa/waypoint"]
+    run(main())
+
+
+def test_weights_split_requests():
+    routes = table(Route(destinations=(to("v1", 90), to("v2", 10))))
+
+    async def main():
+        async with Mesh(routes) as m:
+            results = await asyncio.gather(*(m.send(get("/w")) for _ in range(60)))
+            v2 = sum(body_of(r).startswith(b"v2") for r in results)
+            assert all(status_of(r) == 200 for r in results)
+            assert 0 < v2 < 20, v2   # expected 6; P(0) ~ 0.2%, P(>=20) negligible
+    run(main())
+
+
+def test_fault_abort_and_delay_with_timeout():
+    abort = Route("abort", matches=(RouteMatch(path=StringMatch(MatchKind.PREFIX, "/abort")),),
+                  destinations=(to("v1"),), fault=Fault(abort_status=418, abort_percentage=100))
+    slow = Route("slow", destinations=(to("v1"),), timeout=0.2, fault=Fault(delay=1.0, delay_percentage=100))
+
+    async def main():
+        async with Mesh(table(abort, slow), rand=lambda: 0.0) as m:
+            r = await m.send(get("/abort"))
+            assert status_of(r) == 418 and b"fault filter abort" in r
+            r = await m.send(get("/slow"))
+            assert status_of(r) == 504
+            assert m.hits("v1") == []
+            assert m.waypoint.count(response_code="418", response_flags="FI") == 1
+            assert m.waypoint.count(response_code="504", response_flags="DI,UT") == 1
+    run(main())
+
+
+def test_timeout_of_a_slow_endpoint_gives_504():
+    route = Route(destinations=(to("v1"),), timeout=0.3)
+
+    async def main():
+        async with Mesh(table(route), v1=AppBehaviour("v1", delay=1.0), v1b=AppBehaviour("v1b", delay=1.0)) as m:
+            r = await m.send(get("/"))
+            assert status_of(r) == 504 and m.waypoint.count(response_flags="UT") == 1
+    run(main())
+
+
+def test_retry_on_5xx_turns_a_failing_first_try_into_success():
+    route = Route(destinations=(Destination(REVIEWS, None, subset("v2"), "v2"),),
+                  retry=RetryPolicy(attempts=2, retry_on=("5xx",)))
+
+    async def main():
+        async with Mesh(table(route), v2=AppBehaviour("v2", fail_first=1)) as m:
+            r = await m.send(get("/retry"))
+            assert status_of(r) == 200 and len(m.hits("v2")) == 2
+            no_retry = Mesh(table(Route(destinations=(to("v2"),))), v2=AppBehaviour("v2", fail_first=1))
+            async with no_retry as m2:
+                assert status_of(await m2.send(get("/"))) == 503 and len(m2.hits("v2")) == 1
+    run(main())
+
+
+def test_retry_on_connect_failure_goes_to_another_endpoint():
+    async def main():
+        m = Mesh(table(Route(destinations=(to("v1"),), retry=RetryPolicy(1, retry_on=("connect-failure",)))),
+                 rand=lambda: 0.0)
+        async with m:
+            m.apps["v1"].close()   # the first endpoint (sorted by address) is down
+            r = await m.send(get("/"))
+            assert status_of(r) == 200 and body_of(r).startswith(b"v1b")
+    run(main())
+
+
+def test_endpoint_down_without_retry_is_503_uf():
+    async def main():
+        async with Mesh(table(Route(destinations=(to("v1"),))), rand=lambda: 0.0) as m:
+            m.apps["v1"].close()
+            r = await m.send(get("/"))
+            assert status_of(r) == 503 and m.waypoint.count(response_code="503", response_flags="UF") == 1
+    run(main())
+
+
+def test_mirror_sends_a_copy_with_shadow_host():
+    route = Route(destinations=(to("v1"),), mirrors=(Mirror(Destination(SHADOW), 100.0),))
+
+    async def main():
+        async with Mesh(table(route), rand=lambda: 0.0) as m:
+            r = await m.send(get("/m", method="POST", body=b"payload"))
+            assert status_of(r) == 200
+            for _ in range(100):
+                if m.hits("shadow"):
+                    break
+                await asyncio.sleep(0.02)
+            method, path, headers, body = m.hits("shadow")[0]
+            assert (method, path, body) == ("POST", "/m", b"payload")
+            assert headers["host"] == f"{SHADOW}-shadow:9080"
+            assert m.hits("v1")[0][2]["host"] == "reviews:9080"
+    run(main())
+
+
+def test_deny_policy_on_a_path_gives_403_and_other_paths_pass():
+    async def main():
+        async with Mesh(policy("no-admin", "DENY", paths=("/admin*",))) as m:
+            r = await m.send(get("/admin/users"))
+            assert status_of(r) == 403 and b"shop/no-admin" in r
+            assert status_of(await m.send(get("/public"))) == 200
+            assert m.waypoint.count(response_code="403", response_flags="RBAC") == 1
+    run(main())
+
+
+def test_keep_alive_chunked_body_and_pipelining_refused():
+    async def main():
+        async with Mesh() as m:
+            channel = await m.client.connect(f"{VIP}:9080")
+            channel.send(b"POST /a HTTP/1.1\r\nhost: reviews\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            first = b""
+            while first.count(b"\n") < 5 or not first.endswith(b"\n"):
+                first += await channel.read()
+                if b" 11\n" in first:
+                    break
+            assert status_of(first) == 200 and b"POST /a 11" in first and b"connection: close" not in first
+            # The same connection carries a second request, this time pipelined with a third.
+            channel.send(get("/b", close=False) + get("/c", close=False))
+            rest = await read_all(channel)
+            assert rest.count(b"HTTP/1.1 200") == 1 and b"GET /b" in rest and b"connection: close" in rest
+    run(main())
+
+
+def test_malformed_request_gets_400_and_harms_no_other():
+    async def main():
+        async with Mesh() as m:
+            r = await m.send(b"NOT HTTP AT ALL\r\n\r\n")
+            assert status_of(r) == 400
+            assert status_of(await m.send(get("/"))) == 200
+    run(main())
+
+
+def test_unknown_destination_is_404():
+    async def main():
+        async with Mesh() as m:
+            r = await m.send(get("/"), vip="198.18.16.99")
+            assert status_of(r) == 404 and m.waypoint.count(response_code="404", response_flags="NR") == 1
+    run(main())
+
+
+def test_head_request_and_large_response_stream_through():
+    async def main():
+        async with Mesh() as m:
+            r = await m.send(get("/", method="HEAD"))
+            assert status_of(r) == 200 and body_of(r) == b""
+    run(main())

@@ -1,0 +1,192 @@
+"""In-process waypoint on loopback: a test CA, real HTTP servers, an HBONE endpoint, an HBONE client.
+
+Nothing here needs root. Addresses are in 127.0.0.0/8 (loopback only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import threading
+import time
+from dataclasses import dataclass, field
+
+from shoal import identity
+from shoal.hbone_io import HboneSession
+from shoal.hbone_relay import TcpSide, relay
+
+from waypoint.channel import Channel
+from waypoint.proxy import Proxy
+from waypoint.server import HboneListener
+from waypoint.state import WaypointState
+from waypoint.telemetry import Metrics
+from waypoint.upstream import Upstreams
+from zt_testca import TestCA
+
+TD = "cluster.local"
+
+
+@dataclass
+class AppBehaviour:
+    name: str
+    fail_first: int = 0          # answer 503 to this many requests first
+    delay: float = 0.0           # seconds before answering
+    hits: list = field(default_factory=list)   # (method, path, headers dict, body)
+
+
+class App:
+    """A real threaded HTTP/1.1 server (http.server) that records what it gets."""
+
+    def __init__(self, host: str, behaviour: AppBehaviour) -> None:
+        b = behaviour
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                b.hits.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                if b.delay:
+                    time.sleep(b.delay)
+                failing = len(b.hits) <= b.fail_first
+                status = 503 if failing else 200
+                data = f"{b.name} {self.command} {self.path} {len(body)}\n".encode()
+                self.send_response(status)
+                self.send_header("content-length", str(len(data)))
+                self.send_header("x-app", b.name)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _answer
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 256   # the default backlog of 5 drops SYNs of a burst
+
+        self.behaviour = b
+        self.server = Server((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class HboneEndpoint:
+    """What a destination ztunnel does for the waypoint: terminate HBONE and connect to the app on loopback."""
+
+    def __init__(self, ca: TestCA, uri: str, host: str) -> None:
+        self.ctx = identity.server_context(ca.credential(uri))
+        self.host = host
+        self.tunnels: list[str] = []
+        self.peers: list[str] = []
+        self.server = None
+
+    async def start(self, port: int) -> None:
+        async def on_request(session, stream):
+            self.tunnels.append(stream.authority)
+            self.peers.append(str(identity.peer_spiffe_id(session.ssl_object)))
+            host, port_text = stream.authority.rsplit(":", 1)
+            _, app = await asyncio.get_running_loop().create_connection(TcpSide, host, int(port_text))
+            session.accept(stream)
+            await relay(stream, app)
+
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: HboneSession(False, on_request=on_request), self.host, port, ssl=self.ctx)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+class Waypoint:
+    """A Proxy + HboneListener with the test CA's credential for ns/sa waypoint."""
+
+    def __init__(self, ca: TestCA, state: WaypointState, hbone_port: int, rand=None) -> None:
+        cred = ca.credential(f"spiffe://{TD}/ns/{state.namespace}/sa/{state.name}")
+        self.server_ctx = identity.server_context(cred)
+        self.client_ctx = identity.client_context(cred)
+        self.metrics = Metrics()
+        self.upstreams = Upstreams(lambda: self.client_ctx, connect_timeout=1.0, hbone_port=hbone_port)
+        kwargs = {"rand": rand} if rand else {}
+        self.proxy = Proxy(state, self.upstreams, self.metrics, **kwargs)
+        self.listener = HboneListener(self.proxy, lambda: self.server_ctx)
+
+    async def start(self, host: str = "127.0.0.1") -> None:
+        await self.listener.start(host, 0)
+
+    async def close(self) -> None:
+        await self.listener.close()
+        await self.proxy.close()
+        self.upstreams.close()
+
+    def count(self, **labels) -> float:
+        total = 0.0
+        for metric in self.metrics.registry.collect():
+            for sample in metric.samples:
+                if sample.name == "istio_requests_total" and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+
+class Client:
+    """A meshed client: an HBONE session with its own certificate, one CONNECT stream per `connect`."""
+
+    def __init__(self, ca: TestCA, uri: str) -> None:
+        self.ctx = identity.client_context(ca.credential(uri))
+        self.session: HboneSession | None = None
+
+    async def open(self, host: str, port: int) -> None:
+        _, self.session = await asyncio.get_running_loop().create_connection(
+            lambda: HboneSession(True), host, port, ssl=self.ctx, server_hostname="")
+
+    async def connect(self, authority: str) -> Channel:
+        stream = await self.session.open(authority, timeout=5)
+        return Channel(stream)
+
+    async def request(self, authority: str, raw: bytes, timeout: float = 5.0) -> bytes:
+        """Sends raw bytes on a new stream, half-closes, returns everything until the end."""
+        channel = await self.connect(authority)
+        channel.send(raw)
+        return await read_all(channel, timeout)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+async def read_all(channel: Channel, timeout: float = 5.0) -> bytes:
+    out = bytearray()
+
+    async def loop():
+        while True:
+            data = await channel.read()
+            if not data:
+                return
+            out.extend(data)
+    await asyncio.wait_for(loop(), timeout)
+    return bytes(out)
+
+
+def get(path="/", host="reviews:9080", headers=(), method="GET", body=b"", close=True) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"host: {host}", *(f"{k}: {v}" for k, v in headers)]
+    if body:
+        lines.append(f"content-length: {len(body)}")
+    if close:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def body_of(response: bytes) -> bytes:
+    return response.split(b"\r\n\r\n", 1)[1]

@@ -1,0 +1,115 @@
+"""A byte channel over one relay side (an HBONE stream or a TCP connection), for code that reads.
+
+`shoal.hbone_io` moves bytes between two `Side`s with callbacks. The HTTP
+proxy needs to *read* (parse, decide, then write), so a `Channel` is a Side
+that buffers what its peer delivers and offers `await read()`; `send()`,
+`end()` and `reset()` act on the peer. Backpressure both ways: past
+`HIGH_WATER` buffered bytes the peer is paused (for an HBONE stream: no more
+flow-control credit), and `drain()` waits while the peer cannot take more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal.hbone_relay import Side
+
+from waypoint.errors import UpstreamFailed
+
+HIGH_WATER = 1 << 20
+
+
+class ChannelReset(UpstreamFailed):
+    def __init__(self, message: str = "the connection was reset by the peer") -> None:
+        super().__init__(message, kind="reset", flag="UC")
+
+
+class Channel(Side):
+    def __init__(self, other: Side) -> None:
+        self.peer = other
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._buffer = bytearray()
+        self._eof = False
+        self.was_reset = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._paused_peer = False
+        self.closed = asyncio.get_running_loop().create_future()
+        attach = getattr(other, "attach", None)
+        if attach is not None:
+            attach(self)   # flushes whatever the other side held before it had a peer
+
+    # Side: called by the other side ---------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self._buffer += data
+        self._readable.set()
+        if len(self._buffer) > HIGH_WATER and not self._paused_peer:
+            self._paused_peer = True
+            self.peer.pause_reading()
+
+    def write_eof(self) -> None:
+        self._eof = True
+        self._readable.set()
+        self._done()
+
+    def abort(self) -> None:
+        self.was_reset = True
+        self._readable.set()
+        self._writable.set()
+        self._done()
+
+    def pause_reading(self) -> None:
+        self._writable.clear()
+
+    def resume_reading(self) -> None:
+        self._writable.set()
+
+    def _done(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # for the proxy ----------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """What arrived (at least one byte), or b"" at the end; ChannelReset if reset."""
+        while not self._buffer and not self._eof and not self.was_reset:
+            self._readable.clear()
+            await self._readable.wait()
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            if self._paused_peer:
+                self._paused_peer = False
+                self.peer.resume_reading()
+            return data
+        if self.was_reset:
+            raise ChannelReset()
+        return b""
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def send(self, data: bytes) -> None:
+        if data and not self.was_reset:
+            self.bytes_sent += len(data)
+            self.peer.write(data)
+
+    async def drain(self) -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    def end(self) -> None:
+        if not self.was_reset:
+            self.peer.write_eof()
+
+    def reset(self) -> None:
+        if not self.was_reset:
+            self.was_reset = True
+            self.peer.abort()
+            self._readable.set()
+            self._done()

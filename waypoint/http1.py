@@ -1,0 +1,222 @@
+"""HTTP/1.1 messages, sans-IO: httptools parses, this module turns its callbacks into events.
+
+`MessageReader(response=False)` reads requests (one reader per client
+connection, keep-alive included); `MessageReader(response=True,
+head_request=...)` reads one response. `feed(data)` returns events:
+`Head`, `Body` (de-chunked payload), `End`; `feed_eof()` ends a
+close-delimited response body or says the peer left mid-message.
+
+Heads are limited to `MAX_HEAD` bytes (431 otherwise); malformed input raises
+`BadRequest` with the status to answer. Serialization (`request_bytes`,
+`response_head_bytes`, `chunk`) drops hop-by-hop headers and frames bodies
+explicitly (Content-Length, or chunked when the length is unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httptools
+
+from waypoint.errors import BadRequest
+
+MAX_HEAD = 64 * 1024
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+                        "upgrade", "proxy-authenticate", "proxy-authorization", "content-length"})
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
+           304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
+           418: "I'm a teapot", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+
+
+@dataclass(frozen=True)
+class Head:
+    method: str                                  # requests
+    target: str                                  # requests
+    status: int                                  # responses
+    reason: str                                  # responses
+    headers: tuple[tuple[str, str], ...]         # names lower-cased, order kept
+    version: str                                 # "1.1", "1.0"
+    keep_alive: bool
+    content_length: int | None
+    chunked: bool
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k == name]
+        return ",".join(values) if values else None
+
+    @property
+    def body_until_close(self) -> bool:
+        return self.content_length is None and not self.chunked
+
+
+@dataclass(frozen=True)
+class Body:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class End:
+    pass
+
+
+class MessageReader:
+    def __init__(self, response: bool = False, head_request: bool = False) -> None:
+        self.response = response
+        self.head_request = head_request
+        self._parser = (httptools.HttpResponseParser if response else httptools.HttpRequestParser)(self)
+        self._events: list = []
+        self._url = bytearray()
+        self._headers: list[tuple[str, str]] = []
+        self._status = 0
+        self._reason = b""
+        self._head_bytes = 0       # bytes fed while waiting for a head to complete
+        self._in_head = True
+        self._head: Head | None = None
+        self.done = False          # a response was read to its end
+        self.messages = 0          # heads seen
+
+    # httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        parser = self._parser
+        headers = tuple(self._headers)
+        lengths = {v.strip() for k, v in headers if k == "content-length"}
+        encodings = ",".join(v for k, v in headers if k == "transfer-encoding").lower()
+        chunked = "chunked" in encodings
+        if len(lengths) > 1:
+            raise BadRequest("conflicting Content-Length headers")
+        content_length = None
+        if lengths and not chunked:
+            content_length = int(next(iter(lengths)))
+        method = target = reason = ""
+        status = 0
+        if self.response:
+            status = parser.get_status_code()
+            reason = self._reason.decode("latin-1")
+        else:
+            method = parser.get_method().decode("latin-1")
+            target = self._url.decode("latin-1")
+        if not self.response and content_length is None and not chunked:
+            content_length = 0  # a request without framing has no body
+        head = Head(method, target, status, reason, headers, parser.get_http_version(), parser.should_keep_alive(),
+                    content_length, chunked)
+        self._head = head
+        self.messages += 1
+        self._events.append(head)
+        if self.response and (self.head_request or status in (204, 304) or 100 <= status < 200):
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self._events.append(Body(bytes(body)))
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        if not self.done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._events.append(End())
+        if self.response:
+            self.done = True
+
+    # the interface ----------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list:
+        if self.done:
+            return []
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise BadRequest("protocol upgrades (WebSocket, h2c) are not supported by this waypoint", 501) from None
+        except httptools.HttpParserError as e:
+            if isinstance(e.__context__, BadRequest):
+                raise e.__context__ from None
+            raise BadRequest(f"malformed HTTP/1.1: {e}") from None
+        except ValueError as e:
+            raise BadRequest(f"malformed HTTP/1.1: {e}") from None
+        if self._in_head and self._head_bytes > MAX_HEAD:
+            raise BadRequest(f"request head larger than {MAX_HEAD} bytes", 431)
+        events, self._events = self._events, []
+        return events
+
+    def feed_eof(self) -> list:
+        """The peer closed. Ends a close-delimited response; elsewhere mid-message is an error."""
+        if self.done:
+            return []
+        if self.response and self._head is not None and self._head.body_until_close:
+            self._finish()
+            events, self._events = self._events, []
+            return events
+        if self._head_bytes or (self._head is not None and not self._in_head):
+            raise BadRequest("the connection closed in the middle of a message")
+        return []
+
+
+# --- serialization ---------------------------------------------------------------------
+
+def _lines(headers) -> bytes:
+    return b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers)
+
+
+def end_to_end(headers) -> list[tuple[str, str]]:
+    """Headers a proxy forwards: without hop-by-hop ones (and those the Connection header names)."""
+    named = {t.strip().lower() for k, v in headers if k == "connection" for t in v.split(",")}
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
+
+
+def request_bytes(method: str, target: str, headers, body: bytes, *, close: bool = True) -> bytes:
+    head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), _lines(headers)]
+    if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        head.append(f"content-length: {len(body)}\r\n".encode())
+    if close:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
+def response_head_bytes(status: int, headers, *, content_length: int | None, close: bool, reason: str = "") -> bytes:
+    """A response head; content_length None means the body follows chunked."""
+    out = [f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n".encode("latin-1"), _lines(headers)]
+    if content_length is not None:
+        out.append(f"content-length: {content_length}\r\n".encode())
+    elif status not in (204, 304) and not 100 <= status < 200:
+        out.append(b"transfer-encoding: chunked\r\n")
+    if close:
+        out.append(b"connection: close\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def local_response(status: int, body: str, headers=(), *, close: bool = False) -> bytes:
+    """A response the waypoint answers itself (refusals, faults)."""
+    data = body.encode()
+    return response_head_bytes(status, [("content-type", "text/plain"), *headers], content_length=len(data),
+                               close=close) + data

@@ -1,0 +1,120 @@
+"""The waypoint's HBONE listener (15008): terminate mTLS and CONNECT, then serve HTTP on each stream.
+
+TLS presents the waypoint's own certificate and requires a client chain to
+the mesh root. The context is read per connection (`server_context()`), so a
+renewed certificate is used from the next connection on. Each CONNECT
+names the destination the client's ztunnel chose (a Service VIP and port,
+or a workload IP): it is accepted at once, and the HTTP on the stream is
+routed by `Proxy.serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Callable
+
+from shoal import hbone, identity, log
+from shoal.hbone_io import HboneSession, TunnelStream
+
+from waypoint.channel import Channel
+from waypoint.proxy import Proxy
+from waypoint.routing import Peer
+
+logger = log.get("waypoint.server")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class HboneListener:
+    def __init__(self, proxy: Proxy, server_context: Callable[[], ssl.SSLContext], *,
+                 handshake_timeout: float = 10.0) -> None:
+        self.proxy = proxy
+        self.server_context = server_context
+        self.handshake_timeout = handshake_timeout
+        self.sock: socket.socket | None = None
+        self.sessions: set[HboneSession] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._accepting: asyncio.Task | None = None
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    async def start(self, host: str = "0.0.0.0", port: int = hbone.PORT) -> None:
+        self.sock = listening_socket(host, port)
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(self.sock)
+            except OSError:
+                return
+            task = loop.create_task(self._connection(conn, address))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connection(self, conn: socket.socket, address) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, session = await loop.connect_accepted_socket(
+                lambda: HboneSession(False, on_request=self._tunnel), conn, ssl=self.server_context(),
+                ssl_handshake_timeout=self.handshake_timeout)
+        except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one line, no harm
+            logger.info("HBONE handshake failed", src=f"{address[0]}:{address[1]}",
+                        error=f"{getattr(e, 'reason', None) or e}; the client must present a mesh certificate")
+            conn.close()
+            return
+        self.sessions.add(session)
+        try:
+            await session.lost
+        except asyncio.CancelledError:
+            session.close()
+            raise
+        finally:
+            self.sessions.discard(session)
+
+    async def _tunnel(self, session: HboneSession, stream: TunnelStream) -> None:
+        try:
+            host, port = hbone.parse_authority(stream.authority)
+        except hbone.BadAuthority as e:
+            session.refuse(stream, 400, str(e))
+            return
+        try:
+            spiffe = identity.peer_spiffe_id(session.ssl_object)
+            principal, namespace = spiffe.principal, spiffe.namespace
+        except identity.IdentityError as e:
+            session.refuse(stream, 401, f"client certificate carries no mesh identity: {e}")
+            return
+        try:
+            session.accept(stream)
+        except Exception:  # noqa: BLE001 - the client gave up meanwhile
+            return
+        channel = Channel(stream)
+        peer = Peer(session.peer_address[0], principal, namespace, (host, port))
+        await self.proxy.serve(channel, peer, session.peer_address[:2])
+
+    def stop_accepting(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self.sock is not None:
+            self.sock.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        for session in list(self.sessions):
+            session.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

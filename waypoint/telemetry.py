@@ -1,0 +1,125 @@
+"""HTTP telemetry: Istio's request metrics with reporter="waypoint", and one access-log line per request.
+
+`RequestRecord` is filled in while a request is handled and `finish()`ed
+once: it counts `istio_requests_total`, observes
+`istio_request_duration_milliseconds` (Istio's buckets), and writes the
+access-log line. Labels follow Istio's standard metrics, so dashboards and
+Kiali read them as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from shoal import log
+from shoal.model import Workload
+
+LABELS = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+    "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+    "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
+    "request_protocol", "response_code", "response_flags", "connection_security_policy",
+)
+# Istio's default buckets for istio_request_duration_milliseconds.
+DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
+                    1800000, 3600000)
+
+access_log = log.get("waypoint.access")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("istio_requests", "Requests handled by the waypoint", LABELS, registry=self.registry)
+        self.duration = Histogram("istio_request_duration_milliseconds", "Request duration (ms)", LABELS,
+                                  buckets=DURATION_BUCKETS, registry=self.registry)
+        self.retries = Counter("shoal_waypoint_retries", "Tries beyond the first", ("destination_service",),
+                               registry=self.registry)
+        self.mirrors = Counter("shoal_waypoint_mirrored_requests", "Mirrored copies sent",
+                               ("destination_service", "outcome"), registry=self.registry)
+        self.active = Gauge("shoal_waypoint_active_requests", "Requests in progress", registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _workload(prefix: str, w: Workload | None, version: str = "") -> dict[str, str]:
+    if w is None:
+        return {f"{prefix}_workload": "unknown", f"{prefix}_workload_namespace": "unknown",
+                f"{prefix}_app": "unknown", f"{prefix}_version": version or "unknown"}
+    name = w.canonical_service or w.name
+    return {f"{prefix}_workload": name, f"{prefix}_workload_namespace": w.namespace, f"{prefix}_app": name,
+            f"{prefix}_version": w.canonical_revision or version or "unknown"}
+
+
+@dataclass(eq=False)
+class RequestRecord:
+    source_address: tuple[str, int]
+    method: str
+    path: str
+    authority: str
+    source_workload: Workload | None = None
+    source_principal: str = ""
+    destination_workload: Workload | None = None
+    destination_principal: str = ""
+    service: str = ""
+    route: str = ""
+    subset: str = ""
+    upstream: str = ""
+    status: int = 0
+    response_flags: str = "-"
+    policy: str = ""
+    tries: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    error: str = ""
+    request_id: str = ""
+    started: float = field(default_factory=time.monotonic)
+    _finished: bool = False
+
+    def flag(self, flag: str, error: str = "") -> None:
+        self.response_flags = flag
+        if error:
+            self.error = error
+
+    def labels(self) -> dict[str, str]:
+        name, _, rest = self.service.partition(".")
+        out = {
+            "reporter": "waypoint",
+            "source_principal": f"spiffe://{self.source_principal}" if self.source_principal else "unknown",
+            "destination_principal": self.destination_principal or "unknown",
+            "destination_service": self.service or "unknown",
+            "destination_service_name": name or "unknown",
+            "destination_service_namespace": rest.split(".")[0] if rest else "unknown",
+            "request_protocol": "http",
+            "response_code": str(self.status),
+            "response_flags": self.response_flags,
+            "connection_security_policy": "mutual_tls",
+        }
+        out.update(_workload("source", self.source_workload))
+        out.update(_workload("destination", self.destination_workload, self.subset))
+        return out
+
+    def finish(self, metrics: Metrics) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        duration_ms = (time.monotonic() - self.started) * 1000
+        labels = self.labels()
+        metrics.requests.labels(**labels).inc()
+        metrics.duration.labels(**labels).observe(duration_ms)
+        src, dst = self.source_workload, self.destination_workload
+        access_log.info(
+            "request complete",
+            method=self.method, path=self.path, authority=self.authority, status=self.status,
+            response_flags=self.response_flags, duration_ms=round(duration_ms, 3),
+            src_addr=f"{self.source_address[0]}:{self.source_address[1]}",
+            src_workload=src.name if src else None, src_namespace=src.namespace if src else None,
+            src_identity=self.source_principal or None,
+            dst_service=self.service or None, route=self.route or None, subset=self.subset or None,
+            dst_workload=dst.name if dst else None, upstream=self.upstream or None, tries=self.tries,
+            policy=self.policy or None, bytes_received=self.bytes_received, bytes_sent=self.bytes_sent,
+            request_id=self.request_id or None, error=self.error or None)
