@@ -29,6 +29,7 @@ from hyperframe.frame import DataFrame
 
 _DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16+8), type 0, flags, stream id
 _END_STREAM, _PADDED, _DATA = 0x1, 0x8, 0x0
+_JOIN_BELOW = 16384  # payloads up to one TLS record travel with their header in one chunk
 
 
 class _InboundData:
@@ -68,9 +69,12 @@ class LeanH2(h2.connection.H2Connection):
             if frame.__class__ is DataFrame and "PADDED" not in frame.flags:
                 data = frame.data
                 length = len(data)
-                out.append(_DATA_HEADER.pack(length >> 8, length & 0xFF, _DATA,
-                                             _END_STREAM if "END_STREAM" in frame.flags else 0, frame.stream_id))
-                if length:
+                header = _DATA_HEADER.pack(length >> 8, length & 0xFF, _DATA,
+                                           _END_STREAM if "END_STREAM" in frame.flags else 0, frame.stream_id)
+                if length <= _JOIN_BELOW:
+                    out.append(header + data)  # small: one chunk, so one TLS record, is cheaper than a copy saved
+                else:
+                    out.append(header)
                     out.append(data)
             else:
                 out.append(frame.serialize())
