@@ -369,6 +369,7 @@ class HboneSession(asyncio.Protocol):
         except asyncio.TimeoutError:
             self._waiting.pop(sid, None)
             stream.abort()
+            self.closing = True  # an unanswered CONNECT: take no more streams here (a pool opens a new one)
             raise RelayError(f"no answer to CONNECT {authority} within {timeout:.0f}s; "
                              "check that the destination's ztunnel is running") from None
         except RelayError:
