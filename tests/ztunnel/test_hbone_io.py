@@ -250,3 +250,15 @@ def test_client_reset_before_the_tunnel_opens_reaches_the_app():
         assert not rig.session.streams
         await rig.stop()
     run(main())
+
+
+def test_an_unanswered_connect_times_out_and_retires_the_connection():
+    async def main():
+        rig = Rig(echo_after_eof, accept_delay=30)
+        await rig.start()
+        assert rig.session.available
+        with pytest.raises(hbone_io.RelayError, match="no answer to CONNECT"):
+            await rig.session.open(f"127.0.0.1:{rig.app_port}", timeout=0.3)
+        assert not rig.session.available  # the pool will open a fresh connection
+        await rig.stop()
+    run(main())
