@@ -305,10 +305,9 @@ class Kubelet:
             with open(log_path, "ab", buffering=0) as log_file:
                 try:
                     c.process = await asyncio.create_subprocess_exec(
-                        "ip", "netns", "exec", runtime.netns, *c.argv,
+                        *_launch_argv(runtime, c.argv),
                         stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                        cwd=work_dir, env=env, preexec_fn=_enter_cgroup(runtime.cgroup),
-                        start_new_session=True,
+                        cwd=work_dir, env=env, preexec_fn=_enter(runtime), start_new_session=True,
                     )
                 except OSError as e:
                     c.waiting_reason = f"StartError: {e}"
@@ -405,12 +404,25 @@ def remove_etc_netns(name: str) -> None:
         directory.rmdir()
 
 
-def _enter_cgroup(cgroup: Path):
-    procs = str(cgroup / "cgroup.procs")
+def _launch_argv(runtime: PodRuntime, argv: list[str]) -> list[str]:
+    """A pod's containers run under `ip netns exec`, which also gives them their own /etc/hosts and
+    /sys, as a container has. hostNetwork pods share the node's mounts, as they do on a real node
+    (the node agent needs the host's cgroup and bpffs mounts); they only enter the node's netns."""
+    return list(argv) if runtime.host_network else ["ip", "netns", "exec", runtime.netns, *argv]
+
+
+def _enter(runtime: PodRuntime):
+    """The child's last steps before exec: join the pod's cgroup, and the node's netns for hostNetwork."""
+    procs = str(runtime.cgroup / "cgroup.procs")
+    netns_path = str(netns.path(runtime.netns)) if runtime.host_network else None
 
     def preexec():
         with open(procs, "w") as f:
             f.write(str(os.getpid()))
+        if netns_path:
+            fd = os.open(netns_path, os.O_RDONLY)
+            netns.setns(fd)
+            os.close(fd)
 
     return preexec
 
