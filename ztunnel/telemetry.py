@@ -20,11 +20,15 @@ from shoal import log
 from shoal.model import Workload
 
 LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app",
+    "reporter",
+    "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+    "source_canonical_service", "source_canonical_revision", "source_cluster",
     "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
-    "destination_service", "destination_service_name", "destination_service_namespace",
+    "destination_version", "destination_canonical_service", "destination_canonical_revision",
+    "destination_cluster", "destination_service", "destination_service_name", "destination_service_namespace",
     "request_protocol", "response_flags", "connection_security_policy",
 )
+CLUSTER_ID = "Kubernetes"  # Istio's default cluster id, which dashboards expect
 
 access_log = log.get("ztunnel.access")
 
@@ -55,9 +59,18 @@ class Metrics:
 
 def _workload_labels(prefix: str, w: Workload | None) -> dict[str, str]:
     if w is None:
-        return {f"{prefix}_workload": "unknown", f"{prefix}_workload_namespace": "unknown", f"{prefix}_app": "unknown"}
-    return {f"{prefix}_workload": w.canonical_service or w.name, f"{prefix}_workload_namespace": w.namespace,
-            f"{prefix}_app": w.canonical_service or w.name}
+        return {f"{prefix}_{k}": "unknown" for k in ("workload", "workload_namespace", "app", "version",
+                                                      "canonical_service", "canonical_revision", "cluster")}
+    labels = dict(w.labels)
+    return {
+        f"{prefix}_workload": w.canonical_service or w.name,
+        f"{prefix}_workload_namespace": w.namespace,
+        f"{prefix}_app": labels.get("app", w.canonical_service or "unknown"),
+        f"{prefix}_version": labels.get("version", "unknown"),
+        f"{prefix}_canonical_service": w.canonical_service or w.name,
+        f"{prefix}_canonical_revision": w.canonical_revision or "latest",
+        f"{prefix}_cluster": CLUSTER_ID,
+    }
 
 
 @dataclass(eq=False)  # identity, so records can sit in a set of active connections

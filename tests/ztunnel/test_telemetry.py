@@ -25,6 +25,7 @@ def test_open_connection_is_counted_periodically_and_never_twice():
     record.open(metrics)
     labels = record.labels()
     assert labels["reporter"] == "source" and labels["source_workload"] == "client"
+    assert labels["source_canonical_service"] == "client" and labels["source_cluster"] == "Kubernetes"
     assert labels["destination_workload"] == "server-5f2" and labels["destination_service_namespace"] == "shop"
     assert labels["connection_security_policy"] == "mutual_tls"
     moved[:] = [1000, 10]
