@@ -143,9 +143,6 @@ def test_service_across_nodes_keeps_client_ip_and_logs_one_line(cluster):
     assert lines[0]["mtls"] and lines[0]["dst_service"] == SHOP_SERVICE
     assert lines[0]["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"
     assert lines[0]["upstream"].endswith(":15008")
-    if cluster.mode == "ebpf" and seen == "peer=127.0.0.1\n":
-        pytest.xfail("eBPF mode: the node agent's sk_lookup also steers the ztunnel's own connection to the pod IP "
-                     "(Linux reports it as arriving on eth0), so the ztunnel reaches the app over 127.0.0.1")
     assert seen == f"peer={client_ip}\n"
 
 
