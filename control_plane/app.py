@@ -111,10 +111,13 @@ class Wiring:
     authenticator: Authenticator
     events: object            # an async iterator of shoal.store.Event
     report: Reporter | None
+    controllers: tuple = ()   # coroutine functions run beside the feed (the waypoint controller)
 
 
 def local_wiring(settings: Settings) -> Wiring:
     from control_plane.sources.local import LocalSource, report_invalid
+    from control_plane.waypoints import LocalWaypointController, local_argv
+    from shoal.local.layout import node_ip
 
     cluster_store = store.Store(settings.cluster, root=settings.run_root)
     if not cluster_store.exists():
@@ -123,8 +126,11 @@ def local_wiring(settings: Settings) -> Wiring:
     roots = root_store(settings)
     key = tokens.token_key(settings.run_dir, create=True)
     authenticator = LocalAuthenticator(settings.run_dir / "bootstrap-tokens.json", key)
+    # Waypoint pods reach the control plane where the local cluster runs it: node 1.
+    control_plane_address = f"{node_ip(1)}:{settings.endpoints.grpc_port}"
+    waypoints = LocalWaypointController(cluster_store, local_argv(settings.cluster, control_plane_address))
     return Wiring(roots, authenticator, LocalSource(cluster_store).events(),
-                  lambda obj, errors: report_invalid(cluster_store, obj, errors))
+                  lambda obj, errors: report_invalid(cluster_store, obj, errors), controllers=(waypoints.run,))
 
 
 def kube_wiring(settings: Settings) -> Wiring:
@@ -234,6 +240,7 @@ async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = No
     feed = Feed(Translator(), state, metrics, server.mark_synced, wiring.report)
     feeding = asyncio.ensure_future(feed.run(wiring.events))
     rooting = asyncio.ensure_future(watch_roots(settings, wiring.roots, authority))
+    controllers = [asyncio.ensure_future(run_controller()) for run_controller in wiring.controllers]
     stopping = asyncio.ensure_future(shutdown.wait())
     code = 0
     try:
@@ -246,6 +253,8 @@ async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = No
     finally:
         feeding.cancel()
         rooting.cancel()
+        for controller in controllers:
+            controller.cancel()
         stopping.cancel()
         await server.stop(0 if shutdown.urgent.is_set() else DRAIN_SECONDS)
         logger.info("control plane stopped")

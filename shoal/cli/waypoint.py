@@ -1,0 +1,168 @@
+"""`shoal waypoint`: run the per-namespace L7 proxy, or declare one (like `istioctl waypoint`).
+
+    shoal waypoint apply -n NS [--name waypoint] [--for service|workload|all] [--enroll-namespace]
+    shoal waypoint delete -n NS [--name waypoint]
+    shoal waypoint list [-n NS]
+    shoal waypoint run --namespace NS --name NAME [...]     (the proxy process; the control plane starts it)
+
+`apply` writes a Gateway with `gatewayClassName: shoal-waypoint`; the control
+plane then creates its Deployment and Service. With `--enroll-namespace` the
+namespace is also labelled `shoal.io/use-waypoint: NAME`, so its services
+use the waypoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+GATEWAY_CLASS = "shoal-waypoint"
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("waypoint", help="run or declare a waypoint (the per-namespace L7 proxy)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    apply = verbs.add_parser("apply", help="declare a waypoint Gateway in a namespace")
+    apply.add_argument("-n", "--namespace", required=True)
+    apply.add_argument("--name", default="waypoint")
+    apply.add_argument("--for", dest="traffic", default="service", choices=("service", "workload", "all", "none"),
+                       help="what traffic the waypoint serves (label istio.io/waypoint-for)")
+    apply.add_argument("--enroll-namespace", action="store_true",
+                       help="also label the namespace shoal.io/use-waypoint=NAME")
+    apply.add_argument("--cluster", default="default")
+    apply.set_defaults(func=cmd_apply)
+
+    delete = verbs.add_parser("delete", help="remove a waypoint Gateway (its Deployment and Service go with it)")
+    delete.add_argument("-n", "--namespace", required=True)
+    delete.add_argument("--name", default="waypoint")
+    delete.add_argument("--cluster", default="default")
+    delete.set_defaults(func=cmd_delete)
+
+    listing = verbs.add_parser("list", help="list waypoint Gateways")
+    listing.add_argument("-n", "--namespace")
+    listing.add_argument("--cluster", default="default")
+    listing.set_defaults(func=cmd_list)
+
+    run = verbs.add_parser("run", help="run the waypoint proxy (started by the control plane's Deployment)")
+    run.add_argument("--namespace", required=True, help="the waypoint Gateway's namespace")
+    run.add_argument("--name", required=True, help="the waypoint Gateway's name")
+    run.add_argument("--service-account", default="", help="its identity (default: the Gateway's name)")
+    run.add_argument("--cluster", default="default", help="local cluster name (for default paths)")
+    run.add_argument("--control-plane", default="198.18.0.1:15012", help="control plane gRPC host:port")
+    run.add_argument("--ca-bundle", type=Path, help="mesh trust bundle PEM (default: the local cluster's)")
+    run.add_argument("--token-file", type=Path,
+                     help="service-account token for the control plane (default: minted in the local cluster)")
+    run.add_argument("--trust-domain", default="cluster.local")
+    run.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
+    run.add_argument("--drain-seconds", type=float, default=5.0)
+    run.set_defaults(func=cmd_run)
+
+
+def gateway(namespace: str, name: str, traffic: str = "service") -> dict:
+    return {"apiVersion": GATEWAY_API, "kind": "Gateway",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"istio.io/waypoint-for": traffic}},
+            "spec": {"gatewayClassName": GATEWAY_CLASS,
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+
+
+def _store(cluster: str):
+    from shoal.local.layout import Layout
+
+    store = Layout(cluster).store()
+    if not store.exists():
+        print(f"shoal waypoint: cluster {cluster!r} is not up; run `shoal local up --cluster {cluster}`",
+              file=sys.stderr)
+        return None
+    return store
+
+
+def cmd_apply(args) -> int:
+    store = _store(args.cluster)
+    if store is None:
+        return 1
+    if store.get("Namespace", None, args.namespace) is None:
+        print(f"shoal waypoint: namespace {args.namespace!r} does not exist; create it first", file=sys.stderr)
+        return 1
+    existing = store.get("Gateway", args.namespace, args.name)
+    if existing is not None and (existing.get("spec") or {}).get("gatewayClassName") not in (GATEWAY_CLASS,
+                                                                                               "istio-waypoint"):
+        print(f"shoal waypoint: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
+              "choose another --name", file=sys.stderr)
+        return 1
+    store.apply(gateway(args.namespace, args.name, args.traffic))
+    print(f"waypoint {args.namespace}/{args.name} applied")
+    if args.enroll_namespace:
+        store.patch_metadata("Namespace", None, args.namespace, labels={"shoal.io/use-waypoint": args.name})
+        print(f"namespace {args.namespace} labelled shoal.io/use-waypoint={args.name}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    store = _store(args.cluster)
+    if store is None:
+        return 1
+    existing = store.get("Gateway", args.namespace, args.name)
+    if existing is None or (existing.get("spec") or {}).get("gatewayClassName") not in (GATEWAY_CLASS,
+                                                                                         "istio-waypoint"):
+        print(f"shoal waypoint: no waypoint {args.namespace}/{args.name}", file=sys.stderr)
+        return 1
+    store.delete("Gateway", args.namespace, args.name)
+    print(f"waypoint {args.namespace}/{args.name} deleted")
+    return 0
+
+
+def cmd_list(args) -> int:
+    store = _store(args.cluster)
+    if store is None:
+        return 1
+    gateways = [g for g in store.list("Gateway", args.namespace)[0]
+                if (g.get("spec") or {}).get("gatewayClassName") in (GATEWAY_CLASS, "istio-waypoint")]
+    if not gateways:
+        print("no waypoints" + (f" in namespace {args.namespace}" if args.namespace else ""))
+        return 0
+    rows = [("NAMESPACE", "NAME", "FOR", "READY")]
+    for g in gateways:
+        meta = g["metadata"]
+        pods = [p for p in store.list("Pod", meta["namespace"])[0]
+                if (p["metadata"].get("labels") or {}).get("gateway.networking.k8s.io/gateway-name") == meta["name"]]
+        ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                           for c in (p.get("status") or {}).get("conditions") or []))
+        rows.append((meta["namespace"], meta["name"], (meta.get("labels") or {}).get("istio.io/waypoint-for",
+                                                                                      "service"),
+                     f"{ready}/{len(pods)}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_run(args) -> int:
+    from shoal import lifecycle
+
+    from waypoint.config import Config
+    from waypoint.errors import StartupError
+    from waypoint.main import run
+
+    try:
+        config = Config(namespace=args.namespace, name=args.name, service_account=args.service_account,
+                        cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
+                        token_file=args.token_file, trust_domain=args.trust_domain,
+                        connect_timeout=args.connect_timeout, drain_seconds=args.drain_seconds)
+    except ValueError as e:
+        print(f"shoal waypoint: {e}", file=sys.stderr)
+        return 2
+
+    async def daemon(shutdown):
+        from shoal.tokens import TokenError
+        try:
+            return await run(config, shutdown)
+        except (StartupError, TokenError) as e:
+            print(f"shoal waypoint: {e}", file=sys.stderr)
+            return 1
+
+    return lifecycle.run(daemon)

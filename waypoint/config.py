@@ -1,0 +1,44 @@
+"""The waypoint's settings: one frozen object, defaults named once, built from flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal import identity
+
+
+@dataclass(frozen=True)
+class Config:
+    namespace: str
+    name: str                              # the Gateway's name
+    service_account: str = ""              # default: the Gateway's name (Istio's convention)
+    cluster: str = "default"
+    control_plane: str = "198.18.0.1:15012"
+    ca_bundle: Path | None = None          # default: the local cluster's /run/shoal/<c>/ca/bundle.pem
+    token_file: Path | None = None         # a service-account token (Kubernetes); default: minted locally
+    trust_domain: str = "cluster.local"
+    listen: str = "0.0.0.0"
+    hbone_port: int = 15008
+    metrics_port: int = 15020
+    readiness_port: int = 15021
+    admin_port: int = 15000                # config dump, on 127.0.0.1
+    connect_timeout: float = 5.0
+    drain_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.service_account:
+            object.__setattr__(self, "service_account", self.name)
+        try:
+            identity.format_spiffe_id(self.trust_domain, self.namespace, self.service_account)
+        except identity.InvalidSpiffeId:
+            raise ValueError(f"--namespace {self.namespace!r} / --name {self.name!r} / --trust-domain "
+                             f"{self.trust_domain!r}: must be lower-case DNS names") from None
+        if ":" not in self.control_plane:
+            raise ValueError(f"--control-plane {self.control_plane!r} must be host:port")
+        if self.connect_timeout <= 0 or self.drain_seconds < 0:
+            raise ValueError("--connect-timeout must be positive and --drain-seconds not negative")
+
+    @property
+    def identity(self) -> identity.SpiffeId:
+        return identity.format_spiffe_id(self.trust_domain, self.namespace, self.service_account)
