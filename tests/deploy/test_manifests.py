@@ -67,3 +67,24 @@ def test_the_node_agent_gets_what_bcc_and_redirection_need():
     mounts = {m["mountPath"] for m in agent["volumeMounts"]}
     assert {"/lib/modules", "/usr/src", "/sys/fs/cgroup", "/sys/fs/bpf"} <= mounts
     assert agent["securityContext"].get("privileged")
+
+
+def _allowed(role: dict, group: str, resource: str, verbs: set[str]) -> bool:
+    return any(group in rule.get("apiGroups", []) and resource in rule.get("resources", [])
+               and verbs <= set(rule.get("verbs", [])) for rule in role["rules"])
+
+
+def test_the_control_planes_role_covers_every_resource_it_watches():
+    from control_plane.sources.kube import RESOURCES
+
+    role = next(o for o in objects() if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-control-plane")
+    for resource in RESOURCES:
+        assert _allowed(role, resource.group, resource.plural, {"list", "watch"}), \
+            f"the control plane watches {resource.plural}.{resource.group or 'core'} but its ClusterRole forbids it"
+    assert _allowed(role, "authentication.k8s.io", "tokenreviews", {"create"})
+
+
+def test_the_node_agents_role_covers_what_it_watches():
+    role = next(o for o in objects() if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-node")
+    for resource in ("pods", "namespaces"):
+        assert _allowed(role, "", resource, {"list", "watch"})
