@@ -1,0 +1,64 @@
+"""The per-pod probe: does inbound capture catch the ztunnel's own connections to the pod IP? (root)"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a network namespace")
+
+from shoal import handoff, netns  # noqa: E402
+from shoal.model import Protocol, Workload  # noqa: E402
+from ztunnel.proxy import Pod, probe_capture  # noqa: E402
+from ztunnel.state import ProxyState  # noqa: E402
+
+NS = f"shoal-ztprobe{os.getpid() % 100000}"
+IP = "198.19.7.2"
+
+
+@pytest.fixture
+def pod_netns():
+    netns.create(NS)
+    fd = None
+    try:
+        subprocess.run(["ip", "-n", NS, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"], check=True)
+        subprocess.run(["ip", "-n", NS, "addr", "add", f"{IP}/24", "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", NS, "link", "set", "eth0", "up"], check=True)
+        fd = netns.open_fd(NS)
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+        netns.remove(NS)
+
+
+def probe(fd) -> bool:
+    state = ProxyState()
+    state.upsert(Workload("u", "p", "ns", "sa", "node1", (IP,), protocol=Protocol.HBONE))
+    pod = Pod(handoff.Workload("u", "p", "ns", "sa"), fd, "spiffe://cluster.local/ns/ns/sa/sa")
+    try:
+        return asyncio.run(probe_capture(state, pod))
+    finally:
+        pod.sockets.close()
+
+
+def test_uncaptured_pod_is_reached_on_its_own_ip(pod_netns):
+    assert probe(pod_netns) is False
+
+
+def test_unknown_pod_ip_without_a_route_skips_the_probe(pod_netns):
+    pod = Pod(handoff.Workload("u", "p", "ns", "sa"), pod_netns, "spiffe://cluster.local/ns/ns/sa/sa")
+    try:
+        assert asyncio.run(probe_capture(ProxyState(), pod)) is False  # nothing to probe, nothing assumed
+    finally:
+        pod.sockets.close()
+
+
+def test_capture_that_takes_our_own_connections_is_detected(pod_netns):
+    # A capture that steers every TCP connection to the pod IP elsewhere (here: to a closed port).
+    subprocess.run(["ip", "netns", "exec", NS, "iptables-legacy", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
+                    "-d", IP, "-j", "REDIRECT", "--to-ports", "1"], check=True)
+    assert probe(pod_netns) is True
