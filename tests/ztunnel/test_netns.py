@@ -130,11 +130,14 @@ class Rig:
         self.call(boot())
 
     def stop(self):
+        """Undoes whatever start() got to, even when it failed half-way."""
         try:
-            self.call(self.ztunnel.close())
+            if hasattr(self, "ztunnel") and self.thread.is_alive():
+                self.call(self.ztunnel.close())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
+            if self.thread.is_alive():
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.thread.join(5)
             for proc in self.procs:
                 proc.kill()
                 proc.wait()

@@ -67,9 +67,9 @@ def run_in_node_netns(coro_fn):
 
 @pytest.fixture
 def namespaces():
-    netns.create(NODE_NS)
-    netns.create(POD_NS)
     try:
+        netns.create(NODE_NS)
+        netns.create(POD_NS)
         yield
     finally:
         netns.remove(POD_NS)
