@@ -4,6 +4,8 @@
 
 Set-ups (each end in its own process, as two ztunnels on two nodes would be):
 - `direct`: client to app;
+- `tls`: the same pair of processes relaying over one TLS 1.3 connection per
+  client connection, no HTTP/2 (what HBONE costs beyond bare mTLS);
 - `hbone`: client -> forwarder A -> TLS 1.3 + HTTP/2 CONNECT -> forwarder B -> app, with
   `shoal.hbone_io` (the ztunnel's own relay and HBONE driver) and mesh certificates;
 - `hbone-plain-h2`: the same, with shoal.hbone's lean DATA path turned off (h2 as shipped).
@@ -129,6 +131,50 @@ async def forwarder_client(directory: Path, port: int, upstream: int, target: in
     await server.serve_forever()
 
 
+async def tls_server(directory: Path, port: int, target: int) -> None:
+    """The `tls` set-up's far end: TLS in, plain TCP to one fixed target (no HTTP/2 at all)."""
+    from shoal import identity
+    from shoal.hbone_relay import TcpSide, relay
+
+    loop = asyncio.get_running_loop()
+    ctx = identity.server_context(load_credential(directory, "server"))
+
+    async def carry(side):
+        _, app = await loop.create_connection(TcpSide, "127.0.0.1", target)
+        await relay(side, app)
+
+    def accept():
+        side = TcpSide()
+        loop.create_task(carry(side))
+        return side
+
+    server = await loop.create_server(accept, "127.0.0.1", port, ssl=ctx)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
+async def tls_client(directory: Path, port: int, upstream: int) -> None:
+    """The `tls` set-up's near end: plain TCP in, one TLS connection out per connection."""
+    from shoal import identity
+    from shoal.hbone_relay import TcpSide, relay
+
+    loop = asyncio.get_running_loop()
+    ctx = identity.client_context(load_credential(directory, "client"))
+
+    async def carry(side):
+        _, far = await loop.create_connection(TcpSide, "127.0.0.1", upstream, ssl=ctx, server_hostname="")
+        await relay(side, far)
+
+    def accept():
+        side = TcpSide()
+        loop.create_task(carry(side))
+        return side
+
+    server = await loop.create_server(accept, "127.0.0.1", port)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
 def echo_server(port: int) -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -201,6 +247,14 @@ def measure(setup: str, directory: Path, args) -> list[dict]:
     try:
         if setup == "direct":
             echo_entry, iperf_entry = echo_port, iperf_port
+        elif setup == "tls":
+            echo_entry, iperf_entry = free_port(), free_port()
+            for entry, target in ((echo_entry, echo_port), (iperf_entry, iperf_port)):
+                far = free_port()
+                procs.append(spawn("--role", "tls-server", "--dir", str(directory), "--port", str(far),
+                                   "--target", str(target)))
+                procs.append(spawn("--role", "tls-client", "--dir", str(directory), "--port", str(entry),
+                                   "--upstream", str(far)))
         else:
             lean = ["--lean"] if setup == "hbone" else []
             hbone_port = free_port()
@@ -230,7 +284,8 @@ def measure(setup: str, directory: Path, args) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=("bench", "server", "client", "echo"), default="bench")
+    parser.add_argument("--role", choices=("bench", "server", "client", "echo", "tls-server", "tls-client"),
+                        default="bench")
     parser.add_argument("--dir", type=Path)
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream", type=int)
@@ -239,7 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--round-trips", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--setups", default="direct,hbone,hbone-plain-h2")
+    parser.add_argument("--setups", default="direct,tls,hbone,hbone-plain-h2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     if args.role != "bench":
@@ -249,6 +304,10 @@ def main(argv=None) -> int:
             echo_server(args.port)
         elif args.role == "server":
             asyncio.run(forwarder_server(args.dir, args.port, args.lean))
+        elif args.role == "tls-server":
+            asyncio.run(tls_server(args.dir, args.port, args.target))
+        elif args.role == "tls-client":
+            asyncio.run(tls_client(args.dir, args.port, args.upstream))
         else:
             asyncio.run(forwarder_client(args.dir, args.port, args.upstream, args.target, args.lean))
         return 0
