@@ -90,7 +90,7 @@ class Upstream:
 class MirrorPlan:
     service: str                       # hostname of the shadow service
     upstream: Upstream
-    authority: str                     # the Host to send: "<host>-shadow[:port]", as Istio does
+    authority: str                     # the Host to send: the request's, with "-shadow" (Istio's rule)
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,8 @@ def decide(state: WaypointState, peer: Peer, head: RequestHead, rand: Random) ->
     else:
         destination = None
     fault = _fault(route, rand)
-    mirrors = tuple(m for m in (_mirror(state, mirror, port, rand) for mirror in route.mirrors) if m is not None)
+    mirrors = tuple(m for m in (_mirror(state, mirror, port, head.authority, rand) for mirror in route.mirrors)
+                    if m is not None)
     if destination is None:
         if fault.abort_status is None:
             return Refusal(503, "UH", f"route {route.name or '(unnamed)'} has no destination", service.hostname)
@@ -276,20 +277,22 @@ def _fault(route: Route, rand: Random) -> FaultPlan:
     return FaultPlan(delay, abort)
 
 
-def _mirror(state: WaypointState, mirror, port: int, rand: Random) -> MirrorPlan | None:
+def _mirror(state: WaypointState, mirror, port: int, authority: str, rand: Random) -> MirrorPlan | None:
     if not _roll(mirror.percentage, rand()):
         return None
     found = endpoints(state, mirror.destination, port)
     if isinstance(found, Refusal) or not found:
         return None
     upstream = rotate(found, rand())[0]
-    destination_port = mirror.destination.port or port
-    return MirrorPlan(mirror.destination.host, upstream, shadow_authority(mirror.destination.host, destination_port))
+    return MirrorPlan(mirror.destination.host, upstream, shadow_authority(authority or mirror.destination.host))
 
 
-def shadow_authority(host: str, port: int | None) -> str:
-    """Istio's mirror Host: the destination host with `-shadow` appended, before any port."""
-    return f"{host}-shadow:{port}" if port else f"{host}-shadow"
+def shadow_authority(authority: str) -> str:
+    """Envoy's (so Istio's) mirror Host: the request's Host with `-shadow` appended to the name, before any port."""
+    host, sep, port = authority.rpartition(":")
+    if sep and host and port.isdigit():
+        return f"{host}-shadow:{port}"
+    return f"{authority}-shadow"
 
 
 def endpoints(state: WaypointState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:

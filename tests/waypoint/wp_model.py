@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shoal.model import (
-    Action, Authorization, Destination, Endpoint, Operation, PolicyScope, Protocol, Route, RouteTable, Rule,
+    Action, Authorization, Destination, Endpoint, Operation, PolicyScope, Protocol, RouteTable, Rule,
     Service, ServicePort, Source, TargetRef, Waypoint, Workload, freeze_labels,
 )
 

@@ -1,0 +1,262 @@
+"""End to end through the local cluster (root): the waypoint between real pods.
+
+One 2-node cluster (iptables redirect), the real control plane, node agents,
+ztunnels and a waypoint that the control plane deploys for a Gateway made
+by `shoal waypoint apply`. Namespace `shop` is enrolled and uses the
+waypoint; `reviews` has v1 and v2 (DestinationRule subsets), `flaky` fails
+every other request, `reviews-shadow` receives mirrors. curl in a client pod
+is the client; the apps are python http.server processes that log every hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs a local cluster")
+
+from shoal import netns  # noqa: E402
+from shoal.local.layout import Layout  # noqa: E402
+
+PYTHON = sys.executable
+APP = str(Path(__file__).with_name("wp_apps.py"))
+REVIEWS = "http://reviews.shop.svc.cluster.local"
+FLAKY = "http://flaky.shop.svc.cluster.local"
+
+
+def shoal(*args, cluster, check=True, input=None, timeout=120):
+    argv = [*args[:2], "--cluster", cluster, *args[2:]]
+    result = subprocess.run([PYTHON, "-m", "shoal", *argv], capture_output=True, text=True, input=input,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"shoal {' '.join(args)}: {result.stderr or result.stdout}")
+    return result
+
+
+def deployment(name, labels, argv):
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"serviceAccountName": labels["app"],
+                                  "containers": [{"name": "app", "command": argv,
+                                                  "readinessProbe": {"tcpSocket": {"port": 8080}}}]}}}}
+
+
+def service(name, app):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"selector": {"app": app}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+
+
+def apps() -> list[dict]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {
+            "shoal.io/dataplane-mode": "ambient", "shoal.io/use-waypoint": "waypoint"}}},
+        deployment("reviews-v1", {"app": "reviews", "version": "v1"}, [PYTHON, APP, "reviews-v1", "8080"]),
+        deployment("reviews-v2", {"app": "reviews", "version": "v2"}, [PYTHON, APP, "reviews-v2", "8080"]),
+        deployment("shadow", {"app": "shadow"}, [PYTHON, APP, "shadow", "8080"]),
+        deployment("flaky", {"app": "flaky"}, [PYTHON, APP, "flaky", "8080", "--fail-every-other"]),
+        service("reviews", "reviews"), service("reviews-shadow", "shadow"), service("flaky", "flaky"),
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "shop"},
+         "spec": {"nodeName": "node1", "serviceAccountName": "client",
+                  "containers": [{"name": "sh", "command": ["sleep", "infinity"]}]}},
+    ]
+
+
+ROUTING = """
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - name: abort
+    match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: slow
+    match: [{uri: {prefix: /slow}}]
+    fault: {delay: {fixedDelay: 2s, percentage: {value: 100}}}
+    timeout: 0.5s
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: mirror
+    match: [{uri: {prefix: /mirror}}]
+    mirror: {host: reviews-shadow}
+    mirrorPercentage: {value: 100}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: split
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: flaky, namespace: shop}
+spec:
+  hosts: [flaky]
+  http:
+  - route: [{destination: {host: flaky}}]
+    retries: {attempts: 2, retryOn: 5xx}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"""
+
+
+class Cluster:
+    def __init__(self, name: str):
+        self.name = name
+        self.layout = Layout(name)
+
+    def sh(self, script: str, timeout=90):
+        return shoal("local", "exec", "-n", "shop", "client", "--", "sh", "-c", script, cluster=self.name,
+                     check=False, timeout=timeout)
+
+    def curl(self, *args, timeout=30):
+        """curl's output: one line per request: `<status> <body first line>` (via -w)."""
+        r = shoal("local", "exec", "-n", "shop", "client", "--", "curl", "-sS", "--max-time", "10", *args,
+                  cluster=self.name, check=False, timeout=timeout)
+        return r
+
+    def status(self, url, *headers) -> int:
+        args = [a for h in headers for a in ("-H", h)]
+        r = self.curl("-o", "/dev/null", "-w", "%{http_code}", *args, url)
+        return int(r.stdout.strip() or 0)
+
+    def pods(self, **labels) -> list[dict]:
+        out = json.loads(shoal("local", "get", "pods", "-n", "shop", "-o", "json", cluster=self.name).stdout)
+        items = out["items"] if isinstance(out, dict) else out
+        return [p for p in items if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    def hits(self, app: str) -> list[dict]:
+        pod = self.pods(app=app)[0]["metadata"]["name"]
+        out = shoal("local", "logs", "-n", "shop", pod, cluster=self.name).stdout
+        return [json.loads(l) for l in out.splitlines() if l.startswith('{"hit"')]
+
+    def waypoint_metric(self, **labels) -> float:
+        pod = self.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]
+
+        def get():
+            with urllib.request.urlopen("http://127.0.0.1:15020/metrics", timeout=5) as r:
+                return r.read().decode()
+        text = netns.run_in(pod["status"]["shoal"]["netns"].rsplit("/", 1)[1], get)
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("istio_requests_total{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(f"wp{os.getpid() % 1000}")
+    try:
+        shoal("local", "up", "--nodes", "2", "--redirect", "iptables", cluster=c.name, timeout=180)
+        shoal("local", "apply", "-f", "-", cluster=c.name, input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                                            "items": apps()}))
+        out = shoal("waypoint", "apply", "-n", "shop", cluster=c.name).stdout
+        assert "waypoint shop/waypoint applied" in out
+        shoal("local", "apply", "-f", "-", cluster=c.name, input=ROUTING)
+        wait_until(lambda: c.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"}), 30,
+                   "the control plane to deploy the waypoint")
+        wait_until(lambda: c.status(f"{REVIEWS}/ready", "end-user: jason") == 200, 60,
+                   "reviews to answer through the waypoint")
+        yield c
+    finally:
+        shoal("local", "down", cluster=c.name, check=False, timeout=180)
+
+
+def test_waypoint_is_deployed_and_listed(cluster):
+    out = shoal("waypoint", "list", "-n", "shop", cluster=cluster.name).stdout
+    assert re.search(r"shop\s+waypoint\s+service\s+1/1", out), out
+    pod = cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]
+    assert pod["spec"]["serviceAccountName"] == "waypoint"
+
+
+def test_weights_split_about_90_10(cluster):
+    urls = " ".join([f"{REVIEWS}/split"] * 100)
+    r = cluster.sh(f"curl -sS --max-time 30 {urls}")
+    lines = [l for l in r.stdout.splitlines() if l.strip()]
+    assert len(lines) == 100, (r.stdout, r.stderr)
+    v2 = sum(l.startswith("reviews-v2") for l in lines)
+    # Binomial(100, 0.1): 1..25 holds with probability > 99.99%.
+    assert 1 <= v2 <= 25, v2
+
+
+def test_header_match_routes_to_v2(cluster):
+    r = cluster.curl("-H", "end-user: jason", f"{REVIEWS}/who")
+    assert r.stdout.startswith("reviews-v2 GET /who"), (r.stdout, r.stderr)
+
+
+def test_fault_abort(cluster):
+    assert cluster.status(f"{REVIEWS}/abort") == 418
+
+
+def test_delay_longer_than_timeout_gives_504(cluster):
+    started = time.monotonic()
+    assert cluster.status(f"{REVIEWS}/slow") == 504
+    assert time.monotonic() - started < 5
+
+
+def test_retries_turn_a_failing_first_try_into_success(cluster):
+    before = len(cluster.hits("flaky"))
+    statuses = [cluster.status(f"{FLAKY}/r{i}") for i in range(3)]
+    assert statuses == [200, 200, 200]
+    hits = cluster.hits("flaky")[before:]
+    assert len(hits) == 6 and [h["status"] for h in hits] == [503, 200] * 3
+
+
+def test_mirror_reaches_the_shadow_with_shadow_host(cluster):
+    assert cluster.status(f"{REVIEWS}/mirror-me") == 200
+    hits = wait_until(lambda: [h for h in cluster.hits("shadow") if h["path"] == "/mirror-me"], 10, "the mirror")
+    assert hits[0]["host"] == "reviews.shop.svc.cluster.local-shadow", hits[0]   # the request's Host + -shadow
+
+
+def test_deny_policy_on_a_path_gives_403(cluster):
+    assert cluster.status(f"{REVIEWS}/admin/users") == 403
+    assert cluster.status(f"{REVIEWS}/public", "end-user: jason") == 200
+
+
+def test_istio_requests_total_counts(cluster):
+    before = cluster.waypoint_metric(response_code="418", reporter="waypoint", destination_service=
+                                     "reviews.shop.svc.cluster.local", source_workload="client")
+    for _ in range(3):
+        assert cluster.status(f"{REVIEWS}/abort") == 418
+    after = cluster.waypoint_metric(response_code="418", reporter="waypoint",
+                                    destination_service="reviews.shop.svc.cluster.local", source_workload="client")
+    assert after - before == 3
+    assert cluster.waypoint_metric(response_code="403", response_flags="RBAC") >= 1
