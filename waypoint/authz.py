@@ -5,6 +5,11 @@ any match refuses; then, when at least one ALLOW policy applies, the request
 must match a rule of one of them. Unlike the ztunnel, the waypoint sees HTTP,
 so methods, paths and hosts are checked as written (with their `not_*`).
 
+For a TCP connection through the waypoint (`l4_only`), HTTP fields cannot be
+checked, and Istio's conservative rule applies: an ALLOW operation with HTTP
+fields matches nothing, a DENY operation with HTTP fields denies on its other
+fields alone.
+
 Patterns take Istio's forms: exact, `*`, `prefix*`, `*suffix`. Paths are
 compared without the query string; hosts case-insensitively, with or without
 the port.
@@ -30,6 +35,7 @@ class RequestFacts:
     method: str
     path: str                         # without the query string
     host: str                         # the Host header (authority)
+    l4_only: bool = False             # a TCP connection: HTTP fields cannot be checked (see below)
 
 
 @dataclass(frozen=True)
@@ -46,23 +52,23 @@ def authorize(policies: Iterable[Authorization], facts: RequestFacts) -> Verdict
     allows = []
     for policy in policies:
         if policy.action is Action.DENY:
-            if any(_rule_matches(rule, facts) for rule in policy.rules):
+            if any(_rule_matches(rule, facts, deny=True) for rule in policy.rules):
                 return Verdict(False, policy.key, f"denied by DENY policy {policy.key}")
         else:
             allows.append(policy)
     if not allows:
         return Verdict(True, "", "no authorization policy applies")
     for policy in allows:
-        if any(_rule_matches(rule, facts) for rule in policy.rules):
+        if any(_rule_matches(rule, facts, deny=False) for rule in policy.rules):
             return Verdict(True, policy.key, f"allowed by {policy.key}")
     names = ", ".join(sorted(p.key for p in allows))
     return Verdict(False, names, f"no rule of the ALLOW policies ({names}) matches this request")
 
 
-def _rule_matches(rule: Rule, facts: RequestFacts) -> bool:
+def _rule_matches(rule: Rule, facts: RequestFacts, deny: bool) -> bool:
     if rule.sources and not any(_source_matches(s, facts) for s in rule.sources):
         return False
-    return not rule.operations or any(_operation_matches(op, facts) for op in rule.operations)
+    return not rule.operations or any(_operation_matches(op, facts, deny) for op in rule.operations)
 
 
 def _source_matches(src: Source, f: RequestFacts) -> bool:
@@ -81,7 +87,11 @@ def _source_matches(src: Source, f: RequestFacts) -> bool:
     return True
 
 
-def _operation_matches(op: Operation, f: RequestFacts) -> bool:
+def _operation_matches(op: Operation, f: RequestFacts, deny: bool) -> bool:
+    if f.l4_only and op.has_l7:
+        if not deny:
+            return False
+        op = Operation(ports=op.ports, not_ports=op.not_ports)
     if op.ports and f.port not in op.ports:
         return False
     if op.not_ports and f.port in op.not_ports:

@@ -90,6 +90,12 @@ class Channel(Side):
             raise ChannelReset()
         return b""
 
+    def unread(self, data: bytes) -> None:
+        """Puts bytes back in front (after sniffing the protocol)."""
+        if data:
+            self._buffer[:0] = data
+            self._readable.set()
+
     @property
     def buffered(self) -> int:
         return len(self._buffer)

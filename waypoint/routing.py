@@ -180,6 +180,50 @@ def decide(state: WaypointState, peer: Peer, head: RequestHead, rand: Random) ->
                 policy=verdict.policy)
 
 
+HTTP_PROTOCOLS = ("http", "http2", "grpc", "grpc-web", "h2c")
+OPAQUE_PROTOCOLS = ("tcp", "tls", "https", "mongo", "redis", "mysql")
+
+
+def protocol_of(state: WaypointState, destination: tuple[str, int]) -> str:
+    """"http", "tcp", or "sniff" (undeclared: look at the first bytes) for a CONNECT target."""
+    service = state.service_by_vip(destination[0])
+    port = service.port(destination[1]) if service is not None else None
+    declared = port.app_protocol if port is not None else ""
+    if declared in HTTP_PROTOCOLS:
+        return "http"
+    if declared in OPAQUE_PROTOCOLS:
+        return "tcp"
+    return "sniff"
+
+
+def decide_tcp(state: WaypointState, peer: Peer, rand: Random) -> Plan | Refusal:
+    """A TCP connection through the waypoint: L4 policy, then every endpoint of the
+    service port, in a random rotation (tries in order on connect failure)."""
+    ip, port = peer.destination
+    service = state.service_by_vip(ip)
+    workload = state.workload_by_ip(ip) if service is None else None
+    if service is None and workload is None:
+        return Refusal(404, "NR", f"{ip}:{port} is neither a Service VIP nor a workload this waypoint knows")
+    if service is not None and service.port(port) is None:
+        return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
+    facts = authz.RequestFacts(peer.source_ip, peer.source_principal, peer.source_namespace, port, "", "", "",
+                               l4_only=True)
+    verdict = authz.authorize(state.policies_for(service), facts)
+    hostname = service.hostname if service is not None else ""
+    if not verdict:
+        return Refusal(403, "RBAC", verdict.reason, hostname, verdict.policy)
+    if workload is not None:
+        upstreams = (upstream_of(state, workload, port),)
+    else:
+        found = endpoints(state, Destination(service.hostname), port)
+        if isinstance(found, Refusal):
+            return Refusal(found.status, found.flag, found.reason, hostname)
+        upstreams = rotate(found, rand())
+    return Plan(service=hostname, service_name=service.name if service else "",
+                service_namespace=(service or workload).namespace, route="", destination_service=hostname,
+                subset="", upstreams=upstreams, policy=verdict.policy)
+
+
 def _facts(peer: Peer, head: RequestHead, port: int) -> authz.RequestFacts:
     return authz.RequestFacts(source_ip=peer.source_ip, source_principal=peer.source_principal,
                               source_namespace=peer.source_namespace, port=port, method=head.method,

@@ -4,8 +4,10 @@ TLS presents the waypoint's own certificate and requires a client chain to
 the mesh root. The context is read per connection (`server_context()`), so a
 renewed certificate is used from the next connection on. Each CONNECT
 names the destination the client's ztunnel chose (a Service VIP and port,
-or a workload IP): it is accepted at once, and the HTTP on the stream is
-routed by `Proxy.serve`.
+or a workload IP): it is accepted at once. HTTP on the stream is routed by
+`Proxy.serve`; a port declared opaque, or whose first bytes are not HTTP
+(none within `sniff_seconds`: a server-first protocol), is relayed as TCP
+(`waypoint.tcp`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Callable
 from shoal import hbone, identity, log
 from shoal.hbone_io import HboneSession, TunnelStream
 
-from waypoint.channel import Channel
+from waypoint.channel import Channel, ChannelReset
 from waypoint.proxy import Proxy
-from waypoint.routing import Peer
+from waypoint.routing import Peer, protocol_of
+from waypoint.tcp import looks_like_http, serve_tcp
 
 logger = log.get("waypoint.server")
 
@@ -36,8 +39,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 class HboneListener:
     def __init__(self, proxy: Proxy, server_context: Callable[[], ssl.SSLContext], *,
-                 handshake_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, sniff_seconds: float = 1.0) -> None:
         self.proxy = proxy
+        self.sniff_seconds = sniff_seconds
         self.server_context = server_context
         self.handshake_timeout = handshake_timeout
         self.sock: socket.socket | None = None
@@ -102,7 +106,21 @@ class HboneListener:
             return
         channel = Channel(stream)
         peer = Peer(session.peer_address[0], principal, namespace, (host, port))
-        await self.proxy.serve(channel, peer, session.peer_address[:2])
+        protocol = protocol_of(self.proxy.state, (host, port))
+        if protocol == "sniff":
+            try:
+                first = await asyncio.wait_for(channel.read(), self.sniff_seconds)
+            except asyncio.TimeoutError:
+                first = b""    # the server speaks first: not HTTP
+            except ChannelReset:
+                return
+            channel.unread(first)
+            protocol = "http" if looks_like_http(first) else "tcp"
+        if protocol == "http":
+            await self.proxy.serve(channel, peer, session.peer_address[:2])
+        else:
+            await serve_tcp(self.proxy.state, self.proxy.upstreams, channel, peer, session.peer_address[:2],
+                            self.proxy.rand)
 
     def stop_accepting(self) -> None:
         if self._accepting is not None:

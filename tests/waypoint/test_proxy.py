@@ -8,11 +8,14 @@ does). Routing config is given as model objects, as the control plane would.
 import asyncio
 import socket
 
+import pytest
+
 from shoal.model import (
     Destination, Endpoint, Fault, HeaderChanges, HeaderMatch, MatchKind, Mirror, Protocol, RetryPolicy, Route,
     RouteMatch, Service, ServicePort, StringMatch,
 )
 
+from waypoint.channel import ChannelReset
 from waypoint.state import WaypointState
 from wp_harness import (
     App, AppBehaviour, Client, HboneEndpoint, TestCA, Waypoint, body_of, get, read_all, status_of,
@@ -32,7 +35,7 @@ def free_port(host: str) -> int:
 
 
 class Mesh:
-    def __init__(self, *routing, v1=None, v1b=None, v2=None, shadow=None, rand=None):
+    def __init__(self, *routing, v1=None, v1b=None, v2=None, shadow=None, rand=None, app_protocol="http"):
         self.ca = TestCA()
         self.behaviours = {"v1": v1 or AppBehaviour("v1"), "v1b": v1b or AppBehaviour("v1b"),
                            "v2": v2 or AppBehaviour("v2"), "shadow": shadow or AppBehaviour("shadow")}
@@ -50,7 +53,7 @@ class Mesh:
 
         def svc(name, vip, keys):
             return Service(name=name, namespace=NS, hostname=f"{name}.{NS}.svc.cluster.local", vips=(vip,),
-                           ports=(ServicePort(9080, "http"),),
+                           ports=(ServicePort(9080, "http", app_protocol=app_protocol),),
                            endpoints=tuple(Endpoint(self.pods[k].uid, 9080, self.apps[k].port) for k in keys))
         for item in (*self.pods.values(), self.client_pod, svc("reviews", VIP, ("v1", "v1b", "v2")),
                      svc("reviews-shadow", "198.18.16.11", ("shadow",)), *routing):
@@ -261,4 +264,27 @@ def test_head_request_and_large_response_stream_through():
         async with Mesh() as m:
             r = await m.send(get("/", method="HEAD"))
             assert status_of(r) == 200 and body_of(r) == b""
+    run(main())
+
+
+def test_undeclared_port_with_non_http_bytes_is_relayed_as_tcp():
+    async def main():
+        async with Mesh(table(Route(destinations=(to("v1"),))), app_protocol="", rand=lambda: 0.0) as m:
+            r = await m.send(b"PING\r\n\r\n")
+            # http.server itself refuses it (its own error page): the bytes went through untouched.
+            assert b"Error code explanation: 400" in r
+            assert m.hits("v1") == [] and m.hits("v1b") == []
+            # HTTP on the same undeclared port is still routed (sniffed), with telemetry.
+            assert body_of(await m.send(get("/x"))).startswith(b"v1 ")
+            assert m.waypoint.count(response_code="200") == 1
+    run(main())
+
+
+def test_tcp_through_the_waypoint_applies_l4_policy_conservatively():
+    async def main():
+        async with Mesh(policy("no-admin", "DENY", paths=("/admin*",)), app_protocol="tcp") as m:
+            channel = await m.client.connect(f"{VIP}:9080")
+            channel.send(get("/public"))
+            with pytest.raises(ChannelReset):
+                await read_all(channel)    # a DENY with HTTP fields denies opaque TCP outright
     run(main())

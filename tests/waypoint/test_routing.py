@@ -211,3 +211,32 @@ def test_weighted_picks_converge_to_their_weights(weights, seed):
 def test_weighted_pick_never_picks_a_zero_weight(r):
     destinations = (to("v1", 0), to("v2", 3), to("v3", 0), to("v1", 1))
     assert pick_weighted(destinations, r).weight > 0
+
+
+def test_protocol_of_follows_the_declared_app_protocol_else_sniffs():
+    from dataclasses import replace
+
+    from shoal.model import ServicePort
+    from waypoint.routing import protocol_of
+
+    state = mesh()
+    assert protocol_of(state, (VIP, 9080)) == "http"          # wp_model declares http
+    svc = state.services[REVIEWS]
+    for declared, want in (("redis", "tcp"), ("grpc", "http"), ("", "sniff")):
+        state.upsert(replace(svc, ports=(ServicePort(9080, "p", app_protocol=declared),)))
+        assert protocol_of(state, (VIP, 9080)) == want
+    assert protocol_of(state, ("198.18.16.99", 1)) == "sniff"
+
+
+def test_tcp_decision_and_conservative_l4_policy():
+    from waypoint.routing import decide_tcp
+
+    plan = decide_tcp(mesh(), peer(), scripted(0.0))
+    assert isinstance(plan, Plan) and len(plan.upstreams) == 3
+    # DENY with HTTP fields denies TCP outright; ALLOW with HTTP fields allows nothing.
+    deny = decide_tcp(mesh(policy("no-admin", "DENY", paths=("/admin*",))), peer(), scripted())
+    assert isinstance(deny, Refusal) and deny.policy == "shop/no-admin"
+    allow = decide_tcp(mesh(policy("gets", "ALLOW", methods=("GET",))), peer(), scripted())
+    assert isinstance(allow, Refusal) and allow.status == 403
+    ports_only = decide_tcp(mesh(policy("port", "ALLOW", ports=(9080,))), peer(), scripted())
+    assert isinstance(ports_only, Plan)
