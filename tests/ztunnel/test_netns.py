@@ -156,6 +156,20 @@ class Rig:
         return [json.loads(line) for line in self.log.getvalue().splitlines()
                 if line.startswith("{") and '"connection complete"' in line]
 
+    def mark(self) -> int:
+        return len(self.access_lines())
+
+    def line_after(self, mark: int, direction: str, timeout: float = 5.0) -> dict:
+        """The last access-log line in `direction` written after `mark` (the ztunnel writes a
+        connection's line once its own side has closed, a moment after the client's)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [l for l in self.access_lines()[mark:] if l["direction"] == direction]
+            if found:
+                return found[-1]
+            assert time.monotonic() < deadline, f"no {direction} access-log line appeared"
+            time.sleep(0.05)
+
     def metric(self, name, **labels):
         total = 0.0
         for line in self.ztunnel.metrics.render().decode().splitlines():
@@ -181,17 +195,14 @@ def curl(pod, url, timeout=8):
 
 
 def test_service_through_hbone_keeps_client_ip(rig):
+    mark = rig.mark()
     result = curl("a", f"http://{WEB_VIP}/")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"peer={PODS['a']}\n"
     # Outbound and inbound records, both mTLS, both naming the service.
-    time.sleep(0.2)
-    lines = [l for l in rig.access_lines() if l.get("dst_service") == "web.app.svc.cluster.local"]
-    directions = sorted(l["direction"] for l in lines)
-    assert directions[:2] == ["inbound", "outbound"], lines
-    assert all(l["mtls"] for l in lines)
-    inbound = next(l for l in lines if l["direction"] == "inbound")
-    assert inbound["src_identity"] == "spiffe://cluster.local/ns/app/sa/a"
+    lines = [rig.line_after(mark, "outbound"), rig.line_after(mark, "inbound")]
+    assert all(l["mtls"] and l["dst_service"] == "web.app.svc.cluster.local" for l in lines)
+    assert lines[1]["src_identity"] == "spiffe://cluster.local/ns/app/sa/a"
 
 
 def test_bytes_match_metrics_and_one_log_line_per_connection(rig):
@@ -201,7 +212,8 @@ def test_bytes_match_metrics_and_one_log_line_per_connection(rig):
     size = 3_000_000
     result = in_pod("a", sys.executable, APPS, "send", ECHO_VIP, "9000", str(size))
     assert result.stdout.strip() == str(size), result.stderr
-    time.sleep(0.3)
+    rig.line_after(before_lines, "outbound")
+    rig.line_after(before_lines, "inbound")
     assert rig.metric("istio_tcp_received_bytes_total", reporter="source",
                       destination_service="echo.app.svc.cluster.local") - before_rx == size
     assert rig.metric("istio_tcp_sent_bytes_total", reporter="destination",
@@ -237,10 +249,11 @@ def test_plaintext_permissive_then_strict(rig):
     strict = PeerAuthentication("strict", "app", PolicyScope.NAMESPACE, PeerAuthMode.STRICT)
     rig.set(strict)
     try:
+        mark = rig.mark()
         result = curl("c", f"http://{PODS['b']}:8080/")
         assert result.returncode != 0
-        line = rig.access_lines()[-1]
-        assert line["direction"] == "inbound_plaintext" and "STRICT" in line["error"]
+        line = rig.line_after(mark, "inbound_plaintext")
+        assert "STRICT" in line["error"]
         # Meshed A still gets through.
         assert curl("a", f"http://{PODS['b']}:8080/").stdout == f"peer={PODS['a']}\n"
     finally:
@@ -249,12 +262,12 @@ def test_plaintext_permissive_then_strict(rig):
 
 
 def test_client_without_mesh_certificate_cannot_use_15008(rig):
+    mark = rig.mark()
     result = in_pod("c", "curl", "-sS", "-k", "--max-time", "5", "--http2-prior-knowledge",
                     f"https://{PODS['b']}:15008/")
     assert result.returncode != 0
-    time.sleep(0.2)
-    line = rig.access_lines()[-1]
-    assert line["direction"] == "inbound" and "TLS handshake failed" in line["error"]
+    line = rig.line_after(mark, "inbound")
+    assert "TLS handshake failed" in line["error"]
 
 
 def test_deny_blocks_and_allow_admits_only_its_principal(rig):
@@ -263,12 +276,12 @@ def test_deny_blocks_and_allow_admits_only_its_principal(rig):
                          (Rule(sources=(Source(principals=(A_PRINCIPAL,)),)),))
     rig.set(deny)
     try:
+        mark = rig.mark()
         result = curl("a", f"http://{WEB_VIP}/")
         assert result.returncode != 0
-        time.sleep(0.2)
-        denied = [l for l in rig.access_lines() if l["direction"] == "inbound"][-1]
+        denied = rig.line_after(mark, "inbound")
         assert "deny-a" in denied["error"] and denied["response_flags"] == "UAEX"
-        outbound = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+        outbound = rig.line_after(mark, "outbound")
         assert "policy denied" in outbound["error"]
     finally:
         rig.set(remove=[(ResourceType.AUTHORIZATION, deny.key)])
@@ -287,10 +300,10 @@ def test_deny_blocks_and_allow_admits_only_its_principal(rig):
 
 def test_passthrough_outside_the_mesh_and_refused_port_is_classed(rig):
     # C is not meshed: A reaches it with plain TCP (nothing listens: refused, and said so).
+    mark = rig.mark()
     result = curl("a", f"http://{PODS['c']}:7777/", timeout=4)
     assert result.returncode != 0
-    time.sleep(0.2)
-    line = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+    line = rig.line_after(mark, "outbound")
     assert line["plan"] == "passthrough" and line["error"].startswith("refused")
 
 
@@ -322,8 +335,13 @@ def test_a_dead_endpoint_is_retried_on_another_and_then_skipped(rig):
             assert result.stdout == f"peer={PODS['a']}\n", result.stderr
         assert rig.ztunnel.balancer.ejected(("198.19.3.2", 8080)) or \
             rig.ztunnel.balancer._failures.get(("198.19.3.2", 8080), 0) >= 1
-        lines = [l for l in rig.access_lines() if l.get("dst_service") == "flaky.app.svc.cluster.local"
-                 and l["direction"] == "outbound"]
+        def flaky_lines():
+            return [l for l in rig.access_lines() if l.get("dst_service") == "flaky.app.svc.cluster.local"
+                    and l["direction"] == "outbound"]
+        deadline = time.monotonic() + 5  # the ztunnel logs a connection once its side has closed too
+        while len(flaky_lines()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = flaky_lines()
         assert len(lines) == 4 and all(l["error"] is None and l["upstream"] == "198.19.2.2:15008" for l in lines)
     finally:
         rig.set(remove=[(ResourceType.SERVICE, flaky.hostname)])
@@ -335,18 +353,18 @@ def test_identity_mismatch_and_timeout_are_classed(rig):
     # The config now says B runs as another service account than the certificate its ztunnel presents.
     rig.set(dataclasses.replace(b, service_account="impostor"))
     try:
+        mark = rig.mark()
         assert curl("a", f"http://{WEB_VIP}/").returncode != 0
-        time.sleep(0.2)
-        line = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+        line = rig.line_after(mark, "outbound")
         assert line["error"].startswith("TLS identity mismatch") and "impostor" in line["error"]
         assert line["response_flags"] == "UPE"
     finally:
         rig.set(b)
     assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"
     # Nothing answers 198.18.99.1 (the router drops it): a passthrough that times out.
+    mark = rig.mark()
     assert curl("a", "http://198.18.99.1/", timeout=6).returncode != 0
-    time.sleep(0.2)
-    line = [l for l in rig.access_lines() if l["direction"] == "outbound"][-1]
+    line = rig.line_after(mark, "outbound")
     assert line["plan"] == "passthrough" and line["error"].startswith("timed_out")
 
 
