@@ -59,7 +59,7 @@ class Body:
 
 @dataclass(frozen=True)
 class End:
-    pass
+    trailers: tuple[tuple[str, str], ...] = ()   # HTTP/2 trailers (gRPC status); HTTP/1.1 chunked trailers are dropped
 
 
 class MessageReader:

@@ -31,6 +31,8 @@ from shoal.model import HeaderChanges
 from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import BadRequest, UpstreamFailed, UpstreamTimeout, WaypointError
+from waypoint.exchange import open_exchange
+from waypoint.responders import Http1Responder
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
 from waypoint.state import WaypointState
 from waypoint.telemetry import Metrics, RequestRecord
@@ -47,6 +49,18 @@ MIRROR_TIMEOUT = 10.0
 class Request:
     head: http1.Head
     body: bytes
+    port: int = 0          # the service port it came on (the CONNECT target's)
+
+
+HOP_BY_HOP_H2 = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+GRPC_CODES = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8", "internal": "13",
+              "unavailable": "14"}
+
+
+def retriable_grpc(head: http1.Head, conditions: tuple[str, ...]) -> bool:
+    """A trailers-only gRPC answer whose grpc-status retry_on names (Istio's gRPC retry conditions)."""
+    status = head.header("grpc-status")
+    return status is not None and any(GRPC_CODES.get(c) == status for c in conditions)
 
 
 def retriable_status(status: int, conditions: tuple[str, ...]) -> bool:
@@ -118,6 +132,7 @@ class Proxy:
                     client.end()
                     return
                 pipelined = bool(queue) or client.buffered > 0
+                request = Request(request.head, request.body, peer.destination[1])
                 keep = await self.handle(request, peer, client, source_address, close=pipelined)
                 if not keep:
                     client.end()
@@ -150,34 +165,39 @@ class Proxy:
     # --- one request --------------------------------------------------------------------
 
     async def handle(self, request: Request, peer: Peer, client: Channel, source_address, *, close: bool) -> bool:
-        """Answers one request on `client`; True when the connection may carry another."""
+        """Answers one HTTP/1.1 request on `client`; True when the connection may carry another."""
+        responder = Http1Responder(client, request.head.method, request.head.keep_alive and not close)
+        await self.exchange(request, peer, responder, source_address)
+        return responder.keep
+
+    async def exchange(self, request: Request, peer: Peer, responder, source_address) -> None:
+        """Decides and carries out one request, answering through `responder` (HTTP/1.1 or HTTP/2)."""
         head = request.head
         authority = head.header("host") or ""
         record = RequestRecord(source_address, head.method, head.target, authority,
                                source_workload=self.state.workload_by_ip(peer.source_ip),
                                source_principal=peer.source_principal or "", bytes_received=len(request.body))
         record.request_id = head.header("x-request-id") or str(uuid.uuid4())
-        keep = head.keep_alive and not close
+        record.grpc = (head.header("content-type") or "").startswith("application/grpc")
         self.metrics.active.inc()
         try:
             plan = decide(self.state, peer, RequestHead(head.method, head.target, authority, head.headers), self.rand)
             if isinstance(plan, Refusal):
                 record.service, record.policy = plan.service, plan.policy
                 record.flag(plan.flag, plan.reason)
-                self._answer(client, record, plan.status, plan.reason, keep)
-                return keep
-            return await self._carry_out(plan, request, client, record, keep)
+                self._answer(responder, record, plan.status, plan.reason)
+                return
+            await self._carry_out(plan, request, responder, record)
         finally:
             self.metrics.active.dec()
+            record.bytes_sent += responder.bytes_sent
             record.finish(self.metrics)
 
-    def _answer(self, client: Channel, record: RequestRecord, status: int, text: str, keep: bool) -> None:
+    def _answer(self, responder, record: RequestRecord, status: int, text: str) -> None:
         record.status = status
-        data = http1.local_response(status, text + "\n", [("x-request-id", record.request_id)], close=not keep)
-        record.bytes_sent += len(data)
-        client.send(data)
+        responder.local(status, text, [("x-request-id", record.request_id)])
 
-    async def _carry_out(self, plan: Plan, request: Request, client: Channel, record: RequestRecord, keep: bool) -> bool:
+    async def _carry_out(self, plan: Plan, request: Request, responder, record: RequestRecord) -> None:
         record.service, record.route, record.subset, record.policy = (plan.service or plan.destination_service,
                                                                       plan.route, plan.subset, plan.policy)
         deadline = time.monotonic() + plan.timeout if plan.timeout else None
@@ -186,31 +206,45 @@ class Proxy:
             await self.sleep(pause)
             if deadline is not None and time.monotonic() >= deadline:
                 record.flag("DI,UT", f"fault delay {plan.fault.delay:g}s outlasted the route timeout {plan.timeout:g}s")
-                self._answer(client, record, 504, "upstream request timeout", keep)
-                return keep
+                self._answer(responder, record, 504, "upstream request timeout")
+                return
         if plan.fault.abort_status is not None:
             record.flag("FI", "fault injected: abort")
-            self._answer(client, record, plan.fault.abort_status, "fault filter abort", keep)
-            return keep
+            self._answer(responder, record, plan.fault.abort_status, "fault filter abort")
+            return
+        use_h2 = self._upstream_h2(plan, request)
         for mirror in plan.mirrors:
-            task = asyncio.get_running_loop().create_task(self._mirror(mirror, request, record.request_id, plan.request_headers))
+            task = asyncio.get_running_loop().create_task(
+                self._mirror(mirror, request, record.request_id, plan.request_headers, use_h2))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         try:
-            head, upstream, reader, pending = await self._tries(plan, request, record, deadline)
+            exchange = await self._tries(plan, request, record, deadline, use_h2)
         except UpstreamTimeout as e:
             record.flag("UT", str(e))
-            self._answer(client, record, 504, "upstream request timeout", keep)
-            return keep
+            self._answer(responder, record, 504, "upstream request timeout")
+            return
         except UpstreamFailed as e:
             record.flag(e.response_flag, str(e))
-            self._answer(client, record, 503, f"upstream connect error or disconnect/reset before headers: {e}", keep)
-            return keep
+            self._answer(responder, record, 503, f"upstream connect error or disconnect/reset before headers: {e}")
+            return
         if plan.fault.delay:
             record.flag("DI")
-        return await self._relay_response(plan, request, head, upstream, reader, pending, client, record, deadline, keep)
+        await self._relay_response(plan, exchange, responder, record, deadline)
 
-    async def _tries(self, plan: Plan, request: Request, record: RequestRecord, deadline: float | None):
+    def _upstream_h2(self, plan: Plan, request: Request) -> bool:
+        """The endpoint speaks what the port declares (http: HTTP/1.1; http2, grpc, h2c: HTTP/2), else
+        what the client spoke (Istio's USE_DOWNSTREAM_PROTOCOL)."""
+        service = self.state.services.get(plan.destination_service)
+        port = service.port(request.port) if service is not None and request.port else None
+        declared = port.app_protocol if port is not None else ""
+        if declared == "http":
+            return False
+        if declared in ("http2", "grpc", "h2c"):
+            return True
+        return request.head.version == "2"
+
+    async def _tries(self, plan: Plan, request: Request, record: RequestRecord, deadline: float | None, use_h2: bool):
         retry = plan.retry
         attempts = 1 + (retry.attempts if retry else 0)
         conditions = retry.retry_on if retry else ()
@@ -229,7 +263,8 @@ class Proxy:
             per_try = retry.per_try_timeout if retry and retry.per_try_timeout else None
             limit = min(x for x in (budget, per_try) if x is not None) if (budget or per_try) else None
             try:
-                result = await asyncio.wait_for(self._try(upstream, request, record, plan.request_headers), limit)
+                exchange = await asyncio.wait_for(
+                    self._try(upstream, request, record, plan.request_headers, use_h2=use_h2), limit)
             except asyncio.TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline - 0.001:
                     raise UpstreamTimeout(f"no response within the route timeout {plan.timeout:g}s") from None
@@ -239,10 +274,10 @@ class Proxy:
                 if last or not retriable_failure(e.kind, conditions):
                     raise
             else:
-                head = result[0]
-                if last or not retriable_status(head.status, conditions):
-                    return result
-                result[1].reset()
+                head = exchange.head
+                if last or not (retriable_status(head.status, conditions) or retriable_grpc(head, conditions)):
+                    return exchange
+                exchange.reset()
             await self.sleep(self._backoff(retry, attempt))
         raise AssertionError("unreachable: the last try returns or raises")
 
@@ -251,100 +286,68 @@ class Proxy:
         return min(base * (2 ** attempt), base * 10) * (0.5 + self.rand() / 2)
 
     async def _try(self, upstream: Upstream, request: Request, record: RequestRecord, changes: HeaderChanges,
-                   authority: str | None = None):
+                   authority: str | None = None, *, use_h2: bool):
         """Opens a connection to the endpoint, sends the request, reads the response head."""
-        channel = await self.upstreams.open(upstream)
-        try:
-            head = request.head
-            headers = apply_changes(http1.end_to_end(head.headers), changes)
-            if authority is not None:
-                headers = [(k, v) for k, v in headers if k != "host"] + [("host", authority)]
-            if not any(k == "x-request-id" for k, _ in headers):
-                headers.append(("x-request-id", record.request_id))
-            headers.append(("x-forwarded-proto", "http"))
-            channel.send(http1.request_bytes(head.method, head.target, headers, request.body))
-            reader = http1.MessageReader(response=True, head_request=head.method == "HEAD")
-            pending: list = []
-            while True:
-                data = await channel.read()
-                events = reader.feed(data) if data else reader.feed_eof()
-                if not data and not events:
-                    raise UpstreamFailed("the endpoint closed the connection before responding", "reset", "UC")
-                pending.extend(events)
-                if pending and isinstance(pending[0], http1.Head):
-                    return pending.pop(0), channel, reader, pending
-                if not data:
-                    raise UpstreamFailed("the endpoint closed the connection before responding", "reset", "UC")
-        except BadRequest as e:
-            channel.reset()
-            raise UpstreamFailed(f"the endpoint answered with malformed HTTP: {e}", "reset", "UPE") from None
-        except BaseException:
-            channel.reset()
-            raise
+        head = request.head
+        headers = apply_changes(http1.end_to_end(head.headers) if not use_h2 else
+                                [(k, v) for k, v in head.headers if k not in HOP_BY_HOP_H2], changes)
+        if not any(k == "x-request-id" for k, _ in headers):
+            headers.append(("x-request-id", record.request_id))
+        headers.append(("x-forwarded-proto", "http"))
+        return await open_exchange(self.upstreams, upstream, head, request.body, headers,
+                                   authority if authority is not None else (head.header("host") or ""), use_h2=use_h2)
 
-    async def _relay_response(self, plan: Plan, request: Request, head: http1.Head, upstream: Channel,
-                              reader: http1.MessageReader, pending: list, client: Channel, record: RequestRecord,
-                              deadline: float | None, keep: bool) -> bool:
+    async def _relay_response(self, plan: Plan, exchange, responder, record: RequestRecord,
+                              deadline: float | None) -> None:
+        head = exchange.head
         record.status = head.status
-        headers = apply_changes(http1.end_to_end(head.headers), plan.response_headers)
-        bodyless = request.head.method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200
-        chunked_out = not bodyless and head.content_length is None
-        keep = keep and head.status >= 200
-        out = http1.response_head_bytes(head.status, headers, content_length=head.content_length if not chunked_out
-                                         else None, close=not keep, reason=head.reason)
-        client.send(out)
-        record.bytes_sent += len(out)
+        headers = apply_changes([(k, v) for k, v in http1.end_to_end(head.headers)], plan.response_headers)
+        record.grpc_status = head.header("grpc-status") or ""
+        responder.head(head.status, head.reason, headers, head.content_length)
         try:
             while True:
-                for event in pending:
-                    if isinstance(event, http1.Body):
-                        data = http1.chunk(event.data) if chunked_out else event.data
-                        client.send(data)
-                        record.bytes_sent += len(data)
-                    elif isinstance(event, http1.End):
-                        if chunked_out:
-                            client.send(http1.LAST_CHUNK)
-                        self._finish_upstream(upstream)
-                        return keep
-                pending = []
-                await client.drain()
                 budget = None if deadline is None else deadline - time.monotonic()
                 if budget is not None and budget <= 0:
                     raise asyncio.TimeoutError
-                data = await asyncio.wait_for(upstream.read(), budget)
-                pending = reader.feed(data) if data else reader.feed_eof()
-                if not data and not pending:
-                    raise UpstreamFailed("the endpoint closed the connection in the middle of the body", "reset", "UC")
+                for event in await asyncio.wait_for(exchange.events(), budget):
+                    if isinstance(event, http1.Body):
+                        await responder.data(event.data)
+                    elif isinstance(event, http1.End):
+                        if event.trailers:
+                            record.grpc_status = dict(event.trailers).get("grpc-status", record.grpc_status)
+                        responder.end(event.trailers)
+                        self._finish_upstream(exchange)
+                        return
         except (asyncio.TimeoutError, WaypointError) as e:
             # The head is out: nothing left to answer with but a reset.
             flag = "UT" if isinstance(e, asyncio.TimeoutError) else getattr(e, "response_flag", "UC")
             record.flag(flag, "route timeout during the response body" if flag == "UT" else str(e))
-            upstream.reset()
-            client.reset()
-            return False
+            exchange.reset()
+            responder.reset()
 
-    def _finish_upstream(self, upstream: Channel) -> None:
-        """Half-closes a finished upstream; resets it if it lingers (a server ignoring `connection: close`)."""
-        upstream.end()
+    def _finish_upstream(self, exchange) -> None:
+        """Ends a finished upstream; resets it if it lingers (a server ignoring `connection: close`)."""
+        exchange.finish()
 
         async def linger() -> None:
             try:
-                await asyncio.wait_for(asyncio.shield(upstream.closed), 5.0)
+                await asyncio.wait_for(asyncio.shield(exchange.channel.closed), 5.0)
             except asyncio.TimeoutError:
-                upstream.reset()
+                exchange.reset()
         task = asyncio.get_running_loop().create_task(linger())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _mirror(self, mirror: MirrorPlan, request: Request, request_id: str, changes: HeaderChanges) -> None:
+    async def _mirror(self, mirror: MirrorPlan, request: Request, request_id: str, changes: HeaderChanges,
+                      use_h2: bool) -> None:
         outcome = "ok"
-        channel = None
         record = RequestRecord(("", 0), request.head.method, request.head.target, mirror.authority,
                                request_id=request_id)
         try:
-            _, channel, reader, pending = await asyncio.wait_for(
-                self._try(mirror.upstream, request, record, changes, authority=mirror.authority), MIRROR_TIMEOUT)
-            channel.reset()
+            exchange = await asyncio.wait_for(
+                self._try(mirror.upstream, request, record, changes, authority=mirror.authority, use_h2=use_h2),
+                MIRROR_TIMEOUT)
+            exchange.reset()
         except (WaypointError, asyncio.TimeoutError, OSError) as e:
             outcome = "failed"
             logger.info("mirror failed (the request itself is unaffected)", service=mirror.service,

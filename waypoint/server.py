@@ -21,6 +21,7 @@ from shoal import hbone, identity, log
 from shoal.hbone_io import HboneSession, TunnelStream
 
 from waypoint.channel import Channel, ChannelReset
+from waypoint.h2server import H2Server
 from waypoint.proxy import Proxy
 from waypoint.routing import Peer, protocol_of
 from waypoint.tcp import looks_like_http, serve_tcp
@@ -107,16 +108,22 @@ class HboneListener:
         channel = Channel(stream)
         peer = Peer(session.peer_address[0], principal, namespace, (host, port))
         protocol = protocol_of(self.proxy.state, (host, port))
-        if protocol == "sniff":
-            try:
-                first = await asyncio.wait_for(channel.read(), self.sniff_seconds)
-            except asyncio.TimeoutError:
-                first = b""    # the server speaks first: not HTTP
-            except ChannelReset:
-                return
-            channel.unread(first)
-            protocol = "http" if looks_like_http(first) else "tcp"
-        if protocol == "http":
+        first = b""
+        try:
+            if protocol == "sniff":
+                try:
+                    first = await asyncio.wait_for(channel.read(), self.sniff_seconds)
+                except asyncio.TimeoutError:
+                    first = b""    # the server speaks first: not HTTP
+                protocol = "http" if looks_like_http(first) else "tcp"
+            elif protocol == "http":
+                first = await channel.read()    # HTTP clients speak first: which version?
+        except ChannelReset:
+            return
+        channel.unread(first)
+        if protocol == "http" and first.startswith(b"PRI "):
+            await H2Server(self.proxy, channel, peer, session.peer_address[:2], max_body=self.proxy.max_body).run()
+        elif protocol == "http":
             await self.proxy.serve(channel, peer, session.peer_address[:2])
         else:
             await serve_tcp(self.proxy.state, self.proxy.upstreams, channel, peer, session.peer_address[:2],

@@ -21,7 +21,7 @@ LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
     "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
     "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
-    "request_protocol", "response_code", "response_flags", "connection_security_policy",
+    "request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
 )
 # Istio's default buckets for istio_request_duration_milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
@@ -77,6 +77,8 @@ class RequestRecord:
     bytes_sent: int = 0
     error: str = ""
     request_id: str = ""
+    grpc: bool = False                  # content-type application/grpc
+    grpc_status: str = ""
     started: float = field(default_factory=time.monotonic)
     _finished: bool = False
 
@@ -94,8 +96,9 @@ class RequestRecord:
             "destination_service": self.service or "unknown",
             "destination_service_name": name or "unknown",
             "destination_service_namespace": rest.split(".")[0] if rest else "unknown",
-            "request_protocol": "http",
+            "request_protocol": "grpc" if self.grpc else "http",
             "response_code": str(self.status),
+            "grpc_response_status": self.grpc_status,
             "response_flags": self.response_flags,
             "connection_security_policy": "mutual_tls",
         }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -190,3 +191,48 @@ def status_of(response: bytes) -> int:
 
 def body_of(response: bytes) -> bytes:
     return response.split(b"\r\n\r\n", 1)[1]
+
+
+class Forwarder:
+    """A tiny stand-in for the client's ztunnel: plain TCP on loopback in, one HBONE CONNECT out per connection.
+
+    Lets unmodified clients (grpcio, curl) talk to the waypoint."""
+
+    def __init__(self, client: "Client", authority: str) -> None:
+        self.client = client
+        self.authority = authority
+        self.server = None
+        self.port = 0
+
+    async def start(self) -> None:
+        from shoal.hbone_relay import TcpSide as _Tcp
+
+        loop = asyncio.get_running_loop()
+
+        async def accept(sock) -> None:
+            _, app = await loop.connect_accepted_socket(_Tcp, sock)
+            stream = await self.client.session.open(self.authority, timeout=5)
+            await relay(app, stream)
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        listener.setblocking(False)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        tasks = self._tasks = set()
+
+        async def loop_accept():
+            while True:
+                conn, _ = await loop.sock_accept(listener)
+                task = loop.create_task(accept(conn))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        self.server = loop.create_task(loop_accept())
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self._listener.close()

@@ -1,0 +1,183 @@
+"""One request to one endpoint, and its response: over HTTP/1.1 or HTTP/2 (h2c, prior knowledge).
+
+`open_exchange(upstreams, upstream, request, headers, h2)` connects (HBONE or
+TCP, through `Upstreams`), sends the request and reads the response head;
+the returned exchange yields the body as `http1.Body` events and ends with
+`http1.End` (carrying HTTP/2 trailers, where gRPC puts its status). A fresh
+connection (an HBONE stream) per request: cheap on a pooled HBONE session,
+and no stale keep-alive connection can ever eat a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+from waypoint import http1
+from waypoint.channel import Channel
+from waypoint.errors import BadRequest, UpstreamFailed
+from waypoint.routing import Upstream
+from waypoint.upstream import Upstreams
+
+# Connection-specific headers HTTP/2 forbids (RFC 9113 8.2.2); `te: trailers` alone is allowed.
+H2_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host",
+                          "content-length"})
+
+
+class Http1Exchange:
+    def __init__(self, channel: Channel, reader: http1.MessageReader) -> None:
+        self.channel = channel
+        self.reader = reader
+        self.pending: list = []
+        self.head: http1.Head | None = None
+
+    async def start(self, wire: bytes) -> http1.Head:
+        self.channel.send(wire)
+        while True:
+            data = await self.channel.read()
+            events = self.reader.feed(data) if data else self.reader.feed_eof()
+            self.pending.extend(events)
+            if self.pending and isinstance(self.pending[0], http1.Head):
+                self.head = self.pending.pop(0)
+                return self.head
+            if not data:
+                raise UpstreamFailed("the endpoint closed the connection before responding", "reset", "UC")
+
+    async def events(self) -> list:
+        """The next body events (at least one); End last."""
+        if self.pending:
+            out, self.pending = self.pending, []
+            return out
+        data = await self.channel.read()
+        out = self.reader.feed(data) if data else self.reader.feed_eof()
+        if not data and not out:
+            raise UpstreamFailed("the endpoint closed the connection in the middle of the body", "reset", "UC")
+        return out
+
+    def finish(self) -> None:
+        self.channel.end()
+
+    def reset(self) -> None:
+        self.channel.reset()
+
+
+class H2Exchange:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.stream_id = 0
+        self.pending: list = []
+        self.head: http1.Head | None = None
+        self._window = asyncio.Event()
+        self._trailers: tuple = ()
+        self._ended = False
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.channel.send(data)
+
+    async def start(self, method: str, target: str, authority: str, headers, body: bytes) -> http1.Head:
+        conn = self.conn
+        conn.initiate_connection()
+        self.stream_id = conn.get_next_available_stream_id()
+        pseudo = [(b":method", method.encode()), (b":scheme", b"http"), (b":path", target.encode()),
+                  (b":authority", authority.encode())]
+        fields = [(k.encode(), v.encode()) for k, v in headers
+                  if k not in H2_FORBIDDEN and not k.startswith(":") and (k != "te" or v.strip() == "trailers")]
+        conn.send_headers(self.stream_id, pseudo + fields, end_stream=not body)
+        self._flush()
+        if body:
+            await self._send_body(body)
+        while self.head is None:
+            await self._receive()
+        return self.head
+
+    async def _send_body(self, body: bytes) -> None:
+        view = memoryview(body)
+        while view:
+            room = min(self.conn.local_flow_control_window(self.stream_id), self.conn.max_outbound_frame_size,
+                       len(view))
+            if room <= 0:
+                await self._receive()
+                continue
+            self.conn.send_data(self.stream_id, bytes(view[:room]), end_stream=room == len(view))
+            view = view[room:]
+            self._flush()
+
+    async def _receive(self) -> None:
+        data = await self.channel.read()
+        if not data:
+            raise UpstreamFailed("the endpoint closed the HTTP/2 connection before the response ended", "reset", "UC")
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            raise UpstreamFailed(f"the endpoint broke HTTP/2: {e}", "reset", "UPE") from None
+        for ev in events:
+            if getattr(ev, "stream_id", self.stream_id) != self.stream_id:
+                continue
+            if isinstance(ev, h2.events.ResponseReceived):
+                headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers]
+                status = int(next(v for k, v in headers if k == ":status"))
+                fields = tuple((k, v) for k, v in headers if not k.startswith(":"))
+                length = next((int(v) for k, v in fields if k == "content-length"), None)
+                self.head = http1.Head("", "", status, "", fields, "2", True, length, False)
+            elif isinstance(ev, h2.events.InformationalResponseReceived):
+                continue
+            elif isinstance(ev, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.data:
+                    self.pending.append(http1.Body(ev.data))
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self._trailers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers)
+            elif isinstance(ev, h2.events.StreamEnded):
+                self._ended = True
+                self.pending.append(http1.End(self._trailers))
+            elif isinstance(ev, h2.events.StreamReset):
+                raise UpstreamFailed(f"the endpoint reset the HTTP/2 stream (error {ev.error_code})", "reset", "UR")
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                if not self._ended:
+                    raise UpstreamFailed("the endpoint closed the HTTP/2 connection (GOAWAY)", "reset", "UC")
+        self._flush()
+
+    async def events(self) -> list:
+        while not self.pending:
+            await self._receive()
+        out, self.pending = self.pending, []
+        return out
+
+    def finish(self) -> None:
+        try:
+            self.conn.close_connection()
+            self._flush()
+        except h2.exceptions.ProtocolError:
+            pass
+        self.channel.end()
+
+    def reset(self) -> None:
+        self.channel.reset()
+
+
+async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.Head, body: bytes,
+                        headers: list[tuple[str, str]], authority: str, *, use_h2: bool):
+    """Connects, sends the request, waits for the response head. Returns the exchange (`.head` set)."""
+    channel = await upstreams.open(upstream)
+    try:
+        if use_h2:
+            exchange = H2Exchange(channel)
+            await exchange.start(head.method, head.target, authority, headers, body)
+        else:
+            exchange = Http1Exchange(channel, http1.MessageReader(response=True, head_request=head.method == "HEAD"))
+            wire_headers = [(k, v) for k, v in headers if k != "host"] + [("host", authority)]
+            await exchange.start(http1.request_bytes(head.method, head.target, wire_headers, body))
+        return exchange
+    except BadRequest as e:
+        channel.reset()
+        raise UpstreamFailed(f"the endpoint answered with malformed HTTP: {e}", "reset", "UPE") from None
+    except BaseException:
+        channel.reset()
+        raise

@@ -1,0 +1,248 @@
+"""HTTP/2 from clients (h2c with prior knowledge, as gRPC clients speak it): one task per stream.
+
+The client's HBONE stream carries an HTTP/2 connection; each of its streams
+is one request, handled concurrently by `Proxy.exchange` with an
+`H2Responder`. A request body is read whole before it is routed (it may be
+sent again on a retry); responses stream back, trailers (gRPC status)
+included. Outgoing DATA waits for flow-control window: every stream has an
+outbox that `_pump()` empties as windows open, and `await data()` returns
+once its outbox is small, so a slow client slows the endpoint instead of
+growing buffers.
+
+Not supported: client-streaming and bidirectional gRPC (the body is read
+whole first), server push, CONNECT over HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+
+from shoal import log
+
+from waypoint import http1
+from waypoint.channel import Channel, ChannelReset
+from waypoint.responders import grpc_status_for
+from waypoint.routing import Peer
+
+logger = log.get("waypoint.h2")
+
+OUTBOX_LOW = 256 << 10
+PREFACE_START = b"PRI * HTTP/2.0"
+
+
+@dataclass(eq=False)
+class _Stream:
+    stream_id: int
+    headers: list[tuple[str, str]]
+    body: bytearray = field(default_factory=bytearray)
+    outbox: bytearray = field(default_factory=bytearray)
+    trailers: tuple | None = None       # set when the response is complete
+    ended: bool = False                 # END_STREAM sent (or the stream reset)
+    task: asyncio.Task | None = None
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class H2Responder:
+    def __init__(self, server: "H2Server", stream: _Stream, grpc: bool) -> None:
+        self.server = server
+        self.stream = stream
+        self.grpc = grpc
+        self.bytes_sent = 0
+        self.keep = True
+
+    def _headers(self, status: int, headers, extra=()) -> list[tuple[bytes, bytes]]:
+        out = [(b":status", str(status).encode())]
+        out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (*headers, *extra)
+                if k not in ("connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection")]
+        return out
+
+    def local(self, status: int, text: str, headers=()) -> None:
+        if self.grpc:
+            # A trailers-only response, as Envoy answers gRPC clients.
+            self.server.send_headers(self.stream, self._headers(200, headers, (
+                ("content-type", "application/grpc"), ("grpc-status", str(grpc_status_for(status))),
+                ("grpc-message", text), ("x-shoal-http-status", str(status)))), end=True)
+            return
+        body = (text + "\n").encode()
+        self.server.send_headers(self.stream, self._headers(status, headers, (
+            ("content-type", "text/plain"), ("content-length", str(len(body))))))
+        self.bytes_sent += len(body)
+        self.server.queue(self.stream, body, trailers=())
+
+    def head(self, status: int, reason: str, headers, content_length: int | None) -> None:
+        extra = (("content-length", str(content_length)),) if content_length is not None else ()
+        self.server.send_headers(self.stream, self._headers(status, headers, extra))
+
+    async def data(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        self.server.queue(self.stream, data)
+        if len(self.stream.outbox) > OUTBOX_LOW:
+            self.stream.drained.clear()
+            await self.stream.drained.wait()
+
+    def end(self, trailers=()) -> None:
+        self.server.queue(self.stream, b"", trailers=tuple(trailers))
+
+    def reset(self) -> None:
+        self.server.reset(self.stream)
+
+
+class H2Server:
+    def __init__(self, proxy, client: Channel, peer: Peer, source_address, *, max_body: int) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.peer = peer
+        self.source_address = source_address
+        self.max_body = max_body
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.streams: dict[int, _Stream] = {}
+
+    async def run(self) -> None:
+        self.conn.initiate_connection()
+        self._flush()
+        try:
+            while True:
+                data = await self.client.read()
+                if not data:
+                    break
+                try:
+                    events = self.conn.receive_data(data)
+                except h2.exceptions.ProtocolError as e:
+                    logger.info("client broke HTTP/2; closing its connection", src=self.source_address[0],
+                                error=str(e))
+                    self._flush()
+                    break
+                for event in events:
+                    self._on(event)
+                self._pump()
+                self._flush()
+        except ChannelReset:
+            pass
+        finally:
+            tasks = [s.task for s in self.streams.values() if s.task is not None]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self.client.end()
+
+    def _on(self, event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
+            stream = self.streams[event.stream_id] = _Stream(event.stream_id, headers)
+            if event.stream_ended:
+                self._start(stream)
+        elif isinstance(event, h2.events.DataReceived):
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.task is None:
+                stream.body += event.data
+                if len(stream.body) > self.max_body:
+                    self.reset(stream, h2.errors.ErrorCodes.REFUSED_STREAM)
+            if stream is not None and event.stream_ended and stream.task is None and not stream.ended:
+                self._start(stream)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.task is None and not stream.ended:
+                self._start(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                stream.ended = True
+                stream.drained.set()
+                if stream.task is not None:
+                    stream.task.cancel()
+
+    def _start(self, stream: _Stream) -> None:
+        from waypoint.proxy import Request   # the proxy imports this module for its serve loop
+
+        pseudo = {k: v for k, v in stream.headers if k.startswith(":")}
+        authority = pseudo.get(":authority") or next((v for k, v in stream.headers if k == "host"), "")
+        fields = [("host", authority)] + [(k, v) for k, v in stream.headers if not k.startswith(":") and k != "host"]
+        head = http1.Head(pseudo.get(":method", "GET"), pseudo.get(":path", "/"), 0, "", tuple(fields), "2", True,
+                          len(stream.body), False)
+        grpc = (head.header("content-type") or "").startswith("application/grpc")
+        responder = H2Responder(self, stream, grpc)
+        request = Request(head, bytes(stream.body), self.peer.destination[1])
+        stream.body = bytearray()
+        stream.task = asyncio.get_running_loop().create_task(
+            self.proxy.exchange(request, self.peer, responder, self.source_address))
+        stream.task.add_done_callback(lambda _t, s=stream: self._finished(s))
+
+    def _finished(self, stream: _Stream) -> None:
+        if not stream.ended and stream.trailers is None:
+            self.reset(stream)   # the handler ended without a complete answer
+
+    # --- writing -----------------------------------------------------------------------
+
+    def send_headers(self, stream: _Stream, headers, end: bool = False) -> None:
+        if stream.ended:
+            return
+        try:
+            self.conn.send_headers(stream.stream_id, headers, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            stream.ended = True
+            return
+        if end:
+            stream.ended = True
+            stream.trailers = ()
+            self.streams.pop(stream.stream_id, None)
+        self._flush()
+
+    def queue(self, stream: _Stream, data: bytes, trailers: tuple | None = None) -> None:
+        if stream.ended:
+            return
+        stream.outbox += data
+        if trailers is not None:
+            stream.trailers = trailers
+        self._pump()
+        self._flush()
+
+    def reset(self, stream: _Stream, code: int = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
+        if not stream.ended:
+            stream.ended = True
+            try:
+                self.conn.reset_stream(stream.stream_id, code)
+            except h2.exceptions.ProtocolError:
+                pass
+        stream.drained.set()
+        self.streams.pop(stream.stream_id, None)
+        self._flush()
+
+    def _pump(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.ended:
+                continue
+            try:
+                while stream.outbox:
+                    room = min(self.conn.local_flow_control_window(stream.stream_id),
+                               self.conn.max_outbound_frame_size, len(stream.outbox))
+                    if room <= 0:
+                        break
+                    self.conn.send_data(stream.stream_id, bytes(stream.outbox[:room]))
+                    del stream.outbox[:room]
+                if not stream.outbox and stream.trailers is not None:
+                    if stream.trailers:
+                        self.conn.send_headers(stream.stream_id, [(k.encode(), v.encode()) for k, v in stream.trailers],
+                                               end_stream=True)
+                    else:
+                        self.conn.end_stream(stream.stream_id)
+                    stream.ended = True
+                    self.streams.pop(stream.stream_id, None)
+            except h2.exceptions.ProtocolError:
+                stream.ended = True
+                self.streams.pop(stream.stream_id, None)
+            if len(stream.outbox) <= OUTBOX_LOW or stream.ended:
+                stream.drained.set()
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.client.send(data)

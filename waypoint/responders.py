@@ -1,0 +1,59 @@
+"""Writing a response to the client: HTTP/1.1 on the client's stream, or one HTTP/2 stream.
+
+The proxy talks to a responder and does not care which:
+- `local(status, text, headers)`: an answer made here (refusal, fault, timeout);
+  to a gRPC client, a trailers-only response with the grpc-status Envoy maps
+  the HTTP status to;
+- `head(...)`, `await data(...)`, `end(trailers)`: a relayed response;
+- `reset()`: nothing more can be said (the head is out and the upstream broke).
+"""
+
+from __future__ import annotations
+
+from waypoint import http1
+from waypoint.channel import Channel
+
+# Envoy's HTTP -> gRPC status mapping for answers made by the proxy.
+GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def grpc_status_for(http_status: int) -> int:
+    return GRPC_STATUS.get(http_status, 2)
+
+
+class Http1Responder:
+    def __init__(self, client: Channel, method: str, keep: bool) -> None:
+        self.client = client
+        self.method = method
+        self.keep = keep
+        self.bytes_sent = 0
+        self._chunked = False
+
+    def local(self, status: int, text: str, headers=()) -> None:
+        data = http1.local_response(status, text + "\n", list(headers), close=not self.keep)
+        self.bytes_sent += len(data)
+        self.client.send(data)
+
+    def head(self, status: int, reason: str, headers, content_length: int | None) -> None:
+        bodyless = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        self._chunked = not bodyless and content_length is None
+        self.keep = self.keep and status >= 200
+        out = http1.response_head_bytes(status, headers, content_length=None if self._chunked else content_length,
+                                         close=not self.keep, reason=reason)
+        self.bytes_sent += len(out)
+        self.client.send(out)
+
+    async def data(self, data: bytes) -> None:
+        out = http1.chunk(data) if self._chunked else data
+        self.bytes_sent += len(out)
+        self.client.send(out)
+        await self.client.drain()
+
+    def end(self, trailers=()) -> None:
+        if self._chunked:
+            self.client.send(http1.LAST_CHUNK)
+            self.bytes_sent += len(http1.LAST_CHUNK)
+
+    def reset(self) -> None:
+        self.keep = False
+        self.client.reset()
