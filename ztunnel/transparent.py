@@ -32,10 +32,10 @@ class TransparentError(ZtunnelError):
     pass
 
 
-def _in_netns(netns_fd: int, argv: list[str], check: bool) -> subprocess.CompletedProcess:
+def _in_netns(netns_fd: int, argv: list[str], check: bool, stdin: str | None = None) -> subprocess.CompletedProcess:
     # A short-lived nsenter: pyroute2 cannot run under the ztunnel's uvloop (no AF_NETLINK endpoints).
     result = subprocess.run(["nsenter", f"--net=/proc/self/fd/{netns_fd}", *argv], pass_fds=(netns_fd,),
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, input=stdin)
     if check and result.returncode != 0:
         raise TransparentError(f"`{' '.join(argv)}` failed in the pod's netns: {result.stderr.strip()}; "
                                "the ztunnel needs CAP_NET_ADMIN, iptables-legacy and iproute2")
@@ -46,25 +46,30 @@ def _iptables(netns_fd: int, *args: str, check: bool = True) -> subprocess.Compl
     return _in_netns(netns_fd, ["iptables-legacy", "-w", "-t", "mangle", *args], check)
 
 
-def _ip(netns_fd: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return _in_netns(netns_fd, ["ip", *args], check)
+def _ip(netns_fd: int, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return _in_netns(netns_fd, ["ip", *args], check, stdin)
+
+
+RULES = (
+    f"-A {CHAIN} -m mark --mark {hex(OUR_MARK)} -m addrtype ! --src-type LOCAL -j CONNMARK --set-mark {hex(CONNMARK)}",
+    # The reply direction, not "packets without our mark": a SYN-ACK can carry the mark of the SYN it answers.
+    f"-A {CHAIN} -m connmark --mark {hex(CONNMARK)} -m conntrack --ctdir REPLY -j MARK --set-mark {hex(CONNMARK)}",
+)
 
 
 def install(netns_fd: int) -> None:
-    """Idempotent: flushes and refills the chain; adds the rule and route if missing."""
-    if _iptables(netns_fd, "-n", "-L", CHAIN, check=False).returncode != 0:
-        _iptables(netns_fd, "-N", CHAIN)
-    _iptables(netns_fd, "-F", CHAIN)
-    _iptables(netns_fd, "-A", CHAIN, "-m", "mark", "--mark", hex(OUR_MARK), "-m", "addrtype", "!",
-              "--src-type", "LOCAL", "-j", "CONNMARK", "--set-mark", hex(CONNMARK))
-    # The reply direction, not "packets without our mark": a SYN-ACK can carry the mark of the SYN it answers.
-    _iptables(netns_fd, "-A", CHAIN, "-m", "connmark", "--mark", hex(CONNMARK), "-m", "conntrack", "--ctdir",
-              "REPLY", "-j", "MARK", "--set-mark", hex(CONNMARK))
-    if _iptables(netns_fd, "-C", "OUTPUT", "-j", CHAIN, check=False).returncode != 0:
-        _iptables(netns_fd, "-I", "OUTPUT", "1", "-j", CHAIN)
+    """Idempotent, in four short processes (enrollment waits for this): the chain is
+    declared (so created or flushed) and refilled in one restore, the jump and the
+    policy rule are added only if missing, the route is replaced."""
+    saved = _in_netns(netns_fd, ["iptables-legacy-save", "-t", "mangle"], check=False).stdout
+    jump = f"-A OUTPUT -j {CHAIN}" in saved
+    script = "\n".join(["*mangle", f":{CHAIN} - [0:0]", *RULES, *([] if jump else [f"-I OUTPUT 1 -j {CHAIN}"]),
+                        "COMMIT", ""])
+    _in_netns(netns_fd, ["iptables-legacy-restore", "-w", "--noflush"], check=True, stdin=script)
+    commands = [f"route replace local 0.0.0.0/0 dev lo table {TABLE}"]
     if f"{PRIORITY}:" not in _ip(netns_fd, "-4", "rule", "show").stdout:
-        _ip(netns_fd, "-4", "rule", "add", "fwmark", hex(CONNMARK), "lookup", str(TABLE), "priority", str(PRIORITY))
-    _ip(netns_fd, "-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(TABLE))
+        commands.insert(0, f"rule add fwmark {hex(CONNMARK)} lookup {TABLE} priority {PRIORITY}")
+    _ip(netns_fd, "-4", "-batch", "-", stdin="\n".join(commands) + "\n")
 
 
 def remove(netns_fd: int) -> None:
