@@ -32,9 +32,14 @@ def host_iptables() -> str:
     return "\n".join(l for l in out.splitlines() if not l.startswith("#"))
 
 
-def shoal_bpf_programs() -> list[str]:
+def bpf_program_ids() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, text=True).stdout
-    return [p.get("name", "") for p in json.loads(out or "[]") if p.get("name", "").startswith("shoal_")]
+    return {p["id"] for p in json.loads(out.strip() or "[]")}
+
+
+def cgroup_program_ids(cgroup: str) -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True).stdout
+    return {p["id"] for p in json.loads(out.strip() or "[]")}
 
 
 def redirection_active(layout: Layout, pod: dict, mode: str) -> bool:
@@ -56,7 +61,6 @@ def test_down_leaves_nothing_and_the_host_never_changes(mode):
     cluster, layout = Cluster(name), Layout(name)
     before = host_network_state()
     rules_before = host_iptables()
-    programs_before = shoal_bpf_programs()
 
     cluster("up", "--nodes", "2", "--redirect", mode)
     cluster.apply("""
@@ -89,6 +93,9 @@ spec:
 
     netns_names = [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
     assert len(netns_names) == 4  # underlay, two nodes, one pod
+    # This cluster's own programs (on the pod's cgroup), so that other clusters may come and go meanwhile.
+    programs = cgroup_program_ids(pod["status"]["shoal"]["cgroup"])
+    assert bool(programs) == (mode == "ebpf")
     system_pids = [pid for cg in (layout.cgroup_dir / "pods").glob("shoal-system_*")
                    for pid in (cg / "cgroup.procs").read_text().split()]
     assert len(system_pids) >= 5  # control plane, and an agent and a ztunnel per node
@@ -104,7 +111,10 @@ spec:
     for pid in pids + system_pids:
         assert not alive(pid), f"process {pid} survived down"
     assert not list(Path("/sys/fs/bpf").glob(f"shoal/{name}-*")), "pinned eBPF objects survived down"
-    assert shoal_bpf_programs() == programs_before, "eBPF programs survived down"
+    deadline = time.monotonic() + 5  # programs are freed once the last reference goes, a little later
+    while programs & bpf_program_ids():
+        assert time.monotonic() < deadline, f"eBPF programs {programs & bpf_program_ids()} survived down"
+        time.sleep(0.1)
     leftovers = subprocess.run(["pgrep", "-f", f"shoal.local.daemon --cluster {name}$"], capture_output=True)
     assert leftovers.returncode == 1, "the daemon survived down"
     assert host_network_state() == before
