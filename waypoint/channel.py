@@ -97,6 +97,11 @@ class Channel(Side):
             self._readable.set()
 
     @property
+    def idle_usable(self) -> bool:
+        """Still open both ways with nothing unread: can carry another request."""
+        return not self._eof and not self.was_reset and not self._buffer
+
+    @property
     def buffered(self) -> int:
         return len(self._buffer)
 

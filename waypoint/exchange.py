@@ -3,9 +3,15 @@
 `open_exchange(upstreams, upstream, request, headers, h2)` connects (HBONE or
 TCP, through `Upstreams`), sends the request and reads the response head;
 the returned exchange yields the body as `http1.Body` events and ends with
-`http1.End` (carrying HTTP/2 trailers, where gRPC puts its status). A fresh
-connection (an HBONE stream) per request: cheap on a pooled HBONE session,
-and no stale keep-alive connection can ever eat a retry.
+`http1.End` (carrying HTTP/2 trailers, where gRPC puts its status).
+
+HTTP/1.1 connections to endpoints are kept alive and reused (`Http1Pool`,
+per endpoint and identity): a fresh HBONE stream per request would cost the
+destination ztunnel a new connection to the app every time. A reused
+connection that the endpoint closed while idle fails before any byte of
+answer; the request is then sent once more on a fresh connection (the
+endpoint never saw it). HTTP/2 gets a fresh connection (HBONE stream) per
+request.
 """
 
 from __future__ import annotations
@@ -28,23 +34,80 @@ H2_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "trans
                           "content-length"})
 
 
+class Http1Pool:
+    """Idle keep-alive connections to endpoints. State changes are synchronous (no awaits inside)."""
+
+    def __init__(self, max_idle_per_endpoint: int = 16) -> None:
+        self.max_idle = max_idle_per_endpoint
+        self.idle: dict[tuple, list[Channel]] = {}
+        self.reused = 0
+
+    @staticmethod
+    def key(upstream: Upstream) -> tuple:
+        return (upstream.address, upstream.hbone, upstream.identity)
+
+    def take(self, upstream: Upstream) -> Channel | None:
+        channels = self.idle.get(self.key(upstream))
+        while channels:
+            channel = channels.pop()
+            if channel.idle_usable:
+                self.reused += 1
+                return channel
+            channel.reset()
+        return None
+
+    def give(self, upstream: Upstream, channel: Channel) -> bool:
+        channels = self.idle.setdefault(self.key(upstream), [])
+        channels[:] = [c for c in channels if c.idle_usable]
+        if not channel.idle_usable or len(channels) >= self.max_idle:
+            return False
+        channels.append(channel)
+        return True
+
+    def close(self) -> None:
+        for channels in self.idle.values():
+            for channel in channels:
+                channel.reset()
+        self.idle.clear()
+
+
+class StaleConnection(UpstreamFailed):
+    """A reused keep-alive connection was closed by the endpoint before it answered."""
+
+    def __init__(self) -> None:
+        super().__init__("the endpoint closed a kept-alive connection before answering", "reset", "UC")
+
+
 class Http1Exchange:
-    def __init__(self, channel: Channel, reader: http1.MessageReader) -> None:
+    def __init__(self, channel: Channel, reader: http1.MessageReader, pool: Http1Pool | None = None,
+                 upstream: Upstream | None = None, reused: bool = False) -> None:
         self.channel = channel
         self.reader = reader
         self.pending: list = []
         self.head: http1.Head | None = None
+        self.pool = pool
+        self.upstream = upstream
+        self.reused = reused
+        self.pooled = False
 
     async def start(self, wire: bytes) -> http1.Head:
+        self._received_before = self.channel.bytes_received
         self.channel.send(wire)
         while True:
-            data = await self.channel.read()
+            try:
+                data = await self.channel.read()
+            except UpstreamFailed:
+                if self.reused and self.channel.bytes_received == self._received_before:
+                    raise StaleConnection() from None
+                raise
             events = self.reader.feed(data) if data else self.reader.feed_eof()
             self.pending.extend(events)
             if self.pending and isinstance(self.pending[0], http1.Head):
                 self.head = self.pending.pop(0)
                 return self.head
             if not data:
+                if self.reused and self.channel.bytes_received == self._received_before:
+                    raise StaleConnection()
                 raise UpstreamFailed("the endpoint closed the connection before responding", "reset", "UC")
 
     async def events(self) -> list:
@@ -58,8 +121,15 @@ class Http1Exchange:
             raise UpstreamFailed("the endpoint closed the connection in the middle of the body", "reset", "UC")
         return out
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
+        """After the End event: back to the pool when both sides keep the connection alive; True if so."""
+        head = self.head
+        if (self.pool is not None and head is not None and head.keep_alive and self.reader.done
+                and not head.body_until_close and self.pool.give(self.upstream, self.channel)):
+            self.pooled = True
+            return True
         self.channel.end()
+        return False
 
     def reset(self) -> None:
         self.channel.reset()
@@ -150,30 +220,51 @@ class H2Exchange:
         out, self.pending = self.pending, []
         return out
 
-    def finish(self) -> None:
+    def finish(self) -> bool:
         try:
             self.conn.close_connection()
             self._flush()
         except h2.exceptions.ProtocolError:
             pass
         self.channel.end()
+        return False
 
     def reset(self) -> None:
         self.channel.reset()
 
 
 async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.Head, body: bytes,
-                        headers: list[tuple[str, str]], authority: str, *, use_h2: bool):
-    """Connects, sends the request, waits for the response head. Returns the exchange (`.head` set)."""
+                        headers: list[tuple[str, str]], authority: str, *, use_h2: bool,
+                        pool: Http1Pool | None = None):
+    """Connects (or reuses a kept-alive HTTP/1.1 connection), sends the request, waits for the
+    response head. Returns the exchange (`.head` set)."""
+    if not use_h2 and pool is not None:
+        channel = pool.take(upstream)
+        if channel is not None:
+            try:
+                return await _http1(channel, upstream, head, body, headers, authority, pool, reused=True)
+            except StaleConnection:
+                pass   # closed while idle: the endpoint never saw the request; once more, on a fresh connection
     channel = await upstreams.open(upstream)
-    try:
-        if use_h2:
+    if use_h2:
+        try:
             exchange = H2Exchange(channel)
             await exchange.start(head.method, head.target, authority, headers, body)
-        else:
-            exchange = Http1Exchange(channel, http1.MessageReader(response=True, head_request=head.method == "HEAD"))
-            wire_headers = [(k, v) for k, v in headers if k != "host"] + [("host", authority)]
-            await exchange.start(http1.request_bytes(head.method, head.target, wire_headers, body))
+            return exchange
+        except BaseException:
+            channel.reset()
+            raise
+    return await _http1(channel, upstream, head, body, headers, authority, pool, reused=False)
+
+
+async def _http1(channel: Channel, upstream: Upstream, head: http1.Head, body: bytes, headers, authority: str,
+                 pool: Http1Pool | None, *, reused: bool) -> Http1Exchange:
+    exchange = Http1Exchange(channel, http1.MessageReader(response=True, head_request=head.method == "HEAD"),
+                             pool, upstream, reused)
+    wire_headers = [(k, v) for k, v in headers if k != "host"] + [("host", authority)]
+    try:
+        await exchange.start(http1.request_bytes(head.method, head.target, wire_headers, body,
+                                                 close=pool is None))
         return exchange
     except BadRequest as e:
         channel.reset()

@@ -31,7 +31,7 @@ from shoal.model import HeaderChanges
 from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import BadRequest, UpstreamFailed, UpstreamTimeout, WaypointError
-from waypoint.exchange import open_exchange
+from waypoint.exchange import Http1Pool, open_exchange
 from waypoint.responders import Http1Responder
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
 from waypoint.state import WaypointState
@@ -110,6 +110,7 @@ class Proxy:
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self._background: set[asyncio.Task] = set()
+        self.http1_pool = Http1Pool()
 
     # --- a client connection ----------------------------------------------------------
 
@@ -295,7 +296,8 @@ class Proxy:
             headers.append(("x-request-id", record.request_id))
         headers.append(("x-forwarded-proto", "http"))
         return await open_exchange(self.upstreams, upstream, head, request.body, headers,
-                                   authority if authority is not None else (head.header("host") or ""), use_h2=use_h2)
+                                   authority if authority is not None else (head.header("host") or ""), use_h2=use_h2,
+                                   pool=self.http1_pool if authority is None else None)
 
     async def _relay_response(self, plan: Plan, exchange, responder, record: RequestRecord,
                               deadline: float | None) -> None:
@@ -326,8 +328,10 @@ class Proxy:
             responder.reset()
 
     def _finish_upstream(self, exchange) -> None:
-        """Ends a finished upstream; resets it if it lingers (a server ignoring `connection: close`)."""
-        exchange.finish()
+        """Pools or ends a finished upstream; resets an ended one if it lingers (a server ignoring
+        `connection: close`)."""
+        if exchange.finish():
+            return
 
         async def linger() -> None:
             try:
@@ -355,6 +359,7 @@ class Proxy:
         self.metrics.mirrors.labels(mirror.service, outcome).inc()
 
     async def close(self) -> None:
+        self.http1_pool.close()
         for task in list(self._background):
             task.cancel()
         if self._background:

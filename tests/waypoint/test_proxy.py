@@ -288,3 +288,18 @@ def test_tcp_through_the_waypoint_applies_l4_policy_conservatively():
             with pytest.raises(ChannelReset):
                 await read_all(channel)    # a DENY with HTTP fields denies opaque TCP outright
     run(main())
+
+
+def test_upstream_connections_are_kept_alive_and_idle_closed_ones_replaced():
+    async def main():
+        v1 = AppBehaviour("v1", idle_timeout=0.3)
+        async with Mesh(table(Route(destinations=(to("v1"),))), v1=v1, v1b=AppBehaviour("v1b", idle_timeout=0.3),
+                        rand=lambda: 0.0) as m:
+            for i in range(3):
+                assert status_of(await m.send(get(f"/k{i}"))) == 200
+            assert len(v1.hits) == 3 and len(set(v1.peers)) == 1     # one connection carried all three
+            assert m.waypoint.proxy.http1_pool.reused == 2
+            await asyncio.sleep(0.6)                                    # the app closes the idle connection
+            assert status_of(await m.send(get("/after-idle"))) == 200
+            assert len(v1.hits) == 4 and len(set(v1.peers)) == 2
+    run(main())

@@ -33,6 +33,8 @@ class AppBehaviour:
     fail_first: int = 0          # answer 503 to this many requests first
     delay: float = 0.0           # seconds before answering
     hits: list = field(default_factory=list)   # (method, path, headers dict, body)
+    peers: list = field(default_factory=list)  # the client (ip, port) of each hit: one per connection used
+    idle_timeout: float | None = None          # close kept-alive connections idle this long
 
 
 class App:
@@ -48,6 +50,7 @@ class App:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 b.hits.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                b.peers.append(self.client_address)
                 if b.delay:
                     time.sleep(b.delay)
                 failing = len(b.hits) <= b.fail_first
@@ -61,6 +64,7 @@ class App:
                     self.wfile.write(data)
 
             do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _answer
+            timeout = b.idle_timeout
 
             def log_message(self, *args):
                 pass
