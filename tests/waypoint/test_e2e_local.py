@@ -28,6 +28,7 @@ from shoal.local.layout import Layout  # noqa: E402
 
 PYTHON = sys.executable
 APP = str(Path(__file__).with_name("wp_apps.py"))
+GRPC_APP = str(Path(__file__).with_name("wp_grpc_app.py"))
 REVIEWS = "http://reviews.shop.svc.cluster.local"
 FLAKY = "http://flaky.shop.svc.cluster.local"
 
@@ -62,7 +63,11 @@ def apps() -> list[dict]:
         deployment("reviews-v2", {"app": "reviews", "version": "v2"}, [PYTHON, APP, "reviews-v2", "8080"]),
         deployment("shadow", {"app": "shadow"}, [PYTHON, APP, "shadow", "8080"]),
         deployment("flaky", {"app": "flaky"}, [PYTHON, APP, "flaky", "8080", "--fail-every-other"]),
+        deployment("greeter-v1", {"app": "greeter", "version": "v1"}, [PYTHON, GRPC_APP, "server", "greeter-v1", "8080"]),
+        deployment("greeter-v2", {"app": "greeter", "version": "v2"}, [PYTHON, GRPC_APP, "server", "greeter-v2", "8080"]),
         service("reviews", "reviews"), service("reviews-shadow", "shadow"), service("flaky", "flaky"),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "greeter", "namespace": "shop"},
+         "spec": {"selector": {"app": "greeter"}, "ports": [{"name": "grpc", "port": 9090, "targetPort": 8080}]}},
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "shop"},
          "spec": {"nodeName": "node1", "serviceAccountName": "client",
                   "containers": [{"name": "sh", "command": ["sleep", "infinity"]}]}},
@@ -115,6 +120,25 @@ spec:
   http:
   - route: [{destination: {host: flaky}}]
     retries: {attempts: 2, retryOn: 5xx}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: greeter, namespace: shop}
+spec:
+  host: greeter
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: greeter, namespace: shop}
+spec:
+  hosts: [greeter]
+  http:
+  - match: [{headers: {x-canary: {exact: "yes"}}}]
+    route: [{destination: {host: greeter, subset: v2}}]
+  - route: [{destination: {host: greeter, subset: v1}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -260,3 +284,40 @@ def test_istio_requests_total_counts(cluster):
                                     destination_service="reviews.shop.svc.cluster.local", source_workload="client")
     assert after - before == 3
     assert cluster.waypoint_metric(response_code="403", response_flags="RBAC") >= 1
+
+
+def test_grpc_through_the_waypoint_routes_by_metadata(cluster):
+    def call(*metadata):
+        r = shoal("local", "exec", "-n", "shop", "client", "--", PYTHON, GRPC_APP, "client",
+                  "greeter.shop.svc.cluster.local:9090", "3", *metadata, cluster=cluster.name, check=False, timeout=60)
+        return [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")], r.stderr
+    replies, err = call()
+    assert [r.get("reply", r) for r in replies] == [f"greeter-v1: hello {i}" for i in range(3)], err
+    replies, err = call("x-canary=yes")
+    assert [r.get("reply", r) for r in replies] == [f"greeter-v2: hello {i}" for i in range(3)], err
+    assert cluster.waypoint_metric(request_protocol="grpc", grpc_response_status="0",
+                                   destination_service="greeter.shop.svc.cluster.local") >= 6
+
+
+def test_access_log_has_one_line_per_request(cluster):
+    pod = cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]["metadata"]["name"]
+    assert cluster.status(f"{REVIEWS}/logged-once") == 200
+    out = shoal("local", "logs", "-n", "shop", pod, cluster=cluster.name).stdout
+    lines = [json.loads(l) for l in out.splitlines() if l.startswith("{") and "logged-once" in l]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line["event"] == "request complete" and line["status"] == 200 and line["route"] == "split"
+    assert line["src_workload"] == "client" and line["src_identity"] == "cluster.local/ns/shop/sa/client"
+    assert line["dst_service"] == "reviews.shop.svc.cluster.local"
+
+
+def test_zz_deleting_the_waypoint_removes_it_and_traffic_goes_direct(cluster):
+    """Last in the module: `shoal waypoint delete` takes the Deployment and Service away, and the
+    namespace's traffic flows without L7 routing again (no fault abort any more)."""
+    shoal("waypoint", "delete", "-n", "shop", cluster=cluster.name)
+    wait_until(lambda: not cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"}), 30,
+               "the waypoint pod to go")
+    services = json.loads(shoal("local", "get", "services", "-n", "shop", "-o", "json", cluster=cluster.name).stdout)
+    items = services["items"] if isinstance(services, dict) else services
+    assert "waypoint" not in [s["metadata"]["name"] for s in items]
+    wait_until(lambda: cluster.status(f"{REVIEWS}/abort") == 200, 30, "traffic to bypass the deleted waypoint")
