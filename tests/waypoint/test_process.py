@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 from shoal.lifecycle import Shutdown
-from shoal.model import Destination, Endpoint, Protocol, Route, Service, ServicePort, Waypoint
+from shoal.model import Endpoint, Protocol, Route, Service, ServicePort, Waypoint
 
 from cp_harness import start_plane
 from waypoint.config import Config
