@@ -17,6 +17,7 @@ request.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import h2.config
 import h2.connection
@@ -37,9 +38,13 @@ H2_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "trans
 class Http1Pool:
     """Idle keep-alive connections to endpoints. State changes are synchronous (no awaits inside)."""
 
-    def __init__(self, max_idle_per_endpoint: int = 16) -> None:
+    def __init__(self, max_idle_per_endpoint: int = 16, idle_seconds: float = 60.0,
+                 clock=time.monotonic) -> None:
         self.max_idle = max_idle_per_endpoint
+        self.idle_seconds = idle_seconds
+        self.clock = clock
         self.idle: dict[tuple, list[Channel]] = {}
+        self._since: dict[Channel, float] = {}
         self.reused = 0
 
     @staticmethod
@@ -50,6 +55,7 @@ class Http1Pool:
         channels = self.idle.get(self.key(upstream))
         while channels:
             channel = channels.pop()
+            self._since.pop(channel, None)
             if channel.idle_usable:
                 self.reused += 1
                 return channel
@@ -62,13 +68,33 @@ class Http1Pool:
         if not channel.idle_usable or len(channels) >= self.max_idle:
             return False
         channels.append(channel)
+        self._since[channel] = self.clock()
         return True
+
+    def sweep(self) -> int:
+        """Closes connections idle longer than idle_seconds (their endpoint may be long gone)."""
+        now, closed = self.clock(), 0
+        for key, channels in list(self.idle.items()):
+            keep = []
+            for channel in channels:
+                if channel.idle_usable and now - self._since.get(channel, now) < self.idle_seconds:
+                    keep.append(channel)
+                else:
+                    self._since.pop(channel, None)
+                    channel.end()
+                    closed += 1
+            if keep:
+                self.idle[key] = keep
+            else:
+                del self.idle[key]
+        return closed
 
     def close(self) -> None:
         for channels in self.idle.values():
             for channel in channels:
                 channel.reset()
         self.idle.clear()
+        self._since.clear()
 
 
 class StaleConnection(UpstreamFailed):

@@ -22,7 +22,7 @@ from waypoint.errors import BadRequest
 
 MAX_HEAD = 64 * 1024
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade", "proxy-authenticate", "proxy-authorization", "content-length"})
+                        "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "expect"})
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
            304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",

@@ -96,7 +96,7 @@ async def run(config: Config, shutdown: Shutdown) -> int:
         await admin.serve("127.0.0.1", config.admin_port, {"/config_dump": admin.json_route(dump)}),
     ]
     tasks = [asyncio.create_task(watch.run()), asyncio.create_task(certs.run()),
-             asyncio.create_task(_sweep(upstreams))]
+             asyncio.create_task(_sweep(upstreams, proxy))]
     logger.info("waypoint starting", waypoint=f"{config.namespace}/{config.name}", identity=str(config.identity),
                 control_plane=config.control_plane)
     stop = asyncio.create_task(shutdown.stopping.wait())
@@ -127,7 +127,8 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     return 0
 
 
-async def _sweep(upstreams: Upstreams, every: float = 10.0) -> None:
+async def _sweep(upstreams: Upstreams, proxy: Proxy, every: float = 10.0) -> None:
     while True:
         await asyncio.sleep(every)
+        proxy.http1_pool.sweep()
         upstreams.sweep()

@@ -52,7 +52,7 @@ class Request:
     port: int = 0          # the service port it came on (the CONNECT target's)
 
 
-HOP_BY_HOP_H2 = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+HOP_BY_HOP_H2 = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "expect"})
 GRPC_CODES = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8", "internal": "13",
               "unavailable": "14"}
 
@@ -151,6 +151,9 @@ class Proxy:
                 event = queue.pop(0)
                 if isinstance(event, http1.Head):
                     head = event
+                    if (head.header("expect") or "").lower() == "100-continue" and head.version == "1.1":
+                        # The body is read here before routing: ask for it now, not after the client's timeout.
+                        client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
                 elif isinstance(event, http1.Body):
                     body += event.data
                     if len(body) > self.max_body:

@@ -303,3 +303,45 @@ def test_upstream_connections_are_kept_alive_and_idle_closed_ones_replaced():
             assert status_of(await m.send(get("/after-idle"))) == 200
             assert len(v1.hits) == 4 and len(set(v1.peers)) == 2
     run(main())
+
+
+def test_expect_100_continue_is_answered_before_the_body():
+    async def main():
+        async with Mesh() as m:
+            channel = await m.client.connect(f"{VIP}:9080")
+            channel.send(b"POST /up HTTP/1.1\r\nhost: reviews\r\ncontent-length: 5\r\nexpect: 100-continue\r\n"
+                         b"connection: close\r\n\r\n")
+            interim = await asyncio.wait_for(channel.read(), 2)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            channel.send(b"hello")
+            rest = await read_all(channel)
+            assert status_of(rest) == 200 and b" POST /up 5" in rest
+            hit = (m.hits("v1") + m.hits("v1b") + m.hits("v2"))[0]
+            assert "expect" not in hit[2]
+    run(main())
+
+
+def test_idle_upstream_connections_are_swept():
+    from waypoint.exchange import Http1Pool
+
+    class FakeChannel:
+        idle_usable = True
+        ended = False
+
+        def end(self):
+            self.ended = True
+
+        def reset(self):
+            self.ended = True
+
+    now = [0.0]
+    pool = Http1Pool(idle_seconds=60, clock=lambda: now[0])
+    from waypoint.routing import Upstream
+    upstream = Upstream(("127.0.0.9", 80), False, "", "uid", "w", "ns")
+    old, new = FakeChannel(), FakeChannel()
+    assert pool.give(upstream, old)
+    now[0] = 50
+    assert pool.give(upstream, new)
+    now[0] = 70
+    assert pool.sweep() == 1 and old.ended and not new.ended
+    assert pool.take(upstream) is new and pool.take(upstream) is None
