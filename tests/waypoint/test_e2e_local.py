@@ -66,6 +66,10 @@ def apps() -> list[dict]:
         deployment("greeter-v1", {"app": "greeter", "version": "v1"}, [PYTHON, GRPC_APP, "server", "greeter-v1", "8080"]),
         deployment("greeter-v2", {"app": "greeter", "version": "v2"}, [PYTHON, GRPC_APP, "server", "greeter-v2", "8080"]),
         service("reviews", "reviews"), service("reviews-shadow", "shadow"), service("flaky", "flaky"),
+        service("catalog", "reviews"),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "catalog-v2", "namespace": "shop"},
+         "spec": {"selector": {"app": "reviews", "version": "v2"}, "ports": [{"name": "http", "port": 80,
+                                                                             "targetPort": 8080}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "greeter", "namespace": "shop"},
          "spec": {"selector": {"app": "greeter"}, "ports": [{"name": "grpc", "port": 9090, "targetPort": 8080}]}},
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "shop"},
@@ -139,6 +143,14 @@ spec:
   - match: [{headers: {x-canary: {exact: "yes"}}}]
     route: [{destination: {host: greeter, subset: v2}}]
   - route: [{destination: {host: greeter, subset: v1}}]
+---
+apiVersion: split.smi-spec.io/v1alpha1
+kind: TrafficSplit
+metadata: {name: catalog, namespace: shop}
+spec:
+  service: catalog
+  backends:
+  - {service: catalog-v2, weight: 100}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -244,6 +256,13 @@ def test_weights_split_about_90_10(cluster):
 def test_header_match_routes_to_v2(cluster):
     r = cluster.curl("-H", "end-user: jason", f"{REVIEWS}/who")
     assert r.stdout.startswith("reviews-v2 GET /who"), (r.stdout, r.stderr)
+
+
+def test_traffic_split_sends_the_root_service_to_its_backend(cluster):
+    """SMI (the seeds' Linkerd article): `catalog` selects v1 and v2; the split sends all of it to catalog-v2."""
+    r = cluster.sh("curl -sS --max-time 20 " + " ".join(["http://catalog.shop.svc.cluster.local/ts"] * 10))
+    lines = [l for l in r.stdout.splitlines() if l.strip()]
+    assert lines == ["reviews-v2 GET /ts"] * 10, (r.stdout, r.stderr)
 
 
 def test_fault_abort(cluster):
