@@ -22,7 +22,7 @@ import asyncio
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
 from shoal import log
@@ -61,6 +61,18 @@ def retriable_grpc(head: http1.Head, conditions: tuple[str, ...]) -> bool:
     """A trailers-only gRPC answer whose grpc-status retry_on names (Istio's gRPC retry conditions)."""
     status = head.header("grpc-status")
     return status is not None and any(GRPC_CODES.get(c) == status for c in conditions)
+
+
+def origin_form(head: http1.Head) -> http1.Head:
+    """An absolute-form request-target (`GET http://host/path`, as sent to a forward proxy) in the form
+    servers expect: the path, with the authority as the Host."""
+    target = head.target
+    if not target.lower().startswith(("http://", "https://")):
+        return head
+    rest = target.split("://", 1)[1]
+    authority, slash, path = rest.partition("/")
+    headers = tuple((k, v) for k, v in head.headers if k != "host") + (("host", authority),)
+    return replace(head, target=slash + path if slash else "/", headers=headers)
 
 
 def retriable_status(status: int, conditions: tuple[str, ...]) -> bool:
@@ -159,7 +171,7 @@ class Proxy:
                     if len(body) > self.max_body:
                         raise BadRequest(f"request body larger than {self.max_body} bytes", 413)
                 else:
-                    return Request(head, bytes(body))
+                    return Request(origin_form(head), bytes(body))
             data = await client.read()
             if not data:
                 reader.feed_eof()

@@ -91,3 +91,15 @@ def test_serializers_drop_hop_by_hop_and_frame_bodies():
     reader = http1.MessageReader(response=True)
     events = reader.feed(head + http1.chunk(b"abc") + http1.LAST_CHUNK)
     assert collapse(events[1:]) == [http1.Body(b"abc"), http1.End()]
+
+
+def test_absolute_form_targets_become_origin_form():
+    from waypoint.proxy import origin_form
+
+    head = http1.MessageReader().feed(b"GET http://reviews:9080/a/b?x=1 HTTP/1.1\r\nHost: other\r\n\r\n")[0]
+    fixed = origin_form(head)
+    assert fixed.target == "/a/b?x=1" and fixed.header("host") == "reviews:9080"
+    bare = origin_form(http1.MessageReader().feed(b"GET http://reviews HTTP/1.1\r\n\r\n")[0])
+    assert bare.target == "/" and bare.header("host") == "reviews"
+    plain = http1.MessageReader().feed(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")[0]
+    assert origin_form(plain) is plain
