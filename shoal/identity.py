@@ -21,7 +21,6 @@ request certificates and speak HBONE). Everything here is plain functions over
 from __future__ import annotations
 
 import datetime as dt
-import re
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
+from shoal.model import identity as model_identity
 from shoal.model.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 
 __all__ = ["DEFAULT_TRUST_DOMAIN", "SpiffeId", "parse_spiffe_id", "format_spiffe_id", "new_key", "key_pem",
@@ -40,12 +40,6 @@ __all__ = ["DEFAULT_TRUST_DOMAIN", "SpiffeId", "parse_spiffe_id", "format_spiffe
            "PeerMismatch"]
 
 ALPN = "h2"
-
-# DNS-label-ish: what Kubernetes allows for namespaces and service accounts.
-_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
-_TRUST_DOMAIN = r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?"
-_SPIFFE = re.compile(rf"^spiffe://(?P<td>{_TRUST_DOMAIN})/ns/(?P<ns>{_NAME})/sa/(?P<sa>{_NAME})$")
-
 
 class IdentityError(Exception):
     """Base of identity errors: malformed IDs, CSRs or certificates, peer mismatches."""
@@ -66,14 +60,12 @@ class PeerMismatch(IdentityError):
 def parse_spiffe_id(uri: str) -> SpiffeId:
     """`spiffe://<td>/ns/<ns>/sa/<sa>` -> SpiffeId; InvalidSpiffeId (a ValueError) otherwise.
 
-    Stricter than `shoal.model.parse_spiffe_id`: the parts must be lower-case
-    DNS names, as Kubernetes namespaces and service accounts are.
+    The model's parser (lower-case DNS-name parts), with this module's error type.
     """
-    m = _SPIFFE.match(uri or "")
-    if not m:
-        raise InvalidSpiffeId(
-            f"{uri!r} is not a mesh identity; expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")
-    return SpiffeId(m["td"], m["ns"], m["sa"])
+    try:
+        return model_identity.parse_spiffe_id(uri)
+    except ValueError as e:
+        raise InvalidSpiffeId(str(e)) from None
 
 
 def format_spiffe_id(trust_domain: str, namespace: str, service_account: str) -> SpiffeId:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+# DNS-label-ish: what Kubernetes allows for namespaces and service accounts.
+_NAME = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+_TRUST_DOMAIN = r"[a-z0-9]([-a-z0-9._]*[a-z0-9])?"
+_SPIFFE = re.compile(rf"^spiffe://(?P<td>{_TRUST_DOMAIN})/ns/(?P<ns>{_NAME})/sa/(?P<sa>{_NAME})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +38,14 @@ def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
 
 
 def parse_spiffe_id(uri: str) -> SpiffeId:
-    """Parse `spiffe://td/ns/NS/sa/SA`; raise ValueError naming what is wrong."""
-    prefix = "spiffe://"
-    if not uri.startswith(prefix):
-        raise ValueError(f"not a SPIFFE ID (must start with {prefix}): {uri!r}")
-    parts = uri[len(prefix):].split("/")
-    if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa" or not all(parts):
-        raise ValueError(f"not a workload SPIFFE ID (want spiffe://<td>/ns/<ns>/sa/<sa>): {uri!r}")
-    return SpiffeId(parts[0], parts[2], parts[4])
+    """`spiffe://<td>/ns/<ns>/sa/<sa>` -> SpiffeId; ValueError naming what is wrong.
+
+    The parts must be lower-case DNS names, as Kubernetes namespaces and
+    service accounts are. `shoal.identity.parse_spiffe_id` is this, raising
+    its own `InvalidSpiffeId` (still a ValueError).
+    """
+    m = _SPIFFE.match(uri or "")
+    if not m:
+        raise ValueError(
+            f"{uri!r} is not a mesh identity; expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")
+    return SpiffeId(m["td"], m["ns"], m["sa"])
