@@ -22,15 +22,14 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
-import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.report import RESULTS_DIR, Run, percentile, summarize, table
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
@@ -232,11 +231,6 @@ def iperf(port: int, streams: int, seconds: float) -> float:
     return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def measure(setup: str, directory: Path, args) -> list[dict]:
     procs = []
     echo_port, iperf_port = free_port(), free_port()
@@ -265,16 +259,15 @@ def measure(setup: str, directory: Path, args) -> list[dict]:
             procs.append(spawn("--role", "client", "--dir", str(directory), "--port", str(iperf_entry),
                                "--upstream", str(hbone_port), "--target", str(iperf_port), *lean))
         rows = []
-        lat = [ping_pong(echo_entry, args.round_trips) for _ in range(args.repeats)]
+        lat = [sorted(ping_pong(echo_entry, args.round_trips)) for _ in range(args.repeats)]
         row = {"setup": setup, "case": "ping-pong-1KiB", "round_trips": args.round_trips, "repeats": args.repeats}
         for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
-            values = [percentile(v, q) for v in lat]
-            row[name], row[name + "_min"], row[name + "_max"] = statistics.median(values), min(values), max(values)
+            row.update(summarize((percentile(v, q) for v in lat), name))
         rows.append(row)
         for streams in (1, 4):
             values = [iperf(iperf_entry, streams, args.seconds) for _ in range(args.repeats)]
-            rows.append({"setup": setup, "case": "throughput", "streams": streams, "gbps": statistics.median(values),
-                         "gbps_min": min(values), "gbps_max": max(values), "repeats": args.repeats})
+            rows.append({"setup": setup, "case": "throughput", "streams": streams, **summarize(values, "gbps"),
+                         "repeats": args.repeats})
         return rows
     finally:
         for proc in procs:
@@ -295,7 +288,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--setups", default="direct,tls,hbone,hbone-plain-h2")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.role != "bench":
         from shoal import lifecycle
@@ -312,34 +305,26 @@ def main(argv=None) -> int:
             asyncio.run(forwarder_client(args.dir, args.port, args.upstream, args.target, args.lean))
         return 0
 
-    started = dt.datetime.now(dt.timezone.utc)
-    results = []
+    run = Run("hbone", {"round_trips": args.round_trips, "seconds": args.seconds, "repeats": args.repeats})
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         directory = Path(tmp)
         make_credentials(directory)
         for setup in args.setups.split(","):
-            results += measure(setup, directory, args)
-    base = {r["case"] + str(r.get("streams", "")): r for r in results if r["setup"] == "direct"}
-    print(f"{'setup':<16} {'case':<16} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'Gbit/s':>8} {'vs direct':>9}")
-    for r in results:
+            run.results += measure(setup, directory, args)
+    base = {r["case"] + str(r.get("streams", "")): r for r in run.results if r["setup"] == "direct"}
+    shown = []
+    for r in run.results:
         ref = base.get(r["case"] + str(r.get("streams", "")))
         if "gbps" in r:
-            ratio = f"{r['gbps'] / ref['gbps']:.2f}x" if ref else ""
-            print(f"{r['setup']:<16} {'tcp ' + str(r['streams']) + ' stream(s)':<16} {'':>8} {'':>8} {'':>8} "
-                  f"{r['gbps']:>8.2f} {ratio:>9}")
+            shown.append({"setup": r["setup"], "case": f"tcp {r['streams']} stream(s)", "Gbit/s": r["gbps"],
+                          "vs direct": f"{r['gbps'] / ref['gbps']:.2f}x" if ref else ""})
         else:
             if ref:
                 r["added_p50_ms"], r["added_p99_ms"] = r["p50_ms"] - ref["p50_ms"], r["p99_ms"] - ref["p99_ms"]
-            print(f"{r['setup']:<16} {r['case']:<16} {r['p50_ms']:>8.3f} {r['p90_ms']:>8.3f} {r['p99_ms']:>8.3f}")
-    out = args.out / (started.strftime("%Y%m%dT%H%M%SZ") + "-hbone")
-    out.mkdir(parents=True, exist_ok=True)
-    import h2
-    (out / "results.json").write_text(json.dumps({
-        "started": started.isoformat(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "versions": {"python": platform.python_version(), "h2": h2.__version__},
-        "settings": {"round_trips": args.round_trips, "seconds": args.seconds, "repeats": args.repeats},
-        "results": results}, indent=2))
-    print(f"wrote {out / 'results.json'}")
+            shown.append({"setup": r["setup"], "case": r["case"], "p50 ms": r["p50_ms"], "p90 ms": r["p90_ms"],
+                          "p99 ms": r["p99_ms"]})
+    print(table(shown, ["setup", "case", "p50 ms", "p90 ms", "p99 ms", "Gbit/s", "vs direct"]))
+    print(f"wrote {run.write(under=args.out)}")
     return 0
 
 

@@ -6,22 +6,16 @@ pass bytes in memory, so the figure is the protocol core's own cost per byte
 
     .venv/bin/python -m bench.hbone_throughput [--seconds 2] [--repeats 3]
 
-Prints a table and writes bench/results/<timestamp>/results.json.
+Prints a table and writes bench/results/<timestamp>-hbone-core/results.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
-import statistics
 import time
 from pathlib import Path
 
-import h2
-
+from bench.report import RESULTS_DIR, Run, summarize, table
 from shoal import hbone
 
 
@@ -84,9 +78,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    results = []
+    run = Run("hbone-core", {"seconds": args.seconds, "repeats": args.repeats, "hbone": hbone.Settings().__dict__})
+    shown = []
     for case, fn, param, unit in (
         ("bulk-256KiB", bulk, 256 << 10, "gbps"),
         ("bulk-16KiB", bulk, 16 << 10, "gbps"),
@@ -94,21 +89,11 @@ def main(argv=None) -> int:
     ):
         for path in ("plain-h2", "lean"):
             values = [fn(path == "lean", param, args.seconds) for _ in range(args.repeats)]
-            results.append({"setup": f"hbone-core-{path}", "case": case, unit: statistics.median(values),
-                            f"{unit}_min": min(values), f"{unit}_max": max(values), "repeats": args.repeats})
-    print(f"{'case':<16} {'path':<10} {'median':>10} {'min':>10} {'max':>10}  unit")
-    for r in results:
-        unit = "gbps" if "gbps" in r else "us_per_round_trip"
-        print(f"{r['case']:<16} {r['setup'][11:]:<10} {r[unit]:>10.2f} {r[unit + '_min']:>10.2f} "
-              f"{r[unit + '_max']:>10.2f}  {unit}")
-    started = dt.datetime.now(dt.timezone.utc)
-    out = Path(args.out) / started.strftime("%Y%m%dT%H%M%SZ")
-    out.mkdir(parents=True, exist_ok=True)
-    doc = {"started": started.isoformat(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-           "versions": {"python": platform.python_version(), "h2": h2.__version__},
-           "settings": {"seconds": args.seconds, "hbone": hbone.Settings().__dict__}, "results": results}
-    (out / "results.json").write_text(json.dumps(doc, indent=2))
-    print(f"wrote {out / 'results.json'}")
+            row = run.add(setup=f"hbone-core-{path}", case=case, **summarize(values, unit), repeats=args.repeats)
+            shown.append({"case": case, "path": path, "median": row[unit], "min": row[f"{unit}_min"],
+                          "max": row[f"{unit}_max"], "unit": unit})
+    print(table(shown, ["case", "path", "median", "min", "max", "unit"]))
+    print(f"wrote {run.write(under=args.out)}")
     return 0
 
 

@@ -76,9 +76,10 @@ class Run:
         self.results.append(row)
         return row
 
-    def write(self, directory: Path | None = None) -> Path:
+    def write(self, directory: Path | None = None, under: Path = RESULTS_DIR) -> Path:
+        """Write `results.json` into `directory`, by default `<under>/<timestamp>-<name>/`."""
         stamp = self.started.replace(":", "").replace("+0000", "Z")
-        directory = directory or RESULTS_DIR / f"{stamp}-{self.name}"
+        directory = directory or Path(under) / f"{stamp}-{self.name}"
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "results.json"
         path.write_text(json.dumps({
