@@ -19,7 +19,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench.report import Run, summarize, table
@@ -63,8 +62,13 @@ def shoal(*args: str, input: str | None = None, timeout: float = 600) -> str:
 
 def mesh_usage(layout: Layout, component: str = "") -> tuple[float, float]:
     """CPU seconds and resident MiB of the shoal-system pods (whose name starts with `component`)."""
+    return pod_usage(layout, "shoal-system", component)
+
+
+def pod_usage(layout: Layout, namespace: str, prefix: str) -> tuple[float, float]:
+    """CPU seconds and resident MiB of the pods of `namespace` whose name starts with `prefix`."""
     cpu, rss = 0.0, 0.0
-    for cgroup in (layout.cgroup_dir / "pods").glob(f"shoal-system_{component}*"):
+    for cgroup in (layout.cgroup_dir / "pods").glob(f"{namespace}_{prefix}*"):
         for line in (cgroup / "cpu.stat").read_text().splitlines():
             if line.startswith("usage_usec"):
                 cpu += int(line.split()[1]) / 1e6

@@ -24,9 +24,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-from bench.latency import manifest, mesh_usage, shoal
+from bench.latency import manifest, mesh_usage, pod_usage, shoal
 from bench.report import Run, summarize, table
 from shoal.local import cluster as local_cluster
 from shoal.local.layout import Layout
@@ -36,22 +35,6 @@ SETUPS = {
     "ambient-l4": {"shoal.io/dataplane-mode": "ambient"},
     "ambient-l7": {"shoal.io/dataplane-mode": "ambient", "shoal.io/use-waypoint": "waypoint"},
 }
-
-
-def pod_usage(layout: Layout, namespace: str, prefix: str) -> tuple[float, float]:
-    """CPU seconds and resident MiB of the pods of `namespace` whose name starts with `prefix`."""
-    cpu, rss = 0.0, 0.0
-    for cgroup in (layout.cgroup_dir / "pods").glob(f"{namespace}_{prefix}*"):
-        for line in (cgroup / "cpu.stat").read_text().splitlines():
-            if line.startswith("usage_usec"):
-                cpu += int(line.split()[1]) / 1e6
-        for pid in (cgroup / "cgroup.procs").read_text().split():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except FileNotFoundError:
-                continue
-            rss += next((int(l.split()[1]) for l in status.splitlines() if l.startswith("VmRSS")), 0) / 1024
-    return cpu, rss
 
 
 def usage(layout: Layout, namespace: str, setup: str) -> tuple[float, float, float, float]:
