@@ -222,21 +222,7 @@ async def _answer(listener: socket.socket, byte: bytes) -> None:
 
 
 def agent_metric(bed: Bed, name: str) -> float | None:
-    try:
-        sock = netns.socket_in(bed.node)
-        sock.settimeout(2)
-        sock.connect(("127.0.0.1", 15022))
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-        sock.close()
-    except OSError:
-        return None
-    for line in data.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+    return _metric_in(bed.node, name)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -382,7 +368,7 @@ def run_local(mode: str, pods: int, repeats: int, workdir: Path) -> dict:
         server_ip = layout.store().get("Pod", "srv", "server")["status"]["podIP"]
         clients = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}"]
         for i in range(pods):
-            args = ", ".join(f'"{a}"' for a in ["python3", "-c", "PROBER", str(files / f"go"), str(files / f"p{i}"),
+            args = ", ".join(f'"{a}"' for a in ["python3", "-c", "PROBER", str(files / "go"), str(files / f"p{i}"),
                                                   server_ip, str(repeats)])
             clients.append(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: client-{i}, namespace: bench}}\n"
                            f"spec:\n  nodeName: node1\n  containers:\n  - name: app\n    command: [{args}]")
@@ -417,6 +403,7 @@ def run_local(mode: str, pods: int, repeats: int, workdir: Path) -> dict:
 
 
 def _metric_in(ns: str, name: str) -> float | None:
+    """A metric of the node agent (port 15022) in netns `ns`; None if it cannot be read or is not there."""
     try:
         sock = netns.socket_in(ns)
         sock.settimeout(2)
