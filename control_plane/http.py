@@ -23,9 +23,6 @@ from shoal import log
 
 logger = log.get("shoal.control_plane.http")
 
-MAX_REQUEST = 16 * 1024
-
-
 class HttpServer:
     def __init__(self, *, ready: Callable[[], str | None], registry, status: Callable[[], dict]) -> None:
         self.ready = ready      # None when ready, else why not

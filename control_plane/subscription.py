@@ -88,7 +88,6 @@ class _Base:
 class _InFlight:
     nonce: str
     counter: int
-    sent_at_first_change: float | None
 
 
 @dataclass
@@ -176,7 +175,7 @@ class Subscription:
                                           removed=removed, initial=initial, replace=replace)
         payload = header.SerializeToString() + b"".join(wires)
         p.initial_sent = True
-        p.in_flight = _InFlight(nonce, counter, first_change)
+        p.in_flight = _InFlight(nonce, counter)
         return Outgoing(rtype, nonce, header.version, payload, len(wires), len(removed), first_change)
 
     def _journal_diff(self, rtype: ResourceType, journal: TypeJournal, since: int) -> tuple[list[bytes], list[str]]:

@@ -56,9 +56,6 @@ class ObjectCache:
         self.objects: dict[Key, dict] = {}
         self.versions: dict[str, str] = {}   # kind -> last resourceVersion
 
-    def kinds_known(self) -> set[str]:
-        return {k[0] for k in self.objects}
-
     def replace(self, kind: str, items: Iterable[dict], resource_version: str) -> list[Event]:
         events = []
         seen = set()

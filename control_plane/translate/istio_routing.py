@@ -225,7 +225,7 @@ def _retries(c: Checker, value, path: str) -> RetryPolicy | None:
 
 def _http_route(c: Checker, http: dict, path: str, namespace: str) -> tuple[Route, list[int | None]] | None:
     c.fields(http, path, _HTTP_FIELDS, ignored=_UNSUPPORTED_HTTP)
-    matches, ports = [], []
+    matches = []
     for j, item in enumerate(c.sequence(http.get("match"), f"{path}.match")):
         match, port = _match(c, item, f"{path}.match[{j}]")
         if match is not None:

@@ -147,7 +147,7 @@ def _targets(c: Checker, spec: dict, namespace: str) -> tuple[TargetRef, ...]:
     return tuple(out)
 
 
-def _scope(c: Checker, spec: dict, namespace: str, selector, targets) -> PolicyScope:
+def _scope(c: Checker, namespace: str, selector, targets) -> PolicyScope:
     if selector and targets:
         c.error("spec", "set either selector or targetRef(s), not both")
     if targets:
@@ -177,7 +177,7 @@ def authorization_policy(obj: dict, c: Checker) -> Authorization | None:
     if action == Action.DENY and not spec.get("rules"):
         c.warn("spec.rules", "a DENY policy with no rules denies nothing")
     return Authorization(name=str(meta.get("name", "")), namespace=namespace,
-                         scope=_scope(c, spec, namespace, selector, targets), action=action,
+                         scope=_scope(c, namespace, selector, targets), action=action,
                          rules=rules, selector=selector, targets=targets)
 
 
@@ -207,5 +207,5 @@ def peer_authentication(obj: dict, c: Checker) -> PeerAuthentication:
         if port is not None:
             port_modes.append((port, _mode(c, value, f"spec.portLevelMtls.{port_text}")))
     return PeerAuthentication(name=str(meta.get("name", "")), namespace=namespace,
-                              scope=_scope(c, spec, namespace, selector, ()), mode=mode,
+                              scope=_scope(c, namespace, selector, ()), mode=mode,
                               selector=selector, port_modes=tuple(sorted(port_modes)))

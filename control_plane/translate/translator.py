@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from shoal.model import ResourceType, Service, Snapshot, Waypoint
 from shoal.model.snapshot import Delta
@@ -113,10 +113,6 @@ class Translator:
         if event.type == "DELETED":
             self._remove(obj)
         elif event.type in ("ADDED", "MODIFIED"):
-            self._upsert(obj)
-
-    def apply_objects(self, objects: Iterable[dict]) -> None:
-        for obj in objects:
             self._upsert(obj)
 
     def _key(self, obj: dict) -> ObjectKey:
