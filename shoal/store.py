@@ -55,10 +55,6 @@ class NotFound(StoreError):
     pass
 
 
-class Conflict(StoreError):
-    """An update named a resourceVersion that is no longer current."""
-
-
 class Expired(StoreError):
     """The requested resourceVersion is older than the journal holds: list again (410 Gone)."""
 

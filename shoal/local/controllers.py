@@ -46,11 +46,6 @@ def deployment_pods(deployment: dict) -> list[dict]:
     return pods
 
 
-def owned_by(pod: dict, kind: str, name: str) -> bool:
-    return any(o.get("kind") == kind and o.get("name") == name
-               for o in pod["metadata"].get("ownerReferences", []) or [])
-
-
 def reconcile_deployments(deployments: list[dict], pods: list[dict]) -> tuple[list[dict], list[tuple[str, str, str]]]:
     """Pods to create and pods to delete so that every Deployment has exactly its replicas."""
     existing = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}

@@ -66,10 +66,6 @@ class Layout:
         return f"{self.prefix}underlay"
 
     @property
-    def etc_netns_dir(self) -> Path:
-        return Path("/etc/netns")
-
-    @property
     def daemon_pidfile(self) -> Path:
         return self.run_dir / "daemon.pid"
 

@@ -13,7 +13,6 @@ Every function is idempotent: it checks before it creates.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -109,15 +108,3 @@ def ensure_pod_sandbox(layout: Layout, node: int, namespace: str, name: str, pod
 def remove_pod_sandbox(layout: Layout, namespace: str, name: str) -> None:
     """Deleting the netns deletes its end of the veth, and with it the node's end and route."""
     netns.remove(layout.pod_netns(namespace, name))
-
-
-def pod_ips_in_use(layout: Layout, node: int) -> set[str]:
-    """Pod addresses routed by the node right now (the kubelet's IPAM reads this on restart)."""
-    cidr = pod_cidr(node)
-    used = set()
-    with netns.ip(layout.node_netns(node)) as ip:
-        for route in ip.get_routes(family=2):
-            dst = route.get_attr("RTA_DST")
-            if dst and route["dst_len"] == 32 and ipaddress.ip_address(dst) in cidr:
-                used.add(dst)
-    return used

@@ -59,10 +59,6 @@ class Delta:
     def __bool__(self) -> bool:
         return any(self.upserted.values()) or any(self.removed.values())
 
-    def changed_keys(self) -> dict[ResourceType, frozenset[str]]:
-        return {t: frozenset(self.upserted.get(t, {})) | self.removed.get(t, frozenset())
-                for t in ResourceType}
-
 
 def diff(old: Snapshot, new: Snapshot) -> Delta:
     upserted: dict[ResourceType, dict[str, Any]] = {}
