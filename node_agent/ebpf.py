@@ -40,7 +40,6 @@ logger = log.get("node_agent.ebpf")
 
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
 BPFFS = Path("/sys/fs/bpf")
-BPFFS_MAGIC = 0xCAFE4A11
 
 PROG_TYPE = {"sock_addr": 18, "sock_ops": 13, "sockopt": 25, "sk_lookup": 30}
 ATTACH_CONNECT4, ATTACH_GETPEERNAME4, ATTACH_SOCK_OPS, ATTACH_GETSOCKOPT, ATTACH_SK_LOOKUP = 10, 29, 3, 21, 36
@@ -325,10 +324,6 @@ class EbpfRedirector:
         """Steers the pod's inbound traffic to this (ztunnel's 15006) listening socket."""
         self.load()
         libbpf.map_update(self.sockhash_fd, socket.inet_aton(pod.ip), struct.pack("Q", listener_fd))
-
-    def has_inbound_listener(self, pod: PodTarget) -> bool:
-        self.load()
-        return socket.inet_aton(pod.ip) in libbpf.map_keys(self.sockhash_fd, 4)
 
     # -- the ztunnel ------------------------------------------------------------
 

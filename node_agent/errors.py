@@ -30,7 +30,3 @@ class BpfError(RedirectError):
         if code in (_errno.EPERM, _errno.EACCES):
             hint = "; the node agent needs CAP_BPF and CAP_SYS_ADMIN (run it privileged)"
         super().__init__(f"{what}: {name} ({os.strerror(code)}){hint}")
-
-
-class PodNotReady(NodeAgentError):
-    """The pod has no netns, cgroup or IP yet; it is enrolled once the kubelet reports them."""

@@ -34,7 +34,6 @@ def lib():
         _lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
         _lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         _lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        _lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         _lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
         _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
         _lib.bpf_prog_attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint]
@@ -74,17 +73,6 @@ def map_delete(fd: int, key: bytes) -> bool:
         return False
     _check(result, "delete from map")
     return True
-
-
-def map_keys(fd: int, key_size: int) -> list[bytes]:
-    keys, previous = [], None
-    while True:
-        nxt = ctypes.create_string_buffer(key_size)
-        prev = ctypes.create_string_buffer(previous, key_size) if previous is not None else None
-        if lib().bpf_map_get_next_key(fd, prev, nxt) < 0:
-            return keys
-        previous = nxt.raw
-        keys.append(previous)
 
 
 def pin(fd: int, path: str) -> None:
