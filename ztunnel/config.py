@@ -13,7 +13,6 @@ class Config:
     control_plane: str = "198.18.0.1:15012"
     socket_path: Path = Path("/var/run/shoal/ztunnel.sock")
     token_file: Path | None = None
-    control_plane_ca: Path | None = None     # PEM root for TLS to the control plane; None: plaintext gRPC
     trust_domain: str = "cluster.local"
     admin_address: str = "127.0.0.1"
     admin_port: int = 15000

@@ -88,7 +88,6 @@ class Ztunnel:
         self.pool = Pool(self._connect_hbone, max_streams=config.pool_max_streams, idle_timeout=config.pool_idle_seconds)
         self.pods: dict[str, Pod] = {}
         self.active: set[ConnectionRecord] = set()
-        self.accepting = True
         self.inbound = Inbound(self)
 
     # --- the node agent's hand-off (shoal.handoff.WorkloadHandler) ---------------------
@@ -168,7 +167,6 @@ class Ztunnel:
 
     def stop_accepting(self) -> None:
         """Drain: close every listener (a new ztunnel with SO_REUSEPORT takes new connections)."""
-        self.accepting = False
         for pod in self.pods.values():
             for task in pod.tasks:
                 task.cancel()
