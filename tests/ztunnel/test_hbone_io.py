@@ -163,8 +163,6 @@ def test_refusal_resets_the_app_connection_and_keeps_the_reason():
 
 
 def test_slow_reader_gets_backpressure_not_unbounded_buffers():
-    got_all = asyncio.Event
-
     async def main():
         release = asyncio.Event()
         sink: dict = {}
