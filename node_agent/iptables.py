@@ -75,12 +75,11 @@ class IptablesRedirector:
         netfilter.in_netns(pod.netns, ["nat"], drop)
 
     def installed(self, pod: PodTarget) -> bool:
-        expected = {OUTPUT_CHAIN: 3, PREROUTING_CHAIN: 4}
-
         def check(iptc, tables):
             nat = tables["nat"]
-            return (netfilter.chain_rules(iptc, nat, OUTPUT_CHAIN) == expected[OUTPUT_CHAIN]
-                    and netfilter.chain_rules(iptc, nat, PREROUTING_CHAIN) == expected[PREROUTING_CHAIN]
+            wanted = capture_rules(iptc)  # counted, so a rule added there is expected here too
+            return (netfilter.chain_rules(iptc, nat, OUTPUT_CHAIN) == len(wanted[OUTPUT_CHAIN])
+                    and netfilter.chain_rules(iptc, nat, PREROUTING_CHAIN) == len(wanted[PREROUTING_CHAIN])
                     and netfilter.jumps(iptc, nat, OUTPUT_CHAIN, "OUTPUT") == 1
                     and netfilter.jumps(iptc, nat, PREROUTING_CHAIN, "PREROUTING") == 1)
         return bool(netfilter.in_netns(pod.netns, ["nat"], check))
