@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
-HBONE_PORT = 15008
-MARK = 0x539  # SO_MARK of every socket the ztunnel opens in a pod: capture skips them
+# The ztunnel's ports in a pod, and the SO_MARK of its own sockets (capture skips them).
+from shoal.capture import HBONE_PORT, INBOUND_PORT, MARK, OUTBOUND_PORT
+
+__all__ = ["HBONE_PORT", "INBOUND_PORT", "MARK", "METRICS_PORT", "OUTBOUND_PORT", "PROBE_SOURCE", "PodTarget"]
+
 # Host-originated traffic to an enrolled pod (the kubelet's probes) is SNATed
 # to this link-local address in the node's netns; the pod's capture lets it
 # through to the app, so probes work even when mTLS is STRICT.

@@ -38,10 +38,10 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from shoal.capture import HBONE_PORT as PORT
 from shoal.hbone_lean import DataSplitter, LeanH2
 
 ALPN = "h2"
-PORT = 15008
 LARGEST_FRAME = (1 << 24) - 1
 LARGEST_WINDOW = (1 << 31) - 1
 

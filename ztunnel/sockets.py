@@ -13,15 +13,15 @@ import errno
 import socket
 import struct
 
-from shoal import netns
+from shoal import capture, netns
 
 from ztunnel.errors import ZtunnelError
 
-MARK = 0x539
+MARK = capture.MARK
 SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
-OUTBOUND_PORT = 15001
-INBOUND_PLAINTEXT_PORT = 15006
+OUTBOUND_PORT = capture.OUTBOUND_PORT
+INBOUND_PLAINTEXT_PORT = capture.INBOUND_PORT
 LISTEN_BACKLOG = 1024
 SOCKET_BUFFER = 4 << 20
 

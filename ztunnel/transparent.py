@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import subprocess
 
+from shoal.capture import MARK as OUR_MARK
+
 from ztunnel.errors import ZtunnelError
 
 CHAIN = "SHOAL_ZTUNNEL"
 CONNMARK = 0x111
 TABLE = 133
 PRIORITY = 32000
-OUR_MARK = 0x539
 
 
 class TransparentError(ZtunnelError):
