@@ -69,7 +69,6 @@ def test_a_daemon_drains_on_sigterm_and_exits_cleanly(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     marker = tmp_path / "drained"
     script = f"""

@@ -12,7 +12,7 @@ import pytest
 
 from shoal.local.layout import Layout
 
-from .conftest import Cluster, needs_root, shoal
+from .conftest import Cluster, needs_root
 
 pytestmark = needs_root
 
