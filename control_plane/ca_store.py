@@ -213,7 +213,8 @@ def retire(store: RootStore, fingerprint: str) -> list[x509.Certificate]:
     """Removes a root (given by the start of its SHA-256 fingerprint) from the bundle."""
     loaded = store.load()
     if loaded is None:
-        raise CaError("there is no CA root yet")
+        raise CaError("there is no CA root yet, so nothing to retire; the control plane creates one "
+                      "when it first starts")
     signer, trusted = loaded
     matches = [c for c in trusted if c.fingerprint(hashes.SHA256()).hex().startswith(fingerprint.lower())]
     if len(fingerprint) < 8 or len(matches) != 1:

@@ -56,7 +56,8 @@ def read_token(path: Path | str) -> str:
         raise TokenError(f"cannot read the token at {path}: {e.strerror}; is the cluster up "
                          "(`shoal local up`) and the path right?") from None
     if not token:
-        raise TokenError(f"the token file {path} is empty")
+        raise TokenError(f"the token file {path} is empty; it must hold the node's bootstrap token "
+                         "(`shoal local up` writes it) or a projected service-account token")
     return token
 
 
