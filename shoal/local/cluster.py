@@ -183,15 +183,12 @@ def wait_ready(layout: Layout, pods: list[tuple[str, str]], progress: Progress =
     store = layout.store()
     deadline = time.monotonic() + timeout
     pending = set(pods)
-    reported: set = set()
     while pending:
         for key in sorted(pending):
             pod = store.get("Pod", *key)
             if pod is not None and pod_ready(pod):
                 pending.discard(key)
                 progress(f"  ready: {key[0]}/{key[1]}")
-            elif pod is not None and key not in reported and (pod.get("status") or {}).get("phase") == "Running":
-                reported.add(key)
         if not pending:
             return
         if time.monotonic() > deadline:
