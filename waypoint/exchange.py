@@ -10,8 +10,8 @@ per endpoint and identity): a fresh HBONE stream per request would cost the
 destination ztunnel a new connection to the app every time. A reused
 connection that the endpoint closed while idle fails before any byte of
 answer; the request is then sent once more on a fresh connection (the
-endpoint never saw it). HTTP/2 gets a fresh connection (HBONE stream) per
-request.
+endpoint never saw it). HTTP/2 requests share one multiplexed connection per
+endpoint (`waypoint.h2upstream`).
 """
 
 from __future__ import annotations
@@ -19,20 +19,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-
 from waypoint import http1
 from waypoint.channel import Channel
 from waypoint.errors import BadRequest, UpstreamFailed
+from waypoint.h2upstream import H2Pool
 from waypoint.routing import Upstream
 from waypoint.upstream import Upstreams
 
-# Connection-specific headers HTTP/2 forbids (RFC 9113 8.2.2); `te: trailers` alone is allowed.
-H2_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host",
-                          "content-length"})
+MIRROR_LINGER = 5.0   # seconds a one-off HTTP/2 connection stays open after its request
 
 
 class Http1Pool:
@@ -161,110 +155,19 @@ class Http1Exchange:
         self.channel.reset()
 
 
-class H2Exchange:
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        self.stream_id = 0
-        self.pending: list = []
-        self.head: http1.Head | None = None
-        self._window = asyncio.Event()
-        self._trailers: tuple = ()
-        self._ended = False
-
-    def _flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.channel.send(data)
-
-    async def start(self, method: str, target: str, authority: str, headers, body: bytes) -> http1.Head:
-        conn = self.conn
-        conn.initiate_connection()
-        self.stream_id = conn.get_next_available_stream_id()
-        pseudo = [(b":method", method.encode()), (b":scheme", b"http"), (b":path", target.encode()),
-                  (b":authority", authority.encode())]
-        fields = [(k.encode(), v.encode()) for k, v in headers
-                  if k not in H2_FORBIDDEN and not k.startswith(":") and (k != "te" or v.strip() == "trailers")]
-        conn.send_headers(self.stream_id, pseudo + fields, end_stream=not body)
-        self._flush()
-        if body:
-            await self._send_body(body)
-        while self.head is None:
-            await self._receive()
-        return self.head
-
-    async def _send_body(self, body: bytes) -> None:
-        view = memoryview(body)
-        while view:
-            room = min(self.conn.local_flow_control_window(self.stream_id), self.conn.max_outbound_frame_size,
-                       len(view))
-            if room <= 0:
-                await self._receive()
-                continue
-            self.conn.send_data(self.stream_id, bytes(view[:room]), end_stream=room == len(view))
-            view = view[room:]
-            self._flush()
-
-    async def _receive(self) -> None:
-        data = await self.channel.read()
-        if not data:
-            raise UpstreamFailed("the endpoint closed the HTTP/2 connection before the response ended", "reset", "UC")
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            raise UpstreamFailed(f"the endpoint broke HTTP/2: {e}", "reset", "UPE") from None
-        for ev in events:
-            if getattr(ev, "stream_id", self.stream_id) != self.stream_id:
-                continue
-            if isinstance(ev, h2.events.ResponseReceived):
-                headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers]
-                status = int(next(v for k, v in headers if k == ":status"))
-                fields = tuple((k, v) for k, v in headers if not k.startswith(":"))
-                length = next((int(v) for k, v in fields if k == "content-length"), None)
-                self.head = http1.Head("", "", status, "", fields, "2", True, length, False)
-            elif isinstance(ev, h2.events.InformationalResponseReceived):
-                continue
-            elif isinstance(ev, h2.events.DataReceived):
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                if ev.data:
-                    self.pending.append(http1.Body(ev.data))
-            elif isinstance(ev, h2.events.TrailersReceived):
-                self._trailers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers)
-            elif isinstance(ev, h2.events.StreamEnded):
-                self._ended = True
-                self.pending.append(http1.End(self._trailers))
-            elif isinstance(ev, h2.events.StreamReset):
-                raise UpstreamFailed(f"the endpoint reset the HTTP/2 stream (error {ev.error_code})", "reset", "UR")
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                if not self._ended:
-                    raise UpstreamFailed("the endpoint closed the HTTP/2 connection (GOAWAY)", "reset", "UC")
-        self._flush()
-
-    async def events(self) -> list:
-        while not self.pending:
-            await self._receive()
-        out, self.pending = self.pending, []
-        return out
-
-    def finish(self) -> bool:
-        try:
-            self.conn.close_connection()
-            self._flush()
-        except h2.exceptions.ProtocolError:
-            pass
-        self.channel.end()
-        return False
-
-    def reset(self) -> None:
-        self.channel.reset()
-
-
 async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.Head, body: bytes,
                         headers: list[tuple[str, str]], authority: str, *, use_h2: bool,
-                        pool: Http1Pool | None = None):
-    """Connects (or reuses a kept-alive HTTP/1.1 connection), sends the request, waits for the
-    response head. Returns the exchange (`.head` set)."""
-    if not use_h2 and pool is not None:
+                        pool: Http1Pool | None = None, h2_pool: H2Pool | None = None):
+    """Connects (or reuses a kept-alive HTTP/1.1 connection, or a stream on a pooled HTTP/2 one),
+    sends the request, waits for the response head. Returns the exchange (`.head` set)."""
+    if use_h2:
+        pool_h2 = h2_pool or H2Pool()
+        try:
+            return await pool_h2.exchange(upstreams, upstream, head, body, headers, authority)
+        finally:
+            if h2_pool is None:   # a one-off (a mirror): no connection outlives it
+                asyncio.get_running_loop().call_later(MIRROR_LINGER, pool_h2.close)
+    if pool is not None:
         channel = pool.take(upstream)
         if channel is not None:
             try:
@@ -272,14 +175,6 @@ async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.He
             except StaleConnection:
                 pass   # closed while idle: the endpoint never saw the request; once more, on a fresh connection
     channel = await upstreams.open(upstream)
-    if use_h2:
-        try:
-            exchange = H2Exchange(channel)
-            await exchange.start(head.method, head.target, authority, headers, body)
-            return exchange
-        except BaseException:
-            channel.reset()
-            raise
     return await _http1(channel, upstream, head, body, headers, authority, pool, reused=False)
 
 

@@ -32,6 +32,7 @@ from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import BadRequest, UpstreamFailed, UpstreamTimeout, WaypointError
 from waypoint.exchange import Http1Pool, open_exchange
+from waypoint.h2upstream import H2Pool
 from waypoint.responders import Http1Responder
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
 from waypoint.state import WaypointState
@@ -123,6 +124,7 @@ class Proxy:
         self.idle_timeout = idle_timeout
         self._background: set[asyncio.Task] = set()
         self.http1_pool = Http1Pool()
+        self.h2_pool = H2Pool()
 
     # --- a client connection ----------------------------------------------------------
 
@@ -312,7 +314,8 @@ class Proxy:
         headers.append(("x-forwarded-proto", "http"))
         return await open_exchange(self.upstreams, upstream, head, request.body, headers,
                                    authority if authority is not None else (head.header("host") or ""), use_h2=use_h2,
-                                   pool=self.http1_pool if authority is None else None)
+                                   pool=self.http1_pool if authority is None else None,
+                                   h2_pool=self.h2_pool if authority is None else None)
 
     async def _relay_response(self, plan: Plan, exchange, responder, record: RequestRecord,
                               deadline: float | None) -> None:
@@ -375,6 +378,7 @@ class Proxy:
 
     async def close(self) -> None:
         self.http1_pool.close()
+        self.h2_pool.close()
         for task in list(self._background):
             task.cancel()
         if self._background:

@@ -44,11 +44,16 @@ class Greeter:
         })
 
 
-async def setup(greeter: Greeter, *routing):
+async def grpc_server(greeter: Greeter, port: int = 0):
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((greeter.handler(),))
-    port = server.add_insecure_port(f"{GRPC_IP}:0")
+    port = server.add_insecure_port(f"{GRPC_IP}:{port}")
     await server.start()
+    return server, port
+
+
+async def setup(greeter: Greeter, *routing):
+    server, port = await grpc_server(greeter)
     ca = TestCA()
     pod = workload("greeter", GRPC_IP, "v1", protocol=Protocol.TCP, app="greeter")
     state = WaypointState(NS, "waypoint")
@@ -71,7 +76,9 @@ async def setup(greeter: Greeter, *routing):
         forwarder.close()
         client.close()
         await wp.close()
-        await server.stop(None)
+        await wp.grpc_server.stop(None)   # the current one (a test may have restarted it)
+    wp.grpc_port = port
+    wp.grpc_server = server
     return wp, channel, close
 
 
@@ -121,6 +128,25 @@ def test_policy_denial_is_a_grpc_permission_denied():
             assert greeter.calls == 0
             chunks = [m async for m in channel.unary_stream("/test.Greeter/Count")(b"2", timeout=5)]
             assert len(chunks) == 2
+        finally:
+            await close()
+    run(main())
+
+
+def test_calls_share_one_upstream_connection_and_survive_an_endpoint_restart():
+    async def main():
+        greeter = Greeter()
+        wp, channel, close = await setup(greeter)
+        try:
+            say = channel.unary_unary("/test.Greeter/Say")
+            replies = await asyncio.gather(*(say(f"n{i}".encode(), timeout=5) for i in range(20)))
+            assert all(r.startswith(b"hello n") for r in replies) and greeter.calls == 20
+            assert wp.proxy.h2_pool.opened == 1          # 20 calls, one multiplexed connection to the endpoint
+            await wp.grpc_server.stop(None)               # the endpoint restarts on the same address
+            server, _ = await grpc_server(greeter, wp.grpc_port)
+            wp.grpc_server = server
+            assert (await say(b"again", timeout=5)).startswith(b"hello again")
+            assert wp.proxy.h2_pool.opened == 2
         finally:
             await close()
     run(main())

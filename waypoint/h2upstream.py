@@ -1,0 +1,277 @@
+"""HTTP/2 to endpoints: one multiplexed connection per endpoint, many requests on it.
+
+An `H2Upstream` is one h2c connection (prior knowledge) over one channel (an
+HBONE stream, or TCP): a reader task turns what arrives into per-stream
+events; each request is an `H2StreamExchange` (the same interface as the
+HTTP/1.1 exchange: `head`, `events()`, `finish()`, `reset()`). `H2Pool`
+keeps the connections per (endpoint, identity), and opens another when one
+has no stream left (the peer's SETTINGS_MAX_CONCURRENT_STREAMS) or is going
+away. A connection that dies before a request got any answer was stale: the
+request is sent once more on a fresh connection.
+
+Request DATA waits for flow-control window (connection and stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+
+from waypoint import http1
+from waypoint.channel import Channel
+from waypoint.errors import UpstreamFailed
+from waypoint.routing import Upstream
+from waypoint.upstream import Upstreams
+
+# Connection-specific headers HTTP/2 forbids (RFC 9113 8.2.2); `te: trailers` alone is allowed.
+H2_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host",
+                          "content-length", "expect"})
+
+
+class StaleH2(UpstreamFailed):
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the HTTP/2 connection to the endpoint ended before it answered: {why}", "reset", "UC")
+
+
+class H2StreamExchange:
+    def __init__(self, upstream: "H2Upstream", stream_id: int) -> None:
+        self.upstream = upstream
+        self.channel = upstream.channel
+        self.stream_id = stream_id
+        self.head: http1.Head | None = None
+        self.pending: list = []
+        self.error: Exception | None = None
+        self.trailers: tuple = ()
+        self.done = False
+        self._wake = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._wake.set()
+
+    async def _wait(self) -> None:
+        self._wake.clear()
+        await self._wake.wait()
+
+    async def wait_head(self) -> http1.Head:
+        while self.head is None:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        return self.head
+
+    async def events(self) -> list:
+        while not self.pending:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        out, self.pending = self.pending, []
+        return out
+
+    def finish(self) -> bool:
+        """The response ended: the connection stays in the pool for other requests."""
+        self.upstream.forget(self.stream_id)
+        return True
+
+    def reset(self) -> None:
+        self.upstream.reset_stream(self.stream_id)
+
+
+class H2Upstream:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.streams: dict[int, H2StreamExchange] = {}
+        self.dead: Exception | None = None
+        self.going_away = False
+        self.answered = False        # some response came on it: it was alive
+        self._window = asyncio.Event()
+        self.conn.initiate_connection()
+        self._flush()
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def available(self) -> bool:
+        return (self.dead is None and not self.going_away
+                and self.conn.open_outbound_streams < self.conn.remote_settings.max_concurrent_streams)
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.channel.send(data)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self.channel.read()
+                if not data:
+                    raise UpstreamFailed("the endpoint closed the HTTP/2 connection", "reset", "UC")
+                try:
+                    events = self.conn.receive_data(data)
+                except h2.exceptions.ProtocolError as e:
+                    raise UpstreamFailed(f"the endpoint broke HTTP/2: {e}", "reset", "UPE") from None
+                for event in events:
+                    self._dispatch(event)
+                self._flush()
+        except asyncio.CancelledError:
+            self._fail(UpstreamFailed("the waypoint closed the connection", "reset", "UC"))
+            raise
+        except Exception as e:  # noqa: BLE001 - every stream of the connection learns why it ended
+            self._fail(e if isinstance(e, UpstreamFailed) else UpstreamFailed(str(e), "reset", "UC"))
+
+    def _dispatch(self, ev) -> None:
+        if isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self._window.set()
+            return
+        if isinstance(ev, h2.events.ConnectionTerminated):
+            self.going_away = True
+            for sid, stream in list(self.streams.items()):
+                if sid > (ev.last_stream_id or 0):
+                    stream.error = StaleH2("GOAWAY")
+                    stream._notify()
+            return
+        stream = self.streams.get(getattr(ev, "stream_id", 0))
+        if stream is None:
+            if isinstance(ev, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            return
+        if isinstance(ev, h2.events.ResponseReceived):
+            self.answered = True
+            headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers]
+            status = int(next(v for k, v in headers if k == ":status"))
+            fields = tuple((k, v) for k, v in headers if not k.startswith(":"))
+            length = next((int(v) for k, v in fields if k == "content-length"), None)
+            stream.head = http1.Head("", "", status, "", fields, "2", True, length, False)
+        elif isinstance(ev, h2.events.DataReceived):
+            self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if ev.data:
+                stream.pending.append(http1.Body(ev.data))
+        elif isinstance(ev, h2.events.TrailersReceived):
+            stream.trailers = tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in ev.headers)
+        elif isinstance(ev, h2.events.StreamEnded):
+            stream.pending.append(http1.End(stream.trailers))
+            stream.done = True
+        elif isinstance(ev, h2.events.StreamReset):
+            stream.error = (StaleH2(f"stream refused (error {ev.error_code})")
+                            if ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM and stream.head is None
+                            else UpstreamFailed(f"the endpoint reset the HTTP/2 stream (error {ev.error_code})",
+                                                "reset", "UR"))
+            self.streams.pop(ev.stream_id, None)
+        else:
+            return
+        stream._notify()
+
+    def _fail(self, error: Exception) -> None:
+        if self.dead is not None:
+            return
+        self.dead = error
+        for stream in self.streams.values():
+            if stream.error is None:
+                stream.error = error if self.answered or stream.head is not None else StaleH2(str(error))
+            stream._notify()
+        self._window.set()
+        self.channel.reset()
+
+    async def request(self, method: str, target: str, authority: str, headers, body: bytes) -> H2StreamExchange:
+        if not self.available:
+            raise StaleH2("no stream available")
+        sid = self.conn.get_next_available_stream_id()
+        stream = self.streams[sid] = H2StreamExchange(self, sid)
+        pseudo = [(b":method", method.encode()), (b":scheme", b"http"), (b":path", target.encode()),
+                  (b":authority", authority.encode())]
+        fields = [(k.encode(), v.encode()) for k, v in headers
+                  if k not in H2_FORBIDDEN and not k.startswith(":") and (k != "te" or v.strip() == "trailers")]
+        try:
+            self.conn.send_headers(sid, pseudo + fields, end_stream=not body)
+            self._flush()
+            view = memoryview(body)
+            while view:
+                if self.dead is not None:
+                    raise self.dead
+                room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size, len(view))
+                if room <= 0:
+                    self._window.clear()
+                    await self._window.wait()
+                    continue
+                self.conn.send_data(sid, bytes(view[:room]), end_stream=room == len(view))
+                view = view[room:]
+                self._flush()
+            await stream.wait_head()
+            return stream
+        except h2.exceptions.ProtocolError as e:
+            self.forget(sid)
+            raise UpstreamFailed(f"cannot send on the HTTP/2 connection: {e}", "reset", "UC") from None
+        except BaseException:
+            self.reset_stream(sid)
+            raise
+
+    def forget(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+
+    def reset_stream(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and not stream.done and self.dead is None:
+            try:
+                self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                self._flush()
+            except h2.exceptions.ProtocolError:
+                pass
+
+    def close(self) -> None:
+        if self.dead is None:
+            try:
+                self.conn.close_connection()
+                self._flush()
+            except h2.exceptions.ProtocolError:
+                pass
+        self.reader.cancel()
+        self.channel.end()
+
+
+class H2Pool:
+    def __init__(self) -> None:
+        self.connections: dict[tuple, list[H2Upstream]] = {}
+        self._locks: dict[tuple, asyncio.Lock] = {}
+        self.opened = 0
+
+    @staticmethod
+    def key(upstream: Upstream) -> tuple:
+        return (upstream.address, upstream.hbone, upstream.identity)
+
+    def _usable(self, key) -> H2Upstream | None:
+        live = [c for c in self.connections.get(key, []) if c.dead is None and not (c.going_away and not c.streams)]
+        self.connections[key] = live
+        return next((c for c in live if c.available), None)
+
+    async def connection(self, upstreams: Upstreams, upstream: Upstream, fresh: bool = False) -> H2Upstream:
+        key = self.key(upstream)
+        if not fresh:
+            found = self._usable(key)
+            if found is not None:
+                return found
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            found = None if fresh else self._usable(key)
+            if found is None:
+                found = H2Upstream(await upstreams.open(upstream))
+                self.opened += 1
+                self.connections.setdefault(key, []).append(found)
+            return found
+
+    async def exchange(self, upstreams: Upstreams, upstream: Upstream, head: http1.Head, body: bytes, headers,
+                       authority: str) -> H2StreamExchange:
+        connection = await self.connection(upstreams, upstream)
+        try:
+            return await connection.request(head.method, head.target, authority, headers, body)
+        except StaleH2:
+            connection = await self.connection(upstreams, upstream, fresh=True)
+            return await connection.request(head.method, head.target, authority, headers, body)
+
+    def close(self) -> None:
+        for conns in self.connections.values():
+            for c in conns:
+                c.close()
+        self.connections.clear()
