@@ -318,7 +318,7 @@ def test_del_workload_closes_listeners_and_rules(rig):
     rig.call(rig.ztunnel.del_workload("uid-c"))
     time.sleep(0.1)
     listening = in_pod("c", "ss", "-ltnH").stdout
-    assert ":15001" not in listening and ":15008" not in listening
+    assert ":15001" not in listening and ":15006" not in listening and ":15008" not in listening
     assert "SHOAL_ZTUNNEL" not in in_pod("c", "iptables-legacy-save", "-t", "mangle").stdout
     assert "lookup 133" not in in_pod("c", "ip", "rule").stdout
 
