@@ -92,9 +92,7 @@ class ProxyState:
         """One accepted Config.Watch response (`shoal.config_client.Update`) of one type."""
         rtype = ResourceType(update.type)
         if update.replace:
-            held = {ResourceType.WORKLOAD: self.workloads, ResourceType.SERVICE: self.services,
-                    ResourceType.WAYPOINT: self.waypoints, ResourceType.AUTHORIZATION: self.authorizations,
-                    ResourceType.PEER_AUTHENTICATION: self.peer_authentications}.get(rtype, {})
+            held = self._held().get(rtype, {})
             removed = [key for key in held if key not in update.upserted]
         else:
             removed = list(update.removed)
@@ -103,12 +101,14 @@ class ProxyState:
     def replace(self, snapshot: Snapshot) -> None:
         """A full state: whatever is not in `snapshot` is dropped."""
         keep = {(ResourceType(type(r).__name__), r.key) for r in snapshot.all()}
-        have = [(ResourceType.WORKLOAD, k) for k in self.workloads] + \
-               [(ResourceType.SERVICE, k) for k in self.services] + \
-               [(ResourceType.WAYPOINT, k) for k in self.waypoints] + \
-               [(ResourceType.AUTHORIZATION, k) for k in self.authorizations] + \
-               [(ResourceType.PEER_AUTHENTICATION, k) for k in self.peer_authentications]
+        have = [(rtype, key) for rtype, held in self._held().items() for key in held]
         self.apply(snapshot.all(), [item for item in have if item not in keep])
+
+    def _held(self) -> dict[ResourceType, dict[str, Any]]:
+        """The resources kept, by type (RouteTables are the waypoint's business, not kept here)."""
+        return {ResourceType.WORKLOAD: self.workloads, ResourceType.SERVICE: self.services,
+                ResourceType.WAYPOINT: self.waypoints, ResourceType.AUTHORIZATION: self.authorizations,
+                ResourceType.PEER_AUTHENTICATION: self.peer_authentications}
 
     # --- reads ----------------------------------------------------------------
 
