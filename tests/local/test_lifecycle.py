@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,18 @@ def alive(pid: str) -> bool:
 def host_iptables() -> str:
     out = subprocess.run(["iptables-legacy-save"], capture_output=True, text=True).stdout
     return "\n".join(l for l in out.splitlines() if not l.startswith("#"))
+
+
+@contextmanager
+def torn_down(cluster: Cluster, layout: Layout):
+    """Downs the cluster after the body if the body stopped before its own `down` (a failed
+    assertion): a failing test must not leave a running cluster behind."""
+    try:
+        yield
+    finally:
+        netns_left = os.path.isdir("/run/netns") and any(n.startswith(layout.prefix) for n in os.listdir("/run/netns"))
+        if layout.run_dir.exists() or netns_left:
+            cluster("down", check=False)
 
 
 def bpf_program_ids() -> set[int]:
@@ -62,8 +75,9 @@ def test_down_leaves_nothing_and_the_host_never_changes(mode):
     before = host_network_state()
     rules_before = host_iptables()
 
-    cluster("up", "--nodes", "2", "--redirect", mode)
-    cluster.apply("""
+    with torn_down(cluster, layout):
+        cluster("up", "--nodes", "2", "--redirect", mode)
+        cluster.apply("""
 apiVersion: v1
 kind: Namespace
 metadata: {name: default, labels: {shoal.io/dataplane-mode: ambient}}
@@ -81,62 +95,63 @@ spec:
   selector: {app: none}
   ports: [{port: 80}]
 """)
-    pod = cluster.wait_pods_ready("default", 1)["sleeper"]
-    pids = Path(pod["status"]["shoal"]["cgroup"], "cgroup.procs").read_text().split()
-    assert pids
-    deadline = time.monotonic() + 30
-    while not redirection_active(layout, pod, mode):
-        assert time.monotonic() < deadline, f"the pod was never enrolled ({mode})"
-        time.sleep(0.2)
-    assert host_network_state() == before, "the cluster changed the host's links or routes"
-    assert host_iptables() == rules_before
+        pod = cluster.wait_pods_ready("default", 1)["sleeper"]
+        pids = Path(pod["status"]["shoal"]["cgroup"], "cgroup.procs").read_text().split()
+        assert pids
+        deadline = time.monotonic() + 30
+        while not redirection_active(layout, pod, mode):
+            assert time.monotonic() < deadline, f"the pod was never enrolled ({mode})"
+            time.sleep(0.2)
+        assert host_network_state() == before, "the cluster changed the host's links or routes"
+        assert host_iptables() == rules_before
 
-    netns_names = [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
-    assert len(netns_names) == 4  # underlay, two nodes, one pod
-    # This cluster's own programs (on the pod's cgroup), so that other clusters may come and go meanwhile.
-    programs = cgroup_program_ids(pod["status"]["shoal"]["cgroup"])
-    assert bool(programs) == (mode == "ebpf")
-    system_pids = [pid for cg in (layout.cgroup_dir / "pods").glob("shoal-system_*")
-                   for pid in (cg / "cgroup.procs").read_text().split()]
-    assert len(system_pids) >= 5  # control plane, and an agent and a ztunnel per node
-    assert Path("/etc/netns", os.path.basename(pod["status"]["shoal"]["netns"]), "hosts").exists()
+        netns_names = [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
+        assert len(netns_names) == 4  # underlay, two nodes, one pod
+        # This cluster's own programs (on the pod's cgroup), so that other clusters may come and go meanwhile.
+        programs = cgroup_program_ids(pod["status"]["shoal"]["cgroup"])
+        assert bool(programs) == (mode == "ebpf")
+        system_pids = [pid for cg in (layout.cgroup_dir / "pods").glob("shoal-system_*")
+                       for pid in (cg / "cgroup.procs").read_text().split()]
+        assert len(system_pids) >= 5  # control plane, and an agent and a ztunnel per node
+        assert Path("/etc/netns", os.path.basename(pod["status"]["shoal"]["netns"]), "hosts").exists()
 
-    out = cluster("down").stdout
-    assert "removed" in out
+        out = cluster("down").stdout
+        assert "removed" in out
 
-    assert not [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
-    assert not layout.cgroup_dir.exists()
-    assert not layout.run_dir.exists()
-    assert not list(Path("/etc/netns").glob(f"{layout.prefix}*")) if Path("/etc/netns").exists() else True
-    for pid in pids + system_pids:
-        assert not alive(pid), f"process {pid} survived down"
-    assert not list(Path("/sys/fs/bpf").glob(f"shoal/{name}-*")), "pinned eBPF objects survived down"
-    deadline = time.monotonic() + 5  # programs are freed once the last reference goes, a little later
-    while programs & bpf_program_ids():
-        assert time.monotonic() < deadline, f"eBPF programs {programs & bpf_program_ids()} survived down"
-        time.sleep(0.1)
-    leftovers = subprocess.run(["pgrep", "-f", f"shoal.local.daemon --cluster {name}$"], capture_output=True)
-    assert leftovers.returncode == 1, "the daemon survived down"
-    assert host_network_state() == before
-    assert host_iptables() == rules_before
+        assert not [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
+        assert not layout.cgroup_dir.exists()
+        assert not layout.run_dir.exists()
+        assert not list(Path("/etc/netns").glob(f"{layout.prefix}*")) if Path("/etc/netns").exists() else True
+        for pid in pids + system_pids:
+            assert not alive(pid), f"process {pid} survived down"
+        assert not list(Path("/sys/fs/bpf").glob(f"shoal/{name}-*")), "pinned eBPF objects survived down"
+        deadline = time.monotonic() + 5  # programs are freed once the last reference goes, a little later
+        while programs & bpf_program_ids():
+            assert time.monotonic() < deadline, f"eBPF programs {programs & bpf_program_ids()} survived down"
+            time.sleep(0.1)
+        leftovers = subprocess.run(["pgrep", "-f", f"shoal.local.daemon --cluster {name}$"], capture_output=True)
+        assert leftovers.returncode == 1, "the daemon survived down"
+        assert host_network_state() == before
+        assert host_iptables() == rules_before
 
-    again = cluster("down").stdout
-    assert "nothing to remove" in again
+        again = cluster("down").stdout
+        assert "nothing to remove" in again
 
 
 def test_down_cleans_up_after_a_crashed_daemon():
     name = f"tc{os.getpid() % 100000}"
     cluster, layout = Cluster(name), Layout(name)
-    cluster("up", "--nodes", "1", "--redirect", "iptables")
-    cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
-                  "spec: {containers: [{name: m, command: [sleep, infinity]}]}\n")
-    pod = cluster.wait_pods_ready("default", 1)["p"]
-    pids = Path(pod["status"]["shoal"]["cgroup"], "cgroup.procs").read_text().split()
-    daemon = int(layout.daemon_pidfile.read_text())
-    os.kill(daemon, 9)
-    cluster("down")
-    assert not [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
-    assert not layout.cgroup_dir.exists()
-    assert not layout.run_dir.exists()
-    for pid in pids:
-        assert not alive(pid)
+    with torn_down(cluster, layout):
+        cluster("up", "--nodes", "1", "--redirect", "iptables")
+        cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+                      "spec: {containers: [{name: m, command: [sleep, infinity]}]}\n")
+        pod = cluster.wait_pods_ready("default", 1)["p"]
+        pids = Path(pod["status"]["shoal"]["cgroup"], "cgroup.procs").read_text().split()
+        daemon = int(layout.daemon_pidfile.read_text())
+        os.kill(daemon, 9)
+        cluster("down")
+        assert not [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)]
+        assert not layout.cgroup_dir.exists()
+        assert not layout.run_dir.exists()
+        for pid in pids:
+            assert not alive(pid)
