@@ -155,11 +155,12 @@ class Http1Exchange:
         self.channel.reset()
 
 
-async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.Head, body: bytes,
+async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.Head, body,
                         headers: list[tuple[str, str]], authority: str, *, use_h2: bool,
                         pool: Http1Pool | None = None, h2_pool: H2Pool | None = None):
     """Connects (or reuses a kept-alive HTTP/1.1 connection, or a stream on a pooled HTTP/2 one),
-    sends the request, waits for the response head. Returns the exchange (`.head` set)."""
+    sends the request, waits for the response head. Returns the exchange (`.head` set).
+    `body` is bytes, or (HTTP/2 only) a `BodyStream` still arriving."""
     if use_h2:
         pool_h2 = h2_pool or H2Pool()
         try:

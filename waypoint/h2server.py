@@ -3,14 +3,16 @@
 The client's HBONE stream carries an HTTP/2 connection; each of its streams
 is one request, handled concurrently by `Proxy.exchange` with an
 `H2Responder`. A request body is read whole before it is routed (it may be
-sent again on a retry); responses stream back, trailers (gRPC status)
-included. Outgoing DATA waits for flow-control window: every stream has an
+sent again on a retry), except for gRPC: a gRPC call is routed at its
+headers and its messages stream to the endpoint as they come
+(`waypoint.streaming`), so client-streaming and bidirectional calls work.
+Responses stream back, trailers (gRPC status) included. Outgoing DATA waits for flow-control window: every stream has an
 outbox that `_pump()` empties as windows open, and `await data()` returns
 once its outbox is small, so a slow client slows the endpoint instead of
 growing buffers.
 
-Not supported: client-streaming and bidirectional gRPC (the body is read
-whole first), server push, CONNECT over HTTP/2.
+Not supported: server push, CONNECT over HTTP/2, streaming request bodies
+for anything but gRPC.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
 from waypoint.responders import grpc_status_for
 from waypoint.routing import Peer
+from waypoint.streaming import BodyStream
 
 logger = log.get("waypoint.h2")
 
@@ -47,6 +50,7 @@ class _Stream:
     ended: bool = False                 # END_STREAM sent (or the stream reset)
     task: asyncio.Task | None = None
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    body_stream: BodyStream | None = None   # a gRPC call routed before its body ended
 
 
 class H2Responder:
@@ -76,9 +80,9 @@ class H2Responder:
         self.bytes_sent += len(body)
         self.server.queue(self.stream, body, trailers=())
 
-    def head(self, status: int, reason: str, headers, content_length: int | None) -> None:
+    def head(self, status: int, reason: str, headers, content_length: int | None, end: bool = False) -> None:
         extra = (("content-length", str(content_length)),) if content_length is not None else ()
-        self.server.send_headers(self.stream, self._headers(status, headers, extra))
+        self.server.send_headers(self.stream, self._headers(status, headers, extra), end=end)
 
     async def data(self, data: bytes) -> None:
         self.bytes_sent += len(data)
@@ -139,9 +143,18 @@ class H2Server:
             stream = self.streams[event.stream_id] = _Stream(event.stream_id, headers)
             if event.stream_ended:
                 self._start(stream)
+            elif any(k == "content-type" and v.startswith("application/grpc") for k, v in headers):
+                sid = event.stream_id
+                stream.body_stream = BodyStream(lambda n, sid=sid: self._consumed(sid, n))
+                self._start(stream)
         elif isinstance(event, h2.events.DataReceived):
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.body_stream is not None:
+                stream.body_stream.feed(event.data, event.flow_controlled_length)
+                if event.stream_ended:
+                    stream.body_stream.end()
+                return
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if stream is not None and stream.task is None:
                 stream.body += event.data
                 if len(stream.body) > self.max_body:
@@ -150,12 +163,16 @@ class H2Server:
                 self._start(stream)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
-            if stream is not None and stream.task is None and not stream.ended:
+            if stream is not None and stream.body_stream is not None:
+                stream.body_stream.end()
+            elif stream is not None and stream.task is None and not stream.ended:
                 self._start(stream)
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 stream.ended = True
+                if stream.body_stream is not None:
+                    stream.body_stream.fail(ChannelReset("the client reset the stream"))
                 stream.drained.set()
                 if stream.task is not None:
                     stream.task.cancel()
@@ -167,18 +184,28 @@ class H2Server:
         authority = pseudo.get(":authority") or next((v for k, v in stream.headers if k == "host"), "")
         fields = [("host", authority)] + [(k, v) for k, v in stream.headers if not k.startswith(":") and k != "host"]
         head = http1.Head(pseudo.get(":method", "GET"), pseudo.get(":path", "/"), 0, "", tuple(fields), "2", True,
-                          len(stream.body), False)
+                          None if stream.body_stream is not None else len(stream.body), False)
         grpc = (head.header("content-type") or "").startswith("application/grpc")
         responder = H2Responder(self, stream, grpc)
-        request = Request(head, bytes(stream.body), self.peer.destination[1])
+        request = Request(head, bytes(stream.body), self.peer.destination[1], stream.body_stream)
         stream.body = bytearray()
         stream.task = asyncio.get_running_loop().create_task(
             self.proxy.exchange(request, self.peer, responder, self.source_address))
         stream.task.add_done_callback(lambda _t, s=stream: self._finished(s))
 
+    def _consumed(self, stream_id: int, credit: int) -> None:
+        """Flow-control credit back to the client as the endpoint takes its messages."""
+        try:
+            self.conn.acknowledge_received_data(credit, stream_id)
+        except h2.exceptions.ProtocolError:
+            return   # the stream is gone
+        self._flush()
+
     def _finished(self, stream: _Stream) -> None:
         if not stream.ended and stream.trailers is None:
             self.reset(stream)   # the handler ended without a complete answer
+        elif stream.ended:
+            self._release(stream)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -193,7 +220,7 @@ class H2Server:
         if end:
             stream.ended = True
             stream.trailers = ()
-            self.streams.pop(stream.stream_id, None)
+            self._release(stream)
         self._flush()
 
     def queue(self, stream: _Stream, data: bytes, trailers: tuple | None = None) -> None:
@@ -213,8 +240,14 @@ class H2Server:
             except h2.exceptions.ProtocolError:
                 pass
         stream.drained.set()
-        self.streams.pop(stream.stream_id, None)
+        self._release(stream)
         self._flush()
+
+    def _release(self, stream: _Stream) -> None:
+        """The stream is done on our side: later DATA is acknowledged on arrival, queued DATA now."""
+        self.streams.pop(stream.stream_id, None)
+        if stream.body_stream is not None:
+            stream.body_stream.discard()
 
     def _pump(self) -> None:
         for stream in list(self.streams.values()):
@@ -235,10 +268,10 @@ class H2Server:
                     else:
                         self.conn.end_stream(stream.stream_id)
                     stream.ended = True
-                    self.streams.pop(stream.stream_id, None)
+                    self._release(stream)
             except h2.exceptions.ProtocolError:
                 stream.ended = True
-                self.streams.pop(stream.stream_id, None)
+                self._release(stream)
             if len(stream.outbox) <= OUTBOX_LOW or stream.ended:
                 stream.drained.set()
 

@@ -48,6 +48,7 @@ class H2StreamExchange:
         self.error: Exception | None = None
         self.trailers: tuple = ()
         self.done = False
+        self.pump: asyncio.Task | None = None    # sends a streamed request body
         self._wake = asyncio.Event()
 
     def _notify(self) -> None:
@@ -78,6 +79,8 @@ class H2StreamExchange:
         return True
 
     def reset(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
         self.upstream.reset_stream(self.stream_id)
 
 
@@ -176,7 +179,8 @@ class H2Upstream:
         self._window.set()
         self.channel.reset()
 
-    async def request(self, method: str, target: str, authority: str, headers, body: bytes) -> H2StreamExchange:
+    async def request(self, method: str, target: str, authority: str, headers, body) -> H2StreamExchange:
+        """Sends a request (body: bytes, or a BodyStream that is streamed as it arrives); waits for the head."""
         if not self.available:
             raise StaleH2("no stream available")
         sid = self.conn.get_next_available_stream_id()
@@ -185,29 +189,57 @@ class H2Upstream:
                   (b":authority", authority.encode())]
         fields = [(k.encode(), v.encode()) for k, v in headers
                   if k not in H2_FORBIDDEN and not k.startswith(":") and (k != "te" or v.strip() == "trailers")]
+        streamed = not isinstance(body, (bytes, bytearray))
         try:
-            self.conn.send_headers(sid, pseudo + fields, end_stream=not body)
+            self.conn.send_headers(sid, pseudo + fields, end_stream=not streamed and not body)
             self._flush()
-            view = memoryview(body)
-            while view:
-                if self.dead is not None:
-                    raise self.dead
-                room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size, len(view))
-                if room <= 0:
-                    self._window.clear()
-                    await self._window.wait()
-                    continue
-                self.conn.send_data(sid, bytes(view[:room]), end_stream=room == len(view))
-                view = view[room:]
-                self._flush()
+            if streamed:
+                stream.pump = asyncio.get_running_loop().create_task(self._pump(stream, body))
+            elif body:
+                await self._send(sid, body, end=True)
             await stream.wait_head()
             return stream
         except h2.exceptions.ProtocolError as e:
             self.forget(sid)
             raise UpstreamFailed(f"cannot send on the HTTP/2 connection: {e}", "reset", "UC") from None
         except BaseException:
-            self.reset_stream(sid)
+            stream.reset()
             raise
+
+    async def _send(self, sid: int, data: bytes, end: bool) -> None:
+        view = memoryview(data)
+        while view or end:
+            if self.dead is not None:
+                raise self.dead
+            if not view:
+                self.conn.end_stream(sid)
+                self._flush()
+                return
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size, len(view))
+            if room <= 0:
+                self._window.clear()
+                await self._window.wait()
+                continue
+            last = room == len(view)
+            self.conn.send_data(sid, bytes(view[:room]), end_stream=end and last)
+            view = view[room:]
+            self._flush()
+            if end and last:
+                return
+
+    async def _pump(self, stream: H2StreamExchange, body) -> None:
+        try:
+            while True:
+                data = await body.read()
+                await self._send(stream.stream_id, data, end=not data)
+                if not data:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except h2.exceptions.ProtocolError:
+            return   # the endpoint already ended the stream (a gRPC server may answer before the client ends)
+        except Exception:  # noqa: BLE001 - the client went away, or the connection died: cancel the call upstream
+            self.reset_stream(stream.stream_id)
 
     def forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
@@ -261,12 +293,14 @@ class H2Pool:
                 self.connections.setdefault(key, []).append(found)
             return found
 
-    async def exchange(self, upstreams: Upstreams, upstream: Upstream, head: http1.Head, body: bytes, headers,
+    async def exchange(self, upstreams: Upstreams, upstream: Upstream, head: http1.Head, body, headers,
                        authority: str) -> H2StreamExchange:
         connection = await self.connection(upstreams, upstream)
         try:
             return await connection.request(head.method, head.target, authority, headers, body)
         except StaleH2:
+            if not isinstance(body, (bytes, bytearray)):
+                raise   # a streamed body may be partly consumed: never sent twice
             connection = await self.connection(upstreams, upstream, fresh=True)
             return await connection.request(head.method, head.target, authority, headers, body)
 

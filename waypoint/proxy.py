@@ -36,6 +36,7 @@ from waypoint.h2upstream import H2Pool
 from waypoint.responders import Http1Responder
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
 from waypoint.state import WaypointState
+from waypoint.streaming import BodyStream
 from waypoint.telemetry import Metrics, RequestRecord
 from waypoint.upstream import Upstreams
 
@@ -51,6 +52,7 @@ class Request:
     head: http1.Head
     body: bytes
     port: int = 0          # the service port it came on (the CONNECT target's)
+    stream: BodyStream | None = None   # a gRPC body still arriving (then `body` is empty)
 
 
 HOP_BY_HOP_H2 = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "expect"})
@@ -208,6 +210,8 @@ class Proxy:
             await self._carry_out(plan, request, responder, record)
         finally:
             self.metrics.active.dec()
+            if request.stream is not None:
+                record.bytes_received = request.stream.received
             record.bytes_sent += responder.bytes_sent
             record.finish(self.metrics)
 
@@ -231,7 +235,17 @@ class Proxy:
             self._answer(responder, record, plan.fault.abort_status, "fault filter abort")
             return
         use_h2 = self._upstream_h2(plan, request)
-        for mirror in plan.mirrors:
+        retries = plan.retry is not None and plan.retry.attempts > 0
+        if request.stream is not None and (not use_h2 or retries):
+            # An HTTP/1.1 endpoint gets the body whole, and so does a route with retries (a retry
+            # sends it again): streaming gRPC calls belong on routes without retries.
+            try:
+                request = replace(request, body=await request.stream.collect(self.max_body), stream=None)
+            except (ValueError, ChannelReset) as e:
+                record.flag("DC", str(e))
+                self._answer(responder, record, 413 if isinstance(e, ValueError) else 400, str(e))
+                return
+        for mirror in (plan.mirrors if request.stream is None else ()):
             task = asyncio.get_running_loop().create_task(
                 self._mirror(mirror, request, record.request_id, plan.request_headers, use_h2))
             self._background.add(task)
@@ -264,7 +278,7 @@ class Proxy:
 
     async def _tries(self, plan: Plan, request: Request, record: RequestRecord, deadline: float | None, use_h2: bool):
         retry = plan.retry
-        attempts = 1 + (retry.attempts if retry else 0)
+        attempts = 1 + (retry.attempts if retry and request.stream is None else 0)   # a streamed body: once
         conditions = retry.retry_on if retry else ()
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -312,7 +326,7 @@ class Proxy:
         if not any(k == "x-request-id" for k, _ in headers):
             headers.append(("x-request-id", record.request_id))
         headers.append(("x-forwarded-proto", "http"))
-        return await open_exchange(self.upstreams, upstream, head, request.body, headers,
+        return await open_exchange(self.upstreams, upstream, head, request.stream or request.body, headers,
                                    authority if authority is not None else (head.header("host") or ""), use_h2=use_h2,
                                    pool=self.http1_pool if authority is None else None,
                                    h2_pool=self.h2_pool if authority is None else None)
@@ -323,7 +337,9 @@ class Proxy:
         record.status = head.status
         headers = apply_changes([(k, v) for k, v in http1.end_to_end(head.headers)], plan.response_headers)
         record.grpc_status = head.header("grpc-status") or ""
-        responder.head(head.status, head.reason, headers, head.content_length)
+        # gRPC's Trailers-Only answer (grpc-status in the head) must stay one HEADERS frame that ends the stream.
+        trailers_only = head.version == "2" and head.header("grpc-status") is not None
+        responder.head(head.status, head.reason, headers, head.content_length, end=trailers_only)
         try:
             while True:
                 budget = None if deadline is None else deadline - time.monotonic()

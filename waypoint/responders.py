@@ -4,7 +4,8 @@ The proxy talks to a responder and does not care which:
 - `local(status, text, headers)`: an answer made here (refusal, fault, timeout);
   to a gRPC client, a trailers-only response with the grpc-status Envoy maps
   the HTTP status to;
-- `head(...)`, `await data(...)`, `end(trailers)`: a relayed response;
+- `head(..., end)`, `await data(...)`, `end(trailers)`: a relayed response
+  (`end=True` on the head: nothing follows, as in gRPC's Trailers-Only);
 - `reset()`: nothing more can be said (the head is out and the upstream broke).
 """
 
@@ -34,7 +35,7 @@ class Http1Responder:
         self.bytes_sent += len(data)
         self.client.send(data)
 
-    def head(self, status: int, reason: str, headers, content_length: int | None) -> None:
+    def head(self, status: int, reason: str, headers, content_length: int | None, end: bool = False) -> None:
         bodyless = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self._chunked = not bodyless and content_length is None
         self.keep = self.keep and status >= 200

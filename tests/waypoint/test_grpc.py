@@ -38,9 +38,21 @@ class Greeter:
             for i in range(int(request)):
                 yield str(i).encode() * 1000   # 10 x ~1 KB messages, streamed back
 
+        async def total(requests, context) -> bytes:
+            size = 0
+            async for message in requests:
+                size += len(message)
+            return str(size).encode()
+
+        async def echo(requests, context):
+            async for message in requests:
+                yield b"echo " + message
+
         return grpc.method_handlers_generic_handler("test.Greeter", {
             "Say": grpc.unary_unary_rpc_method_handler(say),
             "Count": grpc.unary_stream_rpc_method_handler(count),
+            "Total": grpc.stream_unary_rpc_method_handler(total),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo),
         })
 
 
@@ -147,6 +159,28 @@ def test_calls_share_one_upstream_connection_and_survive_an_endpoint_restart():
             wp.grpc_server = server
             assert (await say(b"again", timeout=5)).startswith(b"hello again")
             assert wp.proxy.h2_pool.opened == 2
+        finally:
+            await close()
+    run(main())
+
+
+def test_client_streaming_and_bidirectional_calls_stream_through():
+    async def main():
+        wp, channel, close = await setup(Greeter())
+        try:
+            async def messages():
+                for _ in range(50):
+                    yield b"x" * 4000          # 200 kB in all: more than one flow-control window
+            assert await channel.stream_unary("/test.Greeter/Total")(messages(), timeout=10) == b"200000"
+            # Bidirectional, in lock step: each reply comes before the next message is sent, which only
+            # works if the waypoint forwards messages as they arrive.
+            call = channel.stream_stream("/test.Greeter/Echo")(timeout=10)
+            for word in (b"one", b"two", b"three"):
+                await call.write(word)
+                assert await asyncio.wait_for(call.read(), 5) == b"echo " + word
+            await call.done_writing()
+            assert await call.read() == grpc.aio.EOF
+            assert await call.code() is grpc.StatusCode.OK
         finally:
             await close()
     run(main())
