@@ -1,0 +1,50 @@
+"""`shoal waypoint apply|list|delete` against a local cluster's store (no cluster processes needed)."""
+
+import os
+import subprocess
+import sys
+
+from shoal.store import Store
+
+
+def shoal(tmp_path, *args):
+    env = {**os.environ, "SHOAL_RUN_ROOT": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "shoal", "waypoint", *args, "--cluster", "t"], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_apply_list_delete(tmp_path):
+    store = Store("t", root=tmp_path)
+    store.init()
+    store.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+
+    r = shoal(tmp_path, "apply", "-n", "shop", "--enroll-namespace", "--for", "all")
+    assert r.returncode == 0, r.stderr
+    gateway = store.get("Gateway", "shop", "waypoint")
+    assert gateway["spec"]["gatewayClassName"] == "shoal-waypoint"
+    assert gateway["metadata"]["labels"]["istio.io/waypoint-for"] == "all"
+    assert store.get("Namespace", None, "shop")["metadata"]["labels"]["shoal.io/use-waypoint"] == "waypoint"
+
+    r = shoal(tmp_path, "list")
+    assert r.returncode == 0 and "shop" in r.stdout and "waypoint" in r.stdout and "0/0" in r.stdout
+
+    r = shoal(tmp_path, "delete", "-n", "shop")
+    assert r.returncode == 0 and store.get("Gateway", "shop", "waypoint") is None
+    r = shoal(tmp_path, "delete", "-n", "shop")
+    assert r.returncode == 1 and "no waypoint shop/waypoint" in r.stderr
+
+
+def test_clear_errors(tmp_path):
+    r = shoal(tmp_path, "apply", "-n", "shop")
+    assert r.returncode == 1 and "is not up" in r.stderr
+    store = Store("t", root=tmp_path)
+    store.init()
+    r = shoal(tmp_path, "apply", "-n", "nope")
+    assert r.returncode == 1 and "namespace 'nope' does not exist" in r.stderr
+    store.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+    store.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                 "metadata": {"name": "waypoint", "namespace": "shop"}, "spec": {"gatewayClassName": "nginx"}})
+    r = shoal(tmp_path, "apply", "-n", "shop")
+    assert r.returncode == 1 and "is not a waypoint" in r.stderr
+    r = shoal(tmp_path, "run", "--namespace", "Bad_NS", "--name", "w")
+    assert r.returncode == 2 and "lower-case DNS names" in r.stderr
