@@ -105,8 +105,8 @@ def wait(predicate, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    shoal("local", "up", "--cluster", CLUSTER, "--nodes", "2", "--redirect", "iptables")
-    try:
+    try:  # `up` inside: one that fails half-way is downed too
+        shoal("local", "up", "--cluster", CLUSTER, "--nodes", "2", "--redirect", "iptables")
         yield store.RUN_ROOT / CLUSTER
     finally:
         shoal("local", "down", "--cluster", CLUSTER)

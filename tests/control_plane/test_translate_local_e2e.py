@@ -54,8 +54,8 @@ def shoal(*args, input=None, check=True):
 @pytest.fixture(scope="module")
 def cluster():
     name = f"cpa{os.getpid() % 100000}"
-    shoal("local", "up", "--nodes", "1", "--cluster", name, "--redirect", "iptables")
-    try:
+    try:  # `up` inside: one that fails half-way is downed too
+        shoal("local", "up", "--nodes", "1", "--cluster", name, "--redirect", "iptables")
         yield name
     finally:
         shoal("local", "down", "--cluster", name)

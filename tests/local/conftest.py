@@ -59,6 +59,8 @@ def cluster():
     if os.geteuid() != 0:
         pytest.skip("needs root: creates network namespaces, veths, cgroups")
     c = Cluster(f"t{os.getpid() % 100000}")
-    c("up", "--nodes", "2", "--redirect", "iptables")
-    yield c
-    c("down")
+    try:
+        c("up", "--nodes", "2", "--redirect", "iptables")
+        yield c
+    finally:  # also after an `up` that failed half-way
+        c("down")
