@@ -28,6 +28,7 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from shoal import lifecycle
     from shoal.local.layout import Layout, node_index
+    from shoal.tokens import TokenError
 
     from ztunnel.config import Config
     from ztunnel.main import StartupError, run
@@ -56,14 +57,8 @@ def main(args: argparse.Namespace) -> int:
     async def daemon(shutdown):
         try:
             return await run(config, bundle, shutdown)
-        except StartupError as e:
+        except (StartupError, TokenError) as e:  # say what is wrong, exit non-zero
             print(f"shoal ztunnel: {e}", file=sys.stderr)
             return 1
-        except Exception as e:  # token errors and the like: say what, exit non-zero
-            from shoal.tokens import TokenError
-            if isinstance(e, TokenError):
-                print(f"shoal ztunnel: {e}", file=sys.stderr)
-                return 1
-            raise
 
     return lifecycle.run(daemon)
