@@ -127,7 +127,7 @@ class HboneListener:
             await self.proxy.serve(channel, peer, session.peer_address[:2])
         else:
             await serve_tcp(self.proxy.state, self.proxy.upstreams, channel, peer, session.peer_address[:2],
-                            self.proxy.rand)
+                            self.proxy.rand, self.proxy.metrics)
 
     def stop_accepting(self) -> None:
         if self._accepting is not None:

@@ -5,7 +5,8 @@ and MySQL included. A port declared opaque (appProtocol or name tcp, tls,
 redis, mysql, mongo, https) or whose first bytes are not HTTP is relayed as
 bytes: L4 policy (HTTP-only rules treated conservatively), an endpoint of the
 service (the next one when a connection fails), and a two-way copy with
-half-close and reset carried through. One access-log line per connection.
+half-close and reset carried through. One access-log line and Istio's
+istio_tcp_* counts (reporter="waypoint") per connection, when it closes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import UpstreamFailed
 from waypoint.routing import Peer, Refusal, decide_tcp
 from waypoint.state import WaypointState
+from waypoint.telemetry import Metrics, tcp_labels
 from waypoint.upstream import Upstreams
 
 access_log = log.get("waypoint.access")
@@ -54,11 +56,12 @@ async def relay(a: Channel, b: Channel) -> None:
 
 
 async def serve_tcp(state: WaypointState, upstreams: Upstreams, client: Channel, peer: Peer,
-                    source_address: tuple[str, int], rand) -> None:
+                    source_address: tuple[str, int], rand, metrics: Metrics) -> None:
     started = time.monotonic()
     plan = decide_tcp(state, peer, rand)
     flags, error, upstream_address, service = "-", "", "", ""
     upstream = None
+    chosen = None
     try:
         if isinstance(plan, Refusal):
             flags, error, service = plan.flag, plan.reason, plan.service
@@ -68,6 +71,7 @@ async def serve_tcp(state: WaypointState, upstreams: Upstreams, client: Channel,
         for attempt, candidate in enumerate(plan.upstreams[:2]):
             upstream_address = f"{candidate.address[0]}:{candidate.address[1]}"
             try:
+                chosen = candidate
                 upstream = await upstreams.open(candidate)
                 break
             except UpstreamFailed as e:
@@ -85,6 +89,13 @@ async def serve_tcp(state: WaypointState, upstreams: Upstreams, client: Channel,
             upstream.reset()
         raise
     finally:
+        labels = tcp_labels(state.workload_by_ip(peer.source_ip), peer.source_principal or "",
+                            state.workloads.get(chosen.workload_uid) if chosen else None,
+                            chosen.identity if chosen and chosen.hbone else "", service, flags)
+        metrics.tcp_opened.labels(**labels).inc()
+        metrics.tcp_closed.labels(**labels).inc()
+        metrics.tcp_received.labels(**labels).inc(client.bytes_received)
+        metrics.tcp_sent.labels(**labels).inc(client.bytes_sent)
         access_log.info("connection complete", protocol="tcp", src_addr=f"{source_address[0]}:{source_address[1]}",
                         src_identity=peer.source_principal, dst=f"{peer.destination[0]}:{peer.destination[1]}",
                         dst_service=service or None, upstream=upstream_address or None, response_flags=flags,

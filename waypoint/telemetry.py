@@ -23,6 +23,11 @@ LABELS = (
     "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
     "request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
 )
+TCP_LABELS = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal", "destination_workload",
+    "destination_workload_namespace", "destination_principal", "destination_service", "request_protocol",
+    "response_flags", "connection_security_policy",
+)
 # Istio's default buckets for istio_request_duration_milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                     1800000, 3600000)
@@ -41,6 +46,15 @@ class Metrics:
         self.mirrors = Counter("shoal_waypoint_mirrored_requests", "Mirrored copies sent",
                                ("destination_service", "outcome"), registry=self.registry)
         self.active = Gauge("shoal_waypoint_active_requests", "Requests in progress", registry=self.registry)
+        # Opaque TCP through the waypoint (prometheus_client adds _total to counters).
+        self.tcp_opened = Counter("istio_tcp_connections_opened", "TCP connections opened", TCP_LABELS,
+                                  registry=self.registry)
+        self.tcp_closed = Counter("istio_tcp_connections_closed", "TCP connections closed", TCP_LABELS,
+                                  registry=self.registry)
+        self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent back to the client", TCP_LABELS,
+                                registry=self.registry)
+        self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client", TCP_LABELS,
+                                    registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -126,3 +140,15 @@ class RequestRecord:
             dst_workload=dst.name if dst else None, upstream=self.upstream or None, tries=self.tries,
             policy=self.policy or None, bytes_received=self.bytes_received, bytes_sent=self.bytes_sent,
             request_id=self.request_id or None, error=self.error or None)
+
+
+def tcp_labels(source: Workload | None, source_principal: str, destination: Workload | None,
+               destination_principal: str, service: str, flags: str) -> dict[str, str]:
+    src, dst = _workload("source", source), _workload("destination", destination)
+    return {"reporter": "waypoint", "source_workload": src["source_workload"],
+            "source_workload_namespace": src["source_workload_namespace"],
+            "source_principal": f"spiffe://{source_principal}" if source_principal else "unknown",
+            "destination_workload": dst["destination_workload"],
+            "destination_workload_namespace": dst["destination_workload_namespace"],
+            "destination_principal": destination_principal or "unknown", "destination_service": service or "unknown",
+            "request_protocol": "tcp", "response_flags": flags, "connection_security_policy": "mutual_tls"}

@@ -270,10 +270,21 @@ def test_head_request_and_large_response_stream_through():
 def test_undeclared_port_with_non_http_bytes_is_relayed_as_tcp():
     async def main():
         async with Mesh(table(Route(destinations=(to("v1"),))), app_protocol="", rand=lambda: 0.0) as m:
-            r = await m.send(b"PING\r\n\r\n")
+            channel = await m.client.connect(f"{VIP}:9080")
+            channel.send(b"PING\r\n\r\n")
+            r = await read_all(channel)
+            channel.end()    # our half too: the waypoint relays until both sides are done
             # http.server itself refuses it (its own error page): the bytes went through untouched.
             assert b"Error code explanation: 400" in r
             assert m.hits("v1") == [] and m.hits("v1b") == []
+            for _ in range(100):   # counted when the waypoint's side of the connection has closed too
+                tcp = [s for metric in m.waypoint.metrics.registry.collect() for s in metric.samples
+                       if s.name == "istio_tcp_received_bytes_total"]
+                if tcp:
+                    break
+                await asyncio.sleep(0.02)
+            assert [(s.labels["destination_workload"], s.labels["request_protocol"], s.value) for s in tcp] == \
+                [("reviews", "tcp", 8.0)]
             # HTTP on the same undeclared port is still routed (sniffed), with telemetry.
             assert body_of(await m.send(get("/x"))).startswith(b"v1 ")
             assert m.waypoint.count(response_code="200") == 1
