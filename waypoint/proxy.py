@@ -1,7 +1,10 @@
-"""The waypoint's HTTP/1.1 proxy: read a request, decide (routing.decide), carry the plan out.
+"""The waypoint's request handling: read a request, decide (routing.decide), carry the plan out.
 
-Per client connection (one HBONE stream from a ztunnel): requests are read
-one at a time (keep-alive). A client that pipelines (sends the next request
+`exchange()` handles one request whatever the client spoke, answering
+through a responder (`waypoint.responders` for HTTP/1.1, `waypoint.h2server`
+for HTTP/2 and gRPC). `serve()` is the HTTP/1.1 client loop: on one client
+connection (one HBONE stream from a ztunnel) requests are read one at a
+time (keep-alive). A client that pipelines (sends the next request
 before the answer to the previous one) gets its first answer with
 `connection: close`, and the connection ends there: answering in order is
 possible but not worth its risks in a proxy that retries.
@@ -11,9 +14,12 @@ Per request, in order: refusal (404/403/503 answered here), fault delay
 never delaying or failing the request), then tries: each to the next
 endpoint of the plan, each with `per_try_timeout`, all within `timeout`;
 a try is retried when `retry_on` says so (connect-failure, refused-stream,
-reset, 5xx, gateway-error, retriable-4xx, retriable-status-codes (503), or a
-status code). The request body is buffered (up to `max_body`) so that it can
-be sent again; the response body is streamed to the client.
+reset, 5xx, gateway-error, retriable-4xx, retriable-status-codes (503), a
+status code, or a gRPC status name). The request body is buffered (up to
+`max_body`) so that it can be sent again, except a gRPC call's on a route
+without retries, which streams (`waypoint.streaming`); the response body is
+streamed to the client. Endpoints are reached through `waypoint.exchange`
+(HTTP/1.1 kept alive, HTTP/2 multiplexed).
 """
 
 from __future__ import annotations
