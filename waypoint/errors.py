@@ -32,3 +32,9 @@ class BadRequest(WaypointError):
 
 class StartupError(WaypointError):
     pass
+
+
+class DownstreamGone(WaypointError):
+    """The client closed or reset its connection while its answer was being sent."""
+
+    response_flag = "DC"

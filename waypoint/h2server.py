@@ -30,6 +30,7 @@ from shoal import log
 
 from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
+from waypoint.errors import DownstreamGone
 from waypoint.responders import grpc_status_for
 from waypoint.routing import Peer
 from waypoint.streaming import BodyStream
@@ -85,6 +86,8 @@ class H2Responder:
         self.server.send_headers(self.stream, self._headers(status, headers, extra), end=end)
 
     async def data(self, data: bytes) -> None:
+        if self.stream.ended:
+            raise DownstreamGone("the client reset the stream during the response")
         self.bytes_sent += len(data)
         self.server.queue(self.stream, data)
         if len(self.stream.outbox) > OUTBOX_LOW:

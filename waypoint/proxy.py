@@ -360,6 +360,9 @@ class Proxy:
                         responder.end(event.trailers)
                         self._finish_upstream(exchange)
                         return
+        except asyncio.CancelledError:
+            exchange.reset()     # the client went away (or reset its stream): so does the call upstream
+            raise
         except (asyncio.TimeoutError, WaypointError) as e:
             # The head is out: nothing left to answer with but a reset.
             flag = "UT" if isinstance(e, asyncio.TimeoutError) else getattr(e, "response_flag", "UC")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from waypoint import http1
 from waypoint.channel import Channel
+from waypoint.errors import DownstreamGone
 
 # Envoy's HTTP -> gRPC status mapping for answers made by the proxy.
 GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
@@ -45,6 +46,8 @@ class Http1Responder:
         self.client.send(out)
 
     async def data(self, data: bytes) -> None:
+        if self.client.was_reset:
+            raise DownstreamGone("the client reset its connection during the response")
         out = http1.chunk(data) if self._chunked else data
         self.bytes_sent += len(out)
         self.client.send(out)

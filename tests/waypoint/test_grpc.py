@@ -24,6 +24,7 @@ HOST = f"greeter.{NS}.svc.cluster.local"
 class Greeter:
     def __init__(self, unavailable_first: int = 0) -> None:
         self.calls = 0
+        self.streaming = False
         self.unavailable_first = unavailable_first
 
     def handler(self):
@@ -48,7 +49,23 @@ class Greeter:
             async for message in requests:
                 yield b"echo " + message
 
+        async def big(request: bytes, context) -> bytes:
+            return bytes(range(256)) * (int(request) // 256)
+
+        async def forever(request: bytes, context):
+            self.streaming = True
+            try:
+                i = 0
+                while True:
+                    yield str(i).encode()
+                    i += 1
+                    await asyncio.sleep(0.01)
+            finally:
+                self.streaming = False      # the call ended: grpc cancelled it
+
         return grpc.method_handlers_generic_handler("test.Greeter", {
+            "Big": grpc.unary_unary_rpc_method_handler(big),
+            "Forever": grpc.unary_stream_rpc_method_handler(forever),
             "Say": grpc.unary_unary_rpc_method_handler(say),
             "Count": grpc.unary_stream_rpc_method_handler(count),
             "Total": grpc.stream_unary_rpc_method_handler(total),
@@ -181,6 +198,28 @@ def test_client_streaming_and_bidirectional_calls_stream_through():
             await call.done_writing()
             assert await call.read() == grpc.aio.EOF
             assert await call.code() is grpc.StatusCode.OK
+        finally:
+            await close()
+    run(main())
+
+
+def test_large_messages_cross_both_flow_controlled_legs_and_a_cancel_reaches_the_server():
+    async def main():
+        greeter = Greeter()
+        wp, channel, close = await setup(greeter)
+        try:
+            size = 3 * 1024 * 1024      # many HTTP/2 windows on each side of the waypoint
+            reply = await channel.unary_unary("/test.Greeter/Big")(str(size).encode(), timeout=20)
+            assert len(reply) == size and reply[:256] == bytes(range(256))
+            call = channel.unary_stream("/test.Greeter/Forever")(b"", timeout=20)
+            assert await call.read() == b"0" and await call.read() == b"1"
+            assert greeter.streaming
+            call.cancel()
+            for _ in range(200):
+                if not greeter.streaming:
+                    break
+                await asyncio.sleep(0.02)
+            assert not greeter.streaming     # the client's RST_STREAM travelled through the waypoint
         finally:
             await close()
     run(main())

@@ -356,3 +356,18 @@ def test_idle_upstream_connections_are_swept():
     now[0] = 70
     assert pool.sweep() == 1 and old.ended and not new.ended
     assert pool.take(upstream) is new and pool.take(upstream) is None
+
+
+def test_a_client_leaving_mid_response_stops_the_upstream_read():
+    from waypoint.errors import DownstreamGone
+    from waypoint.responders import Http1Responder
+
+    class Gone:
+        was_reset = True
+
+    async def main():
+        responder = Http1Responder(Gone(), "GET", keep=True)
+        with pytest.raises(DownstreamGone) as info:
+            await responder.data(b"more")
+        assert info.value.response_flag == "DC"
+    run(main())
