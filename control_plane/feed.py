@@ -38,7 +38,6 @@ class Feed:
         self.on_synced = on_synced
         self.report = report
         self.synced = False
-        self.batches = 0
 
     async def run(self, events: AsyncIterator[Event]) -> None:
         """Consumes `events` until the source ends (which is an error for a live source)."""
@@ -76,7 +75,6 @@ class Feed:
         upserts = [r for by_key in delta.upserted.values() for r in by_key.values()]
         removals = [(t, k) for t, keys in delta.removed.items() for k in keys]
         changed = self.state.apply(upserts, removals)
-        self.batches += 1
         if changed:
             logger.debug("config changed", types=sorted(str(t) for t in changed), upserts=len(upserts),
                          removals=len(removals), events=len(batch))
