@@ -102,7 +102,9 @@ def node_agent_cleanup(layout: Layout) -> None:
             argv = ["ip", "netns", "exec", ns, *argv]
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"node agent cleanup on {node}: {result.stderr.strip()}")
+            raise RuntimeError(f"node agent cleanup on {node} failed: {result.stderr.strip()}; its pinned "
+                               f"eBPF objects (/sys/fs/bpf/shoal/{layout.cluster}-{node}) may remain: retry with "
+                               f"`shoal node-agent --cleanup --source local --cluster {layout.cluster} --node {node}`")
 
 
 def _kill_cgroup(cgroup) -> None:
