@@ -32,6 +32,12 @@ def test_summary_and_table_and_result_file(tmp_path):
     assert data["machine"]["cpus"] >= 1 and "started" in data
 
 
+def test_result_file_under_another_results_directory(tmp_path):
+    path = report.Run("unit", {}).write(under=tmp_path)
+    assert path.name == "results.json" and path.parent.parent == tmp_path
+    assert path.parent.name.endswith("Z-unit"), path  # <UTC timestamp>-<benchmark name>
+
+
 async def _serve(port_holder: list, stall_after: int | None):
     count = 0
 
