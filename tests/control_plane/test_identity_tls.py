@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from control_plane.ca import CertificateAuthority, generate_root
-from shoal import identity
+from shoal import identity, model
 from shoal.identity import SpiffeId
 
 TD = "cluster.local"
@@ -38,6 +38,9 @@ def test_parse_and_format_round_trip(uri):
 def test_parse_refuses_non_identities(uri):
     with pytest.raises(identity.InvalidSpiffeId, match="expected spiffe://"):
         identity.parse_spiffe_id(uri)
+    # The model's parser is the same grammar, with a plain ValueError.
+    with pytest.raises(ValueError, match="expected spiffe://"):
+        model.parse_spiffe_id(uri)
 
 
 def test_csr_carries_exactly_the_uri_san():
