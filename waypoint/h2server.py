@@ -31,6 +31,7 @@ from shoal import log
 from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import DownstreamGone
+from waypoint.proxy import Request
 from waypoint.responders import grpc_status_for
 from waypoint.routing import Peer
 from waypoint.streaming import BodyStream
@@ -181,8 +182,6 @@ class H2Server:
                     stream.task.cancel()
 
     def _start(self, stream: _Stream) -> None:
-        from waypoint.proxy import Request   # the proxy imports this module for its serve loop
-
         pseudo = {k: v for k, v in stream.headers if k.startswith(":")}
         authority = pseudo.get(":authority") or next((v for k, v in stream.headers if k == "host"), "")
         fields = [("host", authority)] + [(k, v) for k, v in stream.headers if not k.startswith(":") and k != "host"]

@@ -117,8 +117,10 @@ class HboneListener:
                     first = b""    # the server speaks first: not HTTP
                 protocol = "http" if looks_like_http(first) else "tcp"
             elif protocol == "http":
-                first = await channel.read()    # HTTP clients speak first: which version?
-        except ChannelReset:
+                # HTTP clients speak first: which version?
+                first = await asyncio.wait_for(channel.read(), self.proxy.idle_timeout)
+        except (ChannelReset, asyncio.TimeoutError):
+            channel.end()
             return
         channel.unread(first)
         if protocol == "http" and first.startswith(b"PRI "):
