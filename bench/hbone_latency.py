@@ -74,6 +74,26 @@ def load_credential(directory: Path, role: str):
 
 # --- the roles, each run as its own process ----------------------------------------------
 
+async def relay_listener(port: int, open_far_side, ssl_context=None) -> None:
+    """Accepts on `port` (TLS with `ssl_context`) and relays each connection to the side
+    `await open_far_side()` gives; says "ready" once listening, then serves forever."""
+    from shoal.hbone_relay import TcpSide, relay
+
+    loop = asyncio.get_running_loop()
+
+    async def carry(side):
+        await relay(side, await open_far_side())
+
+    def accept():
+        side = TcpSide()
+        loop.create_task(carry(side))
+        return side
+
+    server = await loop.create_server(accept, "127.0.0.1", port, ssl=ssl_context)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
 async def forwarder_server(directory: Path, port: int, lean: bool) -> None:
     from shoal import hbone, identity
     from shoal.hbone_io import HboneSession
@@ -102,7 +122,6 @@ async def forwarder_server(directory: Path, port: int, lean: bool) -> None:
 async def forwarder_client(directory: Path, port: int, upstream: int, target: int, lean: bool) -> None:
     from shoal import hbone, identity
     from shoal.hbone_io import HboneSession
-    from shoal.hbone_relay import TcpSide, relay
 
     loop = asyncio.get_running_loop()
     ctx = identity.client_context(load_credential(directory, "client"))
@@ -116,62 +135,35 @@ async def forwarder_client(directory: Path, port: int, upstream: int, target: in
     _, session = await loop.create_connection(session_factory, "127.0.0.1", upstream, ssl=ctx, server_hostname="")
     identity.check_peer(session.ssl_object, identity.parse_spiffe_id(SERVER_ID))
 
-    async def carry(side):
-        stream = await session.open(f"127.0.0.1:{target}")
-        await relay(side, stream)
-
-    def accept():
-        side = TcpSide()
-        loop.create_task(carry(side))
-        return side
-
-    server = await loop.create_server(accept, "127.0.0.1", port)
-    print("ready", flush=True)
-    await server.serve_forever()
+    await relay_listener(port, lambda: session.open(f"127.0.0.1:{target}"))
 
 
 async def tls_server(directory: Path, port: int, target: int) -> None:
     """The `tls` set-up's far end: TLS in, plain TCP to one fixed target (no HTTP/2 at all)."""
     from shoal import identity
-    from shoal.hbone_relay import TcpSide, relay
+    from shoal.hbone_relay import TcpSide
 
     loop = asyncio.get_running_loop()
     ctx = identity.server_context(load_credential(directory, "server"))
 
-    async def carry(side):
-        _, app = await loop.create_connection(TcpSide, "127.0.0.1", target)
-        await relay(side, app)
+    async def app():
+        return (await loop.create_connection(TcpSide, "127.0.0.1", target))[1]
 
-    def accept():
-        side = TcpSide()
-        loop.create_task(carry(side))
-        return side
-
-    server = await loop.create_server(accept, "127.0.0.1", port, ssl=ctx)
-    print("ready", flush=True)
-    await server.serve_forever()
+    await relay_listener(port, app, ctx)
 
 
 async def tls_client(directory: Path, port: int, upstream: int) -> None:
     """The `tls` set-up's near end: plain TCP in, one TLS connection out per connection."""
     from shoal import identity
-    from shoal.hbone_relay import TcpSide, relay
+    from shoal.hbone_relay import TcpSide
 
     loop = asyncio.get_running_loop()
     ctx = identity.client_context(load_credential(directory, "client"))
 
-    async def carry(side):
-        _, far = await loop.create_connection(TcpSide, "127.0.0.1", upstream, ssl=ctx, server_hostname="")
-        await relay(side, far)
+    async def far():
+        return (await loop.create_connection(TcpSide, "127.0.0.1", upstream, ssl=ctx, server_hostname=""))[1]
 
-    def accept():
-        side = TcpSide()
-        loop.create_task(carry(side))
-        return side
-
-    server = await loop.create_server(accept, "127.0.0.1", port)
-    print("ready", flush=True)
-    await server.serve_forever()
+    await relay_listener(port, far)
 
 
 def echo_server(port: int) -> None:
