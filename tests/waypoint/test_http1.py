@@ -103,3 +103,25 @@ def test_absolute_form_targets_become_origin_form():
     assert bare.target == "/" and bare.header("host") == "reviews"
     plain = http1.MessageReader().feed(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")[0]
     assert origin_form(plain) is plain
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([False, True]))
+def test_any_bytes_give_events_or_a_bad_request_never_another_error(data, response):
+    reader = http1.MessageReader(response=response)
+    try:
+        reader.feed(data)
+        reader.feed_eof()
+    except BadRequest as e:
+        assert 400 <= e.status < 600 and str(e)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_a_request_head_followed_by_junk_is_refused_cleanly(junk):
+    reader = http1.MessageReader()
+    try:
+        events = reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + junk)
+    except BadRequest:
+        return
+    assert isinstance(events[0], http1.Head) and events[0].target == "/"

@@ -371,3 +371,18 @@ def test_a_client_leaving_mid_response_stops_the_upstream_read():
             await responder.data(b"more")
         assert info.value.response_flag == "DC"
     run(main())
+
+
+def test_broken_http2_from_a_client_closes_its_connection_only():
+    async def main():
+        async with Mesh() as m:
+            channel = await m.client.connect(f"{VIP}:9080")
+            channel.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x04\x09\xff\xff\xff\xff" + b"junk" * 10)
+            answer = await read_all(channel)          # the server's SETTINGS, then GOAWAY, then the end
+            types, at = [], 0
+            while at + 9 <= len(answer):              # HTTP/2 frames: 24-bit length, type, flags, stream id
+                types.append(answer[at + 3])
+                at += 9 + int.from_bytes(answer[at:at + 3], "big")
+            assert types[0] == 0x4 and 0x7 in types, types    # SETTINGS first, a GOAWAY for the junk
+            assert status_of(await m.send(get("/still-fine"))) == 200
+    run(main())
