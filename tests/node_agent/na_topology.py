@@ -112,10 +112,6 @@ class Topology:
             out, err = proc.communicate()
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def start_in_pod(self, pod: str, code: str) -> subprocess.Popen:
-        return netns.popen(self.pod_netns(pod), [sys.executable, "-I", "-S", "-c", code],
-                           cgroup=self.pods[pod].cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
 
 def _kill_cgroup(cgroup: Path) -> None:
     procs = cgroup / "cgroup.procs"
