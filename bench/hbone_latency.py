@@ -282,6 +282,8 @@ def main(argv=None) -> int:
     parser.add_argument("--setups", default="direct,tls,hbone,hbone-plain-h2")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    if args.seconds < 1:
+        parser.error("--seconds must be at least 1: iperf3 runs whole seconds (and -t 0 runs forever)")
     if args.role != "bench":
         from shoal import lifecycle
         lifecycle.install_uvloop()
