@@ -18,7 +18,7 @@ from shoal import store
 
 CGROUP_ROOT = Path(os.environ.get("SHOAL_CGROUP_ROOT", "/sys/fs/cgroup/unified"))
 NODE_NETWORK = ipaddress.ip_network("198.18.0.0/24")
-SERVICE_NETWORK = ipaddress.ip_network("198.18.16.0/20")
+SERVICE_NETWORK = ipaddress.ip_network(store.SERVICE_NETWORK)  # the store allocates clusterIPs from it
 POD_GATEWAY = "169.254.1.1"  # every node-side pod veth carries it, as Calico does
 MAX_NODES = 200
 

@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 import yaml
 
+from shoal.local.layout import SERVICE_NETWORK
+
 CORE_KINDS = {
     "Namespace": ("v1",),
     "Pod": ("v1",),
@@ -248,8 +250,8 @@ def _check_service(spec, err) -> None:
         import ipaddress
 
         try:
-            if ipaddress.ip_address(vip) not in ipaddress.ip_network("198.18.16.0/20"):
-                err("spec.clusterIP", f"{vip} is outside the Service range 198.18.16.0/20")
+            if ipaddress.ip_address(vip) not in SERVICE_NETWORK:
+                err("spec.clusterIP", f"{vip} is outside the Service range {SERVICE_NETWORK}")
         except ValueError:
             err("spec.clusterIP", f"{vip!r} is not an IPv4 address")
 

@@ -35,6 +35,9 @@ spec:
      ["Pod default/p: apiVersion: 'v2' does not serve Pod"]),
     ("label-not-string", "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, labels: {on: true}}\n",
      ["Namespace n: metadata.labels: must be a mapping of strings to strings"]),
+    ("cluster-ip-outside", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+     "spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n",
+     ["Service default/s: spec.clusterIP: 10.0.0.1 is outside the Service range 198.18.16.0/20"]),
 ]
 
 
