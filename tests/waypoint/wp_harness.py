@@ -45,6 +45,7 @@ class App:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True   # head and body are two writes: no 40 ms delayed-ACK stall on kept-alive connections
 
             def _answer(self):
                 length = int(self.headers.get("content-length") or 0)
