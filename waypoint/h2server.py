@@ -111,6 +111,7 @@ class H2Server:
         self.max_body = max_body
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.streams: dict[int, _Stream] = {}
+        self._goaway_sent = False
 
     async def run(self) -> None:
         self.conn.initiate_connection()
@@ -129,6 +130,10 @@ class H2Server:
                     break
                 for event in events:
                     self._on(event)
+                if self.proxy.draining and not self._goaway_sent:
+                    # Shutting down: no new streams; those in flight finish.
+                    self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
+                    self._goaway_sent = True
                 self._pump()
                 self._flush()
         except ChannelReset:

@@ -109,6 +109,7 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     got_cert.cancel()
 
     listener.stop_accepting()
+    proxy.draining = True     # answers in flight carry `connection: close`; HTTP/2 clients get a GOAWAY
     deadline = time.monotonic() + config.drain_seconds
     while listener.sessions and time.monotonic() < deadline and not shutdown.urgent.is_set():
         if not any(s.open_streams for s in listener.sessions):

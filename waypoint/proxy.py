@@ -133,6 +133,7 @@ class Proxy:
         self._background: set[asyncio.Task] = set()
         self.http1_pool = Http1Pool()
         self.h2_pool = H2Pool()
+        self.draining = False     # shutting down: answer what is in flight, keep no client connection
 
     # --- a client connection ----------------------------------------------------------
 
@@ -156,7 +157,7 @@ class Proxy:
                     return
                 pipelined = bool(queue) or client.buffered > 0
                 request = Request(request.head, request.body, peer.destination[1])
-                keep = await self.handle(request, peer, client, source_address, close=pipelined)
+                keep = await self.handle(request, peer, client, source_address, close=pipelined or self.draining)
                 if not keep:
                     client.end()
                     return

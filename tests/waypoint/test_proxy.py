@@ -386,3 +386,14 @@ def test_broken_http2_from_a_client_closes_its_connection_only():
             assert types[0] == 0x4 and 0x7 in types, types    # SETTINGS first, a GOAWAY for the junk
             assert status_of(await m.send(get("/still-fine"))) == 200
     run(main())
+
+
+def test_draining_answers_with_connection_close():
+    async def main():
+        async with Mesh() as m:
+            m.waypoint.proxy.draining = True
+            channel = await m.client.connect(f"{VIP}:9080")
+            channel.send(get("/bye", close=False))
+            answer = await read_all(channel)       # the waypoint ends the connection after this answer
+            assert status_of(answer) == 200 and b"connection: close" in answer
+    run(main())
