@@ -75,6 +75,12 @@ def desired(gateway: dict, argv: Argv) -> list[dict]:
     ]
 
 
+def _waypoint(gateway: dict) -> bool:
+    """A Gateway API Gateway of a waypoint class (an Istio networking Gateway is an ingress, never one)."""
+    return (str(gateway.get("apiVersion", "")).startswith("gateway.networking.k8s.io/")
+            and is_waypoint_gateway(gateway))
+
+
 def _key(obj: dict) -> tuple[str, str, str]:
     meta = obj.get("metadata") or {}
     return str(obj.get("kind")), str(meta.get("namespace") or "default"), str(meta.get("name"))
@@ -91,7 +97,7 @@ def plan(gateways: list[dict], existing: list[dict], argv: Argv) -> Plan:
     and an unmanaged object in the way is left alone (with a warning from the caller)."""
     want: dict[tuple, dict] = {}
     for gateway in gateways:
-        if not is_waypoint_gateway(gateway) or (gateway.get("metadata") or {}).get("deletionTimestamp"):
+        if not _waypoint(gateway) or (gateway.get("metadata") or {}).get("deletionTimestamp"):
             continue
         for obj in desired(gateway, argv):
             want[_key(obj)] = obj
@@ -106,7 +112,7 @@ def blocked(gateways: list[dict], existing: list[dict], argv: Argv) -> list[tupl
     have = {_key(o): o for o in existing}
     out = []
     for gateway in gateways:
-        if is_waypoint_gateway(gateway):
+        if _waypoint(gateway):
             out += [k for k in (_key(o) for o in desired(gateway, argv)) if k in have and not managed(have[k])]
     return out
 
