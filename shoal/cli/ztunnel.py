@@ -46,13 +46,13 @@ def main(args: argparse.Namespace) -> int:
         config = Config(
             cluster=args.cluster, node=args.node, control_plane=args.control_plane,
             socket_path=args.socket or layout.ztunnel_socket(node),
-            token_file=args.token_file or layout.node_dir(node) / "token",
+            token_file=args.token_file or layout.node_token(node),
             trust_domain=args.trust_domain, balancing=args.balancing, connect_timeout=args.connect_timeout,
             drain_seconds=args.drain_seconds, preserve_source_ip=not args.no_preserve_source_ip)
     except ValueError as e:
         print(f"shoal ztunnel: {e}", file=sys.stderr)
         return 2
-    bundle = args.ca_bundle or layout.run_dir / "ca" / "bundle.pem"
+    bundle = args.ca_bundle or layout.ca_bundle
 
     async def daemon(shutdown):
         try:

@@ -138,11 +138,11 @@ def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) ->
 
 def _write_tokens(layout: Layout, nodes: int) -> None:
     """A bootstrap token per node: the ztunnel's credential to the control plane here."""
-    tokens_path = layout.run_dir / "bootstrap-tokens.json"
+    tokens_path = layout.bootstrap_tokens
     tokens = json.loads(tokens_path.read_text()) if tokens_path.exists() else {}
     by_node = {v: k for k, v in tokens.items()}
     for node in range(1, nodes + 1):
-        token_file = layout.node_dir(node) / "token"
+        token_file = layout.node_token(node)
         token = by_node.get(node_name(node))
         if token is None:
             token = secrets.token_hex(24)

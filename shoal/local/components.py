@@ -130,8 +130,8 @@ def ztunnel(layout: Layout, node: int, settings: Settings) -> dict | None:
                       shoal_argv("ztunnel", "--cluster", layout.cluster, "--node", node_name(node),
                                  "--control-plane", f"{node_ip(1)}:15012",
                                  "--socket", str(layout.ztunnel_socket(node)),
-                                 "--token-file", str(layout.node_dir(node) / "token"),
-                                 "--ca-bundle", str(layout.run_dir / "ca" / "bundle.pem")),
+                                 "--token-file", str(layout.node_token(node)),
+                                 "--ca-bundle", str(layout.ca_bundle)),
                       ready_port=ZTUNNEL_READINESS_PORT)
 
 

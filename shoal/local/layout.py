@@ -79,6 +79,20 @@ class Layout:
     def ztunnel_socket(self, node: int) -> Path:
         return self.node_dir(node) / "ztunnel.sock"
 
+    def node_token(self, node: int) -> Path:
+        """The node's bootstrap token (its ztunnel's credential to the control plane)."""
+        return self.node_dir(node) / "token"
+
+    @property
+    def bootstrap_tokens(self) -> Path:
+        """`{token: "node<i>"}`, which the control plane reads to authorize ztunnels."""
+        return self.run_dir / "bootstrap-tokens.json"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The mesh trust bundle the control plane publishes."""
+        return self.run_dir / "ca" / "bundle.pem"
+
     def pod_netns(self, namespace: str, name: str) -> str:
         return f"{self.prefix}pod-{_short(namespace, name)}"
 
