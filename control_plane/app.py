@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ def kube_wiring(settings: Settings) -> Wiring:
     from kubernetes import client
 
     from control_plane.sources import kube as kube_source
+    from control_plane.waypoints_kube import KubeWaypointController, published_bundle
 
     try:
         api = kube_source.make_api_client()
@@ -146,8 +148,10 @@ def kube_wiring(settings: Settings) -> Wiring:
     roots = (ca_store.GivenFilesRootStore(settings.ca_cert, settings.ca_key) if settings.ca_cert
              else ca_store.KubeSecretRootStore(core))
     authenticator = KubeAuthenticator(client.AuthenticationV1Api(api), core)
+    waypoints = KubeWaypointController(api, image=os.environ.get("SHOAL_WAYPOINT_IMAGE", "shoal:latest"),
+                                       bundle=published_bundle(api))
     return Wiring(roots, authenticator, kube_source.KubeSource(api).events(),
-                  lambda obj, errors: kube_source.report_invalid(api, obj, errors))
+                  lambda obj, errors: kube_source.report_invalid(api, obj, errors), controllers=(waypoints.run,))
 
 
 def build_authority(settings: Settings, roots: ca_store.RootStore) -> CertificateAuthority:

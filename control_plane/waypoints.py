@@ -13,9 +13,8 @@ Every object it makes carries `shoal.io/managed-by: waypoint-controller`;
 when the Gateway goes, they go. Objects without that label are never touched.
 
 `plan(gateways, owned, ...)` is pure (what to apply, what to delete);
-`LocalWaypointController` carries it out on the local cluster's store. (In
-Kubernetes, the same plan would be applied through the API; that driver is
-not written yet.)
+`LocalWaypointController` carries it out on the local cluster's store;
+`control_plane.waypoints_kube.KubeWaypointController` through the Kubernetes API.
 """
 
 from __future__ import annotations
@@ -90,7 +89,10 @@ def managed(obj: dict) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) == MANAGER
 
 
-def plan(gateways: list[dict], existing: list[dict], argv: Argv) -> Plan:
+Build = Callable[[dict], list[dict]]   # a waypoint Gateway -> the objects it wants
+
+
+def plan(gateways: list[dict], existing: list[dict], build: Build) -> Plan:
     """What to write so that every waypoint Gateway has its objects and no others remain.
 
     `existing` are the objects of KINDS now stored; only managed ones are deleted,
@@ -99,7 +101,7 @@ def plan(gateways: list[dict], existing: list[dict], argv: Argv) -> Plan:
     for gateway in gateways:
         if not _waypoint(gateway) or (gateway.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        for obj in desired(gateway, argv):
+        for obj in build(gateway):
             want[_key(obj)] = obj
     have = {_key(o): o for o in existing}
     apply = tuple(obj for key, obj in want.items() if key not in have or managed(have[key]))
@@ -107,13 +109,13 @@ def plan(gateways: list[dict], existing: list[dict], argv: Argv) -> Plan:
     return Plan(apply, delete)
 
 
-def blocked(gateways: list[dict], existing: list[dict], argv: Argv) -> list[tuple[str, str, str]]:
+def blocked(gateways: list[dict], existing: list[dict], build: Build) -> list[tuple[str, str, str]]:
     """Objects a waypoint needs whose names are taken by objects the controller does not manage."""
     have = {_key(o): o for o in existing}
     out = []
     for gateway in gateways:
         if _waypoint(gateway):
-            out += [k for k in (_key(o) for o in desired(gateway, argv)) if k in have and not managed(have[k])]
+            out += [k for k in (_key(o) for o in build(gateway)) if k in have and not managed(have[k])]
     return out
 
 
@@ -122,19 +124,19 @@ class LocalWaypointController:
 
     def __init__(self, cluster_store: store_module.Store, argv: Argv) -> None:
         self.store = cluster_store
-        self.argv = argv
+        self.build: Build = lambda gateway: desired(gateway, argv)
         self._warned: set = set()
 
     def reconcile(self) -> int:
         """One pass; returns the resourceVersion it read at."""
         gateways, rv = self.store.list("Gateway")
         existing = [o for kind in KINDS for o in self.store.list(kind)[0]]
-        for key in blocked(gateways, existing, self.argv):
+        for key in blocked(gateways, existing, self.build):
             if key not in self._warned:
                 self._warned.add(key)
                 logger.warning("a waypoint's object is taken by an object shoal does not manage; not touching it",
                                kind=key[0], namespace=key[1], name=key[2])
-        todo = plan(gateways, existing, self.argv)
+        todo = plan(gateways, existing, self.build)
         if todo.apply:
             written = self.store.apply_many(todo.apply)
             changed = [o for o, w in zip(todo.apply, written)]

@@ -45,7 +45,7 @@ def test_plan_ignores_other_gateways_removes_orphans_and_spares_unmanaged_object
     istio = {**gw("istio-gw"), "apiVersion": "networking.istio.io/v1beta1"}   # an Istio ingress Gateway
     orphan = desired(gw("old"), argv)[1]                      # managed, its Gateway is gone
     theirs = {"kind": "Service", "metadata": {"name": "waypoint", "namespace": "shop", "labels": {}}}
-    p = plan([gw(), ingress, istio], [orphan, theirs], argv)
+    p = plan([gw(), ingress, istio], [orphan, theirs], lambda g: desired(g, argv))
     assert keys(p.apply) == [("Deployment", "shop", "waypoint"), ("ServiceAccount", "shop", "waypoint")]
     assert p.delete == (("Deployment", "shop", "old"),)
 
