@@ -1,11 +1,20 @@
-"""The waypoint: the per-namespace L7 proxy.
+"""The waypoint: the per-namespace L7 proxy (see README.md beside this file).
 
-    state.py     what the control plane said, indexed (one writer: the config stream)
-    authz.py     L7 AuthorizationPolicy evaluation (pure)
-    routing.py   the decision: request head -> Plan or Refusal (pure)
-    http1.py     HTTP/1.1 messages: a sans-IO parser and serializer around httptools
-    upstream.py  HBONE sessions to endpoints (pooled) and plain TCP, as byte channels
-    proxy.py     the I/O: HBONE server on 15008, carrying out plans
-    telemetry.py istio_requests_total, istio_request_duration_milliseconds, access log
-    main.py      the process: config stream, certificate, listeners, metrics and readiness
+    state.py       what the control plane said, indexed (one writer: the config stream)
+    authz.py       L7 AuthorizationPolicy evaluation (pure)
+    routing.py     the decision: request head -> Plan or Refusal (pure); the L4 one for opaque TCP
+    http1.py       HTTP/1.1 messages: a sans-IO reader around httptools, and serializers
+    channel.py     a readable byte channel over an HBONE stream or a TCP connection
+    server.py      the HBONE listener (15008): TLS, CONNECT, protocol by port or sniffing
+    proxy.py       carrying a plan out: faults, mirrors, tries with timeouts and retries
+    responders.py  writing answers to HTTP/1.1 clients (h2server.py has the HTTP/2 one)
+    h2server.py    HTTP/2 and gRPC from clients, one task per stream
+    streaming.py   gRPC request bodies that stream while they arrive
+    exchange.py    one request to an endpoint; HTTP/1.1 keep-alive pool
+    h2upstream.py  HTTP/2 to endpoints, multiplexed per endpoint
+    upstream.py    HBONE sessions (pooled) and TCP connections to endpoints
+    tcp.py         opaque TCP through the waypoint
+    telemetry.py   istio_requests_total, istio_request_duration_milliseconds, istio_tcp_*, access log
+    certs.py       the waypoint's own certificate, renewed at half life
+    config.py      settings; main.py the process; admin.py metrics, readiness and config dump
 """
