@@ -330,6 +330,22 @@ def test_access_log_has_one_line_per_request(cluster):
     assert line["dst_service"] == "reviews.shop.svc.cluster.local"
 
 
+def test_waypoint_for_all_takes_traffic_to_pod_ips_too(cluster):
+    """`--for all`: a request straight to a pod's IP goes through the waypoint as well (workload traffic)."""
+    shoal("waypoint", "apply", "-n", "shop", "--for", "all", cluster=cluster.name)
+    pod = cluster.pods(app="reviews", version="v2")[0]
+    url = f"http://{pod['status']['podIP']}:8080/direct"
+    waypoint = cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]["metadata"]["name"]
+
+    def through_waypoint():
+        assert cluster.status(url) == 200
+        out = shoal("local", "logs", "-n", "shop", waypoint, cluster=cluster.name).stdout
+        return [json.loads(l) for l in out.splitlines() if l.startswith("{") and '"/direct"' in l]
+    lines = wait_until(through_waypoint, 30, "pod-IP traffic to reach the waypoint")
+    assert lines[-1]["status"] == 200 and lines[-1]["dst_workload"].startswith("reviews-v2")
+    shoal("waypoint", "apply", "-n", "shop", "--for", "service", cluster=cluster.name)
+
+
 def test_zz_deleting_the_waypoint_removes_it_and_traffic_goes_direct(cluster):
     """Last in the module: `shoal waypoint delete` takes the Deployment and Service away, and the
     namespace's traffic flows without L7 routing again (no fault abort any more)."""
