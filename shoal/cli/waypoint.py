@@ -3,6 +3,7 @@
     shoal waypoint apply -n NS [--name waypoint] [--for service|workload|all] [--enroll-namespace]
     shoal waypoint delete -n NS [--name waypoint]
     shoal waypoint list [-n NS]
+    shoal waypoint config -n NS [--name waypoint]              (its config dump)
     shoal waypoint run --namespace NS --name NAME [...]     (the proxy process; the control plane starts it)
 
 `apply` writes a Gateway with `gatewayClassName: shoal-waypoint`; the control
@@ -47,6 +48,12 @@ def register(subparsers) -> None:
     listing.add_argument("-n", "--namespace")
     listing.add_argument("--cluster", default="default")
     listing.set_defaults(func=cmd_list)
+
+    dump = verbs.add_parser("config", help="a waypoint's config dump: services, route tables, policies, certificate")
+    dump.add_argument("-n", "--namespace", required=True)
+    dump.add_argument("--name", default="waypoint")
+    dump.add_argument("--cluster", default="default")
+    dump.set_defaults(func=cmd_config)
 
     run = verbs.add_parser("run", help="run the waypoint proxy (started by the control plane's Deployment)")
     run.add_argument("--namespace", required=True, help="the waypoint Gateway's namespace")
@@ -138,6 +145,38 @@ def cmd_list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_config(args) -> int:
+    """The waypoint pod's /config_dump (127.0.0.1:15000 inside its netns)."""
+    import json
+    import urllib.request
+
+    from shoal import netns
+
+    store = _store(args.cluster)
+    if store is None:
+        return 1
+    pods = [p for p in store.list("Pod", args.namespace)[0]
+            if (p["metadata"].get("labels") or {}).get("gateway.networking.k8s.io/gateway-name") == args.name
+            and ((p.get("status") or {}).get("shoal") or {}).get("netns")]
+    if not pods:
+        print(f"shoal waypoint: no running pod for waypoint {args.namespace}/{args.name}; "
+              "check `shoal waypoint list` and the control plane's log", file=sys.stderr)
+        return 1
+    name = pods[0]["status"]["shoal"]["netns"].rsplit("/", 1)[1]
+
+    def get():
+        with urllib.request.urlopen("http://127.0.0.1:15000/config_dump", timeout=5) as response:
+            return json.loads(response.read())
+    try:
+        dump = netns.run_in(name, get)
+    except OSError as e:
+        print(f"shoal waypoint: the waypoint {args.namespace}/{args.name} does not answer on 15000: {e}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(dump, indent=2))
     return 0
 
 

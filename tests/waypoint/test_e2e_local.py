@@ -239,6 +239,9 @@ def cluster():
 def test_waypoint_is_deployed_and_listed(cluster):
     out = shoal("waypoint", "list", "-n", "shop", cluster=cluster.name).stdout
     assert re.search(r"shop\s+waypoint\s+service\s+1/1", out), out
+    dump = json.loads(shoal("waypoint", "config", "-n", "shop", cluster=cluster.name).stdout)
+    assert dump["certificate"]["identity"] == "spiffe://cluster.local/ns/shop/sa/waypoint"
+    assert "reviews.shop.svc.cluster.local:80" in dump["route_tables"] and "shop/no-admin" in dump["policies"]
     pod = cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]
     assert pod["spec"]["serviceAccountName"] == "waypoint"
 
