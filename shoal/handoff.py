@@ -275,9 +275,10 @@ class ZtunnelSide:
             self._seen(message.keep.uid)
             event = WorkloadKept(message.keep.uid)
         elif kind == "del":
-            self.known.discard(getattr(message, "del").uid)
-            self.replayed.discard(getattr(message, "del").uid)
-            event = WorkloadDeleted(getattr(message, "del").uid)
+            uid = getattr(message, "del").uid  # `del` is a Python keyword
+            self.known.discard(uid)
+            self.replayed.discard(uid)
+            event = WorkloadDeleted(uid)
         elif kind == "snapshot_sent":
             stale = frozenset(self.known - self.replayed)
             self.known -= stale
