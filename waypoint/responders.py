@@ -30,6 +30,7 @@ class Http1Responder:
         self.keep = keep
         self.bytes_sent = 0
         self._chunked = False
+        self._head = b""
 
     def local(self, status: int, text: str, headers=()) -> None:
         data = http1.local_response(status, text + "\n", list(headers), close=not self.keep)
@@ -40,23 +41,27 @@ class Http1Responder:
         bodyless = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self._chunked = not bodyless and content_length is None
         self.keep = self.keep and status >= 200
-        out = http1.response_head_bytes(status, headers, content_length=None if self._chunked else content_length,
-                                         close=not self.keep, reason=reason)
-        self.bytes_sent += len(out)
-        self.client.send(out)
+        # Held until the first piece of body (or the end): one write, one HBONE DATA frame for a small answer.
+        self._head = http1.response_head_bytes(status, headers, content_length=None if self._chunked
+                                               else content_length, close=not self.keep, reason=reason)
+        self.bytes_sent += len(self._head)
+
+    def _take_head(self) -> bytes:
+        head, self._head = self._head, b""
+        return head
 
     async def data(self, data: bytes) -> None:
         if self.client.was_reset:
             raise DownstreamGone("the client reset its connection during the response")
         out = http1.chunk(data) if self._chunked else data
         self.bytes_sent += len(out)
-        self.client.send(out)
+        self.client.send(self._take_head() + out)
         await self.client.drain()
 
     def end(self, trailers=()) -> None:
-        if self._chunked:
-            self.client.send(http1.LAST_CHUNK)
-            self.bytes_sent += len(http1.LAST_CHUNK)
+        tail = http1.LAST_CHUNK if self._chunked else b""
+        self.bytes_sent += len(tail)
+        self.client.send(self._take_head() + tail)
 
     def reset(self) -> None:
         self.keep = False
