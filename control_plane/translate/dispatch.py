@@ -19,11 +19,11 @@ from control_plane.translate.common import ROOT_NAMESPACES, Checker, Findings
 MESH_KINDS: dict[str, tuple[str, tuple[str, ...], Callable[[dict, Checker], Any]]] = {
     "HTTPRoute": (gateway_api.GROUP, gateway_api.HTTPROUTE_VERSIONS, gateway_api.http_route),
     "Gateway": (gateway_api.GROUP, gateway_api.GATEWAY_VERSIONS, gateway_api.gateway),
-    "VirtualService": (istio_routing.GROUP, ("v1", "v1beta1", "v1alpha3"), istio_routing.virtual_service),
-    "DestinationRule": (istio_routing.GROUP, ("v1", "v1beta1", "v1alpha3"), istio_routing.destination_rule),
-    "AuthorizationPolicy": (istio_security.GROUP, ("v1", "v1beta1"), istio_security.authorization_policy),
-    "PeerAuthentication": (istio_security.GROUP, ("v1", "v1beta1"), istio_security.peer_authentication),
-    "TrafficSplit": (smi.GROUP, ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), smi.traffic_split),
+    "VirtualService": (istio_routing.GROUP, istio_routing.VERSIONS, istio_routing.virtual_service),
+    "DestinationRule": (istio_routing.GROUP, istio_routing.VERSIONS, istio_routing.destination_rule),
+    "AuthorizationPolicy": (istio_security.GROUP, istio_security.VERSIONS, istio_security.authorization_policy),
+    "PeerAuthentication": (istio_security.GROUP, istio_security.VERSIONS, istio_security.peer_authentication),
+    "TrafficSplit": (smi.GROUP, smi.VERSIONS, smi.traffic_split),
 }
 CORE_KINDS = ("Namespace", "Pod", "Service", "ServiceAccount")
 ALL_KINDS = CORE_KINDS + tuple(MESH_KINDS)

@@ -31,7 +31,7 @@ from control_plane.translate.candidates import Dialect, RouteCandidate
 from control_plane.translate.common import Checker, created_of, percentage, ref_of, resolve_host
 
 GROUP = "networking.istio.io"
-VERSIONS = ("v1alpha3", "v1beta1", "v1")
+VERSIONS = ("v1", "v1beta1", "v1alpha3")  # newest first: the order of preference
 
 _UNSUPPORTED_HTTP = {
     "redirect": "HTTP redirects are not supported by shoal; this route only matches and does nothing else",

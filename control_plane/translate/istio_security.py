@@ -32,7 +32,7 @@ from shoal.model import (
 from control_plane.translate.common import Checker
 
 GROUP = "security.istio.io"
-VERSIONS = ("v1beta1", "v1")
+VERSIONS = ("v1", "v1beta1")  # newest first: the order of preference
 _SOURCE_FIELDS = ("principals", "notPrincipals", "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks",
                   "remoteIpBlocks", "notRemoteIpBlocks")
 _UNEVALUATED_SOURCE = ("requestPrincipals", "notRequestPrincipals")

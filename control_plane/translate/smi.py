@@ -17,7 +17,7 @@ from control_plane.translate.candidates import Dialect, RouteCandidate
 from control_plane.translate.common import Checker, created_of, ref_of, resolve_host
 
 GROUP = "split.smi-spec.io"
-VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
+VERSIONS = ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1")  # newest first: the order of preference
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|k|M|G)?$")
 _QUANTITY_SCALE = {None: 1000, "m": 1, "k": 1000_000, "M": 1000_000_000, "G": 1000_000_000_000}
 
