@@ -35,7 +35,7 @@ async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, 
     return int(head.split()[1]), body
 
 
-async def until(predicate, timeout=15.0, what="condition"):
+async def until(predicate, timeout=30.0, what="condition"):  # generous: CI machines are busy
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await predicate()
