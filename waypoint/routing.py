@@ -340,6 +340,16 @@ def shadow_authority(authority: str) -> str:
 
 
 def endpoints(state: WaypointState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:
+    """The endpoints of a destination (memoized per state version: this runs on every request)."""
+    memo = state.cached("endpoints")
+    key = (destination.host, destination.port or request_port, destination.subset, destination.subset_name)
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _endpoints(state, destination, request_port)
+    return found
+
+
+def _endpoints(state: WaypointState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:
     service: Service | None = state.services.get(destination.host)
     if service is None:
         return Refusal(503, "UH", f"destination service {destination.host} is unknown to this waypoint; "

@@ -6,6 +6,7 @@ Invariants (kept by remove-before-insert; `check()` verifies them in tests):
 - `route_tables[key]` is the RouteTable with that `hostname:port` key.
 
 One writer (the config stream's `apply_update`); connections only read.
+`cached()` memos are keyed by `version`, so no reader sees a stale one.
 Everything stored is a `shoal.model` dataclass.
 """
 
@@ -31,6 +32,8 @@ class WaypointState:
         self.authorizations: dict[str, Authorization] = {}
         self.route_tables: dict[str, RouteTable] = {}
         self.version = 0
+        self._caches: dict[str, dict] = {}
+        self._cache_version = -1
 
     def _maps(self) -> dict[ResourceType, dict[str, Any]]:
         return {ResourceType.WORKLOAD: self.workloads, ResourceType.SERVICE: self.services,
@@ -110,6 +113,13 @@ class WaypointState:
                     found.append(policy)
                     break
         return found
+
+    def cached(self, name: str) -> dict:
+        """A memo for derived lookups (endpoint lists), emptied whenever the state changes."""
+        if self._cache_version != self.version:
+            self._caches.clear()
+            self._cache_version = self.version
+        return self._caches.setdefault(name, {})
 
     def check(self) -> None:
         want_ips = {ip: uid for uid, w in self.workloads.items() for ip in w.ips}

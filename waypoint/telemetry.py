@@ -55,6 +55,15 @@ class Metrics:
                                 registry=self.registry)
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client", TCP_LABELS,
                                     registry=self.registry)
+        self._children: dict[tuple, tuple] = {}
+
+    def request_children(self, labels: dict[str, str]):
+        """(counter, histogram) children for one label set, cached: labels() is not cheap."""
+        key = tuple(labels[name] for name in LABELS)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (self.requests.labels(*key), self.duration.labels(*key))
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -125,9 +134,9 @@ class RequestRecord:
             return
         self._finished = True
         duration_ms = (time.monotonic() - self.started) * 1000
-        labels = self.labels()
-        metrics.requests.labels(**labels).inc()
-        metrics.duration.labels(**labels).observe(duration_ms)
+        counter, histogram = metrics.request_children(self.labels())
+        counter.inc()
+        histogram.observe(duration_ms)
         src, dst = self.source_workload, self.destination_workload
         access_log.info(
             "request complete",

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shoal.model import (
-    Destination, Fault, HeaderChanges, HeaderMatch, MatchKind, Mirror, PolicyScope, RetryPolicy, Route,
+    ResourceType, Destination, Fault, HeaderChanges, HeaderMatch, MatchKind, Mirror, PolicyScope, RetryPolicy, Route,
     RouteMatch, StringMatch,
 )
 
@@ -18,6 +18,7 @@ from wp_model import (
 )
 
 PRINCIPAL = f"cluster.local/ns/{NS}/sa/client"
+V1B_UID = "uid-reviews-v1-b"
 
 
 def peer(port=9080, ip=VIP, principal=PRINCIPAL):
@@ -240,3 +241,11 @@ def test_tcp_decision_and_conservative_l4_policy():
     assert isinstance(allow, Refusal) and allow.status == 403
     ports_only = decide_tcp(mesh(policy("port", "ALLOW", ports=(9080,))), peer(), scripted())
     assert isinstance(ports_only, Plan)
+
+
+def test_endpoint_memo_follows_the_state():
+    state = mesh(table(Route(destinations=(to("v1"),))))
+    first = decide(state, peer(), get(), scripted())
+    assert len(first.upstreams) == 2
+    state.remove(ResourceType.WORKLOAD, V1B_UID)      # a v1 pod goes away: the next decision knows
+    assert [u.address for u in decide(state, peer(), get(), scripted()).upstreams] == [("198.19.1.11", 8080)]
