@@ -88,3 +88,16 @@ def test_the_node_agents_role_covers_what_it_watches():
     role = next(o for o in objects() if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-node")
     for resource in ("pods", "namespaces"):
         assert _allowed(role, "", resource, {"list", "watch"})
+
+
+def test_the_control_planes_role_lets_the_waypoint_controller_do_its_work():
+    from control_plane.waypoints_kube import KINDS
+
+    role = next(o for o in objects() if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-control-plane")
+    plural = {"ServiceAccount": "serviceaccounts", "ConfigMap": "configmaps", "Service": "services",
+              "Deployment": "deployments"}
+    for kind, (api, _) in KINDS.items():
+        group = "apps" if api == "apps" else ""
+        assert _allowed(role, group, plural[kind], {"list", "create", "patch", "delete"}), \
+            f"the waypoint controller manages {kind} but the control plane's ClusterRole forbids it"
+    assert _allowed(role, "gateway.networking.k8s.io", "gateways", {"list"})
