@@ -60,7 +60,7 @@ def main(args) -> int:
         return 2
     from node_agent.agent import AgentConfig, NodeAgent
     from node_agent.hostmounts import rejoin_host_mounts
-    from node_agent.redirect import Redirection, choose
+    from node_agent.redirect import Ledger, Redirection, choose
 
     rejoin_host_mounts()
 
@@ -71,6 +71,14 @@ def main(args) -> int:
     except NodeAgentError as e:
         print(f"shoal node-agent: {e}", file=sys.stderr)
         return 1
+    # A restart in another mode first removes what the old mode installed: its rules or
+    # programs would otherwise stay in the pods, unknown to the new mode's ledger.
+    previous = Ledger(state_dir / "pods").modes() & {"iptables", "ebpf"} - {capture.mode}
+    if previous:
+        logger.warning("redirect mode changed since the last run; removing the old mode's redirection first",
+                       old=sorted(previous), new=capture.mode)
+        if cleanup(args, agent_id, state_dir, modes=previous) != 0:
+            return 1
     redirection = Redirection(capture, state_dir)
 
     if args.source == "local":
@@ -99,17 +107,18 @@ def main(args) -> int:
     return lifecycle.run(run)
 
 
-def cleanup(args, agent_id: str, state_dir: Path) -> int:
-    """Removes what this agent installed, in whichever modes its ledger and pins show."""
+def cleanup(args, agent_id: str, state_dir: Path, modes: set[str] | None = None) -> int:
+    """Removes what this agent installed, in whichever modes its ledger and pins show (or in `modes`)."""
     from node_agent.errors import NodeAgentError
     from node_agent.redirect import Ledger, Redirection, choose
     from shoal import log
 
     logger = log.get("node_agent")
-    modes = Ledger(state_dir / "pods").modes() & {"iptables", "ebpf"}
-    if (args.bpffs / "shoal" / agent_id).exists():
-        modes.add("ebpf")
-    modes = modes or {"iptables"}
+    if modes is None:
+        modes = Ledger(state_dir / "pods").modes() & {"iptables", "ebpf"}
+        if (args.bpffs / "shoal" / agent_id).exists():
+            modes.add("ebpf")
+        modes = modes or {"iptables"}
     for mode in sorted(modes):
         try:
             redirection = Redirection(choose(mode, agent_id, bpffs=args.bpffs), state_dir)

@@ -291,3 +291,37 @@ def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, t
             agent.proc.wait()
         agent.cleanup()
         agent.log.close()
+
+
+@pytest.mark.parametrize("first,then", [("iptables", "ebpf"), ("ebpf", "iptables")])
+def test_a_restart_in_another_mode_leaves_nothing_of_the_old_one(first, then, topo, cluster_store, tmp_path,
+                                                                  test_bpffs):
+    agent = AgentProcess(topo, first, tmp_path, test_bpffs)
+    ztunnel = None
+    try:
+        agent.start()
+        ztunnel = PlayedZtunnel(agent.socket)
+        pod_a, pod_b = topo.pods["a"], topo.pods["b"]
+        cluster_store.patch_metadata("Pod", "demo", pod_b.name, labels={"istio.io/dataplane-mode": "none"})
+        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what=f"enrolled in {first} mode")
+        rules, programs = counts(topo, pod_a)
+        assert (rules > 0, programs > 0) == (first == "iptables", first == "ebpf")
+        agent.stop()  # SIGTERM leaves the first mode's redirection in place
+
+        agent.argv[agent.argv.index(first)] = then
+        agent.start()
+        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what=f"enrolled in {then} mode")
+        wait_until(lambda: (lambda r, p: (r > 0, p > 0) == (then == "iptables", then == "ebpf"))(*counts(topo, pod_a)),
+                   what=f"only {then} redirection in the pod")
+        outbound_works(topo, ztunnel, pod_a.uid, port=8083)
+        if then == "iptables":
+            assert not (test_bpffs / "shoal").exists() or not any((test_bpffs / "shoal").iterdir())
+    finally:
+        if ztunnel:
+            ztunnel.stop()
+        if agent.proc and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        agent.cleanup()
+        agent.log.close()
