@@ -19,6 +19,7 @@ import ssl
 from typing import Callable
 
 from shoal import hbone, identity, log
+from shoal.capture import MARK
 from shoal.hbone_io import HboneSession, RelayError, TunnelRefused
 from shoal.hbone_relay import TcpSide
 
@@ -27,8 +28,6 @@ from waypoint.errors import UpstreamFailed
 from waypoint.routing import Upstream
 
 logger = log.get("waypoint.upstream")
-
-MARK = 0x539
 
 
 def _socket() -> socket.socket:
