@@ -226,9 +226,8 @@ def bpftool_map_entries(pinned) -> int:
     return len(json.loads(out or "[]"))
 
 
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)  # the eBPF mode's maps only
 def test_ebpf_maps_hold_nothing_for_closed_connections(topo, redirection, ztunnel_listeners):
-    if redirection.mode != "ebpf":
-        pytest.skip("the eBPF mode's maps")
     outbound, _ = ztunnel_listeners
     prog_dir = redirection.capture.prog_dir
     code = f"""
@@ -264,10 +263,9 @@ print("done")
         assert bpftool_map_entries(redirection.capture.prog_dir / "uncaptured") == 0
 
 
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)  # the eBPF mode's programs only
 def test_a_newer_build_replaces_an_older_ones_programs(topo, redirection, test_bpffs, tmp_path, monkeypatch):
     """An agent upgraded to changed C source attaches its programs and detaches the old ones: no duplicates."""
-    if redirection.mode != "ebpf":
-        pytest.skip("the eBPF mode's programs")
     from node_agent import ebpf
     from node_agent.redirect import Redirection
     pod = topo.pods["a"]
