@@ -1,13 +1,18 @@
-"""Latency and throughput through the local cluster: no mesh against the ambient mesh.
+"""Latency and throughput through the local cluster: no mesh, the ambient mesh, and its waypoint.
 
-    python -m bench.latency [--setups baseline,ambient-l4] [--rps 1000] [--duration 30] [--repeats 3]
+    python -m bench.latency [--setups baseline,ambient-l4,ambient-l7] [--rps 1000] [--duration 30] [--repeats 3]
 
-Each set-up gets its own namespace with a client pod on node1 and a server
-pod on node2 behind a Service; `ambient-l4` is the same with the namespace
-enrolled. The client runs `bench.loadgen` (open loop, HTTP/1.1, 1 KiB
-responses, timed as BENCHMARKS.md says) and iperf3 (1 and 8 streams). The
-mesh's cost is the CPU time and resident memory of the ztunnels (read from
-their cgroups) over the latency run, and the memory of every shoal-system pod.
+Each set-up (BENCHMARKS.md names) gets its own namespace with a client pod on
+node1 and a server pod on node2 behind a Service:
+- `baseline`: no mesh;
+- `ambient-l4`: the namespace enrolled: ztunnel, HBONE, ztunnel;
+- `ambient-l7`: enrolled and bound to a waypoint (`shoal waypoint apply`):
+  ztunnel, HBONE to the waypoint, HTTP parsed and routed, HBONE onwards.
+The client runs `bench.loadgen` (open loop, HTTP/1.1, 1 KiB responses, timed
+as BENCHMARKS.md says) and iperf3 (1 and 8 streams). The mesh's cost is the
+CPU time and resident memory of the ztunnels, and of the waypoint for
+`ambient-l7` (read from their cgroups) over the latency run, and the memory
+of every shoal-system pod.
 
 It prints a table and writes bench/results/<timestamp>-latency/results.json.
 The cluster it makes (`--cluster bench`) is removed at the end unless --keep.
@@ -19,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench.report import Run, summarize, table
@@ -30,7 +36,9 @@ SETUPS = {
     # name: namespace labels
     "baseline": {},
     "ambient-l4": {"shoal.io/dataplane-mode": "ambient"},
+    "ambient-l7": {"shoal.io/dataplane-mode": "ambient", "shoal.io/use-waypoint": "waypoint"},
 }
+READY_SECONDS = 90
 
 
 def manifest(namespace: str, labels: dict, body_bytes: int) -> str:
@@ -84,32 +92,44 @@ def pod_usage(layout: Layout, namespace: str, prefix: str) -> tuple[float, float
 def run_setup(args, layout: Layout, run: Run, setup: str) -> list[dict]:
     c = ["--cluster", args.cluster]
     namespace = f"bench-{setup}"
-    shoal("local", "apply", "-f", "-", *c, input=manifest(namespace, SETUPS[setup], args.body_bytes))
+    labels = SETUPS[setup]
+    shoal("local", "apply", "-f", "-", *c, input=manifest(namespace, labels, args.body_bytes))
+    if "shoal.io/use-waypoint" in labels:
+        shoal("waypoint", "apply", "-n", namespace, "--name", labels["shoal.io/use-waypoint"], *c)
     local_cluster.wait_ready(layout, [(namespace, "server"), (namespace, "client")], progress=lambda m: None,
                              timeout=60)
     url = f"http://server.{namespace}:8080/"
 
-    def warm() -> str:  # also confirms the path works before anything is measured
+    def status() -> str:
         return shoal("local", "exec", "-n", namespace, "client", *c, "--", "curl", "-sS", "-m", "5", "-o",
-                     "/dev/null", url)
+                     "/dev/null", "-w", "%{http_code}", url).strip()
 
-    if SETUPS[setup]:  # an enrolled set-up: wait for its first mTLS connection, not for a guess
-        if observe.wait_for_mtls(layout, 1, warm, source_namespace=namespace, timeout=60) is None:
-            raise SystemExit(f"{setup}: no mTLS connection from {namespace} in ztunnel-node1's log after 60s")
-    warm()
+    if labels:  # an enrolled set-up: wait for its first mTLS connection, not for a guess
+        if observe.wait_for_mtls(layout, 1, status, source_namespace=namespace, timeout=READY_SECONDS) is None:
+            raise SystemExit(f"{setup}: no mTLS connection from {namespace} in ztunnel-node1's log "
+                             f"after {READY_SECONDS}s")
+    deadline = time.monotonic() + READY_SECONDS
+    while status() != "200":  # the whole path answers (a new waypoint needs its config and certificate)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{setup}: {url} did not answer 200 within {READY_SECONDS}s")
+        time.sleep(0.5)
     rows = []
-    latency_runs, cpu_per_1000, rss, mesh_rss = [], [], [], []
+    latency_runs, cpu_per_1000, rss, mesh_rss, waypoint_cpu, waypoint_rss = [], [], [], [], [], []
     for _ in range(args.repeats):
         cpu0, _ = mesh_usage(layout, "ztunnel")
+        wcpu0, _ = pod_usage(layout, namespace, "waypoint")
         out = shoal("local", "exec", "-n", namespace, "client", *c, "--", sys.executable, "-m", "bench.loadgen",
                     "client", "--url", url, "--rps", str(args.rps), "--connections", str(args.connections),
                     "--duration", str(args.duration), "--warmup", str(args.warmup))
         cpu1, rss_now = mesh_usage(layout, "ztunnel")
+        wcpu1, wrss_now = pod_usage(layout, namespace, "waypoint")
         result = json.loads(out)
         latency_runs.append(result)
-        requests = result["rps_achieved"] * (args.duration + args.warmup)
-        cpu_per_1000.append((cpu1 - cpu0) / max(requests, 1) * 1000)
+        requests = max(result["rps_achieved"] * (args.duration + args.warmup), 1)
+        cpu_per_1000.append((cpu1 - cpu0) / requests * 1000)
+        waypoint_cpu.append((wcpu1 - wcpu0) / requests * 1000)
         rss.append(rss_now)
+        waypoint_rss.append(wrss_now)
         mesh_rss.append(mesh_usage(layout)[1])
     row = {"setup": setup, "case": "http-latency", "placement": "cross-node", "rps_target": args.rps,
            "connections": args.connections, "repeats": args.repeats}
@@ -117,6 +137,8 @@ def run_setup(args, layout: Layout, run: Run, setup: str) -> list[dict]:
         row.update(summarize([r[key] for r in latency_runs if key in r], key))
     row.update(summarize(cpu_per_1000, "cpu_per_1000rps"))
     row.update(summarize(rss, "rss_mb"))  # the ztunnels, which carry the data path
+    row.update(summarize(waypoint_cpu, "waypoint_cpu_per_1000rps"))
+    row.update(summarize(waypoint_rss, "waypoint_rss_mb"))
     row.update(summarize(mesh_rss, "mesh_rss_mb"))  # every shoal-system pod (control plane, agents too)
     rows.append(run.add(**row))
     for streams in (1, 8):
@@ -132,7 +154,7 @@ def run_setup(args, layout: Layout, run: Run, setup: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency")
-    parser.add_argument("--setups", default="baseline,ambient-l4")
+    parser.add_argument("--setups", default="baseline,ambient-l4,ambient-l7")
     parser.add_argument("--cluster", default="bench")
     parser.add_argument("--redirect", default="auto")
     parser.add_argument("--rps", type=float, default=1000)
@@ -167,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"added_{p}"] = row[p] - base[p]
     latency = [r for r in run.results if r["case"] == "http-latency"]
     print(table(latency, ["setup", "rps_achieved", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "added_p50_ms",
-                          "added_p99_ms", "cpu_per_1000rps", "rss_mb", "mesh_rss_mb"], "HTTP/1.1 latency, cross-node (ms)"))
+                          "added_p99_ms", "cpu_per_1000rps", "rss_mb", "waypoint_cpu_per_1000rps",
+                          "waypoint_rss_mb", "mesh_rss_mb"], "HTTP/1.1 latency, cross-node (ms)"))
     print()
     print(table([r for r in run.results if r["case"] == "throughput"], ["setup", "streams", "gbps", "gbps_min",
                                                                          "gbps_max"], "Throughput (Gbit/s)"))
