@@ -23,7 +23,7 @@ import os
 import platform
 from pathlib import Path
 
-from shoal import log
+from shoal import log, transparent
 
 from node_agent import probes
 from node_agent.hostmounts import cgroup2_root
@@ -86,6 +86,21 @@ class Ledger:
         return out
 
 
+def _remove_return_path(pod: PodTarget) -> None:
+    """The ztunnel's source-IP return path (shoal.transparent) goes with the pod's redirection, so a
+    pod that leaves the mesh while no ztunnel runs keeps nothing of it either."""
+    try:
+        fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # the netns, and everything in it, is gone
+    try:
+        transparent.remove(fd)
+    except (OSError, transparent.TransparentError) as e:
+        logger.warning("could not remove the ztunnel's return-path rules", pod=pod.key, error=str(e))
+    finally:
+        os.close(fd)
+
+
 class Redirection:
     def __init__(self, capture, state_dir: Path, node_netns: str | None = None) -> None:
         self.capture = capture
@@ -105,6 +120,7 @@ class Redirection:
 
     def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
+        _remove_return_path(pod)
         self.ledger.forget(pod.uid)
         self._recorded.pop(pod.uid, None)
         if sync_probes:

@@ -10,7 +10,6 @@
     pool.py         HBONE connection pool
     certs.py        workload certificates: on demand, renewed at half life, kept on failure
     sockets.py      sockets inside pod netns: listeners, original destination, spare sockets, connect
-    transparent.py  the return path that keeps the client's IP (CONNMARK + policy routing)
     telemetry.py    Istio TCP metrics and the access log
     admin.py        the small HTTP endpoints (admin 15000, metrics 15020, readiness 15021)
     errors.py       ZtunnelError

@@ -21,12 +21,12 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-from shoal import handoff, hbone, identity, log
+from shoal import handoff, hbone, identity, log, transparent
 from shoal.hbone_io import HboneSession, RelayError, TunnelRefused
 from shoal.hbone_relay import TcpSide, relay
 from shoal.model import Protocol, Workload
 
-from ztunnel import sockets, transparent
+from ztunnel import sockets
 from ztunnel.certs import CertificateUnavailable, CertManager
 from ztunnel.config import Config
 from ztunnel.inbound import Inbound

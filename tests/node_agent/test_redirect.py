@@ -290,3 +290,26 @@ def test_a_newer_build_replaces_an_older_ones_programs(topo, redirection, test_b
         newer.remove(pod)
         newer.close()
     assert bpftool_cgroup(pod.cgroup) == []
+
+
+def test_unenrolling_also_removes_the_ztunnels_return_path(topo, redirection):
+    """A pod that leaves the mesh while no ztunnel runs keeps none of the ztunnel's source-IP rules."""
+    from shoal import transparent
+
+    pod = topo.pods["a"]
+    redirection.install(pod)
+    fd = os.open(pod.netns, os.O_RDONLY)
+    try:
+        transparent.install(fd)  # as the ztunnel does when the pod is handed over
+    finally:
+        os.close(fd)
+
+    def rules() -> str:
+        return subprocess.run(["ip", "netns", "exec", topo.pod_netns("a"), "ip", "-4", "rule", "show"],
+                              capture_output=True, text=True, check=True).stdout
+
+    assert transparent.CHAIN in netfilter.save(topo.pod_netns("a"))
+    assert f"{transparent.PRIORITY}:" in rules()
+    redirection.remove(pod)  # the ztunnel is gone: nobody else would remove them
+    assert transparent.CHAIN not in netfilter.save(topo.pod_netns("a"))
+    assert f"{transparent.PRIORITY}:" not in rules()

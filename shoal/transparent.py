@@ -12,7 +12,11 @@ must come back to the ztunnel's socket instead of leaving the pod:
   so the reply is delivered locally, to the transparent socket.
 
 All of it lives in a chain and a table of its own (chain SHOAL_ZTUNNEL,
-table 133, rule priority 32000) and `remove()` takes it away again.
+table 133, rule priority 32000) and `remove()` takes it away again. The
+ztunnel installs it when a pod is handed over and removes it when the pod
+leaves the mesh; the node agent removes it too when it un-enrolls a pod, so
+a pod that leaves while no ztunnel runs keeps nothing of it. That is why it
+lives in `shoal/`: two components share it.
 """
 
 from __future__ import annotations
@@ -21,15 +25,13 @@ import subprocess
 
 from shoal.capture import MARK as OUR_MARK
 
-from ztunnel.errors import ZtunnelError
-
 CHAIN = "SHOAL_ZTUNNEL"
 CONNMARK = 0x111
 TABLE = 133
 PRIORITY = 32000
 
 
-class TransparentError(ZtunnelError):
+class TransparentError(Exception):
     pass
 
 
@@ -39,7 +41,7 @@ def _in_netns(netns_fd: int, argv: list[str], check: bool, stdin: str | None = N
                             capture_output=True, text=True, input=stdin)
     if check and result.returncode != 0:
         raise TransparentError(f"`{' '.join(argv)}` failed in the pod's netns: {result.stderr.strip()}; "
-                               "the ztunnel needs CAP_NET_ADMIN, iptables-legacy and iproute2")
+                               "this needs CAP_NET_ADMIN, iptables-legacy and iproute2")
     return result
 
 
