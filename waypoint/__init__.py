@@ -16,5 +16,5 @@
     tcp.py         opaque TCP through the waypoint
     telemetry.py   istio_requests_total, istio_request_duration_milliseconds, istio_tcp_*, access log
     certs.py       the waypoint's own certificate, renewed at half life
-    config.py      settings; main.py the process; admin.py metrics, readiness and config dump
+    config.py      settings; main.py the process (its metrics, readiness and config dump: shoal.admin_http)
 """

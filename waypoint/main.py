@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from shoal import log, store, tokens
+from shoal import admin_http as admin
 from shoal.config_client import ClientSettings, ConfigClient, request_certificate
 from shoal.lifecycle import Shutdown
 
-from waypoint import admin
 from waypoint.certs import Certificates
 from waypoint.config import Config
 from waypoint.errors import StartupError

@@ -11,7 +11,6 @@
     certs.py        workload certificates: on demand, renewed at half life, kept on failure
     sockets.py      sockets inside pod netns: listeners, original destination, spare sockets, connect
     telemetry.py    Istio TCP metrics and the access log
-    admin.py        the small HTTP endpoints (admin 15000, metrics 15020, readiness 15021)
     errors.py       ZtunnelError
 
 HBONE itself is shared with the waypoint and lives in `shoal`: `shoal.hbone`

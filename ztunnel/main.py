@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from shoal import handoff, log, tokens
+from shoal import admin_http as admin
 from shoal.config_client import ClientSettings, ConfigClient
 from shoal.lifecycle import Shutdown
 
-from ztunnel import admin
 from ztunnel.certs import CertManager, grpc_signer
 from ztunnel.config import Config
 from ztunnel.proxy import Ztunnel

@@ -1,7 +1,8 @@
-"""The ztunnel's small HTTP endpoints: admin (15000, localhost), metrics (15020), readiness (15021).
+"""The proxies' small HTTP endpoints: admin (15000, localhost), metrics (15020), readiness (15021).
 
 One minimal HTTP/1.1 responder (GET only, one request per connection) is
-enough for a config dump, a Prometheus scrape and a kubelet probe.
+enough for a config dump, a Prometheus scrape and a kubelet probe. The
+ztunnel and the waypoint both serve theirs with it.
 """
 
 from __future__ import annotations
