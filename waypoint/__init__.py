@@ -1,7 +1,6 @@
 """The waypoint: the per-namespace L7 proxy (see README.md beside this file).
 
     state.py       what the control plane said, indexed (one writer: the config stream)
-    authz.py       L7 AuthorizationPolicy evaluation (pure)
     routing.py     the decision: request head -> Plan or Refusal (pure); the L4 one for opaque TCP
     http1.py       HTTP/1.1 messages: a sans-IO reader around httptools, and serializers
     channel.py     a readable byte channel over an HBONE stream or a TCP connection

@@ -32,8 +32,8 @@ from shoal.model import (
     Destination, HeaderChanges, HeaderMatch, MatchKind, Protocol, RetryPolicy, Route, RouteMatch,
     Service, StringMatch, Workload, selector_matches,
 )
+from shoal import authz
 
-from waypoint import authz
 from waypoint.state import WaypointState
 
 Random = Callable[[], float]
@@ -140,7 +140,7 @@ def decide(state: WaypointState, peer: Peer, head: RequestHead, rand: Random) ->
 
     verdict = authz.authorize(state.policies_for(service), _facts(peer, head, port))
     if not verdict:
-        return Refusal(403, "RBAC", verdict.reason, service.hostname, verdict.policy)
+        return Refusal(403, "RBAC", verdict.reason, service.hostname, verdict.named)
 
     table = state.route_table(service.hostname, port)
     if table is None:
@@ -211,7 +211,7 @@ def decide_tcp(state: WaypointState, peer: Peer, rand: Random) -> Plan | Refusal
     verdict = authz.authorize(state.policies_for(service), facts)
     hostname = service.hostname if service is not None else ""
     if not verdict:
-        return Refusal(403, "RBAC", verdict.reason, hostname, verdict.policy)
+        return Refusal(403, "RBAC", verdict.reason, hostname, verdict.named)
     if workload is not None:
         upstreams = (upstream_of(state, workload, port),)
     else:
@@ -233,7 +233,7 @@ def _facts(peer: Peer, head: RequestHead, port: int) -> authz.RequestFacts:
 def _to_workload(state: WaypointState, peer: Peer, head: RequestHead, workload: Workload, port: int) -> Plan | Refusal:
     verdict = authz.authorize(state.policies_for(None), _facts(peer, head, port))
     if not verdict:
-        return Refusal(403, "RBAC", verdict.reason, policy=verdict.policy)
+        return Refusal(403, "RBAC", verdict.reason, policy=verdict.named)
     return Plan(service="", service_name="", service_namespace=workload.namespace, route="",
                 destination_service="", subset="", upstreams=(upstream_of(state, workload, port),),
                 policy=verdict.policy)

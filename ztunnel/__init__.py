@@ -4,7 +4,7 @@
     config.py       the settings, one frozen object
     state.py        ProxyState: workloads, services, waypoints, policies, with indexes
     outbound.py     the pure outbound decision: (state, source, destination) -> Plan
-    authz.py        L4 AuthorizationPolicy, pure
+    authz.py        L4 AuthorizationPolicy: a connection's facts, judged by shoal.authz
     proxy.py        per-pod listeners in the pod's netns; the outbound I/O (plans carried out)
     inbound.py      15008 (HBONE server: TLS, authz, app leg with the client's IP) and 15006 (plaintext)
     pool.py         HBONE connection pool

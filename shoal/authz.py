@@ -1,14 +1,17 @@
-"""L7 authorization: Istio AuthorizationPolicy semantics for one HTTP request.
+"""Authorization: Istio AuthorizationPolicy semantics, for the ztunnel (L4) and the waypoint (L7).
 
-`authorize(policies, request)` is pure. DENY policies are evaluated first and
+`authorize(policies, facts)` is pure. DENY policies are evaluated first and
 any match refuses; then, when at least one ALLOW policy applies, the request
-must match a rule of one of them. Unlike the ztunnel, the waypoint sees HTTP,
-so methods, paths and hosts are checked as written (with their `not_*`).
+must match a rule of one of them. With HTTP facts (the waypoint), methods,
+paths and hosts are checked as written (with their `not_*`).
 
-For a TCP connection through the waypoint (`l4_only`), HTTP fields cannot be
-checked, and Istio's conservative rule applies: an ALLOW operation with HTTP
-fields matches nothing, a DENY operation with HTTP fields denies on its other
-fields alone.
+Where HTTP fields cannot be checked (`l4_only`: every ztunnel connection, and
+TCP through a waypoint), Istio's conservative rule applies: an ALLOW operation
+with HTTP fields matches nothing, a DENY operation with HTTP fields denies on
+its other fields alone (fail closed).
+
+A plaintext connection has no principal and no namespace: it matches no
+`principals`/`namespaces` and every `not_*` of them.
 
 Patterns take Istio's forms: exact, `*`, `prefix*`, `*suffix`. Paths are
 compared without the query string; hosts case-insensitively, with or without
@@ -29,23 +32,29 @@ from shoal.model import Action, Authorization, Operation, Rule, Source
 class RequestFacts:
     """What a policy can look at."""
     source_ip: str
-    source_principal: str | None      # "td/ns/NS/sa/SA" from the client's certificate
+    source_principal: str | None      # "td/ns/NS/sa/SA" from the client's certificate, None for plaintext
     source_namespace: str | None
-    port: int                         # the service port the request came on
-    method: str
-    path: str                         # without the query string
-    host: str                         # the Host header (authority)
-    l4_only: bool = False             # a TCP connection: HTTP fields cannot be checked (see below)
+    port: int                         # the port the request came on
+    method: str = ""
+    path: str = ""                    # without the query string
+    host: str = ""                    # the Host header (authority)
+    l4_only: bool = False             # no HTTP: HTTP fields cannot be checked (see above)
 
 
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    policy: str = ""      # "namespace/name" of the deciding policy
+    policy: str = ""      # "namespace/name" of the deciding policy, "" when none decided
     reason: str = ""
+    unmatched: str = ""   # the ALLOW policies that applied when none of them matched
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    @property
+    def named(self) -> str:
+        """The policy to name in a refusal: the deciding one, else the ALLOW policies that did not match."""
+        return self.policy or self.unmatched
 
 
 def authorize(policies: Iterable[Authorization], facts: RequestFacts) -> Verdict:
@@ -62,7 +71,8 @@ def authorize(policies: Iterable[Authorization], facts: RequestFacts) -> Verdict
         if any(_rule_matches(rule, facts, deny=False) for rule in policy.rules):
             return Verdict(True, policy.key, f"allowed by {policy.key}")
     names = ", ".join(sorted(p.key for p in allows))
-    return Verdict(False, names, f"no rule of the ALLOW policies ({names}) matches this request")
+    return Verdict(False, "", f"no rule of the ALLOW policies ({names}) matches; check principals, namespaces, "
+                              "ports and, for HTTP, methods, paths and hosts", unmatched=names)
 
 
 def _rule_matches(rule: Rule, facts: RequestFacts, deny: bool) -> bool:
