@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 # The ztunnel's ports in a pod, and the SO_MARK of its own sockets (capture skips them).
-from shoal.capture import HBONE_PORT, INBOUND_PORT, MARK, OUTBOUND_PORT
+from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT as INBOUND_PORT, MARK, OUTBOUND_PORT
 
 __all__ = ["HBONE_PORT", "INBOUND_PORT", "MARK", "METRICS_PORT", "OUTBOUND_PORT", "PROBE_SOURCE", "PodTarget"]
 

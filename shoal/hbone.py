@@ -38,7 +38,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from shoal.capture import HBONE_PORT as PORT
+from shoal.contracts import HBONE_PORT as PORT
 from shoal.hbone_lean import DataSplitter, LeanH2
 
 ALPN = "h2"

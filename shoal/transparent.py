@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import subprocess
 
-from shoal.capture import MARK as OUR_MARK
+from shoal.contracts import MARK as OUR_MARK
 
 CHAIN = "SHOAL_ZTUNNEL"
 CONNMARK = 0x111

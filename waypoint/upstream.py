@@ -19,7 +19,7 @@ import ssl
 from typing import Callable
 
 from shoal import hbone, identity, log
-from shoal.capture import MARK
+from shoal.contracts import MARK
 from shoal.hbone_io import HboneSession, RelayError, TunnelRefused
 from shoal.hbone_relay import TcpSide
 

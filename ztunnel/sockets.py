@@ -13,15 +13,15 @@ import errno
 import socket
 import struct
 
-from shoal import capture, netns
+from shoal import contracts, netns
 
 from ztunnel.errors import ZtunnelError
 
-MARK = capture.MARK
+MARK = contracts.MARK
 SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
-OUTBOUND_PORT = capture.OUTBOUND_PORT
-INBOUND_PLAINTEXT_PORT = capture.INBOUND_PORT
+OUTBOUND_PORT = contracts.OUTBOUND_PORT
+INBOUND_PLAINTEXT_PORT = contracts.INBOUND_PLAINTEXT_PORT
 LISTEN_BACKLOG = 1024
 SOCKET_BUFFER = 4 << 20
 
