@@ -72,7 +72,8 @@ def test_the_schedule_is_kept():
     result = _run(rps=200, duration=1.0, stall_after=None)
     assert result["errors"] == 0
     assert 190 <= result["requests"] <= 201
-    assert result["p50_ms"] < 50
+    # Every percentile was measured, and they rise with the rank.
+    assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["p999_ms"] <= result["max_ms"]
 
 
 def test_a_stall_shows_in_the_tail_instead_of_being_omitted():

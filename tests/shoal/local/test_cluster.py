@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from shoal.local.layout import Layout
+from support.cluster import LocalCluster
+from support.polling import eventually
+from support.root import needs_root
 
-from .conftest import Cluster, needs_root
-
-pytestmark = needs_root
+pytestmark = needs_root("creates network namespaces, veths, cgroups")
 
 APP = """
 apiVersion: v1
@@ -81,7 +81,7 @@ def host_network_state() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def app(cluster: Cluster):
+def app(cluster: LocalCluster):
     cluster.apply(APP)
     pods = cluster.wait_pods_ready("web", 5)
     return pods
@@ -125,7 +125,7 @@ def test_service_by_name_and_vip_balances_over_both_replicas(cluster, app, host)
 
 def test_an_unmeshed_node_reaches_service_vips_too(cluster, app):
     vip = json.loads(cluster("get", "svc", "echo", "-n", "web", "-o", "json").stdout)["spec"]["clusterIP"]
-    node = Layout(cluster.name).node_netns(2)
+    node = cluster.layout.node_netns(2)
     out = subprocess.run(["ip", "netns", "exec", node, "curl", "-sS", "-m", "5", f"http://{vip}/"],
                          capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stderr
@@ -148,7 +148,7 @@ def test_exec_runs_in_the_pods_netns_and_cgroup(cluster, app):
 
 
 def test_up_twice_changes_nothing(cluster, app):
-    layout = Layout(cluster.name)
+    layout = cluster.layout
     store = layout.store()
     rv_before = store.resource_version()
     rules_before = subprocess.run(["ip", "netns", "exec", layout.node_netns(1), "iptables-legacy-save"],
@@ -178,15 +178,12 @@ metadata: {name: crasher, namespace: web}
 spec:
   containers: [{name: main, command: ["sh", "-c", "echo started $$; exit 3"]}]
 """)
-    deadline = time.monotonic() + 30
-    while True:
+    def restarted_twice():
         pod = cluster.pods("web")["crasher"]
         statuses = (pod.get("status") or {}).get("containerStatuses", [])
-        if statuses and statuses[0]["restartCount"] >= 2:
-            break
-        assert time.monotonic() < deadline, f"not restarted: {pod.get('status')}"
-        time.sleep(0.2)
-    status = statuses[0]
+        return pod if statuses and statuses[0]["restartCount"] >= 2 else None
+    pod = eventually(restarted_twice, 30, lambda: f"two restarts: {cluster.pods('web')['crasher'].get('status')}")
+    status = pod["status"]["containerStatuses"][0]
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert pod["status"]["phase"] == "Running"
     table = cluster("get", "pods", "-n", "web").stdout
@@ -203,15 +200,12 @@ def test_a_pod_killed_from_outside_is_restarted(cluster, app):
     before = pod["status"]["containerStatuses"][0]["restartCount"]
     pids = Path(pod["status"]["shoal"]["cgroup"], "cgroup.procs").read_text().split()
     subprocess.run(["kill", "-9", *pids], check=True)
-    deadline = time.monotonic() + 30
-    while True:
+    def restarted_and_ready():
         status = cluster.pods("web")["server-2"]["status"]
         c = status["containerStatuses"][0]
-        if c["restartCount"] > before and c["ready"]:
-            break
-        assert time.monotonic() < deadline, f"not restarted: {status}"
-        time.sleep(0.2)
-    assert c["lastState"]["terminated"]["exitCode"] != 0
+        return status if c["restartCount"] > before and c["ready"] else None
+    status = eventually(restarted_and_ready, 30, lambda: f"a restart: {cluster.pods('web')['server-2']['status']}")
+    assert status["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] != 0
     ip = status["podIP"]
     assert cluster.exec("client-1", "curl", "-sS", "-m", "5", f"http://{ip}:9090/",
                         namespace="web").stdout.strip() == "server-2"
@@ -220,19 +214,13 @@ def test_a_pod_killed_from_outside_is_restarted(cluster, app):
 def test_scaling_a_deployment_updates_endpoints(cluster, app):
     cluster.apply(APP.replace("replicas: 2", "replicas: 3"))
     cluster.wait_pods_ready("web", 6)
-    deadline = time.monotonic() + 20
-    while True:
+    def endpoints():
         ep = json.loads(cluster("get", "endpoints", "echo", "-n", "web", "-o", "json").stdout)
-        addresses = [a["ip"] for s in ep["subsets"] for a in s["addresses"]]
-        if len(addresses) == 3:
-            break
-        assert time.monotonic() < deadline, ep
-        time.sleep(0.2)
+        return [a["ip"] for s in ep["subsets"] for a in s["addresses"]]
+    eventually(lambda: len(endpoints()) == 3, 20, lambda: f"3 endpoints, not {endpoints()}")
     cluster.apply(APP)
-    deadline = time.monotonic() + 20
-    while len([n for n in cluster.pods("web") if n.startswith("echo-")]) != 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    eventually(lambda: len([n for n in cluster.pods("web") if n.startswith("echo-")]) == 2, 20,
+               "the Deployment back to 2 replicas")
 
 
 def test_no_route_leads_outside_the_cluster_range(cluster, app):
@@ -240,7 +228,7 @@ def test_no_route_leads_outside_the_cluster_range(cluster, app):
     import ipaddress
 
     cluster_range = ipaddress.ip_network("198.18.0.0/15")
-    layout = Layout(cluster.name)
+    layout = cluster.layout
     names = [layout.node_netns(1), layout.node_netns(2), layout.underlay_netns,
              *(Path(p["status"]["shoal"]["netns"]).name for p in app.values())]
     for name in names:

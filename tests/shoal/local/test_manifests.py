@@ -6,7 +6,8 @@ import pytest
 
 from shoal.local import manifest
 
-from .conftest import Cluster, needs_root
+from support.cluster import LocalCluster
+from support.root import needs_root
 
 GOOD_POD = "apiVersion: v1\nkind: Pod\nmetadata: {name: fine}\nspec: {containers: [{name: c, command: [sleep, '1']}]}\n"
 
@@ -66,10 +67,10 @@ def test_a_namespace_created_in_the_same_file_counts():
     assert _errors(text) == []
 
 
-@needs_root
+@needs_root("creates network namespaces, veths, cgroups")
 @pytest.mark.parametrize("name,text,expected", CASES[:3], ids=[c[0] for c in CASES[:3]])
-def test_apply_refuses_the_whole_file_and_applies_nothing(cluster: Cluster, name, text, expected):
-    store = cluster and __import__("shoal.local.layout", fromlist=["Layout"]).Layout(cluster.name).store()
+def test_apply_refuses_the_whole_file_and_applies_nothing(cluster: LocalCluster, name, text, expected):
+    store = cluster.layout.store()
     rv = store.resource_version()
     result = cluster.apply(text, check=False)
     assert result.returncode == 1

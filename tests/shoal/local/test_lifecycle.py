@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from shoal.local.layout import Layout
+from support.cluster import LocalCluster, unique_name
+from support.polling import eventually
+from support.root import needs_root
 
-from .conftest import Cluster, needs_root
 from .test_cluster import host_network_state
 
-pytestmark = needs_root
+pytestmark = needs_root("creates network namespaces, veths, cgroups")
 
 
 def alive(pid: str) -> bool:
@@ -34,15 +34,16 @@ def host_iptables() -> str:
 
 
 @contextmanager
-def torn_down(cluster: Cluster, layout: Layout):
+def torn_down(cluster: LocalCluster):
     """Downs the cluster after the body if the body stopped before its own `down` (a failed
     assertion): a failing test must not leave a running cluster behind."""
     try:
         yield
     finally:
+        layout = cluster.layout
         netns_left = os.path.isdir("/run/netns") and any(n.startswith(layout.prefix) for n in os.listdir("/run/netns"))
         if layout.run_dir.exists() or netns_left:
-            cluster("down", check=False)
+            cluster.down()
 
 
 def bpf_program_ids() -> set[int]:
@@ -55,7 +56,7 @@ def cgroup_program_ids(cgroup: str) -> set[int]:
     return {p["id"] for p in json.loads(out.strip() or "[]")}
 
 
-def redirection_active(layout: Layout, pod: dict, mode: str) -> bool:
+def redirection_active(pod: dict, mode: str) -> bool:
     netns_name = os.path.basename(pod["status"]["shoal"]["netns"])
     if mode == "iptables":
         rules = subprocess.run(["ip", "netns", "exec", netns_name, "iptables-legacy-save"],
@@ -70,13 +71,13 @@ def redirection_active(layout: Layout, pod: dict, mode: str) -> bool:
 def test_down_leaves_nothing_and_the_host_never_changes(mode):
     """With the whole mesh up and a pod enrolled: down removes every netns, cgroup, process,
     rule, eBPF program and pin, and file; the host's links, routes and rules never change."""
-    name = f"tl{mode[0]}{os.getpid() % 10000}"
-    cluster, layout = Cluster(name), Layout(name)
+    cluster = LocalCluster(unique_name(f"tl{mode[0]}"))
+    name, layout = cluster.name, cluster.layout
     before = host_network_state()
     rules_before = host_iptables()
 
-    with torn_down(cluster, layout):
-        cluster("up", "--nodes", "2", "--redirect", mode)
+    with torn_down(cluster):
+        cluster.up(2, mode)
         cluster.apply("""
 apiVersion: v1
 kind: Namespace
@@ -98,10 +99,7 @@ spec:
         pod = cluster.wait_pods_ready("default", 1)["sleeper"]
         pids = Path(pod["status"]["shoal"]["cgroup"], "cgroup.procs").read_text().split()
         assert pids
-        deadline = time.monotonic() + 30
-        while not redirection_active(layout, pod, mode):
-            assert time.monotonic() < deadline, f"the pod was never enrolled ({mode})"
-            time.sleep(0.2)
+        eventually(lambda: redirection_active(pod, mode), 30, f"the pod to be enrolled ({mode})", interval=0.2)
         assert host_network_state() == before, "the cluster changed the host's links or routes"
         assert host_iptables() == rules_before
 
@@ -125,10 +123,9 @@ spec:
         for pid in pids + system_pids:
             assert not alive(pid), f"process {pid} survived down"
         assert not list(Path("/sys/fs/bpf").glob(f"shoal/{name}-*")), "pinned eBPF objects survived down"
-        deadline = time.monotonic() + 5  # programs are freed once the last reference goes, a little later
-        while programs & bpf_program_ids():
-            assert time.monotonic() < deadline, f"eBPF programs {programs & bpf_program_ids()} survived down"
-            time.sleep(0.1)
+        # Programs are freed once the last reference goes, a little later.
+        eventually(lambda: not programs & bpf_program_ids(), 5,
+                   lambda: f"eBPF programs {programs & bpf_program_ids()} to go after down")
         leftovers = subprocess.run(["pgrep", "-f", f"shoal.local.daemon --cluster {name}$"], capture_output=True)
         assert leftovers.returncode == 1, "the daemon survived down"
         assert host_network_state() == before
@@ -139,10 +136,10 @@ spec:
 
 
 def test_down_cleans_up_after_a_crashed_daemon():
-    name = f"tc{os.getpid() % 100000}"
-    cluster, layout = Cluster(name), Layout(name)
-    with torn_down(cluster, layout):
-        cluster("up", "--nodes", "1", "--redirect", "iptables")
+    cluster = LocalCluster(unique_name("tc"))
+    layout = cluster.layout
+    with torn_down(cluster):
+        cluster.up(1)
         cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
                       "spec: {containers: [{name: m, command: [sleep, infinity]}]}\n")
         pod = cluster.wait_pods_ready("default", 1)["p"]

@@ -1,0 +1,20 @@
+"""The `shoal` command, run the way a user runs it from a shell."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+SHOAL = (sys.executable, "-m", "shoal")
+
+
+def shoal(*args: str, check: bool = True, input: str | None = None, timeout: float = 180,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs `shoal ARGS...` and returns what it did; with `check`, a non-zero exit fails the test
+    with the command's output. `env` adds to this process's environment."""
+    result = subprocess.run([*SHOAL, *args], capture_output=True, text=True, input=input, timeout=timeout,
+                            env={**os.environ, **env} if env else None)
+    if check and result.returncode != 0:
+        raise AssertionError(f"shoal {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,112 @@
+"""A `shoal local` cluster, driven through the `shoal` command as a user would drive it.
+
+    with running_cluster("zt", nodes=2, redirect="ebpf") as cluster:
+        cluster.apply(MANIFEST)
+        cluster.exec("client", "curl", "-s", "http://server", namespace="shop")
+
+`running_cluster` downs the cluster on the way out, also after an `up` that
+failed half-way, so a fixture built on it never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from typing import Iterator
+
+from shoal.local.layout import Layout
+
+from support import metrics
+from support.cli import shoal
+from support.polling import eventually
+
+Manifest = str | list[dict]
+
+
+def unique_name(prefix: str) -> str:
+    """A cluster name of this test process, so that parallel runs do not meet."""
+    return f"{prefix}{os.getpid() % 100000}"
+
+
+class LocalCluster:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.layout = Layout(name)
+
+    def run(self, command: str, verb: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """`shoal COMMAND VERB --cluster NAME ARGS...` (before any `--` of exec); kwargs as for `cli.shoal`."""
+        return shoal(command, verb, "--cluster", self.name, *args, **kwargs)
+
+    def __call__(self, verb: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """`shoal local VERB --cluster NAME ARGS...`."""
+        return self.run("local", verb, *args, **kwargs)
+
+    def up(self, nodes: int = 2, redirect: str = "iptables") -> subprocess.CompletedProcess:
+        return self("up", "--nodes", str(nodes), "--redirect", redirect)
+
+    def down(self) -> subprocess.CompletedProcess:
+        return self("down", check=False)
+
+    def apply(self, manifest: Manifest, check: bool = True) -> subprocess.CompletedProcess:
+        return self("apply", "-f", "-", input=_text(manifest), check=check)
+
+    def delete(self, manifest: Manifest, check: bool = True) -> subprocess.CompletedProcess:
+        return self("delete", "-f", "-", input=_text(manifest), check=check)
+
+    def exec(self, pod: str, *argv: str, namespace: str = "default", check: bool = True,
+             timeout: float = 60) -> subprocess.CompletedProcess:
+        return self("exec", "-n", namespace, pod, "--", *argv, check=check, timeout=timeout)
+
+    def curl(self, pod: str, url: str, *options: str, namespace: str = "default",
+             max_time: float = 5) -> subprocess.CompletedProcess:
+        """curl from inside a pod; its exit code is the test's to judge."""
+        return self.exec(pod, "curl", "-sS", "--max-time", f"{max_time:g}", *options, url, namespace=namespace,
+                         check=False, timeout=max_time + 30)
+
+    def logs(self, pod: str, namespace: str = "default") -> str:
+        return self("logs", "-n", namespace, pod).stdout
+
+    def items(self, kind: str, namespace: str = "default") -> list[dict]:
+        return json.loads(self("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+
+    def pods(self, namespace: str = "default", **labels: str) -> dict[str, dict]:
+        """The namespace's pods by name; with `labels`, only those that carry them all."""
+        return {p["metadata"]["name"]: p for p in self.items("pods", namespace)
+                if labels.items() <= (p["metadata"].get("labels") or {}).items()}
+
+    def pod_ip(self, name: str, namespace: str = "default") -> str:
+        return self.pods(namespace)[name]["status"]["podIP"]
+
+    def wait_pods_ready(self, namespace: str, count: int, timeout: float = 60) -> dict[str, dict]:
+        def ready():
+            pods = self.pods(namespace)
+            ready = {n: p for n, p in pods.items() if any(c["type"] == "Ready" and c["status"] == "True"
+                                                          for c in (p.get("status") or {}).get("conditions", []))}
+            return ready if len(ready) >= count else None
+
+        def state():
+            statuses = {n: p.get("status") for n, p in self.pods(namespace).items()}
+            return f"{count} ready pods in {namespace}: {json.dumps(statuses, indent=1)[:3000]}"
+        return eventually(ready, timeout, state, interval=0.2)
+
+    def scrape(self, node: int, port: int, host: str = "127.0.0.1") -> str:
+        """/metrics of a process on node N (the ztunnel's 15020, the node agent's 15022, ...)."""
+        return metrics.scrape(port, netns=self.layout.node_netns(node), host=host)
+
+
+@contextmanager
+def running_cluster(prefix: str, nodes: int = 2, redirect: str = "iptables") -> Iterator[LocalCluster]:
+    cluster = LocalCluster(unique_name(prefix))
+    try:
+        cluster.up(nodes, redirect)
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def _text(manifest: Manifest) -> str:
+    if isinstance(manifest, str):
+        return manifest
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": manifest})
