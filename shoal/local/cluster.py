@@ -22,6 +22,7 @@ from typing import Callable
 
 from shoal import log, netns
 from shoal.local import components, network
+from shoal.local.errors import ClusterError
 from shoal.local.kubelet import cgroup_pids, remove_cgroup, remove_etc_netns
 from shoal.local.layout import MAX_NODES, Layout, node_ip, node_name, pod_cidr
 from shoal.local.services import pod_ready
@@ -31,10 +32,6 @@ logger = log.get("shoal.local")
 Progress = Callable[[str], None]
 READY_TIMEOUT = 180.0
 REQUIRED_TOOLS = ("ip", "iptables-legacy", "iptables-legacy-restore")
-
-
-class ClusterError(Exception):
-    pass
 
 
 @dataclass(frozen=True)

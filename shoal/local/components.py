@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, NODE_AGENT_PORT, READINESS_PORT
+from shoal.local.errors import ClusterError
 from shoal.local.layout import Layout, node_ip, node_name
 
 SYSTEM_NAMESPACE = "shoal-system"
@@ -59,7 +61,7 @@ def control_plane(layout: Layout, node: int, settings: Settings) -> dict | None:
         return None
     return system_pod(layout, node, "control-plane",
                       shoal_argv("control-plane", "--source", "local", "--cluster", layout.cluster),
-                      ready_port=15014)
+                      ready_port=CONTROL_PLANE_HTTP_PORT)
 
 
 COMPONENTS.append(control_plane)
@@ -70,16 +72,13 @@ COMPONENTS.append(control_plane)
 CLEANUPS: list[Callable[[Layout], None]] = []
 
 
-NODE_AGENT_METRICS_PORT = 15022
-
-
 def node_agent(layout: Layout, node: int, settings: Settings) -> dict | None:
     """The node agent, one per node: enrollment, redirection, the hand-off socket to the ztunnel."""
     return system_pod(layout, node, "node-agent",
                       shoal_argv("node-agent", "--source", "local", "--cluster", layout.cluster,
                                  "--node", node_name(node), "--redirect", settings.redirect,
                                  "--socket", str(layout.ztunnel_socket(node))),
-                      ready_port=NODE_AGENT_METRICS_PORT)
+                      ready_port=NODE_AGENT_PORT)
 
 
 def node_agent_cleanup(layout: Layout) -> None:
@@ -102,7 +101,7 @@ def node_agent_cleanup(layout: Layout) -> None:
             argv = ["ip", "netns", "exec", ns, *argv]
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"node agent cleanup on {node} failed: {result.stderr.strip()}; its pinned "
+            raise ClusterError(f"node agent cleanup on {node} failed: {result.stderr.strip()}; its pinned "
                                f"eBPF objects (/sys/fs/bpf/shoal/{layout.cluster}-{node}) may remain: retry with "
                                f"`shoal node-agent --cleanup --source local --cluster {layout.cluster} --node {node}`")
 
@@ -121,18 +120,15 @@ COMPONENTS.append(node_agent)
 CLEANUPS.append(node_agent_cleanup)
 
 
-ZTUNNEL_READINESS_PORT = 15021
-
-
 def ztunnel(layout: Layout, node: int, settings: Settings) -> dict | None:
     """The ztunnel, one per node: HBONE/mTLS, L4 policy, TCP telemetry (admin 15000, metrics 15020)."""
     return system_pod(layout, node, "ztunnel",
                       shoal_argv("ztunnel", "--cluster", layout.cluster, "--node", node_name(node),
-                                 "--control-plane", f"{node_ip(1)}:15012",
+                                 "--control-plane", f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
                                  "--socket", str(layout.ztunnel_socket(node)),
                                  "--token-file", str(layout.node_token(node)),
                                  "--ca-bundle", str(layout.ca_bundle)),
-                      ready_port=ZTUNNEL_READINESS_PORT)
+                      ready_port=READINESS_PORT)
 
 
 COMPONENTS.append(ztunnel)

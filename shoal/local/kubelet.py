@@ -28,6 +28,7 @@ from pathlib import Path
 
 from shoal import log, netns
 from shoal.local import network, services
+from shoal.local.errors import LocalClusterError
 from shoal.local.layout import Layout, node_index, node_ip, pod_cidr
 from shoal.store import Store, now_rfc3339
 
@@ -40,8 +41,8 @@ GRACE_MAX = 10.0
 PROBE_PERIOD = 0.5
 
 
-class KubeletError(Exception):
-    pass
+class KubeletError(LocalClusterError):
+    """A pod's sandbox, cgroup or address could not be made or removed."""
 
 
 # -- cgroups ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import yaml
 
+from shoal.local.errors import LocalClusterError
 from shoal.local.layout import SERVICE_NETWORK
 
 CORE_KINDS = {
@@ -44,7 +45,9 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 MeshValidator = Callable[[dict], list[str]]
 
 
-class ManifestError(Exception):
+class ManifestError(LocalClusterError):
+    """A manifest refused whole; `errors` names each object, field and reason."""
+
     def __init__(self, source: str, errors: list[str]) -> None:
         self.errors = errors
         listing = "\n".join(f"  - {e}" for e in errors)

@@ -17,6 +17,7 @@ import hashlib
 from dataclasses import dataclass
 
 from shoal import netns
+from shoal.local.errors import LocalClusterError
 
 CLUSTER_DOMAIN = "cluster.local"
 MASQUERADE_MARK = "0x4000/0x4000"
@@ -122,6 +123,10 @@ def proxy_rules(services: list[tuple[dict, list[Endpoint]]]) -> str:
     return "\n".join(lines + rules + ["COMMIT", "*filter", ":KPROXY-FILTER - [0:0]", *rejects, "COMMIT", ""])
 
 
+class ProxyRulesError(LocalClusterError):
+    """A node's kube-proxy rules could not be loaded."""
+
+
 HOOKS = (("nat", "PREROUTING", "KPROXY-SERVICES"), ("nat", "OUTPUT", "KPROXY-SERVICES"),
          ("nat", "POSTROUTING", "KPROXY-POSTROUTING"),
          ("filter", "FORWARD", "KPROXY-FILTER"), ("filter", "OUTPUT", "KPROXY-FILTER"))
@@ -139,7 +144,8 @@ def apply_proxy_rules(node_netns: str, rules: str) -> None:
                  + "".join(f"-X {c}\n" for c in stale) + rules[nat_end:])
     result = netns.run(node_netns, ["iptables-legacy-restore", "--noflush"], input=rules, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"iptables-legacy-restore in {node_netns} failed: {result.stderr.strip()}")
+        raise ProxyRulesError(f"iptables-legacy-restore in {node_netns} failed: {result.stderr.strip()}; "
+                              "check that the iptables-legacy tools and the nat table work there")
     for table, builtin, chain in HOOKS:
         exists = netns.run(node_netns, ["iptables-legacy", "-t", table, "-C", builtin, "-j", chain], check=False)
         if exists.returncode != 0:
