@@ -36,6 +36,7 @@ from control_plane.server import ConfigServer, Endpoints, split_address
 from control_plane.state import ConfigState
 from control_plane.translate import Translator
 from shoal import identity, log, store, tokens
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT
 from shoal.lifecycle import Shutdown
 
 logger = log.get("shoal.control_plane")
@@ -67,8 +68,8 @@ def parse_duration(text: str, flag: str = "--cert-ttl") -> dt.timedelta:
 class Settings:
     source: str = "local"
     cluster: str = "default"
-    listen: str = "0.0.0.0:15012"
-    http: str = "0.0.0.0:15014"
+    listen: str = f"0.0.0.0:{CONTROL_PLANE_GRPC_PORT}"
+    http: str = f"0.0.0.0:{CONTROL_PLANE_HTTP_PORT}"
     ca_cert: Path | None = None
     ca_key: Path | None = None
     cert_ttl: dt.timedelta = dt.timedelta(hours=24)
@@ -86,7 +87,8 @@ class Settings:
             identity.format_spiffe_id(self.trust_domain, "ns", "sa")
         except identity.InvalidSpiffeId:
             raise SettingsError(f"--trust-domain {self.trust_domain!r}: must be a lower-case DNS name") from None
-        for flag, value, port in (("--listen", self.listen, 15012), ("--http", self.http, 15014)):
+        for flag, value, port in (("--listen", self.listen, CONTROL_PLANE_GRPC_PORT),
+                                  ("--http", self.http, CONTROL_PLANE_HTTP_PORT)):
             try:
                 split_address(value, port)
             except ValueError as e:
@@ -98,8 +100,8 @@ class Settings:
 
     @property
     def endpoints(self) -> Endpoints:
-        grpc_host, grpc_port = split_address(self.listen, 15012)
-        http_host, http_port = split_address(self.http, 15014)
+        grpc_host, grpc_port = split_address(self.listen, CONTROL_PLANE_GRPC_PORT)
+        http_host, http_port = split_address(self.http, CONTROL_PLANE_HTTP_PORT)
         return Endpoints(grpc_host, grpc_port, http_host, http_port)
 
 

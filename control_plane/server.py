@@ -25,6 +25,7 @@ from control_plane.signer import SignService
 from control_plane.state import ConfigState
 from control_plane.watch import WatchService
 from shoal import identity, log
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT
 from shoal.api import ca_pb2_grpc
 
 logger = log.get("shoal.control_plane")
@@ -36,9 +37,9 @@ CONTROL_PLANE_SERVICE_ACCOUNT = "shoal-control-plane"
 @dataclass(frozen=True)
 class Endpoints:
     grpc_host: str = "0.0.0.0"
-    grpc_port: int = 15012
+    grpc_port: int = CONTROL_PLANE_GRPC_PORT
     http_host: str = "0.0.0.0"
-    http_port: int = 15014
+    http_port: int = CONTROL_PLANE_HTTP_PORT
 
 
 def split_address(value: str, default_port: int) -> tuple[str, int]:

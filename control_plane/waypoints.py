@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from shoal import log, store as store_module
+from shoal.contracts import (
+    DATAPLANE_MODE_KEYS, GATEWAY_NAME_LABEL as GATEWAY_NAME, HBONE_PORT, METRICS_PORT, NONE, READINESS_PORT,
+)
 
 from control_plane.translate.gateway_api import is_waypoint_gateway
 
@@ -31,11 +34,7 @@ logger = log.get("shoal.control_plane.waypoints")
 
 MANAGED_BY = "shoal.io/managed-by"
 MANAGER = "waypoint-controller"
-GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 KINDS = ("ServiceAccount", "Deployment", "Service")
-HBONE_PORT = 15008
-READINESS_PORT = 15021
-METRICS_PORT = 15020
 
 Argv = Callable[[str, str], list[str]]   # (namespace, gateway name) -> the waypoint pod's command
 
@@ -54,8 +53,7 @@ def _meta(namespace: str, name: str, extra: dict | None = None) -> dict:
 def desired(gateway: dict, argv: Argv) -> list[dict]:
     meta = gateway.get("metadata") or {}
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
-    pod_labels = {GATEWAY_NAME: name, "shoal.io/dataplane-mode": "none", "istio.io/dataplane-mode": "none",
-                  "app": name}
+    pod_labels = {GATEWAY_NAME: name, **{key: NONE for key in DATAPLANE_MODE_KEYS}, "app": name}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(namespace, name)},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(namespace, name),

@@ -23,6 +23,7 @@ import time
 from typing import Callable
 
 from shoal import log
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT
 
 from control_plane.waypoints import (
     GATEWAY_NAME, MANAGED_BY, MANAGER, _key, blocked, desired, managed, plan,
@@ -30,7 +31,7 @@ from control_plane.waypoints import (
 
 logger = log.get("shoal.control_plane.waypoints")
 
-CONTROL_PLANE = "shoal-control-plane.shoal-system.svc:15012"
+CONTROL_PLANE = f"shoal-control-plane.shoal-system.svc:{CONTROL_PLANE_GRPC_PORT}"
 ROOT_CERT_CONFIGMAP = "shoal-ca-root-cert"
 ROOT_CERT_DIR = "/var/run/shoal/ca"
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"

@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import log
-from shoal.handoff import Acked, HandoffServer, Workload, ZtunnelGreeted
+from shoal.contracts import NODE_AGENT_PORT
+from shoal.handoff import Acked, Workload, ZtunnelGreeted
+from shoal.handoff_io import HandoffServer
 
 from node_agent import reconcile
 from node_agent.errors import NodeAgentError
 from node_agent.metrics import Metrics, serve
-from node_agent.model import METRICS_PORT, PodTarget
+from node_agent.model import PodTarget
 from node_agent.redirect import Redirection
 
 logger = log.get("node_agent")
@@ -44,7 +46,7 @@ class AgentConfig:
     node: str
     socket: Path
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = METRICS_PORT
+    metrics_port: int = NODE_AGENT_PORT
     resync_seconds: float = RESYNC_SECONDS
 
 
@@ -65,6 +67,7 @@ class NodeAgent:
         self.changed = asyncio.Event()
         self.first_sync = asyncio.Event()
         self.reported: dict[str, str] = {}  # uid -> the problem already logged for it
+        self.reasons: dict[str, str] = {}  # uid -> why a wanted pod is enrolled (for the log)
 
     # -- running ------------------------------------------------------------------
 
@@ -102,10 +105,10 @@ class NodeAgent:
             logger.info("stopped; redirection left in place", pods=len(self.redirection.recorded()))
 
     async def _on_source(self, pods: dict[str, dict], namespaces: dict[str, dict]) -> None:
-        enrolled_ns = {name for name, ns in namespaces.items() if reconcile.namespace_enrolled(ns)}
-        infos = [reconcile.pod_info(p) for p in pods.values()]
-        want = reconcile.desired(infos, enrolled_ns, self.config.node)
-        problems = reconcile.problems(infos, enrolled_ns, self.config.node)
+        infos = reconcile.pod_infos(pods.values(), namespaces)
+        want = reconcile.desired(infos, self.config.node)
+        problems = reconcile.problems(infos, self.config.node)
+        self.reasons = {info.uid: info.enrollment.reason for info in infos if info.uid in want}
         for uid, why in problems.items():
             if self.reported.get(uid) != why:
                 self.metrics.reconcile_errors.labels(step="invalid-pod").inc()
@@ -185,7 +188,7 @@ class NodeAgent:
             seen = self.seen_at.pop(pod.uid, None)
             if seen is not None:
                 self.metrics.enroll_seconds.observe(self.clock() - seen)
-            logger.info("pod enrolled", pod=pod.key, mode=self.redirection.mode)
+            logger.info("pod enrolled", pod=pod.key, mode=self.redirection.mode, reason=self.reasons.get(pod.uid))
         self._update_gauges()
 
     def _install(self, pod: PodTarget) -> bool:

@@ -31,10 +31,11 @@ import subprocess
 from pathlib import Path
 
 from shoal import log
+from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
 
 from node_agent import libbpf
 from node_agent.errors import BpfError, PrerequisiteMissing, RedirectError
-from node_agent.model import HBONE_PORT, INBOUND_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE, PodTarget
+from node_agent.model import PodTarget
 
 logger = log.get("node_agent.ebpf")
 
@@ -59,7 +60,7 @@ SOCKHASH_ENTRIES = 4096
 
 def source_text(sockhash_fd: int) -> str:
     probe = struct.unpack("!I", socket.inet_aton(PROBE_SOURCE))[0]
-    defines = {"SOCKHASH_FD": sockhash_fd, "OUTBOUND_PORT": OUTBOUND_PORT, "INBOUND_PORT": INBOUND_PORT,
+    defines = {"SOCKHASH_FD": sockhash_fd, "OUTBOUND_PORT": OUTBOUND_PORT, "INBOUND_PORT": INBOUND_PLAINTEXT_PORT,
                "HBONE_PORT": HBONE_PORT, "MARK": MARK, "PROBE_IP": f"{probe}u"}
     head = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     return head + SOURCE.read_text()

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import os
 
+from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
+
 from node_agent import netfilter
-from node_agent.model import HBONE_PORT, INBOUND_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE, PodTarget
+from node_agent.model import PodTarget
 
 OUTPUT_CHAIN = "SHOAL_OUTPUT"
 PREROUTING_CHAIN = "SHOAL_PREROUTING"
@@ -46,7 +48,7 @@ def capture_rules(iptc) -> dict[str, list]:
             rule(iptc, in_interface="lo", target="RETURN"),
             rule(iptc, src=f"{PROBE_SOURCE}/32", target="RETURN"),
             rule(iptc, protocol="tcp", matches=[("tcp", {"dport": str(HBONE_PORT)})], target="RETURN"),
-            rule(iptc, protocol="tcp", target="REDIRECT", target_args={"to_ports": str(INBOUND_PORT)}),
+            rule(iptc, protocol="tcp", target="REDIRECT", target_args={"to_ports": str(INBOUND_PLAINTEXT_PORT)}),
         ],
     }
 

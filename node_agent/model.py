@@ -1,20 +1,13 @@
-"""The node agent's domain types: what redirection needs to know about a pod, and the capture constants."""
+"""The node agent's domain type: what redirection needs to know about a pod.
+
+The ports, the mark and the probe source that capture uses are in
+shoal.contracts, where every part reads them.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-
-# The ztunnel's ports in a pod, and the SO_MARK of its own sockets (capture skips them).
-from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT as INBOUND_PORT, MARK, OUTBOUND_PORT
-
-__all__ = ["HBONE_PORT", "INBOUND_PORT", "MARK", "METRICS_PORT", "OUTBOUND_PORT", "PROBE_SOURCE", "PodTarget"]
-
-# Host-originated traffic to an enrolled pod (the kubelet's probes) is SNATed
-# to this link-local address in the node's netns; the pod's capture lets it
-# through to the app, so probes work even when mTLS is STRICT.
-PROBE_SOURCE = "169.254.7.127"
-METRICS_PORT = 15022  # the agent's own metrics and readiness (15020/15021 are the ztunnel's)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from shoal.contracts import PROBE_SOURCE
+
 from node_agent import netfilter
-from node_agent.model import PROBE_SOURCE
 
 CHAIN = "SHOAL_POSTROUTING"
 

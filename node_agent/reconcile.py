@@ -1,14 +1,15 @@
 """Which pods of this node belong in the mesh, and what to do about it. Sans-IO.
 
-Kubernetes objects become `PodInfo` / namespace flags at the edge
-(`pod_info`, `namespace_enrolled`); `plan()` is a pure function from what is
-observed and what is in place to a `Plan`, which the agent carries out.
+Kubernetes objects become `PodInfo` at the edge (`pod_info`, `pod_infos`),
+each with its enrollment decided there; `plan()` is a pure function from what
+is observed and what is in place to a `Plan`, which the agent carries out.
 
-Enrollment (DESIGN.md): a Namespace with `shoal.io/dataplane-mode: ambient`
-(annotation or label) or the label `istio.io/dataplane-mode: ambient` enrolls
-its pods; a Pod with `shoal.io/dataplane-mode: none` (annotation or label) or
-`istio.io/dataplane-mode: none` opts out; hostNetwork pods are never enrolled.
-A pod is acted on once it runs and the kubelet reported its IP and netns.
+Enrollment is `shoal.contracts.enrollment(namespace, pod)`, the one decision
+the control plane also makes when it publishes a pod as HBONE (its docstring
+gives the precedence: hostNetwork never, then the pod's own dataplane-mode,
+then its Namespace's; shoal's and Istio's keys, labels and annotations
+alike). A terminating pod leaves the mesh whatever it says. A pod is acted on
+once it runs and the kubelet reported its IP and netns.
 
 The order for a pod joining: the ztunnel is told first (AddWorkload) and the
 redirection goes in once it acked, so traffic is never sent to a ztunnel that
@@ -21,10 +22,9 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from node_agent.model import PodTarget
+from shoal.contracts import Enrollment, enrollment
 
-MODE_KEYS = ("shoal.io/dataplane-mode", "istio.io/dataplane-mode")
-AMBIENT, NONE = "ambient", "none"
+from node_agent.model import PodTarget
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,13 @@ class PodInfo:
     namespace: str
     name: str
     node: str
-    host_network: bool
     phase: str
     ip: str | None
     netns: str | None
     cgroup: str | None
-    mode: str | None  # the pod's own dataplane-mode, if set
     service_account: str
     terminating: bool
+    enrollment: Enrollment  # from the pod and its Namespace, by the contract
 
     def target(self) -> PodTarget:
         return PodTarget(self.uid, self.namespace, self.name, self.ip, self.netns, self.cgroup, self.service_account)
@@ -50,20 +49,8 @@ class PodInfo:
         return f"{self.namespace}/{self.name}"
 
 
-def _mode(meta: Mapping, *, labels_only_for_istio: bool = True) -> str | None:
-    labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
-    shoal = annotations.get(MODE_KEYS[0]) or labels.get(MODE_KEYS[0])
-    istio = labels.get(MODE_KEYS[1]) if labels_only_for_istio else labels.get(MODE_KEYS[1]) or annotations.get(MODE_KEYS[1])
-    return shoal or istio
-
-
-def namespace_enrolled(namespace: Mapping) -> bool:
-    return _mode(namespace.get("metadata") or {}) == AMBIENT
-
-
-def pod_info(pod: Mapping) -> PodInfo:
-    """A Kubernetes-shaped Pod (local store or API server) as the agent sees it."""
+def pod_info(pod: Mapping, namespace: Mapping | None) -> PodInfo:
+    """A Kubernetes-shaped Pod (local store or API server), with its Namespace, as the agent sees it."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -73,21 +60,24 @@ def pod_info(pod: Mapping) -> PodInfo:
         namespace=meta.get("namespace", "default"),
         name=meta.get("name", ""),
         node=spec.get("nodeName", ""),
-        host_network=bool(spec.get("hostNetwork")),
         phase=status.get("phase", ""),
         ip=status.get("podIP") or None,
         netns=local.get("netns") or None,
         cgroup=local.get("cgroup") or None,
-        mode=_mode(meta, labels_only_for_istio=False),
         service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
         terminating=bool(meta.get("deletionTimestamp")),
+        enrollment=enrollment(namespace, pod),
     )
 
 
-def wants_mesh(pod: PodInfo, namespace_in_mesh: bool) -> bool:
-    if pod.host_network or pod.terminating or pod.mode == NONE:
-        return False
-    return namespace_in_mesh or pod.mode == AMBIENT
+def pod_infos(pods: Iterable[Mapping], namespaces: Mapping[str, Mapping]) -> list[PodInfo]:
+    """Every pod with its Namespace (by name; a pod whose Namespace is unknown has only its own say)."""
+    return [pod_info(pod, namespaces.get((pod.get("metadata") or {}).get("namespace", "default")))
+            for pod in pods]
+
+
+def wants_mesh(pod: PodInfo) -> bool:
+    return pod.enrollment.enrolled and not pod.terminating
 
 
 def ready(pod: PodInfo) -> bool:
@@ -106,20 +96,15 @@ def problem(pod: PodInfo) -> str | None:
     return None
 
 
-def desired(pods: Iterable[PodInfo], enrolled_namespaces: set[str], node: str) -> dict[str, PodTarget]:
+def desired(pods: Iterable[PodInfo], node: str) -> dict[str, PodTarget]:
     """uid -> target of every pod on `node` that should be meshed and can be."""
-    out = {}
-    for pod in pods:
-        if pod.node == node and ready(pod) and wants_mesh(pod, pod.namespace in enrolled_namespaces):
-            out[pod.uid] = pod.target()
-    return out
+    return {pod.uid: pod.target() for pod in pods if pod.node == node and ready(pod) and wants_mesh(pod)}
 
 
-def problems(pods: Iterable[PodInfo], enrolled_namespaces: set[str], node: str) -> dict[str, str]:
+def problems(pods: Iterable[PodInfo], node: str) -> dict[str, str]:
     """uid -> why, for the pods that should be meshed but cannot be (the agent logs these)."""
     return {pod.uid: why for pod in pods
-            if pod.node == node and pod.phase == "Running" and wants_mesh(pod, pod.namespace in enrolled_namespaces)
-            and (why := problem(pod)) is not None}
+            if pod.node == node and pod.phase == "Running" and wants_mesh(pod) and (why := problem(pod)) is not None}
 
 
 @dataclass(frozen=True)

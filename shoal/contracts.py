@@ -51,12 +51,20 @@ USE_WAYPOINT = "shoal.io/use-waypoint"
 ISTIO_USE_WAYPOINT = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE = "shoal.io/use-waypoint-namespace"
 ISTIO_USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+WAYPOINT_FOR = "shoal.io/waypoint-for"       # on a waypoint Gateway: service, workload, all or none
+ISTIO_WAYPOINT_FOR = "istio.io/waypoint-for"
 SELECT_HOST_NETWORK = "shoal.io/select-host-network"   # a Service that selects hostNetwork pods too
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
 DATAPLANE_MODE_KEYS = (DATAPLANE_MODE, ISTIO_DATAPLANE_MODE)
 USE_WAYPOINT_KEYS = (USE_WAYPOINT, ISTIO_USE_WAYPOINT)
 USE_WAYPOINT_NAMESPACE_KEYS = (USE_WAYPOINT_NAMESPACE, ISTIO_USE_WAYPOINT_NAMESPACE)
+WAYPOINT_FOR_KEYS = (WAYPOINT_FOR, ISTIO_WAYPOINT_FOR)
+
+# The gatewayClassName of a Gateway that declares a waypoint (Istio's is accepted too).
+WAYPOINT_CLASS = "shoal-waypoint"
+ISTIO_WAYPOINT_CLASS = "istio-waypoint"
+WAYPOINT_CLASSES = (WAYPOINT_CLASS, ISTIO_WAYPOINT_CLASS)
 
 AMBIENT = "ambient"   # the dataplane-mode value that enrolls
 NONE = "none"         # the dataplane-mode value that opts out (and turns a waypoint off)

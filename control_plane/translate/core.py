@@ -1,16 +1,17 @@
 """Namespaces, Pods and Services become Workloads and Services.
 
-Enrollment: a pod is meshed (protocol HBONE) when its Namespace carries
-`shoal.io/dataplane-mode: ambient` (label or annotation) or Istio's
-`istio.io/dataplane-mode: ambient` label, or the pod itself opts in the same
-way, and the pod does not opt out with `shoal.io/dataplane-mode: none` or
-`istio.io/dataplane-mode: none`. hostNetwork pods are never meshed (they share
-the node's address): they are published as plain-TCP workloads and are
-Service endpoints only when the Service says so with the annotation
+Enrollment: a pod is meshed (protocol HBONE) when `shoal.contracts.enrollment`
+says so, the one decision the node agent also makes before it captures the
+pod's traffic (the precedence order is in its docstring: hostNetwork pods
+never, then the pod's own `shoal.io/dataplane-mode` or `istio.io/dataplane-mode`,
+label or annotation, then its Namespace's). hostNetwork pods share the node's
+address: they are published as plain-TCP workloads and are Service endpoints
+only when the Service says so with the annotation
 `shoal.io/select-host-network: "true"`.
 
 Waypoints: `shoal.io/use-waypoint` / `istio.io/use-waypoint` (with the
-optional `*/use-waypoint-namespace`) on a Pod, a Service or their Namespace;
+optional `*/use-waypoint-namespace`) on a Pod, a Service or their Namespace,
+read in the same order as the dataplane mode (`shoal.contracts.setting`);
 the object's own setting wins over its Namespace's, and the value `none`
 turns a namespace waypoint off. A reference is kept only when it names a
 known waypoint that serves that kind of traffic (`service`, `workload`,
@@ -31,6 +32,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from shoal.contracts import (
+    GATEWAY_NAME_LABEL,
+    NONE,
+    SELECT_HOST_NETWORK,
+    USE_WAYPOINT_KEYS,
+    USE_WAYPOINT_NAMESPACE_KEYS,
+    enrollment,
+    setting,
+)
 from shoal.model import (
     Endpoint,
     Protocol,
@@ -44,13 +54,6 @@ from shoal.model import (
     service_hostname,
 )
 
-DATAPLANE_MODE_KEYS = ("shoal.io/dataplane-mode", "istio.io/dataplane-mode")
-USE_WAYPOINT_KEYS = ("shoal.io/use-waypoint", "istio.io/use-waypoint")
-USE_WAYPOINT_NAMESPACE_KEYS = ("shoal.io/use-waypoint-namespace", "istio.io/use-waypoint-namespace")
-SELECT_HOST_NETWORK = "shoal.io/select-host-network"
-AMBIENT = "ambient"
-NONE = "none"
-
 _APP_PROTOCOLS = {"http", "http2", "https", "grpc", "grpc-web", "tcp", "tls", "h2c", "mongo", "redis", "mysql"}
 
 
@@ -58,14 +61,10 @@ def _meta(obj: dict | None) -> dict:
     return (obj or {}).get("metadata") or {}
 
 
-def _setting(meta: dict, keys: Iterable[str]) -> str | None:
-    """The first of `keys` found in labels, then annotations."""
-    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-    for key in keys:
-        for source in (labels, annotations):
-            if key in source and source[key] is not None:
-                return str(source[key]).strip()
-    return None
+def _setting(meta: dict, keys: tuple[str, ...]) -> str | None:
+    """The value of the first of `keys` that `meta` sets (see shoal.contracts.setting)."""
+    found = setting(meta, keys)
+    return None if found is None else found[1]
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class WaypointSetting:
 
 def waypoint_setting(meta: dict, default_namespace: str) -> WaypointSetting | None:
     name = _setting(meta, USE_WAYPOINT_KEYS)
-    if name is None or name == "":
+    if name is None:
         return None
     if name == NONE:
         return WaypointSetting(None, off=True)
@@ -96,21 +95,13 @@ def _resolve_waypoint(own: WaypointSetting | None, inherited: WaypointSetting | 
     return setting.ref
 
 
-def namespace_ambient(namespace_obj: dict | None) -> bool:
-    return _setting(_meta(namespace_obj), DATAPLANE_MODE_KEYS) == AMBIENT
-
-
 def is_host_network(pod: dict) -> bool:
     return bool((pod.get("spec") or {}).get("hostNetwork"))
 
 
 def pod_enrolled(pod: dict, namespace_obj: dict | None) -> bool:
-    if is_host_network(pod):
-        return False
-    own = _setting(_meta(pod), DATAPLANE_MODE_KEYS)
-    if own == NONE:
-        return False
-    return own == AMBIENT or namespace_ambient(namespace_obj)
+    """The contract's decision (the node agent captures exactly the pods this says yes to)."""
+    return enrollment(namespace_obj, pod).enrolled
 
 
 def pod_ips(pod: dict) -> tuple[str, ...]:
@@ -165,7 +156,7 @@ def canonical_names(pod: dict) -> tuple[str, str]:
 def is_waypoint_part(obj: dict, waypoints: Mapping[str, Waypoint]) -> bool:
     """A waypoint's own pod or Service (Gateway API's gateway-name label names a known waypoint)."""
     meta = _meta(obj)
-    gateway = (meta.get("labels") or {}).get("gateway.networking.k8s.io/gateway-name")
+    gateway = (meta.get("labels") or {}).get(GATEWAY_NAME_LABEL)
     return bool(gateway) and f"{meta.get('namespace') or 'default'}/{gateway}" in waypoints
 
 
@@ -279,10 +270,6 @@ def service_of(svc: dict, namespace_obj: dict | None, pods: Iterable[dict],
         waypoint=waypoint,
         labels=freeze_labels(meta.get("labels")),
     )
-
-
-def uses_waypoint_settings(obj: dict) -> bool:
-    return _setting(_meta(obj), USE_WAYPOINT_KEYS) is not None
 
 
 # -- the boundary: core objects as the translator reads them ---------------------

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from control_plane.translate import core, gateway_api, istio_routing, istio_security, smi
+from shoal.contracts import AMBIENT, DATAPLANE_MODE_KEYS, NONE, USE_WAYPOINT_KEYS
+
+from control_plane.translate import gateway_api, istio_routing, istio_security, smi
 from control_plane.translate.common import ROOT_NAMESPACES, Checker, Findings
 
 # kind -> (group, served versions, parser); the order of versions is the preference, newest first.
@@ -76,12 +78,12 @@ def _core_settings(obj: dict, c: Checker, meta: dict | None = None, path: str = 
         values = meta.get(field) or {}
         if not isinstance(values, dict):
             continue
-        for key in core.DATAPLANE_MODE_KEYS:
-            if key in values and values[key] not in (core.AMBIENT, core.NONE):
-                c.error(f"{path}.{field}.{key}", f"must be {core.AMBIENT!r} or {core.NONE!r}, not {values[key]!r}")
-        for key in core.USE_WAYPOINT_KEYS:
+        for key in DATAPLANE_MODE_KEYS:
+            if key in values and values[key] not in (AMBIENT, NONE):
+                c.error(f"{path}.{field}.{key}", f"must be {AMBIENT!r} or {NONE!r}, not {values[key]!r}")
+        for key in USE_WAYPOINT_KEYS:
             value = values.get(key)
-            if value is not None and value != core.NONE and (not isinstance(value, str) or not _DNS_LABEL.match(value)):
+            if value is not None and value != NONE and (not isinstance(value, str) or not _DNS_LABEL.match(value)):
                 c.error(f"{path}.{field}.{key}", f"must name a waypoint Gateway (or be 'none'), not {value!r}")
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from shoal.contracts import HBONE_PORT, WAYPOINT_CLASSES, WAYPOINT_FOR_KEYS
 from shoal.model import (
     ANY_PORT,
     Destination,
@@ -55,8 +56,6 @@ from control_plane.translate.common import Checker, created_of, ref_of, resolve_
 GROUP = "gateway.networking.k8s.io"
 HTTPROUTE_VERSIONS = ("v1", "v1beta1", "v1alpha2")
 GATEWAY_VERSIONS = ("v1", "v1beta1")
-WAYPOINT_CLASSES = ("shoal-waypoint", "istio-waypoint")
-WAYPOINT_FOR_KEYS = ("shoal.io/waypoint-for", "istio.io/waypoint-for")
 TRAFFIC_TYPES = ("service", "workload", "all", "none")
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 _IGNORED_FILTERS = {
@@ -97,7 +96,7 @@ def gateway(obj: dict, c: Checker) -> Waypoint | None:
             ports.append(port)
     name = str(meta.get("name", ""))
     return Waypoint(name=name, namespace=str(meta.get("namespace") or "default"), service_account=name,
-                    traffic_type=traffic, ports=tuple(ports) or (15008,))
+                    traffic_type=traffic, ports=tuple(ports) or (HBONE_PORT,))
 
 
 # -- HTTPRoute ----------------------------------------------------------------

@@ -12,6 +12,8 @@ import sys
 import urllib.error
 import urllib.request
 
+from shoal.contracts import ADMIN_PORT
+
 VIEWS = ("workloads", "services", "policies", "certs", "all")
 
 
@@ -22,11 +24,11 @@ def register(subparsers) -> None:
     p.add_argument("--node", default="1", help="node number or name (1, node1)")
     p.add_argument("--cluster", default="default")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    p.add_argument("--port", type=int, default=15000, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=ADMIN_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=main)
 
 
-def fetch_dump(netns_name: str | None, port: int = 15000, timeout: float = 5.0) -> dict:
+def fetch_dump(netns_name: str | None, port: int = ADMIN_PORT, timeout: float = 5.0) -> dict:
     def get():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/config_dump", timeout=timeout) as response:
             return json.loads(response.read())

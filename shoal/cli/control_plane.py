@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT
+
 
 def register(sub) -> None:
     p = sub.add_parser("control-plane", help="run the mesh control plane: CA and config server",
@@ -12,8 +14,10 @@ def register(sub) -> None:
     p.add_argument("--source", choices=("local", "kube"), default="local",
                    help="where config comes from: a local cluster's store, or the Kubernetes API")
     p.add_argument("--cluster", default="default", help="local cluster name (with --source local)")
-    p.add_argument("--listen", default="0.0.0.0:15012", help="gRPC address (default 0.0.0.0:15012)")
-    p.add_argument("--http", default="0.0.0.0:15014", help="HTTP address for readiness and metrics")
+    p.add_argument("--listen", default=f"0.0.0.0:{CONTROL_PLANE_GRPC_PORT}",
+                   help=f"gRPC address (default 0.0.0.0:{CONTROL_PLANE_GRPC_PORT})")
+    p.add_argument("--http", default=f"0.0.0.0:{CONTROL_PLANE_HTTP_PORT}",
+                   help=f"HTTP address for readiness and metrics (default 0.0.0.0:{CONTROL_PLANE_HTTP_PORT})")
     p.add_argument("--ca-cert", type=Path, help="PEM root certificate to sign with (with --ca-key)")
     p.add_argument("--ca-key", type=Path, help="PEM private key of --ca-cert")
     p.add_argument("--cert-ttl", default="24h", help="workload certificate lifetime (default 24h)")

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from shoal.contracts import NODE_AGENT_PORT
+
 DEFAULT_STATE_DIR = Path("/var/run/shoal/node-agent")
 
 
@@ -26,8 +28,8 @@ def register(sub) -> None:
     p.add_argument("--state-dir", type=Path, help=f"where the agent records what it installed "
                                                   f"(default {DEFAULT_STATE_DIR}, or under the local node's dir)")
     p.add_argument("--bpffs", type=Path, default=Path("/sys/fs/bpf"), help="bpffs to pin eBPF objects in")
-    p.add_argument("--metrics-port", type=int, default=15022,
-                   help="metrics (/metrics) and readiness (/healthz/ready) port; 0 disables (default 15022)")
+    p.add_argument("--metrics-port", type=int, default=NODE_AGENT_PORT,
+                   help=f"metrics (/metrics) and readiness (/healthz/ready) port; 0 disables (default {NODE_AGENT_PORT})")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every redirection and eBPF object this agent installed, then exit")
     p.set_defaults(func=main)

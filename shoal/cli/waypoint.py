@@ -18,7 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
-GATEWAY_CLASS = "shoal-waypoint"
+from shoal.contracts import (
+    ADMIN_PORT, CONTROL_PLANE_GRPC_PORT, GATEWAY_NAME_LABEL, HBONE_PORT, ISTIO_WAYPOINT_FOR, USE_WAYPOINT,
+    WAYPOINT_CLASS, WAYPOINT_CLASSES,
+)
+from shoal.local.layout import node_ip
+
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 
 
@@ -60,7 +65,8 @@ def register(subparsers) -> None:
     run.add_argument("--name", required=True, help="the waypoint Gateway's name")
     run.add_argument("--service-account", default="", help="its identity (default: the Gateway's name)")
     run.add_argument("--cluster", default="default", help="local cluster name (for default paths)")
-    run.add_argument("--control-plane", default="198.18.0.1:15012", help="control plane gRPC host:port")
+    run.add_argument("--control-plane", default=f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
+                     help="control plane gRPC host:port (default: the local cluster's)")
     run.add_argument("--ca-bundle", type=Path, help="mesh trust bundle PEM (default: the local cluster's)")
     run.add_argument("--token-file", type=Path,
                      help="service-account token for the control plane (default: minted in the local cluster)")
@@ -72,9 +78,9 @@ def register(subparsers) -> None:
 
 def gateway(namespace: str, name: str, traffic: str = "service") -> dict:
     return {"apiVersion": GATEWAY_API, "kind": "Gateway",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"istio.io/waypoint-for": traffic}},
-            "spec": {"gatewayClassName": GATEWAY_CLASS,
-                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+            "metadata": {"name": name, "namespace": namespace, "labels": {ISTIO_WAYPOINT_FOR: traffic}},
+            "spec": {"gatewayClassName": WAYPOINT_CLASS,
+                     "listeners": [{"name": "mesh", "port": HBONE_PORT, "protocol": "HBONE"}]}}
 
 
 def _store(cluster: str):
@@ -96,16 +102,15 @@ def cmd_apply(args) -> int:
         print(f"shoal waypoint: namespace {args.namespace!r} does not exist; create it first", file=sys.stderr)
         return 1
     existing = store.get("Gateway", args.namespace, args.name)
-    if existing is not None and (existing.get("spec") or {}).get("gatewayClassName") not in (GATEWAY_CLASS,
-                                                                                               "istio-waypoint"):
+    if existing is not None and (existing.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES:
         print(f"shoal waypoint: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
               "choose another --name", file=sys.stderr)
         return 1
     store.apply(gateway(args.namespace, args.name, args.traffic))
     print(f"waypoint {args.namespace}/{args.name} applied")
     if args.enroll_namespace:
-        store.patch_metadata("Namespace", None, args.namespace, labels={"shoal.io/use-waypoint": args.name})
-        print(f"namespace {args.namespace} labelled shoal.io/use-waypoint={args.name}")
+        store.patch_metadata("Namespace", None, args.namespace, labels={USE_WAYPOINT: args.name})
+        print(f"namespace {args.namespace} labelled {USE_WAYPOINT}={args.name}")
     return 0
 
 
@@ -114,8 +119,7 @@ def cmd_delete(args) -> int:
     if store is None:
         return 1
     existing = store.get("Gateway", args.namespace, args.name)
-    if existing is None or (existing.get("spec") or {}).get("gatewayClassName") not in (GATEWAY_CLASS,
-                                                                                         "istio-waypoint"):
+    if existing is None or (existing.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES:
         print(f"shoal waypoint: no waypoint {args.namespace}/{args.name}", file=sys.stderr)
         return 1
     store.delete("Gateway", args.namespace, args.name)
@@ -128,7 +132,7 @@ def cmd_list(args) -> int:
     if store is None:
         return 1
     gateways = [g for g in store.list("Gateway", args.namespace)[0]
-                if (g.get("spec") or {}).get("gatewayClassName") in (GATEWAY_CLASS, "istio-waypoint")]
+                if (g.get("spec") or {}).get("gatewayClassName") in WAYPOINT_CLASSES]
     if not gateways:
         print("no waypoints" + (f" in namespace {args.namespace}" if args.namespace else ""))
         return 0
@@ -136,10 +140,10 @@ def cmd_list(args) -> int:
     for g in gateways:
         meta = g["metadata"]
         pods = [p for p in store.list("Pod", meta["namespace"])[0]
-                if (p["metadata"].get("labels") or {}).get("gateway.networking.k8s.io/gateway-name") == meta["name"]]
+                if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL) == meta["name"]]
         ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
                                            for c in (p.get("status") or {}).get("conditions") or []))
-        rows.append((meta["namespace"], meta["name"], (meta.get("labels") or {}).get("istio.io/waypoint-for",
+        rows.append((meta["namespace"], meta["name"], (meta.get("labels") or {}).get(ISTIO_WAYPOINT_FOR,
                                                                                       "service"),
                      f"{ready}/{len(pods)}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -159,7 +163,7 @@ def cmd_config(args) -> int:
     if store is None:
         return 1
     pods = [p for p in store.list("Pod", args.namespace)[0]
-            if (p["metadata"].get("labels") or {}).get("gateway.networking.k8s.io/gateway-name") == args.name
+            if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL) == args.name
             and ((p.get("status") or {}).get("shoal") or {}).get("netns")]
     if not pods:
         print(f"shoal waypoint: no running pod for waypoint {args.namespace}/{args.name}; "
@@ -168,12 +172,12 @@ def cmd_config(args) -> int:
     name = pods[0]["status"]["shoal"]["netns"].rsplit("/", 1)[1]
 
     def get():
-        with urllib.request.urlopen("http://127.0.0.1:15000/config_dump", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/config_dump", timeout=5) as response:
             return json.loads(response.read())
     try:
         dump = netns.run_in(name, get)
     except OSError as e:
-        print(f"shoal waypoint: the waypoint {args.namespace}/{args.name} does not answer on 15000: {e}",
+        print(f"shoal waypoint: the waypoint {args.namespace}/{args.name} does not answer on {ADMIN_PORT}: {e}",
               file=sys.stderr)
         return 1
     print(json.dumps(dump, indent=2))

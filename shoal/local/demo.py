@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from shoal import log
+from shoal.contracts import AMBIENT, DATAPLANE_MODE
 from shoal.local import cluster as local_cluster
 from shoal.local import observe
 from shoal.local.layout import Layout
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (store.list("Pod", "shoal-system")[0]):
         print("    (this build has no mesh components yet; nothing to enroll)")
     else:
-        step("enrolling namespace demo in the mesh: label shoal.io/dataplane-mode=ambient (no pod restarts)")
-        shoal("local", "label", "namespace", "demo", "shoal.io/dataplane-mode=ambient", *c)
+        step(f"enrolling namespace demo in the mesh: label {DATAPLANE_MODE}={AMBIENT} (no pod restarts)")
+        shoal("local", "label", "namespace", "demo", f"{DATAPLANE_MODE}={AMBIENT}", *c)
         found = observe.wait_for_mtls(layout, 1, lambda: shoal("local", "exec", "-n", "demo", "client", *c, "--",
                                                                "curl", "-sS", "-m", "5", "http://hello",
                                                                check=False).stdout,

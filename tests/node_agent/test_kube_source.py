@@ -12,7 +12,7 @@ from kubernetes import client
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kube_double import KubeDouble  # noqa: E402
 
-from node_agent import reconcile  # noqa: E402
+from shoal.contracts import namespace_ambient  # noqa: E402
 from node_agent.sources import KubeSource  # noqa: E402
 
 
@@ -43,7 +43,7 @@ class Recorder:
 
 
 def enrolled(namespaces):
-    return {n for n, obj in namespaces.items() if reconcile.namespace_enrolled(obj)}
+    return {n for n, obj in namespaces.items() if namespace_ambient(obj)}
 
 
 @pytest.fixture

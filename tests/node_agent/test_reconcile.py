@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from node_agent.model import PodTarget
-from node_agent.reconcile import Plan, desired, namespace_enrolled, plan, pod_info
+from node_agent.reconcile import Plan, desired, plan, pod_info, pod_infos
 
 
 def ns(name, labels=None, annotations=None):
@@ -24,16 +24,22 @@ def pod(name, namespace="demo", node="node1", uid=None, labels=None, annotations
             "status": {"phase": phase, "podIP": ip, "shoal": {"netns": netns, "cgroup": "/sys/fs/cgroup/x"}}}
 
 
+# The enrollment rules themselves are tested in tests/shoal/test_contracts.py; these rows check
+# that the agent applies them with each pod's own Namespace.
+NAMESPACES = {"demo": ns("demo", labels={"shoal.io/dataplane-mode": "ambient"}), "plain": ns("plain")}
+
+
 @pytest.mark.parametrize("namespace, enrolled", [
     (ns("a", annotations={"shoal.io/dataplane-mode": "ambient"}), True),
     (ns("a", labels={"shoal.io/dataplane-mode": "ambient"}), True),
     (ns("a", labels={"istio.io/dataplane-mode": "ambient"}), True),
-    (ns("a", annotations={"istio.io/dataplane-mode": "ambient"}), False),  # Istio's is a label
+    (ns("a", annotations={"istio.io/dataplane-mode": "ambient"}), True),  # as the control plane decides
     (ns("a", labels={"shoal.io/dataplane-mode": "none"}), False),
     (ns("a"), False),
 ])
 def test_namespace_enrollment(namespace, enrolled):
-    assert namespace_enrolled(namespace) is enrolled
+    raw = pod("p", namespace="a")
+    assert (raw["metadata"]["uid"] in desired(pod_infos([raw], {"a": namespace}), "node1")) is enrolled
 
 
 @pytest.mark.parametrize("raw, wanted", [
@@ -51,7 +57,7 @@ def test_namespace_enrollment(namespace, enrolled):
     (pod("pod-opt-in", namespace="plain", labels={"istio.io/dataplane-mode": "ambient"}), True),
 ])
 def test_which_pods_are_wanted(raw, wanted):
-    want = desired([pod_info(raw)], {"demo"}, "node1")
+    want = desired(pod_infos([raw], NAMESPACES), "node1")
     assert (raw["metadata"]["uid"] in want) is wanted
 
 
@@ -112,9 +118,9 @@ def test_plan_invariants(want, installed, acked, in_flight, connected):
 
 
 def test_a_pod_with_a_bad_address_is_skipped_with_a_reason_and_harms_no_other():
-    bad = pod_info(pod("bad", ip="fd00::5"))
-    good = pod_info(pod("good"))
+    bad = pod_info(pod("bad", ip="fd00::5"), NAMESPACES["demo"])
+    good = pod_info(pod("good"), NAMESPACES["demo"])
     from node_agent.reconcile import problems
-    assert set(desired([bad, good], {"demo"}, "node1")) == {"uid-good"}
-    assert problems([bad, good], {"demo"}, "node1") == {
+    assert set(desired([bad, good], "node1")) == {"uid-good"}
+    assert problems([bad, good], "node1") == {
         "uid-bad": "status.podIP 'fd00::5' is not an IPv4 address; shoal meshes IPv4 pods only"}

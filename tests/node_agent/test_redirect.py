@@ -17,11 +17,11 @@ import threading
 import pytest
 
 from shoal import netns
+from shoal.contracts import MARK, PROBE_SOURCE
 
 from na_topology import (POD_IPS, Server, bpftool_cgroup, bpftool_links, client_code, listen_in, netns_inode,
                          original_dst)
 from node_agent import netfilter, probes
-from node_agent.model import MARK, PROBE_SOURCE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, iptables, eBPF")
 
