@@ -18,6 +18,7 @@ import asyncio
 from typing import AsyncIterator, Callable
 
 from control_plane.metrics import Metrics
+from control_plane.sources import SourceError
 from control_plane.state import ConfigState
 from control_plane.translate import Translator
 from shoal import log
@@ -61,7 +62,8 @@ class Feed:
                 self.apply([e for e in batch if e is not done])
                 if ended:
                     pumper.result()  # raises the source's error, if it failed
-                    raise RuntimeError("the config source ended")
+                    raise SourceError("the config source stopped sending events, which a live source never does; "
+                                      "its log says why (the local store removed? the API server gone?)")
         finally:
             pumper.cancel()
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from shoal.errors import ShoalError
 
-class NodeAgentError(Exception):
+
+class NodeAgentError(ShoalError):
     """Base of every error the node agent raises."""
+
+
+class SourceError(NodeAgentError):
+    """Listing or watching pods and namespaces failed (the local store or the Kubernetes API)."""
 
 
 class PrerequisiteMissing(NodeAgentError):

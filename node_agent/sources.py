@@ -18,6 +18,8 @@ from typing import Awaitable, Callable
 
 from shoal import log, store as local_store
 
+from node_agent.errors import SourceError
+
 logger = log.get("node_agent.sources")
 
 OnChange = Callable[[dict[str, dict], dict[str, dict]], Awaitable[None]]
@@ -117,7 +119,7 @@ class KubeSource:
                             if raw.get("type") == "ERROR":
                                 if obj.get("code") == 410:
                                     raise _Gone()
-                                raise RuntimeError(obj.get("message", "watch error"))
+                                raise SourceError(f"the {kind} watch failed: {obj.get('message', obj)}")
                             rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                             if raw.get("type") != "BOOKMARK":
                                 loop.call_soon_threadsafe(queue.put_nowait, (kind, raw["type"], obj))
@@ -176,8 +178,8 @@ class KubeSource:
         return filled
 
 
-class _Gone(Exception):
-    pass
+class _Gone(SourceError):
+    """The watch's resourceVersion expired (410 Gone): list again."""
 
 
 def _discover(pod: dict) -> dict:

@@ -33,6 +33,7 @@ from typing import Iterable
 from google.protobuf.message import DecodeError
 
 from shoal.api import handoff_pb2 as pb
+from shoal.errors import ShoalError
 
 VERSION = 1
 DEFAULT_SOCKET = Path("/var/run/shoal/ztunnel.sock")
@@ -40,7 +41,7 @@ MAX_PACKET = 64 * 1024
 MAX_FDS = 4
 
 
-class HandoffError(Exception):
+class HandoffError(ShoalError):
     """Base of the hand-off errors."""
 
 

@@ -21,12 +21,14 @@ from typing import Any, Callable, Sequence
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 
+from shoal.errors import ShoalError
+
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 
 
-class NetnsError(Exception):
-    pass
+class NetnsError(ShoalError):
+    """A network namespace could not be made, entered or removed."""
 
 
 def path(name: str) -> Path:

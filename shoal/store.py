@@ -37,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Iterator
 
+from shoal.errors import ShoalError
+
 RUN_ROOT = Path(os.environ.get("SHOAL_RUN_ROOT", "/run/shoal"))
 CLUSTER_SCOPED = frozenset({"Namespace", "Node", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"})
 CLUSTER_NAMESPACE = "_"
@@ -47,7 +49,7 @@ BOOKMARK_SECONDS = 5.0
 SERVICE_NETWORK = "198.18.16.0/20"  # the local cluster's Service VIP range
 
 
-class StoreError(Exception):
+class StoreError(ShoalError):
     """Base of the store's errors."""
 
 

@@ -25,11 +25,13 @@ import os
 import secrets
 from pathlib import Path
 
+from shoal.errors import ShoalError
+
 LOCAL_SA_PREFIX = "shoal-sa1"
 TOKEN_KEY_FILE = Path("ca") / "token.key"
 
 
-class TokenError(Exception):
+class TokenError(ShoalError):
     """A token is missing, unreadable or malformed."""
 
 

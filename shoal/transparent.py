@@ -24,6 +24,7 @@ from __future__ import annotations
 import subprocess
 
 from shoal.contracts import MARK as OUR_MARK
+from shoal.errors import ShoalError
 
 CHAIN = "SHOAL_ZTUNNEL"
 CONNMARK = 0x111
@@ -31,8 +32,8 @@ TABLE = 133
 PRIORITY = 32000
 
 
-class TransparentError(Exception):
-    pass
+class TransparentError(ShoalError):
+    """The return path for source-IP preservation could not be installed or removed."""
 
 
 def _in_netns(netns_fd: int, argv: list[str], check: bool, stdin: str | None = None) -> subprocess.CompletedProcess:

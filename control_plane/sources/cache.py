@@ -17,10 +17,12 @@ from typing import Iterable
 
 from shoal.store import Event
 
+from control_plane.errors import ControlPlaneError
+
 Key = tuple[str, str, str]
 
 
-class SourceError(Exception):
+class SourceError(ControlPlaneError):
     """Base of the config sources' errors."""
 
 

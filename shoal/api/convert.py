@@ -16,10 +16,11 @@ from typing import Any, Callable
 from shoal import model
 from shoal.api import config_pb2
 from shoal.api import resources_pb2 as pb
+from shoal.errors import ShoalError
 from shoal.model import ResourceType
 
 
-class ConversionError(ValueError):
+class ConversionError(ShoalError, ValueError):
     """A message does not describe a valid model object."""
 
 
