@@ -13,7 +13,8 @@ from control_plane.state import ConfigState
 from control_plane.subscription import Scope
 from shoal import tokens
 from shoal.identity import SpiffeId
-from cp_harness import workload
+
+from support.plane import workload
 
 TD = "cluster.local"
 

@@ -14,7 +14,8 @@ from shoal.api import ca_pb2, ca_pb2_grpc
 from shoal.config_client import ConfigClientError, open_channel, request_certificate
 from shoal.identity import SpiffeId
 from shoal import tokens
-from cp_harness import TD, start_plane, workload
+
+from support.plane import TD, start_plane, workload
 
 
 def run(coro):

@@ -12,7 +12,8 @@ from control_plane.subscription import AckOutcome, Scope, Subscription
 from shoal.api import config_pb2
 from shoal.model import (Action, Authorization, PolicyScope, ResourceType, Route, RouteTable, Destination,
                          freeze_labels)
-from cp_harness import workload
+
+from support.plane import workload
 
 W, RT, AUTHZ = ResourceType.WORKLOAD, ResourceType.ROUTE_TABLE, ResourceType.AUTHORIZATION
 NODE = Scope(node="node1")

@@ -11,7 +11,8 @@ from control_plane.state import ConfigState
 from control_plane.subscription import Scope, Subscription
 from shoal.api import config_pb2, convert
 from shoal.model import ResourceType, freeze_labels
-from cp_harness import workload
+
+from support.plane import workload
 
 W = ResourceType.WORKLOAD
 

@@ -15,7 +15,9 @@ from shoal import tokens
 from shoal.api import config_pb2, config_pb2_grpc
 from shoal.config_client import ConfigClient, open_channel
 from shoal.model import ResourceType, freeze_labels
-from cp_harness import NODE_TOKENS, eventually, start_plane, workload
+
+from support.plane import NODE_TOKENS, start_plane, workload
+from support.polling import eventually_async
 
 W = ResourceType.WORKLOAD
 
@@ -53,11 +55,11 @@ def test_initial_snapshot_then_only_the_change(tmp_path):
                                                      ResourceType.AUTHORIZATION, ResourceType.PEER_AUTHENTICATION}
             moved = dataclasses.replace(workload(7), labels=freeze_labels({"app": "changed"}))
             plane.state.apply([moved])
-            await eventually(lambda: len(rec.of(W)) == 2, what="the change")
+            await eventually_async(lambda: len(rec.of(W)) == 2, what="the change")
             change = rec.of(W)[1]
             assert not change.initial and dict(change.upserted) == {"uid-7": moved} and not change.removed
             plane.state.apply(removals=[(W, "uid-3")])
-            await eventually(lambda: len(rec.of(W)) == 3, what="the removal")
+            await eventually_async(lambda: len(rec.of(W)) == 3, what="the removal")
             assert rec.of(W)[2].removed == {"uid-3"} and not rec.of(W)[2].upserted
             assert len(client.resources(W)) == 49 and client.resources(W)["uid-7"] == moved
             # Same content again: no version bump, nothing pushed.
@@ -89,7 +91,7 @@ def test_reconnect_resumes_with_only_what_changed(tmp_path, server_restarts_with
         try:
             await asyncio.wait_for(client.synced.wait(), 5)
             await plane.server.stop(0)
-            await eventually(lambda: not client.connected.is_set(), what="disconnect")
+            await eventually_async(lambda: not client.connected.is_set(), what="disconnect")
             assert len(client.resources(W)) == 200  # kept while the server is away
             if server_restarts_with_new_state:
                 state = ConfigState()  # a restarted control plane: new epoch, same content rebuilt
@@ -103,7 +105,7 @@ def test_reconnect_resumes_with_only_what_changed(tmp_path, server_restarts_with
             await server.start()
             server.mark_synced()
             before = len(rec.of(W))
-            await eventually(lambda: len(rec.of(W)) > before and client.connected.is_set(), what="resume")
+            await eventually_async(lambda: len(rec.of(W)) > before and client.connected.is_set(), what="resume")
             resumed = rec.of(W)[before]
             assert set(resumed.upserted) == {"uid-9"}
             assert resumed.removed == {"uid-5"}
@@ -135,8 +137,8 @@ def test_nack_keeps_the_previous_version_and_is_not_resent(tmp_path):
             await asyncio.wait_for(client.synced.wait(), 5)
             good_version = client.version(W)
             plane.state.apply([dataclasses.replace(workload(1), labels=freeze_labels({"app": "bad"}))])
-            await eventually(lambda: client.nacks == 1, what="a NACK")
-            await eventually(lambda: plane.server.metrics.nacks.labels("Workload")._value.get() == 1,
+            await eventually_async(lambda: client.nacks == 1, what="a NACK")
+            await eventually_async(lambda: plane.server.metrics.nacks.labels("Workload")._value.get() == 1,
                              what="the nack metric")
             assert client.version(W) == good_version
             assert client.resources(W)["uid-1"] == workload(1)
@@ -144,7 +146,7 @@ def test_nack_keeps_the_previous_version_and_is_not_resent(tmp_path):
             assert client.nacks == 1  # not re-sent while nothing changed
             fixed = dataclasses.replace(workload(1), labels=freeze_labels({"app": "fixed"}))
             plane.state.apply([fixed])
-            await eventually(lambda: client.resources(W)["uid-1"] == fixed, what="the fixed version")
+            await eventually_async(lambda: client.resources(W)["uid-1"] == fixed, what="the fixed version")
             assert client.nacks == 1 and client.version(W) != good_version
         finally:
             client.stop()
@@ -168,7 +170,7 @@ def test_a_slow_subscriber_does_not_hold_back_the_others(tmp_path):
 
         slow_call = config_pb2_grpc.ConfigStub(slow_channel).Watch(
             slow_iter(), metadata=tokens.metadata(NODE_TOKENS["node2"]))
-        await eventually(lambda: len(plane.server.watch.streams) == 1, what="the slow subscriber")
+        await eventually_async(lambda: len(plane.server.watch.streams) == 1, what="the slow subscriber")
         clients = [plane.client("node1") for _ in range(3)]
         tasks = [asyncio.create_task(c.run()) for c in clients]
         try:
@@ -176,7 +178,7 @@ def test_a_slow_subscriber_does_not_hold_back_the_others(tmp_path):
             for round_ in range(20):
                 plane.state.apply([dataclasses.replace(workload(round_), ips=(f"198.19.1.{round_ + 100}",))])
             final = plane.state.version(W)
-            await eventually(lambda: all(c.version(W) == final for c in clients), timeout=10,
+            await eventually_async(lambda: all(c.version(W) == final for c in clients), timeout=10,
                              what="every fast subscriber to reach the last version")
             slow = next(s for s in plane.server.watch.streams if s.scope.node == "node2")
             assert not slow.subscription.in_sync()
@@ -230,7 +232,7 @@ def test_client_retries_while_its_token_file_is_missing(tmp_path):
         client = ConfigClient(settings)
         task = asyncio.create_task(client.run())
         try:
-            await eventually(lambda: client.reconnects >= 2, what="retries without a token")
+            await eventually_async(lambda: client.reconnects >= 2, what="retries without a token")
             assert not task.done()
             token_file.write_text(NODE_TOKENS["node1"] + "\n")
             await asyncio.wait_for(client.synced.wait(), 5)
@@ -262,7 +264,7 @@ def test_a_waypoint_gets_its_namespace_route_tables_over_grpc(tmp_path):
             assert ResourceType.PEER_AUTHENTICATION not in {u.type for u in rec.updates}
             plane.state.apply([dataclasses.replace(table("bank"), origin="x")])
             plane.state.apply([dataclasses.replace(table("shop"), origin="changed")])
-            await eventually(lambda: client.resources(ResourceType.ROUTE_TABLE)[
+            await eventually_async(lambda: client.resources(ResourceType.ROUTE_TABLE)[
                 "reviews.shop.svc.cluster.local:9080"].origin == "changed", what="the shop table change")
             assert all("bank" not in key for u in rec.updates for key in u.upserted)
         finally:

@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 from shoal.local.layout import Layout
 
@@ -96,9 +96,14 @@ class LocalCluster:
         return metrics.scrape(port, netns=self.layout.node_netns(node), host=host)
 
 
+Cluster = TypeVar("Cluster", bound=LocalCluster)
+
+
 @contextmanager
-def running_cluster(prefix: str, nodes: int = 2, redirect: str = "iptables") -> Iterator[LocalCluster]:
-    cluster = LocalCluster(unique_name(prefix))
+def running_cluster(prefix: str, nodes: int = 2, redirect: str = "iptables",
+                    kind: type[Cluster] = LocalCluster) -> Iterator[Cluster]:
+    """A cluster named after `prefix` and this process, up for the body; `kind` may add a test's own views."""
+    cluster = kind(unique_name(prefix))
     try:
         cluster.up(nodes, redirect)
         yield cluster

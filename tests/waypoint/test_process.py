@@ -14,7 +14,7 @@ import urllib.request
 from shoal.lifecycle import Shutdown
 from shoal.model import Endpoint, Protocol, Route, Service, ServicePort, Waypoint
 
-from cp_harness import start_plane
+from support.plane import start_plane
 from waypoint.config import Config
 from waypoint.main import run
 from wp_harness import App, AppBehaviour, Client, body_of, get, status_of

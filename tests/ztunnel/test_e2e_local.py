@@ -9,36 +9,31 @@ captures, metrics and access logs, policy, and the loss of the control plane.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs a local cluster")
+from shoal.contracts import METRICS_PORT
+from shoal.local import observe
 
-from shoal import netns  # noqa: E402
-from shoal.local.layout import Layout  # noqa: E402
+from support import metrics
+from support.capture import tcpdump
+from support.cli import SHOAL
+from support.cluster import LocalCluster, running_cluster
+from support.polling import eventually
+from support.root import needs_root
+
+pytestmark = needs_root("runs a local cluster")
 
 PYTHON = sys.executable
 APPS = str(Path(__file__).with_name("zt_apps.py"))
 SHOP_SERVICE = "server.shop.svc.cluster.local"
 
 
-def shoal(*args, cluster, check=True, input=None, timeout=120):
-    argv = [*args[:2], "--cluster", cluster, *args[2:]]  # before any `--` of exec
-    result = subprocess.run([PYTHON, "-m", "shoal", *argv], capture_output=True, text=True,
-                            input=input, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"shoal {' '.join(args)}: {result.stderr or result.stdout}")
-    return result
-
-
-def manifests() -> str:
+def manifests() -> list[dict]:
     def pod(name, ns, node, containers, sa=None, labels=None):
         spec = {"nodeName": node, "containers": containers}
         if sa:
@@ -63,82 +58,44 @@ def manifests() -> str:
         pod("other", "shop", "node1", sleeper, sa="other"),
         pod("outsider", "legacy", "node1", sleeper),
     ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    return items
 
 
-class Cluster:
-    def __init__(self, name: str, mode: str):
-        self.name, self.mode = name, mode
-        self.layout = Layout(name)
+class Mesh(LocalCluster):
+    """The cluster, with what these tests read of it: shop's pods by default, the ztunnels' logs and metrics."""
 
-    def exec(self, pod, *argv, ns="shop", timeout=60):
-        return shoal("local", "exec", "-n", ns, pod, "--", *argv, cluster=self.name, check=False, timeout=timeout)
+    mode = "iptables"
 
-    def curl(self, pod, url, ns="shop", *extra):
-        return self.exec(pod, "curl", "-sS", "--max-time", "5", *extra, url, ns=ns)
+    def exec(self, pod, *argv, namespace="shop", check=False, timeout=60):
+        return super().exec(pod, *argv, namespace=namespace, check=check, timeout=timeout)
 
-    def pod_ip(self, name, ns="shop"):
-        pods = json.loads(shoal("local", "get", "pods", "-n", ns, "-o", "json", cluster=self.name).stdout)
-        items = pods["items"] if isinstance(pods, dict) else pods
-        return next(p["status"]["podIP"] for p in items if p["metadata"]["name"] == name)
+    def curl(self, pod, url, *options, namespace="shop", max_time=5):
+        return super().curl(pod, url, *options, namespace=namespace, max_time=max_time)
 
-    def log_lines(self, node: int) -> list[dict]:
-        out = shoal("local", "logs", "-n", "shoal-system", f"ztunnel-node{node}", cluster=self.name).stdout
-        return [json.loads(l) for l in out.splitlines() if l.startswith("{") and '"connection complete"' in l]
-
-    def metrics(self, node: int) -> str:
-        def get():
-            with urllib.request.urlopen("http://127.0.0.1:15020/metrics", timeout=5) as r:
-                return r.read().decode()
-        return netns.run_in(self.layout.node_netns(node), get)
+    def access_log(self, node: int, direction: str) -> list[dict]:
+        return [r for r in observe.access_log(self.layout, node) if r["direction"] == direction]
 
     def metric(self, node: int, name: str, **labels) -> float:
-        total = 0.0
-        for line in self.metrics(node).splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def apply(self, text: str):
-        shoal("local", "apply", "-f", "-", cluster=self.name, input=text)
-
-    def delete(self, text: str):
-        shoal("local", "delete", "-f", "-", cluster=self.name, input=text, check=False)
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
+        return metrics.value(self.scrape(node, METRICS_PORT), name, **labels) or 0.0
 
 
 @pytest.fixture(scope="module", params=["iptables", "ebpf"])
 def cluster(request):
-    mode = request.param
-    c = Cluster(f"zt{mode[0]}{os.getpid() % 1000}", mode)
-    try:
-        shoal("local", "up", "--nodes", "2", "--redirect", mode, cluster=c.name, timeout=180)
+    with running_cluster(f"zt{request.param[0]}", nodes=2, redirect=request.param, kind=Mesh) as c:
+        c.mode = request.param
         c.apply(manifests())
-        wait_until(lambda: c.curl("client", f"http://{SHOP_SERVICE}/").stdout.startswith("peer="), 60,
-                   "the server to answer through the mesh")
+        eventually(lambda: c.curl("client", f"http://{SHOP_SERVICE}/").stdout.startswith("peer="), 60,
+                   "the server to answer through the mesh", interval=0.3)
         yield c
-    finally:
-        shoal("local", "down", cluster=c.name, check=False, timeout=180)
 
 
 def test_service_across_nodes_keeps_client_ip_and_logs_one_line(cluster):
-    client_ip = cluster.pod_ip("client")
-    before = len([l for l in cluster.log_lines(1) if l["direction"] == "outbound"])
+    client_ip = cluster.pod_ip("client", "shop")
+    before = len(cluster.access_log(1, "outbound"))
     result = cluster.curl("client", f"http://{SHOP_SERVICE}/")
     assert result.returncode == 0, result.stderr
     seen = result.stdout
-    lines = wait_until(lambda: [l for l in cluster.log_lines(1) if l["direction"] == "outbound"][before:] or None,
-                       10, "the access-log line")
+    lines = eventually(lambda: cluster.access_log(1, "outbound")[before:], 10, "the access-log line")
     assert len(lines) == 1
     assert lines[0]["mtls"] and lines[0]["dst_service"] == SHOP_SERVICE
     assert lines[0]["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"
@@ -147,22 +104,11 @@ def test_service_across_nodes_keeps_client_ip_and_logs_one_line(cluster):
 
 
 def test_underlay_carries_only_tls_to_15008(cluster, tmp_path):
-    capture = tmp_path / "cap.txt"
-    with open(capture, "w") as out:
-        dump = subprocess.Popen(["ip", "netns", "exec", cluster.layout.underlay_netns, "tcpdump", "-i", "br0", "-l",
-                                 "-nn", "-A", "tcp and net 198.19.0.0/16"], stdout=out, stderr=subprocess.DEVNULL)
-    time.sleep(0.7)
-    try:
+    with tcpdump(cluster.layout.underlay_netns, "br0", "tcp and net 198.19.0.0/16", tmp_path / "cap.txt") as capture:
         assert cluster.curl("client", f"http://{SHOP_SERVICE}/").returncode == 0
-        time.sleep(0.7)
-    finally:
-        dump.terminate()
-        dump.wait()
-    text = capture.read_text(errors="replace")
-    headers = [l for l in text.splitlines() if " IP " in l and " > " in l]
-    assert headers, "the capture saw no pod traffic on the underlay"
-    assert all(re.search(r"\.15008[ :]", l) for l in headers), headers[:4]
-    assert "peer=" not in text and "GET / HTTP" not in text
+    assert capture.headers, "the capture saw no pod traffic on the underlay"
+    assert all(re.search(r"\.15008[ :]", l) for l in capture.headers), capture.headers[:4]
+    assert "peer=" not in capture.text and "GET / HTTP" not in capture.text
 
 
 def test_metrics_match_bytes_sent(cluster):
@@ -173,7 +119,7 @@ def test_metrics_match_bytes_sent(cluster):
     size = 2_000_000
     result = cluster.exec("client", PYTHON, APPS, "send", SHOP_SERVICE, "9000", str(size))
     assert result.stdout.strip() == str(size), result.stderr
-    wait_until(lambda: cluster.metric(1, "istio_tcp_received_bytes_total", **labels) - rx0 == size, 10,
+    eventually(lambda: cluster.metric(1, "istio_tcp_received_bytes_total", **labels) - rx0 == size, 10,
                "received bytes to match")
     assert cluster.metric(1, "istio_tcp_sent_bytes_total", **labels) - tx0 == size
     assert cluster.metric(1, "istio_tcp_connections_opened_total", **labels) - opened0 == 1
@@ -204,23 +150,24 @@ spec: {mtls: {mode: STRICT}}
 
 
 def test_strict_refuses_plaintext_and_clients_without_a_mesh_certificate(cluster):
-    server_ip = cluster.pod_ip("server")
-    ok = cluster.curl("outsider", f"http://{server_ip}:8080/", ns="legacy")
+    server_ip = cluster.pod_ip("server", "shop")
+    ok = cluster.curl("outsider", f"http://{server_ip}:8080/", namespace="legacy")
     assert ok.returncode == 0 and ok.stdout.startswith("peer="), ok.stderr  # PERMISSIVE by default
     cluster.apply(STRICT)
     try:
-        wait_until(lambda: cluster.curl("outsider", f"http://{server_ip}:8080/", ns="legacy").returncode != 0, 20,
-                   "STRICT to apply")
-        line = [l for l in cluster.log_lines(2) if l["direction"] == "inbound_plaintext"][-1]
+        eventually(lambda: cluster.curl("outsider", f"http://{server_ip}:8080/", namespace="legacy").returncode != 0,
+                   20, "STRICT to apply")
+        line = cluster.access_log(2, "inbound_plaintext")[-1]
         assert "STRICT" in line["error"]
         assert cluster.curl("client", f"http://{SHOP_SERVICE}/").returncode == 0  # mesh clients still pass
-        direct = cluster.curl("outsider", f"https://{server_ip}:15008/", "legacy", "-k", "--http2-prior-knowledge")
+        direct = cluster.curl("outsider", f"https://{server_ip}:15008/", "-k", "--http2-prior-knowledge",
+                              namespace="legacy")
         assert direct.returncode != 0
-        line = wait_until(lambda: [l for l in cluster.log_lines(2) if l["direction"] == "inbound"
-                                   and "TLS handshake failed" in (l["error"] or "")], 10, "the refused handshake")[-1]
+        line = eventually(lambda: [l for l in cluster.access_log(2, "inbound")
+                                   if "TLS handshake failed" in (l["error"] or "")], 10, "the refused handshake")[-1]
         assert line["response_flags"] == "UPE"
     finally:
-        cluster.delete(STRICT)
+        cluster.delete(STRICT, check=False)
 
 
 DENY_CLIENT = """
@@ -247,27 +194,27 @@ def test_deny_blocks_and_allow_admits_only_its_principal(cluster):
     url = f"http://{SHOP_SERVICE}/"
     cluster.apply(DENY_CLIENT)
     try:
-        wait_until(lambda: cluster.curl("client", url).returncode != 0, 20, "DENY to apply")
+        eventually(lambda: cluster.curl("client", url).returncode != 0, 20, "DENY to apply")
         assert cluster.curl("other", url).returncode == 0
-        line = [l for l in cluster.log_lines(1) if l["direction"] == "outbound"
-                and l["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"][-1]
+        line = [l for l in cluster.access_log(1, "outbound")
+                if l["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"][-1]
         assert "policy denied" in line["error"] and "deny-client" in line["error"]
     finally:
-        cluster.delete(DENY_CLIENT)
-    wait_until(lambda: cluster.curl("client", url).returncode == 0, 20, "DENY to go")
+        cluster.delete(DENY_CLIENT, check=False)
+    eventually(lambda: cluster.curl("client", url).returncode == 0, 20, "DENY to go")
     cluster.apply(ALLOW_OTHER)
     try:
-        wait_until(lambda: cluster.curl("client", url).returncode != 0, 20, "ALLOW to apply")
+        eventually(lambda: cluster.curl("client", url).returncode != 0, 20, "ALLOW to apply")
         assert cluster.curl("other", url).stdout.startswith("peer=")
     finally:
-        cluster.delete(ALLOW_OTHER)
-    wait_until(lambda: cluster.curl("client", url).returncode == 0, 20, "ALLOW to go")
+        cluster.delete(ALLOW_OTHER, check=False)
+    eventually(lambda: cluster.curl("client", url).returncode == 0, 20, "ALLOW to go")
 
 
 def test_known_workloads_keep_working_without_the_control_plane(cluster):
     url = f"http://{SHOP_SERVICE}/"
     # An existing connection: a long echo exchange started before the control plane goes.
-    sender = subprocess.Popen([PYTHON, "-m", "shoal", "local", "exec", "-n", "shop", "client", "--cluster", cluster.name,
+    sender = subprocess.Popen([*SHOAL, "local", "exec", "-n", "shop", "client", "--cluster", cluster.name,
                                "--", PYTHON, APPS, "send", SHOP_SERVICE, "9000", "300000000"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     expected = cluster.curl("client", url).stdout
@@ -275,9 +222,8 @@ def test_known_workloads_keep_working_without_the_control_plane(cluster):
     store = cluster.layout.store()
     store.delete("Pod", "shoal-system", "control-plane-node1")
     try:
-        wait_until(lambda: any("config stream lost" in l for l in shoal(
-            "local", "logs", "-n", "shoal-system", "ztunnel-node1", cluster=cluster.name).stdout.splitlines()),
-            30, "the ztunnel to lose the control plane")
+        eventually(lambda: "config stream lost" in cluster.logs("ztunnel-node1", "shoal-system"), 30,
+                   "the ztunnel to lose the control plane")
         for _ in range(3):  # new connections, between workloads it already knows
             result = cluster.curl("client", url)
             assert result.stdout == expected, result.stderr
@@ -286,19 +232,19 @@ def test_known_workloads_keep_working_without_the_control_plane(cluster):
     finally:
         if sender.poll() is None:
             sender.kill()
-        shoal("local", "up", "--nodes", "2", "--redirect", cluster.mode, cluster=cluster.name, timeout=180)
+        cluster.up(2, cluster.mode)
 
 
 def test_shoal_config_reads_the_ztunnel_dump(cluster):
-    workloads = shoal("config", "workloads", "--node", "1", cluster=cluster.name)
+    workloads = cluster.run("config", "workloads", "--node", "1")
     rows = [line.split() for line in workloads.stdout.splitlines()]
     assert rows[0][:2] == ["NAMESPACE", "NAME"]
     assert ["shop", "client"] == next(r[:2] for r in rows if r[1] == "client")
-    certs = json.loads(shoal("config", "certs", "--node", "1", "-o", "json", cluster=cluster.name).stdout)
+    certs = json.loads(cluster.run("config", "certs", "--node", "1", "-o", "json").stdout)
     mine = {c["identity"]: c for c in certs}
     assert mine["spiffe://cluster.local/ns/shop/sa/client"]["state"] == "valid"
     assert mine["spiffe://cluster.local/ns/shop/sa/client"]["expires_in_seconds"] > 3600
-    services = shoal("config", "services", "--node", "2", cluster=cluster.name).stdout
+    services = cluster.run("config", "services", "--node", "2").stdout
     assert SHOP_SERVICE in services
-    missing = shoal("config", "workloads", "--node", "9", cluster=cluster.name, check=False)
+    missing = cluster.run("config", "workloads", "--node", "9", check=False)
     assert missing.returncode == 1 and "does not exist" in missing.stderr

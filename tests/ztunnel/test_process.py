@@ -7,20 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-import threading
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs the ztunnel in its own network namespace")
+from shoal import handoff, netns
+from shoal.lifecycle import Shutdown
+from ztunnel.config import Config
+from ztunnel.main import run
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "control_plane"))
+from support.plane import NODE_TOKENS, start_plane, workload
+from support.polling import eventually_async
+from support.root import needs_root
 
-from shoal import handoff, netns  # noqa: E402
-from shoal.lifecycle import Shutdown  # noqa: E402
-from ztunnel.config import Config  # noqa: E402
-from ztunnel.main import run  # noqa: E402
+pytestmark = needs_root("runs the ztunnel in its own network namespace")
 
 NODE_NS = f"shoal-ztp{os.getpid() % 100000}-node"
 POD_NS = f"shoal-ztp{os.getpid() % 100000}-pod"
@@ -35,36 +34,6 @@ async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, 
     return int(head.split()[1]), body
 
 
-async def until(predicate, timeout=30.0, what="condition"):  # generous: CI machines are busy
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-def run_in_node_netns(coro_fn):
-    """Runs an asyncio main in a thread inside the node netns; returns its result or raises."""
-    result = {}
-
-    def target():
-        try:
-            with netns.entered(NODE_NS):
-                result["value"] = asyncio.run(coro_fn())
-        except BaseException as e:
-            result["error"] = e
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join(120)
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 @pytest.fixture
 def namespaces():
     try:
@@ -77,8 +46,6 @@ def namespaces():
 
 
 def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(namespaces, tmp_path):
-    from cp_harness import NODE_TOKENS, start_plane, workload
-
     async def main():
         plane = await start_plane(tmp_path / "cp")
         pod = workload(1, node="node1", namespace="shop", sa="default")
@@ -99,7 +66,7 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
                 return await http_get(15021, "/healthz/ready")
             except OSError:
                 return None
-        status, body = await until(readiness, what="readiness endpoint")
+        status, body = await eventually_async(readiness, 30, "the readiness endpoint", interval=0.1)
         assert status == 503 and b"node agent" in body
 
         # The agent comes up and hands over the pod.
@@ -110,14 +77,14 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         async def ready():
             status, _ = await http_get(15021, "/healthz/ready")
             return status == 200
-        await until(ready, what="ready")
+        await eventually_async(ready, 30, "ready", interval=0.1)
 
         async def cert_issued():
             _, body = await http_get(15000, "/config_dump")
             dump = json.loads(body)
             certs = {c["identity"]: c for c in dump["certificates"]}
             return dump if certs.get("spiffe://cluster.local/ns/shop/sa/default", {}).get("state") == "valid" else None
-        dump = await until(cert_issued, what="the pod's certificate")
+        dump = await eventually_async(cert_issued, 30, "the pod's certificate", interval=0.1)
         assert [w["uid"] for w in dump["workloads"]] == ["uid-1"]
         assert dump["pods"][0]["identity"] == "spiffe://cluster.local/ns/shop/sa/default"
 
@@ -148,4 +115,4 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         probe.close()
         return code
 
-    assert run_in_node_netns(main) == 0
+    assert netns.run_in(NODE_NS, asyncio.run, main()) == 0

@@ -3,43 +3,40 @@
 - http: answers any request with "peer=<client ip>" so tests can see the source IP the app saw;
 - echo: echoes every byte until the client half-closes, then closes;
 - send: connects, sends N bytes, half-closes, prints how many bytes came back.
+
+The servers print "ready" once they listen.
 """
 
 import socket
+import socketserver
 import sys
 import threading
 
 
-def serve(port, handle):
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", port))
-    sock.listen(64)
-    print("ready", flush=True)
-    while True:
-        conn, peer = sock.accept()
-        threading.Thread(target=handle, args=(conn, peer), daemon=True).start()
+class Http(socketserver.StreamRequestHandler):
+    def handle(self):
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # the request's head; its content does not matter
+        body = f"peer={self.client_address[0]}\n".encode()
+        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
 
-def http(conn, peer):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    body = f"peer={peer[0]}\n".encode()
-    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
-    conn.close()
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while chunk := self.request.recv(65536):
+            self.request.sendall(chunk)
 
 
-def echo(conn, peer):
-    while True:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        conn.sendall(chunk)
-    conn.close()
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 64
+
+
+def serve(port, handler):
+    with Server(("0.0.0.0", port), handler) as server:
+        print("ready", flush=True)
+        server.serve_forever()
 
 
 def send(host, port, count):
@@ -70,4 +67,4 @@ if __name__ == "__main__":
     if mode == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
-        serve(int(sys.argv[2]), {"http": http, "echo": echo}[mode])
+        serve(int(sys.argv[2]), {"http": Http, "echo": Echo}[mode])

@@ -1,9 +1,9 @@
-"""A control plane on loopback for tests: test CA, a ConfigState the test drives,
-bootstrap tokens in a temp dir, ephemeral ports. Not a test module."""
+"""The real control plane, in-process on loopback: its own CA, a ConfigState the test drives,
+bootstrap tokens in a temp dir, ephemeral ports. The control plane's, the ztunnel's and the
+waypoint's tests start one to talk to."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +64,3 @@ async def start_plane(run_dir: Path, state: ConfigState | None = None, synced: b
     if synced:
         server.mark_synced()
     return Plane(server, state, authority, run_dir)
-
-
-async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
