@@ -21,8 +21,10 @@ jitter) and resumes: its Subscribe carries, per type, the version and the
 per-resource versions it holds, so the server sends only what differs. While
 the server is away the client keeps its last config (`resources()`).
 
-`request_certificate(settings, key, identity)` signs a CSR for `identity`
-and returns a `shoal.identity.Credential`.
+`SignClient(settings).sign(key, identity)` is the one client of
+`Certificates.Sign`: it keeps one channel, opened again when the trust
+bundle changed, and returns a `shoal.identity.Credential`.
+`request_certificate(settings, key, identity)` is a one-off signing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import grpc
 
 from shoal import identity, log, tokens
 from shoal.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc, convert
+from shoal.errors import ShoalError
 from shoal.model import ResourceType
 
 logger = log.get("shoal.config_client")
@@ -51,8 +54,10 @@ WAYPOINT_TYPES = (ResourceType.SERVICE, ResourceType.WORKLOAD, ResourceType.WAYP
                   ResourceType.AUTHORIZATION, ResourceType.ROUTE_TABLE)
 
 
-class ConfigClientError(Exception):
+class ConfigClientError(ShoalError):
     """A control-plane call failed; the message says what to check."""
+
+    response_flag = "UAEX"
 
 
 @dataclass(frozen=True)
@@ -258,16 +263,50 @@ class ConfigClient:
 
 # -- certificates ------------------------------------------------------------------------
 
+class SignClient:
+    """`Certificates.Sign` on one channel, opened again when the trust bundle changes (roots rotate)."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self._channel: grpc.aio.Channel | None = None
+        self._bundle: bytes | None = None
+
+    def _stub(self) -> ca_pb2_grpc.CertificatesStub:
+        bundle = self.settings.current_bundle()
+        if self._channel is None or bundle != self._bundle:
+            if self._channel is not None:
+                asyncio.ensure_future(self._channel.close())
+            self._channel, self._bundle = open_channel(self.settings), bundle
+        return ca_pb2_grpc.CertificatesStub(self._channel)
+
+    async def sign(self, key, who: identity.SpiffeId, ttl: dt.timedelta | None = None) -> identity.Credential:
+        """Signs a CSR for `who` with `key` (shoal.identity.new_key()); raises ConfigClientError,
+        or an IdentityError when the CA answers with a certificate for someone else."""
+        request = ca_pb2.SignRequest(csr=identity.make_csr(key, who).decode(), identity=str(who),
+                                     ttl_seconds=int(ttl.total_seconds()) if ttl else 0)
+        try:
+            response = await self._stub().Sign(request, metadata=tokens.metadata(self.settings.current_token()),
+                                               timeout=self.settings.call_timeout)
+        except grpc.aio.AioRpcError as e:
+            raise ConfigClientError(f"certificate for {who} refused by {self.settings.target}: "
+                                    f"{e.code().name}: {e.details()}") from None
+        credential = identity.Credential.from_pem(identity.key_pem(key), response.chain.encode(),
+                                                  response.bundle.encode())
+        if credential.identity != who:
+            raise identity.InvalidCertificate(f"the CA returned a certificate for {credential.identity}, not {who}")
+        return credential
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
 async def request_certificate(settings: ClientSettings, key, who: identity.SpiffeId,
                               ttl: dt.timedelta | None = None) -> identity.Credential:
-    """Signs a CSR for `who` with `key` (shoal.identity.new_key()); raises ConfigClientError."""
-    request = ca_pb2.SignRequest(csr=identity.make_csr(key, who).decode(), identity=str(who),
-                                 ttl_seconds=int(ttl.total_seconds()) if ttl else 0)
-    async with open_channel(settings) as channel:
-        try:
-            response = await ca_pb2_grpc.CertificatesStub(channel).Sign(
-                request, metadata=tokens.metadata(settings.current_token()), timeout=settings.call_timeout)
-        except grpc.aio.AioRpcError as e:
-            raise ConfigClientError(f"certificate for {who} refused by {settings.target}: "
-                                    f"{e.code().name}: {e.details()}") from None
-    return identity.Credential.from_pem(identity.key_pem(key), response.chain.encode(), response.bundle.encode())
+    """One signing on a channel of its own (see SignClient)."""
+    client = SignClient(settings)
+    try:
+        return await client.sign(key, who, ttl)
+    finally:
+        await client.close()

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
+from shoal.errors import ShoalError
 from shoal.model import identity as model_identity
 from shoal.model.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 
@@ -41,8 +42,10 @@ __all__ = ["DEFAULT_TRUST_DOMAIN", "SpiffeId", "parse_spiffe_id", "format_spiffe
 
 ALPN = "h2"
 
-class IdentityError(Exception):
+class IdentityError(ShoalError):
     """Base of identity errors: malformed IDs, CSRs or certificates, peer mismatches."""
+
+    response_flag = "UPE"   # a connection that ends on one failed on the peer's identity
 
 
 class InvalidSpiffeId(IdentityError, ValueError):

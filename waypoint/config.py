@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal import identity
+from shoal import contracts, identity
 
 
 @dataclass(frozen=True)
@@ -14,15 +14,15 @@ class Config:
     name: str                              # the Gateway's name
     service_account: str = ""              # default: the Gateway's name (Istio's convention)
     cluster: str = "default"
-    control_plane: str = "198.18.0.1:15012"
+    control_plane: str = f"198.18.0.1:{contracts.CONTROL_PLANE_GRPC_PORT}"
     ca_bundle: Path | None = None          # default: the local cluster's /run/shoal/<c>/ca/bundle.pem
     token_file: Path | None = None         # a service-account token (Kubernetes); default: minted locally
     trust_domain: str = "cluster.local"
     listen: str = "0.0.0.0"
-    hbone_port: int = 15008
-    metrics_port: int = 15020
-    readiness_port: int = 15021
-    admin_port: int = 15000                # config dump, on 127.0.0.1
+    hbone_port: int = contracts.HBONE_PORT
+    metrics_port: int = contracts.METRICS_PORT
+    readiness_port: int = contracts.READINESS_PORT
+    admin_port: int = contracts.ADMIN_PORT   # config dump, on 127.0.0.1
     connect_timeout: float = 5.0
     drain_seconds: float = 5.0
 

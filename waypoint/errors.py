@@ -1,7 +1,14 @@
-"""The waypoint's one exception hierarchy. Each carries Envoy's response flag."""
+"""The waypoint's one exception hierarchy. Each carries Envoy's response flag.
+
+Foreign and shared errors become these at the waypoint's boundaries:
+`waypoint.upstream` for connections to endpoints (sockets, HBONE, TLS),
+`waypoint.http1` and `waypoint.h2server` for what clients send.
+"""
+
+from shoal.errors import ShoalError
 
 
-class WaypointError(Exception):
+class WaypointError(ShoalError):
     """Base of the waypoint's errors; the message says what to check."""
 
     response_flag = "UF"

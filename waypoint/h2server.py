@@ -39,7 +39,6 @@ from waypoint.streaming import BodyStream
 logger = log.get("waypoint.h2")
 
 OUTBOX_LOW = 256 << 10
-PREFACE_START = b"PRI * HTTP/2.0"
 
 
 @dataclass(eq=False)

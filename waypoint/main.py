@@ -14,15 +14,16 @@ from pathlib import Path
 
 from shoal import log, store, tokens
 from shoal import admin_http as admin
-from shoal.config_client import ClientSettings, ConfigClient, request_certificate
+from shoal.certs import CertManager
+from shoal.config_client import ClientSettings, ConfigClient, SignClient
 from shoal.lifecycle import Shutdown
+from shoal.proxy_state import ProxyState
+from shoal.trust_bundle import TrustBundle, TrustBundleMissing
 
-from waypoint.certs import Certificates
 from waypoint.config import Config
 from waypoint.errors import StartupError
 from waypoint.proxy import Proxy
 from waypoint.server import HboneListener
-from waypoint.state import WaypointState
 from waypoint.telemetry import Metrics
 from waypoint.upstream import Upstreams
 
@@ -44,48 +45,45 @@ def token_source(config: Config):
     return lambda: tokens.local_service_account_token(directory, config.namespace, config.service_account)
 
 
-async def read_bundle(path: Path, shutdown: Shutdown, wait_seconds: float = 60.0) -> bytes:
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            data = path.read_bytes()
-            if data.strip():
-                return data
-        except FileNotFoundError:
-            pass
-        if time.monotonic() > deadline or shutdown.stopping.is_set():
-            raise StartupError(f"no mesh trust bundle at {path}; start the control plane first or pass --ca-bundle")
-        await asyncio.sleep(0.5)
+def summary(state: ProxyState) -> dict:
+    """What a waypoint's config dump shows of its state: names, not whole objects."""
+    return {"waypoint": "/".join(state.waypoint or ()), "services": sorted(state.services),
+            "workloads": sorted(w.name for w in state.workloads.values()),
+            "route_tables": sorted(state.route_tables), "policies": sorted(state.authorizations)}
 
 
 async def run(config: Config, shutdown: Shutdown) -> int:
-    bundle_path = config.ca_bundle or run_dir(config) / "ca" / "bundle.pem"
+    bundle = TrustBundle(config.ca_bundle or run_dir(config) / "ca" / "bundle.pem")
     token = token_source(config)
-    await read_bundle(bundle_path, shutdown)
-    settings = ClientSettings(target=config.control_plane, bundle_pem=lambda: bundle_path.read_bytes(), token=token,
+    try:
+        await bundle.wait(shutdown.stopping)
+    except TrustBundleMissing as e:
+        raise StartupError(str(e)) from None
+    settings = ClientSettings(target=config.control_plane, bundle_pem=bundle.current, token=token,
                               waypoint_namespace=config.namespace, waypoint_name=config.name)
-    state = WaypointState(config.namespace, config.name, config.trust_domain)
+    state = ProxyState(config.trust_domain, waypoint=(config.namespace, config.name))
     watch = ConfigClient(settings, on_update=state.apply_update)
-    certs = Certificates(lambda key, who: request_certificate(settings, key, who), config.identity)
+    sign = SignClient(settings)
+    certs = CertManager(sign.sign)
+    certs.want(config.identity)
     metrics = Metrics()
-    upstreams = Upstreams(certs.client_context, connect_timeout=config.connect_timeout)
+    upstreams = Upstreams(certs, config.identity, connect_timeout=config.connect_timeout)
     proxy = Proxy(state, upstreams, metrics)
-    listener = HboneListener(proxy, certs.server_context, handshake_timeout=config.connect_timeout)
+    listener = HboneListener(proxy, lambda: certs.server_context(config.identity),
+                             handshake_timeout=config.connect_timeout)
 
     def readiness():
         if not watch.synced.is_set():
             return 503, "text/plain", f"no config from the control plane at {config.control_plane} yet\n".encode()
-        if not certs.ready.is_set():
-            return 503, "text/plain", f"no certificate yet: {certs.last_error or 'fetching'}\n".encode()
+        if certs.valid(config.identity) is None:
+            why = certs.last_error.get(config.identity, "fetching")
+            return 503, "text/plain", f"no certificate yet: {why}\n".encode()
         return 200, "text/plain", b"ready\n"
 
     def dump():
-        out = state.dump()
-        cred = certs.credential
-        out["certificate"] = ({"identity": str(cred.identity), "not_after": cred.not_after.isoformat()}
-                              if cred else {"identity": str(config.identity), "state": "missing",
-                                            "last_error": certs.last_error})
-        out["upstream_sessions"] = sum(len(s) for s in upstreams.sessions.values())
+        out = summary(state)
+        out["certificate"] = certs.dump()[0]   # the one identity, wanted from the start
+        out["upstream_sessions"] = upstreams.pool.size
         return out
 
     metrics_body = lambda: (200, "text/plain; version=0.0.4", metrics.render())  # noqa: E731
@@ -100,7 +98,7 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     logger.info("waypoint starting", waypoint=f"{config.namespace}/{config.name}", identity=str(config.identity),
                 control_plane=config.control_plane)
     stop = asyncio.create_task(shutdown.stopping.wait())
-    got_cert = asyncio.create_task(certs.ready.wait())
+    got_cert = asyncio.create_task(certs.wait_issued(config.identity))
     await asyncio.wait([stop, got_cert], return_when=asyncio.FIRST_COMPLETED)
     if got_cert.done():
         await listener.start(config.listen, config.hbone_port)
@@ -121,6 +119,7 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     await listener.close()
     await proxy.close()
     upstreams.close()
+    await sign.close()
     for server in servers:
         server.close()
     await asyncio.gather(*tasks, return_exceptions=True)

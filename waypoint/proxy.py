@@ -41,7 +41,7 @@ from waypoint.exchange import Http1Pool, open_exchange
 from waypoint.h2upstream import H2Pool
 from waypoint.responders import Http1Responder
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
-from waypoint.state import WaypointState
+from shoal.proxy_state import ProxyState
 from waypoint.streaming import BodyStream
 from waypoint.telemetry import Metrics, RequestRecord
 from waypoint.upstream import Upstreams
@@ -119,7 +119,7 @@ def apply_changes(headers: list[tuple[str, str]], changes: HeaderChanges) -> lis
 
 
 class Proxy:
-    def __init__(self, state: WaypointState, upstreams: Upstreams, metrics: Metrics, *,
+    def __init__(self, state: ProxyState, upstreams: Upstreams, metrics: Metrics, *,
                  rand: Callable[[], float] = random.random,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_body: int = MAX_BODY, idle_timeout: float = 300.0) -> None:

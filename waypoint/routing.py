@@ -28,16 +28,17 @@ from functools import lru_cache
 from typing import Callable
 from urllib.parse import parse_qsl
 
+from shoal.contracts import HBONE_PORT
+from shoal.identity import SpiffeId
 from shoal.model import (
     Destination, HeaderChanges, HeaderMatch, MatchKind, Protocol, RetryPolicy, Route, RouteMatch,
     Service, StringMatch, Workload, selector_matches,
 )
 from shoal import authz
 
-from waypoint.state import WaypointState
+from shoal.proxy_state import ProxyState
 
 Random = Callable[[], float]
-HBONE_PORT = 15008
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Upstream:
     """One endpoint to send the request to."""
     address: tuple[str, int]           # pod IP and target port
     hbone: bool                        # meshed: HBONE to podIP:15008 with this authority
-    identity: str                      # its SPIFFE ID (expected of the HBONE server)
+    identity: SpiffeId                 # expected of the HBONE server
     workload_uid: str
     workload_name: str
     workload_namespace: str
@@ -126,7 +127,7 @@ class Refusal:
     policy: str = ""
 
 
-def decide(state: WaypointState, peer: Peer, head: RequestHead, rand: Random) -> Plan | Refusal:
+def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Plan | Refusal:
     ip, port = peer.destination
     service = state.service_by_vip(ip)
     if service is None:
@@ -138,7 +139,7 @@ def decide(state: WaypointState, peer: Peer, head: RequestHead, rand: Random) ->
     if service.port(port) is None:
         return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
 
-    verdict = authz.authorize(state.policies_for(service), _facts(peer, head, port))
+    verdict = authz.authorize(state.waypoint_policies_for(service), _facts(peer, head, port))
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, service.hostname, verdict.named)
 
@@ -184,7 +185,7 @@ HTTP_PROTOCOLS = ("http", "http2", "grpc", "grpc-web", "h2c")
 OPAQUE_PROTOCOLS = ("tcp", "tls", "https", "mongo", "redis", "mysql")
 
 
-def protocol_of(state: WaypointState, destination: tuple[str, int]) -> str:
+def protocol_of(state: ProxyState, destination: tuple[str, int]) -> str:
     """"http", "tcp", or "sniff" (undeclared: look at the first bytes) for a CONNECT target."""
     service = state.service_by_vip(destination[0])
     port = service.port(destination[1]) if service is not None else None
@@ -196,7 +197,7 @@ def protocol_of(state: WaypointState, destination: tuple[str, int]) -> str:
     return "sniff"
 
 
-def decide_tcp(state: WaypointState, peer: Peer, rand: Random) -> Plan | Refusal:
+def decide_tcp(state: ProxyState, peer: Peer, rand: Random) -> Plan | Refusal:
     """A TCP connection through the waypoint: L4 policy, then every endpoint of the
     service port, in a random rotation (tries in order on connect failure)."""
     ip, port = peer.destination
@@ -208,7 +209,7 @@ def decide_tcp(state: WaypointState, peer: Peer, rand: Random) -> Plan | Refusal
         return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
     facts = authz.RequestFacts(peer.source_ip, peer.source_principal, peer.source_namespace, port, "", "", "",
                                l4_only=True)
-    verdict = authz.authorize(state.policies_for(service), facts)
+    verdict = authz.authorize(state.waypoint_policies_for(service), facts)
     hostname = service.hostname if service is not None else ""
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, hostname, verdict.named)
@@ -230,8 +231,8 @@ def _facts(peer: Peer, head: RequestHead, port: int) -> authz.RequestFacts:
                               path=head.path, host=head.authority)
 
 
-def _to_workload(state: WaypointState, peer: Peer, head: RequestHead, workload: Workload, port: int) -> Plan | Refusal:
-    verdict = authz.authorize(state.policies_for(None), _facts(peer, head, port))
+def _to_workload(state: ProxyState, peer: Peer, head: RequestHead, workload: Workload, port: int) -> Plan | Refusal:
+    verdict = authz.authorize(state.waypoint_policies_for(None), _facts(peer, head, port))
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, policy=verdict.named)
     return Plan(service="", service_name="", service_namespace=workload.namespace, route="",
@@ -321,7 +322,7 @@ def _fault(route: Route, rand: Random) -> FaultPlan:
     return FaultPlan(delay, abort)
 
 
-def _mirror(state: WaypointState, mirror, port: int, authority: str, rand: Random) -> MirrorPlan | None:
+def _mirror(state: ProxyState, mirror, port: int, authority: str, rand: Random) -> MirrorPlan | None:
     if not _roll(mirror.percentage, rand()):
         return None
     found = endpoints(state, mirror.destination, port)
@@ -339,7 +340,7 @@ def shadow_authority(authority: str) -> str:
     return f"{authority}-shadow"
 
 
-def endpoints(state: WaypointState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:
+def endpoints(state: ProxyState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:
     """The endpoints of a destination (memoized per state version: this runs on every request)."""
     memo = state.cached("endpoints")
     key = (destination.host, destination.port or request_port, destination.subset, destination.subset_name)
@@ -349,7 +350,7 @@ def endpoints(state: WaypointState, destination: Destination, request_port: int)
     return found
 
 
-def _endpoints(state: WaypointState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:
+def _endpoints(state: ProxyState, destination: Destination, request_port: int) -> tuple[Upstream, ...] | Refusal:
     service: Service | None = state.services.get(destination.host)
     if service is None:
         return Refusal(503, "UH", f"destination service {destination.host} is unknown to this waypoint; "
@@ -370,7 +371,7 @@ def _endpoints(state: WaypointState, destination: Destination, request_port: int
     return tuple(sorted(found, key=lambda u: u.address))
 
 
-def upstream_of(state: WaypointState, workload: Workload, port: int) -> Upstream:
+def upstream_of(state: ProxyState, workload: Workload, port: int) -> Upstream:
     return Upstream(address=(workload.ips[0], port), hbone=workload.protocol is Protocol.HBONE,
                     identity=workload.identity(state.trust_domain), workload_uid=workload.uid,
                     workload_name=workload.canonical_service or workload.name,

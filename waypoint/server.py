@@ -1,8 +1,9 @@
 """The waypoint's HBONE listener (15008): terminate mTLS and CONNECT, then serve HTTP on each stream.
 
 TLS presents the waypoint's own certificate and requires a client chain to
-the mesh root. The context is read per connection (`server_context()`), so a
-renewed certificate is used from the next connection on. Each CONNECT
+the mesh root. The context is asked for per connection (`await
+server_context()`, from `shoal.certs`), so a renewed certificate is used
+from the next connection on. Each CONNECT
 names the destination the client's ztunnel chose (a Service VIP and port,
 or a workload IP): it is accepted at once. HTTP on the stream is routed by
 `Proxy.serve`; a port declared opaque, or whose first bytes are not HTTP
@@ -15,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Callable
+from typing import Awaitable, Callable
 
-from shoal import hbone, identity, log
+from shoal import hbone, identity, log, sockets
 from shoal.hbone_io import HboneSession, TunnelStream
 
 from waypoint.channel import Channel, ChannelReset
@@ -29,17 +30,8 @@ from waypoint.tcp import looks_like_http, serve_tcp
 logger = log.get("waypoint.server")
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 class HboneListener:
-    def __init__(self, proxy: Proxy, server_context: Callable[[], ssl.SSLContext], *,
+    def __init__(self, proxy: Proxy, server_context: Callable[[], Awaitable[ssl.SSLContext]], *,
                  handshake_timeout: float = 10.0, sniff_seconds: float = 1.0) -> None:
         self.proxy = proxy
         self.sniff_seconds = sniff_seconds
@@ -55,7 +47,7 @@ class HboneListener:
         return self.sock.getsockname()[1]
 
     async def start(self, host: str = "0.0.0.0", port: int = hbone.PORT) -> None:
-        self.sock = listening_socket(host, port)
+        self.sock = sockets.listener(None, port, host, mark=False)
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
     async def _accept(self) -> None:
@@ -72,8 +64,9 @@ class HboneListener:
     async def _connection(self, conn: socket.socket, address) -> None:
         loop = asyncio.get_running_loop()
         try:
+            context = await self.server_context()
             _, session = await loop.connect_accepted_socket(
-                lambda: HboneSession(False, on_request=self._tunnel), conn, ssl=self.server_context(),
+                lambda: HboneSession(False, on_request=self._tunnel), conn, ssl=context,
                 ssl_handshake_timeout=self.handshake_timeout)
         except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one line, no harm
             logger.info("HBONE handshake failed", src=f"{address[0]}:{address[1]}",
@@ -90,11 +83,7 @@ class HboneListener:
             self.sessions.discard(session)
 
     async def _tunnel(self, session: HboneSession, stream: TunnelStream) -> None:
-        try:
-            host, port = hbone.parse_authority(stream.authority)
-        except hbone.BadAuthority as e:
-            session.refuse(stream, 400, str(e))
-            return
+        host, port = hbone.parse_authority(stream.authority)   # the HBONE core refused any other authority
         try:
             spiffe = identity.peer_spiffe_id(session.ssl_object)
             principal, namespace = spiffe.principal, spiffe.namespace

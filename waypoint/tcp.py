@@ -19,7 +19,7 @@ from shoal import log
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import UpstreamFailed
 from waypoint.routing import Peer, Refusal, decide_tcp
-from waypoint.state import WaypointState
+from shoal.proxy_state import ProxyState
 from waypoint.telemetry import Metrics, tcp_labels
 from waypoint.upstream import Upstreams
 
@@ -55,7 +55,7 @@ async def relay(a: Channel, b: Channel) -> None:
     await asyncio.gather(pump(a, b), pump(b, a))
 
 
-async def serve_tcp(state: WaypointState, upstreams: Upstreams, client: Channel, peer: Peer,
+async def serve_tcp(state: ProxyState, upstreams: Upstreams, client: Channel, peer: Peer,
                     source_address: tuple[str, int], rand, metrics: Metrics) -> None:
     started = time.monotonic()
     plan = decide_tcp(state, peer, rand)

@@ -5,19 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal import contracts
+
 
 @dataclass(frozen=True)
 class Config:
     cluster: str = "default"
     node: str = "node1"
-    control_plane: str = "198.18.0.1:15012"
+    control_plane: str = f"198.18.0.1:{contracts.CONTROL_PLANE_GRPC_PORT}"
     socket_path: Path = Path("/var/run/shoal/ztunnel.sock")
     token_file: Path | None = None
     trust_domain: str = "cluster.local"
     admin_address: str = "127.0.0.1"
-    admin_port: int = 15000
-    metrics_port: int = 15020
-    readiness_port: int = 15021
+    admin_port: int = contracts.ADMIN_PORT
+    metrics_port: int = contracts.METRICS_PORT
+    readiness_port: int = contracts.READINESS_PORT
     connect_timeout: float = 5.0
     drain_seconds: float = 10.0
     balancing: str = "round_robin"

@@ -11,40 +11,23 @@ ztunnel with SO_REUSEPORT takes new connections), open connections get until
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
-from shoal import handoff, log, tokens
+from shoal import handoff_io, log, tokens
 from shoal import admin_http as admin
-from shoal.config_client import ClientSettings, ConfigClient
+from shoal.certs import CertManager
+from shoal.config_client import ClientSettings, ConfigClient, SignClient
 from shoal.lifecycle import Shutdown
+from shoal.proxy_state import ProxyState
+from shoal.trust_bundle import TrustBundle, TrustBundleMissing
 
-from ztunnel.certs import CertManager, grpc_signer
 from ztunnel.config import Config
+from ztunnel.errors import StartupError
 from ztunnel.proxy import Ztunnel
-from ztunnel.state import ProxyState
-from ztunnel.errors import ZtunnelError
+
+__all__ = ["StartupError", "run"]
 
 logger = log.get("ztunnel")
-
-
-class StartupError(ZtunnelError):
-    pass
-
-
-async def _read_bundle(path: Path, shutdown: Shutdown, wait_seconds: float = 60.0) -> bytes:
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            data = path.read_bytes()
-            if data.strip():
-                return data
-        except FileNotFoundError:
-            pass
-        if time.monotonic() > deadline or shutdown.stopping.is_set():
-            raise StartupError(f"no mesh trust bundle at {path}; start the control plane first "
-                               "or pass --ca-bundle")
-        await asyncio.sleep(0.5)
 
 
 def routes(z: Ztunnel, ready) -> tuple[dict, dict, dict]:
@@ -70,14 +53,19 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
         raise StartupError("--token-file is required: the node's credential for the control plane")
     token_file = config.token_file
     tokens.read_token(token_file)  # fail now, clearly, rather than at the first call
-    bundle = await _read_bundle(bundle_path, shutdown)
-    settings = ClientSettings(target=config.control_plane, bundle_pem=bundle,
+    bundle = TrustBundle(bundle_path)
+    try:
+        await bundle.wait(shutdown.stopping)
+    except TrustBundleMissing as e:
+        raise StartupError(str(e)) from None
+    settings = ClientSettings(target=config.control_plane, bundle_pem=bundle.current,
                               token=lambda: tokens.read_token(token_file), node=config.node)
     state = ProxyState(config.trust_domain)
-    certs = CertManager(grpc_signer(settings))
+    sign = SignClient(settings)
+    certs = CertManager(sign.sign)
     z = Ztunnel(config, state, certs)
     watch = ConfigClient(settings, on_update=state.apply_update)
-    agent = handoff.HandoffClient(config.socket_path, z)
+    agent = handoff_io.HandoffClient(config.socket_path, z)
 
     def ready():
         if not agent.connected.is_set():
@@ -92,7 +80,7 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
         await admin.serve("0.0.0.0", config.metrics_port, metrics_routes),
         await admin.serve("0.0.0.0", config.readiness_port, ready_routes),
     ]
-    loops = (watch.run(), agent.run(), certs.run(), z.pool.run_sweeper(), z.report_metrics())
+    loops = (watch.run(), agent.run(), certs.run(), z.pool.run_sweeper(), z.tracker.report_periodically())
     tasks = [asyncio.create_task(coro) for coro in loops]
     logger.info("ztunnel started", node=config.node, control_plane=config.control_plane,
                 socket=str(config.socket_path))
@@ -111,6 +99,7 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
     for task in tasks + [stop]:
         task.cancel()
     await z.close()
+    await sign.close()
     for server in servers:
         server.close()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from shoal import hbone
+from shoal.contracts import HBONE_PORT
+from shoal.identity import SpiffeId
 from shoal.model import Endpoint, Protocol, Service, Workload, WaypointRef
+from shoal.proxy_state import ProxyState
 
-from ztunnel.state import ProxyState
 from ztunnel.errors import ZtunnelError
 
 
@@ -40,8 +41,8 @@ class Plan:
     kind: Kind
     connect: tuple[str, int]                  # where the TCP (or TLS) connection goes
     authority: str = ""                       # CONNECT target (HBONE/WAYPOINT)
-    source_identity: str = ""                 # SPIFFE ID presented (HBONE/WAYPOINT)
-    expected_identity: str = ""               # SPIFFE ID the server must have
+    source_identity: SpiffeId | None = None   # presented (HBONE/WAYPOINT)
+    expected_identity: SpiffeId | None = None # what the server's certificate must say
     service: str = ""                         # hostname when a Service was addressed
     destination_workload: str = ""            # uid, when known
     endpoint: tuple[str, int] | None = None   # the endpoint chosen (for the balancer's bookkeeping)
@@ -141,7 +142,7 @@ def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Ba
             if waypoint is not None and waypoint.traffic_type in ("workload", "all"):
                 return _via_waypoint(state, source_identity, ref, f"{ip}:{port}", "", workload.uid, balancer)
         if workload.protocol is Protocol.HBONE:
-            return Plan(Kind.HBONE, (ip, hbone.PORT), f"{ip}:{port}", source_identity,
+            return Plan(Kind.HBONE, (ip, HBONE_PORT), f"{ip}:{port}", source_identity,
                         workload.identity(td), "", workload.uid, (ip, port))
         return Plan(Kind.PASSTHROUGH, (ip, port), destination_workload=workload.uid)
     return Plan(Kind.PASSTHROUGH, (ip, port))
@@ -179,7 +180,7 @@ def _to_service(state, source, source_identity, service: Service, vip, port, bal
     workload, _ = by_target[chosen]
     ip, target_port = chosen
     if workload.protocol is Protocol.HBONE:
-        return Plan(Kind.HBONE, (ip, hbone.PORT), f"{ip}:{target_port}", source_identity,
+        return Plan(Kind.HBONE, (ip, HBONE_PORT), f"{ip}:{target_port}", source_identity,
                     workload.identity(state.trust_domain), service.hostname, workload.uid, chosen)
     return Plan(Kind.DIRECT, chosen, service=service.hostname, destination_workload=workload.uid, endpoint=chosen)
 
@@ -194,7 +195,7 @@ def _via_waypoint(state, source_identity, ref: WaypointRef, authority, hostname,
     for endpoint in waypoint_service.endpoints:
         workload = state.workloads.get(endpoint.workload_uid)
         if workload is not None and workload.ips:
-            candidates.append((workload.ips[0], hbone.PORT))
+            candidates.append((workload.ips[0], HBONE_PORT))
     candidates = sorted(set(candidates))
     if not candidates:
         raise NoHealthyEndpoints(f"waypoint {ref.namespace}/{ref.name} has no running pods; "

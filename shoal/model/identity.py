@@ -28,13 +28,13 @@ class SpiffeId:
         return f"{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
 
 
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    """The URI SAN of a workload identity."""
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
+    """A workload identity (`str()` of it is the URI SAN its certificate carries)."""
     for what, value in (("trust domain", trust_domain), ("namespace", namespace),
                         ("service account", service_account)):
         if not value or "/" in value:
             raise ValueError(f"bad {what} {value!r} for a SPIFFE ID: must be non-empty and contain no '/'")
-    return str(SpiffeId(trust_domain, namespace, service_account))
+    return SpiffeId(trust_domain, namespace, service_account)
 
 
 def parse_spiffe_id(uri: str) -> SpiffeId:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from shoal.model.identity import spiffe_id
+from shoal.model.identity import SpiffeId, spiffe_id
 from shoal.model.labels import Labels
 
 CLUSTER_DOMAIN = "cluster.local"
@@ -51,7 +51,7 @@ class Workload:
     def key(self) -> str:
         return self.uid
 
-    def identity(self, trust_domain: str) -> str:
+    def identity(self, trust_domain: str) -> SpiffeId:
         """The SPIFFE ID its certificate carries."""
         return spiffe_id(trust_domain, self.namespace, self.service_account)
 
@@ -120,5 +120,5 @@ class Waypoint:
     def hostname(self) -> str:
         return service_hostname(self.name, self.namespace)
 
-    def identity(self, trust_domain: str) -> str:
+    def identity(self, trust_domain: str) -> SpiffeId:
         return spiffe_id(trust_domain, self.namespace, self.service_account)

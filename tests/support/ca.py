@@ -52,3 +52,8 @@ class TestCA:
         key = identity.new_key()
         chain = self.sign_csr(identity.make_csr(key, spiffe), lifetime)
         return identity.Credential.from_pem(identity.key_pem(key), chain, self.bundle_pem)
+
+    async def sign(self, key, who: identity.SpiffeId) -> identity.Credential:
+        """A `shoal.certs` signer: signs `who` with `key`, as the control plane's Certificates.Sign would."""
+        chain = self.sign_csr(identity.make_csr(key, who))
+        return identity.Credential.from_pem(identity.key_pem(key), chain, self.bundle_pem)

@@ -13,7 +13,7 @@ import pytest
 
 from shoal.model import Destination, Endpoint, Protocol, RetryPolicy, Route, Service, ServicePort, Waypoint
 
-from waypoint.state import WaypointState
+from shoal.proxy_state import ProxyState
 from wp_harness import Client, Forwarder, TestCA, Waypoint as WaypointUnderTest
 from wp_model import NS, policy, table, workload
 
@@ -85,7 +85,7 @@ async def setup(greeter: Greeter, *routing):
     server, port = await grpc_server(greeter)
     ca = TestCA()
     pod = workload("greeter", GRPC_IP, "v1", protocol=Protocol.TCP, app="greeter")
-    state = WaypointState(NS, "waypoint")
+    state = ProxyState(waypoint=(NS, "waypoint"))
     for item in (pod, Waypoint("waypoint", NS, "waypoint"),
                  Service(name="greeter", namespace=NS, hostname=HOST, vips=(VIP,),
                          ports=(ServicePort(9090, "grpc", app_protocol="grpc"),),

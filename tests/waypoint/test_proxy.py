@@ -16,7 +16,7 @@ from shoal.model import (
 )
 
 from waypoint.channel import ChannelReset
-from waypoint.state import WaypointState
+from shoal.proxy_state import ProxyState
 from wp_harness import (
     App, AppBehaviour, Client, HboneEndpoint, TestCA, Waypoint, body_of, get, read_all, status_of,
 )
@@ -49,7 +49,7 @@ class Mesh:
             "shadow": workload("reviews-shadow", SHADOW_IP, "v1", protocol=Protocol.TCP, app="shadow"),
         }
         self.client_pod = workload("client", CLIENT_IP, "v1", app="client")
-        state = WaypointState(NS, "waypoint")
+        state = ProxyState(waypoint=(NS, "waypoint"))
 
         def svc(name, vip, keys):
             return Service(name=name, namespace=NS, hostname=f"{name}.{NS}.svc.cluster.local", vips=(vip,),
@@ -348,7 +348,7 @@ def test_idle_upstream_connections_are_swept():
     now = [0.0]
     pool = Http1Pool(idle_seconds=60, clock=lambda: now[0])
     from waypoint.routing import Upstream
-    upstream = Upstream(("127.0.0.9", 80), False, "", "uid", "w", "ns")
+    upstream = Upstream(("127.0.0.9", 80), False, None, "uid", "w", "ns")
     old, new = FakeChannel(), FakeChannel()
     assert pool.give(upstream, old)
     now[0] = 50

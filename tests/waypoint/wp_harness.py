@@ -16,10 +16,11 @@ from shoal import identity
 from shoal.hbone_io import HboneSession
 from shoal.hbone_relay import TcpSide, relay
 
+from shoal.certs import CertManager
+from shoal.proxy_state import ProxyState
 from waypoint.channel import Channel
 from waypoint.proxy import Proxy
 from waypoint.server import HboneListener
-from waypoint.state import WaypointState
 from waypoint.telemetry import Metrics
 from waypoint.upstream import Upstreams
 from zt_testca import TestCA
@@ -115,15 +116,15 @@ class HboneEndpoint:
 class Waypoint:
     """A Proxy + HboneListener with the test CA's credential for ns/sa waypoint."""
 
-    def __init__(self, ca: TestCA, state: WaypointState, hbone_port: int, rand=None) -> None:
-        cred = ca.credential(f"spiffe://{TD}/ns/{state.namespace}/sa/{state.name}")
-        self.server_ctx = identity.server_context(cred)
-        self.client_ctx = identity.client_context(cred)
+    def __init__(self, ca: TestCA, state: ProxyState, hbone_port: int, rand=None) -> None:
+        namespace, name = state.waypoint
+        self.who = identity.parse_spiffe_id(f"spiffe://{TD}/ns/{namespace}/sa/{name}")
+        self.certs = CertManager(ca.sign)
         self.metrics = Metrics()
-        self.upstreams = Upstreams(lambda: self.client_ctx, connect_timeout=1.0, hbone_port=hbone_port)
+        self.upstreams = Upstreams(self.certs, self.who, connect_timeout=1.0, hbone_port=hbone_port)
         kwargs = {"rand": rand} if rand else {}
         self.proxy = Proxy(state, self.upstreams, self.metrics, **kwargs)
-        self.listener = HboneListener(self.proxy, lambda: self.server_ctx)
+        self.listener = HboneListener(self.proxy, lambda: self.certs.server_context(self.who))
 
     async def start(self, host: str = "127.0.0.1") -> None:
         await self.listener.start(host, 0)

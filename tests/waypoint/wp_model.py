@@ -7,7 +7,7 @@ from shoal.model import (
     Service, ServicePort, Source, TargetRef, Waypoint, Workload, freeze_labels,
 )
 
-from waypoint.state import WaypointState
+from shoal.proxy_state import ProxyState
 
 NS = "shop"
 REVIEWS = f"reviews.{NS}.svc.cluster.local"
@@ -58,8 +58,8 @@ def policy(name, action, *, paths=(), methods=(), hosts=(), principals=(), not_p
                          targets=(TargetRef(kind, target, NS),) if scope is PolicyScope.TARGETS else ())
 
 
-def mesh(*extra) -> WaypointState:
-    state = WaypointState(NS, "waypoint")
+def mesh(*extra) -> ProxyState:
+    state = ProxyState(waypoint=(NS, "waypoint"))
     for item in (V1A, V1B, V2, SHADOW_POD, CLIENT, service("reviews", VIP, (V1A, V1B, V2)),
                  service("reviews-shadow", SHADOW_VIP, (SHADOW_POD,)),
                  Waypoint("waypoint", NS, "waypoint"), *extra):

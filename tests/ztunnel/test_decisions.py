@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure parts: outbound decision, L4 authorization, the state store."""
+"""Table-driven tests of the pure parts: the outbound decision and L4 authorization."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from shoal.model import (
     Action, Authorization, Endpoint, Operation, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol,
     ResourceType, Rule, Service, ServicePort, Snapshot, Source, Waypoint, WaypointRef, Workload, freeze_labels,
 )
-from ztunnel import authz
+from shoal import authz
+from shoal.identity import parse_spiffe_id
+from shoal.proxy_state import ProxyState
 from ztunnel.outbound import (
     Balancer, Kind, NoEndpoints, Plan, UnknownServicePort, WaypointMissing, decide,
 )
-from ztunnel.state import ProxyState
 
 TD = "cluster.local"
 
@@ -59,8 +60,8 @@ def make_state() -> ProxyState:
     return state
 
 
-SRC_ID = "spiffe://cluster.local/ns/app/sa/client"
-SERVER_ID = "spiffe://cluster.local/ns/app/sa/server"
+SRC_ID = parse_spiffe_id("spiffe://cluster.local/ns/app/sa/client")
+SERVER_ID = parse_spiffe_id("spiffe://cluster.local/ns/app/sa/server")
 WEB_HOST = "web.app.svc.cluster.local"
 
 CASES = [
@@ -79,31 +80,31 @@ CASES = [
           endpoint=("198.19.2.9", 9000))),
     ("service with waypoint", CLIENT, "198.18.16.13", 80,
      Plan(Kind.WAYPOINT, ("198.19.2.50", 15008), "198.18.16.13:80", SRC_ID,
-          "spiffe://cluster.local/ns/app/sa/waypoint", "reviews.app.svc.cluster.local", "", ("198.19.2.50", 15008))),
+          parse_spiffe_id("spiffe://cluster.local/ns/app/sa/waypoint"), "reviews.app.svc.cluster.local", "", ("198.19.2.50", 15008))),
     ("the waypoint itself bypasses its own waypoint", WP_POD, "198.18.16.13", 80,
-     Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:8080", "spiffe://cluster.local/ns/app/sa/waypoint", SERVER_ID,
+     Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:8080", parse_spiffe_id("spiffe://cluster.local/ns/app/sa/waypoint"), SERVER_ID,
           "reviews.app.svc.cluster.local", "server-a", ("198.19.2.2", 8080))),
     ("workload behind a workload waypoint", CLIENT, "198.19.2.61", 7000,
-     Plan(Kind.WAYPOINT, ("198.19.2.60", 15008), "198.19.2.61:7000", SRC_ID, "spiffe://cluster.local/ns/app/sa/wwp",
+     Plan(Kind.WAYPOINT, ("198.19.2.60", 15008), "198.19.2.61:7000", SRC_ID, parse_spiffe_id("spiffe://cluster.local/ns/app/sa/wwp"),
           "", "behind", ("198.19.2.60", 15008))),
     ("workload waypoint sending to its workload", WORKLOAD_WP_POD, "198.19.2.61", 7000,
-     Plan(Kind.HBONE, ("198.19.2.61", 15008), "198.19.2.61:7000", "spiffe://cluster.local/ns/app/sa/wwp",
-          "spiffe://cluster.local/ns/app/sa/default", "", "behind", ("198.19.2.61", 7000))),
+     Plan(Kind.HBONE, ("198.19.2.61", 15008), "198.19.2.61:7000", parse_spiffe_id("spiffe://cluster.local/ns/app/sa/wwp"),
+          parse_spiffe_id("spiffe://cluster.local/ns/app/sa/default"), "", "behind", ("198.19.2.61", 7000))),
     ("service vip, second listed port", CLIENT, "198.18.16.16", 443, NoEndpoints),
     ("service vip, unknown port", CLIENT, "198.18.16.10", 81, UnknownServicePort),
     ("service without endpoints", CLIENT, "198.18.16.12", 80, NoEndpoints),
     ("service whose endpoints are gone", CLIENT, "198.18.16.15", 80, NoEndpoints),
     ("service with unknown waypoint", CLIENT, "198.18.16.14", 80, WaypointMissing),
     ("source in another namespace keeps its identity", wl("x", "198.19.1.7", ns="other", sa="robot"), "198.19.2.2", 80,
-     Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:80", "spiffe://cluster.local/ns/other/sa/robot", SERVER_ID,
+     Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:80", parse_spiffe_id("spiffe://cluster.local/ns/other/sa/robot"), SERVER_ID,
           "", "server-a", ("198.19.2.2", 80))),
     ("unmeshed source to vip still balances", PLAIN, "198.18.16.10", 80,
-     Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:8080", "spiffe://cluster.local/ns/legacy/sa/default",
+     Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:8080", parse_spiffe_id("spiffe://cluster.local/ns/legacy/sa/default"),
           SERVER_ID, WEB_HOST, "server-a", ("198.19.2.2", 8080))),
     ("pod to itself", SERVER_A, "198.19.2.2", 8080,
      Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:8080", SERVER_ID, SERVER_ID, "", "server-a", ("198.19.2.2", 8080))),
     ("waypoint service vip itself", CLIENT, "198.18.16.50", 15008,
-     Plan(Kind.HBONE, ("198.19.2.50", 15008), "198.19.2.50:15008", SRC_ID, "spiffe://cluster.local/ns/app/sa/waypoint",
+     Plan(Kind.HBONE, ("198.19.2.50", 15008), "198.19.2.50:15008", SRC_ID, parse_spiffe_id("spiffe://cluster.local/ns/app/sa/waypoint"),
           "waypoint.app.svc.cluster.local", "waypoint-pod", ("198.19.2.50", 15008))),
 ]
 
@@ -159,9 +160,14 @@ def policy(name, action, rules, ns="app", scope=PolicyScope.NAMESPACE, selector=
 
 FRONT = "cluster.local/ns/front/sa/web"
 BACK = "cluster.local/ns/back/sa/api"
-MTLS_FRONT = authz.Connection("198.19.1.2", 8080, FRONT, "front")
-MTLS_BACK = authz.Connection("198.19.1.3", 8080, BACK, "back")
-PLAINTEXT = authz.Connection("198.19.1.9", 8080)
+def l4(source_ip, port, principal=None, namespace=None):
+    """What the ztunnel knows of a connection: no HTTP, so policies are judged l4_only."""
+    return authz.RequestFacts(source_ip, principal, namespace, port, l4_only=True)
+
+
+MTLS_FRONT = l4("198.19.1.2", 8080, FRONT, "front")
+MTLS_BACK = l4("198.19.1.3", 8080, BACK, "back")
+PLAINTEXT = l4("198.19.1.9", 8080)
 
 ALLOW_FRONT = policy("allow-front", Action.ALLOW, [Rule(sources=(Source(principals=(FRONT,)),))])
 DENY_ALL = policy("deny-all", Action.DENY, [Rule()])
@@ -184,7 +190,7 @@ AUTHZ_CASES = [
     ("deny by namespace", [DENY_BACK_NS], MTLS_BACK, False, "app/deny-back"),
     ("deny by namespace spares others", [DENY_BACK_NS], MTLS_FRONT, True, ""),
     ("deny by namespace spares plaintext", [DENY_BACK_NS], PLAINTEXT, True, ""),
-    ("allow port matches", [ALLOW_PORT_9090], authz.Connection("198.19.1.2", 9090, FRONT, "front"), True, "app/allow-9090"),
+    ("allow port matches", [ALLOW_PORT_9090], l4("198.19.1.2", 9090, FRONT, "front"), True, "app/allow-9090"),
     ("allow port other port", [ALLOW_PORT_9090], MTLS_FRONT, False, ""),
     ("L7 allow matches nothing at L4", [ALLOW_GET], MTLS_FRONT, False, ""),
     ("L7 deny denies at L4", [DENY_POST], MTLS_FRONT, False, "app/deny-post"),
@@ -204,79 +210,3 @@ def test_authorize(name, policies, conn, allowed, decider):
     assert verdict.allowed is allowed
     assert verdict.policy == decider
     assert verdict.reason
-
-
-def test_policies_for_scopes():
-    state = ProxyState()
-    target = wl("t", "198.19.2.2", labels={"app": "db"})
-    mesh = policy("mesh", Action.DENY, [Rule()], ns="istio-system", scope=PolicyScope.MESH)
-    ns_pol = policy("ns", Action.DENY, [Rule()])
-    other_ns = policy("other", Action.DENY, [Rule()], ns="elsewhere")
-    selected = policy("sel", Action.DENY, [Rule()], scope=PolicyScope.WORKLOAD, selector={"app": "db"})
-    unselected = policy("unsel", Action.DENY, [Rule()], scope=PolicyScope.WORKLOAD, selector={"app": "web"})
-    for p in (mesh, ns_pol, other_ns, selected, unselected):
-        state.upsert(p)
-    assert {p.name for p in state.policies_for(target)} == {"mesh", "ns", "sel"}
-
-
-def test_peer_authentication_most_specific_wins():
-    state = ProxyState()
-    target = wl("t", "198.19.2.2", labels={"app": "db"})
-    assert state.peer_auth_mode(target, 80) is PeerAuthMode.PERMISSIVE
-    state.upsert(PeerAuthentication("mesh", "istio-system", PolicyScope.MESH, PeerAuthMode.STRICT))
-    assert state.peer_auth_mode(target, 80) is PeerAuthMode.STRICT
-    state.upsert(PeerAuthentication("ns", "app", PolicyScope.NAMESPACE, PeerAuthMode.PERMISSIVE))
-    assert state.peer_auth_mode(target, 80) is PeerAuthMode.PERMISSIVE
-    state.upsert(PeerAuthentication("db", "app", PolicyScope.WORKLOAD, PeerAuthMode.UNSET,
-                                    selector=freeze_labels({"app": "db"}),
-                                    port_modes=((5432, PeerAuthMode.STRICT),)))
-    assert state.peer_auth_mode(target, 5432) is PeerAuthMode.STRICT
-    assert state.peer_auth_mode(target, 80) is PeerAuthMode.PERMISSIVE  # UNSET inherits
-
-
-def test_state_remove_before_insert_keeps_indexes_exact():
-    state = make_state()
-    moved = wl("server-a", "198.19.2.99", sa="server")
-    state.upsert(moved)
-    state.check()
-    assert state.workload_by_ip("198.19.2.2") is None
-    assert state.workload_by_ip("198.19.2.99") == moved
-    state.upsert(svc("web", "198.18.16.77", [("server-a", 8080)]))
-    state.check()
-    assert state.service_by_vip("198.18.16.10") is None
-    state.upsert(ALLOW_FRONT)
-    state.remove(ResourceType.AUTHORIZATION, ALLOW_FRONT.key)
-    state.check()
-    assert state.policies_by_namespace == {}
-
-
-def test_state_replace_drops_what_is_missing():
-    state = make_state()
-    state.replace(Snapshot.of([CLIENT, WEB]))
-    state.check()
-    assert set(state.workloads) == {"client"} and set(state.services) == {WEB_HOST}
-    dump = state.dump()
-    assert dump["workloads"][0]["uid"] == "client" and dump["workloads"][0]["protocol"] == "HBONE"
-
-
-def test_inbound_fails_closed_while_a_workloads_labels_are_unknown():
-    from ztunnel.inbound import authorize_inbound, peer_auth_inbound
-
-    state = ProxyState()
-    unknown = wl("new-pod", "198.19.2.77", labels={})  # handed over by the agent, not yet in the config
-    known = wl("db", "198.19.2.78", labels={"app": "db"})
-    state.upsert(known)
-    conn = authz.Connection("198.19.1.2", 5432, FRONT, "front")
-    assert authorize_inbound(state, unknown, conn).allowed  # nothing label-selected: nothing to miss
-    state.upsert(policy("deny-db", Action.DENY, [Rule()], scope=PolicyScope.WORKLOAD, selector={"app": "db"}))
-    verdict = authorize_inbound(state, unknown, conn)
-    assert not verdict.allowed and "not in the config yet" in verdict.reason
-    assert not authorize_inbound(state, known, conn).allowed  # known: the policy itself decides
-    assert authorize_inbound(state, wl("web", "198.19.2.79", labels={"app": "web"}), conn).allowed is False
-    state.upsert(wl("web", "198.19.2.79", labels={"app": "web"}))
-    assert authorize_inbound(state, state.workloads["web"], conn).allowed
-    assert peer_auth_inbound(state, unknown, 80) is PeerAuthMode.PERMISSIVE
-    state.upsert(PeerAuthentication("db-strict", "app", PolicyScope.WORKLOAD, PeerAuthMode.STRICT,
-                                    selector=freeze_labels({"app": "db"})))
-    assert peer_auth_inbound(state, unknown, 80) is PeerAuthMode.STRICT
-    assert peer_auth_inbound(state, state.workloads["web"], 80) is PeerAuthMode.PERMISSIVE

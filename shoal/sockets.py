@@ -1,9 +1,12 @@
-"""Sockets inside pod network namespaces: listeners, original destinations, upstreams.
+"""The proxies' TCP sockets: listeners, original destinations, upstream connections.
 
-A socket keeps the netns it was created in, so each is made through the
-pod's netns fd (`shoal.netns.socket_in`) and then used from the event loop
-like any other. Every socket the ztunnel makes in a pod carries SO_MARK
-0x539, so the pod's capture rules let it through.
+Shared by the ztunnel (sockets inside pod network namespaces) and the
+waypoint (sockets in its own). A socket keeps the netns it was created in,
+so each is made through the pod's netns fd (`shoal.netns.socket_in`) and
+then used from the event loop like any other. Every socket carries SO_MARK
+0x539 (`shoal.contracts.MARK`), so a pod's capture rules let it through.
+Failures become `SocketError`s (this module is the boundary for OSError),
+whose messages say what to check.
 """
 
 from __future__ import annotations
@@ -15,18 +18,15 @@ import struct
 
 from shoal import contracts, netns
 
-from ztunnel.errors import ZtunnelError
+from shoal.errors import ShoalError
 
-MARK = contracts.MARK
 SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
-OUTBOUND_PORT = contracts.OUTBOUND_PORT
-INBOUND_PLAINTEXT_PORT = contracts.INBOUND_PLAINTEXT_PORT
 LISTEN_BACKLOG = 1024
 SOCKET_BUFFER = 4 << 20
 
 
-class SocketError(ZtunnelError):
+class SocketError(ShoalError):
     """A listener or upstream socket could not be made; the message says what to check."""
 
 
@@ -103,8 +103,18 @@ class SocketFactory:
 KEEPALIVE = ((socket.TCP_KEEPIDLE, 30), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 3))
 
 
-def _tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
+def _tune(sock: socket.socket, mark: bool = True) -> None:
+    """Mark (capture skips the socket), keepalive, large buffers.
+
+    `mark=False` is for a process whose own netns no capture reaches (a
+    waypoint's pod opts out): it marks when it may (CAP_NET_ADMIN) and goes
+    on without it otherwise."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, contracts.MARK)
+    except PermissionError:
+        if mark:
+            raise SocketError("cannot set SO_MARK on a socket: the proxy needs CAP_NET_ADMIN, or the pod's "
+                              "capture would take the proxy's own connections") from None
     # A peer node that vanishes without a RST is noticed in about a minute, not hours.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in KEEPALIVE:
@@ -116,20 +126,25 @@ def _tune(sock: socket.socket) -> None:
             pass
 
 
-def listener(netns_fd: int | None, port: int, address: str = "0.0.0.0") -> socket.socket:
-    """A listening TCP socket in the netns (None: the caller's), SO_REUSEPORT so a new ztunnel can take over."""
+def listener(netns_fd: int | None, port: int, address: str = "0.0.0.0", *, mark: bool = True) -> socket.socket:
+    """A listening TCP socket in the netns (None: the caller's), SO_REUSEPORT so a new proxy can take over.
+    `mark` as in `_tune`."""
     sock = netns.socket_in(netns_fd, socket.AF_INET, socket.SOCK_STREAM) if netns_fd is not None \
         else socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        _tune(sock)
+        _tune(sock, mark)
         sock.bind((address, port))
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
+    except SocketError:
+        sock.close()
+        raise
     except OSError as e:
         sock.close()
-        raise SocketError(f"cannot listen on {address}:{port} in the pod's netns: {e}; "
+        raise SocketError(f"cannot listen on {address}:{port}{' in the pod netns' if netns_fd is not None else ''}: "
+                          f"{e.strerror or e}; "
                           "check that nothing else holds the port without SO_REUSEPORT") from None
     return sock
 
@@ -149,10 +164,10 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
 
 
 async def connect(source: SocketFactory | int | None, destination: tuple[str, int], *, timeout: float,
-                  transparent_source: str | None = None) -> socket.socket:
+                  transparent_source: str | None = None, mark: bool = True) -> socket.socket:
     """A connected socket from inside the netns (a SocketFactory of it, its fd, or None for
     our own), marked; with `transparent_source`, it binds the client's IP (IP_TRANSPARENT)
-    so the app sees the original source."""
+    so the app sees the original source. `mark` as in `_tune`."""
     if isinstance(source, SocketFactory):
         sock = source.take()
     elif source is not None:
@@ -160,7 +175,7 @@ async def connect(source: SocketFactory | int | None, destination: tuple[str, in
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        _tune(sock)
+        _tune(sock, mark)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if transparent_source:
             sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
@@ -177,7 +192,19 @@ async def connect(source: SocketFactory | int | None, destination: tuple[str, in
         sock.close()
         raise ConnectFailed(f"connection to {destination[0]}:{destination[1]} refused; "
                             "check that the app listens on that port", "refused") from None
+    except SocketError:
+        sock.close()
+        raise
     except OSError as e:
         sock.close()
         raise ConnectFailed(f"cannot connect to {destination[0]}:{destination[1]}: {e.strerror or e}; "
                             "check routes from the pod", "unreachable") from None
+
+
+def reset(sock: socket.socket) -> None:
+    """Closes with a RST (SO_LINGER 0): the peer learns at once that the connection was refused."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()

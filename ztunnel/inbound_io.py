@@ -1,0 +1,171 @@
+"""Inbound, the I/O half: HBONE on 15008 and captured plaintext on 15006, inside each enrolled pod.
+
+HBONE: the TLS server presents the certificate of the pod the listener
+belongs to (each listener lives in one pod's netns, so the destination is
+known without SNI) and requires a client chain to the mesh root. For each
+CONNECT, `ztunnel.inbound.decide_inbound` says yes (connect to the app,
+keeping the client's IP, then answer 200) or no (401/403/400/503 with the
+reason in `shoal-reason`).
+
+Plaintext: the same decision, with PeerAuthentication; a refusal is a RST.
+Either way one ConnectionRecord, one access-log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from shoal import hbone, identity, log, sockets
+from shoal.certs import CertManager
+from shoal.hbone_io import HboneSession, TunnelStream
+from shoal.hbone_relay import TcpSide, relay
+from shoal.proxy_state import ProxyState
+
+from ztunnel.connections import ConnectionTracker
+from ztunnel.inbound import InboundConnection, InboundPlan, Refusal, decide_inbound
+from ztunnel.pods import Pod, PodRegistry
+from ztunnel.telemetry import ConnectionRecord
+
+logger = log.get("ztunnel.inbound")
+
+
+class InboundDriver:
+    def __init__(self, state: ProxyState, pods: PodRegistry, certs: CertManager, tracker: ConnectionTracker,
+                 connect_timeout: float) -> None:
+        self.state = state
+        self.pods = pods
+        self.certs = certs
+        self.tracker = tracker
+        self.connect_timeout = connect_timeout
+
+    # --- HBONE (15008) ----------------------------------------------------------------
+
+    async def hbone(self, pod: Pod, conn: socket.socket, address) -> None:
+        try:
+            context = await self.certs.server_context(pod.identity)
+            _, session = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: HboneSession(False, on_request=lambda s, st: self._tunnel(pod, s, st)), conn, ssl=context,
+                ssl_handshake_timeout=self.connect_timeout)
+        except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one record, one line
+            here = conn.getsockname()[:2] if conn.fileno() >= 0 else ("", 0)
+            record = ConnectionRecord("inbound", address[:2], here, destination_workload=self.pods.workload_of(pod),
+                                      destination_principal=str(pod.identity), mtls=True)
+            tls = isinstance(e, (ssl.SSLError, ConnectionError))
+            message = (f"TLS handshake failed: {getattr(e, 'reason', None) or e}; the client must present a mesh "
+                       "certificate that chains to the mesh root" if tls else str(e))
+            self.tracker.refused(record, "UPE" if tls else "UAEX", message)
+            conn.close()
+            return
+        try:
+            await session.lost
+        except asyncio.CancelledError:
+            session.close()
+            raise
+
+    async def _tunnel(self, pod: Pod, session: HboneSession, stream: TunnelStream) -> None:
+        peer, problem = _peer_identity(session)
+        source = session.peer_address
+        target = hbone.parse_authority(stream.authority)   # the HBONE core refused any other authority
+        workload = self.pods.workload_of(pod)
+        decision = decide_inbound(self.state, workload, InboundConnection(
+            source[0], target, mtls=True, peer=peer, peer_problem=problem), pod.reach)
+        record = ConnectionRecord("inbound", source[:2], target, source_workload=self.state.workload_by_ip(source[0]),
+                                  destination_workload=workload, source_principal=str(peer) if peer else "",
+                                  destination_principal=str(pod.identity), mtls=True,
+                                  service=decision.service if decision else "")
+        self.tracker.begin(record)
+        app = None
+        try:
+            if isinstance(decision, Refusal):
+                record.fail(decision.response_flag, decision.reason)
+                session.refuse(stream, decision.status, decision.reason)
+                return
+            try:
+                sock = await self._connect_app(pod, decision)
+            except sockets.ConnectFailed as e:
+                record.fail("UF", str(e))
+                session.refuse(stream, 503, str(e))
+                return
+            record.upstream = "%s:%d" % sock.getpeername()[:2]
+            _, app = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
+            session.accept(stream)  # TunnelBroken if the client gave up meanwhile
+            record.meter = lambda: (stream.bytes_received, stream.bytes_sent)
+            await relay(stream, app)
+            record.bytes_received, record.bytes_sent = stream.bytes_received, stream.bytes_sent
+            if stream.reset or app.reset:
+                record.response_flags = "UC" if app.reset else "DC"
+        except asyncio.CancelledError:
+            record.fail("DC", "connection closed: pod removed or ztunnel draining")
+            stream.abort()
+            if app is not None:
+                app.abort()
+            raise
+        except Exception as e:  # noqa: BLE001 - reported on the connection, never fatal to the proxy
+            record.fail("DC" if stream.reset else "UF", str(e) if stream.reset else f"{type(e).__name__}: {e}")
+            stream.abort()
+            if app is not None:
+                app.abort()
+        finally:
+            self.tracker.end(record)
+
+    # --- plaintext (15006) ----------------------------------------------------------------
+
+    async def plaintext(self, pod: Pod, conn: socket.socket, address) -> None:
+        workload = self.pods.workload_of(pod)
+        try:
+            destination = sockets.original_destination(conn)
+        except OSError as e:
+            conn.close()
+            logger.warning("no original destination on an inbound connection", error=str(e))
+            return
+        decision = decide_inbound(self.state, workload, InboundConnection(address[0], destination), pod.reach)
+        record = ConnectionRecord("inbound_plaintext", address[:2], destination, destination_workload=workload,
+                                  source_workload=self.state.workload_by_ip(address[0]),
+                                  destination_principal=str(pod.identity),
+                                  service=decision.service if decision else "")
+        if isinstance(decision, Refusal):
+            self.tracker.refused(record, decision.response_flag, decision.reason)
+            sockets.reset(conn)
+            return
+        self.tracker.begin(record)
+        app = client = None
+        try:
+            loop = asyncio.get_running_loop()
+            _, client = await loop.connect_accepted_socket(TcpSide, conn)
+            sock = await self._connect_app(pod, decision)
+            record.upstream = "%s:%d" % sock.getpeername()[:2]
+            _, app = await loop.create_connection(TcpSide, sock=sock)
+            record.meter = lambda: (client.bytes_received, client.bytes_sent)
+            await relay(client, app)
+            record.bytes_received, record.bytes_sent = client.bytes_received, client.bytes_sent
+        except asyncio.CancelledError:
+            record.fail("DC", "connection closed: pod removed or ztunnel draining")
+            if client is not None:
+                client.abort()
+            raise
+        except Exception as e:  # noqa: BLE001 - reported on the connection, never fatal to the proxy
+            record.fail("UF", str(e))
+            if client is not None:
+                record.bytes_received = client.bytes_received
+                client.abort()
+            else:
+                sockets.reset(conn)
+        finally:
+            self.tracker.end(record)
+
+    async def _connect_app(self, pod: Pod, plan: InboundPlan) -> socket.socket:
+        return await sockets.connect(pod.sockets, plan.connect, timeout=self.connect_timeout,
+                                     transparent_source=plan.transparent_source)
+
+
+def _peer_identity(session: HboneSession) -> tuple[identity.SpiffeId | None, str]:
+    """The client's SPIFFE ID (read once per TLS connection), or None and why."""
+    cached = getattr(session, "peer_identity", None)
+    if cached is None:
+        try:
+            cached = session.peer_identity = (identity.peer_spiffe_id(session.ssl_object), "")
+        except identity.IdentityError as e:
+            cached = session.peer_identity = (None, str(e))
+    return cached
