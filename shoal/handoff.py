@@ -10,8 +10,9 @@ without error.
 The two protocol cores (this module) are sans-IO: `AgentSide` and
 `ZtunnelSide` take bytes (plus received fds) and return events; sending is a
 `Send` command, payload plus optional fd, carried out by a driver. The asyncio
-drivers, in shoal/handoff_io.py and importable from here, are `HandoffServer`
-(node agent) and `HandoffClient` (ztunnel).
+drivers are `HandoffServer` (node agent) and `HandoffClient` (ztunnel) in
+shoal/handoff_io.py, which imports this module and not the other way round:
+import them from there.
 
 What SnapshotSent means: after a (re)connect the agent replays every workload
 it wants meshed; SnapshotSent closes that replay, and the ztunnel drops every
@@ -296,12 +297,14 @@ class ZtunnelSide:
             self.replayed.add(uid)
 
 
-# The asyncio drivers live in shoal/handoff_io.py; they are importable from here too.
-_DRIVERS = ("HandoffClient", "HandoffServer", "WorkloadHandler", "peer_pid")
+# Transitional, and the one import of shoal.handoff_io left here (an import cycle that
+# tests/shoal/test_imports.py reports): bench/enroll.py and tests/ztunnel/test_process.py
+# still take a driver from this module. Delete this once they import shoal.handoff_io.
+_MOVED_TO_HANDOFF_IO = ("HandoffClient", "HandoffServer")
 
 
 def __getattr__(name: str):
-    if name in _DRIVERS:
+    if name in _MOVED_TO_HANDOFF_IO:
         from shoal import handoff_io
         return getattr(handoff_io, name)
     raise AttributeError(f"module 'shoal.handoff' has no attribute {name!r}")

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from shoal import netns, store
-from shoal.handoff import HandoffClient
+from shoal.handoff_io import HandoffClient
 
 from na_topology import POD_IPS, Server, bpftool_cgroup, client_code, listen_in, original_dst
 from node_agent import netfilter

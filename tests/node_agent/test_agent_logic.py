@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from shoal.handoff import HandoffClient
+from shoal.handoff_io import HandoffClient
 
 from node_agent.agent import AgentConfig, NodeAgent
 

@@ -10,8 +10,9 @@ import pytest
 
 from shoal import handoff
 from shoal.api import handoff_pb2 as pb
-from shoal.handoff import (Acked, AgentSide, HandoffClient, HandoffServer, ProtocolViolation, SnapshotReceived,
-                           Workload, WorkloadAdded, WorkloadDeleted, WorkloadKept, ZtunnelGreeted, ZtunnelSide)
+from shoal.handoff import (Acked, AgentSide, ProtocolViolation, SnapshotReceived, Workload, WorkloadAdded,
+                           WorkloadDeleted, WorkloadKept, ZtunnelGreeted, ZtunnelSide)
+from shoal.handoff_io import HandoffClient, HandoffServer
 
 A = Workload("uid-a", "a", "demo", "sa-a")
 B = Workload("uid-b", "b", "demo", "sa-b")
