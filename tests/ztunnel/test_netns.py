@@ -28,12 +28,15 @@ from shoal.model import (  # noqa: E402
     Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, Rule, Service,
     ServicePort, Source, Workload,
 )
-from ztunnel.certs import CertManager  # noqa: E402
+from shoal.certs import CertManager  # noqa: E402
+from shoal.proxy_state import ProxyState  # noqa: E402
 from ztunnel.config import Config  # noqa: E402
 from ztunnel.proxy import Ztunnel  # noqa: E402
-from ztunnel.state import ProxyState  # noqa: E402
 
-from zt_testca import TestCA  # noqa: E402
+from support import metrics  # noqa: E402
+from support.ca import TestCA  # noqa: E402
+from support.capture import tcpdump  # noqa: E402
+from support.polling import eventually  # noqa: E402
 
 APPS = str(Path(__file__).with_name("zt_apps.py"))
 PREFIX = f"shoal-zt{os.getpid() % 100000}-"
@@ -119,12 +122,10 @@ class Rig:
         self.thread.start()
 
         async def boot():
-            async def signer(csr, uri):
-                return self.ca.sign_csr(csr), self.ca.bundle_pem
             self.state = ProxyState()
             for r in workloads():
                 self.state.upsert(r)
-            self.ztunnel = Ztunnel(Config(connect_timeout=3), self.state, CertManager(signer))
+            self.ztunnel = Ztunnel(Config(connect_timeout=3), self.state, CertManager(self.ca.sign))
             for uid, name, sa in (("uid-a", "a", "a"), ("uid-b", "b", "b")):
                 await self.ztunnel.add_workload(handoff.Workload(uid, name, "app", sa), netns.open_fd(pod_ns(name)))
         self.call(boot())
@@ -162,22 +163,11 @@ class Rig:
     def line_after(self, mark: int, direction: str, timeout: float = 5.0) -> dict:
         """The last access-log line in `direction` written after `mark` (the ztunnel writes a
         connection's line once its own side has closed, a moment after the client's)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [l for l in self.access_lines()[mark:] if l["direction"] == direction]
-            if found:
-                return found[-1]
-            assert time.monotonic() < deadline, f"no {direction} access-log line appeared"
-            time.sleep(0.05)
+        return eventually(lambda: [l for l in self.access_lines()[mark:] if l["direction"] == direction], timeout,
+                          f"an {direction} access-log line")[-1]
 
     def metric(self, name, **labels):
-        total = 0.0
-        for line in self.ztunnel.metrics.render().decode().splitlines():
-            if not line.startswith(name + "{"):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metrics.value(self.ztunnel.metrics.render().decode(), name, **labels) or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -224,22 +214,11 @@ def test_bytes_match_metrics_and_one_log_line_per_connection(rig):
 
 
 def test_capture_between_pods_is_only_tls_to_15008(rig, tmp_path):
-    pcap = tmp_path / "cap.txt"
-    dump = subprocess.Popen(["ip", "netns", "exec", ROUTER, "tcpdump", "-i", "br0", "-l", "-nn", "-A", "tcp"],
-                            stdout=open(pcap, "w"), stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    try:
-        result = curl("a", f"http://{WEB_VIP}/")
-        assert result.returncode == 0
-        time.sleep(0.5)
-    finally:
-        dump.terminate()
-        dump.wait()
-    text = pcap.read_text(errors="replace")
-    headers = [l for l in text.splitlines() if " IP " in l and " > " in l]
-    assert headers, "tcpdump saw nothing"
-    assert all(".15008 " in l or ".15008:" in l for l in headers), headers[:5]
-    assert "peer=" not in text and "GET / HTTP" not in text
+    with tcpdump(ROUTER, "br0", "tcp", tmp_path / "cap.txt") as capture:
+        assert curl("a", f"http://{WEB_VIP}/").returncode == 0
+    assert capture.headers, "tcpdump saw nothing"
+    assert all(".15008 " in l or ".15008:" in l for l in capture.headers), capture.headers[:5]
+    assert "peer=" not in capture.text and "GET / HTTP" not in capture.text
 
 
 def test_plaintext_permissive_then_strict(rig):
@@ -338,9 +317,8 @@ def test_a_dead_endpoint_is_retried_on_another_and_then_skipped(rig):
         def flaky_lines():
             return [l for l in rig.access_lines() if l.get("dst_service") == "flaky.app.svc.cluster.local"
                     and l["direction"] == "outbound"]
-        deadline = time.monotonic() + 5  # the ztunnel logs a connection once its side has closed too
-        while len(flaky_lines()) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The ztunnel logs a connection once its side has closed too.
+        eventually(lambda: len(flaky_lines()) >= 4, 5, "an access-log line for each of the 4 connections")
         lines = flaky_lines()
         assert len(lines) == 4 and all(l["error"] is None and l["upstream"] == "198.19.2.2:15008" for l in lines)
     finally:
@@ -371,9 +349,7 @@ def test_identity_mismatch_and_timeout_are_classed(rig):
 def test_a_second_ztunnel_can_take_over_the_same_pods(rig):
     """SO_REUSEPORT: a new ztunnel binds the same ports in the same pods while the old one still listens."""
     async def second():
-        async def signer(csr, uri):
-            return rig.ca.sign_csr(csr), rig.ca.bundle_pem
-        z2 = Ztunnel(Config(connect_timeout=3), rig.state, CertManager(signer))
+        z2 = Ztunnel(Config(connect_timeout=3), rig.state, CertManager(rig.ca.sign))
         for uid, name, sa in (("uid-a", "a", "a"), ("uid-b", "b", "b")):
             await z2.add_workload(handoff.Workload(uid, name, "app", sa), netns.open_fd(pod_ns(name)))
         return z2

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a
 
 from shoal import handoff, netns  # noqa: E402
 from shoal.model import Protocol, Workload  # noqa: E402
-from ztunnel.proxy import Pod, probe_capture  # noqa: E402
-from ztunnel.state import ProxyState  # noqa: E402
+from shoal.identity import parse_spiffe_id  # noqa: E402
+from shoal.proxy_state import ProxyState  # noqa: E402
+from ztunnel.pods import Pod, probe_capture  # noqa: E402
 
 NS = f"shoal-ztprobe{os.getpid() % 100000}"
 IP = "198.19.7.2"
@@ -38,7 +39,7 @@ def pod_netns():
 def probe(fd) -> bool:
     state = ProxyState()
     state.upsert(Workload("u", "p", "ns", "sa", "node1", (IP,), protocol=Protocol.HBONE))
-    pod = Pod(handoff.Workload("u", "p", "ns", "sa"), fd, "spiffe://cluster.local/ns/ns/sa/sa")
+    pod = Pod(handoff.Workload("u", "p", "ns", "sa"), fd, parse_spiffe_id("spiffe://cluster.local/ns/ns/sa/sa"))
     try:
         return asyncio.run(probe_capture(state, pod))
     finally:
@@ -50,7 +51,7 @@ def test_uncaptured_pod_is_reached_on_its_own_ip(pod_netns):
 
 
 def test_unknown_pod_ip_without_a_route_skips_the_probe(pod_netns):
-    pod = Pod(handoff.Workload("u", "p", "ns", "sa"), pod_netns, "spiffe://cluster.local/ns/ns/sa/sa")
+    pod = Pod(handoff.Workload("u", "p", "ns", "sa"), pod_netns, parse_spiffe_id("spiffe://cluster.local/ns/ns/sa/sa"))
     try:
         assert asyncio.run(probe_capture(ProxyState(), pod)) is False  # nothing to probe, nothing assumed
     finally:
