@@ -1,16 +1,14 @@
 """`shoal waypoint apply|list|delete` against a local cluster's store (no cluster processes needed)."""
 
-import os
-import subprocess
-import sys
-
 from shoal.store import Store
+
+from support import cli
 
 
 def shoal(tmp_path, *args):
-    env = {**os.environ, "SHOAL_RUN_ROOT": str(tmp_path)}
-    return subprocess.run([sys.executable, "-m", "shoal", "waypoint", *args, "--cluster", "t"], capture_output=True,
-                          text=True, env=env, timeout=60)
+    """`shoal waypoint ARGS` against cluster "t" whose store is under tmp_path."""
+    return cli.shoal("waypoint", *args, "--cluster", "t", check=False, timeout=60,
+                     env={"SHOAL_RUN_ROOT": str(tmp_path)})
 
 
 def test_apply_list_delete(tmp_path):

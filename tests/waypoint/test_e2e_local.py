@@ -11,35 +11,27 @@ is the client; the apps are python http.server processes that log every hit.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs a local cluster")
+from shoal.contracts import METRICS_PORT
 
-from shoal import netns  # noqa: E402
-from shoal.local.layout import Layout  # noqa: E402
+from support import metrics
+from support.cluster import LocalCluster, running_cluster
+from support.polling import eventually
+from support.root import needs_root
+
+pytestmark = needs_root("runs a local cluster")
 
 PYTHON = sys.executable
 APP = str(Path(__file__).with_name("wp_apps.py"))
 GRPC_APP = str(Path(__file__).with_name("wp_grpc_app.py"))
 REVIEWS = "http://reviews.shop.svc.cluster.local"
 FLAKY = "http://flaky.shop.svc.cluster.local"
-
-
-def shoal(*args, cluster, check=True, input=None, timeout=120):
-    argv = [*args[:2], "--cluster", cluster, *args[2:]]
-    result = subprocess.run([PYTHON, "-m", "shoal", *argv], capture_output=True, text=True, input=input,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"shoal {' '.join(args)}: {result.stderr or result.stdout}")
-    return result
+WAYPOINT = {"gateway.networking.k8s.io/gateway-name": "waypoint"}  # the label of the waypoint's pods
 
 
 def deployment(name, labels, argv):
@@ -162,88 +154,58 @@ spec:
 """
 
 
-class Cluster:
-    def __init__(self, name: str):
-        self.name = name
-        self.layout = Layout(name)
+class Shop(LocalCluster):
+    """The cluster, seen from namespace shop: its client pod's requests, the apps' hits, the waypoint."""
 
-    def sh(self, script: str, timeout=90):
-        return shoal("local", "exec", "-n", "shop", "client", "--", "sh", "-c", script, cluster=self.name,
-                     check=False, timeout=timeout)
+    def sh(self, script: str, timeout: float = 90):
+        return self.exec("client", "sh", "-c", script, namespace="shop", check=False, timeout=timeout)
 
-    def curl(self, *args, timeout=30):
-        """curl's output: one line per request: `<status> <body first line>` (via -w)."""
-        r = shoal("local", "exec", "-n", "shop", "client", "--", "curl", "-sS", "--max-time", "10", *args,
-                  cluster=self.name, check=False, timeout=timeout)
-        return r
+    def request(self, url: str, *options: str):
+        return self.curl("client", url, *options, namespace="shop", max_time=10)
 
-    def status(self, url, *headers) -> int:
-        args = [a for h in headers for a in ("-H", h)]
-        r = self.curl("-o", "/dev/null", "-w", "%{http_code}", *args, url)
-        return int(r.stdout.strip() or 0)
+    def status(self, url: str, *headers: str) -> int:
+        options = [a for h in headers for a in ("-H", h)]
+        return int(self.request(url, "-o", "/dev/null", "-w", "%{http_code}", *options).stdout.strip() or 0)
 
-    def pods(self, **labels) -> list[dict]:
-        out = json.loads(shoal("local", "get", "pods", "-n", "shop", "-o", "json", cluster=self.name).stdout)
-        items = out["items"] if isinstance(out, dict) else out
-        return [p for p in items if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+    def pod(self, **labels: str) -> dict | None:
+        """The first of shop's pods with these labels, or None."""
+        return next(iter(self.pods("shop", **labels).values()), None)
 
-    def hits(self, app: str) -> list[dict]:
-        pod = self.pods(app=app)[0]["metadata"]["name"]
-        out = shoal("local", "logs", "-n", "shop", pod, cluster=self.name).stdout
+    def hits(self, **labels: str) -> list[dict]:
+        """What the app in the first pod with these labels logged: one line per request it answered."""
+        out = self.logs(self.pod(**labels)["metadata"]["name"], "shop")
         return [json.loads(l) for l in out.splitlines() if l.startswith('{"hit"')]
 
+    def waypoint_log(self, path: str) -> list[dict]:
+        """The waypoint's access-log lines for requests to `path`."""
+        out = self.logs(self.pod(**WAYPOINT)["metadata"]["name"], "shop")
+        return [line for line in (json.loads(l) for l in out.splitlines() if l.startswith("{"))
+                if line.get("path") == path]
+
     def waypoint_metric(self, **labels) -> float:
-        pod = self.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]
-
-        def get():
-            with urllib.request.urlopen("http://127.0.0.1:15020/metrics", timeout=5) as r:
-                return r.read().decode()
-        text = netns.run_in(pod["status"]["shoal"]["netns"].rsplit("/", 1)[1], get)
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("istio_requests_total{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
+        netns = self.pod(**WAYPOINT)["status"]["shoal"]["netns"].rsplit("/", 1)[1]
+        return metrics.value(metrics.scrape(METRICS_PORT, netns=netns), "istio_requests_total", **labels) or 0.0
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(f"wp{os.getpid() % 1000}")
-    try:
-        shoal("local", "up", "--nodes", "2", "--redirect", "iptables", cluster=c.name, timeout=180)
-        shoal("local", "apply", "-f", "-", cluster=c.name, input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                            "items": apps()}))
-        out = shoal("waypoint", "apply", "-n", "shop", cluster=c.name).stdout
-        assert "waypoint shop/waypoint applied" in out
-        shoal("local", "apply", "-f", "-", cluster=c.name, input=ROUTING)
-        wait_until(lambda: c.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"}), 30,
-                   "the control plane to deploy the waypoint")
-        wait_until(lambda: c.status(f"{REVIEWS}/ready", "end-user: jason") == 200, 60,
-                   "reviews to answer through the waypoint")
+    with running_cluster("wp", nodes=2, redirect="iptables", kind=Shop) as c:
+        c.apply(apps())
+        assert "waypoint shop/waypoint applied" in c.run("waypoint", "apply", "-n", "shop").stdout
+        c.apply(ROUTING)
+        eventually(lambda: c.pod(**WAYPOINT), 30, "the control plane to deploy the waypoint", interval=0.3)
+        eventually(lambda: c.status(f"{REVIEWS}/ready", "end-user: jason") == 200, 60,
+                   "reviews to answer through the waypoint", interval=0.3)
         yield c
-    finally:
-        shoal("local", "down", cluster=c.name, check=False, timeout=180)
 
 
 def test_waypoint_is_deployed_and_listed(cluster):
-    out = shoal("waypoint", "list", "-n", "shop", cluster=cluster.name).stdout
+    out = cluster.run("waypoint", "list", "-n", "shop").stdout
     assert re.search(r"shop\s+waypoint\s+service\s+1/1", out), out
-    dump = json.loads(shoal("waypoint", "config", "-n", "shop", cluster=cluster.name).stdout)
+    dump = json.loads(cluster.run("waypoint", "config", "-n", "shop").stdout)
     assert dump["certificate"]["identity"] == "spiffe://cluster.local/ns/shop/sa/waypoint"
     assert "reviews.shop.svc.cluster.local:80" in dump["route_tables"] and "shop/no-admin" in dump["policies"]
-    pod = cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]
-    assert pod["spec"]["serviceAccountName"] == "waypoint"
+    assert cluster.pod(**WAYPOINT)["spec"]["serviceAccountName"] == "waypoint"
 
 
 def test_weights_split_about_90_10(cluster):
@@ -257,7 +219,7 @@ def test_weights_split_about_90_10(cluster):
 
 
 def test_header_match_routes_to_v2(cluster):
-    r = cluster.curl("-H", "end-user: jason", f"{REVIEWS}/who")
+    r = cluster.request(f"{REVIEWS}/who", "-H", "end-user: jason")
     assert r.stdout.startswith("reviews-v2 GET /who"), (r.stdout, r.stderr)
 
 
@@ -273,22 +235,25 @@ def test_fault_abort(cluster):
 
 
 def test_delay_longer_than_timeout_gives_504(cluster):
-    started = time.monotonic()
+    """The fault delay (2s) outlasts the route's timeout (0.5s): the waypoint answers 504 itself, saying
+    why, and the request never reaches reviews."""
     assert cluster.status(f"{REVIEWS}/slow") == 504
-    assert time.monotonic() - started < 5
+    (line,) = eventually(lambda: cluster.waypoint_log("/slow"), 10, "the waypoint's access-log line for /slow")
+    assert line["status"] == 504 and line["response_flags"] == "DI,UT"
+    assert "/slow" not in [h["path"] for v in ("v1", "v2") for h in cluster.hits(app="reviews", version=v)]
 
 
 def test_retries_turn_a_failing_first_try_into_success(cluster):
-    before = len(cluster.hits("flaky"))
+    before = len(cluster.hits(app="flaky"))
     statuses = [cluster.status(f"{FLAKY}/r{i}") for i in range(3)]
     assert statuses == [200, 200, 200]
-    hits = cluster.hits("flaky")[before:]
+    hits = cluster.hits(app="flaky")[before:]
     assert len(hits) == 6 and [h["status"] for h in hits] == [503, 200] * 3
 
 
 def test_mirror_reaches_the_shadow_with_shadow_host(cluster):
     assert cluster.status(f"{REVIEWS}/mirror-me") == 200
-    hits = wait_until(lambda: [h for h in cluster.hits("shadow") if h["path"] == "/mirror-me"], 10, "the mirror")
+    hits = eventually(lambda: [h for h in cluster.hits(app="shadow") if h["path"] == "/mirror-me"], 10, "the mirror")
     assert hits[0]["host"] == "reviews.shop.svc.cluster.local-shadow", hits[0]   # the request's Host + -shadow
 
 
@@ -310,8 +275,8 @@ def test_istio_requests_total_counts(cluster):
 
 def test_grpc_through_the_waypoint_routes_by_metadata(cluster):
     def call(*metadata):
-        r = shoal("local", "exec", "-n", "shop", "client", "--", PYTHON, GRPC_APP, "client",
-                  "greeter.shop.svc.cluster.local:9090", "3", *metadata, cluster=cluster.name, check=False, timeout=60)
+        r = cluster.exec("client", PYTHON, GRPC_APP, "client", "greeter.shop.svc.cluster.local:9090", "3", *metadata,
+                         namespace="shop", check=False)
         return [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")], r.stderr
     replies, err = call()
     assert [r.get("reply", r) for r in replies] == [f"greeter-v1: hello {i}" for i in range(3)], err
@@ -322,10 +287,8 @@ def test_grpc_through_the_waypoint_routes_by_metadata(cluster):
 
 
 def test_access_log_has_one_line_per_request(cluster):
-    pod = cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]["metadata"]["name"]
     assert cluster.status(f"{REVIEWS}/logged-once") == 200
-    out = shoal("local", "logs", "-n", "shop", pod, cluster=cluster.name).stdout
-    lines = [json.loads(l) for l in out.splitlines() if l.startswith("{") and "logged-once" in l]
+    lines = cluster.waypoint_log("/logged-once")
     assert len(lines) == 1, lines
     line = lines[0]
     assert line["event"] == "request complete" and line["status"] == 200 and line["route"] == "split"
@@ -335,27 +298,22 @@ def test_access_log_has_one_line_per_request(cluster):
 
 def test_waypoint_for_all_takes_traffic_to_pod_ips_too(cluster):
     """`--for all`: a request straight to a pod's IP goes through the waypoint as well (workload traffic)."""
-    shoal("waypoint", "apply", "-n", "shop", "--for", "all", cluster=cluster.name)
-    pod = cluster.pods(app="reviews", version="v2")[0]
-    url = f"http://{pod['status']['podIP']}:8080/direct"
-    waypoint = cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"})[0]["metadata"]["name"]
+    cluster.run("waypoint", "apply", "-n", "shop", "--for", "all")
+    url = f"http://{cluster.pod(app='reviews', version='v2')['status']['podIP']}:8080/direct"
 
     def through_waypoint():
         assert cluster.status(url) == 200
-        out = shoal("local", "logs", "-n", "shop", waypoint, cluster=cluster.name).stdout
-        return [json.loads(l) for l in out.splitlines() if l.startswith("{") and '"/direct"' in l]
-    lines = wait_until(through_waypoint, 30, "pod-IP traffic to reach the waypoint")
+        return cluster.waypoint_log("/direct")
+    lines = eventually(through_waypoint, 30, "pod-IP traffic to reach the waypoint", interval=0.3)
     assert lines[-1]["status"] == 200 and lines[-1]["dst_workload"].startswith("reviews-v2")
-    shoal("waypoint", "apply", "-n", "shop", "--for", "service", cluster=cluster.name)
+    cluster.run("waypoint", "apply", "-n", "shop", "--for", "service")
 
 
 def test_zz_deleting_the_waypoint_removes_it_and_traffic_goes_direct(cluster):
     """Last in the module: `shoal waypoint delete` takes the Deployment and Service away, and the
     namespace's traffic flows without L7 routing again (no fault abort any more)."""
-    shoal("waypoint", "delete", "-n", "shop", cluster=cluster.name)
-    wait_until(lambda: not cluster.pods(**{"gateway.networking.k8s.io/gateway-name": "waypoint"}), 30,
-               "the waypoint pod to go")
-    services = json.loads(shoal("local", "get", "services", "-n", "shop", "-o", "json", cluster=cluster.name).stdout)
-    items = services["items"] if isinstance(services, dict) else services
-    assert "waypoint" not in [s["metadata"]["name"] for s in items]
-    wait_until(lambda: cluster.status(f"{REVIEWS}/abort") == 200, 30, "traffic to bypass the deleted waypoint")
+    cluster.run("waypoint", "delete", "-n", "shop")
+    eventually(lambda: not cluster.pod(**WAYPOINT), 30, "the waypoint pod to go", interval=0.3)
+    assert "waypoint" not in [s["metadata"]["name"] for s in cluster.items("services", "shop")]
+    eventually(lambda: cluster.status(f"{REVIEWS}/abort") == 200, 30, "traffic to bypass the deleted waypoint",
+               interval=0.3)

@@ -7,38 +7,23 @@ over Config.Watch, turns ready, routes a request, and stops cleanly.
 
 import asyncio
 import json
-import socket
-import urllib.error
-import urllib.request
 
 from shoal.lifecycle import Shutdown
 from shoal.model import Endpoint, Protocol, Route, Service, ServicePort, Waypoint
-
-from support.plane import start_plane
 from waypoint.config import Config
 from waypoint.main import run
+
+from support import net
+from support.plane import start_plane
+from support.polling import eventually_async
 from wp_harness import App, AppBehaviour, Client, body_of, get, status_of
 from wp_model import NS, table, to, workload
 
 APP_IP, VIP = "127.0.0.21", "198.18.16.40"
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
+    return net.http_get(f"http://127.0.0.1:{port}{path}", timeout=2)
 
 
 def test_waypoint_process_gets_identity_and_config_then_serves(tmp_path):
@@ -54,19 +39,17 @@ def test_waypoint_process_gets_identity_and_config_then_serves(tmp_path):
                            table(Route("only-v1", destinations=(to("v1"),)))])
         (tmp_path / "token").write_text(plane.sa_token(NS, "waypoint"))
         (tmp_path / "bundle.pem").write_bytes(plane.authority.bundle_pem)
-        ports = {k: free_port() for k in ("hbone_port", "metrics_port", "readiness_port", "admin_port")}
+        ports = {k: net.free_port() for k in ("hbone_port", "metrics_port", "readiness_port", "admin_port")}
         config = Config(namespace=NS, name="waypoint", control_plane=plane.target, ca_bundle=tmp_path / "bundle.pem",
                         token_file=tmp_path / "token", listen="127.0.0.1", drain_seconds=0.5, **ports)
         shutdown = Shutdown()
         task = asyncio.create_task(run(config, shutdown))
         loop = asyncio.get_running_loop()
         try:
-            for _ in range(200):
-                status, text = await loop.run_in_executor(None, http_get, ports["readiness_port"], "/healthz/ready")
-                if status == 200:
-                    break
-                await asyncio.sleep(0.05)
-            assert status == 200, text
+            async def ready():
+                status, _ = await loop.run_in_executor(None, http_get, ports["readiness_port"], "/healthz/ready")
+                return status == 200
+            await eventually_async(ready, 10, "the waypoint to turn ready", interval=0.05)
             _, dump = await loop.run_in_executor(None, http_get, ports["admin_port"], "/config_dump")
             dump = json.loads(dump)
             assert dump["certificate"]["identity"] == f"spiffe://cluster.local/ns/{NS}/sa/waypoint"
