@@ -11,6 +11,7 @@ import os
 import pytest
 
 from shoal import handoff, netns
+from shoal.handoff_io import HandoffServer
 from shoal.lifecycle import Shutdown
 from ztunnel.config import Config
 from ztunnel.main import run
@@ -70,8 +71,8 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         assert status == 503 and b"node agent" in body
 
         # The agent comes up and hands over the pod.
-        agent = handoff.HandoffServer(sock_path, lambda: [(handoff.Workload(pod.uid, pod.name, "shop", "default"),
-                                                          netns.open_fd(POD_NS))], lambda e, s: None)
+        agent = HandoffServer(sock_path, lambda: [(handoff.Workload(pod.uid, pod.name, "shop", "default"),
+                                                  netns.open_fd(POD_NS))], lambda e, s: None)
         await agent.start()
 
         async def ready():
