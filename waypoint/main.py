@@ -12,13 +12,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from shoal import log, store, tokens
-from shoal import admin_http as admin
-from shoal.certs import CertManager
-from shoal.config_client import ClientSettings, ConfigClient, SignClient
+from shoal import admin_http, log, store, tokens
 from shoal.lifecycle import Shutdown
+from shoal.proxy_process import ControlPlaneLink, serve_admin_ports, stop
 from shoal.proxy_state import ProxyState
-from shoal.trust_bundle import TrustBundle, TrustBundleMissing
+from shoal.trust_bundle import TrustBundleMissing
 
 from waypoint.config import Config
 from waypoint.errors import StartupError
@@ -53,57 +51,47 @@ def summary(state: ProxyState) -> dict:
 
 
 async def run(config: Config, shutdown: Shutdown) -> int:
-    bundle = TrustBundle(config.ca_bundle or run_dir(config) / "ca" / "bundle.pem")
-    token = token_source(config)
+    me = config.identity
     try:
-        await bundle.wait(shutdown.stopping)
+        link = await ControlPlaneLink.open(config.control_plane, config.ca_bundle or run_dir(config) / "ca" / "bundle.pem",
+                                           token_source(config), trust_domain=config.trust_domain,
+                                           stopping=shutdown.stopping, waypoint=(config.namespace, config.name))
     except TrustBundleMissing as e:
         raise StartupError(str(e)) from None
-    settings = ClientSettings(target=config.control_plane, bundle_pem=bundle.current, token=token,
-                              waypoint_namespace=config.namespace, waypoint_name=config.name)
-    state = ProxyState(config.trust_domain, waypoint=(config.namespace, config.name))
-    watch = ConfigClient(settings, on_update=state.apply_update)
-    sign = SignClient(settings)
-    certs = CertManager(sign.sign)
-    certs.want(config.identity)
+    link.certs.want(me)
     metrics = Metrics()
-    upstreams = Upstreams(certs, config.identity, connect_timeout=config.connect_timeout)
-    proxy = Proxy(state, upstreams, metrics)
-    listener = HboneListener(proxy, lambda: certs.server_context(config.identity),
-                             handshake_timeout=config.connect_timeout)
+    upstreams = Upstreams(link.certs, me, connect_timeout=config.connect_timeout)
+    proxy = Proxy(link.state, upstreams, metrics)
+    listener = HboneListener(proxy, lambda: link.certs.server_context(me), handshake_timeout=config.connect_timeout)
 
-    def readiness():
-        if not watch.synced.is_set():
-            return 503, "text/plain", f"no config from the control plane at {config.control_plane} yet\n".encode()
-        if certs.valid(config.identity) is None:
-            why = certs.last_error.get(config.identity, "fetching")
-            return 503, "text/plain", f"no certificate yet: {why}\n".encode()
-        return 200, "text/plain", b"ready\n"
+    def ready() -> tuple[bool, str]:
+        missing = link.config_missing()
+        if missing:
+            return False, missing
+        if link.certs.valid(me) is None:
+            return False, f"no certificate yet: {link.certs.last_error.get(me, 'fetching')}"
+        return True, "ready"
 
-    def dump():
-        out = summary(state)
-        out["certificate"] = certs.dump()[0]   # the one identity, wanted from the start
+    def dump() -> dict:
+        out = summary(link.state)
+        out["certificate"] = link.certs.dump()[0]   # the one identity, wanted from the start
         out["upstream_sessions"] = upstreams.pool.size
         return out
 
-    metrics_body = lambda: (200, "text/plain; version=0.0.4", metrics.render())  # noqa: E731
-    servers = [
-        await admin.serve(config.listen, config.metrics_port, {"/metrics": metrics_body,
-                                                               "/stats/prometheus": metrics_body}),
-        await admin.serve(config.listen, config.readiness_port, {"/healthz/ready": readiness}),
-        await admin.serve("127.0.0.1", config.admin_port, {"/config_dump": admin.json_route(dump)}),
-    ]
-    tasks = [asyncio.create_task(watch.run()), asyncio.create_task(certs.run()),
-             asyncio.create_task(_sweep(upstreams, proxy))]
-    logger.info("waypoint starting", waypoint=f"{config.namespace}/{config.name}", identity=str(config.identity),
+    servers = await serve_admin_ports(config.listen, render_metrics=metrics.render, ready=ready,
+                                      admin_routes={"/config_dump": admin_http.json_route(dump)},
+                                      metrics_port=config.metrics_port, readiness_port=config.readiness_port,
+                                      admin_port=config.admin_port)
+    tasks = [asyncio.create_task(coro) for coro in (*link.loops(), _sweep(upstreams, proxy))]
+    logger.info("waypoint starting", waypoint=f"{config.namespace}/{config.name}", identity=str(me),
                 control_plane=config.control_plane)
-    stop = asyncio.create_task(shutdown.stopping.wait())
-    got_cert = asyncio.create_task(certs.wait_issued(config.identity))
-    await asyncio.wait([stop, got_cert], return_when=asyncio.FIRST_COMPLETED)
+    stopping = asyncio.create_task(shutdown.stopping.wait())
+    got_cert = asyncio.create_task(link.certs.wait_issued(me))
+    await asyncio.wait([stopping, got_cert], return_when=asyncio.FIRST_COMPLETED)
     if got_cert.done():
         await listener.start(config.listen, config.hbone_port)
         logger.info("listening for HBONE", port=config.hbone_port)
-        await stop
+        await stopping
     got_cert.cancel()
 
     listener.stop_accepting()
@@ -113,16 +101,11 @@ async def run(config: Config, shutdown: Shutdown) -> int:
         if not any(s.open_streams for s in listener.sessions):
             break
         await asyncio.sleep(0.05)
-    watch.stop()
-    for task in tasks:
-        task.cancel()
+    await link.close()
     await listener.close()
     await proxy.close()
     upstreams.close()
-    await sign.close()
-    for server in servers:
-        server.close()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop(tasks, servers)
     logger.info("waypoint stopped")
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from dataclasses import dataclass
 
 from shoal import hbone, identity, log, sockets
 from shoal.certs import CertManager
@@ -31,14 +32,13 @@ from ztunnel.telemetry import ConnectionRecord
 logger = log.get("ztunnel.inbound")
 
 
+@dataclass(eq=False)
 class InboundDriver:
-    def __init__(self, state: ProxyState, pods: PodRegistry, certs: CertManager, tracker: ConnectionTracker,
-                 connect_timeout: float) -> None:
-        self.state = state
-        self.pods = pods
-        self.certs = certs
-        self.tracker = tracker
-        self.connect_timeout = connect_timeout
+    state: ProxyState
+    pods: PodRegistry
+    certs: CertManager
+    tracker: ConnectionTracker
+    connect_timeout: float
 
     # --- HBONE (15008) ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from dataclasses import dataclass
 
 from shoal import contracts, log, sockets
 from shoal.certs import CertificateUnavailable
@@ -62,15 +63,14 @@ def endpoint_failed(error: BaseException) -> bool:
     return isinstance(error, (ShoalError, ssl.SSLError, asyncio.TimeoutError))
 
 
+@dataclass(eq=False)
 class OutboundDriver:
-    def __init__(self, state: ProxyState, pods: PodRegistry, pool: Pool, balancer: Balancer,
-                 tracker: ConnectionTracker, connect_timeout: float) -> None:
-        self.state = state
-        self.pods = pods
-        self.pool = pool
-        self.balancer = balancer
-        self.tracker = tracker
-        self.connect_timeout = connect_timeout
+    state: ProxyState
+    pods: PodRegistry
+    pool: Pool
+    balancer: Balancer
+    tracker: ConnectionTracker
+    connect_timeout: float
 
     async def handle(self, pod: Pod, conn: socket.socket, address) -> None:
         source = self.pods.workload_of(pod)

@@ -1,0 +1,97 @@
+"""What a proxy process (the ztunnel, a waypoint) needs around its data path, written once.
+
+- `ControlPlaneLink`: the trust bundle (reloaded when it changes), the one
+  state store fed by `Config.Watch`, the Sign client and the certificate
+  manager, built from where the control plane is and how to prove who we are.
+- `AdminPorts`: the three small HTTP endpoints of a proxy (`shoal.admin_http`):
+  metrics (15020, `/metrics` and Istio's `/stats/prometheus`), readiness
+  (15021, `/healthz/ready`) and admin (15000 on 127.0.0.1, JSON dumps).
+- `stop(...)`: the end of a process: cancel its loops, close its ports, wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from shoal import admin_http, contracts
+from shoal.certs import CertManager
+from shoal.config_client import ClientSettings, ConfigClient, SignClient
+from shoal.proxy_state import ProxyState
+from shoal.trust_bundle import TrustBundle
+
+Readiness = Callable[[], tuple[bool, str]]   # () -> (ready, why in words)
+
+
+@dataclass
+class ControlPlaneLink:
+    bundle: TrustBundle
+    settings: ClientSettings
+    state: ProxyState
+    watch: ConfigClient
+    sign: SignClient
+    certs: CertManager
+
+    @classmethod
+    async def open(cls, target: str, bundle_path: Path, token: Callable[[], str], *, trust_domain: str,
+                   stopping: asyncio.Event, node: str = "", waypoint: tuple[str, str] | None = None,
+                   bundle_wait_seconds: float = 60.0) -> "ControlPlaneLink":
+        """Waits for the trust bundle (TrustBundleMissing if none comes), then builds the rest;
+        a ztunnel names its `node`, a waypoint its Gateway `(namespace, name)`."""
+        bundle = TrustBundle(bundle_path)
+        await bundle.wait(stopping, bundle_wait_seconds)
+        namespace, name = waypoint or ("", "")
+        settings = ClientSettings(target=target, bundle_pem=bundle.current, token=token, node=node,
+                                  waypoint_namespace=namespace, waypoint_name=name)
+        state = ProxyState(trust_domain, waypoint=waypoint)
+        sign = SignClient(settings)
+        return cls(bundle, settings, state, ConfigClient(settings, on_update=state.apply_update), sign,
+                   CertManager(sign.sign))
+
+    def loops(self) -> list[Awaitable[None]]:
+        return [self.watch.run(), self.certs.run()]
+
+    def config_missing(self) -> str:
+        """Why the proxy is not ready as far as config goes ("" once it arrived)."""
+        if self.watch.synced.is_set():
+            return ""
+        return f"no config from the control plane at {self.settings.target} yet"
+
+    async def close(self) -> None:
+        self.watch.stop()
+        await self.sign.close()
+
+
+def metrics_routes(render: Callable[[], bytes]) -> dict:
+    body = lambda: (200, "text/plain; version=0.0.4", render())  # noqa: E731
+    return {"/metrics": body, "/stats/prometheus": body}
+
+
+def readiness_routes(ready: Readiness) -> dict:
+    def answer():
+        ok, why = ready()
+        return (200 if ok else 503), "text/plain", (why + "\n").encode()
+    return {"/healthz/ready": answer}
+
+
+async def serve_admin_ports(listen: str, *, render_metrics: Callable[[], bytes], ready: Readiness,
+                            admin_routes: dict, admin_address: str = "127.0.0.1",
+                            metrics_port: int = contracts.METRICS_PORT,
+                            readiness_port: int = contracts.READINESS_PORT,
+                            admin_port: int = contracts.ADMIN_PORT) -> list[asyncio.AbstractServer]:
+    return [
+        await admin_http.serve(listen, metrics_port, metrics_routes(render_metrics)),
+        await admin_http.serve(listen, readiness_port, readiness_routes(ready)),
+        await admin_http.serve(admin_address, admin_port, admin_routes),
+    ]
+
+
+async def stop(tasks: list[asyncio.Task], servers: list[asyncio.AbstractServer]) -> None:
+    """Cancels the process's loops and closes its ports; returns once the loops have ended."""
+    for task in tasks:
+        task.cancel()
+    for server in servers:
+        server.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
