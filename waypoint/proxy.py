@@ -203,7 +203,7 @@ class Proxy:
         authority = head.header("host") or ""
         record = RequestRecord(source_address, head.method, head.target, authority,
                                source_workload=self.state.workload_by_ip(peer.source_ip),
-                               source_principal=peer.source_principal or "", bytes_received=len(request.body))
+                               source_principal=str(peer.source or ""), bytes_received=len(request.body))
         record.request_id = head.header("x-request-id") or str(uuid.uuid4())
         record.grpc = (head.header("content-type") or "").startswith("application/grpc")
         self.metrics.active.inc()
@@ -231,9 +231,11 @@ class Proxy:
                                                                       plan.route, plan.subset, plan.policy)
         deadline = time.monotonic() + plan.timeout if plan.timeout else None
         if plan.fault.delay:
-            pause = plan.fault.delay if deadline is None else min(plan.fault.delay, plan.timeout)
-            await self.sleep(pause)
-            if deadline is not None and time.monotonic() >= deadline:
+            # Whether the delay outlasts the timeout is known now: a timer that wakes a little early
+            # (uvloop's have millisecond resolution) must not turn a DI,UT into a try.
+            outlasts = plan.timeout is not None and plan.fault.delay >= plan.timeout
+            await self.sleep(plan.timeout if outlasts else plan.fault.delay)
+            if outlasts:
                 record.flag("DI,UT", f"fault delay {plan.fault.delay:g}s outlasted the route timeout {plan.timeout:g}s")
                 self._answer(responder, record, 504, "upstream request timeout")
                 return
@@ -293,7 +295,7 @@ class Proxy:
             record.tries = attempt + 1
             record.upstream = f"{upstream.address[0]}:{upstream.address[1]}"
             record.destination_workload = self.state.workloads.get(upstream.workload_uid)
-            record.destination_principal = upstream.identity if upstream.hbone else ""
+            record.destination_principal = str(upstream.identity) if upstream.hbone else ""
             if attempt:
                 self.metrics.retries.labels(plan.destination_service).inc()
             budget = None if deadline is None else deadline - time.monotonic()

@@ -67,9 +67,16 @@ class RequestHead:
 class Peer:
     """Who sent the request (from the HBONE connection) and where it was going."""
     source_ip: str
-    source_principal: str | None       # "td/ns/NS/sa/SA", None when unknown
-    source_namespace: str | None
+    source: SpiffeId | None            # from the client's verified certificate
     destination: tuple[str, int]       # the CONNECT target: VIP (or workload IP) and port
+
+    def facts(self, port: int, head: "RequestHead | None" = None) -> authz.RequestFacts:
+        """What a policy sees of this request (`l4_only` without an HTTP head)."""
+        principal, namespace = (self.source.principal, self.source.namespace) if self.source else (None, None)
+        if head is None:
+            return authz.RequestFacts(self.source_ip, principal, namespace, port, l4_only=True)
+        return authz.RequestFacts(self.source_ip, principal, namespace, port, method=head.method, path=head.path,
+                                  host=head.authority)
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
     if service.port(port) is None:
         return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
 
-    verdict = authz.authorize(state.waypoint_policies_for(service), _facts(peer, head, port))
+    verdict = authz.authorize(state.waypoint_policies_for(service), peer.facts(port, head))
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, service.hostname, verdict.named)
 
@@ -207,9 +214,7 @@ def decide_tcp(state: ProxyState, peer: Peer, rand: Random) -> Plan | Refusal:
         return Refusal(404, "NR", f"{ip}:{port} is neither a Service VIP nor a workload this waypoint knows")
     if service is not None and service.port(port) is None:
         return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
-    facts = authz.RequestFacts(peer.source_ip, peer.source_principal, peer.source_namespace, port, "", "", "",
-                               l4_only=True)
-    verdict = authz.authorize(state.waypoint_policies_for(service), facts)
+    verdict = authz.authorize(state.waypoint_policies_for(service), peer.facts(port))
     hostname = service.hostname if service is not None else ""
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, hostname, verdict.named)
@@ -225,14 +230,8 @@ def decide_tcp(state: ProxyState, peer: Peer, rand: Random) -> Plan | Refusal:
                 subset="", upstreams=upstreams, policy=verdict.policy)
 
 
-def _facts(peer: Peer, head: RequestHead, port: int) -> authz.RequestFacts:
-    return authz.RequestFacts(source_ip=peer.source_ip, source_principal=peer.source_principal,
-                              source_namespace=peer.source_namespace, port=port, method=head.method,
-                              path=head.path, host=head.authority)
-
-
 def _to_workload(state: ProxyState, peer: Peer, head: RequestHead, workload: Workload, port: int) -> Plan | Refusal:
-    verdict = authz.authorize(state.waypoint_policies_for(None), _facts(peer, head, port))
+    verdict = authz.authorize(state.waypoint_policies_for(None), peer.facts(port, head))
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, policy=verdict.named)
     return Plan(service="", service_name="", service_namespace=workload.namespace, route="",

@@ -85,8 +85,7 @@ class HboneListener:
     async def _tunnel(self, session: HboneSession, stream: TunnelStream) -> None:
         host, port = hbone.parse_authority(stream.authority)   # the HBONE core refused any other authority
         try:
-            spiffe = identity.peer_spiffe_id(session.ssl_object)
-            principal, namespace = spiffe.principal, spiffe.namespace
+            source = identity.peer_spiffe_id(session.ssl_object)
         except identity.IdentityError as e:
             session.refuse(stream, 401, f"client certificate carries no mesh identity: {e}")
             return
@@ -95,7 +94,7 @@ class HboneListener:
         except Exception:  # noqa: BLE001 - the client gave up meanwhile
             return
         channel = Channel(stream)
-        peer = Peer(session.peer_address[0], principal, namespace, (host, port))
+        peer = Peer(session.peer_address[0], source, (host, port))
         protocol = protocol_of(self.proxy.state, (host, port))
         first = b""
         try:

@@ -89,15 +89,15 @@ async def serve_tcp(state: ProxyState, upstreams: Upstreams, client: Channel, pe
             upstream.reset()
         raise
     finally:
-        labels = tcp_labels(state.workload_by_ip(peer.source_ip), peer.source_principal or "",
+        labels = tcp_labels(state.workload_by_ip(peer.source_ip), str(peer.source or ""),
                             state.workloads.get(chosen.workload_uid) if chosen else None,
-                            chosen.identity if chosen and chosen.hbone else "", service, flags)
+                            str(chosen.identity) if chosen and chosen.hbone else "", service, flags)
         metrics.tcp_opened.labels(**labels).inc()
         metrics.tcp_closed.labels(**labels).inc()
         metrics.tcp_received.labels(**labels).inc(client.bytes_received)
         metrics.tcp_sent.labels(**labels).inc(client.bytes_sent)
         access_log.info("connection complete", protocol="tcp", src_addr=f"{source_address[0]}:{source_address[1]}",
-                        src_identity=peer.source_principal, dst=f"{peer.destination[0]}:{peer.destination[1]}",
+                        src_identity=str(peer.source) if peer.source else None, dst=f"{peer.destination[0]}:{peer.destination[1]}",
                         dst_service=service or None, upstream=upstream_address or None, response_flags=flags,
                         bytes_received=client.bytes_received, bytes_sent=client.bytes_sent,
                         duration_ms=round((time.monotonic() - started) * 1000, 3), error=error or None)

@@ -114,7 +114,7 @@ class RequestRecord:
         name, _, rest = self.service.partition(".")
         out = {
             "reporter": "waypoint",
-            "source_principal": f"spiffe://{self.source_principal}" if self.source_principal else "unknown",
+            "source_principal": self.source_principal or "unknown",
             "destination_principal": self.destination_principal or "unknown",
             "destination_service": self.service or "unknown",
             "destination_service_name": name or "unknown",
@@ -156,7 +156,7 @@ def tcp_labels(source: Workload | None, source_principal: str, destination: Work
     src, dst = _workload("source", source), _workload("destination", destination)
     return {"reporter": "waypoint", "source_workload": src["source_workload"],
             "source_workload_namespace": src["source_workload_namespace"],
-            "source_principal": f"spiffe://{source_principal}" if source_principal else "unknown",
+            "source_principal": source_principal or "unknown",
             "destination_workload": dst["destination_workload"],
             "destination_workload_namespace": dst["destination_workload_namespace"],
             "destination_principal": destination_principal or "unknown", "destination_service": service or "unknown",

@@ -292,7 +292,7 @@ def test_access_log_has_one_line_per_request(cluster):
     assert len(lines) == 1, lines
     line = lines[0]
     assert line["event"] == "request complete" and line["status"] == 200 and line["route"] == "split"
-    assert line["src_workload"] == "client" and line["src_identity"] == "cluster.local/ns/shop/sa/client"
+    assert line["src_workload"] == "client" and line["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"
     assert line["dst_service"] == "reviews.shop.svc.cluster.local"
 
 

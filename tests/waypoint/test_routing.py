@@ -13,16 +13,17 @@ from shoal.model import (
 from waypoint.routing import (
     FaultPlan, Peer, Plan, Refusal, RequestHead, decide, pick_weighted, shadow_authority,
 )
+from shoal.identity import parse_spiffe_id
 from wp_model import (
     CLIENT, NS, REVIEWS, SHADOW, V2, VIP, mesh, policy, scripted, subset, table, to,
 )
 
-PRINCIPAL = f"cluster.local/ns/{NS}/sa/client"
+PRINCIPAL = parse_spiffe_id(f"spiffe://cluster.local/ns/{NS}/sa/client")
 V1B_UID = "uid-reviews-v1-b"
 
 
 def peer(port=9080, ip=VIP, principal=PRINCIPAL):
-    return Peer(CLIENT.ips[0], principal, NS if principal else None, (ip, port))
+    return Peer(CLIENT.ips[0], principal, (ip, port))
 
 
 def get(path="/", method="GET", host="reviews:9080", **headers):
@@ -144,7 +145,7 @@ CASES = [
      (policy("reads", "ALLOW", methods=("GET",)),), peer(), get(), (),
      lambda r: isinstance(r, Plan) and r.policy == "shop/reads"),
     ("ALLOW by principal: an unknown client is refused",
-     (policy("only-client", "ALLOW", principals=(PRINCIPAL,)),), peer(principal=None), get(), (),
+     (policy("only-client", "ALLOW", principals=(PRINCIPAL.principal,)),), peer(principal=None), get(), (),
      lambda r: isinstance(r, Refusal) and r.status == 403),
     ("ALLOW by host, with the port stripped",
      (policy("by-host", "ALLOW", hosts=("reviews",)),), peer(), get(host="reviews:9080"), (),
