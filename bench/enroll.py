@@ -11,10 +11,11 @@ Two cases, each for every redirect mode:
   request succeeds only once it goes through its ztunnel over mTLS.
 
 Bed (made here, removed at the end, even on failure): one node netns and N
-pod netns on veths (198.19.251.0/24), a cgroup per pod with a running process
-in it, a store in a temporary run root with the pods Running, the real
-`shoal node-agent` process in the node's netns, and a stand-in ztunnel (the
-real HandoffClient) that opens 15001/15006 in each pod it is handed.
+pod netns on veths (198.19.251.0/24, wired as the local cluster wires its
+pods), a cgroup per pod with a running process in it, a store in a temporary
+run root with the pods Running, the real `shoal node-agent` process in the
+node's netns, and a stand-in ztunnel (the real HandoffClient) that opens
+15001/15006 in each pod it is handed.
 
 Measure: each pod's process waits, then at t0 (the instant the namespace is
 annotated) starts connecting every 2 ms to the node (169.254.1.1:7777), where
@@ -42,15 +43,20 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import Run, percentile, summarize, table
 from shoal import log, netns, store
-from shoal.handoff import HandoffClient
+from shoal.contracts import NODE_AGENT_PORT
+from shoal.handoff_io import HandoffClient
+from shoal.local.layout import POD_GATEWAY, Layout
+from shoal.local.network import ensure_pod_sandbox, remove_pod_sandbox
 
 CLUSTER = "bench-enroll"
 NODE_PORT = 7777
-GATEWAY = "169.254.1.1"
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 PROBE_INTERVAL = 0.002
 PROBE_WINDOW = 20.0
@@ -63,7 +69,7 @@ while time.monotonic() < deadline:
     s = socket.socket()
     s.settimeout(0.5)
     try:
-        s.connect(("{GATEWAY}", {NODE_PORT}))
+        s.connect(("{POD_GATEWAY}", {NODE_PORT}))
         answer = s.recv(1)
     except OSError:
         answer = b""
@@ -87,15 +93,12 @@ class Bed:
     def __init__(self, pods: int, workdir: Path) -> None:
         self.count = pods
         self.dir = workdir
-        self.tag = f"benrl{os.getpid()}"
-        self.node = f"shoal-{self.tag}-node"
+        self.layout = Layout(f"benrl{os.getpid()}")
+        self.node = self.layout.node_netns(1)
         self.cgroup_dir = CGROUP_ROOT / f"shoal-bench-{os.getpid()}"
         self.pods: list[dict] = []
         self.store = store.Store(CLUSTER, root=workdir / "run")
         self.bpffs = workdir / "bpffs"
-
-    def pod_netns(self, i: int) -> str:
-        return f"shoal-{self.tag}-p{i}"
 
     def create(self) -> None:
         netns.create(self.node)
@@ -106,19 +109,10 @@ class Bed:
         self.store.init()
         self.store.apply({"kind": "Namespace", "metadata": {"name": "bench"}})
         for i in range(self.count):
-            ns, ip, veth = self.pod_netns(i), f"198.19.251.{i + 2}", f"vb{os.getpid() % 100000}x{i}"
-            netns.create(ns)
-            sh("ip", "-n", self.node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            sh("ip", "-n", self.node, "addr", "add", f"{GATEWAY}/32", "dev", veth)
-            sh("ip", "-n", self.node, "link", "set", veth, "up")
-            sh("ip", "-n", self.node, "route", "add", f"{ip}/32", "dev", veth)
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "route", "add", GATEWAY, "dev", "eth0", "scope", "link")
-            sh("ip", "-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0")
+            name, ip = f"app-{i}", f"198.19.251.{i + 2}"
+            ns = ensure_pod_sandbox(self.layout, 1, "bench", name, ip)
             cgroup = self.cgroup_dir / f"p{i}"
             cgroup.mkdir()
-            name = f"app-{i}"
             self.store.apply({"kind": "Pod", "metadata": {"name": name, "namespace": "bench"},
                               "spec": {"nodeName": "node1", "containers": [{"name": "app"}]}})
             self.store.update_status("Pod", "bench", name, {
@@ -136,10 +130,8 @@ class Bed:
                     except ProcessLookupError:
                         pass
         for i in range(self.count):
-            if netns.exists(self.pod_netns(i)):
-                netns.remove(self.pod_netns(i))
-        if netns.exists(self.node):
-            netns.remove(self.node)
+            remove_pod_sandbox(self.layout, "bench", f"app-{i}")
+        netns.remove(self.node)
         if self.cgroup_dir.exists():
             for child in self.cgroup_dir.iterdir():
                 if child.is_dir():
@@ -403,22 +395,16 @@ def run_local(mode: str, pods: int, repeats: int, workdir: Path) -> dict:
 
 
 def _metric_in(ns: str, name: str) -> float | None:
-    """A metric of the node agent (port 15022) in netns `ns`; None if it cannot be read or is not there."""
+    """A metric of the node agent in netns `ns`; None if it cannot be read or is not there."""
+    def read() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{NODE_AGENT_PORT}/metrics", timeout=2) as response:
+            return response.read().decode()
     try:
-        sock = netns.socket_in(ns)
-        sock.settimeout(2)
-        sock.connect(("127.0.0.1", 15022))
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-        sock.close()
+        text = netns.run_in(ns, read)
     except OSError:
         return None
-    for line in data.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+    return next((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                 if sample.name == name), None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,36 +1,25 @@
 """The control plane's run loop with its Kubernetes parts: config from the list/watch double
-(tests/kube_double.py) through the real KubeSource, the CA in a Secret and callers checked by
-TokenReview (the HTTP double of test_kube_ca_auth), served over real gRPC."""
+(support.kube_api.KubeDouble) through the real KubeSource, the CA in a Secret and callers checked by
+TokenReview (support.kube_api.ApiDouble), served over real gRPC."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 from kubernetes import client
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kube_double import KubeDouble  # noqa: E402
+from control_plane import app, ca_store
+from control_plane.authn import KubeAuthenticator
+from control_plane.sources.kube import KubeSource, make_api_client, report_invalid
+from shoal import identity
+from shoal.config_client import ClientSettings, ConfigClient, ConfigClientError, request_certificate
+from shoal.identity import SpiffeId
+from shoal.lifecycle import Shutdown
+from shoal.model import ResourceType
 
-from control_plane import app, ca_store  # noqa: E402
-from control_plane.authn import KubeAuthenticator  # noqa: E402
-from control_plane.sources.kube import KubeSource, make_api_client, report_invalid  # noqa: E402
-from shoal import identity  # noqa: E402
-from shoal.config_client import ClientSettings, ConfigClient, ConfigClientError, request_certificate  # noqa: E402
-from shoal.identity import SpiffeId  # noqa: E402
-from shoal.lifecycle import Shutdown  # noqa: E402
-from shoal.model import ResourceType  # noqa: E402
-from test_kube_ca_auth import CONFIGMAP, ApiDouble  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support.kube_api import CA_CONFIGMAP, ApiDouble, KubeDouble
+from support.net import free_port, http_get
+from support.polling import eventually_async
 
 
 def test_kube_wiring_end_to_end():
@@ -65,17 +54,12 @@ def test_kube_wiring_end_to_end():
             running = asyncio.create_task(app.run(settings, shutdown, wiring))
             loop = asyncio.get_running_loop()
 
-            def ready() -> bool:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz/ready", timeout=1) as r:
-                        return r.status == 200
-                except OSError:
-                    return False
-            deadline = time.monotonic() + 20
-            while not await loop.run_in_executor(None, ready):
-                assert not running.done() and time.monotonic() < deadline, "not ready"
-                await asyncio.sleep(0.05)
-            bundle = api_double.objects[CONFIGMAP]["data"]["root-cert.pem"].encode()
+            async def ready() -> bool:
+                assert not running.done(), "the control plane stopped before it was ready"
+                url = f"http://127.0.0.1:{http_port}/healthz/ready"
+                return (await loop.run_in_executor(None, http_get, url, None, 1))[0] == 200
+            await eventually_async(ready, 20, "the control plane to be ready", interval=0.05)
+            bundle = api_double.objects[CA_CONFIGMAP]["data"]["root-cert.pem"].encode()
 
             def settings_for(token: str, node: str) -> ClientSettings:
                 return ClientSettings(target=f"127.0.0.1:{grpc_port}", bundle_pem=bundle, token=token, node=node)
@@ -95,10 +79,8 @@ def test_kube_wiring_end_to_end():
             # A refused object becomes a Kubernetes Event next to it.
             kube.add({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
                       "metadata": {"name": "bad", "namespace": "shop"}, "spec": {"mtls": {"mode": "SOMETIMES"}}})
-            deadline = time.monotonic() + 10
-            while not any(e["involvedObject"]["name"] == "bad" for e in kube.events):
-                assert time.monotonic() < deadline, "no Event for the refused object"
-                await asyncio.sleep(0.05)
+            await eventually_async(lambda: any(e["involvedObject"]["name"] == "bad" for e in kube.events), 10,
+                                   "an Event for the refused object", interval=0.05)
             watcher.stop()
             await watching
             shutdown.stopping.set()

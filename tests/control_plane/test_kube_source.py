@@ -1,17 +1,15 @@
-"""KubeSource against the list/watch test double (tests/kube_double.py), over the real kubernetes client."""
+"""KubeSource against the list/watch test double (support.kube_api.KubeDouble), over the real kubernetes client."""
 
 import asyncio
 import functools
-import sys
-from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kube_double import KubeDouble  # noqa: E402
+from control_plane.sources.kube import RESOURCES, KubeSource, make_api_client, report_invalid
 
-from control_plane.sources.kube import RESOURCES, KubeSource, make_api_client, report_invalid  # noqa: E402
+from support.kube_api import KubeDouble
+from support.polling import eventually_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,11 +65,11 @@ class Run:
         self.api.close()
 
     async def until(self, predicate, timeout=10.0):
-        for _ in range(int(timeout / 0.01)):
-            if predicate(self.events):
-                return self.events
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"timed out; events so far: {[(e.type, e.object.get('kind'), e.object['metadata'].get('name')) for e in self.events]}")
+        """The events so far, once `predicate(events)` holds."""
+        def so_far():
+            return [(e.type, e.object.get("kind"), e.object["metadata"].get("name")) for e in self.events]
+        await eventually_async(lambda: predicate(self.events), timeout, lambda: f"the events; so far: {so_far()}")
+        return self.events
 
     def all_watching(self, double):
         """Every served resource has its watch open (the double sees them)."""

@@ -5,7 +5,9 @@
       `-- pod "b": eth0 198.19.250.3/32, default via 169.254.1.1, cgroup .../b
     cgroup .../ztunnel: where the test process sits while it plays the ztunnel
 
-Everything is named after the test process's pid and removed by `destroy()`.
+The node and its pods are wired as the local cluster wires them (shoal.local.network), under
+names of a cluster of their own. Everything is named after the test process's pid and removed
+by `destroy()`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal import netns
+from shoal.local.layout import Layout
+from shoal.local.network import ensure_pod_sandbox, remove_pod_sandbox
 
 from node_agent.model import PodTarget
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 POD_IPS = {"a": "198.19.250.2", "b": "198.19.250.3"}
-GATEWAY = "169.254.1.1"
+NAMESPACE = "demo"
 
 
 def sh(*argv: str) -> None:
@@ -40,8 +44,12 @@ class Topology:
     home_cgroup: Path | None = None
 
     @property
+    def layout(self) -> Layout:
+        return Layout(self.tag)
+
+    @property
     def node(self) -> str:
-        return f"shoal-{self.tag}-node"
+        return self.layout.node_netns(1)
 
     @property
     def cgroup_dir(self) -> Path:
@@ -52,7 +60,7 @@ class Topology:
         return self.cgroup_dir / "ztunnel"
 
     def pod_netns(self, pod: str) -> str:
-        return f"shoal-{self.tag}-pod{pod}"
+        return self.layout.pod_netns(NAMESPACE, f"pod-{pod}")
 
     def create(self) -> "Topology":
         netns.create(self.node)
@@ -60,20 +68,10 @@ class Topology:
         self.cgroup_dir.mkdir(exist_ok=True)
         self.ztunnel_cgroup.mkdir(exist_ok=True)
         for pod, ip in POD_IPS.items():
-            name = self.pod_netns(pod)
-            netns.create(name)
-            veth = f"v{self.tag[-6:]}{pod}"
-            sh("ip", "-n", self.node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
-            sh("ip", "-n", self.node, "addr", "add", f"{GATEWAY}/32", "dev", veth)
-            sh("ip", "-n", self.node, "link", "set", veth, "up")
-            sh("ip", "-n", self.node, "route", "add", f"{ip}/32", "dev", veth)
-            sh("ip", "-n", name, "addr", "add", f"{ip}/32", "dev", "eth0")
-            sh("ip", "-n", name, "link", "set", "eth0", "up")
-            sh("ip", "-n", name, "route", "add", GATEWAY, "dev", "eth0", "scope", "link")
-            sh("ip", "-n", name, "route", "add", "default", "via", GATEWAY, "dev", "eth0")
+            name = ensure_pod_sandbox(self.layout, 1, NAMESPACE, f"pod-{pod}", ip)
             cgroup = self.cgroup_dir / pod
             cgroup.mkdir(exist_ok=True)
-            self.pods[pod] = PodTarget(uid=str(uuid.uuid4()), namespace="demo", name=f"pod-{pod}", ip=ip,
+            self.pods[pod] = PodTarget(uid=str(uuid.uuid4()), namespace=NAMESPACE, name=f"pod-{pod}", ip=ip,
                                        netns=str(netns.path(name)), cgroup=str(cgroup))
         return self
 
@@ -89,10 +87,8 @@ class Topology:
             (self.home_cgroup / "cgroup.procs").write_text(str(os.getpid()))
             self.home_cgroup = None
         for pod in POD_IPS:
-            if netns.exists(self.pod_netns(pod)):
-                netns.remove(self.pod_netns(pod))
-        if netns.exists(self.node):
-            netns.remove(self.node)
+            remove_pod_sandbox(self.layout, NAMESPACE, f"pod-{pod}")
+        netns.remove(self.node)
         if self.cgroup_dir.exists():
             for child in self.cgroup_dir.iterdir():
                 if child.is_dir():

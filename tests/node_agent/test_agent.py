@@ -13,19 +13,23 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
 from shoal import netns, store
+from shoal.contracts import NODE_AGENT_PORT
 from shoal.handoff_io import HandoffClient
 
 from na_topology import POD_IPS, Server, bpftool_cgroup, client_code, listen_in, original_dst
 from node_agent import netfilter
+from support import metrics
+from support.cli import SHOAL
+from support.net import http_get
+from support.polling import eventually
+from support.root import needs_root
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, iptables, eBPF")
+pytestmark = needs_root("network namespaces, iptables, eBPF")
 
 CLUSTER = "natest"
 
@@ -73,15 +77,6 @@ class PlayedZtunnel:
                 sock.close()
 
 
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def cluster_store(tmp_path, topo):
     s = store.Store(CLUSTER, root=tmp_path / "run")
@@ -104,36 +99,27 @@ class AgentProcess:
         self.topo, self.mode, self.tmp = topo, mode, tmp_path
         self.socket = tmp_path / "ztunnel.sock"
         self.state = tmp_path / "state"
-        self.argv = [sys.executable, "-m", "shoal", "--log-format", "json", "node-agent", "--source", "local",
+        self.argv = [*SHOAL, "--log-format", "json", "node-agent", "--source", "local",
                      "--cluster", CLUSTER, "--node", "node1", "--redirect", mode, "--socket", str(self.socket),
-                     "--state-dir", str(self.state), "--bpffs", str(bpffs), "--metrics-port", "15022"]
+                     "--state-dir", str(self.state), "--bpffs", str(bpffs), "--metrics-port", str(NODE_AGENT_PORT)]
         self.env = {**os.environ, "SHOAL_RUN_ROOT": str(tmp_path / "run")}
         self.proc = None
+        self.ztunnel = None
         self.log = open(tmp_path / "agent.log", "a")
 
     def start(self):
         self.proc = netns.popen(self.topo.node, self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.http("/healthz/ready").startswith("HTTP/1.1 200"), 20, "agent readiness")
+        eventually(lambda: self.http("/healthz/ready")[0] == 200, 20, "agent readiness", interval=0.02)
 
     def http(self, path):
-        try:
-            sock = netns.socket_in(self.topo.node)
-            sock.settimeout(2)
-            sock.connect(("127.0.0.1", 15022))
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-            sock.close()
-            return data.decode()
-        except OSError:
-            return ""
+        return http_get(f"http://127.0.0.1:{NODE_AGENT_PORT}{path}", netns=self.topo.node, timeout=2)
 
     def metric(self, name):
-        for line in self.http("/metrics").splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return None
+        return metrics.value(self.http("/metrics")[1], name)
+
+    def enrolled(self):
+        """The pods it has redirected and the ztunnel has acked; None while it does not answer."""
+        return self.metric("shoal_node_agent_enrolled_pods")
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -147,6 +133,31 @@ class AgentProcess:
     def cleanup(self):
         result = netns.run(self.topo.node, [a for a in self.argv if a] + ["--cleanup"], check=False, env=self.env)
         assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def start_agent(topo, cluster_store, tmp_path, test_bpffs):
+    """`start_agent(mode)` runs `shoal node-agent` on the test node against `cluster_store`, then a played
+    ztunnel on its socket, and returns both. After the test, whatever state it left them in, the
+    ztunnel stops, the agent is killed if it still runs, and `--cleanup` removes what it installed."""
+    started = []
+
+    def start(mode):
+        agent = AgentProcess(topo, mode, tmp_path, test_bpffs)
+        started.append(agent)
+        agent.start()
+        agent.ztunnel = PlayedZtunnel(agent.socket)
+        return agent, agent.ztunnel
+
+    yield start
+    for agent in started:
+        if agent.ztunnel:
+            agent.ztunnel.stop()
+        if agent.proc and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        agent.cleanup()
+        agent.log.close()
 
 
 def outbound_works(topo, ztunnel, uid, port=8080) -> None:
@@ -167,161 +178,112 @@ def counts(topo, pod) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("mode", ["iptables", "ebpf"])
-def test_agent_enrolls_survives_kill9_and_unenrolls(mode, topo, cluster_store, tmp_path, test_bpffs):
-    agent = AgentProcess(topo, mode, tmp_path, test_bpffs)
-    ztunnel = None
-    try:
-        agent.start()
-        ztunnel = PlayedZtunnel(agent.socket)
-        pod_a, pod_b = topo.pods["a"], topo.pods["b"]
-        assert agent.metric("shoal_node_agent_enrolled_pods") == 0
+def test_agent_enrolls_survives_kill9_and_unenrolls(mode, topo, cluster_store, test_bpffs, start_agent):
+    agent, ztunnel = start_agent(mode)
+    pod_a, pod_b = topo.pods["a"], topo.pods["b"]
+    assert agent.enrolled() == 0
 
-        # Annotating the namespace enrolls its running pods; pod b opts out.
-        cluster_store.patch_metadata("Pod", "demo", pod_b.name, labels={"istio.io/dataplane-mode": "none"})
-        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="pod a enrolled")
-        assert ztunnel.adds == [pod_a.uid]
-        assert ztunnel.inodes[pod_a.uid] == os.stat(pod_a.netns).st_ino  # the fd received is the pod's netns
-        assert agent.metric("shoal_node_agent_enroll_seconds_count") == 1
-        outbound_works(topo, ztunnel, pod_a.uid)
-        assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
-        before = counts(topo, pod_a)
+    # Annotating the namespace enrolls its running pods; pod b opts out.
+    cluster_store.patch_metadata("Pod", "demo", pod_b.name, labels={"istio.io/dataplane-mode": "none"})
+    cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+    eventually(lambda: agent.enrolled() == 1, what="pod a enrolled")
+    assert ztunnel.adds == [pod_a.uid]
+    assert ztunnel.inodes[pod_a.uid] == os.stat(pod_a.netns).st_ino  # the fd received is the pod's netns
+    assert agent.metric("shoal_node_agent_enroll_seconds_count") == 1
+    outbound_works(topo, ztunnel, pod_a.uid)
+    assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+    before = counts(topo, pod_a)
 
-        # kill -9: redirection stays, capture goes on while the agent is away.
-        agent.kill9()
-        outbound_works(topo, ztunnel, pod_a.uid)
-        agent.start()
-        wait_until(lambda: ztunnel.adds.count(pod_a.uid) == 2, what="replay to the reconnected ztunnel")
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="enrolled after restart")
-        assert counts(topo, pod_a) == before  # nothing installed twice
-        assert agent.metric("shoal_node_agent_enroll_seconds_count") == 0  # not a new enrollment
-        outbound_works(topo, ztunnel, pod_a.uid, port=8081)
+    # kill -9: redirection stays, capture goes on while the agent is away.
+    agent.kill9()
+    outbound_works(topo, ztunnel, pod_a.uid)
+    agent.start()
+    eventually(lambda: ztunnel.adds.count(pod_a.uid) == 2, what="replay to the reconnected ztunnel")
+    eventually(lambda: agent.enrolled() == 1, what="enrolled after restart")
+    assert counts(topo, pod_a) == before  # nothing installed twice
+    assert agent.metric("shoal_node_agent_enroll_seconds_count") == 0  # not a new enrollment
+    outbound_works(topo, ztunnel, pod_a.uid, port=8081)
 
-        # SIGTERM: clean exit, redirection left in place.
-        agent.stop()
-        assert counts(topo, pod_a) == before
-        agent.start()
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="enrolled after SIGTERM")
+    # SIGTERM: clean exit, redirection left in place.
+    agent.stop()
+    assert counts(topo, pod_a) == before
+    agent.start()
+    eventually(lambda: agent.enrolled() == 1, what="enrolled after SIGTERM")
 
-        # The pod opts out: redirection removed, the ztunnel told.
-        cluster_store.patch_metadata("Pod", "demo", pod_a.name, annotations={"shoal.io/dataplane-mode": "none"})
-        wait_until(lambda: pod_a.uid in ztunnel.deletes, what="DelWorkload")
-        wait_until(lambda: counts(topo, pod_a) == (0, 0), what="redirection removed")
-        assert agent.metric("shoal_node_agent_enrolled_pods") == 0
+    # The pod opts out: redirection removed, the ztunnel told.
+    cluster_store.patch_metadata("Pod", "demo", pod_a.name, annotations={"shoal.io/dataplane-mode": "none"})
+    eventually(lambda: pod_a.uid in ztunnel.deletes, what="DelWorkload")
+    eventually(lambda: counts(topo, pod_a) == (0, 0), what="redirection removed")
+    assert agent.enrolled() == 0
 
-        # Back in, then the namespace annotation goes: out again.
-        cluster_store.patch_metadata("Pod", "demo", pod_a.name, annotations={"shoal.io/dataplane-mode": None})
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="re-enrolled")
-        assert counts(topo, pod_a) == before
-        outbound_works(topo, ztunnel, pod_a.uid, port=8082)
-        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": None})
-        wait_until(lambda: counts(topo, pod_a) == (0, 0), what="removed with the namespace annotation")
+    # Back in, then the namespace annotation goes: out again.
+    cluster_store.patch_metadata("Pod", "demo", pod_a.name, annotations={"shoal.io/dataplane-mode": None})
+    eventually(lambda: agent.enrolled() == 1, what="re-enrolled")
+    assert counts(topo, pod_a) == before
+    outbound_works(topo, ztunnel, pod_a.uid, port=8082)
+    cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": None})
+    eventually(lambda: counts(topo, pod_a) == (0, 0), what="removed with the namespace annotation")
 
-        # Enrolled again, then the agent is told to clean up: nothing of it is left.
-        cluster_store.patch_metadata("Namespace", None, "demo", labels={"istio.io/dataplane-mode": "ambient"})
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="enrolled by Istio's label")
-        assert counts(topo, pod_a) == before
-        agent.stop()
-        agent.cleanup()
-        assert counts(topo, pod_a) == (0, 0)
-        assert "SHOAL" not in netfilter.save(topo.node)
-        assert not (test_bpffs / "shoal").exists() or not any((test_bpffs / "shoal").iterdir())
-        assert bpftool_cgroup(str(topo.ztunnel_cgroup)) == []
-    finally:
-        if ztunnel:
-            ztunnel.stop()
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        agent.cleanup()
-        agent.log.close()
+    # Enrolled again, then the agent is told to clean up: nothing of it is left.
+    cluster_store.patch_metadata("Namespace", None, "demo", labels={"istio.io/dataplane-mode": "ambient"})
+    eventually(lambda: agent.enrolled() == 1, what="enrolled by Istio's label")
+    assert counts(topo, pod_a) == before
+    agent.stop()
+    agent.cleanup()
+    assert counts(topo, pod_a) == (0, 0)
+    assert "SHOAL" not in netfilter.save(topo.node)
+    assert not (test_bpffs / "shoal").exists() or not any((test_bpffs / "shoal").iterdir())
+    assert bpftool_cgroup(str(topo.ztunnel_cgroup)) == []
 
 
-def test_deleting_a_pod_unenrolls_it(topo, cluster_store, tmp_path, test_bpffs):
-    agent = AgentProcess(topo, "iptables", tmp_path, test_bpffs)
-    ztunnel = None
-    try:
-        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
-        agent.start()
-        ztunnel = PlayedZtunnel(agent.socket)
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 2, what="both pods enrolled")
-        pod_b = topo.pods["b"]
-        cluster_store.delete("Pod", "demo", pod_b.name)
-        wait_until(lambda: pod_b.uid in ztunnel.deletes, what="DelWorkload for the deleted pod")
-        wait_until(lambda: "SHOAL" not in netfilter.save(topo.pod_netns("b")), what="rules removed")
-        assert agent.metric("shoal_node_agent_enrolled_pods") == 1
-    finally:
-        if ztunnel:
-            ztunnel.stop()
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        agent.cleanup()
-        agent.log.close()
+def test_deleting_a_pod_unenrolls_it(topo, cluster_store, start_agent):
+    cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+    agent, ztunnel = start_agent("iptables")
+    eventually(lambda: agent.enrolled() == 2, what="both pods enrolled")
+    pod_b = topo.pods["b"]
+    cluster_store.delete("Pod", "demo", pod_b.name)
+    eventually(lambda: pod_b.uid in ztunnel.deletes, what="DelWorkload for the deleted pod")
+    eventually(lambda: "SHOAL" not in netfilter.save(topo.pod_netns("b")), what="rules removed")
+    assert agent.enrolled() == 1
 
 
 @pytest.mark.parametrize("mode", ["iptables", "ebpf"])
-def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, topo, cluster_store, tmp_path,
-                                                                         test_bpffs):
-    agent = AgentProcess(topo, mode, tmp_path, test_bpffs)
-    ztunnel = None
-    try:
-        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
-        agent.start()
-        ztunnel = PlayedZtunnel(agent.socket)
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 2, what="both pods enrolled")
-        pod_a, pod_b = topo.pods["a"], topo.pods["b"]
-        agent.kill9()
-        cluster_store.delete("Pod", "demo", pod_b.name)  # its netns and cgroup stay: only the ledger knows
-        agent.start()
-        wait_until(lambda: pod_b.uid in ztunnel.deletes, what="the replay to leave pod b out")
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what="pod a enrolled again")
-        assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
-        assert bpftool_cgroup(pod_b.cgroup) == []
-        if mode == "iptables":
-            assert netfilter.save(topo.pod_netns("a")).count("-j SHOAL_") == 2
-        else:
-            assert len(bpftool_cgroup(pod_a.cgroup)) == 3
-        outbound_works(topo, ztunnel, pod_a.uid)
-    finally:
-        if ztunnel:
-            ztunnel.stop()
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        agent.cleanup()
-        agent.log.close()
+def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, topo, cluster_store, start_agent):
+    cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+    agent, ztunnel = start_agent(mode)
+    eventually(lambda: agent.enrolled() == 2, what="both pods enrolled")
+    pod_a, pod_b = topo.pods["a"], topo.pods["b"]
+    agent.kill9()
+    cluster_store.delete("Pod", "demo", pod_b.name)  # its netns and cgroup stay: only the ledger knows
+    agent.start()
+    eventually(lambda: pod_b.uid in ztunnel.deletes, what="the replay to leave pod b out")
+    eventually(lambda: agent.enrolled() == 1, what="pod a enrolled again")
+    assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+    assert bpftool_cgroup(pod_b.cgroup) == []
+    if mode == "iptables":
+        assert netfilter.save(topo.pod_netns("a")).count("-j SHOAL_") == 2
+    else:
+        assert len(bpftool_cgroup(pod_a.cgroup)) == 3
+    outbound_works(topo, ztunnel, pod_a.uid)
 
 
 @pytest.mark.parametrize("first,then", [("iptables", "ebpf"), ("ebpf", "iptables")])
-def test_a_restart_in_another_mode_leaves_nothing_of_the_old_one(first, then, topo, cluster_store, tmp_path,
-                                                                  test_bpffs):
-    agent = AgentProcess(topo, first, tmp_path, test_bpffs)
-    ztunnel = None
-    try:
-        agent.start()
-        ztunnel = PlayedZtunnel(agent.socket)
-        pod_a, pod_b = topo.pods["a"], topo.pods["b"]
-        cluster_store.patch_metadata("Pod", "demo", pod_b.name, labels={"istio.io/dataplane-mode": "none"})
-        cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what=f"enrolled in {first} mode")
-        rules, programs = counts(topo, pod_a)
-        assert (rules > 0, programs > 0) == (first == "iptables", first == "ebpf")
-        agent.stop()  # SIGTERM leaves the first mode's redirection in place
+def test_a_restart_in_another_mode_leaves_nothing_of_the_old_one(first, then, topo, cluster_store, test_bpffs,
+                                                                  start_agent):
+    agent, ztunnel = start_agent(first)
+    pod_a, pod_b = topo.pods["a"], topo.pods["b"]
+    cluster_store.patch_metadata("Pod", "demo", pod_b.name, labels={"istio.io/dataplane-mode": "none"})
+    cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
+    eventually(lambda: agent.enrolled() == 1, what=f"enrolled in {first} mode")
+    rules, programs = counts(topo, pod_a)
+    assert (rules > 0, programs > 0) == (first == "iptables", first == "ebpf")
+    agent.stop()  # SIGTERM leaves the first mode's redirection in place
 
-        agent.argv[agent.argv.index(first)] = then
-        agent.start()
-        wait_until(lambda: agent.metric("shoal_node_agent_enrolled_pods") == 1, what=f"enrolled in {then} mode")
-        wait_until(lambda: (lambda r, p: (r > 0, p > 0) == (then == "iptables", then == "ebpf"))(*counts(topo, pod_a)),
-                   what=f"only {then} redirection in the pod")
-        outbound_works(topo, ztunnel, pod_a.uid, port=8083)
-        if then == "iptables":
-            assert not (test_bpffs / "shoal").exists() or not any((test_bpffs / "shoal").iterdir())
-    finally:
-        if ztunnel:
-            ztunnel.stop()
-        if agent.proc and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait()
-        agent.cleanup()
-        agent.log.close()
+    agent.argv[agent.argv.index(first)] = then
+    agent.start()
+    eventually(lambda: agent.enrolled() == 1, what=f"enrolled in {then} mode")
+    eventually(lambda: (lambda r, p: (r > 0, p > 0) == (then == "iptables", then == "ebpf"))(*counts(topo, pod_a)),
+               what=f"only {then} redirection in the pod")
+    outbound_works(topo, ztunnel, pod_a.uid, port=8083)
+    if then == "iptables":
+        assert not (test_bpffs / "shoal").exists() or not any((test_bpffs / "shoal").iterdir())

@@ -13,6 +13,7 @@ import os
 from shoal.handoff_io import HandoffClient
 
 from node_agent.agent import AgentConfig, NodeAgent
+from support.polling import eventually_async
 
 
 class FakeCapture:
@@ -107,14 +108,6 @@ class GatedZtunnel:
         self.deletes.append(uid)
 
 
-async def until(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 def test_redirection_goes_in_only_after_the_ack_and_stays_when_the_ztunnel_leaves(tmp_path):
     async def main():
         source = FakeSource({"demo/a": pod("a", "uid-a")}, {"demo": ns(True)})
@@ -127,11 +120,11 @@ def test_redirection_goes_in_only_after_the_ack_and_stays_when_the_ztunnel_leave
         client = HandoffClient(tmp_path / "z.sock", ztunnel, retry_seconds=0.02)
         client_task = asyncio.create_task(client.run())
         try:
-            await until(lambda: ztunnel.adds == ["uid-a"])
+            await eventually_async(lambda: ztunnel.adds == ["uid-a"])
             await asyncio.sleep(0.2)  # several resyncs pass: nothing goes in before the ack
             assert redirection.log == [] and agent.enrolled() == set()
             ztunnel.gate.set()
-            await until(lambda: agent.enrolled() == {"uid-a"})
+            await eventually_async(lambda: agent.enrolled() == {"uid-a"})
             assert ("install", "uid-a") in redirection.log
             assert redirection.listeners == [("uid-a", os.fstat(ztunnel.listener.fileno()).st_ino)]
             samples = {x.name: x.value for x in agent.metrics.enroll_seconds.collect()[0].samples}
@@ -141,7 +134,7 @@ def test_redirection_goes_in_only_after_the_ack_and_stays_when_the_ztunnel_leave
             # The ztunnel goes away: the pod stays redirected, but is no longer counted enrolled.
             client.stop()
             await client_task
-            await until(lambda: not agent.server.connected)
+            await eventually_async(lambda: not agent.server.connected)
             assert redirection.installed_pods.keys() == {"uid-a"}
             assert agent.enrolled() == set()
 
@@ -149,7 +142,7 @@ def test_redirection_goes_in_only_after_the_ack_and_stays_when_the_ztunnel_leave
             installs = redirection.log.count(("install", "uid-a"))
             client = HandoffClient(tmp_path / "z.sock", ztunnel, retry_seconds=0.02)
             client_task = asyncio.create_task(client.run())
-            await until(lambda: agent.enrolled() == {"uid-a"})
+            await eventually_async(lambda: agent.enrolled() == {"uid-a"})
             assert ztunnel.adds == ["uid-a", "uid-a"]
             assert redirection.log.count(("install", "uid-a")) == installs
         finally:
@@ -174,17 +167,17 @@ def test_a_refused_pod_is_not_redirected_and_is_retried(tmp_path):
         client = HandoffClient(tmp_path / "z.sock", ztunnel, retry_seconds=0.02)
         client_task = asyncio.create_task(client.run())
         try:
-            await until(lambda: len(ztunnel.adds) >= 3)  # refused, then tried again at each resync
+            await eventually_async(lambda: len(ztunnel.adds) >= 3)  # refused, then tried again at each resync
             assert redirection.log == []
             errors = agent.metrics.reconcile_errors.labels(step="ztunnel-add")._value.get()
             assert errors >= 2
             ztunnel.refuse = False
-            await until(lambda: agent.enrolled() == {"uid-a"})
+            await eventually_async(lambda: agent.enrolled() == {"uid-a"})
 
             # Leaving the mesh: redirection out first, then the ztunnel is told.
             source.namespaces = {"demo": ns(False)}
             await source.change()
-            await until(lambda: ztunnel.deletes == ["uid-a"])
+            await eventually_async(lambda: ztunnel.deletes == ["uid-a"])
             assert redirection.installed_pods == {}
             assert redirection.log[-2:] == [("remove", "uid-a"), ("probes", ())]
         finally:
@@ -217,7 +210,7 @@ def test_nothing_is_decided_before_the_first_list(tmp_path):
             await asyncio.sleep(0.15)
             assert not (tmp_path / "z.sock").exists()  # the hand-off waits for the first list
             assert redirection.installed_pods == {"uid-a": kept}
-            await until(lambda: (tmp_path / "z.sock").exists())
+            await eventually_async(lambda: (tmp_path / "z.sock").exists())
             assert ("remove", "uid-a") not in redirection.log
         finally:
             stopping.set()

@@ -14,6 +14,8 @@ from shoal.handoff import (Acked, AgentSide, ProtocolViolation, SnapshotReceived
                            WorkloadDeleted, WorkloadKept, ZtunnelGreeted, ZtunnelSide)
 from shoal.handoff_io import HandoffClient, HandoffServer
 
+from support.polling import eventually_async
+
 A = Workload("uid-a", "a", "demo", "sa-a")
 B = Workload("uid-b", "b", "demo", "sa-b")
 
@@ -188,14 +190,6 @@ class RecordingHandler:
         self.deleted.append(uid)
 
 
-async def wait_for(predicate, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 def test_fd_passing_acks_and_replay_after_reconnect(tmp_path):
     """The received fd IS the netns given; acks flow back; a reconnect replays and drops the rest."""
     netns_file = "/proc/self/ns/net"
@@ -221,7 +215,7 @@ def test_fd_passing_acks_and_replay_after_reconnect(tmp_path):
             await asyncio.wait_for(client.synced.wait(), 5)
             assert set(handler.workloads) == {A.uid, B.uid}
             assert handler.netns_inodes == {A.uid: expected_inode, B.uid: expected_inode}
-            await wait_for(lambda: sum(isinstance(e, Acked) for e in events) == 3)
+            await eventually_async(lambda: sum(isinstance(e, Acked) for e in events) == 3)
             acks = [e for e in events if isinstance(e, Acked)]
             assert [(a.kind, a.error) for a in acks] == [("add", None), ("add", None), ("snapshot_sent", None)]
             assert server.peer_pid == os.getpid()
@@ -229,12 +223,12 @@ def test_fd_passing_acks_and_replay_after_reconnect(tmp_path):
             del wanted[B.uid]
             events.clear()
             server.disconnect()
-            await wait_for(lambda: any(isinstance(e, Acked) and e.kind == "snapshot_sent" for e in events))
-            await wait_for(lambda: B.uid in handler.deleted)
+            await eventually_async(lambda: any(isinstance(e, Acked) and e.kind == "snapshot_sent" for e in events))
+            await eventually_async(lambda: B.uid in handler.deleted)
             assert set(handler.workloads) == {A.uid}
             # Live changes after the replay.
             server.delete(A.uid)
-            await wait_for(lambda: A.uid in handler.deleted)
+            await eventually_async(lambda: A.uid in handler.deleted)
         finally:
             client.stop()
             await asyncio.wait_for(task, 5)
@@ -257,7 +251,7 @@ def test_a_nack_is_reported_and_the_ack_of_an_add_carries_the_inbound_listener(t
         client = HandoffClient(server.path, handler, retry_seconds=0.05)
         task = asyncio.create_task(client.run())
         try:
-            await wait_for(lambda: len(acks) == 3)
+            await eventually_async(lambda: len(acks) == 3)
             ok, failed, _ = acks
             assert ok.error is None and len(ok.fds) == 1
             assert os.fstat(ok.fds[0]).st_ino == os.fstat(handler.listener.fileno()).st_ino
@@ -318,7 +312,7 @@ def test_a_ztunnel_that_never_acks_is_dropped(tmp_path):
             for _, _, payload in ancdata:
                 os.close(int.from_bytes(payload[:4], "little"))
             assert await asyncio.to_thread(silent.recv, 100) == b""  # dropped, no ack came
-            await wait_for(lambda: events and events[-1] is None)
+            await eventually_async(lambda: events and events[-1] is None)
             silent.close()
         finally:
             await server.close()

@@ -1,19 +1,17 @@
-"""The node agent's Kubernetes source against the list/watch double (tests/kube_double.py), real client."""
+"""The node agent's Kubernetes source against the list/watch double (support.kube_api.KubeDouble), real client."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 from kubernetes import client
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kube_double import KubeDouble  # noqa: E402
+from node_agent.sources import KubeSource
+from shoal.contracts import namespace_ambient
 
-from shoal.contracts import namespace_ambient  # noqa: E402
-from node_agent.sources import KubeSource  # noqa: E402
+from support.kube_api import KubeDouble
+from support.polling import eventually_async
 
 
 def pod(name, node, uid=None):
@@ -35,11 +33,11 @@ class Recorder:
         self.snapshots.append((pods, namespaces))
 
     async def until(self, predicate, timeout=10.0):
-        for _ in range(int(timeout / 0.02)):
-            if self.snapshots and predicate(*self.snapshots[-1]):
-                return self.snapshots[-1]
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"timed out; last snapshot: {self.snapshots[-1] if self.snapshots else None}")
+        """The latest snapshot, once `predicate(pods, namespaces)` holds for it."""
+        def last():
+            return self.snapshots[-1] if self.snapshots and predicate(*self.snapshots[-1]) else None
+        return await eventually_async(last, timeout, lambda: f"the snapshot; the last one: "
+                                      f"{self.snapshots[-1] if self.snapshots else None}", interval=0.02)
 
 
 def enrolled(namespaces):

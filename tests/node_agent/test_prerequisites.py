@@ -14,7 +14,7 @@ from node_agent import netfilter, redirect
 from node_agent.errors import NodeAgentError, PrerequisiteMissing
 from node_agent.iptables import IptablesRedirector
 
-REPO = Path(__file__).resolve().parents[2]
+from support.cli import shoal
 
 
 @pytest.fixture
@@ -92,17 +92,15 @@ def test_unknown_mode_is_refused():
         redirect.choose("nft", "x")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shoal", "node-agent", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return shoal("node-agent", *args, check=False, timeout=60, env=env)
 
 
 def test_cli_names_a_bad_node_and_a_missing_node():
     result = run_cli("--source", "local", "--node", "worker-a")
     assert result.returncode == 2
     assert "'worker-a' is not a local-cluster node name" in result.stderr
-    env_free = subprocess.run([sys.executable, "-m", "shoal", "node-agent", "--source", "kube"], capture_output=True,
-                              text=True, cwd=REPO, env={k: v for k, v in os.environ.items() if k != "NODE_NAME"})
+    env_free = run_cli("--source", "kube", env={"NODE_NAME": None})
     assert env_free.returncode == 2 and "--node is required" in env_free.stderr
 
 
@@ -154,10 +152,8 @@ def test_a_bpffs_someone_else_mounted_is_left_alone(test_bpffs):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root for iptables")
 def test_cli_without_a_cluster_says_so_and_exits_1(tmp_path):
-    env = {**os.environ, "SHOAL_RUN_ROOT": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "shoal", "node-agent", "--cluster", "absent", "--node", "node1",
-                             "--redirect", "iptables", "--metrics-port", "0", "--socket", str(tmp_path / "z.sock"),
-                             "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, cwd=REPO,
-                            env=env, timeout=60)
+    result = run_cli("--cluster", "absent", "--node", "node1", "--redirect", "iptables", "--metrics-port", "0",
+                     "--socket", str(tmp_path / "z.sock"), "--state-dir", str(tmp_path / "state"),
+                     env={"SHOAL_RUN_ROOT": str(tmp_path)})
     assert result.returncode == 1
     assert "cluster 'absent' has no store" in result.stderr and "shoal local up" in result.stderr

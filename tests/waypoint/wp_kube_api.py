@@ -8,20 +8,16 @@ Resources: serviceaccounts, configmaps, services (core v1), deployments (apps/v1
 from __future__ import annotations
 
 import copy
-import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from support.kube_api import JsonHandler, status
 
 PLURALS = {"serviceaccounts": ("v1", "ServiceAccount"), "configmaps": ("v1", "ConfigMap"),
            "services": ("v1", "Service"), "deployments": ("apps/v1", "Deployment"),
            "gateways": ("gateway.networking.k8s.io/v1", "Gateway")}
-
-
-def _status(code, reason, message):
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
 
 
 def _merge(base: dict, patch: dict) -> dict:
@@ -80,24 +76,7 @@ class KubeApi:
     def _handler(self):
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _json(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                return json.loads(self.rfile.read(length) or b"{}")
-
+        class Handler(JsonHandler):
             def _parse(self):
                 """(plural, namespace or None, name or None, query)."""
                 url = urlsplit(self.path)
@@ -111,48 +90,48 @@ class KubeApi:
             def do_GET(self):
                 plural, namespace, name, query = self._parse()
                 if plural not in PLURALS:
-                    return self._json(404, _status(404, "NotFound", f"no resource {plural}"))
+                    return self.send_json(404, status(404, "NotFound", f"no resource {plural}"))
                 if name:
                     obj = api.get(plural, namespace, name)
-                    return self._json(200, obj) if obj else self._json(404, _status(404, "NotFound", name))
+                    return self.send_json(200, obj) if obj else self.send_json(404, status(404, "NotFound", name))
                 selector = dict(s.split("=", 1) for s in query.get("labelSelector", "").split(",") if "=" in s)
                 with api.lock:
                     items = [copy.deepcopy(o) for (p, ns, _), o in sorted(api.objects.items())
                              if p == plural and (namespace is None or ns == namespace)
                              and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
                 api_version, kind = PLURALS[plural]
-                self._json(200, {"kind": f"{kind}List", "apiVersion": api_version,
+                self.send_json(200, {"kind": f"{kind}List", "apiVersion": api_version,
                                  "metadata": {"resourceVersion": str(api.rv)}, "items": items})
 
             def do_POST(self):
                 plural, namespace, _, _ = self._parse()
-                body = self._body()
+                body = self.read_json()
                 body.setdefault("metadata", {})["namespace"] = namespace
                 api.writes.append(("POST", self.path))
                 if api.get(plural, namespace, body["metadata"]["name"]) is not None:
-                    return self._json(409, _status(409, "AlreadyExists", body["metadata"]["name"]))
-                self._json(201, api.put(plural, body))
+                    return self.send_json(409, status(409, "AlreadyExists", body["metadata"]["name"]))
+                self.send_json(201, api.put(plural, body))
 
             def do_PATCH(self):
                 plural, namespace, name, _ = self._parse()
                 api.writes.append(("PATCH", self.path))
                 obj = api.get(plural, namespace, name)
                 if obj is None:
-                    return self._json(404, _status(404, "NotFound", name))
-                self._json(200, api.put(plural, _merge(obj, self._body())))
+                    return self.send_json(404, status(404, "NotFound", name))
+                self.send_json(200, api.put(plural, _merge(obj, self.read_json())))
 
             def do_DELETE(self):
                 plural, namespace, name, _ = self._parse()
                 api.writes.append(("DELETE", self.path))
                 if api.get(plural, namespace, name) is None:
-                    return self._json(404, _status(404, "NotFound", name))
+                    return self.send_json(404, status(404, "NotFound", name))
                 gone = api.get(plural, namespace, name)
                 api.remove(plural, namespace, name)
                 # As the API server answers: the deleted object for services and service accounts,
                 # a Status for the others.
                 if plural in ("services", "serviceaccounts"):
-                    return self._json(200, gone)
-                self._json(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    return self.send_json(200, gone)
+                self.send_json(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                                  "details": {"name": name, "kind": plural}})
 
         return Handler

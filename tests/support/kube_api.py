@@ -1,4 +1,12 @@
-"""A Kubernetes API server double for tests: the real list/watch wire protocol, in memory.
+"""Kubernetes API server doubles that the real kubernetes client talks to, over HTTP on 127.0.0.1.
+
+- `KubeDouble`: the list/watch wire protocol of many kinds, for the control plane's and the node
+  agent's Kubernetes sources (below);
+- `ApiDouble`: Secrets and ConfigMaps by path, and TokenReview, for the control plane's CA store
+  and authenticator;
+- `JsonHandler` and `status`: what their handlers (and the waypoint controller's double) share.
+
+KubeDouble: the real list/watch wire protocol, in memory.
 
 It serves, on 127.0.0.1, for the resources it is told about:
 - `GET /api/v1/<plural>` and `GET /apis/<group>/<version>/<plural>`: a list
@@ -29,6 +37,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from kubernetes import client
+
 # kind -> (group, plural); cluster-scoped kinds in CLUSTER_SCOPED.
 KINDS = {
     "Namespace": ("", "namespaces"), "Pod": ("", "pods"), "Service": ("", "services"),
@@ -50,9 +60,30 @@ DEFAULT_SERVED = {
 }
 
 
-def _status(code: int, reason: str, message: str) -> dict:
+def status(code: int, reason: str, message: str = "") -> dict:
+    """A failure as the API server reports it (kind Status)."""
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """An API server's side of a request: HTTP/1.1 keep-alive, JSON bodies, no request log on stderr."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_json(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def read_json(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
 
 
 class KubeDouble:
@@ -189,34 +220,21 @@ class KubeDouble:
     def _handler(self):
         double = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _json(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
 
             def do_POST(self):
                 url = urlsplit(self.path)
                 double.requests.append(("POST", url.path, {}))
                 parts = [p for p in url.path.split("/") if p]
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = self.read_json()
                 if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "events":
                     name = body.get("metadata", {}).get("name")
                     if any(e["metadata"]["name"] == name for e in double.events):
-                        return self._json(409, _status(409, "AlreadyExists", f"events {name!r} already exists"))
+                        return self.send_json(409, status(409, "AlreadyExists", f"events {name!r} already exists"))
                     body.setdefault("metadata", {})["namespace"] = parts[3]
                     double.events.append(body)
-                    return self._json(201, body)
-                self._json(404, _status(404, "NotFound", f"no route for POST {url.path}"))
+                    return self.send_json(201, body)
+                self.send_json(404, status(404, "NotFound", f"no route for POST {url.path}"))
 
             def do_GET(self):
                 url = urlsplit(self.path)
@@ -224,10 +242,10 @@ class KubeDouble:
                 double.requests.append(("GET", url.path, query))
                 route = double._route(url.path)
                 if route is None:
-                    return self._json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
+                    return self.send_json(404, status(404, "NotFound", f"the server could not find {url.path}"))
                 kind, group, version = route
                 if version not in double.served.get(group, set()):
-                    return self._json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
+                    return self.send_json(404, status(404, "NotFound", f"the server could not find {url.path}"))
                 api_version = f"{group}/{version}" if group else version
                 if query.get("watch") in ("1", "true"):
                     return self._watch(kind, api_version, query)
@@ -239,7 +257,7 @@ class KubeDouble:
                     item.pop("apiVersion", None)
                 if query.get("limit"):
                     items = items[: int(query["limit"])]
-                self._json(200, {"kind": f"{kind}List", "apiVersion": api_version,
+                self.send_json(200, {"kind": f"{kind}List", "apiVersion": api_version,
                                  "metadata": {"resourceVersion": str(rv)}, "items": items})
 
             def _chunk(self, event: dict) -> None:
@@ -254,13 +272,13 @@ class KubeDouble:
                 with double._cond:
                     gone = since < double.oldest
                 if gone and double.gone_as_http:
-                    return self._json(410, _status(410, "Expired", f"too old resource version: {since} ({double.oldest})"))
+                    return self.send_json(410, status(410, "Expired", f"too old resource version: {since} ({double.oldest})"))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 if gone:
-                    self._chunk({"type": "ERROR", "object": _status(
+                    self._chunk({"type": "ERROR", "object": status(
                         410, "Expired", f"too old resource version: {since} ({double.oldest})")})
                     self.wfile.write(b"0\r\n\r\n")
                     return
@@ -304,3 +322,61 @@ class KubeDouble:
                         double._streams.discard(self)
 
         return Handler
+
+
+# The control plane's CA objects, as ApiDouble stores them (by path).
+CA_SECRET = "/api/v1/namespaces/shoal-system/secrets/shoal-ca"
+CA_CONFIGMAP = "/api/v1/namespaces/shoal-system/configmaps/shoal-ca-root-cert"
+
+
+class ApiDouble:
+    """Secrets and ConfigMaps by namespace/name, and a TokenReview table, over HTTP."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict] = {}   # "/api/v1/namespaces/ns/secrets/name" -> object
+        self.reviews: dict[str, dict] = {}   # token -> status.user
+        self.pods: dict[str, dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.create_conflicts = 0            # answer this many creates with 409 (another replica won)
+        double = self
+
+        class Handler(JsonHandler):
+            def do_GET(self):
+                double.requests.append(("GET", self.path))
+                obj = double.objects.get(self.path) or double.pods.get(self.path)
+                if obj is None:
+                    return self.send_json(404, status(404, "NotFound"))
+                self.send_json(200, obj)
+
+            def do_POST(self):
+                double.requests.append(("POST", self.path))
+                body = self.read_json()
+                if self.path == "/apis/authentication.k8s.io/v1/tokenreviews":
+                    user = double.reviews.get(body["spec"]["token"])
+                    review = {"authenticated": True, "user": user} if user else {"authenticated": False,
+                                                                                  "error": "invalid bearer token"}
+                    return self.send_json(201, {**body, "status": review})
+                path = f"{self.path}/{body['metadata']['name']}"
+                if double.create_conflicts or path in double.objects:
+                    double.create_conflicts = max(0, double.create_conflicts - 1)
+                    return self.send_json(409, status(409, "AlreadyExists"))
+                double.objects[path] = body
+                self.send_json(201, body)
+
+            def do_PUT(self):
+                double.requests.append(("PUT", self.path))
+                double.objects[self.path] = self.read_json()
+                self.send_json(200, double.objects[self.path])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def api(self) -> client.ApiClient:
+        config = client.Configuration()
+        config.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return client.ApiClient(config)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
