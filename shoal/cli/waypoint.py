@@ -37,9 +37,9 @@ def register(subparsers) -> None:
     apply.add_argument("-n", "--namespace", required=True)
     apply.add_argument("--name", default="waypoint")
     apply.add_argument("--for", dest="traffic", default="service", choices=("service", "workload", "all", "none"),
-                       help="what traffic the waypoint serves (label istio.io/waypoint-for)")
+                       help=f"what traffic the waypoint serves (label {ISTIO_WAYPOINT_FOR})")
     apply.add_argument("--enroll-namespace", action="store_true",
-                       help="also label the namespace shoal.io/use-waypoint=NAME")
+                       help=f"also label the namespace {USE_WAYPOINT}=NAME")
     apply.add_argument("--cluster", default="default")
     apply.set_defaults(func=cmd_apply)
 

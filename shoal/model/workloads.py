@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from shoal.contracts import HBONE_PORT
 from shoal.model.identity import SpiffeId, spiffe_id
 from shoal.model.labels import Labels
 
@@ -106,7 +107,7 @@ class Waypoint:
     namespace: str
     service_account: str
     traffic_type: str = "service"
-    ports: tuple[int, ...] = (15008,)
+    ports: tuple[int, ...] = (HBONE_PORT,)
 
     @property
     def key(self) -> str:
