@@ -12,8 +12,11 @@ Then the control plane (translator: HBONE or not) and the node agent
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from shoal import contracts
 from shoal.contracts import Enrollment, enrollment
@@ -225,3 +228,33 @@ def test_the_ports_mark_and_probe_source_are_the_documented_ones():
     assert contracts.PROBE_SOURCE == "169.254.7.127"
     assert contracts.DATAPLANE_MODE_KEYS == (SHOAL, ISTIO)
     assert contracts.USE_WAYPOINT_KEYS == ("shoal.io/use-waypoint", "istio.io/use-waypoint")
+
+
+def test_the_kubernetes_manifests_use_the_contracts_ports_and_keys():
+    """daemonset/ is YAML and cannot import the numbers: it is held to them here."""
+    daemonset = Path(__file__).resolve().parents[2] / "daemonset"
+    objects = [d for path in sorted(daemonset.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    expected = {  # container -> (its ports, its readiness port)
+        "node-agent": ({contracts.NODE_AGENT_PORT}, contracts.NODE_AGENT_PORT),
+        "ztunnel": ({contracts.METRICS_PORT, contracts.READINESS_PORT}, contracts.READINESS_PORT),
+        "control-plane": ({contracts.CONTROL_PLANE_GRPC_PORT, contracts.CONTROL_PLANE_HTTP_PORT},
+                          contracts.CONTROL_PLANE_HTTP_PORT),
+    }
+    seen = set()
+    for obj in objects:
+        if obj["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        template = obj["spec"]["template"]
+        assert template["metadata"]["labels"].get(contracts.DATAPLANE_MODE) == contracts.NONE
+        for container in template["spec"]["containers"]:
+            ports, ready = expected[container["name"]]
+            seen.add(container["name"])
+            assert {p["containerPort"] for p in container.get("ports", [])} == ports, container["name"]
+            assert container["readinessProbe"]["httpGet"]["port"] == ready, container["name"]
+            in_command = {int(port) for port in re.findall(r":(\d+)\b", " ".join(container["command"]))}
+            assert in_command <= {contracts.CONTROL_PLANE_GRPC_PORT, contracts.CONTROL_PLANE_HTTP_PORT}, \
+                container["name"]
+    assert seen == set(expected)
+    services = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "shoal-control-plane"]
+    assert {p["port"] for s in services for p in s["spec"]["ports"]} == {
+        contracts.CONTROL_PLANE_GRPC_PORT, contracts.CONTROL_PLANE_HTTP_PORT}
