@@ -9,32 +9,24 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
 
-from shoal import store
-from shoal.local.layout import Layout
+from shoal.contracts import CONTROL_PLANE_HTTP_PORT
+from shoal.local.layout import node_ip
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces"),
-              pytest.mark.timeout(240)]
+from support import metrics
+from support.cluster import LocalCluster, running_cluster
+from support.polling import eventually
+from support.root import needs_root
 
-CLUSTER = f"cp{os.getpid() % 100000}"
-
-
-def shoal(*args: str, input: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "shoal", *args], capture_output=True, text=True,
-                            input=input, timeout=timeout)
-    assert result.returncode == 0, f"shoal {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-    return result
+pytestmark = [needs_root("creates network namespaces"), pytest.mark.timeout(240)]
 
 
-def in_node(node: int, code: str, timeout: float = 60) -> dict:
+def in_node(cluster: LocalCluster, node: int, code: str, timeout: float = 60) -> dict:
     """Runs Python in a node's netns (as the node's components do); returns the JSON it prints."""
-    result = subprocess.run(["ip", "netns", "exec", f"shoal-{CLUSTER}-node{node}", sys.executable, "-c",
-                             textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    result = subprocess.run(["ip", "netns", "exec", cluster.layout.node_netns(node), sys.executable, "-c",
+                             textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -90,37 +82,24 @@ spec:
 """
 
 
-def metrics(node: int) -> str:
-    r = subprocess.run(["ip", "netns", "exec", f"shoal-{CLUSTER}-node{node}", "curl", "-sf", "--max-time", "2",
-                        "http://198.18.0.1:15014/metrics"], capture_output=True, text=True)
-    return r.stdout if r.returncode == 0 else ""
-
-
-def wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+def connected_ztunnels(cluster: LocalCluster) -> float | None:
+    """What the control plane (on node 1) says, asked from node 2; None while it does not answer."""
+    text = cluster.scrape(2, CONTROL_PLANE_HTTP_PORT, host=node_ip(1))
+    return metrics.value(text, "shoal_xds_connected_proxies", kind="ztunnel")
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    try:  # `up` inside: one that fails half-way is downed too
-        shoal("local", "up", "--cluster", CLUSTER, "--nodes", "2", "--redirect", "iptables")
-        yield store.RUN_ROOT / CLUSTER
-    finally:
-        shoal("local", "down", "--cluster", CLUSTER)
+    with running_cluster("cp", nodes=2) as c:
+        yield c
 
 
 def test_control_plane_serves_both_nodes_and_authorizes_by_node(cluster):
-    wait(lambda: 'shoal_xds_connected_proxies{kind="ztunnel"} 2.0' in metrics(2), 30, "both ztunnels connected")
-    shoal("local", "apply", "--cluster", CLUSTER, "-f", "-", input=APP)
-
-    def app_running():
-        pods = json.loads(shoal("local", "get", "pods", "--cluster", CLUSTER, "-n", "cpdemo", "-o", "json").stdout)
-        return any(p["status"].get("podIP") for p in pods["items"])
-    wait(app_running, 60, "the app pod")
-    out = in_node(2, CLIENT.format(run=str(cluster)))
+    eventually(lambda: connected_ztunnels(cluster) == 2, 30, "both ztunnels connected", interval=0.2)
+    cluster.apply(APP)
+    eventually(lambda: any(p["status"].get("podIP") for p in cluster.pods("cpdemo").values()), 60, "the app pod",
+               interval=0.2)
+    out = in_node(cluster, 2, CLIENT.format(run=str(cluster.layout.run_dir)))
     node, sa, protocol = out["workloads"]["app"]
     assert sa == "reviews" and protocol == "HBONE" and node == out["pod_node"]
     other = "node2" if node == "node1" else "node1"
@@ -129,13 +108,13 @@ def test_control_plane_serves_both_nodes_and_authorizes_by_node(cluster):
 
 
 def test_restarted_control_plane_keeps_its_root_and_proxies_reconnect(cluster):
-    bundle = (cluster / "ca" / "bundle.pem").read_bytes()
-    procs = Layout(CLUSTER).pod_cgroup("shoal-system", "control-plane-node1") / "cgroup.procs"
+    bundle = cluster.layout.ca_bundle.read_bytes()
+    procs = cluster.layout.pod_cgroup("shoal-system", "control-plane-node1") / "cgroup.procs"
     pids = [int(p) for p in procs.read_text().split()]
     assert pids, f"no process in {procs}"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)  # a crash, not a clean stop
-    wait(lambda: not metrics(2), 10, "the control plane to go away")
-    wait(lambda: 'shoal_xds_connected_proxies{kind="ztunnel"} 2.0' in metrics(2), 60,
-         "the restarted control plane and both ztunnels back")
-    assert (cluster / "ca" / "bundle.pem").read_bytes() == bundle
+    eventually(lambda: connected_ztunnels(cluster) is None, 10, "the control plane to go away", interval=0.2)
+    eventually(lambda: connected_ztunnels(cluster) == 2, 60, "the restarted control plane and both ztunnels back",
+               interval=0.2)
+    assert cluster.layout.ca_bundle.read_bytes() == bundle

@@ -6,12 +6,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,15 +18,14 @@ from shoal.identity import SpiffeId
 from shoal.model import ResourceType
 from shoal.store import Store
 
+from support import metrics
+from support.cli import SHOAL, shoal
+from support.net import free_port, http_get
+from support.polling import eventually, eventually_async
+
 CLUSTER = "cptest"
 TOKENS = {"node1": "n1-" + "c" * 30, "node2": "n2-" + "d" * 30}
 W = ResourceType.WORKLOAD
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pod(name: str, node: str, sa: str, ip: str, labels: dict | None = None) -> dict:
@@ -61,7 +55,7 @@ def cluster(tmp_path):
 class Process:
     def __init__(self, root: Path, *extra: str) -> None:
         self.grpc_port, self.http_port = free_port(), free_port()
-        argv = [sys.executable, "-m", "shoal", "--log-format", "json", "control-plane", "--source", "local",
+        argv = [*SHOAL, "--log-format", "json", "control-plane", "--source", "local",
                 "--cluster", CLUSTER, "--listen", f"127.0.0.1:{self.grpc_port}",
                 "--http", f"127.0.0.1:{self.http_port}", *extra]
         self.log = open(root / f"cp-{self.grpc_port}.log", "w+")
@@ -70,21 +64,13 @@ class Process:
                                      stdout=self.log, stderr=subprocess.STDOUT)
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        return http_get(f"http://127.0.0.1:{self.http_port}{path}", timeout=2)
 
     def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while self.get("/healthz/ready")[0] != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.log.seek(0)
-                raise AssertionError(f"control plane not ready; log:\n{self.log.read()}")
-            time.sleep(0.05)
+        def ready() -> bool:
+            assert self.proc.poll() is None, f"the control plane exited; log:\n{self.logs()}"
+            return self.get("/healthz/ready")[0] == 200
+        eventually(ready, timeout, lambda: f"the control plane to be ready; log:\n{self.logs()}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -109,13 +95,6 @@ def settings(root: Path, port: int, node: str) -> ClientSettings:
                           backoff_initial=0.05, backoff_max=0.5)
 
 
-async def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def test_process_serves_config_and_certificates_then_stops_cleanly(cluster):
     root, store = cluster
     cp = Process(root)
@@ -131,7 +110,7 @@ def test_process_serves_config_and_certificates_then_stops_cleanly(cluster):
                 assert {w.name for w in client.resources(W).values()} == {"reviews-1", "ratings-1"}
                 n = len(updates)
                 store.patch_metadata("Pod", "shop", "reviews-1", labels={"app": "reviews-1", "version": "v2"})
-                await wait_for(lambda: any(u.type is W for u in updates[n:]))
+                await eventually_async(lambda: any(u.type is W for u in updates[n:]), what="the Workload update")
                 change = next(u for u in updates[n:] if u.type is W)
                 assert [w.name for w in change.upserted.values()] == ["reviews-1"] and not change.removed
                 assert dict(next(iter(change.upserted.values())).labels)["version"] == "v2"
@@ -149,10 +128,9 @@ def test_process_serves_config_and_certificates_then_stops_cleanly(cluster):
         # A bad object is refused with its reason: log, metric and an Event; the rest keeps working.
         store.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                      "metadata": {"name": "broken", "namespace": "shop"}, "spec": {"action": "MAYBE"}})
-        deadline = time.monotonic() + 10
-        while 'shoal_config_rejected_total{kind="AuthorizationPolicy"} 1.0' not in cp.get("/metrics")[1]:
-            assert time.monotonic() < deadline, cp.logs()
-            time.sleep(0.05)
+        eventually(lambda: metrics.value(cp.get("/metrics")[1], "shoal_config_rejected_total",
+                                         kind="AuthorizationPolicy") == 1, 10,
+                   lambda: f"the refusal to be counted; log:\n{cp.logs()}")
         events, _ = store.list("Event", "shop")
         assert any(e["involvedObject"]["name"] == "broken" and "action" in e["message"] for e in events)
         assert cp.get("/healthz/ready")[0] == 200
@@ -177,8 +155,7 @@ def test_root_persists_across_restarts_and_bad_flags_fail_clearly(cluster):
     assert second.stop() == 0
     assert (root / CLUSTER / "ca" / "bundle.pem").read_bytes() == bundle
 
-    bad = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--ca-cert", str(root / "x.crt")],
-                         capture_output=True, text=True, env={**os.environ, "SHOAL_RUN_ROOT": str(root)})
+    bad = shoal("control-plane", "--ca-cert", str(root / "x.crt"), check=False, env={"SHOAL_RUN_ROOT": str(root)})
     assert bad.returncode == 2 and "--ca-cert and --ca-key go together" in bad.stderr
 
 
@@ -194,21 +171,17 @@ def test_rotation_while_running(cluster, tmp_path):
                                              SpiffeId("cluster.local", "shop", service_account))
         old_leaf = asyncio.run(sign())
         old_root = (ca_dir / "ca.crt").read_bytes()
-        env = {**os.environ, "SHOAL_RUN_ROOT": str(root)}
-        out = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--cluster", CLUSTER, "--rotate-ca"],
-                             capture_output=True, text=True, env=env)
+        env = {"SHOAL_RUN_ROOT": str(root)}
+        out = shoal("control-plane", "--cluster", CLUSTER, "--rotate-ca", check=False, env=env)
         assert out.returncode == 0 and "new signing root" in out.stdout, out.stderr
-        deadline = time.monotonic() + 10
-        while len(identity.load_certificates((ca_dir / "bundle.pem").read_bytes())) != 2:
-            assert time.monotonic() < deadline, cp.logs()
-            time.sleep(0.1)
-        deadline = time.monotonic() + 10
-        while True:  # the process adopts the new root within its reload period
-            new_leaf = asyncio.run(sign())
-            if len(identity.load_certificates(new_leaf.bundle_pem)) == 2:
-                break
-            assert time.monotonic() < deadline, cp.logs()
-            time.sleep(0.2)
+        eventually(lambda: len(identity.load_certificates((ca_dir / "bundle.pem").read_bytes())) == 2, 10,
+                   lambda: f"the bundle to hold both roots; log:\n{cp.logs()}", interval=0.1)
+
+        def signed_under_both_roots():  # the process adopts the new root within its reload period
+            leaf = asyncio.run(sign())
+            return leaf if len(identity.load_certificates(leaf.bundle_pem)) == 2 else None
+        new_leaf = eventually(signed_under_both_roots, 10, lambda: f"the new root adopted; log:\n{cp.logs()}",
+                              interval=0.2)
 
         def verify(ca: bytes, leaf: bytes) -> int:
             (tmp_path / "ca.pem").write_bytes(ca)
@@ -220,12 +193,10 @@ def test_rotation_while_running(cluster, tmp_path):
         assert verify(old_root, new_leaf.chain_pem) != 0 and verify((ca_dir / "ca.crt").read_bytes(),
                                                                    new_leaf.chain_pem) == 0
         old_fp = identity.load_certificates(old_root)[0].fingerprint(hashes.SHA256()).hex()
-        out = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--cluster", CLUSTER,
-                              "--retire-ca", old_fp[:16]], capture_output=True, text=True, env=env)
+        out = shoal("control-plane", "--cluster", CLUSTER, "--retire-ca", old_fp[:16], check=False, env=env)
         assert out.returncode == 0, out.stderr
         assert verify((ca_dir / "bundle.pem").read_bytes(), old_leaf.chain_pem) != 0
-        bad = subprocess.run([sys.executable, "-m", "shoal", "control-plane", "--cluster", CLUSTER,
-                              "--retire-ca", "0000"], capture_output=True, text=True, env=env)
+        bad = shoal("control-plane", "--cluster", CLUSTER, "--retire-ca", "0000", check=False, env=env)
         assert bad.returncode == 1 and "at least 8 hex digits" in bad.stderr
     finally:
         assert cp.stop() == 0, cp.logs()

@@ -4,16 +4,15 @@ Root only (it builds network namespaces). One 1-node cluster for the module, rem
 """
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the local cluster builds network namespaces"),
-              pytest.mark.timeout(180)]
+from support.cluster import LocalCluster, running_cluster
+from support.polling import eventually
+from support.root import needs_root
+
+pytestmark = [needs_root("the local cluster builds network namespaces"), pytest.mark.timeout(180)]
 
 SEEDS = Path(__file__).parent / "seeds"
 APP = """
@@ -43,39 +42,27 @@ spec: {selector: {app: reviews}, ports: [{name: http, port: 9080, targetPort: ht
 """
 
 
-def shoal(*args, input=None, check=True):
-    result = subprocess.run([sys.executable, "-m", "shoal", *args], capture_output=True, text=True, input=input,
-                            timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"shoal {' '.join(args)}: {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    name = f"cpa{os.getpid() % 100000}"
-    try:  # `up` inside: one that fails half-way is downed too
-        shoal("local", "up", "--nodes", "1", "--cluster", name, "--redirect", "iptables")
-        yield name
-    finally:
-        shoal("local", "down", "--cluster", name)
+    with running_cluster("cpa", nodes=1) as c:
+        yield c
 
 
-def ztunnel_view(cluster, view, predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = shoal("config", view, "--cluster", cluster, "--node", "1", "-o", "json", check=False)
+def ztunnel_view(cluster: LocalCluster, view: str, predicate, timeout: float = 30.0) -> list[dict]:
+    """`shoal config VIEW` of node 1's ztunnel, once `predicate` holds for it."""
+    last = {}
+
+    def matching():
+        result = cluster.run("config", view, "--node", "1", "-o", "json", check=False)
         items = json.loads(result.stdout) if result.returncode == 0 and result.stdout.strip() else None
-        if items is not None and predicate(items):
-            return items
-        if time.monotonic() > deadline:
-            raise AssertionError(f"ztunnel {view} never matched: {items} {result.stderr[-500:]}")
-        time.sleep(0.3)
+        last.update(items=items, stderr=result.stderr[-500:])
+        return items if items is not None and predicate(items) else None
+    return eventually(matching, timeout, lambda: f"ztunnel {view} to match; last: {last}", interval=0.3)
 
 
 def test_enrolled_pods_and_service_reach_the_ztunnel_and_changes_follow(cluster):
-    shoal("local", "apply", "--cluster", cluster, "-f", "-", input=APP)
-    shoal("local", "apply", "--cluster", cluster, "-f", str(SEEDS / "003_virtualservice_mirror.yaml"))
+    cluster.apply(APP)
+    cluster("apply", "-f", str(SEEDS / "003_virtualservice_mirror.yaml"))
 
     def ours(items):
         return {w["name"]: w for w in items if w["namespace"] == "bookinfo"}
@@ -88,8 +75,7 @@ def test_enrolled_pods_and_service_reach_the_ztunnel_and_changes_follow(cluster)
     assert {e["target_port"] for e in reviews["endpoints"]} == {9080}   # the named targetPort, resolved
     assert {e["workload_uid"] for e in reviews["endpoints"]} == {workloads["reviews-v1"]["uid"],
                                                                   workloads["reviews-v2"]["uid"]}
-    shoal("local", "delete", "--cluster", cluster, "-f", "-",
-          input="apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-v2, namespace: bookinfo}\n")
+    cluster.delete("apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-v2, namespace: bookinfo}\n")
     ztunnel_view(cluster, "services", lambda ss: any(
         s["hostname"] == "reviews.bookinfo.svc.cluster.local" and
         [e["workload_uid"] for e in s["endpoints"]] == [workloads["reviews-v1"]["uid"]] for s in ss))
@@ -106,19 +92,19 @@ spec:
   - route:
     - {destination: {host: reviews}, weight: -5}
 """
-    result = shoal("local", "apply", "--cluster", cluster, "-f", "-", input=bad, check=False)
+    result = cluster.apply(bad, check=False)
     assert result.returncode != 0
     assert "VirtualService bookinfo/bad: spec.http[0].route[0].weight: must be at least 0, not -5" in result.stderr
-    listed = json.loads(shoal("local", "get", "VirtualService", "--cluster", cluster, "-n", "bookinfo", "-o", "json").stdout)
-    assert [vs["metadata"]["name"] for vs in listed["items"]] == ["reviews"]   # the seed's, not "bad"
+    listed = cluster.items("VirtualService", "bookinfo")
+    assert [vs["metadata"]["name"] for vs in listed] == ["reviews"]   # the seed's, not "bad"
 
 
 def test_every_seed_applies_as_written_and_its_service_reaches_the_ztunnel(cluster):
     # Article 003 first runs `kubectl create namespace bookinfo`.
-    shoal("local", "apply", "--cluster", cluster, "-f", "-",
-          input="apiVersion: v1\nkind: Namespace\nmetadata: {name: bookinfo, labels: {shoal.io/dataplane-mode: ambient}}\n")
+    cluster.apply("apiVersion: v1\nkind: Namespace\n"
+                  "metadata: {name: bookinfo, labels: {shoal.io/dataplane-mode: ambient}}\n")
     for seed in sorted(SEEDS.glob("0*.yaml")):
-        result = shoal("local", "apply", "--cluster", cluster, "-f", str(seed), check=False)
+        result = cluster("apply", "-f", str(seed), check=False)
         if "as_printed" in seed.name:
             assert result.returncode != 0 and "metadata.name" in result.stderr, result.stderr
         else:
