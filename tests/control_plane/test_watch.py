@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ from shoal.api import config_pb2, config_pb2_grpc
 from shoal.config_client import ConfigClient, open_channel
 from shoal.model import ResourceType, freeze_labels
 
+from support.net import free_port
 from support.plane import NODE_TOKENS, start_plane, workload
 from support.polling import eventually_async
 
@@ -73,16 +73,10 @@ def test_initial_snapshot_then_only_the_change(tmp_path):
     run(main())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("server_restarts_with_new_state", [False, True])
 def test_reconnect_resumes_with_only_what_changed(tmp_path, server_restarts_with_new_state):
     async def main():
-        port = _free_port()
+        port = free_port()
         plane = await start_plane(tmp_path, grpc_port=port)
         plane.state.apply([workload(i) for i in range(200)])
         rec = Recorder()

@@ -9,6 +9,8 @@ from control_plane.waypoints import GATEWAY_NAME, MANAGED_BY, MANAGER, LocalWayp
 from shoal.model import Protocol, ResourceType
 from shoal.store import Event
 
+from support.polling import eventually_async
+
 
 def argv(namespace, name):
     return ["shoal", "waypoint", "run", "--namespace", namespace, "--name", name]
@@ -85,21 +87,18 @@ def test_local_controller_follows_gateways(tmp_path):
         task = asyncio.create_task(controller.run())
         try:
             store.apply(gw())
-            for _ in range(100):
-                if store.get("Deployment", "shop", "waypoint") and store.get("Service", "shop", "waypoint"):
-                    break
-                await asyncio.sleep(0.05)
+            await eventually_async(lambda: store.get("Deployment", "shop", "waypoint")
+                                   and store.get("Service", "shop", "waypoint"), 5, "the Deployment and the Service",
+                                   interval=0.05)
             assert store.get("ServiceAccount", "shop", "waypoint") is not None
             assert store.get("Service", "shop", "waypoint")["spec"]["clusterIP"].startswith("198.18.")
             rv = store.resource_version()
             await asyncio.sleep(0.5)
             assert store.resource_version() == rv    # settled: re-applying the same objects writes nothing
             store.delete("Gateway", "shop", "waypoint")
-            for _ in range(100):
-                if not any(store.get(k, "shop", "waypoint") for k in ("Deployment", "Service", "ServiceAccount")):
-                    break
-                await asyncio.sleep(0.05)
-            assert not any(store.get(k, "shop", "waypoint") for k in ("Deployment", "Service", "ServiceAccount"))
+            await eventually_async(lambda: not any(store.get(k, "shop", "waypoint")
+                                                   for k in ("Deployment", "Service", "ServiceAccount")), 5,
+                                   "the waypoint's objects to go with the Gateway", interval=0.05)
         finally:
             task.cancel()
     asyncio.run(asyncio.wait_for(main(), 30))

@@ -14,7 +14,10 @@ import pytest
 from shoal.model import Destination, Endpoint, Protocol, RetryPolicy, Route, Service, ServicePort, Waypoint
 
 from shoal.proxy_state import ProxyState
-from wp_harness import Client, Forwarder, TestCA, Waypoint as WaypointUnderTest
+
+from support.ca import TestCA
+from support.polling import eventually_async
+from wp_harness import Client, Forwarder, Waypoint as WaypointUnderTest
 from wp_model import NS, policy, table, workload
 
 GRPC_IP, VIP = "127.0.0.15", "198.18.16.30"
@@ -215,11 +218,9 @@ def test_large_messages_cross_both_flow_controlled_legs_and_a_cancel_reaches_the
             assert await call.read() == b"0" and await call.read() == b"1"
             assert greeter.streaming
             call.cancel()
-            for _ in range(200):
-                if not greeter.streaming:
-                    break
-                await asyncio.sleep(0.02)
-            assert not greeter.streaming     # the client's RST_STREAM travelled through the waypoint
+            # The client's RST_STREAM travels through the waypoint and ends the server's stream.
+            await eventually_async(lambda: not greeter.streaming, 4, "the server's stream to be cancelled",
+                                   interval=0.02)
         finally:
             await close()
     run(main())

@@ -6,7 +6,6 @@ does). Routing config is given as model objects, as the control plane would.
 """
 
 import asyncio
-import socket
 
 import pytest
 
@@ -15,23 +14,17 @@ from shoal.model import (
     RouteMatch, Service, ServicePort, StringMatch,
 )
 
-from waypoint.channel import ChannelReset
 from shoal.proxy_state import ProxyState
-from wp_harness import (
-    App, AppBehaviour, Client, HboneEndpoint, TestCA, Waypoint, body_of, get, read_all, status_of,
-)
+from waypoint.channel import ChannelReset
+
+from support.ca import TestCA
+from support.net import free_port
+from support.polling import eventually_async
+from wp_harness import App, AppBehaviour, Client, HboneEndpoint, Waypoint, body_of, get, read_all, status_of
 from wp_model import NS, REVIEWS, SHADOW, VIP, policy, subset, table, to, workload
 
 V1_IP, V1B_IP, V2_IP, SHADOW_IP, CLIENT_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.1"
 CLIENT_URI = f"spiffe://cluster.local/ns/{NS}/sa/client"
-
-
-def free_port(host: str) -> int:
-    s = socket.socket()
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Mesh:
@@ -202,11 +195,8 @@ def test_mirror_sends_a_copy_with_shadow_host():
         async with Mesh(table(route), rand=lambda: 0.0) as m:
             r = await m.send(get("/m", method="POST", body=b"payload"))
             assert status_of(r) == 200
-            for _ in range(100):
-                if m.hits("shadow"):
-                    break
-                await asyncio.sleep(0.02)
-            method, path, headers, body = m.hits("shadow")[0]
+            hits = await eventually_async(lambda: m.hits("shadow"), 2, "the mirror")
+            method, path, headers, body = hits[0]
             assert (method, path, body) == ("POST", "/m", b"payload")
             assert headers["host"] == "reviews-shadow:9080"
             assert m.hits("v1")[0][2]["host"] == "reviews:9080"

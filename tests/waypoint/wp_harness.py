@@ -23,7 +23,8 @@ from waypoint.proxy import Proxy
 from waypoint.server import HboneListener
 from waypoint.telemetry import Metrics
 from waypoint.upstream import Upstreams
-from zt_testca import TestCA
+
+from support.ca import TestCA
 
 TD = "cluster.local"
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from shoal.cli import config as config_cli
+
+from support.cli import shoal
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "shoal", "ztunnel", *args], capture_output=True, text=True, timeout=60)
+    return shoal("ztunnel", *args, check=False, timeout=60)
 
 
 def test_ztunnel_refuses_a_non_local_node_without_paths():
