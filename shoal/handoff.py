@@ -295,17 +295,3 @@ class ZtunnelSide:
         self.known.add(uid)
         if not self.snapshot_done:
             self.replayed.add(uid)
-
-
-# Transitional, and the one import of shoal.handoff_io left here (an import cycle that
-# tests/shoal/test_imports.py reports): bench/enroll.py and tests/ztunnel/test_process.py
-# still take a driver from this module. Delete this once they import shoal.handoff_io.
-_MOVED_TO_HANDOFF_IO = ("HandoffClient", "HandoffServer")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_HANDOFF_IO:
-        from shoal import handoff_io
-        return getattr(handoff_io, name)
-    raise AttributeError(f"module 'shoal.handoff' has no attribute {name!r}")
-
