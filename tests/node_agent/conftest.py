@@ -7,12 +7,12 @@ import subprocess
 
 import pytest
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, iptables, eBPF, cgroups")
+from support.root import IS_ROOT
 
 
 @pytest.fixture(scope="session")
 def topo():
-    if os.geteuid() != 0:
+    if not IS_ROOT:
         pytest.skip("needs root: network namespaces, iptables, eBPF, cgroups")
     from na_topology import Topology
     topology = Topology()
@@ -27,7 +27,7 @@ def topo():
 @pytest.fixture(scope="session")
 def test_bpffs(tmp_path_factory):
     """A bpffs of our own, so tests pin nothing in the host's /sys/fs/bpf."""
-    if os.geteuid() != 0:
+    if not IS_ROOT:
         pytest.skip("needs root to mount bpffs")
     path = tmp_path_factory.mktemp("bpffs")
     subprocess.run(["mount", "-t", "bpf", "bpf", str(path)], check=True)

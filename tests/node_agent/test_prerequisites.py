@@ -15,6 +15,7 @@ from node_agent.errors import NodeAgentError, PrerequisiteMissing
 from node_agent.iptables import IptablesRedirector
 
 from support.cli import shoal
+from support.root import needs_root
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_auto_falls_back_to_iptables_and_says_why(no_bcc):
     assert chosen[0]["mode"] == "iptables" and "bcc" in chosen[0]["why"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load eBPF programs")
+@needs_root("loads eBPF programs")
 def test_auto_takes_ebpf_where_it_works_and_says_why(test_bpffs):
     with capture_logs() as logs:
         capture = redirect.choose("auto", f"test-auto-{os.getpid()}", bpffs=test_bpffs)
@@ -124,7 +125,7 @@ def test_cgroup2_is_found_where_it_is_mounted(tmp_path):
     assert cgroup2_root(str(none)) is None
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount bpffs")
+@needs_root("mounts bpffs")
 def test_a_bpffs_shoal_mounted_is_unmounted_once_empty_and_only_then(tmp_path):
     from node_agent.ebpf import bpffs_mounted, ensure_bpffs, release_bpffs
     path = tmp_path / "bpf"
@@ -143,14 +144,14 @@ def test_a_bpffs_shoal_mounted_is_unmounted_once_empty_and_only_then(tmp_path):
             subprocess.run(["umount", str(path)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount bpffs")
+@needs_root("mounts bpffs")
 def test_a_bpffs_someone_else_mounted_is_left_alone(test_bpffs):
     from node_agent.ebpf import bpffs_mounted, release_bpffs
     release_bpffs(test_bpffs)
     assert bpffs_mounted(test_bpffs)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the agent needs root for iptables")
+@needs_root("the agent runs iptables")
 def test_cli_without_a_cluster_says_so_and_exits_1(tmp_path):
     result = run_cli("--cluster", "absent", "--node", "node1", "--redirect", "iptables", "--metrics-port", "0",
                      "--socket", str(tmp_path / "z.sock"), "--state-dir", str(tmp_path / "state"),

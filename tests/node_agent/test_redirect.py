@@ -22,8 +22,9 @@ from shoal.contracts import MARK, PROBE_SOURCE
 from na_topology import (POD_IPS, Server, bpftool_cgroup, bpftool_links, client_code, listen_in, netns_inode,
                          original_dst)
 from node_agent import netfilter, probes
+from support.root import needs_root
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces, iptables, eBPF")
+pytestmark = needs_root("network namespaces, iptables, eBPF")
 
 @pytest.fixture
 def enrolled(redirection, topo):

@@ -21,22 +21,23 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and iptables rules")
-
-from shoal import handoff, log, netns  # noqa: E402
-from shoal.model import (  # noqa: E402
+from shoal import handoff, log, netns
+from shoal.model import (
     Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, Rule, Service,
     ServicePort, Source, Workload,
 )
-from shoal.certs import CertManager  # noqa: E402
-from shoal.proxy_state import ProxyState  # noqa: E402
-from ztunnel.config import Config  # noqa: E402
-from ztunnel.proxy import Ztunnel  # noqa: E402
+from shoal.certs import CertManager
+from shoal.proxy_state import ProxyState
+from ztunnel.config import Config
+from ztunnel.proxy import Ztunnel
 
-from support import metrics  # noqa: E402
-from support.ca import TestCA  # noqa: E402
-from support.capture import tcpdump  # noqa: E402
-from support.polling import eventually  # noqa: E402
+from support import metrics
+from support.ca import TestCA
+from support.capture import tcpdump
+from support.polling import eventually
+from support.root import needs_root
+
+pytestmark = needs_root("creates network namespaces and iptables rules")
 
 APPS = str(Path(__file__).with_name("zt_apps.py"))
 PREFIX = f"shoal-zt{os.getpid() % 100000}-"

@@ -8,13 +8,15 @@ import subprocess
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a network namespace")
+from shoal import handoff, netns
+from shoal.model import Protocol, Workload
+from shoal.identity import parse_spiffe_id
+from shoal.proxy_state import ProxyState
+from ztunnel.pods import Pod, probe_capture
 
-from shoal import handoff, netns  # noqa: E402
-from shoal.model import Protocol, Workload  # noqa: E402
-from shoal.identity import parse_spiffe_id  # noqa: E402
-from shoal.proxy_state import ProxyState  # noqa: E402
-from ztunnel.pods import Pod, probe_capture  # noqa: E402
+from support.root import needs_root
+
+pytestmark = needs_root("creates a network namespace")
 
 NS = f"shoal-ztprobe{os.getpid() % 100000}"
 IP = "198.19.7.2"
