@@ -57,7 +57,7 @@ def test_workload_fields_and_canonical_names():
         "reviews-v2-5d8f-abcde", "bookinfo", "bookinfo-reviews", "node2", ("198.19.2.7",))
     assert (w.canonical_service, w.canonical_revision) == ("reviews", "v2")
     assert dict(w.labels) == {"app": "reviews", "version": "v2"}
-    assert w.identity("cluster.local") == "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
+    assert str(w.identity("cluster.local")) == "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
 
 
 @pytest.mark.parametrize("labels, owner, expected", [
@@ -128,7 +128,7 @@ def test_workload_waypoint_needs_a_waypoint_for_workloads():
     assert t.snapshot()[W]["uid-a-default"].waypoint is None
     t, _ = translate(ns, waypoint_gateway(traffic="workload"), pod("a"))
     assert t.snapshot()[W]["uid-a-default"].waypoint == WaypointRef("default", "waypoint")
-    assert t.snapshot()[ResourceType.WAYPOINT]["default/waypoint"].identity("cluster.local") == \
+    assert str(t.snapshot()[ResourceType.WAYPOINT]["default/waypoint"].identity("cluster.local")) == \
         "spiffe://cluster.local/ns/default/sa/waypoint"
 
 
