@@ -71,6 +71,11 @@ class Run:
         await eventually_async(lambda: predicate(self.events), timeout, lambda: f"the events; so far: {so_far()}")
         return self.events
 
+    async def watching(self, double):
+        """Once the first list is synced and every served resource has its watch open."""
+        await self.until(synced)
+        await self.until(lambda ev: self.all_watching(double))
+
     def all_watching(self, double):
         """Every served resource has its watch open (the double sees them)."""
         served = [k for k, v in self.source.served.items() if v is not None]
@@ -123,8 +128,7 @@ async def test_initial_list_then_synced(double):
 @in_loop
 async def test_events_in_order(double):
     async with Run(double) as run:
-        await run.until(synced)
-        await run.until(lambda ev: run.all_watching(double))
+        await run.watching(double)
         double.add(pod("a"))
         double.modify(pod("a", app="web"))
         double.add(vs("reviews"))
@@ -140,8 +144,7 @@ async def test_events_in_order(double):
 @in_loop
 async def test_bookmarks_advance_the_version_and_resume_from_it(double):
     async with Run(double) as run:
-        await run.until(synced)
-        await run.until(lambda ev: run.all_watching(double))
+        await run.watching(double)
         double.add(vs("reviews"))       # rv 101: only the VirtualService stream sees it
         double.add(pod("a"))            # rv 102
         await run.until(lambda ev: len(run.after_sync("ADDED")) == 2)
@@ -161,8 +164,7 @@ async def test_bookmarks_advance_the_version_and_resume_from_it(double):
 @in_loop
 async def test_dropped_connection_resumes_from_the_last_version_without_a_list(double):
     async with Run(double) as run:
-        await run.until(synced)
-        await run.until(lambda ev: run.all_watching(double))
+        await run.watching(double)
         double.add(pod("a"))
         await run.until(lambda ev: len(run.after_sync("ADDED")) == 1)
         double.drop_watches()
@@ -182,8 +184,7 @@ async def test_410_gone_lists_again_and_yields_the_difference(gone_as_http):
         for name in ("keep", "change", "remove"):
             double.add(pod(name))
         async with Run(double) as run:
-            await run.until(synced)
-            await run.until(lambda ev: run.all_watching(double))
+            await run.watching(double)
 
             def changes(d):
                 d.modify(pod("change", app="v2"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import urllib.request
 
 import grpc
 import pytest
@@ -15,23 +14,21 @@ from shoal.config_client import ConfigClientError, open_channel, request_certifi
 from shoal.identity import SpiffeId
 from shoal import tokens
 
-from support.plane import TD, start_plane, workload
+from support import metrics
+from support.net import http_get
+from support.plane import TD, running_plane, workload
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-async def _plane(tmp_path):
-    plane = await start_plane(tmp_path)
-    plane.state.apply([workload(1, node="node1", sa="reviews"), workload(2, node="node2", sa="ratings")])
-    return plane
+PODS = [workload(1, node="node1", sa="reviews"), workload(2, node="node2", sa="ratings")]
 
 
 def test_a_node_gets_identities_of_its_own_pods_only(tmp_path):
     async def main():
-        plane = await _plane(tmp_path)
-        try:
+        async with running_plane(tmp_path, PODS) as plane:
             mine = SpiffeId(TD, "shop", "reviews")
             cred = await request_certificate(plane.settings("node1"), identity.new_key(), mine)
             assert cred.identity == mine
@@ -49,15 +46,12 @@ def test_a_node_gets_identities_of_its_own_pods_only(tmp_path):
                 await request_certificate(plane.settings("node1"), identity.new_key(), mine)
             assert plane.server.metrics.csr_signed._value.get() == 1
             assert plane.server.metrics.csr_refused.labels("not-authorized")._value.get() == 2
-        finally:
-            await plane.server.stop(0)
     run(main())
 
 
 def test_san_mismatch_and_bad_identity_are_refused(tmp_path):
     async def main():
-        plane = await _plane(tmp_path)
-        try:
+        async with running_plane(tmp_path, PODS) as plane:
             async with open_channel(plane.settings("node1")) as channel:
                 stub = ca_pb2_grpc.CertificatesStub(channel)
                 meta = tokens.metadata(plane.settings("node1").current_token())
@@ -75,15 +69,12 @@ def test_san_mismatch_and_bad_identity_are_refused(tmp_path):
                 assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
             assert plane.server.metrics.csr_refused.labels("bad-csr")._value.get() == 1
             assert plane.server.metrics.csr_signed._value.get() == 0
-        finally:
-            await plane.server.stop(0)
     run(main())
 
 
 def test_a_waypoint_gets_only_its_own_identity(tmp_path):
     async def main():
-        plane = await _plane(tmp_path)
-        try:
+        async with running_plane(tmp_path, PODS) as plane:
             settings = plane.settings(waypoint_namespace="shop", waypoint_name="wp", token=plane.sa_token("shop", "wp"))
             own = await request_certificate(settings, identity.new_key(), SpiffeId(TD, "shop", "wp"))
             assert own.identity == SpiffeId(TD, "shop", "wp")
@@ -92,24 +83,16 @@ def test_a_waypoint_gets_only_its_own_identity(tmp_path):
             forged = settings.__class__(**{**settings.__dict__, "token": "shoal-sa1:shop:reviews:" + "0" * 64})
             with pytest.raises(ConfigClientError, match="UNAUTHENTICATED"):
                 await request_certificate(forged, identity.new_key(), SpiffeId(TD, "shop", "reviews"))
-        finally:
-            await plane.server.stop(0)
     run(main())
 
 
 def test_not_ready_until_synced_and_metrics_exported(tmp_path):
     async def main():
-        plane = await start_plane(tmp_path, synced=False)
-        try:
-            url = f"http://127.0.0.1:{plane.server.http_port}"
+        async with running_plane(tmp_path, synced=False) as plane:
             loop = asyncio.get_running_loop()
 
             def get(path):
-                try:
-                    with urllib.request.urlopen(url + path, timeout=5) as r:
-                        return r.status, r.read().decode()
-                except urllib.error.HTTPError as e:
-                    return e.code, e.read().decode()
+                return http_get(f"http://127.0.0.1:{plane.server.http_port}{path}")
 
             status, body = await loop.run_in_executor(None, get, "/healthz/ready")
             assert status == 503 and "first full list" in body
@@ -120,14 +103,12 @@ def test_not_ready_until_synced_and_metrics_exported(tmp_path):
             assert status == 200
             plane.state.apply([workload(1, sa="x")])
             await request_certificate(plane.settings("node1"), identity.new_key(), SpiffeId(TD, "shop", "x"))
-            status, metrics = await loop.run_in_executor(None, get, "/metrics")
+            status, text = await loop.run_in_executor(None, get, "/metrics")
             assert status == 200
-            assert "shoal_csr_signed_total 1.0" in metrics
+            assert metrics.value(text, "shoal_csr_signed_total") == 1
             for name in ("shoal_xds_pushes_total", "shoal_xds_push_time_seconds", "shoal_xds_connected_proxies",
                          "shoal_xds_nacks_total", "shoal_csr_refused_total"):
-                assert f"# TYPE {name.removesuffix('_total')}" in metrics, name
+                assert f"# TYPE {name.removesuffix('_total')}" in text, name
             status, page = await loop.run_in_executor(None, get, "/debug/config")
             assert status == 200 and '"Workload"' in page
-        finally:
-            await plane.server.stop(0)
     run(main())

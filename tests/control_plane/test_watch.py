@@ -16,7 +16,7 @@ from shoal.config_client import ConfigClient, open_channel
 from shoal.model import ResourceType, freeze_labels
 
 from support.net import free_port
-from support.plane import NODE_TOKENS, start_plane, workload
+from support.plane import NODE_TOKENS, running, running_plane, start_plane, workload
 from support.polling import eventually_async
 
 W = ResourceType.WORKLOAD
@@ -41,12 +41,9 @@ class Recorder:
 
 def test_initial_snapshot_then_only_the_change(tmp_path):
     async def main():
-        plane = await start_plane(tmp_path)
-        plane.state.apply([workload(i) for i in range(50)])
         rec = Recorder()
-        client = plane.client("node1", rec)
-        task = asyncio.create_task(client.run())
-        try:
+        async with (running_plane(tmp_path, [workload(i) for i in range(50)]) as plane,
+                    running(plane.client("node1", rec)) as client):
             await asyncio.wait_for(client.synced.wait(), 5)
             initial = rec.of(W)
             assert len(initial) == 1 and initial[0].initial
@@ -66,10 +63,6 @@ def test_initial_snapshot_then_only_the_change(tmp_path):
             plane.state.apply([moved])
             await asyncio.sleep(0.2)
             assert len(rec.of(W)) == 3
-        finally:
-            client.stop()
-            await task
-            await plane.server.stop()
     run(main())
 
 
@@ -80,9 +73,7 @@ def test_reconnect_resumes_with_only_what_changed(tmp_path, server_restarts_with
         plane = await start_plane(tmp_path, grpc_port=port)
         plane.state.apply([workload(i) for i in range(200)])
         rec = Recorder()
-        client = plane.client("node1", rec)
-        task = asyncio.create_task(client.run())
-        try:
+        async with running(plane.client("node1", rec)) as client:
             await asyncio.wait_for(client.synced.wait(), 5)
             await plane.server.stop(0)
             await eventually_async(lambda: not client.connected.is_set(), what="disconnect")
@@ -109,9 +100,6 @@ def test_reconnect_resumes_with_only_what_changed(tmp_path, server_restarts_with
             others = [u for u in rec.updates[before:] if u.type is not W]
             assert all(not u.upserted and not u.removed for u in others)
             await server.stop(0)
-        finally:
-            client.stop()
-            await task
     run(main())
 
 
@@ -122,12 +110,9 @@ def test_nack_keeps_the_previous_version_and_is_not_resent(tmp_path):
                 raise ValueError(f"workload {w.uid} has a label this proxy refuses")
 
     async def main():
-        plane = await start_plane(tmp_path)
-        plane.state.apply([workload(i) for i in range(5)])
         rec = Recorder(refuse)
-        client = plane.client("node1", rec)
-        task = asyncio.create_task(client.run())
-        try:
+        async with (running_plane(tmp_path, [workload(i) for i in range(5)]) as plane,
+                    running(plane.client("node1", rec)) as client):
             await asyncio.wait_for(client.synced.wait(), 5)
             good_version = client.version(W)
             plane.state.apply([dataclasses.replace(workload(1), labels=freeze_labels({"app": "bad"}))])
@@ -142,10 +127,6 @@ def test_nack_keeps_the_previous_version_and_is_not_resent(tmp_path):
             plane.state.apply([fixed])
             await eventually_async(lambda: client.resources(W)["uid-1"] == fixed, what="the fixed version")
             assert client.nacks == 1 and client.version(W) != good_version
-        finally:
-            client.stop()
-            await task
-            await plane.server.stop()
     run(main())
 
 
@@ -188,8 +169,7 @@ def test_a_slow_subscriber_does_not_hold_back_the_others(tmp_path):
 
 def test_bad_credentials_and_wrong_scope_are_refused(tmp_path):
     async def main():
-        plane = await start_plane(tmp_path)
-        try:
+        async with running_plane(tmp_path) as plane:
             async def first_error(settings, subscribe):
                 async with open_channel(settings) as channel:
                     async def reqs():
@@ -212,8 +192,6 @@ def test_bad_credentials_and_wrong_scope_are_refused(tmp_path):
             assert e.code() is grpc.StatusCode.PERMISSION_DENIED
             e = await first_error(plane.settings("node1"), config_pb2.Subscribe())
             assert e.code() is grpc.StatusCode.INVALID_ARGUMENT
-        finally:
-            await plane.server.stop(0)
     run(main())
 
 
@@ -245,13 +223,10 @@ def test_a_waypoint_gets_its_namespace_route_tables_over_grpc(tmp_path):
         return RouteTable(hostname=host, port=9080, namespace=ns, routes=(Route(destinations=(Destination(host),)),))
 
     async def main():
-        plane = await start_plane(tmp_path)
-        plane.state.apply([table("shop"), table("bank"), workload(1)])
         rec = Recorder()
-        client = plane.client(on_update=rec, waypoint_namespace="shop", waypoint_name="wp",
-                              token=plane.sa_token("shop", "wp"))
-        task = asyncio.create_task(client.run())
-        try:
+        async with (running_plane(tmp_path, [table("shop"), table("bank"), workload(1)]) as plane,
+                    running(plane.client(on_update=rec, waypoint_namespace="shop", waypoint_name="wp",
+                                         token=plane.sa_token("shop", "wp"))) as client):
             await asyncio.wait_for(client.synced.wait(), 5)
             assert set(client.resources(ResourceType.ROUTE_TABLE)) == {"reviews.shop.svc.cluster.local:9080"}
             assert set(client.resources(W)) == {"uid-1"}
@@ -261,8 +236,4 @@ def test_a_waypoint_gets_its_namespace_route_tables_over_grpc(tmp_path):
             await eventually_async(lambda: client.resources(ResourceType.ROUTE_TABLE)[
                 "reviews.shop.svc.cluster.local:9080"].origin == "changed", what="the shop table change")
             assert all("bank" not in key for u in rec.updates for key in u.upserted)
-        finally:
-            client.stop()
-            await task
-            await plane.server.stop(0)
     run(main())

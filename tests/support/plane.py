@@ -4,9 +4,12 @@ waypoint's tests start one to talk to."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, AsyncIterator, Iterable
 
 from control_plane.authn import LocalAuthenticator
 from control_plane.ca import CertificateAuthority, generate_root
@@ -64,3 +67,26 @@ async def start_plane(run_dir: Path, state: ConfigState | None = None, synced: b
     if synced:
         server.mark_synced()
     return Plane(server, state, authority, run_dir)
+
+
+@asynccontextmanager
+async def running_plane(run_dir: Path, resources: Iterable[Any] = (), **kw) -> AsyncIterator[Plane]:
+    """A plane holding `resources` from the start, stopped after the body; kw as for `start_plane`."""
+    plane = await start_plane(run_dir, **kw)
+    if resources := list(resources):
+        plane.state.apply(resources)
+    try:
+        yield plane
+    finally:
+        await plane.server.stop(0)
+
+
+@asynccontextmanager
+async def running(client: ConfigClient) -> AsyncIterator[ConfigClient]:
+    """The client watching for the body, stopped after it."""
+    task = asyncio.create_task(client.run())
+    try:
+        yield client
+    finally:
+        client.stop()
+        await task
