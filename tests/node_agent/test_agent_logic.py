@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import asynccontextmanager
 
 from shoal.handoff_io import HandoffClient
 
@@ -108,47 +109,61 @@ class GatedZtunnel:
         self.deletes.append(uid)
 
 
+@asynccontextmanager
+async def running_agent(tmp_path, source, redirection, resync_seconds=0.05):
+    """The agent over `source` and `redirection` for the body; its hand-off socket is tmp_path/z.sock."""
+    config = AgentConfig(node="node1", socket=tmp_path / "z.sock", metrics_port=0, resync_seconds=resync_seconds)
+    agent = NodeAgent(config, redirection, source)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(agent.run(stopping))
+    try:
+        yield agent
+    finally:
+        stopping.set()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@asynccontextmanager
+async def connected(tmp_path, ztunnel):
+    """`ztunnel` connected to the agent through the real HandoffClient for the body, gone after it."""
+    client = HandoffClient(tmp_path / "z.sock", ztunnel, retry_seconds=0.02)
+    task = asyncio.create_task(client.run())
+    try:
+        yield client
+    finally:
+        client.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def test_redirection_goes_in_only_after_the_ack_and_stays_when_the_ztunnel_leaves(tmp_path):
     async def main():
         source = FakeSource({"demo/a": pod("a", "uid-a")}, {"demo": ns(True)})
         redirection = FakeRedirection()
-        agent = NodeAgent(AgentConfig(node="node1", socket=tmp_path / "z.sock", metrics_port=0, resync_seconds=0.05),
-                          redirection, source)
-        stopping = asyncio.Event()
-        agent_task = asyncio.create_task(agent.run(stopping))
         ztunnel = GatedZtunnel()
-        client = HandoffClient(tmp_path / "z.sock", ztunnel, retry_seconds=0.02)
-        client_task = asyncio.create_task(client.run())
-        try:
-            await eventually_async(lambda: ztunnel.adds == ["uid-a"])
-            await asyncio.sleep(0.2)  # several resyncs pass: nothing goes in before the ack
-            assert redirection.log == [] and agent.enrolled() == set()
-            ztunnel.gate.set()
-            await eventually_async(lambda: agent.enrolled() == {"uid-a"})
-            assert ("install", "uid-a") in redirection.log
-            assert redirection.listeners == [("uid-a", os.fstat(ztunnel.listener.fileno()).st_ino)]
-            samples = {x.name: x.value for x in agent.metrics.enroll_seconds.collect()[0].samples}
-            assert samples["shoal_node_agent_enroll_seconds_count"] == 1
-            assert samples["shoal_node_agent_enroll_seconds_sum"] >= 0.2  # it waited for the ack
+        async with running_agent(tmp_path, source, redirection) as agent:
+            async with connected(tmp_path, ztunnel):
+                await eventually_async(lambda: ztunnel.adds == ["uid-a"])
+                await asyncio.sleep(0.2)  # several resyncs pass: nothing goes in before the ack
+                assert redirection.log == [] and agent.enrolled() == set()
+                ztunnel.gate.set()
+                await eventually_async(lambda: agent.enrolled() == {"uid-a"})
+                assert ("install", "uid-a") in redirection.log
+                assert redirection.listeners == [("uid-a", os.fstat(ztunnel.listener.fileno()).st_ino)]
+                samples = {x.name: x.value for x in agent.metrics.enroll_seconds.collect()[0].samples}
+                assert samples["shoal_node_agent_enroll_seconds_count"] == 1
+                assert samples["shoal_node_agent_enroll_seconds_sum"] >= 0.2  # it waited for the ack
 
             # The ztunnel goes away: the pod stays redirected, but is no longer counted enrolled.
-            client.stop()
-            await client_task
             await eventually_async(lambda: not agent.server.connected)
             assert redirection.installed_pods.keys() == {"uid-a"}
             assert agent.enrolled() == set()
 
             # It comes back: the whole set is replayed and the pod is enrolled again, not reinstalled.
             installs = redirection.log.count(("install", "uid-a"))
-            client = HandoffClient(tmp_path / "z.sock", ztunnel, retry_seconds=0.02)
-            client_task = asyncio.create_task(client.run())
-            await eventually_async(lambda: agent.enrolled() == {"uid-a"})
-            assert ztunnel.adds == ["uid-a", "uid-a"]
-            assert redirection.log.count(("install", "uid-a")) == installs
-        finally:
-            client.stop()
-            stopping.set()
-            await asyncio.gather(agent_task, client_task, return_exceptions=True)
+            async with connected(tmp_path, ztunnel):
+                await eventually_async(lambda: agent.enrolled() == {"uid-a"})
+                assert ztunnel.adds == ["uid-a", "uid-a"]
+                assert redirection.log.count(("install", "uid-a")) == installs
 
     asyncio.run(main())
 
@@ -157,16 +172,10 @@ def test_a_refused_pod_is_not_redirected_and_is_retried(tmp_path):
     async def main():
         source = FakeSource({"demo/a": pod("a", "uid-a")}, {"demo": ns(True)})
         redirection = FakeRedirection()
-        agent = NodeAgent(AgentConfig(node="node1", socket=tmp_path / "z.sock", metrics_port=0, resync_seconds=0.05),
-                          redirection, source)
-        stopping = asyncio.Event()
-        agent_task = asyncio.create_task(agent.run(stopping))
         ztunnel = GatedZtunnel()
         ztunnel.refuse = True
         ztunnel.gate.set()
-        client = HandoffClient(tmp_path / "z.sock", ztunnel, retry_seconds=0.02)
-        client_task = asyncio.create_task(client.run())
-        try:
+        async with running_agent(tmp_path, source, redirection) as agent, connected(tmp_path, ztunnel):
             await eventually_async(lambda: len(ztunnel.adds) >= 3)  # refused, then tried again at each resync
             assert redirection.log == []
             errors = agent.metrics.reconcile_errors.labels(step="ztunnel-add")._value.get()
@@ -180,10 +189,6 @@ def test_a_refused_pod_is_not_redirected_and_is_retried(tmp_path):
             await eventually_async(lambda: ztunnel.deletes == ["uid-a"])
             assert redirection.installed_pods == {}
             assert redirection.log[-2:] == [("remove", "uid-a"), ("probes", ())]
-        finally:
-            client.stop()
-            stopping.set()
-            await asyncio.gather(agent_task, client_task, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -202,18 +207,11 @@ def test_nothing_is_decided_before_the_first_list(tmp_path):
                 await super().run(on_change)
 
         source = SlowSource({"demo/a": pod("a", "uid-a")}, {"demo": ns(True)})
-        agent = NodeAgent(AgentConfig(node="node1", socket=tmp_path / "z.sock", metrics_port=0, resync_seconds=0.02),
-                          redirection, source)
-        stopping = asyncio.Event()
-        task = asyncio.create_task(agent.run(stopping))
-        try:
+        async with running_agent(tmp_path, source, redirection, resync_seconds=0.02):
             await asyncio.sleep(0.15)
             assert not (tmp_path / "z.sock").exists()  # the hand-off waits for the first list
             assert redirection.installed_pods == {"uid-a": kept}
             await eventually_async(lambda: (tmp_path / "z.sock").exists())
             assert ("remove", "uid-a") not in redirection.log
-        finally:
-            stopping.set()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())

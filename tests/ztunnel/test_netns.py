@@ -17,14 +17,15 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from shoal import handoff, log, netns
 from shoal.model import (
-    Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, Rule, Service,
-    ServicePort, Source, Workload,
+    Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, ResourceType, Rule,
+    Service, ServicePort, Source, Workload,
 )
 from shoal.certs import CertManager
 from shoal.proxy_state import ProxyState
@@ -154,6 +155,15 @@ class Rig:
                 self.state.upsert(r)
         self.call(apply())
 
+    @contextmanager
+    def applied(self, *resources):
+        """The resources in the ztunnel's state for the body, and gone after it."""
+        self.set(*resources)
+        try:
+            yield
+        finally:
+            self.set(remove=[(ResourceType(type(r).__name__), r.key) for r in resources])
+
     def access_lines(self):
         return [json.loads(line) for line in self.log.getvalue().splitlines()
                 if line.startswith("{") and '"connection complete"' in line]
@@ -227,8 +237,7 @@ def test_plaintext_permissive_then_strict(rig):
     result = curl("c", f"http://{PODS['b']}:8080/")
     assert result.returncode == 0 and result.stdout == f"peer={PODS['c']}\n", result.stderr
     strict = PeerAuthentication("strict", "app", PolicyScope.NAMESPACE, PeerAuthMode.STRICT)
-    rig.set(strict)
-    try:
+    with rig.applied(strict):
         mark = rig.mark()
         result = curl("c", f"http://{PODS['b']}:8080/")
         assert result.returncode != 0
@@ -236,9 +245,6 @@ def test_plaintext_permissive_then_strict(rig):
         assert "STRICT" in line["error"]
         # Meshed A still gets through.
         assert curl("a", f"http://{PODS['b']}:8080/").stdout == f"peer={PODS['a']}\n"
-    finally:
-        rig.set(remove=[(__import__("shoal.model", fromlist=["ResourceType"]).ResourceType.PEER_AUTHENTICATION,
-                         strict.key)])
 
 
 def test_client_without_mesh_certificate_cannot_use_15008(rig):
@@ -251,11 +257,9 @@ def test_client_without_mesh_certificate_cannot_use_15008(rig):
 
 
 def test_deny_blocks_and_allow_admits_only_its_principal(rig):
-    from shoal.model import ResourceType
     deny = Authorization("deny-a", "app", PolicyScope.NAMESPACE, Action.DENY,
                          (Rule(sources=(Source(principals=(A_PRINCIPAL,)),)),))
-    rig.set(deny)
-    try:
+    with rig.applied(deny):
         mark = rig.mark()
         result = curl("a", f"http://{WEB_VIP}/")
         assert result.returncode != 0
@@ -263,19 +267,14 @@ def test_deny_blocks_and_allow_admits_only_its_principal(rig):
         assert "deny-a" in denied["error"] and denied["response_flags"] == "UAEX"
         outbound = rig.line_after(mark, "outbound")
         assert "policy denied" in outbound["error"]
-    finally:
-        rig.set(remove=[(ResourceType.AUTHORIZATION, deny.key)])
     allow_other = Authorization("allow-other", "app", PolicyScope.NAMESPACE, Action.ALLOW,
                                 (Rule(sources=(Source(principals=("cluster.local/ns/app/sa/other",)),)),))
-    rig.set(allow_other)
-    try:
+    allow_a = Authorization("allow-a", "app", PolicyScope.NAMESPACE, Action.ALLOW,
+                            (Rule(sources=(Source(principals=(A_PRINCIPAL,)),)),))
+    with rig.applied(allow_other):
         assert curl("a", f"http://{WEB_VIP}/").returncode != 0
-        allow_a = Authorization("allow-a", "app", PolicyScope.NAMESPACE, Action.ALLOW,
-                                (Rule(sources=(Source(principals=(A_PRINCIPAL,)),)),))
-        rig.set(allow_a)
-        assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"
-    finally:
-        rig.set(remove=[(ResourceType.AUTHORIZATION, "app/allow-other"), (ResourceType.AUTHORIZATION, "app/allow-a")])
+        with rig.applied(allow_a):
+            assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"
 
 
 def test_passthrough_outside_the_mesh_and_refused_port_is_classed(rig):
@@ -304,12 +303,10 @@ def test_del_workload_closes_listeners_and_rules(rig):
 
 
 def test_a_dead_endpoint_is_retried_on_another_and_then_skipped(rig):
-    from shoal.model import ResourceType
     # Two endpoints: C (plain TCP, nothing listens on 8080: refused) and B (answers).
     flaky = Service("flaky", "app", "flaky.app.svc.cluster.local", ("198.18.16.12",), (ServicePort(80),),
                     (Endpoint("uid-c", 80, 8080), Endpoint("uid-b", 80, 8080)))
-    rig.set(flaky)
-    try:
+    with rig.applied(flaky):
         for _ in range(4):
             result = curl("a", "http://198.18.16.12/")
             assert result.stdout == f"peer={PODS['a']}\n", result.stderr
@@ -322,8 +319,6 @@ def test_a_dead_endpoint_is_retried_on_another_and_then_skipped(rig):
         eventually(lambda: len(flaky_lines()) >= 4, 5, "an access-log line for each of the 4 connections")
         lines = flaky_lines()
         assert len(lines) == 4 and all(l["error"] is None and l["upstream"] == "198.19.2.2:15008" for l in lines)
-    finally:
-        rig.set(remove=[(ResourceType.SERVICE, flaky.hostname)])
 
 
 def test_identity_mismatch_and_timeout_are_classed(rig):
