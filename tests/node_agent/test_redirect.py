@@ -71,44 +71,34 @@ def test_inbound_from_another_pod_lands_on_15006_with_the_original_destination(t
 
 
 def test_hbone_port_is_not_captured(topo, ztunnel_listeners):
-    hbone = listen_in(topo.pod_netns("a"), 15008)
-    try:
+    with listen_in(topo.pod_netns("a"), 15008) as hbone:
         server = Server(hbone, b"hbone")
         result = topo.run_in_pod("b", client_code(POD_IPS["a"], 15008))
         assert server.result().data == b"hello"
         assert result.stdout.strip().endswith("hbone")
-    finally:
-        hbone.close()
 
 
 def test_marked_sockets_are_not_captured(topo, ztunnel_listeners):
-    target = listen_in(topo.pod_netns("b"), 9090)
-    try:
+    with listen_in(topo.pod_netns("b"), 9090) as target:
         server = Server(target, b"direct")
         result = topo.run_in_pod("a", client_code(POD_IPS["b"], 9090, mark=MARK))
         assert result.returncode == 0, result.stderr
         assert server.result().data == b"hello"
         assert result.stdout.strip() == f"{POD_IPS['b']}:9090 direct"
-    finally:
-        target.close()
 
 
 def test_loopback_is_not_captured(topo, ztunnel_listeners):
-    local = listen_in(topo.pod_netns("a"), 7070, "127.0.0.1")
-    try:
+    with listen_in(topo.pod_netns("a"), 7070, "127.0.0.1") as local:
         server = Server(local, b"loop")
         result = topo.run_in_pod("a", client_code("127.0.0.1", 7070))
         assert result.returncode == 0, result.stderr
         assert server.result().data == b"hello"
-    finally:
-        local.close()
 
 
 def test_kubelet_probes_reach_the_app_not_the_ztunnel(topo, redirection, ztunnel_listeners):
     """Host-originated TCP is SNATed to the probe address, which the pod's capture lets through."""
     assert POD_IPS["a"] in probes.covered(topo.node)
-    app = listen_in(topo.pod_netns("a"), 8080)
-    try:
+    with listen_in(topo.pod_netns("a"), 8080) as app:
         server = Server(app, b"healthy")
         probe = netns.socket_in(topo.node)
         probe.settimeout(5)
@@ -117,19 +107,14 @@ def test_kubelet_probes_reach_the_app_not_the_ztunnel(topo, redirection, ztunnel
         assert probe.recv(100) == b"healthy"
         probe.close()
         assert server.result().peer[0] == PROBE_SOURCE
-    finally:
-        app.close()
 
 
 def test_pods_outside_the_mesh_are_untouched(topo, redirection, ztunnel_listeners):
-    node_listener = listen_in(topo.node, 6060)
-    try:
+    with listen_in(topo.node, 6060) as node_listener:
         server = Server(node_listener, b"node")
         result = topo.run_in_pod("b", client_code("169.254.1.1", 6060))
         assert result.returncode == 0, result.stderr
         assert server.result().data == b"hello"
-    finally:
-        node_listener.close()
     assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
     assert bpftool_cgroup(topo.pods["b"].cgroup) == []
 
@@ -160,14 +145,11 @@ def test_install_is_idempotent_and_removal_leaves_nothing(topo, redirection):
     redirection.remove(pod)  # removing twice is fine
 
     # And traffic flows as if the mesh had never been there.
-    app = listen_in(topo.pod_netns("b"), 8081)
-    try:
+    with listen_in(topo.pod_netns("b"), 8081) as app:
         server = Server(app, b"plain")
         result = topo.run_in_pod("a", client_code(POD_IPS["b"], 8081))
         assert result.returncode == 0, result.stderr
         assert server.result().data == b"hello"
-    finally:
-        app.close()
 
 
 def test_a_fresh_agent_finds_what_is_installed_and_adds_no_duplicate(topo, redirection, test_bpffs, tmp_path):
@@ -193,21 +175,17 @@ def test_a_fresh_agent_finds_what_is_installed_and_adds_no_duplicate(topo, redir
 
 def test_inbound_without_a_ztunnel_listener_does_not_reach_the_app(topo, redirection, enrolled):
     """Fail closed: while no ztunnel serves the pod, inbound traffic is not let through to the app."""
-    app = listen_in(topo.pod_netns("a"), 8082)
-    try:
+    with listen_in(topo.pod_netns("a"), 8082) as app:
         result = topo.run_in_pod("b", client_code(POD_IPS["a"], 8082).replace("settimeout(5)", "settimeout(1)"))
         assert result.returncode != 0
         app.settimeout(0.2)
         with pytest.raises(socket.timeout):
             app.accept()
-    finally:
-        app.close()
 
 
 def test_the_ztunnel_delivering_to_the_app_over_loopback_is_not_steered(topo, ztunnel_listeners):
     """The ztunnel hands inbound traffic to the app from inside the pod: that must reach the app."""
-    app = listen_in(topo.pod_netns("a"), 8083)
-    try:
+    with listen_in(topo.pod_netns("a"), 8083) as app:
         server = Server(app, b"app")
         delivery = netns.socket_in(topo.pod_netns("a"))
         delivery.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
@@ -217,8 +195,6 @@ def test_the_ztunnel_delivering_to_the_app_over_loopback_is_not_steered(topo, zt
         assert delivery.recv(10) == b"app"
         delivery.close()
         assert server.result().data == b"hello"
-    finally:
-        app.close()
 
 
 def bpftool_map_entries(pinned) -> int:

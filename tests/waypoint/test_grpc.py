@@ -7,6 +7,7 @@ server is a grpcio server on loopback behind the service `greeter`, port
 """
 
 import asyncio
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -84,7 +85,10 @@ async def grpc_server(greeter: Greeter, port: int = 0):
     return server, port
 
 
-async def setup(greeter: Greeter, *routing):
+@asynccontextmanager
+async def serving(greeter: Greeter, *routing):
+    """`greeter` behind a waypoint for the body: yields the waypoint and a gRPC channel to it (through an
+    HBONE client, as a meshed pod's ztunnel would carry the calls), all closed after the body."""
     server, port = await grpc_server(greeter)
     ca = TestCA()
     pod = workload("greeter", GRPC_IP, "v1", protocol=Protocol.TCP, app="greeter")
@@ -102,16 +106,16 @@ async def setup(greeter: Greeter, *routing):
     await forwarder.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{forwarder.port}", options=[
         ("grpc.default_authority", "greeter:9090"), ("grpc.enable_retries", 0)])
-
-    async def close():
+    wp.grpc_port = port
+    wp.grpc_server = server
+    try:
+        yield wp, channel
+    finally:
         await channel.close()
         forwarder.close()
         client.close()
         await wp.close()
         await wp.grpc_server.stop(None)   # the current one (a test may have restarted it)
-    wp.grpc_port = port
-    wp.grpc_server = server
-    return wp, channel, close
 
 
 def run(coro):
@@ -120,16 +124,13 @@ def run(coro):
 
 def test_unary_and_server_streaming_calls_pass_with_telemetry():
     async def main():
-        wp, channel, close = await setup(Greeter())
-        try:
+        async with serving(Greeter()) as (wp, channel):
             reply = await channel.unary_unary("/test.Greeter/Say")(b"bob", timeout=5)
             assert reply.startswith(b"hello bob id=") and not reply.endswith(b"none")   # the waypoint added an id
             chunks = [m async for m in channel.unary_stream("/test.Greeter/Count")(b"10", timeout=5)]
             assert len(chunks) == 10 and chunks[3] == b"3" * 1000
             assert wp.count(request_protocol="grpc", response_code="200", grpc_response_status="0",
                             destination_service=HOST) == 2
-        finally:
-            await close()
     run(main())
 
 
@@ -138,21 +139,17 @@ def test_retry_on_unavailable_then_success():
 
     async def main():
         greeter = Greeter(unavailable_first=1)
-        wp, channel, close = await setup(greeter, table(route, host=HOST, port=9090))
-        try:
+        async with serving(greeter, table(route, host=HOST, port=9090)) as (wp, channel):
             assert (await channel.unary_unary("/test.Greeter/Say")(b"x", timeout=5)).startswith(b"hello x")
             assert greeter.calls == 2
-        finally:
-            await close()
     run(main())
 
 
 def test_policy_denial_is_a_grpc_permission_denied():
     async def main():
         greeter = Greeter()
-        wp, channel, close = await setup(greeter, policy("no-say", "DENY", paths=("/test.Greeter/Say",),
-                                                         target="greeter"))
-        try:
+        no_say = policy("no-say", "DENY", paths=("/test.Greeter/Say",), target="greeter")
+        async with serving(greeter, no_say) as (wp, channel):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await channel.unary_unary("/test.Greeter/Say")(b"x", timeout=5)
             assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -160,16 +157,13 @@ def test_policy_denial_is_a_grpc_permission_denied():
             assert greeter.calls == 0
             chunks = [m async for m in channel.unary_stream("/test.Greeter/Count")(b"2", timeout=5)]
             assert len(chunks) == 2
-        finally:
-            await close()
     run(main())
 
 
 def test_calls_share_one_upstream_connection_and_survive_an_endpoint_restart():
     async def main():
         greeter = Greeter()
-        wp, channel, close = await setup(greeter)
-        try:
+        async with serving(greeter) as (wp, channel):
             say = channel.unary_unary("/test.Greeter/Say")
             replies = await asyncio.gather(*(say(f"n{i}".encode(), timeout=5) for i in range(20)))
             assert all(r.startswith(b"hello n") for r in replies) and greeter.calls == 20
@@ -179,15 +173,12 @@ def test_calls_share_one_upstream_connection_and_survive_an_endpoint_restart():
             wp.grpc_server = server
             assert (await say(b"again", timeout=5)).startswith(b"hello again")
             assert wp.proxy.h2_pool.opened == 2
-        finally:
-            await close()
     run(main())
 
 
 def test_client_streaming_and_bidirectional_calls_stream_through():
     async def main():
-        wp, channel, close = await setup(Greeter())
-        try:
+        async with serving(Greeter()) as (wp, channel):
             async def messages():
                 for _ in range(50):
                     yield b"x" * 4000          # 200 kB in all: more than one flow-control window
@@ -201,16 +192,13 @@ def test_client_streaming_and_bidirectional_calls_stream_through():
             await call.done_writing()
             assert await call.read() == grpc.aio.EOF
             assert await call.code() is grpc.StatusCode.OK
-        finally:
-            await close()
     run(main())
 
 
 def test_large_messages_cross_both_flow_controlled_legs_and_a_cancel_reaches_the_server():
     async def main():
         greeter = Greeter()
-        wp, channel, close = await setup(greeter)
-        try:
+        async with serving(greeter) as (wp, channel):
             size = 3 * 1024 * 1024      # many HTTP/2 windows on each side of the waypoint
             reply = await channel.unary_unary("/test.Greeter/Big")(str(size).encode(), timeout=20)
             assert len(reply) == size and reply[:256] == bytes(range(256))
@@ -221,6 +209,4 @@ def test_large_messages_cross_both_flow_controlled_legs_and_a_cancel_reaches_the
             # The client's RST_STREAM travels through the waypoint and ends the server's stream.
             await eventually_async(lambda: not greeter.streaming, 4, "the server's stream to be cancelled",
                                    interval=0.02)
-        finally:
-            await close()
     run(main())
