@@ -5,9 +5,12 @@ from __future__ import annotations
 from shoal.model import Protocol, Workload
 from ztunnel.telemetry import ConnectionRecord, Metrics
 
+from support import metrics as exposition
+
 
 def value(metrics: Metrics, name: str, **labels) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    """The sample as a scrape of /metrics reads it."""
+    return exposition.value(metrics.render().decode(), name, **labels) or 0.0
 
 
 SRC = Workload("u1", "client-7d9", "shop", "client", "node1", ("198.19.1.2",), canonical_service="client",
