@@ -17,6 +17,7 @@ from shoal.model import (
 from shoal.proxy_state import ProxyState
 from waypoint.channel import ChannelReset
 
+from support import metrics as exposition
 from support.ca import TestCA
 from support.net import free_port
 from support.polling import eventually_async
@@ -267,12 +268,9 @@ def test_undeclared_port_with_non_http_bytes_is_relayed_as_tcp():
             # http.server itself refuses it (its own error page): the bytes went through untouched.
             assert b"Error code explanation: 400" in r
             assert m.hits("v1") == [] and m.hits("v1b") == []
-            for _ in range(100):   # counted when the waypoint's side of the connection has closed too
-                tcp = [s for metric in m.waypoint.metrics.registry.collect() for s in metric.samples
-                       if s.name == "istio_tcp_received_bytes_total"]
-                if tcp:
-                    break
-                await asyncio.sleep(0.02)
+            # Counted when the waypoint's side of the connection has closed too.
+            tcp = await eventually_async(lambda: [s for s in exposition.parse(m.waypoint.scrape())
+                                                  if s.name == "istio_tcp_received_bytes_total"], 2, "the TCP count")
             assert [(s.labels["destination_workload"], s.labels["request_protocol"], s.value) for s in tcp] == \
                 [("reviews", "tcp", 8.0)]
             # HTTP on the same undeclared port is still routed (sniffed), with telemetry.

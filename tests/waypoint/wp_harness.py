@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client import generate_latest
+
 from shoal import identity
 from shoal.hbone_io import HboneSession
 from shoal.hbone_relay import TcpSide, relay
@@ -24,6 +26,7 @@ from waypoint.server import HboneListener
 from waypoint.telemetry import Metrics
 from waypoint.upstream import Upstreams
 
+from support import metrics as exposition
 from support.ca import TestCA
 
 TD = "cluster.local"
@@ -135,13 +138,12 @@ class Waypoint:
         await self.proxy.close()
         self.upstreams.close()
 
+    def scrape(self) -> str:
+        """What the waypoint's /metrics would answer."""
+        return generate_latest(self.metrics.registry).decode()
+
     def count(self, **labels) -> float:
-        total = 0.0
-        for metric in self.metrics.registry.collect():
-            for sample in metric.samples:
-                if sample.name == "istio_requests_total" and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return exposition.value(self.scrape(), "istio_requests_total", **labels) or 0.0
 
 
 class Client:
