@@ -1,11 +1,16 @@
 """What tests share, written once. Tests import it by bare name (`from support.polling import eventually`):
 pyproject's pytest `pythonpath` lists `tests`.
 
-- `cli`: the `shoal` command, as a test runs it from a shell.
-- `cluster`: a `shoal local` cluster driven through that command, and `running_cluster` for fixtures.
-- `polling`: `eventually`, the one way to wait for a condition, in a plain and an async flavour.
-- `ca`: a throwaway mesh CA.
-- `metrics`: fetch and read Prometheus text exposition (`/metrics`), in a network namespace or not.
-- `kube_api`: a Kubernetes API double that the real kubernetes client talks to.
-- `root`: the mark for tests that need root.
+- `cli`: the `shoal` command (`shoal(...)`, `SHOAL` for Popen), as a test runs it from a shell.
+- `cluster`: a `shoal local` cluster driven through that command (`LocalCluster`), and `running_cluster`
+  for fixtures, which downs it whatever happens.
+- `polling`: `eventually`, the one way to wait for a condition, and `eventually_async` inside a loop.
+- `ca`: a throwaway mesh CA (`TestCA`) that signs CSRs and makes credentials.
+- `metrics`: read Prometheus text exposition (`parse`, `value` by name and labels) and `scrape` it,
+  in a network namespace or not.
+- `net`: `free_port`, and `http_get` that may run in a network namespace.
+- `capture`: tcpdump on a wire while a test's body runs.
+- `plane`: the real control plane in-process on loopback (`start_plane`, `running_plane`, `running`).
+- `kube_api`: Kubernetes API doubles that the real kubernetes client talks to.
+- `root`: `needs_root(why)` for tests that build namespaces, rules or eBPF programs.
 """
