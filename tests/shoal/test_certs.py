@@ -13,6 +13,7 @@ from shoal.certs import CertificateUnavailable, CertManager
 from shoal.identity import parse_spiffe_id
 
 from support.ca import TestCA
+from support.polling import eventually_async
 
 A = parse_spiffe_id("spiffe://cluster.local/ns/app/sa/a")
 B = parse_spiffe_id("spiffe://cluster.local/ns/app/sa/b")
@@ -123,8 +124,7 @@ def test_one_identity_first_fetch_retries_with_backoff_until_it_gets_one():
         certs = CertManager(signer, retry_seconds=0.01, max_retry_seconds=0.02)
         runner = asyncio.ensure_future(certs.run())
         waiter = asyncio.ensure_future(certs.wait_issued(WAYPOINT))
-        while len(signer.calls) < 3:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: len(signer.calls) >= 3, 10, "three failed fetches")
         assert not waiter.done() and certs.valid(WAYPOINT) is None
         signer.failing = False
         cred = await asyncio.wait_for(waiter, 10)
@@ -143,8 +143,7 @@ def test_a_renewal_that_fails_keeps_serving_the_valid_certificate():
         certs.want(WAYPOINT)
         signer.failing = True
         runner = asyncio.ensure_future(certs.run())
-        while len(signer.calls) < 3:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: len(signer.calls) >= 3, 10, "three failed renewals")
         runner.cancel()
         assert "control plane down" in certs.last_error[WAYPOINT]
         assert await certs.get(WAYPOINT) is first
