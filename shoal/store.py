@@ -29,6 +29,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -47,10 +48,26 @@ JOURNAL_KEEP = 10_000
 POLL_SECONDS = 0.02
 BOOKMARK_SECONDS = 5.0
 SERVICE_NETWORK = "198.18.16.0/20"  # the local cluster's Service VIP range
+# A cluster name becomes a directory under RUN_ROOT, a cgroup and a netns prefix,
+# so it is a DNS label of at most 32 characters: never a path, never empty.
+CLUSTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
 
 
 class StoreError(ShoalError):
     """Base of the store's errors."""
+
+
+class ClusterNameInvalid(StoreError, ValueError):
+    """A cluster name that could name a path outside the cluster's own (`../..`, `a/b`, ``)."""
+
+
+def check_cluster_name(name: str) -> str:
+    """`name` if it may name a local cluster; else `ClusterNameInvalid`, saying what is allowed."""
+    if not isinstance(name, str) or not CLUSTER_NAME.fullmatch(name):
+        raise ClusterNameInvalid(
+            f"cluster name {name!r} is not valid: use 1 to 32 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (for example: default, demo, team-2)")
+    return name
 
 
 class NotFound(StoreError):
@@ -91,7 +108,7 @@ class Store:
     """File-backed list/watch store shared by every process of one local cluster."""
 
     def __init__(self, cluster: str = "default", root: Path | None = None) -> None:
-        self.cluster = cluster
+        self.cluster = check_cluster_name(cluster)
         self.dir = (root or RUN_ROOT) / cluster / "store"
         self.objects_dir = self.dir / "objects"
         self.journal_path = self.dir / "journal.jsonl"

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 from shoal.contracts import ADMIN_PORT
+from shoal.local.layout import cluster_name
 
 VIEWS = ("workloads", "services", "policies", "certs", "all")
 
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("view", choices=VIEWS)
     p.add_argument("--node", default="1", help="node number or name (1, node1)")
-    p.add_argument("--cluster", default="default")
+    p.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.add_argument("--port", type=int, default=ADMIN_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=main)

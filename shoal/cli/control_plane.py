@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT
+from shoal.local.layout import cluster_name
 
 
 def register(sub) -> None:
@@ -13,7 +14,7 @@ def register(sub) -> None:
                                    "with readiness and Prometheus metrics over HTTP.")
     p.add_argument("--source", choices=("local", "kube"), default="local",
                    help="where config comes from: a local cluster's store, or the Kubernetes API")
-    p.add_argument("--cluster", default="default", help="local cluster name (with --source local)")
+    p.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (with --source local)")
     p.add_argument("--listen", default=f"0.0.0.0:{CONTROL_PLANE_GRPC_PORT}",
                    help=f"gRPC address (default 0.0.0.0:{CONTROL_PLANE_GRPC_PORT})")
     p.add_argument("--http", default=f"0.0.0.0:{CONTROL_PLANE_HTTP_PORT}",

@@ -11,7 +11,7 @@ import yaml
 
 from shoal.local import cluster as local_cluster
 from shoal.local import manifest
-from shoal.local.layout import Layout
+from shoal.local.layout import Layout, cluster_name
 from shoal.store import CLUSTER_SCOPED, NotFound
 
 KIND_ALIASES = {
@@ -49,7 +49,7 @@ def register(sub) -> None:
 
     def verb(name, func, help):
         p = verbs.add_parser(name, help=help)
-        p.add_argument("--cluster", default="default", help="cluster name (default: default)")
+        p.add_argument("--cluster", default="default", type=cluster_name, help="cluster name (default: default)")
         p.set_defaults(func=func)
         return p
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from shoal.contracts import NODE_AGENT_PORT
+from shoal.local.layout import cluster_name
 
 DEFAULT_STATE_DIR = Path("/var/run/shoal/node-agent")
 
@@ -18,7 +19,7 @@ def register(sub) -> None:
                                    "leaves redirection in place; --cleanup removes it.")
     p.add_argument("--source", choices=("local", "kube"), default="local",
                    help="where pods come from: a local cluster's store, or the Kubernetes API")
-    p.add_argument("--cluster", default="default", help="local cluster name (with --source local)")
+    p.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (with --source local)")
     p.add_argument("--node", default=os.environ.get("NODE_NAME"),
                    help="this node's name (node1, ... in a local cluster; default $NODE_NAME)")
     p.add_argument("--redirect", choices=("iptables", "ebpf", "auto"), default="auto",

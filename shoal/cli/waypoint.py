@@ -22,7 +22,7 @@ from shoal.contracts import (
     ADMIN_PORT, CONTROL_PLANE_GRPC_PORT, GATEWAY_NAME_LABEL, HBONE_PORT, ISTIO_WAYPOINT_FOR, USE_WAYPOINT,
     WAYPOINT_CLASS, WAYPOINT_CLASSES,
 )
-from shoal.local.layout import node_ip
+from shoal.local.layout import cluster_name, node_ip
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 
@@ -40,31 +40,31 @@ def register(subparsers) -> None:
                        help=f"what traffic the waypoint serves (label {ISTIO_WAYPOINT_FOR})")
     apply.add_argument("--enroll-namespace", action="store_true",
                        help=f"also label the namespace {USE_WAYPOINT}=NAME")
-    apply.add_argument("--cluster", default="default")
+    apply.add_argument("--cluster", default="default", type=cluster_name)
     apply.set_defaults(func=cmd_apply)
 
     delete = verbs.add_parser("delete", help="remove a waypoint Gateway (its Deployment and Service go with it)")
     delete.add_argument("-n", "--namespace", required=True)
     delete.add_argument("--name", default="waypoint")
-    delete.add_argument("--cluster", default="default")
+    delete.add_argument("--cluster", default="default", type=cluster_name)
     delete.set_defaults(func=cmd_delete)
 
     listing = verbs.add_parser("list", help="list waypoint Gateways")
     listing.add_argument("-n", "--namespace")
-    listing.add_argument("--cluster", default="default")
+    listing.add_argument("--cluster", default="default", type=cluster_name)
     listing.set_defaults(func=cmd_list)
 
     dump = verbs.add_parser("config", help="a waypoint's config dump: services, route tables, policies, certificate")
     dump.add_argument("-n", "--namespace", required=True)
     dump.add_argument("--name", default="waypoint")
-    dump.add_argument("--cluster", default="default")
+    dump.add_argument("--cluster", default="default", type=cluster_name)
     dump.set_defaults(func=cmd_config)
 
     run = verbs.add_parser("run", help="run the waypoint proxy (started by the control plane's Deployment)")
     run.add_argument("--namespace", required=True, help="the waypoint Gateway's namespace")
     run.add_argument("--name", required=True, help="the waypoint Gateway's name")
     run.add_argument("--service-account", default="", help="its identity (default: the Gateway's name)")
-    run.add_argument("--cluster", default="default", help="local cluster name (for default paths)")
+    run.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (for default paths)")
     run.add_argument("--control-plane", default=f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
                      help="control plane gRPC host:port (default: the local cluster's)")
     run.add_argument("--ca-bundle", type=Path, help="mesh trust bundle PEM (default: the local cluster's)")

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT
-from shoal.local.layout import node_ip
+from shoal.local.layout import cluster_name, node_ip
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("ztunnel", help="run the per-node L4 proxy (HBONE/mTLS, L4 policy, telemetry)",
                               description=__doc__)
-    p.add_argument("--cluster", default="default", help="local cluster name (for default paths)")
+    p.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (for default paths)")
     p.add_argument("--node", default="node1", help="the node this ztunnel serves (e.g. node1)")
     p.add_argument("--control-plane", default=f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
                    help="control plane gRPC address host:port (default: the local cluster's)")

@@ -17,7 +17,7 @@ import sys
 from shoal import lifecycle, log
 from shoal.local import controllers, services
 from shoal.local.kubelet import Kubelet
-from shoal.local.layout import Layout, node_index
+from shoal.local.layout import Layout, cluster_name, node_index
 from shoal.store import Expired, Store
 
 logger = log.get("shoal.local.daemon")
@@ -128,7 +128,7 @@ class Daemon:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shoal-local-daemon")
-    parser.add_argument("--cluster", default="default")
+    parser.add_argument("--cluster", default="default", type=cluster_name)
     parser.add_argument("--log-format", default="json")
     args = parser.parse_args(argv)
     log.setup(args.log_format)

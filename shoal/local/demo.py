@@ -16,7 +16,7 @@ from shoal import log
 from shoal.contracts import AMBIENT, DATAPLANE_MODE
 from shoal.local import cluster as local_cluster
 from shoal.local import observe
-from shoal.local.layout import Layout
+from shoal.local.layout import Layout, cluster_name
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello.yaml"
 
@@ -31,7 +31,7 @@ def shoal(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shoal-demo")
-    parser.add_argument("--cluster", default="demo")
+    parser.add_argument("--cluster", default="demo", type=cluster_name)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--redirect", default="auto")
     args = parser.parse_args(argv)

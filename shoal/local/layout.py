@@ -8,6 +8,7 @@ Addresses stay inside 198.18.0.0/15, which is never wired to the host:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import ipaddress
 import os
@@ -41,9 +42,23 @@ def node_index(name: str) -> int:
     return int(name[4:])
 
 
+def cluster_name(text: str) -> str:
+    """An argparse `type` for `--cluster`: refuses, before anything runs, a name that is not a cluster's."""
+    try:
+        return store.check_cluster_name(text)
+    except store.ClusterNameInvalid as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 @dataclass(frozen=True)
 class Layout:
+    """Every name and path of cluster `cluster`, which must match `store.CLUSTER_NAME`:
+    the run directory, the cgroup and the netns prefix are all made from it."""
+
     cluster: str = "default"
+
+    def __post_init__(self) -> None:
+        store.check_cluster_name(self.cluster)
 
     @property
     def prefix(self) -> str:
