@@ -55,6 +55,10 @@ WAYPOINT_FOR = "shoal.io/waypoint-for"       # on a waypoint Gateway: service, w
 ISTIO_WAYPOINT_FOR = "istio.io/waypoint-for"
 SELECT_HOST_NETWORK = "shoal.io/select-host-network"   # a Service that selects hostNetwork pods too
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+# On a Pod: its own proxy (a sidecar) accepts HBONE, so it is published as HBONE without being
+# captured by the node agent (Istio's label and value, set by its sidecar injection).
+TUNNEL_LABEL = "networking.istio.io/tunnel"
+TUNNEL_HBONE = "http"
 
 DATAPLANE_MODE_KEYS = (DATAPLANE_MODE, ISTIO_DATAPLANE_MODE)
 USE_WAYPOINT_KEYS = (USE_WAYPOINT, ISTIO_USE_WAYPOINT)

@@ -18,7 +18,9 @@ known waypoint that serves that kind of traffic (`service`, `workload`,
 `all`): traffic is never sent to a waypoint that does not exist. A
 waypoint's own pods and Service (label `gateway.networking.k8s.io/gateway-name`
 naming a known waypoint) never use a waypoint, so traffic cannot loop; its
-pods speak HBONE whether or not their namespace is enrolled.
+pods speak HBONE whether or not their namespace is enrolled. So does a pod
+labelled `networking.istio.io/tunnel: http`: its own proxy (a sidecar)
+accepts HBONE, and the node agent does not capture it for that.
 
 Canonical service and revision follow Istio's label order:
 `service.istio.io/canonical-name`, `app.kubernetes.io/name`, `app`, then the
@@ -36,6 +38,8 @@ from shoal.contracts import (
     GATEWAY_NAME_LABEL,
     NONE,
     SELECT_HOST_NETWORK,
+    TUNNEL_HBONE,
+    TUNNEL_LABEL,
     USE_WAYPOINT_KEYS,
     USE_WAYPOINT_NAMESPACE_KEYS,
     enrollment,
@@ -169,6 +173,7 @@ def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, W
     service, revision = canonical_names(pod)
     waypoint_part = is_waypoint_part(pod, waypoints)
     enrolled = pod_enrolled(pod, namespace_obj) or waypoint_part
+    own_proxy = (meta.get("labels") or {}).get(TUNNEL_LABEL) == TUNNEL_HBONE
     waypoint = None
     if enrolled and not waypoint_part:
         waypoint = _resolve_waypoint(waypoint_setting(meta, namespace),
@@ -184,7 +189,7 @@ def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, W
         canonical_service=service,
         canonical_revision=revision,
         waypoint=waypoint,
-        protocol=Protocol.HBONE if enrolled else Protocol.TCP,
+        protocol=Protocol.HBONE if enrolled or own_proxy else Protocol.TCP,
     )
 
 

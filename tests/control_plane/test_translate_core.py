@@ -26,6 +26,9 @@ def waypoint_gateway(name="waypoint", ns="default", traffic=None):
     ({"labels": {"shoal.io/dataplane-mode": "ambient"}}, {"annotations": {"shoal.io/dataplane-mode": "none"}}, Protocol.TCP),
     ({}, {"labels": {"istio.io/dataplane-mode": "ambient"}}, Protocol.HBONE),
     ({"labels": {"shoal.io/dataplane-mode": "none"}}, {}, Protocol.TCP),
+    # a pod whose own proxy (a sidecar) accepts HBONE, in a namespace that is not enrolled
+    ({}, {"labels": {"networking.istio.io/tunnel": "http"}}, Protocol.HBONE),
+    ({}, {"labels": {"networking.istio.io/tunnel": "none"}}, Protocol.TCP),
 ])
 def test_enrollment(ns_meta, pod_meta, protocol):
     p = pod("a", "shop", labels=pod_meta.get("labels"), annotations=pod_meta.get("annotations"))
