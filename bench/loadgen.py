@@ -25,11 +25,27 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bench.report import percentile
 
 MAX_HEADER = 64 * 1024
+
+
+def timed_from(intended: float, sent: float, previous_done: float) -> float:
+    """When a request's latency starts: its intended time if its connection was still busy with the
+    previous request then (the system held it back), else its actual send (a late timer is ours)."""
+    return intended if previous_done > intended else sent
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured request, every time from `time.perf_counter()`."""
+    intended: float
+    sent: float
+    done: float
+    latency: float      # done - timed_from(intended, sent, previous done)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -46,7 +62,8 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def run_client(url: str, rps: float, connections: int, duration: float, warmup: float,
-                     body_bytes: int = 0) -> dict:
+                     body_bytes: int = 0, samples: list[Sample] | None = None) -> dict:
+    """Runs the schedule and returns the summary; with `samples`, also appends every measured request."""
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or 80
     path = parts.path or "/"
@@ -75,7 +92,7 @@ async def run_client(url: str, rps: float, connections: int, duration: float, wa
             if delay > 0:
                 await asyncio.sleep(delay)
             send_time = time.perf_counter()
-            start = intended if previous_done > intended else send_time
+            start = timed_from(intended, send_time, previous_done)
             try:
                 writer.write(request)
                 status = await _read_response(reader)
@@ -89,6 +106,8 @@ async def run_client(url: str, rps: float, connections: int, duration: float, wa
                     errors += 1
                 else:
                     latencies.append(previous_done - start)
+                    if samples is not None:
+                        samples.append(Sample(intended, send_time, previous_done, previous_done - start))
             i += connections
 
     await asyncio.gather(*(connection(k, r, w) for k, (r, w) in enumerate(streams)))

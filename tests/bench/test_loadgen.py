@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -38,48 +39,72 @@ def test_result_file_under_another_results_directory(tmp_path):
     assert path.parent.name.endswith("Z-unit"), path  # <UTC timestamp>-<benchmark name>
 
 
-async def _serve(port_holder: list, stall_after: int | None):
-    count = 0
+class StallingServer:
+    """Answers every request at once, except request number `stall_at`, which it holds for `stall`
+    seconds: the connection behind it stalls, as a server's GC pause or a lost packet would stall it.
+    It records when the stall began and ended, on the load generator's clock (perf_counter)."""
 
-    async def handle(reader, writer):
-        nonlocal count
+    def __init__(self, stall_at: int | None = None, stall: float = 0.05) -> None:
+        self.stall_at, self.stall = stall_at, stall
+        self.count = 0
+        self.stalled: tuple[float, float] | None = None
+        self.server = None
+
+    async def handle(self, reader, writer):
         try:
             while True:
                 await reader.readuntil(b"\r\n\r\n")
-                count += 1
-                if stall_after is not None and count == stall_after:
-                    await asyncio.sleep(0.2)  # one slow response holds the connection back
+                self.count += 1
+                if self.count == self.stall_at:
+                    began = time.perf_counter()
+                    await asyncio.sleep(self.stall)
+                    self.stalled = (began, time.perf_counter())
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port_holder.append(server.sockets[0].getsockname()[1])
-    return server
-
-
-def _run(rps: float, duration: float, stall_after: int | None) -> dict:
-    async def main():
-        ports: list = []
-        server = await _serve(ports, stall_after)
+    async def run(self, rps: float, duration: float, samples: list | None = None) -> dict:
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
         async with server:
-            return await loadgen.run_client(f"http://127.0.0.1:{ports[0]}/", rps, 1, duration, 0.2)
+            return await loadgen.run_client(f"http://127.0.0.1:{port}/", rps, 1, duration, 0.2, samples=samples)
 
-    return asyncio.run(main())
+
+@pytest.mark.parametrize("intended, sent, previous_done, start", [
+    (10.0, 10.0004, 9.9, 10.0004),     # connection free, timer woke late: the lateness is the generator's
+    (10.0, 10.0, 9.9, 10.0),           # on time
+    (10.0, 10.03, 10.03, 10.0),        # connection busy until after the intended time: the system held it
+    (10.0, 10.0, 10.0, 10.0),          # finished exactly then: free
+])
+def test_when_a_request_is_timed_from(intended, sent, previous_done, start):
+    assert loadgen.timed_from(intended, sent, previous_done) == start
 
 
 def test_the_schedule_is_kept():
-    result = _run(rps=200, duration=1.0, stall_after=None)
+    result = asyncio.run(StallingServer().run(rps=200, duration=1.0))
     assert result["errors"] == 0
     assert 190 <= result["requests"] <= 201
     # Every percentile was measured, and they rise with the rank.
     assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["p999_ms"] <= result["max_ms"]
 
 
-def test_a_stall_shows_in_the_tail_instead_of_being_omitted():
-    # One 200 ms stall at 200 rps on one connection delays about 40 scheduled requests.
-    # A closed-loop generator would record one slow request; an open-loop one sees them all.
-    result = _run(rps=200, duration=1.0, stall_after=100)
-    assert result["errors"] == 0
-    assert result["max_ms"] >= 190
-    assert result["p90_ms"] >= 50, result
+def test_a_50ms_stall_is_charged_to_every_request_it_held_back():
+    # 500 requests/s on one connection; the server holds request 300 (mid-run) for 50 ms. The requests
+    # due during the stall could not be sent before it ended: each one's latency must include its wait
+    # since its intended time. A closed-loop generator would send them late and time them from then,
+    # and the stall would show as one slow request.
+    server = StallingServer(stall_at=300, stall=0.05)
+    samples: list[loadgen.Sample] = []
+    result = asyncio.run(server.run(rps=500, duration=1.0, samples=samples))
+    assert result["errors"] == 0 and server.stalled is not None
+    began, ended = server.stalled
+    held_back = [s for s in samples if began < s.intended < ended]
+    assert len(held_back) >= 10, (len(held_back), began, ended)   # about 25 were due in 50 ms
+    for s in held_back:
+        assert s.sent >= ended                       # it could not go out before the stall ended
+        assert s.latency >= ended - s.intended       # and its wait is in its latency
+        assert s.latency == pytest.approx(s.done - s.intended)
+    # The stall shows in the distribution, not as one outlier: over 2% of requests waited 10 ms or more.
+    slow = [s for s in samples if s.latency >= 0.010]
+    assert len(slow) >= 10, len(slow)
+    assert result["max_ms"] >= (ended - began) * 1000
