@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import AsyncIterator, Iterable, Iterator
+from typing import AsyncIterator, Callable, Iterable, Iterator
 
 from shoal.errors import ShoalError
 
@@ -175,9 +175,12 @@ class Store:
     def apply(self, obj: dict) -> dict:
         return self.apply_many([obj])[0]
 
-    def apply_many(self, objs: Iterable[dict]) -> list[dict]:
+    def apply_many(self, objs: Iterable[dict], merge: Callable[[dict | None, dict], dict] | None = None) -> list[dict]:
         """Creates or replaces each object's spec and metadata, atomically as one batch.
 
+        With `merge`, the object stored is `merge(live, given)` (None when there is
+        none yet), computed under the lock, so that no write in between is lost:
+        `shoal local apply` passes `kubectl apply`'s three-way merge here.
         Status is owned by the controllers: an apply keeps the stored status.
         """
         objs = list(objs)
@@ -188,7 +191,7 @@ class Store:
             for obj in objs:
                 kind, namespace, name = key_of(obj)
                 old = self.get(kind, namespace, name)
-                new = copy.deepcopy(obj)
+                new = merge(old, obj) if merge is not None else copy.deepcopy(obj)
                 meta = new.setdefault("metadata", {})
                 if kind not in CLUSTER_SCOPED:
                     meta["namespace"] = namespace

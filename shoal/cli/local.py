@@ -10,7 +10,8 @@ import time
 import yaml
 
 from shoal.local import cluster as local_cluster
-from shoal.local import manifest
+from shoal.local import keys, manifest
+from shoal.local.merge import three_way
 from shoal.local.layout import Layout, cluster_name
 from shoal.store import CLUSTER_SCOPED, NotFound
 
@@ -155,7 +156,7 @@ def cmd_apply(args) -> int:
         return _fail(str(e))
     before = {id(o): store.get(o["kind"], (o.get("metadata") or {}).get("namespace"), o["metadata"]["name"])
               for o in objects}
-    stored = store.apply_many(objects)
+    stored = store.apply_many(objects, merge=three_way)
     for obj, new in zip(objects, stored):
         old = before[id(obj)]
         verb = "created" if old is None else (
@@ -248,6 +249,12 @@ def cmd_metadata(args) -> int:
             changes[key] = value
         else:
             return _fail(f"{change!r} is neither KEY=VALUE nor KEY-")
+    # Removing a key is always allowed (also one that an older shoal let in); a key set must be valid.
+    refused = keys.problems(args.field, {k: v for k, v in changes.items() if v is not None})
+    if refused:
+        what = "label" if args.field == "labels" else "annotation"
+        return _fail(f"{kind} {args.name!r} not {'labeled' if what == 'label' else 'annotated'}, nothing changed:\n"
+                     + "\n".join(f"  - {what} {key}: {reason}" for key, reason in refused))
     try:
         store.patch_metadata(kind, args.namespace, args.name, **{args.field: changes})
     except NotFound:

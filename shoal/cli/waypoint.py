@@ -106,7 +106,10 @@ def cmd_apply(args) -> int:
         print(f"shoal waypoint: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
               "choose another --name", file=sys.stderr)
         return 1
-    store.apply(gateway(args.namespace, args.name, args.traffic))
+    from shoal.local.merge import three_way
+
+    # Merged as `shoal local apply` merges, so labels added by hand to the Gateway survive a re-apply.
+    store.apply_many([gateway(args.namespace, args.name, args.traffic)], merge=three_way)
     print(f"waypoint {args.namespace}/{args.name} applied")
     if args.enroll_namespace:
         store.patch_metadata("Namespace", None, args.namespace, labels={USE_WAYPOINT: args.name})

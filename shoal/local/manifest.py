@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import yaml
 
+from shoal.local import keys
 from shoal.local.errors import LocalClusterError
 from shoal.local.layout import SERVICE_NETWORK
 
@@ -140,18 +141,31 @@ def _validate_one(obj: dict, namespaces: set[str], mesh_validator: MeshValidator
         namespace = meta.get("namespace") or "default"
         if namespace not in namespaces:
             err("metadata.namespace", f"namespace {namespace!r} does not exist; create it first or in the same file")
-    for field in ("labels", "annotations"):
-        value = meta.get(field)
-        if value is not None and (not isinstance(value, dict)
-                                  or not all(isinstance(v, str) for v in value.values())):
-            err(f"metadata.{field}", "must be a mapping of strings to strings (quote numbers and booleans)")
+    _check_metadata_keys(meta, "metadata", err)
     spec = obj.get("spec")
+    if kind == "Deployment" and isinstance(spec, dict) and isinstance(spec.get("template"), dict) \
+            and isinstance(spec["template"].get("metadata"), dict):
+        _check_metadata_keys(spec["template"]["metadata"], "spec.template.metadata", err)
     checker = _CORE_CHECKS.get(kind)
     if checker:
         checker(spec, err)
     elif mesh_validator is not None:
         errors.extend(mesh_validator(obj))
     return errors
+
+
+def _check_metadata_keys(meta: dict, prefix: str, err) -> None:
+    """Labels and annotations: Kubernetes keys and values, and only their values for the mesh's keys."""
+    for field in ("labels", "annotations"):
+        value = meta.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(x, str) for item in value.items() for x in item):
+            err(f"{prefix}.{field}", "must be a mapping of strings to strings (quote numbers and booleans, "
+                                     "and keys such as on, yes or no, which YAML reads as booleans)")
+            continue
+        for key, reason in keys.problems(field, value):
+            err(f"{prefix}.{field}.{key}", reason)
 
 
 def _check_containers(containers, prefix: str, err) -> None:
