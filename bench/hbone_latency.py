@@ -108,31 +108,20 @@ async def forwarder_server(directory: Path, port: int, lean: bool) -> None:
         session.accept(stream)
         await relay(stream, app)
 
-    def factory():
-        session = HboneSession(False, on_request=on_request)
-        if not lean:
-            session.conn = hbone.HboneServer(lean=False)
-        return session
-
-    server = await loop.create_server(factory, "127.0.0.1", port, ssl=ctx)
+    server = await loop.create_server(lambda: HboneSession(False, on_request=on_request, lean=lean),
+                                      "127.0.0.1", port, ssl=ctx)
     print("ready", flush=True)
     await server.serve_forever()
 
 
 async def forwarder_client(directory: Path, port: int, upstream: int, target: int, lean: bool) -> None:
-    from shoal import hbone, identity
+    from shoal import identity
     from shoal.hbone_io import HboneSession
 
     loop = asyncio.get_running_loop()
     ctx = identity.client_context(load_credential(directory, "client"))
-
-    def session_factory():
-        session = HboneSession(True)
-        if not lean:
-            session.conn = hbone.HboneClient(lean=False)
-        return session
-
-    _, session = await loop.create_connection(session_factory, "127.0.0.1", upstream, ssl=ctx, server_hostname="")
+    _, session = await loop.create_connection(lambda: HboneSession(True, lean=lean), "127.0.0.1", upstream,
+                                              ssl=ctx, server_hostname="")
     identity.check_peer(session.ssl_object, identity.parse_spiffe_id(SERVER_ID))
 
     await relay_listener(port, lambda: session.open(f"127.0.0.1:{target}"))

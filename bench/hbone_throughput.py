@@ -42,13 +42,13 @@ def bulk(lean: bool, write_size: int, seconds: float) -> float:
     start = time.perf_counter()
     while time.perf_counter() < end:
         for _ in range(8):
-            taken = client.send(sid, payload)
+            paused = client.send(sid, payload)  # [ReadingPaused] once bytes wait for window
             for ev in server.receive_data(client.data_to_send()):
                 if ev.__class__ is hbone.DataReceived:
                     server.consumed(sid, ev.flow_controlled_length)
                     moved += len(ev.data)
             client.receive_data(server.data_to_send())
-            if not taken:
+            if paused:
                 break
     return moved * 8 / (time.perf_counter() - start) / 1e9
 

@@ -1,12 +1,21 @@
-"""HBONE over asyncio: the thin driver around `shoal.hbone`.
+"""HBONE over asyncio: the thin driver around the sans-IO core `shoal.hbone`.
 
 `HboneSession` is one HBONE connection (TLS underneath, done by asyncio),
 client or server side; `TunnelStream` is one of its CONNECT streams as a
 relay side (`shoal.hbone_relay`), so `relay(TcpSide, TunnelStream)` carries
-an app's TCP connection through a tunnel. For a stream, "stop reading" means
-"stop returning flow-control credit to the peer": a slow reader runs the
-sender out of window instead of growing buffers. Half-close travels as
-write_eof <-> END_STREAM; an abort as RST (SO_LINGER 0) <-> RST_STREAM.
+an app's TCP connection through a tunnel.
+
+Every tunnel rule lives in the core: half-close each way, reset each way,
+the bytes waiting for window and EOF after them, credit withheld from a slow
+reader, what arrives before the relay is attached. This driver only maps:
+- the core's events to the transports: DataReceived -> write (then
+  consumed()), StreamEnded -> write_eof, StreamReset -> abort (an RST with
+  SO_LINGER 0 for TCP), ReadingPaused / ReadingResumed -> pause_reading /
+  resume_reading of the app's side, StreamClosed -> the stream's `closed`;
+- the transports' calls back to the core: a relay side's write, write_eof,
+  abort, pause_reading and resume_reading become send(), end(), reset(),
+  pause_receiving() and resume_receiving(); the TLS transport's
+  pause_writing / resume_writing become transport_paused() / resumed().
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 from shoal import hbone, log
 from shoal.hbone_relay import WRITE_HIGH_WATER, WRITE_LOW_WATER, Side
@@ -42,7 +51,7 @@ class TunnelBroken(RelayError):
 
 
 class TunnelStream(Side):
-    """One CONNECT stream of an HboneSession, as a relay side."""
+    """One CONNECT stream of an HboneSession, as a relay side: calls go to the core, whose events come back."""
 
     def __init__(self, session: "HboneSession", stream_id: int, authority: str) -> None:
         self.session = session
@@ -51,138 +60,47 @@ class TunnelStream(Side):
         self.peer = None
         self.bytes_received = 0
         self.bytes_sent = 0
-        self._out: bytearray = bytearray()    # accepted from the peer, waiting for window
-        self._eof_pending = False
-        self._held: list[tuple[bytes, int]] = []  # received before attach (not yet credited)
-        self._held_eof = False
-        self._unacked = 0
-        self._paused = False
-        self._window_blocked = False
-        self.remote_ended = False
-        self.local_ended = False
-        self.reset = False
+        self.reset = False           # ended by a reset, ours or the peer's
         self.closed = asyncio.get_running_loop().create_future()
-
-    # from the session ---------------------------------------------------------------
-
-    def _on_data(self, data: bytes, credit: int) -> None:
-        self.bytes_received += len(data)
-        if self.peer is None:
-            self._held.append((data, credit))
-            return
-        self.peer.write(data)
-        if self._paused:
-            self._unacked += credit
-        else:
-            self.session.conn.consumed(self.stream_id, credit)
-
-    def _on_end(self) -> None:
-        self.remote_ended = True
-        if self.peer is None:
-            self._held_eof = True
-        else:
-            self.peer.write_eof()
-        self._maybe_done()
-
-    def _on_reset(self) -> None:
-        self.reset = True
-        if self.peer is not None:
-            self.peer.abort()
-        self._finish()
-
-    def _on_window(self) -> None:
-        if self._out:
-            taken = self._send(bytes(self._out))
-            del self._out[:taken]
-        if not self._out:
-            if self._eof_pending:
-                self._eof_pending = False
-                self._end_now()
-            if self._window_blocked:
-                self._window_blocked = False
-                if self.peer is not None and not self.session.writing_paused:
-                    self.peer.resume_reading()
-
-    def _send(self, data) -> int:
-        try:
-            return self.session.conn.send(self.stream_id, data)
-        except hbone.StreamNotOpen:
-            return len(data)  # the stream is gone; drop (a reset is on its way)
-
-    def _end_now(self) -> None:
-        try:
-            self.session.conn.end(self.stream_id)
-        except hbone.StreamNotOpen:
-            pass
-        self.local_ended = True
-        self.session.flush()
-        self._maybe_done()
-
-    def _maybe_done(self) -> None:
-        if self.local_ended and self.remote_ended:
-            self._finish()
-
-    def _finish(self) -> None:
-        self.session.streams.pop(self.stream_id, None)
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self.session._stream_finished()
-
-    # Side -------------------------------------------------------------------------------
 
     def attach(self, peer: Side) -> None:
         self.peer = peer
-        for data, credit in self._held:
-            peer.write(data)
-            self.session.conn.consumed(self.stream_id, credit)
-        self._held.clear()
-        if self.reset:  # reset by the peer before the relay started
+        if self.reset:  # reset before the relay started
             peer.abort()
-        elif self._held_eof:
-            peer.write_eof()
-        self.session.flush()
+            return
+        try:
+            events = self.session.conn.attach(self.stream_id)
+        except hbone.StreamNotOpen:
+            return
+        self.session.handle(events)
 
     def write(self, data: bytes) -> None:
-        if self.reset or self.local_ended:
-            return
+        try:
+            events = self.session.conn.send(self.stream_id, data)
+        except hbone.StreamNotOpen:
+            return  # reset or half-closed already: late bytes have nowhere to go
         self.bytes_sent += len(data)
-        if self._out:
-            self._out += data
-        else:
-            taken = self._send(data)
-            if taken < len(data):
-                self._out += memoryview(data)[taken:]
-        if self._out and not self._window_blocked:
-            self._window_blocked = True
-            if self.peer is not None:
-                self.peer.pause_reading()
-        self.session.flush()
+        self.session.handle(events)
 
     def write_eof(self) -> None:
-        if self.local_ended or self.reset:
-            return
-        if self._out:
-            self._eof_pending = True
-        else:
-            self._end_now()
+        try:
+            events = self.session.conn.end(self.stream_id)
+        except hbone.StreamNotOpen:
+            return  # a second EOF, or the tunnel is over
+        self.session.handle(events)
 
     def abort(self) -> None:
-        if self.reset:
-            return
-        self.reset = True
-        self.session.conn.reset(self.stream_id)
-        self.session.flush()
-        self._finish()
+        events = self.session.conn.reset(self.stream_id)
+        if events:
+            self.reset = True
+            self.session.handle(events)
 
     def pause_reading(self) -> None:
-        self._paused = True
+        self.session.conn.pause_receiving(self.stream_id)
 
     def resume_reading(self) -> None:
-        self._paused = False
-        if self._unacked:
-            self.session.conn.consumed(self.stream_id, self._unacked)
-            self._unacked = 0
-            self.session.flush()
+        self.session.conn.resume_receiving(self.stream_id)
+        self.session.flush()
 
 
 RequestHandler = Callable[["HboneSession", TunnelStream], Awaitable[None]]
@@ -192,15 +110,15 @@ class HboneSession(asyncio.Protocol):
     """One HBONE connection (TLS underneath, handled by asyncio), client or server side."""
 
     def __init__(self, client: bool, settings: hbone.Settings = hbone.Settings(), *,
-                 on_request: RequestHandler | None = None, name: str = "") -> None:
-        self.conn = hbone.HboneClient(settings) if client else hbone.HboneServer(settings)
+                 on_request: RequestHandler | None = None, name: str = "", lean: bool = True) -> None:
+        connection = hbone.HboneClient if client else hbone.HboneServer
+        self.conn = connection(settings, lean=lean, hold_until_attached=True)
         self.client = client
         self.on_request = on_request
         self.name = name
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, TunnelStream] = {}
         self._waiting: dict[int, asyncio.Future] = {}
-        self.writing_paused = False
         self.closing = False     # GOAWAY seen or sent: no new streams
         self.lost = asyncio.get_running_loop().create_future()
         self.last_active = time.monotonic()
@@ -234,44 +152,8 @@ class HboneSession(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        for ev in events:
-            cls = ev.__class__
-            if cls is hbone.DataReceived:
-                stream = self.streams.get(ev.stream_id)
-                if stream is not None:
-                    stream._on_data(ev.data, ev.flow_controlled_length)
-                else:
-                    self.conn.consumed(ev.stream_id, ev.flow_controlled_length)
-            elif cls is hbone.WindowOpened:
-                if ev.stream_id:
-                    stream = self.streams.get(ev.stream_id)
-                    if stream is not None:
-                        stream._on_window()
-                else:
-                    for stream in list(self.streams.values()):
-                        stream._on_window()
-            elif cls is hbone.StreamEnded:
-                stream = self.streams.get(ev.stream_id)
-                if stream is not None:
-                    stream._on_end()
-            elif cls is hbone.StreamReset:
-                self._resolve(ev.stream_id, TunnelBroken(f"tunnel reset by the peer (HTTP/2 error {ev.error_code})"))
-                stream = self.streams.get(ev.stream_id)
-                if stream is not None:
-                    stream._on_reset()
-            elif cls is hbone.ConnectRequested:
-                self._on_connect_requested(ev)
-            elif cls is hbone.ConnectAccepted:
-                self._resolve(ev.stream_id, None)
-            elif cls is hbone.ConnectRefused:
-                self._resolve(ev.stream_id, TunnelRefused(ev.status, ev.reason))
-                self.streams.pop(ev.stream_id, None)
-            elif cls is hbone.ConnectionClosed:
-                self.closing = True
-                for sid in [s for s in self.streams if s > ev.last_stream_id and self.client]:
-                    self.streams[sid]._on_reset()
         self.last_active = time.monotonic()
-        self.flush()
+        self.handle(events)
 
     def connection_lost(self, exc) -> None:
         self._teardown(TunnelBroken(f"HBONE connection lost: {exc or 'closed by peer'}"))
@@ -279,18 +161,57 @@ class HboneSession(asyncio.Protocol):
             self.lost.set_result(None)
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
-        for stream in self.streams.values():
-            if stream.peer is not None:
-                stream.peer.pause_reading()
+        self.handle(self.conn.transport_paused())
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
-        for stream in self.streams.values():
-            if stream.peer is not None and not stream._window_blocked:
-                stream.peer.resume_reading()
+        self.handle(self.conn.transport_resumed())
 
     # the driver ---------------------------------------------------------------------------
+
+    def handle(self, events: Iterable[hbone.Event]) -> None:
+        """Carries out what the core's events ask of the transports, then writes what the core queued."""
+        streams = self.streams
+        for ev in events:
+            cls = ev.__class__
+            if cls is hbone.DataReceived:
+                stream = streams.get(ev.stream_id)
+                if stream is not None and stream.peer is not None:
+                    stream.bytes_received += len(ev.data)
+                    stream.peer.write(ev.data)
+                self.conn.consumed(ev.stream_id, ev.flow_controlled_length)
+            elif cls is hbone.ReadingPaused or cls is hbone.ReadingResumed:
+                stream = streams.get(ev.stream_id)
+                if stream is not None and stream.peer is not None:
+                    if cls is hbone.ReadingPaused:
+                        stream.peer.pause_reading()
+                    else:
+                        stream.peer.resume_reading()
+            elif cls is hbone.StreamEnded:
+                stream = streams.get(ev.stream_id)
+                if stream is not None and stream.peer is not None:
+                    stream.peer.write_eof()
+            elif cls is hbone.StreamReset:
+                self._resolve(ev.stream_id, TunnelBroken(f"tunnel reset by the peer (HTTP/2 error {ev.error_code})"))
+                stream = streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.reset = True
+                    if stream.peer is not None:
+                        stream.peer.abort()
+            elif cls is hbone.StreamClosed:
+                stream = streams.pop(ev.stream_id, None)
+                if stream is not None and not stream.closed.done():
+                    stream.closed.set_result(None)
+                self.last_active = time.monotonic()
+            elif cls is hbone.ConnectRequested:
+                self._on_connect_requested(ev)
+            elif cls is hbone.ConnectAccepted:
+                self._resolve(ev.stream_id, None)
+            elif cls is hbone.ConnectRefused:
+                self._resolve(ev.stream_id, TunnelRefused(ev.status, ev.reason))
+            elif cls is hbone.ConnectionClosed:
+                self.closing = True
+            # WindowOpened and SettingsReceived ask nothing of a transport: the core acted on them.
+        self.flush()
 
     def flush(self) -> None:
         chunks = self.conn.chunks_to_send()
@@ -309,18 +230,13 @@ class HboneSession(asyncio.Protocol):
         self.closing = True
         for sid in list(self._waiting):
             self._resolve(sid, error)
-        for stream in list(self.streams.values()):
-            stream._on_reset()
-
-    def _stream_finished(self) -> None:
-        self.last_active = time.monotonic()
+        self.handle(self.conn.abandon_streams())
 
     def _on_connect_requested(self, ev: hbone.ConnectRequested) -> None:
         stream = TunnelStream(self, ev.stream_id, ev.authority)
         self.streams[ev.stream_id] = stream
         if self.on_request is None:
-            self.conn.refuse(ev.stream_id, 503, "this endpoint accepts no tunnels")
-            self.streams.pop(ev.stream_id, None)
+            self.refuse(stream, 503, "this endpoint accepts no tunnels")
             return
         task = asyncio.get_running_loop().create_task(self.on_request(self, stream))
         self._tasks.add(task)
@@ -338,11 +254,10 @@ class HboneSession(asyncio.Protocol):
         self.flush()
 
     def refuse(self, stream: TunnelStream, status: int, reason: str) -> None:
-        self.conn.refuse(stream.stream_id, status, reason)
-        self.streams.pop(stream.stream_id, None)
-        if not stream.closed.done():
-            stream.closed.set_result(None)
-        self.flush()
+        try:
+            self.handle(self.conn.refuse(stream.stream_id, status, reason))
+        except hbone.StreamNotOpen:  # accepted already: too late for a status, so a reset says it
+            stream.abort()
 
     @property
     def available(self) -> bool:
@@ -372,9 +287,6 @@ class HboneSession(asyncio.Protocol):
             self.closing = True  # an unanswered CONNECT: take no more streams here (a pool opens a new one)
             raise RelayError(f"no answer to CONNECT {authority} within {timeout:.0f}s; "
                              "check that the destination's ztunnel is running") from None
-        except RelayError:
-            self.streams.pop(sid, None)
-            raise
         return stream
 
     def close(self) -> None:

@@ -12,6 +12,10 @@ serializes every frame and joins everything into one buffer. Here:
   `_receive_data_frame`, so the connection and stream windows, the stream
   state and END_STREAM stay exactly h2's. Every other frame goes to h2 as is.
 
+Neither knows about tunnels: half-close, reset, buffering and credit per
+stream are the core's (`shoal.hbone`); this module only makes h2's DATA
+paths cheaper under it.
+
 Both use h2 internals (`_prepare_for_sending`, `_data_to_send`,
 `_receive_data_frame`, `_terminate_connection`, the incoming buffer's
 preamble and header-block state), which is why pyproject keeps h2 below 5.

@@ -2,14 +2,17 @@
 
 Everything is asyncio *protocols* (callbacks), not streams: a relay moves
 each received chunk straight to the other side's transport, with no per-byte
-Python work and no copies beyond the kernel's. Backpressure is the
-transports' own: when one side's write buffer passes its high-water mark,
-the other side stops reading (`pause_writing` -> `pause_reading`).
+Python work and no copies beyond the kernel's. Backpressure: when one side
+cannot take more, the other side stops reading (`pause_writing` ->
+`pause_reading`).
 
 A side (`Side`) offers write / write_eof / abort / pause_reading /
-resume_reading to its peer. `TcpSide` is one TCP connection; the HBONE side
-(`shoal.hbone_io.TunnelStream`) is one CONNECT stream. Half-close travels as
-write_eof, an abort as RST (SO_LINGER 0).
+resume_reading to its peer. `TcpSide` is one TCP connection, and keeps its
+own little state here (held bytes before attach, which half is done). The
+HBONE side (`shoal.hbone_io.TunnelStream`) is one CONNECT stream; its tunnel
+rules (half-close, reset, window backpressure, credit withheld from a slow
+reader, bytes held before attach) are the sans-IO core's, `shoal.hbone`.
+Half-close travels as write_eof, an abort as RST (SO_LINGER 0).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The sans-IO HBONE core, in memory: two connections passing bytes."""
+"""The sans-IO HBONE core, in memory: two connections passing bytes.
+
+The per-stream tunnel semantics (half-close, reset, windows, a slow reader) have their playbooks in
+test_hbone_tunnel.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from shoal import hbone, hbone_lean
 from shoal.hbone import (
-    ConnectAccepted, ConnectRefused, ConnectRequested, DataReceived, HboneClient, HboneServer,
+    ConnectAccepted, ConnectRefused, ConnectRequested, DataReceived, HboneClient, HboneServer, ReadingPaused,
     StreamEnded, StreamReset, WindowOpened,
 )
 
@@ -16,9 +20,11 @@ class Pair:
     """A client and a server joined by in-memory pipes; events are collected per side."""
 
     def __init__(self, client_settings=hbone.Settings(), server_settings=hbone.Settings(), lean=True,
-                 client_lean=None, server_lean=None):
-        self.client = HboneClient(client_settings, lean=lean if client_lean is None else client_lean)
-        self.server = HboneServer(server_settings, lean=lean if server_lean is None else server_lean)
+                 client_lean=None, server_lean=None, hold=False):
+        self.client = HboneClient(client_settings, lean=lean if client_lean is None else client_lean,
+                                  hold_until_attached=hold)
+        self.server = HboneServer(server_settings, lean=lean if server_lean is None else server_lean,
+                                  hold_until_attached=hold)
         self.client_events: list = []
         self.server_events: list = []
         self.client.initiate()
@@ -85,13 +91,57 @@ def test_refusal_reaches_client_with_status_and_reason():
     assert not p.take_client(ConnectAccepted)
 
 
+def test_refused_streams_free_their_slots_on_both_ends():
+    # Before, a refused stream stayed half-closed in h2 on both ends: five refusals used up a limit of five.
+    p = Pair(server_settings=hbone.Settings(max_concurrent_streams=5))
+    for _ in range(12):
+        sid = p.client.open("198.19.2.5:8080")
+        p.pump()
+        assert p.take_server(ConnectRequested)
+        p.server.refuse(sid, 403, "denied")
+        p.pump()
+        assert p.take_client(ConnectRefused)
+    assert (p.client.open_streams, p.server.open_streams) == (0, 0)
+
+
+@pytest.mark.parametrize("kept_by", ["a paused reader", "no reader yet"])
+def test_credit_kept_back_on_a_stream_goes_back_to_the_connection_when_it_resets(kept_by):
+    # A connection window of one stream window: credit lost with a reset stream would stall every later one.
+    tight = hbone.Settings(stream_window=65535, connection_window=65535, max_frame_size=16384)
+    p = Pair(tight, tight, hold=kept_by == "no reader yet")
+    for _ in range(3):
+        sid = p.connect()
+        if kept_by == "a paused reader":
+            p.server.pause_receiving(sid)
+        assert p.client.send(sid, b"x" * 65535) == []
+        p.pump()
+        if kept_by == "a paused reader":
+            p.server.consumed(sid, 65535)  # written onward into a full buffer: credit withheld
+        p.client.reset(sid)
+        p.pump()
+    sid = p.connect()
+    assert p.client.send(sid, b"y" * 65535) == []  # the whole window is there again
+
+
+def test_goaway_resets_the_streams_the_peer_never_processed():
+    p = Pair()
+    first = p.connect()
+    later = p.client.open("198.19.2.6:8080")  # still on its way when the server says GOAWAY
+    p.server.close()
+    p.client_events.clear()
+    p.client_events += p.client.receive_data(p.server.data_to_send())
+    assert p.client_events == [hbone.ConnectionClosed(0, first),
+                               StreamReset(later, 0x7), hbone.StreamClosed(later)]  # REFUSED_STREAM
+    assert p.client.state_of(first) is hbone.TunnelState.OPEN
+
+
 def test_data_both_ways():
     p = Pair()
     sid = p.connect()
-    assert p.client.send(sid, b"ping" * 1000) == 4000
+    assert p.client.send(sid, b"ping" * 1000) == []  # all of it went out: nothing waits, reading goes on
     p.pump()
     assert received(p.server_events, sid) == b"ping" * 1000
-    assert p.server.send(sid, b"pong") == 4
+    assert p.server.send(sid, b"pong") == []
     p.pump()
     assert received(p.client_events, sid) == b"pong"
 
@@ -132,23 +182,25 @@ def test_flow_control_stops_sender_until_the_reader_consumes():
     p = Pair(client_settings=small, server_settings=small)
     sid = p.connect()
     payload = b"x" * 200_000
-    taken = p.client.send(sid, payload)
-    assert taken == 65535  # exactly one stream window, then it stops
-    assert p.client.send(sid, payload[taken:]) == 0
+    p.client_events.clear()
+    # The core takes it all: exactly one stream window goes out, the rest waits and the app is paused.
+    assert p.client.send(sid, payload) == [ReadingPaused(sid)]
+    assert p.client.unsent(sid) == 200_000 - 65535
     p.pump()
     data = [e for e in p.server_events if isinstance(e, DataReceived)]
     assert sum(len(e.data) for e in data) == 65535
     # Nothing was consumed yet: no window update, the sender stays blocked.
-    assert p.client.sendable(sid) == 0
+    assert not p.take_client(WindowOpened)
+    assert p.client.unsent(sid) == 200_000 - 65535
     p.server_events.clear()
     for e in data:
         p.server.consumed(sid, e.flow_controlled_length)
     p.pump()
     assert any(isinstance(e, WindowOpened) and e.stream_id == sid for e in p.client_events)
-    # h2 batches window updates; most of the consumed window comes back at once.
-    reopened = p.client.sendable(sid)
+    # h2 batches window updates; most of the consumed window comes back at once, and the waiting bytes take it.
+    reopened = len(received(p.server_events, sid))
     assert 65535 // 2 <= reopened <= 65535
-    assert p.client.send(sid, payload[taken:]) == reopened
+    assert p.client.unsent(sid) == 200_000 - 65535 - reopened
 
 
 def test_hundred_concurrent_streams_on_one_connection_then_limit():
@@ -244,14 +296,14 @@ def test_any_chunking_of_the_byte_stream_gives_the_same_result(chunk, messages, 
     p.server.accept(p.take_server(ConnectRequested)[0].stream_id)
     p.pump(chunk)
     for m in messages:
-        assert p.client.send(sid, m) == len(m)
+        assert p.client.send(sid, m) == []
         p.pump(chunk)
     p.client.end(sid)
     p.pump(chunk)
     assert received(p.server_events, sid) == b"".join(messages)
     assert p.take_server(StreamEnded) == [StreamEnded(sid)]
     for m in reversed(messages):
-        assert p.server.send(sid, m) == len(m)
+        assert p.server.send(sid, m) == []
     p.server.end(sid)
     p.pump(chunk)
     assert received(p.client_events, sid) == b"".join(reversed(messages))
