@@ -468,8 +468,11 @@ class HboneConnection:
     def reset(self, stream_id: int, error_code: int = _ERRORS.CONNECT_ERROR) -> list[Event]:
         """Aborts the tunnel (the app's TCP connection was reset). A stream already over is left alone."""
         tunnel = self._tunnels.get(stream_id)
-        if tunnel is None or tunnel.state is TunnelState.CLOSED:
+        if tunnel is None:
             return []
+        if tunnel.state is TunnelState.CLOSED:  # over on the wire, its reader never came: drop what it kept
+            self._forget(tunnel)
+            return [StreamClosed(stream_id)]
         tunnel.move(TunnelInput.SEND_RESET)
         self._reset_h2(stream_id, error_code)
         events: list[Event] = []

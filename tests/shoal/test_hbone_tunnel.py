@@ -348,6 +348,19 @@ def test_both_ends_close_before_the_reader_attaches_and_nothing_is_lost():
             >> client.state_of())
 
 
+def test_a_stream_closed_before_its_reader_came_can_still_be_dropped():
+    assert (Playbook.connected(hold=True)
+            >> server.attach()
+            >> server.send(b"answer")
+            >> server.end()
+            >> client.end()
+            << server.saw(StreamEnded(SID))
+            << server.saw(StreamClosed(SID))
+            >> client.reset()                    # the client gave up before attaching: nothing goes out
+            << client.saw(StreamClosed(SID))
+            >> client.state_of())
+
+
 def test_a_reset_before_attach_drops_the_held_bytes_at_once():
     assert (Playbook.connected(hold=True)
             >> server.attach()
