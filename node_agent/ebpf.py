@@ -27,20 +27,19 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 from pathlib import Path
 
 from shoal import log
 from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
 
-from node_agent import libbpf
+from node_agent import bpffs, libbpf
 from node_agent.errors import BpfError, PrerequisiteMissing, RedirectError
 from node_agent.model import PodTarget
 
 logger = log.get("node_agent.ebpf")
 
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
-BPFFS = Path("/sys/fs/bpf")
+BPFFS = bpffs.BPFFS
 
 PROG_TYPE = {"sock_addr": 18, "sock_ops": 13, "sockopt": 25, "sk_lookup": 30}
 ATTACH_CONNECT4, ATTACH_GETPEERNAME4, ATTACH_SOCK_OPS, ATTACH_GETSOCKOPT, ATTACH_SK_LOOKUP = 10, 29, 3, 21, 36
@@ -70,51 +69,8 @@ def source_hash() -> str:
     return hashlib.sha256(source_text(0).encode()).hexdigest()[:12]
 
 
-def bpffs_mounted(path: Path = BPFFS) -> bool:
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == str(path) and line.split()[2] == "bpf" for line in mounts)
-
-
-MOUNT_MARKER = "shoal-mounted-it"  # a directory in the bpffs itself (no dots: bpffs refuses them)
-
-
-def ensure_bpffs(path: Path = BPFFS) -> None:
-    """bpffs at /sys/fs/bpf, as systemd and every eBPF CNI expect it; mounted if absent.
-
-    When shoal mounts it, it leaves a marker directory in it, and
-    `release_bpffs` unmounts it again once nothing but the marker (and the
-    kernel's own entries) is left. A bpffs mounted by anyone else is never
-    unmounted.
-    """
-    if bpffs_mounted(path):
-        return
-    logger.info("mounting bpffs (it was not mounted)", path=str(path))
-    result = subprocess.run(["mount", "-t", "bpf", "bpf", str(path)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PrerequisiteMissing("bpffs", f"{path} is not a bpf filesystem and mounting it failed "
-                                  f"({result.stderr.strip()})",
-                                  f"mount it (mount -t bpf bpf {path}) or mount the host's {path} into the agent")
-    try:
-        (path / MOUNT_MARKER).mkdir(exist_ok=True)
-    except OSError:
-        subprocess.run(["umount", str(path)], capture_output=True)
-        raise
-
-
-KERNEL_ENTRIES = {"maps.debug", "progs.debug"}  # bpf_preload's iterators, in every fresh bpffs
-
-
-def release_bpffs(path: Path = BPFFS) -> None:
-    marker = path / MOUNT_MARKER
-    if not bpffs_mounted(path) or not marker.is_dir():
-        return
-    if {p.name for p in path.iterdir()} - KERNEL_ENTRIES - {MOUNT_MARKER}:
-        return  # still in use
-    marker.rmdir()
-    if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
-        logger.info("unmounted the bpffs shoal had mounted", path=str(path))
-    else:
-        marker.mkdir(exist_ok=True)
+# Mounting and unmounting bpffs: once, under a host-wide lock (node_agent.bpffs).
+bpffs_mounted, ensure_bpffs, release_bpffs = bpffs.mounted, bpffs.ensure, bpffs.release
 
 
 def _cgroup_fd(path: str) -> int:
@@ -156,8 +112,7 @@ class EbpfRedirector:
         """Opens the pinned programs, or compiles, loads and pins them the first time."""
         if self.prog_fds:
             return
-        ensure_bpffs(self.bpffs)
-        self.links_dir.mkdir(parents=True, exist_ok=True)
+        ensure_bpffs(self.bpffs, keep=self.links_dir)  # no other agent may unmount it once ours is there
         if all((self.prog_dir / name).exists() for name in [*PROGRAMS, "sockhash", "uncaptured"]):
             for name in PROGRAMS:
                 self.prog_fds[name] = libbpf.get_pinned(str(self.prog_dir / name))
@@ -358,10 +313,7 @@ class EbpfRedirector:
         self.close()
         if self.agent_dir.exists():
             shutil.rmtree(self.agent_dir)
-        parent = self.agent_dir.parent
-        if parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
-        release_bpffs(self.bpffs)
+        release_bpffs(self.bpffs, empty=[self.agent_dir.parent])
 
     def close(self) -> None:
         for fd in self.prog_fds.values():

@@ -196,9 +196,14 @@ def wait_ready(layout: Layout, pods: list[tuple[str, str]], progress: Progress =
 
 
 def down(layout: Layout, progress: Progress = print) -> list[str]:
-    """Removes everything the cluster made; returns what it removed."""
+    """Removes everything the cluster made; returns what it removed.
+
+    Raises `ClusterError` when a part's cleanup failed or anything of the
+    cluster is left afterwards (`leftovers`), after removing all it could.
+    """
     check_prerequisites()
     removed: list[str] = []
+    failures: list[str] = []
     pid = daemon_pid(layout)
     if pid:
         os.kill(pid, signal.SIGTERM)
@@ -209,12 +214,15 @@ def down(layout: Layout, progress: Progress = print) -> list[str]:
     for cleanup in components.CLEANUPS:
         try:
             cleanup(layout)
-        except Exception as e:  # one part's cleanup must not stop the rest
-            progress(f"warning: cleanup {cleanup.__name__} failed: {e}")
+        except Exception as e:  # one part's cleanup must not stop the rest; reported at the end
+            failures.append(f"{cleanup.__name__}: {e}")
     if layout.cgroup_dir.exists():
         pids = sum(len(cgroup_pids(p)) for p in [layout.cgroup_dir, *layout.cgroup_dir.rglob("*")] if p.is_dir())
-        remove_cgroup(layout.cgroup_dir)
-        removed.append(f"cgroups ({pids} processes)")
+        try:
+            remove_cgroup(layout.cgroup_dir)
+            removed.append(f"cgroups ({pids} processes)")
+        except Exception as e:  # a process that would not die: said at the end, with the rest
+            failures.append(f"removing cgroup {layout.cgroup_dir}: {e}")
     try:
         layout.cgroup_dir.parent.rmdir()  # the shared shoal/ level, once no cluster is left in it
     except OSError:
@@ -232,6 +240,41 @@ def down(layout: Layout, progress: Progress = print) -> list[str]:
     if names:
         removed.append(f"{len(names)} network namespaces")
     if layout.run_dir.exists():
-        shutil.rmtree(layout.run_dir)
-        removed.append(str(layout.run_dir))
+        try:
+            shutil.rmtree(layout.run_dir)
+            removed.append(str(layout.run_dir))
+        except OSError as e:
+            failures.append(f"removing {layout.run_dir}: {e}")
+    left = leftovers(layout)
+    if failures or left:
+        lines = [*(f"failed: {f}" for f in failures), *(f"left: {item}" for item in left)]
+        raise ClusterError(f"cluster {layout.cluster!r} was not removed whole"
+                           + (f" (removed {', '.join(removed)})" if removed else "") + ":\n"
+                           + "\n".join(f"  - {line}" for line in lines)
+                           + f"\nrun `shoal local down --cluster {layout.cluster}` again; what it still cannot "
+                             "remove is listed above, to remove by hand")
     return removed
+
+
+def leftovers(layout: Layout) -> list[str]:
+    """What of the cluster still exists: a running daemon, network namespaces, /etc/netns entries,
+    its cgroup tree, its run directory, its agents' pinned eBPF objects."""
+    left = []
+    pid = daemon_pid(layout)
+    if pid:
+        left.append(f"the cluster daemon (pid {pid})")
+    names = netns.names(layout.prefix)
+    if names:
+        left.append(f"network namespaces {', '.join(sorted(names))}")
+    etc = Path("/etc/netns")
+    stale = sorted(p.name for p in etc.glob(f"{layout.prefix}*")) if etc.is_dir() else []
+    if stale:
+        left.append(f"/etc/netns entries {', '.join(stale)}")
+    if layout.cgroup_dir.exists():
+        left.append(f"cgroup {layout.cgroup_dir}")
+    if layout.run_dir.exists():
+        left.append(f"run directory {layout.run_dir}")
+    pins = layout.bpf_pins()
+    if pins:
+        left.append(f"pinned eBPF objects {', '.join(map(str, pins))}")
+    return left

@@ -17,7 +17,7 @@ from typing import Callable
 
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, NODE_AGENT_PORT, READINESS_PORT
 from shoal.local.errors import ClusterError
-from shoal.local.layout import Layout, node_ip, node_name
+from shoal.local.layout import BPFFS, Layout, node_ip, node_name
 
 SYSTEM_NAMESPACE = "shoal-system"
 
@@ -84,14 +84,12 @@ def node_agent(layout: Layout, node: int, settings: Settings) -> dict | None:
 def node_agent_cleanup(layout: Layout) -> None:
     """Removes what each node's agent installed (pinned eBPF objects, rules, probe SNAT)."""
     import subprocess
-    from pathlib import Path
 
     from shoal import netns
 
     nodes = {p.parent.name for p in layout.run_dir.glob("node*/node-agent")}
-    pins = Path("/sys/fs/bpf/shoal")
-    if pins.exists():
-        nodes |= {p.name[len(layout.cluster) + 1:] for p in pins.glob(f"{layout.cluster}-node*")}
+    nodes |= {p.name[len(layout.cluster) + 1:] for p in layout.bpf_pins()}
+    failed = []
     for node in sorted(nodes):
         # An agent still alive (say, restarted and still loading) would pin again behind the cleanup.
         _kill_cgroup(layout.pod_cgroup(SYSTEM_NAMESPACE, f"node-agent-{node}"))
@@ -101,9 +99,11 @@ def node_agent_cleanup(layout: Layout) -> None:
             argv = ["ip", "netns", "exec", ns, *argv]
         result = subprocess.run(argv, capture_output=True, text=True)
         if result.returncode != 0:
-            raise ClusterError(f"node agent cleanup on {node} failed: {result.stderr.strip()}; its pinned "
-                               f"eBPF objects (/sys/fs/bpf/shoal/{layout.cluster}-{node}) may remain: retry with "
-                               f"`shoal node-agent --cleanup --source local --cluster {layout.cluster} --node {node}`")
+            failed.append(f"node agent cleanup on {node} failed: {result.stderr.strip()}; its pinned eBPF objects "
+                          f"({BPFFS}/shoal/{layout.node_agent_id(node)}) may remain: retry with `shoal node-agent "
+                          f"--cleanup --source local --cluster {layout.cluster} --node {node}`")
+    if failed:
+        raise ClusterError("; ".join(failed))
 
 
 def _kill_cgroup(cgroup) -> None:

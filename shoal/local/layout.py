@@ -12,12 +12,14 @@ import argparse
 import hashlib
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import store
 
 CGROUP_ROOT = Path(os.environ.get("SHOAL_CGROUP_ROOT", "/sys/fs/cgroup/unified"))
+BPFFS = Path("/sys/fs/bpf")  # where the node agents pin (node_agent.bpffs mounts it if needed)
 NODE_NETWORK = ipaddress.ip_network("198.18.0.0/24")
 SERVICE_NETWORK = ipaddress.ip_network(store.SERVICE_NETWORK)  # the store allocates clusterIPs from it
 POD_GATEWAY = "169.254.1.1"  # every node-side pod veth carries it, as Calico does
@@ -107,6 +109,19 @@ class Layout:
     def ca_bundle(self) -> Path:
         """The mesh trust bundle the control plane publishes."""
         return self.run_dir / "ca" / "bundle.pem"
+
+    def node_agent_id(self, node: str) -> str:
+        """The id a node's agent pins its eBPF objects under (`<bpffs>/shoal/<id>`)."""
+        return f"{self.cluster}-{node}"
+
+    def bpf_pins(self) -> list[Path]:
+        """This cluster's agents' pin directories: `<cluster>-node<i>`, and not those of a cluster
+        whose name only starts the same way (`a-node1-node2` is cluster a-node1's, not a's)."""
+        shoal_dir = BPFFS / "shoal"
+        if not shoal_dir.is_dir():
+            return []
+        pattern = re.compile(re.escape(self.cluster) + r"-node[0-9]+")
+        return sorted(p for p in shoal_dir.iterdir() if pattern.fullmatch(p.name))
 
     def pod_netns(self, namespace: str, name: str) -> str:
         return f"{self.prefix}pod-{_short(namespace, name)}"
