@@ -1,15 +1,53 @@
 #!/usr/bin/env bash
 # Installs everything shoal needs on a fresh Debian bookworm machine, idempotently:
 # OS packages, kernel headers where bcc looks for them, and the project venv.
+#
+# It changes nothing on the host that it did not make: it starts no service (so it
+# never has to stop one), and it leaves a kernel-headers link that exists as it is.
+# SHOAL_SETUP_ROOT (tests only) stands in for / in the host paths it writes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+warn() { printf 'shoal setup: %s\n' "$*" >&2; }
+
+root=${SHOAL_SETUP_ROOT:-}
 
 PACKAGES=(
   iproute2 iptables python3-bpfcc python3-venv python3-dev libbpf1 bpftool
   linux-headers-amd64 curl iputils-ping iperf3 haproxy redis-server redis-tools tcpdump openssl
 )
+
+# Debian starts a package's services as it installs it (haproxy, redis-server). shoal needs
+# only their programs, as it runs its own instances inside pods; and stopping a service
+# afterwards could stop the host's own. So nothing starts: for the length of the install,
+# policy-rc.d (which invoke-rc.d and deb-systemd-invoke ask) answers 101, "action forbidden".
+# An existing policy-rc.d is the administrator's: it is left alone, and it decides.
+POLICY="$root/usr/sbin/policy-rc.d"
+POLICY_MARK="# shoal setup: no service starts while it installs packages"
+
+remove_our_policy() {
+  if [ -f "$POLICY" ] && grep -qxF "$POLICY_MARK" "$POLICY"; then
+    rm -f "$POLICY"
+  fi
+}
+
+install_packages() {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  if [ -e "$POLICY" ] || [ -L "$POLICY" ]; then
+    warn "$POLICY exists and is not shoal's: it decides whether the packages' services start"
+  else
+    trap remove_our_policy EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    mkdir -p "$(dirname "$POLICY")"
+    printf '#!/bin/sh\n%s\nexit 101\n' "$POLICY_MARK" > "$POLICY"
+    chmod 755 "$POLICY"
+  fi
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  remove_our_policy
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -20,26 +58,32 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "shoal setup: missing OS packages (${missing[*]}); run as root to install them" >&2
     exit 1
   fi
-  say "installing OS packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts these services on install; shoal runs its own instances inside pods.
-  for svc in redis-server haproxy; do
-    systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
-    pkill -x "${svc%-server}-server" >/dev/null 2>&1 || true
-  done
+  say "installing OS packages: ${missing[*]} (their services are not started)"
+  install_packages "${missing[@]}"
 fi
 
 # bcc looks for headers under /lib/modules/$(uname -r)/{build,source}. The running
 # kernel ships none; Debian's split header packages serve for UAPI-only programs.
+# A link that is there already (even a broken one) is someone's choice: it stays.
+link_headers() {  # link target
+  local link=$1 target=$2
+  if [ -e "$link" ] || [ -L "$link" ]; then
+    if [ "$(readlink "$link" || true)" != "$target" ]; then
+      warn "$link exists (-> $(readlink "$link" || echo 'not a link')); left as it is. bcc compiles shoal's" \
+           "eBPF programs against the headers there; if they do not serve, point it at $target yourself"
+    fi
+    return 0
+  fi
+  ln -s "$target" "$link"
+}
+
 kver=$(uname -r)
-hdr_arch=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
-hdr_common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1 || true)
+hdr_arch=$(ls -d "$root"/usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
+hdr_common=$(ls -d "$root"/usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1 || true)
 if [ -n "$hdr_arch" ] && [ -n "$hdr_common" ]; then
-  mkdir -p "/lib/modules/$kver"
-  [ -e "/lib/modules/$kver/build" ] || ln -sfn "$hdr_arch" "/lib/modules/$kver/build"
-  [ -e "/lib/modules/$kver/source" ] || ln -sfn "$hdr_common" "/lib/modules/$kver/source"
+  mkdir -p "$root/lib/modules/$kver"
+  link_headers "$root/lib/modules/$kver/build" "${hdr_arch#"$root"}"
+  link_headers "$root/lib/modules/$kver/source" "${hdr_common#"$root"}"
 fi
 
 # The venv comes from Debian's python3, which is the one bcc is installed for.
