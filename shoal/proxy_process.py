@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 from shoal import admin_http, contracts
 from shoal.certs import CertManager
-from shoal.config_client import ClientSettings, ConfigClient, SignClient
+from shoal.config_client import NODE_TYPES, WAYPOINT_TYPES, ClientSettings, ConfigClient, SignClient
 from shoal.proxy_state import ProxyState
 from shoal.trust_bundle import TrustBundle
 
@@ -45,7 +45,7 @@ class ControlPlaneLink:
         namespace, name = waypoint or ("", "")
         settings = ClientSettings(target=target, bundle_pem=bundle.current, token=token, node=node,
                                   waypoint_namespace=namespace, waypoint_name=name)
-        state = ProxyState(trust_domain, waypoint=waypoint)
+        state = ProxyState(trust_domain, waypoint=waypoint, expects=WAYPOINT_TYPES if waypoint else NODE_TYPES)
         sign = SignClient(settings)
         return cls(bundle, settings, state, ConfigClient(settings, on_update=state.apply_update), sign,
                    CertManager(sign.sign))
@@ -54,8 +54,8 @@ class ControlPlaneLink:
         return [self.watch.run(), self.certs.run()]
 
     def config_missing(self) -> str:
-        """Why the proxy is not ready as far as config goes ("" once it arrived)."""
-        if self.watch.synced.is_set():
+        """Why the proxy is not ready as far as config goes ("" once the whole of it arrived)."""
+        if self.state.synced:
             return ""
         return f"no config from the control plane at {self.settings.target} yet"
 

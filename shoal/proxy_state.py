@@ -22,6 +22,16 @@ Invariants (every write keeps them; `check()` verifies them in tests):
 - `version` grows on every change, so `cached()` memos are never stale.
 
 One writer (the config stream's `apply_update`); connections only read.
+
+Fail closed until the config is whole: a state built with `expects` (the
+resource types its subscription carries) is not `synced` until every one
+of them has arrived once. Until then updates are staged, not applied, and
+the proxies serve no connection (`ztunnel.inbound`, `ztunnel.outbound`,
+the waypoint's readiness): defaults such as PERMISSIVE, or a policy set
+missing its DENY, must never decide for a connection. When the last type
+arrives, everything staged is applied at once, in arrival order, with no
+connection served in between: the first config is one consistent snapshot.
+A state built without `expects` (tests filling it directly) is synced at once.
 """
 
 from __future__ import annotations
@@ -36,8 +46,12 @@ from shoal.model import (
 
 
 class ProxyState:
-    def __init__(self, trust_domain: str = "cluster.local", *, waypoint: tuple[str, str] | None = None) -> None:
+    def __init__(self, trust_domain: str = "cluster.local", *, waypoint: tuple[str, str] | None = None,
+                 expects: Iterable[ResourceType] = ()) -> None:
         self.trust_domain = trust_domain
+        self.expects = frozenset(expects)
+        self.synced = not self.expects
+        self._staged: list = []
         self.waypoint = waypoint        # (namespace, name) of the Gateway, when a waypoint holds this state
         self.workloads: dict[str, Workload] = {}
         self.workloads_by_ip: dict[str, str] = {}
@@ -95,7 +109,19 @@ class ProxyState:
             self.upsert(resource)
 
     def apply_update(self, update) -> None:
-        """One accepted Config.Watch response (`shoal.config_client.Update`) of one type."""
+        """One accepted Config.Watch response (`shoal.config_client.Update`) of one type; staged
+        until every expected type has arrived once (see the module's docstring)."""
+        if not self.synced:
+            self._staged.append(update)
+            if {ResourceType(u.type) for u in self._staged} >= self.expects:
+                staged, self._staged = self._staged, []
+                for each in staged:
+                    self._apply_update(each)
+                self.synced = True
+            return
+        self._apply_update(update)
+
+    def _apply_update(self, update) -> None:
         rtype = ResourceType(update.type)
         if update.replace:
             removed = [key for key in self._held[rtype] if key not in update.upserted]
@@ -228,6 +254,7 @@ class ProxyState:
             return _jsonable(asdict(obj))
         return {
             "version": self.version,
+            "synced": self.synced,
             "workloads": [plain(w) for w in self.workloads.values()],
             "services": [plain(s) for s in self.services.values()],
             "waypoints": [plain(w) for w in self.waypoints.values()],

@@ -134,7 +134,13 @@ class Refusal:
     policy: str = ""
 
 
+NO_CONFIG = ("no config from the control plane yet: this waypoint serves nothing until it has the whole of it; "
+             "check that the control plane is reachable")
+
+
 def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Plan | Refusal:
+    if not state.synced:
+        return Refusal(503, "UAEX", NO_CONFIG)
     ip, port = peer.destination
     service = state.service_by_vip(ip)
     if service is None:
@@ -207,6 +213,8 @@ def protocol_of(state: ProxyState, destination: tuple[str, int]) -> str:
 def decide_tcp(state: ProxyState, peer: Peer, rand: Random) -> Plan | Refusal:
     """A TCP connection through the waypoint: L4 policy, then every endpoint of the
     service port, in a random rotation (tries in order on connect failure)."""
+    if not state.synced:
+        return Refusal(503, "UAEX", NO_CONFIG)
     ip, port = peer.destination
     service = state.service_by_vip(ip)
     workload = state.workload_by_ip(ip) if service is None else None

@@ -69,6 +69,9 @@ class Refusal:
 def decide_inbound(state: ProxyState, workload: Workload, connection: InboundConnection,
                    reach: AppReach = AppReach()) -> InboundPlan | Refusal:
     host, port = connection.target
+    if not state.synced:
+        return Refusal(503, "UAEX", "no config from the control plane yet: this ztunnel serves no pod until it "
+                                    "has the whole of it; check that the control plane is reachable")
     known = workload.uid in state.workloads
     if connection.mtls:
         if connection.peer is None:

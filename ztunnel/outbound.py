@@ -58,6 +58,10 @@ class OutboundError(ZtunnelError):
     response_flag = "UF"
 
 
+class NoConfig(OutboundError):
+    response_flag = "UAEX"
+
+
 class NoEndpoints(OutboundError):
     response_flag = "UH"
 
@@ -129,6 +133,9 @@ class Balancer:
 
 
 def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Balancer) -> Plan:
+    if not state.synced:
+        raise NoConfig("no config from the control plane yet: this ztunnel sends nothing until it has the "
+                       "whole of it; check that the control plane is reachable")
     td = state.trust_domain
     source_identity = source.identity(td)
     service = state.service_by_vip(ip)

@@ -143,3 +143,27 @@ def test_indexes_never_drift_under_any_sequence_of_writes(ops):
         else:
             state.remove(ResourceType.SERVICE, f"s{name}.app.svc.cluster.local")
         state.check()
+
+
+def test_nothing_is_applied_until_every_expected_type_arrived_then_all_at_once():
+    from types import MappingProxyType
+
+    from shoal.config_client import Update
+
+    def update(rtype, *resources, replace=True):
+        return Update(rtype, "v1", MappingProxyType({r.key: r for r in resources}), frozenset(), replace)
+
+    state = ProxyState(expects=(ResourceType.WORKLOAD, ResourceType.SERVICE, ResourceType.AUTHORIZATION))
+    assert not state.synced
+    state.apply_update(update(ResourceType.WORKLOAD, wl("a", "198.19.1.2")))
+    state.apply_update(update(ResourceType.SERVICE, svc("web", "198.18.16.10")))
+    assert not state.synced and state.workloads == {} and state.services == {}   # no type applied alone
+    state.apply_update(update(ResourceType.WORKLOAD, wl("a", "198.19.1.2"), wl("b", "198.19.1.3")))
+    assert state.workloads == {}
+    state.apply_update(update(ResourceType.AUTHORIZATION, policy("deny-all")))
+    assert state.synced
+    assert set(state.workloads) == {"a", "b"} and set(state.services) == {"web.app.svc.cluster.local"}
+    assert set(state.authorizations) == {"app/deny-all"}
+    state.check()
+    state.apply_update(update(ResourceType.WORKLOAD, wl("c", "198.19.1.4")))       # after the first: at once
+    assert set(state.workloads) == {"c"}

@@ -250,3 +250,13 @@ def test_endpoint_memo_follows_the_state():
     assert len(first.upstreams) == 2
     state.remove(ResourceType.WORKLOAD, V1B_UID)      # a v1 pod goes away: the next decision knows
     assert [u.address for u in decide(state, peer(), get(), scripted()).upstreams] == [("198.19.1.11", 8080)]
+
+
+def test_nothing_is_routed_before_the_whole_config_arrived():
+    from shoal.model import ResourceType
+    from shoal.proxy_state import ProxyState
+    from waypoint.routing import decide_tcp
+
+    state = ProxyState(waypoint=(NS, "waypoint"), expects=(ResourceType.SERVICE, ResourceType.ROUTE_TABLE))
+    for result in (decide(state, peer(), get(), scripted()), decide_tcp(state, peer(), scripted())):
+        assert isinstance(result, Refusal) and result.status == 503 and "no config" in result.reason

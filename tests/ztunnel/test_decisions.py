@@ -120,6 +120,17 @@ def test_outbound_decision(name, source, ip, port, expected):
         assert decide(state, source, ip, port, Balancer()) == expected
 
 
+def test_nothing_is_sent_before_the_whole_config_arrived():
+    """Not even passthrough: without the config, a Service VIP or a STRICT pod would look like 'outside'."""
+    from shoal.model import ResourceType
+    from ztunnel.outbound import NoConfig
+
+    state = ProxyState(TD, expects=(ResourceType.WORKLOAD, ResourceType.SERVICE))
+    for ip, port in (("198.18.16.10", 80), ("198.18.99.1", 443)):
+        with pytest.raises(NoConfig, match="no config"):
+            decide(state, CLIENT, ip, port, Balancer())
+
+
 def test_round_robin_alternates_and_skips_failing_endpoint():
     state, clock = make_state(), [0.0]
     balancer = Balancer(max_failures=2, eject_seconds=5, clock=lambda: clock[0])

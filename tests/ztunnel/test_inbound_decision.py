@@ -97,6 +97,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("connection", [hbone(), plaintext()], ids=["hbone", "plaintext"])
+def test_no_connection_is_served_before_the_whole_config_arrived(connection):
+    """Not even plaintext to a pod whose policy would be PERMISSIVE by default: nothing is known yet."""
+    from shoal.model import ResourceType
+
+    state = ProxyState(expects=(ResourceType.WORKLOAD, ResourceType.PEER_AUTHENTICATION))
+    got = decide_inbound(state, UNKNOWN, connection, TRANSPARENT)
+    assert isinstance(got, Refusal) and got.status == 503 and "no config" in got.reason
+
+
 @pytest.mark.parametrize("name,resources,workload,connection,reach,expected", CASES, ids=[c[0] for c in CASES])
 def test_decide_inbound(name, resources, workload, connection, reach, expected):
     state = ProxyState()

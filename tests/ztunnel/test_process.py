@@ -117,3 +117,101 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         return code
 
     assert netns.run_in(NODE_NS, asyncio.run, main()) == 0
+
+
+def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_its_config_is_whole(
+        namespaces, tmp_path):
+    """Fail closed: with no config, the defaults (PERMISSIVE, no DENY) must not decide. Plaintext captured
+    into 15006 is refused while the control plane is down, and served once the config arrives."""
+    import subprocess
+
+    from control_plane.authn import LocalAuthenticator
+    from control_plane.server import ConfigServer, Endpoints
+    from control_plane.state import ConfigState
+    from shoal import tokens
+
+    # Plaintext to 127.0.0.2:8080 inside the pod is captured into the ztunnel's 15006, as iptables mode does
+    # for inbound; the ztunnel's own (marked) connection to the app is not.
+    subprocess.run(["ip", "netns", "exec", POD_NS, "iptables-legacy", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
+                    "-d", "127.0.0.2", "--dport", "8080", "-m", "mark", "!", "--mark", "0x539",
+                    "-j", "REDIRECT", "--to-ports", "15006"], check=True)
+
+    async def main():
+        plane = await start_plane(tmp_path / "cp")
+        port = plane.server.grpc_port
+        await plane.server.stop(grace=0)        # the control plane is down from the ztunnel's start on
+        token_file = tmp_path / "token"
+        token_file.write_text(NODE_TOKENS["node1"])
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_bytes(plane.authority.bundle_pem)
+        sock_path = tmp_path / "ztunnel.sock"
+        config = Config(node="node1", control_plane=f"127.0.0.1:{port}", socket_path=sock_path,
+                        token_file=token_file, drain_seconds=0.5, preserve_source_ip=False)
+        shutdown = Shutdown()
+        zt = asyncio.create_task(run(config, bundle, shutdown))
+        agent = HandoffServer(sock_path, lambda: [(handoff.Workload("uid-p", "p", "shop", "default"),
+                                                  netns.open_fd(POD_NS))], lambda e, s: None)
+        await agent.start()
+
+        app_saw: list[bytes] = []
+
+        async def app(reader, writer):
+            data = await reader.read(100)
+            app_saw.append(data)
+            writer.write(b"app:" + data)
+            await writer.drain()
+            writer.close()
+        listener = netns.socket_in(POD_NS)
+        listener.bind(("0.0.0.0", 8080))
+        listener.listen()
+        server = await asyncio.start_server(app, sock=listener)
+
+        async def call() -> bytes | None:
+            """One plaintext connection into the pod, as a client outside the mesh makes it."""
+            sock = netns.socket_in(POD_NS)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.2", 8080))
+                reader, writer = await asyncio.open_connection(sock=sock)
+                writer.write(b"hello")
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.read(100), 5)
+                writer.close()
+                return answer
+            except (OSError, asyncio.TimeoutError):
+                sock.close()
+                return None
+
+        async def served_pod():
+            try:
+                _, body = await http_get(15000, "/config_dump")
+            except OSError:
+                return None                     # not listening yet
+            return json.loads(body)["pods"]
+        await eventually_async(served_pod, 30, "the pod handed over", interval=0.1)
+        for _ in range(3):
+            assert not await call()            # reset or closed: nothing of the app's
+        assert app_saw == []
+        status, body = await http_get(15021, "/healthz/ready")
+        assert status == 503 and b"no config" in body
+
+        # The control plane comes back (same root, same port): the config is whole, the pod is served.
+        state = ConfigState()
+        state.apply([])
+        auth = LocalAuthenticator(tmp_path / "cp" / "bootstrap-tokens.json", tokens.token_key(tmp_path / "cp"))
+        again = ConfigServer(state=state, authority=plane.authority, authenticator=auth,
+                             endpoints=Endpoints("127.0.0.1", port, "127.0.0.1", 0))
+        await again.start()
+        again.mark_synced()
+        assert await eventually_async(call, 60, "plaintext served once the config arrived", interval=0.2) == \
+            b"app:hello"
+        assert app_saw == [b"hello"]
+
+        shutdown.stopping.set()
+        code = await asyncio.wait_for(zt, 10)
+        await agent.close()
+        server.close()
+        await again.stop(0)
+        return code
+
+    assert netns.run_in(NODE_NS, asyncio.run, main()) == 0
