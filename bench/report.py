@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Iterable
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class BenchError(RuntimeError):
+    """A benchmark cannot go on; the message says what failed and what to check."""
+
 VERSIONED = ("shoal", "h2", "grpcio", "cryptography", "uvloop", "pyroute2")
 
 
