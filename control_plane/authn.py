@@ -4,7 +4,11 @@
   `/run/shoal/<cluster>/bootstrap-tokens.json` (`{"<token>": "node<i>"}`,
   re-read when the file changes) and service-account tokens minted with the
   cluster's key (`shoal.tokens`).
-- `KubeAuthenticator` (Kubernetes): TokenReview. A token of one of the
+- `KubeAuthenticator` (Kubernetes): TokenReview, for shoal's own audience
+  (`TOKEN_AUDIENCE`): proxies present a projected service-account token
+  requested for it, and the review must say the token is good for it. A
+  pod's default token, whose audience is the API server, is refused, and a
+  token shoal accepts is refused by the API server. A token of one of the
   ztunnel's service accounts is a node credential, bound to the node named in
   the token's `authentication.kubernetes.io/node-name` extra (or, failing
   that, the node of the pod named in `.../pod-name`). Any other
@@ -25,6 +29,11 @@ from typing import Callable, Protocol
 
 from control_plane.errors import ControlPlaneError
 from shoal import tokens
+
+
+# The audience of the tokens proxies present (`serviceAccountToken.audience` of their
+# projected volume, in daemonset/ and in the waypoint Deployments the controller makes).
+TOKEN_AUDIENCE = "shoal"
 
 
 class AuthenticationFailed(ControlPlaneError):
@@ -96,11 +105,13 @@ class KubeAuthenticator:
     CACHE_SECONDS = 30.0
 
     def __init__(self, authentication_v1, core_v1, *, node_service_accounts: frozenset[tuple[str, str]] =
-                 frozenset({("shoal-system", "shoal-node")}), audiences: list[str] | None = None,
+                 frozenset({("shoal-system", "shoal-node")}), audiences: tuple[str, ...] = (TOKEN_AUDIENCE,),
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if not audiences:
+            raise ValueError("TokenReview needs shoal's audience: with none, any pod's API token would pass")
         self.auth_api, self.core_api = authentication_v1, core_v1
         self.node_service_accounts = node_service_accounts
-        self.audiences = audiences
+        self.audiences = tuple(audiences)
         self.clock = clock
         self._cache: dict[str, tuple[float, Caller]] = {}
 
@@ -122,7 +133,7 @@ class KubeAuthenticator:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences))
+        review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=list(self.audiences)))
         try:
             result = self.auth_api.create_token_review(review)
         except ApiException as e:
@@ -131,7 +142,17 @@ class KubeAuthenticator:
         status = result.status
         if status is None or not status.authenticated or status.user is None:
             reason = getattr(status, "error", None) or "not authenticated"
-            raise AuthenticationFailed(f"token rejected by TokenReview (sha256 {tokens.fingerprint(token)}): {reason}")
+            raise AuthenticationFailed(f"token rejected by TokenReview (sha256 {tokens.fingerprint(token)}): {reason}; "
+                                       f"proxies must present a projected service-account token with the "
+                                       f"audience {self.audiences[0]!r}")
+        # An authenticator that ignores audiences answers with none: then the token was checked
+        # only against the API server's audience, and must not pass (TokenReviewStatus.audiences).
+        granted = set(status.audiences or ()) & set(self.audiences)
+        if not granted:
+            raise AuthenticationFailed(f"the token (sha256 {tokens.fingerprint(token)}) is not for shoal: TokenReview "
+                                       f"did not confirm the audience {self.audiences[0]!r} (it answered "
+                                       f"{list(status.audiences or [])}); mount a projected service-account token "
+                                       f"with `audience: {self.audiences[0]}`")
         parts = (status.user.username or "").split(":")
         if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
             raise AuthenticationFailed(f"{status.user.username!r} is not a service account; "

@@ -2,7 +2,9 @@
 
 Differences from the local cluster: the pod runs the image `image` with
 `shoal waypoint run ... --control-plane shoal-control-plane.shoal-system.svc:15012`,
-authenticates with its projected service-account token, and reads the mesh
+authenticates with a projected service-account token of shoal's audience
+(`control_plane.authn.TOKEN_AUDIENCE`; it gets no API-server token, as it
+never talks to the API server), and reads the mesh
 root from a ConfigMap `shoal-ca-root-cert` that the controller keeps in the
 waypoint's namespace (a copy of the one the CA publishes in shoal-system;
 pods cannot mount a ConfigMap of another namespace). Istio does the same
@@ -25,6 +27,7 @@ from typing import Callable
 from shoal import log
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT
 
+from control_plane.authn import TOKEN_AUDIENCE
 from control_plane.waypoints import (
     GATEWAY_NAME, MANAGED_BY, MANAGER, _key, blocked, desired, managed, plan,
 )
@@ -34,7 +37,9 @@ logger = log.get("shoal.control_plane.waypoints")
 CONTROL_PLANE = f"shoal-control-plane.shoal-system.svc:{CONTROL_PLANE_GRPC_PORT}"
 ROOT_CERT_CONFIGMAP = "shoal-ca-root-cert"
 ROOT_CERT_DIR = "/var/run/shoal/ca"
-TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+TOKEN_DIR = "/var/run/secrets/shoal"
+TOKEN_PATH = f"{TOKEN_DIR}/token"
+TOKEN_SECONDS = 3600
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 BLOCKED_RETRY_SECONDS = 60.0
 # kind -> (API, the client's method suffix)
@@ -56,8 +61,12 @@ def kube_desired(gateway: dict, image: str, bundle_pem: bytes) -> list[dict]:
             pod = obj["spec"]["template"]["spec"]
             container = pod["containers"][0]
             container["image"] = image
-            container["volumeMounts"] = [{"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True}]
-            pod["volumes"] = [{"name": "root-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}}]
+            container["volumeMounts"] = [{"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True},
+                                         {"name": "shoal-token", "mountPath": TOKEN_DIR, "readOnly": True}]
+            pod["automountServiceAccountToken"] = False
+            pod["volumes"] = [{"name": "root-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
+                              {"name": "shoal-token", "projected": {"sources": [{"serviceAccountToken": {
+                                  "path": "token", "audience": TOKEN_AUDIENCE, "expirationSeconds": TOKEN_SECONDS}}]}}]
     objects.append({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": namespace,
                                  "labels": {MANAGED_BY: MANAGER, GATEWAY_NAME: "all"}},

@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client
 
 from control_plane import ca_store
-from control_plane.authn import AuthenticationFailed, KubeAuthenticator
+from control_plane.authn import TOKEN_AUDIENCE, AuthenticationFailed, KubeAuthenticator
 from control_plane.ca import generate_root
 
 from support.kube_api import CA_CONFIGMAP, CA_SECRET, ApiDouble
@@ -61,11 +61,18 @@ def _authenticator(double) -> KubeAuthenticator:
     return KubeAuthenticator(client.AuthenticationV1Api(api), client.CoreV1Api(api))
 
 
+def _for_shoal(double, *tokens: str) -> None:
+    """These tokens were projected with shoal's audience, as daemonset/ and the waypoint controller ask."""
+    for token in tokens:
+        double.audiences[token] = [TOKEN_AUDIENCE]
+
+
 def test_token_review_node_and_service_account_callers(double):
     double.reviews["ztunnel-token"] = {"username": "system:serviceaccount:shoal-system:shoal-node",
                                        "extra": {"authentication.kubernetes.io/node-name": ["worker-3"]}}
     double.reviews["waypoint-token"] = {"username": "system:serviceaccount:shop:waypoint"}
     double.reviews["user-token"] = {"username": "alice"}
+    _for_shoal(double, "ztunnel-token", "waypoint-token", "user-token")
     auth = _authenticator(double)
     assert auth.authenticate("ztunnel-token").node == "worker-3"
     wp = auth.authenticate("waypoint-token")
@@ -86,6 +93,7 @@ def test_node_token_without_node_falls_back_to_the_pod(double):
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shoal-node-abcde", "namespace": "shoal-system"},
         "spec": {"nodeName": "worker-7", "containers": [{"name": "c"}]}}
     double.reviews["unbound"] = {"username": "system:serviceaccount:shoal-system:shoal-node"}
+    _for_shoal(double, "old-style", "unbound")
     auth = _authenticator(double)
     assert auth.authenticate("old-style").node == "worker-7"
     with pytest.raises(AuthenticationFailed, match="not bound to a node"):

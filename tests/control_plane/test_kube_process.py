@@ -9,7 +9,7 @@ import asyncio
 from kubernetes import client
 
 from control_plane import app, ca_store
-from control_plane.authn import KubeAuthenticator
+from control_plane.authn import TOKEN_AUDIENCE, KubeAuthenticator
 from control_plane.sources.kube import KubeSource, make_api_client, report_invalid
 from shoal import identity
 from shoal.config_client import ClientSettings, ConfigClient, ConfigClientError, request_certificate
@@ -37,6 +37,7 @@ def test_kube_wiring_end_to_end():
                                       "extra": {"authentication.kubernetes.io/node-name": ["worker-1"]}}
         api_double.reviews["zt-2"] = {"username": node_sa,
                                       "extra": {"authentication.kubernetes.io/node-name": ["worker-2"]}}
+        api_double.audiences.update({"zt-1": [TOKEN_AUDIENCE], "zt-2": [TOKEN_AUDIENCE]})  # projected for shoal
         config = client.Configuration()
         config.host = kube.url
         kube_api = make_api_client(config)

@@ -2,7 +2,7 @@
 
 - `KubeDouble`: the list/watch wire protocol of many kinds, for the control plane's and the node
   agent's Kubernetes sources (below);
-- `ApiDouble`: Secrets and ConfigMaps by path, and TokenReview, for the control plane's CA store
+- `ApiDouble`: Secrets and ConfigMaps by path, and TokenReview (with audiences), for the control plane's CA store
   and authenticator;
 - `JsonHandler` and `status`: what their handlers (and the waypoint controller's double) share.
 
@@ -327,6 +327,7 @@ class KubeDouble:
 # The control plane's CA objects, as ApiDouble stores them (by path).
 CA_SECRET = "/api/v1/namespaces/shoal-system/secrets/shoal-ca"
 CA_CONFIGMAP = "/api/v1/namespaces/shoal-system/configmaps/shoal-ca-root-cert"
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # a token's audience unless it asked for another
 
 
 class ApiDouble:
@@ -335,6 +336,8 @@ class ApiDouble:
     def __init__(self) -> None:
         self.objects: dict[str, dict] = {}   # "/api/v1/namespaces/ns/secrets/name" -> object
         self.reviews: dict[str, dict] = {}   # token -> status.user
+        self.audiences: dict[str, list[str]] = {}  # token -> the audiences it was issued for (default: the API's)
+        self.audience_aware = True           # False: an authenticator that ignores audiences (answers with none)
         self.pods: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.create_conflicts = 0            # answer this many creates with 409 (another replica won)
@@ -352,10 +355,7 @@ class ApiDouble:
                 double.requests.append(("POST", self.path))
                 body = self.read_json()
                 if self.path == "/apis/authentication.k8s.io/v1/tokenreviews":
-                    user = double.reviews.get(body["spec"]["token"])
-                    review = {"authenticated": True, "user": user} if user else {"authenticated": False,
-                                                                                  "error": "invalid bearer token"}
-                    return self.send_json(201, {**body, "status": review})
+                    return self.send_json(201, {**body, "status": double.review(body["spec"])})
                 path = f"{self.path}/{body['metadata']['name']}"
                 if double.create_conflicts or path in double.objects:
                     double.create_conflicts = max(0, double.create_conflicts - 1)
@@ -371,6 +371,23 @@ class ApiDouble:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
+
+    def review(self, spec: dict) -> dict:
+        """A TokenReview's status, as the API server answers: a token is good for the audiences it was
+        issued for, and the review for those of `spec.audiences` (by default, the API server's)."""
+        token = spec["token"]
+        user = self.reviews.get(token)
+        if not user:
+            return {"authenticated": False, "error": "invalid bearer token"}
+        if not self.audience_aware:
+            return {"authenticated": True, "user": user}
+        wanted = spec.get("audiences") or [API_AUDIENCE]
+        issued = self.audiences.get(token, [API_AUDIENCE])
+        granted = [a for a in wanted if a in issued]
+        if not granted:
+            return {"authenticated": False,
+                    "error": f"token audiences {issued} is invalid for the target audiences {wanted}"}
+        return {"authenticated": True, "user": user, "audiences": granted}
 
     def api(self) -> client.ApiClient:
         config = client.Configuration()
