@@ -2,16 +2,28 @@
 // (node_agent/ebpf.py). One copy is loaded per agent, pinned, and attached
 // per pod; nothing is compiled when a pod enrolls.
 //
-// Outbound, on each enrolled pod's cgroup:
+// Outbound, on each enrolled pod's cgroup (so these run only for sockets that
+// the pod's own processes made; the ztunnel's sockets in the pod's netns are
+// made by a process of another cgroup and never meet them):
 //   shoal_connect4   rewrites a TCP connect() to 127.0.0.1:15001 (the ztunnel's
 //                    outbound listener in the pod's netns) and records the
 //                    original destination in the socket's local storage.
+//                    Whatever the socket's mark: a pod that sets 0x539 itself
+//                    is captured all the same.
+//   shoal_connect6   IPv6 does not go around the mesh: an AF_INET6 socket
+//                    connecting to a v4-mapped address (::ffff:a.b.c.d), which
+//                    is IPv4 on the wire, is captured as connect4 would
+//                    (to ::ffff:127.0.0.1:15001); ::1 and :: (loopback) pass;
+//                    any other IPv6 connect fails with EPERM.
+//   shoal_sendmsg6   the same refusal for unconnected UDP (sendto).
 //   shoal_sockops    (TCP_CONNECT_CB, the local port is known by then) files the
 //                    record under (netns cookie, local port) for the ztunnel.
-//   shoal_getpeer4   keeps the app's view: getpeername() shows the original peer.
+//   shoal_getpeer4/6 keep the app's view: getpeername() shows the original peer.
 // On the ztunnel's cgroup:
-//   shoal_sockops    (PASSIVE_ESTABLISHED_CB on 15001) moves the record from
-//                    (netns cookie, peer port) into the accepted socket's storage.
+//   shoal_ztsockops  (PASSIVE_ESTABLISHED_CB on 15001) moves the record from
+//                    (netns cookie, peer port) into the accepted socket's storage;
+//                    (TCP_CONNECT_CB) records the ztunnel's own connections as
+//                    uncaptured, by 4-tuple, until they close.
 //   shoal_getsockopt answers getsockopt(SOL_IP, SO_ORIGINAL_DST) from it.
 // Socket storage dies with its socket; the port-keyed entry lives only between
 // the client's SYN and the ztunnel's accept of it (an LRU bounds stragglers).
@@ -20,10 +32,12 @@
 //   shoal_sk_lookup  hands inbound TCP to the ztunnel's 15006 listener for that
 //                    pod (found by the pod IP in the agent's sockhash). Passing
 //                    untouched: loopback, 15008 (HBONE), kubelet probes (SNATed
-//                    to the probe address), and flows that shoal_sockops saw
-//                    start uncaptured: the ztunnel delivering to the app over the
-//                    pod's own IP (that arrives with eth0's ifindex, not lo's, so
-//                    ingress_ifindex alone cannot tell). No listener yet: dropped.
+//                    to the probe address), and flows the ztunnel opened (the
+//                    uncaptured record: the ztunnel delivering to the app over
+//                    the pod's own IP arrives with eth0's ifindex, not lo's, so
+//                    ingress_ifindex alone cannot tell). Only the ztunnel's
+//                    cgroup can make such a record. No listener yet: dropped.
+//                    IPv6 (TCP and UDP) that did not come over loopback: dropped.
 //
 // Placeholders filled in by the agent: SOCKHASH_FD, OUTBOUND_PORT,
 // INBOUND_PORT, HBONE_PORT, MARK, PROBE_IP (host order).
@@ -72,25 +86,70 @@ static __always_inline struct flow_key flow_of(struct bpf_sock_ops *skops) {
     return key;
 }
 
+// Both connect programs capture here: the socket's record, then the new destination.
+static __always_inline int capture(struct bpf_sock_addr *ctx, u32 ip, u32 port) {
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 0;
+    struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!rec)
+        return 0;  // fail closed: refused rather than let past the ztunnel
+    rec->ip = ip;
+    rec->port = port;
+    return 1;
+}
+
+static __always_inline int local_ip4(u32 ip /* network order */) {
+    u32 dst = bpf_ntohl(ip);
+    return (dst >> 24) == 127 || dst == 0;
+}
+
 int shoal_connect4(struct bpf_sock_addr *ctx) {
     if (ctx->type != SOCK_STREAM || ctx->family != AF_INET)
         return 1;
-    struct bpf_sock *sk = ctx->sk;
-    if (!sk)
+    u32 ip = ctx->user_ip4;
+    if (local_ip4(ip))
         return 1;
-    if (sk->mark == MARK)
-        return 1;
-    u32 dst = bpf_ntohl(ctx->user_ip4);
-    if ((dst >> 24) == 127 || dst == 0)
-        return 1;
-    struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (!rec)
-        return 1;
-    rec->ip = ctx->user_ip4;
-    rec->port = ctx->user_port;
+    if (!capture(ctx, ip, ctx->user_port))
+        return 0;
     ctx->user_ip4 = bpf_htonl(0x7f000001);
     ctx->user_port = bpf_htons(OUTBOUND_PORT);
     return 1;
+}
+
+// ::ffff:a.b.c.d, IPv4 through an AF_INET6 socket.
+static __always_inline int v4_mapped(u32 w0, u32 w1, u32 w2) {
+    return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff);
+}
+
+// ::1 and :: (which the kernel takes as loopback).
+static __always_inline int loopback6(u32 w0, u32 w1, u32 w2, u32 w3) {
+    return w0 == 0 && w1 == 0 && w2 == 0 && (w3 == 0 || w3 == bpf_htonl(1));
+}
+
+int shoal_connect6(struct bpf_sock_addr *ctx) {
+    if (ctx->family != AF_INET6)
+        return 1;
+    u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+    if (v4_mapped(w0, w1, w2)) {
+        if (ctx->type != SOCK_STREAM || local_ip4(w3))
+            return 1;  // as connect4: the mesh carries TCP, and loopback stays in the pod
+        if (!capture(ctx, w3, ctx->user_port))
+            return 0;
+        ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+        ctx->user_port = bpf_htons(OUTBOUND_PORT);
+        return 1;
+    }
+    if (loopback6(w0, w1, w2, w3))
+        return 1;
+    return 0;  // EPERM: the mesh does not carry IPv6 yet, and nothing goes around it
+}
+
+int shoal_sendmsg6(struct bpf_sock_addr *ctx) {
+    u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
+    if (v4_mapped(w0, w1, w2) || loopback6(w0, w1, w2, w3))
+        return 1;  // IPv4 UDP is not captured either
+    return 0;
 }
 
 int shoal_getpeer4(struct bpf_sock_addr *ctx) {
@@ -105,25 +164,50 @@ int shoal_getpeer4(struct bpf_sock_addr *ctx) {
     return 1;
 }
 
+int shoal_getpeer6(struct bpf_sock_addr *ctx) {
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, 0);
+    if (!rec)
+        return 1;  // only a v4-mapped connect is ever recorded
+    ctx->user_ip6[0] = 0;
+    ctx->user_ip6[1] = 0;
+    ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+    ctx->user_ip6[3] = rec->ip;
+    ctx->user_port = rec->port;
+    return 1;
+}
+
+// On the pod's cgroup: a captured connect files its record for the ztunnel's accept.
 int shoal_sockops(struct bpf_sock_ops *skops) {
+    struct bpf_sock *sk = skops->sk;
+    if (!sk || skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+        return 1;
+    if (skops->family != AF_INET && skops->family != AF_INET6)  // AF_INET6: a v4-mapped connect
+        return 1;
+    struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, 0);
+    if (!rec)
+        return 1;  // loopback: nothing to hand over
+    struct port_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
+    struct orig_dst copy = *rec;
+    orig_by_port.update(&key, &copy);
+    return 1;
+}
+
+// On the ztunnel's cgroup only, so that no pod can make an uncaptured record.
+int shoal_ztsockops(struct bpf_sock_ops *skops) {
     struct bpf_sock *sk = skops->sk;
     if (!sk || skops->family != AF_INET)
         return 1;
     if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
-        struct orig_dst *rec = orig_by_sock.sk_storage_get(sk, 0, 0);
-        if (!rec) {
-            // Not captured: remember the flow so that sk_lookup, which cannot
-            // see the socket's mark, does not steer it to the ztunnel (this is
-            // how the ztunnel delivers inbound traffic to the app).
-            struct flow_key flow = flow_of(skops);
-            u8 one = 1;
-            uncaptured.update(&flow, &one);
-            bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
-            return 1;
-        }
-        struct port_key key = {.netns = bpf_get_netns_cookie(skops), .port = skops->local_port};
-        struct orig_dst copy = *rec;
-        orig_by_port.update(&key, &copy);
+        // Remember the flow so that sk_lookup, which cannot see the socket,
+        // does not steer it to the ztunnel (this is how the ztunnel delivers
+        // inbound traffic to the app).
+        struct flow_key flow = flow_of(skops);
+        u8 one = 1;
+        uncaptured.update(&flow, &one);
+        bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
     } else if (skops->op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == TCP_CLOSE_STATE) {
         struct flow_key flow = flow_of(skops);
         uncaptured.delete(&flow);
@@ -166,9 +250,11 @@ int shoal_getsockopt(struct bpf_sockopt *ctx) {
 }
 
 int shoal_sk_lookup(struct bpf_sk_lookup *ctx) {
-    if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
-        return SK_PASS;
     if (ctx->ingress_ifindex == 1)  // loopback is ifindex 1 in every netns
+        return SK_PASS;
+    if (ctx->family == AF_INET6)
+        return SK_DROP;  // the mesh does not carry IPv6 yet, and nothing goes around it
+    if (ctx->family != AF_INET || ctx->protocol != IPPROTO_TCP)
         return SK_PASS;
     if (ctx->local_port == HBONE_PORT)
         return SK_PASS;

@@ -178,7 +178,7 @@ class NodeAgent:
             if self.server.add(_workload(pod), fd):
                 self.in_flight.add(pod.uid)
         installed = [pod for pod in plan.install if self._install(pod)]
-        if plan.remove or plan.install:
+        if plan.remove or plan.install or self.redirection.probes_stale():
             try:
                 self.redirection.sync_probes()
             except (NodeAgentError, OSError) as e:

@@ -7,15 +7,24 @@ compiling, so it finds the very programs that are attached and never attaches
 a second copy. Changed C source gets a new hash directory.
 
 Per pod:
-- its cgroup gets shoal_connect4, shoal_getpeer4 and shoal_sockops
-  (BPF_PROG_ATTACH with ALLOW_MULTI; cgroup attachments outlive the agent);
+- its cgroup gets shoal_connect4, shoal_connect6, shoal_sendmsg6,
+  shoal_getpeer4, shoal_getpeer6 and shoal_sockops (BPF_PROG_ATTACH with
+  ALLOW_MULTI; cgroup attachments outlive the agent): IPv4 TCP is captured,
+  IPv6 is refused (EPERM) but for v4-mapped addresses, captured as IPv4;
 - its netns gets shoal_sk_lookup through a bpf link, pinned as
-  `<agent dir>/links/<uid>` so it outlives the agent too;
+  `<agent dir>/links/<uid>` so it outlives the agent too; it also drops
+  inbound IPv6 that did not come over loopback;
 - the sockhash maps the pod's IP to the ztunnel's 15006 listener for that pod
   (the ztunnel hands the listener over with its Ack of AddWorkload).
-The ztunnel's own cgroup (found from the hand-off peer) gets shoal_sockops and
-shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001 sockets.
+The ztunnel's own cgroup (found from the hand-off peer) gets shoal_ztsockops
+and shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001
+sockets and record the ztunnel's own connections as uncaptured. Telling the
+ztunnel by its cgroup rather than by the 0x539 mark is what keeps a pod that
+sets the mark itself captured.
 
+On each target, shoal's programs of each attach type are exactly this
+build's set for that target: installing attaches what is missing and
+detaches any other shoal program there (an older build's, or one renamed).
 Whether a program is attached is asked of the kernel (BPF_PROG_QUERY), never
 assumed. Removing a pod detaches its cgroup programs and unpins its link.
 """
@@ -42,18 +51,26 @@ SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
 BPFFS = bpffs.BPFFS
 
 PROG_TYPE = {"sock_addr": 18, "sock_ops": 13, "sockopt": 25, "sk_lookup": 30}
-ATTACH_CONNECT4, ATTACH_GETPEERNAME4, ATTACH_SOCK_OPS, ATTACH_GETSOCKOPT, ATTACH_SK_LOOKUP = 10, 29, 3, 21, 36
+ATTACH_CONNECT4, ATTACH_CONNECT6, ATTACH_SENDMSG6 = 10, 11, 15
+ATTACH_GETPEERNAME4, ATTACH_GETPEERNAME6 = 29, 30
+ATTACH_SOCK_OPS, ATTACH_GETSOCKOPT, ATTACH_SK_LOOKUP = 3, 21, 36
 
 # program name -> (program type, attach type)
 PROGRAMS = {
     "shoal_connect4": (PROG_TYPE["sock_addr"], ATTACH_CONNECT4),
+    "shoal_connect6": (PROG_TYPE["sock_addr"], ATTACH_CONNECT6),
+    "shoal_sendmsg6": (PROG_TYPE["sock_addr"], ATTACH_SENDMSG6),
     "shoal_getpeer4": (PROG_TYPE["sock_addr"], ATTACH_GETPEERNAME4),
+    "shoal_getpeer6": (PROG_TYPE["sock_addr"], ATTACH_GETPEERNAME6),
     "shoal_sockops": (PROG_TYPE["sock_ops"], ATTACH_SOCK_OPS),
+    "shoal_ztsockops": (PROG_TYPE["sock_ops"], ATTACH_SOCK_OPS),
     "shoal_getsockopt": (PROG_TYPE["sockopt"], ATTACH_GETSOCKOPT),
     "shoal_sk_lookup": (PROG_TYPE["sk_lookup"], ATTACH_SK_LOOKUP),
 }
-POD_CGROUP_PROGRAMS = ("shoal_connect4", "shoal_getpeer4", "shoal_sockops")
-ZTUNNEL_CGROUP_PROGRAMS = ("shoal_sockops", "shoal_getsockopt")
+POD_CGROUP_PROGRAMS = ("shoal_connect4", "shoal_connect6", "shoal_sendmsg6", "shoal_getpeer4", "shoal_getpeer6",
+                       "shoal_sockops")
+# The uncaptured record, which lets a flow past sk_lookup, is made only here: never by a pod.
+ZTUNNEL_CGROUP_PROGRAMS = ("shoal_ztsockops", "shoal_getsockopt")
 SOCKHASH_ENTRIES = 4096
 
 
@@ -172,24 +189,30 @@ class EbpfRedirector:
             raise RedirectError(f"pod {pod.key} has no cgroup path; the eBPF mode attaches to the pod's cgroup")
         cgroup = _cgroup_fd(pod.cgroup)
         try:
-            for name in POD_CGROUP_PROGRAMS:
-                self._attach_once(name, cgroup, pod.cgroup)
+            self._attach_set(POD_CGROUP_PROGRAMS, cgroup, pod.cgroup)
         finally:
             os.close(cgroup)
         self._link_netns(pod)
 
-    def _attach_once(self, name: str, target_fd: int, where: str) -> None:
-        """Attaches `name` unless it is; detaches other versions of it (an older agent's) after."""
-        attach_type = PROGRAMS[name][1]
-        if self.prog_ids[name] not in libbpf.prog_query(target_fd, attach_type):
-            libbpf.prog_attach(self.prog_fds[name], target_fd, attach_type)
-            logger.debug("attached", program=name, to=where)
-        for stale in self._shoal_programs(target_fd, attach_type, name) - {self.prog_ids[name]}:
-            self._detach_id(stale, target_fd, attach_type)
-            logger.info("detached an older version", program=name, id=stale, to=where)
+    def _attach_set(self, names, target_fd: int, where: str) -> None:
+        """Attaches each of `names` unless it is; then detaches every other shoal program of those attach types."""
+        for name in names:
+            attach_type = PROGRAMS[name][1]
+            if self.prog_ids[name] not in libbpf.prog_query(target_fd, attach_type):
+                libbpf.prog_attach(self.prog_fds[name], target_fd, attach_type)
+                logger.debug("attached", program=name, to=where)
+        for attach_type, wanted in _ids_by_type(names, self.prog_ids).items():
+            for stale in self._shoal_programs(target_fd, attach_type) - wanted:
+                self._detach_id(stale, target_fd, attach_type)
+                logger.info("detached an older or renamed shoal program", id=stale, attach_type=attach_type,
+                            to=where)
 
-    def _shoal_programs(self, target_fd: int, attach_type: int, name: str | None = None) -> set[int]:
-        """Ids of shoal's programs (any version) attached there; only those called `name`, if given."""
+    def _attached_exactly(self, names, target_fd: int) -> bool:
+        return all(self._shoal_programs(target_fd, attach_type) == wanted
+                   for attach_type, wanted in _ids_by_type(names, self.prog_ids).items())
+
+    def _shoal_programs(self, target_fd: int, attach_type: int) -> set[int]:
+        """Ids of shoal's programs (any build, any name) attached there with that attach type."""
         found = set()
         for prog_id in libbpf.prog_query(target_fd, attach_type):
             try:
@@ -200,8 +223,7 @@ class EbpfRedirector:
                 prog_name = libbpf.prog_info(fd)[1]
             finally:
                 os.close(fd)
-            # The kernel keeps 15 characters of a program's name.
-            if prog_name.startswith("shoal_") and (name is None or name.startswith(prog_name)):
+            if prog_name.startswith("shoal_"):
                 found.add(prog_id)
         return found
 
@@ -216,9 +238,9 @@ class EbpfRedirector:
             os.close(fd)
 
     def _detach_all(self, target_fd: int, names) -> None:
-        for name in names:
-            attach_type = PROGRAMS[name][1]
-            for prog_id in self._shoal_programs(target_fd, attach_type, name):
+        """Detaches every shoal program (any build, any name) of the attach types that `names` use."""
+        for attach_type in {PROGRAMS[name][1] for name in names}:
+            for prog_id in self._shoal_programs(target_fd, attach_type):
                 self._detach_id(prog_id, target_fd, attach_type)
 
     def _link_netns(self, pod: PodTarget) -> None:
@@ -262,9 +284,8 @@ class EbpfRedirector:
             return False
         cgroup = _cgroup_fd(pod.cgroup)
         try:
-            for name in POD_CGROUP_PROGRAMS:
-                if self._shoal_programs(cgroup, PROGRAMS[name][1], name) != {self.prog_ids[name]}:
-                    return False  # missing, or an older version beside it
+            if not self._attached_exactly(POD_CGROUP_PROGRAMS, cgroup):
+                return False  # missing, or an older version beside it
         finally:
             os.close(cgroup)
         pin = self.links_dir / _safe(pod.uid)
@@ -289,8 +310,7 @@ class EbpfRedirector:
         cgroup = str(cgroup)
         fd = _cgroup_fd(cgroup)
         try:
-            for name in ZTUNNEL_CGROUP_PROGRAMS:
-                self._attach_once(name, fd, cgroup)
+            self._attach_set(ZTUNNEL_CGROUP_PROGRAMS, fd, cgroup)
         finally:
             os.close(fd)
         self.ztunnel_cgroups.add(cgroup)
@@ -321,6 +341,14 @@ class EbpfRedirector:
         if self.sockhash_fd is not None:
             os.close(self.sockhash_fd)
         self.prog_fds, self.prog_ids, self.sockhash_fd = {}, {}, None
+
+
+def _ids_by_type(names, prog_ids: dict[str, int]) -> dict[int, set[int]]:
+    """attach type -> the ids of `names` attached with it."""
+    out: dict[int, set[int]] = {}
+    for name in names:
+        out.setdefault(PROGRAMS[name][1], set()).add(prog_ids[name])
+    return out
 
 
 def _safe(uid: str) -> str:

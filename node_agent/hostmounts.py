@@ -33,6 +33,22 @@ def cgroup2_root(mounts: str = "/proc/self/mounts") -> Path | None:
     return Path(sorted(roots, key=len)[0]) if roots else None
 
 
+def hierarchy_path(cgroup: str | os.PathLike, root: Path | None = None) -> str:
+    """A cgroup as the kernel names it in the v2 hierarchy (`system.slice/kubelet.service`, what iptables'
+    `-m cgroup --path` takes), from its directory under the cgroup2 mount or from that name itself (with or
+    without the leading slash of /proc/PID/cgroup). The root cgroup is ""."""
+    path = Path(cgroup)
+    root = root or cgroup2_root()
+    if root is not None and path.is_absolute():
+        try:
+            relative = path.relative_to(root)
+        except ValueError:
+            pass  # not under the mount: a hierarchy name that starts with a slash
+        else:
+            return "" if relative == Path(".") else str(relative)
+    return str(path).strip("/")
+
+
 CGROUP2_CANDIDATES = (Path("/sys/fs/cgroup/cgroup.controllers"), Path("/sys/fs/cgroup/unified/cgroup.controllers"))
 
 

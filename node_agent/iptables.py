@@ -1,8 +1,11 @@
-"""The iptables redirect mode: nat rules in the pod's netns, in shoal's own chains.
+"""The iptables redirect mode: rules in the pod's netns, in shoal's own chains.
+
+IPv4, where the mesh carries TCP:
 
     -t nat SHOAL_OUTPUT     (jumped to from OUTPUT)
-      -m mark --mark 0x539        RETURN    the ztunnel's own sockets
       -o lo                       RETURN    loopback, the pod talking to itself
+      -m mark --mark 0x539 -m cgroup ! --path <pod cgroup>
+                                  RETURN    the ztunnel's own sockets
       -p tcp                      REDIRECT --to-ports 15001
     -t nat SHOAL_PREROUTING (jumped to from PREROUTING)
       -i lo                       RETURN
@@ -10,17 +13,41 @@
       -p tcp --dport 15008        RETURN    HBONE goes to the ztunnel as it is
       -p tcp                      REDIRECT --to-ports 15006
 
+IPv6, which the mesh does not carry yet (dual stack is a later issue): it is
+refused, never passed around the mesh.
+
+    ip6tables -t filter SHOAL_OUTPUT (jumped to from OUTPUT)
+      -o lo                       RETURN    ::1 and the pod's own addresses
+      -p ipv6-icmp                RETURN    neighbour discovery, errors
+      -p tcp                      REJECT --reject-with tcp-reset   (connect() fails at once)
+                                  REJECT --reject-with icmp6-adm-prohibited
+    ip6tables -t filter SHOAL_INPUT  (jumped to from INPUT)
+      -i lo                       RETURN
+      -p ipv6-icmp                RETURN
+                                  DROP
+
+Refusing outbound (rather than dropping it) makes an app that tries IPv6
+first fall back to IPv4 at once instead of waiting for a timeout. An
+AF_INET6 socket connecting to a v4-mapped address (::ffff:a.b.c.d) sends
+IPv4, which the nat rules above capture like any other.
+
+The mark: the ztunnel's sockets inside the pod carry 0x539 so that capture
+skips them, but a process of the pod with CAP_NET_ADMIN can set the same
+mark. So the mark counts only on sockets made outside the pod's cgroup (the
+ztunnel's): an app's socket is captured whatever its mark.
+
 The ztunnel reads where a connection was going with SO_ORIGINAL_DST (conntrack
-keeps it for REDIRECT). Both chains are owned whole: installing refills them
-and keeps exactly one jump, so a second install (or a restarted agent) makes
-no duplicates. Removing deletes the jumps and the chains.
+keeps it for REDIRECT). Every chain is owned whole: installing refills it and
+keeps exactly one jump, so a second install (or a restarted agent) makes no
+duplicates. Removing deletes the jumps and the chains, in both families.
 
 Kubelet probes and STRICT mTLS: the probe comes from the node, not from a mesh
 peer, so the ztunnel would refuse it on 15006. Instead of teaching the ztunnel
-about kubelets, the node SNATs host-originated TCP to an enrolled pod to the
+about kubelets, the node SNATs the kubelet's TCP to an enrolled pod to the
 link-local 169.254.7.127 (probes.py) and the pod lets that source through to
 the app. Nothing else can carry that source: it is link-local and never routed
-off the node, and mesh peers arrive with their own pod IPs.
+off the node, mesh peers arrive with their own pod IPs, and on the node only
+the kubelet's cgroup is SNATed to it.
 """
 
 from __future__ import annotations
@@ -30,18 +57,35 @@ import os
 from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
 
 from node_agent import netfilter
+from node_agent.errors import RedirectError
+from node_agent.hostmounts import hierarchy_path
 from node_agent.model import PodTarget
 
 OUTPUT_CHAIN = "SHOAL_OUTPUT"
 PREROUTING_CHAIN = "SHOAL_PREROUTING"
+INPUT_CHAIN = "SHOAL_INPUT"
+
+# (chain, the built-in chain that jumps to it) per family and table
+IPV4_CHAINS = {"nat": ((OUTPUT_CHAIN, "OUTPUT"), (PREROUTING_CHAIN, "PREROUTING"))}
+IPV6_CHAINS = {"filter": ((OUTPUT_CHAIN, "OUTPUT"), (INPUT_CHAIN, "INPUT"))}
 
 
-def capture_rules(iptc) -> dict[str, list]:
+def pod_cgroup(pod: PodTarget) -> str:
+    """The pod's cgroup as `-m cgroup --path` names it; the iptables mode needs it to tell the app's marks."""
+    path = hierarchy_path(pod.cgroup) if pod.cgroup else ""
+    if not path:
+        raise RedirectError(f"pod {pod.key} has no cgroup of its own ({pod.cgroup!r}); capture tells the "
+                            f"ztunnel's marked sockets from the app's by the pod's cgroup")
+    return path
+
+
+def capture_rules(iptc, pod: PodTarget) -> dict[str, list]:
     rule = netfilter.rule
     return {
         OUTPUT_CHAIN: [
-            rule(iptc, matches=[("mark", {"mark": hex(MARK)})], target="RETURN"),
             rule(iptc, out_interface="lo", target="RETURN"),
+            rule(iptc, matches=[("mark", {"mark": hex(MARK)}), ("cgroup", {"path": f"!{pod_cgroup(pod)}"})],
+                 target="RETURN"),
             rule(iptc, protocol="tcp", target="REDIRECT", target_args={"to_ports": str(OUTBOUND_PORT)}),
         ],
         PREROUTING_CHAIN: [
@@ -53,6 +97,44 @@ def capture_rules(iptc) -> dict[str, list]:
     }
 
 
+def ipv6_rules(iptc) -> dict[str, list]:
+    def rule(**kwargs):
+        return netfilter.rule(iptc, ipv6=True, **kwargs)
+    return {
+        OUTPUT_CHAIN: [
+            rule(out_interface="lo", target="RETURN"),
+            rule(protocol="icmpv6", target="RETURN"),
+            rule(protocol="tcp", target="REJECT", target_args={"reject_with": "tcp-reset"}),
+            rule(target="REJECT", target_args={"reject_with": "icmp6-adm-prohibited"}),
+        ],
+        INPUT_CHAIN: [
+            rule(in_interface="lo", target="RETURN"),
+            rule(protocol="icmpv6", target="RETURN"),
+            rule(target="DROP"),
+        ],
+    }
+
+
+def kernel_has_ipv6() -> bool:
+    """False on a kernel booted with ipv6.disable=1: no IPv6 can flow, and ip6tables cannot load."""
+    return os.path.exists("/proc/sys/net/ipv6")
+
+
+def _families(pod: PodTarget):
+    """(ipv6?, {table: ((chain, built-in), ...)}, iptc -> {chain: rules}) per family, IPv6 first: installing in
+    this order leaves no moment when IPv4 is captured and IPv6 still open."""
+    if kernel_has_ipv6():
+        yield True, IPV6_CHAINS, ipv6_rules
+    yield False, IPV4_CHAINS, lambda iptc: capture_rules(iptc, pod)
+
+
+def _owned(chains: dict[str, tuple]):
+    """(table, chain, built-in) for every chain of one family."""
+    for table, pairs in chains.items():
+        for chain, builtin in pairs:
+            yield table, chain, builtin
+
+
 class IptablesRedirector:
     mode = "iptables"
 
@@ -61,30 +143,33 @@ class IptablesRedirector:
         netfilter.check_legacy()
 
     def install(self, pod: PodTarget) -> None:
-        def apply(iptc, tables):
-            nat = tables["nat"]
-            wanted = capture_rules(iptc)
-            netfilter.ensure_chain(iptc, nat, OUTPUT_CHAIN, "OUTPUT", wanted[OUTPUT_CHAIN])
-            netfilter.ensure_chain(iptc, nat, PREROUTING_CHAIN, "PREROUTING", wanted[PREROUTING_CHAIN])
-        netfilter.in_netns(pod.netns, ["nat"], apply)
+        for ipv6, chains, wanted in _families(pod):
+            def apply(iptc, tables, chains=chains, wanted=wanted):
+                rules = wanted(iptc)
+                for table, chain, builtin in _owned(chains):
+                    netfilter.ensure_chain(iptc, tables[table], chain, builtin, rules[chain])
+            netfilter.in_netns(pod.netns, chains, apply, ipv6=ipv6)
 
     def remove(self, pod: PodTarget) -> None:
         if not os.path.exists(pod.netns):
             return  # the rules went with the netns
-        def drop(iptc, tables):
-            netfilter.drop_chain(iptc, tables["nat"], OUTPUT_CHAIN, "OUTPUT")
-            netfilter.drop_chain(iptc, tables["nat"], PREROUTING_CHAIN, "PREROUTING")
-        netfilter.in_netns(pod.netns, ["nat"], drop)
+        for ipv6, chains, _ in _families(pod):
+            def drop(iptc, tables, chains=chains):
+                for table, chain, builtin in _owned(chains):
+                    netfilter.drop_chain(iptc, tables[table], chain, builtin)
+            netfilter.in_netns(pod.netns, chains, drop, ipv6=ipv6)
 
     def installed(self, pod: PodTarget) -> bool:
-        def check(iptc, tables):
-            nat = tables["nat"]
-            wanted = capture_rules(iptc)  # counted, so a rule added there is expected here too
-            return (netfilter.chain_rules(iptc, nat, OUTPUT_CHAIN) == len(wanted[OUTPUT_CHAIN])
-                    and netfilter.chain_rules(iptc, nat, PREROUTING_CHAIN) == len(wanted[PREROUTING_CHAIN])
-                    and netfilter.jumps(iptc, nat, OUTPUT_CHAIN, "OUTPUT") == 1
-                    and netfilter.jumps(iptc, nat, PREROUTING_CHAIN, "PREROUTING") == 1)
-        return bool(netfilter.in_netns(pod.netns, ["nat"], check))
+        for ipv6, chains, wanted in _families(pod):
+            def check(iptc, tables, chains=chains, wanted=wanted):
+                rules = wanted(iptc)
+                # compared whole, so an older agent's rules are installed again, not taken as these
+                return all(netfilter.chain_is(iptc, tables[table], chain, rules[chain])
+                           and netfilter.jumps(iptc, tables[table], chain, builtin) == 1
+                           for table, chain, builtin in _owned(chains))
+            if not netfilter.in_netns(pod.netns, chains, check, ipv6=ipv6):
+                return False
+        return True
 
     # The eBPF mode's extras do not apply here: REDIRECT needs no listener hand-over.
     def set_inbound_listener(self, pod: PodTarget, listener_fd: int) -> None:

@@ -37,18 +37,19 @@ def import_iptc():
 
 def check_legacy() -> None:
     """python-iptables writes the legacy tables; iptables-legacy must be installed to inspect them."""
-    if not shutil.which("iptables-legacy-save"):
-        raise PrerequisiteMissing("iptables-legacy", "iptables-legacy-save is not on PATH",
-                                  "install it: apt install iptables (it ships the legacy tools)")
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+        if not shutil.which(tool):
+            raise PrerequisiteMissing("iptables-legacy", f"{tool} is not on PATH",
+                                      "install it: apt install iptables (it ships the legacy tools)")
 
 
 @contextmanager
-def _tables(names: Iterable[str]):
+def _tables(names: Iterable[str], ipv6: bool):
     iptc = import_iptc()
     tables = {}
     try:
         for name in names:
-            table = iptc.Table(name, autocommit=False)
+            table = (iptc.Table6 if ipv6 else iptc.Table)(name, autocommit=False)
             table.refresh()
             tables[name] = table
         yield iptc, tables
@@ -59,10 +60,11 @@ def _tables(names: Iterable[str]):
             table.close()
 
 
-def in_netns(ns: str | int | None, table_names: Iterable[str], fn: Callable) -> object:
-    """Runs fn(iptc, tables) with fresh handles of those tables inside `ns` (None: this netns), then commits."""
+def in_netns(ns: str | int | None, table_names: Iterable[str], fn: Callable, *, ipv6: bool = False) -> object:
+    """Runs fn(iptc, tables) with fresh handles of those tables inside `ns` (None: this netns), then commits.
+    With ipv6, the tables are ip6tables' (fn then makes its rules with `rule(..., ipv6=True)`)."""
     def body():
-        with _LOCK, _tables(table_names) as (iptc, tables):
+        with _LOCK, _tables(table_names, ipv6) as (iptc, tables):
             return fn(iptc, tables)
     try:
         if ns is None:
@@ -77,8 +79,8 @@ def in_netns(ns: str | int | None, table_names: Iterable[str], fn: Callable) -> 
 
 
 def rule(iptc, *, protocol=None, src=None, dst=None, in_interface=None, out_interface=None,
-         matches: Iterable[tuple[str, dict]] = (), target: str, target_args: dict | None = None):
-    r = iptc.Rule()
+         matches: Iterable[tuple[str, dict]] = (), target: str, target_args: dict | None = None, ipv6: bool = False):
+    r = iptc.Rule6() if ipv6 else iptc.Rule()
     if protocol:
         r.protocol = protocol
     if src:
@@ -112,7 +114,7 @@ def ensure_chain(iptc, table, chain_name: str, builtin: str, rules: list) -> Non
     for r in jumps[1:]:
         parent.delete_rule(r)
     if not jumps:
-        parent.insert_rule(rule(iptc, target=chain_name))
+        parent.insert_rule(rule(iptc, target=chain_name, ipv6=isinstance(table, iptc.Table6)))
 
 
 def drop_chain(iptc, table, chain_name: str, builtin: str) -> bool:
@@ -126,20 +128,29 @@ def drop_chain(iptc, table, chain_name: str, builtin: str) -> bool:
     return True
 
 
-def chain_rules(iptc, table, chain_name: str) -> int | None:
-    """How many rules the chain holds (None when it does not exist)."""
+def _signature(r) -> tuple:
+    """A rule as iptables-save would print it, comparable (python-iptables' own == compares the raw target
+    buffers, which the kernel fills in differently from a fresh rule for REDIRECT)."""
+    def params(x):
+        return sorted((k, tuple(v)) for k, v in x.get_all_parameters().items())
+    return (r.src, r.dst, r.protocol, r.in_interface, r.out_interface,
+            tuple((m.name, tuple(params(m))) for m in r.matches), r.target.name, tuple(params(r.target)))
+
+
+def chain_is(iptc, table, chain_name: str, rules: list) -> bool:
+    """Does the chain hold exactly these rules, in this order (an older agent's rules do not count)?"""
     if not table.is_chain(chain_name):
-        return None
-    return len(iptc.Chain(table, chain_name).rules)
+        return False
+    return [_signature(r) for r in iptc.Chain(table, chain_name).rules] == [_signature(r) for r in rules]
 
 
 def jumps(iptc, table, chain_name: str, builtin: str) -> int:
     return sum(1 for r in iptc.Chain(table, builtin).rules if r.target.name == chain_name)
 
 
-def save(ns: str | None = None) -> str:
-    """`iptables-legacy-save` output in a netns (for logs and tests)."""
-    argv = ["iptables-legacy-save"]
+def save(ns: str | None = None, *, ipv6: bool = False) -> str:
+    """`iptables-legacy-save` (or `ip6tables-legacy-save`) output in a netns (for logs and tests)."""
+    argv = ["ip6tables-legacy-save" if ipv6 else "iptables-legacy-save"]
     if ns is None:
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     fd = netns.open_fd(ns)  # a name under /run/netns, or a path

@@ -2,7 +2,8 @@
 
 `Redirection.install(pod)` puts in place, idempotently:
 - the capture of the chosen mode (iptables.py or ebpf.py) in the pod;
-- the probe SNAT for the pod's IP in the node's netns (probes.py).
+- the probe SNAT for the pod's IP in the node's netns, for the kubelet's
+  cgroup only (probes.py).
 `remove(pod)` takes all of it away, `installed(pod)` asks the kernel.
 
 The ledger (one JSON file per pod under the agent's state dir) records what
@@ -102,12 +103,14 @@ def _remove_return_path(pod: PodTarget) -> None:
 
 
 class Redirection:
-    def __init__(self, capture, state_dir: Path, node_netns: str | None = None) -> None:
+    def __init__(self, capture, state_dir: Path, node_netns: str | None = None,
+                 kubelet_cgroup: str = probes.DEFAULT_KUBELET_CGROUP) -> None:
         self.capture = capture
         self.mode = capture.mode
         self.state_dir = Path(state_dir)
         self.ledger = Ledger(self.state_dir / "pods")
         self.node_netns = node_netns
+        self.probes = probes.Probes(kubelet_cgroup, node_netns)
         self._recorded = self.ledger.pods()
 
     def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
@@ -130,7 +133,7 @@ class Redirection:
         if not os.path.exists(pod.netns):
             return False
         return (pod.uid in self._recorded and self.capture.installed(pod)
-                and pod.ip in probes.covered(self.node_netns))
+                and pod.ip in self.probes.covered())
 
     def recorded(self) -> dict[str, PodTarget]:
         return dict(self._recorded)
@@ -169,7 +172,7 @@ class Redirection:
                 self.ledger.forget(pod.uid)
                 self._recorded.pop(pod.uid, None)
             removed.append(pod.key)
-        probes.sync([], self.node_netns)
+        probes.remove(self.node_netns)
         for cgroup in self.ztunnel_cgroups():
             self.capture.detach_ztunnel(cgroup)
         self._ztunnel_file.unlink(missing_ok=True)
@@ -183,7 +186,11 @@ class Redirection:
 
     def sync_probes(self) -> None:
         """The node's probe SNAT covers exactly the recorded pods."""
-        probes.sync([p.ip for p in self._recorded.values()], self.node_netns)
+        self.probes.sync([p.ip for p in self._recorded.values()])
+
+    def probes_stale(self) -> bool:
+        """Must the probe SNAT be written again (not yet by this process, or the kubelet's cgroup is new)?"""
+        return bool(self._recorded) and self.probes.stale()
 
     def close(self) -> None:
         self.capture.close()

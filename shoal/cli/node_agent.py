@@ -29,6 +29,11 @@ def register(sub) -> None:
     p.add_argument("--state-dir", type=Path, help=f"where the agent records what it installed "
                                                   f"(default {DEFAULT_STATE_DIR}, or under the local node's dir)")
     p.add_argument("--bpffs", type=Path, default=Path("/sys/fs/bpf"), help="bpffs to pin eBPF objects in")
+    p.add_argument("--kubelet-cgroup",
+                   help="the cgroup v2 of the process that runs the kubelet's probes, as /proc/<pid>/cgroup shows it "
+                        "after 0:: (or its directory under the cgroup2 mount); only its TCP to enrolled pods passes "
+                        "their capture as a probe (default system.slice/kubelet.service; in a local cluster, "
+                        "shoal/<cluster>/daemon, where shoal's kubelet runs)")
     p.add_argument("--metrics-port", type=int, default=NODE_AGENT_PORT,
                    help=f"metrics (/metrics) and readiness (/healthz/ready) port; 0 disables (default {NODE_AGENT_PORT})")
     p.add_argument("--cleanup", action="store_true",
@@ -46,6 +51,17 @@ def _paths(args) -> tuple[str, Path, Path]:
                 args.state_dir or layout.node_dir(index) / "node-agent")
     from shoal.handoff import DEFAULT_SOCKET
     return args.node, args.socket or DEFAULT_SOCKET, args.state_dir or DEFAULT_STATE_DIR
+
+
+def _kubelet_cgroup(args) -> str:
+    """--kubelet-cgroup, or where the kubelet runs: a systemd unit on a node, shoal's daemon in a local cluster."""
+    if args.kubelet_cgroup:
+        return args.kubelet_cgroup
+    if args.source == "local":
+        from shoal.local.layout import Layout
+        return str(Layout(args.cluster).cgroup_dir / "daemon")  # shoal.local.cluster starts the daemon there
+    from node_agent.probes import DEFAULT_KUBELET_CGROUP
+    return DEFAULT_KUBELET_CGROUP
 
 
 def main(args) -> int:
@@ -82,7 +98,11 @@ def main(args) -> int:
                        old=sorted(previous), new=capture.mode)
         if cleanup(args, agent_id, state_dir, modes=previous) != 0:
             return 1
-    redirection = Redirection(capture, state_dir)
+    try:
+        redirection = Redirection(capture, state_dir, kubelet_cgroup=_kubelet_cgroup(args))
+    except NodeAgentError as e:
+        print(f"shoal node-agent: {e}", file=sys.stderr)
+        return 1
 
     if args.source == "local":
         from node_agent.sources import LocalSource

@@ -41,7 +41,8 @@ def test_bpffs(tmp_path_factory):
 def redirection(request, topo, test_bpffs, tmp_path_factory):
     from node_agent.redirect import Redirection, choose
     capture = choose(request.param, f"test-{os.getpid()}", bpffs=test_bpffs)
-    r = Redirection(capture, tmp_path_factory.mktemp(f"state-{request.param}"), node_netns=topo.node)
+    r = Redirection(capture, tmp_path_factory.mktemp(f"state-{request.param}"), node_netns=topo.node,
+                    kubelet_cgroup=str(topo.kubelet_cgroup))
     r.attach_ztunnel(topo.ztunnel_cgroup)
     try:
         yield r

@@ -4,6 +4,11 @@
       |-- pod "a": eth0 198.19.250.2/32, default via 169.254.1.1, cgroup .../a
       `-- pod "b": eth0 198.19.250.3/32, default via 169.254.1.1, cgroup .../b
     cgroup .../ztunnel: where the test process sits while it plays the ztunnel
+    cgroup .../kubelet: the node's kubelet (its probes); .../host: another host-network process
+
+With `ipv6()`, each pod also gets fd73:686f:616c:fa::<2|3>/128 (shoal's own
+range), routed by the node over fd73:686f:616c:fa::1 on each pod veth, as the
+IPv4 side does with 169.254.1.1.
 
 The node and its pods are wired as the local cluster wires them (shoal.local.network), under
 names of a cluster of their own. Everything is named after the test process's pid and removed
@@ -30,6 +35,8 @@ from node_agent.model import PodTarget
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 POD_IPS = {"a": "198.19.250.2", "b": "198.19.250.3"}
+POD_IPS6 = {"a": "fd73:686f:616c:fa::2", "b": "fd73:686f:616c:fa::3"}
+GATEWAY6 = "fd73:686f:616c:fa::1"
 NAMESPACE = "demo"
 
 
@@ -59,6 +66,15 @@ class Topology:
     def ztunnel_cgroup(self) -> Path:
         return self.cgroup_dir / "ztunnel"
 
+    @property
+    def kubelet_cgroup(self) -> Path:
+        return self.cgroup_dir / "kubelet"
+
+    @property
+    def host_cgroup(self) -> Path:
+        """A host-network process that is not the kubelet."""
+        return self.cgroup_dir / "host"
+
     def pod_netns(self, pod: str) -> str:
         return self.layout.pod_netns(NAMESPACE, f"pod-{pod}")
 
@@ -66,7 +82,8 @@ class Topology:
         netns.create(self.node)
         sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.cgroup_dir.mkdir(exist_ok=True)
-        self.ztunnel_cgroup.mkdir(exist_ok=True)
+        for cgroup in (self.ztunnel_cgroup, self.kubelet_cgroup, self.host_cgroup):
+            cgroup.mkdir(exist_ok=True)
         for pod, ip in POD_IPS.items():
             name = ensure_pod_sandbox(self.layout, 1, NAMESPACE, f"pod-{pod}", ip)
             cgroup = self.cgroup_dir / pod
@@ -95,6 +112,36 @@ class Topology:
                     _kill_cgroup(child)
                     child.rmdir()
             self.cgroup_dir.rmdir()
+
+    def ipv6(self, enable: bool = True) -> None:
+        """Adds (or removes) the pods' IPv6 addresses and the node's routes to them."""
+        verb = "add" if enable else "del"
+        if enable:
+            sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        for pod, ip6 in POD_IPS6.items():
+            ns, veth = self.pod_netns(pod), self.layout.pod_veth(NAMESPACE, f"pod-{pod}")
+            steps = [
+                (self.node, ["-6", "addr", verb, f"{GATEWAY6}/128", "dev", veth, *(["nodad"] if enable else [])]),
+                (self.node, ["-6", "route", verb, f"{ip6}/128", "dev", veth]),
+                (ns, ["-6", "addr", verb, f"{ip6}/128", "dev", "eth0", *(["nodad"] if enable else [])]),
+                (ns, ["-6", "route", verb, f"{GATEWAY6}/128", "dev", "eth0"]),
+                (ns, ["-6", "route", verb, "default", "via", GATEWAY6, "dev", "eth0"]),
+            ]
+            for where, argv in (steps if enable else reversed(steps)):
+                result = subprocess.run(["ip", "-n", where, *argv], capture_output=True, text=True)
+                if result.returncode != 0 and enable and "File exists" not in result.stderr:
+                    raise RuntimeError(f"ip {' '.join(argv)} in {where}: {result.stderr.strip()}")
+
+    def run_on_node(self, code: str, cgroup: Path, *, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        """Runs a Python snippet as a host-network process of the node, in `cgroup`."""
+        proc = netns.popen(self.node, [sys.executable, "-I", "-S", "-c", code], cgroup=str(cgroup),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def run_in_pod(self, pod: str, code: str, *, timeout: float = 10.0, cgroup: bool = True) -> subprocess.CompletedProcess:
         """Runs a Python snippet as a process of the pod: its netns and (by default) its cgroup."""

@@ -101,7 +101,8 @@ class AgentProcess:
         self.state = tmp_path / "state"
         self.argv = [*SHOAL, "--log-format", "json", "node-agent", "--source", "local",
                      "--cluster", CLUSTER, "--node", "node1", "--redirect", mode, "--socket", str(self.socket),
-                     "--state-dir", str(self.state), "--bpffs", str(bpffs), "--metrics-port", str(NODE_AGENT_PORT)]
+                     "--state-dir", str(self.state), "--bpffs", str(bpffs), "--metrics-port", str(NODE_AGENT_PORT),
+                     "--kubelet-cgroup", str(topo.kubelet_cgroup)]
         self.env = {**os.environ, "SHOAL_RUN_ROOT": str(tmp_path / "run")}
         self.proc = None
         self.ztunnel = None
@@ -263,7 +264,7 @@ def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, t
     if mode == "iptables":
         assert netfilter.save(topo.pod_netns("a")).count("-j SHOAL_") == 2
     else:
-        assert len(bpftool_cgroup(pod_a.cgroup)) == 3
+        assert len(bpftool_cgroup(pod_a.cgroup)) == 6
     outbound_works(topo, ztunnel, pod_a.uid)
 
 

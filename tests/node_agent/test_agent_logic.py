@@ -30,6 +30,7 @@ class FakeRedirection:
         self.installed_pods = {}
         self.log = []
         self.listeners = []
+        self.stale_probes = False  # as the kubelet's cgroup being made anew would make it
 
     def install(self, pod, *, sync_probes=True):
         self.installed_pods[pod.uid] = pod
@@ -47,6 +48,10 @@ class FakeRedirection:
 
     def sync_probes(self):
         self.log.append(("probes", tuple(sorted(self.installed_pods))))
+        self.stale_probes = False
+
+    def probes_stale(self):
+        return self.stale_probes
 
     def set_inbound_listener(self, pod, fd):
         self.listeners.append((pod.uid, os.fstat(fd).st_ino))
@@ -213,5 +218,20 @@ def test_nothing_is_decided_before_the_first_list(tmp_path):
             assert redirection.installed_pods == {"uid-a": kept}
             await eventually_async(lambda: (tmp_path / "z.sock").exists())
             assert ("remove", "uid-a") not in redirection.log
+
+    asyncio.run(main())
+
+
+def test_the_probe_snat_is_written_again_when_the_kubelets_cgroup_is_new(tmp_path):
+    """A kubelet restarted by systemd gets a new cgroup, which the old SNAT rule does not match."""
+    async def main():
+        source = FakeSource({}, {"demo": ns(True)})
+        redirection = FakeRedirection()
+        async with running_agent(tmp_path, source, redirection):
+            await source.ready.wait()
+            await asyncio.sleep(0.15)  # resyncs pass; nothing changed, nothing written
+            assert ("probes", ()) not in redirection.log
+            redirection.stale_probes = True
+            await eventually_async(lambda: ("probes", ()) in redirection.log)  # at the next resync, no pod change
 
     asyncio.run(main())

@@ -74,3 +74,38 @@ def test_enroll_by_annotation_in_a_local_cluster(mode):
     assert not netns.names(cluster.layout.prefix)
     pins = Path("/sys/fs/bpf/shoal")
     assert not list(pins.glob(f"{cluster.name}-node*")) if pins.exists() else True
+
+
+def strict_probed_manifest(gate: Path) -> list[dict]:
+    """An enrolled namespace under STRICT mTLS, and a pod with a readiness probe that can only pass once
+    `gate` exists (so the probe that makes it Ready came through the pod's capture)."""
+    serve = ("import os, time, http.server\n"
+             f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
+             "http.server.HTTPServer(('', 8080), http.server.SimpleHTTPRequestHandler).serve_forever()\n")
+    return [{"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": "demo", "labels": {"shoal.io/dataplane-mode": "ambient"}}},
+            {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+             "metadata": {"name": "strict", "namespace": "demo"}, "spec": {"mtls": {"mode": "STRICT"}}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed", "namespace": "demo"},
+             "spec": {"nodeName": "node1", "containers": [{
+                 "name": "app", "command": ["python3", "-c", serve],
+                 "readinessProbe": {"httpGet": {"port": 8080, "path": "/"}}}]}}]
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_under_strict_mtls_the_kubelets_probes_pass_and_other_host_processes_do_not(mode, tmp_path):
+    """The node agent's default probe exemption in a local cluster is shoal's kubelet (the daemon's cgroup)."""
+    gate = tmp_path / "serve"
+    with running_cluster(f"np{mode[:3]}", nodes=1, redirect=mode) as cluster:
+        cluster.apply(strict_probed_manifest(gate))
+        eventually(lambda: enrolled_pods(cluster, 1) == 1, 30, "the pod enrolled", interval=0.1)
+        gate.touch()
+        cluster.wait_pods_ready("demo", 1)  # the kubelet's probe reached the app, past STRICT
+
+        ip = cluster.pod_ip("probed", "demo")
+        host = netns.run(cluster.layout.node_netns(1),
+                         ["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                          f"http://{ip}:8080/"], check=False)
+        assert host.returncode != 0 and host.stdout != "200", host.stdout
+        eventually(lambda: "plaintext refused" in cluster.logs("ztunnel-node1", "shoal-system"), 10,
+                   "the ztunnel refusing the host process")

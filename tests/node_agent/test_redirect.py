@@ -78,10 +78,12 @@ def test_hbone_port_is_not_captured(topo, ztunnel_listeners):
         assert result.stdout.strip().endswith("hbone")
 
 
-def test_marked_sockets_are_not_captured(topo, ztunnel_listeners):
+def test_the_ztunnels_marked_sockets_are_not_captured(topo, ztunnel_listeners):
+    """The ztunnel's own sockets in the pod (marked, made outside the pod's cgroup) go where they were sent."""
     with listen_in(topo.pod_netns("b"), 9090) as target:
         server = Server(target, b"direct")
-        result = topo.run_in_pod("a", client_code(POD_IPS["b"], 9090, mark=MARK))
+        # cgroup=False: the process stays in the test's cgroup, the ztunnel's
+        result = topo.run_in_pod("a", client_code(POD_IPS["b"], 9090, mark=MARK), cgroup=False)
         assert result.returncode == 0, result.stderr
         assert server.result().data == b"hello"
         assert result.stdout.strip() == f"{POD_IPS['b']}:9090 direct"
@@ -96,16 +98,13 @@ def test_loopback_is_not_captured(topo, ztunnel_listeners):
 
 
 def test_kubelet_probes_reach_the_app_not_the_ztunnel(topo, redirection, ztunnel_listeners):
-    """Host-originated TCP is SNATed to the probe address, which the pod's capture lets through."""
+    """The kubelet's TCP is SNATed to the probe address, which the pod's capture lets through."""
     assert POD_IPS["a"] in probes.covered(topo.node)
     with listen_in(topo.pod_netns("a"), 8080) as app:
         server = Server(app, b"healthy")
-        probe = netns.socket_in(topo.node)
-        probe.settimeout(5)
-        probe.connect((POD_IPS["a"], 8080))
-        probe.sendall(b"GET /healthz")
-        assert probe.recv(100) == b"healthy"
-        probe.close()
+        result = topo.run_on_node(client_code(POD_IPS["a"], 8080, payload=b"GET /healthz"), topo.kubelet_cgroup)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("healthy")
         assert server.result().peer[0] == PROBE_SOURCE
 
 
@@ -132,7 +131,8 @@ def test_install_is_idempotent_and_removal_leaves_nothing(topo, redirection):
         assert saved.count("--to-ports 15001") == 1 and saved.count("--to-ports 15006") == 1
     else:
         names = [line.split()[-1] for line in bpftool_cgroup(pod.cgroup)]
-        assert sorted(names) == ["shoal_connect4", "shoal_getpeer4", "shoal_sockops"], names
+        assert sorted(names) == ["shoal_connect4", "shoal_connect6", "shoal_getpeer4", "shoal_getpeer6",
+                                 "shoal_sendmsg6", "shoal_sockops"], names
         assert len(re.findall(rf"netns_ino {netns_inode(pod.netns)}\b", bpftool_links())) == 1
     assert node_saved.count(f"-d {POD_IPS['a']}/32") == 1
 
@@ -159,12 +159,13 @@ def test_a_fresh_agent_finds_what_is_installed_and_adds_no_duplicate(topo, redir
     redirection.install(pod)
     try:
         again = Redirection(choose(redirection.mode, f"test-{os.getpid()}", bpffs=test_bpffs),
-                            redirection.ledger.dir.parent, node_netns=topo.node)
+                            redirection.ledger.dir.parent, node_netns=topo.node,
+                            kubelet_cgroup=str(topo.kubelet_cgroup))
         assert set(again.recorded()) == {pod.uid}
         assert again.installed(pod)
         again.install(pod)
         if redirection.mode == "ebpf":
-            assert len(bpftool_cgroup(pod.cgroup)) == 3
+            assert len(bpftool_cgroup(pod.cgroup)) == 6
             assert again.capture.prog_ids == redirection.capture.prog_ids  # the very same programs
         else:
             assert netfilter.save(topo.pod_netns("a")).count("--to-ports 15001") == 1
@@ -253,13 +254,13 @@ def test_a_newer_build_replaces_an_older_ones_programs(topo, redirection, test_b
     newer_source.write_text(source)
     monkeypatch.setattr(ebpf, "SOURCE", newer_source)
     newer = Redirection(ebpf.EbpfRedirector(f"test-{os.getpid()}", test_bpffs), redirection.ledger.dir.parent,
-                        node_netns=topo.node)
+                        node_netns=topo.node, kubelet_cgroup=str(topo.kubelet_cgroup))
     try:
         assert not newer.installed(pod)  # the old build's programs are not this build's
         newer.install(pod)
         assert newer.installed(pod)
         attached = bpftool_cgroup(pod.cgroup)
-        assert len(attached) == 3
+        assert len(attached) == 6
         ids = {int(line.split()[0]) for line in attached}
         assert not ids & old_ids
         assert not (redirection.capture.prog_dir).exists()  # the old build was unpinned
