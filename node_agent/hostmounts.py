@@ -92,3 +92,34 @@ def rejoin_host_mounts(candidates=CGROUP2_CANDIDATES) -> bool:
     os.chdir("/")
     logger.info("joined the host's mount namespace to see its cgroups and bpffs", cgroup2=str(cgroup2_root()))
     return True
+
+
+CLONE_NEWCGROUP = 0x02000000
+
+
+def join_host_cgroupns(reference: str = "/proc/1/ns/cgroup") -> bool:
+    """Joins the host's cgroup namespace (PID 1's, seen through hostPID) if this process is in another; True if
+    it did.
+
+    Both of the agent's ways of naming a cgroup are relative to its own cgroup namespace: iptables'
+    `-m cgroup --path` (the kubelet's and the pods' cgroups) resolves there, and /proc/PID/cgroup (the
+    ztunnel's cgroup) reads from there. In a private one (containerd gives containers one on cgroup v2)
+    they would name the wrong cgroups, or none. Called before any thread starts, so that every thread
+    inherits it. Where PID 1's namespace cannot be seen, nothing happens.
+    """
+    try:
+        if os.stat(reference).st_ino == os.stat("/proc/self/ns/cgroup").st_ino:
+            return False
+        fd = os.open(reference, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWCGROUP) != 0:
+            logger.warning("cannot join the host's cgroup namespace; cgroup paths may resolve inside the agent's own",
+                           error=os.strerror(ctypes.get_errno()))
+            return False
+    finally:
+        os.close(fd)
+    logger.info("joined the host's cgroup namespace, where the kubelet's and the pods' cgroups are named")
+    return True

@@ -78,10 +78,11 @@ def main(args) -> int:
         print(f"shoal node-agent: {e}", file=sys.stderr)
         return 2
     from node_agent.agent import AgentConfig, NodeAgent
-    from node_agent.hostmounts import rejoin_host_mounts
+    from node_agent.hostmounts import join_host_cgroupns, rejoin_host_mounts
     from node_agent.redirect import Ledger, Redirection, choose
 
     rejoin_host_mounts()
+    join_host_cgroupns()
 
     if args.cleanup:
         return cleanup(args, agent_id, state_dir)
