@@ -87,6 +87,12 @@ def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+        # gRPC shares subchannels between channels to one target, with their reconnect backoff (up to
+        # 120 s): a control plane that came back would stay "refused" for that long. Each channel gets
+        # its own, and our own backoff (ConfigClient.run) paces the retries.
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
     ])
 
 
@@ -288,6 +294,8 @@ class SignClient:
             response = await self._stub().Sign(request, metadata=tokens.metadata(self.settings.current_token()),
                                                timeout=self.settings.call_timeout)
         except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.UNAVAILABLE:
+                await self.close()           # the next call opens a fresh channel, not one in backoff
             raise ConfigClientError(f"certificate for {who} refused by {self.settings.target}: "
                                     f"{e.code().name}: {e.details()}") from None
         credential = identity.Credential.from_pem(identity.key_pem(key), response.chain.encode(),

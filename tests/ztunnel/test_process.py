@@ -35,15 +35,25 @@ async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, 
     return int(head.split()[1]), body
 
 
-@pytest.fixture
-def namespaces():
+@pytest.fixture(scope="module")
+def node_netns():
+    """One node netns for the module: gRPC keeps threads for the life of the process, in the netns they
+    were started in, and makes later sockets there; a node netns made again under the same name would
+    not be the one they use."""
     try:
         netns.create(NODE_NS)
+        yield NODE_NS
+    finally:
+        netns.remove(NODE_NS)
+
+
+@pytest.fixture
+def namespaces(node_netns):
+    try:
         netns.create(POD_NS)
         yield
     finally:
         netns.remove(POD_NS)
-        netns.remove(NODE_NS)
 
 
 def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(namespaces, tmp_path):
