@@ -137,6 +137,31 @@ def ip(name: str | None = None) -> IPRoute:
     return IPRoute(use_socket=socket_in(name, socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
 
 
+def addresses(name_or_fd: str | int) -> tuple[str, ...]:
+    """The namespace's own IPv4 addresses, loopback left out (a pod's: what the mesh may reach)."""
+    def read() -> tuple[str, ...]:
+        with IPRoute() as ipr:
+            found = (a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET))
+            return tuple(sorted(a for a in found if a and not a.startswith("127.")))
+    return run_in(name_or_fd, read)
+
+
+def tcp_listeners(name_or_fd: str | int, port: int) -> set[str]:
+    """The local IPv4 addresses that sockets of the namespace listen on for TCP `port`."""
+    def read() -> set[str]:
+        found = set()
+        with open("/proc/thread-self/net/tcp") as table:   # this thread's netns, not the process's
+            next(table)
+            for line in table:
+                fields = line.split()
+                local, state = fields[1], fields[3]
+                address, _, hex_port = local.partition(":")
+                if state == "0A" and int(hex_port, 16) == port:   # 0A: LISTEN
+                    found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+        return found
+    return run_in(name_or_fd, read)
+
+
 def popen(name: str, argv: Sequence[str], *, cgroup: str | None = None, **kwargs) -> subprocess.Popen:
     """Starts a process inside the namespace (and, optionally, a cgroup v2 directory).
 

@@ -16,6 +16,7 @@ class Config:
     socket_path: Path = Path("/var/run/shoal/ztunnel.sock")
     token_file: Path | None = None
     trust_domain: str = "cluster.local"
+    listen: str = "0.0.0.0"                 # metrics and readiness: every address of the node's netns
     admin_address: str = "127.0.0.1"
     admin_port: int = contracts.ADMIN_PORT
     metrics_port: int = contracts.METRICS_PORT

@@ -7,7 +7,10 @@ that says what to check). The I/O half (`ztunnel.inbound_io`) carries it
 out. Two kinds of connection arrive:
 
 - HBONE (15008): the client's certificate was verified against the mesh
-  root; the CONNECT target must be this pod; then L4 authorization.
+  root; the CONNECT target must be one of this pod's own addresses (read
+  from its netns at enrollment, so this holds while the control plane has
+  not described the pod yet), never loopback, never the ztunnel's own
+  ports; then L4 authorization.
 - plaintext (15006): PeerAuthentication first (STRICT refuses), then L4
   authorization with no principal. A connection to the ztunnel's own ports
   is refused, so capture can never loop.
@@ -43,10 +46,11 @@ class InboundConnection:
 
 @dataclass(frozen=True)
 class AppReach:
-    """How the app in this pod can be reached (found when the pod was enrolled)."""
+    """How the app in this pod can be reached, and at which addresses (found when the pod was enrolled)."""
 
     transparent: bool = True              # connect from the client's IP (IP_TRANSPARENT)
     via_loopback: bool = False            # capture would catch our own connections to the pod IP
+    addresses: tuple[str, ...] = ()       # the pod's own addresses, loopback left out
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class InboundPlan:
     connect: tuple[str, int]              # the app's address
     transparent_source: str | None        # bind this source IP, so the app sees the client
     service: str = ""                     # the service hostname to report, when it is unambiguous
+    via_loopback: bool = False            # only if the app listens beyond loopback (the driver checks)
 
 
 @dataclass(frozen=True)
@@ -73,16 +78,19 @@ def decide_inbound(state: ProxyState, workload: Workload, connection: InboundCon
         return Refusal(503, "UAEX", "no config from the control plane yet: this ztunnel serves no pod until it "
                                     "has the whole of it; check that the control plane is reachable")
     known = workload.uid in state.workloads
+    if port in contracts.ZTUNNEL_POD_PORTS:
+        return Refusal(400, "NR", f"a connection to the ztunnel's own port {port}; refusing to loop")
+    own = reach.addresses or workload.ips
+    if not own:
+        return Refusal(503, "NR", "this pod's own addresses are not known yet; retry in a moment")
+    if host not in own:
+        return Refusal(400, "NR", f"{host} is not this pod ({', '.join(own)}); check the client's outbound "
+                                  "decision (a tunnel reaches only the pod it names, never its loopback)")
     if connection.mtls:
         if connection.peer is None:
             return Refusal(401, "UAEX", "client certificate carries no mesh identity: "
                            f"{connection.peer_problem or 'none presented'}")
-        if workload.ips and host not in workload.ips:
-            return Refusal(400, "NR", f"{host} is not this pod ({', '.join(workload.ips)}); "
-                                      "check the client's outbound decision")
     else:
-        if port in contracts.ZTUNNEL_POD_PORTS:
-            return Refusal(400, "UF", f"plaintext to the ztunnel's own port {port}; refusing to loop")
         if _peer_auth_mode(state, workload, port, known) is PeerAuthMode.STRICT:
             return Refusal(400, "UAEX", "plaintext refused: PeerAuthentication is STRICT for this workload; "
                                         "the client must be in the mesh")
@@ -96,7 +104,7 @@ def decide_inbound(state: ProxyState, workload: Workload, connection: InboundCon
     if not verdict:
         return Refusal(403, "UAEX", f"policy denied: {verdict.reason}")
     if reach.via_loopback:
-        return InboundPlan((LOOPBACK, port), None, _service_of(state, workload, port))
+        return InboundPlan((LOOPBACK, port), None, _service_of(state, workload, port), via_loopback=True)
     return InboundPlan((host, port), connection.source_ip if reach.transparent else None,
                        _service_of(state, workload, port))
 

@@ -18,7 +18,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from shoal import hbone, identity, log, sockets
+from shoal import hbone, identity, log, netns, sockets
 from shoal.certs import CertManager
 from shoal.hbone_io import HboneSession, TunnelStream
 from shoal.hbone_relay import TcpSide, relay
@@ -156,6 +156,14 @@ class InboundDriver:
             self.tracker.end(record)
 
     async def _connect_app(self, pod: Pod, plan: InboundPlan) -> socket.socket:
+        if plan.via_loopback:
+            # Over 127.0.0.1 a socket bound to loopback alone would answer: it must stay out of the mesh's reach.
+            port = plan.connect[1]
+            listening = await asyncio.get_running_loop().run_in_executor(None, netns.tcp_listeners,
+                                                                         pod.netns_fd, port)
+            if not any(not address.startswith("127.") for address in listening):
+                raise sockets.ConnectFailed(f"nothing listens on port {port} beyond the pod's loopback; an app "
+                                            "bound to 127.0.0.1 is not reachable from the mesh", "refused")
         return await sockets.connect(pod.sockets, plan.connect, timeout=self.connect_timeout,
                                      transparent_source=plan.transparent_source)
 

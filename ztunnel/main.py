@@ -57,7 +57,7 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
         missing = link.config_missing()
         return (False, missing) if missing else (True, "ready")
 
-    servers = await serve_admin_ports("0.0.0.0", render_metrics=z.metrics.render, ready=ready,
+    servers = await serve_admin_ports(config.listen, render_metrics=z.metrics.render, ready=ready,
                                       admin_routes=admin_routes(z), admin_address=config.admin_address,
                                       metrics_port=config.metrics_port, readiness_port=config.readiness_port,
                                       admin_port=config.admin_port)

@@ -144,7 +144,7 @@ def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Ba
     workload = state.workload_by_ip(ip)
     if workload is not None:
         ref = workload.waypoint
-        if ref is not None and not _is_waypoint(source, ref):
+        if ref is not None and not _is_waypoint(state, source, ref):
             waypoint = state.waypoint_for(ref)
             if waypoint is not None and waypoint.traffic_type in ("workload", "all"):
                 return _via_waypoint(state, source_identity, ref, f"{ip}:{port}", "", workload.uid, balancer)
@@ -155,10 +155,12 @@ def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Ba
     return Plan(Kind.PASSTHROUGH, (ip, port))
 
 
-def _is_waypoint(source: Workload, ref: WaypointRef) -> bool:
-    # Waypoint pods are named after their Gateway (name-<hash>) in its namespace.
-    return source.namespace == ref.namespace and (source.canonical_service == ref.name
-                                                  or source.name.startswith(ref.name + "-"))
+def _is_waypoint(state: ProxyState, source: Workload, ref: WaypointRef) -> bool:
+    """Is the source that waypoint itself? By its identity (what its certificate says), never by a
+    name or a label, which any pod of the namespace could take."""
+    waypoint = state.waypoint_for(ref)
+    return (waypoint is not None and source.namespace == waypoint.namespace
+            and source.service_account == waypoint.service_account)
 
 
 def _to_service(state, source, source_identity, service: Service, vip, port, balancer) -> Plan:
@@ -167,7 +169,7 @@ def _to_service(state, source, source_identity, service: Service, vip, port, bal
         raise UnknownServicePort(f"service {service.hostname} has no port {port} (its ports: {ports}); "
                                  "check the Service's spec.ports")
     ref = service.waypoint
-    if ref is not None and not _is_waypoint(source, ref):
+    if ref is not None and not _is_waypoint(state, source, ref):
         waypoint = state.waypoint_for(ref)
         if waypoint is None or waypoint.traffic_type in ("service", "all"):
             return _via_waypoint(state, source_identity, ref, f"{vip}:{port}", service.hostname, "", balancer)

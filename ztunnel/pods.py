@@ -118,7 +118,12 @@ class PodRegistry:
                 transparent_ok = True
             except Exception as e:  # noqa: BLE001 - the pod is served all the same, without the client's IP
                 logger.warning("source IP will not be preserved for this pod", pod=pod.name, error=str(e))
-        pod.reach = AppReach(transparent=transparent_ok, via_loopback=captured)
+        try:
+            own = await asyncio.get_running_loop().run_in_executor(None, netns.addresses, netns_fd)
+        except Exception as e:  # noqa: BLE001 - then only the control plane's word says what the pod is
+            logger.warning("could not read the pod's addresses", pod=pod.name, error=str(e))
+            own = ()
+        pod.reach = AppReach(transparent=transparent_ok, via_loopback=captured, addresses=own)
         self.pods[workload.uid] = pod
         self.certs.want(who)
         loop = asyncio.get_running_loop()

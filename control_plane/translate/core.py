@@ -157,11 +157,28 @@ def canonical_names(pod: dict) -> tuple[str, str]:
     return str(service), str(revision)
 
 
-def is_waypoint_part(obj: dict, waypoints: Mapping[str, Waypoint]) -> bool:
-    """A waypoint's own pod or Service (Gateway API's gateway-name label names a known waypoint)."""
+def _waypoint_named_by(obj: dict, waypoints: Mapping[str, Waypoint]) -> Waypoint | None:
     meta = _meta(obj)
     gateway = (meta.get("labels") or {}).get(GATEWAY_NAME_LABEL)
-    return bool(gateway) and f"{meta.get('namespace') or 'default'}/{gateway}" in waypoints
+    return waypoints.get(f"{meta.get('namespace') or 'default'}/{gateway}") if gateway else None
+
+
+def is_waypoint_service(svc: dict, waypoints: Mapping[str, Waypoint]) -> bool:
+    """A waypoint's own Service: Gateway API's gateway-name label names a known waypoint."""
+    return _waypoint_named_by(svc, waypoints) is not None
+
+
+def is_waypoint_pod(pod: dict, waypoints: Mapping[str, Waypoint]) -> bool:
+    """A waypoint's own pod: the gateway-name label names a known waypoint AND the pod runs as that
+    waypoint's service account. A label alone makes no pod a waypoint; its identity does, since that
+    is what the waypoint's certificate names and what clients check."""
+    waypoint = _waypoint_named_by(pod, waypoints)
+    return waypoint is not None and pod_service_account(pod) == waypoint.service_account
+
+
+def pod_service_account(pod: dict) -> str:
+    spec = pod.get("spec") or {}
+    return str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
 
 
 def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, Waypoint]) -> Workload | None:
@@ -171,7 +188,7 @@ def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, W
     meta, spec = _meta(pod), pod.get("spec") or {}
     namespace = str(meta.get("namespace") or "default")
     service, revision = canonical_names(pod)
-    waypoint_part = is_waypoint_part(pod, waypoints)
+    waypoint_part = is_waypoint_pod(pod, waypoints)
     enrolled = pod_enrolled(pod, namespace_obj) or waypoint_part
     own_proxy = (meta.get("labels") or {}).get(TUNNEL_LABEL) == TUNNEL_HBONE
     waypoint = None
@@ -182,7 +199,7 @@ def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, W
         uid=pod_uid(pod),
         name=str(meta.get("name", "")),
         namespace=namespace,
-        service_account=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
+        service_account=pod_service_account(pod),
         node=str(spec.get("nodeName") or ""),
         ips=pod_ips(pod),
         labels=freeze_labels(meta.get("labels")),
@@ -254,15 +271,18 @@ def service_of(svc: dict, namespace_obj: dict | None, pods: Iterable[dict],
     name, namespace = str(meta.get("name", "")), str(meta.get("namespace") or "default")
     endpoints = []
     raw_ports = [p for p in spec.get("ports") or [] if isinstance(p, dict) and isinstance(p.get("port"), int)]
+    own_pods_only = is_waypoint_service(svc, waypoints)   # a waypoint's Service: its identity's pods only
     for pod in pods:
         if not pod_serving(pod) or not selects(svc, pod):
+            continue
+        if own_pods_only and not is_waypoint_pod(pod, waypoints):
             continue
         for port in raw_ports:
             target = target_port(pod, port)
             if target is not None:
                 endpoints.append(Endpoint(pod_uid(pod), port["port"], target))
     waypoint = None
-    if not is_waypoint_part(svc, waypoints):
+    if not is_waypoint_service(svc, waypoints):
         waypoint = _resolve_waypoint(waypoint_setting(meta, namespace),
                                      waypoint_setting(_meta(namespace_obj), namespace), waypoints, "service")
     return Service(

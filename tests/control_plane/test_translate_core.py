@@ -212,10 +212,26 @@ def test_relabelled_pod_moves_between_services_with_multi_label_selectors():
         "uid-p-default", "uid-q-default"}
 
 
+def test_a_pod_is_a_waypoint_by_its_identity_not_by_a_label_or_a_name():
+    """Issue 9, item 4: a pod that carries the waypoint's labels and name but not its service account is
+    neither a waypoint (it uses the namespace's waypoint like any pod) nor an endpoint of the waypoint Service."""
+    ns = namespace("default", labels={"istio.io/use-waypoint": "waypoint", "shoal.io/dataplane-mode": "ambient"})
+    part = {"gateway.networking.k8s.io/gateway-name": "waypoint", "app": "waypoint"}
+    real = pod("waypoint-abc", labels=part, sa="waypoint")
+    impostor = pod("waypoint-xyz", labels=part, sa="default")
+    waypoint_svc = service("waypoint", selector=part, ports=((15008, 15008),), labels=part, vip="198.18.16.12")
+    t, _ = translate(ns, waypoint_gateway(traffic="all"), real, impostor, waypoint_svc)
+    snap = t.snapshot()
+    assert [e.workload_uid for e in snap[S]["waypoint.default.svc.cluster.local"].endpoints] == [
+        "uid-waypoint-abc-default"]
+    assert snap[W]["uid-waypoint-abc-default"].waypoint is None
+    assert snap[W]["uid-waypoint-xyz-default"].waypoint == WaypointRef("default", "waypoint")
+
+
 def test_a_waypoint_never_routes_through_itself():
     ns = namespace("default", labels={"istio.io/use-waypoint": "waypoint"})
     part = {"gateway.networking.k8s.io/gateway-name": "waypoint"}
-    waypoint_pod = pod("waypoint-abc", labels=part)
+    waypoint_pod = pod("waypoint-abc", labels=part, sa="waypoint")
     waypoint_svc = service("waypoint", selector=part, ports=((15008, 15008),), labels=part, vip="198.18.16.12")
     t, _ = translate(ns, waypoint_gateway(traffic="all"), waypoint_pod, waypoint_svc, service("web"))
     snap = t.snapshot()

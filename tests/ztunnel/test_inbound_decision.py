@@ -52,9 +52,10 @@ def plaintext(port=5432, source=CLIENT_IP):
     return InboundConnection(source, (DB_IP, port))
 
 
-TRANSPARENT = AppReach(transparent=True)
-OPAQUE = AppReach(transparent=False)
-LOOPBACK = AppReach(transparent=False, via_loopback=True)
+TRANSPARENT = AppReach(transparent=True, addresses=(DB_IP,))
+OPAQUE = AppReach(transparent=False, addresses=(DB_IP,))
+LOOPBACK = AppReach(transparent=False, via_loopback=True, addresses=(DB_IP,))
+ADDRESSES_UNREAD = AppReach(transparent=True)       # the pod's netns could not be read: the config's word only
 
 ADMIT = InboundPlan((DB_IP, 5432), CLIENT_IP, DB_HOST)
 
@@ -62,7 +63,19 @@ CASES = [
     # name, resources, workload, connection, reach, expected (a plan, or (status, flag, words in the reason))
     ("hbone, no policy", [], DB, hbone(), TRANSPARENT, ADMIT),
     ("hbone, source IP not kept", [], DB, hbone(), OPAQUE, InboundPlan((DB_IP, 5432), None, DB_HOST)),
-    ("hbone, app reached over loopback", [], DB, hbone(), LOOPBACK, InboundPlan(("127.0.0.1", 5432), None, DB_HOST)),
+    ("hbone, app reached over loopback", [], DB, hbone(), LOOPBACK,
+     InboundPlan(("127.0.0.1", 5432), None, DB_HOST, via_loopback=True)),
+    ("hbone, the pod's loopback is not a target", [], DB, hbone(target=("127.0.0.1", 5432)), TRANSPARENT,
+     (400, "NR", "never its loopback")),
+    ("hbone, the ztunnel's own port is not a target", [], DB, hbone(target=(DB_IP, 15006)), TRANSPARENT,
+     (400, "NR", "refusing to loop")),
+    ("hbone, addresses from the config when the netns gave none", [], DB, hbone(), ADDRESSES_UNREAD, ADMIT),
+    ("hbone, unknown pod: its netns's addresses decide", [], UNKNOWN, hbone(target=("198.19.2.3", 5432)),
+     TRANSPARENT, (400, "NR", "not this pod")),
+    ("hbone, unknown pod and no address known: refused", [], UNKNOWN, hbone(), ADDRESSES_UNREAD,
+     (503, "NR", "addresses are not known")),
+    ("plaintext to another address than the pod's", [], DB, InboundConnection(CLIENT_IP, ("198.19.2.3", 5432)),
+     TRANSPARENT, (400, "NR", "not this pod")),
     ("hbone, other port has no service", [], DB, hbone(target=(DB_IP, 7000)), TRANSPARENT,
      InboundPlan((DB_IP, 7000), CLIENT_IP, "")),
     ("hbone, target is another pod", [], DB, hbone(target=("198.19.2.3", 5432)), TRANSPARENT,
@@ -88,7 +101,7 @@ CASES = [
     ("plaintext, labels unknown and a label PeerAuthentication exists: STRICT", [STRICT_DB_PORT], UNKNOWN,
      plaintext(port=80), TRANSPARENT, (400, "UAEX", "STRICT")),
     ("plaintext to the ztunnel's own port never loops", [], DB, plaintext(port=15006), TRANSPARENT,
-     (400, "UF", "refusing to loop")),
+     (400, "NR", "refusing to loop")),
     ("plaintext has no principal to allow", [ALLOW_FRONT], DB, plaintext(), TRANSPARENT, (403, "UAEX", "allow-front")),
     ("plaintext allowed by IP block", [ALLOW_CIDR], DB, plaintext(), TRANSPARENT, ADMIT),
     ("plaintext outside the IP block", [ALLOW_CIDR], DB, plaintext(source="198.19.3.9"), TRANSPARENT,

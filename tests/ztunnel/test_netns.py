@@ -342,6 +342,41 @@ def test_identity_mismatch_and_timeout_are_classed(rig):
     assert line["plan"] == "passthrough" and line["error"].startswith("timed_out")
 
 
+def test_a_tunnel_reaches_only_the_pod_it_names_never_its_loopback(rig):
+    """Issue 9, item 5: CONNECT targets other than the pod's own addresses (its loopback, another pod, the
+    ztunnel's own ports) are refused, also while the control plane has not described the pod yet."""
+    from shoal import identity
+    from shoal.hbone_io import HboneSession, TunnelRefused
+    from shoal.model import ResourceType
+
+    credential = rig.ca.credential("spiffe://cluster.local/ns/app/sa/a")
+
+    async def tunnels(targets):
+        loop = asyncio.get_running_loop()
+        _, session = await loop.create_connection(lambda: HboneSession(True), PODS["b"], 15008,
+                                                  ssl=identity.client_context(credential), server_hostname="")
+        answers = {}
+        for target in targets:
+            try:
+                stream = await session.open(target, timeout=5)
+                answers[target] = 200
+                stream.abort()
+            except TunnelRefused as e:
+                answers[target] = e.status
+        session.close()
+        return answers
+
+    targets = ("127.0.0.1:8080", f"{PODS['a']}:8080", f"{PODS['b']}:15006", f"{PODS['b']}:8080")
+    expected = {"127.0.0.1:8080": 400, f"{PODS['a']}:8080": 400, f"{PODS['b']}:15006": 400, f"{PODS['b']}:8080": 200}
+    assert netns.run_in(pod_ns("c"), asyncio.run, tunnels(targets)) == expected
+    b = rig.state.workloads["uid-b"]
+    rig.set(remove=[(ResourceType.WORKLOAD, "uid-b")])     # b's Workload not (or no longer) in the config
+    try:
+        assert netns.run_in(pod_ns("c"), asyncio.run, tunnels(targets)) == expected
+    finally:
+        rig.set(b)
+
+
 def test_a_second_ztunnel_can_take_over_the_same_pods(rig):
     """SO_REUSEPORT: a new ztunnel binds the same ports in the same pods while the old one still listens."""
     async def second():
@@ -410,3 +445,4 @@ def test_drain_refuses_new_lets_open_finish_and_cuts_the_rest(rig):
     assert slow.communicate(timeout=10)[0].strip() == "100000"  # finished during the drain
     assert idle.communicate(timeout=10)[0].strip() in ("reset", "closed")  # cut at the deadline
     assert not rig.ztunnel.active
+

@@ -65,3 +65,35 @@ def test_capture_that_takes_our_own_connections_is_detected(pod_netns):
     subprocess.run(["ip", "netns", "exec", NS, "iptables-legacy", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
                     "-d", IP, "-j", "REDIRECT", "--to-ports", "1"], check=True)
     assert probe(pod_netns) is True
+
+
+@pytest.mark.parametrize("bound, reached", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_over_loopback_only_an_app_that_listens_beyond_loopback_is_reached(pod_netns, bound, reached):
+    """Issue 9, item 5: when the app must be reached over 127.0.0.1 (see probe_capture), a socket bound to
+    the pod's loopback alone stays out of the mesh's reach."""
+    from shoal import sockets
+    from ztunnel.connections import ConnectionTracker
+    from ztunnel.inbound import AppReach, InboundPlan
+    from ztunnel.inbound_io import InboundDriver
+    from ztunnel.telemetry import Metrics
+
+    app = netns.socket_in(NS)
+    app.bind((bound, 8080))
+    app.listen()
+    pod = Pod(handoff.Workload("u", "p", "ns", "sa"), pod_netns, parse_spiffe_id("spiffe://cluster.local/ns/ns/sa/sa"),
+              reach=AppReach(transparent=False, via_loopback=True, addresses=(IP,)))
+    driver = InboundDriver(ProxyState(), None, None, ConnectionTracker(Metrics()), connect_timeout=2)
+
+    async def connect():
+        try:
+            sock = await driver._connect_app(pod, InboundPlan(("127.0.0.1", 8080), None, via_loopback=True))
+        except sockets.ConnectFailed as e:
+            assert "beyond the pod's loopback" in str(e)
+            return False
+        sock.close()
+        return True
+    try:
+        assert asyncio.run(connect()) is reached
+    finally:
+        app.close()
+        pod.sockets.close()

@@ -1,6 +1,8 @@
 """The whole ztunnel process wiring, in-process: the real control plane (gRPC, TLS, tokens),
-the real node-agent hand-off server, and `ztunnel.main.run`, all inside a test netns so
-the fixed ports (15000/15020/15021) collide with nothing."""
+the real node-agent hand-off server, and `ztunnel.main.run`, with the pod in a test netns.
+The ztunnel's own ports are free ones on this host, so they collide with nothing; the process
+stays in the host's netns because gRPC keeps threads, for the life of the process, in the netns
+they started in."""
 
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ from shoal.lifecycle import Shutdown
 from ztunnel.config import Config
 from ztunnel.main import run
 
+from support.net import free_port
 from support.plane import NODE_TOKENS, start_plane, workload
 from support.polling import eventually_async
 from support.root import needs_root
 
 pytestmark = needs_root("runs the ztunnel in its own network namespace")
 
-NODE_NS = f"shoal-ztp{os.getpid() % 100000}-node"
 POD_NS = f"shoal-ztp{os.getpid() % 100000}-pod"
+POD_IP = "198.19.7.2"
 
 
 async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
@@ -35,25 +38,22 @@ async def http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, 
     return int(head.split()[1]), body
 
 
-@pytest.fixture(scope="module")
-def node_netns():
-    """One node netns for the module: gRPC keeps threads for the life of the process, in the netns they
-    were started in, and makes later sockets there; a node netns made again under the same name would
-    not be the one they use."""
-    try:
-        netns.create(NODE_NS)
-        yield NODE_NS
-    finally:
-        netns.remove(NODE_NS)
-
-
 @pytest.fixture
-def namespaces(node_netns):
+def namespaces():
     try:
         netns.create(POD_NS)
         yield
     finally:
         netns.remove(POD_NS)
+
+
+PORTS = {}
+
+
+def ports() -> dict:
+    """Free admin, metrics and readiness ports, as Config fields."""
+    PORTS.update(admin_port=free_port(), metrics_port=free_port(), readiness_port=free_port())
+    return dict(PORTS, listen="127.0.0.1")
 
 
 def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(namespaces, tmp_path):
@@ -68,13 +68,13 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         sock_path = tmp_path / "ztunnel.sock"
 
         config = Config(node="node1", control_plane=plane.target, socket_path=sock_path, token_file=token_file,
-                        drain_seconds=1.0, preserve_source_ip=False)
+                        drain_seconds=1.0, preserve_source_ip=False, **ports())
         shutdown = Shutdown()
         zt = asyncio.create_task(run(config, bundle, shutdown))
 
         async def readiness():
             try:
-                return await http_get(15021, "/healthz/ready")
+                return await http_get(PORTS["readiness_port"], "/healthz/ready")
             except OSError:
                 return None
         status, body = await eventually_async(readiness, 30, "the readiness endpoint", interval=0.1)
@@ -86,12 +86,12 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         await agent.start()
 
         async def ready():
-            status, _ = await http_get(15021, "/healthz/ready")
+            status, _ = await http_get(PORTS["readiness_port"], "/healthz/ready")
             return status == 200
         await eventually_async(ready, 30, "ready", interval=0.1)
 
         async def cert_issued():
-            _, body = await http_get(15000, "/config_dump")
+            _, body = await http_get(PORTS["admin_port"], "/config_dump")
             dump = json.loads(body)
             certs = {c["identity"]: c for c in dump["certificates"]}
             return dump if certs.get("spiffe://cluster.local/ns/shop/sa/default", {}).get("state") == "valid" else None
@@ -99,7 +99,7 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         assert [w["uid"] for w in dump["workloads"]] == ["uid-1"]
         assert dump["pods"][0]["identity"] == "spiffe://cluster.local/ns/shop/sa/default"
 
-        status, metrics = await http_get(15020, "/metrics")
+        status, metrics = await http_get(PORTS["metrics_port"], "/metrics")
         assert status == 200 and b"# TYPE istio_tcp_connections_opened_total counter" in metrics
 
         # Listeners are inside the pod's netns.
@@ -111,14 +111,14 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         # The control plane goes away: still ready, still the same config.
         await plane.server.stop(grace=0)
         await asyncio.sleep(0.5)
-        assert (await http_get(15021, "/healthz/ready"))[0] == 200
-        assert json.loads((await http_get(15000, "/workloads"))[1])[0]["uid"] == "uid-1"
+        assert (await http_get(PORTS["readiness_port"], "/healthz/ready"))[0] == 200
+        assert json.loads((await http_get(PORTS["admin_port"], "/workloads"))[1])[0]["uid"] == "uid-1"
 
         shutdown.stopping.set()
         code = await asyncio.wait_for(zt, 10)
         await agent.close()
         with pytest.raises(OSError):
-            await http_get(15021, "/healthz/ready")
+            await http_get(PORTS["readiness_port"], "/healthz/ready")
         probe = netns.socket_in(POD_NS)
         probe.settimeout(2)
         with pytest.raises(OSError):
@@ -126,7 +126,7 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
         probe.close()
         return code
 
-    assert netns.run_in(NODE_NS, asyncio.run, main()) == 0
+    assert asyncio.run(main()) == 0
 
 
 def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_its_config_is_whole(
@@ -140,11 +140,15 @@ def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_i
     from control_plane.state import ConfigState
     from shoal import tokens
 
-    # Plaintext to 127.0.0.2:8080 inside the pod is captured into the ztunnel's 15006, as iptables mode does
-    # for inbound; the ztunnel's own (marked) connection to the app is not.
-    subprocess.run(["ip", "netns", "exec", POD_NS, "iptables-legacy", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
-                    "-d", "127.0.0.2", "--dport", "8080", "-m", "mark", "!", "--mark", "0x539",
-                    "-j", "REDIRECT", "--to-ports", "15006"], check=True)
+    # The pod has an address of its own, and plaintext to it on 8080 from inside the pod is captured into
+    # the ztunnel's 15006, as iptables mode does for inbound; the ztunnel's own (marked) connection is not.
+    for argv in (["ip", "-n", POD_NS, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+                 ["ip", "-n", POD_NS, "addr", "add", f"{POD_IP}/32", "dev", "eth0"],
+                 ["ip", "-n", POD_NS, "link", "set", "eth0", "up"],
+                 ["ip", "netns", "exec", POD_NS, "iptables-legacy", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
+                  "-d", POD_IP, "--dport", "8080", "-m", "mark", "!", "--mark", "0x539",
+                  "-j", "REDIRECT", "--to-ports", "15006"]):
+        subprocess.run(argv, check=True)
 
     async def main():
         plane = await start_plane(tmp_path / "cp")
@@ -156,7 +160,7 @@ def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_i
         bundle.write_bytes(plane.authority.bundle_pem)
         sock_path = tmp_path / "ztunnel.sock"
         config = Config(node="node1", control_plane=f"127.0.0.1:{port}", socket_path=sock_path,
-                        token_file=token_file, drain_seconds=0.5, preserve_source_ip=False)
+                        token_file=token_file, drain_seconds=0.5, preserve_source_ip=False, **ports())
         shutdown = Shutdown()
         zt = asyncio.create_task(run(config, bundle, shutdown))
         agent = HandoffServer(sock_path, lambda: [(handoff.Workload("uid-p", "p", "shop", "default"),
@@ -181,7 +185,7 @@ def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_i
             sock = netns.socket_in(POD_NS)
             sock.setblocking(False)
             try:
-                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.2", 8080))
+                await asyncio.get_running_loop().sock_connect(sock, (POD_IP, 8080))
                 reader, writer = await asyncio.open_connection(sock=sock)
                 writer.write(b"hello")
                 await writer.drain()
@@ -194,7 +198,7 @@ def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_i
 
         async def served_pod():
             try:
-                _, body = await http_get(15000, "/config_dump")
+                _, body = await http_get(PORTS["admin_port"], "/config_dump")
             except OSError:
                 return None                     # not listening yet
             return json.loads(body)["pods"]
@@ -202,7 +206,7 @@ def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_i
         for _ in range(3):
             assert not await call()            # reset or closed: nothing of the app's
         assert app_saw == []
-        status, body = await http_get(15021, "/healthz/ready")
+        status, body = await http_get(PORTS["readiness_port"], "/healthz/ready")
         assert status == 503 and b"no config" in body
 
         # The control plane comes back (same root, same port): the config is whole, the pod is served.
@@ -224,4 +228,4 @@ def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_i
         await again.stop(0)
         return code
 
-    assert netns.run_in(NODE_NS, asyncio.run, main()) == 0
+    assert asyncio.run(main()) == 0
