@@ -13,16 +13,26 @@
   the token's `authentication.kubernetes.io/node-name` extra (or, failing
   that, the node of the pod named in `.../pod-name`). Any other
   service-account token is a workload credential for that service account.
-  Reviews are cached briefly, keyed by a digest of the token.
+  Each call is one TokenReview.
+- `GuardedAuthenticator`: how the gRPC services ask either of them, from the
+  event loop. A flood of bad tokens must not stall the control plane, so
+  verdicts are cached by the token's digest (a refusal briefly, a success a
+  little longer), calls for one token share one check, and checks are
+  bounded: a few at once, in threads of their own, a bounded queue behind
+  them, and beyond it an immediate `AuthenticationUnavailable` (the caller
+  answers UNAVAILABLE, and the client retries after its backoff).
 
 Tokens are compared as SHA-256 digests, and never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -38,6 +48,11 @@ TOKEN_AUDIENCE = "shoal"
 
 class AuthenticationFailed(ControlPlaneError):
     """The token is missing, unknown or invalid; the message says which, never the token."""
+
+
+class AuthenticationUnavailable(AuthenticationFailed):
+    """The token could not be checked now (too many checks under way, or the API server failed);
+    not a verdict on the token: the caller should retry shortly."""
 
 
 @dataclass(frozen=True)
@@ -102,32 +117,20 @@ class LocalAuthenticator:
 class KubeAuthenticator:
     NODE_EXTRA = "authentication.kubernetes.io/node-name"
     POD_EXTRA = "authentication.kubernetes.io/pod-name"
-    CACHE_SECONDS = 30.0
 
     def __init__(self, authentication_v1, core_v1, *, node_service_accounts: frozenset[tuple[str, str]] =
-                 frozenset({("shoal-system", "shoal-node")}), audiences: tuple[str, ...] = (TOKEN_AUDIENCE,),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 frozenset({("shoal-system", "shoal-node")}), audiences: tuple[str, ...] = (TOKEN_AUDIENCE,)) -> None:
         if not audiences:
             raise ValueError("TokenReview needs shoal's audience: with none, any pod's API token would pass")
         self.auth_api, self.core_api = authentication_v1, core_v1
         self.node_service_accounts = node_service_accounts
         self.audiences = tuple(audiences)
-        self.clock = clock
-        self._cache: dict[str, tuple[float, Caller]] = {}
 
     def authenticate(self, token: str | None) -> Caller:
+        """One TokenReview (blocking); callers go through GuardedAuthenticator, which caches and bounds them."""
         if not token:
             raise AuthenticationFailed("no credential: send `authorization: Bearer <service-account token>`")
-        digest = _digest(token)
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > self.clock():
-            return hit[1]
-        caller = self._review(token)
-        self._cache[digest] = (self.clock() + self.CACHE_SECONDS, caller)
-        if len(self._cache) > 10_000:
-            now = self.clock()
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-        return caller
+        return self._review(token)
 
     def _review(self, token: str) -> Caller:
         from kubernetes import client
@@ -137,8 +140,11 @@ class KubeAuthenticator:
         try:
             result = self.auth_api.create_token_review(review)
         except ApiException as e:
-            raise AuthenticationFailed(f"TokenReview failed: {e.status} {e.reason}; check the control plane's "
-                                       "RBAC (create tokenreviews)") from None
+            raise AuthenticationUnavailable(f"TokenReview failed: {e.status} {e.reason}; check the control plane's "
+                                            "RBAC (create tokenreviews) and the API server") from None
+        except Exception as e:  # noqa: BLE001 - urllib3's connection errors: the API server is unreachable
+            raise AuthenticationUnavailable(f"TokenReview failed: {type(e).__name__}: {e}; check that the "
+                                            "API server is reachable") from None
         status = result.status
         if status is None or not status.authenticated or status.user is None:
             reason = getattr(status, "error", None) or "not authenticated"
@@ -173,3 +179,91 @@ class KubeAuthenticator:
             raise AuthenticationFailed(f"the token of {namespace}/{service_account} is not bound to a node; "
                                        "mount a projected service-account token (bound tokens carry the node)")
         return Caller(node=node)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    until: float               # on the guard's clock
+    caller: Caller | None      # None: refused, for `refusal`
+    refusal: str = ""
+
+
+class GuardedAuthenticator:
+    """An Authenticator as the event loop asks it: verdicts cached, checks bounded.
+
+    - A verdict is cached under the token's SHA-256 digest (never the token):
+      a success for `success_seconds`, a refusal for `failure_seconds` (briefly:
+      a token added to the bootstrap file meanwhile passes once it lapses). A
+      check that could not be made (AuthenticationUnavailable) is not cached.
+    - Calls for one token while it is being checked wait for that one check.
+    - At most `concurrency` checks run at once, in threads of their own (a flood
+      never holds the default executor that the rest of the process uses), and
+      at most `backlog` more wait for a turn; beyond that a call is refused at
+      once with AuthenticationUnavailable.
+    - The cache holds at most `max_entries` verdicts; the oldest go first.
+    """
+
+    def __init__(self, inner: Authenticator, *, concurrency: int = 4, backlog: int = 64,
+                 success_seconds: float = 30.0, failure_seconds: float = 10.0, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.concurrency, self.backlog = concurrency, backlog
+        self.success_seconds, self.failure_seconds = success_seconds, failure_seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self._verdicts: OrderedDict[str, _Verdict] = OrderedDict()
+        self._checking: dict[str, asyncio.Future] = {}
+        self._turns: asyncio.Semaphore | None = None      # made in the loop that first uses it
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="shoal-authn")
+
+    async def authenticate(self, token: str | None) -> Caller:
+        key = _digest(token or "")
+        verdict = self._cached(key)
+        if verdict is None:
+            check = self._checking.get(key)
+            if check is None:
+                if len(self._checking) >= self.concurrency + self.backlog:
+                    raise AuthenticationUnavailable(
+                        f"too many credentials being checked ({len(self._checking)}); retry shortly")
+                check = asyncio.ensure_future(self._check(key, token))
+                self._checking[key] = check
+                check.add_done_callback(lambda done: self._checked(key, done))
+            verdict = await asyncio.shield(check)   # a caller that gives up leaves the check to the others
+        if verdict.caller is None:
+            raise AuthenticationFailed(verdict.refusal)
+        return verdict.caller
+
+    def _checked(self, key: str, check: asyncio.Future) -> None:
+        self._checking.pop(key, None)
+        if not check.cancelled():
+            check.exception()   # retrieved here too, for when every caller gave up waiting
+
+    def _cached(self, key: str) -> _Verdict | None:
+        verdict = self._verdicts.get(key)
+        if verdict is not None and verdict.until <= self.clock():
+            del self._verdicts[key]
+            return None
+        return verdict
+
+    async def _check(self, key: str, token: str | None) -> _Verdict:
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(self.concurrency)
+        async with self._turns:
+            try:
+                caller = await asyncio.get_running_loop().run_in_executor(self._threads, self.inner.authenticate,
+                                                                          token)
+            except AuthenticationUnavailable:
+                raise
+            except AuthenticationFailed as e:
+                verdict = _Verdict(self.clock() + self.failure_seconds, None, str(e))
+            else:
+                verdict = _Verdict(self.clock() + self.success_seconds, caller)
+        self._verdicts[key] = verdict
+        self._verdicts.move_to_end(key)
+        while len(self._verdicts) > self.max_entries:
+            self._verdicts.popitem(last=False)
+        return verdict
+
+    @property
+    def cached(self) -> int:
+        return len(self._verdicts)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from control_plane.authn import Authenticator
+from control_plane.authn import Authenticator, GuardedAuthenticator
 from control_plane.ca import CONTROL_PLANE_DNS, CertificateAuthority
 from control_plane.http import HttpServer
 from control_plane.metrics import Metrics
@@ -53,7 +53,8 @@ def split_address(value: str, default_port: int) -> tuple[str, int]:
 
 
 class ConfigServer:
-    def __init__(self, *, state: ConfigState, authority: CertificateAuthority, authenticator: Authenticator,
+    def __init__(self, *, state: ConfigState, authority: CertificateAuthority,
+                 authenticator: Authenticator | GuardedAuthenticator,
                  metrics: Metrics | None = None, endpoints: Endpoints = Endpoints(),
                  root_namespace: str = "istio-system") -> None:
         self.state = state
@@ -61,6 +62,10 @@ class ConfigServer:
         self.metrics = metrics or Metrics()
         self.endpoints = endpoints
         self.synced = asyncio.Event()
+        # Both services ask through one guard: one cache, one bound on checks (a flood of bad tokens).
+        if not isinstance(authenticator, GuardedAuthenticator):
+            authenticator = GuardedAuthenticator(authenticator)
+        self.authenticator = authenticator
         self.watch = WatchService(state, authenticator, self.metrics, self.synced, root_namespace)
         self.signer = SignService(authority, state, authenticator, self.metrics, self.synced)
         self.http = HttpServer(ready=self.not_ready_reason, registry=self.metrics.registry, status=self.status)

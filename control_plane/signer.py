@@ -8,7 +8,7 @@ import datetime as dt
 import grpc
 
 from control_plane import authz
-from control_plane.authn import AuthenticationFailed, Authenticator
+from control_plane.authn import AuthenticationFailed, AuthenticationUnavailable, GuardedAuthenticator
 from control_plane.ca import CertificateAuthority, CsrRefused
 from control_plane.metrics import Metrics
 from control_plane.state import ConfigState
@@ -19,7 +19,7 @@ logger = log.get("shoal.control_plane.ca")
 
 
 class SignService(ca_pb2_grpc.CertificatesServicer):
-    def __init__(self, authority: CertificateAuthority, state: ConfigState, authenticator: Authenticator,
+    def __init__(self, authority: CertificateAuthority, state: ConfigState, authenticator: GuardedAuthenticator,
                  metrics: Metrics, ready: asyncio.Event) -> None:
         self.authority = authority
         self.state = state
@@ -34,9 +34,9 @@ class SignService(ca_pb2_grpc.CertificatesServicer):
 
     async def Sign(self, request: ca_pb2.SignRequest, context: grpc.aio.ServicerContext) -> ca_pb2.SignResponse:
         try:
-            # In a thread: TokenReview is a blocking HTTP call (cached afterwards).
-            caller = await asyncio.to_thread(self.authenticator.authenticate,
-                                             tokens.bearer(context.invocation_metadata()))
+            caller = await self.authenticator.authenticate(tokens.bearer(context.invocation_metadata()))
+        except AuthenticationUnavailable as e:
+            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "unavailable", str(e))
         except AuthenticationFailed as e:
             self.metrics.auth_failures.labels("Sign").inc()
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated", str(e))

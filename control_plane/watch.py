@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from control_plane import authz
-from control_plane.authn import AuthenticationFailed, Authenticator, Caller
+from control_plane.authn import AuthenticationFailed, AuthenticationUnavailable, Caller, GuardedAuthenticator
 from control_plane.metrics import Metrics
 from control_plane.state import ConfigState
 from control_plane.subscription import AckOutcome, Scope, Subscription
@@ -48,7 +48,7 @@ class Stream:
 
 
 class WatchService:
-    def __init__(self, state: ConfigState, authenticator: Authenticator, metrics: Metrics,
+    def __init__(self, state: ConfigState, authenticator: GuardedAuthenticator, metrics: Metrics,
                  ready: asyncio.Event, root_namespace: str = "istio-system") -> None:
         self.state = state
         self.authenticator = authenticator
@@ -71,9 +71,10 @@ class WatchService:
 
     async def watch(self, requests, context: grpc.aio.ServicerContext):
         try:
-            # In a thread: TokenReview is a blocking HTTP call (cached afterwards).
-            caller = await asyncio.to_thread(self.authenticator.authenticate,
-                                             tokens.bearer(context.invocation_metadata()))
+            caller = await self.authenticator.authenticate(tokens.bearer(context.invocation_metadata()))
+        except AuthenticationUnavailable as e:
+            logger.warning("watch refused for now", peer=context.peer(), reason=str(e))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except AuthenticationFailed as e:
             self.metrics.auth_failures.labels("Watch").inc()
             logger.warning("watch refused", peer=context.peer(), reason=str(e))

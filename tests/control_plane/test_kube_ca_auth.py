@@ -4,11 +4,13 @@ client against a small HTTP API double: Secret shoal-ca (read, create on first s
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from kubernetes import client
 
 from control_plane import ca_store
-from control_plane.authn import TOKEN_AUDIENCE, AuthenticationFailed, KubeAuthenticator
+from control_plane.authn import TOKEN_AUDIENCE, AuthenticationFailed, GuardedAuthenticator, KubeAuthenticator
 from control_plane.ca import generate_root
 
 from support.kube_api import CA_CONFIGMAP, CA_SECRET, ApiDouble
@@ -81,9 +83,14 @@ def test_token_review_node_and_service_account_callers(double):
         auth.authenticate("user-token")
     with pytest.raises(AuthenticationFailed, match="invalid bearer token"):
         auth.authenticate("forged")
-    reviews = sum(1 for m, p in double.requests if p.endswith("/tokenreviews"))
-    auth.authenticate("ztunnel-token")  # cached: no second review
-    assert sum(1 for m, p in double.requests if p.endswith("/tokenreviews")) == reviews
+
+    async def twice_through_the_guard():  # as the gRPC services ask: the second answer is cached
+        guard = GuardedAuthenticator(auth)
+        await guard.authenticate("ztunnel-token")
+        reviews = sum(1 for m, p in double.requests if p.endswith("/tokenreviews"))
+        assert (await guard.authenticate("ztunnel-token")).node == "worker-3"
+        assert sum(1 for m, p in double.requests if p.endswith("/tokenreviews")) == reviews
+    asyncio.run(twice_through_the_guard())
 
 
 def test_node_token_without_node_falls_back_to_the_pod(double):

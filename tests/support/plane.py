@@ -55,12 +55,15 @@ class Plane:
 
 
 async def start_plane(run_dir: Path, state: ConfigState | None = None, synced: bool = True,
-                      grpc_port: int = 0) -> Plane:
+                      grpc_port: int = 0, authority: CertificateAuthority | None = None,
+                      authenticator: Any = None) -> Plane:
+    """`authority` and `authenticator` replace the plane's own (a fresh root; the bootstrap tokens)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "bootstrap-tokens.json").write_text(json.dumps({t: n for n, t in NODE_TOKENS.items()}))
-    authority = CertificateAuthority(generate_root(TD), trust_domain=TD)
+    authority = authority or CertificateAuthority(generate_root(TD), trust_domain=TD)
     state = state or ConfigState()
-    auth = LocalAuthenticator(run_dir / "bootstrap-tokens.json", tokens.token_key(run_dir, create=True))
+    auth = authenticator or LocalAuthenticator(run_dir / "bootstrap-tokens.json",
+                                               tokens.token_key(run_dir, create=True))
     server = ConfigServer(state=state, authority=authority, authenticator=auth,
                           endpoints=Endpoints("127.0.0.1", grpc_port, "127.0.0.1", 0))
     await server.start()
