@@ -146,7 +146,7 @@ def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Ba
         ref = workload.waypoint
         if ref is not None and not _is_waypoint(state, source, ref):
             waypoint = state.waypoint_for(ref)
-            if waypoint is not None and waypoint.traffic_type in ("workload", "all"):
+            if waypoint is None or waypoint.traffic_type in ("workload", "all"):   # missing: refused
                 return _via_waypoint(state, source_identity, ref, f"{ip}:{port}", "", workload.uid, balancer)
         if workload.protocol is Protocol.HBONE:
             return Plan(Kind.HBONE, (ip, HBONE_PORT), f"{ip}:{port}", source_identity,

@@ -94,7 +94,11 @@ def _resolve_waypoint(own: WaypointSetting | None, inherited: WaypointSetting | 
     if setting is None or setting.off or setting.ref is None:
         return None
     waypoint = waypoints.get(f"{setting.ref.namespace}/{setting.ref.name}")
-    if waypoint is None or waypoint.traffic_type not in (traffic, "all"):
+    if waypoint is None:
+        # Kept: the ztunnel refuses traffic to a missing waypoint (as Istio's does) rather than send it
+        # straight to the endpoints, past the L7 policy the operator asked for. The translator warns.
+        return setting.ref
+    if waypoint.traffic_type not in (traffic, "all"):
         return None
     return setting.ref
 

@@ -86,6 +86,7 @@ class Translator:
         self._parse_findings: dict[ObjectKey, Findings] = {}
         self._route_warnings: dict[ObjectKey, tuple[str, ...]] = {}
         self._internal_errors: dict[ObjectKey, str] = {}
+        self._waypoint_warnings: dict[ObjectKey, str] = {}
         self._reported: dict[ObjectKey, Findings] = {}
         self._waypoints: dict[str, Waypoint] = {}
         self._out: dict[ResourceType, dict[str, Any]] = {t: {} for t in ResourceType}
@@ -293,6 +294,7 @@ class Translator:
             if workload is not None:
                 self._pod_output[(namespace, name)] = workload.key
                 publish(ResourceType.WORKLOAD, workload.key, workload)
+            self._warn_missing_waypoint(("Pod", namespace, name), workload)
         self._dirty_pods.clear()
 
     def _flush_services(self, publish) -> None:
@@ -312,7 +314,22 @@ class Translator:
             if service is not None:
                 self._service_output[(namespace, name)] = service.key
                 publish(ResourceType.SERVICE, service.key, service)
+            self._warn_missing_waypoint(("Service", namespace, name), service)
         self._dirty_services.clear()
+
+    def _warn_missing_waypoint(self, key: ObjectKey, resource) -> None:
+        """A warning on a Pod or Service whose use-waypoint names no waypoint: its traffic is refused."""
+        ref = getattr(resource, "waypoint", None)
+        message = ""
+        if ref is not None and f"{ref.namespace}/{ref.name}" not in self._waypoints:
+            message = (f"{key[0]} {key[1]}/{key[2]}: use-waypoint names waypoint {ref.namespace}/{ref.name}, which "
+                       "does not exist; traffic to it is refused until the waypoint exists or the setting goes")
+        if self._waypoint_warnings.get(key, "") != message:
+            self._dirty_findings.add(key)
+            if message:
+                self._waypoint_warnings[key] = message
+            else:
+                self._waypoint_warnings.pop(key, None)
 
     def _flush_policies(self, publish) -> None:
         for key in self._dirty_policies:
@@ -397,7 +414,8 @@ class Translator:
             return Findings()
         base = self._parse_findings.get(key, Findings())
         internal = (self._internal_errors[key],) if key in self._internal_errors else ()
-        return base + Findings(internal, self._route_warnings.get(key, ()))
+        waypoint = (self._waypoint_warnings[key],) if key in self._waypoint_warnings else ()
+        return base + Findings(internal, self._route_warnings.get(key, ()) + waypoint)
 
     def problems(self) -> dict[ObjectKey, Findings]:
         """Every object that currently has errors or warnings."""

@@ -115,7 +115,7 @@ def test_app_protocol_field_wins_over_port_name():
     ({"labels": {"istio.io/use-waypoint": "waypoint"}}, {"labels": {"istio.io/use-waypoint": "none"}}, None, None),
     ({"labels": {"istio.io/use-waypoint": "other"}}, {"labels": {"istio.io/use-waypoint": "waypoint"}}, None,
      WaypointRef("default", "waypoint")),
-    ({"labels": {"istio.io/use-waypoint": "missing"}}, {}, None, None),
+    ({"labels": {"istio.io/use-waypoint": "missing"}}, {}, None, WaypointRef("default", "missing")),  # refused
     ({"labels": {"istio.io/use-waypoint": "waypoint"}}, {}, "workload", None),
     ({"labels": {"istio.io/use-waypoint": "waypoint"}}, {}, "all", WaypointRef("default", "waypoint")),
 ])
@@ -123,6 +123,17 @@ def test_service_waypoint(ns_meta, svc_meta, traffic, expected):
     svc = service("web", labels=svc_meta.get("labels"), annotations=svc_meta.get("annotations"))
     _, update = translate(namespace("default", **ns_meta), waypoint_gateway(traffic=traffic), svc)
     assert update.delta.upserted[S]["web.default.svc.cluster.local"].waypoint == expected
+
+
+def test_a_missing_waypoint_is_kept_so_traffic_is_refused_and_the_object_warns():
+    """Issue 9, item 10: use-waypoint naming no waypoint must not send traffic straight to the endpoints."""
+    t, update = translate(namespace("default", labels={"istio.io/use-waypoint": "gone"}), service("web"))
+    assert update.delta.upserted[S]["web.default.svc.cluster.local"].waypoint == WaypointRef("default", "gone")
+    warnings = t.findings_of(("Service", "default", "web")).warnings
+    assert any("waypoint default/gone, which does not exist" in w for w in warnings), warnings
+    t.apply_event(added(waypoint_gateway(name="gone")))
+    t.flush()
+    assert not t.findings_of(("Service", "default", "web")).warnings
 
 
 def test_workload_waypoint_needs_a_waypoint_for_workloads():

@@ -41,6 +41,7 @@ WORKLOAD_WP = Waypoint(name="wwp", namespace="app", service_account="wwp", traff
 WORKLOAD_WP_POD = wl("wwp-pod", "198.19.2.60", sa="wwp", name="wwp-abc")
 WORKLOAD_WP_SVC = svc("wwp", "198.18.16.60", [("wwp-pod", 15008)], port=15008)
 BEHIND_WWP = wl("behind", "198.19.2.61", waypoint=WaypointRef("app", "wwp"))
+BEHIND_GHOST = wl("behind-ghost", "198.19.2.62", waypoint=WaypointRef("app", "nope"))
 
 WEB = svc("web", "198.18.16.10", [("server-a", 8080), ("server-b", 8080)])
 MIXED = svc("mixed", "198.18.16.11", [("plain", 9000)])
@@ -54,7 +55,7 @@ MULTI = svc("multi", "198.18.16.16", [("server-a", 8080)], ports=(80, 443))
 def make_state() -> ProxyState:
     state = ProxyState(TD)
     for r in (CLIENT, SERVER_A, SERVER_B, PLAIN, WP_POD, WP, WP_SVC, WEB, MIXED, EMPTY, VIA_WP, GHOST_WP,
-              GONE_EP, MULTI, WORKLOAD_WP, WORKLOAD_WP_POD, WORKLOAD_WP_SVC, BEHIND_WWP):
+              GONE_EP, MULTI, WORKLOAD_WP, WORKLOAD_WP_POD, WORKLOAD_WP_SVC, BEHIND_WWP, BEHIND_GHOST):
         state.upsert(r)
     state.check()
     return state
@@ -100,6 +101,7 @@ CASES = [
     ("service without endpoints", CLIENT, "198.18.16.12", 80, NoEndpoints),
     ("service whose endpoints are gone", CLIENT, "198.18.16.15", 80, NoEndpoints),
     ("service with unknown waypoint", CLIENT, "198.18.16.14", 80, WaypointMissing),
+    ("workload with unknown waypoint is refused, not sent direct", CLIENT, "198.19.2.62", 80, WaypointMissing),
     ("source in another namespace keeps its identity", wl("x", "198.19.1.7", ns="other", sa="robot"), "198.19.2.2", 80,
      Plan(Kind.HBONE, ("198.19.2.2", 15008), "198.19.2.2:80", parse_spiffe_id("spiffe://cluster.local/ns/other/sa/robot"), SERVER_ID,
           "", "server-a", ("198.19.2.2", 80))),
