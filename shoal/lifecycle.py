@@ -50,9 +50,21 @@ class Shutdown:
         await self.stopping.wait()
 
 
+def raise_file_limit() -> int:
+    """Raises the soft limit on open files to the hard one (a proxy holds a few sockets per connection
+    and per pod; the default soft limit of 1024 is reached under load). Returns the limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def run(main: Callable[[Shutdown], Awaitable[int | None]]) -> int:
-    """Runs `main(shutdown)` on uvloop with signal handling; returns its exit code."""
+    """Runs `main(shutdown)` on uvloop with signal handling, with the file limit raised; returns its exit code."""
     install_uvloop()
+    raise_file_limit()
 
     async def runner() -> int:
         shutdown = Shutdown()

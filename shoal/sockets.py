@@ -15,10 +15,12 @@ import asyncio
 import errno
 import socket
 import struct
+from typing import Callable
 
-from shoal import contracts, netns
-
+from shoal import contracts, log, netns
 from shoal.errors import ShoalError
+
+_logger = log.get("shoal.sockets")
 
 SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
@@ -208,3 +210,28 @@ def reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+async def accept_forever(sock: socket.socket, on_connection: Callable[[socket.socket, tuple], None], *,
+                         what: str = "listener", max_pause: float = 1.0) -> None:
+    """Accepts on `sock` until it is closed or the task is cancelled; hands each connection on.
+
+    Running out of file descriptors (EMFILE, ENFILE) or memory, or any other error on one accept,
+    must not stop a proxy from accepting for good: it is logged, the loop pauses (a little longer
+    each time, up to `max_pause`), and goes on. Only a closed listener ends the loop.
+    """
+    loop = asyncio.get_running_loop()
+    pause = 0.0
+    while True:
+        try:
+            conn, address = await loop.sock_accept(sock)
+        except OSError as e:
+            if sock.fileno() < 0 or e.errno in (errno.EBADF, errno.EINVAL):
+                return                                   # the listener was closed: drain or pod removal
+            pause = min(max(pause * 2, 0.01), max_pause)
+            _logger.warning("accept failed; pausing before the next", listener=what, error=str(e),
+                            pause_seconds=pause)
+            await asyncio.sleep(pause)
+            continue
+        pause = 0.0
+        on_connection(conn, address)

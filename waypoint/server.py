@@ -52,14 +52,12 @@ class HboneListener:
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, address = await loop.sock_accept(self.sock)
-            except OSError:
-                return
+
+        def serve(conn: socket.socket, address: tuple) -> None:
             task = loop.create_task(self._connection(conn, address))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        await sockets.accept_forever(self.sock, serve, what="waypoint HBONE listener")
 
     async def _connection(self, conn: socket.socket, address) -> None:
         loop = asyncio.get_running_loop()

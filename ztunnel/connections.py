@@ -44,12 +44,19 @@ class ConnectionTracker:
         self.begin(record)
         self.end(record)
 
-    async def report_periodically(self, every: float = 5.0) -> None:
-        """Counts the bytes of open connections, as Istio's proxies do."""
+    async def report_periodically(self, live_workloads: Callable[[], set[tuple[str, str]]] | None = None,
+                                  every: float = 5.0) -> None:
+        """Counts the bytes of open connections, as Istio's proxies do, and drops the series of
+        workloads that are gone (`live_workloads()`: (namespace, workload label) of those that are not)."""
         while True:
             await asyncio.sleep(every)
-            for record in list(self.active):
-                record.report(self.metrics)
+            self.report_once(live_workloads)
+
+    def report_once(self, live_workloads: Callable[[], set[tuple[str, str]]] | None = None) -> None:
+        for record in list(self.active):
+            record.report(self.metrics)
+        if live_workloads is not None:
+            self.metrics.prune(live_workloads(), {record.label_key() for record in self.active})
 
     async def drain(self, seconds: float, connection_tasks: Callable[[], list[asyncio.Task]],
                     urgent: asyncio.Event | None = None) -> bool:

@@ -61,7 +61,7 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
                                       admin_routes=admin_routes(z), admin_address=config.admin_address,
                                       metrics_port=config.metrics_port, readiness_port=config.readiness_port,
                                       admin_port=config.admin_port)
-    loops = (*link.loops(), agent.run(), z.pool.run_sweeper(), z.tracker.report_periodically())
+    loops = (*link.loops(), agent.run(), z.pool.run_sweeper(), z.tracker.report_periodically(z.live_workloads))
     tasks = [asyncio.create_task(coro) for coro in loops]
     logger.info("ztunnel started", node=config.node, control_plane=config.control_plane,
                 socket=str(config.socket_path))

@@ -176,14 +176,15 @@ class PodRegistry:
 
     async def _accept_loop(self, pod: Pod, sock: socket.socket, handler: Handler) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, address = await loop.sock_accept(sock)
-            except (OSError, asyncio.CancelledError):
-                return
+
+        def serve(conn: socket.socket, address: tuple) -> None:
             task = loop.create_task(handler(pod, conn, address))
             pod.connections.add(task)
             task.add_done_callback(pod.connections.discard)
+        try:
+            await sockets.accept_forever(sock, serve, what=f"{pod.name}:{sock.getsockname()[1]}")
+        except asyncio.CancelledError:
+            return
 
     def dump(self) -> list[dict]:
         return [{"uid": p.info.uid, "name": p.info.name, "namespace": p.info.namespace,

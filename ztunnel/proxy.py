@@ -81,6 +81,11 @@ class Ztunnel:
     def active(self):
         return self.tracker.active
 
+    def live_workloads(self) -> set[tuple[str, str]]:
+        """(namespace, workload label) of every workload the config or the hand-off knows."""
+        known = {(w.namespace, w.canonical_service or w.name) for w in self.state.workloads.values()}
+        return known | {(p.info.namespace, p.info.name) for p in self.pods.pods.values()}
+
     def dump(self) -> dict:
         out = self.state.dump()
         out["certificates"] = self.certs.dump()

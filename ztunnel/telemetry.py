@@ -56,6 +56,22 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def prune(self, live: set[tuple[str, str]], in_use: set[tuple]) -> int:
+        """Removes the series of workloads that are gone: label sets whose source or destination
+        (namespace, workload) is not in `live`, unless an open connection (`in_use`) still counts on
+        them. Without this, every pod that ever talked through the ztunnel would stay a series for
+        ever. Returns how many label sets went."""
+        names = LABELS
+        ends = [(names.index(f"{side}_workload_namespace"), names.index(f"{side}_workload"))
+                for side in ("source", "destination")]
+        gone = [key for key in self._children if key not in in_use
+                and any(key[w] != "unknown" and (key[ns], key[w]) not in live for ns, w in ends)]
+        for key in gone:
+            for counter in (self.opened, self.closed, self.sent, self.received):
+                counter.remove(*key)
+            del self._children[key]
+        return len(gone)
+
 
 def _workload_labels(prefix: str, w: Workload | None) -> dict[str, str]:
     if w is None:
@@ -100,6 +116,10 @@ class ConnectionRecord:
     @property
     def reporter(self) -> str:
         return "source" if self.direction == "outbound" else "destination"
+
+    def label_key(self) -> tuple:
+        labels = self.labels()
+        return tuple(labels[name] for name in LABELS)
 
     def labels(self) -> dict[str, str]:
         name, _, rest = self.service.partition(".")

@@ -59,3 +59,26 @@ def test_failed_connection_carries_flags_and_counts_as_opened_and_closed():
     assert value(metrics, "istio_tcp_connections_opened_total", **labels) == 1
     assert value(metrics, "istio_tcp_connections_closed_total", **labels) == 1
     assert b"istio_tcp_connections_closed_total{" in metrics.render()
+
+
+def test_series_of_workloads_that_are_gone_are_removed_unless_a_connection_still_counts_on_them():
+    from ztunnel.connections import ConnectionTracker
+
+    tracker = ConnectionTracker(Metrics())
+    done = ConnectionRecord("outbound", ("198.19.1.2", 40000), ("198.19.2.2", 80), source_workload=SRC,
+                            destination_workload=DST)
+    tracker.begin(done)
+    tracker.end(done)
+    still_open = ConnectionRecord("inbound", ("198.19.1.2", 40001), ("198.19.2.2", 80), source_workload=SRC,
+                                  destination_workload=DST)
+    tracker.begin(still_open)
+    both = {("shop", "client"), ("shop", "server-5f2")}
+    tracker.report_once(lambda: both)
+    assert value(tracker.metrics, "istio_tcp_connections_closed_total", **done.labels()) == 1
+    tracker.report_once(lambda: {("shop", "client")})          # the server pod was deleted
+    text = tracker.metrics.render().decode()
+    assert 'reporter="source"' not in text                       # the finished connection's series went
+    assert value(tracker.metrics, "istio_tcp_connections_opened_total", **still_open.labels()) == 1  # open: kept
+    tracker.end(still_open)
+    tracker.report_once(lambda: {("shop", "client")})
+    assert "server-5f2" not in tracker.metrics.render().decode()
