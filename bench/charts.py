@@ -17,7 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 PLACEMENTS = ("cross-node", "same-node")
 COLOURS = {"baseline": "#9e9e9e", "ambient-l4": "#1f77b4", "ambient-l7": "#17becf",
@@ -119,11 +119,13 @@ def draw(data: dict, directory: Path) -> list[Path]:
             for ax, key in zip(axes, ("rss_mb", "rss_per_pod_mb")):
                 ax.errorbar(pods, [r[key] for r in rows], yerr=_whiskers(rows, key), marker="o", capsize=3,
                             label=setup, color=COLOURS.get(setup))
+        counts = sorted({r["pods"] for r in memory})
         for ax, title in zip(axes, ("Mesh memory on one node", "Mesh memory per pod")):
             ax.set_xscale("log")
             ax.set_yscale("log")
-            for axis in (ax.xaxis, ax.yaxis):
-                axis.set_major_formatter(ScalarFormatter())
+            ax.set_xticks(counts, [str(n) for n in counts])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_major_formatter(ScalarFormatter())
             ax.set_xlabel("pods on the node")
             ax.set_ylabel("MiB resident (log scale)")
             ax.set_title(title)
