@@ -6,8 +6,10 @@ head_request=...)` reads one response. `feed(data)` returns events:
 `Head`, `Body` (de-chunked payload), `End`; `feed_eof()` ends a
 close-delimited response body or says the peer left mid-message.
 
-Heads are limited to `MAX_HEAD` bytes (431 otherwise); malformed input raises
-`BadRequest` with the status to answer. Serialization (`request_bytes`,
+Heads, and trailers, are limited to `MAX_HEAD` bytes (431 otherwise) however
+they arrive; malformed input raises `BadRequest` with the status to answer. A
+response reader ends at its response's End: what follows is not read, whether
+it came in the same `feed` or later. Serialization (`request_bytes`,
 `response_head_bytes`, `chunk`) drops hop-by-hop headers and frames bodies
 explicitly (Content-Length, or chunked when the length is unknown).
 """
@@ -73,6 +75,8 @@ class MessageReader:
         self._status = 0
         self._reason = b""
         self._head_bytes = 0       # bytes fed while waiting for a head to complete
+        self._held = 0             # bytes of the message kept or parsed (target, reason, headers, trailers)
+        self._in_message = False   # a message has begun and not ended
         self._in_head = True
         self._head: Head | None = None
         self.done = False          # a response was read to its end
@@ -83,17 +87,37 @@ class MessageReader:
     def on_message_begin(self) -> None:
         self._url.clear()
         self._headers = []
+        self._reason = b""
+        self._held = 0
+        self._in_message = True
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        if not self.done:
+            self._hold(len(url))
+            self._url += url
 
     def on_status(self, status: bytes) -> None:
-        self._reason = status
+        if not self.done:  # (httptools hands a reason split across reads over in pieces)
+            self._hold(len(status))
+            self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if self.done:
+            return
+        self._hold(len(name) + len(value))
+        if self._in_head:  # trailers are counted, and dropped
+            self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def _hold(self, size: int) -> None:
+        """Counts a message's head and trailers against MAX_HEAD as they are parsed. The count of bytes fed in
+        feed() misses a head that arrives whole in one read, and trailers, which come after the head."""
+        self._held += size
+        if self._held > MAX_HEAD:
+            raise BadRequest(f"message head or trailers larger than {MAX_HEAD} bytes", 431)
 
     def on_headers_complete(self) -> None:
+        if self.done:
+            return
         self._in_head = False
         self._head_bytes = 0
         parser = self._parser
@@ -130,6 +154,7 @@ class MessageReader:
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._in_message = False
         if not self.done:
             self._finish()
 
@@ -147,18 +172,21 @@ class MessageReader:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise BadRequest("protocol upgrades (WebSocket, h2c) are not supported by this waypoint", 501) from None
-        except httptools.HttpParserError as e:
-            if isinstance(e.__context__, BadRequest):
-                raise e.__context__ from None
-            raise BadRequest(f"malformed HTTP/1.1: {e}") from None
-        except ValueError as e:
-            raise BadRequest(f"malformed HTTP/1.1: {e}") from None
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError, ValueError) as e:
+            if not self.done:  # (a response that ended earlier in `data` stands; what follows is not read)
+                raise self._refusal(e) from None
         if self._in_head and self._head_bytes > MAX_HEAD:
             raise BadRequest(f"request head larger than {MAX_HEAD} bytes", 431)
         events, self._events = self._events, []
         return events
+
+    @staticmethod
+    def _refusal(e: Exception) -> BadRequest:
+        if isinstance(e, httptools.HttpParserUpgrade):
+            return BadRequest("protocol upgrades (WebSocket, h2c) are not supported by this waypoint", 501)
+        if isinstance(e.__context__, BadRequest):
+            return e.__context__
+        return BadRequest(f"malformed HTTP/1.1: {e}")
 
     def feed_eof(self) -> list:
         """The peer closed. Ends a close-delimited response; elsewhere mid-message is an error."""
@@ -168,7 +196,7 @@ class MessageReader:
             self._finish()
             events, self._events = self._events, []
             return events
-        if self._head_bytes or (self._head is not None and not self._in_head):
+        if self._in_message:  # (told by the parser: bytes fed since the last message need not have begun one)
             raise BadRequest("the connection closed in the middle of a message")
         return []
 
