@@ -42,19 +42,38 @@ The tunnel semantics, each owned here:
 - Attaching. With `hold_until_attached`, what arrives before the driver has a
   reader for the stream waits here, uncredited, until `attach()` returns it.
 
+Shutting down. `go_away()` is the graceful GOAWAY of a drain: the peer
+opens no new streams here, and every stream it opened keeps flowing to its
+end (two steps, RFC 9113 6.8: GOAWAY(2^31-1) and a PING, then GOAWAY(last
+stream opened) once the PING's answer shows the peer saw the first, so no
+stream is refused in the race). A GOAWAY received with NO_ERROR is
+`ConnectionClosed`: no new streams from us, ours above its last_stream_id are
+reset, the rest go on. `close()` and a GOAWAY with an error end everything.
+
+Abuse. A server counts the streams its peer resets before they were answered
+(HTTP/2 "rapid reset", CVE-2023-44487); past `Settings.early_resets_allowed`
+within `early_reset_window` it sends GOAWAY(ENHANCE_YOUR_CALM) and raises
+`ProtocolViolation`. The lean receive path refuses a frame larger than our
+max frame size at its header, and a header block (HEADERS and CONTINUATION)
+larger than `Settings.max_header_block`, before buffering it; h2's HPACK
+decoder enforces `max_header_list_size` on what it decodes.
+
 Every error is an `HboneError` (a `ShoalError`); a `ProtocolViolation`
 carries the HTTP/2 error code and means the connection is finished (a GOAWAY
-is queued).
+is queued); the events that came before it are in its `events`.
 
 Throughput: with `lean=True` (the default) DATA frames bypass h2's generic
 frame handling on both sides, keeping h2's flow-control state exact; see
-`shoal.hbone_lean`. `lean=False` is h2 as shipped (tests compare the two).
+`shoal.hbone_lean`. `lean=False` is h2 as shipped (tests compare the two),
+but for its graceful GOAWAY (`hbone_lean.GracefulH2`).
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import h2.config
 import h2.connection
@@ -65,11 +84,13 @@ import h2.settings
 
 from shoal.contracts import HBONE_PORT as PORT
 from shoal.errors import ShoalError
-from shoal.hbone_lean import DataSplitter, LeanH2
+from shoal.hbone_lean import DataSplitter, GracefulH2, LeanH2
 
 ALPN = "h2"
 LARGEST_FRAME = (1 << 24) - 1
 LARGEST_WINDOW = (1 << 31) - 1
+LARGEST_STREAM_ID = (1 << 31) - 1
+_DRAIN_PING = b"shoal-gw"  # the PING of a graceful GOAWAY: its answer means the peer saw the first GOAWAY
 _ERRORS = h2.errors.ErrorCodes
 
 
@@ -85,6 +106,12 @@ class Settings:
     connection_window: int = 64 << 20
     max_concurrent_streams: int = 100
     max_header_list_size: int = 16 << 10
+    # A header block (HEADERS + CONTINUATION, still HPACK-compressed) larger than this is refused before
+    # it is buffered whole; compressed, a block that decodes within max_header_list_size is no larger.
+    max_header_block: int = 32 << 10
+    # Rapid reset (CVE-2023-44487): streams the peer may reset before they were answered, per window.
+    early_resets_allowed: int = 200
+    early_reset_window: float = 10.0
 
     def __post_init__(self) -> None:
         if not 16384 <= self.max_frame_size <= LARGEST_FRAME:
@@ -95,6 +122,9 @@ class Settings:
                 raise ValueError(f"{name} {value} must be within 65535..{LARGEST_WINDOW}")
         if self.max_concurrent_streams < 1:
             raise ValueError("max_concurrent_streams must be at least 1")
+        if self.max_header_block < 1024 or self.early_resets_allowed < 1 or self.early_reset_window <= 0:
+            raise ValueError("max_header_block must be at least 1024, early_resets_allowed at least 1 and "
+                             "early_reset_window positive")
 
 
 # --- errors ----------------------------------------------------------------
@@ -107,9 +137,10 @@ class HboneError(ShoalError):
 class ProtocolViolation(HboneError):
     """The peer broke HTTP/2 or HBONE; the whole connection is closed (GOAWAY queued)."""
 
-    def __init__(self, message: str, error_code: int = _ERRORS.PROTOCOL_ERROR):
+    def __init__(self, message: str, error_code: int = _ERRORS.PROTOCOL_ERROR, events: "tuple[Event, ...]" = ()):
         super().__init__(message)
         self.error_code = int(error_code)
+        self.events = events  # what happened before the violation, still to be carried out
 
 
 class StreamLimitReached(HboneError):
@@ -227,7 +258,8 @@ class SettingsReceived(Event):
 @dataclass(frozen=True)
 class ConnectionClosed(Event):
     """The peer sent GOAWAY: no new streams, and our streams above last_stream_id are reset (StreamReset
-    follows). h2 sends nothing after a GOAWAY either way, so a stream that writes later is reset then."""
+    follows). With NO_ERROR (a drain) the others go on to their end; with an error nothing more is sent,
+    so a stream that writes later is reset then."""
 
     error_code: int
     last_stream_id: int
@@ -349,15 +381,21 @@ class HboneConnection:
     client_side: bool
 
     def __init__(self, settings: Settings = Settings(), *, lean: bool = True,
-                 hold_until_attached: bool = False) -> None:
+                 hold_until_attached: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         config = h2.config.H2Configuration(client_side=self.client_side, header_encoding="utf-8")
-        self._h2 = (LeanH2 if lean else h2.connection.H2Connection)(config=config)
+        self._h2 = (LeanH2 if lean else GracefulH2)(config=config)
         self.lean = lean
-        self._splitter = DataSplitter(self._h2) if lean else None
+        self._splitter = DataSplitter(self._h2, settings.max_header_block) if lean else None
         # A relay attaches the far side of a stream only after it opened: keep what arrives until then.
         self.hold_until_attached = hold_until_attached
-        self.closed = False
+        self.closed = False           # GOAWAY sent or received: no new streams
+        self._ended = False           # h2 is closed: nothing more is sent
+        self._going_away = False      # our graceful GOAWAY's first step is out, the PING not yet answered
+        self._last_served: int | None = None  # its second step: the peer's streams above this are refused
+        self._clock = clock
+        self._early_resets = 0
+        self._early_reset_since = clock()
         self._tunnels: dict[int, _Tunnel] = {}
         self._blocked: dict[int, _Tunnel] = {}   # tunnels with unsent bytes, in the order they blocked
         self._transport_paused = False
@@ -374,8 +412,10 @@ class HboneConnection:
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_list_size,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
-        # h2 reads these once, in its constructor; the settings above replace its defaults.
+        # h2 reads these once, in its constructor (and again only on settings it sees acknowledged as
+        # changed); the settings above replace its defaults, so its limits must follow them here.
         self._h2.max_inbound_frame_size = s.max_frame_size
+        self._h2.decoder.max_header_list_size = s.max_header_list_size
         self._h2.initiate_connection()
         grow = s.connection_window - self._h2.inbound_flow_control_window
         if grow > 0:
@@ -383,9 +423,25 @@ class HboneConnection:
 
     def close(self, error_code: int = _ERRORS.NO_ERROR, reason: str = "") -> None:
         """Queues GOAWAY: no new streams; the connection is done once data_to_send() is written."""
-        if not self.closed:
-            self._h2.close_connection(error_code, additional_data=reason.encode()[:256] or None)
-            self.closed = True
+        if not self._ended:
+            self._h2.close_connection(error_code, additional_data=reason.encode()[:256] or None,
+                                      last_stream_id=self._last_served)
+            self.closed = self._ended = True
+
+    def go_away(self, reason: str = "") -> None:
+        """Queues a graceful GOAWAY (NO_ERROR): the peer opens no new streams here, and those it opened
+        go on to their end. First GOAWAY(2^31-1) and a PING; the PING's answer (in receive_data) sends
+        GOAWAY(the last stream the peer opened), after which `drained_of_new_streams` is true."""
+        if self.closed:
+            return
+        self.closed = self._going_away = True
+        self._h2.send_goaway(LARGEST_STREAM_ID, _ERRORS.NO_ERROR, reason.encode()[:256])
+        self._h2.ping(_DRAIN_PING)
+
+    @property
+    def drained_of_new_streams(self) -> bool:
+        """Our graceful GOAWAY is complete: no stream the peer opens from now on will be served."""
+        return self._last_served is not None or self._ended
 
     def transport_paused(self) -> list[Event]:
         """The bytes handed over are piling up unwritten (asyncio's pause_writing): stop reading every app."""
@@ -543,11 +599,18 @@ class HboneConnection:
         try:
             raw = self._splitter.receive(data) if self._splitter is not None else self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            self.closed = True
+            self.closed = self._ended = True
             raise ProtocolViolation(f"peer broke HTTP/2: {e}", getattr(e, "error_code", 1)) from None
         events: list[Event] = []
         for ev in raw:
             self._translate(ev, events)
+        if self._early_resets > self.settings.early_resets_allowed:
+            self._early_resets = 0
+            self.close(_ERRORS.ENHANCE_YOUR_CALM, "too many streams reset before they were answered")
+            raise ProtocolViolation(
+                f"peer reset more than {self.settings.early_resets_allowed} streams before they were answered "
+                f"within {self.settings.early_reset_window:g}s (HTTP/2 rapid reset)",
+                _ERRORS.ENHANCE_YOUR_CALM, tuple(events))
         return events
 
     def _translate(self, ev, out: list[Event]) -> None:
@@ -572,6 +635,8 @@ class HboneConnection:
         elif cls is h2.events.StreamReset:
             tunnel = self._tunnels.get(ev.stream_id)
             if tunnel is not None and tunnel.state is not TunnelState.CLOSED:
+                if tunnel.state is TunnelState.CONNECTING and not self.client_side:
+                    self._count_early_reset()
                 tunnel.move(TunnelInput.RECEIVE_RESET)
                 self._discard(tunnel, out, int(ev.error_code))
         elif cls is h2.events.RemoteSettingsChanged:
@@ -581,6 +646,11 @@ class HboneConnection:
                 self._drain_blocked(0, out)
         elif cls is h2.events.ConnectionTerminated:
             self._on_goaway(ev, out)
+        elif cls is h2.events.PingAckReceived:
+            if self._going_away and ev.ping_data == _DRAIN_PING:
+                self._going_away = False
+                self._last_served = self._h2.highest_inbound_stream_id
+                self._h2.send_goaway(self._last_served, _ERRORS.NO_ERROR)
         elif cls is h2.events.RequestReceived:
             self._on_request(ev, out)
         elif cls is h2.events.ResponseReceived:
@@ -599,6 +669,10 @@ class HboneConnection:
 
     def _on_goaway(self, ev, out: list[Event]) -> None:
         self.closed = True
+        # GracefulH2 leaves h2 open on NO_ERROR: the streams the peer took keep flowing.
+        graceful = ev.error_code == _ERRORS.NO_ERROR and self._h2.state_machine.state is not \
+            h2.connection.ConnectionState.CLOSED
+        self._ended = self._ended or not graceful
         reason = (ev.additional_data or b"").decode("utf-8", "replace")
         last = ev.last_stream_id or 0
         out.append(ConnectionClosed(int(ev.error_code), last, reason))
@@ -608,7 +682,15 @@ class HboneConnection:
         for tunnel in ours:
             if tunnel.state is not TunnelState.CLOSED:
                 tunnel.move(TunnelInput.RECEIVE_RESET)
+                if graceful:  # h2 still counts it open: free it there too
+                    self._reset_h2(tunnel.stream_id, _ERRORS.CANCEL)
                 self._discard(tunnel, out, _ERRORS.REFUSED_STREAM)
+
+    def _count_early_reset(self) -> None:
+        now = self._clock()
+        if now - self._early_reset_since >= self.settings.early_reset_window:
+            self._early_reset_since, self._early_resets = now, 0
+        self._early_resets += 1
 
     def _on_request(self, ev, out: list[Event]) -> None:
         self._reset_h2(ev.stream_id, _ERRORS.PROTOCOL_ERROR)
@@ -807,6 +889,9 @@ class HboneServer(HboneConnection):
         self._reset_h2(stream_id, _ERRORS.NO_ERROR)
 
     def _on_request(self, ev, out: list[Event]) -> None:
+        if self._last_served is not None and ev.stream_id > self._last_served:
+            self._reset_h2(ev.stream_id, _ERRORS.REFUSED_STREAM)  # opened after our GOAWAY: never processed
+            return
         headers = dict(ev.headers)
         if headers.get(":method") != "CONNECT":
             self._answer_refusal(ev.stream_id, 405, "HBONE accepts only CONNECT")
@@ -829,6 +914,6 @@ __all__ = [
     "ALPN", "PORT", "Settings", "HboneError", "ProtocolViolation", "StreamLimitReached", "StreamNotOpen",
     "BadAuthority", "Event", "ConnectRequested", "ConnectAccepted", "ConnectRefused", "DataReceived",
     "StreamEnded", "StreamReset", "StreamClosed", "ReadingPaused", "ReadingResumed", "WindowOpened",
-    "SettingsReceived", "ConnectionClosed", "TunnelState", "TunnelInput", "TRANSITIONS", "HboneClient",
+    "SettingsReceived", "ConnectionClosed", "TunnelState", "LARGEST_STREAM_ID", "TunnelInput", "TRANSITIONS", "HboneClient",
     "HboneServer", "HboneConnection", "parse_authority",
 ]

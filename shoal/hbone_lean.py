@@ -10,7 +10,15 @@ serializes every frame and joins everything into one buffer. Here:
 - `DataSplitter` (receive): DATA payloads on known streams are streamed
   through as they arrive, each piece accounted by h2's own
   `_receive_data_frame`, so the connection and stream windows, the stream
-  state and END_STREAM stay exactly h2's. Every other frame goes to h2 as is.
+  state and END_STREAM stay exactly h2's. Every other frame goes to h2 as is,
+  once whole; its header is checked first, so what is buffered for it is
+  bounded: no frame above our max frame size, no header block (HEADERS and
+  CONTINUATION) above `max_header_block`.
+
+`GracefulH2` (under both, and under `lean=False` too) keeps a GOAWAY with
+NO_ERROR from closing h2's state machine either way: h2 4.4 moves to CLOSED
+on sending or receiving any GOAWAY, after which no stream can send, so a
+drain could not let the streams it still carries finish.
 
 Neither knows about tunnels: half-close, reset, buffering and credit per
 stream are the core's (`shoal.hbone`); this module only makes h2's DATA
@@ -28,11 +36,14 @@ import struct
 
 import h2.connection
 import h2.exceptions
-from hyperframe.frame import DataFrame
+import h2.errors
+import h2.events
+from hyperframe.frame import DataFrame, GoAwayFrame
 
 
 _DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16+8), type 0, flags, stream id
 _END_STREAM, _PADDED, _DATA = 0x1, 0x8, 0x0
+_HEADERS, _PUSH_PROMISE, _CONTINUATION, _END_HEADERS = 0x1, 0x5, 0x9, 0x4
 _JOIN_BELOW = 16384  # payloads up to one TLS record travel with their header in one chunk
 
 
@@ -48,7 +59,32 @@ class _InboundData:
         self.flow_controlled_length = len(data)
 
 
-class LeanH2(h2.connection.H2Connection):
+class GracefulH2(h2.connection.H2Connection):
+    """h2 with graceful GOAWAY both ways (RFC 9113 6.8): NO_ERROR announces a shutdown, not an end.
+
+    `send_goaway()` queues a GOAWAY and leaves h2 open, so the streams at or
+    below its last_stream_id can still send and receive. A GOAWAY received
+    with NO_ERROR becomes a `ConnectionTerminated` event as in h2, but h2
+    stays open and keeps what it was about to send; any other error code is
+    h2's own handling (the connection is closed). What streams the GOAWAY
+    ends, and refusing new ones, is the caller's (`shoal.hbone`).
+    """
+
+    def send_goaway(self, last_stream_id: int, error_code: int = 0, additional_data: bytes = b"") -> None:
+        self._prepare_for_sending([GoAwayFrame(stream_id=0, last_stream_id=last_stream_id,
+                                               error_code=error_code, additional_data=additional_data)])
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame):  # noqa: D401 - h2 hook
+        if frame.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors.ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+class LeanH2(GracefulH2):
     """h2 with DATA frames kept out of its generic (copying, repr-ing) frame paths.
 
     Outbound: a DATA frame becomes a 9-byte header plus the payload object
@@ -109,8 +145,10 @@ class LeanH2(h2.connection.H2Connection):
 class DataSplitter:
     """Splits received bytes into frames in front of an h2 connection."""
 
-    def __init__(self, conn: h2.connection.H2Connection) -> None:
+    def __init__(self, conn: h2.connection.H2Connection, max_header_block: int = 1 << 20) -> None:
         self.conn = conn
+        self.max_header_block = max_header_block
+        self._header_block = 0        # bytes of the header block under way (HEADERS, CONTINUATION...)
         self._inbound = bytearray()   # a partial frame header, or a whole non-DATA frame being collected
         self._frame_end = 0           # its full length, once its header is known
         self._data_stream = 0         # the DATA frame being streamed through, and what is left of it
@@ -160,6 +198,7 @@ class DataSplitter:
                         if not self._data_left:
                             self._data_piece(b"", self._data_end, events)
                         continue
+                    self._check_header(held)
                 if self._frame_end and len(held) == self._frame_end:
                     events += conn.receive_data(bytes(held))
                     held.clear()
@@ -172,6 +211,7 @@ class DataSplitter:
                     self._data_piece(b"", self._data_end, events)
                 continue
             length = (header[0] << 16) | (header[1] << 8) | header[2]
+            self._check_header(header)
             if size - pos >= 9 + length:
                 events += conn.receive_data(bytes(view[pos:pos + 9 + length]))
                 pos += 9 + length
@@ -180,6 +220,27 @@ class DataSplitter:
                 self._frame_end = 9 + length
                 pos += 9
         return events
+
+    def _check_header(self, header) -> None:
+        """A frame other than streamed DATA is about to be collected whole: refuse it first if it is too big."""
+        conn = self.conn
+        length = (header[0] << 16) | (header[1] << 8) | header[2]
+        if length > conn.max_inbound_frame_size:
+            self._refuse(h2.exceptions.FrameTooLargeError(
+                f"a frame of {length} bytes is larger than our max frame size {conn.max_inbound_frame_size}"))
+        kind = header[3]
+        if kind in (_HEADERS, _PUSH_PROMISE, _CONTINUATION):
+            self._header_block += length
+            if self._header_block > self.max_header_block:
+                self._refuse(h2.exceptions.DenialOfServiceError(
+                    f"a header block of over {self._header_block} bytes (HEADERS and CONTINUATION) is larger "
+                    f"than the {self.max_header_block} allowed"))
+            if header[4] & _END_HEADERS:
+                self._header_block = 0
+
+    def _refuse(self, error: h2.exceptions.ProtocolError):
+        self.conn._terminate_connection(error.error_code)
+        raise error
 
     def _start_data(self, header) -> bool:
         """If `header` opens a DATA frame this splitter can stream, remember it and say so."""
