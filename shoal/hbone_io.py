@@ -16,6 +16,12 @@ reader, what arrives before the relay is attached. This driver only maps:
   abort, pause_reading and resume_reading become send(), end(), reset(),
   pause_receiving() and resume_receiving(); the TLS transport's
   pause_writing / resume_writing become transport_paused() / resumed().
+
+Shutting down: `go_away()` is a drain's graceful GOAWAY (the streams open
+run to their end, then the connection closes); `close()` ends it now. A
+GOAWAY from the peer sets `closing`, so a pool opens its next stream on a
+new connection. A stream the peer reset before its handler ran gets no
+handler (HTTP/2 rapid reset must not cost an upstream connection each).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import asyncio
 import socket
 import time
 from typing import Awaitable, Callable, Iterable
+
+import h2.errors
 
 from shoal import hbone, log
 from shoal.hbone_relay import WRITE_HIGH_WATER, WRITE_LOW_WATER, Side
@@ -120,6 +128,7 @@ class HboneSession(asyncio.Protocol):
         self.streams: dict[int, TunnelStream] = {}
         self._waiting: dict[int, asyncio.Future] = {}
         self.closing = False     # GOAWAY seen or sent: no new streams
+        self.draining = False    # our graceful GOAWAY is out: close once its streams are over
         self.lost = asyncio.get_running_loop().create_future()
         self.last_active = time.monotonic()
         self._tasks: set[asyncio.Task] = set()
@@ -147,7 +156,7 @@ class HboneSession(asyncio.Protocol):
             events = self.conn.receive_data(data)
         except hbone.ProtocolViolation as e:
             logger.warning("hbone peer broke the protocol", peer=self.peer_address, error=str(e))
-            self.flush()
+            self.handle(e.events)
             self._teardown(TunnelBroken(f"peer broke HTTP/2: {e}"))
             if self.transport is not None:
                 self.transport.close()
@@ -212,6 +221,8 @@ class HboneSession(asyncio.Protocol):
                 self.closing = True
             # WindowOpened and SettingsReceived ask nothing of a transport: the core acted on them.
         self.flush()
+        if self.draining and not self.streams and self.conn.drained_of_new_streams:
+            self.close()
 
     def flush(self) -> None:
         chunks = self.conn.chunks_to_send()
@@ -231,6 +242,10 @@ class HboneSession(asyncio.Protocol):
         for sid in list(self._waiting):
             self._resolve(sid, error)
         self.handle(self.conn.abandon_streams())
+        # A stream the core had already forgotten (its end was in a batch cut short) ends here too.
+        for stream in list(self.streams.values()):
+            self.handle([hbone.StreamReset(stream.stream_id, h2.errors.ErrorCodes.CONNECT_ERROR),
+                         hbone.StreamClosed(stream.stream_id)])
 
     def _on_connect_requested(self, ev: hbone.ConnectRequested) -> None:
         stream = TunnelStream(self, ev.stream_id, ev.authority)
@@ -238,9 +253,14 @@ class HboneSession(asyncio.Protocol):
         if self.on_request is None:
             self.refuse(stream, 503, "this endpoint accepts no tunnels")
             return
-        task = asyncio.get_running_loop().create_task(self.on_request(self, stream))
+        task = asyncio.get_running_loop().create_task(self._serve(stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, stream: TunnelStream) -> None:
+        if stream.reset:
+            return  # reset by the peer before its handler ran (rapid reset): no work, no upstream connection
+        await self.on_request(self, stream)
 
     # commands for handlers and clients -------------------------------------------------
 
@@ -288,6 +308,14 @@ class HboneSession(asyncio.Protocol):
             raise RelayError(f"no answer to CONNECT {authority} within {timeout:.0f}s; "
                              "check that the destination's ztunnel is running") from None
         return stream
+
+    def go_away(self) -> None:
+        """A graceful GOAWAY (a drain): the peer opens no new streams here, those it has run to their end,
+        and the connection closes once they are over (or when close() is called, at a deadline)."""
+        self.closing = self.draining = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.conn.go_away("draining")
+            self.handle(())
 
     def close(self) -> None:
         self.closing = True

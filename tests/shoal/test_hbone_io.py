@@ -7,11 +7,14 @@ import socket
 
 import pytest
 
-from shoal import hbone_io, hbone_relay, identity
+import h2.errors
+
+from shoal import hbone, hbone_io, hbone_relay, identity
 from shoal.hbone_io import HboneSession, TunnelRefused
 from shoal.hbone_relay import TcpSide, relay
 
 from support.ca import TestCA
+from support.polling import eventually_async
 
 CLIENT_ID = "spiffe://cluster.local/ns/app/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/app/sa/server"
@@ -20,8 +23,13 @@ SERVER_ID = "spiffe://cluster.local/ns/app/sa/server"
 class Rig:
     """app client -> forwarder (plain) -> HBONE/TLS -> HBONE server -> app server, all on 127.0.0.1."""
 
-    def __init__(self, app_handler, refuse: str | None = None, client_uri=CLIENT_ID, accept_delay: float = 0.0):
+    def __init__(self, app_handler, refuse: str | None = None, client_uri=CLIENT_ID, accept_delay: float = 0.0,
+                 client_settings: hbone.Settings = hbone.Settings()):
         self.app_handler = app_handler
+        self.client_settings = client_settings
+        self.servers: list[HboneSession] = []   # the server side of each HBONE connection
+        self.upstreams: list[TcpSide] = []      # the server's connections to the app
+        self.requests = 0                       # tunnels that reached the server's handler
         self.refuse = refuse
         self.accept_delay = accept_delay
         self.ca = TestCA()
@@ -34,15 +42,19 @@ class Rig:
         self.app = await asyncio.start_server(self.app_handler, "127.0.0.1", 0)
         self.app_port = self.app.sockets[0].getsockname()[1]
         server_ctx = identity.server_context(self.server_cred)
-        self.hbone = await loop.create_server(lambda: HboneSession(False, on_request=self.on_request),
-                                              "127.0.0.1", 0, ssl=server_ctx)
+        self.hbone = await loop.create_server(self.server_session, "127.0.0.1", 0, ssl=server_ctx)
         self.hbone_port = self.hbone.sockets[0].getsockname()[1]
         client_ctx = identity.client_context(self.client_cred)
-        _, self.session = await loop.create_connection(lambda: HboneSession(True), "127.0.0.1", self.hbone_port,
-                                                       ssl=client_ctx, server_hostname="")
+        _, self.session = await loop.create_connection(lambda: HboneSession(True, self.client_settings), "127.0.0.1",
+                                                       self.hbone_port, ssl=client_ctx, server_hostname="")
         identity.check_peer(self.session.ssl_object, identity.parse_spiffe_id(SERVER_ID))
         self.front = await loop.create_server(self.on_front, "127.0.0.1", 0)
         self.front_port = self.front.sockets[0].getsockname()[1]
+
+    def server_session(self):
+        session = HboneSession(False, on_request=self.on_request)
+        self.servers.append(session)
+        return session
 
     def on_front(self):
         side = TcpSide()
@@ -60,12 +72,14 @@ class Rig:
         await relay(side, stream)
 
     async def on_request(self, session, stream):
+        self.requests += 1
         if self.refuse:
             session.refuse(stream, 403, self.refuse)
             return
         host, port = stream.authority.rsplit(":", 1)
         loop = asyncio.get_running_loop()
         _, upstream = await loop.create_connection(TcpSide, host, int(port))
+        self.upstreams.append(upstream)
         await asyncio.sleep(self.accept_delay)
         session.accept(stream)
         await relay(stream, upstream)
@@ -287,3 +301,104 @@ def test_hbone_errors_are_shoal_errors_with_a_response_flag():
     assert hbone_io.RelayError("x").response_flag == "UF"
     assert TunnelRefused(403, "denied").response_flag == "UAEX"
     assert TunnelRefused(503, "").response_flag == "UF"
+
+
+async def echo(reader, writer):
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+def test_a_drain_goaway_lets_open_tunnels_finish_and_new_ones_open_a_new_connection():
+    """Issue 9, item 2: the server's graceful GOAWAY; the client's tunnel keeps flowing, byte-exact."""
+    async def main():
+        rig = Rig(echo)
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        [server] = rig.servers
+        server.go_away()
+        await eventually_async(lambda: rig.session.closing, 5, "the client to see the GOAWAY")
+        assert not rig.session.available                   # a pool opens its next stream elsewhere
+        with pytest.raises(hbone.StreamLimitReached):
+            await rig.session.open(f"127.0.0.1:{rig.app_port}")
+        for i in range(50):                                # the open tunnel still carries bytes both ways
+            message = bytes([i]) * 10000
+            writer.write(message)
+            assert await reader.readexactly(len(message)) == message
+        assert not rig.session.lost.done() and not server.transport.is_closing()
+        writer.write_eof()
+        assert await reader.read(-1) == b""
+        # Its last stream over, the drained connection closes; nothing was reset.
+        await asyncio.wait_for(rig.session.lost, 5)
+        side, stream = rig.sides[0]
+        assert not stream.reset and not side.reset and stream.bytes_received == 6 + 50 * 10000
+        await rig.stop()
+    run(main())
+
+
+def test_rapid_reset_does_not_reach_the_handler_and_is_cut_off():
+    """Issue 9, item 8 (CVE-2023-44487): CONNECTs reset as fast as they are sent cost no upstream connection."""
+    async def main():
+        rig = Rig(echo)
+        await rig.start()
+        seen = []
+        receive = rig.session.conn.receive_data
+
+        def recording(data):
+            events = receive(data)
+            seen.extend(events)
+            return events
+        rig.session.conn.receive_data = recording
+        allowed = hbone.Settings().early_resets_allowed
+        for _ in range(allowed + 50):
+            sid = rig.session.conn.open(f"127.0.0.1:{rig.app_port}")
+            rig.session.conn.reset(sid)
+        rig.session.flush()
+        await asyncio.wait_for(rig.session.lost, 5)      # the server cut the connection
+        goaway = [e for e in seen if isinstance(e, hbone.ConnectionClosed)]
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        await asyncio.sleep(0.1)
+        # A stream reset in the same read as its CONNECT never gets a handler (a read may split one pair).
+        assert rig.requests <= 2 and len(rig.upstreams) <= 2
+        assert not rig.servers[0].streams and not rig.servers[0].conn._tunnels
+        await rig.stop()
+    run(main())
+
+
+def test_reading_the_app_pauses_while_writing_to_the_peer_backs_up():
+    """Issue 9, item 8: a peer that does not read stops the server reading its app, however large the
+    windows it grants, and what waits in the server stays within its write-buffer limits."""
+    async def flood(reader, writer):
+        chunk = b"f" * (1 << 20)
+        try:
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def main():
+        huge = hbone.Settings(stream_window=1 << 30, connection_window=1 << 30)
+        rig = Rig(flood, client_settings=huge)
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        await eventually_async(lambda: rig.upstreams, 5, "the tunnel to the app")
+        rig.session.transport.pause_reading()           # the peer stops reading its HBONE connection
+        [upstream] = rig.upstreams
+        await eventually_async(lambda: not upstream.transport.is_reading(), 10,
+                               lambda: f"the server to stop reading the app; its transport holds "
+                                       f"{rig.servers[0].transport.get_write_buffer_size()} bytes")
+        [server] = rig.servers
+        await asyncio.sleep(0.3)
+        assert not upstream.transport.is_reading()
+        held = server.transport.get_write_buffer_size() + sum(server.conn.unsent(s) for s in server.streams)
+        assert held <= 4 * hbone_relay.WRITE_HIGH_WATER + (4 << 20), held
+        rig.session.transport.resume_reading()
+        got = await reader.readexactly(8 << 20)              # and it flows again once the peer reads
+        assert got == b"f" * (8 << 20)
+        writer.close()
+        await rig.stop()
+    run(main())
