@@ -8,6 +8,11 @@ the CA in `ca/` (generated on first start), the bundle in `ca/bundle.pem`
 for the proxies, the service-account token key in `ca/token.key`, node
 bootstrap tokens read from `bootstrap-tokens.json`.
 
+Roots rotate without a restart (`control_plane.rotation`): `--rotate-ca`
+stores a new root, which the `RootKeeper` adopts and publishes within
+`roots_poll_seconds`; the keeper also stores the switch to the new signer
+and the old root's retirement when they fall due.
+
 Kubernetes (`--source kube`): in-cluster credentials (or ~/.kube/config),
 the CA in Secret shoal-system/shoal-ca (created if absent), the bundle
 published in ConfigMap shoal-system/shoal-ca-root-cert, callers checked with
@@ -23,12 +28,11 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from cryptography.hazmat.primitives import hashes
-
-from control_plane import ca_store
+from control_plane import ca_store, rotation
 from control_plane.authn import Authenticator, KubeAuthenticator, LocalAuthenticator
-from control_plane.ca import CaError, CertificateAuthority
+from control_plane.ca import CaError, CertificateAuthority, utc_now
 from control_plane.errors import ControlPlaneError
 from control_plane.feed import Feed, Reporter
 from control_plane.metrics import Metrics
@@ -157,10 +161,10 @@ def kube_wiring(settings: Settings) -> Wiring:
 
 
 def build_authority(settings: Settings, roots: ca_store.RootStore) -> CertificateAuthority:
-    signer, trusted = ca_store.load_or_create(roots, settings.trust_domain)
-    authority = CertificateAuthority(signer, trusted, trust_domain=settings.trust_domain, leaf_ttl=settings.cert_ttl)
-    logger.info("CA ready", signer=signer.cert.subject.rfc4514_string(), roots=len(authority.trusted),
-                fingerprint=signer.fingerprint[:16])
+    stored = ca_store.load_or_create(roots, settings.trust_domain)
+    authority = CertificateAuthority(stored, trust_domain=settings.trust_domain, leaf_ttl=settings.cert_ttl)
+    logger.info("CA ready", signer=authority.signer.cert.subject.rfc4514_string(), roots=len(authority.trusted),
+                fingerprint=authority.signer.fingerprint[:16])
     return authority
 
 
@@ -175,21 +179,66 @@ def publish_bundle(path: Path, bundle_pem: bytes) -> None:
     tmp.replace(path)
 
 
-async def watch_roots(settings: Settings, roots: ca_store.RootStore, authority: CertificateAuthority) -> None:
-    """Adopts roots rotated or retired in the RootStore (`--rotate-ca`, `--retire-ca`) without a restart."""
-    while True:
-        await asyncio.sleep(settings.roots_poll_seconds)
-        try:
-            loaded = await asyncio.to_thread(roots.load)
-        except CaError as e:
-            logger.warning("cannot re-read the CA roots; keeping the current ones", error=str(e))
-            continue
-        if loaded is None or not authority.replace_roots(*loaded):
-            continue
-        logger.info("CA roots changed", signer=authority.signer.fingerprint[:16],
-                    trusted=[c.fingerprint(hashes.SHA256()).hex()[:16] for c in authority.trusted])
-        if settings.source == "local":
-            publish_bundle(settings.run_dir / "ca" / "bundle.pem", authority.bundle_pem)
+def _short(cert) -> str:
+    return rotation.fingerprint(cert)[:16]
+
+
+class RootKeeper:
+    """Keeps the CA's roots, the RootStore and the published bundle in step.
+
+    Each `step()`: reads the store (an operator may have begun a rotation or
+    retired a root), stores what fell due by the CA's clock (the new root
+    signs; an old root leaves the bundle), hands the result to the CA, and
+    publishes the bundle (`publish`: the local cluster's bundle file; a
+    Secret store publishes its ConfigMap itself when it is written).
+    """
+
+    def __init__(self, store: ca_store.RootStore, authority: CertificateAuthority,
+                 publish: Callable[[bytes], None] | None = None) -> None:
+        self.store = store
+        self.authority = authority
+        self.publish = publish
+        self._told = authority.current()   # what the log has said so far
+
+    def step(self) -> bool:
+        """True when the CA's roots changed."""
+        stored = self.store.load()
+        if stored is None:
+            return False
+        now, overlap = self.authority.clock(), self.authority.overlap
+        if rotation.advance(stored, now, overlap) != stored:
+            stored = self.store.update(lambda latest: rotation.advance(latest, now, overlap))
+        changed = self.authority.adopt(stored)
+        current = self.authority.current()
+        if self.publish is not None:
+            self.publish(current.bundle_pem)
+        if current != self._told:
+            self._log(self._told, current)
+            self._told = current
+        return changed
+
+    def _log(self, before: rotation.Roots, after: rotation.Roots) -> None:
+        overlap = self.authority.overlap
+        if after.incoming is not None and after.incoming != before.incoming:
+            logger.info("new root trusted; it signs once every certificate issued before has expired",
+                        root=after.incoming.fingerprint[:16],
+                        signs_from=after.switch_at(overlap).isoformat(timespec="seconds"))
+        if after.signer != before.signer:
+            logger.info("signing with a new root", signer=after.signer.fingerprint[:16],
+                        retiring={fp[:16]: at.isoformat(timespec="seconds") for fp, at in after.retiring})
+        gone = {rotation.fingerprint(c) for c in before.trusted} - {rotation.fingerprint(c) for c in after.trusted}
+        for fp in sorted(gone):
+            logger.info("root left the trust bundle", root=fp[:16])
+        logger.info("CA roots now", signer=after.signer.fingerprint[:16],
+                    trusted=[_short(c) for c in after.trusted])
+
+    async def run(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.step)
+            except (CaError, OSError) as e:
+                logger.warning("cannot re-read or store the CA roots; keeping the current ones", error=str(e))
 
 
 def root_store(settings: Settings) -> ca_store.RootStore:
@@ -203,20 +252,50 @@ def root_store(settings: Settings) -> ca_store.RootStore:
     return ca_store.KubeSecretRootStore(client.CoreV1Api(kube_source.make_api_client()))
 
 
-def rotate_roots(settings: Settings, retire: str | None) -> int:
-    """`--rotate-ca` / `--retire-ca FINGERPRINT`: one-shot changes to the stored roots."""
+def describe_roots(roots: rotation.Roots, overlap: dt.timedelta) -> str:
+    """What `--show-roots` prints: who signs, what is trusted, and what is scheduled."""
+    lines = [f"signing root:  {roots.signer.fingerprint[:16]}  {roots.signer.cert.subject.rfc4514_string()}"]
+    for cert in roots.trusted:
+        fp = rotation.fingerprint(cert)
+        if roots.incoming is not None and cert in roots.incoming.anchors:
+            note = f"incoming: trusted since {roots.incoming_since.isoformat(timespec='seconds')}, " \
+                   f"signs from {roots.switch_at(overlap).isoformat(timespec='seconds')}"
+        elif cert in roots.signer.anchors:
+            note = "signing"
+        elif roots.retire_at(fp) is not None:
+            note = f"rotated out: leaves the bundle at {roots.retire_at(fp).isoformat(timespec='seconds')}"
+        else:
+            note = "trusted (no schedule: retire it by hand with --retire-ca when nothing it signed is in use)"
+        lines.append(f"trusted root:  {fp[:16]}  {note}")
+    return "\n".join(lines)
+
+
+def rotate_roots(settings: Settings, retire: str | None = None, show: bool = False) -> int:
+    """`--rotate-ca`, `--retire-ca FINGERPRINT`, `--show-roots`: one-shot changes to, or a look at, the stored roots.
+
+    The times shown assume the control plane runs with this `--cert-ttl`."""
+    overlap = CertificateAuthority.overlap_for(settings.cert_ttl)
     try:
         store_ = root_store(settings)
-        if retire:
-            remaining = ca_store.retire(store_, retire)
-            print(f"retired root {retire}; trusted now: "
-                  + ", ".join(c.fingerprint(hashes.SHA256()).hex()[:16] for c in remaining))
+        if show:
+            stored = store_.load()
+            if stored is None:
+                raise CaError("there is no CA root yet; the control plane creates one when it first starts")
+            print(describe_roots(rotation.advance(stored, utc_now(), overlap), overlap))
+        elif retire:
+            remaining, cert = ca_store.retire(store_, retire)
+            print(f"retired root {rotation.fingerprint(cert)[:16]}: it leaves the trust bundle now (if it was the "
+                  f"incoming root, the rotation is cancelled); certificates it signed, if any, no longer verify.\n"
+                  + describe_roots(remaining, overlap))
         else:
-            new, bundle = ca_store.rotate(store_, settings.trust_domain)
-            old = [c.fingerprint(hashes.SHA256()).hex()[:16] for c in bundle if c != new.cert]
-            print(f"new signing root {new.fingerprint[:16]}; still trusted: {', '.join(old)}.\n"
-                  f"Retire the old root(s) with --retire-ca FINGERPRINT once every workload certificate has "
-                  f"been renewed (after {settings.cert_ttl} at most).")
+            roots = ca_store.begin_rotation(store_, settings.trust_domain)
+            old = roots.signer
+            print(f"new root {roots.incoming.fingerprint[:16]} is trusted from now on, and signs from "
+                  f"{roots.switch_at(overlap).isoformat(timespec='seconds')}, once every certificate issued "
+                  f"before it was trusted has expired (--cert-ttl {settings.cert_ttl} and a margin).\n"
+                  f"The signing root {old.fingerprint[:16]} stays trusted until the last certificate it signs "
+                  f"expires, {overlap} after that, and then leaves the bundle. Nothing else to do: the control "
+                  f"plane does each step on time (see --show-roots).")
     except (CaError, SettingsError) as e:
         print(f"shoal control-plane: {e}", file=sys.stderr)
         return 1
@@ -232,8 +311,14 @@ async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = No
     except (SettingsError, CaError, tokens.TokenError, OSError) as e:
         logger.error("cannot start the control plane", error=str(e))
         return 2
-    if settings.source == "local":
-        publish_bundle(settings.run_dir / "ca" / "bundle.pem", authority.bundle_pem)
+    publish = ((lambda pem: publish_bundle(settings.run_dir / "ca" / "bundle.pem", pem))
+               if settings.source == "local" else None)
+    keeper = RootKeeper(wiring.roots, authority, publish)
+    try:
+        await asyncio.to_thread(keeper.step)   # what fell due while we were down, and the bundle file
+    except (CaError, OSError) as e:
+        logger.error("cannot start the control plane", error=str(e))
+        return 2
     state = ConfigState()
     metrics = Metrics()
     server = ConfigServer(state=state, authority=authority, authenticator=wiring.authenticator, metrics=metrics,
@@ -245,7 +330,7 @@ async def run(settings: Settings, shutdown: Shutdown, wiring: Wiring | None = No
         return 2
     feed = Feed(Translator(), state, metrics, server.mark_synced, wiring.report)
     feeding = asyncio.ensure_future(feed.run(wiring.events))
-    rooting = asyncio.ensure_future(watch_roots(settings, wiring.roots, authority))
+    rooting = asyncio.ensure_future(keeper.run(settings.roots_poll_seconds))
     controllers = [asyncio.ensure_future(run_controller()) for run_controller in wiring.controllers]
     stopping = asyncio.ensure_future(shutdown.wait())
     code = 0

@@ -1,11 +1,13 @@
 """The mesh certificate authority.
 
-One signing root and a trust bundle. The signer is a self-signed root, or an
-intermediate given with its chain (`--ca-cert` holding the intermediate, its
-issuers and the root); leaves then carry the intermediates, and the bundle
-holds the root. The bundle holds the signing root plus any root being
-rotated out: during a rotation leaves are signed by the new root
-while leaves of the old one keep verifying, until the old root is removed.
+It signs with one root at a time and publishes a trust bundle. The signer is
+a self-signed root, or an intermediate given with its chain (`--ca-cert`
+holding the intermediate, its issuers and the root); leaves then carry the
+intermediates, and the bundle holds the root. Roots rotate in two phases
+(`control_plane.rotation`): a new root is trusted first and signs one leaf
+lifetime later; an old root stays trusted until the last leaf it signed has
+expired. The CA holds the `Roots` and asks `rotation.advance` at each
+signing, so a scheduled switch takes effect on time, whoever stores it.
 
 Invariants:
 - the signing root (or the root its chain ends at) is always in the bundle;
@@ -13,7 +15,7 @@ Invariants:
   valid, and whose one and only SAN is the URI of the identity asked for, in
   this CA's trust domain (whether the caller may have that identity is decided
   by `control_plane.authz`, before the CA is asked);
-- a leaf never outlives the root that signs it.
+- a leaf never outlives the root that signs it, nor lives longer than `leaf_ttl`.
 
 Roots are kept by a `RootStore` (`control_plane.ca_store`): files in the local
 cluster, a Secret in Kubernetes, or read-only files given on the command line.
@@ -33,13 +35,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from control_plane.errors import ControlPlaneError
+from control_plane import rotation
+from control_plane.errors import CaError
+from control_plane.rotation import Roots
 from shoal import identity
 from shoal.identity import SpiffeId
 
 DEFAULT_LEAF_TTL = dt.timedelta(hours=24)
 ROOT_TTL = dt.timedelta(days=3650)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # leaves start a little in the past, for skewed peers
+# Added to a leaf lifetime in each phase of a rotation: skewed clocks, and the time a new bundle
+# takes to reach every proxy (a ConfigMap volume is refreshed about once a minute).
+ROTATION_MARGIN = dt.timedelta(minutes=5)
 CONTROL_PLANE_DNS = "shoal-control-plane.shoal-system.svc"
 
 Clock = Callable[[], dt.datetime]
@@ -47,10 +54,6 @@ Clock = Callable[[], dt.datetime]
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-class CaError(ControlPlaneError):
-    """Base of the CA's errors."""
 
 
 class CsrRefused(CaError):
@@ -71,7 +74,7 @@ class Root:
     (a plugged-in CA), the certificates above it up to a self-signed root."""
 
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    key: ec.EllipticCurvePrivateKey = field(repr=False, compare=False)   # the certificate names it
     issuers: tuple[x509.Certificate, ...] = ()
 
     @property
@@ -158,51 +161,67 @@ class Issued:
     chain_pem: bytes  # leaf first
     bundle_pem: bytes
     not_after: dt.datetime
+    signer: str = ""  # the SHA-256 fingerprint of the root that signed it
 
 
 class CertificateAuthority:
-    """Signs mesh leaves with the signing root; publishes the trust bundle."""
+    """Signs mesh leaves with the root that signs now; publishes the trust bundle of now."""
 
-    def __init__(self, signer: Root, trusted: list[x509.Certificate] | None = None, *,
-                 trust_domain: str = identity.DEFAULT_TRUST_DOMAIN,
-                 leaf_ttl: dt.timedelta = DEFAULT_LEAF_TTL, clock: Clock = utc_now) -> None:
+    def __init__(self, roots: Root | Roots, trusted: list[x509.Certificate] | None = None, *,
+                 trust_domain: str = identity.DEFAULT_TRUST_DOMAIN, leaf_ttl: dt.timedelta = DEFAULT_LEAF_TTL,
+                 clock: Clock = utc_now, rotation_margin: dt.timedelta = ROTATION_MARGIN) -> None:
         self.trust_domain = trust_domain
         self.leaf_ttl = leaf_ttl
         self.clock = clock
-        self.signer = signer
-        self._trusted: dict[str, x509.Certificate] = {}
-        for cert in [*signer.anchors, *(trusted or [])]:
-            self._trusted[cert.fingerprint(hashes.SHA256()).hex()] = cert
+        self.rotation_margin = rotation_margin
+        self.roots = roots if isinstance(roots, Roots) else Roots.first(roots, trusted or [])
+        self.roots.check()
 
     # -- bundle and rotation ---------------------------------------------------------
 
     @property
+    def overlap(self) -> dt.timedelta:
+        """How long a new root is trusted before it signs, and an old one stays after its last leaf."""
+        return self.overlap_for(self.leaf_ttl, self.rotation_margin)
+
+    @staticmethod
+    def overlap_for(leaf_ttl: dt.timedelta, margin: dt.timedelta = ROTATION_MARGIN) -> dt.timedelta:
+        return leaf_ttl + margin
+
+    def current(self) -> Roots:
+        """The roots at the clock's now: a switch or a retirement that fell due has taken effect."""
+        self.roots = rotation.advance(self.roots, self.clock(), self.overlap)
+        return self.roots
+
+    @property
+    def signer(self) -> Root:
+        return self.current().signer
+
+    @property
     def trusted(self) -> list[x509.Certificate]:
-        return list(self._trusted.values())
+        return list(self.current().trusted)
 
     @property
     def bundle_pem(self) -> bytes:
-        return identity.certificates_pem(self.trusted)
+        return self.current().bundle_pem
 
     def rotate(self, new_root: Root) -> None:
-        """Signs with `new_root` from now on; the old roots stay trusted until `retire`d."""
-        for cert in new_root.anchors:
-            self._trusted[cert.fingerprint(hashes.SHA256()).hex()] = cert
-        self.signer = new_root
+        """Phase 1 of a rotation, in memory: `new_root` is trusted now and signs after `overlap`."""
+        self.roots = rotation.begin(self.current(), new_root, self.clock())
 
-    def replace_roots(self, signer: Root, trusted: list[x509.Certificate]) -> bool:
-        """Adopts roots re-read from the RootStore (an operator rotated them); True if anything changed."""
-        new = {c.fingerprint(hashes.SHA256()).hex(): c for c in [*signer.anchors, *trusted]}
-        if signer.fingerprint == self.signer.fingerprint and new.keys() == self._trusted.keys():
+    def adopt(self, roots: Roots) -> bool:
+        """Takes roots re-read from the RootStore (an operator rotated, another replica advanced);
+        True if anything changed."""
+        roots.check()
+        roots = rotation.advance(roots, self.clock(), self.overlap)
+        if roots == self.current():
             return False
-        self.signer, self._trusted = signer, new
+        self.roots = roots
         return True
 
     def retire(self, fingerprint: str) -> None:
-        if fingerprint in {c.fingerprint(hashes.SHA256()).hex() for c in self.signer.anchors}:
-            raise CaError("cannot retire the signing root; rotate to a new root first")
-        if self._trusted.pop(fingerprint, None) is None:
-            raise CaError(f"no trusted root with fingerprint {fingerprint}")
+        """Takes a root out of the bundle at once (by hand; see rotation.retire)."""
+        self.roots, _ = rotation.retire(self.current(), fingerprint)
 
     # -- signing ---------------------------------------------------------------------
 
@@ -210,9 +229,10 @@ class CertificateAuthority:
         csr = self._check_csr(csr_pem, requested)
         ttl = min(ttl or self.leaf_ttl, self.leaf_ttl)
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(requested))])
-        cert = self._issue(csr.public_key(), san, ttl)
-        chain = identity.certificates_pem([cert, *self.signer.intermediates])
-        return Issued(chain, self.bundle_pem, cert.not_valid_after_utc)
+        roots = self.current()    # one moment: the signer and the bundle that goes with the leaf
+        cert = self._issue(roots.signer, csr.public_key(), san, ttl)
+        chain = identity.certificates_pem([cert, *roots.signer.intermediates])
+        return Issued(chain, roots.bundle_pem, cert.not_valid_after_utc, roots.signer.fingerprint)
 
     def issue_server(self, requested: SpiffeId, dns_names: list[str], ttl: dt.timedelta | None = None
                      ) -> identity.Credential:
@@ -220,10 +240,11 @@ class CertificateAuthority:
         key = identity.new_key()
         san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(requested)),
                                            *(x509.DNSName(n) for n in dns_names)])
-        cert = self._issue(key.public_key(), san, ttl or self.leaf_ttl)
+        roots = self.current()
+        cert = self._issue(roots.signer, key.public_key(), san, min(ttl or self.leaf_ttl, self.leaf_ttl))
         return identity.Credential.from_pem(identity.key_pem(key),
-                                            identity.certificates_pem([cert, *self.signer.intermediates]),
-                                            self.bundle_pem)
+                                            identity.certificates_pem([cert, *roots.signer.intermediates]),
+                                            roots.bundle_pem)
 
     def _check_csr(self, csr_pem: bytes, requested: SpiffeId) -> x509.CertificateSigningRequest:
         if requested.trust_domain != self.trust_domain:
@@ -251,18 +272,19 @@ class CertificateAuthority:
             raise CsrRefused(f"the CSR's SAN ({shown}) differs from the identity requested ({str(requested)})")
         return csr
 
-    def _issue(self, public_key, san: x509.SubjectAlternativeName, ttl: dt.timedelta) -> x509.Certificate:
+    def _issue(self, signer: Root, public_key, san: x509.SubjectAlternativeName,
+               ttl: dt.timedelta) -> x509.Certificate:
         now = self.clock()
-        not_after = min(now + ttl, self.signer.cert.not_valid_after_utc)
+        not_after = min(now + ttl, signer.cert.not_valid_after_utc)
         try:
-            signer_ski = self.signer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            signer_ski = signer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
             authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(signer_ski)
         except x509.ExtensionNotFound:  # a plugged-in CA without SKI
-            authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signer.cert.public_key())
+            authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.cert.public_key())
         return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
-            .issuer_name(self.signer.cert.subject)
+            .issuer_name(signer.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
@@ -276,5 +298,5 @@ class CertificateAuthority:
             .add_extension(san, critical=True)  # the subject is empty (RFC 5280 4.2.1.6)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(authority_key_id, critical=False)
-            .sign(self.signer.key, hashes.SHA256())
+            .sign(signer.key, hashes.SHA256())
         )

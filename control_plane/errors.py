@@ -13,3 +13,7 @@ from shoal.errors import ShoalError
 
 class ControlPlaneError(ShoalError):
     """Base of the control plane's errors."""
+
+
+class CaError(ControlPlaneError):
+    """Base of the CA's errors (control_plane.ca, .rotation, .ca_store)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from control_plane import rotation
 from control_plane.authn import Authenticator, GuardedAuthenticator
 from control_plane.ca import CONTROL_PLANE_DNS, CertificateAuthority
 from control_plane.http import HttpServer
@@ -73,6 +74,7 @@ class ConfigServer:
         self.grpc_port = 0
         self.http_port = 0
         self._credential: identity.Credential | None = None
+        self._credential_signer = ""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class ConfigServer:
     def _server_credential(self) -> identity.Credential:
         who = identity.format_spiffe_id(self.authority.trust_domain, CONTROL_PLANE_NAMESPACE,
                                         CONTROL_PLANE_SERVICE_ACCOUNT)
+        self._credential_signer = self.authority.signer.fingerprint
         return self.authority.issue_server(who, [CONTROL_PLANE_DNS])
 
     def _certificate_configuration(self):
@@ -125,10 +128,11 @@ class ConfigServer:
             [(self._credential.key_pem, self._credential.chain_pem)])
 
     def _fetch_certificate_configuration(self):
-        # Called by gRPC on each handshake; None keeps the current certificate.
-        # Not reissued when the signing root rotates: proxies holding only the old bundle must
-        # still reach us. At half life the new certificate comes from the then-signing root.
-        if self._credential is not None and not self._credential.needs_renewal():
+        # Called by gRPC on each handshake; None keeps the current certificate. Reissued at half life,
+        # and as soon as another root signs: by then every proxy's bundle has trusted the new root for
+        # a leaf lifetime (control_plane.rotation), and the old root will leave the bundle.
+        if (self._credential is not None and not self._credential.needs_renewal(self.authority.clock())
+                and self._credential_signer == self.authority.signer.fingerprint):
             return None
         logger.info("reissuing the control plane's serving certificate")
         return self._certificate_configuration()
@@ -142,11 +146,21 @@ class ConfigServer:
             return "waiting for the config source's first full list"
         return None
 
+    def _roots_status(self) -> dict:
+        roots = self.authority.current()
+        return {"signer": roots.signer.fingerprint[:16],
+                "trusted": [{"fingerprint": rotation.fingerprint(c)[:16], "subject": c.subject.rfc4514_string()}
+                            for c in roots.trusted],
+                "incoming": roots.incoming.fingerprint[:16] if roots.incoming else None,
+                "incoming_signs_from": (roots.switch_at(self.authority.overlap).isoformat()
+                                        if roots.incoming else None),
+                "retiring": {fp[:16]: at.isoformat() for fp, at in roots.retiring}}
+
     def status(self) -> dict:
         return {
             "ready": self.not_ready_reason() or "ready",
             "trust_domain": self.authority.trust_domain,
-            "roots": [c.subject.rfc4514_string() for c in self.authority.trusted],
+            "roots": self._roots_status(),
             "resources": {str(t): {"count": j.live, "version": self.state.version(t)}
                           for t, j in self.state.journals.items()},
             "proxies": [{"scope": s.scope.describe(), "peer": s.peer, "in_sync": s.subscription.in_sync(),

@@ -27,10 +27,15 @@ def register(sub) -> None:
                    help="namespace whose policies apply mesh-wide (default istio-system)")
     rotation = p.add_mutually_exclusive_group()
     rotation.add_argument("--rotate-ca", action="store_true",
-                          help="store a new signing root (the old stays trusted) and exit; "
-                               "the running control plane adopts it within seconds")
+                          help="begin a root rotation and exit: a new root is trusted at once (bundle, ConfigMap, "
+                               "every certificate signed), signs one --cert-ttl (and 5m) later, and the old root "
+                               "leaves the bundle when the last certificate it signed has expired; the running "
+                               "control plane does each step on time")
     rotation.add_argument("--retire-ca", metavar="FINGERPRINT",
-                          help="remove a rotated-out root from the trust bundle and exit")
+                          help="take a root out of the trust bundle now and exit (an emergency: certificates it "
+                               "signed stop verifying; the incoming root: cancels the rotation)")
+    rotation.add_argument("--show-roots", action="store_true",
+                          help="print the signing root, the trusted roots and the rotation schedule, and exit")
     p.set_defaults(func=main)
 
 
@@ -51,6 +56,6 @@ def main(args) -> int:
     except (app.SettingsError, ValueError) as e:
         print(f"shoal control-plane: {e}", file=sys.stderr)
         return 2
-    if args.rotate_ca or args.retire_ca:
-        return app.rotate_roots(settings, args.retire_ca)
+    if args.rotate_ca or args.retire_ca or args.show_roots:
+        return app.rotate_roots(settings, args.retire_ca, show=args.show_roots)
     return lifecycle.run(lambda shutdown: app.run(settings, shutdown))

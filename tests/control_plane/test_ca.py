@@ -20,10 +20,12 @@ ALICE = SpiffeId(TD, "shop", "alice")
 BOB = SpiffeId(TD, "shop", "bob")
 
 
-def openssl_verify(tmp_path, bundle: bytes, chain: bytes, name: str = "leaf") -> subprocess.CompletedProcess:
+def openssl_verify(tmp_path, bundle: bytes, chain: bytes, name: str = "leaf",
+                   at: dt.datetime | None = None) -> subprocess.CompletedProcess:
     (tmp_path / f"{name}-bundle.pem").write_bytes(bundle)
     (tmp_path / f"{name}.pem").write_bytes(chain)
-    return subprocess.run(["openssl", "verify", "-x509_strict", "-purpose", "sslclient",
+    when = ["-attime", str(int(at.timestamp()))] if at else []
+    return subprocess.run(["openssl", "verify", "-x509_strict", "-purpose", "sslclient", *when,
                            "-CAfile", str(tmp_path / f"{name}-bundle.pem"), str(tmp_path / f"{name}.pem")],
                           capture_output=True, text=True)
 
@@ -96,37 +98,48 @@ def test_other_trust_domain_and_garbage_are_refused(authority):
         authority.sign(b"-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----\n", ALICE)
 
 
-def test_rotation_overlap_then_retire(tmp_path):
-    old_root = generate_root(TD)
-    authority = CertificateAuthority(old_root, trust_domain=TD)
+def test_rotation_trusts_first_signs_later_then_retires(tmp_path):
+    now = [dt.datetime.now(dt.timezone.utc)]
+    old_root = generate_root(TD, now[0])
+    authority = CertificateAuthority(old_root, trust_domain=TD, leaf_ttl=dt.timedelta(hours=1),
+                                     clock=lambda: now[0])
     key = identity.new_key()
     old_leaf = authority.sign(identity.make_csr(key, ALICE), ALICE)
 
-    new_root = generate_root(TD)
+    new_root = generate_root(TD, now[0])
     authority.rotate(new_root)
+    since = now[0]
+    # Phase 1: both trusted (in every answer), the old root still signs, up to the end.
+    now[0] = since + authority.overlap - dt.timedelta(minutes=1)
+    trusting_leaf = authority.sign(identity.make_csr(key, ALICE), ALICE)
+    assert len(identity.load_certificates(trusting_leaf.bundle_pem)) == 2
+    assert trusting_leaf.signer == old_root.fingerprint
+    # Phase 2, one leaf lifetime and the margin after the new root was trusted: it signs.
+    now[0] = since + authority.overlap
     new_leaf = authority.sign(identity.make_csr(key, ALICE), ALICE)
-    assert len(authority.trusted) == 2
-    # During the overlap, both verify against the published bundle.
-    assert openssl_verify(tmp_path, authority.bundle_pem, old_leaf.chain_pem, "old").returncode == 0
-    assert openssl_verify(tmp_path, authority.bundle_pem, new_leaf.chain_pem, "new").returncode == 0
+    assert new_leaf.signer == new_root.fingerprint
+    at = now[0] + dt.timedelta(seconds=1)
+    # Each leaf verifies against the other's bundle: no two valid certificates distrust each other.
+    assert openssl_verify(tmp_path, new_leaf.bundle_pem, trusting_leaf.chain_pem, "old", at).returncode == 0
+    assert openssl_verify(tmp_path, trusting_leaf.bundle_pem, new_leaf.chain_pem, "new", at).returncode == 0
     # The new leaf chains to the new root and not to the old one.
-    assert openssl_verify(tmp_path, new_root.cert_pem(), new_leaf.chain_pem, "new-only").returncode == 0
-    assert openssl_verify(tmp_path, old_root.cert_pem(), new_leaf.chain_pem, "old-only").returncode != 0
-
-    authority.retire(old_root.fingerprint)
-    assert openssl_verify(tmp_path, authority.bundle_pem, old_leaf.chain_pem, "old2").returncode != 0
-    assert openssl_verify(tmp_path, authority.bundle_pem, new_leaf.chain_pem, "new2").returncode == 0
+    assert openssl_verify(tmp_path, new_root.cert_pem(), new_leaf.chain_pem, "new-only", at).returncode == 0
+    assert openssl_verify(tmp_path, old_root.cert_pem(), new_leaf.chain_pem, "old-only", at).returncode != 0
     with pytest.raises(Exception, match="signing root"):
         authority.retire(new_root.fingerprint)
+    # By hand, at once (an emergency): the old root's leaves stop verifying.
+    authority.retire(old_root.fingerprint)
+    assert openssl_verify(tmp_path, authority.bundle_pem, trusting_leaf.chain_pem, "old2", at).returncode != 0
+    assert openssl_verify(tmp_path, authority.bundle_pem, new_leaf.chain_pem, "new2", at).returncode == 0
 
 
 def test_file_store_generates_once_and_reloads(tmp_path):
     store = ca_store.FileRootStore(tmp_path / "ca")
-    root, trusted = ca_store.load_or_create(store, TD)
+    roots = ca_store.load_or_create(store, TD)
     assert (tmp_path / "ca" / "ca.key").stat().st_mode & 0o077 == 0
-    again, trusted_again = ca_store.load_or_create(ca_store.FileRootStore(tmp_path / "ca"), TD)
-    assert again.fingerprint == root.fingerprint
-    assert [c.fingerprint(hashes.SHA256()) for c in trusted_again] == [root.cert.fingerprint(hashes.SHA256())]
+    again = ca_store.load_or_create(ca_store.FileRootStore(tmp_path / "ca"), TD)
+    assert again == roots and again.signer.fingerprint == roots.signer.fingerprint
+    assert [c.fingerprint(hashes.SHA256()) for c in again.trusted] == [roots.signer.cert.fingerprint(hashes.SHA256())]
 
 
 def test_file_store_missing_key_is_a_clear_error(tmp_path):
@@ -144,8 +157,8 @@ def test_given_files_must_match(tmp_path):
     with pytest.raises(RootInvalid, match="does not belong"):
         ca_store.GivenFilesRootStore(tmp_path / "a.crt", tmp_path / "b.key").load()
     (tmp_path / "a.key").write_bytes(a.key_pem())
-    root, _ = ca_store.GivenFilesRootStore(tmp_path / "a.crt", tmp_path / "a.key").load()
-    assert root.fingerprint == a.fingerprint
+    roots = ca_store.GivenFilesRootStore(tmp_path / "a.crt", tmp_path / "a.key").load()
+    assert roots.signer.fingerprint == a.fingerprint
     with pytest.raises(RootInvalid, match="cannot read"):
         ca_store.GivenFilesRootStore(tmp_path / "none.crt", tmp_path / "a.key").load()
 
@@ -179,8 +192,8 @@ def test_a_plugged_in_intermediate_signs_and_chains_to_its_root(tmp_path):
     inter = _ca("cluster-a intermediate", operator_root, 0)
     (tmp_path / "ca.crt").write_bytes(inter.cert_pem() + operator_root.cert_pem())
     (tmp_path / "ca.key").write_bytes(inter.key_pem())
-    signer, trusted = ca_store.GivenFilesRootStore(tmp_path / "ca.crt", tmp_path / "ca.key").load()
-    authority = CertificateAuthority(signer, trusted, trust_domain=TD)
+    roots = ca_store.GivenFilesRootStore(tmp_path / "ca.crt", tmp_path / "ca.key").load()
+    authority = CertificateAuthority(roots, trust_domain=TD)
     assert [c.subject for c in authority.trusted] == [operator_root.cert.subject]
     issued = authority.sign(identity.make_csr(identity.new_key(), ALICE), ALICE)
     chain = identity.load_certificates(issued.chain_pem)

@@ -12,6 +12,7 @@ from kubernetes import client
 from control_plane import ca_store
 from control_plane.authn import TOKEN_AUDIENCE, AuthenticationFailed, GuardedAuthenticator, KubeAuthenticator
 from control_plane.ca import generate_root
+from control_plane.rotation import Roots
 
 from support.kube_api import CA_CONFIGMAP, CA_SECRET, ApiDouble
 
@@ -27,12 +28,12 @@ def double():
 
 def test_secret_is_created_on_first_start_then_reused(double):
     core = client.CoreV1Api(double.api())
-    root, trusted = ca_store.load_or_create(ca_store.KubeSecretRootStore(core), TD)
+    roots = ca_store.load_or_create(ca_store.KubeSecretRootStore(core), TD)
     assert CA_SECRET in double.objects and set(double.objects[CA_SECRET]["data"]) == {"ca.crt", "ca.key", "bundle.pem"}
     assert "BEGIN CERTIFICATE" in double.objects[CA_CONFIGMAP]["data"]["root-cert.pem"]
     assert "PRIVATE KEY" not in double.objects[CA_CONFIGMAP]["data"]["root-cert.pem"]
-    again, _ = ca_store.load_or_create(ca_store.KubeSecretRootStore(client.CoreV1Api(double.api())), TD)
-    assert again.fingerprint == root.fingerprint
+    again = ca_store.load_or_create(ca_store.KubeSecretRootStore(client.CoreV1Api(double.api())), TD)
+    assert again == roots
     assert [m for m, p in double.requests if p.startswith(CA_SECRET.rsplit("/", 1)[0])].count("POST") == 1
 
 
@@ -43,12 +44,12 @@ def test_losing_the_creation_race_uses_the_winners_root(double):
 
     real_create = store.create
 
-    def create_after_the_other_replica(signer, trusted):
-        real_create(winner, [winner.cert])          # the other replica gets there first
-        return real_create(signer, trusted)         # ours then gets 409
+    def create_after_the_other_replica(roots):
+        real_create(Roots.first(winner))            # the other replica gets there first
+        return real_create(roots)                   # ours then gets 409
     store.create = create_after_the_other_replica
-    root, _ = ca_store.load_or_create(store, TD)
-    assert root.fingerprint == winner.fingerprint
+    roots = ca_store.load_or_create(store, TD)
+    assert roots.signer.fingerprint == winner.fingerprint
 
 
 def test_unreadable_secret_is_a_clear_error(double):

@@ -160,6 +160,8 @@ def test_root_persists_across_restarts_and_bad_flags_fail_clearly(cluster):
 
 
 def test_rotation_while_running(cluster, tmp_path):
+    """`--rotate-ca` against a running control plane: the new root is trusted at once (the bundle file,
+    every Sign answer) and does not sign yet; the rest of the schedule is test_rotation's, on a fake clock."""
     root, _ = cluster
     cp = Process(root)  # with SHOAL_CA_RELOAD_SECONDS=0.2
     try:
@@ -171,31 +173,41 @@ def test_rotation_while_running(cluster, tmp_path):
                                              SpiffeId("cluster.local", "shop", service_account))
         old_leaf = asyncio.run(sign())
         old_root = (ca_dir / "ca.crt").read_bytes()
+        old_fp = identity.load_certificates(old_root)[0].fingerprint(hashes.SHA256()).hex()
         env = {"SHOAL_RUN_ROOT": str(root)}
         out = shoal("control-plane", "--cluster", CLUSTER, "--rotate-ca", check=False, env=env)
-        assert out.returncode == 0 and "new signing root" in out.stdout, out.stderr
-        eventually(lambda: len(identity.load_certificates((ca_dir / "bundle.pem").read_bytes())) == 2, 10,
-                   lambda: f"the bundle to hold both roots; log:\n{cp.logs()}", interval=0.1)
+        assert out.returncode == 0 and "is trusted from now on" in out.stdout, out.stderr
+        assert len(identity.load_certificates((ca_dir / "bundle.pem").read_bytes())) == 2   # at once
+        new_fp = (set(c.fingerprint(hashes.SHA256()).hex()
+                      for c in identity.load_certificates((ca_dir / "bundle.pem").read_bytes())) - {old_fp}).pop()
 
-        def signed_under_both_roots():  # the process adopts the new root within its reload period
+        def answered_with_both_roots():  # the process adopts the new root within its reload period
             leaf = asyncio.run(sign())
             return leaf if len(identity.load_certificates(leaf.bundle_pem)) == 2 else None
-        new_leaf = eventually(signed_under_both_roots, 10, lambda: f"the new root adopted; log:\n{cp.logs()}",
-                              interval=0.2)
+        trusting_leaf = eventually(answered_with_both_roots, 10, lambda: f"the new root adopted; log:\n{cp.logs()}",
+                                   interval=0.2)
 
         def verify(ca: bytes, leaf: bytes) -> int:
             (tmp_path / "ca.pem").write_bytes(ca)
             (tmp_path / "leaf.pem").write_bytes(leaf)
             return subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
                                   capture_output=True).returncode
-        bundle = (ca_dir / "bundle.pem").read_bytes()
-        assert verify(bundle, old_leaf.chain_pem) == 0 and verify(bundle, new_leaf.chain_pem) == 0
-        assert verify(old_root, new_leaf.chain_pem) != 0 and verify((ca_dir / "ca.crt").read_bytes(),
-                                                                   new_leaf.chain_pem) == 0
-        old_fp = identity.load_certificates(old_root)[0].fingerprint(hashes.SHA256()).hex()
-        out = shoal("control-plane", "--cluster", CLUSTER, "--retire-ca", old_fp[:16], check=False, env=env)
+        # Still signed by the old root: peers that have not renewed yet trust it.
+        assert verify(old_root, trusting_leaf.chain_pem) == 0 and verify(old_root, old_leaf.chain_pem) == 0
+        assert (ca_dir / "ca.crt").read_bytes() == old_root
+        shown = shoal("control-plane", "--cluster", CLUSTER, "--show-roots", check=False, env=env)
+        assert shown.returncode == 0 and f"signing root:  {old_fp[:16]}" in shown.stdout
+        assert f"{new_fp[:16]}  incoming: trusted since" in shown.stdout
+        again = shoal("control-plane", "--cluster", CLUSTER, "--rotate-ca", check=False, env=env)
+        assert again.returncode == 1 and "a rotation is under way" in again.stderr
+        refused = shoal("control-plane", "--cluster", CLUSTER, "--retire-ca", old_fp[:16], check=False, env=env)
+        assert refused.returncode == 1 and "signing root" in refused.stderr
+        # Retiring the incoming root cancels the rotation: it signed nothing.
+        out = shoal("control-plane", "--cluster", CLUSTER, "--retire-ca", new_fp[:16], check=False, env=env)
         assert out.returncode == 0, out.stderr
-        assert verify((ca_dir / "bundle.pem").read_bytes(), old_leaf.chain_pem) != 0
+        assert len(identity.load_certificates((ca_dir / "bundle.pem").read_bytes())) == 1
+        eventually(lambda: len(identity.load_certificates(asyncio.run(sign()).bundle_pem)) == 1, 10,
+                   lambda: f"the cancelled root dropped; log:\n{cp.logs()}", interval=0.2)
         bad = shoal("control-plane", "--cluster", CLUSTER, "--retire-ca", "0000", check=False, env=env)
         assert bad.returncode == 1 and "at least 8 hex digits" in bad.stderr
     finally:
