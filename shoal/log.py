@@ -15,10 +15,24 @@ import structlog
 FORMATS = ("console", "json")
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was set up (a process,
+    or a test runner, may swap it later; a closed old one must not break the caller)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def setup(fmt: str = "console", level: str = "info", stream=None) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    stream = stream or sys.stderr
+    stream = stream or _Stderr()
     renderer = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if fmt == "json"

@@ -31,3 +31,17 @@ def test_console_logs_are_human_and_levels_filter():
 def test_unknown_log_format_is_refused():
     with pytest.raises(ValueError, match="unknown log format"):
         log.setup("xml")
+
+
+def test_default_stream_is_the_stderr_of_the_moment(monkeypatch):
+    """Set up on stderr, then stderr is swapped (and the old one closed): lines follow the new one."""
+    import sys
+
+    old = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", old)
+    log.setup("json", "info")
+    new = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", new)
+    old.close()
+    log.get("t").info("after the swap")
+    assert "after the swap" in new.getvalue()
