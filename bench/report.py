@@ -45,6 +45,7 @@ def versions() -> dict:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    out["git"] = git_revision()
     for tool, args in (("haproxy", ["-v"]), ("iperf3", ["--version"]), ("curl", ["--version"])):
         try:
             first = subprocess.run([tool, *args], capture_output=True, text=True, timeout=5).stdout.splitlines()
@@ -52,6 +53,20 @@ def versions() -> dict:
         except (OSError, subprocess.TimeoutExpired):
             pass
     return out
+
+
+def git_revision() -> str:
+    """The commit measured, with "+modified" when tracked files differed from it (the numbers are then
+    those of a work tree, not of the commit)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return head + ("+modified" if head and changed else "")
 
 
 def summarize(values: Iterable[float], name: str) -> dict:
