@@ -26,6 +26,7 @@ from shoal.config_client import open_channel
 
 from support.kube_api import ApiDouble
 from support.plane import running_plane, workload
+from support.polling import eventually_async
 
 ALICE = identity.SpiffeId("cluster.local", "shop", "alice")
 NODE_SA = "system:serviceaccount:shoal-system:shoal-node"
@@ -143,13 +144,16 @@ def test_the_cache_is_bounded_and_an_unchecked_token_is_not_cached():
 # -- the real control plane against the Kubernetes API double ---------------------------------------
 
 class CountingReviews:
-    """Wraps ApiDouble.review: counts TokenReviews, and how many the API server holds at once."""
+    """Wraps ApiDouble.review: counts TokenReviews, and how many the API server holds at once;
+    each takes `seconds`, and none answers while `held` is clear (an API server under load)."""
 
     def __init__(self, double: ApiDouble, seconds: float) -> None:
         self.review, self.seconds = double.review, seconds
         self.calls = 0
         self.running = 0
         self.most = 0
+        self.held = threading.Event()
+        self.held.set()
         self._lock = threading.Lock()
         double.review = self
 
@@ -159,7 +163,8 @@ class CountingReviews:
             self.running += 1
             self.most = max(self.most, self.running)
         try:
-            time.sleep(self.seconds)   # an API server under load
+            self.held.wait(30)
+            time.sleep(self.seconds)
             return self.review(spec)
         finally:
             with self._lock:
@@ -232,18 +237,23 @@ def test_a_flood_of_distinct_bad_tokens_is_bounded_and_a_good_token_still_gets_t
                             raise
                         await asyncio.sleep(0.05)
             try:
-                flood = asyncio.gather(*(sign(stub, t) for t in bad), return_exceptions=True)
-                await asyncio.sleep(0)
+                reviews.held.clear()      # the API server stalls: checks pile up, and then are refused
+                flood = [asyncio.ensure_future(sign(stub, t)) for t in bad]
+                await eventually_async(lambda: any(call.done() for call in flood), 30,
+                                       "a call refused at once while the reviews are stalled")
+                refused_at_once = [call.exception() for call in flood if call.done()]
+                reviews.held.set()
                 good = await good_client()
-                results = await flood
+                results = await asyncio.gather(*flood, return_exceptions=True)
             finally:
+                reviews.held.set()
                 await channel.close()
-        return limit, good, results
+        return limit, refused_at_once, good, results
 
-    limit, good, results = asyncio.run(main())
+    limit, refused_at_once, good, results = asyncio.run(main())
+    assert {e.code() for e in refused_at_once} == {grpc.StatusCode.UNAVAILABLE}   # "retry later", not "bad token"
     assert identity.spiffe_id_of(identity.load_certificates(good.chain.encode())[0]) == ALICE
     codes = {r.code() for r in results}
     assert codes <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE}, codes
-    assert grpc.StatusCode.UNAVAILABLE in codes   # the queue was full: refused at once, no review
     assert reviews.most <= limit, (reviews.most, limit)
     assert reviews.calls < len(bad)
