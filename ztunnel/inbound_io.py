@@ -9,6 +9,10 @@ reason in `shoal-reason`).
 
 Plaintext: the same decision, with PeerAuthentication; a refusal is a RST.
 Either way one ConnectionRecord, one access-log line.
+
+Drain: `go_away()` sends a graceful GOAWAY on every HBONE connection this
+ztunnel serves, so peers open new tunnels on new connections (which land on
+the ztunnel that took over the listeners) while the tunnels they have run on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal import hbone, identity, log, netns, sockets
 from shoal.certs import CertManager
@@ -39,15 +43,26 @@ class InboundDriver:
     certs: CertManager
     tracker: ConnectionTracker
     connect_timeout: float
+    sessions: set[HboneSession] = field(default_factory=set)  # the HBONE connections served now
+    going_away: bool = False
+
+    def go_away(self) -> None:
+        """Drain: a graceful GOAWAY to every HBONE peer, now and on any connection accepted from here on."""
+        self.going_away = True
+        for session in list(self.sessions):
+            session.go_away()
 
     # --- HBONE (15008) ----------------------------------------------------------------
 
     async def hbone(self, pod: Pod, conn: socket.socket, address) -> None:
         try:
             context = await self.certs.server_context(pod.identity)
-            _, session = await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: HboneSession(False, on_request=lambda s, st: self._tunnel(pod, s, st)), conn, ssl=context,
-                ssl_handshake_timeout=self.connect_timeout)
+            # Made here, not taken from what connect_accepted_socket returns: with TLS, uvloop returns its
+            # SSLProtocol there, not ours (the wait on `session.lost` below then failed at once, so HBONE
+            # connections were never among the pod's connection tasks that a drain cuts).
+            session = HboneSession(False, on_request=lambda s, st: self._tunnel(pod, s, st))
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: session, conn, ssl=context, ssl_handshake_timeout=self.connect_timeout)
         except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one record, one line
             here = conn.getsockname()[:2] if conn.fileno() >= 0 else ("", 0)
             record = ConnectionRecord("inbound", address[:2], here, destination_workload=self.pods.workload_of(pod),
@@ -58,11 +73,16 @@ class InboundDriver:
             self.tracker.refused(record, "UPE" if tls else "UAEX", message)
             conn.close()
             return
+        self.sessions.add(session)
+        if self.going_away:
+            session.go_away()
         try:
             await session.lost
         except asyncio.CancelledError:
             session.close()
             raise
+        finally:
+            self.sessions.discard(session)
 
     async def _tunnel(self, pod: Pod, session: HboneSession, stream: TunnelStream) -> None:
         peer, problem = _peer_identity(session)
@@ -78,6 +98,9 @@ class InboundDriver:
         self.tracker.begin(record)
         app = None
         try:
+            if stream.reset:  # the client gave up before an answer: connect nothing for it
+                record.fail("DC", "the client reset the tunnel before it was answered")
+                return
             if isinstance(decision, Refusal):
                 record.fail(decision.response_flag, decision.reason)
                 session.refuse(stream, decision.status, decision.reason)

@@ -4,8 +4,9 @@ Readiness (15021 `/healthz/ready`) is true once the node agent's hand-off is
 connected and the control plane's config has been received once; after that,
 a control plane going away does not make the ztunnel unready (it keeps
 serving with the last config). SIGTERM drains: listeners close at once (a new
-ztunnel with SO_REUSEPORT takes new connections), open connections get until
-`drain_seconds`, then are cut.
+ztunnel with SO_REUSEPORT takes new connections) and every HBONE peer gets a
+graceful GOAWAY (its next tunnel opens a connection to the new ztunnel), open
+connections get until `drain_seconds`, then are cut.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
         if task is not stopping and task.exception() is not None:
             logger.error("ztunnel task failed", error=repr(task.exception()))
 
-    # Drain: listeners close at once, open connections get until the deadline.
+    # Drain: listeners close and HBONE peers get a GOAWAY at once, open connections get until the deadline.
     z.stop_accepting()
     agent.stop()
     logger.info("draining", connections=len(z.active), deadline_seconds=config.drain_seconds)

@@ -68,9 +68,13 @@ class Ztunnel:
     # --- lifecycle --------------------------------------------------------------------
 
     def stop_accepting(self) -> None:
+        """Drain, first step: listeners close (a new ztunnel holds the same ports with SO_REUSEPORT), and
+        every HBONE peer gets a graceful GOAWAY, so its next tunnel opens a connection to the new one."""
         self.pods.stop_accepting()
+        self.inbound.go_away()
 
     async def drain(self, seconds: float, urgent: asyncio.Event | None = None) -> bool:
+        """Drain, second step: established connections run on until `seconds`; what is left is cut."""
         return await self.tracker.drain(seconds, self.pods.connection_tasks, urgent)
 
     async def close(self) -> None:

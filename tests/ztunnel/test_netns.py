@@ -401,6 +401,87 @@ def test_a_second_ztunnel_can_take_over_the_same_pods(rig):
     assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"
 
 
+LONG_LIVED = """
+import random, socket, sys, time
+c = socket.create_connection((sys.argv[1], 9000), timeout=20)
+rng, total = random.Random(7), 0
+try:
+    for i in range(int(sys.argv[2])):
+        chunk = rng.randbytes(rng.randrange(1, 50000))
+        c.sendall(chunk)
+        got = b""
+        while len(got) < len(chunk):
+            part = c.recv(65536)
+            if not part:
+                print("closed early", flush=True)
+                sys.exit(1)
+            got += part
+        if got != chunk:
+            print("mismatch", flush=True)
+            sys.exit(1)
+        total += len(chunk)
+        if i == 0:
+            print("flowing", flush=True)
+        time.sleep(0.05)
+    c.shutdown(socket.SHUT_WR)
+    print("ok" if c.recv(1) == b"" else "extra", total, flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+"""
+
+
+def test_an_upgrade_drains_the_old_ztunnel_with_a_goaway_and_drops_nothing(rig):
+    """Issue 9, item 2: a new ztunnel takes over the pods; the old one stops accepting and sends GOAWAY to its
+    HBONE peers. A long connection through the old one flows byte-exact to its end, the peer's pooled HBONE
+    connection turns away from new streams, and the next one it opens lands on the new ztunnel. Runs before
+    the drain test and leaves the new ztunnel as the rig's."""
+    old = rig.ztunnel
+    long = subprocess.Popen(["ip", "netns", "exec", pod_ns("a"), sys.executable, "-c", LONG_LIVED, ECHO_VIP, "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert long.stdout.readline().strip() == "flowing"       # through the old ztunnel, the only one yet
+    [key] = [k for k in old.pool.connections if k.destination == (PODS["b"], 15008)]
+    [carrying] = [c for c in old.pool.connections[key] if c.open_streams]
+    assert not carrying.closing
+    served_by_old = _served_by(old)
+
+    async def upgrade():
+        new = Ztunnel(Config(connect_timeout=3), rig.state, CertManager(rig.ca.sign))
+        for uid, name, sa in (("uid-a", "a", "a"), ("uid-b", "b", "b")):
+            await new.add_workload(handoff.Workload(uid, name, "app", sa), netns.open_fd(pod_ns(name)))
+        old.stop_accepting()
+        return new
+    new = rig.call(upgrade())
+    rig.ztunnel = new                                          # whatever happens below, later tests use it
+    draining = asyncio.run_coroutine_threadsafe(old.drain(20), rig.loop)
+    try:
+        eventually(lambda: carrying.closing, 5, "the GOAWAY at the peer's pooled connection")
+        assert long.poll() is None                             # still flowing through the old ztunnel
+
+        async def next_tunnel():
+            stream = await old.pool.open_stream(key, f"{PODS['b']}:9000", 5)
+            stream.abort()
+            return [c for c in old.pool.connections[key] if not c.closing]
+        [fresh] = rig.call(next_tunnel())                     # a new connection, since the old one is closing
+        assert fresh is not carrying
+        eventually(lambda: _served_by(new) == 1, 5, "the new ztunnel to serve the new tunnel")
+        assert _served_by(old) == served_by_old                # the old one took nothing new
+        out, err = long.communicate(timeout=30)
+        assert out.split()[0] == "ok", (out, err)              # every byte back, in order, no reset
+        assert draining.result(30) is True                     # nothing had to be cut at the deadline
+    finally:
+        draining.cancel()
+        rig.call(old.close())
+        if long.poll() is None:
+            long.kill()
+    assert curl("a", f"http://{WEB_VIP}/").stdout == f"peer={PODS['a']}\n"   # the new one serves alone
+
+
+def _served_by(z) -> int:
+    """HBONE tunnels a ztunnel accepted as the destination."""
+    return int(sum(s.value for m in z.metrics.opened.collect() for s in m.samples
+                   if s.name.endswith("_total") and s.labels["reporter"] == "destination"))
+
+
 SLOW_SENDER = """
 import socket, sys, time
 c = socket.create_connection((sys.argv[1], 9000), timeout=20)
