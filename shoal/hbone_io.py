@@ -323,3 +323,28 @@ class HboneSession(asyncio.Protocol):
             self.conn.close()
             self.flush()
             self.transport.close()
+
+
+async def accept_session(conn: socket.socket, context, on_request: RequestHandler, *,
+                         handshake_timeout: float) -> HboneSession:
+    """The server side of one HBONE connection on an accepted socket: the TLS handshake, then the session.
+
+    The session is made here and handed to the loop, not taken from what `connect_accepted_socket`
+    returns: with TLS, uvloop returns its own SSL protocol there, not ours."""
+    session = HboneSession(False, on_request=on_request)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: session, conn, ssl=context,
+                                                             ssl_handshake_timeout=handshake_timeout)
+    return session
+
+
+async def serve_until_lost(session: HboneSession, sessions: set) -> None:
+    """Keeps `session` in `sessions` (what a drain looks at) until its connection is gone; a cancelled
+    caller (a drain's deadline, a pod removed) closes it."""
+    sessions.add(session)
+    try:
+        await session.lost
+    except asyncio.CancelledError:
+        session.close()
+        raise
+    finally:
+        sessions.discard(session)

@@ -19,7 +19,7 @@ import ssl
 from typing import Awaitable, Callable
 
 from shoal import hbone, identity, log, sockets
-from shoal.hbone_io import HboneSession, TunnelStream
+from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
 
 from waypoint.channel import Channel, ChannelReset
 from waypoint.h2server import H2Server
@@ -60,25 +60,15 @@ class HboneListener:
         await sockets.accept_forever(self.sock, serve, what="waypoint HBONE listener")
 
     async def _connection(self, conn: socket.socket, address) -> None:
-        loop = asyncio.get_running_loop()
         try:
             context = await self.server_context()
-            _, session = await loop.connect_accepted_socket(
-                lambda: HboneSession(False, on_request=self._tunnel), conn, ssl=context,
-                ssl_handshake_timeout=self.handshake_timeout)
+            session = await accept_session(conn, context, self._tunnel, handshake_timeout=self.handshake_timeout)
         except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one line, no harm
             logger.info("HBONE handshake failed", src=f"{address[0]}:{address[1]}",
                         error=f"{getattr(e, 'reason', None) or e}; the client must present a mesh certificate")
             conn.close()
             return
-        self.sessions.add(session)
-        try:
-            await session.lost
-        except asyncio.CancelledError:
-            session.close()
-            raise
-        finally:
-            self.sessions.discard(session)
+        await serve_until_lost(session, self.sessions)
 
     async def _tunnel(self, session: HboneSession, stream: TunnelStream) -> None:
         host, port = hbone.parse_authority(stream.authority)   # the HBONE core refused any other authority

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from shoal import hbone, identity, log, netns, sockets
 from shoal.certs import CertManager
-from shoal.hbone_io import HboneSession, TunnelStream
+from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
 from shoal.hbone_relay import TcpSide, relay
 from shoal.proxy_state import ProxyState
 
@@ -57,12 +57,8 @@ class InboundDriver:
     async def hbone(self, pod: Pod, conn: socket.socket, address) -> None:
         try:
             context = await self.certs.server_context(pod.identity)
-            # Made here, not taken from what connect_accepted_socket returns: with TLS, uvloop returns its
-            # SSLProtocol there, not ours (the wait on `session.lost` below then failed at once, so HBONE
-            # connections were never among the pod's connection tasks that a drain cuts).
-            session = HboneSession(False, on_request=lambda s, st: self._tunnel(pod, s, st))
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: session, conn, ssl=context, ssl_handshake_timeout=self.connect_timeout)
+            session = await accept_session(conn, context, lambda s, st: self._tunnel(pod, s, st),
+                                           handshake_timeout=self.connect_timeout)
         except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one record, one line
             here = conn.getsockname()[:2] if conn.fileno() >= 0 else ("", 0)
             record = ConnectionRecord("inbound", address[:2], here, destination_workload=self.pods.workload_of(pod),
@@ -73,16 +69,9 @@ class InboundDriver:
             self.tracker.refused(record, "UPE" if tls else "UAEX", message)
             conn.close()
             return
-        self.sessions.add(session)
         if self.going_away:
             session.go_away()
-        try:
-            await session.lost
-        except asyncio.CancelledError:
-            session.close()
-            raise
-        finally:
-            self.sessions.discard(session)
+        await serve_until_lost(session, self.sessions)
 
     async def _tunnel(self, pod: Pod, session: HboneSession, stream: TunnelStream) -> None:
         peer, problem = _peer_identity(session)

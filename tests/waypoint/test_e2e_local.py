@@ -309,11 +309,16 @@ def test_waypoint_for_all_takes_traffic_to_pod_ips_too(cluster):
     cluster.run("waypoint", "apply", "-n", "shop", "--for", "service")
 
 
-def test_zz_deleting_the_waypoint_removes_it_and_traffic_goes_direct(cluster):
-    """Last in the module: `shoal waypoint delete` takes the Deployment and Service away, and the
-    namespace's traffic flows without L7 routing again (no fault abort any more)."""
+def test_zz_deleting_the_waypoint_refuses_traffic_until_the_namespace_stops_asking_for_it(cluster):
+    """Last in the module: `shoal waypoint delete` takes the Deployment and Service away. While the namespace
+    still says use-waypoint, its traffic is refused (never sent around the L7 policy it asked for, issue 9
+    item 10); once the label goes, traffic flows without L7 routing again (no fault abort any more)."""
     cluster.run("waypoint", "delete", "-n", "shop")
     eventually(lambda: not cluster.pod(**WAYPOINT), 30, "the waypoint pod to go", interval=0.3)
     assert "waypoint" not in [s["metadata"]["name"] for s in cluster.items("services", "shop")]
-    eventually(lambda: cluster.status(f"{REVIEWS}/abort") == 200, 30, "traffic to bypass the deleted waypoint",
+    eventually(lambda: cluster.status(f"{REVIEWS}/abort") == 0, 30, "traffic to the missing waypoint refused",
+               interval=0.3)
+    assert cluster.status(f"{REVIEWS}/abort") == 0            # refused: not 418 (the fault), not 200 (direct)
+    cluster("label", "namespace", "shop", "shoal.io/use-waypoint-")
+    eventually(lambda: cluster.status(f"{REVIEWS}/abort") == 200, 30, "traffic to go direct without the label",
                interval=0.3)
