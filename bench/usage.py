@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
@@ -26,8 +26,7 @@ PROC = Path("/proc")
 ProcessFilter = Callable[[list[str]], bool] | None
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     cpu_seconds: float
     rss_mib: float
     processes: int
