@@ -362,7 +362,7 @@ def parse_authority(authority: str) -> tuple[str, int]:
     import ipaddress
 
     host, sep, port = authority.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise BadAuthority(f"CONNECT authority {authority!r} is not ip:port")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
@@ -601,6 +601,9 @@ class HboneConnection:
         except h2.exceptions.ProtocolError as e:
             self.closed = self._ended = True
             raise ProtocolViolation(f"peer broke HTTP/2: {e}", getattr(e, "error_code", 1)) from None
+        except UnicodeDecodeError as e:   # h2 decodes header values as UTF-8
+            self.closed = self._ended = True
+            raise ProtocolViolation(f"peer sent a header that is not UTF-8: {e}") from None
         events: list[Event] = []
         for ev in raw:
             self._translate(ev, events)
@@ -629,7 +632,9 @@ class HboneConnection:
                 if tunnel.state is TunnelState.CLOSED:
                     self._finish(tunnel, out)
         elif cls is h2.events.WindowUpdated:
-            out.append(WindowOpened(ev.stream_id))
+            # A stream's StreamClosed is its last event: a WINDOW_UPDATE that crossed its end says nothing.
+            if ev.stream_id == 0 or ev.stream_id in self._tunnels:
+                out.append(WindowOpened(ev.stream_id))
             if self._blocked:
                 self._drain_blocked(ev.stream_id, out)
         elif cls is h2.events.StreamReset:
