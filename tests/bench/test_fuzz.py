@@ -141,7 +141,10 @@ def test_a_soak_that_keeps_memory_is_a_failure(monkeypatch):
     assert any("soak" in f["signature"] for f in row["failure_list"])
 
 
-def test_the_report_names_known_failures_and_shows_new_ones_whole():
+def test_the_report_names_known_failures_and_shows_new_ones_whole(monkeypatch):
+    known = fuzzing.Known("hbone-authority-digit", "parse_authority: str.isdigit() takes digits int() refuses",
+                          ValueError, "invalid literal")
+    monkeypatch.setattr(fuzzing.target("hbone"), "KNOWN", (known,))
     rows = [{"target": "hbone", "inputs": 10, "failures": 3, "distinct": 2, "new": 1, "failure_list": [
         {"signature": "ValueError: x @ hbone.py:1", "count": 2, "first_seed": 7, "known": "hbone-authority-digit",
          "traceback": "Traceback: known"},
