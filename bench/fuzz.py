@@ -18,9 +18,13 @@ before and reported (a target's `KNOWN`) are counted as failures, under their
 name. With `--target all`, each target runs in a process of its own (`--jobs`
 at a time), so its peak RSS is its own.
 
-Prints a table (inputs run, failures found, peak memory, memory kept by the
-soak) and every distinct failure, with a traceback for new ones; writes
-bench/results/<timestamp>-fuzz/results.json. Exits 1 when it found a failure.
+Prints a table and every distinct failure, with a traceback for new ones;
+writes bench/results/<timestamp>-fuzz/results.json. Exits 1 when it found a
+failure. Columns: inputs run; `accepted` and `refused`, the inputs the code
+took to their end and those it refused with its own typed error (for h2, the
+connection it closed on a protocol error or GOAWAY); failures, distinct ones,
+and new ones (not in KNOWN); peak RSS of the process and its RSS growth after
+the first WARM_UP inputs; the soak's cycles and the KiB it kept.
 """
 
 from __future__ import annotations
@@ -175,7 +179,7 @@ def report(rows: list[dict]) -> str:
     known = {k.name: k.what for name in fuzzing.TARGETS for k in getattr(fuzzing.target(name), "KNOWN", ())}
     seen = {f["known"] for row in rows for f in row.get("failure_list", []) if f["known"]}
     for name in sorted(seen):
-        lines.append(f"\n{name}: {known[name]}")
+        lines.append(f"\n{name}: {known.get(name, '(no longer in KNOWN: fixed since the run began?)')}")
     return "\n".join(lines)
 
 
@@ -214,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                        "soak": args.soak, "jobs": args.jobs})
     for row in rows:
         run.add(**row)
+    path = run.write()
     print(report(rows))
-    print(f"\nresults: {run.write()}")
+    print(f"\nresults: {path}")
     return 1 if any(row["failures"] for row in rows) else 0
 
 

@@ -28,6 +28,7 @@ import asyncio
 import h2.config
 import h2.connection
 import h2.events
+from h2.connection import ConnectionState
 
 from shoal.hbone_relay import Side
 from waypoint import h2server
@@ -197,7 +198,7 @@ async def _serve(rng) -> str:
             raise Broken("run() returned without ending the client's channel")
     finally:
         await settle([run, *proxy.tasks])   # an input cut short (a failure, Hypothesis stopping it) leaves nothing
-    return "accepted" if proxy.tasks else "refused"
+    return "refused" if server.conn.state_machine.state is ConnectionState.CLOSED else "accepted"
 
 
 def run_one(rng) -> str:
