@@ -601,8 +601,12 @@ class HboneConnection:
         except h2.exceptions.ProtocolError as e:
             self.closed = self._ended = True
             raise ProtocolViolation(f"peer broke HTTP/2: {e}", getattr(e, "error_code", 1)) from None
-        except UnicodeDecodeError as e:   # h2 decodes header values as UTF-8
+        except UnicodeDecodeError as e:   # h2 decodes header values as UTF-8, and queues no GOAWAY for it
             self.closed = self._ended = True
+            try:
+                self._h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass                      # h2 was closed already (a GOAWAY is queued)
             raise ProtocolViolation(f"peer sent a header that is not UTF-8: {e}") from None
         events: list[Event] = []
         for ev in raw:
