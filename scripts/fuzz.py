@@ -1,10 +1,10 @@
 """Fuzzing shoal's parsers and protocol cores with generated inputs (issue 9, "What it must show").
 
-    .venv/bin/python -m bench fuzz [--target all|hbone|http1|h2|handoff] [--inputs 1000000]
+    .venv/bin/python -m scripts.fuzz [--target all|hbone|http1|h2|handoff] [--inputs 1000000]
                                    [--seconds 3600] [--seed 0] [--soak 20000] [--jobs 2]
-    .venv/bin/python -m bench fuzz --target hbone --replay 1234     # one input again, traceback and all
+    .venv/bin/python -m scripts.fuzz --target hbone --replay 1234     # one input again, traceback and all
 
-Targets (see `bench.fuzzing`): `hbone`, the HBONE server core and its asyncio
+Targets (see `scripts.fuzzing`): `hbone`, the HBONE server core and its asyncio
 session over an in-memory transport; `http1`, the waypoint's HTTP/1.1 reader;
 `h2`, the waypoint's HTTP/2 server over an in-memory channel; `handoff`, both
 sides of the node agent <-> ztunnel hand-off. Each runs `--inputs` generated
@@ -43,7 +43,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-from bench import fuzzing
+from scripts import fuzzing
 from bench.report import Run, table
 
 SOAK_BUDGET = 64 << 10     # bytes a soak may keep: at 10,000 cycles a leak of 7 bytes each exceeds it
@@ -144,7 +144,7 @@ def in_processes(names: list[str], args) -> list[dict]:
             while pending and len(running) < args.jobs:
                 name = pending.pop(0)
                 out = Path(scratch) / f"{name}.json"
-                command = [sys.executable, "-m", "bench", "fuzz", "--target", name, "--inputs", str(args.inputs),
+                command = [sys.executable, "-m", "scripts.fuzz", "--target", name, "--inputs", str(args.inputs),
                            "--seconds", str(args.seconds), "--seed", str(args.seed), "--soak", str(args.soak),
                            "--row-to", str(out)]
                 running.append((name, subprocess.Popen(command, stdout=subprocess.DEVNULL), out))
@@ -171,7 +171,7 @@ def report(rows: list[dict]) -> str:
     for row in rows:
         for failure in row.get("failure_list", []):
             label = f"known: {failure['known']}" if failure["known"] else "NEW"
-            replay = (f"; replay: python -m bench fuzz --target {row['target']} --replay {failure['first_seed']}"
+            replay = (f"; replay: python -m scripts.fuzz --target {row['target']} --replay {failure['first_seed']}"
                       if failure["first_seed"] is not None else "")
             lines.append(f"\n{row['target']}: {failure['count']} x {failure['signature']} [{label}]{replay}")
             if not failure["known"] and failure["traceback"]:
@@ -191,7 +191,7 @@ def replay(name: str, seed: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench fuzz", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="all", choices=["all", *fuzzing.TARGETS])
     parser.add_argument("--inputs", type=int, default=1_000_000, help="inputs per target (default 1,000,000)")
     parser.add_argument("--seconds", type=float, default=3600.0, help="time per target at most (default 3600)")

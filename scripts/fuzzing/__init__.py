@@ -1,4 +1,4 @@
-"""Structure-aware fuzzing of shoal's parsers and protocol cores (`python -m bench fuzz`).
+"""Structure-aware fuzzing of shoal's parsers and protocol cores (`python -m scripts.fuzz`).
 
 A target is a module with:
 - `NAME`;
@@ -116,4 +116,4 @@ async def settle(tasks) -> None:
 def target(name: str) -> ModuleType:
     if name not in TARGETS:
         raise ValueError(f"no fuzz target {name!r}; choose one of {', '.join(TARGETS)}")
-    return importlib.import_module(f"bench.fuzzing.{name}_target")
+    return importlib.import_module(f"scripts.fuzzing.{name}_target")

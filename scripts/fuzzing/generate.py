@@ -2,7 +2,7 @@
 dropped, repeated and swapped, and the random chunkings inputs arrive in.
 
 Every function takes the random source first and calls only `randrange`,
-`random`, `choice` and `randbytes` on it (see `bench.fuzzing`).
+`random`, `choice` and `randbytes` on it (see `scripts.fuzzing`).
 """
 
 from __future__ import annotations

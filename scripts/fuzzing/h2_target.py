@@ -6,7 +6,7 @@ the client's stream, and the proxy a stand-in that answers as the real one
 may: a local answer (plain or gRPC trailers-only), a streamed response with
 trailers, a streamed gRPC request read in part, a reset, no answer at all.
 
-An input is one client connection (`bench.fuzzing.h2frames`: requests with
+An input is one client connection (`scripts.fuzzing.h2frames`: requests with
 bodies, gRPC calls, trailers, window updates, resets, pings, GOAWAY, rapid
 resets, fields mutated), cut in random chunks; then the client closes or
 resets its stream.
@@ -36,9 +36,9 @@ from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import WaypointError
 from waypoint.routing import Peer
 
-from bench.fuzzing import Broken, Unbounded, event_loop, measure_growth, settle
-from bench.fuzzing.generate import chance, chunked, mutate_pieces, size
-from bench.fuzzing.h2frames import Conversation, noise, odd_text, preface
+from scripts.fuzzing import Broken, Unbounded, event_loop, measure_growth, settle
+from scripts.fuzzing.generate import chance, chunked, mutate_pieces, size
+from scripts.fuzzing.h2frames import Conversation, noise, odd_text, preface
 
 NAME = "h2"
 EXPECTED = (WaypointError,)

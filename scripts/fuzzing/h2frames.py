@@ -16,7 +16,7 @@ from typing import Callable
 
 import hpack
 
-from bench.fuzzing.generate import chance, edgy, junk, mutate_bytes, size
+from scripts.fuzzing.generate import chance, edgy, junk, mutate_bytes, size
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)

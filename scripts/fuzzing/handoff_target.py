@@ -34,8 +34,8 @@ from shoal.api import handoff_pb2 as pb
 from shoal.handoff import (Acked, AgentSide, ProtocolViolation, SnapshotReceived, Workload, WorkloadAdded,
                            WorkloadDeleted, WorkloadKept, ZtunnelGreeted, ZtunnelSide)
 
-from bench.fuzzing import Broken, measure_growth
-from bench.fuzzing.generate import chance, junk, mutate_bytes, mutate_pieces, size
+from scripts.fuzzing import Broken, measure_growth
+from scripts.fuzzing.generate import chance, junk, mutate_bytes, mutate_pieces, size
 
 NAME = "handoff"
 EXPECTED = (handoff.HandoffError,)

@@ -1,5 +1,5 @@
 """Part of the `hbone` fuzz target: `shoal.hbone_io.HboneSession`, the asyncio driver, over an in-memory
-transport, fed one generated client connection (`bench.fuzzing.hbone_target` makes it).
+transport, fed one generated client connection (`scripts.fuzzing.hbone_target` makes it).
 
 A handler plays the ztunnel's inbound side at random: refuses, accepts and
 attaches an app, writes, half-closes, aborts, a few loop turns apart; the
@@ -18,8 +18,8 @@ from shoal import hbone
 from shoal.hbone_io import HboneSession, RelayError
 from shoal.hbone_relay import Side
 
-from bench.fuzzing import Broken, Unbounded, event_loop, settle
-from bench.fuzzing.generate import chance, chunked
+from scripts.fuzzing import Broken, Unbounded, event_loop, settle
+from scripts.fuzzing.generate import chance, chunked
 
 EXPECTED = (hbone.HboneError,)
 

@@ -3,7 +3,7 @@
 
 An input is one client connection: the preface, SETTINGS, then CONNECTs
 (valid and not), DATA, window updates, resets, pings, GOAWAY, rapid resets
-and unknown frames, fields mutated (`bench.fuzzing.h2frames`), cut into
+and unknown frames, fields mutated (`scripts.fuzzing.h2frames`), cut into
 random chunks. Between chunks a simulated driver plays the app's side:
 accepts or refuses each CONNECT (now or later), attaches late, consumes
 or withholds credit, sends, half-closes, resets, and pauses the transport.
@@ -18,7 +18,7 @@ What must hold:
   <= that too, credit held for an absent or paused reader <= one stream
   window, the lean splitter never commits to buffering a frame larger than
   the largest frame h2 accepts, nor h2 a header block over max_header_block;
-- through HboneSession (`bench.fuzzing.hbone_session`): nothing escapes
+- through HboneSession (`scripts.fuzzing.hbone_session`): nothing escapes
   `data_received`, no handler fails with anything but an HboneError, and
   once the connection is lost no stream record is left;
 - the lean DATA path and h2 as shipped, given the same pieces, tell the
@@ -34,9 +34,9 @@ from h2.connection import ConnectionState
 
 from shoal import hbone
 
-from bench.fuzzing import Broken, Known, Unbounded, hbone_session, measure_growth
-from bench.fuzzing.generate import chance, chunked, mutate_pieces, size
-from bench.fuzzing.h2frames import Conversation, noise, odd_text, preface
+from scripts.fuzzing import Broken, Known, Unbounded, hbone_session, measure_growth
+from scripts.fuzzing.generate import chance, chunked, mutate_pieces, size
+from scripts.fuzzing.h2frames import Conversation, noise, odd_text, preface
 
 NAME = "hbone"
 EXPECTED = (hbone.HboneError,)

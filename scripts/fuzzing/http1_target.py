@@ -26,8 +26,8 @@ from __future__ import annotations
 from waypoint import http1
 from waypoint.errors import BadRequest
 
-from bench.fuzzing import Broken, Unbounded, measure_growth
-from bench.fuzzing.generate import chance, chunked, mutate_bytes, mutate_pieces, size
+from scripts.fuzzing import Broken, Unbounded, measure_growth
+from scripts.fuzzing.generate import chance, chunked, mutate_bytes, mutate_pieces, size
 
 NAME = "http1"
 EXPECTED = (BadRequest,)

@@ -1,4 +1,4 @@
-"""`python -m bench fuzz` in short, as CI runs it: each target for a few thousand generated inputs (the
+"""`python -m scripts.fuzz` in short, as CI runs it: each target for a few thousand generated inputs (the
 program's seeded ones, then Hypothesis's, which shrink what they find), a short soak, and proof that the
 harness catches each kind of failure it looks for.
 
@@ -16,7 +16,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from bench import fuzz, fuzzing
+from scripts import fuzz, fuzzing
 
 TARGETS = fuzzing.TARGETS
 

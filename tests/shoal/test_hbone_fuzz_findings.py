@@ -1,4 +1,4 @@
-"""What `python -m bench fuzz --target hbone` found in the HBONE server core, kept as regressions.
+"""What `python -m scripts.fuzz --target hbone` found in the HBONE server core, kept as regressions.
 
 Each case is the smallest input found for a bug the fuzzer found (fixed since): a header value that
 is not UTF-8, an authority port with a digit int() refuses, a WindowOpened after a stream's StreamClosed.

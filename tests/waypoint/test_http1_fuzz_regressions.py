@@ -1,4 +1,4 @@
-"""What `python -m bench fuzz --target http1` found in the HTTP/1.1 reader, one test each.
+"""What `python -m scripts.fuzz --target http1` found in the HTTP/1.1 reader, one test each.
 
 Each held for input in small reads and failed for the same bytes in one read,
 or the other way round: the reader's answer depended on how TCP cut the stream.
