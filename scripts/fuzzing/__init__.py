@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
 
+from shoal.hbone_relay import Side
+
 TARGETS = ("hbone", "http1", "h2", "handoff")
 
 
@@ -117,3 +119,27 @@ def target(name: str) -> ModuleType:
     if name not in TARGETS:
         raise ValueError(f"no fuzz target {name!r}; choose one of {', '.join(TARGETS)}")
     return importlib.import_module(f"scripts.fuzzing.{name}_target")
+
+
+class RecordingSide(Side):
+    """The far end of a relay side in a fuzz run (the app's end of a tunnel, the client's end of a
+    channel): counts what is written to it and remembers how it ended."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.ended = self.aborted = self.paused = False
+
+    def write(self, data) -> None:
+        self.received += len(data)
+
+    def write_eof(self) -> None:
+        self.ended = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False

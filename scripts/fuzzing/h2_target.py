@@ -30,13 +30,12 @@ import h2.connection
 import h2.events
 from h2.connection import ConnectionState
 
-from shoal.hbone_relay import Side
 from waypoint import h2server
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import WaypointError
 from waypoint.routing import Peer
 
-from scripts.fuzzing import Broken, Unbounded, event_loop, measure_growth, settle
+from scripts.fuzzing import Broken, RecordingSide, Unbounded, event_loop, measure_growth, settle
 from scripts.fuzzing.generate import chance, chunked, mutate_pieces, size
 from scripts.fuzzing.h2frames import Conversation, noise, odd_text, preface
 
@@ -62,29 +61,6 @@ def request(talk: Conversation) -> list:
     if chance(rng, 0.2):
         headers.append(("x-request-id", "fuzz"))
     return headers
-
-
-class ClientSide(Side):
-    """The client's end of the channel: counts what the server writes, and how it ends."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.ended = self.aborted = self.paused = False
-
-    def write(self, data) -> None:
-        self.received += len(data)
-
-    def write_eof(self) -> None:
-        self.ended = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
 
 
 class StandInProxy:
@@ -160,7 +136,7 @@ async def _serve(rng) -> str:
         pieces = mutate_pieces(rng, pieces, lambda r: b"".join(f.encode() for f in talk.frame()), flood=500)
     data = preface(talk) + b"".join(pieces)
 
-    side, proxy = ClientSide(), StandInProxy(rng)
+    side, proxy = RecordingSide(), StandInProxy(rng)
     channel = Channel(side)
     server = h2server.H2Server(proxy, channel, Peer("198.19.1.5", None, ("198.18.16.3", 9080)),
                                ("198.19.1.5", 40000), max_body=rng.choice((1024, 65536, 16 << 20)))
@@ -228,7 +204,7 @@ def soak(cycles: int) -> dict:
                 await responder.data(b"answer" * 100)
                 responder.end((("grpc-status", "0"),) if request.stream is not None else ())
 
-    side = ClientSide()
+    side = RecordingSide()
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     client.initiate_connection()
     state: dict = {}

@@ -16,9 +16,8 @@ import asyncio
 
 from shoal import hbone
 from shoal.hbone_io import HboneSession, RelayError
-from shoal.hbone_relay import Side
 
-from scripts.fuzzing import Broken, Unbounded, event_loop, settle
+from scripts.fuzzing import Broken, RecordingSide, Unbounded, event_loop, settle
 from scripts.fuzzing.generate import chance, chunked
 
 EXPECTED = (hbone.HboneError,)
@@ -53,29 +52,6 @@ class MemoryTransport(asyncio.Transport):
         pass
 
 
-class AppSide(Side):
-    """The app's end of a tunnel: takes what arrives, remembers how it ended."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.eof = self.aborted = self.paused = False
-
-    def write(self, data) -> None:
-        self.received += len(data)
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-
 async def serve(rng, settings: hbone.Settings, data: bytes, lean: bool) -> str:
     loop = asyncio.get_running_loop()
     failures: list = []
@@ -94,7 +70,7 @@ async def serve(rng, settings: hbone.Settings, data: bytes, lean: bool) -> str:
             session.accept(stream)
         except RelayError:
             return
-        stream.attach(AppSide())
+        stream.attach(RecordingSide())
         for _ in range(rng.randrange(3)):
             roll = rng.randrange(4)
             if roll == 0:
