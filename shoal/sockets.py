@@ -165,6 +165,17 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
     return host, port
 
 
+def captured_destination(sock: socket.socket, direction: str) -> tuple[str, int] | None:
+    """The original destination of a captured connection, or None (the socket closed, a warning
+    logged) when the kernel has none for it: such a connection cannot be sent anywhere."""
+    try:
+        return original_destination(sock)
+    except OSError as e:
+        sock.close()
+        _logger.warning(f"no original destination on an {direction} connection", error=str(e))
+        return None
+
+
 async def connect(source: SocketFactory | int | None, destination: tuple[str, int], *, timeout: float,
                   transparent_source: str | None = None, mark: bool = True) -> socket.socket:
     """A connected socket from inside the netns (a SocketFactory of it, its fd, or None for

@@ -22,7 +22,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-from shoal import hbone, identity, log, netns, sockets
+from shoal import hbone, identity, netns, sockets
 from shoal.certs import CertManager
 from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
 from shoal.hbone_relay import TcpSide, relay
@@ -33,7 +33,6 @@ from ztunnel.inbound import InboundConnection, InboundPlan, Refusal, decide_inbo
 from ztunnel.pods import Pod, PodRegistry
 from ztunnel.telemetry import ConnectionRecord
 
-logger = log.get("ztunnel.inbound")
 
 
 @dataclass(eq=False)
@@ -126,11 +125,8 @@ class InboundDriver:
 
     async def plaintext(self, pod: Pod, conn: socket.socket, address) -> None:
         workload = self.pods.workload_of(pod)
-        try:
-            destination = sockets.original_destination(conn)
-        except OSError as e:
-            conn.close()
-            logger.warning("no original destination on an inbound connection", error=str(e))
+        destination = sockets.captured_destination(conn, "inbound")
+        if destination is None:
             return
         decision = decide_inbound(self.state, workload, InboundConnection(address[0], destination), pod.reach)
         record = ConnectionRecord("inbound_plaintext", address[:2], destination, destination_workload=workload,

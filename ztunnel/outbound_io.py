@@ -74,11 +74,8 @@ class OutboundDriver:
 
     async def handle(self, pod: Pod, conn: socket.socket, address) -> None:
         source = self.pods.workload_of(pod)
-        try:
-            destination = sockets.original_destination(conn)
-        except OSError as e:
-            conn.close()
-            logger.warning("no original destination on an outbound connection", error=str(e))
+        destination = sockets.captured_destination(conn, "outbound")
+        if destination is None:
             return
         record = ConnectionRecord("outbound", address[:2], destination, source_workload=source,
                                   source_principal=str(pod.identity))
