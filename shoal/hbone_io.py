@@ -55,7 +55,15 @@ class TunnelRefused(RelayError):
 
 
 class TunnelBroken(RelayError):
-    pass
+    def __init__(self, message: str, error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_code = error_code     # the HTTP/2 code of the peer's RST_STREAM, when that is what broke it
+
+    @property
+    def refused(self) -> bool:
+        """REFUSED_STREAM: the peer did not process the CONNECT at all (RFC 9113 8.7), so another
+        connection may safely be asked instead (a peer that sent GOAWAY refuses streams it did not see)."""
+        return self.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
 
 
 class TunnelStream(Side):
@@ -200,7 +208,8 @@ class HboneSession(asyncio.Protocol):
                 if stream is not None and stream.peer is not None:
                     stream.peer.write_eof()
             elif cls is hbone.StreamReset:
-                self._resolve(ev.stream_id, TunnelBroken(f"tunnel reset by the peer (HTTP/2 error {ev.error_code})"))
+                self._resolve(ev.stream_id, TunnelBroken(f"tunnel reset by the peer (HTTP/2 error {ev.error_code})",
+                                                         ev.error_code))
                 stream = streams.get(ev.stream_id)
                 if stream is not None:
                     stream.reset = True

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 from shoal import hbone, identity
-from shoal.hbone_io import HboneSession, RelayError, TunnelStream
+from shoal.hbone_io import HboneSession, RelayError, TunnelBroken, TunnelStream
 from shoal.identity import SpiffeId
 
 
@@ -94,13 +94,21 @@ class Pool:
             self._evict_if_empty(key)  # a failed attempt leaves no lock and no entry behind
 
     async def open_stream(self, key: Key, authority: str, timeout: float) -> TunnelStream:
-        """A CONNECT stream to `authority` on a pooled connection (HboneSession connections only)."""
+        """A CONNECT stream to `authority` on a pooled connection (HboneSession connections only).
+
+        Asked again once, on another connection, when the first could take no stream (the peer lowered
+        its limit) or refused it unprocessed (REFUSED_STREAM: a peer draining with a one-step GOAWAY)."""
         session = await self.checkout(key)
         try:
             return await session.open(authority, timeout=timeout)
-        except hbone.StreamLimitReached:  # the peer lowered its limit meanwhile: another connection
-            session = await self.checkout(key)
-            return await session.open(authority, timeout=timeout)
+        except hbone.StreamLimitReached:
+            pass
+        except TunnelBroken as e:
+            if not e.refused:
+                raise
+            session.closing = True          # it takes no more streams: the checkout below opens another
+        session = await self.checkout(key)
+        return await session.open(authority, timeout=timeout)
 
     def discard(self, key: Key, conn: PooledConnection) -> None:
         conns = self.connections.get(key, [])

@@ -154,3 +154,45 @@ def test_connector_checks_the_servers_identity(tmp_path):
         pool.close()
         server.close()
     asyncio.run(main())
+
+
+class FakeSession(FakeConn):
+    """A pooled connection whose next CONNECT is answered with `answer` (a stream, or an exception)."""
+
+    def __init__(self, answer):
+        super().__init__(limit=100)
+        self.answer = answer
+        self.asked = 0
+
+    @property
+    def available(self):
+        return not self.closed and not getattr(self, "closing", False)
+
+    async def open(self, authority, timeout):
+        self.asked += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize("code, retried", [(7, True), (8, False)], ids=["REFUSED_STREAM", "CANCEL"])
+def test_a_stream_refused_unprocessed_is_asked_again_on_another_connection(code, retried):
+    """RFC 9113 8.7: REFUSED_STREAM means the peer did not process the CONNECT, so another connection may
+    be asked (a peer draining with a one-step GOAWAY refuses what crossed it); any other reset is final."""
+    from shoal.hbone_io import TunnelBroken
+
+    async def main():
+        sessions = [FakeSession(TunnelBroken("refused", code)), FakeSession("the stream")]
+
+        async def connect(key):
+            return sessions.pop(0)
+
+        pool = Pool(connect)
+        if retried:
+            assert await pool.open_stream(KEY, "198.19.2.2:8080", timeout=1) == "the stream"
+            assert pool.size == 2 and not sessions
+        else:
+            with pytest.raises(TunnelBroken):
+                await pool.open_stream(KEY, "198.19.2.2:8080", timeout=1)
+            assert pool.size == 1
+    asyncio.run(main())
