@@ -12,6 +12,11 @@ EDGES = (0, 1, 2, 7, 8, 9, 0x7F, 0x80, 0xFF, 0x100, 0x3FFF, 0x4000, 0x7FFF, 0x80
          0x7FFFFF, 0xFFFFFF, 0x1000000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
 
 
+# What a flood may add to one input: enough to pass every limit under test (64 KiB heads, 1 MiB frames),
+# little enough that the run's memory is the code's, not the input's (a 1 MiB frame 500 times was 500 MB).
+FLOOD_BYTES = 2 << 20
+
+
 def chance(rng, p: float) -> bool:
     return rng.random() < p
 
@@ -67,7 +72,8 @@ def mutate_bytes(rng, data: bytes, mutations: int = 3) -> bytes:
 
 def mutate_pieces(rng, pieces: list, junk_piece=None, flood: int = 2000) -> list:
     """A sequence of messages (frames, lines, packets) with a few dropped, repeated, swapped, corrupted
-    or flooded (one repeated up to `flood` times). `junk_piece(rng)` makes an unrelated piece."""
+    or flooded (one repeated up to `flood` times, and to about FLOOD_BYTES). `junk_piece(rng)` makes an
+    unrelated piece. A piece is bytes, or a tuple whose first member is."""
     out = list(pieces)
     junk_piece = junk_piece or junk
     for _ in range(rng.randrange(1, 4)):
@@ -87,7 +93,8 @@ def mutate_pieces(rng, pieces: list, junk_piece=None, flood: int = 2000) -> list
                 out[i] = mutate_bytes(rng, out[i])
         elif roll == 4 and out and chance(rng, 0.2):
             piece = out[min(at, len(out) - 1)]
-            out[at:at] = [piece] * rng.randrange(flood + 1)
+            length = len(piece if isinstance(piece, bytes) else piece[0])
+            out[at:at] = [piece] * rng.randrange(min(flood, FLOOD_BYTES // max(1, length)) + 1)
         else:
             out.insert(at, junk_piece(rng))
     return out
