@@ -11,14 +11,20 @@ import argparse
 import importlib
 import sys
 
+import shoal
 from shoal import log
 
-# Modules under shoal/cli/, in the order `shoal --help` lists them.
-COMMANDS = ("local", "control_plane", "node_agent", "ztunnel", "waypoint", "config")
+# Modules under shoal/cli/, in the order `shoal --help` lists them. A module
+# that is not there yet is skipped, so a part can be named here before it lands.
+COMMANDS = (
+    "local", "install", "check", "describe", "proxy_config", "stat",
+    "control_plane", "node_agent", "ztunnel", "waypoint", "config", "completion",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoal", description="shoal: a sidecarless service mesh")
+    parser.add_argument("--version", action="version", version=f"shoal {shoal.__version__}")
     parser.add_argument("--log-format", choices=log.FORMATS, default="console", help="log output format")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
