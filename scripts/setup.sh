@@ -17,6 +17,14 @@ PACKAGES=(
   iproute2 iptables python3-bpfcc python3-venv python3-dev libbpf1 bpftool
   linux-headers-amd64 curl iputils-ping iperf3 haproxy redis-server redis-tools tcpdump openssl
 )
+# `setup.sh --packages PKG...` installs only those OS packages, under the same rules (for
+# scripts that need tools of their own, such as scripts/image/build.sh), and nothing else.
+packages_only=false
+if [ "${1:-}" = --packages ]; then
+  shift
+  packages_only=true
+  PACKAGES=("$@")
+fi
 
 # Debian starts a package's services as it installs it (haproxy, redis-server). shoal needs
 # only their programs, as it runs its own instances inside pods; and stopping a service
@@ -60,6 +68,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   say "installing OS packages: ${missing[*]} (their services are not started)"
   install_packages "${missing[@]}"
+fi
+if $packages_only; then
+  exit 0
 fi
 
 # bcc looks for headers under /lib/modules/$(uname -r)/{build,source}. The running

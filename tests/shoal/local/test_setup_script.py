@@ -137,3 +137,14 @@ def test_kernel_header_links_that_exist_are_never_overwritten(sandbox):
     assert os.readlink(sandbox.modules / "build") == "/nonexistent/headers-of-my-own-kernel"
     assert os.readlink(sandbox.modules / "source") == str(sandbox.root / "usr" / "src")
     assert "left as it is" in result.stderr
+
+
+def test_packages_mode_installs_only_the_packages_named_under_the_same_rules(sandbox):
+    result = subprocess.run(["bash", str(sandbox.checkout / "scripts" / "setup.sh"), "--packages", "runc", "containerd"],
+                            capture_output=True, text=True, env={**sandbox.env, "MISSING": "containerd"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = sandbox.called()
+    assert "apt-get install -y -qq --no-install-recommends containerd" in calls
+    assert "policy-rc.d says 101" in calls, f"services could start during the install: {calls}"
+    assert not [c for c in calls if c.split()[0] in FORBIDDEN]
+    assert not sandbox.modules.exists(), "--packages made kernel-header links; it installs packages and nothing else"
