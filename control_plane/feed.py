@@ -108,6 +108,7 @@ class Feed:
                             logger.warning("could not record an Event for a refused object", object=where,
                                            error=str(e))
             elif found.warnings:
-                logger.info("config object accepted with warnings", object=where, warnings=list(found.warnings))
+                # a warning: the object does not do all it says (a route to a subset nobody defines fails)
+                logger.warning("config object accepted with warnings", object=where, warnings=list(found.warnings))
             else:
                 logger.info("config object now valid", object=where)

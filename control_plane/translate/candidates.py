@@ -38,6 +38,9 @@ class RouteCandidate:
     section: str = ""                     # HTTPRoute parentRef sectionName: a Service port *name*
     order: tuple[tuple, ...] = ()         # HTTPRoute only: each route's Gateway API precedence key
                                           # (specificity, rule index, match index); see gateway_api
+    subset_fields: tuple[tuple[str, str, str], ...] = ()
+                                          # VirtualService only: (host, subset name, field path) of each
+                                          # destination that names a subset, so a warning names that field
 
     @property
     def rank(self) -> tuple:

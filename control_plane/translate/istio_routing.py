@@ -318,8 +318,31 @@ def virtual_service(obj: dict, c: Checker) -> list[RouteCandidate]:
             continue
         for port, table in routes_by_port.items():
             out.append(RouteCandidate(resolve_host(host, namespace), port, tuple(table), namespace,
-                                      ref_of(obj), Dialect.VIRTUALSERVICE, created_of(obj), f"spec.hosts[{i}]"))
+                                      ref_of(obj), Dialect.VIRTUALSERVICE, created_of(obj), f"spec.hosts[{i}]",
+                                      subset_fields=subset_fields(spec, namespace)))
     return out
+
+
+def subset_fields(spec: dict, namespace: str) -> tuple[tuple[str, str, str], ...]:
+    """(resolved host, subset name, field path) of every destination and mirror of a VirtualService's
+    spec that names a subset: a warning about the subset then names the field the user wrote."""
+    found = []
+
+    def note(dest, path: str) -> None:
+        if isinstance(dest, dict) and isinstance(dest.get("host"), str) and isinstance(dest.get("subset"), str):
+            found.append((resolve_host(dest["host"], namespace), dest["subset"], f"{path}.subset"))
+
+    for i, http in enumerate(spec.get("http") or ()):
+        if not isinstance(http, dict):
+            continue
+        for k, item in enumerate(http.get("route") or ()):
+            if isinstance(item, dict):
+                note(item.get("destination"), f"spec.http[{i}].route[{k}].destination")
+        note(http.get("mirror"), f"spec.http[{i}].mirror")
+        for k, item in enumerate(http.get("mirrors") or ()):
+            if isinstance(item, dict):
+                note(item.get("destination"), f"spec.http[{i}].mirrors[{k}].destination")
+    return tuple(found)
 
 
 def destination_rule(obj: dict, c: Checker) -> tuple[str | None, dict[str, tuple[tuple[str, str], ...]]]:

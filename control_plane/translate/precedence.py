@@ -34,6 +34,9 @@ from control_plane.translate.candidates import Dialect, RouteCandidate
 from control_plane.translate.common import ROOT_NAMESPACES, host_namespace
 
 UNDEFINED_SUBSET_LABEL = "shoal.io/undefined-subset"
+# The fixed words of the translator's route warnings, which the analysis (control_plane.analysis) sorts by:
+SUBSET_UNDEFINED = "is defined by no DestinationRule"
+TAKES_PRECEDENCE = "which takes precedence"
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def choose(candidates: Iterable[RouteCandidate], warn) -> dict[tuple[str, int], 
             if loser.origin == winner.origin:
                 continue
             where = f"{host}:{port}" if port != ANY_PORT else host
-            warn(loser, f"{loser.path}: {where} is routed by {winner.origin}, which takes precedence "
+            warn(loser, f"{loser.path}: {where} is routed by {winner.origin}, {TAKES_PRECEDENCE} "
                         f"(HTTPRoute, then VirtualService, then TrafficSplit; the oldest first)")
     return winners
 
@@ -147,7 +150,9 @@ def _resolve(dest: Destination, cand: RouteCandidate, rules, warn, roots) -> Des
     for rule in _subset_sources(dest.host, cand.namespace, rules, roots):
         if dest.subset_name in rule.subsets:
             return replace(dest, subset=rule.subsets[dest.subset_name])
-    warn(cand, f"{cand.path}: subset {dest.subset_name!r} of {dest.host} is defined by no DestinationRule; "
+    field = next((path for host, name, path in cand.subset_fields if (host, name) == (dest.host, dest.subset_name)),
+                 cand.path)
+    warn(cand, f"{field}: subset {dest.subset_name!r} of {dest.host} {SUBSET_UNDEFINED}; "
                f"requests routed to it fail (503) until one defines it")
     return replace(dest, subset=((UNDEFINED_SUBSET_LABEL, dest.subset_name),))
 
@@ -177,4 +182,5 @@ def build(candidates: Iterable[RouteCandidate], services: Mapping[str, Service],
     return tables
 
 
-__all__ = ["SubsetSource", "build", "choose", "expand", "route_table", "UNDEFINED_SUBSET_LABEL"]
+__all__ = ["SUBSET_UNDEFINED", "SubsetSource", "TAKES_PRECEDENCE", "UNDEFINED_SUBSET_LABEL", "build", "choose", "expand",
+           "route_table"]

@@ -192,6 +192,8 @@ def test_destination_rule_change_updates_subsets_and_undefined_subset_fails_clos
     assert rt.routes[0].destinations[0].subset == (("shoal.io/undefined-subset", "v2"),)
     (warning,) = update.findings[("VirtualService", "default", "reviews")].warnings
     assert "subset 'v2' of reviews.default.svc.cluster.local is defined by no DestinationRule" in warning
+    # the field the user wrote, not the host the route is for
+    assert warning.startswith("VirtualService default/reviews: spec.http[0].route[0].destination.subset: ")
     t.apply_event(added(rule))
     update = t.flush()
     assert update.delta.upserted[RT][f"{REVIEWS}:9080"].routes[0].destinations[0].subset == V["v2"]
@@ -475,3 +477,13 @@ def test_httproutes_on_the_same_service_are_merged_oldest_first_on_ties():
     assert not update.findings.get(("HTTPRoute", "default", "newer"))
     assert "is routed by HTTPRoute default/older, HTTPRoute default/newer" in \
         update.findings[("TrafficSplit", "default", "reviews-split")].warnings[0]
+
+
+def test_an_undefined_subset_warning_names_the_destination_field_of_a_split_and_a_mirror():
+    t, update = translate(*bookinfo_reviews(), vs(
+        "  - route: [{destination: {host: reviews, subset: v1}, weight: 50},"
+        " {destination: {host: reviews, subset: v9}, weight: 50}]\n"
+        "    mirror: {host: reviews, subset: v8}"))
+    (warnings,) = [f.warnings for k, f in update.findings.items() if k[0] == "VirtualService"]
+    assert sorted(w.split(": ")[1] for w in warnings) == ["spec.http[0].mirror.subset",
+                                                         "spec.http[0].route[1].destination.subset"]
