@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from shoal import log
 from shoal.model import Workload
+from shoal.series import gone_series
 
 LABELS = (
     "reporter",
@@ -61,11 +62,7 @@ class Metrics:
         (namespace, workload) is not in `live`, unless an open connection (`in_use`) still counts on
         them. Without this, every pod that ever talked through the ztunnel would stay a series for
         ever. Returns how many label sets went."""
-        names = LABELS
-        ends = [(names.index(f"{side}_workload_namespace"), names.index(f"{side}_workload"))
-                for side in ("source", "destination")]
-        gone = [key for key in self._children if key not in in_use
-                and any(key[w] != "unknown" and (key[ns], key[w]) not in live for ns, w in ends)]
+        gone = gone_series(self._children, LABELS, live, in_use)
         for key in gone:
             for counter in (self.opened, self.closed, self.sent, self.received):
                 counter.remove(*key)
