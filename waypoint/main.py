@@ -22,7 +22,7 @@ from waypoint.config import Config
 from waypoint.errors import StartupError
 from waypoint.proxy import Proxy
 from waypoint.server import HboneListener
-from waypoint.telemetry import Metrics
+from waypoint.telemetry import Metrics, live_workloads
 from waypoint.upstream import Upstreams
 
 logger = log.get("waypoint")
@@ -82,7 +82,7 @@ async def run(config: Config, shutdown: Shutdown) -> int:
                                       admin_routes={"/config_dump": admin_http.json_route(dump)},
                                       metrics_port=config.metrics_port, readiness_port=config.readiness_port,
                                       admin_port=config.admin_port)
-    tasks = [asyncio.create_task(coro) for coro in (*link.loops(), _sweep(upstreams, proxy))]
+    tasks = [asyncio.create_task(coro) for coro in (*link.loops(), _sweep(upstreams, proxy, link.state, metrics))]
     logger.info("waypoint starting", waypoint=f"{config.namespace}/{config.name}", identity=str(me),
                 control_plane=config.control_plane)
     stopping = asyncio.create_task(shutdown.stopping.wait())
@@ -110,8 +110,11 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     return 0
 
 
-async def _sweep(upstreams: Upstreams, proxy: Proxy, every: float = 10.0) -> None:
+async def _sweep(upstreams: Upstreams, proxy: Proxy, state: ProxyState, metrics: Metrics,
+                 every: float = 10.0) -> None:
+    """Idle upstream connections close; the metric series of deleted workloads go."""
     while True:
         await asyncio.sleep(every)
         proxy.http1_pool.sweep()
         upstreams.sweep()
+        metrics.prune(live_workloads(state.workloads.values()))

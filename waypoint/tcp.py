@@ -92,10 +92,11 @@ async def serve_tcp(state: ProxyState, upstreams: Upstreams, client: Channel, pe
         labels = tcp_labels(state.workload_by_ip(peer.source_ip), str(peer.source or ""),
                             state.workloads.get(chosen.workload_uid) if chosen else None,
                             str(chosen.identity) if chosen and chosen.hbone else "", service, flags)
-        metrics.tcp_opened.labels(**labels).inc()
-        metrics.tcp_closed.labels(**labels).inc()
-        metrics.tcp_received.labels(**labels).inc(client.bytes_received)
-        metrics.tcp_sent.labels(**labels).inc(client.bytes_sent)
+        opened, closed, sent, received = metrics.tcp_children(labels)
+        opened.inc()
+        closed.inc()
+        received.inc(client.bytes_received)
+        sent.inc(client.bytes_sent)
         access_log.info("connection complete", protocol="tcp", src_addr=f"{source_address[0]}:{source_address[1]}",
                         src_identity=str(peer.source) if peer.source else None, dst=f"{peer.destination[0]}:{peer.destination[1]}",
                         dst_service=service or None, upstream=upstream_address or None, response_flags=flags,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from shoal import log
 from shoal.model import Workload
+from shoal.series import gone_series
 
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
@@ -55,7 +57,34 @@ class Metrics:
                                 registry=self.registry)
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client", TCP_LABELS,
                                     registry=self.registry)
+        self._tcp_counters = (self.tcp_opened, self.tcp_closed, self.tcp_sent, self.tcp_received)
         self._children: dict[tuple, tuple] = {}
+        self._tcp_children: dict[tuple, tuple] = {}
+
+    def tcp_children(self, labels: dict[str, str]):
+        """(opened, closed, sent, received) children for one opaque-TCP label set, cached as above."""
+        key = tuple(labels[name] for name in TCP_LABELS)
+        found = self._tcp_children.get(key)
+        if found is None:
+            found = self._tcp_children[key] = tuple(c.labels(*key) for c in self._tcp_counters)
+        return found
+
+    def prune(self, live: set[tuple[str, str]]) -> int:
+        """Removes the series of workloads that are gone (`live`: (namespace, workload label) of those that
+        are not), as the ztunnel does: without it every pod that ever sent a request through the waypoint
+        stays a series for ever. Nothing in flight holds a series (they are counted when a request or
+        connection ends). Returns how many label sets went."""
+        gone = gone_series(list(self._children), LABELS, live)
+        for key in gone:
+            self.requests.remove(*key)
+            self.duration.remove(*key)
+            del self._children[key]
+        gone_tcp = gone_series(list(self._tcp_children), TCP_LABELS, live)
+        for key in gone_tcp:
+            for counter in self._tcp_counters:
+                counter.remove(*key)
+            del self._tcp_children[key]
+        return len(gone) + len(gone_tcp)
 
     def request_children(self, labels: dict[str, str]):
         """(counter, histogram) children for one label set, cached: labels() is not cheap."""
@@ -149,6 +178,11 @@ class RequestRecord:
             dst_workload=dst.name if dst else None, upstream=self.upstream or None, tries=self.tries,
             policy=self.policy or None, bytes_received=self.bytes_received, bytes_sent=self.bytes_sent,
             request_id=self.request_id or None, error=self.error or None)
+
+
+def live_workloads(workloads: Iterable[Workload]) -> set[tuple[str, str]]:
+    """(namespace, workload label) of the workloads the config knows, as the labels name them."""
+    return {(w.namespace, w.canonical_service or w.name) for w in workloads}
 
 
 def tcp_labels(source: Workload | None, source_principal: str, destination: Workload | None,
