@@ -2,9 +2,12 @@
 
 Loading: the programs are compiled and loaded once per agent and pinned under
 `<bpffs>/shoal/<agent>/<source hash>/` together with the sockhash of inbound
-listeners. A restarted agent (even after kill -9) opens the pins instead of
-compiling, so it finds the very programs that are attached and never attaches
-a second copy. Changed C source gets a new hash directory.
+listeners. The compiling is done by a short-lived child process
+(`node_agent.ebpf_build`), so bcc and LLVM (over 100 MiB) never stay in the
+agent: the agent only ever opens pins. A restarted agent (even after kill -9)
+opens the pins instead of compiling, so it finds the very programs that are
+attached and never attaches a second copy. Changed C source gets a new hash
+directory.
 
 Per pod:
 - its cgroup gets shoal_connect4, shoal_connect6, shoal_sendmsg6,
@@ -32,22 +35,27 @@ assumed. Removing a pod detaches its cgroup programs and unpins its link.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from shoal import log
 from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
 
-from node_agent import bpffs, libbpf
+from node_agent import bpffs, ebpf_build, libbpf
 from node_agent.errors import BpfError, PrerequisiteMissing, RedirectError
 from node_agent.model import PodTarget
 
 logger = log.get("node_agent.ebpf")
 
-SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
+_REPO = Path(__file__).resolve().parent.parent
+SOURCE = _REPO / "bpf" / "redirect.c"
+BUILD_TIMEOUT = 300.0  # seconds for the child that compiles (bcc takes a few on an idle machine)
 BPFFS = bpffs.BPFFS
 
 PROG_TYPE = {"sock_addr": 18, "sock_ops": 13, "sockopt": 25, "sk_lookup": 30}
@@ -71,15 +79,14 @@ POD_CGROUP_PROGRAMS = ("shoal_connect4", "shoal_connect6", "shoal_sendmsg6", "sh
                        "shoal_sockops")
 # The uncaptured record, which lets a flow past sk_lookup, is made only here: never by a pod.
 ZTUNNEL_CGROUP_PROGRAMS = ("shoal_ztsockops", "shoal_getsockopt")
-SOCKHASH_ENTRIES = 4096
 
 
-def source_text(sockhash_fd: int) -> str:
+def source_text(sockhash_fd: int, source: Path | None = None) -> str:
     probe = struct.unpack("!I", socket.inet_aton(PROBE_SOURCE))[0]
     defines = {"SOCKHASH_FD": sockhash_fd, "OUTBOUND_PORT": OUTBOUND_PORT, "INBOUND_PORT": INBOUND_PLAINTEXT_PORT,
                "HBONE_PORT": HBONE_PORT, "MARK": MARK, "PROBE_IP": f"{probe}u"}
     head = "".join(f"#define {k} {v}\n" for k, v in defines.items())
-    return head + SOURCE.read_text()
+    return head + (source or SOURCE).read_text()
 
 
 def source_hash() -> str:
@@ -131,9 +138,7 @@ class EbpfRedirector:
             return
         ensure_bpffs(self.bpffs, keep=self.links_dir)  # no other agent may unmount it once ours is there
         if all((self.prog_dir / name).exists() for name in [*PROGRAMS, "sockhash", "uncaptured"]):
-            for name in PROGRAMS:
-                self.prog_fds[name] = libbpf.get_pinned(str(self.prog_dir / name))
-            self.sockhash_fd = libbpf.get_pinned(str(self.prog_dir / "sockhash"))
+            self._open_pins()
             logger.info("reusing pinned eBPF programs", dir=str(self.prog_dir))
         else:
             self._compile_and_pin()
@@ -146,39 +151,44 @@ class EbpfRedirector:
                 shutil.rmtree(old)
                 logger.info("unpinned an older build of the eBPF programs", dir=str(old))
 
+    def _open_pins(self) -> None:
+        try:
+            for name in PROGRAMS:
+                self.prog_fds[name] = libbpf.get_pinned(str(self.prog_dir / name))
+            self.sockhash_fd = libbpf.get_pinned(str(self.prog_dir / "sockhash"))
+        except BpfError:
+            self.close()
+            raise
+
     def _compile_and_pin(self) -> None:
-        bcc = import_bcc()
-        if self.prog_dir.exists():
-            shutil.rmtree(self.prog_dir)  # a half-pinned set from a crash during load
-        self.prog_dir.mkdir(parents=True)
-        sockhash = libbpf.sockhash_create("shoal_inbound", SOCKHASH_ENTRIES)
+        """Compiles and pins in a child process (`node_agent.ebpf_build`), then opens the pins.
+
+        bcc and LLVM stay in the child, whose memory goes when it exits; the
+        programs and maps live on in bpffs. A child that fails removes what it
+        pinned; one killed half-way leaves a partial set, which the next
+        build removes before pinning."""
+        source = SOURCE  # read at call time: a test swaps in a newer build's source
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
         try:
-            module = bcc.BPF(text=source_text(sockhash).encode())
-        except Exception as e:
-            os.close(sockhash)
-            raise PrerequisiteMissing("a compilable eBPF build", f"bcc could not compile {SOURCE}: {e}",
-                                      "check the kernel headers (/lib/modules/$(uname -r)/build) or use --redirect iptables") from None
-        try:
-            for name, (prog_type, attach_type) in PROGRAMS.items():
-                fn = module.load_func(name.encode(), prog_type, attach_type=attach_type)
-                fd = os.dup(fn.fd)
-                libbpf.pin(fd, str(self.prog_dir / name))
-                self.prog_fds[name] = fd
-            libbpf.pin(sockhash, str(self.prog_dir / "sockhash"))
-            for table in ("orig_by_port", "orig_by_sock", "uncaptured"):
-                libbpf.pin(bcc.libbcc.lib.bpf_table_fd(module.module, table.encode()), str(self.prog_dir / table))
-        except Exception as e:
-            for fd in self.prog_fds.values():
-                os.close(fd)
-            self.prog_fds = {}
-            os.close(sockhash)
+            child = subprocess.run([sys.executable, "-m", "node_agent.ebpf_build", str(source), str(self.prog_dir)],
+                                   env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
             shutil.rmtree(self.prog_dir, ignore_errors=True)
-            if isinstance(e, BpfError):
-                raise
-            raise RedirectError(f"the kernel refused shoal's eBPF programs: {e}") from None
-        finally:
-            module.cleanup()  # bcc's own fds; the pins and our dups keep everything alive
-        self.sockhash_fd = sockhash
+            raise RedirectError(f"compiling {source} took over {BUILD_TIMEOUT:.0f}s; is the machine overloaded? "
+                                "or use --redirect iptables") from None
+        reason = (child.stderr.strip().splitlines() or ["no message"])[-1]
+        if child.returncode == ebpf_build.EXIT_NOT_COMPILABLE:
+            raise PrerequisiteMissing("a compilable eBPF build", reason,
+                                      "check bcc (apt install python3-bpfcc) and the kernel headers "
+                                      "(/lib/modules/$(uname -r)/build), or use --redirect iptables")
+        if child.returncode != 0:
+            shutil.rmtree(self.prog_dir, ignore_errors=True)
+            raise RedirectError(f"building the eBPF programs failed (exit status {child.returncode}): {reason}")
+        try:
+            self._open_pins()
+        except BpfError as e:
+            raise RedirectError(f"the eBPF build pinned nothing usable in {self.prog_dir}: {e}") from None
         logger.info("compiled and pinned eBPF programs", dir=str(self.prog_dir))
 
     # -- per pod ----------------------------------------------------------------
@@ -355,11 +365,15 @@ def _safe(uid: str) -> str:
     return uid.replace("/", "_").replace(".", "_")
 
 
-def import_bcc():
+def check_bcc() -> None:
+    """Raises PrerequisiteMissing unless bcc can be imported; without importing it (it stays in the builder)."""
     try:
-        import bcc
-    except ImportError as e:
-        raise PrerequisiteMissing("bcc", f"the Python module does not import ({e})",
+        found = importlib.util.find_spec("bcc") is not None
+    except (ImportError, ValueError) as e:
+        found, why = False, str(e)
+    else:
+        why = "no module named 'bcc'"
+    if not found:
+        raise PrerequisiteMissing("bcc", f"the Python module does not import ({why})",
                                   "install it: apt install python3-bpfcc, and build the venv with "
-                                  "--system-site-packages") from None
-    return bcc
+                                  "--system-site-packages")

@@ -208,8 +208,8 @@ def _capabilities() -> int:
 
 def check_ebpf(cgroup_root: Path | None = None) -> None:
     """Raises PrerequisiteMissing for the first thing the eBPF mode lacks."""
-    from node_agent.ebpf import import_bcc
-    import_bcc()
+    from node_agent.ebpf import check_bcc
+    check_bcc()
     build = Path(f"/lib/modules/{platform.release()}/build")
     if not build.exists():
         raise PrerequisiteMissing("kernel headers", f"{build} does not exist",

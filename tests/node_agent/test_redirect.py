@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -291,3 +292,53 @@ def test_unenrolling_also_removes_the_ztunnels_return_path(topo, redirection):
     redirection.remove(pod)  # the ztunnel is gone: nobody else would remove them
     assert transparent.CHAIN not in netfilter.save(topo.pod_netns("a"))
     assert f"{transparent.PRIORITY}:" not in rules()
+
+
+LOAD_IN_A_FRESH_AGENT = """
+import json, sys
+from pathlib import Path
+from node_agent.ebpf import EbpfRedirector
+capture = EbpfRedirector(sys.argv[1], Path(sys.argv[2]))
+capture.load()
+mapped = open("/proc/self/maps").read()
+print(json.dumps({"bcc_imported": "bcc" in sys.modules, "libbcc_mapped": "libbcc" in mapped,
+                  "llvm_mapped": "LLVM" in mapped, "prog_ids": capture.prog_ids}))
+"""
+
+
+def test_ebpf_programs_are_compiled_in_a_child_and_bcc_never_loads_in_the_agent(test_bpffs, tmp_path):
+    """bcc and LLVM stay in the short-lived builder; its pins outlive it (and the agent that asked for them)."""
+    from node_agent.ebpf import PROGRAMS, EbpfRedirector
+    agent_id = f"test-child-build-{os.getpid()}"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    first = subprocess.run([sys.executable, "-c", LOAD_IN_A_FRESH_AGENT, agent_id, str(test_bpffs)],
+                           capture_output=True, text=True, timeout=600, cwd=repo)
+    again = EbpfRedirector(agent_id, test_bpffs)
+    try:
+        assert first.returncode == 0, first.stderr
+        loaded = json.loads(first.stdout.strip().splitlines()[-1])
+        assert loaded == {**loaded, "bcc_imported": False, "libbcc_mapped": False, "llvm_mapped": False}
+        assert set(loaded["prog_ids"]) == set(PROGRAMS)
+        # Both the builder and the agent process are gone: the programs live on in their pins.
+        again.load()
+        assert again.prog_ids == loaded["prog_ids"]
+    finally:
+        again.unload()
+    assert not (test_bpffs / "shoal" / agent_id).exists()
+
+
+def test_a_build_that_does_not_compile_names_the_prerequisite_and_leaves_no_pins(test_bpffs, tmp_path, monkeypatch):
+    from node_agent import ebpf
+    from node_agent.errors import PrerequisiteMissing
+    broken = tmp_path / "redirect.c"
+    broken.write_text(ebpf.SOURCE.read_text() + "\nthis is not C;\n")
+    monkeypatch.setattr(ebpf, "SOURCE", broken)
+    capture = ebpf.EbpfRedirector(f"test-broken-build-{os.getpid()}", test_bpffs)
+    try:
+        with pytest.raises(PrerequisiteMissing) as info:
+            capture.load()
+        assert "could not compile" in str(info.value) and "--redirect iptables" in str(info.value)
+        assert not capture.prog_dir.exists()
+        assert capture.prog_fds == {}
+    finally:
+        capture.unload()
