@@ -1,9 +1,10 @@
 """The asyncio drivers of the hand-off (protocol cores in shoal/handoff.py).
 
 - `HandoffServer`, the node agent's: listens on the SOCK_SEQPACKET socket,
-  serves one ztunnel at a time (a new one replaces the old), replays the
-  agent's set at every Hello, sends one message at a time, and drops a
-  ztunnel that does not ack within `ack_timeout`.
+  serves one ztunnel at a time (a newer one replaces the old; an older one
+  that reconnects is turned away), replays the agent's set at every Hello,
+  sends one message at a time, and drops a ztunnel that does not ack within
+  `ack_timeout`.
 - `HandoffClient`, the ztunnel's: connects and reconnects with backoff, says
   Hello, and calls its `WorkloadHandler` for every message, acking each.
 """
@@ -77,11 +78,30 @@ def peer_pid(sock: socket.socket) -> int:
     return struct.unpack("3i", creds)[0]
 
 
+def process_start(pid: int | None) -> int | None:
+    """When the process started, in clock ticks since boot (/proc/PID/stat, field 22); None if unknown.
+    Pids are reused, start times are not: this is what tells a newer ztunnel from an older one."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # -- the agent's driver --------------------------------------------------------
 
 
 class HandoffServer:
-    """The node agent's asyncio server: one ztunnel at a time (a new one replaces the old).
+    """The node agent's asyncio server: one ztunnel at a time, the newest.
+
+    During an upgrade two ztunnels run on the node: the new one connects and
+    replaces the old, which loses its connection and keeps trying to connect
+    while it drains. Such an older process (by start time) is turned away
+    while the newer one is connected; otherwise the two would take the
+    hand-off from each other in turn, and in eBPF mode the pods' inbound
+    capture would point at the draining ztunnel's closed listener.
 
     - `snapshot()` returns the agent's whole set, as (Workload, netns fd or
       None) pairs; a None fd is replayed as KeepWorkload. Called at every Hello.
@@ -103,6 +123,7 @@ class HandoffServer:
         self.side: AgentSide | None = None
         self.conn: socket.socket | None = None
         self.peer_pid: int | None = None
+        self.peer_started: int | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._serve_task: asyncio.Task | None = None
@@ -160,6 +181,9 @@ class HandoffServer:
         while True:
             conn, _ = await loop.sock_accept(self.listener)
             conn.setblocking(False)
+            if self._older_than_current(conn):
+                conn.close()
+                continue
             if self.conn is not None:
                 logger.info("a new ztunnel connected; dropping the previous connection")
             for task in list(self._tasks):
@@ -171,6 +195,21 @@ class HandoffServer:
             task = asyncio.create_task(self._serve(conn), name="handoff-conn")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _older_than_current(self, conn: socket.socket) -> bool:
+        """Is the connecting process older than the connected ztunnel? (Unknown start times: not older.)"""
+        if self.conn is None or self.peer_started is None:
+            return False
+        try:
+            pid = peer_pid(conn)
+        except OSError:
+            return False
+        started = process_start(pid)
+        if started is None or started >= self.peer_started:
+            return False
+        logger.debug("an older ztunnel tried to connect while a newer one holds the hand-off; turned away",
+                     pid=pid, current=self.peer_pid)
+        return True
 
     def disconnect(self) -> None:
         """Ends the current ztunnel connection (it will reconnect and get a replay)."""
@@ -186,7 +225,7 @@ class HandoffServer:
             return False
         if self.side:
             self.side.close()
-        self.side, self.conn, self.peer_pid = None, None, None
+        self.side, self.conn, self.peer_pid, self.peer_started = None, None, None, None
         return True
 
     async def _emit(self, event) -> None:
@@ -201,6 +240,7 @@ class HandoffServer:
             self.peer_pid = peer_pid(conn)
         except OSError:
             self.peer_pid = None
+        self.peer_started = process_start(self.peer_pid)
         reader = asyncio.create_task(_recv(conn))
         loop = asyncio.get_running_loop()
         sent_at = 0.0
