@@ -8,18 +8,14 @@ import pytest
 import yaml
 
 from shoal.cli import build_parser
+from shoal.install.kustomize import render_objects
 
 DAEMONSET = Path(__file__).resolve().parents[2] / "daemonset"
 
 
 def objects() -> list[dict]:
-    kustomization = yaml.safe_load((DAEMONSET / "kustomization.yaml").read_text())
-    out = []
-    for resource in kustomization["resources"]:
-        path = DAEMONSET / resource
-        assert path.exists(), f"kustomization.yaml names {resource}, which does not exist"
-        out.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
-    return out
+    """What `kubectl kustomize daemonset/` prints (tests/daemonset/test_kustomize.py holds them equal)."""
+    return render_objects(DAEMONSET)
 
 
 def containers() -> list[tuple[str, dict]]:
