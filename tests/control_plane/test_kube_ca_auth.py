@@ -34,7 +34,7 @@ def test_secret_is_created_on_first_start_then_reused(double):
     assert "PRIVATE KEY" not in double.objects[CA_CONFIGMAP]["data"]["root-cert.pem"]
     again = ca_store.load_or_create(ca_store.KubeSecretRootStore(client.CoreV1Api(double.api())), TD)
     assert again == roots
-    assert [m for m, p in double.requests if p.startswith(CA_SECRET.rsplit("/", 1)[0])].count("POST") == 1
+    assert [r.method for r in double.requests if r.path.startswith(CA_SECRET.rsplit("/", 1)[0])].count("POST") == 1
 
 
 def test_losing_the_creation_race_uses_the_winners_root(double):
@@ -88,16 +88,16 @@ def test_token_review_node_and_service_account_callers(double):
     async def twice_through_the_guard():  # as the gRPC services ask: the second answer is cached
         guard = GuardedAuthenticator(auth)
         await guard.authenticate("ztunnel-token")
-        reviews = sum(1 for m, p in double.requests if p.endswith("/tokenreviews"))
+        reviews = sum(1 for r in double.requests if r.path.endswith("/tokenreviews"))
         assert (await guard.authenticate("ztunnel-token")).node == "worker-3"
-        assert sum(1 for m, p in double.requests if p.endswith("/tokenreviews")) == reviews
+        assert sum(1 for r in double.requests if r.path.endswith("/tokenreviews")) == reviews
     asyncio.run(twice_through_the_guard())
 
 
 def test_node_token_without_node_falls_back_to_the_pod(double):
     double.reviews["old-style"] = {"username": "system:serviceaccount:shoal-system:shoal-node",
                                    "extra": {"authentication.kubernetes.io/pod-name": ["shoal-node-abcde"]}}
-    double.pods["/api/v1/namespaces/shoal-system/pods/shoal-node-abcde"] = {
+    double.objects["/api/v1/namespaces/shoal-system/pods/shoal-node-abcde"] = {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shoal-node-abcde", "namespace": "shoal-system"},
         "spec": {"nodeName": "worker-7", "containers": [{"name": "c"}]}}
     double.reviews["unbound"] = {"username": "system:serviceaccount:shoal-system:shoal-node"}
