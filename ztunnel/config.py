@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal import contracts
@@ -27,6 +28,10 @@ class Config:
     pool_max_streams: int = 100
     pool_idle_seconds: float = 60.0
     preserve_source_ip: bool = True
+    # Our pod's name (the kubelet's POD_NAME, the downward API on Kubernetes): readiness answers
+    # /healthz/ready/<pod_name> only for this process, so that a probe of a surge pod is not
+    # answered by the old ztunnel on the same node port.
+    pod_name: str = field(default_factory=lambda: os.environ.get("POD_NAME", ""))
 
     def __post_init__(self) -> None:
         if self.balancing not in ("round_robin", "least_connections"):

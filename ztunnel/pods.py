@@ -3,8 +3,10 @@
 For every pod the node agent hands over (with its netns fd, `shoal.handoff`),
 the registry opens three listeners *inside the pod's netns*: 15001 (captured
 outbound), 15006 (captured inbound plaintext) and 15008 (HBONE), each with
-SO_REUSEPORT so that a new ztunnel can take over. Accepted connections go to
-the handler given for the port (`ztunnel.outbound_io`, `ztunnel.inbound_io`).
+SO_REUSEPORT so that a new ztunnel can take over; the group sends new
+connections to the newer of two ztunnels (`ztunnel.takeover`). Accepted
+connections go to the handler given for the port (`ztunnel.outbound_io`,
+`ztunnel.inbound_io`).
 
 At enrollment it also learns how the app can be reached (`AppReach`): with
 the client's source IP (installs `shoal.transparent`'s return path), or,
@@ -30,6 +32,7 @@ from shoal.identity import SpiffeId
 from shoal.model import Protocol, Workload
 from shoal.proxy_state import ProxyState
 
+from ztunnel import takeover
 from ztunnel.inbound import AppReach
 
 logger = log.get("ztunnel.pods")
@@ -108,6 +111,7 @@ class PodRegistry:
         try:
             for port in contracts.ZTUNNEL_POD_PORTS:
                 pod.listeners[port] = sockets.listener(netns_fd, port)
+                takeover.prefer_newest(pod.listeners[port])
         except sockets.SocketError:
             self._release(pod)
             raise
@@ -164,23 +168,38 @@ class PodRegistry:
             await self.del_workload(uid, leaving_mesh=False)
 
     def stop_accepting(self) -> None:
-        """Drain: close every listener (a new ztunnel with SO_REUSEPORT takes new connections)."""
+        """Drain: close every listener (a new ztunnel with SO_REUSEPORT takes new connections).
+
+        Connections the kernel already completed into a listener's queue are accepted and served
+        first: closing a listener resets what is still queued on it, and those clients have been
+        told the connection is established."""
         for pod in self.pods.values():
             for task in pod.tasks:
                 task.cancel()
-            for sock in pod.listeners.values():
+            for port, sock in pod.listeners.items():
+                self._accept_queued(pod, sock, self.handlers[port])
                 sock.close()
+
+    def _accept_queued(self, pod: Pod, sock: socket.socket, handler: Handler) -> None:
+        while True:
+            try:
+                conn, address = sock.accept()
+            except OSError:                     # EAGAIN: the queue is empty (or the listener is gone)
+                return
+            conn.setblocking(False)
+            self._serve(pod, handler, conn, address)
+
+    def _serve(self, pod: Pod, handler: Handler, conn: socket.socket, address: tuple) -> None:
+        task = asyncio.get_running_loop().create_task(handler(pod, conn, address))
+        pod.connections.add(task)
+        task.add_done_callback(pod.connections.discard)
 
     def connection_tasks(self) -> list[asyncio.Task]:
         return [task for pod in self.pods.values() for task in pod.connections]
 
     async def _accept_loop(self, pod: Pod, sock: socket.socket, handler: Handler) -> None:
-        loop = asyncio.get_running_loop()
-
         def serve(conn: socket.socket, address: tuple) -> None:
-            task = loop.create_task(handler(pod, conn, address))
-            pod.connections.add(task)
-            task.add_done_callback(pod.connections.discard)
+            self._serve(pod, handler, conn, address)
         try:
             await sockets.accept_forever(sock, serve, what=f"{pod.name}:{sock.getsockname()[1]}")
         except asyncio.CancelledError:

@@ -131,8 +131,10 @@ def test_ready_only_with_agent_and_config_serves_dump_keeps_serving_and_drains(n
 
 def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_its_config_is_whole(
         namespaces, tmp_path):
-    """Fail closed: with no config, the defaults (PERMISSIVE, no DENY) must not decide. Plaintext captured
-    into 15006 is refused while the control plane is down, and served once the config arrives."""
+    """Fail closed: with no config, the defaults (PERMISSIVE, no DENY) must not decide. The ztunnel does not
+    take the pod from the node agent until its config is whole (an old ztunnel would go on serving it in an
+    upgrade), so plaintext captured into 15006 is refused while the control plane is down, and served once
+    the config arrives."""
     import subprocess
 
     from control_plane.authn import LocalAuthenticator
@@ -196,13 +198,15 @@ def test_a_ztunnel_started_while_the_control_plane_is_down_serves_no_pod_until_i
                 sock.close()
                 return None
 
-        async def served_pod():
+        async def answering():
             try:
-                _, body = await http_get(PORTS["admin_port"], "/config_dump")
+                return await http_get(PORTS["admin_port"], "/config_dump")
             except OSError:
                 return None                     # not listening yet
-            return json.loads(body)["pods"]
-        await eventually_async(served_pod, 30, "the pod handed over", interval=0.1)
+        await eventually_async(answering, 30, "the ztunnel's admin port", interval=0.1)
+        await asyncio.sleep(1.0)                # time to take the hand-off, if it (wrongly) would
+        _, body = await http_get(PORTS["admin_port"], "/config_dump")
+        assert json.loads(body)["pods"] == [] and not agent.connected   # no pod is taken without config
         for _ in range(3):
             assert not await call()            # reset or closed: nothing of the app's
         assert app_saw == []
