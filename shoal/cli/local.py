@@ -9,6 +9,7 @@ import time
 
 import yaml
 
+from shoal.cli import mesh_status
 from shoal.local import cluster as local_cluster
 from shoal.local import keys, manifest
 from shoal.local.merge import three_way
@@ -63,6 +64,8 @@ def register(sub) -> None:
     for name, func in (("apply", cmd_apply), ("delete", cmd_delete)):
         p = verb(name, func, f"{name} objects from Kubernetes-style YAML")
         p.add_argument("-f", "--filename", required=True, action="append", help="file, directory or -")
+    p.add_argument("--ignore-not-found", action="store_true",
+                   help="succeed when an object is already gone (default: an error)")
 
     p = verb("get", cmd_get, "list objects")
     p.add_argument("kind")
@@ -90,6 +93,11 @@ def register(sub) -> None:
     p.add_argument("name")
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("command", nargs="*", help="after --: the command and its arguments")
+
+    p = verb("rollout", cmd_rollout, "restart the ztunnel node by node, each new pod beside the old one")
+    p.add_argument("action", choices=("restart",))
+    p.add_argument("target", metavar="ztunnel", help="what to roll out: ztunnel (or daemonset/ztunnel)")
+    p.add_argument("--node", action="append", metavar="NODE", help="only this node (repeatable; default: all)")
 
 
 def _fail(message: str) -> int:
@@ -162,6 +170,8 @@ def cmd_apply(args) -> int:
         verb = "created" if old is None else (
             "unchanged" if old["metadata"]["resourceVersion"] == new["metadata"]["resourceVersion"] else "configured")
         print(f"{obj['kind'].lower()}/{obj['metadata']['name']} {verb}")
+    sys.stdout.flush()
+    mesh_status.report(mesh_status.refresh(store), [mesh_status.key_of(o) for o in stored], sys.stderr)
     return 0
 
 
@@ -173,8 +183,17 @@ def cmd_delete(args) -> int:
         return _fail(str(e))
     keys = [(o.get("kind", ""), (o.get("metadata") or {}).get("namespace"), (o.get("metadata") or {}).get("name", ""))
             for o in objects]
-    for (kind, _, name), gone in zip(keys, store.delete_many(keys)):
-        print(f"{kind.lower()}/{name} {'deleted' if gone else 'not found'}")
+    missing = []
+    for (kind, namespace, name), gone in zip(keys, store.delete_many(keys)):
+        if gone:
+            print(f"{kind.lower()}/{name} deleted")
+        elif not args.ignore_not_found:
+            missing.append(f"{kind} {name!r} not found" + ("" if kind in CLUSTER_SCOPED else
+                                                            f" in namespace {namespace or 'default'}"))
+    sys.stdout.flush()
+    mesh_status.refresh(store)
+    if missing:
+        return _fail("; ".join(missing) + " (--ignore-not-found to accept that)")
     return 0
 
 
@@ -260,6 +279,9 @@ def cmd_metadata(args) -> int:
     except NotFound:
         return _fail(f"{kind} {args.name!r} not found" + ("" if kind in CLUSTER_SCOPED else f" in {args.namespace}"))
     print(f"{kind.lower()}/{args.name} {'labeled' if args.field == 'labels' else 'annotated'}")
+    sys.stdout.flush()
+    mesh_status.report(mesh_status.refresh(store), [(kind, "" if kind in CLUSTER_SCOPED else args.namespace,
+                                                     args.name)], sys.stderr)
     return 0
 
 
@@ -312,3 +334,15 @@ def cmd_exec(args) -> int:
     sys.stdout.flush()
     os.execvp("ip", ["ip", "netns", "exec", netns_name, *command])
     return 127  # not reached
+
+
+def cmd_rollout(args) -> int:
+    from shoal.local import rollout
+    try:
+        component = rollout.component_name(args.target)
+        steps = rollout.restart(Layout(args.cluster), component, rollout.parse_nodes(args.node),
+                                progress=lambda m: print(m, flush=True))
+    except rollout.RolloutError as e:
+        return _fail(str(e))
+    print(f"daemonset/{component} restarted: " + ", ".join(f"{s.new} on node{s.node}" for s in steps))
+    return 0

@@ -1,15 +1,20 @@
-"""Reading what the mesh says about itself in a local cluster: the ztunnels' access logs.
+"""Reading what the mesh says about itself in a local cluster: the ztunnels' access logs, admin and metrics.
 
-The demo and the benchmarks use it to know when a namespace's traffic has
-started to flow through the mesh (its first mTLS connection), without
-guessing with sleeps.
+The demo and the benchmarks use the access logs to know when a namespace's
+traffic has started to flow through the mesh (its first mTLS connection),
+without guessing with sleeps. `shoal check`, `proxy-config` and `stat` read
+the proxies' admin dumps and metrics from inside their network namespaces
+(`http_get`), where those ports listen.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from typing import Callable
+
+from shoal import netns
 
 from shoal.local.components import SYSTEM_NAMESPACE
 from shoal.local.layout import Layout
@@ -47,3 +52,16 @@ def wait_for_mtls(layout: Layout, node: int, call: Callable[[], object], *, sour
                     return record, result
             time.sleep(0.05)
     return None
+
+
+def http_get(netns_name: str, host: str, port: int, path: str, timeout: float = 5.0) -> bytes:
+    """GET http://host:port/path from inside `netns_name`; raises OSError (URLError is one) when no answer."""
+    def get() -> bytes:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=timeout) as response:
+            return response.read()
+    return netns.run_in(netns_name, get)
+
+
+def admin_dump(netns_name: str, port: int, timeout: float = 5.0) -> dict:
+    """A proxy's /config_dump (its admin port listens on 127.0.0.1 of its netns)."""
+    return json.loads(http_get(netns_name, "127.0.0.1", port, "/config_dump", timeout))
