@@ -261,6 +261,8 @@ class ProxyState:
             "policies": [plain(p) for p in self.authorizations.values()],
             "peer_authentications": [plain(p) for p in self.peer_authentications.values()],
             "route_tables": sorted(self.route_tables),
+            # whole tables, for `shoal proxy-config routes` (matches, weights, subsets, retries, timeouts)
+            "routes": [plain(self.route_tables[key]) for key in sorted(self.route_tables)],
         }
 
 

@@ -76,6 +76,7 @@ async def run(config: Config, shutdown: Shutdown) -> int:
         out = summary(link.state)
         out["certificate"] = link.certs.dump()[0]   # the one identity, wanted from the start
         out["upstream_sessions"] = upstreams.pool.size
+        out["state"] = link.state.dump()   # whole objects, for `shoal proxy-config` (the names above stay)
         return out
 
     servers = await serve_admin_ports(config.listen, render_metrics=metrics.render, ready=ready,
