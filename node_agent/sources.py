@@ -11,14 +11,13 @@ change. The agent's decisions are made from those dicts alone
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from typing import Awaitable, Callable
 
 from shoal import log, store as local_store
-
-from node_agent.errors import SourceError
+from shoal.kube_client import Backoff
+from shoal.kube_watch import Changed, Kind, Listed, ListWatch
 
 logger = log.get("node_agent.sources")
 
@@ -70,18 +69,20 @@ class LocalSource:
 class KubeSource:
     """The Kubernetes API: pods with fieldSelector spec.nodeName=<node>, and namespaces.
 
-    The kubernetes client is synchronous; each watch runs in a thread and
-    hands its events to the event loop.
+    Each kind is a `shoal.kube_watch.ListWatch` in a thread (the kubernetes
+    client is synchronous): list, watch, list again after 410 Gone, failures
+    retried with backoff. Their records come to the event loop through a queue.
     """
 
-    def __init__(self, node: str, api_client=None, discover=None) -> None:
+    def __init__(self, node: str, api_client=None, discover=None, *, backoff: Backoff = Backoff()) -> None:
         self.node = node
         self.api_client = api_client
+        self.backoff = backoff
         self._stop = threading.Event()
         # A real kubelet does not report the pod's netns and cgroup: find them in /proc.
         self.discover = discover or _discover
         self._sandboxes: dict[str, dict] = {}
-
+        self.watchers: list[ListWatch] = []
 
     def _client(self):
         if self.api_client is not None:
@@ -94,76 +95,53 @@ class KubeSource:
         return client.ApiClient()
 
     async def run(self, on_change: OnChange) -> None:
-        from kubernetes import client
-        api = client.CoreV1Api(self._client())
+        api = self._client()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         pods: dict[str, dict] = {}
         namespaces: dict[str, dict] = {}
         listed = {"Pod": False, "Namespace": False}
-
-        def pump(kind: str, lister, **kwargs):
-            serialize = api.api_client.sanitize_for_serialization
-            while not self._stop.is_set():
-                try:
-                    result = lister(**kwargs)
-                    items = [serialize(i) for i in result.items]
-                    loop.call_soon_threadsafe(queue.put_nowait, (kind, "LIST", items))
-                    rv = result.metadata.resource_version
-                    while not self._stop.is_set():
-                        stream = lister(watch=True, resource_version=rv, allow_watch_bookmarks=True,
-                                        timeout_seconds=60, **kwargs)
-                        for line in stream:
-                            raw = json.loads(line)
-                            obj = raw.get("object") or {}
-                            if raw.get("type") == "ERROR":
-                                if obj.get("code") == 410:
-                                    raise _Gone()
-                                raise SourceError(f"the {kind} watch failed: {obj.get('message', obj)}")
-                            rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                            if raw.get("type") != "BOOKMARK":
-                                loop.call_soon_threadsafe(queue.put_nowait, (kind, raw["type"], obj))
-                except _Gone:
-                    logger.info("watch expired (410 Gone); listing again", kind=kind)
-                except Exception as e:  # API server restarts, network blips: list again after a pause
-                    if self._stop.is_set():
-                        return
-                    logger.warning("kubernetes watch failed; retrying", kind=kind, error=str(e))
-                    self._stop.wait(1.0)
-
-        threads = [
-            threading.Thread(target=pump, args=("Pod", _iter_lines(api.list_pod_for_all_namespaces)),
-                             kwargs={"field_selector": f"spec.nodeName={self.node}"}, daemon=True),
-            threading.Thread(target=pump, args=("Namespace", _iter_lines(api.list_namespace)), daemon=True),
+        self.watchers = [
+            ListWatch(api, Kind("Pod", "", ("v1",), "pods", field_selector=f"spec.nodeName={self.node}"),
+                      watch_timeout=60, backoff=self.backoff),
+            ListWatch(api, Kind("Namespace", "", ("v1",), "namespaces"), watch_timeout=60, backoff=self.backoff),
         ]
-        for t in threads:
-            t.start()
+
+        def emit(record) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, record)
+
+        for watcher in self.watchers:
+            threading.Thread(target=watcher.run, args=(emit, self._stop), name=f"kube-{watcher.kind.plural}",
+                             daemon=True).start()
         try:
             while True:
-                kind, kind_of_event, payload = await queue.get()
-                if kind == "Pod":  # the selector asked the server for these only; hold to it anyway
-                    on_node = lambda o: (o.get("spec") or {}).get("nodeName") == self.node  # noqa: E731
-                    if kind_of_event == "LIST":
-                        payload = [o for o in payload if on_node(o)]
-                    elif not on_node(payload):
-                        kind_of_event = "DELETED"
-                target = pods if kind == "Pod" else namespaces
-                key_of = _pod_key if kind == "Pod" else (lambda o: o["metadata"]["name"])
-                if kind_of_event == "LIST":
+                record = await queue.get()
+                if not isinstance(record, (Listed, Changed)):
+                    continue
+                is_pod = record.kind == "Pod"
+                target = pods if is_pod else namespaces
+                key_of = _pod_key if is_pod else (lambda o: o["metadata"]["name"])
+                # The selector asked the server for this node's pods only; hold to it anyway.
+                on_node = (lambda o: (o.get("spec") or {}).get("nodeName") == self.node) if is_pod else (lambda o: True)
+                if isinstance(record, Listed):
                     target.clear()
-                    target.update({key_of(o): o for o in payload})
-                    listed[kind] = True
-                elif kind_of_event == "DELETED":
-                    target.pop(key_of(payload), None)
+                    target.update({key_of(o): o for o in record.items if on_node(o)})
+                    listed[record.kind] = True
+                elif record.type == "DELETED" or not on_node(record.object):
+                    target.pop(key_of(record.object), None)
                 else:
-                    target[key_of(payload)] = payload
+                    target[key_of(record.object)] = record.object
                 if all(listed.values()):
                     current = {(p.get("metadata") or {}).get("uid") for p in pods.values()}
                     self._sandboxes = {u: s for u, s in self._sandboxes.items() if u in current}
                     await on_change({k: self._with_sandbox(p) for k, p in pods.items()}, dict(namespaces))
         finally:
-            self._stop.set()
+            self.stop()
 
+    def stop(self) -> None:
+        self._stop.set()
+        for watcher in self.watchers:
+            watcher.stop()
 
     def _with_sandbox(self, pod: dict) -> dict:
         """`discover`, remembered per uid once found (a scan of /proc is not free)."""
@@ -178,20 +156,6 @@ class KubeSource:
         return filled
 
 
-class _Gone(SourceError):
-    """The watch's resourceVersion expired (410 Gone): list again."""
-
-
 def _discover(pod: dict) -> dict:
     from node_agent.discover import with_sandbox
     return with_sandbox(pod)
-
-
-def _iter_lines(lister):
-    """Wraps a kubernetes list call so that watch=True yields raw JSON lines."""
-    def call(watch: bool = False, **kwargs):
-        if not watch:
-            return lister(**kwargs)
-        response = lister(watch=True, _preload_content=False, **kwargs)
-        return (line for line in response if line.strip())
-    return call

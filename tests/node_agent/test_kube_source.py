@@ -75,9 +75,7 @@ def test_lists_then_follows_pods_of_its_node_and_namespaces_and_relists_after_41
 
             # History compacted and streams dropped: the next watch gets 410 and lists again.
             lists_before = len(double.list_requests("pods"))
-            double.compact()
-            double.drop_watches()
-            double.add(pod("c", "node1"))
+            double.behind_the_watch(lambda d: d.add(pod("c", "node1")))
             await recorder.until(lambda p, n: set(p) == {"demo/b", "demo/c"})
             await asyncio.sleep(0)
             assert len(double.list_requests("pods")) > lists_before
