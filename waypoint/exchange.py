@@ -21,9 +21,10 @@ import time
 
 from waypoint import http1
 from waypoint.channel import Channel
-from waypoint.errors import BadRequest, UpstreamFailed
+from waypoint.errors import BadRequest, UpstreamFailed, WaypointError
 from waypoint.h2upstream import H2Pool
 from waypoint.routing import Upstream
+from waypoint.streaming import BodySource
 from waypoint.upstream import Upstreams
 
 MIRROR_LINGER = 5.0   # seconds a one-off HTTP/2 connection stays open after its request
@@ -109,10 +110,15 @@ class Http1Exchange:
         self.upstream = upstream
         self.reused = reused
         self.pooled = False
+        self.pump: asyncio.Task | None = None     # sends a streamed request body
 
-    async def start(self, wire: bytes) -> http1.Head:
+    async def start(self, wire: bytes, body: BodySource | None = None) -> http1.Head:
+        """Sends the request (`wire`: all of it, or the head of a `body` streamed after it, chunked when
+        its length is unknown) and reads the response head, which may come before the body is all sent."""
         self._received_before = self.channel.bytes_received
         self.channel.send(wire)
+        if body is not None:
+            self.pump = asyncio.get_running_loop().create_task(self._send_body(body, chunked=body.length is None))
         while True:
             try:
                 data = await self.channel.read()
@@ -130,6 +136,24 @@ class Http1Exchange:
                     raise StaleConnection()
                 raise UpstreamFailed("the endpoint closed the connection before responding", "reset", "UC")
 
+    async def _send_body(self, body: BodySource, chunked: bool) -> None:
+        try:
+            while True:
+                data = await body.read()
+                if not data:
+                    if chunked:
+                        self.channel.send(http1.LAST_CHUNK)
+                    return
+                self.channel.send(http1.chunk(data) if chunked else data)
+                await self.channel.drain()    # the endpoint (or its connection) takes no more: read no more
+        except WaypointError:
+            self.channel.reset()   # the client's body broke off: so does the request it was going into
+
+    @property
+    def request_sent(self) -> bool:
+        pump = self.pump
+        return pump is None or (pump.done() and not pump.cancelled() and not self.channel.was_reset)
+
     async def events(self) -> list:
         """The next body events (at least one); End last."""
         if self.pending:
@@ -144,6 +168,11 @@ class Http1Exchange:
     def finish(self) -> bool:
         """After the End event: back to the pool when both sides keep the connection alive; True if so."""
         head = self.head
+        if not self.request_sent:
+            # Answered before the request's body was all sent: the endpoint waits for the rest, or reads
+            # it as a next request. The connection carries nothing more.
+            self.reset()
+            return False
         if (self.pool is not None and head is not None and head.keep_alive and self.reader.done
                 and not head.body_until_close and self.pool.give(self.upstream, self.channel)):
             self.pooled = True
@@ -152,6 +181,8 @@ class Http1Exchange:
         return False
 
     def reset(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
         self.channel.reset()
 
 
@@ -160,7 +191,7 @@ async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.He
                         pool: Http1Pool | None = None, h2_pool: H2Pool | None = None):
     """Connects (or reuses a kept-alive HTTP/1.1 connection, or a stream on a pooled HTTP/2 one),
     sends the request, waits for the response head. Returns the exchange (`.head` set).
-    `body` is bytes, or (HTTP/2 only) a `BodyStream` still arriving."""
+    `body` is bytes, or a `BodySource` still arriving, streamed as it comes."""
     if use_h2:
         pool_h2 = h2_pool or H2Pool()
         try:
@@ -174,23 +205,32 @@ async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.He
             try:
                 return await _http1(channel, upstream, head, body, headers, authority, pool, reused=True)
             except StaleConnection:
-                pass   # closed while idle: the endpoint never saw the request; once more, on a fresh connection
+                # Closed while idle: the endpoint never saw the request; once more, on a fresh connection,
+                # unless a streamed body was partly read already (it cannot be read again).
+                if isinstance(body, BodySource) and body.taken:
+                    raise UpstreamFailed("the endpoint closed a kept-alive connection while the request's body "
+                                         "was being sent", "reset", "UC") from None
     channel = await upstreams.open(upstream)
     return await _http1(channel, upstream, head, body, headers, authority, pool, reused=False)
 
 
-async def _http1(channel: Channel, upstream: Upstream, head: http1.Head, body: bytes, headers, authority: str,
+async def _http1(channel: Channel, upstream: Upstream, head: http1.Head, body, headers, authority: str,
                  pool: Http1Pool | None, *, reused: bool) -> Http1Exchange:
     exchange = Http1Exchange(channel, http1.MessageReader(response=True, head_request=head.method == "HEAD"),
                              pool, upstream, reused)
     wire_headers = [(k, v) for k, v in headers if k != "host"] + [("host", authority)]
     try:
-        await exchange.start(http1.request_bytes(head.method, head.target, wire_headers, body,
-                                                 close=pool is None))
+        if isinstance(body, BodySource):
+            await exchange.start(http1.request_head_bytes(head.method, head.target, wire_headers,
+                                                          content_length=body.length, chunked=body.length is None,
+                                                          close=pool is None), body)
+        else:
+            await exchange.start(http1.request_bytes(head.method, head.target, wire_headers, body,
+                                                     close=pool is None))
         return exchange
     except BadRequest as e:
-        channel.reset()
+        exchange.reset()
         raise UpstreamFailed(f"the endpoint answered with malformed HTTP: {e}", "reset", "UPE") from None
     except BaseException:
-        channel.reset()
+        exchange.reset()
         raise

@@ -2,17 +2,20 @@
 
 The client's HBONE stream carries an HTTP/2 connection; each of its streams
 is one request, handled concurrently by `Proxy.exchange` with an
-`H2Responder`. A request body is read whole before it is routed (it may be
-sent again on a retry), except for gRPC: a gRPC call is routed at its
-headers and its messages stream to the endpoint as they come
-(`waypoint.streaming`), so client-streaming and bidirectional calls work.
-Responses stream back, trailers (gRPC status) included. Outgoing DATA waits for flow-control window: every stream has an
-outbox that `_pump()` empties as windows open, and `await data()` returns
-once its outbox is small, so a slow client slows the endpoint instead of
+`H2Responder`. A request is routed at its headers; its body is a
+`waypoint.streaming.BodyStream` the proxy reads as it passes it on (or keeps
+whole, up to a limit, on a route that retries), and the client's
+flow-control credit goes back only as it is read: what a client can make the
+waypoint hold is its windows (`STREAM_WINDOW` per stream, `CONNECTION_WINDOW`
+for the connection). An answer complete before the request body ended tells
+the client to stop sending (RST_STREAM NO_ERROR). Responses stream back,
+trailers (gRPC status) included. Outgoing DATA waits for flow-control
+window: every stream has an outbox that `_pump()` empties as windows open,
+and `await data()` returns once its outbox is small and the client's
+connection takes more, so a slow client slows the endpoint instead of
 growing buffers.
 
-Not supported: server push, CONNECT over HTTP/2, streaming request bodies
-for anything but gRPC.
+Not supported: server push, CONNECT over HTTP/2.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 
 from shoal import log
 
 from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import DownstreamGone
+from waypoint.h2upstream import CONNECTION_WINDOW, STREAM_WINDOW
 from waypoint.proxy import Request
 from waypoint.responders import grpc_status_for
 from waypoint.routing import Peer
@@ -45,13 +50,12 @@ OUTBOX_LOW = 256 << 10
 class _Stream:
     stream_id: int
     headers: list[tuple[str, str]]
-    body: bytearray = field(default_factory=bytearray)
     outbox: bytearray = field(default_factory=bytearray)
     trailers: tuple | None = None       # set when the response is complete
     ended: bool = False                 # END_STREAM sent (or the stream reset)
     task: asyncio.Task | None = None
     drained: asyncio.Event = field(default_factory=asyncio.Event)
-    body_stream: BodyStream | None = None   # a gRPC call routed before its body ended
+    body_stream: BodyStream | None = None   # the request body, read as the proxy passes it on
 
 
 class H2Responder:
@@ -93,6 +97,7 @@ class H2Responder:
         if len(self.stream.outbox) > OUTBOX_LOW:
             self.stream.drained.clear()
             await self.stream.drained.wait()
+        await self.server.client.drain()    # the client's connection takes no more (its HBONE stream is full)
 
     def end(self, trailers=()) -> None:
         self.server.queue(self.stream, b"", trailers=tuple(trailers))
@@ -102,18 +107,20 @@ class H2Responder:
 
 
 class H2Server:
-    def __init__(self, proxy, client: Channel, peer: Peer, source_address, *, max_body: int) -> None:
+    def __init__(self, proxy, client: Channel, peer: Peer, source_address) -> None:
         self.proxy = proxy
         self.client = client
         self.peer = peer
         self.source_address = source_address
-        self.max_body = max_body
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.streams: dict[int, _Stream] = {}
         self._goaway_sent = False
 
     async def run(self) -> None:
         self.conn.initiate_connection()
+        # The same windows as towards endpoints: what a client may send ahead, unread, is bounded by them.
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
         self._flush()
         try:
             while True:
@@ -149,12 +156,14 @@ class H2Server:
         if isinstance(event, h2.events.RequestReceived):
             headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
             stream = self.streams[event.stream_id] = _Stream(event.stream_id, headers)
-            if event.stream_ended:
-                self._start(stream)
-            elif any(k == "content-type" and v.startswith("application/grpc") for k, v in headers):
+            if not event.stream_ended:
+                # Routed at its headers: the body follows as the proxy reads it, and the client's credit
+                # comes back only as it does.
                 sid = event.stream_id
-                stream.body_stream = BodyStream(lambda n, sid=sid: self._consumed(sid, n))
-                self._start(stream)
+                length = next((v.strip() for k, v in headers if k == "content-length"), "")
+                stream.body_stream = BodyStream(lambda n, sid=sid: self._consumed(sid, n),
+                                                int(length) if length.isdigit() else None)
+            self._start(stream)
         elif isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.body_stream is not None:
@@ -162,19 +171,12 @@ class H2Server:
                 if event.stream_ended:
                     stream.body_stream.end()
                 return
+            # A stream already answered (or never known): nobody reads this; its credit goes back at once.
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            if stream is not None and stream.task is None:
-                stream.body += event.data
-                if len(stream.body) > self.max_body:
-                    self.reset(stream, h2.errors.ErrorCodes.REFUSED_STREAM)
-            if stream is not None and event.stream_ended and stream.task is None and not stream.ended:
-                self._start(stream)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.body_stream is not None:
                 stream.body_stream.end()
-            elif stream is not None and stream.task is None and not stream.ended:
-                self._start(stream)
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
@@ -189,12 +191,12 @@ class H2Server:
         pseudo = {k: v for k, v in stream.headers if k.startswith(":")}
         authority = pseudo.get(":authority") or next((v for k, v in stream.headers if k == "host"), "")
         fields = [("host", authority)] + [(k, v) for k, v in stream.headers if not k.startswith(":") and k != "host"]
+        body = stream.body_stream
         head = http1.Head(pseudo.get(":method", "GET"), pseudo.get(":path", "/"), 0, "", tuple(fields), "2", True,
-                          None if stream.body_stream is not None else len(stream.body), False)
+                          body.length if body is not None else 0, False)
         grpc = (head.header("content-type") or "").startswith("application/grpc")
         responder = H2Responder(self, stream, grpc)
-        request = Request(head, bytes(stream.body), self.peer.destination[1], stream.body_stream)
-        stream.body = bytearray()
+        request = Request(head, b"", self.peer.destination[1], body)
         stream.task = asyncio.get_running_loop().create_task(
             self.proxy.exchange(request, self.peer, responder, self.source_address))
         stream.task.add_done_callback(lambda _t, s=stream: self._finished(s))
@@ -226,7 +228,7 @@ class H2Server:
         if end:
             stream.ended = True
             stream.trailers = ()
-            self._release(stream)
+            self._answered(stream)
         self._flush()
 
     def queue(self, stream: _Stream, data: bytes, trailers: tuple | None = None) -> None:
@@ -248,6 +250,17 @@ class H2Server:
         stream.drained.set()
         self._release(stream)
         self._flush()
+
+    def _answered(self, stream: _Stream) -> None:
+        """The whole answer is out. A client still sending its request body is told to stop, without
+        error (RFC 9113 8.1): a refused upload is not read to its end."""
+        body = stream.body_stream
+        if body is not None and not body.complete and body.broken is None:
+            try:
+                self.conn.reset_stream(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass
+        self._release(stream)
 
     def _release(self, stream: _Stream) -> None:
         """The stream is done on our side: later DATA is acknowledged on arrival, queued DATA now."""
@@ -274,7 +287,7 @@ class H2Server:
                     else:
                         self.conn.end_stream(stream.stream_id)
                     stream.ended = True
-                    self._release(stream)
+                    self._answered(stream)
             except h2.exceptions.ProtocolError:
                 stream.ended = True
                 self._release(stream)

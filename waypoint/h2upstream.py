@@ -10,6 +10,10 @@ away. A connection that dies before a request got any answer was stale: the
 request is sent once more on a fresh connection.
 
 Request DATA waits for flow-control window (connection and stream).
+Response DATA is acknowledged (WINDOW_UPDATE) only once the proxy has passed
+it on to the client and asks for more (`events()`): a client that stops
+reading stops the endpoint, and what the waypoint holds for one stream is at
+most its window (`STREAM_WINDOW`, `CONNECTION_WINDOW` for the connection).
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 
 from waypoint import http1
 from waypoint.channel import Channel
 from waypoint.errors import UpstreamFailed
 from waypoint.routing import Upstream
 from waypoint.upstream import Upstreams
+
+STREAM_WINDOW = 256 << 10
+CONNECTION_WINDOW = 4 << 20
 
 # Connection-specific headers HTTP/2 forbids (RFC 9113 8.2.2); `te: trailers` alone is allowed.
 H2_FORBIDDEN = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host",
@@ -49,6 +57,8 @@ class H2StreamExchange:
         self.trailers: tuple = ()
         self.done = False
         self.pump: asyncio.Task | None = None    # sends a streamed request body
+        self.held = 0        # flow-control credit of DATA waiting in `pending`
+        self.given = 0       # credit of DATA handed out by events(), acknowledged at the next call
         self._wake = asyncio.Event()
 
     def _notify(self) -> None:
@@ -66,22 +76,40 @@ class H2StreamExchange:
         return self.head
 
     async def events(self) -> list:
+        """The next events. Asking for more means what was handed out before has gone on to the client:
+        only now is its DATA acknowledged, so the endpoint sends no faster than the client reads."""
+        self._return_credit()
         while not self.pending:
             if self.error is not None:
                 raise self.error
             await self._wait()
         out, self.pending = self.pending, []
+        self.given, self.held = self.held, 0
         return out
+
+    def _return_credit(self) -> None:
+        credit, self.given = self.given, 0
+        self.upstream.acknowledge(self.stream_id, credit)
 
     def finish(self) -> bool:
         """The response ended: the connection stays in the pool for other requests."""
+        if self.pump is not None:
+            self.pump.cancel()   # an endpoint that answered before the request ended wants no more of it
         self.upstream.forget(self.stream_id)
+        self._release_all()
         return True
 
     def reset(self) -> None:
         if self.pump is not None:
             self.pump.cancel()
         self.upstream.reset_stream(self.stream_id)
+        self._release_all()
+
+    def _release_all(self) -> None:
+        """The stream is over for us: the connection's credit it held goes back (nobody will read it)."""
+        credit, self.given, self.held = self.given + self.held, 0, 0
+        self.pending = [e for e in self.pending if not isinstance(e, http1.Body)]
+        self.upstream.acknowledge(self.stream_id, credit)
 
 
 class H2Upstream:
@@ -94,6 +122,10 @@ class H2Upstream:
         self.answered = False        # some response came on it: it was alive
         self._window = asyncio.Event()
         self.conn.initiate_connection()
+        # Windows wider than HTTP/2's 64 KiB default, so one slow reader does not stall the connection:
+        # what an endpoint may have sent ahead is at most STREAM_WINDOW per stream, CONNECTION_WINDOW in all.
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - self.conn.inbound_flow_control_window)
         self._flush()
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
@@ -150,7 +182,7 @@ class H2Upstream:
             length = next((int(v) for k, v in fields if k == "content-length"), None)
             stream.head = http1.Head("", "", status, "", fields, "2", True, length, False)
         elif isinstance(ev, h2.events.DataReceived):
-            self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            stream.held += ev.flow_controlled_length      # acknowledged as the client takes it (events())
             if ev.data:
                 stream.pending.append(http1.Body(ev.data))
         elif isinstance(ev, h2.events.TrailersReceived):
@@ -164,6 +196,7 @@ class H2Upstream:
                             else UpstreamFailed(f"the endpoint reset the HTTP/2 stream (error {ev.error_code})",
                                                 "reset", "UR"))
             self.streams.pop(ev.stream_id, None)
+            stream._release_all()
         else:
             return
         stream._notify()
@@ -240,6 +273,16 @@ class H2Upstream:
             return   # the endpoint already ended the stream (a gRPC server may answer before the client ends)
         except Exception:  # noqa: BLE001 - the client went away, or the connection died: cancel the call upstream
             self.reset_stream(stream.stream_id)
+
+    def acknowledge(self, stream_id: int, credit: int) -> None:
+        """Flow-control credit back to the endpoint (the stream's, while it is open, and the connection's)."""
+        if not credit or self.dead is not None:
+            return
+        try:
+            self.conn.acknowledge_received_data(credit, stream_id)
+        except h2.exceptions.ProtocolError:
+            return
+        self._flush()
 
     def forget(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)

@@ -214,13 +214,23 @@ def end_to_end(headers) -> list[tuple[str, str]]:
 
 
 def request_bytes(method: str, target: str, headers, body: bytes, *, close: bool = True) -> bytes:
+    """A whole request, its body framed by Content-Length."""
+    length = len(body) if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS") else None
+    return request_head_bytes(method, target, headers, content_length=length, chunked=False, close=close) + body
+
+
+def request_head_bytes(method: str, target: str, headers, *, content_length: int | None, chunked: bool,
+                       close: bool = True) -> bytes:
+    """A request head; the body that follows is framed by content_length, or chunked (`chunk`, `LAST_CHUNK`)."""
     head = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), _lines(headers)]
-    if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
-        head.append(f"content-length: {len(body)}\r\n".encode())
+    if chunked:
+        head.append(b"transfer-encoding: chunked\r\n")
+    elif content_length is not None:
+        head.append(f"content-length: {content_length}\r\n".encode())
     if close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
-    return b"".join(head) + body
+    return b"".join(head)
 
 
 def response_head_bytes(status: int, headers, *, content_length: int | None, close: bool, reason: str = "") -> bytes:

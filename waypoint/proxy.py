@@ -36,13 +36,13 @@ from shoal.model import HeaderChanges
 
 from waypoint import http1
 from waypoint.channel import Channel, ChannelReset
-from waypoint.errors import BadRequest, UpstreamFailed, UpstreamTimeout, WaypointError
+from waypoint.errors import BadRequest, DownstreamGone, UpstreamFailed, UpstreamTimeout, WaypointError
 from waypoint.exchange import Http1Pool, open_exchange
 from waypoint.h2upstream import H2Pool
 from waypoint.responders import Http1Responder
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
 from shoal.proxy_state import ProxyState
-from waypoint.streaming import BodyStream
+from waypoint.streaming import BodySource, BodyTooLarge, Http1Body
 from waypoint.telemetry import Metrics, RequestRecord
 from waypoint.upstream import Upstreams
 
@@ -51,6 +51,7 @@ logger = log.get("waypoint.proxy")
 MAX_BODY = 16 << 20
 BACKOFF_BASE = 0.025
 MIRROR_TIMEOUT = 10.0
+LINGER_SECONDS = 5.0   # reading and dropping an unread request body before a reset
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Request:
     head: http1.Head
     body: bytes
     port: int = 0          # the service port it came on (the CONNECT target's)
-    stream: BodyStream | None = None   # a gRPC body still arriving (then `body` is empty)
+    stream: BodySource | None = None   # a body still to be read (then `body` is empty)
 
 
 HOP_BY_HOP_H2 = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "expect"})
@@ -143,7 +144,7 @@ class Proxy:
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(self._next_request(client, reader, queue), self.idle_timeout)
+                    head = await asyncio.wait_for(self._next_head(client, reader, queue), self.idle_timeout)
                 except asyncio.TimeoutError:
                     client.end()
                     return
@@ -152,12 +153,17 @@ class Proxy:
                     client.end()
                     logger.info("bad request from a client", src=source_address[0], error=str(e))
                     return
-                if request is None:
+                if head is None:
                     client.end()
                     return
-                pipelined = bool(queue) or client.buffered > 0
-                request = Request(request.head, request.body, peer.destination[1])
-                keep = await self.handle(request, peer, client, source_address, close=pipelined or self.draining)
+                body = Http1Body(client, reader, queue, head) if head.chunked or head.content_length else None
+                request = Request(origin_form(head), b"", peer.destination[1], body)
+                keep = await self.handle(request, peer, client, source_address, close=self.draining, pending=queue)
+                if body is not None and not body.complete:
+                    # Answered without reading the whole body (refused, or the endpoint answered early):
+                    # what is left of it would be read as the next request.
+                    await self._linger(client)
+                    return
                 if not keep:
                     client.end()
                     return
@@ -167,33 +173,51 @@ class Proxy:
             client.reset()
             raise
 
-    async def _next_request(self, client: Channel, reader: http1.MessageReader, queue: list) -> Request | None:
-        head, body = None, bytearray()
+    @staticmethod
+    async def _next_head(client: Channel, reader: http1.MessageReader, queue: list) -> http1.Head | None:
         while True:
             while queue:
                 event = queue.pop(0)
                 if isinstance(event, http1.Head):
-                    head = event
-                    if (head.header("expect") or "").lower() == "100-continue" and head.version == "1.1":
-                        # The body is read here before routing: ask for it now, not after the client's timeout.
-                        client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-                elif isinstance(event, http1.Body):
-                    body += event.data
-                    if len(body) > self.max_body:
-                        raise BadRequest(f"request body larger than {self.max_body} bytes", 413)
-                else:
-                    return Request(origin_form(head), bytes(body))
+                    if not (event.chunked or event.content_length) and queue and isinstance(queue[0], http1.End):
+                        queue.pop(0)    # no body: its End came with the head
+                    return event
+                # (a body's events are its Http1Body's to read: none are left here)
             data = await client.read()
             if not data:
                 reader.feed_eof()
                 return None
             queue.extend(reader.feed(data))
 
+    async def _linger(self, client: Channel) -> None:
+        """Ends the connection after an answer given before the request's body was read, as a careful
+        HTTP/1.1 server does: our side is closed at once, and what the client still sends is read and
+        dropped for a while, so that its stack does not reset the connection (and lose the answer) over
+        unread bytes; then it is reset."""
+        client.end()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + LINGER_SECONDS
+        try:
+            while loop.time() < until:
+                if not await asyncio.wait_for(client.read(), until - loop.time()):
+                    return
+        except (asyncio.TimeoutError, ChannelReset):
+            pass
+        client.reset()
+
     # --- one request --------------------------------------------------------------------
 
-    async def handle(self, request: Request, peer: Peer, client: Channel, source_address, *, close: bool) -> bool:
-        """Answers one HTTP/1.1 request on `client`; True when the connection may carry another."""
-        responder = Http1Responder(client, request.head.method, request.head.keep_alive and not close)
+    async def handle(self, request: Request, peer: Peer, client: Channel, source_address, *, close: bool,
+                     pending: list = ()) -> bool:
+        """Answers one HTTP/1.1 request on `client`; True when the connection may carry another.
+        `pending`: the connection's parsed events not taken yet (a pipelined request's)."""
+        body = request.stream
+
+        def closing() -> bool:
+            # Known when the answer's head goes out: a body still unread, or the client already sent the
+            # next request (pipelining: it gets this answer with `connection: close`).
+            return (body is not None and not body.complete) or bool(pending) or client.buffered > 0
+        responder = Http1Responder(client, request.head.method, request.head.keep_alive and not close, closing)
         await self.exchange(request, peer, responder, source_address)
         return responder.keep
 
@@ -244,15 +268,17 @@ class Proxy:
             self._answer(responder, record, plan.fault.abort_status, "fault filter abort")
             return
         use_h2 = self._upstream_h2(plan, request)
-        retries = plan.retry is not None and plan.retry.attempts > 0
-        if request.stream is not None and (not use_h2 or retries):
-            # An HTTP/1.1 endpoint gets the body whole, and so does a route with retries (a retry
-            # sends it again): streaming gRPC calls belong on routes without retries.
+        if request.stream is not None and self._replayed(plan, record):
+            # A retry (or a mirror) sends the body again: it is kept whole, up to max_body.
             try:
                 request = replace(request, body=await request.stream.collect(self.max_body), stream=None)
-            except (ValueError, ChannelReset) as e:
+            except BodyTooLarge as e:
+                record.flag(e.response_flag, str(e))
+                self._answer(responder, record, 413, str(e))
+                return
+            except (DownstreamGone, ChannelReset) as e:
                 record.flag("DC", str(e))
-                self._answer(responder, record, 413 if isinstance(e, ValueError) else 400, str(e))
+                self._answer(responder, record, 400, str(e))
                 return
         for mirror in (plan.mirrors if request.stream is None else ()):
             task = asyncio.get_running_loop().create_task(
@@ -266,12 +292,23 @@ class Proxy:
             self._answer(responder, record, 504, "upstream request timeout")
             return
         except UpstreamFailed as e:
+            broken = request.stream.broken if request.stream is not None else None
+            if broken is not None:   # the client's body broke off, and the try with it
+                record.flag("DC", str(broken))
+                self._answer(responder, record, 400, str(broken))
+                return
             record.flag(e.response_flag, str(e))
             self._answer(responder, record, 503, f"upstream connect error or disconnect/reset before headers: {e}")
             return
         if plan.fault.delay:
             record.flag("DI")
         await self._relay_response(plan, exchange, responder, record, deadline)
+
+    @staticmethod
+    def _replayed(plan: Plan, record: RequestRecord) -> bool:
+        """Whether the body may be sent more than once: a route with retries, or mirrors (not for gRPC:
+        a streaming call is never held back whole for a copy; it is not mirrored)."""
+        return (plan.retry is not None and plan.retry.attempts > 0) or (bool(plan.mirrors) and not record.grpc)
 
     def _upstream_h2(self, plan: Plan, request: Request) -> bool:
         """The endpoint speaks what the port declares (http: HTTP/1.1; http2, grpc, h2c: HTTP/2), else

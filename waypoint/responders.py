@@ -11,6 +11,8 @@ The proxy talks to a responder and does not care which:
 
 from __future__ import annotations
 
+from typing import Callable
+
 from waypoint import http1
 from waypoint.channel import Channel
 from waypoint.errors import DownstreamGone
@@ -24,15 +26,18 @@ def grpc_status_for(http_status: int) -> int:
 
 
 class Http1Responder:
-    def __init__(self, client: Channel, method: str, keep: bool) -> None:
+    def __init__(self, client: Channel, method: str, keep: bool,
+                 closing: Callable[[], bool] = lambda: False) -> None:
         self.client = client
         self.method = method
         self.keep = keep
+        self.closing = closing   # asked when the head goes out: must this answer close the connection?
         self.bytes_sent = 0
         self._chunked = False
         self._head = b""
 
     def local(self, status: int, text: str, headers=()) -> None:
+        self.keep = self.keep and not self.closing()
         data = http1.local_response(status, text + "\n", list(headers), close=not self.keep)
         self.bytes_sent += len(data)
         self.client.send(data)
@@ -40,7 +45,7 @@ class Http1Responder:
     def head(self, status: int, reason: str, headers, content_length: int | None, end: bool = False) -> None:
         bodyless = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self._chunked = not bodyless and content_length is None
-        self.keep = self.keep and status >= 200
+        self.keep = self.keep and status >= 200 and not self.closing()
         # Held until the first piece of body (or the end): one write, one HBONE DATA frame for a small answer.
         self._head = http1.response_head_bytes(status, headers, content_length=None if self._chunked
                                                else content_length, close=not self.keep, reason=reason)

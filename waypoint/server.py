@@ -100,7 +100,7 @@ class HboneListener:
             return
         channel.unread(first)
         if protocol == "http" and first.startswith(b"PRI "):
-            await H2Server(self.proxy, channel, peer, session.peer_address[:2], max_body=self.proxy.max_body).run()
+            await H2Server(self.proxy, channel, peer, session.peer_address[:2]).run()
         elif protocol == "http":
             await self.proxy.serve(channel, peer, session.peer_address[:2])
         else:
