@@ -121,9 +121,20 @@ def install(cluster: Cluster, plan: InstallPlan, out: TextIO, *, timeout: float)
         target = target_of(crd)
         cluster.wait(f"CRD {target.name} to be established", lambda t=target: _established(cluster.get(t)),
                      timeout, "check `kubectl get crd " + target.name + " -o yaml` (status.conditions)")
+    _check_served(cluster, plan)
     for obj in plan.objects:
         cluster.apply(obj)
         print(f"applied {target_of(obj)}", file=out)
+
+
+def _check_served(cluster: Cluster, plan: InstallPlan) -> None:
+    """Every API the objects need is served, before any is applied (no half-install for a missing CRD)."""
+    for api_version in sorted({obj["apiVersion"] for obj in plan.objects}):
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        status, _ = cluster.request("GET", path)
+        if status == 404:
+            raise InstallError(f"the API server does not serve {api_version}, which the manifests use; install its "
+                               "CRDs first (daemonset/crds/README.md), or run shoal install without --no-crds")
 
 
 def _established(crd: dict | None) -> bool:

@@ -173,7 +173,9 @@ def plan_uninstall(objects: list[dict], shoal_crds: set[str], *, with_crds: bool
     agent = next(t for t in targets if t.kind == "DaemonSet" and t.name == NODE_AGENT)
     # The workloads first (the control plane's writes stay held by its admission policy
     # and RBAC until it is gone), then the rest in the reverse of kustomize's order.
-    workloads = [t for t in targets if t.kind in ("DaemonSet", "Deployment") and t != agent]
+    # The ztunnels before the control plane: while they drain they may still renew certificates.
+    workloads = sorted((t for t in targets if t.kind in ("DaemonSet", "Deployment") and t != agent),
+                       key=lambda t: t.kind != "DaemonSet")
     rest = workloads + [t for t in reversed(targets) if t not in workloads and t != agent and t.kind != "Namespace"]
     rest += [t for t in targets if t.kind == "Namespace"]
     return UninstallPlan(node_agent=agent, cleanup=cleanup_daemonset(objects), delete=tuple(rest),
