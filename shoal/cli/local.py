@@ -94,6 +94,11 @@ def register(sub) -> None:
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("command", nargs="*", help="after --: the command and its arguments")
 
+    p = verb("rollout", cmd_rollout, "restart the ztunnel node by node, each new pod beside the old one")
+    p.add_argument("action", choices=("restart",))
+    p.add_argument("target", metavar="ztunnel", help="what to roll out: ztunnel (or daemonset/ztunnel)")
+    p.add_argument("--node", action="append", metavar="NODE", help="only this node (repeatable; default: all)")
+
 
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
@@ -330,3 +335,14 @@ def cmd_exec(args) -> int:
     os.execvp("ip", ["ip", "netns", "exec", netns_name, *command])
     return 127  # not reached
 
+
+def cmd_rollout(args) -> int:
+    from shoal.local import rollout
+    try:
+        component = rollout.component_name(args.target)
+        steps = rollout.restart(Layout(args.cluster), component, rollout.parse_nodes(args.node),
+                                progress=lambda m: print(m, flush=True))
+    except rollout.RolloutError as e:
+        return _fail(str(e))
+    print(f"daemonset/{component} restarted: " + ", ".join(f"{s.new} on node{s.node}" for s in steps))
+    return 0

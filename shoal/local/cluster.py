@@ -123,7 +123,8 @@ def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) ->
         _start_daemon(layout)
         started.append("daemon")
 
-    system = components.system_pods(layout, components.Settings(nodes=nodes, redirect=redirect))
+    settings = components.Settings(nodes=nodes, redirect=redirect)
+    system = components.not_replaced(components.system_pods(layout, settings), store.list("Pod")[0])
     for pod in system:
         if store.get("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]) is None:
             started.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}")

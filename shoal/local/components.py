@@ -34,7 +34,8 @@ def shoal_argv(*args: str) -> list[str]:
 
 
 def system_pod(layout: Layout, node: int, name: str, argv: list[str], *,
-               ready_port: int | None = None, ready_path: str = "/healthz/ready") -> dict:
+               ready_port: int | None = None, ready_path: str = "/healthz/ready",
+               pod_name: str | None = None) -> dict:
     container = {"name": name, "command": argv}
     if ready_port:
         container["readinessProbe"] = {"httpGet": {"port": ready_port, "path": ready_path}}
@@ -42,12 +43,27 @@ def system_pod(layout: Layout, node: int, name: str, argv: list[str], *,
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"{name}-{node_name(node)}",
+            "name": pod_name or f"{name}-{node_name(node)}",
             "namespace": SYSTEM_NAMESPACE,
             "labels": {"app": name, "shoal.io/component": name},
         },
         "spec": {"nodeName": node_name(node), "hostNetwork": True, "containers": [container]},
     }
+
+
+def component_of(pod: dict) -> tuple[str, str] | None:
+    """(component, node) of a system pod, whatever its name (a rollout names its pods anew)."""
+    component = (pod["metadata"].get("labels") or {}).get("shoal.io/component")
+    node = pod.get("spec", {}).get("nodeName")
+    return (component, node) if component and node else None
+
+
+def not_replaced(system: list[dict], existing: list[dict]) -> list[dict]:
+    """The system pods `up` applies: all but those whose component a rollout replaced on their node
+    by a pod of another name (applying the original name again would run a second one)."""
+    names = {p["metadata"]["name"] for p in existing if p["metadata"].get("namespace") == SYSTEM_NAMESPACE}
+    running = {component_of(p) for p in existing if p["metadata"].get("namespace") == SYSTEM_NAMESPACE}
+    return [p for p in system if p["metadata"]["name"] in names or component_of(p) not in running]
 
 
 Component = Callable[[Layout, int, Settings], "dict | None"]
@@ -120,15 +136,32 @@ COMPONENTS.append(node_agent)
 CLEANUPS.append(node_agent_cleanup)
 
 
+# A draining ztunnel lets open connections run this long; the kubelet's grace period is longer, so
+# the drain's own deadline, not SIGKILL, ends them.
+ZTUNNEL_DRAIN_SECONDS = 8
+ZTUNNEL_GRACE_SECONDS = 10
+
+
+def ztunnel_pod(layout: Layout, node: int, pod_name: str | None = None) -> dict:
+    """The ztunnel of a node, as `up` starts it and as `shoal local rollout restart ztunnel` starts the
+    next one beside it. Readiness is probed at /healthz/ready/<pod name>: the node port is shared with
+    the other ztunnel during a rollout, and only this pod's process answers that path."""
+    pod_name = pod_name or f"ztunnel-{node_name(node)}"
+    pod = system_pod(layout, node, "ztunnel",
+                     shoal_argv("ztunnel", "--cluster", layout.cluster, "--node", node_name(node),
+                                "--control-plane", f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
+                                "--socket", str(layout.ztunnel_socket(node)),
+                                "--token-file", str(layout.node_token(node)),
+                                "--ca-bundle", str(layout.ca_bundle),
+                                "--drain-seconds", str(ZTUNNEL_DRAIN_SECONDS)),
+                     ready_port=READINESS_PORT, ready_path=f"/healthz/ready/{pod_name}", pod_name=pod_name)
+    pod["spec"]["terminationGracePeriodSeconds"] = ZTUNNEL_GRACE_SECONDS
+    return pod
+
+
 def ztunnel(layout: Layout, node: int, settings: Settings) -> dict | None:
     """The ztunnel, one per node: HBONE/mTLS, L4 policy, TCP telemetry (admin 15000, metrics 15020)."""
-    return system_pod(layout, node, "ztunnel",
-                      shoal_argv("ztunnel", "--cluster", layout.cluster, "--node", node_name(node),
-                                 "--control-plane", f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
-                                 "--socket", str(layout.ztunnel_socket(node)),
-                                 "--token-file", str(layout.node_token(node)),
-                                 "--ca-bundle", str(layout.ca_bundle)),
-                      ready_port=READINESS_PORT)
+    return ztunnel_pod(layout, node)
 
 
 COMPONENTS.append(ztunnel)
@@ -144,4 +177,5 @@ def system_pods(layout: Layout, settings: Settings) -> list[dict]:
     return pods
 
 
-__all__ = ["CLEANUPS", "COMPONENTS", "Settings", "SYSTEM_NAMESPACE", "shoal_argv", "system_pod", "system_pods", "node_ip"]
+__all__ = ["CLEANUPS", "COMPONENTS", "Settings", "SYSTEM_NAMESPACE", "component_of", "not_replaced", "shoal_argv",
+           "system_pod", "system_pods", "node_ip", "ztunnel_pod"]
