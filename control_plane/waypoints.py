@@ -9,8 +9,20 @@ in namespace N, named G, it keeps, in N:
   label `gateway.networking.k8s.io/gateway-name: G`, by which the translator
   knows it is a waypoint (it never sends a waypoint's traffic to a waypoint);
 - Service G, port 15008 (HBONE), selecting those pods.
-Every object it makes carries `shoal.io/managed-by: waypoint-controller`;
-when the Gateway goes, they go. Objects without that label are never touched.
+Every object it makes carries `shoal.io/managed-by: waypoint-controller`
+and an ownerReference to its Gateway (so Kubernetes' garbage collector
+removes them with it, even with the control plane down); when the Gateway
+goes, they go. Objects without that label are never touched.
+
+As the Gateway's controller it writes its status (`gateway_status`): the
+conditions Accepted and Programmed (True once the waypoint Deployment has a
+ready pod; False, Pending, before; False, Invalid, when an object shoal does
+not manage holds a name the waypoint needs), each with the Gateway's
+observedGeneration, and `addresses` (the waypoint Service's cluster IP, else
+its DNS name). Only Gateways of class `shoal-waypoint` get a status (an
+`istio-waypoint` Gateway's belongs to Istio's controller). The GatewayClass
+`shoal-waypoint` is marked Accepted when its controllerName is shoal's
+(`WAYPOINT_CONTROLLER`).
 
 `plan(gateways, owned, ...)` is pure (what to apply, what to delete);
 `LocalWaypointController` carries it out on the local cluster's store;
@@ -26,6 +38,7 @@ from typing import Callable
 from shoal import log, store as store_module
 from shoal.contracts import (
     DATAPLANE_MODE_KEYS, GATEWAY_NAME_LABEL as GATEWAY_NAME, HBONE_PORT, METRICS_PORT, NONE, READINESS_PORT,
+    WAYPOINT_CLASS,
 )
 
 from control_plane.translate.gateway_api import is_waypoint_gateway
@@ -35,6 +48,9 @@ logger = log.get("shoal.control_plane.waypoints")
 MANAGED_BY = "shoal.io/managed-by"
 MANAGER = "waypoint-controller"
 KINDS = ("ServiceAccount", "Deployment", "Service")
+# The GatewayClass's spec.controllerName that names shoal's waypoint controller (daemonset/gatewayclass.yaml).
+WAYPOINT_CONTROLLER = "shoal.io/waypoint-controller"
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 
 Argv = Callable[[str, str], list[str]]   # (namespace, gateway name) -> the waypoint pod's command
 
@@ -45,18 +61,31 @@ class Plan:
     delete: tuple[tuple[str, str, str], ...]      # (kind, namespace, name)
 
 
-def _meta(namespace: str, name: str, extra: dict | None = None) -> dict:
-    return {"name": name, "namespace": namespace,
-            "labels": {MANAGED_BY: MANAGER, GATEWAY_NAME: name, **(extra or {})}}
+def owner_reference(gateway: dict, controller: bool = True) -> dict | None:
+    """An ownerReference to the Gateway (None until it has a uid, as an object not yet stored)."""
+    meta = gateway.get("metadata") or {}
+    if not meta.get("uid"):
+        return None
+    ref = {"apiVersion": gateway.get("apiVersion") or GATEWAY_API_VERSION, "kind": "Gateway",
+           "name": str(meta["name"]), "uid": str(meta["uid"])}
+    return {**ref, "controller": True} if controller else ref
+
+
+def _meta(namespace: str, name: str, owner: dict | None = None) -> dict:
+    meta = {"name": name, "namespace": namespace, "labels": {MANAGED_BY: MANAGER, GATEWAY_NAME: name}}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return meta
 
 
 def desired(gateway: dict, argv: Argv) -> list[dict]:
     meta = gateway.get("metadata") or {}
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
+    owner = owner_reference(gateway)
     pod_labels = {GATEWAY_NAME: name, **{key: NONE for key in DATAPLANE_MODE_KEYS}, "app": name}
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(namespace, name)},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(namespace, name),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(namespace, name, owner)},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(namespace, name, owner),
          "spec": {"replicas": 1, "selector": {"matchLabels": {GATEWAY_NAME: name}},
                   "template": {"metadata": {"labels": pod_labels},
                                "spec": {"serviceAccountName": name, "containers": [{
@@ -65,7 +94,7 @@ def desired(gateway: dict, argv: Argv) -> list[dict]:
                                              {"name": "metrics", "containerPort": METRICS_PORT}],
                                    "readinessProbe": {"httpGet": {"port": READINESS_PORT,
                                                                   "path": "/healthz/ready"}}}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(namespace, name),
+        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(namespace, name, owner),
          "spec": {"selector": {GATEWAY_NAME: name},
                   "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT, "protocol": "TCP",
                              "appProtocol": "hbone"}]}},
@@ -100,11 +129,25 @@ def plan(gateways: list[dict], existing: list[dict], build: Build) -> Plan:
         if not _waypoint(gateway) or (gateway.get("metadata") or {}).get("deletionTimestamp"):
             continue
         for obj in build(gateway):
-            want[_key(obj)] = obj
+            key = _key(obj)
+            if key in want:   # shared by the namespace's waypoints: owned by each of them, controlled by none
+                obj = _shared(want[key], obj)
+            want[key] = obj
     have = {_key(o): o for o in existing}
     apply = tuple(obj for key, obj in want.items() if key not in have or managed(have[key]))
     delete = tuple(key for key, obj in have.items() if managed(obj) and key not in want)
     return Plan(apply, delete)
+
+
+def _shared(first: dict, second: dict) -> dict:
+    refs = {}
+    for obj in (first, second):
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+            refs[ref["uid"]] = {k: v for k, v in ref.items() if k != "controller"}
+    merged = {**second, "metadata": {**second["metadata"]}}
+    if refs:
+        merged["metadata"]["ownerReferences"] = [refs[uid] for uid in sorted(refs)]
+    return merged
 
 
 def blocked(gateways: list[dict], existing: list[dict], build: Build) -> list[tuple[str, str, str]]:
@@ -115,6 +158,88 @@ def blocked(gateways: list[dict], existing: list[dict], build: Build) -> list[tu
         if _waypoint(gateway):
             out += [k for k in (_key(o) for o in build(gateway)) if k in have and not managed(have[k])]
     return out
+
+
+# -- status ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Observed:
+    """What the platform reports about one waypoint: has its Deployment a ready pod, and its Service's IP."""
+    ready: bool = False
+    address: str | None = None
+
+
+def _condition(previous: dict, type_: str, ok: bool, reason: str, message: str, generation, now: str) -> dict:
+    """A condition; its lastTransitionTime is kept while its status stays the same (no rewrite churn)."""
+    old = previous.get(type_) or {}
+    status = "True" if ok else "False"
+    since = old.get("lastTransitionTime") if old.get("status") == status and old.get("lastTransitionTime") else now
+    condition = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def gateway_status(gateway: dict, observed: Observed, blocked_by: list[tuple[str, str, str]], now: str) -> dict:
+    """The status shoal writes on a waypoint Gateway it controls (Gateway API conditions and addresses)."""
+    meta = gateway.get("metadata") or {}
+    name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
+    generation = meta.get("generation")
+    current = dict(gateway.get("status") or {})
+    previous = {c.get("type"): c for c in current.get("conditions") or []}
+    accepted = _condition(previous, "Accepted", True, "Accepted", "shoal's waypoint controller runs this waypoint",
+                          generation, now)
+    if blocked_by:
+        taken = ", ".join(f"{k}/{ns}/{n}" for k, ns, n in blocked_by)
+        programmed = _condition(previous, "Programmed", False, "Invalid",
+                                f"{taken} exists and is not managed by shoal (no label {MANAGED_BY}={MANAGER}); "
+                                "remove or rename it", generation, now)
+    elif not observed.ready:
+        programmed = _condition(previous, "Programmed", False, "Pending",
+                                f"the waypoint Deployment {namespace}/{name} has no ready pod yet", generation, now)
+    else:
+        programmed = _condition(previous, "Programmed", True, "Programmed", "the waypoint is ready", generation, now)
+    others = [c for t, c in previous.items() if t not in ("Accepted", "Programmed")]
+    address = ({"type": "IPAddress", "value": observed.address} if observed.address else
+               {"type": "Hostname", "value": f"{name}.{namespace}.svc.cluster.local"})
+    return {**current, "conditions": [accepted, programmed, *others], "addresses": [address]}
+
+
+def status_updates(gateways: list[dict], existing: list[dict], build: Build, observe, now: str,
+                   taken: set | frozenset = frozenset()) -> list[tuple]:
+    """(gateway, new status) for every `shoal-waypoint` Gateway whose status must change.
+    `observe(gateway) -> Observed` reads the platform; `taken` are keys known to be held by objects
+    shoal does not manage (besides those among `existing`)."""
+    have = {_key(o): o for o in existing}
+    out = []
+    for gateway in gateways:
+        spec = gateway.get("spec") or {}
+        if (not _waypoint(gateway) or spec.get("gatewayClassName") != WAYPOINT_CLASS
+                or (gateway.get("metadata") or {}).get("deletionTimestamp")):
+            continue
+        held = [k for k in (_key(o) for o in build(gateway)) if k in taken or k in have and not managed(have[k])]
+        status = gateway_status(gateway, observe(gateway), held, now)
+        if status != (gateway.get("status") or {}):
+            out.append((gateway, status))
+    return out
+
+
+def gatewayclass_status(gatewayclass: dict, now: str) -> dict | None:
+    """The GatewayClass's new status if shoal controls it and it is not yet Accepted as such, else None."""
+    if (gatewayclass.get("spec") or {}).get("controllerName") != WAYPOINT_CONTROLLER:
+        return None
+    meta = gatewayclass.get("metadata") or {}
+    current = dict(gatewayclass.get("status") or {})
+    previous = {c.get("type"): c for c in current.get("conditions") or []}
+    accepted = _condition(previous, "Accepted", True, "Accepted", "handled by shoal's waypoint controller",
+                          meta.get("generation"), now)
+    status = {**current, "conditions": [accepted, *(c for t, c in previous.items() if t != "Accepted")]}
+    return status if status != current else None
+
+
+def pod_ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 class LocalWaypointController:
@@ -143,10 +268,33 @@ class LocalWaypointController:
         if todo.delete:
             self.store.delete_many(todo.delete)
             logger.info("waypoint objects removed", objects=[f"{k}/{ns}/{n}" for k, ns, n in todo.delete])
+        self._write_status(gateways, existing)
         return rv
 
+    def _write_status(self, gateways: list[dict], existing: list[dict]) -> None:
+        pods = self.store.list("Pod")[0]
+
+        def observe(gateway: dict) -> Observed:
+            meta = gateway["metadata"]
+            namespace, name = meta.get("namespace") or "default", meta["name"]
+            service = self.store.get("Service", namespace, name) or {}
+            ready = any(pod_ready(p) for p in pods if (p["metadata"].get("namespace") == namespace and
+                                                       (p["metadata"].get("labels") or {}).get(GATEWAY_NAME) == name))
+            return Observed(ready, (service.get("spec") or {}).get("clusterIP") or None)
+        now = store_module.now_rfc3339()
+        for gateway, status in status_updates(gateways, existing, self.build, observe, now):
+            meta = gateway["metadata"]
+            try:
+                self.store.update_status("Gateway", meta.get("namespace") or "default", meta["name"], status)
+            except store_module.NotFound:
+                continue   # deleted meanwhile
+        for gatewayclass in self.store.list("GatewayClass")[0]:
+            status = gatewayclass_status(gatewayclass, now)
+            if status is not None:
+                self.store.update_status("GatewayClass", None, gatewayclass["metadata"]["name"], status)
+
     async def run(self, poll: float = 0.2) -> None:
-        kinds = ("Gateway", *KINDS)
+        kinds = ("Gateway", "GatewayClass", "Pod", *KINDS)   # Pods: a waypoint's readiness is its Programmed
         while True:
             try:
                 rv = await asyncio.to_thread(self.reconcile)

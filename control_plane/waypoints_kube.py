@@ -12,10 +12,19 @@ with `istio-ca-root-cert`.
 
 The controller polls (`poll` seconds): list waypoint Gateways and the objects
 it manages (label selector), create what is missing, patch what drifted,
-delete what no Gateway wants. An object of the same name that it does not
-manage is left alone, reported once, and tried again after a minute. The control plane's service account
-needs create/patch/delete on serviceaccounts, services, configmaps and
-deployments for this.
+delete what no Gateway wants, then write the status of each `shoal-waypoint`
+Gateway (and of the GatewayClass, if shoal is its controller) where it
+changed (`control_plane.waypoints.gateway_status`). Every object it makes is
+owned by its Gateway (ownerReferences; the namespace's root-cert ConfigMap by
+all of the namespace's waypoint Gateways), so the garbage collector removes
+them with it. An object of the same name that it does not manage is left
+alone, reported once, and tried again after a minute.
+
+API failures are `shoal.kube_client.KubeError`s: 429/5xx with Retry-After are
+tried again at once, the rest end the pass, which is logged with what to
+check and tried again at the next poll. Without the Gateway API CRDs there is
+nothing to do: one warning, and the next polls look again. The calls it
+makes are listed in `shoal.kube_calls.API_CALLS`.
 """
 
 from __future__ import annotations
@@ -26,10 +35,13 @@ from typing import Callable
 
 from shoal import log
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT
+from shoal.kube_client import KubeConflict, KubeError, KubeNotFound, call
+from shoal.store import now_rfc3339
 
 from control_plane.authn import TOKEN_AUDIENCE
 from control_plane.waypoints import (
-    GATEWAY_NAME, MANAGED_BY, MANAGER, _key, blocked, desired, managed, plan,
+    GATEWAY_NAME, MANAGED_BY, MANAGER, Observed, _key, blocked, desired, gatewayclass_status, managed, owner_reference,
+    plan, status_updates,
 )
 
 logger = log.get("shoal.control_plane.waypoints")
@@ -67,10 +79,14 @@ def kube_desired(gateway: dict, image: str, bundle_pem: bytes) -> list[dict]:
             pod["volumes"] = [{"name": "root-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
                               {"name": "shoal-token", "projected": {"sources": [{"serviceAccountToken": {
                                   "path": "token", "audience": TOKEN_AUDIENCE, "expirationSeconds": TOKEN_SECONDS}}]}}]
-    objects.append({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": namespace,
-                                 "labels": {MANAGED_BY: MANAGER, GATEWAY_NAME: "all"}},
-                    "data": {"root-cert.pem": bundle_pem.decode()}})
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": namespace,
+                              "labels": {MANAGED_BY: MANAGER, GATEWAY_NAME: "all"}},
+                 "data": {"root-cert.pem": bundle_pem.decode()}}
+    owner = owner_reference(gateway, controller=False)   # shared by the namespace's waypoints
+    if owner:
+        configmap["metadata"]["ownerReferences"] = [owner]
+    objects.append(configmap)
     return objects
 
 
@@ -84,7 +100,8 @@ def covers(have, want) -> bool:
 
 
 class KubeWaypointController:
-    def __init__(self, api_client, image: str, bundle: Callable[[], bytes | None], poll: float = 5.0) -> None:
+    def __init__(self, api_client, image: str, bundle: Callable[[], bytes | None], poll: float = 5.0,
+                 now: Callable[[], str] = now_rfc3339) -> None:
         from kubernetes import client
 
         self.apis = {"core": client.CoreV1Api(api_client), "apps": client.AppsV1Api(api_client)}
@@ -93,41 +110,53 @@ class KubeWaypointController:
         self.image = image
         self.bundle = bundle
         self.poll = poll
+        self.now = now
         self._warned: set = set()
         self._blocked_until: dict[tuple, float] = {}   # names held by others: tried again after a while
+        self._gateway_version: str | None = None        # the Gateway API version served
+        self._no_crds_warned = False
         self.writes = 0
 
-    def _gateways(self) -> list[dict]:
-        from kubernetes.client.exceptions import ApiException
+    def _list_gateway_api(self, plural: str, version: str) -> list[dict]:
+        listing = call(lambda: self.custom.list_cluster_custom_object(GATEWAY_GROUP, version, plural),
+                       f"listing {plural}.{GATEWAY_GROUP}/{version}")
+        items = listing.get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", f"{GATEWAY_GROUP}/{version}")
+            item.setdefault("kind", "Gateway" if plural == "gateways" else "GatewayClass")
+        return items
 
+    def _gateways(self) -> list[dict]:
         for version in ("v1", "v1beta1"):
             try:
-                listing = self.custom.list_cluster_custom_object(GATEWAY_GROUP, version, "gateways")
-            except ApiException as e:
-                if e.status == 404:
-                    continue
-                raise
-            items = listing.get("items") or []
-            for item in items:
-                item.setdefault("apiVersion", f"{GATEWAY_GROUP}/{version}")
-                item.setdefault("kind", "Gateway")
+                items = self._list_gateway_api("gateways", version)
+            except KubeNotFound:
+                continue
+            self._gateway_version = version
+            self._no_crds_warned = False
             return items
+        self._gateway_version = None
+        if not self._no_crds_warned:
+            self._no_crds_warned = True
+            logger.warning("the Gateway API CRDs are not installed (gateways.gateway.networking.k8s.io is served in "
+                           "neither v1 nor v1beta1): no waypoints; looked for again at every pass")
         return []
 
     def _existing(self) -> list[dict]:
         out = []
         for kind, (api, method) in KINDS.items():
-            listing = getattr(self.apis[api], f"list_{method}_for_all_namespaces")(
-                label_selector=f"{MANAGED_BY}={MANAGER}")
+            lister = getattr(self.apis[api], f"list_{method}_for_all_namespaces")
+            listing = call(lambda: lister(label_selector=f"{MANAGED_BY}={MANAGER}"), f"listing shoal's {kind}s")
             for item in listing.items:
                 obj = self.api_client.sanitize_for_serialization(item)
-                obj["kind"] = kind
+                # A list's items carry no kind or apiVersion (the real server leaves them out); without
+                # them every object would look drifted and be patched on every pass.
+                obj["kind"], obj["apiVersion"] = kind, "apps/v1" if api == "apps" else "v1"
                 out.append(obj)
         return out
 
     def reconcile(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
+        """One pass. KubeError when the API refuses or fails (the next pass tries again)."""
         bundle = self.bundle()
         if not bundle:
             logger.info("no mesh root published yet; waypoints wait for it")
@@ -149,27 +178,66 @@ class KubeWaypointController:
             api, method = KINDS[kind]
             try:
                 if key in have:
-                    getattr(self.apis[api], f"patch_namespaced_{method}")(name, namespace, obj)
+                    patch = getattr(self.apis[api], f"patch_namespaced_{method}")
+                    call(lambda: patch(name, namespace, obj), f"patching {kind} {namespace}/{name}")
                 else:
-                    getattr(self.apis[api], f"create_namespaced_{method}")(namespace, obj)
+                    create = getattr(self.apis[api], f"create_namespaced_{method}")
+                    call(lambda: create(namespace, obj), f"creating {kind} {namespace}/{name}")
                 self.writes += 1
-            except ApiException as e:
-                if e.status != 409:
-                    raise
+            except KubeConflict:
                 self._warn(key)     # a same-named object shoal does not manage
                 self._blocked_until[key] = now + BLOCKED_RETRY_SECONDS
         for kind, namespace, name in todo.delete:
             if not managed(have[(kind, namespace, name)]):
                 continue
             api, method = KINDS[kind]
+            remove = getattr(self.apis[api], f"delete_namespaced_{method}")
             try:
-                getattr(self.apis[api], f"delete_namespaced_{method}")(name, namespace)
+                call(lambda: remove(name, namespace), f"deleting {kind} {namespace}/{name}")
                 self.writes += 1
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            except KubeNotFound:
+                pass        # the garbage collector was first
         if todo.delete:
             logger.info("waypoint objects removed", objects=[f"{k}/{ns}/{n}" for k, ns, n in todo.delete])
+        if self._gateway_version is not None:
+            taken = {k for k, until in self._blocked_until.items() if until > now}
+            self._write_status(gateways, existing, build, taken)
+
+    def _write_status(self, gateways: list[dict], existing: list[dict], build, taken: set) -> None:
+        by_key = {_key(o): o for o in existing}
+
+        def observe(gateway: dict) -> Observed:
+            meta = gateway["metadata"]
+            namespace, name = meta.get("namespace") or "default", meta["name"]
+            deployment = by_key.get(("Deployment", namespace, name)) or {}
+            service = by_key.get(("Service", namespace, name)) or {}
+            ready = int((deployment.get("status") or {}).get("readyReplicas") or 0) >= 1
+            address = (service.get("spec") or {}).get("clusterIP")
+            return Observed(ready, address if address and address != "None" else None)
+        version, now = self._gateway_version, self.now()
+        for gateway, status in status_updates(gateways, existing, build, observe, now, taken):
+            meta = gateway["metadata"]
+            namespace, name = meta.get("namespace") or "default", meta["name"]
+            try:
+                call(lambda: self.custom.patch_namespaced_custom_object_status(
+                    GATEWAY_GROUP, version, namespace, "gateways", name, {"status": status}),
+                    f"writing the status of Gateway {namespace}/{name}")
+                self.writes += 1
+            except KubeNotFound:
+                pass        # deleted meanwhile
+        try:
+            classes = self._list_gateway_api("gatewayclasses", version)
+        except KubeNotFound:
+            return
+        for gatewayclass in classes:
+            status = gatewayclass_status(gatewayclass, now)
+            if status is None:
+                continue
+            name = gatewayclass["metadata"]["name"]
+            call(lambda: self.custom.patch_cluster_custom_object_status(
+                GATEWAY_GROUP, version, "gatewayclasses", name, {"status": status}),
+                f"writing the status of GatewayClass {name}")
+            self.writes += 1
 
     def _warn(self, key) -> None:
         if key not in self._warned:
@@ -181,28 +249,24 @@ class KubeWaypointController:
         while True:
             try:
                 await asyncio.to_thread(self.reconcile)
-            except Exception as e:  # noqa: BLE001 - API errors: log, try again next round
-                hint = ("; the control plane's service account needs create/patch/delete on serviceaccounts, "
-                        "services, configmaps and deployments" if getattr(e, "status", None) == 403 else "")
-                logger.warning("waypoint controller pass failed; retrying",
-                               error=f"{type(e).__name__}: {getattr(e, 'reason', None) or e}{hint}")
+            except KubeError as e:
+                logger.warning("waypoint controller pass failed; retrying at the next poll", error=str(e),
+                               status=e.status)
             await asyncio.sleep(self.poll)
 
 
 def published_bundle(api_client, namespace: str = "shoal-system") -> Callable[[], bytes | None]:
     """Reads the mesh root the CA publishes (ConfigMap shoal-system/shoal-ca-root-cert)."""
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     core = client.CoreV1Api(api_client)
 
     def read() -> bytes | None:
         try:
-            cm = core.read_namespaced_config_map(ROOT_CERT_CONFIGMAP, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+            cm = call(lambda: core.read_namespaced_config_map(ROOT_CERT_CONFIGMAP, namespace),
+                      f"reading the mesh root (ConfigMap {namespace}/{ROOT_CERT_CONFIGMAP})")
+        except KubeNotFound:
+            return None
         data = (cm.data or {}).get("root-cert.pem")
         return data.encode() if data else None
     return read

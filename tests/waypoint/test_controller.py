@@ -5,7 +5,9 @@ import asyncio
 from shoal.store import Store
 
 from control_plane.translate import Translator
-from control_plane.waypoints import GATEWAY_NAME, MANAGED_BY, MANAGER, LocalWaypointController, desired, plan
+from control_plane.waypoints import (
+    GATEWAY_NAME, MANAGED_BY, MANAGER, WAYPOINT_CONTROLLER, LocalWaypointController, desired, plan,
+)
 from shoal.model import Protocol, ResourceType
 from shoal.store import Event
 
@@ -102,3 +104,37 @@ def test_local_controller_follows_gateways(tmp_path):
         finally:
             task.cancel()
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_local_controller_writes_the_same_status_and_owner_references(tmp_path):
+    store = Store("t", root=tmp_path)
+    store.init()
+    store.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                 "metadata": {"name": "shoal-waypoint"}, "spec": {"controllerName": WAYPOINT_CONTROLLER}})
+    gateway = store.apply(gw())
+    controller = LocalWaypointController(store, argv)
+    controller.reconcile()
+    deployment = store.get("Deployment", "shop", "waypoint")
+    assert deployment["metadata"]["ownerReferences"] == [
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "waypoint",
+         "uid": gateway["metadata"]["uid"], "controller": True}]
+    status = store.get("Gateway", "shop", "waypoint")["status"]
+    found = {c["type"]: (c["status"], c["reason"], c["observedGeneration"]) for c in status["conditions"]}
+    assert found == {"Accepted": ("True", "Accepted", 1), "Programmed": ("False", "Pending", 1)}
+    vip = store.get("Service", "shop", "waypoint")["spec"]["clusterIP"]
+    assert status["addresses"] == [{"type": "IPAddress", "value": vip}]
+    (accepted,) = store.get("GatewayClass", None, "shoal-waypoint")["status"]["conditions"]
+    assert (accepted["type"], accepted["status"]) == ("Accepted", "True")
+
+    store.apply({"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "waypoint-0", "namespace": "shop", "labels": {GATEWAY_NAME: "waypoint"}},
+                 "spec": {"nodeName": "node1"}})
+    store.update_status("Pod", "shop", "waypoint-0", {"phase": "Running",
+                                                      "conditions": [{"type": "Ready", "status": "True"}]})
+    controller.reconcile()
+    programmed = next(c for c in store.get("Gateway", "shop", "waypoint")["status"]["conditions"]
+                      if c["type"] == "Programmed")
+    assert (programmed["status"], programmed["reason"]) == ("True", "Programmed")
+    rv = store.resource_version()
+    controller.reconcile()
+    assert store.resource_version() == rv     # settled: the same status is not written again
