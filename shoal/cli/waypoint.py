@@ -10,6 +10,10 @@
 plane then creates its Deployment and Service. With `--enroll-namespace` the
 namespace is also labelled `shoal.io/use-waypoint: NAME`, so its services
 use the waypoint.
+
+`apply`, `delete` and `list` act on a local cluster (`--cluster NAME`, default
+`default`) or on Kubernetes (`--kubeconfig PATH`, `--context NAME`, or, with no
+`--cluster`, `$KUBECONFIG` or a pod's service account).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from shoal.contracts import (
     ADMIN_PORT, CONTROL_PLANE_GRPC_PORT, GATEWAY_NAME_LABEL, HBONE_PORT, ISTIO_WAYPOINT_FOR, USE_WAYPOINT,
     WAYPOINT_CLASS, WAYPOINT_CLASSES,
 )
+from shoal.kube_mesh import add_target_arguments
 from shoal.local.layout import cluster_name, node_ip
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
@@ -40,19 +45,22 @@ def register(subparsers) -> None:
                        help=f"what traffic the waypoint serves (label {ISTIO_WAYPOINT_FOR})")
     apply.add_argument("--enroll-namespace", action="store_true",
                        help=f"also label the namespace {USE_WAYPOINT}=NAME")
-    apply.add_argument("--cluster", default="default", type=cluster_name)
-    apply.set_defaults(func=cmd_apply)
+    apply.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
+    add_target_arguments(apply)
+    apply.set_defaults(func=_on_either(cmd_apply, kube_apply))
 
     delete = verbs.add_parser("delete", help="remove a waypoint Gateway (its Deployment and Service go with it)")
     delete.add_argument("-n", "--namespace", required=True)
     delete.add_argument("--name", default="waypoint")
-    delete.add_argument("--cluster", default="default", type=cluster_name)
-    delete.set_defaults(func=cmd_delete)
+    delete.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
+    add_target_arguments(delete)
+    delete.set_defaults(func=_on_either(cmd_delete, kube_delete))
 
     listing = verbs.add_parser("list", help="list waypoint Gateways")
     listing.add_argument("-n", "--namespace")
-    listing.add_argument("--cluster", default="default", type=cluster_name)
-    listing.set_defaults(func=cmd_list)
+    listing.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
+    add_target_arguments(listing)
+    listing.set_defaults(func=_on_either(cmd_list, kube_list))
 
     dump = verbs.add_parser("config", help="a waypoint's config dump: services, route tables, policies, certificate")
     dump.add_argument("-n", "--namespace", required=True)
@@ -74,6 +82,22 @@ def register(subparsers) -> None:
     run.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
     run.add_argument("--drain-seconds", type=float, default=5.0)
     run.set_defaults(func=cmd_run)
+
+
+def _on_either(local, kube):
+    """The command against a local cluster's store, or against Kubernetes (shoal.kube_mesh.on_kubernetes)."""
+    def run(args) -> int:
+        from shoal import kube_mesh
+        from shoal.install import InstallError
+        try:
+            if kube_mesh.on_kubernetes(args):
+                return kube(args, kube_mesh.connect(args))
+        except InstallError as e:
+            print(f"shoal waypoint: {e}", file=sys.stderr)
+            return 1
+        args.cluster = args.cluster or "default"
+        return local(args)
+    return run
 
 
 def gateway(namespace: str, name: str, traffic: str = "service") -> dict:
@@ -139,11 +163,18 @@ def cmd_list(args) -> int:
     if not gateways:
         print("no waypoints" + (f" in namespace {args.namespace}" if args.namespace else ""))
         return 0
+    print_waypoints(gateways, lambda meta: [p for p in store.list("Pod", meta["namespace"])[0]
+                                            if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL)
+                                            == meta["name"]])
+    return 0
+
+
+def print_waypoints(gateways: list[dict], pods_of) -> None:
+    """The NAMESPACE NAME FOR READY table; `pods_of(metadata)` gives a waypoint's pods."""
     rows = [("NAMESPACE", "NAME", "FOR", "READY")]
     for g in gateways:
         meta = g["metadata"]
-        pods = [p for p in store.list("Pod", meta["namespace"])[0]
-                if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL) == meta["name"]]
+        pods = pods_of(meta)
         ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
                                            for c in (p.get("status") or {}).get("conditions") or []))
         rows.append((meta["namespace"], meta["name"], (meta.get("labels") or {}).get(ISTIO_WAYPOINT_FOR,
@@ -152,6 +183,46 @@ def cmd_list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def kube_apply(args, cluster) -> int:
+    from shoal import kube_mesh
+
+    if not kube_mesh.namespace_exists(cluster, args.namespace):
+        print(f"shoal waypoint: namespace {args.namespace!r} does not exist; create it first", file=sys.stderr)
+        return 1
+    existing = kube_mesh.get_gateway(cluster, args.namespace, args.name)
+    if existing is not None and not kube_mesh.is_waypoint(existing):
+        print(f"shoal waypoint: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
+              "choose another --name", file=sys.stderr)
+        return 1
+    kube_mesh.apply_gateway(cluster, gateway(args.namespace, args.name, args.traffic))
+    print(f"waypoint {args.namespace}/{args.name} applied")
+    if args.enroll_namespace:
+        kube_mesh.label_namespace(cluster, args.namespace, args.name)
+        print(f"namespace {args.namespace} labelled {USE_WAYPOINT}={args.name}")
+    return 0
+
+
+def kube_delete(args, cluster) -> int:
+    from shoal import kube_mesh
+
+    if not kube_mesh.is_waypoint(kube_mesh.get_gateway(cluster, args.namespace, args.name)):
+        print(f"shoal waypoint: no waypoint {args.namespace}/{args.name}", file=sys.stderr)
+        return 1
+    kube_mesh.delete_gateway(cluster, args.namespace, args.name)
+    print(f"waypoint {args.namespace}/{args.name} deleted")
+    return 0
+
+
+def kube_list(args, cluster) -> int:
+    from shoal import kube_mesh
+
+    gateways = kube_mesh.waypoints(cluster, args.namespace)
+    if not gateways:
+        print("no waypoints" + (f" in namespace {args.namespace}" if args.namespace else ""))
+        return 0
+    print_waypoints(gateways, lambda meta: kube_mesh.waypoint_pods(cluster, meta["namespace"], meta["name"]))
     return 0
 
 

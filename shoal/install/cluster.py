@@ -58,7 +58,7 @@ class Cluster:
         try:
             method, url, headers, payload, post = self.api.param_serialize(
                 method, path, query_params=query or [], header_params=headers,
-                body=None if body is None else json.dumps(body), auth_settings=["BearerToken"])
+                body=body, auth_settings=["BearerToken"])
             response = self.api.call_api(method, url, header_params=headers, body=payload, post_params=post,
                                          _request_timeout=(10.0, 60.0))
             data = response.response.data

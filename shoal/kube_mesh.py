@@ -1,0 +1,129 @@
+"""The mesh's objects on a Kubernetes cluster, as `shoal waypoint` and `shoal config` use them.
+
+The same verbs as against a local cluster's store, through the API server:
+waypoint Gateways (server-side applied, field manager `shoal`, so labels a
+user added stay), the `use-waypoint` label on a namespace (a merge patch of
+that one label), the waypoint pods' readiness, and the ztunnel pod of a node.
+
+Which cluster: `target(args)` says whether a command acts on a local cluster
+(`--cluster NAME`, or nothing else given) or on Kubernetes (`--kubeconfig`,
+`--context`, `$KUBECONFIG`, or a pod's service account).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from shoal.contracts import GATEWAY_NAME_LABEL, USE_WAYPOINT, WAYPOINT_CLASSES
+from shoal.install import InstallError
+from shoal.install.cluster import Cluster, api_client
+
+GATEWAYS = "/apis/gateway.networking.k8s.io/v1"
+ZTUNNEL_NAMESPACE = "shoal-system"
+ZTUNNEL_APP = "shoal-ztunnel"
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """--kubeconfig and --context, beside the command's --cluster (which must default to None)."""
+    parser.add_argument("--kubeconfig", help="act on this Kubernetes cluster's kubeconfig (default: $KUBECONFIG, "
+                                             "or the pod's service account) instead of a local cluster")
+    parser.add_argument("--context", help="kubeconfig context (implies a Kubernetes cluster)")
+
+
+def on_kubernetes(args: argparse.Namespace, environ=os.environ) -> bool:
+    """A Kubernetes cluster when one is named (--kubeconfig, --context), or when no local cluster is
+    (--cluster) and the environment names one ($KUBECONFIG, or running in a pod)."""
+    if args.kubeconfig or args.context:
+        if args.cluster is not None:
+            raise InstallError("--cluster names a local cluster and --kubeconfig/--context a Kubernetes one; "
+                               "give one of them")
+        return True
+    if args.cluster is not None:
+        return False
+    return bool(environ.get("KUBECONFIG") or environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def connect(args: argparse.Namespace) -> Cluster:
+    return Cluster(api_client(args.kubeconfig, args.context))
+
+
+def _ok(status: int, body, what: str):
+    if status >= 400:
+        message = (body or {}).get("message", "") if isinstance(body, dict) else ""
+        raise InstallError(f"{what} failed ({status}): {message}")
+    return body
+
+
+def is_waypoint(gateway: dict | None) -> bool:
+    return gateway is not None and (gateway.get("spec") or {}).get("gatewayClassName") in WAYPOINT_CLASSES
+
+
+def gateway_path(namespace: str, name: str | None = None) -> str:
+    path = f"{GATEWAYS}/namespaces/{namespace}/gateways"
+    return f"{path}/{name}" if name else path
+
+
+def get_gateway(cluster: Cluster, namespace: str, name: str) -> dict | None:
+    status, body = cluster.request("GET", gateway_path(namespace, name))
+    if status == 404:
+        return None
+    return _ok(status, body, f"reading Gateway {namespace}/{name}")
+
+
+def namespace_exists(cluster: Cluster, namespace: str) -> bool:
+    status, body = cluster.request("GET", f"/api/v1/namespaces/{namespace}")
+    return status != 404 and _ok(status, body, f"reading namespace {namespace}") is not None
+
+
+def apply_gateway(cluster: Cluster, gateway: dict) -> None:
+    meta = gateway["metadata"]
+    status, body = cluster.request("PATCH", gateway_path(meta["namespace"], meta["name"]), body=gateway,
+                                   content_type="application/apply-patch+yaml",
+                                   query=[("fieldManager", "shoal"), ("force", "true")])
+    if status == 404:
+        raise InstallError("the API server does not serve Gateways (gateway.networking.k8s.io/v1): install the "
+                           "Gateway API CRDs (daemonset/crds/README.md)")
+    _ok(status, body, f"applying Gateway {meta['namespace']}/{meta['name']}")
+
+
+def label_namespace(cluster: Cluster, namespace: str, waypoint: str) -> None:
+    status, body = cluster.request("PATCH", f"/api/v1/namespaces/{namespace}",
+                                   body={"metadata": {"labels": {USE_WAYPOINT: waypoint}}},
+                                   content_type="application/merge-patch+json")
+    _ok(status, body, f"labelling namespace {namespace}")
+
+
+def delete_gateway(cluster: Cluster, namespace: str, name: str) -> None:
+    status, body = cluster.request("DELETE", gateway_path(namespace, name))
+    if status != 404:
+        _ok(status, body, f"deleting Gateway {namespace}/{name}")
+
+
+def waypoints(cluster: Cluster, namespace: str | None) -> list[dict]:
+    status, body = cluster.request("GET", gateway_path(namespace) if namespace else f"{GATEWAYS}/gateways")
+    if status == 404:
+        raise InstallError("the API server does not serve Gateways (gateway.networking.k8s.io/v1): install the "
+                           "Gateway API CRDs (daemonset/crds/README.md)")
+    return [g for g in _ok(status, body, "listing Gateways")["items"] if is_waypoint(g)]
+
+
+def pods(cluster: Cluster, namespace: str, label_selector: str, field_selector: str | None = None) -> list[dict]:
+    query = [("labelSelector", label_selector)] + ([("fieldSelector", field_selector)] if field_selector else [])
+    status, body = cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods", query=query)
+    return _ok(status, body, f"listing pods in {namespace}")["items"]
+
+
+def waypoint_pods(cluster: Cluster, namespace: str, name: str) -> list[dict]:
+    return pods(cluster, namespace, f"{GATEWAY_NAME_LABEL}={name}")
+
+
+def ztunnel_pod(cluster: Cluster, node: str) -> dict:
+    """The running ztunnel pod of `node`; an InstallError naming what to check when there is none."""
+    found = [p for p in pods(cluster, ZTUNNEL_NAMESPACE, f"app={ZTUNNEL_APP}", f"spec.nodeName={node}")
+             if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    if not found:
+        raise InstallError(f"no running ztunnel on node {node!r}; check `kubectl get nodes` for the name and "
+                           f"`kubectl -n {ZTUNNEL_NAMESPACE} get pods -l app={ZTUNNEL_APP} -o wide`")
+    # During a surge upgrade two run on the node: the newer one holds the pods.
+    return max(found, key=lambda p: p["metadata"].get("creationTimestamp") or "")
