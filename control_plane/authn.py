@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from control_plane.errors import ControlPlaneError
-from shoal import tokens
+from shoal import kube_client, tokens
 
 
 # The audience of the tokens proxies present (`serviceAccountToken.audience` of their
@@ -134,17 +134,17 @@ class KubeAuthenticator:
 
     def _review(self, token: str) -> Caller:
         from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
 
         review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token, audiences=list(self.audiences)))
         try:
-            result = self.auth_api.create_token_review(review)
-        except ApiException as e:
-            raise AuthenticationUnavailable(f"TokenReview failed: {e.status} {e.reason}; check the control plane's "
-                                            "RBAC (create tokenreviews) and the API server") from None
-        except Exception as e:  # noqa: BLE001 - urllib3's connection errors: the API server is unreachable
-            raise AuthenticationUnavailable(f"TokenReview failed: {type(e).__name__}: {e}; check that the "
-                                            "API server is reachable") from None
+            # 429/5xx with Retry-After are asked again (kube_client.call); other failures are no verdict.
+            result = kube_client.call(lambda: self.auth_api.create_token_review(review), "TokenReview",
+                                      attempts=3, max_wait=5.0)
+        except kube_client.KubeError as e:
+            check = {401: "the control plane's own credentials (its service-account token)",
+                     403: "the control plane's RBAC (create tokenreviews.authentication.k8s.io)"}.get(
+                         e.status, "that the API server is reachable and healthy")
+            raise AuthenticationUnavailable(f"{e}; check {check}") from None
         status = result.status
         if status is None or not status.authenticated or status.user is None:
             reason = getattr(status, "error", None) or "not authenticated"
@@ -172,9 +172,14 @@ class KubeAuthenticator:
             pod = (extra.get(self.POD_EXTRA) or [""])[0]
             if pod:
                 try:
-                    node = self.core_api.read_namespaced_pod(pod, namespace).spec.node_name or ""
-                except ApiException:
-                    node = ""
+                    node = kube_client.call(lambda: self.core_api.read_namespaced_pod(pod, namespace),
+                                            f"reading pod {namespace}/{pod}", attempts=3, max_wait=5.0
+                                            ).spec.node_name or ""
+                except kube_client.KubeNotFound:
+                    node = ""       # the pod is gone: the token is bound to nothing that runs
+                except kube_client.KubeError as e:
+                    raise AuthenticationUnavailable(f"{e}; the node of the token's pod cannot be checked now, "
+                                                    "check the control plane's RBAC (get pods)") from None
         if not node:
             raise AuthenticationFailed(f"the token of {namespace}/{service_account} is not bound to a node; "
                                        "mount a projected service-account token (bound tokens carry the node)")

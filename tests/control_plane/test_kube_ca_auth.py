@@ -10,7 +10,9 @@ import pytest
 from kubernetes import client
 
 from control_plane import ca_store
-from control_plane.authn import TOKEN_AUDIENCE, AuthenticationFailed, GuardedAuthenticator, KubeAuthenticator
+from control_plane.authn import (
+    TOKEN_AUDIENCE, AuthenticationFailed, AuthenticationUnavailable, GuardedAuthenticator, KubeAuthenticator,
+)
 from control_plane.ca import generate_root
 from control_plane.rotation import Roots
 
@@ -106,3 +108,35 @@ def test_node_token_without_node_falls_back_to_the_pod(double):
     assert auth.authenticate("old-style").node == "worker-7"
     with pytest.raises(AuthenticationFailed, match="not bound to a node"):
         auth.authenticate("unbound")
+
+
+@pytest.mark.parametrize("code, check", [(401, "own credentials"), (403, "create tokenreviews"),
+                                         (500, "reachable and healthy"), (429, "reachable and healthy")])
+def test_a_failed_token_review_is_no_verdict_and_says_what_to_check(double, code, check):
+    double.reviews["waypoint-token"] = {"username": "system:serviceaccount:shop:waypoint"}
+    _for_shoal(double, "waypoint-token")
+    auth = _authenticator(double)
+    double.fail(code, path="/tokenreviews")        # no Retry-After: not asked again
+    with pytest.raises(AuthenticationUnavailable, match=f"HTTP {code}.*{check}"):
+        auth.authenticate("waypoint-token")
+    assert auth.authenticate("waypoint-token").service_account == "waypoint"   # the next call is answered
+
+
+def test_a_throttled_token_review_is_asked_again_after_retry_after(double):
+    double.reviews["waypoint-token"] = {"username": "system:serviceaccount:shop:waypoint"}
+    _for_shoal(double, "waypoint-token")
+    double.fail(429, retry_after=0, path="/tokenreviews")
+    double.fail(503, retry_after=0, path="/tokenreviews")
+    assert _authenticator(double).authenticate("waypoint-token").service_account == "waypoint"
+    assert sum(1 for r in double.requests if r.path.endswith("/tokenreviews")) == 3
+
+
+def test_the_pod_of_a_node_token_that_cannot_be_read_is_no_verdict(double):
+    double.reviews["old-style"] = {"username": "system:serviceaccount:shoal-system:shoal-node",
+                                   "extra": {"authentication.kubernetes.io/pod-name": ["shoal-node-abcde"]}}
+    _for_shoal(double, "old-style")
+    double.fail(403, path="/pods/shoal-node-abcde")
+    with pytest.raises(AuthenticationUnavailable, match="get pods"):
+        _authenticator(double).authenticate("old-style")
+    with pytest.raises(AuthenticationFailed, match="not bound to a node"):   # read, and gone: refused
+        _authenticator(double).authenticate("old-style")
