@@ -5,6 +5,7 @@ import functools
 
 import pytest
 from kubernetes import client
+from structlog.testing import capture_logs
 
 from control_plane.sources.kube import RESOURCES, KubeSource, make_api_client, report_invalid
 
@@ -28,7 +29,8 @@ def ns(name):
 
 def pod(name, ns="default", **labels):
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"nodeName": "node1"}, "status": {"phase": "Running", "podIP": "198.19.1.9"}}
+            "spec": {"nodeName": "node1", "containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "podIP": "198.19.1.9"}}
 
 
 def vs(name):
@@ -238,3 +240,80 @@ async def test_a_crd_installed_later_is_picked_up():
             assert run.source.served["TrafficSplit"] == "v1alpha2"
             (split,) = [e.object for e in run.after_sync("ADDED")]
             assert split["apiVersion"] == "split.smi-spec.io/v1alpha2"
+
+
+def trafficsplit_crd():
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "trafficsplits.split.smi-spec.io"},
+            "spec": {"group": "split.smi-spec.io", "scope": "Namespaced",
+                     "names": {"plural": "trafficsplits", "kind": "TrafficSplit"},
+                     "versions": [{"name": "v1alpha2", "served": True, "storage": True}]}}
+
+
+def split(name):
+    return {"apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"service": "a", "backends": [{"service": "b", "weight": 1}]}}
+
+
+@in_loop
+async def test_a_missing_crd_is_empty_named_once_and_picked_up_when_created_then_emptied_when_deleted():
+    with KubeDouble(served={"": {"v1"}}) as double, capture_logs() as logs:
+        async with Run(double, rediscover_interval=0.05) as run:
+            await run.until(synced)
+            await asyncio.sleep(0.3)        # several looks at the missing kinds
+            missing = [entry for entry in logs if "trafficsplits.split.smi-spec.io" in entry["event"]]
+            assert len(missing) == 1 and missing[0]["log_level"] == "warning"
+            assert "not served" in missing[0]["event"] and "treated as empty" in missing[0]["event"]
+            with double.api_client() as c:   # the CRD is installed through the API, then an object of it
+                c.call_api(*c.param_serialize("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                                              body=trafficsplit_crd())).read()
+            double.add(split("s"))
+            await run.until(lambda ev: ("ADDED", "TrafficSplit", "s") in named(run.after_sync("ADDED")))
+            assert run.source.served["TrafficSplit"] == "v1alpha2"
+            double.delete("CustomResourceDefinition", None, "trafficsplits.split.smi-spec.io")
+            await run.until(lambda ev: ("DELETED", "TrafficSplit", "s") in named(run.after_sync("DELETED")))
+
+
+@pytest.mark.parametrize("code", [401, 403, 429, 500, 503])
+@in_loop
+async def test_a_failed_list_or_watch_is_retried_with_backoff(double, code):
+    double.add(pod("a"))
+    double.fail(code, method="GET", path="/pods", times=3, watch=False)
+    double.fail(code, method="GET", path="/services", times=2, watch=True)
+    async with Run(double) as run:
+        await run.until(synced, timeout=30)
+        assert ("ADDED", "Pod", "a") in named(run.events[:run.synced_at()])
+        await run.until(lambda ev: not double.faults, timeout=30)
+        double.add(pod("b"))
+        double.add({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "default"},
+                    "spec": {"ports": [{"port": 80}]}})
+        await run.until(lambda ev: {("ADDED", "Pod", "b"), ("ADDED", "Service", "s")} <= set(
+            named(run.after_sync("ADDED"))), timeout=30)
+    pods_lists = [r for r in double.requests if r.path == "/api/v1/pods" and not r.query.get("watch")]
+    assert len(pods_lists) >= 4          # the version pick and the list were asked again after each failure
+
+
+@in_loop
+async def test_graceful_deletion_is_a_modification_with_a_deletion_timestamp_then_a_deletion(double):
+    double.add(pod("a"))
+    async with Run(double) as run:
+        await run.watching(double)
+        with double.api_client() as c:
+            client.CoreV1Api(c).delete_namespaced_pod("a", "default")
+        await run.until(lambda ev: ("DELETED", "Pod", "a") in named(run.after_sync("DELETED")))
+        changes = [(e.type, bool(e.object["metadata"].get("deletionTimestamp")))
+                   for e in run.after_sync("MODIFIED", "DELETED")]
+        assert changes == [("MODIFIED", True), ("DELETED", True)]
+
+
+@in_loop
+async def test_a_broken_stream_then_a_failed_watch_request_loses_no_event(double):
+    async with Run(double) as run:
+        await run.watching(double)
+        double.fail(500, path="/pods", watch=True)       # the next watch request fails
+        double.drop_watches()
+        double.add(pod("a"))
+        await run.until(lambda ev: ("ADDED", "Pod", "a") in named(run.after_sync("ADDED")), timeout=30)
+        assert not double.faults
+        assert named(run.after_sync("ADDED", "MODIFIED", "DELETED")) == [("ADDED", "Pod", "a")]   # once

@@ -8,6 +8,7 @@ import pytest
 from kubernetes import client
 
 from node_agent.sources import KubeSource
+from shoal.kube_client import Backoff
 from shoal.contracts import namespace_ambient
 
 from support.kube_api import KubeDouble
@@ -83,5 +84,58 @@ def test_lists_then_follows_pods_of_its_node_and_namespaces_and_relists_after_41
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             api.close()
+
+    asyncio.run(main())
+
+
+class Running:
+    """The source running against the double, with a short backoff."""
+
+    def __init__(self, double):
+        self.api = double.api_client()
+        self.source = KubeSource("node1", api_client=self.api, backoff=Backoff(initial=0.02, maximum=0.2))
+        self.recorder = Recorder()
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.source.run(self.recorder))
+        return self
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        self.api.close()
+
+
+def test_a_pod_being_deleted_stays_until_it_is_gone(double):
+    async def main():
+        double.store.hold_pods = True
+        double.add(namespace())
+        double.add(pod("a", "node1"))
+        async with Running(double) as run:
+            await run.recorder.until(lambda p, n: "demo/a" in p)
+            with double.api_client() as c:
+                client.CoreV1Api(c).delete_namespaced_pod("a", "demo")
+            pods, _ = await run.recorder.until(
+                lambda p, n: "demo/a" in p and p["demo/a"]["metadata"].get("deletionTimestamp"))
+            double.finish_deletion("Pod", "demo", "a")          # the kubelet stopped its containers
+            await run.recorder.until(lambda p, n: p == {})
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("code", [401, 403, 429, 500])
+def test_failures_are_retried_with_backoff_and_nothing_is_decided_before_the_first_list(double, code):
+    async def main():
+        double.add(namespace())
+        double.add(pod("a", "node1"))
+        double.fail(code, path="/pods", times=3)
+        async with Running(double) as run:
+            await run.recorder.until(lambda p, n: set(p) == {"demo/a"})
+            assert all("demo/a" in pods for pods, _ in run.recorder.snapshots)   # never an empty view first
+            assert not double.faults
+            double.fail(code, path="/pods", watch=True)
+            double.drop_watches()
+            double.add(pod("b", "node1"))
+            await run.recorder.until(lambda p, n: set(p) == {"demo/a", "demo/b"})
 
     asyncio.run(main())
