@@ -497,10 +497,12 @@ class HboneConnection:
         events: list[Event] = []
         conn = self._h2
         try:
-            if (data.__class__ is bytes and len(data) <= conn.max_outbound_frame_size
-                    and len(data) <= conn.local_flow_control_window(stream_id)):
-                conn.send_data(stream_id, data)  # the common case: one read, one frame, no copy
-                return events
+            if data.__class__ is bytes:  # the common case: one read, one frame, no copy
+                if self.lean and conn.send_plain_data(stream_id, data):
+                    return events
+                if len(data) <= conn.max_outbound_frame_size and len(data) <= conn.local_flow_control_window(stream_id):
+                    conn.send_data(stream_id, data)
+                    return events
             taken = self._frame(stream_id, data)
         except h2.exceptions.ProtocolError:
             self._broken(tunnel, events)

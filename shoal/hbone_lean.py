@@ -6,7 +6,14 @@ for a trace log even with logging off (hexlifying the payload); on send it
 serializes every frame and joins everything into one buffer. Here:
 
 - `LeanH2` (send): a DATA frame becomes a 9-byte header plus the payload
-  object itself, in a list of chunks written with `writelines`.
+  object itself, in a list of chunks written with `writelines`. In the plain
+  case (no END_STREAM, within the windows and the frame size, both state
+  machines where h2's DATA transition is a no-op) `send_plain_data` does
+  what h2's send_data does, the window arithmetic, without its state-machine
+  steps, frame object and log formatting; `acknowledge_received_data` only
+  counts when no WINDOW_UPDATE is due. The same plain case on receive is
+  `DataSplitter._plain_data`. Tests hold all three to h2's wire bytes and
+  window state (tests/shoal/test_hbone.py).
 - `DataSplitter` (receive): DATA payloads on known streams are streamed
   through as they arrive, each piece accounted by h2's own
   `_receive_data_frame`, so the connection and stream windows, the stream
@@ -38,6 +45,8 @@ import h2.connection
 import h2.exceptions
 import h2.errors
 import h2.events
+from h2.connection import ConnectionState
+from h2.stream import StreamState
 from hyperframe.frame import DataFrame, GoAwayFrame
 
 
@@ -45,6 +54,10 @@ _DATA_HEADER = struct.Struct(">HBBBL")  # 24-bit length (as 16+8), type 0, flags
 _END_STREAM, _PADDED, _DATA = 0x1, 0x8, 0x0
 _HEADERS, _PUSH_PROMISE, _CONTINUATION, _END_HEADERS = 0x1, 0x5, 0x9, 0x4
 _JOIN_BELOW = 16384  # payloads up to one TLS record travel with their header in one chunk
+# Where h2 lets DATA through without changing any state but the windows (its transition tables):
+_CONNECTION_OPEN = frozenset((ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN))
+_STREAM_SENDS = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE))
+_STREAM_RECEIVES = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL))
 
 
 class _InboundData:
@@ -57,6 +70,19 @@ class _InboundData:
         self.data = data
         self.flags = ("END_STREAM",) if end_stream else ()
         self.flow_controlled_length = len(data)
+
+
+def _queue_data(out: list, header: bytes, data) -> None:
+    if len(data) <= _JOIN_BELOW:
+        out.append(header + data)  # small: one chunk, so one TLS record, is cheaper than a copy saved
+    else:
+        out.append(header)
+        out.append(data)
+
+
+def _only_counts(window, size: int) -> bool:
+    """Would h2's window manager (h2.windows.WindowManager) only count these bytes, not ask for an update?"""
+    return window.current_window_size != 0 and window._bytes_processed + size < window.max_window_size // 2
 
 
 class GracefulH2(h2.connection.H2Connection):
@@ -109,15 +135,52 @@ class LeanH2(GracefulH2):
             if frame.__class__ is DataFrame and "PADDED" not in frame.flags:
                 data = frame.data
                 length = len(data)
-                header = _DATA_HEADER.pack(length >> 8, length & 0xFF, _DATA,
-                                           _END_STREAM if "END_STREAM" in frame.flags else 0, frame.stream_id)
-                if length <= _JOIN_BELOW:
-                    out.append(header + data)  # small: one chunk, so one TLS record, is cheaper than a copy saved
-                else:
-                    out.append(header)
-                    out.append(data)
+                _queue_data(out, _DATA_HEADER.pack(length >> 8, length & 0xFF, _DATA,
+                                                   _END_STREAM if "END_STREAM" in frame.flags else 0,
+                                                   frame.stream_id), data)
             else:
                 out.append(frame.serialize())
+
+    def send_plain_data(self, stream_id: int, data) -> bool:
+        """Queues one DATA frame without END_STREAM in the plain case, doing exactly what h2's send_data would
+        (the connection and stream windows go down; no state changes); False to take h2's own path.
+
+        The plain case: both state machines in a state where h2's transition for sending DATA is a no-op,
+        and `data` within the frame size and both windows. Everything else (END_STREAM, padding, an
+        error to raise) is h2's. Per frame this skips h2's two state-machine steps, its DataFrame and
+        its debug-log formatting: about a third of a request's HBONE work (bench/hbone_throughput.py)."""
+        stream = self.streams.get(stream_id)
+        length = len(data)
+        if (stream is None or not length or length > self.max_outbound_frame_size
+                or length > self.outbound_flow_control_window or length > stream.outbound_flow_control_window
+                or self.state_machine.state not in _CONNECTION_OPEN
+                or stream.state_machine.state not in _STREAM_SENDS):
+            return False
+        self.outbound_flow_control_window -= length
+        stream.outbound_flow_control_window -= length
+        out = self._chunks
+        if self._data_to_send:
+            out.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+        _queue_data(out, _DATA_HEADER.pack(length >> 8, length & 0xFF, _DATA, 0, stream_id), data)
+        return True
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """h2's, without its frames and logging when neither window is due an update (nearly every call).
+
+        h2 sends a WINDOW_UPDATE once the bytes processed reach half the window (or once the window is
+        empty); below that its window managers only count. When both the connection's and the stream's
+        would only count, this counts; otherwise h2 does it all."""
+        stream = self.streams.get(stream_id)
+        if acknowledged_size > 0 and stream is not None and stream.open:
+            connection_window = self._inbound_flow_control_window_manager
+            stream_window = stream._inbound_window_manager
+            if (_only_counts(connection_window, acknowledged_size)
+                    and _only_counts(stream_window, acknowledged_size)):
+                connection_window._bytes_processed += acknowledged_size
+                stream_window._bytes_processed += acknowledged_size
+                return
+        super().acknowledge_received_data(acknowledged_size, stream_id)
 
     def chunks_to_send(self) -> list:
         out = self._chunks
@@ -257,6 +320,8 @@ class DataSplitter:
 
     def _data_piece(self, piece: bytes, end_stream: bool, events: list) -> None:
         conn = self.conn
+        if piece and not end_stream and self._plain_data(conn, piece, events):
+            return
         try:
             frames, more = conn._receive_data_frame(_InboundData(self._data_stream, piece, end_stream))
         except h2.exceptions.ProtocolError as e:
@@ -264,3 +329,26 @@ class DataSplitter:
             raise
         conn._prepare_for_sending(frames)
         events += more
+
+    def _plain_data(self, conn, piece: bytes, events: list) -> bool:
+        """Accounts a piece of DATA exactly as h2's _receive_data_frame would, in the plain case; False otherwise.
+
+        The plain case: both state machines where h2's transition for received DATA changes no state, the
+        headers seen, no content-length to check (a CONNECT has none), and the piece within both inbound
+        windows. Then all h2 does is shrink the windows, count the bytes and make a DataReceived, which is
+        all done here; anything else (END_STREAM, a window overrun to refuse, a closed stream) is h2's."""
+        stream = conn.streams.get(self._data_stream)
+        if (stream is None or conn.state_machine.state not in _CONNECTION_OPEN
+                or stream.state_machine.state not in _STREAM_RECEIVES or not stream.state_machine.headers_received
+                or stream._expected_content_length is not None):
+            return False
+        length = len(piece)
+        connection_window = conn._inbound_flow_control_window_manager
+        stream_window = stream._inbound_window_manager
+        if length > connection_window.current_window_size or length > stream_window.current_window_size:
+            return False
+        connection_window.current_window_size -= length
+        stream_window.current_window_size -= length
+        stream._actual_content_length += length
+        events.append(h2.events.DataReceived(stream_id=self._data_stream, data=piece, flow_controlled_length=length))
+        return True

@@ -7,7 +7,7 @@ test_hbone_tunnel.py.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from shoal import hbone, hbone_lean
 from shoal.hbone import (
@@ -308,3 +308,53 @@ def test_any_chunking_of_the_byte_stream_gives_the_same_result(chunk, messages, 
     p.pump(chunk)
     assert received(p.client_events, sid) == b"".join(reversed(messages))
     assert p.take_client(StreamEnded) == [StreamEnded(sid)]
+
+
+def _flow_state(conn) -> tuple:
+    """Everything h2 keeps for flow control on the connection and on stream 1, and the stream's state."""
+    h2conn = conn._h2
+    inbound = h2conn._inbound_flow_control_window_manager
+    stream = h2conn.streams.get(1)
+    kept = None if stream is None else (
+        stream.outbound_flow_control_window, stream._inbound_window_manager.current_window_size,
+        stream._inbound_window_manager._bytes_processed, stream.state_machine.state, stream._actual_content_length)
+    return h2conn.outbound_flow_control_window, inbound.current_window_size, inbound._bytes_processed, kept
+
+
+# Small windows and frames, so that windows fill, WINDOW_UPDATEs are due and sends split into frames.
+SMALL = hbone.Settings(stream_window=65536, connection_window=131072, max_frame_size=16384)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["client", "server"]), st.integers(min_value=1, max_value=40_000),
+                                st.booleans()), min_size=1, max_size=25),
+       chunk=st.integers(min_value=1, max_value=20_000), small=st.booleans())
+@example(steps=[("client", 16384, True), ("client", 16384, True)], chunk=20_000, small=True)  # exactly half a window
+def test_lean_data_paths_write_the_same_bytes_and_keep_the_same_windows_as_h2(steps, chunk, small):
+    """The lean send, receive and acknowledge shortcuts do exactly what h2 does: same wire bytes, same windows.
+
+    Each step sends on one side; the other receives the bytes in `chunk`-sized reads and either consumes
+    what arrived (credit back, maybe a WINDOW_UPDATE) or withholds it, so windows fill and sends wait."""
+    chosen = SMALL if small else hbone.Settings()
+    lean, plain = (Pair(chosen, chosen, lean=flag) for flag in (True, False))
+    sid = lean.connect()
+    assert plain.connect() == sid
+    for side, size, consume in steps:
+        wires = []
+        for p in (lean, plain):
+            sender = getattr(p, side)
+            receiver, sink = (p.server, p.server_events) if side == "client" else (p.client, p.client_events)
+            sender.send(sid, bytes([size & 0xFF]) * size)
+            out = sender.data_to_send()
+            before = len(sink)
+            for i in range(0, len(out), chunk):
+                sink.extend(receiver.receive_data(out[i:i + chunk]))
+            arrived = sum(e.flow_controlled_length for e in sink[before:] if isinstance(e, DataReceived))
+            if consume:
+                receiver.consumed(sid, arrived)
+            back = receiver.data_to_send()
+            sender.receive_data(back)
+            wires.append((out, back, received(sink, sid)))
+        assert wires[0] == wires[1]
+        assert _flow_state(lean.client) == _flow_state(plain.client)
+        assert _flow_state(lean.server) == _flow_state(plain.server)
