@@ -1,48 +1,29 @@
-"""`shoal local`: up, apply, delete, get, logs, exec, down."""
+"""`shoal local`: a whole mesh on this machine. up, status, list, down; apply, delete, label, annotate;
+get, describe, events, logs, exec (the reading verbs live in `local_read`).
+
+Every verb takes `--cluster NAME`; without it the cluster is $SHOAL_CLUSTER, else the only one up, else
+`default` (see `context`)."""
 
 from __future__ import annotations
 
-import json
+import ctypes
 import os
+import socket
 import sys
 import time
 
-import yaml
-
-from shoal.cli import mesh_status
+from shoal.cli import context, local_read, mesh_status
+from shoal.cli.local_read import UnknownKind, resolve_kind
+from shoal.cli.output import ERROR_PREFIX, fail, table
 from shoal.local import cluster as local_cluster
 from shoal.local import keys, manifest
 from shoal.local.merge import three_way
-from shoal.local.layout import Layout, cluster_name
+from shoal.local.layout import Layout
 from shoal.store import CLUSTER_SCOPED, NotFound
 
-KIND_ALIASES = {
-    "Pod": ("pods", "pod", "po"),
-    "Service": ("services", "service", "svc"),
-    "Deployment": ("deployments", "deployment", "deploy"),
-    "Namespace": ("namespaces", "namespace", "ns"),
-    "Node": ("nodes", "node", "no"),
-    "Endpoints": ("endpoints", "ep"),
-    "ServiceAccount": ("serviceaccounts", "serviceaccount", "sa"),
-    "VirtualService": ("virtualservices", "virtualservice", "vs"),
-    "DestinationRule": ("destinationrules", "destinationrule", "dr"),
-    "AuthorizationPolicy": ("authorizationpolicies", "authorizationpolicy", "ap"),
-    "PeerAuthentication": ("peerauthentications", "peerauthentication", "pa"),
-    "HTTPRoute": ("httproutes", "httproute"),
-    "Gateway": ("gateways", "gateway", "gtw"),
-    "TrafficSplit": ("trafficsplits", "trafficsplit", "ts"),
-    "ConfigMap": ("configmaps", "configmap", "cm"),
-    "Secret": ("secrets", "secret"),
-    "Ingress": ("ingresses", "ingress", "ing"),
-}
-
-
-def resolve_kind(word: str) -> str:
-    for kind, aliases in KIND_ALIASES.items():
-        if word.lower() in aliases or word == kind:
-            return kind
-    raise SystemExit(f"error: unknown resource type {word!r}; known: {', '.join(a[0] for a in KIND_ALIASES.values())}")
-
+DEFAULT_NODES = 2
+DEFAULT_REDIRECT = "auto"
+CLONE_NEWUTS = 0x04000000
 
 def register(sub) -> None:
     local = sub.add_parser("local", help="run a whole mesh on this machine, in network namespaces")
@@ -50,16 +31,22 @@ def register(sub) -> None:
     verbs.required = True
 
     def verb(name, func, help):
-        p = verbs.add_parser(name, help=help)
-        p.add_argument("--cluster", default="default", type=cluster_name, help="cluster name (default: default)")
-        p.set_defaults(func=func)
+        p = verbs.add_parser(name, help=help, description=help)
+        context.add_option(p)
+        p.set_defaults(func=_in_current_cluster(func))
         return p
 
-    p = verb("up", cmd_up, "create the cluster, or bring it back to its running state")
-    p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--redirect", choices=("iptables", "ebpf", "auto"), default="auto")
+    p = verb("up", cmd_up, "create the cluster, or bring it back to its running state (an existing cluster keeps "
+                           "its nodes and redirect mode; a flag that asks otherwise changes nothing)")
+    p.add_argument("--nodes", type=int, default=None, help=f"number of nodes (default: {DEFAULT_NODES}, or the "
+                                                           "existing cluster's)")
+    p.add_argument("--redirect", choices=("iptables", "ebpf", "auto"), default=None,
+                   help=f"how pods' traffic is captured (default: {DEFAULT_REDIRECT}, or the existing cluster's)")
 
     verb("down", cmd_down, "remove every namespace, process, cgroup, rule and file of the cluster")
+    verb("status", cmd_status, "the cluster's daemon, nodes and mesh processes, and what is unhealthy (exit 1 then)")
+    verbs.add_parser("list", help="list the local clusters that are up",
+                     description="list the local clusters that are up").set_defaults(func=cmd_list)
 
     for name, func in (("apply", cmd_apply), ("delete", cmd_delete)):
         p = verb(name, func, f"{name} objects from Kubernetes-style YAML")
@@ -67,62 +54,131 @@ def register(sub) -> None:
     p.add_argument("--ignore-not-found", action="store_true",
                    help="succeed when an object is already gone (default: an error)")
 
-    p = verb("get", cmd_get, "list objects")
-    p.add_argument("kind")
-    p.add_argument("name", nargs="?")
-    p.add_argument("-n", "--namespace")
-    p.add_argument("-A", "--all-namespaces", action="store_true")
-    p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+    p = verb("get", cmd_get, "list objects (kinds comma-separated, or all)")
+    p.add_argument("kind", help="pods, svc, deploy, ns, nodes, ep, events, vs, dr, ap, pa, httproute, gtw, ...; "
+                                "several as pods,svc; all for pods,services,deployments")
+    p.add_argument("name", nargs="?", help="one object's name (default: all of them)")
+    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (default: off)")
+    p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table",
+                   help="output format (default: table)")
+
+    p = verb("describe", cmd_describe, "one object in words: for pods, services and namespaces how the mesh sees "
+                                       "them; for any kind its conditions, findings and events")
+    p.add_argument("kind", help="pod, svc, ns, vs, dr, ...")
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+
+    p = verb("events", cmd_events, "list events (the control plane's refusals, ...)")
+    p.add_argument("-n", "--namespace", help="namespace (default: default)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (default: off)")
 
     for name, field in (("label", "labels"), ("annotate", "annotations")):
         p = verb(name, cmd_metadata, f"set or remove {field} (key=value to set, key- to remove)")
-        p.add_argument("kind")
+        p.add_argument("kind", help="pod, svc, ns, deploy, ...")
         p.add_argument("name")
         p.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-")
-        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="allow changing a key that already has another value (default: refuse)")
         p.set_defaults(field=field)
 
-    p = verb("logs", cmd_logs, "print a pod's container log")
-    p.add_argument("name")
-    p.add_argument("-n", "--namespace", default="default")
-    p.add_argument("-c", "--container")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("--tail", type=int)
+    p = verb("logs", cmd_logs, "print a pod's container log (runs separated by a restart marker)")
+    p.add_argument("name", help="the pod")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument("-c", "--container", help="container (default: the pod's only one)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what is written (default: off)")
+    p.add_argument("-p", "--previous", action="store_true",
+                   help="the run before the last restart (default: every run)")
+    p.add_argument("--tail", type=int, help="only the last N lines (default: all)")
 
-    p = verb("exec", cmd_exec, "run a command inside a pod (its netns and cgroup)")
-    p.add_argument("name")
-    p.add_argument("-n", "--namespace", default="default")
+    p = verb("exec", cmd_exec, "run a command inside a pod: its netns, cgroup and hostname, POD_NAME and "
+                               "POD_NAMESPACE set, in /")
+    p.add_argument("name", help="the pod")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument("-c", "--container", help="whose env to take (default: the pod's first container)")
+    p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command (it always is; for "
+                                                              "kubectl's habit)")
+    p.add_argument("-t", "--tty", action="store_true", help="the command gets this terminal (default: off)")
     p.add_argument("command", nargs="*", help="after --: the command and its arguments")
 
-    p = verb("rollout", cmd_rollout, "restart the ztunnel node by node, each new pod beside the old one")
-    p.add_argument("action", choices=("restart",))
-    p.add_argument("target", metavar="ztunnel", help="what to roll out: ztunnel (or daemonset/ztunnel)")
-    p.add_argument("--node", action="append", metavar="NODE", help="only this node (repeatable; default: all)")
+
+
+def _in_current_cluster(func):
+    """`func` with `args.cluster` made definite first (--cluster, $SHOAL_CLUSTER, the only cluster up)."""
+    def run(args) -> int:
+        context.resolve(args)
+        return func(args)
+    return run
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
+    return fail(message)
 
 
 def cmd_up(args) -> int:
-    layout = Layout(args.cluster)
+    layout = Layout(context.resolve(args))
+    existing = local_cluster.ClusterConfig.read(layout)
+    if existing is not None:
+        differs = [f"{flag} {asked} (it has {has})" for flag, asked, has in
+                   (("--nodes", args.nodes, existing.nodes), ("--redirect", args.redirect, existing.redirect))
+                   if asked is not None and asked != has]
+        if differs:
+            return _fail(f"cluster {args.cluster!r} is up with {existing.nodes} nodes and --redirect "
+                         f"{existing.redirect}; you asked for {', '.join(differs)}. Nothing changed: to change it, "
+                         f"`shoal local down --cluster {args.cluster}` first")
+    nodes = args.nodes or (existing.nodes if existing else DEFAULT_NODES)
+    redirect = args.redirect or (existing.redirect if existing else DEFAULT_REDIRECT)
     t0 = time.monotonic()
     try:
-        started = local_cluster.up(layout, args.nodes, args.redirect, progress=lambda m: print(m, flush=True))
+        started = local_cluster.up(layout, nodes, redirect, progress=lambda m: print(m, flush=True))
     except local_cluster.ClusterError as e:
         return _fail(str(e))
     if started:
-        print(f"cluster {args.cluster!r} is up: {args.nodes} nodes, started {', '.join(started)} "
+        print(f"cluster {args.cluster!r} is up: {nodes} nodes, started {', '.join(started)} "
               f"({time.monotonic() - t0:.1f}s)")
     else:
-        print(f"cluster {args.cluster!r} is already up; nothing changed")
+        print(f"cluster {args.cluster!r} is already up ({nodes} nodes, --redirect {redirect}); nothing changed")
     return 0
+
+
+def cmd_list(args) -> int:
+    names = context.clusters_up()
+    if not names:
+        print("No local clusters are up; `shoal local up` makes one.", file=sys.stderr)
+        return 0
+    rows = []
+    for name in names:
+        layout = Layout(name)
+        config = local_cluster.ClusterConfig.read(layout)
+        rows.append([name, config.nodes if config else "?", config.redirect if config else "?",
+                     "running" if local_cluster.daemon_pid(layout) else "stopped"])
+    print(table(["NAME", "NODES", "REDIRECT", "DAEMON"], rows))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from shoal.local import health
+
+    layout = Layout(context.resolve(args))
+    store = _store(args)
+    config = local_cluster.ClusterConfig.read(layout)
+    print(f"cluster {args.cluster}: {config.nodes if config else '?'} nodes, --redirect "
+          f"{config.redirect if config else '?'}")
+    sys.stdout.flush()
+    local_read.get(store, ["Node", "Pod"], None, "shoal-system", False, "wide")
+    checks = health.judge(health.gather(layout))
+    unhealthy = [c for c in checks if c.failed]
+    print()
+    print("Unhealthy:" if unhealthy else "Healthy: every check of `shoal check --only health` passed")
+    for check in unhealthy:
+        print(f"  {check.line()}")
+    return 1 if unhealthy else 0
 
 
 def cmd_down(args) -> int:
     try:
-        removed = local_cluster.down(Layout(args.cluster))
+        removed = local_cluster.down(Layout(context.resolve(args)))
     except local_cluster.ClusterError as e:
         return _fail(str(e))
     print(f"cluster {args.cluster!r} removed: {', '.join(removed)}" if removed
@@ -139,10 +195,17 @@ def _mesh_validator():
 
 
 def _store(args):
-    store = Layout(args.cluster).store()
+    store = Layout(context.resolve(args)).store()
     if not store.exists():
-        raise SystemExit(f"error: cluster {args.cluster!r} is not up; run `shoal local up --cluster {args.cluster}`")
+        raise SystemExit(f"{ERROR_PREFIX}cluster {args.cluster!r} is not up; run `shoal local up --cluster {args.cluster}`")
     return store
+
+
+def _kind(word: str) -> str:
+    try:
+        return resolve_kind(word)
+    except UnknownKind as e:
+        raise SystemExit(f"{ERROR_PREFIX}{e}") from None
 
 
 def _load(args) -> list[dict]:
@@ -199,66 +262,26 @@ def cmd_delete(args) -> int:
 
 def cmd_get(args) -> int:
     store = _store(args)
-    kind = resolve_kind(args.kind)
-    namespace = None if (args.all_namespaces or kind in CLUSTER_SCOPED or kind == "Node") else (args.namespace or "default")
-    items, rv = store.list(kind, namespace)
-    if args.name:
-        items = [i for i in items if i["metadata"]["name"] == args.name]
-        if not items:
-            return _fail(f"{kind} {args.name!r} not found" + (f" in namespace {namespace}" if namespace else ""))
-    if args.output in ("json", "yaml"):
-        doc = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items,
-                                          "metadata": {"resourceVersion": str(rv)}}
-        print(json.dumps(doc, indent=2) if args.output == "json" else yaml.safe_dump(doc, sort_keys=False), end="\n")
-        return 0
-    rows = [_row(kind, i, args.output == "wide", namespace is None) for i in items]
-    if not rows:
-        print(f"No {kind} found" + (f" in {namespace} namespace." if namespace else "."))
-        return 0
-    header = list(rows[0].keys())
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
-    print("   ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for r in rows:
-        print("   ".join(str(r[h]).ljust(w) for h, w in zip(header, widths)).rstrip())
-    return 0
+    try:
+        kinds = local_read.resolve_kinds(args.kind)
+    except UnknownKind as e:
+        return _fail(str(e))
+    return local_read.get(store, kinds, args.name, args.namespace, args.all_namespaces, args.output)
 
 
-def _row(kind: str, obj: dict, wide: bool, show_namespace: bool) -> dict:
-    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
-    row = {"NAMESPACE": meta.get("namespace", "")} if show_namespace and kind not in CLUSTER_SCOPED else {}
-    row["NAME"] = meta["name"]
-    if kind == "Pod":
-        containers = status.get("containerStatuses", [])
-        ready = sum(1 for c in containers if c.get("ready"))
-        waiting = next((c["state"]["waiting"]["reason"] for c in containers if "waiting" in c.get("state", {})), None)
-        row["READY"] = f"{ready}/{len(containers)}"
-        row["STATUS"] = status.get("reason") or waiting or status.get("phase", "Pending")
-        row["RESTARTS"] = sum(c.get("restartCount", 0) for c in containers)
-        row["IP"] = status.get("podIP", "<none>")
-        row["NODE"] = spec.get("nodeName", "<none>")
-    elif kind == "Service":
-        row["CLUSTER-IP"] = spec.get("clusterIP", "<none>")
-        row["PORTS"] = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
-        if wide:
-            row["SELECTOR"] = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items())
-    elif kind == "Deployment":
-        row["REPLICAS"] = spec.get("replicas", 1)
-    elif kind == "Node":
-        addresses = {a["type"]: a["address"] for a in status.get("addresses", [])}
-        row["INTERNAL-IP"] = addresses.get("InternalIP", "")
-        row["POD-CIDR"] = spec.get("podCIDR", "")
-    elif kind == "Endpoints":
-        row["ENDPOINTS"] = ",".join(a["ip"] for s in obj.get("subsets", []) for a in s.get("addresses", [])) or "<none>"
-    elif kind == "Namespace" and wide:
-        row["LABELS"] = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
-    row["AGE"] = meta.get("creationTimestamp", "")
-    return row
+def cmd_describe(args) -> int:
+    return local_read.describe(_store(args), _kind(args.kind), args.name, args.namespace)
+
+
+def cmd_events(args) -> int:
+    return local_read.get(_store(args), ["Event"], None, args.namespace, args.all_namespaces, "table")
 
 
 def cmd_metadata(args) -> int:
-    """`shoal local label|annotate KIND NAME k=v k2-`, as kubectl does it (an existing key is overwritten)."""
+    """`shoal local label|annotate KIND NAME k=v k2-`, as kubectl does it: a key that has another value
+    already is changed only with --overwrite; nothing is changed when any change is refused."""
     store = _store(args)
-    kind = resolve_kind(args.kind)
+    kind = _kind(args.kind)
     changes: dict[str, str | None] = {}
     for change in args.changes:
         if change.endswith("-") and "=" not in change:
@@ -274,6 +297,12 @@ def cmd_metadata(args) -> int:
         what = "label" if args.field == "labels" else "annotation"
         return _fail(f"{kind} {args.name!r} not {'labeled' if what == 'label' else 'annotated'}, nothing changed:\n"
                      + "\n".join(f"  - {what} {key}: {reason}" for key, reason in refused))
+    current = store.get(kind, args.namespace, args.name)
+    have = ((current or {}).get("metadata") or {}).get(args.field) or {}
+    clashes = [f"{key} is already {have[key]!r}" for key, value in changes.items()
+               if value is not None and key in have and have[key] != value]
+    if current is not None and clashes and not args.overwrite:
+        return _fail(f"{kind} {args.name!r} not changed: {'; '.join(clashes)}; use --overwrite to change it")
     try:
         store.patch_metadata(kind, args.namespace, args.name, **{args.field: changes})
     except NotFound:
@@ -289,33 +318,13 @@ def _pod_or_exit(args) -> dict:
     store = _store(args)
     pod = store.get("Pod", args.namespace, args.name)
     if pod is None:
-        raise SystemExit(f"error: pod {args.namespace}/{args.name} not found in cluster {args.cluster!r}")
+        raise SystemExit(f"{ERROR_PREFIX}pod {args.namespace}/{args.name} not found in cluster {args.cluster!r}")
     return pod
 
 
 def cmd_logs(args) -> int:
     pod = _pod_or_exit(args)
-    containers = [c["name"] for c in pod["spec"].get("containers", [])]
-    name = args.container or (containers[0] if len(containers) == 1 else None)
-    if name is None:
-        return _fail(f"pod {args.name} has containers {', '.join(containers)}; choose one with -c")
-    path = Layout(args.cluster).pod_log(args.namespace, args.name, name)
-    if not path.exists():
-        return _fail(f"no log yet for {args.namespace}/{args.name} container {name}")
-    with open(path, "rb") as f:
-        data = f.read()
-        if args.tail is not None:
-            data = b"".join(data.splitlines(keepends=True)[-args.tail:])
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-        while args.follow:
-            chunk = f.read()
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            else:
-                time.sleep(0.2)
-    return 0
+    return local_read.logs(Layout(args.cluster), pod, args.container, args.previous, args.follow, args.tail)
 
 
 def cmd_exec(args) -> int:
@@ -327,22 +336,27 @@ def cmd_exec(args) -> int:
     if not shoal_status or (pod.get("status") or {}).get("phase") not in ("Running",):
         return _fail(f"pod {args.namespace}/{args.name} is not running yet "
                      f"(phase {(pod.get('status') or {}).get('phase', 'Pending')})")
-    # Join the pod's cgroup (as `kubectl exec` joins the container's), then become the command.
+    containers = pod["spec"].get("containers") or [{}]
+    container = next((c for c in containers if c.get("name") == args.container), None) if args.container \
+        else containers[0]
+    if container is None:
+        return _fail(f"container {args.container!r} is not in pod {args.namespace}/{args.name}; its containers: "
+                     + ", ".join(c.get("name", "?") for c in containers))
+    if args.tty and not os.isatty(0):
+        print("Unable to use a TTY - input is not a terminal", file=sys.stderr)
+    # Join the pod's cgroup (as `kubectl exec` joins the container's), take the pod's name as hostname in
+    # a UTS namespace of the command's own, its environment and /, then become the command.
     with open(os.path.join(shoal_status["cgroup"], "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWUTS) != 0:
+        return _fail(f"cannot make a UTS namespace for the pod's hostname: {os.strerror(ctypes.get_errno())}")
+    socket.sethostname(args.name[:63])
+    os.environ.update({"HOSTNAME": args.name, "POD_NAME": args.name, "POD_NAMESPACE": args.namespace,
+                       "POD_IP": (pod.get("status") or {}).get("podIP", ""), "NODE_NAME": pod["spec"].get("nodeName", "")})
+    os.environ.update({e["name"]: str(e.get("value", "")) for e in container.get("env") or () if "name" in e})
+    os.chdir("/")
     netns_name = os.path.basename(shoal_status["netns"])
     sys.stdout.flush()
     os.execvp("ip", ["ip", "netns", "exec", netns_name, *command])
     return 127  # not reached
-
-
-def cmd_rollout(args) -> int:
-    from shoal.local import rollout
-    try:
-        component = rollout.component_name(args.target)
-        steps = rollout.restart(Layout(args.cluster), component, rollout.parse_nodes(args.node),
-                                progress=lambda m: print(m, flush=True))
-    except rollout.RolloutError as e:
-        return _fail(str(e))
-    print(f"daemonset/{component} restarted: " + ", ".join(f"{s.new} on node{s.node}" for s in steps))
-    return 0

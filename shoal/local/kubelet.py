@@ -304,6 +304,8 @@ class Kubelet:
         probe_task = None
         while not runtime.stopping:
             with open(log_path, "ab", buffering=0) as log_file:
+                if c.restart_count and c.process is not None:
+                    log_file.write(restart_marker(c.name, c.restart_count, c.last_exit).encode())
                 try:
                     c.process = await asyncio.create_subprocess_exec(
                         *_launch_argv(runtime, c.argv),
@@ -410,6 +412,16 @@ def _launch_argv(runtime: PodRuntime, argv: list[str]) -> list[str]:
     /sys, as a container has. hostNetwork pods share the node's mounts, as they do on a real node
     (the node agent needs the host's cgroup and bpffs mounts); they only enter the node's netns."""
     return list(argv) if runtime.host_network else ["ip", "netns", "exec", runtime.netns, *argv]
+
+
+RESTART_MARKER = "--- shoal: restart "
+
+
+def restart_marker(container: str, restart: int, last_exit: int | None) -> str:
+    """The line written into a container's log before each restart, so `logs` can tell the runs apart
+    (`--previous`); it starts with RESTART_MARKER."""
+    return (f"{RESTART_MARKER}{restart} of container {container} at {now_rfc3339()}; "
+            f"the previous run exited with code {last_exit} ---\n")
 
 
 def _enter(runtime: PodRuntime):

@@ -149,7 +149,7 @@ def test_label_refuses_a_value_that_is_not_one_of_a_mesh_keys_values(store):
 
     for good in ("shoal.io/dataplane-mode=none", "istio.io/use-waypoint=none", "shoal.io/use-waypoint=wp-1",
                  "istio.io/waypoint-for=all"):
-        local("label", "namespace", "shop", good)
+        local("label", "namespace", "shop", good, "--overwrite")  # dataplane-mode was ambient
     local("label", "namespace", "shop", "shoal.io/dataplane-mode-")  # removing is always allowed
     assert "shoal.io/dataplane-mode" not in labels(store, "Namespace", None, "shop")
 

@@ -1,0 +1,242 @@
+"""The reading verbs of `shoal local`, with kubectl's habits: get, describe, events, logs.
+
+- `get pods,svc` and `get all` (pods, services, deployments); AGE is an age;
+  `-o wide|json|yaml`; several kinds print one block each, names as kind/name.
+- `describe KIND NAME`: pods, services and namespaces as `shoal describe` has
+  them; any other kind as its metadata, status conditions, findings, events.
+- `logs`: `-c` must name one of the pod's containers; the kubelet writes a
+  marker line before each restart, `--previous` prints the run before the
+  last restart; `-f` follows; `--tail N`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import yaml
+
+from shoal.cli.output import age, fail, table
+from shoal.local.layout import Layout
+from shoal.store import CLUSTER_SCOPED
+
+KIND_ALIASES = {
+    "Pod": ("pods", "pod", "po"),
+    "Service": ("services", "service", "svc"),
+    "Deployment": ("deployments", "deployment", "deploy"),
+    "Namespace": ("namespaces", "namespace", "ns"),
+    "Node": ("nodes", "node", "no"),
+    "Endpoints": ("endpoints", "ep"),
+    "Event": ("events", "event", "ev"),
+    "ServiceAccount": ("serviceaccounts", "serviceaccount", "sa"),
+    "VirtualService": ("virtualservices", "virtualservice", "vs"),
+    "DestinationRule": ("destinationrules", "destinationrule", "dr"),
+    "AuthorizationPolicy": ("authorizationpolicies", "authorizationpolicy", "ap"),
+    "PeerAuthentication": ("peerauthentications", "peerauthentication", "pa"),
+    "HTTPRoute": ("httproutes", "httproute"),
+    "Gateway": ("gateways", "gateway", "gtw"),
+    "TrafficSplit": ("trafficsplits", "trafficsplit", "ts"),
+    "ConfigMap": ("configmaps", "configmap", "cm"),
+    "Secret": ("secrets", "secret"),
+    "Ingress": ("ingresses", "ingress", "ing"),
+}
+ALL = ("Pod", "Service", "Deployment")   # what `get all` lists, as kubectl's `all` category
+
+
+class UnknownKind(ValueError):
+    pass
+
+
+def resolve_kind(word: str) -> str:
+    for kind, aliases in KIND_ALIASES.items():
+        if word.lower() in aliases or word == kind:
+            return kind
+    raise UnknownKind(f"unknown resource type {word!r}; known: {', '.join(a[0] for a in KIND_ALIASES.values())}, all")
+
+
+def resolve_kinds(text: str) -> list[str]:
+    """`pods,svc` -> [Pod, Service]; `all` -> ALL; raises UnknownKind."""
+    kinds: list[str] = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        for kind in ALL if word == "all" else (resolve_kind(word),):
+            if kind not in kinds:
+                kinds.append(kind)
+    if not kinds:
+        raise UnknownKind("name a resource type, such as pods or pods,svc or all")
+    return kinds
+
+
+# -- get -------------------------------------------------------------------------
+
+
+def row(kind: str, obj: dict, wide: bool, show_namespace: bool) -> dict:
+    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
+    out = {"NAMESPACE": meta.get("namespace", "")} if show_namespace and kind not in CLUSTER_SCOPED else {}
+    out["NAME"] = meta["name"]
+    if kind == "Pod":
+        containers = status.get("containerStatuses", [])
+        ready = sum(1 for c in containers if c.get("ready"))
+        waiting = next((c["state"]["waiting"]["reason"] for c in containers if "waiting" in c.get("state", {})), None)
+        out["READY"] = f"{ready}/{len(containers)}"
+        out["STATUS"] = status.get("reason") or waiting or status.get("phase", "Pending")
+        out["RESTARTS"] = sum(c.get("restartCount", 0) for c in containers)
+        if wide:
+            out["IP"] = status.get("podIP", "<none>")
+            out["NODE"] = spec.get("nodeName", "<none>")
+    elif kind == "Service":
+        out["TYPE"] = spec.get("type", "ClusterIP")
+        out["CLUSTER-IP"] = spec.get("clusterIP", "<none>")
+        out["PORTS"] = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
+        if wide:
+            out["SELECTOR"] = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items()) or "<none>"
+    elif kind == "Deployment":
+        out["REPLICAS"] = spec.get("replicas", 1)
+    elif kind == "Node":
+        addresses = {a["type"]: a["address"] for a in status.get("addresses", [])}
+        out["INTERNAL-IP"] = addresses.get("InternalIP", "")
+        out["POD-CIDR"] = spec.get("podCIDR", "")
+    elif kind == "Endpoints":
+        out["ENDPOINTS"] = ",".join(a["ip"] for s in obj.get("subsets", []) for a in s.get("addresses", [])) or "<none>"
+    elif kind == "Event":
+        involved = obj.get("involvedObject") or {}
+        out = {**({"NAMESPACE": meta.get("namespace", "")} if show_namespace else {}),
+               "LAST SEEN": age(obj.get("lastTimestamp")), "TYPE": obj.get("type", ""),
+               "REASON": obj.get("reason", ""), "OBJECT": f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
+               "MESSAGE": obj.get("message", "")}
+        return out
+    elif kind == "Namespace" and wide:
+        out["LABELS"] = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items()) or "<none>"
+    conditions = {c.get("type"): c for c in status.get("conditions") or ()} if kind not in ("Pod", "Node") else {}
+    if "ResolvedRefs" in conditions:   # a mesh object: what the analysis says of it
+        out["ACCEPTED"] = conditions["Accepted"]["status"] if "Accepted" in conditions else "-"
+        out["RESOLVED"] = conditions["ResolvedRefs"]["status"]
+    out["AGE"] = age(meta.get("creationTimestamp"))
+    return out
+
+
+def get(store, kinds: list[str], name: str | None, namespace: str | None, all_namespaces: bool,
+        output: str, out=sys.stdout) -> int:
+    if name and len(kinds) > 1:
+        return fail("a name goes with one resource type; `get pods NAME`, not `get pods,svc NAME`")
+    lists = []
+    for kind in kinds:
+        ns = None if (all_namespaces or kind in CLUSTER_SCOPED or kind == "Node") else (namespace or "default")
+        items, rv = store.list(kind, ns)
+        if name:
+            items = [i for i in items if i["metadata"]["name"] == name]
+            if not items:
+                return fail(f"{kind} {name!r} not found" + (f" in namespace {ns}" if ns else ""))
+        lists.append((kind, ns, items, rv))
+    if output in ("json", "yaml"):
+        everything = [i for _, _, items, _ in lists for i in items]
+        doc = everything[0] if name else {"apiVersion": "v1", "kind": "List", "items": everything,
+                                          "metadata": {"resourceVersion": str(max(rv for *_, rv in lists))}}
+        print(json.dumps(doc, indent=2) if output == "json" else yaml.safe_dump(doc, sort_keys=False), file=out)
+        return 0
+    blocks = []
+    for kind, ns, items, _ in lists:
+        if not items:
+            continue
+        rows = [row(kind, i, output == "wide", ns is None) for i in items]
+        if len(kinds) > 1:
+            for r in rows:
+                r["NAME"] = f"{kind.lower()}/{r['NAME']}"
+        headers = list(rows[0])
+        blocks.append(table(headers, [[r.get(h, "") for h in headers] for r in rows]))
+    if not blocks:
+        where = namespace or "default"
+        print("No resources found" + ("." if all_namespaces else f" in {where} namespace."), file=sys.stderr)
+        return 0
+    print("\n\n".join(blocks), file=out)
+    return 0
+
+
+# -- describe ---------------------------------------------------------------------
+
+
+def describe_generic(store, obj: dict) -> str:
+    from shoal.cli.describe import Mesh
+
+    meta, status = obj["metadata"], obj.get("status") or {}
+    kind = obj["kind"]
+    mesh = Mesh([o for k in store.kinds() for o in store.list(k)[0]])
+    lines = [f"Name:        {meta['name']}"]
+    if kind not in CLUSTER_SCOPED:
+        lines.append(f"Namespace:   {meta.get('namespace', 'default')}")
+    lines += [f"Kind:        {kind}", f"Created:     {meta.get('creationTimestamp', '')} ({age(meta.get('creationTimestamp'))} ago)",
+              "Labels:      " + (", ".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items()) or "<none>")]
+    conditions = status.get("conditions") or []
+    lines.append("Conditions:" if conditions else "Conditions:  <none>")
+    lines += [f"  {c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}" for c in conditions]
+    namespace = meta.get("namespace", "default")
+    for title, found in (("Findings", mesh.findings_about(kind, namespace, meta["name"])),
+                         ("Events", mesh.events_about(kind, namespace, meta["name"]))):
+        lines.append(f"{title}:" if found else f"{title}:  <none>")
+        lines += [f"  {line}" for line in found]
+    return "\n".join(lines)
+
+
+def describe(store, kind: str, name: str, namespace: str) -> int:
+    from shoal.cli.describe import describe as describe_mesh
+
+    if kind in ("Pod", "Service", "Namespace"):
+        text = describe_mesh([o for k in store.kinds() for o in store.list(k)[0]], kind, namespace, name)
+    else:
+        obj = store.get(kind, namespace, name)
+        text = describe_generic(store, obj) if obj is not None else None
+    if text is None:
+        return fail(f"{kind} {name!r} not found" + ("" if kind in CLUSTER_SCOPED else f" in namespace {namespace}"))
+    print(text)
+    return 0
+
+
+# -- logs --------------------------------------------------------------------------
+
+
+def runs(data: bytes) -> list[bytes]:
+    """A container log cut into its runs, oldest first; every run after the first starts with its marker line."""
+    from shoal.local.kubelet import RESTART_MARKER
+
+    marker = RESTART_MARKER.encode()
+    out, current = [], []
+    for line in data.splitlines(keepends=True):
+        if line.startswith(marker) and (current or out):
+            out.append(b"".join(current))
+            current = []
+        current.append(line)
+    out.append(b"".join(current))
+    return out
+
+
+def logs(layout: Layout, pod: dict, container: str | None, previous: bool, follow: bool, tail: int | None) -> int:
+    meta = pod["metadata"]
+    where = f"pod {meta['namespace']}/{meta['name']}"
+    containers = [c["name"] for c in pod["spec"].get("containers", [])]
+    if container is not None and container not in containers:
+        return fail(f"container {container!r} is not in {where}; its containers: {', '.join(containers) or 'none'}")
+    name = container or (containers[0] if len(containers) == 1 else None)
+    if name is None:
+        return fail(f"{where} has containers {', '.join(containers)}; choose one with -c")
+    path = layout.pod_log(meta["namespace"], meta["name"], name)
+    if not path.exists():
+        return fail(f"no log yet for container {name} of {where}: it has not started")
+    with open(path, "rb") as f:
+        data = f.read()
+        if previous:
+            history = runs(data)
+            if len(history) < 2:
+                return fail(f"container {name} of {where} has not restarted: there is no previous run")
+            data, follow = history[-2], False
+        if tail is not None:
+            data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        while follow:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+    return 0

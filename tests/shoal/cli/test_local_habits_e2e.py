@@ -1,0 +1,107 @@
+"""kubectl's habits that need a running cluster (root): exec's terminal, hostname, environment and working
+directory; the restart marker the kubelet writes and `logs --previous`; `up` again and `status`."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+
+import pytest
+
+from support.cli import SHOAL
+from support.cluster import running_cluster
+from support.polling import eventually
+from support.root import needs_root
+
+pytestmark = needs_root("runs a local cluster")
+
+PODS = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: habits}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: shell, namespace: habits}
+spec: {containers: [{name: sh, command: [sleep, infinity], env: [{name: GREETING, value: hello}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher, namespace: habits}
+spec: {containers: [{name: app, command: [sh, -c, 'echo "run at $(date +%s%N)"; sleep 0.2; exit 3']}]}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with running_cluster("hab", nodes=1) as c:
+        c.apply(PODS)
+        c.wait_pods_ready("habits", 1, timeout=120)
+        yield c
+
+
+def test_exec_runs_with_the_pods_hostname_environment_and_root_directory(cluster):
+    out = cluster.exec("shell", "sh", "-c", 'echo "$(hostname) $POD_NAME $POD_NAMESPACE $GREETING $(pwd)"',
+                       namespace="habits").stdout
+    assert out.split() == ["shell", "shell", "habits", "hello", "/"]
+    assert cluster.exec("shell", "hostname", namespace="habits").stdout.strip() == "shell"
+    assert os.uname().nodename != "shell"  # the host's own name is untouched
+
+
+def run_in_terminal(argv: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Runs argv with a new pseudo-terminal as its stdin, stdout and stderr; returns (status, what it printed)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True)
+    os.close(terminal)
+    output = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:       # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    os.close(controller)
+    return process.wait(timeout=10), output.decode(errors="replace")
+
+
+def test_exec_it_gives_the_command_a_terminal(cluster):
+    status, out = run_in_terminal([*SHOAL, "local", "exec", "--cluster", cluster.name, "-n", "habits", "-it", "shell",
+                                   "--", "sh", "-c", "tty; test -t 0 && test -t 1 && echo both-terminals"])
+    assert status == 0, out
+    assert "/dev/pts/" in out and "both-terminals" in out
+    # without a terminal, -t says so (as kubectl does) and the command still runs
+    piped = cluster("exec", "-n", "habits", "-t", "shell", "--", "sh", "-c", "test -t 0 || echo no-terminal")
+    assert "no-terminal" in piped.stdout and "Unable to use a TTY" in piped.stderr
+
+
+def test_a_restarted_container_has_a_marker_and_its_previous_run(cluster):
+    def restarted_twice():
+        pod = cluster.pods("habits").get("crasher")
+        statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
+        return statuses[0].get("restartCount", 0) >= 2
+    eventually(restarted_twice, 120, "the crasher to restart twice")
+    whole = cluster("logs", "-n", "habits", "crasher").stdout
+    assert whole.count("--- shoal: restart ") >= 2, whole
+    assert "the previous run exited with code 3" in whole
+    runs = [line for line in whole.splitlines() if line.startswith("run at ")]
+    previous = cluster("logs", "-n", "habits", "crasher", "--previous").stdout.splitlines()
+    assert previous[0].startswith("--- shoal: restart ") and previous[1] in runs and previous[1] != runs[0]
+
+
+def test_up_again_without_flags_keeps_the_cluster_and_status_says_it_is_healthy(cluster):
+    again = cluster("up")
+    assert again.stdout.strip().endswith("is already up (1 nodes, --redirect iptables); nothing changed")
+    differs = cluster("up", "--redirect", "ebpf", check=False)
+    assert differs.returncode == 1 and "you asked for --redirect ebpf (it has iptables)" in differs.stderr
+    status = cluster("status")
+    assert "pod/ztunnel-node1" in status.stdout and "Healthy:" in status.stdout
