@@ -140,3 +140,17 @@ def test_the_pod_of_a_node_token_that_cannot_be_read_is_no_verdict(double):
         _authenticator(double).authenticate("old-style")
     with pytest.raises(AuthenticationFailed, match="not bound to a node"):   # read, and gone: refused
         _authenticator(double).authenticate("old-style")
+
+
+@pytest.mark.parametrize("code, says", [(403, "RBAC"), (401, "Unauthorized"), (500, "Internal Server Error")])
+def test_a_secret_that_cannot_be_read_is_a_clear_ca_error(double, code, says):
+    double.fail(code, method="GET", path="/secrets/shoal-ca")
+    with pytest.raises(ca_store.CaError, match=f"cannot read Secret shoal-system/shoal-ca: {code}.*{says}"):
+        ca_store.load_or_create(ca_store.KubeSecretRootStore(client.CoreV1Api(double.api())), TD)
+    assert CA_SECRET not in double.objects           # nothing was created on a failed read
+
+
+def test_a_write_refused_by_rbac_is_a_clear_ca_error(double):
+    double.fail(403, method="POST", path="/secrets")
+    with pytest.raises(ca_store.CaError, match="cannot create Secret shoal-system/shoal-ca: 403.*RBAC"):
+        ca_store.load_or_create(ca_store.KubeSecretRootStore(client.CoreV1Api(double.api())), TD)

@@ -111,3 +111,62 @@ def test_injected_failures_and_a_kubeconfig(api, tmp_path):
             core.list_namespace()
         assert forbidden.value.status == 403 and json.loads(forbidden.value.body)["reason"] == "Forbidden"
         assert core.list_namespace().items == []
+
+
+def test_bearer_tokens_when_asked_for():
+    with KubeApiServer(tokens={"secret"}) as api:
+        with api.api_client() as anonymous, pytest.raises(ApiException) as refused:
+            client.CoreV1Api(anonymous).list_namespace()
+        assert refused.value.status == 401
+        with api.api_client(token="secret") as c:
+            assert client.CoreV1Api(c).list_namespace().items == []
+
+
+def test_a_watch_with_a_selector_sees_objects_enter_and_leave_it(api):
+    with api.api_client() as c:
+        core = client.CoreV1Api(c)
+        since = core.list_namespaced_config_map("x", label_selector="team=a").metadata.resource_version
+        stream = core.list_namespaced_config_map("x", label_selector="team=a", watch=True, resource_version=since,
+                                                 _preload_content=False, timeout_seconds=1)
+        api.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m", "namespace": "x"}})
+        api.modify({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "m", "namespace": "x", "labels": {"team": "a"}}})
+        api.modify({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "m", "namespace": "x", "labels": {"team": "b"}}})
+        events = [json.loads(line)["type"] for line in stream if line.strip()]
+    assert events == ["ADDED", "DELETED"]
+
+
+def test_pages_patches_apply_and_finalizers(api):
+    for name in "abc":
+        api.add({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "x"}})
+    with api.api_client() as c:
+        core = client.CoreV1Api(c)
+        first = core.list_namespaced_secret("x", limit=2)
+        rest = core.list_namespaced_secret("x", limit=2, _continue=first.metadata._continue)
+        assert [s.metadata.name for s in first.items + rest.items] == ["a", "b", "c"]
+
+        def raw(method, path, body, content_type, **query):
+            m, url, headers, payload, _ = c.param_serialize(method, path, body=body, query_params=list(query.items()),
+                                                            header_params={"Content-Type": content_type})
+            response = c.call_api(m, url, headers, payload)
+            return response.status, json.loads(response.read())
+        status, patched = raw("PATCH", "/api/v1/namespaces/x/secrets/a",
+                              [{"op": "add", "path": "/metadata/labels", "value": {"k": "v"}}],
+                              "application/json-patch+json")
+        assert status == 200 and patched["metadata"]["labels"] == {"k": "v"}
+        status, _ = raw("PATCH", "/api/v1/namespaces/x/secrets/new", {"metadata": {"name": "new"}},
+                        "application/apply-patch+yaml")
+        assert status == 400                                  # apply needs a fieldManager
+        status, applied = raw("PATCH", "/api/v1/namespaces/x/secrets/new",
+                              {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "new"}, "type": "Opaque"},
+                              "application/apply-patch+yaml", fieldManager="shoal")
+        assert status == 200 and applied["type"] == "Opaque"   # apply creates
+
+        api.add({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "held", "namespace": "x", "finalizers": ["example.com/keep"]}})
+        core.delete_namespaced_config_map("held", "x")
+        held = api.get("ConfigMap", "x", "held")
+        assert held is not None and held["metadata"]["deletionTimestamp"]
+        core.patch_namespaced_config_map("held", "x", {"metadata": {"finalizers": None}})
+        assert api.get("ConfigMap", "x", "held") is None     # the last finalizer gone: so is the object
