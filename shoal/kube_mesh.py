@@ -127,3 +127,43 @@ def ztunnel_pod(cluster: Cluster, node: str) -> dict:
                            f"`kubectl -n {ZTUNNEL_NAMESPACE} get pods -l app={ZTUNNEL_APP} -o wide`")
     # During a surge upgrade two run on the node: the newer one holds the pods.
     return max(found, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+
+
+def ztunnel_dump(cluster: Cluster, node: str, port: int, timeout: float = 10.0) -> dict:
+    """The config dump of `node`'s ztunnel: its admin port (127.0.0.1 in the node's netns, since the
+    ztunnel runs with hostNetwork) reached through the API server's port-forward, as kubectl does."""
+    import json
+
+    from kubernetes import client
+    from kubernetes.stream import portforward
+
+    pod = ztunnel_pod(cluster, node)
+    name = pod["metadata"]["name"]
+    try:
+        forward = portforward(client.CoreV1Api(cluster.api).connect_get_namespaced_pod_portforward,
+                              name, ZTUNNEL_NAMESPACE, ports=str(port))
+    except Exception as e:  # the client's websocket and API errors: the boundary
+        raise InstallError(f"cannot port-forward to {ZTUNNEL_NAMESPACE}/{name}: {e}; the port-forward needs the "
+                           "pods/portforward permission (create)") from e
+    sock = forward.socket(port)
+    raw, failure = b"", None
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(b"GET /config_dump HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        while chunk := sock.recv(65536):
+            raw += chunk
+    except OSError as e:
+        failure = str(e)
+    finally:
+        sock.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if failure or head.split(b" ", 2)[1:2] != [b"200"]:
+        # The API server's own words (on the port's error channel) say more than a broken pipe.
+        error = forward.error(port) or failure or head.split(b"\r\n", 1)[0].decode("latin-1") or "no answer"
+        raise InstallError(f"the ztunnel {ZTUNNEL_NAMESPACE}/{name} did not answer on {port}: {error}; check "
+                           f"`kubectl -n {ZTUNNEL_NAMESPACE} logs {name}`")
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise InstallError(f"the ztunnel {ZTUNNEL_NAMESPACE}/{name} answered on {port} with no JSON dump ({e}); "
+                           "is that port its admin port?") from e

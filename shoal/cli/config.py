@@ -1,7 +1,10 @@
 """`shoal config workloads|services|policies|certs|all`: what a ztunnel knows, from its admin dump.
 
 In a local cluster the ztunnel's admin port (15000) listens on 127.0.0.1 of
-its node's netns, so the request is made from inside that netns.
+its node's netns, so the request is made from inside that netns. On
+Kubernetes (`--kubeconfig`, `--context`, or with no `--cluster` `$KUBECONFIG`
+or a pod's service account) it is reached through the API server's
+port-forward to the ztunnel pod of `--node`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import urllib.error
 import urllib.request
 
 from shoal.contracts import ADMIN_PORT
+from shoal.kube_mesh import add_target_arguments
 from shoal.local.layout import cluster_name
 
 VIEWS = ("workloads", "services", "policies", "certs", "all")
@@ -22,8 +26,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("config", help="show a ztunnel's config (workloads, services, policies, certs)",
                               description=__doc__)
     p.add_argument("view", choices=VIEWS)
-    p.add_argument("--node", default="1", help="node number or name (1, node1)")
-    p.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name")
+    p.add_argument("--node", help="node number or name (1, node1; default 1) in a local cluster; "
+                                  "the node's name on Kubernetes (required there)")
+    p.add_argument("--cluster", type=cluster_name, help="local cluster name (default: default)")
+    add_target_arguments(p)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.add_argument("--port", type=int, default=ADMIN_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=main)
@@ -71,6 +77,24 @@ def render(view: str, dump: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from shoal import kube_mesh
+    from shoal.install import InstallError
+
+    try:
+        if kube_mesh.on_kubernetes(args):
+            if not args.node:
+                print("shoal config: name the node: --node NAME (`kubectl get nodes`)", file=sys.stderr)
+                return 2
+            dump = kube_mesh.ztunnel_dump(kube_mesh.connect(args), args.node, args.port)
+            return show(args, dump)
+    except InstallError as e:
+        print(f"shoal config: {e}", file=sys.stderr)
+        return 1
+    args.cluster, args.node = args.cluster or "default", args.node or "1"
+    return local_main(args)
+
+
+def local_main(args: argparse.Namespace) -> int:
     from shoal.local.layout import Layout, node_index
 
     try:
@@ -91,6 +115,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"shoal config: the ztunnel of node{node} does not answer on 127.0.0.1:{args.port}: "
               f"{getattr(e, 'reason', e)}; check `shoal local logs -n shoal-system ztunnel-node{node}`", file=sys.stderr)
         return 1
+    return show(args, dump)
+
+
+def show(args: argparse.Namespace, dump: dict) -> int:
     if args.view == "all" or args.output == "json":
         selected = dump if args.view == "all" else (
             {"policies": dump["policies"], "peer_authentications": dump["peer_authentications"]}
