@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+# daemonset/ sits beside the packages: in the source tree, and in the wheel as a data package.
 DEFAULT_MANIFESTS = Path(__file__).resolve().parents[2] / "daemonset"
 
 
@@ -24,7 +25,8 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
                                              "else the in-cluster service account)")
     parser.add_argument("--context", help="kubeconfig context (default its current-context)")
     parser.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS,
-                        help="the kustomization to install (default daemonset/ of this source tree)")
+                        help="the kustomization to install (default: shoal's daemonset/, beside its packages "
+                             "in the source tree or the installed wheel)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each step")
 
 
