@@ -178,23 +178,16 @@ class ListWatch:
                     obj.setdefault("kind", self.kind.kind)
                     obj.setdefault("apiVersion", self.kind.api_version(version))
                     emit(Changed(self.kind.kind, type_, obj))
-            except KubeError as e:
-                if isinstance(e, KubeGone) or e.status != 0:
-                    raise
-                _log.info("watch stream broke; resuming", resource=self.kind.plural, since=self.resource_version,
-                          error=str(e))
-            except (OSError, ValueError) as e:   # urllib3's protocol and read errors, a torn JSON line
-                if stop.is_set():
-                    return
-                _log.info("watch stream broke; resuming", resource=self.kind.plural, since=self.resource_version,
-                          error=f"{type(e).__name__}: {e}")
+            except KubeError:
+                raise       # 410, or a watch request refused or unanswered: the run loop backs off, lists again
             except _Stopped:
                 return
-            except Exception as e:  # noqa: BLE001 - urllib3 raises more than OSError mid-stream
+            except Exception as e:  # noqa: BLE001 - urllib3's protocol and read errors mid-stream, a torn line
                 if stop.is_set():
                     return
                 _log.info("watch stream broke; resuming", resource=self.kind.plural, since=self.resource_version,
                           error=f"{type(e).__name__}: {e}")
+                stop.wait(min(self.backoff.initial, 0.2))   # a server that cuts every stream at once: no spin
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         failures = 0

@@ -317,3 +317,27 @@ async def test_a_broken_stream_then_a_failed_watch_request_loses_no_event(double
         await run.until(lambda ev: ("ADDED", "Pod", "a") in named(run.after_sync("ADDED")), timeout=30)
         assert not double.faults
         assert named(run.after_sync("ADDED", "MODIFIED", "DELETED")) == [("ADDED", "Pod", "a")]   # once
+
+
+@in_loop
+async def test_an_unreachable_api_server_is_retried_with_growing_delays():
+    from support.net import free_port
+    config = client.Configuration()
+    config.host = f"http://127.0.0.1:{free_port()}"      # nothing listens there
+    source = KubeSource(make_api_client(config), [r for r in RESOURCES if r.kind == "Pod"], retry_delay=0.02)
+
+    async def pump():
+        async for _ in source.events():
+            pass
+    with capture_logs() as logs:
+        task = asyncio.create_task(pump())
+        try:
+            await eventually_async(lambda: len([e for e in logs if e.get("resource") == "pods"]) >= 4, 30,
+                                   "four failed attempts logged")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    failures = [e for e in logs if e.get("resource") == "pods"][:4]
+    assert all(e["log_level"] == "warning" and "no answer from the API server" in e["error"] for e in failures)
+    delays = [e["retry_in"] for e in failures]
+    assert delays == sorted(delays) and delays[-1] > delays[0]      # backing off, not spinning
