@@ -4,7 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER ?= demo
 
-.PHONY: setup demo test down bench clean
+# The image (Dockerfile, or `make image` with no registry: mmdebstrap and an OCI archive).
+# It is made again only when what goes into it changed; `make test` runs it under containerd.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_ARCHIVE := build/shoal-$(VERSION).oci.tar
+IMAGE_INPUTS := $(shell find Dockerfile .dockerignore pyproject.toml README.md image scripts/image shoal control_plane \
+	node_agent ztunnel waypoint bench bpf -path bench/results -prune -o -name __pycache__ -prune -o -type f -print)
+
+.PHONY: setup demo test down bench clean image
 
 setup:
 	@scripts/setup.sh
@@ -12,8 +19,13 @@ setup:
 demo: setup
 	@$(PY) -m shoal.local.demo --cluster $(CLUSTER)
 
-test: setup
+test: setup image
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+image: $(IMAGE_ARCHIVE)
+
+$(IMAGE_ARCHIVE): $(IMAGE_INPUTS)
+	@scripts/image/build.sh
 
 down:
 	@$(VENV)/bin/shoal local down --cluster $(CLUSTER)

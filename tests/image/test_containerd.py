@@ -1,0 +1,135 @@
+"""shoal's image, run for real: imported from `make image`'s archive into a containerd of
+the test's own (conftest.py), and run with runc.
+
+- `shoal --version` answers the package version;
+- the node agent's eBPF prerequisite check, with the host mounts its DaemonSet gives
+  (/lib/modules, /usr/src, /sys/fs/cgroup, /sys/fs/bpf, the host's PID namespace and
+  network), finds everything; without the kernel headers it names them and the remedy;
+- a node of its own (a network namespace standing in for the node's network, as the
+  DaemonSets' hostNetwork pods share it): the control plane as the image's user 10001,
+  the node agent privileged, and the ztunnel with its three capabilities, until the
+  ztunnel reports ready on 15021 (config received, the node agent's hand-off done);
+- and stopping it all leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal import store
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT, READINESS_PORT
+from support.net import http_get
+from support.polling import eventually
+from support.root import needs_root
+
+pytestmark = needs_root("starts containerd and runs containers with runc")
+
+# The DaemonSet's host mounts of the node agent (daemonset/node.yaml), as (host, container, options).
+NODE_AGENT_MOUNTS = (
+    ("/lib/modules", "/lib/modules", "rbind:ro"),
+    ("/usr/src", "/usr/src", "rbind:ro"),
+    ("/sys/fs/cgroup", "/sys/fs/cgroup", "rbind:rw"),
+    ("/sys/fs/bpf", "/sys/fs/bpf", "rbind:rw"),
+)
+HOST_PID = "pid:/proc/1/ns/pid"
+CHECK_EBPF = ("from node_agent.redirect import check_ebpf\n"
+              "from node_agent.errors import PrerequisiteMissing\n"
+              "try:\n    check_ebpf()\n"
+              "except PrerequisiteMissing as e:\n    print('missing:', e)\n    raise SystemExit(1)\n"
+              "print('ebpf prerequisites: present')\n")
+
+
+def test_shoal_version_is_the_package_version(containerd):
+    result = containerd.run("version", ["shoal", "--version"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"shoal {shoal.__version__}"
+
+
+def test_the_image_runs_as_its_non_root_user_unless_told_otherwise(containerd):
+    result = containerd.run("whoami", ["id"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] == ["uid=10001(shoal)", "gid=10001(shoal)"], result.stdout
+
+
+def test_the_node_agents_prerequisite_check_finds_ebpf_ready_with_the_daemonsets_mounts(containerd):
+    containerd.start_as_root("check-mounted", privileged=True, mounts=NODE_AGENT_MOUNTS)
+    result = containerd.exec_as_root("check-mounted", ["python3", "-c", CHECK_EBPF])
+    containerd.remove_container("check-mounted")
+    assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    assert result.stdout.strip() == "ebpf prerequisites: present"
+
+
+def test_without_the_kernel_headers_the_check_names_them_and_the_remedy(containerd):
+    without_headers = tuple(m for m in NODE_AGENT_MOUNTS if m[0] not in ("/lib/modules", "/usr/src"))
+    containerd.start_as_root("check-unmounted", privileged=True, mounts=without_headers)
+    result = containerd.exec_as_root("check-unmounted", ["python3", "-c", CHECK_EBPF])
+    containerd.remove_container("check-unmounted")
+    assert result.returncode == 1, f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "missing: kernel headers" in result.stdout, result.stdout
+    assert "mount /lib/modules and /usr/src" in result.stdout, result.stdout
+
+
+@pytest.fixture(scope="module")
+def node(containerd):
+    """A local cluster's store and a network namespace of the test's own, for one node."""
+    cluster = f"img{os.getpid()}"
+    run_root = containerd.base / "run"
+    cluster_store = store.Store(cluster, root=run_root)
+    cluster_store.init()
+    cluster_store.apply({"kind": "Node", "metadata": {"name": "node1"}})
+    run_dir = run_root / cluster
+    token = "tok-image-test-" + "c" * 24
+    (run_dir / "bootstrap-tokens.json").write_text(json.dumps({token: "node1"}))
+    (run_dir / "node1").mkdir()
+    (run_dir / "node1" / "token").write_text(token)
+    for path in [run_dir, *run_dir.rglob("*")]:
+        os.chown(path, 10001, 10001)  # the control plane runs as the image's user
+    netns = f"shoal-{cluster}-node1"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        yield cluster, netns, run_root
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def test_a_ztunnel_reports_ready_against_a_control_plane_run_as_the_non_root_user(containerd, node):
+    cluster, netns, run_root = node
+    shared = (str(run_root), "/run/shoal", "rbind:rw")
+    environment = ("SHOAL_RUN_ROOT=/run/shoal",)
+    containerd.start_container("control-plane", ["shoal", "control-plane", "--source", "local", "--cluster", cluster],
+                               net_ns=netns, mounts=(shared,), env=environment)
+    containerd.start_as_root("node-agent", ["shoal", "node-agent", "--source", "local", "--cluster", cluster,
+                                              "--node", "node1", "--redirect", "iptables"],
+                             net_ns=netns, privileged=True, mounts=(*NODE_AGENT_MOUNTS, shared),
+                               env=environment)
+    containerd.start_as_root("ztunnel", ["shoal", "ztunnel", "--cluster", cluster, "--node", "node1",
+                                           "--control-plane", f"127.0.0.1:{CONTROL_PLANE_GRPC_PORT}"],
+                             net_ns=netns, caps=("CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"),
+                               mounts=(shared,), env=environment)
+
+    def logs() -> str:
+        return "\n".join(f"--- {name}:\n{containerd.container_log(name)}"
+                         for name in ("control-plane", "node-agent", "ztunnel"))
+
+    status, body = eventually(lambda: (lambda answer: answer if answer[0] == 200 else None)(
+        http_get(f"http://127.0.0.1:{READINESS_PORT}/healthz/ready", netns=netns)), timeout=180,
+        what=lambda: f"the ztunnel to be ready: {http_get(f'http://127.0.0.1:{READINESS_PORT}/healthz/ready', netns=netns)}\n{logs()}")
+    assert status == 200 and "ready" in body
+
+    # The control plane runs as the image's user, as its Deployment has it (runAsNonRoot).
+    pid = containerd.task_pid("control-plane")
+    uids = [line.split()[1:] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith(("Uid:", "Gid:"))]
+    assert uids == [["10001"] * 4, ["10001"] * 4], uids
+
+
+def test_stopping_containerd_leaves_nothing_behind(containerd):
+    leftovers = containerd.stop()
+    assert leftovers == [], leftovers
