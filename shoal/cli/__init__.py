@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shoal {shoal.__version__}")
     parser.add_argument("--log-format", choices=log.FORMATS, default="console", help="log output format")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    parser.epilog = "shell completion: `source <(shoal completion bash)`; every command has --help"
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -39,7 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # that part is not built yet
         module.register(sub)
+    for each in parsers(parser):
+        each.formatter_class = DefaultsHelpFormatter
     return parser
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default when it has one and does not say it already.
+    A description of several lines (a module's docstring) is printed as written; one line is wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and default not in (None, False, argparse.SUPPRESS, [])
+                and "default" not in text):
+            text += f" (default: {default})"
+        return text
+
+
+def parsers(parser: argparse.ArgumentParser):
+    """`parser` and every subcommand's parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from parsers(child)
 
 
 def main(argv: list[str] | None = None) -> int:

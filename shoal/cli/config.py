@@ -25,12 +25,12 @@ VIEWS = ("workloads", "services", "policies", "certs", "all")
 def register(subparsers) -> None:
     p = subparsers.add_parser("config", help="show a ztunnel's config (workloads, services, policies, certs)",
                               description=__doc__)
-    p.add_argument("view", choices=VIEWS)
+    p.add_argument("view", choices=VIEWS, help="what to show")
     p.add_argument("--node", help="node number or name (1, node1; default 1) in a local cluster; "
                                   "the node's name on Kubernetes (required there)")
     p.add_argument("--cluster", type=cluster_name, help="local cluster name (default: default)")
     add_target_arguments(p)
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--port", type=int, default=ADMIN_PORT, help=argparse.SUPPRESS)
     p.set_defaults(func=main)
 

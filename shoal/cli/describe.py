@@ -33,7 +33,7 @@ def register(sub) -> None:
     p = sub.add_parser("describe", help="how the mesh sees a pod, service or namespace, and why",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=sorted(KINDS), metavar="pod|svc|ns", help="what to describe")
-    p.add_argument("name")
+    p.add_argument("name", help="the object's name")
     p.add_argument("-n", "--namespace", default="default", help="the object's namespace (default: default)")
     context.add_option(p)
     p.set_defaults(func=cmd_describe)

@@ -66,7 +66,7 @@ def register(sub) -> None:
     p = verb("describe", cmd_describe, "one object in words: for pods, services and namespaces how the mesh sees "
                                        "them; for any kind its conditions, findings and events")
     p.add_argument("kind", help="pod, svc, ns, vs, dr, ...")
-    p.add_argument("name")
+    p.add_argument("name", help="the object's name")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
 
     p = verb("events", cmd_events, "list events (the control plane's refusals, ...)")
@@ -76,8 +76,8 @@ def register(sub) -> None:
     for name, field in (("label", "labels"), ("annotate", "annotations")):
         p = verb(name, cmd_metadata, f"set or remove {field} (key=value to set, key- to remove)")
         p.add_argument("kind", help="pod, svc, ns, deploy, ...")
-        p.add_argument("name")
-        p.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-")
+        p.add_argument("name", help="the object's name")
+        p.add_argument("changes", nargs="+", metavar="KEY=VALUE|KEY-", help="KEY=VALUE sets a key, KEY- removes it")
         p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
         p.add_argument("--overwrite", action="store_true",
                        help="allow changing a key that already has another value (default: refuse)")

@@ -39,8 +39,8 @@ def register(subparsers) -> None:
     verbs.required = True
 
     apply = verbs.add_parser("apply", help="declare a waypoint Gateway in a namespace")
-    apply.add_argument("-n", "--namespace", required=True)
-    apply.add_argument("--name", default="waypoint")
+    apply.add_argument("-n", "--namespace", required=True, help="the namespace the waypoint serves")
+    apply.add_argument("--name", default="waypoint", help="the waypoint Gateway's name")
     apply.add_argument("--for", dest="traffic", default="service", choices=("service", "workload", "all", "none"),
                        help=f"what traffic the waypoint serves (label {ISTIO_WAYPOINT_FOR})")
     apply.add_argument("--enroll-namespace", action="store_true",
@@ -50,22 +50,22 @@ def register(subparsers) -> None:
     apply.set_defaults(func=_on_either(cmd_apply, kube_apply))
 
     delete = verbs.add_parser("delete", help="remove a waypoint Gateway (its Deployment and Service go with it)")
-    delete.add_argument("-n", "--namespace", required=True)
-    delete.add_argument("--name", default="waypoint")
+    delete.add_argument("-n", "--namespace", required=True, help="the waypoint's namespace")
+    delete.add_argument("--name", default="waypoint", help="the waypoint Gateway's name")
     delete.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
     add_target_arguments(delete)
     delete.set_defaults(func=_on_either(cmd_delete, kube_delete))
 
     listing = verbs.add_parser("list", help="list waypoint Gateways")
-    listing.add_argument("-n", "--namespace")
+    listing.add_argument("-n", "--namespace", help="only this namespace (default: every namespace)")
     listing.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
     add_target_arguments(listing)
     listing.set_defaults(func=_on_either(cmd_list, kube_list))
 
     dump = verbs.add_parser("config", help="a waypoint's config dump: services, route tables, policies, certificate")
-    dump.add_argument("-n", "--namespace", required=True)
-    dump.add_argument("--name", default="waypoint")
-    dump.add_argument("--cluster", default="default", type=cluster_name)
+    dump.add_argument("-n", "--namespace", required=True, help="the waypoint's namespace")
+    dump.add_argument("--name", default="waypoint", help="the waypoint Gateway's name")
+    dump.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name")
     dump.set_defaults(func=cmd_config)
 
     run = verbs.add_parser("run", help="run the waypoint proxy (started by the control plane's Deployment)")
@@ -78,9 +78,9 @@ def register(subparsers) -> None:
     run.add_argument("--ca-bundle", type=Path, help="mesh trust bundle PEM (default: the local cluster's)")
     run.add_argument("--token-file", type=Path,
                      help="service-account token for the control plane (default: minted in the local cluster)")
-    run.add_argument("--trust-domain", default="cluster.local")
+    run.add_argument("--trust-domain", default="cluster.local", help="the mesh's SPIFFE trust domain")
     run.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
-    run.add_argument("--drain-seconds", type=float, default=5.0)
+    run.add_argument("--drain-seconds", type=float, default=5.0, help="how long SIGTERM lets requests finish")
     run.set_defaults(func=cmd_run)
 
 

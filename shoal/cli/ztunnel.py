@@ -20,8 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--socket", type=Path, help="the node agent's hand-off socket (default: the local cluster's)")
     p.add_argument("--token-file", type=Path, help="the node's bootstrap token (default: the local cluster's)")
     p.add_argument("--ca-bundle", type=Path, help="mesh trust bundle PEM (default: the local cluster's)")
-    p.add_argument("--trust-domain", default="cluster.local")
-    p.add_argument("--balancing", default="round_robin", choices=("round_robin", "least_connections"))
+    p.add_argument("--trust-domain", default="cluster.local", help="the mesh's SPIFFE trust domain")
+    p.add_argument("--balancing", default="round_robin", choices=("round_robin", "least_connections"),
+                   help="how an endpoint of a Service is picked")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
     p.add_argument("--drain-seconds", type=float, default=10.0, help="how long SIGTERM lets connections finish")
     p.add_argument("--no-preserve-source-ip", action="store_true",
