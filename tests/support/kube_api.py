@@ -56,16 +56,14 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, NamedTuple
-from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from kubernetes import client
 
-from support.kube_resources import REVIEWS, ResourceType, parse_path
+from support.kube_resources import ResourceType, parse_path
 from support.kube_store import ApiStatus, Store
 
 # The control plane's CA objects (by path).

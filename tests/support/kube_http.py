@@ -94,20 +94,23 @@ class Handler(JsonHandler):
         elif parts == ["apis"]:
             groups = sorted({g for g, v in store.served.items() if g and v})
             self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in sorted(store.served[g])]}
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in _ordered(store, g)],
+                 "preferredVersion": {"groupVersion": f"{g}/{_ordered(store, g)[0]}", "version": _ordered(store, g)[0]}}
                 for g in groups]})
         elif parts in (["api", "v1"],) or (len(parts) == 3 and parts[0] == "apis"):
             group, version = ("", "v1") if parts[0] == "api" else (parts[1], parts[2])
             if version not in store.served.get(group, set()):
                 raise ApiStatus(404, "NotFound", f"the server could not find the requested resource {path}")
-            resources = [{"name": t.plural, "kind": t.kind, "namespaced": t.namespaced, "singularName": "",
-                          "verbs": ["create"] if t.plural in REVIEWS else
-                          ["create", "delete", "get", "list", "patch", "update", "watch"]}
-                         for (g, _), t in sorted(store.types.items()) if g == group and version in t.versions]
-            resources += [{"name": f"{r['name']}/status", "kind": r["kind"], "namespaced": r["namespaced"],
-                           "verbs": ["get", "patch", "update"]}
-                          for r, t in zip(list(resources), [t for (g, _), t in sorted(store.types.items())
-                                                            if g == group and version in t.versions]) if t.status]
+            resources = []
+            for t in [t for (g, _), t in sorted(store.types.items()) if g == group and version in t.versions]:
+                verbs = ["create"] if t.plural in REVIEWS else ["create", "delete", "get", "list", "patch", "update",
+                                                                "watch"]
+                resources.append({"name": t.plural, "singularName": t.kind.lower(), "kind": t.kind,
+                                  "namespaced": t.namespaced, "verbs": verbs})
+                if t.status:
+                    resources.append({"name": f"{t.plural}/status", "singularName": "", "kind": t.kind,
+                                      "namespaced": t.namespaced,
+                                      "verbs": ["get", "patch", "update"]})
             self.send_json(200, {"kind": "APIResourceList", "apiVersion": "v1",
                                  "groupVersion": f"{group}/{version}" if group else version, "resources": resources})
         else:
@@ -250,6 +253,12 @@ class Handler(JsonHandler):
         finally:
             with store.lock:
                 double._streams.discard(self)
+
+
+def _ordered(store, group: str) -> list[str]:
+    """The group's served versions, preferred first (as its resource types list them)."""
+    known = [v for t in store.types.values() if t.group == group for v in t.versions]
+    return sorted(store.served[group], key=lambda v: known.index(v) if v in known else len(known))
 
 
 def _as_seen(change, wanted) -> tuple[str, dict] | None:

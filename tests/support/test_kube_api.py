@@ -170,3 +170,14 @@ def test_pages_patches_apply_and_finalizers(api):
         assert held is not None and held["metadata"]["deletionTimestamp"]
         core.patch_namespaced_config_map("held", "x", {"metadata": {"finalizers": None}})
         assert api.get("ConfigMap", "x", "held") is None     # the last finalizer gone: so is the object
+
+
+def test_discovery_names_what_is_served(api):
+    with api.api_client() as c:
+        groups = {g.name for g in client.ApisApi(c).get_api_versions().groups}
+        assert {"apps", "gateway.networking.k8s.io", "apiextensions.k8s.io"} <= groups
+        resources = {r.name: r for r in client.AppsV1Api(c).get_api_resources().resources}
+        assert resources["daemonsets"].namespaced and "daemonsets/status" in resources
+    api.served["gateway.networking.k8s.io"] = set()
+    with api.api_client() as c:
+        assert "gateway.networking.k8s.io" not in {g.name for g in client.ApisApi(c).get_api_versions().groups}
