@@ -11,6 +11,7 @@ pyproject's pytest `pythonpath` lists `tests`.
 - `net`: `free_port`, and `http_get` that may run in a network namespace.
 - `capture`: tcpdump on a wire while a test's body runs.
 - `plane`: the real control plane in-process on loopback (`start_plane`, `running_plane`, `running`).
-- `kube_api`: Kubernetes API doubles that the real kubernetes client talks to.
+- `kube_api`: the Kubernetes API double (`KubeApiServer`) that the real kubernetes client talks to, over HTTP
+  (its parts: `kube_resources`, `kube_store`, `kube_http`); how to use it is at the top of kube_api.py.
 - `root`: `needs_root(why)` for tests that build namespaces, rules or eBPF programs.
 """
