@@ -181,3 +181,12 @@ def test_discovery_names_what_is_served(api):
     api.served["gateway.networking.k8s.io"] = set()
     with api.api_client() as c:
         assert "gateway.networking.k8s.io" not in {g.name for g in client.ApisApi(c).get_api_versions().groups}
+
+
+def test_no_product_code_imports_the_double():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    users = [str(p.relative_to(root)) for top in ("shoal", "control_plane", "node_agent", "ztunnel", "waypoint", "bench")
+             for p in (root / top).rglob("*.py")
+             if "support.kube" in p.read_text() or "from support" in p.read_text()]
+    assert users == []
