@@ -25,6 +25,9 @@ version=$(/usr/bin/python3 -c 'import tomllib; print(tomllib.load(open("pyprojec
 work=$repo/build/image
 archive=$repo/build/shoal-$version.oci.tar
 mkdir -p "$work"
+# One build at a time in this checkout: a second waits until the first has finished.
+exec 9>"$work/lock"
+flock 9
 
 SUITE=bookworm
 MIRRORS=(
@@ -84,7 +87,7 @@ fi
 stage2=$(digest "$work/builder.stamp" image/packages.txt image/install-packages.sh image/finish-runtime.sh)
 if ! fresh "$work/base.stamp" "$stage2"; then
   say "runtime stage: Debian $SUITE with image/packages.txt, the user shoal (10001), /opt/shoal"
-  rm -f "$work/base.tar" "$work/base.stamp"
+  rm -f "$work/base.tar" "$work/base.tar.tmp" "$work/base.stamp"
   SHOAL_VENV=$builder/opt/shoal debian_rootfs tar "$work/base.tar.tmp" \
     'chroot "$1" /tmp/shoal-image/install-packages.sh /tmp/shoal-image/packages.txt' \
     'chroot "$1" /tmp/shoal-image/finish-runtime.sh' \

@@ -186,6 +186,18 @@ class Containerd:
                 return int(words[1])
         raise AssertionError(f"no task {name} in containerd's task list")
 
+    def process_in(self, name: str, command: str) -> int:
+        """The pid of the process in container `name` whose command line holds `command`."""
+        for line in self.ctr("tasks", "ps", name).stdout.splitlines()[1:]:
+            pid = line.split()[0]
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if command in cmdline:
+                return int(pid)
+        raise AssertionError(f"no process {command!r} in container {name}")
+
     def remove_container(self, name: str) -> None:
         self.ctr("tasks", "kill", "--signal", "SIGKILL", name, check=False)
         eventually(lambda: self.ctr("tasks", "delete", name, check=False).returncode == 0

@@ -28,6 +28,9 @@ from support.net import http_get
 from support.polling import eventually
 from support.root import needs_root
 
+REPO = Path(__file__).resolve().parents[2]
+CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN = 13, 12, 21
+
 pytestmark = needs_root("starts containerd and runs containers with runc")
 
 # The DaemonSet's host mounts of the node agent (daemonset/node.yaml), as (host, container, options).
@@ -55,6 +58,17 @@ def test_the_image_runs_as_its_non_root_user_unless_told_otherwise(containerd):
     result = containerd.run("whoami", ["id"])
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:2] == ["uid=10001(shoal)", "gid=10001(shoal)"], result.stdout
+
+
+def test_the_image_has_both_iptables_backends_iproute2_and_the_ebpf_source(containerd):
+    result = containerd.run("tools", ["sh", "-c", "iptables-legacy --version && iptables-nft --version && ip -V && "
+                                                  "python3 -c 'from node_agent.ebpf import SOURCE; print(SOURCE.stat().st_size)'"])
+    assert result.returncode == 0, result.stderr
+    legacy, nft, iproute, source_size = result.stdout.strip().splitlines()
+    assert "(legacy)" in legacy and "(nf_tables)" in nft, result.stdout
+    assert "iproute2" in iproute, result.stdout
+    assert int(source_size) == (REPO / "bpf" / "redirect.c").stat().st_size, \
+        "the eBPF program the node agent compiles is not the repository's bpf/redirect.c"
 
 
 def test_the_node_agents_prerequisite_check_finds_ebpf_ready_with_the_daemonsets_mounts(containerd):
@@ -96,7 +110,7 @@ def node(containerd):
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
         yield cluster, netns, run_root
     finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+        subprocess.run(["ip", "netns", "del", netns], check=True)
 
 
 def test_a_ztunnel_reports_ready_against_a_control_plane_run_as_the_non_root_user(containerd, node):
@@ -128,6 +142,12 @@ def test_a_ztunnel_reports_ready_against_a_control_plane_run_as_the_non_root_use
     uids = [line.split()[1:] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
             if line.startswith(("Uid:", "Gid:"))]
     assert uids == [["10001"] * 4, ["10001"] * 4], uids
+
+    # The ztunnel runs as root with its three capabilities and no others, as its DaemonSet has it.
+    ztunnel = containerd.process_in("ztunnel", "shoal ztunnel")
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{ztunnel}/status").read_text().splitlines())
+    assert status["Uid"].split()[0] == "0"
+    assert int(status["CapEff"], 16) == (1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN), status["CapEff"]
 
 
 def test_stopping_containerd_leaves_nothing_behind(containerd):
