@@ -170,7 +170,10 @@ def uninstall(cluster: Cluster, plan: UninstallPlan, out: TextIO, *, timeout: fl
         if cluster.delete(target):
             print(f"deleted {target}", file=out)
         if target.kind == "Deployment" and target.name == "shoal-control-plane":
-            _delete_waypoint_objects(cluster, out)  # its controller no longer makes them again
+            # Its last reconcile pass may still make waypoint objects: they go once no pod of it is left.
+            cluster.wait("the control plane to stop", lambda: not _pods(cluster, target.namespace, target.name),
+                         timeout, f"check `kubectl -n {target.namespace} get pods -l app={target.name}`")
+            _delete_waypoint_objects(cluster, out)
     for name in plan.crds:
         if cluster.delete(Target("apiextensions.k8s.io/v1", "CustomResourceDefinition",
                                  "customresourcedefinitions", None, name)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from shoal.install.kustomize import render_objects
 from shoal.install.plan import CLEANUP, target_of
 from support.cli import shoal
+from support.polling import eventually
 from support.kube_api import KubeApiServer
 from support.kube_resources import ResourceType
 
@@ -176,6 +178,34 @@ def test_uninstall_cleans_every_node_before_the_ztunnels_go_then_removes_what_in
     for crd in CRDS:
         assert stored(api, crd) is not None, "CRDs (and the user's config) go only with --crds"
     assert "--crds" in result.stdout
+
+
+def test_what_the_waypoint_controller_makes_while_it_stops_is_removed_too(api, kubeconfig):
+    """The control plane's pod outlives its Deployment by its grace period, and may make a waypoint
+    object in its last pass: uninstall waits for the pod to go before it removes them."""
+    install(kubeconfig)
+    api.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+    api.add({"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "shoal-control-plane-1", "namespace": "shoal-system",
+                          "labels": {"app": "shoal-control-plane"}},
+             "spec": {"containers": [{"name": "control-plane", "image": "shoal"}]}})
+    deployment = "/apis/apps/v1/namespaces/shoal-system/deployments/shoal-control-plane"
+
+    def last_pass():
+        eventually(lambda: any(r.method == "DELETE" and r.path == deployment for r in api.requests), timeout=120,
+                   what="the control plane's Deployment to be deleted")
+        time.sleep(0.5)
+        api.add({"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": "waypoint", "namespace": "shop",
+                              "labels": {"shoal.io/managed-by": "waypoint-controller"}}})
+        api.delete("Pod", "shoal-system", "shoal-control-plane-1")
+
+    stopping = threading.Thread(target=last_pass, daemon=True)
+    stopping.start()
+    with DaemonSetController(api, nodes=1):
+        shoal("uninstall", "--kubeconfig", kubeconfig, "--timeout", "120")
+    stopping.join()
+    assert api.get("ServiceAccount", "shop", "waypoint") is None, "made in the last pass, and left"
 
 
 def test_uninstall_with_crds_removes_only_the_crds_shoal_made(api, kubeconfig):
