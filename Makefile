@@ -8,8 +8,10 @@ CLUSTER ?= demo
 # It is made again only when what goes into it changed; `make test` runs it under containerd.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_ARCHIVE := build/shoal-$(VERSION).oci.tar
-IMAGE_INPUTS := $(shell find Dockerfile .dockerignore pyproject.toml README.md image scripts/image shoal control_plane \
-	node_agent ztunnel waypoint bench bpf -path bench/results -prune -o -name __pycache__ -prune -o -type f -print)
+# Its inputs: the build context (the `!` lines of .dockerignore) and the build's own files.
+IMAGE_CONTEXT := $(shell sed -n 's|^!\(.*[^/]\)/*$$|\1|p' .dockerignore)
+IMAGE_INPUTS := $(shell find Dockerfile .dockerignore scripts/image $(IMAGE_CONTEXT) \
+	-path bench/results -prune -o -name __pycache__ -prune -o -type f -print)
 
 .PHONY: setup demo test down bench clean image
 
