@@ -18,6 +18,8 @@ import os
 from shoal.contracts import GATEWAY_NAME_LABEL, USE_WAYPOINT, WAYPOINT_CLASSES
 from shoal.install import InstallError
 from shoal.install.cluster import Cluster, api_client
+from shoal.install.plan import Target
+from shoal.kube_client import KubeNotFound
 
 GATEWAYS = "/apis/gateway.networking.k8s.io/v1"
 ZTUNNEL_NAMESPACE = "shoal-system"
@@ -48,11 +50,8 @@ def connect(args: argparse.Namespace) -> Cluster:
     return Cluster(api_client(args.kubeconfig, args.context))
 
 
-def _ok(status: int, body, what: str):
-    if status >= 400:
-        message = (body or {}).get("message", "") if isinstance(body, dict) else ""
-        raise InstallError(f"{what} failed ({status}): {message}")
-    return body
+NO_GATEWAY_API = ("the API server does not serve Gateways (gateway.networking.k8s.io/v1): install the Gateway API "
+                  "CRDs (daemonset/crds/README.md)")
 
 
 def is_waypoint(gateway: dict | None) -> bool:
@@ -65,53 +64,50 @@ def gateway_path(namespace: str, name: str | None = None) -> str:
 
 
 def get_gateway(cluster: Cluster, namespace: str, name: str) -> dict | None:
-    status, body = cluster.request("GET", gateway_path(namespace, name))
-    if status == 404:
+    try:
+        return cluster.call("GET", gateway_path(namespace, name), f"reading Gateway {namespace}/{name}")
+    except KubeNotFound:
         return None
-    return _ok(status, body, f"reading Gateway {namespace}/{name}")
 
 
 def namespace_exists(cluster: Cluster, namespace: str) -> bool:
-    status, body = cluster.request("GET", f"/api/v1/namespaces/{namespace}")
-    return status != 404 and _ok(status, body, f"reading namespace {namespace}") is not None
+    return cluster.get(Target("v1", "Namespace", "namespaces", None, namespace)) is not None
 
 
 def apply_gateway(cluster: Cluster, gateway: dict) -> None:
     meta = gateway["metadata"]
-    status, body = cluster.request("PATCH", gateway_path(meta["namespace"], meta["name"]), body=gateway,
-                                   content_type="application/apply-patch+yaml",
-                                   query=[("fieldManager", "shoal"), ("force", "true")])
-    if status == 404:
-        raise InstallError("the API server does not serve Gateways (gateway.networking.k8s.io/v1): install the "
-                           "Gateway API CRDs (daemonset/crds/README.md)")
-    _ok(status, body, f"applying Gateway {meta['namespace']}/{meta['name']}")
+    try:
+        cluster.call("PATCH", gateway_path(meta["namespace"], meta["name"]),
+                     f"applying Gateway {meta['namespace']}/{meta['name']}", body=gateway,
+                     content_type="application/apply-patch+yaml", query=[("fieldManager", "shoal"), ("force", "true")])
+    except KubeNotFound as e:
+        raise InstallError(NO_GATEWAY_API) from e
 
 
 def label_namespace(cluster: Cluster, namespace: str, waypoint: str) -> None:
-    status, body = cluster.request("PATCH", f"/api/v1/namespaces/{namespace}",
-                                   body={"metadata": {"labels": {USE_WAYPOINT: waypoint}}},
-                                   content_type="application/merge-patch+json")
-    _ok(status, body, f"labelling namespace {namespace}")
+    cluster.call("PATCH", f"/api/v1/namespaces/{namespace}", f"labelling namespace {namespace}",
+                 body={"metadata": {"labels": {USE_WAYPOINT: waypoint}}}, content_type="application/merge-patch+json")
 
 
 def delete_gateway(cluster: Cluster, namespace: str, name: str) -> None:
-    status, body = cluster.request("DELETE", gateway_path(namespace, name))
-    if status != 404:
-        _ok(status, body, f"deleting Gateway {namespace}/{name}")
+    cluster.delete(Target(GATEWAYS.removeprefix("/apis/"), "Gateway", "gateways", namespace, name))
 
 
 def waypoints(cluster: Cluster, namespace: str | None) -> list[dict]:
-    status, body = cluster.request("GET", gateway_path(namespace) if namespace else f"{GATEWAYS}/gateways")
-    if status == 404:
-        raise InstallError("the API server does not serve Gateways (gateway.networking.k8s.io/v1): install the "
-                           "Gateway API CRDs (daemonset/crds/README.md)")
-    return [g for g in _ok(status, body, "listing Gateways")["items"] if is_waypoint(g)]
+    path = gateway_path(namespace) if namespace else f"{GATEWAYS}/gateways"
+    try:
+        return [g for g in cluster.call("GET", path, "listing Gateways")["items"] if is_waypoint(g)]
+    except KubeNotFound as e:
+        raise InstallError(NO_GATEWAY_API) from e
 
 
 def pods(cluster: Cluster, namespace: str, label_selector: str, field_selector: str | None = None) -> list[dict]:
     query = [("labelSelector", label_selector)] + ([("fieldSelector", field_selector)] if field_selector else [])
-    status, body = cluster.request("GET", f"/api/v1/namespaces/{namespace}/pods", query=query)
-    return _ok(status, body, f"listing pods in {namespace}")["items"]
+    try:
+        return cluster.call("GET", f"/api/v1/namespaces/{namespace}/pods", f"listing pods in {namespace}",
+                            query=query)["items"]
+    except KubeNotFound:
+        return []
 
 
 def waypoint_pods(cluster: Cluster, namespace: str, name: str) -> list[dict]:

@@ -2,22 +2,23 @@
 
 The one place that talks to the API server for `shoal install`/`uninstall`
 (and `shoal waypoint`/`shoal config` with a kubeconfig): raw REST paths
-through `ApiClient.call_api`, server-side apply with field manager `shoal`,
-and the client's exceptions turned into `InstallError`s that say what to check.
+through `shoal.kube_client`, server-side apply with field manager `shoal`,
+and its errors turned into `InstallError`s that say what to check.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable, TextIO
 from urllib.parse import quote
 
+from shoal import kube_client
 from shoal.install import InstallError
 from shoal.install.plan import (
     FIELD_MANAGER, MANAGED_BY_LABEL, WAYPOINT_KINDS, WAYPOINT_MANAGED, InstallPlan, Target, UninstallPlan,
     daemonset_done, target_of,
 )
+from shoal.kube_client import KubeError, KubeForbidden, KubeNotFound, KubeUnauthorized
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
@@ -42,66 +43,71 @@ def api_client(kubeconfig: str | None = None, context: str | None = None):
 
 
 class Cluster:
-    """The API calls install and uninstall make, and nothing else."""
+    """The API calls the CLI makes against a cluster, with the user's credentials.
+
+    Requests go through `shoal.kube_client` (429/5xx with Retry-After are tried
+    again); what fails becomes an `InstallError` here, 401/403 saying that the
+    user's own rights are short (the service accounts' RBAC is not in play)."""
 
     def __init__(self, api, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.api = api
         self.clock, self.sleep = clock, sleep
-        self.server = getattr(api.configuration, "host", "the API server")
 
-    def request(self, method: str, path: str, *, query: list | None = None, body: dict | None = None,
-                content_type: str = "application/json") -> tuple[int, dict | None]:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
+    def call(self, method: str, path: str, doing: str, *, query: list | None = None, body: dict | None = None,
+             content_type: str = "application/json") -> dict:
+        """The answer's body; KubeNotFound passes through (callers say what a 404 means), the rest is an
+        InstallError."""
         try:
-            method, url, headers, payload, post = self.api.param_serialize(
-                method, path, query_params=query or [], header_params=headers,
-                body=body, auth_settings=["BearerToken"])
-            response = self.api.call_api(method, url, header_params=headers, body=payload, post_params=post,
-                                         _request_timeout=(10.0, 60.0))
-            data = response.response.data
-        except Exception as e:  # urllib3 and the client's own errors: the boundary
-            raise InstallError(f"cannot reach the API server at {self.server}: {e}; check --kubeconfig and "
-                               "--context") from e
-        parsed = json.loads(data) if data else None
-        if response.status in (401, 403):
-            message = (parsed or {}).get("message", "") if isinstance(parsed, dict) else ""
-            raise InstallError(f"the API server refused {method} {path} ({response.status}): {message}; "
-                               "shoal install needs cluster-admin rights (it creates RBAC, CRDs and an admission "
-                               "policy)")
-        return response.status, parsed
-
-    def _checked(self, status: int, body: dict | None, what: str) -> dict | None:
-        if status >= 400:
-            message = (body or {}).get("message", "") if isinstance(body, dict) else ""
-            raise InstallError(f"{what} failed ({status}): {message}")
-        return body
+            return kube_client.call(lambda: kube_client.request(self.api, method, path, query=query, body=body,
+                                                                content_type=content_type, doing=doing),
+                                    doing, sleep=self.sleep)
+        except KubeNotFound:
+            raise
+        except (KubeUnauthorized, KubeForbidden) as e:
+            raise InstallError(f"{doing}: the API server refused it ({e.status}); your credentials need the "
+                               "rights for it (shoal install and uninstall need cluster-admin: they write RBAC, "
+                               "CRDs and an admission policy)") from e
+        except KubeError as e:
+            raise InstallError(str(e)) from e
 
     def get(self, target: Target) -> dict | None:
-        status, body = self.request("GET", target.path)
-        return None if status == 404 else self._checked(status, body, f"reading {target}")
+        try:
+            return self.call("GET", target.path, f"reading {target}")
+        except KubeNotFound:
+            return None
 
     def apply(self, obj: dict) -> None:
         target = target_of(obj)
-        status, body = self.request("PATCH", target.path, body=obj, content_type="application/apply-patch+yaml",
-                                    query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
-        self._checked(status, body, f"applying {target}")
+        try:
+            self.call("PATCH", target.path, f"applying {target}", body=obj,
+                      content_type="application/apply-patch+yaml",
+                      query=[("fieldManager", FIELD_MANAGER), ("force", "true")])
+        except KubeNotFound as e:
+            raise InstallError(f"{e}; is the CRD of {target.kind} installed? (daemonset/crds/README.md)") from e
 
     def delete(self, target: Target) -> bool:
         """True if it was there."""
-        status, body = self.request("DELETE", target.path, query=[("propagationPolicy", "Background")])
-        if status == 404:
+        try:
+            self.call("DELETE", target.path, f"deleting {target}", query=[("propagationPolicy", "Background")])
+        except KubeNotFound:
             return False
-        self._checked(status, body, f"deleting {target}")
         return True
 
     def list(self, path: str, label_selector: str) -> list[dict]:
-        status, body = self.request("GET", path, query=[("labelSelector", label_selector)])
-        if status == 404:
+        """The items; none when the kind is not served."""
+        try:
+            return self.call("GET", path, f"listing {path}", query=[("labelSelector", label_selector)])["items"]
+        except KubeNotFound:
             return []
-        return self._checked(status, body, f"listing {path}")["items"]
+
+    def served(self, api_version: str) -> bool:
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            self.call("GET", path, f"asking whether {api_version} is served")
+        except KubeNotFound:
+            return False
+        return True
 
     def wait(self, what: str, done: Callable[[], bool], timeout: float, hint: str) -> None:
         deadline = self.clock() + timeout
@@ -130,9 +136,7 @@ def install(cluster: Cluster, plan: InstallPlan, out: TextIO, *, timeout: float)
 def _check_served(cluster: Cluster, plan: InstallPlan) -> None:
     """Every API the objects need is served, before any is applied (no half-install for a missing CRD)."""
     for api_version in sorted({obj["apiVersion"] for obj in plan.objects}):
-        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-        status, _ = cluster.request("GET", path)
-        if status == 404:
+        if not cluster.served(api_version):
             raise InstallError(f"the API server does not serve {api_version}, which the manifests use; install its "
                                "CRDs first (daemonset/crds/README.md), or run shoal install without --no-crds")
 

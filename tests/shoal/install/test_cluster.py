@@ -109,6 +109,14 @@ def test_a_refusal_by_the_api_server_says_what_is_needed_and_stops(api, kubeconf
         "install went on past the refusal"
 
 
+def test_a_busy_api_server_is_asked_again_when_it_says_when(api, kubeconfig):
+    api.fail(429, retry_after=0, method="PATCH", path="/daemonsets/", times=2)
+    install(kubeconfig)
+    ztunnel = next(o for o in OBJECTS if o["metadata"]["name"] == "shoal-ztunnel")
+    assert stored(api, ztunnel) is not None
+    assert len([r for r in writes(api) if r.path.endswith("/daemonsets/shoal-node-agent")]) == 3
+
+
 def test_no_cluster_to_talk_to_is_a_clear_error(tmp_path):
     result = shoal("install", "--kubeconfig", str(tmp_path / "absent"), check=False)
     assert result.returncode == 1 and "--kubeconfig" in result.stderr and "Traceback" not in result.stderr
