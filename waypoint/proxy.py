@@ -9,17 +9,21 @@ before the answer to the previous one) gets its first answer with
 `connection: close`, and the connection ends there: answering in order is
 possible but not worth its risks in a proxy that retries.
 
-Per request, in order: refusal (404/403/503 answered here), fault delay
-(counted within the route timeout), fault abort, mirrors (fire and forget,
-never delaying or failing the request), then tries: each to the next
-endpoint of the plan, each with `per_try_timeout`, all within `timeout`;
-a try is retried when `retry_on` says so (connect-failure, refused-stream,
-reset, 5xx, gateway-error, retriable-4xx, retriable-status-codes (503), a
-status code, or a gRPC status name). The request body is buffered (up to
-`max_body`) so that it can be sent again, except a gRPC call's on a route
-without retries, which streams (`waypoint.streaming`); the response body is
-streamed to the client. Endpoints are reached through `waypoint.exchange`
-(HTTP/1.1 kept alive, HTTP/2 multiplexed).
+Everything is decided on the request's head; its body is a source
+(`waypoint.streaming`) read only once the request goes somewhere. Per
+request, in order: refusal (404/403/503 answered here, the body unread),
+fault delay (counted within the route timeout), fault abort, mirrors (fire
+and forget, never delaying or failing the request), then tries: each to the
+next endpoint of the plan, each with `per_try_timeout`, all within
+`timeout`; a try is retried when `retry_on` says so (connect-failure,
+refused-stream, reset, 5xx, gateway-error, retriable-4xx,
+retriable-status-codes (503), a status code, or a gRPC status name). The
+body streams to the endpoint as it arrives, except on a route that retries
+or mirrors: there it is kept whole, up to `max_body` (413 past it), to be
+sent again. An HTTP/1.1 request answered before its body was read ends its
+connection (lingering close). The response body streams to the client.
+Endpoints are reached through `waypoint.exchange` (HTTP/1.1 kept alive,
+HTTP/2 multiplexed).
 """
 
 from __future__ import annotations

@@ -10,9 +10,12 @@ is the client; the apps are python http.server processes that log every hit.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -284,6 +287,46 @@ def test_grpc_through_the_waypoint_routes_by_metadata(cluster):
     assert [r.get("reply", r) for r in replies] == [f"greeter-v2: hello {i}" for i in range(3)], err
     assert cluster.waypoint_metric(request_protocol="grpc", grpc_response_status="0",
                                    destination_service="greeter.shop.svc.cluster.local") >= 6
+
+
+def test_a_large_upload_streams_through_the_waypoint_with_flat_memory(cluster, tmp_path):
+    size = 80 << 20      # five times the most the waypoint keeps whole for a retry
+    upload, digest = tmp_path / "upload.bin", hashlib.sha256()
+    with upload.open("wb") as f:
+        for _ in range(size >> 20):
+            piece = os.urandom(1 << 20)
+            digest.update(piece)
+            f.write(piece)
+    procs = Path(cluster.pod(**WAYPOINT)["status"]["shoal"]["cgroup"], "cgroup.procs")
+
+    def rss() -> int:
+        total = 0
+        for pid in procs.read_text().split():
+            status = Path(f"/proc/{pid}/status")
+            found = re.search(r"VmRSS:\s+(\d+) kB", status.read_text()) if status.exists() else None
+            total += int(found.group(1)) * 1024 if found else 0
+        return total
+
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            done.wait(0.05)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = cluster.curl("client", f"{REVIEWS}/upload-large", "--data-binary", f"@{upload}", "-o", "/dev/null",
+                              "-w", "%{http_code}", namespace="shop", max_time=180)
+    finally:
+        done.set()
+        sampler.join()
+    assert result.stdout.strip() == "200", result
+    hits = [h for version in ("v1", "v2") for h in cluster.hits(app="reviews", version=version)
+            if h["path"] == "/upload-large"]
+    assert [(h["size"], h["sha256"]) for h in hits] == [(size, digest.hexdigest())]
+    grew = peak[0] - base
+    assert grew < 32 << 20, f"the waypoint's RSS grew by {grew >> 20} MiB carrying an {size >> 20} MiB upload"
 
 
 def test_access_log_has_one_line_per_request(cluster):
