@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from pathlib import Path
 from typing import Callable
 
 from shoal import netns
@@ -20,19 +21,25 @@ from shoal.local.components import SYSTEM_NAMESPACE
 from shoal.local.layout import Layout
 
 
+def ztunnel_logs(layout: Layout, node: int) -> list[Path]:
+    """The log of every ztunnel that ran on node N: ztunnel-node<N>, and those `shoal local rollout
+    restart ztunnel` started in its place (ztunnel-node<N>-<suffix>)."""
+    first = layout.pod_log(SYSTEM_NAMESPACE, f"ztunnel-node{node}", "ztunnel")
+    later = layout.logs_dir.glob(f"{SYSTEM_NAMESPACE}_ztunnel-node{node}-*_ztunnel.log")
+    return [path for path in (first, *sorted(later)) if path.exists()]
+
+
 def access_log(layout: Layout, node: int) -> list[dict]:
-    """The connection records in ztunnel-node<N>'s log, oldest first."""
-    path = layout.pod_log(SYSTEM_NAMESPACE, f"ztunnel-node{node}", "ztunnel")
-    if not path.exists():
-        return []
+    """The connection records of node N's ztunnels (rolled-out ones too), oldest first."""
     records = []
-    for raw in path.read_text().splitlines():
-        if raw.startswith("{") and '"direction"' in raw:
-            try:
-                records.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue  # a line still being written
-    return records
+    for path in ztunnel_logs(layout, node):
+        for raw in path.read_text().splitlines():
+            if raw.startswith("{") and '"direction"' in raw:
+                try:
+                    records.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    continue  # a line still being written
+    return sorted(records, key=lambda r: r.get("timestamp", ""))
 
 
 def wait_for_mtls(layout: Layout, node: int, call: Callable[[], object], *, source_namespace: str,

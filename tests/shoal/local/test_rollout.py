@@ -62,3 +62,23 @@ def test_up_does_not_start_a_second_ztunnel_where_a_rollout_renamed_it():
     kept = components.not_replaced(system, existing)
     assert [p["metadata"]["name"] for p in kept] == ["ztunnel-node2", "node-agent-node1"]
     assert components.not_replaced(system, []) == system          # a fresh cluster gets everything
+
+
+def test_the_access_log_of_a_node_reads_every_ztunnel_that_ran_there(tmp_path, monkeypatch):
+    """After a rollout, node N's access log is the old ztunnel's and its successors', by time; not node N0's."""
+    import json
+
+    from shoal.local import observe
+
+    monkeypatch.setattr(Layout, "logs_dir", property(lambda self: tmp_path))
+    layout = Layout("obs")
+
+    def write(pod: str, *stamps: str) -> None:
+        lines = [json.dumps({"direction": "inbound", "timestamp": t, "pod": pod}) for t in stamps]
+        layout.pod_log("shoal-system", pod, "ztunnel").write_text("\n".join(lines + ["not json"]) + "\n")
+    write("ztunnel-node1", "2026-01-01T00:00:01Z", "2026-01-01T00:00:04Z")      # drained after its successor began
+    write("ztunnel-node1-abc123", "2026-01-01T00:00:03Z", "2026-01-01T00:00:05Z")
+    write("ztunnel-node10", "2026-01-01T00:00:02Z")
+    assert [(r["pod"], r["timestamp"][-3:-1]) for r in observe.access_log(layout, 1)] == [
+        ("ztunnel-node1", "01"), ("ztunnel-node1-abc123", "03"), ("ztunnel-node1", "04"),
+        ("ztunnel-node1-abc123", "05")]
