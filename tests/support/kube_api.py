@@ -63,8 +63,8 @@ from typing import Callable, NamedTuple
 import yaml
 from kubernetes import client
 
-from support.kube_resources import ResourceType, parse_path
-from support.kube_store import ApiStatus, Store
+from support.kube_resources import ApiStatus, ResourceType, parse_path
+from support.kube_store import Store
 
 # The control plane's CA objects (by path).
 CA_SECRET = "/api/v1/namespaces/shoal-system/secrets/shoal-ca"

@@ -14,8 +14,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from support.kube_api import REASONS, JsonHandler, Request, status
-from support.kube_resources import BUILTIN, REVIEWS, ResourceType, parse_path
-from support.kube_store import ApiStatus
+from support.kube_resources import BUILTIN, REVIEWS, ApiStatus, ResourceType, parse_path
 
 # What a DELETE answers: these kinds (and every custom resource) the deleted object, as the real server
 # does (the generated client expects V1Pod, V1Service...); the other built-in kinds a Status, unless the

@@ -19,6 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class ApiStatus(Exception):
+    """A failure the API server answers with a `kind: Status` body."""
+
+    def __init__(self, code: int, reason: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(f"{code} {reason}: {message}")
+        self.code, self.reason, self.message, self.headers = code, reason, message, headers or {}
+
+
 @dataclass(frozen=True)
 class ResourceType:
     group: str                   # "" for the core API
@@ -27,7 +35,6 @@ class ResourceType:
     kind: str
     namespaced: bool = True
     status: bool = False         # has a status subresource: the main path ignores status, /status only it
-    short: tuple[str, ...] = ()
 
     def api_version(self, version: str | None = None) -> str:
         version = version or self.versions[0]
