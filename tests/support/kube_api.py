@@ -31,7 +31,7 @@ Make it misbehave:
     api.store.hold_pods = True                # a deleted Pod stays, with deletionTimestamp, until
     api.finish_deletion("Pod", "ns", "name")  # ... the "kubelet" finishes it
 
-What it serves (see kube_store for the rules it holds):
+What it serves (kube_store and kube_rules hold the rules, kube_http the wire):
 - every kind in kube_resources.BUILTIN and MESH_CRDS, and any kind whose
   CustomResourceDefinition is created; namespaced and cluster-scoped paths;
 - GET one object (and `/status`); list with labelSelector, fieldSelector
