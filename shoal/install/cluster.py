@@ -158,6 +158,12 @@ def present_crds(cluster: Cluster, names: list[str]) -> set[str]:
 
 def uninstall(cluster: Cluster, plan: UninstallPlan, out: TextIO, *, timeout: float) -> None:
     agent = plan.node_agent
+    if cluster.get(Target("v1", "Namespace", "namespaces", None, agent.namespace)) is None:
+        # Uninstalled already (or never installed): no agent ran, so no node holds anything of its;
+        # what is cluster-scoped may still be there.
+        print(f"no namespace {agent.namespace}: no node to clean", file=out)
+        _delete(cluster, plan, out, timeout)
+        return
     if cluster.delete(agent):
         print(f"deleted {agent}", file=out)
     cluster.wait(f"the node agents to stop ({agent})", lambda: not _pods(cluster, agent.namespace, "shoal-node-agent"),
@@ -170,6 +176,10 @@ def uninstall(cluster: Cluster, plan: UninstallPlan, out: TextIO, *, timeout: fl
                  f"{cleanup.namespace} logs ds/{cleanup.name} -c cleanup`, fix it, and run `shoal uninstall` again")
     cluster.delete(cleanup)
     print(f"every node cleaned; deleted {cleanup}", file=out)
+    _delete(cluster, plan, out, timeout)
+
+
+def _delete(cluster: Cluster, plan: UninstallPlan, out: TextIO, timeout: float) -> None:
     for target in plan.delete:
         if cluster.delete(target):
             print(f"deleted {target}", file=out)

@@ -216,6 +216,19 @@ def test_what_the_waypoint_controller_makes_while_it_stops_is_removed_too(api, k
     assert api.get("ServiceAccount", "shop", "waypoint") is None, "made in the last pass, and left"
 
 
+def test_uninstall_again_or_on_a_cluster_without_shoal_harms_nothing(api, kubeconfig):
+    install(kubeconfig)
+    with DaemonSetController(api, nodes=1):
+        shoal("uninstall", "--kubeconfig", kubeconfig, "--timeout", "120")
+    api.add({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "shoal-node"}, "rules": []})       # left over from a run that stopped half-way
+    before = len(api.requests)
+    result = shoal("uninstall", "--kubeconfig", kubeconfig, "--timeout", "120")
+    assert "no node to clean" in result.stdout
+    assert api.get("ClusterRole", None, "shoal-node") is None
+    assert not [r for r in api.requests[before:] if r.method == "PATCH"], "it made something on the way out"
+
+
 def test_uninstall_with_crds_removes_only_the_crds_shoal_made(api, kubeconfig):
     upstream = next(c for c in CRDS if c["metadata"]["name"] == "httproutes.gateway.networking.k8s.io")
     api.add({**upstream, "metadata": {"name": upstream["metadata"]["name"]}})
