@@ -1,13 +1,9 @@
-"""The waypoint's request handling: read a request, decide (routing.decide), carry the plan out.
+"""The waypoint's request handling: decide (routing.decide) on a request's head, carry the plan out.
 
 `exchange()` handles one request whatever the client spoke, answering
 through a responder (`waypoint.responders` for HTTP/1.1, `waypoint.h2server`
-for HTTP/2 and gRPC). `serve()` is the HTTP/1.1 client loop: on one client
-connection (one HBONE stream from a ztunnel) requests are read one at a
-time (keep-alive). A client that pipelines (sends the next request
-before the answer to the previous one) gets its first answer with
-`connection: close`, and the connection ends there: answering in order is
-possible but not worth its risks in a proxy that retries.
+for HTTP/2 and gRPC); the client connections' loops are
+`waypoint.http1_server` and `waypoint.h2server`.
 
 Everything is decided on the request's head; its body is a source
 (`waypoint.streaming`) read only once the request goes somewhere. Per
@@ -39,14 +35,13 @@ from shoal import log
 from shoal.model import HeaderChanges
 
 from waypoint import http1
-from waypoint.channel import Channel, ChannelReset
-from waypoint.errors import BadRequest, DownstreamGone, UpstreamFailed, UpstreamTimeout, WaypointError
+from waypoint.channel import ChannelReset
+from waypoint.errors import DownstreamGone, UpstreamFailed, UpstreamTimeout, WaypointError
 from waypoint.exchange import Http1Pool, open_exchange
 from waypoint.h2upstream import H2Pool
-from waypoint.responders import Http1Responder
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
 from shoal.proxy_state import ProxyState
-from waypoint.streaming import BodySource, BodyTooLarge, Http1Body
+from waypoint.streaming import BodySource, BodyTooLarge
 from waypoint.telemetry import Metrics, RequestRecord
 from waypoint.upstream import Upstreams
 
@@ -55,7 +50,6 @@ logger = log.get("waypoint.proxy")
 MAX_BODY = 16 << 20
 BACKOFF_BASE = 0.025
 MIRROR_TIMEOUT = 10.0
-LINGER_SECONDS = 5.0   # reading and dropping an unread request body before a reset
 
 
 @dataclass(frozen=True)
@@ -75,18 +69,6 @@ def retriable_grpc(head: http1.Head, conditions: tuple[str, ...]) -> bool:
     """A trailers-only gRPC answer whose grpc-status retry_on names (Istio's gRPC retry conditions)."""
     status = head.header("grpc-status")
     return status is not None and any(GRPC_CODES.get(c) == status for c in conditions)
-
-
-def origin_form(head: http1.Head) -> http1.Head:
-    """An absolute-form request-target (`GET http://host/path`, as sent to a forward proxy) in the form
-    servers expect: the path, with the authority as the Host."""
-    target = head.target
-    if not target.lower().startswith(("http://", "https://")):
-        return head
-    rest = target.split("://", 1)[1]
-    authority, slash, path = rest.partition("/")
-    headers = tuple((k, v) for k, v in head.headers if k != "host") + (("host", authority),)
-    return replace(head, target=slash + path if slash else "/", headers=headers)
 
 
 def retriable_status(status: int, conditions: tuple[str, ...]) -> bool:
@@ -139,91 +121,6 @@ class Proxy:
         self.http1_pool = Http1Pool()
         self.h2_pool = H2Pool()
         self.draining = False     # shutting down: answer what is in flight, keep no client connection
-
-    # --- a client connection ----------------------------------------------------------
-
-    async def serve(self, client: Channel, peer: Peer, source_address: tuple[str, int]) -> None:
-        reader = http1.MessageReader()
-        queue: list = []
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(self._next_head(client, reader, queue), self.idle_timeout)
-                except asyncio.TimeoutError:
-                    client.end()
-                    return
-                except BadRequest as e:
-                    client.send(http1.local_response(e.status, f"{e}\n", close=True))
-                    client.end()
-                    logger.info("bad request from a client", src=source_address[0], error=str(e))
-                    return
-                if head is None:
-                    client.end()
-                    return
-                body = Http1Body(client, reader, queue, head) if head.chunked or head.content_length else None
-                request = Request(origin_form(head), b"", peer.destination[1], body)
-                keep = await self.handle(request, peer, client, source_address, close=self.draining, pending=queue)
-                if body is not None and not body.complete:
-                    # Answered without reading the whole body (refused, or the endpoint answered early):
-                    # what is left of it would be read as the next request.
-                    await self._linger(client)
-                    return
-                if not keep:
-                    client.end()
-                    return
-        except ChannelReset:
-            return
-        except asyncio.CancelledError:
-            client.reset()
-            raise
-
-    @staticmethod
-    async def _next_head(client: Channel, reader: http1.MessageReader, queue: list) -> http1.Head | None:
-        while True:
-            while queue:
-                event = queue.pop(0)
-                if isinstance(event, http1.Head):
-                    if not (event.chunked or event.content_length) and queue and isinstance(queue[0], http1.End):
-                        queue.pop(0)    # no body: its End came with the head
-                    return event
-                # (a body's events are its Http1Body's to read: none are left here)
-            data = await client.read()
-            if not data:
-                reader.feed_eof()
-                return None
-            queue.extend(reader.feed(data))
-
-    async def _linger(self, client: Channel) -> None:
-        """Ends the connection after an answer given before the request's body was read, as a careful
-        HTTP/1.1 server does: our side is closed at once, and what the client still sends is read and
-        dropped for a while, so that its stack does not reset the connection (and lose the answer) over
-        unread bytes; then it is reset."""
-        client.end()
-        loop = asyncio.get_running_loop()
-        until = loop.time() + LINGER_SECONDS
-        try:
-            while loop.time() < until:
-                if not await asyncio.wait_for(client.read(), until - loop.time()):
-                    return
-        except (asyncio.TimeoutError, ChannelReset):
-            pass
-        client.reset()
-
-    # --- one request --------------------------------------------------------------------
-
-    async def handle(self, request: Request, peer: Peer, client: Channel, source_address, *, close: bool,
-                     pending: list = ()) -> bool:
-        """Answers one HTTP/1.1 request on `client`; True when the connection may carry another.
-        `pending`: the connection's parsed events not taken yet (a pipelined request's)."""
-        body = request.stream
-
-        def closing() -> bool:
-            # Known when the answer's head goes out: a body still unread, or the client already sent the
-            # next request (pipelining: it gets this answer with `connection: close`).
-            return (body is not None and not body.complete) or bool(pending) or client.buffered > 0
-        responder = Http1Responder(client, request.head.method, request.head.keep_alive and not close, closing)
-        await self.exchange(request, peer, responder, source_address)
-        return responder.keep
 
     async def exchange(self, request: Request, peer: Peer, responder, source_address) -> None:
         """Decides and carries out one request, answering through `responder` (HTTP/1.1 or HTTP/2)."""

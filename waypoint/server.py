@@ -6,7 +6,7 @@ server_context()`, from `shoal.certs`), so a renewed certificate is used
 from the next connection on. Each CONNECT
 names the destination the client's ztunnel chose (a Service VIP and port,
 or a workload IP): it is accepted at once. HTTP on the stream is routed by
-`Proxy.serve`; a port declared opaque, or whose first bytes are not HTTP
+`waypoint.http1_server` (HTTP/1.1) or `waypoint.h2server`; a port declared opaque, or whose first bytes are not HTTP
 (none within `sniff_seconds`: a server-first protocol), is relayed as TCP
 (`waypoint.tcp`).
 """
@@ -23,6 +23,7 @@ from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_unt
 
 from waypoint.channel import Channel, ChannelReset
 from waypoint.h2server import H2Server
+from waypoint.http1_server import serve_http1
 from waypoint.proxy import Proxy
 from waypoint.routing import Peer, protocol_of
 from waypoint.tcp import looks_like_http, serve_tcp
@@ -102,7 +103,7 @@ class HboneListener:
         if protocol == "http" and first.startswith(b"PRI "):
             await H2Server(self.proxy, channel, peer, session.peer_address[:2]).run()
         elif protocol == "http":
-            await self.proxy.serve(channel, peer, session.peer_address[:2])
+            await serve_http1(self.proxy, channel, peer, session.peer_address[:2])
         else:
             await serve_tcp(self.proxy.state, self.proxy.upstreams, channel, peer, session.peer_address[:2],
                             self.proxy.rand, self.proxy.metrics)

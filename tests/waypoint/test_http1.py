@@ -94,7 +94,7 @@ def test_serializers_drop_hop_by_hop_and_frame_bodies():
 
 
 def test_absolute_form_targets_become_origin_form():
-    from waypoint.proxy import origin_form
+    from waypoint.http1_server import origin_form
 
     head = http1.MessageReader().feed(b"GET http://reviews:9080/a/b?x=1 HTTP/1.1\r\nHost: other\r\n\r\n")[0]
     fixed = origin_form(head)

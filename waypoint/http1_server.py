@@ -1,0 +1,130 @@
+"""HTTP/1.1 from clients: one client connection (one HBONE stream from a ztunnel), its requests in turn.
+
+Requests are read one at a time (keep-alive). Each is handed to
+`Proxy.exchange` as soon as its head is read, its body (if any) as a
+`waypoint.streaming.Http1Body` that reads the connection as the proxy passes
+the body on. A request answered before its body was read to the end (a
+refusal, or an endpoint that answered early) ends the connection: the rest
+of the body would otherwise be read as the next request. A client that
+pipelines (sends the next request before the answer to the previous one)
+gets its first answer with `connection: close`, and the connection ends
+there: answering in order is possible but not worth its risks in a proxy
+that retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from shoal import log
+
+from waypoint import http1
+from waypoint.channel import Channel, ChannelReset
+from waypoint.errors import BadRequest
+from waypoint.proxy import Proxy, Request
+from waypoint.responders import Http1Responder
+from waypoint.routing import Peer
+from waypoint.streaming import Http1Body
+
+logger = log.get("waypoint.http1")
+
+LINGER_SECONDS = 5.0   # reading and dropping an unread request body before a reset
+
+
+async def serve_http1(proxy: Proxy, client: Channel, peer: Peer, source_address: tuple[str, int]) -> None:
+    """Serves one client connection: its requests, one at a time (keep-alive), until it ends."""
+    reader = http1.MessageReader()
+    queue: list = []
+    try:
+        while True:
+            try:
+                head = await asyncio.wait_for(_next_head(client, reader, queue), proxy.idle_timeout)
+            except asyncio.TimeoutError:
+                client.end()
+                return
+            except BadRequest as e:
+                client.send(http1.local_response(e.status, f"{e}\n", close=True))
+                client.end()
+                logger.info("bad request from a client", src=source_address[0], error=str(e))
+                return
+            if head is None:
+                client.end()
+                return
+            body = Http1Body(client, reader, queue, head) if head.chunked or head.content_length else None
+            request = Request(origin_form(head), b"", peer.destination[1], body)
+            keep = await _answer(proxy, request, peer, client, source_address, close=proxy.draining, pending=queue)
+            if body is not None and not body.complete:
+                # Answered without reading the whole body (refused, or the endpoint answered early):
+                # what is left of it would be read as the next request.
+                await _linger(client)
+                return
+            if not keep:
+                client.end()
+                return
+    except ChannelReset:
+        return
+    except asyncio.CancelledError:
+        client.reset()
+        raise
+
+
+async def _next_head(client: Channel, reader: http1.MessageReader, queue: list) -> http1.Head | None:
+    """The next request's head; None when the client closed between requests."""
+    while True:
+        while queue:
+            event = queue.pop(0)
+            if isinstance(event, http1.Head):
+                if not (event.chunked or event.content_length) and queue and isinstance(queue[0], http1.End):
+                    queue.pop(0)    # no body: its End came with the head
+                return event
+            # (a body's events are its Http1Body's to read: none are left here)
+        data = await client.read()
+        if not data:
+            reader.feed_eof()
+            return None
+        queue.extend(reader.feed(data))
+
+
+async def _linger(client: Channel) -> None:
+    """Ends the connection after an answer given before the request's body was read, as a careful
+    HTTP/1.1 server does: our side is closed at once, and what the client still sends is read and
+    dropped for a while, so that its stack does not reset the connection (and lose the answer) over
+    unread bytes; then it is reset."""
+    client.end()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + LINGER_SECONDS
+    try:
+        while loop.time() < until:
+            if not await asyncio.wait_for(client.read(), until - loop.time()):
+                return
+    except (asyncio.TimeoutError, ChannelReset):
+        pass
+    client.reset()
+
+
+async def _answer(proxy: Proxy, request: Request, peer: Peer, client: Channel, source_address, *, close: bool,
+                  pending: list) -> bool:
+    """Answers one HTTP/1.1 request on `client`; True when the connection may carry another.
+    `pending`: the connection's parsed events not taken yet (a pipelined request's)."""
+    body = request.stream
+
+    def closing() -> bool:
+        # Known when the answer's head goes out: a body still unread, or the client already sent the
+        # next request (pipelining: it gets this answer with `connection: close`).
+        return (body is not None and not body.complete) or bool(pending) or client.buffered > 0
+    responder = Http1Responder(client, request.head.method, request.head.keep_alive and not close, closing)
+    await proxy.exchange(request, peer, responder, source_address)
+    return responder.keep
+
+
+def origin_form(head: http1.Head) -> http1.Head:
+    """An absolute-form request-target (`GET http://host/path`, as sent to a forward proxy) in the form
+    servers expect: the path, with the authority as the Host."""
+    target = head.target
+    if not target.lower().startswith(("http://", "https://")):
+        return head
+    rest = target.split("://", 1)[1]
+    authority, slash, path = rest.partition("/")
+    headers = tuple((k, v) for k, v in head.headers if k != "host") + (("host", authority),)
+    return replace(head, target=slash + path if slash else "/", headers=headers)
