@@ -4,11 +4,13 @@ hold (a 50/50 split with its weights and subsets), `describe` says why, and `che
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import threading
 
 import pytest
 
-from support.cli import shoal
+from support.cli import SHOAL, shoal
 from support.cluster import running_cluster
 from support.polling import eventually
 from support.root import needs_root
@@ -42,6 +44,8 @@ SHOP = [
      "spec": {"hosts": ["reviews"], "http": [{"name": "split", "timeout": "3s", "retries": {"attempts": 2},
                                               "route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 50},
                                                         {"destination": {"host": "reviews", "subset": "v2"}, "weight": 50}]}]}},
+    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "shop"},
+     "spec": {"serviceAccountName": "client", "containers": [{"name": "sh", "command": ["sleep", "infinity"]}]}},
 ]
 
 
@@ -49,7 +53,7 @@ SHOP = [
 def cluster():
     with running_cluster("expl", nodes=2) as c:
         c.apply(SHOP)
-        c.wait_pods_ready("shop", 3, timeout=180)   # two reviews and the waypoint
+        c.wait_pods_ready("shop", 4, timeout=180)   # two reviews, the client and the waypoint
         yield c
 
 
@@ -113,3 +117,42 @@ def test_check_is_silent_on_this_healthy_cluster(cluster):
     result = shoal("check", "--cluster", cluster.name, check=False)
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith(f"No problems found in cluster {cluster.name}")
+
+
+def while_requests_flow(cluster, argv: list[str], count: int = 30) -> str:
+    """Runs `shoal ARGV` while the client sends `count` requests to reviews (through the waypoint)."""
+    process = subprocess.Popen([*SHOAL, *argv, "--cluster", cluster.name], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    def send():
+        cluster.exec("client", "sh", "-c", f"for i in $(seq {count}); do curl -s -o /dev/null "
+                     "http://reviews.shop.svc.cluster.local/; done", namespace="shop", timeout=120)
+    sender = threading.Thread(target=send)
+    sender.start()
+    out, err = process.communicate(timeout=180)
+    sender.join(timeout=180)
+    assert process.returncode == 0, err
+    return out
+
+
+def test_stat_shows_success_rate_rate_and_latency_of_each_workload(cluster):
+    def window():
+        rows = json.loads(while_requests_flow(cluster, ["stat", "-n", "shop", "--window", "6", "-o", "json"]))
+        seen = {(r["workload"], r["version"]): r for r in rows if r["requests"] > 0}
+        return seen if len(seen) == 2 else None
+    seen = eventually(window, 240, "requests to both reviews versions within one window", interval=0)
+    assert set(seen) == {("reviews", "v1"), ("reviews", "v2")}, seen
+    for row in seen.values():
+        assert row["success"] == 1.0 and row["rps"] > 0
+        assert row["latency_ms_p50"] is not None and row["latency_ms_p99"] >= row["latency_ms_p50"]
+        assert row["tcp_connections_per_second"] > 0   # the waypoint's HBONE connections, seen by the ztunnel
+
+
+def test_top_shows_the_pairs_that_talk(cluster):
+    def view():
+        out = while_requests_flow(cluster, ["top", "-n", "shop", "--once", "--interval", "6"])
+        rows = [line.split() for line in out.splitlines()[1:]]
+        lines = [line.split() for line in out.splitlines()[1:] if line.startswith("shop/client ")]
+        return lines if {tuple(cells[1:3]) for cells in lines} == {("shop/reviews", "(v1)"),
+                                                                   ("shop/reviews", "(v2)")} else None
+    lines = eventually(view, 240, "client -> both reviews versions in top", interval=0)
+    assert all(cells[3] == "100.00%" and float(cells[4]) > 0 for cells in lines), lines
