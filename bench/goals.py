@@ -1,0 +1,99 @@
+"""Issue 13's goal lines read off `bench run` results: each as the ratio reached against its bound.
+
+    python -m bench goals RUN/results.json [MORE/results.json ...] [--markdown]
+
+The goals (ambient must cost no more than the HAProxy sidecars), cross-node,
+per run (one run per redirect mode):
+- ambient-l4's added latency at p50 and at p99 at most sidecar-haproxy's (ratio <= 1);
+- ambient-l4's CPU per 1000 requests at most sidecar-haproxy's (ratio <= 1;
+  `bench run` counts the node agents on the path with the ztunnels, so this
+  is stricter than the ztunnels alone);
+- one iperf3 stream through ambient-l4 at least 0.3 of baseline;
+- the node's mesh memory at 50 pods at most 0.2 of the 50 HAProxy sidecars'.
+A figure the run did not measure is reported as missing, never as met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.report import table
+from bench.summary import find
+
+MEMORY_PODS = 50
+
+
+@dataclass(frozen=True)
+class Goal:
+    name: str
+    bound: float
+    at_least: bool                 # True: the ratio must reach the bound; False: stay at or under it
+    ratio: float | None            # None: the run lacks a figure it needs
+
+    @property
+    def verdict(self) -> str:
+        if self.ratio is None:
+            return "missing"
+        met = self.ratio >= self.bound if self.at_least else self.ratio <= self.bound
+        return "met" if met else "not met"
+
+
+def _divide(a: dict | None, b: dict | None, key: str) -> float | None:
+    if a is None or b is None or a.get(key) is None or not b.get(key):
+        return None
+    return a[key] / b[key]
+
+
+def goals(results: list[dict]) -> list[Goal]:
+    ambient = find(results, setup="ambient-l4", case="http-latency", placement="cross-node")
+    haproxy = find(results, setup="sidecar-haproxy", case="http-latency", placement="cross-node")
+    return [
+        Goal("added latency p50: ambient-l4 / sidecar-haproxy", 1.0, False, _divide(ambient, haproxy, "added_p50_ms")),
+        Goal("added latency p99: ambient-l4 / sidecar-haproxy", 1.0, False, _divide(ambient, haproxy, "added_p99_ms")),
+        Goal("CPU per 1000 requests: ambient-l4 / sidecar-haproxy", 1.0, False,
+             _divide(ambient, haproxy, "cpu_per_1000rps")),
+        Goal("throughput, 1 stream: ambient-l4 / baseline", 0.3, True,
+             _divide(find(results, setup="ambient-l4", case="throughput", streams=1),
+                     find(results, setup="baseline", case="throughput", streams=1), "gbps")),
+        Goal(f"memory on a node with {MEMORY_PODS} pods: ambient-l4 / sidecar-haproxy", 0.2, False,
+             _divide(find(results, setup="ambient-l4", case="memory", pods=MEMORY_PODS),
+                     find(results, setup="sidecar-haproxy", case="memory", pods=MEMORY_PODS), "rss_mb")),
+    ]
+
+
+def rows(data: dict) -> list[dict]:
+    mode = data.get("settings", {}).get("redirect", "?")
+    return [{"redirect": mode, "goal": g.name, "bound": f"{'>=' if g.at_least else '<='} {g.bound:g}",
+             "ratio": None if g.ratio is None else round(g.ratio, 2), "verdict": g.verdict}
+            for g in goals(data["results"])]
+
+
+def markdown(all_rows: list[dict]) -> str:
+    lines = ["| redirect | goal | bound | ratio | verdict |", "|---|---|---|---:|---|"]
+    for r in all_rows:
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"| {r['redirect']} | {r['goal']} | {r['bound']} | {ratio} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench goals", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="results.json of `python -m bench run`")
+    parser.add_argument("--markdown", action="store_true", help="a Markdown table instead of the terminal's")
+    args = parser.parse_args(argv)
+    all_rows = []
+    for path in args.results:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"cannot read {path}: {e}; give the results.json that `python -m bench run` wrote")
+        if "results" not in data:
+            parser.error(f"{path} has no results list; is it a `python -m bench run` results.json?")
+        all_rows += rows(data)
+    print(markdown(all_rows) if args.markdown else
+          table(all_rows, ["redirect", "goal", "bound", "ratio", "verdict"], "Issue 13's goals, cross-node"))
+    return 0
