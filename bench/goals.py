@@ -10,7 +10,9 @@ per run (one run per redirect mode):
   is stricter than the ztunnels alone);
 - one iperf3 stream through ambient-l4 at least 0.3 of baseline;
 - the node's mesh memory at 50 pods at most 0.2 of the 50 HAProxy sidecars'.
-A figure the run did not measure is reported as missing, never as met.
+A figure the run did not measure is reported as missing, never as met; a
+ratio whose divisor is not positive (a sidecar's added latency below the
+baseline's noise) as noise.
 """
 
 from __future__ import annotations
@@ -31,36 +33,40 @@ class Goal:
     name: str
     bound: float
     at_least: bool                 # True: the ratio must reach the bound; False: stay at or under it
-    ratio: float | None            # None: the run lacks a figure it needs
+    ratio: float | None            # None: the run lacks a figure it needs, or the divisor is not positive
+    noise: bool = False            # the divisor is not positive: an added latency the baseline's noise swallowed
 
     @property
     def verdict(self) -> str:
+        if self.noise:
+            return "noise"
         if self.ratio is None:
             return "missing"
         met = self.ratio >= self.bound if self.at_least else self.ratio <= self.bound
         return "met" if met else "not met"
 
 
-def _divide(a: dict | None, b: dict | None, key: str) -> float | None:
-    if a is None or b is None or a.get(key) is None or not b.get(key):
-        return None
-    return a[key] / b[key]
+def _goal(name: str, bound: float, at_least: bool, a: dict | None, b: dict | None, key: str) -> Goal:
+    if a is None or b is None or a.get(key) is None or b.get(key) is None:
+        return Goal(name, bound, at_least, None)
+    if b[key] <= 0:  # a negative added latency divides into nothing meaningful
+        return Goal(name, bound, at_least, None, noise=True)
+    return Goal(name, bound, at_least, a[key] / b[key])
 
 
 def goals(results: list[dict]) -> list[Goal]:
     ambient = find(results, setup="ambient-l4", case="http-latency", placement="cross-node")
     haproxy = find(results, setup="sidecar-haproxy", case="http-latency", placement="cross-node")
     return [
-        Goal("added latency p50: ambient-l4 / sidecar-haproxy", 1.0, False, _divide(ambient, haproxy, "added_p50_ms")),
-        Goal("added latency p99: ambient-l4 / sidecar-haproxy", 1.0, False, _divide(ambient, haproxy, "added_p99_ms")),
-        Goal("CPU per 1000 requests: ambient-l4 / sidecar-haproxy", 1.0, False,
-             _divide(ambient, haproxy, "cpu_per_1000rps")),
-        Goal("throughput, 1 stream: ambient-l4 / baseline", 0.3, True,
-             _divide(find(results, setup="ambient-l4", case="throughput", streams=1),
-                     find(results, setup="baseline", case="throughput", streams=1), "gbps")),
-        Goal(f"memory on a node with {MEMORY_PODS} pods: ambient-l4 / sidecar-haproxy", 0.2, False,
-             _divide(find(results, setup="ambient-l4", case="memory", pods=MEMORY_PODS),
-                     find(results, setup="sidecar-haproxy", case="memory", pods=MEMORY_PODS), "rss_mb")),
+        _goal("added latency p50: ambient-l4 / sidecar-haproxy", 1.0, False, ambient, haproxy, "added_p50_ms"),
+        _goal("added latency p99: ambient-l4 / sidecar-haproxy", 1.0, False, ambient, haproxy, "added_p99_ms"),
+        _goal("CPU per 1000 requests: ambient-l4 / sidecar-haproxy", 1.0, False, ambient, haproxy, "cpu_per_1000rps"),
+        _goal("throughput, 1 stream: ambient-l4 / baseline", 0.3, True,
+              find(results, setup="ambient-l4", case="throughput", streams=1),
+              find(results, setup="baseline", case="throughput", streams=1), "gbps"),
+        _goal(f"memory on a node with {MEMORY_PODS} pods: ambient-l4 / sidecar-haproxy", 0.2, False,
+              find(results, setup="ambient-l4", case="memory", pods=MEMORY_PODS),
+              find(results, setup="sidecar-haproxy", case="memory", pods=MEMORY_PODS), "rss_mb"),
     ]
 
 

@@ -54,6 +54,12 @@ def test_a_figure_the_run_lacks_is_missing_not_met():
     assert verdicts(data)["memory on a node with 50 pods"] == (None, "missing")
 
 
+def test_an_added_latency_below_the_baselines_noise_is_noise_not_a_ratio():
+    got = verdicts(run(ambient_added=(0.2, 2.0), haproxy_added=(0.1, -0.4)))
+    assert got["added latency p99"] == (None, "noise")
+    assert got["added latency p50"] == (2.0, "not met")
+
+
 def test_the_command_prints_both_modes_as_markdown(tmp_path, capsys):
     paths = []
     for mode in ("iptables", "ebpf"):
