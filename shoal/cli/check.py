@@ -1,6 +1,7 @@
 """`shoal check`: is the mesh able to run here, is it healthy, and is its config what was meant?
 
-    shoal check [--cluster NAME] [--only preflight,health,config] [-o text|json] [-v]
+    shoal check [--cluster NAME | --kubeconfig FILE [--context C]] [--only preflight,health,config]
+                [-o text|json] [-v]
 
 Three parts, as `linkerd check` and `istioctl analyze` have them:
 - pre-flight: privileges, cgroups, iptables, what each redirect mode needs;
@@ -12,8 +13,9 @@ Three parts, as `linkerd check` and `istioctl analyze` have them:
 Only problems are printed (`-v` lists what passed too). The exit status is 0
 when nothing was found, 1 when anything was, 2 when the check could not run.
 
-The target is a local cluster here; a Kubernetes target (kubeconfig) plugs in
-as another `Target` with the same three methods.
+The target is a local cluster (`--cluster`, or the current one), or a
+Kubernetes cluster (`--kubeconfig`, `--context`, or `$KUBECONFIG` with no
+`--cluster`; see `check_kube`): each is a `Target` with the same methods.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Protocol
 
 from shoal.cli import context
 from shoal.cli.output import fail
+from shoal.kube_mesh import add_target_arguments, connect, on_kubernetes
 from shoal.preflight import Check
 
 PARTS = ("preflight", "health", "config")
@@ -34,7 +37,7 @@ PARTS = ("preflight", "health", "config")
 class Target(Protocol):
     name: str
 
-    def redirect(self) -> str: ...
+    def preflight(self) -> list[Check]: ...
     def objects(self) -> list[dict]: ...
     def health(self) -> list[Check]: ...
 
@@ -51,11 +54,13 @@ class LocalTarget:
     def up(self) -> bool:
         return self.layout.store().exists()
 
-    def redirect(self) -> str:
+    def preflight(self) -> list[Check]:
+        """This machine's: the local cluster runs on it."""
         from shoal.local.cluster import ClusterConfig
+        from shoal.preflight import preflight, probe
 
         config = ClusterConfig.read(self.layout)
-        return config.redirect if config else "auto"
+        return preflight(probe(), config.redirect if config else "auto")
 
     def objects(self) -> list[dict]:
         store = self.layout.store()
@@ -79,6 +84,7 @@ def register(sub) -> None:
     p = sub.add_parser("check", help="check pre-flight, health and config of a cluster (exit 1 on any problem)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     context.add_option(p)
+    add_target_arguments(p)
     p.add_argument("--only", type=_parts, default=PARTS, metavar="PARTS",
                    help=f"comma-separated parts to run (default: {','.join(PARTS)})")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format (default: text)")
@@ -88,11 +94,9 @@ def register(sub) -> None:
 
 def run(target: Target, parts: tuple[str, ...]) -> dict:
     """Every part asked for, as plain data: {"preflight": [Check], "health": [Check], "config": [Finding]}."""
-    from shoal.preflight import preflight, probe
-
     out: dict = {}
     if "preflight" in parts:
-        out["preflight"] = preflight(probe(), target.redirect())
+        out["preflight"] = target.preflight()
     if "health" in parts:
         out["health"] = target.health()
     if "config" in parts:
@@ -136,13 +140,24 @@ def to_json(result: dict, cluster: str) -> dict:
 
 
 def cmd_check(args) -> int:
-    cluster = context.resolve(args)
-    target = LocalTarget(cluster)
-    parts = args.only
-    if not target.up() and parts != ("preflight",):
-        return fail(f"cluster {cluster!r} is not up; run `shoal local up --cluster {cluster}`, "
-                    "or `shoal check --only preflight` to see whether it can run here", 2)
-    result = run(target, parts)
+    from shoal.errors import ShoalError
+
+    try:
+        if on_kubernetes(args):
+            from shoal.cli.check_kube import KubeTarget
+
+            target = KubeTarget(connect(args))
+            cluster = args.context or "kubernetes"
+            result = run(target, args.only)
+        else:
+            cluster = context.resolve(args)
+            target = LocalTarget(cluster)
+            if not target.up() and args.only != ("preflight",):
+                return fail(f"cluster {cluster!r} is not up; run `shoal local up --cluster {cluster}`, "
+                            "or `shoal check --only preflight` to see whether it can run here", 2)
+            result = run(target, args.only)
+    except ShoalError as e:   # the API server refused or could not be reached: the message says which
+        return fail(str(e), 2)
     if args.output == "json":
         print(json.dumps(to_json(result, cluster), indent=2))
     else:

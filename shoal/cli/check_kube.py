@@ -1,0 +1,97 @@
+"""`shoal check` against a Kubernetes cluster (`--kubeconfig`, `--context`, or `$KUBECONFIG` with no
+`--cluster`): the same three parts, read through the API server.
+
+- pre-flight: the CRDs of each config dialect are served (Gateway API is
+  required: waypoints are Gateways; the others only say which dialects shoal
+  cannot read there). Kernel features are the nodes' own: `shoal check --only
+  preflight` on a node, or the node agent's log, says which redirect mode it
+  chose and why.
+- health: on every node a Ready ztunnel and node agent, and a Ready control plane.
+- config analysis: every object of the kinds the control plane reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal.local.components import SYSTEM_NAMESPACE
+from shoal.preflight import Check
+
+CORE = {"Namespace": "/api/v1/namespaces", "Pod": "/api/v1/pods", "Service": "/api/v1/services",
+        "ServiceAccount": "/api/v1/serviceaccounts", "Deployment": "/apis/apps/v1/deployments"}
+PLURALS = {"HTTPRoute": "httproutes", "Gateway": "gateways", "VirtualService": "virtualservices",
+           "DestinationRule": "destinationrules", "AuthorizationPolicy": "authorizationpolicies",
+           "PeerAuthentication": "peerauthentications", "TrafficSplit": "trafficsplits"}
+REQUIRED_GROUPS = ("gateway.networking.k8s.io",)
+COMPONENTS = {"shoal-ztunnel": "per node", "shoal-node-agent": "per node", "shoal-control-plane": "one"}
+
+
+def _ready(pod: dict) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or ())
+
+
+@dataclass
+class KubeTarget:
+    cluster: object            # shoal.install.cluster.Cluster
+    name: str = "kubernetes"
+
+    def redirect(self) -> str:
+        return "auto"
+
+    def mesh_versions(self) -> dict[str, str | None]:
+        """kind -> the apiVersion the API server serves for it (the newest shoal reads), or None."""
+        from control_plane.translate.dispatch import MESH_KINDS
+
+        out = {}
+        for kind, (group, versions, _) in MESH_KINDS.items():
+            out[kind] = next((f"{group}/{v}" for v in versions if self.cluster.served(f"{group}/{v}")), None)
+        return out
+
+    def preflight(self) -> list[Check]:
+        from control_plane.translate.dispatch import MESH_KINDS
+
+        checks = []
+        for kind, served in self.mesh_versions().items():
+            group = MESH_KINDS[kind][0]
+            required = group in REQUIRED_GROUPS
+            checks.append(Check("SH0006", f"CRD {PLURALS[kind]}.{group}", served is not None,
+                                f"served as {served}" if served else "not served" + (
+                                    "" if required else f": {kind} objects are not read"),
+                                "install the CRDs: `shoal install` or daemonset/crds/README.md", counts=required))
+        return checks
+
+    def objects(self) -> list[dict]:
+        objects = []
+        for kind, path in CORE.items():
+            objects += self._list(kind, path, path.split("/", 3)[2] if path.startswith("/apis/") else "v1")
+        for kind, api_version in self.mesh_versions().items():
+            if api_version is not None:
+                objects += self._list(kind, f"/apis/{api_version}/{PLURALS[kind]}", api_version)
+        return objects
+
+    def _list(self, kind: str, path: str, api_version: str) -> list[dict]:
+        items = self.cluster.call("GET", path, f"listing {PLURALS.get(kind, path.rsplit('/', 1)[1])}")["items"]
+        # a list's items carry no kind or apiVersion; the analysis needs both
+        return [{**item, "kind": kind, "apiVersion": item.get("apiVersion") or
+                 ("apps/v1" if kind == "Deployment" else api_version)} for item in items]
+
+    def health(self) -> list[Check]:
+        nodes = [n["metadata"]["name"] for n in self.cluster.call("GET", "/api/v1/nodes", "listing nodes")["items"]]
+        pods = self.cluster.call("GET", f"/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods",
+                                 f"listing pods in {SYSTEM_NAMESPACE}")["items"]
+        checks = []
+        for app, where in COMPONENTS.items():
+            mine = [p for p in pods if (p["metadata"].get("labels") or {}).get("app") == app]
+            if where == "one":
+                ready = [p for p in mine if _ready(p)]
+                checks.append(Check("SH0202", app, bool(ready), f"{len(ready)}/{len(mine)} Ready",
+                                    f"`kubectl -n {SYSTEM_NAMESPACE} describe pods -l app={app}`"))
+                continue
+            for node in nodes:
+                on_node = [p for p in mine if (p.get("spec") or {}).get("nodeName") == node]
+                ok = any(_ready(p) for p in on_node)
+                checks.append(Check("SH0202", f"{app} on {node}", ok,
+                                    "Ready" if ok else ("not Ready" if on_node else "no pod"),
+                                    f"`kubectl -n {SYSTEM_NAMESPACE} get pods -l app={app} -o wide` and its log"))
+        return checks
