@@ -105,6 +105,9 @@ def apply_changes(headers: list[tuple[str, str]], changes: HeaderChanges) -> lis
     return out
 
 
+RBAC_DENIED = "RBAC: access denied"   # all a denied client learns, as from Istio's waypoint
+
+
 class Proxy:
     def __init__(self, state: ProxyState, upstreams: Upstreams, metrics: Metrics, *,
                  rand: Callable[[], float] = random.random,
@@ -137,7 +140,8 @@ class Proxy:
             if isinstance(plan, Refusal):
                 record.service, record.policy = plan.service, plan.policy
                 record.flag(plan.flag, plan.reason)
-                self._answer(responder, record, plan.status, plan.reason)
+                # Which policy denied is for the operator (the access log), not for a client probing it.
+                self._answer(responder, record, plan.status, RBAC_DENIED if plan.flag == "RBAC" else plan.reason)
                 return
             await self._carry_out(plan, request, responder, record)
         finally:

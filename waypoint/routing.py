@@ -37,6 +37,7 @@ from shoal.model import (
 from shoal import authz
 
 from shoal.proxy_state import ProxyState
+from shoal.workload_names import workload_label
 
 Random = Callable[[], float]
 
@@ -381,5 +382,5 @@ def _endpoints(state: ProxyState, destination: Destination, request_port: int) -
 def upstream_of(state: ProxyState, workload: Workload, port: int) -> Upstream:
     return Upstream(address=(workload.ips[0], port), hbone=workload.protocol is Protocol.HBONE,
                     identity=workload.identity(state.trust_domain), workload_uid=workload.uid,
-                    workload_name=workload.canonical_service or workload.name,
+                    workload_name=workload_label(workload),
                     workload_namespace=workload.namespace)

@@ -20,6 +20,7 @@ from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import UpstreamFailed
 from waypoint.routing import Peer, Refusal, decide_tcp
 from shoal.proxy_state import ProxyState
+from shoal.workload_names import access_log_fields
 from waypoint.telemetry import Metrics, tcp_labels
 from waypoint.upstream import Upstreams
 
@@ -98,6 +99,8 @@ async def serve_tcp(state: ProxyState, upstreams: Upstreams, client: Channel, pe
         received.inc(client.bytes_received)
         sent.inc(client.bytes_sent)
         access_log.info("connection complete", protocol="tcp", src_addr=f"{source_address[0]}:{source_address[1]}",
+                        **access_log_fields("src", state.workload_by_ip(peer.source_ip)),
+                        **access_log_fields("dst", state.workloads.get(chosen.workload_uid) if chosen else None),
                         src_identity=str(peer.source) if peer.source else None, dst=f"{peer.destination[0]}:{peer.destination[1]}",
                         dst_service=service or None, upstream=upstream_address or None, response_flags=flags,
                         bytes_received=client.bytes_received, bytes_sent=client.bytes_sent,

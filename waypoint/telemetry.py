@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shoal import log
+from shoal.exposition import render
 from shoal.model import Workload
 from shoal.series import gone_series
+from shoal.workload_names import access_log_fields, live_workloads, telemetry_labels
 
-LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
-    "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
-    "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
-    "request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
-)
-TCP_LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal", "destination_workload",
-    "destination_workload_namespace", "destination_principal", "destination_service", "request_protocol",
-    "response_flags", "connection_security_policy",
-)
+_ENDS = tuple(f"{side}_{name}" for side in ("source", "destination")
+              for name in ("workload", "workload_namespace", "principal", "app", "version", "canonical_service",
+                           "canonical_revision", "cluster"))
+# The same per-end labels as the ztunnel's (shoal.workload_names names both ends), then the request's.
+LABELS = ("reporter", *_ENDS, "destination_service", "destination_service_name", "destination_service_namespace",
+          "request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy")
+TCP_LABELS = ("reporter", *_ENDS, "destination_service", "destination_service_name", "destination_service_namespace",
+              "request_protocol", "response_flags", "connection_security_policy")
 # Istio's default buckets for istio_request_duration_milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                     1800000, 3600000)
@@ -95,16 +93,7 @@ class Metrics:
         return found
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-def _workload(prefix: str, w: Workload | None, version: str = "") -> dict[str, str]:
-    if w is None:
-        return {f"{prefix}_workload": "unknown", f"{prefix}_workload_namespace": "unknown",
-                f"{prefix}_app": "unknown", f"{prefix}_version": version or "unknown"}
-    name = w.canonical_service or w.name
-    return {f"{prefix}_workload": name, f"{prefix}_workload_namespace": w.namespace, f"{prefix}_app": name,
-            f"{prefix}_version": w.canonical_revision or version or "unknown"}
+        return render(self.registry)
 
 
 @dataclass(eq=False)
@@ -154,8 +143,8 @@ class RequestRecord:
             "response_flags": self.response_flags,
             "connection_security_policy": "mutual_tls",
         }
-        out.update(_workload("source", self.source_workload))
-        out.update(_workload("destination", self.destination_workload, self.subset))
+        out.update(telemetry_labels("source", self.source_workload))
+        out.update(telemetry_labels("destination", self.destination_workload))
         return out
 
     def finish(self, metrics: Metrics) -> None:
@@ -166,32 +155,27 @@ class RequestRecord:
         counter, histogram = metrics.request_children(self.labels())
         counter.inc()
         histogram.observe(duration_ms)
-        src, dst = self.source_workload, self.destination_workload
         access_log.info(
             "request complete",
             method=self.method, path=self.path, authority=self.authority, status=self.status,
             response_flags=self.response_flags, duration_ms=round(duration_ms, 3),
             src_addr=f"{self.source_address[0]}:{self.source_address[1]}",
-            src_workload=src.name if src else None, src_namespace=src.namespace if src else None,
-            src_identity=self.source_principal or None,
+            **access_log_fields("src", self.source_workload), src_identity=self.source_principal or None,
             dst_service=self.service or None, route=self.route or None, subset=self.subset or None,
-            dst_workload=dst.name if dst else None, upstream=self.upstream or None, tries=self.tries,
+            **access_log_fields("dst", self.destination_workload),
+            dst_identity=self.destination_principal or None, upstream=self.upstream or None, tries=self.tries,
             policy=self.policy or None, bytes_received=self.bytes_received, bytes_sent=self.bytes_sent,
             request_id=self.request_id or None, error=self.error or None)
 
 
-def live_workloads(workloads: Iterable[Workload]) -> set[tuple[str, str]]:
-    """(namespace, workload label) of the workloads the config knows, as the labels name them."""
-    return {(w.namespace, w.canonical_service or w.name) for w in workloads}
-
-
 def tcp_labels(source: Workload | None, source_principal: str, destination: Workload | None,
                destination_principal: str, service: str, flags: str) -> dict[str, str]:
-    src, dst = _workload("source", source), _workload("destination", destination)
-    return {"reporter": "waypoint", "source_workload": src["source_workload"],
-            "source_workload_namespace": src["source_workload_namespace"],
-            "source_principal": source_principal or "unknown",
-            "destination_workload": dst["destination_workload"],
-            "destination_workload_namespace": dst["destination_workload_namespace"],
-            "destination_principal": destination_principal or "unknown", "destination_service": service or "unknown",
-            "request_protocol": "tcp", "response_flags": flags, "connection_security_policy": "mutual_tls"}
+    name, _, rest = service.partition(".")
+    out = {"reporter": "waypoint", "source_principal": source_principal or "unknown",
+           "destination_principal": destination_principal or "unknown", "destination_service": service or "unknown",
+           "destination_service_name": name or "unknown",
+           "destination_service_namespace": rest.split(".")[0] if rest else "unknown",
+           "request_protocol": "tcp", "response_flags": flags, "connection_security_policy": "mutual_tls"}
+    out.update(telemetry_labels("source", source))
+    out.update(telemetry_labels("destination", destination))
+    return out

@@ -28,7 +28,7 @@ from shoal.proxy_state import ProxyState
 from ztunnel.connections import ConnectionTracker
 from ztunnel.outbound import Balancer, OutboundError, Plan, decide
 from ztunnel.pods import Pod, PodRegistry
-from ztunnel.telemetry import ConnectionRecord
+from ztunnel.telemetry import ConnectionRecord, client_address
 
 logger = log.get("ztunnel.outbound")
 
@@ -77,7 +77,7 @@ class OutboundDriver:
         destination = sockets.captured_destination(conn, "outbound")
         if destination is None:
             return
-        record = ConnectionRecord("outbound", address[:2], destination, source_workload=source,
+        record = ConnectionRecord("outbound", client_address(address, source), destination, source_workload=source,
                                   source_principal=str(pod.identity))
         self.tracker.begin(record, count_now=False)
         app: TcpSide | None = None

@@ -20,6 +20,7 @@ from shoal.certs import CertManager
 from shoal.hbone_io import RelayError
 from shoal.hbone_pool import Key, Pool, connector
 from shoal.proxy_state import ProxyState
+from shoal.workload_names import live_workloads
 
 from ztunnel.config import Config
 from ztunnel.connections import ConnectionTracker
@@ -87,7 +88,7 @@ class Ztunnel:
 
     def live_workloads(self) -> set[tuple[str, str]]:
         """(namespace, workload label) of every workload the config or the hand-off knows."""
-        known = {(w.namespace, w.canonical_service or w.name) for w in self.state.workloads.values()}
+        known = live_workloads(self.state.workloads.values())
         return known | {(p.info.namespace, p.info.name) for p in self.pods.pods.values()}
 
     def dump(self) -> dict:

@@ -14,11 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 
 from shoal import log
+from shoal.exposition import render
 from shoal.model import Workload
 from shoal.series import gone_series
+from shoal.workload_names import access_log_fields, telemetry_labels
 
 LABELS = (
     "reporter",
@@ -29,7 +31,6 @@ LABELS = (
     "destination_cluster", "destination_service", "destination_service_name", "destination_service_namespace",
     "request_protocol", "response_flags", "connection_security_policy",
 )
-CLUSTER_ID = "Kubernetes"  # Istio's default cluster id, which dashboards expect
 
 access_log = log.get("ztunnel.access")
 
@@ -55,7 +56,7 @@ class Metrics:
         return found
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(self.registry)
 
     def prune(self, live: set[tuple[str, str]], in_use: set[tuple]) -> int:
         """Removes the series of workloads that are gone: label sets whose source or destination
@@ -70,20 +71,14 @@ class Metrics:
         return len(gone)
 
 
-def _workload_labels(prefix: str, w: Workload | None) -> dict[str, str]:
-    if w is None:
-        return {f"{prefix}_{k}": "unknown" for k in ("workload", "workload_namespace", "app", "version",
-                                                      "canonical_service", "canonical_revision", "cluster")}
-    labels = dict(w.labels)
-    return {
-        f"{prefix}_workload": w.canonical_service or w.name,
-        f"{prefix}_workload_namespace": w.namespace,
-        f"{prefix}_app": labels.get("app", w.canonical_service or "unknown"),
-        f"{prefix}_version": labels.get("version", "unknown"),
-        f"{prefix}_canonical_service": w.canonical_service or w.name,
-        f"{prefix}_canonical_revision": w.canonical_revision or "latest",
-        f"{prefix}_cluster": CLUSTER_ID,
-    }
+def client_address(address: tuple, workload: Workload | None) -> tuple[str, int]:
+    """The app's end of an outbound connection as telemetry reports it. In eBPF mode the app's connect()
+    is rewritten to 127.0.0.1:15001, so the accepted socket's peer is 127.0.0.1:<port>, which names no
+    pod; the pod's own IP with the app's port is what iptables mode (and Istio) report."""
+    host, port = address[0], address[1]
+    if workload is not None and workload.ips and host.removeprefix("::ffff:").startswith("127."):
+        return workload.ips[0], port
+    return host, port
 
 
 @dataclass(eq=False)  # identity, so records can sit in a set of active connections
@@ -132,8 +127,8 @@ class ConnectionRecord:
             "response_flags": self.response_flags,
             "connection_security_policy": "mutual_tls" if self.mtls else "none",
         }
-        out.update(_workload_labels("source", self.source_workload))
-        out.update(_workload_labels("destination", self.destination_workload))
+        out.update(telemetry_labels("source", self.source_workload))
+        out.update(telemetry_labels("destination", self.destination_workload))
         return out
 
     def fail(self, flag: str, error: str) -> None:
@@ -171,16 +166,13 @@ class ConnectionRecord:
             opened.inc()
         closed.inc()
         self._count_bytes(sent, received)
-        w_src, w_dst = self.source_workload, self.destination_workload
         access_log.info(
             "connection complete",
             direction=self.direction,
             src_addr=f"{self.source[0]}:{self.source[1]}",
             dst_addr=f"{self.destination[0]}:{self.destination[1]}",
-            src_workload=w_src.name if w_src else None,
-            src_namespace=w_src.namespace if w_src else None,
-            dst_workload=w_dst.name if w_dst else None,
-            dst_namespace=w_dst.namespace if w_dst else None,
+            **access_log_fields("src", self.source_workload),
+            **access_log_fields("dst", self.destination_workload),
             src_identity=self.source_principal or None,
             dst_identity=self.destination_principal or None,
             dst_service=self.service or None,

@@ -30,7 +30,6 @@ workload (Deployment) name; `service.istio.io/canonical-revision`,
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -57,6 +56,7 @@ from shoal.model import (
     selector_matches,
     service_hostname,
 )
+from shoal.workload_names import canonical_names, workload_name
 
 _APP_PROTOCOLS = {"http", "http2", "https", "grpc", "grpc-web", "tcp", "tls", "h2c", "mongo", "redis", "mysql"}
 
@@ -137,30 +137,6 @@ def pod_uid(pod: dict) -> str:
     return str(meta.get("uid") or f"Pod/{meta.get('namespace', '')}/{meta.get('name', '')}")
 
 
-_REPLICASET_HASH = re.compile(r"-[a-z0-9]{5,10}$")
-
-
-def workload_name(pod: dict) -> str:
-    """The controller's name: a Deployment's for ReplicaSet pods, else the owner's or the pod's."""
-    meta = _meta(pod)
-    for owner in meta.get("ownerReferences") or []:
-        if owner.get("controller", True) and owner.get("name"):
-            name = str(owner["name"])
-            if owner.get("kind") == "ReplicaSet":
-                return _REPLICASET_HASH.sub("", name)
-            return name
-    return str(meta.get("name", ""))
-
-
-def canonical_names(pod: dict) -> tuple[str, str]:
-    labels = _meta(pod).get("labels") or {}
-    service = (labels.get("service.istio.io/canonical-name") or labels.get("app.kubernetes.io/name")
-               or labels.get("app") or workload_name(pod))
-    revision = (labels.get("service.istio.io/canonical-revision") or labels.get("app.kubernetes.io/version")
-                or labels.get("version") or "latest")
-    return str(service), str(revision)
-
-
 def _waypoint_named_by(obj: dict, waypoints: Mapping[str, Waypoint]) -> Waypoint | None:
     meta = _meta(obj)
     gateway = (meta.get("labels") or {}).get(GATEWAY_NAME_LABEL)
@@ -209,6 +185,7 @@ def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, W
         labels=freeze_labels(meta.get("labels")),
         canonical_service=service,
         canonical_revision=revision,
+        workload_name=workload_name(pod),
         waypoint=waypoint,
         protocol=Protocol.HBONE if enrolled or own_proxy else Protocol.TCP,
     )

@@ -57,7 +57,8 @@ def _opt(msg, field: str):
 def workload_to(w: model.Workload) -> pb.Workload:
     msg = pb.Workload(uid=w.uid, name=w.name, namespace=w.namespace, service_account=w.service_account,
                       node=w.node, ips=w.ips, labels=dict(w.labels), canonical_service=w.canonical_service,
-                      canonical_revision=w.canonical_revision, protocol=pb.Protocol.Value(w.protocol.value))
+                      canonical_revision=w.canonical_revision, protocol=pb.Protocol.Value(w.protocol.value),
+                      workload_name=w.workload_name)
     if w.waypoint is not None:
         _waypoint_ref_to(w.waypoint, msg.waypoint)
     return msg
@@ -68,7 +69,8 @@ def workload_from(m: pb.Workload) -> model.Workload:
         uid=m.uid, name=m.name, namespace=m.namespace, service_account=m.service_account, node=m.node,
         ips=tuple(m.ips), labels=_labels(m.labels), canonical_service=m.canonical_service,
         canonical_revision=m.canonical_revision, waypoint=_waypoint_ref_from(m.waypoint, m),
-        protocol=_enum(model.Protocol, pb.Protocol, m.protocol, f"Workload {m.uid}: protocol"))
+        protocol=_enum(model.Protocol, pb.Protocol, m.protocol, f"Workload {m.uid}: protocol"),
+        workload_name=m.workload_name)
 
 
 def service_to(s: model.Service) -> pb.Service:

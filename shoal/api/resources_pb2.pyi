@@ -63,7 +63,7 @@ class WaypointRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("uid", "name", "namespace", "service_account", "node", "ips", "labels", "canonical_service", "canonical_revision", "waypoint", "protocol")
+    __slots__ = ("uid", "name", "namespace", "service_account", "node", "ips", "labels", "canonical_service", "canonical_revision", "waypoint", "protocol", "workload_name")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class Workload(_message.Message):
     CANONICAL_REVISION_FIELD_NUMBER: _ClassVar[int]
     WAYPOINT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_NAME_FIELD_NUMBER: _ClassVar[int]
     uid: str
     name: str
     namespace: str
@@ -93,7 +94,8 @@ class Workload(_message.Message):
     canonical_revision: str
     waypoint: WaypointRef
     protocol: Protocol
-    def __init__(self, uid: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., ips: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., canonical_service: _Optional[str] = ..., canonical_revision: _Optional[str] = ..., waypoint: _Optional[_Union[WaypointRef, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ...) -> None: ...
+    workload_name: str
+    def __init__(self, uid: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., ips: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., canonical_service: _Optional[str] = ..., canonical_revision: _Optional[str] = ..., waypoint: _Optional[_Union[WaypointRef, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., workload_name: _Optional[str] = ...) -> None: ...
 
 class ServicePort(_message.Message):
     __slots__ = ("port", "name", "protocol", "app_protocol")

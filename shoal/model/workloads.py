@@ -47,6 +47,7 @@ class Workload:
     canonical_revision: str = "latest"
     waypoint: WaypointRef | None = None
     protocol: Protocol = Protocol.TCP
+    workload_name: str = ""      # the owning controller (a Deployment): shoal.workload_names
 
     @property
     def key(self) -> str:

@@ -47,9 +47,9 @@ def test_prune_removes_the_series_of_gone_workloads_and_keeps_the_rest():
     assert metrics.prune(live) == 3
     text = metrics.render().decode()
     assert 'source_workload="ratings"' not in text and 'destination_workload="ratings"' not in text
-    assert _count(metrics, "istio_requests_total", source_workload="client", destination_workload="reviews") == 1
+    assert _count(metrics, "istio_requests_total", source_workload="client", destination_workload="reviews-v1") == 1
     assert _count(metrics, "istio_request_duration_milliseconds_count", source_workload="client",
-                  destination_workload="reviews") == 1
+                  destination_workload="reviews-v1") == 1
     assert _count(metrics, "istio_requests_total", source_workload="unknown") == 1
     assert _count(metrics, "istio_tcp_sent_bytes_total", source_workload="client") == 10
     assert metrics.prune(live) == 0

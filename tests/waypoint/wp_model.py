@@ -16,14 +16,14 @@ VIP = "198.18.16.10"
 SHADOW_VIP = "198.18.16.11"
 
 
-def workload(name, ip, version, protocol=Protocol.HBONE, app="reviews"):
+def workload(name, ip, version, protocol=Protocol.HBONE, app="reviews", deployment=None):
     return Workload(uid=f"uid-{name}", name=name, namespace=NS, service_account=app, node="node1", ips=(ip,),
                     labels=freeze_labels({"app": app, "version": version}), canonical_service=app,
-                    canonical_revision=version, protocol=protocol)
+                    canonical_revision=version, protocol=protocol, workload_name=deployment or name)
 
 
-V1A = workload("reviews-v1-a", "198.19.1.11", "v1")
-V1B = workload("reviews-v1-b", "198.19.2.12", "v1")
+V1A = workload("reviews-v1-a", "198.19.1.11", "v1", deployment="reviews-v1")
+V1B = workload("reviews-v1-b", "198.19.2.12", "v1", deployment="reviews-v1")
 V2 = workload("reviews-v2", "198.19.1.13", "v2", protocol=Protocol.TCP)
 SHADOW_POD = workload("reviews-shadow", "198.19.2.14", "v1", app="shadow")
 CLIENT = workload("client", "198.19.1.20", "v1", app="client")

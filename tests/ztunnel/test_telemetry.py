@@ -14,7 +14,7 @@ def value(metrics: Metrics, name: str, **labels) -> float:
 
 
 SRC = Workload("u1", "client-7d9", "shop", "client", "node1", ("198.19.1.2",), canonical_service="client",
-               protocol=Protocol.HBONE)
+               workload_name="client", protocol=Protocol.HBONE)
 DST = Workload("u2", "server-5f2", "shop", "server", "node2", ("198.19.2.2",), protocol=Protocol.HBONE)
 
 
