@@ -186,8 +186,8 @@ class ProxyState:
 
     def waypoint_policies_for(self, service: Service | None) -> list[Authorization]:
         """The policies this waypoint enforces for a request to `service`: those whose targetRefs
-        name the Service or the waypoint's own Gateway. Selector and namespace-wide policies are
-        enforced by the destination's ztunnel, as in Istio ambient."""
+        name the Service (or the ServiceEntry it came from) or the waypoint's own Gateway. Selector
+        and namespace-wide policies are enforced by the destination's ztunnel, as in Istio ambient."""
         found = []
         for policy in self.authorizations.values():
             if policy.scope is not PolicyScope.TARGETS:
@@ -196,7 +196,7 @@ class ProxyState:
                 if target.kind == "Gateway" and (target.namespace, target.name) == self.waypoint:
                     found.append(policy)
                     break
-                if (service is not None and target.kind == "Service"
+                if (service is not None and target.kind == service.source_kind
                         and (target.namespace, target.name) == (service.namespace, service.name)):
                     found.append(policy)
                     break

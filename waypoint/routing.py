@@ -367,7 +367,7 @@ def _endpoints(state: ProxyState, destination: Destination, request_port: int) -
     found = []
     for endpoint in service.endpoints_for(port):
         workload = state.workloads.get(endpoint.workload_uid)
-        if workload is None or not workload.ips:
+        if workload is None or not (workload.ips or workload.hostname):
             continue
         if destination.subset and not selector_matches(destination.subset, workload.labels):
             continue
@@ -380,7 +380,8 @@ def _endpoints(state: ProxyState, destination: Destination, request_port: int) -
 
 
 def upstream_of(state: ProxyState, workload: Workload, port: int) -> Upstream:
-    return Upstream(address=(workload.ips[0], port), hbone=workload.protocol is Protocol.HBONE,
+    # A ServiceEntry endpoint known only by name is dialled by name (the connect resolves it).
+    return Upstream(address=(workload.ips[0] if workload.ips else workload.hostname, port), hbone=workload.protocol is Protocol.HBONE,
                     identity=workload.identity(state.trust_domain), workload_uid=workload.uid,
                     workload_name=workload_label(workload),
                     workload_namespace=workload.namespace)

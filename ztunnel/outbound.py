@@ -8,7 +8,10 @@ The I/O half (`ztunnel.proxy`) carries the plan out.
 Order of the decision, as in Istio ambient:
 1. a Service VIP: through the service's waypoint if it has one (unless the
    source *is* that waypoint); else an endpoint picked by the balancer:
-   HBONE to `podIP:15008` for a meshed endpoint, plain TCP otherwise;
+   HBONE to `podIP:15008` for a meshed endpoint, plain TCP otherwise; a
+   ServiceEntry endpoint known by name is dialled by that name (the I/O
+   resolves it), and an entry with `resolution: NONE` sends the connection
+   where the client did (after its waypoint, if it has one);
 2. a workload IP: through its waypoint if it has one for workload traffic;
    HBONE if it is meshed; plain TCP otherwise;
 3. anything else: passthrough, untouched.
@@ -23,7 +26,7 @@ from typing import Callable
 
 from shoal.contracts import HBONE_PORT
 from shoal.identity import SpiffeId
-from shoal.model import Endpoint, Protocol, Service, Workload, WaypointRef
+from shoal.model import Endpoint, Protocol, Resolution, Service, Workload, WaypointRef
 from shoal.proxy_state import ProxyState
 
 from ztunnel.errors import ZtunnelError
@@ -173,13 +176,18 @@ def _to_service(state, source, source_identity, service: Service, vip, port, bal
         waypoint = state.waypoint_for(ref)
         if waypoint is None or waypoint.traffic_type in ("service", "all"):
             return _via_waypoint(state, source_identity, ref, f"{vip}:{port}", service.hostname, "", balancer)
+    if service.resolution is Resolution.NONE:
+        return Plan(Kind.PASSTHROUGH, (vip, port), service=service.hostname)
     candidates: list[tuple[str, int]] = []
     by_target: dict[tuple[str, int], tuple[Workload, Endpoint]] = {}
     for endpoint in service.endpoints_for(port):
         workload = state.workloads.get(endpoint.workload_uid)
-        if workload is None or not workload.ips:
+        if workload is None:
             continue
-        target = (workload.ips[0], endpoint.target_port)
+        address = workload.ips[0] if workload.ips else workload.hostname
+        if not address:
+            continue
+        target = (address, endpoint.target_port)
         candidates.append(target)
         by_target[target] = (workload, endpoint)
     if not candidates:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from shoal.contracts import AMBIENT, DATAPLANE_MODE_KEYS, NONE, USE_WAYPOINT_KEYS
 
-from control_plane.translate import gateway_api, istio_routing, istio_security, smi
+from control_plane.translate import gateway_api, istio_routing, istio_security, service_entry, smi
 from control_plane.translate.common import ROOT_NAMESPACES, Checker, Findings
 
 # kind -> (group, served versions, parser); the order of versions is the preference, newest first.
@@ -26,6 +26,7 @@ MESH_KINDS: dict[str, tuple[str, tuple[str, ...], Callable[[dict, Checker], Any]
     "AuthorizationPolicy": (istio_security.GROUP, istio_security.VERSIONS, istio_security.authorization_policy),
     "PeerAuthentication": (istio_security.GROUP, istio_security.VERSIONS, istio_security.peer_authentication),
     "TrafficSplit": (smi.GROUP, smi.VERSIONS, smi.traffic_split),
+    "ServiceEntry": (service_entry.GROUP, service_entry.VERSIONS, service_entry.service_entry),
 }
 CORE_KINDS = ("Namespace", "Pod", "Service", "ServiceAccount")
 ALL_KINDS = CORE_KINDS + tuple(MESH_KINDS)

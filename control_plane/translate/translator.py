@@ -28,6 +28,9 @@ Dependencies that mark work:
 - Gateway (waypoint): every Workload and Service (waypoint bindings), and route tables.
 - HTTPRoute, VirtualService, TrafficSplit, DestinationRule: route tables.
 - AuthorizationPolicy, PeerAuthentication: themselves.
+- ServiceEntry: every ServiceEntry's Services and endpoint Workloads (auto-allocated
+  addresses depend on the whole set), and route tables; so does a Pod or Namespace
+  change while some entry has a workloadSelector.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 from shoal.model import ResourceType, Service, Snapshot, Waypoint
 from shoal.model.snapshot import Delta
 
-from control_plane.translate import core
+from control_plane.translate import core, service_entry
 from control_plane.translate.candidates import RouteCandidate
 from control_plane.translate.common import (
     CLUSTER_DOMAIN,
@@ -99,6 +102,9 @@ class Translator:
         self._dirty_findings: set[ObjectKey] = set()
         self._routes_dirty = False
         self._everything_dirty = False
+        self._entries_dirty = False
+        self._entry_output: dict[ResourceType, set[str]] = {ResourceType.SERVICE: set(), ResourceType.WORKLOAD: set()}
+        self._entry_warnings: dict[ObjectKey, tuple[str, ...]] = {}
         self.resource_version = ""
 
     # -- input ----------------------------------------------------------------
@@ -171,6 +177,7 @@ class Translator:
                 self._namespaces[name] = view
             self._dirty_pods.update((name, pod) for pod in self._pods.get(name, {}))
             self._dirty_services.update((name, svc) for svc in self._services.get(name, {}))
+            self._entries_dirty = True
             return
         if kind == "Pod":
             old = self._pods.get(namespace, {}).get(name)
@@ -180,6 +187,7 @@ class Translator:
                 for k, v in labels.items():
                     index(self._pods_by_label, (namespace, k, v), name)
             self._dirty_pods.add((namespace, name))
+            self._entries_dirty = self._entries_dirty or self._selecting_entries(namespace)
             services = self._services.get(namespace, {})
             for pod in (old, new):
                 for k, v in _labels(pod).items():
@@ -196,6 +204,7 @@ class Translator:
             if (anchor := _anchor(new)) is not None:
                 add(self._services_by_anchor, (namespace, *anchor), name)
             self._dirty_services.add((namespace, name))
+            self._entries_dirty = True         # an entry's host may collide with this Service's
             return
         if kind == "ServiceAccount":
             return
@@ -211,6 +220,8 @@ class Translator:
             self._everything_dirty = True
         elif kind in ("AuthorizationPolicy", "PeerAuthentication"):
             self._dirty_policies.add(key)
+        elif kind == service_entry.KIND:
+            self._entries_dirty = self._routes_dirty = True
         else:
             self._routes_dirty = True
 
@@ -249,9 +260,11 @@ class Translator:
             self._dirty_pods.update(self._pod_output)
             self._dirty_services.update((ns, name) for ns, svcs in self._services.items() for name in svcs)
             self._dirty_services.update(self._service_output)
-            self._routes_dirty = True
+            self._routes_dirty = self._entries_dirty = True
         self._flush_workloads(publish)
         self._flush_services(publish)
+        if self._entries_dirty:
+            self._flush_entries(publish)
         self._flush_policies(publish)
         if self._routes_dirty:
             self._flush_routes(publish)
@@ -331,6 +344,42 @@ class Translator:
             else:
                 self._waypoint_warnings.pop(key, None)
 
+    def _selecting_entries(self, namespace: str) -> bool:
+        return any(key[0] == service_entry.KIND and key[1] == namespace and value.workload_selector is not None
+                   for key, value in self._parsed.items())
+
+    def _flush_entries(self, publish) -> None:
+        """Every ServiceEntry again: Services (one per host) and endpoint Workloads. A host that a
+        Kubernetes Service or an older entry already holds is skipped, with a warning on the entry."""
+        entries = sorted(((key, value) for key, value in self._parsed.items() if key[0] == service_entry.KIND),
+                         key=lambda item: (created_of(self._objects[item[0]]), item[0]))
+        allocated = service_entry.allocate(service_entry.hosts_to_allocate(value for _, value in entries))
+        kube_hosts = set(self._service_output.values())
+        out: dict[ResourceType, dict[str, Any]] = {ResourceType.SERVICE: {}, ResourceType.WORKLOAD: {}}
+        warnings: dict[ObjectKey, list[str]] = defaultdict(list)
+        for key, spec in entries:
+            result = self._guarded(key, service_entry.to_model, spec, allocated, list(self._pods.get(key[1], {}).values()),
+                                   self._namespaces.get(key[1]), self._waypoints)
+            if result is None:
+                continue
+            services, workloads = result
+            for service in services:
+                if service.key in kube_hosts or service.key in out[ResourceType.SERVICE]:
+                    warnings[key].append(f"{ref_of(self._objects[key])}: spec.hosts: {service.key} is already "
+                                         "another service's host; this entry's one is ignored")
+                    continue
+                out[ResourceType.SERVICE][service.key] = service
+            for workload in workloads:
+                out[ResourceType.WORKLOAD][workload.key] = workload
+        for rtype, values in out.items():
+            for gone in self._entry_output[rtype] - set(values):
+                publish(rtype, gone, None)
+            for k, v in values.items():
+                publish(rtype, k, v)
+            self._entry_output[rtype] = set(values)
+        self._replace_warnings(self._entry_warnings, warnings)
+        self._entries_dirty = False
+
     def _flush_policies(self, publish) -> None:
         for key in self._dirty_policies:
             value = self._parsed.get(key)
@@ -369,14 +418,18 @@ class Translator:
             publish(ResourceType.ROUTE_TABLE, key, None)
         for key, table in tables.items():
             publish(ResourceType.ROUTE_TABLE, key, table)
-        for key in set(self._route_warnings) | set(warnings):
+        self._replace_warnings(self._route_warnings, warnings)
+
+    def _replace_warnings(self, held: dict[ObjectKey, tuple[str, ...]], warnings: dict[ObjectKey, list[str]]) -> None:
+        """`held` becomes `warnings`; the objects whose warnings changed get their findings reported."""
+        for key in set(held) | set(warnings):
             new = tuple(warnings.get(key, ()))
-            if self._route_warnings.get(key, ()) != new:
+            if held.get(key, ()) != new:
                 self._dirty_findings.add(key)
             if new:
-                self._route_warnings[key] = new
+                held[key] = new
             else:
-                self._route_warnings.pop(key, None)
+                held.pop(key, None)
 
     def _guarded(self, key: ObjectKey, compute, *args):
         """compute(*args), or None with an error on the object if translation itself fails:
@@ -415,7 +468,8 @@ class Translator:
         base = self._parse_findings.get(key, Findings())
         internal = (self._internal_errors[key],) if key in self._internal_errors else ()
         waypoint = (self._waypoint_warnings[key],) if key in self._waypoint_warnings else ()
-        return base + Findings(internal, self._route_warnings.get(key, ()) + waypoint)
+        return base + Findings(internal, self._route_warnings.get(key, ()) + waypoint
+                               + self._entry_warnings.get(key, ()))
 
     def problems(self) -> dict[ObjectKey, Findings]:
         """Every object that currently has errors or warnings."""

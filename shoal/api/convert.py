@@ -48,6 +48,13 @@ def _enum(enum_type, proto_enum, value: int, what: str):
         raise ConversionError(f"{what}: unknown value {value}") from None
 
 
+def _enum_name(enum_type, name: str, what: str):
+    try:
+        return enum_type(name)
+    except ValueError:
+        raise ConversionError(f"{what}: unknown value {name!r}") from None
+
+
 def _opt(msg, field: str):
     return getattr(msg, field) if msg.HasField(field) else None
 
@@ -58,7 +65,7 @@ def workload_to(w: model.Workload) -> pb.Workload:
     msg = pb.Workload(uid=w.uid, name=w.name, namespace=w.namespace, service_account=w.service_account,
                       node=w.node, ips=w.ips, labels=dict(w.labels), canonical_service=w.canonical_service,
                       canonical_revision=w.canonical_revision, protocol=pb.Protocol.Value(w.protocol.value),
-                      workload_name=w.workload_name)
+                      workload_name=w.workload_name, hostname=w.hostname)
     if w.waypoint is not None:
         _waypoint_ref_to(w.waypoint, msg.waypoint)
     return msg
@@ -70,7 +77,7 @@ def workload_from(m: pb.Workload) -> model.Workload:
         ips=tuple(m.ips), labels=_labels(m.labels), canonical_service=m.canonical_service,
         canonical_revision=m.canonical_revision, waypoint=_waypoint_ref_from(m.waypoint, m),
         protocol=_enum(model.Protocol, pb.Protocol, m.protocol, f"Workload {m.uid}: protocol"),
-        workload_name=m.workload_name)
+        workload_name=m.workload_name, hostname=m.hostname)
 
 
 def service_to(s: model.Service) -> pb.Service:
@@ -80,7 +87,7 @@ def service_to(s: model.Service) -> pb.Service:
                for p in s.ports],
         endpoints=[pb.Endpoint(workload_uid=e.workload_uid, service_port=e.service_port, target_port=e.target_port)
                    for e in s.endpoints],
-        labels=dict(s.labels))
+        labels=dict(s.labels), source_kind=s.source_kind, resolution=s.resolution.value)
     if s.waypoint is not None:
         _waypoint_ref_to(s.waypoint, msg.waypoint)
     return msg
@@ -91,7 +98,9 @@ def service_from(m: pb.Service) -> model.Service:
         name=m.name, namespace=m.namespace, hostname=m.hostname, vips=tuple(m.vips),
         ports=tuple(model.ServicePort(p.port, p.name, p.protocol, p.app_protocol) for p in m.ports),
         endpoints=tuple(model.Endpoint(e.workload_uid, e.service_port, e.target_port) for e in m.endpoints),
-        waypoint=_waypoint_ref_from(m.waypoint, m), labels=_labels(m.labels))
+        waypoint=_waypoint_ref_from(m.waypoint, m), labels=_labels(m.labels),
+        source_kind=m.source_kind or "Service",
+        resolution=_enum_name(model.Resolution, m.resolution or "STATIC", f"Service {m.hostname}: resolution"))
 
 
 def waypoint_to(w: model.Waypoint) -> pb.Waypoint:

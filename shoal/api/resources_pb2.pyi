@@ -63,7 +63,7 @@ class WaypointRef(_message.Message):
     def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("uid", "name", "namespace", "service_account", "node", "ips", "labels", "canonical_service", "canonical_revision", "waypoint", "protocol", "workload_name")
+    __slots__ = ("uid", "name", "namespace", "service_account", "node", "ips", "labels", "canonical_service", "canonical_revision", "waypoint", "protocol", "workload_name", "hostname")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Workload(_message.Message):
     WAYPOINT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     uid: str
     name: str
     namespace: str
@@ -95,7 +96,8 @@ class Workload(_message.Message):
     waypoint: WaypointRef
     protocol: Protocol
     workload_name: str
-    def __init__(self, uid: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., ips: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., canonical_service: _Optional[str] = ..., canonical_revision: _Optional[str] = ..., waypoint: _Optional[_Union[WaypointRef, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., workload_name: _Optional[str] = ...) -> None: ...
+    hostname: str
+    def __init__(self, uid: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., ips: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., canonical_service: _Optional[str] = ..., canonical_revision: _Optional[str] = ..., waypoint: _Optional[_Union[WaypointRef, _Mapping]] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., workload_name: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
 
 class ServicePort(_message.Message):
     __slots__ = ("port", "name", "protocol", "app_protocol")
@@ -120,7 +122,7 @@ class Endpoint(_message.Message):
     def __init__(self, workload_uid: _Optional[str] = ..., service_port: _Optional[int] = ..., target_port: _Optional[int] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "namespace", "hostname", "vips", "ports", "endpoints", "waypoint", "labels")
+    __slots__ = ("name", "namespace", "hostname", "vips", "ports", "endpoints", "waypoint", "labels", "source_kind", "resolution")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +138,8 @@ class Service(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     WAYPOINT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_KIND_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     hostname: str
@@ -144,7 +148,9 @@ class Service(_message.Message):
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     waypoint: WaypointRef
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., hostname: _Optional[str] = ..., vips: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., waypoint: _Optional[_Union[WaypointRef, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    source_kind: str
+    resolution: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., hostname: _Optional[str] = ..., vips: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., waypoint: _Optional[_Union[WaypointRef, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., source_kind: _Optional[str] = ..., resolution: _Optional[str] = ...) -> None: ...
 
 class Waypoint(_message.Message):
     __slots__ = ("name", "namespace", "service_account", "traffic_type", "ports")

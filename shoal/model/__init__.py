@@ -52,6 +52,7 @@ from shoal.model.snapshot import Delta, ResourceType, Snapshot, diff
 from shoal.model.workloads import (
     Endpoint,
     Protocol,
+    Resolution,
     Service,
     ServicePort,
     Waypoint,
@@ -63,7 +64,7 @@ from shoal.model.workloads import (
 __all__ = [
     "ANY_PORT", "Action", "Authorization", "DEFAULT_TRUST_DOMAIN", "Delta", "Destination", "Endpoint",
     "Fault", "HeaderChanges", "HeaderMatch", "Labels", "MatchKind", "Mirror", "Operation",
-    "PeerAuthMode", "PeerAuthentication", "PolicyScope", "Protocol", "ResourceType", "RetryPolicy",
+    "PeerAuthMode", "PeerAuthentication", "PolicyScope", "Protocol", "Resolution", "ResourceType", "RetryPolicy",
     "Route", "RouteMatch", "RouteTable", "Rule", "Service", "ServicePort", "Snapshot", "Source",
     "SpiffeId", "StringMatch", "TargetRef", "Waypoint", "WaypointRef", "Workload", "diff",
     "freeze_labels", "labels_dict", "parse_spiffe_id", "selector_matches", "service_hostname",

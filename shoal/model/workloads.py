@@ -16,6 +16,15 @@ def service_hostname(name: str, namespace: str, cluster_domain: str = CLUSTER_DO
     return f"{name}.{namespace}.svc.{cluster_domain}"
 
 
+class Resolution(StrEnum):
+    """How a Service's endpoints are found (ServiceEntry's `resolution`; Kubernetes Services are STATIC).
+
+    NONE: no endpoints; a connection goes to the address the client dialled."""
+    STATIC = "STATIC"
+    DNS = "DNS"
+    NONE = "NONE"
+
+
 class Protocol(StrEnum):
     """How a workload is reached: HBONE (enrolled in the mesh) or plain TCP."""
     HBONE = "HBONE"
@@ -48,6 +57,7 @@ class Workload:
     waypoint: WaypointRef | None = None
     protocol: Protocol = Protocol.TCP
     workload_name: str = ""      # the owning controller (a Deployment): shoal.workload_names
+    hostname: str = ""           # a ServiceEntry endpoint given by name: resolved when connecting, no ips
 
     @property
     def key(self) -> str:
@@ -84,6 +94,8 @@ class Service:
     endpoints: tuple[Endpoint, ...] = ()
     waypoint: WaypointRef | None = None
     labels: Labels = ()
+    source_kind: str = "Service"             # or "ServiceEntry": what policy targetRefs name
+    resolution: Resolution = Resolution.STATIC
 
     @property
     def key(self) -> str:
