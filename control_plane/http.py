@@ -17,9 +17,10 @@ import html
 import json
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from shoal import log
+from shoal.exposition import render
 
 logger = log.get("shoal.control_plane.http")
 
@@ -47,7 +48,7 @@ class HttpServer:
             why = self.ready()
             return (200, "text/plain", b"ready\n") if why is None else (503, "text/plain", f"{why}\n".encode())
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, CONTENT_TYPE_LATEST, render(self.registry)
         if path == "/debug/config":
             return 200, "application/json", json.dumps(self.status(), indent=2).encode() + b"\n"
         if path == "/":

@@ -1,6 +1,10 @@
 """One naming of workloads for every part (issue 14, item 5): what the control plane derives from a pod,
 and what the ztunnel's and the waypoint's telemetry say of it, agree."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from shoal.api.convert import workload_from, workload_to
@@ -103,3 +107,20 @@ def test_metrics_carry_no_created_series():
     ConnectionRecord("outbound", ("198.19.1.4", 4000), ("198.18.16.10", 9080), source_workload=CLIENT).close(metrics)
     text = metrics.render().decode()
     assert "istio_tcp_connections_closed_total{" in text and "_created" not in text
+
+
+CONTROL_PLANE_SCRAPE = """
+from control_plane.http import HttpServer
+from control_plane.metrics import Metrics
+cp = Metrics()
+cp.csr_signed.inc()
+status, _, body = HttpServer(ready=lambda: None, registry=cp.registry, status=dict).route("GET", "/metrics")
+print(status, body.decode())
+"""
+
+
+def test_the_control_planes_metrics_carry_no_created_series():
+    # In a process of its own: turning _created off is process-wide, and this one has imported the proxies.
+    out = subprocess.run([sys.executable, "-c", CONTROL_PLANE_SCRAPE], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout
+    assert out.startswith("200 ") and "shoal_csr_signed_total 1.0" in out and "_created" not in out, out
