@@ -31,7 +31,9 @@ from support.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = f"docker.io/library/shoal:{shoal.__version__}"
-ARCHIVE = REPO / "build" / f"shoal-{shoal.__version__}.oci.tar"
+# `make image`'s archive; SHOAL_IMAGE_ARCHIVE names another one of the same image (e.g. one a
+# `docker build` made, saved as an OCI archive named docker.io/library/shoal:<version>).
+ARCHIVE = Path(os.environ.get("SHOAL_IMAGE_ARCHIVE", REPO / "build" / f"shoal-{shoal.__version__}.oci.tar"))
 NAMESPACE = "shoal-image-test"
 SHIM_STATE = Path("/run/containerd")  # containerd 1.6's shims put their sockets in /run/containerd/s
 CGROUP_V1 = Path("/sys/fs/cgroup")
