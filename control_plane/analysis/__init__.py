@@ -18,6 +18,7 @@ from control_plane.analysis import checks, translated
 from control_plane.analysis.findings import ANALYSIS_CODES, INVALID_OBJECT, Code, Finding, Severity
 from control_plane.analysis.status import status_of
 from control_plane.translate import Translator
+from shoal.model import ResourceType
 from shoal.store import Event
 
 
@@ -29,7 +30,8 @@ def analyze(objects: Iterable[dict]) -> list[Finding]:
     translator.flush()
     found = translated.from_translator(translator.problems())
     refused = {f.key for f in found if f.code == INVALID_OBJECT}
-    view = checks.View(objects, valid={k for k in translator.objects() if k not in refused})
+    view = checks.View(objects, valid={k for k in translator.objects() if k not in refused},
+                       model_hosts={s.hostname for s in translator.snapshot()[ResourceType.SERVICE].values()})
     for check in checks.CHECKS:
         found.extend(check(view))
     return sorted(set(found), key=lambda f: (f.namespace, f.kind, f.name, f.field, f.code.code, f.message))

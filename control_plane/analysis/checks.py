@@ -46,11 +46,12 @@ class View:
     """The objects, indexed the way the checks ask: `valid` holds the mesh objects the translator took."""
     objects: list[dict]
     valid: set[tuple[str, str, str]] = field(default_factory=set)
+    model_hosts: set[str] = field(default_factory=set)   # the translator's Services: ServiceEntry hosts too
 
     def __post_init__(self) -> None:
         self.namespaces = {_meta(o).get("name"): o for o in self.objects if o.get("kind") == "Namespace"}
         self.hosts = {service_hostname(_meta(o).get("name"), _namespace(o))
-                      for o in self.objects if o.get("kind") == "Service"}
+                      for o in self.objects if o.get("kind") == "Service"} | self.model_hosts
         self.waypoints = {(_namespace(o), _meta(o).get("name")) for o in self.objects if o.get("kind") == "Gateway"
                           and ((o.get("spec") or {}).get("gatewayClassName") in WAYPOINT_CLASSES)}
 

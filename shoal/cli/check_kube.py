@@ -19,11 +19,15 @@ from shoal.preflight import Check
 
 CORE = {"Namespace": "/api/v1/namespaces", "Pod": "/api/v1/pods", "Service": "/api/v1/services",
         "ServiceAccount": "/api/v1/serviceaccounts", "Deployment": "/apis/apps/v1/deployments"}
-PLURALS = {"HTTPRoute": "httproutes", "Gateway": "gateways", "VirtualService": "virtualservices",
-           "DestinationRule": "destinationrules", "AuthorizationPolicy": "authorizationpolicies",
-           "PeerAuthentication": "peerauthentications", "TrafficSplit": "trafficsplits"}
 REQUIRED_GROUPS = ("gateway.networking.k8s.io",)
 COMPONENTS = {"shoal-ztunnel": "per node", "shoal-node-agent": "per node", "shoal-control-plane": "one"}
+
+
+def plural(kind: str) -> str:
+    """The resource name of a mesh kind (Gateway -> gateways, AuthorizationPolicy -> authorizationpolicies,
+    ServiceEntry -> serviceentries), as the CRDs name them."""
+    word = kind.lower()
+    return word[:-1] + "ies" if word.endswith("y") and word[-2] not in "aeiou" else word + "s"
 
 
 def _ready(pod: dict) -> bool:
@@ -35,18 +39,27 @@ def _ready(pod: dict) -> bool:
 class KubeTarget:
     cluster: object            # shoal.install.cluster.Cluster
     name: str = "kubernetes"
-
-    def redirect(self) -> str:
-        return "auto"
+    _versions: dict | None = None
 
     def mesh_versions(self) -> dict[str, str | None]:
         """kind -> the apiVersion the API server serves for it (the newest shoal reads), or None."""
         from control_plane.translate.dispatch import MESH_KINDS
 
-        out = {}
-        for kind, (group, versions, _) in MESH_KINDS.items():
-            out[kind] = next((f"{group}/{v}" for v in versions if self.cluster.served(f"{group}/{v}")), None)
-        return out
+        if self._versions is None:
+            self._versions = {kind: next((f"{group}/{v}" for v in versions if self._serves(f"{group}/{v}", plural(kind))),
+                                         None)
+                              for kind, (group, versions, _) in MESH_KINDS.items()}
+        return self._versions
+
+    def _serves(self, group_version: str, resource: str) -> bool:
+        """Whether the API server's discovery lists `resource` in `group_version` (a CRD installed)."""
+        from shoal.kube_client import KubeNotFound
+
+        try:
+            found = self.cluster.call("GET", f"/apis/{group_version}", f"asking whether {group_version} is served")
+        except KubeNotFound:
+            return False
+        return any(r.get("name") == resource for r in found.get("resources") or ())
 
     def preflight(self) -> list[Check]:
         from control_plane.translate.dispatch import MESH_KINDS
@@ -55,7 +68,7 @@ class KubeTarget:
         for kind, served in self.mesh_versions().items():
             group = MESH_KINDS[kind][0]
             required = group in REQUIRED_GROUPS
-            checks.append(Check("SH0006", f"CRD {PLURALS[kind]}.{group}", served is not None,
+            checks.append(Check("SH0006", f"CRD {plural(kind)}.{group}", served is not None,
                                 f"served as {served}" if served else "not served" + (
                                     "" if required else f": {kind} objects are not read"),
                                 "install the CRDs: `shoal install` or daemonset/crds/README.md", counts=required))
@@ -67,11 +80,11 @@ class KubeTarget:
             objects += self._list(kind, path, path.split("/", 3)[2] if path.startswith("/apis/") else "v1")
         for kind, api_version in self.mesh_versions().items():
             if api_version is not None:
-                objects += self._list(kind, f"/apis/{api_version}/{PLURALS[kind]}", api_version)
+                objects += self._list(kind, f"/apis/{api_version}/{plural(kind)}", api_version)
         return objects
 
     def _list(self, kind: str, path: str, api_version: str) -> list[dict]:
-        items = self.cluster.call("GET", path, f"listing {PLURALS.get(kind, path.rsplit('/', 1)[1])}")["items"]
+        items = self.cluster.call("GET", path, f"listing {path.rsplit('/', 1)[1]}")["items"]
         # a list's items carry no kind or apiVersion; the analysis needs both
         return [{**item, "kind": kind, "apiVersion": item.get("apiVersion") or
                  ("apps/v1" if kind == "Deployment" else api_version)} for item in items]

@@ -206,3 +206,18 @@ def test_translator_messages_split_into_field_and_reason(text, expected):
     kind, rest = text.split(" ", 1)
     key = (kind, "a", "b") if "/" in rest.split(":")[0] else (kind, "", "b")
     assert split(key, text) == expected
+
+
+def test_a_route_to_a_service_entry_host_finds_its_host():
+    objects = with_changes(add("""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: shop}
+spec: {hosts: [api.payments.example], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: payments, namespace: shop}
+spec: {hosts: [api.payments.example], http: [{route: [{destination: {host: api.payments.example}}]}]}
+"""))
+    assert analyze(objects) == []
