@@ -139,7 +139,9 @@ class OutboundDriver:
 
     def _describe(self, record: ConnectionRecord, plan: Plan) -> None:
         record.plan, record.service = plan.kind.value, plan.service
-        record.destination_workload = self.state.workloads.get(plan.destination_workload)
+        # Through a waypoint the plan names no destination workload: the connection's peer is the waypoint.
+        record.destination_workload = (self.state.workloads.get(plan.destination_workload)
+                                       or self.state.workload_by_ip(plan.connect[0]))
         record.upstream = f"{plan.connect[0]}:{plan.connect[1]}"
         record.mtls = plan.uses_hbone
         record.destination_principal = str(plan.expected_identity) if plan.expected_identity else ""
