@@ -146,9 +146,19 @@ class Http1Body(BodySource):
         self.length = head.content_length if not head.chunked else None
         self.received = 0
         self.taken = 0
-        self.complete = False
+        self._ended = False
         self.error: Exception | None = None
         self._continue = (head.header("expect") or "").lower() == "100-continue" and head.version == "1.1"
+
+    @property
+    def complete(self) -> bool:
+        """All of the body was read. Its End may not have been asked for yet (the answer came while the
+        pump waited to send the last piece): when it is the next event, it is taken now, so the next
+        request's events are all that is left in the queue."""
+        if not self._ended and self.queue and isinstance(self.queue[0], http1.End):
+            self.queue.pop(0)
+            self._ended = True
+        return self._ended
 
     @property
     def broken(self) -> Exception | None:
@@ -164,16 +174,16 @@ class Http1Body(BodySource):
             self._continue = False
             self.client.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         while True:
-            while self.queue and not self.complete:
+            while self.queue and not self._ended:
                 event = self.queue.pop(0)
                 if isinstance(event, http1.Body):
                     self.received += len(event.data)
                     self.taken += len(event.data)
                     return event.data
                 if isinstance(event, http1.End):
-                    self.complete = True
+                    self._ended = True
                     return b""
-            if self.complete:
+            if self._ended:
                 return b""
             try:
                 data = await self.client.read()
