@@ -40,6 +40,7 @@ from shoal.contracts import (
     DATAPLANE_MODE_KEYS, GATEWAY_NAME_LABEL as GATEWAY_NAME, HBONE_PORT, METRICS_PORT, NONE, READINESS_PORT,
     WAYPOINT_CLASS,
 )
+from shoal.observe.targets import scrape_annotations
 
 from control_plane.translate.gateway_api import is_waypoint_gateway
 
@@ -87,7 +88,7 @@ def desired(gateway: dict, argv: Argv) -> list[dict]:
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(namespace, name, owner)},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(namespace, name, owner),
          "spec": {"replicas": 1, "selector": {"matchLabels": {GATEWAY_NAME: name}},
-                  "template": {"metadata": {"labels": pod_labels},
+                  "template": {"metadata": {"labels": pod_labels, "annotations": scrape_annotations(METRICS_PORT)},
                                "spec": {"serviceAccountName": name, "containers": [{
                                    "name": "waypoint", "command": argv(namespace, name),
                                    "ports": [{"name": "hbone", "containerPort": HBONE_PORT},
