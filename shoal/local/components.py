@@ -15,9 +15,11 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, NODE_AGENT_PORT, READINESS_PORT
+from shoal.contracts import (CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, METRICS_PORT, NODE_AGENT_PORT,
+                             READINESS_PORT)
 from shoal.local.errors import ClusterError
 from shoal.local.layout import BPFFS, Layout, node_ip, node_name
+from shoal.observe.targets import scrape_annotations
 
 SYSTEM_NAMESPACE = "shoal-system"
 
@@ -35,7 +37,7 @@ def shoal_argv(*args: str) -> list[str]:
 
 def system_pod(layout: Layout, node: int, name: str, argv: list[str], *,
                ready_port: int | None = None, ready_path: str = "/healthz/ready",
-               pod_name: str | None = None) -> dict:
+               pod_name: str | None = None, metrics_port: int | None = None) -> dict:
     container = {"name": name, "command": argv}
     if ready_port:
         container["readinessProbe"] = {"httpGet": {"port": ready_port, "path": ready_path}}
@@ -46,6 +48,8 @@ def system_pod(layout: Layout, node: int, name: str, argv: list[str], *,
             "name": pod_name or f"{name}-{node_name(node)}",
             "namespace": SYSTEM_NAMESPACE,
             "labels": {"app": name, "shoal.io/component": name},
+            # What a Prometheus finds it by (shoal.observe.targets, as Kubernetes SD would).
+            "annotations": scrape_annotations(metrics_port) if metrics_port else {},
         },
         "spec": {"nodeName": node_name(node), "hostNetwork": True, "containers": [container]},
     }
@@ -77,7 +81,7 @@ def control_plane(layout: Layout, node: int, settings: Settings) -> dict | None:
         return None
     return system_pod(layout, node, "control-plane",
                       shoal_argv("control-plane", "--source", "local", "--cluster", layout.cluster),
-                      ready_port=CONTROL_PLANE_HTTP_PORT)
+                      ready_port=CONTROL_PLANE_HTTP_PORT, metrics_port=CONTROL_PLANE_HTTP_PORT)
 
 
 COMPONENTS.append(control_plane)
@@ -94,7 +98,7 @@ def node_agent(layout: Layout, node: int, settings: Settings) -> dict | None:
                       shoal_argv("node-agent", "--source", "local", "--cluster", layout.cluster,
                                  "--node", node_name(node), "--redirect", settings.redirect,
                                  "--socket", str(layout.ztunnel_socket(node))),
-                      ready_port=NODE_AGENT_PORT)
+                      ready_port=NODE_AGENT_PORT, metrics_port=NODE_AGENT_PORT)
 
 
 def node_agent_cleanup(layout: Layout) -> None:
@@ -154,7 +158,8 @@ def ztunnel_pod(layout: Layout, node: int, pod_name: str | None = None) -> dict:
                                 "--token-file", str(layout.node_token(node)),
                                 "--ca-bundle", str(layout.ca_bundle),
                                 "--drain-seconds", str(ZTUNNEL_DRAIN_SECONDS)),
-                     ready_port=READINESS_PORT, ready_path=f"/healthz/ready/{pod_name}", pod_name=pod_name)
+                     ready_port=READINESS_PORT, ready_path=f"/healthz/ready/{pod_name}", pod_name=pod_name,
+                     metrics_port=METRICS_PORT)
     pod["spec"]["terminationGracePeriodSeconds"] = ZTUNNEL_GRACE_SECONDS
     return pod
 
