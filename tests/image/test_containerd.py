@@ -3,8 +3,11 @@ the test's own (conftest.py), and run with runc.
 
 - `shoal --version` answers the package version;
 - the node agent's eBPF prerequisite check, with the host mounts its DaemonSet gives
-  (/lib/modules, /usr/src, /sys/fs/cgroup, /sys/fs/bpf, the host's PID namespace and
-  network), finds everything; without the kernel headers it names them and the remedy;
+  (/lib/modules, /usr/src, /sys/fs/cgroup, /sys/fs/bpf), finds everything; without the
+  kernel headers it names them and the remedy; and the agent compiles and pins its eBPF
+  programs there (bcc and LLVM from the image, headers from the host), and its
+  --cleanup unpins them (hostPID is not given: runc here cannot join PID 1's namespace
+  through ctr, and nothing of this needs it);
 - a node of its own (a network namespace standing in for the node's network, as the
   DaemonSets' hostNetwork pods share it): the control plane as the image's user 10001,
   the node agent privileged, and the ztunnel with its three capabilities, until the
@@ -148,6 +151,34 @@ def test_a_ztunnel_reports_ready_against_a_control_plane_run_as_the_non_root_use
     status = dict(line.split(":", 1) for line in Path(f"/proc/{ztunnel}/status").read_text().splitlines())
     assert status["Uid"].split()[0] == "0"
     assert int(status["CapEff"], 16) == (1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN), status["CapEff"]
+
+
+def test_the_node_agent_compiles_and_pins_its_ebpf_programs_in_the_image_and_its_cleanup_unpins_them(containerd, node):
+    cluster, netns, run_root = node
+    pins = Path("/sys/fs/bpf/shoal") / f"{cluster}-node1"
+    shared = (str(run_root), "/run/shoal", "rbind:rw")
+    # An agent of its own (socket, state, no metrics port), beside the one the ztunnel test may run.
+    agent = ["shoal", "node-agent", "--source", "local", "--cluster", cluster, "--node", "node1",
+             "--socket", "/run/shoal/ebpf-agent.sock", "--state-dir", "/run/shoal/ebpf-agent", "--metrics-port", "0"]
+    options = dict(net_ns=netns, privileged=True, mounts=(*NODE_AGENT_MOUNTS, shared),
+                   env=("SHOAL_RUN_ROOT=/run/shoal",))
+    try:
+        containerd.start_as_root("agent-ebpf", [*agent, "--redirect", "ebpf"], **options)
+        eventually(lambda: "compiled and pinned eBPF programs" in containerd.container_log("agent-ebpf")
+                   or "reusing pinned eBPF programs" in containerd.container_log("agent-ebpf"), timeout=300,
+                   what=lambda: f"the agent to pin its programs:\n{containerd.container_log('agent-ebpf')}")
+        assert pins.is_dir() and any(pins.rglob("*")), f"nothing pinned under {pins}"
+        containerd.remove_container("agent-ebpf")  # killed, as a node agent pod is: the pins stay, by design
+        assert pins.is_dir()
+
+        containerd.start_as_root("agent-cleanup", **options)
+        result = containerd.exec_as_root("agent-cleanup", [*agent, "--cleanup"])
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+        assert not pins.exists(), f"--cleanup left {sorted(map(str, pins.rglob('*')))}"
+    finally:
+        for name in ("agent-ebpf", "agent-cleanup"):
+            if name in containerd.containers:
+                containerd.remove_container(name)
 
 
 def test_stopping_containerd_leaves_nothing_behind(containerd):
