@@ -102,6 +102,11 @@ def register(sub) -> None:
     p.add_argument("-t", "--tty", action="store_true", help="the command gets this terminal (default: off)")
     p.add_argument("command", nargs="*", help="after --: the command and its arguments")
 
+    p = verb("rollout", cmd_rollout, "restart the ztunnel node by node, each new pod beside the old one")
+    p.add_argument("action", choices=("restart",), help="what to do: restart")
+    p.add_argument("target", metavar="ztunnel", help="what to roll out: ztunnel (or daemonset/ztunnel)")
+    p.add_argument("--node", action="append", metavar="NODE", help="only this node (repeatable; default: all)")
+
 
 
 def _in_current_cluster(func):
@@ -360,3 +365,15 @@ def cmd_exec(args) -> int:
     sys.stdout.flush()
     os.execvp("ip", ["ip", "netns", "exec", netns_name, *command])
     return 127  # not reached
+
+
+def cmd_rollout(args) -> int:
+    from shoal.local import rollout
+    try:
+        component = rollout.component_name(args.target)
+        steps = rollout.restart(Layout(args.cluster), component, rollout.parse_nodes(args.node),
+                                progress=lambda m: print(m, flush=True))
+    except rollout.RolloutError as e:
+        return _fail(str(e))
+    print(f"daemonset/{component} restarted: " + ", ".join(f"{s.new} on node{s.node}" for s in steps))
+    return 0
