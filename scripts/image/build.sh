@@ -69,11 +69,17 @@ in_builder() {
       PIP_CERT=/tmp/host-ca.crt "$@"' in_builder "$builder" "$@"
 }
 
+# A build killed half-way may have left a mount inside a root filesystem here (mmdebstrap
+# mounts /proc, /sys and /dev while it works). Nothing is removed across one: say so.
+if mounted=$(awk -v work="$work/" 'index($5, work) == 1 {print $5}' /proc/self/mountinfo) && [ -n "$mounted" ]; then
+  die "mounts left under $work by an interrupted build: $(echo $mounted); unmount them (umount -R) and run again"
+fi
+
 # -- 1. the build stage --------------------------------------------------------------
 stage1=$(digest image/build-packages.txt image/install-packages.sh image/build-venv.sh image/requirements.txt)
 if ! fresh "$work/builder.stamp" "$stage1"; then
   say "build stage: Debian $SUITE with image/build-packages.txt, then /opt/shoal from image/requirements.txt"
-  rm -rf "$builder" "$work/builder.stamp" "$work/base.stamp"
+  rm -rf --one-file-system "$builder" "$work/builder.stamp" "$work/base.stamp"
   debian_rootfs directory "$builder" \
     'chroot "$1" /tmp/shoal-image/install-packages.sh /tmp/shoal-image/build-packages.txt'
   mkdir -p "$builder/tmp/shoal-image"
@@ -98,14 +104,14 @@ fi
 
 # -- 3. shoal's layer ------------------------------------------------------------------
 say "shoal $version: wheel, installed into its own layer"
-rm -rf "$builder/tmp/shoal-src" "$builder/tmp/shoal-layer"
+rm -rf --one-file-system "$builder/tmp/shoal-src" "$builder/tmp/shoal-layer"
 mkdir -p "$builder/tmp/shoal-src"
 # The build context is what .dockerignore allows (its `!` lines), less caches.
 mapfile -t context < <(sed -n 's|^!\(.*[^/]\)/*$|\1|p' .dockerignore)
 tar -c --exclude=__pycache__ --exclude='*.pyc' --exclude=bench/results "${context[@]}" | tar -x -C "$builder/tmp/shoal-src"
 in_builder /tmp/shoal-src/image/install-shoal.sh /tmp/shoal-src /tmp/shoal-layer
 tar -c -C "$builder/tmp/shoal-layer" --numeric-owner --owner=0 --group=0 -f "$work/shoal-layer.tar" .
-rm -rf "$builder/tmp/shoal-src" "$builder/tmp/shoal-layer"
+rm -rf --one-file-system "$builder/tmp/shoal-src" "$builder/tmp/shoal-layer"
 
 # -- 4. the archive ------------------------------------------------------------------
 say "writing $archive"
