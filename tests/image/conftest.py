@@ -2,7 +2,7 @@
 
 It has its own root, state, socket and runc root under a temporary directory, a config
 that disables the plugins that need what this machine lacks (btrfs, zfs, devmapper, aufs,
-tracing) and the CRI plugin (no kubelet here: `ctr` drives it), and it runs containers
+tracing), and a CRI plugin that points at runc; `ctr` drives it (no kubelet here), and it runs containers
 with runc and the cgroupfs driver. This machine's cgroups are hybrid (v1 controllers and
 a v2 tree without controllers) and its PID 1 is not systemd, so cgroupfs is the only
 driver that works here; on a systemd node the CRI's runc options say `SystemdCgroup = true`
@@ -38,7 +38,6 @@ NAMESPACE = "shoal-image-test"
 SHIM_STATE = Path("/run/containerd")  # containerd 1.6's shims put their sockets in /run/containerd/s
 CGROUP_V1 = Path("/sys/fs/cgroup")
 DISABLED_PLUGINS = (
-    "io.containerd.grpc.v1.cri",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.zfs",
     "io.containerd.snapshotter.v1.devmapper",
@@ -68,8 +67,15 @@ disabled_plugins = [{disabled}]
 [metrics]
   address = ""
 
-# What a kubelet's CRI would use on this machine: runc, with the cgroupfs driver (a
-# systemd node says SystemdCgroup = true). Disabled above, as no kubelet runs here.
+# The CRI, as a kubelet would use it on this machine: runc, with the cgroupfs driver (a
+# systemd node says SystemdCgroup = true, and the kubelet cgroupDriver: systemd). Its
+# streaming server stays on loopback; its CNI config is a directory of the test's own.
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "{base}/cni"
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "overlayfs"
   default_runtime_name = "runc"

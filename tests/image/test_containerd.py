@@ -51,6 +51,14 @@ CHECK_EBPF = ("from node_agent.redirect import check_ebpf\n"
               "print('ebpf prerequisites: present')\n")
 
 
+def test_containerd_runs_with_its_cri_plugin_up(containerd):
+    plugins = [line.split() for line in containerd.ctr("plugins", "ls").stdout.splitlines()[1:]]
+    status = {(words[0], words[1]): words[-1] for words in plugins if len(words) >= 4}
+    assert status.get(("io.containerd.grpc.v1", "cri")) == "ok", plugins
+    assert status.get(("io.containerd.runtime.v2", "task")) == "ok", plugins
+    assert status.get(("io.containerd.snapshotter.v1", "overlayfs")) == "ok", plugins
+
+
 def test_shoal_version_is_the_package_version(containerd):
     result = containerd.run("version", ["shoal", "--version"])
     assert result.returncode == 0, result.stderr
