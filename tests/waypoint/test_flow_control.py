@@ -26,7 +26,7 @@ from shoal.model import Destination, Endpoint, Protocol, Route, Service, Service
 from waypoint import http1
 
 from wp_h2 import H2App, H2Client
-from wp_harness import AppBehaviour, read_all, status_of
+from wp_harness import AppBehaviour, read_all, status_of, upload
 from wp_mesh import Mesh, run
 from wp_model import NS, REVIEWS, VIP, policy, subset, table, workload
 
@@ -66,11 +66,12 @@ async def settled(read, what: str, every: float = 0.5, limit: float = 90.0) -> i
     raise AssertionError(f"{what} still grew after {limit:g}s: {read()} bytes, the far side was never held back")
 
 
-def body_size(response: bytes) -> int:
+def response_body(response: bytes) -> bytes:
+    """The body of a whole HTTP/1.1 response, de-chunked."""
     reader = http1.MessageReader(response=True)
     events = reader.feed(response) + reader.feed_eof()
     assert isinstance(events[-1], http1.End), "the response did not end"
-    return sum(len(e.data) for e in events if isinstance(e, http1.Body))
+    return b"".join(e.data for e in events if isinstance(e, http1.Body))
 
 
 @pytest.mark.parametrize("client, bound", [("h2", 4 * MiB), ("http1", 16 * MiB)])
@@ -94,7 +95,7 @@ def test_a_client_that_stops_reading_stops_the_endpoint(client, bound):
                 c.close()
             else:
                 response = await read_all(channel, timeout=120)
-                assert status_of(response) == 200 and body_size(response) == SIZE
+                assert status_of(response) == 200 and len(response_body(response)) == SIZE
             assert app.sent == SIZE
     run(main(), timeout=240)
 
@@ -127,6 +128,28 @@ def test_an_endpoint_that_stops_reading_stops_the_client(client, bound):
             uploading.cancel()
             if client == "h2":
                 c.close()
+    run(main(), timeout=240)
+
+
+@pytest.mark.parametrize("client", ["h2", "http1"])
+def test_an_upload_streams_to_an_http2_endpoint(client):
+    async def main():
+        async with to_h2_app() as (app, m, channel):
+            if client == "h2":
+                c = H2Client(channel)
+                sid = c.request("POST", "/digest", "bigdata:9080", end=False)
+                digest = await asyncio.wait_for(c.upload(sid, SIZE), 120)
+                await asyncio.wait_for(c.streams[sid].ended.wait(), 60)
+                answer = bytes(c.streams[sid].body)
+                c.close()
+            else:
+                channel.send(b"POST /digest HTTP/1.1\r\nhost: bigdata:9080\r\ntransfer-encoding: chunked\r\n"
+                             b"connection: close\r\n\r\n")
+                digest = await asyncio.wait_for(upload(channel, SIZE, chunked=True), 120)
+                response = await read_all(channel, timeout=60)
+                assert status_of(response) == 200, response[:300]
+                answer = response_body(response)
+            assert answer == f"{SIZE} {digest}".encode()
     run(main(), timeout=240)
 
 

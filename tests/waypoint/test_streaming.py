@@ -8,7 +8,6 @@ the body whole up to `max_body`, and answers 413 past it.
 """
 
 import asyncio
-import hashlib
 import os
 import re
 
@@ -17,7 +16,7 @@ import pytest
 from shoal.model import Destination, Fault, RetryPolicy, Route
 
 from support.polling import eventually_async
-from wp_harness import AppBehaviour, read_all, status_of
+from wp_harness import AppBehaviour, read_all, status_of, upload
 from wp_mesh import Mesh, run
 from wp_model import REVIEWS, VIP, policy, subset, table
 
@@ -68,20 +67,6 @@ def test_a_refused_request_is_answered_on_its_headers_and_its_body_is_never_read
 def rss() -> int:
     with open("/proc/self/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
-
-
-async def upload(channel, size: int, chunked: bool) -> str:
-    """Sends `size` random bytes in 256 KiB pieces, waiting while the waypoint takes no more; their sha256."""
-    digest, left, block = hashlib.sha256(), size, 256 << 10
-    while left:
-        piece = os.urandom(min(block, left))
-        digest.update(piece)
-        left -= len(piece)
-        channel.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-        await channel.drain()
-    if chunked:
-        channel.send(b"0\r\n\r\n")
-    return digest.hexdigest()
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

@@ -2,7 +2,8 @@
 
 `H2App` is a real h2c server on loopback (TCP): `GET /big/<n>` answers n
 bytes as fast as the waypoint's windows allow, `POST /sink` takes the headers
-and never acknowledges a byte of the body (an endpoint that stops reading).
+and never acknowledges a byte of the body (an endpoint that stops reading),
+`POST /digest` reads the body and answers "<size> <sha256>".
 It counts what it sent and received, so a test sees how far ahead of the
 client the waypoint let it go.
 
@@ -49,6 +50,7 @@ class _H2AppConnection(asyncio.Protocol):
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         self.left: dict[int, int] = {}      # stream -> bytes still to send
         self.sinks: set[int] = set()
+        self.digests: dict[int, list] = {}   # stream -> [sha256, size] of a /digest body
         self.transport = None
 
     def connection_made(self, transport) -> None:
@@ -66,12 +68,21 @@ class _H2AppConnection(asyncio.Protocol):
                     self.left[ev.stream_id] = int(path.rsplit("/", 1)[1])
                 elif path == "/sink":
                     self.sinks.add(ev.stream_id)
+                elif path == "/digest":
+                    self.digests[ev.stream_id] = [hashlib.sha256(), 0]
                 else:
                     self.conn.send_headers(ev.stream_id, [(":status", "404")], end_stream=True)
             elif isinstance(ev, h2.events.DataReceived):
                 self.app.received += len(ev.data)
+                if ev.stream_id in self.digests:
+                    self.digests[ev.stream_id][0].update(ev.data)
+                    self.digests[ev.stream_id][1] += len(ev.data)
                 if ev.stream_id not in self.sinks:
                     self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in self.digests:
+                digest, size = self.digests.pop(ev.stream_id)
+                self.conn.send_headers(ev.stream_id, [(":status", "200")])
+                self.conn.send_data(ev.stream_id, f"{size} {digest.hexdigest()}".encode(), end_stream=True)
             elif isinstance(ev, h2.events.StreamReset):
                 self.left.pop(ev.stream_id, None)
         self._send()
@@ -105,6 +116,7 @@ class _H2AppConnection(asyncio.Protocol):
 class ClientStream:
     status: str = ""
     received: int = 0
+    body: bytearray = field(default_factory=bytearray)   # the first 4 KiB of the response body
     sent: int = 0
     reset_code: int | None = None
     unacked: int = 0
@@ -143,6 +155,7 @@ class H2Client:
                     stream.headers_seen.set()
                 elif isinstance(ev, h2.events.DataReceived):
                     stream.received += len(ev.data)
+                    stream.body += ev.data[:max(0, 4096 - len(stream.body))]
                     stream.digest.update(ev.data)
                     stream.unacked += ev.flow_controlled_length
                     if stream.reading:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -211,6 +212,20 @@ async def read_all(channel: Channel, timeout: float = 5.0) -> bytes:
             out.extend(data)
     await asyncio.wait_for(loop(), timeout)
     return bytes(out)
+
+
+async def upload(channel, size: int, chunked: bool) -> str:
+    """Sends `size` random bytes in 256 KiB pieces, waiting while the waypoint takes no more; their sha256."""
+    digest, left, block = hashlib.sha256(), size, 256 << 10
+    while left:
+        piece = os.urandom(min(block, left))
+        digest.update(piece)
+        left -= len(piece)
+        channel.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        await channel.drain()
+    if chunked:
+        channel.send(b"0\r\n\r\n")
+    return digest.hexdigest()
 
 
 def get(path="/", host="reviews:9080", headers=(), method="GET", body=b"", close=True) -> bytes:
