@@ -91,6 +91,8 @@ def register(sub) -> None:
     p.add_argument("-p", "--previous", action="store_true",
                    help="the run before the last restart (default: every run)")
     p.add_argument("--tail", type=int, help="only the last N lines (default: all)")
+    p.add_argument("--timestamps", action="store_true",
+                   help="each line's time, as the kubelet first saw it, to within a second (default: off)")
 
     p = verb("exec", cmd_exec, "run a command inside a pod: its netns, cgroup and hostname, POD_NAME and "
                                "POD_NAMESPACE set, in /")
@@ -329,7 +331,8 @@ def _pod_or_exit(args) -> dict:
 
 def cmd_logs(args) -> int:
     pod = _pod_or_exit(args)
-    return local_read.logs(Layout(args.cluster), pod, args.container, args.previous, args.follow, args.tail)
+    return local_read.logs(Layout(args.cluster), pod, args.container, args.previous, args.follow, args.tail,
+                           args.timestamps)
 
 
 def cmd_exec(args) -> int:

@@ -6,7 +6,9 @@
   them; any other kind as its metadata, status conditions, findings, events.
 - `logs`: `-c` must name one of the pod's containers; the kubelet writes a
   marker line before each restart, `--previous` prints the run before the
-  last restart; `-f` follows; `--tail N`.
+  last restart; `-f` follows; `--tail N`; `--timestamps` puts before each
+  line the time the kubelet first saw it (it stamps each log's size every
+  second, beside the log: `kubelet.stamps_path`).
 """
 
 from __future__ import annotations
@@ -194,22 +196,52 @@ def describe(store, kind: str, name: str, namespace: str) -> int:
 # -- logs --------------------------------------------------------------------------
 
 
-def runs(data: bytes) -> list[bytes]:
-    """A container log cut into its runs, oldest first; every run after the first starts with its marker line."""
+def runs(data: bytes) -> list[list[tuple[int, bytes]]]:
+    """A container log cut into its runs, oldest first, each a list of (end offset, line); every run after
+    the first starts with its marker line."""
     from shoal.local.kubelet import RESTART_MARKER
 
     marker = RESTART_MARKER.encode()
-    out, current = [], []
+    out: list[list[tuple[int, bytes]]] = [[]]
+    offset = 0
     for line in data.splitlines(keepends=True):
-        if line.startswith(marker) and (current or out):
-            out.append(b"".join(current))
-            current = []
-        current.append(line)
-    out.append(b"".join(current))
+        offset += len(line)
+        if line.startswith(marker) and (out[-1] or len(out) > 1):
+            out.append([])
+        out[-1].append((offset, line))
     return out
 
 
-def logs(layout: Layout, pod: dict, container: str | None, previous: bool, follow: bool, tail: int | None) -> int:
+def read_stamps(path) -> list[tuple[int, str]]:
+    """(log size, time) checkpoints the kubelet wrote beside a log, in order."""
+    from shoal.local.kubelet import stamps_path
+
+    out = []
+    try:
+        for raw in stamps_path(path).read_text().splitlines():
+            size, _, when = raw.partition(" ")
+            if size.isdigit() and when:
+                out.append((int(size), when))
+    except OSError:
+        pass
+    return out
+
+
+def with_times(lines: list[tuple[int, bytes]], stamps: list[tuple[int, str]], now: str) -> list[bytes]:
+    """Each line prefixed with the time of the first checkpoint that covers it (when the kubelet first saw
+    it, to within its stamping interval); a line no checkpoint covers yet gets `now`."""
+    out, i = [], 0
+    for end, line in lines:
+        while i < len(stamps) and stamps[i][0] < end:
+            i += 1
+        out.append(f"{stamps[i][1] if i < len(stamps) else now} ".encode() + line)
+    return out
+
+
+def logs(layout: Layout, pod: dict, container: str | None, previous: bool, follow: bool, tail: int | None,
+         timestamps: bool = False) -> int:
+    from shoal.store import now_rfc3339
+
     meta = pod["metadata"]
     where = f"pod {meta['namespace']}/{meta['name']}"
     containers = [c["name"] for c in pod["spec"].get("containers", [])]
@@ -222,21 +254,31 @@ def logs(layout: Layout, pod: dict, container: str | None, previous: bool, follo
     if not path.exists():
         return fail(f"no log yet for container {name} of {where}: it has not started")
     with open(path, "rb") as f:
-        data = f.read()
+        history = runs(f.read())
         if previous:
-            history = runs(data)
             if len(history) < 2:
                 return fail(f"container {name} of {where} has not restarted: there is no previous run")
-            data, follow = history[-2], False
+            lines, follow = history[-2], False
+        else:
+            lines = [line for run in history for line in run]
         if tail is not None:
-            data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
-        sys.stdout.buffer.write(data)
+            lines = lines[-tail:] if tail > 0 else []
+        out = with_times(lines, read_stamps(path), now_rfc3339()) if timestamps else [line for _, line in lines]
+        sys.stdout.buffer.write(b"".join(out))
         sys.stdout.flush()
+        pending = b""
         while follow:
             chunk = f.read()
             if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+                pending += chunk
+                complete, _, pending = pending.rpartition(b"\n") if timestamps else (pending, b"", b"")
+                if complete:
+                    text = complete + (b"\n" if timestamps else b"")
+                    if timestamps:   # seen now, as they arrive
+                        text = b"".join(f"{now_rfc3339()} ".encode() + line
+                                        for line in text.splitlines(keepends=True))
+                    sys.stdout.buffer.write(text)
+                    sys.stdout.flush()
             else:
                 time.sleep(0.2)
     return 0

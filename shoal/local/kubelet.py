@@ -319,9 +319,13 @@ class Kubelet:
                 c.running, c.waiting_reason, c.started_at = True, None, now_rfc3339()
                 started = time.monotonic()
                 probe_task = asyncio.create_task(self._probe(runtime, c))
+                stamped = [0]
+                stamp_task = asyncio.create_task(_stamp_log(log_path, stamped))
                 self._mark(runtime)
                 code = await c.process.wait()
                 probe_task.cancel()
+                stamp_task.cancel()
+                _stamp_once(log_path, stamped[0])   # the run's last lines get the time it ended
                 c.running, c.ready = False, False
                 c.last_exit, c.last_finished_at = code, now_rfc3339()
                 if time.monotonic() - started > BACKOFF_RESET_AFTER:
@@ -415,6 +419,32 @@ def _launch_argv(runtime: PodRuntime, argv: list[str]) -> list[str]:
 
 
 RESTART_MARKER = "--- shoal: restart "
+STAMP_SECONDS = 1.0
+
+
+def stamps_path(log_path: Path) -> Path:
+    """Beside a container log: `OFFSET TIME` lines, the log's size as the kubelet saw it at that time, so
+    `logs --timestamps` can give each line the time it was first seen (to within STAMP_SECONDS)."""
+    return log_path.with_name(log_path.name + ".times")
+
+
+def _stamp_once(log_path: Path, last: int) -> int:
+    """Records the log's size now if it grew past `last`; returns the size recorded last."""
+    try:
+        size = log_path.stat().st_size
+        if size > last:
+            with open(stamps_path(log_path), "a") as f:
+                f.write(f"{size} {now_rfc3339()}\n")
+            return size
+    except OSError:
+        pass  # a time is a convenience; the log itself is what counts
+    return last
+
+
+async def _stamp_log(log_path: Path, stamped: list[int]) -> None:
+    while True:
+        await asyncio.sleep(STAMP_SECONDS)
+        stamped[0] = _stamp_once(log_path, stamped[0])
 
 
 def restart_marker(container: str, restart: int, last_exit: int | None) -> str:

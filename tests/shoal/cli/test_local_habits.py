@@ -174,3 +174,14 @@ def test_up_on_an_existing_cluster_says_what_differs_and_changes_nothing(store):
 @pytest.mark.parametrize("argv", [("local", "get"), ("check", "--only", "nope"), ("describe", "pod")])
 def test_usage_errors_exit_2(argv):
     assert shoal(*argv, check=False).returncode == 2
+
+
+def test_logs_timestamps_take_the_first_checkpoint_that_covers_each_line(store):
+    local("apply", "-f", "-", input=WEB)
+    write_log(store, "server", "app", "one\ntwo\nthree\n")
+    stamps = store.dir.parent / "logs" / "web_server_app.log.times"
+    stamps.write_text("4 2026-01-01T00:00:01Z\n8 2026-01-01T00:00:05Z\n")   # 'three' is not covered yet
+    out = local("logs", "server", "-n", "web", "-c", "app", "--timestamps").stdout.splitlines()
+    assert out[:2] == ["2026-01-01T00:00:01Z one", "2026-01-01T00:00:05Z two"]
+    when, line = out[2].split(" ")
+    assert line == "three" and when > "2026-01-01T00:00:05Z"   # seen now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+from datetime import datetime, timezone
 import select
 import subprocess
 import time
@@ -30,6 +31,11 @@ spec: {containers: [{name: sh, command: [sleep, infinity], env: [{name: GREETING
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: talker, namespace: habits}
+spec: {containers: [{name: app, command: [sh, -c, 'echo one; sleep 3; echo two; sleep infinity']}]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: crasher, namespace: habits}
 spec: {containers: [{name: app, command: [sh, -c, 'echo "run at $(date +%s%N)"; sleep 0.2; exit 3']}]}
 """
@@ -39,7 +45,7 @@ spec: {containers: [{name: app, command: [sh, -c, 'echo "run at $(date +%s%N)"; 
 def cluster():
     with running_cluster("hab", nodes=1) as c:
         c.apply(PODS)
-        c.wait_pods_ready("habits", 1, timeout=120)
+        c.wait_pods_ready("habits", 2, timeout=120)
         yield c
 
 
@@ -105,3 +111,17 @@ def test_up_again_without_flags_keeps_the_cluster_and_status_says_it_is_healthy(
     assert differs.returncode == 1 and "you asked for --redirect ebpf (it has iptables)" in differs.stderr
     status = cluster("status")
     assert "pod/ztunnel-node1" in status.stdout and "Healthy:" in status.stdout
+
+
+def test_logs_timestamps_are_when_each_line_was_written(cluster):
+    def both():
+        out = cluster("logs", "-n", "habits", "talker", "--timestamps").stdout.splitlines()
+        return out if len(out) == 2 else None
+    first, second = eventually(both, 60, "two lines from the talker")
+    t1, line1 = first.split(" ", 1)
+    t2, line2 = second.split(" ", 1)
+    assert (line1, line2) == ("one", "two")
+    gap = (datetime.fromisoformat(t2.replace("Z", "+00:00")) - datetime.fromisoformat(t1.replace("Z", "+00:00")))
+    # written 3 s apart; each time is when the kubelet first saw the line, at most a stamping interval late
+    assert gap.total_seconds() >= 2
+    assert datetime.fromisoformat(t2.replace("Z", "+00:00")) <= datetime.now(timezone.utc)
