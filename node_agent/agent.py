@@ -48,6 +48,7 @@ class AgentConfig:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = NODE_AGENT_PORT
     resync_seconds: float = RESYNC_SECONDS
+    dns_capture: bool = False  # the mesh option: capture DNS of pods whose namespace and pod say nothing
 
 
 class NodeAgent:
@@ -105,7 +106,7 @@ class NodeAgent:
             logger.info("stopped; redirection left in place", pods=len(self.redirection.recorded()))
 
     async def _on_source(self, pods: dict[str, dict], namespaces: dict[str, dict]) -> None:
-        infos = reconcile.pod_infos(pods.values(), namespaces)
+        infos = reconcile.pod_infos(pods.values(), namespaces, self.config.dns_capture)
         want = reconcile.desired(infos, self.config.node)
         problems = reconcile.problems(infos, self.config.node)
         self.reasons = {info.uid: info.enrollment.reason for info in infos if info.uid in want}

@@ -20,6 +20,7 @@ class PodTarget:
     netns: str  # path of the pod's network namespace (/run/netns/..., /proc/PID/ns/net)
     cgroup: str | None = None  # cgroup v2 directory (needed by the eBPF mode)
     service_account: str = "default"
+    dns_capture: bool = False  # its UDP and TCP 53 go to the ztunnel's DNS proxy (dns_capture.py)
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Address(self.ip)  # raises ValueError naming the bad address
@@ -30,9 +31,10 @@ class PodTarget:
 
     def to_json(self) -> dict:
         return {"uid": self.uid, "namespace": self.namespace, "name": self.name, "ip": self.ip,
-                "netns": self.netns, "cgroup": self.cgroup, "service_account": self.service_account}
+                "netns": self.netns, "cgroup": self.cgroup, "service_account": self.service_account,
+                "dns_capture": self.dns_capture}
 
     @classmethod
     def from_json(cls, raw: dict) -> "PodTarget":
         return cls(raw["uid"], raw["namespace"], raw["name"], raw["ip"], raw["netns"], raw.get("cgroup"),
-                   raw.get("service_account", "default"))
+                   raw.get("service_account", "default"), bool(raw.get("dns_capture", False)))

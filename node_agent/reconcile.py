@@ -22,7 +22,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from shoal.contracts import Enrollment, enrollment
+from shoal.contracts import Enrollment, dns_capture, enrollment
 
 from node_agent.model import PodTarget
 
@@ -40,16 +40,18 @@ class PodInfo:
     service_account: str
     terminating: bool
     enrollment: Enrollment  # from the pod and its Namespace, by the contract
+    dns_capture: bool = False  # from the pod, its Namespace and the mesh option, by the contract
 
     def target(self) -> PodTarget:
-        return PodTarget(self.uid, self.namespace, self.name, self.ip, self.netns, self.cgroup, self.service_account)
+        return PodTarget(self.uid, self.namespace, self.name, self.ip, self.netns, self.cgroup, self.service_account,
+                         self.dns_capture)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
 
-def pod_info(pod: Mapping, namespace: Mapping | None) -> PodInfo:
+def pod_info(pod: Mapping, namespace: Mapping | None, dns_default: bool = False) -> PodInfo:
     """A Kubernetes-shaped Pod (local store or API server), with its Namespace, as the agent sees it."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
@@ -67,12 +69,14 @@ def pod_info(pod: Mapping, namespace: Mapping | None) -> PodInfo:
         service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
         terminating=bool(meta.get("deletionTimestamp")),
         enrollment=enrollment(namespace, pod),
+        dns_capture=dns_capture(namespace, pod, dns_default),
     )
 
 
-def pod_infos(pods: Iterable[Mapping], namespaces: Mapping[str, Mapping]) -> list[PodInfo]:
+def pod_infos(pods: Iterable[Mapping], namespaces: Mapping[str, Mapping],
+              dns_default: bool = False) -> list[PodInfo]:
     """Every pod with its Namespace (by name; a pod whose Namespace is unknown has only its own say)."""
-    return [pod_info(pod, namespaces.get((pod.get("metadata") or {}).get("namespace", "default")))
+    return [pod_info(pod, namespaces.get((pod.get("metadata") or {}).get("namespace", "default")), dns_default)
             for pod in pods]
 
 

@@ -2,6 +2,7 @@
 
 `Redirection.install(pod)` puts in place, idempotently:
 - the capture of the chosen mode (iptables.py or ebpf.py) in the pod;
+- the pod's DNS capture when it asks for it, in either mode (dns_capture.py);
 - the probe SNAT for the pod's IP in the node's netns, for the kubelet's
   cgroup only (probes.py).
 `remove(pod)` takes all of it away, `installed(pod)` asks the kernel.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from shoal import log, transparent
 
-from node_agent import probes
+from node_agent import dns_capture, probes
 from node_agent.hostmounts import cgroup2_root
 from node_agent.errors import NodeAgentError, PrerequisiteMissing
 from node_agent.iptables import IptablesRedirector
@@ -118,11 +119,13 @@ class Redirection:
         self.ledger.record(pod, self.mode)
         self._recorded[pod.uid] = pod
         self.capture.install(pod)
+        dns_capture.sync(pod)        # after the mode's capture: its jump goes ahead of the mode's
         if sync_probes:
             self.sync_probes()
 
     def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
+        dns_capture.remove(pod)
         _remove_return_path(pod)
         self.ledger.forget(pod.uid)
         self._recorded.pop(pod.uid, None)
@@ -132,7 +135,7 @@ class Redirection:
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):
             return False
-        return (pod.uid in self._recorded and self.capture.installed(pod)
+        return (pod.uid in self._recorded and self.capture.installed(pod) and dns_capture.installed(pod)
                 and pod.ip in self.probes.covered())
 
     def recorded(self) -> dict[str, PodTarget]:

@@ -28,6 +28,8 @@ READINESS_PORT = 15021         # the proxies' /healthz/ready
 NODE_AGENT_PORT = 15022        # the node agent's metrics and readiness
 CONTROL_PLANE_GRPC_PORT = 15012  # Certificates.Sign and Config.Watch, over TLS
 CONTROL_PLANE_HTTP_PORT = 15014  # the control plane's readiness, metrics and dashboard
+DNS_PROXY_PORT = 15053         # the ztunnel's DNS proxy (UDP and TCP), inside each enrolled pod's netns
+DNS_PORT = 53                  # what DNS capture takes to DNS_PROXY_PORT
 
 # The ports the ztunnel itself listens on inside a pod: capture must never loop into them.
 ZTUNNEL_POD_PORTS = (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT)
@@ -59,6 +61,11 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 # captured by the node agent (Istio's label and value, set by its sidecar injection).
 TUNNEL_LABEL = "networking.istio.io/tunnel"
 TUNNEL_HBONE = "http"
+# On a Namespace or Pod: "true" captures its DNS to the ztunnel's DNS proxy, "false" does not
+# (Istio's pod annotation ambient.istio.io/dns-capture is read too).
+DNS_CAPTURE = "shoal.io/dns-capture"
+ISTIO_DNS_CAPTURE = "ambient.istio.io/dns-capture"
+DNS_CAPTURE_KEYS = (DNS_CAPTURE, ISTIO_DNS_CAPTURE)
 
 DATAPLANE_MODE_KEYS = (DATAPLANE_MODE, ISTIO_DATAPLANE_MODE)
 USE_WAYPOINT_KEYS = (USE_WAYPOINT, ISTIO_USE_WAYPOINT)
@@ -136,6 +143,17 @@ def enrollment(namespace: Mapping | None, pod: Mapping) -> Enrollment:
     if unknown:
         return Enrollment(False, "not enrolled; unknown dataplane-mode: " + "; ".join(unknown))
     return Enrollment(False, "neither the pod nor its namespace sets dataplane-mode ambient")
+
+
+def dns_capture(namespace: Mapping | None, pod: Mapping, mesh_default: bool = False) -> bool:
+    """Is an enrolled pod's DNS captured to the ztunnel's DNS proxy? The pod's own setting, then its
+    Namespace's (`shoal.io/dns-capture` or Istio's key, label before annotation), then the mesh's
+    option (the node agent's --dns-capture). Values other than "true" and "false" do not decide."""
+    for meta in ((pod or {}).get("metadata"), (namespace or {}).get("metadata")):
+        found = setting(meta, DNS_CAPTURE_KEYS)
+        if found is not None and str(found[1]).lower() in ("true", "false"):
+            return str(found[1]).lower() == "true"
+    return mesh_default
 
 
 def namespace_ambient(namespace: Mapping | None) -> bool:

@@ -35,7 +35,7 @@ from ztunnel import dns, takeover
 
 logger = log.get("ztunnel.dns")
 
-DNS_PROXY_PORT = 15053
+DNS_PROXY_PORT = contracts.DNS_PROXY_PORT
 FORWARD_TIMEOUT = 5.0
 
 
@@ -143,6 +143,10 @@ class DnsProxy:
             task.add_done_callback(served.tasks.discard)
         served.tasks.add(loop.create_task(sockets.accept_forever(tcp, serve, what="dns")))
         self._served[pod.info.uid] = served
+
+    @property
+    def served(self) -> set[str]:
+        return set(self._served)
 
     def detach(self, uid: str) -> None:
         served = self._served.pop(uid, None)

@@ -5,6 +5,7 @@
     OutboundDriver     15001: decide (ztunnel.outbound), then TCP or HBONE (ztunnel.outbound_io)
     InboundDriver      15008 and 15006: decide_inbound (ztunnel.inbound), then relay (ztunnel.inbound_io)
     Pool               HBONE client connections, opened from the source pod's netns (shoal.hbone_pool)
+    DnsProxy           15053, UDP and TCP: names from the config, the rest to the pod's resolver (ztunnel.dns_io)
 
 State (`shoal.proxy_state`) and certificates (`shoal.certs`) come from the
 caller, so tests can hand in a filled state and a test CA.
@@ -24,6 +25,7 @@ from shoal.workload_names import live_workloads
 
 from ztunnel.config import Config
 from ztunnel.connections import ConnectionTracker
+from ztunnel.dns_io import DnsProxy
 from ztunnel.inbound_io import InboundDriver
 from ztunnel.outbound import Balancer
 from ztunnel.outbound_io import OutboundDriver
@@ -47,6 +49,8 @@ class Ztunnel:
         self.outbound = OutboundDriver(state, self.pods, self.pool, self.balancer, self.tracker,
                                        config.connect_timeout)
         self.inbound = InboundDriver(state, self.pods, certs, self.tracker, config.connect_timeout)
+        self.dns = DnsProxy(state)
+        self.pods.on_removed.append(self.dns.detach)
         self.pods.serve({contracts.OUTBOUND_PORT: self.outbound.handle,
                          contracts.INBOUND_PLAINTEXT_PORT: self.inbound.plaintext,
                          contracts.HBONE_PORT: self.inbound.hbone})
@@ -61,7 +65,11 @@ class Ztunnel:
     # --- the node agent's hand-off (shoal.handoff_io.WorkloadHandler) -------------------
 
     async def add_workload(self, workload, netns_fd: int) -> socket.socket | None:
-        return await self.pods.add_workload(workload, netns_fd)
+        listener = await self.pods.add_workload(workload, netns_fd)
+        pod = self.pods.pods.get(workload.uid)
+        if pod is not None and workload.uid not in self.dns.served:
+            await self.dns.attach(pod)
+        return listener
 
     async def del_workload(self, uid: str) -> None:
         await self.pods.del_workload(uid)
@@ -72,6 +80,7 @@ class Ztunnel:
         """Drain, first step: listeners close (a new ztunnel holds the same ports with SO_REUSEPORT), and
         every HBONE peer gets a graceful GOAWAY, so its next tunnel opens a connection to the new one."""
         self.pods.stop_accepting()
+        self.dns.stop_accepting()
         self.inbound.go_away()
 
     async def drain(self, seconds: float, urgent: asyncio.Event | None = None) -> bool:

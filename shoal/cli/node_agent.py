@@ -36,6 +36,9 @@ def register(sub) -> None:
                         "shoal/<cluster>/daemon, where shoal's kubelet runs)")
     p.add_argument("--metrics-port", type=int, default=NODE_AGENT_PORT,
                    help=f"metrics (/metrics) and readiness (/healthz/ready) port; 0 disables (default {NODE_AGENT_PORT})")
+    p.add_argument("--dns-capture", action="store_true",
+                   help="capture every enrolled pod's DNS to the ztunnel's DNS proxy, unless its namespace or "
+                        "the pod says shoal.io/dns-capture: \"false\" (default: only where they say \"true\")")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every redirection and eBPF object this agent installed, then exit")
     p.set_defaults(func=main)
@@ -111,7 +114,8 @@ def main(args) -> int:
     else:
         from node_agent.sources import KubeSource
         source = KubeSource(args.node)
-    config = AgentConfig(node=args.node, socket=socket_path, metrics_port=args.metrics_port)
+    config = AgentConfig(node=args.node, socket=socket_path, metrics_port=args.metrics_port,
+                         dns_capture=args.dns_capture)
     logger.info("node agent starting", node=args.node, mode=capture.mode, socket=str(socket_path),
                 state_dir=str(state_dir))
 
