@@ -68,13 +68,16 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
     admin: dict = {}                 # admin routes, once the ztunnel exists (looked up per request)
 
     def ready() -> tuple[bool, str]:
+        if shutdown.stopping.is_set():
+            return False, "draining: stopping"
         if "agent" not in parts:
             return False, "starting: waiting for the trust bundle; not connected to the node agent yet"
-        missing = [why for why in (parts["link"].config_missing(),) if why]
-        if not parts["agent"].connected.is_set():
+        link, agent = parts["link"], parts["agent"]
+        missing = [why] if (why := link.config_missing()) else []
+        if not agent.connected.is_set():
             missing.append(f"not connected to the node agent at {config.socket_path}"
                            + (" (taken only once the config is whole)" if missing else ""))
-        elif not parts["agent"].synced.is_set():
+        elif not agent.synced.is_set():
             missing.append("the node agent's hand-off is still replaying the pods")
         return (False, "; ".join(missing)) if missing else (True, "ready")
 
