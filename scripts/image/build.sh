@@ -110,7 +110,8 @@ mkdir -p "$builder/tmp/shoal-src"
 mapfile -t context < <(sed -n 's|^!\(.*[^/]\)/*$|\1|p' .dockerignore)
 tar -c --exclude=__pycache__ --exclude='*.pyc' --exclude=bench/results "${context[@]}" | tar -x -C "$builder/tmp/shoal-src"
 in_builder /tmp/shoal-src/image/install-shoal.sh /tmp/shoal-src /tmp/shoal-layer
-tar -c -C "$builder/tmp/shoal-layer" --numeric-owner --owner=0 --group=0 -f "$work/shoal-layer.tar" .
+# Only opt/: an entry for the layer root itself would set the image root's mode and owner.
+tar -c -C "$builder/tmp/shoal-layer" --numeric-owner --owner=0 --group=0 -f "$work/shoal-layer.tar" opt
 rm -rf --one-file-system "$builder/tmp/shoal-src" "$builder/tmp/shoal-layer"
 
 # -- 4. the archive ------------------------------------------------------------------
