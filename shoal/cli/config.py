@@ -83,12 +83,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         if kube_mesh.on_kubernetes(args):
             if not args.node:
-                print("shoal config: name the node: --node NAME (`kubectl get nodes`)", file=sys.stderr)
+                print("shoal: error: name the node: --node NAME (`kubectl get nodes`)", file=sys.stderr)
                 return 2
             dump = kube_mesh.ztunnel_dump(kube_mesh.connect(args), args.node, args.port)
             return show(args, dump)
     except InstallError as e:
-        print(f"shoal config: {e}", file=sys.stderr)
+        print(f"shoal: error: {e}", file=sys.stderr)
         return 1
     args.cluster, args.node = args.cluster or "default", args.node or "1"
     return local_main(args)
@@ -100,19 +100,19 @@ def local_main(args: argparse.Namespace) -> int:
     try:
         node = int(args.node) if args.node.isdigit() else node_index(args.node)
     except ValueError as e:
-        print(f"shoal config: {e}", file=sys.stderr)
+        print(f"shoal: error: {e}", file=sys.stderr)
         return 2
     layout = Layout(args.cluster)
     from shoal import netns
     name = layout.node_netns(node)
     if not netns.exists(name):
-        print(f"shoal config: node {node} of cluster {args.cluster!r} does not exist (no netns {name}); "
+        print(f"shoal: error: node {node} of cluster {args.cluster!r} does not exist (no netns {name}); "
               "is the cluster up?", file=sys.stderr)
         return 1
     try:
         dump = fetch_dump(name, args.port)
     except (urllib.error.URLError, OSError) as e:
-        print(f"shoal config: the ztunnel of node{node} does not answer on 127.0.0.1:{args.port}: "
+        print(f"shoal: error: the ztunnel of node{node} does not answer on 127.0.0.1:{args.port}: "
               f"{getattr(e, 'reason', e)}; check `shoal local logs -n shoal-system ztunnel-node{node}`", file=sys.stderr)
         return 1
     return show(args, dump)

@@ -54,7 +54,7 @@ def main(args) -> int:
                                 roots_poll_seconds=float(os.environ.get("SHOAL_CA_RELOAD_SECONDS",
                                                                         app.ROOTS_POLL_SECONDS)))
     except (app.SettingsError, ValueError) as e:
-        print(f"shoal control-plane: {e}", file=sys.stderr)
+        print(f"shoal: error: {e}", file=sys.stderr)
         return 2
     if args.rotate_ca or args.retire_ca or args.show_roots:
         return app.rotate_roots(settings, args.retire_ca, show=args.show_roots)

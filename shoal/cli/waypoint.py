@@ -93,7 +93,7 @@ def _on_either(local, kube):
             if kube_mesh.on_kubernetes(args):
                 return kube(args, kube_mesh.connect(args))
         except InstallError as e:
-            print(f"shoal waypoint: {e}", file=sys.stderr)
+            print(f"shoal: error: {e}", file=sys.stderr)
             return 1
         args.cluster = args.cluster or "default"
         return local(args)
@@ -112,7 +112,7 @@ def _store(cluster: str):
 
     store = Layout(cluster).store()
     if not store.exists():
-        print(f"shoal waypoint: cluster {cluster!r} is not up; run `shoal local up --cluster {cluster}`",
+        print(f"shoal: error: cluster {cluster!r} is not up; run `shoal local up --cluster {cluster}`",
               file=sys.stderr)
         return None
     return store
@@ -123,11 +123,11 @@ def cmd_apply(args) -> int:
     if store is None:
         return 1
     if store.get("Namespace", None, args.namespace) is None:
-        print(f"shoal waypoint: namespace {args.namespace!r} does not exist; create it first", file=sys.stderr)
+        print(f"shoal: error: namespace {args.namespace!r} does not exist; create it first", file=sys.stderr)
         return 1
     existing = store.get("Gateway", args.namespace, args.name)
     if existing is not None and (existing.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES:
-        print(f"shoal waypoint: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
+        print(f"shoal: error: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
               "choose another --name", file=sys.stderr)
         return 1
     from shoal.local.merge import three_way
@@ -147,7 +147,7 @@ def cmd_delete(args) -> int:
         return 1
     existing = store.get("Gateway", args.namespace, args.name)
     if existing is None or (existing.get("spec") or {}).get("gatewayClassName") not in WAYPOINT_CLASSES:
-        print(f"shoal waypoint: no waypoint {args.namespace}/{args.name}", file=sys.stderr)
+        print(f"shoal: error: no waypoint {args.namespace}/{args.name}", file=sys.stderr)
         return 1
     store.delete("Gateway", args.namespace, args.name)
     print(f"waypoint {args.namespace}/{args.name} deleted")
@@ -189,11 +189,11 @@ def kube_apply(args, cluster) -> int:
     from shoal import kube_mesh
 
     if not kube_mesh.namespace_exists(cluster, args.namespace):
-        print(f"shoal waypoint: namespace {args.namespace!r} does not exist; create it first", file=sys.stderr)
+        print(f"shoal: error: namespace {args.namespace!r} does not exist; create it first", file=sys.stderr)
         return 1
     existing = kube_mesh.get_gateway(cluster, args.namespace, args.name)
     if existing is not None and not kube_mesh.is_waypoint(existing):
-        print(f"shoal waypoint: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
+        print(f"shoal: error: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
               "choose another --name", file=sys.stderr)
         return 1
     kube_mesh.apply_gateway(cluster, gateway(args.namespace, args.name, args.traffic))
@@ -208,7 +208,7 @@ def kube_delete(args, cluster) -> int:
     from shoal import kube_mesh
 
     if not kube_mesh.is_waypoint(kube_mesh.get_gateway(cluster, args.namespace, args.name)):
-        print(f"shoal waypoint: no waypoint {args.namespace}/{args.name}", file=sys.stderr)
+        print(f"shoal: error: no waypoint {args.namespace}/{args.name}", file=sys.stderr)
         return 1
     kube_mesh.delete_gateway(cluster, args.namespace, args.name)
     print(f"waypoint {args.namespace}/{args.name} deleted")
@@ -240,7 +240,7 @@ def cmd_config(args) -> int:
             if (p["metadata"].get("labels") or {}).get(GATEWAY_NAME_LABEL) == args.name
             and ((p.get("status") or {}).get("shoal") or {}).get("netns")]
     if not pods:
-        print(f"shoal waypoint: no running pod for waypoint {args.namespace}/{args.name}; "
+        print(f"shoal: error: no running pod for waypoint {args.namespace}/{args.name}; "
               "check `shoal waypoint list` and the control plane's log", file=sys.stderr)
         return 1
     name = pods[0]["status"]["shoal"]["netns"].rsplit("/", 1)[1]
@@ -251,7 +251,7 @@ def cmd_config(args) -> int:
     try:
         dump = netns.run_in(name, get)
     except OSError as e:
-        print(f"shoal waypoint: the waypoint {args.namespace}/{args.name} does not answer on {ADMIN_PORT}: {e}",
+        print(f"shoal: error: the waypoint {args.namespace}/{args.name} does not answer on {ADMIN_PORT}: {e}",
               file=sys.stderr)
         return 1
     print(json.dumps(dump, indent=2))
@@ -271,7 +271,7 @@ def cmd_run(args) -> int:
                         token_file=args.token_file, trust_domain=args.trust_domain,
                         connect_timeout=args.connect_timeout, drain_seconds=args.drain_seconds)
     except ValueError as e:
-        print(f"shoal waypoint: {e}", file=sys.stderr)
+        print(f"shoal: error: {e}", file=sys.stderr)
         return 2
 
     async def daemon(shutdown):
@@ -279,7 +279,7 @@ def cmd_run(args) -> int:
         try:
             return await run(config, shutdown)
         except (StartupError, TokenError) as e:
-            print(f"shoal waypoint: {e}", file=sys.stderr)
+            print(f"shoal: error: {e}", file=sys.stderr)
             return 1
 
     return lifecycle.run(daemon)

@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError:
         node = None
     if node is None and not (args.socket and args.token_file and args.ca_bundle):
-        print(f"shoal ztunnel: --node {args.node!r} is not a local-cluster node; "
+        print(f"shoal: error: --node {args.node!r} is not a local-cluster node; "
               "pass --socket, --token-file and --ca-bundle", file=sys.stderr)
         return 2
     try:
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
             trust_domain=args.trust_domain, balancing=args.balancing, connect_timeout=args.connect_timeout,
             drain_seconds=args.drain_seconds, preserve_source_ip=not args.no_preserve_source_ip)
     except ValueError as e:
-        print(f"shoal ztunnel: {e}", file=sys.stderr)
+        print(f"shoal: error: {e}", file=sys.stderr)
         return 2
     bundle = args.ca_bundle or layout.ca_bundle
 
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             return await run(config, bundle, shutdown)
         except (StartupError, TokenError) as e:  # say what is wrong, exit non-zero
-            print(f"shoal ztunnel: {e}", file=sys.stderr)
+            print(f"shoal: error: {e}", file=sys.stderr)
             return 1
 
     return lifecycle.run(daemon)

@@ -43,7 +43,9 @@ def test_the_default_is_shown_in_the_rendered_help():
 
 def test_errors_have_one_prefix():
     for argv in (("check", "--cluster", "nosuch"), ("describe", "pod", "x", "--cluster", "nosuch"),
-                 ("local", "get", "pods", "--cluster", "nosuch"), ("proxy-config", "routes", "node9", "--cluster", "nosuch")):
+                 ("local", "get", "pods", "--cluster", "nosuch"), ("proxy-config", "routes", "node9", "--cluster", "nosuch"),
+                 ("waypoint", "list", "--cluster", "nosuch"), ("config", "all", "--cluster", "nosuch"),
+                 ("stat", "--cluster", "nosuch")):
         result = shoal(*argv, check=False)
         assert result.returncode != 0 and result.stderr.startswith("shoal: error: "), (argv, result.stderr)
 
