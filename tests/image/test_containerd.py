@@ -34,7 +34,9 @@ from support.root import needs_root
 REPO = Path(__file__).resolve().parents[2]
 CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_ADMIN = 13, 12, 21
 
-pytestmark = needs_root("starts containerd and runs containers with runc")
+# Importing the image and compiling eBPF in it take a while on a busy machine: the waits
+# below are generous, and pytest's own limit is raised to cover them.
+pytestmark = [needs_root("starts containerd and runs containers with runc"), pytest.mark.timeout(900)]
 
 # The DaemonSet's host mounts of the node agent (daemonset/node.yaml), as (host, container, options).
 NODE_AGENT_MOUNTS = (
