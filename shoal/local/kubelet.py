@@ -341,6 +341,8 @@ class Kubelet:
             if c.process is not None:
                 c.restart_count += 1
                 c.waiting_reason = "CrashLoopBackOff"
+                self._event(runtime, f"{c.name}.backoff", "BackOff", f"Back-off restarting container {c.name}: "
+                            f"it exited with code {c.last_exit} (restart {c.restart_count}, next in {backoff:g}s)")
             self._mark(runtime)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -378,6 +380,24 @@ class Kubelet:
                     self.store.update_status("Pod", key[0], key[1], runtime.status())
                 except Exception as e:  # the pod was deleted meanwhile
                     logger.debug("status not written", pod=f"{key[0]}/{key[1]}", error=str(e))
+
+    def _event(self, runtime: PodRuntime, suffix: str, reason: str, message: str) -> None:
+        """A core/v1 Warning Event about the pod, one per `suffix`, its count and time updated as it recurs
+        (as the kubelet's are aggregated): `shoal local events` and `describe` show it."""
+        name = f"{runtime.name}.{suffix}"
+        try:
+            old = self.store.get("Event", runtime.namespace, name)
+            now = now_rfc3339()
+            self.store.apply({
+                "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": runtime.namespace},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": runtime.name,
+                                   "namespace": runtime.namespace, "uid": runtime.uid},
+                "reason": reason, "message": message, "type": "Warning",
+                "source": {"component": "kubelet", "host": f"node{runtime.node}"},
+                "firstTimestamp": (old or {}).get("firstTimestamp", now), "lastTimestamp": now,
+                "count": int((old or {}).get("count", 0)) + 1})
+        except Exception as e:  # an event is a courtesy; the pod's status says the same
+            logger.debug("event not written", pod=f"{runtime.namespace}/{runtime.name}", error=str(e))
 
     def _write_failed(self, pod: dict, reason: str) -> None:
         meta = pod["metadata"]

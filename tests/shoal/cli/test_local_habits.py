@@ -133,6 +133,8 @@ spec: {hosts: [server], http: [{route: [{destination: {host: server, subset: v9}
 """, check=False)
     text = local("describe", "vs", "server", "-n", "web").stdout
     assert "ResolvedRefs=False UndefinedSubset" in text and "[SH0103]" in text
+    header, line = local("get", "vs", "-n", "web").stdout.splitlines()
+    assert header.split()[1:4] == ["ACCEPTED", "RESOLVED", "AGE"] and line.split()[1:3] == ["True", "False"]
     store.apply({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1", "namespace": "web"},
                  "involvedObject": {"kind": "VirtualService", "name": "server", "namespace": "web"},
                  "reason": "ShoalInvalidConfig", "message": "planted", "type": "Warning",

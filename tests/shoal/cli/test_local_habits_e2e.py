@@ -102,6 +102,10 @@ def test_a_restarted_container_has_a_marker_and_its_previous_run(cluster):
     runs = [line for line in whole.splitlines() if line.startswith("run at ")]
     previous = cluster("logs", "-n", "habits", "crasher", "--previous").stdout.splitlines()
     assert previous[0].startswith("--- shoal: restart ") and previous[1] in runs and previous[1] != runs[0]
+    events = [line for line in cluster("events", "-n", "habits").stdout.splitlines() if "pod/crasher" in line]
+    assert len(events) == 1 and "BackOff" in events[0] and "exited with code 3" in events[0], events
+    described = cluster("describe", "pod", "crasher", "-n", "habits").stdout
+    assert "BackOff: Back-off restarting container app" in described
 
 
 def test_up_again_without_flags_keeps_the_cluster_and_status_says_it_is_healthy(cluster):
