@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from shoal import log
 from shoal.exposition import render
@@ -58,6 +58,8 @@ class Metrics:
         self._tcp_counters = (self.tcp_opened, self.tcp_closed, self.tcp_sent, self.tcp_received)
         self._children: dict[tuple, tuple] = {}
         self._tcp_children: dict[tuple, tuple] = {}
+        # process_cpu_seconds_total, process_resident_memory_bytes...: the performance dashboard's CPU and memory.
+        ProcessCollector(registry=self.registry)
 
     def tcp_children(self, labels: dict[str, str]):
         """(opened, closed, sent, received) children for one opaque-TCP label set, cached as above."""

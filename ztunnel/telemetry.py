@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 
 from shoal import log
 from shoal.exposition import render
@@ -46,6 +46,8 @@ class Metrics:
         self.received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP connection",
                                 LABELS, registry=self.registry)
         self._children: dict[tuple, tuple] = {}
+        # process_cpu_seconds_total, process_resident_memory_bytes...: the performance dashboard's CPU and memory.
+        ProcessCollector(registry=self.registry)
 
     def children(self, labels: dict[str, str]):
         """The four labelled counters for one label set, cached (labels() is not cheap)."""

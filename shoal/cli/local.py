@@ -15,6 +15,7 @@ import time
 from shoal.cli import context, local_read, mesh_status
 from shoal.cli.local_read import UnknownKind, resolve_kind
 from shoal.cli.output import ERROR_PREFIX, fail, table
+from shoal.local import addons
 from shoal.local import cluster as local_cluster
 from shoal.local import keys, manifest
 from shoal.local.merge import three_way
@@ -42,6 +43,8 @@ def register(sub) -> None:
                                                            "existing cluster's)")
     p.add_argument("--redirect", choices=("iptables", "ebpf", "auto"), default=None,
                    help=f"how pods' traffic is captured (default: {DEFAULT_REDIRECT}, or the existing cluster's)")
+    p.add_argument("--addons", default="", metavar="NAME[,NAME]",
+                   help="also run these beside the mesh: prometheus (default: none)")
 
     verb("down", cmd_down, "remove every namespace, process, cgroup, rule and file of the cluster")
     verb("status", cmd_status, "the cluster's daemon, nodes and mesh processes, and what is unhealthy (exit 1 then)")
@@ -138,7 +141,9 @@ def cmd_up(args) -> int:
     redirect = args.redirect or (existing.redirect if existing else DEFAULT_REDIRECT)
     t0 = time.monotonic()
     try:
+        wanted = addons.parse(args.addons)   # a bad name stops here, before anything is made
         started = local_cluster.up(layout, nodes, redirect, progress=lambda m: print(m, flush=True))
+        started += addons.install(layout, wanted, progress=lambda m: print(m, flush=True))
     except local_cluster.ClusterError as e:
         return _fail(str(e))
     if started:
