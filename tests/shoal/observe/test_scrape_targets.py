@@ -58,3 +58,24 @@ def test_the_file_is_rewritten_only_when_the_targets_change(tmp_path):
     assert write_if_changed(out, groups) is False
     assert write_if_changed(out, []) is True and json.loads(out.read_text()) == []
     assert [p.name for p in tmp_path.iterdir()] == ["targets.json"]   # no partial file left beside it
+
+
+def test_the_daemonset_manifests_ask_to_be_scraped_on_their_metrics_ports():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[3] / "daemonset"
+    found = {}
+    for path in root.glob("*.yaml"):
+        for obj in yaml.safe_load_all(path.read_text()):
+            if not obj or obj.get("kind") not in ("DaemonSet", "Deployment"):
+                continue
+            template = obj["spec"]["template"]
+            annotations = template["metadata"].get("annotations") or {}
+            if annotations.get("prometheus.io/scrape") != "true":
+                continue
+            found[obj["metadata"]["name"]] = (int(annotations["prometheus.io/port"]), annotations["prometheus.io/path"])
+    # The ports the processes serve /metrics on (shoal.contracts: METRICS_PORT, NODE_AGENT_PORT, the HTTP port).
+    assert found == {"shoal-ztunnel": (15020, "/metrics"), "shoal-node-agent": (15022, "/metrics"),
+                     "shoal-control-plane": (15014, "/metrics")}, found
