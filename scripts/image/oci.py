@@ -2,8 +2,9 @@
 
 `make image` (scripts/image/build.sh) builds the image's root filesystems with mmdebstrap,
 then calls this to make `build/shoal-<version>.oci.tar`: an OCI image layout (oci-layout,
-index.json, blobs/sha256/...) in one tar, which `ctr images import`, `kind load
-image-archive`, `minikube image load` and `skopeo copy oci-archive:...` take as it is.
+index.json, blobs/sha256/...) in one tar, with a `manifest.json` naming the same blobs, as
+`docker save` writes it since Docker 25; `ctr images import`, `kind load image-archive`,
+`docker load`, `minikube image load` and `skopeo copy oci-archive:...` take it as it is.
 
 The image's settings (ENV, USER, WORKDIR, LABEL, CMD) are read from the Dockerfile's final
 stage, so the archive and a `docker build` agree on them by construction. An instruction
@@ -224,7 +225,15 @@ def _add_directory(archive: tarfile.TarFile, name: str) -> None:
     archive.addfile(info)
 
 
-def write_archive(output: Path, blobs: list[Blob], index: dict) -> None:
+def docker_manifest(config: Blob, layers: list[Blob], *, name: str, tag: str) -> list[dict]:
+    """manifest.json, as `docker save` writes it beside the OCI layout: what `docker load`
+    before Docker 25, and loaders built on it (minikube's), read. It names the same blobs."""
+    def path(blob: Blob) -> str:
+        return "blobs/sha256/" + blob.digest.removeprefix("sha256:")
+    return [{"Config": path(config), "RepoTags": [f"{name}:{tag}"], "Layers": [path(layer) for layer in layers]}]
+
+
+def write_archive(output: Path, blobs: list[Blob], index: dict, docker: list[dict]) -> None:
     partial = output.with_name(output.name + ".partial")
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
         layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
@@ -238,8 +247,9 @@ def write_archive(output: Path, blobs: list[Blob], index: dict) -> None:
                     _add(archive, name, blob.size, source)
             else:
                 _add(archive, name, blob.size, io.BytesIO(blob.data))
-        data = json.dumps(index, sort_keys=True, indent=2).encode()
-        _add(archive, "index.json", len(data), io.BytesIO(data))
+        for name, document in (("index.json", index), ("manifest.json", docker)):
+            data = json.dumps(document, sort_keys=True, indent=2).encode()
+            _add(archive, name, len(data), io.BytesIO(data))
     os.replace(partial, output)
 
 
@@ -257,7 +267,9 @@ def build(dockerfile: Path, layers: list[Path], *, name: str, tag: str, output: 
     config, manifest, index = image_documents(settings, packed, name=name, tag=tag, architecture=architecture,
                                               created=created)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_archive(output, [blob for blob, _ in packed] + [config, manifest], index)
+    layer_blobs = [blob for blob, _ in packed]
+    write_archive(output, layer_blobs + [config, manifest], index,
+                  docker_manifest(config, layer_blobs, name=name, tag=tag))
     return index
 
 

@@ -165,6 +165,11 @@ def test_the_archive_is_an_oci_layout_whose_digests_match_its_contents(tmp_path)
     diff_ids = [("sha256:" + hashlib.sha256(gzip.decompress(blob(layer))).hexdigest()) for layer in manifest["layers"]]
     assert diff_ids == config["rootfs"]["diff_ids"]
     assert [gzip.decompress(blob(layer)) for layer in manifest["layers"]] == [p.read_bytes() for p in layers]
+    # manifest.json, as docker save writes it: the same config and layers, and the image's name.
+    assert json.loads(members["manifest.json"]) == [{
+        "Config": "blobs/sha256/" + manifest["config"]["digest"].removeprefix("sha256:"),
+        "RepoTags": ["shoal:9.9.9"],
+        "Layers": ["blobs/sha256/" + layer["digest"].removeprefix("sha256:") for layer in manifest["layers"]]}]
 
 
 def test_an_unchanged_layer_compresses_to_the_same_blob_from_the_cache(tmp_path):
