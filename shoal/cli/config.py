@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 
 from shoal.contracts import ADMIN_PORT
+from shoal.cli import context
 from shoal.kube_mesh import add_target_arguments
 from shoal.local.layout import cluster_name
 
@@ -28,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("view", choices=VIEWS, help="what to show")
     p.add_argument("--node", help="node number or name (1, node1; default 1) in a local cluster; "
                                   "the node's name on Kubernetes (required there)")
-    p.add_argument("--cluster", type=cluster_name, help="local cluster name (default: default)")
+    p.add_argument("--cluster", type=cluster_name, help="local cluster name (default: $SHOAL_CLUSTER, else the only "
+                                                        "cluster up, else default)")
     add_target_arguments(p)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--port", type=int, default=ADMIN_PORT, help=argparse.SUPPRESS)
@@ -90,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
     except InstallError as e:
         print(f"shoal: error: {e}", file=sys.stderr)
         return 1
-    args.cluster, args.node = args.cluster or "default", args.node or "1"
+    context.resolve(args)   # --cluster, $SHOAL_CLUSTER, or the only cluster up
+    args.node = args.node or "1"
     return local_main(args)
 
 

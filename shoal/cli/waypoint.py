@@ -26,6 +26,7 @@ from shoal.contracts import (
     ADMIN_PORT, CONTROL_PLANE_GRPC_PORT, GATEWAY_NAME_LABEL, HBONE_PORT, ISTIO_WAYPOINT_FOR, USE_WAYPOINT,
     WAYPOINT_CLASS, WAYPOINT_CLASSES,
 )
+from shoal.cli import context
 from shoal.kube_mesh import add_target_arguments
 from shoal.local.layout import cluster_name, node_ip
 
@@ -45,27 +46,27 @@ def register(subparsers) -> None:
                        help=f"what traffic the waypoint serves (label {ISTIO_WAYPOINT_FOR})")
     apply.add_argument("--enroll-namespace", action="store_true",
                        help=f"also label the namespace {USE_WAYPOINT}=NAME")
-    apply.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
+    apply.add_argument("--cluster", type=cluster_name, help="a local cluster (default: $SHOAL_CLUSTER, else the only cluster up, else default)")
     add_target_arguments(apply)
     apply.set_defaults(func=_on_either(cmd_apply, kube_apply))
 
     delete = verbs.add_parser("delete", help="remove a waypoint Gateway (its Deployment and Service go with it)")
     delete.add_argument("-n", "--namespace", required=True, help="the waypoint's namespace")
     delete.add_argument("--name", default="waypoint", help="the waypoint Gateway's name")
-    delete.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
+    delete.add_argument("--cluster", type=cluster_name, help="a local cluster (default: $SHOAL_CLUSTER, else the only cluster up, else default)")
     add_target_arguments(delete)
     delete.set_defaults(func=_on_either(cmd_delete, kube_delete))
 
     listing = verbs.add_parser("list", help="list waypoint Gateways")
     listing.add_argument("-n", "--namespace", help="only this namespace (default: every namespace)")
-    listing.add_argument("--cluster", type=cluster_name, help="a local cluster (default: default)")
+    listing.add_argument("--cluster", type=cluster_name, help="a local cluster (default: $SHOAL_CLUSTER, else the only cluster up, else default)")
     add_target_arguments(listing)
     listing.set_defaults(func=_on_either(cmd_list, kube_list))
 
     dump = verbs.add_parser("config", help="a waypoint's config dump: services, route tables, policies, certificate")
     dump.add_argument("-n", "--namespace", required=True, help="the waypoint's namespace")
     dump.add_argument("--name", default="waypoint", help="the waypoint Gateway's name")
-    dump.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name")
+    dump.add_argument("--cluster", type=cluster_name, help="a local cluster (default: $SHOAL_CLUSTER, else the only cluster up, else default)")
     dump.set_defaults(func=cmd_config)
 
     run = verbs.add_parser("run", help="run the waypoint proxy (started by the control plane's Deployment)")
@@ -95,7 +96,7 @@ def _on_either(local, kube):
         except InstallError as e:
             print(f"shoal: error: {e}", file=sys.stderr)
             return 1
-        args.cluster = args.cluster or "default"
+        context.resolve(args)   # --cluster, $SHOAL_CLUSTER, or the only cluster up
         return local(args)
     return run
 
@@ -233,6 +234,7 @@ def cmd_config(args) -> int:
 
     from shoal import netns
 
+    context.resolve(args)
     store = _store(args.cluster)
     if store is None:
         return 1

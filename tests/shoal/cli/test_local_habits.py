@@ -152,6 +152,7 @@ def test_the_current_cluster_comes_from_the_environment_or_the_only_one_up(store
     assert "server" in implicit.stdout
     named = shoal("local", "get", "svc", "-n", "web", env={"SHOAL_CLUSTER": "other"}, check=False)
     assert named.returncode == 1 and "cluster 'other' is not up" in named.stderr
+    assert shoal("waypoint", "list", env={"KUBECONFIG": None}).stdout.strip() == "no waypoints"   # the same cluster
     listing = shoal("local", "list").stdout.splitlines()
     assert listing[0].split() == ["NAME", "NODES", "REDIRECT", "DAEMON"] and listing[1].split()[0] == CLUSTER
     second = type(store)("second", root=store.dir.parent.parent)
@@ -160,6 +161,8 @@ def test_the_current_cluster_comes_from_the_environment_or_the_only_one_up(store
     assert ambiguous.returncode == 1
     assert "several local clusters are up (clistore, second); choose one with --cluster NAME or SHOAL_CLUSTER" \
         in ambiguous.stderr
+    waypoints = shoal("waypoint", "list", env={"KUBECONFIG": None}, check=False)
+    assert waypoints.returncode == 1 and "several local clusters are up" in waypoints.stderr
 
 
 def test_up_on_an_existing_cluster_says_what_differs_and_changes_nothing(store):
