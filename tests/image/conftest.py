@@ -293,4 +293,4 @@ def containerd():
         yield runtime
     finally:
         runtime.stop()
-        shutil.rmtree(runtime.base, ignore_errors=True)
+        shutil.rmtree(runtime.base)  # fails loudly if anything in it is still held
