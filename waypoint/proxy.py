@@ -112,8 +112,11 @@ class Proxy:
     def __init__(self, state: ProxyState, upstreams: Upstreams, metrics: Metrics, *,
                  rand: Callable[[], float] = random.random,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 max_body: int = MAX_BODY, idle_timeout: float = 300.0) -> None:
+                 max_body: int = MAX_BODY, idle_timeout: float = 300.0,
+                 decider: Callable[[ProxyState, Peer, RequestHead, Callable[[], float]], Plan | Refusal] = decide
+                 ) -> None:
         self.state = state
+        self.decide = decider      # the waypoint's routing.decide; the ingress gateway hands in its own
         self.upstreams = upstreams
         self.metrics = metrics
         self.rand = rand
@@ -136,7 +139,8 @@ class Proxy:
         record.grpc = (head.header("content-type") or "").startswith("application/grpc")
         self.metrics.active.inc()
         try:
-            plan = decide(self.state, peer, RequestHead(head.method, head.target, authority, head.headers), self.rand)
+            plan = self.decide(self.state, peer, RequestHead(head.method, head.target, authority, head.headers),
+                               self.rand)
             if isinstance(plan, Refusal):
                 record.service, record.policy = plan.service, plan.policy
                 record.flag(plan.flag, plan.reason)
@@ -219,7 +223,8 @@ class Proxy:
         """The endpoint speaks what the port declares (http: HTTP/1.1; http2, grpc, h2c: HTTP/2), else
         what the client spoke (Istio's USE_DOWNSTREAM_PROTOCOL)."""
         service = self.state.services.get(plan.destination_service)
-        port = service.port(request.port) if service is not None and request.port else None
+        number = plan.destination_port or request.port
+        port = service.port(number) if service is not None and number else None
         declared = port.app_protocol if port is not None else ""
         if declared == "http":
             return False

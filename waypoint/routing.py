@@ -124,6 +124,7 @@ class Plan:
     request_headers: HeaderChanges = HeaderChanges()
     response_headers: HeaderChanges = HeaderChanges()
     policy: str = ""                   # the ALLOW policy that let it through, if any
+    destination_port: int = 0          # the destination service's port (0: the port the request came on)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,13 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
         if route is None:
             return Refusal(404, "NR", f"no route of {table.origin or table.key} matches {head.method} {head.path}",
                            service.hostname)
+    return follow(state, service, route, port, head, rand, verdict.policy)
 
+
+def follow(state: ProxyState, service: Service, route: Route, port: int, head: RequestHead, rand: Random,
+           policy: str = "") -> Plan | Refusal:
+    """The plan of a request that `route` (of `service`, addressed on `port`) took: its destination picked by
+    weight, faults rolled, mirrors and endpoints found. The waypoint and the ingress gateway share it."""
     if route.destinations:
         destination = pick_weighted(route.destinations, rand())
         if destination is None:
@@ -179,9 +186,9 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
     if destination is None:
         if fault.abort_status is None:
             return Refusal(503, "UH", f"route {route.name or '(unnamed)'} has no destination", service.hostname)
-        upstreams, target, subset = (), service.hostname, ""
+        upstreams, target, subset, target_port = (), service.hostname, "", 0
     else:
-        target, subset = destination.host, destination.subset_name
+        target, subset, target_port = destination.host, destination.subset_name, destination.port or 0
         found = endpoints(state, destination, port)
         if isinstance(found, Refusal):
             if fault.abort_status is None:
@@ -192,7 +199,7 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
                 route=route.name, destination_service=target, subset=subset, upstreams=upstreams,
                 timeout=route.timeout, retry=route.retry, mirrors=mirrors, fault=fault,
                 request_headers=route.request_headers, response_headers=route.response_headers,
-                policy=verdict.policy)
+                policy=policy, destination_port=target_port)
 
 
 HTTP_PROTOCOLS = ("http", "http2", "grpc", "grpc-web", "h2c")

@@ -1,0 +1,162 @@
+"""The ingress gateway's listeners: HTTP and HTTPS from outside the mesh, on the waypoint's engine.
+
+An `IngressListener` accepts plain TCP on one gateway port; with
+`certificates` it terminates TLS first, the client's SNI picking the
+certificate (an exact name, else the longest `*.` suffix, else the first
+certificate). ALPN offers h2 and http/1.1. Each connection is then served
+exactly as the waypoint serves an HBONE stream (`waypoint.http1_server`,
+`waypoint.h2server`) by a `Proxy` whose decision is the ingress one
+(`waypoint.ingress_routing.decide`, handed in by the caller), so routing,
+retries, timeouts, mirrors, faults and header changes are the waypoint's
+own, and upstreams are reached over HBONE with the gateway's identity.
+
+Certificates are PEM bytes (a Kubernetes TLS Secret's tls.crt and tls.key);
+each is loaded through a file of its own in a private temporary directory
+that is removed at once (the ssl module loads keys from files only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal import log, sockets
+from shoal.hbone_relay import TcpSide
+
+from waypoint.channel import Channel, ChannelReset
+from waypoint.errors import WaypointError
+from waypoint.h2server import H2Server
+from waypoint.http1_server import serve_http1
+from waypoint.proxy import Proxy
+from waypoint.routing import Peer
+
+logger = log.get("waypoint.ingress")
+
+
+class CertificateInvalid(WaypointError):
+    """A TLS credential that cannot be loaded; the message names it."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    name: str                      # where it came from ("namespace/secret"), for messages
+    hosts: tuple[str, ...]         # the SNI names it serves; "*.example.com" serves the subdomains
+    chain_pem: bytes
+    key_pem: bytes
+
+
+def _context(certificate: Certificate) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with tempfile.TemporaryDirectory(prefix="shoal-ingress-") as private:
+        chain, key = Path(private) / "tls.crt", Path(private) / "tls.key"
+        for path, data in ((chain, certificate.chain_pem), (key, certificate.key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        try:
+            context.load_cert_chain(chain, key)
+        except (ssl.SSLError, ValueError) as e:
+            raise CertificateInvalid(f"TLS credential {certificate.name}: cannot load its certificate and key "
+                                     f"({getattr(e, 'reason', None) or e}); check the Secret's tls.crt and "
+                                     "tls.key") from None
+    return context
+
+
+def pick(certificates: tuple[Certificate, ...], server_name: str | None) -> int:
+    """The index of the certificate for an SNI name (see the module's rule)."""
+    name = (server_name or "").lower().rstrip(".")
+    best, best_length = 0, -1
+    for index, certificate in enumerate(certificates):
+        for host in certificate.hosts:
+            if host == name:
+                return index
+            if host.startswith("*.") and name.endswith(host[1:]) and len(host) > best_length:
+                best, best_length = index, len(host)
+    return best
+
+
+def server_context(certificates: tuple[Certificate, ...]) -> ssl.SSLContext:
+    if not certificates:
+        raise CertificateInvalid("an HTTPS listener needs at least one certificate")
+    contexts = [_context(c) for c in certificates]
+
+    def choose(ssl_object, server_name, _context) -> None:
+        ssl_object.context = contexts[pick(certificates, server_name)]
+    contexts[0].sni_callback = choose
+    return contexts[0]
+
+
+class IngressListener:
+    def __init__(self, proxy: Proxy, port: int, *, host: str = "0.0.0.0", gateway_port: int | None = None,
+                 certificates: tuple[Certificate, ...] = (), handshake_timeout: float = 10.0) -> None:
+        """`gateway_port`: the port the Gateway declares, which routes are keyed by (default: `port`; a test
+        or a node port may listen elsewhere)."""
+        self.proxy = proxy
+        self.requested = (host, port)
+        self.gateway_port = gateway_port
+        self.tls = server_context(certificates) if certificates else None
+        self.handshake_timeout = handshake_timeout
+        self.sock: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    async def start(self) -> None:
+        host, port = self.requested
+        self.sock = sockets.listener(None, port, host, mark=False)
+        task = asyncio.get_running_loop().create_task(
+            sockets.accept_forever(self.sock, self._serve, what=f"ingress listener {port}"))
+        self._tasks.add(task)
+
+    def _serve(self, conn: socket.socket, address: tuple) -> None:
+        task = asyncio.get_running_loop().create_task(self._connection(conn, address))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connection(self, conn: socket.socket, address) -> None:
+        loop = asyncio.get_running_loop()
+        made: list[TcpSide] = []
+
+        def side() -> TcpSide:      # ours even when the loop wraps it in its own TLS protocol
+            made.append(TcpSide())
+            return made[-1]
+        try:
+            if self.tls is not None:
+                await loop.connect_accepted_socket(side, conn, ssl=self.tls,
+                                                   ssl_handshake_timeout=self.handshake_timeout)
+            else:
+                await loop.connect_accepted_socket(side, conn)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            logger.info("ingress connection failed before HTTP", src=f"{address[0]}:{address[1]}",
+                        error=str(getattr(e, "reason", None) or e))
+            conn.close()
+            return
+        channel = Channel(made[0])
+        peer = Peer(address[0], None, (self.requested[0], self.gateway_port or self.port))
+        try:
+            first = await asyncio.wait_for(channel.read(), self.proxy.idle_timeout)
+        except (ChannelReset, asyncio.TimeoutError):
+            channel.reset()
+            return
+        channel.unread(first)
+        if first.startswith(b"PRI "):
+            await H2Server(self.proxy, channel, peer, address[:2]).run()
+        else:
+            await serve_http1(self.proxy, channel, peer, address[:2])
+
+    async def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
