@@ -39,6 +39,7 @@ from control_plane.metrics import Metrics
 from control_plane.server import ConfigServer, Endpoints, split_address
 from control_plane.state import ConfigState
 from control_plane.translate import Translator
+import shoal
 from shoal import identity, log, store, tokens
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT
 from shoal.lifecycle import Shutdown
@@ -154,7 +155,7 @@ def kube_wiring(settings: Settings) -> Wiring:
     roots = (ca_store.GivenFilesRootStore(settings.ca_cert, settings.ca_key) if settings.ca_cert
              else ca_store.KubeSecretRootStore(core))
     authenticator = KubeAuthenticator(client.AuthenticationV1Api(api), core)
-    waypoints = KubeWaypointController(api, image=os.environ.get("SHOAL_WAYPOINT_IMAGE", "shoal:latest"),
+    waypoints = KubeWaypointController(api, image=os.environ.get("SHOAL_WAYPOINT_IMAGE", f"shoal:{shoal.__version__}"),
                                        bundle=published_bundle(api))
     return Wiring(roots, authenticator, kube_source.KubeSource(api).events(),
                   lambda obj, errors: kube_source.report_invalid(api, obj, errors), controllers=(waypoints.run,))

@@ -85,6 +85,18 @@ def test_the_control_plane_runs_as_the_images_user():
     assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
 
 
+@pytest.mark.parametrize("name, container", containers(), ids=[n for n, _ in containers()])
+def test_a_part_that_needs_root_says_so(name, container):
+    """The image's default user is `shoal` (10001): a privileged container, or one given
+    capabilities, left to that default would run without root's rights and fail on the node."""
+    context = container.get("securityContext") or {}
+    needs_root = context.get("privileged") or (context.get("capabilities") or {}).get("add")
+    if needs_root:
+        assert context.get("runAsUser") == 0, f"{name} needs root but would run as the image's user"
+    else:
+        assert context.get("runAsUser", 10001) != 0, f"{name} runs as root without needing it"
+
+
 def test_the_waypoint_gatewayclass_names_shoals_controller():
     from shoal.contracts import WAYPOINT_CLASS
 
