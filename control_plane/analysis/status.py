@@ -8,8 +8,10 @@
       - {code: SH0103, reason: UndefinedSubset, level: error, field: ..., message: ...}
 
 Accepted is False when the object is refused (it contributes nothing);
-ResolvedRefs is False when it names something that does not exist. Other
-keys of an existing status (another writer's) are kept.
+ResolvedRefs is False when it names something that does not exist. Another
+writer's conditions and keys are kept: a Gateway's Accepted and Programmed
+belong to its controller (the waypoint controller), so on a Gateway the
+analysis writes ResolvedRefs and validationMessages only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from control_plane.analysis.findings import (
     HOST_NOT_FOUND, INVALID_OBJECT, POLICY_SELECTS_NOTHING, UNDEFINED_SUBSET, WAYPOINT_NOT_FOUND, Finding,
 )
 
+CONTROLLED_KINDS = ("Gateway",)   # kinds whose controller owns Accepted
 UNRESOLVED = (UNDEFINED_SUBSET, HOST_NOT_FOUND, WAYPOINT_NOT_FOUND, POLICY_SELECTS_NOTHING)
 
 
@@ -40,8 +43,11 @@ def status_of(obj: dict, findings: Iterable[Finding]) -> dict:
                            "; ".join(f.line() for f in unresolved), generation)
                 if unresolved else _condition("ResolvedRefs", True, "ResolvedRefs",
                                               "everything it names exists", generation))
-    status = {k: v for k, v in (obj.get("status") or {}).items() if k not in ("conditions", "validationMessages")}
-    status["conditions"] = [accepted, resolved]
+    mine = [resolved] if obj.get("kind") in CONTROLLED_KINDS else [accepted, resolved]
+    status = {k: v for k, v in (obj.get("status") or {}).items() if k != "validationMessages"}
+    by_type = {c["type"]: c for c in mine}
+    kept = [by_type.pop(c.get("type"), c) for c in status.get("conditions") or ()]   # in place, in their order
+    status["conditions"] = kept + list(by_type.values())
     if findings:
         status["validationMessages"] = [
             {"code": f.code.code, "reason": f.code.name, "level": str(f.severity), "field": f.field,

@@ -221,3 +221,16 @@ metadata: {name: payments, namespace: shop}
 spec: {hosts: [api.payments.example], http: [{route: [{destination: {host: api.payments.example}}]}]}
 """))
     assert analyze(objects) == []
+
+
+def test_a_gateways_controller_keeps_its_conditions_and_the_analysis_adds_its_own():
+    gateway = find(HEALTHY, "Gateway", "waypoint")
+    gateway = {**gateway, "status": {"addresses": [{"type": "IPAddress", "value": "198.18.16.20"}], "conditions": [
+        {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "the controller's"},
+        {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "ready"}]}}
+    status = status_of(gateway, [])
+    assert [(c["type"], c["message"]) for c in status["conditions"]] == [
+        ("Accepted", "the controller's"), ("Programmed", "ready"), ("ResolvedRefs", "everything it names exists")]
+    assert status["addresses"] == gateway["status"]["addresses"]
+    again = status_of({**gateway, "status": status}, [])
+    assert again == status   # a second write changes nothing: no churn with the controller
