@@ -19,18 +19,14 @@ from shoal.local.merge import LAST_APPLIED, three_way
 from shoal.store import Store
 
 from support.cli import shoal
+from support.store_cluster import store_only
 
 CLUSTER = "merge"
 
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    root = tmp_path / "run"
-    s = Store(CLUSTER, root=root)
-    s.init()
-    s.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
-    monkeypatch.setenv("SHOAL_RUN_ROOT", str(root))  # for the shoal processes the tests start
-    return s
+    return store_only(tmp_path, monkeypatch, CLUSTER)
 
 
 def local(*args: str, input: str | None = None, check: bool = True):
