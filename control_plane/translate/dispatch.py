@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from shoal.contracts import AMBIENT, DATAPLANE_MODE_KEYS, NONE, USE_WAYPOINT_KEYS
 
-from control_plane.translate import gateway_api, istio_routing, istio_security, service_entry, smi
+from control_plane.translate import gateway_api, ingress, istio_routing, istio_security, service_entry, smi
 from control_plane.translate.common import ROOT_NAMESPACES, Checker, Findings
 
 # kind -> (group, served versions, parser); the order of versions is the preference, newest first.
@@ -115,7 +115,9 @@ def parse(obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> Pars
     if isinstance(api_version, str) and "/" in api_version:
         api_group, version = api_version.split("/", 1)
         if api_group != group:
-            return Parsed(None, c.findings())  # the same kind in another API group (an Istio Gateway): not ours
+            if ingress.is_istio_gateway(obj):      # an ingress Gateway: checked here, translated by the Translator
+                return Parsed(ingress.istio_gateway(obj, c), c.findings())
+            return Parsed(None, c.findings())  # the same kind in another API group: not ours
         if version not in versions:
             c.error("apiVersion", f"{kind} is served as {', '.join(f'{group}/{v}' for v in versions)}, not {api_version}")
             return Parsed(None, c.findings())

@@ -28,6 +28,8 @@ Dependencies that mark work:
 - Gateway (waypoint): every Workload and Service (waypoint bindings), and route tables.
 - HTTPRoute, VirtualService, TrafficSplit, DestinationRule: route tables.
 - AuthorizationPolicy, PeerAuthentication: themselves.
+- Istio Gateway (networking.istio.io): route tables (its ingress tables, `ingress`); so
+  does any Pod change while one exists (its selector picks the gateway's pods).
 - ServiceEntry: every ServiceEntry's Services and endpoint Workloads (auto-allocated
   addresses depend on the whole set), and route tables; so does a Pod or Namespace
   change while some entry has a workloadSelector.
@@ -39,10 +41,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.model import ResourceType, Service, Snapshot, Waypoint
+from shoal.model import ResourceType, Service, Snapshot, Waypoint, freeze_labels, selector_matches
 from shoal.model.snapshot import Delta
 
-from control_plane.translate import core, service_entry
+from control_plane.translate import core, ingress, service_entry
 from control_plane.translate.candidates import RouteCandidate
 from control_plane.translate.common import (
     CLUSTER_DOMAIN,
@@ -124,12 +126,14 @@ class Translator:
 
     def _key(self, obj: dict) -> ObjectKey:
         kind, namespace, name = key_of(obj)
+        if ingress.is_istio_gateway(obj):
+            kind = ingress.OBJECT_KIND     # apart from a Gateway API Gateway of the same name
         if kind == "Namespace":
             return (kind, "", name)
         return (kind, namespace or "default", name)
 
     def _tracked(self, obj: dict) -> bool:
-        return obj.get("kind") in CORE_KINDS or is_mesh_object(obj)
+        return obj.get("kind") in CORE_KINDS or is_mesh_object(obj) or ingress.is_istio_gateway(obj)
 
     @staticmethod
     def _normalized(obj: dict) -> dict:
@@ -188,6 +192,7 @@ class Translator:
                     index(self._pods_by_label, (namespace, k, v), name)
             self._dirty_pods.add((namespace, name))
             self._entries_dirty = self._entries_dirty or self._selecting_entries(namespace)
+            self._routes_dirty = self._routes_dirty or self._has_istio_gateways()
             services = self._services.get(namespace, {})
             for pod in (old, new):
                 for k, v in _labels(pod).items():
@@ -344,6 +349,18 @@ class Translator:
             else:
                 self._waypoint_warnings.pop(key, None)
 
+    def _has_istio_gateways(self) -> bool:
+        return any(key[0] == ingress.OBJECT_KIND for key in self._parsed)
+
+    def _gateway_identities(self, gateway) -> set[tuple[str, str]]:
+        """(namespace, service account) of the live pods an Istio Gateway's selector picks, in any namespace."""
+        found = set()
+        for namespace, pods in self._pods.items():
+            for pod in pods.values():
+                if core.pod_live(pod) and selector_matches(gateway.selector, freeze_labels(_labels(pod))):
+                    found.add((namespace, core.pod_service_account(pod)))
+        return found
+
     def _selecting_entries(self, namespace: str) -> bool:
         return any(key[0] == service_entry.KIND and key[1] == namespace and value.workload_selector is not None
                    for key, value in self._parsed.items())
@@ -414,6 +431,10 @@ class Translator:
 
         tables = build(candidates, self._out[ResourceType.SERVICE], set(self._waypoints), rules, warn,
                        self.root_namespaces)
+        gateways = [value for (kind, _, _), value in self._parsed.items() if kind == ingress.OBJECT_KIND]
+        if gateways:
+            bound = [self._objects[key] for key in self._parsed if key[0] == "VirtualService"]
+            tables.update(ingress.tables(gateways, bound, self._gateway_identities, rules, warn))
         for key in set(self._out[ResourceType.ROUTE_TABLE]) - set(tables):
             publish(ResourceType.ROUTE_TABLE, key, None)
         for key, table in tables.items():

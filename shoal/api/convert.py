@@ -281,13 +281,13 @@ def _route_from(m: pb.Route, what: str) -> model.Route:
 
 def route_table_to(t: model.RouteTable) -> pb.RouteTable:
     return pb.RouteTable(hostname=t.hostname, port=t.port, namespace=t.namespace,
-                         routes=[_route_to(r) for r in t.routes], origin=t.origin)
+                         routes=[_route_to(r) for r in t.routes], origin=t.origin, gateway=t.gateway)
 
 
 def route_table_from(m: pb.RouteTable) -> model.RouteTable:
     what = f"RouteTable {m.hostname}:{m.port}"
     return model.RouteTable(m.hostname, m.port, m.namespace, tuple(_route_from(r, what) for r in m.routes),
-                            m.origin)
+                            m.origin, m.gateway)
 
 
 # -- dispatch ----------------------------------------------------------------------------

@@ -402,15 +402,17 @@ class Route(_message.Message):
     def __init__(self, name: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[RouteMatch, _Mapping]]] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ..., timeout: _Optional[float] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., mirrors: _Optional[_Iterable[_Union[Mirror, _Mapping]]] = ..., fault: _Optional[_Union[Fault, _Mapping]] = ..., request_headers: _Optional[_Union[HeaderChanges, _Mapping]] = ..., response_headers: _Optional[_Union[HeaderChanges, _Mapping]] = ...) -> None: ...
 
 class RouteTable(_message.Message):
-    __slots__ = ("hostname", "port", "namespace", "routes", "origin")
+    __slots__ = ("hostname", "port", "namespace", "routes", "origin", "gateway")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     port: int
     namespace: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     origin: str
-    def __init__(self, hostname: _Optional[str] = ..., port: _Optional[int] = ..., namespace: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., origin: _Optional[str] = ...) -> None: ...
+    gateway: str
+    def __init__(self, hostname: _Optional[str] = ..., port: _Optional[int] = ..., namespace: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., origin: _Optional[str] = ..., gateway: _Optional[str] = ...) -> None: ...

@@ -108,7 +108,9 @@ class RouteTable:
     namespace: str                  # the service's namespace (waypoints get their namespace's tables)
     routes: tuple[Route, ...] = ()
     origin: str = ""                # which object made it, e.g. "HTTPRoute default/reviews" (for humans)
+    gateway: str = ""               # "namespace/service-account" of the ingress gateway it is for; "": the mesh's
 
     @property
     def key(self) -> str:
-        return f"{self.hostname}:{self.port}"
+        """An ingress gateway's tables are keyed apart, so no mesh lookup ever finds one."""
+        return f"{self.gateway}@{self.hostname}:{self.port}" if self.gateway else f"{self.hostname}:{self.port}"

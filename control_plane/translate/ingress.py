@@ -1,0 +1,175 @@
+"""Istio ingress `Gateway`s (networking.istio.io) and the VirtualServices bound to them, into route tables.
+
+An Istio Gateway selects the ingress gateway's pods by label (`selector:
+{istio: ingressgateway}`, in any namespace, as Istio does by default) and
+declares servers: a port with a protocol (HTTP, or HTTPS with `tls.mode:
+SIMPLE` and a `credentialName`) and the hosts it admits (`host`,
+`*.domain`, `*`; a `namespace/` prefix limits which VirtualServices may
+bind: `*/` any, `./` the Gateway's own).
+
+A VirtualService with `gateways: [name]` (its own namespace) or
+`[namespace/name]` binds its `http` routes to that Gateway, for each of its
+hosts a server admits (hosts are names as clients send them; they are not
+resolved to Services). The result is one `RouteTable` per (gateway
+identity, host, server port), with `gateway` set to the selected pods'
+"namespace/service-account" and `namespace` to theirs, so it reaches that
+gateway's config stream (a waypoint-scoped subscription of that namespace)
+and never a mesh lookup. Among VirtualServices on the same host and port of
+one gateway the oldest wins (the others are warned), and DestinationRule
+subsets resolve as for the mesh (`precedence.route_table`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Mapping
+
+from shoal.model import Labels, RouteTable, freeze_labels
+
+from control_plane.translate import istio_routing
+from control_plane.translate.candidates import Dialect, RouteCandidate
+from control_plane.translate.common import Checker, created_of, ref_of
+from control_plane.translate.precedence import SubsetSource, choose, route_table
+
+GROUP = "networking.istio.io"
+VERSIONS = ("v1", "v1beta1", "v1alpha3")
+KIND = "Gateway"
+OBJECT_KIND = "Gateway.networking.istio.io"      # the translator's key kind, apart from Gateway API's Gateway
+_PROTOCOLS = ("HTTP", "HTTPS")
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    protocol: str                   # HTTP or HTTPS
+    hosts: tuple[str, ...]          # as written, namespace/ prefixes included
+    credential: str = ""            # HTTPS: "namespace/secret" of the TLS Secret
+
+
+@dataclass(frozen=True)
+class IstioGateway:
+    name: str
+    namespace: str
+    selector: Labels
+    servers: tuple[Server, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def is_istio_gateway(obj: dict) -> bool:
+    return obj.get("kind") == KIND and str(obj.get("apiVersion", "")).split("/")[0] == GROUP
+
+
+def istio_gateway(obj: dict, c: Checker) -> IstioGateway | None:
+    meta = obj.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "default")
+    version = str(obj.get("apiVersion", "")).split("/")[-1]
+    if version not in VERSIONS:
+        c.error("apiVersion", f"Gateway is served as {', '.join(f'{GROUP}/{v}' for v in VERSIONS)}")
+        return None
+    spec = c.mapping(obj.get("spec"), "spec", required=True)
+    c.fields(spec, "spec", ("selector", "servers"))
+    selector = {k: str(v) for k, v in c.mapping(spec.get("selector"), "spec.selector").items()}
+    if not selector:
+        c.error("spec.selector", "is required: the labels of the ingress gateway's pods (istio: ingressgateway)")
+    servers = []
+    for i, raw in enumerate(c.sequence(spec.get("servers"), "spec.servers", required=True)):
+        path = f"spec.servers[{i}]"
+        server = c.mapping(raw, path)
+        c.fields(server, path, ("port", "hosts", "tls", "name", "bind", "defaultEndpoint"))
+        port = c.mapping(server.get("port"), f"{path}.port", required=True)
+        c.fields(port, f"{path}.port", ("number", "protocol", "name", "targetPort"))
+        number = c.port(port.get("number"), f"{path}.port.number", required=True)
+        protocol = str(port.get("protocol") or "").upper()
+        if protocol not in _PROTOCOLS:
+            c.error(f"{path}.port.protocol", f"must be HTTP or HTTPS, not {port.get('protocol')!r} "
+                                             "(TCP, TLS passthrough and GRPC servers are not supported by shoal)")
+        hosts = c.strings(server.get("hosts"), f"{path}.hosts")
+        if not hosts:
+            c.error(f"{path}.hosts", "is required: the hosts this server admits (\"*\" for any)")
+        tls = c.mapping(server.get("tls"), f"{path}.tls")
+        credential = ""
+        if protocol == "HTTPS":
+            mode = str(tls.get("mode") or "SIMPLE").upper()
+            name = c.string(tls.get("credentialName"), f"{path}.tls.credentialName", required=True)
+            if mode != "SIMPLE":
+                c.error(f"{path}.tls.mode", f"{mode} is not supported by shoal; use SIMPLE (TLS ends at the gateway)")
+            credential = f"{namespace}/{name}" if name else ""
+        elif tls.get("httpsRedirect"):
+            c.warn(f"{path}.tls.httpsRedirect", "HTTPS redirects are not supported by shoal; HTTP is served")
+        if number is not None and protocol in _PROTOCOLS and hosts:
+            servers.append(Server(number, protocol, hosts, credential))
+    if c.errors:
+        return None
+    return IstioGateway(str(meta.get("name", "")), namespace, freeze_labels(selector), tuple(servers))
+
+
+def _admits(server_host: str, gateway_namespace: str, route_namespace: str, host: str) -> bool:
+    where, _, name = server_host.rpartition("/")
+    if where not in ("", "*") and (where if where != "." else gateway_namespace) != route_namespace:
+        return False
+    if name == "*" or name == host:
+        return True
+    return name.startswith("*.") and host.endswith(name[1:])
+
+
+def _bound_to(vs: dict, gateway: IstioGateway) -> bool:
+    namespace = str((vs.get("metadata") or {}).get("namespace") or "default")
+    for ref in (vs.get("spec") or {}).get("gateways") or []:
+        ref = str(ref)
+        if ref == gateway.ref or (("/" not in ref) and namespace == gateway.namespace and ref == gateway.name):
+            return True
+    return False
+
+
+def _routes(vs: dict) -> tuple:
+    """The VirtualService's HTTP routes, parsed as for the mesh (their findings are the main parse's)."""
+    c = Checker.for_object(vs)
+    namespace = str((vs.get("metadata") or {}).get("namespace") or "default")
+    parsed = []
+    for i, item in enumerate(c.sequence((vs.get("spec") or {}).get("http"), "spec.http")):
+        result = istio_routing._http_route(c, c.mapping(item, f"spec.http[{i}]"), f"spec.http[{i}]", namespace)
+        if result:
+            route, ports = result
+            parsed.append((route, ports))
+    return tuple(parsed)
+
+
+def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
+           identities: Callable[[IstioGateway], set[tuple[str, str]]], rules: Mapping[str, list[SubsetSource]],
+           warn) -> dict[str, RouteTable]:
+    """Every ingress RouteTable by key. `identities(gateway)`: (namespace, service account) of the pods it
+    selects; `warn(candidate, message)` as for the mesh's tables."""
+    virtual_services = list(virtual_services)
+    by_identity: dict[tuple[str, str], list[RouteCandidate]] = {}
+    for gateway in gateways:
+        selected = identities(gateway)
+        for vs in virtual_services:
+            if not _bound_to(vs, gateway):
+                continue
+            namespace = str((vs.get("metadata") or {}).get("namespace") or "default")
+            parsed = _routes(vs)
+            for server in gateway.servers:
+                routes = tuple(route for route, ports in parsed if not ports or server.port in ports or None in ports)
+                if not routes:
+                    continue
+                for i, host in enumerate((vs.get("spec") or {}).get("hosts") or []):
+                    host = str(host).lower().rstrip(".")
+                    if not any(_admits(h, gateway.namespace, namespace, host) for h in server.hosts):
+                        continue
+                    candidate = RouteCandidate(host, server.port, routes, namespace, ref_of(vs),
+                                               Dialect.VIRTUALSERVICE, created_of(vs), f"spec.hosts[{i}]",
+                                               subset_fields=istio_routing.subset_fields(vs.get("spec") or {},
+                                                                                         namespace))
+                    for identity in selected:
+                        by_identity.setdefault(identity, []).append(candidate)
+    out = {}
+    for (namespace, account), candidates in by_identity.items():
+        for candidate in choose(candidates, warn).values():
+            table = route_table(candidate, rules, warn)
+            table = replace(table, namespace=namespace, gateway=f"{namespace}/{account}")
+            out[table.key] = table
+    return out
+

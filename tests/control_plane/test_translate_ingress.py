@@ -1,0 +1,146 @@
+"""Istio ingress Gateways and the VirtualServices bound to them, into the gateway's own route tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.model import ResourceType, RouteTable
+from control_plane.translate import validate
+from translate_objects import created, deleted, from_yaml, namespace, pod, service, translate
+
+R = ResourceType.ROUTE_TABLE
+
+SEED_GATEWAY = """
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: example-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - example.com
+"""
+
+BOUND = """
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: example, namespace: default}
+spec:
+  hosts: [example.com]
+  gateways: [example-gateway]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: api, port: {number: 8080}}}]
+  - route:
+    - {destination: {host: web.default.svc.cluster.local, subset: v1}, weight: 50}
+    - {destination: {host: web.default.svc.cluster.local, subset: v2}, weight: 50}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"""
+
+
+def gateway_pod(ns="shoal-system", sa="shoal-ingressgateway"):
+    return pod("shoal-ingressgateway-node1", ns, labels={"istio": "ingressgateway"}, sa=sa, host_network=True,
+               ip="198.18.0.1")
+
+
+def test_the_seed_gateway_and_a_bound_virtual_service_make_the_gateways_table():
+    t, _ = translate(gateway_pod(), *from_yaml(SEED_GATEWAY), *from_yaml(BOUND), service("web"))
+    tables = {k: v for k, v in t.snapshot()[R].items() if v.gateway}
+    (key,) = tables
+    table = tables[key]
+    assert key == "shoal-system/shoal-ingressgateway@example.com:80"
+    assert (table.hostname, table.port, table.namespace) == ("example.com", 80, "shoal-system")
+    api, split = table.routes
+    assert api.destinations[0].host == "api.default.svc.cluster.local" and api.destinations[0].port == 8080
+    assert [(d.subset, d.weight) for d in split.destinations] == [((("version", "v1"),), 50),
+                                                                 ((("version", "v2"),), 50)]
+    assert not any(v.gateway == "" and v.hostname.startswith("example.com") for v in t.snapshot()[R].values())
+
+
+def test_nothing_is_made_without_a_selected_pod_and_it_follows_the_pods():
+    objects = [*from_yaml(SEED_GATEWAY), *from_yaml(BOUND)]
+    t, _ = translate(*objects)
+    assert not [v for v in t.snapshot()[R].values() if v.gateway]
+    from translate_objects import added
+    t.apply_event(added(gateway_pod()))
+    update = t.flush()
+    assert "shoal-system/shoal-ingressgateway@example.com:80" in update.delta.upserted[R]
+    t.apply_event(deleted(gateway_pod()))
+    assert "shoal-system/shoal-ingressgateway@example.com:80" in t.flush().delta.removed[R]
+
+
+@pytest.mark.parametrize("server_hosts, vs_hosts, admitted", [
+    (["example.com"], ["example.com"], ["example.com"]),
+    (["*"], ["a.test", "b.test"], ["a.test", "b.test"]),
+    (["*.example.com"], ["www.example.com", "example.com"], ["www.example.com"]),
+    (["default/example.com"], ["example.com"], ["example.com"]),
+    (["other/example.com"], ["example.com"], []),
+    (["./example.com"], ["example.com"], ["example.com"]),
+])
+def test_server_hosts_admit_virtual_service_hosts(server_hosts, vs_hosts, admitted):
+    gateway = from_yaml(SEED_GATEWAY)[0]
+    gateway["spec"]["servers"][0]["hosts"] = server_hosts
+    vs = from_yaml(BOUND)[0]
+    vs["spec"]["hosts"] = vs_hosts
+    t, _ = translate(gateway_pod(), gateway, vs)
+    assert sorted(v.hostname for v in t.snapshot()[R].values() if v.gateway) == admitted
+
+
+def test_the_older_virtual_service_wins_a_host_and_the_other_is_warned():
+    first, second = from_yaml(BOUND)[0], from_yaml(BOUND)[0]
+    second["metadata"]["name"] = "later"
+    created(first, "2026-01-01T00:00:00Z")
+    created(second, "2026-02-01T00:00:00Z")
+    t, _ = translate(gateway_pod(), *from_yaml(SEED_GATEWAY), first, second)
+    (table,) = [v for v in t.snapshot()[R].values() if v.gateway]
+    assert table.origin == "VirtualService default/example"
+    assert any("routed by VirtualService default/example" in w
+               for w in t.findings_of(("VirtualService", "default", "later")).warnings)
+
+
+def test_mesh_and_gateway_binding_together_make_both_tables():
+    vs = from_yaml(BOUND)[0]
+    vs["spec"]["hosts"] = ["web"]
+    vs["spec"]["gateways"] = ["mesh", "example-gateway"]
+    gateway = from_yaml(SEED_GATEWAY)[0]
+    gateway["spec"]["servers"][0]["hosts"] = ["*"]
+    t, _ = translate(gateway_pod(), gateway, vs, service("web"))
+    keys = set(t.snapshot()[R])
+    assert "web.default.svc.cluster.local:80" in keys and "shoal-system/shoal-ingressgateway@web:80" in keys
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"servers": [{"port": {"number": 80, "protocol": "HTTP"}, "hosts": ["a"]}]}, "spec.selector: is required"),
+    ({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"},
+                                                            "hosts": ["a"]}]}, "credentialName: is required"),
+    ({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 443, "protocol": "HTTPS"},
+                                                            "hosts": ["a"], "tls": {"mode": "PASSTHROUGH",
+                                                                                    "credentialName": "c"}}]},
+     "PASSTHROUGH is not supported"),
+    ({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 5432, "protocol": "TCP"},
+                                                            "hosts": ["a"]}]}, "must be HTTP or HTTPS"),
+    ({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "protocol": "HTTP"}}]},
+     "hosts: is required"),
+])
+def test_bad_gateways_are_refused_saying_which_field(spec, message):
+    obj = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": "x"},
+           "spec": spec}
+    errors = validate(obj)
+    assert any(message in e for e in errors), errors
+
+
+def test_the_seed_gateway_is_valid():
+    assert validate(from_yaml(SEED_GATEWAY)[0]) == []
+    assert RouteTable("h", 80, "ns", gateway="ns/sa").key == "ns/sa@h:80"
