@@ -20,7 +20,7 @@ from shoal import log
 # that is not there yet is skipped, so a part can be named here before it lands.
 COMMANDS = (
     "local", "install", "check", "describe", "proxy_config", "stat",
-    "control_plane", "node_agent", "ztunnel", "waypoint", "config", "completion", "dashboard",
+    "control_plane", "node_agent", "ztunnel", "waypoint", "ingress_gateway", "config", "completion", "dashboard",
 )
 
 

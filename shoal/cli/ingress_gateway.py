@@ -1,0 +1,60 @@
+"""`shoal ingress-gateway run`: the ingress gateway process (the pods an Istio Gateway selects)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT
+from shoal.local.layout import cluster_name, node_ip
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ingress-gateway", help="the ingress gateway: HTTP from outside the mesh, routed in")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    run = verbs.add_parser("run", help="run the ingress gateway proxy (as the pods an Istio Gateway selects)")
+    run.add_argument("--namespace", default="shoal-system", help="its namespace (default: shoal-system)")
+    run.add_argument("--service-account", default="shoal-ingressgateway",
+                     help="its identity, and what its routes are keyed by (default: shoal-ingressgateway)")
+    run.add_argument("--http", type=int, action="append", metavar="PORT",
+                     help="an HTTP listener port; repeat for more (default: 80)")
+    run.add_argument("--listen", default="0.0.0.0", help="the listeners' address (default: 0.0.0.0)")
+    run.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (for default paths)")
+    run.add_argument("--control-plane", default=f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
+                     help="control plane gRPC host:port (default: the local cluster's)")
+    run.add_argument("--ca-bundle", type=Path, help="mesh trust bundle PEM (default: the local cluster's)")
+    run.add_argument("--token-file", type=Path,
+                     help="service-account token for the control plane (default: minted in the local cluster)")
+    run.add_argument("--trust-domain", default="cluster.local", help="the mesh's SPIFFE trust domain")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args) -> int:
+    from shoal import lifecycle
+    from shoal.tokens import TokenError
+
+    from waypoint.config import Config
+    from waypoint.errors import StartupError
+    from waypoint.ingress_main import IngressConfig, run
+
+    try:
+        proxy = Config(namespace=args.namespace, name=args.service_account, service_account=args.service_account,
+                       cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
+                       token_file=args.token_file, trust_domain=args.trust_domain)
+        ports = tuple(args.http or (80,))
+        bad = [p for p in ports if not 0 < p < 65536]
+        if bad:
+            raise ValueError(f"--http {bad[0]}: a port is 1 to 65535")
+        config = IngressConfig(proxy, http_ports=ports, listen=args.listen)
+    except ValueError as e:
+        print(f"shoal: error: {e}", file=sys.stderr)
+        return 2
+
+    async def daemon(shutdown):
+        try:
+            return await run(config, shutdown)
+        except (StartupError, TokenError) as e:
+            print(f"shoal: error: {e}", file=sys.stderr)
+            return 1
+
+    return lifecycle.run(daemon)

@@ -1,0 +1,124 @@
+"""The ingress gateway process: a waypoint's config stream, certificate and engine, with listeners for outside.
+
+It runs as the pods an Istio Gateway's selector picks (in the local
+cluster: `shoal-ingressgateway` in shoal-system, labelled `istio:
+ingressgateway`). Its identity is its service account's; it watches config
+as a waypoint of its own namespace (what the control plane lets a service
+account do) and serves the route tables whose `gateway` is its
+"namespace/service-account" (`control_plane.translate.ingress`), by Host
+and port (`waypoint.ingress_routing`). Listeners: HTTP on each `--http`
+port. Readiness: config arrived once and a certificate is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from shoal import admin_http, log
+from shoal.lifecycle import Shutdown
+from shoal.proxy_process import ControlPlaneLink, serve_admin_ports, stop
+from shoal.proxy_state import ProxyState
+from shoal.trust_bundle import TrustBundleMissing
+
+from waypoint import ingress_routing
+from waypoint.config import Config
+from waypoint.errors import StartupError
+from waypoint.ingress import IngressListener
+from waypoint.main import run_dir, token_source
+from waypoint.proxy import Proxy
+from waypoint.telemetry import Metrics
+from waypoint.upstream import Upstreams
+
+logger = log.get("waypoint.ingress")
+
+# Beside a node's ztunnel (hostNetwork), the gateway's own ports must differ from the ztunnel's.
+METRICS_PORT = 15090
+READINESS_PORT = 15121
+ADMIN_PORT = 15100
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    proxy: Config                                   # identity, control plane, paths, timeouts
+    http_ports: tuple[int, ...] = (80,)
+    listen: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT
+    readiness_port: int = READINESS_PORT
+    admin_port: int = ADMIN_PORT
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.proxy.namespace}/{self.proxy.service_account}"
+
+
+def routes_of(state: ProxyState, gateway: str) -> ingress_routing.IngressRoutes:
+    """This gateway's tables by (host, port), memoized per state version."""
+    memo = state.cached("ingress")
+    found = memo.get(gateway)
+    if found is None:
+        found = memo[gateway] = {(t.hostname, t.port): t for t in state.route_tables.values() if t.gateway == gateway}
+    return found
+
+
+async def run(config: IngressConfig, shutdown: Shutdown) -> int:
+    proxy_config = config.proxy
+    me = proxy_config.identity
+    try:
+        link = await ControlPlaneLink.open(proxy_config.control_plane,
+                                           proxy_config.ca_bundle or run_dir(proxy_config) / "ca" / "bundle.pem",
+                                           token_source(proxy_config), trust_domain=proxy_config.trust_domain,
+                                           stopping=shutdown.stopping,
+                                           waypoint=(proxy_config.namespace, proxy_config.name))
+    except TrustBundleMissing as e:
+        raise StartupError(str(e)) from None
+    link.certs.want(me)
+    metrics = Metrics()
+    upstreams = Upstreams(link.certs, me, connect_timeout=proxy_config.connect_timeout)
+    gateway = config.gateway
+
+    def decide(state, peer, head, rand):
+        return ingress_routing.decide(state, lambda: routes_of(state, gateway), peer, head, rand)
+    proxy = Proxy(link.state, upstreams, metrics, decider=decide)
+    listeners = [IngressListener(proxy, port, host=config.listen) for port in config.http_ports]
+
+    def ready() -> tuple[bool, str]:
+        missing = link.config_missing()
+        if missing:
+            return False, missing
+        if link.certs.valid(me) is None:
+            return False, f"no certificate yet: {link.certs.last_error.get(me, 'fetching')}"
+        return True, "ready"
+
+    def dump() -> dict:
+        return {"gateway": gateway, "identity": str(me),
+                "routes": sorted(f"{host}:{port}" for host, port in routes_of(link.state, gateway)),
+                "certificate": link.certs.dump()[0]}
+
+    servers = await serve_admin_ports(config.listen, render_metrics=metrics.render, ready=ready,
+                                      admin_routes={"/config_dump": admin_http.json_route(dump)},
+                                      metrics_port=config.metrics_port, readiness_port=config.readiness_port,
+                                      admin_port=config.admin_port)
+    tasks = [asyncio.create_task(coro) for coro in link.loops()]
+    logger.info("ingress gateway starting", gateway=gateway, identity=str(me), ports=list(config.http_ports))
+    stopping = asyncio.create_task(shutdown.stopping.wait())
+    got_cert = asyncio.create_task(link.certs.wait_issued(me))
+    await asyncio.wait([stopping, got_cert], return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if got_cert.done():
+            for listener in listeners:
+                await listener.start()
+            logger.info("listening", ports=list(config.http_ports))
+            await stopping
+    finally:
+        got_cert.cancel()
+        proxy.draining = True
+        await link.close()
+        for listener in listeners:
+            await listener.close()
+        await proxy.close()
+        upstreams.close()
+        await stop(tasks, servers)
+    logger.info("ingress gateway stopped")
+    return 0
+
