@@ -16,6 +16,7 @@ root=${SHOAL_SETUP_ROOT:-}
 PACKAGES=(
   iproute2 iptables python3-bpfcc python3-venv python3-dev libbpf1 bpftool
   linux-headers-amd64 curl iputils-ping iperf3 haproxy redis-server redis-tools tcpdump openssl
+  containernetworking-plugins  # bridge, ptp, host-local: the CNI chain shoal-cni is tested in
   prometheus chromium  # observability: the local cluster's Prometheus addon, and the service graph's browser test
 )
 # `setup.sh --packages PKG...` installs only those OS packages, under the same rules (for
