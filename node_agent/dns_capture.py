@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 
-from shoal.contracts import DNS_PORT, DNS_PROXY_PORT, MARK
+from shoal.contracts import DNS_PORT, DNS_PROXY_PORT
 
 from node_agent import netfilter
-from node_agent.iptables import pod_cgroup
+from node_agent.iptables import ztunnel_exemption
 from node_agent.model import PodTarget
 
 CHAIN = "SHOAL_DNS"
@@ -37,8 +37,7 @@ def rules(iptc, pod: PodTarget) -> list:
     rule = netfilter.rule
     redirect = {"to_ports": str(DNS_PROXY_PORT)}
     return [
-        rule(iptc, matches=[("mark", {"mark": hex(MARK)}), ("cgroup", {"path": f"!{pod_cgroup(pod)}"})],
-             target="RETURN"),
+        ztunnel_exemption(iptc, pod),
         rule(iptc, protocol="udp", matches=[("udp", {"dport": str(DNS_PORT)})], target="REDIRECT",
              target_args=redirect),
         rule(iptc, protocol="tcp", matches=[("tcp", {"dport": str(DNS_PORT)})], target="REDIRECT",

@@ -79,13 +79,25 @@ def pod_cgroup(pod: PodTarget) -> str:
     return path
 
 
+def ztunnel_exemption(iptc, pod: PodTarget):
+    """The RETURN for the ztunnel's marked sockets: marked and made outside the pod's cgroup.
+
+    A pod announced by shoal-cni is captured before its sandbox process runs, when its
+    cgroup does not exist yet (`-m cgroup --path` needs it to exist). Until the cgroup is
+    known the mark alone exempts: nothing of the pod runs yet that could set it. The rule
+    is rewritten with the cgroup as soon as the pod's cgroup is reported (a new target)."""
+    marked = ("mark", {"mark": hex(MARK)})
+    if not pod.cgroup:
+        return netfilter.rule(iptc, matches=[marked], target="RETURN")
+    return netfilter.rule(iptc, matches=[marked, ("cgroup", {"path": f"!{pod_cgroup(pod)}"})], target="RETURN")
+
+
 def capture_rules(iptc, pod: PodTarget) -> dict[str, list]:
     rule = netfilter.rule
     return {
         OUTPUT_CHAIN: [
             rule(iptc, out_interface="lo", target="RETURN"),
-            rule(iptc, matches=[("mark", {"mark": hex(MARK)}), ("cgroup", {"path": f"!{pod_cgroup(pod)}"})],
-                 target="RETURN"),
+            ztunnel_exemption(iptc, pod),
             rule(iptc, protocol="tcp", target="REDIRECT", target_args={"to_ports": str(OUTBOUND_PORT)}),
         ],
         PREROUTING_CHAIN: [

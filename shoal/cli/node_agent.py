@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,15 @@ def register(sub) -> None:
     p.add_argument("--dns-capture", action="store_true",
                    help="capture every enrolled pod's DNS to the ztunnel's DNS proxy, unless its namespace or "
                         "the pod says shoal.io/dns-capture: \"false\" (default: only where they say \"true\")")
+    p.add_argument("--cni", action=argparse.BooleanOptionalAction, default=None,
+                   help="install shoal-cni into the node's CNI chain and serve its socket, so new pods are captured "
+                        "before their containers start (default: on with --source kube, off with --source local)")
+    p.add_argument("--cni-bin-dir", type=Path, help="the node's CNI bin dir, where shoal-cni is copied "
+                                                   "(default /opt/cni/bin)")
+    p.add_argument("--cni-conf-dir", type=Path, help="the node's CNI conf dir, whose first conflist gets shoal-cni "
+                                                    "chained last (default /etc/cni/net.d)")
+    p.add_argument("--cni-socket", type=Path, help="the socket shoal-cni asks (default /var/run/shoal/cni.sock, "
+                                                  "or the local cluster node's)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every redirection and eBPF object this agent installed, then exit")
     p.set_defaults(func=main)
@@ -54,6 +64,23 @@ def _paths(args) -> tuple[str, Path, Path]:
                 args.state_dir or layout.node_dir(index) / "node-agent")
     from shoal.handoff import DEFAULT_SOCKET
     return args.node, args.socket or DEFAULT_SOCKET, args.state_dir or DEFAULT_STATE_DIR
+
+
+def _cni_settings(args, state_dir: Path):
+    """Where shoal-cni goes and whom it asks, or None when CNI is off."""
+    enabled = args.cni if args.cni is not None else args.source == "kube"
+    if not enabled:
+        return None
+    from node_agent.cni_install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, CniSettings
+    if args.cni_socket:
+        socket = args.cni_socket
+    elif args.source == "local":
+        from shoal.local.layout import Layout, node_index
+        socket = Layout(args.cluster).node_dir(node_index(args.node)) / "cni.sock"
+    else:
+        socket = Path("/var/run/shoal/cni.sock")
+    return CniSettings(bin_dir=args.cni_bin_dir or DEFAULT_BIN_DIR, conf_dir=args.cni_conf_dir or DEFAULT_CONF_DIR,
+                       socket=socket, enrollment_file=socket.with_name("cni-enrollment.json"), state_dir=state_dir)
 
 
 def _kubelet_cgroup(args) -> str:
@@ -115,7 +142,7 @@ def main(args) -> int:
         from node_agent.sources import KubeSource
         source = KubeSource(args.node)
     config = AgentConfig(node=args.node, socket=socket_path, metrics_port=args.metrics_port,
-                         dns_capture=args.dns_capture)
+                         dns_capture=args.dns_capture, cni=_cni_settings(args, state_dir))
     logger.info("node agent starting", node=args.node, mode=capture.mode, socket=str(socket_path),
                 state_dir=str(state_dir))
 
@@ -142,6 +169,15 @@ def cleanup(args, agent_id: str, state_dir: Path, modes: set[str] | None = None)
     from shoal import log
 
     logger = log.get("node_agent")
+    settings = _cni_settings(args, state_dir) if modes is None else None  # a change of mode keeps shoal-cni
+    if settings is not None:
+        # First, so that no new sandbox asks an agent that is going away.
+        from node_agent.cni_install import remove
+        try:
+            logger.info("shoal-cni removed", done=remove(settings))
+        except OSError as e:
+            print(f"shoal node-agent: cleanup of shoal-cni failed: {e}", file=sys.stderr)
+            return 1
     if modes is None:
         modes = Ledger(state_dir / "pods").modes() & {"iptables", "ebpf"}
         if (args.bpffs / "shoal" / agent_id).exists():
