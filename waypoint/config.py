@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import contracts, identity
+from waypoint.tracing import otlp_url
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Config:
     admin_port: int = contracts.ADMIN_PORT   # config dump, on 127.0.0.1
     connect_timeout: float = 5.0
     drain_seconds: float = 5.0
+    tracing_endpoint: str = ""             # an OTLP/HTTP collector (http://host:4318); empty: no spans are recorded
+    tracing_sampling: float = 1.0          # percent of new traces recorded (Istio's default); a caller's decision wins
 
     def __post_init__(self) -> None:
         if not self.service_account:
@@ -36,6 +39,10 @@ class Config:
                              f"{self.trust_domain!r}: must be lower-case DNS names") from None
         if ":" not in self.control_plane:
             raise ValueError(f"--control-plane {self.control_plane!r} must be host:port")
+        if self.tracing_endpoint:
+            otlp_url(self.tracing_endpoint)   # a ValueError that says what to give
+        if not 0 <= self.tracing_sampling <= 100:
+            raise ValueError(f"--tracing-sampling {self.tracing_sampling:g}: a percentage, 0 to 100")
         if self.connect_timeout <= 0 or self.drain_seconds < 0:
             raise ValueError("--connect-timeout must be positive and --drain-seconds not negative")
 

@@ -9,6 +9,7 @@ SIGTERM: the listener closes, open requests get `drain_seconds`, then all is cut
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 
@@ -61,7 +62,12 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     link.certs.want(me)
     metrics = Metrics()
     upstreams = Upstreams(link.certs, me, connect_timeout=config.connect_timeout)
-    proxy = Proxy(link.state, upstreams, metrics)
+    tracer = None
+    if config.tracing_endpoint:
+        from waypoint.tracing import Tracer   # the OpenTelemetry SDK is loaded only when tracing is on
+        tracer = Tracer(config.tracing_endpoint, config.tracing_sampling, f"{config.name}.{config.namespace}",
+                        random.random)
+    proxy = Proxy(link.state, upstreams, metrics, tracer=tracer)
     listener = HboneListener(proxy, lambda: link.certs.server_context(me), handshake_timeout=config.connect_timeout)
 
     def ready() -> tuple[bool, str]:
@@ -106,6 +112,8 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     await listener.close()
     await proxy.close()
     upstreams.close()
+    if tracer is not None:
+        tracer.shutdown()     # the last spans are sent before the process ends
     await stop(tasks, servers)
     logger.info("waypoint stopped")
     return 0

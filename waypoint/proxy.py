@@ -113,7 +113,8 @@ class Proxy:
                  rand: Callable[[], float] = random.random,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_body: int = MAX_BODY, idle_timeout: float = 300.0,
-                 decider: Callable[[ProxyState, Peer, RequestHead, Callable[[], float]], Plan | Refusal] = decide
+                 decider: Callable[[ProxyState, Peer, RequestHead, Callable[[], float]], Plan | Refusal] = decide,
+                 tracer=None
                  ) -> None:
         self.state = state
         self.decide = decider      # the waypoint's routing.decide; the ingress gateway hands in its own
@@ -123,6 +124,7 @@ class Proxy:
         self.sleep = sleep
         self.max_body = max_body
         self.idle_timeout = idle_timeout
+        self.tracer = tracer      # waypoint.tracing.Tracer, or None: no spans, trace headers pass as they came
         self._background: set[asyncio.Task] = set()
         self.http1_pool = Http1Pool()
         self.h2_pool = H2Pool()
@@ -136,6 +138,10 @@ class Proxy:
                                source_workload=self.state.workload_by_ip(peer.source_ip),
                                source_principal=str(peer.source or ""), bytes_received=len(request.body))
         record.request_id = head.header("x-request-id") or str(uuid.uuid4())
+        span = self.tracer.begin(head.headers, head.method, head.target, authority) if self.tracer else None
+        if span is not None:   # upstream sees the waypoint's span as its parent
+            request = replace(request, head=replace(head, headers=tuple(span.headers)))
+            record.trace_id = span.trace_id
         record.grpc = (head.header("content-type") or "").startswith("application/grpc")
         self.metrics.active.inc()
         try:
@@ -154,6 +160,9 @@ class Proxy:
                 record.bytes_received = request.stream.received
             record.bytes_sent += responder.bytes_sent
             record.finish(self.metrics)
+            if span is not None:
+                span.end(route=record.route, service=record.service, upstream=record.upstream, status=record.status,
+                         flags=record.response_flags, tries=record.tries)
 
     def _answer(self, responder, record: RequestRecord, status: int, text: str) -> None:
         record.status = status

@@ -120,6 +120,7 @@ class RequestRecord:
     bytes_sent: int = 0
     error: str = ""
     request_id: str = ""
+    trace_id: str = ""                  # the W3C trace id of the request's span, when it was traced
     grpc: bool = False                  # content-type application/grpc
     grpc_status: str = ""
     started: float = field(default_factory=time.monotonic)
@@ -167,7 +168,7 @@ class RequestRecord:
             **access_log_fields("dst", self.destination_workload),
             dst_identity=self.destination_principal or None, upstream=self.upstream or None, tries=self.tries,
             policy=self.policy or None, bytes_received=self.bytes_received, bytes_sent=self.bytes_sent,
-            request_id=self.request_id or None, error=self.error or None)
+            request_id=self.request_id or None, trace_id=self.trace_id or None, error=self.error or None)
 
 
 def tcp_labels(source: Workload | None, source_principal: str, destination: Workload | None,

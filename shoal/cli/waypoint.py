@@ -82,6 +82,10 @@ def register(subparsers) -> None:
     run.add_argument("--trust-domain", default="cluster.local", help="the mesh's SPIFFE trust domain")
     run.add_argument("--connect-timeout", type=float, default=5.0, help="seconds")
     run.add_argument("--drain-seconds", type=float, default=5.0, help="how long SIGTERM lets requests finish")
+    run.add_argument("--tracing-endpoint", default="", help="send spans over OTLP/HTTP to this collector, e.g. "
+                                                            "http://collector:4318 (default: no tracing)")
+    run.add_argument("--tracing-sampling", type=float, default=1.0,
+                     help="percent of new traces to record; a caller's sampled flag wins")
     run.set_defaults(func=cmd_run)
 
 
@@ -271,7 +275,8 @@ def cmd_run(args) -> int:
         config = Config(namespace=args.namespace, name=args.name, service_account=args.service_account,
                         cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
                         token_file=args.token_file, trust_domain=args.trust_domain,
-                        connect_timeout=args.connect_timeout, drain_seconds=args.drain_seconds)
+                        connect_timeout=args.connect_timeout, drain_seconds=args.drain_seconds,
+                        tracing_endpoint=args.tracing_endpoint, tracing_sampling=args.tracing_sampling)
     except ValueError as e:
         print(f"shoal: error: {e}", file=sys.stderr)
         return 2
