@@ -12,6 +12,8 @@ import sys
 
 import structlog
 
+from shoal import access_log
+
 FORMATS = ("console", "json")
 
 
@@ -29,15 +31,21 @@ class _Stderr:
         return sys.stderr.isatty()
 
 
-def setup(fmt: str = "console", level: str = "info", stream=None) -> None:
+def setup(fmt: str = "console", level: str = "info", stream=None, access_format: str | None = None) -> None:
+    """`access_format` (json or text) is how access-log lines look; by default json with json, text else."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    access_format = access_format or ("json" if fmt == "json" else "text")
+    if access_format not in access_log.FORMATS:
+        raise ValueError(f"unknown access log format {access_format!r}; choose one of {', '.join(access_log.FORMATS)}")
     stream = stream or _Stderr()
-    renderer = (
-        structlog.processors.JSONRenderer(sort_keys=False)
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
+    json_renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    base = json_renderer if fmt == "json" else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+
+    def renderer(logger, method, event: dict):
+        if event.pop(access_log.MARK, False):
+            return json_renderer(logger, method, event) if access_format == "json" else access_log.text_line(event)
+        return base(logger, method, event)
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -63,3 +71,8 @@ def setup(fmt: str = "console", level: str = "info", stream=None) -> None:
 
 def get(name: str):
     return structlog.get_logger(name)
+
+
+def get_access(name: str):
+    """A logger for access-log lines: rendered as `--access-log-format` says (shoal.access_log)."""
+    return structlog.get_logger(name).bind(**{access_log.MARK: True})

@@ -24,7 +24,7 @@ from shoal.workload_names import access_log_fields
 from waypoint.telemetry import Metrics, tcp_labels
 from waypoint.upstream import Upstreams
 
-access_log = log.get("waypoint.access")
+access_log = log.get_access("waypoint.access")
 
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"CONNECT ", b"OPTIONS ", b"TRACE ", b"PATCH ")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

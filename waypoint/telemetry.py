@@ -32,7 +32,7 @@ TCP_LABELS = ("reporter", *_ENDS, "destination_service", "destination_service_na
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                     1800000, 3600000)
 
-access_log = log.get("waypoint.access")
+access_log = log.get_access("waypoint.access")
 
 
 class Metrics:

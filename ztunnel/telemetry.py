@@ -32,7 +32,7 @@ LABELS = (
     "request_protocol", "response_flags", "connection_security_policy",
 )
 
-access_log = log.get("ztunnel.access")
+access_log = log.get_access("ztunnel.access")
 
 
 class Metrics:

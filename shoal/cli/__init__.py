@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"shoal {shoal.__version__}")
     parser.add_argument("--log-format", choices=log.FORMATS, default="console", help="log output format")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    parser.add_argument("--access-log-format", choices=("json", "text"), default=None,
+                        help="the proxies' access-log lines: json, or one readable line each (default: json with "
+                             "--log-format json, else text)")
     parser.epilog = "shell completion: `source <(shoal completion bash)`; every command has --help"
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, trailing = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     args.trailing = trailing
-    log.setup(args.log_format, args.log_level)
+    log.setup(args.log_format, args.log_level, access_format=args.access_log_format)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
