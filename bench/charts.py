@@ -21,7 +21,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 PLACEMENTS = ("cross-node", "same-node")
 COLOURS = {"baseline": "#9e9e9e", "ambient-l4": "#1f77b4", "ambient-l7": "#17becf",
-           "sidecar-haproxy": "#d62728", "sidecar-shoal": "#ff7f0e"}
+           "sidecar-haproxy": "#d62728", "sidecar-haproxy-http": "#8c1d1d", "sidecar-shoal": "#ff7f0e"}
 
 
 def _rows(results, case, **match):

@@ -1,6 +1,6 @@
-"""Issue 13's goal lines read off `bench run` results: each as the ratio reached against its bound.
+"""Issue 13's (or 18's) goal lines read off `bench run` results: each as the ratio reached against its bound.
 
-    python -m bench goals RUN/results.json [MORE/results.json ...] [--markdown]
+    python -m bench goals RUN/results.json [MORE/results.json ...] [--issue 13|18] [--markdown]
 
 The goals (ambient must cost no more than the HAProxy sidecars), cross-node,
 per run (one run per redirect mode):
@@ -10,6 +10,11 @@ per run (one run per redirect mode):
   is stricter than the ztunnels alone);
 - one iperf3 stream through ambient-l4 at least 0.3 of baseline;
 - the node's mesh memory at 50 pods at most 0.2 of the 50 HAProxy sidecars'.
+Issue 18's (`--issue 18`; the waypoint at the cost of an L7 sidecar), cross-node, per run:
+- ambient-l7's added latency at p50 and at p99 at most sidecar-haproxy-http's;
+- ambient-l7's CPU per 1000 requests (ztunnels, node agents and the
+  waypoint) at most sidecar-haproxy-http's (the two HAProxy sidecars);
+- the waypoint's resident memory at most 40 MiB (its ratio to 40 MiB).
 A figure the run did not measure is reported as missing, never as met; a
 ratio whose divisor is not positive (a sidecar's added latency below the
 baseline's noise) as noise.
@@ -26,6 +31,8 @@ from bench.report import table
 from bench.summary import find
 
 MEMORY_PODS = 50
+WAYPOINT_RSS_MIB = 40.0
+ISSUES = (13, 18)
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,26 @@ def goals(results: list[dict]) -> list[Goal]:
     ]
 
 
-def rows(data: dict) -> list[dict]:
+def l7_goals(results: list[dict]) -> list[Goal]:
+    """Issue 18's: ambient-l7 (ztunnel, waypoint, ztunnel) against HAProxy sidecars in `mode http`."""
+    ambient = find(results, setup="ambient-l7", case="http-latency", placement="cross-node")
+    haproxy = find(results, setup="sidecar-haproxy-http", case="http-latency", placement="cross-node")
+    return [
+        _goal("added latency p50: ambient-l7 / sidecar-haproxy-http", 1.0, False, ambient, haproxy, "added_p50_ms"),
+        _goal("added latency p99: ambient-l7 / sidecar-haproxy-http", 1.0, False, ambient, haproxy, "added_p99_ms"),
+        _goal("CPU per 1000 requests: ambient-l7 / sidecar-haproxy-http", 1.0, False, ambient, haproxy,
+              "cpu_per_1000rps"),
+        _goal(f"waypoint resident memory / {WAYPOINT_RSS_MIB:g} MiB", 1.0, False, ambient,
+              {"waypoint_rss_mb": WAYPOINT_RSS_MIB}, "waypoint_rss_mb"),
+    ]
+
+
+def rows(data: dict, issue: int = 13) -> list[dict]:
     mode = data.get("settings", {}).get("redirect", "?")
+    found = l7_goals(data["results"]) if issue == 18 else goals(data["results"])
     return [{"redirect": mode, "goal": g.name, "bound": f"{'>=' if g.at_least else '<='} {g.bound:g}",
              "ratio": None if g.ratio is None else round(g.ratio, 2), "verdict": g.verdict}
-            for g in goals(data["results"])]
+            for g in found]
 
 
 def markdown(all_rows: list[dict]) -> str:
@@ -89,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench goals", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="results.json of `python -m bench run`")
+    parser.add_argument("--issue", type=int, choices=ISSUES, default=13,
+                        help="whose goal lines: 13 (ambient-l4, the default) or 18 (ambient-l7)")
     parser.add_argument("--markdown", action="store_true", help="a Markdown table instead of the terminal's")
     args = parser.parse_args(argv)
     all_rows = []
@@ -99,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"cannot read {path}: {e}; give the results.json that `python -m bench run` wrote")
         if "results" not in data:
             parser.error(f"{path} has no results list; is it a `python -m bench run` results.json?")
-        all_rows += rows(data)
+        all_rows += rows(data, args.issue)
     print(markdown(all_rows) if args.markdown else
-          table(all_rows, ["redirect", "goal", "bound", "ratio", "verdict"], "Issue 13's goals, cross-node"))
+          table(all_rows, ["redirect", "goal", "bound", "ratio", "verdict"], f"Issue {args.issue}'s goals, cross-node"))
     return 0

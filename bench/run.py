@@ -1,6 +1,6 @@
 """`python -m bench run`: ambient against sidecars against no mesh, side by side in one run.
 
-    python -m bench run [--quick] [--setups baseline,ambient-l4,ambient-l7,sidecar-haproxy,sidecar-shoal]
+    python -m bench run [--quick] [--setups baseline,ambient-l4,ambient-l7,sidecar-haproxy,sidecar-haproxy-http,sidecar-shoal]
                         [--rps 1000] [--connections 4] [--repeats 3] [--duration 30] [--warmup 5]
                         [--iperf-seconds 5] [--pods 1,10,50,100] [--cluster bench] [--keep]
 
@@ -52,7 +52,7 @@ from shoal.local.layout import Layout
 from bench import charts, summary
 from bench.report import BenchError, Run, summarize
 from bench.setups import (HTTP_PORT, IPERF_PORT, PLACEMENTS, SETUPS, WAYPOINT, SetUp, Sidecars, idle_container,
-                          latency_objects, mesh, namespace, node_mesh, pod, sidecar_filter)
+                          is_haproxy, latency_objects, mesh, namespace, node_mesh, pod, sidecar_filter, waypoint)
 from bench.sidecar_shoal import HandoffAgents
 from bench.usage import Selector, combine, cpu_between
 
@@ -194,7 +194,7 @@ class Bench:
 
     def wait_served(self, setup: SetUp, ns: str, count: int) -> None:
         """Until the mesh holds a valid certificate for each of the `count` pods."""
-        if setup.sidecar == "haproxy":
+        if is_haproxy(setup.sidecar):
             return  # the bench issued them before HAProxy could start
         if setup.sidecar == "shoal":
             netnses = [self.layout.pod_netns(ns, f"pod-{i:03d}") for i in range(count)]
@@ -268,6 +268,8 @@ class Bench:
         requests = max(a.rps * (a.duration + a.warmup), 1)
         result["cpu_per_1000rps"] = cpu / requests * 1000 if selectors else None
         result["rss_mb"] = combine(selectors).rss_mib if selectors else None
+        if setup.waypoint:
+            result["waypoint_rss_mb"] = waypoint(self.layout, setup).usage().rss_mib
         return result
 
     def warm_up(self) -> None:
@@ -325,7 +327,8 @@ class Bench:
     def run(self) -> Path:
         a = self.args
         settings = {k: v for k, v in vars(a).items() if k not in ("keep", "out")}
-        settings["haproxy"] = "mode tcp, nbthread 1, TLS 1.3, ECDSA P-256 certificates from shoal's CA"
+        settings["haproxy"] = ("mode tcp (sidecar-haproxy), mode http with http-reuse always (sidecar-haproxy-http), "
+                               "nbthread 1, TLS 1.3, ECDSA P-256 certificates from shoal's CA")
         run = Run("run", settings)
         log.setup(level="warning")   # the sidecars' hand-off servers run in this process; their news is not the run's
         print(f"bringing up cluster {a.cluster!r} (--redirect {a.redirect})", flush=True)
@@ -369,6 +372,9 @@ def latency_row(name: str, placement: str, results: list[dict], baseline: list[d
             row.update(summarize([r - b for r, b in pairs if r is not None and b is not None], f"added_{key}"))
     for key in ("cpu_per_1000rps", "rss_mb"):
         row.update(summarize([r[key] for r in results if r.get(key) is not None], key))
+    if any(r.get("waypoint_rss_mb") is not None for r in results):
+        row.update(summarize([r["waypoint_rss_mb"] for r in results if r.get("waypoint_rss_mb") is not None],
+                             "waypoint_rss_mb"))
     if row["rps_achieved_min"] is not None and row["rps_achieved_min"] < RATE_TOLERANCE * args.rps:
         row["warning"] = (f"the load generator reached {row['rps_achieved_min']:.0f} of {args.rps:g} rps in one "
                           "repeat: the client could not keep the rate (or the path could not carry it)")

@@ -12,6 +12,7 @@ and differs only in its path:
     ambient-l4       the namespace enrolled: ztunnel, HBONE, ztunnel
     ambient-l7       enrolled, and its Services bound to a waypoint
     sidecar-haproxy  a HAProxy sidecar in each pod, mTLS between them (bench.sidecar_haproxy)
+    sidecar-haproxy-http  the same with HAProxy in `mode http`: an L7 sidecar, ambient-l7's match
     sidecar-shoal    a ztunnel sidecar in each pod, HBONE between them (bench.sidecar_shoal)
 
 The mesh's processes, whose CPU and memory are the set-up's cost: for
@@ -47,7 +48,7 @@ WAYPOINT = "waypoint"
 class SetUp:
     name: str
     namespace_labels: dict
-    sidecar: str | None = None      # "haproxy" or "shoal"
+    sidecar: str | None = None      # "haproxy", "haproxy-http" or "shoal"
     waypoint: bool = False
 
     @property
@@ -64,6 +65,7 @@ SETUPS = {s.name: s for s in (
     SetUp("ambient-l4", {DATAPLANE_MODE: "ambient"}),
     SetUp("ambient-l7", {DATAPLANE_MODE: "ambient", USE_WAYPOINT: WAYPOINT}, waypoint=True),
     SetUp("sidecar-haproxy", {}, sidecar="haproxy"),
+    SetUp("sidecar-haproxy-http", {}, sidecar="haproxy-http"),
     SetUp("sidecar-shoal", {}, sidecar="shoal"),
 )}
 
@@ -116,8 +118,8 @@ class Sidecars:
             if obj["kind"] == "Pod":
                 meta, spec = obj["metadata"], obj["spec"]
                 ns, name = meta["namespace"], meta["name"]
-                if kind == "haproxy":
-                    sidecar = sidecar_haproxy.container(self.layout, ns, name)
+                if is_haproxy(kind):
+                    sidecar = sidecar_haproxy.container(self.layout, ns, name, haproxy_mode(kind))
                 else:
                     sidecar = sidecar_shoal.container(self.layout, ns, name, spec["nodeName"])
                     meta = {**meta, "labels": {**meta.get("labels", {}), **sidecar_shoal.POD_LABELS}}
@@ -128,7 +130,7 @@ class Sidecars:
 
     def ready(self, kind: str | None, pods: list[dict], timeout: float = 120) -> None:
         """Once the pods run: certificates and capture (HAProxy), or capture once the ztunnel took its pod."""
-        if kind == "haproxy":
+        if is_haproxy(kind):
             for p in pods:
                 meta, spec = p["metadata"], p["spec"]
                 sidecar_haproxy.ready(self.layout, meta["namespace"], meta["name"], spec["nodeName"],
@@ -138,8 +140,16 @@ class Sidecars:
                 self.agents.capture(p["metadata"]["namespace"], p["metadata"]["name"], timeout)
 
 
+def is_haproxy(kind: str | None) -> bool:
+    return kind in ("haproxy", "haproxy-http")
+
+
+def haproxy_mode(kind: str) -> str:
+    return "http" if kind == "haproxy-http" else "tcp"
+
+
 def sidecar_filter(kind: str) -> Callable[[list[str]], bool]:
-    return sidecar_haproxy.is_sidecar if kind == "haproxy" else sidecar_shoal.is_sidecar
+    return sidecar_haproxy.is_sidecar if is_haproxy(kind) else sidecar_shoal.is_sidecar
 
 
 def node_mesh(layout: Layout, nodes: list[str]) -> list[Selector]:
@@ -158,6 +168,10 @@ def mesh(layout: Layout, setup: SetUp, placement: str) -> list[Selector]:
         return []
     selectors = node_mesh(layout, sorted({client_node, SERVER_NODE}))
     if setup.waypoint:
-        waypoints = tuple(sorted((layout.cgroup_dir / "pods").glob(f"{setup.namespace}_{WAYPOINT}*")))
-        selectors.append(Selector(waypoints))
+        selectors.append(waypoint(layout, setup))
     return selectors
+
+
+def waypoint(layout: Layout, setup: SetUp) -> Selector:
+    """The set-up's waypoint pods' processes (its memory is a goal of its own, issue 18)."""
+    return Selector(tuple(sorted((layout.cgroup_dir / "pods").glob(f"{setup.namespace}_{WAYPOINT}*"))))

@@ -14,8 +14,14 @@ pod of the set-up gets one more container, `haproxy`, in the pod's netns:
 The certificates are shoal's: the benchmark asks the cluster's control plane
 (`Certificates.Sign`, with the node's bootstrap token, from the node's netns)
 for each pod's SPIFFE identity, and writes the chain and key where the
-container waits for them. L4 only (`mode tcp`), one thread, no logs: the
-cheapest sidecar HAProxy can be, which favours the sidecars in the comparison.
+container waits for them. One thread, no logs: the cheapest sidecar HAProxy
+can be, which favours the sidecars in the comparison.
+
+Two modes, two set-ups: `sidecar-haproxy` is L4 (`mode tcp`), the cost of
+mTLS alone; `sidecar-haproxy-http` is `mode http` on both sides, so each
+sidecar parses every request and response and keeps its upstream connections
+alive (`http-reuse always`, as an L7 sidecar does): the L7 sidecar that
+`ambient-l7`, with its waypoint, is measured against (issue 18).
 HAProxy drops to the `haproxy` user, which is how the capture tells its own
 connections from the app's (as Istio's uid 1337).
 """
@@ -34,6 +40,7 @@ from shoal.local.layout import Layout, node_index, node_ip
 from bench import sidecar_capture
 
 CONTAINER = "haproxy"
+MODES = ("tcp", "http")
 CAPTURE = sidecar_capture.HAPROXY
 TRUST_DOMAIN = "cluster.local"
 
@@ -43,8 +50,12 @@ def work_dir(layout: Layout, namespace: str, pod: str) -> Path:
     return layout.run_dir / "bench-sidecars" / f"{namespace}_{pod}"
 
 
-def config(directory: Path, bundle: Path) -> str:
+def config(directory: Path, bundle: Path, mode: str = "tcp") -> str:
+    if mode not in MODES:
+        raise ValueError(f"HAProxy sidecar mode {mode!r}: one of {', '.join(MODES)}")
     tls = f"ca-file {bundle} verify required ssl-min-ver TLSv1.3"
+    http = ["  option http-keep-alive", "  http-reuse always", "  timeout http-keep-alive 1h",
+            "  timeout http-request 1h"] if mode == "http" else []
     return "\n".join([
         "global",
         "  user haproxy",
@@ -52,7 +63,8 @@ def config(directory: Path, bundle: Path) -> str:
         "  nbthread 1",
         "  maxconn 4096",
         "defaults",
-        "  mode tcp",
+        f"  mode {mode}",
+        *http,
         "  timeout connect 5s",
         "  timeout client 1h",
         "  timeout server 1h",
@@ -70,11 +82,11 @@ def config(directory: Path, bundle: Path) -> str:
     ])
 
 
-def container(layout: Layout, namespace: str, pod: str) -> dict:
+def container(layout: Layout, namespace: str, pod: str, mode: str = "tcp") -> dict:
     """The sidecar container: writes its config, waits for its certificate, becomes HAProxy."""
     directory = work_dir(layout, namespace, pod)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "haproxy.cfg").write_text(config(directory, layout.ca_bundle))
+    (directory / "haproxy.cfg").write_text(config(directory, layout.ca_bundle, mode))
     cert = shlex.quote(str(directory / "cert.pem"))
     script = (f"while [ ! -s {cert} ]; do sleep 0.1; done; "
               f"exec haproxy -db -f {shlex.quote(str(directory / 'haproxy.cfg'))}")

@@ -79,7 +79,8 @@ def ratios(results: list[dict]) -> list[Ratio]:
     """ambient ÷ sidecars: added latency at p50, p90, p99 for each placement, CPU per 1000 requests,
     memory on a node at the largest pod count, and each set-up's throughput against no mesh."""
     out: list[Ratio | None] = []
-    pairs = [("ambient-l4", "sidecar-haproxy"), ("ambient-l4", "sidecar-shoal"), ("ambient-l7", "sidecar-haproxy")]
+    pairs = [("ambient-l4", "sidecar-haproxy"), ("ambient-l4", "sidecar-shoal"), ("ambient-l7", "sidecar-haproxy"),
+             ("ambient-l7", "sidecar-haproxy-http")]
     for placement in PLACEMENTS:
         for a, b in pairs:
             ra = find(results, setup=a, case="http-latency", placement=placement)
@@ -99,7 +100,7 @@ def ratios(results: list[dict]) -> list[Ratio]:
                               find(results, setup=b, case="memory", pods=n), "rss_mb"))
     for streams in (1, 8):
         base = find(results, setup="baseline", case="throughput", streams=streams)
-        for setup in ("ambient-l4", "ambient-l7", "sidecar-haproxy", "sidecar-shoal"):
+        for setup in ("ambient-l4", "ambient-l7", "sidecar-haproxy", "sidecar-haproxy-http", "sidecar-shoal"):
             out.append(_ratio(f"throughput, {streams} stream{'s' if streams > 1 else ''}: {setup} / baseline",
                               find(results, setup=setup, case="throughput", streams=streams), base, "gbps"))
     return [r for r in out if r is not None and r.ratio is not None]

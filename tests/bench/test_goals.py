@@ -79,3 +79,38 @@ def test_a_file_that_is_not_a_run_says_what_to_give(tmp_path, capsys):
     with pytest.raises(SystemExit):
         goals.main([str(path)])
     assert "bench run" in capsys.readouterr().err
+
+
+def l7_run(ambient=(0.2, 0.8, 0.15, 30.0), haproxy=(0.25, 1.0, 0.2)) -> dict:
+    return {"settings": {"redirect": "iptables"}, "results": [
+        {"setup": "ambient-l7", "case": "http-latency", "placement": "cross-node", "added_p50_ms": ambient[0],
+         "added_p99_ms": ambient[1], "cpu_per_1000rps": ambient[2], "waypoint_rss_mb": ambient[3]},
+        {"setup": "sidecar-haproxy-http", "case": "http-latency", "placement": "cross-node",
+         "added_p50_ms": haproxy[0], "added_p99_ms": haproxy[1], "cpu_per_1000rps": haproxy[2]},
+    ]}
+
+
+def l7_verdicts(data: dict) -> dict[str, tuple[float | None, str]]:
+    return {g.name.split(":")[0]: (None if g.ratio is None else round(g.ratio, 3), g.verdict)
+            for g in goals.l7_goals(data["results"])}
+
+
+def test_issue_18_goals_compare_the_waypoint_path_with_http_sidecars():
+    assert l7_verdicts(l7_run()) == {
+        "added latency p50": (0.8, "met"), "added latency p99": (0.8, "met"),
+        "CPU per 1000 requests": (0.75, "met"), "waypoint resident memory / 40 MiB": (0.75, "met")}
+    missed = l7_verdicts(l7_run(ambient=(0.8, 3.7, 0.74, 55.0)))
+    assert missed == {
+        "added latency p50": (3.2, "not met"), "added latency p99": (3.7, "not met"),
+        "CPU per 1000 requests": (3.7, "not met"), "waypoint resident memory / 40 MiB": (1.375, "not met")}
+
+
+def test_issue_18_goals_without_the_http_sidecars_are_missing(tmp_path, capsys):
+    data = l7_run()
+    data["results"] = data["results"][:1]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    assert goals.main([str(path), "--issue", "18", "--markdown"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "| iptables | CPU per 1000 requests: ambient-l7 / sidecar-haproxy-http | <= 1 | - | missing |" in out
+    assert "| iptables | waypoint resident memory / 40 MiB | <= 1 | 0.75 | met |" in out
