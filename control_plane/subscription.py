@@ -39,7 +39,9 @@ class Scope:
     """Who subscribes. A ztunnel gets everything it needs for L4 on any node
     (all workloads, services, waypoints and L4 policy); a waypoint gets the
     services and workloads it may route to, the policy it may enforce (its
-    namespace's and mesh-wide), and the route tables of its namespace."""
+    namespace's and mesh-wide), and the route tables of its namespace; an
+    ingress gateway (a waypoint-scoped subscriber named by its service
+    account) also gets the TLS credentials addressed to it."""
 
     node: str = ""
     waypoint_namespace: str = ""
@@ -66,6 +68,8 @@ class Scope:
             return rtype in NODE_TYPES
         if rtype is ResourceType.ROUTE_TABLE:
             return resource.namespace == self.waypoint_namespace
+        if rtype is ResourceType.TLS_CREDENTIAL:       # a private key: to its own gateway only
+            return resource.gateway == f"{self.waypoint_namespace}/{self.waypoint_name}"
         if rtype is ResourceType.AUTHORIZATION:
             return (resource.namespace == self.waypoint_namespace or resource.scope is PolicyScope.MESH
                     or resource.namespace == self.root_namespace)

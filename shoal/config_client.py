@@ -51,7 +51,7 @@ CONTROL_PLANE_NAME = "shoal-control-plane.shoal-system.svc"
 NODE_TYPES = (ResourceType.SERVICE, ResourceType.WORKLOAD, ResourceType.WAYPOINT,
               ResourceType.AUTHORIZATION, ResourceType.PEER_AUTHENTICATION)
 WAYPOINT_TYPES = (ResourceType.SERVICE, ResourceType.WORKLOAD, ResourceType.WAYPOINT,
-                  ResourceType.AUTHORIZATION, ResourceType.ROUTE_TABLE)
+                  ResourceType.AUTHORIZATION, ResourceType.ROUTE_TABLE, ResourceType.TLS_CREDENTIAL)
 
 
 class ConfigClientError(ShoalError):

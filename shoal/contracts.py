@@ -30,6 +30,10 @@ CONTROL_PLANE_GRPC_PORT = 15012  # Certificates.Sign and Config.Watch, over TLS
 CONTROL_PLANE_HTTP_PORT = 15014  # the control plane's readiness, metrics and dashboard
 DNS_PROXY_PORT = 15053         # the ztunnel's DNS proxy (UDP and TCP), inside each enrolled pod's netns
 DNS_PORT = 53                  # what DNS capture takes to DNS_PROXY_PORT
+# The ingress gateway's own ports, apart from the ztunnel's when both share a node's network.
+INGRESS_METRICS_PORT = 15090
+INGRESS_READINESS_PORT = 15121
+INGRESS_ADMIN_PORT = 15100
 
 # The ports the ztunnel itself listens on inside a pod: capture must never loop into them.
 ZTUNNEL_POD_PORTS = (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT)

@@ -10,7 +10,8 @@ Indexes, by name:
 - `waypoints` by `namespace/name`;
 - `authorizations` by key, `policies_by_namespace` namespace -> keys;
 - `peer_authentications` by key;
-- `route_tables` by `hostname:port`.
+- `route_tables` by `hostname:port` (an ingress gateway's: `gateway@hostname:port`);
+- `tls_credentials` by `gateway@port/secret` (an ingress gateway's own only).
 
 Invariants (every write keeps them; `check()` verifies them in tests):
 - every IP some workload lists is in `workloads_by_ip`, and names a workload
@@ -41,7 +42,7 @@ from typing import Any, Iterable
 
 from shoal.model import (
     ANY_PORT, Authorization, PeerAuthentication, PeerAuthMode, PolicyScope, ResourceType, RouteTable, Service,
-    Snapshot, Waypoint, Workload, WaypointRef, selector_matches,
+    Snapshot, TlsCredential, Waypoint, Workload, WaypointRef, selector_matches,
 )
 
 
@@ -62,13 +63,15 @@ class ProxyState:
         self.policies_by_namespace: dict[str, set[str]] = {}
         self.peer_authentications: dict[str, PeerAuthentication] = {}
         self.route_tables: dict[str, RouteTable] = {}
+        self.tls_credentials: dict[str, TlsCredential] = {}
         self.version = 0
         self._caches: dict[str, dict] = {}
         self._cache_version = -1
         self._held = {ResourceType.WORKLOAD: self.workloads, ResourceType.SERVICE: self.services,
                       ResourceType.WAYPOINT: self.waypoints, ResourceType.AUTHORIZATION: self.authorizations,
                       ResourceType.PEER_AUTHENTICATION: self.peer_authentications,
-                      ResourceType.ROUTE_TABLE: self.route_tables}
+                      ResourceType.ROUTE_TABLE: self.route_tables,
+                      ResourceType.TLS_CREDENTIAL: self.tls_credentials}
 
     # --- writes -------------------------------------------------------------------
 
@@ -263,6 +266,9 @@ class ProxyState:
             "route_tables": sorted(self.route_tables),
             # whole tables, for `shoal proxy-config routes` (matches, weights, subsets, retries, timeouts)
             "routes": [plain(self.route_tables[key]) for key in sorted(self.route_tables)],
+            # never the key material: which credentials are held, and how large
+            "tls_credentials": [{"key": key, "hosts": list(c.hosts), "chain_bytes": len(c.chain_pem),
+                                 "key_bytes": len(c.key_pem)} for key, c in sorted(self.tls_credentials.items())],
         }
 
 

@@ -24,6 +24,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from shoal import log, sockets
 from shoal.hbone_relay import TcpSide
@@ -82,26 +83,51 @@ def pick(certificates: tuple[Certificate, ...], server_name: str | None) -> int:
     return best
 
 
-def server_context(certificates: tuple[Certificate, ...]) -> ssl.SSLContext:
-    if not certificates:
-        raise CertificateInvalid("an HTTPS listener needs at least one certificate")
-    contexts = [_context(c) for c in certificates]
+def server_context(certificates: tuple[Certificate, ...] | Callable[[], tuple[Certificate, ...]]) -> ssl.SSLContext:
+    """A server context whose SNI callback picks among `certificates`: fixed, or a function asked at each
+    handshake (a gateway's credentials change with its config). No certificate at all: the handshake fails."""
+    if not callable(certificates):
+        fixed = tuple(certificates)
+        if not fixed:
+            raise CertificateInvalid("an HTTPS listener needs at least one certificate")
+        for certificate in fixed:
+            _context(certificate)               # a bad one is refused now, naming its Secret
+        certificates = lambda: fixed  # noqa: E731
+    current = certificates
+    loaded: dict[Certificate, ssl.SSLContext] = {}
 
-    def choose(ssl_object, server_name, _context) -> None:
-        ssl_object.context = contexts[pick(certificates, server_name)]
-    contexts[0].sni_callback = choose
-    return contexts[0]
+    def choose(ssl_object, server_name, _base):
+        available = current()
+        if not available:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        chosen = available[pick(available, server_name)]
+        if chosen not in loaded:
+            try:
+                loaded[chosen] = _context(chosen)
+            except CertificateInvalid as e:
+                logger.warning("TLS credential refused", error=str(e))
+                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+            for stale in [c for c in loaded if c not in available]:
+                del loaded[stale]
+        ssl_object.context = loaded[chosen]
+        return None
+    base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    base.minimum_version = ssl.TLSVersion.TLSv1_2
+    base.set_alpn_protocols(["h2", "http/1.1"])
+    base.sni_callback = choose
+    return base
 
 
 class IngressListener:
     def __init__(self, proxy: Proxy, port: int, *, host: str = "0.0.0.0", gateway_port: int | None = None,
-                 certificates: tuple[Certificate, ...] = (), handshake_timeout: float = 10.0) -> None:
+                 certificates: tuple[Certificate, ...] | Callable[[], tuple[Certificate, ...]] = (),
+                 handshake_timeout: float = 10.0) -> None:
         """`gateway_port`: the port the Gateway declares, which routes are keyed by (default: `port`; a test
         or a node port may listen elsewhere)."""
         self.proxy = proxy
         self.requested = (host, port)
         self.gateway_port = gateway_port
-        self.tls = server_context(certificates) if certificates else None
+        self.tls = server_context(certificates) if callable(certificates) or certificates else None
         self.handshake_timeout = handshake_timeout
         self.sock: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()

@@ -7,7 +7,10 @@ as a waypoint of its own namespace (what the control plane lets a service
 account do) and serves the route tables whose `gateway` is its
 "namespace/service-account" (`control_plane.translate.ingress`), by Host
 and port (`waypoint.ingress_routing`). Listeners: HTTP on each `--http`
-port. Readiness: config arrived once and a certificate is held.
+port, HTTPS on each `--https` port with the TLS credentials addressed to
+this gateway for that port (asked at each handshake, so a changed Secret
+is served from the next connection on; SNI picks). Readiness: config
+arrived once and a certificate is held.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from shoal import admin_http, log
+from shoal import admin_http, contracts, log
 from shoal.lifecycle import Shutdown
 from shoal.proxy_process import ControlPlaneLink, serve_admin_ports, stop
 from shoal.proxy_state import ProxyState
@@ -24,7 +27,7 @@ from shoal.trust_bundle import TrustBundleMissing
 from waypoint import ingress_routing
 from waypoint.config import Config
 from waypoint.errors import StartupError
-from waypoint.ingress import IngressListener
+from waypoint.ingress import Certificate, IngressListener
 from waypoint.main import run_dir, token_source
 from waypoint.proxy import Proxy
 from waypoint.telemetry import Metrics
@@ -33,15 +36,16 @@ from waypoint.upstream import Upstreams
 logger = log.get("waypoint.ingress")
 
 # Beside a node's ztunnel (hostNetwork), the gateway's own ports must differ from the ztunnel's.
-METRICS_PORT = 15090
-READINESS_PORT = 15121
-ADMIN_PORT = 15100
+METRICS_PORT = contracts.INGRESS_METRICS_PORT
+READINESS_PORT = contracts.INGRESS_READINESS_PORT
+ADMIN_PORT = contracts.INGRESS_ADMIN_PORT
 
 
 @dataclass(frozen=True)
 class IngressConfig:
     proxy: Config                                   # identity, control plane, paths, timeouts
     http_ports: tuple[int, ...] = (80,)
+    https_ports: tuple[int, ...] = ()
     listen: str = "0.0.0.0"
     metrics_port: int = METRICS_PORT
     readiness_port: int = READINESS_PORT
@@ -58,6 +62,17 @@ def routes_of(state: ProxyState, gateway: str) -> ingress_routing.IngressRoutes:
     found = memo.get(gateway)
     if found is None:
         found = memo[gateway] = {(t.hostname, t.port): t for t in state.route_tables.values() if t.gateway == gateway}
+    return found
+
+
+def certificates_of(state: ProxyState, gateway: str, port: int) -> tuple[Certificate, ...]:
+    """The credentials this gateway holds for an HTTPS port, oldest Secret name first, memoized per state version."""
+    memo = state.cached("ingress-tls")
+    found = memo.get((gateway, port))
+    if found is None:
+        found = memo[(gateway, port)] = tuple(
+            Certificate(c.secret, c.hosts, c.chain_pem, c.key_pem)
+            for _, c in sorted(state.tls_credentials.items()) if c.gateway == gateway and c.port == port)
     return found
 
 
@@ -81,6 +96,9 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
         return ingress_routing.decide(state, lambda: routes_of(state, gateway), peer, head, rand)
     proxy = Proxy(link.state, upstreams, metrics, decider=decide)
     listeners = [IngressListener(proxy, port, host=config.listen) for port in config.http_ports]
+    listeners += [IngressListener(proxy, port, host=config.listen,
+                                  certificates=lambda port=port: certificates_of(link.state, gateway, port))
+                  for port in config.https_ports]
 
     def ready() -> tuple[bool, str]:
         missing = link.config_missing()
@@ -93,6 +111,7 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
     def dump() -> dict:
         return {"gateway": gateway, "identity": str(me),
                 "routes": sorted(f"{host}:{port}" for host, port in routes_of(link.state, gateway)),
+                "tls": {port: [c.name for c in certificates_of(link.state, gateway, port)] for port in config.https_ports},
                 "certificate": link.certs.dump()[0]}
 
     servers = await serve_admin_ports(config.listen, render_metrics=metrics.render, ready=ready,
@@ -100,7 +119,8 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
                                       metrics_port=config.metrics_port, readiness_port=config.readiness_port,
                                       admin_port=config.admin_port)
     tasks = [asyncio.create_task(coro) for coro in link.loops()]
-    logger.info("ingress gateway starting", gateway=gateway, identity=str(me), ports=list(config.http_ports))
+    logger.info("ingress gateway starting", gateway=gateway, identity=str(me), http=list(config.http_ports),
+                https=list(config.https_ports))
     stopping = asyncio.create_task(shutdown.stopping.wait())
     got_cert = asyncio.create_task(link.certs.wait_issued(me))
     await asyncio.wait([stopping, got_cert], return_when=asyncio.FIRST_COMPLETED)
@@ -108,7 +128,7 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
         if got_cert.done():
             for listener in listeners:
                 await listener.start()
-            logger.info("listening", ports=list(config.http_ports))
+            logger.info("listening", http=list(config.http_ports), https=list(config.https_ports))
             await stopping
     finally:
         got_cert.cancel()

@@ -24,7 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
-from shoal.model import Labels, RouteTable, freeze_labels
+import base64
+import binascii
+
+from shoal.model import Labels, RouteTable, TlsCredential, freeze_labels
 
 from control_plane.translate import istio_routing
 from control_plane.translate.candidates import Dialect, RouteCandidate
@@ -135,6 +138,47 @@ def _routes(vs: dict) -> tuple:
             route, ports = result
             parsed.append((route, ports))
     return tuple(parsed)
+
+
+def tls_secret(secret: dict) -> tuple[bytes, bytes] | None:
+    """(tls.crt, tls.key) of a Kubernetes TLS Secret (data base64, or stringData), or None."""
+    out = []
+    for name in ("tls.crt", "tls.key"):
+        text = (secret.get("stringData") or {}).get(name)
+        if isinstance(text, str):
+            out.append(text.encode())
+            continue
+        encoded = (secret.get("data") or {}).get(name)
+        try:
+            out.append(base64.b64decode(str(encoded), validate=True) if encoded else b"")
+        except (binascii.Error, ValueError):
+            return None
+    return (out[0], out[1]) if all(out) else None
+
+
+def credentials(gateways: Iterable[IstioGateway], identities: Callable[[IstioGateway], set[tuple[str, str]]],
+                secrets: Mapping[tuple[str, str], dict], warn) -> dict[str, TlsCredential]:
+    """The TLS credential of every HTTPS server, for each gateway identity it selects. The Secret is looked up
+    in the gateway pods' namespace (Istio's rule), then in the Gateway's; `warn(gateway, message)` when none
+    holds a tls.crt and tls.key."""
+    out = {}
+    for gateway in gateways:
+        for server in gateway.servers:
+            if server.protocol != "HTTPS":
+                continue
+            name = server.credential.split("/", 1)[1]
+            hosts = tuple(h.rpartition("/")[2] for h in server.hosts)
+            for namespace, account in sorted(identities(gateway)):
+                found = next(((ns, pair) for ns in (namespace, gateway.namespace)
+                              if (pair := tls_secret(secrets.get((ns, name)) or {})) is not None), None)
+                if found is None:
+                    warn(gateway, f"HTTPS port {server.port}: TLS Secret {name!r} (with tls.crt and tls.key) is in "
+                                  f"neither {namespace} nor {gateway.namespace}; the gateway cannot serve it")
+                    continue
+                ns, (chain, key) = found
+                credential = TlsCredential(f"{namespace}/{account}", server.port, f"{ns}/{name}", hosts, chain, key)
+                out[credential.key] = credential
+    return out
 
 
 def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],

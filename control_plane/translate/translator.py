@@ -107,6 +107,8 @@ class Translator:
         self._entries_dirty = False
         self._entry_output: dict[ResourceType, set[str]] = {ResourceType.SERVICE: set(), ResourceType.WORKLOAD: set()}
         self._entry_warnings: dict[ObjectKey, tuple[str, ...]] = {}
+        self._secrets: dict[tuple[str, str], dict] = {}   # (ns, name) -> a TLS Secret, kept out of _objects
+        self._gateway_warnings: dict[ObjectKey, tuple[str, ...]] = {}
         self.resource_version = ""
 
     # -- input ----------------------------------------------------------------
@@ -143,7 +145,20 @@ class Translator:
             return obj
         return {**obj, "metadata": {**meta, "namespace": "default"}}
 
+    def _secret(self, obj: dict, present: bool) -> None:
+        """Only the TLS Secrets ingress servers may name; their contents never reach findings or objects()."""
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        if present and obj.get("type") == "kubernetes.io/tls":
+            self._secrets[key] = obj
+        elif self._secrets.pop(key, None) is None:
+            return
+        self._routes_dirty = self._routes_dirty or self._has_istio_gateways()
+
     def _upsert(self, obj: dict) -> None:
+        if obj.get("kind") == "Secret":
+            self._secret(obj, True)
+            return
         if not self._tracked(obj):
             return
         obj = self._normalized(obj)
@@ -153,6 +168,9 @@ class Translator:
         self._touch(key, old, obj)
 
     def _remove(self, obj: dict) -> None:
+        if obj.get("kind") == "Secret":
+            self._secret(obj, False)
+            return
         if not self._tracked(obj):
             return
         obj = self._normalized(obj)
@@ -432,9 +450,21 @@ class Translator:
         tables = build(candidates, self._out[ResourceType.SERVICE], set(self._waypoints), rules, warn,
                        self.root_namespaces)
         gateways = [value for (kind, _, _), value in self._parsed.items() if kind == ingress.OBJECT_KIND]
+        gateway_warnings: dict[ObjectKey, list[str]] = defaultdict(list)
+
+        def warn_gateway(gateway, message: str) -> None:
+            gateway_warnings[(ingress.OBJECT_KIND, gateway.namespace, gateway.name)].append(
+                f"Gateway {gateway.namespace}/{gateway.name}: spec.servers: {message}")
+        credentials = {}
         if gateways:
             bound = [self._objects[key] for key in self._parsed if key[0] == "VirtualService"]
             tables.update(ingress.tables(gateways, bound, self._gateway_identities, rules, warn))
+            credentials = ingress.credentials(gateways, self._gateway_identities, self._secrets, warn_gateway)
+        for key in set(self._out[ResourceType.TLS_CREDENTIAL]) - set(credentials):
+            publish(ResourceType.TLS_CREDENTIAL, key, None)
+        for key, credential in credentials.items():
+            publish(ResourceType.TLS_CREDENTIAL, key, credential)
+        self._replace_warnings(self._gateway_warnings, gateway_warnings)
         for key in set(self._out[ResourceType.ROUTE_TABLE]) - set(tables):
             publish(ResourceType.ROUTE_TABLE, key, None)
         for key, table in tables.items():
@@ -490,7 +520,7 @@ class Translator:
         internal = (self._internal_errors[key],) if key in self._internal_errors else ()
         waypoint = (self._waypoint_warnings[key],) if key in self._waypoint_warnings else ()
         return base + Findings(internal, self._route_warnings.get(key, ()) + waypoint
-                               + self._entry_warnings.get(key, ()))
+                               + self._entry_warnings.get(key, ()) + self._gateway_warnings.get(key, ()))
 
     def problems(self) -> dict[ObjectKey, Findings]:
         """Every object that currently has errors or warnings."""

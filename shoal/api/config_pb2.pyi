@@ -66,7 +66,7 @@ class Ack(_message.Message):
     def __init__(self, type: _Optional[str] = ..., nonce: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Resource(_message.Message):
-    __slots__ = ("key", "version", "workload", "service", "waypoint", "authorization", "peer_authentication", "route_table")
+    __slots__ = ("key", "version", "workload", "service", "waypoint", "authorization", "peer_authentication", "route_table", "tls_credential")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class Resource(_message.Message):
     AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     PEER_AUTHENTICATION_FIELD_NUMBER: _ClassVar[int]
     ROUTE_TABLE_FIELD_NUMBER: _ClassVar[int]
+    TLS_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     key: str
     version: str
     workload: _resources_pb2.Workload
@@ -83,7 +84,8 @@ class Resource(_message.Message):
     authorization: _resources_pb2.Authorization
     peer_authentication: _resources_pb2.PeerAuthentication
     route_table: _resources_pb2.RouteTable
-    def __init__(self, key: _Optional[str] = ..., version: _Optional[str] = ..., workload: _Optional[_Union[_resources_pb2.Workload, _Mapping]] = ..., service: _Optional[_Union[_resources_pb2.Service, _Mapping]] = ..., waypoint: _Optional[_Union[_resources_pb2.Waypoint, _Mapping]] = ..., authorization: _Optional[_Union[_resources_pb2.Authorization, _Mapping]] = ..., peer_authentication: _Optional[_Union[_resources_pb2.PeerAuthentication, _Mapping]] = ..., route_table: _Optional[_Union[_resources_pb2.RouteTable, _Mapping]] = ...) -> None: ...
+    tls_credential: _resources_pb2.TlsCredential
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[str] = ..., workload: _Optional[_Union[_resources_pb2.Workload, _Mapping]] = ..., service: _Optional[_Union[_resources_pb2.Service, _Mapping]] = ..., waypoint: _Optional[_Union[_resources_pb2.Waypoint, _Mapping]] = ..., authorization: _Optional[_Union[_resources_pb2.Authorization, _Mapping]] = ..., peer_authentication: _Optional[_Union[_resources_pb2.PeerAuthentication, _Mapping]] = ..., route_table: _Optional[_Union[_resources_pb2.RouteTable, _Mapping]] = ..., tls_credential: _Optional[_Union[_resources_pb2.TlsCredential, _Mapping]] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("type", "version", "nonce", "resources", "removed", "initial", "replace")

@@ -290,6 +290,15 @@ def route_table_from(m: pb.RouteTable) -> model.RouteTable:
                             m.origin, m.gateway)
 
 
+def tls_credential_to(t: model.TlsCredential) -> pb.TlsCredential:
+    return pb.TlsCredential(gateway=t.gateway, port=t.port, secret=t.secret, hosts=t.hosts, chain_pem=t.chain_pem,
+                            key_pem=t.key_pem)
+
+
+def tls_credential_from(m: pb.TlsCredential) -> model.TlsCredential:
+    return model.TlsCredential(m.gateway, m.port, m.secret, tuple(m.hosts), bytes(m.chain_pem), bytes(m.key_pem))
+
+
 # -- dispatch ----------------------------------------------------------------------------
 
 # ResourceType -> (Resource oneof field, to_proto, from_proto)
@@ -300,6 +309,7 @@ _TYPES: dict[ResourceType, tuple[str, Callable[[Any], Any], Callable[[Any], Any]
     ResourceType.AUTHORIZATION: ("authorization", authorization_to, authorization_from),
     ResourceType.PEER_AUTHENTICATION: ("peer_authentication", peer_authentication_to, peer_authentication_from),
     ResourceType.ROUTE_TABLE: ("route_table", route_table_to, route_table_from),
+    ResourceType.TLS_CREDENTIAL: ("tls_credential", tls_credential_to, tls_credential_from),
 }
 _BY_FIELD = {field: t for t, (field, _, _) in _TYPES.items()}
 

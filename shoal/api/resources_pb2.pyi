@@ -401,6 +401,22 @@ class Route(_message.Message):
     response_headers: HeaderChanges
     def __init__(self, name: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[RouteMatch, _Mapping]]] = ..., destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ..., timeout: _Optional[float] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., mirrors: _Optional[_Iterable[_Union[Mirror, _Mapping]]] = ..., fault: _Optional[_Union[Fault, _Mapping]] = ..., request_headers: _Optional[_Union[HeaderChanges, _Mapping]] = ..., response_headers: _Optional[_Union[HeaderChanges, _Mapping]] = ...) -> None: ...
 
+class TlsCredential(_message.Message):
+    __slots__ = ("gateway", "port", "secret", "hosts", "chain_pem", "key_pem")
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    gateway: str
+    port: int
+    secret: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    chain_pem: bytes
+    key_pem: bytes
+    def __init__(self, gateway: _Optional[str] = ..., port: _Optional[int] = ..., secret: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., chain_pem: _Optional[bytes] = ..., key_pem: _Optional[bytes] = ...) -> None: ...
+
 class RouteTable(_message.Message):
     __slots__ = ("hostname", "port", "namespace", "routes", "origin", "gateway")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]

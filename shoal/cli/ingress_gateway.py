@@ -18,6 +18,9 @@ def register(subparsers) -> None:
                      help="its identity, and what its routes are keyed by (default: shoal-ingressgateway)")
     run.add_argument("--http", type=int, action="append", metavar="PORT",
                      help="an HTTP listener port; repeat for more (default: 80)")
+    run.add_argument("--https", type=int, action="append", metavar="PORT",
+                     help="an HTTPS listener port, with the TLS credentials its Gateways name; repeat for more "
+                          "(default: none)")
     run.add_argument("--listen", default="0.0.0.0", help="the listeners' address (default: 0.0.0.0)")
     run.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (for default paths)")
     run.add_argument("--control-plane", default=f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
@@ -41,11 +44,13 @@ def cmd_run(args) -> int:
         proxy = Config(namespace=args.namespace, name=args.service_account, service_account=args.service_account,
                        cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
                        token_file=args.token_file, trust_domain=args.trust_domain)
-        ports = tuple(args.http or (80,))
-        bad = [p for p in ports if not 0 < p < 65536]
+        ports, secure = tuple(args.http or (80,)), tuple(args.https or ())
+        bad = [p for p in ports + secure if not 0 < p < 65536]
         if bad:
-            raise ValueError(f"--http {bad[0]}: a port is 1 to 65535")
-        config = IngressConfig(proxy, http_ports=ports, listen=args.listen)
+            raise ValueError(f"port {bad[0]}: a port is 1 to 65535")
+        if set(ports) & set(secure):
+            raise ValueError(f"port {sorted(set(ports) & set(secure))[0]} is given to both --http and --https")
+        config = IngressConfig(proxy, http_ports=ports, https_ports=secure, listen=args.listen)
     except ValueError as e:
         print(f"shoal: error: {e}", file=sys.stderr)
         return 2

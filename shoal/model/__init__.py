@@ -16,7 +16,8 @@ Watch stream can index and diff them:
 | Waypoint           | "namespace/name"             |
 | Authorization      | "namespace/name"             |
 | PeerAuthentication | "namespace/name"             |
-| RouteTable         | "hostname:port"              |
+| RouteTable         | "hostname:port" (an ingress gateway's: "gateway@hostname:port") |
+| TlsCredential      | "gateway@port/secret"        |
 
 `Snapshot` holds one of each map and `diff()` tells what changed between two.
 """
@@ -49,6 +50,7 @@ from shoal.model.routes import (
     StringMatch,
 )
 from shoal.model.snapshot import Delta, ResourceType, Snapshot, diff
+from shoal.model.tls import TlsCredential
 from shoal.model.workloads import (
     Endpoint,
     Protocol,
@@ -66,7 +68,7 @@ __all__ = [
     "Fault", "HeaderChanges", "HeaderMatch", "Labels", "MatchKind", "Mirror", "Operation",
     "PeerAuthMode", "PeerAuthentication", "PolicyScope", "Protocol", "Resolution", "ResourceType", "RetryPolicy",
     "Route", "RouteMatch", "RouteTable", "Rule", "Service", "ServicePort", "Snapshot", "Source",
-    "SpiffeId", "StringMatch", "TargetRef", "Waypoint", "WaypointRef", "Workload", "diff",
+    "SpiffeId", "StringMatch", "TargetRef", "TlsCredential", "Waypoint", "WaypointRef", "Workload", "diff",
     "freeze_labels", "labels_dict", "parse_spiffe_id", "selector_matches", "service_hostname",
     "spiffe_id",
 ]

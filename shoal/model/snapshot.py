@@ -21,6 +21,7 @@ class ResourceType(StrEnum):
     AUTHORIZATION = "Authorization"
     PEER_AUTHENTICATION = "PeerAuthentication"
     ROUTE_TABLE = "RouteTable"
+    TLS_CREDENTIAL = "TlsCredential"
 
 
 def _type_of(resource: Any) -> ResourceType:

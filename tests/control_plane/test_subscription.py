@@ -111,7 +111,7 @@ def test_waypoint_scope_gets_its_namespace_route_tables_and_policies():
               Authorization("m", "istio-system", PolicyScope.MESH, Action.DENY), workload(1)])
     sub = Subscription.start(Scope(waypoint_namespace="shop", waypoint_name="wp"), st)
     msgs = {m.type: m for m in drain(sub)}
-    assert set(msgs) == {"Service", "Workload", "Waypoint", "Authorization", "RouteTable"}
+    assert set(msgs) == {"Service", "Workload", "Waypoint", "Authorization", "RouteTable", "TlsCredential"}
     assert keys(msgs["RouteTable"]) == {"a.shop.svc.cluster.local:80"}
     assert keys(msgs["Authorization"]) == {"shop/p", "istio-system/m"}
     # Changes out of scope are not sent at all.

@@ -6,26 +6,11 @@ import pytest
 
 from shoal.model import ResourceType, RouteTable
 from control_plane.translate import validate
-from translate_objects import created, deleted, from_yaml, namespace, pod, service, translate
+from support.ingress import SEED_GATEWAY, tls_secret
+from translate_objects import created, deleted, from_yaml, pod, service, translate
 
 R = ResourceType.ROUTE_TABLE
 
-SEED_GATEWAY = """
-apiVersion: networking.istio.io/v1beta1
-kind: Gateway
-metadata:
-  name: example-gateway
-spec:
-  selector:
-    istio: ingressgateway
-  servers:
-  - port:
-      number: 80
-      name: http
-      protocol: HTTP
-    hosts:
-    - example.com
-"""
 
 BOUND = """
 apiVersion: networking.istio.io/v1beta1
@@ -144,3 +129,64 @@ def test_bad_gateways_are_refused_saying_which_field(spec, message):
 def test_the_seed_gateway_is_valid():
     assert validate(from_yaml(SEED_GATEWAY)[0]) == []
     assert RouteTable("h", 80, "ns", gateway="ns/sa").key == "ns/sa@h:80"
+
+
+HTTPS_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: secure, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [shop.example.com]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 443, name: https-books, protocol: HTTPS}
+    hosts: [books.example.com]
+    tls: {mode: SIMPLE, credentialName: books-cert}
+"""
+
+
+def secret(name, ns="shoal-system", chain=b"CHAIN", key=b"KEY"):
+    return tls_secret(name, chain, key, ns)
+
+
+def test_https_servers_send_their_secret_to_the_selected_gateway_only():
+    from translate_objects import added
+    t, _ = translate(gateway_pod(), *from_yaml(HTTPS_GATEWAY), secret("shop-cert", key=b"SHOP-KEY"))
+    creds = t.snapshot()[ResourceType.TLS_CREDENTIAL]
+    (credential,) = creds.values()
+    assert (credential.gateway, credential.port, credential.secret, credential.hosts, credential.key_pem) == (
+        "shoal-system/shoal-ingressgateway", 443, "shoal-system/shop-cert", ("shop.example.com",), b"SHOP-KEY")
+    assert "SHOP-KEY" not in repr(credential)
+    (warning,) = t.findings_of(("Gateway.networking.istio.io", "default", "secure")).warnings
+    assert "'books-cert'" in warning and "cannot serve it" in warning
+    t.apply_event(added(secret("books-cert", ns="default")))           # the Gateway's namespace is looked in too
+    update = t.flush()
+    assert "shoal-system/shoal-ingressgateway@443/default/books-cert" in update.delta.upserted[ResourceType.TLS_CREDENTIAL]
+    assert not t.findings_of(("Gateway.networking.istio.io", "default", "secure")).warnings
+    t.apply_event(deleted(secret("shop-cert")))
+    assert "shoal-system/shoal-ingressgateway@443/shoal-system/shop-cert" in t.flush().delta.removed[
+        ResourceType.TLS_CREDENTIAL]
+    assert not any(k[0] == "Secret" for k in t.objects())                 # secrets are never kept as objects
+
+
+def test_a_credential_reaches_its_own_gateways_stream_and_no_other():
+    from control_plane.state import ConfigState
+    from control_plane.subscription import Scope, Subscription
+    from shoal.api import config_pb2
+    from shoal.model import TlsCredential
+    state = ConfigState()
+    state.apply([TlsCredential("shoal-system/shoal-ingressgateway", 443, "shoal-system/c", ("a",), b"C", b"K")])
+
+    def got(scope):
+        """type -> number of resources, of every response the subscriber gets, each acked."""
+        sub, counts = Subscription.start(scope, state), {}
+        while (out := sub.next_response()) is not None:
+            message = config_pb2.WatchResponse.FromString(out.payload)
+            counts[message.type] = len(message.resources)
+            sub.on_ack(config_pb2.Ack(type=message.type, nonce=message.nonce))
+        return counts
+    assert got(Scope(waypoint_namespace="shoal-system", waypoint_name="shoal-ingressgateway"))["TlsCredential"] == 1
+    assert got(Scope(waypoint_namespace="shoal-system", waypoint_name="other")).get("TlsCredential", 0) == 0
+    assert "TlsCredential" not in got(Scope(node="node1"))

@@ -12,17 +12,12 @@ certificate a name gets.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import random
-import socket
 import ssl
 import subprocess
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from shoal import identity
 from shoal.certs import CertManager
@@ -34,6 +29,7 @@ from waypoint.routing import Peer, Refusal, RequestHead
 from waypoint.telemetry import Metrics
 from waypoint.upstream import Upstreams
 
+from support.ingress import self_signed as support_self_signed
 from wp_mesh import Mesh, run
 from wp_model import NS, REVIEWS, subset
 
@@ -41,17 +37,7 @@ GATEWAY = identity.parse_spiffe_id("spiffe://cluster.local/ns/shoal-system/sa/sh
 
 
 def self_signed(*names: str) -> Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .sign(key, hashes.SHA256()))
-    return Certificate(f"shop/{names[0]}", tuple(names), cert.public_bytes(serialization.Encoding.PEM),
-                       key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
+    return Certificate(f"shop/{names[0]}", tuple(names), *support_self_signed(*names))
 
 
 def routes_for(*routes, host="example.com", port=80):
