@@ -1,11 +1,12 @@
 """The ztunnel process: wires the hand-off, the config stream, certificates, the proxy and its HTTP ports.
 
 Order at start, for upgrades (`ztunnel.takeover`): the node ports (15020,
-15021, 15000) are bound first, shared with an older ztunnel on the node and
-answered by this one from then on; the node agent's hand-off is taken only
-once the control plane's config is whole, since the hand-off is what moves
-every pod's new connections to this process (an old ztunnel keeps serving
-them until then; a ztunnel alone on its node serves nothing meanwhile).
+15021, 15000) are bound first, shared with an older ztunnel on the node,
+which answers them until this one is ready; the node agent's hand-off is
+taken only once the control plane's config is whole, since the hand-off is
+what moves every pod's new connections to this process (an old ztunnel keeps
+serving them until then; a ztunnel alone on its node serves nothing
+meanwhile).
 
 Readiness (15021 `/healthz/ready`, and `/healthz/ready/<pod name>`, which
 only this pod's process answers) is true once the config has been received
@@ -106,7 +107,16 @@ async def run(config: Config, bundle_path: Path, shutdown: Shutdown) -> int:
         await link.watch.synced.wait()
         await agent.run()
 
-    loops = (*link.loops(), hand_off_once_configured(), z.pool.run_sweeper(),
+    async def answer_the_node_once_ready() -> None:
+        """The node ports are the older ztunnel's until this one is ready (ztunnel.takeover)."""
+        while not ready()[0]:
+            await asyncio.sleep(0.05)
+        for sock in ports.values():
+            takeover.prefer_newest(sock)
+        logger.info("ready: answering the node's metrics, readiness and admin ports")
+        await shutdown.stopping.wait()     # a loop of the process: it ends with it, not before
+
+    loops = (*link.loops(), hand_off_once_configured(), answer_the_node_once_ready(), z.pool.run_sweeper(),
              z.tracker.report_periodically(z.live_workloads))
     tasks = [asyncio.create_task(coro) for coro in loops]
     logger.info("ztunnel started", node=config.node, control_plane=config.control_plane,

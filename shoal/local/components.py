@@ -146,7 +146,10 @@ ZTUNNEL_DRAIN_SECONDS = 8
 ZTUNNEL_GRACE_SECONDS = 10
 
 
-def ztunnel_pod(layout: Layout, node: int, pod_name: str | None = None) -> dict:
+REVISION = "shoal.io/revision"     # which rollout made a system pod: 0 for `up`'s, then 1, 2, ...
+
+
+def ztunnel_pod(layout: Layout, node: int, pod_name: str | None = None, revision: int = 0) -> dict:
     """The ztunnel of a node, as `up` starts it and as `shoal local rollout restart ztunnel` starts the
     next one beside it. Readiness is probed at /healthz/ready/<pod name>: the node port is shared with
     the other ztunnel during a rollout, and only this pod's process answers that path."""
@@ -161,6 +164,7 @@ def ztunnel_pod(layout: Layout, node: int, pod_name: str | None = None) -> dict:
                      ready_port=READINESS_PORT, ready_path=f"/healthz/ready/{pod_name}", pod_name=pod_name,
                      metrics_port=METRICS_PORT)
     pod["spec"]["terminationGracePeriodSeconds"] = ZTUNNEL_GRACE_SECONDS
+    pod["metadata"]["annotations"][REVISION] = str(revision)
     return pod
 
 

@@ -9,7 +9,10 @@ old pod is deleted. The kubelet sends the old one SIGTERM: it closes its
 listeners, sends GOAWAY to its HBONE peers and lets open connections run until
 its drain deadline. The rollout then waits for its processes to be gone and
 goes on to the next node. A new pod that does not get ready in time leaves the
-old one serving, as maxUnavailable 0 promises, and the rollout stops there.
+old one serving, as maxUnavailable 0 promises, and the rollout stops there;
+run again, it takes up where it stopped (the newer of the node's two pods is
+the one to wait for, the older the one to stop), as a Deployment's rollout
+resumes.
 
 Planning is pure (`plan`); `restart` carries a plan out against the store.
 """
@@ -42,7 +45,9 @@ class RolloutError(LocalClusterError):
 class NodeStep:
     node: int
     old: tuple[str, ...]       # the component's pods on the node now (deleted once the new one is ready)
-    new: str                   # the pod started beside them
+    new: str                   # the pod started beside them, or the surge pod an earlier rollout left
+    revision: int              # the new pod's
+    start: bool = True         # False: the new pod exists already (a rollout taken up again)
 
 
 def component_name(word: str) -> str:
@@ -67,14 +72,28 @@ def plan(pods: list[dict], nodes: int, component: str, only: list[int] | None = 
             raise RolloutError(f"node{node} is not a node of this cluster (node1 to node{nodes})")
     steps = []
     for node in wanted:
-        old = sorted(p["metadata"]["name"] for p in pods
-                     if components.component_of(p) == (component, node_name(node))
-                     and p["metadata"].get("namespace") == components.SYSTEM_NAMESPACE)
-        if len(old) > 1:
-            raise RolloutError(f"{node_name(node)} already runs {len(old)} {component} pods ({', '.join(old)}): a "
-                               "rollout is under way there; let it finish (or delete the extra pod) first")
-        steps.append(NodeStep(node, tuple(old), f"{component}-{node_name(node)}-{suffix()}"))
+        running = sorted(((revision(p), p["metadata"]["name"]) for p in pods
+                          if components.component_of(p) == (component, node_name(node))
+                          and p["metadata"].get("namespace") == components.SYSTEM_NAMESPACE))
+        if len(running) > 2:
+            raise RolloutError(f"{node_name(node)} runs {len(running)} {component} pods "
+                               f"({', '.join(n for _, n in running)}); at most two may (the old one and its "
+                               "successor): delete the extra ones first")
+        if len(running) == 2:                    # an earlier rollout stopped here: take it up again
+            (_, old), (newest, new) = running
+            steps.append(NodeStep(node, (old,), new, newest, start=False))
+        else:
+            last = running[0][0] if running else 0
+            steps.append(NodeStep(node, tuple(n for _, n in running), f"{component}-{node_name(node)}-{suffix()}",
+                                  last + 1))
     return steps
+
+
+def revision(pod: dict) -> int:
+    try:
+        return int((pod["metadata"].get("annotations") or {}).get(components.REVISION, 0))
+    except ValueError:
+        return 0
 
 
 def restart(layout: Layout, component: str, only: list[int] | None = None, progress: Progress = print,
@@ -86,8 +105,11 @@ def restart(layout: Layout, component: str, only: list[int] | None = None, progr
     nodes = len(store.list("Node")[0])
     steps = plan(store.list("Pod")[0], nodes, component, only)
     for step in steps:
-        progress(f"{node_name(step.node)}: starting {step.new} beside {', '.join(step.old) or 'no old pod'}")
-        store.apply(components.ztunnel_pod(layout, step.node, step.new))
+        if step.start:
+            progress(f"{node_name(step.node)}: starting {step.new} beside {', '.join(step.old) or 'no old pod'}")
+            store.apply(components.ztunnel_pod(layout, step.node, step.new, step.revision))
+        else:
+            progress(f"{node_name(step.node)}: taking up the rollout left there: waiting for {step.new}")
         _wait_ready(layout, step, ready_timeout)
         progress(f"{node_name(step.node)}: {step.new} is ready; stopping {', '.join(step.old) or 'nothing'}")
         if step.old:

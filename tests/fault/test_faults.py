@@ -179,3 +179,27 @@ def test_a_ztunnel_restarted_while_the_control_plane_is_down_refuses_plaintext_a
     after = attempts()
     assert after["client"] == "ok" and after["intruder"] != "ok" and after["outsider"] != "ok", after
     assert len(cluster.app_peers()) == seen + 1                   # the client's connection alone
+
+
+def test_a_rollout_while_the_control_plane_is_down_stalls_with_the_old_ztunnel_serving_then_resumes(cluster):
+    """maxUnavailable 0: a new ztunnel that cannot get its config never takes the pods or the node's ports;
+    the old one goes on serving (and says it is ready, while the new pod says it is not), and the rollout,
+    run again once the control plane is back, finishes where it stopped."""
+    from shoal.local.rollout import RolloutError, restart
+
+    old = cluster.system_pod("ztunnel", 2)
+    cluster.stop_control_plane()
+    try:
+        with pytest.raises(RolloutError, match="was not ready"):
+            restart(cluster.layout, "ztunnel", [2], progress=lambda message: None, ready_timeout=20)
+        [surge] = [name for name, p in cluster.pods("shoal-system").items()
+                   if name != old and name.startswith("ztunnel-node2")]
+        assert cluster.ready(old) and not cluster.ready(surge)
+        assert cluster.once("client")["outcome"] == "ok"            # the old one, with its last config
+        assert cluster.once("intruder")["outcome"] != "ok"
+    finally:
+        cluster.start_control_plane()
+    result = cluster("rollout", "restart", "ztunnel", "--node", "node2")
+    assert "taking up" in result.stdout, result.stdout
+    assert cluster.system_pod("ztunnel", 2) == surge and not cluster.processes(old)
+    assert cluster.once("client")["outcome"] == "ok"

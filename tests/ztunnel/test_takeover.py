@@ -31,22 +31,46 @@ def connect_many(port: int, count: int) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
 
 
-def test_the_newer_of_two_listeners_takes_every_new_connection_and_the_last_one_left_takes_them_all():
+def test_the_older_listener_answers_until_the_newer_is_ready_then_the_newer_takes_everything():
     port = free_port()
     old = takeover.node_listener("127.0.0.1", port)
     clients = connect_many(port, 10)
     assert accepted(old) == 10                       # alone: everything
     new = takeover.node_listener("127.0.0.1", port)
     clients += connect_many(port, 40)
-    assert (accepted(old), accepted(new)) == (0, 40)  # the kernel's hash alone would split these
+    assert (accepted(old), accepted(new)) == (40, 0)  # not ready yet: the old one answers (the hash would split)
+    takeover.prefer_newest(new)
+    clients += connect_many(port, 40)
+    assert (accepted(old), accepted(new)) == (0, 40)  # ready: the new one takes it all
     old.close()
     clients += connect_many(port, 10)
     assert accepted(new) == 10                       # the survivor of the group
     newer = takeover.node_listener("127.0.0.1", port)
     clients += connect_many(port, 10)
-    assert (accepted(new), accepted(newer)) == (0, 10)   # and the next upgrade works the same way
+    assert (accepted(new), accepted(newer)) == (10, 0)   # and the next upgrade works the same way
+    takeover.prefer_newest(newer)
+    clients += connect_many(port, 10)
+    assert (accepted(new), accepted(newer)) == (0, 10)
     for sock in (new, newer, *clients):
         sock.close()
+
+
+def test_pod_listeners_prefer_the_newer_ztunnel_as_soon_as_it_listens():
+    port = free_port()
+    old, new = (socket.socket() for _ in range(2))
+    clients = []
+    try:
+        for sock in (old, new):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(64)
+            sock.setblocking(False)
+            takeover.prefer_newest(sock)
+        clients = connect_many(port, 30)
+        assert (accepted(old), accepted(new)) == (0, 30)
+    finally:
+        for sock in (old, new, *clients):
+            sock.close()
 
 
 def test_a_port_held_without_reuseport_is_a_clear_error():

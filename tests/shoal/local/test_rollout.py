@@ -11,8 +11,8 @@ from shoal.local.rollout import NodeStep, RolloutError, component_name, plan
 LAYOUT = Layout("plan")
 
 
-def ztunnel(node: int, name: str | None = None) -> dict:
-    return components.ztunnel_pod(LAYOUT, node, name)
+def ztunnel(node: int, name: str | None = None, revision: int = 0) -> dict:
+    return components.ztunnel_pod(LAYOUT, node, name, revision)
 
 
 def test_the_ztunnel_pod_probes_its_own_readiness_path_and_drains_within_its_grace_period():
@@ -25,18 +25,27 @@ def test_the_ztunnel_pod_probes_its_own_readiness_path_and_drains_within_its_gra
 
 
 def test_one_step_per_node_each_new_pod_beside_the_old_one():
-    pods = [ztunnel(1), ztunnel(2, "ztunnel-node2-0f0f0f"), components.system_pod(LAYOUT, 1, "node-agent", ["x"])]
+    pods = [ztunnel(1), ztunnel(2, "ztunnel-node2-0f0f0f", 4), components.system_pod(LAYOUT, 1, "node-agent", ["x"])]
     names = iter(["aaaaaa", "bbbbbb"])
     assert plan(pods, 2, "ztunnel", suffix=lambda: next(names)) == [
-        NodeStep(1, ("ztunnel-node1",), "ztunnel-node1-aaaaaa"),
-        NodeStep(2, ("ztunnel-node2-0f0f0f",), "ztunnel-node2-bbbbbb"),
+        NodeStep(1, ("ztunnel-node1",), "ztunnel-node1-aaaaaa", 1),
+        NodeStep(2, ("ztunnel-node2-0f0f0f",), "ztunnel-node2-bbbbbb", 5),
     ]
     assert plan(pods, 2, "ztunnel", only=[2], suffix=lambda: "cccccc") == [
-        NodeStep(2, ("ztunnel-node2-0f0f0f",), "ztunnel-node2-cccccc")]
+        NodeStep(2, ("ztunnel-node2-0f0f0f",), "ztunnel-node2-cccccc", 5)]
+
+
+def test_a_rollout_that_stopped_is_taken_up_where_it_stopped():
+    """The surge pod of a rollout whose new pod never got ready: the newer revision is waited for, the older
+    one stopped, nothing new started (whatever the names say)."""
+    pods = [ztunnel(1, "ztunnel-node1-ffffff", 2), ztunnel(1, "ztunnel-node1-000000", 3)]
+    assert plan(pods, 1, "ztunnel", suffix=lambda: "unused") == [
+        NodeStep(1, ("ztunnel-node1-ffffff",), "ztunnel-node1-000000", 3, start=False)]
 
 
 @pytest.mark.parametrize("pods, nodes, only, why", [
-    ([ztunnel(1), ztunnel(1, "ztunnel-node1-abcdef")], 1, None, "rollout is under way"),
+    ([ztunnel(1), ztunnel(1, "ztunnel-node1-abcdef", 1), ztunnel(1, "ztunnel-node1-abcdee", 2)], 1, None,
+     "at most two"),
     ([ztunnel(1)], 1, [3], "node3 is not a node of this cluster"),
 ])
 def test_a_plan_that_cannot_hold_is_refused_saying_why(pods, nodes, only, why):
