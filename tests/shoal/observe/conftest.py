@@ -11,6 +11,7 @@ waypoint parses.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,3 +110,7 @@ def observed():
         eventually(lambda: c.stored('istio_requests_total{destination_workload="reviews-v1"}'), 180,
                    "Prometheus to hold the waypoint's requests", interval=2)
         yield c
+    # No leftovers: down took the addon's processes (they ran in the pod's cgroup) and its files.
+    assert not c.layout.run_dir.exists(), f"{c.layout.run_dir} is left after down"
+    running = subprocess.run(["pgrep", "-f", f"{c.layout.run_dir}/addons"], capture_output=True, text=True).stdout
+    assert not running.strip(), f"addon processes left after down: {running}"
