@@ -80,6 +80,10 @@ WAYPOINT_FOR_KEYS = (WAYPOINT_FOR, ISTIO_WAYPOINT_FOR)
 WAYPOINT_CLASS = "shoal-waypoint"
 ISTIO_WAYPOINT_CLASS = "istio-waypoint"
 WAYPOINT_CLASSES = (WAYPOINT_CLASS, ISTIO_WAYPOINT_CLASS)
+# A Gateway API Gateway of this class is an ingress Gateway, served by the mesh's ingress gateway pods
+# (those labelled INGRESS_GATEWAY_SELECTOR, as Istio's own ingress gateway is).
+INGRESS_CLASS = "shoal"
+INGRESS_GATEWAY_SELECTOR = {"istio": "ingressgateway"}
 
 AMBIENT = "ambient"   # the dataplane-mode value that enrolls
 NONE = "none"         # the dataplane-mode value that opts out (and turns a waypoint off)

@@ -126,6 +126,8 @@ def parse(obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> Pars
         c.error("apiVersion", f"{api_version!r} is not a {kind} API version; use {group}/{versions[0]}")
         return Parsed(None, c.findings())
     value = parser(obj, c)
+    if kind == "Gateway" and value is None and ingress.is_ingress_class(obj):
+        value = ingress.gateway_api_gateway(obj, c)        # an ingress Gateway, not a waypoint
     return Parsed(value, c.findings())
 
 

@@ -1,4 +1,13 @@
-"""Istio ingress `Gateway`s (networking.istio.io) and the VirtualServices bound to them, into route tables.
+"""Ingress Gateways and the routes bound to them, into an ingress gateway's route tables and credentials.
+
+Two dialects, one result:
+- an Istio `Gateway` (networking.istio.io) and the VirtualServices that name
+  it in `gateways:`;
+- a Gateway API `Gateway` of class `shoal` (listeners HTTP and HTTPS, TLS
+  from `certificateRefs`) and the HTTPRoutes whose `parentRefs` name it
+  (`sectionName` picks a listener, `port` a port). It is served by the
+  mesh's ingress gateway pods (`shoal.contracts.INGRESS_GATEWAY_SELECTOR`),
+  as Istio's manual deployment mode serves it by its ingress gateway.
 
 An Istio Gateway selects the ingress gateway's pods by label (`selector:
 {istio: ingressgateway}`, in any namespace, as Istio does by default) and
@@ -29,7 +38,9 @@ import binascii
 
 from shoal.model import Labels, RouteTable, TlsCredential, freeze_labels
 
-from control_plane.translate import istio_routing
+from shoal.contracts import INGRESS_CLASS, INGRESS_GATEWAY_SELECTOR
+
+from control_plane.translate import gateway_api, istio_routing
 from control_plane.translate.candidates import Dialect, RouteCandidate
 from control_plane.translate.common import Checker, created_of, ref_of
 from control_plane.translate.precedence import SubsetSource, choose, route_table
@@ -41,20 +52,26 @@ OBJECT_KIND = "Gateway.networking.istio.io"      # the translator's key kind, ap
 _PROTOCOLS = ("HTTP", "HTTPS")
 
 
+ISTIO, GATEWAY_API = "istio", "gateway-api"
+
+
 @dataclass(frozen=True)
 class Server:
     port: int
     protocol: str                   # HTTP or HTTPS
     hosts: tuple[str, ...]          # as written, namespace/ prefixes included
     credential: str = ""            # HTTPS: "namespace/secret" of the TLS Secret
+    name: str = ""                  # a Gateway API listener's name (what sectionName names)
 
 
 @dataclass(frozen=True)
 class IstioGateway:
+    """An ingress Gateway of either dialect (`api`): what selects the gateway's pods, and its servers."""
     name: str
     namespace: str
     selector: Labels
     servers: tuple[Server, ...]
+    api: str = ISTIO
 
     @property
     def ref(self) -> str:
@@ -109,6 +126,48 @@ def istio_gateway(obj: dict, c: Checker) -> IstioGateway | None:
     return IstioGateway(str(meta.get("name", "")), namespace, freeze_labels(selector), tuple(servers))
 
 
+def is_ingress_class(obj: dict) -> bool:
+    spec = obj.get("spec")
+    return (obj.get("kind") == KIND and str(obj.get("apiVersion", "")).split("/")[0] == gateway_api.GROUP
+            and isinstance(spec, dict) and spec.get("gatewayClassName") == INGRESS_CLASS)
+
+
+def gateway_api_gateway(obj: dict, c: Checker) -> IstioGateway | None:
+    """A Gateway API Gateway of class `shoal`: its listeners as servers."""
+    meta = obj.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "default")
+    spec = c.mapping(obj.get("spec"), "spec", required=True)
+    servers = []
+    for i, raw in enumerate(c.sequence(spec.get("listeners"), "spec.listeners", required=True)):
+        path = f"spec.listeners[{i}]"
+        listener = c.mapping(raw, path)
+        c.fields(listener, path, ("name", "hostname", "port", "protocol", "tls", "allowedRoutes"))
+        name = c.string(listener.get("name"), f"{path}.name", required=True) or ""
+        port = c.port(listener.get("port"), f"{path}.port", required=True)
+        protocol = str(listener.get("protocol") or "")
+        if protocol not in _PROTOCOLS:
+            c.error(f"{path}.protocol", f"must be HTTP or HTTPS, not {protocol!r} (TCP, TLS and UDP listeners are "
+                                        "not supported by shoal)")
+        hostname = c.string(listener.get("hostname"), f"{path}.hostname") or "*"
+        credential = ""
+        if protocol == "HTTPS":
+            tls = c.mapping(listener.get("tls"), f"{path}.tls", required=True)
+            if str(tls.get("mode") or "Terminate") != "Terminate":
+                c.error(f"{path}.tls.mode", f"{tls.get('mode')} is not supported by shoal; use Terminate")
+            refs = c.sequence(tls.get("certificateRefs"), f"{path}.tls.certificateRefs", required=True)
+            ref = c.mapping(refs[0], f"{path}.tls.certificateRefs[0]") if refs else {}
+            if str(ref.get("kind") or "Secret") != "Secret" or str(ref.get("group") or "") not in ("", "core"):
+                c.error(f"{path}.tls.certificateRefs[0]", "must name a Secret (kind Secret, group \"\")")
+            secret = c.string(ref.get("name"), f"{path}.tls.certificateRefs[0].name", required=bool(refs))
+            credential = f"{ref.get('namespace') or namespace}/{secret}" if secret else ""
+        if port is not None and protocol in _PROTOCOLS:
+            servers.append(Server(port, protocol, (hostname,), credential, name))
+    if c.errors:
+        return None
+    return IstioGateway(str(meta.get("name", "")), namespace, freeze_labels(INGRESS_GATEWAY_SELECTOR),
+                        tuple(servers), GATEWAY_API)
+
+
 def _admits(server_host: str, gateway_namespace: str, route_namespace: str, host: str) -> bool:
     where, _, name = server_host.rpartition("/")
     if where not in ("", "*") and (where if where != "." else gateway_namespace) != route_namespace:
@@ -120,6 +179,8 @@ def _admits(server_host: str, gateway_namespace: str, route_namespace: str, host
 
 def _bound_to(vs: dict, gateway: IstioGateway) -> bool:
     namespace = str((vs.get("metadata") or {}).get("namespace") or "default")
+    if gateway.api != ISTIO or vs.get("kind") != "VirtualService":
+        return False
     for ref in (vs.get("spec") or {}).get("gateways") or []:
         ref = str(ref)
         if ref == gateway.ref or (("/" not in ref) and namespace == gateway.namespace and ref == gateway.name):
@@ -138,6 +199,55 @@ def _routes(vs: dict) -> tuple:
             route, ports = result
             parsed.append((route, ports))
     return tuple(parsed)
+
+
+def _parents(route: dict, gateway: IstioGateway) -> list[dict]:
+    """The parentRefs of an HTTPRoute that name this Gateway API Gateway."""
+    namespace = str((route.get("metadata") or {}).get("namespace") or "default")
+    found = []
+    for ref in (route.get("spec") or {}).get("parentRefs") or []:
+        if not isinstance(ref, dict) or ref.get("kind", "Gateway") != "Gateway":
+            continue
+        if ref.get("group", gateway_api.GROUP) != gateway_api.GROUP:
+            continue
+        if (str(ref.get("namespace") or namespace), str(ref.get("name"))) == (gateway.namespace, gateway.name):
+            found.append(ref)
+    return found
+
+
+def _listener_hosts(server: Server, hostnames: list[str]) -> list[str]:
+    """The route's hostnames a listener admits; a route without hostnames takes the listener's."""
+    listener = server.hosts[0]
+    if not hostnames:
+        return [listener]
+    return [h for h in hostnames if _admits(listener, "", "", h)]
+
+
+def _http_route_candidates(gateway: IstioGateway, objects: Iterable[dict]) -> list[RouteCandidate]:
+    out = []
+    for route in objects:
+        if route.get("kind") != "HTTPRoute":
+            continue
+        parents = _parents(route, gateway)
+        if not parents:
+            continue
+        namespace = str((route.get("metadata") or {}).get("namespace") or "default")
+        spec = route.get("spec") or {}
+        c = Checker.for_object(route)     # its findings are the main parse's
+        rules = [gateway_api._rule(c, c.mapping(r, f"spec.rules[{i}]"), f"spec.rules[{i}]", namespace)
+                 for i, r in enumerate(c.sequence(spec.get("rules"), "spec.rules"))]
+        routes, order = gateway_api.ordered_routes(rules)
+        hostnames = [str(h).lower() for h in spec.get("hostnames") or []]
+        for i, ref in enumerate(parents):
+            for server in gateway.servers:
+                if ref.get("sectionName") and ref.get("sectionName") != server.name:
+                    continue
+                if ref.get("port") and ref.get("port") != server.port:
+                    continue
+                for host in _listener_hosts(server, hostnames):
+                    out.append(RouteCandidate(host, server.port, routes, namespace, ref_of(route), Dialect.HTTPROUTE,
+                                              created_of(route), f"spec.parentRefs[{i}]", order=order))
+    return out
 
 
 def tls_secret(secret: dict) -> tuple[bytes, bytes] | None:
@@ -166,14 +276,16 @@ def credentials(gateways: Iterable[IstioGateway], identities: Callable[[IstioGat
         for server in gateway.servers:
             if server.protocol != "HTTPS":
                 continue
-            name = server.credential.split("/", 1)[1]
+            where, name = server.credential.split("/", 1)
             hosts = tuple(h.rpartition("/")[2] for h in server.hosts)
             for namespace, account in sorted(identities(gateway)):
-                found = next(((ns, pair) for ns in (namespace, gateway.namespace)
+                # Istio's credentialName: the gateway pods' namespace (then the Gateway's); certificateRefs: as named.
+                places = (namespace, gateway.namespace) if gateway.api == ISTIO else (where,)
+                found = next(((ns, pair) for ns in places
                               if (pair := tls_secret(secrets.get((ns, name)) or {})) is not None), None)
                 if found is None:
-                    warn(gateway, f"HTTPS port {server.port}: TLS Secret {name!r} (with tls.crt and tls.key) is in "
-                                  f"neither {namespace} nor {gateway.namespace}; the gateway cannot serve it")
+                    warn(gateway, f"HTTPS port {server.port}: TLS Secret {name!r} (with tls.crt and tls.key) is not "
+                                  f"in {' or '.join(dict.fromkeys(places))}; the gateway cannot serve it")
                     continue
                 ns, (chain, key) = found
                 credential = TlsCredential(f"{namespace}/{account}", server.port, f"{ns}/{name}", hosts, chain, key)
@@ -209,6 +321,11 @@ def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
                                                                                          namespace))
                     for identity in selected:
                         by_identity.setdefault(identity, []).append(candidate)
+    for gateway in gateways:
+        if gateway.api == GATEWAY_API:
+            for candidate in _http_route_candidates(gateway, virtual_services):
+                for identity in identities(gateway):
+                    by_identity.setdefault(identity, []).append(candidate)
     out = {}
     for (namespace, account), candidates in by_identity.items():
         for candidate in choose(candidates, warn).values():

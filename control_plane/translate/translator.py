@@ -368,7 +368,8 @@ class Translator:
                 self._waypoint_warnings.pop(key, None)
 
     def _has_istio_gateways(self) -> bool:
-        return any(key[0] == ingress.OBJECT_KIND for key in self._parsed)
+        """Any ingress Gateway, of either dialect."""
+        return any(isinstance(value, ingress.IstioGateway) for value in self._parsed.values())
 
     def _gateway_identities(self, gateway) -> set[tuple[str, str]]:
         """(namespace, service account) of the live pods an Istio Gateway's selector picks, in any namespace."""
@@ -447,17 +448,22 @@ class Translator:
             if key is not None and f"{candidate.origin}: {message}" not in warnings[key]:
                 warnings[key].append(f"{candidate.origin}: {message}")
 
+        gateways = [value for value in self._parsed.values() if isinstance(value, ingress.IstioGateway)]
+        # An HTTPRoute's parent that is an ingress Gateway is the ingress's to serve, not a waypoint to look for.
+        ingress_parents = {(g.namespace, g.name) for g in gateways if g.api == ingress.GATEWAY_API}
+        candidates = [c for c in candidates
+                      if c.waypoint is None or (c.waypoint.namespace, c.waypoint.name) not in ingress_parents]
         tables = build(candidates, self._out[ResourceType.SERVICE], set(self._waypoints), rules, warn,
                        self.root_namespaces)
-        gateways = [value for (kind, _, _), value in self._parsed.items() if kind == ingress.OBJECT_KIND]
         gateway_warnings: dict[ObjectKey, list[str]] = defaultdict(list)
 
         def warn_gateway(gateway, message: str) -> None:
-            gateway_warnings[(ingress.OBJECT_KIND, gateway.namespace, gateway.name)].append(
+            kind = ingress.OBJECT_KIND if gateway.api == ingress.ISTIO else "Gateway"
+            gateway_warnings[(kind, gateway.namespace, gateway.name)].append(
                 f"Gateway {gateway.namespace}/{gateway.name}: spec.servers: {message}")
         credentials = {}
         if gateways:
-            bound = [self._objects[key] for key in self._parsed if key[0] == "VirtualService"]
+            bound = [self._objects[key] for key in self._parsed if key[0] in ("VirtualService", "HTTPRoute")]
             tables.update(ingress.tables(gateways, bound, self._gateway_identities, rules, warn))
             credentials = ingress.credentials(gateways, self._gateway_identities, self._secrets, warn_gateway)
         for key in set(self._out[ResourceType.TLS_CREDENTIAL]) - set(credentials):

@@ -190,3 +190,63 @@ def test_a_credential_reaches_its_own_gateways_stream_and_no_other():
     assert got(Scope(waypoint_namespace="shoal-system", waypoint_name="shoal-ingressgateway"))["TlsCredential"] == 1
     assert got(Scope(waypoint_namespace="shoal-system", waypoint_name="other")).get("TlsCredential", 0) == 0
     assert "TlsCredential" not in got(Scope(node="node1"))
+
+
+GATEWAY_API = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: default}
+spec:
+  gatewayClassName: shoal
+  listeners:
+  - {name: web, port: 80, protocol: HTTP, hostname: "*.shop.test"}
+  - name: secure
+    port: 443
+    protocol: HTTPS
+    hostname: api.shop.test
+    tls: {mode: Terminate, certificateRefs: [{kind: Secret, name: api-cert}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: default}
+spec:
+  parentRefs: [{name: public}]
+  hostnames: [www.shop.test, api.shop.test, other.test]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: web, port: 80}]
+"""
+
+
+def test_a_gateway_api_gateway_of_class_shoal_and_its_httproutes():
+    t, _ = translate(gateway_pod(), *from_yaml(GATEWAY_API), service("web"), secret("api-cert", ns="default"))
+    tables = {k: v for k, v in t.snapshot()[R].items() if v.gateway}
+    assert sorted(tables) == ["shoal-system/shoal-ingressgateway@api.shop.test:443",
+                              "shoal-system/shoal-ingressgateway@api.shop.test:80",
+                              "shoal-system/shoal-ingressgateway@www.shop.test:80"]
+    (route,) = tables["shoal-system/shoal-ingressgateway@www.shop.test:80"].routes
+    assert route.destinations[0].host == "web.default.svc.cluster.local" and route.destinations[0].port == 80
+    (credential,) = t.snapshot()[ResourceType.TLS_CREDENTIAL].values()
+    assert (credential.port, credential.secret, credential.hosts) == (443, "default/api-cert", ("api.shop.test",))
+    # no waypoint warnings: the parent is an ingress Gateway, not an unknown waypoint
+    assert not t.findings_of(("HTTPRoute", "default", "shop")).warnings
+
+
+def test_section_name_picks_one_listener():
+    objects = from_yaml(GATEWAY_API)
+    objects[1]["spec"]["parentRefs"] = [{"name": "public", "sectionName": "secure"}]
+    t, _ = translate(gateway_pod(), *objects, service("web"))
+    assert sorted(v.key for v in t.snapshot()[R].values() if v.gateway) == [
+        "shoal-system/shoal-ingressgateway@api.shop.test:443"]
+
+
+@pytest.mark.parametrize("listener, message", [
+    ({"name": "x", "port": 9000, "protocol": "TCP"}, "must be HTTP or HTTPS"),
+    ({"name": "x", "port": 443, "protocol": "HTTPS"}, "tls: is required"),
+    ({"name": "x", "port": 443, "protocol": "HTTPS", "tls": {"mode": "Passthrough", "certificateRefs": [{"name": "c"}]}},
+     "Passthrough is not supported"),
+])
+def test_bad_listeners_are_refused(listener, message):
+    obj = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": "x"},
+           "spec": {"gatewayClassName": "shoal", "listeners": [listener]}}
+    assert any(message in e for e in validate(obj)), validate(obj)
