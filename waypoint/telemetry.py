@@ -18,7 +18,8 @@ from shoal import log
 from shoal.exposition import render
 from shoal.model import Workload
 from shoal.series import gone_series
-from shoal.workload_names import access_log_fields, live_workloads, telemetry_labels
+from shoal.workload_names import access_log_fields, live_workloads, telemetry_labels  # noqa: F401 - live_workloads
+# is the waypoint's too (waypoint.main prunes with it)
 
 _ENDS = tuple(f"{side}_{name}" for side in ("source", "destination")
               for name in ("workload", "workload_namespace", "principal", "app", "version", "canonical_service",

@@ -12,7 +12,6 @@ import http.server
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -175,7 +174,7 @@ class TracedServer:
 RATINGS_IP, RATINGS_VIP = "127.0.0.15", "198.18.16.20"
 
 
-def ratings_mesh(server_port: int, sampling: float) -> Mesh:
+def ratings_mesh(server_port: int) -> Mesh:
     pod = workload("ratings-v1", RATINGS_IP, "v1", protocol=Protocol.TCP, app="ratings")
     service = Service(name="ratings", namespace=NS, hostname=f"ratings.{NS}.svc.cluster.local", vips=(RATINGS_VIP,),
                       ports=(ServicePort(9080, "http", app_protocol="http"),),
@@ -200,7 +199,7 @@ def test_client_waypoint_and_server_spans_are_one_trace_parent_to_child(receiver
     client = sdk_tracer(receiver, "productpage")
 
     async def main():
-        async with ratings_mesh(server.port, sampling=0) as m:
+        async with ratings_mesh(server.port) as m:
             tracer = Tracer(receiver.endpoint, 0, "waypoint.shop", lambda: 0.5, export_delay_ms=100)
             m.waypoint.proxy.tracer = tracer
             with client.start_as_current_span("productpage GET ratings"):
@@ -231,7 +230,7 @@ def test_b3_joins_and_an_unsampled_trace_is_passed_on_but_not_recorded(receiver)
     server = TracedServer(RATINGS_IP, receiver)
 
     async def main():
-        async with ratings_mesh(server.port, sampling=100) as m:
+        async with ratings_mesh(server.port) as m:
             tracer = Tracer(receiver.endpoint, 100, "waypoint.shop", lambda: 0.5, export_delay_ms=100)
             m.waypoint.proxy.tracer = tracer
             await m.send(get("/b3", ("x-b3-traceid", T), ("x-b3-spanid", S), ("x-b3-sampled", "1")), vip=RATINGS_VIP)
@@ -251,7 +250,7 @@ def test_sampling_decides_for_requests_that_bring_no_trace(receiver):
     draws = iter([0.05, 0.5, 0.07, 0.9])        # with 10%: the 1st and 3rd are kept
 
     async def main():
-        async with ratings_mesh(server.port, sampling=10) as m:
+        async with ratings_mesh(server.port) as m:
             tracer = Tracer(receiver.endpoint, 10, "waypoint.shop", lambda: next(draws), export_delay_ms=100)
             m.waypoint.proxy.tracer = tracer
             for i in range(4):
