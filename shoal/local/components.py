@@ -15,8 +15,9 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from shoal.contracts import (CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, METRICS_PORT, NODE_AGENT_PORT,
-                             READINESS_PORT)
+from shoal.contracts import (CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, INGRESS_METRICS_PORT,
+                             INGRESS_READINESS_PORT, METRICS_PORT, NODE_AGENT_PORT, READINESS_PORT)
+from shoal.local import ingress_gateway as ingress
 from shoal.local.errors import ClusterError
 from shoal.local.layout import BPFFS, Layout, node_ip, node_name
 from shoal.observe.targets import scrape_annotations
@@ -174,6 +175,19 @@ def ztunnel(layout: Layout, node: int, settings: Settings) -> dict | None:
 
 
 COMPONENTS.append(ztunnel)
+
+
+def ingress_gateway(layout: Layout, node: int, settings: Settings) -> dict | None:
+    """The ingress gateway on node 1 (shoal.local.ingress_gateway): the pod Istio Gateways select."""
+    if node != ingress.NODE:
+        return None
+    pod = system_pod(layout, node, "ingress-gateway", shoal_argv(*ingress.argv(layout, SYSTEM_NAMESPACE)),
+                     ready_port=INGRESS_READINESS_PORT, metrics_port=INGRESS_METRICS_PORT,
+                     pod_name=f"{ingress.NAME}-{node_name(node)}")
+    return ingress.as_selected(pod)
+
+
+COMPONENTS.append(ingress_gateway)
 
 
 def system_pods(layout: Layout, settings: Settings) -> list[dict]:
