@@ -8,7 +8,9 @@ How it fits together (decide, then do):
 - redirect.py     the one interface to redirection (install / remove / installed),
                   the ledger of what was installed, the choice of mode
 - iptables.py     nat rules in the pod's netns (netfilter.py: python-iptables in a netns)
-- ebpf.py         bpf/redirect.c via bcc, pinned; libbpf.py for what bcc does not wrap
+- ebpf.py         bpf/redirect.c, pinned and attached; libbpf.py for what bcc does not wrap;
+                  ebpf_build.py compiles it with bcc in a short-lived child, so bcc never
+                  loads in the agent
 - probes.py       kubelet probes under STRICT mTLS: SNAT in the node's netns
 - discover.py     a Kubernetes pod's netns and cgroup, from /proc
 - hostmounts.py   the host's /sys when started through `ip netns exec`
