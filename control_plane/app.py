@@ -82,6 +82,9 @@ class Settings:
     root_namespace: str = "istio-system"
     roots_poll_seconds: float = ROOTS_POLL_SECONDS   # env SHOAL_CA_RELOAD_SECONDS
     run_root: Path = field(default_factory=lambda: store.RUN_ROOT)
+    # Mesh-wide tracing, handed to every waypoint this control plane deploys (Istio's extension provider).
+    tracing_endpoint: str = ""       # an OTLP/HTTP collector, http(s)://host:port[/path]; empty: no tracing
+    tracing_sampling: float = 1.0    # percent of new traces the waypoints record
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -98,6 +101,18 @@ class Settings:
                 split_address(value, port)
             except ValueError as e:
                 raise SettingsError(f"{flag}: {e}") from None
+        if self.tracing_endpoint and not self.tracing_endpoint.startswith(("http://", "https://")):
+            raise SettingsError(f"--tracing-endpoint {self.tracing_endpoint!r}: give an OTLP/HTTP URL such as "
+                                "http://collector:4318")
+        if not 0 <= self.tracing_sampling <= 100:
+            raise SettingsError(f"--tracing-sampling {self.tracing_sampling:g}: a percentage, 0 to 100")
+
+    @property
+    def waypoint_args(self) -> tuple[str, ...]:
+        """What every waypoint's command gets from the mesh-wide settings."""
+        if not self.tracing_endpoint:
+            return ()
+        return ("--tracing-endpoint", self.tracing_endpoint, "--tracing-sampling", f"{self.tracing_sampling:g}")
 
     @property
     def run_dir(self) -> Path:
@@ -136,7 +151,8 @@ def local_wiring(settings: Settings) -> Wiring:
     authenticator = LocalAuthenticator(settings.run_dir / "bootstrap-tokens.json", key)
     # Waypoint pods reach the control plane where the local cluster runs it: node 1.
     control_plane_address = f"{node_ip(1)}:{settings.endpoints.grpc_port}"
-    waypoints = LocalWaypointController(cluster_store, local_argv(settings.cluster, control_plane_address))
+    waypoints = LocalWaypointController(cluster_store, local_argv(settings.cluster, control_plane_address,
+                                                                  settings.waypoint_args))
     return Wiring(roots, authenticator, LocalSource(cluster_store).events(),
                   lambda obj, errors: report_invalid(cluster_store, obj, errors), controllers=(waypoints.run,))
 
@@ -156,7 +172,7 @@ def kube_wiring(settings: Settings) -> Wiring:
              else ca_store.KubeSecretRootStore(core))
     authenticator = KubeAuthenticator(client.AuthenticationV1Api(api), core)
     waypoints = KubeWaypointController(api, image=os.environ.get("SHOAL_WAYPOINT_IMAGE", f"shoal:{shoal.__version__}"),
-                                       bundle=published_bundle(api))
+                                       bundle=published_bundle(api), waypoint_args=settings.waypoint_args)
     return Wiring(roots, authenticator, kube_source.KubeSource(api).events(),
                   lambda obj, errors: kube_source.report_invalid(api, obj, errors), controllers=(waypoints.run,))
 

@@ -310,10 +310,11 @@ class LocalWaypointController:
                 await asyncio.sleep(1.0)
 
 
-def local_argv(cluster: str, control_plane: str) -> Argv:
+def local_argv(cluster: str, control_plane: str, extra: tuple[str, ...] = ()) -> Argv:
+    """`extra`: the mesh-wide settings every waypoint gets (tracing)."""
     from shoal.local.components import shoal_argv
 
     def argv(namespace: str, name: str) -> list[str]:
         return shoal_argv("waypoint", "run", "--namespace", namespace, "--name", name, "--cluster", cluster,
-                          "--control-plane", control_plane)
+                          "--control-plane", control_plane, *extra)
     return argv

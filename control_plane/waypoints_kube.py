@@ -65,8 +65,9 @@ def kube_argv(namespace: str, name: str) -> list[str]:
             "--ca-bundle", f"{ROOT_CERT_DIR}/root-cert.pem"]
 
 
-def kube_desired(gateway: dict, image: str, bundle_pem: bytes) -> list[dict]:
-    objects = desired(gateway, kube_argv)
+def kube_desired(gateway: dict, image: str, bundle_pem: bytes, extra: tuple[str, ...] = ()) -> list[dict]:
+    """`extra`: the mesh-wide settings every waypoint's command gets (tracing)."""
+    objects = desired(gateway, lambda namespace, name: [*kube_argv(namespace, name), *extra])
     namespace = gateway["metadata"].get("namespace") or "default"
     for obj in objects:
         if obj["kind"] == "Deployment":
@@ -101,13 +102,14 @@ def covers(have, want) -> bool:
 
 class KubeWaypointController:
     def __init__(self, api_client, image: str, bundle: Callable[[], bytes | None], poll: float = 5.0,
-                 now: Callable[[], str] = now_rfc3339) -> None:
+                 now: Callable[[], str] = now_rfc3339, waypoint_args: tuple[str, ...] = ()) -> None:
         from kubernetes import client
 
         self.apis = {"core": client.CoreV1Api(api_client), "apps": client.AppsV1Api(api_client)}
         self.custom = client.CustomObjectsApi(api_client)
         self.api_client = api_client
         self.image = image
+        self.waypoint_args = waypoint_args
         self.bundle = bundle
         self.poll = poll
         self.now = now
@@ -164,7 +166,7 @@ class KubeWaypointController:
         gateways, existing = self._gateways(), self._existing()
 
         def build(gateway):
-            return kube_desired(gateway, self.image, bundle)
+            return kube_desired(gateway, self.image, bundle, self.waypoint_args)
         have = {_key(o): o for o in existing}
         todo = plan(gateways, existing, build)
         for key in blocked(gateways, existing, build):

@@ -25,6 +25,11 @@ def register(sub) -> None:
     p.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
     p.add_argument("--root-namespace", default="istio-system",
                    help="namespace whose policies apply mesh-wide (default istio-system)")
+    p.add_argument("--tracing-endpoint", default="",
+                   help="mesh-wide: the OTLP/HTTP collector every waypoint sends spans to, e.g. http://collector:4318 "
+                        "(default: no tracing)")
+    p.add_argument("--tracing-sampling", type=float, default=1.0,
+                   help="mesh-wide: percent of new traces the waypoints record (default 1)")
     rotation = p.add_mutually_exclusive_group()
     rotation.add_argument("--rotate-ca", action="store_true",
                           help="begin a root rotation and exit: a new root is trusted at once (bundle, ConfigMap, "
@@ -50,7 +55,8 @@ def main(args) -> int:
         settings = app.Settings(source=args.source, cluster=args.cluster, listen=args.listen, http=args.http,
                                 ca_cert=args.ca_cert, ca_key=args.ca_key,
                                 cert_ttl=app.parse_duration(args.cert_ttl), trust_domain=args.trust_domain,
-                                root_namespace=args.root_namespace,
+                                root_namespace=args.root_namespace, tracing_endpoint=args.tracing_endpoint,
+                                tracing_sampling=args.tracing_sampling,
                                 roots_poll_seconds=float(os.environ.get("SHOAL_CA_RELOAD_SECONDS",
                                                                         app.ROOTS_POLL_SECONDS)))
     except (app.SettingsError, ValueError) as e:
