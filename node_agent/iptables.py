@@ -36,6 +36,10 @@ skips them, but a process of the pod with CAP_NET_ADMIN can set the same
 mark. So the mark counts only on sockets made outside the pod's cgroup (the
 ztunnel's): an app's socket is captured whatever its mark.
 
+The backend: the rules are written in the node's iptables backend (backend.py), legacy with
+python-iptables or nft with iptables-nft-restore, from one set of specs (`capture_specs`,
+`ipv6_specs`); removal takes shoal's chains out of both.
+
 The ztunnel reads where a connection was going with SO_ORIGINAL_DST (conntrack
 keeps it for REDIRECT). Every chain is owned whole: installing refills it and
 keeps exactly one jump, so a second install (or a restarted agent) makes no
@@ -57,7 +61,7 @@ import os
 from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
 
 from node_agent import netfilter
-from node_agent.errors import RedirectError
+from node_agent.errors import PrerequisiteMissing, RedirectError
 from node_agent.hostmounts import hierarchy_path
 from node_agent.model import PodTarget
 
@@ -79,7 +83,7 @@ def pod_cgroup(pod: PodTarget) -> str:
     return path
 
 
-def ztunnel_exemption(iptc, pod: PodTarget):
+def ztunnel_exemption_spec(pod: PodTarget) -> dict:
     """The RETURN for the ztunnel's marked sockets: marked and made outside the pod's cgroup.
 
     A pod announced by shoal-cni is captured before its sandbox process runs, when its
@@ -88,43 +92,60 @@ def ztunnel_exemption(iptc, pod: PodTarget):
     is rewritten with the cgroup as soon as the pod's cgroup is reported (a new target)."""
     marked = ("mark", {"mark": hex(MARK)})
     if not pod.cgroup:
-        return netfilter.rule(iptc, matches=[marked], target="RETURN")
-    return netfilter.rule(iptc, matches=[marked, ("cgroup", {"path": f"!{pod_cgroup(pod)}"})], target="RETURN")
+        return dict(matches=[marked], target="RETURN")
+    return dict(matches=[marked, ("cgroup", {"path": f"!{pod_cgroup(pod)}"})], target="RETURN")
+
+
+def ztunnel_exemption(iptc, pod: PodTarget):
+    return netfilter.rule(iptc, **ztunnel_exemption_spec(pod))
+
+
+# The rules as specs (netfilter.rule's keywords): python-iptables builds them for the legacy
+# backend, netfilter.rule_text writes them as iptables-save lines for the nft one.
+
+def capture_specs(pod: PodTarget) -> dict[str, list[dict]]:
+    return {
+        OUTPUT_CHAIN: [
+            dict(out_interface="lo", target="RETURN"),
+            ztunnel_exemption_spec(pod),
+            dict(protocol="tcp", target="REDIRECT", target_args={"to_ports": str(OUTBOUND_PORT)}),
+        ],
+        PREROUTING_CHAIN: [
+            dict(in_interface="lo", target="RETURN"),
+            dict(src=f"{PROBE_SOURCE}/32", target="RETURN"),
+            dict(protocol="tcp", matches=[("tcp", {"dport": str(HBONE_PORT)})], target="RETURN"),
+            dict(protocol="tcp", target="REDIRECT", target_args={"to_ports": str(INBOUND_PLAINTEXT_PORT)}),
+        ],
+    }
+
+
+def ipv6_specs() -> dict[str, list[dict]]:
+    return {
+        OUTPUT_CHAIN: [
+            dict(out_interface="lo", target="RETURN"),
+            dict(protocol="icmpv6", target="RETURN"),
+            dict(protocol="tcp", target="REJECT", target_args={"reject_with": "tcp-reset"}),
+            dict(target="REJECT", target_args={"reject_with": "icmp6-adm-prohibited"}),
+        ],
+        INPUT_CHAIN: [
+            dict(in_interface="lo", target="RETURN"),
+            dict(protocol="icmpv6", target="RETURN"),
+            dict(target="DROP"),
+        ],
+    }
+
+
+def _built(iptc, specs: dict[str, list[dict]], ipv6: bool = False) -> dict[str, list]:
+    return {chain: [netfilter.rule(iptc, ipv6=ipv6, **spec) for spec in chain_specs]
+            for chain, chain_specs in specs.items()}
 
 
 def capture_rules(iptc, pod: PodTarget) -> dict[str, list]:
-    rule = netfilter.rule
-    return {
-        OUTPUT_CHAIN: [
-            rule(iptc, out_interface="lo", target="RETURN"),
-            ztunnel_exemption(iptc, pod),
-            rule(iptc, protocol="tcp", target="REDIRECT", target_args={"to_ports": str(OUTBOUND_PORT)}),
-        ],
-        PREROUTING_CHAIN: [
-            rule(iptc, in_interface="lo", target="RETURN"),
-            rule(iptc, src=f"{PROBE_SOURCE}/32", target="RETURN"),
-            rule(iptc, protocol="tcp", matches=[("tcp", {"dport": str(HBONE_PORT)})], target="RETURN"),
-            rule(iptc, protocol="tcp", target="REDIRECT", target_args={"to_ports": str(INBOUND_PLAINTEXT_PORT)}),
-        ],
-    }
+    return _built(iptc, capture_specs(pod))
 
 
 def ipv6_rules(iptc) -> dict[str, list]:
-    def rule(**kwargs):
-        return netfilter.rule(iptc, ipv6=True, **kwargs)
-    return {
-        OUTPUT_CHAIN: [
-            rule(out_interface="lo", target="RETURN"),
-            rule(protocol="icmpv6", target="RETURN"),
-            rule(protocol="tcp", target="REJECT", target_args={"reject_with": "tcp-reset"}),
-            rule(target="REJECT", target_args={"reject_with": "icmp6-adm-prohibited"}),
-        ],
-        INPUT_CHAIN: [
-            rule(in_interface="lo", target="RETURN"),
-            rule(protocol="icmpv6", target="RETURN"),
-            rule(target="DROP"),
-        ],
-    }
+    return _built(iptc, ipv6_specs(), ipv6=True)
 
 
 def kernel_has_ipv6() -> bool:
@@ -133,11 +154,11 @@ def kernel_has_ipv6() -> bool:
 
 
 def _families(pod: PodTarget):
-    """(ipv6?, {table: ((chain, built-in), ...)}, iptc -> {chain: rules}) per family, IPv6 first: installing in
+    """(ipv6?, {table: ((chain, built-in), ...)}, {chain: specs}) per family, IPv6 first: installing in
     this order leaves no moment when IPv4 is captured and IPv6 still open."""
     if kernel_has_ipv6():
-        yield True, IPV6_CHAINS, ipv6_rules
-    yield False, IPV4_CHAINS, lambda iptc: capture_rules(iptc, pod)
+        yield True, IPV6_CHAINS, ipv6_specs()
+    yield False, IPV4_CHAINS, capture_specs(pod)
 
 
 def _owned(chains: dict[str, tuple]):
@@ -148,16 +169,55 @@ def _owned(chains: dict[str, tuple]):
 
 
 class IptablesRedirector:
+    """The rules, written with the node's iptables backend (backend.py): python-iptables for
+    legacy, iptables-nft-restore for nft. `backend="auto"` detects it when loaded."""
+
     mode = "iptables"
 
+    def __init__(self, backend: str = "auto") -> None:
+        self.backend = backend
+
     def load(self) -> None:
-        netfilter.import_iptc()
-        netfilter.check_legacy()
+        from node_agent import backend
+        self.backend = backend.resolve(self.backend)
+
+    def use_backend(self, wanted: str) -> None:
+        """--iptables-backend: `wanted` (auto, legacy, nft) instead of what `load` chose."""
+        from node_agent import backend
+        self.backend = backend.resolve(wanted)
+
+    def _drop_other_backend(self, pod: PodTarget) -> None:
+        """Removal leaves nothing in the other backend either (an agent that ran with it before)."""
+        self.drop_backend(pod, "nft" if self.backend == "legacy" else "legacy")
+
+    def drop_backend(self, pod: PodTarget, other: str) -> None:
+        """Takes shoal's chains out of the pod in backend `other` (when the backend changed since the last run,
+        the rules of the old one would apply beside the new ones)."""
+        if not os.path.exists(pod.netns):
+            return
+        for ipv6, chains, _ in _families(pod):
+            if other == "nft":
+                from node_agent import backend
+                if backend.nft_available():
+                    backend.drop_chains(pod.netns, chains, ipv6=ipv6)
+            else:
+                def drop(iptc, tables, chains=chains):
+                    for table, chain, builtin in _owned(chains):
+                        netfilter.drop_chain(iptc, tables[table], chain, builtin)
+                try:
+                    netfilter.in_netns(pod.netns, chains, drop, ipv6=ipv6)
+                except (RedirectError, PrerequisiteMissing):
+                    pass  # no legacy tables here: nothing of them to remove
 
     def install(self, pod: PodTarget) -> None:
-        for ipv6, chains, wanted in _families(pod):
-            def apply(iptc, tables, chains=chains, wanted=wanted):
-                rules = wanted(iptc)
+        for ipv6, chains, specs in _families(pod):
+            if self.backend == "nft":
+                from node_agent import backend
+                backend.ensure_chains(pod.netns, chains, specs, ipv6=ipv6)
+                continue
+
+            def apply(iptc, tables, chains=chains, specs=specs, ipv6=ipv6):
+                rules = _built(iptc, specs, ipv6)
                 for table, chain, builtin in _owned(chains):
                     netfilter.ensure_chain(iptc, tables[table], chain, builtin, rules[chain])
             netfilter.in_netns(pod.netns, chains, apply, ipv6=ipv6)
@@ -165,16 +225,28 @@ class IptablesRedirector:
     def remove(self, pod: PodTarget) -> None:
         if not os.path.exists(pod.netns):
             return  # the rules went with the netns
+        self._drop_other_backend(pod)
         for ipv6, chains, _ in _families(pod):
+            if self.backend == "nft":
+                from node_agent import backend
+                backend.drop_chains(pod.netns, chains, ipv6=ipv6)
+                continue
+
             def drop(iptc, tables, chains=chains):
                 for table, chain, builtin in _owned(chains):
                     netfilter.drop_chain(iptc, tables[table], chain, builtin)
             netfilter.in_netns(pod.netns, chains, drop, ipv6=ipv6)
 
     def installed(self, pod: PodTarget) -> bool:
-        for ipv6, chains, wanted in _families(pod):
-            def check(iptc, tables, chains=chains, wanted=wanted):
-                rules = wanted(iptc)
+        for ipv6, chains, specs in _families(pod):
+            if self.backend == "nft":
+                from node_agent import backend
+                if not backend.holds_chains(pod.netns, chains, specs, ipv6=ipv6):
+                    return False
+                continue
+
+            def check(iptc, tables, chains=chains, specs=specs, ipv6=ipv6):
+                rules = _built(iptc, specs, ipv6)
                 # compared whole, so an older agent's rules are installed again, not taken as these
                 return all(netfilter.chain_is(iptc, tables[table], chain, rules[chain])
                            and netfilter.jumps(iptc, tables[table], chain, builtin) == 1

@@ -101,6 +101,37 @@ def rule(iptc, *, protocol=None, src=None, dst=None, in_interface=None, out_inte
     return r
 
 
+_PROTOCOL_NAMES = {"icmpv6": "ipv6-icmp"}  # as iptables-save prints them
+
+
+def _options(args: dict) -> list[str]:
+    """python-iptables' match or target parameters as iptables options (a value "!x" is a negation)."""
+    words = []
+    for key, value in args.items():
+        option = f"--{key.replace('_', '-')}"
+        if isinstance(value, str) and value.startswith("!"):
+            words += ["!", option, value[1:]]
+        else:
+            words += [option, str(value)]
+    return words
+
+
+def rule_text(*, protocol=None, src=None, dst=None, in_interface=None, out_interface=None,
+              matches: Iterable[tuple[str, dict]] = (), target: str, target_args: dict | None = None) -> str:
+    """The rule `rule()` builds from the same keywords, as iptables-save prints it (after `-A CHAIN`), so that
+    what is written with iptables-restore compares equal, line by line, with what is read back."""
+    words = []
+    for flag, value in (("-s", src), ("-d", dst), ("-i", in_interface), ("-o", out_interface)):
+        if value:
+            words += [flag, value]
+    if protocol:
+        words += ["-p", _PROTOCOL_NAMES.get(protocol, protocol)]
+    for name, args in matches:
+        words += ["-m", name, *_options(args)]
+    words += ["-j", target, *_options(target_args or {})]
+    return " ".join(words)
+
+
 def ensure_chain(iptc, table, chain_name: str, builtin: str, rules: list) -> None:
     if table.is_chain(chain_name):
         table.flush_entries(chain_name)

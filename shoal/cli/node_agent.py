@@ -11,6 +11,7 @@ from shoal.contracts import NODE_AGENT_PORT
 from shoal.local.layout import cluster_name
 
 DEFAULT_STATE_DIR = Path("/var/run/shoal/node-agent")
+BACKEND_FILE = "iptables-backend"  # in the state dir: the backend the in-pod rules were written with
 
 
 def register(sub) -> None:
@@ -40,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--dns-capture", action="store_true",
                    help="capture every enrolled pod's DNS to the ztunnel's DNS proxy, unless its namespace or "
                         "the pod says shoal.io/dns-capture: \"false\" (default: only where they say \"true\")")
+    p.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto",
+                   help="the iptables backend of the in-pod rules (iptables mode): auto takes the node's, legacy "
+                        "when it holds legacy rules, else nft (as Istio detects it)")
     p.add_argument("--cni", action=argparse.BooleanOptionalAction, default=None,
                    help="install shoal-cni into the node's CNI chain and serve its socket, so new pods are captured "
                         "before their containers start (default: on with --source kube, off with --source local)")
@@ -81,6 +85,21 @@ def _cni_settings(args, state_dir: Path):
         socket = Path("/var/run/shoal/cni.sock")
     return CniSettings(bin_dir=args.cni_bin_dir or DEFAULT_BIN_DIR, conf_dir=args.cni_conf_dir or DEFAULT_CONF_DIR,
                        socket=socket, enrollment_file=socket.with_name("cni-enrollment.json"), state_dir=state_dir)
+
+
+def _settle_backend(args, capture, state_dir: Path) -> None:
+    """--iptables-backend over what was detected; if the backend changed since the last run, the pods'
+    rules in the old one are removed (the new ones go in at the first reconcile)."""
+    from node_agent.redirect import Ledger
+    if args.iptables_backend != "auto":
+        capture.use_backend(args.iptables_backend)
+    record = state_dir / BACKEND_FILE
+    old = record.read_text().strip() if record.exists() else ""
+    if old and old != capture.backend:
+        for pod in Ledger(state_dir / "pods").pods("iptables").values():
+            capture.drop_backend(pod, old)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(capture.backend + "\n")
 
 
 def _kubelet_cgroup(args) -> str:
@@ -128,6 +147,12 @@ def main(args) -> int:
         logger.warning("redirect mode changed since the last run; removing the old mode's redirection first",
                        old=sorted(previous), new=capture.mode)
         if cleanup(args, agent_id, state_dir, modes=previous) != 0:
+            return 1
+    if capture.mode == "iptables":
+        try:
+            _settle_backend(args, capture, state_dir)
+        except NodeAgentError as e:
+            print(f"shoal node-agent: {e}", file=sys.stderr)
             return 1
     try:
         redirection = Redirection(capture, state_dir, kubelet_cgroup=_kubelet_cgroup(args))
@@ -178,6 +203,7 @@ def cleanup(args, agent_id: str, state_dir: Path, modes: set[str] | None = None)
         except OSError as e:
             print(f"shoal node-agent: cleanup of shoal-cni failed: {e}", file=sys.stderr)
             return 1
+    (state_dir / BACKEND_FILE).unlink(missing_ok=True)
     if modes is None:
         modes = Ledger(state_dir / "pods").modes() & {"iptables", "ebpf"}
         if (args.bpffs / "shoal" / agent_id).exists():

@@ -13,7 +13,9 @@ pod (the first connection after ADD is captured); a pod not enrolled passes at o
 with the agent stopped, ADD of an enrolled pod fails naming the cause, while a pod
 not enrolled still starts, and once the agent is back the same pod starts captured;
 CHECK finds capture that went missing; DEL takes capture out and tells the ztunnel;
-and --cleanup leaves the conflist byte-for-byte as it was and the plugin gone.
+and --cleanup leaves the conflist byte-for-byte as it was and the plugin gone. All of it twice:
+on a node that holds legacy rules, and on one that holds only nft rules, where the pods' rules
+must land in the node's backend and never in the other.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from shoal.contracts import NODE_AGENT_PORT
 from shoal.handoff_io import HandoffClient
 
 from na_topology import listen_in, original_dst
-from node_agent import netfilter
 from support.cli import SHOAL
 from support.cni import SYSTEM_PLUGINS, CniFailed, Runtime, Sandbox
 from support.net import http_get
@@ -135,8 +136,10 @@ def conflist_text() -> bytes:
     return json.dumps(conf, indent=1).encode()  # the bytes --cleanup must give back
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
+@pytest.fixture(scope="module", params=["legacy", "nft"])
+def node(request, tmp_path_factory):
+    """The node, holding one rule of its own in the iptables backend of the param (as kube-proxy would): the
+    agent detects it and writes the pods' rules there."""
     if not (SYSTEM_PLUGINS / "bridge").exists():
         pytest.skip(f"no {SYSTEM_PLUGINS}/bridge: install containernetworking-plugins (scripts/setup.sh does)")
     base = tmp_path_factory.mktemp("cni")
@@ -146,13 +149,14 @@ def node(tmp_path_factory):
     (base / "net.d" / "10-test.conflist").write_bytes(original)
     netns.create(NODE)
     netns.run(NODE, ["ip", "link", "set", "lo", "up"])
+    netns.run(NODE, [f"iptables-{request.param}", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
     (CGROUP / "kubelet").mkdir(parents=True, exist_ok=True)
     cluster = store.Store(TAG, root=base / "run")
     cluster.init()
     cluster.apply({"kind": "Namespace", "metadata": {"name": "demo", "labels": {"shoal.io/dataplane-mode": "ambient"}}})
     cluster.apply({"kind": "Namespace", "metadata": {"name": "plain"}})
     try:
-        yield base, cluster, original
+        yield base, cluster, original, request.param
     finally:
         netns.remove(NODE)
         for directory in (CGROUP / "kubelet", CGROUP):
@@ -164,7 +168,7 @@ def node(tmp_path_factory):
 
 @pytest.fixture
 def agent(node):
-    base, _, _ = node
+    base, _, _, _ = node
     running = Agent(base)
     running.start()
     ztunnel = ZtunnelStandIn(base / "ztunnel.sock")
@@ -181,7 +185,7 @@ def agent(node):
 @pytest.fixture
 def pods(node):
     """`pods(namespace, name)` applies a Pod on node1 and makes its sandbox's netns; all go after the test."""
-    base, cluster, _ = node
+    base, cluster, _, _ = node
     made = []
 
     def make(namespace: str, name: str) -> Sandbox:
@@ -199,8 +203,18 @@ def pods(node):
 
 
 def runtime(node) -> Runtime:
-    base, _, _ = node
+    base, _, _, _ = node
     return Runtime(NODE, base / "net.d" / "10-test.conflist", (base / "bin", SYSTEM_PLUGINS))
+
+
+def rules(node, sandbox: Sandbox) -> str:
+    """The pod's rules in the node's backend; asserts there are none of shoal's in the other."""
+    used = node[3]
+    other = "nft" if used == "legacy" else "legacy"
+    saved = {name: subprocess.run(["nsenter", f"--net={sandbox.netns}", f"iptables-{name}-save"], capture_output=True,
+                                  text=True, check=True).stdout for name in (used, other)}
+    assert "SHOAL" not in saved[other], f"shoal's rules went into {other}, not the node's {used}"
+    return saved[used]
 
 
 def pod_ip(result: dict) -> str:
@@ -253,12 +267,12 @@ def test_add_returns_with_the_pod_captured_check_finds_missing_capture_del_relea
     assert pod_ip(result).startswith("198.19.200."), result  # prevResult passed through: bridge's result
     # Nothing is waited for after ADD returned: the capture and the hand-off are already done.
     assert ztunnel.added.get(sandbox.uid) == os.stat(sandbox.netns).st_ino
-    rules = netfilter.save(sandbox.netns)
-    assert "-A SHOAL_OUTPUT -p tcp -j REDIRECT --to-ports 15001" in rules, rules
+    saved = rules(node, sandbox)
+    assert "-A SHOAL_OUTPUT -p tcp -j REDIRECT --to-ports 15001" in saved, saved
     first_connection_is_captured(ztunnel, sandbox)
     chain.check(sandbox)
 
-    subprocess.run(["nsenter", f"--net={sandbox.netns}", "iptables-legacy", "-t", "nat", "-F", "SHOAL_OUTPUT"],
+    subprocess.run(["nsenter", f"--net={sandbox.netns}", f"iptables-{node[3]}", "-t", "nat", "-F", "SHOAL_OUTPUT"],
                    check=True)
     with pytest.raises(CniFailed) as failed:
         chain.check(sandbox)
@@ -267,7 +281,7 @@ def test_add_returns_with_the_pod_captured_check_finds_missing_capture_del_relea
 
     chain.delete(sandbox)
     assert sandbox.uid in ztunnel.deleted
-    assert "SHOAL" not in netfilter.save(sandbox.netns)
+    assert "SHOAL" not in rules(node, sandbox)
 
 
 def test_a_pod_not_enrolled_passes_at_once_uncaptured(node, agent, pods):
@@ -276,7 +290,7 @@ def test_a_pod_not_enrolled_passes_at_once_uncaptured(node, agent, pods):
     sandbox = pods("plain", "web")
     result = chain.add(sandbox)
     assert pod_ip(result).startswith("198.19.200.")
-    assert "SHOAL" not in netfilter.save(sandbox.netns)
+    assert "SHOAL" not in rules(node, sandbox)
     assert sandbox.uid not in ztunnel.added
     chain.delete(sandbox)
 
@@ -293,7 +307,7 @@ def test_with_the_agent_stopped_an_enrolled_pod_waits_with_the_cause_and_starts_
     assert failed.value.plugin == "shoal-cni", failed.value
     assert "node agent is not reachable" in failed.value.msg and "demo/late" in failed.value.msg
     assert "would be enrolled" in failed.value.msg
-    assert "SHOAL" not in netfilter.save(late.netns)
+    assert "SHOAL" not in rules(node, late)
     links = subprocess.run(["nsenter", f"--net={late.netns}", "ip", "-o", "link"], capture_output=True, text=True,
                            check=True).stdout
     assert "eth0" not in links, "the runtime's DEL over the failed chain takes bridge's veth away again"
@@ -312,7 +326,7 @@ def test_with_the_agent_stopped_an_enrolled_pod_waits_with_the_cause_and_starts_
 
 def test_cleanup_takes_shoal_cni_out_leaving_the_conflist_byte_for_byte(node, agent):
     running, _ = agent
-    base, _, original = node
+    base, _, original, _ = node
     assert (base / "bin" / "shoal-cni").exists()
     assert (base / "net.d" / "10-test.conflist").read_bytes() != original
     running.stop()

@@ -1,0 +1,171 @@
+"""The iptables backend of the in-pod rules (node_agent/backend.py): the node's, detected, or the one named.
+
+- the rules written as iptables-save lines are what iptables-nft-save prints back (table, no root);
+- detection in network namespaces: legacy rules present, legacy; nft rules only, nft; none, legacy;
+- the iptables mode with the nft backend, in a real pod netns: install is idempotent and captures
+  (SO_ORIGINAL_DST checked), `installed` sees a flushed chain, removal leaves nothing, and nothing
+  ever lands in the legacy tables; a pod moved from one backend to the other keeps nothing of the old.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from shoal import netns
+
+from na_topology import listen_in, original_dst
+from node_agent import backend, netfilter
+from node_agent.iptables import IptablesRedirector, capture_specs, ipv6_specs
+from node_agent.model import PodTarget
+from support.root import IS_ROOT, needs_root
+
+TAG = f"nft{os.getpid()}"
+CGROUP = Path("/sys/fs/cgroup/unified") / f"shoal-{TAG}"
+POD_IP = "198.19.201.2"
+
+
+def pod(netns_path: str, cgroup: str | None = None) -> PodTarget:
+    return PodTarget("uid-nft", "demo", "web", POD_IP, netns_path, cgroup)
+
+
+@pytest.mark.parametrize("spec, line", [
+    (dict(out_interface="lo", target="RETURN"), "-o lo -j RETURN"),
+    (dict(src="169.254.7.127/32", target="RETURN"), "-s 169.254.7.127/32 -j RETURN"),
+    (dict(protocol="tcp", matches=[("tcp", {"dport": "15008"})], target="RETURN"),
+     "-p tcp -m tcp --dport 15008 -j RETURN"),
+    (dict(matches=[("mark", {"mark": "0x539"}), ("cgroup", {"path": "!kubepods/pod1"})], target="RETURN"),
+     "-m mark --mark 0x539 -m cgroup ! --path kubepods/pod1 -j RETURN"),
+    (dict(protocol="tcp", target="REDIRECT", target_args={"to_ports": "15001"}), "-p tcp -j REDIRECT --to-ports 15001"),
+    (dict(protocol="icmpv6", target="RETURN"), "-p ipv6-icmp -j RETURN"),
+    (dict(target="REJECT", target_args={"reject_with": "icmp6-adm-prohibited"}),
+     "-j REJECT --reject-with icmp6-adm-prohibited"),
+])
+def test_a_rule_is_written_as_iptables_save_prints_it(spec, line):
+    assert netfilter.rule_text(**spec) == line
+
+
+def test_an_unknown_backend_is_refused_naming_the_choices():
+    with pytest.raises(Exception, match="choose one of auto, legacy, nft"):
+        backend.resolve("bpfilter")
+
+
+@pytest.fixture
+def scratch():
+    """Network namespaces made by the test (names under /run/netns), removed after it."""
+    if not IS_ROOT:
+        pytest.skip("needs root: network namespaces and iptables")
+    made = []
+
+    def make(suffix: str) -> str:
+        name = f"shoal-{TAG}-{suffix}"
+        netns.create(name)
+        made.append(name)
+        netns.run(name, ["ip", "link", "set", "lo", "up"])
+        return name
+
+    yield make
+    for name in made:
+        netns.remove(name)
+
+
+@needs_root("network namespaces and iptables")
+def test_detection_follows_the_rules_the_node_holds(scratch):
+    legacy_node, nft_node, bare_node = scratch("legacy"), scratch("nft"), scratch("bare")
+    netns.run(legacy_node, ["iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
+    netns.run(nft_node, ["iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
+    assert backend.detect(str(netns.path(legacy_node)))[0] == "legacy"
+    assert backend.detect(str(netns.path(nft_node))) == ("nft", "the node holds iptables-nft rules and no legacy ones")
+    assert backend.detect(str(netns.path(bare_node)))[0] == "legacy"  # this kernel takes legacy tables
+
+
+def pod_netns(scratch) -> str:
+    name = scratch("pod")
+    for argv in (["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"], ["ip", "link", "set", "d1", "up"], ["ip", "addr", "add", f"{POD_IP}/24", "dev", "d0"],
+                 ["ip", "link", "set", "d0", "up"], ["ip", "route", "add", "default", "dev", "d0"]):
+        netns.run(name, argv)
+    return str(netns.path(name))
+
+
+def nft_save(path: str, ipv6: bool = False) -> str:
+    tool = "ip6tables-nft-save" if ipv6 else "iptables-nft-save"
+    return subprocess.run(["nsenter", f"--net={path}", tool], capture_output=True, text=True, check=True).stdout
+
+
+def captured(path: str) -> tuple[str, int]:
+    """Connects from the pod to an address nobody serves; returns where the 15001 listener says it was going."""
+    listener = listen_in(path, 15001)
+    got = {}
+
+    def accept():
+        conn, _ = listener.accept()
+        got["dst"] = original_dst(conn)
+        conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    code = "import socket; socket.create_connection(('198.18.99.1', 8080), timeout=5).close()"
+    result = subprocess.run(["nsenter", f"--net={path}", "python3", "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    thread.join(30)
+    listener.close()
+    assert result.returncode == 0, result.stderr
+    return got["dst"]
+
+
+@needs_root("network namespaces, cgroups and iptables")
+def test_the_nft_backend_captures_is_idempotent_sees_a_flushed_chain_and_removes_everything(scratch):
+    path = pod_netns(scratch)
+    CGROUP.mkdir(parents=True, exist_ok=True)
+    try:
+        target = pod(path, str(CGROUP))
+        capture = IptablesRedirector("nft")
+        capture.load()
+        capture.install(target)
+        capture.install(target)
+        saved = nft_save(path)
+        expected = [f"-A SHOAL_OUTPUT {netfilter.rule_text(**spec)}" for spec in capture_specs(target)["SHOAL_OUTPUT"]]
+        assert [line for line in saved.splitlines() if line.startswith("-A SHOAL_OUTPUT")] == expected
+        assert saved.count("-A OUTPUT -j SHOAL_OUTPUT") == 1 and saved.count("-A PREROUTING -j SHOAL_PREROUTING") == 1
+        assert f"! --path shoal-{TAG}" in saved
+        v6 = nft_save(path, ipv6=True)
+        assert [line for line in v6.splitlines() if line.startswith("-A SHOAL_INPUT")] == \
+            [f"-A SHOAL_INPUT {netfilter.rule_text(**spec)}" for spec in ipv6_specs()["SHOAL_INPUT"]]
+        assert "SHOAL" not in netfilter.save(path), "nothing goes into the legacy tables"
+        assert capture.installed(target)
+        assert captured(path) == ("198.18.99.1", 8080)
+
+        subprocess.run(["nsenter", f"--net={path}", "iptables-nft", "-t", "nat", "-F", "SHOAL_PREROUTING"], check=True)
+        assert not capture.installed(target)
+        capture.install(target)
+        assert capture.installed(target)
+
+        capture.remove(target)
+        assert "SHOAL" not in nft_save(path) and "SHOAL" not in nft_save(path, ipv6=True)
+        assert not capture.installed(target)
+    finally:
+        CGROUP.rmdir()
+
+
+@needs_root("network namespaces and iptables")
+def test_a_pod_moved_to_the_other_backend_keeps_nothing_of_the_old_one(scratch):
+    path = pod_netns(scratch)
+    target = pod(path)  # no cgroup yet, as a pod captured at CNI ADD
+    legacy = IptablesRedirector("legacy")
+    legacy.load()
+    legacy.install(target)
+    assert "SHOAL_OUTPUT" in netfilter.save(path)
+    nft = IptablesRedirector("nft")
+    nft.load()
+    nft.drop_backend(target, "legacy")
+    nft.install(target)
+    assert "SHOAL" not in netfilter.save(path) and "SHOAL" not in netfilter.save(path, ipv6=True)
+    assert nft.installed(target) and captured(path) == ("198.18.99.1", 8080)
+    legacy.install(target)  # and back; removal by either takes both
+    nft.remove(target)
+    assert "SHOAL" not in netfilter.save(path) and "SHOAL" not in nft_save(path)
