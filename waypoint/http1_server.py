@@ -39,8 +39,10 @@ async def serve_http1(proxy: Proxy, client: Channel, peer: Peer, source_address:
     try:
         while True:
             try:
-                head = await asyncio.wait_for(_next_head(client, reader, queue), proxy.idle_timeout)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: wait_for wraps the read in a Task of its own, on every request.
+                async with asyncio.timeout(proxy.idle_timeout):
+                    head = await _next_head(client, reader, queue)
+            except TimeoutError:
                 client.end()
                 return
             except BadRequest as e:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
 
@@ -42,7 +41,7 @@ from waypoint.h2upstream import H2Pool
 from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
 from shoal.proxy_state import ProxyState
 from waypoint.streaming import BodySource, BodyTooLarge
-from waypoint.telemetry import Metrics, RequestRecord
+from waypoint.telemetry import Metrics, RequestRecord, new_request_id
 from waypoint.upstream import Upstreams
 
 logger = log.get("waypoint.proxy")
@@ -137,7 +136,7 @@ class Proxy:
         record = RequestRecord(source_address, head.method, head.target, authority,
                                source_workload=self.state.workload_by_ip(peer.source_ip),
                                source_principal=str(peer.source or ""), bytes_received=len(request.body))
-        record.request_id = head.header("x-request-id") or str(uuid.uuid4())
+        record.request_id = head.header("x-request-id") or new_request_id()
         span = self.tracer.begin(head.headers, head.method, head.target, authority) if self.tracer else None
         if span is not None:   # upstream sees the waypoint's span as its parent
             request = replace(request, head=replace(head, headers=tuple(span.headers)))
@@ -260,8 +259,11 @@ class Proxy:
             per_try = retry.per_try_timeout if retry and retry.per_try_timeout else None
             limit = min(x for x in (budget, per_try) if x is not None) if (budget or per_try) else None
             try:
-                exchange = await asyncio.wait_for(
-                    self._try(upstream, request, record, plan.request_headers, use_h2=use_h2), limit)
+                if limit is None:   # (the common case: no route or per-try timeout, no timer to arm)
+                    exchange = await self._try(upstream, request, record, plan.request_headers, use_h2=use_h2)
+                else:
+                    exchange = await asyncio.wait_for(
+                        self._try(upstream, request, record, plan.request_headers, use_h2=use_h2), limit)
             except asyncio.TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline - 0.001:
                     raise UpstreamTimeout(f"no response within the route timeout {plan.timeout:g}s") from None
@@ -310,7 +312,8 @@ class Proxy:
                 budget = None if deadline is None else deadline - time.monotonic()
                 if budget is not None and budget <= 0:
                     raise asyncio.TimeoutError
-                for event in await asyncio.wait_for(exchange.events(), budget):
+                events = await (exchange.events() if budget is None else asyncio.wait_for(exchange.events(), budget))
+                for event in events:
                     if isinstance(event, http1.Body):
                         await responder.data(event.data)
                     elif isinstance(event, http1.End):

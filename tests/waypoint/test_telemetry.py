@@ -87,3 +87,29 @@ def test_the_waypoints_sweep_prunes_series_once_a_pod_is_deleted():
         finally:
             sweep.cancel()
     asyncio.run(main())
+
+
+def test_a_replaced_workload_counts_under_its_new_labels_not_a_cached_series():
+    """Series are found by what the labels are made of (issue 18): a workload the control plane replaced
+    (same uid, new version label) must not count under the old object's series."""
+    metrics = Metrics()
+    _request(metrics, CLIENT, V1A)
+    _request(metrics, CLIENT, V1A)
+    moved = workload("reviews-v1-a", "198.19.1.11", "v9", deployment="reviews-v1")
+    _request(metrics, CLIENT, moved)
+    _request(metrics, CLIENT, V1A, status=503)
+    assert _count(metrics, "istio_requests_total", destination_version="v1", response_code="200") == 2
+    assert _count(metrics, "istio_requests_total", destination_version="v9", response_code="200") == 1
+    assert _count(metrics, "istio_requests_total", destination_version="v1", response_code="503") == 1
+
+
+def test_request_ids_are_distinct_version_4_uuids():
+    import uuid
+
+    from waypoint.telemetry import new_request_id
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:200]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
