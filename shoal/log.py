@@ -54,7 +54,7 @@ def setup(fmt: str = "console", level: str = "info", stream=None, access_format:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),   # a line and its newline in one write(), not two
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
