@@ -159,6 +159,7 @@ class NodeAgent:
                 self.metrics.reconcile_errors.labels(step="invalid-pod").inc()
                 logger.warning("pod cannot be meshed", uid=uid, reason=why)
         self.reported = problems
+        self.metrics.unmeshable.set(len(problems))
         now = self.clock()
         for uid in want:
             self.seen_at.setdefault(uid, now)

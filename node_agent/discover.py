@@ -4,14 +4,17 @@ The local cluster's kubelet writes both into `status.shoal`; a real kubelet
 does not. A pod's processes live in a cgroup whose path names the pod uid:
 `.../kubepods/burstable/pod<uid>/<container>` (cgroupfs driver) or
 `.../kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`
-(systemd driver). The agent (hostPID) scans /proc for a process in such a
-cgroup, takes the pod-level directory as the pod's cgroup and the process's
-`ns/net` as the pod's netns. The sandbox (pause) process lives as long as the
+(systemd driver), in the v2 tree or in v1 controllers (a cgroup v1 or hybrid
+node). The agent (hostPID) scans /proc for a process in such a cgroup, takes
+the pod-level v2 directory as the pod's cgroup (none when the pod has only v1
+cgroups) and the process's `ns/net` as the pod's netns. This is the last
+resort: the netns comes first from shoal-cni's call, then from the runtime. The sandbox (pause) process lives as long as the
 pod's netns, so its `/proc/<pid>/ns/net` stays valid for the pod's life.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +23,40 @@ from pathlib import Path
 class Sandbox:
     pid: int
     netns: str
-    cgroup: str
+    cgroup: str | None  # the pod's cgroup v2 directory; None when the pod is in v1 cgroups only
+    inode: int | None = None  # of the netns, to tell a new sandbox from the one found before
 
 
 def _pod_markers(uid: str) -> tuple[str, str]:
     return f"pod{uid}", f"pod{uid.replace('-', '_')}"
+
+
+def _pod_level(path: str, markers: tuple[str, str]) -> str | None:
+    """The pod's directory in a cgroup path (cgroupfs `.../pod<uid>`, systemd `...-pod<uid_>.slice`), or None."""
+    parts = path.strip("/").split("/")
+    for depth, part in enumerate(parts):
+        if any(part == m or part.endswith(f"-{m}.slice") or part == f"{m}.slice" for m in markers):
+            return "/".join(parts[: depth + 1])
+    return None
+
+
+def _match(lines: list[str], markers: tuple[str, str]) -> tuple[bool, str | None]:
+    """(the process is the pod's, its pod-level v2 path if the v2 line says so) from /proc/PID/cgroup.
+
+    Every hierarchy counts: `0::path` (v2, unified or hybrid) and `N:controllers:path` (v1),
+    so a pod placed by a runtime in v1 controllers only (cgroupfs driver on a v1 or hybrid node)
+    is found too, without a v2 cgroup."""
+    found, v2 = False, None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        _, _, path = rest.partition(":")
+        level = _pod_level(path, markers)
+        if level is None:
+            continue
+        found = True
+        if hierarchy == "0":
+            v2 = level
+    return found, v2
 
 
 def find_sandbox(uid: str, proc: Path = Path("/proc"), cgroup_root: Path | None = None) -> Sandbox | None:
@@ -33,7 +65,7 @@ def find_sandbox(uid: str, proc: Path = Path("/proc"), cgroup_root: Path | None 
         from node_agent.hostmounts import cgroup2_root
         cgroup_root = cgroup2_root() or Path("/sys/fs/cgroup")
     markers = _pod_markers(uid)
-    found: list[tuple[int, str]] = []
+    found: list[tuple[int, str | None]] = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -41,18 +73,18 @@ def find_sandbox(uid: str, proc: Path = Path("/proc"), cgroup_root: Path | None 
             lines = (entry / "cgroup").read_text().splitlines()
         except OSError:
             continue
-        for line in lines:
-            if not line.startswith("0::"):
-                continue
-            parts = line[3:].strip("/").split("/")
-            for depth, part in enumerate(parts):
-                if any(part == m or part.endswith(f"-{m}.slice") or part == f"{m}.slice" for m in markers):
-                    found.append((int(entry.name), "/".join(parts[: depth + 1])))
-                    break
+        mine, v2 = _match(lines, markers)
+        if mine:
+            found.append((int(entry.name), v2))
     if not found:
         return None
-    pid, pod_cgroup = min(found)
-    return Sandbox(pid, str(proc / str(pid) / "ns" / "net"), str(cgroup_root / pod_cgroup))
+    pid, pod_cgroup = min(found, key=lambda item: item[0])
+    netns = str(proc / str(pid) / "ns" / "net")
+    try:
+        inode = os.stat(netns).st_ino
+    except OSError:
+        inode = None
+    return Sandbox(pid, netns, str(cgroup_root / pod_cgroup) if pod_cgroup else None, inode)
 
 
 def with_sandbox(pod: dict, proc: Path = Path("/proc"), cgroup_root: Path | None = None) -> dict:
@@ -66,4 +98,7 @@ def with_sandbox(pod: dict, proc: Path = Path("/proc"), cgroup_root: Path | None
     sandbox = find_sandbox(uid, proc, cgroup_root)
     if sandbox is None:
         return pod
-    return {**pod, "status": {**status, "shoal": {"netns": sandbox.netns, "cgroup": sandbox.cgroup}}}
+    found = {"netns": sandbox.netns, "cgroup": sandbox.cgroup}
+    if sandbox.inode is not None:
+        found["netns_inode"] = sandbox.inode
+    return {**pod, "status": {**status, "shoal": found}}

@@ -31,6 +31,9 @@ class Metrics:
         self.enroll_seconds = Histogram("shoal_node_agent_enroll_seconds",
                                         "Time from a pod seen as wanted in the mesh to its redirection active",
                                         buckets=ENROLL_BUCKETS, registry=self.registry)
+        self.unmeshable = Gauge("shoal_node_agent_unmeshable_pods",
+                                "Running pods that should be meshed but cannot be (the log says why)",
+                                registry=self.registry)
         self.ztunnel_connected = Gauge("shoal_node_agent_ztunnel_connected", "1 while a ztunnel is connected",
                                        registry=self.registry)
         self.mode = Gauge("shoal_node_agent_redirect_mode", "The redirect mode in use", ["mode"],

@@ -105,10 +105,21 @@ def desired(pods: Iterable[PodInfo], node: str) -> dict[str, PodTarget]:
     return {pod.uid: pod.target() for pod in pods if pod.node == node and ready(pod) and wants_mesh(pod)}
 
 
+NO_SANDBOX = ("its sandbox was not found (no shoal-cni call for it, no sandbox in the container runtime, no "
+              "process of the pod in /proc), so it runs outside the mesh; check that shoal-cni is chained into the "
+              "node's CNI config and that the node agent sees the host's /proc, /sys/fs/cgroup and runtime socket")
+
+
 def problems(pods: Iterable[PodInfo], node: str) -> dict[str, str]:
-    """uid -> why, for the pods that should be meshed but cannot be (the agent logs these)."""
-    return {pod.uid: why for pod in pods
-            if pod.node == node and pod.phase == "Running" and wants_mesh(pod) and (why := problem(pod)) is not None}
+    """uid -> why, for the running pods that should be meshed but cannot be (the agent reports these)."""
+    out = {}
+    for pod in pods:
+        if pod.node != node or pod.phase != "Running" or not wants_mesh(pod):
+            continue
+        why = problem(pod) or (None if pod.netns else NO_SANDBOX)
+        if why is not None:
+            out[pod.uid] = why
+    return out
 
 
 @dataclass(frozen=True)

@@ -144,16 +144,26 @@ class KubeSource:
             watcher.stop()
 
     def _with_sandbox(self, pod: dict) -> dict:
-        """`discover`, remembered per uid once found (a scan of /proc is not free)."""
+        """`discover`, remembered per uid once found (a scan of /proc is not free), and looked for again
+        when the sandbox changed: its netns gone, or another one at that path (a recreated sandbox)."""
         uid = (pod.get("metadata") or {}).get("uid", "")
         known = self._sandboxes.get(uid)
-        if known is not None:
+        if known is not None and _same_netns(known):
             return {**pod, "status": {**(pod.get("status") or {}), "shoal": known}}
+        self._sandboxes.pop(uid, None)
         filled = self.discover(pod)
         found = (filled.get("status") or {}).get("shoal")
         if found and found.get("netns") and os.path.exists(found["netns"]):
             self._sandboxes[uid] = found
         return filled
+
+
+def _same_netns(found: dict) -> bool:
+    try:
+        inode = os.stat(found["netns"]).st_ino
+    except OSError:
+        return False
+    return found.get("netns_inode") in (None, inode)
 
 
 def _discover(pod: dict) -> dict:
