@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 from shoal.contracts import HBONE_PORT
 from shoal.identity import SpiffeId
 from shoal.model import (
-    Destination, HeaderChanges, HeaderMatch, MatchKind, Protocol, RetryPolicy, Route, RouteMatch,
+    Destination, HeaderChanges, HeaderMatch, MatchKind, Protocol, RetryPolicy, Route, RouteMatch, RouteTable,
     Service, StringMatch, Workload, selector_matches,
 )
 from shoal import authz
@@ -140,25 +140,53 @@ NO_CONFIG = ("no config from the control plane yet: this waypoint serves nothing
              "check that the control plane is reachable")
 
 
+@dataclass(frozen=True)
+class _Destination:
+    """What decide looks up for a CONNECT target before it reads the request: the same for every request
+    to it until the state changes, so it is memoized per state version (`_destination`)."""
+    service: Service | None
+    has_port: bool
+    policies: tuple                    # the Authorizations this waypoint enforces for the service
+    table: RouteTable | None
+
+
+NO_POLICY = authz.Verdict(True, "", "no authorization policy applies")
+
+
+def _destination(state: ProxyState, ip: str, port: int) -> _Destination:
+    memo = state.cached("destinations")
+    found = memo.get((ip, port))
+    if found is None:
+        service = state.service_by_vip(ip)
+        if service is None:
+            found = _Destination(None, False, (), None)
+        else:
+            found = _Destination(service, service.port(port) is not None,
+                                 tuple(state.waypoint_policies_for(service)), state.route_table(service.hostname, port))
+        memo[(ip, port)] = found
+    return found
+
+
 def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Plan | Refusal:
     if not state.synced:
         return Refusal(503, "UAEX", NO_CONFIG)
     ip, port = peer.destination
-    service = state.service_by_vip(ip)
+    known = _destination(state, ip, port)
+    service = known.service
     if service is None:
         workload = state.workload_by_ip(ip)
         if workload is None:
             return Refusal(404, "NR", f"{ip}:{port} is neither a Service VIP nor a workload this waypoint knows; "
                            "check that the service is in the waypoint's namespace and bound to it")
         return _to_workload(state, peer, head, workload, port)
-    if service.port(port) is None:
+    if not known.has_port:
         return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
 
-    verdict = authz.authorize(state.waypoint_policies_for(service), peer.facts(port, head))
+    verdict = authz.authorize(known.policies, peer.facts(port, head)) if known.policies else NO_POLICY
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, service.hostname, verdict.named)
 
-    table = state.route_table(service.hostname, port)
+    table = known.table
     if table is None:
         route = Route(destinations=(Destination(service.hostname),))
     else:

@@ -260,3 +260,20 @@ def test_nothing_is_routed_before_the_whole_config_arrived():
     state = ProxyState(waypoint=(NS, "waypoint"), expects=(ResourceType.SERVICE, ResourceType.ROUTE_TABLE))
     for result in (decide(state, peer(), get(), scripted()), decide_tcp(state, peer(), scripted())):
         assert isinstance(result, Refusal) and result.status == 503 and "no config" in result.reason
+
+
+def test_what_decide_memoizes_per_destination_follows_every_state_change():
+    """decide keeps each destination's service, policies and route table per state version (issue 18):
+    a policy, a route table or a removed service takes effect from the next request on."""
+    state = mesh()
+    assert isinstance(decide(state, peer(), get("/admin"), scripted()), Plan)
+    state.upsert(policy("no-admin", "DENY", paths=("/admin",)))
+    refused = decide(state, peer(), get("/admin"), scripted())
+    assert isinstance(refused, Refusal) and refused.status == 403
+    state.remove(ResourceType.AUTHORIZATION, f"{NS}/no-admin")
+    state.upsert(table(Route(destinations=(to("v2"),))))
+    plan = decide(state, peer(), get("/admin"), scripted())
+    assert isinstance(plan, Plan) and plan.subset == "v2"
+    state.remove(ResourceType.SERVICE, REVIEWS)
+    gone = decide(state, peer(), get("/admin"), scripted())
+    assert isinstance(gone, Refusal) and gone.status == 404
