@@ -89,6 +89,9 @@ def row(kind: str, obj: dict, wide: bool, show_namespace: bool) -> dict:
     elif kind == "Service":
         out["TYPE"] = spec.get("type", "ClusterIP")
         out["CLUSTER-IP"] = spec.get("clusterIP", "<none>")
+        external = list(spec.get("externalIPs") or []) + [
+            i.get("ip") or i.get("hostname") for i in ((status.get("loadBalancer") or {}).get("ingress") or [])]
+        out["EXTERNAL-IP"] = ",".join(external) or ("<pending>" if spec.get("type") == "LoadBalancer" else "<none>")
         out["PORTS"] = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
         if wide:
             out["SELECTOR"] = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items()) or "<none>"

@@ -113,7 +113,7 @@ def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) ->
          "status": {"addresses": [{"type": "InternalIP", "address": node_ip(i)},
                                   {"type": "Hostname", "address": node_name(i)}]}}
         for i in range(1, nodes + 1)
-    ]
+    ] + components.system_services()
     for obj in base:
         if store.get(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) is None:
             store.apply(obj)

@@ -190,6 +190,11 @@ def ingress_gateway(layout: Layout, node: int, settings: Settings) -> dict | Non
 COMPONENTS.append(ingress_gateway)
 
 
+def system_services() -> list[dict]:
+    """The Services of system components, which `up` creates once, as it does the namespaces."""
+    return [ingress.service(SYSTEM_NAMESPACE)]
+
+
 def system_pods(layout: Layout, settings: Settings) -> list[dict]:
     pods = []
     for component in COMPONENTS:

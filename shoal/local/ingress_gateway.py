@@ -12,6 +12,7 @@ admin ports are apart from the node's ztunnel's (`shoal.contracts.INGRESS_*`).
 
 from __future__ import annotations
 
+from shoal.contracts import SELECT_HOST_NETWORK
 from shoal.local.layout import Layout, node_ip
 
 NAME = "shoal-ingressgateway"
@@ -24,6 +25,17 @@ HTTPS_PORT = 443
 def address() -> tuple[str, int]:
     """Where the underlay reaches the gateway's HTTP listener."""
     return node_ip(NODE), HTTP_PORT
+
+
+def service(namespace: str) -> dict:
+    """Its LoadBalancer Service: `shoal local get svc` shows the node address (EXTERNAL-IP) and ports the
+    underlay reaches it at; it selects the gateway's hostNetwork pod (hence select-host-network)."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": NAME, "namespace": namespace, "labels": dict(SELECTOR),
+                         "annotations": {SELECT_HOST_NETWORK: "true"}},
+            "spec": {"type": "LoadBalancer", "selector": dict(SELECTOR), "externalIPs": [node_ip(NODE)],
+                     "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT},
+                               {"name": "https", "port": HTTPS_PORT, "targetPort": HTTPS_PORT}]}}
 
 
 def argv(layout: Layout, namespace: str) -> list[str]:

@@ -102,6 +102,14 @@ def outside_curl(cluster, *args: str, timeout: float = 60):
                                        *args], check=False, capture_output=True, text=True, timeout=timeout)
 
 
+def test_get_svc_shows_where_the_underlay_reaches_the_gateway(cluster):
+    lines = cluster("get", "svc", "-n", "shoal-system").stdout.splitlines()
+    header, *rows = [line.split() for line in lines]
+    (gateway,) = [dict(zip(header, r)) for r in rows if r[0] == "shoal-ingressgateway"]
+    assert (gateway["TYPE"], gateway["EXTERNAL-IP"], gateway["PORTS"]) == ("LoadBalancer", NODE, "80/TCP,443/TCP")
+    assert int(gateway["PORTS"].split("/")[0]) == PORT
+
+
 def test_the_seed_gateway_as_written_gives_the_app_to_an_outside_client(cluster):
     cluster.apply(SEED_GATEWAY)
     cluster.apply(ROUTE)
