@@ -9,14 +9,18 @@ loader once pinned in bpffs. So the agent runs this in a child process
 program and map into PIN_DIR, and exits; the agent then opens the pins as a
 restarted agent does. bcc is imported here only.
 
-On failure PIN_DIR is removed (no half-pinned set is left to be taken for a
-whole one), the reason goes to stderr, and the exit status says which kind:
-EXIT_NOT_COMPILABLE (bcc missing or the C does not compile: a prerequisite)
-or EXIT_REFUSED (the kernel refused a program or a pin).
+Builds for one agent directory take turns (a flock on it), so the build of an
+agent killed meanwhile never races the next one's. On failure PIN_DIR is
+removed (no half-pinned set is left to be taken for a whole one), the reason
+goes to stderr, and the exit status says which kind: EXIT_NOT_COMPILABLE (bcc
+missing or the C does not compile: a prerequisite) or EXIT_REFUSED (the
+kernel refused a program or a pin).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -29,8 +33,25 @@ MAPS_PINNED = ("orig_by_port", "orig_by_sock", "uncaptured")
 
 
 def compile_and_pin(source: Path, prog_dir: Path) -> int:
-    """Compiles `source`, pins each program of `node_agent.ebpf.PROGRAMS` and the maps; returns an exit status."""
-    from node_agent.ebpf import PROGRAMS, source_text  # the one list and one preamble, shared with the agent
+    """Compiles `source`, pins each program of `node_agent.ebpf.PROGRAMS` and the maps; returns an exit status.
+
+    One build at a time per agent directory (an exclusive flock on it): a build whose agent was killed
+    (kill -9 leaves the child running) finishes before the restarted agent's build starts, which then
+    finds the whole set pinned and builds nothing."""
+    from node_agent.ebpf import PROGRAMS  # the one list, shared with the agent
+    prog_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(prog_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all((prog_dir / name).exists() for name in [*PROGRAMS, "sockhash", *MAPS_PINNED]):
+            return 0  # an earlier build (an orphan of a killed agent) pinned the whole set
+        return _build(source, prog_dir)
+    finally:
+        os.close(lock)
+
+
+def _build(source: Path, prog_dir: Path) -> int:
+    from node_agent.ebpf import PROGRAMS, source_text
     try:
         import bcc
     except ImportError as e:

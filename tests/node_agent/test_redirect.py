@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -342,3 +343,43 @@ def test_a_build_that_does_not_compile_names_the_prerequisite_and_leaves_no_pins
         assert capture.prog_fds == {}
     finally:
         capture.unload()
+
+
+def _waiting_for_a_flock(pid: int) -> bool:
+    """Is `pid` blocked on a flock (a `->` line of /proc/locks)?"""
+    with open("/proc/locks") as locks:
+        return any("->" in line and "FLOCK" in line and f" {pid} " in line for line in locks)
+
+
+def test_a_build_waits_for_an_orphaned_one_and_then_builds_nothing(test_bpffs):
+    """kill -9 of the agent leaves its builder running; the restarted agent's builder takes its turn after it."""
+    import fcntl
+    from node_agent import ebpf, libbpf
+    from support.polling import eventually
+    agent_dir = test_bpffs / "shoal" / f"test-build-turns-{os.getpid()}"
+    prog_dir = agent_dir / ebpf.source_hash()
+    agent_dir.mkdir(parents=True)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    build = [sys.executable, "-m", "node_agent.ebpf_build", str(ebpf.SOURCE), str(prog_dir)]
+    held = os.open(agent_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)   # the orphaned build, still at work
+        waiting = subprocess.Popen(build, cwd=repo, stderr=subprocess.PIPE, text=True)
+        eventually(lambda: _waiting_for_a_flock(waiting.pid), timeout=120, what="the second build waiting its turn")
+        assert not prog_dir.exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+        assert waiting.wait(timeout=600) == 0, waiting.stderr.read()
+        first = {}
+        for name in ebpf.PROGRAMS:
+            fd = libbpf.get_pinned(str(prog_dir / name))
+            first[name] = libbpf.prog_info(fd)[0]
+            os.close(fd)
+        again = subprocess.run(build, cwd=repo, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        for name, prog_id in first.items():   # the set was whole: nothing rebuilt
+            fd = libbpf.get_pinned(str(prog_dir / name))
+            assert libbpf.prog_info(fd)[0] == prog_id
+            os.close(fd)
+    finally:
+        os.close(held)
+        shutil.rmtree(agent_dir, ignore_errors=True)
