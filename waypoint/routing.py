@@ -31,7 +31,8 @@ from urllib.parse import parse_qsl
 from shoal.contracts import HBONE_PORT
 from shoal.identity import SpiffeId
 from shoal.model import (
-    Destination, HeaderChanges, HeaderMatch, MatchKind, Protocol, RetryPolicy, Route, RouteMatch, RouteTable,
+    Destination, HeaderChanges, HeaderMatch, MatchKind, Protocol, Resolution, RetryPolicy, Route, RouteMatch,
+    RouteTable,
     Service, StringMatch, Workload, selector_matches,
 )
 from shoal import authz
@@ -85,7 +86,7 @@ class Upstream:
     """One endpoint to send the request to."""
     address: tuple[str, int]           # pod IP and target port
     hbone: bool                        # meshed: HBONE to podIP:15008 with this authority
-    identity: SpiffeId                 # expected of the HBONE server
+    identity: SpiffeId | None          # expected of the HBONE server (None: not HBONE, and no workload)
     workload_uid: str
     workload_name: str
     workload_namespace: str
@@ -194,13 +195,16 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
         if route is None:
             return Refusal(404, "NR", f"no route of {table.origin or table.key} matches {head.method} {head.path}",
                            service.hostname)
-    return follow(state, service, route, port, head, rand, verdict.policy)
+    return follow(state, service, route, port, head, rand, verdict.policy, dialled=peer.destination)
 
 
 def follow(state: ProxyState, service: Service, route: Route, port: int, head: RequestHead, rand: Random,
-           policy: str = "") -> Plan | Refusal:
+           policy: str = "", dialled: tuple[str, int] | None = None) -> Plan | Refusal:
     """The plan of a request that `route` (of `service`, addressed on `port`) took: its destination picked by
-    weight, faults rolled, mirrors and endpoints found. The waypoint and the ingress gateway share it."""
+    weight, faults rolled, mirrors and endpoints found. The waypoint and the ingress gateway share it.
+
+    `dialled`: where the client connected (the CONNECT target); a ServiceEntry with `resolution: NONE`
+    has no endpoints, and a request routed to that same entry goes there, in plain TCP."""
     if route.destinations:
         destination = pick_weighted(route.destinations, rand())
         if destination is None:
@@ -218,6 +222,10 @@ def follow(state: ProxyState, service: Service, route: Route, port: int, head: R
     else:
         target, subset, target_port = destination.host, destination.subset_name, destination.port or 0
         found = endpoints(state, destination, port)
+        if (isinstance(found, Refusal) and dialled is not None and destination.host == service.hostname
+                and service.resolution is Resolution.NONE):
+            found = (Upstream(address=(dialled[0], destination.port or dialled[1]), hbone=False, identity=None,
+                              workload_uid="", workload_name="", workload_namespace=""),)
         if isinstance(found, Refusal):
             if fault.abort_status is None:
                 return Refusal(found.status, found.flag, found.reason, service.hostname)

@@ -85,3 +85,24 @@ def test_the_waypoint_applies_policies_that_target_the_service_entry_not_a_same_
     assert state.waypoint_policies_for(EGRESS_ENTRY) == [on_entry]
     kube_service = Service("gw", "egress", "gw.egress.svc.cluster.local", ("198.18.16.60",), (ServicePort(80),))
     assert state.waypoint_policies_for(kube_service) == [on_service]
+
+
+def test_a_waypoint_sends_a_resolution_none_entry_where_the_client_dialled():
+    """At the egress waypoint, an entry without endpoints (NONE) goes to the address the client connected to."""
+    import random
+    from waypoint.routing import Peer, Plan as WaypointPlan, RequestHead, decide as waypoint_decide
+    state = make_state()
+    state.waypoint = ("egress", "egress-waypoint")
+    bound = Service("none", "egress", "none.outside.test", ("198.18.48.30",), (ServicePort(80),),
+                    waypoint=WaypointRef("egress", "egress-waypoint"), source_kind="ServiceEntry",
+                    resolution=Resolution.NONE)
+    state.upsert(bound)
+    plan = waypoint_decide(state, Peer("198.19.1.2", CLIENT.identity("cluster.local"), ("198.18.48.30", 80)),
+                           RequestHead("GET", "/", "none.outside.test"), random.random)
+    assert isinstance(plan, WaypointPlan)
+    (upstream,) = plan.upstreams
+    assert (upstream.address, upstream.hbone, upstream.identity) == (("198.18.48.30", 80), False, None)
+    # a STATIC entry with no endpoints is still refused, never sent around
+    empty = waypoint_decide(state, Peer("198.19.1.2", None, ("198.18.64.10", 80)),
+                            RequestHead("GET", "/", "empty.outside.test"), random.random)
+    assert not isinstance(empty, WaypointPlan)
