@@ -37,6 +37,7 @@ logger = log.get("ztunnel.dns")
 
 DNS_PROXY_PORT = contracts.DNS_PROXY_PORT
 FORWARD_TIMEOUT = 5.0
+TCP_IDLE_SECONDS = 30.0     # a DNS-over-TCP client that sends nothing this long is closed (RFC 7766 suggests seconds)
 
 
 def _mark(sock: socket.socket) -> None:
@@ -214,14 +215,14 @@ class DnsProxy:
             return await self.forward_tcp(pod, upstream, data)
         try:
             while True:
-                chunk = await loop.sock_recv(conn, 65536)
+                chunk = await asyncio.wait_for(loop.sock_recv(conn, 65536), TCP_IDLE_SECONDS)
                 if not chunk:
                     return
                 for message in framer.feed(chunk):
                     reply = await self.answer(pod.info.namespace, message, udp=False, forward=forward)
                     if reply is not None:
                         await loop.sock_sendall(conn, dns_message.frame(reply))
-        except (OSError, asyncio.CancelledError):
+        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
             return
         finally:
             conn.close()
