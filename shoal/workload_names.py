@@ -101,6 +101,18 @@ def access_log_fields(side: str, w: Workload | None) -> dict[str, str | None]:
             f"{side}_canonical_revision": labels["x_canonical_revision"]}
 
 
+def service_labels(hostname: str, destination: Workload | None = None) -> tuple[str, str]:
+    """(destination_service_name, destination_service_namespace), as Istio reports them: a Kubernetes
+    Service's name and namespace from `name.namespace.svc...`; any other host (a ServiceEntry's) by its
+    whole name, in the namespace of the endpoint it reached (the entry's), else unknown."""
+    if not hostname:
+        return UNKNOWN, UNKNOWN
+    labels = hostname.split(".")
+    if len(labels) >= 3 and labels[2] == "svc":
+        return labels[0], labels[1]
+    return hostname, destination.namespace if destination is not None else UNKNOWN
+
+
 def live_workloads(workloads) -> set[tuple[str, str]]:
     """(namespace, `<side>_workload` label) of the workloads a proxy knows: the series of any other are stale."""
     return {(w.namespace, workload_label(w)) for w in workloads}

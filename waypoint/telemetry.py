@@ -20,7 +20,9 @@ from shoal import log
 from shoal.exposition import render
 from shoal.model import Workload
 from shoal.series import gone_series
-from shoal.workload_names import access_log_fields, live_workloads, telemetry_labels  # noqa: F401 - live_workloads
+from shoal.workload_names import (  # noqa: F401 - live_workloads
+    access_log_fields, live_workloads, service_labels, telemetry_labels,
+)
 # is the waypoint's too (waypoint.main prunes with it)
 
 _ENDS = tuple(f"{side}_{name}" for side in ("source", "destination")
@@ -165,14 +167,14 @@ class RequestRecord:
             self.error = error
 
     def labels(self) -> dict[str, str]:
-        name, _, rest = self.service.partition(".")
+        name, service_namespace = service_labels(self.service, self.destination_workload)
         out = {
             "reporter": "waypoint",
             "source_principal": self.source_principal or "unknown",
             "destination_principal": self.destination_principal or "unknown",
             "destination_service": self.service or "unknown",
-            "destination_service_name": name or "unknown",
-            "destination_service_namespace": rest.split(".")[0] if rest else "unknown",
+            "destination_service_name": name,
+            "destination_service_namespace": service_namespace,
             "request_protocol": "grpc" if self.grpc else "http",
             "response_code": str(self.status),
             "grpc_response_status": self.grpc_status,
@@ -208,11 +210,10 @@ class RequestRecord:
 
 def tcp_labels(source: Workload | None, source_principal: str, destination: Workload | None,
                destination_principal: str, service: str, flags: str) -> dict[str, str]:
-    name, _, rest = service.partition(".")
+    name, service_namespace = service_labels(service, destination)
     out = {"reporter": "waypoint", "source_principal": source_principal or "unknown",
            "destination_principal": destination_principal or "unknown", "destination_service": service or "unknown",
-           "destination_service_name": name or "unknown",
-           "destination_service_namespace": rest.split(".")[0] if rest else "unknown",
+           "destination_service_name": name, "destination_service_namespace": service_namespace,
            "request_protocol": "tcp", "response_flags": flags, "connection_security_policy": "mutual_tls"}
     out.update(telemetry_labels("source", source))
     out.update(telemetry_labels("destination", destination))

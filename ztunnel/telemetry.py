@@ -20,7 +20,7 @@ from shoal import log
 from shoal.exposition import render
 from shoal.model import Workload
 from shoal.series import gone_series
-from shoal.workload_names import access_log_fields, telemetry_labels
+from shoal.workload_names import access_log_fields, service_labels, telemetry_labels
 
 LABELS = (
     "reporter",
@@ -116,14 +116,13 @@ class ConnectionRecord:
         return tuple(labels[name] for name in LABELS)
 
     def labels(self) -> dict[str, str]:
-        name, _, rest = self.service.partition(".")
-        service_namespace = rest.split(".")[0] if rest else "unknown"
+        name, service_namespace = service_labels(self.service, self.destination_workload)
         out = {
             "reporter": self.reporter,
             "source_principal": self.source_principal or "unknown",
             "destination_principal": self.destination_principal or "unknown",
             "destination_service": self.service or "unknown",
-            "destination_service_name": name or "unknown",
+            "destination_service_name": name,
             "destination_service_namespace": service_namespace,
             "request_protocol": "tcp",
             "response_flags": self.response_flags,

@@ -124,3 +124,13 @@ def test_the_control_planes_metrics_carry_no_created_series():
     out = subprocess.run([sys.executable, "-c", CONTROL_PLANE_SCRAPE], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[2]).stdout
     assert out.startswith("200 ") and "shoal_csr_signed_total 1.0" in out and "_created" not in out, out
+
+
+def test_service_labels_name_kubernetes_services_and_service_entry_hosts():
+    from shoal.model import Workload
+    from shoal.workload_names import service_labels
+    entry_endpoint = Workload("ServiceEntry/egress/api/0", "api", "egress", "default", "", ("198.18.48.10",))
+    assert service_labels("reviews.shop.svc.cluster.local") == ("reviews", "shop")
+    assert service_labels("api.outside.test", entry_endpoint) == ("api.outside.test", "egress")
+    assert service_labels("api.outside.test") == ("api.outside.test", "unknown")
+    assert service_labels("") == ("unknown", "unknown")
