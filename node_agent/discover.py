@@ -87,15 +87,38 @@ def find_sandbox(uid: str, proc: Path = Path("/proc"), cgroup_root: Path | None 
     return Sandbox(pid, netns, str(cgroup_root / pod_cgroup) if pod_cgroup else None, inode)
 
 
-def with_sandbox(pod: dict, proc: Path = Path("/proc"), cgroup_root: Path | None = None) -> dict:
-    """The pod with `status.shoal` filled in from /proc when the kubelet did not (a copy; unchanged if not found)."""
+def pod_cgroup_of(pid: int, uid: str, proc: Path = Path("/proc"), cgroup_root: Path | None = None) -> str | None:
+    """The pod-level v2 cgroup directory of the pod's process `pid`, or None (v1 only, or gone)."""
+    if cgroup_root is None:
+        from node_agent.hostmounts import cgroup2_root
+        cgroup_root = cgroup2_root() or Path("/sys/fs/cgroup")
+    try:
+        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    _, v2 = _match(lines, _pod_markers(uid))
+    return str(cgroup_root / v2) if v2 else None
+
+
+def with_sandbox(pod: dict, proc: Path = Path("/proc"), cgroup_root: Path | None = None, runtime=None) -> dict:
+    """The pod with `status.shoal` filled in when the kubelet did not (a copy; unchanged if not found): from the
+    container runtime first (`runtime(uid)` -> (netns, pid) or None, node_agent/cri.py), else from /proc."""
     status = pod.get("status") or {}
     if (status.get("shoal") or {}).get("netns"):
         return pod
     uid = (pod.get("metadata") or {}).get("uid")
     if not uid:
         return pod
-    sandbox = find_sandbox(uid, proc, cgroup_root)
+    from_runtime = runtime(uid) if runtime is not None else None
+    if from_runtime is not None:
+        netns, pid = from_runtime
+        try:
+            inode = os.stat(netns).st_ino
+        except OSError:
+            inode = None
+        sandbox = Sandbox(pid or 0, netns, pod_cgroup_of(pid, uid, proc, cgroup_root) if pid else None, inode)
+    else:
+        sandbox = find_sandbox(uid, proc, cgroup_root)
     if sandbox is None:
         return pod
     found = {"netns": sandbox.netns, "cgroup": sandbox.cgroup}

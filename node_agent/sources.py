@@ -74,13 +74,15 @@ class KubeSource:
     retried with backoff. Their records come to the event loop through a queue.
     """
 
-    def __init__(self, node: str, api_client=None, discover=None, *, backoff: Backoff = Backoff()) -> None:
+    def __init__(self, node: str, api_client=None, discover=None, *, backoff: Backoff = Backoff(),
+                 runtime=None) -> None:
         self.node = node
         self.api_client = api_client
         self.backoff = backoff
         self._stop = threading.Event()
-        # A real kubelet does not report the pod's netns and cgroup: find them in /proc.
-        self.discover = discover or _discover
+        # A real kubelet does not report the pod's netns and cgroup: shoal-cni's call tells (agent.py).
+        # Else the container runtime (`runtime`: cri.RuntimeSandboxes), then /proc.
+        self.discover = discover or (lambda pod: _discover(pod, runtime))
         self._sandboxes: dict[str, dict] = {}
         self.watchers: list[ListWatch] = []
 
@@ -166,6 +168,6 @@ def _same_netns(found: dict) -> bool:
     return found.get("netns_inode") in (None, inode)
 
 
-def _discover(pod: dict) -> dict:
+def _discover(pod: dict, runtime=None) -> dict:
     from node_agent.discover import with_sandbox
-    return with_sandbox(pod)
+    return with_sandbox(pod, runtime=runtime.lookup if runtime is not None else None)

@@ -53,6 +53,9 @@ def register(sub) -> None:
                                                     "chained last (default /etc/cni/net.d)")
     p.add_argument("--cni-socket", type=Path, help="the socket shoal-cni asks (default /var/run/shoal/cni.sock, "
                                                   "or the local cluster node's)")
+    p.add_argument("--cri-socket", help="the container runtime's CRI socket, where pods that started before the "
+                                        "agent are looked for before /proc (with --source kube; default: containerd's "
+                                        "or CRI-O's, whichever exists; 'none' skips the runtime)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every redirection and eBPF object this agent installed, then exit")
     p.set_defaults(func=main)
@@ -100,6 +103,16 @@ def _settle_backend(args, capture, state_dir: Path) -> None:
             capture.drop_backend(pod, old)
     state_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(capture.backend + "\n")
+
+
+def _runtime_sandboxes(args):
+    """The CRI lookup of pod sandboxes (cri.RuntimeSandboxes), or None when there is no runtime socket."""
+    if args.cri_socket == "none":
+        return None
+    import time
+    from node_agent.cri import RuntimeSandboxes, runtime_socket
+    socket = Path(args.cri_socket) if args.cri_socket else runtime_socket()
+    return RuntimeSandboxes(socket, time.monotonic) if socket is not None else None
 
 
 def _kubelet_cgroup(args) -> str:
@@ -165,7 +178,7 @@ def main(args) -> int:
         source = LocalSource(args.cluster, args.node)
     else:
         from node_agent.sources import KubeSource
-        source = KubeSource(args.node)
+        source = KubeSource(args.node, runtime=_runtime_sandboxes(args))
     config = AgentConfig(node=args.node, socket=socket_path, metrics_port=args.metrics_port,
                          dns_capture=args.dns_capture, cni=_cni_settings(args, state_dir))
     logger.info("node agent starting", node=args.node, mode=capture.mode, socket=str(socket_path),
