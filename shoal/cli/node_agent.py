@@ -53,6 +53,9 @@ def register(sub) -> None:
                                                     "chained last (default /etc/cni/net.d)")
     p.add_argument("--cni-socket", type=Path, help="the socket shoal-cni asks (default /var/run/shoal/cni.sock, "
                                                   "or the local cluster node's)")
+    p.add_argument("--cni-wait-seconds", type=float, default=60.0,
+                   help="how long a shoal-cni ADD or DEL waits for the pod's capture (or its removal) before it "
+                        "fails, naming what is missing; the kubelet then retries (default 60)")
     p.add_argument("--cri-socket", help="the container runtime's CRI socket, where pods that started before the "
                                         "agent are looked for before /proc (with --source kube; default: containerd's "
                                         "or CRI-O's, whichever exists; 'none' skips the runtime)")
@@ -180,7 +183,8 @@ def main(args) -> int:
         from node_agent.sources import KubeSource
         source = KubeSource(args.node, runtime=_runtime_sandboxes(args))
     config = AgentConfig(node=args.node, socket=socket_path, metrics_port=args.metrics_port,
-                         dns_capture=args.dns_capture, cni=_cni_settings(args, state_dir))
+                         dns_capture=args.dns_capture, cni=_cni_settings(args, state_dir),
+                         cni_wait_seconds=args.cni_wait_seconds)
     logger.info("node agent starting", node=args.node, mode=capture.mode, socket=str(socket_path),
                 state_dir=str(state_dir))
 

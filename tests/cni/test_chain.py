@@ -1,6 +1,6 @@
 """shoal-cni in a real CNI chain, against a real node agent, as a runtime runs it.
 
-The node: a network namespace where Debian's `bridge` and `host-local` plugins, then
+The node: a network namespace where Debian's `bridge` (or `ptp`) and `host-local` plugins, then
 shoal-cni, run with the CNI_* environment and their config on stdin (support.cni
 plays the runtime's part, libcni's order and cached results included). The node
 agent runs as `shoal node-agent --cni` in that netns against a local store, installs
@@ -95,13 +95,13 @@ class ZtunnelStandIn:
 
 
 class Agent:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, wait_seconds: float = 60) -> None:
         self.base = base
         self.argv = [*SHOAL, "--log-format", "json", "node-agent", "--source", "local", "--cluster", TAG,
                      "--node", "node1", "--redirect", "iptables", "--socket", str(base / "ztunnel.sock"),
                      "--state-dir", str(base / "state"), "--kubelet-cgroup", str(CGROUP / "kubelet"),
                      "--cni", "--cni-bin-dir", str(base / "bin"), "--cni-conf-dir", str(base / "net.d"),
-                     "--cni-socket", str(base / "cni.sock")]
+                     "--cni-socket", str(base / "cni.sock"), "--cni-wait-seconds", str(wait_seconds)]
         self.env = {**os.environ, "SHOAL_RUN_ROOT": str(base / "run")}
         self.proc: subprocess.Popen | None = None
 
@@ -129,34 +129,36 @@ class Agent:
         return netns.run(NODE, [*self.argv, "--cleanup"], check=False, env=self.env)
 
 
-def conflist_text() -> bytes:
-    conf = {"cniVersion": "1.0.0", "name": TAG, "plugins": [
-        {"type": "bridge", "bridge": f"br{os.getpid()}"[:15], "isGateway": True, "ipMasq": False,
-         "ipam": {"type": "host-local", "subnet": SUBNET, "routes": [{"dst": "0.0.0.0/0"}]}}]}
-    return json.dumps(conf, indent=1).encode()  # the bytes --cleanup must give back
+def conflist_text(plugin: str, ipam_dir: Path) -> bytes:
+    """The node's own network: `bridge` (a bridge and a veth per pod) or `ptp` (a veth per pod, routed)."""
+    ipam = {"type": "host-local", "subnet": SUBNET, "dataDir": str(ipam_dir), "routes": [{"dst": "0.0.0.0/0"}]}
+    first = {"type": "bridge", "bridge": f"br{os.getpid()}"[:15], "isGateway": True, "ipMasq": False, "ipam": ipam} \
+        if plugin == "bridge" else {"type": "ptp", "ipMasq": False, "ipam": ipam}
+    return json.dumps({"cniVersion": "1.0.0", "name": TAG, "plugins": [first]}, indent=1).encode()
 
 
-@pytest.fixture(scope="module", params=["legacy", "nft"])
+@pytest.fixture(scope="module", params=[("legacy", "bridge"), ("nft", "ptp")], ids=["legacy-bridge", "nft-ptp"])
 def node(request, tmp_path_factory):
     """The node, holding one rule of its own in the iptables backend of the param (as kube-proxy would): the
-    agent detects it and writes the pods' rules there."""
-    if not (SYSTEM_PLUGINS / "bridge").exists():
-        pytest.skip(f"no {SYSTEM_PLUGINS}/bridge: install containernetworking-plugins (scripts/setup.sh does)")
+    agent detects it and writes the pods' rules there. Its network is the param's standard plugin."""
+    backend, plugin = request.param
+    if not (SYSTEM_PLUGINS / plugin).exists():
+        pytest.skip(f"no {SYSTEM_PLUGINS}/{plugin}: install containernetworking-plugins (scripts/setup.sh does)")
     base = tmp_path_factory.mktemp("cni")
     for directory in ("bin", "net.d", "ipam"):
         (base / directory).mkdir()
-    original = conflist_text().replace(b'"host-local"', f'"host-local", "dataDir": "{base / "ipam"}"'.encode())
+    original = conflist_text(plugin, base / "ipam")  # the bytes --cleanup must give back
     (base / "net.d" / "10-test.conflist").write_bytes(original)
     netns.create(NODE)
     netns.run(NODE, ["ip", "link", "set", "lo", "up"])
-    netns.run(NODE, [f"iptables-{request.param}", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
+    netns.run(NODE, [f"iptables-{backend}", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
     (CGROUP / "kubelet").mkdir(parents=True, exist_ok=True)
     cluster = store.Store(TAG, root=base / "run")
     cluster.init()
     cluster.apply({"kind": "Namespace", "metadata": {"name": "demo", "labels": {"shoal.io/dataplane-mode": "ambient"}}})
     cluster.apply({"kind": "Namespace", "metadata": {"name": "plain"}})
     try:
-        yield base, cluster, original, request.param
+        yield base, cluster, original, backend
     finally:
         netns.remove(NODE)
         for directory in (CGROUP / "kubelet", CGROUP):
@@ -176,6 +178,20 @@ def agent(node):
         yield running, ztunnel
     finally:
         ztunnel.stop()
+        if running.proc and running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+        running.cleanup()
+
+
+@pytest.fixture
+def agent_without_ztunnel(node):
+    base, _, _, _ = node
+    running = Agent(base, wait_seconds=3)
+    running.start()
+    try:
+        yield running
+    finally:
         if running.proc and running.proc.poll() is None:
             running.proc.kill()
             running.proc.wait()
@@ -260,7 +276,7 @@ def test_add_returns_with_the_pod_captured_check_finds_missing_capture_del_relea
     running, ztunnel = agent
     chain = runtime(node)
     conflist = json.loads(chain.conflist.read_text())
-    assert [p["type"] for p in conflist["plugins"]] == ["bridge", "shoal-cni"], "the agent chains shoal-cni last"
+    assert [p["type"] for p in conflist["plugins"]][1:] == ["shoal-cni"], "the agent chains shoal-cni last"
 
     sandbox = pods("demo", "web")
     result = chain.add(sandbox)
@@ -310,7 +326,7 @@ def test_with_the_agent_stopped_an_enrolled_pod_waits_with_the_cause_and_starts_
     assert "SHOAL" not in rules(node, late)
     links = subprocess.run(["nsenter", f"--net={late.netns}", "ip", "-o", "link"], capture_output=True, text=True,
                            check=True).stdout
-    assert "eth0" not in links, "the runtime's DEL over the failed chain takes bridge's veth away again"
+    assert "eth0" not in links, "the runtime's DEL over the failed chain takes the plugin's veth away again"
 
     plain = pods("plain", "early")
     assert pod_ip(chain.add(plain)).startswith("198.19.200."), "a pod not enrolled does not wait for the agent"
@@ -335,3 +351,14 @@ def test_cleanup_takes_shoal_cni_out_leaving_the_conflist_byte_for_byte(node, ag
     assert (base / "net.d" / "10-test.conflist").read_bytes() == original
     assert sorted(p.name for p in (base / "bin").iterdir()) == []
     assert not (base / "cni.sock").exists() and not (base / "cni-enrollment.json").exists()
+
+
+def test_an_agent_that_cannot_capture_fails_add_naming_the_cause(node, agent_without_ztunnel, pods):
+    chain = runtime(node)
+    sandbox = pods("demo", "alone")
+    with pytest.raises(CniFailed) as failed:
+        chain.add(sandbox)
+    assert failed.value.plugin == "shoal-cni", failed.value
+    assert "could not capture pod demo/alone" in failed.value.msg
+    assert "no ztunnel is connected to the hand-off socket" in failed.value.msg, failed.value.msg
+    assert "SHOAL" not in rules(node, sandbox)

@@ -32,6 +32,7 @@ IMAGE = f"docker.io/library/shoal:{shoal.__version__}"
 ARCHIVE = Path(os.environ.get("SHOAL_IMAGE_ARCHIVE", REPO / "build" / f"shoal-{shoal.__version__}.oci.tar"))
 NAMESPACE = "shoal-image-test"
 SHIM_STATE = Path("/run/containerd")  # containerd 1.6's shims put their sockets in /run/containerd/s
+CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache, where the CRI plugin keeps each sandbox's ADD result
 CGROUP_V1 = Path("/sys/fs/cgroup")
 DISABLED_PLUGINS = (
     "io.containerd.snapshotter.v1.btrfs",
@@ -95,6 +96,7 @@ class Containerd:
     process: subprocess.Popen | None = None
     cgroup_parent: str = ""
     shim_state_existed: bool = True
+    cni_cache_existed: bool = True
     containers: list[str] = field(default_factory=list)
     stopped: bool = False
 
@@ -111,6 +113,7 @@ class Containerd:
 
     def start(self) -> None:
         self.shim_state_existed = SHIM_STATE.exists()
+        self.cni_cache_existed = CNI_CACHE.exists()
         self.cgroup_parent = f"shoal-image-test-{os.getpid()}"
         (self.base / "config.toml").write_text(config_toml(self.base, self.sandbox_image))
         (self.base / "fifo").mkdir()
@@ -236,6 +239,8 @@ class Containerd:
             _remove_empty_tree(controller / self.cgroup_parent)
         if not self.shim_state_existed:
             _remove_empty_tree(SHIM_STATE)
+        if not self.cni_cache_existed:
+            _remove_empty_tree(CNI_CACHE)
         return self.leftovers()
 
     def leftovers(self) -> list[str]:
@@ -259,6 +264,8 @@ class Containerd:
                 found.append(f"cgroup {controller / self.cgroup_parent}")
         if not self.shim_state_existed and SHIM_STATE.exists():
             found.append(f"{SHIM_STATE} (it was not there before containerd started)")
+        if not self.cni_cache_existed and CNI_CACHE.exists():
+            found.append(f"{CNI_CACHE} (it was not there before containerd started)")
         return found
 
 
