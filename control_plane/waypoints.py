@@ -37,8 +37,8 @@ from typing import Callable
 
 from shoal import log, store as store_module
 from shoal.contracts import (
-    DATAPLANE_MODE_KEYS, GATEWAY_NAME_LABEL as GATEWAY_NAME, HBONE_PORT, METRICS_PORT, NONE, READINESS_PORT,
-    WAYPOINT_CLASS,
+    DATAPLANE_MODE_KEYS, GATEWAY_NAME_LABEL as GATEWAY_NAME, HBONE_PORT, INGRESS_CLASS, INGRESS_GATEWAY_SELECTOR,
+    METRICS_PORT, NONE, READINESS_PORT, WAYPOINT_CLASS,
 )
 from shoal.observe.targets import scrape_annotations
 
@@ -225,6 +225,26 @@ def status_updates(gateways: list[dict], existing: list[dict], build: Build, obs
     return out
 
 
+def ingress_status(gateway: dict, observed: Observed, now: str) -> dict:
+    """The status of a Gateway of class `shoal` (an ingress Gateway, served by the mesh's ingress gateway pods):
+    Accepted; Programmed once an ingress gateway pod is ready; its address, the gateway's LoadBalancer's."""
+    meta = gateway.get("metadata") or {}
+    generation = meta.get("generation")
+    current = dict(gateway.get("status") or {})
+    previous = {c.get("type"): c for c in current.get("conditions") or []}
+    accepted = _condition(previous, "Accepted", True, "Accepted", "served by the mesh's ingress gateway",
+                          generation, now)
+    programmed = (_condition(previous, "Programmed", True, "Programmed", "the ingress gateway is ready", generation, now)
+                  if observed.ready else
+                  _condition(previous, "Programmed", False, "Pending", "no ingress gateway pod (labelled "
+                             "istio: ingressgateway) is ready", generation, now))
+    others = [c for t, c in previous.items() if t not in ("Accepted", "Programmed")]
+    status = {**current, "conditions": [accepted, programmed, *others]}
+    if observed.address:
+        status["addresses"] = [{"type": "IPAddress", "value": observed.address}]
+    return status
+
+
 def gatewayclass_status(gatewayclass: dict, now: str) -> dict | None:
     """The GatewayClass's new status if shoal controls it and it is not yet Accepted as such, else None."""
     if (gatewayclass.get("spec") or {}).get("controllerName") != WAYPOINT_CONTROLLER:
@@ -283,7 +303,13 @@ class LocalWaypointController:
                                                        (p["metadata"].get("labels") or {}).get(GATEWAY_NAME) == name))
             return Observed(ready, (service.get("spec") or {}).get("clusterIP") or None)
         now = store_module.now_rfc3339()
-        for gateway, status in status_updates(gateways, existing, self.build, observe, now):
+        updates = status_updates(gateways, existing, self.build, observe, now)
+        for gateway in gateways:
+            if (gateway.get("spec") or {}).get("gatewayClassName") == INGRESS_CLASS:
+                status = ingress_status(gateway, self._observe_ingress(pods), now)
+                if status != (gateway.get("status") or {}):
+                    updates.append((gateway, status))
+        for gateway, status in updates:
             meta = gateway["metadata"]
             try:
                 self.store.update_status("Gateway", meta.get("namespace") or "default", meta["name"], status)
@@ -293,6 +319,17 @@ class LocalWaypointController:
             status = gatewayclass_status(gatewayclass, now)
             if status is not None:
                 self.store.update_status("GatewayClass", None, gatewayclass["metadata"]["name"], status)
+
+    def _observe_ingress(self, pods: list[dict]) -> Observed:
+        """Is an ingress gateway pod ready, and what address does its LoadBalancer Service show?"""
+        selector = INGRESS_GATEWAY_SELECTOR.items()
+        ready = any(pod_ready(p) for p in pods if selector <= ((p["metadata"].get("labels") or {}).items()))
+        address = None
+        for service in self.store.list("Service")[0]:
+            spec = service.get("spec") or {}
+            if spec.get("type") == "LoadBalancer" and selector <= (spec.get("selector") or {}).items():
+                address = next(iter(spec.get("externalIPs") or []), None) or address
+        return Observed(ready, address)
 
     async def run(self, poll: float = 0.2) -> None:
         kinds = ("Gateway", "GatewayClass", "Pod", *KINDS)   # Pods: a waypoint's readiness is its Programmed

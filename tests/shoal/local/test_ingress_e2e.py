@@ -235,3 +235,11 @@ def test_a_gateway_api_gateway_of_class_shoal_routes_its_httproutes(cluster):
                                         "--resolve", f"www.shop.test:{PORT}:{NODE}", "http://www.shop.test/elsewhere"],
                       check=False, capture_output=True, text=True)
     assert other.stdout == "404"        # the route's only match is /v2
+
+    def programmed():
+        (gateway,) = [g for g in cluster.items("gateways", "web") if g["metadata"]["name"] == "public"]
+        status = gateway.get("status") or {}
+        done = any(c["type"] == "Programmed" and c["status"] == "True" for c in status.get("conditions", []))
+        return status if done else None
+    status = eventually(programmed, 60, "the Gateway's status to say Programmed", interval=0.5)
+    assert status["addresses"] == [{"type": "IPAddress", "value": NODE}]
