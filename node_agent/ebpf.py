@@ -45,52 +45,23 @@ import sys
 from pathlib import Path
 
 from shoal import log
-from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
 
 from node_agent import bpffs, ebpf_build, libbpf
+from node_agent.ebpf_programs import (  # noqa: F401 (names of the eBPF object, used here and by callers)
+    ATTACH_SK_LOOKUP, POD_CGROUP_PROGRAMS, PROGRAMS, SOURCE, ZTUNNEL_CGROUP_PROGRAMS, source_text,
+)
 from node_agent.errors import BpfError, PrerequisiteMissing, RedirectError
 from node_agent.model import PodTarget
 
 logger = log.get("node_agent.ebpf")
 
 _REPO = Path(__file__).resolve().parent.parent
-SOURCE = _REPO / "bpf" / "redirect.c"
 BUILD_TIMEOUT = 300.0  # seconds for the child that compiles (bcc takes a few on an idle machine)
 BPFFS = bpffs.BPFFS
 
-PROG_TYPE = {"sock_addr": 18, "sock_ops": 13, "sockopt": 25, "sk_lookup": 30}
-ATTACH_CONNECT4, ATTACH_CONNECT6, ATTACH_SENDMSG6 = 10, 11, 15
-ATTACH_GETPEERNAME4, ATTACH_GETPEERNAME6 = 29, 30
-ATTACH_SOCK_OPS, ATTACH_GETSOCKOPT, ATTACH_SK_LOOKUP = 3, 21, 36
-
-# program name -> (program type, attach type)
-PROGRAMS = {
-    "shoal_connect4": (PROG_TYPE["sock_addr"], ATTACH_CONNECT4),
-    "shoal_connect6": (PROG_TYPE["sock_addr"], ATTACH_CONNECT6),
-    "shoal_sendmsg6": (PROG_TYPE["sock_addr"], ATTACH_SENDMSG6),
-    "shoal_getpeer4": (PROG_TYPE["sock_addr"], ATTACH_GETPEERNAME4),
-    "shoal_getpeer6": (PROG_TYPE["sock_addr"], ATTACH_GETPEERNAME6),
-    "shoal_sockops": (PROG_TYPE["sock_ops"], ATTACH_SOCK_OPS),
-    "shoal_ztsockops": (PROG_TYPE["sock_ops"], ATTACH_SOCK_OPS),
-    "shoal_getsockopt": (PROG_TYPE["sockopt"], ATTACH_GETSOCKOPT),
-    "shoal_sk_lookup": (PROG_TYPE["sk_lookup"], ATTACH_SK_LOOKUP),
-}
-POD_CGROUP_PROGRAMS = ("shoal_connect4", "shoal_connect6", "shoal_sendmsg6", "shoal_getpeer4", "shoal_getpeer6",
-                       "shoal_sockops")
-# The uncaptured record, which lets a flow past sk_lookup, is made only here: never by a pod.
-ZTUNNEL_CGROUP_PROGRAMS = ("shoal_ztsockops", "shoal_getsockopt")
-
-
-def source_text(sockhash_fd: int, source: Path | None = None) -> str:
-    probe = struct.unpack("!I", socket.inet_aton(PROBE_SOURCE))[0]
-    defines = {"SOCKHASH_FD": sockhash_fd, "OUTBOUND_PORT": OUTBOUND_PORT, "INBOUND_PORT": INBOUND_PLAINTEXT_PORT,
-               "HBONE_PORT": HBONE_PORT, "MARK": MARK, "PROBE_IP": f"{probe}u"}
-    head = "".join(f"#define {k} {v}\n" for k, v in defines.items())
-    return head + (source or SOURCE).read_text()
-
-
 def source_hash() -> str:
-    return hashlib.sha256(source_text(0).encode()).hexdigest()[:12]
+    # SOURCE read at call time, from this module: a test swaps in a newer build's source here
+    return hashlib.sha256(source_text(0, SOURCE).encode()).hexdigest()[:12]
 
 
 # Mounting and unmounting bpffs: once, under a host-wide lock (node_agent.bpffs).

@@ -33,12 +33,12 @@ MAPS_PINNED = ("orig_by_port", "orig_by_sock", "uncaptured")
 
 
 def compile_and_pin(source: Path, prog_dir: Path) -> int:
-    """Compiles `source`, pins each program of `node_agent.ebpf.PROGRAMS` and the maps; returns an exit status.
+    """Compiles `source`, pins each program of `node_agent.ebpf_programs.PROGRAMS` and the maps; returns an exit status.
 
     One build at a time per agent directory (an exclusive flock on it): a build whose agent was killed
     (kill -9 leaves the child running) finishes before the restarted agent's build starts, which then
     finds the whole set pinned and builds nothing."""
-    from node_agent.ebpf import PROGRAMS  # the one list, shared with the agent
+    from node_agent.ebpf_programs import PROGRAMS  # the one list, shared with the agent
     prog_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = os.open(prog_dir.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -51,7 +51,7 @@ def compile_and_pin(source: Path, prog_dir: Path) -> int:
 
 
 def _build(source: Path, prog_dir: Path) -> int:
-    from node_agent.ebpf import PROGRAMS, source_text
+    from node_agent.ebpf_programs import PROGRAMS, source_text
     try:
         import bcc
     except ImportError as e:
