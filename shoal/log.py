@@ -75,4 +75,6 @@ def get(name: str):
 
 def get_access(name: str):
     """A logger for access-log lines: rendered as `--access-log-format` says (shoal.access_log)."""
-    return structlog.get_logger(name).bind(**{access_log.MARK: True})
+    # initial values, not .bind(): a lazy proxy's bind() fixes the configuration of the moment, and
+    # modules take their access logger at import, before the process's setup() has run
+    return structlog.get_logger(name, **{access_log.MARK: True})

@@ -66,6 +66,9 @@ def build_network():
     sh("ip", "-n", ROUTER, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", ROUTER, "addr", "add", "198.19.0.1/16", "dev", "br0")
     sh("ip", "-n", ROUTER, "link", "set", "br0", "up")
+    # The router only bridges. Without forwarding it drops what is for no pod (198.18.99.1 below)
+    # instead of answering it unreachable; a new netns takes the host's ip_forward, so say it here.
+    sh("ip", "netns", "exec", ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=0")
     for name, ip in PODS.items():
         netns.create(pod_ns(name))
         sh("ip", "-n", ROUTER, "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", pod_ns(name))
