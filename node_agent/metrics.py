@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from shoal import log
+from shoal.exposition import render
 
 logger = log.get("node_agent.metrics")
 
@@ -42,7 +43,7 @@ class Metrics:
         self.ready = False
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(self.registry)  # without _created series, as every shoal process
 
 
 async def serve(metrics: Metrics, host: str, port: int) -> asyncio.AbstractServer:

@@ -41,8 +41,8 @@ def test_the_mesh_metrics_are_stored_with_istios_labels(observed):
     tcp = observed.query('istio_tcp_received_bytes_total{reporter="destination", destination_workload="echo"}')
     assert tcp and all(float(r["value"][1]) > 0 for r in tcp), tcp
     assert observed.query("shoal_xds_connected_proxies"), "the control plane's own metrics"
-    # No _created series from the proxies and the control plane (the node agent, not ours here, still has them).
-    assert not observed.query('{__name__=~".+_created", job=~"ztunnel|waypoint|control-plane"}')
+    # No _created series from any part of the mesh.
+    assert not observed.query('{__name__=~".+_created", job=~"ztunnel|waypoint|control-plane|node-agent"}')
 
 
 def test_the_golden_signals_are_recorded_per_workload(observed):
