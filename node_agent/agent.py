@@ -41,6 +41,7 @@ from shoal.handoff_io import HandoffServer
 
 from node_agent import cni_install, reconcile, sandboxes
 from node_agent.cni_server import CniReply, CniRequest, CniServer
+from node_agent.discover import pod_cgroup_dir
 from node_agent.errors import NodeAgentError
 from node_agent.metrics import Metrics, serve
 from node_agent.model import PodTarget
@@ -328,7 +329,7 @@ class NodeAgent:
             return CniReply(False, error=f"pod {request.key} is not known to the API server yet, and CNI_ARGS has "
                                          f"no K8S_POD_UID; the kubelet will retry")
         self.sandboxes[uid] = sandboxes.Sandbox(uid, request.namespace, request.name, request.netns,
-                                                request.ipv4, request.container_id)
+                                                request.ipv4, request.container_id, pod_cgroup_dir(uid))
         self.released.discard(uid)
         self.last_error.pop(uid, None)
         self._recompute()

@@ -100,6 +100,35 @@ def pod_cgroup_of(pid: int, uid: str, proc: Path = Path("/proc"), cgroup_root: P
     return str(cgroup_root / v2) if v2 else None
 
 
+POD_CGROUP_TOPS = ("kubepods", "kubepods.slice")  # where kubelets put pods, cgroupfs and systemd drivers
+
+
+def pod_cgroup_dir(uid: str, cgroup_root: Path | None = None, tops=POD_CGROUP_TOPS) -> str | None:
+    """The pod-level v2 cgroup directory the kubelet made for pod `uid`, found by name under its kubepods
+    tree (`kubepods/<qos>/pod<uid>`, `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice`).
+
+    The kubelet makes it before it asks the runtime for the sandbox, so it is there when shoal-cni's ADD
+    comes, while no process of the pod is yet: capture can name the pod's cgroup from the first packet."""
+    if cgroup_root is None:
+        from node_agent.hostmounts import cgroup2_root
+        cgroup_root = cgroup2_root()
+        if cgroup_root is None:
+            return None
+    markers = _pod_markers(uid)
+    for top in tops:
+        base = cgroup_root / top
+        if not base.is_dir():
+            continue
+        for directory, children, _ in os.walk(base):
+            for child in children:
+                if _pod_level(child, markers) is not None:
+                    return os.path.join(directory, child)
+            depth = len(Path(directory).relative_to(base).parts)
+            if depth >= 2:  # pods sit at most two levels below the top (the QoS class, and its slice)
+                children.clear()
+    return None
+
+
 def with_sandbox(pod: dict, proc: Path = Path("/proc"), cgroup_root: Path | None = None, runtime=None) -> dict:
     """The pod with `status.shoal` filled in when the kubelet did not (a copy; unchanged if not found): from the
     container runtime first (`runtime(uid)` -> (netns, pid) or None, node_agent/cri.py), else from /proc."""

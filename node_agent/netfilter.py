@@ -104,15 +104,27 @@ def rule(iptc, *, protocol=None, src=None, dst=None, in_interface=None, out_inte
 _PROTOCOL_NAMES = {"icmpv6": "ipv6-icmp"}  # as iptables-save prints them
 
 
+_PLAIN = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _saved_value(value: str) -> str:
+    """A value as iptables-save writes it (libxtables' xtables_save_string): in double quotes, with a
+    backslash before each double quote, single quote and backslash, unless it is made of letters, digits,
+    `_` and `-` only (so a cgroup path, with its slashes, is quoted)."""
+    if value and set(value) <= _PLAIN:
+        return value
+    return '"' + "".join("\\" + c if c in "\"\\'" else c for c in value) + '"'
+
+
 def _options(args: dict) -> list[str]:
     """python-iptables' match or target parameters as iptables options (a value "!x" is a negation)."""
     words = []
     for key, value in args.items():
         option = f"--{key.replace('_', '-')}"
         if isinstance(value, str) and value.startswith("!"):
-            words += ["!", option, value[1:]]
+            words += ["!", option, _saved_value(value[1:])]
         else:
-            words += [option, str(value)]
+            words += [option, _saved_value(str(value))]
     return words
 
 

@@ -30,6 +30,7 @@ class Sandbox:
     netns: str
     ip: str | None
     container_id: str = ""
+    cgroup: str | None = None  # the pod-level cgroup the kubelet made before the sandbox (discover.pod_cgroup_dir)
 
     @property
     def key(self) -> str:
@@ -65,6 +66,8 @@ def _with_sandbox(pod: dict, sandbox: Sandbox) -> dict:
     status = dict(pod.get("status") or {})
     local = dict(status.get("shoal") or {})
     local["netns"] = sandbox.netns
+    if sandbox.cgroup and not local.get("cgroup"):
+        local["cgroup"] = sandbox.cgroup
     status["shoal"] = local
     if sandbox.ip and not status.get("podIP"):
         status["podIP"] = sandbox.ip

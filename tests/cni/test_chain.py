@@ -49,6 +49,7 @@ pytestmark = needs_root("network namespaces, CNI plugins, iptables")
 TAG = f"cni{os.getpid()}"
 NODE = f"shoal-{TAG}-node1"
 CGROUP = Path("/sys/fs/cgroup/unified") / f"shoal-{TAG}"
+KUBEPODS = Path("/sys/fs/cgroup/unified") / "kubepods"  # where a kubelet (cgroupfs driver) puts pods
 SUBNET = "198.19.200.0/24"
 OUTSIDE = ("198.18.99.1", 8080)  # an address nobody serves: only capture can answer it
 
@@ -200,22 +201,32 @@ def agent_without_ztunnel(node):
 
 @pytest.fixture
 def pods(node):
-    """`pods(namespace, name)` applies a Pod on node1 and makes its sandbox's netns; all go after the test."""
+    """`pods(namespace, name)` applies a Pod on node1 and makes, as a kubelet and its runtime do before the
+    CNI ADD, its pod-level cgroup (kubepods/besteffort/pod<uid> in the v2 tree) and its sandbox's netns;
+    all go after the test (kubepods and besteffort only if the test made them)."""
     base, cluster, _, _ = node
     made = []
+    tops = [KUBEPODS, KUBEPODS / "besteffort"]
+    existed = {top: top.exists() for top in tops}
 
     def make(namespace: str, name: str) -> Sandbox:
         pod = cluster.apply({"kind": "Pod", "metadata": {"name": name, "namespace": namespace},
                              "spec": {"nodeName": "node1", "containers": [{"name": "app"}]}})
+        uid = pod["metadata"]["uid"]
+        (KUBEPODS / "besteffort" / f"pod{uid}").mkdir(parents=True)
         sandbox_netns = f"shoal-{TAG}-{name}"
         netns.create(sandbox_netns)
-        made.append((namespace, name, sandbox_netns))
-        return Sandbox(uuid.uuid4().hex, str(netns.path(sandbox_netns)), namespace, name, pod["metadata"]["uid"])
+        made.append((namespace, name, sandbox_netns, uid))
+        return Sandbox(uuid.uuid4().hex, str(netns.path(sandbox_netns)), namespace, name, uid)
 
     yield make
-    for namespace, name, sandbox_netns in made:
+    for namespace, name, sandbox_netns, uid in made:
         cluster.delete("Pod", namespace, name)
         netns.remove(sandbox_netns)
+        (KUBEPODS / "besteffort" / f"pod{uid}").rmdir()
+    for top in reversed(tops):
+        if not existed[top] and top.exists():
+            top.rmdir()
 
 
 def runtime(node) -> Runtime:
@@ -285,6 +296,9 @@ def test_add_returns_with_the_pod_captured_check_finds_missing_capture_del_relea
     assert ztunnel.added.get(sandbox.uid) == os.stat(sandbox.netns).st_ino
     saved = rules(node, sandbox)
     assert "-A SHOAL_OUTPUT -p tcp -j REDIRECT --to-ports 15001" in saved, saved
+    # The pod's cgroup, made by the kubelet before the sandbox, is named from the first packet on.
+    assert f'-A SHOAL_OUTPUT -m mark --mark 0x539 -m cgroup ! --path "kubepods/besteffort/pod{sandbox.uid}" -j RETURN' \
+        in saved, saved
     first_connection_is_captured(ztunnel, sandbox)
     chain.check(sandbox)
 

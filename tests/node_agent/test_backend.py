@@ -40,7 +40,8 @@ def pod(netns_path: str, cgroup: str | None = None) -> PodTarget:
     (dict(protocol="tcp", matches=[("tcp", {"dport": "15008"})], target="RETURN"),
      "-p tcp -m tcp --dport 15008 -j RETURN"),
     (dict(matches=[("mark", {"mark": "0x539"}), ("cgroup", {"path": "!kubepods/pod1"})], target="RETURN"),
-     "-m mark --mark 0x539 -m cgroup ! --path kubepods/pod1 -j RETURN"),
+     '-m mark --mark 0x539 -m cgroup ! --path "kubepods/pod1" -j RETURN'),  # quoted, as iptables-save does
+    (dict(matches=[("cgroup", {"path": "!shoal-test_1"})], target="RETURN"), "-m cgroup ! --path shoal-test_1 -j RETURN"),
     (dict(protocol="tcp", target="REDIRECT", target_args={"to_ports": "15001"}), "-p tcp -j REDIRECT --to-ports 15001"),
     (dict(protocol="icmpv6", target="RETURN"), "-p ipv6-icmp -j RETURN"),
     (dict(target="REJECT", target_args={"reject_with": "icmp6-adm-prohibited"}),

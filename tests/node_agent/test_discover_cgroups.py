@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from node_agent import reconcile
-from node_agent.discover import find_sandbox
+from node_agent.discover import find_sandbox, pod_cgroup_dir
 from node_agent.sources import KubeSource
 from support.polling import eventually
 from support.root import IS_ROOT
@@ -114,3 +114,18 @@ def test_a_running_pod_that_should_be_meshed_but_has_no_sandbox_is_reported():
     infos = reconcile.pod_infos(pods, {"demo": namespace})
     assert reconcile.problems(infos, "node1") == {"u1": reconcile.NO_SANDBOX}
     assert reconcile.desired(infos, "node1") == {}
+
+
+@pytest.mark.parametrize("layout", [
+    ("kubepods", "pod{uid}"),  # cgroupfs, a Guaranteed pod
+    ("kubepods", "besteffort", "pod{uid}"),  # cgroupfs
+    ("kubepods.slice", "kubepods-burstable.slice", "kubepods-burstable-pod{uid_}.slice"),  # systemd
+])
+def test_the_pod_cgroup_the_kubelet_made_before_the_sandbox_is_found_by_name(tmp_path, layout):
+    uid = str(uuid.uuid4())
+    other = tmp_path.joinpath("kubepods", "besteffort", f"pod{uuid.uuid4()}")
+    other.mkdir(parents=True)
+    pod_dir = tmp_path.joinpath(*(part.format(uid=uid, uid_=uid.replace("-", "_")) for part in layout))
+    (pod_dir / "some-container").mkdir(parents=True)
+    assert pod_cgroup_dir(uid, tmp_path) == str(pod_dir)
+    assert pod_cgroup_dir(str(uuid.uuid4()), tmp_path) is None
