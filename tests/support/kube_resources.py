@@ -94,6 +94,9 @@ MESH_CRDS: tuple[ResourceType, ...] = (
     _t("gateway.networking.k8s.io", ["v1", "v1beta1"], "httproutes", "HTTPRoute", status=True),
     _t("networking.istio.io", ["v1", "v1beta1", "v1alpha3"], "virtualservices", "VirtualService", status=True),
     _t("networking.istio.io", ["v1", "v1beta1", "v1alpha3"], "destinationrules", "DestinationRule", status=True),
+    # After Gateway API's Gateway: type_for("Gateway") with no apiVersion stays Gateway API's.
+    _t("networking.istio.io", ["v1", "v1beta1", "v1alpha3"], "gateways", "Gateway", status=True),
+    _t("networking.istio.io", ["v1", "v1beta1", "v1alpha3"], "serviceentries", "ServiceEntry", status=True),
     _t("security.istio.io", ["v1", "v1beta1"], "authorizationpolicies", "AuthorizationPolicy", status=True),
     _t("security.istio.io", ["v1", "v1beta1"], "peerauthentications", "PeerAuthentication", status=True),
     _t("split.smi-spec.io", ["v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"], "trafficsplits", "TrafficSplit"),
