@@ -50,6 +50,12 @@ class IngressConfig:
     metrics_port: int = METRICS_PORT
     readiness_port: int = READINESS_PORT
     admin_port: int = ADMIN_PORT
+    # (listen port, the Gateway's port): a listener whose Gateway port differs, as in Kubernetes, where the
+    # pod listens on 8080/8443 behind its Service's 80/443 and the Gateway names 80/443 (as with Istio).
+    gateway_ports: tuple[tuple[int, int], ...] = ()
+
+    def gateway_port(self, port: int) -> int:
+        return dict(self.gateway_ports).get(port, port)
 
     @property
     def gateway(self) -> str:
@@ -95,9 +101,11 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
     def decide(state, peer, head, rand):
         return ingress_routing.decide(state, lambda: routes_of(state, gateway), peer, head, rand)
     proxy = Proxy(link.state, upstreams, metrics, decider=decide)
-    listeners = [IngressListener(proxy, port, host=config.listen) for port in config.http_ports]
-    listeners += [IngressListener(proxy, port, host=config.listen,
-                                  certificates=lambda port=port: certificates_of(link.state, gateway, port))
+    listeners = [IngressListener(proxy, port, host=config.listen, gateway_port=config.gateway_port(port))
+                 for port in config.http_ports]
+    listeners += [IngressListener(proxy, port, host=config.listen, gateway_port=config.gateway_port(port),
+                                  certificates=lambda port=config.gateway_port(port): certificates_of(
+                                      link.state, gateway, port))
                   for port in config.https_ports]
 
     def ready() -> tuple[bool, str]:
@@ -111,7 +119,8 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
     def dump() -> dict:
         return {"gateway": gateway, "identity": str(me),
                 "routes": sorted(f"{host}:{port}" for host, port in routes_of(link.state, gateway)),
-                "tls": {port: [c.name for c in certificates_of(link.state, gateway, port)] for port in config.https_ports},
+                "tls": {port: [c.name for c in certificates_of(link.state, gateway, config.gateway_port(port))]
+                        for port in config.https_ports},
                 "certificate": link.certs.dump()[0]}
 
     servers = await serve_admin_ports(config.listen, render_metrics=metrics.render, ready=ready,

@@ -16,11 +16,12 @@ def register(subparsers) -> None:
     run.add_argument("--namespace", default="shoal-system", help="its namespace (default: shoal-system)")
     run.add_argument("--service-account", default="shoal-ingressgateway",
                      help="its identity, and what its routes are keyed by (default: shoal-ingressgateway)")
-    run.add_argument("--http", type=int, action="append", metavar="PORT",
-                     help="an HTTP listener port; repeat for more (default: 80)")
-    run.add_argument("--https", type=int, action="append", metavar="PORT",
+    run.add_argument("--http", type=listen_port, action="append", metavar="PORT[:GATEWAY_PORT]",
+                     help="an HTTP listener port; repeat for more (default: 80). With :GATEWAY_PORT it serves the "
+                          "Gateways' servers of that port (a pod on 8080 behind its Service's 80: 8080:80)")
+    run.add_argument("--https", type=listen_port, action="append", metavar="PORT[:GATEWAY_PORT]",
                      help="an HTTPS listener port, with the TLS credentials its Gateways name; repeat for more "
-                          "(default: none)")
+                          "(default: none); :GATEWAY_PORT as for --http")
     run.add_argument("--listen", default="0.0.0.0", help="the listeners' address (default: 0.0.0.0)")
     run.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (for default paths)")
     run.add_argument("--control-plane", default=f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
@@ -30,6 +31,16 @@ def register(subparsers) -> None:
                      help="service-account token for the control plane (default: minted in the local cluster)")
     run.add_argument("--trust-domain", default="cluster.local", help="the mesh's SPIFFE trust domain")
     run.set_defaults(func=cmd_run)
+
+
+def listen_port(text: str) -> tuple[int, int]:
+    """PORT or PORT:GATEWAY_PORT -> (listen port, the Gateway's port)."""
+    listen, _, served = text.partition(":")
+    try:
+        pair = (int(listen), int(served or listen))
+    except ValueError:
+        raise ValueError(f"{text!r}: give PORT or PORT:GATEWAY_PORT, numbers from 1 to 65535") from None
+    return pair
 
 
 def cmd_run(args) -> int:
@@ -44,13 +55,15 @@ def cmd_run(args) -> int:
         proxy = Config(namespace=args.namespace, name=args.service_account, service_account=args.service_account,
                        cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
                        token_file=args.token_file, trust_domain=args.trust_domain)
-        ports, secure = tuple(args.http or (80,)), tuple(args.https or ())
-        bad = [p for p in ports + secure if not 0 < p < 65536]
+        pairs = tuple(args.http or ((80, 80),)) + tuple(args.https or ())
+        ports, secure = tuple(p for p, _ in args.http or ((80, 80),)), tuple(p for p, _ in args.https or ())
+        bad = [p for pair in pairs for p in pair if not 0 < p < 65536]
         if bad:
             raise ValueError(f"port {bad[0]}: a port is 1 to 65535")
         if set(ports) & set(secure):
             raise ValueError(f"port {sorted(set(ports) & set(secure))[0]} is given to both --http and --https")
-        config = IngressConfig(proxy, http_ports=ports, https_ports=secure, listen=args.listen)
+        config = IngressConfig(proxy, http_ports=ports, https_ports=secure, listen=args.listen,
+                               gateway_ports=tuple((p, g) for p, g in pairs if p != g))
     except ValueError as e:
         print(f"shoal: error: {e}", file=sys.stderr)
         return 2
