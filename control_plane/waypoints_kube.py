@@ -14,7 +14,12 @@ The controller polls (`poll` seconds): list waypoint Gateways and the objects
 it manages (label selector), create what is missing, patch what drifted,
 delete what no Gateway wants, then write the status of each `shoal-waypoint`
 Gateway (and of the GatewayClass, if shoal is its controller) where it
-changed (`control_plane.waypoints.gateway_status`). Every object it makes is
+changed (`control_plane.waypoints.gateway_status`). A Gateway of class
+`shoal` (an ingress Gateway, served by the ingress gateway pods of
+daemonset/ingress-gateway.yaml) gets Accepted, Programmed once a pod
+labelled `istio: ingressgateway` is ready (Pending before), and the address
+its LoadBalancer Service (labelled the same) shows
+(`control_plane.waypoints.ingress_status`). Every object it makes is
 owned by its Gateway (ownerReferences; the namespace's root-cert ConfigMap by
 all of the namespace's waypoint Gateways), so the garbage collector removes
 them with it. An object of the same name that it does not manage is left
@@ -34,14 +39,14 @@ import time
 from typing import Callable
 
 from shoal import log
-from shoal.contracts import CONTROL_PLANE_GRPC_PORT
+from shoal.contracts import CONTROL_PLANE_GRPC_PORT, INGRESS_CLASS, INGRESS_GATEWAY_SELECTOR
 from shoal.kube_client import KubeConflict, KubeError, KubeNotFound, call
 from shoal.store import now_rfc3339
 
 from control_plane.authn import TOKEN_AUDIENCE
 from control_plane.waypoints import (
-    GATEWAY_NAME, MANAGED_BY, MANAGER, Observed, _key, blocked, desired, gatewayclass_status, managed, owner_reference,
-    plan, status_updates,
+    GATEWAY_NAME, MANAGED_BY, MANAGER, Observed, _key, blocked, desired, gatewayclass_status, ingress_status, managed,
+    owner_reference, plan, pod_ready, status_updates,
 )
 
 logger = log.get("shoal.control_plane.waypoints")
@@ -217,7 +222,15 @@ class KubeWaypointController:
             address = (service.get("spec") or {}).get("clusterIP")
             return Observed(ready, address if address and address != "None" else None)
         version, now = self._gateway_version, self.now()
-        for gateway, status in status_updates(gateways, existing, build, observe, now, taken):
+        updates = status_updates(gateways, existing, build, observe, now, taken)
+        ingress = [g for g in gateways if (g.get("spec") or {}).get("gatewayClassName") == INGRESS_CLASS]
+        if ingress:
+            observed = self._observe_ingress()
+            for gateway in ingress:
+                status = ingress_status(gateway, observed, now)
+                if status != (gateway.get("status") or {}):
+                    updates.append((gateway, status))
+        for gateway, status in updates:
             meta = gateway["metadata"]
             namespace, name = meta.get("namespace") or "default", meta["name"]
             try:
@@ -240,6 +253,26 @@ class KubeWaypointController:
                 GATEWAY_GROUP, version, "gatewayclasses", name, {"status": status}),
                 f"writing the status of GatewayClass {name}")
             self.writes += 1
+
+    def _observe_ingress(self) -> Observed:
+        """Is a pod labelled as the ingress gateway ready, and what address does its LoadBalancer Service show
+        (the load balancer's, else an external IP)?"""
+        selector = ",".join(f"{k}={v}" for k, v in INGRESS_GATEWAY_SELECTOR.items())
+        core = self.apis["core"]
+        pods = call(lambda: core.list_pod_for_all_namespaces(label_selector=selector),
+                    "listing the ingress gateway's pods")
+        ready = any(pod_ready(self.api_client.sanitize_for_serialization(p)) for p in pods.items)
+        services = call(lambda: core.list_service_for_all_namespaces(label_selector=selector),
+                        "listing the ingress gateway's Services")
+        address = None
+        for item in services.items:
+            service = self.api_client.sanitize_for_serialization(item)
+            spec, status = service.get("spec") or {}, service.get("status") or {}
+            if spec.get("type") != "LoadBalancer":
+                continue
+            ingress = [i.get("ip") or i.get("hostname") for i in (status.get("loadBalancer") or {}).get("ingress") or []]
+            address = next((a for a in ingress + list(spec.get("externalIPs") or []) if a), None) or address
+        return Observed(ready, address)
 
     def _warn(self, key) -> None:
         if key not in self._warned:

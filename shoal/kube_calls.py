@@ -8,7 +8,9 @@ exactly these rows, no more, no less.
 
 Who calls what:
 - control plane, config source (`control_plane.sources.kube`): list and
-  watch every kind it translates; create Events (ShoalInvalidConfig);
+  watch every kind it translates; create Events (ShoalInvalidConfig); get,
+  by name, the TLS Secrets ingress Gateways name (never list or watch
+  Secrets: that would read them all);
 - control plane, CA (`control_plane.ca_store`): its Secret and the root-cert
   ConfigMap in shoal-system;
 - control plane, authentication (`control_plane.authn`): TokenReviews, and
@@ -59,7 +61,7 @@ API_CALLS: tuple[ApiCall, ...] = tuple(sorted(
     + _calls(CONTROL_PLANE, "", "services", "list", "watch", "create", "patch", "delete")
     + _calls(CONTROL_PLANE, "", "serviceaccounts", "list", "watch", "create", "patch", "delete")
     + _calls(CONTROL_PLANE, "", "events", "create")
-    + _calls(CONTROL_PLANE, "", "secrets", "get", "create", "update")                # the CA
+    + _calls(CONTROL_PLANE, "", "secrets", "get", "create", "update")                # the CA; get: TLS Secrets
     + _calls(CONTROL_PLANE, "", "configmaps", "get", "list", "create", "update", "patch", "delete")
     + _calls(CONTROL_PLANE, "apps", "deployments", "list", "create", "patch", "delete")
     + _calls(CONTROL_PLANE, GATEWAY_API, "gateways", "list", "watch")
@@ -69,6 +71,8 @@ API_CALLS: tuple[ApiCall, ...] = tuple(sorted(
     + _calls(CONTROL_PLANE, GATEWAY_API, "httproutes", "list", "watch")
     + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "virtualservices", "list", "watch")
     + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "destinationrules", "list", "watch")
+    + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "gateways", "list", "watch")           # ingress Gateways
+    + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "serviceentries", "list", "watch")
     + _calls(CONTROL_PLANE, ISTIO_SECURITY, "authorizationpolicies", "list", "watch")
     + _calls(CONTROL_PLANE, ISTIO_SECURITY, "peerauthentications", "list", "watch")
     + _calls(CONTROL_PLANE, SMI_SPLIT, "trafficsplits", "list", "watch")

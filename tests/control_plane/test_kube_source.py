@@ -153,7 +153,7 @@ async def test_bookmarks_advance_the_version_and_resume_from_it(double):
         double.bookmark()
         await run.until(lambda ev: any(e.type == "BOOKMARK" and e.object["kind"] == "Service"
                                        and e.object["metadata"]["resourceVersion"] == "102" for e in ev))
-        assert run.source.cache.versions["Service"] == "102"   # advanced though no Service changed
+        assert run.source.caches["Service"].versions["Service"] == "102"   # advanced though no Service changed
         bookmarks = [e for e in run.events[run.synced_at() + 1:] if e.type == "BOOKMARK"]
         assert all(set(e.object) == {"kind", "metadata"} for e in bookmarks)
         before = len(double.watch_requests("services"))

@@ -77,12 +77,38 @@ def test_the_namespace_lets_pod_security_admission_run_the_mesh():
         assert labels[f"pod-security.kubernetes.io/{mode}"] == "privileged"
 
 
-def test_the_control_plane_runs_as_the_images_user():
-    (deployment,) = [o for o in WORKLOADS if o["kind"] == "Deployment"]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+@pytest.mark.parametrize("name", ["shoal-control-plane", "shoal-ingressgateway"])
+def test_the_deployments_run_as_the_images_user(name):
+    (container,) = one("Deployment", name)["spec"]["template"]["spec"]["containers"]
     context = container["securityContext"]
     assert context["runAsNonRoot"] and context["runAsUser"] == 10001 and context["runAsGroup"] == 10001
     assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+    assert not context["capabilities"].get("add"), f"{name} is given capabilities"
+
+
+def test_the_ingress_gateway_listens_unprivileged_behind_its_load_balancers_80_and_443():
+    """As Istio's gateway: the pod on 8080/8443, the Service's 80/443 to them, the Gateways' 80/443 served."""
+    from shoal.cli.ingress_gateway import listen_port
+
+    deployment, service = one("Deployment", "shoal-ingressgateway"), one("Service", "shoal-ingressgateway")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    args = build_parser().parse_args(container["command"][1:])
+    served = dict(args.http + args.https)                       # listen port -> the Gateways' port
+    assert served == {8080: 80, 8443: 443}
+    assert listen_port("8080:80") == (8080, 80) and listen_port("80") == (80, 80)
+    declared = {p["containerPort"] for p in container["ports"]}
+    assert service["spec"]["type"] == "LoadBalancer"
+    for port in service["spec"]["ports"]:
+        assert port["targetPort"] in declared and served[port["targetPort"]] == port["port"], port
+    # Istio Gateways select it by Istio's label; it is not captured by the mesh it speaks HBONE to.
+    assert pod["metadata"]["labels"]["istio"] == "ingressgateway"
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["labels"]["shoal.io/dataplane-mode"] == "none"
+    assert pod["spec"]["serviceAccountName"] == args.service_account == "shoal-ingressgateway"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    probes = {container["readinessProbe"]["httpGet"]["port"], container["livenessProbe"]["httpGet"]["port"]}
+    assert probes == {15121, 15090}
 
 
 @pytest.mark.parametrize("name, container", containers(), ids=[n for n, _ in containers()])

@@ -102,7 +102,7 @@ def _rules(kind: str, name: str) -> list[dict]:
     return one(kind, name)["rules"]
 
 
-def test_the_control_plane_reads_only_its_own_secret():
+def test_the_control_plane_reads_secrets_only_by_name_in_its_namespace():
     cluster_rules = _rules("ClusterRole", "shoal-control-plane")
     assert not [r for r in cluster_rules if {"secrets", "*"} & set(r.get("resources", []))], \
         "the control plane's ClusterRole grants Secrets"
@@ -111,8 +111,10 @@ def test_the_control_plane_reads_only_its_own_secret():
             continue
         verbs = set(rule["verbs"])
         assert not verbs & {"list", "watch", "*"}, f"listing or watching Secrets reads them all: {rule}"
-        if verbs & {"get", "update", "patch", "delete"}:
+        if verbs & {"update", "patch", "delete"}:
             assert rule.get("resourceNames") == ["shoal-ca"], f"a rule on Secrets other than shoal-ca: {rule}"
+        elif "get" in verbs and not rule.get("resourceNames"):
+            assert verbs == {"get"}, rule   # the TLS Secrets Gateways name: a get needs the name
         else:
             assert verbs == {"create"}, rule  # a name cannot limit create; it reads nothing back
 

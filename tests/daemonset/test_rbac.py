@@ -65,9 +65,21 @@ def test_each_service_account_is_granted_exactly_what_its_calls_need(account):
 
 def test_the_control_planes_own_objects_are_read_and_updated_by_name_in_its_namespace_only():
     for group, resource, verb, name, namespace in granted("shoal-control-plane"):
-        if group == "" and resource in ("secrets", "configmaps") and verb in ("get", "update"):
+        if (group, resource, verb) == ("", "secrets", "get"):
+            # Also the ingress gateways' TLS Secrets, by the names Gateways give: in shoal-system only.
+            assert namespace == NAMESPACE, f"get secrets is granted beyond shoal-system ({namespace=})"
+        elif group == "" and resource in ("secrets", "configmaps") and verb in ("get", "update"):
             assert (resource, name) in BY_NAME and namespace == NAMESPACE, \
                 f"{verb} {resource} is granted beyond the control plane's own objects ({name=}, {namespace=})"
+
+
+def test_the_tls_secret_reader_is_get_only_and_bound_by_the_operator():
+    """The ClusterRole an operator binds in a namespace whose certificates a Gateway names: get, nothing else."""
+    manifests = objects()
+    (role,) = [o for o in manifests if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-tls-secret-reader"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    assert not [b for b in manifests if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and b["roleRef"]["name"] == "shoal-tls-secret-reader"], "bound cluster-wide by the install"
 
 
 def test_the_grants_check_is_in_force():
