@@ -16,8 +16,9 @@ A pod is enrolled when it is in want, acked and redirected.
 
 With CNI (config.cni), the CNI socket opens with the hand-off socket, once the
 first list is reconciled: before that, the plugin finds no agent and makes the
-pods that would be enrolled wait. ADD is answered once the pod is enrolled
-(the ztunnel acked it and capture is in place), or with the reason it is not.
+pods that would be enrolled wait. cni_enroll.py answers shoal-cni with this
+state: ADD once the pod is enrolled (the ztunnel acked it and capture is in
+place), or with the reason it is not.
 
 Nothing is decided before the source's first full list: an empty `want` at
 start would otherwise remove every redirection. On SIGTERM the agent stops
@@ -28,7 +29,6 @@ restarts); `cleanup()` (`shoal node-agent --cleanup`) removes it all.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -40,8 +40,8 @@ from shoal.handoff import Acked, Workload, ZtunnelGreeted
 from shoal.handoff_io import HandoffServer
 
 from node_agent import cni_install, reconcile, sandboxes
-from node_agent.cni_server import CniReply, CniRequest, CniServer
-from node_agent.discover import pod_cgroup_dir
+from node_agent.cni_enroll import CniEnrollment
+from node_agent.cni_server import CniServer
 from node_agent.errors import NodeAgentError
 from node_agent.metrics import Metrics, serve
 from node_agent.model import PodTarget
@@ -51,7 +51,6 @@ logger = log.get("node_agent")
 
 RESYNC_SECONDS = 10.0
 CNI_WAIT_SECONDS = 60.0  # how long an ADD or DEL waits for the pod's capture to be in place (or gone)
-POD_WAIT_SECONDS = 10.0  # how long an ADD without K8S_POD_UID waits for the pod to appear in the source
 
 
 @dataclass(frozen=True)
@@ -89,8 +88,8 @@ class NodeAgent:
         self.sandboxes: dict[str, sandboxes.Sandbox] = {}
         self.released: set[str] = set()
         self.last_error: dict[str, str] = {}  # uid -> the last failed step for it (for CNI replies)
-        self.enrollment_view: dict | None = None
-        self.cni_server = CniServer(config.cni.socket, self._on_cni) if config.cni else None
+        self.cni = CniEnrollment(self) if config.cni else None
+        self.cni_server = CniServer(config.cni.socket, self.cni.handle) if config.cni else None
 
     # -- running ------------------------------------------------------------------
 
@@ -111,7 +110,7 @@ class NodeAgent:
                 await self.server.start()
                 if self.cni_server:
                     await self.cni_server.start()
-                    self._ensure_cni()
+                    self.cni.ensure()
                 self.metrics.ready = True
                 done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -167,8 +166,8 @@ class NodeAgent:
         for uid in set(self.seen_at) - set(want):
             del self.seen_at[uid]
         self.want = want
-        if self.config.cni:
-            self._write_enrollment_view(sandboxes.enrollment_view(infos, self.namespaces, self.config.node))
+        if self.cni:
+            self.cni.write_view(sandboxes.enrollment_view(infos, self.namespaces, self.config.node))
 
     def _repair_at_start(self) -> None:
         """Pods redirected before a restart and still wanted: make sure the kernel has all of it."""
@@ -186,7 +185,7 @@ class NodeAgent:
         while True:
             await asyncio.sleep(self.config.resync_seconds)
             if self.cni_server and self.metrics.ready:
-                self._ensure_cni()  # a CNI that rewrote its conflist is chained again
+                self.cni.ensure()  # a CNI that rewrote its conflist is chained again
             self.changed.set()
 
     async def _reconciler(self) -> None:
@@ -272,152 +271,6 @@ class NodeAgent:
     def enrolled(self) -> set[str]:
         recorded = self.redirection.recorded()
         return {uid for uid in self.want if uid in self.acked and uid in recorded}
-
-    # -- shoal-cni -------------------------------------------------------------------
-
-    def _ensure_cni(self) -> None:
-        try:
-            conflist = cni_install.ensure(self.config.cni)
-            logger.debug("shoal-cni chained", conflist=str(conflist))
-        except (NodeAgentError, OSError) as e:
-            self.metrics.reconcile_errors.labels(step="cni-install").inc()
-            logger.warning("cannot install shoal-cni; new pods are captured only once seen running",
-                           error=str(e))
-
-    def _write_enrollment_view(self, view: dict) -> None:
-        """The file shoal-cni reads when the agent does not answer (written only when it changes)."""
-        if view == self.enrollment_view:
-            return
-        path = self.config.cni.enrollment_file
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(view))
-            os.replace(tmp, path)
-            self.enrollment_view = view
-        except OSError as e:
-            self.metrics.reconcile_errors.labels(step="cni-enrollment-file").inc()
-            logger.warning("cannot write the enrollment file shoal-cni reads", path=str(path), error=str(e))
-
-    def _uid_for(self, request: CniRequest) -> str | None:
-        if request.uid:
-            return request.uid
-        for pod in self.pods.values():
-            meta = pod.get("metadata") or {}
-            if meta.get("namespace") == request.namespace and meta.get("name") == request.name:
-                return meta.get("uid")
-        for uid, sandbox in self.sandboxes.items():
-            if sandbox.key == request.key:
-                return uid
-        return None
-
-    async def _on_cni(self, request: CniRequest) -> CniReply:
-        handler = {"ADD": self._cni_add, "DEL": self._cni_del, "CHECK": self._cni_check}[request.command]
-        reply = await handler(request)
-        if not reply.ok:
-            self.metrics.reconcile_errors.labels(step=f"cni-{request.command.lower()}").inc()
-            logger.warning("shoal-cni call failed", command=request.command, pod=request.key, error=reply.error)
-        return reply
-
-    async def _cni_add(self, request: CniRequest) -> CniReply:
-        uid = self._uid_for(request)
-        deadline = self.clock() + POD_WAIT_SECONDS
-        while uid is None and self.clock() < deadline:
-            await asyncio.sleep(0.1)  # the watch has not brought the pod yet
-            uid = self._uid_for(request)
-        if uid is None:
-            return CniReply(False, error=f"pod {request.key} is not known to the API server yet, and CNI_ARGS has "
-                                         f"no K8S_POD_UID; the kubelet will retry")
-        self.sandboxes[uid] = sandboxes.Sandbox(uid, request.namespace, request.name, request.netns,
-                                                request.ipv4, request.container_id, pod_cgroup_dir(uid))
-        self.released.discard(uid)
-        self.last_error.pop(uid, None)
-        self._recompute()
-        if uid not in self.want:
-            if uid in self.reported:
-                return CniReply(False, enrolled=True, error=f"pod {request.key} cannot be meshed: {self.reported[uid]}")
-            return CniReply(True, enrolled=False)
-        logger.info("pod sandbox announced by shoal-cni", pod=request.key, netns=request.netns, ip=request.ipv4)
-        self.changed.set()
-        # The eBPF mode attaches to the pod's cgroup, which the runtime makes only after ADD:
-        # there ADD waits for the hand-off alone, and capture follows once the cgroup is found.
-        cgroup_first = self.redirection.mode == "ebpf" and not self.want[uid].cgroup
-        if await self._until(lambda: uid in self.acked and (cgroup_first or self._captured(uid))):
-            if cgroup_first:
-                logger.warning("eBPF mode: pod handed to the ztunnel at ADD; its capture starts once its cgroup "
-                               "exists", pod=request.key)
-            return CniReply(True, enrolled=True)
-        return CniReply(False, enrolled=True, error=self._why_not_enrolled(uid))
-
-    def _captured(self, uid: str) -> bool:
-        """Is the pod's capture in the kernel? If the ledger has it but the kernel does not (an install that
-        failed), it is installed again here: an ADD must not return on a capture that is not there."""
-        pod = self.want.get(uid)
-        if pod is None or uid not in self.redirection.recorded():
-            return False
-        try:
-            if self.redirection.installed(pod):
-                return True
-        except (NodeAgentError, OSError) as e:
-            self._error("check", pod, e)
-            return False
-        return self._install(pod) and self.redirection.installed(pod)
-
-    async def _cni_del(self, request: CniRequest) -> CniReply:
-        uid = self._uid_for(request)
-        if uid is None:
-            return CniReply(True)
-        current = self.sandboxes.get(uid)
-        if current is not None and request.container_id and current.container_id != request.container_id:
-            return CniReply(True)  # an older sandbox of the pod; the current one stays captured
-        self.sandboxes.pop(uid, None)
-        self.released.add(uid)
-        self._recompute()
-        self.changed.set()
-        if await self._until(lambda: uid not in self.redirection.recorded() and uid not in self.acked):
-            logger.info("pod sandbox released by shoal-cni", pod=request.key)
-            return CniReply(True)
-        return CniReply(False, error=f"capture of pod {request.key} could not be removed: "
-                                     f"{self.last_error.get(uid, 'see the node agent log')}")
-
-    async def _cni_check(self, request: CniRequest) -> CniReply:
-        uid = self._uid_for(request)
-        pod = self.want.get(uid) if uid else None
-        if pod is None:
-            return CniReply(True, enrolled=False)
-        if pod.netns != request.netns:
-            return CniReply(False, enrolled=True, error=f"the agent holds netns {pod.netns} for the pod, not "
-                                                        f"{request.netns}")
-        try:
-            present = uid in self.enrolled() and self.redirection.installed(pod)
-        except (NodeAgentError, OSError) as e:
-            return CniReply(False, enrolled=True, error=f"capture could not be checked: {e}")
-        if not present:
-            why = self._why_not_enrolled(uid)
-            if uid in self.acked and self._install(pod):  # reported, and put back
-                logger.warning("capture of a pod was missing; installed again", pod=pod.key)
-            return CniReply(False, enrolled=True, error=f"capture is missing in {pod.netns}: {why}")
-        return CniReply(True, enrolled=True)
-
-    async def _until(self, done) -> bool:
-        deadline = self.clock() + self.config.cni_wait_seconds
-        while not done():
-            if self.clock() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
-    def _why_not_enrolled(self, uid: str) -> str:
-        if uid in self.last_error:
-            return self.last_error[uid]
-        if not self.server.connected:
-            return (f"no ztunnel is connected to the hand-off socket {self.config.socket}; check the shoal-ztunnel "
-                    f"pod of this node")
-        if uid in self.in_flight:
-            return "the ztunnel has not acknowledged the pod yet"
-        if uid not in self.acked:
-            return "the pod was not handed to the ztunnel yet"
-        return "its redirection is not (or no longer) in place"
 
     # -- the hand-off -------------------------------------------------------------
 
