@@ -25,7 +25,6 @@ HTTP/2 multiplexed).
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable
@@ -35,6 +34,7 @@ from shoal.model import HeaderChanges
 
 from waypoint import http1
 from waypoint.channel import ChannelReset
+from waypoint.draws import Draws
 from waypoint.errors import DownstreamGone, UpstreamFailed, UpstreamTimeout, WaypointError
 from waypoint.exchange import Http1Pool, open_exchange
 from waypoint.h2upstream import H2Pool
@@ -109,7 +109,7 @@ RBAC_DENIED = "RBAC: access denied"   # all a denied client learns, as from Isti
 
 class Proxy:
     def __init__(self, state: ProxyState, upstreams: Upstreams, metrics: Metrics, *,
-                 rand: Callable[[], float] = random.random,
+                 rand: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_body: int = MAX_BODY, idle_timeout: float = 300.0,
                  decider: Callable[[ProxyState, Peer, RequestHead, Callable[[], float]], Plan | Refusal] = decide,
@@ -119,7 +119,7 @@ class Proxy:
         self.decide = decider      # the waypoint's routing.decide; the ingress gateway hands in its own
         self.upstreams = upstreams
         self.metrics = metrics
-        self.rand = rand
+        self.rand = rand if rand is not None else Draws()   # weighted picks spread evenly per route (draws.py)
         self.sleep = sleep
         self.max_body = max_body
         self.idle_timeout = idle_timeout

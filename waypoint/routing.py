@@ -17,7 +17,9 @@ Order, as Envoy's filter chain in an Istio waypoint runs it:
 Every random choice draws from `rand()` (uniform in [0, 1)), in a fixed
 order (destination, fault delay, fault abort, each mirror's roll and
 endpoint, then the endpoint order), so tests pass a seeded or scripted
-source and compare plans whole.
+source and compare plans whole. The destination's draw is the route's own
+evenly spread stream when `rand` is a `waypoint.draws.Draws` (the proxy's
+default), so a route's split holds its weights over short runs too.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from shoal import authz
 
 from shoal.proxy_state import ProxyState
 from shoal.workload_names import workload_label
+
+from waypoint.draws import weighted_draw
 
 Random = Callable[[], float]
 
@@ -206,7 +210,7 @@ def follow(state: ProxyState, service: Service, route: Route, port: int, head: R
     `dialled`: where the client connected (the CONNECT target); a ServiceEntry with `resolution: NONE`
     has no endpoints, and a request routed to that same entry goes there, in plain TCP."""
     if route.destinations:
-        destination = pick_weighted(route.destinations, rand())
+        destination = pick_weighted(route.destinations, weighted_draw(rand, route))
         if destination is None:
             return Refusal(503, "UH", f"every destination of route {route.name or '(unnamed)'} has weight 0",
                            service.hostname)
