@@ -87,6 +87,7 @@ class NodeAgent:
         self.namespaces: dict[str, dict] = {}
         self.sandboxes: dict[str, sandboxes.Sandbox] = {}
         self.released: set[str] = set()
+        self.reports: set[asyncio.Task] = set()  # Events being written
         self.last_error: dict[str, str] = {}  # uid -> the last failed step for it (for CNI replies)
         self.cni = CniEnrollment(self) if config.cni else None
         self.cni_server = CniServer(config.cni.socket, self.cni.handle) if config.cni else None
@@ -154,10 +155,12 @@ class NodeAgent:
         want = reconcile.desired(infos, self.config.node)
         problems = reconcile.problems(infos, self.config.node)
         self.reasons = {info.uid: info.enrollment.reason for info in infos if info.uid in want}
+        by_uid = {info.uid: info for info in infos}
         for uid, why in problems.items():
             if self.reported.get(uid) != why:
                 self.metrics.reconcile_errors.labels(step="invalid-pod").inc()
                 logger.warning("pod cannot be meshed", uid=uid, reason=why)
+                self._report(by_uid[uid], why)
         self.reported = problems
         self.metrics.unmeshable.set(len(problems))
         now = self.clock()
@@ -168,6 +171,15 @@ class NodeAgent:
         self.want = want
         if self.cni:
             self.cni.write_view(sandboxes.enrollment_view(infos, self.namespaces, self.config.node))
+
+    def _report(self, pod: reconcile.PodInfo, why: str) -> None:
+        """A Warning Event about the pod, where the source can write one (written in the background)."""
+        report = getattr(self.source, "report", None)
+        if report is None:
+            return
+        task = asyncio.get_running_loop().create_task(report(pod.namespace, pod.name, pod.uid, why))
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
 
     def _repair_at_start(self) -> None:
         """Pods redirected before a restart and still wanted: make sure the kernel has all of it."""

@@ -23,6 +23,23 @@ logger = log.get("node_agent.sources")
 
 OnChange = Callable[[dict[str, dict], dict[str, dict]], Awaitable[None]]
 
+UNMESHABLE = "ShoalNotMeshed"  # the reason of the Warning Event about a pod that should be meshed and is not
+
+
+def unmeshable_event(namespace: str, name: str, uid: str, message: str, node: str, now: str) -> dict:
+    """A core/v1 Warning Event about the pod, from the node agent (`kubectl describe pod` shows it)."""
+    return {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{name}.shoal-not-meshed", "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace, "uid": uid},
+            "reason": UNMESHABLE, "message": message, "type": "Warning",
+            "source": {"component": "shoal-node-agent", "host": node},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+
+
+def _now() -> str:
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 def _pod_key(obj: dict) -> str:
     meta = obj.get("metadata") or {}
@@ -64,6 +81,14 @@ class LocalSource:
                     await on_change(dict(pods), dict(namespaces))
             except local_store.Expired as e:
                 logger.info("watch expired; listing again", reason=str(e))
+
+    async def report(self, namespace: str, name: str, uid: str, message: str) -> None:
+        """A Warning Event about a pod that should be meshed and is not (`shoal local events`)."""
+        event = unmeshable_event(namespace, name, uid, message, self.node, _now())
+        try:
+            await asyncio.to_thread(self.store.apply, event)
+        except local_store.StoreError as e:
+            logger.debug("event not written", pod=f"{namespace}/{name}", error=str(e))
 
 
 class KubeSource:
@@ -144,6 +169,25 @@ class KubeSource:
         self._stop.set()
         for watcher in self.watchers:
             watcher.stop()
+
+    async def report(self, namespace: str, name: str, uid: str, message: str) -> None:
+        """A Warning Event about a pod that should be meshed and is not (`kubectl describe pod` shows it)."""
+        import hashlib
+        from shoal import kube_client
+        event = unmeshable_event(namespace, name, uid, message, self.node, _now())
+        event["metadata"]["name"] += "." + hashlib.sha256(message.encode()).hexdigest()[:10]
+        api = self._client()
+
+        def post():
+            return kube_client.call(lambda: kube_client.request(
+                api, "POST", f"/api/v1/namespaces/{namespace}/events", body=event, timeout=(10.0, 30.0)),
+                f"recording a {UNMESHABLE} event in {namespace}")
+        try:
+            await asyncio.to_thread(post)
+        except kube_client.KubeConflict:
+            pass  # the same event, already there
+        except kube_client.KubeError as e:
+            logger.debug("event not written", pod=f"{namespace}/{name}", error=str(e))
 
     def _with_sandbox(self, pod: dict) -> dict:
         """`discover`, remembered per uid once found (a scan of /proc is not free), and looked for again

@@ -19,7 +19,8 @@ Who calls what:
   it makes for a waypoint (ServiceAccounts, Deployments, Services, the
   namespace's root-cert ConfigMap), the Gateways' and the GatewayClass's
   status, and the mesh root it copies;
-- node agent (`node_agent.sources`): its node's Pods and all Namespaces.
+- node agent (`node_agent.sources`): its node's Pods and all Namespaces, and
+  Events about the pods it should mesh and cannot.
 The ztunnel and the waypoints make no API call.
 """
 
@@ -79,6 +80,7 @@ API_CALLS: tuple[ApiCall, ...] = tuple(sorted(
     + _calls(CONTROL_PLANE, "authentication.k8s.io", "tokenreviews", "create")
     + _calls(NODE_AGENT, "", "pods", "list", "watch")
     + _calls(NODE_AGENT, "", "namespaces", "list", "watch")
+    + _calls(NODE_AGENT, "", "events", "create")  # a pod it should mesh and cannot (sources.KubeSource.report)
 ))
 
 

@@ -121,6 +121,7 @@ def test_the_node_agent_makes_exactly_the_listed_calls():
             task = asyncio.create_task(source.run(on_change))
             try:
                 await eventually_async(lambda: views and api.open_watches() == 2, 30, "both watches open")
+                await source.report("default", "lost", "u-lost", "its sandbox was not found")  # the Event
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
