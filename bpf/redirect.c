@@ -10,6 +10,10 @@
 //                    original destination in the socket's local storage.
 //                    Whatever the socket's mark: a pod that sets 0x539 itself
 //                    is captured all the same.
+//   shoal_connect4_dns / shoal_connect6_dns  in their place on a pod whose DNS
+//                    is captured: the same, but TCP to port 53 goes to the DNS
+//                    proxy (127.0.0.1:15053) instead of 15001, the resolver
+//                    recorded the same way (so SO_ORIGINAL_DST names it).
 //   shoal_connect6   IPv6 does not go around the mesh: an AF_INET6 socket
 //                    connecting to a v4-mapped address (::ffff:a.b.c.d), which
 //                    is IPv4 on the wire, is captured as connect4 would
@@ -20,7 +24,7 @@
 //                    record under (netns cookie, local port) for the ztunnel.
 //   shoal_getpeer4/6 keep the app's view: getpeername() shows the original peer.
 // On the ztunnel's cgroup:
-//   shoal_ztsockops  (PASSIVE_ESTABLISHED_CB on 15001) moves the record from
+//   shoal_ztsockops  (PASSIVE_ESTABLISHED_CB on 15001 or 15053) moves the record from
 //                    (netns cookie, peer port) into the accepted socket's storage;
 //                    (TCP_CONNECT_CB) records the ztunnel's own connections as
 //                    uncaptured, by 4-tuple, until they close.
@@ -40,7 +44,7 @@
 //                    IPv6 (TCP and UDP) that did not come over loopback: dropped.
 //
 // Placeholders filled in by the agent: SOCKHASH_FD, OUTBOUND_PORT,
-// INBOUND_PORT, HBONE_PORT, MARK, PROBE_IP (host order).
+// INBOUND_PORT, HBONE_PORT, DNS_PROXY_PORT, MARK, PROBE_IP (host order).
 
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
@@ -104,17 +108,35 @@ static __always_inline int local_ip4(u32 ip /* network order */) {
     return (dst >> 24) == 127 || dst == 0;
 }
 
-int shoal_connect4(struct bpf_sock_addr *ctx) {
+// Where a captured connect goes: the ztunnel's outbound listener, or, for a pod
+// whose DNS is captured, its DNS proxy when the connect is to port 53.
+static __always_inline u16 redirect_port(u32 port /* network order */, int dns) {
+    return dns && port == bpf_htons(53) ? DNS_PROXY_PORT : OUTBOUND_PORT;
+}
+
+static __always_inline int connect4(struct bpf_sock_addr *ctx, int dns) {
     if (ctx->type != SOCK_STREAM || ctx->family != AF_INET)
         return 1;
     u32 ip = ctx->user_ip4;
     if (local_ip4(ip))
         return 1;
-    if (!capture(ctx, ip, ctx->user_port))
+    u32 port = ctx->user_port;
+    if (!capture(ctx, ip, port))
         return 0;
     ctx->user_ip4 = bpf_htonl(0x7f000001);
-    ctx->user_port = bpf_htons(OUTBOUND_PORT);
+    ctx->user_port = bpf_htons(redirect_port(port, dns));
     return 1;
+}
+
+int shoal_connect4(struct bpf_sock_addr *ctx) {
+    return connect4(ctx, 0);
+}
+
+// Instead of shoal_connect4 on a pod whose DNS is captured: TCP to port 53 of a
+// non-loopback resolver reaches the DNS proxy (15053) as the iptables chain
+// sends loopback and UDP DNS there; SO_ORIGINAL_DST still names the resolver.
+int shoal_connect4_dns(struct bpf_sock_addr *ctx) {
+    return connect4(ctx, 1);
 }
 
 // ::ffff:a.b.c.d, IPv4 through an AF_INET6 socket.
@@ -127,22 +149,31 @@ static __always_inline int loopback6(u32 w0, u32 w1, u32 w2, u32 w3) {
     return w0 == 0 && w1 == 0 && w2 == 0 && (w3 == 0 || w3 == bpf_htonl(1));
 }
 
-int shoal_connect6(struct bpf_sock_addr *ctx) {
+static __always_inline int connect6(struct bpf_sock_addr *ctx, int dns) {
     if (ctx->family != AF_INET6)
         return 1;
     u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2], w3 = ctx->user_ip6[3];
     if (v4_mapped(w0, w1, w2)) {
         if (ctx->type != SOCK_STREAM || local_ip4(w3))
             return 1;  // as connect4: the mesh carries TCP, and loopback stays in the pod
-        if (!capture(ctx, w3, ctx->user_port))
+        u32 port = ctx->user_port;
+        if (!capture(ctx, w3, port))
             return 0;
         ctx->user_ip6[3] = bpf_htonl(0x7f000001);
-        ctx->user_port = bpf_htons(OUTBOUND_PORT);
+        ctx->user_port = bpf_htons(redirect_port(port, dns));
         return 1;
     }
     if (loopback6(w0, w1, w2, w3))
         return 1;
     return 0;  // EPERM: the mesh does not carry IPv6 yet, and nothing goes around it
+}
+
+int shoal_connect6(struct bpf_sock_addr *ctx) {
+    return connect6(ctx, 0);
+}
+
+int shoal_connect6_dns(struct bpf_sock_addr *ctx) {
+    return connect6(ctx, 1);
 }
 
 int shoal_sendmsg6(struct bpf_sock_addr *ctx) {
@@ -211,7 +242,8 @@ int shoal_ztsockops(struct bpf_sock_ops *skops) {
     } else if (skops->op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == TCP_CLOSE_STATE) {
         struct flow_key flow = flow_of(skops);
         uncaptured.delete(&flow);
-    } else if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && skops->local_port == OUTBOUND_PORT) {
+    } else if (skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+               (skops->local_port == OUTBOUND_PORT || skops->local_port == DNS_PROXY_PORT)) {
         struct port_key key = {.netns = bpf_get_netns_cookie(skops),
                                .port = bpf_ntohl(skops->remote_port)};
         struct orig_dst *found = orig_by_port.lookup(&key);

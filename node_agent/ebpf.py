@@ -14,6 +14,8 @@ Per pod:
   shoal_getpeer4, shoal_getpeer6 and shoal_sockops (BPF_PROG_ATTACH with
   ALLOW_MULTI; cgroup attachments outlive the agent): IPv4 TCP is captured,
   IPv6 is refused (EPERM) but for v4-mapped addresses, captured as IPv4;
+  a pod whose DNS is captured gets shoal_connect4_dns and shoal_connect6_dns
+  in place of the first two, which take its TCP to port 53 to the DNS proxy;
 - its netns gets shoal_sk_lookup through a bpf link, pinned as
   `<agent dir>/links/<uid>` so it outlives the agent too; it also drops
   inbound IPv6 that did not come over loopback;
@@ -48,7 +50,7 @@ from shoal import log
 
 from node_agent import bpffs, ebpf_build, libbpf
 from node_agent.ebpf_programs import (  # noqa: F401 (names of the eBPF object, used here and by callers)
-    ATTACH_SK_LOOKUP, POD_CGROUP_PROGRAMS, PROGRAMS, SOURCE, ZTUNNEL_CGROUP_PROGRAMS, source_text,
+    ATTACH_SK_LOOKUP, POD_CGROUP_PROGRAMS, PROGRAMS, SOURCE, ZTUNNEL_CGROUP_PROGRAMS, pod_cgroup_programs, source_text,
 )
 from node_agent.errors import BpfError, PrerequisiteMissing, RedirectError
 from node_agent.model import PodTarget
@@ -170,7 +172,7 @@ class EbpfRedirector:
             raise RedirectError(f"pod {pod.key} has no cgroup path; the eBPF mode attaches to the pod's cgroup")
         cgroup = _cgroup_fd(pod.cgroup)
         try:
-            self._attach_set(POD_CGROUP_PROGRAMS, cgroup, pod.cgroup)
+            self._attach_set(pod_cgroup_programs(pod.dns_capture), cgroup, pod.cgroup)
         finally:
             os.close(cgroup)
         self._link_netns(pod)
@@ -265,7 +267,7 @@ class EbpfRedirector:
             return False
         cgroup = _cgroup_fd(pod.cgroup)
         try:
-            if not self._attached_exactly(POD_CGROUP_PROGRAMS, cgroup):
+            if not self._attached_exactly(pod_cgroup_programs(pod.dns_capture), cgroup):
                 return False  # missing, or an older version beside it
         finally:
             os.close(cgroup)

@@ -10,7 +10,7 @@ import socket
 import struct
 from pathlib import Path
 
-from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
+from shoal.contracts import DNS_PROXY_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE
 
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
 
@@ -23,6 +23,8 @@ ATTACH_SOCK_OPS, ATTACH_GETSOCKOPT, ATTACH_SK_LOOKUP = 3, 21, 36
 PROGRAMS = {
     "shoal_connect4": (PROG_TYPE["sock_addr"], ATTACH_CONNECT4),
     "shoal_connect6": (PROG_TYPE["sock_addr"], ATTACH_CONNECT6),
+    "shoal_connect4_dns": (PROG_TYPE["sock_addr"], ATTACH_CONNECT4),
+    "shoal_connect6_dns": (PROG_TYPE["sock_addr"], ATTACH_CONNECT6),
     "shoal_sendmsg6": (PROG_TYPE["sock_addr"], ATTACH_SENDMSG6),
     "shoal_getpeer4": (PROG_TYPE["sock_addr"], ATTACH_GETPEERNAME4),
     "shoal_getpeer6": (PROG_TYPE["sock_addr"], ATTACH_GETPEERNAME6),
@@ -33,14 +35,20 @@ PROGRAMS = {
 }
 POD_CGROUP_PROGRAMS = ("shoal_connect4", "shoal_connect6", "shoal_sendmsg6", "shoal_getpeer4", "shoal_getpeer6",
                        "shoal_sockops")
+# A pod whose DNS is captured: its TCP to port 53 goes to the DNS proxy, not to 15001.
+POD_CGROUP_PROGRAMS_DNS = ("shoal_connect4_dns", "shoal_connect6_dns", *POD_CGROUP_PROGRAMS[2:])
 # The uncaptured record, which lets a flow past sk_lookup, is made only here: never by a pod.
 ZTUNNEL_CGROUP_PROGRAMS = ("shoal_ztsockops", "shoal_getsockopt")
+
+
+def pod_cgroup_programs(dns_capture: bool) -> tuple[str, ...]:
+    return POD_CGROUP_PROGRAMS_DNS if dns_capture else POD_CGROUP_PROGRAMS
 
 
 def source_text(sockhash_fd: int, source: Path | None = None) -> str:
     probe = struct.unpack("!I", socket.inet_aton(PROBE_SOURCE))[0]
     defines = {"SOCKHASH_FD": sockhash_fd, "OUTBOUND_PORT": OUTBOUND_PORT, "INBOUND_PORT": INBOUND_PLAINTEXT_PORT,
-               "HBONE_PORT": HBONE_PORT, "MARK": MARK, "PROBE_IP": f"{probe}u"}
+               "HBONE_PORT": HBONE_PORT, "DNS_PROXY_PORT": DNS_PROXY_PORT, "MARK": MARK, "PROBE_IP": f"{probe}u"}
     head = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     return head + (source or SOURCE).read_text()
 

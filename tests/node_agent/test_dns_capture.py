@@ -19,6 +19,7 @@ from shoal.contracts import MARK, dns_capture
 from node_agent import dns_capture as capture, netfilter
 
 from support.root import needs_root
+from na_topology import POD_IPS, Server, client_code, listen_in, original_dst
 
 pytestmark = needs_root("network namespaces, iptables, eBPF")
 
@@ -91,6 +92,29 @@ def test_udp_and_tcp_53_land_on_the_dns_proxy(topo, redirection, dns_pod):
     assert udp_out.stdout.strip() == "proxy-udp", udp_out.stderr
     assert tcp_out.stdout.strip() == "proxy-tcp", tcp_out.stderr
     assert seen == {"udp": b"query", "tcp": b"query"}
+
+
+def test_tcp_53_to_a_resolver_off_loopback_reaches_the_dns_proxy_naming_it_and_the_mesh_without_capture(
+        topo, redirection, dns_pod):
+    """In both modes (eBPF: connect4 would otherwise take it to 15001 and past the proxy): with capture the
+    connect lands on 15053 and SO_ORIGINAL_DST names the resolver the app dialled (where the proxy forwards);
+    without, the same connect is the mesh's, on 15001."""
+    resolver = (POD_IPS["b"], 53)
+    ns = topo.pod_netns("a")
+    for pod, port in ((dns_pod, 15053), (dataclasses.replace(dns_pod, dns_capture=False), 15001)):
+        redirection.install(pod)
+        assert redirection.installed(pod)
+        server = Server(listen_in(ns, port), reply=f"on {port}".encode())
+        try:
+            out = topo.run_in_pod("a", client_code(*resolver, payload=b"query"))
+            server.join(10)
+            assert out.stdout.split() == [f"{resolver[0]}:53", "on", str(port)], (port, out.stdout, out.stderr)
+            assert server.data == b"query" and original_dst(server.conn) == resolver, port
+        finally:
+            server.listener.close()
+            if server.conn is not None:
+                server.conn.close()
+    redirection.install(dns_pod)
 
 
 def test_the_ztunnels_marked_socket_reaches_the_resolver_itself(topo, dns_pod):

@@ -1,8 +1,9 @@
 """End to end (root): the ztunnel's DNS proxy in the local cluster, both redirect modes.
 
 Namespace `names` is enrolled with `shoal.io/dns-capture: "true"`. Pod
-`client` has two containers: a shell, and its own resolver on 127.0.0.1:53
-(the address the local cluster's resolv.conf names), which knows only
+`client` has two containers: a shell, and its own resolver on port 53 of
+all its addresses (127.0.0.1 is what the local cluster's resolv.conf names;
+its pod IP is a resolver off loopback), which knows only
 `other.test` and logs every query it gets. Real clients ask: glibc
 (`getent`, which also retries over TCP on a truncated answer), curl, and
 a raw UDP client for the malformed query. An outside server
@@ -40,7 +41,7 @@ MANIFEST = [
     {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "names"},
      "spec": {"nodeName": "node1", "containers": [
          {"name": "sh", "command": ["sleep", "infinity"]},
-         {"name": "resolver", "command": [PYTHON, RESOLVER_APP, "127.0.0.1", "53"]}]}},
+         {"name": "resolver", "command": [PYTHON, RESOLVER_APP, "0.0.0.0", "53"]}]}},
     {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "names"},
      "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
     {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "api", "namespace": "names"},
@@ -75,6 +76,29 @@ for message in first + [dm.build_query(sys.argv[2], int(sys.argv[3]), 77)]:
     out.append({"id": int.from_bytes(reply[:2], "big"), "rcode": dm.response_code(reply),
                 "addresses": dm.answer_addresses(reply) if dm.response_code(reply) == 0 else []})
 print(json.dumps(out))
+"""
+
+# DNS over TCP to the pod's own IP, a resolver that is not on loopback (in eBPF mode the connect is seen by
+# connect4, not by the iptables chain that takes loopback DNS to the proxy).
+TCP_CLIENT = """
+import socket, sys, json
+from shoal import dns_message as dm
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect(("198.18.0.1", 9))           # no packet: only to learn the pod's own address
+resolver = probe.getsockname()[0]
+s = socket.create_connection((resolver, 53), timeout=5)
+out = []
+for i, name in enumerate(sys.argv[1:]):
+    s.sendall(dm.frame(dm.build_query(name, 1, 100 + i)))
+    framer, replies = dm.TcpFramer(), []
+    while not replies:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("the connection closed before an answer")
+        replies = list(framer.feed(chunk))
+    code = dm.response_code(replies[0])
+    out.append({"name": name, "rcode": code, "addresses": dm.answer_addresses(replies[0]) if code == 0 else []})
+print(json.dumps({"resolver": resolver, "answers": out}))
 """
 
 
@@ -133,6 +157,21 @@ def test_other_names_are_forwarded_to_the_pods_own_resolver(cluster):
     assert getent(cluster, "ahostsv4", "other.test") == ["198.18.48.99"]
     assert {"transport": "udp", "name": "other.test"} in resolver_saw(cluster)
     assert getent(cluster, "ahostsv4", "nothing.test") == []
+
+
+def test_tcp_to_a_resolver_off_loopback_is_answered_by_the_proxy_and_forwarded_to_that_resolver(cluster):
+    vip = next(s["spec"]["clusterIP"] for s in cluster.items("svc", "names") if s["metadata"]["name"] == "web")
+    out = cluster.exec("client", PYTHON, "-c", TCP_CLIENT, "web.names", "tcp-only.test", namespace="names",
+                       check=False)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert not found["resolver"].startswith("127."), found
+    web, other = found["answers"]
+    assert (web["rcode"], web["addresses"]) == (0, [vip])                 # the proxy's answer
+    assert other["rcode"] == 3                                            # the resolver's NXDOMAIN, forwarded
+    seen = resolver_saw(cluster)
+    assert {"transport": "tcp", "name": "tcp-only.test"} in seen          # reached the address dialled, over TCP
+    assert {"transport": "tcp", "name": "web.names"} not in seen          # the proxy answered it itself
 
 
 def test_a_truncated_udp_answer_is_asked_again_over_tcp(cluster):
