@@ -270,7 +270,8 @@ class KubeWaypointController:
             spec, status = service.get("spec") or {}, service.get("status") or {}
             if spec.get("type") != "LoadBalancer":
                 continue
-            ingress = [i.get("ip") or i.get("hostname") for i in (status.get("loadBalancer") or {}).get("ingress") or []]
+            balancer = (status.get("loadBalancer") or {}).get("ingress") or []
+            ingress = [i.get("ip") or i.get("hostname") for i in balancer]
             address = next((a for a in ingress + list(spec.get("externalIPs") or []) if a), None) or address
         return Observed(ready, address)
 

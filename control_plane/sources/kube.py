@@ -106,9 +106,9 @@ class KubeSource:
         self.resources = tuple(resources)
         self.streams = stream_names(self.resources)
         self.caches = {name: ObjectCache() for name in self.streams.values()}
+        backoff = Backoff(initial=retry_delay, maximum=max(retry_delay, 30.0))
         self.watchers = {self.streams[r]: ListWatch(api_client, r, watch_timeout=watch_timeout,
-                                                    read_timeout=read_timeout,
-                                                    backoff=Backoff(initial=retry_delay, maximum=max(retry_delay, 30.0)),
+                                                    read_timeout=read_timeout, backoff=backoff,
                                                     rediscover_interval=rediscover_interval)
                          for r in self.resources}
         self.secrets = SecretReader(api_client, secret_interval)

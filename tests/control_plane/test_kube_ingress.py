@@ -84,7 +84,8 @@ class Run:
 
     def seen(self, *types):
         return [(e.type, e.object.get("apiVersion"), e.object["kind"], e.object["metadata"].get("namespace"),
-                 e.object["metadata"]["name"]) for e in self.events if e.type in (types or ("ADDED", "MODIFIED", "DELETED"))]
+                 e.object["metadata"]["name"]) for e in self.events
+                if e.type in (types or ("ADDED", "MODIFIED", "DELETED"))]
 
     def secrets(self):
         return [(t, ns, name) for t, _, kind, ns, name in self.seen() if kind == "Secret"]
@@ -137,7 +138,8 @@ def test_tls_secrets_are_read_by_name_only_where_gateways_look():
             api.add(istio_gateway(credential="web-cert"))
             async with Run(api, secret_interval=3600) as run:
                 # In the complete view: the named Secret in the gateway pods' namespace and in the Gateway's.
-                assert sorted(run.secrets()) == [("ADDED", "default", "web-cert"), ("ADDED", "shoal-system", "web-cert")]
+                assert sorted(run.secrets()) == [("ADDED", "default", "web-cert"),
+                                                 ("ADDED", "shoal-system", "web-cert")]
                 (secret,) = [e.object for e in run.events if e.object.get("kind") == "Secret"
                              and e.object["metadata"]["namespace"] == "shoal-system"]
                 assert base64.b64decode(secret["data"]["tls.crt"]) == b"cert one"
@@ -203,7 +205,8 @@ def api():
 def test_a_gateway_of_class_shoal_is_accepted_then_programmed_with_the_load_balancers_address(api):
     times = iter(f"2026-11-30T12:0{i}:00Z" for i in range(10))
     apis = api.api_client()
-    controller = KubeWaypointController(apis, image="shoal:test", bundle=published_bundle(apis), now=lambda: next(times))
+    controller = KubeWaypointController(apis, image="shoal:test", bundle=published_bundle(apis),
+                                        now=lambda: next(times))
     api.add(api_gateway())
     api.add(gateway_pod(ready=False))
     controller.reconcile()

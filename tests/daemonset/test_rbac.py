@@ -76,7 +76,8 @@ def test_the_control_planes_own_objects_are_read_and_updated_by_name_in_its_name
 def test_the_tls_secret_reader_is_get_only_and_bound_by_the_operator():
     """The ClusterRole an operator binds in a namespace whose certificates a Gateway names: get, nothing else."""
     manifests = objects()
-    (role,) = [o for o in manifests if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-tls-secret-reader"]
+    (role,) = [o for o in manifests
+               if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "shoal-tls-secret-reader"]
     assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
     assert not [b for b in manifests if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
                 and b["roleRef"]["name"] == "shoal-tls-secret-reader"], "bound cluster-wide by the install"
