@@ -63,6 +63,7 @@ class AgentConfig:
     dns_capture: bool = False  # the mesh option: capture DNS of pods whose namespace and pod say nothing
     cni: cni_install.CniSettings | None = None  # shoal-cni installed and served, or not
     cni_wait_seconds: float = CNI_WAIT_SECONDS
+    kubelet_cgroup_root: str = "/"  # the kubelet's cgroupRoot: its kubepods tree is below it
 
 
 class NodeAgent:

@@ -21,6 +21,7 @@ from node_agent import cni_install, sandboxes
 from node_agent.cni_server import CniReply, CniRequest
 from node_agent.discover import pod_cgroup_dir
 from node_agent.errors import NodeAgentError
+from node_agent.hostmounts import cgroup2_root
 
 logger = log.get("node_agent")
 
@@ -56,6 +57,12 @@ class CniEnrollment:
             self.agent.metrics.reconcile_errors.labels(step="cni-enrollment-file").inc()
             logger.warning("cannot write the enrollment file shoal-cni reads", path=str(path), error=str(e))
 
+    def _pod_cgroup(self, uid: str) -> str | None:
+        root = cgroup2_root()
+        if root is None:
+            return None
+        return pod_cgroup_dir(uid, root / self.agent.config.kubelet_cgroup_root.strip("/"))
+
     def _uid_for(self, request: CniRequest) -> str | None:
         if request.uid:
             return request.uid
@@ -86,7 +93,7 @@ class CniEnrollment:
             return CniReply(False, error=f"pod {request.key} is not known to the API server yet, and CNI_ARGS has "
                                          f"no K8S_POD_UID; the kubelet will retry")
         self.agent.sandboxes[uid] = sandboxes.Sandbox(uid, request.namespace, request.name, request.netns,
-                                                request.ipv4, request.container_id, pod_cgroup_dir(uid))
+                                                request.ipv4, request.container_id, self._pod_cgroup(uid))
         self.agent.released.discard(uid)
         self.agent.last_error.pop(uid, None)
         self.agent._recompute()

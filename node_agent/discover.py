@@ -105,7 +105,8 @@ POD_CGROUP_TOPS = ("kubepods", "kubepods.slice")  # where kubelets put pods, cgr
 
 def pod_cgroup_dir(uid: str, cgroup_root: Path | None = None, tops=POD_CGROUP_TOPS) -> str | None:
     """The pod-level v2 cgroup directory the kubelet made for pod `uid`, found by name under its kubepods
-    tree (`kubepods/<qos>/pod<uid>`, `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice`).
+    tree (`kubepods/<qos>/pod<uid>`, `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice`),
+    below `cgroup_root` (the cgroup2 mount, or the kubelet's cgroupRoot under it).
 
     The kubelet makes it before it asks the runtime for the sandbox, so it is there when shoal-cni's ADD
     comes, while no process of the pod is yet: capture can name the pod's cgroup from the first packet."""

@@ -56,6 +56,9 @@ def register(sub) -> None:
     p.add_argument("--cni-wait-seconds", type=float, default=60.0,
                    help="how long a shoal-cni ADD or DEL waits for the pod's capture (or its removal) before it "
                         "fails, naming what is missing; the kubelet then retries (default 60)")
+    p.add_argument("--kubelet-cgroup-root", default="/",
+                   help="the kubelet's cgroupRoot (its kubepods tree is below it), where shoal-cni's ADD finds the "
+                        "pod's cgroup (default /)")
     p.add_argument("--cri-socket", help="the container runtime's CRI socket, where pods that started before the "
                                         "agent are looked for before /proc (with --source kube; default: containerd's "
                                         "or CRI-O's, whichever exists; 'none' skips the runtime)")
@@ -184,7 +187,7 @@ def main(args) -> int:
         source = KubeSource(args.node, runtime=_runtime_sandboxes(args))
     config = AgentConfig(node=args.node, socket=socket_path, metrics_port=args.metrics_port,
                          dns_capture=args.dns_capture, cni=_cni_settings(args, state_dir),
-                         cni_wait_seconds=args.cni_wait_seconds)
+                         cni_wait_seconds=args.cni_wait_seconds, kubelet_cgroup_root=args.kubelet_cgroup_root)
     logger.info("node agent starting", node=args.node, mode=capture.mode, socket=str(socket_path),
                 state_dir=str(state_dir))
 

@@ -49,7 +49,7 @@ pytestmark = needs_root("network namespaces, CNI plugins, iptables")
 TAG = f"cni{os.getpid()}"
 NODE = f"shoal-{TAG}-node1"
 CGROUP = Path("/sys/fs/cgroup/unified") / f"shoal-{TAG}"
-KUBEPODS = Path("/sys/fs/cgroup/unified") / "kubepods"  # where a kubelet (cgroupfs driver) puts pods
+KUBEPODS = CGROUP / "kubepods"  # where a kubelet whose cgroupRoot is CGROUP (cgroupfs driver) puts pods
 SUBNET = "198.19.200.0/24"
 OUTSIDE = ("198.18.99.1", 8080)  # an address nobody serves: only capture can answer it
 
@@ -96,13 +96,15 @@ class ZtunnelStandIn:
 
 
 class Agent:
-    def __init__(self, base: Path, wait_seconds: float = 60) -> None:
+    def __init__(self, base: Path, wait_seconds: float = 60, redirect: str = "iptables", bpffs: Path | None = None):
         self.base = base
         self.argv = [*SHOAL, "--log-format", "json", "node-agent", "--source", "local", "--cluster", TAG,
-                     "--node", "node1", "--redirect", "iptables", "--socket", str(base / "ztunnel.sock"),
+                     "--node", "node1", "--redirect", redirect, "--socket", str(base / "ztunnel.sock"),
+                     *(["--bpffs", str(bpffs)] if bpffs else []),
                      "--state-dir", str(base / "state"), "--kubelet-cgroup", str(CGROUP / "kubelet"),
                      "--cni", "--cni-bin-dir", str(base / "bin"), "--cni-conf-dir", str(base / "net.d"),
-                     "--cni-socket", str(base / "cni.sock"), "--cni-wait-seconds", str(wait_seconds)]
+                     "--cni-socket", str(base / "cni.sock"), "--cni-wait-seconds", str(wait_seconds),
+                     "--kubelet-cgroup-root", str(CGROUP.relative_to(CGROUP.parent))]
         self.env = {**os.environ, "SHOAL_RUN_ROOT": str(base / "run")}
         self.proc: subprocess.Popen | None = None
 
@@ -202,12 +204,10 @@ def agent_without_ztunnel(node):
 @pytest.fixture
 def pods(node):
     """`pods(namespace, name)` applies a Pod on node1 and makes, as a kubelet and its runtime do before the
-    CNI ADD, its pod-level cgroup (kubepods/besteffort/pod<uid> in the v2 tree) and its sandbox's netns;
-    all go after the test (kubepods and besteffort only if the test made them)."""
+    CNI ADD, its pod-level cgroup (kubepods/besteffort/pod<uid> under the test's cgroup root) and its
+    sandbox's netns; all go after the test."""
     base, cluster, _, _ = node
     made = []
-    tops = [KUBEPODS, KUBEPODS / "besteffort"]
-    existed = {top: top.exists() for top in tops}
 
     def make(namespace: str, name: str) -> Sandbox:
         pod = cluster.apply({"kind": "Pod", "metadata": {"name": name, "namespace": namespace},
@@ -224,8 +224,8 @@ def pods(node):
         cluster.delete("Pod", namespace, name)
         netns.remove(sandbox_netns)
         (KUBEPODS / "besteffort" / f"pod{uid}").rmdir()
-    for top in reversed(tops):
-        if not existed[top] and top.exists():
+    for top in (KUBEPODS / "besteffort", KUBEPODS):
+        if top.exists():
             top.rmdir()
 
 
@@ -249,10 +249,15 @@ def pod_ip(result: dict) -> str:
 
 
 def connect_outside(sandbox: Sandbox) -> subprocess.CompletedProcess:
+    """The pod's app: a process in the pod's netns and in its cgroup (where the eBPF mode's programs act)."""
     code = (f"import socket\ns = socket.create_connection({OUTSIDE!r}, timeout=5)\ns.sendall(b'first')\n"
             f"print(s.recv(100).decode())")
+    procs = KUBEPODS / "besteffort" / f"pod{sandbox.uid}" / "cgroup.procs"
+
+    def in_pod_cgroup():
+        procs.write_text(str(os.getpid()))
     return subprocess.run(["nsenter", f"--net={sandbox.netns}", "python3", "-c", code], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, preexec_fn=in_pod_cgroup)
 
 
 def first_connection_is_captured(ztunnel: ZtunnelStandIn, sandbox: Sandbox) -> None:
@@ -297,8 +302,8 @@ def test_add_returns_with_the_pod_captured_check_finds_missing_capture_del_relea
     saved = rules(node, sandbox)
     assert "-A SHOAL_OUTPUT -p tcp -j REDIRECT --to-ports 15001" in saved, saved
     # The pod's cgroup, made by the kubelet before the sandbox, is named from the first packet on.
-    assert f'-A SHOAL_OUTPUT -m mark --mark 0x539 -m cgroup ! --path "kubepods/besteffort/pod{sandbox.uid}" -j RETURN' \
-        in saved, saved
+    assert (f'-A SHOAL_OUTPUT -m mark --mark 0x539 -m cgroup ! --path "{CGROUP.name}/kubepods/besteffort/'
+            f'pod{sandbox.uid}" -j RETURN') in saved, saved
     first_connection_is_captured(ztunnel, sandbox)
     chain.check(sandbox)
 
@@ -376,3 +381,50 @@ def test_an_agent_that_cannot_capture_fails_add_naming_the_cause(node, agent_wit
     assert "could not capture pod demo/alone" in failed.value.msg
     assert "no ztunnel is connected to the hand-off socket" in failed.value.msg, failed.value.msg
     assert "SHOAL" not in rules(node, sandbox)
+
+
+@pytest.fixture
+def ebpf_agent(node, tmp_path):
+    """The agent in the eBPF mode, with a bpffs of the test's own; this test process plays the ztunnel from a
+    cgroup of its own (the agent attaches the SO_ORIGINAL_DST programs to the ztunnel's cgroup)."""
+    base, _, _, _ = node
+    bpffs = tmp_path / "bpffs"
+    bpffs.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    home = next(CGROUP.parent / line[3:].lstrip("/") for line in Path("/proc/self/cgroup").read_text().splitlines()
+                if line.startswith("0::"))
+    ztunnel_cgroup = CGROUP / "ztunnel"
+    ztunnel_cgroup.mkdir(exist_ok=True)
+    (ztunnel_cgroup / "cgroup.procs").write_text(str(os.getpid()))
+    running = Agent(base, redirect="ebpf", bpffs=bpffs)
+    ztunnel = None
+    try:
+        running.start()
+        ztunnel = ZtunnelStandIn(base / "ztunnel.sock")
+        yield running, ztunnel, bpffs
+    finally:
+        if ztunnel:
+            ztunnel.stop()
+        if running.proc and running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+        cleaned = running.cleanup()
+        (home / "cgroup.procs").write_text(str(os.getpid()))
+        ztunnel_cgroup.rmdir()
+        left = sorted(str(p) for p in (bpffs / "shoal").rglob("*"))  # the kernel's own *.debug files stay
+        subprocess.run(["umount", str(bpffs)], check=True)
+        assert cleaned.returncode == 0 and left == [], (cleaned.stderr, left)
+
+
+@pytest.mark.parametrize("node", [("legacy", "bridge")], indirect=True, ids=["ebpf"])
+def test_in_the_ebpf_mode_add_returns_with_the_pods_cgroup_captured(node, ebpf_agent, pods):
+    running, ztunnel, _ = ebpf_agent
+    chain = runtime(node)
+    sandbox = pods("demo", "bpf")
+    chain.add(sandbox)
+    assert ztunnel.added.get(sandbox.uid) == os.stat(sandbox.netns).st_ino
+    assert "SHOAL" not in rules(node, sandbox), "the eBPF mode writes no iptables rules"
+    first_connection_is_captured(ztunnel, sandbox)
+    chain.check(sandbox)
+    chain.delete(sandbox)
+    assert sandbox.uid in ztunnel.deleted
