@@ -13,7 +13,9 @@ own identity, so a STRICT destination and its AuthorizationPolicies treat
 the gateway as any mesh client.
 
 A destination without a port takes the destination Service's only port
-(Istio's rule); with several, the route must name one. Nothing is sent
+(Istio's rule); with several, the route must name one. A plan names the
+backend Service it reached as its service (metrics' destination_service, as
+Istio's gateway reports), the Host only when no mesh Service is reached. Nothing is sent
 anywhere a route does not say: an unknown host is 404, as Envoy answers.
 """
 
@@ -84,6 +86,14 @@ def decide(state: ProxyState, routes: Callable[[], IngressRoutes], peer: Peer, h
     route = _with_ports(state, route)
     if isinstance(route, Refusal):
         return route
-    # What the request addressed is the gateway's host, not a Service: the plan and its metrics say so.
+    # What the request addressed is the gateway's host, not a Service: refusals name that host.
     addressed = Service(name=host, namespace=table.namespace, hostname=host, vips=(), ports=())
-    return follow(state, addressed, route, port, head, rand)
+    plan = follow(state, addressed, route, port, head, rand)
+    if isinstance(plan, Refusal):
+        return plan
+    # Its metrics and access log name the backend Service the request went to, as Istio's gateway's do
+    # (destination_service hello.web.svc.cluster.local, not the Host); a host outside the mesh stays as it is.
+    backend = state.service_by_host(plan.destination_service)
+    if backend is None:
+        return plan
+    return replace(plan, service=backend.hostname, service_name=backend.name, service_namespace=backend.namespace)

@@ -97,6 +97,24 @@ def test_unknown_hosts_are_404_and_nothing_is_sent():
     assert isinstance(refusal, Refusal) and refusal.status == 404 and "nope.example" in refusal.reason
 
 
+def test_the_plan_and_the_metrics_name_the_backend_service_not_the_host():
+    mesh = Mesh()
+    plan = decide(mesh.state, lambda: routes_for(Route(name="all", destinations=(v("v1"),))),
+                  Peer("198.18.0.200", None, ("0.0.0.0", 80)), RequestHead("GET", "/", "example.com"), random.random)
+    assert (plan.service, plan.service_name, plan.service_namespace) == (REVIEWS, "reviews", NS), plan
+    assert plan.destination_service == REVIEWS and plan.route == "all"
+
+    async def body():
+        async with Mesh() as mesh, Gateway(mesh, routes_for(Route(name="all", destinations=(v("v1"),)))) as gateway:
+            code, _ = await curl("-H", "Host: example.com", f"http://127.0.0.1:{gateway.listener.port}/m")
+            return code, gateway.proxy.metrics.render().decode()
+    code, metrics = run(body())
+    assert code == 200
+    (line,) = [m for m in metrics.splitlines() if m.startswith("istio_requests_total{")]
+    assert f'destination_service="{REVIEWS}"' in line and 'destination_service_name="reviews"' in line, line
+    assert f'destination_service_namespace="{NS}"' in line and "example.com" not in line, line
+
+
 def test_http_from_outside_is_routed_by_host_and_path_into_the_mesh_with_the_gateway_identity():
     api = Route(name="api", matches=(RouteMatch(path=StringMatch(MatchKind.PREFIX, "/api")),), destinations=(v("v2"),))
     rest = Route(name="rest", destinations=(v("v1"),))

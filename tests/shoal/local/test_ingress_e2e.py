@@ -20,7 +20,10 @@ from shoal import netns
 from shoal.local.ingress_gateway import HTTPS_PORT, address
 from shoal.local.outside import ensure_outside
 
+from shoal.contracts import INGRESS_METRICS_PORT
+
 from support.cluster import running_cluster
+from support.metrics import scrape, value
 from support.ingress import SEED_GATEWAY, self_signed, tls_secret
 from support.polling import eventually
 from support.root import needs_root
@@ -30,6 +33,7 @@ pytestmark = needs_root("runs a local cluster and an outside netns")
 PYTHON = sys.executable
 APP = str(Path(__file__).parents[2] / "waypoint" / "wp_apps.py")
 NODE, PORT = address()
+HELLO = "hello.web.svc.cluster.local"
 
 
 
@@ -134,6 +138,13 @@ def test_a_50_50_route_splits_about_evenly_over_400_requests(cluster):
     # The issue's ±5%. Not left to luck: the gateway spreads a route's picks evenly (waypoint.draws), so a
     # correct split is within a few requests of 200 on every run (tests/waypoint/test_draws.py).
     assert 180 <= v1 <= 220, (v1, v2)
+    # The gateway's metrics name the backend Service, as Istio's gateway's do (not the Host example.com).
+    text = scrape(INGRESS_METRICS_PORT, netns=cluster.layout.node_netns(1))
+    for version in ("v1", "v2"):
+        assert (value(text, "istio_requests_total", destination_service=HELLO,
+                      destination_service_name="hello", destination_service_namespace="web",
+                      destination_version=version) or 0) >= 150, version
+    assert value(text, "istio_requests_total", destination_service="example.com") is None
 
 
 def test_a_strict_destination_admits_the_gateway_and_refuses_a_pod_not_named(cluster):
