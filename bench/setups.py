@@ -52,6 +52,11 @@ class SetUp:
     waypoint: bool = False
 
     @property
+    def carries_tcp(self) -> bool:
+        """Whether any TCP (iperf3) goes through: HAProxy in mode http answers a non-HTTP stream with 400."""
+        return self.sidecar != "haproxy-http"
+
+    @property
     def namespace(self) -> str:
         return f"bench-{self.name}"
 
