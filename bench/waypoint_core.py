@@ -161,6 +161,17 @@ async def run_once(requests: int, connections: int, body_bytes: int) -> tuple[fl
     return spent, endpoints.opened
 
 
+def run_on_uvloop(coroutine):
+    """Runs on uvloop, as the waypoint does, without making it the process's policy (a caller's
+    later event loops, pyroute2's among them, stay asyncio's)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench waypoint_core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,12 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests must be at least --connections, and both and --repeats positive")
     sink = open("/dev/null", "w")
     log.setup("json", "info" if args.access_log == "on" else "warning", stream=sink)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    runs = [asyncio.run(run_once(args.requests, args.connections, args.body_bytes)) for _ in range(args.repeats)]
+    runs = [run_on_uvloop(run_once(args.requests, args.connections, args.body_bytes)) for _ in range(args.repeats)]
     best = min(cpu for cpu, _ in runs)
     count = args.connections * (args.requests // args.connections)
     print(f"waypoint core, HTTP/1.1, {args.body_bytes} B answers, {args.connections} connections, access log "
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
-        asyncio.run(run_once(args.requests, args.connections, args.body_bytes))
+        run_on_uvloop(run_once(args.requests, args.connections, args.body_bytes))
         profiler.disable()
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
