@@ -43,7 +43,8 @@ def register(sub) -> None:
                         "the pod says shoal.io/dns-capture: \"false\" (default: only where they say \"true\")")
     p.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto",
                    help="the iptables backend of the in-pod rules (iptables mode): auto takes the node's, legacy "
-                        "when it holds legacy rules, else nft (as Istio detects it)")
+                        "when it holds legacy rules, nft when it holds only nft ones (as Istio detects it), and with "
+                        "no rules at all legacy where the kernel takes it")
     p.add_argument("--cni", action=argparse.BooleanOptionalAction, default=None,
                    help="install shoal-cni into the node's CNI chain and serve its socket, so new pods are captured "
                         "before their containers start (default: on with --source kube, off with --source local)")
