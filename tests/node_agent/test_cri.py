@@ -28,6 +28,7 @@ from node_agent.cri import M, CriClient, RuntimeSandboxes
 from node_agent.hostmounts import cgroup2_root
 from node_agent.sources import KubeSource
 from scripts.image import oci
+from shoal import netns
 from support.containerd import Containerd
 from support.root import needs_root
 
@@ -65,7 +66,12 @@ def runtime():
             {"type": "bridge", "bridge": f"cri{os.getpid()}"[:15], "isGateway": True, "ipMasq": False,
              "ipam": {"type": "host-local", "subnet": SUBNET, "dataDir": str(base / "ipam"),
                       "routes": [{"dst": "0.0.0.0/0"}]}}]}))
-    containerd = Containerd(base, sandbox_image=PAUSE_REF)
+    # containerd (and so the bridge plugin, which turns on ip_forward) runs in a node netns of its own:
+    # nothing of this test is made in the host's network.
+    node = f"shoal-cri{os.getpid()}-node"
+    netns.create(node)
+    netns.run(node, ["ip", "link", "set", "lo", "up"])
+    containerd = Containerd(base, sandbox_image=PAUSE_REF, net_ns=node)
     try:
         containerd.start()
         archive = pause_image(base)
@@ -75,8 +81,7 @@ def runtime():
         yield containerd
     finally:
         leftovers = containerd.stop()
-        bridge = f"cri{os.getpid()}"[:15]
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)  # the bridge plugin's
+        netns.remove(node)  # the bridge plugin's bridge goes with it
         shutil.rmtree(base)
         assert leftovers == [], leftovers
 

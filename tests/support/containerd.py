@@ -99,6 +99,7 @@ class Containerd:
     cni_cache_existed: bool = True
     containers: list[str] = field(default_factory=list)
     stopped: bool = False
+    net_ns: str = ""  # a named netns to run containerd in (its CNI plugins then work there, not on the host)
 
     @property
     def socket(self) -> Path:
@@ -118,7 +119,10 @@ class Containerd:
         (self.base / "config.toml").write_text(config_toml(self.base, self.sandbox_image))
         (self.base / "fifo").mkdir()
         log = open(self.base / "containerd.log", "wb")
-        self.process = subprocess.Popen(["containerd", "--config", str(self.base / "config.toml")], stdout=log,
+        argv = ["containerd", "--config", str(self.base / "config.toml")]
+        if self.net_ns:  # nsenter, not `ip netns exec`: the mount namespace stays the host's, where the CRI pins netns
+            argv = ["nsenter", f"--net=/run/netns/{self.net_ns}", *argv]
+        self.process = subprocess.Popen(argv, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         eventually(lambda: self.process.poll() is not None or
