@@ -9,8 +9,9 @@ account do) and serves the route tables whose `gateway` is its
 and port (`waypoint.ingress_routing`). Listeners: HTTP on each `--http`
 port, HTTPS on each `--https` port with the TLS credentials addressed to
 this gateway for that port (asked at each handshake, so a changed Secret
-is served from the next connection on; SNI picks). Readiness: config
-arrived once and a certificate is held.
+is served from the next connection on; SNI picks), and a listener of its
+own on each other port the config names (`waypoint.ingress_ports`).
+Readiness: config arrived once and a certificate is held.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from waypoint import ingress_routing
 from waypoint.config import Config
 from waypoint.errors import StartupError
 from waypoint.ingress import Certificate, IngressListener
+from waypoint.ingress_ports import PortListeners, wanted_ports
 from waypoint.main import run_dir, token_source
 from waypoint.proxy import Proxy
 from waypoint.telemetry import Metrics
@@ -39,6 +41,7 @@ logger = log.get("waypoint.ingress")
 METRICS_PORT = contracts.INGRESS_METRICS_PORT
 READINESS_PORT = contracts.INGRESS_READINESS_PORT
 ADMIN_PORT = contracts.INGRESS_ADMIN_PORT
+PORT_CHECK_SECONDS = 0.5     # how soon a Gateway server on a new port gets its listener
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,21 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
                                   certificates=lambda port=config.gateway_port(port): certificates_of(
                                       link.state, gateway, port))
                   for port in config.https_ports]
+    fixed = {config.gateway_port(port) for port in config.http_ports + config.https_ports}
+
+    def make_listener(port: int, https: bool) -> IngressListener:
+        certificates = (lambda: certificates_of(link.state, gateway, port)) if https else ()
+        return IngressListener(proxy, port, host=config.listen, certificates=certificates)
+    more = PortListeners(make_listener)
+
+    async def follow_ports() -> None:
+        """Listeners for the other Gateway ports the config names, checked when the config changes."""
+        seen = None
+        while True:
+            if link.state.version != seen:
+                seen = link.state.version
+                await more.sync(wanted_ports(link.state, routes_of(link.state, gateway), gateway, fixed))
+            await asyncio.sleep(PORT_CHECK_SECONDS)
 
     def ready() -> tuple[bool, str]:
         missing = link.config_missing()
@@ -121,6 +139,7 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
                 "routes": sorted(f"{host}:{port}" for host, port in routes_of(link.state, gateway)),
                 "tls": {port: [c.name for c in certificates_of(link.state, gateway, config.gateway_port(port))]
                         for port in config.https_ports},
+                "other_ports": {port: "HTTPS" if https else "HTTP" for port, https in sorted(more.ports.items())},
                 "certificate": link.certs.dump()[0]}
 
     servers = await serve_admin_ports(config.listen, render_metrics=metrics.render, ready=ready,
@@ -138,6 +157,7 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
             for listener in listeners:
                 await listener.start()
             logger.info("listening", http=list(config.http_ports), https=list(config.https_ports))
+            tasks.append(asyncio.create_task(follow_ports()))
             await stopping
     finally:
         got_cert.cancel()
@@ -148,6 +168,7 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
         await proxy.close()
         upstreams.close()
         await stop(tasks, servers)
+        await more.close()           # after its loop has stopped, so nothing opens one again
     logger.info("ingress gateway stopped")
     return 0
 

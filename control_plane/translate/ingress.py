@@ -295,9 +295,13 @@ def credentials(gateways: Iterable[IstioGateway], identities: Callable[[IstioGat
 
 def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
            identities: Callable[[IstioGateway], set[tuple[str, str]]], rules: Mapping[str, list[SubsetSource]],
-           warn) -> dict[str, RouteTable]:
+           warn, certified: Mapping[str, TlsCredential] | None = None) -> dict[str, RouteTable]:
     """Every ingress RouteTable by key. `identities(gateway)`: (namespace, service account) of the pods it
-    selects; `warn(candidate, message)` as for the mesh's tables."""
+    selects; `warn(candidate, message)` as for the mesh's tables. With `certified` (the credentials
+    `credentials` found), a gateway port that an HTTPS server declares but no certificate serves gets no
+    tables: the gateway opens listeners for the ports its tables name, and one without a certificate must
+    not be opened as plain HTTP (fail closed)."""
+    gateways = list(gateways)
     virtual_services = list(virtual_services)
     by_identity: dict[tuple[str, str], list[RouteCandidate]] = {}
     for gateway in gateways:
@@ -326,8 +330,14 @@ def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
             for candidate in _http_route_candidates(gateway, virtual_services):
                 for identity in identities(gateway):
                     by_identity.setdefault(identity, []).append(candidate)
+    uncertified: set[tuple[str, int]] = set()
+    if certified is not None:
+        have = {(c.gateway, c.port) for c in certified.values()}
+        uncertified = {(f"{namespace}/{account}", server.port) for gateway in gateways for server in gateway.servers
+                       if server.protocol == "HTTPS" for namespace, account in identities(gateway)} - have
     out = {}
     for (namespace, account), candidates in by_identity.items():
+        candidates = [c for c in candidates if (f"{namespace}/{account}", c.port) not in uncertified]
         for candidate in choose(candidates, warn).values():
             table = route_table(candidate, rules, warn)
             table = replace(table, namespace=namespace, gateway=f"{namespace}/{account}")

@@ -464,8 +464,8 @@ class Translator:
         credentials = {}
         if gateways:
             bound = [self._objects[key] for key in self._parsed if key[0] in ("VirtualService", "HTTPRoute")]
-            tables.update(ingress.tables(gateways, bound, self._gateway_identities, rules, warn))
             credentials = ingress.credentials(gateways, self._gateway_identities, self._secrets, warn_gateway)
+            tables.update(ingress.tables(gateways, bound, self._gateway_identities, rules, warn, credentials))
         for key in set(self._out[ResourceType.TLS_CREDENTIAL]) - set(credentials):
             publish(ResourceType.TLS_CREDENTIAL, key, None)
         for key, credential in credentials.items():

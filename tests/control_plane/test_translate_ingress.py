@@ -235,7 +235,7 @@ def test_a_gateway_api_gateway_of_class_shoal_and_its_httproutes():
 def test_section_name_picks_one_listener():
     objects = from_yaml(GATEWAY_API)
     objects[1]["spec"]["parentRefs"] = [{"name": "public", "sectionName": "secure"}]
-    t, _ = translate(gateway_pod(), *objects, service("web"))
+    t, _ = translate(gateway_pod(), *objects, service("web"), secret("api-cert", ns="default"))
     assert sorted(v.key for v in t.snapshot()[R].values() if v.gateway) == [
         "shoal-system/shoal-ingressgateway@api.shop.test:443"]
 
@@ -250,3 +250,33 @@ def test_bad_listeners_are_refused(listener, message):
     obj = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": "x"},
            "spec": {"gatewayClassName": "shoal", "listeners": [listener]}}
     assert any(message in e for e in validate(obj)), validate(obj)
+
+
+UNCERTIFIED = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: example-gateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8081, name: http-alt, protocol: HTTP}
+    hosts: [example.com]
+  - port: {number: 8443, name: https-alt, protocol: HTTPS}
+    hosts: [example.com]
+    tls: {mode: SIMPLE, credentialName: alt-cert}
+"""
+
+
+def test_an_https_port_without_a_certificate_gets_no_tables_until_its_secret_comes():
+    """The gateway opens a listener for each port its tables name: an HTTPS port must not look like HTTP."""
+    from translate_objects import added
+    t, _ = translate(gateway_pod(), *from_yaml(UNCERTIFIED), *from_yaml(BOUND), service("web"))
+    ports = sorted(v.port for v in t.snapshot()[R].values() if v.gateway)
+    assert ports == [8081]                                                  # HTTP: served; 8443: nothing
+    t.apply_event(added(secret("alt-cert")))
+    t.flush()
+    assert sorted(v.port for v in t.snapshot()[R].values() if v.gateway) == [8081, 8443]
+    assert [c.port for c in t.snapshot()[ResourceType.TLS_CREDENTIAL].values()] == [8443]
+    t.apply_event(deleted(secret("alt-cert")))
+    t.flush()
+    assert sorted(v.port for v in t.snapshot()[R].values() if v.gateway) == [8081]

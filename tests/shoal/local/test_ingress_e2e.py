@@ -254,3 +254,38 @@ def test_a_gateway_api_gateway_of_class_shoal_routes_its_httproutes(cluster):
         return status if done else None
     status = eventually(programmed, 60, "the Gateway's status to say Programmed", interval=0.5)
     assert status["addresses"] == [{"type": "IPAddress", "value": NODE}]
+
+
+ALT_PORT = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: alt-gateway, namespace: web}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8081, name: http-alt, protocol: HTTP}, hosts: [alt.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: alt, namespace: web}
+spec:
+  hosts: [alt.example.com]
+  gateways: [alt-gateway]
+  http: [{route: [{destination: {host: hello.web.svc.cluster.local}}]}]
+"""
+
+
+def test_a_gateway_server_on_another_port_gets_a_listener_and_loses_it_with_the_server(cluster):
+    def fetch():
+        argv = ["curl", "-sS", "--max-time", "10", "--resolve", f"alt.example.com:8081:{NODE}",
+                "http://alt.example.com:8081/alt"]
+        return netns.run(cluster.outside, argv, check=False, capture_output=True, text=True)
+    assert fetch().returncode == 7                       # curl: could not connect; nothing listens on 8081 yet
+    cluster.apply(ALT_PORT)
+
+    def answered():
+        out = fetch()
+        return out.stdout if out.returncode == 0 and "GET /alt" in out.stdout else None
+    assert eventually(answered, 90, "a listener on 8081 routing alt.example.com", interval=0.5).startswith("hello-v")
+    cluster.delete(ALT_PORT)
+    eventually(lambda: fetch().returncode == 7, 90,
+               lambda: f"the 8081 listener to close; curl says {fetch()}", interval=0.5)
