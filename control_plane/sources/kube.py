@@ -155,22 +155,18 @@ class KubeSource:
         (`had`: those just read whole)."""
         loop = asyncio.get_running_loop()
         read_all_at = loop.time() + self.secrets.interval
-
-        def warn(name, error) -> None:
-            logger.warning("reading a TLS Secret failed; keeping what was read before, trying again later",
-                           secret=name, error=str(error))
         while not self._stop.is_set():
+            changed.clear()        # before looking: a change while reading wakes the next pass
             wanted = self.wanted_secrets()
             now = loop.time()
             keys = None if now >= read_all_at else wanted - had
             if keys is None:
                 read_all_at = now + self.secrets.interval
             if keys is None or keys or wanted != had:
-                events = await asyncio.to_thread(self.secrets.read, wanted, keys, warn)
+                events = await asyncio.to_thread(self.secrets.read, wanted, keys, _warn_secret)
                 for event in events:
                     queue.put_nowait(("Secret", event))
             had = wanted
-            changed.clear()
             try:
                 await asyncio.wait_for(changed.wait(), max(0.05, read_all_at - loop.time()))
             except asyncio.TimeoutError:
@@ -210,7 +206,8 @@ class KubeSource:
                             if not pending:
                                 if secrets is None:    # Secrets first, so the complete view has them
                                     wanted = self.wanted_secrets()
-                                    for secret in await asyncio.to_thread(self.secrets.read, wanted, None):
+                                    for secret in await asyncio.to_thread(self.secrets.read, wanted, None,
+                                                                          _warn_secret):
                                         passed = self._secrets_cache.apply(secret, kind="Secret")
                                         if passed is not None:
                                             yield passed
@@ -228,6 +225,11 @@ class KubeSource:
         self._stop.set()
         for watcher in self.watchers.values():
             watcher.stop()
+
+
+def _warn_secret(name: str, error) -> None:
+    logger.warning("reading a TLS Secret failed; keeping what was read before, trying again later",
+                   secret=name, error=str(error))
 
 
 def report_invalid(api_client, obj: dict, errors, component: str = "shoal-control-plane") -> dict | None:

@@ -174,6 +174,11 @@ def test_a_rotated_secret_is_passed_on_at_the_next_poll_and_a_forbidden_one_is_w
                 await run.until(lambda: ("MODIFIED", "shoal-system", "web-cert") in run.secrets())
                 (latest,) = [e.object for e in run.events if e.type == "MODIFIED" and e.object["kind"] == "Secret"]
                 assert base64.b64decode(latest["data"]["tls.crt"]) == b"cert rotated"
+                with capture_logs() as failing:
+                    api.fail(503, method="GET", path="/secrets/web-cert", times=6)
+                    await run.until(lambda: not any(f.path == "/secrets/web-cert" for f in api.faults))
+                assert ("DELETED", "shoal-system", "web-cert") not in run.secrets()   # kept what it had
+                assert any("reading a TLS Secret failed" in e["event"] for e in failing)
                 with capture_logs() as logs:
                     api.fail(403, method="GET", path="/secrets/web-cert", times=1000)
                     await run.until(lambda: ("DELETED", "shoal-system", "web-cert") in run.secrets())
