@@ -3,8 +3,10 @@
 An ingress gateway's HTTPS servers name their certificates: Istio's
 `tls.credentialName` (looked up in the namespace of the gateway pods the
 Gateway selects, then in the Gateway's own, as the translator does) and a
-Gateway API Gateway of class `shoal`'s `tls.certificateRefs` (the namespace
-the reference names, else the Gateway's). `wanted_secrets` works out, from
+Gateway API Gateway of class `shoal`'s `tls.certificateRefs` (in the
+Gateway's namespace only: one in another namespace would need a
+ReferenceGrant, which shoal does not read, so the translator refuses it and
+it is not read here). `wanted_secrets` works out, from
 what the source has seen, which (namespace, name) pairs those are.
 
 Why `get` by name and not list/watch: RBAC cannot narrow a list or watch of
@@ -71,8 +73,9 @@ def wanted_secrets(gateways: Iterable[dict], pods: Iterable[dict]) -> frozenset[
                 tls = (listener or {}).get("tls") if isinstance(listener, dict) else None
                 for ref in (tls or {}).get("certificateRefs") or [] if isinstance(tls, dict) else []:
                     if (isinstance(ref, dict) and str(ref.get("kind") or "Secret") == "Secret"
-                            and str(ref.get("group") or "") in ("", "core") and ref.get("name")):
-                        out.add((str(ref.get("namespace") or own), str(ref["name"])))
+                            and str(ref.get("group") or "") in ("", "core") and ref.get("name")
+                            and ref.get("namespace") in (None, "", own)):   # another's: refused (no ReferenceGrant)
+                        out.add((own, str(ref["name"])))
     return frozenset(out)
 
 

@@ -159,7 +159,12 @@ def gateway_api_gateway(obj: dict, c: Checker) -> IstioGateway | None:
             if str(ref.get("kind") or "Secret") != "Secret" or str(ref.get("group") or "") not in ("", "core"):
                 c.error(f"{path}.tls.certificateRefs[0]", "must name a Secret (kind Secret, group \"\")")
             secret = c.string(ref.get("name"), f"{path}.tls.certificateRefs[0].name", required=bool(refs))
-            credential = f"{ref.get('namespace') or namespace}/{secret}" if secret else ""
+            if ref.get("namespace") not in (None, "", namespace):
+                # Gateway API lets a Gateway use another namespace's Secret only with a ReferenceGrant there.
+                c.error(f"{path}.tls.certificateRefs[0].namespace",
+                        f"a Secret in another namespace ({ref.get('namespace')}) needs a ReferenceGrant, which shoal "
+                        f"does not read; keep the Secret in the Gateway's namespace ({namespace})")
+            credential = f"{namespace}/{secret}" if secret else ""
         if port is not None and protocol in _PROTOCOLS:
             servers.append(Server(port, protocol, (hostname,), credential, name))
     if c.errors:

@@ -191,10 +191,11 @@ def test_a_rotated_secret_is_passed_on_at_the_next_poll_and_a_forbidden_one_is_w
 
 def test_wanted_secrets_follow_the_selected_pods_and_the_class():
     pods = [gateway_pod("ingress"), {"kind": "Pod", "metadata": {"namespace": "apps", "labels": {"app": "x"}}}]
-    gateways = [istio_gateway(credential="a"), api_gateway("g", "apps", cert={"name": "b", "namespace": "certs"}),
+    gateways = [istio_gateway(credential="a"), api_gateway("g", "apps", cert={"name": "b", "namespace": "apps"}),
+                api_gateway("x", "apps", cert={"name": "e", "namespace": "certs"}),     # no ReferenceGrant: not read
                 api_gateway("w", "apps", cls="shoal-waypoint", cert={"name": "c"}),
                 api_gateway("k", "apps", cert={"name": "d", "kind": "ConfigMap"})]
-    assert wanted_secrets(gateways, pods) == {("default", "a"), ("ingress", "a"), ("certs", "b")}
+    assert wanted_secrets(gateways, pods) == {("default", "a"), ("ingress", "a"), ("apps", "b")}
     assert wanted_secrets([istio_gateway()], pods) == frozenset()
 
 
