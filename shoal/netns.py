@@ -16,12 +16,14 @@ import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-from pyroute2 import IPRoute
-from pyroute2 import netns as _netns
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from shoal.errors import ShoalError
+
+# pyroute2 is imported where it is used: it is about 10 MiB resident, and the waypoint and the proxies'
+# socket helpers (shoal.sockets) import this module without ever touching a netlink socket (issue 18).
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -40,6 +42,7 @@ def exists(name: str) -> bool:
 
 
 def names(prefix: str = "") -> list[str]:
+    from pyroute2 import netns as _netns
     return sorted(n for n in _netns.listnetns() if n.startswith(prefix))
 
 
@@ -60,6 +63,7 @@ def create(name: str) -> bool:
 def remove(name: str) -> bool:
     if not exists(name):
         return False
+    from pyroute2 import netns as _netns
     _netns.remove(name)
     return True
 
@@ -132,6 +136,7 @@ def ip(name: str | None = None) -> IPRoute:
     forked child shares the parent's signal wake-up fd, so its exit can look
     like a SIGTERM to an asyncio daemon.
     """
+    from pyroute2 import IPRoute
     if not name:
         return IPRoute()
     return IPRoute(use_socket=socket_in(name, socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
@@ -140,6 +145,7 @@ def ip(name: str | None = None) -> IPRoute:
 def addresses(name_or_fd: str | int) -> tuple[str, ...]:
     """The namespace's own IPv4 addresses, loopback left out (a pod's: what the mesh may reach)."""
     def read() -> tuple[str, ...]:
+        from pyroute2 import IPRoute
         with IPRoute() as ipr:
             found = (a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET))
             return tuple(sorted(a for a in found if a and not a.startswith("127.")))
