@@ -234,11 +234,15 @@ def test_the_kubernetes_manifests_use_the_contracts_ports_and_keys():
     """daemonset/ is YAML and cannot import the numbers: it is held to them here."""
     daemonset = Path(__file__).resolve().parents[2] / "daemonset"
     objects = [d for path in sorted(daemonset.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
-    expected = {  # container -> (its ports, its readiness port)
+    expected = {  # container -> (its declared ports, its readiness port)
         "node-agent": ({contracts.NODE_AGENT_PORT}, contracts.NODE_AGENT_PORT),
-        "ztunnel": ({contracts.METRICS_PORT, contracts.READINESS_PORT}, contracts.READINESS_PORT),
+        # hostNetwork and upgraded by a surge: it declares no port (each would be a host port and keep the
+        # surge pod off the node), and its readiness probe is a command naming the pod (see ztunnel.yaml)
+        "ztunnel": (set(), contracts.READINESS_PORT),
         "control-plane": ({contracts.CONTROL_PLANE_GRPC_PORT, contracts.CONTROL_PLANE_HTTP_PORT},
                           contracts.CONTROL_PLANE_HTTP_PORT),
+        # non-root: its listeners for the Service's 80 and 443 are 8080 and 8443
+        "ingress-gateway": ({8080, 8443, contracts.INGRESS_METRICS_PORT}, contracts.INGRESS_READINESS_PORT),
     }
     seen = set()
     for obj in objects:
@@ -250,9 +254,14 @@ def test_the_kubernetes_manifests_use_the_contracts_ports_and_keys():
             ports, ready = expected[container["name"]]
             seen.add(container["name"])
             assert {p["containerPort"] for p in container.get("ports", [])} == ports, container["name"]
-            assert container["readinessProbe"]["httpGet"]["port"] == ready, container["name"]
+            probe = container["readinessProbe"]
+            if "httpGet" in probe:
+                assert probe["httpGet"]["port"] == ready, container["name"]
+            else:
+                assert f":{ready}/" in " ".join(probe["exec"]["command"]), container["name"]
             in_command = {int(port) for port in re.findall(r":(\d+)\b", " ".join(container["command"]))}
-            assert in_command <= {contracts.CONTROL_PLANE_GRPC_PORT, contracts.CONTROL_PLANE_HTTP_PORT}, \
+            # only the control plane's ports, and the ingress gateway's LISTEN:GATEWAY pairs (8080:80, 8443:443)
+            assert in_command <= {contracts.CONTROL_PLANE_GRPC_PORT, contracts.CONTROL_PLANE_HTTP_PORT, 80, 443}, \
                 container["name"]
     assert seen == set(expected)
     services = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "shoal-control-plane"]

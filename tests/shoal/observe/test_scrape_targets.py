@@ -76,6 +76,7 @@ def test_the_daemonset_manifests_ask_to_be_scraped_on_their_metrics_ports():
             if annotations.get("prometheus.io/scrape") != "true":
                 continue
             found[obj["metadata"]["name"]] = (int(annotations["prometheus.io/port"]), annotations["prometheus.io/path"])
-    # The ports the processes serve /metrics on (shoal.contracts: METRICS_PORT, NODE_AGENT_PORT, the HTTP port).
+    # The ports the processes serve /metrics on (shoal.contracts: METRICS_PORT, NODE_AGENT_PORT, the HTTP port,
+    # INGRESS_METRICS_PORT).
     assert found == {"shoal-ztunnel": (15020, "/metrics"), "shoal-node-agent": (15022, "/metrics"),
-                     "shoal-control-plane": (15014, "/metrics")}, found
+                     "shoal-control-plane": (15014, "/metrics"), "shoal-ingressgateway": (15090, "/metrics")}, found
