@@ -113,7 +113,6 @@ def register(sub) -> None:
     p.add_argument("--node", action="append", metavar="NODE", help="only this node (repeatable; default: all)")
 
 
-
 def _in_current_cluster(func):
     """`func` with `args.cluster` made definite first (--cluster, $SHOAL_CLUSTER, the only cluster up)."""
     def run(args) -> int:
