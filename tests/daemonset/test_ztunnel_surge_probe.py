@@ -29,7 +29,7 @@ def test_the_pod_knows_its_name_and_the_probe_asks_for_it():
     assert "POD_NAME" in " ".join(probe["exec"]["command"])
 
 
-@needs_root
+@needs_root("creates a network namespace and listens in it")
 def test_the_probe_passes_only_for_its_own_pod():
     """The probe command, run as the kubelet would, against a readiness port that knows one pod."""
     name = f"shoal-test-probe-{os.getpid()}"
