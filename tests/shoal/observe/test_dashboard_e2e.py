@@ -56,8 +56,13 @@ def served(observed, request):
         def ready():
             status, body = http_get(f"http://127.0.0.1:{port}/api/graph")
             graph = json.loads(body) if status == 200 else {}
-            pairs = {(e["source"], e["target"]) for e in graph.get("edges", [])}
-            return graph if {("shop/load", "shop/reviews-v1"), ("shop/load", "shop/echo")} <= pairs else None
+            pairs = {(e["source"], e["target"]): e for e in graph.get("edges", [])}
+            # reviews-v2 answers every other request with a 503; until the window holds both answers
+            # (a rate needs two samples of a series, and the 200s' series may start a scrape later),
+            # its error rate reads 1 or nothing, and the page's figure could not be judged
+            flaky = pairs.get(("shop/load", "shop/reviews-v2"), {}).get("error_rate")
+            return graph if {("shop/load", "shop/reviews-v1"), ("shop/load", "shop/echo")} <= pairs.keys() \
+                and flaky is not None and 0 < flaky < 1 else None
         graph = eventually(ready, 90, f"the dashboard's graph from {request.param}", interval=1)
         assert graph["origin"] == request.param
         yield port, request.param
