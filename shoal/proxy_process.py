@@ -59,6 +59,16 @@ class ControlPlaneLink:
             return ""
         return f"no config from the control plane at {self.settings.target} yet"
 
+    def ready_as(self, identity) -> tuple[bool, str]:
+        """Readiness of a one-identity proxy (the waypoint, the ingress gateway): the whole config,
+        then a valid certificate for `identity`."""
+        missing = self.config_missing()
+        if missing:
+            return False, missing
+        if self.certs.valid(identity) is None:
+            return False, f"no certificate yet: {self.certs.last_error.get(identity, 'fetching')}"
+        return True, "ready"
+
     async def close(self) -> None:
         self.watch.stop()
         await self.sign.close()

@@ -127,12 +127,7 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
             await asyncio.sleep(PORT_CHECK_SECONDS)
 
     def ready() -> tuple[bool, str]:
-        missing = link.config_missing()
-        if missing:
-            return False, missing
-        if link.certs.valid(me) is None:
-            return False, f"no certificate yet: {link.certs.last_error.get(me, 'fetching')}"
-        return True, "ready"
+        return link.ready_as(me)
 
     def dump() -> dict:
         return {"gateway": gateway, "identity": str(me),

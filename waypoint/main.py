@@ -71,12 +71,7 @@ async def run(config: Config, shutdown: Shutdown) -> int:
     listener = HboneListener(proxy, lambda: link.certs.server_context(me), handshake_timeout=config.connect_timeout)
 
     def ready() -> tuple[bool, str]:
-        missing = link.config_missing()
-        if missing:
-            return False, missing
-        if link.certs.valid(me) is None:
-            return False, f"no certificate yet: {link.certs.last_error.get(me, 'fetching')}"
-        return True, "ready"
+        return link.ready_as(me)
 
     def dump() -> dict:
         out = summary(link.state)
