@@ -66,8 +66,11 @@ def payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+PIECES = 8
+
+
 async def one_connection(host: str, port: int, size: int, seed: int, long: bool, limit: float, *,
-                         pieces: int = 8, pause: tuple[float, float] = (0.3, 1.5), flowing=None,
+                         pieces: int = PIECES, pause: tuple[float, float] = (0.3, 1.5), flowing=None,
                          hold_at: int | None = None) -> str:
     """The outcome: ok, reset, refused, mismatch, short, timeout, or error:<what>. A long connection
     sends its payload in `pieces`, pausing between them; `flowing()` is called at the first echo;
@@ -125,13 +128,15 @@ async def load(args) -> dict:
     slots = asyncio.Semaphore(args.concurrency)
     started_at = time.time()
     interval = 1.0 / args.rate
+    longest_pause = args.longest / PIECES   # a long connection's pauses add up to at most --longest
 
     async def run(i: int) -> None:
         size = rng.randrange(0, args.max_size + 1) if rng.random() < 0.1 else rng.randrange(0, 16 * 1024)
         long = rng.random() < args.long_fraction
         start = time.time()
         try:
-            outcome = await one_connection(args.host, args.port, size, args.seed * 1_000_003 + i, long, args.limit)
+            outcome = await one_connection(args.host, args.port, size, args.seed * 1_000_003 + i, long, args.limit,
+                                           pause=(min(0.3, longest_pause), longest_pause))
         except Exception as e:  # noqa: BLE001 - recorded, never hidden
             outcome = f"error:{type(e).__name__}:{e}"
         finally:
@@ -183,6 +188,8 @@ def main() -> None:
     c.add_argument("--max-size", type=int, default=512 * 1024)
     c.add_argument("--long-fraction", type=float, default=0.05)
     c.add_argument("--limit", type=float, default=60.0, help="seconds one connection may take")
+    c.add_argument("--longest", type=float, default=12.0,
+                   help="seconds a long connection pauses in all, at most (keep it under a drain deadline)")
     c.add_argument("--deadline", type=float, default=600.0, help="seconds after which no connection is opened")
     c.add_argument("--seed", type=int, default=1)
     o = sub.add_parser("once")

@@ -33,6 +33,7 @@ from datetime import datetime
 import pytest
 
 from shoal.contracts import METRICS_PORT
+from shoal.local.components import ZTUNNEL_DRAIN_SECONDS
 
 from support import metrics
 from support.cli import SHOAL
@@ -45,13 +46,17 @@ CONNECTIONS = int(os.environ.get("SHOAL_FAULT_CONNECTIONS", "10000"))
 OUTAGE_SECONDS = float(os.environ.get("SHOAL_FAULT_OUTAGE_SECONDS", "60"))
 # The load is paced to last at least this long, so that every fault lands inside it.
 LOAD_SECONDS = OUTAGE_SECONDS + 110
+# A long connection pauses at most this long in all: well under the drain deadline of an upgraded
+# ztunnel, which cuts what is still open when it ends (as a pod's termination grace period does).
+# A connection opened just before a ztunnel stops must still finish inside its drain.
+LONGEST_SECONDS = ZTUNNEL_DRAIN_SECONDS - 3
 
 
 def start_load(cluster, out) -> subprocess.Popen:
     argv = [*SHOAL, "local", "exec", "--cluster", cluster.name, "-n", cluster.namespace, "client", "--",
             cluster.python, cluster.apps, "load", cluster.service, str(cluster.port), str(out),
             "--count", str(CONNECTIONS), "--rate", f"{CONNECTIONS / LOAD_SECONDS:.3f}",
-            "--deadline", str(LOAD_SECONDS * 3), "--limit", "60"]
+            "--deadline", str(LOAD_SECONDS * 3), "--limit", "60", "--longest", str(LONGEST_SECONDS)]
     load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert load.stdout.readline().strip() == "loading", load.stderr.read()
     return load
