@@ -92,8 +92,10 @@ class CniEnrollment:
         if uid is None:
             return CniReply(False, error=f"pod {request.key} is not known to the API server yet, and CNI_ARGS has "
                                          f"no K8S_POD_UID; the kubelet will retry")
+        addresses = request.addresses
         self.agent.sandboxes[uid] = sandboxes.Sandbox(uid, request.namespace, request.name, request.netns,
-                                                request.ipv4, request.container_id, self._pod_cgroup(uid))
+                                                      addresses[0] if addresses else None, request.container_id,
+                                                      self._pod_cgroup(uid), addresses)
         self.agent.released.discard(uid)
         self.agent.last_error.pop(uid, None)
         self.agent._recompute()
@@ -102,7 +104,7 @@ class CniEnrollment:
                 why = self.agent.reported[uid]
                 return CniReply(False, enrolled=True, error=f"pod {request.key} cannot be meshed: {why}")
             return CniReply(True, enrolled=False)
-        logger.info("pod sandbox announced by shoal-cni", pod=request.key, netns=request.netns, ip=request.ipv4)
+        logger.info("pod sandbox announced by shoal-cni", pod=request.key, netns=request.netns, ips=list(addresses))
         self.agent.changed.set()
         # The eBPF mode attaches to the pod's cgroup, which the runtime makes only after ADD:
         # there ADD waits for the hand-off alone, and capture follows once the cgroup is found.

@@ -14,7 +14,6 @@ plugin) talks to it.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Awaitable, Callable
 
 from shoal import log
 
+from node_agent.model import canonical_addresses
 from node_agent.errors import NodeAgentError
 
 logger = log.get("node_agent.cni")
@@ -50,15 +50,16 @@ class CniRequest:
         return f"{self.namespace}/{self.name}"
 
     @property
-    def ipv4(self) -> str | None:
-        """The pod's first IPv4 address (the mesh carries IPv4)."""
+    def addresses(self) -> tuple[str, ...]:
+        """The pod's addresses of both families, in the CNI result's order (its first is the primary), in one
+        text form; what is not an address is left out (the API's podIPs still count)."""
+        out = []
         for address in self.ips:
             try:
-                if ipaddress.ip_address(address).version == 4:
-                    return address
+                out.extend(canonical_addresses([address]))
             except ValueError:
                 continue
-        return None
+        return tuple(dict.fromkeys(out))
 
     @classmethod
     def parse(cls, line: bytes) -> "CniRequest":

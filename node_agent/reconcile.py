@@ -18,13 +18,12 @@ does not serve the pod. Leaving: redirection out first, then DelWorkload.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from shoal.contracts import Enrollment, dns_capture, enrollment
 
-from node_agent.model import PodTarget
+from node_agent.model import PodTarget, canonical_addresses
 
 
 @dataclass(frozen=True)
@@ -34,17 +33,18 @@ class PodInfo:
     name: str
     node: str
     phase: str
-    ip: str | None
+    ip: str | None  # status.podIP, the primary address
     netns: str | None
     cgroup: str | None
     service_account: str
     terminating: bool
     enrollment: Enrollment  # from the pod and its Namespace, by the contract
     dns_capture: bool = False  # from the pod, its Namespace and the mesh option, by the contract
+    ips: tuple[str, ...] = ()  # status.podIPs, every family's address, the primary first
 
     def target(self) -> PodTarget:
         return PodTarget(self.uid, self.namespace, self.name, self.ip, self.netns, self.cgroup, self.service_account,
-                         self.dns_capture)
+                         self.dns_capture, self.ips)
 
     @property
     def key(self) -> str:
@@ -57,20 +57,31 @@ def pod_info(pod: Mapping, namespace: Mapping | None, dns_default: bool = False)
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
     local = status.get("shoal") or {}
+    ips = _pod_ips(status)
     return PodInfo(
         uid=meta.get("uid", ""),
         namespace=meta.get("namespace", "default"),
         name=meta.get("name", ""),
         node=spec.get("nodeName", ""),
         phase=status.get("phase", ""),
-        ip=status.get("podIP") or None,
+        ip=ips[0] if ips else None,
         netns=local.get("netns") or None,
         cgroup=local.get("cgroup") or None,
         service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
         terminating=bool(meta.get("deletionTimestamp")),
         enrollment=enrollment(namespace, pod),
         dns_capture=dns_capture(namespace, pod, dns_default),
+        ips=ips,
     )
+
+
+def _pod_ips(status: Mapping) -> tuple[str, ...]:
+    """status.podIP, then every status.podIPs[].ip (Kubernetes lists the primary first in both), as given:
+    `problem` judges them."""
+    ips = [status.get("podIP") or ""]
+    for entry in status.get("podIPs") or []:
+        ips.append(entry.get("ip", "") if isinstance(entry, Mapping) else str(entry))
+    return tuple(dict.fromkeys(str(ip).strip() for ip in ips if ip and str(ip).strip()))
 
 
 def pod_infos(pods: Iterable[Mapping], namespaces: Mapping[str, Mapping],
@@ -90,11 +101,11 @@ def ready(pod: PodInfo) -> bool:
 
 def problem(pod: PodInfo) -> str | None:
     """What makes a running pod impossible to mesh, in words; None when nothing does."""
-    if pod.ip:
+    if pod.ips:
         try:
-            ipaddress.IPv4Address(pod.ip)
-        except ValueError:
-            return f"status.podIP {pod.ip!r} is not an IPv4 address; shoal meshes IPv4 pods only"
+            canonical_addresses(pod.ips)
+        except ValueError as e:
+            return f"status.podIP or podIPs: {e}; check the addresses the CNI's IPAM gave the pod"
     if pod.netns and not pod.netns.startswith("/"):
         return f"status.shoal.netns {pod.netns!r} is not an absolute path"
     return None

@@ -1,8 +1,8 @@
 """Pod sandboxes the runtime announced through shoal-cni, merged into what the pod source says. Sans-IO.
 
 The netns path comes from the CNI call, not from a guess: a sandbox announced
-by ADD overrides the pod's `status.shoal.netns`, gives it its address when the
-API has none yet, and makes it ready for capture before its containers start
+by ADD overrides the pod's `status.shoal.netns`, gives it its addresses (both
+families, from the CNI result) when the API has none yet, and makes it ready for capture before its containers start
 (a Pending pod whose sandbox network is set up is captured then, which is the
 point: its init containers and first connections are the mesh's). A pod the
 source has not shown yet (its watch lags the kubelet) is taken from the CNI
@@ -28,9 +28,10 @@ class Sandbox:
     namespace: str
     name: str
     netns: str
-    ip: str | None
+    ip: str | None  # the primary address
     container_id: str = ""
     cgroup: str | None = None  # the pod-level cgroup the kubelet made before the sandbox (discover.pod_cgroup_dir)
+    ips: tuple[str, ...] = ()  # every address the CNI result gave, both families, the primary first
 
     @property
     def key(self) -> str:
@@ -71,6 +72,10 @@ def _with_sandbox(pod: dict, sandbox: Sandbox) -> dict:
     status["shoal"] = local
     if sandbox.ip and not status.get("podIP"):
         status["podIP"] = sandbox.ip
+    if sandbox.ips and not status.get("podIPs"):
+        # Kubernetes lists podIP first in podIPs; the CNI's addresses of the other family follow.
+        ordered = dict.fromkeys([status["podIP"], *sandbox.ips] if status.get("podIP") else sandbox.ips)
+        status["podIPs"] = [{"ip": ip} for ip in ordered]
     if status.get("phase") in (None, "", "Pending"):
         status["phase"] = "Running"  # for capture: the sandbox's network is up; its containers start next
     return {**pod, "status": status}

@@ -48,6 +48,12 @@ MARK = 0x539
 # link-local address; capture lets it through to the app, so probes work
 # under STRICT mTLS.
 PROBE_SOURCE = "169.254.7.127"
+# Its IPv6 counterpart, in shoal's own unique local range (fd73:686f:616c::/48, "shoal" in hex),
+# in a /64 that no node, pod or VIP of the range is ever given. Not a link-local fe80::
+# address: a pod treats fe80::/64 as on-link and would look for the address by neighbour
+# discovery on its own link instead of sending the reply back through the node, where the
+# SNAT is undone. Like the IPv4 one it is never routed off the node.
+PROBE_SOURCE6 = "fd73:686f:616c:ffff::7:127"
 
 # --- label and annotation keys --------------------------------------------------------
 

@@ -39,6 +39,19 @@ def test_a_pending_pod_with_a_cni_sandbox_is_wanted_with_the_cni_netns_and_addre
     assert (target.netns, target.ip, target.cgroup) == ("/run/netns/cni-1", "198.19.1.5", None)
 
 
+def test_a_cni_sandbox_gives_a_pod_without_api_addresses_both_families_primary_first():
+    pods = {"demo/web": pod("demo", "web", "u1", phase="Pending")}
+    sandbox = Sandbox("u1", "demo", "web", "/run/netns/cni-1", "198.19.1.5", "c1",
+                      ips=("198.19.1.5", "fd73:686f:616c:1::5"))
+    target = want(pods, {"u1": sandbox})["u1"]
+    assert (target.ip, target.ipv6) == ("198.19.1.5", "fd73:686f:616c:1::5")
+    # The API's primary stays first when the API knows it before the pod's podIPs are written.
+    pods = {"demo/web": pod("demo", "web", "u1", phase="Running", ip="198.19.1.5")}
+    sandbox = Sandbox("u1", "demo", "web", "/run/netns/cni-1", "fd73:686f:616c:1::5", "c1",
+                      ips=("fd73:686f:616c:1::5", "198.19.1.5"))
+    assert want(pods, {"u1": sandbox})["u1"].ips == ("198.19.1.5", "fd73:686f:616c:1::5")
+
+
 def test_the_cni_netns_wins_over_a_discovered_one_and_the_api_address_and_cgroup_stay():
     pods = {"demo/web": pod("demo", "web", "u1", phase="Running", ip="198.19.1.5", netns="/proc/42/ns/net")}
     target = want(pods, {"u1": Sandbox("u1", "demo", "web", "/run/netns/cni-2", "198.19.1.9")})["u1"]
@@ -79,11 +92,13 @@ def line(**fields):
     return json.dumps(base).encode() + b"\n"
 
 
-def test_a_request_parses_into_a_frozen_request_with_its_ipv4_address():
+def test_a_request_parses_into_a_frozen_request_with_its_addresses_of_both_families():
     request = CniRequest.parse(line())
     assert request == CniRequest("ADD", "c1", "/run/netns/x", "demo", "web", "u1",
                                  ("fd73:686f:616c:1::5", "198.19.1.5"))
-    assert request.ipv4 == "198.19.1.5" and request.key == "demo/web"
+    assert request.addresses == ("fd73:686f:616c:1::5", "198.19.1.5") and request.key == "demo/web"
+    odd = CniRequest.parse(line(ips=["not-an-address", "FD73:686F:616C:1:0:0:0:5", "198.19.1.5"]))
+    assert odd.addresses == ("fd73:686f:616c:1::5", "198.19.1.5")
     assert CniRequest.parse(line(command="DEL", netns="")).netns == ""  # DEL may come after the netns is gone
 
 

@@ -118,9 +118,39 @@ def test_plan_invariants(want, installed, acked, in_flight, connected):
 
 
 def test_a_pod_with_a_bad_address_is_skipped_with_a_reason_and_harms_no_other():
-    bad = pod_info(pod("bad", ip="fd00::5"), NAMESPACES["demo"])
+    bad = pod_info(pod("bad", ip="198.19.1.300"), NAMESPACES["demo"])
+    mapped = pod_info(pod("mapped", ip="::ffff:198.19.1.6"), NAMESPACES["demo"])
     good = pod_info(pod("good"), NAMESPACES["demo"])
     from node_agent.reconcile import problems
-    assert set(desired([bad, good], "node1")) == {"uid-good"}
-    assert problems([bad, good], "node1") == {
-        "uid-bad": "status.podIP 'fd00::5' is not an IPv4 address; shoal meshes IPv4 pods only"}
+    assert set(desired([bad, mapped, good], "node1")) == {"uid-good"}
+    found = problems([bad, mapped, good], "node1")
+    assert set(found) == {"uid-bad", "uid-mapped"}
+    assert found["uid-bad"].startswith("status.podIP or podIPs: '198.19.1.300' does not appear to be an IPv4 or IPv6")
+    assert "v4-mapped" in found["uid-mapped"] and "198.19.1.6" in found["uid-mapped"]
+
+
+@pytest.mark.parametrize("status, ip, ips", [
+    ({"podIP": "198.19.1.5"}, "198.19.1.5", ("198.19.1.5",)),
+    ({"podIP": "198.19.1.5", "podIPs": [{"ip": "198.19.1.5"}, {"ip": "fd73:686f:616c:1:0::5"}]},
+     "198.19.1.5", ("198.19.1.5", "fd73:686f:616c:1::5")),
+    ({"podIP": "fd73:686f:616c:1::5", "podIPs": [{"ip": "fd73:686f:616c:1::5"}, {"ip": "198.19.1.5"}]},
+     "fd73:686f:616c:1::5", ("fd73:686f:616c:1::5", "198.19.1.5")),
+    ({"podIPs": [{"ip": "fd73:686f:616c:1::5"}]}, "fd73:686f:616c:1::5", ("fd73:686f:616c:1::5",)),
+])
+def test_every_address_of_podIPs_reaches_the_target_primary_first_in_one_text_form(status, ip, ips):
+    raw = pod("web")
+    raw["status"] = {**{k: v for k, v in raw["status"].items() if k != "podIP"}, **status}
+    target = desired([pod_info(raw, NAMESPACES["demo"])], "node1")["uid-web"]
+    assert (target.ip, target.ips) == (ip, ips)
+    assert target.ipv6 == next((a for a in ips if ":" in a), None)
+    assert target.ipv4 == next((a for a in ips if "." in a), None)
+
+
+def test_a_pod_that_gains_an_ipv6_address_is_installed_again():
+    """A target is compared whole: the new family's capture must go in (and its refusal come out)."""
+    before = desired([pod_info(pod("web"), NAMESPACES["demo"])], "node1")
+    raw = pod("web")
+    raw["status"]["podIPs"] = [{"ip": "198.19.1.5"}, {"ip": "fd73:686f:616c:1::5"}]
+    after = desired([pod_info(raw, NAMESPACES["demo"])], "node1")
+    p = plan(after, before, {"uid-web"}, set(), True)
+    assert p.install == (after["uid-web"],)
