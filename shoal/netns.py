@@ -143,27 +143,37 @@ def ip(name: str | None = None) -> IPRoute:
 
 
 def addresses(name_or_fd: str | int) -> tuple[str, ...]:
-    """The namespace's own IPv4 addresses, loopback left out (a pod's: what the mesh may reach)."""
+    """The namespace's own addresses, both families, loopback and IPv6 link-local left out (a pod's:
+    what the mesh may reach; a link-local address names no pod beyond its link)."""
     def read() -> tuple[str, ...]:
         from pyroute2 import IPRoute
         with IPRoute() as ipr:
-            found = (a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET))
+            found = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)]
+            found += [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6)
+                      if a["scope"] == 0]                  # RT_SCOPE_UNIVERSE: not ::1, not fe80::/10
             return tuple(sorted(a for a in found if a and not a.startswith("127.")))
     return run_in(name_or_fd, read)
 
 
 def tcp_listeners(name_or_fd: str | int, port: int) -> set[str]:
-    """The local IPv4 addresses that sockets of the namespace listen on for TCP `port`."""
+    """The local addresses (IPv4, and IPv6 compressed) that sockets of the namespace listen on for TCP `port`."""
     def read() -> set[str]:
         found = set()
-        with open("/proc/thread-self/net/tcp") as table:   # this thread's netns, not the process's
-            next(table)
-            for line in table:
-                fields = line.split()
-                local, state = fields[1], fields[3]
-                address, _, hex_port = local.partition(":")
-                if state == "0A" and int(hex_port, 16) == port:   # 0A: LISTEN
-                    found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+        for table_name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+            try:
+                table = open(f"/proc/thread-self/net/{table_name}")   # this thread's netns, not the process's
+            except FileNotFoundError:                                  # no IPv6 in this kernel
+                continue
+            with table:
+                next(table)
+                for line in table:
+                    fields = line.split()
+                    local, state = fields[1], fields[3]
+                    address, _, hex_port = local.partition(":")
+                    if state == "0A" and int(hex_port, 16) == port:   # 0A: LISTEN
+                        # /proc prints each 32-bit word of the address in host (little-endian) order.
+                        raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+                        found.add(socket.inet_ntop(family, raw))
         return found
     return run_in(name_or_fd, read)
 
