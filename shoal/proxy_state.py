@@ -5,8 +5,10 @@ they need; neither keeps a copy of its own. Resources arrive already as
 `shoal.model` dataclasses (nothing from the wire is kept).
 
 Indexes, by name:
-- `workloads` by uid, `workloads_by_ip` ip -> uid;
-- `services` by hostname, `services_by_vip` vip -> hostname;
+- `workloads` by uid, `workloads_by_ip` ip -> uid (every address of a workload, both families);
+- `services` by hostname, `services_by_vip` vip -> hostname (every VIP, both families);
+  addresses are canonical text (`shoal.model.addresses`); a lookup by another spelling
+  (an IPv4-mapped `::ffff:a.b.c.d`, upper-case IPv6) finds the same entry;
 - `waypoints` by `namespace/name`;
 - `authorizations` by key, `policies_by_namespace` namespace -> keys;
 - `peer_authentications` by key;
@@ -44,6 +46,7 @@ from shoal.model import (
     ANY_PORT, Authorization, PeerAuthentication, PeerAuthMode, PolicyScope, ResourceType, RouteTable, Service,
     Snapshot, TlsCredential, Waypoint, Workload, WaypointRef, selector_matches,
 )
+from shoal.model.addresses import canonical_or_none
 
 
 class ProxyState:
@@ -141,11 +144,11 @@ class ProxyState:
     # --- reads: addresses ------------------------------------------------------------
 
     def workload_by_ip(self, ip: str) -> Workload | None:
-        uid = self.workloads_by_ip.get(ip)
+        uid = self.workloads_by_ip.get(ip) or self.workloads_by_ip.get(_canonical(ip))
         return self.workloads.get(uid) if uid else None
 
     def service_by_vip(self, vip: str) -> Service | None:
-        host = self.services_by_vip.get(vip)
+        host = self.services_by_vip.get(vip) or self.services_by_vip.get(_canonical(vip))
         return self.services.get(host) if host else None
 
     def service_by_host(self, hostname: str) -> Service | None:
@@ -270,6 +273,12 @@ class ProxyState:
             "tls_credentials": [{"key": key, "hosts": list(c.hosts), "chain_bytes": len(c.chain_pem),
                                  "key_bytes": len(c.key_pem)} for key, c in sorted(self.tls_credentials.items())],
         }
+
+
+def _canonical(address: str) -> str:
+    """The model's text of an address looked up in another spelling (`::ffff:198.19.1.5`, upper-case
+    IPv6): the indexes hold canonical text only (shoal.model.addresses). Not an address: as it is."""
+    return canonical_or_none(address) or address
 
 
 def _unindex(index: dict[str, str], key: str, addresses, held: dict, addresses_of) -> None:

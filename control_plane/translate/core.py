@@ -52,6 +52,7 @@ from shoal.model import (
     Waypoint,
     WaypointRef,
     Workload,
+    canonical_ips,
     freeze_labels,
     selector_matches,
     service_hostname,
@@ -117,7 +118,8 @@ def pod_ips(pod: dict) -> tuple[str, ...]:
     ips = [p.get("ip") for p in status.get("podIPs") or [] if isinstance(p, dict) and p.get("ip")]
     if not ips and status.get("podIP"):
         ips = [status["podIP"]]
-    return tuple(dict.fromkeys(str(ip) for ip in ips))
+    # Every family, primary first as Kubernetes orders them; one text per address (shoal.model.addresses).
+    return canonical_ips(ips)
 
 
 def pod_live(pod: dict) -> bool:
@@ -215,7 +217,7 @@ def service_ports(svc: dict) -> tuple[ServicePort, ...]:
 def service_vips(svc: dict) -> tuple[str, ...]:
     spec = svc.get("spec") or {}
     ips = list(spec.get("clusterIPs") or []) or [spec.get("clusterIP")]
-    return tuple(dict.fromkeys(str(ip) for ip in ips if ip and ip != "None"))
+    return canonical_ips(ip for ip in ips if ip and ip != "None")
 
 
 def target_port(pod: dict, port: dict) -> int | None:

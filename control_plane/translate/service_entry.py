@@ -44,6 +44,7 @@ from shoal.model import (
     ServicePort,
     Waypoint,
     Workload,
+    canonical_ip,
     freeze_labels,
     selector_matches,
 )
@@ -121,7 +122,7 @@ def service_entry(obj: dict, c: Checker) -> ServiceEntrySpec | None:
             c.error(f"spec.addresses[{i}]", f"{address!r} is not an IP address (shoal does not match CIDR ranges; "
                                             "list single addresses)")
         else:
-            addresses.append(str(ipaddress.ip_address(address)))
+            addresses.append(canonical_ip(address))
     ports = _ports(c, spec)
     location = c.string(spec.get("location"), "spec.location") or "MESH_EXTERNAL"
     if location not in _LOCATIONS:
@@ -217,7 +218,7 @@ def _endpoints(c: Checker, spec: dict, resolution: Resolution, port_names: set[s
                 ports.append((str(name), number))
         labels = freeze_labels({k: str(v) for k, v in c.mapping(endpoint.get("labels"), f"{path}.labels").items()})
         account = c.string(endpoint.get("serviceAccount"), f"{path}.serviceAccount") or ""
-        out.append(EntryEndpoint(str(ipaddress.ip_address(address)) if _is_ip(address) else address.lower(),
+        out.append(EntryEndpoint(canonical_ip(address) if _is_ip(address) else address.lower(),
                                  tuple(ports), labels, account))
     return tuple(out)
 

@@ -22,6 +22,7 @@ Watch stream can index and diff them:
 `Snapshot` holds one of each map and `diff()` tells what changed between two.
 """
 
+from shoal.model.addresses import canonical_ip, canonical_ips, join_address, join_host_port
 from shoal.model.identity import DEFAULT_TRUST_DOMAIN, SpiffeId, parse_spiffe_id, spiffe_id
 from shoal.model.labels import Labels, freeze_labels, labels_dict, selector_matches
 from shoal.model.policy import (
@@ -70,5 +71,5 @@ __all__ = [
     "Route", "RouteMatch", "RouteTable", "Rule", "Service", "ServicePort", "Snapshot", "Source",
     "SpiffeId", "StringMatch", "TargetRef", "TlsCredential", "Waypoint", "WaypointRef", "Workload", "diff",
     "freeze_labels", "labels_dict", "parse_spiffe_id", "selector_matches", "service_hostname",
-    "spiffe_id",
+    "spiffe_id", "canonical_ip", "canonical_ips", "join_address", "join_host_port",
 ]

@@ -250,3 +250,34 @@ def test_a_waypoint_never_routes_through_itself():
     assert snap[S]["web.default.svc.cluster.local"].waypoint == WaypointRef("default", "waypoint")
     w = snap[W]["uid-waypoint-abc-default"]
     assert (w.protocol, w.waypoint) == (Protocol.HBONE, None)   # speaks HBONE though the namespace is not enrolled
+
+
+def test_every_pod_ip_and_cluster_ip_in_canonical_text_primary_first():
+    """Dual stack: status.podIPs and spec.clusterIPs, both families, in Kubernetes' order, one
+    canonical text each (a v4-mapped address is its IPv4 address; IPv6 compressed, lower case)."""
+    ns = namespace("shop", labels={"shoal.io/dataplane-mode": "ambient"})
+    p = pod("web-1", "shop", labels={"app": "web"}, ip="198.19.1.7")
+    p["status"]["podIPs"] = [{"ip": "198.19.1.7"}, {"ip": "FD73:686F:616C:0001::0007"}, {"ip": "::ffff:198.19.1.7"}]
+    six_first = pod("web-2", "shop", labels={"app": "web"}, ip="fd73:686f:616c:2::8")
+    six_first["status"]["podIPs"] = [{"ip": "fd73:686f:616c:2::8"}, {"ip": "198.19.2.8"}]
+    svc = service("web", "shop", ports=((80, 8080),), vip="198.18.16.20")
+    svc["spec"]["clusterIPs"] = ["198.18.16.20", "FD73:686F:616C:FF::14"]
+    svc["spec"]["ipFamilies"] = ["IPv4", "IPv6"]
+    t, _ = translate(ns, p, six_first, svc)
+    snap = t.snapshot()
+    assert snap[W]["uid-web-1-shop"].ips == ("198.19.1.7", "fd73:686f:616c:1::7")
+    assert snap[W]["uid-web-2-shop"].ips == ("fd73:686f:616c:2::8", "198.19.2.8")
+    web = snap[S]["web.shop.svc.cluster.local"]
+    assert web.vips == ("198.18.16.20", "fd73:686f:616c:ff::14")
+    assert {e.workload_uid for e in web.endpoints} == {"uid-web-1-shop", "uid-web-2-shop"}
+
+
+def test_an_ipv6_only_pod_and_service():
+    ns = namespace("shop", labels={"shoal.io/dataplane-mode": "ambient"})
+    p = pod("web-1", "shop", labels={"app": "web"}, ip="fd73:686f:616c:1::9")
+    svc = service("web", "shop", vip="fd73:686f:616c:ff::15")
+    svc["spec"]["clusterIPs"] = ["fd73:686f:616c:ff::15"]
+    t, _ = translate(ns, p, svc)
+    snap = t.snapshot()
+    assert snap[W]["uid-web-1-shop"].ips == ("fd73:686f:616c:1::9",)
+    assert snap[S]["web.shop.svc.cluster.local"].vips == ("fd73:686f:616c:ff::15",)

@@ -167,3 +167,19 @@ def test_nothing_is_applied_until_every_expected_type_arrived_then_all_at_once()
     state.check()
     state.apply_update(update(ResourceType.WORKLOAD, wl("c", "198.19.1.4")))       # after the first: at once
     assert set(state.workloads) == {"c"}
+
+
+def test_every_address_of_both_families_is_indexed_and_found_by_any_spelling():
+    state = ProxyState()
+    state.upsert(wl("a", "198.19.1.5", "fd73:686f:616c:1::5"))
+    state.upsert(svc("web", "198.18.16.10", "fd73:686f:616c:ff::a", endpoints=("a",)))
+    state.check()
+    for spelling in ("198.19.1.5", "::ffff:198.19.1.5", "fd73:686f:616c:1::5", "FD73:686F:616C:0001:0:0:0:5"):
+        assert state.workload_by_ip(spelling).uid == "a", spelling
+    for spelling in ("198.18.16.10", "::ffff:c612:100a", "fd73:686f:616c:ff::a", "fd73:686f:616c:ff:0::A"):
+        assert state.service_by_vip(spelling).name == "web", spelling
+    assert state.workload_by_ip("fd73:686f:616c:1::6") is None
+    assert state.workload_by_ip("not-an-ip") is None
+    state.remove(ResourceType.WORKLOAD, "a")
+    assert state.workload_by_ip("fd73:686f:616c:1::5") is None and state.workloads_by_ip == {}
+    state.check()
