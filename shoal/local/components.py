@@ -18,6 +18,7 @@ from typing import Callable
 from shoal.contracts import (CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, INGRESS_METRICS_PORT,
                              INGRESS_READINESS_PORT, METRICS_PORT, NODE_AGENT_PORT, READINESS_PORT)
 from shoal.local import ingress_gateway as ingress
+from shoal.local import runtime_containerd
 from shoal.local.errors import ClusterError
 from shoal.local.layout import BPFFS, Layout, node_ip, node_name
 from shoal.observe.targets import scrape_annotations
@@ -94,11 +95,13 @@ CLEANUPS: list[Callable[[Layout], None]] = []
 
 
 def node_agent(layout: Layout, node: int, settings: Settings) -> dict | None:
-    """The node agent, one per node: enrollment, redirection, the hand-off socket to the ztunnel."""
+    """The node agent, one per node: enrollment, redirection, the hand-off socket to the ztunnel. On
+    containerd it also chains shoal-cni into the node's CNI config and asks the node's CRI."""
     return system_pod(layout, node, "node-agent",
                       shoal_argv("node-agent", "--source", "local", "--cluster", layout.cluster,
                                  "--node", node_name(node), "--redirect", settings.redirect,
-                                 "--socket", str(layout.ztunnel_socket(node))),
+                                 "--socket", str(layout.ztunnel_socket(node)),
+                                 *runtime_containerd.node_agent_args(layout, node)),
                       ready_port=NODE_AGENT_PORT, metrics_port=NODE_AGENT_PORT)
 
 
@@ -139,6 +142,7 @@ def _kill_cgroup(cgroup) -> None:
 
 COMPONENTS.append(node_agent)
 CLEANUPS.append(node_agent_cleanup)
+CLEANUPS.append(runtime_containerd.cleanup)  # after the agents: their shoal-cni is in its CNI dirs
 
 
 # A draining ztunnel lets open connections run this long; the kubelet's grace period is longer, so

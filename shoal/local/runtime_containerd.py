@@ -1,0 +1,422 @@
+"""`shoal local up --runtime containerd`: a containerd of each node's own, as kind runs one in each node container.
+
+Each node gets Debian's `containerd` (its CRI plugin) and `runc`, started inside the
+node's netns (`nsenter --net`, so the mount namespace stays the host's, where the CRI
+mounts its netns pins), with everything it keeps under the node's run directory:
+
+    /run/shoal/<cluster>/node<i>/containerd/{config.toml,containerd.sock,root,state,runc}
+    /run/shoal/<cluster>/node<i>/cni/{bin,net.d,ipam}
+
+Its CRI CNI config is a conflist of the node's own (Debian's `bridge` + `host-local` on the
+node's pod range; the node agent chains shoal-cni after them), its bin dir holds links to
+the Debian plugins (and shoal-cni, which the agent copies there). The CRI keeps sandbox netns
+pins under its state dir (netns_mounts_under_state_dir), never in /var/run/netns. Pods run
+the images scripts/image/local-images.sh builds (toolbox, pause), imported at `up`.
+
+Two places outside the run directory are containerd's own and cannot be moved in 1.6: its
+shims' sockets in /run/containerd/s and libcni's result cache in /var/lib/cni. `down`
+removes this cluster's entries there, and the directories themselves when they were not
+there before `up` and are empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal import log
+from shoal.local.errors import ClusterError
+from shoal.local.layout import CGROUP_ROOT, Layout, pod_cidr
+
+logger = log.get("shoal.local.containerd")
+
+RUNTIMES = ("netns", "containerd")
+REQUIRED_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter")
+SYSTEM_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+CRI_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin works in
+SHIM_STATE = Path("/run/containerd")  # containerd 1.6's shims put their sockets in /run/containerd/s
+CNI_CACHE = Path("/var/lib/cni")      # libcni's result cache (not configurable through containerd 1.6)
+CGROUP_V1 = Path("/sys/fs/cgroup")
+REPO = Path(__file__).resolve().parents[2]
+IMAGES_SCRIPT = REPO / "scripts" / "image" / "local-images.sh"
+IMAGES_DIR = REPO / "build" / "local-images"
+DISABLED_PLUGINS = ("io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing")
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Every path of node `node`'s containerd and CNI."""
+    base: Path
+    cni: Path
+    network: str  # the CNI network's name (libcni's cache files start with it)
+
+    @classmethod
+    def of(cls, layout: Layout, node: int) -> "NodePaths":
+        return cls(layout.node_dir(node) / "containerd", layout.node_dir(node) / "cni",
+                   f"{layout.prefix}node{node}")
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "containerd.sock"
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.toml"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.base / "containerd.pid"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.cni / "bin"
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.cni / "net.d"
+
+
+def config_toml(paths: NodePaths, pause_image: str) -> str:
+    disabled = ", ".join(f'"{name}"' for name in DISABLED_PLUGINS)
+    return f"""version = 2
+root = "{paths.base}/root"
+state = "{paths.base}/state"
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = "{paths.socket}"
+[ttrpc]
+  address = "{paths.socket}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+
+# The CRI as a kubelet uses it on this machine: runc with the cgroupfs driver (PID 1 is not systemd
+# here; a systemd node says SystemdCgroup = true), the streaming server on loopback, and the
+# node's own CNI dirs. Netns pins go under the state dir, not /var/run/netns.
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause_image}"
+  netns_mounts_under_state_dir = true
+  # A sandbox asks for oom_score_adj -998, which containerd here (not in the host's init
+  # namespace's position) may not set: keep it no lower than containerd's own.
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{paths.bin_dir}"
+  conf_dir = "{paths.conf_dir}"
+  max_conf_num = 1
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  BinaryName = "runc"
+  Root = "{paths.base}/runc"
+  SystemdCgroup = false
+"""
+
+
+def conflist(paths: NodePaths, node: int) -> dict:
+    """The node's pod network: a bridge (its gateway the range's first address) and host-local on the node's
+    pod range; pods route everything through the bridge, and the node routes other nodes' ranges."""
+    cidr = pod_cidr(node)
+    return {"cniVersion": "1.0.0", "name": paths.network, "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+         "ipam": {"type": "host-local", "dataDir": str(paths.cni / "ipam"),
+                  "ranges": [[{"subnet": str(cidr), "gateway": str(cidr.network_address + 1)}]],
+                  "routes": [{"dst": "0.0.0.0/0"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+    ]}
+
+
+# -- the cluster's runtime ------------------------------------------------------------------------
+
+def runtime_of(layout: Layout) -> str:
+    """The runtime the cluster's pods run on: "netns" (processes in network namespaces, the default) or
+    "containerd"; `up` records it in the run directory."""
+    try:
+        return (layout.run_dir / "runtime").read_text().strip() or "netns"
+    except OSError:
+        return "netns"
+
+
+def choose(layout: Layout, runtime: str | None) -> str:
+    """The runtime `up` uses: the one asked (refused when the cluster is up with another), else the cluster's."""
+    current = runtime_of(layout) if (layout.run_dir / "cluster.json").exists() else None
+    if runtime is None:
+        return current or "netns"
+    if runtime not in RUNTIMES:
+        raise ClusterError(f"--runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if current is not None and current != runtime:
+        raise ClusterError(f"cluster {layout.cluster!r} is up with --runtime {current}; nothing changed: to change it, "
+                           f"`shoal local down --cluster {layout.cluster}` first")
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    (layout.run_dir / "runtime").write_text(runtime)
+    return runtime
+
+
+def ensure(layout: Layout, nodes: int, progress) -> list[str]:
+    """With --runtime containerd: the images, and every node's containerd running; what it started."""
+    if runtime_of(layout) != "containerd":
+        return []
+    check_prerequisites()
+    refs = images(progress)
+    (layout.run_dir / "images.json").write_text(json.dumps({"toolbox": refs["toolbox"], "pause": refs["pause"]}))
+    return [f"containerd of node{node}" for node in range(1, nodes + 1) if ensure_node(layout, node, refs, progress)]
+
+
+def toolbox_image(layout: Layout) -> str:
+    return json.loads((layout.run_dir / "images.json").read_text())["toolbox"]
+
+
+# -- prerequisites and images ----------------------------------------------------------------
+
+def check_prerequisites() -> None:
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    missing += [f"{SYSTEM_PLUGINS}/{p}" for p in PLUGINS if not (SYSTEM_PLUGINS / p).exists()]
+    if missing:
+        raise ClusterError(f"--runtime containerd needs {', '.join(missing)}; install them with "
+                           "`scripts/setup.sh --packages containerd runc containernetworking-plugins util-linux`")
+
+
+def images(progress) -> dict[str, Path | str]:
+    """{"toolbox": ref, "pause": ref, "toolbox_archive": path, "pause_archive": path}, built first if needed
+    (scripts/image/local-images.sh keeps them by the digest of their inputs)."""
+    if not IMAGES_SCRIPT.exists():
+        raise ClusterError(f"--runtime containerd builds its images with {IMAGES_SCRIPT}, which this installation "
+                           "lacks; run `shoal local up --runtime containerd` from a checkout of shoal")
+    progress("building the toolbox and pause images if their inputs changed (scripts/image/local-images.sh)")
+    result = subprocess.run([str(IMAGES_SCRIPT)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"building the local images failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    refs = json.loads((IMAGES_DIR / "images.json").read_text())
+    return {**refs, "toolbox_archive": IMAGES_DIR / "toolbox.oci.tar", "pause_archive": IMAGES_DIR / "pause.oci.tar"}
+
+
+def ctr(paths: NodePaths, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["ctr", "--address", str(paths.socket), "--namespace", CRI_NAMESPACE, *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# -- one node's containerd ------------------------------------------------------------------------
+
+def containerd_pid(paths: NodePaths) -> int | None:
+    """The pid of this node's containerd, if it runs (its command line names this node's config)."""
+    try:
+        pid = int(paths.pidfile.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if str(paths.config).encode() in cmdline else None
+
+
+def ensure_node(layout: Layout, node: int, refs: dict, progress) -> bool:
+    """Node `node`'s containerd runs, with its CNI config and the images; True when it had to start it."""
+    paths = NodePaths.of(layout, node)
+    for directory in (paths.base, paths.bin_dir, paths.conf_dir, paths.cni / "ipam"):
+        directory.mkdir(parents=True, exist_ok=True)
+    for plugin in PLUGINS:
+        link = paths.bin_dir / plugin
+        if not link.exists():
+            link.symlink_to(SYSTEM_PLUGINS / plugin)
+    conf = paths.conf_dir / "10-shoal-local.conflist"
+    if not conf.exists():  # the node agent chains shoal-cni into it; a later `up` must not undo that
+        conf.write_text(json.dumps(conflist(paths, node), indent=1))
+    paths.config.write_text(config_toml(paths, refs["pause"]))
+    _record_outside_dirs(layout)
+    if containerd_pid(paths) is not None:
+        return False
+    progress(f"starting containerd of node{node} ({paths.socket})")
+    cgroup = layout.cgroup_dir / f"containerd-node{node}"
+    cgroup.mkdir(parents=True, exist_ok=True)
+    procs = str(cgroup / "cgroup.procs")
+
+    def preexec():
+        os.setsid()
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    log_file = open(layout.logs_dir / f"containerd-node{node}.log", "ab")
+    process = subprocess.Popen(["nsenter", f"--net=/run/netns/{layout.node_netns(node)}", "containerd",
+                                "--config", str(paths.config)],
+                               stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, preexec_fn=preexec,
+                               close_fds=True)
+    log_file.close()
+    paths.pidfile.write_text(str(process.pid))  # nsenter execs containerd: the same pid
+    deadline = time.monotonic() + START_TIMEOUT
+    while ctr(paths, "version", timeout=10).returncode != 0:
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = (layout.logs_dir / f"containerd-node{node}.log").read_text()[-2000:]
+            raise ClusterError(f"containerd of node{node} did not start; its log ends:\n{tail}")
+        time.sleep(0.1)
+    for key in ("pause", "toolbox"):
+        result = ctr(paths, "images", "import", str(refs[f"{key}_archive"]))
+        if result.returncode != 0:
+            raise ClusterError(f"importing the {key} image into node{node}'s containerd failed: "
+                               f"{result.stderr.strip()}")
+    return True
+
+
+def _record_outside_dirs(layout: Layout) -> None:
+    """Notes, once, whether /run/containerd and /var/lib/cni were there before this cluster's containerd."""
+    record = layout.run_dir / "containerd-outside.json"
+    if not record.exists():
+        record.write_text(json.dumps({str(SHIM_STATE): SHIM_STATE.exists(), str(CNI_CACHE): CNI_CACHE.exists()}))
+
+
+def socket_of(layout: Layout, node: int) -> Path:
+    return NodePaths.of(layout, node).socket
+
+
+def node_agent_args(layout: Layout, node: int) -> list[str]:
+    """The node agent's flags on containerd: shoal-cni into the node's CNI dirs, the pods' cgroups under the
+    cluster's kubepods tree, and the node's CRI socket for pods that started before it."""
+    if runtime_of(layout) != "containerd":
+        return []
+    paths = NodePaths.of(layout, node)
+    return ["--cni", "--cni-bin-dir", str(paths.bin_dir), "--cni-conf-dir", str(paths.conf_dir),
+            "--kubelet-cgroup-root", str(layout.cgroup_dir.relative_to(CGROUP_ROOT)),
+            "--cri-socket", str(paths.socket)]
+
+
+# -- down -------------------------------------------------------------------------------------------
+
+def cleanup(layout: Layout) -> None:
+    """Removes every node's containerd and what it made: sandboxes (through CRI while containerd answers),
+    containerd and its shims, the containers' processes, its mounts (overlay rootfs, netns pins), the v1
+    cgroups runc made, libcni's cache entries of the cluster's networks, and /run/containerd and /var/lib/cni
+    when this cluster made them and they are empty. Also after a crash: everything is found by path."""
+    from shoal.local.cri_client import Cri, CriError
+
+    failures = []
+    nodes = sorted(int(p.parent.name[4:]) for p in layout.run_dir.glob("node*/containerd") if p.parent.name[4:].isdigit())
+    if not nodes:
+        return  # a netns cluster: nothing of containerd's
+    for node in nodes:
+        paths = NodePaths.of(layout, node)
+        pid = containerd_pid(paths)
+        if pid is not None:
+            cri = Cri(paths.socket, timeout=30)
+            try:
+                for sandbox_id, namespace, name in cri.sandboxes():
+                    cri.remove_sandbox(sandbox_id)
+            except CriError as e:
+                logger.warning("sandboxes not removed through CRI; killing them", node=f"node{node}", error=str(e))
+            finally:
+                cri.close()
+            _stop(pid)
+        for shim in _processes_naming(str(paths.socket)):
+            _stop(shim, grace=0)
+    _kill_tree(layout.cgroup_dir / "kubepods")
+    for node in nodes:
+        _kill_tree(layout.cgroup_dir / f"containerd-node{node}")
+    for mount_point in sorted(_mounts_under(layout.run_dir), key=len, reverse=True):
+        result = subprocess.run(["umount", mount_point], capture_output=True, text=True)
+        if result.returncode != 0:
+            result = subprocess.run(["umount", "--lazy", mount_point], capture_output=True, text=True)
+        if result.returncode != 0:
+            failures.append(f"unmounting {mount_point}: {result.stderr.strip()}")
+    relative = layout.cgroup_dir.relative_to(CGROUP_ROOT)
+    for controller in _v1_controllers():
+        _remove_empty_tree(controller / relative)
+        _remove_empty_tree(controller / relative.parent, only_if_empty=True)
+    for node in nodes:
+        for entry in (CNI_CACHE / "results").glob(f"{NodePaths.of(layout, node).network}-*"):
+            entry.unlink(missing_ok=True)
+    record = layout.run_dir / "containerd-outside.json"
+    if record.exists():
+        existed = json.loads(record.read_text())
+        for path in (SHIM_STATE, CNI_CACHE):
+            if not existed.get(str(path), True):
+                _remove_empty_tree(path)
+    if failures:
+        raise ClusterError("; ".join(failures))
+
+
+def leftovers(layout: Layout) -> list[str]:
+    """What of the cluster's containerds is still there: processes naming its run directory, mounts under it."""
+    left = [f"process {pid}" for pid in _processes_naming(str(layout.run_dir))]
+    left += [f"mount {m}" for m in _mounts_under(layout.run_dir)]
+    relative = layout.cgroup_dir.relative_to(CGROUP_ROOT)
+    left += [f"cgroup {c / relative}" for c in _v1_controllers() if (c / relative).exists()]
+    return left
+
+
+def _stop(pid: int, grace: float = STOP_TIMEOUT) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM if grace else signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _mounts_under(top: Path) -> list[str]:
+    prefix = str(top) + "/"
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4].startswith(prefix)]
+
+
+def _kill_tree(cgroup: Path) -> None:
+    """Kills every process in a v2 cgroup tree (cgroup.kill), and waits until it is empty."""
+    if not (cgroup / "cgroup.kill").exists():
+        return
+    (cgroup / "cgroup.kill").write_text("1")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            (p / "cgroup.procs").read_text().strip() for p in [cgroup, *cgroup.rglob("*")] if p.is_dir()):
+        time.sleep(0.05)
+
+
+def _v1_controllers() -> list[Path]:
+    """The cgroup v1 hierarchies of a hybrid host, where runc (cgroupfs driver) also places containers."""
+    if not CGROUP_V1.is_dir():
+        return []
+    return [p for p in CGROUP_V1.iterdir() if p.is_dir() and not p.is_symlink() and p != CGROUP_ROOT
+            and (p / "cgroup.procs").exists() and not (p / "cgroup.controllers").exists()]
+
+
+def _remove_empty_tree(top: Path, only_if_empty: bool = False) -> None:
+    """Removes `top` and the directories below it that are empty (a cgroup still holding a process stays)."""
+    if not top.is_dir():
+        return
+    if not only_if_empty:
+        for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+    try:
+        top.rmdir()
+    except OSError:
+        pass
