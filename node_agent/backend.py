@@ -10,11 +10,20 @@ wherever they are and a node whose kernel or policy has only nf_tables works:
   rule); with no rules in either, legacy if the kernel takes it, else nft;
 - `--iptables-backend legacy|nft` overrides it.
 
-With legacy, rules are written with python-iptables (netfilter.py). With nft,
-each change of a table is one `iptables-nft-restore --noflush` script, run in
-the pod's netns (atomic for the kernel, as a libiptc commit is), and rules are
-compared as `iptables-nft-save` prints them; `netfilter.rule_text` writes the
-rules in that form.
+Every rule the node agent writes goes through `writer(backend)`, in both
+families: the pod's capture (iptables.py), its DNS capture (dns_capture.py)
+and the node's probe SNAT (probes.py). Rules are specs (`netfilter.rule_text`'s
+keywords) grouped as {table: ((chain, the built-in chain that jumps to it), ...)}.
+Each change of a table is one `{ip,ip6}tables-<backend>-restore --noflush`
+script run in the netns (atomic for the kernel, as a libiptc commit is), and
+rules are compared as `{ip,ip6}tables-<backend>-save` prints them. A chain
+named in `first` must be jumped to by the first rule of its built-in chain
+(DNS capture goes ahead of the mode's capture).
+
+Why not python-iptables, even for legacy: libxtables keeps its extensions per
+process, and a target both families share (REDIRECT, SNAT) is found for the
+first family only once loaded ("can't find target REDIRECT"), or crashes the
+process, so a process cannot write REDIRECT in iptables and ip6tables both.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ def has_rules(backend: str, netns: str | None = None) -> bool:
         tool = _tool("save", ipv6, backend)
         if not shutil.which(tool):
             continue
-        argv = [tool] if netns is None else ["nsenter", f"--net={netns}", tool]
+        argv = [*_in(netns), tool]
         saved = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
         if any(line.startswith("-A ") for line in saved.splitlines()):
             return True
@@ -53,8 +62,7 @@ def legacy_usable(netns: str | None = None) -> bool:
     argv = ["iptables-legacy", "-w", "-t", "nat", "-S"]
     if shutil.which(argv[0]) is None:
         return False
-    if netns is not None:
-        argv = ["nsenter", f"--net={netns}", *argv]
+    argv = [*_in(netns), *argv]
     return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
@@ -104,71 +112,123 @@ def resolve(wanted: str, netns: str | None = None) -> str:
     return chosen
 
 
-# -- the nft backend: iptables-nft-restore scripts in the pod's netns ----------------------
+# -- the writers -------------------------------------------------------------------------------
 
 
-def _run(netns: str, argv: list[str], stdin: str | None = None) -> str:
-    done = subprocess.run(["nsenter", f"--net={netns}", *argv], input=stdin, capture_output=True, text=True,
-                          check=False)
+def _jump_line(chain: str, builtin: str) -> str:
+    return f"-A {builtin} -j {chain}"
+
+
+class Tables:
+    """Shoal's chains in one backend, written as `iptables-<backend>-restore --noflush` scripts in the
+    netns (None: this one) and compared as `iptables-<backend>-save` prints them."""
+
+    def __init__(self, backend: str) -> None:
+        self.name = backend
+
+    def _saved(self, netns: str | None, table: str, ipv6: bool) -> list[str]:
+        return _run(netns, [_tool("save", ipv6, self.name), "-t", table]).splitlines()
+
+    def _restore(self, netns: str | None, lines: list[str], ipv6: bool) -> None:
+        wait = ["-w"] if self.name == "legacy" else []  # the legacy tables' lock, as other writers take it
+        _run(netns, [_tool("restore", ipv6, self.name), *wait, "--noflush"], "\n".join([*lines, "COMMIT", ""]))
+
+    def ensure(self, netns: str | None, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool,
+               first: tuple[str, ...] = ()) -> None:
+        """Each chain holds exactly its rules and is jumped to once from its built-in chain (first, for a
+        chain named in `first`); one script per table, so the kernel takes each table's change at once."""
+        for table, pairs in chains.items():
+            saved = self._saved(netns, table, ipv6)
+            script = [f"*{table}"]
+            script += [f":{chain} - [0:0]" for chain, _ in pairs]  # made, or emptied (--noflush)
+            for chain, builtin in pairs:
+                jumps = _jumps(saved, chain, builtin)
+                if chain in first and not _jumped_first(saved, chain, builtin):
+                    script += [f"-D {builtin} -j {chain}"] * jumps
+                    jumps = 0
+                script += [f"-D {builtin} -j {chain}"] * max(0, jumps - 1)
+                if jumps == 0:
+                    script.append(f"-I {builtin} 1 -j {chain}")
+                script += [f"-A {chain} {netfilter.rule_text(**spec)}" for spec in specs[chain]]
+            self._restore(netns, script, ipv6)
+
+    def drop(self, netns: str | None, chains: dict[str, tuple], *, ipv6: bool) -> None:
+        for table, pairs in chains.items():
+            saved = self._saved(netns, table, ipv6)
+            script = [f"*{table}"]
+            for chain, builtin in pairs:
+                if not any(line.startswith(f":{chain} ") for line in saved):
+                    continue
+                script += [f"-D {builtin} -j {chain}"] * _jumps(saved, chain, builtin)
+                script += [f"-F {chain}", f"-X {chain}"]
+            if len(script) > 1:
+                self._restore(netns, script, ipv6)
+
+    def holds(self, netns: str | None, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool,
+              first: tuple[str, ...] = ()) -> bool:
+        """Are the chains exactly these rules, each jumped to once (an older agent's rules do not count)?"""
+        for table, pairs in chains.items():
+            saved = self._saved(netns, table, ipv6)
+            for chain, builtin in pairs:
+                if not any(line.startswith(f":{chain} ") for line in saved):
+                    return False
+                if _rules_of(saved, chain) != [netfilter.rule_text(**spec) for spec in specs[chain]]:
+                    return False
+                if _jumps(saved, chain, builtin) != 1:
+                    return False
+                if chain in first and not _jumped_first(saved, chain, builtin):
+                    return False
+        return True
+
+    def present(self, netns: str | None, chains: dict[str, tuple], *, ipv6: bool) -> bool:
+        """Is any of these chains there?"""
+        return any(any(line.startswith(f":{chain} ") for line in self._saved(netns, table, ipv6))
+                   for table, pairs in chains.items() for chain, _ in pairs)
+
+    def rules(self, netns: str | None, table: str, chain: str, *, ipv6: bool) -> list[str]:
+        """The chain's rules as iptables-save prints them (after `-A CHAIN `)."""
+        return _rules_of(self._saved(netns, table, ipv6), chain)
+
+
+def writer(backend: str) -> Tables:
+    """The writer of a resolved backend (legacy or nft)."""
+    if backend not in ("legacy", "nft"):
+        raise RedirectError(f"no iptables writer for backend {backend!r}; resolve it first (legacy or nft)")
+    return Tables(backend)
+
+
+def other(backend: str) -> str:
+    return "nft" if backend == "legacy" else "legacy"
+
+
+def _in(netns: str | None) -> list[str]:
+    """The nsenter prefix for a netns given as a path or as a name under /run/netns (None: this one)."""
+    if netns is None:
+        return []
+    if not netns.startswith("/"):
+        from shoal import netns as named
+        netns = str(named.path(netns))
+    return ["nsenter", f"--net={netns}"]
+
+
+def _run(netns: str | None, argv: list[str], stdin: str | None = None) -> str:
+    where = _in(netns)
+    done = subprocess.run([*where, *argv], input=stdin, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RedirectError(f"{argv[0]} in {netns} failed: {done.stderr.strip() or done.returncode}")
+        raise RedirectError(f"{argv[0]} in {netns or 'the agent netns'} failed: "
+                            f"{done.stderr.strip() or done.returncode}")
     return done.stdout
 
 
-def _saved(netns: str, table: str, ipv6: bool) -> list[str]:
-    return _run(netns, [_tool("save", ipv6, "nft"), "-t", table]).splitlines()
-
-
-def _restore(netns: str, lines: list[str], ipv6: bool) -> None:
-    _run(netns, [_tool("restore", ipv6, "nft"), "--noflush"], "\n".join(lines) + "\n")
-
-
 def _jumps(saved: list[str], chain: str, builtin: str) -> int:
-    return saved.count(f"-A {builtin} -j {chain}")
+    return saved.count(_jump_line(chain, builtin))
+
+
+def _jumped_first(saved: list[str], chain: str, builtin: str) -> bool:
+    rules = [line for line in saved if line.startswith(f"-A {builtin} ")]
+    return bool(rules) and rules[0] == _jump_line(chain, builtin)
 
 
 def _rules_of(saved: list[str], chain: str) -> list[str]:
     prefix = f"-A {chain} "
     return [line[len(prefix):] for line in saved if line.startswith(prefix)]
-
-
-def ensure_chains(netns: str, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool) -> None:
-    """Each chain holds exactly its rules and is jumped to once, first, from its built-in chain."""
-    for table, pairs in chains.items():
-        saved = _saved(netns, table, ipv6)
-        script = [f"*{table}"]
-        script += [f":{chain} - [0:0]" for chain, _ in pairs]  # made, or emptied (--noflush)
-        for chain, builtin in pairs:
-            jumps = _jumps(saved, chain, builtin)
-            script += [f"-D {builtin} -j {chain}"] * max(0, jumps - 1)
-            if jumps == 0:
-                script.append(f"-I {builtin} 1 -j {chain}")
-            script += [f"-A {chain} {netfilter.rule_text(**spec)}" for spec in specs[chain]]
-        _restore(netns, script + ["COMMIT"], ipv6)
-
-
-def drop_chains(netns: str, chains: dict[str, tuple], *, ipv6: bool) -> None:
-    for table, pairs in chains.items():
-        saved = _saved(netns, table, ipv6)
-        script = [f"*{table}"]
-        for chain, builtin in pairs:
-            if not any(line.startswith(f":{chain} ") for line in saved):
-                continue
-            script += [f"-D {builtin} -j {chain}"] * _jumps(saved, chain, builtin)
-            script += [f"-F {chain}", f"-X {chain}"]
-        if len(script) > 1:
-            _restore(netns, script + ["COMMIT"], ipv6)
-
-
-def holds_chains(netns: str, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool) -> bool:
-    """Are the chains exactly these rules, each jumped to once (an older agent's rules do not count)?"""
-    for table, pairs in chains.items():
-        saved = _saved(netns, table, ipv6)
-        for chain, builtin in pairs:
-            if not any(line.startswith(f":{chain} ") for line in saved):
-                return False
-            if _rules_of(saved, chain) != [netfilter.rule_text(**spec) for spec in specs[chain]]:
-                return False
-            if _jumps(saved, chain, builtin) != 1:
-                return False
-    return True

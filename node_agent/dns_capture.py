@@ -2,7 +2,8 @@
 
 For a pod whose namespace or whose own setting asks for it, or the mesh's
 option (`shoal.contracts.dns_capture`), one nat chain of its own in the
-pod's netns, jumped to first from OUTPUT so that it sees DNS before any
+pod's netns, in each family the pod has an address in (a resolver may be an
+IPv6 address), jumped to first from OUTPUT so that it sees DNS before any
 other capture:
 
     -t nat SHOAL_DNS      (jumped to from OUTPUT, at its head)
@@ -12,11 +13,13 @@ other capture:
       -p tcp --dport 53     REDIRECT --to-ports 15053
 
 Loopback is not spared: a pod's resolver is often 127.0.0.x. The eBPF mode
-uses this chain too (its connect4 program leaves loopback destinations
+uses this chain too (its connect programs leave loopback destinations
 alone, so TCP to a loopback resolver reaches the chain; TCP to another
 resolver address is taken to 15001 first and passes through the ztunnel
 to that resolver unanswered by the proxy). A pod without DNS capture has
-no such chain; installing for it removes one left from before.
+no such chain, nor a family the pod has no address in (that family is
+refused whole); installing removes one left from before. The rules are
+written with the node's iptables backend (backend.py).
 """
 
 from __future__ import annotations
@@ -25,58 +28,48 @@ import os
 
 from shoal.contracts import DNS_PORT, DNS_PROXY_PORT
 
-from node_agent import netfilter
-from node_agent.iptables import ztunnel_exemption
+from node_agent.iptables import kernel_has_ipv6, ztunnel_exemption_spec
 from node_agent.model import PodTarget
 
 CHAIN = "SHOAL_DNS"
 CHAINS = {"nat": ((CHAIN, "OUTPUT"),)}
 
 
-def rules(iptc, pod: PodTarget) -> list:
-    rule = netfilter.rule
+def specs(pod: PodTarget) -> dict[str, list[dict]]:
     redirect = {"to_ports": str(DNS_PROXY_PORT)}
-    return [
-        ztunnel_exemption(iptc, pod),
-        rule(iptc, protocol="udp", matches=[("udp", {"dport": str(DNS_PORT)})], target="REDIRECT",
-             target_args=redirect),
-        rule(iptc, protocol="tcp", matches=[("tcp", {"dport": str(DNS_PORT)})], target="REDIRECT",
-             target_args=redirect),
-    ]
+    return {CHAIN: [
+        ztunnel_exemption_spec(pod),
+        dict(protocol="udp", matches=[("udp", {"dport": str(DNS_PORT)})], target="REDIRECT", target_args=redirect),
+        dict(protocol="tcp", matches=[("tcp", {"dport": str(DNS_PORT)})], target="REDIRECT", target_args=redirect),
+    ]}
 
 
-def _first(iptc, table) -> bool:
-    output = iptc.Chain(table, "OUTPUT").rules
-    return bool(output) and output[0].target.name == CHAIN
+def _families(pod: PodTarget):
+    """(ipv6?, is the chain wanted in that family?)"""
+    for ipv6 in ([True, False] if kernel_has_ipv6() else [False]):
+        yield ipv6, pod.dns_capture and bool(pod.addresses(6 if ipv6 else 4))
 
 
-def sync(pod: PodTarget) -> None:
-    """The chain as the pod wants it: present with exactly these rules, or absent."""
-    def apply(iptc, tables):
-        if pod.dns_capture:
-            netfilter.ensure_chain(iptc, tables["nat"], CHAIN, "OUTPUT", rules(iptc, pod))
-            if not _first(iptc, tables["nat"]):       # another chain's jump went in ahead of ours
-                output = iptc.Chain(tables["nat"], "OUTPUT")
-                for jump in [r for r in output.rules if r.target.name == CHAIN]:
-                    output.delete_rule(jump)
-                output.insert_rule(netfilter.rule(iptc, target=CHAIN))
+def sync(pod: PodTarget, tables) -> None:
+    """The chain as the pod wants it, in each family: present with exactly these rules, first, or absent."""
+    for ipv6, wanted in _families(pod):
+        if wanted:
+            tables.ensure(pod.netns, CHAINS, specs(pod), ipv6=ipv6, first=(CHAIN,))
         else:
-            netfilter.drop_chain(iptc, tables["nat"], CHAIN, "OUTPUT")
-    netfilter.in_netns(pod.netns, CHAINS, apply)
+            tables.drop(pod.netns, CHAINS, ipv6=ipv6)
 
 
-def remove(pod: PodTarget) -> None:
+def remove(pod: PodTarget, tables) -> None:
     if not os.path.exists(pod.netns):
         return  # the chain went with the netns
-    netfilter.in_netns(pod.netns, CHAINS, lambda iptc, tables: netfilter.drop_chain(iptc, tables["nat"], CHAIN,
-                                                                                    "OUTPUT"))
+    for ipv6, _ in _families(pod):
+        tables.drop(pod.netns, CHAINS, ipv6=ipv6)
 
 
-def installed(pod: PodTarget) -> bool:
-    def check(iptc, tables):
-        table = tables["nat"]
-        if not pod.dns_capture:
-            return not table.is_chain(CHAIN)
-        return (netfilter.chain_is(iptc, table, CHAIN, rules(iptc, pod))
-                and netfilter.jumps(iptc, table, CHAIN, "OUTPUT") == 1 and _first(iptc, table))
-    return bool(netfilter.in_netns(pod.netns, CHAINS, check))
+def installed(pod: PodTarget, tables) -> bool:
+    for ipv6, wanted in _families(pod):
+        if wanted and not tables.holds(pod.netns, CHAINS, specs(pod), ipv6=ipv6, first=(CHAIN,)):
+            return False
+        if not wanted and tables.present(pod.netns, CHAINS, ipv6=ipv6):
+            return False
+    return True

@@ -116,15 +116,19 @@ def _saved_value(value: str) -> str:
     return '"' + "".join("\\" + c if c in "\"\\'" else c for c in value) + '"'
 
 
+# The options whose values iptables-save writes with xtables_save_string (quoted when not plain); the
+# others (ports, marks, addresses) are printed as they are.
+_STRING_OPTIONS = {"path", "comment"}
+
+
 def _options(args: dict) -> list[str]:
     """python-iptables' match or target parameters as iptables options (a value "!x" is a negation)."""
     words = []
     for key, value in args.items():
         option = f"--{key.replace('_', '-')}"
-        if isinstance(value, str) and value.startswith("!"):
-            words += ["!", option, _saved_value(value[1:])]
-        else:
-            words += [option, _saved_value(str(value))]
+        negated = isinstance(value, str) and value.startswith("!")
+        text = str(value)[1:] if negated else str(value)
+        words += [*(["!"] if negated else []), option, _saved_value(text) if key in _STRING_OPTIONS else text]
     return words
 
 
@@ -158,6 +162,19 @@ def ensure_chain(iptc, table, chain_name: str, builtin: str, rules: list) -> Non
         parent.delete_rule(r)
     if not jumps:
         parent.insert_rule(rule(iptc, target=chain_name, ipv6=isinstance(table, iptc.Table6)))
+
+
+def jumped_first(iptc, table, chain_name: str, builtin: str) -> bool:
+    rules = iptc.Chain(table, builtin).rules
+    return bool(rules) and rules[0].target.name == chain_name
+
+
+def jump_first(iptc, table, chain_name: str, builtin: str) -> None:
+    """The built-in chain jumps to the chain once, first (another chain's jump went in ahead of it)."""
+    parent = iptc.Chain(table, builtin)
+    for jump in [r for r in parent.rules if r.target.name == chain_name]:
+        parent.delete_rule(jump)
+    parent.insert_rule(rule(iptc, target=chain_name, ipv6=isinstance(table, iptc.Table6)))
 
 
 def drop_chain(iptc, table, chain_name: str, builtin: str) -> bool:

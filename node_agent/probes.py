@@ -1,9 +1,10 @@
 """Kubelet probes under STRICT mTLS: SNAT the kubelet's TCP to enrolled pods, in the node's netns.
 
-    -t nat SHOAL_POSTROUTING (jumped to from POSTROUTING)
+    -t nat SHOAL_POSTROUTING (jumped to from POSTROUTING), in each family
       -d <pod IP>/32 -p tcp -m cgroup --path <kubelet cgroup> -j SNAT --to-source 169.254.7.127
+      -d <pod IPv6>/128 -p tcp -m cgroup --path <kubelet cgroup> -j SNAT --to-source fd73:686f:616c:ffff::7:127
 
-The pod's capture (both modes) lets the source 169.254.7.127 through to the
+The pod's capture (both modes) lets the probe source of the family through to the
 app, so whatever gets that source bypasses the ztunnel. Only the kubelet may:
 `-m cgroup --path` matches packets of sockets made by a process in the
 kubelet's cgroup (or below it), so another host-network process connecting to
@@ -28,30 +29,43 @@ restarts under systemd gets a new cgroup of the same name, which the old
 rule no longer matches; `Probes.stale()` notices (the directory's inode, the
 cgroup's id, changed) and the agent writes the rule again on its next pass.
 
-One rule per enrolled pod; the chain is rebuilt from the full set each time,
-so it never holds a duplicate or a stale pod.
+One rule per address of an enrolled pod; the chain of each family is rebuilt
+from the full set each time, so it never holds a duplicate or a stale pod. The
+rules are written with the node's iptables backend (backend.py); removal takes
+them out of both backends.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Iterable
 
-from shoal.contracts import PROBE_SOURCE
+from shoal.contracts import PROBE_SOURCE, PROBE_SOURCE6
 
-from node_agent import netfilter
-from node_agent.errors import RedirectError
+from node_agent import backend, netfilter
+from node_agent.errors import PrerequisiteMissing, RedirectError
 from node_agent.hostmounts import cgroup2_root, hierarchy_path
+from node_agent.iptables import kernel_has_ipv6
 
 CHAIN = "SHOAL_POSTROUTING"
+CHAINS = {"nat": ((CHAIN, "POSTROUTING"),)}
 DEFAULT_KUBELET_CGROUP = "system.slice/kubelet.service"
 
 
-def _rules(iptc, pod_ips: Iterable[str], kubelet: str) -> list:
-    return [netfilter.rule(iptc, protocol="tcp", dst=f"{ip}/32", matches=[("cgroup", {"path": kubelet})],
-                           target="SNAT", target_args={"to_source": PROBE_SOURCE})
-            for ip in sorted(set(pod_ips))]
+def _spec(ip: str, kubelet: str) -> dict:
+    ipv6 = ipaddress.ip_address(ip).version == 6
+    return dict(protocol="tcp", dst=f"{ip}/{128 if ipv6 else 32}", matches=[("cgroup", {"path": kubelet})],
+                target="SNAT", target_args={"to_source": PROBE_SOURCE6 if ipv6 else PROBE_SOURCE})
+
+
+def _by_family(pod_ips: Iterable[str]) -> dict[bool, list[str]]:
+    """{ipv6?: sorted addresses}, for every family this kernel has."""
+    out: dict[bool, list[str]] = {ipv6: [] for ipv6 in ([True, False] if kernel_has_ipv6() else [False])}
+    for ip in set(pod_ips):
+        out.setdefault(ipaddress.ip_address(ip).version == 6, []).append(ip)
+    return {ipv6: sorted(ips) for ipv6, ips in out.items()}
 
 
 def kubelet_cgroup_id(kubelet: str, root: Path | None = None) -> int:
@@ -70,25 +84,26 @@ def kubelet_cgroup_id(kubelet: str, root: Path | None = None) -> int:
 class Probes:
     """The node's probe SNAT for one kubelet cgroup, in one netns (None: the agent's own)."""
 
-    def __init__(self, kubelet_cgroup: str = DEFAULT_KUBELET_CGROUP, node_netns: str | None = None) -> None:
+    def __init__(self, kubelet_cgroup: str = DEFAULT_KUBELET_CGROUP, node_netns: str | None = None,
+                 tables=None) -> None:
         self.kubelet = hierarchy_path(kubelet_cgroup)
         if not self.kubelet:
             raise RedirectError("the kubelet's cgroup cannot be the root cgroup: every process of the node "
                                 "would pass as the kubelet; set --kubelet-cgroup to the kubelet's own cgroup")
         self.node_netns = node_netns
+        self.tables = tables or backend.Tables("legacy")
         self._written_for: int | None = None  # the kubelet cgroup id the rules were last written for
 
     def sync(self, pod_ips: Iterable[str]) -> None:
-        """Makes the SNAT cover exactly these pod IPs (none: the chain is removed)."""
+        """Makes the SNAT cover exactly these pod IPs, of both families (none: the chains are removed)."""
         pod_ips = list(pod_ips)
         cgroup_id = kubelet_cgroup_id(self.kubelet) if pod_ips else None
-
-        def apply(iptc, tables):
-            if pod_ips:
-                netfilter.ensure_chain(iptc, tables["nat"], CHAIN, "POSTROUTING", _rules(iptc, pod_ips, self.kubelet))
+        for ipv6, ips in _by_family(pod_ips).items():
+            if ips:
+                self.tables.ensure(self.node_netns, CHAINS, {CHAIN: [_spec(ip, self.kubelet) for ip in ips]},
+                                   ipv6=ipv6)
             else:
-                netfilter.drop_chain(iptc, tables["nat"], CHAIN, "POSTROUTING")
-        netfilter.in_netns(self.node_netns, ["nat"], apply)
+                self.tables.drop(self.node_netns, CHAINS, ipv6=ipv6)
         self._written_for = cgroup_id
 
     def stale(self) -> bool:
@@ -100,22 +115,33 @@ class Probes:
 
     def covered(self) -> set[str]:
         """The pod IPs the node's SNAT covers now, for this kubelet cgroup."""
-        return covered(self.node_netns, self.kubelet)
+        return covered(self.node_netns, self.kubelet, self.tables)
 
 
-def covered(node_netns: str | None = None, kubelet: str | None = None) -> set[str]:
-    """The pod IPs the node's SNAT covers now (only by rules that match `kubelet`, if given)."""
-    def read(iptc, tables):
-        nat = tables["nat"]
-        if not nat.is_chain(CHAIN):
-            return set()
-        return {r.dst.split("/")[0] for r in iptc.Chain(nat, CHAIN).rules
-                if kubelet is None or any(m.name == "cgroup" and (m.path or "").strip("/") == kubelet
-                                          for m in r.matches)}
-    return netfilter.in_netns(node_netns, ["nat"], read)
+def covered(node_netns: str | None = None, kubelet: str | None = None, tables=None) -> set[str]:
+    """The pod IPs the node's SNAT covers now (only by rules exactly as written for `kubelet`, if given)."""
+    tables = tables or backend.Tables("legacy")
+    out = set()
+    for ipv6 in _by_family(()):
+        for line in tables.rules(node_netns, "nat", CHAIN, ipv6=ipv6):
+            words = line.split()
+            if "-d" not in words:
+                continue
+            ip = words[words.index("-d") + 1].split("/")[0]
+            if kubelet is None or line == netfilter.rule_text(**_spec(ip, kubelet)):
+                out.add(ip)
+    return out
 
 
 def remove(node_netns: str | None = None) -> None:
-    """Removes the node's probe SNAT whatever it matches (cleanup, when the kubelet's cgroup is not known)."""
-    netfilter.in_netns(node_netns, ["nat"], lambda iptc, tables: netfilter.drop_chain(iptc, tables["nat"], CHAIN,
-                                                                                       "POSTROUTING"))
+    """Removes the node's probe SNAT whatever it matches, from both backends and both families (cleanup,
+    when the kubelet's cgroup is not known)."""
+    writers = [backend.Tables("legacy")] + ([backend.Tables("nft")] if backend.nft_available() else [])
+    for tables in writers:
+        for ipv6 in _by_family(()):
+            try:
+                tables.drop(node_netns, CHAINS, ipv6=ipv6)
+            except (RedirectError, PrerequisiteMissing):
+                if tables.name == "legacy" and writers[1:]:
+                    continue  # a node with only nftables has no legacy tables to clean
+                raise

@@ -3,8 +3,10 @@
 `Redirection.install(pod)` puts in place, idempotently:
 - the capture of the chosen mode (iptables.py or ebpf.py) in the pod;
 - the pod's DNS capture when it asks for it, in either mode (dns_capture.py);
-- the probe SNAT for the pod's IP in the node's netns, for the kubelet's
-  cgroup only (probes.py).
+- the probe SNAT for the pod's addresses (both families) in the node's netns,
+  for the kubelet's cgroup only (probes.py).
+Every iptables rule of these is written with one backend (backend.py): the
+iptables mode's, or in eBPF mode the node's, detected.
 `remove(pod)` takes all of it away, `installed(pod)` asks the kernel.
 
 The ledger (one JSON file per pod under the agent's state dir) records what
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from shoal import log, transparent
 
-from node_agent import dns_capture, probes
+from node_agent import backend, dns_capture, probes
 from node_agent.hostmounts import cgroup2_root
 from node_agent.errors import NodeAgentError, PrerequisiteMissing
 from node_agent.iptables import IptablesRedirector
@@ -111,7 +113,9 @@ class Redirection:
         self.state_dir = Path(state_dir)
         self.ledger = Ledger(self.state_dir / "pods")
         self.node_netns = node_netns
-        self.probes = probes.Probes(kubelet_cgroup, node_netns)
+        chosen = getattr(capture, "backend", None)
+        self.tables = backend.writer(chosen if chosen in ("legacy", "nft") else backend.resolve("auto", node_netns))
+        self.probes = probes.Probes(kubelet_cgroup, node_netns, self.tables)
         self._recorded = self.ledger.pods()
 
     def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
@@ -119,13 +123,13 @@ class Redirection:
         self.ledger.record(pod, self.mode)
         self._recorded[pod.uid] = pod
         self.capture.install(pod)
-        dns_capture.sync(pod)        # after the mode's capture: its jump goes ahead of the mode's
+        dns_capture.sync(pod, self.tables)  # after the mode's capture: its jump goes ahead of the mode's
         if sync_probes:
             self.sync_probes()
 
     def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
-        dns_capture.remove(pod)
+        dns_capture.remove(pod, self.tables)
         _remove_return_path(pod)
         self.ledger.forget(pod.uid)
         self._recorded.pop(pod.uid, None)
@@ -135,8 +139,8 @@ class Redirection:
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):
             return False
-        return (pod.uid in self._recorded and self.capture.installed(pod) and dns_capture.installed(pod)
-                and pod.ip in self.probes.covered())
+        return (pod.uid in self._recorded and self.capture.installed(pod) and dns_capture.installed(pod, self.tables)
+                and set(pod.ips) <= self.probes.covered())
 
     def recorded(self) -> dict[str, PodTarget]:
         return dict(self._recorded)
@@ -189,7 +193,7 @@ class Redirection:
 
     def sync_probes(self) -> None:
         """The node's probe SNAT covers exactly the recorded pods."""
-        self.probes.sync([p.ip for p in self._recorded.values()])
+        self.probes.sync([ip for pod in self._recorded.values() for ip in pod.ips])
 
     def probes_stale(self) -> bool:
         """Must the probe SNAT be written again (not yet by this process, or the kubelet's cgroup is new)?"""

@@ -21,7 +21,7 @@ from shoal import netns
 
 from na_topology import listen_in, original_dst
 from node_agent import backend, netfilter
-from node_agent.iptables import IptablesRedirector, capture_specs, ipv6_specs
+from node_agent.iptables import IptablesRedirector, capture_specs, refuse_specs
 from node_agent.model import PodTarget
 from support.root import IS_ROOT, needs_root
 
@@ -136,7 +136,7 @@ def test_the_nft_backend_captures_is_idempotent_sees_a_flushed_chain_and_removes
         assert f"! --path shoal-{TAG}" in saved
         v6 = nft_save(path, ipv6=True)
         assert [line for line in v6.splitlines() if line.startswith("-A SHOAL_INPUT")] == \
-            [f"-A SHOAL_INPUT {netfilter.rule_text(**spec)}" for spec in ipv6_specs()["SHOAL_INPUT"]]
+            [f"-A SHOAL_INPUT {netfilter.rule_text(**spec)}" for spec in refuse_specs(ipv6=True)["SHOAL_INPUT"]]
         assert "SHOAL" not in netfilter.save(path), "nothing goes into the legacy tables"
         assert capture.installed(target)
         assert captured(path) == ("198.18.99.1", 8080)

@@ -147,7 +147,7 @@ def test_the_chain_is_first_and_goes_when_capture_is_turned_off_or_the_pod_leave
     redirection.install(dns_pod)
     redirection.remove(dns_pod)
     assert "SHOAL_DNS" not in netfilter.save(dns_pod.netns)
-    capture.remove(dns_pod)                                       # idempotent
+    capture.remove(dns_pod, redirection.tables)                   # idempotent
 
 
 @pytest.mark.parametrize("namespace_meta, pod_meta, mesh, expected", [
