@@ -10,9 +10,19 @@ from __future__ import annotations
 import logging
 import sys
 
-import structlog
+# structlog imports `rich`, when it is installed, for the console renderer's tracebacks: 5 MiB and 90
+# modules resident in every shoal process, the proxies too, which log JSON and never render one. Hidden
+# while structlog loads, so console lines show plain tracebacks; `rich` stays importable afterwards.
+_HIDE_RICH = "rich" not in sys.modules and "structlog" not in sys.modules
+if _HIDE_RICH:
+    sys.modules["rich"] = None   # `import rich` raises ImportError, which structlog takes as not installed
+try:
+    import structlog
+finally:
+    if _HIDE_RICH and sys.modules.get("rich", False) is None:
+        del sys.modules["rich"]
 
-from shoal import access_log
+from shoal import access_log  # noqa: E402  (after structlog, whose import is arranged above)
 
 FORMATS = ("console", "json")
 

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module under `shoal/cli/` and exposes
 `register(subparsers)`, which adds its parser and sets `func` to a callable
-taking the parsed args and returning an exit code.
+taking the parsed args and returning an exit code. A new command is named in
+`COMMANDS` with its module; only the chosen command's module is imported.
 """
 
 from __future__ import annotations
@@ -16,15 +17,34 @@ import sys
 import shoal
 from shoal import log
 
-# Modules under shoal/cli/, in the order `shoal --help` lists them. A module
-# that is not there yet is skipped, so a part can be named here before it lands.
-COMMANDS = (
-    "local", "install", "check", "describe", "proxy_config", "stat",
-    "control_plane", "node_agent", "ztunnel", "waypoint", "ingress_gateway", "config", "completion", "dashboard",
-)
+# Every command, and the module under shoal/cli/ that registers it, in the order `shoal --help` lists
+# them. A command's module is imported only when that command runs, or when the whole tree is wanted
+# (help, completion, a misspelt command): the proxies start through this parser, and whatever it
+# imports stays resident in each of them (the local cluster's modules alone were 17 MiB of the waypoint).
+COMMANDS = {
+    "local": "local", "install": "install", "uninstall": "install", "check": "check", "describe": "describe",
+    "proxy-config": "proxy_config", "stat": "stat", "top": "stat", "control-plane": "control_plane",
+    "node-agent": "node_agent", "ztunnel": "ztunnel", "waypoint": "waypoint",
+    "ingress-gateway": "ingress_gateway", "config": "config", "completion": "completion", "dashboard": "dashboard",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command tree; with `command` (a name in COMMANDS), only that command's module is
+    imported and registered, and its parser is the same as in the whole tree."""
+    parser = root_parser()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    modules = [COMMANDS[command]] if command is not None else dict.fromkeys(COMMANDS.values())
+    for name in modules:
+        importlib.import_module(f"shoal.cli.{name}").register(sub)
+    for each in parsers(parser):
+        each.formatter_class = DefaultsHelpFormatter
+    return parser
+
+
+def root_parser() -> argparse.ArgumentParser:
+    """`shoal` and its options that come before the command."""
     parser = argparse.ArgumentParser(prog="shoal", description="shoal: a sidecarless service mesh")
     parser.add_argument("--version", action="version", version=f"shoal {shoal.__version__}")
     parser.add_argument("--log-format", choices=log.FORMATS, default="console", help="log output format")
@@ -33,19 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the proxies' access-log lines: json, or one readable line each (default: json with "
                              "--log-format json, else text)")
     parser.epilog = "shell completion: `source <(shoal completion bash)`; every command has --help"
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"shoal.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"shoal.cli.{name}":
-                raise
-            continue  # that part is not built yet
-        module.register(sub)
-    for each in parsers(parser):
-        each.formatter_class = DefaultsHelpFormatter
     return parser
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The command `argv` runs, when that is plain before parsing: the first word that is neither an
+    option of `shoal` itself nor an option's value. None (so the whole tree is built) for help or the
+    version asked before any command, an unknown word, or no command at all."""
+    options = {o: action.nargs != 0 for action in root_parser()._actions for o in action.option_strings}
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+        if word not in options:        # --log-level=debug, or an abbreviation argparse will resolve
+            if "=" not in word:
+                return None
+        elif options[word]:
+            next(words, None)          # that option's value
+        elif word in ("-h", "--help", "--version"):
+            return None
+    return None
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -76,7 +103,6 @@ def parsers(parser: argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first `--` is a command to run (as in `shoal local exec POD -- CMD`),
     # so options may stand anywhere before it.
@@ -84,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, trailing = argv[:cut], argv[cut + 1:]
-    args = parser.parse_args(argv)
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     args.trailing = trailing
     log.setup(args.log_format, args.log_level, access_format=args.access_log_format)
     try:

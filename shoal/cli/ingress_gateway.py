@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT
@@ -44,14 +43,14 @@ def listen_port(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from shoal import lifecycle
+    from shoal.cli.daemon import run_daemon
     from shoal.tokens import TokenError
 
     from waypoint.config import Config
     from waypoint.errors import StartupError
     from waypoint.ingress_main import IngressConfig, run
 
-    try:
+    def config() -> IngressConfig:
         proxy = Config(namespace=args.namespace, name=args.service_account, service_account=args.service_account,
                        cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
                        token_file=args.token_file, trust_domain=args.trust_domain)
@@ -62,17 +61,6 @@ def cmd_run(args) -> int:
             raise ValueError(f"port {bad[0]}: a port is 1 to 65535")
         if set(ports) & set(secure):
             raise ValueError(f"port {sorted(set(ports) & set(secure))[0]} is given to both --http and --https")
-        config = IngressConfig(proxy, http_ports=ports, https_ports=secure, listen=args.listen,
-                               gateway_ports=tuple((p, g) for p, g in pairs if p != g))
-    except ValueError as e:
-        print(f"shoal: error: {e}", file=sys.stderr)
-        return 2
-
-    async def daemon(shutdown):
-        try:
-            return await run(config, shutdown)
-        except (StartupError, TokenError) as e:
-            print(f"shoal: error: {e}", file=sys.stderr)
-            return 1
-
-    return lifecycle.run(daemon)
+        return IngressConfig(proxy, http_ports=ports, https_ports=secure, listen=args.listen,
+                             gateway_ports=tuple((p, g) for p, g in pairs if p != g))
+    return run_daemon(config, run, (StartupError, TokenError))

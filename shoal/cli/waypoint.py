@@ -265,28 +265,17 @@ def cmd_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from shoal import lifecycle
+    from shoal.cli.daemon import run_daemon
+    from shoal.tokens import TokenError
 
     from waypoint.config import Config
     from waypoint.errors import StartupError
     from waypoint.main import run
 
-    try:
-        config = Config(namespace=args.namespace, name=args.name, service_account=args.service_account,
-                        cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
-                        token_file=args.token_file, trust_domain=args.trust_domain,
-                        connect_timeout=args.connect_timeout, drain_seconds=args.drain_seconds,
-                        tracing_endpoint=args.tracing_endpoint, tracing_sampling=args.tracing_sampling)
-    except ValueError as e:
-        print(f"shoal: error: {e}", file=sys.stderr)
-        return 2
-
-    async def daemon(shutdown):
-        from shoal.tokens import TokenError
-        try:
-            return await run(config, shutdown)
-        except (StartupError, TokenError) as e:
-            print(f"shoal: error: {e}", file=sys.stderr)
-            return 1
-
-    return lifecycle.run(daemon)
+    def config() -> Config:
+        return Config(namespace=args.namespace, name=args.name, service_account=args.service_account,
+                      cluster=args.cluster, control_plane=args.control_plane, ca_bundle=args.ca_bundle,
+                      token_file=args.token_file, trust_domain=args.trust_domain,
+                      connect_timeout=args.connect_timeout, drain_seconds=args.drain_seconds,
+                      tracing_endpoint=args.tracing_endpoint, tracing_sampling=args.tracing_sampling)
+    return run_daemon(config, run, (StartupError, TokenError))
