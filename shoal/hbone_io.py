@@ -33,7 +33,7 @@ from typing import Awaitable, Callable, Iterable
 
 import h2.errors
 
-from shoal import hbone, log
+from shoal import hbone, log, relay_lane
 from shoal.hbone_relay import WRITE_HIGH_WATER, WRITE_LOW_WATER, Side
 
 logger = log.get("shoal.hbone")
@@ -66,8 +66,10 @@ class TunnelBroken(RelayError):
         return self.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
 
 
-class TunnelStream(Side):
-    """One CONNECT stream of an HboneSession, as a relay side: calls go to the core, whose events come back."""
+class TunnelStream(relay_lane.StreamBase, Side):
+    """One CONNECT stream of an HboneSession, as a relay side: calls go to the core, whose events come back.
+
+    (StreamBase marks it as one the compiled lane of `TcpSide` may write DATA frames to directly.)"""
 
     def __init__(self, session: "HboneSession", stream_id: int, authority: str) -> None:
         self.session = session
@@ -122,11 +124,15 @@ class TunnelStream(Side):
 RequestHandler = Callable[["HboneSession", TunnelStream], Awaitable[None]]
 
 
-class HboneSession(asyncio.Protocol):
-    """One HBONE connection (TLS underneath, handled by asyncio), client or server side."""
+class HboneSession(relay_lane.SessionBase, asyncio.Protocol):
+    """One HBONE connection (TLS underneath, handled by asyncio), client or server side.
+
+    With the compiled lane on (`shoal.relay_lane`, lean HTTP/2 only), `data_received` carries plain DATA
+    frames of attached tunnels in C and hands the rest, in order, to `_data_received_python`."""
 
     def __init__(self, client: bool, settings: hbone.Settings = hbone.Settings(), *,
-                 on_request: RequestHandler | None = None, name: str = "", lean: bool = True) -> None:
+                 on_request: RequestHandler | None = None, name: str = "", lean: bool = True,
+                 lane: bool | None = None) -> None:
         connection = hbone.HboneClient if client else hbone.HboneServer
         self.conn = connection(settings, lean=lean, hold_until_attached=True)
         self.client = client
@@ -142,6 +148,12 @@ class HboneSession(asyncio.Protocol):
         self._tasks: set[asyncio.Task] = set()
         self.peer_address: tuple | None = None
         self.ssl_object = None
+        # The compiled lane (lean HTTP/2 only): on when built unless SHOAL_RELAY=python; `lane` overrides it.
+        if lean and (relay_lane.COMPILED if lane is None else lane):
+            if not relay_lane.COMPILED:
+                raise relay_lane.RelayLaneError("the compiled relay lane was asked for but is not in use here "
+                                                f"(SHOAL_RELAY={relay_lane.NAME}, or not built)")
+            self._enable_lane(client)
 
     # asyncio -------------------------------------------------------------------------------
 
@@ -159,7 +171,7 @@ class HboneSession(asyncio.Protocol):
         self.conn.initiate()
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
+    def _data_received_python(self, data: bytes) -> None:
         try:
             events = self.conn.receive_data(data)
         except hbone.ProtocolViolation as e:
@@ -171,6 +183,9 @@ class HboneSession(asyncio.Protocol):
             return
         self.last_active = time.monotonic()
         self.handle(events)
+
+    if not relay_lane.COMPILED:
+        data_received = _data_received_python
 
     def connection_lost(self, exc) -> None:
         self._teardown(TunnelBroken(f"HBONE connection lost: {exc or 'closed by peer'}"))

@@ -21,6 +21,8 @@ import asyncio
 import socket
 import struct
 
+from shoal import relay_lane
+
 WRITE_HIGH_WATER = 1 << 20   # bytes buffered in a transport before its source pauses
 WRITE_LOW_WATER = 256 << 10
 
@@ -49,8 +51,11 @@ def _rst(transport: asyncio.BaseTransport) -> None:
     transport.abort()
 
 
-class TcpSide(asyncio.Protocol, Side):
-    """One TCP connection. Reads are held (buffered, reading paused) until attach()."""
+class TcpSide(relay_lane.TcpSideBase, asyncio.Protocol, Side):
+    """One TCP connection. Reads are held (buffered, reading paused) until attach().
+
+    A read bound for an HBONE tunnel takes the compiled lane when it is on (`shoal.relay_lane`) and the
+    read is the plain case of one DATA frame; `_data_received_python` is the path for everything else."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -79,13 +84,16 @@ class TcpSide(asyncio.Protocol, Side):
         if self.peer is None:
             transport.pause_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def _data_received_python(self, data: bytes) -> None:
         self.bytes_received += len(data)
         if self.peer is None:
             self._held.append(data)
             self.transport.pause_reading()
         else:
             self.peer.write(data)
+
+    if not relay_lane.COMPILED:
+        data_received = _data_received_python
 
     def eof_received(self) -> bool:
         self._read_done = True

@@ -1,0 +1,588 @@
+/* The compiled lane of the HBONE relay: the plain case of one DATA frame, each way, without the interpreter.
+ *
+ * What the Python path does per message of an established tunnel, done here in one C call:
+ * - app -> tunnel (`TcpSideBase.data_received`, for `shoal.hbone_relay.TcpSide`): what
+ *   `TcpSide.data_received` -> `TunnelStream.write` -> `HboneConnection.send` -> `LeanH2.send_plain_data`
+ *   -> `HboneSession.flush` do: count the bytes, take them off both send windows, frame them (9-byte DATA
+ *   header, no END_STREAM) and hand the frame to the TLS transport;
+ * - tunnel -> app (`SessionBase.data_received`, for `shoal.hbone_io.HboneSession`): what
+ *   `DataSplitter._plain_data` -> `HboneConnection._translate` -> `HboneSession.handle` ->
+ *   `HboneConnection.consumed` -> `LeanH2.acknowledge_received_data` do for a whole DATA frame: take it off
+ *   both receive windows, write its payload to the app's side, and count it as processed.
+ *
+ * Everything here reads and writes the very objects the Python path uses (h2's connection, streams and
+ * window managers, the core's tunnels, the driver's streams), so both paths leave the same state and
+ * either can take the next message. Whatever is not the plain case (END_STREAM, padding, a frame cut
+ * across reads, any other frame type, a window update due, a paused reader, a tunnel not attached yet, a
+ * closing transport) is declined and goes, in order, to the Python path (`_data_received_python`), which
+ * stays the one place where every tunnel rule lives. TLS stays asyncio's (uvloop's, over OpenSSL).
+ *
+ * Why this much and no more: see ztunnel/PERFORMANCE.md ("Change 2").
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+#include <time.h>
+
+#define LANE_API 1
+
+enum { FRAME_HEADER = 9, TYPE_DATA = 0x0, TYPE_HEADERS = 0x1, TYPE_PUSH_PROMISE = 0x5, TYPE_CONTINUATION = 0x9,
+       FLAG_END_HEADERS = 0x4, CLIENT_PREFACE = 24, JOIN_BELOW = 16384 };
+
+/* The state sets of the Python path, handed over once by configure() (read off h2's and the core's tables). */
+static PyObject *connection_open, *stream_sends, *stream_receives, *stream_open, *tunnel_writable,
+                *tunnel_receivable;
+
+static PyObject *s_conn, *s_h2, *s_tunnels, *s_streams, *s_state, *s_state_machine, *s_held, *s_unsent,
+                *s_peer, *s_write, *s_writelines, *s_is_closing, *s_transport, *s_session, *s_stream_id,
+                *s_bytes_received, *s_bytes_sent, *s_receiving_paused, *s_consumed, *s_headers_received,
+                *s_expected_content_length, *s_actual_content_length, *s_inbound_window_manager,
+                *s_connection_window_manager, *s_current_window_size, *s_bytes_processed, *s_max_window_size,
+                *s_max_inbound_frame_size, *s_max_outbound_frame_size, *s_outbound_flow_control_window,
+                *s_data_to_send, *s_chunks, *s_draining, *s_last_active, *s_flush, *s_python_received,
+                *s_python_data_received;
+
+/* ---- small helpers: each returns -1 with an exception set on error ---- */
+
+static int get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    *out = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int add_ssize(PyObject *obj, PyObject *name, Py_ssize_t delta) {
+    Py_ssize_t now;
+    if (get_ssize(obj, name, &now) < 0) return -1;
+    PyObject *value = PyLong_FromSsize_t(now + delta);
+    if (value == NULL) return -1;
+    int rc = PyObject_SetAttr(obj, name, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* 1 if obj.name (a state) is in `states`, 0 if not. */
+static int state_in(PyObject *obj, PyObject *name, PyObject *states) {
+    PyObject *state = PyObject_GetAttr(obj, name);
+    if (state == NULL) return -1;
+    int rc = PySet_Contains(states, state);
+    Py_DECREF(state);
+    return rc;
+}
+
+/* 1 if the state machine of `obj` (h2 connection or stream) is in `states`. */
+static int machine_in(PyObject *obj, PyObject *states) {
+    PyObject *machine = PyObject_GetAttr(obj, s_state_machine);
+    if (machine == NULL) return -1;
+    int rc = state_in(machine, s_state, states);
+    Py_DECREF(machine);
+    return rc;
+}
+
+static Py_ssize_t sized_len(PyObject *obj, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    Py_ssize_t size = PyObject_Size(value);
+    Py_DECREF(value);
+    return size;
+}
+
+/* Borrowed: mapping[key] or NULL (no exception) when absent; -1 via *error on error. */
+static PyObject *dict_item(PyObject *owner, PyObject *name, PyObject *key, PyObject **holder) {
+    *holder = PyObject_GetAttr(owner, name);
+    if (*holder == NULL) return NULL;
+    if (!PyDict_Check(*holder)) {
+        PyErr_Format(PyExc_TypeError, "%U is not a dict", name);
+        return NULL;
+    }
+    return PyDict_GetItemWithError(*holder, key);
+}
+
+static int is_closing(PyObject *transport) {
+    PyObject *closing = PyObject_CallMethodNoArgs(transport, s_is_closing);
+    if (closing == NULL) return -1;
+    int rc = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    return rc;
+}
+
+static int configured(void) {
+    if (connection_open == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "shoal._relay.configure() was not called; import shoal.relay_lane first");
+        return 0;
+    }
+    return 1;
+}
+
+/* ==== tunnel -> app ==================================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    int enabled;                    /* the lane is on for this session (compiled relay, lean HTTP/2) */
+    Py_ssize_t preface_left;        /* server side: the client preface, before any frame */
+    Py_ssize_t python_frame_left;   /* what is left of a frame handed to the Python path */
+    unsigned char header[FRAME_HEADER];
+    int header_len;                 /* a frame header cut across reads (handed to the Python path too) */
+    int in_header_block;            /* HEADERS or PUSH_PROMISE seen without END_HEADERS yet */
+} SessionBase;
+
+/* Hands bytes [start, end) of `data` to the Python path; 1 go on, 0 stop (the session is closing), -1 error. */
+static int to_python(PyObject *self, PyObject *data, const char *buf, Py_ssize_t start, Py_ssize_t end) {
+    if (start >= end) return 1;
+    PyObject *chunk;
+    if (start == 0 && end == PyBytes_GET_SIZE(data)) {
+        chunk = Py_NewRef(data);
+    } else {
+        chunk = PyBytes_FromStringAndSize(buf + start, end - start);
+        if (chunk == NULL) return -1;
+    }
+    PyObject *result = PyObject_CallMethodOneArg(self, s_python_data_received, chunk);
+    Py_DECREF(chunk);
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    /* A peer that broke the protocol closed the transport: nothing after it is carried out (as in Python). */
+    PyObject *transport = PyObject_GetAttr(self, s_transport);
+    if (transport == NULL) return -1;
+    int closing = transport == Py_None ? 1 : is_closing(transport);
+    Py_DECREF(transport);
+    return closing < 0 ? -1 : !closing;
+}
+
+/* Would h2's WindowManager only count `size` processed bytes (LeanH2._only_counts)? */
+static int only_counts(PyObject *window, Py_ssize_t size) {
+    Py_ssize_t current, processed, largest;
+    if (get_ssize(window, s_current_window_size, &current) < 0 || get_ssize(window, s_bytes_processed, &processed) < 0
+        || get_ssize(window, s_max_window_size, &largest) < 0)
+        return -1;
+    return current != 0 && processed + size < largest / 2;
+}
+
+/* One whole plain DATA frame: 1 carried, 0 declined (nothing changed), -1 error. */
+static int receive_plain(PyObject *self, PyObject *stream_key, const char *payload, Py_ssize_t length,
+                         int *flush) {
+    int result = 0, rc;
+    PyObject *core = NULL, *h2 = NULL, *tunnels = NULL, *h2_streams = NULL, *streams = NULL, *held = NULL,
+             *peer = NULL, *connection_window = NULL, *stream_window = NULL, *expected = NULL,
+             *machine = NULL, *headers = NULL, *bytes = NULL, *call = NULL;
+    Py_ssize_t limit, room;
+
+    core = PyObject_GetAttr(self, s_conn);
+    if (core == NULL) goto error;
+    PyObject *tunnel = dict_item(core, s_tunnels, stream_key, &tunnels);
+    if (tunnel == NULL) { if (PyErr_Occurred()) goto error; goto done; }
+    Py_INCREF(tunnel);
+    held = PyObject_GetAttr(tunnel, s_held);
+    if (held == NULL) { Py_DECREF(tunnel); goto error; }
+    rc = held == Py_None ? state_in(tunnel, s_state, tunnel_receivable) : 0;   /* attached, and may receive */
+    Py_DECREF(tunnel);
+    if (rc <= 0) { if (rc < 0) goto error; goto done; }
+
+    PyObject *stream = dict_item(self, s_streams, stream_key, &streams);  /* the driver's TunnelStream */
+    if (stream == NULL) { if (PyErr_Occurred()) goto error; goto done; }
+    peer = PyObject_GetAttr(stream, s_peer);
+    if (peer == NULL) goto error;
+    if (peer == Py_None) goto done;
+
+    h2 = PyObject_GetAttr(core, s_h2);
+    if (h2 == NULL) goto error;
+    PyObject *h2_stream = dict_item(h2, s_streams, stream_key, &h2_streams);
+    if (h2_stream == NULL) { if (PyErr_Occurred()) goto error; goto done; }
+    if ((rc = machine_in(h2, connection_open)) <= 0 || (rc = machine_in(h2_stream, stream_receives)) <= 0) {
+        if (rc < 0) goto error;
+        goto done;
+    }
+    machine = PyObject_GetAttr(h2_stream, s_state_machine);
+    if (machine == NULL) goto error;
+    headers = PyObject_GetAttr(machine, s_headers_received);
+    if (headers == NULL) goto error;
+    if ((rc = PyObject_IsTrue(headers)) <= 0) { if (rc < 0) goto error; goto done; }
+    expected = PyObject_GetAttr(h2_stream, s_expected_content_length);
+    if (expected == NULL) goto error;
+    if (expected != Py_None) goto done;
+    if (get_ssize(h2, s_max_inbound_frame_size, &limit) < 0) goto error;
+    if (length > limit) goto done;
+    connection_window = PyObject_GetAttr(h2, s_connection_window_manager);
+    if (connection_window == NULL) goto error;
+    stream_window = PyObject_GetAttr(h2_stream, s_inbound_window_manager);
+    if (stream_window == NULL) goto error;
+    if (get_ssize(connection_window, s_current_window_size, &room) < 0) goto error;
+    if (length > room) goto done;
+    if (get_ssize(stream_window, s_current_window_size, &room) < 0) goto error;
+    if (length > room) goto done;
+
+    /* The plain case: h2 would only shrink the windows and count the bytes (DataSplitter._plain_data). */
+    if (add_ssize(connection_window, s_current_window_size, -length) < 0
+        || add_ssize(stream_window, s_current_window_size, -length) < 0
+        || add_ssize(h2_stream, s_actual_content_length, length) < 0)
+        goto error;
+    result = 1;
+    /* The driver (HboneSession.handle): the bytes go to the app's side, then are consumed. */
+    if (add_ssize(stream, s_bytes_received, length) < 0) goto error;
+    bytes = PyBytes_FromStringAndSize(payload, length);
+    if (bytes == NULL) goto error;
+    call = PyObject_CallMethodOneArg(peer, s_write, bytes);
+    if (call == NULL) goto error;
+    Py_CLEAR(call);
+
+    /* HboneConnection.consumed, then LeanH2.acknowledge_received_data when it would only count. The peer's
+       write may have paused the app's side (credit withheld then), or ended the stream: re-read both. */
+    Py_CLEAR(tunnels);
+    tunnel = dict_item(core, s_tunnels, stream_key, &tunnels);
+    if (tunnel == NULL && PyErr_Occurred()) goto error;
+    int plain = 0;
+    if (tunnel != NULL) {
+        PyObject *paused = PyObject_GetAttr(tunnel, s_receiving_paused);
+        if (paused == NULL) goto error;
+        rc = PyObject_IsTrue(paused);
+        Py_DECREF(paused);
+        if (rc < 0) goto error;
+        plain = !rc;
+    }
+    if (plain) {
+        Py_CLEAR(h2_streams);
+        h2_stream = dict_item(h2, s_streams, stream_key, &h2_streams);
+        if (h2_stream == NULL && PyErr_Occurred()) goto error;
+        plain = 0;
+        if (h2_stream != NULL) {
+            Py_CLEAR(stream_window);
+            stream_window = PyObject_GetAttr(h2_stream, s_inbound_window_manager);
+            if (stream_window == NULL) goto error;
+            int open = machine_in(h2_stream, stream_open);
+            int a = open > 0 ? only_counts(connection_window, length) : open;
+            int b = a > 0 ? only_counts(stream_window, length) : a;
+            if (b < 0) goto error;
+            plain = b;
+        }
+    }
+    if (plain) {
+        if (add_ssize(connection_window, s_bytes_processed, length) < 0
+            || add_ssize(stream_window, s_bytes_processed, length) < 0)
+            goto error;
+    } else {
+        call = PyObject_CallMethod(core, "consumed", "On", stream_key, length);
+        if (call == NULL) goto error;
+        *flush = 1;   /* a WINDOW_UPDATE may be queued */
+    }
+    goto done;
+error:
+    result = -1;
+done:
+    Py_XDECREF(core); Py_XDECREF(h2); Py_XDECREF(tunnels); Py_XDECREF(h2_streams); Py_XDECREF(streams);
+    Py_XDECREF(held); Py_XDECREF(peer); Py_XDECREF(connection_window); Py_XDECREF(stream_window);
+    Py_XDECREF(expected); Py_XDECREF(machine); Py_XDECREF(headers); Py_XDECREF(bytes); Py_XDECREF(call);
+    return result;
+}
+
+static void note_header(SessionBase *lane, const unsigned char *header) {
+    unsigned char type = header[3], flags = header[4];
+    if (type == TYPE_HEADERS || type == TYPE_PUSH_PROMISE || type == TYPE_CONTINUATION)
+        lane->in_header_block = !(flags & FLAG_END_HEADERS);
+}
+
+static PyObject *session_data_received(PyObject *self, PyObject *data) {
+    SessionBase *lane = (SessionBase *)self;
+    if (!lane->enabled || !PyBytes_Check(data))
+        return PyObject_CallMethodOneArg(self, s_python_data_received, data);
+    if (!configured()) return NULL;
+    Py_INCREF(data);    /* held across calls into Python */
+    const char *buf = PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data), pos = 0, python_from = 0;
+    int carried = 0, flush = 0, rc;
+    while (pos < size) {
+        if (lane->preface_left) {
+            Py_ssize_t take = size - pos < lane->preface_left ? size - pos : lane->preface_left;
+            lane->preface_left -= take;
+            pos += take;
+            continue;
+        }
+        if (lane->python_frame_left) {
+            Py_ssize_t take = size - pos < lane->python_frame_left ? size - pos : lane->python_frame_left;
+            lane->python_frame_left -= take;
+            pos += take;
+            continue;
+        }
+        if (lane->header_len || size - pos < FRAME_HEADER) {   /* a header cut across reads: Python's frame */
+            while (lane->header_len < FRAME_HEADER && pos < size)
+                lane->header[lane->header_len++] = (unsigned char)buf[pos++];
+            if (lane->header_len == FRAME_HEADER) {
+                note_header(lane, lane->header);
+                lane->python_frame_left = (lane->header[0] << 16) | (lane->header[1] << 8) | lane->header[2];
+                lane->header_len = 0;
+            }
+            continue;
+        }
+        const unsigned char *header = (const unsigned char *)buf + pos;
+        Py_ssize_t length = (header[0] << 16) | (header[1] << 8) | header[2];
+        int block = lane->in_header_block;
+        note_header(lane, header);
+        if (header[3] == TYPE_DATA && header[4] == 0 && length > 0 && !block && size - pos >= FRAME_HEADER + length) {
+            if ((rc = to_python(self, data, buf, python_from, pos)) <= 0) goto stop;
+            python_from = pos;
+            unsigned long id = (((unsigned long)header[5] << 24) | (header[6] << 16) | (header[7] << 8) | header[8])
+                               & 0x7FFFFFFFUL;
+            PyObject *key = PyLong_FromUnsignedLong(id);
+            if (key == NULL) { rc = -1; goto stop; }
+            rc = receive_plain(self, key, buf + pos + FRAME_HEADER, length, &flush);
+            Py_DECREF(key);
+            if (rc < 0) goto stop;
+            if (rc) {
+                carried = 1;
+                pos += FRAME_HEADER + length;
+                python_from = pos;
+                continue;
+            }
+        }
+        lane->python_frame_left = length;   /* declined: the whole frame is Python's */
+        pos += FRAME_HEADER;
+    }
+    rc = to_python(self, data, buf, python_from, size);
+stop:
+    if (rc >= 0 && carried) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);     /* time.monotonic()'s clock, as HboneSession.last_active */
+        PyObject *stamp = PyFloat_FromDouble((double)now.tv_sec + now.tv_nsec * 1e-9);
+        if (stamp == NULL || PyObject_SetAttr(self, s_last_active, stamp) < 0) rc = -1;
+        Py_XDECREF(stamp);
+    }
+    if (rc >= 0 && flush) {
+        PyObject *result = PyObject_CallMethodNoArgs(self, s_flush);
+        if (result == NULL) rc = -1;
+        Py_XDECREF(result);
+    }
+    Py_DECREF(data);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *session_enable_lane(PyObject *self, PyObject *args) {
+    SessionBase *lane = (SessionBase *)self;
+    int client;
+    if (!PyArg_ParseTuple(args, "p", &client)) return NULL;
+    if (!configured()) return NULL;
+    lane->enabled = 1;
+    lane->preface_left = client ? 0 : CLIENT_PREFACE;
+    lane->python_frame_left = 0;
+    lane->header_len = 0;
+    lane->in_header_block = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *session_lane_enabled(PyObject *self, void *closure) {
+    return PyBool_FromLong(((SessionBase *)self)->enabled);
+}
+
+static PyMethodDef session_methods[] = {
+    {"data_received", session_data_received, METH_O,
+     "Carries plain DATA frames of attached tunnels to their app; all else goes to _data_received_python."},
+    {"_enable_lane", session_enable_lane, METH_VARARGS,
+     "Turns the lane on for a new session (before any byte arrives); the argument: is it the client side."},
+    {NULL}
+};
+
+static PyGetSetDef session_getset[] = {
+    {"lane_enabled", session_lane_enabled, NULL, "Is the compiled lane on for this session?", NULL},
+    {NULL}
+};
+
+static PyTypeObject SessionBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._relay.SessionBase",
+    .tp_basicsize = sizeof(SessionBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The compiled receive lane of an HBONE session (shoal.hbone_io.HboneSession).",
+    .tp_methods = session_methods,
+    .tp_getset = session_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ==== app -> tunnel ==================================================================================== */
+
+static PyTypeObject StreamBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._relay.StreamBase",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Marks a tunnel stream (shoal.hbone_io.TunnelStream) the send lane may write to.",
+    .tp_new = PyType_GenericNew,
+};
+
+/* One read of the app as one plain DATA frame: 1 sent, 0 declined (nothing changed), -1 error. */
+static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
+    int result = 0, rc;
+    Py_ssize_t length = PyBytes_GET_SIZE(data), limit;
+    PyObject *session = NULL, *draining = NULL, *transport = NULL, *core = NULL, *tunnels = NULL, *key = NULL,
+             *h2 = NULL, *h2_streams = NULL, *frame = NULL, *call = NULL;
+
+    if (length == 0) return 0;
+    session = PyObject_GetAttr(stream, s_session);
+    if (session == NULL) goto error;
+    if (!PyObject_TypeCheck(session, &SessionBaseType) || !((SessionBase *)session)->enabled) goto done;
+    draining = PyObject_GetAttr(session, s_draining);   /* a drain closes the session after the last stream */
+    if (draining == NULL) goto error;
+    if (draining != Py_False) goto done;
+    transport = PyObject_GetAttr(session, s_transport);
+    if (transport == NULL) goto error;
+    if (transport == Py_None) goto done;
+    if ((rc = is_closing(transport)) != 0) { if (rc < 0) goto error; goto done; }
+    core = PyObject_GetAttr(session, s_conn);
+    if (core == NULL) goto error;
+    key = PyObject_GetAttr(stream, s_stream_id);
+    if (key == NULL) goto error;
+    PyObject *tunnel = dict_item(core, s_tunnels, key, &tunnels);
+    if (tunnel == NULL) { if (PyErr_Occurred()) goto error; goto done; }
+    if ((rc = state_in(tunnel, s_state, tunnel_writable)) <= 0) { if (rc < 0) goto error; goto done; }
+    Py_ssize_t waiting = sized_len(tunnel, s_unsent);
+    if (waiting != 0) { if (waiting < 0) goto error; goto done; }
+
+    h2 = PyObject_GetAttr(core, s_h2);
+    if (h2 == NULL) goto error;
+    PyObject *h2_stream = dict_item(h2, s_streams, key, &h2_streams);
+    if (h2_stream == NULL) { if (PyErr_Occurred()) goto error; goto done; }
+    if (get_ssize(h2, s_max_outbound_frame_size, &limit) < 0) goto error;
+    if (length > limit) goto done;
+    if (get_ssize(h2, s_outbound_flow_control_window, &limit) < 0) goto error;
+    if (length > limit) goto done;
+    if (get_ssize(h2_stream, s_outbound_flow_control_window, &limit) < 0) goto error;
+    if (length > limit) goto done;
+    if ((rc = machine_in(h2, connection_open)) <= 0 || (rc = machine_in(h2_stream, stream_sends)) <= 0) {
+        if (rc < 0) goto error;
+        goto done;
+    }
+    /* Frames h2 queued before this one go first: then this is the Python path's to order. */
+    Py_ssize_t queued = sized_len(h2, s_data_to_send);
+    if (queued == 0) queued = sized_len(h2, s_chunks);
+    if (queued != 0) { if (queued < 0) goto error; goto done; }
+
+    /* The plain case (LeanH2.send_plain_data): both send windows go down, one DATA frame goes out. */
+    if (add_ssize(self, s_bytes_received, length) < 0) goto error;
+    if (add_ssize(h2, s_outbound_flow_control_window, -length) < 0
+        || add_ssize(h2_stream, s_outbound_flow_control_window, -length) < 0)
+        goto error;
+    result = 1;
+    if (add_ssize(stream, s_bytes_sent, length) < 0) goto error;
+    unsigned long id = PyLong_AsUnsignedLong(key);
+    if (id == (unsigned long)-1 && PyErr_Occurred()) goto error;
+    unsigned char header[FRAME_HEADER] = {
+        (unsigned char)(length >> 16), (unsigned char)(length >> 8), (unsigned char)length, TYPE_DATA, 0,
+        (unsigned char)(id >> 24), (unsigned char)(id >> 16), (unsigned char)(id >> 8), (unsigned char)id};
+    if (length <= JOIN_BELOW) {   /* as hbone_lean._queue_data: one chunk, so one TLS record */
+        frame = PyBytes_FromStringAndSize(NULL, FRAME_HEADER + length);
+        if (frame == NULL) goto error;
+        memcpy(PyBytes_AS_STRING(frame), header, FRAME_HEADER);
+        memcpy(PyBytes_AS_STRING(frame) + FRAME_HEADER, PyBytes_AS_STRING(data), length);
+        call = PyObject_CallMethodOneArg(transport, s_write, frame);
+    } else {
+        PyObject *head = PyBytes_FromStringAndSize((const char *)header, FRAME_HEADER);
+        if (head == NULL) goto error;
+        frame = PyList_New(2);
+        if (frame == NULL) { Py_DECREF(head); goto error; }
+        PyList_SET_ITEM(frame, 0, head);
+        PyList_SET_ITEM(frame, 1, Py_NewRef(data));
+        call = PyObject_CallMethodOneArg(transport, s_writelines, frame);
+    }
+    if (call == NULL) goto error;
+    goto done;
+error:
+    result = -1;
+done:
+    Py_XDECREF(session); Py_XDECREF(draining); Py_XDECREF(transport); Py_XDECREF(core); Py_XDECREF(tunnels);
+    Py_XDECREF(key); Py_XDECREF(h2); Py_XDECREF(h2_streams); Py_XDECREF(frame); Py_XDECREF(call);
+    return result;
+}
+
+static PyObject *side_data_received(PyObject *self, PyObject *data) {
+    if (!configured()) return NULL;
+    PyObject *peer = PyObject_GetAttr(self, s_peer);
+    if (peer == NULL) return NULL;
+    int rc = 0;
+    if (PyBytes_CheckExact(data) && PyObject_TypeCheck(peer, &StreamBaseType)) {
+        Py_INCREF(data);
+        rc = send_plain(self, peer, data);
+        Py_DECREF(data);
+    }
+    Py_DECREF(peer);
+    if (rc < 0) return NULL;
+    if (rc) Py_RETURN_NONE;
+    return PyObject_CallMethodOneArg(self, s_python_received, data);
+}
+
+static PyMethodDef side_methods[] = {
+    {"data_received", side_data_received, METH_O,
+     "Sends a read of the app as one plain DATA frame of its tunnel; all else goes to _data_received_python."},
+    {NULL}
+};
+
+static PyTypeObject TcpSideBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._relay.TcpSideBase",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The compiled send lane of an app's TCP side (shoal.hbone_relay.TcpSide).",
+    .tp_methods = side_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ==== the module ======================================================================================= */
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    PyObject *sets[6];
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!", &PyFrozenSet_Type, &sets[0], &PyFrozenSet_Type, &sets[1],
+                          &PyFrozenSet_Type, &sets[2], &PyFrozenSet_Type, &sets[3], &PyFrozenSet_Type, &sets[4],
+                          &PyFrozenSet_Type, &sets[5]))
+        return NULL;
+    PyObject **slots[6] = {&connection_open, &stream_sends, &stream_receives, &stream_open, &tunnel_writable,
+                           &tunnel_receivable};
+    for (int i = 0; i < 6; i++) Py_XSETREF(*slots[i], Py_NewRef(sets[i]));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(connection_open, stream_sends, stream_receives, stream_open, tunnel_writable, "
+     "tunnel_receivable): the state sets of h2 and shoal.hbone the lane checks, as frozensets."},
+    {NULL}
+};
+
+static struct PyModuleDef relay_module = {
+    PyModuleDef_HEAD_INIT, "shoal._relay",
+    "The compiled lane of the HBONE relay (see shoal/relay_lane.py).", -1, module_methods,
+};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC PyInit__relay(void) {
+    INTERN(s_conn, "conn"); INTERN(s_h2, "_h2"); INTERN(s_tunnels, "_tunnels"); INTERN(s_streams, "streams");
+    INTERN(s_state, "state"); INTERN(s_state_machine, "state_machine"); INTERN(s_held, "held");
+    INTERN(s_unsent, "unsent"); INTERN(s_peer, "peer"); INTERN(s_write, "write");
+    INTERN(s_writelines, "writelines"); INTERN(s_is_closing, "is_closing"); INTERN(s_transport, "transport");
+    INTERN(s_session, "session"); INTERN(s_stream_id, "stream_id"); INTERN(s_bytes_received, "bytes_received");
+    INTERN(s_bytes_sent, "bytes_sent"); INTERN(s_receiving_paused, "receiving_paused");
+    INTERN(s_consumed, "consumed"); INTERN(s_headers_received, "headers_received");
+    INTERN(s_expected_content_length, "_expected_content_length");
+    INTERN(s_actual_content_length, "_actual_content_length");
+    INTERN(s_inbound_window_manager, "_inbound_window_manager");
+    INTERN(s_connection_window_manager, "_inbound_flow_control_window_manager");
+    INTERN(s_current_window_size, "current_window_size"); INTERN(s_bytes_processed, "_bytes_processed");
+    INTERN(s_max_window_size, "max_window_size"); INTERN(s_max_inbound_frame_size, "max_inbound_frame_size");
+    INTERN(s_max_outbound_frame_size, "max_outbound_frame_size");
+    INTERN(s_outbound_flow_control_window, "outbound_flow_control_window");
+    INTERN(s_data_to_send, "_data_to_send"); INTERN(s_chunks, "_chunks"); INTERN(s_draining, "draining");
+    INTERN(s_last_active, "last_active"); INTERN(s_flush, "flush");
+    INTERN(s_python_received, "_data_received_python"); INTERN(s_python_data_received, "_data_received_python");
+
+    if (PyType_Ready(&SessionBaseType) < 0 || PyType_Ready(&StreamBaseType) < 0
+        || PyType_Ready(&TcpSideBaseType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&relay_module);
+    if (module == NULL) return NULL;
+    if (PyModule_AddIntConstant(module, "API", LANE_API) < 0
+        || PyModule_AddObjectRef(module, "SessionBase", (PyObject *)&SessionBaseType) < 0
+        || PyModule_AddObjectRef(module, "StreamBase", (PyObject *)&StreamBaseType) < 0
+        || PyModule_AddObjectRef(module, "TcpSideBase", (PyObject *)&TcpSideBaseType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

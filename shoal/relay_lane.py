@@ -1,0 +1,89 @@
+"""Which relay carries established HBONE tunnels: the compiled lane (`shoal._relay`) or pure Python.
+
+`SHOAL_RELAY` chooses, once per process, at import:
+- unset (the default): compiled when the extension is built (`pip install` of
+  this project builds it; `scripts/setup.sh` does), Python otherwise;
+- `compiled`: the extension must be there: a process that cannot load it stops
+  with a message saying how to build it, rather than run slower unnoticed;
+- `python`: the pure-Python path only (for comparison, or a machine without a
+  compiler).
+
+The lane is three base classes. `HboneSession` (`shoal.hbone_io`) and
+`TcpSide` (`shoal.hbone_relay`) take their `data_received` from them, and
+`TunnelStream` is marked by one, so a read of the app or of the TLS
+connection that is the plain case of one DATA frame is carried in one C call
+(see `shoal/_relay.c`); everything else, and everything when the lane is off,
+goes to their `_data_received_python`, the Python path, which stays where
+every tunnel rule lives. Both leave the same state (tests/shoal/test_relay_lane.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+from h2.stream import STREAM_OPEN, StreamState
+
+from shoal.errors import ShoalError
+
+_API = 1          # the extension's LANE_API this module speaks to; a stale build is not used
+_CHOICES = ("compiled", "python")
+
+
+class RelayLaneError(ShoalError):
+    """SHOAL_RELAY asks for what this installation cannot give."""
+
+
+def _choose(requested: str) -> object | None:
+    """The extension module to use, or None for the Python path."""
+    if requested not in ("", *_CHOICES):
+        raise RelayLaneError(f"SHOAL_RELAY={requested!r} is not one of {', '.join(_CHOICES)} (or unset)")
+    if requested == "python":
+        return None
+    try:
+        from shoal import _relay
+    except ImportError as e:
+        if requested == "compiled":
+            raise RelayLaneError(f"SHOAL_RELAY=compiled but the compiled relay is not built ({e}); run "
+                                 "scripts/setup.sh (it builds shoal/_relay.c), or set SHOAL_RELAY=python") from None
+        return None
+    if getattr(_relay, "API", None) != _API:
+        if requested == "compiled":
+            raise RelayLaneError("SHOAL_RELAY=compiled but the built shoal._relay is out of date; rebuild it "
+                                 "with scripts/setup.sh")
+        return None
+    return _relay
+
+
+def _configure(module) -> None:
+    """Hands the extension the state sets it checks, read off h2's and the core's own tables."""
+    from shoal import hbone, hbone_lean
+
+    module.configure(hbone_lean._CONNECTION_OPEN, hbone_lean._STREAM_SENDS, hbone_lean._STREAM_RECEIVES,
+                     frozenset(state for state in StreamState if STREAM_OPEN[state]),
+                     hbone._WRITABLE, hbone._RECEIVABLE)
+
+
+_module = _choose(os.environ.get("SHOAL_RELAY", "").strip().lower())
+COMPILED = _module is not None
+NAME = "compiled" if COMPILED else "python"
+
+if _module is not None:
+    _configure(_module)
+    SessionBase = _module.SessionBase
+    StreamBase = _module.StreamBase
+    TcpSideBase = _module.TcpSideBase
+else:
+    class SessionBase:
+        """The Python path: HboneSession.data_received is its _data_received_python."""
+
+        __slots__ = ()
+        lane_enabled = False
+
+    class StreamBase:
+        __slots__ = ()
+
+    class TcpSideBase:
+        __slots__ = ()
+
+
+__all__ = ["COMPILED", "NAME", "RelayLaneError", "SessionBase", "StreamBase", "TcpSideBase"]

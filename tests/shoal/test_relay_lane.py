@@ -1,0 +1,270 @@
+"""The compiled relay lane against the Python path: the same tunnels, byte for byte and state for state.
+
+Two HBONE sessions (client and server) and an app side at each end run in memory, over transports that
+record what is written; the same traffic goes through them once with the compiled lane on and once with
+it off (the Python path), under every chunking Hypothesis picks for the bytes between the sessions. Each
+run must deliver exactly the app's bytes, and both runs must put the same bytes on the wire and leave
+h2's windows, the tunnels and the counters in the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from shoal import hbone, relay_lane
+from shoal.hbone_io import HboneSession
+from shoal.hbone_relay import TcpSide
+
+needs_lane = pytest.mark.skipif(not relay_lane.COMPILED, reason="the compiled relay lane is not built here "
+                                "(scripts/setup.sh builds it) or SHOAL_RELAY=python")
+
+AUTHORITY = "198.18.0.7:8080"
+SMALL = hbone.Settings(stream_window=65535, connection_window=65535, max_frame_size=16384)
+
+
+class RecordingTransport(asyncio.Transport):
+    """What an asyncio transport offers a protocol; writes are kept, in order, to be taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closing = False
+        self.reading = True
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def writelines(self, chunks) -> None:
+        for chunk in chunks:
+            self.out += chunk
+
+    def take(self) -> bytes:
+        data = bytes(self.out)
+        self.out.clear()
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.out += b"<EOF>"
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+class Tunnel:
+    """client app side <-> client session <-> (wire, cut as told) <-> server session <-> server app side."""
+
+    def __init__(self, lane: bool, settings: hbone.Settings) -> None:
+        self.lane = lane
+        self.settings = settings
+
+    async def open(self) -> None:
+        self.client_wire, self.server_wire = RecordingTransport(), RecordingTransport()
+        self.client = HboneSession(True, self.settings, lane=self.lane)
+        self.server = HboneSession(False, self.settings, on_request=self._accept, lane=self.lane)
+        self.client.connection_made(self.client_wire)
+        self.server.connection_made(self.server_wire)
+        self.client_app, self.server_app = TcpSide(), TcpSide()
+        self.client_app_wire, self.server_app_wire = RecordingTransport(), RecordingTransport()
+        self.client_app.connection_made(self.client_app_wire)
+        self.server_app.connection_made(self.server_app_wire)
+        opening = asyncio.get_running_loop().create_task(self.client.open(AUTHORITY))
+        for _ in range(20):
+            await asyncio.sleep(0)
+            self.exchange()
+            if opening.done():
+                break
+        self.client_stream = opening.result()
+        _join(self.client_app, self.client_stream)
+        self.exchange()
+
+    async def _accept(self, session, stream) -> None:
+        self.server_stream = stream
+        session.accept(stream)
+        _join(stream, self.server_app)
+
+    def exchange(self, cuts: list[int] = ()) -> None:
+        """Moves what each session wrote to the other until both are quiet; the client's bytes in pieces."""
+        while self.client_wire.out or self.server_wire.out:
+            data = self.client_wire.take()
+            for piece in _cut(data, cuts):
+                self.server.data_received(piece)
+            data = self.server_wire.take()
+            if data:
+                self.client.data_received(data)
+
+    def state(self) -> dict:
+        """What both paths must leave the same: windows, tunnel states, counters."""
+        out = {}
+        for name, session in (("client", self.client), ("server", self.server)):
+            conn = session.conn._h2
+            out[name] = {
+                "outbound": conn.outbound_flow_control_window,
+                "inbound": (conn._inbound_flow_control_window_manager.current_window_size,
+                            conn._inbound_flow_control_window_manager._bytes_processed),
+                "streams": {sid: (s.state_machine.state, s.outbound_flow_control_window,
+                                  s._inbound_window_manager.current_window_size,
+                                  s._inbound_window_manager._bytes_processed, s._actual_content_length)
+                            for sid, s in conn.streams.items()},
+                "tunnels": {sid: (t.state, bytes(t.unsent), t.receiving_paused, t.withheld)
+                            for sid, t in session.conn._tunnels.items()},
+            }
+        out["counters"] = (self.client_app.bytes_received, self.client_app.bytes_sent,
+                           self.client_stream.bytes_sent, self.client_stream.bytes_received,
+                           self.server_stream.bytes_received, self.server_stream.bytes_sent,
+                           self.server_app.bytes_received, self.server_app.bytes_sent)
+        return out
+
+
+def _join(a, b) -> None:
+    a.peer, b.peer = b, a
+    for side, peer in ((a, b), (b, a)):
+        attach = getattr(side, "attach", None)
+        if attach is not None:
+            attach(peer)
+
+
+def _cut(data: bytes, cuts) -> list[bytes]:
+    if not data:
+        return []
+    points = sorted({c % len(data) for c in cuts} - {0})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:])]
+
+
+async def _run(lane: bool, settings: hbone.Settings, steps, cuts, ending: str) -> tuple[dict, bytes, bytes]:
+    tunnel = Tunnel(lane, settings)
+    await tunnel.open()
+    for step, size in steps:
+        data = bytes((size + i) % 251 for i in range(size))
+        if step == "up":
+            tunnel.client_app.data_received(data)
+        elif step == "down":
+            tunnel.server_app.data_received(data)
+        elif step == "pause":    # the server's app side is full: its tunnel withholds credit
+            tunnel.server_app.pause_writing()
+        else:
+            tunnel.server_app.resume_writing()
+        tunnel.exchange(cuts)
+    tunnel.server_app.resume_writing()
+    tunnel.exchange(cuts)
+    if ending == "half-close":
+        tunnel.client_app.eof_received()
+    elif ending == "reset":
+        tunnel.client_app.connection_lost(ConnectionResetError())
+    tunnel.exchange(cuts)
+    return tunnel.state(), tunnel.server_app_wire.take(), tunnel.client_app_wire.take()
+
+
+def _expected(steps, direction: str) -> bytes:
+    return b"".join(bytes((size + i) % 251 for i in range(size)) for step, size in steps if step == direction)
+
+
+steps_strategy = st.lists(st.tuples(st.sampled_from(["up", "up", "down", "pause", "resume"]),
+                                    st.integers(1, 40000)), max_size=10)
+
+
+@needs_lane
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=steps_strategy, cuts=st.lists(st.integers(0, 1 << 20), max_size=12),
+       small=st.booleans(), ending=st.sampled_from(["none", "half-close", "reset"]))
+def test_the_lane_leaves_what_the_python_path_leaves(steps, cuts, small, ending):
+    settings_ = SMALL if small else hbone.Settings()
+    compiled = asyncio.run(_run(True, settings_, steps, cuts, ending))
+    python = asyncio.run(_run(False, settings_, steps, cuts, ending))
+    assert compiled == python
+    state, server_app, client_app = compiled
+    up, down = _expected(steps, "up"), _expected(steps, "down")
+    assert server_app == up + (b"<EOF>" if ending == "half-close" else b"")
+    assert client_app == down
+
+
+@needs_lane
+def test_the_lane_carries_plain_frames_itself():
+    """The lane is not a pass-through to Python: with `_data_received_python` refusing DATA, messages
+    still arrive, both ways (a frame cut across reads would go to Python, so the wire is not cut here)."""
+    async def main():
+        tunnel = Tunnel(True, hbone.Settings())
+        await tunnel.open()
+        python_calls = []
+        for side in (tunnel.client_app, tunnel.server_app, tunnel.client, tunnel.server):
+            original = side._data_received_python
+
+            def spy(data, original=original, side=side):
+                python_calls.append(type(side).__name__)
+                original(data)
+            side._data_received_python = spy
+        for size in (1, 1024, 16384, 100000):
+            tunnel.client_app.data_received(b"u" * size)
+            tunnel.exchange()
+            tunnel.server_app.data_received(b"d" * size)
+            tunnel.exchange()
+        assert tunnel.server_app_wire.take() == b"".join(b"u" * n for n in (1, 1024, 16384, 100000))
+        assert tunnel.client_app_wire.take() == b"".join(b"d" * n for n in (1, 1024, 16384, 100000))
+        assert python_calls == []
+    asyncio.run(main())
+
+
+@needs_lane
+def test_a_frame_cut_across_reads_and_a_window_update_go_through_python():
+    async def main():
+        tunnel = Tunnel(True, SMALL)
+        await tunnel.open()
+        calls = []
+        original = tunnel.server._data_received_python
+        tunnel.server._data_received_python = lambda data: (calls.append(len(data)), original(data))
+        payload = bytes(range(256)) * 200      # over half the 64 KiB window: WINDOW_UPDATEs are due
+        for start in range(0, len(payload), 5000):
+            tunnel.client_app.data_received(payload[start:start + 5000])
+            tunnel.exchange([3, 9, 100])
+        assert tunnel.server_app_wire.take() == payload
+        assert calls                              # the cut frames went through Python
+        assert tunnel.client.conn._h2.outbound_flow_control_window > 0   # and the window came back
+    asyncio.run(main())
+
+
+def test_an_unknown_relay_choice_is_refused_with_what_to_set():
+    result = subprocess.run([sys.executable, "-c", "import shoal.relay_lane"], capture_output=True, text=True,
+                            env={**os.environ, "SHOAL_RELAY": "turbo"}, cwd=os.path.dirname(os.path.dirname(
+                                os.path.dirname(os.path.abspath(__file__)))))
+    assert result.returncode != 0
+    assert "SHOAL_RELAY='turbo' is not one of compiled, python" in result.stderr
+
+
+def test_the_python_choice_runs_without_the_extension():
+    code = ("from shoal import relay_lane, hbone_io, hbone_relay;"
+            "assert not relay_lane.COMPILED;"
+            "assert hbone_io.HboneSession.data_received is hbone_io.HboneSession._data_received_python;"
+            "assert hbone_relay.TcpSide.data_received is hbone_relay.TcpSide._data_received_python;"
+            "import sys; assert 'shoal._relay' not in sys.modules; print(relay_lane.NAME)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "SHOAL_RELAY": "python"}, cwd=os.path.dirname(os.path.dirname(
+                                os.path.dirname(os.path.abspath(__file__)))))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "python"
