@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import fcntl
-import ipaddress
 import json
 import os
 import re
@@ -48,6 +47,7 @@ JOURNAL_KEEP = 10_000
 POLL_SECONDS = 0.02
 BOOKMARK_SECONDS = 5.0
 SERVICE_NETWORK = "198.18.16.0/20"  # the local cluster's Service VIP range
+SERVICE_NETWORK_V6 = "fd73:686f:616c:ff::/112"  # and its IPv6 one (`shoal local up --ip-family dual|ipv6`)
 # A cluster name becomes a directory under RUN_ROOT, a cgroup and a netns prefix,
 # so it is a DNS label of at most 32 characters: never a path, never empty.
 CLUSTER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
@@ -72,6 +72,10 @@ def check_cluster_name(name: str) -> str:
 
 class NotFound(StoreError):
     pass
+
+
+class ServiceRefused(StoreError, ValueError):
+    """A Service asks for IP families or cluster IPs this cluster cannot give (say, IPv6 on an IPv4 cluster)."""
 
 
 class Expired(StoreError):
@@ -119,11 +123,26 @@ class Store:
     def exists(self) -> bool:
         return self.journal_path.exists()
 
-    def init(self) -> None:
+    def init(self, service_ranges: tuple[str, ...] | None = None) -> None:
+        """Makes the store; `service_ranges` are the Service VIP ranges, primary family first (the API
+        server's --service-cluster-ip-range), kept beside it; without them, what it had, else IPv4 alone."""
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)  # it holds Secrets and bootstrap tokens
         self.lock_path.touch(exist_ok=True)
         self.journal_path.touch(exist_ok=True)
+        if service_ranges is not None:
+            self._service_ranges_path.write_text(json.dumps(list(service_ranges)))
+
+    @property
+    def _service_ranges_path(self) -> Path:
+        return self.dir / "service-ranges.json"
+
+    def service_ranges(self) -> tuple[str, ...]:
+        """The ranges Services get their cluster IPs from, primary family first."""
+        try:
+            return tuple(json.loads(self._service_ranges_path.read_text()))
+        except FileNotFoundError:
+            return (SERVICE_NETWORK,)
 
     @contextmanager
     def _locked(self):
@@ -188,14 +207,18 @@ class Store:
         with self._locked():
             rv = self.resource_version()
             events = []
+            # Written only once every object of the batch is decided: a refused one leaves nothing half-applied.
+            pending: dict[tuple[str, str, str], dict] = {}
+            used_ips = self._cluster_ips_in_use() if any(o.get("kind") == "Service" for o in objs) else set()
             for obj in objs:
                 kind, namespace, name = key_of(obj)
-                old = self.get(kind, namespace, name)
+                old = copy.deepcopy(pending[(kind, namespace, name)]) if (kind, namespace, name) in pending \
+                    else self.get(kind, namespace, name)
                 new = merge(old, obj) if merge is not None else copy.deepcopy(obj)
                 meta = new.setdefault("metadata", {})
                 if kind not in CLUSTER_SCOPED:
                     meta["namespace"] = namespace
-                self._server_defaults(kind, old, new)
+                self._server_defaults(kind, old, new, used_ips)
                 if old is not None and _same_desired(old, new):
                     stored.append(old)
                     continue
@@ -207,9 +230,11 @@ class Store:
                 meta["resourceVersion"] = str(rv)
                 if old is not None and "status" in old and "status" not in obj:
                     new["status"] = old["status"]
-                self._write(kind, namespace, name, new)
+                pending[(kind, namespace, name)] = new
                 events.append(Event("MODIFIED" if old else "ADDED", new))
                 stored.append(new)
+            for (kind, namespace, name), new in pending.items():
+                self._write(kind, namespace, name, new)
             self._append(events, rv)
         return stored
 
@@ -233,23 +258,34 @@ class Store:
             self._append([Event("MODIFIED", obj)], rv)
             return obj
 
-    def _server_defaults(self, kind: str, old: dict | None, new: dict) -> None:
+    def _server_defaults(self, kind: str, old: dict | None, new: dict, used_ips: set[str]) -> None:
         """Fields the API server owns or keeps across a re-apply: a Service's VIP, a Pod's binding."""
         spec = new.setdefault("spec", {}) if kind in ("Service", "Pod") else None
         old_spec = (old or {}).get("spec", {})
         if kind == "Pod" and not spec.get("nodeName") and old_spec.get("nodeName"):
             spec["nodeName"] = old_spec["nodeName"]
-        if kind == "Service" and not spec.get("clusterIP"):
-            spec["clusterIP"] = old_spec.get("clusterIP") or self._allocate_vip()
+        if kind == "Service":
+            self._assign_cluster_ips(new, spec, old_spec if old is not None else None, used_ips)
 
-    def _allocate_vip(self) -> str:
-        used = {json.loads(f.read_text()).get("spec", {}).get("clusterIP")
-                for f in (self.objects_dir / "Service").glob("*/*.json")}
-        network = ipaddress.ip_network(SERVICE_NETWORK)
-        for host in list(network.hosts())[9:]:
-            if str(host) not in used:
-                return str(host)
-        raise StoreError(f"the Service range {SERVICE_NETWORK} is exhausted")
+    def _cluster_ips_in_use(self) -> set[str]:
+        used = set()
+        for f in (self.objects_dir / "Service").glob("*/*.json"):
+            spec = json.loads(f.read_text()).get("spec", {})
+            used.update(spec.get("clusterIPs") or [spec.get("clusterIP")])
+        return used
+
+    def _assign_cluster_ips(self, obj: dict, spec: dict, old_spec: dict | None, used: set[str]) -> None:
+        """A Service's ipFamilyPolicy, ipFamilies, clusterIPs and clusterIP, as the API server sets them."""
+        from shoal.local import service_ips
+
+        if old_spec is not None:   # the addresses it has stay its own, unless the spec names others
+            for field in ("clusterIP", "clusterIPs"):
+                if field in old_spec and not spec.get(field):
+                    spec[field] = copy.deepcopy(old_spec[field])
+        try:
+            service_ips.assign(spec, old_spec, self.service_ranges(), used)
+        except service_ips.ServiceIPError as e:
+            raise ServiceRefused(f"Service {obj['metadata'].get('namespace')}/{obj['metadata']['name']}: {e}") from None
 
     def update_status(self, kind: str, namespace: str | None, name: str, status: dict) -> dict:
         """Replaces an object's status, the way the kubelet writes pod status."""

@@ -127,7 +127,9 @@ def describe_pod(mesh: Mesh, namespace: str, name: str) -> list[str] | None:
     services = [s for s in mesh.of(ResourceType.SERVICE) if s.namespace == namespace
                 and workload is not None and any(e.workload_uid == workload.uid for e in s.endpoints)]
     lines = [f"Name:        {name}", f"Namespace:   {namespace}", f"Node:        {spec.get('nodeName', '<none>')}",
-             f"IP:          {status.get('podIP', '<none>')}", f"Status:      {status.get('phase', 'Pending')}",
+             f"IP:          {status.get('podIP', '<none>')}",
+             f"IPs:         {', '.join(p.get('ip', '') for p in status.get('podIPs') or []) or '<none>'}",
+             f"Status:      {status.get('phase', 'Pending')}",
              f"Enrolled:    {'yes' if decision.enrolled else 'no'} ({decision.reason})",
              f"Identity:    spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
              + ("" if decision.enrolled else " (not used: the pod is not in the mesh)"),
@@ -150,6 +152,9 @@ def describe_service(mesh: Mesh, namespace: str, name: str) -> list[str] | None:
     lines = [f"Name:        {name}", f"Namespace:   {namespace}",
              f"Host:        {service_hostname(name, namespace)}",
              f"IP:          {(obj.get('spec') or {}).get('clusterIP', '<none>')}",
+             f"IPs:         {', '.join((obj.get('spec') or {}).get('clusterIPs') or []) or '<none>'}"
+             f" ({', '.join((obj.get('spec') or {}).get('ipFamilies') or []) or 'no family'}, "
+             f"{(obj.get('spec') or {}).get('ipFamilyPolicy', 'SingleStack')})",
              "Ports:       " + ", ".join(f"{p.port}{'/' + p.name if p.name else ''}" for p in (service.ports if service else ())),
              f"Waypoint:    {service.waypoint.namespace}/{service.waypoint.name}" if service and service.waypoint
              else "Waypoint:    <none> (the ztunnel sends its traffic straight to the endpoints)"]

@@ -19,11 +19,12 @@ from shoal.local import addons
 from shoal.local import cluster as local_cluster
 from shoal.local import keys, manifest
 from shoal.local.merge import three_way
-from shoal.local.layout import Layout
+from shoal.local.layout import IP_FAMILIES, Layout
 from shoal.store import CLUSTER_SCOPED, NotFound
 
 DEFAULT_NODES = 2
 DEFAULT_REDIRECT = "auto"
+DEFAULT_IP_FAMILY = "ipv4"
 CLONE_NEWUTS = 0x04000000
 
 def register(sub) -> None:
@@ -43,6 +44,9 @@ def register(sub) -> None:
                                                            "existing cluster's)")
     p.add_argument("--redirect", choices=("iptables", "ebpf", "auto"), default=None,
                    help=f"how pods' traffic is captured (default: {DEFAULT_REDIRECT}, or the existing cluster's)")
+    p.add_argument("--ip-family", choices=IP_FAMILIES, default=None,
+                   help="the addresses of nodes, pods and Services: ipv4, dual (IPv4 and IPv6, IPv4 first) or ipv6 "
+                        f"(default: {DEFAULT_IP_FAMILY}, or the existing cluster's)")
     p.add_argument("--addons", default="", metavar="NAME[,NAME]",
                    help="also run these beside the mesh: prometheus (default: none)")
 
@@ -130,26 +134,31 @@ def cmd_up(args) -> int:
     existing = local_cluster.ClusterConfig.read(layout)
     if existing is not None:
         differs = [f"{flag} {asked} (it has {has})" for flag, asked, has in
-                   (("--nodes", args.nodes, existing.nodes), ("--redirect", args.redirect, existing.redirect))
+                   (("--nodes", args.nodes, existing.nodes), ("--redirect", args.redirect, existing.redirect),
+                    ("--ip-family", args.ip_family, existing.ip_family))
                    if asked is not None and asked != has]
         if differs:
-            return _fail(f"cluster {args.cluster!r} is up with {existing.nodes} nodes and --redirect "
-                         f"{existing.redirect}; you asked for {', '.join(differs)}. Nothing changed: to change it, "
+            return _fail(f"cluster {args.cluster!r} is up with {existing.nodes} nodes, --redirect "
+                         f"{existing.redirect} and --ip-family {existing.ip_family}; you asked for "
+                         f"{', '.join(differs)}. Nothing changed: to change it, "
                          f"`shoal local down --cluster {args.cluster}` first")
     nodes = args.nodes or (existing.nodes if existing else DEFAULT_NODES)
     redirect = args.redirect or (existing.redirect if existing else DEFAULT_REDIRECT)
+    ip_family = args.ip_family or (existing.ip_family if existing else DEFAULT_IP_FAMILY)
     t0 = time.monotonic()
     try:
         wanted = addons.parse(args.addons)   # a bad name stops here, before anything is made
-        started = local_cluster.up(layout, nodes, redirect, progress=lambda m: print(m, flush=True))
+        started = local_cluster.up(layout, nodes, redirect, progress=lambda m: print(m, flush=True),
+                                   ip_family=ip_family)
         started += addons.install(layout, wanted, progress=lambda m: print(m, flush=True))
     except local_cluster.ClusterError as e:
         return _fail(str(e))
     if started:
-        print(f"cluster {args.cluster!r} is up: {nodes} nodes, started {', '.join(started)} "
+        print(f"cluster {args.cluster!r} is up: {nodes} nodes, --ip-family {ip_family}, started {', '.join(started)} "
               f"({time.monotonic() - t0:.1f}s)")
     else:
-        print(f"cluster {args.cluster!r} is already up ({nodes} nodes, --redirect {redirect}); nothing changed")
+        print(f"cluster {args.cluster!r} is already up ({nodes} nodes, --redirect {redirect}, --ip-family "
+              f"{ip_family}); nothing changed")
     return 0
 
 
@@ -163,8 +172,8 @@ def cmd_list(args) -> int:
         layout = Layout(name)
         config = local_cluster.ClusterConfig.read(layout)
         rows.append([name, config.nodes if config else "?", config.redirect if config else "?",
-                     "running" if local_cluster.daemon_pid(layout) else "stopped"])
-    print(table(["NAME", "NODES", "REDIRECT", "DAEMON"], rows))
+                     config.ip_family if config else "?", "running" if local_cluster.daemon_pid(layout) else "stopped"])
+    print(table(["NAME", "NODES", "REDIRECT", "IP-FAMILY", "DAEMON"], rows))
     return 0
 
 
@@ -175,7 +184,7 @@ def cmd_status(args) -> int:
     store = _store(args)
     config = local_cluster.ClusterConfig.read(layout)
     print(f"cluster {args.cluster}: {config.nodes if config else '?'} nodes, --redirect "
-          f"{config.redirect if config else '?'}")
+          f"{config.redirect if config else '?'}, --ip-family {config.ip_family if config else '?'}")
     sys.stdout.flush()
     local_read.get(store, ["Node", "Pod"], None, "shoal-system", False, "wide")
     checks = health.judge(health.gather(layout))
@@ -231,7 +240,8 @@ def cmd_apply(args) -> int:
     try:
         objects = _load(args)
         namespaces = {n["metadata"]["name"] for n in store.list("Namespace")[0]}
-        errors = manifest.validate(objects, existing_namespaces=namespaces, mesh_validator=_mesh_validator())
+        errors = manifest.validate(objects, existing_namespaces=namespaces, mesh_validator=_mesh_validator(),
+                                   service_ranges=store.service_ranges())
         if errors:
             raise manifest.ManifestError(", ".join(args.filename), errors)
     except manifest.ManifestError as e:
@@ -365,7 +375,8 @@ def cmd_exec(args) -> int:
         return _fail(f"cannot make a UTS namespace for the pod's hostname: {os.strerror(ctypes.get_errno())}")
     socket.sethostname(args.name[:63])
     os.environ.update({"HOSTNAME": args.name, "POD_NAME": args.name, "POD_NAMESPACE": args.namespace,
-                       "POD_IP": (pod.get("status") or {}).get("podIP", ""), "NODE_NAME": pod["spec"].get("nodeName", "")})
+                       "POD_IP": (pod.get("status") or {}).get("podIP", ""), "NODE_NAME": pod["spec"].get("nodeName", ""),
+                       "POD_IPS": ",".join(p.get("ip", "") for p in (pod.get("status") or {}).get("podIPs") or [])})
     os.environ.update({e["name"]: str(e.get("value", "")) for e in container.get("env") or () if "name" in e})
     os.chdir("/")
     netns_name = os.path.basename(shoal_status["netns"])

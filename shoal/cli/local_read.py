@@ -84,7 +84,9 @@ def row(kind: str, obj: dict, wide: bool, show_namespace: bool) -> dict:
         out["STATUS"] = status.get("reason") or waiting or status.get("phase", "Pending")
         out["RESTARTS"] = sum(c.get("restartCount", 0) for c in containers)
         if wide:
-            out["IP"] = status.get("podIP", "<none>")
+            # Every address of a dual-stack pod, primary first (status.podIPs; kubectl shows only the first).
+            out["IP"] = ",".join(p["ip"] for p in status.get("podIPs") or [] if p.get("ip")) \
+                or status.get("podIP", "<none>")
             out["NODE"] = spec.get("nodeName", "<none>")
     elif kind == "Service":
         out["TYPE"] = spec.get("type", "ClusterIP")
@@ -95,12 +97,13 @@ def row(kind: str, obj: dict, wide: bool, show_namespace: bool) -> dict:
         out["PORTS"] = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
         if wide:
             out["SELECTOR"] = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items()) or "<none>"
+            out["IP-FAMILIES"] = ",".join(spec.get("ipFamilies") or []) or "<none>"
+            out["CLUSTER-IPS"] = ",".join(spec.get("clusterIPs") or []) or "<none>"
     elif kind == "Deployment":
         out["REPLICAS"] = spec.get("replicas", 1)
     elif kind == "Node":
-        addresses = {a["type"]: a["address"] for a in status.get("addresses", [])}
-        out["INTERNAL-IP"] = addresses.get("InternalIP", "")
-        out["POD-CIDR"] = spec.get("podCIDR", "")
+        out["INTERNAL-IP"] = ",".join(a["address"] for a in status.get("addresses", []) if a["type"] == "InternalIP")
+        out["POD-CIDR"] = ",".join(spec.get("podCIDRs") or [spec.get("podCIDR", "")])
     elif kind == "Endpoints":
         out["ENDPOINTS"] = ",".join(a["ip"] for s in obj.get("subsets", []) for a in s.get("addresses", [])) or "<none>"
     elif kind == "Event":

@@ -24,7 +24,8 @@ from shoal import log, netns
 from shoal.local import components, network
 from shoal.local.errors import ClusterError
 from shoal.local.kubelet import cgroup_pids, remove_cgroup, remove_etc_netns
-from shoal.local.layout import MAX_NODES, Layout, node_ip, node_name, pod_cidr
+from shoal.local.layout import (IP_FAMILIES, IPV6, MAX_NODES, Layout, families, node_ips, node_name, pod_cidr,
+                                pod_cidr_v6, service_ranges)
 from shoal.local.services import pod_ready
 
 logger = log.get("shoal.local")
@@ -38,16 +39,19 @@ REQUIRED_TOOLS = ("ip", "iptables-legacy", "iptables-legacy-restore")
 class ClusterConfig:
     nodes: int
     redirect: str
+    ip_family: str = "ipv4"  # ipv4, dual or ipv6 (a cluster.json from before --ip-family is ipv4)
 
     @classmethod
     def read(cls, layout: Layout) -> "ClusterConfig | None":
         path = layout.run_dir / "cluster.json"
         if not path.exists():
             return None
-        return cls(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
+        return cls(fields["nodes"], fields["redirect"], fields.get("ipFamily", "ipv4"))
 
     def write(self, layout: Layout) -> None:
-        (layout.run_dir / "cluster.json").write_text(json.dumps({"nodes": self.nodes, "redirect": self.redirect}))
+        (layout.run_dir / "cluster.json").write_text(json.dumps({"nodes": self.nodes, "redirect": self.redirect,
+                                                                 "ipFamily": self.ip_family}))
 
 
 def check_prerequisites() -> None:
@@ -74,11 +78,13 @@ def daemon_pid(layout: Layout) -> int | None:
     return pid if b"shoal.local.daemon" in cmdline else None
 
 
-def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) -> list[str]:
+def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print, ip_family: str = "ipv4") -> list[str]:
     """Brings the cluster to its running state; returns what it had to start (empty when nothing)."""
     check_prerequisites()
     if not 1 <= nodes <= MAX_NODES:
         raise ClusterError(f"--nodes must be between 1 and {MAX_NODES}")
+    if ip_family not in IP_FAMILIES:
+        raise ClusterError(f"--ip-family {ip_family!r} is not one of {', '.join(IP_FAMILIES)}")
     current = ClusterConfig.read(layout)
     if current and current.nodes != nodes:
         raise ClusterError(f"cluster {layout.cluster!r} is up with {current.nodes} nodes; "
@@ -86,20 +92,24 @@ def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) ->
     if current and current.redirect != redirect:
         raise ClusterError(f"cluster {layout.cluster!r} is up with --redirect {current.redirect}; "
                            f"run `shoal local down --cluster {layout.cluster}` first to change that")
+    if current and current.ip_family != ip_family:
+        raise ClusterError(f"cluster {layout.cluster!r} is up with --ip-family {current.ip_family}; "
+                           f"run `shoal local down --cluster {layout.cluster}` first to change that")
     started: list[str] = []
     store = layout.store()
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
-    store.init()
-    ClusterConfig(nodes, redirect).write(layout)
+    store.init(service_ranges(ip_family))
+    ClusterConfig(nodes, redirect, ip_family).write(layout)
 
     if not netns.exists(layout.underlay_netns):
         started.append("underlay network")
-    network.ensure_underlay(layout)
+    network.ensure_underlay(layout, ip_family)
     for node in range(1, nodes + 1):
         if not netns.exists(layout.node_netns(node)):
-            progress(f"creating {node_name(node)} ({node_ip(node)}, pods {pod_cidr(node)})")
+            progress(f"creating {node_name(node)} ({', '.join(node_ips(node, ip_family))}, "
+                     f"pods {', '.join(_pod_cidrs(node, ip_family)['podCIDRs'])})")
             started.append(node_name(node))
-        network.ensure_node(layout, node, nodes)
+        network.ensure_node(layout, node, nodes, ip_family)
         layout.node_dir(node).mkdir(parents=True, exist_ok=True)
 
     _write_tokens(layout, nodes)
@@ -109,8 +119,8 @@ def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) ->
     ] + [
         {"apiVersion": "v1", "kind": "Node",
          "metadata": {"name": node_name(i), "labels": {"kubernetes.io/hostname": node_name(i)}},
-         "spec": {"podCIDR": str(pod_cidr(i))},
-         "status": {"addresses": [{"type": "InternalIP", "address": node_ip(i)},
+         "spec": _pod_cidrs(i, ip_family),
+         "status": {"addresses": [*({"type": "InternalIP", "address": ip} for ip in node_ips(i, ip_family)),
                                   {"type": "Hostname", "address": node_name(i)}]}}
         for i in range(1, nodes + 1)
     ] + components.system_services()
@@ -132,6 +142,12 @@ def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print) ->
         store.apply_many(system)
         wait_ready(layout, [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in system], progress)
     return started
+
+
+def _pod_cidrs(node: int, ip_family: str) -> dict:
+    """A Node's spec.podCIDR and podCIDRs, primary family first, as the node IPAM controller sets them."""
+    cidrs = [str(pod_cidr_v6(node)) if family == IPV6 else str(pod_cidr(node)) for family in families(ip_family)]
+    return {"podCIDR": cidrs[0], "podCIDRs": cidrs}
 
 
 def _write_tokens(layout: Layout, nodes: int) -> None:

@@ -17,7 +17,7 @@ import sys
 from shoal import lifecycle, log
 from shoal.local import controllers, services
 from shoal.local.kubelet import Kubelet
-from shoal.local.layout import Layout, cluster_name, node_index
+from shoal.local.layout import Layout, cluster_name, families, node_index
 from shoal.store import Expired, Store
 
 logger = log.get("shoal.local.daemon")
@@ -26,11 +26,12 @@ WATCHED = frozenset({"Namespace", "Pod", "Deployment", "Service", "Node"})
 
 
 class Daemon:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, ip_family: str = "ipv4") -> None:
         self.layout = layout
         self.store: Store = layout.store()
-        self.kubelet = Kubelet(layout, self.store)
-        self.proxy_rules: dict[int, str] = {}
+        self.kubelet = Kubelet(layout, self.store, ip_family)
+        self.families = families(ip_family)
+        self.proxy_rules: dict[tuple[int, str], str] = {}
         self.dirty = asyncio.Event()
 
     def nodes(self) -> list[int]:
@@ -90,12 +91,13 @@ class Daemon:
         if stale:
             store.delete_many(stale)
 
-        with_endpoints = [(s, services.endpoints(s, pods)) for s in service_list]
-        rules = services.proxy_rules(with_endpoints)
-        for node in nodes:
-            if self.proxy_rules.get(node) != rules:
-                await asyncio.to_thread(services.apply_proxy_rules, self.layout.node_netns(node), rules)
-                self.proxy_rules[node] = rules
+        for family in self.families:
+            with_endpoints = [(s, services.endpoints(s, pods, family)) for s in service_list]
+            rules = services.proxy_rules(with_endpoints, family)
+            for node in nodes:
+                if self.proxy_rules.get((node, family)) != rules:
+                    await asyncio.to_thread(services.apply_proxy_rules, self.layout.node_netns(node), rules, family)
+                    self.proxy_rules[(node, family)] = rules
 
     async def run(self, shutdown: lifecycle.Shutdown) -> int:
         self.layout.daemon_pidfile.write_text(str(os.getpid()))
@@ -132,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", default="json")
     args = parser.parse_args(argv)
     log.setup(args.log_format)
-    daemon = Daemon(Layout(args.cluster))
+    from shoal.local.cluster import ClusterConfig
+
+    layout = Layout(args.cluster)
+    config = ClusterConfig.read(layout)
+    daemon = Daemon(layout, config.ip_family if config else "ipv4")
 
     # The default asyncio loop, not uvloop: the kubelet relies on preexec_fn for its processes.
     async def runner() -> int:

@@ -18,7 +18,6 @@ period, then kills what is left with cgroup.kill, so nothing escapes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import socket
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 from shoal import log, netns
 from shoal.local import network, services
 from shoal.local.errors import LocalClusterError
-from shoal.local.layout import Layout, node_index, node_ip, pod_cidr
+from shoal.local.layout import Layout, node_index, node_ips, pod_cidr, pod_ips
 from shoal.store import Store, now_rfc3339
 
 logger = log.get("shoal.local.kubelet")
@@ -136,13 +135,18 @@ class PodRuntime:
     netns: str
     node_netns: str
     cgroup: Path
-    ip: str
+    ips: tuple[str, ...]  # one per family of the cluster, primary first; ips[0] is status.podIP
     restart_policy: str
     grace: float
     containers: list[ContainerState] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
     started_at: str = field(default_factory=now_rfc3339)
     stopping: bool = False
+    host_ips: tuple[str, ...] = ()
+
+    @property
+    def ip(self) -> str:
+        return self.ips[0]
 
     def phase(self) -> str:
         if not self.containers:
@@ -158,8 +162,9 @@ class PodRuntime:
         return {
             "phase": self.phase(),
             "podIP": self.ip,
-            "podIPs": [{"ip": self.ip}],
-            "hostIP": node_ip(self.node),
+            "podIPs": [{"ip": ip} for ip in self.ips],
+            "hostIP": self.host_ips[0],
+            "hostIPs": [{"ip": ip} for ip in self.host_ips],
             "startTime": self.started_at,
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
             "containerStatuses": [c.status() for c in self.containers],
@@ -170,9 +175,10 @@ class PodRuntime:
 class Kubelet:
     """Runs the pods bound to the nodes of one local cluster."""
 
-    def __init__(self, layout: Layout, store: Store) -> None:
+    def __init__(self, layout: Layout, store: Store, ip_family: str = "ipv4") -> None:
         self.layout = layout
         self.store = store
+        self.ip_family = ip_family  # `shoal local up --ip-family`: which addresses pods get
         self.pods: dict[tuple[str, str], PodRuntime] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._status_event = asyncio.Event()
@@ -201,14 +207,20 @@ class Kubelet:
             if not runtime.host_network:
                 self._write_dns(runtime, services_list)
 
-    def _allocate_ip(self, node: int, pod: dict) -> str:
+    def _allocate_ips(self, node: int, pod: dict) -> tuple[str, ...]:
+        """The pod's addresses: host number n of its node in every family (198.19.<node>.n and
+        fd73:686f:616c:<node>::n), the one it had before if still free (a restarted daemon keeps them)."""
         wanted = (pod.get("status") or {}).get("podIP")
-        in_use = {r.ip for r in self.pods.values() if r.node == node}
-        if wanted and wanted not in in_use and network_contains(node, wanted):
-            return wanted
-        for host in list(pod_cidr(node).hosts())[1:]:
-            if str(host) not in in_use:
-                return str(host)
+        in_use = {ip for r in self.pods.values() if r.node == node for ip in r.ips}
+        hosts = range(2, 255)
+        for host in hosts:
+            ips = pod_ips(node, host, self.ip_family)
+            if wanted in ips and not in_use & set(ips):
+                return ips
+        for host in hosts:
+            ips = pod_ips(node, host, self.ip_family)
+            if not in_use & set(ips):
+                return ips
         raise KubeletError(f"node{node} has no pod address left in {pod_cidr(node)}")
 
     async def start(self, pod: dict, services_list: list[dict]) -> None:
@@ -216,11 +228,12 @@ class Kubelet:
         namespace, name = meta["namespace"], meta["name"]
         node = node_index(spec["nodeName"])
         host_network = bool(spec.get("hostNetwork"))
+        host_ips = node_ips(node, self.ip_family)
         if host_network:
-            ns, ip = self.layout.node_netns(node), node_ip(node)
+            ns, ips = self.layout.node_netns(node), host_ips
         else:
-            ip = self._allocate_ip(node, pod)
-            ns = await asyncio.to_thread(network.ensure_pod_sandbox, self.layout, node, namespace, name, ip)
+            ips = self._allocate_ips(node, pod)
+            ns = await asyncio.to_thread(network.ensure_pod_sandbox, self.layout, node, namespace, name, ips)
         cgroup = self.layout.pod_cgroup(namespace, name)
         if cgroup_pids(cgroup):
             logger.info("killing processes left from an earlier kubelet", pod=f"{namespace}/{name}")
@@ -228,8 +241,8 @@ class Kubelet:
         cgroup.mkdir(parents=True, exist_ok=True)
         runtime = PodRuntime(
             namespace=namespace, name=name, uid=meta["uid"], node=node, host_network=host_network,
-            netns=ns, node_netns=self.layout.node_netns(node), cgroup=cgroup, ip=ip, restart_policy=spec.get("restartPolicy", "Always"),
-            grace=min(float(spec.get("terminationGracePeriodSeconds", 5)), GRACE_MAX),
+            netns=ns, node_netns=self.layout.node_netns(node), cgroup=cgroup, ips=ips, restart_policy=spec.get("restartPolicy", "Always"),
+            grace=min(float(spec.get("terminationGracePeriodSeconds", 5)), GRACE_MAX), host_ips=host_ips,
         )
         for container in spec.get("containers", []):
             argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
@@ -241,7 +254,7 @@ class Kubelet:
         env = self._env(pod, runtime)
         for container in runtime.containers:
             runtime.tasks.append(asyncio.create_task(self._run_container(runtime, container, env)))
-        logger.info("pod started", pod=f"{namespace}/{name}", node=f"node{node}", ip=ip,
+        logger.info("pod started", pod=f"{namespace}/{name}", node=f"node{node}", ips=list(ips),
                     containers=[c.name for c in runtime.containers])
         self._mark(runtime)
 
@@ -282,6 +295,7 @@ class Kubelet:
             "POD_NAME": runtime.name,
             "POD_NAMESPACE": runtime.namespace,
             "POD_IP": runtime.ip,
+            "POD_IPS": ",".join(runtime.ips),
             "NODE_NAME": f"node{runtime.node}",
             "PYTHONUNBUFFERED": "1",
         }
@@ -417,10 +431,6 @@ class Kubelet:
             if not path.exists() or path.read_text() != content:
                 with open(path, "w") as f:
                     f.write(content)
-
-
-def network_contains(node: int, ip: str) -> bool:
-    return ipaddress.ip_address(ip) in pod_cidr(node)
 
 
 def remove_etc_netns(name: str) -> None:

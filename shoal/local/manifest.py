@@ -14,9 +14,9 @@ from typing import Callable, Iterable
 
 import yaml
 
-from shoal.local import keys
+from shoal.local import keys, service_ips
 from shoal.local.errors import LocalClusterError
-from shoal.local.layout import SERVICE_NETWORK
+from shoal.store import SERVICE_NETWORK
 
 CORE_KINDS = {
     "Namespace": ("v1",),
@@ -102,17 +102,20 @@ def _parse(text: str, source: str) -> list[dict]:
 
 
 def validate(objects: Iterable[dict], *, existing_namespaces: set[str],
-             mesh_validator: MeshValidator | None = None) -> list[str]:
+             mesh_validator: MeshValidator | None = None,
+             service_ranges: tuple[str, ...] = (SERVICE_NETWORK,)) -> list[str]:
+    """Every error of `objects`; a Service is checked against the cluster's Service ranges (its IP families)."""
     objects = list(objects)
     errors: list[str] = []
     namespaces = set(existing_namespaces) | {
         o.get("metadata", {}).get("name") for o in objects if isinstance(o, dict) and o.get("kind") == "Namespace"}
     for obj in objects:
-        errors.extend(_validate_one(obj, namespaces, mesh_validator))
+        errors.extend(_validate_one(obj, namespaces, mesh_validator, service_ranges))
     return errors
 
 
-def _validate_one(obj: dict, namespaces: set[str], mesh_validator: MeshValidator | None) -> list[str]:
+def _validate_one(obj: dict, namespaces: set[str], mesh_validator: MeshValidator | None,
+                  service_ranges: tuple[str, ...]) -> list[str]:
     who = describe(obj)
     errors = []
 
@@ -150,6 +153,9 @@ def _validate_one(obj: dict, namespaces: set[str], mesh_validator: MeshValidator
     checker = _CORE_CHECKS.get(kind)
     if checker:
         checker(spec, err)
+        if kind == "Service" and isinstance(spec, dict):
+            for field, reason in service_ips.problems(spec, service_ranges):
+                err(field, reason)
     elif mesh_validator is not None:
         errors.extend(mesh_validator(obj))
     return errors
@@ -263,15 +269,6 @@ def _check_service(spec, err) -> None:
     selector = spec.get("selector")
     if selector is not None and not isinstance(selector, dict):
         err("spec.selector", "must be a mapping of labels")
-    vip = spec.get("clusterIP")
-    if vip not in (None, "", "None"):
-        import ipaddress
-
-        try:
-            if ipaddress.ip_address(vip) not in SERVICE_NETWORK:
-                err("spec.clusterIP", f"{vip} is outside the Service range {SERVICE_NETWORK}")
-        except ValueError:
-            err("spec.clusterIP", f"{vip!r} is not an IPv4 address")
 
 
 def _check_nothing(spec, err) -> None:

@@ -154,7 +154,8 @@ def test_the_current_cluster_comes_from_the_environment_or_the_only_one_up(store
     assert named.returncode == 1 and "cluster 'other' is not up" in named.stderr
     assert shoal("waypoint", "list", env={"KUBECONFIG": None}).stdout.strip() == "no waypoints"   # the same cluster
     listing = shoal("local", "list").stdout.splitlines()
-    assert listing[0].split() == ["NAME", "NODES", "REDIRECT", "DAEMON"] and listing[1].split()[0] == CLUSTER
+    assert listing[0].split() == ["NAME", "NODES", "REDIRECT", "IP-FAMILY", "DAEMON"]
+    assert listing[1].split()[0] == CLUSTER
     second = type(store)("second", root=store.dir.parent.parent)
     second.init()
     ambiguous = shoal("local", "get", "svc", check=False)
@@ -168,11 +169,12 @@ def test_the_current_cluster_comes_from_the_environment_or_the_only_one_up(store
 def test_up_on_an_existing_cluster_says_what_differs_and_changes_nothing(store):
     config = store.dir.parent / "cluster.json"
     config.write_text(json.dumps({"nodes": 3, "redirect": "iptables"}))
-    result = local("up", "--nodes", "2", check=False)
+    result = local("up", "--nodes", "2", "--ip-family", "dual", check=False)
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        f"shoal: error: cluster '{CLUSTER}' is up with 3 nodes and --redirect iptables; you asked for --nodes 2 "
-        f"(it has 3). Nothing changed: to change it, `shoal local down --cluster {CLUSTER}` first")
+    assert result.stderr.strip() == (   # a cluster.json from before --ip-family is an IPv4 cluster
+        f"shoal: error: cluster '{CLUSTER}' is up with 3 nodes, --redirect iptables and --ip-family ipv4; you asked "
+        f"for --nodes 2 (it has 3), --ip-family dual (it has ipv4). Nothing changed: to change it, "
+        f"`shoal local down --cluster {CLUSTER}` first")
     assert json.loads(config.read_text()) == {"nodes": 3, "redirect": "iptables"}
 
 

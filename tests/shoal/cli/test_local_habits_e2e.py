@@ -110,7 +110,8 @@ def test_a_restarted_container_has_a_marker_and_its_previous_run(cluster):
 
 def test_up_again_without_flags_keeps_the_cluster_and_status_says_it_is_healthy(cluster):
     again = cluster("up")
-    assert again.stdout.strip().endswith("is already up (1 nodes, --redirect iptables); nothing changed")
+    assert again.stdout.strip().endswith("is already up (1 nodes, --redirect iptables, --ip-family ipv4); "
+                                         "nothing changed")
     differs = cluster("up", "--redirect", "ebpf", check=False)
     assert differs.returncode == 1 and "you asked for --redirect ebpf (it has iptables)" in differs.stderr
     status = cluster("status")
