@@ -1,23 +1,35 @@
-"""IPv6 never goes around the mesh, in both redirect modes (the `redirection` fixture is parametrized).
+"""IPv6 never goes around the mesh.
 
-Until dual stack is carried, an enrolled pod's IPv6 is refused in both
-directions; an AF_INET6 socket connecting to a v4-mapped address sends IPv4
-and is captured as IPv4; loopback stays open; un-enrolling gives IPv6 back and
-leaves nothing behind. The pods get addresses from shoal's own range,
-fd73:686f:616c::/48, which is never wired to the host.
+In both redirect modes (the `redirection` fixture is parametrized), a pod
+enrolled without an IPv6 address (its podIPs have none) has its IPv6 refused
+in both directions, fail closed; an AF_INET6 socket connecting to a v4-mapped
+address sends IPv4 and is captured as IPv4; loopback stays open; un-enrolling
+gives IPv6 back and leaves nothing behind.
+
+In the iptables mode, a pod enrolled with an IPv6 address has its IPv6 TCP
+captured as IPv4's is: outbound to the ztunnel's [::1]:15001 and inbound to
+its 15006 with IP6T_SO_ORIGINAL_DST, HBONE's 15008 and the kubelet's probe
+(SNATed to PROBE_SOURCE6 on the node) let through, the same chains in
+ip6tables. (The eBPF mode's IPv6 capture is tested in test_ebpf_ipv6.py.)
+
+The pods get addresses from shoal's own range, fd73:686f:616c::/48, which is
+never wired to the host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
+import struct
 
 import pytest
 
 from shoal import netns
+from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SOURCE6
 
 from na_topology import POD_IPS, POD_IPS6, Server, bpftool_cgroup, listen_in, original_dst
-from node_agent import netfilter
+from node_agent import netfilter, probes
 from support.polling import eventually
 from support.root import needs_root
 
@@ -178,4 +190,104 @@ def test_install_is_idempotent_a_restart_adds_nothing_and_unenrolling_gives_ipv6
     redirection.remove(pod)
     assert "SHOAL" not in ipv6_rules(topo)
     assert bpftool_cgroup(pod.cgroup) == []
+    assert tcp6_works(topo, "a", "b") and tcp6_works(topo, "b", "a")
+
+
+# -- a pod enrolled with its IPv6 address: captured (iptables mode) ----------------------------
+
+IP6T_SO_ORIGINAL_DST = 80
+
+
+def original_dst6(sock: socket.socket) -> tuple[str, int]:
+    """What the ztunnel reads for a REDIRECTed IPv6 connection: a sockaddr_in6 from conntrack."""
+    raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+    port, packed = struct.unpack("!2xH4x16s4x", raw)
+    return socket.inet_ntop(socket.AF_INET6, packed), port
+
+
+def dual(topo, pod: str):
+    return dataclasses.replace(topo.pods[pod], ips=(POD_IPS[pod], POD_IPS6[pod]))
+
+
+@pytest.fixture
+def enrolled6(redirection, topo, ipv6):
+    """Pod a enrolled with both its addresses; the test holds the ztunnel's IPv6 listeners in it."""
+    if redirection.mode != "iptables":
+        pytest.skip("the eBPF mode's IPv6 capture is tested in test_ebpf_ipv6.py")
+    pod = dual(topo, "a")
+    redirection.install(pod)
+    ns = topo.pod_netns("a")
+    outbound, inbound = listen6_in(ns, OUTBOUND_PORT), listen6_in(ns, INBOUND_PLAINTEXT_PORT)
+    yield pod, outbound, inbound
+    outbound.close()
+    inbound.close()
+    redirection.remove(pod)
+
+
+def test_outbound_ipv6_of_a_pod_with_an_ipv6_address_lands_on_15001_with_its_original_destination(topo,
+                                                                                                  enrolled6):
+    _, outbound, _ = enrolled6
+    server = Server(outbound, b"from-ztunnel")
+    # Nothing listens on pod b's 8650: only capture can answer.
+    result = topo.run_in_pod("a", tcp6_code(POD_IPS6["b"], 8650))
+    server.result()
+    assert server.data == b"hello", result.stdout + result.stderr
+    assert original_dst6(server.conn) == (POD_IPS6["b"], 8650)
+    assert server.peer[0] == POD_IPS6["a"]  # the app's own source; REDIRECT changed only the destination
+    assert result.stdout.split() == ["ok", f"{POD_IPS6['b']}:8650", "from-ztunnel"]
+    server.conn.close()
+
+
+def test_inbound_ipv6_to_a_pod_with_an_ipv6_address_lands_on_15006_and_hbone_passes(topo, enrolled6):
+    _, _, inbound = enrolled6
+    with listen6_in(topo.pod_netns("a"), 8660) as app:
+        captured = Server(inbound, b"ztunnel")
+        result = topo.run_in_pod("b", tcp6_code(POD_IPS6["a"], 8660))
+        captured.result()
+        assert captured.data == b"hello", result.stdout + result.stderr
+        assert captured.peer[0] == POD_IPS6["b"]
+        assert original_dst6(captured.conn) == (POD_IPS6["a"], 8660)
+        captured.conn.close()
+        assert nothing_arrives(app, 0.2)
+    with listen6_in(topo.pod_netns("a"), HBONE_PORT) as hbone:
+        server = Server(hbone, b"tunnel")
+        result = topo.run_in_pod("b", tcp6_code(POD_IPS6["a"], HBONE_PORT))
+        assert server.result().data == b"hello", result.stdout + result.stderr
+        assert server.peer[0] == POD_IPS6["b"]
+
+
+def test_the_kubelets_ipv6_probe_reaches_the_app_from_the_ipv6_probe_source(topo, redirection, enrolled6):
+    pod, _, _ = enrolled6
+    assert POD_IPS6["a"] in probes.covered(topo.node)
+    with listen6_in(topo.pod_netns("a"), 8670) as app:
+        server = Server(app, b"healthy")
+        result = topo.run_on_node(tcp6_code(POD_IPS6["a"], 8670, timeout=5), topo.kubelet_cgroup)
+        assert result.stdout.startswith("ok"), result.stdout + result.stderr
+        assert server.result().peer[0] == PROBE_SOURCE6
+
+
+def test_gaining_an_ipv6_address_swaps_the_refusal_for_capture_and_removal_leaves_nothing(topo, redirection,
+                                                                                          ipv6):
+    if redirection.mode != "iptables":
+        pytest.skip("the eBPF mode's IPv6 capture is tested in test_ebpf_ipv6.py")
+    v4_only, both = topo.pods["a"], dual(topo, "a")
+    redirection.install(v4_only)
+    assert "-A SHOAL_INPUT -j DROP" in ipv6_rules(topo)
+    assert not redirection.installed(both)  # the IPv6 capture is missing, the refusal is in the way
+    for _ in range(2):
+        redirection.install(both)
+    assert redirection.installed(both)
+    saved = ipv6_rules(topo)
+    assert "SHOAL_INPUT" not in saved and "-A SHOAL_OUTPUT -j REJECT" not in saved  # the refusal is gone
+    assert saved.count("-A OUTPUT -j SHOAL_OUTPUT") == 1 and saved.count("-A PREROUTING -j SHOAL_PREROUTING") == 1
+    assert "-A SHOAL_OUTPUT -p tcp -j REDIRECT --to-ports 15001" in saved
+    assert f"-A SHOAL_PREROUTING -s {PROBE_SOURCE6}/128 -j RETURN" in saved
+    assert "-A SHOAL_PREROUTING -p tcp -j REDIRECT --to-ports 15006" in saved
+    assert "-m mark --mark 0x539 -m cgroup ! --path" in saved  # the ztunnel's own sockets, as in IPv4
+    node6 = netfilter.save(topo.node, ipv6=True)
+    assert f"-d {POD_IPS6['a']}/128 -p tcp -m cgroup --path" in node6 and f"--to-source {PROBE_SOURCE6}" in node6
+
+    redirection.remove(both)
+    assert "SHOAL" not in ipv6_rules(topo) and "SHOAL" not in netfilter.save(topo.pod_netns("a"))
+    assert "SHOAL" not in netfilter.save(topo.node, ipv6=True)
     assert tcp6_works(topo, "a", "b") and tcp6_works(topo, "b", "a")
