@@ -4,13 +4,17 @@
 - detection in network namespaces: legacy rules present, legacy; nft rules only, nft; none, legacy;
 - the iptables mode with the nft backend, in a real pod netns: install is idempotent and captures
   (SO_ORIGINAL_DST checked), `installed` sees a flushed chain, removal leaves nothing, and nothing
-  ever lands in the legacy tables; a pod moved from one backend to the other keeps nothing of the old.
+  ever lands in the legacy tables; a pod moved from one backend to the other keeps nothing of the old;
+- a node with only nftables rules: every rule of a dual-stack pod (capture, DNS capture, the node's
+  probe SNAT) goes to nft in both families, IPv4 and IPv6 captured, nothing in legacy; the override
+  (--iptables-backend) wins over detection.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import threading
 from pathlib import Path
@@ -21,13 +25,17 @@ from shoal import netns
 
 from na_topology import listen_in, original_dst
 from node_agent import backend, netfilter
+from shoal.contracts import PROBE_SOURCE6
+
 from node_agent.iptables import IptablesRedirector, capture_specs, refuse_specs
 from node_agent.model import PodTarget
+from node_agent.redirect import Redirection
 from support.root import IS_ROOT, needs_root
 
 TAG = f"nft{os.getpid()}"
 CGROUP = Path("/sys/fs/cgroup/unified") / f"shoal-{TAG}"
 POD_IP = "198.19.201.2"
+POD_IP6 = "fd73:686f:616c:c9::2"
 
 
 def pod(netns_path: str, cgroup: str | None = None) -> PodTarget:
@@ -98,19 +106,34 @@ def nft_save(path: str, ipv6: bool = False) -> str:
     return subprocess.run(["nsenter", f"--net={path}", tool], capture_output=True, text=True, check=True).stdout
 
 
-def captured(path: str) -> tuple[str, int]:
+def original_dst6(sock: socket.socket) -> tuple[str, int]:
+    raw = sock.getsockopt(socket.IPPROTO_IPV6, 80, 28)  # IP6T_SO_ORIGINAL_DST: a sockaddr_in6
+    port, packed = struct.unpack("!2xH4x16s4x", raw)
+    return socket.inet_ntop(socket.AF_INET6, packed), port
+
+
+def captured(path: str, destination: str = "198.18.99.1") -> tuple[str, int]:
     """Connects from the pod to an address nobody serves; returns where the 15001 listener says it was going."""
-    listener = listen_in(path, 15001)
+    ipv6 = ":" in destination
+    if ipv6:
+        listener = netns.socket_in(path, socket.AF_INET6)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind(("::", 15001))
+        listener.listen(4)
+        listener.settimeout(5)
+    else:
+        listener = listen_in(path, 15001)
     got = {}
 
     def accept():
         conn, _ = listener.accept()
-        got["dst"] = original_dst(conn)
+        got["dst"] = original_dst6(conn) if ipv6 else original_dst(conn)
         conn.close()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    code = "import socket; socket.create_connection(('198.18.99.1', 8080), timeout=5).close()"
+    code = f"import socket; socket.create_connection(({destination!r}, 8080), timeout=5).close()"
     result = subprocess.run(["nsenter", f"--net={path}", "python3", "-c", code], capture_output=True, text=True,
                             timeout=60)
     thread.join(30)
@@ -170,3 +193,51 @@ def test_a_pod_moved_to_the_other_backend_keeps_nothing_of_the_old_one(scratch):
     legacy.install(target)  # and back; removal by either takes both
     nft.remove(target)
     assert "SHOAL" not in netfilter.save(path) and "SHOAL" not in nft_save(path)
+
+
+@needs_root("network namespaces, cgroups and iptables")
+def test_a_node_with_only_nftables_gets_every_rule_of_a_dual_stack_pod_in_nft(scratch, tmp_path):
+    node = scratch("nftnode")
+    netns.run(node, ["iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
+    node_path = str(netns.path(node))
+    chosen = backend.resolve("auto", node_path)
+    assert chosen == "nft"
+    assert backend.resolve("legacy", node_path) == "legacy"  # --iptables-backend wins over detection
+    path = pod_netns(scratch)
+    for argv in (["ip", "-6", "addr", "add", f"{POD_IP6}/64", "dev", "d0", "nodad"],
+                 ["ip", "-6", "route", "add", "default", "dev", "d0"]):
+        subprocess.run(["nsenter", f"--net={path}", *argv], check=True)
+    kubelet = CGROUP / "kubelet"
+    kubelet.mkdir(parents=True, exist_ok=True)
+    try:
+        target = PodTarget("uid-nft", "demo", "web", POD_IP, path, str(CGROUP), dns_capture=True,
+                           ips=(POD_IP, POD_IP6))
+        redirection = Redirection(IptablesRedirector(chosen), tmp_path, node_netns=node_path,
+                                  kubelet_cgroup=str(kubelet))
+        assert redirection.tables.name == "nft"
+        redirection.install(target)
+        redirection.install(target)
+        assert redirection.installed(target)
+        for ipv6 in (False, True):
+            saved = nft_save(path, ipv6=ipv6)
+            assert [line for line in saved.splitlines() if line.startswith("-A OUTPUT")] == \
+                ["-A OUTPUT -j SHOAL_DNS", "-A OUTPUT -j SHOAL_OUTPUT"], saved
+            assert "-A SHOAL_OUTPUT -p tcp -j REDIRECT --to-ports 15001" in saved
+            assert "-A SHOAL_DNS -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053" in saved
+            assert "SHOAL_INPUT" not in saved  # neither family is refused: the pod has both
+            for where in (path, node_path):
+                assert "SHOAL" not in netfilter.save(where, ipv6=ipv6), "nothing goes into the legacy tables"
+        assert f"-A SHOAL_PREROUTING -s {PROBE_SOURCE6}/128 -j RETURN" in nft_save(path, ipv6=True)
+        assert f"-d {POD_IP}/32 -p tcp" in nft_save(node_path)
+        assert f"-d {POD_IP6}/128 -p tcp" in nft_save(node_path, ipv6=True)
+        assert redirection.probes.covered() == {POD_IP, POD_IP6}
+        assert captured(path) == ("198.18.99.1", 8080)
+        assert captured(path, "fd73:686f:616c:99::1") == ("fd73:686f:616c:99::1", 8080)
+
+        redirection.remove(target)
+        for ipv6 in (False, True):
+            assert "SHOAL" not in nft_save(path, ipv6=ipv6) and "SHOAL" not in nft_save(node_path, ipv6=ipv6)
+        assert not redirection.installed(target)
+    finally:
+        kubelet.rmdir()
+        CGROUP.rmdir()
