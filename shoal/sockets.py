@@ -7,6 +7,13 @@ then used from the event loop like any other. Every socket carries SO_MARK
 0x539 (`shoal.contracts.MARK`), so a pod's capture rules let it through.
 Failures become `SocketError`s (this module is the boundary for OSError),
 whose messages say what to check.
+
+Both address families: a listener binds `::` dual-stack by default (one
+socket takes IPv4 and IPv6 alike, so the eBPF sk_lookup and the takeover's
+reuseport group have one socket per port, as before), and an upstream
+socket has the family of its destination. A dual-stack socket reports an
+IPv4 peer as `::ffff:a.b.c.d`; every address this module hands out is
+canonical (`shoal.model.addresses`): the IPv4 address itself.
 """
 
 from __future__ import annotations
@@ -19,17 +26,25 @@ from typing import Callable
 
 from shoal import contracts, log, netns
 from shoal.errors import ShoalError
+from shoal.model.addresses import canonical_or_none, ip_version, join_host_port
 
 _logger = log.get("shoal.sockets")
 
-SO_ORIGINAL_DST = 80
+SO_ORIGINAL_DST = 80           # SOL_IP (linux/netfilter_ipv4.h)
+IP6T_SO_ORIGINAL_DST = 80      # SOL_IPV6 (linux/netfilter_ipv6/ip6_tables.h), a sockaddr_in6
 IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+ALL_ADDRESSES = "::"           # a listener's default: every address of both families
 LISTEN_BACKLOG = 1024
 SOCKET_BUFFER = 4 << 20
 
 
 class SocketError(ShoalError):
     """A listener or upstream socket could not be made; the message says what to check."""
+
+
+class Ipv6Unavailable(SocketError):
+    """IPv6 is off where a socket was to be made (no IPv6 in the kernel, or disabled in the netns)."""
 
 
 class ConnectFailed(SocketError):
@@ -58,15 +73,19 @@ class SocketFactory:
         self._refilling = False
         self.closed = False
 
-    def _make(self, count: int) -> list[socket.socket]:
-        return [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    def _make(self, count: int, family: int = socket.AF_INET) -> list[socket.socket]:
+        return [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
 
-    def _batch(self, count: int) -> list[socket.socket]:
+    def _batch(self, count: int, family: int = socket.AF_INET) -> list[socket.socket]:
         if self.netns_fd is None:
-            return self._make(count)
-        return netns.run_in(self.netns_fd, self._make, count)
+            return self._make(count, family)
+        return netns.run_in(self.netns_fd, self._make, count, family)
 
-    def take(self) -> socket.socket:
+    def take(self, family: int = socket.AF_INET) -> socket.socket:
+        """A fresh TCP socket of the netns. IPv4 sockets come from the spares; IPv6 ones, rarer
+        in most clusters, are made on demand (the spares would otherwise double)."""
+        if family != socket.AF_INET:
+            return self._batch(1, family)[0]
         if self._sockets:
             sock = self._sockets.pop()
         else:
@@ -128,14 +147,37 @@ def _tune(sock: socket.socket, mark: bool = True) -> None:
             pass
 
 
-def listener(netns_fd: int | None, port: int, address: str = "0.0.0.0", *, mark: bool = True) -> socket.socket:
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def listener(netns_fd: int | None, port: int, address: str = ALL_ADDRESSES, *, mark: bool = True) -> socket.socket:
     """A listening TCP socket in the netns (None: the caller's), SO_REUSEPORT so a new proxy can take over.
-    `mark` as in `_tune`."""
-    sock = netns.socket_in(netns_fd, socket.AF_INET, socket.SOCK_STREAM) if netns_fd is not None \
-        else socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    `::` (the default) listens on both families with one socket; where the kernel has no IPv6 at all
+    it falls back to 0.0.0.0 (IPv4 only). `mark` as in `_tune`."""
+    if address == ALL_ADDRESSES:
+        try:
+            return _listen(netns_fd, port, address, mark)
+        except Ipv6Unavailable:
+            return _listen(netns_fd, port, "0.0.0.0", mark)
+    return _listen(netns_fd, port, address, mark)
+
+
+def _listen(netns_fd: int | None, port: int, address: str, mark: bool) -> socket.socket:
+    family = _family(address)
+    try:
+        sock = netns.socket_in(netns_fd, family, socket.SOCK_STREAM) if netns_fd is not None \
+            else socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        kind = Ipv6Unavailable if family == socket.AF_INET6 and e.errno == errno.EAFNOSUPPORT else SocketError
+        raise kind(f"cannot make an {'IPv6' if family == socket.AF_INET6 else 'IPv4'} socket: {e.strerror or e}; "
+                   "check that the kernel has that address family") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and address == ALL_ADDRESSES:
+            # Dual-stack whatever net.ipv6.bindv6only says: IPv4 arrives as ::ffff:a.b.c.d.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         _tune(sock, mark)
         sock.bind((address, port))
         sock.listen(LISTEN_BACKLOG)
@@ -145,24 +187,56 @@ def listener(netns_fd: int | None, port: int, address: str = "0.0.0.0", *, mark:
         raise
     except OSError as e:
         sock.close()
-        raise SocketError(f"cannot listen on {address}:{port}{' in the pod netns' if netns_fd is not None else ''}: "
-                          f"{e.strerror or e}; "
-                          "check that nothing else holds the port without SO_REUSEPORT") from None
+        # IPv6 turned off in the netns (disable_ipv6: nothing to bind): IPv4 alone still serves.
+        off = family == socket.AF_INET6 and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+        raise (Ipv6Unavailable if off else SocketError)(
+            f"cannot listen on {join_host_port(address, port)}"
+            f"{' in the pod netns' if netns_fd is not None else ''}: {e.strerror or e}; "
+            "check that nothing else holds the port without SO_REUSEPORT") from None
     return sock
 
 
+def _address(raw: tuple) -> tuple[str, int]:
+    """A socket address as (canonical host, port): `::ffff:a.b.c.d` is a.b.c.d, the flow and scope go."""
+    return canonical_or_none(raw[0]) or raw[0], raw[1]
+
+
+def local_address(sock: socket.socket) -> tuple[str, int]:
+    return _address(sock.getsockname())
+
+
+def peer_address(sock: socket.socket) -> tuple[str, int]:
+    return _address(sock.getpeername())
+
+
+def _parse_sockaddr(raw: bytes) -> tuple[str, int]:
+    """A sockaddr_in or sockaddr_in6, by its family field (host byte order, first two bytes)."""
+    family = int.from_bytes(raw[:2], "little")
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        port, packed = struct.unpack_from("!H4x16s", raw, 2)
+        return _address((socket.inet_ntop(socket.AF_INET6, packed), port))
+    port, packed = struct.unpack_from("!H4s", raw, 2)
+    return socket.inet_ntoa(packed), port
+
+
 def original_destination(sock: socket.socket) -> tuple[str, int]:
-    """Where the app meant to connect: SO_ORIGINAL_DST (iptables REDIRECT, or the eBPF
-    getsockopt hook); a socket steered by sk_lookup reports it as its own address."""
-    try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-        port, packed = struct.unpack_from("!2xH4s", raw)
-        return socket.inet_ntoa(packed), port
-    except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ENOPROTOOPT):
-            raise
-    host, port = sock.getsockname()[:2]
-    return host, port
+    """Where the app meant to connect (canonical): SO_ORIGINAL_DST (iptables REDIRECT, or the eBPF
+    getsockopt hook); a socket steered by sk_lookup reports it as its own address.
+
+    An IPv4 connection (on a dual-stack listener too, where it is ::ffff:a.b.c.d) asks SOL_IP; an
+    IPv6 one asks SOL_IPV6's IP6T_SO_ORIGINAL_DST (ip6tables REDIRECT) first, then SOL_IP (where
+    an eBPF hook may answer for either family): the answer is read by its own family field."""
+    local = sock.getsockname()
+    ipv6 = sock.family == socket.AF_INET6 and ip_version(local[0]) == 6
+    levels = ((socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST), (socket.SOL_IP, SO_ORIGINAL_DST)) if ipv6 \
+        else ((socket.SOL_IP, SO_ORIGINAL_DST),)
+    for level, option in levels:
+        try:
+            return _parse_sockaddr(sock.getsockopt(level, option, 28))
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOPROTOOPT):
+                raise
+    return _address(local)
 
 
 def captured_destination(sock: socket.socket, direction: str) -> tuple[str, int] | None:
@@ -181,36 +255,41 @@ async def connect(source: SocketFactory | int | None, destination: tuple[str, in
     """A connected socket from inside the netns (a SocketFactory of it, its fd, or None for
     our own), marked; with `transparent_source`, it binds the client's IP (IP_TRANSPARENT)
     so the app sees the original source. `mark` as in `_tune`."""
+    family = _family(destination[0])
     if isinstance(source, SocketFactory):
-        sock = source.take()
+        sock = source.take(family)
     elif source is not None:
-        sock = netns.socket_in(source, socket.AF_INET, socket.SOCK_STREAM)
+        sock = netns.socket_in(source, family, socket.SOCK_STREAM)
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    where = join_host_port(destination[0], destination[1])
     try:
         _tune(sock, mark)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if transparent_source:
-            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
             sock.bind((transparent_source, 0))
         sock.setblocking(False)
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, destination), timeout)
         return sock
     except asyncio.TimeoutError:
         sock.close()
-        raise ConnectFailed(f"connection to {destination[0]}:{destination[1]} timed out after {timeout:.0f}s; "
+        raise ConnectFailed(f"connection to {where} timed out after {timeout:.0f}s; "
                             "check that the destination is up and that no NetworkPolicy drops the traffic",
                             "timed_out") from None
     except ConnectionRefusedError:
         sock.close()
-        raise ConnectFailed(f"connection to {destination[0]}:{destination[1]} refused; "
+        raise ConnectFailed(f"connection to {where} refused; "
                             "check that the app listens on that port", "refused") from None
     except SocketError:
         sock.close()
         raise
     except OSError as e:
         sock.close()
-        raise ConnectFailed(f"cannot connect to {destination[0]}:{destination[1]}: {e.strerror or e}; "
+        raise ConnectFailed(f"cannot connect to {where}: {e.strerror or e}; "
                             "check routes from the pod", "unreachable") from None
 
 
@@ -245,4 +324,4 @@ async def accept_forever(sock: socket.socket, on_connection: Callable[[socket.so
             await asyncio.sleep(pause)
             continue
         pause = 0.0
-        on_connection(conn, address)
+        on_connection(conn, _address(address))

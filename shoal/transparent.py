@@ -11,6 +11,11 @@ must come back to the ztunnel's socket instead of leaving the pod:
 - `ip rule fwmark 0x111 lookup 133`, and table 133 has `local 0.0.0.0/0 dev lo`,
   so the reply is delivered locally, to the transparent socket.
 
+The same for IPv6, in ip6tables' mangle table and `ip -6` (table 133 has
+`local ::/0 dev lo`). IPv4 must be installed; IPv6 is installed where the
+netns has it, and `install()` says whether it is, so the ztunnel keeps the
+client's IPv6 source only where replies can come back.
+
 All of it lives in a chain and a table of its own (chain SHOAL_ZTUNNEL,
 table 133, rule priority 32000) and `remove()` takes it away again. The
 ztunnel installs it when a pod is handed over and removes it when the pod
@@ -46,8 +51,12 @@ def _in_netns(netns_fd: int, argv: list[str], check: bool, stdin: str | None = N
     return result
 
 
-def _iptables(netns_fd: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return _in_netns(netns_fd, ["iptables-legacy", "-w", "-t", "mangle", *args], check)
+_TOOLS = {4: ("iptables-legacy", "iptables-legacy-save", "iptables-legacy-restore", "0.0.0.0/0"),
+          6: ("ip6tables-legacy", "ip6tables-legacy-save", "ip6tables-legacy-restore", "::/0")}
+
+
+def _iptables(netns_fd: int, *args: str, check: bool = True, version: int = 4) -> subprocess.CompletedProcess:
+    return _in_netns(netns_fd, [_TOOLS[version][0], "-w", "-t", "mangle", *args], check)
 
 
 def _ip(netns_fd: int, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -61,27 +70,45 @@ RULES = (
 )
 
 
-def install(netns_fd: int) -> None:
-    """Idempotent, in four short processes (enrollment waits for this): the chain is
-    declared (so created or flushed) and refilled in one restore, the jump and the
-    policy rule are added only if missing, the route is replaced."""
-    saved = _in_netns(netns_fd, ["iptables-legacy-save", "-t", "mangle"], check=False).stdout
+def install(netns_fd: int) -> bool:
+    """Installs the return path for IPv4 (TransparentError if it cannot) and for IPv6 where the
+    netns has IPv6; returns whether IPv6 is covered. Idempotent, in four short processes per family
+    (enrollment waits for this): the chain is declared (so created or flushed) and refilled in one
+    restore, the jump and the policy rule are added only if missing, the route is replaced."""
+    _install(netns_fd, 4)
+    try:
+        _install(netns_fd, 6)
+    except TransparentError:
+        _remove(netns_fd, 6)                  # nothing half-made stays behind
+        return False
+    return True
+
+
+def _install(netns_fd: int, version: int) -> None:
+    _, save, restore, everything = _TOOLS[version]
+    saved = _in_netns(netns_fd, [save, "-t", "mangle"], check=False).stdout
     jump = f"-A OUTPUT -j {CHAIN}" in saved
     script = "\n".join(["*mangle", f":{CHAIN} - [0:0]", *RULES, *([] if jump else [f"-I OUTPUT 1 -j {CHAIN}"]),
                         "COMMIT", ""])
-    _in_netns(netns_fd, ["iptables-legacy-restore", "-w", "--noflush"], check=True, stdin=script)
-    commands = [f"route replace local 0.0.0.0/0 dev lo table {TABLE}"]
-    if f"{PRIORITY}:" not in _ip(netns_fd, "-4", "rule", "show").stdout:
+    _in_netns(netns_fd, [restore, "-w", "--noflush"], check=True, stdin=script)
+    commands = [f"route replace local {everything} dev lo table {TABLE}"]
+    if f"{PRIORITY}:" not in _ip(netns_fd, f"-{version}", "rule", "show").stdout:
         commands.insert(0, f"rule add fwmark {hex(CONNMARK)} lookup {TABLE} priority {PRIORITY}")
-    _ip(netns_fd, "-4", "-batch", "-", stdin="\n".join(commands) + "\n")
+    _ip(netns_fd, f"-{version}", "-batch", "-", stdin="\n".join(commands) + "\n")
 
 
 def remove(netns_fd: int) -> None:
-    _iptables(netns_fd, "-D", "OUTPUT", "-j", CHAIN, check=False)
-    _iptables(netns_fd, "-F", CHAIN, check=False)
-    _iptables(netns_fd, "-X", CHAIN, check=False)
+    """Removes what `install` made, both families; what is not there is skipped."""
+    for version in (4, 6):
+        _remove(netns_fd, version)
 
-    while f"{PRIORITY}:" in _ip(netns_fd, "-4", "rule", "show", check=False).stdout:
-        if _ip(netns_fd, "-4", "rule", "del", "priority", str(PRIORITY), check=False).returncode != 0:
+
+def _remove(netns_fd: int, version: int) -> None:
+    _iptables(netns_fd, "-D", "OUTPUT", "-j", CHAIN, check=False, version=version)
+    _iptables(netns_fd, "-F", CHAIN, check=False, version=version)
+    _iptables(netns_fd, "-X", CHAIN, check=False, version=version)
+
+    while f"{PRIORITY}:" in _ip(netns_fd, f"-{version}", "rule", "show", check=False).stdout:
+        if _ip(netns_fd, f"-{version}", "rule", "del", "priority", str(PRIORITY), check=False).returncode != 0:
             break
-    _ip(netns_fd, "-4", "route", "flush", "table", str(TABLE), check=False)
+    _ip(netns_fd, f"-{version}", "route", "flush", "table", str(TABLE), check=False)

@@ -29,6 +29,7 @@ from typing import Callable
 
 from shoal import contracts, dns_message, log, netns, sockets
 from shoal.dns_message import MalformedQuery, Query
+from shoal.model.addresses import canonical_or_none
 from shoal.proxy_state import ProxyState
 
 from ztunnel import dns, takeover
@@ -42,6 +43,29 @@ TCP_IDLE_SECONDS = 30.0     # a DNS-over-TCP client that sends nothing this long
 
 def _mark(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, contracts.MARK)
+
+
+def _udp_listener(netns_fd: int) -> socket.socket:
+    """UDP 15053 for both families in one socket (`::`, dual-stack; an IPv4 client is ::ffff:a.b.c.d
+    and is answered through the same socket), or 0.0.0.0 where the netns has no IPv6."""
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            udp = netns.socket_in(netns_fd, family, socket.SOCK_DGRAM)
+        except OSError:
+            continue
+        try:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            _mark(udp)
+            udp.bind((address, DNS_PROXY_PORT))
+            udp.setblocking(False)
+            return udp
+        except OSError:
+            udp.close()
+            if family == socket.AF_INET:
+                raise
+    raise OSError("no UDP socket of either family could be made")
 
 
 class PodResolvers:
@@ -83,8 +107,10 @@ class PodResolvers:
 def nameserver(resolv_conf: str) -> tuple[str, int] | None:
     for line in resolv_conf.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] == "nameserver" and ":" not in parts[1]:
-            return (parts[1], 53)
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            address = canonical_or_none(parts[1])      # IPv4 or IPv6 (an IPv6-only pod's resolver); no zones
+            if address is not None:
+                return (address, 53)
     return None
 
 
@@ -125,11 +151,7 @@ class DnsProxy:
         left (the pod's DNS then goes unanswered only if its capture is on)."""
         loop = asyncio.get_running_loop()
         try:
-            udp = netns.socket_in(pod.netns_fd, socket.AF_INET, socket.SOCK_DGRAM)
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            _mark(udp)
-            udp.bind(("0.0.0.0", DNS_PROXY_PORT))
-            udp.setblocking(False)
+            udp = _udp_listener(pod.netns_fd)
             tcp = sockets.listener(pod.netns_fd, DNS_PROXY_PORT)
             takeover.prefer_newest(tcp)
         except (OSError, sockets.SocketError) as e:
@@ -172,7 +194,8 @@ class DnsProxy:
             logger.info("no resolver known for the pod; answering SERVFAIL", pod=pod.name)
             return None
         loop = asyncio.get_running_loop()
-        sock = netns.socket_in(pod.netns_fd, socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+        sock = netns.socket_in(pod.netns_fd, family, socket.SOCK_DGRAM)
         try:
             _mark(sock)
             sock.setblocking(False)

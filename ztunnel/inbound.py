@@ -15,6 +15,12 @@ out. Two kinds of connection arrive:
   authorization with no principal. A connection to the ztunnel's own ports
   is refused, so capture can never loop.
 
+Both address families alike: addresses are compared in their canonical
+text (an IPv4-mapped source or target is its IPv4 address), the pod's own
+addresses are those of both families, and the client's source is kept only
+when it is of the target's family and the pod's return path covers that
+family (`shoal.transparent`); otherwise the app sees the pod's own address.
+
 Fail closed: a pod handed over by its node agent before the control plane's
 Workload (with its labels) arrived cannot be judged by label-selected
 policies; if any exist in its namespace, the connection is refused (and
@@ -28,9 +34,11 @@ from dataclasses import dataclass
 from shoal import authz, contracts
 from shoal.identity import SpiffeId
 from shoal.model import PeerAuthMode, Workload
+from shoal.model.addresses import canonical_or_none
 from shoal.proxy_state import ProxyState
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_IPV6 = "::1"
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,15 @@ class AppReach:
 
     transparent: bool = True              # connect from the client's IP (IP_TRANSPARENT)
     via_loopback: bool = False            # capture would catch our own connections to the pod IP
-    addresses: tuple[str, ...] = ()       # the pod's own addresses, loopback left out
+    addresses: tuple[str, ...] = ()       # the pod's own addresses, both families, loopback left out
+    transparent_ipv6: bool = True         # the return path covers IPv6 too (IPV6_TRANSPARENT)
+
+    def keeps_source(self, source: str, target: str) -> bool:
+        """Can the app see `source` as its peer on a connection to `target`? Only within one family
+        (a socket binds one), and only where the pod's return path brings the replies back."""
+        if not self.transparent or (":" in source) != (":" in target):
+            return False
+        return ":" not in source or self.transparent_ipv6
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class Refusal:
 def decide_inbound(state: ProxyState, workload: Workload, connection: InboundConnection,
                    reach: AppReach = AppReach()) -> InboundPlan | Refusal:
     host, port = connection.target
+    host = canonical_or_none(host) or host
+    source_ip = canonical_or_none(connection.source_ip) or connection.source_ip
     if not state.synced:
         return Refusal(503, "UAEX", "no config from the control plane yet: this ztunnel serves no pod until it "
                                     "has the whole of it; check that the control plane is reachable")
@@ -99,13 +117,14 @@ def decide_inbound(state: ProxyState, workload: Workload, connection: InboundCon
                                     "label-selected policies exist in its namespace; retry in a moment")
     peer = connection.peer
     verdict = authz.authorize(state.policies_for(workload), authz.RequestFacts(
-        connection.source_ip, peer.principal if peer else None, peer.namespace if peer else None, port,
+        source_ip, peer.principal if peer else None, peer.namespace if peer else None, port,
         l4_only=True))
     if not verdict:
         return Refusal(403, "UAEX", f"policy denied: {verdict.reason}")
     if reach.via_loopback:
-        return InboundPlan((LOOPBACK, port), None, _service_of(state, workload, port), via_loopback=True)
-    return InboundPlan((host, port), connection.source_ip if reach.transparent else None,
+        loopback = LOOPBACK_IPV6 if ":" in host else LOOPBACK
+        return InboundPlan((loopback, port), None, _service_of(state, workload, port), via_loopback=True)
+    return InboundPlan((host, port), source_ip if reach.keeps_source(source_ip, host) else None,
                        _service_of(state, workload, port))
 
 

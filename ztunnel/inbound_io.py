@@ -26,6 +26,7 @@ from shoal import hbone, identity, netns, sockets
 from shoal.certs import CertManager
 from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
 from shoal.hbone_relay import TcpSide, relay
+from shoal.model.addresses import canonical_or_none, join_address
 from shoal.proxy_state import ProxyState
 
 from ztunnel.connections import ConnectionTracker
@@ -59,7 +60,7 @@ class InboundDriver:
             session = await accept_session(conn, context, lambda s, st: self._tunnel(pod, s, st),
                                            handshake_timeout=self.connect_timeout)
         except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one record, one line
-            here = conn.getsockname()[:2] if conn.fileno() >= 0 else ("", 0)
+            here = sockets.local_address(conn) if conn.fileno() >= 0 else ("", 0)
             record = ConnectionRecord("inbound", address[:2], here, destination_workload=self.pods.workload_of(pod),
                                       destination_principal=str(pod.identity), mtls=True)
             tls = isinstance(e, (ssl.SSLError, ConnectionError))
@@ -74,8 +75,8 @@ class InboundDriver:
 
     async def _tunnel(self, pod: Pod, session: HboneSession, stream: TunnelStream) -> None:
         peer, problem = _peer_identity(session)
-        source = session.peer_address
-        target = hbone.parse_authority(stream.authority)   # the HBONE core refused any other authority
+        source = _canonical(session.peer_address)        # a dual-stack listener's IPv4 peer is ::ffff:a.b.c.d
+        target = _canonical(hbone.parse_authority(stream.authority))   # the HBONE core refused any other authority
         workload = self.pods.workload_of(pod)
         decision = decide_inbound(self.state, workload, InboundConnection(
             source[0], target, mtls=True, peer=peer, peer_problem=problem), pod.reach)
@@ -99,7 +100,7 @@ class InboundDriver:
                 record.fail("UF", str(e))
                 session.refuse(stream, 503, str(e))
                 return
-            record.upstream = "%s:%d" % sock.getpeername()[:2]
+            record.upstream = join_address(sock.getpeername())
             _, app = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
             session.accept(stream)  # TunnelBroken if the client gave up meanwhile
             record.meter = lambda: (stream.bytes_received, stream.bytes_sent)
@@ -143,7 +144,7 @@ class InboundDriver:
             loop = asyncio.get_running_loop()
             _, client = await loop.connect_accepted_socket(TcpSide, conn)
             sock = await self._connect_app(pod, decision)
-            record.upstream = "%s:%d" % sock.getpeername()[:2]
+            record.upstream = join_address(sock.getpeername())
             _, app = await loop.create_connection(TcpSide, sock=sock)
             record.meter = lambda: (client.bytes_received, client.bytes_sent)
             await relay(client, app)
@@ -169,11 +170,15 @@ class InboundDriver:
             port = plan.connect[1]
             listening = await asyncio.get_running_loop().run_in_executor(None, netns.tcp_listeners,
                                                                          pod.netns_fd, port)
-            if not any(not address.startswith("127.") for address in listening):
+            if not any(not address.startswith("127.") and address != "::1" for address in listening):
                 raise sockets.ConnectFailed(f"nothing listens on port {port} beyond the pod's loopback; an app "
                                             "bound to 127.0.0.1 is not reachable from the mesh", "refused")
         return await sockets.connect(pod.sockets, plan.connect, timeout=self.connect_timeout,
                                      transparent_source=plan.transparent_source)
+
+
+def _canonical(address: tuple) -> tuple[str, int]:
+    return canonical_or_none(address[0]) or address[0], address[1]
 
 
 def _peer_identity(session: HboneSession) -> tuple[identity.SpiffeId | None, str]:

@@ -15,6 +15,12 @@ Order of the decision, as in Istio ambient:
 2. a workload IP: through its waypoint if it has one for workload traffic;
    HBONE if it is meshed; plain TCP otherwise;
 3. anything else: passthrough, untouched.
+
+Both address families alike: the dialled address is looked up in its
+canonical text (an IPv4-mapped `::ffff:a.b.c.d` is the IPv4 address), an
+endpoint or waypoint is reached at its address of the dialled family when it
+has one (as kube-proxy balances a Service's IPv6 VIP over the pods' IPv6
+addresses), and a CONNECT authority brackets an IPv6 address (`[fd73::5]:80`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Callable
 from shoal.contracts import HBONE_PORT
 from shoal.identity import SpiffeId
 from shoal.model import Endpoint, Protocol, Resolution, Service, Workload, WaypointRef
+from shoal.model.addresses import canonical_or_none, join_host_port
 from shoal.proxy_state import ProxyState
 
 from ztunnel.errors import ZtunnelError
@@ -141,6 +148,7 @@ def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Ba
                        "whole of it; check that the control plane is reachable")
     td = state.trust_domain
     source_identity = source.identity(td)
+    ip = canonical_or_none(ip) or ip
     service = state.service_by_vip(ip)
     if service is not None:
         return _to_service(state, source, source_identity, service, ip, port, balancer)
@@ -150,12 +158,23 @@ def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Ba
         if ref is not None and not _is_waypoint(state, source, ref):
             waypoint = state.waypoint_for(ref)
             if waypoint is None or waypoint.traffic_type in ("workload", "all"):   # missing: refused
-                return _via_waypoint(state, source_identity, ref, f"{ip}:{port}", "", workload.uid, balancer)
+                return _via_waypoint(state, source_identity, ref, join_host_port(ip, port), "", workload.uid,
+                                     balancer)
         if workload.protocol is Protocol.HBONE:
-            return Plan(Kind.HBONE, (ip, HBONE_PORT), f"{ip}:{port}", source_identity,
+            return Plan(Kind.HBONE, (ip, HBONE_PORT), join_host_port(ip, port), source_identity,
                         workload.identity(td), "", workload.uid, (ip, port))
         return Plan(Kind.PASSTHROUGH, (ip, port), destination_workload=workload.uid)
     return Plan(Kind.PASSTHROUGH, (ip, port))
+
+
+def address_for(workload: Workload, dialled: str) -> str:
+    """The workload's address of the family of `dialled` (an address), else its first (primary) one;
+    "" when it has none. ":" tells the families apart: canonical IPv4 text never holds one."""
+    want_ipv6 = ":" in dialled
+    for ip in workload.ips:
+        if (":" in ip) == want_ipv6:
+            return ip
+    return workload.ips[0] if workload.ips else ""
 
 
 def _is_waypoint(state: ProxyState, source: Workload, ref: WaypointRef) -> bool:
@@ -175,7 +194,8 @@ def _to_service(state, source, source_identity, service: Service, vip, port, bal
     if ref is not None and not _is_waypoint(state, source, ref):
         waypoint = state.waypoint_for(ref)
         if waypoint is None or waypoint.traffic_type in ("service", "all"):
-            return _via_waypoint(state, source_identity, ref, f"{vip}:{port}", service.hostname, "", balancer)
+            return _via_waypoint(state, source_identity, ref, join_host_port(vip, port), service.hostname, "",
+                                 balancer)
     if service.resolution is Resolution.NONE:
         return Plan(Kind.PASSTHROUGH, (vip, port), service=service.hostname)
     candidates: list[tuple[str, int]] = []
@@ -184,7 +204,7 @@ def _to_service(state, source, source_identity, service: Service, vip, port, bal
         workload = state.workloads.get(endpoint.workload_uid)
         if workload is None:
             continue
-        address = workload.ips[0] if workload.ips else workload.hostname
+        address = address_for(workload, vip) or workload.hostname
         if not address:
             continue
         target = (address, endpoint.target_port)
@@ -197,7 +217,7 @@ def _to_service(state, source, source_identity, service: Service, vip, port, bal
     workload, _ = by_target[chosen]
     ip, target_port = chosen
     if workload.protocol is Protocol.HBONE:
-        return Plan(Kind.HBONE, (ip, HBONE_PORT), f"{ip}:{target_port}", source_identity,
+        return Plan(Kind.HBONE, (ip, HBONE_PORT), join_host_port(ip, target_port), source_identity,
                     workload.identity(state.trust_domain), service.hostname, workload.uid, chosen)
     return Plan(Kind.DIRECT, chosen, service=service.hostname, destination_workload=workload.uid, endpoint=chosen)
 
@@ -209,10 +229,11 @@ def _via_waypoint(state, source_identity, ref: WaypointRef, authority, hostname,
         raise WaypointMissing(f"waypoint {ref.namespace}/{ref.name} is not known or has no Service; "
                               "check the Gateway (gatewayClassName shoal-waypoint) and its pods")
     candidates = []
+    dialled = authority.rpartition(":")[0].strip("[]")
     for endpoint in waypoint_service.endpoints:
         workload = state.workloads.get(endpoint.workload_uid)
         if workload is not None and workload.ips:
-            candidates.append((workload.ips[0], HBONE_PORT))
+            candidates.append((address_for(workload, dialled), HBONE_PORT))
     candidates = sorted(set(candidates))
     if not candidates:
         raise NoHealthyEndpoints(f"waypoint {ref.namespace}/{ref.name} has no running pods; "

@@ -23,6 +23,7 @@ from shoal.hbone_io import TunnelRefused
 from shoal.hbone_pool import Key, Pool
 from shoal.hbone_relay import Side, TcpSide, relay
 from shoal.identity import PeerMismatch
+from shoal.model.addresses import join_address
 from shoal.proxy_state import ProxyState
 
 from ztunnel.connections import ConnectionTracker
@@ -83,7 +84,8 @@ class OutboundDriver:
         app: TcpSide | None = None
         endpoint = None
         try:
-            if destination[1] == contracts.OUTBOUND_PORT and destination[0] in ("127.0.0.1", conn.getsockname()[0]):
+            if destination[1] == contracts.OUTBOUND_PORT and destination[0] in ("127.0.0.1", "::1",
+                                                                                sockets.local_address(conn)[0]):
                 raise OutboundError("connection to the outbound capture port itself; refusing to loop")
             plan = decide(self.state, source, destination[0], destination[1], self.balancer)
             _, app = await asyncio.get_running_loop().connect_accepted_socket(TcpSide, conn)  # holds the app's bytes
@@ -111,8 +113,8 @@ class OutboundDriver:
                 app.abort()
             else:
                 sockets.reset(conn)
-            logger.info("outbound connection failed", src=f"{address[0]}:{address[1]}",
-                        dst=f"{destination[0]}:{destination[1]}", error=message)
+            logger.info("outbound connection failed", src=join_address(address), dst=join_address(destination),
+                        error=message)
         finally:
             if endpoint is not None:
                 self.balancer.closed(endpoint)
@@ -133,7 +135,7 @@ class OutboundDriver:
                 if attempt == MAX_ENDPOINT_ATTEMPTS or retry.endpoint == plan.endpoint:
                     raise
                 logger.info("endpoint failed; trying another", service=plan.service,
-                            failed=f"{plan.endpoint[0]}:{plan.endpoint[1]}", error=classify(e)[1])
+                            failed=join_address(plan.endpoint), error=classify(e)[1])
                 plan = retry
         raise AssertionError("unreachable")
 
@@ -142,7 +144,7 @@ class OutboundDriver:
         # Through a waypoint the plan names no destination workload: the connection's peer is the waypoint.
         record.destination_workload = (self.state.workloads.get(plan.destination_workload)
                                        or self.state.workload_by_ip(plan.connect[0]))
-        record.upstream = f"{plan.connect[0]}:{plan.connect[1]}"
+        record.upstream = join_address(plan.connect)
         record.mtls = plan.uses_hbone
         record.destination_principal = str(plan.expected_identity) if plan.expected_identity else ""
 

@@ -2,7 +2,8 @@
 
 For every pod the node agent hands over (with its netns fd, `shoal.handoff`),
 the registry opens three listeners *inside the pod's netns*: 15001 (captured
-outbound), 15006 (captured inbound plaintext) and 15008 (HBONE), each with
+outbound), 15006 (captured inbound plaintext) and 15008 (HBONE), each one
+socket for both address families (`::`, dual-stack: `shoal.sockets`), each with
 SO_REUSEPORT so that a new ztunnel can take over; the group sends new
 connections to the newer of two ztunnels (`ztunnel.takeover`). Accepted
 connections go to the handler given for the port (`ztunnel.outbound_io`,
@@ -115,10 +116,11 @@ class PodRegistry:
         except sockets.SocketError:
             self._release(pod)
             raise
-        transparent_ok = False
+        transparent_ok = transparent_ipv6 = False
         if self.preserve_source_ip and not captured:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, transparent.install, netns_fd)
+                transparent_ipv6 = await asyncio.get_running_loop().run_in_executor(None, transparent.install,
+                                                                                    netns_fd)
                 transparent_ok = True
             except Exception as e:  # noqa: BLE001 - the pod is served all the same, without the client's IP
                 logger.warning("source IP will not be preserved for this pod", pod=pod.name, error=str(e))
@@ -127,7 +129,8 @@ class PodRegistry:
         except Exception as e:  # noqa: BLE001 - then only the control plane's word says what the pod is
             logger.warning("could not read the pod's addresses", pod=pod.name, error=str(e))
             own = ()
-        pod.reach = AppReach(transparent=transparent_ok, via_loopback=captured, addresses=own)
+        pod.reach = AppReach(transparent=transparent_ok, via_loopback=captured, addresses=own,
+                             transparent_ipv6=transparent_ipv6)
         self.pods[workload.uid] = pod
         self.certs.want(who)
         loop = asyncio.get_running_loop()
@@ -215,16 +218,19 @@ def pod_ip(state: ProxyState, pod: Pod) -> str | None:
     known = state.workloads.get(pod.info.uid)
     if known is not None and known.ips:
         return known.ips[0]
-    # Not in the config yet: the source address the pod's default route would use (no packet is sent).
-    try:
-        probe = netns.socket_in(pod.netns_fd, socket.AF_INET, socket.SOCK_DGRAM)
+    # Not in the config yet: the source address the pod's default route would use (no packet is sent);
+    # IPv4's, else IPv6's (an IPv6-only pod).
+    for family, somewhere in ((socket.AF_INET, "198.18.0.1"), (socket.AF_INET6, "fd73:686f:616c::1")):
         try:
-            probe.connect(("198.18.0.1", 9))
-            return probe.getsockname()[0]
-        finally:
-            probe.close()
-    except OSError:
-        return None
+            probe = netns.socket_in(pod.netns_fd, family, socket.SOCK_DGRAM)
+            try:
+                probe.connect((somewhere, 9))
+                return probe.getsockname()[0]
+            finally:
+                probe.close()
+        except OSError:
+            continue
+    return None
 
 
 async def probe_capture(state: ProxyState, pod: Pod, timeout: float = 0.3) -> bool:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from shoal import log
 from shoal.exposition import render
 from shoal.model import Workload
+from shoal.model.addresses import join_address
 from shoal.series import gone_series
 from shoal.workload_names import access_log_fields, service_labels, telemetry_labels
 
@@ -78,8 +79,10 @@ def client_address(address: tuple, workload: Workload | None) -> tuple[str, int]
     is rewritten to 127.0.0.1:15001, so the accepted socket's peer is 127.0.0.1:<port>, which names no
     pod; the pod's own IP with the app's port is what iptables mode (and Istio) report."""
     host, port = address[0], address[1]
-    if workload is not None and workload.ips and host.removeprefix("::ffff:").startswith("127."):
-        return workload.ips[0], port
+    if workload is not None and workload.ips and (host.removeprefix("::ffff:").startswith("127.") or host == "::1"):
+        # the pod's address of the family the app used (its IPv6 one behind an eBPF connect6 to ::1)
+        family = [ip for ip in workload.ips if (":" in ip) == (host == "::1")]
+        return (family or workload.ips)[0], port
     return host, port
 
 
@@ -170,8 +173,8 @@ class ConnectionRecord:
         access_log.info(
             "connection complete",
             direction=self.direction,
-            src_addr=f"{self.source[0]}:{self.source[1]}",
-            dst_addr=f"{self.destination[0]}:{self.destination[1]}",
+            src_addr=join_address(self.source),        # an IPv6 address bracketed: [fd73::5]:8080
+            dst_addr=join_address(self.destination),
             **access_log_fields("src", self.source_workload),
             **access_log_fields("dst", self.destination_workload),
             src_identity=self.source_principal or None,

@@ -236,4 +236,7 @@ def test_the_pods_resolver_is_read_from_a_process_in_its_netns(pod_netns):
         sleeper.kill()
         sleeper.wait()
     assert nameserver("search x\nnameserver 10.0.0.10\nnameserver 10.0.0.11\n") == ("10.0.0.10", 53)
-    assert nameserver("nameserver fd00::1\n") is None
+    # an IPv6-only pod's resolver is IPv6; a scoped (link-local %zone) one is skipped, junk too
+    assert nameserver("nameserver FD00::0001\nnameserver 10.0.0.10\n") == ("fd00::1", 53)
+    assert nameserver("nameserver fe80::1%eth0\nnameserver resolver\nnameserver 10.0.0.12\n") == ("10.0.0.12", 53)
+    assert nameserver("search x\n") is None
