@@ -28,11 +28,8 @@ import os
 
 from shoal.contracts import DNS_PORT, DNS_PROXY_PORT
 
-from node_agent.iptables import kernel_has_ipv6, ztunnel_exemption_spec
+from node_agent.iptables import DNS_CHAIN as CHAIN, DNS_CHAINS as CHAINS, kernel_has_ipv6, ztunnel_exemption_spec
 from node_agent.model import PodTarget
-
-CHAIN = "SHOAL_DNS"
-CHAINS = {"nat": ((CHAIN, "OUTPUT"),)}
 
 
 def specs(pod: PodTarget) -> dict[str, list[dict]]:

@@ -80,6 +80,10 @@ INPUT_CHAIN = "SHOAL_INPUT"
 # {table: ((chain, the built-in chain that jumps to it), ...)}, the same in both families
 CAPTURE_CHAINS = {"nat": ((OUTPUT_CHAIN, "OUTPUT"), (PREROUTING_CHAIN, "PREROUTING"))}
 REFUSE_CHAINS = {"filter": ((OUTPUT_CHAIN, "OUTPUT"), (INPUT_CHAIN, "INPUT"))}
+# DNS capture's chain (dns_capture.py writes it); named here so that a change of backend
+# (`drop_backend`) finds every chain shoal owns in a pod.
+DNS_CHAIN = "SHOAL_DNS"
+DNS_CHAINS = {"nat": ((DNS_CHAIN, "OUTPUT"),)}
 
 
 def pod_cgroup(pod: PodTarget) -> str:
@@ -200,7 +204,7 @@ class IptablesRedirector:
     def drop_backend(self, pod: PodTarget, other: str) -> None:
         """Takes shoal's chains (capture and DNS capture) out of the pod in backend `other`: when the backend
         changed since the last run, the rules of the old one would apply beside the new ones."""
-        from node_agent import backend, dns_capture
+        from node_agent import backend
         if not os.path.exists(pod.netns):
             return
         if other == "nft" and not backend.nft_available():
@@ -208,7 +212,7 @@ class IptablesRedirector:
         tables = backend.writer(other)
         for ipv6 in _all_families():
             try:
-                for chains in (CAPTURE_CHAINS, REFUSE_CHAINS, dns_capture.CHAINS):
+                for chains in (CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS):
                     tables.drop(pod.netns, chains, ipv6=ipv6)
             except (RedirectError, PrerequisiteMissing):
                 pass  # no tables of that backend here: nothing of them to remove

@@ -234,6 +234,11 @@ def test_a_node_with_only_nftables_gets_every_rule_of_a_dual_stack_pod_in_nft(sc
         assert captured(path) == ("198.18.99.1", 8080)
         assert captured(path, "fd73:686f:616c:99::1") == ("fd73:686f:616c:99::1", 8080)
 
+        # The ztunnel's return path, as a ztunnel on this node writes it (mangle, nft): removal takes it too.
+        for tool in ("iptables-nft", "ip6tables-nft"):
+            for argv in (["-N", "SHOAL_ZTUNNEL"], ["-I", "OUTPUT", "-j", "SHOAL_ZTUNNEL"]):
+                subprocess.run(["nsenter", f"--net={path}", tool, "-t", "mangle", *argv], check=True)
+
         redirection.remove(target)
         for ipv6 in (False, True):
             assert "SHOAL" not in nft_save(path, ipv6=ipv6) and "SHOAL" not in nft_save(node_path, ipv6=ipv6)
