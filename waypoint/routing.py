@@ -39,6 +39,7 @@ from shoal.model import (
 )
 from shoal import authz
 
+from shoal.model.addresses import join_host_port
 from shoal.proxy_state import ProxyState
 from shoal.workload_names import workload_label
 
@@ -181,7 +182,8 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
     if service is None:
         workload = state.workload_by_ip(ip)
         if workload is None:
-            return Refusal(404, "NR", f"{ip}:{port} is neither a Service VIP nor a workload this waypoint knows; "
+            return Refusal(404, "NR", f"{join_host_port(ip, port)} is neither a Service VIP nor a workload this "
+                           "waypoint knows; "
                            "check that the service is in the waypoint's namespace and bound to it")
         return _to_workload(state, peer, head, workload, port)
     if not known.has_port:
@@ -267,7 +269,8 @@ def decide_tcp(state: ProxyState, peer: Peer, rand: Random) -> Plan | Refusal:
     service = state.service_by_vip(ip)
     workload = state.workload_by_ip(ip) if service is None else None
     if service is None and workload is None:
-        return Refusal(404, "NR", f"{ip}:{port} is neither a Service VIP nor a workload this waypoint knows")
+        return Refusal(404, "NR", f"{join_host_port(ip, port)} is neither a Service VIP nor a workload this "
+                       "waypoint knows")
     if service is not None and service.port(port) is None:
         return Refusal(404, "NR", f"service {service.hostname} has no port {port}", service.hostname)
     verdict = authz.authorize(state.waypoint_policies_for(service), peer.facts(port))

@@ -21,6 +21,7 @@ from shoal.hbone_io import TunnelRefused
 from shoal.hbone_pool import Key, Pool, connector
 from shoal.hbone_relay import TcpSide
 from shoal.identity import SpiffeId
+from shoal.model.addresses import join_address
 
 from waypoint.channel import Channel
 from waypoint.errors import UpstreamFailed
@@ -50,7 +51,7 @@ class Upstreams:
                 _, side = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
                 return Channel(side)
             key = Key("", self.who, (upstream.address[0], self.hbone_port), upstream.identity)
-            stream = await self.pool.open_stream(key, f"{upstream.address[0]}:{upstream.address[1]}", timeout)
+            stream = await self.pool.open_stream(key, join_address(upstream.address), timeout)  # [v6]:port
         except TunnelRefused as e:
             raise UpstreamFailed(f"the endpoint's ztunnel refused the tunnel: {e}",
                                  "refused-stream" if e.status == 503 else "connect-failure",
