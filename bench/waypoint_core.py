@@ -15,8 +15,8 @@ every request at once with a `--body-bytes` body and keeps its connection
 alive.
 
 The access log is written as the waypoint writes it (JSON lines) to
-/dev/null with `--access-log on`, and not at all (log level warning) with
-`off`. CPU is the process's user+system time (`time.process_time`), the
+/dev/null with `--access-log on`, and not at all with `off` (the
+waypoint's default: `shoal.log.set_access_log`). CPU is the process's user+system time (`time.process_time`), the
 minimum over `--repeats` runs: on a shared machine the least disturbed run
 is the closest to the code's own cost. `--profile` prints cProfile's top
 functions of one more run.
@@ -185,7 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < args.connections or args.connections <= 0 or args.repeats <= 0:
         parser.error("--requests must be at least --connections, and both and --repeats positive")
     sink = open("/dev/null", "w")
-    log.setup("json", "info" if args.access_log == "on" else "warning", stream=sink)
+    log.setup("json", "info", stream=sink)
+    log.set_access_log(args.access_log == "on")   # as `shoal waypoint run --access-log` does
+    try:
+        return measure(args)
+    finally:
+        log.set_access_log(True)   # the default, for whoever runs next in this process (a test)
+
+
+def measure(args: argparse.Namespace) -> int:
     runs = [run_on_uvloop(run_once(args.requests, args.connections, args.body_bytes)) for _ in range(args.repeats)]
     best = min(cpu for cpu, _ in runs)
     count = args.connections * (args.requests // args.connections)
