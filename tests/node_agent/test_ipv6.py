@@ -291,3 +291,23 @@ def test_gaining_an_ipv6_address_swaps_the_refusal_for_capture_and_removal_leave
     assert "SHOAL" not in ipv6_rules(topo) and "SHOAL" not in netfilter.save(topo.pod_netns("a"))
     assert "SHOAL" not in netfilter.save(topo.node, ipv6=True)
     assert tcp6_works(topo, "a", "b") and tcp6_works(topo, "b", "a")
+
+
+def test_a_restarted_agent_finds_every_address_in_its_ledger_and_cleans_up_both_families(topo, redirection, ipv6,
+                                                                                         test_bpffs):
+    if redirection.mode != "iptables":
+        pytest.skip("the eBPF mode's IPv6 capture is tested in test_ebpf_ipv6.py")
+    from node_agent.redirect import Redirection, choose
+    pod = dual(topo, "a")
+    redirection.install(pod)
+    again = Redirection(choose("iptables", f"test-{os.getpid()}", bpffs=test_bpffs), redirection.ledger.dir.parent,
+                        node_netns=topo.node, kubelet_cgroup=str(topo.kubelet_cgroup))
+    try:
+        assert again.recorded()[pod.uid] == pod  # both addresses, from the ledger on disk
+        assert again.installed(pod)
+        assert again.cleanup() == [pod.key]  # `shoal node-agent --cleanup`, or a restart that lost the pod
+    finally:
+        again.close()
+        redirection.remove(pod)  # this process's own record of it; nothing is left to remove
+    assert "SHOAL" not in ipv6_rules(topo) and "SHOAL" not in netfilter.save(topo.pod_netns("a"))
+    assert "SHOAL" not in netfilter.save(topo.node, ipv6=True) and "SHOAL" not in netfilter.save(topo.node)
