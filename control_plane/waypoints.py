@@ -38,7 +38,7 @@ from typing import Callable
 from shoal import log, store as store_module
 from shoal.contracts import (
     DATAPLANE_MODE_KEYS, GATEWAY_NAME_LABEL as GATEWAY_NAME, HBONE_PORT, INGRESS_CLASS, INGRESS_GATEWAY_SELECTOR,
-    METRICS_PORT, NONE, READINESS_PORT, WAYPOINT_CLASS,
+    METRICS_PORT, NONE, READINESS_PORT, WAYPOINT_ACCESS_LOG, WAYPOINT_CLASS,
 )
 from shoal.observe.targets import scrape_annotations
 
@@ -90,7 +90,7 @@ def desired(gateway: dict, argv: Argv) -> list[dict]:
          "spec": {"replicas": 1, "selector": {"matchLabels": {GATEWAY_NAME: name}},
                   "template": {"metadata": {"labels": pod_labels, "annotations": scrape_annotations(METRICS_PORT)},
                                "spec": {"serviceAccountName": name, "containers": [{
-                                   "name": "waypoint", "command": argv(namespace, name),
+                                   "name": "waypoint", "command": [*argv(namespace, name), *access_log_args(gateway)],
                                    "ports": [{"name": "hbone", "containerPort": HBONE_PORT},
                                              {"name": "metrics", "containerPort": METRICS_PORT}],
                                    "readinessProbe": {"httpGet": {"port": READINESS_PORT,
@@ -100,6 +100,12 @@ def desired(gateway: dict, argv: Argv) -> list[dict]:
                   "ports": [{"name": "mesh", "port": HBONE_PORT, "targetPort": HBONE_PORT, "protocol": "TCP",
                              "appProtocol": "hbone"}]}},
     ]
+
+
+def access_log_args(gateway: dict) -> tuple[str, ...]:
+    """The waypoint's access log is off unless its Gateway's annotation asks for it."""
+    asked = ((gateway.get("metadata") or {}).get("annotations") or {}).get(WAYPOINT_ACCESS_LOG, "")
+    return ("--access-log", "on") if str(asked).lower() == "true" else ()
 
 
 def _waypoint(gateway: dict) -> bool:

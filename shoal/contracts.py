@@ -65,6 +65,9 @@ USE_WAYPOINT_NAMESPACE = "shoal.io/use-waypoint-namespace"
 ISTIO_USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
 WAYPOINT_FOR = "shoal.io/waypoint-for"       # on a waypoint Gateway: service, workload, all or none
 ISTIO_WAYPOINT_FOR = "istio.io/waypoint-for"
+# On a waypoint Gateway: "true" gives its waypoint an access log (off by default, as Istio's: a line per
+# request is a tenth of the waypoint's CPU).
+WAYPOINT_ACCESS_LOG = "shoal.io/access-log"
 SELECT_HOST_NETWORK = "shoal.io/select-host-network"   # a Service that selects hostNetwork pods too
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 # On a Pod: its own proxy (a sidecar) accepts HBONE, so it is published as HBONE without being

@@ -83,8 +83,35 @@ def get(name: str):
     return structlog.get_logger(name)
 
 
-def get_access(name: str):
-    """A logger for access-log lines: rendered as `--access-log-format` says (shoal.access_log)."""
-    # initial values, not .bind(): a lazy proxy's bind() fixes the configuration of the moment, and
-    # modules take their access logger at import, before the process's setup() has run
-    return structlog.get_logger(name, **{access_log.MARK: True})
+def get_access(name: str) -> "AccessLogger":
+    """A logger for access-log lines: rendered as `--access-log-format` says (shoal.access_log), and
+    written only while the process's access log is on (`set_access_log`)."""
+    return AccessLogger(name)
+
+
+_access_on = True
+
+
+def set_access_log(on: bool) -> None:
+    """Whether this process writes access-log lines at all. Off (the waypoint's default, as Istio's), every
+    access logger is disabled at every level, so a proxy that asks `is_enabled_for` first builds no line."""
+    global _access_on
+    _access_on = on
+
+
+class AccessLogger:
+    """The access loggers of a process, switched on and off together; otherwise a structlog logger."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, name: str) -> None:
+        # initial values, not .bind(): a lazy proxy's bind() fixes the configuration of the moment, and
+        # modules take their access logger at import, before the process's setup() has run
+        self._logger = structlog.get_logger(name, **{access_log.MARK: True})
+
+    def is_enabled_for(self, level: int) -> bool:
+        return _access_on and self._logger.is_enabled_for(level)
+
+    def info(self, event: str, **fields) -> None:
+        if _access_on:
+            self._logger.info(event, **fields)

@@ -1,6 +1,6 @@
 """`shoal waypoint`: run the per-namespace L7 proxy, or declare one (like `istioctl waypoint`).
 
-    shoal waypoint apply -n NS [--name waypoint] [--for service|workload|all] [--enroll-namespace]
+    shoal waypoint apply -n NS [--name waypoint] [--for service|workload|all] [--enroll-namespace] [--access-log]
     shoal waypoint delete -n NS [--name waypoint]
     shoal waypoint list [-n NS]
     shoal waypoint config -n NS [--name waypoint]              (its config dump)
@@ -9,7 +9,9 @@
 `apply` writes a Gateway with `gatewayClassName: shoal-waypoint`; the control
 plane then creates its Deployment and Service. With `--enroll-namespace` the
 namespace is also labelled `shoal.io/use-waypoint: NAME`, so its services
-use the waypoint.
+use the waypoint. A waypoint writes no access log unless asked for, as Istio's:
+`--access-log` annotates its Gateway `shoal.io/access-log: "true"`, and the
+control plane then starts it with `run --access-log on`.
 
 `apply`, `delete` and `list` act on a local cluster (`--cluster NAME`, default
 `default`) or on Kubernetes (`--kubeconfig PATH`, `--context NAME`, or, with no
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from shoal.contracts import (
     ADMIN_PORT, CONTROL_PLANE_GRPC_PORT, GATEWAY_NAME_LABEL, HBONE_PORT, ISTIO_WAYPOINT_FOR, USE_WAYPOINT,
-    WAYPOINT_CLASS, WAYPOINT_CLASSES,
+    WAYPOINT_ACCESS_LOG, WAYPOINT_CLASS, WAYPOINT_CLASSES,
 )
 from shoal.cli import context
 from shoal.kube_mesh import add_target_arguments
@@ -46,6 +48,9 @@ def register(subparsers) -> None:
                        help=f"what traffic the waypoint serves (label {ISTIO_WAYPOINT_FOR})")
     apply.add_argument("--enroll-namespace", action="store_true",
                        help=f"also label the namespace {USE_WAYPOINT}=NAME")
+    apply.add_argument("--access-log", action="store_true",
+                       help=f"the waypoint writes a line per request (annotation {WAYPOINT_ACCESS_LOG}; "
+                            "default: off, as Istio's)")
     apply.add_argument("--cluster", type=cluster_name, help="a local cluster (default: $SHOAL_CLUSTER, else the only cluster up, else default)")
     add_target_arguments(apply)
     apply.set_defaults(func=_on_either(cmd_apply, kube_apply))
@@ -86,6 +91,9 @@ def register(subparsers) -> None:
                                                             "http://collector:4318 (default: no tracing)")
     run.add_argument("--tracing-sampling", type=float, default=1.0,
                      help="percent of new traces to record; a caller's sampled flag wins")
+    run.add_argument("--access-log", choices=("on", "off"), default="off",
+                     help="a line per request and connection on stderr (off by default, as Istio's waypoint: "
+                          "building and writing the line is a tenth of the waypoint's CPU)")
     run.set_defaults(func=cmd_run)
 
 
@@ -105,9 +113,11 @@ def _on_either(local, kube):
     return run
 
 
-def gateway(namespace: str, name: str, traffic: str = "service") -> dict:
-    return {"apiVersion": GATEWAY_API, "kind": "Gateway",
-            "metadata": {"name": name, "namespace": namespace, "labels": {ISTIO_WAYPOINT_FOR: traffic}},
+def gateway(namespace: str, name: str, traffic: str = "service", access_log: bool = False) -> dict:
+    metadata = {"name": name, "namespace": namespace, "labels": {ISTIO_WAYPOINT_FOR: traffic}}
+    if access_log:
+        metadata["annotations"] = {WAYPOINT_ACCESS_LOG: "true"}
+    return {"apiVersion": GATEWAY_API, "kind": "Gateway", "metadata": metadata,
             "spec": {"gatewayClassName": WAYPOINT_CLASS,
                      "listeners": [{"name": "mesh", "port": HBONE_PORT, "protocol": "HBONE"}]}}
 
@@ -138,7 +148,7 @@ def cmd_apply(args) -> int:
     from shoal.local.merge import three_way
 
     # Merged as `shoal local apply` merges, so labels added by hand to the Gateway survive a re-apply.
-    store.apply_many([gateway(args.namespace, args.name, args.traffic)], merge=three_way)
+    store.apply_many([gateway(args.namespace, args.name, args.traffic, args.access_log)], merge=three_way)
     print(f"waypoint {args.namespace}/{args.name} applied")
     if args.enroll_namespace:
         store.patch_metadata("Namespace", None, args.namespace, labels={USE_WAYPOINT: args.name})
@@ -201,7 +211,7 @@ def kube_apply(args, cluster) -> int:
         print(f"shoal: error: Gateway {args.namespace}/{args.name} exists and is not a waypoint; "
               "choose another --name", file=sys.stderr)
         return 1
-    kube_mesh.apply_gateway(cluster, gateway(args.namespace, args.name, args.traffic))
+    kube_mesh.apply_gateway(cluster, gateway(args.namespace, args.name, args.traffic, args.access_log))
     print(f"waypoint {args.namespace}/{args.name} applied")
     if args.enroll_namespace:
         kube_mesh.label_namespace(cluster, args.namespace, args.name)
@@ -265,6 +275,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from shoal import log
     from shoal.cli.daemon import run_daemon
     from shoal.tokens import TokenError
 
@@ -278,4 +289,5 @@ def cmd_run(args) -> int:
                       token_file=args.token_file, trust_domain=args.trust_domain,
                       connect_timeout=args.connect_timeout, drain_seconds=args.drain_seconds,
                       tracing_endpoint=args.tracing_endpoint, tracing_sampling=args.tracing_sampling)
+    log.set_access_log(args.access_log == "on")   # the process's, so here and not in waypoint.main
     return run_daemon(config, run, (StartupError, TokenError))

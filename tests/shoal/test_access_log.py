@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 
@@ -51,6 +52,25 @@ def test_the_access_format_is_chosen_apart_from_the_process_log(fmt, access, is_
     else:
         assert access.startswith("[") and '"GET /reviews/1" 503 UF' in access and "trace_id=4bf9" in access
     assert ordinary.startswith("{") == (fmt == "json")
+
+
+def test_a_process_whose_access_log_is_off_writes_no_line_and_says_so_before_one_is_built():
+    out = io.StringIO()
+    log.setup("json", "info", stream=out)
+    access = log.get_access("waypoint.access")
+    try:
+        log.set_access_log(False)
+        assert not access.is_enabled_for(logging.INFO)
+        access.info("request complete", path="/off")
+        log.get("waypoint").info("an ordinary line")
+        log.set_access_log(True)
+        assert access.is_enabled_for(logging.INFO)
+        access.info("request complete", path="/on")
+    finally:
+        log.set_access_log(True)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["event"], line.get("path")) for line in lines] == [("an ordinary line", None),
+                                                                      ("request complete", "/on")]
 
 
 def test_an_unknown_access_format_is_refused_by_the_cli():

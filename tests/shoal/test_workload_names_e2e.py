@@ -79,7 +79,7 @@ class Shop(LocalCluster):
 def cluster():
     with running_cluster("obs", nodes=2, redirect="ebpf", kind=Shop) as c:
         c.apply(APPS)
-        assert "waypoint shop/waypoint applied" in c.run("waypoint", "apply", "-n", "shop").stdout
+        assert "waypoint shop/waypoint applied" in c.run("waypoint", "apply", "-n", "shop", "--access-log").stdout
         eventually(lambda: c.pod(**WAYPOINT) if c.pods("shop", **WAYPOINT) else None, 60,
                    "the control plane to deploy the waypoint", interval=0.5)
         c.wait_pods_ready("shop", 3, timeout=120)

@@ -32,6 +32,19 @@ def test_apply_list_delete(tmp_path):
     assert r.returncode == 1 and "no waypoint shop/waypoint" in r.stderr
 
 
+def test_apply_with_access_log_annotates_the_gateway_and_a_plain_reapply_removes_it(tmp_path):
+    store = Store("t", root=tmp_path)
+    store.init()
+    store.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+
+    assert shoal(tmp_path, "apply", "-n", "shop", "--access-log").returncode == 0
+    annotations = store.get("Gateway", "shop", "waypoint")["metadata"].get("annotations") or {}
+    assert annotations.get("shoal.io/access-log") == "true"
+    assert shoal(tmp_path, "apply", "-n", "shop").returncode == 0
+    annotations = store.get("Gateway", "shop", "waypoint")["metadata"].get("annotations") or {}
+    assert "shoal.io/access-log" not in annotations
+
+
 def test_clear_errors(tmp_path):
     r = shoal(tmp_path, "apply", "-n", "shop")
     assert r.returncode == 1 and "is not up" in r.stderr

@@ -44,6 +44,17 @@ def test_a_waypoint_gateway_wants_three_objects():
     assert all(o["metadata"]["labels"][MANAGED_BY] == MANAGER for o in objs)
 
 
+def test_the_access_log_is_on_only_when_the_gateway_asks_for_it():
+    def command(annotations):
+        gateway = gw()
+        gateway["metadata"]["annotations"] = annotations
+        deployment = next(o for o in desired(gateway, argv) if o["kind"] == "Deployment")
+        return deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command({}) == argv("shop", "waypoint")
+    assert command({"shoal.io/access-log": "false"}) == argv("shop", "waypoint")
+    assert command({"shoal.io/access-log": "true"}) == [*argv("shop", "waypoint"), "--access-log", "on"]
+
+
 def test_plan_ignores_other_gateways_removes_orphans_and_spares_unmanaged_objects():
     ingress = gw("ingress", cls="nginx")
     istio = {**gw("istio-gw"), "apiVersion": "networking.istio.io/v1beta1"}   # an Istio ingress Gateway

@@ -194,7 +194,8 @@ class Shop(LocalCluster):
 def cluster():
     with running_cluster("wp", nodes=2, redirect="iptables", kind=Shop) as c:
         c.apply(apps())
-        assert "waypoint shop/waypoint applied" in c.run("waypoint", "apply", "-n", "shop").stdout
+        # with its access log, which the tests below read (a waypoint writes none unless asked for)
+        assert "waypoint shop/waypoint applied" in c.run("waypoint", "apply", "-n", "shop", "--access-log").stdout
         c.apply(ROUTING)
         eventually(lambda: c.pod(**WAYPOINT), 30, "the control plane to deploy the waypoint", interval=0.3)
         eventually(lambda: c.status(f"{REVIEWS}/ready", "end-user: jason") == 200, 60,
@@ -341,7 +342,7 @@ def test_access_log_has_one_line_per_request(cluster):
 
 def test_waypoint_for_all_takes_traffic_to_pod_ips_too(cluster):
     """`--for all`: a request straight to a pod's IP goes through the waypoint as well (workload traffic)."""
-    cluster.run("waypoint", "apply", "-n", "shop", "--for", "all")
+    cluster.run("waypoint", "apply", "-n", "shop", "--for", "all", "--access-log")
     url = f"http://{cluster.pod(app='reviews', version='v2')['status']['podIP']}:8080/direct"
 
     def through_waypoint():
@@ -349,7 +350,25 @@ def test_waypoint_for_all_takes_traffic_to_pod_ips_too(cluster):
         return cluster.waypoint_log("/direct")
     lines = eventually(through_waypoint, 30, "pod-IP traffic to reach the waypoint", interval=0.3)
     assert lines[-1]["status"] == 200 and lines[-1]["dst_workload"].startswith("reviews-v2")
-    cluster.run("waypoint", "apply", "-n", "shop", "--for", "service")
+    cluster.run("waypoint", "apply", "-n", "shop", "--for", "service", "--access-log")
+
+
+def test_zy_a_waypoint_not_asked_for_an_access_log_writes_none(cluster):
+    """Applied again without --access-log: the annotation goes, the control plane replaces the waypoint with
+    one started without `--access-log on`, which serves requests (the fault's 418 is its answer) and counts
+    them, and logs no line for them."""
+    cluster.run("waypoint", "apply", "-n", "shop")
+
+    def replaced():
+        pods = list(cluster.pods("shop", **WAYPOINT).values())
+        return (len(pods) == 1 and "--access-log" not in pods[0]["spec"]["containers"][0]["command"]
+                and cluster.status(f"{REVIEWS}/abort") == 418)
+    eventually(replaced, 60, "the waypoint to be replaced by one without an access log", interval=0.3)
+    labels = dict(response_code="418", reporter="waypoint", destination_service="reviews.shop.svc.cluster.local")
+    before = cluster.waypoint_metric(**labels)
+    assert cluster.status(f"{REVIEWS}/abort") == 418
+    assert cluster.waypoint_metric(**labels) == before + 1
+    assert cluster.waypoint_log("/abort") == []
 
 
 def test_zz_deleting_the_waypoint_refuses_traffic_until_the_namespace_stops_asking_for_it(cluster):
