@@ -193,6 +193,46 @@ def listen_in(ns: str | int, port: int, address: str = "0.0.0.0") -> socket.sock
     return sock
 
 
+def listen6_in(ns: str, port: int, kind: int = socket.SOCK_STREAM, address: str = "::", *,
+               v6only: bool = True) -> socket.socket:
+    """An IPv6 socket in the netns; V6ONLY by default, so IPv4 cannot reach it by the back door."""
+    sock = netns.socket_in(ns, socket.AF_INET6, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+    sock.bind((address, port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(16)
+    sock.settimeout(5)
+    return sock
+
+
+def udp6_code(ip: str, port: int) -> str:
+    """An AF_INET6 UDP client: sends three datagrams, prints `sent`, or `failed <errno name>`."""
+    return f"""
+import errno, socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+try:
+    for _ in range(3):
+        s.sendto(b"datagram", ({ip!r}, {port}))
+    print("sent")
+except OSError as e:
+    print("failed", errno.errorcode.get(e.errno, str(e)))
+"""
+
+
+def nothing_arrives(sock: socket.socket, wait: float = 0.5) -> bool:
+    """No connection (stream) or datagram reaches `sock` within `wait` seconds."""
+    sock.settimeout(wait)
+    try:
+        if sock.type == socket.SOCK_STREAM:
+            sock.accept()[0].close()
+        else:
+            sock.recvfrom(100)
+    except socket.timeout:
+        return True
+    return False
+
+
 def original_dst(sock: socket.socket) -> tuple[str, int]:
     """How the ztunnel reads it: SO_ORIGINAL_DST, or the socket's own address after sk_lookup."""
     try:
