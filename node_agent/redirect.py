@@ -114,14 +114,16 @@ RETURN_PATH_CHAINS = {"mangle": ((transparent.CHAIN, "OUTPUT"),)}
 
 class Redirection:
     def __init__(self, capture, state_dir: Path, node_netns: str | None = None,
-                 kubelet_cgroup: str = probes.DEFAULT_KUBELET_CGROUP) -> None:
+                 kubelet_cgroup: str = probes.DEFAULT_KUBELET_CGROUP, iptables_backend: str = "auto") -> None:
         self.capture = capture
         self.mode = capture.mode
         self.state_dir = Path(state_dir)
         self.ledger = Ledger(self.state_dir / "pods")
         self.node_netns = node_netns
-        chosen = getattr(capture, "backend", None)
-        self.tables = backend.writer(chosen if chosen in ("legacy", "nft") else backend.resolve("auto", node_netns))
+        chosen = getattr(capture, "backend", None)  # the iptables mode's, settled already
+        if chosen not in ("legacy", "nft"):
+            chosen = backend.resolve(iptables_backend, node_netns)  # eBPF mode: DNS capture and probe SNAT
+        self.tables = backend.writer(chosen)
         self.probes = probes.Probes(kubelet_cgroup, node_netns, self.tables)
         self._recorded = self.ledger.pods()
 

@@ -42,7 +42,8 @@ def register(sub) -> None:
                    help="capture every enrolled pod's DNS to the ztunnel's DNS proxy, unless its namespace or "
                         "the pod says shoal.io/dns-capture: \"false\" (default: only where they say \"true\")")
     p.add_argument("--iptables-backend", choices=("auto", "legacy", "nft"), default="auto",
-                   help="the iptables backend of the in-pod rules (iptables mode): auto takes the node's, legacy "
+                   help="the iptables backend of every rule the agent writes (in eBPF mode: DNS capture and the "
+                        "probe SNAT): auto takes the node's, legacy "
                         "when it holds legacy rules, nft when it holds only nft ones (as Istio detects it), and with "
                         "no rules at all legacy where the kernel takes it")
     p.add_argument("--cni", action=argparse.BooleanOptionalAction, default=None,
@@ -175,7 +176,8 @@ def main(args) -> int:
             print(f"shoal node-agent: {e}", file=sys.stderr)
             return 1
     try:
-        redirection = Redirection(capture, state_dir, kubelet_cgroup=_kubelet_cgroup(args))
+        redirection = Redirection(capture, state_dir, kubelet_cgroup=_kubelet_cgroup(args),
+                                  iptables_backend=args.iptables_backend)
     except NodeAgentError as e:
         print(f"shoal node-agent: {e}", file=sys.stderr)
         return 1

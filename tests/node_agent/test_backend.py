@@ -18,6 +18,7 @@ import struct
 import subprocess
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -195,6 +196,16 @@ def test_a_pod_moved_to_the_other_backend_keeps_nothing_of_the_old_one(scratch):
     assert "SHOAL" not in netfilter.save(path) and "SHOAL" not in nft_save(path)
 
 
+def test_in_ebpf_mode_the_flag_chooses_the_backend_of_dns_capture_and_the_probe_snat(tmp_path):
+    """The eBPF mode writes iptables rules too (DNS capture, the node's probe SNAT): --iptables-backend
+    decides their backend, as it does the iptables mode's."""
+    ebpf_capture = SimpleNamespace(mode="ebpf")  # what Redirection reads of a capture that has no backend
+    for wanted in ("legacy", "nft"):
+        assert Redirection(ebpf_capture, tmp_path / wanted, iptables_backend=wanted).tables.name == wanted
+    with pytest.raises(Exception, match="choose one of auto, legacy, nft"):
+        Redirection(ebpf_capture, tmp_path / "bad", iptables_backend="xtables")
+
+
 @needs_root("network namespaces, cgroups and iptables")
 def test_a_node_with_only_nftables_gets_every_rule_of_a_dual_stack_pod_in_nft(scratch, tmp_path):
     node = scratch("nftnode")
@@ -215,6 +226,7 @@ def test_a_node_with_only_nftables_gets_every_rule_of_a_dual_stack_pod_in_nft(sc
         redirection = Redirection(IptablesRedirector(chosen), tmp_path, node_netns=node_path,
                                   kubelet_cgroup=str(kubelet))
         assert redirection.tables.name == "nft"
+        assert Redirection(SimpleNamespace(mode="ebpf"), tmp_path / "ebpf", node_netns=node_path).tables.name == "nft"
         redirection.install(target)
         redirection.install(target)
         assert redirection.installed(target)
