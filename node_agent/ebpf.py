@@ -10,17 +10,21 @@ attached and never attaches a second copy. Changed C source gets a new hash
 directory.
 
 Per pod:
-- its cgroup gets shoal_connect4, shoal_connect6, shoal_sendmsg6,
-  shoal_getpeer4, shoal_getpeer6 and shoal_sockops (BPF_PROG_ATTACH with
-  ALLOW_MULTI; cgroup attachments outlive the agent): IPv4 TCP is captured,
-  IPv6 is refused (EPERM) but for v4-mapped addresses, captured as IPv4;
-  a pod whose DNS is captured gets shoal_connect4_dns and shoal_connect6_dns
-  in place of the first two, which take its TCP to port 53 to the DNS proxy;
+- its cgroup gets the set `pod_cgroup_programs` names (BPF_PROG_ATTACH with
+  ALLOW_MULTI; cgroup attachments outlive the agent): shoal_connect4,
+  shoal_getpeer4, shoal_getpeer6 and shoal_sockops always; for a pod with an
+  IPv6 address shoal_connect6_carry (its IPv6 TCP captured to [::1]:15001),
+  for one with none shoal_connect6 and shoal_sendmsg6 (its IPv6 refused);
+  either way a v4-mapped address is captured as IPv4. A pod whose DNS is
+  captured gets the _dns variants of the connect programs, which take its TCP
+  to port 53 to the DNS proxy;
 - its netns gets shoal_sk_lookup through a bpf link, pinned as
-  `<agent dir>/links/<uid>` so it outlives the agent too; it also drops
-  inbound IPv6 that did not come over loopback;
-- the sockhash maps the pod's IP to the ztunnel's 15006 listener for that pod
-  (the ztunnel hands the listener over with its Ack of AddWorkload).
+  `<agent dir>/links/<uid>` so it outlives the agent too; it drops inbound
+  IPv6 to any address the pod was not enrolled with (link-local, or every
+  IPv6 of a pod that has only IPv4);
+- the sockhash maps each of the pod's addresses (16 bytes, IPv4 v4-mapped) to
+  the ztunnel's 15006 listener for that pod and family (the ztunnel hands the
+  listeners over with its Ack of AddWorkload).
 The ztunnel's own cgroup (found from the hand-off peer) gets shoal_ztsockops
 and shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001
 sockets and record the ztunnel's own connections as uncaptured. Telling the
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import ipaddress
 import os
 import shutil
 import socket
@@ -50,7 +55,7 @@ from shoal import log
 
 from node_agent import bpffs, ebpf_build, libbpf
 from node_agent.ebpf_programs import (  # noqa: F401 (names of the eBPF object, used here and by callers)
-    ATTACH_SK_LOOKUP, POD_CGROUP_PROGRAMS, PROGRAMS, SOURCE, ZTUNNEL_CGROUP_PROGRAMS, pod_cgroup_programs, source_text,
+    ATTACH_SK_LOOKUP, POD_ATTACH_TYPES, PROGRAMS, SOURCE, ZTUNNEL_CGROUP_PROGRAMS, pod_cgroup_programs, source_text,
 )
 from node_agent.errors import BpfError, PrerequisiteMissing, RedirectError
 from node_agent.model import PodTarget
@@ -172,27 +177,28 @@ class EbpfRedirector:
             raise RedirectError(f"pod {pod.key} has no cgroup path; the eBPF mode attaches to the pod's cgroup")
         cgroup = _cgroup_fd(pod.cgroup)
         try:
-            self._attach_set(pod_cgroup_programs(pod.dns_capture), cgroup, pod.cgroup)
+            self._attach_set(_pod_programs(pod), cgroup, pod.cgroup, POD_ATTACH_TYPES)
         finally:
             os.close(cgroup)
         self._link_netns(pod)
 
-    def _attach_set(self, names, target_fd: int, where: str) -> None:
-        """Attaches each of `names` unless it is; then detaches every other shoal program of those attach types."""
+    def _attach_set(self, names, target_fd: int, where: str, also=()) -> None:
+        """Attaches each of `names` unless it is; then detaches every other shoal program of those attach types
+        and of the attach types `also` (where `names` may have none: another set of the target's had some)."""
         for name in names:
             attach_type = PROGRAMS[name][1]
             if self.prog_ids[name] not in libbpf.prog_query(target_fd, attach_type):
                 libbpf.prog_attach(self.prog_fds[name], target_fd, attach_type)
                 logger.debug("attached", program=name, to=where)
-        for attach_type, wanted in _ids_by_type(names, self.prog_ids).items():
+        for attach_type, wanted in _ids_by_type(names, self.prog_ids, also).items():
             for stale in self._shoal_programs(target_fd, attach_type) - wanted:
                 self._detach_id(stale, target_fd, attach_type)
                 logger.info("detached an older or renamed shoal program", id=stale, attach_type=attach_type,
                             to=where)
 
-    def _attached_exactly(self, names, target_fd: int) -> bool:
+    def _attached_exactly(self, names, target_fd: int, also=()) -> bool:
         return all(self._shoal_programs(target_fd, attach_type) == wanted
-                   for attach_type, wanted in _ids_by_type(names, self.prog_ids).items())
+                   for attach_type, wanted in _ids_by_type(names, self.prog_ids, also).items())
 
     def _shoal_programs(self, target_fd: int, attach_type: int) -> set[int]:
         """Ids of shoal's programs (any build, any name) attached there with that attach type."""
@@ -220,9 +226,9 @@ class EbpfRedirector:
         finally:
             os.close(fd)
 
-    def _detach_all(self, target_fd: int, names) -> None:
-        """Detaches every shoal program (any build, any name) of the attach types that `names` use."""
-        for attach_type in {PROGRAMS[name][1] for name in names}:
+    def _detach_all(self, target_fd: int, names, also=()) -> None:
+        """Detaches every shoal program (any build, any name) of the attach types that `names` use, and of `also`."""
+        for attach_type in {PROGRAMS[name][1] for name in names} | set(also):
             for prog_id in self._shoal_programs(target_fd, attach_type):
                 self._detach_id(prog_id, target_fd, attach_type)
 
@@ -253,13 +259,14 @@ class EbpfRedirector:
         if pod.cgroup and os.path.isdir(pod.cgroup):
             cgroup = _cgroup_fd(pod.cgroup)
             try:
-                self._detach_all(cgroup, POD_CGROUP_PROGRAMS)
+                self._detach_all(cgroup, (), POD_ATTACH_TYPES)
             finally:
                 os.close(cgroup)
         pin = self.links_dir / _safe(pod.uid)
         if pin.exists():
             pin.unlink()
-        libbpf.map_delete(self.sockhash_fd, socket.inet_aton(pod.ip))
+        for address in pod.ips:
+            libbpf.map_delete(self.sockhash_fd, sockhash_key(address))
 
     def installed(self, pod: PodTarget) -> bool:
         self.load()
@@ -267,7 +274,7 @@ class EbpfRedirector:
             return False
         cgroup = _cgroup_fd(pod.cgroup)
         try:
-            if not self._attached_exactly(pod_cgroup_programs(pod.dns_capture), cgroup):
+            if not self._attached_exactly(_pod_programs(pod), cgroup, POD_ATTACH_TYPES):
                 return False  # missing, or an older version beside it
         finally:
             os.close(cgroup)
@@ -281,9 +288,15 @@ class EbpfRedirector:
             os.close(fd)
 
     def set_inbound_listener(self, pod: PodTarget, listener_fd: int) -> None:
-        """Steers the pod's inbound traffic to this (ztunnel's 15006) listening socket."""
+        """Steers the pod's inbound traffic to this (ztunnel's 15006) listening socket: to each of the pod's
+        addresses the socket can take (sk_lookup cannot hand IPv6 to an AF_INET socket, nor IPv4 to a
+        V6ONLY one). The ztunnel may hand one listener per family, or one dual-stack AF_INET6 listener."""
         self.load()
-        libbpf.map_update(self.sockhash_fd, socket.inet_aton(pod.ip), struct.pack("Q", listener_fd))
+        taken = _families_taken(listener_fd)
+        steered = [address for address in pod.ips if ipaddress.ip_address(address).version in taken]
+        for address in steered:
+            libbpf.map_update(self.sockhash_fd, sockhash_key(address), struct.pack("Q", listener_fd))
+        logger.debug("inbound listener set", pod=pod.key, addresses=steered)
 
     # -- the ztunnel ------------------------------------------------------------
 
@@ -326,9 +339,33 @@ class EbpfRedirector:
         self.prog_fds, self.prog_ids, self.sockhash_fd = {}, {}, None
 
 
-def _ids_by_type(names, prog_ids: dict[str, int]) -> dict[int, set[int]]:
-    """attach type -> the ids of `names` attached with it."""
-    out: dict[int, set[int]] = {}
+def sockhash_key(address: str) -> bytes:
+    """The sockhash's key for an address: 16 bytes, IPv4 as ::ffff:a.b.c.d (as sk_lookup builds it)."""
+    ip = ipaddress.ip_address(address)
+    return (ipaddress.IPv6Address(f"::ffff:{ip}") if ip.version == 4 else ip).packed
+
+
+def _families_taken(listener_fd: int) -> set[int]:
+    """The IP versions (4, 6) a listening socket can be handed by sk_lookup."""
+    sock = socket.socket(fileno=listener_fd)  # borrowed: detached below, never closed here
+    try:
+        if sock.family == socket.AF_INET:
+            return {4}
+        if sock.family != socket.AF_INET6:
+            raise RedirectError(f"the ztunnel's inbound listener is not an IP socket ({sock.family!r}); "
+                                "is the ztunnel of this shoal version?")
+        return {6} if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) else {4, 6}
+    finally:
+        sock.detach()
+
+
+def _pod_programs(pod: PodTarget) -> tuple[str, ...]:
+    return pod_cgroup_programs(pod.dns_capture, ipv6=pod.ipv6 is not None)
+
+
+def _ids_by_type(names, prog_ids: dict[str, int], also=()) -> dict[int, set[int]]:
+    """attach type -> the ids of `names` attached with it (none, for an attach type of `also` that they lack)."""
+    out: dict[int, set[int]] = {attach_type: set() for attach_type in also}
     for name in names:
         out.setdefault(PROGRAMS[name][1], set()).add(prog_ids[name])
     return out

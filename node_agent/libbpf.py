@@ -55,8 +55,8 @@ def _check(result: int, what: str) -> int:
 
 
 def sockhash_create(name: str, max_entries: int) -> int:
-    """A sockhash keyed by a u32 (an IPv4 address in network order), values are sockets."""
-    return _check(lib().bpf_map_create(BPF_MAP_TYPE_SOCKHASH, name.encode(), 4, 8, max_entries, None),
+    """A sockhash keyed by 16 bytes (an IPv6 address, IPv4 as ::ffff:a.b.c.d, network order), values are sockets."""
+    return _check(lib().bpf_map_create(BPF_MAP_TYPE_SOCKHASH, name.encode(), 16, 8, max_entries, None),
                   f"create sockhash {name}")
 
 
