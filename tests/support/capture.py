@@ -23,7 +23,7 @@ class Capture:
 
     @property
     def headers(self) -> list[str]:
-        return [line for line in self.text.splitlines() if " IP " in line and " > " in line]
+        return [line for line in self.text.splitlines() if (" IP " in line or " IP6 " in line) and " > " in line]
 
 
 @contextmanager
