@@ -1,10 +1,12 @@
-"""Tiny test apps run inside pod namespaces: `python zt_apps.py http PORT | echo PORT | send HOST PORT N`.
+"""Tiny test apps run inside pod namespaces: `python zt_apps.py http PORT [ADDRESS] | echo PORT [ADDRESS] |
+send HOST PORT N`.
 
 - http: answers any request with "peer=<client ip>" so tests can see the source IP the app saw;
 - echo: echoes every byte until the client half-closes, then closes;
 - send: connects, sends N bytes, half-closes, prints how many bytes came back.
 
-The servers print "ready" once they listen.
+The servers print "ready" once they listen, on 0.0.0.0 unless ADDRESS says otherwise (`::` listens on
+both families with one socket).
 """
 
 import socket
@@ -33,8 +35,16 @@ class Server(socketserver.ThreadingTCPServer):
     request_queue_size = 64
 
 
-def serve(port, handler):
-    with Server(("0.0.0.0", port), handler) as server:
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def serve(port, handler, address="0.0.0.0"):
+    with (Server6 if ":" in address else Server)((address, port), handler) as server:
         print("ready", flush=True)
         server.serve_forever()
 
@@ -67,4 +77,4 @@ if __name__ == "__main__":
     if mode == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
-        serve(int(sys.argv[2]), {"http": Http, "echo": Echo}[mode])
+        serve(int(sys.argv[2]), {"http": Http, "echo": Echo}[mode], *sys.argv[3:4])
