@@ -364,11 +364,16 @@ def parse_authority(authority: str) -> tuple[str, int]:
     host, sep, port = authority.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise BadAuthority(f"CONNECT authority {authority!r} is not ip:port")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         raise BadAuthority(f"CONNECT authority {authority!r} does not name an IP address") from None
+    # RFC 3986 3.2.2: an IPv6 address is bracketed, and only it (else "fd73::5:80" could be either of two).
+    if bracketed != (address.version == 6) or getattr(address, "scope_id", None):
+        raise BadAuthority(f"CONNECT authority {authority!r}: write an IPv6 address as [addr]:port, an IPv4 one "
+                           "without brackets, neither with a zone")
     return host, int(port)
 
 

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from hypothesis import given, strategies as st
 
-from shoal.hbone import parse_authority
+from shoal.hbone import BadAuthority, parse_authority
 from shoal.model.addresses import canonical_ip, canonical_ips, canonical_or_none, ip_version, join_host_port
 
 
@@ -56,3 +56,10 @@ def test_a_joined_authority_parses_back_to_the_same_address(address, port):
     host, parsed_port = parse_authority(join_host_port(str(address), port))
     assert (canonical_ip(host), parsed_port) == (canonical_ip(str(address)), port)
     assert ipaddress.ip_address(host) == address
+
+
+@pytest.mark.parametrize("authority", ["fd73::5:8080", "[198.19.1.5]:80", "[fe80::1%eth0]:80", "[fd73::5]",
+                                       "[fd73::5]:0", "web:80"])
+def test_an_authority_that_is_ambiguous_or_not_an_address_is_refused(authority):
+    with pytest.raises(BadAuthority):
+        parse_authority(authority)
