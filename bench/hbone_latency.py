@@ -8,9 +8,11 @@ Set-ups (each end in its own process, as two ztunnels on two nodes would be):
   client connection, no HTTP/2 (what HBONE costs beyond bare mTLS);
 - `hbone`: client -> forwarder A -> TLS 1.3 + HTTP/2 CONNECT -> forwarder B -> app, with
   `shoal.hbone_io` (the ztunnel's own relay and HBONE driver) and mesh certificates;
+- `hbone-python-relay`: `hbone` with the compiled relay lane off (`SHOAL_RELAY=python`);
 - `hbone-plain-h2`: the same, with shoal.hbone's lean DATA path turned off (h2 as shipped).
 
-Latency: sequential 1 KiB ping-pongs (p50/p90/p99 in ms) from a blocking client.
+Latency: sequential 1 KiB ping-pongs (p50/p90/p99 in ms) from a blocking client, and the CPU time
+(user + system, /proc) the relay processes spent per round trip meanwhile.
 Throughput: iperf3, 1 and 4 streams. This isolates the HBONE path; the full
 baseline-vs-ambient comparison through the local cluster is `bench.latency`.
 Prints a table and writes bench/results/<timestamp>-hbone/results.json.
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -177,9 +180,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(*args: str) -> subprocess.Popen:
+def spawn(*args: str, relay: str = "") -> subprocess.Popen:
+    env = {**os.environ, "SHOAL_RELAY": relay} if relay else None
     proc = subprocess.Popen([sys.executable, "-m", "bench.hbone_latency", *args], stdout=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+                            text=True, cwd=ROOT, env=env)
     line = proc.stdout.readline().strip()
     if line != "ready":
         proc.kill()
@@ -187,21 +191,34 @@ def spawn(*args: str) -> subprocess.Popen:
     return proc
 
 
+PING_PONG_WARMUP = 200   # round trips not timed (they are in the CPU figure)
+
+
 def ping_pong(port: int, count: int, size: int = 1024) -> list[float]:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     message = b"p" * size
     times = []
-    for i in range(count + 200):
+    for i in range(count + PING_PONG_WARMUP):
         start = time.perf_counter()
         sock.sendall(message)
         got = 0
         while got < size:
             got += len(sock.recv(size - got))
-        if i >= 200:  # warm-up
+        if i >= PING_PONG_WARMUP:
             times.append((time.perf_counter() - start) * 1000)
     sock.close()
     return times
+
+
+def cpu_seconds(procs: list[subprocess.Popen]) -> float:
+    """User plus system CPU of these processes so far (/proc/PID/stat, fields 14 and 15)."""
+    total = 0
+    for proc in procs:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def iperf(port: int, streams: int, seconds: float) -> float:
@@ -213,7 +230,7 @@ def iperf(port: int, streams: int, seconds: float) -> float:
 
 
 def measure(setup: str, directory: Path, args) -> list[dict]:
-    procs = []
+    procs, relays = [], []
     echo_port, iperf_port = free_port(), free_port()
     procs.append(spawn("--role", "echo", "--port", str(echo_port)))
     procs.append(subprocess.Popen(["iperf3", "-s", "-p", str(iperf_port)], stdout=subprocess.DEVNULL,
@@ -226,24 +243,33 @@ def measure(setup: str, directory: Path, args) -> list[dict]:
             echo_entry, iperf_entry = free_port(), free_port()
             for entry, target in ((echo_entry, echo_port), (iperf_entry, iperf_port)):
                 far = free_port()
-                procs.append(spawn("--role", "tls-server", "--dir", str(directory), "--port", str(far),
-                                   "--target", str(target)))
-                procs.append(spawn("--role", "tls-client", "--dir", str(directory), "--port", str(entry),
-                                   "--upstream", str(far)))
+                relays.append(spawn("--role", "tls-server", "--dir", str(directory), "--port", str(far),
+                                    "--target", str(target)))
+                relays.append(spawn("--role", "tls-client", "--dir", str(directory), "--port", str(entry),
+                                    "--upstream", str(far)))
         else:
-            lean = ["--lean"] if setup == "hbone" else []
+            lean = [] if setup == "hbone-plain-h2" else ["--lean"]
+            relay = "python" if setup == "hbone-python-relay" else ""
             hbone_port = free_port()
-            procs.append(spawn("--role", "server", "--dir", str(directory), "--port", str(hbone_port), *lean))
+            relays.append(spawn("--role", "server", "--dir", str(directory), "--port", str(hbone_port), *lean,
+                                relay=relay))
             echo_entry, iperf_entry = free_port(), free_port()
-            procs.append(spawn("--role", "client", "--dir", str(directory), "--port", str(echo_entry),
-                               "--upstream", str(hbone_port), "--target", str(echo_port), *lean))
-            procs.append(spawn("--role", "client", "--dir", str(directory), "--port", str(iperf_entry),
-                               "--upstream", str(hbone_port), "--target", str(iperf_port), *lean))
+            relays.append(spawn("--role", "client", "--dir", str(directory), "--port", str(echo_entry),
+                                "--upstream", str(hbone_port), "--target", str(echo_port), *lean, relay=relay))
+            relays.append(spawn("--role", "client", "--dir", str(directory), "--port", str(iperf_entry),
+                                "--upstream", str(hbone_port), "--target", str(iperf_port), *lean, relay=relay))
+        procs += relays
         rows = []
-        lat = [sorted(ping_pong(echo_entry, args.round_trips)) for _ in range(args.repeats)]
+        lat, cpu = [], []
+        for _ in range(args.repeats):
+            before = cpu_seconds(relays)
+            lat.append(sorted(ping_pong(echo_entry, args.round_trips)))
+            cpu.append((cpu_seconds(relays) - before) / (args.round_trips + PING_PONG_WARMUP) * 1e6)
         row = {"setup": setup, "case": "ping-pong-1KiB", "round_trips": args.round_trips, "repeats": args.repeats}
         for name, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
             row.update(summarize((percentile(v, q) for v in lat), name))
+        if relays:
+            row.update(summarize(cpu, "relay_cpu_us"))
         rows.append(row)
         for streams in (1, 4):
             values = [iperf(iperf_entry, streams, args.seconds) for _ in range(args.repeats)]
@@ -268,7 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--round-trips", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--setups", default="direct,tls,hbone,hbone-plain-h2")
+    parser.add_argument("--setups", default="direct,tls,hbone,hbone-python-relay,hbone-plain-h2")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.seconds < 1:
@@ -305,8 +331,8 @@ def main(argv=None) -> int:
             if ref:
                 r["added_p50_ms"], r["added_p99_ms"] = r["p50_ms"] - ref["p50_ms"], r["p99_ms"] - ref["p99_ms"]
             shown.append({"setup": r["setup"], "case": r["case"], "p50 ms": r["p50_ms"], "p90 ms": r["p90_ms"],
-                          "p99 ms": r["p99_ms"]})
-    print(table(shown, ["setup", "case", "p50 ms", "p90 ms", "p99 ms", "Gbit/s", "vs direct"]))
+                          "p99 ms": r["p99_ms"], "relay CPU-us/rt": r.get("relay_cpu_us", "")})
+    print(table(shown, ["setup", "case", "p50 ms", "p90 ms", "p99 ms", "relay CPU-us/rt", "Gbit/s", "vs direct"]))
     print(f"wrote {run.write(under=args.out)}")
     return 0
 
