@@ -37,7 +37,10 @@ def test_bpffs(tmp_path_factory):
         subprocess.run(["umount", str(path)], check=True)
 
 
-@pytest.fixture(scope="session", params=["iptables", "ebpf"])
+# Module scope, not session: alive, it keeps pins in the shared bpffs and its program on the topology's
+# ztunnel cgroup, which test_agent's node agent (detaching every other shoal program there) and its
+# "nothing left" checks would meet in any module that ran after one of its users.
+@pytest.fixture(scope="module", params=["iptables", "ebpf"])
 def redirection(request, topo, test_bpffs, tmp_path_factory):
     from node_agent.redirect import Redirection, choose
     capture = choose(request.param, f"test-{os.getpid()}", bpffs=test_bpffs)
