@@ -10,21 +10,17 @@ pods, HBONE/mTLS between them, source-IP preservation, policy, metrics.
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from shoal import handoff, log, netns
+from shoal import handoff, netns
 from shoal.model import (
-    Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, ResourceType, Rule,
+    Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, Rule,
     Service, ServicePort, Source, Workload,
 )
 from shoal.certs import CertManager
@@ -37,6 +33,8 @@ from support.ca import TestCA
 from support.capture import tcpdump
 from support.polling import eventually
 from support.root import needs_root
+import zt_netns
+from zt_netns import sh
 
 pytestmark = needs_root("creates network namespaces and iptables rules")
 
@@ -46,10 +44,6 @@ ROUTER = PREFIX + "router"
 PODS = {"a": "198.19.1.2", "b": "198.19.2.2", "c": "198.19.3.2"}
 WEB_VIP, ECHO_VIP = "198.18.16.10", "198.18.16.11"
 A_PRINCIPAL = "cluster.local/ns/app/sa/a"
-
-
-def sh(*argv, check=True):
-    return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
 def pod_ns(name):
@@ -79,18 +73,7 @@ def build_network():
 
 
 def capture_rules(name):
-    """What the node agent's iptables mode installs: outbound to 15001, inbound (not 15008) to 15006."""
-    ns = pod_ns(name)
-    for rule in (
-        ["-t", "nat", "-N", "ZT_OUT"], ["-t", "nat", "-A", "ZT_OUT", "-m", "mark", "--mark", "0x539", "-j", "RETURN"],
-        ["-t", "nat", "-A", "ZT_OUT", "-o", "lo", "-j", "RETURN"],
-        ["-t", "nat", "-A", "ZT_OUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001"],
-        ["-t", "nat", "-A", "OUTPUT", "-j", "ZT_OUT"],
-        ["-t", "nat", "-N", "ZT_IN"], ["-t", "nat", "-A", "ZT_IN", "-p", "tcp", "--dport", "15008", "-j", "RETURN"],
-        ["-t", "nat", "-A", "ZT_IN", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15006"],
-        ["-t", "nat", "-A", "PREROUTING", "-i", "eth0", "-j", "ZT_IN"],
-    ):
-        sh("ip", "netns", "exec", ns, "iptables-legacy", "-w", *rule)
+    zt_netns.capture_rules(pod_ns(name))
 
 
 def workloads():
@@ -103,17 +86,10 @@ def workloads():
     return a, b, c, web, echo
 
 
-class Rig:
+class Rig(zt_netns.RigBase):
     def __init__(self):
+        super().__init__()
         self.ca = TestCA()
-        import uvloop  # as the ztunnel runs: some libraries (pyroute2) do not work under it
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.procs = []
-        self.log = io.StringIO()
-
-    def call(self, coro, timeout=20):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self):
         build_network()
@@ -123,8 +99,7 @@ class Rig:
             proc = netns.popen(pod_ns("b"), [sys.executable, APPS, mode, str(port)], stdout=subprocess.PIPE, text=True)
             assert proc.stdout.readline().strip() == "ready"
             self.procs.append(proc)
-        log.setup("json", "info", stream=self.log)
-        self.thread.start()
+        self.start_loop()
 
         async def boot():
             self.state = ProxyState()
@@ -138,47 +113,10 @@ class Rig:
     def stop(self):
         """Undoes whatever start() got to, even when it failed half-way."""
         try:
-            if hasattr(self, "ztunnel") and self.thread.is_alive():
-                self.call(self.ztunnel.close())
+            self.stop_loop(*([self.ztunnel] if hasattr(self, "ztunnel") else []))
         finally:
-            if self.thread.is_alive():
-                self.loop.call_soon_threadsafe(self.loop.stop)
-                self.thread.join(5)
-            for proc in self.procs:
-                proc.kill()
-                proc.wait()
             for name in [ROUTER] + [pod_ns(p) for p in PODS]:
                 netns.remove(name)
-
-    def set(self, *resources, remove=()):
-        async def apply():
-            for kind, key in remove:
-                self.state.remove(kind, key)
-            for r in resources:
-                self.state.upsert(r)
-        self.call(apply())
-
-    @contextmanager
-    def applied(self, *resources):
-        """The resources in the ztunnel's state for the body, and gone after it."""
-        self.set(*resources)
-        try:
-            yield
-        finally:
-            self.set(remove=[(ResourceType(type(r).__name__), r.key) for r in resources])
-
-    def access_lines(self):
-        return [json.loads(line) for line in self.log.getvalue().splitlines()
-                if line.startswith("{") and '"connection complete"' in line]
-
-    def mark(self) -> int:
-        return len(self.access_lines())
-
-    def line_after(self, mark: int, direction: str, timeout: float = 5.0) -> dict:
-        """The last access-log line in `direction` written after `mark` (the ztunnel writes a
-        connection's line once its own side has closed, a moment after the client's)."""
-        return eventually(lambda: [l for l in self.access_lines()[mark:] if l["direction"] == direction], timeout,
-                          f"an {direction} access-log line")[-1]
 
     def metric(self, name, **labels):
         return metrics.value(self.ztunnel.metrics.render().decode(), name, **labels) or 0.0

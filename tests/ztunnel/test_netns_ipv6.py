@@ -13,22 +13,18 @@ IPv6 source, access logs and metrics with IPv6 addresses.
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from shoal import handoff, log, netns
+from shoal import handoff, netns
 from shoal.certs import CertManager
 from shoal.model import (
-    Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, ResourceType, Rule,
-    Service, ServicePort, Source, Workload,
+    Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, Rule, Service,
+    ServicePort, Source, Workload,
 )
 from shoal.proxy_state import ProxyState
 from ztunnel.config import Config
@@ -39,6 +35,8 @@ from support.ca import TestCA
 from support.capture import tcpdump
 from support.polling import eventually
 from support.root import needs_root
+import zt_netns
+from zt_netns import sh
 
 pytestmark = needs_root("creates network namespaces and ip6tables rules")
 
@@ -51,10 +49,6 @@ PODS = {"a": ("198.19.1.2", "fd73:686f:616c:1::a"), "b": ("198.19.1.3", "fd73:68
 A6, B6, C6 = PODS["a"][1], PODS["b"][1], PODS["c"][1]
 WEB_VIP_4, WEB_VIP_6 = "198.18.16.10", "fd73:686f:616c:ff::a"
 WEB = "web.app.svc.cluster.local"
-
-
-def sh(*argv):
-    return subprocess.run(argv, check=True, capture_output=True, text=True)
 
 
 def pod_ns(name):
@@ -86,16 +80,7 @@ def build_network():
 
 def capture_rules(name):
     """The node agent's iptables mode for IPv6: outbound TCP to 15001, inbound (not 15008) to 15006."""
-    for rule in (
-        ["-t", "nat", "-N", "ZT_OUT"], ["-t", "nat", "-A", "ZT_OUT", "-m", "mark", "--mark", "0x539", "-j", "RETURN"],
-        ["-t", "nat", "-A", "ZT_OUT", "-o", "lo", "-j", "RETURN"],
-        ["-t", "nat", "-A", "ZT_OUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001"],
-        ["-t", "nat", "-A", "OUTPUT", "-j", "ZT_OUT"],
-        ["-t", "nat", "-N", "ZT_IN"], ["-t", "nat", "-A", "ZT_IN", "-p", "tcp", "--dport", "15008", "-j", "RETURN"],
-        ["-t", "nat", "-A", "ZT_IN", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15006"],
-        ["-t", "nat", "-A", "PREROUTING", "-i", "eth0", "-j", "ZT_IN"],
-    ):
-        sh("ip", "netns", "exec", pod_ns(name), "ip6tables-legacy", "-w", *rule)
+    zt_netns.capture_rules(pod_ns(name), "ip6tables-legacy")
 
 
 def resources():
@@ -106,19 +91,12 @@ def resources():
     return a, b, c, web
 
 
-class Rig:
-    """Two ztunnels on one event loop (uvloop, as they run), each serving one pod."""
+class Rig(zt_netns.RigBase):
+    """Two ztunnels on one event loop, each serving one pod."""
 
     def __init__(self):
+        super().__init__()
         self.ca = TestCA()
-        import uvloop
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.procs = []
-        self.log = io.StringIO()
-
-    def call(self, coro, timeout=30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self):
         build_network()
@@ -128,8 +106,7 @@ class Rig:
                            text=True)
         self.procs.append(proc)
         assert proc.stdout.readline().strip() == "ready"
-        log.setup("json", "info", stream=self.log)
-        self.thread.start()
+        self.start_loop()
 
         async def boot():
             self.state = ProxyState()
@@ -143,35 +120,10 @@ class Rig:
 
     def stop(self):
         try:
-            if self.thread.is_alive():
-                for node in ("node1", "node2"):
-                    if hasattr(self, node):
-                        self.call(getattr(self, node).close())
+            self.stop_loop(*(getattr(self, node) for node in ("node1", "node2") if hasattr(self, node)))
         finally:
-            if self.thread.is_alive():
-                self.loop.call_soon_threadsafe(self.loop.stop)
-                self.thread.join(5)
-            for proc in self.procs:
-                proc.kill()
-                proc.wait()
             for name in [ROUTER] + [pod_ns(p) for p in PODS]:
                 netns.remove(name)
-
-    def set(self, *items, remove=()):
-        async def apply():
-            for kind, key in remove:
-                self.state.remove(kind, key)
-            for item in items:
-                self.state.upsert(item)
-        self.call(apply())
-
-    def access_lines(self):
-        return [json.loads(line) for line in self.log.getvalue().splitlines()
-                if line.startswith("{") and '"connection complete"' in line]
-
-    def line_after(self, mark: int, direction: str) -> dict:
-        return eventually(lambda: [l for l in self.access_lines()[mark:] if l["direction"] == direction], 20,
-                          f"an {direction} access-log line")[-1]
 
 
 @pytest.fixture(scope="module")
@@ -193,11 +145,11 @@ def test_a_service_ipv6_vip_through_two_ztunnels_keeps_the_clients_ipv6_address(
         return metrics.value(ztunnel.metrics.render().decode(), "istio_tcp_connections_opened_total",
                              reporter=reporter, destination_service=WEB, connection_security_policy="mutual_tls") or 0
     before = opened(rig.node1, "source"), opened(rig.node2, "destination")
-    mark = len(rig.access_lines())
+    mark = rig.mark()
     result = curl("a", f"http://[{WEB_VIP_6}]/")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"peer={A6}\n"            # the server saw the client's IPv6 address
-    outbound, inbound = rig.line_after(mark, "outbound"), rig.line_after(mark, "inbound")
+    outbound, inbound = rig.line_after(mark, "outbound", timeout=20), rig.line_after(mark, "inbound", timeout=20)
     assert outbound["plan"] == "hbone" and outbound["mtls"] and outbound["upstream"] == f"[{B6}]:15008"
     assert outbound["dst_addr"] == f"[{WEB_VIP_6}]:80" and outbound["src_addr"].startswith(f"[{A6}]:")
     assert outbound["dst_service"] == WEB and outbound["src_workload"] == "a"
@@ -220,32 +172,25 @@ def test_a_pods_ipv6_address_crosses_in_hbone_only(rig, tmp_path):
 def test_plaintext_over_ipv6_permissive_then_strict(rig):
     result = curl("c", f"http://[{B6}]:8080/")
     assert result.returncode == 0 and result.stdout == f"peer={C6}\n", result.stderr
-    strict = PeerAuthentication("strict", "app", PolicyScope.NAMESPACE, PeerAuthMode.STRICT)
-    rig.set(strict)
-    try:
-        mark = len(rig.access_lines())
+    with rig.applied(PeerAuthentication("strict", "app", PolicyScope.NAMESPACE, PeerAuthMode.STRICT)):
+        mark = rig.mark()
         assert curl("c", f"http://[{B6}]:8080/").returncode != 0
-        line = rig.line_after(mark, "inbound_plaintext")
+        line = rig.line_after(mark, "inbound_plaintext", timeout=20)
         assert "STRICT" in line["error"] and line["src_addr"].startswith(f"[{C6}]:")
         assert curl("a", f"http://[{B6}]:8080/").stdout == f"peer={A6}\n"     # meshed A still gets through
-    finally:
-        rig.set(remove=[(ResourceType.PEER_AUTHENTICATION, strict.key)])
 
 
 def test_a_deny_policy_on_the_clients_ipv6_block(rig):
     deny = Authorization("deny-a6", "app", PolicyScope.NAMESPACE, Action.DENY,
                          (Rule(sources=(Source(ip_blocks=(f"{A6}/128",)),)),))
-    rig.set(deny)
-    try:
-        mark = len(rig.access_lines())
+    with rig.applied(deny):
+        mark = rig.mark()
         assert curl("a", f"http://[{WEB_VIP_6}]/").returncode != 0
-        denied = rig.line_after(mark, "inbound")
+        denied = rig.line_after(mark, "inbound", timeout=20)
         assert "deny-a6" in denied["error"] and denied["response_flags"] == "UAEX"
         # the same client over IPv4 is outside the IPv6 block (no IPv4 capture here: it goes direct, and the
         # dual-stack app reports it v4-mapped)
         assert curl("a", f"http://{PODS['b'][0]}:8080/").stdout == f"peer=::ffff:{PODS['a'][0]}\n"
-    finally:
-        rig.set(remove=[(ResourceType.AUTHORIZATION, deny.key)])
     assert curl("a", f"http://[{WEB_VIP_6}]/").stdout == f"peer={A6}\n"
 
 
