@@ -1,4 +1,5 @@
-"""IPv6 through the pure decisions: outbound plans, the inbound target check, authorization, DNS AAAA.
+"""IPv6 through the pure decisions: outbound plans, the inbound target check, authorization, DNS AAAA,
+and telemetry's addresses.
 
 A dual-stack mesh: every workload has an IPv4 and an IPv6 address, every
 service a VIP of each family. The decisions must treat IPv6 exactly as IPv4:
@@ -16,10 +17,13 @@ from shoal.model import (
     Action, Authorization, Endpoint, PeerAuthentication, PeerAuthMode, PolicyScope, Protocol, Rule, Service,
     ServicePort, Source, Waypoint, WaypointRef, Workload,
 )
+from shoal.model.addresses import join_address
 from shoal.proxy_state import ProxyState
+from structlog.testing import capture_logs
 from ztunnel import dns
 from ztunnel.inbound import AppReach, InboundConnection, InboundPlan, Refusal, decide_inbound
 from ztunnel.outbound import Balancer, Kind, Plan, decide
+from ztunnel.telemetry import ConnectionRecord, Metrics, client_address
 
 TD = "cluster.local"
 CLIENT_4, CLIENT_6 = "198.19.1.2", "fd73:686f:616c:1::2"
@@ -191,3 +195,24 @@ def test_dns_aaaa_for_an_ipv4_only_service_is_nodata():
     four = svc("four", ("198.18.16.40",), [])
     decision = dns.decide(state(four), "app", question("four", dns_message.TYPE_AAAA))
     assert decision == dns.Answer("four.app.svc.cluster.local", ())
+
+
+# --- telemetry ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address, expected", [
+    (("::1", 41000), (CLIENT_6, 41000)),              # eBPF connect6 to [::1]:15001: the pod's IPv6 address
+    (("127.0.0.1", 41000), (CLIENT_4, 41000)),        # connect4: its IPv4 one
+    ((CLIENT_6, 41000), (CLIENT_6, 41000)),           # iptables mode: already the pod's
+])
+def test_the_outbound_source_is_the_pods_address_of_the_family_used(address, expected):
+    assert client_address(address, CLIENT) == expected
+
+
+def test_an_access_log_line_brackets_ipv6_addresses():
+    record = ConnectionRecord("outbound", (CLIENT_6, 41000), (VIP_6, 80), source_workload=CLIENT,
+                              upstream=join_address((SERVER_6, 15008)), service="web.app.svc.cluster.local", mtls=True)
+    with capture_logs() as lines:
+        record.close(Metrics())
+    (line,) = [l for l in lines if l.get("event") == "connection complete"]
+    assert (line["src_addr"], line["dst_addr"], line["upstream"]) == (
+        f"[{CLIENT_6}]:41000", f"[{VIP_6}]:80", f"[{SERVER_6}]:15008")
