@@ -1,5 +1,10 @@
-"""The fault suite's cluster: a 2-node local cluster per redirect mode, with an enrolled namespace under
-STRICT mTLS and a DENY policy, and the faults the tests make (root)."""
+"""The fault suite's clusters: a 2-node local cluster per redirect mode, with an enrolled namespace under
+STRICT mTLS and a DENY policy, and the faults the tests make (root).
+
+The two clusters are up at the same time, and each test runs the same steps in both at once
+(`support.cluster.in_each`): most of a fault test is waiting (an outage, a restart, a paced load), and the waits of one
+mode need not follow the other's. Each cluster is checked exactly as alone; a failure names its mode.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from shoal.local import components, observe
 from shoal.local.kubelet import cgroup_pids
 from shoal.local.services import pod_ready
 
-from support.cluster import LocalCluster, running_cluster
+from support.cluster import LocalCluster, in_each, unique_name
 from support.polling import eventually
 
 PYTHON = sys.executable
@@ -133,12 +138,26 @@ class FaultCluster(LocalCluster):
         return json.loads(lines[-1])
 
 
-@pytest.fixture(scope="module", params=["iptables", "ebpf"])
-def cluster(request):
-    with running_cluster(f"fault{request.param[0]}", nodes=2, redirect=request.param, kind=FaultCluster) as c:
-        c.mode = request.param
-        c.apply(manifests())
-        c.wait_pods_ready(NAMESPACE, 3, timeout=120)
-        eventually(lambda: c.once("client")["outcome"] == "ok", 90, "the server to answer through the mesh",
-                   interval=0.5)
-        yield c
+MODES = ("iptables", "ebpf")
+
+
+def prepare(cluster: FaultCluster) -> None:
+    cluster.up(2, cluster.mode)
+    cluster.apply(manifests())
+    cluster.wait_pods_ready(NAMESPACE, 3, timeout=120)
+    eventually(lambda: cluster.once("client")["outcome"] == "ok", 90, "the server to answer through the mesh",
+               interval=0.5)
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    """Both modes' clusters, brought up (and later down) side by side; down also after a failed up."""
+    made = {}
+    for mode in MODES:
+        made[mode] = FaultCluster(unique_name(f"fault{mode[0]}"))
+        made[mode].mode = mode
+    try:
+        in_each(made, prepare)
+        yield made
+    finally:
+        in_each(made, lambda cluster: cluster.down())

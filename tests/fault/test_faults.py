@@ -19,7 +19,8 @@ a connection passes only if all of it arrived intact both ways.
   the app sees no connection; once the control plane is back, the allowed
   client is served and the rest still refused.
 
-SHOAL_FAULT_CONNECTIONS and SHOAL_FAULT_OUTAGE_SECONDS make a shorter run.
+Each test runs in both redirect modes' clusters at once (`in_each`), the same steps in each, each
+checked as if alone. SHOAL_FAULT_CONNECTIONS and SHOAL_FAULT_OUTAGE_SECONDS make a shorter run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from shoal.local.components import ZTUNNEL_DRAIN_SECONDS
 
 from support import metrics
 from support.cli import SHOAL
+from support.cluster import in_each
 from support.polling import eventually
 from support.root import needs_root
 
@@ -82,11 +84,11 @@ def epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
-@pytest.mark.timeout(LOAD_SECONDS * 4 + 600)
-def test_every_byte_of_ten_thousand_connections_arrives_through_outage_agent_kill_and_upgrade(cluster, tmp_path):
-    out = tmp_path / "load.json"
+def load_through_faults(cluster, out) -> tuple[dict, list[tuple[str, float, float]]]:
+    """The paced load, and meanwhile the faults in turn; the load's result and, for each fault, the span
+    (fault, from, to) across which some connection must have been open."""
     load = start_load(cluster, out)
-    spans: list[tuple[str, float, float]] = []   # (fault, from, to): some connection must be open across it
+    spans: list[tuple[str, float, float]] = []
     try:
         time.sleep(5)                             # connections in flight before the first fault
         stopped = time.time()
@@ -107,11 +109,14 @@ def test_every_byte_of_ten_thousand_connections_arrives_through_outage_agent_kil
                            f"stopped)", began, stopping))
         assert load.poll() is None, ("the load ended before the last fault: it must cover them all (raise "
                                      "SHOAL_FAULT_CONNECTIONS or the pacing)")
-        stdout, stderr = load.communicate(timeout=LOAD_SECONDS * 3 + 180)
+        load.communicate(timeout=LOAD_SECONDS * 3 + 180)
     finally:
         if load.poll() is None:
             load.kill()
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text()), spans
+
+
+def every_byte_arrived(cluster, result: dict, spans: list[tuple[str, float, float]]) -> None:
     records = result["records"]
     failed = [r for r in records if r["outcome"] != "ok"]
     assert result["opened"] == CONNECTIONS and result["finished"] == CONNECTIONS, result["outcomes"]
@@ -135,8 +140,14 @@ def test_every_byte_of_ten_thousand_connections_arrives_through_outage_agent_kil
                          connection_security_policy="mutual_tls") > 0
 
 
-def test_an_established_connection_survives_the_node_agents_sigkill_and_restart(cluster):
-    """Issue 9, item 2: a restart of the node agent changes nothing in the data path."""
+@pytest.mark.timeout(LOAD_SECONDS * 4 + 600)
+def test_every_byte_of_ten_thousand_connections_arrives_through_outage_agent_kill_and_upgrade(clusters, tmp_path):
+    def run(cluster):
+        every_byte_arrived(cluster, *load_through_faults(cluster, tmp_path / f"load-{cluster.mode}.json"))
+    in_each(clusters, run)
+
+
+def an_established_connection_survives_the_node_agents_sigkill(cluster) -> None:
     connection = subprocess.Popen(
         [*SHOAL, "local", "exec", "--cluster", cluster.name, "-n", cluster.namespace, "client", "--",
          cluster.python, cluster.apps, "once", cluster.service, str(cluster.port), "--size", "4000000",
@@ -157,7 +168,12 @@ def test_an_established_connection_survives_the_node_agents_sigkill_and_restart(
     assert cluster.once("client")["outcome"] == "ok"       # and new connections are served as before
 
 
-def test_a_ztunnel_restarted_while_the_control_plane_is_down_refuses_plaintext_and_honours_deny(cluster):
+def test_an_established_connection_survives_the_node_agents_sigkill_and_restart(clusters):
+    """Issue 9, item 2: a restart of the node agent changes nothing in the data path."""
+    in_each(clusters, an_established_connection_survives_the_node_agents_sigkill)
+
+
+def a_ztunnel_restarted_without_control_plane_fails_closed(cluster) -> None:
     def attempts():
         return {"client": cluster.once("client")["outcome"],
                 "intruder": cluster.once("intruder")["outcome"],          # DENY names its identity
@@ -186,10 +202,11 @@ def test_a_ztunnel_restarted_while_the_control_plane_is_down_refuses_plaintext_a
     assert len(cluster.app_peers()) == seen + 1                   # the client's connection alone
 
 
-def test_a_rollout_while_the_control_plane_is_down_stalls_with_the_old_ztunnel_serving_then_resumes(cluster):
-    """maxUnavailable 0: a new ztunnel that cannot get its config never takes the pods or the node's ports;
-    the old one goes on serving (and says it is ready, while the new pod says it is not), and the rollout,
-    run again once the control plane is back, finishes where it stopped."""
+def test_a_ztunnel_restarted_while_the_control_plane_is_down_refuses_plaintext_and_honours_deny(clusters):
+    in_each(clusters, a_ztunnel_restarted_without_control_plane_fails_closed)
+
+
+def a_rollout_without_control_plane_stalls_then_resumes(cluster) -> None:
     from shoal.local.rollout import RolloutError, restart
 
     old = cluster.system_pod("ztunnel", 2)
@@ -208,3 +225,10 @@ def test_a_rollout_while_the_control_plane_is_down_stalls_with_the_old_ztunnel_s
     assert "taking up" in result.stdout, result.stdout
     assert cluster.system_pod("ztunnel", 2) == surge and not cluster.processes(old)
     assert cluster.once("client")["outcome"] == "ok"
+
+
+def test_a_rollout_while_the_control_plane_is_down_stalls_with_the_old_ztunnel_serving_then_resumes(clusters):
+    """maxUnavailable 0: a new ztunnel that cannot get its config never takes the pods or the node's ports;
+    the old one goes on serving (and says it is ready, while the new pod says it is not), and the rollout,
+    run again once the control plane is back, finishes where it stopped."""
+    in_each(clusters, a_rollout_without_control_plane_stalls_then_resumes)

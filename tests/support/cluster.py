@@ -5,7 +5,9 @@
         cluster.exec("client", "curl", "-s", "http://server", namespace="shop")
 
 `running_cluster` downs the cluster on the way out, also after an `up` that
-failed half-way, so a fixture built on it never leaves one behind.
+failed half-way, so a fixture built on it never leaves one behind. `in_each`
+runs the same steps in several clusters at once (one per redirect mode, say),
+so that their waits overlap.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import traceback
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from shoal.local.layout import Layout
 
@@ -109,6 +113,25 @@ def running_cluster(prefix: str, nodes: int = 2, redirect: str = "iptables",
         yield cluster
     finally:
         cluster.down()
+
+
+Outcome = TypeVar("Outcome")
+
+
+def in_each(clusters: dict[str, Cluster], step: Callable[[Cluster], Outcome]) -> dict[str, Outcome]:
+    """`step(cluster)` in every cluster at once, a thread each; what each returned, by key. If the step failed
+    in any of them, once all are done, an AssertionError naming the key of each failure, with its traceback."""
+    with ThreadPoolExecutor(max(1, len(clusters))) as pool:
+        futures = {key: pool.submit(step, cluster) for key, cluster in clusters.items()}
+        outcomes, failures = {}, []
+        for key, future in futures.items():
+            try:
+                outcomes[key] = future.result()
+            except BaseException as error:   # noqa: BLE001 - pytest's fail/skip too: reported whole, below
+                failures.append(f"in the {key} cluster: " + "".join(traceback.format_exception(error)).rstrip())
+    if failures:
+        raise AssertionError("\n\n".join(failures))
+    return outcomes
 
 
 def _text(manifest: Manifest) -> str:
