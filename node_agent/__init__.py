@@ -7,7 +7,7 @@ How it fits together (decide, then do):
                   ztunnel over the hand-off (shoal/handoff.py), serves metrics.py
 - redirect.py     the one interface to redirection (install / remove / installed),
                   the ledger of what was installed, the choice of mode
-- iptables.py     nat rules in the pod's netns (netfilter.py: python-iptables in a netns)
+- iptables.py     nat rules in the pod's netns, both families (backend.py: legacy or nft)
 - ebpf.py         bpf/redirect.c, pinned and attached; libbpf.py for what bcc does not wrap;
                   ebpf_build.py compiles it with bcc in a short-lived child, so bcc never
                   loads in the agent

@@ -71,7 +71,7 @@ def detect(netns: str | None = None) -> tuple[str, str]:
 
     Istio's order: legacy rules present, legacy; otherwise nft. A node with no rules in
     either (no kube-proxy, a bare test node) keeps legacy when its kernel takes legacy
-    tables, python-iptables being the mode's first writer; one whose kernel does not gets nft."""
+    tables (the mode's first backend); one whose kernel does not gets nft."""
     if has_rules("legacy", netns):
         return "legacy", "the node holds iptables-legacy rules"
     if has_rules("nft", netns):
@@ -88,7 +88,6 @@ def nft_available() -> bool:
 def check(backend: str) -> None:
     """Raises PrerequisiteMissing when the tools of `backend` are not here."""
     if backend == "legacy":
-        netfilter.import_iptc()
         netfilter.check_legacy()
         return
     for ipv6 in (False, True):

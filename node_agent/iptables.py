@@ -44,9 +44,9 @@ skips them, but a process of the pod with CAP_NET_ADMIN can set the same
 mark. So the mark counts only on sockets made outside the pod's cgroup (the
 ztunnel's): an app's socket is captured whatever its mark.
 
-The backend: the rules are written in the node's iptables backend (backend.py, legacy with
-python-iptables or nft with iptables-nft-restore) from one set of specs (`capture_specs`,
-`refuse_specs`); removal takes shoal's chains out of both backends and both families.
+The backend: the rules are written in the node's iptables backend (backend.py, legacy or nft,
+each with its own -restore and -save) from one set of specs (`capture_specs`, `refuse_specs`);
+removal takes shoal's chains out of both backends and both families.
 
 Every chain is owned whole: installing refills it and keeps exactly one jump,
 so a second install (or a restarted agent) makes no duplicates; a family that
@@ -108,8 +108,8 @@ def ztunnel_exemption_spec(pod: PodTarget) -> dict:
     return dict(matches=[marked, ("cgroup", {"path": f"!{pod_cgroup(pod)}"})], target="RETURN")
 
 
-# The rules as specs (netfilter.rule's keywords): python-iptables builds them for the legacy
-# backend, netfilter.rule_text writes them as iptables-save lines for the nft one.
+# The rules as specs (netfilter.rule_text's keywords), which the backend writes and compares as
+# iptables-save lines.
 
 def capture_specs(pod: PodTarget, ipv6: bool = False) -> dict[str, list[dict]]:
     probe = f"{PROBE_SOURCE6}/128" if ipv6 else f"{PROBE_SOURCE}/32"
@@ -179,8 +179,8 @@ def _all_families() -> list[bool]:
 
 
 class IptablesRedirector:
-    """The rules, written with the node's iptables backend (backend.py): python-iptables for
-    legacy, iptables-nft-restore for nft. `backend="auto"` detects it when loaded."""
+    """The rules, written with the node's iptables backend (backend.py, legacy or nft).
+    `backend="auto"` detects it when loaded."""
 
     mode = "iptables"
 

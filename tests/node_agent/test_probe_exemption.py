@@ -117,20 +117,16 @@ def test_an_older_agents_rules_are_not_taken_as_installed(topo, redirection, tes
     pod = topo.pods["a"]
     redirection.install(pod)
     try:
-        def older_snat(iptc, tables):
-            rule = netfilter.rule(iptc, protocol="tcp", dst=f"{pod.ip}/32", matches=[("owner", {"socket_exists": ""})],
-                                  target="SNAT", target_args={"to_source": PROBE_SOURCE})
-            netfilter.ensure_chain(iptc, tables["nat"], probes.CHAIN, "POSTROUTING", [rule])
-        netfilter.in_netns(topo.node, ["nat"], older_snat)
+        older_snat = dict(protocol="tcp", dst=f"{pod.ip}/32", matches=[("owner", {"socket_exists": ""})],
+                          target="SNAT", target_args={"to_source": PROBE_SOURCE})
+        redirection.tables.ensure(topo.node, probes.CHAINS, {probes.CHAIN: [older_snat]}, ipv6=False)
         if redirection.mode == "iptables":
-            from node_agent.iptables import OUTPUT_CHAIN
-
-            def older_output(iptc, tables):
-                rules = [netfilter.rule(iptc, out_interface="lo", target="RETURN"),
-                         netfilter.rule(iptc, matches=[("mark", {"mark": hex(MARK)})], target="RETURN"),
-                         netfilter.rule(iptc, protocol="tcp", target="REDIRECT", target_args={"to_ports": "15001"})]
-                netfilter.ensure_chain(iptc, tables["nat"], OUTPUT_CHAIN, "OUTPUT", rules)
-            netfilter.in_netns(pod.netns, ["nat"], older_output)
+            from node_agent.iptables import CAPTURE_CHAINS, OUTPUT_CHAIN
+            older_output = [dict(out_interface="lo", target="RETURN"),
+                            dict(matches=[("mark", {"mark": hex(MARK)})], target="RETURN"),
+                            dict(protocol="tcp", target="REDIRECT", target_args={"to_ports": "15001"})]
+            output_only = {"nat": CAPTURE_CHAINS["nat"][:1]}
+            redirection.tables.ensure(pod.netns, output_only, {OUTPUT_CHAIN: older_output}, ipv6=False)
             assert not redirection.capture.installed(pod)
 
         again = Redirection(choose(redirection.mode, f"test-{os.getpid()}", bpffs=test_bpffs),
