@@ -25,27 +25,15 @@ import struct
 
 import pytest
 
-from shoal import netns
 from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PROBE_SOURCE6
 
-from na_topology import POD_IPS, POD_IPS6, Server, bpftool_cgroup, listen_in, original_dst
+from na_topology import (POD_IPS, POD_IPS6, Server, bpftool_cgroup, listen6_in, listen_in, nothing_arrives,
+                         original_dst, udp6_code)
 from node_agent import netfilter, probes
 from support.polling import eventually
 from support.root import needs_root
 
 pytestmark = needs_root("network namespaces, ip6tables, eBPF")
-
-
-def listen6_in(ns: str, port: int, kind: int = socket.SOCK_STREAM, address: str = "::") -> socket.socket:
-    """An IPv6-only socket in the netns (V6ONLY, so IPv4 cannot reach it by the back door)."""
-    sock = netns.socket_in(ns, socket.AF_INET6, kind)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind((address, port))
-    if kind == socket.SOCK_STREAM:
-        sock.listen(16)
-    sock.settimeout(5)
-    return sock
 
 
 def tcp6_code(ip: str, port: int, timeout: float = 1.5) -> str:
@@ -62,31 +50,6 @@ try:
 except OSError as e:
     print("failed", errno.errorcode.get(e.errno, str(e)))
 """
-
-
-def udp6_code(ip: str, port: int) -> str:
-    return f"""
-import errno, socket
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-try:
-    for _ in range(3):
-        s.sendto(b"datagram", ({ip!r}, {port}))
-    print("sent")
-except OSError as e:
-    print("failed", errno.errorcode.get(e.errno, str(e)))
-"""
-
-
-def nothing_arrives(sock: socket.socket, wait: float = 0.5) -> bool:
-    sock.settimeout(wait)
-    try:
-        if sock.type == socket.SOCK_STREAM:
-            sock.accept()[0].close()
-        else:
-            sock.recvfrom(100)
-    except socket.timeout:
-        return True
-    return False
 
 
 def tcp6_works(topo, client: str, server: str) -> bool:
