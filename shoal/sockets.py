@@ -63,14 +63,15 @@ class SocketFactory:
     factory keeps a few spare sockets made in one batch by one thread, and
     refills in the background when half are used; `take()` is then free.
     Only creation needs the netns: options, bind and connect work from any
-    thread.
+    thread. Spares are kept per address family, IPv6 ones only once the pod
+    has asked for one (most pods of a dual-stack cluster never do).
     """
 
     def __init__(self, netns_fd: int | None, spare: int = 16) -> None:
         self.netns_fd = netns_fd
         self.spare = spare
-        self._sockets: list[socket.socket] = []
-        self._refilling = False
+        self._spares: dict[int, list[socket.socket]] = {socket.AF_INET: []}
+        self._refilling: set[int] = set()
         self.closed = False
 
     def _make(self, count: int, family: int = socket.AF_INET) -> list[socket.socket]:
@@ -82,27 +83,23 @@ class SocketFactory:
         return netns.run_in(self.netns_fd, self._make, count, family)
 
     def take(self, family: int = socket.AF_INET) -> socket.socket:
-        """A fresh TCP socket of the netns. IPv4 sockets come from the spares; IPv6 ones, rarer
-        in most clusters, are made on demand (the spares would otherwise double)."""
-        if family != socket.AF_INET:
-            return self._batch(1, family)[0]
-        if self._sockets:
-            sock = self._sockets.pop()
-        else:
-            sock = self._batch(1)[0]
-        if len(self._sockets) <= self.spare // 2 and not self._refilling and not self.closed:
-            self._refill()
+        """A fresh TCP socket of the netns, of `family` (AF_INET or AF_INET6)."""
+        spares = self._spares.setdefault(family, [])
+        sock = spares.pop() if spares else self._batch(1, family)[0]
+        if len(spares) <= self.spare // 2 and family not in self._refilling and not self.closed:
+            self._refill(family)
         return sock
 
-    def _refill(self) -> None:
+    def _refill(self, family: int) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._refilling = True
+        self._refilling.add(family)
+        spares = self._spares[family]
 
         def done(future) -> None:
-            self._refilling = False
+            self._refilling.discard(family)
             if future.exception() is not None:
                 return
             fresh = future.result()
@@ -110,15 +107,16 @@ class SocketFactory:
                 for sock in fresh:
                     sock.close()
             else:
-                self._sockets.extend(fresh)
+                spares.extend(fresh)
 
-        loop.run_in_executor(None, self._batch, self.spare - len(self._sockets)).add_done_callback(done)
+        loop.run_in_executor(None, self._batch, self.spare - len(spares), family).add_done_callback(done)
 
     def close(self) -> None:
         self.closed = True
-        for sock in self._sockets:
-            sock.close()
-        self._sockets.clear()
+        for spares in self._spares.values():
+            for sock in spares:
+                sock.close()
+            spares.clear()
 
 
 KEEPALIVE = ((socket.TCP_KEEPIDLE, 30), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 3))
