@@ -16,6 +16,10 @@ The same for IPv6, in ip6tables' mangle table and `ip -6` (table 133 has
 netns has it, and `install()` says whether it is, so the ztunnel keeps the
 client's IPv6 source only where replies can come back.
 
+The rules are written in the node's iptables backend (shoal.iptables_backend:
+legacy or nft, as the node agent writes the pod's capture); `remove()` takes
+the chain out of both backends.
+
 All of it lives in a chain and a table of its own (chain SHOAL_ZTUNNEL,
 table 133, rule priority 32000) and `remove()` takes it away again. The
 ztunnel installs it when a pod is handed over and removes it when the pod
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import subprocess
 
+from shoal import iptables_backend
 from shoal.contracts import MARK as OUR_MARK
 from shoal.errors import ShoalError
 
@@ -47,16 +52,15 @@ def _in_netns(netns_fd: int, argv: list[str], check: bool, stdin: str | None = N
                             capture_output=True, text=True, input=stdin)
     if check and result.returncode != 0:
         raise TransparentError(f"`{' '.join(argv)}` failed in the pod's netns: {result.stderr.strip()}; "
-                               "this needs CAP_NET_ADMIN, iptables-legacy and iproute2")
+                               "this needs CAP_NET_ADMIN, the node's iptables (legacy or nft) and iproute2")
     return result
 
 
-_TOOLS = {4: ("iptables-legacy", "iptables-legacy-save", "iptables-legacy-restore", "0.0.0.0/0"),
-          6: ("ip6tables-legacy", "ip6tables-legacy-save", "ip6tables-legacy-restore", "::/0")}
+_EVERYTHING = {4: "0.0.0.0/0", 6: "::/0"}
 
 
-def _iptables(netns_fd: int, *args: str, check: bool = True, version: int = 4) -> subprocess.CompletedProcess:
-    return _in_netns(netns_fd, [_TOOLS[version][0], "-w", "-t", "mangle", *args], check)
+def _wait(backend: str) -> list[str]:
+    return ["-w"] if backend == "legacy" else []  # the legacy tables' lock, as other writers take it
 
 
 def _ip(netns_fd: int, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -70,27 +74,30 @@ RULES = (
 )
 
 
-def install(netns_fd: int) -> bool:
+def install(netns_fd: int, backend: str | None = None) -> bool:
     """Installs the return path for IPv4 (TransparentError if it cannot) and for IPv6 where the
     netns has IPv6; returns whether IPv6 is covered. Idempotent, in four short processes per family
     (enrollment waits for this): the chain is declared (so created or flushed) and refilled in one
-    restore, the jump and the policy rule are added only if missing, the route is replaced."""
-    _install(netns_fd, 4)
+    restore, the jump and the policy rule are added only if missing, the route is replaced.
+    `backend`: legacy or nft (default: the node's, detected once per process)."""
+    backend = backend or iptables_backend.this_node()
+    _install(netns_fd, 4, backend)
     try:
-        _install(netns_fd, 6)
+        _install(netns_fd, 6, backend)
     except TransparentError:
         _remove(netns_fd, 6)                  # nothing half-made stays behind
         return False
     return True
 
 
-def _install(netns_fd: int, version: int) -> None:
-    _, save, restore, everything = _TOOLS[version]
+def _install(netns_fd: int, version: int, backend: str) -> None:
+    save, restore = (iptables_backend.tool(name, version == 6, backend) for name in ("save", "restore"))
+    everything = _EVERYTHING[version]
     saved = _in_netns(netns_fd, [save, "-t", "mangle"], check=False).stdout
     jump = f"-A OUTPUT -j {CHAIN}" in saved
     script = "\n".join(["*mangle", f":{CHAIN} - [0:0]", *RULES, *([] if jump else [f"-I OUTPUT 1 -j {CHAIN}"]),
                         "COMMIT", ""])
-    _in_netns(netns_fd, [restore, "-w", "--noflush"], check=True, stdin=script)
+    _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=True, stdin=script)
     commands = [f"route replace local {everything} dev lo table {TABLE}"]
     if f"{PRIORITY}:" not in _ip(netns_fd, f"-{version}", "rule", "show").stdout:
         commands.insert(0, f"rule add fwmark {hex(CONNMARK)} lookup {TABLE} priority {PRIORITY}")
@@ -98,15 +105,20 @@ def _install(netns_fd: int, version: int) -> None:
 
 
 def remove(netns_fd: int) -> None:
-    """Removes what `install` made, both families; what is not there is skipped."""
+    """Removes what `install` made, both families, from both backends; what is not there is skipped."""
     for version in (4, 6):
         _remove(netns_fd, version)
 
 
 def _remove(netns_fd: int, version: int) -> None:
-    _iptables(netns_fd, "-D", "OUTPUT", "-j", CHAIN, check=False, version=version)
-    _iptables(netns_fd, "-F", CHAIN, check=False, version=version)
-    _iptables(netns_fd, "-X", CHAIN, check=False, version=version)
+    for backend in iptables_backend.BACKENDS:
+        save, restore = (iptables_backend.tool(name, version == 6, backend) for name in ("save", "restore"))
+        saved = _in_netns(netns_fd, [save, "-t", "mangle"], check=False).stdout
+        if f":{CHAIN} " not in saved:
+            continue  # not there (or no such tool here)
+        jumps = saved.splitlines().count(f"-A OUTPUT -j {CHAIN}")
+        script = ["*mangle", *[f"-D OUTPUT -j {CHAIN}"] * jumps, f"-F {CHAIN}", f"-X {CHAIN}", "COMMIT", ""]
+        _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=False, stdin="\n".join(script))
 
     while f"{PRIORITY}:" in _ip(netns_fd, f"-{version}", "rule", "show", check=False).stdout:
         if _ip(netns_fd, f"-{version}", "rule", "del", "priority", str(PRIORITY), check=False).returncode != 0:
