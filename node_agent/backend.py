@@ -1,14 +1,8 @@
-"""Which iptables backend the in-pod rules use: the node's, as Istio detects it, or the one named.
+"""Which iptables backend the node agent's rules use: the node's, or the one named.
 
-A node's rules live in one of two kernel backends: the legacy x_tables
-(`iptables-legacy`), or nf_tables through the iptables-nft compatibility
-layer (`iptables-nft`). kube-proxy, the CNI and the operator's tools all use
-one, and the mesh uses the same, so that a node's rules read the same way
-wherever they are and a node whose kernel or policy has only nf_tables works:
-- `detect`: legacy when the node (the agent's netns, the host's) holds
-  legacy rules, in either family; nft when it holds nft rules only (Istio's
-  rule); with no rules in either, legacy if the kernel takes it, else nft;
-- `--iptables-backend legacy|nft` overrides it.
+The node's is detected by shoal.iptables_backend (Istio's rule: legacy rules
+present, legacy; nft rules only, nft; none, legacy where the kernel takes it);
+`--iptables-backend legacy|nft` overrides it.
 
 Every rule the node agent writes goes through `writer(backend)`, in both
 families: the pod's capture (iptables.py), its DNS capture (dns_capture.py)
@@ -30,7 +24,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+
 from shoal import log
+# detect, has_rules, legacy_usable and nft_available are asked of this module by the agent's other parts.
+from shoal.iptables_backend import detect, has_rules, legacy_usable, nft_available, nsenter, tool  # noqa: F401
 
 from node_agent import netfilter
 from node_agent.errors import PrerequisiteMissing, RedirectError
@@ -40,51 +37,6 @@ logger = log.get("node_agent.backend")
 BACKENDS = ("auto", "legacy", "nft")
 
 
-def _tool(name: str, ipv6: bool, backend: str) -> str:
-    return f"{'ip6' if ipv6 else 'ip'}tables-{backend}-{name}"
-
-
-def has_rules(backend: str, netns: str | None = None) -> bool:
-    """Does the netns (None: this one) hold any rule of that backend, in either family?"""
-    for ipv6 in (False, True):
-        tool = _tool("save", ipv6, backend)
-        if not shutil.which(tool):
-            continue
-        argv = [*_in(netns), tool]
-        saved = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        if any(line.startswith("-A ") for line in saved.splitlines()):
-            return True
-    return False
-
-
-def legacy_usable(netns: str | None = None) -> bool:
-    """Can this kernel hold legacy tables (no ip_tables module, or a policy against it: no)?"""
-    argv = ["iptables-legacy", "-w", "-t", "nat", "-S"]
-    if shutil.which(argv[0]) is None:
-        return False
-    argv = [*_in(netns), *argv]
-    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
-
-
-def detect(netns: str | None = None) -> tuple[str, str]:
-    """(backend, why) for the node whose netns this is (None: the agent's own, hostNetwork).
-
-    Istio's order: legacy rules present, legacy; otherwise nft. A node with no rules in
-    either (no kube-proxy, a bare test node) keeps legacy when its kernel takes legacy
-    tables (the mode's first backend); one whose kernel does not gets nft."""
-    if has_rules("legacy", netns):
-        return "legacy", "the node holds iptables-legacy rules"
-    if has_rules("nft", netns):
-        return "nft", "the node holds iptables-nft rules and no legacy ones"
-    if legacy_usable(netns) or not nft_available():
-        return "legacy", "the node holds no rules in either backend, and its kernel takes legacy tables"
-    return "nft", "the node holds no rules, and its kernel refuses legacy tables"
-
-
-def nft_available() -> bool:
-    return all(shutil.which(_tool(name, ipv6, "nft")) for name in ("save", "restore") for ipv6 in (False, True))
-
-
 def check(backend: str) -> None:
     """Raises PrerequisiteMissing when the tools of `backend` are not here."""
     if backend == "legacy":
@@ -92,8 +44,8 @@ def check(backend: str) -> None:
         return
     for ipv6 in (False, True):
         for name in ("save", "restore"):
-            if not shutil.which(_tool(name, ipv6, "nft")):
-                raise PrerequisiteMissing("iptables-nft", f"{_tool(name, ipv6, 'nft')} is not on PATH",
+            if not shutil.which(tool(name, ipv6, "nft")):
+                raise PrerequisiteMissing("iptables-nft", f"{tool(name, ipv6, 'nft')} is not on PATH",
                                           "install it: apt install iptables (it ships the nft tools), or use "
                                           "--iptables-backend legacy")
 
@@ -126,11 +78,11 @@ class Tables:
         self.name = backend
 
     def _saved(self, netns: str | None, table: str, ipv6: bool) -> list[str]:
-        return _run(netns, [_tool("save", ipv6, self.name), "-t", table]).splitlines()
+        return _run(netns, [tool("save", ipv6, self.name), "-t", table]).splitlines()
 
     def _restore(self, netns: str | None, lines: list[str], ipv6: bool) -> None:
         wait = ["-w"] if self.name == "legacy" else []  # the legacy tables' lock, as other writers take it
-        _run(netns, [_tool("restore", ipv6, self.name), *wait, "--noflush"], "\n".join([*lines, "COMMIT", ""]))
+        _run(netns, [tool("restore", ipv6, self.name), *wait, "--noflush"], "\n".join([*lines, "COMMIT", ""]))
 
     def ensure(self, netns: str | None, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool,
                first: tuple[str, ...] = ()) -> None:
@@ -200,18 +152,8 @@ def other(backend: str) -> str:
     return "nft" if backend == "legacy" else "legacy"
 
 
-def _in(netns: str | None) -> list[str]:
-    """The nsenter prefix for a netns given as a path or as a name under /run/netns (None: this one)."""
-    if netns is None:
-        return []
-    if not netns.startswith("/"):
-        from shoal import netns as named
-        netns = str(named.path(netns))
-    return ["nsenter", f"--net={netns}"]
-
-
 def _run(netns: str | None, argv: list[str], stdin: str | None = None) -> str:
-    where = _in(netns)
+    where = nsenter(netns)
     done = subprocess.run([*where, *argv], input=stdin, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RedirectError(f"{argv[0]} in {netns or 'the agent netns'} failed: "

@@ -32,7 +32,7 @@ from shoal import log, transparent
 from node_agent import backend, dns_capture, probes
 from node_agent.hostmounts import cgroup2_root
 from node_agent.errors import NodeAgentError, PrerequisiteMissing
-from node_agent.iptables import IptablesRedirector, kernel_has_ipv6
+from node_agent.iptables import IptablesRedirector
 from node_agent.model import PodTarget
 
 logger = log.get("node_agent.redirect")
@@ -91,25 +91,18 @@ class Ledger:
 
 
 def _remove_return_path(pod: PodTarget) -> None:
-    """The ztunnel's source-IP return path (shoal.transparent) goes with the pod's redirection, so a
-    pod that leaves the mesh while no ztunnel runs keeps nothing of it either. Its mangle chain is
-    taken out of the nft tables too, in both families, whichever backend the ztunnel wrote it with."""
+    """The ztunnel's source-IP return path (shoal.transparent, both families and both backends) goes with
+    the pod's redirection, so a pod that leaves the mesh while no ztunnel runs keeps nothing of it either."""
     try:
         fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return  # the netns, and everything in it, is gone
     try:
         transparent.remove(fd)
-        if backend.nft_available():
-            for ipv6 in ((False, True) if kernel_has_ipv6() else (False,)):
-                backend.writer("nft").drop(pod.netns, RETURN_PATH_CHAINS, ipv6=ipv6)
-    except (OSError, NodeAgentError, transparent.TransparentError) as e:
+    except (OSError, transparent.TransparentError) as e:
         logger.warning("could not remove the ztunnel's return-path rules", pod=pod.key, error=str(e))
     finally:
         os.close(fd)
-
-
-RETURN_PATH_CHAINS = {"mangle": ((transparent.CHAIN, "OUTPUT"),)}
 
 
 class Redirection:

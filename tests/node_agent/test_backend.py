@@ -22,12 +22,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from shoal import netns
+from shoal import netns, transparent
+from shoal.contracts import PROBE_SOURCE6
 
 from na_topology import listen_in, original_dst
 from node_agent import backend, netfilter
-from shoal.contracts import PROBE_SOURCE6
-
 from node_agent.iptables import IptablesRedirector, capture_specs, refuse_specs
 from node_agent.model import PodTarget
 from node_agent.redirect import Redirection
@@ -246,10 +245,15 @@ def test_a_node_with_only_nftables_gets_every_rule_of_a_dual_stack_pod_in_nft(sc
         assert captured(path) == ("198.18.99.1", 8080)
         assert captured(path, "fd73:686f:616c:99::1") == ("fd73:686f:616c:99::1", 8080)
 
-        # The ztunnel's return path, as a ztunnel on this node writes it (mangle, nft): removal takes it too.
-        for tool in ("iptables-nft", "ip6tables-nft"):
-            for argv in (["-N", "SHOAL_ZTUNNEL"], ["-I", "OUTPUT", "-j", "SHOAL_ZTUNNEL"]):
-                subprocess.run(["nsenter", f"--net={path}", tool, "-t", "mangle", *argv], check=True)
+        # The ztunnel's return path, in the node's backend as the ztunnel writes it: removal takes it too.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert transparent.install(fd, backend="nft")  # both families: the pod has IPv6
+        finally:
+            os.close(fd)
+        for ipv6 in (False, True):
+            assert "-A OUTPUT -j SHOAL_ZTUNNEL" in nft_save(path, ipv6=ipv6)
+            assert "SHOAL" not in netfilter.save(path, ipv6=ipv6)
 
         redirection.remove(target)
         for ipv6 in (False, True):
