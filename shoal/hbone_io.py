@@ -149,7 +149,7 @@ class HboneSession(relay_lane.SessionBase, asyncio.Protocol):
         self.peer_address: tuple | None = None
         self.ssl_object = None
         # The compiled lane (lean HTTP/2 only): on when built unless SHOAL_RELAY=python; `lane` overrides it.
-        if lean and (relay_lane.COMPILED if lane is None else lane):
+        if lean and (relay_lane.sessions_take_lane if lane is None else lane):
             if not relay_lane.COMPILED:
                 raise relay_lane.RelayLaneError("the compiled relay lane was asked for but is not in use here "
                                                 f"(SHOAL_RELAY={relay_lane.NAME}, or not built)")

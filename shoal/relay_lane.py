@@ -66,6 +66,9 @@ def _configure(module) -> None:
 _module = _choose(os.environ.get("SHOAL_RELAY", "").strip().lower())
 COMPILED = _module is not None
 NAME = "compiled" if COMPILED else "python"
+# Whether a new HboneSession takes the lane when not told (its `lane` argument). Tests turn it off to
+# run the Python path in a process that has the lane built.
+sessions_take_lane = COMPILED
 
 if _module is not None:
     _configure(_module)

@@ -9,7 +9,7 @@ import pytest
 
 import h2.errors
 
-from shoal import hbone, hbone_io, hbone_relay, identity
+from shoal import hbone, hbone_io, hbone_relay, identity, relay_lane
 from shoal.hbone_io import HboneSession, TunnelRefused
 from shoal.hbone_relay import TcpSide, relay
 
@@ -17,6 +17,15 @@ from support.ca import TestCA
 from support.polling import eventually_async
 
 CLIENT_ID = "spiffe://cluster.local/ns/app/sa/client"
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def relay_path(request, monkeypatch):
+    """Every test here runs on both relay paths: the compiled lane (when built) and the Python path."""
+    if request.param == "compiled" and not relay_lane.COMPILED:
+        pytest.skip("the compiled relay lane is not built here (scripts/setup.sh builds it)")
+    monkeypatch.setattr(relay_lane, "sessions_take_lane", request.param == "compiled")
+    return request.param
 SERVER_ID = "spiffe://cluster.local/ns/app/sa/server"
 
 
