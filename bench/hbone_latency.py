@@ -222,8 +222,14 @@ def cpu_seconds(procs: list[subprocess.Popen]) -> float:
 
 
 def iperf(port: int, streams: int, seconds: float) -> float:
-    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-P", str(streams), "-t", str(seconds),
-                          "-J"], capture_output=True, text=True, timeout=seconds + 30)
+    for attempt in range(5):
+        out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-P", str(streams), "-t",
+                              str(seconds), "-J"], capture_output=True, text=True, timeout=seconds + 30)
+        # Through a relay the previous test's last bytes can reach the iperf3 server after its client has
+        # exited, so the next test may find the server still busy with it: that is a wait, not a failure.
+        if "server is busy" not in out.stdout:
+            break
+        time.sleep(0.5)
     if out.returncode != 0:
         raise SystemExit(f"iperf3 failed: {out.stderr or out.stdout[-500:]}")
     return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
