@@ -15,13 +15,17 @@ What is checked, with curl and a Python HTTP server that answers with the peer a
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
 from support import metrics
 from support.capture import tcpdump
+from support.cli import shoal
 from support.cluster import LocalCluster, unique_name
 from support.polling import eventually
 from support.root import IS_ROOT, needs_root
@@ -118,6 +122,7 @@ def cluster(request):
         pytest.skip("needs root: runs a local cluster")
     family, mode = request.param
     cluster = DualStackCluster(unique_name(f"ds{family[0]}{mode[0]}"), family, mode)
+    cluster.host_before = _host_ipv6()
     try:
         cluster.up_with_family()
         cluster.apply(MANIFEST)
@@ -129,6 +134,13 @@ def cluster(request):
         yield cluster
     finally:
         cluster.down()
+
+
+def _host_ipv6() -> tuple[str, str, str]:
+    """The host's own IPv6 forwarding switch, routes and addresses: what the cluster must leave alone."""
+    def ip(*argv: str) -> str:
+        return subprocess.run(["ip", "-6", *argv], capture_output=True, text=True, check=True).stdout
+    return Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text(), ip("route", "show"), ip("-br", "addr", "show")
 
 
 def _served(cluster: DualStackCluster, pod: str, url: str, namespace: str = NS) -> str | None:
@@ -158,6 +170,26 @@ def test_curl_to_a_services_ipv6_vip_and_a_pods_ipv6_address_crosses_nodes_in_hb
             f"{url}: no HBONE over IPv6 from {client_ip} to {server_ip}:15008 on node1's link:\n{link[-3000:]}"
         assert marker not in link, f"{url}: the request crossed node1's link in plaintext"
         assert f"> {server_ip}.{SERVER_PORT}:" not in link and f"> {vip}.80:" not in link
+
+
+def test_the_cluster_shows_its_family_and_every_address_and_leaves_the_host_alone(cluster):
+    listed = next(line.split() for line in shoal("local", "list").stdout.splitlines()
+                  if line.startswith(cluster.name + " "))
+    assert listed[3] == cluster.ip_family, listed
+    ips = cluster.ips("server")
+    versions = [ipaddress.ip_address(ip).version for ip in ips]
+    assert versions == ([4, 6] if cluster.ip_family == "dual" else [6]), ips   # primary first, as Kubernetes orders
+    assert cluster.pods(NS)["server"]["status"]["podIP"] == ips[0]
+    wide = next(line for line in cluster("get", "pods", "-n", NS, "-o", "wide").stdout.splitlines()
+                if line.startswith("server "))
+    assert ",".join(ips) in wide, wide
+    spec = json.loads(cluster("get", "svc", "server", "-n", NS, "-o", "json").stdout)["spec"]
+    assert spec["ipFamilyPolicy"] == "PreferDualStack"
+    assert spec["ipFamilies"] == (["IPv4", "IPv6"] if cluster.ip_family == "dual" else ["IPv6"])
+    assert [ipaddress.ip_address(ip).version for ip in spec["clusterIPs"]] == versions
+    forwarding, routes, addresses = _host_ipv6()
+    assert forwarding == cluster.host_before[0], "the host's net.ipv6.conf.all.forwarding changed"
+    assert "fd73:686f:616c" not in routes + addresses, "the cluster's IPv6 range is wired to the host"
 
 
 def test_names_resolve_to_the_services_ipv6_vip(cluster):
