@@ -135,9 +135,11 @@ def test_indexes_never_drift_under_any_sequence_of_writes(ops):
     state = ProxyState()
     for op, name, address in ops:
         if op == "upsert-workload":
-            state.upsert(wl(f"w{name}", f"198.19.1.{address}", f"198.19.2.{random.Random(name).randint(0, 3)}"))
+            # dual stack: an IPv6 address beside each IPv4 one, reused across workloads as the IPv4 ones are
+            state.upsert(wl(f"w{name}", f"198.19.1.{address}", f"198.19.2.{random.Random(name).randint(0, 3)}",
+                            f"fd73:686f:616c:1::{address}"))
         elif op == "upsert-service":
-            state.upsert(svc(f"s{name}", f"198.18.16.{address}"))
+            state.upsert(svc(f"s{name}", f"198.18.16.{address}", f"fd73:686f:616c:ff::{address}"))
         elif op == "remove-workload":
             state.remove(ResourceType.WORKLOAD, f"w{name}")
         else:
