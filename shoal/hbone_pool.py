@@ -32,6 +32,7 @@ from typing import Awaitable, Callable, Protocol
 from shoal import hbone, identity
 from shoal.hbone_io import HboneSession, RelayError, TunnelBroken, TunnelStream
 from shoal.identity import SpiffeId
+from shoal.model.addresses import join_address
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ class Pool:
             self.sweep()
 
     def dump(self) -> list[dict]:
-        return [{"source": k.source, "destination": f"{k.destination[0]}:{k.destination[1]}",
+        return [{"source": k.source, "destination": join_address(k.destination),
                  "identity": str(k.expected_identity), "connections": len(v),
                  "streams": sum(c.open_streams for c in v)} for k, v in self.connections.items()]
 
@@ -178,7 +179,7 @@ def connector(open_socket: OpenSocket, client_context: ClientContext, timeout: f
     async def connect(key: Key) -> HboneSession:
         context = await client_context(key.source_identity)
         sock = await open_socket(key, timeout)
-        where = f"{key.destination[0]}:{key.destination[1]}"
+        where = join_address(key.destination)            # [fd73::5]:15008 for IPv6
         try:
             _, session = await asyncio.get_running_loop().create_connection(
                 lambda: HboneSession(True, settings, name=where), sock=sock, ssl=context, server_hostname="",
