@@ -17,7 +17,7 @@ from shoal.cli.local_read import UnknownKind, resolve_kind
 from shoal.cli.output import ERROR_PREFIX, fail, table
 from shoal.local import addons
 from shoal.local import cluster as local_cluster
-from shoal.local import keys, manifest
+from shoal.local import keys, manifest, runtime_containerd
 from shoal.local.merge import three_way
 from shoal.local.layout import IP_FAMILIES, Layout
 from shoal.store import CLUSTER_SCOPED, NotFound
@@ -47,9 +47,14 @@ def register(sub) -> None:
     p.add_argument("--ip-family", choices=IP_FAMILIES, default=None,
                    help="the addresses of nodes, pods and Services: ipv4, dual (IPv4 and IPv6, IPv4 first) or ipv6 "
                         f"(default: {DEFAULT_IP_FAMILY}, or the existing cluster's)")
+    p.add_argument("--runtime", choices=("netns", "containerd"), default=None,
+                   help="what runs the pods: netns (processes in network namespaces, fast) or containerd (a "
+                        "containerd per node, real OCI images, pod networks from CNI with shoal-cni chained) "
+                        "(default: netns, or the existing cluster's)")
     p.add_argument("--addons", default="", metavar="NAME[,NAME]",
                    help="also run these beside the mesh: prometheus (default: none)")
 
+    verb("images", cmd_images, "list the images each node's containerd has (--runtime containerd)")
     verb("down", cmd_down, "remove every namespace, process, cgroup, rule and file of the cluster")
     verb("status", cmd_status, "the cluster's daemon, nodes and mesh processes, and what is unhealthy (exit 1 then)")
     verbs.add_parser("list", help="list the local clusters that are up",
@@ -148,6 +153,7 @@ def cmd_up(args) -> int:
     t0 = time.monotonic()
     try:
         wanted = addons.parse(args.addons)   # a bad name stops here, before anything is made
+        runtime_containerd.choose(layout, args.runtime)
         started = local_cluster.up(layout, nodes, redirect, progress=lambda m: print(m, flush=True),
                                    ip_family=ip_family)
         started += addons.install(layout, wanted, progress=lambda m: print(m, flush=True))
@@ -159,6 +165,27 @@ def cmd_up(args) -> int:
     else:
         print(f"cluster {args.cluster!r} is already up ({nodes} nodes, --redirect {redirect}, --ip-family "
               f"{ip_family}); nothing changed")
+    return 0
+
+
+def cmd_images(args) -> int:
+    from shoal.local import cri_client
+    layout = Layout(args.cluster)
+    if runtime_containerd.runtime_of(layout) != "containerd":
+        return _fail(f"cluster {args.cluster!r} runs its pods as processes in network namespaces (--runtime netns), "
+                     "which use no images; `shoal local up --runtime containerd` makes a cluster that does")
+    config = local_cluster.ClusterConfig.read(layout)
+    rows = []
+    for node in range(1, (config.nodes if config else 0) + 1):
+        client = cri_client.Cri(runtime_containerd.socket_of(layout, node), timeout=10)
+        try:
+            rows += [[f"node{node}", ref, f"{size / 1e6:.1f}MB"] for ref, size in client.images()]
+        except cri_client.CriError as e:
+            return _fail(f"containerd of node{node} did not answer: {e}; `shoal local up --cluster {args.cluster}` "
+                         "starts it again")
+        finally:
+            client.close()
+    print(table(["NODE", "IMAGE", "SIZE"], rows))
     return 0
 
 
@@ -379,8 +406,13 @@ def cmd_exec(args) -> int:
                        "POD_IPS": ",".join(p.get("ip", "") for p in (pod.get("status") or {}).get("podIPs") or [])})
     os.environ.update({e["name"]: str(e.get("value", "")) for e in container.get("env") or () if "name" in e})
     os.chdir("/")
-    netns_name = os.path.basename(shoal_status["netns"])
     sys.stdout.flush()
+    if shoal_status.get("runtime") == "containerd":  # into the container's namespaces: its files, its network
+        if not shoal_status.get("container_pid"):
+            return _fail(f"pod {args.namespace}/{args.name} has no running container to exec into")
+        os.execvp("nsenter", ["nsenter", "--target", str(shoal_status["container_pid"]), "--mount", "--uts",
+                              "--ipc", "--net", "--pid", "--", *command])
+    netns_name = os.path.basename(shoal_status["netns"])
     os.execvp("ip", ["ip", "netns", "exec", netns_name, *command])
     return 127  # not reached
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from shoal import log, netns
-from shoal.local import components, network
+from shoal.local import components, network, runtime_containerd
 from shoal.local.errors import ClusterError
 from shoal.local.kubelet import cgroup_pids, remove_cgroup, remove_etc_netns
 from shoal.local.layout import (IP_FAMILIES, IPV6, MAX_NODES, Layout, families, node_ips, node_name, pod_cidr,
@@ -111,6 +111,7 @@ def up(layout: Layout, nodes: int, redirect: str, progress: Progress = print, ip
             started.append(node_name(node))
         network.ensure_node(layout, node, nodes, ip_family)
         layout.node_dir(node).mkdir(parents=True, exist_ok=True)
+    started += runtime_containerd.ensure(layout, nodes, progress)  # --runtime containerd: each node's own
 
     _write_tokens(layout, nodes)
     base = [

@@ -205,7 +205,9 @@ class CriPods:
                 await asyncio.to_thread(cri.start_container, c.container_id)
             except CriError as e:
                 c.waiting_reason = "CreateContainerError"
-                self.kubelet._event(runtime, f"{c.name}.failed", "Failed", f"Error: {e}")
+                hint = ("; the local cluster pulls from no registry: leave `image` out to run the toolbox, or see "
+                        "`shoal local images`") if "not found" in str(e) else ""
+                self.kubelet._event(runtime, f"{c.name}.failed", "Failed", f"Error: {e}{hint}")
                 self.kubelet._mark(runtime)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -302,9 +304,8 @@ class CriPods:
                 pass
         cri = self.client(runtime.node)
         try:
-            for c in runtime.containers:
-                if c.container_id:
-                    await asyncio.to_thread(cri.stop_container, c.container_id, runtime.grace)
+            await asyncio.gather(*(asyncio.to_thread(cri.stop_container, c.container_id, runtime.grace)
+                                   for c in runtime.containers if c.container_id))
             if runtime.sandbox_id:
                 await asyncio.to_thread(cri.remove_sandbox, runtime.sandbox_id)
         except CriError as e:  # `down` removes what containerd kept

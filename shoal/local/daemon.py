@@ -15,7 +15,7 @@ import os
 import sys
 
 from shoal import lifecycle, log
-from shoal.local import controllers, services
+from shoal.local import controllers, cri_pods, runtime_containerd, services
 from shoal.local.kubelet import Kubelet
 from shoal.local.layout import Layout, cluster_name, families, node_index
 from shoal.store import Expired, Store
@@ -33,6 +33,8 @@ class Daemon:
         self.families = families(ip_family)
         self.proxy_rules: dict[tuple[int, str], str] = {}
         self.dirty = asyncio.Event()
+        if runtime_containerd.runtime_of(layout) == "containerd":
+            self.kubelet.cri = cri_pods.backend(layout, self.kubelet)
 
     def nodes(self) -> list[int]:
         nodes, _ = self.store.list("Node")

@@ -182,6 +182,9 @@ class Kubelet:
         self.pods: dict[tuple[str, str], PodRuntime] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._status_event = asyncio.Event()
+        # With `--runtime containerd`, the CRI backend (shoal.local.cri_pods) the daemon sets: it runs the
+        # pods it `runs()` through the node's containerd; this class runs the rest (hostNetwork) as processes.
+        self.cri = None
 
     # -- reconcile ---------------------------------------------------------------
 
@@ -204,7 +207,9 @@ class Kubelet:
                     logger.error("pod sandbox failed", pod=f"{key[0]}/{key[1]}", error=str(e))
                     self._write_failed(pod, str(e))
         for runtime in self.pods.values():
-            if not runtime.host_network:
+            if getattr(runtime, "cri", None) is not None:
+                runtime.write_dns(services_list)
+            elif not runtime.host_network:
                 self._write_dns(runtime, services_list)
 
     def _allocate_ips(self, node: int, pod: dict) -> tuple[str, ...]:
@@ -226,6 +231,9 @@ class Kubelet:
     async def start(self, pod: dict, services_list: list[dict]) -> None:
         meta, spec = pod["metadata"], pod.get("spec", {})
         namespace, name = meta["namespace"], meta["name"]
+        if self.cri is not None and self.cri.runs(pod):
+            self.pods[(namespace, name)] = await self.cri.start(pod, services_list)
+            return
         node = node_index(spec["nodeName"])
         host_network = bool(spec.get("hostNetwork"))
         host_ips = node_ips(node, self.ip_family)
@@ -259,6 +267,10 @@ class Kubelet:
         self._mark(runtime)
 
     async def stop(self, runtime: PodRuntime) -> None:
+        if getattr(runtime, "cri", None) is not None:
+            await self.cri.stop(runtime)
+            self.pods.pop((runtime.namespace, runtime.name), None)
+            return
         runtime.stopping = True
         for task in runtime.tasks:
             task.cancel()
@@ -275,6 +287,10 @@ class Kubelet:
         logger.info("pod stopped", pod=f"{runtime.namespace}/{runtime.name}")
 
     async def stop_all(self) -> None:
+        # containerd's pods first: their sandboxes' CNI DEL asks the node agent and the ztunnel, which stop
+        # last, as a drained node keeps its DaemonSet pods.
+        first = [r for r in self.pods.values() if getattr(r, "cri", None) is not None]
+        await asyncio.gather(*(self.stop(r) for r in first))
         await asyncio.gather(*(self.stop(r) for r in list(self.pods.values())))
 
     @staticmethod

@@ -51,7 +51,8 @@ DISABLED_PLUGINS = ("io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
                     "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing")
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+STORE_SIZE = "8g"  # an upper bound only: tmpfs takes memory as it is written
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,12 @@ class NodePaths:
     base: Path
     cni: Path
     network: str  # the CNI network's name (libcni's cache files start with it)
+    root: Path    # content and snapshots, on the cluster's tmpfs (store_dir)
 
     @classmethod
     def of(cls, layout: Layout, node: int) -> "NodePaths":
         return cls(layout.node_dir(node) / "containerd", layout.node_dir(node) / "cni",
-                   f"{layout.prefix}node{node}")
+                   f"{layout.prefix}node{node}", store_dir(layout) / f"node{node}")
 
     @property
     def socket(self) -> Path:
@@ -87,10 +89,27 @@ class NodePaths:
         return self.cni / "net.d"
 
 
+def store_dir(layout: Layout) -> Path:
+    """A tmpfs of the cluster's own for the nodes' image stores: importing and unpacking the images costs
+    memory instead of disk writes, and `down` frees it all with one unmount (deleting the unpacked
+    images file by file from disk took tens of seconds here)."""
+    return layout.run_dir / "containerd-store"
+
+
+def ensure_store(layout: Layout) -> None:
+    path = store_dir(layout)
+    path.mkdir(parents=True, exist_ok=True)
+    if str(path) not in _mounts_under(layout.run_dir):
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={STORE_SIZE}", "shoal-containerd",
+                                 str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ClusterError(f"cannot mount a tmpfs for the nodes' images at {path}: {result.stderr.strip()}")
+
+
 def config_toml(paths: NodePaths, pause_image: str) -> str:
     disabled = ", ".join(f'"{name}"' for name in DISABLED_PLUGINS)
     return f"""version = 2
-root = "{paths.base}/root"
+root = "{paths.root}"
 state = "{paths.base}/state"
 disabled_plugins = [{disabled}]
 
@@ -173,6 +192,10 @@ def ensure(layout: Layout, nodes: int, progress) -> list[str]:
     """With --runtime containerd: the images, and every node's containerd running; what it started."""
     if runtime_of(layout) != "containerd":
         return []
+    family = json.loads((layout.run_dir / "cluster.json").read_text()).get("ipFamily", "ipv4")
+    if family != "ipv4":  # the nodes' CNI config gives pods IPv4 addresses only
+        raise ClusterError(f"--runtime containerd gives pods IPv4 addresses only, not --ip-family {family}; use "
+                           "--ip-family ipv4, or --runtime netns for IPv6; `shoal local down` this cluster first")
     check_prerequisites()
     refs = images(progress)
     (layout.run_dir / "images.json").write_text(json.dumps({"toolbox": refs["toolbox"], "pause": refs["pause"]}))
@@ -236,6 +259,7 @@ def ensure_node(layout: Layout, node: int, refs: dict, progress) -> bool:
     conf = paths.conf_dir / "10-shoal-local.conflist"
     if not conf.exists():  # the node agent chains shoal-cni into it; a later `up` must not undo that
         conf.write_text(json.dumps(conflist(paths, node), indent=1))
+    ensure_store(layout)
     paths.config.write_text(config_toml(paths, refs["pause"]))
     _record_outside_dirs(layout)
     if containerd_pid(paths) is not None:
@@ -296,32 +320,24 @@ def node_agent_args(layout: Layout, node: int) -> list[str]:
 # -- down -------------------------------------------------------------------------------------------
 
 def cleanup(layout: Layout) -> None:
-    """Removes every node's containerd and what it made: sandboxes (through CRI while containerd answers),
-    containerd and its shims, the containers' processes, its mounts (overlay rootfs, netns pins), the v1
-    cgroups runc made, libcni's cache entries of the cluster's networks, and /run/containerd and /var/lib/cni
-    when this cluster made them and they are empty. Also after a crash: everything is found by path."""
-    from shoal.local.cri_client import Cri, CriError
-
+    """Removes every node's containerd and what it made: the containers' processes, containerd and its shims,
+    its mounts (overlay rootfs, netns pins), the v1 cgroups runc made, libcni's cache entries of the cluster's
+    networks, and /run/containerd and /var/lib/cni when this cluster made them and they are empty. The daemon
+    has removed the pods through CRI when it stopped; after a crash everything is found by path instead."""
     failures = []
     nodes = sorted(int(p.parent.name[4:]) for p in layout.run_dir.glob("node*/containerd") if p.parent.name[4:].isdigit())
     if not nodes:
         return  # a netns cluster: nothing of containerd's
+    # The pods' processes first (their sandboxes' network goes with the node's netns, their IPAM state with
+    # the run directory), then containerd and its shims, which then have nothing left to wait for.
+    _kill_tree(layout.cgroup_dir / "kubepods")
     for node in nodes:
         paths = NodePaths.of(layout, node)
         pid = containerd_pid(paths)
         if pid is not None:
-            cri = Cri(paths.socket, timeout=30)
-            try:
-                for sandbox_id, namespace, name in cri.sandboxes():
-                    cri.remove_sandbox(sandbox_id)
-            except CriError as e:
-                logger.warning("sandboxes not removed through CRI; killing them", node=f"node{node}", error=str(e))
-            finally:
-                cri.close()
             _stop(pid)
         for shim in _processes_naming(str(paths.socket)):
             _stop(shim, grace=0)
-    _kill_tree(layout.cgroup_dir / "kubepods")
     for node in nodes:
         _kill_tree(layout.cgroup_dir / f"containerd-node{node}")
     for mount_point in sorted(_mounts_under(layout.run_dir), key=len, reverse=True):

@@ -1,0 +1,245 @@
+"""`shoal local up --runtime containerd`, end to end (root): one 2-node cluster for the whole module.
+
+Each node runs its own containerd (CRI, runc, Debian's bridge + host-local CNI with shoal-cni
+chained by the node agent); pods run the project's toolbox image. On it, the local cluster's
+core checks: curl across nodes through the mesh (bytes, access log, metrics), iperf3 and
+redis-benchmark, STRICT and DENY; then what the CNI chain is for: a pod whose very first action
+is a connection to a STRICT service gets through the mesh, and the same pod without shoal-cni
+in the chain is refused; with the node agent stopped an enrolled pod waits in ContainerCreating
+with the plugin's message, a pod that is not enrolled starts at once, and the waiting pod starts
+captured once the agent is back. Last, `down` after the daemon was SIGKILLed leaves nothing:
+no containerd or shim, no mount, netns, cgroup, CNI state or image store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from shoal.contracts import METRICS_PORT
+from shoal.local import observe, runtime_containerd
+
+from support import metrics
+from support.cluster import LocalCluster, unique_name
+from support.polling import eventually
+from support.root import needs_root
+
+pytestmark = [needs_root("runs a local cluster on containerd"), pytest.mark.timeout(1200)]
+
+SERVICE = "server.shop.svc.cluster.local"
+FIRST_CONNECTION = ("curl -sS --max-time 5 http://server.shop.svc.cluster.local/; echo \"first-exit=$?\"; "
+                    "exec sleep infinity")
+
+
+def pod(name: str, namespace: str, node: str, containers: list[dict], sa: str | None = None,
+        labels: dict | None = None) -> dict:
+    spec = {"nodeName": node, "containers": containers, **({"serviceAccountName": sa} if sa else {})}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace,
+                                                             "labels": labels or {}}, "spec": spec}
+
+
+SLEEPER = [{"name": "sh", "command": ["sleep", "infinity"]}]
+MANIFESTS = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"shoal.io/dataplane-mode": "ambient"}}},
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy"}},
+    {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "strict", "namespace": "shop"},
+     "spec": {"mtls": {"mode": "STRICT"}}},
+    pod("server", "shop", "node2", [
+        {"name": "http", "command": ["sh", "-c", "mkdir -p /srv && echo \"hello from $POD_NAME\" > /srv/index.html "
+                                                 "&& exec python3 -m http.server 8080 -d /srv"],
+         "readinessProbe": {"tcpSocket": {"port": 8080}}},
+        {"name": "iperf", "command": ["iperf3", "-s", "-p", "5201"]},
+        {"name": "redis", "command": ["redis-server", "--port", "6379", "--save", "", "--appendonly", "no",
+                                      "--protected-mode", "no"]},
+    ], labels={"app": "server"}),
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": "shop"},
+     "spec": {"selector": {"app": "server"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080},
+                                                       {"name": "iperf", "port": 5201},
+                                                       {"name": "redis", "port": 6379}]}},
+    pod("client", "shop", "node1", SLEEPER, sa="client"),
+    pod("other", "shop", "node1", SLEEPER, sa="other"),
+    pod("outsider", "legacy", "node1", SLEEPER),
+]
+
+
+class ContainerdCluster(LocalCluster):
+    """The cluster, with shop's pods by default, and the ztunnels' logs and metrics."""
+
+    def exec(self, pod, *argv, namespace="shop", check=False, timeout=60):
+        return super().exec(pod, *argv, namespace=namespace, check=check, timeout=timeout)
+
+    def curl(self, pod, url, *options, namespace="shop", max_time=5):
+        return super().curl(pod, url, *options, namespace=namespace, max_time=max_time)
+
+    def access_log(self, node: int, direction: str) -> list[dict]:
+        return [r for r in observe.access_log(self.layout, node) if r["direction"] == direction]
+
+    def metric(self, node: int, name: str, **labels) -> float:
+        return metrics.value(self.scrape(node, METRICS_PORT), name, **labels) or 0.0
+
+    def status(self, name: str, namespace: str) -> dict:
+        return self.pods(namespace).get(name, {}).get("status") or {}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    outside = {path: path.exists() for path in (runtime_containerd.SHIM_STATE, runtime_containerd.CNI_CACHE)}
+    c = ContainerdCluster(unique_name("ctrd"))
+    try:
+        c("up", "--nodes", "2", "--redirect", "iptables", "--runtime", "containerd", timeout=900)
+        c.apply(MANIFESTS)
+        eventually(lambda: c.curl("client", f"http://{SERVICE}/").stdout == "hello from server\n", 120,
+                   lambda: f"the server to answer through the mesh; pods: {c.items('pods', 'shop')}", interval=0.5)
+        c.outside_before = outside
+        yield c
+    finally:
+        c.down()
+
+
+def test_pods_run_in_containerd_with_the_toolbox_image_and_exec_logs_images_work(cluster):
+    status = cluster.status("client", "shop")
+    paths = runtime_containerd.NodePaths.of(cluster.layout, 1)
+    assert status["shoal"]["runtime"] == "containerd"
+    assert status["shoal"]["netns"].startswith(str(paths.base / "state")), status  # the CRI's, not /var/run/netns
+    assert status["podIP"].startswith("198.19.1."), status  # host-local on node1's range
+    # exec runs in the container's own files: the toolbox has no checkout of shoal in it
+    inside = cluster.exec("client", "sh", "-c", f"test -e {Path(__file__).resolve()} && echo host || echo container",
+                          namespace="shop")
+    assert inside.stdout.strip() == "container", inside.stdout + inside.stderr
+    assert "GET / HTTP" in cluster("logs", "-n", "shop", "server", "-c", "http").stdout
+    images = cluster("images").stdout
+    refs = json.loads((cluster.layout.run_dir / "images.json").read_text())
+    for node in ("node1", "node2"):
+        assert any(line.split()[:2] == [node, refs["toolbox"]] for line in images.splitlines()), images
+        assert any(line.split()[:2] == [node, refs["pause"]] for line in images.splitlines()), images
+
+
+def test_curl_across_nodes_goes_through_both_ztunnels_with_mtls_and_is_counted(cluster):
+    labels = {"reporter": "source", "destination_service": SERVICE}
+    opened = cluster.metric(1, "istio_tcp_connections_opened_total", **labels)
+    before = len(cluster.access_log(2, "inbound"))
+    result = cluster.curl("client", f"http://{SERVICE}/")
+    assert (result.returncode, result.stdout) == (0, "hello from server\n"), result.stderr
+    line = eventually(lambda: [r for r in cluster.access_log(2, "inbound")[before:] if r["src_pod"] == "client"],
+                      30, "node2's inbound access-log line")[-1]
+    assert line["mtls"] and line["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client", line
+    assert line["dst_pod"] == "server"
+    eventually(lambda: cluster.metric(1, "istio_tcp_connections_opened_total", **labels) > opened, 30,
+               "node1's ztunnel to count the connection")
+
+
+def test_iperf3_and_redis_benchmark_through_the_mesh(cluster):
+    result = cluster.exec("client", "iperf3", "-c", SERVICE, "-p", "5201", "-t", "2", "-J", namespace="shop",
+                          check=False, timeout=90)
+    assert result.returncode == 0, result.stderr or result.stdout[-300:]
+    report = json.loads(result.stdout)
+    assert 0 < report["end"]["sum_received"]["bytes"] <= report["end"]["sum_sent"]["bytes"]
+    bench = cluster.exec("client", "redis-benchmark", "-h", SERVICE, "-n", "2000", "-c", "4", "-q", "-t", "set,get",
+                         namespace="shop", check=False, timeout=90)
+    assert bench.returncode == 0 and bench.stdout.count("requests per second") == 2, bench.stdout + bench.stderr
+
+
+def test_strict_refuses_a_plaintext_client_that_is_not_enrolled(cluster):
+    server_ip = cluster.pod_ip("server", "shop")
+    before = len(cluster.access_log(2, "inbound_plaintext"))
+    refused = cluster.curl("outsider", f"http://{server_ip}:8080/", namespace="legacy")
+    assert refused.returncode != 0 and "hello" not in refused.stdout
+    line = eventually(lambda: cluster.access_log(2, "inbound_plaintext")[before:], 30, "the refusal's log line")[-1]
+    assert "STRICT" in line["error"], line
+
+
+DENY_CLIENT = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "deny-client", "namespace": "shop"},
+               "spec": {"action": "DENY", "rules": [{"from": [{"source": {
+                   "principals": ["cluster.local/ns/shop/sa/client"]}}]}]}}
+
+
+def test_deny_blocks_its_principal_only(cluster):
+    cluster.apply([DENY_CLIENT])
+    try:
+        eventually(lambda: cluster.curl("client", f"http://{SERVICE}/").returncode != 0, 30, "DENY to apply")
+        other = cluster.curl("other", f"http://{SERVICE}/")
+        assert (other.returncode, other.stdout) == (0, "hello from server\n"), other.stderr
+    finally:
+        cluster.delete([DENY_CLIENT], check=False)
+    eventually(lambda: cluster.curl("client", f"http://{SERVICE}/").returncode == 0, 30, "DENY to be lifted")
+
+
+def first_connection_pod(name: str, namespace: str = "shop") -> dict:
+    return pod(name, namespace, "node2", [{"name": "app", "command": ["sh", "-c", FIRST_CONNECTION]}])
+
+
+def first_exit(cluster, name: str, namespace: str = "shop") -> str:
+    def seen():
+        logs = cluster("logs", "-n", namespace, name, check=False).stdout
+        return logs if "first-exit=" in logs else None
+    return eventually(seen, 120, lambda: f"pod {namespace}/{name} to log its first connection; "
+                                         f"status {cluster.status(name, namespace)}")
+
+
+def stop_node_agent(cluster) -> None:
+    cluster.delete([{"apiVersion": "v1", "kind": "Pod",  # `up` starts it again
+                     "metadata": {"name": "node-agent-node2", "namespace": "shoal-system"}}])
+    eventually(lambda: "node-agent-node2" not in cluster.pods("shoal-system"), 60, "node2's agent to stop")
+
+
+def test_the_first_connection_is_captured_only_through_shoal_cni_and_enrolled_pods_wait_for_the_agent(cluster):
+    conflist = runtime_containerd.NodePaths.of(cluster.layout, 2).conf_dir / "10-shoal-local.conflist"
+    chained = json.loads(conflist.read_text())
+    assert [p["type"] for p in chained["plugins"]][-1] == "shoal-cni", chained
+
+    # With the chain: the pod's very first connection, to a STRICT service, goes through the mesh.
+    before = len(cluster.access_log(2, "inbound"))
+    cluster.apply([first_connection_pod("early")])
+    assert "hello from server\nfirst-exit=0" in first_exit(cluster, "early")
+    assert [r for r in cluster.access_log(2, "inbound")[before:] if r["src_pod"] == "early" and r["mtls"]]
+
+    # Without shoal-cni in the chain (and no agent to put it back), the same pod is not captured before its
+    # first connection, and STRICT refuses it: the chain is what made the difference.
+    stop_node_agent(cluster)
+    unchained = {**chained, "plugins": [p for p in chained["plugins"] if p["type"] != "shoal-cni"]}
+    conflist.write_text(json.dumps(unchained))
+    cluster.apply([first_connection_pod("bypass")])
+    log = first_exit(cluster, "bypass")
+    assert "hello" not in log and "first-exit=0" not in log, log
+
+    # The chain back, the agent still stopped: an enrolled pod waits, with the plugin's message; a pod whose
+    # namespace is not enrolled starts at once.
+    conflist.write_text(json.dumps(chained))
+    cluster.apply([first_connection_pod("waiter"), first_connection_pod("plain", namespace="legacy")])
+    assert "first-exit=" in first_exit(cluster, "plain", "legacy")
+    event = eventually(lambda: [e for e in cluster.items("events", "shop")
+                                if e["involvedObject"]["name"] == "waiter"
+                                and e["reason"] == "FailedCreatePodSandBox"], 120, "the waiting pod's event")[-1]
+    assert "shoal-cni: the shoal node agent is not reachable" in event["message"], event
+    status = cluster.status("waiter", "shop")
+    assert status["phase"] == "Pending", status
+    assert status["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating", status
+
+    # The agent back: the waiting pod starts, captured from its first connection.
+    cluster("up")
+    assert "hello from server\nfirst-exit=0" in first_exit(cluster, "waiter")
+
+
+def test_down_after_the_daemon_was_killed_leaves_nothing_of_containerd(cluster):
+    layout = cluster.layout
+    pid = int(layout.daemon_pidfile.read_text())
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+               30, "the daemon to die")
+    assert runtime_containerd.containerd_pid(runtime_containerd.NodePaths.of(layout, 1)) is not None
+    cluster("down")
+    assert runtime_containerd.leftovers(layout) == []
+    assert not layout.run_dir.exists() and not layout.cgroup_dir.exists()
+    assert [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)] == [] \
+        if os.path.isdir("/run/netns") else True
+    for path, existed in cluster.outside_before.items():
+        if not existed:
+            assert not path.exists(), f"{path} was made by the cluster's containerd and is still there"
+    results = runtime_containerd.CNI_CACHE / "results"
+    if results.is_dir():
+        assert [p for p in results.iterdir() if p.name.startswith(layout.prefix)] == []
