@@ -188,10 +188,11 @@ class Http1Exchange:
 
 async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.Head, body,
                         headers: list[tuple[str, str]], authority: str, *, use_h2: bool,
-                        pool: Http1Pool | None = None, h2_pool: H2Pool | None = None):
+                        pool: Http1Pool | None = None, h2_pool: H2Pool | None = None, wire_head: bytes = b""):
     """Connects (or reuses a kept-alive HTTP/1.1 connection, or a stream on a pooled HTTP/2 one),
     sends the request, waits for the response head. Returns the exchange (`.head` set).
-    `body` is bytes, or a `BodySource` still arriving, streamed as it comes."""
+    `body` is bytes, or a `BodySource` still arriving, streamed as it comes. `wire_head`: an HTTP/1.1
+    request without a body, as it goes on the wire (then `headers` are not read)."""
     if use_h2:
         pool_h2 = h2_pool or H2Pool()
         try:
@@ -203,7 +204,8 @@ async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.He
         channel = pool.take(upstream)
         if channel is not None:
             try:
-                return await _http1(channel, upstream, head, body, headers, authority, pool, reused=True)
+                return await _http1(channel, upstream, head, body, headers, authority, pool, reused=True,
+                                    wire_head=wire_head)
             except StaleConnection:
                 # Closed while idle: the endpoint never saw the request; once more, on a fresh connection,
                 # unless a streamed body was partly read already (it cannot be read again).
@@ -211,15 +213,18 @@ async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.He
                     raise UpstreamFailed("the endpoint closed a kept-alive connection while the request's body "
                                          "was being sent", "reset", "UC") from None
     channel = await upstreams.open(upstream)
-    return await _http1(channel, upstream, head, body, headers, authority, pool, reused=False)
+    return await _http1(channel, upstream, head, body, headers, authority, pool, reused=False, wire_head=wire_head)
 
 
 async def _http1(channel: Channel, upstream: Upstream, head: http1.Head, body, headers, authority: str,
-                 pool: Http1Pool | None, *, reused: bool) -> Http1Exchange:
+                 pool: Http1Pool | None, *, reused: bool, wire_head: bytes = b"") -> Http1Exchange:
     exchange = Http1Exchange(channel, http1.MessageReader(response=True, head_request=head.method == "HEAD"),
                              pool, upstream, reused)
-    wire_headers = [(k, v) for k, v in headers if k != "host"] + [("host", authority)]
     try:
+        if wire_head:
+            await exchange.start(wire_head)
+            return exchange
+        wire_headers = [(k, v) for k, v in headers if k != "host"] + [("host", authority)]
         if isinstance(body, BodySource):
             await exchange.start(http1.request_head_bytes(head.method, head.target, wire_headers,
                                                           content_length=body.length, chunked=body.length is None,

@@ -59,6 +59,8 @@ class _Stream:
 
 
 class H2Responder:
+    plain_heads = False   # an HTTP/1.1 head as it came is no HTTP/2 head: `head` always
+
     def __init__(self, server: "H2Server", stream: _Stream, grpc: bool) -> None:
         self.server = server
         self.stream = stream

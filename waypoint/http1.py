@@ -16,13 +16,15 @@ explicitly (Content-Length, or chunked when the length is unknown).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httptools
 
 from waypoint.errors import BadRequest
 
 MAX_HEAD = 64 * 1024
+# Methods whose request without a body a proxy sends on without framing headers (request_bytes adds none).
+PLAIN_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
                         "upgrade", "proxy-authenticate", "proxy-authorization", "content-length", "expect"})
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
@@ -44,6 +46,20 @@ class Head:
     keep_alive: bool
     content_length: int | None
     chunked: bool
+    # (bytes, headers, target, method, reason, status): the head as it came, when it came plain and whole
+    # in one read (MessageReader._plain). It stands for this head only while these are this head's very
+    # objects: a copy with other headers, target, method, reason or status (`dataclasses.replace`) has none.
+    received: tuple | None = field(default=None, compare=False, repr=False)
+
+    def plain_bytes(self) -> bytes | None:
+        """The head's bytes as received, when a proxy may pass them on as they are: HTTP/1.1, and no
+        header a proxy drops or rewrites (hop-by-hop; a response's one Content-Length, for the body it
+        came with, excepted). None otherwise."""
+        received = self.received
+        if (received is not None and received[1] is self.headers and received[2] is self.target
+                and received[3] is self.method and received[4] is self.reason and received[5] == self.status):
+            return received[0]
+        return None
 
     def header(self, name: str) -> str | None:
         values = [v for k, v in self.headers if k == name]
@@ -79,6 +95,7 @@ class MessageReader:
         self._in_message = False   # a message has begun and not ended
         self._in_head = True
         self._head: Head | None = None
+        self._hop = 0              # the last head's hop-by-hop headers: 1 each, 100 more for a Content-Length
         self.done = False          # a response was read to its end
         self.messages = 0          # heads seen
 
@@ -122,9 +139,17 @@ class MessageReader:
         self._head_bytes = 0
         parser = self._parser
         headers = tuple(self._headers)
-        lengths = {v.strip() for k, v in headers if k == "content-length"}
-        encodings = ",".join(v for k, v in headers if k == "transfer-encoding").lower()
-        chunked = "chunked" in encodings
+        lengths, encodings = set(), []
+        self._hop = 0
+        for k, v in headers:   # one pass: framing headers are hop-by-hop, and most messages have no other
+            if k in HOP_BY_HOP:
+                self._hop += 1
+                if k == "content-length":
+                    lengths.add(v.strip())
+                    self._hop += 100   # (one Content-Length alone counts 101)
+                elif k == "transfer-encoding":
+                    encodings.append(v)
+        chunked = "chunked" in ",".join(encodings).lower()
         if len(lengths) > 1:
             raise BadRequest("conflicting Content-Length headers")
         content_length = None
@@ -148,6 +173,32 @@ class MessageReader:
         if self.response and (self.head_request or status in (204, 304) or 100 <= status < 200):
             self._finish()
 
+    def _plain(self, data: bytes, events: list) -> None:
+        """Gives a head that came whole in `data`, with all of its message and nothing else (no empty line
+        before or after), the bytes it came in, when they need no change to be passed on: a request
+        without a body and without hop-by-hop headers; a response framed by its one Content-Length and
+        without other hop-by-hop headers. (httptools refuses bare CR or LF and folded lines, which a
+        server might read otherwise than it did: tests/waypoint/test_http1.py holds it to that.)"""
+        if len(events) < 2 or self._in_message or not isinstance(events[0], Head) or data[0] == 13:
+            return
+        head = events[0]
+        if head.version != "1.1":
+            return
+        if self.response:
+            if (self._hop != 101 or self.head_request or head.status < 200 or head.status in (204, 304)
+                    or sum(len(e.data) for e in events[1:-1]) != head.content_length):
+                return
+            size = len(data) - head.content_length
+        else:
+            if self._hop or len(events) != 2 or head.method not in PLAIN_METHODS:
+                return
+            size = len(data)
+        if data.find(b"\r\n\r\n") != size - 4:
+            return
+        # (the reader made this head a moment ago, and no one else holds it yet)
+        object.__setattr__(head, "received", (bytes(data[:size]) if size != len(data) else bytes(data),
+                                              head.headers, head.target, head.method, head.reason, head.status))
+
     def on_body(self, body: bytes) -> None:
         if not self.done:
             self._events.append(Body(bytes(body)))
@@ -168,6 +219,7 @@ class MessageReader:
     def feed(self, data: bytes) -> list:
         if self.done:
             return []
+        fresh = not self._in_message   # `data` starts a message, if it starts one
         if self._in_head:
             self._head_bytes += len(data)
         try:
@@ -178,6 +230,8 @@ class MessageReader:
         if self._in_head and self._head_bytes > MAX_HEAD:
             raise BadRequest(f"request head larger than {MAX_HEAD} bytes", 431)
         events, self._events = self._events, []
+        if fresh:
+            self._plain(data, events)
         return events
 
     @staticmethod

@@ -288,6 +288,17 @@ class Proxy:
                    authority: str | None = None, *, use_h2: bool):
         """Opens a connection to the endpoint, sends the request, reads the response head."""
         head = request.head
+        plain = (head.plain_bytes() if not (use_h2 or changes or request.stream or request.body)
+                 and authority is None else None)
+        if plain is not None:
+            # The plain case: the head as the client sent it (nothing in it to drop or change) with the
+            # two headers the waypoint adds, in one piece; the pool keeps the connection (no close).
+            added = b"x-forwarded-proto: http\r\n\r\n"
+            if head.header("x-request-id") is None:
+                added = b"x-request-id: " + record.request_id.encode("latin-1") + b"\r\n" + added
+            return await open_exchange(self.upstreams, upstream, head, b"", [], head.header("host") or "",
+                                       use_h2=False, pool=self.http1_pool, h2_pool=self.h2_pool,
+                                       wire_head=plain[:-2] + added)
         headers = apply_changes(http1.end_to_end(head.headers) if not use_h2 else
                                 [(k, v) for k, v in head.headers if k not in HOP_BY_HOP_H2], changes)
         if not any(k == "x-request-id" for k, _ in headers):
@@ -302,11 +313,15 @@ class Proxy:
                               deadline: float | None) -> None:
         head = exchange.head
         record.status = head.status
-        headers = apply_changes([(k, v) for k, v in http1.end_to_end(head.headers)], plan.response_headers)
         record.grpc_status = head.header("grpc-status") or ""
-        # gRPC's Trailers-Only answer (grpc-status in the head) must stay one HEADERS frame that ends the stream.
-        trailers_only = head.version == "2" and head.header("grpc-status") is not None
-        responder.head(head.status, head.reason, headers, head.content_length, end=trailers_only)
+        plain = head.plain_bytes() if responder.plain_heads and not plan.response_headers else None
+        if plain is not None:   # the plain case: HTTP/1.1 both ways, nothing to change in the head
+            responder.plain_head(plain, head.status)
+        else:
+            headers = apply_changes([(k, v) for k, v in http1.end_to_end(head.headers)], plan.response_headers)
+            # gRPC's Trailers-Only answer (grpc-status in the head) must stay one HEADERS frame that ends the stream.
+            trailers_only = head.version == "2" and head.header("grpc-status") is not None
+            responder.head(head.status, head.reason, headers, head.content_length, end=trailers_only)
         try:
             while True:
                 budget = None if deadline is None else deadline - time.monotonic()

@@ -6,6 +6,8 @@ The proxy talks to a responder and does not care which:
   the HTTP status to;
 - `head(..., end)`, `await data(...)`, `end(trailers)`: a relayed response
   (`end=True` on the head: nothing follows, as in gRPC's Trailers-Only);
+  an HTTP/1.1 responder (`plain_heads`) also takes `plain_head(bytes, status)`
+  in place of `head`: an HTTP/1.1 head that needs no change, as it came;
 - `reset()`: nothing more can be said (the head is out and the upstream broke).
 """
 
@@ -26,6 +28,8 @@ def grpc_status_for(http_status: int) -> int:
 
 
 class Http1Responder:
+    plain_heads = True    # takes an upstream's HTTP/1.1 head as it came (plain_head)
+
     def __init__(self, client: Channel, method: str, keep: bool,
                  closing: Callable[[], bool] = lambda: False) -> None:
         self.client = client
@@ -49,6 +53,15 @@ class Http1Responder:
         # Held until the first piece of body (or the end): one write, one HBONE DATA frame for a small answer.
         self._head = http1.response_head_bytes(status, headers, content_length=None if self._chunked
                                                else content_length, close=not self.keep, reason=reason)
+        self.bytes_sent += len(self._head)
+
+    def plain_head(self, head: bytes, status: int) -> None:
+        """A relayed head that needs no change (`http1.Head.plain_bytes`: framed by its Content-Length, no
+        hop-by-hop header), passed on as it came; `connection: close` added when this answer ends the
+        connection."""
+        self._chunked = False
+        self.keep = self.keep and not self.closing()
+        self._head = head if self.keep else head[:-2] + b"connection: close\r\n\r\n"
         self.bytes_sent += len(self._head)
 
     def _take_head(self) -> bytes:

@@ -125,3 +125,94 @@ def test_a_request_head_followed_by_junk_is_refused_cleanly(junk):
     except BadRequest:
         return
     assert isinstance(events[0], http1.Head) and events[0].target == "/"
+
+
+# --- the plain case: a head passed on as it came (issue 18) ---------------------------------------------
+
+PLAIN_GET = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+PLAIN_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+
+@pytest.mark.parametrize("raw", [b"GET / HTTP/1.1\nhost: a\n\n", b"GET / HTTP/1.1\r\nhost: a\nx: b\r\n\r\n",
+                                 b"GET / HTTP/1.1\r\nhost: a\rb\r\n\r\n",
+                                 b"GET / HTTP/1.1\r\nhost: a\r\nx: b\r\n c\r\n\r\n",
+                                 b"GET / HTTP/1.1\r\nhost: a\r\nx: b\r\n\tc\r\n\r\n"])
+def test_bare_cr_or_lf_and_folded_lines_are_refused(raw):
+    """What makes passing a head on as it came safe: httptools reads nothing a server could read otherwise."""
+    with pytest.raises(BadRequest):
+        http1.MessageReader().feed(raw)
+
+
+def test_a_plain_request_and_answer_carry_the_bytes_they_came_in():
+    head, end = http1.MessageReader().feed(PLAIN_GET)
+    assert head.plain_bytes() == PLAIN_GET and isinstance(end, http1.End)
+    head, body, end = http1.MessageReader(response=True).feed(PLAIN_ANSWER)
+    assert head.plain_bytes() == PLAIN_ANSWER[:-5] and body.data == b"hello"
+
+
+@pytest.mark.parametrize("data", [
+    PLAIN_GET.replace(b"Accept", b"Connection: keep-alive\r\nAccept"),     # hop-by-hop
+    PLAIN_GET.replace(b"Accept: */*", b"TE: trailers"),
+    PLAIN_GET.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    PLAIN_GET.replace(b"GET", b"POST"),                                    # a POST gets content-length: 0
+    PLAIN_GET.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n"),
+    b"\r\n" + PLAIN_GET,                                                   # an empty line before it
+    PLAIN_GET + b"\r\n",                                                   # ... or after it
+    PLAIN_GET + PLAIN_GET,                                                 # pipelined: neither is plain
+])
+def test_a_request_that_needs_a_change_or_came_with_more_is_not_plain(data):
+    heads = [e for e in http1.MessageReader().feed(data) if isinstance(e, http1.Head)]
+    assert heads and all(h.plain_bytes() is None for h in heads)
+
+
+@pytest.mark.parametrize("data", [
+    PLAIN_ANSWER.replace(b"Content-Type", b"Connection: keep-alive\r\nContent-Type"),
+    PLAIN_ANSWER.replace(b"Content-Length: 5", b"Transfer-Encoding: chunked").replace(b"hello",
+                                                                                   b"5\r\nhello\r\n0\r\n\r\n"),
+    PLAIN_ANSWER.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    PLAIN_ANSWER.replace(b"Content-Type: text/plain", b"Keep-Alive: timeout=5"),
+    PLAIN_ANSWER[:-2],                                                     # the body is not all here
+    PLAIN_ANSWER + b"HTTP/1.1 200 OK\r\n",                                 # something after it
+])
+def test_an_answer_that_needs_a_change_or_came_apart_is_not_plain(data):
+    head = http1.MessageReader(response=True).feed(data)[0]
+    assert head.plain_bytes() is None
+
+
+def test_a_head_in_two_reads_is_not_plain():
+    reader = http1.MessageReader()
+    assert reader.feed(PLAIN_GET[:10]) == []
+    assert reader.feed(PLAIN_GET[10:])[0].plain_bytes() is None
+
+
+@pytest.mark.parametrize("change", [dict(target="/other"), dict(method="HEAD"), dict(headers=(("host", "y"),)),
+                                    dict(status=503), dict(reason="Fine")])
+def test_a_copy_with_another_target_method_headers_or_status_has_no_plain_bytes(change):
+    from dataclasses import replace
+    head = http1.MessageReader(response="status" in change or "reason" in change).feed(
+        PLAIN_ANSWER if "status" in change or "reason" in change else PLAIN_GET)[0]
+    assert head.plain_bytes() is not None
+    assert replace(head, **change).plain_bytes() is None
+    assert replace(head, keep_alive=head.keep_alive).plain_bytes() == head.plain_bytes()
+
+
+def test_a_plain_answer_that_ends_the_connection_says_so():
+    from waypoint.responders import Http1Responder
+
+    class Client:
+        def __init__(self):
+            self.sent, self.was_reset = [], False
+
+        def send(self, data):
+            self.sent.append(data)
+
+        async def drain(self):
+            pass
+    head = PLAIN_ANSWER[:-5]
+    for keep, closing, expected in ((True, False, head), (False, False, head[:-2] + b"connection: close\r\n\r\n"),
+                                    (True, True, head[:-2] + b"connection: close\r\n\r\n")):
+        client = Client()
+        responder = Http1Responder(client, "GET", keep, lambda: closing)
+        responder.plain_head(head, 200)
+        responder.end()
+        assert client.sent == [expected] and responder.keep == (keep and not closing)

@@ -43,6 +43,7 @@ class AppBehaviour:
     peers: list = field(default_factory=list)  # the client (ip, port) of each hit: one per connection used
     idle_timeout: float | None = None          # close kept-alive connections idle this long
     digest: bool = False         # keep "<size> <sha256 hex>" of a body instead of the body (large uploads)
+    one_write: bool = False      # answer head and body in one write (as most servers do), not two
 
 
 class App:
@@ -94,6 +95,10 @@ class App:
                 self.send_response(status)
                 self.send_header("content-length", str(len(data)))
                 self.send_header("x-app", b.name)
+                if b.one_write and self.command != "HEAD":
+                    self._headers_buffer.append(b"\r\n" + data)   # (http.server's own buffer of the head)
+                    self.flush_headers()
+                    return
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
