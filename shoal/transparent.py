@@ -74,14 +74,17 @@ RULES = (
 )
 
 
-def install(netns_fd: int, backend: str | None = None) -> bool:
-    """Installs the return path for IPv4 (TransparentError if it cannot) and for IPv6 where the
-    netns has IPv6; returns whether IPv6 is covered. Idempotent, in four short processes per family
-    (enrollment waits for this): the chain is declared (so created or flushed) and refilled in one
-    restore, the jump and the policy rule are added only if missing, the route is replaced.
-    `backend`: legacy or nft (default: the node's, detected once per process)."""
+def install(netns_fd: int, backend: str | None = None, *, ipv6: bool = True) -> bool:
+    """Installs the return path for IPv4 (TransparentError if it cannot) and, with `ipv6` (the pod
+    has an IPv6 address: the ztunnel passes False for an IPv4-only pod, sparing enrollment four
+    processes), for IPv6 where the netns has it; returns whether IPv6 is covered. Idempotent, in
+    four short processes per family (enrollment waits for this): the chain is declared (so created
+    or flushed) and refilled in one restore, the jump and the policy rule are added only if missing,
+    the route is replaced. `backend`: legacy or nft (default: the node's, detected once per process)."""
     backend = backend or iptables_backend.this_node()
     _install(netns_fd, 4, backend)
+    if not ipv6:
+        return False
     try:
         _install(netns_fd, 6, backend)
     except TransparentError:

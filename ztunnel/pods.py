@@ -22,6 +22,7 @@ certificate of its identity is forgotten once no pod holds it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from dataclasses import dataclass, field
@@ -116,19 +117,21 @@ class PodRegistry:
         except sockets.SocketError:
             self._release(pod)
             raise
-        transparent_ok = transparent_ipv6 = False
-        if self.preserve_source_ip and not captured:
-            try:
-                transparent_ipv6 = await asyncio.get_running_loop().run_in_executor(None, transparent.install,
-                                                                                    netns_fd)
-                transparent_ok = True
-            except Exception as e:  # noqa: BLE001 - the pod is served all the same, without the client's IP
-                logger.warning("source IP will not be preserved for this pod", pod=pod.name, error=str(e))
         try:
             own = await asyncio.get_running_loop().run_in_executor(None, netns.addresses, netns_fd)
         except Exception as e:  # noqa: BLE001 - then only the control plane's word says what the pod is
             logger.warning("could not read the pod's addresses", pod=pod.name, error=str(e))
             own = ()
+        transparent_ok = transparent_ipv6 = False
+        if self.preserve_source_ip and not captured:
+            # IPv6's return path only for a pod with an IPv6 address (unread: assume it may have one).
+            has_ipv6 = not own or any(":" in address for address in own)
+            try:
+                transparent_ipv6 = await asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(transparent.install, netns_fd, ipv6=has_ipv6))
+                transparent_ok = True
+            except Exception as e:  # noqa: BLE001 - the pod is served all the same, without the client's IP
+                logger.warning("source IP will not be preserved for this pod", pod=pod.name, error=str(e))
         pod.reach = AppReach(transparent=transparent_ok, via_loopback=captured, addresses=own,
                              transparent_ipv6=transparent_ipv6)
         self.pods[workload.uid] = pod
