@@ -113,8 +113,12 @@ def cluster(request):
             c.apply(MANIFEST)
             c.wait_pods_ready("names", 1, timeout=120)
             c.resolver_log = c.layout.pod_log("names", "client", "resolver")
+            c.resolver_skip = 0
             eventually(lambda: getent(c, "ahostsv4", API), 90, "the DNS proxy to answer in the client pod",
                        interval=0.5)
+            # Until the ServiceEntry reached the ztunnel, its name was not the proxy's to answer and went to
+            # the pod's resolver (a slow config push under load): what the tests judge starts here.
+            c.resolver_skip = len(resolver_saw(c))
             yield c
         finally:
             server.terminate()
@@ -127,8 +131,9 @@ def getent(cluster, database: str, name: str) -> list[str]:
 
 
 def resolver_saw(cluster) -> list[dict]:
+    """The queries the pod's own resolver got since the proxy was answering."""
     lines = cluster.resolver_log.read_text().splitlines() if cluster.resolver_log.exists() else []
-    return [json.loads(line) for line in lines if line.startswith('{"transport"')]
+    return [json.loads(line) for line in lines if line.startswith('{"transport"')][cluster.resolver_skip:]
 
 
 def raw(cluster, first: bytes | None, name: str, qtype: int) -> list[dict]:
