@@ -161,6 +161,7 @@ def kube_wiring(settings: Settings) -> Wiring:
     from kubernetes import client
 
     from control_plane.sources import kube as kube_source
+    from control_plane.status_kube import KubeStatusWriter
     from control_plane.waypoints_kube import KubeWaypointController, published_bundle
 
     try:
@@ -173,8 +174,12 @@ def kube_wiring(settings: Settings) -> Wiring:
     authenticator = KubeAuthenticator(client.AuthenticationV1Api(api), core)
     waypoints = KubeWaypointController(api, image=os.environ.get("SHOAL_WAYPOINT_IMAGE", f"shoal:{shoal.__version__}"),
                                        bundle=published_bundle(api), waypoint_args=settings.waypoint_args)
-    return Wiring(roots, authenticator, kube_source.KubeSource(api).events(),
-                  lambda obj, errors: kube_source.report_invalid(api, obj, errors), controllers=(waypoints.run,))
+    source = kube_source.KubeSource(api)
+    # The mesh objects' status, from the analysis of what the source holds (no second list of the cluster).
+    status = KubeStatusWriter(api, lambda: [o for cache in source.caches.values() for o in cache.objects.values()])
+    return Wiring(roots, authenticator, source.events(),
+                  lambda obj, errors: kube_source.report_invalid(api, obj, errors),
+                  controllers=(waypoints.run, status.run))
 
 
 def build_authority(settings: Settings, roots: ca_store.RootStore) -> CertificateAuthority:

@@ -13,6 +13,8 @@ Who calls what:
   Secrets: that would read them all);
 - control plane, CA (`control_plane.ca_store`): its Secret and the root-cert
   ConfigMap in shoal-system;
+- control plane, status writer (`control_plane.status_kube`): patch the
+  status of the mesh objects it analyses;
 - control plane, authentication (`control_plane.authn`): TokenReviews, and
   a Pod's node for an unbound node token;
 - control plane, waypoint controller (`control_plane.waypoints_kube`): what
@@ -78,6 +80,13 @@ API_CALLS: tuple[ApiCall, ...] = tuple(sorted(
     + _calls(CONTROL_PLANE, ISTIO_SECURITY, "peerauthentications", "list", "watch")
     + _calls(CONTROL_PLANE, SMI_SPLIT, "trafficsplits", "list", "watch")
     + _calls(CONTROL_PLANE, "authentication.k8s.io", "tokenreviews", "create")
+    # the mesh objects' status (control_plane.status_kube): the analysis's conditions
+    + _calls(CONTROL_PLANE, GATEWAY_API, "httproutes", "patch", subresource="status")
+    + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "virtualservices", "patch", subresource="status")
+    + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "destinationrules", "patch", subresource="status")
+    + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "serviceentries", "patch", subresource="status")
+    + _calls(CONTROL_PLANE, ISTIO_SECURITY, "authorizationpolicies", "patch", subresource="status")
+    + _calls(CONTROL_PLANE, ISTIO_SECURITY, "peerauthentications", "patch", subresource="status")
     + _calls(NODE_AGENT, "", "pods", "list", "watch")
     + _calls(NODE_AGENT, "", "namespaces", "list", "watch")
     + _calls(NODE_AGENT, "", "events", "create")  # a pod it should mesh and cannot (sources.KubeSource.report)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from shoal import kube_calls
+
 from control_plane.authn import TOKEN_AUDIENCE
 from control_plane.waypoints import MANAGED_BY, MANAGER
 from control_plane.waypoints_kube import KINDS, ROOT_CERT_CONFIGMAP, TOKEN_PATH, kube_desired
@@ -128,6 +130,10 @@ def test_the_control_planes_writes_are_held_to_what_the_waypoint_controller_make
     controller_kinds = {plural[kind] for kind in KINDS}
     # The Gateway controller writes the status of Gateways and GatewayClasses, and nothing else of them.
     statuses = {("gateway.networking.k8s.io", "gateways/status"), ("gateway.networking.k8s.io", "gatewayclasses/status")}
+    # The status writer (control_plane/status_kube.py) writes the status of the mesh objects, only their status.
+    statuses |= {(call.group, call.rbac_resource) for call in kube_calls.API_CALLS
+                 if call.subresource == "status" and call.component == kube_calls.CONTROL_PLANE}
+    assert all(resource.endswith("/status") for _, resource in statuses)
     assert written - {("", "events"), ("authentication.k8s.io", "tokenreviews")} - statuses == controller_kinds, \
         f"the control plane may write {written}"
 

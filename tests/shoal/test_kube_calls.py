@@ -12,6 +12,7 @@ from control_plane import ca_store
 from control_plane.authn import TOKEN_AUDIENCE, KubeAuthenticator
 from control_plane.sources.kube import KubeSource as ConfigSource, make_api_client, report_invalid
 from control_plane.waypoints import GATEWAY_NAME, MANAGED_BY, MANAGER, WAYPOINT_CONTROLLER
+from control_plane.status_kube import KubeStatusWriter
 from control_plane.waypoints_kube import KubeWaypointController, published_bundle
 from node_agent.sources import KubeSource as NodeSource
 from shoal.kube_calls import API_CALLS, CONTROL_PLANE, NODE_AGENT, ApiCall
@@ -84,6 +85,26 @@ def run_waypoint_controller(api: KubeApiServer) -> None:
     apis.close()
 
 
+def run_status_writer(api: KubeApiServer) -> None:
+    """One mesh object of each kind with a status subresource: each gets its status written."""
+    meta = {"name": "x", "namespace": "shop"}
+    for api_version, kind, spec in (
+            ("gateway.networking.k8s.io/v1", "HTTPRoute", {"parentRefs": [{"kind": "Service", "group": "",
+                                                                           "name": "x"}]}),
+            ("networking.istio.io/v1", "VirtualService", {"hosts": ["x"], "http": [{"route": [
+                {"destination": {"host": "x"}}]}]}),
+            ("networking.istio.io/v1", "DestinationRule", {"host": "x"}),
+            ("networking.istio.io/v1", "ServiceEntry", {"hosts": ["x.example"], "ports": [
+                {"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "DNS"}),
+            ("security.istio.io/v1", "AuthorizationPolicy", {}),
+            ("security.istio.io/v1", "PeerAuthentication", {"mtls": {"mode": "STRICT"}})):
+        api.add({"apiVersion": api_version, "kind": kind, "metadata": dict(meta), "spec": spec})
+    kinds = ("HTTPRoute", "VirtualService", "DestinationRule", "ServiceEntry", "AuthorizationPolicy",
+             "PeerAuthentication")
+    writer = KubeStatusWriter(api.api_client(), lambda: [o for kind in kinds for o in api.list(kind)])
+    assert writer.step(writer.objects()) == len(kinds)
+
+
 def run_ca_and_authn(api: KubeApiServer) -> None:
     core = client.CoreV1Api(api.api_client())
     store = ca_store.KubeSecretRootStore(core)
@@ -105,6 +126,7 @@ def test_the_control_plane_makes_exactly_the_listed_calls():
         run_config_source(api)
         run_ca_and_authn(api)          # first: it publishes the mesh root the waypoint controller copies
         run_waypoint_controller(api)
+        run_status_writer(api)
         seen = calls_seen(api, CONTROL_PLANE)
     assert sorted(seen - listed(CONTROL_PLANE)) == [], "calls made that API_CALLS (and so the RBAC) lacks"
     assert sorted(listed(CONTROL_PLANE) - seen) == [], "calls listed that the code no longer makes"

@@ -1,0 +1,107 @@
+"""The control plane writes the analysis's conditions into mesh objects' status on Kubernetes
+(control_plane.status_kube), against the API double: the finding's condition, cleared when fixed, no write
+when nothing changed, and a 404 (deleted meanwhile) skipped."""
+
+from __future__ import annotations
+
+import pytest
+
+from control_plane.status_kube import KubeStatusWriter, plan
+
+from support.kube_api import KubeApiServer
+
+pytestmark = pytest.mark.timeout(60)
+
+KINDS = ("Namespace", "Service", "Pod", "VirtualService", "DestinationRule")
+
+
+def service(name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "name": "http"}]}}
+
+
+def destination_rule(subsets: list[str]) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": "shop"},
+            "spec": {"host": "reviews", "subsets": [{"name": s, "labels": {"version": s}} for s in subsets]}}
+
+
+VIRTUAL_SERVICE = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": "reviews", "namespace": "shop"},
+                   "spec": {"hosts": ["reviews"],
+                            "http": [{"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}]}}
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == kind)
+
+
+@pytest.fixture
+def api():
+    with KubeApiServer() as server:
+        server.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+        server.add(service("reviews"))
+        server.add(destination_rule(["v1"]))
+        server.add(VIRTUAL_SERVICE)
+        yield server
+
+
+def writer_for(api: KubeApiServer) -> KubeStatusWriter:
+    # What the config source's caches hold: the objects as the API serves them.
+    return KubeStatusWriter(api.api_client(), lambda: [o for kind in KINDS for o in api.list(kind)])
+
+
+def status_writes(api: KubeApiServer) -> list:
+    return [r for r in api.requests if r.method == "PATCH" and r.path.endswith("/status")]
+
+
+def test_a_route_to_a_missing_subset_gets_the_findings_condition_and_fixing_it_clears_it(api):
+    writer = writer_for(api)
+    assert writer.step(writer.objects()) == 2          # the VirtualService and the DestinationRule
+    vs = api.get("VirtualService", "shop", "reviews")
+    resolved = condition(vs, "ResolvedRefs")
+    assert (resolved["status"], resolved["reason"]) == ("False", "UndefinedSubset")
+    assert "v2" in resolved["message"]
+    assert condition(vs, "Accepted")["status"] == "True"
+    assert [m["code"] for m in vs["status"]["validationMessages"]] == ["SH0103"]
+    assert condition(api.get("DestinationRule", "shop", "reviews"), "ResolvedRefs")["status"] == "True"
+
+    api.modify(destination_rule(["v1", "v2"]))          # the fix: the subset exists
+    assert writer.step(writer.objects()) == 2            # the DestinationRule's observedGeneration moved too
+    dr = api.get("DestinationRule", "shop", "reviews")
+    assert condition(dr, "Accepted")["observedGeneration"] == dr["metadata"]["generation"] == 2
+    vs = api.get("VirtualService", "shop", "reviews")
+    assert condition(vs, "ResolvedRefs")["status"] == "True"
+    assert "validationMessages" not in vs["status"]    # merge patch with null removed them
+
+
+def test_nothing_is_written_when_nothing_changed(api):
+    writer = writer_for(api)
+    writer.step(writer.objects())
+    before = len(status_writes(api))
+    assert before == 2
+    assert writer.step(writer.objects()) == 0
+    assert len(status_writes(api)) == before
+
+
+def test_a_write_whose_echo_has_not_come_is_not_repeated(api):
+    writer = writer_for(api)
+    stale = writer.objects()                 # the watch has not shown the written status yet
+    writer.step(stale)
+    assert writer.step(stale) == 0
+    assert plan(stale, [], {}) != []         # without the memory it would write again
+
+
+def test_an_object_deleted_meanwhile_is_skipped_and_another_kinds_status_is_kept(api):
+    writer = writer_for(api)
+    objects = writer.objects()
+    api.delete("VirtualService", "shop", "reviews")
+    assert writer.step(objects) == 1           # the DestinationRule; the VirtualService's 404 skipped
+    dr = api.get("DestinationRule", "shop", "reviews")
+    dr["status"]["conditions"].append({"type": "Reconciled", "status": "True", "reason": "ByOther", "message": ""})
+    api.modify(dr)
+    api.add(VIRTUAL_SERVICE)
+    writer.step(writer.objects())
+    kinds = [c["type"] for c in api.get("DestinationRule", "shop", "reviews")["status"]["conditions"]]
+    assert "Reconciled" in kinds                # another writer's condition is left in place
+    assert condition(api.get("VirtualService", "shop", "reviews"), "ResolvedRefs")["reason"] == "UndefinedSubset"
