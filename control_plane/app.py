@@ -140,7 +140,7 @@ class Wiring:
 def local_wiring(settings: Settings) -> Wiring:
     from control_plane.sources.local import LocalSource, report_invalid
     from control_plane.waypoints import LocalWaypointController, local_argv
-    from shoal.local.layout import node_ip
+    from shoal.local.layout import node_ip, node_ip_v6
 
     cluster_store = store.Store(settings.cluster, root=settings.run_root)
     if not cluster_store.exists():
@@ -149,8 +149,11 @@ def local_wiring(settings: Settings) -> Wiring:
     roots = root_store(settings)
     key = tokens.token_key(settings.run_dir, create=True)
     authenticator = LocalAuthenticator(settings.run_dir / "bootstrap-tokens.json", key)
-    # Waypoint pods reach the control plane where the local cluster runs it: node 1.
-    control_plane_address = f"{node_ip(1)}:{settings.endpoints.grpc_port}"
+    # Waypoint pods reach the control plane where the local cluster runs it: node 1, in the cluster's first
+    # family (the pods of an IPv6-only cluster have no route to node 1's IPv4 address).
+    ipv6_first = ":" in cluster_store.service_ranges()[0]
+    node1 = f"[{node_ip_v6(1)}]" if ipv6_first else node_ip(1)
+    control_plane_address = f"{node1}:{settings.endpoints.grpc_port}"
     waypoints = LocalWaypointController(cluster_store, local_argv(settings.cluster, control_plane_address,
                                                                   settings.waypoint_args))
     return Wiring(roots, authenticator, LocalSource(cluster_store).events(),

@@ -89,7 +89,8 @@ class ConfigServer:
         ca_pb2_grpc.add_CertificatesServicer_to_server(self.signer, self.grpc_server)
         credentials = grpc.dynamic_ssl_server_credentials(self._certificate_configuration(),
                                                           self._fetch_certificate_configuration)
-        address = f"{self.endpoints.grpc_host}:{self.endpoints.grpc_port}"
+        host = self.endpoints.grpc_host
+        address = f"[{host}]:{self.endpoints.grpc_port}" if ":" in host else f"{host}:{self.endpoints.grpc_port}"
         try:
             self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
         except RuntimeError as e:

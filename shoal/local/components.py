@@ -78,11 +78,14 @@ COMPONENTS: list[Component] = []
 
 
 def control_plane(layout: Layout, node: int, settings: Settings) -> dict | None:
-    """The CA and config server, on node 1; other nodes reach it at 198.18.0.1:15012."""
+    """The CA and config server, on node 1; other nodes reach it at 198.18.0.1:15012. With IPv6 in the cluster
+    its gRPC listens on [::] (both families): an IPv6-only cluster's waypoint pods reach [fd73:686f:616c::1]:15012."""
     if node != 1:
         return None
+    ipv6 = any(":" in r for r in layout.store().service_ranges())
+    listen = ("--listen", f"[::]:{CONTROL_PLANE_GRPC_PORT}") if ipv6 else ()
     return system_pod(layout, node, "control-plane",
-                      shoal_argv("control-plane", "--source", "local", "--cluster", layout.cluster),
+                      shoal_argv("control-plane", "--source", "local", "--cluster", layout.cluster, *listen),
                       ready_port=CONTROL_PLANE_HTTP_PORT, metrics_port=CONTROL_PLANE_HTTP_PORT)
 
 
