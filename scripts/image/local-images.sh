@@ -69,4 +69,5 @@ fi
 printf '{"toolbox": "docker.io/library/shoal-toolbox:%s", "pause": "docker.io/library/shoal-pause:%s"}\n' \
   "$toolbox" "$pause" > "$work/images.json.tmp"
 mv "$work/images.json.tmp" "$work/images.json"
-say "local images in $work: toolbox $(du -h "$work/toolbox.oci.tar" | cut -f1), pause $(du -h "$work/pause.oci.tar" | cut -f1)"
+say "local images in $work: toolbox $(du -h "$work/toolbox.oci.tar" | cut -f1)," \
+  "pause $(du -h "$work/pause.oci.tar" | cut -f1)"

@@ -168,7 +168,7 @@ def proxy_netns(cluster: str, proxy: str, namespace: str) -> tuple[str, str]:
     if not pods:
         raise LookupError(f"no running waypoint {namespace}/{gateway} (nor a node of that name); "
                           "see `shoal waypoint list` and `shoal check`")
-    return pods[0]["status"]["shoal"]["netns"].rsplit("/", 1)[1], f"waypoint {namespace}/{gateway}"
+    return pods[0]["status"]["shoal"]["netns"], f"waypoint {namespace}/{gateway}"  # a path: run_in takes both
 
 
 def cmd_proxy_config(args) -> int:

@@ -55,7 +55,7 @@ def scrape_all(cluster: str) -> dict:
     for pod in layout.store().list("Pod")[0]:
         where = ((pod.get("status") or {}).get("shoal") or {}).get("netns")
         if GATEWAY_NAME_LABEL in (pod["metadata"].get("labels") or {}) and where:
-            places.append(where.rsplit("/", 1)[1])
+            places.append(where)  # the netns path: /run/netns/NAME, or the CRI's on containerd
     scrapes = []
     for place in places:
         if not netns.exists(place):

@@ -259,7 +259,7 @@ def cmd_config(args) -> int:
         print(f"shoal: error: no running pod for waypoint {args.namespace}/{args.name}; "
               "check `shoal waypoint list` and the control plane's log", file=sys.stderr)
         return 1
-    name = pods[0]["status"]["shoal"]["netns"].rsplit("/", 1)[1]
+    name = pods[0]["status"]["shoal"]["netns"]  # the netns path (on containerd, not under /run/netns)
 
     def get():
         with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT}/config_dump", timeout=5) as response:

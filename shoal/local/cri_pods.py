@@ -19,6 +19,8 @@ to this backend, which does what a kubelet does over CRI:
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from shoal.store import now_rfc3339
 
 logger = log.get("shoal.local.cri")
 
+REPO = Path(__file__).resolve().parents[2]
 POLL_SECONDS = 0.3
 SANDBOX_BACKOFF_START = 1.0
 
@@ -47,6 +50,7 @@ class CriContainer(ContainerState):
     container_id: str | None = None
     pid: int | None = None
     copied: int = 0  # bytes of the current attempt's CRI log already copied
+    mounts: tuple[tuple[str, str, bool], ...] = ()  # (host path, container path, read-only) beyond DNS's
 
 
 @dataclass
@@ -112,6 +116,12 @@ class CriPod:
                     f.write(content)
 
 
+def own_env() -> dict[str, str]:
+    """What the kubelet passes on to shoal's own processes (kubelet._env does the same for the netns runtime)."""
+    return {key: os.environ[key] for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "PYTHONPATH", "VIRTUAL_ENV")
+            if key in os.environ}
+
+
 class CriPods:
     """Runs the kubelet's non-hostNetwork pods through each node's containerd."""
 
@@ -147,15 +157,30 @@ class CriPods:
             env = {**base_env, **{e["name"]: str(e.get("value", "")) for e in container.get("env") or ()}}
             command = tuple(str(a) for a in container.get("command") or ())
             args = tuple(str(a) for a in container.get("args") or ())
+            own = self._shoals_own(command)
+            if own:
+                env = {**own_env(), **env}
             runtime.containers.append(CriContainer(
                 container["name"], [*command, *args], container.get("readinessProbe"),
                 image=container.get("image") or self.toolbox_image, command=command, args=args,
-                env=tuple(env.items())))
+                env=tuple(env.items()), mounts=own))
         runtime.write_dns(services_list)
         runtime.tasks.append(asyncio.create_task(self._run(runtime)))
         logger.info("pod handed to containerd", pod=f"{namespace}/{name}", node=f"node{node}")
         self.kubelet._mark(runtime)
         return runtime
+
+    def _shoals_own(self, command: tuple[str, ...]) -> tuple[tuple[str, str, bool], ...]:
+        """The mounts of a container that runs shoal from this checkout, as the mesh's pods that are not
+        hostNetwork do (the waypoints: control_plane/waypoints.py runs them with the daemon's interpreter):
+        the checkout and its venv read-only, and the cluster's run directory (store, CA bundle, sockets).
+        The toolbox is the same Debian release, so the venv's interpreter and wheels run there as they do
+        on the host."""
+        if not command or command[0] != sys.executable:
+            return ()
+        places = {REPO, Path(sys.prefix)}
+        return (*((str(p), str(p), True) for p in sorted(places) if not any(p != q and q in p.parents for q in places)),
+                (str(self.layout.run_dir), str(self.layout.run_dir), False))
 
     async def _run(self, runtime: CriPod) -> None:
         cri = self.client(runtime.node)
@@ -192,7 +217,7 @@ class CriPods:
         (runtime.logs / c.name).mkdir(parents=True, exist_ok=True)
         backoff, attempt, stamped = BACKOFF_START, 0, 0
         mounts = ((str(runtime.files / "hosts"), "/etc/hosts", False),
-                  (str(runtime.files / "resolv.conf"), "/etc/resolv.conf", False))
+                  (str(runtime.files / "resolv.conf"), "/etc/resolv.conf", False), *c.mounts)
         while not runtime.stopping:
             env = (*c.env, ("POD_IP", runtime.ip))
             spec = ContainerSpec(c.name, attempt, c.image, c.command, c.args, env, mounts, f"{c.name}/{attempt}.log")

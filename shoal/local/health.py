@@ -110,7 +110,7 @@ def gather(layout: Layout, timeout: float = 5.0) -> HealthFacts:
         if not where:
             continue
         try:
-            certificates[proxy] = [admin_dump(where.rsplit("/", 1)[1], ADMIN_PORT, timeout)["certificate"]]
+            certificates[proxy] = [admin_dump(where, ADMIN_PORT, timeout)["certificate"]]
         except (OSError, ValueError, KeyError) as e:
             dump_errors[proxy] = str(getattr(e, "reason", e))
     control_plane, cp_error = None, ""

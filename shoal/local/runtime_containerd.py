@@ -325,7 +325,8 @@ def cleanup(layout: Layout) -> None:
     networks, and /run/containerd and /var/lib/cni when this cluster made them and they are empty. The daemon
     has removed the pods through CRI when it stopped; after a crash everything is found by path instead."""
     failures = []
-    nodes = sorted(int(p.parent.name[4:]) for p in layout.run_dir.glob("node*/containerd") if p.parent.name[4:].isdigit())
+    nodes = sorted(int(p.parent.name[4:]) for p in layout.run_dir.glob("node*/containerd")
+                   if p.parent.name[4:].isdigit())
     if not nodes:
         return  # a netns cluster: nothing of containerd's
     # The pods' processes first (their sandboxes' network goes with the node's netns, their IPAM state with

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from support.root import needs_root
 pytestmark = [needs_root("runs a local cluster on containerd"), pytest.mark.timeout(1200)]
 
 SERVICE = "server.shop.svc.cluster.local"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 FIRST_CONNECTION = ("curl -sS --max-time 5 http://server.shop.svc.cluster.local/; echo \"first-exit=$?\"; "
                     "exec sleep infinity")
 
@@ -44,10 +46,11 @@ def pod(name: str, namespace: str, node: str, containers: list[dict], sa: str | 
 
 SLEEPER = [{"name": "sh", "command": ["sleep", "infinity"]}]
 MANIFESTS = [
-    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"shoal.io/dataplane-mode": "ambient"}}},
+    {"apiVersion": "v1", "kind": "Namespace",
+     "metadata": {"name": "shop", "labels": {"shoal.io/dataplane-mode": "ambient"}}},
     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy"}},
-    {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "strict", "namespace": "shop"},
-     "spec": {"mtls": {"mode": "STRICT"}}},
+    {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+     "metadata": {"name": "strict", "namespace": "shop"}, "spec": {"mtls": {"mode": "STRICT"}}},
     pod("server", "shop", "node2", [
         {"name": "http", "command": ["sh", "-c", "mkdir -p /srv && echo \"hello from $POD_NAME\" > /srv/index.html "
                                                  "&& exec python3 -m http.server 8080 -d /srv"],
@@ -88,13 +91,14 @@ class ContainerdCluster(LocalCluster):
 @pytest.fixture(scope="module")
 def cluster():
     outside = {path: path.exists() for path in (runtime_containerd.SHIM_STATE, runtime_containerd.CNI_CACHE)}
+    forward = IP_FORWARD.read_text()
     c = ContainerdCluster(unique_name("ctrd"))
     try:
         c("up", "--nodes", "2", "--redirect", "iptables", "--runtime", "containerd", timeout=900)
         c.apply(MANIFESTS)
         eventually(lambda: c.curl("client", f"http://{SERVICE}/").stdout == "hello from server\n", 120,
                    lambda: f"the server to answer through the mesh; pods: {c.items('pods', 'shop')}", interval=0.5)
-        c.outside_before = outside
+        c.outside_before, c.forward_before = outside, forward
         yield c
     finally:
         c.down()
@@ -106,6 +110,9 @@ def test_pods_run_in_containerd_with_the_toolbox_image_and_exec_logs_images_work
     assert status["shoal"]["runtime"] == "containerd"
     assert status["shoal"]["netns"].startswith(str(paths.base / "state")), status  # the CRI's, not /var/run/netns
     assert status["podIP"].startswith("198.19.1."), status  # host-local on node1's range
+    # The CNI bridge and its forwarding live in the node's netns: nothing of it in the host's.
+    assert IP_FORWARD.read_text() == cluster.forward_before
+    assert subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode != 0
     # exec runs in the container's own files: the toolbox has no checkout of shoal in it
     inside = cluster.exec("client", "sh", "-c", f"test -e {Path(__file__).resolve()} && echo host || echo container",
                           namespace="shop")
@@ -116,6 +123,19 @@ def test_pods_run_in_containerd_with_the_toolbox_image_and_exec_logs_images_work
     for node in ("node1", "node2"):
         assert any(line.split()[:2] == [node, refs["toolbox"]] for line in images.splitlines()), images
         assert any(line.split()[:2] == [node, refs["pause"]] for line in images.splitlines()), images
+
+
+def test_a_container_that_exits_is_restarted_as_a_new_container_with_its_runs_in_the_log(cluster):
+    cluster.apply([pod("crasher", "legacy", "node1", [{"name": "app", "command": ["sh", "-c", "echo run; exit 3"]}])])
+
+    def restarted():
+        statuses = cluster.status("crasher", "legacy").get("containerStatuses") or [{}]
+        return statuses[0] if statuses[0].get("restartCount", 0) >= 1 else None
+    status = eventually(restarted, 120, lambda: f"crasher to restart: {cluster.status('crasher', 'legacy')}")
+    assert status["lastState"]["terminated"]["exitCode"] == 3, status
+    log = cluster("logs", "-n", "legacy", "crasher").stdout
+    assert log.startswith("run\n") and "--- shoal: restart 1 of container app" in log, log
+    cluster.delete([pod("crasher", "legacy", "node1", [])])
 
 
 def test_curl_across_nodes_goes_through_both_ztunnels_with_mtls_and_is_counted(cluster):
@@ -225,6 +245,27 @@ def test_the_first_connection_is_captured_only_through_shoal_cni_and_enrolled_po
     assert "hello from server\nfirst-exit=0" in first_exit(cluster, "waiter")
 
 
+def test_a_waypoint_runs_on_containerd_and_carries_the_namespaces_traffic(cluster):
+    """The waypoint is a pod of shoal's own that is not hostNetwork: containerd runs it too."""
+    cluster.run("waypoint", "apply", "-n", "shop")
+    cluster("label", "namespace", "shop", "shoal.io/use-waypoint=waypoint")
+    waypoint = "spiffe://cluster.local/ns/shop/sa/waypoint"
+
+    def through_the_waypoint():
+        before = len(cluster.access_log(2, "inbound"))
+        answer = cluster.curl("client", f"http://{SERVICE}/")
+        lines = [r for r in cluster.access_log(2, "inbound")[before:] if r["dst_pod"] == "server"]
+        return answer.stdout == "hello from server\n" and lines and lines[-1]["src_identity"] == waypoint
+    phases = lambda: {n: p.get("status", {}).get("phase") for n, p in cluster.pods("shop").items()}  # noqa: E731
+    eventually(through_the_waypoint, 120, lambda: f"the server to be reached through the waypoint; pods: {phases()}",
+               interval=1)
+    (pod,) = [p for n, p in cluster.pods("shop").items() if n.startswith("waypoint")]
+    assert pod["status"]["shoal"]["runtime"] == "containerd", pod["status"]
+    # The CLI reaches it in the netns the CRI made (not one under /run/netns).
+    dump = json.loads(cluster.run("waypoint", "config", "-n", "shop").stdout)
+    assert dump["certificate"], dump
+
+
 def test_down_after_the_daemon_was_killed_leaves_nothing_of_containerd(cluster):
     layout = cluster.layout
     pid = int(layout.daemon_pidfile.read_text())
@@ -234,6 +275,7 @@ def test_down_after_the_daemon_was_killed_leaves_nothing_of_containerd(cluster):
     assert runtime_containerd.containerd_pid(runtime_containerd.NodePaths.of(layout, 1)) is not None
     cluster("down")
     assert runtime_containerd.leftovers(layout) == []
+    assert IP_FORWARD.read_text() == cluster.forward_before
     assert not layout.run_dir.exists() and not layout.cgroup_dir.exists()
     assert [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)] == [] \
         if os.path.isdir("/run/netns") else True
