@@ -219,6 +219,15 @@ def test_inbound_ipv6_to_a_pod_with_an_ipv6_address_lands_on_15006_and_hbone_pas
         assert server.peer[0] == POD_IPS6["b"]
 
 
+def test_ipv6_udp_of_a_pod_with_an_ipv6_address_passes_both_ways_as_ipv4_udp_does(topo, enrolled6):
+    """The mesh carries TCP; a captured family's other protocols pass, in IPv6 as in IPv4 (no refusal)."""
+    for sender, receiver, port in (("a", "b", 8680), ("b", "a", 8681)):
+        with listen6_in(topo.pod_netns(receiver), port, socket.SOCK_DGRAM) as target:
+            result = topo.run_in_pod(sender, udp6_code(POD_IPS6[receiver], port))
+            assert result.stdout.strip() == "sent", result.stdout + result.stderr
+            assert not nothing_arrives(target, 5), f"UDP from {sender} to {receiver} over IPv6"
+
+
 def test_the_kubelets_ipv6_probe_reaches_the_app_from_the_ipv6_probe_source(topo, redirection, enrolled6):
     pod, _, _ = enrolled6
     assert POD_IPS6["a"] in probes.covered(topo.node)
