@@ -194,6 +194,7 @@ class CriPods:
         backoff = SANDBOX_BACKOFF_START
         while runtime.sandbox_id is None:
             try:
+                await asyncio.to_thread(self._remove_earlier, cri, runtime)
                 runtime.sandbox_id = await asyncio.to_thread(cri.run_sandbox, runtime.sandbox_config)
             except CriError as e:
                 for c in runtime.containers:
@@ -209,6 +210,16 @@ class CriPods:
         logger.info("pod sandbox ready", pod=f"{runtime.namespace}/{runtime.name}", ip=info.ip, netns=info.netns)
         self.kubelet._mark(runtime)
         await asyncio.gather(*(self._run_container(runtime, c) for c in runtime.containers))
+
+    @staticmethod
+    def _remove_earlier(cri: Cri, runtime: CriPod) -> None:
+        """Removes the pod's sandboxes an earlier kubelet left (a daemon that was killed and started again):
+        the pod starts over, as the netns runtime kills the processes an earlier kubelet left."""
+        for sandbox_id, namespace, name in cri.sandboxes():
+            if (namespace, name) == (runtime.namespace, runtime.name):
+                logger.info("removing the sandbox an earlier kubelet left", pod=f"{namespace}/{name}",
+                            sandbox=sandbox_id)
+                cri.remove_sandbox(sandbox_id)
 
     async def _run_container(self, runtime: CriPod, c: CriContainer) -> None:
         cri = self.client(runtime.node)

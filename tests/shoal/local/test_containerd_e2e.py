@@ -266,13 +266,24 @@ def test_a_waypoint_runs_on_containerd_and_carries_the_namespaces_traffic(cluste
     assert dump["certificate"], dump
 
 
-def test_down_after_the_daemon_was_killed_leaves_nothing_of_containerd(cluster):
-    layout = cluster.layout
+def kill_daemon(layout) -> None:
     pid = int(layout.daemon_pidfile.read_text())
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
                30, "the daemon to die")
+
+
+def test_after_the_daemon_was_killed_up_starts_the_pods_over_and_down_leaves_nothing_of_containerd(cluster):
+    layout = cluster.layout
+    kill_daemon(layout)
     assert runtime_containerd.containerd_pid(runtime_containerd.NodePaths.of(layout, 1)) is not None
+    old_sandbox = cluster.status("client", "shop")["shoal"]["netns"]
+    cluster("up")  # a new daemon; its kubelet removes the sandboxes the killed one left, and starts them again
+    eventually(lambda: cluster.curl("client", f"http://{SERVICE}/").stdout == "hello from server\n", 120,
+               lambda: f"the pods to run again; client: {cluster.status('client', 'shop')}", interval=0.5)
+    assert cluster.status("client", "shop")["shoal"]["netns"] != old_sandbox, "the pod started over in a new sandbox"
+    assert not Path(old_sandbox).exists(), "the sandbox the killed daemon left is gone"
+    kill_daemon(layout)
     cluster("down")
     assert runtime_containerd.leftovers(layout) == []
     assert IP_FORWARD.read_text() == cluster.forward_before
