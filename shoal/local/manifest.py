@@ -37,6 +37,7 @@ MESH_KINDS = {
     "AuthorizationPolicy": ("security.istio.io/v1beta1", "security.istio.io/v1"),
     "PeerAuthentication": ("security.istio.io/v1beta1", "security.istio.io/v1"),
     "HTTPRoute": ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"),
+    "ReferenceGrant": ("gateway.networking.k8s.io/v1beta1", "gateway.networking.k8s.io/v1"),
     "TrafficSplit": tuple(f"split.smi-spec.io/v1alpha{i}" for i in range(1, 5)),
     "ServiceEntry": ("networking.istio.io/v1alpha3", "networking.istio.io/v1beta1", "networking.istio.io/v1"),
 }
