@@ -72,6 +72,7 @@ API_CALLS: tuple[ApiCall, ...] = tuple(sorted(
     + _calls(CONTROL_PLANE, GATEWAY_API, "gatewayclasses", "list")
     + _calls(CONTROL_PLANE, GATEWAY_API, "gatewayclasses", "patch", subresource="status")
     + _calls(CONTROL_PLANE, GATEWAY_API, "httproutes", "list", "watch")
+    + _calls(CONTROL_PLANE, GATEWAY_API, "referencegrants", "list", "watch")      # cross-namespace refs
     + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "virtualservices", "list", "watch")
     + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "destinationrules", "list", "watch")
     + _calls(CONTROL_PLANE, ISTIO_NETWORKING, "gateways", "list", "watch")           # ingress Gateways

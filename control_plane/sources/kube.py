@@ -62,6 +62,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("AuthorizationPolicy", "security.istio.io", ("v1", "v1beta1"), "authorizationpolicies"),
     Resource("PeerAuthentication", "security.istio.io", ("v1", "v1beta1"), "peerauthentications"),
     Resource("TrafficSplit", "split.smi-spec.io", ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), "trafficsplits"),
+    # What ingress Gateways and their HTTPRoutes may name in other namespaces (TLS Secrets, backends).
+    Resource("ReferenceGrant", "gateway.networking.k8s.io", ("v1beta1",), "referencegrants"),   # as upstream serves it
 )
 
 
@@ -148,7 +150,9 @@ class KubeSource:
                     for o in cache.objects.values()]
         if not gateways:
             return frozenset()
-        return wanted_secrets(gateways, self.caches["Pod"].objects.values() if "Pod" in self.caches else ())
+        return wanted_secrets(gateways, self.caches["Pod"].objects.values() if "Pod" in self.caches else (),
+                              self.caches["ReferenceGrant"].objects.values() if "ReferenceGrant" in self.caches
+                              else ())
 
     async def _read_secrets(self, queue: asyncio.Queue, changed: asyncio.Event, had: frozenset) -> None:
         """Read the wanted Secrets: the newly wanted at once, all of them every `secret_interval`
@@ -178,7 +182,7 @@ class KubeSource:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         pending = set(self.watchers)
-        changed = asyncio.Event()      # a Gateway or Pod changed: the wanted Secrets may have
+        changed = asyncio.Event()      # a Gateway, Pod or ReferenceGrant changed: the wanted Secrets may have
 
         for name, watcher in self.watchers.items():
             def emit(record, stream=name) -> None:
@@ -195,7 +199,7 @@ class KubeSource:
                         yield event
                     continue
                 events = self._fold(stream, record)
-                if stream.startswith("Gateway") or stream == "Pod":
+                if stream.startswith("Gateway") or stream in ("Pod", "ReferenceGrant"):
                     changed.set()
                 for event in events:
                     if event.type == "BOOKMARK":

@@ -4,10 +4,10 @@ An ingress gateway's HTTPS servers name their certificates: Istio's
 `tls.credentialName` (looked up in the namespace of the gateway pods the
 Gateway selects, then in the Gateway's own, as the translator does) and a
 Gateway API Gateway of class `shoal`'s `tls.certificateRefs` (in the
-Gateway's namespace only: one in another namespace would need a
-ReferenceGrant, which shoal does not read, so the translator refuses it and
-it is not read here). `wanted_secrets` works out, from
-what the source has seen, which (namespace, name) pairs those are.
+Gateway's namespace, or in another namespace while a ReferenceGrant there
+allows the Gateway to name it: an ungranted one is not read at all, and is
+forgotten when its grant goes). `wanted_secrets` works out, from what the
+source has seen, which (namespace, name) pairs those are.
 
 Why `get` by name and not list/watch: RBAC cannot narrow a list or watch of
 Secrets to names nobody knows in advance, so watching them would let the
@@ -32,6 +32,8 @@ from shoal.contracts import INGRESS_CLASS
 from shoal.kube_client import KubeError, KubeForbidden, KubeNotFound, call, request
 from shoal.store import Event
 
+from control_plane.translate.reference_grants import grants_of, permits
+
 _log = log.get("shoal.control_plane.kube_secrets")
 
 ISTIO_GROUP = "networking.istio.io"
@@ -53,9 +55,11 @@ def _selects(selector: dict, pod: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def wanted_secrets(gateways: Iterable[dict], pods: Iterable[dict]) -> frozenset[SecretKey]:
-    """The Secrets the HTTPS servers of these Gateways (either dialect) may name, given the Pods seen."""
+def wanted_secrets(gateways: Iterable[dict], pods: Iterable[dict], grants: Iterable[dict] = ()) -> frozenset[SecretKey]:
+    """The Secrets the HTTPS servers of these Gateways (either dialect) may name, given the Pods and the
+    ReferenceGrants seen."""
     pods = list(pods)
+    allowed = grants_of(grants)
     out: set[SecretKey] = set()
     for gateway in gateways:
         spec = gateway.get("spec") if isinstance(gateway.get("spec"), dict) else {}
@@ -73,9 +77,10 @@ def wanted_secrets(gateways: Iterable[dict], pods: Iterable[dict]) -> frozenset[
                 tls = (listener or {}).get("tls") if isinstance(listener, dict) else None
                 for ref in (tls or {}).get("certificateRefs") or [] if isinstance(tls, dict) else []:
                     if (isinstance(ref, dict) and str(ref.get("kind") or "Secret") == "Secret"
-                            and str(ref.get("group") or "") in ("", "core") and ref.get("name")
-                            and ref.get("namespace") in (None, "", own)):   # another's: refused (no ReferenceGrant)
-                        out.add((own, str(ref["name"])))
+                            and str(ref.get("group") or "") in ("", "core") and ref.get("name")):
+                        where, name = str(ref.get("namespace") or own), str(ref["name"])
+                        if permits(allowed, "Gateway", own, "Secret", where, name):
+                            out.add((where, name))
     return frozenset(out)
 
 

@@ -5,7 +5,9 @@ Two dialects, one result:
   it in `gateways:`;
 - a Gateway API `Gateway` of class `shoal` (listeners HTTP and HTTPS, TLS
   from `certificateRefs`) and the HTTPRoutes whose `parentRefs` name it
-  (`sectionName` picks a listener, `port` a port). It is served by the
+  (`sectionName` picks a listener, `port` a port). A certificateRef or a
+  backendRef into another namespace holds only while a ReferenceGrant there
+  allows it (`reference_grants`). It is served by the
   mesh's ingress gateway pods (`shoal.contracts.INGRESS_GATEWAY_SELECTOR`),
   as Istio's manual deployment mode serves it by its ingress gateway.
 
@@ -36,11 +38,11 @@ from typing import Callable, Iterable, Mapping
 import base64
 import binascii
 
-from shoal.model import Labels, RouteTable, TlsCredential, freeze_labels
+from shoal.model import Destination, Labels, RouteTable, TlsCredential, freeze_labels
 
 from shoal.contracts import INGRESS_CLASS, INGRESS_GATEWAY_SELECTOR
 
-from control_plane.translate import gateway_api, istio_routing
+from control_plane.translate import gateway_api, istio_routing, reference_grants
 from control_plane.translate.candidates import Dialect, RouteCandidate
 from control_plane.translate.common import Checker, created_of, ref_of
 from control_plane.translate.precedence import SubsetSource, choose, route_table
@@ -159,12 +161,9 @@ def gateway_api_gateway(obj: dict, c: Checker) -> IstioGateway | None:
             if str(ref.get("kind") or "Secret") != "Secret" or str(ref.get("group") or "") not in ("", "core"):
                 c.error(f"{path}.tls.certificateRefs[0]", "must name a Secret (kind Secret, group \"\")")
             secret = c.string(ref.get("name"), f"{path}.tls.certificateRefs[0].name", required=bool(refs))
-            if ref.get("namespace") not in (None, "", namespace):
-                # Gateway API lets a Gateway use another namespace's Secret only with a ReferenceGrant there.
-                c.error(f"{path}.tls.certificateRefs[0].namespace",
-                        f"a Secret in another namespace ({ref.get('namespace')}) needs a ReferenceGrant, which shoal "
-                        f"does not read; keep the Secret in the Gateway's namespace ({namespace})")
-            credential = f"{namespace}/{secret}" if secret else ""
+            # Another namespace's Secret is served only while a ReferenceGrant there allows it (`credentials`).
+            where = c.string(ref.get("namespace"), f"{path}.tls.certificateRefs[0].namespace") or namespace
+            credential = f"{where}/{secret}" if secret else ""
         if port is not None and protocol in _PROTOCOLS:
             servers.append(Server(port, protocol, (hostname,), credential, name))
     if c.errors:
@@ -228,7 +227,38 @@ def _listener_hosts(server: Server, hostnames: list[str]) -> list[str]:
     return [h for h in hostnames if _admits(listener, "", "", h)]
 
 
-def _http_route_candidates(gateway: IstioGateway, objects: Iterable[dict]) -> list[RouteCandidate]:
+REFUSED_DOMAIN = "ref-not-permitted.invalid"   # RFC 2606: no Service or resolver answers for it
+
+
+def _service_of(host: str) -> tuple[str, str] | None:
+    """(namespace, name) of a Kubernetes Service host (name.namespace.svc.<domain>), else None."""
+    parts = host.split(".")
+    return (parts[1], parts[0]) if len(parts) > 3 and parts[2] == "svc" else None
+
+
+def _permitted_backends(routes: tuple, namespace: str, grants: tuple[reference_grants.Grant, ...],
+                        refused: Callable[[str], None]) -> tuple:
+    """The routes with each backend in another namespace that no ReferenceGrant there allows turned into one
+    nothing answers for (its share of requests fails, as the spec asks, instead of going to the others);
+    `refused(message)` for each."""
+    def check(destination: Destination) -> Destination:
+        service = _service_of(destination.host)
+        if service is None or reference_grants.permits(grants, "HTTPRoute", namespace, "Service", *service):
+            return destination
+        refused(f"backendRef to Service {service[0]}/{service[1]}: RefNotPermitted: no ReferenceGrant in "
+                f"{service[0]} allows HTTPRoutes of {namespace} to name it; its requests fail until one does")
+        return replace(destination, host=f"{service[1]}.{service[0]}.{REFUSED_DOMAIN}", subset=(), subset_name="")
+    out = []
+    for route in routes:
+        destinations = tuple(check(d) for d in route.destinations)
+        mirrors = tuple(replace(m, destination=check(m.destination)) for m in route.mirrors)
+        out.append(route if (destinations, mirrors) == (route.destinations, route.mirrors)
+                   else replace(route, destinations=destinations, mirrors=mirrors))
+    return tuple(out)
+
+
+def _http_route_candidates(gateway: IstioGateway, objects: Iterable[dict],
+                           grants: tuple[reference_grants.Grant, ...] = (), warn=None) -> list[RouteCandidate]:
     out = []
     for route in objects:
         if route.get("kind") != "HTTPRoute":
@@ -242,6 +272,9 @@ def _http_route_candidates(gateway: IstioGateway, objects: Iterable[dict]) -> li
         rules = [gateway_api._rule(c, c.mapping(r, f"spec.rules[{i}]"), f"spec.rules[{i}]", namespace)
                  for i, r in enumerate(c.sequence(spec.get("rules"), "spec.rules"))]
         routes, order = gateway_api.ordered_routes(rules)
+        origin = ref_of(route)
+        routes = _permitted_backends(routes, namespace, grants,
+                                     lambda message: warn(origin, message) if warn is not None else None)
         hostnames = [str(h).lower() for h in spec.get("hostnames") or []]
         for i, ref in enumerate(parents):
             for server in gateway.servers:
@@ -272,10 +305,12 @@ def tls_secret(secret: dict) -> tuple[bytes, bytes] | None:
 
 
 def credentials(gateways: Iterable[IstioGateway], identities: Callable[[IstioGateway], set[tuple[str, str]]],
-                secrets: Mapping[tuple[str, str], dict], warn) -> dict[str, TlsCredential]:
+                secrets: Mapping[tuple[str, str], dict], warn,
+                grants: tuple[reference_grants.Grant, ...] = ()) -> dict[str, TlsCredential]:
     """The TLS credential of every HTTPS server, for each gateway identity it selects. The Secret is looked up
     in the gateway pods' namespace (Istio's rule), then in the Gateway's; `warn(gateway, message)` when none
-    holds a tls.crt and tls.key."""
+    holds a tls.crt and tls.key. A Gateway API listener's Secret in another namespace is served only while a
+    ReferenceGrant there allows it (`grants`); without one the listener has no certificate (RefNotPermitted)."""
     out = {}
     for gateway in gateways:
         for server in gateway.servers:
@@ -283,6 +318,12 @@ def credentials(gateways: Iterable[IstioGateway], identities: Callable[[IstioGat
                 continue
             where, name = server.credential.split("/", 1)
             hosts = tuple(h.rpartition("/")[2] for h in server.hosts)
+            if gateway.api == GATEWAY_API and not reference_grants.permits(grants, "Gateway", gateway.namespace,
+                                                                           "Secret", where, name):
+                warn(gateway, f"listener {server.name or server.port}: certificateRefs: RefNotPermitted: Secret "
+                              f"{where}/{name} is in another namespace and no ReferenceGrant in {where} allows "
+                              f"Gateways of {gateway.namespace} to use it; the listener is not served")
+                continue
             for namespace, account in sorted(identities(gateway)):
                 # Istio's credentialName: the gateway pods' namespace (then the Gateway's); certificateRefs: as named.
                 places = (namespace, gateway.namespace) if gateway.api == ISTIO else (where,)
@@ -300,12 +341,14 @@ def credentials(gateways: Iterable[IstioGateway], identities: Callable[[IstioGat
 
 def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
            identities: Callable[[IstioGateway], set[tuple[str, str]]], rules: Mapping[str, list[SubsetSource]],
-           warn, certified: Mapping[str, TlsCredential] | None = None) -> dict[str, RouteTable]:
+           warn, certified: Mapping[str, TlsCredential] | None = None,
+           grants: tuple[reference_grants.Grant, ...] = (), warn_route=None) -> dict[str, RouteTable]:
     """Every ingress RouteTable by key. `identities(gateway)`: (namespace, service account) of the pods it
     selects; `warn(candidate, message)` as for the mesh's tables. With `certified` (the credentials
     `credentials` found), a gateway port that an HTTPS server declares but no certificate serves gets no
     tables: the gateway opens listeners for the ports its tables name, and one without a certificate must
-    not be opened as plain HTTP (fail closed)."""
+    not be opened as plain HTTP (fail closed). An HTTPRoute's backend in another namespace needs a
+    ReferenceGrant there (`grants`); `warn_route(origin, message)` names each one refused."""
     gateways = list(gateways)
     virtual_services = list(virtual_services)
     by_identity: dict[tuple[str, str], list[RouteCandidate]] = {}
@@ -332,7 +375,7 @@ def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
                         by_identity.setdefault(identity, []).append(candidate)
     for gateway in gateways:
         if gateway.api == GATEWAY_API:
-            for candidate in _http_route_candidates(gateway, virtual_services):
+            for candidate in _http_route_candidates(gateway, virtual_services, grants, warn_route):
                 for identity in identities(gateway):
                     by_identity.setdefault(identity, []).append(candidate)
     uncertified: set[tuple[str, int]] = set()

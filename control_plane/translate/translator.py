@@ -44,7 +44,7 @@ from typing import Any
 from shoal.model import ResourceType, Service, Snapshot, Waypoint, freeze_labels, selector_matches
 from shoal.model.snapshot import Delta
 
-from control_plane.translate import core, ingress, service_entry
+from control_plane.translate import core, ingress, reference_grants, service_entry
 from control_plane.translate.candidates import RouteCandidate
 from control_plane.translate.common import (
     CLUSTER_DOMAIN,
@@ -108,6 +108,7 @@ class Translator:
         self._entry_output: dict[ResourceType, set[str]] = {ResourceType.SERVICE: set(), ResourceType.WORKLOAD: set()}
         self._entry_warnings: dict[ObjectKey, tuple[str, ...]] = {}
         self._secrets: dict[tuple[str, str], dict] = {}   # (ns, name) -> a TLS Secret, kept out of _objects
+        self._grants: dict[tuple[str, str], reference_grants.Grant] = {}   # (ns, name) -> a ReferenceGrant's
         self._gateway_warnings: dict[ObjectKey, tuple[str, ...]] = {}
         self.resource_version = ""
 
@@ -155,9 +156,25 @@ class Translator:
             return
         self._routes_dirty = self._routes_dirty or self._has_istio_gateways()
 
+    def _grant(self, obj: dict, present: bool) -> None:
+        """ReferenceGrants matter to ingress Gateways' cross-namespace refs only; kept out of _objects."""
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        grant = reference_grants.grant_of(obj) if present else None
+        if self._grants.get(key) == grant:
+            return
+        if grant is None:
+            self._grants.pop(key, None)
+        else:
+            self._grants[key] = grant
+        self._routes_dirty = self._routes_dirty or self._has_istio_gateways()
+
     def _upsert(self, obj: dict) -> None:
         if obj.get("kind") == "Secret":
             self._secret(obj, True)
+            return
+        if reference_grants.is_reference_grant(obj):
+            self._grant(obj, True)
             return
         if not self._tracked(obj):
             return
@@ -170,6 +187,9 @@ class Translator:
     def _remove(self, obj: dict) -> None:
         if obj.get("kind") == "Secret":
             self._secret(obj, False)
+            return
+        if reference_grants.is_reference_grant(obj):
+            self._grant(obj, False)
             return
         if not self._tracked(obj):
             return
@@ -464,8 +484,15 @@ class Translator:
         credentials = {}
         if gateways:
             bound = [self._objects[key] for key in self._parsed if key[0] in ("VirtualService", "HTTPRoute")]
-            credentials = ingress.credentials(gateways, self._gateway_identities, self._secrets, warn_gateway)
-            tables.update(ingress.tables(gateways, bound, self._gateway_identities, rules, warn, credentials))
+            grants = tuple(self._grants.values())
+
+            def warn_route(origin: str, message: str) -> None:
+                key = by_origin.get(origin)
+                if key is not None and f"{origin}: {message}" not in warnings[key]:
+                    warnings[key].append(f"{origin}: {message}")
+            credentials = ingress.credentials(gateways, self._gateway_identities, self._secrets, warn_gateway, grants)
+            tables.update(ingress.tables(gateways, bound, self._gateway_identities, rules, warn, credentials,
+                                         grants, warn_route))
         for key in set(self._out[ResourceType.TLS_CREDENTIAL]) - set(credentials):
             publish(ResourceType.TLS_CREDENTIAL, key, None)
         for key, credential in credentials.items():

@@ -199,6 +199,45 @@ def test_wanted_secrets_follow_the_selected_pods_and_the_class():
     assert wanted_secrets([istio_gateway()], pods) == frozenset()
 
 
+def reference_grant(namespace, from_namespace, secret=None):
+    return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": f"from-{from_namespace}", "namespace": namespace},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": from_namespace}],
+                     "to": [{"group": "", "kind": "Secret", **({"name": secret} if secret else {})}]}}
+
+
+def test_wanted_secrets_in_another_namespace_are_exactly_the_granted_ones():
+    gateways = [api_gateway("x", "apps", cert={"name": "e", "namespace": "certs"}),
+                api_gateway("y", "apps", cert={"name": "f", "namespace": "certs"})]
+    assert wanted_secrets(gateways, [], [reference_grant("certs", "apps", "e")]) == {("certs", "e")}
+    assert wanted_secrets(gateways, [], [reference_grant("certs", "apps")]) == {("certs", "e"), ("certs", "f")}
+    assert wanted_secrets(gateways, [], [reference_grant("certs", "other"), reference_grant("apps", "apps")]) == set()
+
+
+def test_a_granted_secret_in_another_namespace_is_read_and_forgotten_when_the_grant_goes():
+    async def main():
+        with KubeApiServer() as api:
+            api.add(gateway_pod())
+            api.add(tls_secret("e", "certs"))
+            api.add(tls_secret("f", "certs"))
+            api.add(api_gateway("x", "apps", cert={"name": "e", "namespace": "certs"}))
+            async with Run(api, secret_interval=0.2) as run:
+                await asyncio.sleep(0.5)          # a few polls: an ungranted Secret is never asked for
+                assert not [r for r in secret_requests(api) if "/namespaces/certs/" in r[1]]
+                grant = api.add(reference_grant("certs", "apps", "e"))
+                await run.until(lambda: ("ADDED", "certs", "e") in run.secrets())
+                assert ("ADDED", "gateway.networking.k8s.io/v1beta1", "ReferenceGrant", "certs", "from-apps") \
+                    in run.seen()
+                api.delete("ReferenceGrant", "certs", grant["metadata"]["name"])
+                await run.until(lambda: ("DELETED", "certs", "e") in run.secrets())
+                asked = len(secret_requests(api))
+                await asyncio.sleep(0.5)
+                assert len(secret_requests(api)) == asked, "a Secret whose grant went is still read"
+                assert not [r for r in secret_requests(api) if r[1].endswith("/secrets/f") or "watch" in r[2]
+                            or not r[1].rsplit("/", 1)[1]]
+    asyncio.run(main())
+
+
 @pytest.fixture
 def api():
     with KubeApiServer() as server:

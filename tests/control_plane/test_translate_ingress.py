@@ -245,8 +245,6 @@ def test_section_name_picks_one_listener():
     ({"name": "x", "port": 443, "protocol": "HTTPS"}, "tls: is required"),
     ({"name": "x", "port": 443, "protocol": "HTTPS", "tls": {"mode": "Passthrough", "certificateRefs": [{"name": "c"}]}},
      "Passthrough is not supported"),
-    ({"name": "x", "port": 443, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "c", "namespace": "certs"}]}},
-     "needs a ReferenceGrant"),
 ])
 def test_bad_listeners_are_refused(listener, message):
     obj = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": "x"},

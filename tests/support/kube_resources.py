@@ -92,6 +92,7 @@ MESH_CRDS: tuple[ResourceType, ...] = (
     _t("gateway.networking.k8s.io", ["v1", "v1beta1"], "gatewayclasses", "GatewayClass", namespaced=False,
        status=True),
     _t("gateway.networking.k8s.io", ["v1", "v1beta1"], "httproutes", "HTTPRoute", status=True),
+    _t("gateway.networking.k8s.io", ["v1beta1"], "referencegrants", "ReferenceGrant"),   # no status subresource
     _t("networking.istio.io", ["v1", "v1beta1", "v1alpha3"], "virtualservices", "VirtualService", status=True),
     _t("networking.istio.io", ["v1", "v1beta1", "v1alpha3"], "destinationrules", "DestinationRule", status=True),
     # After Gateway API's Gateway: type_for("Gateway") with no apiVersion stays Gateway API's.

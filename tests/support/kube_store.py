@@ -69,7 +69,9 @@ class Store:
         self.types: dict[tuple[str, str], ResourceType] = {(t.group, t.plural): t for t in BUILTIN + MESH_CRDS}
         crd_groups = {t.group for t in MESH_CRDS}
         if served is None:
-            served = {t.group: set(t.versions) for t in MESH_CRDS}
+            served = {}
+            for t in MESH_CRDS:       # a group serves every version any of its kinds is served in
+                served.setdefault(t.group, set()).update(t.versions)
         # group -> the versions served. Built-in groups are always served; CRD groups as given.
         self.served: dict[str, set[str]] = {g: set(v) for g, v in served.items()}
         for t in BUILTIN:
