@@ -72,73 +72,100 @@ def _jump_line(chain: str, builtin: str) -> str:
 
 class Tables:
     """Shoal's chains in one backend, written as `iptables-<backend>-restore --noflush` scripts in the
-    netns (None: this one) and compared as `iptables-<backend>-save` prints them."""
+    netns (None: this one) and compared as `iptables-<backend>-save` prints them.
+
+    Each call reads the family's tables once (one -save) and writes at most once (one -restore, one
+    block per table, each atomic for the kernel)."""
 
     def __init__(self, backend: str) -> None:
         self.name = backend
 
-    def _saved(self, netns: str | None, table: str, ipv6: bool) -> list[str]:
-        return _run(netns, [tool("save", ipv6, self.name), "-t", table]).splitlines()
+    def _state(self, netns: str | None, ipv6: bool) -> dict[str, list[str]]:
+        """{table: its lines}, from one -save of every table of the family."""
+        state: dict[str, list[str]] = {}
+        lines = None
+        for line in _run(netns, [tool("save", ipv6, self.name)]).splitlines():
+            if line.startswith("*"):
+                lines = state.setdefault(line[1:], [])
+            elif lines is not None and not line.startswith("#") and line != "COMMIT":
+                lines.append(line)
+        return state
 
-    def _restore(self, netns: str | None, lines: list[str], ipv6: bool) -> None:
+    def _restore(self, netns: str | None, blocks: dict[str, list[str]], ipv6: bool) -> None:
+        script = [line for table, lines in blocks.items() if lines for line in (f"*{table}", *lines, "COMMIT")]
+        if not script:
+            return
         wait = ["-w"] if self.name == "legacy" else []  # the legacy tables' lock, as other writers take it
-        _run(netns, [tool("restore", ipv6, self.name), *wait, "--noflush"], "\n".join([*lines, "COMMIT", ""]))
+        _run(netns, [tool("restore", ipv6, self.name), *wait, "--noflush"], "\n".join([*script, ""]))
 
     def ensure(self, netns: str | None, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool,
-               first: tuple[str, ...] = ()) -> None:
+               first: tuple[str, ...] = (), stale: dict[str, tuple] | None = None) -> None:
         """Each chain holds exactly its rules and is jumped to once from its built-in chain (first, for a
-        chain named in `first`); one script per table, so the kernel takes each table's change at once."""
+        chain named in `first`); then the `stale` chains are dropped (new rules in before old ones out)."""
+        state = self._state(netns, ipv6)
+        blocks: dict[str, list[str]] = {}
         for table, pairs in chains.items():
-            saved = self._saved(netns, table, ipv6)
-            script = [f"*{table}"]
-            script += [f":{chain} - [0:0]" for chain, _ in pairs]  # made, or emptied (--noflush)
+            saved = state.get(table, [])
             for chain, builtin in pairs:
+                # Refilled even when it reads the same: the kernel binds `-m cgroup --path` to the cgroup
+                # that has the path when the rule is written, and a cgroup made again under it is new.
+                lines = blocks.setdefault(table, [])
+                lines.append(f":{chain} - [0:0]")  # made, or emptied (--noflush)
                 jumps = _jumps(saved, chain, builtin)
                 if chain in first and not _jumped_first(saved, chain, builtin):
-                    script += [f"-D {builtin} -j {chain}"] * jumps
+                    lines += [f"-D {builtin} -j {chain}"] * jumps
                     jumps = 0
-                script += [f"-D {builtin} -j {chain}"] * max(0, jumps - 1)
+                lines += [f"-D {builtin} -j {chain}"] * max(0, jumps - 1)
                 if jumps == 0:
-                    script.append(f"-I {builtin} 1 -j {chain}")
-                script += [f"-A {chain} {netfilter.rule_text(**spec)}" for spec in specs[chain]]
-            self._restore(netns, script, ipv6)
+                    lines.append(f"-I {builtin} 1 -j {chain}")
+                lines += [f"-A {chain} {netfilter.rule_text(**spec)}" for spec in specs[chain]]
+        self._restore(netns, _merged(blocks, _drops(state, stale or {})), ipv6)
 
     def drop(self, netns: str | None, chains: dict[str, tuple], *, ipv6: bool) -> None:
-        for table, pairs in chains.items():
-            saved = self._saved(netns, table, ipv6)
-            script = [f"*{table}"]
-            for chain, builtin in pairs:
-                if not any(line.startswith(f":{chain} ") for line in saved):
-                    continue
-                script += [f"-D {builtin} -j {chain}"] * _jumps(saved, chain, builtin)
-                script += [f"-F {chain}", f"-X {chain}"]
-            if len(script) > 1:
-                self._restore(netns, script, ipv6)
+        state = self._state(netns, ipv6)
+        self._restore(netns, _drops(state, chains), ipv6)
 
     def holds(self, netns: str | None, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool,
-              first: tuple[str, ...] = ()) -> bool:
-        """Are the chains exactly these rules, each jumped to once (an older agent's rules do not count)?"""
-        for table, pairs in chains.items():
-            saved = self._saved(netns, table, ipv6)
-            for chain, builtin in pairs:
-                if not any(line.startswith(f":{chain} ") for line in saved):
-                    return False
-                if _rules_of(saved, chain) != [netfilter.rule_text(**spec) for spec in specs[chain]]:
-                    return False
-                if _jumps(saved, chain, builtin) != 1:
-                    return False
-                if chain in first and not _jumped_first(saved, chain, builtin):
-                    return False
-        return True
+              first: tuple[str, ...] = (), absent: dict[str, tuple] | None = None) -> bool:
+        """Are the chains exactly these rules, each jumped to once (an older agent's rules do not count),
+        and none of the `absent` chains there?"""
+        state = self._state(netns, ipv6)
+        return (all(_holds(state.get(table, []), chain, builtin, specs[chain], chain in first)
+                    for table, pairs in chains.items() for chain, builtin in pairs)
+                and not _drops(state, absent or {}))
 
     def present(self, netns: str | None, chains: dict[str, tuple], *, ipv6: bool) -> bool:
         """Is any of these chains there?"""
-        return any(any(line.startswith(f":{chain} ") for line in self._saved(netns, table, ipv6))
-                   for table, pairs in chains.items() for chain, _ in pairs)
+        return bool(_drops(self._state(netns, ipv6), chains))
 
     def rules(self, netns: str | None, table: str, chain: str, *, ipv6: bool) -> list[str]:
         """The chain's rules as iptables-save prints them (after `-A CHAIN `)."""
-        return _rules_of(self._saved(netns, table, ipv6), chain)
+        return _rules_of(self._state(netns, ipv6).get(table, []), chain)
+
+
+def _holds(saved: list[str], chain: str, builtin: str, specs: list[dict], first: bool) -> bool:
+    return any(line.startswith(f":{chain} ") for line in saved) \
+        and _rules_of(saved, chain) == [netfilter.rule_text(**spec) for spec in specs] \
+        and _jumps(saved, chain, builtin) == 1 and (not first or _jumped_first(saved, chain, builtin))
+
+
+def _drops(state: dict[str, list[str]], chains: dict[str, tuple]) -> dict[str, list[str]]:
+    """{table: the lines that take these chains out}, for those that are there."""
+    blocks: dict[str, list[str]] = {}
+    for table, pairs in chains.items():
+        saved = state.get(table, [])
+        for chain, builtin in pairs:
+            if any(line.startswith(f":{chain} ") for line in saved):
+                blocks.setdefault(table, []).extend(
+                    [*[f"-D {builtin} -j {chain}"] * _jumps(saved, chain, builtin), f"-F {chain}", f"-X {chain}"])
+    return blocks
+
+
+def _merged(first: dict[str, list[str]], then: dict[str, list[str]]) -> dict[str, list[str]]:
+    out = {table: list(lines) for table, lines in first.items()}
+    for table, lines in then.items():
+        out.setdefault(table, []).extend(lines)
+    return out
 
 
 def writer(backend: str) -> Tables:

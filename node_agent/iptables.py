@@ -178,6 +178,15 @@ def _all_families() -> list[bool]:
     return [True, False] if kernel_has_ipv6() else [False]
 
 
+def _joined(*groups: dict[str, tuple]) -> dict[str, tuple]:
+    """Chain groups as one {table: pairs} (one -save and one -restore for all of them)."""
+    out: dict[str, tuple] = {}
+    for group in groups:
+        for table, pairs in group.items():
+            out[table] = out.get(table, ()) + tuple(pairs)
+    return out
+
+
 class IptablesRedirector:
     """The rules, written with the node's iptables backend (backend.py, legacy or nft).
     `backend="auto"` detects it when loaded."""
@@ -212,31 +221,26 @@ class IptablesRedirector:
         tables = backend.writer(other)
         for ipv6 in _all_families():
             try:
-                for chains in (CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS):
-                    tables.drop(pod.netns, chains, ipv6=ipv6)
+                tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS), ipv6=ipv6)
             except (RedirectError, PrerequisiteMissing):
                 pass  # no tables of that backend here: nothing of them to remove
 
     def install(self, pod: PodTarget) -> None:
         tables = self.tables
         for family in family_rules(pod):
-            tables.ensure(pod.netns, family.chains, family.specs, ipv6=family.ipv6)
-            tables.drop(pod.netns, family.stale, ipv6=family.ipv6)
+            tables.ensure(pod.netns, family.chains, family.specs, ipv6=family.ipv6, stale=family.stale)
 
     def remove(self, pod: PodTarget) -> None:
         if not os.path.exists(pod.netns):
             return  # the rules went with the netns
         from node_agent import backend
         self.drop_backend(pod, backend.other(self.backend))
-        tables = self.tables
         for ipv6 in _all_families():
-            for chains in (CAPTURE_CHAINS, REFUSE_CHAINS):
-                tables.drop(pod.netns, chains, ipv6=ipv6)
+            self.tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS), ipv6=ipv6)
 
     def installed(self, pod: PodTarget) -> bool:
         tables = self.tables
-        return all(tables.holds(pod.netns, family.chains, family.specs, ipv6=family.ipv6)
-                   and not tables.present(pod.netns, family.stale, ipv6=family.ipv6)
+        return all(tables.holds(pod.netns, family.chains, family.specs, ipv6=family.ipv6, absent=family.stale)
                    for family in family_rules(pod))
 
     # The eBPF mode's extras do not apply here: REDIRECT needs no listener hand-over.
