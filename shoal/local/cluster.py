@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from shoal import log, netns
-from shoal.local import components, network, runtime_containerd
+from shoal.local import components, containerd_down, network, runtime_containerd
 from shoal.local.errors import ClusterError
 from shoal.local.kubelet import cgroup_pids, remove_cgroup, remove_etc_netns
 from shoal.local.layout import (IP_FAMILIES, IPV6, MAX_NODES, Layout, families, node_ips, node_name, pod_cidr,
@@ -295,4 +295,5 @@ def leftovers(layout: Layout) -> list[str]:
     pins = layout.bpf_pins()
     if pins:
         left.append(f"pinned eBPF objects {', '.join(map(str, pins))}")
+    left += containerd_down.leftovers(layout)  # --runtime containerd: its processes, mounts, v1 cgroups
     return left

@@ -18,7 +18,7 @@ from typing import Callable
 from shoal.contracts import (CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, INGRESS_METRICS_PORT,
                              INGRESS_READINESS_PORT, METRICS_PORT, NODE_AGENT_PORT, READINESS_PORT)
 from shoal.local import ingress_gateway as ingress
-from shoal.local import runtime_containerd
+from shoal.local import containerd_down, runtime_containerd
 from shoal.local.errors import ClusterError
 from shoal.local.layout import BPFFS, Layout, node_ip, node_name
 from shoal.observe.targets import scrape_annotations
@@ -145,7 +145,7 @@ def _kill_cgroup(cgroup) -> None:
 
 COMPONENTS.append(node_agent)
 CLEANUPS.append(node_agent_cleanup)
-CLEANUPS.append(runtime_containerd.cleanup)  # after the agents: their shoal-cni is in its CNI dirs
+CLEANUPS.append(containerd_down.cleanup)  # after the agents: their shoal-cni is in its CNI dirs
 
 
 # A draining ztunnel lets open connections run this long; the kubelet's grace period is longer, so

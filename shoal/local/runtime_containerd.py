@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 CRI_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin works in
 SHIM_STATE = Path("/run/containerd")  # containerd 1.6's shims put their sockets in /run/containerd/s
 CNI_CACHE = Path("/var/lib/cni")      # libcni's result cache (not configurable through containerd 1.6)
-CGROUP_V1 = Path("/sys/fs/cgroup")
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_SCRIPT = REPO / "scripts" / "image" / "local-images.sh"
 IMAGES_DIR = REPO / "build" / "local-images"
@@ -51,7 +49,6 @@ DISABLED_PLUGINS = ("io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
                     "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing")
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
 STORE_SIZE = "8g"  # an upper bound only: tmpfs takes memory as it is written
 
 
@@ -99,7 +96,7 @@ def store_dir(layout: Layout) -> Path:
 def ensure_store(layout: Layout) -> None:
     path = store_dir(layout)
     path.mkdir(parents=True, exist_ok=True)
-    if str(path) not in _mounts_under(layout.run_dir):
+    if str(path) not in mounts_under(layout.run_dir):
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={STORE_SIZE}", "shoal-containerd",
                                  str(path)], capture_output=True, text=True)
         if result.returncode != 0:
@@ -317,123 +314,8 @@ def node_agent_args(layout: Layout, node: int) -> list[str]:
             "--cri-socket", str(paths.socket)]
 
 
-# -- down -------------------------------------------------------------------------------------------
-
-def cleanup(layout: Layout) -> None:
-    """Removes every node's containerd and what it made: the containers' processes, containerd and its shims,
-    its mounts (overlay rootfs, netns pins), the v1 cgroups runc made, libcni's cache entries of the cluster's
-    networks, and /run/containerd and /var/lib/cni when this cluster made them and they are empty. The daemon
-    has removed the pods through CRI when it stopped; after a crash everything is found by path instead."""
-    failures = []
-    nodes = sorted(int(p.parent.name[4:]) for p in layout.run_dir.glob("node*/containerd")
-                   if p.parent.name[4:].isdigit())
-    if not nodes:
-        return  # a netns cluster: nothing of containerd's
-    # The pods' processes first (their sandboxes' network goes with the node's netns, their IPAM state with
-    # the run directory), then containerd and its shims, which then have nothing left to wait for.
-    _kill_tree(layout.cgroup_dir / "kubepods")
-    for node in nodes:
-        paths = NodePaths.of(layout, node)
-        pid = containerd_pid(paths)
-        if pid is not None:
-            _stop(pid)
-        for shim in _processes_naming(str(paths.socket)):
-            _stop(shim, grace=0)
-    for node in nodes:
-        _kill_tree(layout.cgroup_dir / f"containerd-node{node}")
-    for mount_point in sorted(_mounts_under(layout.run_dir), key=len, reverse=True):
-        result = subprocess.run(["umount", mount_point], capture_output=True, text=True)
-        if result.returncode != 0:
-            result = subprocess.run(["umount", "--lazy", mount_point], capture_output=True, text=True)
-        if result.returncode != 0:
-            failures.append(f"unmounting {mount_point}: {result.stderr.strip()}")
-    relative = layout.cgroup_dir.relative_to(CGROUP_ROOT)
-    for controller in _v1_controllers():
-        _remove_empty_tree(controller / relative)
-        _remove_empty_tree(controller / relative.parent, only_if_empty=True)
-    for node in nodes:
-        for entry in (CNI_CACHE / "results").glob(f"{NodePaths.of(layout, node).network}-*"):
-            entry.unlink(missing_ok=True)
-    record = layout.run_dir / "containerd-outside.json"
-    if record.exists():
-        existed = json.loads(record.read_text())
-        for path in (SHIM_STATE, CNI_CACHE):
-            if not existed.get(str(path), True):
-                _remove_empty_tree(path)
-    if failures:
-        raise ClusterError("; ".join(failures))
-
-
-def leftovers(layout: Layout) -> list[str]:
-    """What of the cluster's containerds is still there: processes naming its run directory, mounts under it."""
-    left = [f"process {pid}" for pid in _processes_naming(str(layout.run_dir))]
-    left += [f"mount {m}" for m in _mounts_under(layout.run_dir)]
-    relative = layout.cgroup_dir.relative_to(CGROUP_ROOT)
-    left += [f"cgroup {c / relative}" for c in _v1_controllers() if (c / relative).exists()]
-    return left
-
-
-def _stop(pid: int, grace: float = STOP_TIMEOUT) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM if grace else signal.SIGKILL)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _processes_naming(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if text.encode() in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def _mounts_under(top: Path) -> list[str]:
+def mounts_under(top: Path) -> list[str]:
+    """The mount points below `top` (this process's view, the host's mount namespace)."""
     prefix = str(top) + "/"
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
             if line.split()[4].startswith(prefix)]
-
-
-def _kill_tree(cgroup: Path) -> None:
-    """Kills every process in a v2 cgroup tree (cgroup.kill), and waits until it is empty."""
-    if not (cgroup / "cgroup.kill").exists():
-        return
-    (cgroup / "cgroup.kill").write_text("1")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-            (p / "cgroup.procs").read_text().strip() for p in [cgroup, *cgroup.rglob("*")] if p.is_dir()):
-        time.sleep(0.05)
-
-
-def _v1_controllers() -> list[Path]:
-    """The cgroup v1 hierarchies of a hybrid host, where runc (cgroupfs driver) also places containers."""
-    if not CGROUP_V1.is_dir():
-        return []
-    return [p for p in CGROUP_V1.iterdir() if p.is_dir() and not p.is_symlink() and p != CGROUP_ROOT
-            and (p / "cgroup.procs").exists() and not (p / "cgroup.controllers").exists()]
-
-
-def _remove_empty_tree(top: Path, only_if_empty: bool = False) -> None:
-    """Removes `top` and the directories below it that are empty (a cgroup still holding a process stays)."""
-    if not top.is_dir():
-        return
-    if not only_if_empty:
-        for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
-    try:
-        top.rmdir()
-    except OSError:
-        pass

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from shoal.contracts import METRICS_PORT
-from shoal.local import observe, runtime_containerd
+from shoal.local import containerd_down, observe, runtime_containerd
 
 from support import metrics
 from support.cluster import LocalCluster, unique_name
@@ -285,7 +285,7 @@ def test_after_the_daemon_was_killed_up_starts_the_pods_over_and_down_leaves_not
     assert not Path(old_sandbox).exists(), "the sandbox the killed daemon left is gone"
     kill_daemon(layout)
     cluster("down")
-    assert runtime_containerd.leftovers(layout) == []
+    assert containerd_down.leftovers(layout) == []
     assert IP_FORWARD.read_text() == cluster.forward_before
     assert not layout.run_dir.exists() and not layout.cgroup_dir.exists()
     assert [n for n in os.listdir("/run/netns") if n.startswith(layout.prefix)] == [] \
