@@ -310,9 +310,12 @@ class LocalWaypointController:
             return Observed(ready, (service.get("spec") or {}).get("clusterIP") or None)
         now = store_module.now_rfc3339()
         updates = status_updates(gateways, existing, self.build, observe, now)
+        from control_plane.ingress_listeners import listener_statuses   # it builds on this module
+        grants, routes = self.store.list("ReferenceGrant")[0], self.store.list("HTTPRoute")[0]
         for gateway in gateways:
             if (gateway.get("spec") or {}).get("gatewayClassName") == INGRESS_CLASS:
                 status = ingress_status(gateway, self._observe_ingress(pods), now)
+                status["listeners"] = listener_statuses(gateway, grants, routes, now)
                 if status != (gateway.get("status") or {}):
                     updates.append((gateway, status))
         for gateway, status in updates:
@@ -338,7 +341,8 @@ class LocalWaypointController:
         return Observed(ready, address)
 
     async def run(self, poll: float = 0.2) -> None:
-        kinds = ("Gateway", "GatewayClass", "Pod", *KINDS)   # Pods: a waypoint's readiness is its Programmed
+        # Pods: a waypoint's readiness is its Programmed; ReferenceGrants and HTTPRoutes: ingress listeners' status
+        kinds = ("Gateway", "GatewayClass", "Pod", "ReferenceGrant", "HTTPRoute", *KINDS)
         while True:
             try:
                 rv = await asyncio.to_thread(self.reconcile)

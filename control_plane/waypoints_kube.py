@@ -19,7 +19,9 @@ changed (`control_plane.waypoints.gateway_status`). A Gateway of class
 daemonset/ingress-gateway.yaml) gets Accepted, Programmed once a pod
 labelled `istio: ingressgateway` is ready (Pending before), and the address
 its LoadBalancer Service (labelled the same) shows
-(`control_plane.waypoints.ingress_status`). Every object it makes is
+(`control_plane.waypoints.ingress_status`), and each listener's status
+(`control_plane.ingress_listeners`: attached HTTPRoutes, ResolvedRefs False
+with RefNotPermitted while its certificate's namespace grants it nothing). Every object it makes is
 owned by its Gateway (ownerReferences; the namespace's root-cert ConfigMap by
 all of the namespace's waypoint Gateways), so the garbage collector removes
 them with it. An object of the same name that it does not manage is left
@@ -44,6 +46,7 @@ from shoal.kube_client import KubeConflict, KubeError, KubeNotFound, call
 from shoal.store import now_rfc3339
 
 from control_plane.authn import TOKEN_AUDIENCE
+from control_plane.ingress_listeners import listener_statuses
 from control_plane.waypoints import (
     GATEWAY_NAME, MANAGED_BY, MANAGER, Observed, _key, blocked, desired, gatewayclass_status, ingress_status, managed,
     owner_reference, plan, pod_ready, status_updates,
@@ -130,7 +133,7 @@ class KubeWaypointController:
         items = listing.get("items") or []
         for item in items:
             item.setdefault("apiVersion", f"{GATEWAY_GROUP}/{version}")
-            item.setdefault("kind", "Gateway" if plural == "gateways" else "GatewayClass")
+            item.setdefault("kind", {"gateways": "Gateway", "httproutes": "HTTPRoute"}.get(plural, "GatewayClass"))
         return items
 
     def _gateways(self) -> list[dict]:
@@ -226,8 +229,10 @@ class KubeWaypointController:
         ingress = [g for g in gateways if (g.get("spec") or {}).get("gatewayClassName") == INGRESS_CLASS]
         if ingress:
             observed = self._observe_ingress()
+            grants, routes = self._grants(), self._list_gateway_api("httproutes", version)
             for gateway in ingress:
                 status = ingress_status(gateway, observed, now)
+                status["listeners"] = listener_statuses(gateway, grants, routes, now)
                 if status != (gateway.get("status") or {}):
                     updates.append((gateway, status))
         for gateway, status in updates:
@@ -253,6 +258,19 @@ class KubeWaypointController:
                 GATEWAY_GROUP, version, "gatewayclasses", name, {"status": status}),
                 f"writing the status of GatewayClass {name}")
             self.writes += 1
+
+    def _grants(self) -> list[dict]:
+        """The ReferenceGrants (v1beta1, as upstream serves them); none when their CRD is not installed."""
+        try:
+            listing = call(lambda: self.custom.list_cluster_custom_object(GATEWAY_GROUP, "v1beta1", "referencegrants"),
+                           f"listing referencegrants.{GATEWAY_GROUP}/v1beta1")
+        except KubeNotFound:
+            return []
+        items = listing.get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", f"{GATEWAY_GROUP}/v1beta1")
+            item.setdefault("kind", "ReferenceGrant")
+        return items
 
     def _observe_ingress(self) -> Observed:
         """Is a pod labelled as the ingress gateway ready, and what address does its LoadBalancer Service show
