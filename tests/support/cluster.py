@@ -115,12 +115,14 @@ def running_cluster(prefix: str, nodes: int = 2, redirect: str = "iptables",
         cluster.down()
 
 
+Each = TypeVar("Each")
 Outcome = TypeVar("Outcome")
 
 
-def in_each(clusters: dict[str, Cluster], step: Callable[[Cluster], Outcome]) -> dict[str, Outcome]:
+def in_each(clusters: dict[str, Each], step: Callable[[Each], Outcome]) -> dict[str, Outcome]:
     """`step(cluster)` in every cluster at once, a thread each; what each returned, by key. If the step failed
-    in any of them, once all are done, an AssertionError naming the key of each failure, with its traceback."""
+    in any of them, once all are done, an AssertionError naming the key of each failure, with its traceback.
+    A value may also be what a step needs to make its own cluster (a redirect mode, say)."""
     with ThreadPoolExecutor(max(1, len(clusters))) as pool:
         futures = {key: pool.submit(step, cluster) for key, cluster in clusters.items()}
         outcomes, failures = {}, []
