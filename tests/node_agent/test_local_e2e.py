@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from shoal import netns
 from shoal.contracts import NODE_AGENT_PORT
 
 from na_topology import bpftool_cgroup
 from node_agent import netfilter
 from support import metrics
-from support.cluster import LocalCluster, running_cluster
+from support.cluster import LocalCluster, in_each, running_cluster
 from support.polling import eventually
 from support.root import needs_root
 
@@ -48,8 +46,14 @@ def capture_in(cluster: LocalCluster, pod: str) -> bool:
     return bool(bpftool_cgroup(str(layout.pod_cgroup("demo", pod))))
 
 
-@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
-def test_enroll_by_annotation_in_a_local_cluster(mode):
+MODES = {"iptables": "iptables", "ebpf": "ebpf"}   # each test runs in both at once (in_each): its waits overlap
+
+
+def test_enroll_by_annotation_in_a_local_cluster():
+    in_each(MODES, enroll_by_annotation)
+
+
+def enroll_by_annotation(mode: str) -> None:
     with running_cluster(f"na{mode[:3]}", nodes=2, redirect=mode) as cluster:
         cluster.apply(manifest(enrolled=False))
         eventually(lambda: curl(cluster) == "200", 30, "the server to answer outside the mesh", interval=0.1)
@@ -92,10 +96,12 @@ def strict_probed_manifest(gate: Path) -> list[dict]:
                  "readinessProbe": {"httpGet": {"port": 8080, "path": "/"}}}]}}]
 
 
-@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
-def test_under_strict_mtls_the_kubelets_probes_pass_and_other_host_processes_do_not(mode, tmp_path):
+def test_under_strict_mtls_the_kubelets_probes_pass_and_other_host_processes_do_not(tmp_path):
     """The node agent's default probe exemption in a local cluster is shoal's kubelet (the daemon's cgroup)."""
-    gate = tmp_path / "serve"
+    in_each(MODES, lambda mode: probes_pass_and_other_host_processes_do_not(mode, tmp_path / f"serve-{mode}"))
+
+
+def probes_pass_and_other_host_processes_do_not(mode: str, gate: Path) -> None:
     with running_cluster(f"np{mode[:3]}", nodes=1, redirect=mode) as cluster:
         cluster.apply(strict_probed_manifest(gate))
         eventually(lambda: enrolled_pods(cluster, 1) == 1, 30, "the pod enrolled", interval=0.1)
