@@ -180,6 +180,8 @@ def choose(layout: Layout, runtime: str | None) -> str:
     if current is not None and current != runtime:
         raise ClusterError(f"cluster {layout.cluster!r} is up with --runtime {current}; nothing changed: to change it, "
                            f"`shoal local down --cluster {layout.cluster}` first")
+    if runtime == "containerd":
+        check_prerequisites()  # before anything of the cluster is made
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     (layout.run_dir / "runtime").write_text(runtime)
     return runtime

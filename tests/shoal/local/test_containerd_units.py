@@ -90,3 +90,10 @@ def test_the_cri_log_is_copied_as_plain_lines_partial_ones_joined(tmp_path):
 def test_images_come_from_the_projects_script():
     assert runtime_containerd.IMAGES_SCRIPT.exists()
     assert Path(runtime_containerd.IMAGES_SCRIPT).stat().st_mode & 0o111, "the script is executable"
+
+
+def test_missing_tools_are_named_before_anything_is_made(layout, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda tool: None if tool in ("containerd", "ctr") else f"/usr/bin/{tool}")
+    with pytest.raises(ClusterError, match="needs containerd, ctr[;,].*install them with `scripts/setup.sh --packages"):
+        runtime_containerd.choose(layout, "containerd")
+    assert not layout.run_dir.exists()
