@@ -43,6 +43,7 @@ import shoal
 from shoal import identity, log, store, tokens
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT
 from shoal.lifecycle import Shutdown
+from shoal.model.addresses import join_host_port
 
 logger = log.get("shoal.control_plane")
 
@@ -152,8 +153,7 @@ def local_wiring(settings: Settings) -> Wiring:
     # Waypoint pods reach the control plane where the local cluster runs it: node 1, in the cluster's first
     # family (the pods of an IPv6-only cluster have no route to node 1's IPv4 address).
     ipv6_first = ":" in cluster_store.service_ranges()[0]
-    node1 = f"[{node_ip_v6(1)}]" if ipv6_first else node_ip(1)
-    control_plane_address = f"{node1}:{settings.endpoints.grpc_port}"
+    control_plane_address = join_host_port(node_ip_v6(1) if ipv6_first else node_ip(1), settings.endpoints.grpc_port)
     waypoints = LocalWaypointController(cluster_store, local_argv(settings.cluster, control_plane_address,
                                                                   settings.waypoint_args))
     return Wiring(roots, authenticator, LocalSource(cluster_store).events(),

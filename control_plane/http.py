@@ -19,7 +19,7 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shoal import log
+from shoal import log, sockets
 from shoal.exposition import render
 
 logger = log.get("shoal.control_plane.http")
@@ -32,7 +32,15 @@ class HttpServer:
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._serve, host, port)
+        if host == sockets.ALL_ADDRESSES:
+            # asyncio would bind `::` IPv6-only; one dual-stack socket takes both families (0.0.0.0 without IPv6).
+            try:
+                sock = sockets.listener(None, port, host, mark=False, reuse_port=False)
+            except sockets.SocketError as e:
+                raise OSError(str(e)) from None
+            self.server = await asyncio.start_server(self._serve, sock=sock)
+        else:
+            self.server = await asyncio.start_server(self._serve, host, port)
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

@@ -28,6 +28,7 @@ from control_plane.watch import WatchService
 from shoal import identity, log
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT
 from shoal.api import ca_pb2_grpc
+from shoal.model.addresses import canonical_or_none, join_host_port
 
 logger = log.get("shoal.control_plane")
 
@@ -44,13 +45,28 @@ class Endpoints:
 
 
 def split_address(value: str, default_port: int) -> tuple[str, int]:
-    """'0.0.0.0:15012' -> ('0.0.0.0', 15012); ':15012' and '15012' listen on all addresses."""
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host, port = ("0.0.0.0", value) if value.isdigit() else (value, str(default_port))
+    """A listen address as (host, port), an IPv6 host without its brackets:
+    '0.0.0.0:15012' -> ('0.0.0.0', 15012), '[::]:15012' -> ('::', 15012) (both families),
+    '[fd73::1]' and 'host' -> the default port; ':15012' and '15012' listen on all IPv4 addresses.
+    An IPv6 address with a port must be bracketed (RFC 3986): '::1:15012' could name two things."""
+    text = value.strip()
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad listen address {value!r}: expected [IPV6]:PORT, e.g. [::]:{default_port}")
+        port = rest[1:] if rest else str(default_port)
+        if canonical_or_none(host) is None or ":" not in host:
+            raise ValueError(f"bad listen address {value!r}: brackets hold an IPv6 address, e.g. [::]:{default_port}")
+    elif text.count(":") > 1:
+        raise ValueError(f"bad listen address {value!r}: write an IPv6 address in brackets, "
+                         f"e.g. [::]:{default_port} or [{text}]")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = ("", text) if text.isdigit() else (text, str(default_port))
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"bad listen address {value!r}: expected HOST:PORT, e.g. 0.0.0.0:{default_port}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host or "0.0.0.0", int(port)
 
 
 class ConfigServer:
@@ -89,8 +105,8 @@ class ConfigServer:
         ca_pb2_grpc.add_CertificatesServicer_to_server(self.signer, self.grpc_server)
         credentials = grpc.dynamic_ssl_server_credentials(self._certificate_configuration(),
                                                           self._fetch_certificate_configuration)
-        host = self.endpoints.grpc_host
-        address = f"[{host}]:{self.endpoints.grpc_port}" if ":" in host else f"{host}:{self.endpoints.grpc_port}"
+        # gRPC takes '[::]:port' as both families (0.0.0.0 where there is no IPv6).
+        address = join_host_port(self.endpoints.grpc_host, self.endpoints.grpc_port)
         try:
             self.grpc_port = self.grpc_server.add_secure_port(address, credentials)
         except RuntimeError as e:
@@ -100,10 +116,10 @@ class ConfigServer:
             self.http_port = await self.http.start(self.endpoints.http_host, self.endpoints.http_port)
         except OSError as e:
             await self.grpc_server.stop(None)
-            raise OSError(f"cannot listen for HTTP on {self.endpoints.http_host}:{self.endpoints.http_port}: "
-                          f"{e.strerror}") from None
-        logger.info("serving", grpc=f"{self.endpoints.grpc_host}:{self.grpc_port}",
-                    http=f"{self.endpoints.http_host}:{self.http_port}")
+            where = join_host_port(self.endpoints.http_host, self.endpoints.http_port)
+            raise OSError(f"cannot listen for HTTP on {where}: {e.strerror or e}") from None
+        logger.info("serving", grpc=join_host_port(self.endpoints.grpc_host, self.grpc_port),
+                    http=join_host_port(self.endpoints.http_host, self.http_port))
 
     async def stop(self, grace: float = 1.0) -> None:
         await self.http.stop()

@@ -11,6 +11,8 @@ import asyncio
 import json
 from typing import Callable
 
+from shoal import sockets
+
 Route = Callable[[], tuple[int, str, bytes]]  # -> (status, content type, body)
 
 REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable", 400: "Bad Request"}
@@ -43,6 +45,10 @@ async def serve(host: str, port: int, routes: dict[str, Route], *, sock=None) ->
         finally:
             writer.close()
 
+    if sock is None and host == sockets.ALL_ADDRESSES:
+        # asyncio binds `::` IPv6-only (IPV6_V6ONLY); one dual-stack socket takes both families, and is
+        # 0.0.0.0 where the netns has no IPv6. A port taken is an error (no SO_REUSEPORT), as below.
+        sock = sockets.listener(None, port, host, mark=False, reuse_port=False)
     if sock is not None:
         return await asyncio.start_server(handle, sock=sock)
     return await asyncio.start_server(handle, host, port, reuse_address=True)

@@ -149,19 +149,21 @@ def _family(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
-def listener(netns_fd: int | None, port: int, address: str = ALL_ADDRESSES, *, mark: bool = True) -> socket.socket:
+def listener(netns_fd: int | None, port: int, address: str = ALL_ADDRESSES, *, mark: bool = True,
+             reuse_port: bool = True) -> socket.socket:
     """A listening TCP socket in the netns (None: the caller's), SO_REUSEPORT so a new proxy can take over.
     `::` (the default) listens on both families with one socket; where the kernel has no IPv6 at all
-    it falls back to 0.0.0.0 (IPv4 only). `mark` as in `_tune`."""
+    it falls back to 0.0.0.0 (IPv4 only). `mark` as in `_tune`. `reuse_port=False` for a port that no
+    second process should share (an HTTP endpoint: a port taken is then an error, not a silent split)."""
     if address == ALL_ADDRESSES:
         try:
-            return _listen(netns_fd, port, address, mark)
+            return _listen(netns_fd, port, address, mark, reuse_port)
         except Ipv6Unavailable:
-            return _listen(netns_fd, port, "0.0.0.0", mark)
-    return _listen(netns_fd, port, address, mark)
+            return _listen(netns_fd, port, "0.0.0.0", mark, reuse_port)
+    return _listen(netns_fd, port, address, mark, reuse_port)
 
 
-def _listen(netns_fd: int | None, port: int, address: str, mark: bool) -> socket.socket:
+def _listen(netns_fd: int | None, port: int, address: str, mark: bool, reuse_port: bool = True) -> socket.socket:
     family = _family(address)
     try:
         sock = netns.socket_in(netns_fd, family, socket.SOCK_STREAM) if netns_fd is not None \
@@ -172,7 +174,8 @@ def _listen(netns_fd: int | None, port: int, address: str, mark: bool) -> socket
                    "check that the kernel has that address family") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and address == ALL_ADDRESSES:
             # Dual-stack whatever net.ipv6.bindv6only says: IPv4 arrives as ::ffff:a.b.c.d.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -190,7 +193,7 @@ def _listen(netns_fd: int | None, port: int, address: str, mark: bool) -> socket
         raise (Ipv6Unavailable if off else SocketError)(
             f"cannot listen on {join_host_port(address, port)}"
             f"{' in the pod netns' if netns_fd is not None else ''}: {e.strerror or e}; "
-            "check that nothing else holds the port without SO_REUSEPORT") from None
+            f"check that nothing else holds the port{' without SO_REUSEPORT' if reuse_port else ''}") from None
     return sock
 
 

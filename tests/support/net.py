@@ -1,4 +1,5 @@
-"""Small network helpers: a free loopback port, and an HTTP GET that may run in a network namespace."""
+"""Small network helpers: a free loopback port, IPv6 on loopback or not, and an HTTP GET that may run in a
+network namespace."""
 
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def loopback_has_ipv6() -> bool:
+    """Can a socket bind [::1]? (not where the kernel or the namespace has IPv6 off)"""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def http_get(url: str, netns: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
