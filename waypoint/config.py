@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal import contracts, identity
+from shoal import contracts, identity, sockets
 from waypoint.tracing import otlp_url
 
 
@@ -19,7 +19,7 @@ class Config:
     ca_bundle: Path | None = None          # default: the local cluster's /run/shoal/<c>/ca/bundle.pem
     token_file: Path | None = None         # a service-account token (Kubernetes); default: minted locally
     trust_domain: str = "cluster.local"
-    listen: str = "0.0.0.0"
+    listen: str = sockets.ALL_ADDRESSES    # HBONE, metrics, readiness: dual-stack (0.0.0.0 without IPv6)
     hbone_port: int = contracts.HBONE_PORT
     metrics_port: int = contracts.METRICS_PORT
     readiness_port: int = contracts.READINESS_PORT

@@ -28,6 +28,7 @@ from typing import Callable
 
 from shoal import log, sockets
 from shoal.hbone_relay import TcpSide
+from shoal.model.addresses import join_address
 
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import WaypointError
@@ -119,7 +120,7 @@ def server_context(certificates: tuple[Certificate, ...] | Callable[[], tuple[Ce
 
 
 class IngressListener:
-    def __init__(self, proxy: Proxy, port: int, *, host: str = "0.0.0.0", gateway_port: int | None = None,
+    def __init__(self, proxy: Proxy, port: int, *, host: str = sockets.ALL_ADDRESSES, gateway_port: int | None = None,
                  certificates: tuple[Certificate, ...] | Callable[[], tuple[Certificate, ...]] = (),
                  handshake_timeout: float = 10.0) -> None:
         """`gateway_port`: the port the Gateway declares, which routes are keyed by (default: `port`; a test
@@ -162,7 +163,7 @@ class IngressListener:
             else:
                 await loop.connect_accepted_socket(side, conn)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
-            logger.info("ingress connection failed before HTTP", src=f"{address[0]}:{address[1]}",
+            logger.info("ingress connection failed before HTTP", src=join_address(address),
                         error=str(getattr(e, "reason", None) or e))
             conn.close()
             return

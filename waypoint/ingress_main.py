@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from shoal import admin_http, contracts, log
+from shoal import admin_http, contracts, log, sockets
 from shoal.lifecycle import Shutdown
 from shoal.proxy_process import ControlPlaneLink, serve_admin_ports, stop
 from shoal.proxy_state import ProxyState
@@ -49,7 +49,7 @@ class IngressConfig:
     proxy: Config                                   # identity, control plane, paths, timeouts
     http_ports: tuple[int, ...] = (80,)
     https_ports: tuple[int, ...] = ()
-    listen: str = "0.0.0.0"
+    listen: str = sockets.ALL_ADDRESSES    # both families on one socket per port (0.0.0.0 without IPv6)
     metrics_port: int = METRICS_PORT
     readiness_port: int = READINESS_PORT
     admin_port: int = ADMIN_PORT

@@ -31,6 +31,7 @@ from typing import Awaitable, Callable
 
 from shoal import log
 from shoal.model import HeaderChanges
+from shoal.model.addresses import join_address
 
 from waypoint import http1
 from waypoint.channel import ChannelReset
@@ -248,7 +249,7 @@ class Proxy:
             last = attempt == attempts - 1
             upstream = plan.upstreams[attempt % len(plan.upstreams)]
             record.tries = attempt + 1
-            record.upstream = f"{upstream.address[0]}:{upstream.address[1]}"
+            record.upstream = join_address(upstream.address)
             record.destination_workload = self.state.workloads.get(upstream.workload_uid)
             record.destination_principal = str(upstream.identity) if upstream.hbone else ""
             if attempt:

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 
 from shoal import hbone, identity, log, sockets
 from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
+from shoal.model.addresses import canonical_or_none, join_address
 
 from waypoint.channel import Channel, ChannelReset
 from waypoint.h2server import H2Server
@@ -47,7 +48,7 @@ class HboneListener:
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
-    async def start(self, host: str = "0.0.0.0", port: int = hbone.PORT) -> None:
+    async def start(self, host: str = sockets.ALL_ADDRESSES, port: int = hbone.PORT) -> None:
         self.sock = sockets.listener(None, port, host, mark=False)
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
@@ -65,7 +66,7 @@ class HboneListener:
             context = await self.server_context()
             session = await accept_session(conn, context, self._tunnel, handshake_timeout=self.handshake_timeout)
         except Exception as e:  # noqa: BLE001 - a client without a mesh certificate: one line, no harm
-            logger.info("HBONE handshake failed", src=f"{address[0]}:{address[1]}",
+            logger.info("HBONE handshake failed", src=join_address(address),
                         error=f"{getattr(e, 'reason', None) or e}; the client must present a mesh certificate")
             conn.close()
             return
@@ -83,7 +84,11 @@ class HboneListener:
         except Exception:  # noqa: BLE001 - the client gave up meanwhile
             return
         channel = Channel(stream)
-        peer = Peer(session.peer_address[0], source, (host, port))
+        # On the dual-stack listener an IPv4 client is ::ffff:a.b.c.d: policies, workload lookups and logs
+        # take the address it has in the mesh.
+        raw = session.peer_address
+        client = (canonical_or_none(raw[0]) or raw[0], raw[1])
+        peer = Peer(client[0], source, (host, port))
         protocol = protocol_of(self.proxy.state, (host, port))
         first = b""
         try:
@@ -101,11 +106,11 @@ class HboneListener:
             return
         channel.unread(first)
         if protocol == "http" and first.startswith(b"PRI "):
-            await H2Server(self.proxy, channel, peer, session.peer_address[:2]).run()
+            await H2Server(self.proxy, channel, peer, client).run()
         elif protocol == "http":
-            await serve_http1(self.proxy, channel, peer, session.peer_address[:2])
+            await serve_http1(self.proxy, channel, peer, client)
         else:
-            await serve_tcp(self.proxy.state, self.proxy.upstreams, channel, peer, session.peer_address[:2],
+            await serve_tcp(self.proxy.state, self.proxy.upstreams, channel, peer, client,
                             self.proxy.rand, self.proxy.metrics)
 
     def stop_accepting(self) -> None:

@@ -19,6 +19,7 @@ from shoal import log
 from waypoint.channel import Channel, ChannelReset
 from waypoint.errors import UpstreamFailed
 from waypoint.routing import Peer, Refusal, decide_tcp
+from shoal.model.addresses import join_address
 from shoal.proxy_state import ProxyState
 from shoal.workload_names import access_log_fields
 from waypoint.telemetry import Metrics, tcp_labels
@@ -70,7 +71,7 @@ async def serve_tcp(state: ProxyState, upstreams: Upstreams, client: Channel, pe
             return
         service = plan.service
         for attempt, candidate in enumerate(plan.upstreams[:2]):
-            upstream_address = f"{candidate.address[0]}:{candidate.address[1]}"
+            upstream_address = join_address(candidate.address)
             try:
                 chosen = candidate
                 upstream = await upstreams.open(candidate)
@@ -98,10 +99,10 @@ async def serve_tcp(state: ProxyState, upstreams: Upstreams, client: Channel, pe
         closed.inc()
         received.inc(client.bytes_received)
         sent.inc(client.bytes_sent)
-        access_log.info("connection complete", protocol="tcp", src_addr=f"{source_address[0]}:{source_address[1]}",
+        access_log.info("connection complete", protocol="tcp", src_addr=join_address(source_address),
                         **access_log_fields("src", state.workload_by_ip(peer.source_ip)),
                         **access_log_fields("dst", state.workloads.get(chosen.workload_uid) if chosen else None),
-                        src_identity=str(peer.source) if peer.source else None, dst=f"{peer.destination[0]}:{peer.destination[1]}",
+                        src_identity=str(peer.source) if peer.source else None, dst=join_address(peer.destination),
                         dst_service=service or None, upstream=upstream_address or None, response_flags=flags,
                         bytes_received=client.bytes_received, bytes_sent=client.bytes_sent,
                         duration_ms=round((time.monotonic() - started) * 1000, 3), error=error or None)

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from shoal import log
 from shoal.exposition import render
 from shoal.model import Workload
+from shoal.model.addresses import join_address
 from shoal.series import gone_series
 from shoal.workload_names import (  # noqa: F401 - live_workloads
     access_log_fields, live_workloads, service_labels, telemetry_labels,
@@ -199,7 +200,7 @@ class RequestRecord:
             "request complete",
             method=self.method, path=self.path, authority=self.authority, status=self.status,
             response_flags=self.response_flags, duration_ms=round(duration_ms, 3),
-            src_addr=f"{self.source_address[0]}:{self.source_address[1]}",
+            src_addr=join_address(self.source_address),
             **access_log_fields("src", self.source_workload), src_identity=self.source_principal or None,
             dst_service=self.service or None, route=self.route or None, subset=self.subset or None,
             **access_log_fields("dst", self.destination_workload),

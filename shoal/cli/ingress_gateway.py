@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     run.add_argument("--https", type=listen_port, action="append", metavar="PORT[:GATEWAY_PORT]",
                      help="an HTTPS listener port, with the TLS credentials its Gateways name; repeat for more "
                           "(default: none); :GATEWAY_PORT as for --http")
-    run.add_argument("--listen", default="0.0.0.0", help="the listeners' address (default: 0.0.0.0)")
+    run.add_argument("--listen", default="::", help="the listeners' address (default: ::, both families on one "
+                                                       "socket; 0.0.0.0 where there is no IPv6)")
     run.add_argument("--cluster", default="default", type=cluster_name, help="local cluster name (for default paths)")
     run.add_argument("--control-plane", default=f"{node_ip(1)}:{CONTROL_PLANE_GRPC_PORT}",
                      help="control plane gRPC host:port (default: the local cluster's)")
