@@ -18,10 +18,10 @@ Order of the decision, as in Istio ambient:
 
 Both address families alike: the dialled address is looked up in its
 canonical text (an IPv4-mapped `::ffff:a.b.c.d` is the IPv4 address), an
-endpoint is reached at its address of the dialled family when it has one
-(as kube-proxy balances a Service's IPv6 VIP over the pods' IPv6
-addresses; a waypoint at its primary address, which it listens on), and a
-CONNECT authority brackets an IPv6 address (`[fd73::5]:80`).
+endpoint or waypoint is reached at its address of the dialled family when it
+has one (as kube-proxy balances a Service's IPv6 VIP over the pods' IPv6
+addresses; a waypoint listens on both families), and a CONNECT authority
+brackets an IPv6 address (`[fd73::5]:80`).
 """
 
 from __future__ import annotations
@@ -230,12 +230,13 @@ def _via_waypoint(state, source_identity, ref: WaypointRef, authority, hostname,
         raise WaypointMissing(f"waypoint {ref.namespace}/{ref.name} is not known or has no Service; "
                               "check the Gateway (gatewayClassName shoal-waypoint) and its pods")
     candidates = []
+    dialled = authority.rpartition(":")[0].strip("[]")
     for endpoint in waypoint_service.endpoints:
         workload = state.workloads.get(endpoint.workload_uid)
         if workload is not None and workload.ips:
-            # Its primary address, whatever the client dialled: the CONNECT authority carries the
-            # destination, and a waypoint listens on its primary family (waypoint.config `listen`).
-            candidates.append((workload.ips[0], HBONE_PORT))
+            # Its address of the dialled family (the waypoint listens on both, waypoint.config `listen`),
+            # so an IPv6 client's connection stays IPv6 end to end, as to any other endpoint.
+            candidates.append((address_for(workload, dialled), HBONE_PORT))
     candidates = sorted(set(candidates))
     if not candidates:
         raise NoHealthyEndpoints(f"waypoint {ref.namespace}/{ref.name} has no running pods; "

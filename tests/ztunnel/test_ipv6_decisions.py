@@ -86,8 +86,10 @@ WP_ID = WP.identity(TD)
                      "web.app.svc.cluster.local", "server", (SERVER_6, 8080))),
     (VIP_4, 80, Plan(Kind.HBONE, (SERVER_4, 15008), f"{SERVER_4}:8080", CLIENT_ID, SERVER_ID,
                      "web.app.svc.cluster.local", "server", (SERVER_4, 8080))),
-    # through a waypoint: its primary address (where it listens), the IPv6 VIP bracketed in the authority
-    (RVIP_6, 80, Plan(Kind.WAYPOINT, (WP_4, 15008), f"[{RVIP_6}]:80", CLIENT_ID, WP_ID,
+    # through a waypoint: its address of the dialled family (it listens on both), the IPv6 VIP bracketed
+    (RVIP_6, 80, Plan(Kind.WAYPOINT, (WP_6, 15008), f"[{RVIP_6}]:80", CLIENT_ID, WP_ID,
+                      "reviews.app.svc.cluster.local", "", (WP_6, 15008))),
+    (RVIP_4, 80, Plan(Kind.WAYPOINT, (WP_4, 15008), f"{RVIP_4}:80", CLIENT_ID, WP_ID,
                       "reviews.app.svc.cluster.local", "", (WP_4, 15008))),
     # an unmeshed pod over IPv6: plain TCP, where the client dialled
     ("fd73:686f:616c:3::9", 9000, Plan(Kind.PASSTHROUGH, ("fd73:686f:616c:3::9", 9000),
