@@ -6,7 +6,17 @@
   cannot read there). Kernel features are the nodes' own: `shoal check --only
   preflight` on a node, or the node agent's log, says which redirect mode it
   chose and why.
-- health: on every node a Ready ztunnel and node agent, and a Ready control plane.
+- health: on every node a Ready ztunnel and node agent, and a Ready control
+  plane; config sync and nacks as the control plane sees them: its
+  /debug/config (every connected proxy, at the latest config or not, and its
+  nacks), read through the API server's pod proxy
+  (`pods/NAME:15014/proxy/debug/config`), so no port-forward and no route
+  to the pod network are needed, only `get` on `pods/proxy` in shoal-system.
+  Not the proxies' certificates, which the local cluster's check reads from
+  each proxy's admin dump: the admin port listens on 127.0.0.1 inside the
+  proxy's pod (it dumps config), and the API server's proxy reaches a pod's
+  IP only; `kubectl -n shoal-system port-forward` to a ztunnel's 15000 and
+  its /config_dump show them.
 - config analysis: every object of the kinds the control plane reads.
 """
 
@@ -14,13 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.contracts import CONTROL_PLANE_HTTP_PORT
 from shoal.local.components import SYSTEM_NAMESPACE
 from shoal.preflight import Check
 
 CORE = {"Namespace": "/api/v1/namespaces", "Pod": "/api/v1/pods", "Service": "/api/v1/services",
         "ServiceAccount": "/api/v1/serviceaccounts", "Deployment": "/apis/apps/v1/deployments"}
 REQUIRED_GROUPS = ("gateway.networking.k8s.io",)
-COMPONENTS = {"shoal-ztunnel": "per node", "shoal-node-agent": "per node", "shoal-control-plane": "one"}
+CONTROL_PLANE_APP = "shoal-control-plane"
+COMPONENTS = {"shoal-ztunnel": "per node", "shoal-node-agent": "per node", CONTROL_PLANE_APP: "one"}
 
 
 def plural(kind: str) -> str:
@@ -100,6 +112,8 @@ class KubeTarget:
                 ready = [p for p in mine if _ready(p)]
                 checks.append(Check("SH0202", app, bool(ready), f"{len(ready)}/{len(mine)} Ready",
                                     f"`kubectl -n {SYSTEM_NAMESPACE} describe pods -l app={app}`"))
+                if app == CONTROL_PLANE_APP:
+                    checks += self._config_sync(ready)
                 continue
             for node in nodes:
                 on_node = [p for p in mine if (p.get("spec") or {}).get("nodeName") == node]
@@ -108,3 +122,30 @@ class KubeTarget:
                                     "Ready" if ok else ("not Ready" if on_node else "no pod"),
                                     f"`kubectl -n {SYSTEM_NAMESPACE} get pods -l app={app} -o wide` and its log"))
         return checks
+
+    def _config_sync(self, ready: list[dict]) -> list[Check]:
+        """SH0203 (every proxy at the latest config) and SH0204 (no nacks), from a Ready control plane's
+        /debug/config through the API server's pod proxy."""
+        from shoal.install import InstallError
+        from shoal.kube_client import KubeError
+
+        action = f"`kubectl -n {SYSTEM_NAMESPACE} logs -l app={CONTROL_PLANE_APP}` and the proxy's log"
+        if not ready:
+            return [Check("SH0203", "config sync", False, "no Ready control plane to ask", action)]
+        name = ready[0]["metadata"]["name"]
+        path = f"/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{name}:{CONTROL_PLANE_HTTP_PORT}/proxy/debug/config"
+        try:
+            status = self.cluster.call("GET", path, f"asking the control plane ({name}) for its proxies' config")
+        except (KubeError, InstallError) as e:    # 404: the pod went meanwhile; 503: it does not answer
+            return [Check("SH0203", "config sync", False, f"the control plane does not answer: {e}",
+                          f"{action}; asking needs get on pods/proxy in {SYSTEM_NAMESPACE}")]
+        proxies = status.get("proxies") or [] if isinstance(status, dict) else []
+        behind = [p.get("scope", "?") for p in proxies if not p.get("in_sync")]
+        nacked = [f"{p.get('scope', '?')} ({p['nacks']})" for p in proxies if p.get("nacks")]
+        return [Check("SH0203", "config sync", not behind,
+                      f"{len(proxies)} proxies at the latest config" if not behind
+                      else f"not at the latest config: {', '.join(behind)}",
+                      "wait a moment; if it stays, see " + action),
+                Check("SH0204", "config nacks", not nacked,
+                      "no proxy refused a config" if not nacked else f"refused config: {', '.join(nacked)}",
+                      "the proxy's log says which resource it refused and why")]

@@ -48,6 +48,8 @@ What it serves (kube_store and kube_rules hold the rules, kube_http the wire):
   audiences it was issued for), `audience_aware` (False: answers with no
   audiences, as an authenticator that ignores them);
 - discovery: /api, /api/v1, /apis, /apis/<group>/<version>, /version;
+- GET pods/NAME:PORT/proxy/PATH: forwarded to the pod's status.podIP over
+  HTTP (a test gives its pod 127.0.0.1 and a real server's port);
 - with `tokens` given, a request without one of them as its bearer gets 401.
 """
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
+import urllib.error
+import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 from support.kube_api import REASONS, JsonHandler, Request, status
@@ -21,6 +24,10 @@ from support.kube_resources import BUILTIN, REVIEWS, ApiStatus, ResourceType, pa
 # deletion is still pending (finalizers, grace), when the object is returned with its deletionTimestamp.
 RETURN_DELETED = {"pods", "services", "serviceaccounts", "persistentvolumeclaims", "persistentvolumes",
                   "podtemplates", "resourcequotas"}
+
+
+_POD_PROXY = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/:]+)(?::(?P<port>\d+))?/proxy"
+                        r"(?P<path>/.*)?$")
 
 
 def _shaped(obj: dict, rtype: ResourceType, version: str) -> dict:
@@ -50,7 +57,7 @@ class Handler(JsonHandler):
                 headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
                 raise ApiStatus(fault.code, REASONS.get(fault.code, "Failure"),
                                 f"injected by the test: {fault.code}", headers)
-            if self._discovery(method, url.path):
+            if self._discovery(method, url.path) or self._pod_proxy(method, url):
                 return
             route = parse_path(url.path, double.store.namespaced_pairs())
             if route is None:
@@ -63,6 +70,36 @@ class Handler(JsonHandler):
             pass
         except Exception as e:  # noqa: BLE001 - a bug in the double: say so to the client, loudly
             self.send_json(500, status(500, "InternalError", f"the API double failed: {type(e).__name__}: {e}"))
+
+    def _pod_proxy(self, method: str, url) -> bool:
+        """`pods/NAME[:PORT]/proxy/PATH`: the request forwarded to the pod's IP and port over HTTP, as the real
+        server does (a GET only here); a pod that is not there is 404, one that does not answer 503."""
+        found = _POD_PROXY.match(url.path)
+        if found is None:
+            return False
+        namespace, name, port, path = found.group("ns"), found.group("name"), found.group("port"), found.group("path")
+        if method != "GET":
+            raise ApiStatus(405, "MethodNotAllowed", "the double proxies GET only")
+        pod = self.server_double.get("Pod", namespace, name)
+        if pod is None:
+            raise ApiStatus(404, "NotFound", f'pods "{name}" not found')
+        address = (pod.get("status") or {}).get("podIP")
+        if not address:
+            raise ApiStatus(503, "ServiceUnavailable", f"pod {name} has no IP address")
+        target = f"http://{address}:{port or 80}{path or '/'}" + (f"?{url.query}" if url.query else "")
+        try:
+            with urllib.request.urlopen(target, timeout=10) as answer:
+                code, ctype, data = answer.status, answer.headers.get("Content-Type", ""), answer.read()
+        except urllib.error.HTTPError as e:
+            code, ctype, data = e.code, e.headers.get("Content-Type", ""), e.read()
+        except OSError as e:
+            raise ApiStatus(503, "ServiceUnavailable", f"error trying to reach service: {e}") from None
+        self.send_response(code)
+        self.send_header("Content-Type", ctype or "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return True
 
     def do_GET(self):
         self._serve("GET")

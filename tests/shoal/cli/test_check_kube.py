@@ -3,29 +3,69 @@ health, and the same config analysis as on a local cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from control_plane.http import HttpServer
+from shoal.contracts import CONTROL_PLANE_HTTP_PORT
 from support import cli
 from support.kube_api import KubeApiServer
 
 
-def pod(name: str, app: str, node: str, ready: str = "True") -> dict:
+def pod(name: str, app: str, node: str, ready: str = "True", ip: str | None = None) -> dict:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "shoal-system", "labels": {"app": app}},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "shoal"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}]}}
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}],
+                       **({"podIP": ip} if ip else {})}}
+
+
+# The control plane pod's address: a loopback address of its own, where the control plane's port (15014) is free
+# (a local cluster's control plane listens in its node's netns, not here).
+POD_IP = "127.20.0.14"
+
+
+class ControlPlaneHttp:
+    """The control plane's own HTTP server (/debug/config) on POD_IP:15014, in a thread: the pod the API server's
+    pod proxy reaches. `proxies` is what its config server would report."""
+
+    def __init__(self) -> None:
+        self.proxies = [{"scope": "node n1", "peer": "198.18.0.1", "in_sync": True, "nacks": 0}]
+        self.loop = asyncio.new_event_loop()
+        self.server = HttpServer(ready=lambda: None, registry=CollectorRegistry(),
+                                 status=lambda: {"proxies": self.proxies})
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self.server.start(POD_IP, CONTROL_PLANE_HTTP_PORT), self.loop).result(10)
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        while self.loop.is_running():
+            threading.Event().wait(0.01)
+        self.loop.close()
 
 
 @pytest.fixture
-def api():
+def control_plane():
+    server = ControlPlaneHttp()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def api(control_plane):
     with KubeApiServer() as server:
         for obj in (
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shoal-system"}},
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}},
-            pod("cp", "shoal-control-plane", "n1"), pod("zt", "shoal-ztunnel", "n1"),
+            pod("cp", "shoal-control-plane", "n1", ip=POD_IP), pod("zt", "shoal-ztunnel", "n1"),
             pod("agent", "shoal-node-agent", "n1"),
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "shop"},
              "spec": {"selector": {"app": "reviews"}, "ports": [{"port": 80}]}},
@@ -54,7 +94,26 @@ def test_a_healthy_kubernetes_cluster_is_silent(kubeconfig):
     assert {c["subject"] for c in doc["preflight"]} >= {"CRD gateways.gateway.networking.k8s.io",
                                                         "CRD virtualservices.networking.istio.io"}
     assert {c["subject"] for c in doc["health"]} == {"shoal-control-plane", "shoal-ztunnel on n1",
-                                                     "shoal-node-agent on n1"}
+                                                     "shoal-node-agent on n1", "config sync", "config nacks"}
+    sync = next(c for c in doc["health"] if c["subject"] == "config sync")
+    assert sync["ok"] and sync["message"] == "1 proxies at the latest config", sync
+
+
+def test_config_sync_and_nacks_are_read_from_the_control_plane_through_the_api_servers_pod_proxy(
+        api, kubeconfig, control_plane):
+    control_plane.proxies = [{"scope": "node n1", "in_sync": False, "nacks": 0},
+                             {"scope": "waypoint shop/waypoint", "in_sync": True, "nacks": 2}]
+    result = check(kubeconfig, "--only", "health")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL [SH0203] config sync: not at the latest config: node n1" in result.stdout
+    assert "FAIL [SH0204] config nacks: refused config: waypoint shop/waypoint (2)" in result.stdout
+    assert any(r.path == f"/api/v1/namespaces/shoal-system/pods/cp:{CONTROL_PLANE_HTTP_PORT}/proxy/debug/config"
+               for r in api.requests)
+
+    control_plane.close()                  # the control plane does not answer: said, not hidden
+    result = check(kubeconfig, "--only", "health")
+    assert result.returncode == 1
+    assert "FAIL [SH0203] config sync: the control plane does not answer" in result.stdout
 
 
 def test_a_missing_subset_and_a_missing_ztunnel_are_found(api, kubeconfig):
