@@ -10,7 +10,9 @@ What is checked, with curl and a Python HTTP server that answers with the peer a
 - the ztunnels' metrics count the IPv6 connections for the right workloads, and their access logs carry
   the IPv6 addresses, bracketed;
 - (dual stack) a Python client with an AF_INET6 socket to the v4-mapped address of the Service's IPv4 VIP
-  is captured: HBONE on the link, no plaintext.
+  is captured: HBONE on the link, no plaintext;
+- (iptables clusters) a waypoint routes a request to a Service's IPv6 VIP by a header match, its access log
+  brackets the client's IPv6 address and the endpoint's, and istio_requests_total counts it.
 """
 
 from __future__ import annotations
@@ -273,3 +275,89 @@ def test_an_af_inet6_socket_to_a_v4_mapped_service_address_is_captured(cluster, 
     assert f"IP {client_ip4}." in link and f"> {server_ip4}.15008:" in link, \
         f"no HBONE from {client_ip4} to {server_ip4}:15008 on node1's link:\n{link[-3000:]}"
     assert marker not in link, "the v4-mapped connection crossed node1's link in plaintext"
+
+
+# --- A waypoint in dual stack and IPv6 only: the waypoint decides, over IPv6 ----------------------------------
+
+WP_NS, WP_SERVICE = "ds-wp", "wp-web"
+# The echo server of the pods above, naming itself first: which version answered shows what the route chose.
+NAMED_ECHO = ECHO_PEER.replace('body = ("peer=" +', 'body = (__import__("sys").argv[1] + " peer=" +')
+WAYPOINT_MANIFEST = [
+    {"apiVersion": "v1", "kind": "Namespace",
+     "metadata": {"name": WP_NS, "labels": {"shoal.io/dataplane-mode": "ambient"}}},
+    *({"apiVersion": "v1", "kind": "Pod",
+       "metadata": {"name": f"wp-{version}", "namespace": WP_NS, "labels": {"app": WP_SERVICE, "version": version}},
+       "spec": {"nodeName": "node2", "containers": [{"name": "app", "command": ["python3", "-c", NAMED_ECHO, version],
+                                                     "readinessProbe": {"tcpSocket": {"port": SERVER_PORT}}}]}}
+      for version in ("v1", "v2")),
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": WP_SERVICE, "namespace": WP_NS},
+     "spec": {"ipFamilyPolicy": "PreferDualStack", "selector": {"app": WP_SERVICE},
+              "ports": [{"name": "http", "port": 80, "targetPort": SERVER_PORT}]}},
+    {"apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+     "metadata": {"name": WP_SERVICE, "namespace": WP_NS},
+     "spec": {"host": WP_SERVICE, "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]}},
+    {"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+     "metadata": {"name": WP_SERVICE, "namespace": WP_NS},
+     "spec": {"hosts": [WP_SERVICE], "http": [
+         {"name": "pick-v2", "match": [{"headers": {"x-pick": {"exact": "v2"}}}],
+          "route": [{"destination": {"host": WP_SERVICE, "subset": "v2"}}]},
+         {"name": "default", "route": [{"destination": {"host": WP_SERVICE, "subset": "v1"}}]}]}},
+]
+WAYPOINT_POD = {"gateway.networking.k8s.io/gateway-name": "waypoint"}
+
+
+@pytest.fixture(scope="module")
+def waypoint(cluster):
+    """Namespace ds-wp uses a waypoint (its access log on); wp-web's route sends `x-pick: v2` to v2, the rest to
+    v1. Only on the iptables clusters: the waypoint's path is the same in eBPF mode, and a cluster's worth of
+    pods costs the suite's time."""
+    if cluster.redirect != "iptables":
+        pytest.skip("the waypoint over IPv6 is shown on the iptables clusters (dual and ipv6)")
+    cluster.apply(WAYPOINT_MANIFEST)
+    applied = cluster.run("waypoint", "apply", "-n", WP_NS, "--enroll-namespace", "--access-log").stdout
+    assert f"waypoint {WP_NS}/waypoint applied" in applied, applied
+    cluster.wait_pods_ready(WP_NS, 3, timeout=180)
+    vip = next(ip for ip in json.loads(cluster("get", "svc", WP_SERVICE, "-n", WP_NS, "-o", "json").stdout)
+               ["spec"]["clusterIPs"] if ":" in ip)
+    eventually(lambda: (_served_by(cluster, f"http://[{vip}]/ready", "x-pick: v2") or "").startswith("v2 "), 120,
+               lambda: f"wp-web's IPv6 VIP {vip} answered by v2 through the waypoint", interval=0.5)
+    return vip
+
+
+def _served_by(cluster: DualStackCluster, url: str, *headers: str) -> str | None:
+    options = [option for header in headers for option in ("-H", header)]
+    result = cluster.curl("client", url, *options, namespace=NS)
+    return result.stdout if result.returncode == 0 else None
+
+
+def test_a_waypoint_routes_a_request_to_a_services_ipv6_vip_logs_it_bracketed_and_counts_it(cluster, waypoint):
+    vip = waypoint
+    (pod_name,) = cluster.pods(WP_NS, **WAYPOINT_POD)
+    netns = cluster.pods(WP_NS)[pod_name]["status"]["shoal"]["netns"].rsplit("/", 1)[1]
+    labels = dict(reporter="waypoint", destination_service=f"{WP_SERVICE}.{WP_NS}.svc.cluster.local",
+                  source_workload="client", source_workload_namespace=NS, destination_workload="wp-v2",
+                  response_code="200")
+
+    def counted() -> float:
+        return metrics.value(metrics.scrape(15020, netns=netns), "istio_requests_total", **labels) or 0.0
+
+    before = counted()
+    path = f"/wp-{uuid.uuid4().hex[:10]}"
+    # The route decides: the same URL goes to v2 with the header and to v1 without it.
+    assert (_served_by(cluster, f"http://[{vip}]{path}", "x-pick: v2") or "").startswith("v2 peer="), path
+    assert (_served_by(cluster, f"http://[{vip}]{path}-default") or "").startswith("v1 peer=")
+    eventually(lambda: counted() >= before + 1, 30,
+               lambda: f"istio_requests_total{labels} from {before} up by 1: {counted()}")
+
+    def logged():
+        lines = [json.loads(line) for line in cluster.logs(pod_name, namespace=WP_NS).splitlines()
+                 if line.startswith("{")]
+        return [line for line in lines if line.get("event") == "request complete" and line.get("path") == path]
+    (line,) = eventually(logged, 30, lambda: f"the waypoint's access-log line for {path}")
+    # The client's ztunnel reaches the waypoint at its IPv6 address (the dialled family), so the waypoint
+    # sees the client's own IPv6 address; the endpoint is v2's primary address (IPv6 in an IPv6-only cluster).
+    assert line["src_addr"].startswith(f"[{cluster.ipv6('client')}]:"), line
+    assert line["src_workload"] == "client" and line["route"] == "pick-v2" and line["status"] == 200, line
+    v2_primary = cluster.ips("wp-v2", WP_NS)[0]
+    expected = f"[{v2_primary}]:{SERVER_PORT}" if ":" in v2_primary else f"{v2_primary}:{SERVER_PORT}"
+    assert line["upstream"] == expected, line
