@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from control_plane.app import Settings, SettingsError
 from control_plane.authn import LocalAuthenticator
@@ -55,6 +57,15 @@ def test_an_unclear_listen_address_is_refused_saying_how_to_write_it(text, says)
     with pytest.raises(ValueError) as refused:
         split_address(text, 15012)
     assert says in str(refused.value) and repr(text) in str(refused.value)
+
+
+def test_the_kubernetes_control_plane_listens_on_both_families():
+    """An IPv6-only or dual-stack cluster's proxies reach it at its pod's IPv6 address too."""
+    manifest = Path(__file__).resolve().parents[2] / "daemonset" / "control-plane.yaml"
+    (deployment,) = [d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment"]
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    for flag in ("--listen", "--http"):
+        assert split_address(command[command.index(flag) + 1], 0)[0] == "::", (flag, command)
 
 
 def test_the_settings_name_the_flag_of_a_bad_address():
