@@ -7,9 +7,12 @@
 Counters only grow, so a window's traffic is the difference of two scrapes;
 a series that restarted (its value fell) counts from zero. HTTP figures come
 from the waypoints (`istio_requests_total`, reporter="waypoint", and the
-`istio_request_duration_milliseconds` histogram); TCP figures from the
-ztunnels' destination side (`istio_tcp_*`, reporter="destination"), so each
-connection is counted once.
+`istio_request_duration_milliseconds` histogram), and from the ingress
+gateway (reporter="source", as Istio's gateways report: it is the mesh's
+client) for a destination no waypoint reported on in the window: a request
+through the gateway and a waypoint is counted once, by the waypoint. TCP
+figures come from the ztunnels' destination side (`istio_tcp_*`,
+reporter="destination"), so each connection is counted once.
 """
 
 from __future__ import annotations
@@ -105,13 +108,14 @@ def _failed(code: str) -> bool:
     return code == "0" or code.startswith("5")
 
 
-def _add(rows: dict, key, name: str, labels: dict[str, str], grew: float, seconds: float) -> None:
+def _add(rows: dict, key, name: str, labels: dict[str, str], grew: float, seconds: float,
+         http_reporter: str = "waypoint") -> None:
     row = rows.setdefault(key, Figures(seconds))
-    if name == REQUESTS and labels.get("reporter") == "waypoint":
+    if name == REQUESTS and labels.get("reporter") == http_reporter:
         row.requests += grew
         if _failed(labels.get("response_code", "")):
             row.failures += grew
-    elif name == DURATION_BUCKET and labels.get("reporter") == "waypoint":
+    elif name == DURATION_BUCKET and labels.get("reporter") == http_reporter:
         le = float(labels["le"])
         row.buckets[le] = row.buckets.get(le, 0.0) + grew
     elif name == TCP_OPENED and labels.get("reporter") == "destination":
@@ -122,13 +126,18 @@ def _add(rows: dict, key, name: str, labels: dict[str, str], grew: float, second
 
 def _grouped(before, after, seconds: float, key_of) -> dict:
     rows: dict = {}
-    for (name, labels), grew in deltas(before, after).items():
-        if name not in (REQUESTS, DURATION_BUCKET, TCP_OPENED, *TCP_BYTES):
-            continue
-        labels = dict(labels)
+    grown = [(name, dict(labels), grew) for (name, labels), grew in deltas(before, after).items()
+             if name in (REQUESTS, DURATION_BUCKET, TCP_OPENED, *TCP_BYTES)]
+    # Destinations a waypoint reported HTTP for: the gateway's own (reporter="source") count is the same traffic.
+    waypointed = {_workload(labels, "destination") for name, labels, grew in grown
+                  if name == REQUESTS and labels.get("reporter") == "waypoint" and grew > 0}
+    for name, labels, grew in grown:
         key = key_of(labels)
-        if key is not None:
-            _add(rows, key, name, labels, grew, seconds)
+        if key is None:
+            continue
+        _add(rows, key, name, labels, grew, seconds)
+        if name in (REQUESTS, DURATION_BUCKET) and _workload(labels, "destination") not in waypointed:
+            _add(rows, key, name, labels, grew, seconds, http_reporter="source")
     return rows
 
 

@@ -97,7 +97,7 @@ async def run(config: IngressConfig, shutdown: Shutdown) -> int:
     except TrustBundleMissing as e:
         raise StartupError(str(e)) from None
     link.certs.want(me)
-    metrics = Metrics()
+    metrics = Metrics(reporter="source")     # Istio's gateways report as the client of the mesh
     upstreams = Upstreams(link.certs, me, connect_timeout=proxy_config.connect_timeout)
     gateway = config.gateway
 

@@ -1,4 +1,5 @@
-"""HTTP telemetry: Istio's request metrics with reporter="waypoint", and one access-log line per request.
+"""HTTP telemetry: Istio's request metrics with reporter="waypoint" (the ingress gateway's: "source", as
+Istio's gateways report), and one access-log line per request.
 
 `RequestRecord` is filled in while a request is handled and `finish()`ed
 once: it counts `istio_requests_total`, observes
@@ -54,7 +55,10 @@ def new_request_id() -> str:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, reporter: str = "waypoint") -> None:
+        # "waypoint" for a waypoint; "source" for the ingress gateway, as Istio's gateways report (it is the
+        # mesh's client: it opens the connections into the mesh).
+        self.reporter = reporter
         self.registry = CollectorRegistry()
         self.requests = Counter("istio_requests", "Requests handled by the waypoint", LABELS, registry=self.registry)
         self.duration = Histogram("istio_request_duration_milliseconds", "Request duration (ms)", LABELS,
@@ -84,7 +88,7 @@ class Metrics:
 
     def tcp_children(self, labels: dict[str, str]):
         """(opened, closed, sent, received) children for one opaque-TCP label set, cached as above."""
-        key = tuple(labels[name] for name in TCP_LABELS)
+        key = tuple(self.reporter if name == "reporter" else labels[name] for name in TCP_LABELS)
         found = self._tcp_children.get(key)
         if found is None:
             found = self._tcp_children[key] = tuple(c.labels(*key) for c in self._tcp_counters)
@@ -110,7 +114,7 @@ class Metrics:
 
     def request_children(self, labels: dict[str, str]):
         """(counter, histogram) children for one label set, cached: labels() is not cheap."""
-        key = tuple(labels[name] for name in LABELS)
+        key = tuple(self.reporter if name == "reporter" else labels[name] for name in LABELS)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = (self.requests.labels(*key), self.duration.labels(*key))

@@ -4,10 +4,11 @@ proxies' own metrics (as `linkerd viz stat` and `top` do, without a Prometheus).
     shoal stat [-n NS | -A] [--window 5] [-o table|json]
     shoal top  [-n NS | -A] [--interval 2] [--once]
 
-Both scrape every ztunnel (its node's 15020) and every waypoint (15020 in its
-pod), wait, scrape again and show what happened in between: HTTP figures
-where a waypoint saw the requests, TCP figures from the ztunnel of the
-receiving side. `stat` has a row per receiving workload; `top` a row per
+Both scrape every ztunnel (its node's 15020), every waypoint (15020 in its
+pod) and the ingress gateway (15090 in its node's netns), wait, scrape again
+and show what happened in between: HTTP figures where a waypoint saw the
+requests (the gateway's own, for a destination no waypoint reported on),
+TCP figures from the ztunnel of the receiving side. `stat` has a row per receiving workload; `top` a row per
 pair of workloads, busiest first, refreshed until Ctrl-C (`--once`: one view).
 """
 
@@ -21,7 +22,7 @@ import time
 from shoal import traffic
 from shoal.cli import context
 from shoal.cli.output import fail, table
-from shoal.contracts import GATEWAY_NAME_LABEL, METRICS_PORT
+from shoal.contracts import GATEWAY_NAME_LABEL, INGRESS_METRICS_PORT, METRICS_PORT
 
 
 def register(sub) -> None:
@@ -51,17 +52,19 @@ def scrape_all(cluster: str) -> dict:
 
     layout = Layout(cluster)
     config = ClusterConfig.read(layout)
-    places = [layout.node_netns(n) for n in range(1, (config.nodes if config else 0) + 1)]
+    nodes = [layout.node_netns(n) for n in range(1, (config.nodes if config else 0) + 1)]
+    # The ztunnels, and the ingress gateway where it runs (in its node's netns, on its own port).
+    places = [(node, METRICS_PORT) for node in nodes] + [(node, INGRESS_METRICS_PORT) for node in nodes]
     for pod in layout.store().list("Pod")[0]:
         where = ((pod.get("status") or {}).get("shoal") or {}).get("netns")
         if GATEWAY_NAME_LABEL in (pod["metadata"].get("labels") or {}) and where:
-            places.append(where)  # the netns path: /run/netns/NAME, or the CRI's on containerd
+            places.append((where, METRICS_PORT))  # the netns path: /run/netns/NAME, or the CRI's on containerd
     scrapes = []
-    for place in places:
+    for place, port in places:
         if not netns.exists(place):
             continue
         try:
-            scrapes.append(traffic.parse(http_get(place, "127.0.0.1", METRICS_PORT, "/metrics").decode()))
+            scrapes.append(traffic.parse(http_get(place, "127.0.0.1", port, "/metrics").decode()))
         except OSError:
             continue  # a proxy that is restarting: its traffic shows in the next window
     return traffic.merge(scrapes)

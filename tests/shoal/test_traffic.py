@@ -9,8 +9,9 @@ from shoal.traffic import by_pair, by_workload, deltas, merge, parse
 BUCKETS = (5, 10, 25, 50, 100, 250, 500, 1000)
 
 
-def requests(code: str, count: int, destination: str = "reviews-v1", source: str = "client") -> str:
-    return (f'istio_requests_total{{reporter="waypoint",source_workload="{source}",source_workload_namespace="shop",'
+def requests(code: str, count: int, destination: str = "reviews-v1", source: str = "client",
+             reporter: str = "waypoint") -> str:
+    return (f'istio_requests_total{{reporter="{reporter}",source_workload="{source}",source_workload_namespace="shop",'
             f'destination_workload="{destination}",destination_workload_namespace="shop",response_code="{code}"}} '
             f"{count}\n")
 
@@ -78,3 +79,16 @@ def test_pairs_and_workloads_group_by_who_talks_to_whom():
 def test_samples_of_the_same_series_from_several_proxies_add_up():
     merged = merge([parse(requests("200", 3)), parse(requests("200", 4) + requests("500", 1))])
     assert sorted(merged.values()) == [1, 7]
+
+
+def test_the_ingress_gateways_requests_count_where_no_waypoint_counted_them():
+    # The gateway reports as Istio's gateways do (reporter="source"): to reviews-v1, which has a waypoint, the
+    # waypoint's count is the same requests (not added again); to ratings, which has none, the gateway's is all.
+    after = parse(requests("200", 30, "reviews-v1", "client") + requests("200", 30, "reviews-v1", "gateway", "source")
+                  + requests("503", 8, "ratings", "gateway", "source") + requests("200", 12, "ratings", "gateway",
+                                                                                  "source"))
+    rows = {k[1]: f for k, f in by_workload({}, after, 1.0).items()}
+    assert (rows["reviews-v1"].requests, rows["ratings"].requests) == (30, 20)
+    assert rows["ratings"].success == pytest.approx(0.6)
+    assert {(s[1], d[1]): f.requests for (s, d), f in by_pair({}, after, 1.0).items() if f.requests} == {
+        ("client", "reviews-v1"): 30, ("gateway", "ratings"): 20}

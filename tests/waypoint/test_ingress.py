@@ -55,7 +55,7 @@ class Gateway:
         self.upstreams = Upstreams(self.certs, GATEWAY, connect_timeout=2.0, hbone_port=mesh.hbone_port)
         self.routes = routes
         kwargs = {"rand": rand} if rand else {}
-        self.proxy = Proxy(mesh.state, self.upstreams, Metrics(),
+        self.proxy = Proxy(mesh.state, self.upstreams, Metrics(reporter="source"),     # as ingress_main makes it
                            decider=lambda state, peer, head, r: decide(state, lambda: self.routes, peer, head, r),
                            **kwargs)
         self.listener = IngressListener(self.proxy, 0, host="127.0.0.1", gateway_port=gateway_port,
@@ -113,6 +113,7 @@ def test_the_plan_and_the_metrics_name_the_backend_service_not_the_host():
     (line,) = [m for m in metrics.splitlines() if m.startswith("istio_requests_total{")]
     assert f'destination_service="{REVIEWS}"' in line and 'destination_service_name="reviews"' in line, line
     assert f'destination_service_namespace="{NS}"' in line and "example.com" not in line, line
+    assert 'reporter="source"' in line, line        # the gateway is the mesh's client, as Istio's gateways report
 
 
 def test_http_from_outside_is_routed_by_host_and_path_into_the_mesh_with_the_gateway_identity():

@@ -141,7 +141,7 @@ def test_a_50_50_route_splits_about_evenly_over_400_requests(cluster):
     # The gateway's metrics name the backend Service, as Istio's gateway's do (not the Host example.com).
     text = scrape(INGRESS_METRICS_PORT, netns=cluster.layout.node_netns(1))
     for version in ("v1", "v2"):
-        assert (value(text, "istio_requests_total", destination_service=HELLO,
+        assert (value(text, "istio_requests_total", reporter="source", destination_service=HELLO,
                       destination_service_name="hello", destination_service_namespace="web",
                       destination_version=version) or 0) >= 150, version
     assert value(text, "istio_requests_total", destination_service="example.com") is None
