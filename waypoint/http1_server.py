@@ -32,17 +32,53 @@ logger = log.get("waypoint.http1")
 LINGER_SECONDS = 5.0   # reading and dropping an unread request body before a reset
 
 
+class IdleLimit:
+    """The keep-alive idle limit of one client connection: the serving task is cancelled when it has waited
+    `seconds` for the next request. One timer per connection, re-armed only when it fires: an
+    `asyncio.timeout` around each wait armed and cancelled a timer on every request."""
+
+    def __init__(self, seconds: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.seconds = seconds
+        self.since: float | None = None   # when the current wait began; None while a request is served
+        self.expired = False
+        self._timer = self.loop.call_later(seconds, self._check)
+
+    def waiting(self) -> None:
+        self.since = self.loop.time()
+
+    def serving(self) -> None:
+        self.since = None
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.since is not None and now - self.since >= self.seconds:
+            self.expired = True
+            self.task.cancel()
+            return
+        self._timer = self.loop.call_at((self.since if self.since is not None else now) + self.seconds,
+                                        self._check)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
 async def serve_http1(proxy: Proxy, client: Channel, peer: Peer, source_address: tuple[str, int]) -> None:
     """Serves one client connection: its requests, one at a time (keep-alive), until it ends."""
     reader = http1.MessageReader()
     queue: list = []
+    idle = IdleLimit(proxy.idle_timeout)
     try:
         while True:
             try:
-                # asyncio.timeout, not wait_for: wait_for wraps the read in a Task of its own, on every request.
-                async with asyncio.timeout(proxy.idle_timeout):
-                    head = await _next_head(client, reader, queue)
-            except TimeoutError:
+                idle.waiting()
+                head = await _next_head(client, reader, queue)
+                idle.serving()
+            except asyncio.CancelledError:
+                if not idle.expired:
+                    raise
+                asyncio.current_task().uncancel()   # the idle limit's own cancellation: end, as a timeout would
                 client.end()
                 return
             except BadRequest as e:
@@ -69,6 +105,8 @@ async def serve_http1(proxy: Proxy, client: Channel, peer: Peer, source_address:
     except asyncio.CancelledError:
         client.reset()
         raise
+    finally:
+        idle.close()
 
 
 async def _next_head(client: Channel, reader: http1.MessageReader, queue: list) -> http1.Head | None:

@@ -7,33 +7,15 @@ and compares, and counts which serializer ran, so a plain path never taken fails
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from shoal.model import HeaderChanges, Route
 
 from waypoint import http1
 
-from wp_harness import AppBehaviour, body_of, get
+from wp_harness import AppBehaviour, exchange_kept_alive as exchange, get
 from wp_mesh import Mesh, run
 from wp_model import VIP, table, to
-
-
-async def exchange(channel, raw: bytes) -> bytes:
-    """Sends one request on a kept-alive connection and reads its whole answer (head, Content-Length body)."""
-    channel.send(raw)
-    data = b""
-    while b"\r\n\r\n" not in data or len(body_of(data)) < length(data):
-        piece = await asyncio.wait_for(channel.read(), 5)
-        assert piece, data
-        data += piece
-    return data
-
-
-def length(response: bytes) -> int:
-    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
-    return next(int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.startswith("content-length:"))
 
 
 def answer_of(response: bytes) -> tuple:

@@ -17,7 +17,7 @@ from waypoint.channel import ChannelReset
 
 from support import metrics as exposition
 from support.polling import eventually_async
-from wp_harness import AppBehaviour, body_of, get, read_all, status_of
+from wp_harness import AppBehaviour, body_of, exchange_kept_alive, get, read_all, status_of
 from wp_mesh import V2_IP, Mesh, run
 from wp_model import NS, REVIEWS, SHADOW, VIP, policy, subset, table, to
 
@@ -171,6 +171,20 @@ def test_keep_alive_chunked_body_and_pipelining_refused():
             channel.send(get("/b", close=False) + get("/c", close=False))
             rest = await read_all(channel)
             assert rest.count(b"HTTP/1.1 200") == 1 and b"GET /b" in rest and b"connection: close" in rest
+    run(main())
+
+
+def test_a_client_connection_idle_past_the_limit_is_ended_and_a_busy_one_is_not():
+    async def main():
+        async with Mesh(table(Route("all", destinations=(to("v1"),))), rand=lambda: 0.0) as m:
+            m.waypoint.proxy.idle_timeout = 1.0
+            busy, idle = await m.client.connect(f"{VIP}:9080"), await m.client.connect(f"{VIP}:9080")
+            assert status_of(await exchange_kept_alive(idle, get("/once", close=False))) == 200
+            for i in range(8):   # 1.6 s in all, past the limit, but never idle that long between requests
+                assert status_of(await exchange_kept_alive(busy, get(f"/busy{i}", close=False))) == 200
+                await asyncio.sleep(0.2)
+            assert await asyncio.wait_for(idle.read(), 10) == b""     # the waypoint ended the idle one
+            assert status_of(await exchange_kept_alive(busy, get("/still", close=False))) == 200
     run(main())
 
 

@@ -242,6 +242,22 @@ def get(path="/", host="reviews:9080", headers=(), method="GET", body=b"", close
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+async def exchange_kept_alive(channel, raw: bytes) -> bytes:
+    """Sends one request on a kept-alive connection and reads its whole answer (head, Content-Length body)."""
+    channel.send(raw)
+    data = b""
+    while b"\r\n\r\n" not in data or len(body_of(data)) < content_length_of(data):
+        piece = await asyncio.wait_for(channel.read(), 5)
+        assert piece, data
+        data += piece
+    return data
+
+
+def content_length_of(response: bytes) -> int:
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+    return next(int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.startswith("content-length:"))
+
+
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
 
