@@ -29,8 +29,9 @@ MESH_KINDS: dict[str, tuple[str, tuple[str, ...], Callable[[dict, Checker], Any]
     "ServiceEntry": (service_entry.GROUP, service_entry.VERSIONS, service_entry.service_entry),
 }
 CORE_KINDS = ("Namespace", "Pod", "Service", "ServiceAccount")
-# Secrets are read for one purpose: the TLS certificates an ingress Gateway's HTTPS servers name.
-ALL_KINDS = CORE_KINDS + tuple(MESH_KINDS) + ("Secret",)
+# Secrets are read for one purpose: the TLS certificates an ingress Gateway's HTTPS servers name;
+# ReferenceGrants for one too: which of another namespace's Secrets and Services ingress Gateways may name.
+ALL_KINDS = CORE_KINDS + tuple(MESH_KINDS) + ("Secret", "ReferenceGrant")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -352,6 +352,15 @@ def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
     gateways = list(gateways)
     virtual_services = list(virtual_services)
     by_identity: dict[tuple[str, str], list[RouteCandidate]] = {}
+
+    def served(identity: tuple[str, str], server: Server) -> bool:
+        """An HTTPS server serves its hosts only with its own certificate: another server's on the same port
+        must not answer for a listener whose Secret is missing or not granted (fail closed)."""
+        if server.protocol != "HTTPS" or certified is None:
+            return True
+        hosts = tuple(h.rpartition("/")[2] for h in server.hosts)
+        return any(c.gateway == f"{identity[0]}/{identity[1]}" and c.port == server.port and c.hosts == hosts
+                   for c in certified.values())
     for gateway in gateways:
         selected = identities(gateway)
         for vs in virtual_services:
@@ -372,11 +381,13 @@ def tables(gateways: Iterable[IstioGateway], virtual_services: Iterable[dict],
                                                subset_fields=istio_routing.subset_fields(vs.get("spec") or {},
                                                                                          namespace))
                     for identity in selected:
-                        by_identity.setdefault(identity, []).append(candidate)
+                        if served(identity, server):
+                            by_identity.setdefault(identity, []).append(candidate)
     for gateway in gateways:
         if gateway.api == GATEWAY_API:
-            for candidate in _http_route_candidates(gateway, virtual_services, grants, warn_route):
-                for identity in identities(gateway):
+            for identity in identities(gateway):
+                listeners = replace(gateway, servers=tuple(s for s in gateway.servers if served(identity, s)))
+                for candidate in _http_route_candidates(listeners, virtual_services, grants, warn_route):
                     by_identity.setdefault(identity, []).append(candidate)
     uncertified: set[tuple[str, int]] = set()
     if certified is not None:

@@ -145,3 +145,33 @@ def test_the_local_clusters_manifests_take_reference_grants():
     (error,) = manifest.validate([{**good, "apiVersion": "gateway.networking.k8s.io/v1alpha1"}],
                                  existing_namespaces={"certs"}, mesh_validator=validate)
     assert "does not serve ReferenceGrant" in error
+
+
+def test_an_ungranted_listener_is_not_served_with_another_listeners_certificate_on_its_port():
+    other = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: books, namespace: shop}
+spec:
+  gatewayClassName: shoal
+  listeners:
+  - name: secure
+    port: 443
+    protocol: HTTPS
+    hostname: books.shop.test
+    tls: {certificateRefs: [{kind: Secret, name: books-cert}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: books, namespace: shop}
+spec:
+  parentRefs: [{name: books}]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"""
+    t, _ = translate(*objects(*from_yaml(other), tls_secret("books-cert", b"BOOKS", b"BKEY", "shop")))
+    keys = set(t.snapshot()[R])
+    assert "shoal-system/shoal-ingressgateway@books.shop.test:443" in keys       # its own certificate: served
+    assert "shoal-system/shoal-ingressgateway@api.shop.test:443" not in keys     # no grant: not served at all
+    t.apply_event(added(grant("certs", "Gateway", "shop", "Secret", "api-cert")))
+    t.flush()
+    assert "shoal-system/shoal-ingressgateway@api.shop.test:443" in t.snapshot()[R]

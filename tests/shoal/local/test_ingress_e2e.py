@@ -289,3 +289,66 @@ def test_a_gateway_server_on_another_port_gets_a_listener_and_loses_it_with_the_
     cluster.delete(ALT_PORT)
     eventually(lambda: fetch().returncode == 7, 90,
                lambda: f"the 8081 listener to close; curl says {fetch()}", interval=0.5)
+
+
+GRANTED = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: granted, namespace: web}
+spec:
+  gatewayClassName: shoal
+  listeners:
+  - name: secure
+    port: 443
+    protocol: HTTPS
+    hostname: grant.shop.test
+    tls: {certificateRefs: [{kind: Secret, name: grant-cert, namespace: default}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: granted, namespace: web}
+spec:
+  parentRefs: [{name: granted}]
+  rules: [{backendRefs: [{name: hello, port: 80}]}]
+"""
+GRANT = """
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: web-gateways, namespace: default}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: web}]
+  to: [{group: "", kind: Secret, name: grant-cert}]
+"""
+
+
+def test_another_namespaces_certificate_is_served_exactly_while_a_reference_grant_allows_it(cluster, tmp_path):
+    chain, key = self_signed("grant.shop.test")
+    trusted = tmp_path / "grant.pem"
+    trusted.write_bytes(chain)
+    cluster.apply([tls_secret("grant-cert", chain, key, "default")])
+    cluster.apply(GRANTED)
+
+    def fetch():
+        return netns.run(cluster.outside, ["curl", "-sS", "--max-time", "10", "--cacert", str(trusted),
+                                           "--resolve", f"grant.shop.test:{HTTPS_PORT}:{NODE}",
+                                           "https://grant.shop.test/granted"], check=False, capture_output=True,
+                         text=True)
+
+    def resolved():
+        (gateway,) = [g for g in cluster.items("gateways", "web") if g["metadata"]["name"] == "granted"]
+        listeners = (gateway.get("status") or {}).get("listeners") or []
+        return next(((c["status"], c["reason"]) for l in listeners for c in l["conditions"]
+                     if c["type"] == "ResolvedRefs"), None)
+    eventually(lambda: resolved() == ("False", "RefNotPermitted"), 60, "the listener's RefNotPermitted",
+               interval=0.5)
+    assert fetch().returncode != 0, "served without a ReferenceGrant"
+
+    cluster.apply(GRANT)
+    body = eventually(lambda: (out := fetch()).returncode == 0 and out.stdout or None, 90,
+                      "the gateway to serve the granted certificate", interval=0.5)
+    assert "GET /granted" in body
+    eventually(lambda: resolved() == ("True", "ResolvedRefs"), 60, "the listener's ResolvedRefs", interval=0.5)
+
+    cluster.delete(GRANT)                     # revoked: the certificate stops being served
+    eventually(lambda: fetch().returncode != 0, 90, "the certificate to stop being served", interval=0.5)
+    eventually(lambda: resolved() == ("False", "RefNotPermitted"), 60, "RefNotPermitted again", interval=0.5)
