@@ -17,7 +17,13 @@ resourceVersion it had when it was written (the write's own MODIFIED event
 has not arrived yet). A Gateway's status is not written here: its
 controller (`control_plane.waypoints_kube`) owns it, and two writers of one
 conditions list would undo each other's work. A TrafficSplit has no status
-subresource (SMI's CRD declares none), so it has none to write.
+subresource (SMI's CRD declares none), so it has none to write. An
+HTTPRoute's status is written in Gateway API's shape, which its upstream
+CRD requires (`status.parents`: one entry per parentRef, with shoal's
+controllerName and the same conditions; other controllers' entries kept;
+no validationMessages, which that schema has no place for). An object the
+API server refuses to take a status for (422: a CRD whose schema differs)
+is skipped, warned once, and does not stop the others.
 
 The control plane runs one replica (daemonset/control-plane.yaml) and has no
 leader election; with several replicas each would write the same status,
@@ -36,9 +42,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from shoal import log
-from shoal.kube_client import KubeError, KubeNotFound, call, request
+from shoal.kube_client import KubeApiError, KubeError, KubeNotFound, call, request
 
 from control_plane.sources.kube import RESOURCES
+from control_plane.waypoints import WAYPOINT_CONTROLLER as CONTROLLER
 
 logger = log.get("shoal.control_plane.status")
 
@@ -89,6 +96,8 @@ def plan(objects: Iterable[dict], findings: Iterable, written: dict[Key, tuple[s
             continue
         key = (kind, str(meta.get("namespace") or "default"), str(meta["name"]))
         status = status_of(obj, by_key.get(key, ()))
+        if kind == "HTTPRoute":
+            status = route_status(obj, status["conditions"])
         have = obj.get("status") or {}
         version = str(meta.get("resourceVersion") or "")
         if status == have or written.get(key) == (version, status):
@@ -96,6 +105,17 @@ def plan(objects: Iterable[dict], findings: Iterable, written: dict[Key, tuple[s
         patch = {**status, **{k: None for k in have if k not in status}}
         out.append(StatusWrite(key, _path(obj, plural), version, status, {"status": patch}))
     return out
+
+
+def route_status(route: dict, conditions: list[dict]) -> dict:
+    """An HTTPRoute's status as Gateway API has it: for each of its parentRefs, shoal's entry with these
+    conditions; the entries of other controllers kept as they are."""
+    have = route.get("status") or {}
+    others = [p for p in have.get("parents") or () if isinstance(p, dict) and p.get("controllerName") != CONTROLLER]
+    mine = [{"parentRef": ref, "controllerName": CONTROLLER, "conditions": conditions}
+            for ref in (route.get("spec") or {}).get("parentRefs") or () if isinstance(ref, dict)]
+    return {**{k: v for k, v in have.items() if k not in ("parents", "conditions", "validationMessages")},
+            "parents": others + mine}
 
 
 class KubeStatusWriter:
@@ -106,6 +126,7 @@ class KubeStatusWriter:
         self.objects = objects
         self.poll = poll
         self.written: dict[Key, tuple[str, dict]] = {}
+        self._refused: set[Key] = set()      # warned about once
         self.writes = 0
 
     def step(self, objects: list[dict]) -> int:
@@ -126,6 +147,16 @@ class KubeStatusWriter:
                      f"writing the status of {kind} {namespace}/{name}")
             except KubeNotFound:
                 continue                   # deleted since the watch showed it
+            except KubeApiError as e:
+                if e.status != 422:
+                    raise
+                if write.key not in self._refused:
+                    self._refused.add(write.key)
+                    logger.warning("the API server refused this object's status (its CRD's schema differs from "
+                                   "the one shoal writes for); skipped", kind=kind, namespace=namespace, name=name,
+                                   error=str(e))
+                self.written[write.key] = (write.resource_version, write.status)   # not again until it changes
+                continue
             self.written[write.key] = (write.resource_version, write.status)
             done += 1
         self.writes += done

@@ -105,3 +105,35 @@ def test_an_object_deleted_meanwhile_is_skipped_and_another_kinds_status_is_kept
     kinds = [c["type"] for c in api.get("DestinationRule", "shop", "reviews")["status"]["conditions"]]
     assert "Reconciled" in kinds                # another writer's condition is left in place
     assert condition(api.get("VirtualService", "shop", "reviews"), "ResolvedRefs")["reason"] == "UndefinedSubset"
+
+
+HTTP_ROUTE = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+              "metadata": {"name": "reviews", "namespace": "shop"},
+              "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}],
+                       "rules": [{"backendRefs": [{"name": "reviews", "port": 80}]}]}}
+
+
+def test_an_httproutes_status_is_written_in_gateway_apis_shape_beside_other_controllers(api):
+    route = api.add(HTTP_ROUTE)
+    other = {"parentRef": {"name": "elsewhere"}, "controllerName": "example.com/other",
+             "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": ""}]}
+    api.modify({**route, "status": {"parents": [other]}})
+    writer = KubeStatusWriter(api.api_client(), lambda: [o for kind in (*KINDS, "HTTPRoute") for o in api.list(kind)])
+    writer.step(writer.objects())
+    status = api.get("HTTPRoute", "shop", "reviews")["status"]
+    assert set(status) == {"parents"}, status         # no conditions or validationMessages at the top
+    theirs, mine = status["parents"]
+    assert theirs == other
+    assert mine["controllerName"] == "shoal.io/waypoint-controller"
+    assert mine["parentRef"] == HTTP_ROUTE["spec"]["parentRefs"][0]
+    assert {c["type"]: c["status"] for c in mine["conditions"]} == {"Accepted": "True", "ResolvedRefs": "True"}
+    assert writer.step(writer.objects()) == 0         # and it is not rewritten
+
+
+def test_a_status_the_api_server_refuses_is_skipped_and_the_others_are_written(api):
+    writer = writer_for(api)
+    api.fail(422, method="PATCH", path="/virtualservices/reviews/status", times=1)   # the first one written
+    assert writer.step(writer.objects()) == 1          # the DestinationRule's, after the VirtualService's refusal
+    assert "status" in api.get("DestinationRule", "shop", "reviews")
+    assert "status" not in api.get("VirtualService", "shop", "reviews")
+    assert writer.step(writer.objects()) == 0          # the refused one is not tried again until it changes
