@@ -179,7 +179,8 @@ def kube_wiring(settings: Settings) -> Wiring:
                                        bundle=published_bundle(api), waypoint_args=settings.waypoint_args)
     source = kube_source.KubeSource(api)
     # The mesh objects' status, from the analysis of what the source holds (no second list of the cluster).
-    status = KubeStatusWriter(api, lambda: [o for cache in source.caches.values() for o in cache.objects.values()])
+    status = KubeStatusWriter(api, lambda: [o for cache in source.caches.values() for o in cache.objects.values()],
+                              ready=lambda: source.synced)
     return Wiring(roots, authenticator, source.events(),
                   lambda obj, errors: kube_source.report_invalid(api, obj, errors),
                   controllers=(waypoints.run, status.run))

@@ -5,7 +5,8 @@ rewrites every mesh object's status from the analysis
 (`shoal.cli.mesh_status`). On Kubernetes nobody runs the CLI after a
 `kubectl apply`, so the control plane does it: every `poll` seconds it
 takes the objects its config source holds (the same list/watch the
-translator is fed from: no extra list of the cluster), runs the analysis
+translator is fed from: no extra list of the cluster; once it has listed
+every kind, so a partial view writes nothing untrue), runs the analysis
 (`control_plane.analysis.analyze`) and, for each mesh object whose status
 should differ from what it carries, PATCHes its `status` subresource with a
 merge patch: `status.conditions` (Accepted, ResolvedRefs) and
@@ -121,10 +122,14 @@ def route_status(route: dict, conditions: list[dict]) -> dict:
 class KubeStatusWriter:
     """Writes the analysis's status on the mesh objects `objects()` returns (the config source's view)."""
 
-    def __init__(self, api_client, objects: Callable[[], list[dict]], poll: float = 10.0) -> None:
+    def __init__(self, api_client, objects: Callable[[], list[dict]], poll: float = 10.0,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        """`ready()`: the source holds a complete view (before, a route seen without its DestinationRule
+        would get a condition that is not true)."""
         self.api = api_client
         self.objects = objects
         self.poll = poll
+        self.ready = ready
         self.written: dict[Key, tuple[str, dict]] = {}
         self._refused: set[Key] = set()      # warned about once
         self.writes = 0
@@ -163,6 +168,8 @@ class KubeStatusWriter:
         return done
 
     async def run(self) -> None:
+        while not self.ready():
+            await asyncio.sleep(min(self.poll, 0.5))
         while True:
             objects = list(self.objects())      # read in the loop, where the source's caches change
             try:

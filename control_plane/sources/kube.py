@@ -116,6 +116,7 @@ class KubeSource:
         self.secrets = SecretReader(api_client, secret_interval)
         self._secrets_cache = ObjectCache()
         self._stop = threading.Event()
+        self.synced = False      # every resource listed (or found absent) and passed on: a complete view
 
     @property
     def lists(self) -> dict[str, int]:
@@ -216,6 +217,7 @@ class KubeSource:
                                         if passed is not None:
                                             yield passed
                                     secrets = asyncio.create_task(self._read_secrets(queue, changed, wanted))
+                                self.synced = True
                                 yield Event("BOOKMARK", {"kind": "", "metadata": {"resourceVersion": ""}})
                             continue
                     yield event

@@ -137,3 +137,60 @@ def test_a_status_the_api_server_refuses_is_skipped_and_the_others_are_written(a
     assert "status" in api.get("DestinationRule", "shop", "reviews")
     assert "status" not in api.get("VirtualService", "shop", "reviews")
     assert writer.step(writer.objects()) == 0          # the refused one is not tried again until it changes
+
+
+def test_the_control_planes_kubernetes_wiring_writes_status_from_its_sources_complete_view(api, tmp_path,
+                                                                                           monkeypatch):
+    """app.kube_wiring: the writer reads the config source's caches, once the source has listed every kind."""
+    import asyncio
+
+    from control_plane import app
+    from support.polling import eventually_async
+
+    # the client reads $KUBECONFIG when it is imported: point its default at the double's
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+                        str(api.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    wiring = app.kube_wiring(app.Settings(source="kube"))
+    writer = wiring.controllers[1].__self__
+    assert isinstance(writer, KubeStatusWriter)
+    writer.poll = 0.2
+
+    async def main():
+        async def pump():
+            async for _ in wiring.events:
+                pass
+        tasks = [asyncio.create_task(pump()), asyncio.create_task(writer.run())]
+        try:
+            def written():
+                status = api.get("VirtualService", "shop", "reviews").get("status") or {}
+                return {c["type"]: c["reason"] for c in status.get("conditions") or ()}.get("ResolvedRefs")
+            await eventually_async(lambda: written() == "UndefinedSubset", 30, "the VirtualService's status")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    asyncio.run(main())
+    # the DestinationRule was in the view before anything was written: never a false "no such DestinationRule"
+    assert condition(api.get("DestinationRule", "shop", "reviews"), "ResolvedRefs")["status"] == "True"
+
+
+def test_nothing_is_written_before_the_source_holds_a_complete_view(api):
+    import asyncio
+
+    from support.polling import eventually_async
+    complete = []
+    writer = KubeStatusWriter(api.api_client(), lambda: [o for kind in KINDS for o in api.list(kind)], poll=0.1,
+                              ready=lambda: bool(complete))
+
+    async def main():
+        task = asyncio.create_task(writer.run())
+        try:
+            await asyncio.sleep(0.5)
+            assert status_writes(api) == [], "written from a partial view"
+            complete.append(True)
+            await eventually_async(lambda: len(status_writes(api)) == 2, 10, "the writes once the view is complete")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
