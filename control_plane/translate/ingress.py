@@ -236,7 +236,7 @@ def _service_of(host: str) -> tuple[str, str] | None:
     return (parts[1], parts[0]) if len(parts) > 3 and parts[2] == "svc" else None
 
 
-def _permitted_backends(routes: tuple, namespace: str, grants: tuple[reference_grants.Grant, ...],
+def permitted_backends(routes: tuple, namespace: str, grants: tuple[reference_grants.Grant, ...],
                         refused: Callable[[str], None]) -> tuple:
     """The routes with each backend in another namespace that no ReferenceGrant there allows turned into one
     nothing answers for (its share of requests fails, as the spec asks, instead of going to the others);
@@ -273,7 +273,7 @@ def _http_route_candidates(gateway: IstioGateway, objects: Iterable[dict],
                  for i, r in enumerate(c.sequence(spec.get("rules"), "spec.rules"))]
         routes, order = gateway_api.ordered_routes(rules)
         origin = ref_of(route)
-        routes = _permitted_backends(routes, namespace, grants,
+        routes = permitted_backends(routes, namespace, grants,
                                      lambda message: warn(origin, message) if warn is not None else None)
         hostnames = [str(h).lower() for h in spec.get("hostnames") or []]
         for i, ref in enumerate(parents):

@@ -38,14 +38,14 @@ Dependencies that mark work:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.model import ResourceType, Service, Snapshot, Waypoint, freeze_labels, selector_matches
 from shoal.model.snapshot import Delta
 
 from control_plane.translate import core, ingress, reference_grants, service_entry
-from control_plane.translate.candidates import RouteCandidate
+from control_plane.translate.candidates import Dialect, RouteCandidate
 from control_plane.translate.common import (
     CLUSTER_DOMAIN,
     ROOT_NAMESPACES,
@@ -157,7 +157,8 @@ class Translator:
         self._routes_dirty = self._routes_dirty or self._has_istio_gateways()
 
     def _grant(self, obj: dict, present: bool) -> None:
-        """ReferenceGrants matter to ingress Gateways' cross-namespace refs only; kept out of _objects."""
+        """ReferenceGrants matter to cross-namespace refs (ingress Gateways' Secrets, HTTPRoutes' backends);
+        kept out of _objects."""
         meta = obj.get("metadata") or {}
         key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
         grant = reference_grants.grant_of(obj) if present else None
@@ -167,7 +168,7 @@ class Translator:
             self._grants.pop(key, None)
         else:
             self._grants[key] = grant
-        self._routes_dirty = self._routes_dirty or self._has_istio_gateways()
+        self._routes_dirty = True
 
     def _upsert(self, obj: dict) -> None:
         if obj.get("kind") == "Secret":
@@ -468,6 +469,13 @@ class Translator:
             if key is not None and f"{candidate.origin}: {message}" not in warnings[key]:
                 warnings[key].append(f"{candidate.origin}: {message}")
 
+        # An HTTPRoute's backendRef to another namespace's Service holds only while a ReferenceGrant there allows it
+        # (Gateway API's rule for every route, mesh ones too): without one its share of requests fails.
+        grants = tuple(self._grants.values())
+        candidates = [replace(c, routes=ingress.permitted_backends(
+                          c.routes, c.namespace, grants,
+                          lambda message, c=c: warn(c, message))) if c.dialect is Dialect.HTTPROUTE else c
+                      for c in candidates]
         gateways = [value for value in self._parsed.values() if isinstance(value, ingress.IstioGateway)]
         # An HTTPRoute's parent that is an ingress Gateway is the ingress's to serve, not a waypoint to look for.
         ingress_parents = {(g.namespace, g.name) for g in gateways if g.api == ingress.GATEWAY_API}
@@ -484,8 +492,6 @@ class Translator:
         credentials = {}
         if gateways:
             bound = [self._objects[key] for key in self._parsed if key[0] in ("VirtualService", "HTTPRoute")]
-            grants = tuple(self._grants.values())
-
             def warn_route(origin: str, message: str) -> None:
                 key = by_origin.get(origin)
                 if key is not None and f"{origin}: {message}" not in warnings[key]:

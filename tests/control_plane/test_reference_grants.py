@@ -175,3 +175,21 @@ spec:
     t.apply_event(added(grant("certs", "Gateway", "shop", "Secret", "api-cert")))
     t.flush()
     assert "shoal-system/shoal-ingressgateway@api.shop.test:443" in t.snapshot()[R]
+
+
+def test_a_mesh_httproutes_backend_in_another_namespace_needs_a_grant_too():
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "to-books", "namespace": "shop"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "books", "namespace": "library", "port": 80}]}]}}
+    t, _ = translate(service("web", "shop"), service("books", "library"), route)
+
+    def hosts():
+        (table,) = [v for v in t.snapshot()[R].values() if v.hostname == "web.shop.svc.cluster.local"]
+        return [d.host for r in table.routes for d in r.destinations]
+    assert hosts() == ["books.library.ref-not-permitted.invalid"]
+    assert any("RefNotPermitted" in w for w in t.findings_of(("HTTPRoute", "shop", "to-books")).warnings)
+    t.apply_event(added(grant("library", "HTTPRoute", "shop", "Service", "books")))
+    t.flush()
+    assert hosts() == ["books.library.svc.cluster.local"]
+    assert not any("RefNotPermitted" in w for w in t.findings_of(("HTTPRoute", "shop", "to-books")).warnings)
