@@ -24,6 +24,8 @@ IMAGES = "/runtime.v1.ImageService/"
 SANDBOX_READY = 0
 CONTAINER_CREATED, CONTAINER_RUNNING, CONTAINER_EXITED, CONTAINER_UNKNOWN = 0, 1, 2, 3
 NAMESPACE_NODE = 2  # NamespaceMode NODE: the node's namespace (hostNetwork, hostPID)
+# MountPropagation, by the names a pod's volumeMounts use (None: PROPAGATION_PRIVATE)
+PROPAGATION = {None: 0, "None": 0, "HostToContainer": 1, "Bidirectional": 2}
 
 _F = descriptor_pb2.FieldDescriptorProto
 STRING, BOOL, INT64, UINT32, UINT64, INT32, BYTES, MESSAGE = (
@@ -70,7 +72,8 @@ MESSAGES = {
     "ContainerMetadata": [_f("name", 1, STRING), _f("attempt", 2, UINT32)],
     "ImageSpec": [_f("image", 1, STRING)],
     "KeyValue": [_f("key", 1, STRING), _f("value", 2, STRING)],
-    "Mount": [_f("container_path", 1, STRING), _f("host_path", 2, STRING), _f("readonly", 3, BOOL)],
+    "Mount": [_f("container_path", 1, STRING), _f("host_path", 2, STRING), _f("readonly", 3, BOOL),
+              _f("propagation", 5, INT32)],
     "Capability": [_f("add_capabilities", 1, STRING, repeated=True),
                    _f("drop_capabilities", 2, STRING, repeated=True)],
     "LinuxContainerSecurityContext": [_f("capabilities", 1, MESSAGE, "Capability"), _f("privileged", 2, BOOL),
@@ -160,11 +163,15 @@ class ContainerSpec:
     command: tuple[str, ...]
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
-    mounts: tuple[tuple[str, str, bool], ...]  # (host path, container path, read-only)
+    mounts: tuple[tuple, ...]  # (host path, container path, read-only[, MountPropagation number])
     log_path: str  # relative to the sandbox's log directory
     working_dir: str = ""
     privileged: bool = False
     host_network: bool = False
+    host_pid: bool = False
+    run_as_user: int | None = None
+    add_capabilities: tuple[str, ...] = ()   # as a pod's securityContext names them: NET_ADMIN, or ALL
+    drop_capabilities: tuple[str, ...] = ()
 
 
 def _verbose_info(reply) -> tuple[dict, int | None]:
@@ -198,12 +205,15 @@ class Cri:
 
     @staticmethod
     def sandbox_config(namespace: str, name: str, uid: str, *, log_directory: str, cgroup_parent: str,
-                       dns_searches: tuple[str, ...] = (), host_network: bool = False) -> object:
+                       dns_searches: tuple[str, ...] = (), host_network: bool = False, host_pid: bool = False,
+                       privileged: bool = False) -> object:
         security = M["LinuxSandboxSecurityContext"](namespace_options=M["NamespaceOption"](
-            network=NAMESPACE_NODE if host_network else 0))
+            network=NAMESPACE_NODE if host_network else 0, pid=NAMESPACE_NODE if host_pid else 0),
+            privileged=privileged)  # a privileged container needs a privileged sandbox
         return M["PodSandboxConfig"](
             metadata=M["PodSandboxMetadata"](name=name, uid=uid, namespace=namespace, attempt=0),
-            hostname=name, log_directory=log_directory,
+            hostname="" if host_network else name,  # a hostNetwork pod shares the node's UTS namespace too
+            log_directory=log_directory,
             dns_config=M["DNSConfig"](servers=["127.0.0.1"], searches=list(dns_searches), options=["ndots:5"]),
             labels={"io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.name": name,
                     "io.kubernetes.pod.uid": uid},
@@ -241,11 +251,19 @@ class Cri:
         security = M["LinuxContainerSecurityContext"](privileged=spec.privileged)
         if spec.host_network:
             security.namespace_options.network = NAMESPACE_NODE
+        if spec.host_pid:
+            security.namespace_options.pid = NAMESPACE_NODE
+        if spec.run_as_user is not None:
+            security.run_as_user.value = spec.run_as_user
+        if spec.add_capabilities or spec.drop_capabilities:
+            security.capabilities.add_capabilities.extend(spec.add_capabilities)
+            security.capabilities.drop_capabilities.extend(spec.drop_capabilities)
         config = M["ContainerConfig"](
             metadata=M["ContainerMetadata"](name=spec.name, attempt=spec.attempt),
             image=M["ImageSpec"](image=spec.image), command=list(spec.command), args=list(spec.args),
             working_dir=spec.working_dir, envs=[M["KeyValue"](key=k, value=v) for k, v in spec.env],
-            mounts=[M["Mount"](host_path=h, container_path=c, readonly=ro) for h, c, ro in spec.mounts],
+            mounts=[M["Mount"](host_path=m[0], container_path=m[1], readonly=m[2],
+                               propagation=m[3] if len(m) > 3 else 0) for m in spec.mounts],
             log_path=spec.log_path, linux=M["LinuxContainerConfig"](security_context=security))
         request = M["CreateContainerRequest"](pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config)
         return self.call(RUNTIME + "CreateContainer", request, "CreateContainerResponse",

@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal import log
+from shoal import log, netns
 from shoal.local import services
-from shoal.local.cri_client import CONTAINER_EXITED, ContainerSpec, Cri, CriError
+from shoal.local import shoal_image
+from shoal.local.cri_client import CONTAINER_EXITED, PROPAGATION, ContainerSpec, Cri, CriError
 from shoal.local.kubelet import (BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, GRACE_MAX, ContainerState,
                                  _probe_once, _stamp_once, restart_marker)
 from shoal.local.layout import CGROUP_ROOT, Layout, node_index, node_ip
@@ -50,7 +51,18 @@ class CriContainer(ContainerState):
     container_id: str | None = None
     pid: int | None = None
     copied: int = 0  # bytes of the current attempt's CRI log already copied
-    mounts: tuple[tuple[str, str, bool], ...] = ()  # (host path, container path, read-only) beyond DNS's
+    mounts: tuple[tuple, ...] = ()  # (host path, container path, read-only, propagation) beyond DNS's
+    privileged: bool = False
+    run_as_user: int | None = None
+    add_capabilities: tuple[str, ...] = ()
+    drop_capabilities: tuple[str, ...] = ()
+    config_error: str | None = None  # why the manifest's container cannot be made (it waits, with an event)
+
+    def status(self) -> dict:
+        out = {**super().status(), "image": self.image}
+        if self.container_id:
+            out["containerID"] = f"containerd://{self.container_id}"
+        return out
 
 
 @dataclass
@@ -68,6 +80,7 @@ class CriPod:
     files: Path  # the pod's hosts and resolv.conf, mounted into each container
     logs: Path   # the sandbox's CRI log directory
     host_network: bool = False
+    host_pid: bool = False
     ip: str = ""
     containers: list[CriContainer] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -116,6 +129,23 @@ class CriPod:
                     f.write(content)
 
 
+def volume_mounts(spec: dict, container: dict) -> tuple[tuple, ...]:
+    """The container's volumeMounts of hostPath volumes, as CRI mounts (host path, container path, read-only,
+    propagation). Other volume kinds are refused: the local cluster has nothing to fill them from."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or ()}
+    out = []
+    for mount in container.get("volumeMounts") or ():
+        volume = volumes.get(mount["name"])
+        if volume is None or "hostPath" not in volume:
+            raise CriError(f"container {container['name']!r} mounts volume {mount['name']!r}, which is not a "
+                           "hostPath volume of the pod; the local cluster's containerd runtime mounts hostPath "
+                           "volumes only")
+        host = volume["hostPath"]["path"]
+        wanted = shoal_image.propagation(host, mount.get("mountPropagation"))
+        out.append((host, mount["mountPath"], bool(mount.get("readOnly")), PROPAGATION[wanted]))
+    return tuple(out)
+
+
 def own_env() -> dict[str, str]:
     """What the kubelet passes on to shoal's own processes (kubelet._env does the same for the netns runtime)."""
     return {key: os.environ[key] for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "PYTHONPATH", "VIRTUAL_ENV")
@@ -138,7 +168,10 @@ class CriPods:
 
     @staticmethod
     def runs(pod: dict) -> bool:
-        return not pod.get("spec", {}).get("hostNetwork")
+        """Pods with their own network, and hostNetwork pods that name an image (the node agent and the ztunnel
+        from the shoal image: shoal_image.py); other hostNetwork pods stay processes in the node's netns."""
+        spec = pod.get("spec", {})
+        return not spec.get("hostNetwork") or any(c.get("image") for c in spec.get("containers", []))
 
     async def start(self, pod: dict, services_list: list[dict]) -> CriPod:
         meta, spec = pod["metadata"], pod.get("spec", {})
@@ -150,7 +183,8 @@ class CriPods:
             namespace=namespace, name=name, uid=uid, node=node, node_netns=self.layout.node_netns(node),
             cgroup=cgroup, restart_policy=spec.get("restartPolicy", "Always"),
             grace=min(float(spec.get("terminationGracePeriodSeconds", 5)), GRACE_MAX),
-            cri=self, files=run_dir / "etc", logs=run_dir / "cri-logs")
+            cri=self, files=run_dir / "etc", logs=run_dir / "cri-logs",
+            host_network=bool(spec.get("hostNetwork")), host_pid=bool(spec.get("hostPID")))
         base_env = {"POD_NAME": name, "POD_NAMESPACE": namespace, "NODE_NAME": f"node{node}", "HOSTNAME": name,
                     "PYTHONUNBUFFERED": "1"}
         for container in spec.get("containers", []):
@@ -160,10 +194,21 @@ class CriPods:
             own = self._shoals_own(command)
             if own:
                 env = {**own_env(), **env}
+            elif container.get("image") == shoal_image.REF:  # the cluster's paths, which its argv names
+                env = {**{k: os.environ[k] for k in shoal_image.PASSED_ENV if k in os.environ}, **env}
+            try:
+                mounts, config_error = own or volume_mounts(spec, container), None
+            except CriError as e:
+                mounts, config_error = (), str(e)
+            security = container.get("securityContext") or {}
+            capabilities = security.get("capabilities") or {}
             runtime.containers.append(CriContainer(
                 container["name"], [*command, *args], container.get("readinessProbe"),
                 image=container.get("image") or self.toolbox_image, command=command, args=args,
-                env=tuple(env.items()), mounts=own))
+                env=tuple(env.items()), mounts=mounts, config_error=config_error,
+                privileged=bool(security.get("privileged")), run_as_user=security.get("runAsUser"),
+                add_capabilities=tuple(capabilities.get("add") or ()),
+                drop_capabilities=tuple(capabilities.get("drop") or ())))
         runtime.write_dns(services_list)
         runtime.tasks.append(asyncio.create_task(self._run(runtime)))
         logger.info("pod handed to containerd", pod=f"{namespace}/{name}", node=f"node{node}")
@@ -190,7 +235,9 @@ class CriPods:
             runtime.namespace, runtime.name, runtime.uid, log_directory=str(runtime.logs),
             cgroup_parent="/" + str(runtime.cgroup.relative_to(CGROUP_ROOT)),
             dns_searches=(f"{runtime.namespace}.svc.{services.CLUSTER_DOMAIN}",
-                          f"svc.{services.CLUSTER_DOMAIN}", services.CLUSTER_DOMAIN))
+                          f"svc.{services.CLUSTER_DOMAIN}", services.CLUSTER_DOMAIN),
+            host_network=runtime.host_network, host_pid=runtime.host_pid,
+            privileged=any(c.privileged for c in runtime.containers))
         backoff = SANDBOX_BACKOFF_START
         while runtime.sandbox_id is None:
             try:
@@ -207,6 +254,8 @@ class CriPods:
                 backoff = min(backoff * 2, BACKOFF_MAX)
         info = await asyncio.to_thread(cri.sandbox, runtime.sandbox_id)
         runtime.ip, runtime.netns_path = info.ip, info.netns
+        if runtime.host_network:  # the node's netns, where containerd runs: no CNI, the node's address
+            runtime.ip, runtime.netns_path = node_ip(runtime.node), str(netns.path(runtime.node_netns))
         logger.info("pod sandbox ready", pod=f"{runtime.namespace}/{runtime.name}", ip=info.ip, netns=info.netns)
         self.kubelet._mark(runtime)
         await asyncio.gather(*(self._run_container(runtime, c) for c in runtime.containers))
@@ -227,11 +276,19 @@ class CriPods:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         (runtime.logs / c.name).mkdir(parents=True, exist_ok=True)
         backoff, attempt, stamped = BACKOFF_START, 0, 0
+        if c.config_error:
+            c.waiting_reason = "CreateContainerConfigError"
+            self.kubelet._event(runtime, f"{c.name}.failed", "Failed", f"Error: {c.config_error}")
+            self.kubelet._mark(runtime)
+            return
         mounts = ((str(runtime.files / "hosts"), "/etc/hosts", False),
                   (str(runtime.files / "resolv.conf"), "/etc/resolv.conf", False), *c.mounts)
         while not runtime.stopping:
             env = (*c.env, ("POD_IP", runtime.ip))
-            spec = ContainerSpec(c.name, attempt, c.image, c.command, c.args, env, mounts, f"{c.name}/{attempt}.log")
+            spec = ContainerSpec(c.name, attempt, c.image, c.command, c.args, env, mounts, f"{c.name}/{attempt}.log",
+                                 privileged=c.privileged, host_network=runtime.host_network, host_pid=runtime.host_pid,
+                                 run_as_user=c.run_as_user, add_capabilities=c.add_capabilities,
+                                 drop_capabilities=c.drop_capabilities)
             if c.restart_count:
                 with open(log_path, "ab") as f:
                     f.write(restart_marker(c.name, c.restart_count, c.last_exit).encode())

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal import log
+from shoal.local import shoal_image
 from shoal.local.errors import ClusterError
 from shoal.local.layout import CGROUP_ROOT, Layout, pod_cidr
 
@@ -182,6 +183,7 @@ def choose(layout: Layout, runtime: str | None) -> str:
                            f"`shoal local down --cluster {layout.cluster}` first")
     if runtime == "containerd":
         check_prerequisites()  # before anything of the cluster is made
+        shoal_image.require()
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     (layout.run_dir / "runtime").write_text(runtime)
     return runtime
@@ -196,7 +198,10 @@ def ensure(layout: Layout, nodes: int, progress) -> list[str]:
         raise ClusterError(f"--runtime containerd gives pods IPv4 addresses only, not --ip-family {family}; use "
                            "--ip-family ipv4, or --runtime netns for IPv6; `shoal local down` this cluster first")
     check_prerequisites()
-    refs = images(progress)
+    refs = {**images(progress), "shoal_archive": shoal_image.require()}
+    if shoal_image.stale():
+        progress(f"warning: {shoal_image.ARCHIVE} is older than the checkout; the node agent and the ztunnel run "
+                 "the code it holds: run `make image` for the checkout's")
     (layout.run_dir / "images.json").write_text(json.dumps({"toolbox": refs["toolbox"], "pause": refs["pause"]}))
     return [f"containerd of node{node}" for node in range(1, nodes + 1) if ensure_node(layout, node, refs, progress)]
 
@@ -286,11 +291,13 @@ def ensure_node(layout: Layout, node: int, refs: dict, progress) -> bool:
             tail = (layout.logs_dir / f"containerd-node{node}.log").read_text()[-2000:]
             raise ClusterError(f"containerd of node{node} did not start; its log ends:\n{tail}")
         time.sleep(0.1)
-    for key in ("pause", "toolbox"):
+    for key in ("pause", "toolbox", "shoal"):
+        began = time.monotonic()
         result = ctr(paths, "images", "import", str(refs[f"{key}_archive"]))
         if result.returncode != 0:
             raise ClusterError(f"importing the {key} image into node{node}'s containerd failed: "
                                f"{result.stderr.strip()}")
+        logger.info("image imported", node=f"node{node}", image=key, seconds=round(time.monotonic() - began, 1))
     return True
 
 
