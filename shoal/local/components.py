@@ -18,7 +18,7 @@ from typing import Callable
 from shoal.contracts import (CONTROL_PLANE_GRPC_PORT, CONTROL_PLANE_HTTP_PORT, INGRESS_METRICS_PORT,
                              INGRESS_READINESS_PORT, METRICS_PORT, NODE_AGENT_PORT, READINESS_PORT)
 from shoal.local import ingress_gateway as ingress
-from shoal.local import containerd_down, runtime_containerd
+from shoal.local import containerd_down, runtime_containerd, shoal_image
 from shoal.local.errors import ClusterError
 from shoal.local.layout import BPFFS, Layout, node_ip, node_name
 from shoal.observe.targets import scrape_annotations
@@ -99,13 +99,21 @@ CLEANUPS: list[Callable[[Layout], None]] = []
 
 def node_agent(layout: Layout, node: int, settings: Settings) -> dict | None:
     """The node agent, one per node: enrollment, redirection, the hand-off socket to the ztunnel. On
-    containerd it also chains shoal-cni into the node's CNI config and asks the node's CRI."""
-    return system_pod(layout, node, "node-agent",
+    containerd it also chains shoal-cni into the node's CNI config and asks the node's CRI, and runs as its
+    DaemonSet's container of the shoal image (shoal_image.py)."""
+    return _on_runtime(layout, node, "node-agent", system_pod(layout, node, "node-agent",
                       shoal_argv("node-agent", "--source", "local", "--cluster", layout.cluster,
                                  "--node", node_name(node), "--redirect", settings.redirect,
                                  "--socket", str(layout.ztunnel_socket(node)),
                                  *runtime_containerd.node_agent_args(layout, node)),
-                      ready_port=NODE_AGENT_PORT, metrics_port=NODE_AGENT_PORT)
+                      ready_port=NODE_AGENT_PORT, metrics_port=NODE_AGENT_PORT))
+
+
+def _on_runtime(layout: Layout, node: int, component: str, pod: dict) -> dict:
+    """On --runtime containerd the node's parts are containers of the shoal image, as their DaemonSets run them."""
+    if runtime_containerd.runtime_of(layout) != "containerd":
+        return pod
+    return shoal_image.as_container(layout, node, component, pod)
 
 
 def node_agent_cleanup(layout: Layout) -> None:
@@ -173,7 +181,7 @@ def ztunnel_pod(layout: Layout, node: int, pod_name: str | None = None, revision
                      metrics_port=METRICS_PORT)
     pod["spec"]["terminationGracePeriodSeconds"] = ZTUNNEL_GRACE_SECONDS
     pod["metadata"]["annotations"][REVISION] = str(revision)
-    return pod
+    return _on_runtime(layout, node, "ztunnel", pod)
 
 
 def ztunnel(layout: Layout, node: int, settings: Settings) -> dict | None:
