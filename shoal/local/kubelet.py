@@ -289,7 +289,7 @@ class Kubelet:
     async def stop_all(self) -> None:
         # containerd's pods first: their sandboxes' CNI DEL asks the node agent and the ztunnel, which stop
         # last, as a drained node keeps its DaemonSet pods.
-        first = [r for r in self.pods.values() if getattr(r, "cri", None) is not None]
+        first = [r for r in self.pods.values() if getattr(r, "cri", None) is not None and not r.host_network]
         await asyncio.gather(*(self.stop(r) for r in first))
         await asyncio.gather(*(self.stop(r) for r in list(self.pods.values())))
 
