@@ -31,6 +31,7 @@ from shoal.preflight import Check
 CORE = {"Namespace": "/api/v1/namespaces", "Pod": "/api/v1/pods", "Service": "/api/v1/services",
         "ServiceAccount": "/api/v1/serviceaccounts", "Deployment": "/apis/apps/v1/deployments"}
 REQUIRED_GROUPS = ("gateway.networking.k8s.io",)
+REFERENCE_GRANTS = "gateway.networking.k8s.io/v1beta1"
 CONTROL_PLANE_APP = "shoal-control-plane"
 COMPONENTS = {"shoal-ztunnel": "per node", "shoal-node-agent": "per node", CONTROL_PLANE_APP: "one"}
 
@@ -93,6 +94,10 @@ class KubeTarget:
         for kind, api_version in self.mesh_versions().items():
             if api_version is not None:
                 objects += self._list(kind, f"/apis/{api_version}/{plural(kind)}", api_version)
+        # What other namespaces grant (cross-namespace certificateRefs and backendRefs), as the control plane reads it.
+        grants = f"{REFERENCE_GRANTS}/referencegrants"
+        if self._serves(REFERENCE_GRANTS, "referencegrants"):
+            objects += self._list("ReferenceGrant", f"/apis/{grants}", REFERENCE_GRANTS)
         return objects
 
     def _list(self, kind: str, path: str, api_version: str) -> list[dict]:

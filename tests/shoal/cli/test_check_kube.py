@@ -146,3 +146,21 @@ def test_an_unreachable_api_server_is_an_error_saying_so(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]   # after the client's own retry warnings
     assert last.startswith("shoal: error: ") and "check that it is reachable" in last
+
+
+def test_a_cross_namespace_backend_is_found_without_a_reference_grant_and_not_with_one(api, kubeconfig):
+    api.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "library"}})
+    api.add({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "books", "namespace": "library"},
+             "spec": {"selector": {"app": "books"}, "ports": [{"port": 80}]}})
+    api.add({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "to-books", "namespace": "shop"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "books", "namespace": "library", "port": 80}]}]}})
+    refused = check(kubeconfig, "--only", "config")
+    assert "RefNotPermitted" in refused.stdout and "HTTPRoute shop/to-books" in refused.stdout, refused.stdout
+    api.add({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "from-shop", "namespace": "library"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+                      "to": [{"group": "", "kind": "Service"}]}})
+    granted = check(kubeconfig, "--only", "config")
+    assert "RefNotPermitted" not in granted.stdout, granted.stdout
