@@ -25,7 +25,7 @@ from support.polling import eventually
 from support.root import needs_root
 
 # What a waypoint must never load: each is megabytes resident, and none is on its path.
-NOT_IN_A_WAYPOINT = ("pyroute2", "yaml", "rich", "pygments", "kubernetes", "urllib3", "bcc", "iptc",
+NOT_IN_A_WAYPOINT = ("pyroute2", "yaml", "rich", "pygments", "kubernetes", "urllib3", "bcc",
                      "opentelemetry", "control_plane", "node_agent", "ztunnel", "bench", "shoal.local.cluster",
                      *(f"shoal.cli.{module}" for module in set(COMMANDS.values()) - {"waypoint"}))
 
