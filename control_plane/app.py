@@ -180,7 +180,7 @@ def kube_wiring(settings: Settings) -> Wiring:
     source = kube_source.KubeSource(api)
     # The mesh objects' status, from the analysis of what the source holds (no second list of the cluster).
     status = KubeStatusWriter(api, lambda: [o for cache in source.caches.values() for o in cache.objects.values()],
-                              ready=lambda: source.synced)
+                              ready=lambda: source.synced, version=source.view_version)
     return Wiring(roots, authenticator, source.events(),
                   lambda obj, errors: kube_source.report_invalid(api, obj, errors),
                   controllers=(waypoints.run, status.run))

@@ -123,13 +123,16 @@ class KubeStatusWriter:
     """Writes the analysis's status on the mesh objects `objects()` returns (the config source's view)."""
 
     def __init__(self, api_client, objects: Callable[[], list[dict]], poll: float = 10.0,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True, version: Callable[[], object] | None = None) -> None:
         """`ready()`: the source holds a complete view (before, a route seen without its DestinationRule
-        would get a condition that is not true)."""
+        would get a condition that is not true). `version()`: changes whenever the view does; while it
+        stays, a pass is skipped (the analysis translates the whole cluster: not every poll for nothing)."""
         self.api = api_client
         self.objects = objects
         self.poll = poll
         self.ready = ready
+        self.version = version
+        self.passes = 0                      # analyses run
         self.written: dict[Key, tuple[str, dict]] = {}
         self._refused: set[Key] = set()      # warned about once
         self.writes = 0
@@ -138,6 +141,7 @@ class KubeStatusWriter:
         """One pass over `objects`: analyse, write what changed. The writes made; KubeError ends the pass."""
         from control_plane.analysis import analyze
 
+        self.passes += 1
         todo = plan(objects, analyze(objects), self.written)
         live = {(str(o.get("kind")), str((o.get("metadata") or {}).get("namespace") or "default"),
                  str((o.get("metadata") or {}).get("name"))) for o in objects}
@@ -170,12 +174,16 @@ class KubeStatusWriter:
     async def run(self) -> None:
         while not self.ready():
             await asyncio.sleep(min(self.poll, 0.5))
+        done = None
         while True:
-            objects = list(self.objects())      # read in the loop, where the source's caches change
-            try:
-                await asyncio.to_thread(self.step, objects)
-            except KubeError as e:
-                logger.warning("writing mesh objects' status failed; retrying at the next poll (check the control "
-                               "plane's RBAC for <kind>/status patch: daemonset/rbac.yaml)", error=str(e),
-                               status=e.status)
+            seen = self.version() if self.version is not None else None
+            if seen is None or seen != done:
+                objects = list(self.objects())      # read in the loop, where the source's caches change
+                try:
+                    await asyncio.to_thread(self.step, objects)
+                    done = seen
+                except KubeError as e:
+                    logger.warning("writing mesh objects' status failed; retrying at the next poll (check the "
+                                   "control plane's RBAC for <kind>/status patch: daemonset/control-plane.yaml)",
+                                   error=str(e), status=e.status)
             await asyncio.sleep(self.poll)

@@ -118,6 +118,10 @@ class KubeSource:
         self._stop = threading.Event()
         self.synced = False      # every resource listed (or found absent) and passed on: a complete view
 
+    def view_version(self) -> tuple:
+        """Changes whenever what the caches hold may have (every kind's last resourceVersion seen)."""
+        return tuple((name, tuple(sorted(cache.versions.items()))) for name, cache in sorted(self.caches.items()))
+
     @property
     def lists(self) -> dict[str, int]:
         """stream -> number of lists done (1 + re-lists)."""

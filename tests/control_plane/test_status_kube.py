@@ -194,3 +194,25 @@ def test_nothing_is_written_before_the_source_holds_a_complete_view(api):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     asyncio.run(main())
+
+
+def test_the_analysis_runs_again_only_when_the_view_changed(api):
+    import asyncio
+
+    from support.polling import eventually_async
+    view = [1]
+    writer = KubeStatusWriter(api.api_client(), lambda: [o for kind in KINDS for o in api.list(kind)], poll=0.05,
+                              version=lambda: view[0])
+
+    async def main():
+        task = asyncio.create_task(writer.run())
+        try:
+            await eventually_async(lambda: writer.passes == 1, 10, "the first pass")
+            await asyncio.sleep(0.5)                       # ten polls of the same view
+            assert writer.passes == 1
+            view[0] = 2
+            await eventually_async(lambda: writer.passes == 2, 10, "a pass for the changed view")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(main())
