@@ -182,4 +182,5 @@ class ConfigServer:
                           for t, j in self.state.journals.items()},
             "proxies": [{"scope": s.scope.describe(), "peer": s.peer, "in_sync": s.subscription.in_sync(),
                          "nacks": s.nacks} for s in sorted(self.watch.streams, key=lambda s: s.opened)],
+            "certificates": self.signer.certificates(self.authority.clock()),
         }

@@ -12,11 +12,15 @@
   nacks), read through the API server's pod proxy
   (`pods/NAME:15014/proxy/debug/config`), so no port-forward and no route
   to the pod network are needed, only `get` on `pods/proxy` in shoal-system.
-  Not the proxies' certificates, which the local cluster's check reads from
-  each proxy's admin dump: the admin port listens on 127.0.0.1 inside the
-  proxy's pod (it dumps config), and the API server's proxy reaches a pod's
-  IP only; `kubectl -n shoal-system port-forward` to a ztunnel's 15000 and
-  its /config_dump show them.
+  Certificates (SH0205) as the CA issued them: for each ztunnel, what it
+  last got for each identity of the pods still on its node, and how long
+  that has left (a ztunnel renews at half life, so an hour left means its
+  renewals fail). The local cluster's check reads each proxy's own admin
+  dump instead, which is out of reach here: the admin port listens on
+  127.0.0.1 inside the proxy's pod and the API server's proxy reaches a
+  pod's IP only (`kubectl -n shoal-system port-forward` to a ztunnel's
+  15000 and its /config_dump show them). Waypoints' certificates are not
+  in the CA's view (a waypoint's identity outlives its pods).
 - config analysis: every object of the kinds the control plane reads.
 """
 
@@ -153,4 +157,27 @@ class KubeTarget:
                       "wait a moment; if it stays, see " + action),
                 Check("SH0204", "config nacks", not nacked,
                       "no proxy refused a config" if not nacked else f"refused config: {', '.join(nacked)}",
-                      "the proxy's log says which resource it refused and why")]
+                      "the proxy's log says which resource it refused and why"),
+                *_certificates(status.get("certificates") or [] if isinstance(status, dict) else [])]
+
+
+def _certificates(issued: list[dict]) -> list[Check]:
+    """SH0205 per ztunnel, from what the CA last issued it for its pods (the control plane's view: a ztunnel
+    renews at half life, so one with an hour left, or none, has failed to renew)."""
+    from shoal.local.health import NEAR_EXPIRY_SECONDS
+
+    by_proxy: dict[str, list[dict]] = {}
+    for entry in issued:
+        by_proxy.setdefault(str(entry.get("proxy", "?")), []).append(entry)
+    out = []
+    for proxy, entries in sorted(by_proxy.items()):
+        left = {str(e.get("identity")): int(e.get("expires_in_seconds", 0)) for e in entries}
+        expired = [f"{who} expired" for who, seconds in sorted(left.items()) if seconds <= 0]
+        near = [f"{who} expires in {seconds} s" for who, seconds in sorted(left.items())
+                if 0 < seconds < NEAR_EXPIRY_SECONDS]
+        problems = expired + near
+        out.append(Check("SH0205", f"certificates of {proxy}", not problems,
+                         f"{len(entries)} valid" if not problems else "; ".join(problems),
+                         f"its log says why it did not renew (`kubectl -n {SYSTEM_NAMESPACE} logs` of the "
+                         "ztunnel on that node); check its token and node"))
+    return out

@@ -112,3 +112,18 @@ def test_not_ready_until_synced_and_metrics_exported(tmp_path):
             status, page = await loop.run_in_executor(None, get, "/debug/config")
             assert status == 200 and '"Workload"' in page
     run(main())
+
+
+def test_the_control_planes_status_lists_what_each_ztunnel_was_issued_while_its_pod_is_there(tmp_path):
+    async def main():
+        async with running_plane(tmp_path, PODS) as plane:
+            assert plane.server.status()["certificates"] == []
+            mine = SpiffeId(TD, "shop", "reviews")
+            cred = await request_certificate(plane.settings("node1"), identity.new_key(), mine)
+            (entry,) = plane.server.status()["certificates"]
+            assert (entry["proxy"], entry["identity"]) == ("ztunnel on node1", str(mine))
+            left = cred.not_after.timestamp() - plane.server.authority.clock().timestamp()
+            assert abs(entry["expires_in_seconds"] - left) <= 5
+            plane.state.apply(removals=[("Workload", "uid-1")])      # the pod left node1: no longer its concern
+            assert plane.server.status()["certificates"] == []
+    run(main())

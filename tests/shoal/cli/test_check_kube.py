@@ -35,9 +35,11 @@ class ControlPlaneHttp:
 
     def __init__(self) -> None:
         self.proxies = [{"scope": "node n1", "peer": "198.18.0.1", "in_sync": True, "nacks": 0}]
+        self.certificates = [{"proxy": "ztunnel on n1", "identity": "spiffe://cluster.local/ns/shop/sa/reviews",
+                              "expires_in_seconds": 80000}]
         self.loop = asyncio.new_event_loop()
         self.server = HttpServer(ready=lambda: None, registry=CollectorRegistry(),
-                                 status=lambda: {"proxies": self.proxies})
+                                 status=lambda: {"proxies": self.proxies, "certificates": self.certificates})
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         asyncio.run_coroutine_threadsafe(self.server.start(POD_IP, CONTROL_PLANE_HTTP_PORT), self.loop).result(10)
 
@@ -94,12 +96,13 @@ def test_a_healthy_kubernetes_cluster_is_silent(kubeconfig):
     assert {c["subject"] for c in doc["preflight"]} >= {"CRD gateways.gateway.networking.k8s.io",
                                                         "CRD virtualservices.networking.istio.io"}
     assert {c["subject"] for c in doc["health"]} == {"shoal-control-plane", "shoal-ztunnel on n1",
-                                                     "shoal-node-agent on n1", "config sync", "config nacks"}
+                                                     "shoal-node-agent on n1", "config sync", "config nacks",
+                                                     "certificates of ztunnel on n1"}
     sync = next(c for c in doc["health"] if c["subject"] == "config sync")
     assert sync["ok"] and sync["message"] == "1 proxies at the latest config", sync
 
 
-def test_config_sync_and_nacks_are_read_from_the_control_plane_through_the_api_servers_pod_proxy(
+def test_config_sync_nacks_and_certificates_are_read_from_the_control_plane_through_the_pod_proxy(
         api, kubeconfig, control_plane):
     control_plane.proxies = [{"scope": "node n1", "in_sync": False, "nacks": 0},
                              {"scope": "waypoint shop/waypoint", "in_sync": True, "nacks": 2}]
@@ -109,6 +112,15 @@ def test_config_sync_and_nacks_are_read_from_the_control_plane_through_the_api_s
     assert "FAIL [SH0204] config nacks: refused config: waypoint shop/waypoint (2)" in result.stdout
     assert any(r.path == f"/api/v1/namespaces/shoal-system/pods/cp:{CONTROL_PLANE_HTTP_PORT}/proxy/debug/config"
                for r in api.requests)
+
+    control_plane.proxies = [{"scope": "node n1", "in_sync": True, "nacks": 0}]
+    control_plane.certificates = [
+        {"proxy": "ztunnel on n1", "identity": "spiffe://cluster.local/ns/shop/sa/reviews", "expires_in_seconds": 900},
+        {"proxy": "ztunnel on n1", "identity": "spiffe://cluster.local/ns/shop/sa/old", "expires_in_seconds": -5}]
+    result = check(kubeconfig, "--only", "health")
+    assert result.returncode == 1
+    assert ("FAIL [SH0205] certificates of ztunnel on n1: spiffe://cluster.local/ns/shop/sa/old expired; "
+            "spiffe://cluster.local/ns/shop/sa/reviews expires in 900 s") in result.stdout, result.stdout
 
     control_plane.close()                  # the control plane does not answer: said, not hidden
     result = check(kubeconfig, "--only", "health")
