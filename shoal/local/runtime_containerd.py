@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,21 @@ def ensure_store(layout: Layout) -> None:
                                  str(path)], capture_output=True, text=True)
         if result.returncode != 0:
             raise ClusterError(f"cannot mount a tmpfs for the nodes' images at {path}: {result.stderr.strip()}")
+
+
+def ensure_shared(path: Path) -> None:
+    """`path` a mount of its own with shared propagation: the CRI pins pods' netns under the node's containerd
+    state dir, and the node agent, a container, sees the pins made after it started only through a
+    HostToContainer mount, which the CRI allows from a shared mount only (a real node's /var/run/netns is one;
+    this host's /run is private, and the cluster changes no mount of the host's: only this, its own, which
+    `down` unmounts with the others under the run directory)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if str(path) in mounts_under(path.parent):
+        return
+    for argv in (["mount", "--bind", str(path), str(path)], ["mount", "--make-shared", str(path)]):
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ClusterError(f"cannot make {path} a shared mount ({' '.join(argv)}): {result.stderr.strip()}")
 
 
 def config_toml(paths: NodePaths, pause_image: str) -> str:
@@ -203,7 +219,12 @@ def ensure(layout: Layout, nodes: int, progress) -> list[str]:
         progress(f"warning: {shoal_image.ARCHIVE} is older than the checkout; the node agent and the ztunnel run "
                  "the code it holds: run `make image` for the checkout's")
     (layout.run_dir / "images.json").write_text(json.dumps({"toolbox": refs["toolbox"], "pause": refs["pause"]}))
-    return [f"containerd of node{node}" for node in range(1, nodes + 1) if ensure_node(layout, node, refs, progress)]
+    ensure_store(layout)  # once, before the nodes' threads
+    _record_outside_dirs(layout)
+    # The nodes side by side: an import is mostly one gunzip of a layer (the shoal image's is 211 MB), one core each.
+    with ThreadPoolExecutor(max_workers=nodes) as pool:
+        started = list(pool.map(lambda node: ensure_node(layout, node, refs, progress), range(1, nodes + 1)))
+    return [f"containerd of node{node}" for node, did in zip(range(1, nodes + 1), started) if did]
 
 
 def toolbox_image(layout: Layout) -> str:
@@ -264,6 +285,7 @@ def ensure_node(layout: Layout, node: int, refs: dict, progress) -> bool:
     if not conf.exists():  # the node agent chains shoal-cni into it; a later `up` must not undo that
         conf.write_text(json.dumps(conflist(paths, node), indent=1))
     ensure_store(layout)
+    ensure_shared(paths.base / "state")
     paths.config.write_text(config_toml(paths, refs["pause"]))
     _record_outside_dirs(layout)
     if containerd_pid(paths) is not None:

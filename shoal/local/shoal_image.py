@@ -37,6 +37,7 @@ ARCHIVE = REPO / "build" / f"shoal-{shoal.__version__}.oci.tar"
 REF = f"docker.io/library/shoal:{shoal.__version__}"
 DAEMONSETS = {"node-agent": REPO / "daemonset" / "node.yaml", "ztunnel": REPO / "daemonset" / "ztunnel.yaml"}
 RUN_SHOAL = "/var/run/shoal"
+NETNS_DIR = "/var/run/netns"
 # Env of the kubelet's own that shoal's parts need (the cluster's paths); not the checkout's venv.
 PASSED_ENV = ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT")
 
@@ -84,6 +85,7 @@ def as_container(layout: Layout, node: int, component: str, pod: dict) -> dict:
     """The component's pod (components.py) as its DaemonSet runs it: the shoal image, `shoal <argv>` as the
     command, the container's securityContext, hostPID, and the hostPath volumes (with the cluster's run
     directory mounted where the argv names it)."""
+    from shoal.local.runtime_containerd import NodePaths
     spec = daemonset_pod_spec(component)
     ds_container = spec["containers"][0]
     pod = copy.deepcopy(pod)
@@ -107,6 +109,12 @@ def as_container(layout: Layout, node: int, component: str, pod: dict) -> dict:
         if source == RUN_SHOAL:  # the argv names the node's sockets, token, CA bundle and CNI dirs there
             mount["mountPath"] = str(layout.run_dir)
         mounts.append(mount)
+    netns = next((m for m in mounts if m["mountPath"] == NETNS_DIR), None)
+    if netns is not None:  # where the node's CRI pins pods' netns here, as the DaemonSet mounts /var/run/netns
+        pins = str(NodePaths.of(layout, node).base / "state")
+        volumes.append({"name": "cri-netns", "hostPath": {"path": pins}})
+        mounts.append({"name": "cri-netns", "mountPath": pins,
+                       **({"mountPropagation": netns["mountPropagation"]} if "mountPropagation" in netns else {})})
     if not any(m["mountPath"] == str(layout.run_dir) for m in mounts):  # the ztunnel's token and CA are there too
         volumes.append({"name": "run-shoal", "hostPath": {"path": str(layout.run_dir)}})
         mounts.append({"name": "run-shoal", "mountPath": str(layout.run_dir)})
