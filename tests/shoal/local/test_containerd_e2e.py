@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from shoal.contracts import METRICS_PORT
-from shoal.local import containerd_down, observe, runtime_containerd
+from shoal.local import containerd_down, observe, runtime_containerd, shoal_image
+from shoal.local.cri_client import Cri
+from shoal.local.kubelet import RESTART_MARKER
 
 from support import metrics
 from support.cluster import LocalCluster, unique_name
@@ -264,6 +266,67 @@ def test_a_waypoint_runs_on_containerd_and_carries_the_namespaces_traffic(cluste
     # The CLI reaches it in the netns the CRI made (not one under /run/netns).
     dump = json.loads(cluster.run("waypoint", "config", "-n", "shop").stdout)
     assert dump["certificate"], dump
+
+
+def mesh_pods(cluster, component: str) -> dict[int, dict]:
+    """The component's pod on each node (by label: a rollout names its pods anew)."""
+    return {int(p["spec"]["nodeName"][4:]): p for p in cluster.pods("shoal-system", **{"shoal.io/component": component})
+            .values()}
+
+
+def test_the_node_agent_and_the_ztunnel_are_containers_of_the_shoal_image(cluster):
+    """As their DaemonSets run them on Kubernetes: the CRI made them from the shoal image, and the processes that
+    serve the node are those containers' tasks, in the image's files and the node's netns."""
+    for component in ("node-agent", "ztunnel"):
+        pods = mesh_pods(cluster, component)
+        assert sorted(pods) == [1, 2], pods
+        for node, pod in pods.items():
+            (container,) = pod["status"]["containerStatuses"]
+            assert container["image"] == shoal_image.REF and container["ready"], container
+            cri = Cri(runtime_containerd.socket_of(cluster.layout, node))
+            try:
+                task = cri.container(container["containerID"].removeprefix("containerd://"))
+                assert dict(cri.images()).get(shoal_image.REF), "the node's containerd has the shoal image"
+            finally:
+                cri.close()
+            assert task.pid == pod["status"]["shoal"]["container_pid"], (task, pod["status"])
+            argv = Path(f"/proc/{task.pid}/cmdline").read_bytes().split(b"\0")
+            assert argv[1:3] == [b"/opt/shoal/bin/shoal", b"--log-format"] and component.encode() in argv, argv
+            assert Path(f"/proc/{task.pid}/root/opt/shoal/bin/shoal").exists(), "it runs in the image's files"
+            assert os.stat(f"/proc/{task.pid}/ns/net").st_ino == os.stat(
+                f"/run/netns/{cluster.layout.node_netns(node)}").st_ino, "hostNetwork: the node's netns"
+    # The node agent has the host's pids (hostPID) and the privilege its DaemonSet gives; the ztunnel three caps.
+    agent = mesh_pods(cluster, "node-agent")[1]["status"]["shoal"]["container_pid"]
+    assert os.readlink(f"/proc/{agent}/ns/pid") == os.readlink("/proc/self/ns/pid")
+    ztunnel = mesh_pods(cluster, "ztunnel")[1]["status"]["shoal"]["container_pid"]
+    caps = {line.split(":")[0]: int(line.split()[1], 16) for line in
+            Path(f"/proc/{ztunnel}/status").read_text().splitlines() if line.startswith("Cap")}
+    assert caps["CapEff"] == (1 << 12) | (1 << 13) | (1 << 21), hex(caps["CapEff"])  # NET_ADMIN, NET_RAW, SYS_ADMIN
+    # The control plane is a Deployment on Kubernetes: it stays a process of the checkout.
+    (control_plane,) = mesh_pods(cluster, "control-plane").values()
+    assert "image" not in control_plane["status"]["containerStatuses"][0], control_plane["status"]
+
+
+def test_a_killed_ztunnel_container_is_restarted_by_the_kubelet_and_traffic_flows_again(cluster):
+    pod = mesh_pods(cluster, "ztunnel")[2]  # the server's side
+    name, status = pod["metadata"]["name"], pod["status"]
+    restarts, pid = status["containerStatuses"][0]["restartCount"], status["shoal"]["container_pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted():
+        now = cluster.pods("shoal-system").get(name, {}).get("status") or {}
+        c = (now.get("containerStatuses") or [{}])[0]
+        return c.get("restartCount", 0) > restarts and c.get("ready") and now["shoal"].get("container_pid") != pid
+    eventually(restarted, 180, lambda: f"{name} to be restarted: {cluster.pods('shoal-system').get(name)}")
+
+    def through_the_new_ztunnel():
+        before = len(cluster.access_log(2, "inbound"))
+        answer = cluster.curl("client", f"http://{SERVICE}/")
+        lines = [r for r in cluster.access_log(2, "inbound")[before:] if r["dst_pod"] == "server"]
+        return answer.stdout == "hello from server\n" and lines
+    eventually(through_the_new_ztunnel, 120, "traffic to flow through the restarted ztunnel", interval=1)
+    log = cluster.layout.pod_log("shoal-system", name, "ztunnel").read_text()
+    assert f"{RESTART_MARKER}{restarts + 1} of container ztunnel" in log, log[-2000:]
 
 
 def kill_daemon(layout) -> None:
