@@ -19,11 +19,12 @@ from __future__ import annotations
 from typing import Iterable
 
 from control_plane.analysis.findings import (
-    HOST_NOT_FOUND, INVALID_OBJECT, POLICY_SELECTS_NOTHING, UNDEFINED_SUBSET, WAYPOINT_NOT_FOUND, Finding,
+    HOST_NOT_FOUND, INVALID_OBJECT, POLICY_SELECTS_NOTHING, REF_NOT_PERMITTED, UNDEFINED_SUBSET, WAYPOINT_NOT_FOUND,
+    Finding,
 )
 
 CONTROLLED_KINDS = ("Gateway",)   # kinds whose controller owns Accepted
-UNRESOLVED = (UNDEFINED_SUBSET, HOST_NOT_FOUND, WAYPOINT_NOT_FOUND, POLICY_SELECTS_NOTHING)
+UNRESOLVED = (UNDEFINED_SUBSET, HOST_NOT_FOUND, WAYPOINT_NOT_FOUND, POLICY_SELECTS_NOTHING, REF_NOT_PERMITTED)
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int) -> dict:

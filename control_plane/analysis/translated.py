@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from control_plane.analysis.findings import (
-    IGNORED_SETTING, INVALID_OBJECT, ROUTE_SHADOWED, UNDEFINED_SUBSET, Code, Finding,
+    IGNORED_SETTING, INVALID_OBJECT, REF_NOT_PERMITTED, ROUTE_SHADOWED, UNDEFINED_SUBSET, Code, Finding,
 )
 from shoal.local import keys
 
@@ -27,7 +27,11 @@ ACTIONS = {
     IGNORED_SETTING: "remove the setting, or accept that shoal does not act on it",
     UNDEFINED_SUBSET: "define the subset in a DestinationRule for that host, or route to a subset that exists",
     ROUTE_SHADOWED: "delete one of the objects, or move their routes into the one that takes precedence",
+    REF_NOT_PERMITTED: "create a gateway.networking.k8s.io ReferenceGrant in the target's namespace that allows "
+                       "it (from: the referring kind and namespace; to: the target's kind and name), or move the "
+                       "target into the referring object's namespace",
 }
+REF_NOT_PERMITTED_WORDS = "RefNotPermitted"     # ingress and translator messages about refs a grant lacks
 
 
 def split(key: ObjectKey, text: str) -> tuple[str, str]:
@@ -61,6 +65,8 @@ def classify(text: str) -> Code | None:
         return UNDEFINED_SUBSET
     if TAKES_PRECEDENCE in text:
         return ROUTE_SHADOWED
+    if REF_NOT_PERMITTED_WORDS in text:
+        return REF_NOT_PERMITTED
     if MISSING_WAYPOINT_WORDS in text:
         return None
     return IGNORED_SETTING

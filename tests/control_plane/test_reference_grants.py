@@ -193,3 +193,19 @@ def test_a_mesh_httproutes_backend_in_another_namespace_needs_a_grant_too():
     t.flush()
     assert hosts() == ["books.library.svc.cluster.local"]
     assert not any("RefNotPermitted" in w for w in t.findings_of(("HTTPRoute", "shop", "to-books")).warnings)
+
+
+def test_the_analysis_names_a_missing_grant_and_the_status_says_ref_not_permitted():
+    from control_plane.analysis import analyze, status_of
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "to-books", "namespace": "shop"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "books", "namespace": "library", "port": 80}]}]}}
+    objects = [service("web", "shop"), service("books", "library"), route]
+    (finding,) = [f for f in analyze(objects) if f.key == ("HTTPRoute", "shop", "to-books")]
+    assert (finding.code.code, finding.code.name, str(finding.severity)) == ("SH0110", "RefNotPermitted", "error")
+    assert "library/books" in finding.message and "ReferenceGrant" in finding.action
+    resolved = {c["type"]: c for c in status_of(route, [finding])["conditions"]}["ResolvedRefs"]
+    assert (resolved["status"], resolved["reason"]) == ("False", "RefNotPermitted")
+    granted = analyze([*objects, grant("library", "HTTPRoute", "shop", "Service", "books")])
+    assert not [f for f in granted if f.key == ("HTTPRoute", "shop", "to-books")]
