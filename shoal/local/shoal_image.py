@@ -71,21 +71,19 @@ def daemonset_pod_spec(component: str) -> dict:
     raise ClusterError(f"{DAEMONSETS[component]} has no DaemonSet")
 
 
-def node_host_paths(layout: Layout, node: int) -> dict[str, str | None]:
+def node_host_paths(layout: Layout, paths) -> dict[str, str | None]:
     """The DaemonSet's hostPaths that are the node's own in the local cluster: where each is on this host
-    (None: the local cluster has none, so the volume is left out)."""
-    from shoal.local.runtime_containerd import NodePaths
-    paths = NodePaths.of(layout, node)
+    (None: the local cluster has none, so the volume is left out). `paths`: the node's
+    runtime_containerd.NodePaths."""
     return {RUN_SHOAL: str(layout.run_dir), "/opt/cni/bin": str(paths.bin_dir),
             "/etc/cni/net.d": str(paths.conf_dir), "/run/containerd": str(paths.base),
             "/var/run/crio": None}  # no CRI-O in the local cluster
 
 
-def as_container(layout: Layout, node: int, component: str, pod: dict) -> dict:
+def as_container(layout: Layout, paths, component: str, pod: dict) -> dict:
     """The component's pod (components.py) as its DaemonSet runs it: the shoal image, `shoal <argv>` as the
     command, the container's securityContext, hostPID, and the hostPath volumes (with the cluster's run
-    directory mounted where the argv names it)."""
-    from shoal.local.runtime_containerd import NodePaths
+    directory mounted where the argv names it). `paths`: the node's runtime_containerd.NodePaths."""
     spec = daemonset_pod_spec(component)
     ds_container = spec["containers"][0]
     pod = copy.deepcopy(pod)
@@ -94,7 +92,7 @@ def as_container(layout: Layout, node: int, component: str, pod: dict) -> dict:
     container["image"] = REF
     container["command"] = ["shoal", *argv[argv.index("shoal") + 1:]]  # drops `<python> -m`
     container["securityContext"] = copy.deepcopy(ds_container.get("securityContext") or {})
-    own = node_host_paths(layout, node)
+    own = node_host_paths(layout, paths)
     volumes, mounts = [], []
     by_name = {v["name"]: v for v in spec.get("volumes") or ()}
     for mount in ds_container.get("volumeMounts") or ():
@@ -111,7 +109,7 @@ def as_container(layout: Layout, node: int, component: str, pod: dict) -> dict:
         mounts.append(mount)
     netns = next((m for m in mounts if m["mountPath"] == NETNS_DIR), None)
     if netns is not None:  # where the node's CRI pins pods' netns here, as the DaemonSet mounts /var/run/netns
-        pins = str(NodePaths.of(layout, node).base / "state")
+        pins = str(paths.base / "state")
         volumes.append({"name": "cri-netns", "hostPath": {"path": pins}})
         mounts.append({"name": "cri-netns", "mountPath": pins,
                        **({"mountPropagation": netns["mountPropagation"]} if "mountPropagation" in netns else {})})
