@@ -113,7 +113,7 @@ def _on_runtime(layout: Layout, node: int, component: str, pod: dict) -> dict:
     """On --runtime containerd the node's parts are containers of the shoal image, as their DaemonSets run them."""
     if runtime_containerd.runtime_of(layout) != "containerd":
         return pod
-    return shoal_image.as_container(layout, node, component, pod)
+    return shoal_image.as_container(layout, runtime_containerd.NodePaths.of(layout, node), component, pod)
 
 
 def node_agent_cleanup(layout: Layout) -> None:
