@@ -90,10 +90,13 @@ def test_on_the_netns_runtime_nothing_changes_and_the_control_plane_stays_a_proc
         assert "image" not in pod["spec"]["containers"][0] and not CriPods.runs(pod)
 
 
-def test_up_refuses_without_the_image_and_names_make_image(monkeypatch, tmp_path):
+def test_up_refuses_without_the_image_and_names_make_image_before_anything_is_made(layout, monkeypatch, tmp_path):
     monkeypatch.setattr(shoal_image, "ARCHIVE", tmp_path / "shoal-0.0.0.oci.tar")
+    monkeypatch.setattr(runtime_containerd, "check_prerequisites", lambda: None)
+    (layout.run_dir / "runtime").unlink(missing_ok=True)
     with pytest.raises(ClusterError, match="make image"):
-        shoal_image.require()
+        runtime_containerd.choose(layout, "containerd")
+    assert not (layout.run_dir / "runtime").exists(), "the runtime is not recorded"
 
 
 def test_host_path_mounts_become_cri_mounts_and_propagation_follows_the_hosts_mount(tmp_path):

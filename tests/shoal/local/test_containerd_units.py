@@ -45,6 +45,7 @@ def test_containerd_keeps_everything_under_the_run_directory(layout):
 
 def test_the_runtime_is_chosen_once_per_cluster(layout, monkeypatch):
     monkeypatch.setattr(runtime_containerd, "check_prerequisites", lambda: None)  # the next test has its own
+    monkeypatch.setattr(runtime_containerd.shoal_image, "require", lambda: None)  # test_containerd_shoal_image has it
     assert runtime_containerd.runtime_of(layout) == "netns"
     assert runtime_containerd.node_agent_args(layout, 1) == []
     assert runtime_containerd.choose(layout, "containerd") == "containerd"
