@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from control_plane.translate.reference_grants import GROUP, grants_of, permits
-from control_plane.waypoints import _condition
+from control_plane.conditions import condition
 
 PROTOCOLS = ("HTTP", "HTTPS")
 
@@ -75,11 +75,11 @@ def listener_statuses(gateway: dict, grants: Iterable[dict], routes: Iterable[di
             continue
         previous = {c.get("type"): c for c in (before.get(str(listener.get("name"))) or {}).get("conditions") or ()}
         supported = listener.get("protocol") in PROTOCOLS
-        accepted = (_condition(previous, "Accepted", True, "Accepted", "served by the mesh's ingress gateway",
+        accepted = (condition(previous, "Accepted", True, "Accepted", "served by the mesh's ingress gateway",
                                generation, now) if supported else
-                    _condition(previous, "Accepted", False, "UnsupportedProtocol",
+                    condition(previous, "Accepted", False, "UnsupportedProtocol",
                                f"protocol {listener.get('protocol')!r}: shoal serves HTTP and HTTPS", generation, now))
-        resolved = _condition(previous, "ResolvedRefs", *_refs(listener, namespace, allowed), generation, now)
+        resolved = condition(previous, "ResolvedRefs", *_refs(listener, namespace, allowed), generation, now)
         out.append({"name": listener.get("name"),
                     "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}] if supported else [],
                     "attachedRoutes": _attached(routes, namespace, name, listener) if supported else 0,

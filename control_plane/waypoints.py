@@ -42,6 +42,8 @@ from shoal.contracts import (
 )
 from shoal.observe.targets import scrape_annotations
 
+from control_plane.conditions import condition
+from control_plane.ingress_listeners import listener_statuses
 from control_plane.translate.gateway_api import is_waypoint_gateway
 
 logger = log.get("shoal.control_plane.waypoints")
@@ -176,17 +178,6 @@ class Observed:
     address: str | None = None
 
 
-def _condition(previous: dict, type_: str, ok: bool, reason: str, message: str, generation, now: str) -> dict:
-    """A condition; its lastTransitionTime is kept while its status stays the same (no rewrite churn)."""
-    old = previous.get(type_) or {}
-    status = "True" if ok else "False"
-    since = old.get("lastTransitionTime") if old.get("status") == status and old.get("lastTransitionTime") else now
-    condition = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
-    if generation is not None:
-        condition["observedGeneration"] = generation
-    return condition
-
-
 def gateway_status(gateway: dict, observed: Observed, blocked_by: list[tuple[str, str, str]], now: str) -> dict:
     """The status shoal writes on a waypoint Gateway it controls (Gateway API conditions and addresses)."""
     meta = gateway.get("metadata") or {}
@@ -194,18 +185,18 @@ def gateway_status(gateway: dict, observed: Observed, blocked_by: list[tuple[str
     generation = meta.get("generation")
     current = dict(gateway.get("status") or {})
     previous = {c.get("type"): c for c in current.get("conditions") or []}
-    accepted = _condition(previous, "Accepted", True, "Accepted", "shoal's waypoint controller runs this waypoint",
+    accepted = condition(previous, "Accepted", True, "Accepted", "shoal's waypoint controller runs this waypoint",
                           generation, now)
     if blocked_by:
         taken = ", ".join(f"{k}/{ns}/{n}" for k, ns, n in blocked_by)
-        programmed = _condition(previous, "Programmed", False, "Invalid",
+        programmed = condition(previous, "Programmed", False, "Invalid",
                                 f"{taken} exists and is not managed by shoal (no label {MANAGED_BY}={MANAGER}); "
                                 "remove or rename it", generation, now)
     elif not observed.ready:
-        programmed = _condition(previous, "Programmed", False, "Pending",
+        programmed = condition(previous, "Programmed", False, "Pending",
                                 f"the waypoint Deployment {namespace}/{name} has no ready pod yet", generation, now)
     else:
-        programmed = _condition(previous, "Programmed", True, "Programmed", "the waypoint is ready", generation, now)
+        programmed = condition(previous, "Programmed", True, "Programmed", "the waypoint is ready", generation, now)
     others = [c for t, c in previous.items() if t not in ("Accepted", "Programmed")]
     address = ({"type": "IPAddress", "value": observed.address} if observed.address else
                {"type": "Hostname", "value": f"{name}.{namespace}.svc.cluster.local"})
@@ -238,11 +229,11 @@ def ingress_status(gateway: dict, observed: Observed, now: str) -> dict:
     generation = meta.get("generation")
     current = dict(gateway.get("status") or {})
     previous = {c.get("type"): c for c in current.get("conditions") or []}
-    accepted = _condition(previous, "Accepted", True, "Accepted", "served by the mesh's ingress gateway",
+    accepted = condition(previous, "Accepted", True, "Accepted", "served by the mesh's ingress gateway",
                           generation, now)
-    programmed = (_condition(previous, "Programmed", True, "Programmed", "the ingress gateway is ready", generation, now)
+    programmed = (condition(previous, "Programmed", True, "Programmed", "the ingress gateway is ready", generation, now)
                   if observed.ready else
-                  _condition(previous, "Programmed", False, "Pending", "no ingress gateway pod (labelled "
+                  condition(previous, "Programmed", False, "Pending", "no ingress gateway pod (labelled "
                              "istio: ingressgateway) is ready", generation, now))
     others = [c for t, c in previous.items() if t not in ("Accepted", "Programmed")]
     status = {**current, "conditions": [accepted, programmed, *others]}
@@ -258,7 +249,7 @@ def gatewayclass_status(gatewayclass: dict, now: str) -> dict | None:
     meta = gatewayclass.get("metadata") or {}
     current = dict(gatewayclass.get("status") or {})
     previous = {c.get("type"): c for c in current.get("conditions") or []}
-    accepted = _condition(previous, "Accepted", True, "Accepted", "handled by shoal's waypoint controller",
+    accepted = condition(previous, "Accepted", True, "Accepted", "handled by shoal's waypoint controller",
                           meta.get("generation"), now)
     status = {**current, "conditions": [accepted, *(c for t, c in previous.items() if t != "Accepted")]}
     return status if status != current else None
@@ -310,7 +301,6 @@ class LocalWaypointController:
             return Observed(ready, (service.get("spec") or {}).get("clusterIP") or None)
         now = store_module.now_rfc3339()
         updates = status_updates(gateways, existing, self.build, observe, now)
-        from control_plane.ingress_listeners import listener_statuses   # it builds on this module
         grants, routes = self.store.list("ReferenceGrant")[0], self.store.list("HTTPRoute")[0]
         for gateway in gateways:
             if (gateway.get("spec") or {}).get("gatewayClassName") == INGRESS_CLASS:
