@@ -144,15 +144,54 @@ def ip(name: str | None = None) -> IPRoute:
 
 def addresses(name_or_fd: str | int) -> tuple[str, ...]:
     """The namespace's own addresses, both families, loopback and IPv6 link-local left out (a pod's:
-    what the mesh may reach; a link-local address names no pod beyond its link)."""
-    def read() -> tuple[str, ...]:
-        from pyroute2 import IPRoute
-        with IPRoute() as ipr:
-            found = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET)]
-            found += [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6)
-                      if a["scope"] == 0]                  # RT_SCOPE_UNIVERSE: not ::1, not fe80::/10
-            return tuple(sorted(a for a in found if a and not a.startswith("127.")))
-    return run_in(name_or_fd, read)
+    what the mesh may reach; a link-local address names no pod beyond its link).
+
+    Read with one netlink dump of our own rather than pyroute2: pyroute2 0.9 drives netlink through
+    an asyncio datagram endpoint, which uvloop (the ztunnel's loop policy) refuses for AF_NETLINK,
+    so in the ztunnel it always failed and the pod's own addresses went unread."""
+    return tuple(sorted(run_in(name_or_fd, _dump_addresses)))
+
+
+_RTM_NEWADDR, _RTM_GETADDR, _NLMSG_DONE, _NLMSG_ERROR = 20, 22, 3, 2
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_NLM_F_DUMP_REQUEST = 0x1 | 0x300          # NLM_F_REQUEST | NLM_F_DUMP
+
+
+def _dump_addresses() -> list[str]:
+    """RTM_GETADDR in the calling thread's netns: IPv4 but 127/8, IPv6 of universe scope only."""
+    import struct
+    found: list[str] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.send(struct.pack("=IHHII", 16 + 8, _RTM_GETADDR, _NLM_F_DUMP_REQUEST, 1, 0)
+                + struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0))
+        while True:
+            data, offset = nl.recv(65536), 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    (errno,) = struct.unpack_from("=i", data, offset + 16)
+                    raise OSError(-errno, f"netlink address dump: {os.strerror(-errno)}")
+                if kind == _RTM_NEWADDR:
+                    family, _, _, scope, _ = struct.unpack_from("=BBBBI", data, offset + 16)
+                    attrs, local, address = offset + 24, None, None
+                    while attrs + 4 <= offset + length:
+                        size, attr = struct.unpack_from("=HH", data, attrs)
+                        if size < 4:
+                            break
+                        if attr in (_IFA_LOCAL, _IFA_ADDRESS):
+                            text = socket.inet_ntop(family, data[attrs + 4:attrs + size])
+                            local, address = (text, address) if attr == _IFA_LOCAL else (local, text)
+                        attrs += (size + 3) & ~3
+                    text = local or address            # IFA_LOCAL is ours on a point-to-point link
+                    if family == socket.AF_INET and text and not text.startswith("127."):
+                        found.append(text)
+                    elif family == socket.AF_INET6 and text and scope == 0:   # RT_SCOPE_UNIVERSE
+                        found.append(text)
+                offset += (length + 3) & ~3
+                if length == 0:
+                    return found
 
 
 def tcp_listeners(name_or_fd: str | int, port: int) -> set[str]:

@@ -40,3 +40,31 @@ def test_netns_helpers_create_enter_and_remove():
     assert not netns.exists(name)
     with pytest.raises(netns.NetnsError):
         netns.open_fd(name)
+
+
+def test_addresses_are_read_on_the_ztunnels_uvloop_too():
+    """The pod's own addresses, both families (not loopback, not link-local, not a peer's), also from
+    a uvloop loop's executor, as the ztunnel reads them: pyroute2 0.9 cannot run there."""
+    import asyncio
+
+    import uvloop
+
+    name = f"shoal-addr-{os.getpid()}"
+    netns.create(name)
+    try:
+        netns.run(name, ["ip", "link", "set", "lo", "up"])
+        netns.run(name, ["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"])
+        netns.run(name, ["ip", "link", "set", "va", "up"])
+        netns.run(name, ["ip", "addr", "add", "198.18.250.1/24", "dev", "va"])
+        netns.run(name, ["ip", "addr", "add", "198.18.251.1", "peer", "198.18.251.2", "dev", "va"])
+        netns.run(name, ["ip", "addr", "add", "fd73:686f:616c:fe::1/64", "dev", "va", "nodad"])
+        netns.run(name, ["ip", "addr", "add", "fe80::99/64", "dev", "va", "nodad"])
+        expected = ("198.18.250.1", "198.18.251.1", "fd73:686f:616c:fe::1")
+        assert netns.addresses(name) == expected
+
+        async def from_the_loop():
+            return await asyncio.get_running_loop().run_in_executor(None, netns.addresses, name)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            assert runner.run(from_the_loop()) == expected
+    finally:
+        netns.remove(name)
