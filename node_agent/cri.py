@@ -103,6 +103,7 @@ class CriSandbox:
     ip: str | None
     netns: str | None
     pid: int | None
+    ips: tuple[str, ...] = ()  # every address, the primary (`ip`) first, then PodSandboxNetworkStatus.additional_ips
 
 
 def netns_from_info(info: dict) -> tuple[str | None, int | None]:
@@ -146,9 +147,10 @@ class CriClient:
             except ValueError:
                 info = {}
             netns, pid = netns_from_info(info)
-            meta = status.status.metadata
+            meta, network = status.status.metadata, status.status.network
+            ips = tuple(dict.fromkeys(ip for ip in (network.ip, *(extra.ip for extra in network.additional_ips)) if ip))
             out.append(CriSandbox(item.id, meta.namespace, meta.name, meta.uid, status.status.state == SANDBOX_READY,
-                                  status.status.network.ip or None, netns, pid))
+                                  network.ip or None, netns, pid, ips))
         return out
 
     def close(self) -> None:

@@ -4,9 +4,9 @@ A containerd of the test's own (support/containerd.py) with its CRI plugin, runc
 config of the test's (Debian's bridge + host-local); a pause image built here with the
 project's OCI writer (scripts/image/oci.py) from the host's /bin/sleep and the two libraries
 it needs. A pod sandbox is made with CRI RunPodSandbox, as a kubelet would; then
-`CriClient.sandboxes()` must find it, with the pod's namespace, name and uid, its address
-from the CNI, the netns the runtime made (the same inode as the sandbox process's) and the
-sandbox's pid. Stopping it all leaves nothing behind.
+`CriClient.sandboxes()` must find it, with the pod's namespace, name and uid, its addresses
+from the CNI (dual stack: the primary and additional_ips), the netns the runtime made (the
+same inode as the sandbox process's) and the sandbox's pid. Stopping it all leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ pytestmark = [needs_root("starts containerd, makes pod sandboxes with runc and C
 PAUSE = "shoal-test-pause"
 PAUSE_REF = f"docker.io/library/{PAUSE}:test"
 SUBNET = "198.19.202.0/24"
+SUBNET6 = "fd73:686f:616c:202::/64"
 
 
 def pause_image(work: Path) -> Path:
@@ -64,8 +65,9 @@ def runtime():
     (base / "cni" / "10-test.conflist").write_text(json.dumps({
         "cniVersion": "1.0.0", "name": "cri-test", "plugins": [
             {"type": "bridge", "bridge": f"cri{os.getpid()}"[:15], "isGateway": True, "ipMasq": False,
-             "ipam": {"type": "host-local", "subnet": SUBNET, "dataDir": str(base / "ipam"),
-                      "routes": [{"dst": "0.0.0.0/0"}]}}]}))
+             # dual stack: the runtime reports the IPv6 address in PodSandboxNetworkStatus.additional_ips
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
+                      "dataDir": str(base / "ipam"), "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}]}))
     # containerd (and so the bridge plugin, which turns on ip_forward) runs in a node netns of its own:
     # nothing of this test is made in the host's network.
     node = f"shoal-cri{os.getpid()}-node"
@@ -109,6 +111,8 @@ def test_a_sandbox_made_through_cri_is_found_with_its_netns_address_and_pid(runt
         sandbox = found[0]
         assert (sandbox.id, sandbox.namespace, sandbox.name, sandbox.ready) == (sandbox_id, "demo", "early", True)
         assert sandbox.ip and sandbox.ip.startswith("198.19.202."), sandbox
+        assert len(sandbox.ips) == 2 and sandbox.ips[0] == sandbox.ip, sandbox
+        assert sandbox.ips[1].startswith("fd73:686f:616c:202:"), sandbox  # from additional_ips
         assert sandbox.netns and sandbox.netns.startswith("/var/run/netns/cni-"), sandbox
         assert sandbox.pid and os.stat(sandbox.netns).st_ino == os.stat(f"/proc/{sandbox.pid}/ns/net").st_ino
     finally:
