@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ logger = log.get("node_agent")
 
 RESYNC_SECONDS = 10.0
 CNI_WAIT_SECONDS = 60.0  # how long an ADD or DEL waits for the pod's capture to be in place (or gone)
+# Pods installed side by side in iptables mode (their legacy -restore commits still take turns on the xtables lock).
+INSTALL_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ class NodeAgent:
                 continue
             if self.server.add(_workload(pod), fd):
                 self.in_flight.add(pod.uid)
-        installed = [pod for pod in plan.install if self._install(pod)]
+        installed = self._install_all(plan.install)
         if plan.remove or plan.install or self.redirection.probes_stale():
             try:
                 self.redirection.sync_probes()
@@ -246,6 +249,15 @@ class NodeAgent:
                 self.metrics.enroll_seconds.observe(self.clock() - seen)
             logger.info("pod enrolled", pod=pod.key, mode=self.redirection.mode, reason=self.reasons.get(pod.uid))
         self._update_gauges()
+
+    def _install_all(self, pods: tuple[PodTarget, ...]) -> list[PodTarget]:
+        """The pods installed, those that could be. In iptables mode side by side: a pod's install waits
+        mostly on its -save/-restore processes and the kernel, not on this process (bench.enroll)."""
+        if len(pods) < 2 or self.redirection.mode != "iptables":
+            return [pod for pod in pods if self._install(pod)]
+        with ThreadPoolExecutor(min(INSTALL_WORKERS, len(pods)), thread_name_prefix="install") as pool:
+            done = list(pool.map(self._install, pods))
+        return [pod for pod, ok in zip(pods, done) if ok]
 
     def _install(self, pod: PodTarget) -> bool:
         try:

@@ -8,11 +8,14 @@ Every rule the node agent writes goes through `writer(backend)`, in both
 families: the pod's capture (iptables.py), its DNS capture (dns_capture.py)
 and the node's probe SNAT (probes.py). Rules are specs (`netfilter.rule_text`'s
 keywords) grouped as {table: ((chain, the built-in chain that jumps to it), ...)}.
-Each change of a table is one `{ip,ip6}tables-<backend>-restore --noflush`
-script run in the netns (atomic for the kernel, as a libiptc commit is), and
-rules are compared as `{ip,ip6}tables-<backend>-save` prints them. A chain
-named in `first` must be jumped to by the first rule of its built-in chain
-(DNS capture goes ahead of the mode's capture).
+Each change of a family is one `{ip,ip6}tables-<backend>-restore --noflush`
+script run in the netns (a block per table, each atomic for the kernel, as a
+libiptc commit is), and rules are compared as `{ip,ip6}tables-<backend>-save`
+prints them; a pod the agent installs for the first time is written without
+reading first (`Tables.create`). Enrollment waits for these processes: see
+PERFORMANCE.md. A chain named in `first` must be jumped to by the first rule
+of its built-in chain (DNS capture goes ahead of the mode's capture); in the
+iptables mode the DNS capture is written in the capture's script.
 
 Why not python-iptables, even for legacy: libxtables keeps its extensions per
 process, and a target both families share (REDIRECT, SNAT) is found for the
@@ -23,11 +26,10 @@ process, so a process cannot write REDIRECT in iptables and ip6tables both.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 from shoal import log
 # detect, has_rules, legacy_usable and nft_available are asked of this module by the agent's other parts.
-from shoal.iptables_backend import detect, has_rules, legacy_usable, nft_available, nsenter, tool  # noqa: F401
+from shoal.iptables_backend import detect, has_rules, legacy_usable, nft_available, run, tool  # noqa: F401
 
 from node_agent import netfilter
 from node_agent.errors import PrerequisiteMissing, RedirectError
@@ -99,27 +101,58 @@ class Tables:
         _run(netns, [tool("restore", ipv6, self.name), *wait, "--noflush"], "\n".join([*script, ""]))
 
     def ensure(self, netns: str | None, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool,
-               first: tuple[str, ...] = (), stale: dict[str, tuple] | None = None) -> None:
+               first: tuple[str, ...] = (), stale: dict[str, tuple] | None = None, fresh: bool = False) -> None:
         """Each chain holds exactly its rules and is jumped to once from its built-in chain (first, for a
-        chain named in `first`); then the `stale` chains are dropped (new rules in before old ones out)."""
+        chain named in `first`); then the `stale` chains are dropped (new rules in before old ones out).
+
+        `fresh` (a pod this agent has not installed yet): first try `create`, one -restore and no -save."""
+        if fresh and self.create(netns, chains, specs, ipv6=ipv6, first=first, stale=stale):
+            return
         state = self._state(netns, ipv6)
         blocks: dict[str, list[str]] = {}
         for table, pairs in chains.items():
             saved = state.get(table, [])
-            for chain, builtin in pairs:
+            inserted: set[str] = set()  # built-in chains that get a jump at their head in this script
+            # The chains to be first go last: a jump inserted after theirs would push them down.
+            for chain, builtin in sorted(pairs, key=lambda pair: pair[0] in first):
                 # Refilled even when it reads the same: the kernel binds `-m cgroup --path` to the cgroup
                 # that has the path when the rule is written, and a cgroup made again under it is new.
                 lines = blocks.setdefault(table, [])
                 lines.append(f":{chain} - [0:0]")  # made, or emptied (--noflush)
                 jumps = _jumps(saved, chain, builtin)
-                if chain in first and not _jumped_first(saved, chain, builtin):
+                if chain in first and (builtin in inserted or not _jumped_first(saved, chain, builtin)):
                     lines += [f"-D {builtin} -j {chain}"] * jumps
                     jumps = 0
                 lines += [f"-D {builtin} -j {chain}"] * max(0, jumps - 1)
                 if jumps == 0:
                     lines.append(f"-I {builtin} 1 -j {chain}")
+                    inserted.add(builtin)
                 lines += [f"-A {chain} {netfilter.rule_text(**spec)}" for spec in specs[chain]]
         self._restore(netns, _merged(blocks, _drops(state, stale or {})), ipv6)
+
+    def create(self, netns: str | None, chains: dict[str, tuple], specs: dict[str, list[dict]], *, ipv6: bool,
+               first: tuple[str, ...] = (), stale: dict[str, tuple] | None = None) -> bool:
+        """Where none of these chains exists: makes them, each jumped to once, in one -restore without
+        reading anything first. False, having changed nothing, where one exists.
+
+        `-N` refuses a chain that exists, which aborts the whole table's block; a chain that does not
+        exist has no jump to it, so one `-I` each is exactly one jump. A `stale` chain of a table written
+        here is asserted absent the same way (`-N`, `-X`); one of another table is not looked for (that
+        would make the table in the netns): a pod this agent has not installed holds none (removal drops
+        every chain before it forgets the pod, and the ledger records a pod before its first install)."""
+        blocks: dict[str, list[str]] = {}
+        for table, pairs in chains.items():
+            lines = blocks.setdefault(table, [])
+            lines += [line for chain, _ in (stale or {}).get(table, ()) for line in (f"-N {chain}", f"-X {chain}")]
+            # The chains to be first go last: each `-I 1` pushes the ones before it down.
+            for chain, builtin in sorted(pairs, key=lambda pair: pair[0] in first):
+                lines += [f"-N {chain}", f"-I {builtin} 1 -j {chain}",
+                          *(f"-A {chain} {netfilter.rule_text(**spec)}" for spec in specs[chain])]
+        try:
+            self._restore(netns, blocks, ipv6)
+        except RedirectError:
+            return False
+        return True
 
     def drop(self, netns: str | None, chains: dict[str, tuple], *, ipv6: bool) -> None:
         state = self._state(netns, ipv6)
@@ -180,8 +213,7 @@ def other(backend: str) -> str:
 
 
 def _run(netns: str | None, argv: list[str], stdin: str | None = None) -> str:
-    where = nsenter(netns)
-    done = subprocess.run([*where, *argv], input=stdin, capture_output=True, text=True, check=False)
+    done = run(netns, argv, stdin)
     if done.returncode != 0:
         raise RedirectError(f"{argv[0]} in {netns or 'the agent netns'} failed: "
                             f"{done.stderr.strip() or done.returncode}")

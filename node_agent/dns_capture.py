@@ -28,7 +28,8 @@ import os
 
 from shoal.contracts import DNS_PORT, DNS_PROXY_PORT
 
-from node_agent.iptables import DNS_CHAIN as CHAIN, DNS_CHAINS as CHAINS, kernel_has_ipv6, ztunnel_exemption_spec
+from node_agent.iptables import (DNS_CHAIN as CHAIN, DNS_CHAINS as CHAINS, FamilyRules, kernel_has_ipv6,
+                                 ztunnel_exemption_spec)
 from node_agent.model import PodTarget
 
 
@@ -45,6 +46,13 @@ def _families(pod: PodTarget):
     """(ipv6?, is the chain wanted in that family?)"""
     for ipv6 in ([True, False] if kernel_has_ipv6() else [False]):
         yield ipv6, pod.dns_capture and bool(pod.addresses(6 if ipv6 else 4))
+
+
+def family_rules(pod: PodTarget, ipv6: bool) -> FamilyRules:
+    """The chain as the pod wants it in that family, for the iptables mode to write with its capture."""
+    if pod.dns_capture and pod.addresses(6 if ipv6 else 4):
+        return FamilyRules(ipv6, True, CHAINS, specs(pod), {}, first=(CHAIN,))
+    return FamilyRules(ipv6, False, {}, {}, CHAINS)
 
 
 def sync(pod: PodTarget, tables) -> None:

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from shoal.contracts import HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK, OUTBOUND_PORT, PROBE_SOURCE, PROBE_SOURCE6
 
@@ -153,12 +154,19 @@ def kernel_has_ipv6() -> bool:
 
 @dataclass(frozen=True)
 class FamilyRules:
-    """What one family of a pod gets: `chains` with `specs`, and `stale`, the other policy's chains, out."""
+    """What one family of a pod gets: `chains` with `specs` (those in `first` jumped to first), and
+    `stale`, chains that must not be there (the other policy's), out."""
     ipv6: bool
     captured: bool
     chains: dict
     specs: dict
     stale: dict
+    first: tuple = ()
+
+    def joined(self, more: "FamilyRules") -> "FamilyRules":
+        """These rules and `more` (the pod's DNS capture) as one, written in one -restore."""
+        return FamilyRules(self.ipv6, self.captured, _joined(self.chains, more.chains), {**self.specs, **more.specs},
+                           _joined(self.stale, more.stale), self.first + more.first)
 
 
 def family_rules(pod: PodTarget, has_ipv6: bool | None = None) -> list[FamilyRules]:
@@ -172,6 +180,10 @@ def family_rules(pod: PodTarget, has_ipv6: bool | None = None) -> list[FamilyRul
         else:
             out.append(FamilyRules(ipv6, False, REFUSE_CHAINS, refuse_specs(ipv6), CAPTURE_CHAINS))
     return sorted(out, key=lambda family: family.captured)
+
+
+def _with(families: list[FamilyRules], also: Callable[[bool], FamilyRules] | None) -> list[FamilyRules]:
+    return [family.joined(also(family.ipv6)) if also else family for family in families]
 
 
 def _all_families() -> list[bool]:
@@ -225,23 +237,31 @@ class IptablesRedirector:
             except (RedirectError, PrerequisiteMissing):
                 pass  # no tables of that backend here: nothing of them to remove
 
-    def install(self, pod: PodTarget) -> None:
+    # `also(ipv6)`: more rules of the pod in that family (its DNS capture, dns_capture.family_rules), written
+    # and checked with the capture: one -save and one -restore per family and pod is what enrollment waits for.
+
+    def install(self, pod: PodTarget, also: Callable[[bool], FamilyRules] | None = None, *,
+                fresh: bool = False) -> None:
+        """`fresh`: the agent has not installed this pod before (backend.Tables.create: no -save)."""
         tables = self.tables
-        for family in family_rules(pod):
-            tables.ensure(pod.netns, family.chains, family.specs, ipv6=family.ipv6, stale=family.stale)
+        for family in _with(family_rules(pod), also):
+            tables.ensure(pod.netns, family.chains, family.specs, ipv6=family.ipv6, first=family.first,
+                          stale=family.stale, fresh=fresh)
 
     def remove(self, pod: PodTarget) -> None:
+        """Takes shoal's chains out of the pod, the DNS capture's too, in both backends and families."""
         if not os.path.exists(pod.netns):
             return  # the rules went with the netns
         from node_agent import backend
         self.drop_backend(pod, backend.other(self.backend))
         for ipv6 in _all_families():
-            self.tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS), ipv6=ipv6)
+            self.tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS), ipv6=ipv6)
 
-    def installed(self, pod: PodTarget) -> bool:
+    def installed(self, pod: PodTarget, also: Callable[[bool], FamilyRules] | None = None) -> bool:
         tables = self.tables
-        return all(tables.holds(pod.netns, family.chains, family.specs, ipv6=family.ipv6, absent=family.stale)
-                   for family in family_rules(pod))
+        return all(tables.holds(pod.netns, family.chains, family.specs, ipv6=family.ipv6, first=family.first,
+                                absent=family.stale)
+                   for family in _with(family_rules(pod), also))
 
     # The eBPF mode's extras do not apply here: REDIRECT needs no listener hand-over.
     def set_inbound_listener(self, pod: PodTarget, listener_fd: int) -> None:

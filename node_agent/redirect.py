@@ -122,16 +122,21 @@ class Redirection:
 
     def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         """Idempotent. With sync_probes=False the caller calls `sync_probes()` after a batch."""
+        fresh = pod.uid not in self._recorded  # nothing of it from this agent (the ledger outlives restarts)
         self.ledger.record(pod, self.mode)
         self._recorded[pod.uid] = pod
-        self.capture.install(pod)
-        dns_capture.sync(pod, self.tables)  # after the mode's capture: its jump goes ahead of the mode's
+        if self.mode == "iptables":  # one -restore per family for both (and a -save unless fresh)
+            self.capture.install(pod, also=lambda ipv6: dns_capture.family_rules(pod, ipv6), fresh=fresh)
+        else:
+            self.capture.install(pod)
+            dns_capture.sync(pod, self.tables)  # after the mode's capture: its jump goes ahead of the mode's
         if sync_probes:
             self.sync_probes()
 
     def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
-        dns_capture.remove(pod, self.tables)
+        if self.mode != "iptables":  # the iptables mode's removal takes the DNS capture's chain too
+            dns_capture.remove(pod, self.tables)
         _remove_return_path(pod)
         self.ledger.forget(pod.uid)
         self._recorded.pop(pod.uid, None)
@@ -141,8 +146,13 @@ class Redirection:
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):
             return False
-        return (pod.uid in self._recorded and self.capture.installed(pod) and dns_capture.installed(pod, self.tables)
-                and set(pod.ips) <= self.probes.covered())
+        if pod.uid not in self._recorded:
+            return False
+        if self.mode == "iptables":
+            captured = self.capture.installed(pod, also=lambda ipv6: dns_capture.family_rules(pod, ipv6))
+        else:
+            captured = self.capture.installed(pod) and dns_capture.installed(pod, self.tables)
+        return captured and set(pod.ips) <= self.probes.covered()
 
     def recorded(self) -> dict[str, PodTarget]:
         return dict(self._recorded)

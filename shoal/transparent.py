@@ -47,9 +47,9 @@ class TransparentError(ShoalError):
 
 
 def _in_netns(netns_fd: int, argv: list[str], check: bool, stdin: str | None = None) -> subprocess.CompletedProcess:
-    # A short-lived nsenter: pyroute2 cannot run under the ztunnel's uvloop (no AF_NETLINK endpoints).
-    result = subprocess.run(["nsenter", f"--net=/proc/self/fd/{netns_fd}", *argv], pass_fds=(netns_fd,),
-                            capture_output=True, text=True, input=stdin)
+    # Started from a thread inside the pod's netns (no nsenter: enrollment waits for these);
+    # pyroute2 cannot run under the ztunnel's uvloop (no AF_NETLINK endpoints).
+    result = iptables_backend.run(netns_fd, argv, stdin)
     if check and result.returncode != 0:
         raise TransparentError(f"`{' '.join(argv)}` failed in the pod's netns: {result.stderr.strip()}; "
                                "this needs CAP_NET_ADMIN, the node's iptables (legacy or nft) and iproute2")
@@ -78,9 +78,9 @@ def install(netns_fd: int, backend: str | None = None, *, ipv6: bool = True) -> 
     """Installs the return path for IPv4 (TransparentError if it cannot) and, with `ipv6` (the pod
     has an IPv6 address: the ztunnel passes False for an IPv4-only pod, sparing enrollment four
     processes), for IPv6 where the netns has it; returns whether IPv6 is covered. Idempotent, in
-    four short processes per family (enrollment waits for this): the chain is declared (so created
-    or flushed) and refilled in one restore, the jump and the policy rule are added only if missing,
-    the route is replaced. `backend`: legacy or nft (default: the node's, detected once per process)."""
+    two short processes per family for a pod seen first (enrollment waits for this; more where the
+    rules are there already): the chain made with its one jump, then the route replaced and the
+    policy rule added only if missing. `backend`: legacy or nft (default: the node's, detected once per process)."""
     backend = backend or iptables_backend.this_node()
     _install(netns_fd, 4, backend)
     if not ipv6:
@@ -95,16 +95,25 @@ def install(netns_fd: int, backend: str | None = None, *, ipv6: bool = True) -> 
 
 def _install(netns_fd: int, version: int, backend: str) -> None:
     save, restore = (iptables_backend.tool(name, version == 6, backend) for name in ("save", "restore"))
-    everything = _EVERYTHING[version]
-    saved = _in_netns(netns_fd, [save, "-t", "mangle"], check=False).stdout
-    jump = f"-A OUTPUT -j {CHAIN}" in saved
-    script = "\n".join(["*mangle", f":{CHAIN} - [0:0]", *RULES, *([] if jump else [f"-I OUTPUT 1 -j {CHAIN}"]),
-                        "COMMIT", ""])
-    _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=True, stdin=script)
-    commands = [f"route replace local {everything} dev lo table {TABLE}"]
-    if f"{PRIORITY}:" not in _ip(netns_fd, f"-{version}", "rule", "show").stdout:
-        commands.insert(0, f"rule add fwmark {hex(CONNMARK)} lookup {TABLE} priority {PRIORITY}")
-    _ip(netns_fd, f"-{version}", "-batch", "-", stdin="\n".join(commands) + "\n")
+    # A pod handed over for the first time has no chain: `-N` makes it, and with it the one jump, in one
+    # process. Where the chain exists `-N` fails and changes nothing; then read, and refill it.
+    created = _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=False, stdin="\n".join(
+        ["*mangle", f"-N {CHAIN}", *RULES, f"-I OUTPUT 1 -j {CHAIN}", "COMMIT", ""]))
+    if created.returncode != 0:
+        saved = _in_netns(netns_fd, [save, "-t", "mangle"], check=False).stdout
+        jump = f"-A OUTPUT -j {CHAIN}" in saved
+        script = "\n".join(["*mangle", f":{CHAIN} - [0:0]", *RULES, *([] if jump else [f"-I OUTPUT 1 -j {CHAIN}"]),
+                            "COMMIT", ""])
+        _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=True, stdin=script)
+    # One `ip -batch`: the route replaced, then the policy rule added, which fails (File exists) where it
+    # is there already; only then is it looked for.
+    commands = [f"route replace local {_EVERYTHING[version]} dev lo table {TABLE}",
+                f"rule add fwmark {hex(CONNMARK)} lookup {TABLE} priority {PRIORITY}"]
+    if _ip(netns_fd, f"-{version}", "-batch", "-", check=False, stdin="\n".join(commands) + "\n").returncode != 0:
+        _ip(netns_fd, f"-{version}", "route", "replace", "local", _EVERYTHING[version], "dev", "lo", "table",
+            str(TABLE))
+        if f"{PRIORITY}:" not in _ip(netns_fd, f"-{version}", "rule", "show").stdout:
+            _ip(netns_fd, f"-{version}", "-batch", "-", stdin=commands[1] + "\n")
 
 
 def remove(netns_fd: int) -> None:

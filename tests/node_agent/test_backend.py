@@ -262,3 +262,60 @@ def test_a_node_with_only_nftables_gets_every_rule_of_a_dual_stack_pod_in_nft(sc
     finally:
         kubelet.rmdir()
         CGROUP.rmdir()
+
+
+def _saved(tables: backend.Tables, path: str, ipv6: bool) -> str:
+    """The family's tables as -save prints them, without counters and comments (they differ between netns)."""
+    return "\n".join(line for line in backend.run(path, [backend.tool("save", ipv6, tables.name)]).stdout.splitlines()
+                     if not line.startswith("#"))
+
+
+@needs_root("network namespaces, cgroups and iptables")
+@pytest.mark.parametrize("which", ["legacy", "nft"])
+def test_a_pod_seen_first_is_written_in_one_restore_per_family_the_same_rules_and_only_there(scratch, which,
+                                                                                            monkeypatch):
+    from node_agent import dns_capture
+    CGROUP.mkdir(parents=True, exist_ok=True)
+    runs = []
+    real_run = backend.run
+    monkeypatch.setattr(backend, "run", lambda where, argv, stdin=None: runs.append(argv[0]) or
+                        real_run(where, argv, stdin))
+    try:
+        fresh, read = str(netns.path(scratch(f"fresh{which}"))), str(netns.path(scratch(f"read{which}")))
+        capture = IptablesRedirector(which)
+        target = PodTarget("uid-fresh", "demo", "web", POD_IP, fresh, str(CGROUP), dns_capture=True)
+
+        def install(pod, **kwargs):
+            capture.install(pod, also=lambda ipv6: dns_capture.family_rules(pod, ipv6), **kwargs)
+
+        install(target, fresh=True)
+        assert runs == [backend.tool("restore", True, which), backend.tool("restore", False, which)], runs
+        install(PodTarget("uid-fresh", "demo", "web", POD_IP, read, str(CGROUP), dns_capture=True))  # reads first
+        for ipv6 in (False, True):
+            assert _saved(capture.tables, fresh, ipv6) == _saved(capture.tables, read, ipv6)
+        assert "-A OUTPUT -j SHOAL_DNS\n-A OUTPUT -j SHOAL_OUTPUT" in _saved(capture.tables, fresh, False)
+
+        # Where the chains are there already, `fresh` changes nothing and the rules are read and refilled.
+        before = {ipv6: _saved(capture.tables, fresh, ipv6) for ipv6 in (False, True)}
+        runs.clear()
+        install(target, fresh=True)
+        assert backend.tool("save", False, which) in runs
+        assert {ipv6: _saved(capture.tables, fresh, ipv6) for ipv6 in (False, True)} == before
+        assert capture.installed(target, also=lambda ipv6: dns_capture.family_rules(target, ipv6))
+
+        # The ztunnel's return path: made in one restore, and a second install leaves one jump and one rule.
+        fd = os.open(fresh, os.O_RDONLY)
+        try:
+            transparent.install(fd, backend=which, ipv6=False)
+            transparent.install(fd, backend=which, ipv6=False)
+            rules = netns.run(fresh.rsplit("/", 1)[1], ["ip", "rule", "show"], capture_output=True, text=True).stdout
+            assert rules.count(f"{transparent.PRIORITY}:") == 1, rules
+            assert _saved(capture.tables, fresh, False).count(f"-A OUTPUT -j {transparent.CHAIN}") == 1
+            transparent.remove(fd)
+        finally:
+            os.close(fd)
+        capture.remove(target)
+        for ipv6 in (False, True):
+            assert "SHOAL" not in _saved(capture.tables, fresh, ipv6)
+    finally:
+        CGROUP.rmdir()
