@@ -79,6 +79,7 @@ class NodeAgent:
         self.want: dict[str, PodTarget] = {}
         self.acked: set[str] = set()
         self.in_flight: set[str] = set()
+        self.told: dict[str, tuple[str, ...]] = {}  # uid -> the pod's addresses when last sent to the ztunnel
         self.netns_fds: dict[str, int] = {}
         self.seen_at: dict[str, float] = {}
         self.synced = False
@@ -218,7 +219,7 @@ class NodeAgent:
         if not self.synced:
             return
         plan = reconcile.plan(self.want, self.redirection.recorded(), self.acked, self.in_flight,
-                              self.server.connected)
+                              self.server.connected, self.told)
         for pod in plan.remove:
             try:
                 self.redirection.remove(pod, sync_probes=False)
@@ -228,6 +229,7 @@ class NodeAgent:
         for uid in plan.untell_ztunnel:
             self.server.delete(uid)
             self.acked.discard(uid)
+            self.told.pop(uid, None)
         for uid in set(self.netns_fds) - set(self.want):
             os.close(self.netns_fds.pop(uid))
         for pod in plan.tell_ztunnel:
@@ -236,6 +238,7 @@ class NodeAgent:
                 continue
             if self.server.add(_workload(pod), fd):
                 self.in_flight.add(pod.uid)
+                self.told[pod.uid] = pod.ips
         installed = self._install_all(plan.install)
         if plan.remove or plan.install or self.redirection.probes_stale():
             try:
@@ -302,6 +305,7 @@ class NodeAgent:
     def _snapshot(self):
         """The replay at a ztunnel's Hello: every wanted pod (Keep when its netns cannot be opened)."""
         self.acked.clear()
+        self.told.clear()
         self.in_flight.clear()
         if not self.synced:
             return []
@@ -311,12 +315,14 @@ class NodeAgent:
             items.append((_workload(pod), fd))
             if fd is not None:
                 self.in_flight.add(uid)
+                self.told[uid] = pod.ips
         return items
 
     async def _on_handoff(self, event, server: HandoffServer) -> None:
         if event is None:
             logger.info("ztunnel gone; redirection stays, new pods wait for it")
             self.acked.clear()
+            self.told.clear()
             self.in_flight.clear()
         elif isinstance(event, ZtunnelGreeted):
             if server.peer_pid:
@@ -326,6 +332,7 @@ class NodeAgent:
             pod = self.want.get(event.uid)
             try:
                 if event.error:
+                    self.acked.discard(event.uid)  # a pod sent again (new addresses) and refused: retried
                     self.metrics.reconcile_errors.labels(step="ztunnel-add").inc()
                     self.last_error[event.uid] = f"the ztunnel refused the pod: {event.error}"
                     logger.warning("ztunnel refused a workload; will retry", uid=event.uid, error=event.error)

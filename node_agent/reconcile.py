@@ -145,11 +145,15 @@ class Plan:
 
 
 def plan(want: Mapping[str, PodTarget], installed: Mapping[str, PodTarget], acked: Iterable[str],
-         in_flight: Iterable[str], ztunnel_connected: bool) -> Plan:
-    """What to do next, from what is wanted, installed, acked and awaiting an ack."""
-    acked, in_flight = set(acked), set(in_flight)
+         in_flight: Iterable[str], ztunnel_connected: bool, told: Mapping[str, tuple[str, ...]] | None = None) -> Plan:
+    """What to do next, from what is wanted, installed, acked and awaiting an ack, and the addresses each
+    pod had when the ztunnel was last told of it (`told`)."""
+    acked, in_flight, told = set(acked), set(in_flight), told or {}
+    # An acked pod whose addresses changed is told again: the ztunnel reads the pod's addresses (which
+    # it serves inbound, and the return path's families) when it is told, and would not know the new one.
     tell = tuple(want[uid] for uid in sorted(want)
-                 if ztunnel_connected and uid not in acked and uid not in in_flight)
+                 if ztunnel_connected and uid not in in_flight
+                 and (uid not in acked or (uid in told and told[uid] != want[uid].ips)))
     # A pod whose target changed (a new netns after a sandbox restart) is installed again.
     install = tuple(want[uid] for uid in sorted(want)
                     if uid in acked and (uid not in installed or installed[uid] != want[uid]))

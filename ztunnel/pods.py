@@ -97,6 +97,12 @@ class PodRegistry:
         held = self.pods.get(workload.uid)
         if held is not None:
             os.close(netns_fd)
+            # Sent again after a reconnect, or because the pod's addresses changed (a new IPv6 address
+            # must be served inbound, and its return path installed): read them again.
+            own = await self._addresses(held)
+            if own != held.reach.addresses:
+                held.reach = await self._reach(held, own, captured=held.reach.via_loopback)
+                logger.info("pod addresses changed", pod=held.name, addresses=list(own))
             return held.listeners.get(contracts.INBOUND_PLAINTEXT_PORT)
         who = identity.format_spiffe_id(self.trust_domain, workload.namespace, workload.service_account)
         pod = Pod(workload, netns_fd, who)
@@ -117,31 +123,37 @@ class PodRegistry:
         except sockets.SocketError:
             self._release(pod)
             raise
-        try:
-            own = await asyncio.get_running_loop().run_in_executor(None, netns.addresses, netns_fd)
-        except Exception as e:  # noqa: BLE001 - then only the control plane's word says what the pod is
-            logger.warning("could not read the pod's addresses", pod=pod.name, error=str(e))
-            own = ()
-        transparent_ok = transparent_ipv6 = False
-        if self.preserve_source_ip and not captured:
-            # IPv6's return path only for a pod with an IPv6 address (unread: assume it may have one).
-            has_ipv6 = not own or any(":" in address for address in own)
-            try:
-                transparent_ipv6 = await asyncio.get_running_loop().run_in_executor(
-                    None, functools.partial(transparent.install, netns_fd, ipv6=has_ipv6))
-                transparent_ok = True
-            except Exception as e:  # noqa: BLE001 - the pod is served all the same, without the client's IP
-                logger.warning("source IP will not be preserved for this pod", pod=pod.name, error=str(e))
-        pod.reach = AppReach(transparent=transparent_ok, via_loopback=captured, addresses=own,
-                             transparent_ipv6=transparent_ipv6)
+        pod.reach = await self._reach(pod, await self._addresses(pod), captured=captured)
         self.pods[workload.uid] = pod
         self.certs.want(who)
         loop = asyncio.get_running_loop()
         for port, sock in pod.listeners.items():
             pod.tasks.append(loop.create_task(self._accept_loop(pod, sock, self.handlers[port])))
         logger.info("pod enrolled", pod=pod.name, uid=workload.uid, identity=str(who),
-                    source_ip_preserved=transparent_ok)
+                    source_ip_preserved=pod.reach.transparent)
         return pod.listeners[contracts.INBOUND_PLAINTEXT_PORT]
+
+    async def _addresses(self, pod: Pod) -> tuple[str, ...]:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, netns.addresses, pod.netns_fd)
+        except Exception as e:  # noqa: BLE001 - then only the control plane's word says what the pod is
+            logger.warning("could not read the pod's addresses", pod=pod.name, error=str(e))
+            return ()
+
+    async def _reach(self, pod: Pod, own: tuple[str, ...], *, captured: bool) -> AppReach:
+        """How the app is reached at its addresses `own`, the return path installed where it can be."""
+        transparent_ok = transparent_ipv6 = False
+        if self.preserve_source_ip and not captured:
+            # IPv6's return path only for a pod with an IPv6 address (unread: assume it may have one).
+            has_ipv6 = not own or any(":" in address for address in own)
+            try:
+                transparent_ipv6 = await asyncio.get_running_loop().run_in_executor(
+                    None, functools.partial(transparent.install, pod.netns_fd, ipv6=has_ipv6))
+                transparent_ok = True
+            except Exception as e:  # noqa: BLE001 - the pod is served all the same, without the client's IP
+                logger.warning("source IP will not be preserved for this pod", pod=pod.name, error=str(e))
+        return AppReach(transparent=transparent_ok, via_loopback=captured, addresses=own,
+                        transparent_ipv6=transparent_ipv6)
 
     async def del_workload(self, uid: str, *, leaving_mesh: bool = True) -> None:
         """Stops serving the pod. `leaving_mesh` False (ztunnel shutdown) keeps the pod's

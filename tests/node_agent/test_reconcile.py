@@ -154,3 +154,21 @@ def test_a_pod_that_gains_an_ipv6_address_is_installed_again():
     after = desired([pod_info(raw, NAMESPACES["demo"])], "node1")
     p = plan(after, before, {"uid-web"}, set(), True)
     assert p.install == (after["uid-web"],)
+
+
+def test_a_pod_that_gains_an_address_is_sent_to_the_ztunnel_again():
+    """The ztunnel reads a pod's addresses when it is told of it: a new one would get no inbound service."""
+    before = desired([pod_info(pod("web"), NAMESPACES["demo"])], "node1")
+    raw = pod("web")
+    raw["status"]["podIPs"] = [{"ip": "198.19.1.5"}, {"ip": "fd73:686f:616c:1::5"}]
+    after = desired([pod_info(raw, NAMESPACES["demo"])], "node1")
+    told_before = {"uid-web": before["uid-web"].ips}
+    p = plan(after, before, {"uid-web"}, set(), True, told_before)
+    assert p.tell_ztunnel == (after["uid-web"],) and p.install == (after["uid-web"],)
+    # Not while the first message is in flight, nor without a ztunnel; and not again once told.
+    assert plan(after, before, {"uid-web"}, {"uid-web"}, True, told_before).tell_ztunnel == ()
+    assert plan(after, before, {"uid-web"}, set(), False, told_before).tell_ztunnel == ()
+    told_after = {"uid-web": after["uid-web"].ips}
+    assert plan(after, after, {"uid-web"}, set(), True, told_after) == Plan()
+    # Unchanged addresses: an acked pod is not sent again.
+    assert plan(before, before, {"uid-web"}, set(), True, told_before) == Plan()
