@@ -157,9 +157,10 @@ CLEANUPS.append(containerd_down.cleanup)  # after the agents: their shoal-cni is
 
 
 # A draining ztunnel lets open connections run this long; the kubelet's grace period is longer, so
-# the drain's own deadline, not SIGKILL, ends them.
-ZTUNNEL_DRAIN_SECONDS = 8
-ZTUNNEL_GRACE_SECONDS = 10
+# the drain's own deadline, not SIGKILL, ends them. A draining ztunnel with nothing open exits at
+# once, so the deadline costs a rollout only what its connections take.
+ZTUNNEL_DRAIN_SECONDS = 13
+ZTUNNEL_GRACE_SECONDS = 15
 
 
 REVISION = "shoal.io/revision"     # which rollout made a system pod: 0 for `up`'s, then 1, 2, ...
