@@ -253,14 +253,26 @@ def test_a_waypoint_runs_on_containerd_and_carries_the_namespaces_traffic(cluste
     cluster("label", "namespace", "shop", "shoal.io/use-waypoint=waypoint")
     waypoint = "spiffe://cluster.local/ns/shop/sa/waypoint"
 
+    inbound_before, outbound_before = len(cluster.access_log(2, "inbound")), len(cluster.access_log(1, "outbound"))
+    seen = {}
+
     def through_the_waypoint():
-        before = len(cluster.access_log(2, "inbound"))
+        # Judged on every record since the label, not on the lines one curl added: the kubelet copies a
+        # container's log every 0.3 s, so a connection's record can land after the next check began.
         answer = cluster.curl("client", f"http://{SERVICE}/")
-        lines = [r for r in cluster.access_log(2, "inbound")[before:] if r["dst_pod"] == "server"]
-        return answer.stdout == "hello from server\n" and lines and lines[-1]["src_identity"] == waypoint
+        seen["answer"] = (answer.returncode, answer.stdout[-200:], answer.stderr[-200:])
+        return answer.stdout == "hello from server\n" and [
+            r for r in cluster.access_log(1, "outbound")[outbound_before:]
+            if r["src_pod"] == "client" and r["plan"] == "waypoint" and r["dst_identity"] == waypoint
+            and r["error"] is None]
     phases = lambda: {n: p.get("status", {}).get("phase") for n, p in cluster.pods("shop").items()}  # noqa: E731
-    eventually(through_the_waypoint, 120, lambda: f"the server to be reached through the waypoint; pods: {phases()}",
-               interval=1)
+    last = lambda direction, node: [{k: r.get(k) for k in ("src_pod", "dst_pod", "plan", "src_identity", "error")}  # noqa: E731
+                                    for r in cluster.access_log(node, direction)[-2:]]
+    eventually(through_the_waypoint, 120, lambda: f"the server to be reached through the waypoint; pods: {phases()}; "
+               f"last answer: {seen.get('answer')}; last outbound on node1: {last('outbound', 1)}", interval=1)
+    eventually(lambda: [r for r in cluster.access_log(2, "inbound")[inbound_before:]
+                        if r["dst_pod"] == "server" and r["src_identity"] == waypoint and r["mtls"]], 60,
+               lambda: f"the server's ztunnel to log the waypoint's mTLS stream; last: {last('inbound', 2)}")
     (pod,) = [p for n, p in cluster.pods("shop").items() if n.startswith("waypoint")]
     assert pod["status"]["shoal"]["runtime"] == "containerd", pod["status"]
     # The CLI reaches it in the netns the CRI made (not one under /run/netns).
@@ -319,11 +331,14 @@ def test_a_killed_ztunnel_container_is_restarted_by_the_kubelet_and_traffic_flow
         return c.get("restartCount", 0) > restarts and c.get("ready") and now["shoal"].get("container_pid") != pid
     eventually(restarted, 180, lambda: f"{name} to be restarted: {cluster.pods('shoal-system').get(name)}")
 
+    before = len(cluster.access_log(2, "inbound"))   # the killed one's last lines were copied at its exit
+
     def through_the_new_ztunnel():
-        before = len(cluster.access_log(2, "inbound"))
+        # Every record since the restart counts, not only the lines one curl added: the kubelet copies a
+        # container's log every 0.3 s, so a connection's record can land after the next check began.
         answer = cluster.curl("client", f"http://{SERVICE}/")
-        lines = [r for r in cluster.access_log(2, "inbound")[before:] if r["dst_pod"] == "server"]
-        return answer.stdout == "hello from server\n" and lines
+        return answer.stdout == "hello from server\n" and [
+            r for r in cluster.access_log(2, "inbound")[before:] if r["dst_pod"] == "server"]
     eventually(through_the_new_ztunnel, 120, "traffic to flow through the restarted ztunnel", interval=1)
     log = cluster.layout.pod_log("shoal-system", name, "ztunnel").read_text()
     assert f"{RESTART_MARKER}{restarts + 1} of container ztunnel" in log, log[-2000:]

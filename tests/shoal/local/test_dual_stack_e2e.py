@@ -115,7 +115,7 @@ class DualStackCluster(LocalCluster):
                 if line.startswith("{") and '"connection complete"' in line]
 
 
-CASES = [("dual", "iptables"), ("dual", "ebpf"), ("ipv6", "iptables")]
+CASES = [("dual", "iptables"), ("dual", "ebpf"), ("ipv6", "iptables"), ("ipv6", "ebpf")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{m}" for f, m in CASES])
