@@ -40,8 +40,7 @@ static PyObject *s_conn, *s_h2, *s_tunnels, *s_streams, *s_state, *s_state_machi
                 *s_expected_content_length, *s_actual_content_length, *s_inbound_window_manager,
                 *s_connection_window_manager, *s_current_window_size, *s_bytes_processed, *s_max_window_size,
                 *s_max_inbound_frame_size, *s_max_outbound_frame_size, *s_outbound_flow_control_window,
-                *s_data_to_send, *s_chunks, *s_draining, *s_last_active, *s_flush, *s_python_received,
-                *s_python_data_received;
+                *s_data_to_send, *s_chunks, *s_draining, *s_last_active, *s_flush, *s_python_data_received;
 
 /* ---- small helpers: each returns -1 with an exception set on error ---- */
 
@@ -505,7 +504,7 @@ static PyObject *side_data_received(PyObject *self, PyObject *data) {
     Py_DECREF(peer);
     if (rc < 0) return NULL;
     if (rc) Py_RETURN_NONE;
-    return PyObject_CallMethodOneArg(self, s_python_received, data);
+    return PyObject_CallMethodOneArg(self, s_python_data_received, data);
 }
 
 static PyMethodDef side_methods[] = {
@@ -570,7 +569,7 @@ PyMODINIT_FUNC PyInit__relay(void) {
     INTERN(s_outbound_flow_control_window, "outbound_flow_control_window");
     INTERN(s_data_to_send, "_data_to_send"); INTERN(s_chunks, "_chunks"); INTERN(s_draining, "draining");
     INTERN(s_last_active, "last_active"); INTERN(s_flush, "flush");
-    INTERN(s_python_received, "_data_received_python"); INTERN(s_python_data_received, "_data_received_python");
+    INTERN(s_python_data_received, "_data_received_python");
 
     if (PyType_Ready(&SessionBaseType) < 0 || PyType_Ready(&StreamBaseType) < 0
         || PyType_Ready(&TcpSideBaseType) < 0)
