@@ -1,4 +1,4 @@
-"""Rules as iptables-save prints them, and reading a netns's legacy tables.
+"""Rules as iptables-save prints them, and reading a netns's tables.
 
 Shoal's rules are specs, the keywords of `rule_text`: protocol, src, dst,
 in_interface, out_interface, matches [(name, {option: value})], target and
@@ -6,17 +6,16 @@ target_args (a value "!x" negates its option, "" is an option without a
 value). `rule_text` writes a spec exactly as `iptables-save` (legacy or nft,
 either family) prints the rule back, so that what a backend writes with
 `-restore` compares equal, line by line, with what it reads back
-(backend.py). `save` reads a netns's legacy tables (for logs and tests).
+(backend.py). `save` reads a netns's tables, both backends (for logs and tests).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from typing import Iterable
 
-from shoal import netns
+from shoal import iptables_backend
 
 from node_agent.errors import PrerequisiteMissing
 
@@ -80,13 +79,15 @@ def rule_text(*, protocol=None, src=None, dst=None, in_interface=None, out_inter
 
 
 def save(ns: str | None = None, *, ipv6: bool = False) -> str:
-    """`iptables-legacy-save` (or `ip6tables-legacy-save`) output in a netns (for logs and tests)."""
-    argv = ["ip6tables-legacy-save" if ipv6 else "iptables-legacy-save"]
-    if ns is None:
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    fd = netns.open_fd(ns)  # a name under /run/netns, or a path
-    try:
-        return subprocess.run(["nsenter", f"--net=/proc/self/fd/{fd}", *argv], capture_output=True, text=True,
-                              check=True, pass_fds=(fd,)).stdout
-    finally:
-        os.close(fd)
+    """`iptables-save` output of both backends (legacy, then nft where its tools are here) in a netns, for
+    logs and tests: a rule shoal left behind shows whichever backend holds it."""
+    out = []
+    for backend in iptables_backend.BACKENDS:
+        tool = iptables_backend.tool("save", ipv6, backend)
+        if backend == "nft" and not shutil.which(tool):
+            continue
+        done = iptables_backend.run(ns, [tool])
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+        out.append(done.stdout)
+    return "".join(out)
