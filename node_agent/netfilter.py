@@ -1,4 +1,4 @@
-"""Rules as iptables-save prints them, and reading a netns's tables.
+"""Rules as iptables-save prints them, and reading a netns's legacy tables.
 
 Shoal's rules are specs, the keywords of `rule_text`: protocol, src, dst,
 in_interface, out_interface, matches [(name, {option: value})], target and
@@ -6,7 +6,7 @@ target_args (a value "!x" negates its option, "" is an option without a
 value). `rule_text` writes a spec exactly as `iptables-save` (legacy or nft,
 either family) prints the rule back, so that what a backend writes with
 `-restore` compares equal, line by line, with what it reads back
-(backend.py). `save` reads a netns's tables, both backends (for logs and tests).
+(backend.py). `save` reads a netns's legacy tables (for logs and tests).
 """
 
 from __future__ import annotations
@@ -79,15 +79,8 @@ def rule_text(*, protocol=None, src=None, dst=None, in_interface=None, out_inter
 
 
 def save(ns: str | None = None, *, ipv6: bool = False) -> str:
-    """`iptables-save` output of both backends (legacy, then nft where its tools are here) in a netns, for
-    logs and tests: a rule shoal left behind shows whichever backend holds it."""
-    out = []
-    for backend in iptables_backend.BACKENDS:
-        tool = iptables_backend.tool("save", ipv6, backend)
-        if backend == "nft" and not shutil.which(tool):
-            continue
-        done = iptables_backend.run(ns, [tool])
-        if done.returncode != 0:
-            raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
-        out.append(done.stdout)
-    return "".join(out)
+    """`iptables-legacy-save` (or `ip6tables-legacy-save`) output in a netns (for logs and tests)."""
+    done = iptables_backend.run(ns, [iptables_backend.tool("save", ipv6, "legacy")])
+    if done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+    return done.stdout
