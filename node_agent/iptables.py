@@ -199,6 +199,22 @@ def _joined(*groups: dict[str, tuple]) -> dict[str, tuple]:
     return out
 
 
+def drop_in_backend(pod: PodTarget, other: str) -> None:
+    """Takes shoal's chains (capture, refusal and DNS capture) out of the pod in backend `other`: when the
+    backend changed since the last run, the rules of the old one would apply beside the new ones."""
+    from node_agent import backend
+    if not os.path.exists(pod.netns):
+        return
+    if other == "nft" and not backend.nft_available():
+        return
+    tables = backend.writer(other)
+    for ipv6 in _all_families():
+        try:
+            tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS), ipv6=ipv6)
+        except (RedirectError, PrerequisiteMissing):
+            pass  # no tables of that backend here: nothing of them to remove
+
+
 class IptablesRedirector:
     """The rules, written with the node's iptables backend (backend.py, legacy or nft).
     `backend="auto"` detects it when loaded."""
@@ -223,19 +239,7 @@ class IptablesRedirector:
         self.backend = backend.resolve(wanted)
 
     def drop_backend(self, pod: PodTarget, other: str) -> None:
-        """Takes shoal's chains (capture and DNS capture) out of the pod in backend `other`: when the backend
-        changed since the last run, the rules of the old one would apply beside the new ones."""
-        from node_agent import backend
-        if not os.path.exists(pod.netns):
-            return
-        if other == "nft" and not backend.nft_available():
-            return
-        tables = backend.writer(other)
-        for ipv6 in _all_families():
-            try:
-                tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS), ipv6=ipv6)
-            except (RedirectError, PrerequisiteMissing):
-                pass  # no tables of that backend here: nothing of them to remove
+        drop_in_backend(pod, other)
 
     # `also(ipv6)`: more rules of the pod in that family (its DNS capture, dns_capture.family_rules), written
     # and checked with the capture: one -save and one -restore per family and pod is what enrollment waits for.

@@ -32,7 +32,7 @@ from shoal import log, transparent
 from node_agent import backend, dns_capture, probes
 from node_agent.hostmounts import cgroup2_root
 from node_agent.errors import NodeAgentError, PrerequisiteMissing
-from node_agent.iptables import IptablesRedirector
+from node_agent.iptables import IptablesRedirector, drop_in_backend
 from node_agent.model import PodTarget
 
 logger = log.get("node_agent.redirect")
@@ -105,18 +105,6 @@ def _remove_return_path(pod: PodTarget) -> None:
         os.close(fd)
 
 
-def _remove_dns_in_other_backend(pod: PodTarget, chosen: str) -> None:
-    """eBPF mode: the pod's DNS capture chain out of the backend not chosen now, where an agent that
-    detected the node's backend differently left it (the iptables mode does this in its own removal)."""
-    other = backend.other(chosen)
-    if other == "nft" and not backend.nft_available():
-        return
-    try:
-        dns_capture.remove(pod, backend.writer(other))
-    except NodeAgentError:  # RedirectError, PrerequisiteMissing: no tables of that backend here
-        pass
-
-
 class Redirection:
     def __init__(self, capture, state_dir: Path, node_netns: str | None = None,
                  kubelet_cgroup: str = probes.DEFAULT_KUBELET_CGROUP, iptables_backend: str = "auto") -> None:
@@ -149,7 +137,8 @@ class Redirection:
         self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
         if self.mode != "iptables":  # the iptables mode's removal takes the DNS capture's chain too
             dns_capture.remove(pod, self.tables)
-            _remove_dns_in_other_backend(pod, self.tables.name)
+            # and out of the other backend, where an agent that detected the node's backend differently left it
+            drop_in_backend(pod, backend.other(self.tables.name))
         _remove_return_path(pod)
         self.ledger.forget(pod.uid)
         self._recorded.pop(pod.uid, None)
