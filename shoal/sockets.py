@@ -26,7 +26,7 @@ from typing import Callable
 
 from shoal import contracts, log, netns
 from shoal.errors import ShoalError
-from shoal.model.addresses import canonical_or_none, ip_version, join_host_port
+from shoal.model.addresses import canonical_address, ip_version, join_host_port
 
 _logger = log.get("shoal.sockets")
 
@@ -197,17 +197,12 @@ def _listen(netns_fd: int | None, port: int, address: str, mark: bool, reuse_por
     return sock
 
 
-def _address(raw: tuple) -> tuple[str, int]:
-    """A socket address as (canonical host, port): `::ffff:a.b.c.d` is a.b.c.d, the flow and scope go."""
-    return canonical_or_none(raw[0]) or raw[0], raw[1]
-
-
 def local_address(sock: socket.socket) -> tuple[str, int]:
-    return _address(sock.getsockname())
+    return canonical_address(sock.getsockname())
 
 
 def peer_address(sock: socket.socket) -> tuple[str, int]:
-    return _address(sock.getpeername())
+    return canonical_address(sock.getpeername())
 
 
 def _parse_sockaddr(raw: bytes) -> tuple[str, int]:
@@ -215,7 +210,7 @@ def _parse_sockaddr(raw: bytes) -> tuple[str, int]:
     family = int.from_bytes(raw[:2], "little")
     if family == socket.AF_INET6 and len(raw) >= 24:
         port, packed = struct.unpack_from("!H4x16s", raw, 2)
-        return _address((socket.inet_ntop(socket.AF_INET6, packed), port))
+        return canonical_address((socket.inet_ntop(socket.AF_INET6, packed), port))
     port, packed = struct.unpack_from("!H4s", raw, 2)
     return socket.inet_ntoa(packed), port
 
@@ -237,7 +232,7 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOPROTOOPT):
                 raise
-    return _address(local)
+    return canonical_address(local)
 
 
 def captured_destination(sock: socket.socket, direction: str) -> tuple[str, int] | None:
@@ -325,4 +320,4 @@ async def accept_forever(sock: socket.socket, on_connection: Callable[[socket.so
             await asyncio.sleep(pause)
             continue
         pause = 0.0
-        on_connection(conn, _address(address))
+        on_connection(conn, canonical_address(address))

@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 
 from shoal import hbone, identity, log, sockets
 from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
-from shoal.model.addresses import canonical_or_none, join_address
+from shoal.model.addresses import canonical_address, join_address
 
 from waypoint.channel import Channel, ChannelReset
 from waypoint.h2server import H2Server
@@ -86,8 +86,7 @@ class HboneListener:
         channel = Channel(stream)
         # On the dual-stack listener an IPv4 client is ::ffff:a.b.c.d: policies, workload lookups and logs
         # take the address it has in the mesh.
-        raw = session.peer_address
-        client = (canonical_or_none(raw[0]) or raw[0], raw[1])
+        client = canonical_address(session.peer_address)
         peer = Peer(client[0], source, (host, port))
         protocol = protocol_of(self.proxy.state, (host, port))
         first = b""

@@ -26,7 +26,7 @@ from shoal import hbone, identity, netns, sockets
 from shoal.certs import CertManager
 from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
 from shoal.hbone_relay import TcpSide, relay
-from shoal.model.addresses import canonical_or_none, join_address
+from shoal.model.addresses import canonical_address, join_address
 from shoal.proxy_state import ProxyState
 
 from ztunnel.connections import ConnectionTracker
@@ -75,8 +75,8 @@ class InboundDriver:
 
     async def _tunnel(self, pod: Pod, session: HboneSession, stream: TunnelStream) -> None:
         peer, problem = _peer_identity(session)
-        source = _canonical(session.peer_address)        # a dual-stack listener's IPv4 peer is ::ffff:a.b.c.d
-        target = _canonical(hbone.parse_authority(stream.authority))   # the HBONE core refused any other authority
+        source = canonical_address(session.peer_address)   # a dual-stack listener's IPv4 peer is ::ffff:a.b.c.d
+        target = canonical_address(hbone.parse_authority(stream.authority))   # the HBONE core refused any other authority
         workload = self.pods.workload_of(pod)
         decision = decide_inbound(self.state, workload, InboundConnection(
             source[0], target, mtls=True, peer=peer, peer_problem=problem), pod.reach)
@@ -175,10 +175,6 @@ class InboundDriver:
                                             "bound to 127.0.0.1 is not reachable from the mesh", "refused")
         return await sockets.connect(pod.sockets, plan.connect, timeout=self.connect_timeout,
                                      transparent_source=plan.transparent_source)
-
-
-def _canonical(address: tuple) -> tuple[str, int]:
-    return canonical_or_none(address[0]) or address[0], address[1]
 
 
 def _peer_identity(session: HboneSession) -> tuple[identity.SpiffeId | None, str]:

@@ -44,6 +44,12 @@ def ip_version(text: str) -> int:
     return 4 if "." in canonical_ip(text) else 6
 
 
+def canonical_address(address: tuple) -> tuple[str, int]:
+    """A socket address as (canonical host, port): `::ffff:a.b.c.d` is a.b.c.d, an AF_INET6 tuple's
+    flow and scope go; a host that is not an IP address stays as it is."""
+    return canonical_or_none(address[0]) or address[0], address[1]
+
+
 def canonical_ips(texts) -> tuple[str, ...]:
     """Canonical addresses in their given order, duplicates (after canonicalisation) and
     anything that is not an IP address left out."""
