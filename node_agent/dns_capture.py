@@ -28,7 +28,7 @@ import os
 
 from shoal.contracts import DNS_PORT, DNS_PROXY_PORT
 
-from node_agent.iptables import (DNS_CHAIN as CHAIN, DNS_CHAINS as CHAINS, FamilyRules, kernel_has_ipv6,
+from node_agent.iptables import (DNS_CHAIN as CHAIN, DNS_CHAINS as CHAINS, FamilyRules, families,
                                  ztunnel_exemption_spec)
 from node_agent.model import PodTarget
 
@@ -44,7 +44,7 @@ def specs(pod: PodTarget) -> dict[str, list[dict]]:
 
 def _families(pod: PodTarget):
     """(ipv6?, is the chain wanted in that family?)"""
-    for ipv6 in ([True, False] if kernel_has_ipv6() else [False]):
+    for ipv6 in families():
         yield ipv6, pod.dns_capture and bool(pod.addresses(6 if ipv6 else 4))
 
 

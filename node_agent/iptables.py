@@ -172,9 +172,8 @@ class FamilyRules:
 def family_rules(pod: PodTarget, has_ipv6: bool | None = None) -> list[FamilyRules]:
     """Per family, refused ones first: installing in this order leaves no moment when one family is
     captured and another still open."""
-    families = [True, False] if (kernel_has_ipv6() if has_ipv6 is None else has_ipv6) else [False]
     out = []
-    for ipv6 in families:
+    for ipv6 in (families() if has_ipv6 is None else [True, False] if has_ipv6 else [False]):
         if pod.addresses(6 if ipv6 else 4):
             out.append(FamilyRules(ipv6, True, CAPTURE_CHAINS, capture_specs(pod, ipv6), REFUSE_CHAINS))
         else:
@@ -186,7 +185,8 @@ def _with(families: list[FamilyRules], also: Callable[[bool], FamilyRules] | Non
     return [family.joined(also(family.ipv6)) if also else family for family in families]
 
 
-def _all_families() -> list[bool]:
+def families() -> list[bool]:
+    """ipv6? for every family this kernel has (IPv6 first)."""
     return [True, False] if kernel_has_ipv6() else [False]
 
 
@@ -208,7 +208,7 @@ def drop_in_backend(pod: PodTarget, other: str) -> None:
     if other == "nft" and not backend.nft_available():
         return
     tables = backend.writer(other)
-    for ipv6 in _all_families():
+    for ipv6 in families():
         try:
             tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS), ipv6=ipv6)
         except (RedirectError, PrerequisiteMissing):
@@ -258,7 +258,7 @@ class IptablesRedirector:
             return  # the rules went with the netns
         from node_agent import backend
         self.drop_backend(pod, backend.other(self.backend))
-        for ipv6 in _all_families():
+        for ipv6 in families():
             self.tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS), ipv6=ipv6)
 
     def installed(self, pod: PodTarget, also: Callable[[bool], FamilyRules] | None = None) -> bool:

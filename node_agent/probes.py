@@ -47,7 +47,7 @@ from shoal.contracts import PROBE_SOURCE, PROBE_SOURCE6
 from node_agent import backend, netfilter
 from node_agent.errors import PrerequisiteMissing, RedirectError
 from node_agent.hostmounts import cgroup2_root, hierarchy_path
-from node_agent.iptables import kernel_has_ipv6
+from node_agent.iptables import families
 
 CHAIN = "SHOAL_POSTROUTING"
 CHAINS = {"nat": ((CHAIN, "POSTROUTING"),)}
@@ -60,14 +60,9 @@ def _spec(ip: str, kubelet: str) -> dict:
                 target="SNAT", target_args={"to_source": PROBE_SOURCE6 if ipv6 else PROBE_SOURCE})
 
 
-def _families() -> list[bool]:
-    """ipv6? for every family this kernel has."""
-    return [True, False] if kernel_has_ipv6() else [False]
-
-
 def _by_family(pod_ips: Iterable[str]) -> dict[bool, list[str]]:
     """{ipv6?: sorted addresses}, for every family this kernel has."""
-    out: dict[bool, list[str]] = {ipv6: [] for ipv6 in _families()}
+    out: dict[bool, list[str]] = {ipv6: [] for ipv6 in families()}
     for ip in set(pod_ips):
         out.setdefault(ipaddress.ip_address(ip).version == 6, []).append(ip)
     return {ipv6: sorted(ips) for ipv6, ips in out.items()}
@@ -127,7 +122,7 @@ def covered(node_netns: str | None = None, kubelet: str | None = None, tables=No
     """The pod IPs the node's SNAT covers now (only by rules exactly as written for `kubelet`, if given)."""
     tables = tables or backend.Tables("legacy")
     out = set()
-    for ipv6 in _families():
+    for ipv6 in families():
         for line in tables.rules(node_netns, "nat", CHAIN, ipv6=ipv6):
             words = line.split()
             if "-d" not in words:
@@ -143,7 +138,7 @@ def remove(node_netns: str | None = None) -> None:
     when the kubelet's cgroup is not known)."""
     writers = [backend.Tables("legacy")] + ([backend.Tables("nft")] if backend.nft_available() else [])
     for tables in writers:
-        for ipv6 in _families():
+        for ipv6 in families():
             try:
                 tables.drop(node_netns, CHAINS, ipv6=ipv6)
             except (RedirectError, PrerequisiteMissing):
