@@ -21,9 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
 from shoal import log
+from shoal.cri_messages import BOOL, INT32, INT64, MAP, MESSAGE, STRING, UINT32, build
 
 from node_agent.errors import NodeAgentError
 
@@ -32,11 +31,6 @@ logger = log.get("node_agent.cri")
 SERVICE = "/runtime.v1.RuntimeService/"
 SANDBOX_READY = 0
 DEFAULT_SOCKETS = (Path("/run/containerd/containerd.sock"), Path("/var/run/crio/crio.sock"))
-
-_F = descriptor_pb2.FieldDescriptorProto
-STRING, BOOL, INT64, UINT32, INT32, MESSAGE = (_F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_INT64, _F.TYPE_UINT32,
-                                               _F.TYPE_INT32, _F.TYPE_MESSAGE)
-REPEATED = _F.LABEL_REPEATED
 
 # name -> [(field, number, type, message type or "", repeated?)]
 MESSAGES = {
@@ -64,29 +58,11 @@ MESSAGES = {
                          ("state", 3, INT32, "", False), ("created_at", 4, INT64, "", False),
                          ("network", 5, MESSAGE, "PodSandboxNetworkStatus", False)],
     "PodSandboxStatusResponse": [("status", 1, MESSAGE, "PodSandboxStatus", False),
-                                 ("info", 2, MESSAGE, "PodSandboxStatusResponse.InfoEntry", True)],
+                                 ("info", 2, MESSAGE, MAP, False)],
 }
 
 
-def _build() -> dict[str, type]:
-    file = descriptor_pb2.FileDescriptorProto(name="shoal_cri_subset.proto", package="runtime.v1", syntax="proto3")
-    for name, fields in MESSAGES.items():
-        message = file.message_type.add(name=name)
-        for field, number, kind, type_name, repeated in fields:
-            message.field.add(name=field, number=number, type=kind, type_name=f".runtime.v1.{type_name}" if type_name
-                              else None, label=REPEATED if repeated else _F.LABEL_OPTIONAL)
-        if name == "PodSandboxStatusResponse":  # map<string, string> info = 2
-            entry = message.nested_type.add(name="InfoEntry")
-            entry.options.map_entry = True
-            entry.field.add(name="key", number=1, type=STRING, label=_F.LABEL_OPTIONAL)
-            entry.field.add(name="value", number=2, type=STRING, label=_F.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"runtime.v1.{name}"))
-            for name in MESSAGES}
-
-
-M = _build()
+M = build("shoal_cri_subset.proto", MESSAGES)
 
 
 class CriError(NodeAgentError):

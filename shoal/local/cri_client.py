@@ -1,8 +1,8 @@
 """The local kubelet's CRI client: pod sandboxes, containers, exec and images, over a node's containerd socket.
 
 The CRI is gRPC on the runtime's unix socket (`runtime.v1.RuntimeService` and
-`runtime.v1.ImageService`). As in node_agent/cri.py, the messages are built here
-as protobuf descriptors from the field numbers of the CRI's api.proto, only those
+`runtime.v1.ImageService`). As in node_agent/cri.py, the messages are built
+by shoal/cri_messages.py as protobuf descriptors from the field numbers of the CRI's api.proto, only those
 this client uses (no generated module; a field not named here is skipped on the
 wire, as protobuf does with any unknown field). Enums travel as their numbers.
 
@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
+from shoal.cri_messages import BOOL, BYTES, INT32, INT64, MAP, MESSAGE, STRING, UINT32, UINT64, build
+from shoal.cri_messages import field as _f
 from shoal.local.errors import LocalClusterError
 
 RUNTIME = "/runtime.v1.RuntimeService/"
@@ -26,17 +26,6 @@ CONTAINER_CREATED, CONTAINER_RUNNING, CONTAINER_EXITED, CONTAINER_UNKNOWN = 0, 1
 NAMESPACE_NODE = 2  # NamespaceMode NODE: the node's namespace (hostNetwork, hostPID)
 # MountPropagation, by the names a pod's volumeMounts use (None: PROPAGATION_PRIVATE)
 PROPAGATION = {None: 0, "None": 0, "HostToContainer": 1, "Bidirectional": 2}
-
-_F = descriptor_pb2.FieldDescriptorProto
-STRING, BOOL, INT64, UINT32, UINT64, INT32, BYTES, MESSAGE = (
-    _F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_INT32, _F.TYPE_BYTES,
-    _F.TYPE_MESSAGE)
-MAP = "map"  # a map<string, string> field: its entry type is made beside the message
-
-
-def _f(name, number, kind, type_name="", repeated=False):
-    return (name, number, kind, type_name, repeated)
-
 
 # name -> fields (name, number, type, message type or "", repeated?)
 MESSAGES = {
@@ -105,30 +94,7 @@ MESSAGES = {
 }
 
 
-def _build() -> dict[str, type]:
-    file = descriptor_pb2.FileDescriptorProto(name="shoal_local_cri.proto", package="runtime.v1", syntax="proto3")
-    for name, fields in MESSAGES.items():
-        message = file.message_type.add(name=name)
-        for field, number, kind, type_name, repeated in fields:
-            if type_name == MAP:  # map<string, string>: a nested entry type, repeated
-                entry_name = "".join(part.capitalize() for part in field.split("_")) + "Entry"
-                entry = message.nested_type.add(name=entry_name)
-                entry.options.map_entry = True
-                entry.field.add(name="key", number=1, type=STRING, label=_F.LABEL_OPTIONAL)
-                entry.field.add(name="value", number=2, type=STRING, label=_F.LABEL_OPTIONAL)
-                message.field.add(name=field, number=number, type=MESSAGE, label=_F.LABEL_REPEATED,
-                                  type_name=f".runtime.v1.{name}.{entry_name}")
-                continue
-            message.field.add(name=field, number=number, type=kind,
-                              type_name=f".runtime.v1.{type_name}" if type_name else None,
-                              label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"runtime.v1.{name}"))
-            for name in MESSAGES}
-
-
-M = _build()
+M = build("shoal_local_cri.proto", MESSAGES)
 
 
 class CriError(LocalClusterError):
