@@ -100,7 +100,7 @@ class PodRegistry:
             # Sent again after a reconnect, or because the pod's addresses changed (a new IPv6 address
             # must be served inbound, and its return path installed): read them again.
             own = await self._addresses(held)
-            if own != held.reach.addresses:
+            if own and own != held.reach.addresses:   # () is a failed read: keep what was served
                 held.reach = await self._reach(held, own, captured=held.reach.via_loopback)
                 logger.info("pod addresses changed", pod=held.name, addresses=list(own))
             return held.listeners.get(contracts.INBOUND_PLAINTEXT_PORT)
