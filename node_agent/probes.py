@@ -93,11 +93,15 @@ class Probes:
         self.node_netns = node_netns
         self.tables = tables or backend.Tables("legacy")
         self._written_for: int | None = None  # the kubelet cgroup id the rules were last written for
+        self._other_dropped = False  # the other backend's chain, which an agent that chose it left, is gone
 
     def sync(self, pod_ips: Iterable[str]) -> None:
         """Makes the SNAT cover exactly these pod IPs, of both families (none: the chains are removed)."""
         pod_ips = list(pod_ips)
         cgroup_id = kubelet_cgroup_id(self.kubelet) if pod_ips else None
+        if not self._other_dropped:  # once per process: its SNAT would go on covering pods that left
+            _drop_quietly(backend.Tables(backend.other(self.tables.name)), self.node_netns)
+            self._other_dropped = True
         for ipv6, ips in _by_family(pod_ips).items():
             if ips:
                 self.tables.ensure(self.node_netns, CHAINS, {CHAIN: [_spec(ip, self.kubelet) for ip in ips]},
@@ -145,3 +149,14 @@ def remove(node_netns: str | None = None) -> None:
                 if tables.name == "legacy" and writers[1:]:
                     continue  # a node with only nftables has no legacy tables to clean
                 raise
+
+
+def _drop_quietly(tables, node_netns: str | None) -> None:
+    """The chain out of a backend that may have no tables on this node (nothing of them to remove then)."""
+    if tables.name == "nft" and not backend.nft_available():
+        return
+    for ipv6 in families():
+        try:
+            tables.drop(node_netns, CHAINS, ipv6=ipv6)
+        except (RedirectError, PrerequisiteMissing):
+            pass
