@@ -54,8 +54,8 @@ def cleanup(layout: Layout) -> None:
             failures.append(f"unmounting {mount_point}: {result.stderr.strip()}")
     relative = layout.cgroup_dir.relative_to(CGROUP_ROOT)
     for controller in _v1_controllers():
-        _remove_empty_tree(controller / relative)
-        _remove_empty_tree(controller / relative.parent, only_if_empty=True)
+        remove_empty_tree(controller / relative)
+        remove_empty_tree(controller / relative.parent, only_if_empty=True)
     for node in nodes:
         for entry in (CNI_CACHE / "results").glob(f"{NodePaths.of(layout, node).network}-*"):
             entry.unlink(missing_ok=True)
@@ -64,7 +64,7 @@ def cleanup(layout: Layout) -> None:
         existed = json.loads(record.read_text())
         for path in (SHIM_STATE, CNI_CACHE):
             if not existed.get(str(path), True):
-                _remove_empty_tree(path)
+                remove_empty_tree(path)
     if failures:
         raise ClusterError("; ".join(failures))
 
@@ -123,7 +123,7 @@ def _v1_controllers() -> list[Path]:
             and (p / "cgroup.procs").exists() and not (p / "cgroup.controllers").exists()]
 
 
-def _remove_empty_tree(top: Path, only_if_empty: bool = False) -> None:
+def remove_empty_tree(top: Path, only_if_empty: bool = False) -> None:
     """Removes `top` and the directories below it that are empty (a cgroup still holding a process stays)."""
     if not top.is_dir():
         return

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import shoal
+from shoal.local.containerd_down import remove_empty_tree
 from support.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -240,11 +241,11 @@ class Containerd:
                 self.process.kill()
                 self.process.wait(10)
         for controller in CGROUP_V1.iterdir():
-            _remove_empty_tree(controller / self.cgroup_parent)
+            remove_empty_tree(controller / self.cgroup_parent)
         if not self.shim_state_existed:
-            _remove_empty_tree(SHIM_STATE)
+            remove_empty_tree(SHIM_STATE)
         if not self.cni_cache_existed:
-            _remove_empty_tree(CNI_CACHE)
+            remove_empty_tree(CNI_CACHE)
         return self.leftovers()
 
     def leftovers(self) -> list[str]:
@@ -271,21 +272,3 @@ class Containerd:
         if not self.cni_cache_existed and CNI_CACHE.exists():
             found.append(f"{CNI_CACHE} (it was not there before containerd started)")
         return found
-
-
-def _remove_empty_tree(top: Path) -> None:
-    """Removes `top` and the directories under it, if they are empty (a cgroup with a process in
-    it, or a shim's socket, stays, and the caller reports it)."""
-    if not top.is_dir():
-        return
-    for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        try:
-            directory.rmdir()
-        except OSError:
-            pass
-    try:
-        top.rmdir()
-    except OSError:
-        pass
-
-
