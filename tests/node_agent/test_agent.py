@@ -27,6 +27,7 @@ from support import metrics
 from support.cli import SHOAL
 from support.net import http_get
 from support.polling import eventually
+from support.rules import shoal_rules
 from support.root import needs_root
 
 pytestmark = needs_root("network namespaces, iptables, eBPF")
@@ -192,7 +193,7 @@ def test_agent_enrolls_survives_kill9_and_unenrolls(mode, topo, cluster_store, t
     assert ztunnel.inodes[pod_a.uid] == os.stat(pod_a.netns).st_ino  # the fd received is the pod's netns
     assert agent.metric("shoal_node_agent_enroll_seconds_count") == 1
     outbound_works(topo, ztunnel, pod_a.uid)
-    assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+    assert shoal_rules(topo.pod_netns("b")) == []
     before = counts(topo, pod_a)
 
     # kill -9: redirection stays, capture goes on while the agent is away.
@@ -232,7 +233,7 @@ def test_agent_enrolls_survives_kill9_and_unenrolls(mode, topo, cluster_store, t
     agent.stop()
     agent.cleanup()
     assert counts(topo, pod_a) == (0, 0)
-    assert "SHOAL" not in netfilter.save(topo.node)
+    assert shoal_rules(topo.node) == []
     assert not (test_bpffs / "shoal").exists() or not any((test_bpffs / "shoal").iterdir())
     assert bpftool_cgroup(str(topo.ztunnel_cgroup)) == []
 
@@ -244,7 +245,7 @@ def test_deleting_a_pod_unenrolls_it(topo, cluster_store, start_agent):
     pod_b = topo.pods["b"]
     cluster_store.delete("Pod", "demo", pod_b.name)
     eventually(lambda: pod_b.uid in ztunnel.deletes, what="DelWorkload for the deleted pod")
-    eventually(lambda: "SHOAL" not in netfilter.save(topo.pod_netns("b")), what="rules removed")
+    eventually(lambda: shoal_rules(topo.pod_netns("b")) == [], what="rules removed")
     assert agent.enrolled() == 1
 
 
@@ -259,7 +260,7 @@ def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, t
     agent.start()
     eventually(lambda: pod_b.uid in ztunnel.deletes, what="the replay to leave pod b out")
     eventually(lambda: agent.enrolled() == 1, what="pod a enrolled again")
-    assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+    assert shoal_rules(topo.pod_netns("b")) == []
     assert bpftool_cgroup(pod_b.cgroup) == []
     if mode == "iptables":
         assert netfilter.save(topo.pod_netns("a")).count("-j SHOAL_") == 2

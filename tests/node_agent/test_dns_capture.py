@@ -18,6 +18,7 @@ from shoal import netns
 from shoal.contracts import MARK, dns_capture
 from node_agent import dns_capture as capture, netfilter
 
+from support.rules import shoal_rules
 from support.root import needs_root
 from na_topology import POD_IPS, Server, client_code, listen_in, original_dst
 
@@ -143,10 +144,10 @@ def test_the_chain_is_first_and_goes_when_capture_is_turned_off_or_the_pod_leave
     off = dataclasses.replace(dns_pod, dns_capture=False)
     assert not redirection.installed(off)                         # the chain is there and should not be
     redirection.install(off)
-    assert "SHOAL_DNS" not in netfilter.save(dns_pod.netns) and redirection.installed(off)
+    assert shoal_rules(dns_pod.netns, "SHOAL_DNS") == [] and redirection.installed(off)
     redirection.install(dns_pod)
     redirection.remove(dns_pod)
-    assert "SHOAL_DNS" not in netfilter.save(dns_pod.netns)
+    assert shoal_rules(dns_pod.netns, "SHOAL_DNS") == []
     capture.remove(dns_pod, redirection.tables)                   # idempotent
 
 

@@ -31,6 +31,7 @@ from na_topology import (POD_IPS, POD_IPS6, Server, bpftool_cgroup, listen6_in, 
                          original_dst, udp6_code)
 from node_agent import netfilter, probes
 from support.polling import eventually
+from support.rules import shoal_rules
 from support.root import needs_root
 
 pytestmark = needs_root("network namespaces, ip6tables, eBPF")
@@ -151,7 +152,7 @@ def test_install_is_idempotent_a_restart_adds_nothing_and_unenrolling_gives_ipv6
     assert not tcp6_works(topo, "a", "b")
 
     redirection.remove(pod)
-    assert "SHOAL" not in ipv6_rules(topo)
+    assert shoal_rules(topo.pod_netns("a")) == []
     assert bpftool_cgroup(pod.cgroup) == []
     assert tcp6_works(topo, "a", "b") and tcp6_works(topo, "b", "a")
 
@@ -260,8 +261,8 @@ def test_gaining_an_ipv6_address_swaps_the_refusal_for_capture_and_removal_leave
     assert f"-d {POD_IPS6['a']}/128 -p tcp -m cgroup --path" in node6 and f"--to-source {PROBE_SOURCE6}" in node6
 
     redirection.remove(both)
-    assert "SHOAL" not in ipv6_rules(topo) and "SHOAL" not in netfilter.save(topo.pod_netns("a"))
-    assert "SHOAL" not in netfilter.save(topo.node, ipv6=True)
+    assert shoal_rules(topo.pod_netns("a")) == []
+    assert shoal_rules(topo.node) == []
     assert tcp6_works(topo, "a", "b") and tcp6_works(topo, "b", "a")
 
 
@@ -281,5 +282,5 @@ def test_a_restarted_agent_finds_every_address_in_its_ledger_and_cleans_up_both_
     finally:
         again.close()
         redirection.remove(pod)  # this process's own record of it; nothing is left to remove
-    assert "SHOAL" not in ipv6_rules(topo) and "SHOAL" not in netfilter.save(topo.pod_netns("a"))
-    assert "SHOAL" not in netfilter.save(topo.node, ipv6=True) and "SHOAL" not in netfilter.save(topo.node)
+    assert shoal_rules(topo.pod_netns("a")) == []
+    assert shoal_rules(topo.node) == []

@@ -24,6 +24,7 @@ from shoal.contracts import MARK, PROBE_SOURCE
 from na_topology import (POD_IPS, Server, bpftool_cgroup, bpftool_links, client_code, listen_in, netns_inode,
                          original_dst)
 from node_agent import netfilter, probes
+from support.rules import shoal_rules
 from support.root import needs_root
 
 pytestmark = needs_root("network namespaces, iptables, eBPF")
@@ -116,7 +117,7 @@ def test_pods_outside_the_mesh_are_untouched(topo, redirection, ztunnel_listener
         result = topo.run_in_pod("b", client_code("169.254.1.1", 6060))
         assert result.returncode == 0, result.stderr
         assert server.result().data == b"hello"
-    assert "SHOAL" not in netfilter.save(topo.pod_netns("b"))
+    assert shoal_rules(topo.pod_netns("b")) == []
     assert bpftool_cgroup(topo.pods["b"].cgroup) == []
 
 
@@ -140,8 +141,8 @@ def test_install_is_idempotent_and_removal_leaves_nothing(topo, redirection):
 
     redirection.remove(pod)
     assert not redirection.installed(pod)
-    assert "SHOAL" not in netfilter.save(topo.pod_netns("a"))
-    assert "SHOAL" not in netfilter.save(topo.node)
+    assert shoal_rules(topo.pod_netns("a")) == []
+    assert shoal_rules(topo.node) == []
     assert bpftool_cgroup(pod.cgroup) == []
     assert f"netns_ino {netns_inode(pod.netns)}" not in bpftool_links()
     redirection.remove(pod)  # removing twice is fine
@@ -291,7 +292,7 @@ def test_unenrolling_also_removes_the_ztunnels_return_path(topo, redirection):
     assert transparent.CHAIN in netfilter.save(topo.pod_netns("a"))
     assert f"{transparent.PRIORITY}:" in rules()
     redirection.remove(pod)  # the ztunnel is gone: nobody else would remove them
-    assert transparent.CHAIN not in netfilter.save(topo.pod_netns("a"))
+    assert shoal_rules(topo.pod_netns("a"), transparent.CHAIN) == []
     assert f"{transparent.PRIORITY}:" not in rules()
 
 
