@@ -63,3 +63,32 @@ def test_a_joined_authority_parses_back_to_the_same_address(address, port):
 def test_an_authority_that_is_ambiguous_or_not_an_address_is_refused(authority):
     with pytest.raises(BadAuthority):
         parse_authority(authority)
+
+
+# canonical_ip takes IPv4 text already in canonical form as it is, without parsing: the octets that sit at
+# the edges of that shortcut (leading zeros, 255/256, blanks, signs, non-ASCII digits) must give what parsing
+# gives, in every position, and in pairs.
+EDGE_OCTETS = ["0", "00", "01", "1", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "1000",
+               "-1", " 1", "1 ", "\u0661", "+1", ""]
+
+
+def edge_texts():
+    for position in range(4):
+        for octet in EDGE_OCTETS:
+            yield ".".join(octet if i == position else "7" for i in range(4))
+    for first in EDGE_OCTETS:
+        for last in EDGE_OCTETS:
+            yield f"{first}.7.7.{last}"
+    yield from ("1.2.3", "1.2.3.4.5", "1.2.3.4\n", "1..2.3", "1.2.3.4.")
+
+
+def test_the_ipv4_shortcut_answers_as_parsing_does():
+    differ = []
+    for text in edge_texts():
+        try:
+            parsed = str(ipaddress.ip_address(text.strip()))
+        except ValueError:
+            parsed = None
+        if canonical_or_none(text) != parsed:
+            differ.append((text, canonical_or_none(text), parsed))
+    assert not differ, differ[:10]
