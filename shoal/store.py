@@ -15,6 +15,9 @@ Invariants:
 - The journal is compacted when it grows past `JOURNAL_MAX` events. A watcher
   asking for a version older than what the journal still holds gets
   `Expired` (the analogue of 410 Gone) and must list again.
+- Watchers sleep until the kernel says the journal changed (inotify on the
+  store's directory, `shoal.file_events`); none of them polls while the
+  cluster is quiet, except for a BOOKMARK every `BOOKMARK_SECONDS`.
 
 Events have the shape Kubernetes watches produce: type ADDED, MODIFIED,
 DELETED or BOOKMARK, and the whole object with `metadata.resourceVersion`.
@@ -37,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterable, Iterator
 
+from shoal import file_events
 from shoal.errors import ShoalError
 
 RUN_ROOT = Path(os.environ.get("SHOAL_RUN_ROOT", "/run/shoal"))
@@ -44,8 +48,8 @@ CLUSTER_SCOPED = frozenset({"Namespace", "Node", "ClusterRole", "ClusterRoleBind
 CLUSTER_NAMESPACE = "_"
 JOURNAL_MAX = 20_000
 JOURNAL_KEEP = 10_000
-POLL_SECONDS = 0.02
 BOOKMARK_SECONDS = 5.0
+STOP_CHECK_SECONDS = 0.5  # how long a blocking `watch` with a `stop` may sleep before asking it
 SERVICE_NETWORK = "198.18.16.0/20"  # the local cluster's Service VIP range
 SERVICE_NETWORK_V6 = "fd73:686f:616c:ff::/112"  # and its IPv6 one (`shoal local up --ip-family dual|ipv6`)
 # A cluster name becomes a directory under RUN_ROOT, a cgroup and a netns prefix,
@@ -363,37 +367,53 @@ class Store:
         Raises `Expired` if the journal no longer holds `since + 1`. Yields a
         BOOKMARK (an object with only kind and metadata.resourceVersion) every
         few quiet seconds, so a consumer can resume from a recent version.
-        `stop` is an optional callable; the iterator ends once it returns true.
+        `stop` is an optional callable; the iterator ends once it returns true
+        (it is asked after each event and at least every `STOP_CHECK_SECONDS`).
+        The wait between events sleeps until the journal changes (inotify).
         """
-        reader = _JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None)
-        last_bookmark = time.monotonic()
-        while not (stop and stop()):
-            events = reader.poll()
-            if events:
-                yield from events
-                last_bookmark = time.monotonic()
-                continue
-            if bookmarks and time.monotonic() - last_bookmark > BOOKMARK_SECONDS:
-                yield _bookmark(reader.last)
-                last_bookmark = time.monotonic()
-            time.sleep(POLL_SECONDS)
+        with file_events.DirectoryChanges(self.dir, {self.journal_path.name}) as changes:
+            tail = _Tail(_JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None), bookmarks)
+            while not (stop and stop()):
+                events, timeout = tail.next()
+                if events:
+                    yield from events
+                    continue
+                if stop is not None:
+                    timeout = STOP_CHECK_SECONDS if timeout is None else min(timeout, STOP_CHECK_SECONDS)
+                changes.wait(timeout)
 
     async def awatch(self, since: int, kinds: Iterable[str] | None = None,
                      bookmarks: bool = True) -> AsyncIterator[Event]:
-        """The asyncio form of `watch`."""
-        reader = _JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None)
-        last_bookmark = time.monotonic()
-        while True:
-            events = reader.poll()
-            if events:
+        """The asyncio form of `watch`: between events the loop only waits on an inotify fd."""
+        with file_events.DirectoryChanges(self.dir, {self.journal_path.name}) as changes:
+            tail = _Tail(_JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None), bookmarks)
+            while True:
+                events, timeout = tail.next()
                 for event in events:
                     yield event
-                last_bookmark = time.monotonic()
-                continue
-            if bookmarks and time.monotonic() - last_bookmark > BOOKMARK_SECONDS:
-                yield _bookmark(reader.last)
-                last_bookmark = time.monotonic()
-            await asyncio.sleep(POLL_SECONDS)
+                if not events:
+                    await changes.wait_async(timeout)
+
+
+class _Tail:
+    """What a watch does next, for both forms of it: events to hand out, or how long to wait for a change."""
+
+    def __init__(self, reader: "_JournalReader", bookmarks: bool) -> None:
+        self.reader = reader
+        self.bookmarks = bookmarks
+        self.last_bookmark = time.monotonic()
+
+    def next(self) -> tuple[list[Event], float | None]:
+        """(events, _) when there are some; else ([], seconds to wait, None for as long as it takes)."""
+        events = self.reader.poll()
+        if not events and self.bookmarks:
+            due = BOOKMARK_SECONDS - (time.monotonic() - self.last_bookmark)
+            if due > 0:
+                return [], due
+            events = [_bookmark(self.reader.last)]
+        if events:
+            self.last_bookmark = time.monotonic()
+        return events, None
 
 
 def _bookmark(rv: int) -> Event:

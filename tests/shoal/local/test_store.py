@@ -129,3 +129,42 @@ def test_async_watch(store):
 
     event = asyncio.run(asyncio.wait_for(main(), 5))
     assert event.type == "ADDED" and event.object["metadata"]["name"] == "z"
+
+
+def test_a_quiet_async_watch_looks_at_the_journal_once_not_in_a_loop(store, monkeypatch):
+    looks = []
+    real_poll = store_module._JournalReader.poll
+    monkeypatch.setattr(store_module._JournalReader, "poll", lambda self: looks.append(1) or real_poll(self))
+
+    async def main():
+        _, rv = store.list("Pod")
+        watching = asyncio.create_task(anext(store.awatch(rv, bookmarks=False)))
+        await asyncio.sleep(0.3)  # quiet: a polling watcher would have looked about 15 times
+        quiet_looks = len(looks)
+        store.apply(pod("woken"))
+        event = await asyncio.wait_for(watching, 10)
+        return quiet_looks, event
+
+    quiet_looks, event = asyncio.run(main())
+    assert quiet_looks == 1
+    assert event.object["metadata"]["name"] == "woken"
+
+
+def test_a_watch_ends_when_the_cluster_is_taken_down(store):
+    import shutil
+
+    async def main():
+        _, rv = store.list("Pod")
+        watching = asyncio.create_task(anext(store.awatch(rv, bookmarks=False)))
+        await asyncio.sleep(0.05)
+        shutil.rmtree(store.dir)
+        await asyncio.wait_for(watching, 10)
+
+    with pytest.raises(store_module.StoreError, match="taken down"):
+        asyncio.run(main())
+
+
+def test_a_blocking_watch_ends_on_a_stop_set_by_another_thread(store):
+    stopped = threading.Event()
+    threading.Timer(0.05, stopped.set).start()
+    assert list(store.watch(store.resource_version(), stop=stopped.is_set, bookmarks=False)) == []
