@@ -42,6 +42,7 @@ from support.cli import SHOAL
 from support.cni import SYSTEM_PLUGINS, CniFailed, Runtime, Sandbox
 from support.net import http_get
 from support.polling import eventually
+from support.rules import shoal_rules
 from support.root import needs_root
 
 pytestmark = needs_root("network namespaces, CNI plugins, iptables")
@@ -318,7 +319,7 @@ def test_add_returns_with_the_pod_captured_check_finds_missing_capture_del_relea
 
     chain.delete(sandbox)
     assert sandbox.uid in ztunnel.deleted
-    assert "SHOAL" not in rules(node, sandbox)
+    assert shoal_rules(sandbox.netns) == []
 
 
 def test_a_pod_not_enrolled_passes_at_once_uncaptured(node, agent, pods):
@@ -327,7 +328,7 @@ def test_a_pod_not_enrolled_passes_at_once_uncaptured(node, agent, pods):
     sandbox = pods("plain", "web")
     result = chain.add(sandbox)
     assert pod_ip(result).startswith("198.19.200.")
-    assert "SHOAL" not in rules(node, sandbox)
+    assert shoal_rules(sandbox.netns) == []
     assert sandbox.uid not in ztunnel.added
     chain.delete(sandbox)
 
@@ -344,7 +345,7 @@ def test_with_the_agent_stopped_an_enrolled_pod_waits_with_the_cause_and_starts_
     assert failed.value.plugin == "shoal-cni", failed.value
     assert "node agent is not reachable" in failed.value.msg and "demo/late" in failed.value.msg
     assert "would be enrolled" in failed.value.msg
-    assert "SHOAL" not in rules(node, late)
+    assert shoal_rules(late.netns) == []
     links = subprocess.run(["nsenter", f"--net={late.netns}", "ip", "-o", "link"], capture_output=True, text=True,
                            check=True).stdout
     assert "eth0" not in links, "the runtime's DEL over the failed chain takes the plugin's veth away again"
@@ -382,7 +383,7 @@ def test_an_agent_that_cannot_capture_fails_add_naming_the_cause(node, agent_wit
     assert failed.value.plugin == "shoal-cni", failed.value
     assert "could not capture pod demo/alone" in failed.value.msg
     assert "no ztunnel is connected to the hand-off socket" in failed.value.msg, failed.value.msg
-    assert "SHOAL" not in rules(node, sandbox)
+    assert shoal_rules(sandbox.netns) == []
 
 
 @pytest.fixture
@@ -425,7 +426,7 @@ def test_in_the_ebpf_mode_add_returns_with_the_pods_cgroup_captured(node, ebpf_a
     sandbox = pods("demo", "bpf")
     chain.add(sandbox)
     assert ztunnel.added.get(sandbox.uid) == os.stat(sandbox.netns).st_ino
-    assert "SHOAL" not in rules(node, sandbox), "the eBPF mode writes no iptables rules"
+    assert shoal_rules(sandbox.netns) == [], "the eBPF mode writes no iptables rules"
     first_connection_is_captured(ztunnel, sandbox)
     chain.check(sandbox)
     chain.delete(sandbox)
