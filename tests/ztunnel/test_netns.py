@@ -32,6 +32,7 @@ from support import metrics
 from support.ca import TestCA
 from support.capture import tcpdump
 from support.polling import eventually
+from support.rules import shoal_rules
 from support.root import needs_root
 import zt_netns
 from zt_netns import sh
@@ -239,7 +240,7 @@ def test_del_workload_closes_listeners_and_rules(rig):
     time.sleep(0.1)
     listening = in_pod("c", "ss", "-ltnH").stdout
     assert ":15001" not in listening and ":15006" not in listening and ":15008" not in listening
-    assert "SHOAL_ZTUNNEL" not in in_pod("c", "iptables-legacy-save", "-t", "mangle").stdout
+    assert shoal_rules(pod_ns("c"), "SHOAL_ZTUNNEL") == []
     assert "lookup 133" not in in_pod("c", "ip", "rule").stdout
 
 
