@@ -34,6 +34,7 @@ from support import metrics
 from support.ca import TestCA
 from support.capture import tcpdump
 from support.polling import eventually
+from support.rules import shoal_rules
 from support.root import needs_root
 import zt_netns
 from zt_netns import sh
@@ -201,8 +202,7 @@ def test_removing_the_pod_takes_its_ipv6_return_path_and_listeners_away(rig):
     assert "*:15008 " in in_pod("b", "ss", "-ltnH").stdout          # one dual-stack socket per port (ss: "*")
     rig.call(rig.node2.del_workload("uid-b"))
     eventually(lambda: ":15008" not in in_pod("b", "ss", "-ltnH").stdout, 10, "b's listeners to close")
-    for family in ("iptables-legacy-save", "ip6tables-legacy-save"):
-        assert "SHOAL_ZTUNNEL" not in in_pod("b", family, "-t", "mangle").stdout
+    assert shoal_rules(pod_ns("b"), "SHOAL_ZTUNNEL") == []
     for family in ("-4", "-6"):
         assert "lookup 133" not in in_pod("b", "ip", family, "rule").stdout
         assert in_pod("b", "ip", family, "route", "show", "table", "133").stdout.strip() == ""
