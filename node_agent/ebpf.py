@@ -24,7 +24,8 @@ Per pod:
   IPv6 of a pod that has only IPv4);
 - the sockhash maps each of the pod's addresses (16 bytes, IPv4 v4-mapped) to
   the ztunnel's 15006 listener for that pod and family (the ztunnel hands the
-  listeners over with its Ack of AddWorkload).
+  listeners over with its Ack of AddWorkload); the keys of an address the
+  pod loses, or of a pod that leaves, are deleted (`forget_addresses`).
 The ztunnel's own cgroup (found from the hand-off peer) gets shoal_ztsockops
 and shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001
 sockets and record the ztunnel's own connections as uncaptured. Telling the
@@ -265,8 +266,7 @@ class EbpfRedirector:
         pin = self.links_dir / _safe(pod.uid)
         if pin.exists():
             pin.unlink()
-        for address in pod.ips:
-            libbpf.map_delete(self.sockhash_fd, sockhash_key(address))
+        self.forget_addresses(pod.ips)
 
     def installed(self, pod: PodTarget) -> bool:
         self.load()
@@ -297,6 +297,13 @@ class EbpfRedirector:
         for address in steered:
             libbpf.map_update(self.sockhash_fd, sockhash_key(address), struct.pack("Q", listener_fd))
         logger.debug("inbound listener set", pod=pod.key, addresses=steered)
+
+    def forget_addresses(self, addresses) -> None:
+        """Deletes these addresses' keys from the sockhash (a pod that lost them, or left): a stale key would
+        steer inbound traffic for an address another pod now holds to this pod's listener."""
+        self.load()
+        for address in addresses:
+            libbpf.map_delete(self.sockhash_fd, sockhash_key(address))
 
     # -- the ztunnel ------------------------------------------------------------
 

@@ -122,7 +122,12 @@ class Redirection:
 
     def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         """Idempotent. With sync_probes=False the caller calls `sync_probes()` after a batch."""
-        fresh = pod.uid not in self._recorded  # nothing of it from this agent (the ledger outlives restarts)
+        previous = self._recorded.get(pod.uid)
+        fresh = previous is None  # nothing of it from this agent (the ledger outlives restarts)
+        if previous is not None and self.mode == "ebpf":
+            # Before the ledger forgets them: the addresses the pod lost leave the sockhash (its inbound
+            # steering), else a pod given one of them next would have its traffic sent to this pod's listener.
+            self.capture.forget_addresses(set(previous.ips) - set(pod.ips))
         self.ledger.record(pod, self.mode)
         self._recorded[pod.uid] = pod
         if self.mode == "iptables":  # one -restore per family for both (and a -save unless fresh)

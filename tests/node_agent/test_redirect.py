@@ -7,6 +7,7 @@ answer). Apps are real processes in the pods' netns and cgroups.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -384,3 +385,32 @@ def test_a_build_waits_for_an_orphaned_one_and_then_builds_nothing(test_bpffs):
     finally:
         os.close(held)
         shutil.rmtree(agent_dir, ignore_errors=True)
+
+
+def in_sockhash(redirection, address: str) -> bool:
+    """Does the agent's sockhash hold a key for this address (a lookup from user space: 0, or ENOENT)?"""
+    import ctypes
+    from node_agent import libbpf
+    from node_agent.ebpf import sockhash_key
+    key, cookie = ctypes.create_string_buffer(sockhash_key(address), 16), ctypes.create_string_buffer(8)
+    return libbpf.lib().bpf_map_lookup_elem(redirection.capture.sockhash_fd, key, cookie) == 0
+
+
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)  # the eBPF mode's sockhash only
+def test_an_address_the_pod_loses_or_a_pod_that_leaves_leaves_no_sockhash_key(topo, redirection):
+    """A stale key would steer inbound traffic for an address another pod gets next to this pod's listener."""
+    kept, lost = POD_IPS["a"], "198.19.250.7"
+    two = dataclasses.replace(topo.pods["a"], ips=(kept, lost))
+    redirection.install(two)
+    with listen_in(topo.pod_netns("a"), 15006) as inbound:
+        try:
+            redirection.set_inbound_listener(two, inbound.fileno())
+            assert in_sockhash(redirection, kept) and in_sockhash(redirection, lost)
+            one = dataclasses.replace(two, ips=(kept,))
+            redirection.install(one)  # the pod lost an address (its listener is still open)
+            assert not in_sockhash(redirection, lost)
+            assert in_sockhash(redirection, kept)
+            redirection.remove(one)
+            assert not in_sockhash(redirection, kept) and not in_sockhash(redirection, lost)
+        finally:
+            redirection.remove(two)
