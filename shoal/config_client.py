@@ -25,6 +25,11 @@ the server is away the client keeps its last config (`resources()`).
 `Certificates.Sign`: it keeps one channel, opened again when the trust
 bundle changed, and returns a `shoal.identity.Credential`.
 `request_certificate(settings, key, identity)` is a one-off signing.
+
+Both calls go over `shoal.grpc_channel` (gRPC over the h2 library), not
+grpcio: a proxy process does not load grpcio (about 14 MiB resident).
+`open_channel` still gives a grpcio channel with the same options, for
+tools and tests that use the generated stubs; it imports grpcio when called.
 """
 
 from __future__ import annotations
@@ -36,16 +41,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-import grpc
+from google.protobuf.message import DecodeError
 
 from shoal import identity, log, tokens
-from shoal.api import ca_pb2, ca_pb2_grpc, config_pb2, config_pb2_grpc, convert
+from shoal.api import ca_pb2, config_pb2, convert
 from shoal.errors import ShoalError
+from shoal.grpc_channel import Channel, ChannelSettings
+from shoal.grpc_wire import RpcError, StatusCode
 from shoal.model import ResourceType
 
 logger = log.get("shoal.config_client")
 
 CONTROL_PLANE_NAME = "shoal-control-plane.shoal-system.svc"
+WATCH = "/shoal.api.Config/Watch"
+SIGN = "/shoal.api.Certificates/Sign"
 
 # What each kind of subscriber receives (the server scopes by the same tuples).
 NODE_TYPES = (ResourceType.SERVICE, ResourceType.WORKLOAD, ResourceType.WAYPOINT,
@@ -72,6 +81,8 @@ class ClientSettings:
     backoff_initial: float = 0.2
     backoff_max: float = 15.0
     call_timeout: float = 10.0
+    keepalive_time: float = 20.0             # a PING this often on an open connection...
+    keepalive_timeout: float = 10.0          # ...answered within this, or the connection is dropped
 
     def current_token(self) -> str:
         return self.token() if callable(self.token) else self.token
@@ -80,12 +91,21 @@ class ClientSettings:
         return self.bundle_pem() if callable(self.bundle_pem) else self.bundle_pem
 
 
-def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
+def channel_settings(settings: ClientSettings) -> ChannelSettings:
+    return ChannelSettings(target=settings.target, server_name=settings.server_name,
+                           bundle_pem=settings.current_bundle(), keepalive_time=settings.keepalive_time,
+                           keepalive_timeout=settings.keepalive_timeout)
+
+
+def open_channel(settings: ClientSettings) -> "grpc.aio.Channel":
+    """A grpcio channel to the control plane (for tools and tests; the proxies use `channel_settings`)."""
+    import grpc   # noqa: PLC0415 - grpcio stays out of the proxies (see the module's docstring)
+
     credentials = grpc.ssl_channel_credentials(root_certificates=settings.current_bundle())
     return grpc.aio.secure_channel(settings.target, credentials, options=[
         ("grpc.ssl_target_name_override", settings.server_name),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
         ("grpc.max_receive_message_length", 256 * 1024 * 1024),
         # gRPC shares subchannels between channels to one target, with their reconnect backoff (up to
         # 120 s): a control plane that came back would stay "refused" for that long. Each channel gets
@@ -147,11 +167,11 @@ class ConfigClient:
             received = False
             try:
                 received = await self._session()
-            except grpc.aio.AioRpcError as e:
-                level = logger.error if e.code() in (grpc.StatusCode.UNAUTHENTICATED,
-                                                     grpc.StatusCode.PERMISSION_DENIED) else logger.warning
+            except RpcError as e:
+                level = logger.error if e.code in (StatusCode.UNAUTHENTICATED,
+                                                   StatusCode.PERMISSION_DENIED) else logger.warning
                 level("config stream lost; keeping the last config", target=self.settings.target,
-                      code=e.code().name, details=e.details())
+                      code=e.code.name, details=e.details)
             except ConfigClientError as e:
                 logger.warning("config stream lost; keeping the last config", error=str(e))
             except Exception as e:  # noqa: BLE001 - a token file being rewritten, a bad bundle...: retry
@@ -186,42 +206,36 @@ class ConfigClient:
 
     async def _session(self) -> bool:
         """One stream, until it ends; True if anything was received."""
-        outgoing: asyncio.Queue = asyncio.Queue()
-        outgoing.put_nowait(self._subscribe())
-
-        async def requests():
-            while True:
-                item = await outgoing.get()
-                if item is None:
-                    return
-                yield item
-
         received = False
-        async with open_channel(self.settings) as channel:
-            call = config_pb2_grpc.ConfigStub(channel).Watch(
-                requests(), metadata=tokens.metadata(self.settings.current_token()))
+        token = self.settings.current_token()
+        async with Channel(channel_settings(self.settings)) as channel:
+            call = await channel.open_stream(WATCH, tokens.metadata(token))
             stop_waiter = asyncio.ensure_future(self._stopping.wait())
             try:
-                reader = call.__aiter__()
+                await call.send(self._subscribe().SerializeToString())
                 while True:
-                    nxt = asyncio.ensure_future(reader.__anext__())
+                    nxt = asyncio.ensure_future(call.receive())
                     done, _ = await asyncio.wait({nxt, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
                     if nxt not in done:
                         nxt.cancel()
                         call.cancel()
                         return received
+                    payload = nxt.result()
+                    if payload is None:
+                        raise ConfigClientError("the control plane closed the stream")
                     try:
-                        response = nxt.result()
-                    except StopAsyncIteration:
-                        raise ConfigClientError("the control plane closed the stream") from None
+                        response = config_pb2.WatchResponse.FromString(payload)
+                    except DecodeError as e:
+                        call.cancel()
+                        raise RpcError(StatusCode.INTERNAL, f"a Watch response that is not a WatchResponse: "
+                                       f"{e}") from None
                     if not received:
                         self.connected.set()
                         logger.info("config stream open", target=self.settings.target)
                     received = True
-                    outgoing.put_nowait(config_pb2.WatchRequest(ack=self._handle(response)))
+                    await call.send(config_pb2.WatchRequest(ack=self._handle(response)).SerializeToString())
             finally:
                 stop_waiter.cancel()
-                outgoing.put_nowait(None)
 
     # -- one response -------------------------------------------------------------------
 
@@ -274,16 +288,17 @@ class SignClient:
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: Channel | None = None
         self._bundle: bytes | None = None
 
-    def _stub(self) -> ca_pb2_grpc.CertificatesStub:
+    def _current_channel(self) -> Channel:
         bundle = self.settings.current_bundle()
         if self._channel is None or bundle != self._bundle:
             if self._channel is not None:
                 asyncio.ensure_future(self._channel.close())
-            self._channel, self._bundle = open_channel(self.settings), bundle
-        return ca_pb2_grpc.CertificatesStub(self._channel)
+            self._channel = Channel(channel_settings(self.settings))
+            self._bundle = bundle
+        return self._channel
 
     async def sign(self, key, who: identity.SpiffeId, ttl: dt.timedelta | None = None) -> identity.Credential:
         """Signs a CSR for `who` with `key` (shoal.identity.new_key()); raises ConfigClientError,
@@ -291,13 +306,18 @@ class SignClient:
         request = ca_pb2.SignRequest(csr=identity.make_csr(key, who).decode(), identity=str(who),
                                      ttl_seconds=int(ttl.total_seconds()) if ttl else 0)
         try:
-            response = await self._stub().Sign(request, metadata=tokens.metadata(self.settings.current_token()),
-                                               timeout=self.settings.call_timeout)
-        except grpc.aio.AioRpcError as e:
-            if e.code() is grpc.StatusCode.UNAVAILABLE:
+            answer = await self._current_channel().unary(
+                SIGN, request.SerializeToString(), tokens.metadata(self.settings.current_token()),
+                timeout=self.settings.call_timeout)
+            response = ca_pb2.SignResponse.FromString(answer)
+        except DecodeError as e:
+            raise ConfigClientError(f"certificate for {who}: {self.settings.target} answered something that is "
+                                    f"not a SignResponse: {e}") from None
+        except RpcError as e:
+            if e.code is StatusCode.UNAVAILABLE:
                 await self.close()           # the next call opens a fresh channel, not one in backoff
             raise ConfigClientError(f"certificate for {who} refused by {self.settings.target}: "
-                                    f"{e.code().name}: {e.details()}") from None
+                                    f"{e.code.name}: {e.details}") from None
         credential = identity.Credential.from_pem(identity.key_pem(key), response.chain.encode(),
                                                   response.bundle.encode())
         if credential.identity != who:
