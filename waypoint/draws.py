@@ -31,6 +31,9 @@ class Draws:
     def __init__(self, rand: Callable[[], float] = random.random) -> None:
         self._rand = rand
         self._streams: dict[tuple, float] = {}
+        # id(route) -> (route, its stream's key): the key is made once per route object, not per request. The
+        # entry holds the route, so its id is not reused while it is here.
+        self._keys: dict[int, tuple] = {}
 
     def __call__(self) -> float:
         return self._rand()
@@ -38,7 +41,14 @@ class Draws:
     def weighted(self, route) -> float:
         # Keyed by what the pick is made among (a route may be rebuilt per request, e.g. the ingress gives
         # a port-less destination its port), so every request of that route draws from one stream.
-        key = (route.name, tuple((d.host, d.port, d.subset_name, d.weight) for d in route.destinations))
+        known = self._keys.get(id(route))
+        if known is not None and known[0] is route:
+            key = known[1]
+        else:
+            key = (route.name, tuple((d.host, d.port, d.subset_name, d.weight) for d in route.destinations))
+            if len(self._keys) >= MAX_STREAMS:
+                self._keys.clear()
+            self._keys[id(route)] = (route, key)
         position = self._streams.get(key)
         if position is None:
             if len(self._streams) >= MAX_STREAMS:

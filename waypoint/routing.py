@@ -154,6 +154,7 @@ class _Destination:
     has_port: bool
     policies: tuple                    # the Authorizations this waypoint enforces for the service
     table: RouteTable | None
+    default_route: Route | None = None   # the route of a service without a table: to the service itself
 
 
 NO_POLICY = authz.Verdict(True, "", "no authorization policy applies")
@@ -167,8 +168,10 @@ def _destination(state: ProxyState, ip: str, port: int) -> _Destination:
         if service is None:
             found = _Destination(None, False, (), None)
         else:
+            table = state.route_table(service.hostname, port)
             found = _Destination(service, service.port(port) is not None,
-                                 tuple(state.waypoint_policies_for(service)), state.route_table(service.hostname, port))
+                                 tuple(state.waypoint_policies_for(service)), table,
+                                 Route(destinations=(Destination(service.hostname),)) if table is None else None)
         memo[(ip, port)] = found
     return found
 
@@ -195,7 +198,7 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
 
     table = known.table
     if table is None:
-        route = Route(destinations=(Destination(service.hostname),))
+        route = known.default_route   # (one object per state version: its draws and plans are cached by it)
     else:
         route = next((r for r in table.routes if route_matches(r, head)), None)
         if route is None:
@@ -220,7 +223,7 @@ def follow(state: ProxyState, service: Service, route: Route, port: int, head: R
         destination = None
     fault = _fault(route, rand)
     mirrors = tuple(m for m in (_mirror(state, mirror, port, head.authority, rand) for mirror in route.mirrors)
-                    if m is not None)
+                    if m is not None) if route.mirrors else ()
     if destination is None:
         if fault.abort_status is None:
             return Refusal(503, "UH", f"route {route.name or '(unnamed)'} has no destination", service.hostname)
@@ -228,15 +231,20 @@ def follow(state: ProxyState, service: Service, route: Route, port: int, head: R
     else:
         target, subset, target_port = destination.host, destination.subset_name, destination.port or 0
         found = endpoints(state, destination, port)
+        cacheable = fault is NO_FAULT and not mirrors   # (and the endpoints are the memoized ones)
         if (isinstance(found, Refusal) and dialled is not None and destination.host == service.hostname
                 and service.resolution is Resolution.NONE):
+            cacheable = False
             found = (Upstream(address=(dialled[0], destination.port or dialled[1]), hbone=False, identity=None,
                               workload_uid="", workload_name="", workload_namespace=""),)
         if isinstance(found, Refusal):
             if fault.abort_status is None:
                 return Refusal(found.status, found.flag, found.reason, service.hostname)
             found = ()
-        upstreams = rotate(found, rand())
+        start = rotation_start(found, rand())
+        if cacheable:
+            return _cached_plan(state, service, route, destination, found, start, policy)
+        upstreams = found[start:] + found[:start]
     return Plan(service=service.hostname, service_name=service.name, service_namespace=service.namespace,
                 route=route.name, destination_service=target, subset=subset, upstreams=upstreams,
                 timeout=route.timeout, retry=route.retry, mirrors=mirrors, fault=fault,
@@ -347,6 +355,8 @@ def _regex(pattern: str) -> re.Pattern:
 
 def pick_weighted(destinations: tuple[Destination, ...], r: float) -> Destination | None:
     """The destination whose cumulative-weight slot holds r * total (r in [0, 1))."""
+    if len(destinations) == 1:   # (most routes: no sum to make)
+        return destinations[0] if destinations[0].weight > 0 else None
     total = sum(max(d.weight, 0) for d in destinations)
     if total <= 0:
         return None
@@ -361,23 +371,54 @@ def pick_weighted(destinations: tuple[Destination, ...], r: float) -> Destinatio
 
 def rotate(items: tuple, r: float) -> tuple:
     """All items, starting at a random one (r in [0, 1))."""
-    if not items:
-        return ()
-    start = min(int(r * len(items)), len(items) - 1)
+    start = rotation_start(items, r)
     return items[start:] + items[:start]
+
+
+def rotation_start(items: tuple, r: float) -> int:
+    """Where `rotate(items, r)` starts (0 for no items)."""
+    return min(int(r * len(items)), len(items) - 1) if items else 0
+
+
+def _cached_plan(state: ProxyState, service: Service, route: Route, destination: Destination,
+                 found: tuple[Upstream, ...], start: int, policy: str) -> Plan:
+    """The plan of a request that took `route` to `destination` (its endpoints `found`, as `endpoints`
+    memoized them), its tries starting at endpoint `start`, with no fault and no mirror: nothing in it
+    differs between such requests, so it is made once per state version (the draws that chose it are made
+    per request all the same, in the same order). Keyed by the objects' identities, which the entry holds
+    (so an id is not reused while it is cached): hashing a route whole per request costs what the plan does."""
+    memo = state.cached("plans")
+    key = (id(service), id(route), id(destination), id(found), start, policy)
+    entry = memo.get(key)
+    if (entry is not None and entry[0] is service and entry[1] is route and entry[2] is destination
+            and entry[3] is found):
+        return entry[4]
+    plan = Plan(service=service.hostname, service_name=service.name, service_namespace=service.namespace,
+                route=route.name, destination_service=destination.host, subset=destination.subset_name,
+                upstreams=found[start:] + found[:start], timeout=route.timeout, retry=route.retry,
+                request_headers=route.request_headers, response_headers=route.response_headers, policy=policy,
+                destination_port=destination.port or 0)
+    if len(memo) >= MAX_CACHED_PLANS:
+        memo.clear()   # (a caller that rebuilds its routes per request, as the ingress may, makes new keys)
+    memo[key] = (service, route, destination, found, plan)
+    return plan
 
 
 def _roll(percentage: float, r: float) -> bool:
     return r * 100.0 < percentage
 
 
+NO_FAULT = FaultPlan()
+MAX_CACHED_PLANS = 4096   # entries of the plan memo of one state version before it starts over
+
+
 def _fault(route: Route, rand: Random) -> FaultPlan:
     fault = route.fault
     if fault is None:
-        return FaultPlan()
+        return NO_FAULT
     delay = fault.delay if fault.delay is not None and _roll(fault.delay_percentage, rand()) else None
     abort = fault.abort_status if fault.abort_status is not None and _roll(fault.abort_percentage, rand()) else None
-    return FaultPlan(delay, abort)
+    return FaultPlan(delay, abort) if delay is not None or abort is not None else NO_FAULT
 
 
 def _mirror(state: ProxyState, mirror, port: int, authority: str, rand: Random) -> MirrorPlan | None:

@@ -277,3 +277,31 @@ def test_what_decide_memoizes_per_destination_follows_every_state_change():
     state.remove(ResourceType.SERVICE, REVIEWS)
     gone = decide(state, peer(), get("/admin"), scripted())
     assert isinstance(gone, Refusal) and gone.status == 404
+
+
+def test_plans_without_fault_or_mirror_are_made_once_per_state_version():
+    """A request with no fault and no mirror gets the plan made for the first request that took the same
+    route, destination and endpoint order (issue 18's per-request CPU): the same object, equal to what a
+    state without that memo decides from the same draws; a state change makes new plans."""
+    route = Route("split", destinations=(to("v1", 50), to("v2", 50)), retry=RetryPolicy(2, retry_on=("5xx",)))
+    state = mesh(table(route))
+    rolls = [(0.1, 0.0), (0.1, 0.9), (0.7, 0.0), (0.1, 0.0), (0.1, 0.9)]
+    plans = [decide(state, peer(), get(), scripted(*r)) for r in rolls]
+    fresh = [decide(mesh(table(route)), peer(), get(), scripted(*r)) for r in rolls]
+    assert plans == fresh
+    assert [addresses(p) for p in plans[:3]] == [[("198.19.1.11", 8080), ("198.19.2.12", 8080)],
+                                                  [("198.19.2.12", 8080), ("198.19.1.11", 8080)],
+                                                  [("198.19.1.13", 8080)]]
+    assert plans[3] is plans[0] and plans[4] is plans[1] and plans[0] is not plans[1]
+    state.remove(ResourceType.WORKLOAD, V1B_UID)
+    after = decide(state, peer(), get(), scripted(0.1, 0.0))
+    assert addresses(after) == [("198.19.1.11", 8080)] and after.retry == route.retry
+
+
+def test_a_fault_or_mirror_still_rolls_per_request():
+    """The plan memo is for routes whose plan nothing rolls: a fault is rolled for each request."""
+    route = Route(destinations=(to("v2"),), fault=Fault(abort_status=503, abort_percentage=50.0))
+    state = mesh(table(route))
+    aborted = decide(state, peer(), get(), scripted(0.0, 0.1))
+    passed = decide(state, peer(), get(), scripted(0.0, 0.9))
+    assert aborted.fault == FaultPlan(abort_status=503) and passed.fault == FaultPlan()
