@@ -84,14 +84,16 @@ def kubelet_cgroup_id(kubelet: str, root: Path | None = None) -> int:
 class Probes:
     """The node's probe SNAT for one kubelet cgroup, in one netns (None: the agent's own)."""
 
-    def __init__(self, kubelet_cgroup: str = DEFAULT_KUBELET_CGROUP, node_netns: str | None = None,
-                 tables=None) -> None:
+    def __init__(self, kubelet_cgroup: str = DEFAULT_KUBELET_CGROUP, node_netns: str | None = None, *,
+                 tables: backend.Tables) -> None:
+        """`tables`: the backend the agent chose (backend.writer); required, so that no caller silently gets
+        the other one, and the node's probes are SNATed in tables the node does not read."""
         self.kubelet = hierarchy_path(kubelet_cgroup)
         if not self.kubelet:
             raise RedirectError("the kubelet's cgroup cannot be the root cgroup: every process of the node "
                                 "would pass as the kubelet; set --kubelet-cgroup to the kubelet's own cgroup")
         self.node_netns = node_netns
-        self.tables = tables or backend.Tables("legacy")
+        self.tables = tables
         self._written_for: int | None = None  # the kubelet cgroup id the rules were last written for
         self._other_dropped = False  # the other backend's chain, which an agent that chose it left, is gone
 
@@ -119,12 +121,12 @@ class Probes:
 
     def covered(self) -> set[str]:
         """The pod IPs the node's SNAT covers now, for this kubelet cgroup."""
-        return covered(self.node_netns, self.kubelet, self.tables)
+        return covered(self.node_netns, self.kubelet, tables=self.tables)
 
 
-def covered(node_netns: str | None = None, kubelet: str | None = None, tables=None) -> set[str]:
-    """The pod IPs the node's SNAT covers now (only by rules exactly as written for `kubelet`, if given)."""
-    tables = tables or backend.Tables("legacy")
+def covered(node_netns: str | None, kubelet: str | None, *, tables: backend.Tables) -> set[str]:
+    """The pod IPs the node's SNAT covers now in `tables` (the agent's backend), only by rules exactly as
+    written for `kubelet`, if given."""
     out = set()
     for ipv6 in families():
         for line in tables.rules(node_netns, "nat", CHAIN, ipv6=ipv6):

@@ -117,7 +117,7 @@ class Redirection:
         if chosen not in ("legacy", "nft"):
             chosen = backend.resolve(iptables_backend, node_netns)  # eBPF mode: DNS capture and probe SNAT
         self.tables = backend.writer(chosen)
-        self.probes = probes.Probes(kubelet_cgroup, node_netns, self.tables)
+        self.probes = probes.Probes(kubelet_cgroup, node_netns, tables=self.tables)
         self._recorded = self.ledger.pods()
 
     def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:

@@ -319,3 +319,15 @@ def test_a_pod_seen_first_is_written_in_one_restore_per_family_the_same_rules_an
             assert "SHOAL" not in _saved(capture.tables, fresh, ipv6)
     finally:
         CGROUP.rmdir()
+
+
+def test_the_probe_snat_takes_the_agents_backend_and_has_no_default_of_its_own():
+    """Probes once defaulted to legacy: a caller that forgot the backend wrote the node's probe SNAT (and read
+    it back) in the tables an nft node does not use. Now it cannot be built, or read, without the backend."""
+    from node_agent import probes
+    with pytest.raises(TypeError, match="tables"):
+        probes.Probes("system.slice/kubelet.service", None)
+    with pytest.raises(TypeError, match="tables"):
+        probes.covered(None, None)
+    nft = backend.Tables("nft")
+    assert probes.Probes("system.slice/kubelet.service", None, tables=nft).tables is nft

@@ -231,7 +231,7 @@ def test_ipv6_udp_of_a_pod_with_an_ipv6_address_passes_both_ways_as_ipv4_udp_doe
 
 def test_the_kubelets_ipv6_probe_reaches_the_app_from_the_ipv6_probe_source(topo, redirection, enrolled6):
     pod, _, _ = enrolled6
-    assert POD_IPS6["a"] in probes.covered(topo.node)
+    assert POD_IPS6["a"] in probes.covered(topo.node, None, tables=redirection.tables)
     with listen6_in(topo.pod_netns("a"), 8670) as app:
         server = Server(app, b"healthy")
         result = topo.run_on_node(tcp6_code(POD_IPS6["a"], 8670, timeout=5), topo.kubelet_cgroup)

@@ -103,7 +103,7 @@ def test_loopback_is_not_captured(topo, ztunnel_listeners):
 
 def test_kubelet_probes_reach_the_app_not_the_ztunnel(topo, redirection, ztunnel_listeners):
     """The kubelet's TCP is SNATed to the probe address, which the pod's capture lets through."""
-    assert POD_IPS["a"] in probes.covered(topo.node)
+    assert POD_IPS["a"] in probes.covered(topo.node, None, tables=redirection.tables)
     with listen_in(topo.pod_netns("a"), 8080) as app:
         server = Server(app, b"healthy")
         result = topo.run_on_node(client_code(POD_IPS["a"], 8080, payload=b"GET /healthz"), topo.kubelet_cgroup)
