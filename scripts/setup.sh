@@ -14,7 +14,7 @@ warn() { printf 'shoal setup: %s\n' "$*" >&2; }
 root=${SHOAL_SETUP_ROOT:-}
 
 PACKAGES=(
-  iproute2 iptables python3-bpfcc python3-venv python3-dev gcc libbpf1 bpftool  # gcc, python3-dev: shoal/_relay.c
+  iproute2 iptables python3-bpfcc python3-venv python3-dev gcc libssl-dev libbpf1 bpftool  # gcc, python3-dev, libssl-dev: shoal/_relay.c, shoal/_native_*.c
   linux-headers-amd64 curl iputils-ping iperf3 haproxy redis-server redis-tools tcpdump openssl
   containernetworking-plugins  # bridge, ptp, host-local: the CNI chain shoal-cni is tested in
   prometheus chromium  # observability: the local cluster's Prometheus addon, and the service graph's browser test
@@ -104,8 +104,9 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv (with system site packages, for bcc)"
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-# The compiled relay (shoal/_relay.c) is built by this install: a change to it installs again.
-stamp=.venv/.installed-$({ cat pyproject.toml; cat shoal/_relay.c 2>/dev/null || true; } | sha1sum | cut -c1-12)
+# The compiled relay (shoal/_relay.c) and the native transports (shoal/_native*.[ch]) are built by this
+# install: a change to them installs again.
+stamp=.venv/.installed-$({ cat pyproject.toml; cat shoal/_relay.c shoal/_native.h shoal/_native_*.c 2>/dev/null || true; } | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   say "installing shoal into .venv"
   .venv/bin/pip install -q --upgrade pip

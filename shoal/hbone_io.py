@@ -33,7 +33,7 @@ from typing import Awaitable, Callable, Iterable
 
 import h2.errors
 
-from shoal import hbone, log, relay_lane
+from shoal import hbone, log, native_io, relay_lane
 from shoal.hbone_relay import WRITE_HIGH_WATER, WRITE_LOW_WATER, Side
 
 logger = log.get("shoal.hbone")
@@ -353,11 +353,11 @@ async def accept_session(conn: socket.socket, context, on_request: RequestHandle
                          handshake_timeout: float) -> HboneSession:
     """The server side of one HBONE connection on an accepted socket: the TLS handshake, then the session.
 
-    The session is made here and handed to the loop, not taken from what `connect_accepted_socket`
-    returns: with TLS, uvloop returns its own SSL protocol there, not ours."""
+    The session is made here and handed to the transport's maker, not taken from what it returns: with
+    TLS, uvloop's `connect_accepted_socket` returns its own SSL protocol, not ours. The transport is the
+    native one when in use (`shoal.native_io`), else the loop's."""
     session = HboneSession(False, on_request=on_request)
-    await asyncio.get_running_loop().connect_accepted_socket(lambda: session, conn, ssl=context,
-                                                             ssl_handshake_timeout=handshake_timeout)
+    await native_io.open_tls(lambda: session, conn, context, server_side=True, handshake_timeout=handshake_timeout)
     return session
 
 

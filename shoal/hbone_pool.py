@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
-from shoal import hbone, identity
+from shoal import hbone, identity, native_io
 from shoal.hbone_io import HboneSession, RelayError, TunnelBroken, TunnelStream
 from shoal.identity import SpiffeId
 from shoal.model.addresses import join_address
@@ -181,9 +181,8 @@ def connector(open_socket: OpenSocket, client_context: ClientContext, timeout: f
         sock = await open_socket(key, timeout)
         where = join_address(key.destination)            # [fd73::5]:15008 for IPv6
         try:
-            _, session = await asyncio.get_running_loop().create_connection(
-                lambda: HboneSession(True, settings, name=where), sock=sock, ssl=context, server_hostname="",
-                ssl_handshake_timeout=timeout)
+            _, session = await native_io.open_tls(lambda: HboneSession(True, settings, name=where), sock, context,
+                                                  server_side=False, handshake_timeout=timeout)
         except ssl.SSLError as e:
             sock.close()
             raise HboneConnectFailed(f"TLS handshake with {where} failed: {e.reason or e}; check that both sides "

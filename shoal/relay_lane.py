@@ -1,12 +1,17 @@
-"""Which relay carries established HBONE tunnels: the compiled lane (`shoal._relay`) or pure Python.
+"""Which relay carries established HBONE tunnels: native transports with the compiled lane, the compiled
+lane (`shoal._relay`) on the loop's transports, or pure Python.
 
 `SHOAL_RELAY` chooses, once per process, at import:
-- unset (the default): compiled when the extension is built (`pip install` of
-  this project builds it; `scripts/setup.sh` does), Python otherwise;
-- `compiled`: the extension must be there: a process that cannot load it stops
-  with a message saying how to build it, rather than run slower unnoticed;
+- unset (the default): native when both extensions are built and usable here
+  (`pip install` of this project builds them; `scripts/setup.sh` does), else
+  compiled when the lane is built, else Python;
+- `native`: the lane, and the sockets and TLS records of established
+  connections owned in C (`shoal.native_io`, `shoal._native`);
+- `compiled`: the lane on the loop's (uvloop's) transports;
 - `python`: the pure-Python path only (for comparison, or a machine without a
   compiler).
+An explicit choice this installation cannot give stops the process with a
+message saying how to build it, rather than run slower unnoticed.
 
 The lane is three base classes. `HboneSession` (`shoal.hbone_io`) and
 `TcpSide` (`shoal.hbone_relay`) take their `data_received` from them, and
@@ -23,10 +28,11 @@ import os
 
 from h2.stream import STREAM_OPEN, StreamState
 
+from shoal import log, native_io
 from shoal.errors import ShoalError
 
 _API = 1          # the extension's LANE_API this module speaks to; a stale build is not used
-_CHOICES = ("compiled", "python")
+_CHOICES = ("native", "compiled", "python")
 
 
 class RelayLaneError(ShoalError):
@@ -42,16 +48,30 @@ def _choose(requested: str) -> object | None:
     try:
         from shoal import _relay
     except ImportError as e:
-        if requested == "compiled":
+        if requested in ("compiled", "native"):
             raise RelayLaneError(f"SHOAL_RELAY=compiled but the compiled relay is not built ({e}); run "
                                  "scripts/setup.sh (it builds shoal/_relay.c), or set SHOAL_RELAY=python") from None
         return None
     if getattr(_relay, "API", None) != _API:
-        if requested == "compiled":
-            raise RelayLaneError("SHOAL_RELAY=compiled but the built shoal._relay is out of date; rebuild it "
+        if requested in ("compiled", "native"):
+            raise RelayLaneError(f"SHOAL_RELAY={requested} but the built shoal._relay is out of date; rebuild it "
                                  "with scripts/setup.sh")
         return None
     return _relay
+
+
+def _choose_native(requested: str) -> object | None:
+    """The native transports' extension, or None for the loop's transports."""
+    if requested not in ("", "native"):
+        return None
+    module, why = native_io.load()
+    if module is None and requested == "native":
+        raise RelayLaneError(f"SHOAL_RELAY=native but the native transports cannot be used: {why}; run "
+                             "scripts/setup.sh (it builds shoal/_native_*.c against libssl-dev), or set "
+                             "SHOAL_RELAY=compiled")
+    if module is None and not why.startswith("shoal._native is not built"):
+        log.get("shoal.relay_lane").warning("native transports not used", reason=why)
+    return module
 
 
 def _configure(module) -> None:
@@ -63,9 +83,11 @@ def _configure(module) -> None:
                      hbone._WRITABLE, hbone._RECEIVABLE)
 
 
-_module = _choose(os.environ.get("SHOAL_RELAY", "").strip().lower())
+_requested = os.environ.get("SHOAL_RELAY", "").strip().lower()
+_module = _choose(_requested)
 COMPILED = _module is not None
-NAME = "compiled" if COMPILED else "python"
+NATIVE = COMPILED and native_io.use(_choose_native(_requested)) is None and native_io.in_use
+NAME = "native" if NATIVE else "compiled" if COMPILED else "python"
 # Whether a new HboneSession takes the lane when not told (its `lane` argument). Tests turn it off to
 # run the Python path in a process that has the lane built.
 sessions_take_lane = COMPILED
@@ -89,4 +111,4 @@ else:
         __slots__ = ()
 
 
-__all__ = ["COMPILED", "NAME", "RelayLaneError", "SessionBase", "StreamBase", "TcpSideBase"]
+__all__ = ["COMPILED", "NAME", "NATIVE", "RelayLaneError", "SessionBase", "StreamBase", "TcpSideBase"]

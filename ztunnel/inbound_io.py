@@ -22,7 +22,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-from shoal import hbone, identity, netns, sockets
+from shoal import hbone, identity, native_io, netns, sockets
 from shoal.certs import CertManager
 from shoal.hbone_io import HboneSession, TunnelStream, accept_session, serve_until_lost
 from shoal.hbone_relay import TcpSide, relay
@@ -101,7 +101,7 @@ class InboundDriver:
                 session.refuse(stream, 503, str(e))
                 return
             record.upstream = join_address(sock.getpeername())
-            _, app = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
+            _, app = await native_io.open_tcp(TcpSide, sock, accepted=False)
             session.accept(stream)  # TunnelBroken if the client gave up meanwhile
             record.meter = lambda: (stream.bytes_received, stream.bytes_sent)
             await relay(stream, app)
@@ -141,11 +141,10 @@ class InboundDriver:
         self.tracker.begin(record)
         app = client = None
         try:
-            loop = asyncio.get_running_loop()
-            _, client = await loop.connect_accepted_socket(TcpSide, conn)
+            _, client = await native_io.open_tcp(TcpSide, conn, accepted=True)
             sock = await self._connect_app(pod, decision)
             record.upstream = join_address(sock.getpeername())
-            _, app = await loop.create_connection(TcpSide, sock=sock)
+            _, app = await native_io.open_tcp(TcpSide, sock, accepted=False)
             record.meter = lambda: (client.bytes_received, client.bytes_sent)
             await relay(client, app)
             record.bytes_received, record.bytes_sent = client.bytes_received, client.bytes_sent

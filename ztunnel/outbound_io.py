@@ -16,7 +16,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from shoal import contracts, log, sockets
+from shoal import contracts, log, native_io, sockets
 from shoal.certs import CertificateUnavailable
 from shoal.errors import ShoalError
 from shoal.hbone_io import TunnelRefused
@@ -88,7 +88,7 @@ class OutboundDriver:
                                                                                 sockets.local_address(conn)[0]):
                 raise OutboundError("connection to the outbound capture port itself; refusing to loop")
             plan = decide(self.state, source, destination[0], destination[1], self.balancer)
-            _, app = await asyncio.get_running_loop().connect_accepted_socket(TcpSide, conn)  # holds the app's bytes
+            _, app = await native_io.open_tcp(TcpSide, conn, accepted=True)  # holds the app's bytes
             upstream, plan = await self._open_with_retries(pod, source, destination, plan, record)
             self.tracker.opened(record)
             endpoint = plan.endpoint
@@ -154,5 +154,5 @@ class OutboundDriver:
             key = Key(pod.info.uid, plan.source_identity, plan.connect, plan.expected_identity)
             return await self.pool.open_stream(key, plan.authority, self.connect_timeout)
         sock = await sockets.connect(pod.sockets, plan.connect, timeout=self.connect_timeout)
-        _, upstream = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
+        _, upstream = await native_io.open_tcp(TcpSide, sock, accepted=False)
         return upstream

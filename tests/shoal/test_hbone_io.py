@@ -9,7 +9,7 @@ import pytest
 
 import h2.errors
 
-from shoal import hbone, hbone_io, hbone_relay, identity, relay_lane
+from shoal import hbone, hbone_io, hbone_relay, identity, native_io, relay_lane
 from shoal.hbone_io import HboneSession, TunnelRefused
 from shoal.hbone_relay import TcpSide, relay
 
@@ -19,12 +19,18 @@ from support.polling import eventually_async
 CLIENT_ID = "spiffe://cluster.local/ns/app/sa/client"
 
 
-@pytest.fixture(autouse=True, params=["compiled", "python"])
+@pytest.fixture(autouse=True, params=["native", "compiled", "python"])
 def relay_path(request, monkeypatch):
-    """Every test here runs on both relay paths: the compiled lane (when built) and the Python path."""
+    """Every test here runs on the three relay paths: native transports with the compiled lane, the lane on
+    the loop's transports (when built), and the Python path. The rig's connections (HBONE both ends, the
+    app's sides) are made by shoal.native_io, as the ztunnel's are."""
     if request.param == "compiled" and not relay_lane.COMPILED:
         pytest.skip("the compiled relay lane is not built here (scripts/setup.sh builds it)")
-    monkeypatch.setattr(relay_lane, "sessions_take_lane", request.param == "compiled")
+    if request.param == "native" and not relay_lane.NATIVE:
+        pytest.skip(f"the native transports are not in use here (SHOAL_RELAY={relay_lane.NAME}; "
+                    "scripts/setup.sh builds them)")
+    monkeypatch.setattr(relay_lane, "sessions_take_lane", request.param != "python")
+    monkeypatch.setattr(native_io, "in_use", request.param == "native")
     return request.param
 SERVER_ID = "spiffe://cluster.local/ns/app/sa/server"
 
@@ -47,28 +53,47 @@ class Rig:
         self.sides: list = []
 
     async def start(self):
-        loop = asyncio.get_running_loop()
         self.app = await asyncio.start_server(self.app_handler, "127.0.0.1", 0)
         self.app_port = self.app.sockets[0].getsockname()[1]
+        self.tasks: list[asyncio.Task] = []
         server_ctx = identity.server_context(self.server_cred)
-        self.hbone = await loop.create_server(self.server_session, "127.0.0.1", 0, ssl=server_ctx)
-        self.hbone_port = self.hbone.sockets[0].getsockname()[1]
+        self.hbone_port = self.listen(lambda conn: self.on_hbone(conn, server_ctx))
         client_ctx = identity.client_context(self.client_cred)
-        _, self.session = await loop.create_connection(lambda: HboneSession(True, self.client_settings), "127.0.0.1",
-                                                       self.hbone_port, ssl=client_ctx, server_hostname="")
+        _, self.session = await native_io.open_tls(lambda: HboneSession(True, self.client_settings),
+                                                   await connected(self.hbone_port), client_ctx, server_side=False,
+                                                   handshake_timeout=10)
         identity.check_peer(self.session.ssl_object, identity.parse_spiffe_id(SERVER_ID))
-        self.front = await loop.create_server(self.on_front, "127.0.0.1", 0)
-        self.front_port = self.front.sockets[0].getsockname()[1]
+        self.front_port = self.listen(self.on_front)
+
+    def listen(self, on_connection) -> int:
+        """A plain listener on loopback whose accepted sockets go to `on_connection`; its port."""
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+
+        async def accept():
+            with listener:
+                while True:
+                    conn, _ = await loop.sock_accept(listener)
+                    self.tasks.append(loop.create_task(on_connection(conn)))
+
+        self.tasks.append(loop.create_task(accept()))
+        return listener.getsockname()[1]
+
+    async def on_hbone(self, conn, context):
+        try:
+            await native_io.open_tls(self.server_session, conn, context, server_side=True, handshake_timeout=10)
+        except (OSError, asyncio.TimeoutError):   # a client without a mesh certificate (ssl.SSLError is an OSError)
+            conn.close()
 
     def server_session(self):
         session = HboneSession(False, on_request=self.on_request)
         self.servers.append(session)
         return session
 
-    def on_front(self):
-        side = TcpSide()
-        asyncio.get_running_loop().create_task(self._front(side))
-        return side
+    async def on_front(self, conn):
+        _, side = await native_io.open_tcp(TcpSide, conn, accepted=True)
+        await self._front(side)
 
     async def _front(self, side):
         try:
@@ -86,8 +111,7 @@ class Rig:
             session.refuse(stream, 403, self.refuse)
             return
         host, port = stream.authority.rsplit(":", 1)
-        loop = asyncio.get_running_loop()
-        _, upstream = await loop.create_connection(TcpSide, host, int(port))
+        _, upstream = await native_io.open_tcp(TcpSide, await connected(int(port), host), accepted=False)
         self.upstreams.append(upstream)
         await asyncio.sleep(self.accept_delay)
         session.accept(stream)
@@ -95,8 +119,16 @@ class Rig:
 
     async def stop(self):
         self.session.close()
-        for server in (self.front, self.hbone, self.app):
-            server.close()
+        self.app.close()
+        for task in self.tasks:
+            task.cancel()
+
+
+async def connected(port: int, host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    return sock
 
 
 def run(coro):
@@ -147,7 +179,7 @@ def test_many_parallel_connections_share_one_tls_connection():
         rig = Rig(echo)
         await rig.start()
         assert all(await asyncio.gather(*(one(rig, i) for i in range(50))))
-        assert len(rig.hbone.sockets) == 1
+        assert len(rig.servers) == 1
         await rig.stop()
     run(main())
 

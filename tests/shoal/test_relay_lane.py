@@ -249,12 +249,17 @@ def test_a_frame_cut_across_reads_and_a_window_update_go_through_python():
     asyncio.run(main())
 
 
+def run_with_relay(choice: str, code: str) -> subprocess.CompletedProcess:
+    """`code` in a new process of this tree with SHOAL_RELAY=choice."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "SHOAL_RELAY": choice}, cwd=os.path.dirname(os.path.dirname(
+                              os.path.dirname(os.path.abspath(__file__)))))
+
+
 def test_an_unknown_relay_choice_is_refused_with_what_to_set():
-    result = subprocess.run([sys.executable, "-c", "import shoal.relay_lane"], capture_output=True, text=True,
-                            env={**os.environ, "SHOAL_RELAY": "turbo"}, cwd=os.path.dirname(os.path.dirname(
-                                os.path.dirname(os.path.abspath(__file__)))))
+    result = run_with_relay("turbo", "import shoal.relay_lane")
     assert result.returncode != 0
-    assert "SHOAL_RELAY='turbo' is not one of compiled, python" in result.stderr
+    assert "SHOAL_RELAY='turbo' is not one of native, compiled, python" in result.stderr
 
 
 def test_the_python_choice_runs_without_the_extension():
@@ -262,9 +267,18 @@ def test_the_python_choice_runs_without_the_extension():
             "assert not relay_lane.COMPILED;"
             "assert hbone_io.HboneSession.data_received is hbone_io.HboneSession._data_received_python;"
             "assert hbone_relay.TcpSide.data_received is hbone_relay.TcpSide._data_received_python;"
-            "import sys; assert 'shoal._relay' not in sys.modules; print(relay_lane.NAME)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "SHOAL_RELAY": "python"}, cwd=os.path.dirname(os.path.dirname(
-                                os.path.dirname(os.path.abspath(__file__)))))
+            "import sys; assert 'shoal._relay' not in sys.modules and 'shoal._native' not in sys.modules;"
+            "print(relay_lane.NAME)")
+    result = run_with_relay("python", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "python"
+
+
+@needs_lane
+def test_the_compiled_choice_keeps_the_loops_transports():
+    code = ("from shoal import relay_lane, native_io;"
+            "assert relay_lane.COMPILED and not relay_lane.NATIVE and not native_io.in_use;"
+            "import sys; assert 'shoal._native' not in sys.modules; print(relay_lane.NAME)")
+    result = run_with_relay("compiled", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "compiled"
