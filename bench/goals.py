@@ -17,7 +17,9 @@ Issue 18's (`--issue 18`; the waypoint at the cost of an L7 sidecar), cross-node
 - the waypoint's resident memory at most 40 MiB (its ratio to 40 MiB).
 A figure the run did not measure is reported as missing, never as met; a
 ratio whose divisor is not positive (a sidecar's added latency below the
-baseline's noise) as noise.
+baseline's noise) as noise. Below the goals, the CPU goal's figures split by
+kind of mesh process (ztunnels, node agents, waypoint; sidecars), so the
+table says where the CPU goes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report import table
-from bench.summary import find
+from bench.summary import cpu_split, cpu_split_columns, find
 
 MEMORY_PODS = 50
 WAYPOINT_RSS_MIB = 40.0
@@ -99,6 +101,22 @@ def rows(data: dict, issue: int = 13) -> list[dict]:
             for g in found]
 
 
+def split_rows(data: dict, issue: int = 13) -> list[dict]:
+    """The CPU goal's two set-ups, cross-node, each with its CPU per 1000 requests by kind of mesh process."""
+    mode = data.get("settings", {}).get("redirect", "?")
+    compared = ("ambient-l7", "sidecar-haproxy-http") if issue == 18 else ("ambient-l4", "sidecar-haproxy")
+    return [{"redirect": mode, **r} for r in cpu_split(data["results"]) if r["setup"] in compared]
+
+
+def split_markdown(rows: list[dict]) -> str:
+    columns = ["redirect", *cpu_split_columns(rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[c]) if isinstance(r.get(c), str) else
+                                       ("-" if r.get(c) is None else f"{r[c]:.3f}") for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def markdown(all_rows: list[dict]) -> str:
     lines = ["| redirect | goal | bound | ratio | verdict |", "|---|---|---|---:|---|"]
     for r in all_rows:
@@ -115,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="whose goal lines: 13 (ambient-l4, the default) or 18 (ambient-l7)")
     parser.add_argument("--markdown", action="store_true", help="a Markdown table instead of the terminal's")
     args = parser.parse_args(argv)
-    all_rows = []
+    all_rows, all_split = [], []
     for path in args.results:
         try:
             data = json.loads(path.read_text())
@@ -124,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         if "results" not in data:
             parser.error(f"{path} has no results list; is it a `python -m bench run` results.json?")
         all_rows += rows(data, args.issue)
+        all_split += split_rows(data, args.issue)
     print(markdown(all_rows) if args.markdown else
           table(all_rows, ["redirect", "goal", "bound", "ratio", "verdict"], f"Issue {args.issue}'s goals, cross-node"))
+    if all_split:
+        print()
+        print(split_markdown(all_split) if args.markdown else
+              table(all_split, ["redirect", *cpu_split_columns(all_split)],
+                    "Where the CPU goes, cross-node (CPU seconds per 1000 requests, medians)"))
     return 0

@@ -54,7 +54,7 @@ from bench.report import BenchError, Run, summarize
 from bench.setups import (HTTP_PORT, IPERF_PORT, PLACEMENTS, SETUPS, WAYPOINT, SetUp, Sidecars, idle_container,
                           is_haproxy, latency_objects, mesh, namespace, node_mesh, pod, sidecar_filter, waypoint)
 from bench.sidecar_shoal import HandoffAgents
-from bench.usage import Selector, combine, cpu_between
+from bench.usage import Selector, combine, cpu_by_part
 
 MEMORY_SETUPS = ("ambient-l4", "sidecar-haproxy", "sidecar-shoal")
 MEMORY_NODE = "node1"
@@ -258,15 +258,17 @@ class Bench:
     def latency_once(self, setup: SetUp, placement: str) -> dict:
         client, _ = PLACEMENTS[placement]
         selectors = mesh(self.layout, setup, placement)
-        before = {i: s.cpu() for i, s in enumerate(selectors)}
+        before = [s.cpu() for s in selectors]
         a = self.args
         out = self.exec(setup.namespace, client, sys.executable, "-m", "bench.loadgen", "client",
                         "--url", f"http://server.{setup.namespace}:{HTTP_PORT}/", "--rps", str(a.rps),
                         "--connections", str(a.connections), "--duration", str(a.duration), "--warmup", str(a.warmup))
-        cpu = sum(cpu_between(before[i], s.cpu()) for i, s in enumerate(selectors))
+        by_part = cpu_by_part(selectors, before, [s.cpu() for s in selectors])
         result = json.loads(out)
         requests = max(a.rps * (a.duration + a.warmup), 1)
-        result["cpu_per_1000rps"] = cpu / requests * 1000 if selectors else None
+        result["cpu_per_1000rps"] = sum(by_part.values()) / requests * 1000 if selectors else None
+        for part, cpu in by_part.items():
+            result[summary.cpu_key(part)] = cpu / requests * 1000
         result["rss_mb"] = combine(selectors).rss_mib if selectors else None
         if setup.waypoint:
             result["waypoint_rss_mb"] = waypoint(self.layout, setup).usage().rss_mib
@@ -375,8 +377,9 @@ def latency_row(name: str, placement: str, results: list[dict], baseline: list[d
         for key in LATENCY_PERCENTILES:
             pairs = [(r.get(key), b.get(key)) for r, b in zip(results, baseline)]
             row.update(summarize([r - b for r, b in pairs if r is not None and b is not None], f"added_{key}"))
-    for key in ("cpu_per_1000rps", "rss_mb"):
-        row.update(summarize([r[key] for r in results if r.get(key) is not None], key))
+    for key in ("cpu_per_1000rps", *(summary.cpu_key(part) for part in summary.CPU_PARTS), "rss_mb"):
+        if key in ("cpu_per_1000rps", "rss_mb") or any(r.get(key) is not None for r in results):
+            row.update(summarize([r[key] for r in results if r.get(key) is not None], key))
     if any(r.get("waypoint_rss_mb") is not None for r in results):
         row.update(summarize([r["waypoint_rss_mb"] for r in results if r.get("waypoint_rss_mb") is not None],
                              "waypoint_rss_mb"))

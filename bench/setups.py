@@ -159,7 +159,7 @@ def sidecar_filter(kind: str) -> Callable[[list[str]], bool]:
 
 def node_mesh(layout: Layout, nodes: list[str]) -> list[Selector]:
     """The ambient mesh's per-node processes on `nodes`: ztunnels and node agents."""
-    return [Selector((layout.pod_cgroup(SYSTEM_NAMESPACE, f"{component}-{node}"),))
+    return [Selector((layout.pod_cgroup(SYSTEM_NAMESPACE, f"{component}-{node}"),), part=component)
             for node in nodes for component in ("ztunnel", "node-agent")]
 
 
@@ -168,7 +168,7 @@ def mesh(layout: Layout, setup: SetUp, placement: str) -> list[Selector]:
     client, client_node = PLACEMENTS[placement]
     if setup.sidecar:
         cgroups = tuple(layout.pod_cgroup(setup.namespace, p) for p in (client, "server"))
-        return [Selector(cgroups, sidecar_filter(setup.sidecar))]
+        return [Selector(cgroups, sidecar_filter(setup.sidecar), part="sidecar")]
     if not setup.ambient:
         return []
     selectors = node_mesh(layout, sorted({client_node, SERVER_NODE}))
@@ -179,4 +179,5 @@ def mesh(layout: Layout, setup: SetUp, placement: str) -> list[Selector]:
 
 def waypoint(layout: Layout, setup: SetUp) -> Selector:
     """The set-up's waypoint pods' processes (its memory is a goal of its own, issue 18)."""
-    return Selector(tuple(sorted((layout.cgroup_dir / "pods").glob(f"{setup.namespace}_{WAYPOINT}*"))))
+    return Selector(tuple(sorted((layout.cgroup_dir / "pods").glob(f"{setup.namespace}_{WAYPOINT}*"))),
+                    part="waypoint")

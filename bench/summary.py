@@ -16,6 +16,32 @@ from bench.report import table
 LATENCY_COLUMNS = ["setup", "rps_achieved", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "added_p50_ms", "added_p90_ms",
                    "added_p99_ms", "cpu_per_1000rps", "rss_mb"]
 PLACEMENTS = ("cross-node", "same-node")
+# The kinds of mesh process whose CPU `bench run` records apart (bench.usage.Selector.part); the sum,
+# cpu_per_1000rps, is what the goals are judged on, the parts say where it goes.
+CPU_PARTS = ("ztunnel", "node-agent", "waypoint", "sidecar")
+
+
+def cpu_key(part: str) -> str:
+    """The results.json key of one part's CPU seconds per 1000 requests: cpu_ztunnel_per_1000rps, ..."""
+    return f"cpu_{part.replace('-', '_')}_per_1000rps"
+
+
+def cpu_split(results: list[dict], placement: str = "cross-node") -> list[dict]:
+    """One row per meshed set-up: its CPU per 1000 requests in all, and each part's share of it."""
+    rows = []
+    for r in results:
+        if r["case"] != "http-latency" or r["placement"] != placement or r.get("cpu_per_1000rps") is None:
+            continue
+        row = {"setup": r["setup"], "cpu_per_1000rps": r["cpu_per_1000rps"]}
+        row.update({cpu_key(part): r.get(cpu_key(part)) for part in CPU_PARTS})
+        rows.append(row)
+    return rows
+
+
+def cpu_split_columns(rows: list[dict]) -> list[str]:
+    """The parts some row has a figure for (a run without a waypoint has no waypoint column)."""
+    return ["setup", "cpu_per_1000rps", *(cpu_key(p) for p in CPU_PARTS if any(r.get(cpu_key(p)) is not None
+                                                                                 for r in rows))]
 
 
 def find(results: list[dict], **match) -> dict | None:
@@ -33,6 +59,10 @@ def tables(results: list[dict]) -> str:
         if rows:
             parts.append(table(rows, LATENCY_COLUMNS, f"HTTP/1.1 latency, {placement} (ms; cpu: CPU seconds per "
                                                        "1000 requests; rss: MiB of the mesh on the path)"))
+        split = cpu_split(results, placement)
+        if split:
+            parts.append(table(split, cpu_split_columns(split), f"Where the mesh's CPU goes, {placement} "
+                                                                "(CPU seconds per 1000 requests, medians)"))
     rows = [r for r in results if r["case"] == "throughput"]
     if rows:
         parts.append(table(rows, ["setup", "streams", "gbps", "gbps_min", "gbps_max", "ratio_to_baseline"],

@@ -36,6 +36,7 @@ class Usage(NamedTuple):
 class Selector:
     cgroups: tuple[Path, ...]
     keep: ProcessFilter = None
+    part: str = "mesh"   # what kind of mesh process these are (ztunnel, node-agent, waypoint, sidecar), for the split
 
     def pids(self) -> list[int]:
         found = []
@@ -96,6 +97,15 @@ def measure(pids: Iterable[int]) -> Usage:
 def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds spent between two readings; a process that started in between counts from zero."""
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def cpu_by_part(selectors: list[Selector], before: list[dict[int, float]],
+                after: list[dict[int, float]]) -> dict[str, float]:
+    """CPU seconds between two readings of each selector, summed per `Selector.part`."""
+    out: dict[str, float] = {}
+    for selector, b, a in zip(selectors, before, after):
+        out[selector.part] = out.get(selector.part, 0.0) + cpu_between(b, a)
+    return out
 
 
 def combine(selectors: Iterable[Selector]) -> Usage:

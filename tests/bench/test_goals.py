@@ -70,7 +70,23 @@ def test_the_command_prints_both_modes_as_markdown(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert "| iptables | CPU per 1000 requests: ambient-l4 / sidecar-haproxy | <= 1 | 0.83 | met |" in out
     assert "| ebpf | CPU per 1000 requests: ambient-l4 / sidecar-haproxy | <= 1 | 2.00 | not met |" in out
-    assert len(out) == 2 + 10
+    goal_lines = out[:out.index("")]
+    assert len(goal_lines) == 2 + 10
+
+
+def test_below_the_goals_the_cpu_is_split_by_kind_of_mesh_process(tmp_path, capsys):
+    data = run(cpu=(0.13, 0.1))
+    data["results"][0].update(cpu_ztunnel_per_1000rps=0.11, cpu_node_agent_per_1000rps=0.02)
+    data["results"][1].update(cpu_sidecar_per_1000rps=0.1)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    assert goals.main([str(path), "--markdown"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    split = out[out.index("") + 1:]
+    assert split[0] == ("| redirect | setup | cpu_per_1000rps | cpu_ztunnel_per_1000rps | cpu_node_agent_per_1000rps "
+                        "| cpu_sidecar_per_1000rps |")
+    assert "| ebpf | ambient-l4 | 0.130 | 0.110 | 0.020 | - |" in split
+    assert "| ebpf | sidecar-haproxy | 0.100 | - | - | 0.100 |" in split
 
 
 def test_a_file_that_is_not_a_run_says_what_to_give(tmp_path, capsys):

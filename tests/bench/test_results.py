@@ -118,6 +118,32 @@ def test_usage_reads_a_cgroup_of_processes(tmp_path):
     assert usage.cpu_between({}, {1: 2.0}) == 2.0   # a process that started in between counts from zero
 
 
+def test_cpu_is_summed_per_kind_of_mesh_process():
+    ztunnels = [usage.Selector((Path("/z1"),), part="ztunnel"), usage.Selector((Path("/z2"),), part="ztunnel")]
+    agent = usage.Selector((Path("/a1"),), part="node-agent")
+    before = [{10: 1.0}, {20: 2.0}, {30: 5.0}]
+    after = [{10: 1.5}, {20: 2.25, 21: 0.25}, {30: 5.125}]
+    assert usage.cpu_by_part([*ztunnels, agent], before, after) == {"ztunnel": 1.0, "node-agent": 0.125}
+
+
+def test_a_run_records_each_parts_cpu_and_the_tables_show_where_it_goes():
+    import argparse
+    from bench.run import latency_row
+    args = argparse.Namespace(rps=1000.0, connections=4)
+    repeats = [{"rps_achieved": 1000.0, "p50_ms": 0.3, "cpu_per_1000rps": total, "cpu_ztunnel_per_1000rps": z,
+                "cpu_node_agent_per_1000rps": total - z, "rss_mb": 100.0}
+               for total, z in ((0.13, 0.12), (0.14, 0.125), (0.12, 0.115))]
+    row = latency_row("ambient-l4", "cross-node", repeats, None, args)
+    assert row["cpu_per_1000rps"] == pytest.approx(0.13)
+    assert row["cpu_ztunnel_per_1000rps"] == pytest.approx(0.12)
+    assert row["cpu_node_agent_per_1000rps_max"] == pytest.approx(0.015)
+    assert "cpu_waypoint_per_1000rps" not in row     # no waypoint on this path: no column of Nones
+    text = summary.tables([row, {**latency("sidecar-haproxy", cpu=0.1), "cpu_sidecar_per_1000rps": 0.1}])
+    split = text[text.index("Where the mesh's CPU goes, cross-node"):]
+    assert "cpu_ztunnel_per_1000rps" in split and "cpu_sidecar_per_1000rps" in split
+    assert "cpu_waypoint_per_1000rps" not in split
+
+
 def committed_runs() -> list[Path]:
     return sorted(RESULTS_DIR.glob("*-run/results.json"))
 
