@@ -133,7 +133,7 @@ class CertManager:
 
     async def _sign(self, who: SpiffeId) -> Credential:
         try:
-            cred = await asyncio.wait_for(self.signer(identity.new_key(), who), self.fetch_timeout)
+            cred = await asyncio.wait_for(self.signer(identity.new_workload_key(), who), self.fetch_timeout)
             if cred.identity != who:
                 raise identity.InvalidCertificate(f"the CA returned a certificate for {cred.identity}, not {who}")
         except Exception as e:

@@ -2,12 +2,21 @@
 
 Shared by the control plane (which signs), the ztunnel and the waypoint (which
 request certificates and speak HBONE). Everything here is plain functions over
-`cryptography` objects and PEM bytes; nothing does network I/O.
+keys, certificates and PEM bytes; nothing does network I/O.
+
+The proxies' side loads no `cryptography` (about 10 MiB resident per
+process): their key and CSR come from libcrypto (`shoal.libcrypto`,
+`new_workload_key()`), and what they read from certificates (validity, URI
+SANs) from `shoal.x509_der`. The control plane, which signs and so needs a
+whole X.509 library, keeps `cryptography` objects: `new_key()`,
+`load_key()`, `load_certificates()` and `certificates_pem()` are theirs and
+import it when called. `key_pem`, `make_csr`, `uri_sans` and `spiffe_id_of`
+take either kind.
 
 - `SpiffeId` (the model's) is `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`
   as `str()`; `parse_spiffe_id` refuses anything else.
-- `new_key()` and `make_csr(key, spiffe_id)` produce what `Certificates.Sign`
-  takes: an ECDSA P-256 key and a CSR whose only SAN is the identity's URI.
+- `new_workload_key()` (or `new_key()`) and `make_csr(key, spiffe_id)` produce what
+  `Certificates.Sign` takes: an ECDSA P-256 key and a CSR whose only SAN is the identity's URI.
 - `spiffe_id_of(cert)` reads the identity out of a certificate (a peer's, say).
 - `server_context(...)` and `client_context(...)` build `ssl.SSLContext`s for
   mesh mTLS: TLS 1.3 only, ALPN `h2`, the peer's chain verified up to the mesh
@@ -25,18 +34,21 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtensionOID
-
+from shoal import x509_der
 from shoal.errors import ShoalError
+from shoal.libcrypto import EcKey
 from shoal.model import identity as model_identity
 from shoal.model.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
+from shoal.x509_der import CertificateFacts
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["DEFAULT_TRUST_DOMAIN", "SpiffeId", "parse_spiffe_id", "format_spiffe_id", "new_key", "key_pem",
-           "load_key", "make_csr", "spiffe_id_of", "peer_spiffe_id", "check_peer", "Credential",
+           "load_key", "make_csr", "new_workload_key", "read_certificates", "spiffe_id_of", "peer_spiffe_id", "check_peer", "Credential",
            "server_context", "client_context", "IdentityError", "InvalidSpiffeId", "InvalidCertificate",
            "PeerMismatch"]
 
@@ -78,24 +90,45 @@ def format_spiffe_id(trust_domain: str, namespace: str, service_account: str) ->
 
 # -- keys and CSRs --------------------------------------------------------------
 
+def new_workload_key() -> EcKey:
+    """An ECDSA P-256 key made by libcrypto: the proxies' (no `cryptography` loaded)."""
+    return EcKey.generate()
+
+
 def new_key() -> ec.EllipticCurvePrivateKey:
+    """An ECDSA P-256 key as a `cryptography` object (the control plane's; it signs with it)."""
+    from cryptography.hazmat.primitives.asymmetric import ec   # noqa: PLC0415 - not in the proxies
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: EcKey | ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted."""
+    if isinstance(key, EcKey):
+        return key.pem()
+    from cryptography.hazmat.primitives import serialization   # noqa: PLC0415
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization   # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec   # noqa: PLC0415
+
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise InvalidCertificate("the private key is not an ECDSA key; mesh keys are ECDSA P-256")
     return key
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, identity: SpiffeId) -> bytes:
-    """A PEM CSR for `identity`: empty subject, the SPIFFE URI as its only SAN."""
+def make_csr(key: EcKey | ec.EllipticCurvePrivateKey, identity: SpiffeId) -> bytes:
+    """A PEM CSR for `identity`: empty subject, the SPIFFE URI as its only SAN (critical), ECDSA SHA-256."""
+    if isinstance(key, EcKey):
+        return key.csr_pem(str(identity))
+    from cryptography import x509   # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization   # noqa: PLC0415
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
@@ -107,7 +140,19 @@ def make_csr(key: ec.EllipticCurvePrivateKey, identity: SpiffeId) -> bytes:
 
 # -- certificates ---------------------------------------------------------------
 
+def read_certificates(pem: bytes) -> list[CertificateFacts]:
+    """The validity and URI SANs of every certificate of a PEM list (the proxies' reading);
+    InvalidCertificate if it holds none or one is not a certificate."""
+    try:
+        return x509_der.read_pem(pem)
+    except x509_der.CertificateFormatError as e:
+        raise InvalidCertificate(f"not a PEM certificate list: {e}") from None
+
+
 def load_certificates(pem: bytes) -> list[x509.Certificate]:
+    """`cryptography` certificates (the control plane's; it imports `cryptography`)."""
+    from cryptography import x509   # noqa: PLC0415
+
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as e:
@@ -116,10 +161,17 @@ def load_certificates(pem: bytes) -> list[x509.Certificate]:
 
 
 def certificates_pem(certs: list[x509.Certificate]) -> bytes:
+    from cryptography.hazmat.primitives import serialization   # noqa: PLC0415
+
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def uri_sans(cert: x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
+def uri_sans(cert: CertificateFacts | x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
+    if isinstance(cert, CertificateFacts):
+        return list(cert.uris)
+    from cryptography import x509   # noqa: PLC0415
+    from cryptography.x509.oid import ExtensionOID   # noqa: PLC0415
+
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
     except x509.ExtensionNotFound:
@@ -127,13 +179,13 @@ def uri_sans(cert: x509.Certificate | x509.CertificateSigningRequest) -> list[st
     return san.get_values_for_type(x509.UniformResourceIdentifier)
 
 
-def spiffe_id_of(cert: x509.Certificate | bytes) -> SpiffeId:
-    """The SPIFFE ID of a certificate (a `cryptography` object, or DER bytes as
-    `SSLObject.getpeercert(binary_form=True)` returns them)."""
-    if isinstance(cert, (bytes, bytearray)):
+def spiffe_id_of(cert: CertificateFacts | x509.Certificate | bytes) -> SpiffeId:
+    """The SPIFFE ID of a certificate (DER bytes as `SSLObject.getpeercert(binary_form=True)`
+    returns them, `CertificateFacts`, or a `cryptography` object)."""
+    if isinstance(cert, (bytes, bytearray, memoryview)):
         try:
-            cert = x509.load_der_x509_certificate(bytes(cert))
-        except ValueError as e:
+            cert = x509_der.read_der(bytes(cert))
+        except x509_der.CertificateFormatError as e:
             raise InvalidCertificate(f"peer certificate is not DER X.509: {e}") from None
     uris = [u for u in uri_sans(cert) if u.startswith("spiffe://")]
     if len(uris) != 1:
@@ -174,13 +226,12 @@ class Credential:
 
     @classmethod
     def from_pem(cls, key_pem_bytes: bytes, chain_pem: bytes, bundle_pem: bytes) -> "Credential":
-        chain = load_certificates(chain_pem)
+        chain = read_certificates(chain_pem)
         if not chain:
             raise InvalidCertificate("empty certificate chain")
         leaf = chain[0]
-        load_certificates(bundle_pem)
-        return cls(spiffe_id_of(leaf), key_pem_bytes, chain_pem, bundle_pem,
-                   leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+        read_certificates(bundle_pem)
+        return cls(spiffe_id_of(leaf), key_pem_bytes, chain_pem, bundle_pem, leaf.not_before, leaf.not_after)
 
     def renew_at(self) -> dt.datetime:
         return self.not_before + (self.not_after - self.not_before) / 2

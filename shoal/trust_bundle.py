@@ -62,7 +62,7 @@ class TrustBundle:
         if not data.strip():
             return f"{self.path} is empty"
         try:
-            if not identity.load_certificates(data):
+            if not identity.read_certificates(data):
                 return f"{self.path} holds no certificate"
         except identity.InvalidCertificate as e:
             logger.warning("trust bundle on disk is not valid; keeping the previous one", path=str(self.path),

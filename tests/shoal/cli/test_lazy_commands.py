@@ -5,8 +5,10 @@ does not use (issue 18: whatever the CLI imports stays resident in every proxy).
 - A command built alone parses and helps exactly as in the whole tree.
 - `chosen_command` tells the command from the words before it, and gives up (the whole tree) when
   help or the version is asked first, or the word is no command.
-- `shoal waypoint run`, as a process: its `sys.modules` after the CLI has started it holds no module
-  of the local cluster, Kubernetes, netlink, YAML, rich or another component.
+- `shoal waypoint run` and `shoal ztunnel run`, as processes: their `sys.modules` after the CLI has
+  started them holds no module of the local cluster, Kubernetes, netlink, YAML, rich or another
+  component, and neither grpcio nor `cryptography` (the proxies speak gRPC with shoal.grpc_channel and
+  make keys with shoal.libcrypto; the two were 20 MiB of a waypoint's 66).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from support.polling import eventually
 from support.root import needs_root
 
 # What a waypoint must never load: each is megabytes resident, and none is on its path.
-NOT_IN_A_WAYPOINT = ("pyroute2", "yaml", "rich", "pygments", "kubernetes", "urllib3", "bcc",
-                     "opentelemetry", "control_plane", "node_agent", "ztunnel", "bench", "shoal.local.cluster",
+NOT_IN_A_PROXY = ("pyroute2", "yaml", "rich", "pygments", "kubernetes", "urllib3", "bcc", "grpc",
+                  "cryptography", "opentelemetry", "control_plane", "node_agent", "bench", "shoal.local.cluster")
+NOT_IN_A_WAYPOINT = (*NOT_IN_A_PROXY, "ztunnel",
                      *(f"shoal.cli.{module}" for module in set(COMMANDS.values()) - {"waypoint"}))
+NOT_IN_A_ZTUNNEL = (*NOT_IN_A_PROXY, "waypoint",
+                    *(f"shoal.cli.{module}" for module in set(COMMANDS.values()) - {"ztunnel"}))
 
 # Runs the CLI as `python -m shoal` does, then prints the modules the process holds (stdout is ours: the
 # waypoint logs to stderr).
@@ -85,8 +90,8 @@ def test_help_of_the_whole_tree_and_an_unknown_command_still_list_every_command(
         assert f"'{command}'" in wrong.stderr
 
 
-def heavy(modules: list[str]) -> list[str]:
-    return sorted(m for m in modules for bad in NOT_IN_A_WAYPOINT if m == bad or m.startswith(bad + "."))
+def heavy(modules: list[str], banned=NOT_IN_A_WAYPOINT) -> list[str]:
+    return sorted(m for m in modules for bad in banned if m == bad or m.startswith(bad + "."))
 
 
 def test_starting_a_waypoint_imports_none_of_the_heavy_modules():
@@ -97,26 +102,46 @@ def test_starting_a_waypoint_imports_none_of_the_heavy_modules():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     modules = json.loads(result.stdout)
-    assert "waypoint.main" in modules and "grpc" in modules   # it did get that far
+    assert "waypoint.main" in modules and "shoal.grpc_channel" in modules   # it did get that far
     assert heavy(modules) == []
 
 
-@needs_root("runs the waypoint in a network namespace of its own (unshare --net), so its ports are its own")
-def test_a_running_waypoint_holds_none_of_the_heavy_modules(tmp_path):
-    """The waypoint runs (admin ports, config stream and certificate loops started; no control plane
+def test_the_ingress_gateway_imports_neither_grpc_nor_cryptography():
+    result = subprocess.run([sys.executable, "-c", "import json, sys, waypoint.ingress_main; "
+                             "print(json.dumps(sorted(sys.modules)))"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    modules = json.loads(result.stdout)
+    assert "shoal.grpc_channel" in modules
+    assert heavy(modules, ("grpc", "cryptography")) == []
+
+
+PROXIES = {
+    # command line after the common flags; what its log says once it has called the control plane
+    "waypoint": (["waypoint", "run", "--namespace", "ns1", "--name", "waypoint"], "refused by 127.0.0.1:1",
+                 "waypoint.main", NOT_IN_A_WAYPOINT),
+    "ztunnel": (["ztunnel", "--node", "node1", "--socket", "/nonexistent/shoal-handoff.sock"],
+                "config stream lost", "ztunnel.main", NOT_IN_A_ZTUNNEL),
+}
+
+
+@needs_root("runs the proxy in a network namespace of its own (unshare --net), so its ports are its own")
+@pytest.mark.parametrize("proxy", list(PROXIES))
+def test_a_running_proxy_holds_none_of_the_heavy_modules(tmp_path, proxy):
+    """The proxy runs (admin ports, config stream and certificate loops started; no control plane
     answers at 127.0.0.1:1) until SIGTERM; then its modules are read."""
+    argv, called, main_module, banned = PROXIES[proxy]
     (tmp_path / "bundle.pem").write_bytes(TestCA().bundle_pem)
     (tmp_path / "token").write_text("not-checked-no-control-plane-answers")
     process = subprocess.Popen(
         ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "-", sys.executable, "-c", DRIVER,
-         "--log-format", "json", "waypoint", "run", "--namespace", "ns1", "--name", "waypoint",
+         "--log-format", "json", *argv,
          "--control-plane", "127.0.0.1:1", "--ca-bundle", str(tmp_path / "bundle.pem"),
          "--token-file", str(tmp_path / "token"), "--drain-seconds", "0"],
         stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr", "w"), text=True)
     try:
-        # started, and its certificate loop has asked the control plane over gRPC once
-        eventually(lambda: "refused by 127.0.0.1:1" in (tmp_path / "stderr").read_text() or process.poll() is not None,
-                   60, "the waypoint to start and ask for its certificate")
+        # started, and it has called the control plane over gRPC once
+        eventually(lambda: called in (tmp_path / "stderr").read_text() or process.poll() is not None,
+                   60, f"the {proxy} to start and call the control plane")
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=60)
     finally:
@@ -125,5 +150,5 @@ def test_a_running_waypoint_holds_none_of_the_heavy_modules(tmp_path):
             process.wait()
     assert process.returncode == 0, (tmp_path / "stderr").read_text()
     modules = json.loads(out)
-    assert "waypoint.main" in modules and "uvloop" in modules
-    assert heavy(modules) == []
+    assert main_module in modules and "uvloop" in modules and "shoal.grpc_channel" in modules
+    assert heavy(modules, banned) == []

@@ -1,0 +1,288 @@
+"""shoal.grpc_channel against peers that misbehave: a real TLS + HTTP/2 server (the h2 library) that
+answers as told, and the config client keeping its last config when the control plane turns into one.
+The channel against the real (grpcio) control plane is tested by tests/control_plane (Watch, Sign)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, RequestReceived, StreamEnded
+
+from shoal.api import config_pb2
+from shoal.config_client import NODE_TYPES, ClientSettings, ConfigClient
+from shoal.grpc_channel import Channel, ChannelSettings
+from shoal.grpc_wire import RpcError, StatusCode, encode_message
+
+NAME = "peer.test"
+IMMEDIATE = ("trailers_only", "never", "watch_then_close")    # behaviours that answer a call's headers
+
+
+def server_tls() -> tuple[ssl.SSLContext, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "c.pem").write_bytes(pem)
+        (Path(d) / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+        ctx.load_cert_chain(Path(d) / "c.pem", Path(d) / "k.pem")
+    ctx.set_alpn_protocols(["h2"])
+    return ctx, pem
+
+
+class Peer(asyncio.Protocol):
+    """One server connection; `behaviour(peer, stream_id, headers, body)` answers each finished request."""
+
+    def __init__(self, behaviour, seen: list) -> None:
+        self.behaviour, self.seen = behaviour, seen
+        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.bodies: dict[int, bytes] = {}
+        self.headers: dict[int, dict] = {}
+
+    transports: list = []      # every server-side transport, for a test that stops reading them
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        Peer.transports.append(transport)
+        self.h2.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        self.transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.h2.receive_data(data):
+            if isinstance(event, RequestReceived):
+                self.headers[event.stream_id] = dict(event.headers)
+                self.seen.append(dict(event.headers))
+                self.bodies[event.stream_id] = b""
+                if self.behaviour.__name__ in IMMEDIATE:
+                    self.behaviour(self, event.stream_id, self.headers[event.stream_id], b"")
+            elif isinstance(event, DataReceived):
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self.bodies[event.stream_id] += event.data
+            elif isinstance(event, StreamEnded) and self.behaviour.__name__ not in IMMEDIATE:
+                self.behaviour(self, event.stream_id, self.headers[event.stream_id], self.bodies[event.stream_id])
+        if not self.transport.is_closing():
+            self.flush()
+
+    def answer(self, stream_id: int, data: bytes, status: int | None = 0, message: str = "") -> None:
+        self.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+        if data:
+            self.h2.send_data(stream_id, data)
+        if status is not None:
+            self.h2.send_headers(stream_id, [(b"grpc-status", str(status).encode()),
+                                             (b"grpc-message", quote(message).encode())], end_stream=True)
+        self.flush()
+
+
+async def serve(behaviour):
+    ctx, pem = server_tls()
+    seen: list = []
+    server = await asyncio.get_running_loop().create_server(lambda: Peer(behaviour, seen), "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    return server, pem, f"127.0.0.1:{port}", seen
+
+
+def settings(target: str, pem: bytes, **kw) -> ChannelSettings:
+    return ChannelSettings(target=target, server_name=NAME, bundle_pem=pem, **kw)
+
+
+def unary_against(behaviour, timeout: float = 10.0, **kw):
+    async def main():
+        server, pem, target, seen = await serve(behaviour)
+        channel = Channel(settings(target, pem, **kw))
+        try:
+            return await channel.unary("/shoal.api.Test/Echo", b"hello", (("authorization", "Bearer t"),),
+                                       timeout=timeout), seen
+        finally:
+            await channel.close()
+            server.close()
+    return asyncio.run(main())
+
+
+def echo(peer, stream_id, headers, body):
+    peer.answer(stream_id, body)
+
+
+def test_a_unary_call_sends_grpc_on_the_wire_and_reads_the_answer():
+    answer, seen = unary_against(echo, timeout=7.5)
+    assert answer == b"hello"    # the server echoed the one framed message it received, unframed by us
+    headers = seen[0]
+    assert headers[b":method"] == b"POST" and headers[b":path"] == b"/shoal.api.Test/Echo"
+    assert headers[b":authority"] == NAME.encode() and headers[b":scheme"] == b"https"
+    assert headers[b"content-type"] == b"application/grpc" and headers[b"te"] == b"trailers"
+    assert headers[b"grpc-timeout"] == b"7500m" and headers[b"authorization"] == b"Bearer t"
+
+
+def trailers_only(peer, stream_id, headers, body):
+    peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                     (b"grpc-status", b"16"), (b"grpc-message", quote("unknown token: x").encode())],
+                         end_stream=True)
+
+
+def test_a_trailers_only_refusal_is_its_status_and_message():
+    with pytest.raises(RpcError) as info:
+        unary_against(trailers_only)
+    assert info.value.code is StatusCode.UNAUTHENTICATED and info.value.details == "unknown token: x"
+
+
+def permission_denied(peer, stream_id, headers, body):
+    peer.answer(stream_id, b"", status=7, message="only watch as node node1")
+
+
+def test_a_status_in_trailers_is_raised():
+    with pytest.raises(RpcError) as info:
+        unary_against(permission_denied)
+    assert info.value.code is StatusCode.PERMISSION_DENIED and "node node1" in info.value.details
+
+
+def bad_flag(peer, stream_id, headers, body):
+    peer.answer(stream_id, b"\x07\x00\x00\x00\x01x")
+
+
+def oversized(peer, stream_id, headers, body):
+    peer.answer(stream_id, b"\x00\x10\x00\x00\x00" + b"x" * 100, status=None)
+
+
+def half_then_close(peer, stream_id, headers, body):
+    peer.answer(stream_id, b"\x00\x00\x00\x01\x00" + b"x" * 10, status=None)
+    peer.transport.close()
+
+
+def half_then_ok(peer, stream_id, headers, body):
+    peer.answer(stream_id, b"\x00\x00\x00\x01\x00" + b"x" * 10, status=0)
+
+
+def not_grpc(peer, stream_id, headers, body):
+    peer.h2.send_headers(stream_id, [(b":status", b"503"), (b"content-type", b"text/plain")], end_stream=True)
+    peer.flush()
+
+
+def never(peer, stream_id, headers, body):
+    pass
+
+
+@pytest.mark.parametrize("behaviour,code,words", [
+    (bad_flag, StatusCode.INTERNAL, "flag byte 7"),
+    (oversized, StatusCode.RESOURCE_EXHAUSTED, "message of 268435456 bytes; the limit is 1024"),
+    (half_then_close, StatusCode.UNAVAILABLE, "was lost"),
+    (half_then_ok, StatusCode.INTERNAL, "in the middle of a message"),
+    (not_grpc, StatusCode.UNAVAILABLE, "HTTP 503"),
+])
+def test_a_misbehaving_server_is_a_clear_error(behaviour, code, words):
+    with pytest.raises(RpcError) as info:
+        unary_against(behaviour, max_receive_message=1024)
+    assert info.value.code is code and words in info.value.details, info.value
+
+
+def test_a_server_that_never_answers_runs_into_the_deadline():
+    with pytest.raises(RpcError) as info:
+        unary_against(never, timeout=0.5)
+    assert info.value.code is StatusCode.DEADLINE_EXCEEDED
+
+
+def test_an_unanswered_keepalive_ends_the_connection():
+    async def main():
+        server, pem, target, _ = await serve(never)
+        channel = Channel(settings(target, pem, keepalive_time=0.2, keepalive_timeout=0.3))
+        Peer.transports.clear()
+        call = await channel.open_stream("/shoal.api.Config/Watch")
+        # The peer stops reading: its kernel buffers take the PING, nobody answers it.
+        for transport in Peer.transports:
+            transport.pause_reading()
+        try:
+            with pytest.raises(RpcError) as info:
+                await asyncio.wait_for(call.receive(), 30)
+            return info.value
+        finally:
+            await channel.close()
+            server.close()
+    error = asyncio.run(main())
+    assert error.code is StatusCode.UNAVAILABLE and "keepalive PING" in error.details
+
+
+def test_a_wrong_server_name_or_an_unreachable_target_is_unavailable_and_backs_off():
+    async def main():
+        server, pem, target, _ = await serve(echo)
+        try:
+            wrong = Channel(ChannelSettings(target=target, server_name="other.test", bundle_pem=pem))
+            with pytest.raises(RpcError) as info:
+                await wrong.unary("/x/Y", b"", timeout=5)
+            assert info.value.code is StatusCode.UNAVAILABLE and "does not verify as other.test" in info.value.details
+            # During the backoff a call fails at once with the same error, without dialling.
+            with pytest.raises(RpcError) as again:
+                await wrong.unary("/x/Y", b"", timeout=5)
+            assert again.value.details == info.value.details
+        finally:
+            server.close()
+        closed = Channel(settings(target, pem))
+        with pytest.raises(RpcError) as info:
+            await closed.unary("/x/Y", b"", timeout=5)
+        assert info.value.code is StatusCode.UNAVAILABLE and "cannot connect" in info.value.details
+    asyncio.run(main())
+
+
+# -- the config client keeps its last config --------------------------------------------------
+
+def full_state() -> list[bytes]:
+    return [encode_message(config_pb2.WatchResponse(type=str(rtype), version="v1", nonce=str(i), replace=True,
+                                                    initial=True).SerializeToString())
+            for i, rtype in enumerate(NODE_TYPES)]
+
+
+connections = {"count": 0}
+
+
+def watch_then_close(peer, stream_id, headers, body):
+    """First connection: the whole (empty) state, then the server goes away. Later ones: broken framing."""
+    if body:
+        return
+    connections["count"] += 1
+    if connections["count"] == 1:
+        peer.answer(stream_id, b"".join(full_state()), status=None)
+        asyncio.get_running_loop().call_later(0.3, peer.transport.close)
+    else:
+        peer.answer(stream_id, b"\x00\x7f\xff\xff\xff", status=None)
+
+
+def test_the_config_client_keeps_its_last_config_when_the_server_misbehaves():
+    async def main():
+        server, pem, target, seen = await serve(watch_then_close)
+        client = ConfigClient(ClientSettings(target=target, bundle_pem=pem, token="t", node="node1",
+                                             server_name=NAME, backoff_initial=0.05, backoff_max=0.2))
+        task = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(client.synced.wait(), 20)
+            versions = {t: client.version(t) for t in NODE_TYPES}
+            while connections["count"] < 3:
+                await asyncio.sleep(0.05)
+            assert client.synced.is_set() and {t: client.version(t) for t in NODE_TYPES} == versions
+            assert client.reconnects >= 2 and client.acks == len(NODE_TYPES)
+            assert seen[0][b"authorization"] == b"Bearer t"
+        finally:
+            client.stop()
+            await asyncio.wait_for(task, 20)
+            server.close()
+    asyncio.run(main())

@@ -1,0 +1,151 @@
+"""The proxies' key, CSR and certificate reading without `cryptography`: libcrypto (shoal.libcrypto)
+and the DER reader (shoal.x509_der), held to what `cryptography` reads from the same bytes, and to the
+control plane's CA, which checks the CSR."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from control_plane.ca import CertificateAuthority, generate_root
+from shoal import identity, x509_der
+from shoal.identity import InvalidCertificate, parse_spiffe_id
+from shoal.libcrypto import EcKey
+
+from support.ca import TestCA
+
+WEB = parse_spiffe_id("spiffe://cluster.local/ns/shop/sa/web")
+
+
+def leaf(ca: TestCA, sans: list[x509.GeneralName], not_before: dt.datetime, lifetime: dt.timedelta) -> bytes:
+    """A DER leaf with exactly `sans` (no SAN extension when empty), signed by `ca`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_before + lifetime))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_the_workload_key_and_csr_are_what_the_control_planes_ca_signs():
+    key = identity.new_workload_key()
+    csr_pem = identity.make_csr(key, WEB)
+    csr = x509.load_pem_x509_csr(csr_pem)
+    assert csr.is_signature_valid and csr.signature_hash_algorithm.name == "sha256"
+    assert isinstance(csr.public_key().curve, ec.SECP256R1)
+    assert csr.subject == x509.Name([])
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.critical and list(san.value) == [x509.UniformResourceIdentifier(str(WEB))]
+    assert len(csr.extensions) == 1
+    # The same shape as the cryptography-made CSR (version, subject, key, the one extension request).
+    made_before = x509.load_pem_x509_csr(identity.make_csr(identity.new_key(), WEB))
+    assert [a.oid for a in csr.attributes] == [a.oid for a in made_before.attributes]
+    # The key's PEM is PKCS#8 and is the CSR's key.
+    loaded = serialization.load_pem_private_key(identity.key_pem(key), password=None)
+    assert identity.key_pem(key).startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert loaded.public_key().public_numbers() == csr.public_key().public_numbers()
+
+    authority = CertificateAuthority(generate_root("cluster.local"), trust_domain="cluster.local")
+    issued = authority.sign(csr_pem, WEB)
+    credential = identity.Credential.from_pem(identity.key_pem(key), issued.chain_pem, issued.bundle_pem)
+    assert credential.identity == WEB and not credential.expired()
+    assert credential.not_after == issued.not_after
+
+
+def test_two_keys_differ_and_a_key_signs_many_requests():
+    a, b = identity.new_workload_key(), identity.new_workload_key()
+    assert identity.key_pem(a) != identity.key_pem(b)
+    first, second = identity.make_csr(a, WEB), identity.make_csr(a, WEB)
+    assert (x509.load_pem_x509_csr(first).public_key().public_numbers()
+            == x509.load_pem_x509_csr(second).public_key().public_numbers())
+
+
+def test_the_der_reader_agrees_with_cryptography_on_a_ca_issued_chain():
+    ca = TestCA()
+    credential = ca.credential(str(WEB), lifetime=dt.timedelta(hours=3))
+    ours = identity.read_certificates(credential.chain_pem + ca.bundle_pem)
+    theirs = x509.load_pem_x509_certificates(credential.chain_pem + ca.bundle_pem)
+    assert len(ours) == len(theirs) == 2
+    for facts, cert in zip(ours, theirs):
+        assert facts.der == cert.public_bytes(serialization.Encoding.DER)
+        assert (facts.not_before, facts.not_after) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+        assert identity.uri_sans(facts) == identity.uri_sans(cert)
+    assert identity.spiffe_id_of(ours[0].der) == identity.spiffe_id_of(theirs[0]) == WEB
+    assert credential.not_after - credential.not_before == dt.timedelta(hours=3)
+
+
+def test_a_server_certificate_with_dns_names_has_its_one_spiffe_id():
+    ca = TestCA()
+    now = dt.datetime.now(dt.timezone.utc)
+    der = leaf(ca, [x509.UniformResourceIdentifier(str(WEB)), x509.DNSName("svc.example")], now, dt.timedelta(hours=1))
+    assert identity.spiffe_id_of(der) == WEB
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x30", b"\x30\x03\x02\x01", b"not a certificate at all",
+                                     b"\x30\x82\x00\x05\x02\x01\x01\x05\x00", b"\x04\x02ab"])
+def test_garbage_der_is_refused(garbage):
+    with pytest.raises(InvalidCertificate, match="not DER X.509"):
+        identity.spiffe_id_of(garbage)
+
+
+def test_a_truncated_or_extended_certificate_is_refused():
+    der = leaf(TestCA(), [x509.UniformResourceIdentifier(str(WEB))], dt.datetime.now(dt.timezone.utc),
+               dt.timedelta(hours=1))
+    for broken in (der[:-1], der[:len(der) // 2], der + b"\x00"):
+        with pytest.raises(InvalidCertificate):
+            identity.spiffe_id_of(broken)
+
+
+def test_no_uri_san_or_two_are_refused():
+    ca, now = TestCA(), dt.datetime.now(dt.timezone.utc)
+    none = leaf(ca, [], now, dt.timedelta(hours=1))
+    dns_only = leaf(ca, [x509.DNSName("a.example")], now, dt.timedelta(hours=1))
+    two = leaf(ca, [x509.UniformResourceIdentifier(str(WEB)),
+                    x509.UniformResourceIdentifier("spiffe://cluster.local/ns/shop/sa/other")], now, dt.timedelta(hours=1))
+    for der in (none, dns_only):
+        with pytest.raises(InvalidCertificate, match="0 SPIFFE URI SANs"):
+            identity.spiffe_id_of(der)
+    with pytest.raises(InvalidCertificate, match="2 SPIFFE URI SANs"):
+        identity.spiffe_id_of(two)
+
+
+def test_an_expired_credential_is_expired_and_due():
+    ca = TestCA()
+    key = identity.new_workload_key()
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    chain = ca.sign_csr(identity.make_csr(key, WEB), dt.timedelta(hours=1), not_before=start)
+    credential = identity.Credential.from_pem(identity.key_pem(key), chain, ca.bundle_pem)
+    assert credential.expired() and credential.needs_renewal()
+    assert credential.not_after == start.replace(microsecond=0) + dt.timedelta(hours=1)
+    fresh = identity.Credential.from_pem(identity.key_pem(key), ca.sign_csr(identity.make_csr(key, WEB)),
+                                         ca.bundle_pem)
+    assert not fresh.expired() and not fresh.needs_renewal()
+
+
+def test_pem_lists_without_certificates_are_refused():
+    with pytest.raises(InvalidCertificate, match="no PEM CERTIFICATE block"):
+        identity.read_certificates(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(InvalidCertificate, match="PEM block 1"):
+        identity.read_certificates(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(InvalidCertificate):
+        identity.Credential.from_pem(b"", b"junk", TestCA().bundle_pem)
+
+
+def test_generalized_and_utc_times_are_read():
+    ca = TestCA()
+    late = dt.datetime(2051, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)   # 2050 on: GeneralizedTime
+    facts = x509_der.read_der(leaf(ca, [x509.UniformResourceIdentifier(str(WEB))], late, dt.timedelta(days=1)))
+    assert facts.not_before == late and facts.not_after == late + dt.timedelta(days=1)
+    early = dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    facts = x509_der.read_der(leaf(ca, [x509.UniformResourceIdentifier(str(WEB))], early, dt.timedelta(days=1)))
+    assert facts.not_before == early
+
+
+def test_a_libcrypto_key_is_freed_and_its_pem_survives():
+    pem = EcKey.generate().pem()
+    assert serialization.load_pem_private_key(pem, password=None).curve.name == "secp256r1"
