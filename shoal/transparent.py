@@ -16,9 +16,9 @@ The same for IPv6, in ip6tables' mangle table and `ip -6` (table 133 has
 netns has it, and `install()` says whether it is, so the ztunnel keeps the
 client's IPv6 source only where replies can come back.
 
-The rules are written in the node's iptables backend (shoal.iptables_backend:
-legacy or nft, as the node agent writes the pod's capture); `remove()` takes
-the chain out of both backends.
+The rules are written in the node's iptables backend, with the writer the
+node agent writes the pod's capture with (shoal.iptables_backend.Tables:
+legacy or nft); `remove()` takes the chain out of both backends.
 
 All of it lives in a chain and a table of its own (chain SHOAL_ZTUNNEL,
 table 133, rule priority 32000) and `remove()` takes it away again. The
@@ -30,6 +30,7 @@ lives in `shoal/`: two components share it.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 from shoal import iptables_backend
@@ -59,19 +60,22 @@ def _in_netns(netns_fd: int, argv: list[str], check: bool, stdin: str | None = N
 _EVERYTHING = {4: "0.0.0.0/0", 6: "::/0"}
 
 
-def _wait(backend: str) -> list[str]:
-    return ["-w"] if backend == "legacy" else []  # the legacy tables' lock, as other writers take it
-
-
 def _ip(netns_fd: int, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
     return _in_netns(netns_fd, ["ip", *args], check, stdin)
 
 
-RULES = (
-    f"-A {CHAIN} -m mark --mark {hex(OUR_MARK)} -m addrtype ! --src-type LOCAL -j CONNMARK --set-mark {hex(CONNMARK)}",
+CHAINS = {"mangle": ((CHAIN, "OUTPUT"),)}
+_SET = f"--set-xmark {hex(CONNMARK)}/0xffffffff"  # --set-mark, as iptables-save prints it back
+RULES = {CHAIN: [  # as iptables-save prints them after `-A SHOAL_ZTUNNEL `, so that a writer can compare them
+    f"-m mark --mark {hex(OUR_MARK)} -m addrtype ! --src-type LOCAL -j CONNMARK {_SET}",
     # The reply direction, not "packets without our mark": a SYN-ACK can carry the mark of the SYN it answers.
-    f"-A {CHAIN} -m connmark --mark {hex(CONNMARK)} -m conntrack --ctdir REPLY -j MARK --set-mark {hex(CONNMARK)}",
-)
+    f"-m connmark --mark {hex(CONNMARK)} -m conntrack --ctdir REPLY -j MARK {_SET}",
+]}
+
+
+class _Tables(iptables_backend.Tables):
+    error = TransparentError
+    hint = "this needs CAP_NET_ADMIN, the node's iptables (legacy or nft) and iproute2"
 
 
 def install(netns_fd: int, backend: str | None = None, *, ipv6: bool = True) -> bool:
@@ -94,17 +98,9 @@ def install(netns_fd: int, backend: str | None = None, *, ipv6: bool = True) -> 
 
 
 def _install(netns_fd: int, version: int, backend: str) -> None:
-    save, restore = (iptables_backend.tool(name, version == 6, backend) for name in ("save", "restore"))
     # A pod handed over for the first time has no chain: `-N` makes it, and with it the one jump, in one
     # process. Where the chain exists `-N` fails and changes nothing; then read, and refill it.
-    created = _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=False, stdin="\n".join(
-        ["*mangle", f"-N {CHAIN}", *RULES, f"-I OUTPUT 1 -j {CHAIN}", "COMMIT", ""]))
-    if created.returncode != 0:
-        saved = _in_netns(netns_fd, [save, "-t", "mangle"], check=False).stdout
-        jump = f"-A OUTPUT -j {CHAIN}" in saved
-        script = "\n".join(["*mangle", f":{CHAIN} - [0:0]", *RULES, *([] if jump else [f"-I OUTPUT 1 -j {CHAIN}"]),
-                            "COMMIT", ""])
-        _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=True, stdin=script)
+    _Tables(backend).ensure(netns_fd, CHAINS, RULES, ipv6=version == 6, fresh=True)
     # One `ip -batch`: the route replaced, then the policy rule added, which fails (File exists) where it
     # is there already; only then is it looked for.
     commands = [f"route replace local {_EVERYTHING[version]} dev lo table {TABLE}",
@@ -124,13 +120,12 @@ def remove(netns_fd: int) -> None:
 
 def _remove(netns_fd: int, version: int) -> None:
     for backend in iptables_backend.BACKENDS:
-        save, restore = (iptables_backend.tool(name, version == 6, backend) for name in ("save", "restore"))
-        saved = _in_netns(netns_fd, [save, "-t", "mangle"], check=False).stdout
-        if f":{CHAIN} " not in saved:
-            continue  # not there (or no such tool here)
-        jumps = saved.splitlines().count(f"-A OUTPUT -j {CHAIN}")
-        script = ["*mangle", *[f"-D OUTPUT -j {CHAIN}"] * jumps, f"-F {CHAIN}", f"-X {CHAIN}", "COMMIT", ""]
-        _in_netns(netns_fd, [restore, *_wait(backend), "--noflush"], check=False, stdin="\n".join(script))
+        if shutil.which(iptables_backend.tool("save", version == 6, backend)) is None:
+            continue  # no such backend on this node: nothing of it to remove
+        try:
+            _Tables(backend).drop(netns_fd, CHAINS, ipv6=version == 6)
+        except TransparentError:
+            pass  # a backend with no tables in this netns holds nothing of ours
 
     while f"{PRIORITY}:" in _ip(netns_fd, f"-{version}", "rule", "show", check=False).stdout:
         if _ip(netns_fd, f"-{version}", "rule", "del", "priority", str(PRIORITY), check=False).returncode != 0:

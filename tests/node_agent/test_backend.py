@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shoal import netns, transparent
+from shoal import iptables_backend, netns, transparent
 from shoal.contracts import PROBE_SOURCE6
 
 from na_topology import listen_in, original_dst
@@ -277,8 +277,8 @@ def test_a_pod_seen_first_is_written_in_one_restore_per_family_the_same_rules_an
     from node_agent import dns_capture
     CGROUP.mkdir(parents=True, exist_ok=True)
     runs = []
-    real_run = backend.run
-    monkeypatch.setattr(backend, "run", lambda where, argv, stdin=None: runs.append(argv[0]) or
+    real_run = iptables_backend.run  # the shared writer's (shoal.iptables_backend.Tables) runs
+    monkeypatch.setattr(iptables_backend, "run", lambda where, argv, stdin=None: runs.append(argv[0]) or
                         real_run(where, argv, stdin))
     try:
         fresh, read = str(netns.path(scratch(f"fresh{which}"))), str(netns.path(scratch(f"read{which}")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from shoal import iptables_backend
 from shoal.contracts import PROBE_SOURCE, PROBE_SOURCE6
 
 from node_agent import backend
@@ -53,10 +54,10 @@ SAVED = {"nat": [":SHOAL_OUTPUT - [0:0]", "-A OUTPUT -j SHOAL_DNS", "-A OUTPUT -
 
 
 def test_the_writer_reads_what_holds_and_what_to_drop_from_save_text():
-    specs = [dict(out_interface="lo", target="RETURN")]
-    assert not backend._holds(SAVED["nat"], "SHOAL_OUTPUT", "OUTPUT", specs, False)  # jumped to twice
+    lines = [backend.Tables.rule(dict(out_interface="lo", target="RETURN"))]
+    assert not iptables_backend._holds(SAVED["nat"], "SHOAL_OUTPUT", "OUTPUT", lines, False)  # jumped to twice
     once = [line for i, line in enumerate(SAVED["nat"]) if i != 2]
-    assert backend._holds(once, "SHOAL_OUTPUT", "OUTPUT", specs, False)
-    assert not backend._holds(once, "SHOAL_OUTPUT", "OUTPUT", specs, True)            # SHOAL_DNS is first
-    assert backend._drops(SAVED, {"nat": (("SHOAL_OUTPUT", "OUTPUT"),), "filter": (("SHOAL_INPUT", "INPUT"),)}) == {
+    assert iptables_backend._holds(once, "SHOAL_OUTPUT", "OUTPUT", lines, False)
+    assert not iptables_backend._holds(once, "SHOAL_OUTPUT", "OUTPUT", lines, True)            # SHOAL_DNS is first
+    assert iptables_backend._drops(SAVED, {"nat": (("SHOAL_OUTPUT", "OUTPUT"),), "filter": (("SHOAL_INPUT", "INPUT"),)}) == {
         "nat": ["-D OUTPUT -j SHOAL_OUTPUT", "-D OUTPUT -j SHOAL_OUTPUT", "-F SHOAL_OUTPUT", "-X SHOAL_OUTPUT"]}

@@ -1,0 +1,40 @@
+"""shoal/transparent.py writes the ztunnel's return path with the shared writer, shoal.iptables_backend.Tables
+(the node agent's too), in either backend: installed twice it is exactly its rules with one jump, as that
+writer reads them back, and removal leaves no rule in any backend (root, a netns)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shoal import iptables_backend, netns, transparent
+
+from support.root import needs_root
+from support.rules import shoal_rules
+
+pytestmark = needs_root()
+
+NAME = f"transparent{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def pod_fd():
+    netns.create(NAME)
+    netns.run(NAME, ["ip", "link", "set", "lo", "up"])
+    fd = os.open(netns.path(NAME), os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+        netns.remove(NAME)
+
+
+@pytest.mark.parametrize("backend", iptables_backend.BACKENDS)
+def test_the_return_path_is_written_and_read_by_the_shared_writer_in_either_backend(pod_fd, backend):
+    tables = iptables_backend.Tables(backend)
+    assert transparent.install(pod_fd, backend) and transparent.install(pod_fd, backend)  # idempotent
+    for ipv6 in (False, True):
+        assert tables.holds(pod_fd, transparent.CHAINS, transparent.RULES, ipv6=ipv6)
+    transparent.remove(pod_fd)
+    assert shoal_rules(NAME) == []
