@@ -52,8 +52,10 @@ BACKOFF_BASE = 0.025
 MIRROR_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
+    """One request as the client loops hand it in (not frozen, for its cost per request: changed copies are made
+    with `dataclasses.replace`)."""
     head: http1.Head
     body: bytes
     port: int = 0          # the service port it came on (the CONNECT target's)
@@ -113,7 +115,7 @@ class Proxy:
                  rand: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_body: int = MAX_BODY, idle_timeout: float = 300.0,
-                 decider: Callable[[ProxyState, Peer, RequestHead, Callable[[], float]], Plan | Refusal] = decide,
+                 decider: Callable[[ProxyState, Peer, RequestHead | http1.Head, Callable[[], float]], Plan | Refusal] = decide,
                  tracer=None
                  ) -> None:
         self.state = state
@@ -145,8 +147,7 @@ class Proxy:
         record.grpc = (head.header("content-type") or "").startswith("application/grpc")
         self.metrics.active.inc()
         try:
-            plan = self.decide(self.state, peer, RequestHead(head.method, head.target, authority, head.headers),
-                               self.rand)
+            plan = self.decide(self.state, peer, head, self.rand)   # (http1.Head offers what a RequestHead does)
             if isinstance(plan, Refusal):
                 record.service, record.policy = plan.service, plan.policy
                 record.flag(plan.flag, plan.reason)

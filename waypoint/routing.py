@@ -50,6 +50,8 @@ Random = Callable[[], float]
 
 @dataclass(frozen=True)
 class RequestHead:
+    """What the decision reads of a request. `waypoint.http1.Head` offers the same (method, target, authority,
+    headers, path, query, header), and the proxy hands that in: one head object per request."""
     method: str
     target: str                                  # the request-target: path and query
     authority: str                               # Host header
