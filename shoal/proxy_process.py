@@ -7,11 +7,14 @@
   metrics (15020, `/metrics` and Istio's `/stats/prometheus`), readiness
   (15021, `/healthz/ready`) and admin (15000 on 127.0.0.1, JSON dumps).
 - `stop(...)`: the end of a process: cancel its loops, close its ports, wait.
+- `return_freed_memory()`: one of every proxy's loops (in `ControlPlaneLink.loops`): hands the
+  pages of freed buffers back to the kernel (glibc's `malloc_trim`) when many are held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -51,7 +54,8 @@ class ControlPlaneLink:
                    CertManager(sign.sign))
 
     def loops(self) -> list[Awaitable[None]]:
-        return [self.watch.run(), self.certs.run()]
+        """What every proxy runs beside its data path: the config stream, certificates, freed memory."""
+        return [self.watch.run(), self.certs.run(), return_freed_memory()]
 
     def config_missing(self) -> str:
         """Why the proxy is not ready as far as config goes ("" once the whole of it arrived)."""
@@ -96,6 +100,52 @@ async def serve_admin_ports(listen: str, *, render_metrics: Callable[[], bytes],
         await admin_http.serve(listen, readiness_port, readiness_routes(ready)),
         await admin_http.serve(admin_address, admin_port, admin_routes),
     ]
+
+
+# -- freed memory ----------------------------------------------------------------------------
+
+# glibc's malloc keeps the pages of freed chunks inside its heap: a burst of buffers (opaque TCP through
+# the waypoint: 34 MiB of them after an iperf3 run) stayed resident for good, though free, as long as
+# anything lived above them. malloc_trim(0) gives back every whole free page (0.1 ms for 40 MiB free;
+# pages already given back cost less).
+TRIM_EVERY_SECONDS = 10.0
+TRIM_WHEN_FREE_BYTES = 4 * 1024 * 1024
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _glibc():
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallinfo2"):
+        return None          # not glibc (or older than 2.33): nothing to do
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
+
+
+def free_heap_bytes() -> int:
+    """Bytes malloc holds free in its main heap (0 when this is not glibc)."""
+    libc = _glibc()
+    return libc.mallinfo2().fordblks if libc is not None else 0
+
+
+def trim_if_worth_it(threshold: int = TRIM_WHEN_FREE_BYTES) -> bool:
+    """One check: trims when more than `threshold` bytes are free in the heap; True if it trimmed."""
+    libc = _glibc()
+    if libc is None or libc.mallinfo2().fordblks < threshold:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+async def return_freed_memory(every: float = TRIM_EVERY_SECONDS) -> None:
+    while True:
+        await asyncio.sleep(every)
+        trim_if_worth_it()
 
 
 async def stop(tasks: list[asyncio.Task], servers: list[asyncio.AbstractServer]) -> None:
