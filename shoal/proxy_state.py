@@ -143,12 +143,15 @@ class ProxyState:
 
     # --- reads: addresses ------------------------------------------------------------
 
-    def workload_by_ip(self, ip: str) -> Workload | None:
-        uid = self.workloads_by_ip.get(ip) or self.workloads_by_ip.get(_canonical(ip))
+    # `canonical=True`: the caller canonicalised the address once where it came in, so a miss (an address
+    # outside the mesh: every passthrough connection) is not parsed again to try another spelling.
+
+    def workload_by_ip(self, ip: str, *, canonical: bool = False) -> Workload | None:
+        uid = self.workloads_by_ip.get(ip) or (None if canonical else self.workloads_by_ip.get(_canonical(ip)))
         return self.workloads.get(uid) if uid else None
 
-    def service_by_vip(self, vip: str) -> Service | None:
-        host = self.services_by_vip.get(vip) or self.services_by_vip.get(_canonical(vip))
+    def service_by_vip(self, vip: str, *, canonical: bool = False) -> Service | None:
+        host = self.services_by_vip.get(vip) or (None if canonical else self.services_by_vip.get(_canonical(vip)))
         return self.services.get(host) if host else None
 
     def service_by_host(self, hostname: str) -> Service | None:

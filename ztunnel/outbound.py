@@ -149,11 +149,11 @@ def decide(state: ProxyState, source: Workload, ip: str, port: int, balancer: Ba
                        "whole of it; check that the control plane is reachable")
     td = state.trust_domain
     source_identity = source.identity(td)
-    ip = canonical_or_none(ip) or ip
-    service = state.service_by_vip(ip)
+    ip = canonical_or_none(ip) or ip   # once, here: every lookup and the plan below use this text
+    service = state.service_by_vip(ip, canonical=True)
     if service is not None:
         return _to_service(state, source, source_identity, service, ip, port, balancer)
-    workload = state.workload_by_ip(ip)
+    workload = state.workload_by_ip(ip, canonical=True)
     if workload is not None:
         ref = workload.waypoint
         if ref is not None and not _is_waypoint(state, source, ref):

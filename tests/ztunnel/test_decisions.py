@@ -228,3 +228,24 @@ def test_authorize(name, policies, conn, allowed, decider):
     assert verdict.allowed is allowed
     assert verdict.policy == decider
     assert verdict.reason
+
+
+@pytest.mark.parametrize("dialled, plan", [
+    ("198.18.99.1", Plan(Kind.PASSTHROUGH, ("198.18.99.1", 443))),   # outside the mesh: both lookups miss
+    ("::ffff:198.18.99.1", Plan(Kind.PASSTHROUGH, ("198.18.99.1", 443))),
+    ("::ffff:198.19.2.9", Plan(Kind.PASSTHROUGH, ("198.19.2.9", 443), destination_workload="plain")),
+])
+def test_the_dialled_address_is_canonicalised_once_per_decision(monkeypatch, dialled, plan):
+    import shoal.proxy_state
+    import ztunnel.outbound
+    from shoal.model.addresses import canonical_or_none
+    state = make_state()
+    calls = []
+
+    def counted(text):
+        calls.append(text)
+        return canonical_or_none(text)
+    monkeypatch.setattr(ztunnel.outbound, "canonical_or_none", counted)
+    monkeypatch.setattr(shoal.proxy_state, "canonical_or_none", counted)
+    assert decide(state, CLIENT, dialled, 443, Balancer()) == plan
+    assert calls == [dialled]
