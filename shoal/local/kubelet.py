@@ -29,6 +29,7 @@ from shoal import log, netns
 from shoal.local import network, services
 from shoal.local.errors import LocalClusterError
 from shoal.local.layout import Layout, node_index, node_ips, pod_cidr, pod_ips
+from shoal.model.addresses import join_host_port
 from shoal.store import Store, now_rfc3339
 
 logger = log.get("shoal.local.kubelet")
@@ -516,21 +517,63 @@ def _enter(runtime: PodRuntime):
     return preexec
 
 
+PROBE_ANSWER_LIMIT = 10 * 1024  # bytes of a probe's answer read, at the most (a kubelet reads 10 KiB)
+
+
+def probe_request(host: str, port: int, path: str) -> bytes:
+    """An httpGet probe's request; an IPv6 host is bracketed in Host (RFC 9110), as a kubelet writes it."""
+    return (f"GET {path} HTTP/1.1\r\nHost: {join_host_port(host, port)}\r\nUser-Agent: kube-probe/shoal\r\n"
+            f"Connection: close\r\n\r\n").encode()
+
+
+def probe_passed(answer: bytes) -> bool:
+    """A status of 200 to 399, as a kubelet counts success."""
+    parts = answer.split(b"\r\n", 1)[0].split(b" ")
+    return len(parts) > 1 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
+
+
+def answer_complete(answer: bytes) -> bool:
+    """Has the whole answer arrived: its head, and the body its Content-Length or last chunk says? (Without
+    either, only the server's close ends it.)"""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    fields = {name.strip().lower(): value.strip().lower() for name, _, value in
+              (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    if fields.get(b"content-length", b"").isdigit():
+        return len(body) >= int(fields[b"content-length"])
+    return fields.get(b"transfer-encoding") == b"chunked" and body.endswith(b"0\r\n\r\n")
+
+
+def http_probe(host: str, port: int, path: str, timeout: float = 1.0) -> bool:
+    """One httpGet probe. The answer is read to its end (as its length says, or until the server closes),
+    up to PROBE_ANSWER_LIMIT: a probe that closed after the status line reset the connection while the
+    server was still writing the rest, and Python's http.server logged a ConnectionResetError traceback."""
+    answer = b""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(probe_request(host, port, path))
+            while len(answer) < PROBE_ANSWER_LIMIT and not answer_complete(answer):
+                chunk = s.recv(PROBE_ANSWER_LIMIT - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError:
+        return False
+    return probe_passed(answer)
+
+
 def _probe_once(runtime: PodRuntime, probe: dict) -> bool:
     target = probe.get("httpGet") or probe.get("tcpSocket") or {}
     port = int(target.get("port", 0))
     host = target.get("host") or ("127.0.0.1" if runtime.host_network else runtime.ip)
 
     def attempt() -> bool:
+        if "httpGet" in probe:
+            return http_probe(host, port, target.get("path", "/"))
         try:
-            with socket.create_connection((host, port), timeout=1) as s:
-                if "httpGet" not in probe:
-                    return True
-                path = target.get("path", "/")
-                s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
-                head = s.recv(64).decode("latin-1")
-                parts = head.split(" ")
-                return len(parts) > 1 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
+            with socket.create_connection((host, port), timeout=1):
+                return True
         except OSError:
             return False
 
