@@ -120,7 +120,9 @@ def ensure_shared(path: Path) -> None:
             raise ClusterError(f"cannot make {path} a shared mount ({' '.join(argv)}): {result.stderr.strip()}")
 
 
-def config_toml(paths: NodePaths, pause_image: str) -> str:
+def config_toml(paths: NodePaths, pause_image: str = "") -> str:
+    """The node's containerd config (the tests' own containerd, tests/support/containerd.py, is built by this
+    too); `pause_image` "" keeps containerd's default sandbox image."""
     disabled = ", ".join(f'"{name}"' for name in DISABLED_PLUGINS)
     return f"""version = 2
 root = "{paths.root}"
@@ -140,7 +142,7 @@ disabled_plugins = [{disabled}]
 # here; a systemd node says SystemdCgroup = true), the streaming server on loopback, and the
 # node's own CNI dirs. Netns pins go under the state dir, not /var/run/netns.
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause_image}"
+  {f'sandbox_image = "{pause_image}"' if pause_image else ""}
   netns_mounts_under_state_dir = true
   # A sandbox asks for oom_score_adj -998, which containerd here (not in the host's init
   # namespace's position) may not set: keep it no lower than containerd's own.

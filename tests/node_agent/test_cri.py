@@ -29,7 +29,7 @@ from node_agent.hostmounts import cgroup2_root
 from node_agent.sources import KubeSource
 from scripts.image import oci
 from shoal import netns
-from support.containerd import Containerd
+from support.containerd import Containerd, node_paths
 from support.root import needs_root
 
 pytestmark = [needs_root("starts containerd, makes pod sandboxes with runc and CNI"), pytest.mark.timeout(900)]
@@ -61,8 +61,9 @@ def runtime():
     if not Path("/lib64/ld-linux-x86-64.so.2").exists() or not Path("/usr/lib/cni/bridge").exists():
         pytest.skip("needs an x86-64 glibc host and containernetworking-plugins (scripts/setup.sh)")
     base = Path(tempfile.mkdtemp(prefix="shoal-cri-test-"))
-    (base / "cni").mkdir()
-    (base / "cni" / "10-test.conflist").write_text(json.dumps({
+    conf_dir = node_paths(base).conf_dir  # where the test's containerd reads its CNI config
+    conf_dir.mkdir(parents=True)
+    (conf_dir / "10-test.conflist").write_text(json.dumps({
         "cniVersion": "1.0.0", "name": "cri-test", "plugins": [
             {"type": "bridge", "bridge": f"cri{os.getpid()}"[:15], "isGateway": True, "ipMasq": False,
              # dual stack: the runtime reports the IPv6 address in PodSandboxNetworkStatus.additional_ips
@@ -113,7 +114,9 @@ def test_a_sandbox_made_through_cri_is_found_with_its_netns_address_and_pid(runt
         assert sandbox.ip and sandbox.ip.startswith("198.19.202."), sandbox
         assert len(sandbox.ips) == 2 and sandbox.ips[0] == sandbox.ip, sandbox
         assert sandbox.ips[1].startswith("fd73:686f:616c:202:"), sandbox  # from additional_ips
-        assert sandbox.netns and sandbox.netns.startswith("/var/run/netns/cni-"), sandbox
+        # pinned under containerd's state dir, as a local cluster's node has it (netns_mounts_under_state_dir)
+        assert sandbox.netns and sandbox.netns.startswith(f"{runtime.base}/state/"), sandbox
+        assert os.path.basename(sandbox.netns).startswith("cni-"), sandbox
         assert sandbox.pid and os.stat(sandbox.netns).st_ino == os.stat(f"/proc/{sandbox.pid}/ns/net").st_ino
     finally:
         remove_sandbox(client, sandbox_id)

@@ -1,8 +1,8 @@
 """A containerd of the test's own, as a node's runtime: for the image's tests and the CRI's.
 
-It has its own root, state, socket and runc root under a temporary directory, a config
-that disables the plugins that need what this machine lacks (btrfs, zfs, devmapper, aufs,
-tracing), and a CRI plugin that points at runc; `ctr` drives it (no kubelet here), and it runs containers
+It has its own root, state, socket and runc root under a temporary directory, and the
+config a local cluster's node has (shoal.local.runtime_containerd.config_toml: the plugins
+that need what this machine lacks disabled, a CRI plugin that points at runc); `ctr` drives it (no kubelet here), and it runs containers
 with runc and the cgroupfs driver. This machine's cgroups are hybrid (v1 controllers and
 a v2 tree without controllers) and its PID 1 is not systemd, so cgroupfs is the only
 driver that works here; on a systemd node the CRI's runc options say `SystemdCgroup = true`
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import shoal
+from shoal.local import runtime_containerd
 from shoal.local.containerd_down import remove_empty_tree
 from support.polling import eventually
 
@@ -35,59 +36,16 @@ NAMESPACE = "shoal-image-test"
 SHIM_STATE = Path("/run/containerd")  # containerd 1.6's shims put their sockets in /run/containerd/s
 CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache, where the CRI plugin keeps each sandbox's ADD result
 CGROUP_V1 = Path("/sys/fs/cgroup")
-DISABLED_PLUGINS = (
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.tracing.processor.v1.otlp",
-    "io.containerd.internal.v1.tracing",
-)
 # The capabilities containerd gives a container by default (oci.defaultUnixCaps).
 DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
                 "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
                 "CAP_KILL", "CAP_AUDIT_WRITE")
 
 
-def config_toml(base: Path, sandbox_image: str = "") -> str:
-    disabled = ", ".join(f'"{name}"' for name in DISABLED_PLUGINS)
-    return f"""version = 2
-root = "{base}/root"
-state = "{base}/state"
-disabled_plugins = [{disabled}]
-
-[grpc]
-  address = "{base}/containerd.sock"
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-
-# The CRI, as a kubelet would use it on this machine: runc, with the cgroupfs driver (a
-# systemd node says SystemdCgroup = true, and the kubelet cgroupDriver: systemd). Its
-# streaming server stays on loopback; its CNI config is a directory of the test's own.
-[plugins."io.containerd.grpc.v1.cri"]
-  {f'sandbox_image = "{sandbox_image}"' if sandbox_image else ""}
-  # A sandbox asks for oom_score_adj -998, which a process here may not set (it is not the host's
-  # init namespace): containerd keeps it no lower than its own, as in rootless or nested setups.
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "/usr/lib/cni"
-  conf_dir = "{base}/cni"
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "overlayfs"
-  default_runtime_name = "runc"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-  BinaryName = "runc"
-  Root = "{base}/runc"
-  SystemdCgroup = false
-"""
+def node_paths(base: Path) -> runtime_containerd.NodePaths:
+    """The paths of a test's containerd, as the local cluster lays out a node's: under `base`, the CNI
+    config in base/cni/net.d and the plugins linked in base/cni/bin."""
+    return runtime_containerd.NodePaths(base, base / "cni", "shoal-test", base / "root")
 
 
 @dataclass
@@ -117,10 +75,17 @@ class Containerd:
         self.shim_state_existed = SHIM_STATE.exists()
         self.cni_cache_existed = CNI_CACHE.exists()
         self.cgroup_parent = f"shoal-image-test-{os.getpid()}"
-        (self.base / "config.toml").write_text(config_toml(self.base, self.sandbox_image))
+        paths = node_paths(self.base)
+        paths.conf_dir.mkdir(parents=True, exist_ok=True)
+        paths.bin_dir.mkdir(parents=True, exist_ok=True)
+        for plugin in runtime_containerd.PLUGINS:
+            if not (paths.bin_dir / plugin).exists():
+                (paths.bin_dir / plugin).symlink_to(runtime_containerd.SYSTEM_PLUGINS / plugin)
+        # The product's own config builder: the tests' containerd is configured as a cluster's node is.
+        paths.config.write_text(runtime_containerd.config_toml(paths, self.sandbox_image))
         (self.base / "fifo").mkdir()
         log = open(self.base / "containerd.log", "wb")
-        argv = ["containerd", "--config", str(self.base / "config.toml")]
+        argv = ["containerd", "--config", str(paths.config)]
         if self.net_ns:  # nsenter, not `ip netns exec`: the mount namespace stays the host's, where the CRI pins netns
             argv = ["nsenter", f"--net=/run/netns/{self.net_ns}", *argv]
         self.process = subprocess.Popen(argv, stdout=log,

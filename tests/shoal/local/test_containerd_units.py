@@ -99,3 +99,14 @@ def test_missing_tools_are_named_before_anything_is_made(layout, monkeypatch):
     with pytest.raises(ClusterError, match="needs containerd, ctr[;,].*install them with `scripts/setup.sh --packages"):
         runtime_containerd.choose(layout, "containerd")
     assert not layout.run_dir.exists()
+
+
+def test_the_tests_containerd_is_configured_by_the_products_builder(tmp_path):
+    """tests/support/containerd.py had a near-copy of the config; it now writes the product's, so a node's
+    containerd and the tests' cannot drift apart."""
+    from support.containerd import node_paths
+    paths = node_paths(tmp_path)
+    assert runtime_containerd.config_toml(paths) == runtime_containerd.config_toml(paths, "")
+    assert "sandbox_image" not in runtime_containerd.config_toml(paths)  # "": containerd's default
+    assert (paths.socket, paths.config) == (tmp_path / "containerd.sock", tmp_path / "config.toml")
+    assert f'conf_dir = "{tmp_path}/cni/net.d"' in runtime_containerd.config_toml(paths)
