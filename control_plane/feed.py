@@ -68,10 +68,8 @@ class Feed:
             pumper.cancel()
 
     def apply(self, batch: list[Event]) -> None:
-        saw_bookmark = False
-        for event in batch:
-            self.translator.apply_event(event)
-            saw_bookmark = saw_bookmark or event.type == "BOOKMARK"
+        self.translator.apply_events(batch)
+        saw_bookmark = any(event.type == "BOOKMARK" for event in batch)
         update = self.translator.flush()
         delta = update.delta
         upserts = [r for by_key in delta.upserted.values() for r in by_key.values()]

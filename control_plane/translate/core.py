@@ -124,8 +124,12 @@ def pod_ips(pod: dict) -> tuple[str, ...]:
 
 def pod_live(pod: dict) -> bool:
     """Has an address and has not finished: it is a workload."""
-    phase = (pod.get("status") or {}).get("phase")
-    return bool(pod_ips(pod)) and phase not in ("Succeeded", "Failed")
+    return _live(pod, pod_ips(pod))
+
+
+def _live(pod: dict, ips: tuple[str, ...]) -> bool:
+    """pod_live, given the pod's addresses (a caller that needs them too reads them once)."""
+    return bool(ips) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def pod_serving(pod: dict) -> bool:
@@ -165,7 +169,8 @@ def pod_service_account(pod: dict) -> str:
 
 def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, Waypoint]) -> Workload | None:
     """The Workload for a pod, or None when it has no address yet or has finished."""
-    if not pod_live(pod):
+    ips = pod_ips(pod)
+    if not _live(pod, ips):
         return None
     meta, spec = _meta(pod), pod.get("spec") or {}
     namespace = str(meta.get("namespace") or "default")
@@ -183,7 +188,7 @@ def workload_of(pod: dict, namespace_obj: dict | None, waypoints: Mapping[str, W
         namespace=namespace,
         service_account=pod_service_account(pod),
         node=str(spec.get("nodeName") or ""),
-        ips=pod_ips(pod),
+        ips=ips,
         labels=freeze_labels(meta.get("labels")),
         canonical_service=service,
         canonical_revision=revision,
@@ -331,17 +336,21 @@ def normalize(obj: dict, c) -> dict:
     spec = c.mapping(obj.get("spec"), "spec")
     status = c.mapping(obj.get("status"), "status")
     if obj.get("kind") == "Pod":
+        # Tuples, and only the containers that name ports (all that translation reads of them): a large
+        # cluster holds a view per pod, and every list or dict in it is one more for the garbage collector.
         containers = []
         for i, container in enumerate(_dicts(c, spec.get("containers"), "spec.containers")):
-            ports = [{"name": _str(p.get("name")), "containerPort": p.get("containerPort")}
-                     for p in _dicts(c, container.get("ports"), f"spec.containers[{i}].ports")
-                     if isinstance(p.get("containerPort"), int) and not isinstance(p.get("containerPort"), bool)]
-            containers.append({"ports": ports})
+            ports = tuple({"name": _str(p.get("name")), "containerPort": p.get("containerPort")}
+                          for p in _dicts(c, container.get("ports"), f"spec.containers[{i}].ports")
+                          if isinstance(p.get("containerPort"), int) and not isinstance(p.get("containerPort"), bool))
+            if ports:
+                containers.append({"ports": ports})
         out["spec"] = {"nodeName": _str(spec.get("nodeName")), "hostNetwork": spec.get("hostNetwork") is True,
                        "serviceAccountName": _str(spec.get("serviceAccountName")),
-                       "serviceAccount": _str(spec.get("serviceAccount")), "containers": containers}
+                       "serviceAccount": _str(spec.get("serviceAccount")), "containers": tuple(containers)}
         out["status"] = {"phase": _str(status.get("phase")), "podIP": _str(status.get("podIP")),
-                         "podIPs": [{"ip": _str(p.get("ip"))} for p in _dicts(c, status.get("podIPs"), "status.podIPs")]}
+                         "podIPs": tuple({"ip": _str(p.get("ip"))}
+                                         for p in _dicts(c, status.get("podIPs"), "status.podIPs"))}
     elif obj.get("kind") == "Service":
         ports = []
         for i, p in enumerate(_dicts(c, spec.get("ports"), "spec.ports")):

@@ -90,19 +90,35 @@ def _core_settings(obj: dict, c: Checker, meta: dict | None = None, path: str = 
                 c.error(f"{path}.{field}.{key}", f"must name a waypoint Gateway (or be 'none'), not {value!r}")
 
 
+def _head(obj: dict, c: Checker) -> str | None:
+    """Checks kind, apiVersion and metadata; the kind, or None when there is none to go on with."""
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        c.error("kind", "is required")
+        return None
+    api_version = obj.get("apiVersion")
+    if not isinstance(api_version, str) or not api_version:
+        c.error("apiVersion", "is required")
+    _envelope(obj, c)
+    return kind
+
+
+def check_core(obj: dict, c: Checker) -> None:
+    """What `parse` checks of a core object (see CORE_KINDS), recorded on `c`: the translator's own Checker,
+    which normalising the object goes on to use (one Checker, and one ref text, per object event)."""
+    if _head(obj, c) is not None:
+        _core_settings(obj, c)
+
+
 def parse(obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> Parsed:
     """Check and translate one mesh object (see MESH_KINDS); core kinds get their settings checked."""
     if not isinstance(obj, dict):
         return Parsed(None, Findings((f"<object>: must be a mapping, not {type(obj).__name__}",)))
     c = Checker.for_object(obj, root_namespaces)
-    kind = obj.get("kind")
-    if not isinstance(kind, str) or not kind:
-        c.error("kind", "is required")
+    kind = _head(obj, c)
+    if kind is None:
         return Parsed(None, c.findings())
     api_version = obj.get("apiVersion")
-    if not isinstance(api_version, str) or not api_version:
-        c.error("apiVersion", "is required")
-    _envelope(obj, c)
     if kind in CORE_KINDS:
         _core_settings(obj, c)
         return Parsed(None, c.findings())

@@ -1,6 +1,9 @@
 """Property: flushing after any sequence of events gives the same model as translating the end state
 from scratch, and the Deltas, applied in order, rebuild that model."""
 
+import gc
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,8 +92,7 @@ def test_incremental_equals_from_scratch(steps):
                     rebuilt[rtype].pop(k)
                 rebuilt[rtype].update(delta.upserted[rtype])
     scratch = Translator()
-    for obj in live.values():
-        scratch.apply_event(added(obj))
+    scratch.apply_events(added(obj) for obj in live.values())    # the batch path (a source's list) agrees too
     scratch.flush()
     expected = scratch.snapshot()
     got = incremental.snapshot()
@@ -98,3 +100,30 @@ def test_incremental_equals_from_scratch(steps):
         assert dict(got[rtype]) == dict(expected[rtype]), rtype
         assert rebuilt[rtype] == dict(expected[rtype]), rtype
     assert incremental.problems() == scratch.problems()
+
+
+def test_a_batch_pauses_the_cycle_collector_and_leaves_it_as_it_found_it():
+    """apply_events and flush run with the collector off (a large batch would trigger many full collections),
+    and give it back on, also when the batch fails half-way; a collector its caller turned off stays off."""
+    translator = Translator()
+    seen = []
+
+    def events():
+        seen.append(gc.isenabled())
+        yield added(namespace("default", labels={"shoal.io/dataplane-mode": "ambient"}))
+        yield added(pod("a", ip="198.19.1.2"))
+        raise RuntimeError("the source broke")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        translator.apply_events(events())
+    assert seen == [False] and gc.isenabled()
+    assert [w.name for w in translator.flush().delta.upserted[ResourceType.WORKLOAD].values()] == ["a"]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        translator.apply_events([added(pod("b", ip="198.19.1.3"))])
+        translator.flush()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -165,8 +165,7 @@ def control_plane_hbone(namespaces: list[dict], pods: list[dict]) -> set[str]:
     from shoal.store import Event
 
     translator = Translator()
-    for obj in [*namespaces, *pods]:
-        translator.apply_event(Event("ADDED", obj))
+    translator.apply_events(Event("ADDED", obj) for obj in [*namespaces, *pods])   # as the feed gives a list
     translator.flush()
     return {w.uid for w in translator.snapshot()[ResourceType.WORKLOAD].values() if w.protocol == Protocol.HBONE}
 
