@@ -15,8 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-die() { printf 'shoal image: %s\n' "$*" >&2; exit 1; }
+IMAGE_SCRIPT="shoal image"
+. scripts/image/common.sh
 
 [ "$(id -u)" = 0 ] || die "building the image needs root (mmdebstrap's root mode, chroot); run make image as root"
 scripts/setup.sh --packages mmdebstrap containerd runc
@@ -24,24 +24,9 @@ scripts/setup.sh --packages mmdebstrap containerd runc
 version=$(/usr/bin/python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 work=$repo/build/image
 archive=$repo/build/shoal-$version.oci.tar
-mkdir -p "$work"
-# One build at a time in this checkout: a second waits until the first has finished.
-exec 9>"$work/lock"
-flock 9
-
-SUITE=bookworm
-MIRRORS=(
-  "deb http://deb.debian.org/debian bookworm main"
-  "deb http://deb.debian.org/debian bookworm-updates main"
-  "deb http://deb.debian.org/debian-security bookworm-security main"
-)
-
+one_build_at_a_time "$work"
 # A stage is made again when the digest of its inputs (its files under image/ and the
-# Debian release it is made from) differs from the one recorded with it.
-digest() { { printf '%s\n' "$SUITE" "${MIRRORS[@]}"; cat "$@"; } | sha256sum | cut -c1-16; }
-fresh() {  # fresh STAMP DIGEST: the stage recorded in STAMP was made from DIGEST
-  [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
-}
+# Debian release it is made from) differs from the one recorded with it (common.sh).
 
 debian_rootfs() {  # debian_rootfs FORMAT TARGET HOOK...: a minbase bookworm, then the hooks in its chroot
   local format=$1 target=$2

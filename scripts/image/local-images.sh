@@ -13,32 +13,21 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-die() { printf 'shoal local images: %s\n' "$*" >&2; exit 1; }
+IMAGE_SCRIPT="shoal local images"
+. scripts/image/common.sh
 
 [ "$(id -u)" = 0 ] || die "building the local images needs root (mmdebstrap's root mode); run it as root"
 scripts/setup.sh --packages mmdebstrap gcc libc6-dev
 
 work=$repo/build/local-images
-mkdir -p "$work"
-exec 9>"$work/lock"
-flock 9
-
-SUITE=bookworm
-MIRRORS=(
-  "deb http://deb.debian.org/debian bookworm main"
-  "deb http://deb.debian.org/debian bookworm-updates main"
-  "deb http://deb.debian.org/debian-security bookworm-security main"
-)
-digest() { { printf '%s\n' "$SUITE" "${MIRRORS[@]}"; cat "$@"; } | sha256sum | cut -c1-12; }
-fresh() { [ -f "$1" ] && [ -f "$2" ] && [ "$(cat "$1")" = "$3" ]; }  # fresh STAMP ARCHIVE DIGEST
+one_build_at_a_time "$work"
 
 if mounted=$(awk -v work="$work/" 'index($5, work) == 1 {print $5}' /proc/self/mountinfo) && [ -n "$mounted" ]; then
   die "mounts left under $work by an interrupted build: $(echo $mounted); unmount them (umount -R) and run again"
 fi
 
 toolbox=$(digest scripts/image/toolbox-packages.txt image/install-packages.sh scripts/image/toolbox.Dockerfile)
-if ! fresh "$work/toolbox.stamp" "$work/toolbox.oci.tar" "$toolbox"; then
+if ! fresh "$work/toolbox.stamp" "$toolbox" "$work/toolbox.oci.tar"; then
   say "toolbox image: Debian $SUITE minbase with scripts/image/toolbox-packages.txt"
   rm -f "$work/toolbox.stamp" "$work/toolbox.tar.tmp"
   cp scripts/image/toolbox-packages.txt image/install-packages.sh "$work/"
@@ -54,7 +43,7 @@ if ! fresh "$work/toolbox.stamp" "$work/toolbox.oci.tar" "$toolbox"; then
 fi
 
 pause=$(digest scripts/image/pause/pause.c scripts/image/pause.Dockerfile)
-if ! fresh "$work/pause.stamp" "$work/pause.oci.tar" "$pause"; then
+if ! fresh "$work/pause.stamp" "$pause" "$work/pause.oci.tar"; then
   say "pause image: scripts/image/pause/pause.c, static"
   rm -rf "$work/pause-root" "$work/pause.stamp"
   mkdir -p "$work/pause-root"
