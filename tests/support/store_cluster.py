@@ -1,6 +1,6 @@
 """A local cluster's store alone, for CLI tests that need no daemon and no root.
 
-    store = store_only(tmp_path, monkeypatch, "merge")
+    store = store_only(tmp_path, monkeypatch, unique_name("merge"))
 
 The store lives under a run root of the test's own (SHOAL_RUN_ROOT, which the
 `shoal` processes a test starts inherit), with the `default` namespace that

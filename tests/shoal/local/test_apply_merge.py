@@ -19,9 +19,10 @@ from shoal.local.merge import LAST_APPLIED, three_way
 from shoal.store import Store
 
 from support.cli import shoal
+from support.cluster import unique_name
 from support.store_cluster import store_only
 
-CLUSTER = "merge"
+CLUSTER = unique_name("merge")  # this process's own, as every other test cluster's name
 
 
 @pytest.fixture
