@@ -88,6 +88,10 @@ def row(kind: str, obj: dict, wide: bool, show_namespace: bool) -> dict:
             out["IP"] = ",".join(p["ip"] for p in status.get("podIPs") or [] if p.get("ip")) \
                 or status.get("podIP", "<none>")
             out["NODE"] = spec.get("nodeName", "<none>")
+            # On a containerd cluster: the image each container runs (the toolbox for one that names none).
+            images = [c["image"] for c in containers if c.get("image")]
+            if images:
+                out["IMAGES"] = ",".join(images)
     elif kind == "Service":
         out["TYPE"] = spec.get("type", "ClusterIP")
         out["CLUSTER-IP"] = spec.get("clusterIP", "<none>")
@@ -150,8 +154,8 @@ def get(store, kinds: list[str], name: str | None, namespace: str | None, all_na
         if len(kinds) > 1:
             for r in rows:
                 r["NAME"] = f"{kind.lower()}/{r['NAME']}"
-        headers = list(rows[0])
-        blocks.append(table(headers, [[r.get(h, "") for h in headers] for r in rows]))
+        headers = list(dict.fromkeys(header for r in rows for header in r))  # a column any row has
+        blocks.append(table(headers, [[r.get(h, "<none>") for h in headers] for r in rows]))
     if not blocks:
         where = namespace or "default"
         print("No resources found" + ("." if all_namespaces else f" in {where} namespace."), file=sys.stderr)
