@@ -110,3 +110,29 @@ def test_the_tests_containerd_is_configured_by_the_products_builder(tmp_path):
     assert "sandbox_image" not in runtime_containerd.config_toml(paths)  # "": containerd's default
     assert (paths.socket, paths.config) == (tmp_path / "containerd.sock", tmp_path / "config.toml")
     assert f'conf_dir = "{tmp_path}/cni/net.d"' in runtime_containerd.config_toml(paths)
+
+
+def test_get_pods_wide_shows_the_images_a_containerd_clusters_pods_run():
+    import io
+    from shoal.cli import local_read
+
+    def pod(name: str, images: list[str]) -> dict:
+        return {"kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": {"nodeName": "node1"},
+                "status": {"phase": "Running", "podIP": "198.19.1.5", "containerStatuses": [
+                    {"name": f"c{i}", "ready": True, "restartCount": 0, **({"image": image} if image else {})}
+                    for i, image in enumerate(images)]}}
+
+    class Listing:  # the store's list(), for these pods
+        def list(self, kind, namespace):
+            return [pod("shell", ["docker.io/library/shoal-toolbox:0123456789abcdef"]),
+                    pod("web", ["docker.io/library/web:1", "docker.io/library/shoal-toolbox:0123456789abcdef"]),
+                    pod("host-process", [""])], 7   # a hostNetwork process that runs no image
+
+    out = io.StringIO()
+    assert local_read.get(Listing(), ["Pod"], None, "default", False, "wide", out=out) == 0
+    head, *lines = out.getvalue().splitlines()
+    column = head.split().index("IMAGES")
+    rows = {line.split()[0]: line.split()[column] for line in lines}
+    assert rows == {"shell": "docker.io/library/shoal-toolbox:0123456789abcdef",
+                    "web": "docker.io/library/web:1,docker.io/library/shoal-toolbox:0123456789abcdef",
+                    "host-process": "<none>"}
