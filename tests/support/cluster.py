@@ -7,7 +7,11 @@
 `running_cluster` downs the cluster on the way out, also after an `up` that
 failed half-way, so a fixture built on it never leaves one behind. `in_each`
 runs the same steps in several clusters at once (one per redirect mode, say),
-so that their waits overlap.
+so that their waits overlap; `running_in_each_mode` brings up such clusters,
+one per redirect mode, side by side:
+
+    with running_in_each_mode("zt", prepare=apply_and_wait) as clusters:
+        in_each(clusters, check_something)      # each check in both modes at once
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class LocalCluster:
     def __init__(self, name: str) -> None:
         self.name = name
         self.layout = Layout(name)
+        self.redirect = "iptables"      # what the last `up` asked for
 
     def run(self, command: str, verb: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
         """`shoal COMMAND VERB --cluster NAME ARGS...` (before any `--` of exec); kwargs as for `cli.shoal`."""
@@ -48,6 +53,7 @@ class LocalCluster:
         return self.run("local", verb, *args, **kwargs)
 
     def up(self, nodes: int = 2, redirect: str = "iptables") -> subprocess.CompletedProcess:
+        self.redirect = redirect
         return self("up", "--nodes", str(nodes), "--redirect", redirect)
 
     def down(self) -> subprocess.CompletedProcess:
@@ -113,6 +119,27 @@ def running_cluster(prefix: str, nodes: int = 2, redirect: str = "iptables",
         yield cluster
     finally:
         cluster.down()
+
+
+REDIRECT_MODES = ("iptables", "ebpf")
+
+
+@contextmanager
+def running_in_each_mode(prefix: str, nodes: int = 2, kind: type[Cluster] = LocalCluster,
+                         prepare: Callable[[Cluster], object] | None = None) -> Iterator[dict[str, Cluster]]:
+    """A cluster per redirect mode, by mode, named after `prefix`, the mode's initial and this process; brought
+    up, then `prepare(cluster)`, in each at once; all downed on the way out, also after a failed up."""
+    clusters = {mode: kind(unique_name(f"{prefix}{mode[0]}")) for mode in REDIRECT_MODES}
+
+    def up(mode: str) -> None:
+        clusters[mode].up(nodes, mode)
+        if prepare is not None:
+            prepare(clusters[mode])
+    try:
+        in_each({mode: mode for mode in clusters}, up)
+        yield clusters
+    finally:
+        in_each(clusters, lambda cluster: cluster.down())
 
 
 Each = TypeVar("Each")

@@ -1,6 +1,8 @@
 """End to end through the local cluster, in both redirect modes (root).
 
 A 2-node cluster per mode, the real control plane, node agents and ztunnels;
+each test runs its steps in both modes' clusters at once (`in_each`), so that
+their waits overlap;
 an enrolled namespace `shop` with servers on node2 and clients on node1, and
 an unenrolled namespace `legacy` for plaintext clients. Checks bytes,
 captures, metrics and access logs, policy, and the loss of the control plane.
@@ -22,7 +24,7 @@ from shoal.local import observe
 from support import metrics
 from support.capture import tcpdump
 from support.cli import SHOAL
-from support.cluster import LocalCluster, running_cluster
+from support.cluster import LocalCluster, in_each, running_in_each_mode
 from support.polling import eventually
 from support.root import needs_root
 
@@ -64,8 +66,6 @@ def manifests() -> list[dict]:
 class Mesh(LocalCluster):
     """The cluster, with what these tests read of it: shop's pods by default, the ztunnels' logs and metrics."""
 
-    mode = "iptables"
-
     def exec(self, pod, *argv, namespace="shop", check=False, timeout=60):
         return super().exec(pod, *argv, namespace=namespace, check=check, timeout=timeout)
 
@@ -79,17 +79,23 @@ class Mesh(LocalCluster):
         return metrics.value(self.scrape(node, METRICS_PORT), name, **labels) or 0.0
 
 
-@pytest.fixture(scope="module", params=["iptables", "ebpf"])
-def cluster(request):
-    with running_cluster(f"zt{request.param[0]}", nodes=2, redirect=request.param, kind=Mesh) as c:
-        c.mode = request.param
-        c.apply(manifests())
-        eventually(lambda: c.curl("client", f"http://{SHOP_SERVICE}/").stdout.startswith("peer="), 60,
-                   "the server to answer through the mesh", interval=0.3)
-        yield c
+def serving(c: Mesh) -> None:
+    c.apply(manifests())
+    eventually(lambda: c.curl("client", f"http://{SHOP_SERVICE}/").stdout.startswith("peer="), 60,
+               "the server to answer through the mesh", interval=0.3)
 
 
-def test_service_across_nodes_keeps_client_ip_and_logs_one_line(cluster):
+@pytest.fixture(scope="module")
+def clusters():
+    with running_in_each_mode("zt", nodes=2, kind=Mesh, prepare=serving) as both:
+        yield both
+
+
+def test_service_across_nodes_keeps_client_ip_and_logs_one_line(clusters):
+    in_each(clusters, service_across_nodes_keeps_client_ip_and_logs_one_line)
+
+
+def service_across_nodes_keeps_client_ip_and_logs_one_line(cluster):
     client_ip = cluster.pod_ip("client", "shop")
     before = len(cluster.access_log(1, "outbound"))
     result = cluster.curl("client", f"http://{SHOP_SERVICE}/")
@@ -103,15 +109,23 @@ def test_service_across_nodes_keeps_client_ip_and_logs_one_line(cluster):
     assert seen == f"peer={client_ip}\n"
 
 
-def test_underlay_carries_only_tls_to_15008(cluster, tmp_path):
-    with tcpdump(cluster.layout.underlay_netns, "br0", "tcp and net 198.19.0.0/16", tmp_path / "cap.txt") as capture:
+def test_underlay_carries_only_tls_to_15008(clusters, tmp_path):
+    in_each(clusters, lambda cluster: underlay_carries_only_tls_to_15008(cluster, tmp_path / f"{cluster.redirect}.txt"))
+
+
+def underlay_carries_only_tls_to_15008(cluster, capture_file: Path):
+    with tcpdump(cluster.layout.underlay_netns, "br0", "tcp and net 198.19.0.0/16", capture_file) as capture:
         assert cluster.curl("client", f"http://{SHOP_SERVICE}/").returncode == 0
     assert capture.headers, "the capture saw no pod traffic on the underlay"
     assert all(re.search(r"\.15008[ :]", l) for l in capture.headers), capture.headers[:4]
     assert "peer=" not in capture.text and "GET / HTTP" not in capture.text
 
 
-def test_metrics_match_bytes_sent(cluster):
+def test_metrics_match_bytes_sent(clusters):
+    in_each(clusters, metrics_match_bytes_sent)
+
+
+def metrics_match_bytes_sent(cluster):
     labels = {"reporter": "source", "destination_service": SHOP_SERVICE}
     rx0 = cluster.metric(1, "istio_tcp_received_bytes_total", **labels)
     tx0 = cluster.metric(1, "istio_tcp_sent_bytes_total", **labels)
@@ -127,7 +141,11 @@ def test_metrics_match_bytes_sent(cluster):
                           connection_security_policy="mutual_tls", destination_service=SHOP_SERVICE) >= size
 
 
-def test_iperf3_and_redis_through_the_mesh(cluster):
+def test_iperf3_and_redis_through_the_mesh(clusters):
+    in_each(clusters, iperf3_and_redis_through_the_mesh)
+
+
+def iperf3_and_redis_through_the_mesh(cluster):
     result = cluster.exec("client", "iperf3", "-c", SHOP_SERVICE, "-p", "5201", "-t", "2", "-J", timeout=60)
     assert result.returncode == 0, result.stderr or result.stdout[-300:]
     report = json.loads(result.stdout)
@@ -149,7 +167,11 @@ spec: {mtls: {mode: STRICT}}
 """
 
 
-def test_strict_refuses_plaintext_and_clients_without_a_mesh_certificate(cluster):
+def test_strict_refuses_plaintext_and_clients_without_a_mesh_certificate(clusters):
+    in_each(clusters, strict_refuses_plaintext_and_clients_without_a_mesh_certificate)
+
+
+def strict_refuses_plaintext_and_clients_without_a_mesh_certificate(cluster):
     server_ip = cluster.pod_ip("server", "shop")
     ok = cluster.curl("outsider", f"http://{server_ip}:8080/", namespace="legacy")
     assert ok.returncode == 0 and ok.stdout.startswith("peer="), ok.stderr  # PERMISSIVE by default
@@ -190,7 +212,11 @@ spec:
 """
 
 
-def test_deny_blocks_and_allow_admits_only_its_principal(cluster):
+def test_deny_blocks_and_allow_admits_only_its_principal(clusters):
+    in_each(clusters, deny_blocks_and_allow_admits_only_its_principal)
+
+
+def deny_blocks_and_allow_admits_only_its_principal(cluster):
     url = f"http://{SHOP_SERVICE}/"
     cluster.apply(DENY_CLIENT)
     try:
@@ -211,7 +237,11 @@ def test_deny_blocks_and_allow_admits_only_its_principal(cluster):
     eventually(lambda: cluster.curl("client", url).returncode == 0, 20, "ALLOW to go")
 
 
-def test_known_workloads_keep_working_without_the_control_plane(cluster):
+def test_known_workloads_keep_working_without_the_control_plane(clusters):
+    in_each(clusters, known_workloads_keep_working_without_the_control_plane)
+
+
+def known_workloads_keep_working_without_the_control_plane(cluster):
     url = f"http://{SHOP_SERVICE}/"
     # An existing connection: a long echo exchange started before the control plane goes.
     sender = subprocess.Popen([*SHOAL, "local", "exec", "-n", "shop", "client", "--cluster", cluster.name,
@@ -232,10 +262,14 @@ def test_known_workloads_keep_working_without_the_control_plane(cluster):
     finally:
         if sender.poll() is None:
             sender.kill()
-        cluster.up(2, cluster.mode)
+        cluster.up(2, cluster.redirect)
 
 
-def test_shoal_config_reads_the_ztunnel_dump(cluster):
+def test_shoal_config_reads_the_ztunnel_dump(clusters):
+    in_each(clusters, shoal_config_reads_the_ztunnel_dump)
+
+
+def shoal_config_reads_the_ztunnel_dump(cluster):
     workloads = cluster.run("config", "workloads", "--node", "1")
     rows = [line.split() for line in workloads.stdout.splitlines()]
     assert rows[0][:2] == ["NAMESPACE", "NAME"]
