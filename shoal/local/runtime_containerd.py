@@ -218,8 +218,7 @@ def ensure(layout: Layout, nodes: int, progress) -> list[str]:
     check_prerequisites()
     refs = {**images(progress), "shoal_archive": shoal_image.require()}
     if shoal_image.stale():
-        progress(f"warning: {shoal_image.ARCHIVE} is older than the checkout; the node agent and the ztunnel run "
-                 "the code it holds: run `make image` for the checkout's")
+        progress(stale_image_warning(layout))
     (layout.run_dir / "images.json").write_text(json.dumps({"toolbox": refs["toolbox"], "pause": refs["pause"]}))
     ensure_store(layout)  # once, before the nodes' threads
     _record_outside_dirs(layout)
@@ -227,6 +226,14 @@ def ensure(layout: Layout, nodes: int, progress) -> list[str]:
     with ThreadPoolExecutor(max_workers=nodes) as pool:
         started = list(pool.map(lambda node: ensure_node(layout, node, refs, progress), range(1, nodes + 1)))
     return [f"containerd of node{node}" for node, did in zip(range(1, nodes + 1), started) if did]
+
+
+def stale_image_warning(layout: Layout) -> str:
+    """What to run when the shoal image archive is older than the checkout: build it, and take the cluster down
+    and up (a node's containerd imports the image when it starts, so a running one keeps the old)."""
+    return (f"warning: {shoal_image.ARCHIVE} is older than the checkout, and the node agent and the ztunnel run "
+            f"the code it holds, not the checkout's; for the checkout's, run `make -C {REPO} image`, then "
+            f"`shoal local down --cluster {layout.cluster}` and this `shoal local up` again")
 
 
 def toolbox_image(layout: Layout) -> str:
