@@ -136,3 +136,9 @@ def test_get_pods_wide_shows_the_images_a_containerd_clusters_pods_run():
     assert rows == {"shell": "docker.io/library/shoal-toolbox:0123456789abcdef",
                     "web": "docker.io/library/web:1,docker.io/library/shoal-toolbox:0123456789abcdef",
                     "host-process": "<none>"}
+
+
+def test_a_stale_shoal_image_is_met_with_the_commands_that_bring_the_checkouts_code(layout):
+    warning = runtime_containerd.stale_image_warning(layout)
+    assert f"`make -C {runtime_containerd.REPO} image`" in warning
+    assert f"`shoal local down --cluster {layout.cluster}`" in warning and "`shoal local up` again" in warning
