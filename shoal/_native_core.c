@@ -109,8 +109,13 @@ static int fatal_pending(Transport *t) {   /* the exception set now ends the con
     return rc;
 }
 
+/* A graceful close. Bytes the peer sent that nobody read (a TLS 1.3 session ticket, say) would make the
+   kernel answer close() with a RST and drop what is still in our send queue, the close_notify and the last
+   data with it: they are read off and dropped first. */
 static int finish_close(Transport *t) {
     if (t->ssl != NULL && !t->handshaking) tls_shutdown(t);
+    for (int i = 0; i < 16 && recv(t->fd, scratch, READ_SIZE, MSG_DONTWAIT) > 0; i++)
+        ;
     return force_close(t, NULL);
 }
 
