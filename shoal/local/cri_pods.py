@@ -148,7 +148,8 @@ def volume_mounts(spec: dict, container: dict) -> tuple[tuple, ...]:
 
 def own_env() -> dict[str, str]:
     """What the kubelet passes on to shoal's own processes (kubelet._env does the same for the netns runtime)."""
-    return {key: os.environ[key] for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "PYTHONPATH", "VIRTUAL_ENV")
+    return {key: os.environ[key] for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "SHOAL_RELAY", "PYTHONPATH",
+                                             "VIRTUAL_ENV")
             if key in os.environ}
 
 

@@ -316,7 +316,7 @@ class Kubelet:
             "NODE_NAME": f"node{runtime.node}",
             "PYTHONUNBUFFERED": "1",
         }
-        for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "PYTHONPATH", "VIRTUAL_ENV"):
+        for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "SHOAL_RELAY", "PYTHONPATH", "VIRTUAL_ENV"):
             if key in os.environ:
                 env[key] = os.environ[key]
         return env
