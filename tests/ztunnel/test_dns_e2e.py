@@ -22,7 +22,7 @@ from shoal import netns
 from shoal.local.outside import ensure_outside
 from control_plane.translate.service_entry import allocate
 
-from support.cluster import running_cluster
+from support.cluster import LocalCluster, in_each, running_in_each_mode
 from support.polling import eventually
 from support.root import needs_root
 
@@ -102,27 +102,39 @@ print(json.dumps({"resolver": resolver, "answers": out}))
 """
 
 
-@pytest.fixture(scope="module", params=["iptables", "ebpf"])
-def cluster(request):
-    with running_cluster(f"ns{request.param[0]}", nodes=1, redirect=request.param) as c:
-        name, _ = ensure_outside(c.layout, 12)
-        log = c.layout.run_dir / "outside12.log"
-        server = netns.popen(name, [PYTHON, WEB_APP, "outside-api", "8080"], stdout=open(log, "w"),
-                             stderr=open(log.with_suffix(".err"), "w"))
+def outside_api(c: LocalCluster):
+    """The outside server a ServiceEntry names, started in its own netns (wired here, in the caller's thread)."""
+    name, _ = ensure_outside(c.layout, 12)
+    log = c.layout.run_dir / "outside12.log"
+    return netns.popen(name, [PYTHON, WEB_APP, "outside-api", "8080"], stdout=open(log, "w"),
+                       stderr=open(log.with_suffix(".err"), "w"))
+
+
+def answering(c: LocalCluster) -> None:
+    c.apply(MANIFEST)
+    c.wait_pods_ready("names", 1, timeout=120)
+    c.resolver_log = c.layout.pod_log("names", "client", "resolver")
+    c.resolver_skip = 0
+    eventually(lambda: getent(c, "ahostsv4", API), 90, "the DNS proxy to answer in the client pod", interval=0.5)
+    # Until the ServiceEntry reached the ztunnel, its name was not the proxy's to answer and went to
+    # the pod's resolver (a slow config push under load): what the tests judge starts here.
+    c.resolver_skip = len(resolver_saw(c))
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    """A 1-node cluster per redirect mode, side by side; each test runs its steps in both at once (`in_each`)."""
+    with running_in_each_mode("ns", nodes=1) as both:
+        servers = []
         try:
-            c.apply(MANIFEST)
-            c.wait_pods_ready("names", 1, timeout=120)
-            c.resolver_log = c.layout.pod_log("names", "client", "resolver")
-            c.resolver_skip = 0
-            eventually(lambda: getent(c, "ahostsv4", API), 90, "the DNS proxy to answer in the client pod",
-                       interval=0.5)
-            # Until the ServiceEntry reached the ztunnel, its name was not the proxy's to answer and went to
-            # the pod's resolver (a slow config push under load): what the tests judge starts here.
-            c.resolver_skip = len(resolver_saw(c))
-            yield c
+            for c in both.values():
+                servers.append(outside_api(c))
+            in_each(both, answering)
+            yield both
         finally:
-            server.terminate()
-            server.wait(10)
+            for server in servers:
+                server.terminate()
+                server.wait(10)
 
 
 def getent(cluster, database: str, name: str) -> list[str]:
@@ -145,7 +157,11 @@ def raw(cluster, first: bytes | None, name: str, qtype: int) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def test_services_and_service_entry_hosts_are_answered_by_the_proxy_a_and_aaaa(cluster):
+def test_services_and_service_entry_hosts_are_answered_by_the_proxy_a_and_aaaa(clusters):
+    in_each(clusters, services_and_service_entry_hosts_are_answered_by_the_proxy_a_and_aaaa)
+
+
+def services_and_service_entry_hosts_are_answered_by_the_proxy_a_and_aaaa(cluster):
     vip = next(s["spec"]["clusterIP"] for s in cluster.items("svc", "names") if s["metadata"]["name"] == "web")
     # the hosts file answers Services too, so ask the resolver address itself, as a program without nsswitch would
     for name in ("web", "web.names", "web.names.svc.cluster.local"):
@@ -158,13 +174,21 @@ def test_services_and_service_entry_hosts_are_answered_by_the_proxy_a_and_aaaa(c
     assert not any(q["name"].startswith(("web", API)) for q in resolver_saw(cluster))   # none went to the resolver
 
 
-def test_other_names_are_forwarded_to_the_pods_own_resolver(cluster):
+def test_other_names_are_forwarded_to_the_pods_own_resolver(clusters):
+    in_each(clusters, other_names_are_forwarded_to_the_pods_own_resolver)
+
+
+def other_names_are_forwarded_to_the_pods_own_resolver(cluster):
     assert getent(cluster, "ahostsv4", "other.test") == ["198.18.48.99"]
     assert {"transport": "udp", "name": "other.test"} in resolver_saw(cluster)
     assert getent(cluster, "ahostsv4", "nothing.test") == []
 
 
-def test_tcp_to_a_resolver_off_loopback_is_answered_by_the_proxy_and_forwarded_to_that_resolver(cluster):
+def test_tcp_to_a_resolver_off_loopback_is_answered_by_the_proxy_and_forwarded_to_that_resolver(clusters):
+    in_each(clusters, tcp_to_a_resolver_off_loopback_is_answered_by_the_proxy_and_forwarded_to_that_resolver)
+
+
+def tcp_to_a_resolver_off_loopback_is_answered_by_the_proxy_and_forwarded_to_that_resolver(cluster):
     vip = next(s["spec"]["clusterIP"] for s in cluster.items("svc", "names") if s["metadata"]["name"] == "web")
     out = cluster.exec("client", PYTHON, "-c", TCP_CLIENT, "web.names", "tcp-only.test", namespace="names",
                        check=False)
@@ -179,18 +203,30 @@ def test_tcp_to_a_resolver_off_loopback_is_answered_by_the_proxy_and_forwarded_t
     assert {"transport": "tcp", "name": "web.names"} not in seen          # the proxy answered it itself
 
 
-def test_a_truncated_udp_answer_is_asked_again_over_tcp(cluster):
+def test_a_truncated_udp_answer_is_asked_again_over_tcp(clusters):
+    in_each(clusters, a_truncated_udp_answer_is_asked_again_over_tcp)
+
+
+def a_truncated_udp_answer_is_asked_again_over_tcp(cluster):
     assert getent(cluster, "ahostsv4", "many.outside.test") == sorted(MANY)
 
 
-def test_a_malformed_query_gets_formerr_and_the_next_one_an_answer(cluster):
+def test_a_malformed_query_gets_formerr_and_the_next_one_an_answer(clusters):
+    in_each(clusters, a_malformed_query_gets_formerr_and_the_next_one_an_answer)
+
+
+def a_malformed_query_gets_formerr_and_the_next_one_an_answer(cluster):
     bad = bytes.fromhex("abcd01000001000000000000") + b"\x05ab"       # a label cut short
     formerr, after = raw(cluster, bad, API, 1)
     assert (formerr["id"], formerr["rcode"]) == (0xABCD, 1)
     assert (after["id"], after["rcode"], after["addresses"]) == (77, 0, [API_VIP])
 
 
-def test_a_service_entry_is_reached_by_name_and_a_deny_policy_blocks_it(cluster):
+def test_a_service_entry_is_reached_by_name_and_a_deny_policy_blocks_it(clusters):
+    in_each(clusters, a_service_entry_is_reached_by_name_and_a_deny_policy_blocks_it)
+
+
+def a_service_entry_is_reached_by_name_and_a_deny_policy_blocks_it(cluster):
     def fetched():
         out = cluster.curl("client", f"http://{API}/by-name", namespace="names", max_time=10)
         return out.stdout if out.returncode == 0 else None
