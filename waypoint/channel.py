@@ -123,6 +123,12 @@ class Channel(Side):
             self.bytes_sent += len(data)
             self.peer.write(data)
 
+    @property
+    def writable(self) -> bool:
+        """The peer takes more now: `drain()` would not wait (asked first where a message is relayed, so
+        that no coroutine is made per message for a drain that has nothing to wait for)."""
+        return self._writable.is_set()
+
     async def drain(self) -> None:
         if not self._writable.is_set():
             await self._writable.wait()

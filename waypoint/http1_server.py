@@ -69,6 +69,8 @@ async def serve_http1(proxy: Proxy, client: Channel, peer: Peer, source_address:
     reader = http1.MessageReader()
     queue: list = []
     idle = IdleLimit(proxy.idle_timeout)
+    answering = Answering(client, queue)
+    closing = answering.closing   # (one bound method for the connection: no closure made per request)
     try:
         while True:
             try:
@@ -89,15 +91,17 @@ async def serve_http1(proxy: Proxy, client: Channel, peer: Peer, source_address:
             if head is None:
                 client.end()
                 return
-            body = Http1Body(client, reader, queue, head) if head.chunked or head.content_length else None
-            request = Request(origin_form(head), b"", peer.destination[1], body)
-            keep = await _answer(proxy, request, peer, client, source_address, close=proxy.draining, pending=queue)
+            body = answering.body = (Http1Body(client, reader, queue, head) if head.chunked or head.content_length
+                                     else None)
+            responder = Http1Responder(client, head.method, head.keep_alive and not proxy.draining, closing)
+            await proxy.exchange(Request(origin_form(head), b"", peer.destination[1], body), peer, responder,
+                                 source_address)
             if body is not None and not body.complete:
                 # Answered without reading the whole body (refused, or the endpoint answered early):
                 # what is left of it would be read as the next request.
                 await _linger(client)
                 return
-            if not keep:
+            if not responder.keep:
                 client.end()
                 return
     except ChannelReset:
@@ -143,27 +147,29 @@ async def _linger(client: Channel) -> None:
     client.reset()
 
 
-async def _answer(proxy: Proxy, request: Request, peer: Peer, client: Channel, source_address, *, close: bool,
-                  pending: list) -> bool:
-    """Answers one HTTP/1.1 request on `client`; True when the connection may carry another.
-    `pending`: the connection's parsed events not taken yet (a pipelined request's)."""
-    body = request.stream
+class Answering:
+    """The request a client connection is answering, for its responder to ask, when the answer's head goes
+    out, whether this answer must close the connection: its body still unread, or the client already sent
+    the next request (pipelining: it gets this answer with `connection: close`)."""
 
-    def closing() -> bool:
-        # Known when the answer's head goes out: a body still unread, or the client already sent the
-        # next request (pipelining: it gets this answer with `connection: close`).
-        return (body is not None and not body.complete) or bool(pending) or client.buffered > 0
-    responder = Http1Responder(client, request.head.method, request.head.keep_alive and not close, closing)
-    await proxy.exchange(request, peer, responder, source_address)
-    return responder.keep
+    __slots__ = ("client", "pending", "body")
+
+    def __init__(self, client: Channel, pending: list) -> None:
+        self.client = client
+        self.pending = pending          # the connection's parsed events not taken yet (a pipelined request's)
+        self.body: Http1Body | None = None
+
+    def closing(self) -> bool:
+        body = self.body
+        return (body is not None and not body.complete) or bool(self.pending) or self.client.buffered > 0
 
 
 def origin_form(head: http1.Head) -> http1.Head:
     """An absolute-form request-target (`GET http://host/path`, as sent to a forward proxy) in the form
     servers expect: the path, with the authority as the Host."""
     target = head.target
-    if not target.lower().startswith(("http://", "https://")):
-        return head
+    if target[:1] == "/" or not target.lower().startswith(("http://", "https://")):
+        return head   # (origin-form, the common case, told without lower-casing the target)
     rest = target.split("://", 1)[1]
     authority, slash, path = rest.partition("/")
     headers = tuple((k, v) for k, v in head.headers if k != "host") + (("host", authority),)

@@ -31,7 +31,6 @@ from typing import Awaitable, Callable
 
 from shoal import log
 from shoal.model import HeaderChanges
-from shoal.model.addresses import join_address
 
 from waypoint import http1
 from waypoint.channel import ChannelReset
@@ -232,10 +231,13 @@ class Proxy:
     def _upstream_h2(self, plan: Plan, request: Request) -> bool:
         """The endpoint speaks what the port declares (http: HTTP/1.1; http2, grpc, h2c: HTTP/2), else
         what the client spoke (Istio's USE_DOWNSTREAM_PROTOCOL)."""
-        service = self.state.services.get(plan.destination_service)
         number = plan.destination_port or request.port
-        port = service.port(number) if service is not None and number else None
-        declared = port.app_protocol if port is not None else ""
+        memo = self.state.cached("declared_protocols")   # (per state version: a port's lookup is a scan)
+        declared = memo.get((plan.destination_service, number))
+        if declared is None:
+            service = self.state.services.get(plan.destination_service)
+            port = service.port(number) if service is not None and number else None
+            declared = memo[(plan.destination_service, number)] = port.app_protocol if port is not None else ""
         if declared == "http":
             return False
         if declared in ("http2", "grpc", "h2c"):
@@ -250,9 +252,9 @@ class Proxy:
             last = attempt == attempts - 1
             upstream = plan.upstreams[attempt % len(plan.upstreams)]
             record.tries = attempt + 1
-            record.upstream = join_address(upstream.address)
+            record.upstream = upstream.address_text
             record.destination_workload = self.state.workloads.get(upstream.workload_uid)
-            record.destination_principal = str(upstream.identity) if upstream.hbone else ""
+            record.destination_principal = upstream.principal
             if attempt:
                 self.metrics.retries.labels(plan.destination_service).inc()
             budget = None if deadline is None else deadline - time.monotonic()

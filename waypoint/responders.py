@@ -74,7 +74,8 @@ class Http1Responder:
         out = http1.chunk(data) if self._chunked else data
         self.bytes_sent += len(out)
         self.client.send(self._take_head() + out)
-        await self.client.drain()
+        if not self.client.writable:
+            await self.client.drain()
 
     def end(self, trailers=()) -> None:
         tail = http1.LAST_CHUNK if self._chunked else b""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Callable
 from urllib.parse import parse_qsl
 
@@ -39,7 +39,7 @@ from shoal.model import (
 )
 from shoal import authz
 
-from shoal.model.addresses import join_host_port
+from shoal.model.addresses import join_address, join_host_port
 from shoal.proxy_state import ProxyState
 from shoal.workload_names import workload_label
 
@@ -101,6 +101,17 @@ class Upstream:
     @property
     def connect(self) -> tuple[str, int]:
         return (self.address[0], HBONE_PORT) if self.hbone else self.address
+
+    # What a request's record says of its upstream: made once per Upstream (they are memoized per state
+    # version, so once per endpoint), not per request.
+
+    @cached_property
+    def address_text(self) -> str:
+        return join_address(self.address)
+
+    @cached_property
+    def principal(self) -> str:
+        return str(self.identity) if self.hbone else ""
 
 
 @dataclass(frozen=True)
