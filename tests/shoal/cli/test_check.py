@@ -13,10 +13,9 @@ import yaml
 from shoal.local.cluster import daemon_pid
 
 from support.cli import shoal
-from support.cluster import running_cluster
 from support.polling import eventually
 from support.root import needs_root
-from tests.shoal.cli.conftest import CLUSTER, local
+from tests.shoal.cli.conftest import CLUSTER, RUNNING_NODES, local
 
 SHOP = list(yaml.safe_load_all("""
 apiVersion: v1
@@ -136,20 +135,26 @@ def test_an_unknown_part_is_refused():
 
 
 @needs_root()
-def test_a_fresh_cluster_is_healthy_and_a_stopped_daemon_is_found():
-    with running_cluster("chk", nodes=2) as cluster:
-        result = shoal("check", "--cluster", cluster.name, check=False)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.startswith(f"No problems found in cluster {cluster.name}")
-        doc = json.loads(shoal("check", "--cluster", cluster.name, "-o", "json", "-v").stdout)
-        subjects = {c["subject"] for c in doc["health"] if c["ok"]}
-        assert {"cluster daemon", "pod shoal-system/ztunnel-node2", "config sync", "config nacks",
-                "certificates of ztunnel-node1"} <= subjects
-        assert all(c["ok"] for c in doc["preflight"] if c["counts"])
+def test_a_fresh_cluster_is_healthy_and_a_stopped_daemon_is_found(running):
+    """On the package's shared cluster, before the other modules put anything in it (this module runs first);
+    the daemon it stops, `up` starts again for them."""
+    cluster = running
+    result = shoal("check", "--cluster", cluster.name, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"No problems found in cluster {cluster.name}")
+    doc = json.loads(shoal("check", "--cluster", cluster.name, "-o", "json", "-v").stdout)
+    subjects = {c["subject"] for c in doc["health"] if c["ok"]}
+    assert {"cluster daemon", "pod shoal-system/ztunnel-node2", "config sync", "config nacks",
+            "certificates of ztunnel-node1"} <= subjects
+    assert all(c["ok"] for c in doc["preflight"] if c["counts"])
 
-        pid = daemon_pid(cluster.layout)
-        os.kill(pid, signal.SIGTERM)
+    pid = daemon_pid(cluster.layout)
+    os.kill(pid, signal.SIGTERM)
+    try:
         eventually(lambda: daemon_pid(cluster.layout) is None, 30, "the cluster daemon to stop")
         stopped = shoal("check", "--cluster", cluster.name, "--only", "health", check=False)
         assert stopped.returncode == 1
         assert "FAIL [SH0201] cluster daemon: not running" in stopped.stdout
+    finally:
+        eventually(lambda: daemon_pid(cluster.layout) is None, 30, "the cluster daemon to stop")
+        cluster.up(RUNNING_NODES)

@@ -11,7 +11,6 @@ import threading
 import pytest
 
 from support.cli import SHOAL, shoal
-from support.cluster import running_cluster
 from support.polling import eventually
 from support.root import needs_root
 
@@ -50,11 +49,14 @@ SHOP = [
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with running_cluster("expl", nodes=2) as c:
-        c.apply(SHOP)
-        c.wait_pods_ready("shop", 4, timeout=180)   # two reviews, the client and the waypoint
-        yield c
+def cluster(running):
+    """The package's shared cluster, with namespace shop (taken out again at the end)."""
+    running.apply(SHOP)
+    try:
+        running.wait_pods_ready("shop", 4, timeout=180)   # two reviews, the client and the waypoint
+        yield running
+    finally:
+        running.delete(SHOP, check=False)
 
 
 def test_proxy_config_routes_on_the_waypoint_shows_the_split_weights_and_subsets(cluster):

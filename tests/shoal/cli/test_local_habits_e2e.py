@@ -13,9 +13,9 @@ import time
 import pytest
 
 from support.cli import SHOAL
-from support.cluster import running_cluster
 from support.polling import eventually
 from support.root import needs_root
+from tests.shoal.cli.conftest import RUNNING_NODES
 
 pytestmark = needs_root("runs a local cluster")
 
@@ -42,11 +42,14 @@ spec: {containers: [{name: app, command: [sh, -c, 'echo "run at $(date +%s%N)"; 
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with running_cluster("hab", nodes=1) as c:
-        c.apply(PODS)
-        c.wait_pods_ready("habits", 2, timeout=120)
-        yield c
+def cluster(running):
+    """The package's shared cluster, with namespace habits (taken out again at the end)."""
+    running.apply(PODS)
+    try:
+        running.wait_pods_ready("habits", 2, timeout=120)
+        yield running
+    finally:
+        running.delete(PODS, check=False)
 
 
 def test_exec_runs_with_the_pods_hostname_environment_and_root_directory(cluster):
@@ -110,8 +113,8 @@ def test_a_restarted_container_has_a_marker_and_its_previous_run(cluster):
 
 def test_up_again_without_flags_keeps_the_cluster_and_status_says_it_is_healthy(cluster):
     again = cluster("up")
-    assert again.stdout.strip().endswith("is already up (1 nodes, --redirect iptables, --ip-family ipv4); "
-                                         "nothing changed")
+    assert again.stdout.strip().endswith(f"is already up ({RUNNING_NODES} nodes, --redirect iptables, "
+                                         "--ip-family ipv4); nothing changed")
     differs = cluster("up", "--redirect", "ebpf", check=False)
     assert differs.returncode == 1 and "you asked for --redirect ebpf (it has iptables)" in differs.stderr
     status = cluster("status")
