@@ -54,7 +54,6 @@ from shoal.model import (
     Workload,
     canonical_ips,
     freeze_labels,
-    selector_matches,
     service_hostname,
 )
 from shoal.workload_names import canonical_names, workload_name
@@ -247,7 +246,14 @@ def selects(svc: dict, pod: dict) -> bool:
         return False
     if is_host_network(pod) and str((_meta(svc).get("annotations") or {}).get(SELECT_HOST_NETWORK)).lower() != "true":
         return False
-    return selector_matches(freeze_labels(selector), freeze_labels(_meta(pod).get("labels")))
+    return _matches(selector, _meta(pod).get("labels"))
+
+
+def _matches(selector: Mapping, labels: Mapping | None) -> bool:
+    """shoal.model.selector_matches of two label mappings (keys and values compared as text), without
+    freezing both into sorted tuples first: a Service's endpoints are this, once per pod of its namespace."""
+    have = {str(k): str(v) for k, v in labels.items()} if labels else {}
+    return all(have.get(str(k)) == str(v) for k, v in selector.items())
 
 
 def service_of(svc: dict, namespace_obj: dict | None, pods: Iterable[dict],
