@@ -237,8 +237,11 @@ def test_del_workload_closes_listeners_and_rules(rig):
     listening = in_pod("c", "ss", "-ltnH").stdout
     assert ":15001" in listening and ":15006" in listening and ":15008" in listening
     rig.call(rig.ztunnel.del_workload("uid-c"))
-    time.sleep(0.1)
-    listening = in_pod("c", "ss", "-ltnH").stdout
+
+    def closed():   # (what ss lists,) once none of the three is among it: that is often nothing at all
+        out = in_pod("c", "ss", "-ltnH").stdout
+        return None if any(port in out for port in (":15001", ":15006", ":15008")) else (out,)
+    (listening,) = eventually(closed, 10, "the pod's listeners to close", interval=0.05)
     assert ":15001" not in listening and ":15006" not in listening and ":15008" not in listening
     assert shoal_rules(pod_ns("c"), "SHOAL_ZTUNNEL") == []
     assert "lookup 133" not in in_pod("c", "ip", "rule").stdout
