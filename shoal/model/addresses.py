@@ -22,6 +22,7 @@ import re
 # canonicalises every pod's addresses, and a large cluster has many pods).
 _CANONICAL_IPV4 = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
                              r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
+_MAPPED = "::ffff:"
 
 
 def canonical_ip(text: str) -> str:
@@ -30,6 +31,8 @@ def canonical_ip(text: str) -> str:
     nor is a zone, `%eth0`)."""
     if _CANONICAL_IPV4.fullmatch(text):
         return text
+    if text.startswith(_MAPPED) and _CANONICAL_IPV4.fullmatch(text, len(_MAPPED)):
+        return text[len(_MAPPED):]   # an IPv4 peer of a dual-stack listener: every connection a ztunnel accepts
     address = ipaddress.ip_address(text.strip())
     if address.version == 6:
         if address.scope_id:

@@ -92,3 +92,14 @@ def test_the_ipv4_shortcut_answers_as_parsing_does():
         if canonical_or_none(text) != parsed:
             differ.append((text, canonical_or_none(text), parsed))
     assert not differ, differ[:10]
+
+
+def test_an_ipv4_mapped_peer_in_canonical_form_is_not_parsed(monkeypatch):
+    # what a dual-stack listener reports for every IPv4 peer: the ztunnel canonicalises one per accepted connection
+    from shoal.model import addresses
+
+    def no_parse(text):
+        raise AssertionError(f"{text!r} was parsed")
+    monkeypatch.setattr(addresses.ipaddress, "ip_address", no_parse)
+    assert addresses.canonical_ip("::ffff:198.19.1.5") == "198.19.1.5"
+    assert addresses.canonical_address(("::ffff:198.19.1.5", 40000, 0, 0)) == ("198.19.1.5", 40000)
