@@ -15,10 +15,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-
 from shoal import log
-from shoal.exposition import render
+from shoal.metrics import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, render
 from shoal.model import Workload
 from shoal.model.addresses import join_address
 from shoal.series import gone_series

@@ -14,10 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, ProcessCollector
-
 from shoal import log
-from shoal.exposition import render
+from shoal.metrics import CollectorRegistry, Counter, ProcessCollector, render
 from shoal.model import Workload
 from shoal.model.addresses import join_address
 from shoal.series import gone_series
