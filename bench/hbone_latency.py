@@ -8,6 +8,9 @@ Set-ups (each end in its own process, as two ztunnels on two nodes would be):
   client connection, no HTTP/2 (what HBONE costs beyond bare mTLS);
 - `hbone`: client -> forwarder A -> TLS 1.3 + HTTP/2 CONNECT -> forwarder B -> app, with
   `shoal.hbone_io` (the ztunnel's own relay and HBONE driver) and mesh certificates;
+  the relay the process chooses when not told (`SHOAL_RELAY` unset: native transports when built);
+- `hbone-compiled-relay`: `hbone` with the compiled lane on the loop's (uvloop's) transports
+  (`SHOAL_RELAY=compiled`);
 - `hbone-python-relay`: `hbone` with the compiled relay lane off (`SHOAL_RELAY=python`);
 - `hbone-plain-h2`: the same, with shoal.hbone's lean DATA path turned off (h2 as shipped).
 
@@ -77,15 +80,47 @@ def load_credential(directory: Path, role: str):
 
 # --- the roles, each run as its own process ----------------------------------------------
 
+async def serve_sockets(port: int, on_socket) -> None:
+    """Accepts on `port` and hands each connected socket to `await on_socket(sock)` (in a task, as the
+    ztunnel's listeners do); says "ready" once listening, then serves forever."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", port))
+    listener.setblocking(False)
+    print("ready", flush=True)
+    tasks = set()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        task = loop.create_task(on_socket(conn))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+async def connected(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
 async def relay_listener(port: int, open_far_side, ssl_context=None) -> None:
     """Accepts on `port` (TLS with `ssl_context`) and relays each connection to the side
-    `await open_far_side()` gives; says "ready" once listening, then serves forever."""
+    `await open_far_side()` gives; says "ready" once listening, then serves forever. Plain TCP goes
+    through `shoal.native_io`, as in the ztunnel; the bare TLS relay keeps the loop's TLS."""
+    from shoal import native_io
     from shoal.hbone_relay import TcpSide, relay
 
     loop = asyncio.get_running_loop()
 
     async def carry(side):
         await relay(side, await open_far_side())
+
+    if ssl_context is None:
+        async def on_socket(conn):
+            _, side = await native_io.open_tcp(TcpSide, conn, accepted=True)
+            await carry(side)
+
+        await serve_sockets(port, on_socket)
+        return
 
     def accept():
         side = TcpSide()
@@ -98,33 +133,34 @@ async def relay_listener(port: int, open_far_side, ssl_context=None) -> None:
 
 
 async def forwarder_server(directory: Path, port: int, lean: bool) -> None:
-    from shoal import hbone, identity
+    """The HBONE server as the ztunnel's inbound makes it: accepted sockets, TLS and the app's side through
+    `shoal.native_io` (native transports or the loop's, as SHOAL_RELAY chooses)."""
+    from shoal import hbone, identity, native_io
     from shoal.hbone_io import HboneSession
     from shoal.hbone_relay import TcpSide, relay
 
-    loop = asyncio.get_running_loop()
     ctx = identity.server_context(load_credential(directory, "server"))
 
     async def on_request(session, stream):
         host, target = hbone.parse_authority(stream.authority)
-        _, app = await loop.create_connection(TcpSide, host, target)
+        _, app = await native_io.open_tcp(TcpSide, await connected(target), accepted=False)
         session.accept(stream)
         await relay(stream, app)
 
-    server = await loop.create_server(lambda: HboneSession(False, on_request=on_request, lean=lean),
-                                      "127.0.0.1", port, ssl=ctx)
-    print("ready", flush=True)
-    await server.serve_forever()
+    async def on_socket(conn):
+        await native_io.open_tls(lambda: HboneSession(False, on_request=on_request, lean=lean), conn, ctx,
+                                 server_side=True, handshake_timeout=10)
+
+    await serve_sockets(port, on_socket)
 
 
 async def forwarder_client(directory: Path, port: int, upstream: int, target: int, lean: bool) -> None:
-    from shoal import identity
+    from shoal import identity, native_io
     from shoal.hbone_io import HboneSession
 
-    loop = asyncio.get_running_loop()
     ctx = identity.client_context(load_credential(directory, "client"))
-    _, session = await loop.create_connection(lambda: HboneSession(True, lean=lean), "127.0.0.1", upstream,
-                                              ssl=ctx, server_hostname="")
+    _, session = await native_io.open_tls(lambda: HboneSession(True, lean=lean), await connected(upstream), ctx,
+                                          server_side=False, handshake_timeout=10)
     identity.check_peer(session.ssl_object, identity.parse_spiffe_id(SERVER_ID))
 
     await relay_listener(port, lambda: session.open(f"127.0.0.1:{target}"))
@@ -255,7 +291,7 @@ def measure(setup: str, directory: Path, args) -> list[dict]:
                                     "--upstream", str(far)))
         else:
             lean = [] if setup == "hbone-plain-h2" else ["--lean"]
-            relay = "python" if setup == "hbone-python-relay" else ""
+            relay = {"hbone-python-relay": "python", "hbone-compiled-relay": "compiled"}.get(setup, "")
             hbone_port = free_port()
             relays.append(spawn("--role", "server", "--dir", str(directory), "--port", str(hbone_port), *lean,
                                 relay=relay))
@@ -300,7 +336,7 @@ def main(argv=None) -> int:
     parser.add_argument("--round-trips", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--setups", default="direct,tls,hbone,hbone-python-relay,hbone-plain-h2")
+    parser.add_argument("--setups", default="direct,tls,hbone,hbone-compiled-relay,hbone-python-relay,hbone-plain-h2")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.seconds < 1:

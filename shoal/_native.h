@@ -6,6 +6,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/ssl.h>
+#include "_native_api.h"
 
 #define NATIVE_API 1
 

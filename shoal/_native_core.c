@@ -205,31 +205,43 @@ static int check_writable(Transport *t) {
     return !(t->closing || t->closed);   /* asyncio drops writes to a closing transport */
 }
 
+/* write(a + b) for a writable transport (b may be NULL): 1 done, -1 error. */
+static int write_two(Transport *t, const char *a, size_t a_len, const char *b, size_t b_len, int more) {
+    int rc = 0;
+    if (b == NULL && !more && t->ssl == NULL && buffered(t) == 0 && !t->handshaking) {   /* TCP: to the socket */
+        Py_ssize_t sent;
+        do sent = send(t->fd, a, a_len, MSG_NOSIGNAL); while (sent < 0 && errno == EINTR);
+        if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return fatal_errno(t, errno) < 0 ? -1 : 1;
+        if (sent < 0) sent = 0;
+        if ((size_t)sent < a_len) rc = append(t, a + sent, a_len - sent);
+    } else {   /* joined: a DATA frame's header and payload make one TLS record */
+        rc = append(t, a, a_len);
+        if (rc == 0 && b != NULL) rc = append(t, b, b_len);
+    }
+    if (rc == 0 && more) return 1;
+    return rc < 0 || after_write(t) < 0 ? -1 : 1;
+}
+
 static PyObject *transport_write(Transport *t, PyObject *data) {
     Py_buffer view;
     int ok = check_writable(t);
     if (ok <= 0) { if (ok < 0) return NULL; Py_RETURN_NONE; }
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
-    int rc = 0;
-    if (view.len > 0) {
-        if (t->ssl == NULL && buffered(t) == 0 && !t->handshaking) {  /* the common case: straight to the socket */
-            Py_ssize_t sent;
-            do sent = send(t->fd, view.buf, view.len, MSG_NOSIGNAL); while (sent < 0 && errno == EINTR);
-            if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-                PyBuffer_Release(&view);
-                if (fatal_errno(t, errno) < 0) return NULL;
-                Py_RETURN_NONE;
-            }
-            if (sent < 0) sent = 0;
-            if (sent < view.len) rc = append(t, (const char *)view.buf + sent, view.len - sent);
-        } else {
-            rc = append(t, view.buf, view.len);
-        }
-    }
+    int rc = view.len > 0 ? write_two(t, view.buf, view.len, NULL, 0, 0) : 1;
     PyBuffer_Release(&view);
-    if (rc < 0 || after_write(t) < 0) return NULL;
+    if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }
+
+/* The lane's entry (NativeApi.write): the same as write(), from C buffers. */
+static int api_write(PyObject *obj, const char *a, size_t a_len, const char *b, size_t b_len, int more) {
+    Transport *t = (Transport *)obj;
+    int ok = check_writable(t);
+    if (ok <= 0 || a_len + b_len == 0) return ok;
+    return write_two(t, a, a_len, b_len ? b : NULL, b_len, more);
+}
+
+static int api_is_closing(PyObject *obj) { return ((Transport *)obj)->closing || ((Transport *)obj)->closed; }
 
 static PyObject *transport_writelines(Transport *t, PyObject *chunks) {
     int ok = check_writable(t);
@@ -306,8 +318,9 @@ static int read_some(Transport *t) {
         if (rc < 0) return -1;
     }
     if (status == -2 && !t->closed) return on_eof(t);
-    /* A full buffer may leave decrypted bytes inside OpenSSL, which no readable event announces. */
-    if (t->ssl != NULL && got == READ_SIZE && !t->closed && SSL_pending(t->ssl) > 0)
+    /* A full buffer may leave bytes inside OpenSSL (read ahead, or decrypted), which no readable event
+       announces. */
+    if (t->ssl != NULL && got == READ_SIZE && !t->closed && !t->reading_paused && SSL_has_pending(t->ssl))
         return call_soon(t, t->on_readable, NULL);
     return 0;
 }
@@ -388,8 +401,8 @@ static PyObject *transport_resume_reading(Transport *t, PyObject *unused) {
     t->reading_paused = 0;
     if (t->closing || t->closed || t->handshaking || t->read_done) Py_RETURN_NONE;
     if (watch(t, 0, 1) < 0) return NULL;
-    /* Bytes OpenSSL decrypted before the pause wait inside it: no readable event will say so. */
-    if (t->ssl != NULL && SSL_pending(t->ssl) > 0 && call_soon(t, t->on_readable, NULL) < 0) return NULL;
+    /* Bytes OpenSSL read or decrypted before the pause wait inside it: no readable event will say so. */
+    if (t->ssl != NULL && SSL_has_pending(t->ssl) && call_soon(t, t->on_readable, NULL) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -620,7 +633,9 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&TransportType) < 0) return NULL;
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;
+    static NativeApi api = {NATIVE_C_API_VERSION, &TransportType, api_write, api_is_closing};
     if (PyModule_AddIntConstant(module, "API", NATIVE_API) < 0
+        || PyModule_AddObject(module, "C_API", PyCapsule_New(&api, "shoal._native.C_API", NULL)) < 0
         || PyModule_AddObject(module, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0
         || PyModule_AddObjectRef(module, "Transport", (PyObject *)&TransportType) < 0) {
         Py_DECREF(module);

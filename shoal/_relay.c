@@ -15,7 +15,12 @@
  * either can take the next message. Whatever is not the plain case (END_STREAM, padding, a frame cut
  * across reads, any other frame type, a window update due, a paused reader, a tunnel not attached yet, a
  * closing transport) is declined and goes, in order, to the Python path (`_data_received_python`), which
- * stays the one place where every tunnel rule lives. TLS stays asyncio's (uvloop's, over OpenSSL).
+ * stays the one place where every tunnel rule lives.
+ *
+ * Transports: with the native ones in use (shoal._native, SHOAL_RELAY=native), the lane writes to them in C
+ * through their capsule (NativeApi): an app's read goes out as DATA frames of one TLS record each with no
+ * bytes object made, and a frame's payload goes to a plain TcpSide's socket from the frame's own bytes.
+ * On the loop's transports (SHOAL_RELAY=compiled) it calls their write()/writelines() as before.
  *
  * Why this much and no more: see ztunnel/PERFORMANCE.md ("Change 2").
  */
@@ -24,11 +29,19 @@
 #include <Python.h>
 #include <string.h>
 #include <time.h>
+#include "_native_api.h"
 
-#define LANE_API 1
+#define LANE_API 2
 
 enum { FRAME_HEADER = 9, TYPE_DATA = 0x0, TYPE_HEADERS = 0x1, TYPE_PUSH_PROMISE = 0x5, TYPE_CONTINUATION = 0x9,
-       FLAG_END_HEADERS = 0x4, CLIENT_PREFACE = 24, JOIN_BELOW = 16384 };
+       FLAG_END_HEADERS = 0x4, CLIENT_PREFACE = 24, JOIN_BELOW = 16384,
+       RECORD_PAYLOAD = 16384 - FRAME_HEADER /* a DATA frame that fills one TLS record */ };
+
+/* The native transports' C entry, when they are in use (use_native()): the lane then writes frames and
+   payloads to them from its own buffers, with no bytes object and no Python-level call. The TcpSide class
+   whose write() the lane may do itself (see write_to_app). */
+static const NativeApi *native;
+static PyTypeObject *native_tcp_side;
 
 /* The state sets of the Python path, handed over once by configure() (read off h2's and the core's tables). */
 static PyObject *connection_open, *stream_sends, *stream_receives, *stream_open, *tunnel_writable,
@@ -107,6 +120,11 @@ static int is_closing(PyObject *transport) {
     return rc;
 }
 
+/* peer.write(payload) for the tunnel -> app direction. When the peer is a plain TcpSide on a native
+   transport, what TcpSide.write does (drop when closing, count bytes_sent, write) is done here from the
+   frame's own bytes; else the peer's write() is called with a bytes object. 0 ok, -1 error. */
+static int write_to_app(PyObject *peer, const char *payload, Py_ssize_t length);
+
 static int configured(void) {
     if (connection_open == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "shoal._relay.configure() was not called; import shoal.relay_lane first");
@@ -164,7 +182,7 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
     int result = 0, rc;
     PyObject *core = NULL, *h2 = NULL, *tunnels = NULL, *h2_streams = NULL, *streams = NULL, *held = NULL,
              *peer = NULL, *connection_window = NULL, *stream_window = NULL, *expected = NULL,
-             *machine = NULL, *headers = NULL, *bytes = NULL, *call = NULL;
+             *machine = NULL, *headers = NULL, *call = NULL;
     Py_ssize_t limit, room;
 
     core = PyObject_GetAttr(self, s_conn);
@@ -219,11 +237,7 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
     result = 1;
     /* The driver (HboneSession.handle): the bytes go to the app's side, then are consumed. */
     if (add_ssize(stream, s_bytes_received, length) < 0) goto error;
-    bytes = PyBytes_FromStringAndSize(payload, length);
-    if (bytes == NULL) goto error;
-    call = PyObject_CallMethodOneArg(peer, s_write, bytes);
-    if (call == NULL) goto error;
-    Py_CLEAR(call);
+    if (write_to_app(peer, payload, length) < 0) goto error;
 
     /* HboneConnection.consumed, then LeanH2.acknowledge_received_data when it would only count. The peer's
        write may have paused the app's side (credit withheld then), or ended the stream: re-read both. */
@@ -270,7 +284,7 @@ error:
 done:
     Py_XDECREF(core); Py_XDECREF(h2); Py_XDECREF(tunnels); Py_XDECREF(h2_streams); Py_XDECREF(streams);
     Py_XDECREF(held); Py_XDECREF(peer); Py_XDECREF(connection_window); Py_XDECREF(stream_window);
-    Py_XDECREF(expected); Py_XDECREF(machine); Py_XDECREF(headers); Py_XDECREF(bytes); Py_XDECREF(call);
+    Py_XDECREF(expected); Py_XDECREF(machine); Py_XDECREF(headers); Py_XDECREF(call);
     return result;
 }
 
@@ -466,6 +480,23 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
     unsigned char header[FRAME_HEADER] = {
         (unsigned char)(length >> 16), (unsigned char)(length >> 8), (unsigned char)length, TYPE_DATA, 0,
         (unsigned char)(id >> 24), (unsigned char)(id >> 16), (unsigned char)(id >> 8), (unsigned char)id};
+    if (native != NULL && Py_TYPE(transport) == native->transport_type) {
+        /* Straight from the app's read, as frames of one TLS record each (header and payload 16 KiB), all
+           sent together: a large read makes several frames, and the peer's reads then cut few of them (a
+           cut frame takes the Python path there). The windows and the frame size were checked for the
+           whole read above; smaller frames change neither. */
+        const char *payload = PyBytes_AS_STRING(data);
+        for (Py_ssize_t at = 0; at < length;) {
+            Py_ssize_t size = length - at < RECORD_PAYLOAD ? length - at : RECORD_PAYLOAD;
+            header[0] = (unsigned char)(size >> 16); header[1] = (unsigned char)(size >> 8);
+            header[2] = (unsigned char)size;
+            at += size;
+            if (native->write(transport, (const char *)header, FRAME_HEADER, payload + at - size, size,
+                              at < length) < 0)
+                goto error;
+        }
+        goto done;
+    }
     if (length <= JOIN_BELOW) {   /* as hbone_lean._queue_data: one chunk, so one TLS record */
         frame = PyBytes_FromStringAndSize(NULL, FRAME_HEADER + length);
         if (frame == NULL) goto error;
@@ -523,7 +554,46 @@ static PyTypeObject TcpSideBaseType = {
     .tp_new = PyType_GenericNew,
 };
 
+static int write_to_app(PyObject *peer, const char *payload, Py_ssize_t length) {
+    if (native != NULL && Py_TYPE(peer) == native_tcp_side) {
+        PyObject *transport = PyObject_GetAttr(peer, s_transport);
+        if (transport == NULL) return -1;
+        int rc = 0;
+        if (Py_TYPE(transport) == native->transport_type) {
+            if (!native->is_closing(transport)) {   /* TcpSide.write: late bytes for a closing side are dropped */
+                rc = add_ssize(peer, s_bytes_sent, length);
+                if (rc == 0 && native->write(transport, payload, length, NULL, 0, 0) < 0) rc = -1;
+            }
+            Py_DECREF(transport);
+            return rc;
+        }
+        Py_DECREF(transport);
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize(payload, length);
+    if (bytes == NULL) return -1;
+    PyObject *call = PyObject_CallMethodOneArg(peer, s_write, bytes);
+    Py_DECREF(bytes);
+    if (call == NULL) return -1;
+    Py_DECREF(call);
+    return 0;
+}
+
 /* ==== the module ======================================================================================= */
+
+static PyObject *use_native(PyObject *module, PyObject *args) {
+    PyObject *capsule, *tcp_side;
+    if (!PyArg_ParseTuple(args, "OO!", &capsule, &PyType_Type, &tcp_side)) return NULL;
+    const NativeApi *api = PyCapsule_GetPointer(capsule, "shoal._native.C_API");
+    if (api == NULL) return NULL;
+    if (api->version != NATIVE_C_API_VERSION)
+        return PyErr_Format(PyExc_RuntimeError, "shoal._native's C API is version %d, the lane speaks %d; rebuild "
+                            "both with scripts/setup.sh", api->version, NATIVE_C_API_VERSION);
+    if (!PyType_IsSubtype((PyTypeObject *)tcp_side, &TcpSideBaseType))
+        return PyErr_Format(PyExc_TypeError, "%R is not a TcpSideBase", tcp_side);
+    native = api;
+    Py_XSETREF(native_tcp_side, (PyTypeObject *)Py_NewRef(tcp_side));
+    Py_RETURN_NONE;
+}
 
 static PyObject *configure(PyObject *module, PyObject *args) {
     PyObject *sets[6];
@@ -538,6 +608,9 @@ static PyObject *configure(PyObject *module, PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
+    {"use_native", use_native, METH_VARARGS,
+     "use_native(shoal._native.C_API, TcpSide): write to native transports in C; TcpSide.write is done in C "
+     "for that exact class."},
     {"configure", configure, METH_VARARGS,
      "configure(connection_open, stream_sends, stream_receives, stream_open, tunnel_writable, "
      "tunnel_receivable): the state sets of h2 and shoal.hbone the lane checks, as frozensets."},

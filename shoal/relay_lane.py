@@ -31,7 +31,7 @@ from h2.stream import STREAM_OPEN, StreamState
 from shoal import log, native_io
 from shoal.errors import ShoalError
 
-_API = 1          # the extension's LANE_API this module speaks to; a stale build is not used
+_API = 2          # the extension's LANE_API this module speaks to; a stale build is not used
 _CHOICES = ("native", "compiled", "python")
 
 
@@ -109,6 +109,13 @@ else:
 
     class TcpSideBase:
         __slots__ = ()
+
+
+def write_natively(tcp_side: type) -> None:
+    """With the native transports in use, the lane writes to them in C (frames to the TLS transport, payloads
+    to `tcp_side`'s own, doing what its write() does); called once by shoal.hbone_relay."""
+    if NATIVE:
+        _module.use_native(native_io._native.C_API, tcp_side)
 
 
 __all__ = ["COMPILED", "NAME", "NATIVE", "RelayLaneError", "SessionBase", "StreamBase", "TcpSideBase"]

@@ -443,3 +443,32 @@ def test_reading_the_app_pauses_while_writing_to_the_peer_backs_up():
         writer.close()
         await rig.stop()
     run(main())
+
+
+def test_with_native_transports_the_lane_writes_to_the_app_in_c(relay_path, monkeypatch):
+    """Native path: plain DATA frames reach the app's native transport from the lane in C, not through
+    TcpSide.write; the other paths call it for every payload. The bytes are the same either way."""
+    calls = []
+    python_write = TcpSide.write
+
+    def counted(self, data):
+        calls.append(len(data))
+        python_write(self, data)
+
+    monkeypatch.setattr(TcpSide, "write", counted)
+
+    async def main():
+        rig = Rig(echo)
+        await rig.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", rig.front_port)
+        for i in range(20):
+            message = bytes([i]) * 1000
+            writer.write(message)
+            assert await reader.readexactly(len(message)) == message
+        writer.close()
+        await rig.stop()
+    run(main())
+    if relay_path == "native":
+        assert calls == []
+    else:
+        assert sum(calls) >= 2 * 20 * 1000     # both ends' app sides, every payload
