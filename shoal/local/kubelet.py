@@ -38,7 +38,8 @@ BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
 BACKOFF_RESET_AFTER = 10.0  # a container that ran this long starts its backoff over
 GRACE_MAX = 10.0
-PROBE_PERIOD = 0.5
+PROBE_PERIOD = 0.5          # while a container is not ready: start-up (what `up` and rollouts wait for) is seen soon
+READY_PROBE_PERIOD = 2.0    # once it is: each probe wakes the kubelet and the probed process (the proxies, the agents)
 
 
 class KubeletError(LocalClusterError):
@@ -388,7 +389,7 @@ class Kubelet:
             if ok != c.ready:
                 c.ready = ok
                 self._mark(runtime)
-            await asyncio.sleep(PROBE_PERIOD)
+            await asyncio.sleep(READY_PROBE_PERIOD if c.ready else PROBE_PERIOD)
 
     # -- status and DNS ---------------------------------------------------------------
 

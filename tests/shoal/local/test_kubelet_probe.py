@@ -78,3 +78,35 @@ def test_a_probe_reads_the_whole_answer_and_the_server_logs_no_reset(host, famil
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_ready_container_is_probed_less_often_than_one_starting(monkeypatch):
+    """Start-up readiness is seen within PROBE_PERIOD; once ready, a probe every READY_PROBE_PERIOD, so that an
+    idle cluster does not wake the kubelet and every probed proxy twice a second."""
+    import asyncio
+    import types
+
+    from shoal.local import kubelet
+
+    answers = iter([False, False, True, True, False, True])
+    waits = []
+    container = types.SimpleNamespace(probe={"tcpSocket": {"port": 1}}, running=True, ready=False)
+    marks = []
+
+    def probe_once(runtime, probe):
+        try:
+            return next(answers)
+        except StopIteration:
+            container.running = False
+            return container.ready
+
+    async def sleep(seconds):
+        waits.append((container.ready, seconds))
+    monkeypatch.setattr(kubelet, "_probe_once", probe_once)
+    monkeypatch.setattr(kubelet.asyncio, "sleep", sleep)
+    owner = types.SimpleNamespace(_mark=lambda runtime: marks.append(container.ready))
+    asyncio.run(kubelet.Kubelet._probe(owner, object(), container))
+    assert [seconds for _, seconds in waits] == [kubelet.PROBE_PERIOD] * 2 + [kubelet.READY_PROBE_PERIOD] * 2 + \
+        [kubelet.PROBE_PERIOD, kubelet.READY_PROBE_PERIOD, kubelet.READY_PROBE_PERIOD]
+    assert kubelet.READY_PROBE_PERIOD > kubelet.PROBE_PERIOD
+    assert marks == [True, False, True]   # each change of readiness written, and only those
