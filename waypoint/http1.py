@@ -164,17 +164,18 @@ class MessageReader:
         self._head_bytes = 0
         parser = self._parser
         headers = tuple([(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in self._headers])
-        lengths, encodings = set(), []
-        self._hop = 0
+        lengths, encodings = (), ()   # (made only for a message that has them: most have one length at most)
+        hop = 0
         for k, v in headers:   # one pass: framing headers are hop-by-hop, and most messages have no other
             if k in HOP_BY_HOP:
-                self._hop += 1
+                hop += 1
                 if k == "content-length":
-                    lengths.add(v.strip())
-                    self._hop += 100   # (one Content-Length alone counts 101)
+                    lengths = {*lengths, v.strip()}
+                    hop += 100   # (one Content-Length alone counts 101)
                 elif k == "transfer-encoding":
-                    encodings.append(v)
-        chunked = "chunked" in ",".join(encodings).lower()
+                    encodings = (*encodings, v)
+        self._hop = hop
+        chunked = bool(encodings) and "chunked" in ",".join(encodings).lower()
         if len(lengths) > 1:
             raise BadRequest("conflicting Content-Length headers")
         content_length = None
