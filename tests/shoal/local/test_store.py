@@ -164,7 +164,8 @@ def test_a_watch_ends_when_the_cluster_is_taken_down(store):
         asyncio.run(main())
 
 
-def test_a_blocking_watch_ends_on_a_stop_set_by_another_thread(store):
+def test_a_blocking_watch_ends_on_a_stop_set_by_another_thread(store, monkeypatch):
+    monkeypatch.setattr(store_module, "STOP_CHECK_SECONDS", 0.05)
     stopped = threading.Event()
     threading.Timer(0.05, stopped.set).start()
     assert list(store.watch(store.resource_version(), stop=stopped.is_set, bookmarks=False)) == []
