@@ -305,3 +305,16 @@ def test_a_fault_or_mirror_still_rolls_per_request():
     aborted = decide(state, peer(), get(), scripted(0.0, 0.1))
     passed = decide(state, peer(), get(), scripted(0.0, 0.9))
     assert aborted.fault == FaultPlan(abort_status=503) and passed.fault == FaultPlan()
+
+
+@pytest.mark.parametrize("name,extra,who,head,rolls,check", CASES, ids=[c[0] for c in CASES])
+def test_a_parsed_http1_head_decides_as_its_request_head(name, extra, who, head, rolls, check):
+    """The proxy hands decide the parsed `http1.Head` itself (one head object per request): every case
+    decides the same for it as for the RequestHead of the same request."""
+    from waypoint import http1
+    wire = f"{head.method} {head.target} HTTP/1.1\r\nhost: {head.authority}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in head.headers) + "\r\n"
+    parsed = http1.MessageReader().feed(wire.encode("latin-1"))[0]
+    with_host = RequestHead(head.method, head.target, head.authority, (("host", head.authority), *head.headers))
+    assert decide(mesh(*extra), who, parsed, scripted(*rolls)) == decide(mesh(*extra), who, with_host,
+                                                                         scripted(*rolls))
