@@ -91,6 +91,8 @@ class Translator:
         self._pods_by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)      # (ns, k, v) -> pods
         self._services_by_anchor: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # (ns, k, v) -> services
         self._parsed: dict[ObjectKey, Any] = {}                           # mesh objects that parsed cleanly
+        self._istio_gateways: set[ObjectKey] = set()                      # ... of them, the ingress Gateways
+        self._selecting_entry_keys: set[ObjectKey] = set()                # ... the ServiceEntries selecting pods
         self._parse_findings: dict[ObjectKey, Findings] = {}
         self._route_warnings: dict[ObjectKey, tuple[str, ...]] = {}
         self._internal_errors: dict[ObjectKey, str] = {}
@@ -275,10 +277,7 @@ class Translator:
         parsed = self._guarded(key, parse, new, self.root_namespaces) if new is not None else None
         self._set_parse_findings(key, parsed.findings if parsed else Findings())
         self._dirty_findings.add(key)
-        if parsed is not None and parsed.ok and parsed.value is not None:
-            self._parsed[key] = parsed.value
-        else:
-            self._parsed.pop(key, None)
+        self._set_parsed(key, parsed.value if parsed is not None and parsed.ok else None)
         if kind == "Gateway":
             self._everything_dirty = True
         elif kind in ("AuthorizationPolicy", "PeerAuthentication"):
@@ -287,6 +286,23 @@ class Translator:
             self._entries_dirty = self._routes_dirty = True
         else:
             self._routes_dirty = True
+
+    def _set_parsed(self, key: ObjectKey, value: Any | None) -> None:
+        """`_parsed[key]` is `value` (None: out); the ingress Gateways and the ServiceEntries that select pods
+        are kept apart as well, since every pod event asks about them (a scan of every mesh object per pod
+        was O(pods x mesh objects))."""
+        if value is None:
+            self._parsed.pop(key, None)
+        else:
+            self._parsed[key] = value
+        if isinstance(value, ingress.IstioGateway):
+            self._istio_gateways.add(key)
+        else:
+            self._istio_gateways.discard(key)
+        if key[0] == service_entry.KIND and value is not None and value.workload_selector is not None:
+            self._selecting_entry_keys.add(key)
+        else:
+            self._selecting_entry_keys.discard(key)
 
     @staticmethod
     def _index(index: dict, namespace: str, name: str, obj: dict | None) -> None:
@@ -413,7 +429,7 @@ class Translator:
 
     def _has_istio_gateways(self) -> bool:
         """Any ingress Gateway, of either dialect."""
-        return any(isinstance(value, ingress.IstioGateway) for value in self._parsed.values())
+        return bool(self._istio_gateways)
 
     def _gateway_identities(self, gateway) -> set[tuple[str, str]]:
         """(namespace, service account) of the live pods an Istio Gateway's selector picks, in any namespace."""
@@ -425,8 +441,7 @@ class Translator:
         return found
 
     def _selecting_entries(self, namespace: str) -> bool:
-        return any(key[0] == service_entry.KIND and key[1] == namespace and value.workload_selector is not None
-                   for key, value in self._parsed.items())
+        return any(key[1] == namespace for key in self._selecting_entry_keys)
 
     def _flush_entries(self, publish) -> None:
         """Every ServiceEntry again: Services (one per host) and endpoint Workloads. A host that a
