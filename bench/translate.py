@@ -4,9 +4,10 @@ What the control plane does when its source lists a cluster (and then when pods 
 process, store or network around it: the translator alone, fed `shoal.store.Event`s.
 
 For each size (16,384 and 65,536 pods by default), in namespaces of 256 pods each, every other
-namespace enrolled (shoal.io/dataplane-mode: ambient), each namespace with a Service selecting its pods:
-1. list: every Namespace, Service and Pod as one batch (`apply_events`), then `flush`, as the feed does
-   with a source's initial list;
+namespace enrolled (shoal.io/dataplane-mode: ambient), each namespace with a Service selecting its pods,
+and `--policies` AuthorizationPolicies (1,000) spread over the namespaces:
+1. list: every Namespace, Service and policy, then every Pod, as one batch (`apply_events`), then `flush`,
+   as the feed does with a source's initial list;
 2. change: `--changes` pods (1,000) relabelled in one batch, then `flush`.
 
 Figures, per pod of the batch: wall time and CPU time of apply and flush (CPU time is this process's: it
@@ -28,10 +29,11 @@ from shoal.store import Event
 PODS_PER_NAMESPACE = 256
 
 
-def cluster(pods: int) -> tuple[list[dict], list[dict]]:
-    """(Namespaces and Services, Pods): `pods` pods in namespaces of PODS_PER_NAMESPACE."""
+def cluster(pods: int, policies: int = 0) -> tuple[list[dict], list[dict]]:
+    """(Namespaces, Services and policies; Pods): `pods` pods in namespaces of PODS_PER_NAMESPACE."""
     others, made = [], []
-    for n in range((pods + PODS_PER_NAMESPACE - 1) // PODS_PER_NAMESPACE):
+    namespaces = (pods + PODS_PER_NAMESPACE - 1) // PODS_PER_NAMESPACE
+    for n in range(namespaces):
         namespace = f"ns{n}"
         labels = {"shoal.io/dataplane-mode": "ambient"} if n % 2 == 0 else {}
         others.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}})
@@ -40,6 +42,11 @@ def cluster(pods: int) -> tuple[list[dict], list[dict]]:
                                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
         for p in range(min(PODS_PER_NAMESPACE, pods - n * PODS_PER_NAMESPACE)):
             made.append(pod(namespace, p, n))
+    others.extend({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                   "metadata": {"name": f"allow-{i}", "namespace": f"ns{i % namespaces}"},
+                   "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+                            "rules": [{"from": [{"source": {"namespaces": [f"ns{(i + 1) % namespaces}"]}}]}]}}
+                  for i in range(policies))
     return others, made
 
 
@@ -60,8 +67,8 @@ def timed(step) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def one_run(pods: int, changes: int) -> dict:
-    others, made = cluster(pods)
+def one_run(pods: int, changes: int, policies: int) -> dict:
+    others, made = cluster(pods, policies)
     translator = Translator()
     apply_wall, apply_cpu = timed(lambda: translator.apply_events(Event("ADDED", o) for o in [*others, *made]))
     flush_wall, flush_cpu = timed(translator.flush)
@@ -83,15 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench translate", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16384,65536", help="pod counts, comma-separated")
     parser.add_argument("--changes", type=int, default=1000, help="pods relabelled in the change batch")
+    parser.add_argument("--policies", type=int, default=1000, help="AuthorizationPolicies among the objects")
     parser.add_argument("--repeats", type=int, default=3, help="runs per size; figures are medians")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    if not sizes or min(sizes) < 1 or args.repeats < 1 or args.changes < 1:
-        parser.error("--sizes needs positive pod counts, --repeats and --changes at least 1")
-    run = Run("translate", {"sizes": sizes, "changes": args.changes, "repeats": args.repeats,
-                            "pods_per_namespace": PODS_PER_NAMESPACE})
+    if not sizes or min(sizes) < 1 or args.repeats < 1 or args.changes < 1 or args.policies < 0:
+        parser.error("--sizes needs positive pod counts, --repeats and --changes at least 1, --policies 0 or more")
+    run = Run("translate", {"sizes": sizes, "changes": args.changes, "policies": args.policies,
+                            "repeats": args.repeats, "pods_per_namespace": PODS_PER_NAMESPACE})
     for size in sizes:
-        runs = [one_run(size, args.changes) for _ in range(args.repeats)]
+        runs = [one_run(size, args.changes, args.policies) for _ in range(args.repeats)]
         row = {"pods": size, "workloads": runs[0]["workloads"], "hbone": runs[0]["hbone"]}
         for key in ("apply_us", "flush_us", "list_us", "list_cpu_us", "change_us"):
             row.update(summarize([r[key] for r in runs], key))
