@@ -107,6 +107,18 @@ class ConnectionRecord:
     _opened: bool = False
     _closed: bool = False
     _reported: tuple[int, int] = (0, 0)
+    _counters_for: tuple | None = None   # (label inputs, metrics, its four counters), see _counters
+
+    def _counters(self, metrics: Metrics) -> tuple:
+        """The four counters of this record's label set. Building the labels is most of what a record costs
+        per connection; they are built again only when something they are made of changed since the last
+        time (a refusal's flags, a workload learnt late)."""
+        inputs = (self.direction, self.source_workload, self.destination_workload, self.source_principal,
+                  self.destination_principal, self.service, self.mtls, self.response_flags)
+        cached = self._counters_for
+        if cached is None or cached[1] is not metrics or cached[0] != inputs:
+            cached = self._counters_for = (inputs, metrics, metrics.children(self.labels()))
+        return cached[2]
 
     @property
     def reporter(self) -> str:
@@ -140,7 +152,7 @@ class ConnectionRecord:
     def open(self, metrics: Metrics) -> None:
         if not self._opened:
             self._opened = True
-            metrics.children(self.labels())[0].inc()
+            self._counters(metrics)[0].inc()
 
     def _count_bytes(self, sent, received) -> None:
         if self.meter is not None:
@@ -155,13 +167,13 @@ class ConnectionRecord:
     def report(self, metrics: Metrics) -> None:
         """Counts the bytes moved since the last report (for connections still open)."""
         if self._opened and not self._closed:
-            _, _, sent, received = metrics.children(self.labels())
+            _, _, sent, received = self._counters(metrics)
             self._count_bytes(sent, received)
 
     def close(self, metrics: Metrics) -> None:
         if self._closed:
             return
-        opened, closed, sent, received = metrics.children(self.labels())
+        opened, closed, sent, received = self._counters(metrics)
         self._closed = True
         if not self._opened:
             self._opened = True

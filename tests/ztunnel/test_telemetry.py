@@ -82,3 +82,32 @@ def test_series_of_workloads_that_are_gone_are_removed_unless_a_connection_still
     tracker.end(still_open)
     tracker.report_once(lambda: {("shop", "client")})
     assert "server-5f2" not in tracker.metrics.render().decode()
+
+
+def test_labels_are_built_once_per_record_unless_what_they_are_made_of_changes(monkeypatch):
+    metrics = Metrics()
+    built = []
+    real_labels = ConnectionRecord.labels
+    monkeypatch.setattr(ConnectionRecord, "labels", lambda self: built.append(1) or real_labels(self))
+    kept = ConnectionRecord("outbound", ("198.19.1.2", 40001), ("198.19.2.2", 8080), source_workload=SRC,
+                            destination_workload=DST, mtls=True)
+    kept.open(metrics)
+    kept.report(metrics)
+    kept.close(metrics)
+    assert len(built) == 1
+
+    built.clear()
+    changed = ConnectionRecord("outbound", ("198.19.1.2", 40002), ("198.19.2.2", 8080), source_workload=SRC)
+    changed.open(metrics)                                  # the destination not known yet
+    changed.destination_workload = DST
+    changed.fail("UF", "the upstream refused")
+    changed.close(metrics)
+    assert len(built) == 2
+    monkeypatch.undo()
+    closed_as = changed.labels()
+    opened_as = ConnectionRecord("outbound", ("198.19.1.2", 40002), ("198.19.2.2", 8080),
+                                 source_workload=SRC).labels()     # what it was made of when it opened
+    assert opened_as != closed_as
+    assert value(metrics, "istio_tcp_connections_opened_total", **opened_as) == 1
+    assert value(metrics, "istio_tcp_connections_closed_total", **closed_as) == 1
+    assert value(metrics, "istio_tcp_connections_opened_total", **closed_as) == 0
