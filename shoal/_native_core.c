@@ -299,6 +299,9 @@ static int read_some(Transport *t) {
             if (status <= 0) break;
             got += status;
             status = 0;
+            /* Nothing left inside OpenSSL: the socket was read dry by the read ahead, most likely, and a read
+               now would mostly be an EAGAIN (a syscall per message); if more came, the loop says so. */
+            if (!SSL_has_pending(t->ssl)) break;
         }
         if (status == -1) return fatal_pending(t);
     } else {
