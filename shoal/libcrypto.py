@@ -67,7 +67,9 @@ def _bind() -> ctypes.CDLL:
         ("X509_REQ_sign", i, [p, p, p]),
         ("ASN1_IA5STRING_new", p, []),
         ("ASN1_STRING_set", i, [p, c, i]),
+        ("ASN1_STRING_free", None, [p]),
         ("GENERAL_NAME_new", p, []),
+        ("GENERAL_NAME_free", None, [p]),
         ("GENERAL_NAME_set0_value", None, [p, i, p]),
         ("GENERAL_NAMES_free", None, [p]),
         ("X509V3_EXT_i2d", p, [i, i, p]),
@@ -172,13 +174,25 @@ class EcKey:
 
 
 def _push_uri(names, uri: str) -> None:
+    """Pushes a URI GeneralName onto `names` (which then owns it); frees what it made if a call fails."""
     value = uri.encode("ascii")
     ia5 = _lib.ASN1_IA5STRING_new()
-    if not ia5 or _lib.ASN1_STRING_set(ia5, value, len(value)) != 1:
-        raise _failed("ASN1_STRING_set")
-    name = _lib.GENERAL_NAME_new()
-    if not name:
-        raise _failed("GENERAL_NAME_new")
-    _lib.GENERAL_NAME_set0_value(name, GEN_URI, ia5)      # the name owns the string from here
-    if _lib.OPENSSL_sk_push(names, name) <= 0:
-        raise _failed("OPENSSL_sk_push")
+    if not ia5:
+        raise _failed("ASN1_IA5STRING_new")
+    name = None
+    try:
+        if _lib.ASN1_STRING_set(ia5, value, len(value)) != 1:
+            raise _failed("ASN1_STRING_set")
+        name = _lib.GENERAL_NAME_new()
+        if not name:
+            raise _failed("GENERAL_NAME_new")
+        _lib.GENERAL_NAME_set0_value(name, GEN_URI, ia5)      # the name owns the string from here
+        ia5 = None
+        if _lib.OPENSSL_sk_push(names, name) <= 0:
+            raise _failed("OPENSSL_sk_push")
+        name = None                                           # the stack owns the name from here
+    finally:
+        if name:
+            _lib.GENERAL_NAME_free(name)
+        if ia5:
+            _lib.ASN1_STRING_free(ia5)

@@ -149,3 +149,15 @@ def test_generalized_and_utc_times_are_read():
 def test_a_libcrypto_key_is_freed_and_its_pem_survives():
     pem = EcKey.generate().pem()
     assert serialization.load_pem_private_key(pem, password=None).curve.name == "secp256r1"
+
+
+def test_a_failed_push_of_the_uri_name_frees_the_name_it_made(monkeypatch):
+    from shoal import libcrypto
+
+    freed = []
+    real_free = libcrypto._lib.GENERAL_NAME_free
+    monkeypatch.setattr(libcrypto._lib, "OPENSSL_sk_push", lambda stack, item: 0)
+    monkeypatch.setattr(libcrypto._lib, "GENERAL_NAME_free", lambda name: (freed.append(name), real_free(name)))
+    with pytest.raises(libcrypto.LibcryptoError, match="OPENSSL_sk_push"):
+        EcKey.generate().csr_pem(str(WEB))
+    assert len(freed) == 1 and freed[0]
