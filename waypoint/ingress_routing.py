@@ -52,6 +52,36 @@ def table_for(routes: IngressRoutes, host: str, port: int) -> RouteTable | None:
     return routes.get(("*", port))
 
 
+MAX_MEMO = 4096   # entries of a per-state-version memo below before it starts over
+
+
+def _ported(state: ProxyState, route: Route) -> Route | Refusal:
+    """`route` with each destination's port (`_with_ports`), made once per route and state version: the plan
+    memo (`routing._cached_plan`) and the weighted draws' streams are keyed by the route object, so a route
+    made anew per request would miss both every time (and fill them)."""
+    memo = state.cached("ingress-ported")
+    entry = memo.get(id(route))
+    if entry is not None and entry[0] is route:   # (the entry holds the route: its id is not reused meanwhile)
+        return entry[1]
+    if len(memo) >= MAX_MEMO:
+        memo.clear()
+    found = _with_ports(state, route)
+    memo[id(route)] = (route, found)
+    return found
+
+
+def _addressed(state: ProxyState, host: str, namespace: str) -> Service:
+    """The Service a request to the gateway's `host` is named by, one object per host and state version (the
+    plan memo is keyed by it too)."""
+    memo = state.cached("ingress-addressed")
+    found = memo.get((host, namespace))
+    if found is None:
+        if len(memo) >= MAX_MEMO:   # (the host is the client's: a `*` table takes any)
+            memo.clear()
+        found = memo[(host, namespace)] = Service(name=host, namespace=namespace, hostname=host, vips=(), ports=())
+    return found
+
+
 def _with_ports(state: ProxyState, route: Route) -> Route | Refusal:
     destinations = []
     for destination in route.destinations:
@@ -83,12 +113,11 @@ def decide(state: ProxyState, routes: Callable[[], IngressRoutes], peer: Peer, h
     route = next((r for r in table.routes if route_matches(r, head)), None)
     if route is None:
         return Refusal(404, "NR", f"no route of {table.origin or table.key} matches {head.method} {head.path}", host)
-    route = _with_ports(state, route)
+    route = _ported(state, route)
     if isinstance(route, Refusal):
         return route
     # What the request addressed is the gateway's host, not a Service: refusals name that host.
-    addressed = Service(name=host, namespace=table.namespace, hostname=host, vips=(), ports=())
-    plan = follow(state, addressed, route, port, head, rand)
+    plan = follow(state, _addressed(state, host, table.namespace), route, port, head, rand)
     if isinstance(plan, Refusal):
         return plan
     # Its metrics and access log name the backend Service the request went to, as Istio's gateway's do

@@ -97,6 +97,17 @@ def test_unknown_hosts_are_404_and_nothing_is_sent():
     assert isinstance(refusal, Refusal) and refusal.status == 404 and "nope.example" in refusal.reason
 
 
+def test_an_ingress_request_hits_the_plan_memo_of_its_route():
+    """A port-less destination's route is given its port once per state version, and the addressed host is one
+    Service object, so the waypoint's plan memo (keyed by those objects) is hit, not filled per request."""
+    mesh = Mesh()
+    routes = routes_for(Route(name="all", destinations=(Destination(REVIEWS),)))
+    plans = [decide(mesh.state, lambda: routes, Peer("198.18.0.200", None, ("0.0.0.0", 80)),
+                    RequestHead("GET", "/", "example.com"), lambda: 0.0) for _ in range(3)]
+    assert plans[0] == plans[1] == plans[2] and plans[0].destination_port == 9080
+    assert len(mesh.state.cached("plans")) == 1
+
+
 def test_the_plan_and_the_metrics_name_the_backend_service_not_the_host():
     mesh = Mesh()
     plan = decide(mesh.state, lambda: routes_for(Route(name="all", destinations=(v("v1"),))),
