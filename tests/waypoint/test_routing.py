@@ -299,12 +299,19 @@ def test_plans_without_fault_or_mirror_are_made_once_per_state_version():
 
 
 def test_a_fault_or_mirror_still_rolls_per_request():
-    """The plan memo is for routes whose plan nothing rolls: a fault is rolled for each request."""
+    """The plan memo is for plans that nothing rolled: a fault and a mirror are rolled for each request."""
     route = Route(destinations=(to("v2"),), fault=Fault(abort_status=503, abort_percentage=50.0))
     state = mesh(table(route))
     aborted = decide(state, peer(), get(), scripted(0.0, 0.1))
     passed = decide(state, peer(), get(), scripted(0.0, 0.9))
     assert aborted.fault == FaultPlan(abort_status=503) and passed.fault == FaultPlan()
+    again = decide(state, peer(), get(), scripted(0.0, 0.1))   # after a plan without fault was memoized
+    assert again.fault == FaultPlan(abort_status=503)
+    # A mirror too: a request that rolls none (memoized) does not keep the next one from being mirrored.
+    state = mesh(table(Route(destinations=(to("v1"),), mirrors=(Mirror(Destination(SHADOW), 30.0),))))
+    missed = decide(state, peer(), get(), scripted(0.0, 0.5))
+    mirrored = decide(state, peer(), get(), scripted(0.0, 0.1))
+    assert missed.mirrors == () and [m.upstream.address for m in mirrored.mirrors] == [("198.19.2.14", 8080)]
 
 
 @pytest.mark.parametrize("name,extra,who,head,rolls,check", CASES, ids=[c[0] for c in CASES])
