@@ -26,6 +26,7 @@ from dataclasses import dataclass
 SEQUENCE, SET_TAG, INTEGER, BOOLEAN, OCTET_STRING, BIT_STRING, OID = 0x30, 0x31, 0x02, 0x01, 0x04, 0x03, 0x06
 UTC_TIME, GENERALIZED_TIME = 0x17, 0x18
 VERSION_TAG, EXTENSIONS_TAG = 0xA0, 0xA3     # [0] EXPLICIT version, [3] EXPLICIT extensions
+OPTIONAL_TAGS = (0x81, 0x82, EXTENSIONS_TAG)   # [1] issuerUniqueID, [2] subjectUniqueID (IMPLICIT), [3]
 URI_NAME = 0x86                              # GeneralName uniformResourceIdentifier, [6] IMPLICIT IA5String
 SUBJECT_ALT_NAME = bytes([0x55, 0x1D, 0x11])  # 2.5.29.17
 
@@ -49,6 +50,8 @@ def _element(data: bytes, at: int, end: int) -> tuple[int, int, int]:
     if at + 2 > end:
         raise CertificateFormatError(f"truncated at byte {at}")
     tag, first = data[at], data[at + 1]
+    if tag & 0x1F == 0x1F:
+        raise CertificateFormatError(f"a multi-byte tag at byte {at}: no field of a certificate has one")
     at += 2
     if first < 0x80:
         length = first
@@ -97,6 +100,8 @@ def _time(data: bytes, element: tuple[int, int, int]) -> dt.datetime:
 
 def _uris(data: bytes, extensions: tuple[int, int, int]) -> tuple[str, ...]:
     _, start, end = _expect(_element(data, extensions[1], extensions[2]), SEQUENCE, "extensions")
+    if end != extensions[2]:
+        raise CertificateFormatError("bytes after the extensions")
     found: tuple[str, ...] | None = None
     for ext in _children(data, start, end):
         parts = _children(data, *_expect(ext, SEQUENCE, "extension")[1:])
@@ -146,8 +151,11 @@ def read_der(der: bytes) -> CertificateFacts:
     validity = _children(data, fields[3][1], fields[3][2])
     if len(validity) != 2:
         raise CertificateFormatError("validity is not (not before, not after)")
-    extensions = [f for f in fields[6:] if f[0] == EXTENSIONS_TAG]
-    uris = _uris(data, extensions[0]) if extensions else ()
+    optional = [f[0] for f in fields[6:]]
+    if any(tag not in OPTIONAL_TAGS for tag in optional) or optional != sorted(set(optional)):
+        raise CertificateFormatError("after the subject public key a certificate has at most issuerUniqueID, "
+                                     "subjectUniqueID and extensions, once each and in that order")
+    uris = _uris(data, fields[-1]) if optional and optional[-1] == EXTENSIONS_TAG else ()
     return CertificateFacts(data, _time(data, validity[0]), _time(data, validity[1]), uris)
 
 

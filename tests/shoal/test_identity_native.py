@@ -161,3 +161,47 @@ def test_a_failed_push_of_the_uri_name_frees_the_name_it_made(monkeypatch):
     with pytest.raises(libcrypto.LibcryptoError, match="OPENSSL_sk_push"):
         EcKey.generate().csr_pem(str(WEB))
     assert len(freed) == 1 and freed[0]
+
+
+def der_element(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + content
+
+
+def content_of(element: bytes) -> bytes:
+    _, start, end = x509_der._element(element, 0, len(element))
+    return element[start:end]
+
+
+def with_tbs_fields(der: bytes, change) -> bytes:
+    """The certificate `der` with its to-be-signed fields (each element's bytes) passed through `change`."""
+    _, start, end = x509_der._element(der, 0, len(der))
+    tbs = x509_der._children(der, start, end)[0]
+    fields = [der[at:field_end] for at, field_end in _starts_and_ends(der, tbs[1], tbs[2])]
+    return der_element(0x30, der_element(0x30, b"".join(change(fields))) + der[tbs[2]:end])
+
+
+def _starts_and_ends(der: bytes, at: int, end: int):
+    while at < end:
+        field_end = x509_der._element(der, at, end)[2]
+        yield at, field_end
+        at = field_end
+
+
+def test_ambiguous_certificate_structure_is_refused():
+    der = leaf(TestCA(), [x509.UniformResourceIdentifier(str(WEB))], dt.datetime.now(dt.timezone.utc),
+               dt.timedelta(hours=1))
+    assert with_tbs_fields(der, lambda fields: fields) == der
+    broken = {
+        "two extension fields": with_tbs_fields(der, lambda f: f + f[-1:]),
+        "an unknown field": with_tbs_fields(der, lambda f: f[:-1] + [der_element(0xA4, b"")] + f[-1:]),
+        "bytes after the extensions": with_tbs_fields(
+            der, lambda f: f[:-1] + [der_element(0xA3, content_of(f[-1]) + b"\x05\x00")]),
+        "a multi-byte tag": with_tbs_fields(der, lambda f: f + [b"\xbf\x1f\x00"]),
+    }
+    for bad in broken.values():
+        with pytest.raises(InvalidCertificate, match="not DER X.509"):
+            identity.spiffe_id_of(bad)
