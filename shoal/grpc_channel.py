@@ -189,14 +189,18 @@ class _Connection(asyncio.Protocol):
                     stream.finish(RpcError(StatusCode.UNAVAILABLE, f"{self.settings.target} is going away "
                                            f"({getattr(event.error_code, 'name', event.error_code)})"))
             return
+        if isinstance(event, DataReceived):
+            # Credit goes back for every DATA frame, a forgotten stream's too: the connection's window is shared.
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         stream = self.streams.get(getattr(event, "stream_id", None) or 0)
         if stream is None:
+            if isinstance(event, DataReceived):
+                self.reset(event.stream_id)      # a call already let go of: no more of it
             return
         try:
             if isinstance(event, ResponseReceived):
                 stream.on_headers(dict(event.headers))
             elif isinstance(event, DataReceived):
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 stream.on_data(event.data)
             elif isinstance(event, TrailersReceived):
                 stream.on_trailers(dict(event.headers))

@@ -244,6 +244,37 @@ def test_a_wrong_server_name_or_an_unreachable_target_is_unavailable_and_backs_o
     asyncio.run(main())
 
 
+def status_then_data(peer, stream_id, headers, body):
+    """The first call: a grpc-status in its headers without ending the stream, then (once the client let the
+    call go) DATA on it up to the whole of the connection's window. Later calls: echo."""
+    if stream_id != 1:
+        return echo(peer, stream_id, headers, body)
+    peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                     (b"grpc-status", b"0")])
+    peer.flush()
+
+    def spend_the_window():
+        while (window := min(peer.h2.local_flow_control_window(1), peer.h2.max_outbound_frame_size)) > 0:
+            peer.h2.send_data(1, b"\x00" * window)
+        peer.flush()
+    asyncio.get_running_loop().call_later(0.2, spend_the_window)
+
+
+def test_data_on_a_call_let_go_of_gives_its_credit_back():
+    async def main():
+        server, pem, target, _ = await serve(status_then_data)
+        channel = Channel(settings(target, pem))
+        try:
+            with pytest.raises(RpcError, match="without an answer"):
+                await channel.unary("/shoal.api.Test/Echo", b"first", timeout=5)
+            await asyncio.sleep(1.0)      # the first call's DATA arrives, for a stream the channel forgot
+            return await channel.unary("/shoal.api.Test/Echo", b"hello", timeout=5)
+        finally:
+            await channel.close()
+            server.close()
+    assert asyncio.run(main()) == b"hello"
+
+
 # -- the config client keeps its last config --------------------------------------------------
 
 def full_state() -> list[bytes]:
