@@ -25,7 +25,8 @@ Per pod:
 - the sockhash maps each of the pod's addresses (16 bytes, IPv4 v4-mapped) to
   the ztunnel's 15006 listener for that pod and family (the ztunnel hands the
   listeners over with its Ack of AddWorkload); the keys of an address the
-  pod loses, or of a pod that leaves, are deleted (`forget_addresses`).
+  pod loses, or of a pod that leaves, are deleted (`forget_addresses`), but
+  not one another pod holds by then (`Redirection` knows from its ledger).
 The ztunnel's own cgroup (found from the hand-off peer) gets shoal_ztsockops
 and shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001
 sockets and record the ztunnel's own connections as uncaptured. Telling the
@@ -51,6 +52,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterable
 
 from shoal import log
 
@@ -255,7 +257,9 @@ class EbpfRedirector:
         finally:
             os.close(link)
 
-    def remove(self, pod: PodTarget) -> None:
+    def remove(self, pod: PodTarget, *, keep: Iterable[str] = ()) -> None:
+        """Detaches and unpins the pod's programs and forgets its sockhash keys, but those of `keep`
+        (addresses another pod holds now: their keys steer to that pod's listener)."""
         self.load()
         if pod.cgroup and os.path.isdir(pod.cgroup):
             cgroup = _cgroup_fd(pod.cgroup)
@@ -266,7 +270,7 @@ class EbpfRedirector:
         pin = self.links_dir / _safe(pod.uid)
         if pin.exists():
             pin.unlink()
-        self.forget_addresses(pod.ips)
+        self.forget_addresses(set(pod.ips) - set(keep))
 
     def installed(self, pod: PodTarget) -> bool:
         self.load()

@@ -126,8 +126,11 @@ class Redirection:
         fresh = previous is None  # nothing of it from this agent (the ledger outlives restarts)
         if previous is not None and self.mode == "ebpf":
             # Before the ledger forgets them: the addresses the pod lost leave the sockhash (its inbound
-            # steering), else a pod given one of them next would have its traffic sent to this pod's listener.
-            self.capture.forget_addresses(set(previous.ips) - set(pod.ips))
+            # steering), else a pod given one of them next would have its traffic sent to this pod's listener;
+            # but not one another pod holds already (its key is that new owner's listener now).
+            lost = set(previous.ips) - set(pod.ips)
+            if lost:
+                self.capture.forget_addresses(lost - self._held_by_others(pod.uid))
         self.ledger.record(pod, self.mode)
         self._recorded[pod.uid] = pod
         if self.mode == "iptables":  # one -restore per family for both (and a -save unless fresh)
@@ -139,7 +142,10 @@ class Redirection:
             self.sync_probes()
 
     def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
-        self.capture.remove(pod)  # with the netns gone, the eBPF mode still unpins and forgets
+        if self.mode == "ebpf":  # with the netns gone, the eBPF mode still unpins and forgets its keys,
+            self.capture.remove(pod, keep=self._held_by_others(pod.uid))  # but not another pod's
+        else:
+            self.capture.remove(pod)
         if self.mode != "iptables":  # the iptables mode's removal takes the DNS capture's chain too
             dns_capture.remove(pod, self.tables)
             # and out of the other backend, where an agent that detected the node's backend differently left it
@@ -149,6 +155,11 @@ class Redirection:
         self._recorded.pop(pod.uid, None)
         if sync_probes:
             self.sync_probes()
+
+    def _held_by_others(self, uid: str) -> set[str]:
+        """The addresses recorded pods other than `uid` hold (a pod may take over an address before the
+        one that lost it is installed again or removed)."""
+        return {ip for other, pod in self._recorded.items() if other != uid for ip in pod.ips}
 
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -414,3 +415,49 @@ def test_an_address_the_pod_loses_or_a_pod_that_leaves_leaves_no_sockhash_key(to
             assert not in_sockhash(redirection, kept) and not in_sockhash(redirection, lost)
         finally:
             redirection.remove(two)
+
+
+def sockhash_cookie(redirection, address: str) -> int | None:
+    """The socket cookie the agent's sockhash holds for this address (a lookup from user space), or None."""
+    import ctypes
+    from node_agent import libbpf
+    from node_agent.ebpf import sockhash_key
+    key, cookie = ctypes.create_string_buffer(sockhash_key(address), 16), ctypes.create_string_buffer(8)
+    if libbpf.lib().bpf_map_lookup_elem(redirection.capture.sockhash_fd, key, cookie) != 0:
+        return None
+    return struct.unpack("Q", cookie.raw)[0]
+
+
+def socket_cookie(sock) -> int:
+    """The kernel's cookie of a socket (SO_COOKIE, 57): what a sockhash lookup from user space returns."""
+    return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_COOKIE", 57), 8))[0]
+
+
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)  # the eBPF mode's sockhash only
+@pytest.mark.parametrize("old_owner_goes", ["installed without it", "removed"])
+def test_an_address_taken_over_keeps_the_new_owners_key_when_the_old_owner_lets_go(topo, redirection,
+                                                                                   old_owner_goes):
+    """Pod b takes over an address (and the ztunnel hands b's listener over) before pod a, which held it, is
+    installed again without it or removed: a's letting go must not delete b's key, else b's inbound for
+    that address is dropped until b's next Ack."""
+    moved = "198.19.250.8"
+    a = dataclasses.replace(topo.pods["a"], ips=(POD_IPS["a"], moved))
+    b = dataclasses.replace(topo.pods["b"], ips=(POD_IPS["b"], moved))
+    redirection.install(a)
+    with listen_in(topo.pod_netns("a"), 15006) as inbound_a, listen_in(topo.pod_netns("b"), 15006) as inbound_b:
+        try:
+            redirection.set_inbound_listener(a, inbound_a.fileno())
+            redirection.install(b)
+            redirection.set_inbound_listener(b, inbound_b.fileno())
+            assert sockhash_cookie(redirection, moved) == socket_cookie(inbound_b)
+            if old_owner_goes == "removed":
+                redirection.remove(a)
+            else:
+                redirection.install(dataclasses.replace(a, ips=(POD_IPS["a"],)))
+            assert sockhash_cookie(redirection, moved) == socket_cookie(inbound_b)  # still b's
+            assert sockhash_cookie(redirection, POD_IPS["b"]) == socket_cookie(inbound_b)
+            redirection.remove(b)  # the last holder: now it goes
+            assert sockhash_cookie(redirection, moved) is None
+        finally:
+            redirection.remove(a)
+            redirection.remove(b)
