@@ -314,6 +314,7 @@ class Channel:
         self._backoff = settings.backoff_initial
         self._retry_at = 0.0
         self._last_failure: RpcError | None = None
+        self._closed = False
 
     async def __aenter__(self) -> "Channel":
         return self
@@ -322,6 +323,8 @@ class Channel:
         await self.close()
 
     async def close(self) -> None:
+        """Ends the connection and its calls; a connection still being dialled is ended once it is made."""
+        self._closed = True
         if self._connection is not None:
             self._connection.fail(RpcError(StatusCode.CANCELLED, "the channel was closed"))
             self._connection = None
@@ -335,6 +338,8 @@ class Channel:
         return ctx
 
     async def _connect(self) -> _Connection:
+        if self._closed:
+            raise RpcError(StatusCode.CANCELLED, "the channel was closed")
         if self._connection is not None and self._connection.usable:
             return self._connection
         if time.monotonic() < self._retry_at and self._last_failure is not None:
@@ -359,6 +364,8 @@ class Channel:
             self._retry_at = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
             self._backoff = min(self._backoff * 1.6, self.settings.backoff_max)
             raise self._last_failure from None
+        if self._closed:                  # closed while dialling: the connection would outlive its channel
+            connection.fail(RpcError(StatusCode.CANCELLED, "the channel was closed"))
         if connection.failure is not None:
             self._last_failure = connection.failure
             self._retry_at = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)

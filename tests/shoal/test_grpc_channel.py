@@ -275,6 +275,28 @@ def test_data_on_a_call_let_go_of_gives_its_credit_back():
     assert asyncio.run(main()) == b"hello"
 
 
+def test_a_channel_closed_while_it_dials_keeps_no_connection():
+    async def main():
+        server, pem, target, _ = await serve(echo)
+        Peer.transports.clear()
+        channel = Channel(settings(target, pem))
+        try:
+            opening = asyncio.ensure_future(channel.open_stream("/shoal.api.Config/Watch"))
+            await asyncio.sleep(0)          # the dial has begun; the TLS handshake is not done
+            await channel.close()
+            with pytest.raises(RpcError) as info:
+                await opening
+            assert info.value.code is StatusCode.CANCELLED
+            for _ in range(100):
+                if Peer.transports and all(t.is_closing() for t in Peer.transports):
+                    break
+                await asyncio.sleep(0.02)
+            assert Peer.transports and all(t.is_closing() for t in Peer.transports)
+        finally:
+            server.close()
+    asyncio.run(main())
+
+
 # -- the config client keeps its last config --------------------------------------------------
 
 def full_state() -> list[bytes]:
