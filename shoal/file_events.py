@@ -134,10 +134,12 @@ class DirectoryChanges:
         if self.polling:
             time.sleep(POLL_SECONDS if timeout is None else min(timeout, POLL_SECONDS))
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            ready, _, _ = select.select([self.fd], [], [], timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.fd], [], [], left)
             if not ready or self.drain() or self.gone:
-                return
+                return  # (other files' changes do not start the timeout again)
 
     async def wait_async(self, timeout: float | None) -> None:
         """`wait` on the running loop: the fd is a reader, nothing else runs while nothing changes."""

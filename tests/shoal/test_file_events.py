@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -82,3 +83,22 @@ def test_without_inotify_the_waits_poll_and_say_so_once(tmp_path, monkeypatch):
     first.wait(None)
     asyncio.run(second.wait_async(None))
     assert len(warnings) == 1 and "inotify_init1" in warnings[0][1]["reason"]
+
+
+def test_changes_to_other_files_do_not_stretch_a_blocking_wait_past_its_timeout(tmp_path, changes):
+    stop = threading.Event()
+
+    def churn():  # for 2 s at most, so that a wait that the churn stretches ends (and fails) too
+        until = time.monotonic() + 2
+        while not stop.is_set() and time.monotonic() < until:
+            (tmp_path / "rv").write_text("1")
+            stop.wait(0.01)
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        started = time.monotonic()
+        changes.wait(0.2)
+        assert time.monotonic() - started < 0.5
+    finally:
+        stop.set()
+        writer.join()
