@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -118,7 +119,9 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
+@functools.cache
 def _glibc():
+    """The process's libc with malloc_trim and mallinfo2 typed, bound once (None when not glibc 2.33+)."""
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallinfo2"):
         return None          # not glibc (or older than 2.33): nothing to do
