@@ -72,6 +72,8 @@ class Tables(iptables_backend.Tables):
     keywords) and its failures as RedirectError."""
 
     error = RedirectError
+    hint = ("the agent needs CAP_NET_ADMIN in the node's and the pods' netns and the backend's iptables tools; "
+            "--iptables-backend legacy|nft chooses the backend")
 
     @staticmethod
     def rule(spec: dict) -> str:

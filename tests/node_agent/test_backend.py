@@ -59,6 +59,12 @@ def test_a_rule_is_written_as_iptables_save_prints_it(spec, line):
     assert netfilter.rule_text(**spec) == line
 
 
+def test_a_failed_write_says_what_the_agent_needs_and_how_to_choose_the_other_backend():
+    from node_agent.errors import RedirectError
+    with pytest.raises(RedirectError, match="CAP_NET_ADMIN.*--iptables-backend legacy[|]nft"):
+        backend.writer("nft")._run("/nonexistent-netns", ["iptables-nft-save"])
+
+
 def test_an_unknown_backend_is_refused_naming_the_choices():
     with pytest.raises(Exception, match="choose one of auto, legacy, nft"):
         backend.resolve("bpfilter")
