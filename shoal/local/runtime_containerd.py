@@ -281,15 +281,20 @@ def containerd_pid(paths: NodePaths) -> int | None:
     return pid if str(paths.config).encode() in cmdline else None
 
 
-def ensure_node(layout: Layout, node: int, refs: dict, progress) -> bool:
-    """Node `node`'s containerd runs, with its CNI config and the images; True when it had to start it."""
-    paths = NodePaths.of(layout, node)
+def ensure_cni_dirs(paths: NodePaths) -> None:
+    """The node's dirs and CNI dirs, the plugins linked from the system's (tests/support/containerd.py too)."""
     for directory in (paths.base, paths.bin_dir, paths.conf_dir, paths.cni / "ipam"):
         directory.mkdir(parents=True, exist_ok=True)
     for plugin in PLUGINS:
         link = paths.bin_dir / plugin
         if not link.exists():
             link.symlink_to(SYSTEM_PLUGINS / plugin)
+
+
+def ensure_node(layout: Layout, node: int, refs: dict, progress) -> bool:
+    """Node `node`'s containerd runs, with its CNI config and the images; True when it had to start it."""
+    paths = NodePaths.of(layout, node)
+    ensure_cni_dirs(paths)
     conf = paths.conf_dir / "10-shoal-local.conflist"
     if not conf.exists():  # the node agent chains shoal-cni into it; a later `up` must not undo that
         conf.write_text(json.dumps(conflist(paths, node), indent=1))

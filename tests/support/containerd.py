@@ -76,11 +76,7 @@ class Containerd:
         self.cni_cache_existed = CNI_CACHE.exists()
         self.cgroup_parent = f"shoal-image-test-{os.getpid()}"
         paths = node_paths(self.base)
-        paths.conf_dir.mkdir(parents=True, exist_ok=True)
-        paths.bin_dir.mkdir(parents=True, exist_ok=True)
-        for plugin in runtime_containerd.PLUGINS:
-            if not (paths.bin_dir / plugin).exists():
-                (paths.bin_dir / plugin).symlink_to(runtime_containerd.SYSTEM_PLUGINS / plugin)
+        runtime_containerd.ensure_cni_dirs(paths)
         # The product's own config builder: the tests' containerd is configured as a cluster's node is.
         paths.config.write_text(runtime_containerd.config_toml(paths, self.sandbox_image))
         (self.base / "fifo").mkdir()
