@@ -256,6 +256,8 @@ class _Connection(asyncio.Protocol):
     # -- calls ------------------------------------------------------------------------
 
     def start(self, path: str, metadata, timeout: float | None) -> tuple[int, _Stream]:
+        if self.failure is not None:
+            raise self.failure            # no stream on a connection that is gone: nothing would end it
         stream_id = self.h2.get_next_available_stream_id()
         stream = _Stream(self.settings.max_receive_message)
         self.streams[stream_id] = stream
@@ -346,11 +348,15 @@ class Channel:
             raise self._last_failure
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._dial())
-        try:
-            return await asyncio.shield(self._connecting)
-        finally:
-            if self._connecting is not None and self._connecting.done():
-                self._connecting = None
+            self._connecting.add_done_callback(self._dialled)
+        return await asyncio.shield(self._connecting)
+
+    def _dialled(self, dial: asyncio.Future) -> None:
+        # Forgotten when it ends, not when a caller returns: a caller cancelled meanwhile (its deadline) left
+        # it in place, and the next call, after the connection was lost, got that dead connection back.
+        self._connecting = None
+        if not dial.cancelled():
+            dial.exception()      # read here too, for when every caller was cancelled
 
     async def _dial(self) -> _Connection:
         host, port = split_target(self.settings.target)

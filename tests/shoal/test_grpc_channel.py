@@ -297,6 +297,34 @@ def test_a_channel_closed_while_it_dials_keeps_no_connection():
     asyncio.run(main())
 
 
+def test_a_call_after_the_connection_was_lost_dials_again_though_the_first_dial_lost_its_caller():
+    async def main():
+        server, pem, target, _ = await serve(echo)
+        Peer.transports.clear()
+        channel = Channel(settings(target, pem))
+        try:
+            opening = asyncio.ensure_future(channel.open_stream("/shoal.api.Config/Watch"))
+            await asyncio.sleep(0)
+            opening.cancel()                # its caller's deadline passed while it dialled; the dial goes on
+            for _ in range(100):
+                if channel._connection is not None:
+                    break
+                await asyncio.sleep(0.02)
+            lost = channel._connection
+            for transport in Peer.transports:
+                transport.close()           # the server goes away
+            for _ in range(100):
+                if lost.failure is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert lost.failure is not None
+            return await channel.unary("/shoal.api.Test/Echo", b"hello", timeout=3)
+        finally:
+            await channel.close()
+            server.close()
+    assert asyncio.run(main()) == b"hello"
+
+
 # -- the config client keeps its last config --------------------------------------------------
 
 def full_state() -> list[bytes]:
