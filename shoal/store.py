@@ -371,8 +371,9 @@ class Store:
         (it is asked after each event and at least every `STOP_CHECK_SECONDS`).
         The wait between events sleeps until the journal changes (inotify).
         """
-        with file_events.DirectoryChanges(self.dir, {self.journal_path.name}) as changes:
-            tail = _Tail(_JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None), bookmarks)
+        with file_events.DirectoryChanges(self.dir, {self.journal_path.name}) as changes, \
+                _JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None) as reader:
+            tail = _Tail(reader, bookmarks)
             while not (stop and stop()):
                 events, timeout = tail.next()
                 if events:
@@ -385,8 +386,9 @@ class Store:
     async def awatch(self, since: int, kinds: Iterable[str] | None = None,
                      bookmarks: bool = True) -> AsyncIterator[Event]:
         """The asyncio form of `watch`: between events the loop only waits on an inotify fd."""
-        with file_events.DirectoryChanges(self.dir, {self.journal_path.name}) as changes:
-            tail = _Tail(_JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None), bookmarks)
+        with file_events.DirectoryChanges(self.dir, {self.journal_path.name}) as changes, \
+                _JournalReader(self.journal_path, since, frozenset(kinds) if kinds else None) as reader:
+            tail = _Tail(reader, bookmarks)
             while True:
                 events, timeout = tail.next()
                 for event in events:
@@ -444,9 +446,20 @@ class _JournalReader:
         self.buffer = b""
         self._open()
 
-    def _open(self) -> None:
+    def __enter__(self) -> "_JournalReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Lets the journal go now, not when the collector finds the reader (a watch ended, or Expired)."""
         if self.file:
             self.file.close()
+            self.file = None
+
+    def _open(self) -> None:
+        self.close()
         self.file = open(self.path, "rb")
         self.inode = os.fstat(self.file.fileno()).st_ino
         self.buffer = b""
@@ -454,6 +467,7 @@ class _JournalReader:
         if first.endswith(b"\n"):
             first_rv = int(json.loads(first)["object"]["metadata"]["resourceVersion"])
             if first_rv > self.last + 1:
+                self.close()
                 raise Expired(f"resourceVersion {self.last} is too old; the journal starts at {first_rv}")
         self.file.seek(0)
 

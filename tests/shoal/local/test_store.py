@@ -169,3 +169,44 @@ def test_a_blocking_watch_ends_on_a_stop_set_by_another_thread(store, monkeypatc
     stopped = threading.Event()
     threading.Timer(0.05, stopped.set).start()
     assert list(store.watch(store.resource_version(), stop=stopped.is_set, bookmarks=False)) == []
+
+
+def test_no_watch_leaves_a_file_descriptor_open_however_it_ends(store, monkeypatch):
+    """Each watch holds an inotify fd and the journal; closed early, cancelled or Expired, it lets both go."""
+    import os
+
+    def open_fds() -> dict:
+        out = {}
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass  # the listing's own fd, gone already
+        return out
+
+    before = open_fds()
+    store.apply(pod("a"))
+    watch = store.watch(0, bookmarks=False)
+    assert next(watch).object["metadata"]["name"] == "a"
+    watch.close()  # a consumer that stopped after one event
+    assert open_fds() == before
+
+    async def cancelled():
+        waiting = asyncio.create_task(anext(store.awatch(store.resource_version(), bookmarks=False)))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    asyncio.run(cancelled())
+    assert open_fds() == before
+
+    monkeypatch.setattr(store_module, "JOURNAL_MAX", 20)
+    monkeypatch.setattr(store_module, "JOURNAL_KEEP", 10)
+    monkeypatch.setattr(Store, "_maybe_compact", _compact_small)
+    for i in range(30):
+        store.apply(pod(f"p{i}"))
+    with pytest.raises(Expired):
+        next(store.watch(1))
+    with pytest.raises(Expired):
+        asyncio.run(anext(store.awatch(1)))
+    assert open_fds() == before
