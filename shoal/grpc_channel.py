@@ -133,14 +133,13 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.failure: RpcError | None = None     # set once the connection is of no more use
-        self.draining = False                    # GOAWAY received: no new calls on it
         self._window_waiters: list[asyncio.Future] = []
         self._pong: asyncio.Future | None = None
         self._keepalive: asyncio.Task | None = None
 
     @property
     def usable(self) -> bool:
-        return self.failure is None and not self.draining and self.transport is not None
+        return self.failure is None and self.transport is not None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -182,12 +181,10 @@ class _Connection(asyncio.Protocol):
                     waiter.set_result(None)
             return
         if isinstance(event, ConnectionTerminated):
-            self.draining = True
-            last = event.last_stream_id if event.last_stream_id is not None else 0
-            for stream_id, stream in list(self.streams.items()):
-                if stream_id > last or event.error_code != ErrorCodes.NO_ERROR:
-                    stream.finish(RpcError(StatusCode.UNAVAILABLE, f"{self.settings.target} is going away "
-                                           f"({getattr(event.error_code, 'name', event.error_code)})"))
+            # h2 takes no frame in or out after a GOAWAY, even for the calls the server would still finish:
+            # the connection and all its calls end here (UNAVAILABLE, so callers retry on a new one).
+            self.fail(RpcError(StatusCode.UNAVAILABLE, f"{self.settings.target} is going away "
+                               f"({getattr(event.error_code, 'name', event.error_code)})"))
             return
         if isinstance(event, DataReceived):
             # Credit goes back for every DATA frame, a forgotten stream's too: the connection's window is shared.
