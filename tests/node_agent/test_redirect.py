@@ -389,12 +389,8 @@ def test_a_build_waits_for_an_orphaned_one_and_then_builds_nothing(test_bpffs):
 
 
 def in_sockhash(redirection, address: str) -> bool:
-    """Does the agent's sockhash hold a key for this address (a lookup from user space: 0, or ENOENT)?"""
-    import ctypes
-    from node_agent import libbpf
-    from node_agent.ebpf import sockhash_key
-    key, cookie = ctypes.create_string_buffer(sockhash_key(address), 16), ctypes.create_string_buffer(8)
-    return libbpf.lib().bpf_map_lookup_elem(redirection.capture.sockhash_fd, key, cookie) == 0
+    """Does the agent's sockhash hold a key for this address?"""
+    return sockhash_cookie(redirection, address) is not None
 
 
 @pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)  # the eBPF mode's sockhash only
