@@ -320,7 +320,7 @@ static int read_some(Transport *t) {
         Py_DECREF(data);
         if (rc < 0) return -1;
     }
-    if (status == -2 && !t->closed) return on_eof(t);
+    if (status == -2 && !t->closed && !t->closing) return on_eof(t);   /* a closing transport hears no more */
     /* A full buffer may leave bytes inside OpenSSL (read ahead, or decrypted), which no readable event
        announces. */
     if (t->ssl != NULL && got == READ_SIZE && !t->closed && !t->reading_paused && SSL_has_pending(t->ssl))
