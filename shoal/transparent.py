@@ -113,21 +113,33 @@ def _install(netns_fd: int, version: int, backend: str) -> None:
 
 
 def remove(netns_fd: int) -> None:
-    """Removes what `install` made, both families, from both backends; what is not there is skipped."""
-    for version in (4, 6):
-        _remove(netns_fd, version)
+    """Removes what `install` made, both families, from both backends; what is not there is skipped.
+    A chain that is there but could not be dropped is raised (TransparentError) once everything else
+    was removed, so that the caller's warning names what is left."""
+    failed = [error for version in (4, 6) for error in _remove(netns_fd, version)]
+    if failed:
+        raise TransparentError("; ".join(failed))
 
 
-def _remove(netns_fd: int, version: int) -> None:
+def _remove(netns_fd: int, version: int) -> list[str]:
+    """Removes one family's; returns what failed."""
+    failed = []
     for backend in iptables_backend.BACKENDS:
         if shutil.which(iptables_backend.tool("save", version == 6, backend)) is None:
             continue  # no such backend on this node: nothing of it to remove
+        tables = _Tables(backend)
         try:
-            _Tables(backend).drop(netns_fd, CHAINS, ipv6=version == 6)
+            there = tables.present(netns_fd, CHAINS, ipv6=version == 6)
         except TransparentError:
-            pass  # a backend with no tables in this netns holds nothing of ours
+            continue  # a backend that cannot read this netns (none of its tables in the kernel) holds nothing
+        if there:
+            try:
+                tables.drop(netns_fd, CHAINS, ipv6=version == 6)
+            except TransparentError as e:
+                failed.append(str(e))
 
     while f"{PRIORITY}:" in _ip(netns_fd, f"-{version}", "rule", "show", check=False).stdout:
         if _ip(netns_fd, f"-{version}", "rule", "del", "priority", str(PRIORITY), check=False).returncode != 0:
             break
     _ip(netns_fd, f"-{version}", "route", "flush", "table", str(TABLE), check=False)
+    return failed

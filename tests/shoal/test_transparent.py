@@ -38,3 +38,23 @@ def test_the_return_path_is_written_and_read_by_the_shared_writer_in_either_back
         assert tables.holds(pod_fd, transparent.CHAINS, transparent.RULES, ipv6=ipv6)
     transparent.remove(pod_fd)
     assert shoal_rules(NAME) == []
+
+
+def test_a_chain_that_cannot_be_dropped_is_said_after_everything_else_is_removed(pod_fd, monkeypatch):
+    """Removal was silent when a -restore failed: the rules stayed and no caller could warn of them."""
+    assert transparent.install(pod_fd, "legacy")
+    real_drop = transparent._Tables.drop
+
+    def drop(self, netns_fd, chains, *, ipv6):
+        if not ipv6:
+            raise transparent.TransparentError("iptables-legacy-restore in the pod's netns failed: refused")
+        real_drop(self, netns_fd, chains, ipv6=ipv6)
+    monkeypatch.setattr(transparent._Tables, "drop", drop)
+    with pytest.raises(transparent.TransparentError, match="refused"):
+        transparent.remove(pod_fd)
+    left = shoal_rules(NAME, transparent.CHAIN)
+    assert left and all(line.startswith("iptables-legacy-save: ") for line in left), left  # IPv4's only
+    assert f"{transparent.PRIORITY}:" not in netns.run(NAME, ["ip", "rule", "show"]).stdout  # the rest went
+    monkeypatch.setattr(transparent._Tables, "drop", real_drop)
+    transparent.remove(pod_fd)
+    assert shoal_rules(NAME) == []
