@@ -19,7 +19,8 @@ What the ztunnel and the waypoint share (the proxy kit):
     hbone_lean.py     the fast DATA paths through h2
     hbone_io.py       HBONE over asyncio: sessions and tunnel streams
     hbone_relay.py    the relay between two sides, and the TCP side
-    relay_lane.py     which relay carries established tunnels: the compiled lane (_relay.c) or Python
+    relay_lane.py     which relay carries established tunnels: native, the compiled lane (_relay.c), or Python
+    native_io.py      native transports: sockets and TLS records of established connections in C (_native_*.c)
     hbone_pool.py     the HBONE client pool: connect, check the peer's identity, reuse, sweep
     sockets.py        listeners, original destinations and marked upstream connections, in any netns
     authz.py          AuthorizationPolicy evaluation (L4 for the ztunnel, L7 for the waypoint)
