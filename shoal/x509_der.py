@@ -23,7 +23,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-SEQUENCE, SET_TAG, INTEGER, BOOLEAN, OCTET_STRING, BIT_STRING, OID = 0x30, 0x31, 0x02, 0x01, 0x04, 0x03, 0x06
+SEQUENCE, INTEGER, BOOLEAN, OCTET_STRING, BIT_STRING, OID = 0x30, 0x02, 0x01, 0x04, 0x03, 0x06
 UTC_TIME, GENERALIZED_TIME = 0x17, 0x18
 VERSION_TAG, EXTENSIONS_TAG = 0xA0, 0xA3     # [0] EXPLICIT version, [3] EXPLICIT extensions
 OPTIONAL_TAGS = (0x81, 0x82, EXTENSIONS_TAG)   # [1] issuerUniqueID, [2] subjectUniqueID (IMPLICIT), [3]
