@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["DEFAULT_TRUST_DOMAIN", "SpiffeId", "parse_spiffe_id", "format_spiffe_id", "new_key", "key_pem",
-           "load_key", "make_csr", "new_workload_key", "read_certificates", "spiffe_id_of", "peer_spiffe_id", "check_peer", "Credential",
+           "load_key", "make_csr", "new_workload_key", "read_certificates", "spiffe_id_of", "peer_spiffe_id",
+           "check_peer", "Credential",
            "server_context", "client_context", "IdentityError", "InvalidSpiffeId", "InvalidCertificate",
            "PeerMismatch"]
 
