@@ -301,8 +301,8 @@ class SignClient:
         return self._channel
 
     async def sign(self, key, who: identity.SpiffeId, ttl: dt.timedelta | None = None) -> identity.Credential:
-        """Signs a CSR for `who` with `key` (shoal.identity.new_workload_key() in the proxies); raises ConfigClientError,
-        or an IdentityError when the CA answers with a certificate for someone else."""
+        """Signs a CSR for `who` with `key` (shoal.identity.new_workload_key() in the proxies); raises
+        ConfigClientError, or an IdentityError when the CA answers with a certificate for someone else."""
         request = ca_pb2.SignRequest(csr=identity.make_csr(key, who).decode(), identity=str(who),
                                      ttl_seconds=int(ttl.total_seconds()) if ttl else 0)
         try:
