@@ -18,7 +18,7 @@ One TLS connection (ALPN h2, the server's certificate checked for
 first call and again after it is lost. A failed attempt is followed by a
 backoff (200 ms, times 1.6, up to 5 s) during which calls fail at once
 with UNAVAILABLE, as a grpcio channel in "transient failure" does. A
-keepalive PING goes out every `keepalive_time` seconds; one not answered
+keepalive PING goes out every `keepalive_time` seconds while a call is open; one not answered
 within `keepalive_timeout` ends the connection and its calls (UNAVAILABLE).
 Every failure is an `RpcError` with the status code a grpcio client would
 have given.
@@ -241,6 +241,8 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         while self.failure is None:
             await asyncio.sleep(self.settings.keepalive_time)
+            if not self.streams:
+                continue     # as grpcio by default: no PING on an idle connection (a Sign channel between renewals)
             self._pong = loop.create_future()
             self.h2.ping(os.urandom(8))
             self.flush()

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import DataReceived, RequestReceived, StreamEnded
+from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded
 
 from shoal.api import config_pb2
 from shoal.config_client import NODE_TYPES, ClientSettings, ConfigClient
@@ -62,6 +62,7 @@ class Peer(asyncio.Protocol):
         self.headers: dict[int, dict] = {}
 
     transports: list = []      # every server-side transport, for a test that stops reading them
+    pings = 0                  # PINGs received, on every connection
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -83,6 +84,8 @@ class Peer(asyncio.Protocol):
             elif isinstance(event, DataReceived):
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 self.bodies[event.stream_id] += event.data
+            elif isinstance(event, PingReceived):
+                Peer.pings += 1
             elif isinstance(event, StreamEnded) and self.behaviour.__name__ not in IMMEDIATE:
                 self.behaviour(self, event.stream_id, self.headers[event.stream_id], self.bodies[event.stream_id])
         if not self.transport.is_closing():
@@ -230,6 +233,28 @@ def test_an_unanswered_keepalive_ends_the_connection():
             server.close()
     error = asyncio.run(main())
     assert error.code is StatusCode.UNAVAILABLE and "keepalive PING" in error.details
+
+
+def test_keepalive_pings_only_while_a_call_is_open():
+    async def main():
+        server, pem, target, _ = await serve(never)
+        channel = Channel(settings(target, pem, keepalive_time=0.05))
+        try:
+            with pytest.raises(RpcError):
+                await channel.unary("/shoal.api.Test/Echo", b"", timeout=0.3)     # a call open for 0.3 s
+            assert Peer.pings > 0
+            Peer.pings = 0
+            await asyncio.sleep(0.5)                                             # the connection idle
+            idle = Peer.pings
+            call = await channel.open_stream("/shoal.api.Config/Watch")
+            await asyncio.sleep(0.5)
+            call.cancel()
+            return idle, Peer.pings
+        finally:
+            await channel.close()
+            server.close()
+    idle, open_call = asyncio.run(main())
+    assert idle == 0 and open_call > 0
 
 
 def test_a_wrong_server_name_or_an_unreachable_target_is_unavailable_and_backs_off():
