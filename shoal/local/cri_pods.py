@@ -30,7 +30,7 @@ from shoal.local import services
 from shoal.local import shoal_image
 from shoal.local.cri_client import CONTAINER_EXITED, PROPAGATION, ContainerSpec, Cri, CriError
 from shoal.local.kubelet import (BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, GRACE_MAX, ContainerState,
-                                 _probe_once, _stamp_once, restart_marker)
+                                 _probe_once, _stamp_once, own_env, restart_marker)
 from shoal.local.layout import CGROUP_ROOT, Layout, node_index, node_ip
 from shoal.local.runtime_containerd import socket_of, toolbox_image
 from shoal.store import now_rfc3339
@@ -144,13 +144,6 @@ def volume_mounts(spec: dict, container: dict) -> tuple[tuple, ...]:
         wanted = shoal_image.propagation(host, mount.get("mountPropagation"))
         out.append((host, mount["mountPath"], bool(mount.get("readOnly")), PROPAGATION[wanted]))
     return tuple(out)
-
-
-def own_env() -> dict[str, str]:
-    """What the kubelet passes on to shoal's own processes (kubelet._env does the same for the netns runtime)."""
-    return {key: os.environ[key] for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "SHOAL_RELAY", "PYTHONPATH",
-                                             "VIRTUAL_ENV")
-            if key in os.environ}
 
 
 class CriPods:

@@ -317,9 +317,7 @@ class Kubelet:
             "NODE_NAME": f"node{runtime.node}",
             "PYTHONUNBUFFERED": "1",
         }
-        for key in ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "SHOAL_RELAY", "PYTHONPATH", "VIRTUAL_ENV"):
-            if key in os.environ:
-                env[key] = os.environ[key]
+        env.update(own_env())
         return env
 
     async def _run_container(self, runtime: PodRuntime, c: ContainerState, base_env: dict) -> None:
@@ -516,6 +514,15 @@ def _enter(runtime: PodRuntime):
             os.close(fd)
 
     return preexec
+
+
+# What the kubelet passes on from its own environment to the processes it starts (both runtimes: cri_pods too).
+PASSED_ON_ENV = ("SHOAL_RUN_ROOT", "SHOAL_CGROUP_ROOT", "SHOAL_RELAY", "PYTHONPATH", "VIRTUAL_ENV")
+
+
+def own_env() -> dict[str, str]:
+    """The kubelet's own values of PASSED_ON_ENV, for shoal's processes in the pods it runs."""
+    return {key: os.environ[key] for key in PASSED_ON_ENV if key in os.environ}
 
 
 PROBE_ANSWER_LIMIT = 10 * 1024  # bytes of a probe's answer read, at the most (a kubelet reads 10 KiB)
