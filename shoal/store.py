@@ -26,7 +26,6 @@ The Kubernetes adapters produce the same `Event`, so consumers are written once.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import fcntl
 import json
