@@ -26,7 +26,8 @@ Per pod:
   the ztunnel's 15006 listener for that pod and family (the ztunnel hands the
   listeners over with its Ack of AddWorkload); the keys of an address the
   pod loses, or of a pod that leaves, are deleted (`forget_addresses`), but
-  not one another pod holds by then (`Redirection` knows from its ledger).
+  not one set for another pod's listener since (`Redirection` remembers
+  whose listener each key was set to).
 The ztunnel's own cgroup (found from the hand-off peer) gets shoal_ztsockops
 and shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001
 sockets and record the ztunnel's own connections as uncaptured. Telling the
@@ -291,16 +292,18 @@ class EbpfRedirector:
         finally:
             os.close(fd)
 
-    def set_inbound_listener(self, pod: PodTarget, listener_fd: int) -> None:
+    def set_inbound_listener(self, pod: PodTarget, listener_fd: int) -> list[str]:
         """Steers the pod's inbound traffic to this (ztunnel's 15006) listening socket: to each of the pod's
         addresses the socket can take (sk_lookup cannot hand IPv6 to an AF_INET socket, nor IPv4 to a
-        V6ONLY one). The ztunnel may hand one listener per family, or one dual-stack AF_INET6 listener."""
+        V6ONLY one). The ztunnel may hand one listener per family, or one dual-stack AF_INET6 listener.
+        Returns the addresses steered to it."""
         self.load()
         taken = _families_taken(listener_fd)
         steered = [address for address in pod.ips if ipaddress.ip_address(address).version in taken]
         for address in steered:
             libbpf.map_update(self.sockhash_fd, sockhash_key(address), struct.pack("Q", listener_fd))
         logger.debug("inbound listener set", pod=pod.key, addresses=steered)
+        return steered
 
     def forget_addresses(self, addresses) -> None:
         """Deletes these addresses' keys from the sockhash (a pod that lost them, or left): a stale key would

@@ -119,6 +119,7 @@ class Redirection:
         self.tables = backend.writer(chosen)
         self.probes = probes.Probes(kubelet_cgroup, node_netns, tables=self.tables)
         self._recorded = self.ledger.pods()
+        self._steered_to: dict[str, str] = {}  # eBPF: address -> uid of the pod whose listener its key holds
 
     def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         """Idempotent. With sync_probes=False the caller calls `sync_probes()` after a batch."""
@@ -127,10 +128,10 @@ class Redirection:
         if previous is not None and self.mode == "ebpf":
             # Before the ledger forgets them: the addresses the pod lost leave the sockhash (its inbound
             # steering), else a pod given one of them next would have its traffic sent to this pod's listener;
-            # but not one another pod holds already (its key is that new owner's listener now).
+            # but not one whose key is another pod's listener already (a new owner acked first).
             lost = set(previous.ips) - set(pod.ips)
             if lost:
-                self.capture.forget_addresses(lost - self._held_by_others(pod.uid))
+                self.capture.forget_addresses(lost - self._steered_to_others(pod.uid, lost))
         self.ledger.record(pod, self.mode)
         self._recorded[pod.uid] = pod
         if self.mode == "iptables":  # one -restore per family for both (and a -save unless fresh)
@@ -143,7 +144,7 @@ class Redirection:
 
     def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         if self.mode == "ebpf":  # with the netns gone, the eBPF mode still unpins and forgets its keys,
-            self.capture.remove(pod, keep=self._held_by_others(pod.uid))  # but not another pod's
+            self.capture.remove(pod, keep=self._steered_to_others(pod.uid, pod.ips))  # but not another pod's
         else:
             self.capture.remove(pod)
         if self.mode != "iptables":  # the iptables mode's removal takes the DNS capture's chain too
@@ -156,10 +157,19 @@ class Redirection:
         if sync_probes:
             self.sync_probes()
 
-    def _held_by_others(self, uid: str) -> set[str]:
-        """The addresses recorded pods other than `uid` hold (a pod may take over an address before the
-        one that lost it is installed again or removed)."""
-        return {ip for other, pod in self._recorded.items() if other != uid for ip in pod.ips}
+    def _steered_to_others(self, uid: str, addresses) -> set[str]:
+        """Of `addresses`, which pod `uid` lets go of, those whose sockhash key this process set for another
+        pod's listener since (a pod may take an address over before the one that lost it is installed again
+        or removed): their keys stay. The others' keys are this pod's, or not known to be another's (set
+        before this process started, or not yet by the new owner's Ack): they go, and until the new owner's
+        Ack its inbound at that address is dropped, not steered to a listener of the pod that left it."""
+        kept = set()
+        for address in addresses:
+            if self._steered_to.get(address, uid) != uid:
+                kept.add(address)
+            else:
+                self._steered_to.pop(address, None)
+        return kept
 
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):
@@ -176,7 +186,9 @@ class Redirection:
         return dict(self._recorded)
 
     def set_inbound_listener(self, pod: PodTarget, fd: int) -> None:
-        self.capture.set_inbound_listener(pod, fd)
+        steered = self.capture.set_inbound_listener(pod, fd)
+        if self.mode == "ebpf":  # the addresses whose keys now hold this listener
+            self._steered_to.update(dict.fromkeys(steered, pod.uid))
 
     @property
     def _ztunnel_file(self) -> Path:

@@ -457,3 +457,24 @@ def test_an_address_taken_over_keeps_the_new_owners_key_when_the_old_owner_lets_
         finally:
             redirection.remove(a)
             redirection.remove(b)
+
+
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)
+def test_an_address_taken_over_but_not_yet_acked_fails_closed_when_the_old_owner_lets_go(topo, redirection):
+    """Pod b is given the address, but the ztunnel has not handed b's listener over yet: a's key must go when
+    a lets go of it (b's inbound there is dropped until b's Ack), not stay steering it to a's listener."""
+    moved = "198.19.250.9"
+    a = dataclasses.replace(topo.pods["a"], ips=(POD_IPS["a"], moved))
+    b = dataclasses.replace(topo.pods["b"], ips=(POD_IPS["b"], moved))
+    redirection.install(a)
+    with listen_in(topo.pod_netns("a"), 15006) as inbound_a:
+        try:
+            redirection.set_inbound_listener(a, inbound_a.fileno())
+            redirection.install(b)  # no Ack of b yet
+            assert sockhash_cookie(redirection, moved) == socket_cookie(inbound_a)
+            redirection.install(dataclasses.replace(a, ips=(POD_IPS["a"],)))
+            assert sockhash_cookie(redirection, moved) is None
+            assert sockhash_cookie(redirection, POD_IPS["a"]) == socket_cookie(inbound_a)
+        finally:
+            redirection.remove(a)
+            redirection.remove(b)
