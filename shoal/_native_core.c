@@ -22,7 +22,8 @@
 
 enum { READ_SIZE = 256 << 10,     /* per readable event: many frames' worth (one stream's throughput) */
        TLS_WRITE_MAX = 256 << 10, /* per SSL_write: several records, several DATA frames */
-       DEFAULT_HIGH = 64 << 10 };
+       DEFAULT_HIGH = 64 << 10,
+       KEEP_BUFFER = 256 << 10 };  /* the write buffer kept once empty (larger ones are freed) */
 
 PyObject *error_factory;
 static PyObject *s_add_reader, *s_remove_reader, *s_add_writer, *s_remove_writer, *s_call_soon,
@@ -172,6 +173,11 @@ static int flush(Transport *t) {
     if (t->closed || t->handshaking) return 0;
     if (watch(t, 1, 0) < 0) return -1;
     t->out_pos = t->out_len = 0;
+    if (t->out_cap > KEEP_BUFFER) {   /* a buffer a slow reader made large is not kept for the connection's life */
+        PyMem_RawFree(t->out);
+        t->out = NULL;
+        t->out_cap = 0;
+    }
     if (t->eof_asked && !t->eof_sent) {
         t->eof_sent = 1;
         if (shutdown(t->fd, SHUT_WR) < 0 && errno != ENOTCONN) return fatal_errno(t, errno);
