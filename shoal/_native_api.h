@@ -6,16 +6,18 @@
 
 #include <Python.h>
 
-#define NATIVE_C_API_VERSION 1
+#define NATIVE_C_API_VERSION 2
 
 typedef struct {
     int version;
     PyTypeObject *transport_type;   /* shoal._native.Transport */
     /* transport.write(a + b) (b may be NULL): 1 written or buffered, 0 dropped (closing, as asyncio drops
        it), -1 error with an exception set. With `more`, only buffered: the last call of a batch sends it
-       all (several DATA frames in one SSL_write). */
+       all (several DATA frames in one SSL_write); `more` writes still pause the protocol past the high
+       water mark, as any write does. */
     int (*write)(PyObject *transport, const char *a, size_t a_len, const char *b, size_t b_len, int more);
     int (*is_closing)(PyObject *transport);
+    int (*flush)(PyObject *transport);    /* sends what `more` writes left buffered: 0, or -1 with an exception */
 } NativeApi;
 
 #endif

@@ -224,7 +224,13 @@ static int write_two(Transport *t, const char *a, size_t a_len, const char *b, s
         rc = append(t, a, a_len);
         if (rc == 0 && b != NULL) rc = append(t, b, b_len);
     }
-    if (rc == 0 && more) return 1;
+    if (rc == 0 && more) {   /* sent by a later write or flush; the protocol still hears it is full now */
+        if (!t->protocol_paused && buffered(t) > t->high_water) {
+            t->protocol_paused = 1;
+            if (call_protocol(t, s_pause_writing, NULL) < 0) return -1;
+        }
+        return 1;
+    }
     return rc < 0 || after_write(t) < 0 ? -1 : 1;
 }
 
@@ -248,6 +254,8 @@ static int api_write(PyObject *obj, const char *a, size_t a_len, const char *b, 
 }
 
 static int api_is_closing(PyObject *obj) { return ((Transport *)obj)->closing || ((Transport *)obj)->closed; }
+
+static int api_flush(PyObject *obj) { return ((Transport *)obj)->closed ? 0 : after_write((Transport *)obj); }
 
 static PyObject *transport_writelines(Transport *t, PyObject *chunks) {
     int ok = check_writable(t);
@@ -642,7 +650,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&TransportType) < 0) return NULL;
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;
-    static NativeApi api = {NATIVE_C_API_VERSION, &TransportType, api_write, api_is_closing};
+    static NativeApi api = {NATIVE_C_API_VERSION, &TransportType, api_write, api_is_closing, api_flush};
     if (PyModule_AddIntConstant(module, "API", NATIVE_API) < 0
         || PyModule_AddObject(module, "C_API", PyCapsule_New(&api, "shoal._native.C_API", NULL)) < 0
         || PyModule_AddObject(module, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0

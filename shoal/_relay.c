@@ -42,6 +42,12 @@ enum { FRAME_HEADER = 9, TYPE_DATA = 0x0, TYPE_HEADERS = 0x1, TYPE_PUSH_PROMISE 
    whose write() the lane may do itself (see write_to_app). */
 static const NativeApi *native;
 static PyTypeObject *native_tcp_side;
+/* The app transports written to with `more` during one session_data_received: sent together at its end
+   (one send for all the frames of a read bound for one app, not one per frame). Anything else written to
+   them meanwhile goes through the same buffer, after these bytes, so the order holds. */
+enum { CORK_MAX = 8 };
+static PyObject *corked[CORK_MAX];
+static int n_corked;
 
 /* The state sets of the Python path, handed over once by configure() (read off h2's and the core's tables). */
 static PyObject *connection_open, *stream_sends, *stream_receives, *stream_open, *tunnel_writable,
@@ -124,6 +130,7 @@ static int is_closing(PyObject *transport) {
    transport, what TcpSide.write does (drop when closing, count bytes_sent, write) is done here from the
    frame's own bytes; else the peer's write() is called with a bytes object. 0 ok, -1 error. */
 static int write_to_app(PyObject *peer, const char *payload, Py_ssize_t length);
+static int uncork(void);
 
 static int configured(void) {
     if (connection_open == NULL) {
@@ -352,6 +359,7 @@ static PyObject *session_data_received(PyObject *self, PyObject *data) {
     }
     rc = to_python(self, data, buf, python_from, size);
 stop:
+    if (native != NULL && n_corked && uncork() < 0 && rc >= 0) rc = -1;
     if (rc >= 0 && carried) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);     /* time.monotonic()'s clock, as HboneSession.last_active */
@@ -554,6 +562,30 @@ static PyTypeObject TcpSideBaseType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* Sends what the corked transports hold: 0, or -1 with an exception (the others are still sent). */
+static int uncork(void) {
+    PyObject *held[CORK_MAX];
+    int n = n_corked, rc = 0;
+    memcpy(held, corked, n * sizeof(PyObject *));
+    n_corked = 0;
+    for (int i = 0; i < n; i++) {
+        if (native->flush(held[i]) < 0) {
+            if (rc == 0) rc = -1; else PyErr_WriteUnraisable(held[i]);
+        }
+        Py_DECREF(held[i]);
+    }
+    return rc;
+}
+
+/* Whether a write to `transport` may wait for uncork(): it is (or can now be) in the corked set. */
+static int cork(PyObject *transport) {
+    for (int i = 0; i < n_corked; i++)
+        if (corked[i] == transport) return 1;
+    if (n_corked == CORK_MAX) return 0;
+    corked[n_corked++] = Py_NewRef(transport);
+    return 1;
+}
+
 static int write_to_app(PyObject *peer, const char *payload, Py_ssize_t length) {
     if (native != NULL && Py_TYPE(peer) == native_tcp_side) {
         PyObject *transport = PyObject_GetAttr(peer, s_transport);
@@ -562,7 +594,7 @@ static int write_to_app(PyObject *peer, const char *payload, Py_ssize_t length) 
         if (Py_TYPE(transport) == native->transport_type) {
             if (!native->is_closing(transport)) {   /* TcpSide.write: late bytes for a closing side are dropped */
                 rc = add_ssize(peer, s_bytes_sent, length);
-                if (rc == 0 && native->write(transport, payload, length, NULL, 0, 0) < 0) rc = -1;
+                if (rc == 0 && native->write(transport, payload, length, NULL, 0, cork(transport)) < 0) rc = -1;
             }
             Py_DECREF(transport);
             return rc;
