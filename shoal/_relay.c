@@ -107,17 +107,6 @@ static Py_ssize_t sized_len(PyObject *obj, PyObject *name) {
     return size;
 }
 
-/* Borrowed: mapping[key] or NULL (no exception) when absent; -1 via *error on error. */
-static PyObject *dict_item(PyObject *owner, PyObject *name, PyObject *key, PyObject **holder) {
-    *holder = PyObject_GetAttr(owner, name);
-    if (*holder == NULL) return NULL;
-    if (!PyDict_Check(*holder)) {
-        PyErr_Format(PyExc_TypeError, "%U is not a dict", name);
-        return NULL;
-    }
-    return PyDict_GetItemWithError(*holder, key);
-}
-
 static int is_closing(PyObject *transport) {
     PyObject *closing = PyObject_CallMethodNoArgs(transport, s_is_closing);
     if (closing == NULL) return -1;
@@ -150,7 +139,44 @@ typedef struct {
     unsigned char header[FRAME_HEADER];
     int header_len;                 /* a frame header cut across reads (handed to the Python path too) */
     int in_header_block;            /* HEADERS or PUSH_PROMISE seen without END_HEADERS yet */
+    /* Bound once by _enable_lane, the objects HboneSession.__init__ made and nothing replaces for the
+       session's life (the same objects the Python path uses, so no copy of state): the core (self.conn),
+       its h2 connection, h2's state machine and connection receive window, and the three stream tables
+       (core._tunnels, h2.streams, self.streams). Read by pointer, not looked up by name per message;
+       released on dealloc and by the cycle collector (tp_clear), after which the lane declines. */
+    PyObject *core, *h2, *h2_machine, *connection_window, *tunnels, *h2_streams, *streams;
 } SessionBase;
+
+static int session_traverse(PyObject *self, visitproc visit, void *arg) {
+    SessionBase *lane = (SessionBase *)self;
+    Py_VISIT(lane->core); Py_VISIT(lane->h2); Py_VISIT(lane->h2_machine); Py_VISIT(lane->connection_window);
+    Py_VISIT(lane->tunnels); Py_VISIT(lane->h2_streams); Py_VISIT(lane->streams);
+    return 0;
+}
+
+static int session_clear(PyObject *self) {
+    SessionBase *lane = (SessionBase *)self;
+    lane->enabled = 0;   /* nothing bound: every read takes the Python path */
+    Py_CLEAR(lane->core); Py_CLEAR(lane->h2); Py_CLEAR(lane->h2_machine); Py_CLEAR(lane->connection_window);
+    Py_CLEAR(lane->tunnels); Py_CLEAR(lane->h2_streams); Py_CLEAR(lane->streams);
+    return 0;
+}
+
+static void session_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    session_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+/* The dict owner.name, as a new reference; a TypeError naming it when it is not a dict. */
+static PyObject *bind_dict(PyObject *owner, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(owner, name);
+    if (value != NULL && !PyDict_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "the lane binds %U as a dict, got %R", name, Py_TYPE(value));
+        Py_CLEAR(value);
+    }
+    return value;
+}
 
 /* Hands bytes [start, end) of `data` to the Python path; 1 go on, 0 stop (the session is closing), -1 error. */
 static int to_python(PyObject *self, PyObject *data, const char *buf, Py_ssize_t start, Py_ssize_t end) {
@@ -187,14 +213,13 @@ static int only_counts(PyObject *window, Py_ssize_t size) {
 static int receive_plain(PyObject *self, PyObject *stream_key, const char *payload, Py_ssize_t length,
                          int *flush) {
     int result = 0, rc;
-    PyObject *core = NULL, *h2 = NULL, *tunnels = NULL, *h2_streams = NULL, *streams = NULL, *held = NULL,
-             *peer = NULL, *connection_window = NULL, *stream_window = NULL, *expected = NULL,
+    SessionBase *lane = (SessionBase *)self;
+    PyObject *held = NULL, *peer = NULL, *h2_stream = NULL, *stream_window = NULL, *expected = NULL,
              *machine = NULL, *headers = NULL, *call = NULL;
+    PyObject *core = lane->core, *h2 = lane->h2, *connection_window = lane->connection_window;
     Py_ssize_t limit, room;
 
-    core = PyObject_GetAttr(self, s_conn);
-    if (core == NULL) goto error;
-    PyObject *tunnel = dict_item(core, s_tunnels, stream_key, &tunnels);
+    PyObject *tunnel = PyDict_GetItemWithError(lane->tunnels, stream_key);
     if (tunnel == NULL) { if (PyErr_Occurred()) goto error; goto done; }
     Py_INCREF(tunnel);
     held = PyObject_GetAttr(tunnel, s_held);
@@ -203,17 +228,16 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
     Py_DECREF(tunnel);
     if (rc <= 0) { if (rc < 0) goto error; goto done; }
 
-    PyObject *stream = dict_item(self, s_streams, stream_key, &streams);  /* the driver's TunnelStream */
+    PyObject *stream = PyDict_GetItemWithError(lane->streams, stream_key);  /* the driver's TunnelStream */
     if (stream == NULL) { if (PyErr_Occurred()) goto error; goto done; }
     peer = PyObject_GetAttr(stream, s_peer);
     if (peer == NULL) goto error;
     if (peer == Py_None) goto done;
 
-    h2 = PyObject_GetAttr(core, s_h2);
-    if (h2 == NULL) goto error;
-    PyObject *h2_stream = dict_item(h2, s_streams, stream_key, &h2_streams);
+    h2_stream = Py_XNewRef(PyDict_GetItemWithError(lane->h2_streams, stream_key));   /* held across calls */
     if (h2_stream == NULL) { if (PyErr_Occurred()) goto error; goto done; }
-    if ((rc = machine_in(h2, connection_open)) <= 0 || (rc = machine_in(h2_stream, stream_receives)) <= 0) {
+    if ((rc = state_in(lane->h2_machine, s_state, connection_open)) <= 0
+        || (rc = machine_in(h2_stream, stream_receives)) <= 0) {
         if (rc < 0) goto error;
         goto done;
     }
@@ -227,8 +251,6 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
     if (expected != Py_None) goto done;
     if (get_ssize(h2, s_max_inbound_frame_size, &limit) < 0) goto error;
     if (length > limit) goto done;
-    connection_window = PyObject_GetAttr(h2, s_connection_window_manager);
-    if (connection_window == NULL) goto error;
     stream_window = PyObject_GetAttr(h2_stream, s_inbound_window_manager);
     if (stream_window == NULL) goto error;
     if (get_ssize(connection_window, s_current_window_size, &room) < 0) goto error;
@@ -248,8 +270,7 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
 
     /* HboneConnection.consumed, then LeanH2.acknowledge_received_data when it would only count. The peer's
        write may have paused the app's side (credit withheld then), or ended the stream: re-read both. */
-    Py_CLEAR(tunnels);
-    tunnel = dict_item(core, s_tunnels, stream_key, &tunnels);
+    tunnel = PyDict_GetItemWithError(lane->tunnels, stream_key);
     if (tunnel == NULL && PyErr_Occurred()) goto error;
     int plain = 0;
     if (tunnel != NULL) {
@@ -261,8 +282,8 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
         plain = !rc;
     }
     if (plain) {
-        Py_CLEAR(h2_streams);
-        h2_stream = dict_item(h2, s_streams, stream_key, &h2_streams);
+        Py_CLEAR(h2_stream);
+        h2_stream = Py_XNewRef(PyDict_GetItemWithError(lane->h2_streams, stream_key));
         if (h2_stream == NULL && PyErr_Occurred()) goto error;
         plain = 0;
         if (h2_stream != NULL) {
@@ -289,8 +310,7 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
 error:
     result = -1;
 done:
-    Py_XDECREF(core); Py_XDECREF(h2); Py_XDECREF(tunnels); Py_XDECREF(h2_streams); Py_XDECREF(streams);
-    Py_XDECREF(held); Py_XDECREF(peer); Py_XDECREF(connection_window); Py_XDECREF(stream_window);
+    Py_XDECREF(held); Py_XDECREF(peer); Py_XDECREF(stream_window); Py_XDECREF(h2_stream);
     Py_XDECREF(expected); Py_XDECREF(machine); Py_XDECREF(headers); Py_XDECREF(call);
     return result;
 }
@@ -382,6 +402,22 @@ static PyObject *session_enable_lane(PyObject *self, PyObject *args) {
     int client;
     if (!PyArg_ParseTuple(args, "p", &client)) return NULL;
     if (!configured()) return NULL;
+    PyObject *core = PyObject_GetAttr(self, s_conn);
+    if (core == NULL) return NULL;
+    PyObject *h2 = PyObject_GetAttr(core, s_h2);
+    PyObject *machine = h2 ? PyObject_GetAttr(h2, s_state_machine) : NULL;
+    PyObject *window = machine ? PyObject_GetAttr(h2, s_connection_window_manager) : NULL;
+    PyObject *tunnels = window ? bind_dict(core, s_tunnels) : NULL;
+    PyObject *h2_streams = tunnels ? bind_dict(h2, s_streams) : NULL;
+    PyObject *streams = h2_streams ? bind_dict(self, s_streams) : NULL;
+    if (streams == NULL) {
+        Py_DECREF(core); Py_XDECREF(h2); Py_XDECREF(machine); Py_XDECREF(window); Py_XDECREF(tunnels);
+        Py_XDECREF(h2_streams);
+        return NULL;
+    }
+    Py_XSETREF(lane->core, core); Py_XSETREF(lane->h2, h2); Py_XSETREF(lane->h2_machine, machine);
+    Py_XSETREF(lane->connection_window, window); Py_XSETREF(lane->tunnels, tunnels);
+    Py_XSETREF(lane->h2_streams, h2_streams); Py_XSETREF(lane->streams, streams);
     lane->enabled = 1;
     lane->preface_left = client ? 0 : CLIENT_PREFACE;
     lane->python_frame_left = 0;
@@ -398,7 +434,8 @@ static PyMethodDef session_methods[] = {
     {"data_received", session_data_received, METH_O,
      "Carries plain DATA frames of attached tunnels to their app; all else goes to _data_received_python."},
     {"_enable_lane", session_enable_lane, METH_VARARGS,
-     "Turns the lane on for a new session (before any byte arrives); the argument: is it the client side."},
+     "Turns the lane on for a new session (before any byte arrives; after self.conn and self.streams are "
+     "made, which it binds); the argument: is it the client side."},
     {NULL}
 };
 
@@ -411,7 +448,11 @@ static PyTypeObject SessionBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shoal._relay.SessionBase",
     .tp_basicsize = sizeof(SessionBase),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = session_traverse,
+    .tp_clear = session_clear,
+    .tp_dealloc = session_dealloc,
+    .tp_free = PyObject_GC_Del,
     .tp_doc = "The compiled receive lane of an HBONE session (shoal.hbone_io.HboneSession).",
     .tp_methods = session_methods,
     .tp_getset = session_getset,
@@ -433,8 +474,7 @@ static PyTypeObject StreamBaseType = {
 static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
     int result = 0, rc;
     Py_ssize_t length = PyBytes_GET_SIZE(data), limit;
-    PyObject *session = NULL, *draining = NULL, *transport = NULL, *core = NULL, *tunnels = NULL, *key = NULL,
-             *h2 = NULL, *h2_streams = NULL, *frame = NULL, *call = NULL;
+    PyObject *session = NULL, *draining = NULL, *transport = NULL, *key = NULL, *frame = NULL, *call = NULL;
 
     if (length == 0) return 0;
     session = PyObject_GetAttr(stream, s_session);
@@ -447,19 +487,17 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
     if (transport == NULL) goto error;
     if (transport == Py_None) goto done;
     if ((rc = is_closing(transport)) != 0) { if (rc < 0) goto error; goto done; }
-    core = PyObject_GetAttr(session, s_conn);
-    if (core == NULL) goto error;
+    SessionBase *lane = (SessionBase *)session;
+    PyObject *h2 = lane->h2;
     key = PyObject_GetAttr(stream, s_stream_id);
     if (key == NULL) goto error;
-    PyObject *tunnel = dict_item(core, s_tunnels, key, &tunnels);
+    PyObject *tunnel = PyDict_GetItemWithError(lane->tunnels, key);
     if (tunnel == NULL) { if (PyErr_Occurred()) goto error; goto done; }
     if ((rc = state_in(tunnel, s_state, tunnel_writable)) <= 0) { if (rc < 0) goto error; goto done; }
     Py_ssize_t waiting = sized_len(tunnel, s_unsent);
     if (waiting != 0) { if (waiting < 0) goto error; goto done; }
 
-    h2 = PyObject_GetAttr(core, s_h2);
-    if (h2 == NULL) goto error;
-    PyObject *h2_stream = dict_item(h2, s_streams, key, &h2_streams);
+    PyObject *h2_stream = PyDict_GetItemWithError(lane->h2_streams, key);
     if (h2_stream == NULL) { if (PyErr_Occurred()) goto error; goto done; }
     if (get_ssize(h2, s_max_outbound_frame_size, &limit) < 0) goto error;
     if (length > limit) goto done;
@@ -467,7 +505,8 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
     if (length > limit) goto done;
     if (get_ssize(h2_stream, s_outbound_flow_control_window, &limit) < 0) goto error;
     if (length > limit) goto done;
-    if ((rc = machine_in(h2, connection_open)) <= 0 || (rc = machine_in(h2_stream, stream_sends)) <= 0) {
+    if ((rc = state_in(lane->h2_machine, s_state, connection_open)) <= 0
+        || (rc = machine_in(h2_stream, stream_sends)) <= 0) {
         if (rc < 0) goto error;
         goto done;
     }
@@ -525,8 +564,8 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
 error:
     result = -1;
 done:
-    Py_XDECREF(session); Py_XDECREF(draining); Py_XDECREF(transport); Py_XDECREF(core); Py_XDECREF(tunnels);
-    Py_XDECREF(key); Py_XDECREF(h2); Py_XDECREF(h2_streams); Py_XDECREF(frame); Py_XDECREF(call);
+    Py_XDECREF(session); Py_XDECREF(draining); Py_XDECREF(transport); Py_XDECREF(key); Py_XDECREF(frame);
+    Py_XDECREF(call);
     return result;
 }
 

@@ -282,3 +282,27 @@ def test_the_compiled_choice_keeps_the_loops_transports():
     result = run_with_relay("compiled", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "compiled"
+
+
+@needs_lane
+def test_what_the_lane_binds_is_released_with_its_session():
+    """The lane binds the session's core, h2 connection and stream tables once; they are freed with the
+    session, also when the session sits in a reference cycle (the cycle collector sees the lane's hold)."""
+    import gc
+    import weakref
+
+    async def main():
+        tunnel = Tunnel(True, hbone.Settings())
+        await tunnel.open()
+        assert tunnel.client.lane_enabled and tunnel.server.lane_enabled
+        tunnel.client_app.data_received(b"x" * 100)
+        tunnel.exchange()
+        assert tunnel.server_app_wire.take() == b"x" * 100
+        cores = [weakref.ref(tunnel.client.conn), weakref.ref(tunnel.server.conn)]
+        h2s = [weakref.ref(tunnel.client.conn._h2), weakref.ref(tunnel.server.conn._h2)]
+        tunnel.client.cycle = tunnel.client   # a cycle through the session itself
+        return cores + h2s
+
+    refs = asyncio.run(main())
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * len(refs)
