@@ -77,11 +77,19 @@ static int force_close(Transport *t, PyObject *exc) {
     t->closing = 1;
     int rc = core_want(t, 0, 0);
     t->closed = 1;
-    t->out_pos = t->out_len = 0;
+    t->out_pos = t->out_len = t->out_cap = t->tls_retry = 0;
+    PyMem_RawFree(t->out);
+    t->out = NULL;
     PyObject *r = PyObject_CallMethodNoArgs(t->sock, s_close);
     if (r == NULL) rc = -1;
     Py_XDECREF(r);
     t->fd = -1;
+    /* Nothing registers or schedules the callbacks of a closed transport (watch and the call_soons check
+       `closed`). Dropped now, they no longer hold the transport in a cycle with itself: it goes, with its TLS
+       session and buffers, when its last reference does, not at the collector's next full pass. (A running
+       callback is held by its caller.) */
+    Py_CLEAR(t->on_readable);
+    Py_CLEAR(t->on_writable);
     if (t->made) {
         PyObject *lost = PyObject_GetAttr((PyObject *)t, s_lost);
         if (lost == NULL || call_soon(t, lost, exc ? exc : Py_None) < 0) rc = -1;

@@ -338,3 +338,29 @@ def test_the_pool_connector_uses_the_native_tls_and_refuses_an_untrusted_server_
             await served
             listener.close()
     run(main())
+
+
+def test_a_closed_transport_is_freed_without_the_cycle_collector():
+    """Its buffers and TLS session go when the last reference does, not at the next full collection (a
+    busy proxy's closed connections would otherwise hold them by the thousand)."""
+    import gc
+
+    def transports() -> int:
+        return sum(1 for o in gc.get_objects() if type(o) is native_io._native.Transport)
+
+    async def main():
+        gc.collect()
+        gc.disable()
+        try:
+            before = transports()
+            for make in (tcp_pair, tls_pair):
+                st_, sp, ct, cp = await make()
+                ct.write(b"x" * 1000)
+                ct.close()
+                await sp.lost, await cp.lost
+                del st_, sp, ct, cp
+            await asyncio.sleep(0.05)
+            assert transports() == before
+        finally:
+            gc.enable()
+    run(main())
