@@ -29,9 +29,10 @@
 #include <Python.h>
 #include <string.h>
 #include <time.h>
+#include <structmember.h>
 #include "_native_api.h"
 
-#define LANE_API 2
+#define LANE_API 3
 
 enum { FRAME_HEADER = 9, TYPE_DATA = 0x0, TYPE_HEADERS = 0x1, TYPE_PUSH_PROMISE = 0x5, TYPE_CONTINUATION = 0x9,
        FLAG_END_HEADERS = 0x4, CLIENT_PREFACE = 24, JOIN_BELOW = 16384,
@@ -61,7 +62,31 @@ static PyObject *s_conn, *s_h2, *s_tunnels, *s_streams, *s_state, *s_state_machi
                 *s_max_inbound_frame_size, *s_max_outbound_frame_size, *s_outbound_flow_control_window,
                 *s_data_to_send, *s_chunks, *s_draining, *s_last_active, *s_flush, *s_python_data_received;
 
+/* shoal.hbone._Tunnel (a __slots__ class) and where its slots sit, handed over once by configure(): a
+   tunnel of exactly that type has them read at their offset, without a lookup by name; anything else (or
+   a slot never set) goes through PyObject_GetAttr, as Python would. */
+static PyTypeObject *tunnel_type;
+static Py_ssize_t at_state, at_held, at_unsent, at_receiving_paused;
+
 /* ---- small helpers: each returns -1 with an exception set on error ---- */
+
+/* tunnel.name as a new reference (NULL with an exception on error). */
+static PyObject *tunnel_get(PyObject *tunnel, PyObject *name, Py_ssize_t offset) {
+    if (Py_TYPE(tunnel) == tunnel_type) {
+        PyObject *value = *(PyObject **)((char *)tunnel + offset);
+        if (value != NULL) return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(tunnel, name);
+}
+
+/* 1 if tunnel.state is in `states`, 0 if not. */
+static int tunnel_state_in(PyObject *tunnel, PyObject *states) {
+    PyObject *state = tunnel_get(tunnel, s_state, at_state);
+    if (state == NULL) return -1;
+    int rc = PySet_Contains(states, state);
+    Py_DECREF(state);
+    return rc;
+}
 
 static int get_ssize(PyObject *obj, PyObject *name, Py_ssize_t *out) {
     PyObject *value = PyObject_GetAttr(obj, name);
@@ -222,9 +247,9 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
     PyObject *tunnel = PyDict_GetItemWithError(lane->tunnels, stream_key);
     if (tunnel == NULL) { if (PyErr_Occurred()) goto error; goto done; }
     Py_INCREF(tunnel);
-    held = PyObject_GetAttr(tunnel, s_held);
+    held = tunnel_get(tunnel, s_held, at_held);
     if (held == NULL) { Py_DECREF(tunnel); goto error; }
-    rc = held == Py_None ? state_in(tunnel, s_state, tunnel_receivable) : 0;   /* attached, and may receive */
+    rc = held == Py_None ? tunnel_state_in(tunnel, tunnel_receivable) : 0;   /* attached, and may receive */
     Py_DECREF(tunnel);
     if (rc <= 0) { if (rc < 0) goto error; goto done; }
 
@@ -274,7 +299,7 @@ static int receive_plain(PyObject *self, PyObject *stream_key, const char *paylo
     if (tunnel == NULL && PyErr_Occurred()) goto error;
     int plain = 0;
     if (tunnel != NULL) {
-        PyObject *paused = PyObject_GetAttr(tunnel, s_receiving_paused);
+        PyObject *paused = tunnel_get(tunnel, s_receiving_paused, at_receiving_paused);
         if (paused == NULL) goto error;
         rc = PyObject_IsTrue(paused);
         Py_DECREF(paused);
@@ -493,8 +518,11 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
     if (key == NULL) goto error;
     PyObject *tunnel = PyDict_GetItemWithError(lane->tunnels, key);
     if (tunnel == NULL) { if (PyErr_Occurred()) goto error; goto done; }
-    if ((rc = state_in(tunnel, s_state, tunnel_writable)) <= 0) { if (rc < 0) goto error; goto done; }
-    Py_ssize_t waiting = sized_len(tunnel, s_unsent);
+    if ((rc = tunnel_state_in(tunnel, tunnel_writable)) <= 0) { if (rc < 0) goto error; goto done; }
+    PyObject *unsent = tunnel_get(tunnel, s_unsent, at_unsent);
+    if (unsent == NULL) goto error;
+    Py_ssize_t waiting = PyObject_Size(unsent);
+    Py_DECREF(unsent);
     if (waiting != 0) { if (waiting < 0) goto error; goto done; }
 
     PyObject *h2_stream = PyDict_GetItemWithError(lane->h2_streams, key);
@@ -666,12 +694,33 @@ static PyObject *use_native(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Where the slot `name` of `type` sits, or -1 with an exception saying what is wrong. */
+static Py_ssize_t slot_offset(PyTypeObject *type, PyObject *name) {
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
+    if (descr == NULL) PyErr_Clear();
+    Py_ssize_t offset = -1;
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX
+        && !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY))
+        offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    else
+        PyErr_Format(PyExc_TypeError, "%s.%U is not a __slots__ slot; the lane reads it as one", type->tp_name, name);
+    Py_XDECREF(descr);
+    return offset;
+}
+
 static PyObject *configure(PyObject *module, PyObject *args) {
     PyObject *sets[6];
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!", &PyFrozenSet_Type, &sets[0], &PyFrozenSet_Type, &sets[1],
+    PyTypeObject *tunnel;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!O!", &PyFrozenSet_Type, &sets[0], &PyFrozenSet_Type, &sets[1],
                           &PyFrozenSet_Type, &sets[2], &PyFrozenSet_Type, &sets[3], &PyFrozenSet_Type, &sets[4],
-                          &PyFrozenSet_Type, &sets[5]))
+                          &PyFrozenSet_Type, &sets[5], &PyType_Type, &tunnel))
         return NULL;
+    Py_ssize_t state, held, unsent, paused;
+    if ((state = slot_offset(tunnel, s_state)) < 0 || (held = slot_offset(tunnel, s_held)) < 0
+        || (unsent = slot_offset(tunnel, s_unsent)) < 0 || (paused = slot_offset(tunnel, s_receiving_paused)) < 0)
+        return NULL;
+    Py_XSETREF(tunnel_type, (PyTypeObject *)Py_NewRef(tunnel));
+    at_state = state; at_held = held; at_unsent = unsent; at_receiving_paused = paused;
     PyObject **slots[6] = {&connection_open, &stream_sends, &stream_receives, &stream_open, &tunnel_writable,
                            &tunnel_receivable};
     for (int i = 0; i < 6; i++) Py_XSETREF(*slots[i], Py_NewRef(sets[i]));
@@ -684,7 +733,8 @@ static PyMethodDef module_methods[] = {
      "for that exact class."},
     {"configure", configure, METH_VARARGS,
      "configure(connection_open, stream_sends, stream_receives, stream_open, tunnel_writable, "
-     "tunnel_receivable): the state sets of h2 and shoal.hbone the lane checks, as frozensets."},
+     "tunnel_receivable, tunnel_class): the state sets of h2 and shoal.hbone the lane checks, as frozensets, "
+     "and shoal.hbone._Tunnel, whose slots the lane reads."},
     {NULL}
 };
 

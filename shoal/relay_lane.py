@@ -31,7 +31,7 @@ from h2.stream import STREAM_OPEN, StreamState
 from shoal import log, native_io
 from shoal.errors import ShoalError
 
-_API = 2          # the extension's LANE_API this module speaks to; a stale build is not used
+_API = 3          # the extension's LANE_API this module speaks to; a stale build is not used
 _CHOICES = ("native", "compiled", "python")
 
 
@@ -80,7 +80,7 @@ def _configure(module) -> None:
 
     module.configure(hbone_lean._CONNECTION_OPEN, hbone_lean._STREAM_SENDS, hbone_lean._STREAM_RECEIVES,
                      frozenset(state for state in StreamState if STREAM_OPEN[state]),
-                     hbone._WRITABLE, hbone._RECEIVABLE)
+                     hbone._WRITABLE, hbone._RECEIVABLE, hbone._Tunnel)
 
 
 _requested = os.environ.get("SHOAL_RELAY", "").strip().lower()

@@ -306,3 +306,22 @@ def test_what_the_lane_binds_is_released_with_its_session():
     refs = asyncio.run(main())
     gc.collect()
     assert [ref() for ref in refs] == [None] * len(refs)
+
+
+@needs_lane
+def test_a_tunnel_class_without_the_slots_the_lane_reads_is_refused_and_changes_nothing():
+    """The lane reads shoal.hbone._Tunnel's slots at their offsets; a class whose `state` is no slot is
+    refused with a message naming it, and the lane keeps what it had."""
+    from shoal import _relay, hbone_lean
+
+    class NoSlots:
+        state = None
+
+    sets = (hbone_lean._CONNECTION_OPEN, hbone_lean._STREAM_SENDS, hbone_lean._STREAM_RECEIVES,
+            frozenset(), hbone._WRITABLE, hbone._RECEIVABLE)
+    with pytest.raises(TypeError, match=r"NoSlots\.state is not a __slots__ slot"):
+        _relay.configure(*sets, NoSlots)
+    with pytest.raises(TypeError, match=r"object\.state is not a __slots__ slot"):
+        _relay.configure(*sets, object)
+    # Still configured as before: a tunnel carries plain frames in C.
+    test_the_lane_carries_plain_frames_itself()
