@@ -118,6 +118,27 @@ static int fatal_pending(Transport *t) {   /* the exception set now ends the con
     return rc;
 }
 
+/* A protocol callback raised. As asyncio's transports do, the loop's exception handler hears it and the
+   connection ends with it (connection_lost(exc)): the protocol's state is whatever the exception left, and
+   the next read must not be handed to it. */
+static int protocol_failed(Transport *t, const char *callback) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type); Py_XDECREF(tb);
+    char message[96];
+    snprintf(message, sizeof message, "Fatal error: protocol.%s() call failed.", callback);
+    PyObject *context = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message, "exception", value ? value : Py_None,
+                                      "transport", (PyObject *)t, "protocol", t->protocol ? t->protocol : Py_None);
+    PyObject *r = context ? PyObject_CallMethod(t->loop, "call_exception_handler", "O", context) : NULL;
+    if (r == NULL) PyErr_WriteUnraisable(t->loop);
+    Py_XDECREF(r); Py_XDECREF(context);
+    int rc = force_close(t, value);
+    Py_XDECREF(value);
+    return rc;
+}
+
 /* A graceful close. Bytes the peer sent that nobody read (a TLS 1.3 session ticket, say) would make the
    kernel answer close() with a RST and drop what is still in our send queue, the close_notify and the last
    data with it: they are read off and dropped first. */
@@ -303,7 +324,7 @@ static int on_eof(Transport *t) {
     t->read_done = 1;
     if (watch(t, 0, 0) < 0) return -1;
     PyObject *keep = t->protocol ? PyObject_CallMethodNoArgs(t->protocol, s_eof_received) : Py_NewRef(Py_None);
-    if (keep == NULL) return -1;
+    if (keep == NULL) return protocol_failed(t, "eof_received");
     int open = t->ssl == NULL && PyObject_IsTrue(keep) > 0;   /* TLS closes after EOF, as asyncio's SSL */
     Py_DECREF(keep);
     if (open || t->closing) return 0;
@@ -340,7 +361,7 @@ static int read_some(Transport *t) {
         if (data == NULL) return -1;
         int rc = call_protocol(t, s_data_received, data);
         Py_DECREF(data);
-        if (rc < 0) return -1;
+        if (rc < 0) return protocol_failed(t, "data_received");
     }
     if (status == -2 && !t->closed && !t->closing) return on_eof(t);   /* a closing transport hears no more */
     /* A full buffer may leave bytes inside OpenSSL (read ahead, or decrypted), which no readable event

@@ -364,3 +364,36 @@ def test_a_closed_transport_is_freed_without_the_cycle_collector():
         finally:
             gc.enable()
     run(main())
+
+
+@pytest.mark.parametrize("kind", ["tcp", "tls"])
+@pytest.mark.parametrize("callback", ["data_received", "eof_received"])
+def test_a_protocol_callback_that_raises_ends_the_connection_as_asyncio_does(kind, callback):
+    """asyncio's transports treat an exception from data_received or eof_received as fatal: the loop's
+    exception handler hears it, and connection_lost gets it. A transport left open would hand the next
+    read to a protocol whose state the exception left half-changed."""
+    class Failing(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if callback == "data_received":
+                raise ValueError("broken protocol")
+
+        def eof_received(self):
+            super().eof_received()
+            raise ValueError("broken protocol")
+
+    async def main():
+        reported = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        make = tcp_pair if kind == "tcp" else tls_pair
+        st_, sp, ct, cp = await make(server=Failing)
+        if callback == "data_received":
+            ct.write(b"first")
+        else:
+            ct.close()
+        exc = await asyncio.wait_for(sp.lost, 5)
+        assert isinstance(exc, ValueError) and st_.is_closing()
+        assert [c["exception"] for c in reported] == [exc]
+        assert await asyncio.wait_for(cp.lost, 5) is None or kind == "tcp"
+        ct.abort()
+    run(main())
