@@ -371,10 +371,13 @@ static int read_some(Transport *t) {
     return 0;
 }
 
+static int handshake_failed(Transport *t);
+
 static int handshake_done(Transport *t) {
     t->handshaking = 0;
     t->made = 1;
-    if (call_protocol(t, s_connection_made, (PyObject *)t) < 0) return -1;
+    /* A connection_made that raised fails the handshake's waiter now (not as a timeout later). */
+    if (call_protocol(t, s_connection_made, (PyObject *)t) < 0) return handshake_failed(t);
     if (t->waiter != NULL) {
         PyObject *done = PyObject_CallMethodNoArgs(t->waiter, s_done);
         if (done == NULL) return -1;

@@ -397,3 +397,23 @@ def test_a_protocol_callback_that_raises_ends_the_connection_as_asyncio_does(kin
         assert await asyncio.wait_for(cp.lost, 5) is None or kind == "tcp"
         ct.abort()
     run(main())
+
+
+def test_a_connection_made_that_raises_fails_the_handshake_at_once():
+    """The error reaches open_tls's caller now, not as a handshake timeout later."""
+    class Failing(Recorder):
+        def connection_made(self, transport) -> None:
+            raise ValueError("broken protocol")
+
+    async def main():
+        a, b = await socket_pair()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        server, client = await asyncio.gather(
+            native_io.open_tls(Failing, a, identity.server_context(SERVER_CRED), server_side=True,
+                               handshake_timeout=10),
+            native_io.open_tls(Recorder, b, identity.client_context(CLIENT_CRED), server_side=False,
+                               handshake_timeout=10), return_exceptions=True)
+        assert isinstance(server, ValueError) and loop.time() - started < 5
+        client[0].abort()
+    run(main())
