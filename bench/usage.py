@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
+from shoal.local.kubelet import cgroup_pids
+
 TICKS = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
 
@@ -52,13 +54,6 @@ class Selector:
     def cpu(self) -> dict[int, float]:
         """CPU seconds so far, by process: two readings give the cost of what ran between them."""
         return {pid: cpu_seconds(pid) for pid in self.pids()}
-
-
-def cgroup_pids(cgroup: Path) -> list[int]:
-    try:
-        return [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
 
 
 def command_line(pid: int) -> list[str]:

@@ -18,6 +18,7 @@ period, then kills what is left with cgroup.kill, so nothing escapes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import signal
@@ -49,10 +50,15 @@ class KubeletError(LocalClusterError):
 # -- cgroups ------------------------------------------------------------------
 
 def cgroup_pids(path: Path) -> list[int]:
+    """The processes in the cgroup; none once it is gone, or while the kernel is removing it (ENODEV)."""
     try:
         return [int(p) for p in (path / "cgroup.procs").read_text().split()]
     except FileNotFoundError:
         return []
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return []
+        raise
 
 
 def cgroup_kill(path: Path) -> None:

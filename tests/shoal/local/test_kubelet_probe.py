@@ -110,3 +110,26 @@ def test_a_ready_container_is_probed_less_often_than_one_starting(monkeypatch):
         [kubelet.PROBE_PERIOD, kubelet.READY_PROBE_PERIOD, kubelet.READY_PROBE_PERIOD]
     assert kubelet.READY_PROBE_PERIOD > kubelet.PROBE_PERIOD
     assert marks == [True, False, True]   # each change of readiness written, and only those
+
+
+def test_a_cgroup_the_kernel_is_removing_has_no_processes(tmp_path, monkeypatch):
+    """Reading cgroup.procs of a cgroup being removed fails with ENODEV: that cgroup holds no process
+    (the fault suite read one just as the kubelet removed the control plane's pod)."""
+    import errno
+    from pathlib import Path
+    from shoal.local.kubelet import cgroup_pids
+
+    (tmp_path / "cgroup.procs").write_text("12\n34\n")
+    assert cgroup_pids(tmp_path) == [12, 34]
+    assert cgroup_pids(tmp_path / "gone") == []
+
+    def removing(self, *args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+    monkeypatch.setattr(Path, "read_text", removing)
+    assert cgroup_pids(tmp_path) == []
+
+    def other(self, *args, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(Path, "read_text", other)
+    with pytest.raises(PermissionError):
+        cgroup_pids(tmp_path)
