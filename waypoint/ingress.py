@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from shoal import log, sockets
+from shoal import log, native_io, sockets
 from shoal.hbone_relay import TcpSide
 from shoal.model.addresses import join_address
 
@@ -160,8 +160,8 @@ class IngressListener:
             if self.tls is not None:
                 await loop.connect_accepted_socket(side, conn, ssl=self.tls,
                                                    ssl_handshake_timeout=self.handshake_timeout)
-            else:
-                await loop.connect_accepted_socket(side, conn)
+            else:   # plain TCP: the native transport when in use, as the ztunnel's (TLS stays the loop's)
+                await native_io.open_tcp(side, conn, accepted=True)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
             logger.info("ingress connection failed before HTTP", src=join_address(address),
                         error=str(getattr(e, "reason", None) or e))

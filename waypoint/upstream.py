@@ -3,7 +3,8 @@
 Meshed endpoints get a CONNECT stream to `podIP:15008` on a pooled HBONE
 connection (`shoal.hbone_pool`) that presents the waypoint's own
 certificate (`shoal.certs`, one identity) and checks the server's SPIFFE ID.
-Endpoints outside the mesh get a plain TCP connection (`shoal.sockets`).
+Endpoints outside the mesh get a plain TCP connection (`shoal.sockets`), on the
+native transports when they are in use (`shoal.native_io`), as the ztunnel's.
 This module is the waypoint's boundary for those failures: each becomes an
 `UpstreamFailed` whose kind (`connect-failure`, `refused-stream`) retry
 policies name, with the response flag to report.
@@ -11,10 +12,9 @@ policies name, with the response flag to report.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
-from shoal import contracts, sockets
+from shoal import contracts, native_io, sockets
 from shoal.certs import CertManager
 from shoal.errors import ShoalError
 from shoal.hbone_io import TunnelRefused
@@ -48,7 +48,7 @@ class Upstreams:
         try:
             if not upstream.hbone:
                 sock = await _tcp(upstream.address, timeout)
-                _, side = await asyncio.get_running_loop().create_connection(TcpSide, sock=sock)
+                _, side = await native_io.open_tcp(TcpSide, sock, accepted=False)   # native when in use
                 return Channel(side)
             key = Key("", self.who, (upstream.address[0], self.hbone_port), upstream.identity)
             stream = await self.pool.open_stream(key, join_address(upstream.address), timeout)  # [v6]:port
