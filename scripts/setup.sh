@@ -106,7 +106,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The compiled relay (shoal/_relay.c) and the native transports (shoal/_native*.[ch]) are built by this
 # install: a change to them installs again.
-stamp=.venv/.installed-$({ cat pyproject.toml; cat shoal/_relay.c shoal/_native.h shoal/_native_*.c 2>/dev/null || true; } | sha1sum | cut -c1-12)
+stamp=.venv/.installed-$({ cat pyproject.toml; cat shoal/_relay.c shoal/_native*.h shoal/_native_*.c 2>/dev/null || true; } | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   say "installing shoal into .venv"
   .venv/bin/pip install -q --upgrade pip

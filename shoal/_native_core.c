@@ -187,7 +187,7 @@ static int flush(Transport *t) {
             sent = tls_write(t, t->out + t->out_pos, n);
             if (sent < 0) return fatal_pending(t);
             t->tls_retry = sent == 0 ? n : 0;
-            if (sent == 0 && t->write_wants_read) return watch(t, 0, 1);
+            if (sent == 0 && t->write_wants_read) return core_want(t, 1, 0);   /* only a read can unblock it: a writer left on would spin */
         } else {
             sent = send(t->fd, t->out + t->out_pos, n, MSG_NOSIGNAL);
             if (sent < 0) {
