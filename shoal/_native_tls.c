@@ -32,6 +32,14 @@ SSL_CTX *tls_context_of(PyObject *context) {
         PyErr_SetString(PyExc_ValueError, "the ssl.SSLContext holds no SSL_CTX");
         return NULL;
     }
+    /* The SSL_CTX must be one of the OpenSSL this extension links: an _ssl with an OpenSSL of its own (a
+       static build of the same version) would pass the version check, and its SSL_CTX is not ours to use. */
+    const SSL_METHOD *method = SSL_CTX_get_ssl_method(ctx);
+    if (method != TLS_method() && method != TLS_client_method() && method != TLS_server_method()) {
+        PyErr_SetString(PyExc_ValueError, "the ssl.SSLContext's SSL_CTX belongs to another OpenSSL than the "
+                        "native transports link: this Python's _ssl carries its own OpenSSL");
+        return NULL;
+    }
     /* Read both ways: a layout that is not what we think shows here, before any handshake. */
     PyObject *mode = PyObject_GetAttrString(context, "verify_mode");
     PyObject *low = mode ? PyObject_GetAttrString(context, "minimum_version") : NULL;
