@@ -32,7 +32,7 @@
 #include <structmember.h>
 #include "_native_api.h"
 
-#define LANE_API 3
+#define LANE_API 4
 
 enum { FRAME_HEADER = 9, TYPE_DATA = 0x0, TYPE_HEADERS = 0x1, TYPE_PUSH_PROMISE = 0x5, TYPE_CONTINUATION = 0x9,
        FLAG_END_HEADERS = 0x4, CLIENT_PREFACE = 24, JOIN_BELOW = 16384,
@@ -486,16 +486,10 @@ static PyTypeObject SessionBaseType = {
 
 /* ==== app -> tunnel ==================================================================================== */
 
-static PyTypeObject StreamBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shoal._relay.StreamBase",
-    .tp_basicsize = sizeof(PyObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Marks a tunnel stream (shoal.hbone_io.TunnelStream) the send lane may write to.",
-    .tp_new = PyType_GenericNew,
-};
+static PyTypeObject StreamBaseType;
 
-/* One read of the app as one plain DATA frame: 1 sent, 0 declined (nothing changed), -1 error. */
+/* One read of the app as one plain DATA frame: 1 sent, 0 declined (nothing changed), -1 error. `self` is
+   the app's TcpSide, whose bytes_received counts the read; NULL for a caller that counted it already. */
 static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
     int result = 0, rc;
     Py_ssize_t length = PyBytes_GET_SIZE(data), limit;
@@ -544,7 +538,7 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
     if (queued != 0) { if (queued < 0) goto error; goto done; }
 
     /* The plain case (LeanH2.send_plain_data): both send windows go down, one DATA frame goes out. */
-    if (add_ssize(self, s_bytes_received, length) < 0) goto error;
+    if (self != NULL && add_ssize(self, s_bytes_received, length) < 0) goto error;
     if (add_ssize(h2, s_outbound_flow_control_window, -length) < 0
         || add_ssize(h2_stream, s_outbound_flow_control_window, -length) < 0)
         goto error;
@@ -596,6 +590,34 @@ done:
     Py_XDECREF(call);
     return result;
 }
+
+/* TunnelStream.write(data) when it is the plain case (a message of the waypoint's Channel.send, say):
+   True sent (bytes_sent counted, as write() counts it), False declined with nothing changed. */
+static PyObject *stream_write_plain(PyObject *self, PyObject *data) {
+    if (!configured()) return NULL;
+    if (!PyBytes_CheckExact(data)) Py_RETURN_FALSE;
+    Py_INCREF(data);
+    int rc = send_plain(NULL, self, data);
+    Py_DECREF(data);
+    return rc < 0 ? NULL : PyBool_FromLong(rc);
+}
+
+static PyMethodDef stream_methods[] = {
+    {"_write_plain", stream_write_plain, METH_O,
+     "Sends bytes as one plain DATA frame of this tunnel and returns True, or returns False having changed "
+     "nothing (then write() takes them: the Python path)."},
+    {NULL}
+};
+
+static PyTypeObject StreamBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shoal._relay.StreamBase",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "A tunnel stream (shoal.hbone_io.TunnelStream) the send lane may write to.",
+    .tp_methods = stream_methods,
+    .tp_new = PyType_GenericNew,
+};
 
 static PyObject *side_data_received(PyObject *self, PyObject *data) {
     if (!configured()) return NULL;

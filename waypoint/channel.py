@@ -27,6 +27,9 @@ class ChannelReset(UpstreamFailed):
 class Channel(Side):
     def __init__(self, other: Side) -> None:
         self.peer = other
+        # An HBONE stream's plain case (one DATA frame, both send windows open) is sent in C by the relay
+        # lane (shoal/_relay.c); None when the peer is not a tunnel stream or the lane is off.
+        self._send_plain = getattr(other, "_write_plain", None)
         self.bytes_received = 0
         self.bytes_sent = 0
         self._buffer = bytearray()
@@ -121,7 +124,8 @@ class Channel(Side):
     def send(self, data: bytes) -> None:
         if data and not self.was_reset:
             self.bytes_sent += len(data)
-            self.peer.write(data)
+            if self._send_plain is None or not self._send_plain(data):
+                self.peer.write(data)
 
     @property
     def writable(self) -> bool:

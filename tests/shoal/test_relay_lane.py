@@ -167,6 +167,8 @@ async def _run(lane: bool, settings: hbone.Settings, steps, cuts, ending: str) -
             tunnel.client_app.data_received(data)
         elif step == "down":
             tunnel.server_app.data_received(data)
+        elif step == "send":     # a message the waypoint's Channel.send gives the stream itself
+            tunnel.client_stream._write_plain(data) or tunnel.client_stream.write(data)
         elif step == "pause":    # the server's app side is full: its tunnel withholds credit
             tunnel.server_app.pause_writing()
         else:
@@ -183,10 +185,11 @@ async def _run(lane: bool, settings: hbone.Settings, steps, cuts, ending: str) -
 
 
 def _expected(steps, direction: str) -> bytes:
+    steps = [("up" if step == "send" else step, size) for step, size in steps]
     return b"".join(bytes((size + i) % 251 for i in range(size)) for step, size in steps if step == direction)
 
 
-steps_strategy = st.lists(st.tuples(st.sampled_from(["up", "up", "down", "pause", "resume"]),
+steps_strategy = st.lists(st.tuples(st.sampled_from(["up", "up", "send", "down", "pause", "resume"]),
                                     st.integers(1, 40000)), max_size=10)
 
 
@@ -325,3 +328,22 @@ def test_a_tunnel_class_without_the_slots_the_lane_reads_is_refused_and_changes_
         _relay.configure(*sets, object)
     # Still configured as before: a tunnel carries plain frames in C.
     test_the_lane_carries_plain_frames_itself()
+
+
+@needs_lane
+def test_a_stream_sends_a_plain_message_itself_and_declines_the_rest():
+    """TunnelStream._write_plain (the waypoint's Channel.send): a plain message is one DATA frame sent in
+    C; a message past the send window, or not bytes, is declined with nothing changed, for write()."""
+    async def main():
+        tunnel = Tunnel(True, SMALL)
+        await tunnel.open()
+        stream = tunnel.client_stream
+        assert stream._write_plain(b"m" * 1000) is True
+        assert stream.bytes_sent == 1000
+        assert stream._write_plain(bytearray(b"n" * 10)) is False
+        before, wire = tunnel.state(), bytes(tunnel.client_wire.out)
+        assert stream._write_plain(b"w" * 70000) is False     # past the 65535-byte stream window
+        assert tunnel.state() == before and bytes(tunnel.client_wire.out) == wire
+        tunnel.exchange()
+        assert tunnel.server_app_wire.take() == b"m" * 1000
+    asyncio.run(main())
