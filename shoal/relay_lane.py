@@ -48,16 +48,15 @@ def _choose(requested: str) -> object | None:
     try:
         from shoal import _relay
     except ImportError as e:
-        if requested in ("compiled", "native"):
-            raise RelayLaneError(f"SHOAL_RELAY=compiled but the compiled relay is not built ({e}); run "
-                                 "scripts/setup.sh (it builds shoal/_relay.c), or set SHOAL_RELAY=python") from None
-        return None
-    if getattr(_relay, "API", None) != _API:
-        if requested in ("compiled", "native"):
-            raise RelayLaneError(f"SHOAL_RELAY={requested} but the built shoal._relay is out of date; rebuild it "
-                                 "with scripts/setup.sh")
-        return None
-    return _relay
+        why = f"the compiled relay is not built ({e}); scripts/setup.sh builds shoal/_relay.c"
+    else:
+        if getattr(_relay, "API", None) == _API:
+            return _relay
+        why = "the built shoal._relay is out of date; rebuild it with scripts/setup.sh"
+    if requested in ("compiled", "native"):
+        raise RelayLaneError(f"SHOAL_RELAY={requested} but {why}, or set SHOAL_RELAY=python")
+    log.get("shoal.relay_lane").warning("the pure-Python relay carries tunnels (slower)", reason=why)
+    return None
 
 
 def _choose_native(requested: str) -> object | None:
@@ -86,7 +85,9 @@ def _configure(module) -> None:
 _requested = os.environ.get("SHOAL_RELAY", "").strip().lower()
 _module = _choose(_requested)
 COMPILED = _module is not None
-NATIVE = COMPILED and native_io.use(_choose_native(_requested)) is None and native_io.in_use
+if COMPILED:      # the native transports work with the lane only
+    native_io.use(_choose_native(_requested))
+NATIVE = native_io.in_use
 NAME = "native" if NATIVE else "compiled" if COMPILED else "python"
 # Whether a new HboneSession takes the lane when not told (its `lane` argument). Tests turn it off to
 # run the Python path in a process that has the lane built.

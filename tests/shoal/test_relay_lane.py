@@ -277,6 +277,24 @@ def test_the_python_choice_runs_without_the_extension():
     assert result.stdout.strip() == "python"
 
 
+@pytest.mark.parametrize("choice", ["native", "compiled"])
+def test_a_choice_the_build_cannot_give_stops_naming_that_choice(choice):
+    hide = "import sys; sys.modules['shoal._relay'] = None; import shoal.relay_lane"
+    result = run_with_relay(choice, hide)
+    assert result.returncode != 0
+    assert f"SHOAL_RELAY={choice} but the compiled relay is not built" in result.stderr
+    assert "scripts/setup.sh" in result.stderr
+
+
+def test_the_default_without_the_lane_says_the_python_path_carries_tunnels():
+    code = ("import sys; sys.modules['shoal._relay'] = None;"
+            "from shoal import relay_lane, native_io; print(relay_lane.NAME, native_io.in_use)")
+    result = run_with_relay("", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["python", "False"]
+    assert "the pure-Python relay carries tunnels" in result.stdout + result.stderr
+
+
 @needs_lane
 def test_the_compiled_choice_keeps_the_loops_transports():
     code = ("from shoal import relay_lane, native_io;"
