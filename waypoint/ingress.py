@@ -170,7 +170,8 @@ class IngressListener:
         channel = Channel(made[0])
         peer = Peer(address[0], None, (self.requested[0], self.gateway_port or self.port))
         try:
-            first = await asyncio.wait_for(channel.read(), self.proxy.idle_timeout)
+            async with asyncio.timeout(self.proxy.idle_timeout):   # no Task of its own to leave unstarted
+                first = await channel.read()
         except (ChannelReset, asyncio.TimeoutError):
             channel.reset()
             return
