@@ -204,8 +204,11 @@ def cluster():
 
 
 def test_waypoint_is_deployed_and_listed(cluster):
-    out = cluster.run("waypoint", "list", "-n", "shop").stdout
-    assert re.search(r"shop\s+waypoint\s+service\s+1/1", out), out
+    def listed_ready():
+        # the waypoint may carry traffic before the kubelet's next probe has marked it ready
+        out = cluster.run("waypoint", "list", "-n", "shop").stdout
+        return out if re.search(r"shop\s+waypoint\s+service\s+1/1", out) else None
+    eventually(listed_ready, 30, "the waypoint to be listed as ready (1/1)", interval=0.3)
     dump = json.loads(cluster.run("waypoint", "config", "-n", "shop").stdout)
     assert dump["certificate"]["identity"] == "spiffe://cluster.local/ns/shop/sa/waypoint"
     assert "reviews.shop.svc.cluster.local:80" in dump["route_tables"] and "shop/no-admin" in dump["policies"]
