@@ -22,6 +22,14 @@ keepalive PING goes out every `keepalive_time` seconds while a call is open; one
 within `keepalive_timeout` ends the connection and its calls (UNAVAILABLE).
 Every failure is an `RpcError` with the status code a grpcio client would
 have given.
+
+Received messages are held back by flow control, not buffered without end:
+the connection's credit goes back to the server as DATA arrives, a stream's
+only as its caller reads the messages (`Call.receive`). So a call whose
+caller reads slowly has at most its stream window (`WINDOW`) of whole
+messages waiting, plus the one message being received, itself at most
+`max_receive_message`; the server waits for credit, and other calls on the
+connection go on.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import os
 import random
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from h2.config import H2Configuration
@@ -41,10 +50,11 @@ from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, Resp
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
-from shoal.grpc_wire import (MessageReader, RpcError, StatusCode, check_response_headers, encode_message,
+from shoal.grpc_wire import (PREFIX, MessageReader, RpcError, StatusCode, check_response_headers, encode_message,
                              request_headers, status_of)
 
 WINDOW = 4 * 1024 * 1024     # what the server may send ahead, per stream and per connection
+CREDIT_BATCH = WINDOW // 4   # credit goes back in WINDOW_UPDATEs of at least this much, not one per frame
 
 
 @dataclass(frozen=True)
@@ -68,11 +78,18 @@ def split_target(target: str) -> tuple[str, int]:
 
 
 class _Stream:
-    """One call's receiving side: headers, messages, then its status."""
+    """One call's receiving side: headers, messages, then its status; and the stream's credit.
+
+    The credit of what arrives is `held` while whole messages wait in `messages`, and earned as the caller
+    takes them; while none waits, what is held (a message still arriving) is earned at once, so that a
+    message larger than the window can arrive. Earned credit waits in `credit` for the connection to
+    send it."""
 
     def __init__(self, max_message: int) -> None:
         self.reader = MessageReader(max_message)
-        self.messages: list[bytes] = []
+        self.messages: deque[bytes] = deque()
+        self.held = 0
+        self.credit = 0
         self.headers_seen = False
         self.outcome: RpcError | None = None
         self.finished = False          # outcome is final (None: OK)
@@ -96,12 +113,23 @@ class _Stream:
         self.headers_seen = True
         check_response_headers(headers)
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes, flow_controlled_length: int) -> None:
         if not self.headers_seen:
             raise RpcError(StatusCode.INTERNAL, "the server sent DATA before its headers")
+        self.held += flow_controlled_length
         self.messages.extend(self.reader.feed(data))
+        self._settle()
         if self.messages:
             self._wake()
+
+    def _settle(self) -> None:
+        if not self.messages:
+            self.credit += self.held
+            self.held = 0
+
+    def buffered(self) -> int:
+        """Bytes received and not yet read by the caller."""
+        return sum(len(m) for m in self.messages) + self.reader.pending()
 
     def on_trailers(self, trailers: dict[bytes, bytes]) -> None:
         if self.reader.pending():
@@ -121,7 +149,12 @@ class _Stream:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return self.messages.pop(0)
+        message = self.messages.popleft()
+        release = min(self.held, PREFIX.size + len(message))
+        self.held -= release
+        self.credit += release
+        self._settle()
+        return message
 
 
 class _Connection(asyncio.Protocol):
@@ -133,6 +166,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.failure: RpcError | None = None     # set once the connection is of no more use
+        self._connection_credit = 0              # earned by DATA received, not yet sent
         self._window_waiters: list[asyncio.Future] = []
         self._pong: asyncio.Future | None = None
         self._keepalive: asyncio.Task | None = None
@@ -187,8 +221,12 @@ class _Connection(asyncio.Protocol):
                                f"({getattr(event.error_code, 'name', event.error_code)})"))
             return
         if isinstance(event, DataReceived):
-            # Credit goes back for every DATA frame, a forgotten stream's too: the connection's window is shared.
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            # The connection's credit goes back for every DATA frame, a forgotten stream's too: its window is
+            # shared, and a call read slowly holds back its own stream, not the others.
+            self._connection_credit += event.flow_controlled_length
+            if self._connection_credit >= CREDIT_BATCH:
+                self.h2.increment_flow_control_window(self._connection_credit)
+                self._connection_credit = 0
         stream = self.streams.get(getattr(event, "stream_id", None) or 0)
         if stream is None:
             if isinstance(event, DataReceived):
@@ -198,7 +236,8 @@ class _Connection(asyncio.Protocol):
             if isinstance(event, ResponseReceived):
                 stream.on_headers(dict(event.headers))
             elif isinstance(event, DataReceived):
-                stream.on_data(event.data)
+                stream.on_data(event.data, event.flow_controlled_length)
+                self.return_credit(event.stream_id, stream)
             elif isinstance(event, TrailersReceived):
                 stream.on_trailers(dict(event.headers))
             elif isinstance(event, StreamEnded):
@@ -211,6 +250,18 @@ class _Connection(asyncio.Protocol):
         except RpcError as e:
             stream.finish(e)
             self.reset(event.stream_id)
+
+    def return_credit(self, stream_id: int, stream: _Stream) -> None:
+        """Sends the stream's earned credit once there is a batch of it (or none is needed any more)."""
+        if stream.credit < CREDIT_BATCH or self.failure is not None:
+            return
+        credit, stream.credit = stream.credit, 0
+        if not stream.finished:
+            try:
+                self.h2.increment_flow_control_window(credit, stream_id)
+            except (H2Error, KeyError):
+                return       # the server has ended its side: it sends no more
+            self.flush()
 
     def reset(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
@@ -295,7 +346,9 @@ class Call:
         await self._connection.send(self._stream_id, payload, last)
 
     async def receive(self) -> bytes | None:
-        return await self._stream.next()
+        message = await self._stream.next()
+        self._connection.return_credit(self._stream_id, self._stream)
+        return message
 
     def cancel(self) -> None:
         self._stream.finish(RpcError(StatusCode.CANCELLED, "cancelled by the client"))

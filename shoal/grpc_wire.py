@@ -113,7 +113,7 @@ class MessageReader:
                                "offered")
             if length > self.max_message:
                 raise RpcError(StatusCode.RESOURCE_EXHAUSTED, f"the server sent a message of {length} bytes; "
-                               f"the limit is {self.max_message}")
+                               f"the limit is {self.max_message} (ChannelSettings.max_receive_message)")
             if len(self._buffer) < PREFIX.size + length:
                 break
             out.append(bytes(self._buffer[PREFIX.size:PREFIX.size + length]))

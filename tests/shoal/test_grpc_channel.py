@@ -23,8 +23,9 @@ from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded
 
 from shoal.api import config_pb2
 from shoal.config_client import NODE_TYPES, ClientSettings, ConfigClient
-from shoal.grpc_channel import Channel, ChannelSettings
-from shoal.grpc_wire import RpcError, StatusCode, encode_message
+from shoal.grpc_channel import WINDOW, Channel, ChannelSettings
+from shoal.grpc_wire import PREFIX, RpcError, StatusCode, encode_message
+from tests.support.polling import eventually_async
 
 NAME = "peer.test"
 IMMEDIATE = ("trailers_only", "never", "watch_then_close")    # behaviours that answer a call's headers
@@ -63,6 +64,7 @@ class Peer(asyncio.Protocol):
 
     transports: list = []      # every server-side transport, for a test that stops reading them
     pings = 0                  # PINGs received, on every connection
+    pump = None                # a behaviour's sender, run again whenever the client may have given credit
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -88,6 +90,8 @@ class Peer(asyncio.Protocol):
                 Peer.pings += 1
             elif isinstance(event, StreamEnded) and self.behaviour.__name__ not in IMMEDIATE:
                 self.behaviour(self, event.stream_id, self.headers[event.stream_id], self.bodies[event.stream_id])
+        if self.pump is not None:
+            self.pump()
         if not self.transport.is_closing():
             self.flush()
 
@@ -307,6 +311,70 @@ def test_data_on_a_call_let_go_of_gives_its_credit_back():
             await channel.close()
             server.close()
     assert asyncio.run(main()) == b"hello"
+
+
+FLOOD = [bytes([i]) * 100_000 for i in range(160)]     # 16 MB: four times the channel's window
+
+
+def flood(peer, stream_id, headers, body):
+    """/Flood: FLOOD's messages as fast as the client's credit allows, then OK; anything else: echo."""
+    if headers[b":path"] != b"/shoal.api.Test/Flood":
+        return echo(peer, stream_id, headers, body)
+    peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    framed = memoryview(b"".join(encode_message(m) for m in FLOOD))
+    peer.sent, peer.stalled = 0, False
+
+    def pump():
+        while peer.sent < len(framed):
+            size = min(len(framed) - peer.sent, peer.h2.local_flow_control_window(stream_id),
+                       peer.h2.max_outbound_frame_size)
+            peer.stalled = size == 0
+            if peer.stalled:
+                break
+            peer.h2.send_data(stream_id, bytes(framed[peer.sent:peer.sent + size]))
+            peer.sent += size
+        else:
+            peer.pump = None
+            peer.h2.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+        peer.flush()
+    peer.pump = pump
+    pump()
+
+
+def test_a_slow_reader_holds_back_a_flooding_server_and_loses_nothing():
+    bound = WINDOW + PREFIX.size + len(FLOOD[0])     # the stream's window of whole messages, and one arriving
+
+    async def main():
+        server, pem, target, _ = await serve(flood)
+        Peer.transports.clear()
+        channel = Channel(settings(target, pem))
+        try:
+            call = await channel.open_stream("/shoal.api.Test/Flood")
+            await call.send(b"", last=True)
+            peer = Peer.transports[0].get_protocol()
+            stream = call._stream
+            # Nothing is read until the server has no credit left and the client holds all it sent (or it
+            # sent everything: what a client that gives credit at once lets it do).
+            await eventually_async(lambda: hasattr(peer, "sent") and (
+                stream.buffered() > bound or peer.pump is None
+                or (peer.stalled and stream.buffered() + len(stream.messages) * PREFIX.size == peer.sent)),
+                what="the server to stop sending")
+            most = stream.buffered()
+            assert most <= bound, f"{most} bytes buffered for a reader that did not read"
+            # Meanwhile the connection is not held back: another call on it is answered.
+            assert await channel.unary("/shoal.api.Test/Echo", b"hello", timeout=5) == b"hello"
+            received = []
+            while (message := await call.receive()) is not None:
+                received.append(message)
+                most = max(most, stream.buffered())
+                await asyncio.sleep(0.001)
+            return most, received
+        finally:
+            await channel.close()
+            server.close()
+    most, received = asyncio.run(main())
+    assert received == FLOOD
+    assert most <= bound, f"{most} bytes buffered for a reader that did not read"
 
 
 def test_a_channel_closed_while_it_dials_keeps_no_connection():
