@@ -26,8 +26,10 @@ Per pod:
   the ztunnel's 15006 listener for that pod and family (the ztunnel hands the
   listeners over with its Ack of AddWorkload); the keys of an address the
   pod loses, or of a pod that leaves, are deleted (`forget_addresses`), but
-  not one set for another pod's listener since (`Redirection` remembers
-  whose listener each key was set to).
+  not one that holds another pod's listener: the kernel says which listener a
+  key holds (its socket cookie), and `Redirection` records each pod's
+  listener cookies in its ledger, so a restarted agent knows them before any
+  Ack.
 The ztunnel's own cgroup (found from the hand-off peer) gets shoal_ztsockops
 and shoal_getsockopt, which answer SO_ORIGINAL_DST on the ztunnel's 15001
 sockets and record the ztunnel's own connections as uncaptured. Telling the
@@ -69,6 +71,7 @@ logger = log.get("node_agent.ebpf")
 _REPO = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT = 300.0  # seconds for the child that compiles (bcc takes a few on an idle machine)
 BPFFS = bpffs.BPFFS
+SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 
 def source_hash() -> str:
     # SOURCE read at call time, from this module: a test swaps in a newer build's source here
@@ -258,9 +261,9 @@ class EbpfRedirector:
         finally:
             os.close(link)
 
-    def remove(self, pod: PodTarget, *, keep: Iterable[str] = ()) -> None:
-        """Detaches and unpins the pod's programs and forgets its sockhash keys, but those of `keep`
-        (addresses another pod holds now: their keys steer to that pod's listener)."""
+    def remove(self, pod: PodTarget, *, others: Iterable[int] = ()) -> None:
+        """Detaches and unpins the pod's programs and forgets its sockhash keys, but those that hold one of
+        `others` (the socket cookies of other pods' listeners: a pod took the address over)."""
         self.load()
         if pod.cgroup and os.path.isdir(pod.cgroup):
             cgroup = _cgroup_fd(pod.cgroup)
@@ -271,7 +274,7 @@ class EbpfRedirector:
         pin = self.links_dir / _safe(pod.uid)
         if pin.exists():
             pin.unlink()
-        self.forget_addresses(set(pod.ips) - set(keep))
+        self.forget_addresses(pod.ips, others=others)
 
     def installed(self, pod: PodTarget) -> bool:
         self.load()
@@ -305,12 +308,18 @@ class EbpfRedirector:
         logger.debug("inbound listener set", pod=pod.key, addresses=steered)
         return steered
 
-    def forget_addresses(self, addresses) -> None:
+    def forget_addresses(self, addresses, *, others: Iterable[int] = ()) -> None:
         """Deletes these addresses' keys from the sockhash (a pod that lost them, or left): a stale key would
-        steer inbound traffic for an address another pod now holds to this pod's listener."""
+        steer inbound traffic for an address another pod now holds to this pod's listener. A key that holds
+        one of `others` (listener cookies of other pods, which took the address over) stays; one whose
+        listener is unknown goes (fail closed: dropped until its owner's Ack)."""
         self.load()
+        others = set(others)
         for address in addresses:
-            libbpf.map_delete(self.sockhash_fd, sockhash_key(address))
+            key = sockhash_key(address)
+            held = libbpf.map_lookup(self.sockhash_fd, key, 8)
+            if held is not None and struct.unpack("Q", held)[0] not in others:
+                libbpf.map_delete(self.sockhash_fd, key)
 
     # -- the ztunnel ------------------------------------------------------------
 
@@ -357,6 +366,15 @@ def sockhash_key(address: str) -> bytes:
     """The sockhash's key for an address: 16 bytes, IPv4 as ::ffff:a.b.c.d (as sk_lookup builds it)."""
     ip = ipaddress.ip_address(address)
     return (ipaddress.IPv6Address(f"::ffff:{ip}") if ip.version == 4 else ip).packed
+
+
+def socket_cookie(fd: int) -> int:
+    """The kernel's cookie of a socket: what a sockhash holding it answers a lookup from user space with."""
+    sock = socket.socket(fileno=fd)  # borrowed: detached below, never closed here
+    try:
+        return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+    finally:
+        sock.detach()
 
 
 def _families_taken(listener_fd: int) -> set[int]:

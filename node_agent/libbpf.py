@@ -66,6 +66,17 @@ def map_update(fd: int, key: bytes, value: bytes) -> None:
     _check(lib().bpf_map_update_elem(fd, k, v, 0), "update map")
 
 
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value at `key`, or None when there is none (for a sockhash: the socket's cookie)."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    result = lib().bpf_map_lookup_elem(fd, k, v)
+    if result < 0 and (-result == errno.ENOENT or ctypes.get_errno() == errno.ENOENT):
+        return None
+    _check(result, "look up in map")
+    return v.raw
+
+
 def map_delete(fd: int, key: bytes) -> bool:
     k = ctypes.create_string_buffer(key, len(key))
     result = lib().bpf_map_delete_elem(fd, k)

@@ -13,6 +13,10 @@ The ledger (one JSON file per pod under the agent's state dir) records what
 was installed where, written before an install and deleted after a removal,
 so a restarted agent, or `shoal node-agent --cleanup`, can remove redirection
 from pods it no longer hears about (deleted, opted out, or anything else).
+In eBPF mode it also records the socket cookie of the pod's inbound listener
+per IP version, as the ztunnel handed it over: a pod letting go of an address
+leaves its sockhash key alone when the key holds another pod's listener (one
+took the address over), after a restart too, before any Ack.
 
 Choosing the mode: `choose("auto")` takes eBPF when bcc imports, kernel headers
 are where bcc looks, cgroup v2 is mounted, the agent holds the BPF privilege
@@ -22,6 +26,7 @@ prerequisite raises (or, for auto, logs) one message naming it and the remedy.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import platform
@@ -50,10 +55,11 @@ class Ledger:
     def _path(self, uid: str) -> Path:
         return self.dir / f"{uid.replace('/', '_')}.json"
 
-    def record(self, pod: PodTarget, mode: str) -> None:
+    def record(self, pod: PodTarget, mode: str, listeners: dict[str, int] | None = None) -> None:
+        """`listeners`: IP version ("4", "6") -> the socket cookie of the listener steering it (eBPF)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self._path(pod.uid).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"mode": mode, "pod": pod.to_json()}))
+        tmp.write_text(json.dumps({"mode": mode, "pod": pod.to_json(), "listeners": listeners or {}}))
         os.replace(tmp, self._path(pod.uid))
 
     def forget(self, uid: str) -> None:
@@ -76,17 +82,22 @@ class Ledger:
 
     def pods(self, mode: str | None = None) -> dict[str, PodTarget]:
         """The recorded pods (installed with `mode`, if given)."""
+        return {uid: pod for uid, (pod, _) in self.entries(mode).items()}
+
+    def entries(self, mode: str | None = None) -> dict[str, tuple[PodTarget, dict[str, int]]]:
+        """uid -> (the recorded pod, its listeners' cookies), of the pods installed with `mode` if given."""
         out = {}
         for f in (sorted(self.dir.glob("*.json")) if self.dir.exists() else []):
             try:
                 raw = json.loads(f.read_text())
                 pod = PodTarget.from_json(raw["pod"])
-            except (ValueError, KeyError):
+                listeners = {str(version): int(cookie) for version, cookie in (raw.get("listeners") or {}).items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
                 logger.warning("unreadable ledger entry; removing it", file=str(f))
                 f.unlink()
                 continue
             if mode is None or raw.get("mode") == mode:
-                out[pod.uid] = pod
+                out[pod.uid] = (pod, listeners)
         return out
 
 
@@ -118,8 +129,10 @@ class Redirection:
             chosen = backend.resolve(iptables_backend, node_netns)  # eBPF mode: DNS capture and probe SNAT
         self.tables = backend.writer(chosen)
         self.probes = probes.Probes(kubelet_cgroup, node_netns, tables=self.tables)
-        self._recorded = self.ledger.pods()
-        self._steered_to: dict[str, str] = {}  # eBPF: address -> uid of the pod whose listener its key holds
+        entries = self.ledger.entries()
+        self._recorded = {uid: pod for uid, (pod, _) in entries.items()}
+        # eBPF: uid -> IP version -> the socket cookie of the pod's listener its keys of that version hold
+        self._listeners = {uid: listeners for uid, (_, listeners) in entries.items() if listeners}
 
     def install(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         """Idempotent. With sync_probes=False the caller calls `sync_probes()` after a batch."""
@@ -131,8 +144,8 @@ class Redirection:
             # but not one whose key is another pod's listener already (a new owner acked first).
             lost = set(previous.ips) - set(pod.ips)
             if lost:
-                self.capture.forget_addresses(lost - self._steered_to_others(pod.uid, lost))
-        self.ledger.record(pod, self.mode)
+                self.capture.forget_addresses(lost, others=self._listeners_of_others(pod.uid))
+        self.ledger.record(pod, self.mode, self._listeners.get(pod.uid))
         self._recorded[pod.uid] = pod
         if self.mode == "iptables":  # one -restore per family for both (and a -save unless fresh)
             self.capture.install(pod, also=lambda ipv6: dns_capture.family_rules(pod, ipv6), fresh=fresh)
@@ -144,7 +157,7 @@ class Redirection:
 
     def remove(self, pod: PodTarget, *, sync_probes: bool = True) -> None:
         if self.mode == "ebpf":  # with the netns gone, the eBPF mode still unpins and forgets its keys,
-            self.capture.remove(pod, keep=self._steered_to_others(pod.uid, pod.ips))  # but not another pod's
+            self.capture.remove(pod, others=self._listeners_of_others(pod.uid))  # but not another pod's
         else:
             self.capture.remove(pod)
         if self.mode != "iptables":  # the iptables mode's removal takes the DNS capture's chain too
@@ -154,22 +167,17 @@ class Redirection:
         _remove_return_path(pod)
         self.ledger.forget(pod.uid)
         self._recorded.pop(pod.uid, None)
+        self._listeners.pop(pod.uid, None)
         if sync_probes:
             self.sync_probes()
 
-    def _steered_to_others(self, uid: str, addresses) -> set[str]:
-        """Of `addresses`, which pod `uid` lets go of, those whose sockhash key this process set for another
-        pod's listener since (a pod may take an address over before the one that lost it is installed again
-        or removed): their keys stay. The others' keys are this pod's, or not known to be another's (set
-        before this process started, or not yet by the new owner's Ack): they go, and until the new owner's
-        Ack its inbound at that address is dropped, not steered to a listener of the pod that left it."""
-        kept = set()
-        for address in addresses:
-            if self._steered_to.get(address, uid) != uid:
-                kept.add(address)
-            else:
-                self._steered_to.pop(address, None)
-        return kept
+    def _listeners_of_others(self, uid: str) -> set[int]:
+        """The cookies of the listeners handed over for the recorded pods but `uid`. A key of an address pod
+        `uid` lets go of that holds one of them stays (a pod may take an address over, and be acked, before
+        the one that lost it is installed again or removed). The others go: they are this pod's, or not known
+        to be another's (its Ack still to come), and until the new owner's Ack its inbound at that address
+        is dropped, not steered to a listener of the pod that left it."""
+        return {cookie for other, listeners in self._listeners.items() if other != uid for cookie in listeners.values()}
 
     def installed(self, pod: PodTarget) -> bool:
         if not os.path.exists(pod.netns):
@@ -187,8 +195,15 @@ class Redirection:
 
     def set_inbound_listener(self, pod: PodTarget, fd: int) -> None:
         steered = self.capture.set_inbound_listener(pod, fd)
-        if self.mode == "ebpf":  # the addresses whose keys now hold this listener
-            self._steered_to.update(dict.fromkeys(steered, pod.uid))
+        if self.mode != "ebpf" or pod.uid not in self._recorded:
+            return  # (an Ack of a pod removed since: nothing of it to record)
+        from node_agent.ebpf import socket_cookie
+        cookie = socket_cookie(fd)
+        listeners = dict(self._listeners.get(pod.uid, {}))
+        listeners.update({str(ipaddress.ip_address(address).version): cookie for address in steered})
+        if listeners != self._listeners.get(pod.uid):  # written when the ztunnel hands over a new listener
+            self._listeners[pod.uid] = listeners
+            self.ledger.record(self._recorded[pod.uid], self.mode, listeners)
 
     @property
     def _ztunnel_file(self) -> Path:

@@ -275,6 +275,20 @@ def bpftool_links() -> str:
     return subprocess.run(["bpftool", "link", "show"], capture_output=True, text=True, check=True).stdout
 
 
+def sockhash_cookie(sockhash_fd: int, address: str) -> int | None:
+    """The socket cookie a sockhash holds for this address (a lookup from user space), or None."""
+    from node_agent import libbpf
+    from node_agent.ebpf import sockhash_key
+    held = libbpf.map_lookup(sockhash_fd, sockhash_key(address), 8)
+    return None if held is None else struct.unpack("Q", held)[0]
+
+
+def socket_cookie(sock: socket.socket) -> int:
+    """The kernel's cookie of a socket (SO_COOKIE): what a sockhash lookup from user space returns."""
+    from node_agent.ebpf import socket_cookie as cookie
+    return cookie(sock.fileno())
+
+
 def netns_inode(path: str) -> int:
     return os.stat(path).st_ino
 

@@ -21,8 +21,9 @@ from shoal import netns, store
 from shoal.contracts import NODE_AGENT_PORT
 from shoal.handoff_io import HandoffClient
 
-from na_topology import POD_IPS, Server, bpftool_cgroup, client_code, listen_in, original_dst
-from node_agent import netfilter
+from na_topology import (POD_IPS, Server, bpftool_cgroup, client_code, listen_in, original_dst, sockhash_cookie,
+                         socket_cookie)
+from node_agent import libbpf, netfilter
 from support import metrics
 from support.cli import SHOAL
 from support.net import http_get
@@ -250,7 +251,8 @@ def test_deleting_a_pod_unenrolls_it(topo, cluster_store, start_agent):
 
 
 @pytest.mark.parametrize("mode", ["iptables", "ebpf"])
-def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, topo, cluster_store, start_agent):
+def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, topo, cluster_store, test_bpffs,
+                                                                         start_agent):
     cluster_store.patch_metadata("Namespace", None, "demo", annotations={"shoal.io/dataplane-mode": "ambient"})
     agent, ztunnel = start_agent(mode)
     eventually(lambda: agent.enrolled() == 2, what="both pods enrolled")
@@ -266,6 +268,19 @@ def test_a_pod_deleted_while_the_agent_was_down_is_cleaned_up_at_restart(mode, t
         assert netfilter.save(topo.pod_netns("a")).count("-j SHOAL_") == 2
     else:
         assert len(bpftool_cgroup(pod_a.cgroup)) == 6
+        sockhash = libbpf.get_pinned(str(next(test_bpffs.glob("shoal/*/*/sockhash"))))
+        try:  # the removed pod's address steers nowhere; pod a's steers to its listener, and carries traffic
+            assert sockhash_cookie(sockhash, pod_b.ip) is None
+            eventually(lambda: sockhash_cookie(sockhash, pod_a.ip) == socket_cookie(ztunnel.listeners[pod_a.uid][1]),
+                       what="pod a's key holding its listener")
+        finally:
+            os.close(sockhash)
+        inbound = Server(ztunnel.listeners[pod_a.uid][1], b"inbound")
+        result = topo.run_in_pod("b", client_code(pod_a.ip, 8080))
+        inbound.result()
+        assert result.returncode == 0, result.stderr
+        assert inbound.data == b"hello" and original_dst(inbound.conn) == (pod_a.ip, 8080)
+        inbound.conn.close()
     outbound_works(topo, ztunnel, pod_a.uid)
 
 

@@ -24,7 +24,8 @@ from shoal import netns
 from shoal.contracts import MARK, PROBE_SOURCE
 
 from na_topology import (POD_IPS, Server, bpftool_cgroup, bpftool_links, client_code, listen_in, netns_inode,
-                         original_dst)
+                         original_dst, socket_cookie)
+from na_topology import sockhash_cookie as pinned_sockhash_cookie
 from node_agent import netfilter, probes
 from support.rules import shoal_rules
 from support.root import needs_root
@@ -414,19 +415,7 @@ def test_an_address_the_pod_loses_or_a_pod_that_leaves_leaves_no_sockhash_key(to
 
 
 def sockhash_cookie(redirection, address: str) -> int | None:
-    """The socket cookie the agent's sockhash holds for this address (a lookup from user space), or None."""
-    import ctypes
-    from node_agent import libbpf
-    from node_agent.ebpf import sockhash_key
-    key, cookie = ctypes.create_string_buffer(sockhash_key(address), 16), ctypes.create_string_buffer(8)
-    if libbpf.lib().bpf_map_lookup_elem(redirection.capture.sockhash_fd, key, cookie) != 0:
-        return None
-    return struct.unpack("Q", cookie.raw)[0]
-
-
-def socket_cookie(sock) -> int:
-    """The kernel's cookie of a socket (SO_COOKIE, 57): what a sockhash lookup from user space returns."""
-    return struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_COOKIE", 57), 8))[0]
+    return pinned_sockhash_cookie(redirection.capture.sockhash_fd, address)
 
 
 @pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)  # the eBPF mode's sockhash only
@@ -478,3 +467,51 @@ def test_an_address_taken_over_but_not_yet_acked_fails_closed_when_the_old_owner
         finally:
             redirection.remove(a)
             redirection.remove(b)
+
+
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)
+def test_after_an_agent_restart_a_pod_letting_go_keeps_the_keys_of_other_pods_listeners(topo, redirection, tmp_path):
+    """Pod b took over an address from pod a (and its listener was handed over) before the agent restarted;
+    the restarted agent knows whose listener each key holds before any Ack: removing a keeps b's traffic
+    flowing, at its own address and at the one it took over, and a's address steers nowhere."""
+    from node_agent.redirect import Redirection, choose
+    moved = "198.19.250.10"
+    a = dataclasses.replace(topo.pods["a"], ips=(POD_IPS["a"], moved))
+    b = dataclasses.replace(topo.pods["b"], ips=(POD_IPS["b"], moved))
+    routes = [(topo.pod_netns("b"), "addr", [f"{moved}/32", "dev", "eth0"]),
+              (topo.node, "route", [f"{moved}/32", "dev", topo.layout.pod_veth("demo", b.name)])]
+    for where, what, argv in routes:  # the moved address really is b's: traffic to it reaches b's netns
+        subprocess.run(["ip", "-n", where, what, "add", *argv], check=True, capture_output=True)
+
+    def agent():  # one agent's life: its own capture (the pins of the fixture's agent id) and this state dir
+        capture = choose("ebpf", redirection.capture.agent_dir.name, bpffs=redirection.capture.bpffs)
+        return Redirection(capture, tmp_path / "state", node_netns=topo.node, kubelet_cgroup=str(topo.kubelet_cgroup))
+
+    before, after = agent(), None
+    try:
+        with listen_in(topo.pod_netns("a"), 15006) as inbound_a, listen_in(topo.pod_netns("b"), 15006) as inbound_b:
+            before.install(a)
+            before.set_inbound_listener(a, inbound_a.fileno())
+            before.install(b)
+            before.set_inbound_listener(b, inbound_b.fileno())
+            before.close()
+            after = agent()
+            after.remove(a)  # the restarted agent, before the ztunnel acked anything to it
+            for address in (POD_IPS["b"], moved):
+                server = Server(inbound_b, b"b-inbound")
+                result = topo.run_in_pod("a", client_code(address, 8080))
+                server.result()
+                assert result.returncode == 0, result.stderr
+                assert server.data == b"hello" and original_dst(server.conn) == (address, 8080)
+                server.conn.close()
+            assert sockhash_cookie(after, moved) == socket_cookie(inbound_b)
+            assert sockhash_cookie(after, POD_IPS["a"]) is None
+            after.remove(b)  # the last holder: now its keys go
+            assert sockhash_cookie(after, moved) is None and sockhash_cookie(after, POD_IPS["b"]) is None
+    finally:
+        after = after or agent()
+        after.remove(a)
+        after.remove(b)
+        after.close()
+        for where, what, argv in reversed(routes):
+            subprocess.run(["ip", "-n", where, what, "del", *argv], capture_output=True)
