@@ -80,7 +80,8 @@ class InboundDriver:
         workload = self.pods.workload_of(pod)
         decision = decide_inbound(self.state, workload, InboundConnection(
             source[0], target, mtls=True, peer=peer, peer_problem=problem), pod.reach)
-        record = ConnectionRecord("inbound", source[:2], target, source_workload=self.state.workload_by_ip(source[0]),
+        record = ConnectionRecord("inbound", source[:2], target,
+                                  source_workload=self.state.workload_by_ip(source[0], canonical=True),
                                   destination_workload=workload, source_principal=str(peer) if peer else "",
                                   destination_principal=str(pod.identity), mtls=True,
                                   service=decision.service if decision else "")
@@ -131,7 +132,8 @@ class InboundDriver:
             return
         decision = decide_inbound(self.state, workload, InboundConnection(address[0], destination), pod.reach)
         record = ConnectionRecord("inbound_plaintext", address[:2], destination, destination_workload=workload,
-                                  source_workload=self.state.workload_by_ip(address[0]),
+                                  # accept_forever canonicalised the address
+                                  source_workload=self.state.workload_by_ip(address[0], canonical=True),
                                   destination_principal=str(pod.identity),
                                   service=decision.service if decision else "")
         if isinstance(decision, Refusal):

@@ -142,8 +142,9 @@ class OutboundDriver:
     def _describe(self, record: ConnectionRecord, plan: Plan) -> None:
         record.plan, record.service = plan.kind.value, plan.service
         # Through a waypoint the plan names no destination workload: the connection's peer is the waypoint.
+        # A plan's addresses are canonical (decide's own, or the store's).
         record.destination_workload = (self.state.workloads.get(plan.destination_workload)
-                                       or self.state.workload_by_ip(plan.connect[0]))
+                                       or self.state.workload_by_ip(plan.connect[0], canonical=True))
         record.upstream = join_address(plan.connect)
         record.mtls = plan.uses_hbone
         record.destination_principal = str(plan.expected_identity) if plan.expected_identity else ""
