@@ -283,9 +283,10 @@ class CriPods:
                                  privileged=c.privileged, host_network=runtime.host_network, host_pid=runtime.host_pid,
                                  run_as_user=c.run_as_user, add_capabilities=c.add_capabilities,
                                  drop_capabilities=c.drop_capabilities)
-            if c.restart_count:
+            restart = c.last_exit is not None  # it ran before: this start is a restart, counted once it starts
+            if restart:
                 with open(log_path, "ab") as f:
-                    f.write(restart_marker(c.name, c.restart_count, c.last_exit).encode())
+                    f.write(restart_marker(c.name, c.restart_count + 1, c.last_exit).encode())
             try:
                 c.container_id = await asyncio.to_thread(cri.create_container, runtime.sandbox_id,
                                                          runtime.sandbox_config, spec)
@@ -300,6 +301,8 @@ class CriPods:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             c.copied = 0
+            if restart:
+                c.restart_count += 1
             c.running, c.waiting_reason, c.started_at = True, None, now_rfc3339()
             started = time.monotonic()
             probe = asyncio.create_task(self._probe(runtime, c))
@@ -333,11 +336,10 @@ class CriPods:
                 c.done = True
                 self.kubelet._mark(runtime)
                 return
-            c.restart_count += 1
             attempt += 1
             c.waiting_reason = "CrashLoopBackOff"
             self.kubelet._event(runtime, f"{c.name}.backoff", "BackOff", f"Back-off restarting container {c.name}: "
-                                f"it exited with code {c.last_exit} (restart {c.restart_count}, next in {backoff:g}s)")
+                                f"it exited with code {c.last_exit} (restart {c.restart_count + 1}, next in {backoff:g}s)")
             self.kubelet._mark(runtime)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)

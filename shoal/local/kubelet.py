@@ -6,7 +6,8 @@ For each pod bound to a node of the cluster it:
 - runs each container's command inside the netns and the cgroup, with stdout
   and stderr appended to a log file;
 - restarts a container that exits, per restartPolicy, with exponential backoff
-  (CrashLoopBackOff), and counts restarts;
+  (CrashLoopBackOff), and counts a restart when the container starts again
+  (as Kubernetes' restartCount does: not when it exits, nor during the back-off);
 - probes readiness (httpGet or tcpSocket), and writes status back to the store
   the way the kubelet does: phase, podIP, hostIP, conditions, containerStatuses,
   plus `status.shoal.{netns,cgroup}` for the node agent.
@@ -339,9 +340,10 @@ class Kubelet:
         backoff = BACKOFF_START
         probe_task = None
         while not runtime.stopping:
+            restart = c.last_exit is not None  # it ran before: this start is a restart, counted once it starts
             with open(log_path, "ab", buffering=0) as log_file:
-                if c.restart_count and c.process is not None:
-                    log_file.write(restart_marker(c.name, c.restart_count, c.last_exit).encode())
+                if restart:
+                    log_file.write(restart_marker(c.name, c.restart_count + 1, c.last_exit).encode())
                 try:
                     c.process = await asyncio.create_subprocess_exec(
                         *_launch_argv(runtime, c.argv),
@@ -352,6 +354,8 @@ class Kubelet:
                     c.waiting_reason = f"StartError: {e}"
                     c.process = None
             if c.process is not None:
+                if restart:
+                    c.restart_count += 1
                 c.running, c.waiting_reason, c.started_at = True, None, now_rfc3339()
                 started = time.monotonic()
                 probe_task = asyncio.create_task(self._probe(runtime, c))
@@ -375,10 +379,9 @@ class Kubelet:
                 self._mark(runtime)
                 return
             if c.process is not None:
-                c.restart_count += 1
                 c.waiting_reason = "CrashLoopBackOff"
                 self._event(runtime, f"{c.name}.backoff", "BackOff", f"Back-off restarting container {c.name}: "
-                            f"it exited with code {c.last_exit} (restart {c.restart_count}, next in {backoff:g}s)")
+                            f"it exited with code {c.last_exit} (restart {c.restart_count + 1}, next in {backoff:g}s)")
             self._mark(runtime)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)

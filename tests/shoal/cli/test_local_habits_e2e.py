@@ -99,12 +99,9 @@ def test_a_restarted_container_has_a_marker_and_its_previous_run(cluster):
         statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
         return statuses[0].get("restartCount", 0) >= 2
     eventually(restarted_twice, 120, "the crasher to restart twice")
-
-    def two_markers():
-        # restartCount counts an exit at once; its restart (and marker) follows after the back-off
-        logs = cluster("logs", "-n", "habits", "crasher").stdout
-        return logs if logs.count("--- shoal: restart ") >= 2 else None
-    whole = eventually(two_markers, 60, "the log to show two restart markers", interval=0.3)
+    whole = cluster("logs", "-n", "habits", "crasher").stdout
+    # a restart is counted once the container runs again, its marker written before: both are in the log
+    assert whole.count("--- shoal: restart ") >= 2
     assert "the previous run exited with code 3" in whole
     runs = [line for line in whole.splitlines() if line.startswith("run at ")]
     previous = cluster("logs", "-n", "habits", "crasher", "--previous").stdout.splitlines()
