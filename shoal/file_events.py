@@ -14,9 +14,18 @@ a caller then looks at the files itself, so a wake-up with nothing new costs
 one look and nothing is lost: the watch is armed in the constructor, before
 the caller's first look.
 
-Where inotify cannot be had (no libc symbol, the per-user instance limit
-reached: `fs.inotify.max_user_instances`), the waits sleep `POLL_SECONDS`
-instead, and the first such fallback in a process is logged with the reason.
+A process has one inotify instance, whatever its number of watches (the
+kernel allows a user 128 instances, `fs.inotify.max_user_instances`, and a
+local cluster runs more watchers than that). Each directory has one kernel
+watch in it, shared by the `DirectoryChanges` on that directory and removed
+with the last of them. A thread of the instance's own sleeps on its fd and
+hands each event to the watchers of its directory; it ends, and the fd is
+closed, when the last watch is closed. `drain` also reads what is queued, so
+it sees a change made just before it is called.
+
+Where inotify cannot be had (no libc symbol, no instance or watch left), the
+waits sleep `POLL_SECONDS` instead, and the first such fallback in a process
+is logged with the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import errno
 import os
 import select
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -47,16 +57,18 @@ IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
-_FILE_MASK = IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+_WATCH_MASK = IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 _SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 _EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 _fallback_logged = False
+_lock = threading.Lock()        # guards the instance, its watch table and every watcher's state
+_instance: "_Inotify | None" = None
 
 
 def _libc():
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.inotify_init1, libc.inotify_add_watch
+    return libc.inotify_init1, libc.inotify_add_watch, libc.inotify_rm_watch
 
 
 def _fall_back(reason: str) -> None:
@@ -64,42 +76,158 @@ def _fall_back(reason: str) -> None:
     if not _fallback_logged:
         _fallback_logged = True
         logger.warning("inotify unavailable; store watchers poll instead", reason=reason,
-                       check="fs.inotify.max_user_instances, or a kernel built with inotify")
+                       check="fs.inotify.max_user_instances and max_user_watches, or a kernel built with inotify")
+
+
+class _Inotify:
+    """The process's inotify instance: kernel watches by wd, each with the watchers it wakes."""
+
+    def __init__(self) -> None:
+        init1, self._add_watch, self._rm_watch = _libc()
+        fd = init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        try:
+            self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.closed = False      # stopped, or inherited through a fork: its fd numbers are not its own any more
+        self.watchers: dict[int, set[DirectoryChanges]] = {}
+        self._thread = threading.Thread(target=self._run, name="shoal-inotify", daemon=True)
+        self._thread.start()
+
+    def add(self, watcher: "DirectoryChanges") -> int:
+        """The wd of `watcher`'s directory (the kernel gives a watched directory's wd again); -errno on failure."""
+        wd = self._add_watch(self.fd, os.fsencode(watcher.directory), _WATCH_MASK)
+        if wd < 0:
+            return -ctypes.get_errno()
+        self.watchers.setdefault(wd, set()).add(watcher)
+        return wd
+
+    def remove(self, watcher: "DirectoryChanges", wd: int) -> None:
+        sharing = self.watchers.get(wd)
+        if self.closed or sharing is None or watcher not in sharing:
+            return                   # its directory went away: the kernel dropped the watch already
+        sharing.discard(watcher)
+        if not sharing:
+            del self.watchers[wd]
+            self._rm_watch(self.fd, wd)
+
+    def read(self) -> None:
+        """Reads every queued event and hands it to the watchers it concerns."""
+        while not self.closed:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            offset = 0
+            while offset < len(data):
+                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+                name = data[offset + _EVENT_HEADER.size: offset + _EVENT_HEADER.size + length].rstrip(b"\0")
+                offset += _EVENT_HEADER.size + length
+                if mask & IN_Q_OVERFLOW:     # events were lost: every watcher looks
+                    for sharing in self.watchers.values():
+                        for watcher in sharing:
+                            watcher._changed()
+                    continue
+                sharing = self.watchers.get(wd, ())
+                if mask & _SELF_GONE:
+                    self.watchers.pop(wd, None)
+                    if not mask & IN_IGNORED:
+                        self._rm_watch(self.fd, wd)   # moved away: what it watches is not the directory any more
+                for watcher in sharing:
+                    if mask & _SELF_GONE:
+                        watcher.gone = True
+                    if mask & _SELF_GONE or name in watcher.names:
+                        watcher._changed()
+
+    def stop(self) -> None:
+        """Ends the thread, which closes the fds (not here: it may be polling them), and waits for it."""
+        os.write(self._stop_write, b"x")
+        self._thread.join()
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self._stop_read, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self._stop_read in ready:
+                break
+            with _lock:
+                self.read()
+        for fd in (self.fd, self._stop_read, self._stop_write):
+            os.close(fd)
+
+
+def _unused_instance() -> "_Inotify | None":
+    """Under the lock: the instance, taken out of use, if no watch is left in it (to be stopped outside)."""
+    global _instance
+    unused = _instance
+    if unused is None or unused.watchers:
+        return None
+    unused.closed, _instance = True, None
+    return unused
+
+
+def _forget_after_fork() -> None:
+    """A child has the parent's fds but not its thread: it starts afresh (and closes what it inherited)."""
+    global _lock, _instance
+    _lock = threading.Lock()
+    inherited, _instance = _instance, None
+    if inherited is not None and not inherited.closed:
+        inherited.closed = True
+        for fd in (inherited.fd, inherited._stop_read, inherited._stop_write):
+            os.close(fd)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class DirectoryChanges:
-    """One inotify instance watching one directory for changes to some of its files."""
+    """A watch on one directory for changes to some of its files, in the process's inotify instance."""
 
     def __init__(self, directory: Path, names: frozenset[str] | set[str]) -> None:
+        global _instance
         self.directory = Path(directory)
         self.names = frozenset(n.encode() for n in names)
-        self.fd: int | None = None
         self.gone = False  # the directory went away, and the kernel's watch with it
-        try:
-            init1, add_watch = _libc()
-        except (OSError, AttributeError) as e:
-            _fall_back(f"no inotify in libc: {e}")
-            return
-        fd = init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            _fall_back(os.strerror(ctypes.get_errno()))
-            return
-        if add_watch(fd, os.fsencode(self.directory), _FILE_MASK | IN_DELETE_SELF | IN_MOVE_SELF) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            if err != errno.ENOENT:  # a directory that is not there: the caller's first look says so
-                _fall_back(f"watching {self.directory}: {os.strerror(err)}")
-            return
-        self.fd = fd
+        self._instance: _Inotify | None = None
+        self._wd = -1
+        self._pending = False  # a change not yet reported by a wait or drain
+        self._woken = threading.Event()
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
+        with _lock:
+            if _instance is None:
+                try:
+                    _instance = _Inotify()
+                except (OSError, AttributeError) as e:
+                    _fall_back(f"no inotify: {e}")
+                    return
+            wd = _instance.add(self)
+            if wd >= 0:
+                self._instance, self._wd = _instance, wd
+            elif -wd != errno.ENOENT:  # a directory that is not there: the caller's first look says so
+                _fall_back(f"watching {self.directory}: {os.strerror(-wd)}")
+            unused = _unused_instance()
+        if unused is not None:
+            unused.stop()
 
     @property
     def polling(self) -> bool:
-        return self.fd is None or self.gone
+        return self._instance is None or self._instance.closed or self.gone
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        """Lets the watch go; the last watch of the process takes the instance, its fd and thread along."""
+        with _lock:
+            if self._instance is not None:
+                self._instance.remove(self, self._wd)
+                self._instance = None
+            unused = _unused_instance()
+        if unused is not None:
+            unused.stop()
 
     def __enter__(self) -> "DirectoryChanges":
         return self
@@ -107,26 +235,27 @@ class DirectoryChanges:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _changed(self) -> None:
+        """Called under the lock, from whichever thread read the event."""
+        self._pending = True
+        self._woken.set()
+        if self._waiter is not None:
+            loop, woken = self._waiter
+            try:
+                loop.call_soon_threadsafe(_resolve, woken)
+            except RuntimeError:
+                pass  # its loop is closed: nobody waits any more
+
     def drain(self) -> bool:
-        """Reads what the kernel queued; True when one of the files or the directory changed.
+        """True when one of the files or the directory changed since the last wait or drain.
 
         Once the directory is gone the watch is too: from then on the waits poll, so a caller
         that waits again (a directory made anew under the same name) is woken on time to look."""
-        changed = False
-        while self.fd is not None and not self.gone:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            offset = 0
-            while offset < len(data):
-                _wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
-                name = data[offset + _EVENT_HEADER.size: offset + _EVENT_HEADER.size + length].rstrip(b"\0")
-                offset += _EVENT_HEADER.size + length
-                if mask & (_SELF_GONE | IN_Q_OVERFLOW) or name in self.names:
-                    changed = True
-                if mask & _SELF_GONE:
-                    self.gone = True
+        with _lock:
+            if self._instance is not None:
+                self._instance.read()
+            changed, self._pending = self._pending, False
+            self._woken.clear()
         return changed
 
     def wait(self, timeout: float | None) -> None:
@@ -134,29 +263,33 @@ class DirectoryChanges:
         if self.polling:
             time.sleep(POLL_SECONDS if timeout is None else min(timeout, POLL_SECONDS))
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if not ready or self.drain() or self.gone:
-                return  # (other files' changes do not start the timeout again)
+        if not self.drain():
+            self._woken.wait(timeout)  # (other files' changes do not wake it, nor start the timeout again)
+            self.drain()
 
     async def wait_async(self, timeout: float | None) -> None:
-        """`wait` on the running loop: the fd is a reader, nothing else runs while nothing changes."""
+        """`wait` on the running loop: nothing runs in it while nothing changes."""
         if self.polling:
             await asyncio.sleep(POLL_SECONDS if timeout is None else min(timeout, POLL_SECONDS))
             return
+        if self.drain():
+            return
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
-        fd = self.fd
-
-        def readable() -> None:
-            if (self.drain() or self.gone) and not woken.done():
+        with _lock:
+            self._waiter = (loop, woken)
+            if self._pending:
                 woken.set_result(None)
-        loop.add_reader(fd, readable)
         try:
             await asyncio.wait_for(woken, timeout)
         except asyncio.TimeoutError:
             pass
         finally:
-            loop.remove_reader(fd)
+            with _lock:
+                self._waiter = None
+            self.drain()
+
+
+def _resolve(woken: asyncio.Future) -> None:
+    if not woken.done():
+        woken.set_result(None)

@@ -12,6 +12,7 @@ import pytest
 
 from shoal import file_events
 from shoal.file_events import DirectoryChanges
+from support.polling import eventually
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_a_blocking_wait_returns_on_a_write_from_another_thread(tmp_path, change
     assert (tmp_path / "journal.jsonl").exists()
 
 
-def test_an_async_wait_returns_on_a_write_and_leaves_no_reader_behind(tmp_path, changes):
+def test_an_async_wait_returns_on_a_write_and_leaves_no_waiter_behind(tmp_path, changes):
     async def main():
         loop = asyncio.get_running_loop()
         loop.call_later(0.05, (tmp_path / "journal.jsonl").write_text, "{}\n")
@@ -66,7 +67,7 @@ def test_an_async_wait_returns_on_a_write_and_leaves_no_reader_behind(tmp_path, 
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        assert loop.remove_reader(changes.fd) is False  # every wait took its reader off the loop
+        assert changes._waiter is None  # every wait took itself off the watch
 
     asyncio.run(main())
 
@@ -102,3 +103,84 @@ def test_changes_to_other_files_do_not_stretch_a_blocking_wait_past_its_timeout(
     finally:
         stop.set()
         writer.join()
+
+
+def inotify_fds() -> dict[int, int]:
+    """This process's inotify fds, each with the number of kernel watches in it."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
+                with open(f"/proc/self/fdinfo/{fd}") as info:
+                    found[int(fd)] = sum(line.startswith("inotify wd:") for line in info)
+        except OSError:
+            continue     # the fd of the listing itself, gone
+    return found
+
+
+def no_inotify_thread() -> bool:
+    return not any(t.name == "shoal-inotify" for t in threading.enumerate())
+
+
+def test_many_watches_share_one_instance_and_each_is_woken_for_its_own_directory(tmp_path):
+    before = inotify_fds()
+    directories = [tmp_path / f"d{i}" for i in range(200)]     # more than the 128 instances a user may have
+    for directory in directories:
+        directory.mkdir()
+    watches = [DirectoryChanges(d, {"journal.jsonl"}) for d in directories]
+    try:
+        assert not any(w.polling for w in watches)
+        added = {fd: n for fd, n in inotify_fds().items() if fd not in before}
+        assert list(added.values()) == [200], added
+        (directories[150] / "journal.jsonl").write_text("{}\n")
+        watches[150].wait(None)
+        assert [i for i, w in enumerate(watches) if w.drain()] == []     # the wait took the one change
+        (directories[7] / "journal.jsonl").write_text("{}\n")
+        assert [i for i, w in enumerate(watches) if w.drain()] == [7]
+    finally:
+        for w in watches:
+            w.close()
+    assert inotify_fds() == before and no_inotify_thread()    # the last watch took the fd and thread along
+
+
+def test_a_watch_closed_while_others_live_leaves_them_woken(tmp_path):
+    shared, other = tmp_path / "shared", tmp_path / "other"
+    shared.mkdir()
+    other.mkdir()
+    first, second = DirectoryChanges(shared, {"journal.jsonl"}), DirectoryChanges(shared, {"journal.jsonl"})
+    third = DirectoryChanges(other, {"journal.jsonl"})
+    try:
+        (fd, watches), = ((fd, n) for fd, n in inotify_fds().items() if n)
+        assert watches == 2                    # one kernel watch per directory, whatever the watchers on it
+        first.close()
+        assert inotify_fds()[fd] == 2          # the directory's watch stays for the other watcher on it
+        (shared / "journal.jsonl").write_text("{}\n")
+        (other / "journal.jsonl").write_text("{}\n")
+        assert second.drain() and third.drain() and not first.drain()
+        second.close()
+        assert inotify_fds()[fd] == 1          # the last watcher of a directory takes its kernel watch along
+        waiter = threading.Timer(0.05, lambda: (other / "journal.jsonl").write_text("{}\n"))
+        waiter.start()
+        third.wait(None)
+        waiter.join()
+    finally:
+        for w in (first, second, third):
+            w.close()
+
+
+def test_a_removed_directory_ends_its_watch_and_not_the_others(tmp_path):
+    doomed, kept = tmp_path / "doomed", tmp_path / "kept"
+    doomed.mkdir()
+    kept.mkdir()
+    with DirectoryChanges(doomed, {"journal.jsonl"}) as gone, DirectoryChanges(kept, {"journal.jsonl"}) as live:
+        shutil.rmtree(doomed)
+        gone.wait(None)
+        assert gone.gone and gone.polling and not live.polling
+        eventually(lambda: list(inotify_fds().values()) == [1], what="the kernel to drop the removed one's watch")
+
+        async def woken():
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, (kept / "journal.jsonl").write_text, "{}\n")
+            await live.wait_async(None)
+        asyncio.run(woken())
+    assert not inotify_fds() and no_inotify_thread()

@@ -102,16 +102,21 @@ def test_bookmarks_carry_the_latest_version(store, monkeypatch):
 
 
 def test_compaction_expires_old_versions(store, monkeypatch):
-    monkeypatch.setattr(store_module, "JOURNAL_MAX", 20)
-    monkeypatch.setattr(store_module, "JOURNAL_KEEP", 10)
-    monkeypatch.setattr(Store, "_maybe_compact", _compact_small)
-    for i in range(30):
-        store.apply(pod(f"p{i}"))
+    compact_past_the_first_versions(store, monkeypatch)
     with pytest.raises(Expired):
         next(store.watch(1))
     _, rv = store.list("Pod")
     store.apply(pod("late"))
     assert next(store.watch(rv)).object["metadata"]["name"] == "late"
+
+
+def compact_past_the_first_versions(store, monkeypatch):
+    """30 changes with a journal that keeps 10 once it has 20: version 1 is no longer in it."""
+    monkeypatch.setattr(store_module, "JOURNAL_MAX", 20)
+    monkeypatch.setattr(store_module, "JOURNAL_KEEP", 10)
+    monkeypatch.setattr(Store, "_maybe_compact", _compact_small)
+    for i in range(30):
+        store.apply(pod(f"p{i}"))
 
 
 def _compact_small(self):
@@ -172,7 +177,8 @@ def test_a_blocking_watch_ends_on_a_stop_set_by_another_thread(store, monkeypatc
 
 
 def test_no_watch_leaves_a_file_descriptor_open_however_it_ends(store, monkeypatch):
-    """Each watch holds an inotify fd and the journal; closed early, cancelled or Expired, it lets both go."""
+    """Each watch holds an inotify watch and the journal; closed early, cancelled or Expired, it lets both go
+    (and the last watch of the process the inotify fd)."""
     import os
 
     def open_fds() -> dict:
@@ -200,11 +206,7 @@ def test_no_watch_leaves_a_file_descriptor_open_however_it_ends(store, monkeypat
     asyncio.run(cancelled())
     assert open_fds() == before
 
-    monkeypatch.setattr(store_module, "JOURNAL_MAX", 20)
-    monkeypatch.setattr(store_module, "JOURNAL_KEEP", 10)
-    monkeypatch.setattr(Store, "_maybe_compact", _compact_small)
-    for i in range(30):
-        store.apply(pod(f"p{i}"))
+    compact_past_the_first_versions(store, monkeypatch)
     with pytest.raises(Expired):
         next(store.watch(1))
     with pytest.raises(Expired):
