@@ -25,7 +25,7 @@ from shoal.api import config_pb2
 from shoal.config_client import NODE_TYPES, ClientSettings, ConfigClient
 from shoal.grpc_channel import WINDOW, Channel, ChannelSettings
 from shoal.grpc_wire import PREFIX, RpcError, StatusCode, encode_message
-from tests.support.polling import eventually_async
+from support.polling import eventually_async
 
 NAME = "peer.test"
 IMMEDIATE = ("trailers_only", "never", "watch_then_close")    # behaviours that answer a call's headers
@@ -377,29 +377,9 @@ def test_a_slow_reader_holds_back_a_flooding_server_and_loses_nothing():
     assert most <= bound, f"{most} bytes buffered for a reader that did not read"
 
 
-def test_a_channel_closed_while_it_dials_keeps_no_connection():
-    async def main():
-        server, pem, target, _ = await serve(echo)
-        Peer.transports.clear()
-        channel = Channel(settings(target, pem))
-        try:
-            opening = asyncio.ensure_future(channel.open_stream("/shoal.api.Config/Watch"))
-            await asyncio.sleep(0)          # the dial has begun; the TLS handshake is not done
-            await channel.close()
-            with pytest.raises(RpcError) as info:
-                await opening
-            assert info.value.code is StatusCode.CANCELLED
-            for _ in range(100):
-                if Peer.transports and all(t.is_closing() for t in Peer.transports):
-                    break
-                await asyncio.sleep(0.02)
-            assert Peer.transports and all(t.is_closing() for t in Peer.transports)
-        finally:
-            server.close()
-    asyncio.run(main())
-
-
-def test_a_call_after_the_connection_was_lost_dials_again_though_the_first_dial_lost_its_caller():
+def dialling(test):
+    """Runs `test(channel, opening)` against an echo server, just after `opening` (a call's open) began to
+    dial: the TLS handshake is not done."""
     async def main():
         server, pem, target, _ = await serve(echo)
         Peer.transports.clear()
@@ -407,24 +387,33 @@ def test_a_call_after_the_connection_was_lost_dials_again_though_the_first_dial_
         try:
             opening = asyncio.ensure_future(channel.open_stream("/shoal.api.Config/Watch"))
             await asyncio.sleep(0)
-            opening.cancel()                # its caller's deadline passed while it dialled; the dial goes on
-            for _ in range(100):
-                if channel._connection is not None:
-                    break
-                await asyncio.sleep(0.02)
-            lost = channel._connection
-            for transport in Peer.transports:
-                transport.close()           # the server goes away
-            for _ in range(100):
-                if lost.failure is not None:
-                    break
-                await asyncio.sleep(0.02)
-            assert lost.failure is not None
-            return await channel.unary("/shoal.api.Test/Echo", b"hello", timeout=3)
+            return await test(channel, opening)
         finally:
             await channel.close()
             server.close()
-    assert asyncio.run(main()) == b"hello"
+    return asyncio.run(main())
+
+
+def test_a_channel_closed_while_it_dials_keeps_no_connection():
+    async def test(channel, opening):
+        await channel.close()
+        with pytest.raises(RpcError) as info:
+            await opening
+        assert info.value.code is StatusCode.CANCELLED
+        await eventually_async(lambda: Peer.transports and all(t.is_closing() for t in Peer.transports),
+                               what="the server's side of the connection to be closed")
+    dialling(test)
+
+
+def test_a_call_after_the_connection_was_lost_dials_again_though_the_first_dial_lost_its_caller():
+    async def test(channel, opening):
+        opening.cancel()                # its caller's deadline passed while it dialled; the dial goes on
+        lost = await eventually_async(lambda: channel._connection, what="the dial to end")
+        for transport in Peer.transports:
+            transport.close()           # the server goes away
+        await eventually_async(lambda: lost.failure is not None, what="the connection to be seen lost")
+        return await channel.unary("/shoal.api.Test/Echo", b"hello", timeout=3)
+    assert dialling(test) == b"hello"
 
 
 # -- the config client keeps its last config --------------------------------------------------
