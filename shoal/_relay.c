@@ -50,7 +50,8 @@ enum { CORK_MAX = 8 };
 static PyObject *corked[CORK_MAX];
 static int n_corked;
 
-/* The state sets of the Python path, handed over once by configure() (read off h2's and the core's tables). */
+/* The state sets of the Python path, handed over once by configure() (read off h2's and the core's tables),
+   each kept as a tuple of its members: see member(). */
 static PyObject *connection_open, *stream_sends, *stream_receives, *stream_open, *tunnel_writable,
                 *tunnel_receivable;
 
@@ -79,11 +80,20 @@ static PyObject *tunnel_get(PyObject *tunnel, PyObject *name, Py_ssize_t offset)
     return PyObject_GetAttr(tunnel, name);
 }
 
+/* 1 if `state` is one of `states` (a tuple of enum members), 0 if not. Members are singletons, so they are
+   compared by identity first: h2's ConnectionState hashes in Python code (Enum.__hash__), which a set lookup
+   would run on every frame. Anything else gets ==, as a set would. */
+static int member(PyObject *states, PyObject *state) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(states); i++)
+        if (PyTuple_GET_ITEM(states, i) == state) return 1;
+    return PySequence_Contains(states, state);
+}
+
 /* 1 if tunnel.state is in `states`, 0 if not. */
 static int tunnel_state_in(PyObject *tunnel, PyObject *states) {
     PyObject *state = tunnel_get(tunnel, s_state, at_state);
     if (state == NULL) return -1;
-    int rc = PySet_Contains(states, state);
+    int rc = member(states, state);
     Py_DECREF(state);
     return rc;
 }
@@ -110,7 +120,7 @@ static int add_ssize(PyObject *obj, PyObject *name, Py_ssize_t delta) {
 static int state_in(PyObject *obj, PyObject *name, PyObject *states) {
     PyObject *state = PyObject_GetAttr(obj, name);
     if (state == NULL) return -1;
-    int rc = PySet_Contains(states, state);
+    int rc = member(states, state);
     Py_DECREF(state);
     return rc;
 }
@@ -745,7 +755,11 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     at_state = state; at_held = held; at_unsent = unsent; at_receiving_paused = paused;
     PyObject **slots[6] = {&connection_open, &stream_sends, &stream_receives, &stream_open, &tunnel_writable,
                            &tunnel_receivable};
-    for (int i = 0; i < 6; i++) Py_XSETREF(*slots[i], Py_NewRef(sets[i]));
+    for (int i = 0; i < 6; i++) {
+        PyObject *members = PySequence_Tuple(sets[i]);
+        if (members == NULL) return NULL;
+        Py_XSETREF(*slots[i], members);
+    }
     Py_RETURN_NONE;
 }
 
