@@ -57,8 +57,8 @@ class Head:
 
     def plain_bytes(self) -> bytes | None:
         """The head's bytes as received, when a proxy may pass them on as they are: HTTP/1.1, and no
-        header a proxy drops or rewrites (hop-by-hop; a response's one Content-Length, for the body it
-        came with, excepted). None otherwise."""
+        header a proxy drops or rewrites (hop-by-hop; one Content-Length that frames what came with it
+        excepted: a response's, or a bodyless request's 0). None otherwise."""
         received = self.received
         if (received is not None and received[1] is self.headers and received[2] is self.target
                 and received[3] is self.method and received[4] is self.reason and received[5] == self.status):
@@ -202,8 +202,10 @@ class MessageReader:
     def _plain(self, data: bytes, events: list) -> None:
         """Gives a head that came whole in `data`, with all of its message and nothing else (no empty line
         before or after), the bytes it came in, when they need no change to be passed on: a request
-        without a body and without hop-by-hop headers; a response framed by its one Content-Length and
-        without other hop-by-hop headers. (httptools refuses bare CR or LF and folded lines, which a
+        without a body and without hop-by-hop headers, or whose one hop-by-hop header is a
+        `Content-Length: 0` (as bench.loadgen and many clients send on a GET: it says "no body" to the
+        endpoint as it did to us); a response framed by its one Content-Length and without other
+        hop-by-hop headers. (httptools refuses bare CR or LF and folded lines, which a
         server might read otherwise than it did: tests/waypoint/test_http1.py holds it to that.)"""
         if len(events) < 2 or self._in_message or not isinstance(events[0], Head) or data[0] == 13:
             return
@@ -216,7 +218,8 @@ class MessageReader:
                 return
             size = len(data) - head.content_length
         else:
-            if self._hop or len(events) != 2 or head.method not in PLAIN_METHODS:
+            if len(events) != 2 or not (head.content_length == 0 if self._hop == 101
+                                        else not self._hop and head.method in PLAIN_METHODS):
                 return
             size = len(data)
         if data.find(b"\r\n\r\n") != size - 4:

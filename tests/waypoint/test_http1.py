@@ -150,12 +150,21 @@ def test_a_plain_request_and_answer_carry_the_bytes_they_came_in():
     assert head.plain_bytes() == PLAIN_ANSWER[:-5] and body.data == b"hello"
 
 
+@pytest.mark.parametrize("method", [b"GET", b"POST"])
+def test_a_request_whose_one_hop_by_hop_header_is_content_length_0_is_plain(method):
+    """As bench.loadgen sends a GET: the header says "no body" to the endpoint as it did to the waypoint."""
+    raw = PLAIN_GET.replace(b"GET", method).replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n")
+    head, end = http1.MessageReader().feed(raw)
+    assert head.plain_bytes() == raw and head.content_length == 0 and isinstance(end, http1.End)
+
+
 @pytest.mark.parametrize("data", [
     PLAIN_GET.replace(b"Accept", b"Connection: keep-alive\r\nAccept"),     # hop-by-hop
     PLAIN_GET.replace(b"Accept: */*", b"TE: trailers"),
     PLAIN_GET.replace(b"HTTP/1.1", b"HTTP/1.0"),
     PLAIN_GET.replace(b"GET", b"POST"),                                    # a POST gets content-length: 0
-    PLAIN_GET.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n"),
+    PLAIN_GET.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"),
+    PLAIN_GET.replace(b"GET", b"POST").replace(b"\r\n\r\n", b"\r\nContent-Length: 2\r\n\r\nhi"),   # a body
     b"\r\n" + PLAIN_GET,                                                   # an empty line before it
     PLAIN_GET + b"\r\n",                                                   # ... or after it
     PLAIN_GET + PLAIN_GET,                                                 # pipelined: neither is plain

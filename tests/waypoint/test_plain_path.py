@@ -105,6 +105,28 @@ def test_a_request_to_change_or_with_hop_by_hop_headers_or_a_body_takes_the_gene
         assert headers["x-route"] == "v1"
 
 
+def test_a_request_saying_content_length_0_goes_plain_and_means_no_body_either_way(monkeypatch):
+    """bench.loadgen's GET (and many clients'): `Content-Length: 0` is its one hop-by-hop header. It goes
+    as it came; the general path (plain off) drops the header of a bodyless GET, and the endpoint reads
+    the same request and body from both."""
+    requests = [get("/lg", headers=(("content-length", "0"),), close=False),
+                get("/lg", method="POST", headers=(("content-length", "0"),), close=False)]
+    counted = Serializers(monkeypatch)
+    plain_answers, plain_hits = through(table(Route("all", destinations=(to("v1"),))), requests)
+    assert (counted.requests, counted.responses) == (0, 0)
+    assert [hit[2].get("content-length") for hit in plain_hits] == ["0", "0"]
+    monkeypatch.setattr(http1.Head, "plain_bytes", lambda self: None)
+    general_answers, general_hits = through(table(Route("all", destinations=(to("v1"),))), requests)
+    assert counted.requests == len(requests)
+    assert [hit[2].get("content-length", "0") for hit in general_hits] == ["0", "0"]
+
+    def without_length(hits):
+        return [(method, path, {k: v for k, v in headers.items() if k != "content-length"}, rid)
+                for method, path, headers, rid in hits]
+    assert without_length(plain_hits) == without_length(general_hits)
+    assert [answer_of(a) for a in plain_answers] == [answer_of(a) for a in general_answers]
+
+
 def test_an_answer_to_change_takes_the_general_path(monkeypatch):
     counted = Serializers(monkeypatch)
     changed = Route("add", destinations=(to("v1"),), response_headers=HeaderChanges(add=(("x-served-by", "wp"),)))
