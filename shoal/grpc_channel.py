@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, ResponseReceived, StreamEnded,
-                       StreamReset, TrailersReceived, WindowUpdated)
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, RemoteSettingsChanged,
+                       ResponseReceived, StreamEnded, StreamReset, TrailersReceived, WindowUpdated)
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 
@@ -55,6 +55,10 @@ from shoal.grpc_wire import (PREFIX, MessageReader, RpcError, StatusCode, check_
 
 WINDOW = 4 * 1024 * 1024     # what the server may send ahead, per stream and per connection
 CREDIT_BATCH = WINDOW // 4   # credit goes back in WINDOW_UPDATEs of at least this much, not one per frame
+# A server's RST_STREAM as gRPC's table maps it; any other code is INTERNAL.
+_RESET_STATUS = {ErrorCodes.REFUSED_STREAM: StatusCode.UNAVAILABLE, ErrorCodes.CANCEL: StatusCode.CANCELLED,
+                 ErrorCodes.ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED,
+                 ErrorCodes.INADEQUATE_SECURITY: StatusCode.PERMISSION_DENIED}
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,7 @@ class _Connection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.failure: RpcError | None = None     # set once the connection is of no more use
         self._connection_credit = 0              # earned by DATA received, not yet sent
-        self._window_waiters: list[asyncio.Future] = []
+        self._room_waiters: list[asyncio.Future] = []   # sends waiting for credit, calls for a stream slot
         self._pong: asyncio.Future | None = None
         self._keepalive: asyncio.Task | None = None
 
@@ -208,11 +212,9 @@ class _Connection(asyncio.Protocol):
             if self._pong is not None and not self._pong.done():
                 self._pong.set_result(None)
             return
-        if isinstance(event, WindowUpdated):
-            waiters, self._window_waiters = self._window_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if isinstance(event, (WindowUpdated, RemoteSettingsChanged, StreamEnded, StreamReset)):
+            self._wake_room_waiters()     # credit, a larger initial window, more streams, a stream ended
+        if isinstance(event, (WindowUpdated, RemoteSettingsChanged)):
             return
         if isinstance(event, ConnectionTerminated):
             # h2 takes no frame in or out after a GOAWAY, even for the calls the server would still finish:
@@ -243,8 +245,7 @@ class _Connection(asyncio.Protocol):
             elif isinstance(event, StreamEnded):
                 stream.on_end()
             elif isinstance(event, StreamReset):
-                code = StatusCode.UNAVAILABLE if event.error_code == ErrorCodes.REFUSED_STREAM else (
-                    StatusCode.CANCELLED if event.error_code == ErrorCodes.CANCEL else StatusCode.INTERNAL)
+                code = _RESET_STATUS.get(event.error_code, StatusCode.INTERNAL)
                 stream.finish(RpcError(code, f"the server reset the call ("
                                        f"{getattr(event.error_code, 'name', event.error_code)})"))
         except RpcError as e:
@@ -270,15 +271,25 @@ class _Connection(asyncio.Protocol):
         except H2Error:
             pass     # already closed on the server's side
         self.flush()
+        self._wake_room_waiters()
+
+    def _wake_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_for_room(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        await waiter
 
     def fail(self, error: RpcError) -> None:
         if self.failure is None:
             self.failure = error
         for stream in self.streams.values():
             stream.finish(error)
-        for waiter in self._window_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake_room_waiters()
         if self._keepalive is not None:
             self._keepalive.cancel()
         if self.transport is not None:
@@ -305,9 +316,15 @@ class _Connection(asyncio.Protocol):
 
     # -- calls ------------------------------------------------------------------------
 
-    def start(self, path: str, metadata, timeout: float | None) -> tuple[int, _Stream]:
-        if self.failure is not None:
-            raise self.failure            # no stream on a connection that is gone: nothing would end it
+    async def start(self, path: str, metadata, timeout: float | None) -> tuple[int, _Stream]:
+        """Opens the call's stream; while the server's SETTINGS_MAX_CONCURRENT_STREAMS are all open, waits
+        for one to end (as grpcio queues such a call), within the call's deadline."""
+        while True:
+            if self.failure is not None:
+                raise self.failure        # no stream on a connection that is gone: nothing would end it
+            if self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams:
+                break
+            await self._wait_for_room()
         stream_id = self.h2.get_next_available_stream_id()
         stream = _Stream(self.settings.max_receive_message)
         self.streams[stream_id] = stream
@@ -322,11 +339,10 @@ class _Connection(asyncio.Protocol):
             if self.failure is not None or stream is None or stream.finished:
                 raise (stream.outcome if stream is not None and stream.outcome else self.failure) or RpcError(
                     StatusCode.CANCELLED, "the call ended before its message was sent")
+            # (The window is below zero when the server lowered its initial window under what was sent.)
             size = min(len(data), self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
-            if size == 0 and len(data):
-                waiter = asyncio.get_running_loop().create_future()
-                self._window_waiters.append(waiter)
-                await waiter
+            if size <= 0 and len(data):
+                await self._wait_for_room()
                 continue
             last = size == len(data)
             self.h2.send_data(stream_id, bytes(data[:size]), end_stream=end and last)
@@ -435,7 +451,7 @@ class Channel:
 
     async def open_stream(self, path: str, metadata=(), timeout: float | None = None) -> Call:
         connection = await self._connect()
-        return Call(connection, *connection.start(path, metadata, timeout))
+        return Call(connection, *await connection.start(path, metadata, timeout))
 
     async def unary(self, path: str, request: bytes, metadata=(), timeout: float | None = None) -> bytes:
         """One request, one answer; DEADLINE_EXCEEDED when `timeout` passes first."""

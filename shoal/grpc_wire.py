@@ -132,7 +132,7 @@ def check_response_headers(headers: dict[bytes, bytes]) -> None:
         code = _HTTP_TO_GRPC.get(int(status) if status.isdigit() else 0, StatusCode.UNKNOWN)
         raise RpcError(code, f"the server answered HTTP {status.decode(errors='replace') or '(none)'}, not gRPC")
     content_type = headers.get(b"content-type", b"")
-    if not content_type.startswith(CONTENT_TYPE.encode()):
+    if content_type.split(b";")[0].split(b"+")[0].strip() != CONTENT_TYPE.encode():   # application/grpc[+proto]
         raise RpcError(StatusCode.UNKNOWN, f"the server answered content-type "
                        f"{content_type.decode(errors='replace') or '(none)'}, not {CONTENT_TYPE}")
 

@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded
+from h2.settings import SettingCodes
 
 from shoal.api import config_pb2
 from shoal.config_client import NODE_TYPES, ClientSettings, ConfigClient
@@ -192,6 +194,18 @@ def never(peer, stream_id, headers, body):
     pass
 
 
+def calm_down(peer, stream_id, headers, body):
+    peer.h2.reset_stream(stream_id, ErrorCodes.ENHANCE_YOUR_CALM)
+    peer.flush()
+
+
+def grpc_web(peer, stream_id, headers, body):
+    """gRPC-Web carries its status in the body: not the framing this client reads."""
+    peer.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc-web+proto")])
+    peer.h2.send_data(stream_id, body, end_stream=True)
+    peer.flush()
+
+
 def goaway_then_echo(peer, stream_id, headers, body):
     """A graceful GOAWAY that still covers the call (written by hand: h2 sends nothing after its own), then,
     a little later, the answer."""
@@ -206,6 +220,8 @@ def goaway_then_echo(peer, stream_id, headers, body):
     (half_then_ok, StatusCode.INTERNAL, "in the middle of a message"),
     (not_grpc, StatusCode.UNAVAILABLE, "HTTP 503"),
     (goaway_then_echo, StatusCode.UNAVAILABLE, "is going away (NO_ERROR)"),
+    (calm_down, StatusCode.RESOURCE_EXHAUSTED, "reset the call (ENHANCE_YOUR_CALM)"),
+    (grpc_web, StatusCode.UNKNOWN, "content-type application/grpc-web+proto, not application/grpc"),
 ])
 def test_a_misbehaving_server_is_a_clear_error(behaviour, code, words):
     with pytest.raises(RpcError) as info:
@@ -414,6 +430,59 @@ def test_a_call_after_the_connection_was_lost_dials_again_though_the_first_dial_
         await eventually_async(lambda: lost.failure is not None, what="the connection to be seen lost")
         return await channel.unary("/shoal.api.Test/Echo", b"hello", timeout=3)
     assert dialling(test) == b"hello"
+
+
+def against_echo(test):
+    """Runs `test(channel, peer)` on a connection to an echo server that answered one call already (so the
+    client has the server's SETTINGS), `peer` being the server's side of it."""
+    async def main():
+        server, pem, target, _ = await serve(echo)
+        Peer.transports.clear()
+        channel = Channel(settings(target, pem))
+        try:
+            assert await channel.unary("/shoal.api.Test/Echo", b"warm-up", timeout=5) == b"warm-up"
+            return await test(channel, Peer.transports[0].get_protocol())
+        finally:
+            await channel.close()
+            server.close()
+    return asyncio.run(main())
+
+
+def server_settings(peer, **values) -> None:
+    peer.h2.update_settings({getattr(SettingCodes, name): value for name, value in values.items()})
+    peer.flush()
+
+
+def test_a_call_past_the_servers_stream_limit_waits_for_a_stream_to_end():
+    async def test(channel, peer):
+        server_settings(peer, MAX_CONCURRENT_STREAMS=1)
+        connection = channel._connection
+        await eventually_async(lambda: connection.h2.remote_settings.max_concurrent_streams == 1,
+                               what="the client to take the server's stream limit")
+        held = await channel.open_stream("/shoal.api.Test/Echo")      # open until cancelled
+        second = asyncio.ensure_future(channel.unary("/shoal.api.Test/Echo", b"hello", timeout=10))
+        await eventually_async(lambda: second.done() or connection._room_waiters, what="the call to wait")
+        assert not second.done(), second
+        held.cancel()
+        return await second
+    assert against_echo(test) == b"hello"
+
+
+def test_a_send_waits_while_the_server_has_lowered_its_window_below_what_was_sent():
+    async def test(channel, peer):
+        call = await channel.open_stream("/shoal.api.Test/Echo")
+        await call.send(b"first")
+        server_settings(peer, INITIAL_WINDOW_SIZE=0)          # the stream's window: 65535 - 10 - 65535 < 0
+        connection = channel._connection
+        await eventually_async(lambda: connection.h2.remote_settings.initial_window_size == 0,
+                               what="the client to take the server's window")
+        sending = asyncio.ensure_future(call.send(b"second", last=True))
+        await eventually_async(lambda: sending.done() or connection._room_waiters, what="the send to wait")
+        assert not sending.done(), sending
+        server_settings(peer, INITIAL_WINDOW_SIZE=65_535)     # room again: a SETTINGS, no WINDOW_UPDATE
+        await asyncio.wait_for(sending, 10)
+        return [await call.receive(), await call.receive(), await call.receive()]
+    assert against_echo(test) == [b"first", b"second", None]
 
 
 # -- the config client keeps its last config --------------------------------------------------
