@@ -211,6 +211,7 @@ class ConfigClient:
         async with Channel(channel_settings(self.settings)) as channel:
             call = await channel.open_stream(WATCH, tokens.metadata(token))
             stop_waiter = asyncio.ensure_future(self._stopping.wait())
+            nxt: asyncio.Future | None = None
             try:
                 await call.send(self._subscribe().SerializeToString())
                 while True:
@@ -235,7 +236,13 @@ class ConfigClient:
                     received = True
                     await call.send(config_pb2.WatchRequest(ack=self._handle(response)).SerializeToString())
             finally:
+                # Cancelled while waiting (a proxy shutting down), the receive would end with the closed
+                # channel's error, which nobody would read.
                 stop_waiter.cancel()
+                if nxt is not None:
+                    nxt.cancel()
+                    if nxt.done() and not nxt.cancelled():
+                        nxt.exception()     # it ended first: its error is read, not reported as lost
 
     # -- one response -------------------------------------------------------------------
 

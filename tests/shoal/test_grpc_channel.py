@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import ssl
 import struct
 import tempfile
@@ -30,7 +31,7 @@ from shoal.grpc_wire import PREFIX, RpcError, StatusCode, encode_message
 from support.polling import eventually_async
 
 NAME = "peer.test"
-IMMEDIATE = ("trailers_only", "never", "watch_then_close")    # behaviours that answer a call's headers
+IMMEDIATE = ("trailers_only", "never", "watch_then_close", "state_then_quiet")    # behaviours that answer a call's headers
 
 
 def server_tls() -> tuple[ssl.SSLContext, bytes]:
@@ -527,3 +528,32 @@ def test_the_config_client_keeps_its_last_config_when_the_server_misbehaves():
             await asyncio.wait_for(task, 20)
             server.close()
     asyncio.run(main())
+
+
+def state_then_quiet(peer, stream_id, headers, body):
+    """A Watch answered with the whole (empty) state, then nothing more; the stream stays open."""
+    if not body:
+        peer.answer(stream_id, b"".join(full_state()), status=None)
+
+
+def test_a_config_client_cancelled_mid_stream_leaves_no_task_behind():
+    async def main():
+        loop = asyncio.get_running_loop()
+        problems = []
+        loop.set_exception_handler(lambda _loop, context: problems.append(context["message"]))
+        server, pem, target, _ = await serve(state_then_quiet)
+        client = ConfigClient(ClientSettings(target=target, bundle_pem=pem, token="t", node="node1",
+                                             server_name=NAME))
+        task = asyncio.create_task(client.run())
+        try:
+            await asyncio.wait_for(client.synced.wait(), 20)
+            task.cancel()                   # as a proxy shutting down does, while the client waits for more
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await eventually_async(lambda: asyncio.all_tasks() == {asyncio.current_task()},
+                                   what="every task of the client to end")
+            gc.collect()
+            return problems
+        finally:
+            server.close()
+    assert asyncio.run(main()) == []
