@@ -161,10 +161,33 @@ class Store:
     # -- reads ----------------------------------------------------------------
 
     def resource_version(self) -> int:
-        meta = self.dir / "rv"
+        """The cluster's version: the `rv` file's, or the journal's last event's if that is newer (a writer
+        died between appending the event and writing the file: the next change must not reuse its version,
+        or every watcher would skip that change as one it has seen)."""
         try:
-            return int(meta.read_text())
+            recorded = int((self.dir / "rv").read_text())
         except (FileNotFoundError, ValueError):
+            recorded = 0
+        return max(recorded, self._last_journal_version())
+
+    def _last_journal_version(self) -> int:
+        """The version of the journal's last event (a line torn by a writer that died is none)."""
+        try:
+            with open(self.journal_path, "rb") as journal:
+                end, size = journal.seek(0, os.SEEK_END), 4096
+                while True:
+                    start = max(0, end - size)
+                    journal.seek(start)
+                    lines = journal.read(end - start).split(b"\n")
+                    whole = lines[1:-1] if start else lines[:-1]   # the first may be cut, the last is not ended
+                    for line in reversed(whole):
+                        event = _parse(line)
+                        if event is not None:
+                            return event.resource_version
+                    if start == 0:
+                        return 0
+                    size *= 4
+        except FileNotFoundError:
             return 0
 
     def _path(self, kind: str, namespace: str, name: str) -> Path:
@@ -340,8 +363,13 @@ class Store:
         if not events:
             return
         lines = "".join(json.dumps({"type": e.type, "object": e.object}) + "\n" for e in events)
-        with open(self.journal_path, "a") as journal:
-            journal.write(lines)
+        with open(self.journal_path, "a+b") as journal:
+            end = journal.seek(0, os.SEEK_END)
+            if end:
+                journal.seek(end - 1)
+                if journal.read(1) != b"\n":
+                    lines = "\n" + lines   # a writer died mid-line: its torn line ends here, not in our event
+            journal.write(lines.encode())
         tmp = self.dir / "rv.tmp"
         tmp.write_text(str(rv))
         os.replace(tmp, self.dir / "rv")
@@ -421,6 +449,17 @@ def _bookmark(rv: int) -> Event:
     return Event("BOOKMARK", {"kind": "", "metadata": {"resourceVersion": str(rv)}})
 
 
+def _parse(line: bytes) -> Event | None:
+    """A journal line's event; None for a line torn by a writer that died while appending it."""
+    try:
+        raw = json.loads(line)
+        event = Event(raw["type"], raw["object"])
+        event.resource_version      # (a line without one is no event either)
+        return event
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _same_desired(old: dict, new: dict) -> bool:
     """True when an apply would change nothing but server-set fields."""
     def desired(obj):
@@ -483,8 +522,9 @@ class _JournalReader:
         *lines, self.buffer = self.buffer.split(b"\n")
         events = []
         for line in lines:
-            raw = json.loads(line)
-            event = Event(raw["type"], raw["object"])
+            event = _parse(line)
+            if event is None:
+                continue       # torn by a writer that died mid-line; the next one ended it
             rv = event.resource_version
             if rv <= self.last:
                 continue

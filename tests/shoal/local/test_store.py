@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -212,3 +213,29 @@ def test_no_watch_leaves_a_file_descriptor_open_however_it_ends(store, monkeypat
     with pytest.raises(Expired):
         asyncio.run(anext(store.awatch(1)))
     assert open_fds() == before
+
+
+def test_a_version_left_in_the_journal_by_a_writer_that_died_is_not_given_again(store):
+    store.apply(pod("a"))
+    since = store.resource_version()
+    # A writer died after appending its event and before writing the rv file.
+    died = {**pod("b"), "metadata": {"name": "b", "namespace": "default", "resourceVersion": str(since + 1)}}
+    with open(store.journal_path, "a") as journal:
+        journal.write(json.dumps({"type": "ADDED", "object": died}) + "\n")
+    assert store.resource_version() == since + 1
+    store.apply(pod("c"))
+    seen = []
+    for event in store.watch(since, bookmarks=False, stop=lambda: seen and seen[-1][1] >= store.resource_version()):
+        seen.append((event.object["metadata"]["name"], event.resource_version))
+    assert seen == [("b", since + 1), ("c", since + 2)]
+
+
+def test_a_line_torn_by_a_writer_that_died_is_skipped_and_the_next_change_is_whole(store):
+    store.apply(pod("a"))
+    since = store.resource_version()
+    with open(store.journal_path, "a") as journal:
+        journal.write('{"type": "ADDED", "object": {"kind": "Pod", "metad')     # died mid-line
+    assert store.resource_version() == since
+    store.apply(pod("b"))
+    event = next(store.watch(since, bookmarks=False))
+    assert (event.object["metadata"]["name"], event.resource_version) == ("b", since + 1)
