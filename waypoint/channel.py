@@ -43,6 +43,8 @@ class Channel(Side):
         self._writable.set()
         self._paused_peer = False
         self.closed = self._loop.create_future()
+        # An upstream HTTP/1.1 connection's response reader, kept for its next answer (waypoint.exchange).
+        self.response_reader = None
         attach = getattr(other, "attach", None)
         if attach is not None:
             attach(self)   # flushes whatever the other side held before it had a peer

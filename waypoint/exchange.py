@@ -218,8 +218,11 @@ async def open_exchange(upstreams: Upstreams, upstream: Upstream, head: http1.He
 
 async def _http1(channel: Channel, upstream: Upstream, head: http1.Head, body, headers, authority: str,
                  pool: Http1Pool | None, *, reused: bool, wire_head: bytes = b"") -> Http1Exchange:
-    exchange = Http1Exchange(channel, http1.MessageReader(response=True, head_request=head.method == "HEAD"),
-                             pool, upstream, reused)
+    head_request = head.method == "HEAD"
+    reader = channel.response_reader
+    if reader is None or not reader.again(head_request):
+        reader = channel.response_reader = http1.MessageReader(response=True, head_request=head_request)
+    exchange = Http1Exchange(channel, reader, pool, upstream, reused)
     try:
         if wire_head:
             await exchange.start(wire_head)

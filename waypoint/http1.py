@@ -245,6 +245,19 @@ class MessageReader:
 
     # the interface ----------------------------------------------------------------------
 
+    def again(self, head_request: bool = False) -> bool:
+        """Re-arms a response reader for the next response on its kept-alive connection (one reader and
+        httptools parser per connection, not per answer); False when it cannot be: its last response did
+        not end where httptools ended it (an answer to HEAD, or a 1xx, or bytes after the End that began
+        another message), so its parser's state is not at a message's start."""
+        if not (self.response and self.done and not self._in_message and self._head is not None
+                and self._head.status >= 200 and not self.head_request):
+            return False
+        self.head_request = head_request
+        self.done = False
+        self._head = None
+        return True
+
     def feed(self, data: bytes) -> list:
         if self.done:
             return []

@@ -300,7 +300,7 @@ class Proxy:
             added = b"x-forwarded-proto: http\r\n\r\n"
             if head.header("x-request-id") is None:
                 added = b"x-request-id: " + record.request_id.encode("latin-1") + b"\r\n" + added
-            return await open_exchange(self.upstreams, upstream, head, b"", [], head.header("host") or "",
+            return await open_exchange(self.upstreams, upstream, head, b"", [], record.authority,
                                        use_h2=False, pool=self.http1_pool, h2_pool=self.h2_pool,
                                        wire_head=plain[:-2] + added)
         headers = apply_changes(http1.end_to_end(head.headers) if not use_h2 else
@@ -309,7 +309,7 @@ class Proxy:
             headers.append(("x-request-id", record.request_id))
         headers.append(("x-forwarded-proto", "http"))
         return await open_exchange(self.upstreams, upstream, head, request.stream or request.body, headers,
-                                   authority if authority is not None else (head.header("host") or ""), use_h2=use_h2,
+                                   record.authority, use_h2=use_h2,
                                    pool=self.http1_pool if authority is None else None,
                                    h2_pool=self.h2_pool if authority is None else None)
 

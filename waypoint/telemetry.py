@@ -136,7 +136,7 @@ class Metrics:
         return render(self.registry)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RequestRecord:
     source_address: tuple[str, int]
     method: str

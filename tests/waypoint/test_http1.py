@@ -79,6 +79,27 @@ def test_responses_close_delimited_head_and_204():
     assert isinstance(events[-1], http1.End)
 
 
+def test_a_response_reader_is_re_armed_for_the_next_answer_only_at_a_message_start():
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    reader = http1.MessageReader(response=True)
+    assert not reader.again()                                  # nothing read yet
+    for body in (b"hi", b"yo"):
+        events = reader.feed(answer.replace(b"hi", body))
+        assert collapse(events[1:]) == [http1.Body(body), http1.End()] and reader.done
+        assert events[0].plain_bytes() is not None             # a re-armed reader still sees the plain case
+        assert reader.again() and not reader.done
+    assert reader.feed(answer[:20]) == [] and not reader.again()   # mid-head: no
+    head_reader = http1.MessageReader(response=True, head_request=True)
+    head_reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    assert head_reader.done and not head_reader.again()        # httptools still waits for 5 bytes of body
+    early = http1.MessageReader(response=True)
+    early.feed(answer + b"HTTP/1.1 200 OK\r\nContent")        # bytes after the End began another message
+    assert early.done and not early.again()
+    informational = http1.MessageReader(response=True)
+    informational.feed(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert informational.done and not informational.again()
+
+
 def test_serializers_drop_hop_by_hop_and_frame_bodies():
     headers = [("host", "a"), ("connection", "keep-alive, x-hop"), ("x-hop", "1"), ("transfer-encoding", "chunked"),
                ("x-keep", "2")]

@@ -253,6 +253,8 @@ def test_upstream_connections_are_kept_alive_and_idle_closed_ones_replaced():
                 assert status_of(await m.send(get(f"/k{i}"))) == 200
             assert len(v1.hits) == 3 and len(set(v1.peers)) == 1     # one connection carried all three
             assert m.waypoint.proxy.http1_pool.reused == 2
+            (pooled,), = m.waypoint.proxy.http1_pool.idle.values()
+            assert pooled.response_reader.messages == 3                # and one response reader read all three
             await asyncio.sleep(0.6)                                    # the app closes the idle connection
             assert status_of(await m.send(get("/after-idle"))) == 200
             assert len(v1.hits) == 4 and len(set(v1.peers)) == 2
