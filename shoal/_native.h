@@ -8,9 +8,7 @@
 #include <openssl/ssl.h>
 #include "_native_api.h"
 
-#define NATIVE_API 2
-
-typedef struct Poller Poller;
+#define NATIVE_API 1
 
 /* One established connection: its socket, and for HBONE its TLS session, driven by the running loop
  * through add_reader / add_writer. TCP and TLS share everything here (buffer, flow control, closing);
@@ -19,7 +17,6 @@ typedef struct {
     PyObject_HEAD
     PyObject *loop, *protocol, *sock, *extra, *context, *waiter;
     PyObject *on_readable, *on_writable;   /* bound methods handed to the loop, made once */
-    Poller *poller;                        /* the loop's epoll of native transports, or NULL: add_reader */
     int fd;
     SSL *ssl;                              /* NULL for plain TCP */
     char *out;                             /* bytes accepted by write() and not yet sent: out[pos, len) */
@@ -28,7 +25,7 @@ typedef struct {
     size_t high_water, low_water;
     unsigned reading_paused : 1, reader_on : 1, writer_on : 1, closing : 1, closed : 1, eof_asked : 1,
              eof_sent : 1, protocol_paused : 1, handshaking : 1, server_side : 1, write_wants_read : 1,
-             read_done : 1, made : 1, polled : 1;
+             read_done : 1, made : 1;
 } Transport;
 
 /* The TLS layer (_native_tls.c). */
@@ -46,14 +43,7 @@ void tls_shutdown(Transport *t);                               /* close_notify, 
 PyObject *tls_error(const char *where, int ssl_error);        /* the ssl.SSLError for OpenSSL's error queue */
 extern PyMethodDef tls_methods[];                              /* ssl_object's part: getpeercert, version... */
 
-/* The transports' own epoll (_native_poll.c). */
-extern PyTypeObject PollerType;
-int poller_ready(void);                                        /* at import; -1 with an exception */
-int poller_set(Transport *t, int reader, int writer);          /* the events the transport waits for; -1 on error */
-
-/* From the core, for the TLS layer and the poller. */
-int core_readable(Transport *t);                               /* the loop's read and write steps: -1 on error */
-int core_writable(Transport *t);
+/* From the core, for the TLS layer. */
 int core_want(Transport *t, int reader, int writer);           /* (un)registers with the loop; -1 on error */
 extern PyObject *error_factory;          /* native_io._ssl_error(kind, reason, library, where, verify code, message) */
 extern PyTypeObject *ssl_context_type;   /* _ssl._SSLContext */

@@ -38,11 +38,6 @@ static int watch(Transport *t, int writer, int on) {
     unsigned current = writer ? t->writer_on : t->reader_on;
     on = !!on;
     if (t->closed || current == (unsigned)on) return 0;
-    if (t->poller != NULL) {
-        if (poller_set(t, writer ? t->reader_on : on, writer ? on : t->writer_on) < 0) return -1;
-        if (writer) t->writer_on = on; else t->reader_on = on;
-        return 0;
-    }
     PyObject *fd = PyLong_FromLong(t->fd);
     if (fd == NULL) return -1;
     PyObject *r = on ? PyObject_CallMethodObjArgs(t->loop, writer ? s_add_writer : s_add_reader, fd,
@@ -420,28 +415,27 @@ static int handshake_event(Transport *t) {
     return rc < 0 ? handshake_failed(t) : rc == 1 ? handshake_done(t) : 0;
 }
 
-int core_readable(Transport *t) {
-    if (t->closed) return 0;
-    if (t->handshaking) return handshake_event(t);
-    if (t->write_wants_read) {
-        t->write_wants_read = 0;
-        if (watch(t, 0, !t->reading_paused && !t->read_done) < 0 || flush(t) < 0) return -1;
-    }
-    return read_some(t);
-}
-
-int core_writable(Transport *t) {
-    if (t->closed) return 0;
-    return t->handshaking ? handshake_event(t) : after_write(t);
-}
-
 static PyObject *transport_on_readable(Transport *t, PyObject *unused) {
-    if (core_readable(t) < 0) return NULL;
+    int rc = 0;
+    if (t->closed) Py_RETURN_NONE;
+    if (t->handshaking) {
+        rc = handshake_event(t);
+    } else {
+        if (t->write_wants_read) {
+            t->write_wants_read = 0;
+            if (watch(t, 0, !t->reading_paused && !t->read_done) < 0 || flush(t) < 0) return NULL;
+        }
+        rc = read_some(t);
+    }
+    if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *transport_on_writable(Transport *t, PyObject *unused) {
-    if (core_writable(t) < 0) return NULL;
+    int rc = 0;
+    if (t->closed) Py_RETURN_NONE;
+    rc = t->handshaking ? handshake_event(t) : after_write(t);
+    if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -555,16 +549,12 @@ static PyObject *transport_start(Transport *t, PyObject *unused) {
 /* ---- the type ---------------------------------------------------------------------------------------- */
 
 static int transport_init(Transport *t, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"loop", "protocol", "sock", "extra", "context", "server_side", "waiter", "poller", NULL};
-    PyObject *loop, *protocol, *sock, *extra, *context = Py_None, *waiter = Py_None, *poller = Py_None;
+    static char *names[] = {"loop", "protocol", "sock", "extra", "context", "server_side", "waiter", NULL};
+    PyObject *loop, *protocol, *sock, *extra, *context = Py_None, *waiter = Py_None;
     int server_side = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO!|OpOO", names, &loop, &protocol, &sock, &PyDict_Type,
-                                     &extra, &context, &server_side, &waiter, &poller))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO!|OpO", names, &loop, &protocol, &sock, &PyDict_Type,
+                                     &extra, &context, &server_side, &waiter))
         return -1;
-    if (poller != Py_None && !PyObject_TypeCheck(poller, &PollerType)) {
-        PyErr_Format(PyExc_TypeError, "poller must be a shoal._native.Poller or None, not %R", Py_TYPE(poller));
-        return -1;
-    }
     if (t->loop != NULL) { PyErr_SetString(PyExc_RuntimeError, "a native transport is made once"); return -1; }
     PyObject *fileno = PyObject_CallMethod(sock, "fileno", NULL);
     if (fileno == NULL) return -1;
@@ -574,7 +564,6 @@ static int transport_init(Transport *t, PyObject *args, PyObject *kwargs) {
     t->loop = Py_NewRef(loop); t->protocol = Py_NewRef(protocol); t->sock = Py_NewRef(sock);
     t->extra = Py_NewRef(extra); t->context = Py_NewRef(context);
     t->waiter = waiter == Py_None ? NULL : Py_NewRef(waiter);
-    t->poller = poller == Py_None ? NULL : (Poller *)Py_NewRef(poller);
     t->server_side = server_side;
     t->high_water = DEFAULT_HIGH;
     t->low_water = DEFAULT_HIGH / 4;
@@ -600,7 +589,7 @@ static void transport_dealloc(Transport *t) {
     /* A transport dropped without close() is registered nowhere (the loop would hold it): its fd goes with
        its socket object, whose own dealloc closes it. Nothing here calls back into Python. */
     transport_clear(t);
-    Py_CLEAR(t->loop); Py_CLEAR(t->sock); Py_CLEAR(t->context); Py_CLEAR(t->poller);
+    Py_CLEAR(t->loop); Py_CLEAR(t->sock); Py_CLEAR(t->context);
     if (t->ssl != NULL) SSL_free(t->ssl);
     PyMem_RawFree(t->out);
     Py_TYPE(t)->tp_free((PyObject *)t);
@@ -690,15 +679,14 @@ PyMODINIT_FUNC PyInit__native(void) {
     for (PyMethodDef *m = core_methods; m->ml_name; m++) all_methods[n++] = *m;
     for (PyMethodDef *m = tls_methods; m->ml_name; m++) all_methods[n++] = *m;
     TransportType.tp_methods = all_methods;
-    if (PyType_Ready(&TransportType) < 0 || poller_ready() < 0) return NULL;
+    if (PyType_Ready(&TransportType) < 0) return NULL;
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;
     static NativeApi api = {NATIVE_C_API_VERSION, &TransportType, api_write, api_is_closing, api_flush};
     if (PyModule_AddIntConstant(module, "API", NATIVE_API) < 0
         || PyModule_AddObject(module, "C_API", PyCapsule_New(&api, "shoal._native.C_API", NULL)) < 0
         || PyModule_AddObject(module, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0
-        || PyModule_AddObjectRef(module, "Transport", (PyObject *)&TransportType) < 0
-        || PyModule_AddObjectRef(module, "Poller", (PyObject *)&PollerType) < 0) {
+        || PyModule_AddObjectRef(module, "Transport", (PyObject *)&TransportType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -21,16 +21,14 @@ once. Never a weaker TLS: the fallback is the same context through `ssl`.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import ssl
-import weakref
 
 from shoal import log
 
 logger = log.get("shoal.native_io")
 
-_API = 2            # the extension's NATIVE_API this module speaks to
+_API = 1            # the extension's NATIVE_API this module speaks to
 
 
 def _ssl_error(kind: int, reason: str, library: str, where: str, verify_code: int,
@@ -73,15 +71,6 @@ _native = None      # set by shoal.relay_lane when the native transports are in 
 in_use = False      # tests turn it off to run the loop's transports in a process that has them
 _refused: set[str] = set()
 
-# SHOAL_NATIVE_POLL: "epoll" (the default) puts a loop's native transports in an epoll of their own, whose
-# one fd the loop watches (shoal/_native_poll.c): no handle of the loop's per readable socket; "loop"
-# registers each socket with the loop (add_reader), for comparison. Tests set `polling` directly.
-_POLL_CHOICES = ("epoll", "loop")
-polling = os.environ.get("SHOAL_NATIVE_POLL", "").strip().lower() or "epoll"
-if polling not in _POLL_CHOICES:
-    raise ValueError(f"SHOAL_NATIVE_POLL={polling!r} is not one of {', '.join(_POLL_CHOICES)} (or unset)")
-_pollers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # loop -> its Poller (None: none to be had)
-
 
 def use(module) -> None:
     global _native, in_use
@@ -115,25 +104,6 @@ def _usable(context: ssl.SSLContext) -> bool:
     return not why
 
 
-def _poller(loop):
-    """The loop's epoll of native transports, made at its first transport; None for add_reader (chosen so,
-    or no epoll to be had: then said once)."""
-    if polling != "epoll":
-        return None
-    try:
-        return _pollers[loop]
-    except KeyError:
-        pass
-    try:
-        poller = _native.Poller()
-    except OSError as e:
-        logger.warning("native transports registered with the loop one by one: no epoll of their own",
-                       reason=str(e))
-        poller = None
-    _pollers[loop] = poller
-    return poller
-
-
 async def open_tcp(protocol_factory, sock: socket.socket, *, accepted: bool):
     """A connected TCP socket's transport and protocol (connect_accepted_socket or create_connection)."""
     loop = asyncio.get_running_loop()
@@ -143,7 +113,7 @@ async def open_tcp(protocol_factory, sock: socket.socket, *, accepted: bool):
         return await loop.create_connection(protocol_factory, sock=sock)
     sock.setblocking(False)
     protocol = protocol_factory()
-    transport = _native.Transport(loop, protocol, sock, _extra(sock, None), poller=_poller(loop))
+    transport = _native.Transport(loop, protocol, sock, _extra(sock, None))
     try:
         transport._start()
     except BaseException:
@@ -168,8 +138,7 @@ async def open_tls(protocol_factory, sock: socket.socket, context: ssl.SSLContex
     sock.setblocking(False)
     protocol = protocol_factory()
     waiter = loop.create_future()
-    transport = _native.Transport(loop, protocol, sock, _extra(sock, context), context, server_side, waiter,
-                                  _poller(loop))
+    transport = _native.Transport(loop, protocol, sock, _extra(sock, context), context, server_side, waiter)
     try:
         transport._start()
         await asyncio.wait_for(waiter, handshake_timeout)

@@ -96,8 +96,6 @@ async def tcp_pair(server=Recorder, client=Recorder):
 
 
 def open_fds() -> int:
-    """Open fds, counted once the running loop has its epoll of native transports (one per loop, for its life)."""
-    native_io._poller(asyncio.get_running_loop())
     return len(os.listdir("/proc/self/fd"))
 
 
