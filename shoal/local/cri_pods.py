@@ -30,7 +30,7 @@ from shoal.local import services
 from shoal.local import shoal_image
 from shoal.local.cri_client import CONTAINER_EXITED, PROPAGATION, ContainerSpec, Cri, CriError
 from shoal.local.kubelet import (BACKOFF_MAX, BACKOFF_RESET_AFTER, BACKOFF_START, GRACE_MAX, ContainerState,
-                                 _probe_once, _stamp_once, own_env, restart_marker)
+                                 _stamp_once, own_env, restart_marker)
 from shoal.local.layout import CGROUP_ROOT, Layout, node_index, node_ip
 from shoal.local.runtime_containerd import socket_of, toolbox_image
 from shoal.store import now_rfc3339
@@ -305,19 +305,21 @@ class CriPods:
                 c.restart_count += 1
             c.running, c.waiting_reason, c.started_at = True, None, now_rfc3339()
             started = time.monotonic()
-            probe = asyncio.create_task(self._probe(runtime, c))
-            status = await asyncio.to_thread(cri.container, c.container_id)
-            c.pid = status.pid
-            self.kubelet._mark(runtime)
-            while status.state != CONTAINER_EXITED and not runtime.stopping:
-                await asyncio.sleep(POLL_SECONDS)
-                self._copy_log(runtime, c, attempt, log_path)
-                stamped = _stamp_once(log_path, stamped)
-                try:
-                    status = await asyncio.to_thread(cri.container, c.container_id)
-                except CriError:
-                    continue  # containerd busy or restarting: ask again
-            probe.cancel()
+            probe = asyncio.create_task(self.kubelet._probe(runtime, c))
+            try:  # the probe ends with the run, also when the pod is stopped (this task cancelled)
+                status = await asyncio.to_thread(cri.container, c.container_id)
+                c.pid = status.pid
+                self.kubelet._mark(runtime)
+                while status.state != CONTAINER_EXITED and not runtime.stopping:
+                    await asyncio.sleep(POLL_SECONDS)
+                    self._copy_log(runtime, c, attempt, log_path)
+                    stamped = _stamp_once(log_path, stamped)
+                    try:
+                        status = await asyncio.to_thread(cri.container, c.container_id)
+                    except CriError:
+                        continue  # containerd busy or restarting: ask again
+            finally:
+                probe.cancel()
             self._copy_log(runtime, c, attempt, log_path)
             if runtime.stopping:
                 return
@@ -367,18 +369,6 @@ class CriPods:
         with open(log_path, "ab") as f:
             f.write(out)
         c.copied += end
-
-    async def _probe(self, runtime: CriPod, c: CriContainer) -> None:
-        if not c.probe:
-            c.ready = True
-            self.kubelet._mark(runtime)
-            return
-        while c.running:
-            ok = await asyncio.to_thread(_probe_once, runtime, c.probe)
-            if ok != c.ready:
-                c.ready = ok
-                self.kubelet._mark(runtime)
-            await asyncio.sleep(0.5)
 
     async def stop(self, runtime: CriPod) -> None:
         """Stops the pod's containers (SIGTERM, the grace period, then SIGKILL: the CRI's StopContainer) and

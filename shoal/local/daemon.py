@@ -103,7 +103,8 @@ class Daemon:
 
     async def run(self, shutdown: lifecycle.Shutdown) -> int:
         self.layout.daemon_pidfile.write_text(str(os.getpid()))
-        tasks = [asyncio.create_task(self.watch()), asyncio.create_task(self.kubelet.status_writer())]
+        tasks = [asyncio.create_task(self.watch()), asyncio.create_task(self.kubelet.status_writer()),
+                 asyncio.create_task(self.kubelet.log_stamper())]
         stopping = asyncio.create_task(shutdown.wait())
         self.dirty.set()
         logger.info("local cluster daemon running", cluster=self.layout.cluster, nodes=self.nodes())

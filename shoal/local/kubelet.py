@@ -191,6 +191,7 @@ class Kubelet:
         self.pods: dict[tuple[str, str], PodRuntime] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._status_event = asyncio.Event()
+        self._logs: dict[Path, int] = {}  # the logs of running containers -> their size as last stamped
         # With `--runtime containerd`, the CRI backend (shoal.local.cri_pods) the daemon sets: it runs the
         # pods it `runs()` through the node's containerd; this class runs the rest (hostNetwork) as processes.
         self.cri = None
@@ -359,13 +360,13 @@ class Kubelet:
                 c.running, c.waiting_reason, c.started_at = True, None, now_rfc3339()
                 started = time.monotonic()
                 probe_task = asyncio.create_task(self._probe(runtime, c))
-                stamped = [0]
-                stamp_task = asyncio.create_task(_stamp_log(log_path, stamped))
+                self._logs[log_path] = 0  # stamped by log_stamper while it runs
                 self._mark(runtime)
-                code = await c.process.wait()
-                probe_task.cancel()
-                stamp_task.cancel()
-                _stamp_once(log_path, stamped[0])   # the run's last lines get the time it ended
+                try:
+                    code = await c.process.wait()
+                finally:  # also when the pod is stopped (this task cancelled): no probe or stamping outlives it
+                    probe_task.cancel()
+                    _stamp_once(log_path, self._logs.pop(log_path, 0))   # the run's last lines get the time it ended
                 c.running, c.ready = False, False
                 c.last_exit, c.last_finished_at = code, now_rfc3339()
                 if time.monotonic() - started > BACKOFF_RESET_AFTER:
@@ -392,7 +393,7 @@ class Kubelet:
             self._mark(runtime)
             return
         while c.running:
-            ok = await asyncio.to_thread(_probe_once, runtime, c.probe)
+            ok = await probe_once(runtime, c.probe)
             if ok != c.ready:
                 c.ready = ok
                 self._mark(runtime)
@@ -419,6 +420,14 @@ class Kubelet:
                     self.store.update_status("Pod", key[0], key[1], runtime.status())
                 except Exception as e:  # the pod was deleted meanwhile
                     logger.debug("status not written", pod=f"{key[0]}/{key[1]}", error=str(e))
+
+    async def log_stamper(self) -> None:
+        """Every STAMP_SECONDS, a stamp for each running container's log that grew (`stamps_path`): one timer
+        for every container; a log that did not grow costs one stat."""
+        while True:
+            await asyncio.sleep(STAMP_SECONDS)
+            for log_path, last in list(self._logs.items()):
+                self._logs[log_path] = _stamp_once(log_path, last)
 
     def _event(self, runtime: PodRuntime, suffix: str, reason: str, message: str) -> None:
         """A core/v1 Warning Event about the pod, one per `suffix`, its count and time updated as it recurs
@@ -496,12 +505,6 @@ def _stamp_once(log_path: Path, last: int) -> int:
     return last
 
 
-async def _stamp_log(log_path: Path, stamped: list[int]) -> None:
-    while True:
-        await asyncio.sleep(STAMP_SECONDS)
-        stamped[0] = _stamp_once(log_path, stamped[0])
-
-
 def restart_marker(container: str, restart: int, last_exit: int | None) -> str:
     """The line written into a container's log before each restart, so `logs` can tell the runs apart
     (`--previous`); it starts with RESTART_MARKER."""
@@ -562,37 +565,40 @@ def answer_complete(answer: bytes) -> bool:
     return fields.get(b"transfer-encoding") == b"chunked" and body.endswith(b"0\r\n\r\n")
 
 
-def http_probe(host: str, port: int, path: str, timeout: float = 1.0) -> bool:
-    """One httpGet probe. The answer is read to its end (as its length says, or until the server closes),
-    up to PROBE_ANSWER_LIMIT: a probe that closed after the status line reset the connection while the
-    server was still writing the rest, and Python's http.server logged a ConnectionResetError traceback."""
+PROBE_TIMEOUT = 1.0  # seconds for a whole probe, connect to answer (a kubelet's default timeoutSeconds)
+
+
+async def http_probe(sock: socket.socket, host: str, port: int, path: str) -> bool:
+    """One httpGet probe on a connected non-blocking socket. The answer is read to its end (as its length
+    says, or until the server closes), up to PROBE_ANSWER_LIMIT: a probe that closed after the status line
+    reset the connection while the server was still writing the rest, and Python's http.server logged a
+    ConnectionResetError traceback."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, probe_request(host, port, path))
     answer = b""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(probe_request(host, port, path))
-            while len(answer) < PROBE_ANSWER_LIMIT and not answer_complete(answer):
-                chunk = s.recv(PROBE_ANSWER_LIMIT - len(answer))
-                if not chunk:
-                    break
-                answer += chunk
-    except OSError:
-        return False
+    while len(answer) < PROBE_ANSWER_LIMIT and not answer_complete(answer):
+        chunk = await loop.sock_recv(sock, PROBE_ANSWER_LIMIT - len(answer))
+        if not chunk:
+            break
+        answer += chunk
     return probe_passed(answer)
 
 
-def _probe_once(runtime: PodRuntime, probe: dict) -> bool:
+async def probe_once(runtime, probe: dict, timeout: float = PROBE_TIMEOUT) -> bool:
+    """One readiness probe (httpGet or tcpSocket) from the pod's node, as a real kubelet probes, on the
+    running loop: the socket is made in the node's netns (this thread enters it for that call only), and
+    the rest is the loop's I/O, with no thread per probe."""
     target = probe.get("httpGet") or probe.get("tcpSocket") or {}
     port = int(target.get("port", 0))
     host = target.get("host") or ("127.0.0.1" if runtime.host_network else runtime.ip)
-
-    def attempt() -> bool:
-        if "httpGet" in probe:
-            return http_probe(host, port, target.get("path", "/"))
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    # The kubelet probes from the node, as a real kubelet does.
-    return netns.run_in(runtime.node_netns, attempt)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with netns.entered(runtime.node_netns):
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            return await http_probe(sock, host, port, target.get("path", "/")) if "httpGet" in probe else True
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        sock.close()

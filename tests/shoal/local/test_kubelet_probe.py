@@ -4,6 +4,7 @@ Host brackets an IPv6 address, and the answer is read to its end, so a server st
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import socket
 import threading
@@ -70,7 +71,13 @@ def test_a_probe_reads_the_whole_answer_and_the_server_logs_no_reset(host, famil
     thread.start()
     try:
         port = server.server_address[1]
-        assert http_probe(host, port, "/ready", timeout=5)
+
+        async def probe():
+            with socket.socket(family) as sock:
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+                return await http_probe(sock, host, port, "/ready")
+        assert asyncio.run(probe())
         server.shutdown()
         server.server_close()
         assert server.errors == []
@@ -83,7 +90,6 @@ def test_a_probe_reads_the_whole_answer_and_the_server_logs_no_reset(host, famil
 def test_a_ready_container_is_probed_less_often_than_one_starting(monkeypatch):
     """Start-up readiness is seen within PROBE_PERIOD; once ready, a probe every READY_PROBE_PERIOD, so that an
     idle cluster does not wake the kubelet and every probed proxy twice a second."""
-    import asyncio
     import types
 
     from shoal.local import kubelet
@@ -93,7 +99,7 @@ def test_a_ready_container_is_probed_less_often_than_one_starting(monkeypatch):
     container = types.SimpleNamespace(probe={"tcpSocket": {"port": 1}}, running=True, ready=False)
     marks = []
 
-    def probe_once(runtime, probe):
+    async def probe_once(runtime, probe):
         try:
             return next(answers)
         except StopIteration:
@@ -102,7 +108,7 @@ def test_a_ready_container_is_probed_less_often_than_one_starting(monkeypatch):
 
     async def sleep(seconds):
         waits.append((container.ready, seconds))
-    monkeypatch.setattr(kubelet, "_probe_once", probe_once)
+    monkeypatch.setattr(kubelet, "probe_once", probe_once)
     monkeypatch.setattr(kubelet.asyncio, "sleep", sleep)
     owner = types.SimpleNamespace(_mark=lambda runtime: marks.append(container.ready))
     asyncio.run(kubelet.Kubelet._probe(owner, object(), container))

@@ -1,12 +1,15 @@
-"""The local kubelet's restart count, with real processes (a hostNetwork pod in a node netns of its own):
-a container's restart is counted when it starts again, as Kubernetes' restartCount is, not when it exits;
-during the back-off the count is the restarts so far and the exit is the last state."""
+"""The local kubelet with real processes (hostNetwork pods in a node netns of its own):
+- a container's restart is counted when it starts again, as Kubernetes' restartCount is, not when it exits;
+  during the back-off the count is the restarts so far and the exit is the last state;
+- readiness probes from the node's netns, on the kubelet's loop: an httpGet probe that answers 200 makes
+  the container ready, a tcpSocket probe to a port nothing listens on keeps it not ready."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import sys
 
 import pytest
 
@@ -46,10 +49,10 @@ async def until(state, what: str):
     return found
 
 
-async def started_pod(kubelet: Kubelet, name: str, script: str):
+async def started_pod(kubelet: Kubelet, name: str, script: str, probe: dict | None = None):
+    container = {"name": "app", "command": ["sh", "-c", script], **({"readinessProbe": probe} if probe else {})}
     kubelet.store.apply({"kind": "Pod", "metadata": {"name": name, "namespace": "default"},
-                         "spec": {"nodeName": "node1", "hostNetwork": True,
-                                  "containers": [{"name": "app", "command": ["sh", "-c", script]}]}})
+                         "spec": {"nodeName": "node1", "hostNetwork": True, "containers": [container]}})
     await kubelet.start(kubelet.store.get("Pod", "default", name), [])
     runtime = kubelet.pods[("default", name)]
     return runtime, runtime.containers[0]
@@ -87,5 +90,39 @@ def test_a_restart_is_counted_when_the_container_runs_again(kubelet):
             assert log.count(RESTART_MARKER) == 1 and f"{RESTART_MARKER}1 of container app" in log
         finally:
             await kubelet.stop(runtime)
+
+    asyncio.run(scenario())
+
+
+def test_readiness_probes_from_the_node_netns(kubelet):
+    serve = f"exec {sys.executable} -m http.server 18080 --bind 127.0.0.1"
+
+    async def scenario():
+        served, web = await started_pod(kubelet, "web", serve, {"httpGet": {"path": "/", "port": 18080}})
+        closed, idle = await started_pod(kubelet, "idle", "exec sleep 600", {"tcpSocket": {"port": 18081}})
+        try:
+            await until(lambda: web.ready, "the httpGet probe to pass")
+            await until(lambda: idle.running, "the idle container to run")
+            assert not await kubelet_module.probe_once(closed, idle.probe)
+            assert await kubelet_module.probe_once(closed, {"tcpSocket": {"port": 18080}})  # the same node netns
+            assert not idle.ready
+        finally:
+            await kubelet.stop(served)
+            await kubelet.stop(closed)
+
+    asyncio.run(scenario())
+
+
+def test_a_stopped_pod_leaves_no_probe_or_log_stamping_behind(kubelet):
+    """Stopping a pod cancels its containers' runs while they wait on the process: their probes went on
+    probing the gone pod, and their log stamping went on, for the daemon's whole life."""
+    async def scenario():
+        before = asyncio.all_tasks()
+        runtime, container = await started_pod(kubelet, "probed", "exec sleep 600", {"tcpSocket": {"port": 18082}})
+        await until(lambda: container.running, "the container to run")
+        await kubelet.stop(runtime)
+        await asyncio.sleep(0)  # cancelled tasks finish on the loop's next turn
+        assert asyncio.all_tasks() == before
+        assert kubelet._logs == {}
 
     asyncio.run(scenario())
