@@ -27,7 +27,8 @@ from typing import Callable, Mapping
 from shoal.model import Route, RouteTable, Service
 from shoal.proxy_state import ProxyState
 
-from waypoint.routing import NO_CONFIG, Peer, Plan, Random, Refusal, RequestHead, follow, route_matches
+from waypoint.http1 import Head
+from waypoint.routing import NO_CONFIG, Peer, Plan, Random, Refusal, follow, route_matches
 
 IngressRoutes = Mapping[tuple[str, int], RouteTable]
 
@@ -99,7 +100,7 @@ def _with_ports(state: ProxyState, route: Route) -> Route | Refusal:
     return replace(route, destinations=tuple(destinations))
 
 
-def decide(state: ProxyState, routes: Callable[[], IngressRoutes], peer: Peer, head: RequestHead,
+def decide(state: ProxyState, routes: Callable[[], IngressRoutes], peer: Peer, head: Head,
            rand: Random) -> Plan | Refusal:
     """`peer.destination` is the gateway's own listener (address, port); `routes()` its current tables."""
     if not state.synced:

@@ -38,7 +38,7 @@ from waypoint.draws import Draws
 from waypoint.errors import DownstreamGone, UpstreamFailed, UpstreamTimeout, WaypointError
 from waypoint.exchange import Http1Pool, open_exchange
 from waypoint.h2upstream import H2Pool
-from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, RequestHead, Upstream, decide
+from waypoint.routing import MirrorPlan, Peer, Plan, Refusal, Upstream, decide
 from shoal.proxy_state import ProxyState
 from waypoint.streaming import BodySource, BodyTooLarge
 from waypoint.telemetry import Metrics, RequestRecord, new_request_id
@@ -114,7 +114,7 @@ class Proxy:
                  rand: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  max_body: int = MAX_BODY, idle_timeout: float = 300.0,
-                 decider: Callable[[ProxyState, Peer, RequestHead | http1.Head, Callable[[], float]], Plan | Refusal] = decide,
+                 decider: Callable[[ProxyState, Peer, http1.Head, Callable[[], float]], Plan | Refusal] = decide,
                  tracer=None
                  ) -> None:
         self.state = state
@@ -146,7 +146,7 @@ class Proxy:
         record.grpc = (head.header("content-type") or "").startswith("application/grpc")
         self.metrics.active.inc()
         try:
-            plan = self.decide(self.state, peer, head, self.rand)   # (http1.Head offers what a RequestHead does)
+            plan = self.decide(self.state, peer, head, self.rand)
             if isinstance(plan, Refusal):
                 record.service, record.policy = plan.service, plan.policy
                 record.flag(plan.flag, plan.reason)

@@ -44,32 +44,22 @@ from shoal.proxy_state import ProxyState
 from shoal.workload_names import workload_label
 
 from waypoint.draws import weighted_draw
+from waypoint.http1 import Head
 
 Random = Callable[[], float]
 
 
-@dataclass(frozen=True)
-class RequestHead:
-    """What the decision reads of a request. `waypoint.http1.Head` offers the same (method, target, authority,
-    headers, path, query, header), and the proxy hands that in: one head object per request."""
-    method: str
-    target: str                                  # the request-target: path and query
-    authority: str                               # Host header
-    headers: tuple[tuple[str, str], ...] = ()    # lower-case names, in order
+def request_head(method: str, target: str, authority: str, headers: tuple[tuple[str, str], ...] = ()) -> Head:
+    """A request's head made by hand (tests, tools): the `http1.Head` that a client's HTTP/1.1 request with
+    these parts is parsed into, `authority` its Host header (put first, unless `headers` has one). The
+    decision reads a head's method, target, path, query, authority and headers; the proxy hands it the
+    parsed head itself."""
+    if authority and not any(k == "host" for k, _ in headers):
+        headers = (("host", authority), *headers)
+    return Head(method, target, 0, "", tuple(headers), "1.1", True, 0, False)
 
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
 
-    @property
-    def query(self) -> str:
-        return self.target.split("?", 1)[1] if "?" in self.target else ""
-
-    def header(self, name: str) -> str | None:
-        values = [v for k, v in self.headers if k == name]
-        if name == "host" and not values and self.authority:
-            return self.authority
-        return ",".join(values) if values else None
+RequestHead = request_head   # (the name other components' tests import)
 
 
 @dataclass(frozen=True)
@@ -79,7 +69,7 @@ class Peer:
     source: SpiffeId | None            # from the client's verified certificate
     destination: tuple[str, int]       # the CONNECT target: VIP (or workload IP) and port
 
-    def facts(self, port: int, head: "RequestHead | None" = None) -> authz.RequestFacts:
+    def facts(self, port: int, head: Head | None = None) -> authz.RequestFacts:
         """What a policy sees of this request (`l4_only` without an HTTP head)."""
         principal, namespace = (self.source.principal, self.source.namespace) if self.source else (None, None)
         if head is None:
@@ -189,7 +179,7 @@ def _destination(state: ProxyState, ip: str, port: int) -> _Destination:
     return found
 
 
-def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Plan | Refusal:
+def decide(state: ProxyState, peer: Peer, head: Head, rand: Random) -> Plan | Refusal:
     if not state.synced:
         return Refusal(503, "UAEX", NO_CONFIG)
     ip, port = peer.destination
@@ -220,7 +210,7 @@ def decide(state: ProxyState, peer: Peer, head: RequestHead, rand: Random) -> Pl
     return follow(state, service, route, port, head, rand, verdict.policy, dialled=peer.destination)
 
 
-def follow(state: ProxyState, service: Service, route: Route, port: int, head: RequestHead, rand: Random,
+def follow(state: ProxyState, service: Service, route: Route, port: int, head: Head, rand: Random,
            policy: str = "", dialled: tuple[str, int] | None = None) -> Plan | Refusal:
     """The plan of a request that `route` (of `service`, addressed on `port`) took: its destination picked by
     weight, faults rolled, mirrors and endpoints found. The waypoint and the ingress gateway share it.
@@ -310,7 +300,7 @@ def decide_tcp(state: ProxyState, peer: Peer, rand: Random) -> Plan | Refusal:
                 subset="", upstreams=upstreams, policy=verdict.policy)
 
 
-def _to_workload(state: ProxyState, peer: Peer, head: RequestHead, workload: Workload, port: int) -> Plan | Refusal:
+def _to_workload(state: ProxyState, peer: Peer, head: Head, workload: Workload, port: int) -> Plan | Refusal:
     verdict = authz.authorize(state.waypoint_policies_for(None), peer.facts(port, head))
     if not verdict:
         return Refusal(403, "RBAC", verdict.reason, policy=verdict.named)
@@ -321,11 +311,11 @@ def _to_workload(state: ProxyState, peer: Peer, head: RequestHead, workload: Wor
 
 # --- matching -----------------------------------------------------------------------
 
-def route_matches(route: Route, head: RequestHead) -> bool:
+def route_matches(route: Route, head: Head) -> bool:
     return not route.matches or any(match_accepts(m, head) for m in route.matches)
 
 
-def match_accepts(match: RouteMatch, head: RequestHead) -> bool:
+def match_accepts(match: RouteMatch, head: Head) -> bool:
     if match.path is not None and not string_matches(match.path, head.path):
         return False
     if match.method is not None and match.method.upper() != head.method.upper():

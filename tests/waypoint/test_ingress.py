@@ -26,7 +26,7 @@ from waypoint.draws import Draws
 from waypoint.ingress import Certificate, CertificateInvalid, IngressListener, pick, server_context
 from waypoint.ingress_routing import decide, host_of, table_for
 from waypoint.proxy import Proxy
-from waypoint.routing import Peer, Refusal, RequestHead
+from waypoint.routing import Peer, Refusal, request_head
 from waypoint.telemetry import Metrics
 from waypoint.upstream import Upstreams
 
@@ -93,7 +93,7 @@ def test_host_and_port_pick_the_gateway_route_table():
 def test_unknown_hosts_are_404_and_nothing_is_sent():
     mesh = Mesh()
     refusal = decide(mesh.state, lambda: routes_for(Route(destinations=(v("v1"),))),
-                     Peer("198.18.0.200", None, ("0.0.0.0", 80)), RequestHead("GET", "/", "nope.example"), random.random)
+                     Peer("198.18.0.200", None, ("0.0.0.0", 80)), request_head("GET", "/", "nope.example"), random.random)
     assert isinstance(refusal, Refusal) and refusal.status == 404 and "nope.example" in refusal.reason
 
 
@@ -103,7 +103,7 @@ def test_an_ingress_request_hits_the_plan_memo_of_its_route():
     mesh = Mesh()
     routes = routes_for(Route(name="all", destinations=(Destination(REVIEWS),)))
     plans = [decide(mesh.state, lambda: routes, Peer("198.18.0.200", None, ("0.0.0.0", 80)),
-                    RequestHead("GET", "/", "example.com"), lambda: 0.0) for _ in range(3)]
+                    request_head("GET", "/", "example.com"), lambda: 0.0) for _ in range(3)]
     assert plans[0] == plans[1] == plans[2] and plans[0].destination_port == 9080
     assert len(mesh.state.cached("plans")) == 1
 
@@ -111,7 +111,7 @@ def test_an_ingress_request_hits_the_plan_memo_of_its_route():
 def test_the_plan_and_the_metrics_name_the_backend_service_not_the_host():
     mesh = Mesh()
     plan = decide(mesh.state, lambda: routes_for(Route(name="all", destinations=(v("v1"),))),
-                  Peer("198.18.0.200", None, ("0.0.0.0", 80)), RequestHead("GET", "/", "example.com"), random.random)
+                  Peer("198.18.0.200", None, ("0.0.0.0", 80)), request_head("GET", "/", "example.com"), random.random)
     assert (plan.service, plan.service_name, plan.service_namespace) == (REVIEWS, "reviews", NS), plan
     assert plan.destination_service == REVIEWS and plan.route == "all"
 

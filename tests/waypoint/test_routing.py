@@ -11,7 +11,7 @@ from shoal.model import (
 )
 
 from waypoint.routing import (
-    FaultPlan, Peer, Plan, Refusal, RequestHead, decide, pick_weighted, shadow_authority,
+    FaultPlan, Peer, Plan, Refusal, request_head, decide, pick_weighted, shadow_authority,
 )
 from shoal.identity import parse_spiffe_id
 from wp_model import (
@@ -27,7 +27,7 @@ def peer(port=9080, ip=VIP, principal=PRINCIPAL):
 
 
 def get(path="/", method="GET", host="reviews:9080", **headers):
-    return RequestHead(method, path, host, tuple((k.replace("_", "-"), v) for k, v in headers.items()))
+    return request_head(method, path, host, tuple((k.replace("_", "-"), v) for k, v in headers.items()))
 
 
 def addresses(plan):
@@ -317,11 +317,9 @@ def test_a_fault_or_mirror_still_rolls_per_request():
 @pytest.mark.parametrize("name,extra,who,head,rolls,check", CASES, ids=[c[0] for c in CASES])
 def test_a_parsed_http1_head_decides_as_its_request_head(name, extra, who, head, rolls, check):
     """The proxy hands decide the parsed `http1.Head` itself (one head object per request): every case
-    decides the same for it as for the RequestHead of the same request."""
+    decides the same for it as for the head `request_head` makes of the same request."""
     from waypoint import http1
-    wire = f"{head.method} {head.target} HTTP/1.1\r\nhost: {head.authority}\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in head.headers) + "\r\n"
+    wire = f"{head.method} {head.target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.headers) + "\r\n"
     parsed = http1.MessageReader().feed(wire.encode("latin-1"))[0]
-    with_host = RequestHead(head.method, head.target, head.authority, (("host", head.authority), *head.headers))
-    assert decide(mesh(*extra), who, parsed, scripted(*rolls)) == decide(mesh(*extra), who, with_host,
-                                                                         scripted(*rolls))
+    assert (parsed.headers, parsed.authority) == (head.headers, head.authority)   # the host among them, once
+    assert decide(mesh(*extra), who, parsed, scripted(*rolls)) == decide(mesh(*extra), who, head, scripted(*rolls))

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from shoal.identity import parse_spiffe_id
 from shoal.model import Endpoint, Protocol, Service, ServicePort, Waypoint, Workload, freeze_labels
 from shoal.proxy_state import ProxyState
-from waypoint.routing import Peer, Plan, Refusal, RequestHead, Upstream, decide, decide_tcp
+from waypoint.routing import Peer, Plan, Refusal, request_head, Upstream, decide, decide_tcp
 from waypoint.upstream import Upstreams
 
 NS = "shop"
@@ -31,7 +31,7 @@ def state():
 
 
 def head():
-    return RequestHead("GET", "/", "reviews:9080", ())
+    return request_head("GET", "/", "reviews:9080", ())
 
 
 def test_an_ipv6_vip_and_its_other_spellings_are_the_service():
