@@ -20,8 +20,10 @@ The rules are written in the node's iptables backend, with the writer the
 node agent writes the pod's capture with (shoal.iptables_backend.Tables:
 legacy or nft); `remove()` takes the chain out of both backends.
 
-All of it lives in a chain and a table of its own (chain SHOAL_ZTUNNEL,
-table 133, rule priority 32000) and `remove()` takes it away again. The
+All of it lives in a chain, a route and a policy rule of its own (chain
+SHOAL_ZTUNNEL, the local route in table 133, the fwmark rule at priority
+32000) and `remove()` takes exactly those away again, nothing else of that
+table or priority. The
 ztunnel installs it when a pod is handed over and removes it when the pod
 leaves the mesh; the node agent removes it too when it un-enrolls a pod, so
 a pod that leaves while no ztunnel runs keeps nothing of it. That is why it
@@ -103,13 +105,23 @@ def _install(netns_fd: int, version: int, backend: str) -> None:
     _Tables(backend).ensure(netns_fd, CHAINS, RULES, ipv6=version == 6, fresh=True)
     # One `ip -batch`: the route replaced, then the policy rule added, which fails (File exists) where it
     # is there already; only then is it looked for.
-    commands = [f"route replace local {_EVERYTHING[version]} dev lo table {TABLE}",
-                f"rule add fwmark {hex(CONNMARK)} lookup {TABLE} priority {PRIORITY}"]
+    commands = [f"route replace local {_EVERYTHING[version]} dev lo table {TABLE}", f"rule add {_RULE}"]
     if _ip(netns_fd, f"-{version}", "-batch", "-", check=False, stdin="\n".join(commands) + "\n").returncode != 0:
         _ip(netns_fd, f"-{version}", "route", "replace", "local", _EVERYTHING[version], "dev", "lo", "table",
             str(TABLE))
-        if f"{PRIORITY}:" not in _ip(netns_fd, f"-{version}", "rule", "show").stdout:
+        if not _has_rule(netns_fd, version):
             _ip(netns_fd, f"-{version}", "-batch", "-", stdin=commands[1] + "\n")
+
+
+# The policy rule, as `ip rule add` and `del` take it and as `ip rule show` prints it: only this one is the
+# mesh's (another rule at the same priority, or another route in the table, is someone else's and stays).
+_RULE = f"fwmark {hex(CONNMARK)} lookup {TABLE} priority {PRIORITY}"
+_RULE_SHOWN = f"{PRIORITY}:\tfrom all fwmark {hex(CONNMARK)} lookup {TABLE}"
+
+
+def _has_rule(netns_fd: int, version: int, check: bool = True) -> bool:
+    shown = _ip(netns_fd, f"-{version}", "rule", "show", "priority", str(PRIORITY), check=check).stdout
+    return _RULE_SHOWN in shown.splitlines()
 
 
 def remove(netns_fd: int) -> None:
@@ -138,8 +150,9 @@ def _remove(netns_fd: int, version: int) -> list[str]:
             except TransparentError as e:
                 failed.append(str(e))
 
-    while f"{PRIORITY}:" in _ip(netns_fd, f"-{version}", "rule", "show", check=False).stdout:
-        if _ip(netns_fd, f"-{version}", "rule", "del", "priority", str(PRIORITY), check=False).returncode != 0:
+    while _has_rule(netns_fd, version, check=False):
+        if _ip(netns_fd, f"-{version}", "rule", "del", *_RULE.split(), check=False).returncode != 0:
             break
-    _ip(netns_fd, f"-{version}", "route", "flush", "table", str(TABLE), check=False)
+    _ip(netns_fd, f"-{version}", "route", "del", "local", _EVERYTHING[version], "dev", "lo", "table", str(TABLE),
+        check=False)
     return failed

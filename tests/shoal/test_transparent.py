@@ -58,3 +58,30 @@ def test_a_chain_that_cannot_be_dropped_is_said_after_everything_else_is_removed
     monkeypatch.setattr(transparent._Tables, "drop", real_drop)
     transparent.remove(pod_fd)
     assert shoal_rules(NAME) == []
+
+
+def test_removal_takes_only_the_mesh_s_own_policy_rule_and_route(pod_fd):
+    """A rule of someone else's at the same priority, and a route of someone else's in table 133, stay: removal
+    deleted every rule at priority 32000 and flushed the whole table, and install took any rule at that
+    priority for its own."""
+    table, priority = str(transparent.TABLE), str(transparent.PRIORITY)
+    theirs = {4: ("10.77.0.0/16", "198.51.100.0/24"), 6: ("fd00:77::/64", "2001:db8:77::/64")}
+    for version, (source, route) in theirs.items():
+        netns.run(NAME, ["ip", f"-{version}", "rule", "add", "from", source, "lookup", "main", "priority", priority])
+        netns.run(NAME, ["ip", f"-{version}", "route", "add", "unreachable", route, "table", table])
+    try:
+        assert transparent.install(pod_fd, "legacy")
+        for version in theirs:
+            rules = netns.run(NAME, ["ip", f"-{version}", "rule", "show"]).stdout
+            assert f"fwmark {hex(transparent.CONNMARK)} lookup {table}" in rules, rules  # ours went in beside
+        transparent.remove(pod_fd)
+        for version, (source, route) in theirs.items():
+            rules = netns.run(NAME, ["ip", f"-{version}", "rule", "show"]).stdout
+            assert f"from {source} lookup main" in rules and "fwmark" not in rules, rules
+            routes = netns.run(NAME, ["ip", f"-{version}", "route", "show", "table", table]).stdout
+            assert route in routes and "local" not in routes, routes
+        assert shoal_rules(NAME) == []
+    finally:
+        for version, (source, route) in theirs.items():
+            netns.run(NAME, ["ip", f"-{version}", "rule", "del", "from", source, "priority", priority], check=False)
+            netns.run(NAME, ["ip", f"-{version}", "route", "flush", "table", table], check=False)
