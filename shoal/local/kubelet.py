@@ -592,8 +592,11 @@ async def probe_once(runtime, probe: dict, timeout: float = PROBE_TIMEOUT) -> bo
     port = int(target.get("port", 0))
     host = target.get("host") or ("127.0.0.1" if runtime.host_network else runtime.ip)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with netns.entered(runtime.node_netns):
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        with netns.entered(runtime.node_netns):
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    except (OSError, netns.NetnsError):  # the node's netns is gone (the cluster going down): not ready
+        return False
     try:
         async with asyncio.timeout(timeout):
             await asyncio.get_running_loop().sock_connect(sock, (host, port))

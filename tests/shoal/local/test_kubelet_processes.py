@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import sys
+import types
 
 import pytest
 
@@ -126,3 +127,8 @@ def test_a_stopped_pod_leaves_no_probe_or_log_stamping_behind(kubelet):
         assert kubelet._logs == {}
 
     asyncio.run(scenario())
+
+
+def test_a_probe_of_a_node_whose_netns_is_gone_fails_and_does_not_raise():
+    runtime = types.SimpleNamespace(host_network=True, ip="127.0.0.1", node_netns="shoal-no-such-node-netns")
+    assert asyncio.run(kubelet_module.probe_once(runtime, {"tcpSocket": {"port": 1}})) is False
