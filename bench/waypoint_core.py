@@ -42,7 +42,9 @@ from shoal.proxy_state import ProxyState
 NS = "bench"
 VIP, PORT = "198.18.16.10", 8080
 CLIENT_IP, SERVER_IP = "198.19.1.20", "198.19.2.11"
-REQUEST = (b"GET / HTTP/1.1\r\nhost: server.bench:8080\r\nuser-agent: bench.loadgen\r\naccept: */*\r\n\r\n")
+# The request and answer exactly as bench.loadgen's client and server make them (its GET says Content-Length: 0),
+# so that this measures the path the cluster's requests take.
+REQUEST = b"GET / HTTP/1.1\r\nHost: server.bench:8080\r\nContent-Length: 0\r\n\r\n"
 
 
 def mesh() -> ProxyState:
@@ -64,8 +66,7 @@ class Endpoint_(Side):
     """The app behind the destination's ztunnel: answers each request it is written at once."""
 
     def __init__(self, body: bytes) -> None:
-        self.answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n\r\n"
-                       % len(body)) + body
+        self.answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
         self.peer = None
 
     def attach(self, peer) -> None:
