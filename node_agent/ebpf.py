@@ -240,7 +240,8 @@ class EbpfRedirector:
                 self._detach_id(prog_id, target_fd, attach_type)
 
     def _link_netns(self, pod: PodTarget) -> None:
-        pin = self.links_dir / _safe(pod.uid)
+        pin, new = self.links_dir / _safe(pod.uid), _replacing(self.links_dir / _safe(pod.uid))
+        new.unlink(missing_ok=True)  # left by an agent killed while replacing the link (a second link)
         netns_ino = os.stat(pod.netns).st_ino
         if pin.exists():
             fd = libbpf.get_pinned(str(pin))
@@ -250,14 +251,20 @@ class EbpfRedirector:
                 os.close(fd)
             if ino == netns_ino and prog_id == self.prog_ids["shoal_sk_lookup"]:
                 return
-            pin.unlink()  # a link to an old netns or an old program
+        # A link to an old netns or an old program is replaced by renaming the new one's pin over it: the old
+        # one stays linked until the new one is (unpinned first, the pod's inbound would pass around the mesh
+        # meanwhile, and for good if the new link could not be made).
         netns_fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             link = libbpf.link_create(self.prog_fds["shoal_sk_lookup"], netns_fd, ATTACH_SK_LOOKUP)
         finally:
             os.close(netns_fd)
         try:
-            libbpf.pin(link, str(pin))
+            libbpf.pin(link, str(new))
+            os.rename(new, pin)
+        except BaseException:
+            new.unlink(missing_ok=True)
+            raise
         finally:
             os.close(link)
 
@@ -272,8 +279,8 @@ class EbpfRedirector:
             finally:
                 os.close(cgroup)
         pin = self.links_dir / _safe(pod.uid)
-        if pin.exists():
-            pin.unlink()
+        for each in (pin, _replacing(pin)):  # and one an agent killed while replacing the link left
+            each.unlink(missing_ok=True)
         self.forget_addresses(pod.ips, others=others)
 
     def installed(self, pod: PodTarget) -> bool:
@@ -401,6 +408,11 @@ def _ids_by_type(names, prog_ids: dict[str, int], also=()) -> dict[int, set[int]
     for name in names:
         out.setdefault(PROGRAMS[name][1], set()).add(prog_ids[name])
     return out
+
+
+def _replacing(pin: Path) -> Path:
+    """Where a pod's new link is pinned before it is renamed over the old (bpffs refuses a name with a dot)."""
+    return pin.with_name(pin.name + "-new")
 
 
 def _safe(uid: str) -> str:

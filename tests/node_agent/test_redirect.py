@@ -515,3 +515,35 @@ def test_after_an_agent_restart_a_pod_letting_go_keeps_the_keys_of_other_pods_li
         after.close()
         for where, what, argv in reversed(routes):
             subprocess.run(["ip", "-n", where, what, "del", *argv], capture_output=True)
+
+
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)
+def test_a_pod_s_sk_lookup_link_is_replaced_without_a_moment_unlinked(topo, redirection, monkeypatch):
+    """Replacing a pod's link to an older program (an upgrade) unpinned the old one before making the new:
+    for that moment, and for good when the new one could not be made, the pod's inbound reached the app
+    around the mesh. The new link is pinned over the old one; a failure leaves the old in place."""
+    from node_agent import ebpf, libbpf
+    from node_agent.errors import BpfError
+    pod = topo.pods["a"]
+    capture = redirection.capture
+    redirection.install(pod)
+    try:
+        assert len(re.findall(rf"netns_ino {netns_inode(pod.netns)}\b", bpftool_links())) == 1
+        monkeypatch.setitem(capture.prog_ids, "shoal_sk_lookup", -1)  # the pinned link's program is "older"
+
+        def refused(*args):
+            raise BpfError("create link (type 36)", 1)
+        monkeypatch.setattr(libbpf, "link_create", refused)
+        with pytest.raises(BpfError):
+            capture._link_netns(pod)
+        assert (capture.links_dir / ebpf._safe(pod.uid)).exists()  # the old link stays pinned, and linked
+        assert len(re.findall(rf"netns_ino {netns_inode(pod.netns)}\b", bpftool_links())) == 1
+        monkeypatch.undo()
+        monkeypatch.setitem(capture.prog_ids, "shoal_sk_lookup", -1)
+        capture._link_netns(pod)  # replaced: one link, to the program of this build
+        monkeypatch.undo()
+        assert len(re.findall(rf"netns_ino {netns_inode(pod.netns)}\b", bpftool_links())) == 1
+        assert redirection.installed(pod)
+        assert not list(capture.links_dir.glob("*-new"))
+    finally:
+        redirection.remove(pod)
