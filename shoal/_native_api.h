@@ -6,7 +6,7 @@
 
 #include <Python.h>
 
-#define NATIVE_C_API_VERSION 2
+#define NATIVE_C_API_VERSION 3
 
 typedef struct {
     int version;
@@ -18,6 +18,10 @@ typedef struct {
     int (*write)(PyObject *transport, const char *a, size_t a_len, const char *b, size_t b_len, int more);
     int (*is_closing)(PyObject *transport);
     int (*flush)(PyObject *transport);    /* sends what `more` writes left buffered: 0, or -1 with an exception */
+    /* The lane's reader, offered each read before data_received: reader(protocol, buffer, size) returns 1 when
+       it took the read (the buffer is only lent for the call), 0 when the protocol is not the lane's (then
+       data_received gets bytes), -1 with an exception (as a data_received that raised). */
+    void (*set_reader)(int (*reader)(PyObject *protocol, const char *data, Py_ssize_t size));
 } NativeApi;
 
 #endif

@@ -29,7 +29,11 @@ PyObject *error_factory;
 static PyObject *s_add_reader, *s_remove_reader, *s_add_writer, *s_remove_writer, *s_call_soon,
                 *s_connection_made, *s_data_received, *s_eof_received, *s_connection_lost, *s_pause_writing,
                 *s_resume_writing, *s_close, *s_set_result, *s_set_exception, *s_done, *s_lost, *s_on_readable;
-static char scratch[READ_SIZE];   /* one read at a time per process (the loop's thread), copied out at once */
+static char scratch[READ_SIZE];   /* one read at a time per process (the loop's thread), copied out at once or
+                                     lent to the lane's reader for its call (then `lent`) */
+static char drained[READ_SIZE];   /* a closing socket's unread bytes, dropped (never while scratch is lent) */
+static int lent;
+static int (*lane_reader)(PyObject *protocol, const char *data, Py_ssize_t size);
 
 /* ---- the loop ---------------------------------------------------------------------------------------- */
 
@@ -144,7 +148,7 @@ static int protocol_failed(Transport *t, const char *callback) {
    data with it: they are read off and dropped first. */
 static int finish_close(Transport *t) {
     if (t->ssl != NULL && !t->handshaking) tls_shutdown(t);
-    for (int i = 0; i < 16 && recv(t->fd, scratch, READ_SIZE, MSG_DONTWAIT) > 0; i++)
+    for (int i = 0; i < 16 && recv(t->fd, drained, READ_SIZE, MSG_DONTWAIT) > 0; i++)
         ;
     return force_close(t, NULL);
 }
@@ -286,6 +290,8 @@ static int api_is_closing(PyObject *obj) { return ((Transport *)obj)->closing ||
 
 static int api_flush(PyObject *obj) { return ((Transport *)obj)->closed ? 0 : after_write((Transport *)obj); }
 
+static void api_set_reader(int (*reader)(PyObject *, const char *, Py_ssize_t)) { lane_reader = reader; }
+
 static PyObject *transport_writelines(Transport *t, PyObject *chunks) {
     int ok = check_writable(t);
     if (ok <= 0) { if (ok < 0) return NULL; Py_RETURN_NONE; }
@@ -335,6 +341,7 @@ static int on_eof(Transport *t) {
 /* One readable event: at most one scratch buffer's worth, handed over as one bytes object. */
 static int read_some(Transport *t) {
     if (t->closed || t->closing || t->reading_paused || t->read_done) return 0;
+    if (lent) return call_soon(t, t->on_readable, NULL);   /* a read from within the lane's: the loop's next pass */
     Py_ssize_t got = 0, status = 0;
     if (t->ssl != NULL) {
         while (got < READ_SIZE) {
@@ -356,11 +363,21 @@ static int read_some(Transport *t) {
         if (status == 0) status = -2;
         else { got = status; status = 0; }
     }
-    if (got > 0) {
-        PyObject *data = PyBytes_FromStringAndSize(scratch, got);
-        if (data == NULL) return -1;
-        int rc = call_protocol(t, s_data_received, data);
-        Py_DECREF(data);
+    if (got > 0 && t->protocol != NULL) {
+        int rc = 0;
+        if (lane_reader != NULL) {   /* the lane takes the bytes where they are */
+            PyObject *protocol = Py_NewRef(t->protocol);
+            lent = 1;
+            rc = lane_reader(protocol, scratch, got);
+            lent = 0;
+            Py_DECREF(protocol);
+        }
+        if (rc == 0) {
+            PyObject *data = PyBytes_FromStringAndSize(scratch, got);
+            if (data == NULL) return -1;
+            rc = call_protocol(t, s_data_received, data);
+            Py_DECREF(data);
+        }
         if (rc < 0) return protocol_failed(t, "data_received");
     }
     if (status == -2 && !t->closed && !t->closing) return on_eof(t);   /* a closing transport hears no more */
@@ -682,7 +699,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&TransportType) < 0) return NULL;
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL) return NULL;
-    static NativeApi api = {NATIVE_C_API_VERSION, &TransportType, api_write, api_is_closing, api_flush};
+    static NativeApi api = {NATIVE_C_API_VERSION, &TransportType, api_write, api_is_closing, api_flush,
+                             api_set_reader};
     if (PyModule_AddIntConstant(module, "API", NATIVE_API) < 0
         || PyModule_AddObject(module, "C_API", PyCapsule_New(&api, "shoal._native.C_API", NULL)) < 0
         || PyModule_AddObject(module, "OPENSSL_VERSION_NUMBER", PyLong_FromUnsignedLong(OpenSSL_version_num())) < 0

@@ -61,7 +61,8 @@ static PyObject *s_conn, *s_h2, *s_tunnels, *s_streams, *s_state, *s_state_machi
                 *s_expected_content_length, *s_actual_content_length, *s_inbound_window_manager,
                 *s_connection_window_manager, *s_current_window_size, *s_bytes_processed, *s_max_window_size,
                 *s_max_inbound_frame_size, *s_max_outbound_frame_size, *s_outbound_flow_control_window,
-                *s_data_to_send, *s_chunks, *s_draining, *s_last_active, *s_flush, *s_python_data_received;
+                *s_data_to_send, *s_chunks, *s_draining, *s_last_active, *s_flush, *s_python_data_received,
+                *s_data_received;
 
 /* shoal.hbone._Tunnel (a __slots__ class) and where its slots sit, handed over once by configure(): a
    tunnel of exactly that type has them read at their offset, without a lookup by name; anything else (or
@@ -213,11 +214,12 @@ static PyObject *bind_dict(PyObject *owner, PyObject *name) {
     return value;
 }
 
-/* Hands bytes [start, end) of `data` to the Python path; 1 go on, 0 stop (the session is closing), -1 error. */
+/* Hands bytes [start, end) of the read `buf` (`data`'s bytes, or a native transport's buffer when `data` is
+   NULL) to the Python path; 1 go on, 0 stop (the session is closing), -1 error. */
 static int to_python(PyObject *self, PyObject *data, const char *buf, Py_ssize_t start, Py_ssize_t end) {
     if (start >= end) return 1;
     PyObject *chunk;
-    if (start == 0 && end == PyBytes_GET_SIZE(data)) {
+    if (data != NULL && start == 0 && end == PyBytes_GET_SIZE(data)) {
         chunk = Py_NewRef(data);
     } else {
         chunk = PyBytes_FromStringAndSize(buf + start, end - start);
@@ -356,14 +358,11 @@ static void note_header(SessionBase *lane, const unsigned char *header) {
         lane->in_header_block = !(flags & FLAG_END_HEADERS);
 }
 
-static PyObject *session_data_received(PyObject *self, PyObject *data) {
+/* One read of the TLS connection: `data` (bytes), or with `data` NULL a native transport's buffer `buf`, which
+   is only lent for the call. 0, or -1 with an exception. */
+static int session_receive(PyObject *self, PyObject *data, const char *buf, Py_ssize_t size) {
     SessionBase *lane = (SessionBase *)self;
-    if (!lane->enabled || !PyBytes_Check(data))
-        return PyObject_CallMethodOneArg(self, s_python_data_received, data);
-    if (!configured()) return NULL;
-    Py_INCREF(data);    /* held across calls into Python */
-    const char *buf = PyBytes_AS_STRING(data);
-    Py_ssize_t size = PyBytes_GET_SIZE(data), pos = 0, python_from = 0;
+    Py_ssize_t pos = 0, python_from = 0;
     int carried = 0, flush = 0, rc;
     while (pos < size) {
         if (lane->preface_left) {
@@ -427,6 +426,25 @@ stop:
         if (result == NULL) rc = -1;
         Py_XDECREF(result);
     }
+    return rc < 0 ? -1 : 0;
+}
+
+/* The bytes of a lent buffer, for the Python path. */
+static PyObject *python_call(PyObject *self, const char *buf, Py_ssize_t size) {
+    PyObject *data = PyBytes_FromStringAndSize(buf, size);
+    if (data == NULL) return NULL;
+    PyObject *result = PyObject_CallMethodOneArg(self, s_python_data_received, data);
+    Py_DECREF(data);
+    return result;
+}
+
+static PyObject *session_data_received(PyObject *self, PyObject *data) {
+    SessionBase *lane = (SessionBase *)self;
+    if (!lane->enabled || !PyBytes_Check(data))
+        return PyObject_CallMethodOneArg(self, s_python_data_received, data);
+    if (!configured()) return NULL;
+    Py_INCREF(data);    /* held across calls into Python */
+    int rc = session_receive(self, data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
     Py_DECREF(data);
     if (rc < 0) return NULL;
     Py_RETURN_NONE;
@@ -499,10 +517,11 @@ static PyTypeObject SessionBaseType = {
 static PyTypeObject StreamBaseType;
 
 /* One read of the app as one plain DATA frame: 1 sent, 0 declined (nothing changed), -1 error. `self` is
-   the app's TcpSide, whose bytes_received counts the read; NULL for a caller that counted it already. */
-static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
+   the app's TcpSide, whose bytes_received counts the read; NULL for a caller that counted it already. The
+   read is `data` (bytes), or with `data` NULL a native transport's buffer, lent for the call. */
+static int send_plain(PyObject *self, PyObject *stream, PyObject *data, const char *payload, Py_ssize_t length) {
     int result = 0, rc;
-    Py_ssize_t length = PyBytes_GET_SIZE(data), limit;
+    Py_ssize_t limit;
     PyObject *session = NULL, *draining = NULL, *transport = NULL, *key = NULL, *frame = NULL, *call = NULL;
 
     if (length == 0) return 0;
@@ -564,7 +583,6 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
            sent together: a large read makes several frames, and the peer's reads then cut few of them (a
            cut frame takes the Python path there). The windows and the frame size were checked for the
            whole read above; smaller frames change neither. */
-        const char *payload = PyBytes_AS_STRING(data);
         for (Py_ssize_t at = 0; at < length;) {
             Py_ssize_t size = length - at < RECORD_PAYLOAD ? length - at : RECORD_PAYLOAD;
             header[0] = (unsigned char)(size >> 16); header[1] = (unsigned char)(size >> 8);
@@ -580,7 +598,7 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
         frame = PyBytes_FromStringAndSize(NULL, FRAME_HEADER + length);
         if (frame == NULL) goto error;
         memcpy(PyBytes_AS_STRING(frame), header, FRAME_HEADER);
-        memcpy(PyBytes_AS_STRING(frame) + FRAME_HEADER, PyBytes_AS_STRING(data), length);
+        memcpy(PyBytes_AS_STRING(frame) + FRAME_HEADER, payload, length);
         call = PyObject_CallMethodOneArg(transport, s_write, frame);
     } else {
         PyObject *head = PyBytes_FromStringAndSize((const char *)header, FRAME_HEADER);
@@ -588,7 +606,9 @@ static int send_plain(PyObject *self, PyObject *stream, PyObject *data) {
         frame = PyList_New(2);
         if (frame == NULL) { Py_DECREF(head); goto error; }
         PyList_SET_ITEM(frame, 0, head);
-        PyList_SET_ITEM(frame, 1, Py_NewRef(data));
+        PyObject *body = data != NULL ? Py_NewRef(data) : PyBytes_FromStringAndSize(payload, length);
+        if (body == NULL) goto error;
+        PyList_SET_ITEM(frame, 1, body);
         call = PyObject_CallMethodOneArg(transport, s_writelines, frame);
     }
     if (call == NULL) goto error;
@@ -607,7 +627,7 @@ static PyObject *stream_write_plain(PyObject *self, PyObject *data) {
     if (!configured()) return NULL;
     if (!PyBytes_CheckExact(data)) Py_RETURN_FALSE;
     Py_INCREF(data);
-    int rc = send_plain(NULL, self, data);
+    int rc = send_plain(NULL, self, data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
     Py_DECREF(data);
     return rc < 0 ? NULL : PyBool_FromLong(rc);
 }
@@ -629,20 +649,51 @@ static PyTypeObject StreamBaseType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* One read of the app: `data` (bytes), or with `data` NULL a native transport's buffer, lent for the call.
+   1 sent by the lane, 0 declined (the Python path's), -1 error. */
+static int side_send(PyObject *self, PyObject *data, const char *buf, Py_ssize_t size) {
+    PyObject *peer = PyObject_GetAttr(self, s_peer);
+    if (peer == NULL) return -1;
+    int rc = PyObject_TypeCheck(peer, &StreamBaseType) ? send_plain(self, peer, data, buf, size) : 0;
+    Py_DECREF(peer);
+    return rc;
+}
+
 static PyObject *side_data_received(PyObject *self, PyObject *data) {
     if (!configured()) return NULL;
-    PyObject *peer = PyObject_GetAttr(self, s_peer);
-    if (peer == NULL) return NULL;
     int rc = 0;
-    if (PyBytes_CheckExact(data) && PyObject_TypeCheck(peer, &StreamBaseType)) {
+    if (PyBytes_CheckExact(data)) {
         Py_INCREF(data);
-        rc = send_plain(self, peer, data);
+        rc = side_send(self, data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
         Py_DECREF(data);
     }
-    Py_DECREF(peer);
     if (rc < 0) return NULL;
     if (rc) Py_RETURN_NONE;
     return PyObject_CallMethodOneArg(self, s_python_data_received, data);
+}
+
+/* The native transports' reader (NativeApi.set_reader): a read for a protocol whose data_received is the
+   lane's (SessionBase's or TcpSideBase's, not overridden) is carried from the transport's buffer, with no
+   bytes object and no Python-level call; the Python path gets bytes made from it. 1 taken, 0 not a lane
+   protocol (the transport calls its data_received), -1 error. */
+static PyObject *session_method, *side_method;   /* SessionBase.data_received, TcpSideBase.data_received */
+
+static int lane_read(PyObject *protocol, const char *buf, Py_ssize_t size) {
+    PyObject *method = _PyType_Lookup(Py_TYPE(protocol), s_data_received);
+    PyObject *result;
+    if (method == NULL || (method != session_method && method != side_method)) return 0;
+    if (!configured()) return -1;
+    if (method == session_method) {
+        if (((SessionBase *)protocol)->enabled) return session_receive(protocol, NULL, buf, size) < 0 ? -1 : 1;
+        result = python_call(protocol, buf, size);
+    } else {
+        int rc = side_send(protocol, NULL, buf, size);
+        if (rc != 0) return rc;
+        result = python_call(protocol, buf, size);
+    }
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    return 1;
 }
 
 static PyMethodDef side_methods[] = {
@@ -723,6 +774,7 @@ static PyObject *use_native(PyObject *module, PyObject *args) {
         return PyErr_Format(PyExc_TypeError, "%R is not a TcpSideBase", tcp_side);
     native = api;
     Py_XSETREF(native_tcp_side, (PyTypeObject *)Py_NewRef(tcp_side));
+    native->set_reader(lane_read);
     Py_RETURN_NONE;
 }
 
@@ -799,11 +851,14 @@ PyMODINIT_FUNC PyInit__relay(void) {
     INTERN(s_outbound_flow_control_window, "outbound_flow_control_window");
     INTERN(s_data_to_send, "_data_to_send"); INTERN(s_chunks, "_chunks"); INTERN(s_draining, "draining");
     INTERN(s_last_active, "last_active"); INTERN(s_flush, "flush");
-    INTERN(s_python_data_received, "_data_received_python");
+    INTERN(s_python_data_received, "_data_received_python"); INTERN(s_data_received, "data_received");
 
     if (PyType_Ready(&SessionBaseType) < 0 || PyType_Ready(&StreamBaseType) < 0
         || PyType_Ready(&TcpSideBaseType) < 0)
         return NULL;
+    session_method = PyDict_GetItemWithError(SessionBaseType.tp_dict, s_data_received);   /* held by the types */
+    side_method = PyDict_GetItemWithError(TcpSideBaseType.tp_dict, s_data_received);
+    if (session_method == NULL || side_method == NULL) return NULL;
     PyObject *module = PyModule_Create(&relay_module);
     if (module == NULL) return NULL;
     if (PyModule_AddIntConstant(module, "API", LANE_API) < 0
