@@ -123,6 +123,7 @@ def test_connector_checks_the_servers_identity(tmp_path):
     """Real TLS on loopback: the expected identity passes, any other is refused as a mismatch."""
     from shoal.hbone_io import HboneSession
     from support.ca import TestCA
+    from support.connect import open_socket
 
     ca = TestCA()
     server_cred, client_cred = ca.credential(str(Y)), ca.credential(str(X))
@@ -132,13 +133,6 @@ def test_connector_checks_the_servers_identity(tmp_path):
         server = await loop.create_server(lambda: HboneSession(False), "127.0.0.1", 0,
                                           ssl=identity.server_context(server_cred))
         port = server.sockets[0].getsockname()[1]
-
-        async def open_socket(key, timeout):
-            import socket
-            sock = socket.socket()
-            sock.setblocking(False)
-            await loop.sock_connect(sock, key.destination)
-            return sock
 
         async def client_context(who):
             assert who == X

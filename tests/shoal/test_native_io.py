@@ -17,6 +17,7 @@ from hypothesis import given, settings, strategies as st
 from shoal import hbone_pool, identity, native_io, relay_lane
 
 from support.ca import TestCA
+from support.connect import open_socket
 from support.polling import eventually_async
 
 pytestmark = pytest.mark.skipif(not relay_lane.NATIVE, reason="the native transports are not in use here "
@@ -315,12 +316,6 @@ def test_the_pool_connector_uses_the_native_tls_and_refuses_an_untrusted_server_
                     conn.close()
 
             served = loop.create_task(serve())
-
-            async def open_socket(key, timeout):
-                sock = socket.socket()
-                sock.setblocking(False)
-                await loop.sock_connect(sock, key.destination)
-                return sock
 
             async def client_context(who):
                 return identity.client_context(CLIENT_CRED)
