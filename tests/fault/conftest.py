@@ -21,7 +21,7 @@ from shoal.local import components, observe
 from shoal.local.kubelet import cgroup_pids
 from shoal.local.services import pod_ready
 
-from support.cluster import LocalCluster, in_each, unique_name
+from support.cluster import LocalCluster, running_in_each_mode
 from support.polling import eventually
 
 PYTHON = sys.executable
@@ -65,8 +65,12 @@ class FaultCluster(LocalCluster):
     """The cluster, with the faults: the control plane stopped and started, node agents killed, ztunnels
     restarted or rolled out; and what the tests read: the app's log, every ztunnel's access log."""
 
-    mode = "iptables"
     python, apps, namespace, service, port = PYTHON, APPS, NAMESPACE, SERVICE, PORT
+
+    @property
+    def mode(self) -> str:
+        """The redirect mode it was brought up in."""
+        return self.redirect
 
     def system_pod(self, component: str, node: int) -> str:
         """The name of the component's pod on the node (a rollout gives it a new one)."""
@@ -138,11 +142,7 @@ class FaultCluster(LocalCluster):
         return json.loads(lines[-1])
 
 
-MODES = ("iptables", "ebpf")
-
-
 def prepare(cluster: FaultCluster) -> None:
-    cluster.up(2, cluster.mode)
     cluster.apply(manifests())
     cluster.wait_pods_ready(NAMESPACE, 3, timeout=120)
     eventually(lambda: cluster.once("client")["outcome"] == "ok", 90, "the server to answer through the mesh",
@@ -152,12 +152,5 @@ def prepare(cluster: FaultCluster) -> None:
 @pytest.fixture(scope="module")
 def clusters():
     """Both modes' clusters, brought up (and later down) side by side; down also after a failed up."""
-    made = {}
-    for mode in MODES:
-        made[mode] = FaultCluster(unique_name(f"fault{mode[0]}"))
-        made[mode].mode = mode
-    try:
-        in_each(made, prepare)
+    with running_in_each_mode("fault", kind=FaultCluster, prepare=prepare) as made:
         yield made
-    finally:
-        in_each(made, lambda cluster: cluster.down())
