@@ -61,7 +61,7 @@ static PyObject *s_conn, *s_h2, *s_tunnels, *s_streams, *s_state, *s_state_machi
                 *s_expected_content_length, *s_actual_content_length, *s_inbound_window_manager,
                 *s_connection_window_manager, *s_current_window_size, *s_bytes_processed, *s_max_window_size,
                 *s_max_inbound_frame_size, *s_max_outbound_frame_size, *s_outbound_flow_control_window,
-                *s_data_to_send, *s_chunks, *s_draining, *s_last_active, *s_flush, *s_python_data_received,
+                *s_data_to_send, *s_chunks, *s_draining, *s_flush, *s_python_data_received,
                 *s_data_received;
 
 /* shoal.hbone._Tunnel (a __slots__ class) and where its slots sit, handed over once by configure(): a
@@ -175,6 +175,7 @@ typedef struct {
     unsigned char header[FRAME_HEADER];
     int header_len;                 /* a frame header cut across reads (handed to the Python path too) */
     int in_header_block;            /* HEADERS or PUSH_PROMISE seen without END_HEADERS yet */
+    double last_active;             /* HboneSession.last_active (time.monotonic()), kept here: see session_members */
     /* Bound once by _enable_lane, the objects HboneSession.__init__ made and nothing replaces for the
        session's life (the same objects the Python path uses, so no copy of state): the core (self.conn),
        its h2 connection, h2's state machine and connection receive window, and the three stream tables
@@ -417,9 +418,7 @@ stop:
     if (rc >= 0 && carried) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);     /* time.monotonic()'s clock, as HboneSession.last_active */
-        PyObject *stamp = PyFloat_FromDouble((double)now.tv_sec + now.tv_nsec * 1e-9);
-        if (stamp == NULL || PyObject_SetAttr(self, s_last_active, stamp) < 0) rc = -1;
-        Py_XDECREF(stamp);
+        lane->last_active = (double)now.tv_sec + now.tv_nsec * 1e-9;
     }
     if (rc >= 0 && flush) {
         PyObject *result = PyObject_CallMethodNoArgs(self, s_flush);
@@ -492,6 +491,14 @@ static PyMethodDef session_methods[] = {
     {NULL}
 };
 
+/* last_active as a C double: the lane stamps each read it carries with no float object and no dict write;
+   Python reads and sets it as the attribute it was (a float). */
+static PyMemberDef session_members[] = {
+    {"last_active", T_DOUBLE, offsetof(SessionBase, last_active), 0,
+     "time.monotonic() of the session's last carried read (HboneSession sets it too)."},
+    {NULL}
+};
+
 static PyGetSetDef session_getset[] = {
     {"lane_enabled", session_lane_enabled, NULL, "Is the compiled lane on for this session?", NULL},
     {NULL}
@@ -509,6 +516,7 @@ static PyTypeObject SessionBaseType = {
     .tp_doc = "The compiled receive lane of an HBONE session (shoal.hbone_io.HboneSession).",
     .tp_methods = session_methods,
     .tp_getset = session_getset,
+    .tp_members = session_members,
     .tp_new = PyType_GenericNew,
 };
 
@@ -850,7 +858,7 @@ PyMODINIT_FUNC PyInit__relay(void) {
     INTERN(s_max_outbound_frame_size, "max_outbound_frame_size");
     INTERN(s_outbound_flow_control_window, "outbound_flow_control_window");
     INTERN(s_data_to_send, "_data_to_send"); INTERN(s_chunks, "_chunks"); INTERN(s_draining, "draining");
-    INTERN(s_last_active, "last_active"); INTERN(s_flush, "flush");
+    INTERN(s_flush, "flush");
     INTERN(s_python_data_received, "_data_received_python"); INTERN(s_data_received, "data_received");
 
     if (PyType_Ready(&SessionBaseType) < 0 || PyType_Ready(&StreamBaseType) < 0
