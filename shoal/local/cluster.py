@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from shoal import log, netns
+from shoal import log, netns, tokens as service_account_tokens
 from shoal.local import components, containerd_down, network, runtime_containerd
 from shoal.local.errors import ClusterError
 from shoal.local.kubelet import cgroup_pids, remove_cgroup, remove_etc_netns
@@ -152,7 +152,10 @@ def _pod_cidrs(node: int, ip_family: str) -> dict:
 
 
 def _write_tokens(layout: Layout, nodes: int) -> None:
-    """A bootstrap token per node: the ztunnel's credential to the control plane here."""
+    """A bootstrap token per node: the ztunnel's credential to the control plane here; and the key of the
+    service-account tokens, which the ingress gateway reads when it starts: made by the control plane's first
+    start only, it was not there yet for the gateway of a new cluster, which exited and was restarted."""
+    service_account_tokens.token_key(layout.run_dir, create=True)
     tokens_path = layout.bootstrap_tokens
     tokens = json.loads(tokens_path.read_text()) if tokens_path.exists() else {}
     by_node = {v: k for k, v in tokens.items()}

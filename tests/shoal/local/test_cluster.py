@@ -147,6 +147,13 @@ def test_exec_runs_in_the_pods_netns_and_cgroup(cluster, app):
     assert "/shoal/" + cluster.name + "/pods/web_client-1" in out
 
 
+def test_the_system_pods_of_a_new_cluster_started_without_a_restart(cluster):
+    """The ingress gateway read a key the control plane had not made yet, exited and was restarted."""
+    restarts = {name: [c.get("restartCount") for c in (pod.get("status") or {}).get("containerStatuses", [])]
+                for name, pod in cluster.pods("shoal-system").items()}
+    assert restarts and all(counts == [0] for counts in restarts.values()), restarts
+
+
 def test_up_twice_changes_nothing(cluster, app):
     layout = cluster.layout
     store = layout.store()
