@@ -81,22 +81,29 @@ def tables(results: list[dict]) -> str:
                            "Memory of the mesh on one node against pods on it (MiB)"))
     quoted = ratios(results)
     if quoted:
-        parts.append(table([{"figure": q.figure, "ratio": q.ratio} for q in quoted], ["figure", "ratio"],
+        parts.append(table([{"figure": q.figure, "ratio": "noise" if q.noise else q.ratio} for q in quoted],
+                           ["figure", "ratio"],
                            "Ratios (below 1: the first set-up costs less)"))
     return "\n\n".join(parts)
 
 
 @dataclass(frozen=True)
 class Ratio:
+    """Two medians of a run and their quotient. A divisor that is not positive (a set-up's added latency
+    at or below the baseline's, i.e. inside its noise) divides into nothing meaningful: a negative
+    quotient would read as "costs less". Such a figure is kept, with no ratio, and shown as noise."""
+
     figure: str
     numerator: float
     denominator: float
 
     @property
+    def noise(self) -> bool:
+        return self.denominator <= 0
+
+    @property
     def ratio(self) -> float | None:
-        if self.denominator in (0, None) or self.numerator is None:
-            return None
-        return self.numerator / self.denominator
+        return None if self.noise else self.numerator / self.denominator
 
 
 def _ratio(figure: str, a: dict | None, b: dict | None, key: str) -> Ratio | None:
@@ -133,7 +140,7 @@ def ratios(results: list[dict]) -> list[Ratio]:
         for setup in ("ambient-l4", "ambient-l7", "sidecar-haproxy", "sidecar-haproxy-http", "sidecar-shoal"):
             out.append(_ratio(f"throughput, {streams} stream{'s' if streams > 1 else ''}: {setup} / baseline",
                               find(results, setup=setup, case="throughput", streams=streams), base, "gbps"))
-    return [r for r in out if r is not None and r.ratio is not None]
+    return [r for r in out if r is not None]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -145,5 +152,6 @@ def markdown(data: dict) -> str:
     lines = ["| figure | ratio | first | second |", "|---|---:|---:|---:|"]
     for q in ratios(data["results"]):
         digits = 3 if q.figure.startswith(("added", "CPU")) else 1 if q.figure.startswith("memory") else 2
-        lines.append(f"| {q.figure} | {_fmt(q.ratio)} | {_fmt(q.numerator, digits)} | {_fmt(q.denominator, digits)} |")
+        ratio = "noise" if q.noise else _fmt(q.ratio)
+        lines.append(f"| {q.figure} | {ratio} | {_fmt(q.numerator, digits)} | {_fmt(q.denominator, digits)} |")
     return "\n".join(lines)

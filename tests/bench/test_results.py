@@ -68,6 +68,21 @@ def test_the_markdown_table_has_a_row_per_ratio_with_both_medians():
     assert "| memory on a node with 100 pods: ambient-l4 / sidecar-haproxy | 0.07 | 140.0 | 2000.0 |" in rows
 
 
+def test_a_divisor_inside_the_noise_is_shown_as_noise_not_as_a_ratio():
+    # sidecar-haproxy's added p50 at or below the baseline's: a quotient would be negative (or infinite)
+    # and read as "ambient costs less"; the figure is kept, with no ratio.
+    results = [latency("ambient-l4", added=(0.2, 0.3, 0.6), cpu=0.2),
+               latency("sidecar-haproxy", added=(-0.05, 0.0, 0.3), cpu=0.1)]
+    quoted = {q.figure: q for q in summary.ratios(results)}
+    assert quoted["added latency p50, cross-node: ambient-l4 / sidecar-haproxy"].ratio is None
+    assert quoted["added latency p90, cross-node: ambient-l4 / sidecar-haproxy"].ratio is None
+    assert quoted["added latency p99, cross-node: ambient-l4 / sidecar-haproxy"].ratio == pytest.approx(2.0)
+    rows = summary.markdown({"results": results}).splitlines()
+    assert "| added latency p50, cross-node: ambient-l4 / sidecar-haproxy | noise | 0.200 | -0.050 |" in rows
+    assert "| added latency p90, cross-node: ambient-l4 / sidecar-haproxy | noise | 0.300 | 0.000 |" in rows
+    assert "noise" in summary.tables(results)
+
+
 def test_tables_show_every_case():
     text = summary.tables(RESULTS)
     for title in ("latency, cross-node", "latency, same-node", "Throughput", "Memory", "Ratios"):
