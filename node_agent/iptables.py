@@ -208,11 +208,14 @@ def drop_in_backend(pod: PodTarget, other: str) -> None:
     if other == "nft" and not backend.nft_available():
         return
     tables = backend.writer(other)
+    chains = _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS)
     for ipv6 in families():
         try:
-            tables.drop(pod.netns, _joined(CAPTURE_CHAINS, REFUSE_CHAINS, DNS_CHAINS), ipv6=ipv6)
+            there = tables.present(pod.netns, chains, ipv6=ipv6)
         except (RedirectError, PrerequisiteMissing):
-            pass  # no tables of that backend here: nothing of them to remove
+            continue  # no tables of that backend here: nothing of them to remove
+        if there:  # a failure to drop them is raised: they would go on capturing the pod, unrecorded
+            tables.drop(pod.netns, chains, ipv6=ipv6)
 
 
 class IptablesRedirector:

@@ -337,3 +337,31 @@ def test_the_probe_snat_takes_the_agents_backend_and_has_no_default_of_its_own()
         probes.covered(None, None)
     nft = backend.Tables("nft")
     assert probes.Probes("system.slice/kubelet.service", None, tables=nft).tables is nft
+
+
+@needs_root("network namespaces and iptables")
+def test_a_failed_drop_of_the_other_backend_s_chains_is_raised_not_swallowed(scratch, monkeypatch):
+    """Removal swallowed any failure of the other backend as "no tables there": its chains stayed in the pod,
+    capturing it, while the ledger forgot the pod. Only a backend that cannot read the netns is skipped."""
+    from node_agent import backend as backends
+    from node_agent.errors import RedirectError
+    path = pod_netns(scratch)
+    target = pod(path)
+    legacy = IptablesRedirector("legacy")
+    legacy.load()
+    legacy.install(target)
+    nft = IptablesRedirector("nft")
+    nft.load()
+    real_drop = backends.Tables.drop
+
+    def refused(self, netns_path, chains, *, ipv6):
+        if self.name == "legacy":
+            raise RedirectError("iptables-legacy-restore in the pod's netns failed: refused")
+        return real_drop(self, netns_path, chains, ipv6=ipv6)
+    monkeypatch.setattr(backends.Tables, "drop", refused)
+    with pytest.raises(RedirectError, match="refused"):
+        nft.remove(target)
+    assert "SHOAL_OUTPUT" in netfilter.save(path)  # still there, and said
+    monkeypatch.undo()
+    nft.remove(target)
+    assert "SHOAL" not in netfilter.save(path) and "SHOAL" not in nft_save(path)
