@@ -62,7 +62,10 @@ _SELF_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 _EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 _fallback_logged = False
-_lock = threading.Lock()        # guards the instance, its watch table and every watcher's state
+# Guards the instance, its watch table and every watcher's state. Reentrant: a watch dropped without being
+# closed (a `Store.watch` generator in a cycle) is closed by the collector, which may run while this thread
+# holds the lock, in the middle of `read`.
+_lock = threading.RLock()
 _instance: "_Inotify | None" = None
 
 
@@ -94,6 +97,7 @@ class _Inotify:
             raise
         self.fd = fd
         self.closed = False      # stopped, or inherited through a fork: its fd numbers are not its own any more
+        self._thread_closes = False
         self.watchers: dict[int, set[DirectoryChanges]] = {}
         self._thread = threading.Thread(target=self._run, name="shoal-inotify", daemon=True)
         self._thread.start()
@@ -128,14 +132,14 @@ class _Inotify:
                 name = data[offset + _EVENT_HEADER.size: offset + _EVENT_HEADER.size + length].rstrip(b"\0")
                 offset += _EVENT_HEADER.size + length
                 if mask & IN_Q_OVERFLOW:     # events were lost: every watcher looks
-                    for sharing in self.watchers.values():
-                        for watcher in sharing:
+                    for sharing in list(self.watchers.values()):
+                        for watcher in list(sharing):
                             watcher._changed()
                     continue
-                sharing = self.watchers.get(wd, ())
+                sharing = list(self.watchers.get(wd, ()))
                 if mask & _SELF_GONE:
                     self.watchers.pop(wd, None)
-                    if not mask & IN_IGNORED:
+                    if not mask & IN_IGNORED and not self.closed:
                         self._rm_watch(self.fd, wd)   # moved away: what it watches is not the directory any more
                 for watcher in sharing:
                     if mask & _SELF_GONE:
@@ -144,22 +148,40 @@ class _Inotify:
                         watcher._changed()
 
     def stop(self) -> None:
-        """Ends the thread, which closes the fds (not here: it may be polling them), and waits for it."""
+        """Ends the thread and closes the fds once it has ended (it polls them); `closed` is set already.
+        Called in the thread itself (the collector closing the last watch during its `read`), it leaves the
+        closing to the thread, which ends its loop on `closed`."""
+        if threading.current_thread() is self._thread:
+            self._thread_closes = True
+            return
         os.write(self._stop_write, b"x")
         self._thread.join()
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self.fd, self._stop_read, self._stop_write):
+            os.close(fd)
 
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)
-        while True:
-            ready = {fd for fd, _ in poller.poll()}
-            if self._stop_read in ready:
-                break
-            with _lock:
-                self.read()
-        for fd in (self.fd, self._stop_read, self._stop_write):
-            os.close(fd)
+        while self._stop_read not in {fd for fd, _ in poller.poll()} and self._read_when_free():
+            pass
+        if self._thread_closes:
+            self._close_fds()
+
+    def _read_when_free(self) -> bool:
+        """`read` under the lock; False once stopped. The lock is waited for in short turns: whoever holds it
+        may be stopping this thread and waiting for it to end (the collector closing the last watch)."""
+        while not _lock.acquire(timeout=0.05):
+            if self.closed:
+                return False
+        try:
+            self.read()
+            return not self.closed
+        finally:
+            _lock.release()
 
 
 def _unused_instance() -> "_Inotify | None":
@@ -175,7 +197,7 @@ def _unused_instance() -> "_Inotify | None":
 def _forget_after_fork() -> None:
     """A child has the parent's fds but not its thread: it starts afresh (and closes what it inherited)."""
     global _lock, _instance
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     inherited, _instance = _instance, None
     if inherited is not None and not inherited.closed:
         inherited.closed = True

@@ -184,3 +184,17 @@ def test_a_removed_directory_ends_its_watch_and_not_the_others(tmp_path):
             await live.wait_async(None)
         asyncio.run(woken())
     assert not inotify_fds() and no_inotify_thread()
+
+
+def test_a_watch_closed_while_its_thread_holds_the_lock_does_not_deadlock(tmp_path):
+    """As the collector does, closing a dropped watch in the middle of whatever the thread was doing."""
+    watch = DirectoryChanges(tmp_path, {"journal.jsonl"})
+
+    def close_under_the_lock():
+        with file_events._lock:
+            watch.close()
+    closer = threading.Thread(target=close_under_the_lock, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "close() waited for a lock its own thread held"
+    assert no_inotify_thread()
