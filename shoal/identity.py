@@ -188,10 +188,14 @@ def spiffe_id_of(cert: CertificateFacts | x509.Certificate | bytes) -> SpiffeId:
             cert = x509_der.read_der(bytes(cert))
         except x509_der.CertificateFormatError as e:
             raise InvalidCertificate(f"peer certificate is not DER X.509: {e}") from None
-    uris = [u for u in uri_sans(cert) if u.startswith("spiffe://")]
-    if len(uris) != 1:
-        raise InvalidCertificate(f"certificate has {len(uris)} SPIFFE URI SANs; a mesh certificate has exactly one")
-    return parse_spiffe_id(uris[0])
+    # An X.509-SVID has exactly one URI SAN, its SPIFFE ID: a second URI of another scheme (or the
+    # scheme in capitals) would make the identity depend on which URI a reader takes.
+    uris = uri_sans(cert)
+    spiffe = [u for u in uris if u.startswith("spiffe://")]
+    if len(uris) != 1 or len(spiffe) != 1:
+        raise InvalidCertificate(f"certificate has {len(spiffe)} SPIFFE URI SANs among {len(uris)} URI SANs; a "
+                                 "mesh certificate (an X.509-SVID) has exactly one URI SAN, its SPIFFE ID")
+    return parse_spiffe_id(spiffe[0])
 
 
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId:

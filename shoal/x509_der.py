@@ -28,8 +28,13 @@ UTC_TIME, GENERALIZED_TIME = 0x17, 0x18
 VERSION_TAG, EXTENSIONS_TAG = 0xA0, 0xA3     # [0] EXPLICIT version, [3] EXPLICIT extensions
 OPTIONAL_TAGS = (0x81, 0x82, EXTENSIONS_TAG)   # [1] issuerUniqueID, [2] subjectUniqueID (IMPLICIT), [3]
 URI_NAME = 0x86                              # GeneralName uniformResourceIdentifier, [6] IMPLICIT IA5String
+DNS_NAME, IP_ADDRESS = 0x82, 0x87            # GeneralName dNSName [2] IA5String, iPAddress [7] OCTET STRING
+# RFC 5280 4.2.1.6's GeneralName choices: otherName [0], rfc822Name [1], dNSName [2], x400Address [3],
+# directoryName [4], ediPartyName [5], uniformResourceIdentifier [6], iPAddress [7], registeredID [8].
+GENERAL_NAME_TAGS = frozenset({0xA0, 0x81, DNS_NAME, 0xA3, 0xA4, 0xA5, URI_NAME, IP_ADDRESS, 0x88})
 SUBJECT_ALT_NAME = bytes([0x55, 0x1D, 0x11])  # 2.5.29.17
 
+PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n(.*?)-----END CERTIFICATE-----", re.S)
 
 
@@ -117,15 +122,32 @@ def _uris(data: bytes, extensions: tuple[int, int, int]) -> tuple[str, ...]:
         names = _expect(_element(data, value[1], value[2]), SEQUENCE, "subject alternative names")
         if names[2] != value[2]:
             raise CertificateFormatError("bytes after the subject alternative names")
-        uris = []
-        for tag, s, e in _children(data, names[1], names[2]):
-            if tag == URI_NAME:
-                try:
-                    uris.append(data[s:e].decode("ascii"))
-                except UnicodeDecodeError:
-                    raise CertificateFormatError("a URI name that is not ASCII (IA5String)") from None
-        found = tuple(uris)
+        found = _names(data, names)
     return found or ()
+
+
+def _names(data: bytes, names: tuple[int, int, int]) -> tuple[str, ...]:
+    """The URI names of a subject alternative name's GeneralNames; each name is checked as far as its
+    kind's syntax goes (an IA5String is ASCII, an IP address 4 or 16 bytes), and an empty list or a
+    kind RFC 5280 does not define is refused."""
+    uris = []
+    children = _children(data, names[1], names[2])
+    if not children:
+        raise CertificateFormatError("an empty subject alternative name (RFC 5280 asks for at least one name)")
+    for tag, start, end in children:
+        if tag not in GENERAL_NAME_TAGS:
+            raise CertificateFormatError(f"a subject alternative name of unknown kind (tag 0x{tag:02x})")
+        if tag in (URI_NAME, DNS_NAME):
+            try:
+                text = data[start:end].decode("ascii")
+            except UnicodeDecodeError:
+                raise CertificateFormatError(f"a {'URI' if tag == URI_NAME else 'DNS'} name that is not ASCII "
+                                             "(IA5String)") from None
+            if tag == URI_NAME:
+                uris.append(text)
+        elif tag == IP_ADDRESS and end - start not in (4, 16):
+            raise CertificateFormatError(f"an IP address name of {end - start} bytes (IPv4 has 4, IPv6 16)")
+    return tuple(uris)
 
 
 def read_der(der: bytes) -> CertificateFacts:
@@ -162,9 +184,14 @@ def read_der(der: bytes) -> CertificateFacts:
 def read_pem(pem: bytes) -> list[CertificateFacts]:
     """Every CERTIFICATE block of a PEM text, in order; CertificateFormatError if one is not a certificate
     or there is none."""
-    blocks = _PEM_BLOCK.findall(bytes(pem))
+    pem = bytes(pem)
+    blocks = _PEM_BLOCK.findall(pem)
     if not blocks:
         raise CertificateFormatError("no PEM CERTIFICATE block found")
+    begun = pem.count(PEM_BEGIN)
+    if begun != len(blocks):   # a block cut short (no END line) would otherwise be skipped, or swallowed
+        raise CertificateFormatError(f"{begun} BEGIN CERTIFICATE lines but {len(blocks)} whole blocks: a block "
+                                     "lacks its END CERTIFICATE line (a truncated file?)")
     out = []
     for number, body in enumerate(blocks, 1):
         try:

@@ -205,3 +205,51 @@ def test_ambiguous_certificate_structure_is_refused():
     for bad in broken.values():
         with pytest.raises(InvalidCertificate, match="not DER X.509"):
             identity.spiffe_id_of(bad)
+
+
+def test_a_second_uri_of_another_scheme_is_refused():
+    # An X.509-SVID has one URI SAN: a reader that took the other URI would see another identity.
+    ca, now = TestCA(), dt.datetime.now(dt.timezone.utc)
+    for other in ("https://shop.example/web", "SPIFFE://cluster.local/ns/shop/sa/admin"):
+        der = leaf(ca, [x509.UniformResourceIdentifier(str(WEB)), x509.UniformResourceIdentifier(other)], now,
+                   dt.timedelta(hours=1))
+        with pytest.raises(InvalidCertificate, match="1 SPIFFE URI SANs among 2 URI SANs"):
+            identity.spiffe_id_of(der)
+
+
+def with_san(der: bytes, names: bytes) -> bytes:
+    """`der` with its extensions replaced by one subject alternative name holding the GeneralNames `names`."""
+    extension = der_element(0x30, der_element(0x06, x509_der.SUBJECT_ALT_NAME) + der_element(0x01, b"\xff")
+                            + der_element(0x04, der_element(0x30, names)))
+    return with_tbs_fields(der, lambda f: f[:-1] + [der_element(0xA3, der_element(0x30, extension))])
+
+
+def test_subject_alternative_names_are_read_strictly():
+    der = leaf(TestCA(), [x509.UniformResourceIdentifier(str(WEB))], dt.datetime.now(dt.timezone.utc),
+               dt.timedelta(hours=1))
+    uri = der_element(0x86, str(WEB).encode())
+    good = with_san(der, der_element(0x82, b"web.shop") + der_element(0x87, bytes(4)) + uri)
+    assert identity.spiffe_id_of(good) == WEB
+    assert identity.spiffe_id_of(with_san(der, der_element(0x87, bytes(16)) + uri)) == WEB
+    broken = {
+        "empty subject alternative name": b"",
+        "unknown kind \\(tag 0x89\\)": der_element(0x89, b"x") + uri,
+        "IP address name of 5 bytes": der_element(0x87, bytes(5)) + uri,
+        "DNS name that is not ASCII": der_element(0x82, "wéb".encode()) + uri,
+        "URI name that is not ASCII": der_element(0x86, "spiffe://cluster.local/ns/shop/sa/wéb".encode()),
+    }
+    for why, names in broken.items():
+        with pytest.raises(InvalidCertificate, match=why):
+            identity.spiffe_id_of(with_san(der, names))
+
+
+def test_a_pem_block_without_its_end_line_is_refused():
+    ca = TestCA()
+    pem = ca.sign_csr(identity.make_csr(identity.new_workload_key(), WEB))
+    assert identity.read_certificates(pem)
+    cut = pem + b"-----BEGIN CERTIFICATE-----\n" + pem.split(b"\n")[1] + b"\n"      # truncated third block
+    with pytest.raises(InvalidCertificate, match="lacks its END CERTIFICATE line"):
+        identity.read_certificates(cut)
+    inner = b"-----BEGIN CERTIFICATE-----\nAAAA\n" + pem                          # an unended block before a whole one
+    with pytest.raises(InvalidCertificate, match="lacks its END CERTIFICATE line"):
+        identity.read_certificates(inner)
