@@ -14,6 +14,10 @@ The request is what `shoal.identity.make_csr` always made: version 1, an
 empty subject, one extension request with the subject alternative name (the
 URI alone, critical), signed with ECDSA and SHA-256. Every OpenSSL object
 made for a call is freed before it returns; the key's own on collection.
+
+OpenSSL 3.0 or later: the key is made through the 3.0 API
+(EVP_PKEY_CTX_new_from_name, EVP_PKEY_generate, the group by name); an older
+libcrypto is refused at import, with LibcryptoError naming what it lacks.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ def _libcrypto_path() -> str:
     return "libcrypto.so.3"
 
 
-def _bind() -> ctypes.CDLL:
-    lib = ctypes.CDLL(_libcrypto_path())
+def _bind(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)
     p, i, c = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     for name, restype, argtypes in (
         ("EVP_PKEY_CTX_new_from_name", p, [p, c, c]),
@@ -80,12 +84,16 @@ def _bind() -> ctypes.CDLL:
         ("ERR_get_error", ctypes.c_ulong, []),
         ("ERR_error_string_n", None, [ctypes.c_ulong, c, ctypes.c_size_t]),
     ):
-        fn = getattr(lib, name)
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise LibcryptoError(f"{path} has no {name}: shoal.libcrypto needs OpenSSL 3.0 or later, the "
+                                 "libcrypto Python's ssl module uses") from None
         fn.restype, fn.argtypes = restype, argtypes
     return lib
 
 
-_lib = _bind()
+_lib = _bind(_libcrypto_path())
 
 
 def _failed(call: str) -> LibcryptoError:

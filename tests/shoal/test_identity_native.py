@@ -253,3 +253,10 @@ def test_a_pem_block_without_its_end_line_is_refused():
     inner = b"-----BEGIN CERTIFICATE-----\nAAAA\n" + pem                          # an unended block before a whole one
     with pytest.raises(InvalidCertificate, match="lacks its END CERTIFICATE line"):
         identity.read_certificates(inner)
+
+
+def test_a_libcrypto_without_the_openssl_3_calls_is_refused_by_name():
+    from shoal import libcrypto
+
+    with pytest.raises(libcrypto.LibcryptoError, match="libc.so.6 has no EVP_PKEY_CTX_new_from_name: .*OpenSSL 3.0"):
+        libcrypto._bind("libc.so.6")
