@@ -472,3 +472,39 @@ def test_with_native_transports_the_lane_writes_to_the_app_in_c(relay_path, monk
         assert calls == []
     else:
         assert sum(calls) >= 2 * 20 * 1000     # both ends' app sides, every payload
+
+
+def test_a_peer_that_closes_mid_frame_ends_the_tunnel_after_the_bytes_that_came():
+    """The client's TLS connection ends inside a DATA frame (its header and 300 of its 1000 bytes sent): the
+    app gets every byte that came, the cut frame's part too (a tunnel is a byte stream, and all three paths
+    carry a frame's payload as it arrives), then its connection ends; nothing raises on the loop."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        received, ended = bytearray(), loop.create_future()
+
+        async def app(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    received.extend(data)
+            except ConnectionResetError:
+                pass
+            finally:
+                ended.set_result(None)
+                writer.close()
+
+        errors = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        rig = Rig(app)
+        await rig.start()
+        front = await connected(rig.front_port)
+        await loop.sock_sendall(front, b"whole" * 200)
+        await eventually_async(lambda: len(received) == 1000, 10, "the whole frames at the app")
+        _, stream = rig.sides[0]
+        header = (1000).to_bytes(3, "big") + bytes([0, 0]) + stream.stream_id.to_bytes(4, "big")
+        rig.session.transport.write(header + b"p" * 300)   # a DATA frame of 1000 bytes, 300 of them sent
+        rig.session.transport.close()
+        await asyncio.wait_for(ended, 10)
+        assert bytes(received) == b"whole" * 200 + b"p" * 300 and not errors
+        front.close()
+        await rig.stop()
+    run(main())
