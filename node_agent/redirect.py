@@ -221,8 +221,10 @@ class Redirection:
             return
         known = self.ztunnel_cgroups()
         if str(cgroup) not in known:
+            # The cgroups of ztunnels gone since (each restart is a new pod) are dropped from the record.
+            kept = [c for c in known if os.path.isdir(c)]
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self._ztunnel_file.write_text("".join(f"{c}\n" for c in [*known, str(cgroup)]))
+            self._ztunnel_file.write_text("".join(f"{c}\n" for c in [*kept, str(cgroup)]))
         self.capture.attach_ztunnel(cgroup)
 
     def cleanup(self) -> list[str]:

@@ -547,3 +547,21 @@ def test_a_pod_s_sk_lookup_link_is_replaced_without_a_moment_unlinked(topo, redi
         assert not list(capture.links_dir.glob("*-new"))
     finally:
         redirection.remove(pod)
+
+
+@pytest.mark.parametrize("redirection", ["ebpf"], indirect=True)
+def test_the_record_of_ztunnel_cgroups_keeps_only_those_still_there(topo, redirection):
+    """Each ztunnel restart is a new pod, so a new cgroup: the record grew by one line per restart, for good."""
+    gone, new = topo.cgroup_dir / "ztunnel-gone", topo.cgroup_dir / "ztunnel-new"
+    gone.mkdir()
+    try:
+        redirection.attach_ztunnel(gone)
+        gone.rmdir()  # that ztunnel's pod went, and its cgroup with it
+        new.mkdir()
+        redirection.attach_ztunnel(new)
+        assert redirection.ztunnel_cgroups() == [str(topo.ztunnel_cgroup), str(new)]
+    finally:
+        redirection.capture.detach_ztunnel(new)
+        for cgroup in (gone, new):
+            if cgroup.exists():
+                cgroup.rmdir()
