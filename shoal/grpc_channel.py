@@ -367,6 +367,9 @@ class Call:
         return message
 
     def cancel(self) -> None:
+        """Ends the call; from then on `receive` raises CANCELLED (unless it had ended already)."""
+        if not self._stream.finished:
+            self._stream.messages.clear()     # what arrived and was not read is not wanted any more
         self._stream.finish(RpcError(StatusCode.CANCELLED, "cancelled by the client"))
         if self._connection.failure is None:
             self._connection.reset(self._stream_id)

@@ -536,6 +536,25 @@ def state_then_quiet(peer, stream_id, headers, body):
         peer.answer(stream_id, b"".join(full_state()), status=None)
 
 
+def test_a_cancelled_call_gives_no_more_of_what_had_arrived():
+    async def main():
+        server, pem, target, _ = await serve(state_then_quiet)
+        channel = Channel(settings(target, pem))
+        try:
+            call = await channel.open_stream("/shoal.api.Config/Watch")
+            await call.receive()                    # the first of the state's responses; the rest are here too
+            await eventually_async(lambda: len(call._stream.messages) == len(NODE_TYPES) - 1,
+                                   what="the rest of the state to arrive")
+            call.cancel()
+            with pytest.raises(RpcError) as info:
+                await call.receive()
+            return info.value.code
+        finally:
+            await channel.close()
+            server.close()
+    assert asyncio.run(main()) is StatusCode.CANCELLED
+
+
 def test_a_config_client_cancelled_mid_stream_leaves_no_task_behind():
     async def main():
         loop = asyncio.get_running_loop()
