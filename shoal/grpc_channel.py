@@ -29,7 +29,8 @@ only as its caller reads the messages (`Call.receive`). So a call whose
 caller reads slowly has at most its stream window (`WINDOW`) of whole
 messages waiting, plus the one message being received, itself at most
 `max_receive_message`; the server waits for credit, and other calls on the
-connection go on.
+connection go on. Sending likewise waits for the server's credit, and a call
+past the server's SETTINGS_MAX_CONCURRENT_STREAMS waits for a stream to end.
 """
 
 from __future__ import annotations
