@@ -79,7 +79,7 @@ class NodeAgent:
         self.want: dict[str, PodTarget] = {}
         self.acked: set[str] = set()
         self.in_flight: set[str] = set()
-        self.told: dict[str, tuple[str, ...]] = {}  # uid -> the pod's addresses when last sent to the ztunnel
+        self.told: dict[str, PodTarget] = {}  # uid -> the pod as last sent to the ztunnel
         self.netns_fds: dict[str, int] = {}
         self.seen_at: dict[str, float] = {}
         self.synced = False
@@ -238,7 +238,7 @@ class NodeAgent:
                 continue
             if self.server.add(_workload(pod), fd):
                 self.in_flight.add(pod.uid)
-                self.told[pod.uid] = pod.ips
+                self.told[pod.uid] = pod
         installed = self._install_all(plan.install)
         if plan.remove or plan.install or self.redirection.probes_stale():
             try:
@@ -315,7 +315,7 @@ class NodeAgent:
             items.append((_workload(pod), fd))
             if fd is not None:
                 self.in_flight.add(uid)
-                self.told[uid] = pod.ips
+                self.told[uid] = pod
         return items
 
     async def _on_handoff(self, event, server: HandoffServer) -> None:

@@ -13,7 +13,9 @@ once it runs and the kubelet reported its IP and netns.
 
 The order for a pod joining: the ztunnel is told first (AddWorkload) and the
 redirection goes in once it acked, so traffic is never sent to a ztunnel that
-does not serve the pod. Leaving: redirection out first, then DelWorkload.
+does not serve the pod. Leaving: redirection out first, then DelWorkload. A
+pod in a new sandbox: its redirection in the new netns, DelWorkload and
+AddWorkload again (the new netns).
 """
 
 from __future__ import annotations
@@ -145,18 +147,24 @@ class Plan:
 
 
 def plan(want: Mapping[str, PodTarget], installed: Mapping[str, PodTarget], acked: Iterable[str],
-         in_flight: Iterable[str], ztunnel_connected: bool, told: Mapping[str, tuple[str, ...]] | None = None) -> Plan:
-    """What to do next, from what is wanted, installed, acked and awaiting an ack, and the addresses each
-    pod had when the ztunnel was last told of it (`told`)."""
+         in_flight: Iterable[str], ztunnel_connected: bool, told: Mapping[str, PodTarget] | None = None) -> Plan:
+    """What to do next, from what is wanted, installed, acked and awaiting an ack, and each pod as the
+    ztunnel was last told of it (`told`)."""
     acked, in_flight, told = set(acked), set(in_flight), told or {}
+    # An acked pod in a new sandbox (netns) since it was told: the ztunnel's listeners are in the old netns,
+    # and a pod it holds is kept as it is when told again. It is told to let go, then told anew. Its
+    # redirection goes in the new netns at once, as before: its traffic is refused until the ztunnel serves
+    # it there, rather than flowing around the mesh.
+    moved = {uid for uid in want if ztunnel_connected and uid in acked and uid not in in_flight and uid in told
+             and told[uid].netns != want[uid].netns}
     # An acked pod whose addresses changed is told again: the ztunnel reads the pod's addresses (which
     # it serves inbound, and the return path's families) when it is told, and would not know the new one.
     tell = tuple(want[uid] for uid in sorted(want)
                  if ztunnel_connected and uid not in in_flight
-                 and (uid not in acked or (uid in told and told[uid] != want[uid].ips)))
-    # A pod whose target changed (a new netns after a sandbox restart) is installed again.
+                 and (uid not in acked or uid in moved or (uid in told and told[uid].ips != want[uid].ips)))
+    # A pod whose target changed (its addresses, a new netns) is installed again.
     install = tuple(want[uid] for uid in sorted(want)
                     if uid in acked and (uid not in installed or installed[uid] != want[uid]))
     remove = tuple(installed[uid] for uid in sorted(installed) if uid not in want)
-    untell = tuple(uid for uid in sorted(acked) if uid not in want) if ztunnel_connected else ()
+    untell = tuple(uid for uid in sorted(acked) if uid not in want or uid in moved) if ztunnel_connected else ()
     return Plan(tell, install, remove, untell)
