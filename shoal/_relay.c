@@ -144,6 +144,7 @@ static Py_ssize_t sized_len(PyObject *obj, PyObject *name) {
 }
 
 static int is_closing(PyObject *transport) {
+    if (native != NULL && Py_TYPE(transport) == native->transport_type) return native->is_closing(transport);
     PyObject *closing = PyObject_CallMethodNoArgs(transport, s_is_closing);
     if (closing == NULL) return -1;
     int rc = PyObject_IsTrue(closing);
