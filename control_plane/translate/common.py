@@ -18,8 +18,14 @@ ROOT_NAMESPACES = ("shoal-system", "istio-system")
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name); cluster-scoped kinds use namespace ""
 
 
+def metadata_of(obj: dict) -> dict:
+    """obj.metadata, or {} when it is missing or not a mapping (an error `parse` reports)."""
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
 def key_of(obj: dict) -> ObjectKey:
-    meta = obj.get("metadata") or {}
+    meta = metadata_of(obj)
     return (str(obj.get("kind") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
@@ -31,7 +37,7 @@ def ref_of(obj: dict) -> str:
 
 
 def created_of(obj: dict) -> str:
-    return str((obj.get("metadata") or {}).get("creationTimestamp") or "")
+    return str(metadata_of(obj).get("creationTimestamp") or "")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ _TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec", "status")
 def is_mesh_object(obj: dict) -> bool:
     """A mesh-config object shoal translates (an Istio `Gateway` or an Ingress is not)."""
     kind = obj.get("kind")
-    if kind not in MESH_KINDS:
+    if not isinstance(kind, str) or kind not in MESH_KINDS:
         return False
     return str(obj.get("apiVersion", "")).split("/")[0] == MESH_KINDS[kind][0]
 
@@ -116,7 +116,7 @@ def parse(obj: dict, root_namespaces: tuple[str, ...] = ROOT_NAMESPACES) -> Pars
         return Parsed(None, Findings((f"<object>: must be a mapping, not {type(obj).__name__}",)))
     c = Checker.for_object(obj, root_namespaces)
     kind = _head(obj, c)
-    if kind is None:
+    if kind is None or not isinstance(obj.get("metadata"), dict):   # no name to go on with (an error said so)
         return Parsed(None, c.findings())
     api_version = obj.get("apiVersion")
     if kind in CORE_KINDS:

@@ -51,7 +51,7 @@ from shoal.model import (
 )
 
 from control_plane.translate.candidates import Dialect, RouteCandidate
-from control_plane.translate.common import Checker, created_of, ref_of, resolve_host
+from control_plane.translate.common import Checker, created_of, metadata_of, ref_of, resolve_host
 
 GROUP = "gateway.networking.k8s.io"
 HTTPROUTE_VERSIONS = ("v1", "v1beta1", "v1alpha2")
@@ -78,8 +78,8 @@ def gateway(obj: dict, c: Checker) -> Waypoint | None:
     class_name = c.string(spec.get("gatewayClassName"), "spec.gatewayClassName", required=True)
     if class_name not in WAYPOINT_CLASSES:
         return None
-    meta = obj.get("metadata") or {}
-    labels = meta.get("labels") or {}
+    meta = metadata_of(obj)
+    labels = c.mapping(meta.get("labels"), "metadata.labels")
     traffic = next((str(labels[k]) for k in WAYPOINT_FOR_KEYS if k in labels), "service")
     if traffic not in TRAFFIC_TYPES:
         c.error(f"metadata.labels.{next(k for k in WAYPOINT_FOR_KEYS if k in labels)}",
@@ -263,7 +263,9 @@ def _rule(c: Checker, rule: dict, path: str, namespace: str) -> tuple[Route, tup
     for k, item in enumerate(c.sequence(rule.get("filters"), f"{path}.filters")):
         p = f"{path}.filters[{k}]"
         f = c.mapping(item, p)
-        kind = f.get("type")
+        kind = c.string(f.get("type"), f"{p}.type", required=True)
+        if kind is None:
+            continue
         field = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
                  "RequestMirror": "requestMirror"}.get(kind)
         if kind in _IGNORED_FILTERS:

@@ -157,6 +157,9 @@ def gateway_api_gateway(obj: dict, c: Checker) -> IstioGateway | None:
             if str(tls.get("mode") or "Terminate") != "Terminate":
                 c.error(f"{path}.tls.mode", f"{tls.get('mode')} is not supported by shoal; use Terminate")
             refs = c.sequence(tls.get("certificateRefs"), f"{path}.tls.certificateRefs", required=True)
+            if tls.get("certificateRefs") == []:
+                c.error(f"{path}.tls.certificateRefs", "is empty: name the Secret that holds the listener's "
+                                                       "certificate (tls.crt and tls.key)")
             ref = c.mapping(refs[0], f"{path}.tls.certificateRefs[0]") if refs else {}
             if str(ref.get("kind") or "Secret") != "Secret" or str(ref.get("group") or "") not in ("", "core"):
                 c.error(f"{path}.tls.certificateRefs[0]", "must name a Secret (kind Secret, group \"\")")

@@ -332,14 +332,17 @@ def subset_fields(spec: dict, namespace: str) -> tuple[tuple[str, str, str], ...
         if isinstance(dest, dict) and isinstance(dest.get("host"), str) and isinstance(dest.get("subset"), str):
             found.append((resolve_host(dest["host"], namespace), dest["subset"], f"{path}.subset"))
 
-    for i, http in enumerate(spec.get("http") or ()):
+    def items(value) -> list:   # a field that is not a list is an error `parse` reports
+        return value if isinstance(value, list) else []
+
+    for i, http in enumerate(items(spec.get("http"))):
         if not isinstance(http, dict):
             continue
-        for k, item in enumerate(http.get("route") or ()):
+        for k, item in enumerate(items(http.get("route"))):
             if isinstance(item, dict):
                 note(item.get("destination"), f"spec.http[{i}].route[{k}].destination")
         note(http.get("mirror"), f"spec.http[{i}].mirror")
-        for k, item in enumerate(http.get("mirrors") or ()):
+        for k, item in enumerate(items(http.get("mirrors"))):
             if isinstance(item, dict):
                 note(item.get("destination"), f"spec.http[{i}].mirrors[{k}].destination")
     return tuple(found)

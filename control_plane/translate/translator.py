@@ -56,6 +56,7 @@ from control_plane.translate.common import (
     ObjectKey,
     created_of,
     key_of,
+    metadata_of,
     ref_of,
 )
 from control_plane.translate.dispatch import CORE_KINDS, check_core, is_mesh_object, parse
@@ -122,7 +123,7 @@ class Translator:
     def apply_event(self, event) -> None:
         """Record one watch event (shoal.store.Event or anything with .type and .object)."""
         obj = event.object
-        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        rv = str(metadata_of(obj).get("resourceVersion") or "")
         if rv:
             self.resource_version = rv
         if event.type == "BOOKMARK":

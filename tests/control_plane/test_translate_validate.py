@@ -373,3 +373,43 @@ spec:
 """)
     assert validate(obj) == ["Deployment shop/web: spec.template.metadata.labels.shoal.io/dataplane-mode: "
                              "must be 'ambient' or 'none', not False"]
+
+
+# Shapes that raised out of validate() (so `shoal local apply` failed with a traceback) or out of the
+# translator's flush (so one bad object stopped every update), each refused now by field path.
+WRONG_SHAPES = [
+    ({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": 7, "spec": {}},
+     "VirtualService <no name>: metadata: must be a mapping, not an integer"),
+    ({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "ns"},
+      "spec": {"hosts": ["r"], "http": [{"route": 5}]}},
+     "VirtualService ns/r: spec.http[0].route: must be a list, not an integer"),
+    ({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "ns"},
+      "spec": {"parentRefs": [{"name": "r"}], "rules": [{"filters": [{"type": ["RequestMirror"]}]}]}},
+     "HTTPRoute ns/r: spec.rules[0].filters[0].type: must be a string, not a list"),
+    ({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+      "metadata": {"name": "w", "namespace": "ns", "labels": 3},
+      "spec": {"gatewayClassName": "shoal-waypoint", "listeners": [{"name": "m", "port": 15008, "protocol": "HBONE"}]}},
+     "Gateway ns/w: metadata.labels: must be a mapping, not an integer"),
+    ({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": "ns"},
+      "spec": {"gatewayClassName": "shoal", "listeners": [{"name": "s", "port": 443, "protocol": "HTTPS",
+                                                           "tls": {"certificateRefs": []}}]}},
+     "Gateway ns/g: spec.listeners[0].tls.certificateRefs: is empty: name the Secret that holds the listener's "
+     "certificate (tls.crt and tls.key)"),
+]
+
+
+@pytest.mark.parametrize("obj, error", WRONG_SHAPES)
+def test_a_wrong_shape_is_refused_by_field_and_costs_only_itself(obj, error):
+    assert error in validate(obj)
+    t, update = translate(obj, *bookinfo_reviews())
+    assert "reviews.default.svc.cluster.local" in t.snapshot()[ResourceType.SERVICE]
+    assert all("could not be translated" not in e for f in update.findings.values() for e in f.errors)
+
+
+def test_a_kind_that_is_not_a_string_is_not_tracked():
+    from translate_objects import added
+    t, _ = translate(*bookinfo_reviews())
+    t.apply_event(added({"apiVersion": "networking.istio.io/v1", "kind": ["VirtualService"],
+                         "metadata": {"name": "x", "namespace": "default"}}))
+    t.flush()
+    assert "kind: is required" in " ".join(validate({"apiVersion": "v1", "kind": ["Pod"], "metadata": {"name": "x"}}))
