@@ -76,6 +76,7 @@ def test_without_inotify_the_waits_poll_and_say_so_once(tmp_path, monkeypatch):
     def no_inotify():
         raise AttributeError("inotify_init1")
     monkeypatch.setattr(file_events, "_libc", no_inotify)
+    monkeypatch.setattr(file_events, "_instance", None)    # (another test's watch may hold one open)
     monkeypatch.setattr(file_events, "_fallback_logged", False)
     warnings = []
     monkeypatch.setattr(file_events.logger, "warning", lambda message, **kw: warnings.append((message, kw)))
@@ -118,20 +119,29 @@ def inotify_fds() -> dict[int, int]:
     return found
 
 
-def no_inotify_thread() -> bool:
-    return not any(t.name == "shoal-inotify" for t in threading.enumerate())
+def kernel_watches() -> int:
+    """Kernel watches in the process's inotify instance (0 while it has none). Other tests' watches, if any
+    are still open, share it: the tests count from what was there."""
+    instance = file_events._instance
+    return inotify_fds().get(instance.fd, 0) if instance is not None else 0
+
+
+def nothing_left_if_nothing_was(before: int) -> bool:
+    """With no other watch in the process, the last one closed took the instance, its fd and thread along."""
+    threads = [t for t in threading.enumerate() if t.name == "shoal-inotify"]
+    return before > 0 or (file_events._instance is None and not inotify_fds() and not threads)
 
 
 def test_many_watches_share_one_instance_and_each_is_woken_for_its_own_directory(tmp_path):
-    before = inotify_fds()
+    before = kernel_watches()
     directories = [tmp_path / f"d{i}" for i in range(200)]     # more than the 128 instances a user may have
     for directory in directories:
         directory.mkdir()
     watches = [DirectoryChanges(d, {"journal.jsonl"}) for d in directories]
     try:
         assert not any(w.polling for w in watches)
-        added = {fd: n for fd, n in inotify_fds().items() if fd not in before}
-        assert list(added.values()) == [200], added
+        assert {w._instance for w in watches} == {file_events._instance}
+        assert kernel_watches() == before + 200
         (directories[150] / "journal.jsonl").write_text("{}\n")
         watches[150].wait(None)
         assert [i for i, w in enumerate(watches) if w.drain()] == []     # the wait took the one change
@@ -140,25 +150,25 @@ def test_many_watches_share_one_instance_and_each_is_woken_for_its_own_directory
     finally:
         for w in watches:
             w.close()
-    assert inotify_fds() == before and no_inotify_thread()    # the last watch took the fd and thread along
+    assert kernel_watches() == before and nothing_left_if_nothing_was(before)
 
 
 def test_a_watch_closed_while_others_live_leaves_them_woken(tmp_path):
     shared, other = tmp_path / "shared", tmp_path / "other"
     shared.mkdir()
     other.mkdir()
+    before = kernel_watches()
     first, second = DirectoryChanges(shared, {"journal.jsonl"}), DirectoryChanges(shared, {"journal.jsonl"})
     third = DirectoryChanges(other, {"journal.jsonl"})
     try:
-        (fd, watches), = ((fd, n) for fd, n in inotify_fds().items() if n)
-        assert watches == 2                    # one kernel watch per directory, whatever the watchers on it
+        assert kernel_watches() == before + 2      # one kernel watch per directory, whatever the watchers on it
         first.close()
-        assert inotify_fds()[fd] == 2          # the directory's watch stays for the other watcher on it
+        assert kernel_watches() == before + 2      # the directory's watch stays for the other watcher on it
         (shared / "journal.jsonl").write_text("{}\n")
         (other / "journal.jsonl").write_text("{}\n")
         assert second.drain() and third.drain() and not first.drain()
         second.close()
-        assert inotify_fds()[fd] == 1          # the last watcher of a directory takes its kernel watch along
+        assert kernel_watches() == before + 1      # the last watcher of a directory takes its kernel watch along
         waiter = threading.Timer(0.05, lambda: (other / "journal.jsonl").write_text("{}\n"))
         waiter.start()
         third.wait(None)
@@ -166,28 +176,31 @@ def test_a_watch_closed_while_others_live_leaves_them_woken(tmp_path):
     finally:
         for w in (first, second, third):
             w.close()
+    assert kernel_watches() == before and nothing_left_if_nothing_was(before)
 
 
 def test_a_removed_directory_ends_its_watch_and_not_the_others(tmp_path):
     doomed, kept = tmp_path / "doomed", tmp_path / "kept"
     doomed.mkdir()
     kept.mkdir()
+    before = kernel_watches()
     with DirectoryChanges(doomed, {"journal.jsonl"}) as gone, DirectoryChanges(kept, {"journal.jsonl"}) as live:
         shutil.rmtree(doomed)
         gone.wait(None)
         assert gone.gone and gone.polling and not live.polling
-        eventually(lambda: list(inotify_fds().values()) == [1], what="the kernel to drop the removed one's watch")
+        eventually(lambda: kernel_watches() == before + 1, what="the kernel to drop the removed one's watch")
 
         async def woken():
             loop = asyncio.get_running_loop()
             loop.call_later(0.05, (kept / "journal.jsonl").write_text, "{}\n")
             await live.wait_async(None)
         asyncio.run(woken())
-    assert not inotify_fds() and no_inotify_thread()
+    assert kernel_watches() == before and nothing_left_if_nothing_was(before)
 
 
 def test_a_watch_closed_while_its_thread_holds_the_lock_does_not_deadlock(tmp_path):
     """As the collector does, closing a dropped watch in the middle of whatever the thread was doing."""
+    before = kernel_watches()
     watch = DirectoryChanges(tmp_path, {"journal.jsonl"})
 
     def close_under_the_lock():
@@ -197,4 +210,4 @@ def test_a_watch_closed_while_its_thread_holds_the_lock_does_not_deadlock(tmp_pa
     closer.start()
     closer.join(10)
     assert not closer.is_alive(), "close() waited for a lock its own thread held"
-    assert no_inotify_thread()
+    assert kernel_watches() == before and nothing_left_if_nothing_was(before)
