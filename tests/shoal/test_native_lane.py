@@ -76,3 +76,38 @@ def test_a_read_the_lane_declines_reaches_the_python_path_as_bytes_of_its_own():
         far.close()
         other_far.close()
     run(main())
+
+
+class Reentrant(TcpSide):
+    """Declined by the lane (no tunnel): its Python path starts another transport's read from within."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other = None
+        self.other_reads_during: list[bytes] | None = None
+
+    def _data_received_python(self, data: bytes) -> None:
+        super()._data_received_python(data)
+        self.other.transport.resume_reading()   # for TCP: the reader registered, no read yet
+        self.other.transport._on_readable()     # as the loop would call it
+        self.other_reads_during = list(self.other.reads)
+
+
+def test_a_read_begun_while_the_lanes_buffer_is_lent_waits_for_the_loops_next_pass():
+    """The transports share one read buffer, lent to the lane for its call: a read of another transport
+    begun from within it must not land in that buffer then; it is made on the loop's next pass."""
+    async def main():
+        side, far = await native_side(Reentrant)
+        other, other_far = await native_side(OwnReader)
+        other.transport.pause_reading()
+        other_far.sendall(b"the other's bytes")
+        side.other = other
+        far.sendall(b"this side's bytes")
+        await eventually_async(lambda: side.other_reads_during is not None, timeout=10)
+        assert side.other_reads_during == [] and side._held == [b"this side's bytes"]
+        await eventually_async(lambda: b"".join(other.reads) == b"the other's bytes", timeout=10)
+        for s in (side, other):
+            s.transport.close()
+        far.close()
+        other_far.close()
+    run(main())
