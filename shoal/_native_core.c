@@ -3,8 +3,9 @@
  *
  * Why: with uvloop's transports, each read made a Python-level protocol call through uvloop's Cython,
  * and for HBONE through its SSL protocol (memory BIOs, `ssl.SSLObject`'s wrappers, a bytes object per
- * layer). Here a read is one recv (or SSL_read straight off the socket) into one bytes object handed to
- * the protocol, and a write is one send (or SSL_write) from one buffer, with no Python code between.
+ * layer). Here a read is one recv (or SSL_read straight off the socket) into one buffer, lent to the compiled
+ * lane in C when the protocol is the lane's (NativeApi.set_reader), else handed over as one bytes object; a
+ * write is one send (or SSL_write) from one buffer, with no Python code between.
  *
  * The asyncio Transport contract as the existing protocols use it: write, writelines, write_eof /
  * can_write_eof (TCP), close (flush, then close), abort, is_closing, get_extra_info, pause_reading /

@@ -17,9 +17,10 @@
  * closing transport) is declined and goes, in order, to the Python path (`_data_received_python`), which
  * stays the one place where every tunnel rule lives.
  *
- * Transports: with the native ones in use (shoal._native, SHOAL_RELAY=native), the lane writes to them in C
- * through their capsule (NativeApi): an app's read goes out as DATA frames of one TLS record each with no
- * bytes object made, and a frame's payload goes to a plain TcpSide's socket from the frame's own bytes.
+ * Transports: with the native ones in use (shoal._native, SHOAL_RELAY=native), the lane reads and writes
+ * them in C through their capsule (NativeApi): a read reaches the lane as the transport's buffer (lane_read),
+ * an app's read goes out as DATA frames of one TLS record each with no bytes object made, and a frame's
+ * payload goes to a plain TcpSide's socket from the frame's own bytes.
  * On the loop's transports (SHOAL_RELAY=compiled) it calls their write()/writelines() as before.
  *
  * Why this much and no more: see ztunnel/PERFORMANCE.md ("Change 2").
