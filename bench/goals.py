@@ -16,8 +16,8 @@ Issue 18's (`--issue 18`; the waypoint at the cost of an L7 sidecar), cross-node
   waypoint) at most sidecar-haproxy-http's (the two HAProxy sidecars);
 - the waypoint's resident memory at most 40 MiB (its ratio to 40 MiB).
 A figure the run did not measure is reported as missing, never as met; a
-ratio whose divisor is not positive (a sidecar's added latency below the
-baseline's noise) as noise. Below the goals, the CPU goal's figures split by
+ratio whose divisor is not positive as noise when it is an added latency (a
+sidecar's below the baseline's noise), else as missing (a reading that failed). Below the goals, the CPU goal's figures split by
 kind of mesh process (ztunnels, node agents, waypoint; sidecars), so the
 table says where the CPU goes.
 """
@@ -58,8 +58,10 @@ class Goal:
 def _goal(name: str, bound: float, at_least: bool, a: dict | None, b: dict | None, key: str) -> Goal:
     if a is None or b is None or a.get(key) is None or b.get(key) is None:
         return Goal(name, bound, at_least, None)
-    if b[key] <= 0:  # a negative added latency divides into nothing meaningful
-        return Goal(name, bound, at_least, None, noise=True)
+    if b[key] <= 0:
+        # A negative added latency is inside the baseline's noise; a CPU, throughput or memory figure of
+        # zero or less is a reading that failed: missing, not noise.
+        return Goal(name, bound, at_least, None, noise=key.startswith("added_"))
     return Goal(name, bound, at_least, a[key] / b[key])
 
 

@@ -89,9 +89,10 @@ def tables(results: list[dict]) -> str:
 
 @dataclass(frozen=True)
 class Ratio:
-    """Two medians of a run and their quotient. A divisor that is not positive (a set-up's added latency
-    at or below the baseline's, i.e. inside its noise) divides into nothing meaningful: a negative
-    quotient would read as "costs less". Such a figure is kept, with no ratio, and shown as noise."""
+    """Two medians of a run and their quotient. A divisor that is not positive divides into nothing
+    meaningful (a negative quotient would read as "costs less"): such a figure is kept with no ratio,
+    shown as noise when it is an added latency (at or below the baseline's), else as missing ("-": a
+    CPU, throughput or memory reading of zero failed)."""
 
     figure: str
     numerator: float
@@ -99,11 +100,11 @@ class Ratio:
 
     @property
     def noise(self) -> bool:
-        return self.denominator <= 0
+        return self.denominator <= 0 and self.figure.startswith("added")
 
     @property
     def ratio(self) -> float | None:
-        return None if self.noise else self.numerator / self.denominator
+        return None if self.denominator <= 0 else self.numerator / self.denominator
 
 
 def _ratio(figure: str, a: dict | None, b: dict | None, key: str) -> Ratio | None:

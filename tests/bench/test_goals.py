@@ -60,6 +60,13 @@ def test_an_added_latency_below_the_baselines_noise_is_noise_not_a_ratio():
     assert got["added latency p50"] == (2.0, "not met")
 
 
+def test_a_divisor_of_zero_that_is_no_latency_is_a_failed_reading_missing_not_noise():
+    got = verdicts(run(cpu=(0.1, 0.0), gbps=(3.3, 0.0), memory=(150.0, -1.0)))
+    assert got["CPU per 1000 requests"] == (None, "missing")
+    assert got["throughput, 1 stream"] == (None, "missing")
+    assert got["memory on a node with 50 pods"] == (None, "missing")
+
+
 def test_the_command_prints_both_modes_as_markdown(tmp_path, capsys):
     paths = []
     for mode in ("iptables", "ebpf"):

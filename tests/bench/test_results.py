@@ -81,6 +81,9 @@ def test_a_divisor_inside_the_noise_is_shown_as_noise_not_as_a_ratio():
     assert "| added latency p50, cross-node: ambient-l4 / sidecar-haproxy | noise | 0.200 | -0.050 |" in rows
     assert "| added latency p90, cross-node: ambient-l4 / sidecar-haproxy | noise | 0.300 | 0.000 |" in rows
     assert "noise" in summary.tables(results)
+    results += [{"setup": "baseline", "case": "throughput", "placement": "cross-node", "streams": 1, "gbps": 0.0},
+                {"setup": "ambient-l4", "case": "throughput", "placement": "cross-node", "streams": 1, "gbps": 2.5}]
+    assert "| throughput, 1 stream: ambient-l4 / baseline | - | 2.50 | 0.00 |" in summary.markdown({"results": results})
 
 
 def test_tables_show_every_case():
