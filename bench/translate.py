@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policies", type=int, default=1000, help="AuthorizationPolicies among the objects")
     parser.add_argument("--repeats", type=int, default=3, help="runs per size; figures are medians")
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--sizes {args.sizes!r}: give pod counts as integers, comma-separated (16384,65536)")
     if not sizes or min(sizes) < 1 or args.repeats < 1 or args.changes < 1 or args.policies < 0:
         parser.error("--sizes needs positive pod counts, --repeats and --changes at least 1, --policies 0 or more")
     run = Run("translate", {"sizes": sizes, "changes": args.changes, "policies": args.policies,
