@@ -30,10 +30,9 @@ take either kind.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import ssl
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal import x509_der
@@ -260,13 +259,20 @@ def _base_context(purpose: ssl.Purpose, bundle_pem: bytes) -> ssl.SSLContext:
 
 
 def _load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem_bytes: bytes) -> None:
-    # ssl only loads key material from files; keep them in a private temp dir for the call.
-    with tempfile.TemporaryDirectory(prefix="shoal-tls-") as d:
-        cert_file, key_file = Path(d) / "chain.pem", Path(d) / "key.pem"
-        cert_file.write_bytes(chain_pem)
-        key_file.touch(mode=0o600)
-        key_file.write_bytes(key_pem_bytes)
-        ctx.load_cert_chain(cert_file, key_file)
+    # ssl loads key material only from files. Anonymous memory files (memfd, read through /proc/self/fd)
+    # are never on a disk: a process killed during the call leaves no private key behind, as a
+    # temporary directory would.
+    fds: list[int] = []
+    try:
+        for content in (chain_pem, key_pem_bytes):
+            fds.append(os.memfd_create("shoal-tls", os.MFD_CLOEXEC))
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fds[-1], view):]
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def server_context(credential: Credential) -> ssl.SSLContext:

@@ -5,6 +5,7 @@ control plane's CA, which checks the CSR."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
 from cryptography import x509
@@ -260,3 +261,23 @@ def test_a_libcrypto_without_the_openssl_3_calls_is_refused_by_name():
 
     with pytest.raises(libcrypto.LibcryptoError, match="libc.so.6 has no EVP_PKEY_CTX_new_from_name: .*OpenSSL 3.0"):
         libcrypto._bind("libc.so.6")
+
+
+def test_a_process_killed_while_loading_its_key_leaves_no_key_on_disk(tmp_path):
+    # ssl reads the key from a file; killed in the middle of that call, the process must leave no copy of
+    # the private key in the temporary directory (or anywhere on disk).
+    import subprocess
+    import sys
+
+    credential = TestCA().credential(str(WEB))
+    script = (
+        "import os, ssl, sys\n"
+        "from shoal import identity\n"
+        "ssl.SSLContext.load_cert_chain = lambda self, *a, **k: os._exit(3)   # killed mid-call\n"
+        "cred = identity.Credential.from_pem(*(bytes.fromhex(x) for x in sys.argv[1:]))\n"
+        "identity.server_context(cred)\n")
+    args = [credential.key_pem.hex(), credential.chain_pem.hex(), credential.bundle_pem.hex()]
+    done = subprocess.run([sys.executable, "-c", script, *args], env={**os.environ, "TMPDIR": str(tmp_path)},
+                          capture_output=True, timeout=60)
+    assert done.returncode == 3, done.stderr.decode()
+    assert [p for p in tmp_path.rglob("*")] == []
