@@ -112,8 +112,9 @@ def _uris(data: bytes, extensions: tuple[int, int, int]) -> tuple[str, ...]:
         parts = _children(data, *_expect(ext, SEQUENCE, "extension")[1:])
         if len(parts) not in (2, 3) or parts[0][0] != OID:
             raise CertificateFormatError("an extension is not (OID, [critical,] value)")
-        if len(parts) == 3:
+        if len(parts) == 3 and data[parts[1][1]:parts[1][2]] != b"\xff":   # DER: TRUE is 0xff, FALSE is omitted
             _expect(parts[1], BOOLEAN, "extension criticality")
+            raise CertificateFormatError("extension criticality: DER writes TRUE as 0xff and leaves FALSE out")
         value = _expect(parts[-1], OCTET_STRING, "extension value")
         if data[parts[0][1]:parts[0][2]] != SUBJECT_ALT_NAME:
             continue
@@ -162,7 +163,12 @@ def read_der(der: bytes) -> CertificateFacts:
     _expect(parts[1], SEQUENCE, "signature algorithm")
     _expect(parts[2], BIT_STRING, "signature")
     fields = _children(data, *_expect(parts[0], SEQUENCE, "to-be-signed certificate")[1:])
+    version = 0     # v1, which DER leaves out
     if fields and fields[0][0] == VERSION_TAG:
+        inner = _children(data, fields[0][1], fields[0][2])
+        if len(inner) != 1 or inner[0][0] != INTEGER or data[inner[0][1]:inner[0][2]] not in (b"\x01", b"\x02"):
+            raise CertificateFormatError("version: [0] holds the INTEGER 1 (v2) or 2 (v3); v1 is left out in DER")
+        version = data[inner[0][1]]
         fields = fields[1:]
     if len(fields) < 6:
         raise CertificateFormatError("the to-be-signed certificate lacks fields")
@@ -177,6 +183,8 @@ def read_der(der: bytes) -> CertificateFacts:
     if any(tag not in OPTIONAL_TAGS for tag in optional) or optional != sorted(set(optional)):
         raise CertificateFormatError("after the subject public key a certificate has at most issuerUniqueID, "
                                      "subjectUniqueID and extensions, once each and in that order")
+    if EXTENSIONS_TAG in optional and version != 2:
+        raise CertificateFormatError(f"extensions in a v{version + 1} certificate: only v3 has them")
     uris = _uris(data, fields[-1]) if optional and optional[-1] == EXTENSIONS_TAG else ()
     return CertificateFacts(data, _time(data, validity[0]), _time(data, validity[1]), uris)
 

@@ -281,3 +281,26 @@ def test_a_process_killed_while_loading_its_key_leaves_no_key_on_disk(tmp_path):
                           capture_output=True, timeout=60)
     assert done.returncode == 3, done.stderr.decode()
     assert [p for p in tmp_path.rglob("*")] == []
+
+
+def test_version_and_criticality_are_read_as_der_writes_them():
+    der = leaf(TestCA(), [x509.UniformResourceIdentifier(str(WEB))], dt.datetime.now(dt.timezone.utc),
+               dt.timedelta(hours=1))
+    version = der_element(0xA0, der_element(0x02, b"\x02"))
+    names = der_element(0x86, str(WEB).encode())
+    extension = lambda critical: der_element(0xA3, der_element(0x30, der_element(  # noqa: E731
+        0x30, der_element(0x06, x509_der.SUBJECT_ALT_NAME) + critical + der_element(0x04, der_element(0x30, names)))))
+    broken = {
+        "v1 is left out": lambda f: [der_element(0xA0, der_element(0x02, b"\x00"))] + f[1:],
+        "holds the INTEGER 1": lambda f: [der_element(0xA0, der_element(0x02, b"\x03"))] + f[1:],
+        "extensions in a v1 certificate": lambda f: f[1:],
+        "extensions in a v2 certificate": lambda f: [der_element(0xA0, der_element(0x02, b"\x01"))] + f[1:],
+        "TRUE as 0xff": lambda f: f[:-1] + [extension(der_element(0x01, b"\x01"))],
+        "criticality: expected tag 0x01": lambda f: f[:-1] + [extension(der_element(0x02, b"\x01"))],
+    }
+    assert identity.spiffe_id_of(with_tbs_fields(der, lambda f: f[:-1] + [extension(der_element(0x01, b"\xff"))])) == WEB
+    assert identity.spiffe_id_of(with_tbs_fields(der, lambda f: f[:-1] + [extension(b"")])) == WEB
+    assert with_tbs_fields(der, lambda f: [version] + f[1:]) == der    # a v3 certificate, as cryptography writes it
+    for why, change in broken.items():
+        with pytest.raises(InvalidCertificate, match=why):
+            identity.spiffe_id_of(with_tbs_fields(der, change))
