@@ -25,7 +25,7 @@ typedef struct {
     size_t high_water, low_water;
     unsigned reading_paused : 1, reader_on : 1, writer_on : 1, closing : 1, closed : 1, eof_asked : 1,
              eof_sent : 1, protocol_paused : 1, handshaking : 1, server_side : 1, write_wants_read : 1,
-             read_done : 1, made : 1;
+             read_done : 1, made : 1, read_wants_write : 1;
 } Transport;
 
 /* The TLS layer (_native_tls.c). */

@@ -166,6 +166,7 @@ static int append(Transport *t, const char *data, size_t n) {
             t->out_len -= t->out_pos;
             t->out_pos = 0;
         }
+        if (n > SIZE_MAX / 4 - t->out_len) { PyErr_NoMemory(); return -1; }   /* the doubling below would wrap */
         if (t->out_len + n > t->out_cap) {
             size_t cap = t->out_cap ? t->out_cap : 64 << 10;
             while (cap < t->out_len + n) cap *= 2;
@@ -391,22 +392,27 @@ static int read_some(Transport *t) {
 
 static int handshake_failed(Transport *t);
 
+/* The handshake's waiter gets its result or exception, unless it is done already (cancelled by its caller,
+   or timed out): setting a done future raises InvalidStateError into the loop's callback. */
+static int settle_waiter(Transport *t, PyObject *method, PyObject *arg) {
+    if (t->waiter == NULL) return 0;
+    PyObject *done = PyObject_CallMethodNoArgs(t->waiter, s_done);
+    if (done == NULL) return -1;
+    int finished = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (finished != 0) return finished < 0 ? -1 : 0;
+    PyObject *r = PyObject_CallMethodOneArg(t->waiter, method, arg);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static int handshake_done(Transport *t) {
     t->handshaking = 0;
     t->made = 1;
     /* A connection_made that raised fails the handshake's waiter now (not as a timeout later). */
     if (call_protocol(t, s_connection_made, (PyObject *)t) < 0) return handshake_failed(t);
-    if (t->waiter != NULL) {
-        PyObject *done = PyObject_CallMethodNoArgs(t->waiter, s_done);
-        if (done == NULL) return -1;
-        int finished = PyObject_IsTrue(done);
-        Py_DECREF(done);
-        if (!finished) {
-            PyObject *r = PyObject_CallMethodOneArg(t->waiter, s_set_result, Py_None);
-            if (r == NULL) return -1;
-            Py_DECREF(r);
-        }
-    }
+    if (settle_waiter(t, s_set_result, Py_None) < 0) return -1;
     if (t->closed) return 0;
     if (core_want(t, !t->reading_paused, 0) < 0 || flush(t) < 0) return -1;
     return read_some(t);
@@ -418,11 +424,7 @@ static int handshake_failed(Transport *t) {
     PyErr_NormalizeException(&type, &value, &tb);
     Py_XDECREF(type); Py_XDECREF(tb);
     int rc = force_close(t, NULL);
-    if (rc == 0 && t->waiter != NULL) {
-        PyObject *r = PyObject_CallMethodOneArg(t->waiter, s_set_exception, value);
-        if (r == NULL) rc = -1;
-        Py_XDECREF(r);
-    }
+    if (rc == 0 && settle_waiter(t, s_set_exception, value) < 0) rc = -1;
     Py_XDECREF(value);
     return rc;
 }
@@ -452,7 +454,15 @@ static PyObject *transport_on_readable(Transport *t, PyObject *unused) {
 static PyObject *transport_on_writable(Transport *t, PyObject *unused) {
     int rc = 0;
     if (t->closed) Py_RETURN_NONE;
-    rc = t->handshaking ? handshake_event(t) : after_write(t);
+    if (t->handshaking) {
+        rc = handshake_event(t);
+    } else {
+        int read_too = t->read_wants_write;   /* an SSL_read that had to write first (a post-handshake answer) */
+        t->read_wants_write = 0;
+        rc = after_write(t);
+        /* What OpenSSL holds already is announced by no readable event: read it now. */
+        if (rc == 0 && read_too) rc = read_some(t);
+    }
     if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }

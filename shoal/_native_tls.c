@@ -64,6 +64,7 @@ SSL_CTX *tls_context_of(PyObject *context) {
 int tls_begin(Transport *t) {
     SSL_CTX *ctx = tls_context_of(t->context);
     if (ctx == NULL) return -1;
+    ERR_clear_error();   /* what tls_error reports is this call's error, not an earlier user's */
     t->ssl = SSL_new(ctx);
     if (t->ssl == NULL || !SSL_set_fd(t->ssl, t->fd)) {
         tls_error("SSL_new", SSL_ERROR_SSL);
@@ -157,7 +158,9 @@ Py_ssize_t tls_read(Transport *t, char *buf, size_t room) {
     if (rc > 0) return rc;
     switch (SSL_get_error(t->ssl, rc)) {
     case SSL_ERROR_WANT_READ: return 0;
-    case SSL_ERROR_WANT_WRITE: return core_want(t, 1, 1) < 0 ? -1 : 0;   /* a post-handshake message to answer */
+    case SSL_ERROR_WANT_WRITE:   /* a post-handshake message to answer: read again once writable */
+        t->read_wants_write = 1;
+        return core_want(t, 1, 1) < 0 ? -1 : 0;
     default: return failure(t, rc, "reading TLS", 1) ? -2 : -1;
     }
 }
@@ -199,6 +202,7 @@ static PyObject *tls_getpeercert(Transport *t, PyObject *args, PyObject *kwargs)
     X509 *cert = SSL_get1_peer_certificate(t->ssl);
     if (cert == NULL) Py_RETURN_NONE;
     unsigned char *der = NULL;
+    ERR_clear_error();
     int len = i2d_X509(cert, &der);
     X509_free(cert);
     if (len < 0) return tls_error("getpeercert", SSL_ERROR_SSL);

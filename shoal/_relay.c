@@ -455,6 +455,11 @@ static PyObject *session_enable_lane(PyObject *self, PyObject *args) {
     SessionBase *lane = (SessionBase *)self;
     int client;
     if (!PyArg_ParseTuple(args, "p", &client)) return NULL;
+    /* Once, before any byte: a running receive holds the bound objects as borrowed references. */
+    if (lane->enabled) {
+        PyErr_SetString(PyExc_RuntimeError, "the lane of a session is enabled once, before its first byte");
+        return NULL;
+    }
     if (!configured()) return NULL;
     PyObject *core = PyObject_GetAttr(self, s_conn);
     if (core == NULL) return NULL;
@@ -688,10 +693,14 @@ static PyObject *side_data_received(PyObject *self, PyObject *data) {
    protocol (the transport calls its data_received), -1 error. */
 static PyObject *session_method, *side_method;   /* SessionBase.data_received, TcpSideBase.data_received */
 
+static PyTypeObject TcpSideBaseType;   /* defined below */
+
 static int lane_read(PyObject *protocol, const char *buf, Py_ssize_t size) {
     PyObject *method = _PyType_Lookup(Py_TYPE(protocol), s_data_received);
     PyObject *result;
     if (method == NULL || (method != session_method && method != side_method)) return 0;
+    /* The method alone does not make the object ours (a class may borrow it without inheriting). */
+    if (!PyObject_TypeCheck(protocol, method == session_method ? &SessionBaseType : &TcpSideBaseType)) return 0;
     if (!configured()) return -1;
     if (method == session_method) {
         if (((SessionBase *)protocol)->enabled) return session_receive(protocol, NULL, buf, size) < 0 ? -1 : 1;
