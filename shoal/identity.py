@@ -258,7 +258,8 @@ def _base_context(purpose: ssl.Purpose, bundle_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
-def _load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem_bytes: bytes) -> None:
+def load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem_bytes: bytes) -> None:
+    """Loads a certificate chain and its key into `ctx` without writing the key to a disk."""
     # ssl loads key material only from files. Anonymous memory files (memfd, read through /proc/self/fd)
     # are never on a disk: a process killed during the call leaves no private key behind, as a
     # temporary directory would.
@@ -278,7 +279,7 @@ def _load_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem_bytes: bytes) -> 
 def server_context(credential: Credential) -> ssl.SSLContext:
     """TLS 1.3, ALPN h2, requires a client certificate that chains to the bundle."""
     ctx = _base_context(ssl.Purpose.CLIENT_AUTH, credential.bundle_pem)
-    _load_chain(ctx, credential.chain_pem, credential.key_pem)
+    load_chain(ctx, credential.chain_pem, credential.key_pem)
     return ctx
 
 
@@ -290,5 +291,5 @@ def client_context(credential: Credential | None, bundle_pem: bytes | None = Non
         raise IdentityError("client_context needs a credential or a trust bundle")
     ctx = _base_context(ssl.Purpose.SERVER_AUTH, bundle)
     if credential is not None:
-        _load_chain(ctx, credential.chain_pem, credential.key_pem)
+        load_chain(ctx, credential.chain_pem, credential.key_pem)
     return ctx

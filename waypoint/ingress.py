@@ -18,15 +18,12 @@ that is removed at once (the ssl module loads keys from files only).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import ssl
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-from shoal import log, native_io, sockets
+from shoal import identity, log, native_io, sockets
 from shoal.hbone_relay import TcpSide
 from shoal.model.addresses import join_address
 
@@ -56,18 +53,12 @@ def _context(certificate: Certificate) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["h2", "http/1.1"])
-    with tempfile.TemporaryDirectory(prefix="shoal-ingress-") as private:
-        chain, key = Path(private) / "tls.crt", Path(private) / "tls.key"
-        for path, data in ((chain, certificate.chain_pem), (key, certificate.key_pem)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        try:
-            context.load_cert_chain(chain, key)
-        except (ssl.SSLError, ValueError) as e:
-            raise CertificateInvalid(f"TLS credential {certificate.name}: cannot load its certificate and key "
-                                     f"({getattr(e, 'reason', None) or e}); check the Secret's tls.crt and "
-                                     "tls.key") from None
+    try:
+        identity.load_chain(context, certificate.chain_pem, certificate.key_pem)   # the key never on a disk
+    except (ssl.SSLError, ValueError) as e:
+        raise CertificateInvalid(f"TLS credential {certificate.name}: cannot load its certificate and key "
+                                 f"({getattr(e, 'reason', None) or e}); check the Secret's tls.crt and "
+                                 "tls.key") from None
     return context
 
 
