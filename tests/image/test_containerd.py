@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import shoal
+from node_agent import bpffs
 from shoal import store
 from shoal.contracts import CONTROL_PLANE_GRPC_PORT, READINESS_PORT
 from support.net import http_get
@@ -163,9 +164,26 @@ def test_a_ztunnel_reports_ready_against_a_control_plane_run_as_the_non_root_use
     assert int(status["CapEff"], 16) == (1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN), status["CapEff"]
 
 
-def test_the_node_agent_compiles_and_pins_its_ebpf_programs_in_the_image_and_its_cleanup_unpins_them(containerd, node):
+@pytest.fixture
+def host_bpffs():
+    """The host's bpffs at /sys/fs/bpf, as a node has it (systemd mounts it at boot; the DaemonSet's
+    Bidirectional mount shares it with the agent): mounted for the test if this machine has none, and
+    unmounted after if the test mounted it and nothing is pinned in it. Without it, the agent in the
+    container mounts a bpffs of its own over the bind mount, and its pins never reach the host."""
+    mounted_here = not bpffs.mounted()
+    bpffs.ensure()
+    yield bpffs.BPFFS
+    if mounted_here and bpffs.mounted():
+        # The agent's --cleanup in the container found the bpffs empty and unmounted it in the container's
+        # own mount namespace, taking the mount marker with it: the host's mount is still this test's.
+        (bpffs.BPFFS / bpffs.MOUNT_MARKER).mkdir(exist_ok=True)
+    bpffs.release(empty=(bpffs.BPFFS / "shoal",))
+
+
+def test_the_node_agent_compiles_and_pins_its_ebpf_programs_in_the_image_and_its_cleanup_unpins_them(
+        containerd, node, host_bpffs):
     cluster, netns, run_root = node
-    pins = Path("/sys/fs/bpf/shoal") / f"{cluster}-node1"
+    pins = host_bpffs / "shoal" / f"{cluster}-node1"
     shared = (str(run_root), "/run/shoal", "rbind:rw")
     # An agent of its own (socket, state, no metrics port), beside the one the ztunnel test may run.
     agent = ["shoal", "node-agent", "--source", "local", "--cluster", cluster, "--node", "node1",
