@@ -191,7 +191,9 @@ class Tables:
     def create(self, netns, chains: dict[str, tuple], rules: dict[str, list], *, ipv6: bool,
                first: tuple[str, ...] = (), stale: dict[str, tuple] | None = None) -> bool:
         """Where none of these chains exists: makes them, each jumped to once, in one -restore without
-        reading anything first. False, having changed nothing, where one exists.
+        reading anything first. False where one exists, having changed nothing as long as `chains` names
+        one table, as every caller's does: iptables-legacy's -restore commits each table's block on its
+        own, so with several tables one written before the refused block would stay.
 
         `-N` refuses a chain that exists, which aborts the whole table's block; a chain that does not
         exist has no jump to it, so one `-I` each is exactly one jump. A `stale` chain of a table written
