@@ -125,6 +125,13 @@ def kernel_watches() -> int:
     return inotify_fds().get(instance.fd, 0) if instance is not None else 0
 
 
+def directories(tmp_path, *names: str):
+    made = [tmp_path / name for name in names]
+    for directory in made:
+        directory.mkdir()
+    return made
+
+
 def nothing_left_if_nothing_was(before: int) -> bool:
     """With no other watch in the process, the last one closed took the instance, its fd and thread along."""
     threads = [t for t in threading.enumerate() if t.name == "shoal-inotify"]
@@ -153,9 +160,7 @@ def test_many_watches_share_one_instance_and_each_is_woken_for_its_own_directory
 
 
 def test_a_watch_closed_while_others_live_leaves_them_woken(tmp_path):
-    shared, other = tmp_path / "shared", tmp_path / "other"
-    shared.mkdir()
-    other.mkdir()
+    shared, other = directories(tmp_path, "shared", "other")
     before = kernel_watches()
     first, second = DirectoryChanges(shared, {"journal.jsonl"}), DirectoryChanges(shared, {"journal.jsonl"})
     third = DirectoryChanges(other, {"journal.jsonl"})
@@ -179,9 +184,7 @@ def test_a_watch_closed_while_others_live_leaves_them_woken(tmp_path):
 
 
 def test_a_removed_directory_ends_its_watch_and_not_the_others(tmp_path):
-    doomed, kept = tmp_path / "doomed", tmp_path / "kept"
-    doomed.mkdir()
-    kept.mkdir()
+    doomed, kept = directories(tmp_path, "doomed", "kept")
     before = kernel_watches()
     with DirectoryChanges(doomed, {"journal.jsonl"}) as gone, DirectoryChanges(kept, {"journal.jsonl"}) as live:
         shutil.rmtree(doomed)
